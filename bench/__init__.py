@@ -1,0 +1,1 @@
+"""Benchmarks; each writes figures recorded in docs/benchmarks.md."""

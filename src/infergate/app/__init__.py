@@ -1,0 +1,1 @@
+"""infergate.app."""

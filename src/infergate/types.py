@@ -1,0 +1,155 @@
+"""The shared vocabulary of the gateway: immutable value types that every layer passes around.
+
+Everything here is a frozen dataclass so that a snapshot handed to the scheduler can never be
+changed under its feet; the datastore swaps whole objects instead of mutating them.
+This module imports nothing from infergate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+__all__ = [
+    "ApiKind",
+    "Clock",
+    "Endpoint",
+    "EndpointMeta",
+    "EndpointMetrics",
+    "InferenceRequest",
+    "MonotonicClock",
+    "SchedulingResult",
+    "ScoredEndpoint",
+]
+
+
+class Clock(Protocol):
+    """A source of monotonic time in seconds; injected so tests and the digital twin control time."""
+
+    def now(self) -> float: ...
+
+
+class MonotonicClock:
+    """The wall clock used in production."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+
+class ApiKind(StrEnum):
+    """Which OpenAI API a request used; decides how its prompt and usage are read."""
+
+    COMPLETIONS = "completions"
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointMetrics:
+    """What the scraper last read from one model server, already mapped from its engine's dialect.
+
+    ``updated_at`` is the clock time of the scrape (0.0 means never scraped). Freshness is judged by
+    whoever reads the snapshot, against its own clock.
+    """
+
+    waiting_queue_size: int = 0
+    running_requests: int = 0
+    kv_cache_usage: float = 0.0
+    running_adapters: frozenset[str] = frozenset()
+    waiting_adapters: frozenset[str] = frozenset()
+    max_active_adapters: int = 0
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointMeta:
+    """Identity of one model-server endpoint (one pod and target port)."""
+
+    name: str
+    address: str
+    port: int
+    namespace: str = "default"
+    pool: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``address:port``: the value Envoy receives in ``x-gateway-destination-endpoint``."""
+        if ":" in self.address and not self.address.startswith("["):
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """A whole, immutable view of one endpoint as the scheduler sees it for one request.
+
+    ``in_flight`` is the number of requests the gateway itself has sent there and not yet seen
+    finish, so scheduling reacts between scrapes.
+    """
+
+    meta: EndpointMeta
+    metrics: EndpointMetrics = EndpointMetrics()
+    healthy: bool = True
+    in_flight: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceRequest:
+    """What scheduling and flow control know about one request, independent of the data plane.
+
+    ``model`` is what the client asked for, ``target_model`` what the model server will be asked
+    for after rewrites (a base model or a LoRA adapter name). ``prompt`` is the text used for
+    prefix-cache affinity: the completion prompt, or the chat messages flattened in order.
+    """
+
+    request_id: str
+    model: str
+    target_model: str
+    api: ApiKind = ApiKind.COMPLETIONS
+    objective: str | None = None
+    priority: int = 0
+    fairness_id: str = "default-flow"
+    prompt: str = ""
+    stream: bool = False
+    max_tokens: int | None = None
+    body_size: int = 0
+    arrived_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredEndpoint:
+    """An endpoint with its weighted total score from one scheduling profile."""
+
+    endpoint: Endpoint
+    score: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulingResult:
+    """The outcome of one scheduling cycle.
+
+    ``targets`` is ordered: the first is the primary destination, the rest are fallbacks the data
+    plane may try if the primary fails before the first response byte. ``scores`` holds each
+    candidate's weighted total, ``plugin_scores`` the raw (clamped, unweighted) score per scorer,
+    kept for the live view and debugging.
+    """
+
+    profile: str
+    targets: tuple[Endpoint, ...]
+    scores: Mapping[str, float] = field(default_factory=dict)
+    plugin_scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Endpoint:
+        return self.targets[0]

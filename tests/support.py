@@ -1,0 +1,124 @@
+"""Helpers shared by the test suite: free ports, polling with a deadline, real child processes.
+
+Tests never sleep to synchronise: they poll a condition until a deadline and fail with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until it is true or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_for(
+    predicate: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> None:
+    """Async twin of :func:`wait_for`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= int(resp.status) < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class ChildProcess:
+    """A real ``infergate`` child process, its output kept in a file for failure messages."""
+
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+def start_infergate(
+    args: Sequence[str],
+    log_dir: Path,
+    *,
+    health_url: str | None = None,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+) -> ChildProcess:
+    """Start ``python -m infergate ARGS`` and, if ``health_url`` is given, wait until it answers 2xx."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"infergate-{os.getpid()}-{time.monotonic_ns()}.log"
+    full_env = dict(os.environ)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        full_env.update(env)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infergate", *args], stdout=log, stderr=subprocess.STDOUT, env=full_env
+        )
+    child = ChildProcess(list(args), log_path, proc)
+    if health_url is not None:
+        deadline = time.monotonic() + timeout
+        while not http_ok(health_url):
+            if not child.alive():
+                raise AssertionError(f"infergate {args} exited early:\n{child.output()}")
+            if time.monotonic() > deadline:
+                child.stop()
+                raise AssertionError(f"infergate {args} not healthy after {timeout}s:\n{child.output()}")
+            time.sleep(0.05)
+    return child
