@@ -6,8 +6,6 @@ arguments to the owning package's own parser, which also answers ``--help``.
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 app = typer.Typer(
@@ -50,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

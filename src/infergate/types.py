@@ -20,7 +20,12 @@ __all__ = [
     "EndpointMeta",
     "EndpointMetrics",
     "InferenceRequest",
+    "ModelRewrite",
     "MonotonicClock",
+    "Objective",
+    "PoolSpec",
+    "RewriteRule",
+    "RewriteTarget",
     "SchedulingResult",
     "ScoredEndpoint",
 ]
@@ -153,3 +158,55 @@ class SchedulingResult:
     @property
     def primary(self) -> Endpoint:
         return self.targets[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSpec:
+    """The parts of an InferencePool the gateway acts on.
+
+    ``selector`` is a label match (all pairs must match). ``failure_mode`` is ``FailOpen`` or
+    ``FailClose`` as in ``endpointPickerRef.failureMode``.
+    """
+
+    name: str
+    namespace: str = "default"
+    selector: Mapping[str, str] = field(default_factory=dict)
+    target_ports: tuple[int, ...] = (8000,)
+    failure_mode: str = "FailClose"
+    health_path: str = "/health"
+    model_server_type: str = "vllm"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Objective:
+    """An InferenceObjective: a named priority. Negative priorities are sheddable."""
+
+    name: str
+    priority: int = 0
+    pool: str = ""
+    namespace: str = "default"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RewriteTarget:
+    model: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RewriteRule:
+    """Requests whose model is in ``match_models`` (empty: any model) go to one of ``targets``,
+    chosen at random in proportion to the weights."""
+
+    match_models: tuple[str, ...] = ()
+    targets: tuple[RewriteTarget, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRewrite:
+    """An InferenceModelRewrite: ordered rules, first match wins."""
+
+    name: str
+    pool: str = ""
+    namespace: str = "default"
+    rules: tuple[RewriteRule, ...] = ()
