@@ -1,0 +1,152 @@
+"""``infergate bench``: load any OpenAI-compatible URL with a workload and report what it did.
+
+Three modes share workloads and reports:
+- a URL (``--url``): one target, a sweep of loads;
+- ``--matrix``: start fresh simulated replicas and each routing strategy in turn, same request stream;
+- ``--twin``: the same in virtual time, in this process (the digital twin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from infergate.bench.loadgen import RequestRecord, run_closed_loop, run_open_loop
+from infergate.bench.replicas import read_counters
+from infergate.bench.report import RunResult, plot_latency_vs_load, to_markdown, write_json
+from infergate.bench.stats import Slo, summarise
+from infergate.bench.workloads import BenchRequest, WorkloadError, generate, load_workload
+
+__all__ = ["main"]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="infergate bench", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="base URL of an OpenAI-compatible server or gateway")
+    target.add_argument("--matrix", action="store_true", help="start replicas and every strategy, compare")
+    target.add_argument("--twin", action="store_true", help="run the comparison in virtual time")
+    p.add_argument("--workload", required=True, help="built-in workload name or a YAML file")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--qps", type=_floats, help="open-loop Poisson rates to sweep, e.g. 2,4,8")
+    load.add_argument("--concurrency", type=_floats, help="closed-loop concurrencies to sweep, e.g. 8,32")
+    p.add_argument("--label", default="target", help="strategy name for the report (URL mode)")
+    p.add_argument("--replica", action="append", default=[], help="replica base URL to read counters from")
+    p.add_argument("--limit", type=int, help="use only the first N requests of the workload")
+    p.add_argument("--strategies", help="comma-separated strategies (matrix/twin)")
+    p.add_argument("--replicas", type=int, default=3, help="replicas to start (matrix/twin)")
+    p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO bound on TTFT, seconds")
+    p.add_argument("--slo-tpot", type=float, default=0.050, help="SLO bound on TPOT, seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="report folder")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+async def run_url(
+    url: str,
+    requests: Sequence[BenchRequest],
+    *,
+    workload: str,
+    label: str,
+    qps: Sequence[float] | None,
+    concurrency: Sequence[float] | None,
+    replicas: Sequence[str],
+    slo: Slo,
+    seed: int,
+) -> list[RunResult]:
+    """Sweep the loads against one URL, one run after another."""
+    results = []
+    loads = list(qps or concurrency or [8.0])
+    kind = "qps" if qps else "concurrent"
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as progress:
+        for load in loads:
+            task = progress.add_task(f"{label} @ {load:g} {kind}", total=len(requests))
+
+            def done(_: RequestRecord, task: int = task) -> None:
+                progress.advance(task)
+
+            before = await read_counters(replicas)
+            if kind == "qps":
+                records = await run_open_loop(url, requests, qps=load, seed=seed, on_done=done)
+            else:
+                records = await run_closed_loop(url, requests, concurrency=int(load), on_done=done)
+            after = await read_counters(replicas)
+            deltas = {u: after[u] - before[u] for u in replicas}
+            queries = sum(d.prefix_queries for d in deltas.values())
+            results.append(
+                RunResult(
+                    workload=workload,
+                    strategy=label,
+                    load=load,
+                    load_kind=kind,
+                    summary=summarise(records, slo),
+                    prefix_hit_rate=(sum(d.prefix_hits for d in deltas.values()) / queries)
+                    if queries
+                    else None,
+                    lora_swaps=int(sum(d.lora_loads for d in deltas.values())) if replicas else None,
+                    per_endpoint_requests={u: int(d.requests) for u, d in deltas.items()},
+                )
+            )
+    return results
+
+
+def write_reports(results: Sequence[RunResult], out: Path, *, plots: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results, out / "results.json")
+    md = to_markdown(results)
+    (out / "results.md").write_text(md)
+    if plots and results:
+        plot_latency_vs_load(results, out / "ttft_p90_vs_load.png")
+    return out / "results.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = load_workload(args.workload)
+    except WorkloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    requests = generate(spec)
+    if args.limit:
+        requests = requests[: args.limit]
+    slo = Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+    if args.url:
+        results = asyncio.run(
+            run_url(
+                args.url.rstrip("/"),
+                requests,
+                workload=spec.name,
+                label=args.label,
+                qps=args.qps,
+                concurrency=args.concurrency,
+                replicas=[u.rstrip("/") for u in args.replica],
+                slo=slo,
+                seed=args.seed,
+            )
+        )
+    else:
+        print("error: --matrix and --twin are not available in this build yet", file=sys.stderr)
+        return 2
+    path = write_reports(results, args.out, plots=not args.no_plots)
+    print(to_markdown(results))
+    print(f"reports in {path.parent}")
+    return 0

@@ -1,0 +1,263 @@
+"""Benchmark workloads as data: a YAML spec becomes a seeded, reproducible list of requests.
+
+A workload describes *what* is asked (models, prompt and answer lengths, shared prefixes, sessions);
+the arrival process (open-loop Poisson at a rate, or closed-loop at a concurrency) is chosen when it
+runs, so the same request stream is replayed against every routing strategy. Prompt text is built
+from a fixed word list: no data set or tokenizer is downloaded. One word is meant to be roughly one
+token, so lengths are given in tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "BenchRequest",
+    "WorkloadError",
+    "WorkloadSpec",
+    "builtin_workloads",
+    "generate",
+    "load_workload",
+]
+
+_WORD_TEXT = (
+    "the of and to in is it you that was for on are with as his they be at one have this from or had by hot "
+    "word but what some we can out other were all there when up use your how said an each she which do their "
+    "time if will way about many then them write would like so these her long make thing see him two has "
+    "look more day could go come did number sound no most people my over know water than call first "
+    "who may down "
+    "side been now find any new work part take get place made live where after back little only round man "
+    "year came show every good me give our under name very through just form sentence great think say help "
+    "low line differ turn cause much mean before move right boy old too same tell does set three want air "
+    "well also play small end put home read hand port large spell add even land here must big high such"
+)
+_WORDS = tuple(_WORD_TEXT.split())
+
+
+class WorkloadError(ValueError):
+    """A workload file that cannot be used; the message names the file and field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LengthDist(_Model):
+    """A token-length distribution: fixed (``mean`` only), uniform (``min``/``max``) or lognormal."""
+
+    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    mean: float = Field(default=128, gt=0)
+    sigma: float = Field(default=0.0, ge=0)
+    min: int = Field(default=1, ge=1)
+    max: int = Field(default=32768, ge=1)
+
+    def sample(self, rng: random.Random) -> int:
+        if self.kind == "fixed":
+            value = self.mean
+        elif self.kind == "uniform":
+            value = rng.uniform(self.min, self.max)
+        else:  # lognormal with the given mean of the distribution (not of the log)
+            mu = math.log(self.mean) - self.sigma**2 / 2
+            value = rng.lognormvariate(mu, self.sigma)
+        return max(self.min, min(self.max, round(value)))
+
+
+class ModelShare(_Model):
+    name: str
+    weight: float = Field(default=1.0, gt=0)
+
+
+class SharedPrefixWorkload(_Model):
+    """Multi-tenant chat: each tenant has a long system prompt; sessions add turns to a growing history."""
+
+    type: Literal["shared_prefix"]
+    tenants: int = Field(default=50, ge=1)
+    system_prompt_tokens: int = Field(default=2000, ge=0)
+    question: LengthDist = LengthDist(mean=200)
+    answer: LengthDist = LengthDist(mean=200)
+    turns: int = Field(default=3, ge=1)
+    sessions: int = Field(default=200, ge=1)
+    models: tuple[ModelShare, ...] = (ModelShare(name="meta-llama/Llama-3.1-8B-Instruct"),)
+
+
+class MixWorkload(_Model):
+    """Independent requests over several models (base model and adapters) in given proportions."""
+
+    type: Literal["mix"]
+    requests: int = Field(default=500, ge=1)
+    prompt: LengthDist = LengthDist(mean=256)
+    answer: LengthDist = LengthDist(mean=128)
+    models: tuple[ModelShare, ...]
+    api: Literal["completions", "chat"] = "completions"
+
+
+class BurstWorkload(_Model):
+    """A mix whose requests arrive in bursts: ``burst_size`` at once every ``period_s`` seconds."""
+
+    type: Literal["burst"]
+    bursts: int = Field(default=10, ge=1)
+    burst_size: int = Field(default=32, ge=1)
+    period_s: float = Field(default=5.0, gt=0)
+    prompt: LengthDist = LengthDist(mean=256)
+    answer: LengthDist = LengthDist(mean=128)
+    models: tuple[ModelShare, ...] = (ModelShare(name="meta-llama/Llama-3.1-8B-Instruct"),)
+
+
+WorkloadBody = Annotated[SharedPrefixWorkload | MixWorkload | BurstWorkload, Field(discriminator="type")]
+
+
+class WorkloadSpec(_Model):
+    name: str
+    description: str = ""
+    seed: int = 0
+    workload: WorkloadBody
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchRequest:
+    """One request of a workload. ``offset`` is a fixed arrival time for bursty workloads, else None
+    (the runner's arrival process decides). ``messages`` is set for chat requests, ``prompt`` for
+    completions. ``group`` names what the request shares a prefix with (tenant), for reports."""
+
+    index: int
+    model: str
+    max_tokens: int
+    prompt: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    group: str = ""
+    offset: float | None = None
+
+    def body(self, *, stream: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "ignore_eos": True}
+        if self.messages is not None:
+            body["messages"] = list(self.messages)
+        else:
+            body["prompt"] = self.prompt
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    @property
+    def path(self) -> str:
+        return "/v1/chat/completions" if self.messages is not None else "/v1/completions"
+
+
+def _text(rng: random.Random, tokens: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(tokens))
+
+
+def _pick_model(rng: random.Random, models: Sequence[ModelShare]) -> str:
+    return rng.choices([m.name for m in models], weights=[m.weight for m in models])[0]
+
+
+def _shared_prefix(w: SharedPrefixWorkload, rng: random.Random) -> list[BenchRequest]:
+    systems = [f"tenant {t}: " + _text(rng, w.system_prompt_tokens) for t in range(w.tenants)]
+    tenant_models = [_pick_model(rng, w.models) for _ in range(w.tenants)]
+    # Sessions interleave: every session's first turn, then every second turn, and so on, the way
+    # conversations overlap in time; a turn's history holds the earlier turns' questions and answers.
+    histories: list[list[dict[str, str]]] = []
+    tenants = [rng.randrange(w.tenants) for _ in range(w.sessions)]
+    for tenant in tenants:
+        histories.append([{"role": "system", "content": systems[tenant]}])
+    out: list[BenchRequest] = []
+    for _turn in range(w.turns):
+        for s, tenant in enumerate(tenants):
+            histories[s].append({"role": "user", "content": _text(rng, w.question.sample(rng))})
+            answer_len = w.answer.sample(rng)
+            out.append(
+                BenchRequest(
+                    index=len(out),
+                    model=tenant_models[tenant],
+                    max_tokens=answer_len,
+                    messages=tuple(dict(m) for m in histories[s]),
+                    group=f"tenant-{tenant}",
+                )
+            )
+            histories[s].append({"role": "assistant", "content": _text(rng, answer_len)})
+    return out
+
+
+def _independent(
+    rng: random.Random,
+    count: int,
+    prompt: LengthDist,
+    answer: LengthDist,
+    models: Sequence[ModelShare],
+    chat: bool,
+) -> list[BenchRequest]:
+    out = []
+    for i in range(count):
+        model = _pick_model(rng, models)
+        text = _text(rng, prompt.sample(rng))
+        messages = ({"role": "user", "content": text},) if chat else None
+        out.append(
+            BenchRequest(
+                index=i,
+                model=model,
+                max_tokens=answer.sample(rng),
+                prompt=None if chat else text,
+                messages=messages,
+                group=model,
+            )
+        )
+    return out
+
+
+def generate(spec: WorkloadSpec) -> list[BenchRequest]:
+    """The workload's requests, identical for identical specs (seeded)."""
+    rng = random.Random(spec.seed)
+    w = spec.workload
+    if isinstance(w, SharedPrefixWorkload):
+        return _shared_prefix(w, rng)
+    if isinstance(w, MixWorkload):
+        return _independent(rng, w.requests, w.prompt, w.answer, w.models, w.api == "chat")
+    requests = _independent(rng, w.bursts * w.burst_size, w.prompt, w.answer, w.models, False)
+    return [
+        BenchRequest(
+            index=r.index,
+            model=r.model,
+            max_tokens=r.max_tokens,
+            prompt=r.prompt,
+            group=r.group,
+            offset=(r.index // w.burst_size) * w.period_s,
+        )
+        for r in requests
+    ]
+
+
+def load_workload(source: str | Path) -> WorkloadSpec:
+    """Read a workload from a YAML file or by the name of a built-in one."""
+    path = Path(source)
+    if not path.exists():
+        builtin = builtin_workloads()
+        if str(source) not in builtin:
+            known = ", ".join(sorted(builtin))
+            raise WorkloadError(f"{source}: no such file and no built-in workload of that name ({known})")
+        path = builtin[str(source)]
+    try:
+        data = yaml.safe_load(path.read_text())
+        return WorkloadSpec.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise WorkloadError(f"{path}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise WorkloadError(f"{path}: {loc}: {first['msg']}") from exc
+
+
+def builtin_workloads() -> dict[str, Path]:
+    """Bundled workloads by name (the file stem)."""
+    folder = resources.files("infergate.bench") / "workloads"
+    return {
+        Path(str(entry)).stem: Path(str(entry)) for entry in folder.iterdir() if str(entry).endswith(".yaml")
+    }
