@@ -1,1 +1,25 @@
-"""infergate.config."""
+"""Gateway configuration: the scheduler's EndpointPickerConfig and the runtime settings."""
+
+from infergate.config.picker import (
+    EndpointPickerConfig,
+    PluginRef,
+    PluginSpec,
+    ProfileSpec,
+    default_picker_config,
+    dump_picker_config,
+    load_picker_config,
+    parse_picker_config,
+)
+from infergate.config.settings import GatewaySettings
+
+__all__ = [
+    "EndpointPickerConfig",
+    "GatewaySettings",
+    "PluginRef",
+    "PluginSpec",
+    "ProfileSpec",
+    "default_picker_config",
+    "dump_picker_config",
+    "load_picker_config",
+    "parse_picker_config",
+]

@@ -1,0 +1,129 @@
+"""Runtime knobs of the gateway, with the reference EPP's defaults where it has one.
+
+This module owns :class:`GatewaySettings`: one frozen value object the app builds once (from CLI
+flags) and hands to every component, so no component reads flags or the environment itself.
+Defaults follow GIE ``pkg/epp/server/options.go`` (§2.8), the utilization saturation detector and
+flow-control defaults (§5.1, §5.4) and the metrics intervals (§4.3); values with no reference
+counterpart are chosen for a single-process gateway and say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from infergate.errors import ConfigError
+
+__all__ = ["GatewaySettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySettings:
+    """Every tunable of the running gateway. Times are seconds, sizes bytes."""
+
+    # --- endpoint metrics and health (GIE §4.3, §2.8)
+    scrape_interval: float = 0.05
+    """How often each endpoint's ``/metrics`` is polled (``--refresh-metrics-interval 50ms``)."""
+    scrape_timeout: float = 5.0
+    """Timeout of one scrape (the reference's fetch timeout)."""
+    scrape_backoff_max: float = 1.0
+    """Upper bound of the exponential back-off between failed scrapes of one endpoint."""
+    staleness: float = 2.0
+    """Metrics older than this take the endpoint out of candidates (``--metrics-staleness-threshold``)."""
+    health_interval: float = 1.0
+    """Health-probe period (the tutorial's readinessProbe ``periodSeconds: 1``)."""
+    health_timeout: float = 1.0
+    """Health-probe timeout (readinessProbe ``timeoutSeconds: 1``)."""
+    pool_metrics_interval: float = 5.0
+    """Refresh period of the ``inference_pool_*`` gauges (``--refresh-prometheus-metrics-interval``)."""
+
+    # --- upstream requests (data plane)
+    retries: int = 1
+    """Extra attempts on another endpoint for a request that failed before its first byte."""
+    connect_timeout: float = 5.0
+    """TCP connect timeout to a model server."""
+    request_timeout: float = 86400.0
+    """Whole-request timeout to a model server (the reference Envoy route timeout, 86400 s)."""
+    first_byte_timeout: float | None = None
+    """Timeout for the first response byte; ``None`` leaves it to ``request_timeout``."""
+    max_connections_per_endpoint: int = 256
+    """Upstream connection-pool size per model server (vLLM's default ``max_num_seqs``)."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Largest request body accepted (413 above); not limited by the reference, bounded here."""
+    max_header_bytes: int = 64 * 1024
+    """Largest total request header size accepted."""
+
+    # --- saturation and flow control (GIE §5.4-5.6)
+    queue_threshold: int = 5
+    """Waiting requests per endpoint at which it counts as saturated (``queueDepthThreshold``)."""
+    kv_threshold: float = 0.8
+    """KV-cache utilisation (0..1) at which an endpoint counts as saturated (``kvCacheUtilThreshold``)."""
+    saturation_staleness: float = 0.2
+    """Metrics older than this make an endpoint count as saturated (``metricsStalenessThreshold`` 200 ms)."""
+    flow_control: bool = False
+    """Queue requests in the gateway under saturation (the ``flowControl`` feature gate); off = legacy
+    admission, which only sheds sheddable (priority < 0) requests with 429."""
+    request_ttl: float = 60.0
+    """How long a request may wait in a flow-control queue before 503 (``defaultRequestTTL``)."""
+    max_queued_requests: int = 5000
+    """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
+    max_queued_bytes: int = 10 * 1024**3
+    """Queued request bytes per priority band (``defaultPriorityBand.maxBytes`` 10Gi)."""
+
+    # --- scheduling state
+    prefix_purge_interval: float = 120.0
+    """How often prefix-index entries of endpoints that left the pool are purged (reference: 2 min)."""
+
+    # --- listeners (GIE §2.8)
+    grpc_port: int = 9002
+    """ext_proc gRPC port of ``infergate epp`` (``--grpc-port``)."""
+    grpc_health_port: int = 9003
+    """gRPC health port (``--grpc-health-port``)."""
+    metrics_port: int = 9090
+    """Admin port serving the gateway's own ``/metrics`` (``--metrics-port``)."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "scrape_interval",
+            "scrape_timeout",
+            "scrape_backoff_max",
+            "staleness",
+            "health_interval",
+            "health_timeout",
+            "pool_metrics_interval",
+            "connect_timeout",
+            "request_timeout",
+            "saturation_staleness",
+            "request_ttl",
+            "prefix_purge_interval",
+            "kv_threshold",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"settings: {name}: must be > 0 (got {getattr(self, name)!r})")
+        for name in (
+            "max_connections_per_endpoint",
+            "max_body_bytes",
+            "max_header_bytes",
+            "queue_threshold",
+            "max_queued_requests",
+            "max_queued_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")
+        if self.retries < 0:
+            raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")
+        if self.first_byte_timeout is not None and self.first_byte_timeout <= 0:
+            raise ConfigError(f"settings: first_byte_timeout: must be > 0 (got {self.first_byte_timeout!r})")
+        for name in ("grpc_port", "grpc_health_port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"settings: {name}: must be a port number (got {getattr(self, name)!r})")
+
+    def replace(self, **changes: Any) -> GatewaySettings:
+        """A copy with ``changes`` applied (validated); ``None`` values are ignored, for CLI options."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - fields
+        if unknown:
+            raise ConfigError(f"settings: unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
