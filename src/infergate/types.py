@@ -82,13 +82,16 @@ class EndpointMeta:
     namespace: str = "default"
     pool: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    key: str = field(init=False, repr=False, compare=False)
+    """``address:port``: the value Envoy receives in ``x-gateway-destination-endpoint``. Computed
+    once, because the scheduler reads it for every candidate of every request."""
 
-    @property
-    def key(self) -> str:
-        """``address:port``: the value Envoy receives in ``x-gateway-destination-endpoint``."""
+    def __post_init__(self) -> None:
         if ":" in self.address and not self.address.startswith("["):
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+            key = f"[{self.address}]:{self.port}"
+        else:
+            key = f"{self.address}:{self.port}"
+        object.__setattr__(self, "key", key)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

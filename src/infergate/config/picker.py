@@ -15,6 +15,7 @@ errors (the reference decodes strictly).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -143,11 +144,12 @@ class EndpointPickerConfig(_Strict):
         return self.model_copy(update={"scheduling_profiles": [profile]})
 
 
-def default_picker_config(*, lora: bool) -> EndpointPickerConfig:
+def default_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> EndpointPickerConfig:
     """The reference default profile: queue 2, kv-cache 2, prefix-cache 3, max-score picker.
 
     With ``lora`` (the pool's servers run LoRA adapters) a ``lora-affinity-scorer`` with weight 1 is
     added, so adapter requests prefer servers that already hold the adapter without overriding load.
+    ``base_models`` (the served base model names) keep that scorer neutral for base-model requests.
     """
     weights: list[tuple[str, float | None]] = [
         ("queue-scorer", 2.0),
@@ -157,8 +159,11 @@ def default_picker_config(*, lora: bool) -> EndpointPickerConfig:
     if lora:
         weights.append(("lora-affinity-scorer", 1.0))
     weights.append(("max-score-picker", None))
+    params: dict[str, dict[str, Any]] = {}
+    if lora and base_models:
+        params["lora-affinity-scorer"] = {"baseModels": list(base_models)}
     return EndpointPickerConfig(
-        plugins=[PluginSpec(type=t) for t, _ in weights],
+        plugins=[PluginSpec(type=t, parameters=params.get(t, {})) for t, _ in weights],
         scheduling_profiles=[
             ProfileSpec(name="default", plugins=[PluginRef(plugin_ref=t, weight=w) for t, w in weights])
         ],

@@ -1,1 +1,5 @@
-"""infergate.datastore."""
+"""infergate.datastore: in-memory state of one pool (endpoints, metrics snapshots, objectives, rewrites)."""
+
+from infergate.datastore.store import Datastore
+
+__all__ = ["Datastore"]

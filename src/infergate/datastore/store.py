@@ -1,0 +1,232 @@
+"""The datastore: the gateway's in-memory picture of one pool.
+
+It owns the pool spec, the endpoints (identity, latest metrics snapshot, health, the gateway's own
+in-flight count, the model names each one serves), the InferenceObjectives and the
+InferenceModelRewrites. Every endpoint is held as an immutable :class:`~infergate.types.Endpoint`;
+any change builds a new object with :func:`dataclasses.replace` and swaps it in, so a snapshot
+handed to the scheduler can never change under its feet.
+
+The datastore is owned by the event loop: it is not thread-safe and never awaits. It does no I/O;
+sources (manifests, Kubernetes watches, the metrics scraper) write into it, request control and
+flow control read from it. Listeners are called synchronously after each endpoint change so
+waiters (flow control) can react without polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from infergate.types import (
+    Clock,
+    Endpoint,
+    EndpointMeta,
+    EndpointMetrics,
+    ModelRewrite,
+    MonotonicClock,
+    Objective,
+    PoolSpec,
+)
+
+__all__ = ["Datastore"]
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[], None]
+
+
+class Datastore:
+    """Pool, endpoints, objectives and rewrites for one gateway.
+
+    Args:
+        clock: time source used to judge metrics freshness in :meth:`candidates`.
+        staleness: seconds after the last successful scrape during which an endpoint's metrics
+            still count as fresh. An endpoint never scraped (``updated_at == 0``) is never fresh.
+    """
+
+    def __init__(self, clock: Clock | None = None, *, staleness: float = 2.0) -> None:
+        if staleness <= 0:
+            raise ValueError("staleness must be > 0")
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._staleness = staleness
+        self._pool: PoolSpec | None = None
+        self._endpoints: dict[str, Endpoint] = {}
+        self._models: dict[str, frozenset[str]] = {}
+        self._objectives: dict[str, Objective] = {}
+        self._rewrites: dict[str, ModelRewrite] = {}
+        self._listeners: list[Listener] = []
+
+    # -- pool -------------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> PoolSpec | None:
+        """The pool this gateway serves, once known."""
+        return self._pool
+
+    @property
+    def staleness(self) -> float:
+        return self._staleness
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def set_pool(self, pool: PoolSpec) -> None:
+        self._pool = pool
+        self._notify()
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def upsert_endpoint(self, meta: EndpointMeta) -> None:
+        """Add an endpoint, or replace the identity of a known one keeping its live state.
+
+        Metrics, health and in-flight count survive an update of labels or name, because a pod
+        relabel must not make the scheduler forget what it knows about that server.
+        """
+        old = self._endpoints.get(meta.key)
+        if old is None:
+            self._endpoints[meta.key] = Endpoint(meta=meta)
+        elif old.meta == meta:
+            return
+        else:
+            self._endpoints[meta.key] = replace(old, meta=meta)
+        self._notify()
+
+    def remove_endpoint(self, key: str) -> None:
+        """Forget an endpoint; unknown keys are ignored (removals may race with scrapes)."""
+        if self._endpoints.pop(key, None) is None:
+            return
+        self._models.pop(key, None)
+        self._notify()
+
+    def endpoint(self, key: str) -> Endpoint | None:
+        return self._endpoints.get(key)
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every known endpoint, healthy or not, fresh or not."""
+        return list(self._endpoints.values())
+
+    def is_fresh(self, endpoint: Endpoint, now: float | None = None) -> bool:
+        """True when the endpoint's metrics were scraped within ``staleness`` seconds of ``now``."""
+        updated = endpoint.metrics.updated_at
+        if updated <= 0.0:
+            return False
+        t = self._clock.now() if now is None else now
+        return t - updated <= self._staleness
+
+    def candidates(self) -> list[Endpoint]:
+        """Endpoints the scheduler may pick: healthy and with fresh metrics.
+
+        Fresh means scraped at least once (``updated_at > 0``) and no longer than ``staleness``
+        seconds ago by this datastore's clock.
+        """
+        now = self._clock.now()
+        limit = now - self._staleness
+        return [
+            e
+            for e in self._endpoints.values()
+            if e.healthy and e.metrics.updated_at > 0.0 and e.metrics.updated_at >= limit
+        ]
+
+    def update_metrics(self, key: str, metrics: EndpointMetrics) -> None:
+        """Swap in a new metrics snapshot; ignored if the endpoint was removed meanwhile."""
+        old = self._endpoints.get(key)
+        if old is None:
+            return
+        self._endpoints[key] = replace(old, metrics=metrics)
+        self._notify()
+
+    def set_healthy(self, key: str, healthy: bool) -> None:
+        old = self._endpoints.get(key)
+        if old is None or old.healthy == healthy:
+            return
+        self._endpoints[key] = replace(old, healthy=healthy)
+        self._notify()
+
+    def set_models(self, key: str, models: frozenset[str]) -> None:
+        """Record the model names (base models and adapters) one endpoint serves."""
+        if key not in self._endpoints or self._models.get(key) == models:
+            return
+        self._models[key] = frozenset(models)
+
+    def models(self, key: str) -> frozenset[str]:
+        """The model names last reported by one endpoint (empty if not known yet)."""
+        return self._models.get(key, frozenset())
+
+    def served_models(self) -> frozenset[str]:
+        """Union of the model names served by every known endpoint, healthy or not.
+
+        Unhealthy endpoints count so that a pool that is briefly down answers 503 (no capacity)
+        rather than 404 (unknown model).
+        """
+        out: set[str] = set()
+        for models in self._models.values():
+            out |= models
+        return frozenset(out)
+
+    def acquire(self, key: str) -> None:
+        """Count one more request the gateway has sent to ``key`` and not yet seen finish."""
+        old = self._endpoints.get(key)
+        if old is None:
+            return
+        self._endpoints[key] = replace(old, in_flight=old.in_flight + 1)
+        self._notify()
+
+    def release(self, key: str) -> None:
+        """Count one request to ``key`` as finished; never goes below zero."""
+        old = self._endpoints.get(key)
+        if old is None or old.in_flight == 0:
+            return
+        self._endpoints[key] = replace(old, in_flight=old.in_flight - 1)
+        self._notify()
+
+    # -- objectives and rewrites ------------------------------------------------------------
+
+    def upsert_objective(self, o: Objective) -> None:
+        self._objectives[o.name] = o
+
+    def remove_objective(self, name: str) -> None:
+        self._objectives.pop(name, None)
+
+    def objective(self, name: str) -> Objective | None:
+        return self._objectives.get(name)
+
+    def objectives(self) -> list[Objective]:
+        return list(self._objectives.values())
+
+    def upsert_rewrite(self, r: ModelRewrite) -> None:
+        self._rewrites[r.name] = r
+
+    def remove_rewrite(self, name: str) -> None:
+        self._rewrites.pop(name, None)
+
+    def rewrites(self) -> list[ModelRewrite]:
+        """Rewrites in insertion order (the order rules were loaded in)."""
+        return list(self._rewrites.values())
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def add_listener(self, fn: Listener) -> Callable[[], None]:
+        """Call ``fn()`` synchronously after every endpoint, metrics, health or in-flight change.
+
+        Returns a function that unsubscribes ``fn``; calling it twice is harmless. A listener that
+        raises is logged and does not stop the others or the change itself.
+        """
+        self._listeners.append(fn)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(fn)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        if not self._listeners:
+            return
+        for fn in tuple(self._listeners):
+            try:
+                fn()
+            except Exception:
+                log.exception("datastore listener %r failed", fn)

@@ -1,0 +1,83 @@
+"""Filters: drop candidates before scoring (the reference EPP's legacy decision-tree filters).
+
+Both filters here fail open: when no candidate passes they return every candidate, so a filter
+expressing a preference never turns an overloaded pool into 503s (flow control owns shedding).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from infergate.scheduling.framework import CycleState, Params
+from infergate.types import Endpoint, InferenceRequest
+
+__all__ = ["LoraAffinityFilter", "LoraAffinityFilterParams", "LowQueueFilter", "LowQueueFilterParams"]
+
+
+class LowQueueFilterParams(Params):
+    threshold: int = Field(default=128, ge=0)
+
+
+class LowQueueFilter:
+    """``low-queue-filter``: keep endpoints whose waiting queue is at most ``threshold``.
+
+    Rule: keep ``e`` iff ``waiting_queue_size <= threshold``; none kept → all kept.
+    Parameters: ``threshold`` (default 128, as the reference's legacy config).
+    """
+
+    def __init__(self, params: LowQueueFilterParams | None = None) -> None:
+        self._threshold = (params or LowQueueFilterParams()).threshold
+
+    def filter(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
+    ) -> Sequence[Endpoint]:
+        kept = [e for e in candidates if e.metrics.waiting_queue_size <= self._threshold]
+        return kept or candidates
+
+
+class LoraAffinityFilterParams(Params):
+    threshold: float = Field(default=0.999, ge=0.0, le=1.0)
+    base_models: list[str] = Field(default_factory=list)
+
+
+class LoraAffinityFilter:
+    """``lora-affinity-filter``: soft affinity to endpoints that hold the requested adapter.
+
+    Splits candidates into *affinity* (target model in ``running_adapters`` or
+    ``waiting_adapters``) and *available* (a free adapter slot:
+    ``len(running) + len(waiting) < max_active_adapters``). If both are non-empty, returns
+    *affinity* with probability ``threshold`` (default 0.999) and *available* otherwise, so
+    adapters slowly spread to more endpoints; if one is empty the other is returned; if both are
+    empty every candidate is kept. Requests for ``baseModels``, or when no candidate has LoRA
+    enabled (``max_active_adapters == 0``), pass unfiltered.
+    Parameters: ``threshold``, ``baseModels``.
+    """
+
+    def __init__(
+        self, params: LoraAffinityFilterParams | None = None, *, rng: random.Random | None = None
+    ) -> None:
+        p = params or LoraAffinityFilterParams()
+        self._threshold = p.threshold
+        self._base = frozenset(p.base_models)
+        self._rng = rng if rng is not None else random.Random()
+
+    def filter(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
+    ) -> Sequence[Endpoint]:
+        model = request.target_model
+        if model in self._base or all(e.metrics.max_active_adapters <= 0 for e in candidates):
+            return candidates
+        affinity: list[Endpoint] = []
+        available: list[Endpoint] = []
+        for e in candidates:
+            m = e.metrics
+            if model in m.running_adapters or model in m.waiting_adapters:
+                affinity.append(e)
+            elif len(m.running_adapters) + len(m.waiting_adapters) < m.max_active_adapters:
+                available.append(e)
+        if affinity and available:
+            return affinity if self._rng.random() < self._threshold else available
+        return affinity or available or candidates

@@ -1,0 +1,256 @@
+"""Approximate prefix-cache affinity: the ``prefix-cache-scorer`` and the index it keeps.
+
+The gateway cannot see the model servers' KV caches, so it remembers where it sent each prompt:
+the prompt is cut into fixed-size character blocks, each block gets a hash chained to the
+previous one (so a block hash stands for the whole prefix up to it), and after each pick the
+primary endpoint is credited with the request's block hashes. A later request that shares a
+prefix matches those hashes and scores high on the endpoint that most likely still has the
+prefix cached. Memory is bounded by an LRU of block hashes per endpoint.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from infergate.scheduling.framework import CycleState, Params, StateKey, candidate_keys
+from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
+
+__all__ = [
+    "AVERAGE_CHARS_PER_TOKEN",
+    "PREFIX_MATCH",
+    "PrefixCacheParams",
+    "PrefixCacheScorer",
+    "PrefixIndex",
+    "PrefixMatch",
+    "block_hashes",
+]
+
+AVERAGE_CHARS_PER_TOKEN = 4
+"""Characters (UTF-8 bytes) assumed per token when turning ``blockSizeTokens`` into a block length."""
+
+
+def block_hashes(prompt: str, model: str, block_chars: int, max_blocks: int) -> list[int]:
+    """Chained hashes of the full ``block_chars``-byte blocks of ``prompt`` (UTF-8).
+
+    ``h0 = hash(model)``; ``h_i = hash((h_{i-1}, block_i))``. A trailing partial block is ignored,
+    and at most ``max_blocks`` blocks are hashed. Python's ``hash`` is used for speed: the index is
+    per process, so values need not be stable across processes, only within one.
+    """
+    data = prompt.encode()
+    n = min(len(data) // block_chars, max_blocks)
+    h = hash(("infergate-prefix", model))
+    out: list[int] = []
+    append = out.append
+    for i in range(n):
+        start = i * block_chars
+        h = hash((h, data[start : start + block_chars]))
+        append(h)
+    return out
+
+
+class PrefixIndex:
+    """Which endpoint was sent which block hashes: per-endpoint LRU plus a reverse map.
+
+    Each endpoint holds at most ``capacity`` hashes (the least recently added are evicted first);
+    the reverse map ``hash → endpoints`` is kept in step, so total memory is bounded by
+    ``capacity × endpoints``.
+    """
+
+    def __init__(self) -> None:
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._servers: dict[int, set[str]] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        """Total number of (endpoint, hash) entries."""
+        return self._size
+
+    def servers(self) -> list[str]:
+        return list(self._lru)
+
+    def entries(self, server: str) -> int:
+        lru = self._lru.get(server)
+        return 0 if lru is None else len(lru)
+
+    def add(self, server: str, hashes: Sequence[int], capacity: int) -> None:
+        """Credit ``server`` with ``hashes`` (most recent last), evicting beyond ``capacity``."""
+        if capacity <= 0 or not hashes:
+            return
+        lru = self._lru.get(server)
+        if lru is None:
+            lru = self._lru[server] = OrderedDict()
+        reverse = self._servers
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+                continue
+            lru[h] = None
+            self._size += 1
+            holders = reverse.get(h)
+            if holders is None:
+                reverse[h] = {server}
+            else:
+                holders.add(server)
+        while len(lru) > capacity:
+            old, _ = lru.popitem(last=False)
+            self._size -= 1
+            self._drop(old, server)
+
+    def match(self, hashes: Sequence[int]) -> dict[str, int]:
+        """Matched blocks per server: walk the hashes in order and stop at the first unknown one."""
+        counts: dict[str, int] = {}
+        reverse = self._servers
+        for h in hashes:
+            holders = reverse.get(h)
+            if not holders:
+                break
+            for s in holders:
+                counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    def remove_server(self, server: str) -> None:
+        """Forget everything credited to ``server`` (endpoint removed or inactive)."""
+        lru = self._lru.pop(server, None)
+        if lru is None:
+            return
+        self._size -= len(lru)
+        for h in lru:
+            self._drop(h, server)
+
+    def _drop(self, h: int, server: str) -> None:
+        holders = self._servers.get(h)
+        if holders is None:
+            return
+        holders.discard(server)
+        if not holders:
+            del self._servers[h]
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """What the scorer computed for one request, left in CycleState for the PostPick hook."""
+
+    hashes: list[int]
+    matched: dict[str, int]
+
+
+PREFIX_MATCH: StateKey[PrefixMatch] = StateKey("prefix-match")
+
+
+class PrefixCacheParams(Params):
+    """Parameters of ``prefix-cache-scorer`` (names and defaults as the reference EPP)."""
+
+    auto_tune: bool = True
+    block_size_tokens: int = Field(default=16, gt=0)
+    max_prefix_blocks_to_match: int = Field(default=256, gt=0)
+    max_prefix_tokens_to_match: int = Field(default=0, ge=0)
+    lru_capacity_per_server: int = Field(default=31250, gt=0)
+    inactive_purge_seconds: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_block_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "blockSize" in data:
+            raise ValueError("blockSize (characters) is deprecated; use blockSizeTokens")
+        return data
+
+
+class PrefixCacheScorer:
+    """``prefix-cache-scorer``: prefer the endpoint most likely to hold the prompt's prefix in cache.
+
+    Formula: ``matchedBlocks / totalBlocks``. The prompt (``InferenceRequest.prompt``, UTF-8) is
+    cut into blocks of ``blockSizeTokens × 4`` bytes (4 characters per token on average; with
+    ``autoTune`` the token block size comes from the first candidate's ``block_size`` metric),
+    at most ``maxPrefixBlocksToMatch`` blocks (or ``maxPrefixTokensToMatch / blockSizeTokens`` if
+    set); a trailing partial block is ignored. Block hashes are chained and seeded with the
+    target model, so the same text for another model or adapter never matches. ``matchedBlocks``
+    counts, walking the hashes in order until one is unknown to every endpoint, the hashes the
+    endpoint was credited with. A prompt shorter than one block scores 0 everywhere.
+
+    Index: after each pick (PostPick) the primary target is credited with all the request's
+    hashes, in an LRU bounded per endpoint by ``lruCapacityPerServer`` (or, with ``autoTune``, the
+    endpoint's ``num_gpu_blocks``). Endpoints not seen among the candidates for
+    ``inactivePurgeSeconds`` (default 120 s) are purged.
+    """
+
+    def __init__(
+        self, params: PrefixCacheParams | None = None, *, clock: Clock | None = None, metrics: Any = None
+    ) -> None:
+        p = params if params is not None else PrefixCacheParams()
+        self._p = p
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._metrics = metrics
+        self.index = PrefixIndex()
+        self._last_seen: dict[str, float] = {}
+        self._last_purge = self._clock.now()
+
+    def _block_tokens(self, candidates: Sequence[Endpoint]) -> int:
+        if self._p.auto_tune and candidates:
+            bs = candidates[0].metrics.block_size
+            if bs:
+                return bs
+        return self._p.block_size_tokens
+
+    def _max_blocks(self, block_tokens: int) -> int:
+        if self._p.max_prefix_tokens_to_match > 0:
+            return max(1, self._p.max_prefix_tokens_to_match // block_tokens)
+        return self._p.max_prefix_blocks_to_match
+
+    def _capacity(self, endpoint: Endpoint) -> int:
+        if self._p.auto_tune and endpoint.metrics.num_gpu_blocks:
+            return endpoint.metrics.num_gpu_blocks
+        return self._p.lru_capacity_per_server
+
+    def hashes_for(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[int]:
+        bt = self._block_tokens(candidates)
+        return block_hashes(
+            request.prompt, request.target_model, bt * AVERAGE_CHARS_PER_TOKEN, self._max_blocks(bt)
+        )
+
+    def score(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
+    ) -> Mapping[str, float]:
+        self._last_seen.update(dict.fromkeys(candidate_keys(candidates, state), self._clock.now()))
+        hashes = self.hashes_for(request, candidates)
+        matched = self.index.match(hashes) if hashes else {}
+        state.put(PREFIX_MATCH, PrefixMatch(hashes, matched))
+        if not matched:
+            return {}
+        total = len(hashes)
+        return {k: n / total for k, n in matched.items()}  # sparse: missing keys score 0
+
+    def post_pick(self, request: InferenceRequest, result: SchedulingResult, state: CycleState, /) -> None:
+        primary = result.primary
+        pm = state.get(PREFIX_MATCH)
+        if pm is None:
+            pm = PrefixMatch(self.hashes_for(request, result.targets), {})
+        if pm.hashes:
+            self.index.add(primary.key, pm.hashes, self._capacity(primary))
+            if self._metrics is not None:
+                self._metrics.prefix_indexer_hit_ratio.observe(
+                    pm.matched.get(primary.key, 0) / len(pm.hashes)
+                )
+        now = self._clock.now()
+        if now - self._last_purge >= self._p.inactive_purge_seconds:
+            self._purge(now)
+        if self._metrics is not None:
+            self._metrics.prefix_indexer_size.set(len(self.index))
+
+    def remove_endpoint(self, key: str) -> None:
+        """Forget an endpoint right away (e.g. when the datastore drops it)."""
+        self.index.remove_server(key)
+        self._last_seen.pop(key, None)
+
+    def _purge(self, now: float) -> None:
+        self._last_purge = now
+        limit = now - self._p.inactive_purge_seconds
+        for server in self.index.servers():
+            if self._last_seen.get(server, 0.0) < limit:
+                self.remove_endpoint(server)
+        for key in [k for k, t in self._last_seen.items() if t < limit]:
+            del self._last_seen[key]

@@ -1,0 +1,228 @@
+"""The scheduler: builds plugins and the profile from an EndpointPickerConfig and runs one cycle.
+
+``build_scheduler`` is the two-phase loader of the reference EPP in one function: instantiate
+every entry of ``plugins:`` once (unknown type, duplicate name or bad parameters → ConfigError
+naming the plugin), then assemble the profile from ``pluginRef``/``weight``, applying the
+reference defaults (scorer weight 1.0, no profile → one ``default`` profile holding every
+scheduling plugin, no picker → ``max-score-picker``). ``Scheduler.schedule`` times the whole
+cycle into ``inference_extension_scheduler_e2e_duration_seconds``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from infergate.errors import ConfigError, NoCapacityError
+from infergate.scheduling.framework import (
+    CycleState,
+    Filter,
+    Picker,
+    PluginContext,
+    PluginRegistry,
+    PostPick,
+    Scorer,
+)
+from infergate.scheduling.pickers import MaxScorePicker
+from infergate.scheduling.profile import FilterSlot, PickerSlot, PostPickSlot, SchedulerProfile, ScorerSlot
+from infergate.scheduling.registry import default_registry
+from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult
+
+if TYPE_CHECKING:
+    from infergate.telemetry import GatewayMetrics
+
+__all__ = ["PickerConfigLike", "Scheduler", "build_scheduler"]
+
+
+class PluginSpecLike(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def parameters(self) -> Mapping[str, Any]: ...
+
+
+class PluginRefLike(Protocol):
+    @property
+    def plugin_ref(self) -> str: ...
+    @property
+    def weight(self) -> float | None: ...
+
+
+class ProfileSpecLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def plugins(self) -> Sequence[PluginRefLike]: ...
+
+
+class PickerConfigLike(Protocol):
+    """The shape of ``infergate.config.picker.EndpointPickerConfig`` that scheduling reads."""
+
+    @property
+    def plugins(self) -> Sequence[PluginSpecLike]: ...
+    @property
+    def scheduling_profiles(self) -> Sequence[ProfileSpecLike]: ...
+
+
+class Scheduler:
+    """Runs the configured profile for one request over a given candidate list.
+
+    Also exposes the plugin instances by name (``plugin``) and ``forget_endpoint`` so the
+    composition root can drop per-endpoint plugin state (the prefix index) when an endpoint
+    leaves the pool.
+    """
+
+    def __init__(
+        self,
+        profile: SchedulerProfile,
+        *,
+        plugins: Mapping[str, object] | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.profile = profile
+        self._plugins = dict(plugins or {})
+        self._metrics = metrics
+        self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
+
+    def plugin(self, name: str) -> object | None:
+        return self._plugins.get(name)
+
+    def forget_endpoint(self, key: str) -> None:
+        """Tell every plugin with per-endpoint state that ``key`` is gone."""
+        for p in self._plugins.values():
+            remove = getattr(p, "remove_endpoint", None)
+            if callable(remove):
+                remove(key)
+
+    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+        """Pick a primary target and up to two fallbacks among ``candidates``.
+
+        Raises:
+            NoCapacityError: no candidate given, a filter left none, or the picker chose none.
+        """
+        t0 = time.perf_counter()
+        try:
+            if not candidates:
+                raise NoCapacityError("no ready endpoint in the pool")
+            result = self.profile.run(request, candidates, CycleState())
+        except NoCapacityError:
+            self._record(request, None, t0)
+            raise
+        self._record(request, result.primary, t0)
+        return result
+
+    def _record(self, request: InferenceRequest, target: Endpoint | None, t0: float) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        if self._e2e is not None:
+            self._e2e.observe(time.perf_counter() - t0)
+        if target is None:
+            m.scheduler_attempts_total.labels(
+                status="failure", target_model_name=request.target_model, pod_name="", namespace="", port=""
+            ).inc()
+        else:
+            m.scheduler_attempts_total.labels(
+                status="success",
+                target_model_name=request.target_model,
+                pod_name=target.meta.name,
+                namespace=target.meta.namespace,
+                port=str(target.meta.port),
+            ).inc()
+
+
+def _timer(metrics: GatewayMetrics | None, point: str, type_: str, name: str) -> Any:
+    if metrics is None:
+        return None
+    return metrics.plugin_duration.labels(extension_point=point, plugin_type=type_, plugin_name=name)
+
+
+def build_scheduler(
+    config: PickerConfigLike,
+    *,
+    metrics: GatewayMetrics | None = None,
+    rng: random.Random | None = None,
+    clock: Clock | None = None,
+    registry: PluginRegistry | None = None,
+) -> Scheduler:
+    """Instantiate the configured plugins and assemble the (single) scheduling profile.
+
+    Raises:
+        ConfigError: unknown plugin type, duplicate plugin name, invalid parameters, a profile
+            referencing an unknown plugin, a negative weight, two pickers in a profile, or more
+            than one profile. The message names the plugin or profile.
+    """
+    reg = registry if registry is not None else default_registry()
+    ctx = PluginContext(rng=rng if rng is not None else random.Random(), clock=clock, metrics=metrics)
+
+    instances: dict[str, object] = {}
+    types: dict[str, str] = {}
+    for i, spec in enumerate(config.plugins):
+        name = spec.name or spec.type
+        if not spec.type:
+            raise ConfigError(f"plugins[{i}]: type is required")
+        if name in instances:
+            raise ConfigError(f"plugins[{i}]: duplicate plugin name {name!r}")
+        instances[name] = reg.create(spec.type, name, spec.parameters, ctx)
+        types[name] = spec.type
+
+    profiles = list(config.scheduling_profiles)
+    if len(profiles) > 1:
+        names = ", ".join(p.name for p in profiles)
+        raise ConfigError(f"schedulingProfiles: only one profile is supported, got {len(profiles)} ({names})")
+    if profiles:
+        pname = profiles[0].name or "default"
+        refs: list[tuple[str, float | None]] = []
+        for ref in profiles[0].plugins:
+            if ref.plugin_ref not in instances:
+                raise ConfigError(
+                    f"schedulingProfiles[{pname}]: pluginRef {ref.plugin_ref!r} names no plugin in plugins:"
+                )
+            refs.append((ref.plugin_ref, ref.weight))
+    else:
+        pname = "default"
+        refs = [(n, None) for n in instances]
+
+    filters: list[FilterSlot] = []
+    scorers: list[ScorerSlot] = []
+    pickers: list[PickerSlot] = []
+    post_picks: list[PostPickSlot] = []
+    for name, weight in refs:
+        inst, type_ = instances[name], types[name]
+        if getattr(inst, "inert", False):
+            continue
+        if weight is not None and weight < 0:
+            raise ConfigError(f"schedulingProfiles[{pname}]: plugin {name!r}: weight must be >= 0")
+        if hasattr(inst, "filter"):
+            filters.append(
+                FilterSlot(name, type_, _timer(metrics, "Filter", type_, name), cast(Filter, inst))
+            )
+        if hasattr(inst, "score"):
+            w = 1.0 if weight is None else float(weight)
+            scorers.append(
+                ScorerSlot(name, type_, _timer(metrics, "Scorer", type_, name), cast(Scorer, inst), w)
+            )
+        if hasattr(inst, "pick"):
+            pickers.append(
+                PickerSlot(name, type_, _timer(metrics, "Picker", type_, name), cast(Picker, inst))
+            )
+        if hasattr(inst, "post_pick"):
+            post_picks.append(
+                PostPickSlot(name, type_, _timer(metrics, "PostPick", type_, name), cast(PostPick, inst))
+            )
+    if len(pickers) > 1:
+        names = ", ".join(p.name for p in pickers)
+        raise ConfigError(f"schedulingProfiles[{pname}]: more than one picker ({names})")
+    if not pickers:
+        default = MaxScorePicker(rng=ctx.rng)
+        name = "max-score-picker"
+        pickers.append(PickerSlot(name, name, _timer(metrics, "Picker", name, name), default))
+        instances.setdefault(name, default)
+    profile = SchedulerProfile(
+        pname, filters=filters, scorers=scorers, picker=pickers[0], post_picks=post_picks
+    )
+    return Scheduler(profile, plugins=instances, metrics=metrics)

@@ -1,0 +1,172 @@
+"""Datastore: immutable snapshots, freshness, health, in-flight counting, listeners, objectives."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from infergate.datastore import Datastore
+from infergate.types import EndpointMeta, EndpointMetrics, ModelRewrite, Objective, PoolSpec
+
+
+class FakeClock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+
+def meta(name: str, port: int = 8000, **labels: str) -> EndpointMeta:
+    return EndpointMeta(name=name, address=f"10.0.0.{name[-1]}", port=port, labels=labels)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ds(clock: FakeClock) -> Datastore:
+    return Datastore(clock, staleness=2.0)
+
+
+def test_snapshots_are_swapped_never_mutated(ds: Datastore, clock: FakeClock) -> None:
+    ds.upsert_endpoint(meta("p1"))
+    key = "10.0.0.1:8000"
+    before = ds.endpoint(key)
+    assert before is not None
+    ds.update_metrics(key, EndpointMetrics(waiting_queue_size=3, updated_at=clock.t))
+    after = ds.endpoint(key)
+    assert after is not None and after is not before
+    assert before.metrics.waiting_queue_size == 0
+    assert after.metrics.waiting_queue_size == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.in_flight = 5  # type: ignore[misc]
+    listed = ds.endpoints()
+    ds.acquire(key)
+    assert listed[0].in_flight == 0  # a list handed out earlier never changes
+    assert ds.endpoints()[0].in_flight == 1
+
+
+def test_upsert_keeps_live_state_and_remove_forgets(ds: Datastore, clock: FakeClock) -> None:
+    ds.upsert_endpoint(meta("p1"))
+    key = "10.0.0.1:8000"
+    ds.update_metrics(key, EndpointMetrics(kv_cache_usage=0.5, updated_at=clock.t))
+    ds.acquire(key)
+    ds.set_healthy(key, False)
+    ds.upsert_endpoint(meta("p1", app="x"))  # relabel
+    ep = ds.endpoint(key)
+    assert ep is not None
+    assert ep.meta.labels == {"app": "x"}
+    assert (ep.metrics.kv_cache_usage, ep.in_flight, ep.healthy) == (0.5, 1, False)
+    ds.remove_endpoint(key)
+    assert ds.endpoint(key) is None and ds.endpoints() == []
+    ds.remove_endpoint(key)  # idempotent
+    ds.update_metrics(key, EndpointMetrics(updated_at=clock.t))  # late scrape is ignored
+    assert ds.endpoint(key) is None
+
+
+@pytest.mark.parametrize(
+    ("updated_at", "now", "fresh"),
+    [
+        (0.0, 100.0, False),  # never scraped
+        (100.0, 100.0, True),  # just scraped
+        (98.0, 100.0, True),  # exactly at the staleness bound
+        (97.9, 100.0, False),  # older than staleness
+    ],
+)
+def test_candidates_need_fresh_metrics(
+    ds: Datastore, clock: FakeClock, updated_at: float, now: float, fresh: bool
+) -> None:
+    ds.upsert_endpoint(meta("p1"))
+    ds.update_metrics("10.0.0.1:8000", EndpointMetrics(updated_at=updated_at))
+    clock.t = now
+    assert [e.key for e in ds.candidates()] == (["10.0.0.1:8000"] if fresh else [])
+    assert len(ds.endpoints()) == 1
+
+
+def test_candidates_exclude_unhealthy_and_go_stale_with_time(ds: Datastore, clock: FakeClock) -> None:
+    for n in ("p1", "p2"):
+        ds.upsert_endpoint(meta(n))
+        ds.update_metrics(f"10.0.0.{n[-1]}:8000", EndpointMetrics(updated_at=clock.t))
+    ds.set_healthy("10.0.0.2:8000", False)
+    assert [e.key for e in ds.candidates()] == ["10.0.0.1:8000"]
+    clock.t += 2.5
+    assert ds.candidates() == []
+    ds.set_healthy("10.0.0.2:8000", True)
+    ds.update_metrics("10.0.0.2:8000", EndpointMetrics(updated_at=clock.t))
+    assert [e.key for e in ds.candidates()] == ["10.0.0.2:8000"]
+
+
+def test_in_flight_counts_and_never_goes_negative(ds: Datastore) -> None:
+    ds.upsert_endpoint(meta("p1"))
+    key = "10.0.0.1:8000"
+    for _ in range(3):
+        ds.acquire(key)
+    ds.release(key)
+    ep = ds.endpoint(key)
+    assert ep is not None and ep.in_flight == 2
+    for _ in range(5):
+        ds.release(key)
+    ep = ds.endpoint(key)
+    assert ep is not None and ep.in_flight == 0
+    ds.acquire("unknown:1")  # no error, no entry
+    assert ds.endpoint("unknown:1") is None
+
+
+def test_listeners_called_synchronously_and_unsubscribe(ds: Datastore, clock: FakeClock) -> None:
+    calls: list[int] = []
+    unsubscribe = ds.add_listener(lambda: calls.append(len(ds.endpoints())))
+
+    def broken() -> None:
+        raise RuntimeError("listener bug")
+
+    ds.add_listener(broken)
+    ds.upsert_endpoint(meta("p1"))
+    assert calls == [1]  # already called when upsert returns
+    key = "10.0.0.1:8000"
+    ds.update_metrics(key, EndpointMetrics(updated_at=clock.t))
+    ds.set_healthy(key, False)
+    ds.set_healthy(key, False)  # no change → no call
+    ds.acquire(key)
+    ds.release(key)
+    assert len(calls) == 5
+    unsubscribe()
+    unsubscribe()
+    ds.remove_endpoint(key)
+    assert len(calls) == 5
+
+
+def test_models_pool_objectives_rewrites(ds: Datastore) -> None:
+    ds.set_pool(PoolSpec(name="pool", selector={"app": "vllm"}))
+    assert ds.pool is not None and ds.pool.name == "pool"
+    ds.upsert_endpoint(meta("p1"))
+    ds.upsert_endpoint(meta("p2"))
+    ds.set_models("10.0.0.1:8000", frozenset({"base", "food-review"}))
+    ds.set_models("10.0.0.2:8000", frozenset({"base"}))
+    ds.set_models("10.0.0.9:8000", frozenset({"ghost"}))  # unknown endpoint ignored
+    ds.set_healthy("10.0.0.1:8000", False)
+    assert ds.served_models() == {"base", "food-review"}  # unhealthy still counts (503, not 404)
+    ds.remove_endpoint("10.0.0.1:8000")
+    assert ds.served_models() == {"base"}
+
+    ds.upsert_objective(Objective(name="food-review", priority=10))
+    ds.upsert_objective(Objective(name="food-review", priority=11))
+    ds.upsert_objective(Objective(name="batch", priority=-1))
+    obj = ds.objective("food-review")
+    assert obj is not None and obj.priority == 11
+    ds.remove_objective("batch")
+    assert [o.name for o in ds.objectives()] == ["food-review"]
+    assert ds.objective("batch") is None
+
+    ds.upsert_rewrite(ModelRewrite(name="r1"))
+    ds.upsert_rewrite(ModelRewrite(name="r2"))
+    ds.remove_rewrite("r1")
+    assert [r.name for r in ds.rewrites()] == ["r2"]
+
+
+def test_rejects_non_positive_staleness() -> None:
+    with pytest.raises(ValueError):
+        Datastore(staleness=0)

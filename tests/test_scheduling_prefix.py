@@ -1,0 +1,179 @@
+"""Approximate prefix-cache scorer and its index: hashing, affinity, LRU and memory bounds, purge."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from infergate.config.picker import EndpointPickerConfig, PluginRef, PluginSpec, ProfileSpec
+from infergate.scheduling import CycleState, build_scheduler
+from infergate.scheduling.prefix import (
+    PREFIX_MATCH,
+    PrefixCacheParams,
+    PrefixCacheScorer,
+    PrefixIndex,
+    block_hashes,
+)
+from infergate.scheduling.testing import make_endpoint
+from infergate.types import InferenceRequest, SchedulingResult
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def req(prompt: str, model: str = "m") -> InferenceRequest:
+    return InferenceRequest(request_id="r", model=model, target_model=model, prompt=prompt)
+
+
+def params(**kw: object) -> PrefixCacheParams:
+    base: dict[str, object] = {"autoTune": False, "blockSizeTokens": 4}  # 16-byte blocks
+    base.update(kw)
+    return PrefixCacheParams.model_validate(base)
+
+
+def test_block_hashes_are_chained_seeded_and_ignore_partial_blocks() -> None:
+    a = block_hashes("x" * 40, "m", 16, 100)
+    assert len(a) == 2  # 40 bytes → 2 full blocks, 8 trailing bytes ignored
+    assert block_hashes("x" * 47, "m", 16, 100) == a
+    assert block_hashes("x" * 48, "m", 16, 100)[:2] == a
+    assert block_hashes("x" * 40, "other-model", 16, 100) != a  # seeded by target model
+    assert len(set(a)) == 2  # same text, different position → different hash (chained)
+    b = block_hashes("y" * 16 + "x" * 16, "m", 16, 100)
+    assert b[1] != a[1]  # same block text after a different prefix
+    assert block_hashes("x" * 15, "m", 16, 100) == []
+    assert len(block_hashes("x" * 1000, "m", 16, 5)) == 5  # max blocks
+    assert len(block_hashes("é" * 8, "m", 16, 10)) == 1  # UTF-8 bytes, not characters
+
+
+def test_score_is_matched_over_total_blocks() -> None:
+    s = PrefixCacheScorer(params())
+    e0, e1 = make_endpoint("e0"), make_endpoint("e1")
+    shared = "a" * 32  # 2 blocks
+    first = req(shared + "b" * 32)  # 4 blocks
+    st = CycleState()
+    assert s.score(first, [e0, e1], st) == {}  # empty index
+    s.post_pick(first, SchedulingResult(profile="p", targets=(e0,)), st)
+    second = req(shared + "c" * 32)
+    scores = s.score(second, [e0, e1], CycleState())
+    assert scores == {"e0:8000": 0.5}  # sparse: e1 (no match) is missing, i.e. 0.0
+    assert s.score(first, [e0, e1], CycleState()) == {"e0:8000": 1.0}
+    assert s.score(req("z" * 64), [e0, e1], CycleState()) == {}
+    st2 = CycleState()
+    s.score(second, [e0, e1], st2)
+    pm = st2.get(PREFIX_MATCH)
+    assert pm is not None and len(pm.hashes) == 4 and pm.matched == {"e0:8000": 2}
+
+
+def test_other_model_never_matches() -> None:
+    s = PrefixCacheScorer(params())
+    e0 = make_endpoint("e0")
+    r = req("q" * 64, model="food-review")
+    s.post_pick(r, SchedulingResult(profile="p", targets=(e0,)), CycleState())
+    assert s.score(req("q" * 64, model="cad-fabricator"), [e0], CycleState()) == {}
+    assert s.score(req("q" * 64, model="food-review"), [e0], CycleState()) == {"e0:8000": 1.0}
+
+
+def test_index_lru_bound_per_server_and_reverse_map_cleanup() -> None:
+    idx = PrefixIndex()
+    idx.add("a", [1, 2, 3], capacity=3)
+    idx.add("b", [1, 2], capacity=3)
+    assert len(idx) == 5
+    idx.add("a", [4, 5], capacity=3)  # evicts 1 and 2 from a
+    assert idx.entries("a") == 3 and len(idx) == 5
+    assert idx.match([1, 2]) == {"b": 2}
+    assert idx.match([3]) == {"a": 1}
+    idx.add("a", [3, 6], capacity=3)  # 3 refreshed, 4 evicted (least recently added)
+    assert idx.match([4]) == {}
+    assert idx.match([5]) == {"a": 1}
+    idx.remove_server("b")
+    assert idx.match([1]) == {} and len(idx) == 3
+    idx.remove_server("b")  # idempotent
+    assert idx.match([5, 9, 3]) == {"a": 1}  # stops at the first unknown hash
+
+
+def test_memory_bounded_by_capacity_times_servers() -> None:
+    cap = 50
+    s = PrefixCacheScorer(params(lruCapacityPerServer=cap))
+    servers = [make_endpoint(f"e{i}") for i in range(4)]
+    rng = random.Random(0)
+    for i in range(300):
+        text = "".join(rng.choice("abcdef") for _ in range(16 * 20)) + str(i)
+        target = servers[i % 4]
+        s.post_pick(req(text), SchedulingResult(profile="p", targets=(target,)), CycleState())
+    assert len(s.index) == cap * 4
+    assert all(s.index.entries(e.key) == cap for e in servers)
+
+
+def test_auto_tune_uses_endpoint_block_size_and_gpu_blocks() -> None:
+    s = PrefixCacheScorer(PrefixCacheParams())  # autoTune on
+    e0 = make_endpoint("e0", block_size=2, num_gpu_blocks=3)  # 8-byte blocks, 3 entries max
+    r = req("k" * 80)  # 10 blocks of 8 bytes
+    st = CycleState()
+    s.score(r, [e0], st)
+    pm = st.get(PREFIX_MATCH)
+    assert pm is not None and len(pm.hashes) == 10
+    s.post_pick(r, SchedulingResult(profile="p", targets=(e0,)), st)
+    assert s.index.entries(e0.key) == 3
+
+
+def test_max_prefix_tokens_overrides_blocks() -> None:
+    s = PrefixCacheScorer(params(maxPrefixTokensToMatch=8))  # 8 tokens / 4 per block = 2 blocks
+    assert len(s.hashes_for(req("x" * 400), [make_endpoint("e0")])) == 2
+
+
+def test_inactive_endpoints_purged_and_forget() -> None:
+    clock = FakeClock()
+    s = PrefixCacheScorer(params(inactivePurgeSeconds=120), clock=clock)
+    e0, e1 = make_endpoint("e0"), make_endpoint("e1")
+    for e, text in ((e0, "a" * 32), (e1, "b" * 32)):
+        st = CycleState()
+        s.score(req(text), [e0, e1], st)
+        s.post_pick(req(text), SchedulingResult(profile="p", targets=(e,)), st)
+    assert sorted(s.index.servers()) == ["e0:8000", "e1:8000"]
+    clock.t += 100
+    st = CycleState()
+    s.score(req("c" * 32), [e0], st)  # only e0 still a candidate
+    clock.t += 30  # e1 last seen 130 s ago, e0 30 s ago
+    s.post_pick(req("c" * 32), SchedulingResult(profile="p", targets=(e0,)), st)
+    assert s.index.servers() == ["e0:8000"]
+    s.remove_endpoint("e0:8000")
+    assert len(s.index) == 0
+
+
+def cfg(weight_prefix: float) -> EndpointPickerConfig:
+    plugins = [
+        PluginSpec(type="queue-scorer"),
+        PluginSpec(type="prefix-cache-scorer", parameters={"autoTune": False, "blockSizeTokens": 4}),
+        PluginSpec(type="max-score-picker"),
+    ]
+    refs = [
+        PluginRef(plugin_ref="queue-scorer", weight=1.0),
+        PluginRef(plugin_ref="prefix-cache-scorer", weight=weight_prefix),
+        PluginRef(plugin_ref="max-score-picker"),
+    ]
+    return EndpointPickerConfig(plugins=plugins, scheduling_profiles=[ProfileSpec(name="d", plugins=refs)])
+
+
+@pytest.mark.parametrize(("weight", "sticky"), [(3.0, True), (0.0, False)])
+def test_scheduler_sticks_repeated_prompts_to_one_endpoint(weight: float, sticky: bool) -> None:
+    sched = build_scheduler(cfg(weight), rng=random.Random(11))
+    cands = [make_endpoint(f"e{i}") for i in range(4)]
+    prompts = [f"{i:02d}" * 200 for i in range(8)]
+    homes: dict[int, set[str]] = {i: set() for i in range(8)}
+    for _ in range(10):
+        for i, p in enumerate(prompts):
+            homes[i].add(sched.schedule(req(p), cands).primary.key)
+    if sticky:
+        assert all(len(h) == 1 for h in homes.values())
+        assert len({next(iter(h)) for h in homes.values()}) > 1  # different prompts spread out
+    else:
+        assert any(len(h) > 1 for h in homes.values())
+    sched.forget_endpoint("e0:8000")
+    pfx = sched.plugin("prefix-cache-scorer")
+    assert isinstance(pfx, PrefixCacheScorer) and "e0:8000" not in pfx.index.servers()
