@@ -1,0 +1,322 @@
+"""The metrics scraper: keeps every endpoint's metrics snapshot, health and model list current.
+
+One supervised asyncio task per endpoint in the datastore polls ``GET /metrics`` every
+``interval`` (50 ms, as the reference EPP), maps the text through the engine dialect and swaps the
+snapshot into the datastore; it lists ``/v1/models`` every ``models_interval``. Alongside, within
+the same supervised task, a second loop probes ``health_path`` every ``health_interval``, so a slow
+scrape never delays the health verdict. The task set follows the datastore: an endpoint that
+appears gets a task, one that disappears has its task cancelled.
+
+Failure policy (see :mod:`infergate.sources.health`): any failed scrape or probe takes the endpoint
+out of rotation at once; it rejoins after ``rise`` consecutive successes while its latest health
+probe is good. While failing, the scrape
+interval backs off exponentially up to ``max_backoff`` so a dead replica is not hammered 20×/s.
+An unexpected exception inside one endpoint's task is logged and that task restarted; it never
+stops the scraper or the other endpoints. All requests share one aiohttp session (keep-alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from infergate.config.settings import GatewaySettings
+from infergate.datastore.store import Datastore
+from infergate.sources.dialects import Dialect, get_dialect, parse_metrics_report
+from infergate.sources.health import HealthTracker
+from infergate.telemetry import GatewayMetrics
+from infergate.types import Clock, PoolSpec
+
+__all__ = ["MetricsScraper"]
+
+log = logging.getLogger(__name__)
+
+_FETCH_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError)
+
+
+class _EndpointState:
+    """What one endpoint's task remembers between iterations."""
+
+    __slots__ = ("health", "logged_missing", "models", "path_index")
+
+    def __init__(self, rise: int) -> None:
+        self.health = HealthTracker(rise=rise)
+        self.path_index = 0
+        self.models: frozenset[str] | None = None
+        self.logged_missing = False
+
+
+class MetricsScraper:
+    """Polls every endpoint of a datastore; see the module docstring for the policy.
+
+    ``session_factory`` builds the shared client session when :meth:`run` starts; the scraper
+    closes it when :meth:`run` ends. ``metrics_path`` defaults to the dialect's paths, tried in
+    turn while they answer 404.
+    """
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        *,
+        interval: float = 0.05,
+        dialect: str = "vllm",
+        health_path: str = "/health",
+        health_interval: float = 1.0,
+        clock: Clock | None = None,
+        metrics: GatewayMetrics | None = None,
+        metrics_path: str | None = None,
+        timeout: float = 0.8,
+        health_timeout: float = 1.0,
+        rise: int = 2,
+        max_backoff: float = 1.0,
+        models_interval: float = 2.0,
+        pool_metrics_interval: float = 1.0,
+    ) -> None:
+        self._ds = datastore
+        self._dialect: Dialect = get_dialect(dialect)
+        self._session_factory = session_factory or self._default_session
+        self._interval = interval
+        self._health_path = health_path if health_path.startswith("/") else "/" + health_path
+        self._health_interval = health_interval
+        # Same clock as the datastore by default, so freshness is judged on the time scrapes are stamped with.
+        self._clock: Clock = clock or datastore.clock
+        self._metrics = metrics
+        self._metrics_paths = (metrics_path,) if metrics_path else self._dialect.metrics_paths
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
+        self._rise = max(1, rise)
+        self._max_backoff = max(max_backoff, interval)
+        self._models_interval = models_interval
+        self._pool_metrics_interval = pool_metrics_interval
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._states: dict[str, _EndpointState] = {}
+        self._changed = asyncio.Event()
+        self._per_pod_labels: set[tuple[str, str]] = set()
+        self.scrapes = 0  # successful scrapes, for tests and the live view
+
+    @classmethod
+    def from_settings(
+        cls,
+        datastore: Datastore,
+        settings: GatewaySettings,
+        *,
+        pool: PoolSpec | None = None,
+        metrics: GatewayMetrics | None = None,
+        clock: Clock | None = None,
+    ) -> MetricsScraper:
+        """A scraper configured from the gateway settings and the pool (dialect, health path).
+
+        ``pool`` defaults to the datastore's; without one, vLLM and ``/health`` are assumed.
+        """
+        pool = pool or datastore.pool
+        return cls(
+            datastore,
+            interval=settings.scrape_interval,
+            dialect=pool.model_server_type if pool else "vllm",
+            health_path=pool.health_path if pool else "/health",
+            health_interval=settings.health_interval,
+            clock=clock,
+            metrics=metrics,
+            timeout=settings.scrape_timeout,
+            health_timeout=settings.health_timeout,
+            max_backoff=settings.scrape_backoff_max,
+            pool_metrics_interval=settings.pool_metrics_interval,
+        )
+
+    def _default_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
+        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+
+    @property
+    def scraping(self) -> frozenset[str]:
+        """Keys of the endpoints that currently have a live task."""
+        return frozenset(k for k, t in self._tasks.items() if not t.done())
+
+    async def run(self) -> None:
+        """Scrape until cancelled; on exit every child task is cancelled and the session closed."""
+        session = self._session_factory()
+        self._changed = asyncio.Event()
+        unsubscribe = self._ds.add_listener(self._changed.set)
+        gauges = asyncio.create_task(self._pool_gauge_loop()) if self._metrics is not None else None
+        try:
+            while True:
+                self._reconcile(session)
+                await self._changed.wait()
+                self._changed.clear()
+        finally:
+            unsubscribe()
+            children = [*self._tasks.values(), *([gauges] if gauges else [])]
+            for task in children:
+                task.cancel()
+            await asyncio.gather(*children, return_exceptions=True)
+            self._tasks.clear()
+            self._states.clear()
+            await session.close()
+
+    def _reconcile(self, session: aiohttp.ClientSession) -> None:
+        """Start a task for each new endpoint, cancel the tasks of endpoints that are gone."""
+        keys = {e.key for e in self._ds.endpoints()}
+        for key in keys:
+            task = self._tasks.get(key)
+            if task is None or task.done():
+                self._states.setdefault(key, _EndpointState(self._rise))
+                self._tasks[key] = asyncio.create_task(self._supervise(key, session), name=f"scrape {key}")
+        for key in [k for k in self._tasks if k not in keys]:
+            self._tasks.pop(key).cancel()
+            self._states.pop(key, None)
+
+    async def _supervise(self, key: str, session: aiohttp.ClientSession) -> None:
+        """Run one endpoint's loop; restart it after an unexpected exception."""
+        restarts = 0
+        while True:
+            try:
+                await self._endpoint_loop(key, session)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                restarts += 1
+                log.exception("scraper task for %s crashed (restart %d)", key, restarts)
+                await asyncio.sleep(min(self._max_backoff, self._interval * 2 ** min(restarts, 16)))
+
+    async def _endpoint_loop(self, key: str, session: aiohttp.ClientSession) -> None:
+        """Scrape and health-probe concurrently, so a slow scrape never delays the health verdict."""
+        state = self._states.setdefault(key, _EndpointState(self._rise))
+        base = f"http://{key}"
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._scrape_loop(key, base, session, state))
+            tg.create_task(self._health_loop(key, base, session, state))
+
+    async def _scrape_loop(
+        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        next_models = loop.time()
+        delay = self._interval
+        while self._ds.endpoint(key) is not None:
+            started = loop.time()
+            ok = await self._scrape(key, base, session, state)
+            if ok and started >= next_models:
+                next_models = started + self._models_interval
+                await self._refresh_models(key, base, session, state)
+            delay = self._interval if ok else min(self._max_backoff, max(delay * 2, self._interval * 2))
+            await asyncio.sleep(max(0.0, delay - (loop.time() - started)))
+
+    async def _health_loop(
+        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while self._ds.endpoint(key) is not None:
+            started = loop.time()
+            await self._probe_health(key, base, session, state)
+            await asyncio.sleep(max(0.0, self._health_interval - (loop.time() - started)))
+
+    def _outcome(self, key: str, state: _EndpointState, ok: bool, *, probe: bool = False) -> None:
+        change = state.health.record(ok, probe=probe)
+        if change is not None and self._ds.endpoint(key) is not None:
+            log.info("endpoint %s is now %s", key, "healthy" if change else "unhealthy")
+            self._ds.set_healthy(key, change)
+
+    async def _scrape(
+        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
+    ) -> bool:
+        try:
+            path = self._metrics_paths[state.path_index % len(self._metrics_paths)]
+            async with session.get(base + path, timeout=self._timeout) as resp:
+                body = await resp.read()
+                status = resp.status
+        except _FETCH_ERRORS as exc:
+            log.debug("scrape of %s failed: %r", key, exc)
+            self._outcome(key, state, False)
+            return False
+        if status != 200:
+            log.debug("scrape of %s%s answered %d", key, path, status)
+            if status == 404:
+                state.path_index += 1  # try the dialect's next metrics path next time
+            self._outcome(key, state, False)
+            return False
+        report = parse_metrics_report(body.decode("utf-8", "replace"), self._dialect, self._clock.now())
+        if report.missing and not state.logged_missing:
+            state.logged_missing = True
+            log.warning("endpoint %s exposes no %s", key, ", ".join(report.missing))
+        if self._ds.endpoint(key) is None:
+            return False
+        self._ds.update_metrics(key, report.metrics)
+        self.scrapes += 1
+        self._outcome(key, state, True)
+        return True
+
+    async def _probe_health(
+        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
+    ) -> bool:
+        try:
+            async with session.get(base + self._health_path, timeout=self._health_timeout) as resp:
+                await resp.read()
+                ok = 200 <= resp.status < 300
+        except _FETCH_ERRORS as exc:
+            log.debug("health probe of %s failed: %r", key, exc)
+            ok = False
+        self._outcome(key, state, ok, probe=True)
+        return ok
+
+    async def _refresh_models(
+        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
+    ) -> None:
+        """``/v1/models`` ids (base model and loaded adapters); a failure keeps the last list."""
+        try:
+            async with session.get(base + "/v1/models", timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    return
+                payload = json.loads(await resp.read())
+        except (*_FETCH_ERRORS, ValueError) as exc:
+            log.debug("model list of %s failed: %r", key, exc)
+            return
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            return
+        models = frozenset(
+            str(card["id"]) for card in data if isinstance(card, dict) and isinstance(card.get("id"), str)
+        )
+        if models != state.models and self._ds.endpoint(key) is not None:
+            state.models = models
+            self._ds.set_models(key, models)
+
+    async def _pool_gauge_loop(self) -> None:
+        while True:
+            try:
+                self.update_pool_gauges()
+            except Exception:
+                log.exception("updating the pool gauges failed")
+            await asyncio.sleep(self._pool_metrics_interval)
+
+    def update_pool_gauges(self) -> None:
+        """Set the ``inference_pool_*`` gauges from endpoints that are healthy with fresh metrics."""
+        m = self._metrics
+        if m is None:
+            return
+        pool = self._ds.pool
+        name = pool.name if pool is not None else ""
+        ready = self._ds.candidates()
+        n = len(ready)
+        m.pool_ready_pods.labels(name=name).set(n)
+        kv = sum(e.metrics.kv_cache_usage for e in ready) / n if n else 0.0
+        queue = sum(e.metrics.waiting_queue_size for e in ready) / n if n else 0.0
+        running = sum(e.metrics.running_requests for e in ready) / n if n else 0.0
+        m.pool_average_kv_cache_utilization.labels(name=name).set(kv)
+        m.pool_average_queue_size.labels(name=name).set(queue)
+        m.pool_average_running_requests.labels(name=name).set(running)
+        seen: set[tuple[str, str]] = set()
+        for e in ready:
+            labels = (name, e.meta.name)
+            seen.add(labels)
+            m.pool_per_pod_queue_size.labels(*labels).set(e.metrics.waiting_queue_size)
+        for labels in self._per_pod_labels - seen:
+            with contextlib.suppress(KeyError):
+                m.pool_per_pod_queue_size.remove(*labels)
+        self._per_pod_labels = seen
