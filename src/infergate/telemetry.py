@@ -315,7 +315,7 @@ class GatewayMetrics:
         )
         self.fc_pool_saturation = Gauge(
             "inference_extension_flow_control_pool_saturation",
-            "1 when the pool is saturated.",
+            "The pool's saturation; 1 or more means saturated.",
             ("inference_pool",),
             registry=r,
         )

@@ -61,9 +61,10 @@ class GatewaySettings:
     """KV-cache utilisation (0..1) at which an endpoint counts as saturated (``kvCacheUtilThreshold``)."""
     saturation_staleness: float = 0.2
     """Metrics older than this make an endpoint count as saturated (``metricsStalenessThreshold`` 200 ms)."""
-    flow_control: bool = False
-    """Queue requests in the gateway under saturation (the ``flowControl`` feature gate); off = legacy
-    admission, which only sheds sheddable (priority < 0) requests with 429."""
+    flow_control: bool = True
+    """Queue requests in the gateway under saturation, by priority (on by default; the reference
+    keeps it behind the ``flowControl`` feature gate). Off = legacy admission, which only sheds
+    sheddable (priority < 0) requests with 429."""
     request_ttl: float = 60.0
     """How long a request may wait in a flow-control queue before 503 (``defaultRequestTTL``)."""
     max_queued_requests: int = 5000

@@ -1,0 +1,57 @@
+"""Flow-control settings: one frozen value object the app builds from GatewaySettings / flags.
+
+Kept apart from the controller so that the data planes, the CLI and the digital twin can build a
+configuration without pulling in asyncio code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_BAND_MAX_BYTES", "FlowControlConfig"]
+
+#: The reference's default per-band byte capacity (``defaultPriorityBandMaxBytes``).
+DEFAULT_BAND_MAX_BYTES = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowControlConfig:
+    """How requests wait while the pool is saturated.
+
+    Attributes:
+        enabled: queue requests while saturated. When False only the reference's legacy admission
+            applies: sheddable requests (priority < 0) are rejected with 429 while saturated and
+            every other request passes straight through.
+        default_ttl: seconds a request may wait in a queue before it is answered 503;
+            ``None`` waits until the client gives up.
+        band_max_requests: most requests one priority band may hold (``None``: unlimited).
+        band_max_bytes: most request-body bytes one priority band may hold (``None``: unlimited).
+        max_requests: most requests all bands together may hold (``None``: unlimited).
+        max_bytes: most request-body bytes all bands together may hold (``None``: unlimited).
+        retry_after: seconds advertised in ``Retry-After`` when a request is rejected with 429.
+        recheck_interval: longest time the dispatcher sleeps while requests wait, as a safety net
+            in case no datastore change arrives to wake it.
+        pool_name: ``inference_pool`` metric label when the datastore has no pool yet.
+    """
+
+    enabled: bool = True
+    default_ttl: float | None = 30.0
+    band_max_requests: int | None = None
+    band_max_bytes: int | None = DEFAULT_BAND_MAX_BYTES
+    max_requests: int | None = None
+    max_bytes: int | None = None
+    retry_after: float = 1.0
+    recheck_interval: float = 0.25
+    pool_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.default_ttl is not None and self.default_ttl <= 0:
+            raise ValueError("default_ttl must be > 0 or None")
+        for name in ("band_max_requests", "band_max_bytes", "max_requests", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+        if self.retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+        if self.recheck_interval <= 0:
+            raise ValueError("recheck_interval must be > 0")

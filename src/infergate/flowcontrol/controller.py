@@ -1,0 +1,201 @@
+"""The asyncio face of flow control: ``await admit(request)`` returns when the request may be scheduled.
+
+A waiting request holds an :class:`asyncio.Future`. Dispatch is event-driven: the controller
+listens to the datastore (every scrape, health change, and in-flight acquire/release) and runs a
+dispatch cycle soon after each change, releasing **one** request per cycle. The released request's
+task runs before the next cycle (both are ``call_soon`` callbacks, in order), so by then its
+in-flight count is visible to the saturation detector and the next cycle re-checks the pool with it.
+A timer wakes the dispatcher for TTL deadlines and, as a safety net, every ``recheck_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from infergate.datastore.store import Datastore
+from infergate.errors import NoCapacityError, RateLimitedError
+from infergate.flowcontrol.config import FlowControlConfig
+from infergate.flowcontrol.core import Decision, FlowCore
+from infergate.flowcontrol.queues import BandSnapshot, ItemState, QueuedItem
+from infergate.flowcontrol.saturation import SaturationDetector
+from infergate.telemetry import GatewayMetrics
+from infergate.types import Clock, InferenceRequest, MonotonicClock
+
+__all__ = ["FlowController"]
+
+log = logging.getLogger(__name__)
+
+SHED_MESSAGE = "system saturated, sheddable request dropped"
+CAPACITY_MESSAGE = "flow control queue capacity exceeded"
+TTL_MESSAGE = "request timed out in the queue"
+SHUTDOWN_MESSAGE = "gateway is shutting down"
+
+
+class FlowController:
+    """Admission for one pool: pass, wait in a priority band, or be rejected.
+
+    ``admit`` raises :class:`RateLimitedError` (429, ``Retry-After``) for a sheddable request while
+    the pool is saturated and when the queues are full, and :class:`NoCapacityError` (503) when
+    the request's TTL runs out in the queue. Cancelling ``admit`` (client gone) removes the request
+    from its queue at once.
+    """
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        *,
+        detector: SaturationDetector,
+        clock: Clock | None = None,
+        config: FlowControlConfig = FlowControlConfig(),  # noqa: B008 - frozen value object
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._core = FlowCore(datastore, detector=detector, config=config, metrics=metrics)
+        self._waiters: dict[QueuedItem, asyncio.Future[ItemState]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cycle_pending = False
+        # released requests whose task has not resumed yet: their in-flight count is not visible,
+        # so newcomers queue behind them instead of judging the pool without them
+        self._in_transit = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._unsubscribe = datastore.add_listener(self._on_change)
+
+    @property
+    def core(self) -> FlowCore:
+        """The synchronous state machine (for the live view and tests)."""
+        return self._core
+
+    @property
+    def config(self) -> FlowControlConfig:
+        return self._core.config
+
+    def queued(self) -> int:
+        """Requests waiting right now."""
+        return len(self._core)
+
+    def snapshot(self) -> list[BandSnapshot]:
+        """The bands, highest priority first, for the live view."""
+        return self._core.snapshot()
+
+    async def admit(self, request: InferenceRequest) -> None:
+        """Return when ``request`` may be scheduled; raise the error that ends it otherwise."""
+        if self._closed:
+            raise NoCapacityError(SHUTDOWN_MESSAGE)
+        offer = self._core.offer(request, self._clock.now(), hold=self._in_transit > 0)
+        if offer.decision is Decision.ADMIT:
+            return
+        retry_after = self._core.config.retry_after
+        if offer.decision is Decision.REJECT_SHED:
+            raise RateLimitedError(SHED_MESSAGE, retry_after=retry_after)
+        if offer.decision is Decision.REJECT_CAPACITY:
+            raise RateLimitedError(CAPACITY_MESSAGE, retry_after=retry_after)
+        item = offer.item
+        assert item is not None
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        future: asyncio.Future[ItemState] = loop.create_future()
+        self._waiters[item] = future
+        self._kick()
+        try:
+            outcome = await future
+        except asyncio.CancelledError:
+            self._waiters.pop(item, None)
+            if not self._core.cancel(item, self._clock.now()) and item.state is ItemState.DISPATCHED:
+                if future.done() and not future.cancelled():
+                    self._in_transit -= 1
+                self._kick()  # the capacity it was released into is free again
+            else:
+                self._arm_timer()
+            raise
+        if outcome is ItemState.DISPATCHED:
+            # the caller schedules and acquires before its next await; the cycle kicked here
+            # runs after that and sees the new in-flight count
+            self._in_transit -= 1
+            if len(self._core):
+                self._kick()
+            return
+        if outcome is ItemState.EVICTED_TTL:
+            raise NoCapacityError(TTL_MESSAGE)
+        raise NoCapacityError(SHUTDOWN_MESSAGE)
+
+    def poke(self) -> None:
+        """Run a dispatch cycle soon (e.g. after the clock moved without any datastore change)."""
+        self._kick()
+
+    def close(self) -> None:
+        """Stop listening and answer every waiting request 503; later admits fail at once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._unsubscribe()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for item in self._core.drain(self._clock.now()):
+            self._resolve(item)
+
+    # -- dispatcher -------------------------------------------------------------------------
+
+    def _on_change(self) -> None:
+        if len(self._core):
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._cycle_pending or self._loop is None or self._closed or self._loop.is_closed():
+            return
+        self._cycle_pending = True
+        self._loop.call_soon(self._cycle)
+
+    def _cycle(self) -> None:
+        self._cycle_pending = False
+        if self._closed:
+            return
+        try:
+            now = self._clock.now()
+            for expired in self._core.expire(now):
+                self._resolve(expired)
+            while self._in_transit == 0:
+                item = self._core.pop_ready(now)
+                if item is None:
+                    break
+                if self._resolve(item):
+                    self._in_transit += 1  # the next cycle is kicked when its task resumes
+                    break
+                # its waiter is already gone (cancelled in the same instant): release another
+        except Exception:  # a bug here must not strand the waiters without a timer
+            log.exception("flow-control dispatch cycle failed")
+        self._arm_timer()
+
+    def _resolve(self, item: QueuedItem) -> bool:
+        """Wake the waiter of ``item`` with its final state; False if nobody waits any more."""
+        future = self._waiters.pop(item, None)
+        if future is None or future.done():
+            return False
+        future.set_result(item.state)
+        return True
+
+    def _arm_timer(self) -> None:
+        loop = self._loop
+        if loop is None or self._closed or loop.is_closed():
+            return
+        if not len(self._core):
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        delay = self._core.config.recheck_interval
+        deadline = self._core.next_deadline()
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - self._clock.now()))
+        when = loop.time() + delay
+        if self._timer is not None:
+            if not self._timer.cancelled() and self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._cycle()

@@ -1,0 +1,256 @@
+"""The flow-control state machine, synchronous and clock-agnostic.
+
+:class:`FlowCore` decides what happens to each request (pass, queue, reject), which queued request
+goes next, and which ones outlived their TTL; it records the ``inference_extension_flow_control_*``
+metrics. It never awaits and never reads a clock itself: the caller passes ``now``. The asyncio
+:class:`~infergate.flowcontrol.controller.FlowController` wraps it for the data planes, and the
+digital twin can drive it directly on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from infergate.datastore.store import Datastore
+from infergate.flowcontrol.config import FlowControlConfig
+from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
+from infergate.flowcontrol.saturation import SaturationDetector
+from infergate.telemetry import GatewayMetrics
+from infergate.types import InferenceRequest
+
+__all__ = ["Decision", "FlowCore", "Offer"]
+
+
+class Decision(StrEnum):
+    """What :meth:`FlowCore.offer` decided for a new request."""
+
+    ADMIT = "admit"  # go ahead and schedule now
+    QUEUED = "queued"  # wait for :meth:`FlowCore.pop_ready` (or expiry / cancellation)
+    REJECT_SHED = "sheddable"  # priority < 0 while saturated: 429
+    REJECT_CAPACITY = "capacity"  # queue capacity exhausted: 429
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    decision: Decision
+    item: QueuedItem | None = None
+
+
+class FlowCore:
+    """Priority bands, fairness, TTL and capacities over one pool's saturation.
+
+    Args:
+        datastore: source of the pool's endpoints (health, metrics, in-flight counts).
+        detector: the saturation rule.
+        config: capacities, TTL and whether queueing is enabled at all.
+        metrics: where to record; None records nothing.
+    """
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        *,
+        detector: SaturationDetector,
+        config: FlowControlConfig | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self._ds = datastore
+        self._detector = detector
+        self._config = config if config is not None else FlowControlConfig()
+        self._metrics = metrics
+        self._queues = PriorityQueues()
+        self._deadlines: list[tuple[float, int, QueuedItem]] = []
+        self._seq = itertools.count()
+        self._last_saturation = 0.0
+
+    # -- inspection -------------------------------------------------------------------------
+
+    @property
+    def config(self) -> FlowControlConfig:
+        return self._config
+
+    @property
+    def detector(self) -> SaturationDetector:
+        return self._detector
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queues.bytes
+
+    @property
+    def last_saturation(self) -> float:
+        """The pool saturation computed by the most recent decision."""
+        return self._last_saturation
+
+    def snapshot(self) -> list[BandSnapshot]:
+        return self._queues.snapshot()
+
+    def pool_name(self) -> str:
+        pool = self._ds.pool
+        return pool.name if pool is not None else self._config.pool_name
+
+    def saturation(self, now: float) -> float:
+        """The pool's current saturation (>= 1.0: saturated); updates the saturation gauge."""
+        value = self._detector.saturation(self._ds.endpoints(), now)
+        self._last_saturation = value
+        if self._metrics is not None:
+            self._metrics.fc_pool_saturation.labels(inference_pool=self.pool_name()).set(value)
+        return value
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def offer(self, request: InferenceRequest, now: float, *, hold: bool = False) -> Offer:
+        """Decide for a newly arrived request.
+
+        Nothing waiting and the pool not saturated is the fast path: admit. Otherwise a sheddable
+        request (priority < 0) is rejected if the pool is saturated or others already wait (it
+        would only wait behind them, which is what shedding avoids); any other request joins its
+        band's flow queue, unless that would exceed a capacity, which rejects it. A request never
+        overtakes queued ones: while anything waits, newcomers queue too, and the dispatcher
+        decides the order. ``hold`` forbids the fast path (the caller released requests that are not
+        in flight yet, so the pool's state is not known): the request queues unless it is shed.
+        """
+        saturated = self.saturation(now) >= 1.0
+        if not self._config.enabled:
+            if saturated and request.priority < 0:
+                return self._reject(request, Decision.REJECT_SHED)
+            self._observe_wait(request, ItemState.DISPATCHED, 0.0)
+            return Offer(Decision.ADMIT)
+        if not saturated and not self._queues and not hold:
+            self._observe_wait(request, ItemState.DISPATCHED, 0.0)
+            return Offer(Decision.ADMIT)
+        if request.priority < 0 and (saturated or self._queues):
+            return self._reject(request, Decision.REJECT_SHED)
+        size = max(0, request.body_size)
+        if not self._fits(request.priority, size):
+            return self._reject(request, Decision.REJECT_CAPACITY)
+        ttl = self._config.default_ttl
+        item = QueuedItem(
+            request=request,
+            size=size,
+            enqueued_at=now,
+            deadline=None if ttl is None else now + ttl,
+            seq=next(self._seq),
+            pool=self.pool_name(),
+        )
+        self._queues.push(item)
+        if item.deadline is not None:
+            heapq.heappush(self._deadlines, (item.deadline, item.seq, item))
+        self._gauge(item, +1)
+        return Offer(Decision.QUEUED, item)
+
+    def pop_ready(self, now: float) -> QueuedItem | None:
+        """Release the next request if the pool has room, else None.
+
+        Only the head of the highest non-empty band is considered (head-of-line blocking, as in
+        the reference, so a lower band never overtakes a higher one). Call again after the released
+        request was scheduled (its in-flight count is then visible) to release the next one.
+        """
+        if not self._queues:
+            return None
+        started = time.perf_counter()
+        try:
+            if self.saturation(now) >= 1.0:
+                return None
+            item = self._queues.pop()
+            assert item is not None
+            self._finish(item, ItemState.DISPATCHED, now)
+            return item
+        finally:
+            if self._metrics is not None:
+                self._metrics.fc_dispatch_cycle_duration.observe(time.perf_counter() - started)
+
+    def expire(self, now: float) -> list[QueuedItem]:
+        """Take out every queued request whose TTL has passed; they are to be answered 503."""
+        out: list[QueuedItem] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, item = heapq.heappop(self._deadlines)
+            if item.state is ItemState.QUEUED and self._queues.remove(item):
+                self._finish(item, ItemState.EVICTED_TTL, now)
+                if self._metrics is not None:
+                    self._metrics.fc_rejected_total.labels(priority=str(item.priority), reason="ttl").inc()
+                out.append(item)
+        if len(self._deadlines) > 2 * len(self._queues) + 64:
+            self._deadlines = [d for d in self._deadlines if d[2].state is ItemState.QUEUED]
+            heapq.heapify(self._deadlines)
+        return out
+
+    def cancel(self, item: QueuedItem, now: float) -> bool:
+        """The client went away: drop ``item`` from its queue at once. False if no longer queued."""
+        if item.state is not ItemState.QUEUED or not self._queues.remove(item):
+            return False
+        self._finish(item, ItemState.CANCELLED, now)
+        return True
+
+    def next_deadline(self) -> float | None:
+        """The earliest TTL deadline among queued requests (may be of an item already gone)."""
+        while self._deadlines and self._deadlines[0][2].state is not ItemState.QUEUED:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def drain(self, now: float) -> list[QueuedItem]:
+        """Remove every queued request (shutdown); each is marked rejected."""
+        out = list(self._queues)
+        for item in out:
+            self._queues.remove(item)
+            self._finish(item, ItemState.REJECTED, now)
+        self._deadlines.clear()
+        return out
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _fits(self, priority: int, size: int) -> bool:
+        c = self._config
+        q = self._queues
+        if c.max_requests is not None and len(q) + 1 > c.max_requests:
+            return False
+        if c.max_bytes is not None and q.bytes + size > c.max_bytes:
+            return False
+        if c.band_max_requests is not None and q.band_count(priority) + 1 > c.band_max_requests:
+            return False
+        return not (c.band_max_bytes is not None and q.band_bytes(priority) + size > c.band_max_bytes)
+
+    def _reject(self, request: InferenceRequest, decision: Decision) -> Offer:
+        if self._metrics is not None:
+            self._metrics.fc_rejected_total.labels(
+                priority=str(request.priority), reason=decision.value
+            ).inc()
+        self._observe_wait(request, ItemState.REJECTED, 0.0)
+        return Offer(decision)
+
+    def _finish(self, item: QueuedItem, state: ItemState, now: float) -> None:
+        item.state = state
+        self._gauge(item, -1)
+        self._observe_wait(item.request, state, max(0.0, now - item.enqueued_at), item.pool)
+
+    def _labels(self, request: InferenceRequest, pool: str | None = None) -> dict[str, str]:
+        return {
+            "fairness_id": request.fairness_id,
+            "priority": str(request.priority),
+            "inference_pool": self.pool_name() if pool is None else pool,
+            "model_name": request.model,
+            "target_model_name": request.target_model,
+        }
+
+    def _gauge(self, item: QueuedItem, sign: int) -> None:
+        if self._metrics is None:
+            return
+        labels = self._labels(item.request, item.pool)
+        self._metrics.fc_queue_size.labels(**labels).inc(sign)
+        self._metrics.fc_queue_bytes.labels(**labels).inc(sign * item.size)
+
+    def _observe_wait(
+        self, request: InferenceRequest, outcome: ItemState, seconds: float, pool: str | None = None
+    ) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.fc_request_queue_duration.labels(
+            **self._labels(request, pool), outcome=outcome.value
+        ).observe(seconds)

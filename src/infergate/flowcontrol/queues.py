@@ -1,0 +1,226 @@
+"""The waiting room: priority bands of per-flow FIFO queues, with no notion of time or asyncio.
+
+Structure (the reference's three tiers):
+
+* a **band** per priority value; the dispatcher always serves the highest non-empty band first;
+* inside a band, one **flow** queue per fairness id, served **round-robin** (a flow that was just
+  served goes to the back of the rotation; a new flow joins at the back);
+* inside a flow, **FCFS**.
+
+Removing an arbitrary item (cancellation, TTL expiry) is O(flow length) and takes effect at once,
+so counts and bytes are always exact. This module is pure data structure so that it can be property
+tested and driven by the digital twin on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from infergate.types import InferenceRequest
+
+__all__ = ["BandSnapshot", "FlowSnapshot", "ItemState", "PriorityQueues", "QueuedItem"]
+
+
+class ItemState(StrEnum):
+    """Where a queued request stands; also the ``outcome`` label of the queue-duration metric."""
+
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    REJECTED = "rejected"
+    EVICTED_TTL = "evicted_ttl"
+    CANCELLED = "cancelled"
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class QueuedItem:
+    """One waiting request. Identity-compared: two equal requests are still two items."""
+
+    request: InferenceRequest
+    size: int
+    enqueued_at: float
+    deadline: float | None
+    seq: int
+    pool: str = ""
+    state: ItemState = ItemState.QUEUED
+
+    @property
+    def priority(self) -> int:
+        return self.request.priority
+
+    @property
+    def fairness_id(self) -> str:
+        return self.request.fairness_id
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSnapshot:
+    fairness_id: str
+    queued: int
+    bytes: int
+    oldest_enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BandSnapshot:
+    """One priority band as the live view shows it."""
+
+    priority: int
+    flows: tuple[FlowSnapshot, ...]
+    queued: int
+    bytes: int
+
+
+@dataclass(slots=True)
+class _Band:
+    priority: int
+    flows: dict[str, deque[QueuedItem]] = field(default_factory=dict)
+    rotation: deque[str] = field(default_factory=deque)  # non-empty flows, next to serve first
+    count: int = 0
+    bytes: int = 0
+
+    def push(self, item: QueuedItem) -> None:
+        queue = self.flows.get(item.fairness_id)
+        if queue is None:
+            queue = self.flows[item.fairness_id] = deque()
+            self.rotation.append(item.fairness_id)
+        queue.append(item)
+        self.count += 1
+        self.bytes += item.size
+
+    def peek(self) -> QueuedItem | None:
+        if not self.rotation:
+            return None
+        return self.flows[self.rotation[0]][0]
+
+    def pop(self) -> QueuedItem:
+        fid = self.rotation[0]
+        queue = self.flows[fid]
+        item = queue.popleft()
+        self.rotation.popleft()
+        if queue:
+            self.rotation.append(fid)
+        else:
+            del self.flows[fid]
+        self.count -= 1
+        self.bytes -= item.size
+        return item
+
+    def remove(self, item: QueuedItem) -> bool:
+        queue = self.flows.get(item.fairness_id)
+        if queue is None:
+            return False
+        try:
+            queue.remove(item)
+        except ValueError:
+            return False
+        if not queue:
+            del self.flows[item.fairness_id]
+            self.rotation.remove(item.fairness_id)
+        self.count -= 1
+        self.bytes -= item.size
+        return True
+
+
+class PriorityQueues:
+    """Bands of flows of items; strict priority between bands, round-robin between flows."""
+
+    def __init__(self) -> None:
+        self._bands: dict[int, _Band] = {}
+        self._priorities: list[int] = []  # ascending; only non-empty bands
+        self._count = 0
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def band_count(self, priority: int) -> int:
+        band = self._bands.get(priority)
+        return band.count if band is not None else 0
+
+    def band_bytes(self, priority: int) -> int:
+        band = self._bands.get(priority)
+        return band.bytes if band is not None else 0
+
+    def flow_count(self, priority: int, fairness_id: str) -> int:
+        band = self._bands.get(priority)
+        if band is None:
+            return 0
+        queue = band.flows.get(fairness_id)
+        return len(queue) if queue is not None else 0
+
+    def push(self, item: QueuedItem) -> None:
+        band = self._bands.get(item.priority)
+        if band is None:
+            band = self._bands[item.priority] = _Band(item.priority)
+            bisect.insort(self._priorities, item.priority)
+        band.push(item)
+        self._count += 1
+        self._bytes += item.size
+
+    def peek(self) -> QueuedItem | None:
+        """The item :meth:`pop` would return, without removing it."""
+        if not self._priorities:
+            return None
+        return self._bands[self._priorities[-1]].peek()
+
+    def pop(self) -> QueuedItem | None:
+        """Remove and return the next item: highest band, next flow in rotation, oldest in flow."""
+        if not self._priorities:
+            return None
+        band = self._bands[self._priorities[-1]]
+        item = band.pop()
+        self._count -= 1
+        self._bytes -= item.size
+        if band.count == 0:
+            self._drop_band(band.priority)
+        return item
+
+    def remove(self, item: QueuedItem) -> bool:
+        """Take ``item`` out wherever it is; False if it is not queued here."""
+        band = self._bands.get(item.priority)
+        if band is None or not band.remove(item):
+            return False
+        self._count -= 1
+        self._bytes -= item.size
+        if band.count == 0:
+            self._drop_band(band.priority)
+        return True
+
+    def __iter__(self) -> Iterator[QueuedItem]:
+        """Every queued item, highest band first (not in dispatch order inside a band)."""
+        for priority in reversed(self._priorities):
+            for queue in self._bands[priority].flows.values():
+                yield from queue
+
+    def snapshot(self) -> list[BandSnapshot]:
+        """Bands from highest to lowest priority, flows in their current rotation order."""
+        out: list[BandSnapshot] = []
+        for priority in reversed(self._priorities):
+            band = self._bands[priority]
+            flows = tuple(
+                FlowSnapshot(
+                    fairness_id=fid,
+                    queued=len(band.flows[fid]),
+                    bytes=sum(i.size for i in band.flows[fid]),
+                    oldest_enqueued_at=band.flows[fid][0].enqueued_at,
+                )
+                for fid in band.rotation
+            )
+            out.append(BandSnapshot(priority=priority, flows=flows, queued=band.count, bytes=band.bytes))
+        return out
+
+    def _drop_band(self, priority: int) -> None:
+        del self._bands[priority]
+        index = bisect.bisect_left(self._priorities, priority)
+        del self._priorities[index]

@@ -1,0 +1,113 @@
+"""Saturation detection: is the pool too busy to take one more request right now?
+
+The rule is the reference's utilisation detector (GIE ``utilization-detector``):
+
+* per endpoint, ``score = max(waiting / queue_threshold, kv_cache_usage / kv_threshold)``;
+  an endpoint whose metrics are stale (never scraped, or older than ``staleness`` seconds) scores 1.0;
+* the pool's saturation is the **mean** score over the healthy endpoints (``aggregation="mean"``, the
+  reference's rule) or the **lowest** score (``aggregation="min"``: saturated only when every
+  endpoint is); no healthy endpoint at all means saturation 1.0;
+* the pool is saturated when its saturation is >= 1.0.
+
+Between scrapes the detector also reacts to the gateway's own in-flight counts, so dispatch follows
+requests finishing and starting without waiting up to one scrape interval. The first time it sees a
+new metrics snapshot of an endpoint it remembers that endpoint's in-flight count as a baseline; from
+then on the waiting queue it uses is ``max(0, waiting_at_scrape + in_flight_now - in_flight_baseline)``:
+each request the gateway sent since the scrape is assumed to wait, each one that finished is assumed
+to have let a waiting request start. With a waiting queue that holds while the server's batch is full,
+which is exactly when saturation matters; the next scrape corrects any error. KV-cache use is taken
+from the scrape as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from infergate.types import Endpoint
+
+__all__ = ["Aggregation", "SaturationDetector"]
+
+Aggregation = Literal["mean", "min"]
+
+
+class SaturationDetector:
+    """Scores endpoints and the pool against the queue and KV-cache thresholds.
+
+    Args:
+        queue_threshold: waiting requests at which one endpoint counts as full (reference: 5).
+        kv_threshold: KV-cache use (0..1) at which one endpoint counts as full (reference: 0.8).
+        staleness: seconds after which an endpoint's metrics no longer count (it scores 1.0).
+        aggregation: ``"mean"`` (reference) or ``"min"`` (saturated only when every endpoint is).
+        track_in_flight: correct the scraped queue by the gateway's in-flight changes since the scrape.
+    """
+
+    def __init__(
+        self,
+        *,
+        queue_threshold: int = 5,
+        kv_threshold: float = 0.8,
+        staleness: float = 2.0,
+        aggregation: Aggregation = "mean",
+        track_in_flight: bool = True,
+    ) -> None:
+        if queue_threshold <= 0:
+            raise ValueError("queue_threshold must be > 0")
+        if kv_threshold <= 0:
+            raise ValueError("kv_threshold must be > 0")
+        if staleness <= 0:
+            raise ValueError("staleness must be > 0")
+        if aggregation not in ("mean", "min"):
+            raise ValueError("aggregation must be 'mean' or 'min'")
+        self.queue_threshold = queue_threshold
+        self.kv_threshold = kv_threshold
+        self.staleness = staleness
+        self.aggregation: Aggregation = aggregation
+        self.track_in_flight = track_in_flight
+        # endpoint key -> (metrics.updated_at, in_flight when that snapshot was first seen)
+        self._baselines: dict[str, tuple[float, int]] = {}
+
+    def is_fresh(self, endpoint: Endpoint, now: float) -> bool:
+        """Scraped at least once and no longer than ``staleness`` seconds ago."""
+        updated = endpoint.metrics.updated_at
+        return updated > 0.0 and now - updated <= self.staleness
+
+    def effective_queue(self, endpoint: Endpoint) -> int:
+        """The scraped waiting queue corrected by in-flight changes since that scrape."""
+        waiting = endpoint.metrics.waiting_queue_size
+        if not self.track_in_flight:
+            return waiting
+        key = endpoint.key
+        updated = endpoint.metrics.updated_at
+        base = self._baselines.get(key)
+        if base is None or base[0] != updated:
+            self._baselines[key] = (updated, endpoint.in_flight)
+            return waiting
+        return max(0, waiting + endpoint.in_flight - base[1])
+
+    def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
+        """``max(queue/queue_threshold, kv/kv_threshold)``; 1.0 when metrics are stale."""
+        if not self.is_fresh(endpoint, now):
+            return 1.0
+        queue = self.effective_queue(endpoint)
+        return max(queue / self.queue_threshold, endpoint.metrics.kv_cache_usage / self.kv_threshold)
+
+    def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
+        """The pool's saturation over its healthy endpoints (>= 1.0 means saturated)."""
+        scores = [self.endpoint_score(e, now) for e in endpoints if e.healthy]
+        if len(self._baselines) > 4 * len(endpoints) + 16:
+            self._forget_except({e.key for e in endpoints})
+        if not scores:
+            return 1.0
+        if self.aggregation == "min":
+            return min(scores)
+        return sum(scores) / len(scores)
+
+    def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
+        """True when the pool cannot take one more request without queueing at a model server."""
+        return self.saturation(endpoints, now) >= 1.0
+
+    def _forget_except(self, keys: set[str]) -> None:
+        """Drop baselines of endpoints that left the pool, so the map stays bounded."""
+        for key in [k for k in self._baselines if k not in keys]:
+            del self._baselines[key]
