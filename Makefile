@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: up test lint types pytest install clean
 
@@ -27,8 +28,17 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Debian's Chromium drives the live view's browser test. It is installed with apt when missing and
+# this user may; otherwise the browser tests say what to install (and fail when CI is set).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: could not install chromium"; \
+	else echo "note: $(CHROMIUM) is missing; browser tests need Debian's chromium"; fi
 
 test: lint types pytest
 
