@@ -1,0 +1,595 @@
+"""The simulator's HTTP server: vLLM's OpenAI API, admin and router-facing endpoints on aiohttp.
+
+:class:`SimServer` owns one engine, its wall-clock driver, the metrics registry and the aiohttp
+application. Handlers translate HTTP into ``EngineRequest``s and engine outputs back into vLLM's
+shapes (``openai_api`` for shapes, ``generation`` for streams). Every error is answered in vLLM's JSON
+envelope; nothing escapes as a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from infergate.simulator import openai_api as oa
+from infergate.simulator import peer_api as peer
+from infergate.simulator.args import SimulatorArgs
+from infergate.simulator.drivers import RealtimeDriver
+from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
+from infergate.simulator.generation import ChoiceSpec, Delta, choice_events, merged_events
+from infergate.simulator.metrics import SimMetrics
+from infergate.simulator.profile import get_profile
+from infergate.simulator.tokenizer import BOS_ID, Tokenizer
+
+log = logging.getLogger("infergate.simulator")
+
+VLLM_VERSION = "0.33.0"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ScaledEngine(Engine):
+    """An engine whose step durations are multiplied by ``time_scale`` (tests and demos run faster)."""
+
+    def __init__(self, config: EngineConfig, time_scale: float) -> None:
+        super().__init__(config)
+        self.time_scale = time_scale
+
+    def begin_step(self, now: float) -> float | None:
+        duration = super().begin_step(now)
+        return None if duration is None else duration * self.time_scale
+
+
+def engine_config(args: SimulatorArgs) -> EngineConfig:
+    """EngineConfig from the command line; flags left unset keep the engine's defaults."""
+    overrides: dict[str, Any] = {
+        "model": args.model,
+        "enable_prefix_caching": args.enable_prefix_caching,
+        "enable_lora": args.enable_lora,
+        "max_loras": args.max_loras,
+        "max_cpu_loras": args.max_cpu_loras,
+        "max_lora_rank": args.max_lora_rank,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "seed": args.seed,
+    }
+    optional = {
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_model_len": args.max_model_len,
+        "block_size": args.block_size,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "num_gpu_blocks": args.num_gpu_blocks,
+        "profile": args.profile,
+    }
+    overrides.update({k: v for k, v in optional.items() if v is not None})
+    return EngineConfig(**overrides)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(), status=status, content_type="application/json"
+    )
+
+
+def _error(exc: oa.ApiError) -> web.Response:
+    return _json(exc.body(), exc.status)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """vLLM's error envelope for our errors, FastAPI's ``{"detail"}`` for routing errors, no tracebacks."""
+    try:
+        return await handler(request)
+    except oa.ApiError as exc:
+        return _error(exc)
+    except web.HTTPException as exc:
+        if exc.status in (404, 405):
+            return _json({"detail": "Not Found" if exc.status == 404 else "Method Not Allowed"}, exc.status)
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(oa.ApiError(500, f"Internal server error: {type(exc).__name__}"))
+
+
+class SimServer:
+    """One simulated vLLM server process (engine + driver + HTTP)."""
+
+    def __init__(self, args: SimulatorArgs) -> None:
+        self.args = args
+        self.config = engine_config(args)
+        get_profile(self.config.profile)  # unknown profile → ValueError before anything starts
+        self.engine: Engine = (
+            ScaledEngine(self.config, args.time_scale) if args.time_scale != 1.0 else Engine(self.config)
+        )
+        self.tokenizer = Tokenizer()
+        overhead = self.engine.profile.api_overhead_ms / 1000.0 * args.time_scale
+        self.driver = RealtimeDriver(self.engine, api_overhead=overhead)
+        self.max_model_len = self.config.max_model_len
+        self.created = int(time.time())
+        self.base_root = args.model
+        self.lora_parents: dict[str, str] = {}  # adapter → base model shown as `parent` in /v1/models
+        for mod in args.lora_modules:
+            self.engine.add_lora(mod.name, mod.path)
+            if mod.base_model_name:
+                self.lora_parents[mod.name] = mod.base_model_name
+        stats = self.engine.stats()
+        self.metrics = SimMetrics(
+            self.engine.stats,
+            model_name=args.model_name,
+            max_model_len=self.max_model_len,
+            legacy=args.legacy_metrics,
+            lora_enabled=self.config.enable_lora,
+            cache_info={
+                "block_size": str(stats.block_size),
+                "enable_prefix_caching": str(self.config.enable_prefix_caching),
+                "gpu_memory_utilization": str(self.config.gpu_memory_utilization),
+                "num_gpu_blocks": str(stats.num_gpu_blocks),
+            },
+        )
+        self.kv_publisher: Any = None
+        self.app = self._build_app()
+        self._runner: web.AppRunner | None = None
+        self.port = args.port
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[_error_middleware], client_max_size=64 * 1024 * 1024)
+        r = app.router
+        r.add_post("/v1/completions", self.completions)
+        r.add_post("/v1/chat/completions", self.chat_completions)
+        r.add_get("/v1/models", self.models)
+        r.add_post("/v1/load_lora_adapter", self.load_lora)
+        r.add_post("/v1/unload_lora_adapter", self.unload_lora)
+        r.add_get("/health", self.health)
+        r.add_get("/ping", self.health)
+        r.add_get("/version", self.version)
+        r.add_get("/metrics", self.metrics_handler)
+        r.add_post("/tokenize", self.tokenize)
+        r.add_post("/detokenize", self.detokenize)
+        r.add_post("/v1/completions/render", self.render_completion)
+        r.add_post("/v1/chat/completions/render", self.render_chat)
+        r.add_get("/get_server_info", self.server_info)
+        r.add_get("/server_info", self.server_info)
+        r.add_get("/get_model_info", self.model_info)
+        r.add_get("/model_info", self.model_info)
+        r.add_get("/get_load", self.get_load)
+        return app
+
+    async def start(self) -> None:
+        """Start the engine driver and listen; ``port`` 0 picks a free port (see :attr:`port`)."""
+        if self.args.kv_events_endpoint:
+            from infergate.simulator.kvevents import KvEventPublisher
+
+            self.kv_publisher = KvEventPublisher(
+                self.args.kv_events_endpoint,
+                topic=self.args.kv_events_topic,
+                encoding=self.args.kv_events_encoding,
+            )
+            self.engine.set_kv_event_sink(self.kv_publisher.publish)
+        await self.driver.start()
+        runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.args.host, self.args.port, reuse_address=True)
+        await site.start()
+        self._runner = runner
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Close connections (in-flight requests are aborted in the engine), then stop the driver."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.driver.stop()
+        if self.kv_publisher is not None:
+            self.kv_publisher.close()
+            self.kv_publisher = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.args.host in ("0.0.0.0", "", "::") else self.args.host
+        return f"http://{host}:{self.port}"
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        try:
+            data = json.loads(raw) if raw else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise oa.ApiError(400, f"Invalid JSON in request body: {exc}") from None
+        if not isinstance(data, dict):
+            raise oa.ApiError(400, "Request body must be a JSON object.")
+        return data
+
+    def _resolve(self, model: str | None) -> tuple[str, str | None]:
+        """(name echoed in responses, LoRA adapter or None); 404 for unknown names."""
+        if model is None or model in self.args.served_model_names:
+            return (model or self.args.model_name), None
+        if model in self.engine.loras():
+            return model, model
+        raise oa.ApiError(
+            404,
+            oa.unknown_model_message(model, self.args.served_model_names),
+            type_="NotFoundError",
+            param="model",
+        )
+
+    def _completion_ids(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str]]:
+        """Token ids and text of each prompt. Text prompts get the BOS token first, as Llama-3's
+        tokenizer does with vLLM's default ``add_special_tokens=True``; token-id prompts are used as is."""
+        add_bos = oa.as_bool(body, "add_special_tokens", True)
+        ids: list[list[int]] = []
+        texts: list[str] = []
+        for p in oa.completion_prompts(body):
+            if isinstance(p, list):
+                ids.append(p)
+                texts.append(self.tokenizer.decode(p))
+            else:
+                ids.append(([BOS_ID] if add_bos else []) + self.tokenizer.encode(p))
+                texts.append(p)
+        return ids, texts
+
+    def _chat_ids(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> list[int]:
+        """The chat template already starts with BOS (vLLM's chat default ``add_special_tokens=False``)."""
+        ids = self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+        return [BOS_ID, *ids] if oa.as_bool(body, "add_special_tokens", False) else ids
+
+    def _check_len(self, ids: list[int]) -> None:
+        if len(ids) >= self.max_model_len:
+            raise oa.ApiError(400, oa.too_long_message(self.max_model_len, len(ids)), param="input_tokens")
+
+    def _specs(
+        self,
+        rid: str,
+        prompts: list[list[int]],
+        params: oa.GenerationParams,
+        lora: str | None,
+        default_max: int | None,
+    ) -> list[ChoiceSpec]:
+        specs = []
+        for p_idx, ids in enumerate(prompts):
+            self._check_len(ids)
+            room = self.max_model_len - len(ids)
+            wanted = params.max_tokens if params.max_tokens is not None else (default_max or room)
+            max_tokens = max(1, min(wanted, room))
+            for j in range(params.n):
+                index = p_idx * params.n + j
+                req = EngineRequest(
+                    request_id=f"{rid}-{index}",
+                    prompt_token_ids=ids,
+                    max_tokens=max_tokens,
+                    min_tokens=min(params.min_tokens, max_tokens),
+                    ignore_eos=params.ignore_eos,
+                    lora_name=lora,
+                )
+                try:
+                    self.engine.validate(req)  # refuse before any header is sent (streams too)
+                except ValueError as exc:
+                    raise oa.ApiError(400, str(exc)) from None
+                echo = (ids[1:] if ids[0] == BOS_ID and len(ids) > 1 else ids) if self.args.echo else None
+                specs.append(ChoiceSpec(index, req, params.stop, echo))
+        return specs
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int, cached: int) -> dict[str, Any]:
+        return oa.usage(prompt_tokens, completion_tokens, cached if self.args.prompt_tokens_details else None)
+
+    # ------------------------------------------------------------------ generation
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        params = oa.parse_params(body, "completion")
+        model, lora = self._resolve(params.model)
+        prompts, texts = self._completion_ids(body)
+        rid = f"cmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
+        specs = self._specs(rid, prompts, params, lora, 16)
+        echo_text = texts if params.echo else None
+        return await self._respond(request, params, model, rid, specs, echo_text)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        params = oa.parse_params(body, "chat")
+        messages = oa.chat_messages(body)
+        model, lora = self._resolve(params.model)
+        ids = self._chat_ids(body, messages)
+        rid = f"chatcmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
+        specs = self._specs(rid, [ids], params, lora, None)
+        return await self._respond(request, params, model, rid, specs, None)
+
+    async def _respond(
+        self,
+        request: web.Request,
+        params: oa.GenerationParams,
+        model: str,
+        rid: str,
+        specs: list[ChoiceSpec],
+        echo_text: list[str] | None,
+    ) -> web.StreamResponse:
+        self.metrics.n_param.observe(params.n)
+        streaming = params.stream
+
+        def make(spec: ChoiceSpec) -> Any:
+            return choice_events(self.driver, self.tokenizer, self.metrics, spec, streaming=streaming)
+
+        created = int(time.time())
+        if not streaming:
+            texts: dict[int, list[str]] = {s.index: [] for s in specs}
+            finals: dict[int, Delta] = {}
+            async for d in merged_events(make, specs):
+                texts[d.index].append(d.text)
+                if d.finish_reason is not None:
+                    finals[d.index] = d
+            choices = []
+            n = max(1, params.n)
+            for s in specs:
+                f = finals[s.index]
+                text = "".join(texts[s.index])
+                if echo_text is not None:
+                    text = echo_text[s.index // n] + text
+                choices.append(oa.ChoiceResult(s.index, text, f.finish_reason, f.stop_reason, f.num_tokens))
+            prompt_tokens = sum(len(s.request.prompt_token_ids) for s in specs[::n])
+            cached = finals[specs[0].index].cached_tokens
+            usage = self._usage(prompt_tokens, sum(c.num_tokens for c in choices), cached)
+            build = oa.chat_response if params.kind == "chat" else oa.completion_response
+            return _json(build(rid, created, model, choices, usage))
+        return await self._stream(request, params, model, rid, specs, echo_text, make, created)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        params: oa.GenerationParams,
+        model: str,
+        rid: str,
+        specs: list[ChoiceSpec],
+        echo_text: list[str] | None,
+        make: Callable[[ChoiceSpec], Any],
+        created: int,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+        chat = params.kind == "chat"
+        n = max(1, params.n)
+        prompt_tokens = sum(len(s.request.prompt_token_ids) for s in specs[::n])
+        tokens: dict[int, int] = {s.index: 0 for s in specs}
+        cached = 0
+
+        async def send(obj: dict[str, Any]) -> None:
+            await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+        def running_usage() -> dict[str, Any] | None:
+            if not params.continuous_usage:
+                return None
+            return self._usage(prompt_tokens, sum(tokens.values()), cached)
+
+        try:
+            if chat:
+                for s in specs:
+                    delta = {"role": "assistant", "content": ""}
+                    await send(
+                        oa.chat_chunk(rid, created, model, s.index, delta, None, usage_=running_usage())
+                    )
+            elif echo_text is not None:
+                for s in specs:
+                    text = echo_text[s.index // n]
+                    await send(
+                        oa.completion_chunk(rid, created, model, s.index, text, None, None, running_usage())
+                    )
+            templates = {
+                s.index: oa.delta_chunk_template(params.kind, rid, created, model, s.index) for s in specs
+            }
+            fast = not params.continuous_usage
+            async for d in merged_events(make, specs):
+                tokens[d.index] = d.num_tokens
+                cached = d.cached_tokens
+                if not d.text and d.finish_reason is None:
+                    continue
+                if fast and d.finish_reason is None:
+                    prefix, suffix = templates[d.index]
+                    await resp.write(prefix + json.dumps(d.text).encode() + suffix)
+                    continue
+                if chat:
+                    delta = {"content": d.text}
+                    chunk = oa.chat_chunk(
+                        rid, created, model, d.index, delta, d.finish_reason, d.stop_reason, running_usage()
+                    )
+                else:
+                    chunk = oa.completion_chunk(
+                        rid, created, model, d.index, d.text, d.finish_reason, d.stop_reason, running_usage()
+                    )
+                await send(chunk)
+            if params.include_usage:
+                usage = self._usage(prompt_tokens, sum(tokens.values()), cached)
+                await send(oa.usage_chunk(params.kind, rid, created, model, usage))
+        except oa.ApiError as exc:
+            await send(exc.body())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    # ------------------------------------------------------------------ models and LoRA
+
+    async def models(self, request: web.Request) -> web.Response:
+        cards = [
+            oa.model_card(
+                name,
+                self.created,
+                root=self.base_root,
+                parent=None,
+                max_model_len=self.max_model_len,
+                perm_id=f"modelperm-{uuid.uuid4().hex}",
+            )
+            for name in self.args.served_model_names
+        ]
+        for name, path in self.engine.loras().items():
+            cards.append(
+                oa.model_card(
+                    name,
+                    self.created,
+                    root=path,
+                    parent=self.lora_parents.get(name, self.args.model_name),
+                    max_model_len=None,
+                    perm_id=f"modelperm-{uuid.uuid4().hex}",
+                )
+            )
+        return _json({"object": "list", "data": cards})
+
+    def _require_runtime_lora(self) -> None:
+        if not self.args.allow_runtime_lora_updating:
+            raise web.HTTPNotFound()
+
+    async def load_lora(self, request: web.Request) -> web.Response:
+        self._require_runtime_lora()
+        body = await self._body(request)
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise oa.ApiError(
+                400, "Both 'lora_name' and 'lora_path' must be provided.", type_="InvalidUserInput"
+            )
+        if name in self.args.served_model_names:
+            raise oa.ApiError(
+                400,
+                f"The lora adapter '{name}' conflicts with a served base model.",
+                type_="InvalidUserInput",
+            )
+        inplace = oa.as_bool(body, "load_inplace", False)
+        if name in self.engine.loras() and not inplace:
+            raise oa.ApiError(
+                400,
+                f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in "
+                "place, set 'load_inplace' to True.",
+                type_="InvalidUserInput",
+            )
+        if not self.config.enable_lora:
+            raise oa.ApiError(
+                400, "LoRA is not enabled. Use --enable-lora to enable LoRA.", type_="InvalidUserInput"
+            )
+        if "nonexistent" in path:
+            raise oa.ApiError(
+                404, f"Loading lora {name} failed: No adapter found for {path}", type_="NotFoundError"
+            )
+        # The real endpoint returns after the adapter is read from disk (calibration §2).
+        await asyncio.sleep(
+            get_profile(self.config.profile).lora_disk_load_ms / 1000.0 * self.args.time_scale
+        )
+        if inplace and name in self.engine.loras():
+            self.engine.remove_lora(name)
+        try:
+            self.engine.add_lora(name, path)
+        except ValueError as exc:
+            raise oa.ApiError(400, str(exc), type_="InvalidUserInput") from None
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora(self, request: web.Request) -> web.Response:
+        self._require_runtime_lora()
+        body = await self._body(request)
+        name = body.get("lora_name")
+        if not isinstance(name, str) or not name:
+            raise oa.ApiError(400, "'lora_name' needs to be provided to unload a LoRA adapter.",
+                              type_="InvalidUserInput")  # fmt: skip
+        if name not in self.engine.loras():
+            raise oa.ApiError(404, f"The lora adapter '{name}' cannot be found.", type_="NotFoundError")
+        self.engine.remove_lora(name)
+        self.lora_parents.pop(name, None)
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+    # ------------------------------------------------------------------ small endpoints
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def version(self, request: web.Request) -> web.Response:
+        return _json({"version": VLLM_VERSION})
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _prompt_ids(self, body: dict[str, Any]) -> list[int]:
+        if "messages" in body:
+            return self._chat_ids(body, oa.chat_messages(body))
+        return self._completion_ids(body)[0][0]
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if body.get("model") is not None:
+            self._resolve(str(body["model"]))
+        ids = self._prompt_ids(body)
+        strs = (
+            [self.tokenizer.decode([t]) for t in ids]
+            if oa.as_bool(body, "return_token_strs", False)
+            else None
+        )
+        return _json(
+            {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids, "token_strs": strs}
+        )
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise oa.validation_error("tokens", "Field required (a list of token ids)")
+        return _json({"prompt": self.tokenizer.decode(tokens)})
+
+    def _render_entry(self, rid: str, ids: list[int], body: dict[str, Any], kind: oa.Kind) -> dict[str, Any]:
+        params = oa.parse_params(body, kind)
+        model, _ = self._resolve(params.model)
+        room = self.max_model_len - len(ids)
+        max_tokens = (
+            params.max_tokens if params.max_tokens is not None else (16 if kind == "completion" else room)
+        )
+        return {
+            "request_id": rid,
+            "model": model,
+            "token_ids": ids,
+            "prompt": self.tokenizer.decode(ids),
+            "sampling_params": {
+                "n": params.n,
+                "temperature": params.temperature,
+                "max_tokens": max(1, min(max_tokens, room)),
+                "min_tokens": params.min_tokens,
+                "stop": list(params.stop),
+                "ignore_eos": params.ignore_eos,
+            },
+        }
+
+    async def render_completion(self, request: web.Request) -> web.Response:
+        """vLLM's ``/v1/completions/render``: the tokenised prompts, one entry per prompt (a list)."""
+        body = await self._body(request)
+        prompts, _ = self._completion_ids(body)
+        for ids in prompts:
+            self._check_len(ids)
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        return _json([self._render_entry(rid, ids, body, "completion") for ids in prompts])
+
+    async def render_chat(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        ids = self._chat_ids(body, oa.chat_messages(body))
+        self._check_len(ids)
+        return _json(self._render_entry(f"chatcmpl-{uuid.uuid4().hex}", ids, body, "chat"))
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        """SGLang's ``/get_model_info`` (sglang-router reads it at worker registration)."""
+        return _json(peer.sglang_model_info(self.args.model))
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        """SGLang's ``/get_server_info``: server args, scheduler limits, internal state, version."""
+        info = peer.sglang_server_info(self.config, self.engine.stats(), version=VLLM_VERSION)
+        info.update(served_model_name=self.args.model_name, host=self.args.host, port=self.port)
+        return _json(info)
+
+    async def get_load(self, request: web.Request) -> web.Response:
+        """Load for SGLang-style routers: ``load`` (sglang-router power-of-two) plus SGLang's fields."""
+        return _json(peer.sglang_load(self.engine.stats()))
