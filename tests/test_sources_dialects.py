@@ -306,7 +306,7 @@ def test_reads_the_simulators_exposition(legacy: bool) -> None:
     sim = SimMetrics(
         lambda: stats, model_name=BASE_MODEL, max_model_len=131072, legacy=legacy, lora_enabled=True
     )
-    m = parse_metrics(sim.render().decode(), "vllm", 9.0)
+    m = parse_metrics(sim.render()[0].decode(), "vllm", 9.0)
     assert m == EndpointMetrics(
         waiting_queue_size=2,
         running_requests=5,

@@ -31,6 +31,7 @@ from infergate.scheduling.registry import default_registry
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult
 
 if TYPE_CHECKING:
+    from infergate.scheduling.decisions import DecisionLog
     from infergate.telemetry import GatewayMetrics
 
 __all__ = ["PickerConfigLike", "Scheduler", "build_scheduler"]
@@ -73,7 +74,8 @@ class Scheduler:
 
     Also exposes the plugin instances by name (``plugin``) and ``forget_endpoint`` so the
     composition root can drop per-endpoint plugin state (the prefix index) when an endpoint
-    leaves the pool.
+    leaves the pool. With a ``decision_log``, every successful result is appended to it (by
+    reference) for the live view.
     """
 
     def __init__(
@@ -82,11 +84,15 @@ class Scheduler:
         *,
         plugins: Mapping[str, object] | None = None,
         metrics: GatewayMetrics | None = None,
+        decision_log: DecisionLog | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.profile = profile
         self._plugins = dict(plugins or {})
         self._metrics = metrics
         self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
+        self.decision_log = decision_log
+        self._clock = clock
 
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
@@ -113,6 +119,9 @@ class Scheduler:
             self._record(request, None, t0)
             raise
         self._record(request, result.primary, t0)
+        if self.decision_log is not None:
+            now = self._clock.now() if self._clock is not None else time.monotonic()
+            self.decision_log.record(request, result, now)
         return result
 
     def _record(self, request: InferenceRequest, target: Endpoint | None, t0: float) -> None:
@@ -148,6 +157,7 @@ def build_scheduler(
     rng: random.Random | None = None,
     clock: Clock | None = None,
     registry: PluginRegistry | None = None,
+    decision_log: DecisionLog | None = None,
 ) -> Scheduler:
     """Instantiate the configured plugins and assemble the (single) scheduling profile.
 
@@ -225,4 +235,4 @@ def build_scheduler(
     profile = SchedulerProfile(
         pname, filters=filters, scorers=scorers, picker=pickers[0], post_picks=post_picks
     )
-    return Scheduler(profile, plugins=instances, metrics=metrics)
+    return Scheduler(profile, plugins=instances, metrics=metrics, decision_log=decision_log, clock=clock)

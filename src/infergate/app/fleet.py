@@ -1,0 +1,263 @@
+"""Local model-server replicas for ``infergate up``: simulator and LoRA-syncer child processes.
+
+For each model-server Deployment in the manifests, ``replicas`` ``infergate simulate`` processes
+run with the pod template's vLLM flags and literal env (``--port`` replaced by a free local port),
+each with one ``infergate lora-syncer`` when the pod mounts a vLLMLoRAConfig ConfigMap, as the
+tutorial's sidecar does. The fleet owns the processes: it waits for them to become healthy and
+terminates and reaps every one of them on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infergate.api.loader import ManifestSet
+from infergate.api.workloads import DeploymentResource
+from infergate.errors import ConfigError
+from infergate.types import EndpointMeta, PoolSpec
+
+__all__ = ["Fleet", "Replica", "free_port", "replace_port"]
+
+log = logging.getLogger("infergate.fleet")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def replace_port(argv: Sequence[str], port: int, host: str = "127.0.0.1") -> list[str]:
+    """``argv`` with any ``--port``/``--host`` removed and ours appended."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--port", "--host"):
+            skip = True
+            continue
+        if arg.startswith(("--port=", "--host=")):
+            continue
+        out.append(arg)
+    return [*out, "--host", host, "--port", str(port)]
+
+
+@dataclass
+class Replica:
+    """One simulated pod: its server process and optional LoRA-syncer sidecar."""
+
+    name: str
+    deployment: str
+    port: int
+    labels: dict[str, str]
+    argv: list[str]
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    syncer: asyncio.subprocess.Process | None = None
+    syncer_argv: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+def _health_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:
+            return 200 <= int(resp.status) < 300
+    except OSError:
+        return False
+
+
+class Fleet:
+    """Starts, watches and stops the simulated replicas of every model-server Deployment."""
+
+    def __init__(
+        self,
+        manifests: ManifestSet,
+        pool: PoolSpec,
+        *,
+        replicas: int | None = None,
+        run_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self._manifests = manifests
+        self._pool = pool
+        self._replicas_override = replicas
+        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="infergate-up-"))
+        self._extra_args = list(extra_args)
+        self.replicas: list[Replica] = []
+
+    def _deployments(self) -> list[DeploymentResource]:
+        deps = [d for d in self._manifests.deployments if self._selected(d)]
+        if not deps:
+            raise ConfigError(
+                f"no model-server Deployment whose pod labels match InferencePool/{self._pool.name} selector "
+                f"{dict(self._pool.selector)}"
+            )
+        return deps
+
+    def _selected(self, d: DeploymentResource) -> bool:
+        labels = d.pod_labels
+        return all(labels.get(k) == v for k, v in self._pool.selector.items())
+
+    def plan(self) -> list[Replica]:
+        """Decide names, ports and command lines (kept in :attr:`replicas`); nothing is started."""
+        out: list[Replica] = []
+        for dep in self._deployments():
+            count = self._replicas_override if self._replicas_override is not None else dep.replicas
+            flags = dep.vllm_argv()
+            for i in range(count):
+                port = free_port()
+                name = f"{dep.name}-{i}"
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "infergate",
+                    "simulate",
+                    *replace_port(flags, port),
+                    "--seed",
+                    str(i),
+                    *self._extra_args,
+                ]
+                r = Replica(
+                    name=name,
+                    deployment=dep.name,
+                    port=port,
+                    labels=dict(dep.pod_labels),
+                    argv=argv,
+                    log_path=self.run_dir / f"{name}.log",
+                )
+                cm = dep.lora_configmap()
+                if cm is not None:
+                    r.syncer_argv = self._syncer_argv(dep, cm, r)
+                out.append(r)
+        self.replicas = out
+        return out
+
+    def _syncer_argv(self, dep: DeploymentResource, configmap: str, r: Replica) -> list[str]:
+        cms = [c for c in self._manifests.config_maps if c.name == configmap]
+        if not cms:
+            log.warning(
+                "Deployment/%s mounts ConfigMap %s which is not in the manifests", dep.name, configmap
+            )
+            return []
+        key = dep.lora_config_key()
+        text = cms[0].data.get(key)
+        if text is None:
+            log.warning("ConfigMap/%s has no key %s", configmap, key)
+            return []
+        path = self.run_dir / f"{configmap}.yaml"
+        path.write_text(text)
+        return [
+            sys.executable,
+            "-m",
+            "infergate",
+            "lora-syncer",
+            "--config",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(r.port),
+        ]
+
+    def endpoints(self) -> list[EndpointMeta]:
+        return [
+            EndpointMeta(name=r.name, address="127.0.0.1", port=r.port, pool=self._pool.name, labels=r.labels)
+            for r in self.replicas
+        ]
+
+    def _env(self, dep_name: str, port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        for dep in self._manifests.deployments:
+            if dep.name == dep_name:
+                env.update(dep.vllm_env())
+        env["PORT"] = str(port)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    async def start(self, *, health_wait: float = 60.0) -> None:
+        """Start every replica (and sidecar) and wait until all answer ``/health``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.replicas:
+            self.plan()
+        for r in self.replicas:
+            with r.log_path.open("ab") as out:
+                env = self._env(r.deployment, r.port)
+                r.proc = await asyncio.create_subprocess_exec(
+                    *r.argv,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,  # Ctrl-C reaches the gateway only; it drains, then stops us
+                )
+            log.info("started %s on port %d (pid %d)", r.name, r.port, r.proc.pid)
+        await self._wait_healthy(health_wait)
+        for r in self.replicas:
+            if r.syncer_argv:
+                with (self.run_dir / f"{r.name}-lora-syncer.log").open("ab") as out:
+                    r.syncer = await asyncio.create_subprocess_exec(
+                        *r.syncer_argv,
+                        stdout=out,
+                        stderr=asyncio.subprocess.STDOUT,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+
+    async def _wait_healthy(self, limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        pending = {r.name: r for r in self.replicas}
+        while pending:
+            for name, r in list(pending.items()):
+                if not r.alive():
+                    raise RuntimeError(f"replica {name} exited early:\n{self.tail(r)}")
+                if await asyncio.to_thread(_health_ok, f"http://{r.key}{self._pool.health_path}"):
+                    del pending[name]
+            if not pending:
+                return
+            if loop.time() > deadline:
+                raise RuntimeError(f"replicas not healthy after {limit}s: {', '.join(pending)}")
+            await asyncio.sleep(0.1)
+
+    @staticmethod
+    def tail(r: Replica, lines: int = 30) -> str:
+        try:
+            return "\n".join(r.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every child, wait up to ``grace`` seconds, SIGKILL the rest; always reaps them."""
+        procs = [p for r in self.replicas for p in (r.syncer, r.proc) if p is not None]
+        for p in procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.terminate()
+
+        async def reap(p: asyncio.subprocess.Process) -> None:
+            try:
+                await asyncio.wait_for(p.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                await p.wait()
+
+        await asyncio.gather(*(reap(p) for p in procs))

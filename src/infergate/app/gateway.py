@@ -1,0 +1,290 @@
+"""The composition root of the gateway: builds every component once and owns their lifecycle.
+
+``Gateway`` wires datastore ← manifests, metrics scraper, scheduler, flow control, Director,
+built-in proxy and admin server. It is used by ``infergate serve`` (endpoints already running) and
+``infergate up`` (after starting simulated replicas). Shutdown order matters: readiness turns
+false, the proxy stops accepting and drains in-flight requests within the grace period, then the
+background tasks stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from infergate.api.loader import ManifestSet
+from infergate.config.picker import EndpointPickerConfig, default_picker_config
+from infergate.config.settings import GatewaySettings
+from infergate.datastore.store import Datastore
+from infergate.errors import ConfigError
+from infergate.flowcontrol import FlowControlConfig, FlowController, SaturationDetector
+from infergate.requestcontrol.director import Director
+from infergate.scheduling.decisions import DecisionLog
+from infergate.scheduling.scheduler import build_scheduler
+from infergate.servers.admin import AdminServer
+from infergate.servers.envoy import EnvoyProcess, render_bootstrap, settings_from_manifests
+from infergate.servers.extproc import ExtProcServer, serve_extproc
+from infergate.servers.proxy import ProxyOptions, ProxyServer
+from infergate.sources.manifests import apply_manifests
+from infergate.sources.scraper import MetricsScraper
+from infergate.telemetry import GatewayMetrics
+from infergate.types import Clock, EndpointMeta, MonotonicClock, PoolSpec
+
+from .tasks import Supervisor
+
+__all__ = ["DATA_PLANES", "Gateway", "GatewayConfig"]
+
+DATA_PLANES = ("builtin", "envoy", "epp")
+
+log = logging.getLogger("infergate.app")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    """Process-level choices (ports, picker, flags) next to the tunables in ``settings``."""
+
+    host: str = "0.0.0.0"
+    port: int | None = None  # None: the Gateway listener's port from the manifests
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 9090
+    pool_name: str | None = None
+    picker: EndpointPickerConfig | None = None
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    flow_control: bool = True
+    served_header: bool = False
+    shutdown_grace: float = 10.0
+    extra_endpoints: Sequence[EndpointMeta] = ()
+    seed: int | None = None
+    data_plane: str = "builtin"
+    """``builtin`` (asyncio proxy on the listener), ``envoy`` (Envoy on the listener, calling the
+    picker over ext_proc on a private port) or ``epp`` (ext_proc picker only, on ``grpc_port``)."""
+    grpc_port: int = 9002
+    picker_tls: bool = False
+
+
+def _uses_lora(manifests: ManifestSet) -> bool:
+    if manifests.lora_configs:
+        return True
+    if not manifests.deployments:
+        return True  # unknown servers: affinity is harmless when no adapter is requested
+    return any("--enable-lora" in d.vllm_argv() for d in manifests.deployments)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Gateway:
+    """One pool's picker and built-in data plane, ready to :meth:`start`."""
+
+    def __init__(
+        self,
+        manifests: ManifestSet,
+        config: GatewayConfig | None = None,
+        *,
+        metrics: GatewayMetrics | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = cfg = config or GatewayConfig()
+        if cfg.data_plane not in DATA_PLANES:
+            raise ConfigError(f"data plane must be one of {', '.join(DATA_PLANES)} (got {cfg.data_plane!r})")
+        s = cfg.settings
+        self.clock: Clock = clock or MonotonicClock()
+        self.metrics = metrics or GatewayMetrics()
+        self.manifests = manifests
+        self.pool: PoolSpec = manifests.pool_spec(cfg.pool_name)
+        self.datastore = Datastore(self.clock, staleness=s.staleness)
+        apply_manifests(self.datastore, manifests, self.pool)
+        for meta in cfg.extra_endpoints:
+            self.datastore.upsert_endpoint(meta)
+        picker = cfg.picker or default_picker_config(lora=_uses_lora(manifests))
+        rng = random.Random(cfg.seed) if cfg.seed is not None else random.Random()
+        self.decisions = DecisionLog()
+        self.scheduler = build_scheduler(
+            picker, metrics=self.metrics, rng=rng, clock=self.clock, decision_log=self.decisions
+        )
+        detector = SaturationDetector(
+            queue_threshold=s.queue_threshold, kv_threshold=s.kv_threshold, staleness=s.saturation_staleness
+        )
+        self.flow = FlowController(
+            self.datastore,
+            detector=detector,
+            clock=self.clock,
+            config=FlowControlConfig(
+                enabled=cfg.flow_control,
+                default_ttl=s.request_ttl,
+                band_max_requests=s.max_queued_requests,
+                band_max_bytes=s.max_queued_bytes,
+                pool_name=self.pool.name,
+            ),
+            metrics=self.metrics,
+        )
+        self.director = Director(
+            datastore=self.datastore,
+            scheduler=self.scheduler,
+            flow=self.flow,
+            clock=self.clock,
+            metrics=self.metrics,
+            rng=rng,
+            max_attempts=1 + s.retries,
+        )
+        self.scraper = MetricsScraper(
+            self.datastore,
+            interval=s.scrape_interval,
+            dialect=self.pool.model_server_type,
+            health_path=self.pool.health_path,
+            health_interval=s.health_interval,
+            clock=self.clock,
+            metrics=self.metrics,
+            max_backoff=s.scrape_backoff_max,
+            pool_metrics_interval=s.pool_metrics_interval,
+        )
+        self.proxy = ProxyServer(
+            self.director,
+            self.datastore,
+            ProxyOptions(
+                route_prefixes=tuple(manifests.route_prefixes(self.pool.name)),
+                max_body_bytes=s.max_body_bytes,
+                max_header_bytes=s.max_header_bytes,
+                connect_timeout=s.connect_timeout,
+                read_timeout=min(s.request_timeout, s.first_byte_timeout or s.request_timeout),
+                shutdown_grace=cfg.shutdown_grace,
+                served_header=cfg.served_header,
+                max_connections_per_endpoint=s.max_connections_per_endpoint,
+            ),
+        )
+        self.picker: ExtProcServer | None = None
+        self.envoy: EnvoyProcess | None = None
+        self._listen_port = 0
+        self.admin = AdminServer(
+            self.datastore,
+            self.metrics,
+            ready=self.ready,
+            extra=self._debug_extra,
+            routes=self._liveview_routes(),
+        )
+        self.tasks = Supervisor()
+        self._started = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ state
+    def ready(self) -> bool:
+        """Serving and at least one endpoint can take requests; false from the start of shutdown."""
+        return self._started and not self._stopping and bool(self.datastore.candidates())
+
+    def _debug_extra(self) -> dict[str, Any]:
+        return {"pool": self.pool.name, "proxy_in_flight": self.proxy.in_flight}
+
+    def _liveview_routes(self) -> list[Any]:
+        """The live view's routes (``/live``), when ``infergate.servers.liveview`` is installed.
+
+        Looked up by name so the gateway starts without it; its API is
+        ``liveview_routes(datastore, flow=, decisions=, pool_name=)``.
+        """
+        try:
+            module = importlib.import_module("infergate.servers.liveview")
+        except ImportError:
+            return []
+        routes = module.liveview_routes(
+            self.datastore, flow=self.flow, decisions=self.decisions, pool_name=self.pool.name
+        )
+        return list(routes)
+
+    @property
+    def port(self) -> int:
+        """The inference listener's port (the picker's gRPC port for ``epp``)."""
+        if self.config.data_plane == "builtin":
+            return self.proxy.port
+        return self._listen_port
+
+    @property
+    def admin_port(self) -> int:
+        return self.admin.port
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        cfg = self.config
+        host, port = self.manifests.listener()
+        host = cfg.host or host
+        port = cfg.port if cfg.port is not None else port
+        self.tasks.spawn("metrics-scraper", self.scraper.run)
+        await self.admin.start(cfg.admin_host, cfg.admin_port)
+        if cfg.data_plane == "builtin":
+            await self.proxy.start(host, port)
+        else:
+            await self._start_extproc(host, port)
+        self._started = True
+        log.info(
+            "gateway (%s) for pool %s on %s:%d (admin %d), %d endpoint(s)",
+            cfg.data_plane,
+            self.pool.name,
+            host,
+            self.port,
+            self.admin.port,
+            len(self.datastore.endpoints()),
+        )
+
+    async def _start_extproc(self, host: str, port: int) -> None:
+        cfg = self.config
+        envoy = cfg.data_plane == "envoy"
+        self.picker = serve_extproc(
+            self.director,
+            "127.0.0.1" if envoy else host,
+            0 if envoy else cfg.grpc_port,
+            endpoints=self.datastore,
+            tls=cfg.picker_tls,
+            max_body_bytes=cfg.settings.max_body_bytes,
+        )
+        await self.picker.start()
+        self._listen_port = self.picker.port
+        if envoy:
+            if port == 0:
+                port = _free_port(host)
+            settings = settings_from_manifests(
+                self.manifests,
+                picker_port=self.picker.port,
+                picker_tls=cfg.picker_tls,
+                pool_name=self.pool.name,
+                fallback_endpoints=[e.key for e in self.datastore.endpoints()],
+                listen=(host, port),
+            )
+            self.envoy = EnvoyProcess(render_bootstrap(settings))
+            await self.envoy.start_async()
+            self._listen_port = port
+
+    async def wait_ready(self, limit: float = 30.0) -> bool:
+        """Wait until every known endpoint is a candidate (or ``limit`` seconds); true if any is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while loop.time() < deadline:
+            eps = self.datastore.endpoints()
+            if eps and len(self.datastore.candidates()) == len(eps):
+                return True
+            await asyncio.sleep(0.05)
+        return self.ready()
+
+    async def stop(self) -> None:
+        """Not-ready first, then drain the proxy, then stop background work. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("gateway stopping: draining %d in-flight request(s)", self.proxy.in_flight)
+        if self.picker is not None:
+            await self.picker.set_serving(False)
+        if self.envoy is not None:
+            await self.envoy.stop_async(self.config.shutdown_grace)
+        if self.picker is not None:
+            await self.picker.stop(self.config.shutdown_grace)
+        await self.proxy.stop()
+        self.flow.close()
+        await self.tasks.stop()
+        await self.admin.stop()
+        log.info("gateway stopped")

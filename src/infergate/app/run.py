@@ -1,0 +1,295 @@
+"""Process entry points behind ``infergate serve`` and ``infergate up``.
+
+They own what a process owns: logging setup, the uvloop event loop, SIGTERM/SIGINT handling
+(first signal: graceful drain; second: stop now), port fallback when the Gateway's port 80 is not
+allowed, the ready banner with a paste-able curl, and the live one-line-per-endpoint summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from infergate.api.loader import ManifestSet, load_manifests
+from infergate.errors import ConfigError
+
+from .fleet import Fleet
+from .gateway import Gateway, GatewayConfig
+
+__all__ = ["bundled_manifests", "run_serve", "run_up", "setup_logging"]
+
+log = logging.getLogger("infergate.app")
+
+FALLBACK_PORT = 8080
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def bundled_manifests() -> Path:
+    """The tutorial's manifests shipped inside the package."""
+    from importlib.resources import files
+
+    return Path(str(files("infergate.manifests").joinpath("tutorial")))
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - Windows
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+def _stop_event() -> asyncio.Event:
+    """Set on the first SIGINT/SIGTERM; another one more than a second later exits at once.
+
+    (``timeout`` and terminals signal the whole process group, so one request can arrive twice.)
+    """
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    first: list[float] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if event.is_set():
+            if loop.time() - first[0] < 1.0:
+                return
+            log.warning("second %s: exiting now", sig.name)
+            sys.exit(130)
+        log.info("%s received: shutting down", sig.name)
+        first.append(loop.time())
+        event.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, on_signal, sig)
+    return event
+
+
+def _bindable(host: str, port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host or "0.0.0.0", port))
+    except OSError:
+        return False
+    return True
+
+
+async def _start_with_fallback(gw: Gateway, explicit_port: bool) -> None:
+    """Start; when the manifests' port is privileged or busy and no --port was given, use 8080."""
+    if not explicit_port and gw.config.data_plane != "epp":
+        host, wanted = gw.manifests.listener()
+        if not _bindable(gw.config.host or host, wanted):
+            log.warning(
+                "cannot listen on port %d; using %d instead (choose with --port)", wanted, FALLBACK_PORT
+            )
+            gw.config = replace(gw.config, port=FALLBACK_PORT)
+    try:
+        await gw.start()
+    except OSError as exc:
+        if explicit_port or exc.errno not in (errno.EACCES, errno.EPERM, errno.EADDRINUSE):
+            raise
+        _, wanted = gw.manifests.listener()
+        log.warning("cannot listen on port %d (%s); using %d instead", wanted, exc.strerror, FALLBACK_PORT)
+        await gw.admin.stop()
+        await gw.tasks.stop()
+        gw.config = replace(gw.config, port=FALLBACK_PORT)
+        await gw.start()
+
+
+def _load(paths: Sequence[Path]) -> ManifestSet:
+    manifests = load_manifests(paths)
+    for w in manifests.warnings:
+        log.warning("%s", w)
+    if manifests.ignored:
+        log.info("ignored kinds: %s", ", ".join(manifests.ignored))
+    return manifests
+
+
+def run_serve(paths: Sequence[Path], config: GatewayConfig, *, log_level: str = "INFO") -> int:
+    """``infergate serve``: picker + proxy for endpoints that already run."""
+    setup_logging(log_level)
+    try:
+        manifests = _load(paths)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        stop = _stop_event()
+        try:
+            gw = Gateway(manifests, config)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        await _start_with_fallback(gw, config.port is not None)
+        what = "ext_proc picker" if config.data_plane == "epp" else f"{config.data_plane} data plane"
+        print(
+            f"infergate serving pool {gw.pool.name} ({what}) on {_display_host(config.host)}:{gw.port} "
+            f"(admin :{gw.admin_port}, {len(gw.datastore.endpoints())} endpoint(s))",
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await gw.stop()
+        return 0
+
+    return _run(main)
+
+
+def _display_host(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "", "::") else host
+
+
+def tutorial_curl(port: int, model: str = "food-review", host: str = "localhost") -> str:
+    body = {
+        "model": model,
+        "prompt": "Write as if you were a critic: San Francisco",
+        "max_tokens": 100,
+        "temperature": 0,
+    }
+    return (
+        f"curl -i -X POST http://{host}:{port}/v1/completions -H 'Content-Type: application/json' "
+        f"-d '{json.dumps(body)}'"
+    )
+
+
+def _summary_rows(gw: Gateway) -> list[dict[str, Any]]:
+    cands = {e.key for e in gw.datastore.candidates()}
+    rows = []
+    for e in sorted(gw.datastore.endpoints(), key=lambda e: e.meta.name):
+        m = e.metrics
+        rows.append(
+            {
+                "name": e.meta.name,
+                "key": e.key,
+                "state": "ready" if e.key in cands else ("stale" if e.healthy else "down"),
+                "queue": m.waiting_queue_size,
+                "running": m.running_requests,
+                "kv": f"{m.kv_cache_usage * 100:.0f}%",
+                "in_flight": e.in_flight,
+                "adapters": ",".join(sorted(m.running_adapters)) or "-",
+            }
+        )
+    return rows
+
+
+async def _live_summary(gw: Gateway, stop: asyncio.Event) -> None:
+    """One line per endpoint, refreshed every second, on a terminal only."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        await stop.wait()
+        return
+
+    def render() -> Table:
+        t = Table(title=f"pool {gw.pool.name}  (Ctrl-C to stop)", expand=False)
+        for col in ("endpoint", "address", "state", "queue", "running", "kv", "in-flight", "adapters"):
+            t.add_column(col)
+        for r in _summary_rows(gw):
+            t.add_row(
+                r["name"],
+                r["key"],
+                r["state"],
+                str(r["queue"]),
+                str(r["running"]),
+                r["kv"],
+                str(r["in_flight"]),
+                r["adapters"],
+            )
+        return t
+
+    with Live(render(), console=console, refresh_per_second=1, transient=False) as live:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            live.update(render())
+
+
+def run_up(
+    directory: Path | None,
+    config: GatewayConfig,
+    *,
+    replicas: int | None = None,
+    quiet: bool = False,
+    log_level: str = "WARNING",
+    simulate_args: Sequence[str] = (),
+) -> int:
+    """``infergate up``: the whole tutorial on this machine."""
+    setup_logging(log_level)
+    path = directory or bundled_manifests()
+    try:
+        manifests = _load([path])
+        pool = manifests.pool_spec(config.pool_name)
+        fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args)
+        fleet.plan()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        stop = _stop_event()
+        gw: Gateway | None = None
+        try:
+            print(
+                f"starting {len(fleet.replicas)} simulated replica(s); logs in {fleet.run_dir}",
+                flush=True,
+            )
+            starting = asyncio.create_task(fleet.start())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                return 130
+            stopped.cancel()
+            starting.result()
+            gw = Gateway(manifests, replace(config, extra_endpoints=fleet.endpoints()))
+            await _start_with_fallback(gw, config.port is not None)
+            await gw.wait_ready(30.0)
+            host = _display_host(config.host)
+            print(f"infergate up: pool {pool.name}, {len(fleet.replicas)} replica(s)", flush=True)
+            print(
+                f"  listener: http://{host}:{gw.port}   admin/metrics: http://{host}:{gw.admin_port}/metrics"
+            )
+            print(f"  try:  {tutorial_curl(gw.port, host=host)}", flush=True)
+            if quiet:
+                await stop.wait()
+            else:
+                await _live_summary(gw, stop)
+            return 0
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if gw is not None:
+                await gw.stop()
+            await fleet.stop()
+            print("infergate up: stopped", flush=True)
+
+    return _run(main)

@@ -1,0 +1,86 @@
+"""Header names of the endpoint-picker protocol (GIE §2.2) and the proxy's header hygiene rules.
+
+The data planes share these constants so that a header the gateway owns is spelled once. Control
+headers a client sends for routing (``x-gateway-destination-endpoint`` and friends) are stripped by
+the data plane and never obeyed; the objective, fairness and model-rewrite headers are inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "DESTINATION_ENDPOINT",
+    "DESTINATION_ENDPOINT_SERVED",
+    "DESTINATION_ENDPOINT_SUBSET",
+    "FAIRNESS_ID",
+    "HOP_BY_HOP",
+    "INFERENCE_OBJECTIVE",
+    "MODEL_NAME_REWRITE",
+    "REQUEST_ID",
+    "ROUTING_OUTPUTS",
+    "clean_request_headers",
+    "clean_response_headers",
+]
+
+DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
+DESTINATION_ENDPOINT_SUBSET = "x-gateway-destination-endpoint-subset"
+DESTINATION_ENDPOINT_SERVED = "x-gateway-destination-endpoint-served"
+INFERENCE_OBJECTIVE = "x-gateway-inference-objective"
+MODEL_NAME_REWRITE = "x-gateway-model-name-rewrite"
+FAIRNESS_ID = "x-gateway-inference-fairness-id"
+REQUEST_ID = "x-request-id"
+
+DEFAULT_FAIRNESS_ID = "default-flow"
+
+# Headers only the gateway may set: a client that sends them must not steer routing.
+ROUTING_OUTPUTS = frozenset({DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SUBSET, DESTINATION_ENDPOINT_SERVED})
+
+# Control inputs consumed by the gateway; not forwarded to the model server.
+CONTROL_INPUTS = frozenset({INFERENCE_OBJECTIVE, MODEL_NAME_REWRITE, FAIRNESS_ID})
+
+# RFC 9110 §7.6.1 connection-specific headers, plus the ones the proxy recomputes itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    tokens: set[str] = set()
+    for key, value in headers.items():
+        if key.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def clean_request_headers(
+    headers: Iterable[tuple[str, str]] | Mapping[str, str], *, drop: Iterable[str] = ()
+) -> list[tuple[str, str]]:
+    """Headers to send upstream: hop-by-hop, host, length and all gateway control headers removed.
+
+    ``content-length`` is dropped because the proxy recomputes it from the body it actually sends.
+    """
+    items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    listed = _connection_tokens(dict(items))
+    skip = HOP_BY_HOP | ROUTING_OUTPUTS | CONTROL_INPUTS | listed | {"host", "content-length"}
+    skip |= {d.lower() for d in drop}
+    return [(k, v) for k, v in items if k.lower() not in skip]
+
+
+def clean_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers to relay to the client: hop-by-hop and length/encoding framing removed."""
+    items = list(headers)
+    listed = _connection_tokens(dict(items))
+    skip = HOP_BY_HOP | listed | {"content-length", DESTINATION_ENDPOINT_SERVED}
+    return [(k, v) for k, v in items if k.lower() not in skip]

@@ -1,0 +1,213 @@
+"""Parse OpenAI request bodies into what routing needs: model, prompt text, stream flag, max_tokens.
+
+The body is decoded once; the original bytes are kept and forwarded untouched unless the model has
+to be rewritten (GIE §2.6), in which case only then is it re-serialised. Every malformed input ends in
+a :class:`~infergate.errors.BadRequestError` naming the offending parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from infergate.errors import BadRequestError
+from infergate.types import ApiKind
+
+__all__ = ["ParsedBody", "api_kind_for_path", "parse_body", "rewrite_model"]
+
+# Upper bound for token counts a client may ask for; larger values are certainly a mistake.
+MAX_TOKENS_CEILING = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    """What the director reads from a request body. ``data`` is the decoded JSON object."""
+
+    api: ApiKind
+    model: str
+    prompt: str
+    stream: bool
+    max_tokens: int | None
+    include_usage: bool
+    data: dict[str, Any]
+
+
+def api_kind_for_path(path: str) -> ApiKind:
+    """API type by path suffix, as the reference parser does (query string ignored)."""
+    p = path.split("?", 1)[0].rstrip("/")
+    if p.endswith("/chat/completions"):
+        return ApiKind.CHAT
+    if p.endswith("/completions"):
+        return ApiKind.COMPLETIONS
+    if p.endswith("/embeddings"):
+        return ApiKind.EMBEDDINGS
+    return ApiKind.OTHER
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON number {name}")
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    if not body or not body.strip():
+        raise BadRequestError("request body is empty; expected a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequestError("request body is nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequestError(f"request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _prompt_text(prompt: object) -> str:
+    """Completions ``prompt``: a string, strings, token ids, or lists of token ids."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return "\n".join(prompt)
+        if all(_is_int(p) for p in prompt):
+            return " ".join(str(p) for p in prompt)
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            return "\n".join(" ".join(str(t) for t in p) for p in prompt)
+    raise BadRequestError(
+        "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists",
+        param="prompt",
+    )
+
+
+def _content_text(content: object, index: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequestError(
+                    f"messages[{index}].content[{j}] must be an object with a string 'type'",
+                    param=f"messages[{index}].content",
+                )
+            text = part.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+            elif part["type"] == "text":
+                raise BadRequestError(
+                    f"messages[{index}].content[{j}].text must be a string",
+                    param=f"messages[{index}].content",
+                )
+        return "".join(parts)
+    raise BadRequestError(
+        f"messages[{index}].content must be a string, a list of parts or null",
+        param=f"messages[{index}].content",
+    )
+
+
+def _chat_text(messages: object, max_messages: int | None) -> str:
+    """Chat messages flattened in order (role and text), the text prefix affinity hashes."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("'messages' must be a non-empty list", param="messages")
+    if max_messages is not None and len(messages) > max_messages:
+        raise BadRequestError(
+            f"too many messages: {len(messages)} > {max_messages}", param="messages", code="too_many_messages"
+        )
+    out: list[str] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise BadRequestError(f"messages[{i}] must be an object", param="messages")
+        role = msg.get("role")
+        if not isinstance(role, str) or not role:
+            raise BadRequestError(
+                f"messages[{i}].role must be a non-empty string", param=f"messages[{i}].role"
+            )
+        out.append(f"<|{role}|>{_content_text(msg.get('content'), i)}\n")
+    return "".join(out)
+
+
+def _embedding_text(inp: object) -> str:
+    if isinstance(inp, str):
+        return inp
+    try:
+        return _prompt_text(inp)
+    except BadRequestError:
+        raise BadRequestError(
+            "'input' must be a string, a list of strings or token ids", param="input"
+        ) from None
+
+
+def _max_tokens(data: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 0 or value > MAX_TOKENS_CEILING:
+            raise BadRequestError(f"'{key}' must be an integer between 0 and {MAX_TOKENS_CEILING}", param=key)
+        return int(value)
+    return None
+
+
+def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> ParsedBody:
+    """Decode and validate one OpenAI request body for ``path``.
+
+    Raises BadRequestError for empty, non-UTF-8, non-JSON or non-object bodies, a missing or
+    non-string ``model``, a missing or malformed ``prompt``/``messages``/``input``, a non-boolean
+    ``stream`` and an out-of-range ``max_tokens``.
+    """
+    api = api_kind_for_path(path)
+    data = _decode(body)
+    model = data.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequestError("'model' must be a non-empty string", param="model")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequestError("'stream' must be a boolean", param="stream")
+    include_usage = False
+    opts = data.get("stream_options")
+    if isinstance(opts, dict):
+        include_usage = opts.get("include_usage") is True
+    elif opts is not None:
+        raise BadRequestError("'stream_options' must be an object", param="stream_options")
+    if api is ApiKind.COMPLETIONS:
+        if "prompt" not in data:
+            raise BadRequestError("'prompt' is required", param="prompt")
+        prompt = _prompt_text(data["prompt"])
+    elif api is ApiKind.CHAT:
+        prompt = _chat_text(data.get("messages"), max_messages)
+    elif api is ApiKind.EMBEDDINGS:
+        if "input" not in data:
+            raise BadRequestError("'input' is required", param="input")
+        prompt = _embedding_text(data["input"])
+    else:
+        inp = data.get("input")
+        prompt = inp if isinstance(inp, str) else ""
+    return ParsedBody(
+        api=api,
+        model=model,
+        prompt=prompt,
+        stream=stream,
+        max_tokens=_max_tokens(data),
+        include_usage=include_usage,
+        data=data,
+    )
+
+
+def rewrite_model(parsed: ParsedBody, target_model: str) -> bytes:
+    """The body re-serialised with ``model`` set to ``target_model`` (key order preserved)."""
+    data = dict(parsed.data)
+    data["model"] = target_model
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,144 @@
+"""Read token usage from responses and put the client's model name back (GIE §2.6, §2.7).
+
+Both jobs see the response as the proxy relays it: arbitrary chunks. The SSE usage parser keeps
+only the unfinished last line between chunks (bounded), so an event split across chunks is still
+read, unlike the reference. The model-name rewriter holds back the bytes after the last newline so
+a ``"model":"..."`` split across two chunks is still replaced; SSE events end in newlines, so this
+never delays a whole event.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ModelNameRewriter", "SSEUsageParser", "Usage", "usage_from_json", "usage_from_object"]
+
+# A line longer than this is not buffered for usage parsing (usage chunks are small).
+_MAX_PENDING = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def usage_from_object(obj: object) -> Usage | None:
+    """Usage from a decoded response or chunk: OpenAI, chat, and Responses API field names."""
+    if not isinstance(obj, dict):
+        return None
+    usage: Any = obj.get("usage")
+    if usage is None and isinstance(obj.get("response"), dict):
+        usage = obj["response"].get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is None:
+        prompt = _int(usage.get("input_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    if completion is None:
+        completion = _int(usage.get("output_tokens"))
+    cached = None
+    for key in ("prompt_tokens_details", "prompt_token_details", "input_tokens_details"):
+        details = usage.get(key)
+        if isinstance(details, dict):
+            cached = _int(details.get("cached_tokens"))
+            if cached is not None:
+                break
+    if prompt is None and completion is None:
+        return None
+    return Usage(prompt, completion, cached)
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """Usage from a whole non-streamed JSON response; None if absent or not JSON."""
+    if b'"usage"' not in body:
+        return None
+    try:
+        return usage_from_object(json.loads(body))
+    except (ValueError, RecursionError):
+        return None
+
+
+class SSEUsageParser:
+    """Incremental ``text/event-stream`` reader that remembers the last usage object seen."""
+
+    __slots__ = ("_pending", "usage")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk if self._pending else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._pending = data if len(data) <= _MAX_PENDING else b""
+            return
+        self._pending = data[cut + 1 :]
+        if len(self._pending) > _MAX_PENDING:
+            self._pending = b""
+        complete = data[:cut]
+        if b'"usage"' not in complete:
+            return
+        for line in complete.split(b"\n"):
+            self._line(line)
+
+    def close(self) -> None:
+        if self._pending:
+            self._line(self._pending)
+            self._pending = b""
+
+    def _line(self, line: bytes) -> None:
+        line = line.strip()
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            return
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return
+        try:
+            found = usage_from_object(json.loads(payload))
+        except (ValueError, RecursionError):
+            return
+        if found is not None:
+            self.usage = found
+
+
+class ModelNameRewriter:
+    """Replace ``"model":"<target>"`` with ``"model":"<incoming>"`` in a chunked body."""
+
+    __slots__ = ("_pairs", "_pending")
+
+    def __init__(self, target: str, incoming: str) -> None:
+        t = json.dumps(target, ensure_ascii=False).encode("utf-8")
+        i = json.dumps(incoming, ensure_ascii=False).encode("utf-8")
+        self._pairs = ((b'"model":' + t, b'"model":' + i), (b'"model": ' + t, b'"model": ' + i))
+        self._pending = b""
+
+    def _replace(self, data: bytes) -> bytes:
+        for old, new in self._pairs:
+            if old in data:
+                data = data.replace(old, new)
+        return data
+
+    def feed(self, chunk: bytes, *, end_of_stream: bool = False) -> bytes:
+        data = self._pending + chunk if self._pending else chunk
+        if end_of_stream:
+            self._pending = b""
+            return self._replace(data)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) > _MAX_PENDING:  # no newline for a megabyte: give up holding back
+                self._pending = b""
+                return self._replace(data)
+            self._pending = data
+            return b""
+        self._pending = data[cut + 1 :]
+        return self._replace(data[: cut + 1])

@@ -1,0 +1,376 @@
+"""The built-in data plane: an aiohttp reverse proxy driven by the request-control Director.
+
+It owns the HTTP side only: route matching (HTTPRoute path prefixes), body limits, header hygiene
+(hop-by-hop and client-sent routing headers are dropped, never obeyed), the pooled upstream
+session, retries before the first response byte, chunk-by-chunk streaming with backpressure, and
+OpenAI-shaped error bodies. Which endpoint to use, and all accounting, is the Director's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from infergate.errors import (
+    BadRequestError,
+    InternalError,
+    RequestError,
+    RequestTooLargeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from infergate.requestcontrol import headers as H
+from infergate.requestcontrol.director import Director, RequestContext
+from infergate.requestcontrol.parsing import api_kind_for_path
+from infergate.servers.upstream import (
+    UpstreamConnectionError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from infergate.types import ApiKind, Endpoint
+
+__all__ = ["ProxyOptions", "ProxyServer", "error_response"]
+
+log = logging.getLogger("infergate.proxy")
+
+# Non-streamed upstream bodies up to this size are read whole and answered in one write.
+_BUFFER_LIMIT = 1 << 20
+_JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyOptions:
+    """Limits and timeouts of the built-in proxy (mapped from GatewaySettings by the app)."""
+
+    route_prefixes: tuple[str, ...] = ("/",)
+    max_body_bytes: int = 8 << 20
+    max_header_bytes: int = 16 << 10
+    connect_timeout: float = 5.0
+    read_timeout: float = 300.0
+    keepalive_timeout: float = 75.0
+    shutdown_grace: float = 10.0
+    served_header: bool = False
+    models_timeout: float = 1.0
+    max_connections_per_endpoint: int = 256
+
+
+class EndpointSource(Protocol):
+    def endpoints(self) -> list[Endpoint]: ...
+    def served_models(self) -> frozenset[str]: ...
+
+
+def error_response(exc: RequestError) -> web.Response:
+    """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    elif exc.status == 429:
+        headers["Retry-After"] = "1"
+    return web.Response(
+        status=exc.status,
+        body=json.dumps(exc.to_openai()).encode(),
+        content_type=_JSON,
+        headers=headers,
+    )
+
+
+def _sse_error(exc: RequestError) -> bytes:
+    return b"data: " + json.dumps(exc.to_openai()).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+class ProxyServer:
+    """One listener forwarding OpenAI requests to the pool chosen by the Director."""
+
+    def __init__(
+        self, director: Director, endpoints: EndpointSource, options: ProxyOptions | None = None
+    ) -> None:
+        self._director = director
+        self._endpoints = endpoints
+        self._opts = options or ProxyOptions()
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.ServerRunner | None = None
+        self._port = 0
+        self._in_flight = 0
+        self.draining = False
+        self._upstream: UpstreamPool | None = None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._opts.connect_timeout,
+            sock_connect=self._opts.connect_timeout,
+            sock_read=self._opts.read_timeout,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind and serve; ``port`` 0 picks a free port (see :attr:`port`)."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=self._opts.max_connections_per_endpoint, keepalive_timeout=30.0
+            ),
+            auto_decompress=False,
+            # one session serves every client: never store an upstream's cookies in it
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            timeout=self._timeout,
+        )
+        self._upstream = UpstreamPool(
+            connect_timeout=self._opts.connect_timeout,
+            read_timeout=self._opts.read_timeout,
+            max_per_host=self._opts.max_connections_per_endpoint,
+        )
+        server = web.Server(
+            self._handle,
+            handler_cancellation=True,
+            keepalive_timeout=self._opts.keepalive_timeout,
+            max_line_size=self._opts.max_header_bytes,
+            max_field_size=self._opts.max_header_bytes,
+        )
+        self._runner = web.ServerRunner(server, shutdown_timeout=self._opts.shutdown_grace)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
+        await site.start()
+        addrs = self._runner.addresses
+        self._port = int(addrs[0][1]) if addrs else port
+        log.info("proxy listening on %s:%d", host, self._port)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        self.draining = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
+
+    # ------------------------------------------------------------------ routing
+    def _routed(self, path: str) -> bool:
+        for prefix in self._opts.route_prefixes:
+            p = prefix.rstrip("/")
+            if not p or path == p or path.startswith(p + "/"):
+                return True
+        return False
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        try:
+            if not self._routed(path):
+                raise _NotFound(f"no route for path {path}")
+            if path.rstrip("/").endswith("/v1/models"):
+                if request.method not in ("GET", "HEAD"):
+                    return _method_not_allowed("GET")
+                return await self._models()
+            if path in ("/health", "/healthz"):
+                return web.Response(status=503 if self.draining else 200, text="ok\n")
+            api = api_kind_for_path(path)
+            if api is ApiKind.OTHER and not path.rstrip("/").endswith("/responses"):
+                raise _NotFound(f"unknown path {path}")
+            if request.method != "POST":
+                return _method_not_allowed("POST")
+            body = await self._read_body(request)
+        except RequestError as exc:
+            return error_response(exc)
+        self._in_flight += 1
+        try:
+            return await self._forward(request, body)
+        except RequestError as exc:
+            return error_response(exc)
+        except Exception:  # a bug: answer 500 and keep serving
+            log.exception("unexpected error while proxying %s", path)
+            return error_response(InternalError("internal error in the gateway"))
+        finally:
+            self._in_flight -= 1
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        limit = self._opts.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestTooLargeError(f"request body of {request.content_length} bytes exceeds {limit}")
+        buf = bytearray()
+        try:
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > limit:
+                    raise RequestTooLargeError(f"request body exceeds {limit} bytes")
+        except (aiohttp.ClientPayloadError, aiohttp.web.HTTPException) as exc:
+            raise BadRequestError(f"could not read request body: {exc}") from None
+        return bytes(buf)
+
+    # ------------------------------------------------------------------ /v1/models
+    async def _models(self) -> web.Response:
+        """The union of the ``/v1/models`` lists of the pool's healthy endpoints."""
+        assert self._session is not None
+        session = self._session
+        eps = [e for e in self._endpoints.endpoints() if e.healthy]
+        timeout = aiohttp.ClientTimeout(total=self._opts.models_timeout)
+
+        async def fetch(ep: Endpoint) -> list[dict[str, object]]:
+            try:
+                async with session.get(f"http://{ep.key}/v1/models", timeout=timeout) as resp:
+                    if resp.status != 200:
+                        return []
+                    data = json.loads(await resp.read())
+                    items = data.get("data") if isinstance(data, dict) else None
+                    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+            except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
+                return []
+
+        merged: dict[str, dict[str, object]] = {}
+        for items in await asyncio.gather(*(fetch(e) for e in eps)):
+            for item in items:
+                mid = item.get("id")
+                if isinstance(mid, str):
+                    merged.setdefault(mid, item)
+        for name in sorted(self._endpoints.served_models()):
+            merged.setdefault(name, {"id": name, "object": "model", "owned_by": "infergate"})
+        body = {"object": "list", "data": list(merged.values())}
+        return web.Response(body=json.dumps(body).encode(), content_type=_JSON)
+
+    # ------------------------------------------------------------------ forwarding
+    def _upstream_headers(self, request: web.BaseRequest, ctx: RequestContext) -> list[tuple[str, str]]:
+        hdrs = H.clean_request_headers(request.headers.items(), drop=("x-forwarded-for", H.REQUEST_ID))
+        if "json" not in request.headers.get("Content-Type", "").lower():
+            hdrs = [(k, v) for k, v in hdrs if k.lower() != "content-type"]
+            hdrs.append(("Content-Type", _JSON))
+        hdrs.append((H.REQUEST_ID, ctx.request_id))
+        peer = request.remote
+        if peer:
+            prior = request.headers.get("X-Forwarded-For")
+            hdrs.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+        return hdrs
+
+    async def _open_upstream(self, request: web.BaseRequest, ctx: RequestContext) -> UpstreamResponse:
+        """Send to ctx.target; on connect errors, timeouts or 5xx move to the next endpoint."""
+        assert self._upstream is not None
+        hdrs = self._upstream_headers(request, ctx)
+        while True:
+            meta = ctx.target.meta
+            failure: RequestError
+            try:
+                resp = await self._upstream.request(
+                    ctx.target.key, meta.address, meta.port, "POST", request.raw_path, hdrs, ctx.body
+                )
+            except UpstreamTimeout:
+                failure = UpstreamTimeoutError(f"endpoint {ctx.target.key} timed out")
+            except UpstreamConnectionError as exc:
+                failure = UpstreamError(f"endpoint {ctx.target.key} failed: {exc}")
+            else:
+                if resp.status < 500:
+                    return resp
+                if self._director.retry_target(ctx) is None:
+                    return resp
+                log.warning(
+                    "endpoint answered %d before any byte; retrying request_id=%s",
+                    resp.status,
+                    ctx.request_id,
+                )
+                resp.close()
+                continue
+            if self._director.retry_target(ctx) is None:
+                raise failure
+            log.warning("%s; retrying request_id=%s", failure.message, ctx.request_id)
+
+    async def _forward(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        director = self._director
+        ctx = await director.handle_request(path=request.path, headers=request.headers, body=body)
+        error: BaseException | None = None
+        resp: UpstreamResponse | None = None
+        try:
+            resp = await self._open_upstream(request, ctx)
+            director.handle_response_headers(ctx, resp.status, resp.headers)
+            out_headers = CIMultiDict(H.clean_response_headers(resp.headers.items()))
+            if self._opts.served_header:
+                out_headers[H.DESTINATION_ENDPOINT_SERVED] = ctx.target.key
+            length = resp.content_length
+            if not ctx.streaming and length is not None and length <= _BUFFER_LIMIT:
+                data = await resp.read()
+                payload = director.handle_response_chunk(ctx, data, end_of_stream=True)
+                return web.Response(status=resp.status, reason=resp.reason, body=payload, headers=out_headers)
+            streamed, failure = await self._stream(request, ctx, resp, out_headers)
+            error = failure
+            return streamed
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if resp is not None:
+                if error is not None:
+                    resp.close()
+                else:
+                    resp.release()
+            director.handle_response_complete(ctx, error=error)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        resp: UpstreamResponse,
+        out_headers: CIMultiDict[str],
+    ) -> tuple[web.StreamResponse, RequestError | None]:
+        """Relay the body chunk by chunk; ``write`` waits for the client (backpressure).
+
+        An upstream failure after the headers went out cannot become an error status any more:
+        an SSE client gets an error event and a clean end, a plain body is cut (connection
+        aborted) so the client cannot mistake it for a complete answer.
+        """
+        director = self._director
+        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=out_headers)
+        await out.prepare(request)
+        try:
+            async for chunk in resp.iter_chunks():
+                data = director.handle_response_chunk(ctx, chunk, end_of_stream=False)
+                if data:
+                    await out.write(data)
+            tail = director.handle_response_chunk(ctx, b"", end_of_stream=True)
+            if tail:
+                await out.write(tail)
+        except (UpstreamConnectionError, UpstreamTimeout) as exc:
+            failure: RequestError = (
+                UpstreamTimeoutError(f"endpoint {ctx.target.key} stalled mid-stream")
+                if isinstance(exc, UpstreamTimeout)
+                else UpstreamError(f"endpoint {ctx.target.key} failed mid-stream: {type(exc).__name__}")
+            )
+            log.warning("%s request_id=%s", failure.message, ctx.request_id)
+            if ctx.streaming:
+                await out.write(_sse_error(failure))
+                await out.write_eof()
+            elif request.transport is not None:
+                request.transport.abort()
+            return out, failure
+        await out.write_eof()
+        return out, None
+
+
+class _NotFound(RequestError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+def _method_not_allowed(allowed: str) -> web.Response:
+    err = BadRequestError(f"method not allowed; use {allowed}", code="method_not_allowed")
+    resp = error_response(err)
+    resp.set_status(405)
+    resp.headers["Allow"] = allowed
+    return resp

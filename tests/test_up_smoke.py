@@ -1,0 +1,86 @@
+"""`infergate up` end to end: the bundled tutorial, its curl for each model, a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import free_port, http_ok, start_infergate, wait_for
+
+BASE = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def complete(port: int, model: str) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions",
+        data=json.dumps(
+            {
+                "model": model,
+                "prompt": "Write as if you were a critic: San Francisco",
+                "max_tokens": 20,
+                "temperature": "0",
+            }
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return int(r.status), json.loads(r.read())
+
+
+@pytest.mark.parametrize("plane", ["builtin", "envoy"])
+def test_up_serves_the_tutorial_and_stops_cleanly(tmp_path: Path, plane: str) -> None:
+    port, admin = free_port(), free_port()
+    child = start_infergate(
+        [
+            "up",
+            "--quiet",
+            "--replicas",
+            "2",
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin),
+            "--data-plane",
+            plane,
+        ],
+        tmp_path,
+        health_url=f"http://127.0.0.1:{admin}/readyz",
+        timeout=60,
+    )
+    try:
+        wait_for(lambda: "curl -i -X POST" in child.output(), timeout=10, what="the ready banner")
+        out = child.output()
+        assert f"http://127.0.0.1:{port}" in out and "curl -i -X POST" in out and "food-review" in out
+
+        def adapters_loaded() -> bool:
+            eps = get_json(f"http://127.0.0.1:{admin}/debug/endpoints")["endpoints"]
+            want = {"food-review", "cad-fabricator", BASE}
+            return len(eps) == 2 and all(want <= set(e["models"]) for e in eps)
+
+        wait_for(adapters_loaded, timeout=30, interval=0.2, what="the LoRA syncers to load both adapters")
+        for model in ("food-review", "cad-fabricator", BASE):
+            status, body = complete(port, model)
+            assert status == 200 and body["model"] == model, body
+            assert body["choices"][0]["text"]
+        sim_ports = [int(p) for p in re.findall(r"started \S+ on port (\d+)", child.output())]
+        assert len(sim_ports) == 2, child.output()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+        assert 'inference_objective_request_total{model_name="food-review",priority="10"' in metrics
+    finally:
+        code = child.stop(signal.SIGINT, timeout=30)
+    assert code == 0, child.output()
+    assert "infergate up: stopped" in child.output()
+    for p in sim_ports:
+        assert not http_ok(f"http://127.0.0.1:{p}/health", timeout=0.5), f"replica on {p} still running"
