@@ -1,0 +1,405 @@
+"""The ext_proc endpoint picker: Envoy's ``ExternalProcessor.Process`` stream driven by the Director.
+
+This module owns the per-stream protocol state machine (which message may be answered when, in
+which body mode) and the gRPC server around it (health service, TLS, graceful stop). Everything
+about a request's meaning - parsing, rewrite, objective, admission, scheduling, usage, metrics - is
+delegated to :class:`infergate.requestcontrol.director.Director`, the same object the built-in
+proxy drives, so the two data planes cannot drift apart.
+
+Ordering (GIE reference §1.2/§2.1, FULL_DUPLEX_STREAMED): request headers are not answered until the
+body's end of stream, then the headers reply (destination, Content-Length, clear_route_cache,
+``envoy.lb`` metadata) is followed by the body as streamed chunks. A bodiless request (headers with
+end_of_stream) is answered at once with a random ready endpoint. In BUFFERED request-body mode the
+headers are acknowledged at once and the routing mutation rides on the body reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import grpc
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from infergate.errors import InternalError, RequestError, RequestTooLargeError
+from infergate.requestcontrol import headers as H
+from infergate.servers import extproc_messages as msg
+from infergate.types import Endpoint
+
+if TYPE_CHECKING:
+    from infergate.requestcontrol.director import Director, RequestContext
+
+__all__ = [
+    "EXTPROC_SERVICE",
+    "HEALTH_SERVICES",
+    "ExtProcServer",
+    "ExternalProcessor",
+    "TlsSettings",
+    "serve_extproc",
+]
+
+log = logging.getLogger("infergate.extproc")
+
+EXTPROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+# Names the health service answers for: overall, the k8s-style probes, and what Envoy checks.
+HEALTH_SERVICES = ("", "liveness", "readiness", EXTPROC_SERVICE)
+
+_Mode = processing_mode_pb2.ProcessingMode
+_FULL_DUPLEX = _Mode.BodySendMode.FULL_DUPLEX_STREAMED
+_BUFFERED_MODES = frozenset({_Mode.BodySendMode.BUFFERED, _Mode.BodySendMode.BUFFERED_PARTIAL})
+# Client-sent headers that would steer routing; dropped before the Director sees the request.
+_UNTRUSTED = H.ROUTING_OUTPUTS
+
+
+class EndpointSource(Protocol):
+    """Ready endpoints, for bodiless requests that need no scheduling (reference: random pick)."""
+
+    def candidates(self) -> list[Endpoint]: ...
+
+
+@dataclass(kw_only=True)
+class _Stream:
+    """State of one ext_proc stream (one HTTP request through Envoy)."""
+
+    request_mode: int = _FULL_DUPLEX
+    response_mode: int = _FULL_DUPLEX
+    headers: dict[str, str] = field(default_factory=dict)
+    path: str = "/"
+    generated_request_id: str | None = None
+    subset: list[str] | None = None
+    body: bytearray = field(default_factory=bytearray)
+    request_done: bool = False
+    ctx: RequestContext | None = None
+    response_done: bool = False
+
+
+def _ip_of(address: str) -> str:
+    """The host part of ``host:port`` / ``[v6]:port`` (subset hints match on IP only, as the reference)."""
+    if address.startswith("["):
+        return address[1 : address.find("]")]
+    host, sep, _ = address.rpartition(":")
+    return host if sep else address
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """``ExternalProcessor.Process``: translate one Envoy stream to Director calls and back.
+
+    ``max_endpoints`` is how many of the scheduler's targets (primary first, then fallbacks) go
+    into ``x-gateway-destination-endpoint``. The default 1 matches the reference picker's
+    ``maxNumOfEndpoints`` and is what Envoy's ORIGINAL_DST cluster understands: it rejects a
+    comma-separated list. Raise it only for gateways that walk the list on retry.
+    """
+
+    def __init__(
+        self,
+        director: Director,
+        *,
+        endpoints: EndpointSource | None = None,
+        rng: random.Random | None = None,
+        default_request_mode: int = _FULL_DUPLEX,
+        default_response_mode: int = _FULL_DUPLEX,
+        max_endpoints: int = 1,
+        max_body_bytes: int = 32 << 20,
+    ) -> None:
+        self._director = director
+        self._max_body_bytes = max_body_bytes
+        self._max_endpoints = max(1, max_endpoints)
+        self._endpoints = endpoints
+        if endpoints is None:
+            log.warning("ext_proc picker has no endpoint source: bodiless requests (GET) will get 500")
+        self._rng = rng or random.Random()
+        self._default_request_mode = default_request_mode
+        self._default_response_mode = default_response_mode
+        self.active_streams = 0
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """One HTTP request's stream. Uses the reader/writer API (cheaper than an async generator)."""
+        st = _Stream(request_mode=self._default_request_mode, response_mode=self._default_response_mode)
+        first = True
+        error: BaseException | None = None
+        self.active_streams += 1
+        try:
+            while True:
+                req = await context.read()
+                if req is grpc.aio.EOF:
+                    break
+                if first and req.HasField("protocol_config"):
+                    st.request_mode = req.protocol_config.request_body_mode or st.request_mode
+                    st.response_mode = req.protocol_config.response_body_mode or st.response_mode
+                first = False
+                for reply in await self._on_message(st, req):
+                    await context.write(reply)
+        except asyncio.CancelledError as exc:
+            error = exc
+            raise
+        except Exception as exc:
+            error = exc
+            log.exception("ext_proc stream failed path=%s", st.path)
+            raise
+        finally:
+            self.active_streams -= 1
+            if st.ctx is not None:
+                if error is None and not st.response_done:
+                    error = ConnectionError("ext_proc stream ended before the response completed")
+                self._director.handle_response_complete(st.ctx, error=error)
+
+    # ------------------------------------------------------------------ dispatch
+    async def _on_message(self, st: _Stream, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        kind = req.WhichOneof("request")
+        if kind == "request_headers":
+            return await self._on_request_headers(st, req)
+        if kind == "request_body":
+            return await self._on_request_body(st, req.request_body)
+        if kind == "request_trailers":
+            out: list[pb.ProcessingResponse] = []
+            if not st.request_done:
+                out = await self._route(st)
+            return [*out, msg.trailers_response(request=True)]
+        if kind == "response_headers":
+            return self._on_response_headers(st, req.response_headers)
+        if kind == "response_body":
+            return self._on_response_body(st, req.response_body)
+        if kind == "response_trailers":
+            self._finish_response(st)
+            return [msg.trailers_response(request=False)]
+        return []
+
+    async def _on_request_headers(
+        self, st: _Stream, req: pb.ProcessingRequest
+    ) -> list[pb.ProcessingResponse]:
+        raw = msg.read_headers(req.request_headers)
+        st.path = raw.get(":path") or raw.get("x-original-path") or raw.get("x-forwarded-path") or "/"
+        st.headers = {k: v for k, v in raw.items() if not k.startswith(":") and k not in _UNTRUSTED}
+        if not st.headers.get(H.REQUEST_ID):
+            st.generated_request_id = uuid.uuid4().hex
+            st.headers[H.REQUEST_ID] = st.generated_request_id
+        st.subset = msg.subset_hint(req.metadata_context)
+        if st.subset is not None:
+            st.headers[H.DESTINATION_ENDPOINT_SUBSET] = ",".join(st.subset)
+        if req.request_headers.end_of_stream:
+            st.request_done = True
+            return [self._bodiless_reply(st)]
+        if st.request_mode in _BUFFERED_MODES:
+            # Envoy waits for this answer before sending the buffered body.
+            return [msg.headers_response(request=True)]
+        return []
+
+    async def _on_request_body(self, st: _Stream, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        if st.request_done:
+            return []
+        st.body += body.body
+        if len(st.body) > self._max_body_bytes:
+            st.request_done = True
+            st.body = bytearray()
+            return [
+                msg.error_response(RequestTooLargeError(f"request body exceeds {self._max_body_bytes} bytes"))
+            ]
+        if not body.end_of_stream:
+            return []
+        return await self._route(st)
+
+    # ------------------------------------------------------------------ routing
+    def _extra_headers(self, st: _Stream) -> list[tuple[str, str]]:
+        return [(H.REQUEST_ID, st.generated_request_id)] if st.generated_request_id else []
+
+    def _bodiless_reply(self, st: _Stream) -> pb.ProcessingResponse:
+        """Header-only request (e.g. GET /v1/models): any ready endpoint, no scheduling (as the reference)."""
+        ready = self._endpoints.candidates() if self._endpoints is not None else []
+        if st.subset is not None:
+            ips = {_ip_of(a) for a in st.subset}
+            ready = [e for e in ready if e.meta.address in ips]
+        if not ready:
+            return msg.immediate_response(500, "no pods available in datastore")
+        dest = self._rng.choice(ready).key
+        mutation = msg.request_route_mutation(dest, body_length=None, extra=self._extra_headers(st))
+        return msg.headers_response(
+            request=True, mutation=mutation, clear_route_cache=True, dynamic_metadata=msg.route_metadata(dest)
+        )
+
+    async def _route(self, st: _Stream) -> list[pb.ProcessingResponse]:
+        """Hand the whole request to the Director and turn its decision into Envoy replies."""
+        st.request_done = True
+        body = bytes(st.body)
+        st.body = bytearray()
+        try:
+            ctx = await self._director.handle_request(path=st.path, headers=st.headers, body=body)
+        except RequestError as exc:
+            return [msg.error_response(exc)]
+        except Exception as exc:
+            log.exception("director failed path=%s", st.path)
+            return [msg.error_response(InternalError(f"internal error: {type(exc).__name__}"))]
+        st.ctx = ctx
+        dest = msg.destination_value([t.key for t in ctx.result.targets[: self._max_endpoints]])
+        mutation = msg.request_route_mutation(dest, body_length=len(ctx.body), extra=self._extra_headers(st))
+        metadata = msg.route_metadata(dest)
+        if st.request_mode in _BUFFERED_MODES:
+            return [
+                msg.buffered_body_response(
+                    ctx.body,
+                    request=True,
+                    mutation=mutation,
+                    clear_route_cache=True,
+                    dynamic_metadata=metadata,
+                )
+            ]
+        head = msg.headers_response(
+            request=True, mutation=mutation, clear_route_cache=True, dynamic_metadata=metadata
+        )
+        return [head, *msg.streamed_body_responses(ctx.body, request=True, end_of_stream=True)]
+
+    # ------------------------------------------------------------------ response path
+    def _on_response_headers(self, st: _Stream, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
+        raw = msg.read_headers(headers)
+        mutation: pb.HeaderMutation | None = None
+        if st.ctx is not None:
+            try:
+                status = int(raw.get(":status", raw.get("status", "200")))
+            except ValueError:
+                status = 502
+            self._director.handle_response_headers(st.ctx, status, raw)
+            if st.ctx.request.model != st.ctx.request.target_model and "content-length" in raw:
+                # The model name is put back in the body, which changes its length.
+                mutation = pb.HeaderMutation(remove_headers=["content-length"])
+        if headers.end_of_stream:
+            self._finish_response(st)
+        return [msg.headers_response(request=False, mutation=mutation)]
+
+    def _on_response_body(self, st: _Stream, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        eos = body.end_of_stream
+        data = body.body
+        if st.ctx is not None and not st.response_done:
+            data = self._director.handle_response_chunk(st.ctx, data, end_of_stream=eos)
+        if eos:
+            self._finish_response(st)
+        if st.response_mode != _FULL_DUPLEX:
+            # STREAMED/BUFFERED: every chunk is answered by replacing it.
+            return [msg.buffered_body_response(data, request=False)]
+        if not data and not eos:
+            return []  # held back by the director (e.g. a model name split across chunks)
+        return msg.streamed_body_responses(data, request=False, end_of_stream=eos)
+
+    def _finish_response(self, st: _Stream) -> None:
+        if st.ctx is not None and not st.response_done:
+            st.response_done = True
+            self._director.handle_response_complete(st.ctx)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """Serve TLS with ``cert_path/tls.crt`` + ``tls.key``, or a self-signed pair made at start."""
+
+    cert_path: Path | None = None
+    common_name: str = "infergate-epp"
+
+
+class ExtProcServer:
+    """A started-on-demand grpc.aio server hosting the ExternalProcessor and the health service."""
+
+    def __init__(
+        self,
+        processor: ExternalProcessor,
+        host: str,
+        port: int,
+        *,
+        health_servicer: grpc_health.aio.HealthServicer | None = None,
+        tls: TlsSettings | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.processor = processor
+        self.host = host
+        self._requested_port = port
+        self.port = port
+        self.health = health_servicer or grpc_health.aio.HealthServicer()
+        self.tls = tls
+        self.certificate_pem: bytes | None = None
+        self._options = list(options)
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start serving and report SERVING for every health name."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 16 << 20),
+                ("grpc.max_send_message_length", 16 << 20),
+                ("grpc.so_reuseport", 0),
+                *self._options,
+            ]
+        )
+        pb_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        bind = f"{self.host}:{self._requested_port}"
+        if self.tls is not None:
+            from infergate.servers.extproc_tls import load_or_create_pair
+
+            cert, key = load_or_create_pair(
+                self.tls.cert_path, common_name=self.tls.common_name, host=self.host
+            )
+            self.certificate_pem = cert
+            self.port = server.add_secure_port(bind, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            self.port = server.add_insecure_port(bind)
+        await server.start()
+        self._server = server
+        await self.set_serving(True)
+        log.info("ext_proc picker listening on %s tls=%s", self.address, self.tls is not None)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Flip every health name; the app sets NOT_SERVING while draining."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_SERVICES:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Report NOT_SERVING, let open streams finish for ``grace`` seconds, then close."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await server.stop(grace)
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def serve_extproc(
+    director: Director,
+    host: str = "0.0.0.0",
+    port: int = 9002,
+    *,
+    health: grpc_health.aio.HealthServicer | None = None,
+    endpoints: EndpointSource | None = None,
+    tls: TlsSettings | bool | None = None,
+    rng: random.Random | None = None,
+    max_endpoints: int = 1,
+    max_body_bytes: int = 32 << 20,
+) -> ExtProcServer:
+    """Build (not start) the picker's gRPC server; ``await server.start()`` binds it.
+
+    ``endpoints`` (normally the Datastore) answers bodiless requests; ``tls=True`` serves a
+    self-signed certificate, a :class:`TlsSettings` may point at ``tls.crt``/``tls.key``.
+    ``max_body_bytes`` bounds what is buffered per request (413 above, GatewaySettings.max_body_bytes).
+    """
+    settings = TlsSettings() if tls is True else (tls or None)
+    processor = ExternalProcessor(
+        director, endpoints=endpoints, rng=rng, max_endpoints=max_endpoints, max_body_bytes=max_body_bytes
+    )
+    return ExtProcServer(processor, host, port, health_servicer=health, tls=settings)

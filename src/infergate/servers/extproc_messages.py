@@ -1,0 +1,220 @@
+"""Pure builders and readers for Envoy ext_proc protobuf messages (endpoint-picker protocol).
+
+This module owns the exact *shape* of every reply the picker sends to Envoy, so the stream state
+machine in :mod:`infergate.servers.extproc` stays about ordering and the tests can build the expected
+protobufs with the same vocabulary. Nothing here does I/O or touches scheduling.
+
+Shapes follow the Gateway API Inference Extension's endpoint picker (GIE reference §2.1-§2.4): the
+request-headers reply carries ``x-gateway-destination-endpoint`` (primary then fallbacks, comma
+separated), a recomputed ``Content-Length``, ``clear_route_cache`` and the same value as dynamic
+metadata ``envoy.lb``; bodies go back as streamed chunks of at most 62,000 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2  # type: ignore[import-untyped, unused-ignore]
+
+from infergate.errors import RequestError
+from infergate.requestcontrol.headers import DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SUBSET
+
+__all__ = [
+    "DESTINATION_NAMESPACE",
+    "MAX_CHUNK",
+    "SUBSET_NAMESPACE",
+    "body_chunks",
+    "buffered_body_response",
+    "destination_value",
+    "error_code_name",
+    "error_response",
+    "header_option",
+    "headers_response",
+    "immediate_response",
+    "read_headers",
+    "request_route_mutation",
+    "route_metadata",
+    "streamed_body_responses",
+    "subset_hint",
+    "trailers_response",
+]
+
+# Envoy rejects ext_proc body frames near 64 KiB; the reference EPP keeps each chunk under this.
+MAX_CHUNK = 62_000
+DESTINATION_NAMESPACE = "envoy.lb"
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+
+_OVERWRITE = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+
+# The reference renders errors as "inference error: <Code> - <message>" (pkg/common/error/error.go).
+_CODE_NAMES: dict[int, str] = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    413: "BadRequest",
+    429: "ResourceExhausted",
+    500: "Internal",
+    502: "ModelServerError",
+    503: "ServiceUnavailable",
+    504: "ModelServerError",
+}
+
+
+def error_code_name(status: int) -> str:
+    """The reference's error-code word for an HTTP status."""
+    return _CODE_NAMES.get(status, "Internal")
+
+
+def read_headers(headers: pb.HttpHeaders) -> dict[str, str]:
+    """Header map as a dict with lower-case names; ``raw_value`` preferred over ``value`` (as the reference).
+
+    Repeated names are joined with ``,`` so nothing the client sent is silently lost.
+    """
+    out: dict[str, str] = {}
+    for hv in headers.headers.headers:
+        value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+        key = hv.key.lower()
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def subset_hint(metadata: base_pb2.Metadata) -> list[str] | None:
+    """Candidate addresses from ``filter_metadata["envoy.lb.subset_hint"]``; None when not set.
+
+    The protocol sends a list of ``ip:port`` strings; a comma-separated string is accepted too.
+    """
+    if SUBSET_NAMESPACE not in metadata.filter_metadata:
+        return None
+    fields = metadata.filter_metadata[SUBSET_NAMESPACE].fields
+    if DESTINATION_ENDPOINT_SUBSET not in fields:
+        return None
+    value = fields[DESTINATION_ENDPOINT_SUBSET]
+    kind = value.WhichOneof("kind")
+    items: list[str] = []
+    if kind == "list_value":
+        for v in value.list_value.values:
+            if v.WhichOneof("kind") == "string_value":
+                items.extend(v.string_value.split(","))
+    elif kind == "string_value":
+        items.extend(value.string_value.split(","))
+    return [s.strip() for s in items if s.strip()]
+
+
+def header_option(key: str, value: str) -> base_pb2.HeaderValueOption:
+    """A header that replaces any value the client sent (never appended next to it)."""
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
+    )
+
+
+def destination_value(addresses: Sequence[str]) -> str:
+    """``ip:port[,ip:port...]``: Envoy uses the first; retries walk down the list."""
+    return ",".join(addresses)
+
+
+def route_metadata(destination: str) -> struct_pb2.Struct:
+    """Dynamic metadata ``envoy.lb: {x-gateway-destination-endpoint: <destination>}``."""
+    md = struct_pb2.Struct()
+    md.update({DESTINATION_NAMESPACE: {DESTINATION_ENDPOINT: destination}})
+    return md
+
+
+def request_route_mutation(
+    destination: str, *, body_length: int | None, extra: Iterable[tuple[str, str]] = ()
+) -> pb.HeaderMutation:
+    """Headers the picker sets on the upstream request: destination, Content-Length, then ``extra``."""
+    set_headers = [header_option(DESTINATION_ENDPOINT, destination)]
+    if body_length is not None and body_length > 0:
+        set_headers.append(header_option("Content-Length", str(body_length)))
+    set_headers.extend(header_option(k, v) for k, v in extra)
+    return pb.HeaderMutation(set_headers=set_headers)
+
+
+def headers_response(
+    *,
+    request: bool,
+    mutation: pb.HeaderMutation | None = None,
+    clear_route_cache: bool = False,
+    dynamic_metadata: struct_pb2.Struct | None = None,
+) -> pb.ProcessingResponse:
+    """A reply to request or response headers."""
+    common = pb.CommonResponse(header_mutation=mutation, clear_route_cache=clear_route_cache)
+    hr = pb.HeadersResponse(response=common)
+    if request:
+        return pb.ProcessingResponse(request_headers=hr, dynamic_metadata=dynamic_metadata)
+    return pb.ProcessingResponse(response_headers=hr, dynamic_metadata=dynamic_metadata)
+
+
+def body_chunks(body: bytes, limit: int = MAX_CHUNK) -> Iterator[bytes]:
+    """``body`` cut into pieces of at most ``limit`` bytes; an empty body yields one empty piece."""
+    if not body:
+        yield b""
+        return
+    for start in range(0, len(body), limit):
+        yield body[start : start + limit]
+
+
+def streamed_body_responses(
+    body: bytes, *, request: bool, end_of_stream: bool, limit: int = MAX_CHUNK
+) -> list[pb.ProcessingResponse]:
+    """FULL_DUPLEX_STREAMED body replies; only the last may carry ``end_of_stream``."""
+    pieces = list(body_chunks(body, limit))
+    out: list[pb.ProcessingResponse] = []
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        mutation = pb.BodyMutation(
+            streamed_response=pb.StreamedBodyResponse(body=piece, end_of_stream=end_of_stream and last)
+        )
+        br = pb.BodyResponse(response=pb.CommonResponse(body_mutation=mutation))
+        out.append(
+            pb.ProcessingResponse(request_body=br) if request else pb.ProcessingResponse(response_body=br)
+        )
+    return out
+
+
+def buffered_body_response(
+    body: bytes,
+    *,
+    request: bool,
+    mutation: pb.HeaderMutation | None = None,
+    clear_route_cache: bool = False,
+    dynamic_metadata: struct_pb2.Struct | None = None,
+) -> pb.ProcessingResponse:
+    """BUFFERED/STREAMED-mode body reply: the whole (chunk) body replaced, headers mutated alongside."""
+    common = pb.CommonResponse(
+        header_mutation=mutation,
+        body_mutation=pb.BodyMutation(body=body),
+        clear_route_cache=clear_route_cache,
+    )
+    br = pb.BodyResponse(response=common)
+    if request:
+        return pb.ProcessingResponse(request_body=br, dynamic_metadata=dynamic_metadata)
+    return pb.ProcessingResponse(response_body=br, dynamic_metadata=dynamic_metadata)
+
+
+def trailers_response(*, request: bool) -> pb.ProcessingResponse:
+    """An empty trailers reply (trailers pass through unchanged)."""
+    tr = pb.TrailersResponse()
+    return (
+        pb.ProcessingResponse(request_trailers=tr) if request else pb.ProcessingResponse(response_trailers=tr)
+    )
+
+
+def immediate_response(status: int, message: str) -> pb.ProcessingResponse:
+    """End the HTTP request at Envoy with ``status`` and the reference's plain-text error body."""
+    body = f"inference error: {error_code_name(status)} - {message}"
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            body=body.encode(),
+        )
+    )
+
+
+def error_response(err: RequestError) -> pb.ProcessingResponse:
+    """The immediate reply for a request-ending gateway error."""
+    return immediate_response(err.status, err.message)
