@@ -1,0 +1,71 @@
+"""Sweep the default profile's scorer weights in the digital twin and print goodput and p90 TTFT.
+
+The gateway's default weights are chosen from this sweep (docs/benchmarks.md shows it). Each
+combination replays the same seeded request stream on the simulated tutorial pool (3 replicas,
+LoRA with 2 slots), at a rate near round-robin's capacity where routing matters most.
+
+    .venv/bin/python bench/bench_twin_weights.py --workload multi-tenant-chat --qps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+from infergate.bench.loadgen import arrival_offsets
+from infergate.bench.stats import summarise
+from infergate.bench.twin import run_twin
+from infergate.bench.workloads import generate, load_workload
+from infergate.config.picker import EndpointPickerConfig, PluginRef, PluginSpec, ProfileSpec
+
+
+def profile(queue: float, kv: float, prefix: float, lora: float, inflight: float) -> EndpointPickerConfig:
+    weights = [
+        ("queue-scorer", queue),
+        ("kv-cache-utilization-scorer", kv),
+        ("prefix-cache-scorer", prefix),
+        ("lora-affinity-scorer", lora),
+        ("least-in-flight-scorer", inflight),
+    ]
+    used = [(t, w) for t, w in weights if w > 0]
+    plugins = [PluginSpec(type=t) for t, _ in used] + [PluginSpec(type="max-score-picker")]
+    refs = [PluginRef(plugin_ref=t, weight=w) for t, w in used] + [PluginRef(plugin_ref="max-score-picker")]
+    return EndpointPickerConfig(
+        plugins=plugins, scheduling_profiles=[ProfileSpec(name="default", plugins=refs)]
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workload", default="multi-tenant-chat")
+    p.add_argument("--qps", type=float, default=40.0)
+    p.add_argument("--limit", type=int, default=600)
+    args = p.parse_args()
+    requests = generate(load_workload(args.workload))[: args.limit]
+    offsets = arrival_offsets(requests, args.qps, seed=0)
+    grid = itertools.product((1, 2), (1, 2), (0, 1, 3, 5), (0, 1), (0, 1))
+    print(f"workload {args.workload}, {len(requests)} requests at {args.qps:g} QPS")
+    print(
+        "| queue | kv | prefix | lora | in-flight | goodput/s | TTFT p90 (s) | TPOT p90 (ms) | prefix hit |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    rr = summarise(run_twin(requests, offsets, strategy="round-robin").records)
+    print(
+        f"| round-robin | | | | | {rr.goodput_per_s:.2f} | {rr.ttft_p90:.3f} | {rr.tpot_p90 * 1000:.1f} | |"
+    )
+    started = time.process_time()
+    for q, kv, prefix, lora, inflight in grid:
+        out = run_twin(requests, offsets, strategy="default", picker=profile(q, kv, prefix, lora, inflight))
+        s = summarise(out.records)
+        hit = f"{out.prefix_hit_rate:.1%}" if out.prefix_hit_rate is not None else "-"
+        print(
+            f"| {q} | {kv} | {prefix} | {lora} | {inflight} | {s.goodput_per_s:.2f} | {s.ttft_p90:.3f} "
+            f"| {s.tpot_p90 * 1000:.1f} | {hit} |",
+            flush=True,
+        )
+    print(f"sweep CPU time: {time.process_time() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The digital twin: the real scheduler against simulated engines, in virtual time.
+
+One :class:`~infergate.simulator.drivers.VirtualLoop` drives everything: request arrivals, engine
+steps and metric "scrapes". At each scrape the gateway's datastore receives what a real scrape of
+the replica's ``/metrics`` would have said (queue, running, KV use, adapters), taken at that instant
+and then left to go stale until the next one; the scheduler decides from those snapshots and from
+the in-flight counts the gateway keeps itself, exactly as in production. Nothing sleeps, so a sweep
+of thousands of requests runs in seconds and is exactly reproducible for a seed.
+
+This module is the one place where gateway code and simulator code meet in one process: the
+gateway never imports the simulator, and the simulator never imports the gateway.
+
+The ``oracle`` strategy is the bound the real picker is measured against: it reads each engine's
+true queue and true prefix cache at the moment of decision and sends the request where its
+estimated time to first token is lowest.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from infergate.bench.loadgen import RequestRecord
+from infergate.bench.strategies import picker_config
+from infergate.bench.workloads import BenchRequest
+from infergate.config.picker import EndpointPickerConfig
+from infergate.datastore.store import Datastore
+from infergate.errors import NoCapacityError
+from infergate.requestcontrol.parsing import parse_body
+from infergate.scheduling.scheduler import Scheduler, build_scheduler
+from infergate.simulator.drivers import VirtualDriver, VirtualLoop
+from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput
+from infergate.simulator.tokenizer import Tokenizer
+from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
+
+__all__ = ["TwinConfig", "TwinResult", "run_twin"]
+
+BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+# Virtual time starts here, not at 0: a metrics snapshot stamped 0.0 means "never scraped".
+T0 = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TwinConfig:
+    """The simulated pool: the tutorial's by default (3 replicas, LoRA with 2 GPU slots)."""
+
+    replicas: int = 3
+    base_model: str = BASE_MODEL
+    adapters: tuple[str, ...] = ("food-review", "cad-fabricator", "legal-summarizer")
+    max_loras: int = 2
+    max_cpu_loras: int = 12
+    scrape_interval: float = 0.05
+    staleness: float = 2.0
+    profile: str = "llama3.1-8b-h100"
+    num_gpu_blocks: int | None = None
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class TwinResult:
+    records: list[RequestRecord]
+    per_endpoint_requests: dict[str, int]
+    prefix_hit_rate: float | None
+    load_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+class _Replica:
+    def __init__(self, index: int, engine: Engine, driver: VirtualDriver) -> None:
+        self.key = f"10.0.0.{index + 1}:8000"
+        self.engine = engine
+        self.driver = driver
+        self.requests = 0
+
+
+def _metrics_of(engine: Engine, now: float) -> EndpointMetrics:
+    """What the gateway's scraper would read from this engine's ``/metrics`` at ``now``."""
+    s = engine.stats()
+    return EndpointMetrics(
+        waiting_queue_size=s.num_waiting,
+        running_requests=s.num_running,
+        kv_cache_usage=s.kv_cache_usage,
+        running_adapters=frozenset(s.running_loras),
+        waiting_adapters=frozenset(s.waiting_loras),
+        max_active_adapters=s.max_loras,
+        block_size=s.block_size,
+        num_gpu_blocks=s.num_gpu_blocks,
+        updated_at=now,
+    )
+
+
+def _oracle_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str | None) -> _Replica:
+    """Lowest estimated TTFT from true engine state: uncached prompt tokens plus the queue ahead,
+    with a penalty for an adapter that would have to wait for a free slot."""
+
+    def cost(r: _Replica) -> tuple[float, int]:
+        s = r.engine.stats()
+        uncached = len(tokens) - r.engine.prefix_cache_contains(tokens, lora)
+        queue = s.num_waiting * 512 + s.num_running * 8
+        lora_wait = 0.0
+        if lora is not None and lora not in s.running_loras and len(set(s.running_loras)) >= s.max_loras:
+            lora_wait = 4096.0
+        return (uncached + queue + lora_wait, r.requests)
+
+    return min(replicas, key=cost)
+
+
+def run_twin(
+    requests: Sequence[BenchRequest],
+    offsets: Sequence[float],
+    *,
+    strategy: str,
+    config: TwinConfig | None = None,
+    sample_interval: float = 1.0,
+    picker: EndpointPickerConfig | None = None,
+) -> TwinResult:
+    """Replay ``requests`` arriving at ``offsets`` (seconds) through ``strategy`` on a virtual pool.
+
+    ``picker`` replaces the strategy's scheduler configuration (weight sweeps use it).
+    """
+    cfg = config or TwinConfig()
+    loop = VirtualLoop()
+    tokenizer = Tokenizer()
+    engine_cfg = EngineConfig(
+        model=cfg.base_model,
+        enable_lora=bool(cfg.adapters),
+        max_loras=cfg.max_loras,
+        max_cpu_loras=cfg.max_cpu_loras,
+        profile=cfg.profile,
+        num_gpu_blocks=cfg.num_gpu_blocks,
+        seed=cfg.seed,
+    )
+    replicas: list[_Replica] = []
+    for i in range(cfg.replicas):
+        engine = Engine(engine_cfg)
+        for name in cfg.adapters:
+            engine.add_lora(name, f"/adapters/{name}")
+        replicas.append(_Replica(i, engine, VirtualDriver(engine, loop)))
+    by_key = {r.key: r for r in replicas}
+
+    datastore = Datastore(clock=loop, staleness=cfg.staleness)
+    datastore.set_pool(PoolSpec(name="twin", selector={"app": "twin"}))
+    for r in replicas:
+        host, port = r.key.split(":")
+        datastore.upsert_endpoint(EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port)))
+    scheduler: Scheduler | None = None
+    if strategy != "oracle":
+        scheduler = build_scheduler(
+            picker or picker_config(strategy), rng=random.Random(cfg.seed), clock=loop
+        )
+
+    records: list[RequestRecord] = [
+        RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)
+        for r, off in zip(requests, offsets, strict=True)
+    ]
+    pending = len(requests)
+    load_series: dict[str, list[tuple[float, float]]] = {r.key: [] for r in replicas}
+
+    def scrape() -> None:
+        now = loop.now()
+        for r in replicas:
+            datastore.update_metrics(r.key, _metrics_of(r.engine, now))
+        if pending:
+            loop.call_at(now + cfg.scrape_interval, scrape)
+
+    def sample() -> None:
+        now = loop.now()
+        for r in replicas:
+            s = r.engine.stats()
+            load_series[r.key].append((now - T0, float(s.num_running + s.num_waiting)))
+        if pending:
+            loop.call_at(now + sample_interval, sample)
+
+    def arrive(i: int) -> None:
+        nonlocal pending
+        req = requests[i]
+        rec = records[i]
+        body = req.body(stream=True)
+        parsed = parse_body(req.path, json.dumps(body).encode())
+        lora = None if req.model == cfg.base_model else req.model
+        text = (
+            tokenizer.apply_chat_template(list(req.messages)) if req.messages is not None else parsed.prompt
+        )
+        tokens = tokenizer.encode(text)
+        if scheduler is None:
+            replica = _oracle_pick(replicas, tokens, lora)
+        else:
+            ireq = InferenceRequest(
+                request_id=f"twin-{i}",
+                model=req.model,
+                target_model=req.model,
+                api=parsed.api,
+                prompt=parsed.prompt,
+                stream=True,
+                max_tokens=req.max_tokens,
+                arrived_at=loop.now(),
+            )
+            try:
+                result = scheduler.schedule(ireq, datastore.candidates())
+            except NoCapacityError as exc:
+                rec.status, rec.error, rec.e2e = 503, str(exc), 0.0
+                pending -= 1
+                return
+            replica = by_key[result.primary.key]
+        replica.requests += 1
+        datastore.acquire(replica.key)
+        last: list[float] = []
+
+        def on_output(out: RequestOutput) -> None:
+            nonlocal pending
+            if out.new_token_ids:
+                if rec.ttft is None:
+                    rec.ttft = out.now - T0 - rec.sent_at
+                else:
+                    rec.itl.append(out.now - last[0])
+                last[:] = [out.now]
+            if out.finished:
+                rec.status = 200
+                rec.e2e = out.now - T0 - rec.sent_at
+                rec.prompt_tokens = out.num_prompt_tokens
+                rec.completion_tokens = out.num_generated
+                datastore.release(replica.key)
+                pending -= 1
+
+        replica.driver.submit(
+            EngineRequest(
+                request_id=f"twin-{i}",
+                prompt_token_ids=tokens,
+                max_tokens=req.max_tokens,
+                ignore_eos=True,
+                lora_name=lora,
+            ),
+            on_output,
+        )
+
+    for i, off in enumerate(offsets):
+        loop.call_at(T0 + off, functools.partial(arrive, i))
+    loop.call_at(T0, scrape)
+    loop.call_at(T0, sample)
+    loop.run()
+
+    queries = sum(r.engine.stats().prefix_cache_queries for r in replicas)
+    hits = sum(r.engine.stats().prefix_cache_hits for r in replicas)
+    return TwinResult(
+        records=records,
+        per_endpoint_requests={r.key: r.requests for r in replicas},
+        prefix_hit_rate=hits / queries if queries else None,
+        load_series=load_series,
+    )
