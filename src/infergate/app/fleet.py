@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -67,6 +68,8 @@ class Replica:
     proc: asyncio.subprocess.Process | None = None
     syncer: asyncio.subprocess.Process | None = None
     syncer_argv: list[str] = field(default_factory=list)
+    adapters: tuple[str, ...] = ()
+    """Adapters its LoRA syncer must load (``ensureExist``); the fleet is ready once they are."""
 
     @property
     def key(self) -> str:
@@ -74,6 +77,16 @@ class Replica:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
+
+
+def _model_ids(url: str) -> set[str]:
+    """The ids ``/v1/models`` lists; empty when the server does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            data = json.loads(resp.read())
+        return {str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)}
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def _health_ok(url: str) -> bool:
@@ -146,6 +159,9 @@ class Fleet:
                 cm = dep.lora_configmap()
                 if cm is not None:
                     r.syncer_argv = self._syncer_argv(dep, cm, r)
+                    lora = self._manifests.lora_configs.get(cm)
+                    if r.syncer_argv and lora is not None:
+                        r.adapters = tuple(a.id for a in lora.ensure_exist)
                 out.append(r)
         self.replicas = out
         return out
@@ -220,6 +236,26 @@ class Fleet:
                         stdin=asyncio.subprocess.DEVNULL,
                         start_new_session=True,
                     )
+        await self._wait_adapters(health_wait)
+
+    async def _wait_adapters(self, limit: float) -> None:
+        """Wait until every replica lists the adapters its syncer must load, so the first request
+        for an adapter does not meet a server that has not loaded it yet. A syncer that cannot load
+        them is reported, not fatal: the gateway then routes around the missing adapter."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        pending = {r.name: r for r in self.replicas if r.adapters}
+        while pending:
+            for name, r in list(pending.items()):
+                models = await asyncio.to_thread(_model_ids, f"http://{r.key}/v1/models")
+                if set(r.adapters) <= models:
+                    del pending[name]
+            if not pending:
+                return
+            if loop.time() > deadline:
+                log.warning("LoRA adapters not loaded after %.0fs on: %s", limit, ", ".join(pending))
+                return
+            await asyncio.sleep(0.1)
 
     async def _wait_healthy(self, limit: float) -> None:
         loop = asyncio.get_running_loop()
