@@ -303,13 +303,6 @@ async def test_bodiless_get_without_endpoints_is_500(rig: Rig) -> None:
     call.cancel()
 
 
-SUBSET_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="Director does not filter by x-gateway-destination-endpoint-subset yet (GATEWAY)",
-)
-
-
-@SUBSET_PENDING
 async def test_subset_hint_restricts_candidates(rig: Rig) -> None:
     body = chat_body()
     call = rig.stub.Process()
@@ -320,7 +313,6 @@ async def test_subset_hint_restricts_candidates(rig: Rig) -> None:
     call.cancel()
 
 
-@SUBSET_PENDING
 async def test_subset_hint_with_no_match_is_503(rig: Rig) -> None:
     call = rig.stub.Process()
     await call.write(headers_msg(subset=["10.9.9.9:8000"]))

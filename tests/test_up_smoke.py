@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,14 @@ from tests.support import free_port, http_ok, start_infergate, wait_for
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
+def get_json(url: str, token: str | None = None) -> Any:
+    return json.loads(get_text(url, token))
+
+
+def get_text(url: str, token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+        return str(r.read().decode())
 
 
 def complete(port: int, model: str) -> tuple[int, Any]:
@@ -63,9 +69,17 @@ def test_up_serves_the_tutorial_and_stops_cleanly(tmp_path: Path, plane: str) ->
         wait_for(lambda: "curl -i -X POST" in child.output(), timeout=10, what="the ready banner")
         out = child.output()
         assert f"http://127.0.0.1:{port}" in out and "curl -i -X POST" in out and "food-review" in out
+        # The admin /metrics is protected by a token generated for this run and printed with its curl.
+        found = re.search(r"curl -H 'Authorization: Bearer (\S+)' http://127\.0\.0\.1:(\d+)/metrics", out)
+        assert found is not None and int(found.group(2)) == admin, out
+        token = found.group(1)
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            get_text(f"http://127.0.0.1:{admin}/metrics")
+        denied.value.close()
+        assert denied.value.code == 401
 
         def adapters_loaded() -> bool:
-            eps = get_json(f"http://127.0.0.1:{admin}/debug/endpoints")["endpoints"]
+            eps = get_json(f"http://127.0.0.1:{admin}/debug/endpoints", token)["endpoints"]
             want = {"food-review", "cad-fabricator", BASE}
             return len(eps) == 2 and all(want <= set(e["models"]) for e in eps)
 
@@ -76,7 +90,7 @@ def test_up_serves_the_tutorial_and_stops_cleanly(tmp_path: Path, plane: str) ->
             assert body["choices"][0]["text"]
         sim_ports = [int(p) for p in re.findall(r"started \S+ on port (\d+)", child.output())]
         assert len(sim_ports) == 2, child.output()
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+        metrics = get_text(f"http://127.0.0.1:{admin}/metrics", token)
         assert 'inference_objective_request_total{model_name="food-review",priority="10"' in metrics
     finally:
         code = child.stop(signal.SIGINT, timeout=30)

@@ -10,7 +10,6 @@ background tasks stop.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import random
 import socket
@@ -18,24 +17,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
 from infergate.api.loader import ManifestSet
 from infergate.config.picker import EndpointPickerConfig, default_picker_config
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
-from infergate.flowcontrol import FlowControlConfig, FlowController, SaturationDetector
-from infergate.requestcontrol.director import Director
-from infergate.scheduling.decisions import DecisionLog
-from infergate.scheduling.scheduler import build_scheduler
 from infergate.servers.admin import AdminServer
 from infergate.servers.envoy import EnvoyProcess, render_bootstrap, settings_from_manifests
 from infergate.servers.extproc import ExtProcServer, serve_extproc
+from infergate.servers.liveview import liveview_routes
+from infergate.servers.metrics_auth import MetricsAuthorizer, metrics_auth_middleware
 from infergate.servers.proxy import ProxyOptions, ProxyServer
 from infergate.sources.manifests import apply_manifests
-from infergate.sources.scraper import MetricsScraper
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, EndpointMeta, MonotonicClock, PoolSpec
 
+from .core import build_core
+from .health import HealthServer
 from .tasks import Supervisor
 
 __all__ = ["DATA_PLANES", "Gateway", "GatewayConfig"]
@@ -66,6 +66,10 @@ class GatewayConfig:
     picker over ext_proc on a private port) or ``epp`` (ext_proc picker only, on ``grpc_port``)."""
     grpc_port: int = 9002
     picker_tls: bool = False
+    grpc_health_port: int | None = None
+    """``epp``: also serve the gRPC health service in plaintext on this port (the kubelet's probes)."""
+    metrics_auth: MetricsAuthorizer | None = None
+    """Checks bearer tokens on the admin ``/metrics`` and ``/debug/`` (None: open)."""
 
 
 def _uses_lora(manifests: ManifestSet) -> bool:
@@ -107,46 +111,23 @@ class Gateway:
             self.datastore.upsert_endpoint(meta)
         picker = cfg.picker or default_picker_config(lora=_uses_lora(manifests))
         rng = random.Random(cfg.seed) if cfg.seed is not None else random.Random()
-        self.decisions = DecisionLog()
-        self.scheduler = build_scheduler(
-            picker, metrics=self.metrics, rng=rng, clock=self.clock, decision_log=self.decisions
-        )
-        detector = SaturationDetector(
-            queue_threshold=s.queue_threshold, kv_threshold=s.kv_threshold, staleness=s.saturation_staleness
-        )
-        self.flow = FlowController(
+        core = build_core(
             self.datastore,
-            detector=detector,
-            clock=self.clock,
-            config=FlowControlConfig(
-                enabled=cfg.flow_control,
-                default_ttl=s.request_ttl,
-                band_max_requests=s.max_queued_requests,
-                band_max_bytes=s.max_queued_bytes,
-                pool_name=self.pool.name,
-            ),
+            self.pool,
+            picker=picker,
+            settings=s,
             metrics=self.metrics,
-        )
-        self.director = Director(
-            datastore=self.datastore,
-            scheduler=self.scheduler,
-            flow=self.flow,
             clock=self.clock,
-            metrics=self.metrics,
             rng=rng,
-            max_attempts=1 + s.retries,
+            flow_control=cfg.flow_control,
+            # Only Envoy sets the subset hint; a client of the built-in proxy must not narrow routing.
+            honor_subset_hint=cfg.data_plane != "builtin",
         )
-        self.scraper = MetricsScraper(
-            self.datastore,
-            interval=s.scrape_interval,
-            dialect=self.pool.model_server_type,
-            health_path=self.pool.health_path,
-            health_interval=s.health_interval,
-            clock=self.clock,
-            metrics=self.metrics,
-            max_backoff=s.scrape_backoff_max,
-            pool_metrics_interval=s.pool_metrics_interval,
-        )
+        self.decisions = core.decisions
+        self.scheduler = core.scheduler
+        self.flow = core.flow
+        self.director = core.director
+        self.scraper = core.scraper
         self.proxy = ProxyServer(
             self.director,
             self.datastore,
@@ -162,6 +143,7 @@ class Gateway:
             ),
         )
         self.picker: ExtProcServer | None = None
+        self.health: HealthServer | None = None
         self.envoy: EnvoyProcess | None = None
         self._listen_port = 0
         self.admin = AdminServer(
@@ -171,6 +153,8 @@ class Gateway:
             extra=self._debug_extra,
             routes=self._liveview_routes(),
         )
+        if cfg.metrics_auth is not None:
+            self.admin.app.middlewares.append(metrics_auth_middleware(cfg.metrics_auth))
         self.tasks = Supervisor()
         self._started = False
         self._stopping = False
@@ -183,20 +167,11 @@ class Gateway:
     def _debug_extra(self) -> dict[str, Any]:
         return {"pool": self.pool.name, "proxy_in_flight": self.proxy.in_flight}
 
-    def _liveview_routes(self) -> list[Any]:
-        """The live view's routes (``/live``), when ``infergate.servers.liveview`` is installed.
-
-        Looked up by name so the gateway starts without it; its API is
-        ``liveview_routes(datastore, flow=, decisions=, pool_name=)``.
-        """
-        try:
-            module = importlib.import_module("infergate.servers.liveview")
-        except ImportError:
-            return []
-        routes = module.liveview_routes(
+    def _liveview_routes(self) -> list[web.RouteDef]:
+        """The live view's routes (``/live``, ``/live/state``) for the admin port."""
+        return liveview_routes(
             self.datastore, flow=self.flow, decisions=self.decisions, pool_name=self.pool.name
         )
-        return list(routes)
 
     @property
     def port(self) -> int:
@@ -235,6 +210,9 @@ class Gateway:
     async def _start_extproc(self, host: str, port: int) -> None:
         cfg = self.config
         envoy = cfg.data_plane == "envoy"
+        if not envoy and cfg.grpc_health_port is not None:
+            self.health = HealthServer(host, cfg.grpc_health_port)
+            await self.health.start()
         self.picker = serve_extproc(
             self.director,
             "127.0.0.1" if envoy else host,
@@ -242,8 +220,11 @@ class Gateway:
             endpoints=self.datastore,
             tls=cfg.picker_tls,
             max_body_bytes=cfg.settings.max_body_bytes,
+            health=self.health.servicer if self.health is not None else None,
         )
         await self.picker.start()
+        if self.health is not None:
+            await self.health.set_ready(True)
         self._listen_port = self.picker.port
         if envoy:
             if port == 0:
@@ -277,12 +258,16 @@ class Gateway:
             return
         self._stopping = True
         log.info("gateway stopping: draining %d in-flight request(s)", self.proxy.in_flight)
+        if self.health is not None:
+            await self.health.set_ready(False)
         if self.picker is not None:
             await self.picker.set_serving(False)
         if self.envoy is not None:
             await self.envoy.stop_async(self.config.shutdown_grace)
         if self.picker is not None:
             await self.picker.stop(self.config.shutdown_grace)
+        if self.health is not None:
+            await self.health.stop()
         await self.proxy.stop()
         self.flow.close()
         await self.tasks.stop()

@@ -22,11 +22,12 @@ from typing import Any
 
 from infergate.api.loader import ManifestSet, load_manifests
 from infergate.errors import ConfigError
+from infergate.servers.metrics_auth import StaticTokenAuth, generate_token, write_token_file
 
 from .fleet import Fleet
 from .gateway import Gateway, GatewayConfig
 
-__all__ = ["bundled_manifests", "run_serve", "run_up", "setup_logging"]
+__all__ = ["bundled_manifests", "metrics_curl", "run_serve", "run_up", "setup_logging"]
 
 log = logging.getLogger("infergate.app")
 
@@ -126,8 +127,23 @@ def _load(paths: Sequence[Path]) -> ManifestSet:
     return manifests
 
 
-def run_serve(paths: Sequence[Path], config: GatewayConfig, *, log_level: str = "INFO") -> int:
-    """``infergate serve``: picker + proxy for endpoints that already run."""
+def metrics_curl(host: str, admin_port: int, token: str) -> str:
+    """The paste-able scrape of a token-protected admin ``/metrics``."""
+    return f"curl -H 'Authorization: Bearer {token}' http://{host}:{admin_port}/metrics"
+
+
+def run_serve(
+    paths: Sequence[Path],
+    config: GatewayConfig,
+    *,
+    log_level: str = "INFO",
+    metrics_token: str | None = None,
+) -> int:
+    """``infergate serve``: picker + proxy for endpoints that already run.
+
+    ``metrics_token``: a token generated for this run (``--metrics-auth=token`` without a token
+    file); printed with the curl that uses it. ``config.metrics_auth`` is what checks it.
+    """
     setup_logging(log_level)
     try:
         manifests = _load(paths)
@@ -149,6 +165,9 @@ def run_serve(paths: Sequence[Path], config: GatewayConfig, *, log_level: str = 
             f"(admin :{gw.admin_port}, {len(gw.datastore.endpoints())} endpoint(s))",
             flush=True,
         )
+        if metrics_token is not None:
+            host = _display_host(config.admin_host)
+            print(f"  metrics: {metrics_curl(host, gw.admin_port, metrics_token)}", flush=True)
         try:
             await stop.wait()
         finally:
@@ -238,8 +257,13 @@ def run_up(
     quiet: bool = False,
     log_level: str = "WARNING",
     simulate_args: Sequence[str] = (),
+    protect_metrics: bool = True,
 ) -> int:
-    """``infergate up``: the whole tutorial on this machine."""
+    """``infergate up``: the whole tutorial on this machine.
+
+    With ``protect_metrics`` the admin ``/metrics`` and ``/debug/`` need a bearer token generated
+    for this run: printed, and written (mode 0600) to ``<run dir>/metrics-token``.
+    """
     setup_logging(log_level)
     path = directory or bundled_manifests()
     try:
@@ -269,7 +293,13 @@ def run_up(
                 return 130
             stopped.cancel()
             starting.result()
-            gw = Gateway(manifests, replace(config, extra_endpoints=fleet.endpoints()))
+            token: str | None = None
+            gw_config = replace(config, extra_endpoints=fleet.endpoints())
+            if protect_metrics:
+                token = generate_token()
+                write_token_file(fleet.run_dir / "metrics-token", token)
+                gw_config = replace(gw_config, metrics_auth=StaticTokenAuth([token]))
+            gw = Gateway(manifests, gw_config)
             await _start_with_fallback(gw, config.port is not None)
             await gw.wait_ready(30.0)
             host = _display_host(config.host)
@@ -277,6 +307,9 @@ def run_up(
             print(
                 f"  listener: http://{host}:{gw.port}   admin/metrics: http://{host}:{gw.admin_port}/metrics"
             )
+            if token is not None:
+                print(f"  metrics token (also in {fleet.run_dir / 'metrics-token'}): {token}")
+                print(f"  metrics: {metrics_curl(host, gw.admin_port, token)}")
             print(f"  try:  {tutorial_curl(gw.port, host=host)}", flush=True)
             if quiet:
                 await stop.wait()

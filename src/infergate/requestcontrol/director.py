@@ -40,7 +40,7 @@ from infergate.types import (
 if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
 
-__all__ = ["Director", "RequestContext", "error_code_for"]
+__all__ = ["Director", "RequestContext", "error_code_for", "parse_subset"]
 
 log = logging.getLogger("infergate.request")
 
@@ -108,6 +108,8 @@ class RequestContext:
     streaming: bool = False
     response_bytes: int = 0
     error_code: str | None = None
+    subset: frozenset[str] | None = None
+    """IPs of the data plane's subset hint (``x-gateway-destination-endpoint-subset``); None: whole pool."""
     tried: set[str] = field(default_factory=set)
     _held: str | None = None
     _rewriter: ModelNameRewriter | None = None
@@ -157,6 +159,28 @@ class _Series:
 _MAX_SERIES = 1000
 
 
+def parse_subset(value: str | None) -> frozenset[str] | None:
+    """The IPs of a subset hint ``ip:port,ip:port`` (``[v6]:port`` too); None when absent.
+
+    The reference (``requestcontrol/candidates.go``) matches on IP only and ignores the port, so a
+    pod listed with any of its target ports stays eligible. An empty or blank value is an empty
+    subset (nothing eligible → 503), not "no hint", as the protocol says.
+    """
+    if value is None:
+        return None
+    ips: set[str] = set()
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            ips.add(item[1 : item.find("]")] if "]" in item else item[1:])
+            continue
+        host, sep, port = item.rpartition(":")
+        ips.add(host if sep and port.isdigit() and host.count(":") == 0 else item)
+    return frozenset(ips)
+
+
 def _pick_weighted(rng: random.Random, rewrite: ModelRewrite, model: str) -> str | None:
     """First matching rule's target by weight (uniform when all weights are zero)."""
     for rule in rewrite.rules:
@@ -175,6 +199,12 @@ def _pick_weighted(rng: random.Random, rewrite: ModelRewrite, model: str) -> str
     return None
 
 
+def _no_capacity(subset: frozenset[str] | None) -> NoCapacityError:
+    if subset is not None:
+        return NoCapacityError("no ready endpoint in the pool matches the destination endpoint subset")
+    return NoCapacityError("no ready endpoint in the pool can serve the request")
+
+
 class Director:
     """Parses, routes and accounts for requests; one instance per pool, owned by the event loop."""
 
@@ -190,6 +220,7 @@ class Director:
         max_attempts: int = 2,
         max_messages: int | None = None,
         check_models: bool = True,
+        honor_subset_hint: bool = True,
     ) -> None:
         self._ds = datastore
         self._scheduler = scheduler
@@ -200,6 +231,7 @@ class Director:
         self._max_attempts = max(1, max_attempts)
         self._max_messages = max_messages
         self._check_models = check_models
+        self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
 
     def _series_for(self, model: str, target: str) -> _Series | None:
@@ -251,6 +283,7 @@ class Director:
         hdrs = _lower(headers)
         request_id = hdrs.get(H.REQUEST_ID) or uuid.uuid4().hex
         model = target = ""
+        subset = parse_subset(hdrs.get(H.DESTINATION_ENDPOINT_SUBSET)) if self._honor_subset else None
         try:
             parsed = parse_body(path, body, max_messages=self._max_messages)
             model = parsed.model
@@ -278,10 +311,10 @@ class Director:
                 arrived_at=started,
             )
             if self._flow is not None:
-                if not self._ds.candidates():  # nothing to wait for: answer now, do not queue
-                    raise NoCapacityError("no ready endpoint in the pool can serve the request")
+                if not self._eligible(subset, ()):  # nothing to wait for: answer now, do not queue
+                    raise _no_capacity(subset)
                 await self._flow.admit(request)
-            result = self._schedule(request, ())
+            result = self._schedule(request, (), subset)
         except RequestError as exc:
             if isinstance(exc, ModelNotFoundError):  # client-chosen names must not create series
                 self._count_error("unknown", "unknown", exc)
@@ -306,6 +339,7 @@ class Director:
             target=result.primary,
             attempts=1,
             started_at=started,
+            subset=subset,
         )
         self._hold(ctx, result.primary)
         if target != model:
@@ -329,10 +363,20 @@ class Director:
                 return found
         return self._ds.objective(model) or (self._ds.objective(target) if target != model else None)
 
-    def _schedule(self, request: InferenceRequest, exclude: Sequence[str]) -> SchedulingResult:
-        candidates = [c for c in self._ds.candidates() if c.key not in exclude]
+    def _eligible(self, subset: frozenset[str] | None, exclude: Sequence[str]) -> list[Endpoint]:
+        """Ready endpoints not excluded and, with a subset hint, whose IP the hint lists."""
+        return [
+            c
+            for c in self._ds.candidates()
+            if c.key not in exclude and (subset is None or c.meta.address in subset)
+        ]
+
+    def _schedule(
+        self, request: InferenceRequest, exclude: Sequence[str], subset: frozenset[str] | None = None
+    ) -> SchedulingResult:
+        candidates = self._eligible(subset, exclude)
         if not candidates:
-            raise NoCapacityError("no ready endpoint in the pool can serve the request")
+            raise _no_capacity(subset)
         # Endpoints that list the target model in /v1/models (e.g. hold the LoRA adapter) are the
         # only ones that can answer it; when none lists it (not scraped yet) all may try.
         serving = [c for c in candidates if request.target_model in self._ds.models(c.key)]
@@ -360,7 +404,7 @@ class Director:
         """
         if ctx.completed or ctx.first_byte_at is not None or ctx.attempts >= self._max_attempts:
             return None
-        ready = {c.key: c for c in self._ds.candidates()}
+        ready = {c.key: c for c in self._eligible(ctx.subset, ())}
         nxt: Endpoint | None = None
         for ep in ctx.result.targets:
             if ep.key not in ctx.tried and ep.key in ready:
@@ -368,7 +412,7 @@ class Director:
                 break
         if nxt is None:
             try:
-                nxt = self._schedule(ctx.request, tuple(ctx.tried)).primary
+                nxt = self._schedule(ctx.request, tuple(ctx.tried), ctx.subset).primary
             except RequestError:
                 return None
         self._drop(ctx)

@@ -1,0 +1,98 @@
+"""The picker's core, built once for every way infergate runs: scheduler, flow control, Director
+and metrics scraper over one Datastore.
+
+``Gateway`` (``serve``/``up``, endpoints from manifest files) and ``EndpointPicker`` (``epp``,
+endpoints from the Kubernetes API) differ only in where the datastore's contents come from and which
+servers sit in front; this module is the one place where the request path is assembled, so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from infergate.config.picker import EndpointPickerConfig
+from infergate.config.settings import GatewaySettings
+from infergate.datastore.store import Datastore
+from infergate.flowcontrol import FlowControlConfig, FlowController, SaturationDetector
+from infergate.requestcontrol.director import Director
+from infergate.scheduling.decisions import DecisionLog
+from infergate.scheduling.scheduler import Scheduler, build_scheduler
+from infergate.sources.scraper import MetricsScraper
+from infergate.telemetry import GatewayMetrics
+from infergate.types import Clock, PoolSpec
+
+__all__ = ["PickerCore", "build_core"]
+
+
+@dataclass(frozen=True, slots=True)
+class PickerCore:
+    """The request path's components; the caller owns their lifecycle (scraper task, flow close)."""
+
+    scheduler: Scheduler
+    flow: FlowController
+    director: Director
+    scraper: MetricsScraper
+    decisions: DecisionLog
+
+
+def build_core(
+    datastore: Datastore,
+    pool: PoolSpec,
+    *,
+    picker: EndpointPickerConfig,
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    clock: Clock,
+    rng: random.Random,
+    flow_control: bool = True,
+    honor_subset_hint: bool = True,
+) -> PickerCore:
+    """Wire the core for ``pool``: the scraper speaks the pool's model-server dialect and health path.
+
+    ``honor_subset_hint`` is for data planes that set ``x-gateway-destination-endpoint-subset``
+    themselves (Envoy via ext_proc metadata); the built-in proxy turns it off so a client can never
+    narrow the candidates by sending the header.
+    """
+    s = settings
+    decisions = DecisionLog()
+    scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
+    detector = SaturationDetector(
+        queue_threshold=s.queue_threshold, kv_threshold=s.kv_threshold, staleness=s.saturation_staleness
+    )
+    flow = FlowController(
+        datastore,
+        detector=detector,
+        clock=clock,
+        config=FlowControlConfig(
+            enabled=flow_control,
+            default_ttl=s.request_ttl,
+            band_max_requests=s.max_queued_requests,
+            band_max_bytes=s.max_queued_bytes,
+            pool_name=pool.name,
+        ),
+        metrics=metrics,
+    )
+    director = Director(
+        datastore=datastore,
+        scheduler=scheduler,
+        flow=flow,
+        clock=clock,
+        metrics=metrics,
+        rng=rng,
+        max_attempts=1 + s.retries,
+        honor_subset_hint=honor_subset_hint,
+    )
+    scraper = MetricsScraper(
+        datastore,
+        interval=s.scrape_interval,
+        dialect=pool.model_server_type,
+        health_path=pool.health_path,
+        health_interval=s.health_interval,
+        clock=clock,
+        metrics=metrics,
+        max_backoff=s.scrape_backoff_max,
+        pool_metrics_interval=s.pool_metrics_interval,
+    )
+    return PickerCore(scheduler=scheduler, flow=flow, director=director, scraper=scraper, decisions=decisions)

@@ -1,0 +1,71 @@
+"""The picker's plaintext gRPC health port (``--grpc-health-port``, 9003), what the kubelet probes.
+
+The chart's probes are ``grpc: {port: 9003, service: liveness|readiness}``; the kubelet speaks
+plaintext gRPC, so this server never uses TLS even when the ext_proc port does. It shares one
+``HealthServicer`` with the ext_proc server, so Envoy's checks on the ext_proc port and the kubelet's
+on this one always agree.
+
+- ``liveness``: SERVING while the process runs (until shutdown);
+- ``readiness``, ``""`` (overall) and the ExternalProcessor service name: SERVING only while the
+  picker can route (pool synced and known), NOT_SERVING before that and from the first SIGTERM on,
+  so the Service stops sending new streams before the picker drains.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from infergate.servers.extproc import EXTPROC_SERVICE
+
+__all__ = ["LIVENESS", "READINESS", "READY_NAMES", "HealthServer"]
+
+log = logging.getLogger("infergate.health")
+
+LIVENESS = "liveness"
+READINESS = "readiness"
+READY_NAMES = ("", READINESS, EXTPROC_SERVICE)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthServer:
+    """A grpc.aio server hosting only the health service; ``port=0`` picks a free port."""
+
+    def __init__(self, host: str, port: int, servicer: grpc_health.aio.HealthServicer | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.servicer = servicer or grpc_health.aio.HealthServicer()
+        self.ready = False
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind; liveness SERVING, readiness NOT_SERVING until :meth:`set_ready`."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        await server.start()
+        self._server = server
+        await self.servicer.set(LIVENESS, _SERVING)
+        await self.set_ready(False)
+        log.info("gRPC health listening on %s:%d", self.host, self.port)
+
+    async def set_ready(self, ready: bool) -> None:
+        """Flip readiness (and the overall and ExternalProcessor names); liveness is untouched."""
+        if ready != self.ready:
+            log.info("readiness: %s", "SERVING" if ready else "NOT_SERVING")
+        self.ready = ready
+        status = _SERVING if ready else _NOT_SERVING
+        for name in READY_NAMES:
+            await self.servicer.set(name, status)
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await self.servicer.enter_graceful_shutdown()
+        await server.stop(grace)
