@@ -41,10 +41,18 @@ def main() -> None:
     p.add_argument("--workload", default="multi-tenant-chat")
     p.add_argument("--qps", type=float, default=40.0)
     p.add_argument("--limit", type=int, default=600)
+    p.add_argument(
+        "--grid",
+        default="queue=1,2;kv=1,2;prefix=0,1,3,5;lora=0,1;inflight=0,1",
+        help="weights to try per scorer, e.g. 'queue=2;kv=2;prefix=0,3;lora=0,1,2;inflight=0,1'",
+    )
     args = p.parse_args()
     requests = generate(load_workload(args.workload))[: args.limit]
     offsets = arrival_offsets(requests, args.qps, seed=0)
-    grid = itertools.product((1, 2), (1, 2), (0, 1, 3, 5), (0, 1), (0, 1))
+    axes = dict(part.split("=") for part in args.grid.split(";"))
+    grid = itertools.product(
+        *([float(x) for x in axes[name].split(",")] for name in ("queue", "kv", "prefix", "lora", "inflight"))
+    )
     print(f"workload {args.workload}, {len(requests)} requests at {args.qps:g} QPS")
     print(
         "| queue | kv | prefix | lora | in-flight | goodput/s | TTFT p90 (s) | TPOT p90 (ms) | prefix hit |"
@@ -60,8 +68,8 @@ def main() -> None:
         s = summarise(out.records)
         hit = f"{out.prefix_hit_rate:.1%}" if out.prefix_hit_rate is not None else "-"
         print(
-            f"| {q} | {kv} | {prefix} | {lora} | {inflight} | {s.goodput_per_s:.2f} | {s.ttft_p90:.3f} "
-            f"| {s.tpot_p90 * 1000:.1f} | {hit} |",
+            f"| {q:g} | {kv:g} | {prefix:g} | {lora:g} | {inflight:g} | {s.goodput_per_s:.2f} "
+            f"| {s.ttft_p90:.3f} | {s.tpot_p90 * 1000:.1f} | {hit} |",
             flush=True,
         )
     print(f"sweep CPU time: {time.process_time() - started:.1f} s")

@@ -70,7 +70,7 @@ def test_every_command_answers_help() -> None:
     from infergate.cli import app
 
     commands: dict[str, object] = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert {"simulate", "lora-syncer", "up", "serve"} <= set(commands)
+    assert {"simulate", "lora-syncer", "up", "serve", "epp", "bench"} <= set(commands)
     for command in sorted(commands):
         result = subprocess.run(
             [sys.executable, "-m", "infergate", command, "--help"], capture_output=True, text=True, timeout=60

@@ -48,6 +48,18 @@ def lora_syncer(ctx: typer.Context) -> None:
     raise typer.Exit(lora_main(list(ctx.args)))
 
 
+@app.command(
+    "bench",
+    context_settings=_PASSTHROUGH,
+    add_help_option=False,
+    help="Load a URL with a workload, compare routing strategies, or run the digital twin (see --help).",
+)
+def bench(ctx: typer.Context) -> None:
+    from infergate.bench.cli import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 def _gateway_config(
     *,
     port: int | None,

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from infergate.bench.loadgen import RequestRecord, run_closed_loop, run_open_loop
+from infergate.bench.loadgen import RequestRecord, arrival_offsets, run_closed_loop, run_open_loop
 from infergate.bench.replicas import read_counters
 from infergate.bench.report import RunResult, plot_latency_vs_load, to_markdown, write_json
 from infergate.bench.stats import Slo, summarise
+from infergate.bench.strategies import strategy_names
 from infergate.bench.workloads import BenchRequest, WorkloadError, generate, load_workload
+
+if TYPE_CHECKING:
+    from infergate.bench.matrix import MatrixOutcome
 
 __all__ = ["main"]
 
@@ -51,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="report folder")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    m = p.add_argument_group("matrix")
+    m.add_argument(
+        "--peer-venv",
+        action="append",
+        type=Path,
+        default=[],
+        help="virtualenv holding a peer router (repeatable; also $INFERGATE_PEER_VENVS, /tmp/peers/*)",
+    )
+    m.add_argument(
+        "--time-scale", type=float, default=1.0, help="simulator step-time factor (0.1 = 10x faster)"
+    )
+    m.add_argument("--simulate-args", default="", help="extra flags for every `infergate simulate`")
     return p
 
 
@@ -80,7 +98,7 @@ async def run_url(
         for load in loads:
             task = progress.add_task(f"{label} @ {load:g} {kind}", total=len(requests))
 
-            def done(_: RequestRecord, task: int = task) -> None:
+            def done(_: RequestRecord, task: TaskID = task) -> None:
                 progress.advance(task)
 
             before = await read_counters(replicas)
@@ -106,6 +124,77 @@ async def run_url(
                 )
             )
     return results
+
+
+def run_twin_sweep(
+    requests: Sequence[BenchRequest],
+    *,
+    workload: str,
+    strategies: Sequence[str],
+    qps: Sequence[float],
+    replicas: int,
+    slo: Slo,
+    seed: int,
+) -> list[RunResult]:
+    """Every strategy at every rate, in virtual time, on identical request streams."""
+    from infergate.bench.twin import TwinConfig, run_twin
+
+    results = []
+    for rate in qps:
+        offsets = arrival_offsets(requests, rate, seed)
+        for strategy in strategies:
+            out = run_twin(
+                requests, offsets, strategy=strategy, config=TwinConfig(replicas=replicas, seed=seed)
+            )
+            results.append(
+                RunResult(
+                    workload=workload,
+                    strategy=strategy,
+                    load=rate,
+                    load_kind="qps",
+                    summary=summarise(out.records, slo),
+                    prefix_hit_rate=out.prefix_hit_rate,
+                    per_endpoint_requests=out.per_endpoint_requests,
+                    mode="twin",
+                )
+            )
+    return results
+
+
+def run_matrix_sweep(
+    requests: Sequence[BenchRequest],
+    *,
+    workload: str,
+    args: argparse.Namespace,
+    slo: Slo,
+) -> MatrixOutcome:
+    """Every strategy (and installed peer) on fresh replicas, one after another, with a progress bar."""
+    from infergate.bench.matrix import MatrixConfig, run_matrix
+
+    config = MatrixConfig(
+        replicas=args.replicas,
+        strategies=args.strategies.split(",") if args.strategies else (),
+        loads=list(args.qps or args.concurrency or [4.0]),
+        load_kind="concurrent" if args.concurrency else "qps",
+        time_scale=args.time_scale,
+        simulate_args=shlex.split(args.simulate_args),
+        peer_venvs=list(args.peer_venv),
+        seed=args.seed,
+        workdir=args.out / "matrix",
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as progress:
+
+        def reporter(description: str, total: int) -> Callable[[RequestRecord], None]:
+            task = progress.add_task(description, total=total)
+            return lambda _: progress.advance(task)
+
+        return asyncio.run(run_matrix(requests, workload=workload, config=config, slo=slo, reporter=reporter))
 
 
 def write_reports(results: Sequence[RunResult], out: Path, *, plots: bool) -> Path:
@@ -143,9 +232,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
             )
         )
+    elif args.twin:
+        strategies = args.strategies.split(",") if args.strategies else strategy_names(twin=True)
+        results = run_twin_sweep(
+            requests,
+            workload=spec.name,
+            strategies=strategies,
+            qps=args.qps or [4.0, 8.0, 12.0],
+            replicas=args.replicas,
+            slo=slo,
+            seed=args.seed,
+        )
     else:
-        print("error: --matrix and --twin are not available in this build yet", file=sys.stderr)
-        return 2
+        try:
+            outcome = run_matrix_sweep(requests, workload=spec.name, args=args, slo=slo)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        results = outcome.results
+        for name, reason in outcome.skipped.items():
+            print(f"skipped {name}: {reason.splitlines()[0]}", file=sys.stderr)
+        if not args.no_plots:
+            from infergate.bench.report import plot_load_spread
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            for name, series in outcome.load_series.items():
+                safe = name.replace(":", "-").replace("/", "-")
+                plot_load_spread(series, args.out / f"load_{safe}.png", title=f"{spec.name}: {name}")
     path = write_reports(results, args.out, plots=not args.no_plots)
     print(to_markdown(results))
     print(f"reports in {path.parent}")
