@@ -65,3 +65,11 @@ def test_in_flight_counts_spread_load_and_stale_metrics_leave_rotation() -> None
         requests, offsets, strategy="default", config=TwinConfig(scrape_interval=30.0)
     )  # one scrape at the start, then none: endpoints go stale after 2 s and requests get 503
     assert sum(r.status == 503 for r in slow.records) > 0
+
+
+def test_lora_affinity_avoids_adapter_swaps() -> None:
+    requests = generate(load_workload("tutorial-mix"))[:300]
+    offsets = arrival_offsets(requests, 15.0, seed=4)
+    rr = run_twin(requests, offsets, strategy="round-robin")
+    lora = run_twin(requests, offsets, strategy="lora-only")
+    assert rr.lora_swaps > 2 * lora.lora_swaps > 0

@@ -154,6 +154,7 @@ def run_twin_sweep(
                     load_kind="qps",
                     summary=summarise(out.records, slo),
                     prefix_hit_rate=out.prefix_hit_rate,
+                    lora_swaps=out.lora_swaps,
                     per_endpoint_requests=out.per_endpoint_requests,
                     mode="twin",
                 )

@@ -20,7 +20,7 @@ _COUNTERS = {
     "vllm:prefix_cache_queries": "prefix_queries",
     "vllm:prefix_cache_hits": "prefix_hits",
     "vllm:request_success": "requests",
-    "vllm:lora_loads": "lora_loads",
+    "infergate_sim:lora_gpu_loads": "lora_loads",
 }
 
 

@@ -64,6 +64,7 @@ class TwinResult:
     records: list[RequestRecord]
     per_endpoint_requests: dict[str, int]
     prefix_hit_rate: float | None
+    lora_swaps: int = 0
     load_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
@@ -247,5 +248,6 @@ def run_twin(
         records=records,
         per_endpoint_requests={r.key: r.requests for r in replicas},
         prefix_hit_rate=hits / queries if queries else None,
+        lora_swaps=sum(r.engine.stats().lora_gpu_loads for r in replicas),
         load_series=load_series,
     )

@@ -25,6 +25,7 @@ class AdapterCache:
         self.cpu: OrderedDict[str, None] = OrderedDict()
         self.loads_from_disk = 0
         self.loads_from_cpu = 0
+        self.gpu_loads = 0  # adapters brought into a GPU slot: the LoRA swaps a router causes
 
     def _to_cpu(self, name: str) -> float:
         """Make ``name`` CPU-resident; returns the load cost in ms (0 if already there)."""
@@ -57,6 +58,7 @@ class AdapterCache:
             if disk == 0.0:
                 self.loads_from_cpu += 1
             cost += self.profile.lora_cpu_to_gpu_ms
+            self.gpu_loads += 1
             if len(self.gpu) >= self.max_gpu:
                 for old in list(self.gpu):
                     if old not in wanted:

@@ -100,6 +100,7 @@ class EngineStats:
     num_waiting_deferred: int = 0  # waiting only because of the LoRA-slot limit
     num_steps: int = 0
     busy_time: float = 0.0  # Σ step durations (s)
+    lora_gpu_loads: int = 0  # adapters brought into a GPU slot (swaps)
 
 
 class PromptTooLongError(ValueError):
@@ -526,6 +527,7 @@ class Engine:
             num_waiting_deferred=self._deferred,
             num_steps=self._num_steps,
             busy_time=self._busy,
+            lora_gpu_loads=self.adapters.gpu_loads,
         )
 
     def prefix_cache_contains(self, token_ids: Sequence[int], lora: str | None) -> int:

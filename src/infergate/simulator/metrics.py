@@ -108,6 +108,11 @@ class _EngineCollector(Collector):
         yield counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine.", s.num_preemptions
         )
+        yield counter(
+            "infergate_sim:lora_gpu_loads",
+            "Simulator only (not a vLLM metric): LoRA adapters brought into a GPU slot.",
+            s.lora_gpu_loads,
+        )
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total)
         yield counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total
