@@ -78,7 +78,7 @@ def test_default_config_matches_reference_and_round_trips(lora: bool) -> None:
         ("prefix-cache-scorer", 3.0),
     ]
     if lora:
-        expected.append(("lora-affinity-scorer", 1.0))
+        expected.append(("lora-affinity-scorer", 2.0))
     expected.append(("max-score-picker", None))
     assert profile.name == "default"
     assert [(r.plugin_ref, r.weight) for r in profile.plugins] == expected

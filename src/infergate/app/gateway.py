@@ -80,6 +80,27 @@ def _uses_lora(manifests: ManifestSet) -> bool:
     return any("--enable-lora" in d.vllm_argv() for d in manifests.deployments)
 
 
+def _base_models(manifests: ManifestSet) -> list[str]:
+    """Names the model servers serve as base models (``--model``, ``--served-model-name``), so LoRA
+    affinity stays neutral for requests that need no adapter."""
+    names: list[str] = []
+    for d in manifests.deployments:
+        argv = d.vllm_argv()
+        for i, arg in enumerate(argv):
+            flag, eq, value = arg.partition("=")
+            if flag == "--model":
+                names.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else ""))
+            elif flag == "--served-model-name":
+                if eq:
+                    names.append(value)
+                else:  # nargs="+": every value up to the next flag
+                    for v in argv[i + 1 :]:
+                        if v.startswith("-"):
+                            break
+                        names.append(v)
+    return [n for n in dict.fromkeys(names) if n]
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -109,7 +130,9 @@ class Gateway:
         apply_manifests(self.datastore, manifests, self.pool)
         for meta in cfg.extra_endpoints:
             self.datastore.upsert_endpoint(meta)
-        picker = cfg.picker or default_picker_config(lora=_uses_lora(manifests))
+        picker = cfg.picker or default_picker_config(
+            lora=_uses_lora(manifests), base_models=_base_models(manifests)
+        )
         rng = random.Random(cfg.seed) if cfg.seed is not None else random.Random()
         core = build_core(
             self.datastore,

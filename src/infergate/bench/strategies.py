@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from infergate.config.picker import EndpointPickerConfig, default_picker_config, parse_picker_config
 
-__all__ = ["STRATEGIES", "picker_config", "strategy_names"]
+__all__ = ["BASE_MODEL", "STRATEGIES", "picker_config", "strategy_names"]
+
+# The tutorial pool's base model: LoRA affinity is neutral for requests to it.
+BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def _single(*plugins: tuple[str, float | None]) -> str:
@@ -38,7 +41,7 @@ def strategy_names(*, twin: bool) -> list[str]:
 def picker_config(name: str) -> EndpointPickerConfig:
     """The scheduler configuration of a named strategy (``default`` is the gateway's own default)."""
     if name == "default":
-        return default_picker_config(lora=True)
+        return default_picker_config(lora=True, base_models=[BASE_MODEL])
     try:
         return parse_picker_config(STRATEGIES[name], source=f"strategy {name}")
     except KeyError:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from infergate.bench.loadgen import RequestRecord
-from infergate.bench.strategies import picker_config
+from infergate.bench.strategies import BASE_MODEL, picker_config
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import EndpointPickerConfig
 from infergate.datastore.store import Datastore
@@ -38,7 +38,6 @@ from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, Poo
 
 __all__ = ["TwinConfig", "TwinResult", "run_twin"]
 
-BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # Virtual time starts here, not at 0: a metrics snapshot stamped 0.0 means "never scraped".
 T0 = 1.0
 

@@ -147,7 +147,7 @@ class EndpointPickerConfig(_Strict):
 def default_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> EndpointPickerConfig:
     """The reference default profile: queue 2, kv-cache 2, prefix-cache 3, max-score picker.
 
-    With ``lora`` (the pool's servers run LoRA adapters) a ``lora-affinity-scorer`` with weight 1 is
+    With ``lora`` (the pool's servers run LoRA adapters) a ``lora-affinity-scorer`` with weight 2 is
     added, so adapter requests prefer servers that already hold the adapter without overriding load.
     ``base_models`` (the served base model names) keep that scorer neutral for base-model requests.
     """
@@ -157,7 +157,7 @@ def default_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> End
         ("prefix-cache-scorer", 3.0),
     ]
     if lora:
-        weights.append(("lora-affinity-scorer", 1.0))
+        weights.append(("lora-affinity-scorer", 2.0))
     weights.append(("max-score-picker", None))
     params: dict[str, dict[str, Any]] = {}
     if lora and base_models:

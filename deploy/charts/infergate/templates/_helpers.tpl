@@ -125,7 +125,7 @@ schedulingProfiles:
         weight: 3
 {{- if .Values.inferenceExtension.loraAffinity }}
       - pluginRef: lora-affinity-scorer
-        weight: 1
+        weight: 2
 {{- end }}
       - pluginRef: max-score-picker
 {{- end -}}
