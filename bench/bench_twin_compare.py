@@ -14,6 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
+from infergate.bench.cli import run_twin_sweep
 from infergate.bench.loadgen import arrival_offsets
 from infergate.bench.report import RunResult, plot_latency_vs_load, to_markdown, write_json
 from infergate.bench.stats import Slo, Summary, summarise
@@ -60,28 +61,18 @@ def main() -> None:
             capacity = rate
             rate *= 1.25
         print(f"{name}: {len(requests)} requests; round-robin capacity {capacity:.1f} QPS", flush=True)
+        strategies = args.strategies.split(",")
         for share in (0.5, 0.8, 1.0, 1.5, 2.0):
             qps = round(capacity * share, 2)
-            offsets = arrival_offsets(requests, qps, seed=0)
-            for strategy in args.strategies.split(","):
-                out = run_twin(requests, offsets, strategy=strategy)
-                simulated += len(requests)
-                results.append(
-                    RunResult(
-                        workload=name,
-                        strategy=strategy,
-                        load=qps,
-                        load_kind="qps",
-                        summary=summarise(out.records, slo),
-                        prefix_hit_rate=out.prefix_hit_rate,
-                        lora_swaps=out.lora_swaps,
-                        per_endpoint_requests=out.per_endpoint_requests,
-                        mode="twin",
-                    )
-                )
-                s = results[-1].summary
+            runs = run_twin_sweep(
+                requests, workload=name, strategies=strategies, qps=[qps], replicas=3, slo=slo, seed=0
+            )
+            simulated += len(requests) * len(runs)
+            results.extend(runs)
+            for r in runs:
+                s = r.summary
                 print(
-                    f"  {share:.0%} ({qps} QPS) {strategy}: goodput {s.goodput_per_s:.2f}/s "
+                    f"  {share:.0%} ({qps} QPS) {r.strategy}: goodput {s.goodput_per_s:.2f}/s "
                     f"TTFT p90 {s.ttft_p90:.3f}s TPOT p90 {s.tpot_p90 * 1000:.1f}ms",
                     flush=True,
                 )
