@@ -16,7 +16,7 @@ from infergate.config.picker import default_picker_config
 from infergate.datastore.store import Datastore
 from infergate.errors import BadRequestError, ModelNotFoundError, NoCapacityError, RequestError
 from infergate.requestcontrol.director import Director
-from infergate.requestcontrol.parsing import parse_body
+from infergate.requestcontrol.parsing import api_kind_for_path, parse_body, rewrite_model
 from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, usage_from_json
 from infergate.scheduling.scheduler import build_scheduler
 from infergate.telemetry import GatewayMetrics
@@ -341,3 +341,182 @@ async def test_metrics_recorded_for_success_and_errors() -> None:
         await d.handle_request(path="/v1/completions", headers={}, body=b"{bad")
     errors = samples(m, "inference_objective_request_error_total")
     assert errors[(("error_code", "BadRequest"), ("model_name", ""), ("target_model_name", ""))] == 1
+
+
+# ------------------------------------------------------------------ access policy and limits (HARDEN)
+
+
+async def test_api_keys_401_before_parsing_then_403_by_objective() -> None:
+    from infergate.errors import AuthenticationError, PermissionDeniedError
+    from infergate.requestcontrol.access import RequestLimits
+    from infergate.servers.auth import ApiKeyStore
+
+    clock = FakeClock()
+    ds = make_store(clock)
+    ds.upsert_objective(Objective(name="food-review", priority=10))
+    m = GatewayMetrics()
+    d = make_director(ds, clock, metrics=m)
+    d.configure_access(
+        authenticator=ApiKeyStore.from_mapping({"k-all": "*", "k-food": ["food-review"]}),
+        limits=RequestLimits(max_messages=2),
+    )
+    with pytest.raises(AuthenticationError) as err401:
+        await d.handle_request(path="/v1/completions", headers={}, body=b"{bad")
+    assert err401.value.status == 401
+    with pytest.raises(AuthenticationError):
+        await d.handle_request(path="/v1/completions", headers={"X-Api-Key": "k-al"}, body=body())
+    ctx = await d.handle_request(
+        path="/v1/completions", headers={"Authorization": "Bearer k-all"}, body=body()
+    )
+    d.handle_response_complete(ctx)
+    food = {"x-api-key": "k-food"}
+    ctx = await d.handle_request(path="/v1/completions", headers=food, body=body(model="food-review"))
+    d.handle_response_complete(ctx)
+    with pytest.raises(PermissionDeniedError) as err403:
+        await d.handle_request(path="/v1/completions", headers=food, body=body())
+    assert err403.value.status == 403 and err403.value.code == "permission_denied"
+    # the objective header decides, not the model name
+    hdrs = {**food, "x-gateway-inference-objective": "food-review"}
+    ctx = await d.handle_request(path="/v1/completions", headers=hdrs, body=body())
+    d.handle_response_complete(ctx)
+    assert all(ep.in_flight == 0 for ep in ds.endpoints())
+    errors = samples(m, "inference_objective_request_error_total")
+    assert (
+        errors[(("error_code", "Unauthorized"), ("model_name", "unknown"), ("target_model_name", "unknown"))]
+        == 2
+    )
+    assert errors[(("error_code", "Forbidden"), ("model_name", BASE), ("target_model_name", BASE))] == 1
+    # max_messages comes from the limits
+    chat = json.dumps({"model": BASE, "messages": [{"role": "user", "content": "x"}] * 3}).encode()
+    with pytest.raises(BadRequestError) as err400:
+        await d.handle_request(path="/v1/chat/completions", headers={"x-api-key": "k-all"}, body=chat)
+    assert err400.value.param == "messages"
+
+
+async def test_max_tokens_ceiling_uses_objective_then_model_then_default() -> None:
+    from infergate.requestcontrol.access import RequestLimits
+
+    clock = FakeClock()
+    ds = make_store(clock)
+    ds.upsert_objective(Objective(name="food-review", priority=10))
+    d = make_director(ds, clock)
+    d.configure_access(
+        limits=RequestLimits(max_tokens=50, objective_max_tokens={"food-review": 10, BASE: 20})
+    )
+    assert not d.auth_enabled and d.authenticate({}) is None
+    for model, value, ok in [
+        ("food-review", 10, True),
+        ("food-review", 11, False),
+        (BASE, 20, True),
+        (BASE, 21, False),
+    ]:
+        raw = body(model=model, max_tokens=value)
+        if ok:
+            d.handle_response_complete(await d.handle_request(path="/v1/completions", headers={}, body=raw))
+        else:
+            with pytest.raises(BadRequestError) as err:
+                await d.handle_request(path="/v1/completions", headers={}, body=raw)
+            assert err.value.param == "max_tokens" and err.value.code == "max_tokens_exceeded"
+    # an objective named by header applies its own ceiling; no max_tokens at all is not limited
+    with pytest.raises(BadRequestError):
+        await d.handle_request(
+            path="/v1/completions",
+            headers={"x-gateway-inference-objective": "food-review"},
+            body=body(max_tokens=15),
+        )
+    raw = json.dumps({"model": BASE, "prompt": "x"}).encode()
+    d.handle_response_complete(await d.handle_request(path="/v1/completions", headers={}, body=raw))
+
+
+# Values a client might put in any field, including the awkward ones: huge and negative numbers,
+# floats, lone surrogates (from JSON escapes), deep nesting, empty containers.
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["\ud800", "a\udfffb", "😀", "", " ", "user", "text", "*"])
+)
+_values = st.recursive(
+    _scalars,
+    lambda c: (
+        st.lists(c, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["role", "content", "type", "text", "include_usage", "x"]), c, max_size=4
+        )
+    ),
+    max_leaves=16,
+)
+_FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "input",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+]
+
+
+@st.composite
+def _request_bodies(draw: st.DrawFn) -> bytes:
+    """Mostly well-shaped OpenAI bodies with some fields replaced by arbitrary values, serialised
+    by a client that escapes non-ASCII (so lone surrogates arrive as ``\\ud800`` escapes), or raw
+    bytes with a mangled byte spliced in."""
+    data: dict[str, object] = {"model": draw(st.sampled_from(["m", BASE, "food-review"]))}
+    kind = draw(st.sampled_from(["prompt", "messages", "input"]))
+    if kind == "messages":
+        n = draw(st.integers(min_value=0, max_value=4))
+        data["messages"] = [{"role": "user", "content": draw(st.text(max_size=8))} for _ in range(n)]
+    else:
+        data[kind] = draw(st.text(max_size=8) | st.lists(st.integers(0, 50_000), max_size=4))
+    for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=3, unique=True)):
+        data[name] = draw(_values)
+    raw = json.dumps(data, ensure_ascii=True).encode()
+    if draw(st.booleans()):
+        return raw
+    cut = draw(st.integers(min_value=0, max_value=len(raw)))
+    return raw[:cut] + draw(st.binary(max_size=3)) + raw[cut:]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _request_bodies(),
+    st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses"]),
+)
+def test_parser_property_bad_request_or_consistent_result(raw: bytes, path: str) -> None:
+    """Any input yields a 400 naming at most a real parameter, or a ParsedBody whose fields hold
+    their invariants and whose body can be re-serialised for a model rewrite."""
+    try:
+        p = parse_body(path, raw, max_messages=3)
+    except BadRequestError as err:
+        assert err.status == 400 and err.message
+        assert err.param is None or err.param.split("[")[0].split(".")[0] in {*_FIELDS, "messages"}
+        return
+    assert isinstance(p.model, str) and p.model.strip()
+    assert isinstance(p.stream, bool) and isinstance(p.include_usage, bool)
+    assert p.max_tokens is None or (isinstance(p.max_tokens, int) and 0 <= p.max_tokens <= 10_000_000)
+    assert isinstance(p.prompt, str)
+    p.prompt.encode("utf-8")  # hashable for prefix affinity: never a lone surrogate
+    assert json.loads(rewrite_model(p, "target"))["model"] == "target"
+    assert p.api is api_kind_for_path(path)
+
+
+def test_parser_extremes_are_bad_requests() -> None:
+    cases = [
+        b"[" * 200_000,
+        b'{"model":"m","prompt":"x","max_tokens":' + b"9" * 5000 + b"}",
+        b'{"model":"m","prompt":"\\ud800"}',
+        b'{"model":"\\udc00x","prompt":"x"}',
+        b'{"model":"m","prompt":"x","max_tokens":Infinity}',
+        b"\xef\xbb\xbf{}",
+        b" \n\t ",
+    ]
+    for raw in cases:
+        with pytest.raises(BadRequestError):
+            parse_body("/v1/completions", raw)
+    ok = parse_body("/v1/completions", b'{"model":"m","prompt":"\\ud83d\\ude00"}')  # a valid escaped pair
+    assert ok.prompt == "😀"

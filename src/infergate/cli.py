@@ -73,12 +73,20 @@ def _gateway_config(
     data_plane: str = "builtin",
     grpc_port: int = 9002,
     picker_tls: bool = False,
+    api_keys: Path | None = None,
+    max_messages: int | None = None,
+    max_tokens: int | None = None,
 ) -> object:
     from infergate.app.gateway import GatewayConfig
     from infergate.config.picker import load_picker_config
+    from infergate.config.settings import GatewaySettings
+    from infergate.servers.auth import load_api_keys
 
     picker = load_picker_config(config) if config is not None else None
+    settings = GatewaySettings().replace(max_messages=max_messages, max_tokens_ceiling=max_tokens)
     return GatewayConfig(
+        settings=settings,
+        api_keys=load_api_keys(api_keys) if api_keys is not None else None,
         host=host,
         port=port,
         admin_host=host,
@@ -114,6 +122,24 @@ PlaneOpt = Annotated[
     str, typer.Option("--data-plane", help="builtin (asyncio proxy) or envoy (Envoy + ext_proc picker).")
 ]
 LogOpt = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")]
+ApiKeysOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-keys",
+        help="Require API keys on the inference listener: YAML/JSON file of key → allowed objectives "
+        '("*" = all), or Secret manifests. Off by default.',
+    ),
+]
+MaxMessagesOpt = Annotated[
+    int | None, typer.Option("--max-messages", help="Most chat messages per request (default 2048).")
+]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens-ceiling",
+        help="Reject max_tokens above this (400); per objective: annotation infergate.dev/max-tokens.",
+    ),
+]
 TokenFileOpt = Annotated[
     Path | None,
     typer.Option("--metrics-token-file", help="Bearer tokens (one a line) for --metrics-auth=token."),
@@ -144,6 +170,9 @@ def serve(
         ),
     ] = "disabled",
     metrics_token_file: TokenFileOpt = None,
+    api_keys: ApiKeysOpt = None,
+    max_messages: MaxMessagesOpt = None,
+    max_tokens_ceiling: MaxTokensOpt = None,
 ) -> None:
     from dataclasses import replace
 
@@ -164,6 +193,9 @@ def serve(
             debug_headers=debug_headers,
             grace=grace,
             data_plane=data_plane,
+            api_keys=api_keys,
+            max_messages=max_messages,
+            max_tokens=max_tokens_ceiling,
         )
         assert isinstance(cfg, GatewayConfig)
         if metrics_auth.strip().lower() == "token" and metrics_token_file is None:
@@ -207,6 +239,9 @@ def up(
             "at start; disabled: open.",
         ),
     ] = "token",
+    api_keys: ApiKeysOpt = None,
+    max_messages: MaxMessagesOpt = None,
+    max_tokens_ceiling: MaxTokensOpt = None,
 ) -> None:
     from infergate.app.gateway import GatewayConfig
     from infergate.app.run import run_up
@@ -223,6 +258,9 @@ def up(
             debug_headers=debug_headers,
             grace=grace,
             data_plane=data_plane,
+            api_keys=api_keys,
+            max_messages=max_messages,
+            max_tokens=max_tokens_ceiling,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

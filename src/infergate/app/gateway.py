@@ -24,7 +24,9 @@ from infergate.config.picker import EndpointPickerConfig, default_picker_config
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
+from infergate.requestcontrol.access import Authenticator, RequestLimits
 from infergate.servers.admin import AdminServer
+from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests
 from infergate.servers.envoy import EnvoyProcess, render_bootstrap, settings_from_manifests
 from infergate.servers.extproc import ExtProcServer, serve_extproc
 from infergate.servers.liveview import liveview_routes
@@ -41,6 +43,7 @@ from .tasks import Supervisor
 __all__ = ["DATA_PLANES", "Gateway", "GatewayConfig"]
 
 DATA_PLANES = ("builtin", "envoy", "epp")
+MAX_TOKENS_ANNOTATION = "infergate.dev/max-tokens"
 
 log = logging.getLogger("infergate.app")
 
@@ -70,6 +73,47 @@ class GatewayConfig:
     """``epp``: also serve the gRPC health service in plaintext on this port (the kubelet's probes)."""
     metrics_auth: MetricsAuthorizer | None = None
     """Checks bearer tokens on the admin ``/metrics`` and ``/debug/`` (None: open)."""
+    api_keys: Authenticator | None = None
+    """API keys for the inference listener (``--api-keys``); Secrets labelled
+    ``infergate.dev/api-keys`` in the manifests are added. None and no such Secret: open."""
+
+
+def request_limits(manifests: ManifestSet, settings: GatewaySettings) -> RequestLimits:
+    """The Director's limits: settings, plus ``infergate.dev/max-tokens`` on InferenceObjectives
+    (an explicit ``objective_max_tokens`` entry in the settings wins over the annotation)."""
+    per_objective: dict[str, int] = {}
+    for obj in manifests.objectives:
+        raw = obj.metadata.annotations.get(MAX_TOKENS_ANNOTATION)
+        if raw is None:
+            continue
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(
+                f"InferenceObjective/{obj.name}: metadata.annotations.{MAX_TOKENS_ANNOTATION}: "
+                f"must be a positive integer (got {raw!r})"
+            )
+        per_objective[obj.name] = value
+    per_objective.update(settings.objective_max_tokens)
+    return RequestLimits(
+        max_messages=settings.max_messages,
+        max_tokens=settings.max_tokens_ceiling,
+        objective_max_tokens=per_objective,
+    )
+
+
+def _authenticator(manifests: ManifestSet, configured: Authenticator | None) -> Authenticator | None:
+    """``configured`` merged with the keys of labelled Secrets among the manifest files."""
+    from_secrets = api_keys_from_manifests(manifests.files)
+    if from_secrets is None:
+        return configured
+    if configured is None:
+        return from_secrets
+    if isinstance(configured, ApiKeyStore):
+        return configured.merged(from_secrets)
+    raise ConfigError("API keys: both a custom authenticator and labelled Secrets are configured")
 
 
 def _uses_lora(manifests: ManifestSet) -> bool:
@@ -150,6 +194,11 @@ class Gateway:
         self.scheduler = core.scheduler
         self.flow = core.flow
         self.director = core.director
+        self.director.configure_access(
+            authenticator=_authenticator(manifests, cfg.api_keys), limits=request_limits(manifests, s)
+        )
+        if self.director.auth_enabled:
+            log.info("API-key authentication is on for the inference listener")
         self.scraper = core.scraper
         self.proxy = ProxyServer(
             self.director,
@@ -160,6 +209,7 @@ class Gateway:
                 max_header_bytes=s.max_header_bytes,
                 connect_timeout=s.connect_timeout,
                 read_timeout=min(s.request_timeout, s.first_byte_timeout or s.request_timeout),
+                keepalive_timeout=s.idle_timeout,
                 shutdown_grace=cfg.shutdown_grace,
                 served_header=cfg.served_header,
                 max_connections_per_endpoint=s.max_connections_per_endpoint,

@@ -10,7 +10,8 @@ counterpart are chosen for a single-process gateway and say so.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from infergate.errors import ConfigError
@@ -52,7 +53,20 @@ class GatewaySettings:
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body accepted (413 above); not limited by the reference, bounded here."""
     max_header_bytes: int = 64 * 1024
-    """Largest total request header size accepted."""
+    """Largest request line and largest single header field accepted (400 above)."""
+
+    idle_timeout: float = 75.0
+    """Client connections idle this long (between requests, or with a request head still
+    incomplete) are closed by the built-in proxy (aiohttp's keep-alive timeout)."""
+
+    # --- request limits (no reference counterpart: the reference leaves these to the model server)
+    max_messages: int = 2048
+    """Most chat ``messages`` one request may carry (400 ``param: messages`` above)."""
+    max_tokens_ceiling: int | None = None
+    """Default ceiling on ``max_tokens``/``max_completion_tokens`` (400 above); None: no ceiling."""
+    objective_max_tokens: Mapping[str, int] = field(default_factory=dict)
+    """Per-objective ceilings (objective name, or model name for requests with no objective);
+    they win over ``max_tokens_ceiling`` and over the ``infergate.dev/max-tokens`` annotation."""
 
     # --- saturation and flow control (GIE §5.4-5.6)
     queue_threshold: int = 5
@@ -95,6 +109,7 @@ class GatewaySettings:
             "pool_metrics_interval",
             "connect_timeout",
             "request_timeout",
+            "idle_timeout",
             "saturation_staleness",
             "request_ttl",
             "prefix_purge_interval",
@@ -110,9 +125,17 @@ class GatewaySettings:
             "queue_threshold",
             "max_queued_requests",
             "max_queued_bytes",
+            "max_messages",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")
+        if self.max_tokens_ceiling is not None and self.max_tokens_ceiling < 1:
+            raise ConfigError(f"settings: max_tokens_ceiling: must be >= 1 (got {self.max_tokens_ceiling!r})")
+        for name, value in self.objective_max_tokens.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(
+                    f"settings: objective_max_tokens[{name}]: must be an integer >= 1 (got {value!r})"
+                )
         if self.retries < 0:
             raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")
         if self.first_byte_timeout is not None and self.first_byte_timeout <= 0:

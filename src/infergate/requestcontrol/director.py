@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.errors import (
+    AuthenticationError,
     ModelNotFoundError,
     NoCapacityError,
+    PermissionDeniedError,
     RequestError,
     UpstreamError,
 )
 from infergate.requestcontrol import headers as H
+from infergate.requestcontrol.access import Authenticator, Principal, RequestLimits
 from infergate.requestcontrol.parsing import parse_body, rewrite_model
 from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, Usage, usage_from_json
 from infergate.types import (
@@ -221,6 +224,8 @@ class Director:
         max_messages: int | None = None,
         check_models: bool = True,
         honor_subset_hint: bool = True,
+        authenticator: Authenticator | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self._ds = datastore
         self._scheduler = scheduler
@@ -229,10 +234,36 @@ class Director:
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._max_attempts = max(1, max_attempts)
-        self._max_messages = max_messages
+        self._limits = limits or RequestLimits(max_messages=max_messages)
+        self._auth = authenticator
         self._check_models = check_models
         self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
+
+    def configure_access(
+        self, *, authenticator: Authenticator | None = None, limits: RequestLimits | None = None
+    ) -> None:
+        """Set the API-key check and request limits after construction (the app wires them)."""
+        self._auth = authenticator
+        if limits is not None:
+            self._limits = limits
+
+    @property
+    def limits(self) -> RequestLimits:
+        return self._limits
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self._auth is not None
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
+        """The caller behind ``headers`` (None when authentication is off); 401 when unknown.
+
+        Data planes call this for routes that need a valid key but no objective (``/v1/models``).
+        """
+        if self._auth is None:
+            return None
+        return self._auth.authenticate(_lower(headers))
 
     def _series_for(self, model: str, target: str) -> _Series | None:
         if self._metrics is None:
@@ -284,8 +315,12 @@ class Director:
         request_id = hdrs.get(H.REQUEST_ID) or uuid.uuid4().hex
         model = target = ""
         subset = parse_subset(hdrs.get(H.DESTINATION_ENDPOINT_SUBSET)) if self._honor_subset else None
+        principal: Principal | None = None
         try:
-            parsed = parse_body(path, body, max_messages=self._max_messages)
+            # Authenticate before reading the body: an unknown caller learns nothing about it.
+            if self._auth is not None:
+                principal = self._auth.authenticate(hdrs)
+            parsed = parse_body(path, body, max_messages=self._limits.max_messages)
             model = parsed.model
             target = self._rewrite(model, hdrs.get(H.MODEL_NAME_REWRITE) or None)
             # Only judge once some server has told us what it serves (a pool still starting
@@ -296,6 +331,19 @@ class Director:
                 if model not in known and target not in known:
                     raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
             objective = self._resolve_objective(hdrs.get(H.INFERENCE_OBJECTIVE), model, target)
+            # The name access and limits are judged by: the objective, else the requested model.
+            scope = objective.name if objective is not None else model
+            if principal is not None and not principal.allows(scope):
+                raise PermissionDeniedError(
+                    f"this API key may not use '{scope}'", param="model", code="permission_denied"
+                )
+            self._limits.check_max_tokens(
+                parsed.max_tokens,
+                scope,
+                param="max_completion_tokens"
+                if parsed.data.get("max_completion_tokens") is not None
+                else "max_tokens",
+            )
             request = InferenceRequest(
                 request_id=request_id,
                 model=model,
@@ -316,7 +364,8 @@ class Director:
                 await self._flow.admit(request)
             result = self._schedule(request, (), subset)
         except RequestError as exc:
-            if isinstance(exc, ModelNotFoundError):  # client-chosen names must not create series
+            if isinstance(exc, (ModelNotFoundError, AuthenticationError)):
+                # client-chosen names must not create series
                 self._count_error("unknown", "unknown", exc)
             else:
                 self._count_error(model, target, exc)

@@ -8,6 +8,7 @@ a :class:`~infergate.errors.BadRequestError` naming the offending parameter.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,9 @@ from infergate.errors import BadRequestError
 from infergate.types import ApiKind
 
 __all__ = ["ParsedBody", "api_kind_for_path", "parse_body", "rewrite_model"]
+
+# A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate (not encodable as UTF-8) gets in.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Upper bound for token counts a client may ask for; larger values are certainly a mistake.
 MAX_TOKENS_CEILING = 10_000_000
@@ -64,7 +68,21 @@ def _decode(body: bytes) -> dict[str, Any]:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequestError(f"request body must be a JSON object, not {type(data).__name__}")
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        _reject_lone_surrogates(data)
     return data
+
+
+def _reject_lone_surrogates(data: dict[str, Any]) -> None:
+    """400 for a ``\\uD800``-style escape not part of a pair: such a string is not Unicode text,
+    so it could neither be hashed for prefix affinity nor re-encoded when the model is rewritten.
+    Only bodies containing such an escape pay for this check (escaped emoji pairs pass)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError(
+            "request body contains an unpaired UTF-16 surrogate escape (\\uD800-\\uDFFF)"
+        ) from None
 
 
 def _is_int(v: object) -> bool:

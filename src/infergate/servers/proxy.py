@@ -178,6 +178,7 @@ class ProxyServer:
             if path.rstrip("/").endswith("/v1/models"):
                 if request.method not in ("GET", "HEAD"):
                     return _method_not_allowed("GET")
+                self._director.authenticate(request.headers)  # any valid key (401 otherwise)
                 return await self._models()
             if path in ("/health", "/healthz"):
                 return web.Response(status=503 if self.draining else 200, text="ok\n")

@@ -1,0 +1,92 @@
+"""Per-request access policy the Director enforces: who may call (API keys) and request limits.
+
+This module owns the *contract* between request control and whatever knows the API keys (the
+concrete key store lives in :mod:`infergate.servers.auth`, which loads files and Secrets), plus
+:class:`RequestLimits`, the body limits that depend on the resolved objective (``max_tokens``
+ceiling) or that are cheap to enforce while parsing (number of chat messages). Keeping both here
+means every data plane that drives the Director (built-in proxy, ext_proc) enforces the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from infergate.errors import BadRequestError
+
+__all__ = [
+    "AUTHORIZATION",
+    "X_API_KEY",
+    "Authenticator",
+    "Principal",
+    "RequestLimits",
+    "presented_key",
+]
+
+AUTHORIZATION = "authorization"
+X_API_KEY = "x-api-key"
+
+
+class Principal(Protocol):
+    """An authenticated caller; knows which objectives it may use."""
+
+    @property
+    def name(self) -> str:
+        """A label safe to log (never the key itself)."""
+        ...
+
+    def allows(self, objective: str) -> bool: ...
+
+
+class Authenticator(Protocol):
+    """Maps request headers to a :class:`Principal` or raises ``AuthenticationError`` (401)."""
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal: ...
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a client sent: ``Authorization: Bearer <key>`` first, else ``x-api-key``.
+
+    ``headers`` must be case-insensitive or lower-cased. A non-Bearer ``Authorization`` (e.g.
+    Basic) does not count as a key, so such a client falls through to ``x-api-key``.
+    """
+    auth = headers.get(AUTHORIZATION)
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = headers.get(X_API_KEY)
+    if key and key.strip():
+        return key.strip()
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestLimits:
+    """Limits on what one request may ask for.
+
+    ``max_tokens`` is the default ceiling on ``max_tokens``/``max_completion_tokens`` (None: only
+    the parser's sanity bound); ``objective_max_tokens`` overrides it per objective name (or, for a
+    request that resolves no objective, per requested model name). A body without ``max_tokens``
+    is not rewritten: the ceiling rejects explicit requests above it, it does not invent one.
+    """
+
+    max_messages: int | None = 2048
+    max_tokens: int | None = None
+    objective_max_tokens: Mapping[str, int] = field(default_factory=dict)
+
+    def ceiling_for(self, objective: str) -> int | None:
+        return self.objective_max_tokens.get(objective, self.max_tokens)
+
+    def check_max_tokens(self, requested: int | None, objective: str, *, param: str = "max_tokens") -> None:
+        """Raise 400 (``param``) when ``requested`` exceeds the ceiling of ``objective``."""
+        if requested is None:
+            return
+        ceiling = self.ceiling_for(objective)
+        if ceiling is not None and requested > ceiling:
+            raise BadRequestError(
+                f"'{param}' is {requested}, above the limit of {ceiling} for '{objective}'",
+                param=param,
+                code="max_tokens_exceeded",
+            )

@@ -1,0 +1,272 @@
+"""Request limits of the built-in proxy, end to end against a real simulated replica.
+
+Covers the ``max_tokens`` ceilings (default, ``infergate.dev/max-tokens`` annotation, per-objective
+setting), the chat message cap, the body-size limit (413), the header-size limit and the idle
+timeout on client connections; after every rejection the gateway must keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+import yaml
+
+from infergate.api.loader import load_manifests
+from infergate.app.gateway import Gateway, GatewayConfig, request_limits
+from infergate.config.settings import GatewaySettings
+from infergate.errors import ConfigError
+from tests.support import async_wait_for, free_port, start_infergate
+
+BASE = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def docs(port: int, annotation: str = "16") -> list[dict[str, object]]:
+    return [
+        {
+            "apiVersion": "inference.networking.k8s.io/v1",
+            "kind": "InferencePool",
+            "metadata": {"name": "pool"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "sim"}},
+                "targetPorts": [{"number": 8000}],
+                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
+            },
+        },
+        {
+            "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+            "kind": "InferenceObjective",
+            "metadata": {"name": "food-review", "annotations": {"infergate.dev/max-tokens": annotation}},
+            "spec": {"priority": 10, "poolRef": {"name": "pool"}},
+        },
+        {
+            "apiVersion": "infergate.dev/v1alpha1",
+            "kind": "EndpointList",
+            "metadata": {"name": "sims"},
+            "spec": {
+                "poolName": "pool",
+                "endpoints": [{"name": "sim0", "address": f"127.0.0.1:{port}", "labels": {"app": "sim"}}],
+            },
+        },
+    ]
+
+
+SETTINGS = GatewaySettings(
+    max_body_bytes=4096,
+    max_header_bytes=8192,
+    max_messages=3,
+    max_tokens_ceiling=64,
+    objective_max_tokens={BASE: 100},
+    idle_timeout=0.5,
+)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    tmp = tmp_path_factory.mktemp("sim")
+    port = free_port()
+    child = start_infergate(
+        [
+            *("simulate", "--host", "127.0.0.1", "--port", str(port), "--enable-lora"),
+            *("--lora-modules", "food-review=/adapters/food-review", "--max-model-len", "4096"),
+        ],
+        tmp,
+        health_url=f"http://127.0.0.1:{port}/health",
+    )
+    try:
+        yield port
+    finally:
+        child.stop()
+
+
+@pytest.fixture
+async def gateway(sim: int, tmp_path: Path) -> AsyncIterator[Gateway]:
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump_all(docs(sim)))
+    gw = Gateway(
+        load_manifests([path]),
+        GatewayConfig(host="127.0.0.1", port=0, admin_host="127.0.0.1", admin_port=0, settings=SETTINGS),
+    )
+    await gw.start()
+    try:
+        assert await gw.wait_ready(15.0)
+
+        async def listed() -> bool:
+            return "food-review" in gw.datastore.served_models()
+
+        await async_wait_for(listed, timeout=10, what="adapter listed")
+        yield gw
+    finally:
+        await gw.stop()
+
+
+async def post(gw: Gateway, payload: object, path: str = "/v1/completions") -> tuple[int, dict[str, object]]:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{gw.port}{path}", data=data, headers={"Content-Type": "application/json"}
+        ) as r,
+    ):
+        return r.status, await r.json()
+
+
+def error_of(body: dict[str, object]) -> dict[str, object]:
+    err = body["error"]
+    assert isinstance(err, dict) and isinstance(err["message"], str)
+    return err
+
+
+async def still_serving(gw: Gateway) -> None:
+    status, body = await post(gw, {"model": BASE, "prompt": "still there?", "max_tokens": 2})
+    assert status == 200, body
+
+
+async def test_max_tokens_ceiling_per_objective(gateway: Gateway) -> None:
+    # food-review: annotation 16; BASE (no objective): settings override 100; anything else: 64
+    cases = [
+        ("food-review", "max_tokens", 16, 200),
+        ("food-review", "max_tokens", 17, 400),
+        (BASE, "max_tokens", 100, 200),
+        (BASE, "max_tokens", 101, 400),
+        (BASE, "max_completion_tokens", 101, 400),
+    ]
+    for model, field, value, expected in cases:
+        status, body = await post(
+            gateway,
+            {"model": model, "messages": [{"role": "user", "content": "hi"}], field: value},
+            "/v1/chat/completions",
+        )
+        assert status == expected, (model, field, value, body)
+        if expected == 400:
+            err = error_of(body)
+            assert err["param"] == field and err["type"] == "invalid_request_error"
+            assert err["code"] == "max_tokens_exceeded" and str(value) in str(err["message"])
+    c = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="x", max_retries=0)
+    try:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await c.completions.create(model="food-review", prompt="hi", max_tokens=1000)
+        assert isinstance(exc.value.body, dict) and exc.value.body["param"] == "max_tokens"
+    finally:
+        await c.close()
+    await still_serving(gateway)
+
+
+async def test_too_many_messages_is_400(gateway: Gateway) -> None:
+    msgs = [{"role": "user", "content": f"m{i}"} for i in range(4)]
+    status, body = await post(
+        gateway, {"model": BASE, "messages": msgs, "max_tokens": 2}, "/v1/chat/completions"
+    )
+    assert status == 400
+    err = error_of(body)
+    assert err["param"] == "messages" and err["code"] == "too_many_messages"
+    status, _ = await post(
+        gateway, {"model": BASE, "messages": msgs[:3], "max_tokens": 2}, "/v1/chat/completions"
+    )
+    assert status == 200
+    await still_serving(gateway)
+
+
+async def test_body_over_limit_is_413_with_and_without_content_length(gateway: Gateway) -> None:
+    big = json.dumps({"model": BASE, "prompt": "x" * 5000, "max_tokens": 2}).encode()
+    status, body = await post(gateway, big)
+    assert status == 413 and error_of(body)["code"] == "request_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{gateway.port}/v1/completions", data=chunks()) as r,
+    ):
+        assert r.status == 413
+        assert error_of(await r.json())["code"] == "request_too_large"
+    await still_serving(gateway)
+
+
+async def test_oversized_header_is_rejected(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"a" * 20_000
+            + b"\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(200), 5)
+        assert head.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), head
+    finally:
+        writer.close()
+    # a header just under the limit passes
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{gateway.port}/v1/completions",
+            json={"model": BASE, "prompt": "hi", "max_tokens": 2},
+            headers={"X-Big": "a" * 4000},
+        ) as r,
+    ):
+        assert r.status == 200
+    await still_serving(gateway)
+
+
+async def test_idle_and_half_sent_connections_are_closed(gateway: Gateway) -> None:
+    # idle keep-alive connection after a complete request
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"ok\n"), 5)
+        assert b"200" in first.split(b"\r\n", 1)[0]
+        t0 = time.monotonic()
+        rest = await asyncio.wait_for(reader.read(100), 5)  # b"" once the server closes
+        assert rest == b"" and time.monotonic() - t0 < 3
+    finally:
+        writer.close()
+    # a request head that never completes (slowloris) is dropped after the same timeout
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        assert time.monotonic() - t0 < 3
+    finally:
+        writer.close()
+
+
+def test_max_tokens_annotation_must_be_a_positive_integer(tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump_all(docs(8000, annotation="lots")))
+    with pytest.raises(ConfigError, match=r"infergate\.dev/max-tokens"):
+        request_limits(load_manifests([path]), GatewaySettings())
+    path.write_text(yaml.safe_dump_all(docs(8000, annotation="32")))
+    limits = request_limits(load_manifests([path]), GatewaySettings(objective_max_tokens={"food-review": 8}))
+    assert limits.ceiling_for("food-review") == 8  # the explicit setting wins
+    limits = request_limits(load_manifests([path]), GatewaySettings(max_tokens_ceiling=50))
+    assert (limits.ceiling_for("food-review"), limits.ceiling_for("other")) == (32, 50)
+    with pytest.raises(ConfigError):
+        GatewaySettings(max_messages=0)
+    with pytest.raises(ConfigError):
+        GatewaySettings(objective_max_tokens={"x": 0})
+
+
+async def test_unpaired_surrogate_escape_is_400_not_500(gateway: Gateway) -> None:
+    """A ``\\ud800`` escape decodes to a string UTF-8 cannot encode; it used to reach prefix hashing."""
+    for raw in (
+        b'{"model":"food-review","prompt":"a\\ud800b","max_tokens":2}',
+        b'{"model":"food-review","prompt":"ok","max_tokens":2,"user":"\\udfff"}',
+    ):
+        status, body = await post(gateway, raw)
+        assert status == 400, body
+        assert error_of(body)["type"] == "invalid_request_error"
+    status, _ = await post(gateway, b'{"model":"food-review","prompt":"\\ud83d\\ude00","max_tokens":2}')
+    assert status == 200
+    await still_serving(gateway)
