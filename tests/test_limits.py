@@ -242,6 +242,23 @@ async def test_idle_and_half_sent_connections_are_closed(gateway: Gateway) -> No
         writer.close()
 
 
+async def test_body_that_stalls_is_408_and_the_gateway_keeps_serving(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model": '
+        )
+        await writer.drain()
+        t0 = time.monotonic()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert time.monotonic() - t0 < 3
+    finally:
+        writer.close()
+    await still_serving(gateway)
+
+
 def test_max_tokens_annotation_must_be_a_positive_integer(tmp_path: Path) -> None:
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump_all(docs(8000, annotation="lots")))

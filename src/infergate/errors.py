@@ -11,6 +11,7 @@ data planes (built-in proxy, ext_proc) render them the same way without knowing 
         ├── AuthenticationError     401 missing or unknown API key
         ├── PermissionDeniedError   403 key not allowed to use this objective
         ├── ModelNotFoundError      404 no pool serves the requested model
+        ├── RequestTimeoutError     408 the client stopped sending its body
         ├── RequestTooLargeError    413 body over the configured limit
         ├── RateLimitedError        429 sheddable request rejected under saturation
         ├── NoCapacityError         503 no ready endpoint / queue TTL expired
@@ -32,6 +33,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitedError",
     "RequestError",
+    "RequestTimeoutError",
     "RequestTooLargeError",
     "UpstreamError",
     "UpstreamTimeoutError",
@@ -118,6 +120,12 @@ class NoCapacityError(RequestError):
     status = 503
     error_type = "service_unavailable"
     code = "no_capacity"
+
+
+class RequestTimeoutError(RequestError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class UpstreamError(RequestError):

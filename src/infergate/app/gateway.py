@@ -210,6 +210,7 @@ class Gateway:
                 connect_timeout=s.connect_timeout,
                 read_timeout=min(s.request_timeout, s.first_byte_timeout or s.request_timeout),
                 keepalive_timeout=s.idle_timeout,
+                body_timeout=s.idle_timeout,
                 shutdown_grace=cfg.shutdown_grace,
                 served_header=cfg.served_header,
                 max_connections_per_endpoint=s.max_connections_per_endpoint,

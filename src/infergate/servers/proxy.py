@@ -22,6 +22,7 @@ from infergate.errors import (
     BadRequestError,
     InternalError,
     RequestError,
+    RequestTimeoutError,
     RequestTooLargeError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -56,6 +57,8 @@ class ProxyOptions:
     connect_timeout: float = 5.0
     read_timeout: float = 300.0
     keepalive_timeout: float = 75.0
+    body_timeout: float = 75.0
+    """A client that has sent its headers gets this long to send the whole body, then 408."""
     shutdown_grace: float = 10.0
     served_header: bool = False
     models_timeout: float = 1.0
@@ -207,13 +210,18 @@ class ProxyServer:
             raise RequestTooLargeError(f"request body of {request.content_length} bytes exceeds {limit}")
         buf = bytearray()
         try:
-            while True:
-                chunk = await request.content.readany()
-                if not chunk:
-                    break
-                buf += chunk
-                if len(buf) > limit:
-                    raise RequestTooLargeError(f"request body exceeds {limit} bytes")
+            async with asyncio.timeout(self._opts.body_timeout):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    buf += chunk
+                    if len(buf) > limit:
+                        raise RequestTooLargeError(f"request body exceeds {limit} bytes")
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"request body not received within {self._opts.body_timeout:g}s"
+            ) from None
         except (aiohttp.ClientPayloadError, aiohttp.web.HTTPException) as exc:
             raise BadRequestError(f"could not read request body: {exc}") from None
         return bytes(buf)
