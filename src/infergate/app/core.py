@@ -16,6 +16,7 @@ from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowControlConfig, FlowController, SaturationDetector
+from infergate.requestcontrol.access import RequestLimits
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.decisions import DecisionLog
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
@@ -83,6 +84,14 @@ def build_core(
         rng=rng,
         max_attempts=1 + s.retries,
         honor_subset_hint=honor_subset_hint,
+    )
+    # Limits from settings apply in every mode; `Gateway` adds per-objective annotations and keys.
+    director.configure_access(
+        limits=RequestLimits(
+            max_messages=s.max_messages,
+            max_tokens=s.max_tokens_ceiling,
+            objective_max_tokens=dict(s.objective_max_tokens),
+        )
     )
     scraper = MetricsScraper(
         datastore,
