@@ -137,8 +137,13 @@ def test_detector_reference_utilisation_rule() -> None:
     assert d.endpoint_score(ep(waiting=1, kv=0.4), 100.0) == pytest.approx(0.5)
     assert d.is_saturated([ep(waiting=5)], 100.0)
     assert not d.is_saturated([ep(waiting=4, kv=0.79)], 100.0)
-    # mean over endpoints (reference): one idle + one at 2.0 → mean 1.0 → saturated
-    assert d.saturation([ep(waiting=0), ep(waiting=10)], 100.0) == pytest.approx(1.0)
+    # default: scores capped at 1 before the mean, so one idle endpoint keeps the pool unsaturated
+    assert d.saturation([ep(waiting=0), ep(waiting=10)], 100.0) == pytest.approx(0.5)
+    assert not d.is_saturated([ep(waiting=0), ep(waiting=10)], 100.0)
+    assert d.is_saturated([ep(waiting=5), ep(waiting=10)], 100.0)
+    # the reference's plain mean: one idle + one at 2.0 → mean 1.0 → saturated
+    reference = SaturationDetector(aggregation="mean")
+    assert reference.saturation([ep(waiting=0), ep(waiting=10)], 100.0) == pytest.approx(1.0)
     assert not SaturationDetector(aggregation="min").is_saturated([ep(waiting=0), ep(waiting=10)], 100.0)
     # unhealthy endpoints do not count; none left → saturated
     assert not d.is_saturated([ep(waiting=0), ep(waiting=50, healthy=False)], 100.0)
@@ -234,7 +239,9 @@ async def test_sheddable_rejected_at_once_when_saturated() -> None:
     assert isinstance(body, dict) and body["type"] == "rate_limit_error"
     assert rig.fc.queued() == 0
     assert rig.sample("inference_extension_flow_control_rejected_requests_total", reason="sheddable") == 1
-    assert rig.sample("inference_extension_flow_control_pool_saturation", inference_pool="pool-1") == 1.4
+    assert (
+        rig.sample("inference_extension_flow_control_pool_saturation", inference_pool="pool-1") == 1.0
+    )  # capped per endpoint (1.4 uncapped)
 
 
 async def test_sheddable_rejected_while_others_wait() -> None:

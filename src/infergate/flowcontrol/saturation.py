@@ -4,9 +4,11 @@ The rule is the reference's utilisation detector (GIE ``utilization-detector``):
 
 * per endpoint, ``score = max(waiting / queue_threshold, kv_cache_usage / kv_threshold)``;
   an endpoint whose metrics are stale (never scraped, or older than ``staleness`` seconds) scores 1.0;
-* the pool's saturation is the **mean** score over the healthy endpoints (``aggregation="mean"``, the
-  reference's rule) or the **lowest** score (``aggregation="min"``: saturated only when every
-  endpoint is); no healthy endpoint at all means saturation 1.0;
+* the pool's saturation is, by default, the mean over the healthy endpoints of each score **capped at
+  1.0** (``aggregation="capped-mean"``), so it reaches 1.0 only when every endpoint is saturated: one
+  replica with a deep queue no longer makes the pool look full while another sits idle (seen in the
+  overload benchmark with the reference's plain mean). ``"mean"`` is the reference's uncapped mean,
+  ``"min"`` the lowest score. No healthy endpoint at all means saturation 1.0;
 * the pool is saturated when its saturation is >= 1.0.
 
 Between scrapes the detector also reacts to the gateway's own in-flight counts, so dispatch follows
@@ -28,7 +30,7 @@ from infergate.types import Endpoint
 
 __all__ = ["Aggregation", "SaturationDetector"]
 
-Aggregation = Literal["mean", "min"]
+Aggregation = Literal["capped-mean", "mean", "min"]
 
 
 class SaturationDetector:
@@ -38,7 +40,7 @@ class SaturationDetector:
         queue_threshold: waiting requests at which one endpoint counts as full (reference: 5).
         kv_threshold: KV-cache use (0..1) at which one endpoint counts as full (reference: 0.8).
         staleness: seconds after which an endpoint's metrics no longer count (it scores 1.0).
-        aggregation: ``"mean"`` (reference) or ``"min"`` (saturated only when every endpoint is).
+        aggregation: ``"capped-mean"`` (default), ``"mean"`` (reference) or ``"min"``.
         track_in_flight: correct the scraped queue by the gateway's in-flight changes since the scrape.
     """
 
@@ -48,7 +50,7 @@ class SaturationDetector:
         queue_threshold: int = 5,
         kv_threshold: float = 0.8,
         staleness: float = 2.0,
-        aggregation: Aggregation = "mean",
+        aggregation: Aggregation = "capped-mean",
         track_in_flight: bool = True,
     ) -> None:
         if queue_threshold <= 0:
@@ -57,8 +59,8 @@ class SaturationDetector:
             raise ValueError("kv_threshold must be > 0")
         if staleness <= 0:
             raise ValueError("staleness must be > 0")
-        if aggregation not in ("mean", "min"):
-            raise ValueError("aggregation must be 'mean' or 'min'")
+        if aggregation not in ("capped-mean", "mean", "min"):
+            raise ValueError("aggregation must be 'capped-mean', 'mean' or 'min'")
         self.queue_threshold = queue_threshold
         self.kv_threshold = kv_threshold
         self.staleness = staleness
@@ -101,6 +103,8 @@ class SaturationDetector:
             return 1.0
         if self.aggregation == "min":
             return min(scores)
+        if self.aggregation == "capped-mean":
+            return sum(min(x, 1.0) for x in scores) / len(scores)
         return sum(scores) / len(scores)
 
     def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
