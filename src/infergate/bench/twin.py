@@ -18,6 +18,7 @@ estimated time to first token is lowest.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import random
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from infergate.errors import NoCapacityError
 from infergate.requestcontrol.parsing import parse_body
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop
-from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput
+from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.tokenizer import Tokenizer
 from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
 
@@ -122,7 +123,7 @@ def run_twin(
     """
     cfg = config or TwinConfig()
     loop = VirtualLoop()
-    tokenizer = Tokenizer()
+    tokenizer = Tokenizer(reverse=False)  # the twin never decodes
     engine_cfg = EngineConfig(
         model=cfg.base_model,
         enable_lora=bool(cfg.adapters),
@@ -137,7 +138,7 @@ def run_twin(
         engine = Engine(engine_cfg)
         for name in cfg.adapters:
             engine.add_lora(name, f"/adapters/{name}")
-        replicas.append(_Replica(i, engine, VirtualDriver(engine, loop)))
+        replicas.append(_Replica(i, engine, VirtualDriver(engine, loop, sparse=True)))
     by_key = {r.key: r for r in replicas}
 
     datastore = Datastore(clock=loop, staleness=cfg.staleness)
@@ -206,17 +207,16 @@ def run_twin(
             replica = by_key[result.primary.key]
         replica.requests += 1
         datastore.acquire(replica.key)
-        last: list[float] = []
 
         def on_output(out: RequestOutput) -> None:
+            # sparse driver: only the first-token and final outputs arrive; the final one lists
+            # every token's time, giving the same TTFT and ITLs as per-token outputs would
             nonlocal pending
-            if out.new_token_ids:
-                if rec.ttft is None:
-                    rec.ttft = out.now - T0 - rec.sent_at
-                else:
-                    rec.itl.append(out.now - last[0])
-                last[:] = [out.now]
             if out.finished:
+                if isinstance(out, TimedOutput) and out.token_times:
+                    times = out.token_times
+                    rec.ttft = times[0] - T0 - rec.sent_at
+                    rec.itl = [b - a for a, b in itertools.pairwise(times)]
                 rec.status = 200
                 rec.e2e = out.now - T0 - rec.sent_at
                 rec.prompt_tokens = out.num_prompt_tokens

@@ -265,7 +265,12 @@ class VirtualLoop:
 
 
 class VirtualDriver:
-    """Runs the engine on a ``VirtualLoop``; outputs go to per-request callbacks."""
+    """Runs the engine on a ``VirtualLoop``; outputs go to per-request callbacks.
+
+    With ``sparse=True`` a callback receives only the first-token output and the final
+    :class:`~infergate.simulator.engine.TimedOutput` (which lists every token's time): the digital
+    twin's mode, several times cheaper than one output per token and exactly as informative.
+    """
 
     def __init__(
         self,
@@ -274,9 +279,11 @@ class VirtualDriver:
         *,
         api_overhead: float | None = None,
         frontend_serial_cost: float = 0.0,
+        sparse: bool = False,
     ) -> None:
         self.engine = engine
         self.loop = loop
+        self.sparse = sparse  # callbacks get first-token and final outputs only (Engine.end_step)
         self.api_overhead = engine.profile.api_overhead_ms / 1000.0 if api_overhead is None else api_overhead
         self._frontend = _Frontend(self.api_overhead, frontend_serial_cost)
         self._callbacks: dict[str, Callable[[RequestOutput], None]] = {}
@@ -325,7 +332,7 @@ class VirtualDriver:
         self.loop.call_at(self.loop.now() + duration, self._end)
 
     def _end(self) -> None:
-        outputs = self.engine.end_step(self.loop.now())
+        outputs = self.engine.end_step(self.loop.now(), sparse=self.sparse)
         cbs = self._callbacks
         for out in outputs:
             cb = cbs.get(out.request_id)

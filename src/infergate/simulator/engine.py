@@ -80,6 +80,18 @@ class RequestOutput:
 
 
 @dataclass(frozen=True)
+class TimedOutput(RequestOutput):
+    """The final output of a request in sparse mode (``end_step(now, sparse=True)``).
+
+    Sparse mode skips the per-token outputs; instead the final output carries the time of every
+    generated token (step end times, in order), from which a consumer derives TTFT and the
+    inter-token latencies exactly as it would have from the per-token outputs.
+    """
+
+    token_times: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class EngineStats:
     """Snapshot of the counters and gauges vLLM exports on ``/metrics``."""
 
@@ -126,6 +138,7 @@ class _Req:
     __slots__ = (
         "arrival",
         "blocks",
+        "end_at",
         "first_token_time",
         "hashes",
         "id",
@@ -140,8 +153,10 @@ class _Req:
         "preemptions",
         "prompt_len",
         "seed",
+        "seed_c",
         "status",
         "stop_at",
+        "times",
         "tokens",
     )
 
@@ -149,6 +164,7 @@ class _Req:
         self.blocks: list[int] = []
         self.hashes: list[bytes] = []
         self.tokens: list[int] = []
+        self.times: list[float] = []  # token times, recorded in sparse mode only
         self.num_computed = 0
         self.num_cached = 0
         self.num_cached_blocks = 0
@@ -164,7 +180,9 @@ class _Req:
         self.ignore_eos = False
         self.stop_at: int | None = None
         self.seed = 0
+        self.seed_c = 0  # filler-token hash state before the token index is added
         self.arrival = 0.0
+        self.end_at = 0  # generated tokens after which it finishes, by stop or by length
 
 
 @dataclass
@@ -258,7 +276,11 @@ class Engine:
         r.arrival = now if arrival_time is None else arrival_time
         digest = zlib.crc32(array("q", r.tokens).tobytes())
         r.seed = stable_hash64(cfg.seed, digest, r.prompt_len, zlib.crc32((r.lora or "").encode()))
+        r.seed_c = ((r.seed * 1_000_003) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
         r.stop_at = req.eos_after if req.eos_after is not None else self._natural_length(r.seed)
+        r.end_at = r.max_tokens
+        if not r.ignore_eos and r.stop_at is not None:
+            r.end_at = min(r.end_at, max(r.stop_at, r.min_tokens))
         r.hashes = block_hashes(r.tokens, cfg.block_size, r.lora) if cfg.enable_prefix_caching else []
         self._requests[r.id] = r
         self._waiting.append(r)
@@ -282,6 +304,8 @@ class Engine:
             r.blocks = []
         r.status = FINISHED
         self._success["abort"] += 1
+        if r.times:  # sparse mode: the consumer has had no per-token outputs
+            return self._timed_output(r, (), "abort", now)
         return self._output(r, (), "abort", now)
 
     def has_work(self) -> bool:
@@ -300,16 +324,20 @@ class Engine:
         scheduled: list[tuple[_Req, int]] = []
         preempted = False
         running = self._running
+        append = scheduled.append
         i = 0
         while i < len(running) and budget > 0:
             r = running[i]
-            n = min(len(r.tokens) - r.num_computed, budget)
+            computed = r.num_computed
+            n = len(r.tokens) - computed
+            if n > budget:
+                n = budget
             if n <= 0:
                 i += 1
                 continue
-            total = r.num_computed + n
+            total = computed + n
             if total <= len(r.blocks) * bs and (not r.hashes or total // bs <= r.num_cached_blocks):
-                scheduled.append((r, n))  # fast path: a decode step inside an allocated block
+                append((r, n))  # fast path: a decode step inside an allocated block
                 budget -= n
                 i += 1
                 continue
@@ -327,7 +355,7 @@ class Engine:
             budget -= n
             i += 1
         self._deferred = 0
-        if not preempted:
+        if not preempted and self._waiting:
             budget = self._admit_waiting(budget, scheduled)
         shape, loras = self._shape(scheduled)
         if scheduled:
@@ -426,8 +454,9 @@ class Engine:
                 pairs += n * p + n * (n + 1) / 2
                 if p + n >= len(r.tokens):
                     samp += 1
-            if r.lora:
-                loras.add(r.lora)
+            lora = r.lora
+            if lora:
+                loras.add(lora)
         shape = StepShape(
             num_tokens=n_tok,
             prefill_pairs=pairs,
@@ -438,44 +467,70 @@ class Engine:
         )
         return shape, loras
 
-    def end_step(self, now: float) -> list[RequestOutput]:
-        """Apply the step begun by ``begin_step``: advance prefills, sample one token per ready request."""
+    def end_step(self, now: float, *, sparse: bool = False) -> list[RequestOutput]:
+        """Apply the step begun by ``begin_step``: advance prefills, sample one token per ready request.
+
+        ``sparse=True`` (the digital twin) returns outputs only for a request's first token and for
+        its end, the latter a :class:`TimedOutput` with every token's time; engine state, token ids
+        and timing are the same as in the default mode, only the per-token outputs are skipped.
+        """
         step = self._step
         if step is None:
             raise RuntimeError("end_step called without begin_step")
         self._step = None
         self._num_steps += 1
         self._busy += step.duration
-        cfg = self.config
-        bs = cfg.block_size
-        filler = self.tokenizer.filler_token
+        bs = self.config.block_size
+        fill = self.tokenizer._filler_ids
+        n_fill = len(fill)
+        mask = 0xFFFFFFFFFFFFFFFF
         outputs: list[RequestOutput] = []
         finished = False
+        generated = 0
+        running_state = RUNNING
         for r, n in step.scheduled:
-            if r.status != RUNNING:
+            if r.status != running_state:
                 continue  # aborted while the step ran
-            r.num_computed += n
-            if r.num_computed < len(r.tokens):
+            computed = r.num_computed + n
+            r.num_computed = computed
+            tokens = r.tokens
+            ntok = len(tokens)
+            if computed < ntok:
                 continue  # partial prefill
-            idx = len(r.tokens) - r.prompt_len
-            tok = filler(r.seed, idx)
-            r.tokens.append(tok)
+            idx = ntok - r.prompt_len
+            # Tokenizer.filler_token(r.seed, idx), inlined (SplitMix64; the mod-2^64 sum
+            # seed·1000003 + idx + golden-ratio constant with its constant part precomputed)
+            x = (r.seed_c + idx) & mask
+            x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+            tok = fill[(x ^ (x >> 31)) % n_fill]
+            tokens.append(tok)
             if idx == 0:
                 r.first_token_time = now
                 self._prompt_tokens += r.prompt_len
-            self._generation_tokens += 1
-            if r.hashes and len(r.tokens) % bs == 0:
-                block_hashes(r.tokens, bs, r.lora, r.hashes)
-            ngen = idx + 1
+            generated += 1
+            if r.hashes and (ntok + 1) % bs == 0:
+                block_hashes(tokens, bs, r.lora, r.hashes)
             reason: str | None = None
-            if not r.ignore_eos and r.stop_at is not None and ngen >= max(r.stop_at, r.min_tokens):
-                reason = "stop"
-            elif ngen >= r.max_tokens:
-                reason = "length"
+            if idx + 1 >= r.end_at:  # the same test as below, precomputed per request
+                ngen = idx + 1
+                if not r.ignore_eos and r.stop_at is not None and ngen >= max(r.stop_at, r.min_tokens):
+                    reason = "stop"
+                elif ngen >= r.max_tokens:
+                    reason = "length"
             if reason is not None:
                 self._finish(r, reason)
                 finished = True
-            outputs.append(self._output(r, (tok,), reason, now))
+            if sparse:
+                r.times.append(now)
+                if reason is None:
+                    if idx == 0:
+                        outputs.append(self._output(r, (tok,), None, now))
+                else:
+                    outputs.append(self._timed_output(r, (tok,), reason, now))
+            else:
+                outputs.append(self._output(r, (tok,), reason, now))
+        self._generation_tokens += generated
         if finished:
             self._running = [r for r in self._running if r.status == RUNNING]
         if self._kv_sink is not None:
@@ -504,6 +559,13 @@ class Engine:
             first_token_time=r.first_token_time,
             now=now,
         )
+
+    def _timed_output(self, r: _Req, new: tuple[int, ...], reason: str | None, now: float) -> TimedOutput:
+        gen = len(r.tokens) - r.prompt_len
+        return TimedOutput(
+            r.id, new, reason is not None, reason, r.prompt_len, r.num_cached, gen, r.arrival,
+            r.first_token_time, now, tuple(r.times),
+        )  # fmt: skip
 
     # -- observation -------------------------------------------------------------------------
     def stats(self) -> EngineStats:

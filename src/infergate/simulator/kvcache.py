@@ -45,14 +45,42 @@ def hash_to_int(h: bytes) -> int:
 def block_hashes(
     tokens: Sequence[int], block_size: int, extra: str | None, start: list[bytes] | None = None
 ) -> list[bytes]:
-    """Hashes of every full block of ``tokens``, continuing the chain in ``start`` (extended in place)."""
+    """Hashes of every full block of ``tokens``, continuing the chain in ``start`` (extended in place).
+
+    Equal to chaining :func:`hash_block` block by block; the blocks' bytes are packed once and
+    each hash is memoised by (parent, block bytes, extra), so the shared prefixes that dominate
+    real traffic (system prompts, earlier chat turns) are hashed once per process, not per request.
+    """
     out = start if start is not None else []
     n_full = len(tokens) // block_size
+    done = len(out)
+    if done >= n_full:
+        return out
     parent = out[-1] if out else None
-    for i in range(len(out), n_full):
-        parent = hash_block(parent, tokens[i * block_size : (i + 1) * block_size], extra)
-        out.append(parent)
+    step = 8 * block_size  # bytes per block in array("q")
+    buf = array("q", tokens[done * block_size : n_full * block_size]).tobytes()
+    memo = _HASH_MEMO
+    if len(memo) > _HASH_MEMO_LIMIT:
+        memo.clear()
+    for off in range(0, len(buf), step):
+        chunk = buf[off : off + step]
+        key = (parent, chunk, extra)
+        h = memo.get(key)
+        if h is None:
+            hasher = hashlib.sha256(parent if parent is not None else NONE_HASH)
+            hasher.update(chunk)
+            if extra:
+                hasher.update(b"\x00lora:")
+                hasher.update(extra.encode("utf-8"))
+            h = hasher.digest()
+            memo[key] = h
+        out.append(h)
+        parent = h
     return out
+
+
+_HASH_MEMO: dict[tuple[bytes | None, bytes, str | None], bytes] = {}
+_HASH_MEMO_LIMIT = 100_000  # ~40 MB at most
 
 
 class BlockPool:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 import zlib
+from array import array
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 MAX_PIECE = 6
 VOCAB_SIZE = 128256
@@ -56,6 +57,12 @@ _FILLER_TEXT = (
     "model token cache block batch step prefix route server queue value data system point part "
     "number group large place case fact world order light water sound power house story idea"
 )
+# Chunked encoding (see ``Tokenizer.encode``): a space followed by a letter always starts a piece.
+_BOUNDARY_RE = re.compile(r" (?=[^\W\d_])")
+_CHUNK = 1024
+_CHUNK_CACHE_CHARS = 16_000_000  # memo bound: ~35 MB at most
+_SEEN_LIMIT = 1_000_000
+
 _FILLER_WORDS = tuple(w for w in dict.fromkeys(_FILLER_TEXT.split()) if len(w) < MAX_PIECE)
 
 
@@ -85,7 +92,14 @@ class Tokenizer:
     _CACHE_LIMIT = 200_000
     _REVERSE_LIMIT = 1_000_000
 
-    def __init__(self) -> None:
+    _chunks: dict[str, array[int]] = {}  # noqa: RUF012 - pure memo
+    _chunk_chars = 0
+
+    def __init__(self, *, reverse: bool = True) -> None:
+        """``reverse=False`` skips the reverse table (``decode`` then knows only special and filler
+        tokens): for callers that never decode, like the digital twin."""
+        self._track_reverse = reverse
+        self._seen_chunks: set[str] = set()
         self._reverse: dict[int, str] = {tid: text for text, tid in SPECIAL_TOKENS.items()}
         ids = []
         for word in _FILLER_WORDS:
@@ -113,23 +127,63 @@ class Tokenizer:
     def pieces(text: str) -> list[str]:
         """Split ``text`` into token pieces; ``"".join(pieces(t)) == t`` always holds."""
         out: list[str] = []
-        for m in _PIECE_RE.finditer(text):
-            piece = m.group(0)
+        for piece in _PIECE_RE.findall(text):
             if len(piece) <= MAX_PIECE or piece in SPECIAL_TOKENS:
                 out.append(piece)
             else:
                 out.extend(piece[i : i + MAX_PIECE] for i in range(0, len(piece), MAX_PIECE))
         return out
 
+    @classmethod
+    def _encode_chunk(cls, chunk: str) -> tuple[array[int], list[str] | None]:
+        """Ids of one chunk, memoised process-wide (a pure function of the text) as a compact
+        ``array`` (~2 bytes per character with the key); the pieces too when just computed."""
+        hit = cls._chunks.get(chunk)
+        if hit is not None:
+            return hit, None
+        pieces = cls.pieces(chunk)
+        found = list(map(cls._cache.get, pieces))
+        if None in found:
+            found = [cls._id(p) if tid is None else tid for tid, p in zip(found, pieces, strict=True)]
+        ids = array("i", cast("list[int]", found))
+        if cls._chunk_chars > _CHUNK_CACHE_CHARS:
+            cls._chunks.clear()
+            cls._chunk_chars = 0
+        cls._chunks[chunk] = ids
+        cls._chunk_chars += len(chunk)
+        return ids, pieces
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no BOS is added; chat templates carry their own)."""
-        ident = self._id
-        pieces = self.pieces(text)
-        ids = [ident(p) for p in pieces]
+        """Token ids of ``text`` (no BOS is added; chat templates carry their own).
+
+        For speed the text is cut into chunks of about ``_CHUNK`` characters at positions that are
+        always piece boundaries (a space followed by a letter: no piece can span one), so the
+        result equals encoding the whole text at once; chunks are cut from the start, hence texts
+        sharing a prefix (a tenant's system prompt, the earlier turns of a chat) share their
+        leading chunks and those come from the memo instead of the regex.
+        """
+        ids: list[int] = []
         rev = self._reverse
-        if len(rev) < self._REVERSE_LIMIT:
-            for tid, piece in zip(ids, pieces, strict=True):
-                rev.setdefault(tid, piece)
+        fill_rev = self._track_reverse and len(rev) < self._REVERSE_LIMIT
+        seen = self._seen_chunks
+        n = len(text)
+        pos = 0
+        while pos < n:
+            m = _BOUNDARY_RE.search(text, pos + _CHUNK) if n - pos > _CHUNK else None
+            end = m.start() if m is not None else n
+            chunk = text[pos:end]
+            pos = end
+            chunk_ids, pieces = self._encode_chunk(chunk)
+            ids.extend(chunk_ids)
+            if fill_rev and chunk not in seen:
+                # first piece wins: chunks already seen by this instance added nothing new then
+                # and cannot now (the reverse table only grows)
+                if pieces is None:
+                    pieces = self.pieces(chunk)
+                for tid, piece in zip(chunk_ids, pieces, strict=True):
+                    rev.setdefault(tid, piece)
+                if len(seen) < _SEEN_LIMIT:
+                    seen.add(chunk)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
