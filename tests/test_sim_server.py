@@ -177,7 +177,7 @@ async def test_n_choices_and_batched_prompts(client: openai.AsyncOpenAI) -> None
     assert r2.usage.prompt_tokens == 2 + len(tok.encode("first prompt")) + len(tok.encode("second one here"))
 
 
-async def test_stop_strings_and_natural_stop(client: openai.AsyncOpenAI) -> None:
+async def test_stop_strings_and_natural_stop(sim: SimServer, client: openai.AsyncOpenAI) -> None:
     prompt = "Tell me a story about a cache"
     base = await client.completions.create(
         model=MODEL, prompt=prompt, max_tokens=30, extra_body={"ignore_eos": True}
@@ -208,6 +208,9 @@ async def test_stop_strings_and_natural_stop(client: openai.AsyncOpenAI) -> None
             text, reason = r.choices[0].text, r.choices[0].finish_reason
         assert text == base.choices[0].text[:cut]
         assert reason == "stop"
+    # a stop-string finish counts as "stop" in vllm:request_success_total, as in vLLM, not as "abort"
+    success = sim.engine.stats().request_success_total
+    assert success.get("abort", 0) == 0 and success["stop"] == 2
     # without ignore_eos the simulated model stops by itself (deterministically) before a large budget
     r = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=5000)
     assert r.choices[0].finish_reason == "stop" and r.usage is not None and r.usage.completion_tokens < 5000

@@ -165,13 +165,13 @@ class RealtimeDriver:
             return
         self._wake.set()
 
-    def abort(self, request_id: str) -> None:
-        """Abort a request (its stream gets no further output)."""
+    def abort(self, request_id: str, reason: str = "abort") -> None:
+        """Abort a request (its stream gets no further output); ``reason`` as in ``Engine.abort``."""
         handle = self._pending.pop(request_id, None)
         if handle is not None:
             handle.cancel()
         self._streams.pop(request_id, None)
-        self.engine.abort(request_id, self.now())
+        self.engine.abort(request_id, self.now(), reason)
 
     def _forget(self, request_id: str) -> None:
         self._streams.pop(request_id, None)

@@ -291,8 +291,11 @@ class Engine:
         rng = random.Random(seed)
         return max(1, int(rng.lognormvariate(math.log(150.0), 0.8)))
 
-    def abort(self, request_id: str, now: float) -> RequestOutput | None:
-        """Drop a request wherever it is; returns its final ``abort`` output (None if unknown)."""
+    def abort(self, request_id: str, now: float, reason: str = "abort") -> RequestOutput | None:
+        """Drop a request wherever it is; returns its final ``abort`` output (None if unknown).
+
+        ``reason`` is what ``vllm:request_success_total`` counts it as: the server ends a request
+        whose text hit a stop string this way, and vLLM counts that as ``stop``."""
         r = self._requests.pop(request_id, None)
         if r is None:
             return None
@@ -303,7 +306,7 @@ class Engine:
             self.pool.free(r.blocks[::-1])
             r.blocks = []
         r.status = FINISHED
-        self._success["abort"] += 1
+        self._success[reason] = self._success.get(reason, 0) + 1
         if r.times:  # sparse mode: the consumer has had no per-token outputs
             return self._timed_output(r, (), "abort", now)
         return self._output(r, (), "abort", now)

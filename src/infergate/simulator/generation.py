@@ -105,6 +105,7 @@ async def choice_events(
                         pos, s = cut
                         text = text[:pos]
                         finish, stop_reason = "stop", s
+                        driver.abort(req.request_id, reason="stop")  # counted as vLLM does
                         break
             if out.finished:
                 finish = out.finish_reason or "stop"
