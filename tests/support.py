@@ -122,3 +122,53 @@ def start_infergate(
                 raise AssertionError(f"infergate {args} not healthy after {timeout}s:\n{child.output()}")
             time.sleep(0.05)
     return child
+
+
+def static_pool_docs(
+    addresses: Sequence[str],
+    *,
+    objectives: dict[str, int] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> list[dict[str, object]]:
+    """Manifests of a pool ``pool`` whose endpoints are the given ``host:port`` addresses (labelled
+    ``app: sim``, named ``sim0``, ``sim1``…), plus InferenceObjectives ``name → priority``; every
+    objective gets ``annotations``."""
+    docs: list[dict[str, object]] = [
+        {
+            "apiVersion": "inference.networking.k8s.io/v1",
+            "kind": "InferencePool",
+            "metadata": {"name": "pool"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "sim"}},
+                "targetPorts": [{"number": 8000}],
+                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
+            },
+        }
+    ]
+    for name, priority in (objectives or {}).items():
+        metadata: dict[str, object] = {"name": name}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        docs.append(
+            {
+                "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+                "kind": "InferenceObjective",
+                "metadata": metadata,
+                "spec": {"priority": priority, "poolRef": {"name": "pool"}},
+            }
+        )
+    docs.append(
+        {
+            "apiVersion": "infergate.dev/v1alpha1",
+            "kind": "EndpointList",
+            "metadata": {"name": "sims"},
+            "spec": {
+                "poolName": "pool",
+                "endpoints": [
+                    {"name": f"sim{i}", "address": address, "labels": {"app": "sim"}}
+                    for i, address in enumerate(addresses)
+                ],
+            },
+        }
+    )
+    return docs

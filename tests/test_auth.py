@@ -23,7 +23,7 @@ from infergate.app.gateway import Gateway, GatewayConfig
 from infergate.errors import AuthenticationError, ConfigError
 from infergate.requestcontrol.access import presented_key
 from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests, load_api_keys
-from tests.support import ChildProcess, async_wait_for, free_port, start_infergate
+from tests.support import ChildProcess, async_wait_for, free_port, start_infergate, static_pool_docs
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 ALL_KEY = "sk-all-0123456789abcdef"
@@ -37,33 +37,7 @@ def b64(s: str) -> str:
 
 
 def pool_docs(port: int) -> list[dict[str, object]]:
-    return [
-        {
-            "apiVersion": "inference.networking.k8s.io/v1",
-            "kind": "InferencePool",
-            "metadata": {"name": "pool"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "sim"}},
-                "targetPorts": [{"number": 8000}],
-                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
-            },
-        },
-        {
-            "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
-            "kind": "InferenceObjective",
-            "metadata": {"name": "food-review"},
-            "spec": {"priority": 10, "poolRef": {"name": "pool"}},
-        },
-        {
-            "apiVersion": "infergate.dev/v1alpha1",
-            "kind": "EndpointList",
-            "metadata": {"name": "sims"},
-            "spec": {
-                "poolName": "pool",
-                "endpoints": [{"name": "sim0", "address": f"127.0.0.1:{port}", "labels": {"app": "sim"}}],
-            },
-        },
-    ]
+    return static_pool_docs([f"127.0.0.1:{port}"], objectives={"food-review": 10})
 
 
 SECRET = {

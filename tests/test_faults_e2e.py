@@ -31,7 +31,7 @@ from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, GatewayConfig
 from infergate.config.settings import GatewaySettings
 from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
-from tests.support import ChildProcess, async_wait_for, free_port, http_ok, start_infergate
+from tests.support import ChildProcess, async_wait_for, free_port, http_ok, start_infergate, static_pool_docs
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SERVED = "x-gateway-destination-endpoint-served"
@@ -50,32 +50,8 @@ def start_sim(tmp: Path, *extra: str) -> tuple[ChildProcess, str]:
 
 
 def write_pool(tmp: Path, keys: list[str]) -> Path:
-    docs = [
-        {
-            "apiVersion": "inference.networking.k8s.io/v1",
-            "kind": "InferencePool",
-            "metadata": {"name": "pool"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "sim"}},
-                "targetPorts": [{"number": 8000}],
-                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
-            },
-        },
-        {
-            "apiVersion": "infergate.dev/v1alpha1",
-            "kind": "EndpointList",
-            "metadata": {"name": "sims"},
-            "spec": {
-                "poolName": "pool",
-                "endpoints": [
-                    {"name": f"sim{i}", "address": key, "labels": {"app": "sim"}}
-                    for i, key in enumerate(keys)
-                ],
-            },
-        },
-    ]
     path = tmp / "pool.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
+    path.write_text(yaml.safe_dump_all(static_pool_docs(keys)))
     return path
 
 

@@ -22,39 +22,17 @@ from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, GatewayConfig, request_limits
 from infergate.config.settings import GatewaySettings
 from infergate.errors import ConfigError
-from tests.support import async_wait_for, free_port, start_infergate
+from tests.support import async_wait_for, free_port, start_infergate, static_pool_docs
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def docs(port: int, annotation: str = "16") -> list[dict[str, object]]:
-    return [
-        {
-            "apiVersion": "inference.networking.k8s.io/v1",
-            "kind": "InferencePool",
-            "metadata": {"name": "pool"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "sim"}},
-                "targetPorts": [{"number": 8000}],
-                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
-            },
-        },
-        {
-            "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
-            "kind": "InferenceObjective",
-            "metadata": {"name": "food-review", "annotations": {"infergate.dev/max-tokens": annotation}},
-            "spec": {"priority": 10, "poolRef": {"name": "pool"}},
-        },
-        {
-            "apiVersion": "infergate.dev/v1alpha1",
-            "kind": "EndpointList",
-            "metadata": {"name": "sims"},
-            "spec": {
-                "poolName": "pool",
-                "endpoints": [{"name": "sim0", "address": f"127.0.0.1:{port}", "labels": {"app": "sim"}}],
-            },
-        },
-    ]
+    return static_pool_docs(
+        [f"127.0.0.1:{port}"],
+        objectives={"food-review": 10},
+        annotations={"infergate.dev/max-tokens": annotation},
+    )
 
 
 SETTINGS = GatewaySettings(

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, GatewayConfig
 from infergate.config.settings import GatewaySettings
-from tests.support import ChildProcess, async_wait_for, free_port, start_infergate
+from tests.support import ChildProcess, async_wait_for, free_port, start_infergate, static_pool_docs
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 SERVED = "x-gateway-destination-endpoint-served"
@@ -47,38 +47,12 @@ def start_sim(tmp: Path, *extra: str) -> tuple[ChildProcess, int]:
 
 
 def write_manifests(tmp: Path, ports: list[int]) -> Path:
-    docs = [
-        {
-            "apiVersion": "inference.networking.k8s.io/v1",
-            "kind": "InferencePool",
-            "metadata": {"name": "pool"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "sim"}},
-                "targetPorts": [{"number": 8000}],
-                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
-            },
-        },
-        {
-            "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
-            "kind": "InferenceObjective",
-            "metadata": {"name": "food-review"},
-            "spec": {"priority": 10, "poolRef": {"name": "pool"}},
-        },
-        {
-            "apiVersion": "infergate.dev/v1alpha1",
-            "kind": "EndpointList",
-            "metadata": {"name": "sims"},
-            "spec": {
-                "poolName": "pool",
-                "endpoints": [
-                    {"name": f"sim{i}", "address": f"127.0.0.1:{p}", "labels": {"app": "sim"}}
-                    for i, p in enumerate(ports)
-                ],
-            },
-        },
-    ]
     path = tmp / "pool.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
+    path.write_text(
+        yaml.safe_dump_all(
+            static_pool_docs([f"127.0.0.1:{p}" for p in ports], objectives={"food-review": 10})
+        )
+    )
     return path
 
 
