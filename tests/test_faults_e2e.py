@@ -4,6 +4,9 @@
   streaming is retried elsewhere and succeeds; the ones that had started end cleanly;
 * a replica frozen with SIGSTOP: requests keep succeeding within a bound (first-byte timeout, then
   retry), it leaves rotation, and it rejoins after SIGCONT;
+* requests already on a replica when it freezes, with no first-byte timeout set: those that had no
+  byte yet move to the other replica as soon as the frozen one leaves rotation, a stream that had
+  delivered tokens ends with an error event, in seconds rather than the read timeout;
 * a model server answering 500 next to real simulators: requests are retried on a simulator;
 * the picker (``infergate epp -f``) behind Envoy killed and restarted: requests fail closed (5xx)
   while it is down and succeed again once it is back.
@@ -29,9 +32,18 @@ from aiohttp import web
 
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 from infergate.config.settings import GatewaySettings
 from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
-from tests.support import ChildProcess, async_wait_for, free_port, http_ok, start_infergate, static_pool_docs
+from tests.support import (
+    ChildProcess,
+    async_wait_for,
+    free_port,
+    http_ok,
+    start_infergate,
+    static_pool_docs,
+    wait_for,
+)
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SERVED = "x-gateway-destination-endpoint-served"
@@ -55,7 +67,13 @@ def write_pool(tmp: Path, keys: list[str]) -> Path:
     return path
 
 
-async def start_gateway(tmp: Path, keys: list[str], settings: GatewaySettings | None = None) -> Gateway:
+async def start_gateway(
+    tmp: Path,
+    keys: list[str],
+    settings: GatewaySettings | None = None,
+    picker: EndpointPickerConfig | None = None,
+    flow_control: bool = True,
+) -> Gateway:
     manifests = load_manifests([write_pool(tmp, keys)])
     config = GatewayConfig(
         host="127.0.0.1",
@@ -64,6 +82,8 @@ async def start_gateway(tmp: Path, keys: list[str], settings: GatewaySettings | 
         admin_port=0,
         served_header=True,
         settings=settings or GatewaySettings(),
+        picker=picker,
+        flow_control=flow_control,
     )
     gw = Gateway(manifests, config)
     await gw.start()
@@ -237,6 +257,113 @@ async def test_frozen_replica_leaves_rotation_and_requests_keep_succeeding(tmp_p
     slowest = max(r.elapsed for r in replies)
     assert slowest < bound + 2.0, slowest
     assert all(r.served == survivor_key for r in after_leaving[4:])  # the first few may be in flight already
+
+
+ROUND_ROBIN = parse_picker_config(
+    "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
+    "kind: EndpointPickerConfig\n"
+    "plugins:\n- type: round-robin-picker\n"
+)
+
+
+def freeze(child: ChildProcess) -> None:
+    """SIGSTOP ``child`` and wait until the kernel reports it stopped."""
+    child.proc.send_signal(signal.SIGSTOP)
+    stat = Path(f"/proc/{child.proc.pid}/stat")
+
+    def stopped() -> bool:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+    wait_for(stopped, timeout=5, interval=0.005, what="the replica to stop")
+
+
+def sse_events(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsewhere(tmp_path: Path) -> None:
+    # No first_byte_timeout: before the fix these requests waited for the read timeout (a day).
+    children = [start_sim(tmp_path, "--seed", str(i)) for i in range(2)]
+    (victim, victim_key), (_, survivor_key) = children
+    # Round robin and no flow control: the picker must not steer away from the frozen replica
+    # (flow control routes to replicas "with room", and stale metrics count as full).
+    gw = await start_gateway(tmp_path, [k for _, k in children], picker=ROUND_ROBIN, flow_control=False)
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    tokens = 8
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+            freeze(victim)
+            frozen = time.monotonic()
+            # Round robin alternates between the two replicas: of each pair (plain, then streamed)
+            # one lands on the frozen replica, which can send nothing back.
+            tasks: list[asyncio.Task[Reply]] = []
+            # Each is sent once the previous one was scheduled, all within a few milliseconds, so
+            # well before the frozen replica's health probe times out.
+            for i, stream in enumerate([False, False, True, True]):
+                before = gw.decisions.total
+                body = {"model": MODEL, "prompt": f"q{i}", "max_tokens": tokens, "ignore_eos": True}
+                tasks.append(asyncio.create_task(call(s, url, {**body, "stream": stream})))
+
+                async def scheduled(before: int = before) -> bool:
+                    return gw.decisions.total > before
+
+                await async_wait_for(scheduled, timeout=5, interval=0.001, what=f"request {i} scheduled")
+            sent = time.monotonic() - frozen
+            on_victim = in_flight(gw, victim_key)
+            replies = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+            settled = time.monotonic() - frozen
+    finally:
+        victim.proc.send_signal(signal.SIGCONT)
+        await gw.stop()
+        for c, _ in children:
+            c.stop()
+    assert on_victim == 2, (on_victim, sent)
+    plain, streamed = replies[:2], replies[2:]
+    for r in plain:
+        assert (r.status, r.served) == (200, survivor_key), r
+        assert json.loads(r.text)["usage"]["completion_tokens"] == tokens, r.text
+    for r in streamed:
+        assert (r.status, r.served) == (200, survivor_key), r
+        events = sse_events(r.text)
+        assert events[-1] == "[DONE]" and not any("error" in json.loads(e) for e in events[:-1]), r.text
+    # health probe timeout (1 s) + one probe period, then a normal answer: far below any read timeout
+    assert settled < 6.0, settled
+
+
+async def test_stream_on_a_replica_frozen_mid_stream_ends_with_an_error_event(tmp_path: Path) -> None:
+    children = [start_sim(tmp_path, "--seed", str(i)) for i in range(2)]
+    gw = await start_gateway(tmp_path, [k for _, k in children])
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    body = {"model": MODEL, "prompt": "long", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    victim: ChildProcess | None = None
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s,
+            s.post(url, json=body) as r,
+        ):
+            assert r.status == 200
+            victim = next(c for c, k in children if k == r.headers[SERVED])
+            head = b""
+            while head.count(b"data: ") < 3:
+                head += await asyncio.wait_for(r.content.readline(), 10)
+            freeze(victim)
+            frozen = time.monotonic()
+            rest = await asyncio.wait_for(r.content.read(), 20)
+            ended = time.monotonic() - frozen
+    finally:
+        if victim is not None:
+            victim.proc.send_signal(signal.SIGCONT)
+        await gw.stop()
+        for c, _ in children:
+            c.stop()
+    events = sse_events((head + rest).decode())
+    assert len(events) < 1000, len(events)  # cut, not completed
+    assert events[-1] == "[DONE]", events[-3:]
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "upstream_error" and "left rotation" in error["message"], error
+    # leaving rotation (<= 2 s) + evicted_idle_timeout (1 s)
+    assert ended < 5.0, ended
+    assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """The built-in proxy against misbehaving upstreams (real aiohttp servers on 127.0.0.1).
 
 Each fake model server speaks just enough vLLM (``/metrics``, ``/health``, ``/v1/models``) for the
-gateway to put it in rotation, and answers completions the way the test tells it to.
+gateway to put it in rotation, and answers completions the way the test tells it to. Setting
+``down`` makes its scrape and health probe fail, so the gateway takes it out of rotation while
+its completions handler (possibly hung) keeps its connections open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,8 @@ from aiohttp import web
 
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.servers.proxy import ProxyOptions, ProxyServer
+from infergate.servers.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
 from tests.support import async_wait_for
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -53,6 +58,7 @@ class FakeServer:
     seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     runner: web.AppRunner | None = None
     port: int = 0
+    down: bool = False
 
     async def start(self) -> None:
         app = web.Application()
@@ -62,10 +68,10 @@ class FakeServer:
             return await self.handler(request)
 
         async def metrics(_: web.Request) -> web.Response:
-            return web.Response(text=METRICS)
+            return web.Response(status=500 if self.down else 200, text=METRICS)
 
         async def health(_: web.Request) -> web.Response:
-            return web.Response(text="ok")
+            return web.Response(status=503 if self.down else 200, text="ok")
 
         async def models(_: web.Request) -> web.Response:
             return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
@@ -80,12 +86,18 @@ class FakeServer:
         await site.start()
         self.port = int(self.runner.addresses[0][1])
 
+    @property
+    def key(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
 
 
-async def start_gateway(tmp: Path, servers: list[FakeServer], **cfg: object) -> Gateway:
+async def start_gateway(
+    tmp: Path, servers: list[FakeServer], proxy: ProxyOptions | None = None, **cfg: object
+) -> Gateway:
     docs = [
         {
             "apiVersion": "inference.networking.k8s.io/v1",
@@ -117,6 +129,8 @@ async def start_gateway(tmp: Path, servers: list[FakeServer], **cfg: object) -> 
         **cfg,  # type: ignore[arg-type]
     )
     gw = Gateway(load_manifests([tmp / "pool.yaml"]), config)
+    if proxy is not None:  # the built-in proxy with options the gateway settings do not expose
+        gw.proxy = ProxyServer(gw.director, gw.datastore, proxy)
     await gw.start()
     assert await gw.wait_ready(10.0)
     return gw
@@ -268,3 +282,246 @@ async def test_shutdown_lets_in_flight_streams_finish(pair: tuple[FakeServer, Fa
         text = await asyncio.wait_for(task, 10)
         await asyncio.wait_for(stopping, 15)
     assert text.count("data: ") == 11 and text.rstrip().endswith("data: [DONE]")
+
+
+# ---------------------------------------------------------------- endpoints leaving rotation
+
+
+def candidate_keys(gw: Gateway) -> set[str]:
+    return {e.key for e in gw.datastore.candidates()}
+
+
+async def wait_candidates(gw: Gateway, keys: set[str], what: str) -> None:
+    async def match() -> bool:
+        return candidate_keys(gw) == keys
+
+    await async_wait_for(match, timeout=10, what=what)
+
+
+def sse_events(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+async def hang(_: web.Request) -> web.StreamResponse:
+    """A frozen model server: the request was received, nothing ever comes back."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def test_requests_hung_before_first_byte_move_when_their_endpoint_leaves_rotation(
+    tmp_path: Path,
+) -> None:
+    a, b = FakeServer(handler=hang), FakeServer(down=True)
+    await a.start()
+    await b.start()
+    gw = await start_gateway(tmp_path, [a, b])
+    try:
+        await wait_candidates(gw, {a.key}, "only the hanging server in rotation")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+
+            async def call(stream: bool) -> tuple[int, str, str]:
+                body = {"model": MODEL, "prompt": f"stream={stream}", "stream": stream}
+                async with s.post(url(gw), json=body) as r:
+                    return r.status, r.headers.get(SERVED, ""), (await r.read()).decode()
+
+            plain, streamed = asyncio.create_task(call(False)), asyncio.create_task(call(True))
+
+            async def both_on_a() -> bool:
+                return len(a.seen) == 2
+
+            await async_wait_for(both_on_a, timeout=5, what="both requests stuck on the hanging server")
+            b.down = False
+            await wait_candidates(gw, {a.key, b.key}, "the good server back in rotation")
+            a.down = True
+            t0 = time.monotonic()
+            results = await asyncio.wait_for(asyncio.gather(plain, streamed), 10)
+            elapsed = time.monotonic() - t0
+    finally:
+        await gw.stop()
+        await a.stop()
+        await b.stop()
+    (s1, served1, text1), (s2, served2, text2) = results
+    assert (s1, served1) == (200, b.key), text1
+    assert json.loads(text1)["choices"][0]["text"] == " ok"
+    assert (s2, served2) == (200, b.key), text2  # the good server answers JSON even to stream=true
+    assert len(b.seen) == 2  # each request body reached the second server whole
+    bodies = sorted(json.dumps(json.loads(body), sort_keys=True) for _, body in a.seen)
+    assert sorted(json.dumps(json.loads(body), sort_keys=True) for _, body in b.seen) == bodies
+    assert elapsed < 3.0, elapsed  # scrape interval (50 ms) + the retry, not the 86400 s read timeout
+    assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
+
+
+async def test_stream_stalled_after_tokens_ends_with_an_error_event_when_its_endpoint_leaves(
+    tmp_path: Path,
+) -> None:
+    async def tokens_then_hang(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(2):
+            await resp.write(f'data: {{"model":"{MODEL}","choices":[{{"text":"t{i}"}}]}}\n\n'.encode())
+        await asyncio.Event().wait()
+        return resp
+
+    a, b = FakeServer(handler=tokens_then_hang), FakeServer(handler=tokens_then_hang)
+    await a.start()
+    await b.start()
+    gw = await start_gateway(tmp_path, [a, b])
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
+            s.post(url(gw), json={"model": MODEL, "prompt": "x", "stream": True}) as r,
+        ):
+            assert r.status == 200
+            first = [await asyncio.wait_for(r.content.readline(), 5) for _ in range(4)]
+            victim = a if r.headers[SERVED] == a.key else b
+            victim.down = True
+            t0 = time.monotonic()
+            rest = (await asyncio.wait_for(r.content.read(), 10)).decode()
+            elapsed = time.monotonic() - t0
+    finally:
+        await gw.stop()
+        await a.stop()
+        await b.stop()
+    events = sse_events(b"".join(first).decode() + rest)
+    assert len(events) == 4, events
+    error = json.loads(events[2])["error"]
+    assert error["type"] == "upstream_error" and "left rotation" in error["message"], error
+    assert events[3] == "[DONE]"
+    assert elapsed < 3.0, elapsed  # detection (50 ms) + evicted_idle_timeout (1 s)
+    assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
+
+
+async def test_stream_still_producing_survives_its_endpoint_leaving_rotation(tmp_path: Path) -> None:
+    """A failed probe on a server that still streams must not cut the stream (only silence does)."""
+    n = 40
+
+    async def steady(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(n):
+            await resp.write(f'data: {{"model":"{MODEL}","choices":[{{"text":"t{i}"}}]}}\n\n'.encode())
+            await asyncio.sleep(0.05)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    a, b = FakeServer(handler=steady), FakeServer(handler=steady)
+    await a.start()
+    await b.start()
+    gw = await start_gateway(tmp_path, [a, b])
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
+            s.post(url(gw), json={"model": MODEL, "prompt": "x", "stream": True}) as r,
+        ):
+            victim = a if r.headers[SERVED] == a.key else b
+            await asyncio.wait_for(r.content.readline(), 5)
+            victim.down = True
+
+            async def left() -> bool:
+                return victim.key not in candidate_keys(gw)
+
+            await async_wait_for(left, timeout=2, what="the streaming server to leave rotation")
+            text = (await asyncio.wait_for(r.content.read(), 10)).decode()
+    finally:
+        await gw.stop()
+        await a.stop()
+        await b.stop()
+    events = sse_events(text)
+    assert events[-1] == "[DONE]" and not any("error" in e for e in events), text
+    assert len(events) == n, len(events)  # n - 1 after the first line, plus [DONE]
+
+
+async def test_stream_idle_timeout_ends_a_silent_stream_without_any_health_verdict(tmp_path: Path) -> None:
+    async def tokens_then_silence(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(f'data: {{"model":"{MODEL}","choices":[{{"text":"t"}}]}}\n\n'.encode())
+        await asyncio.Event().wait()
+        return resp
+
+    a, b = FakeServer(handler=tokens_then_silence), FakeServer(handler=tokens_then_silence)
+    await a.start()
+    await b.start()
+    options = ProxyOptions(served_header=True, stream_idle_timeout=0.5)
+    gw = await start_gateway(tmp_path, [a, b], proxy=options)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s,
+            s.post(url(gw), json={"model": MODEL, "prompt": "x", "stream": True}) as r,
+        ):
+            assert r.status == 200
+            t0 = time.monotonic()
+            text = (await asyncio.wait_for(r.read(), 10)).decode()
+            elapsed = time.monotonic() - t0
+        healthy = all(ep.healthy for ep in gw.datastore.endpoints())
+    finally:
+        await gw.stop()
+        await a.stop()
+        await b.stop()
+    events = sse_events(text)
+    assert len(events) == 3 and events[-1] == "[DONE]", events
+    assert json.loads(events[1])["error"]["code"] == "gateway_timeout"
+    assert 0.4 < elapsed < 3.0, elapsed
+    assert healthy  # nothing left rotation: the idle limit alone ended it
+
+
+async def test_upstream_idle_limit_is_separate_from_first_byte_limit_and_exchange_aborts() -> None:
+    finished = asyncio.Event()
+    handlers: list[asyncio.Task[object]] = []
+
+    async def slow_head_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            await asyncio.sleep(0.5)  # longer than the idle limit: the head is under the first-byte limit
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await writer.drain()
+            await finished.wait()  # then silence until the test ends
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(slow_head_then_silence, "127.0.0.1", 0)
+    port = int(srv.sockets[0].getsockname()[1])
+    key = f"127.0.0.1:{port}"
+    pool = UpstreamPool(read_timeout=5, idle_timeout=0.3, max_per_host=1)
+    try:
+        resp = await pool.request(key, "127.0.0.1", port, "POST", "/v1/x", [], b"{}")
+        assert await resp.read_chunk() == b"abc"
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            await resp.read_chunk()
+        assert 0.2 < time.monotonic() - t0 < 2.0
+        resp.close()
+
+        # withdrawn while waiting for the head: raised at once, never retried on a fresh connection,
+        # and the host's only slot is free again
+        ex = Exchange(key)
+        pending = asyncio.create_task(pool.request(key, "127.0.0.1", port, "POST", "/v1/x", [], b"{}", ex))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        ex.abort("gone")
+        with pytest.raises(UpstreamAborted, match="gone"):
+            await asyncio.wait_for(pending, 2)
+        assert time.monotonic() - t0 < 0.2
+
+        # withdrawn once idle for a while: a stream that goes quiet is cut after that limit
+        ex = Exchange(key)
+        resp = await pool.request(key, "127.0.0.1", port, "POST", "/v1/x", [], b"{}", ex)
+        assert await resp.read_chunk() == b"abc"
+        reading = asyncio.create_task(resp.read_chunk())
+        await asyncio.sleep(0.05)
+        ex.limit_idle(0.1, "gone")
+        with pytest.raises(UpstreamAborted, match=r"no data for 0\.1s"):
+            await asyncio.wait_for(reading, 2)
+        resp.close()
+    finally:
+        await pool.close()
+        finished.set()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        srv.close()
+        await srv.wait_closed()

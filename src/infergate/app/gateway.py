@@ -214,6 +214,8 @@ class Gateway:
                 shutdown_grace=cfg.shutdown_grace,
                 served_header=cfg.served_header,
                 max_connections_per_endpoint=s.max_connections_per_endpoint,
+                stream_idle_timeout=s.stream_idle_timeout,
+                evicted_idle_timeout=s.evicted_idle_timeout,
             ),
         )
         self.picker: ExtProcServer | None = None

@@ -48,6 +48,12 @@ class GatewaySettings:
     """Whole-request timeout to a model server (the reference Envoy route timeout, 86400 s)."""
     first_byte_timeout: float | None = None
     """Timeout for the first response byte; ``None`` leaves it to ``request_timeout``."""
+    stream_idle_timeout: float = 60.0
+    """Once a model server's response head arrived, no body byte for this long fails the response like
+    a broken connection (SSE error event, cut plain body). Built-in proxy only."""
+    evicted_idle_timeout: float = 1.0
+    """A response from an endpoint that left rotation is failed once it stays silent this long
+    (a frozen replica); one that keeps sending finishes. Built-in proxy only."""
     max_connections_per_endpoint: int = 256
     """Upstream connection-pool size per model server (vLLM's default ``max_num_seqs``)."""
     max_body_bytes: int = 32 * 1024 * 1024
@@ -109,6 +115,7 @@ class GatewaySettings:
             "pool_metrics_interval",
             "connect_timeout",
             "request_timeout",
+            "stream_idle_timeout",
             "idle_timeout",
             "saturation_staleness",
             "request_ttl",
@@ -138,6 +145,9 @@ class GatewaySettings:
                 )
         if self.retries < 0:
             raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")
+        if self.evicted_idle_timeout < 0:
+            got = self.evicted_idle_timeout
+            raise ConfigError(f"settings: evicted_idle_timeout: must be >= 0 (got {got!r})")
         if self.first_byte_timeout is not None and self.first_byte_timeout <= 0:
             raise ConfigError(f"settings: first_byte_timeout: must be > 0 (got {self.first_byte_timeout!r})")
         for name in ("grpc_port", "grpc_health_port", "metrics_port"):

@@ -4,6 +4,13 @@ It owns the HTTP side only: route matching (HTTPRoute path prefixes), body limit
 (hop-by-hop and client-sent routing headers are dropped, never obeyed), the pooled upstream
 session, retries before the first response byte, chunk-by-chunk streaming with backpressure, and
 OpenAI-shaped error bodies. Which endpoint to use, and all accounting, is the Director's job.
+
+It also withdraws requests from endpoints that leave rotation: a datastore listener sees an
+endpoint turn unhealthy or disappear and aborts the exchanges in flight there. One that has not
+sent a byte to its client yet is retried elsewhere like a connection error; one already relaying
+is cut as soon as its upstream stays silent for ``evicted_idle_timeout`` (a frozen replica), and
+ends like any mid-stream failure, while a replica that is merely slow to answer its probe keeps
+streaming.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +39,8 @@ from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.director import Director, RequestContext
 from infergate.requestcontrol.parsing import api_kind_for_path
 from infergate.servers.upstream import (
+    Exchange,
+    UpstreamAborted,
     UpstreamConnectionError,
     UpstreamPool,
     UpstreamResponse,
@@ -63,11 +73,20 @@ class ProxyOptions:
     served_header: bool = False
     models_timeout: float = 1.0
     max_connections_per_endpoint: int = 256
+    stream_idle_timeout: float = 60.0
+    """Once the upstream's response head arrived, a body that gets no byte for this long fails
+    like a broken connection (SSE error event, or a cut plain body)."""
+    evicted_idle_timeout: float = 1.0
+    """A response already relaying when its endpoint leaves rotation is cut after this long
+    without a byte; 0 cuts it at once. Exchanges that sent nothing to the client are always
+    withdrawn at once and retried."""
 
 
 class EndpointSource(Protocol):
     def endpoints(self) -> list[Endpoint]: ...
+    def endpoint(self, key: str) -> Endpoint | None: ...
     def served_models(self) -> frozenset[str]: ...
+    def add_listener(self, fn: Callable[[], None]) -> Callable[[], None]: ...
 
 
 def error_response(exc: RequestError) -> web.Response:
@@ -104,6 +123,9 @@ class ProxyServer:
         self._in_flight = 0
         self.draining = False
         self._upstream: UpstreamPool | None = None
+        # endpoint key -> exchanges in flight there; emptied sets are removed
+        self._flights: dict[str, set[Exchange]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self._opts.connect_timeout,
@@ -135,8 +157,10 @@ class ProxyServer:
         self._upstream = UpstreamPool(
             connect_timeout=self._opts.connect_timeout,
             read_timeout=self._opts.read_timeout,
+            idle_timeout=self._opts.stream_idle_timeout,
             max_per_host=self._opts.max_connections_per_endpoint,
         )
+        self._unsubscribe = self._endpoints.add_listener(self._on_pool_change)
         server = web.Server(
             self._handle,
             handler_cancellation=True,
@@ -156,8 +180,11 @@ class ProxyServer:
         """Stop accepting, let in-flight requests finish within the grace period, then close."""
         self.draining = True
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # draining requests are still withdrawn from departed endpoints
             self._runner = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -269,33 +296,108 @@ class ProxyServer:
             hdrs.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
         return hdrs
 
-    async def _open_upstream(self, request: web.BaseRequest, ctx: RequestContext) -> UpstreamResponse:
-        """Send to ctx.target; on connect errors, timeouts or 5xx move to the next endpoint."""
+    # ------------------------------------------------------------------ leaving rotation
+    def _in_rotation(self, key: str) -> bool:
+        ep = self._endpoints.endpoint(key)
+        return ep is not None and ep.healthy
+
+    def _on_pool_change(self) -> None:
+        """Datastore listener (runs on every change): withdraw exchanges on departed endpoints.
+
+        Cheap when nothing departed: one dict lookup per endpoint that has requests in flight.
+        """
+        if not self._flights:
+            return
+        endpoint = self._endpoints.endpoint
+        gone: list[str] = []
+        for key in self._flights:
+            ep = endpoint(key)
+            if ep is None or not ep.healthy:
+                gone.append(key)
+        for key in gone:
+            for ex in self._flights.pop(key):
+                self._evict(ex)
+
+    def _evict(self, ex: Exchange) -> None:
+        reason = f"endpoint {ex.key} left rotation"
+        if ex.relaying:
+            ex.limit_idle(self._opts.evicted_idle_timeout, reason)
+        else:
+            ex.abort(reason)
+
+    def _track(self, key: str) -> Exchange:
+        ex = Exchange(key)
+        if not self._in_rotation(key):  # departed between the pick and now
+            ex.abort(f"endpoint {key} left rotation")
+            return ex
+        live = self._flights.get(key)
+        if live is None:
+            live = self._flights[key] = set()
+        live.add(ex)
+        return ex
+
+    def _untrack(self, ex: Exchange) -> None:
+        live = self._flights.get(ex.key)
+        if live is not None:
+            live.discard(ex)
+            if not live:
+                del self._flights[ex.key]
+
+    # ------------------------------------------------------------------ forwarding
+    @staticmethod
+    def _bufferable(resp: UpstreamResponse) -> bool:
+        """A complete small non-SSE body is read whole before anything goes to the client."""
+        length = resp.content_length
+        if length is None or length > _BUFFER_LIMIT:
+            return False
+        return "text/event-stream" not in resp.headers.get("Content-Type", "").lower()
+
+    async def _open_upstream(
+        self, request: web.BaseRequest, ctx: RequestContext
+    ) -> tuple[UpstreamResponse, Exchange, bytes | None]:
+        """Send to ctx.target; on connect errors, timeouts, withdrawal or 5xx move to the next endpoint.
+
+        Returns the response, its exchange (still tracked: the caller untracks it) and, for a
+        small complete body, that body: reading it is still before the client's first byte, so
+        a failure while reading is retried too.
+        """
         assert self._upstream is not None
         hdrs = self._upstream_headers(request, ctx)
         while True:
+            key = ctx.target.key
             meta = ctx.target.meta
             failure: RequestError
+            ex = self._track(key)
             try:
                 resp = await self._upstream.request(
-                    ctx.target.key, meta.address, meta.port, "POST", request.raw_path, hdrs, ctx.body
+                    key, meta.address, meta.port, "POST", request.raw_path, hdrs, ctx.body, ex
                 )
+                if resp.status >= 500 and self._director.retry_target(ctx) is not None:
+                    log.warning(
+                        "endpoint answered %d before any byte; retrying request_id=%s",
+                        resp.status,
+                        ctx.request_id,
+                    )
+                    resp.close()
+                    self._untrack(ex)
+                    continue
+                if not self._bufferable(resp):
+                    return resp, ex, None
+                try:
+                    return resp, ex, await resp.read()
+                except BaseException:
+                    resp.close()
+                    raise
             except UpstreamTimeout:
-                failure = UpstreamTimeoutError(f"endpoint {ctx.target.key} timed out")
+                failure = UpstreamTimeoutError(f"endpoint {key} timed out")
+            except UpstreamAborted as exc:
+                failure = UpstreamError(f"{exc} before answering")
             except UpstreamConnectionError as exc:
-                failure = UpstreamError(f"endpoint {ctx.target.key} failed: {exc}")
-            else:
-                if resp.status < 500:
-                    return resp
-                if self._director.retry_target(ctx) is None:
-                    return resp
-                log.warning(
-                    "endpoint answered %d before any byte; retrying request_id=%s",
-                    resp.status,
-                    ctx.request_id,
-                )
-                resp.close()
-                continue
+                failure = UpstreamError(f"endpoint {key} failed: {exc}")
+            except BaseException:
+                self._untrack(ex)
+                raise
+            self._untrack(ex)
             if self._director.retry_target(ctx) is None:
                 raise failure
             log.warning("%s; retrying request_id=%s", failure.message, ctx.request_id)
@@ -305,17 +407,17 @@ class ProxyServer:
         ctx = await director.handle_request(path=request.path, headers=request.headers, body=body)
         error: BaseException | None = None
         resp: UpstreamResponse | None = None
+        ex: Exchange | None = None
         try:
-            resp = await self._open_upstream(request, ctx)
+            resp, ex, data = await self._open_upstream(request, ctx)
             director.handle_response_headers(ctx, resp.status, resp.headers)
             out_headers = CIMultiDict(H.clean_response_headers(resp.headers.items()))
             if self._opts.served_header:
                 out_headers[H.DESTINATION_ENDPOINT_SERVED] = ctx.target.key
-            length = resp.content_length
-            if not ctx.streaming and length is not None and length <= _BUFFER_LIMIT:
-                data = await resp.read()
+            if data is not None:
                 payload = director.handle_response_chunk(ctx, data, end_of_stream=True)
                 return web.Response(status=resp.status, reason=resp.reason, body=payload, headers=out_headers)
+            ex.relaying = True
             streamed, failure = await self._stream(request, ctx, resp, out_headers)
             error = failure
             return streamed
@@ -328,6 +430,8 @@ class ProxyServer:
                     resp.close()
                 else:
                     resp.release()
+            if ex is not None:
+                self._untrack(ex)
             director.handle_response_complete(ctx, error=error)
 
     async def _stream(
@@ -355,11 +459,13 @@ class ProxyServer:
             if tail:
                 await out.write(tail)
         except (UpstreamConnectionError, UpstreamTimeout) as exc:
-            failure: RequestError = (
-                UpstreamTimeoutError(f"endpoint {ctx.target.key} stalled mid-stream")
-                if isinstance(exc, UpstreamTimeout)
-                else UpstreamError(f"endpoint {ctx.target.key} failed mid-stream: {type(exc).__name__}")
-            )
+            failure: RequestError
+            if isinstance(exc, UpstreamTimeout):
+                failure = UpstreamTimeoutError(f"endpoint {ctx.target.key} stalled mid-stream")
+            elif isinstance(exc, UpstreamAborted):
+                failure = UpstreamError(f"{exc} mid-stream")
+            else:
+                failure = UpstreamError(f"endpoint {ctx.target.key} failed mid-stream: {type(exc).__name__}")
             log.warning("%s request_id=%s", failure.message, ctx.request_id)
             if ctx.streaming:
                 await out.write(_sse_error(failure))

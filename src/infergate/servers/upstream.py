@@ -8,6 +8,12 @@ back-pressure (the socket is paused while more than ``_HIGH_WATER`` bytes wait t
 
 A pooled connection that turns out to be closed by the server before any response byte arrived is
 retried once on a fresh connection, as every keep-alive client must.
+
+Two waits are bounded separately: the response head (``read_timeout``, the time to first byte) and
+each gap between body bytes once the head arrived (``idle_timeout``), so a server that stops in the
+middle of a stream is noticed long before a generous first-byte limit. A caller may pass an
+:class:`Exchange` handle to withdraw a request from another task (the proxy does when the endpoint
+leaves rotation): at once, or once the body has gone quiet for a short while.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from typing import cast
 
 from multidict import CIMultiDict
 
-__all__ = ["UpstreamConnectionError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
+__all__ = [
+    "Exchange",
+    "UpstreamAborted",
+    "UpstreamConnectionError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 _HIGH_WATER = 1 << 20
 _MAX_HEAD = 64 << 10
@@ -33,6 +46,54 @@ class UpstreamTimeout(TimeoutError):
     """Connecting or waiting for bytes took longer than allowed."""
 
 
+class UpstreamAborted(UpstreamConnectionError):
+    """The caller withdrew the exchange through its :class:`Exchange` handle; never retried here."""
+
+
+class Exchange:
+    """A handle on one upstream request that another task may withdraw.
+
+    Created by the caller and passed to :meth:`UpstreamPool.request`; it follows the connection
+    the request uses until the response is released or closed. ``relaying`` is the caller's own
+    note (the proxy sets it once bytes went to its client); this module does not read it.
+    """
+
+    __slots__ = ("_conn", "aborted", "key", "relaying")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.relaying = False
+        self.aborted: UpstreamAborted | None = None
+        self._conn: _Conn | None = None
+
+    def abort(self, reason: str) -> None:
+        """Withdraw now: the pending or next read raises :class:`UpstreamAborted`."""
+        if self.aborted is None:
+            self.aborted = UpstreamAborted(reason)
+        if self._conn is not None:
+            self._conn.abort(self.aborted)
+
+    def limit_idle(self, seconds: float, reason: str) -> None:
+        """Withdraw once no byte arrived for ``seconds`` (the current wait included).
+
+        A server that is still producing keeps the exchange; one that went silent loses it soon.
+        Before a connection exists this is the same as :meth:`abort`.
+        """
+        if self._conn is None or seconds <= 0:
+            self.abort(reason)
+        else:
+            self._conn.limit_idle(seconds, UpstreamAborted(f"{reason}; no data for {seconds:g}s"))
+
+    def _attach(self, conn: _Conn) -> None:
+        if self.aborted is not None:
+            conn.close()
+            raise self.aborted
+        self._conn = conn
+
+    def _detach(self) -> None:
+        self._conn = None
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; bytes are parsed by :class:`UpstreamResponse`."""
 
@@ -43,7 +104,10 @@ class _Conn(asyncio.Protocol):
         self.eof = False
         self.error: BaseException | None = None
         self.received_any = False
+        self.aborted: UpstreamAborted | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.Timeout | None = None
+        self.limited: tuple[float, UpstreamAborted] | None = None
         self._paused = False
 
     # -- protocol callbacks
@@ -79,19 +143,46 @@ class _Conn(asyncio.Protocol):
     # -- used by the response
     async def wait_data(self, limit: float | None) -> None:
         """Wait until more bytes (or EOF) arrive."""
+        if self.aborted is not None:
+            raise self.aborted
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         if self.eof:
             return
+        cap = self.limited
+        if cap is not None and (limit is None or cap[0] < limit):
+            limit = cap[0]
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit) as timer:
+                self._timer = timer
                 await self._waiter
         except TimeoutError:
+            if self.limited is not None:
+                raise self.limited[1] from None
             raise UpstreamTimeout(f"no data from {self.key} for {limit}s") from None
         finally:
             self._waiter = None
+            self._timer = None
+        if self.aborted is not None:
+            raise self.aborted
+
+    def abort(self, exc: UpstreamAborted) -> None:
+        """Close the connection and make the pending and every later wait raise ``exc``."""
+        self.aborted = exc
+        self.close()
+        self._wake()
+
+    def limit_idle(self, seconds: float, exc: UpstreamAborted) -> None:
+        """From now on no wait lasts longer than ``seconds``; one that does raises ``exc``."""
+        self.limited = (seconds, exc)
+        timer = self._timer
+        if timer is not None and not timer.expired():
+            deadline = asyncio.get_running_loop().time() + seconds
+            current = timer.when()
+            if current is None or current > deadline:
+                timer.reschedule(deadline)
 
     def take(self, n: int) -> bytes:
         out = bytes(self.buf[:n])
@@ -122,11 +213,13 @@ class UpstreamResponse:
         read_timeout: float | None,
         head_only: bool,
         on_finish: Callable[[], None],
+        idle_timeout: float | None = None,
     ) -> None:
         self._pool = pool
         self._conn = conn
         self._on_finish = on_finish
-        self._timeout = read_timeout
+        self._timeout = read_timeout  # until the head arrived, then the body's idle limit
+        self._idle_timeout = read_timeout if idle_timeout is None else idle_timeout
         self._head_only = head_only
         self.status = 0
         self.reason = ""
@@ -149,6 +242,7 @@ class UpstreamResponse:
             if c.eof:
                 raise UpstreamConnectionError(f"{c.key} closed the connection before answering")
             await c.wait_data(self._timeout)
+        self._timeout = self._idle_timeout
         head = c.take(end + 4).decode("latin-1")
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)
@@ -183,9 +277,24 @@ class UpstreamResponse:
             self._keep_alive = False  # body ends when the server closes
 
     async def read_chunk(self) -> bytes:
-        """The next piece of the body as it arrives; ``b""`` at its end."""
+        """The next piece of the body as it arrives; ``b""`` at its end.
+
+        Raises :class:`UpstreamAborted` (even with bytes still buffered) once the exchange was
+        withdrawn, :class:`UpstreamTimeout` after ``idle_timeout`` without a byte.
+        """
         if self._done:
             return b""
+        aborted = self._conn.aborted
+        if aborted is not None:
+            raise aborted
+        try:
+            return await self._read_chunk()
+        except UpstreamConnectionError:
+            if self._conn.aborted is not None:
+                raise self._conn.aborted from None
+            raise
+
+    async def _read_chunk(self) -> bytes:
         c = self._conn
         if self._chunked:
             return await self._read_chunked()
@@ -278,8 +387,10 @@ class UpstreamResponse:
         if self._released:
             return
         self._released = True
-        if self._done and self._keep_alive and not self._conn.buf and self._conn.usable:
-            self._pool._put_idle(self._conn)
+        c = self._conn
+        # a connection whose exchange was withdrawn (idle-limited) is not worth keeping
+        if self._done and self._keep_alive and not c.buf and c.usable and c.limited is None:
+            self._pool._put_idle(c)
         else:
             self._conn.close()
         self._on_finish()
@@ -300,11 +411,15 @@ class UpstreamPool:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float | None = 300.0,
+        idle_timeout: float | None = None,
         max_per_host: int = 256,
         max_idle_per_host: int = 64,
     ) -> None:
+        """``read_timeout`` bounds the wait for the response head, ``idle_timeout`` (default: the
+        same) each wait for more body bytes after it."""
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
+        self._idle_timeout = read_timeout if idle_timeout is None else idle_timeout
         self._idle: dict[str, deque[_Conn]] = {}
         self._max_idle = max_idle_per_host
         self._limits: dict[str, asyncio.Semaphore] = {}
@@ -338,11 +453,14 @@ class UpstreamPool:
         target: str,
         headers: Iterable[tuple[str, str]],
         body: bytes,
+        exchange: Exchange | None = None,
     ) -> UpstreamResponse:
         """Send one request and return once the response head has arrived.
 
         ``key`` (``host:port``, IPv6 bracketed) names the pool and is sent as ``Host``. The caller
-        must ``release()`` (body read whole) or ``close()`` the response.
+        must ``release()`` (body read whole) or ``close()`` the response. With ``exchange``, the
+        request can be withdrawn from elsewhere (:class:`UpstreamAborted` is raised here or by the
+        body reads); a withdrawn request is never retried on a fresh connection.
         """
         head = [f"{method} {target} HTTP/1.1\r\nHost: {key}\r\nContent-Length: {len(body)}\r\n"]
         head.extend(f"{k}: {v}\r\n" for k, v in headers)
@@ -356,11 +474,15 @@ class UpstreamPool:
 
         def finish() -> None:
             nonlocal released
+            if exchange is not None:
+                exchange._detach()
             if not released:
                 released = True
                 sem.release()
 
         try:
+            if exchange is not None and exchange.aborted is not None:
+                raise exchange.aborted
             for attempt in range(2):
                 idle = self._idle.get(key)
                 conn: _Conn | None = None
@@ -373,19 +495,28 @@ class UpstreamPool:
                 reused = conn is not None
                 if conn is None:
                     conn = await self._connect(key, host, port)
+                if exchange is not None:
+                    exchange._attach(conn)  # raises (and closes conn) if withdrawn meanwhile
                 assert conn.transport is not None
                 if len(body) < 65536:
                     conn.transport.write(payload + body)
                 else:
                     conn.transport.write(payload)
                     conn.transport.write(body)
-                resp = UpstreamResponse(self, conn, self._read_timeout, method == "HEAD", finish)
+                resp = UpstreamResponse(
+                    self, conn, self._read_timeout, method == "HEAD", finish, self._idle_timeout
+                )
                 try:
                     await resp._read_head()
                 except UpstreamConnectionError:
                     conn.close()
+                    if conn.aborted is not None:
+                        raise conn.aborted from None
                     if reused and not conn.received_any and attempt == 0:
                         continue  # the server had closed the idle connection: once more, fresh
+                    raise
+                except BaseException:
+                    conn.close()  # a timeout or cancellation: never leave the socket open
                     raise
                 return resp
             raise UpstreamConnectionError(f"{key} keeps closing connections")  # pragma: no cover
