@@ -2,9 +2,11 @@
 
 The gateway's default weights are chosen from this sweep (docs/benchmarks.md shows it). Each
 combination replays the same seeded request stream on the simulated tutorial pool (3 replicas,
-LoRA with 2 slots), at a rate near round-robin's capacity where routing matters most.
+LoRA with 2 slots), at a rate near round-robin's capacity where routing matters most. With
+``--slo-rate`` each combination's SLO rate (highest rate whose run meets p90 TTFT < 1 s and p90 TPOT
+< 50 ms, bisected to 2 %, searched from ``--qps``) is added: the figure the SLO is stated in.
 
-    .venv/bin/python bench/bench_twin_weights.py --workload multi-tenant-chat --qps 40
+    .venv/bin/python bench/bench_twin_weights.py --workload multi-tenant-chat --qps 40 [--slo-rate]
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import itertools
 import time
 
 from infergate.bench.loadgen import arrival_offsets
-from infergate.bench.stats import summarise
+from infergate.bench.stats import Summary, find_slo_rate, summarise
 from infergate.bench.twin import run_twin
 from infergate.bench.workloads import generate, load_workload
 from infergate.config.picker import EndpointPickerConfig, PluginRef, PluginSpec, ProfileSpec
@@ -46,30 +48,48 @@ def main() -> None:
         default="queue=1,2;kv=1,2;prefix=0,1,3,5;lora=0,1;inflight=0,1",
         help="weights to try per scorer, e.g. 'queue=2;kv=2;prefix=0,3;lora=0,1,2;inflight=0,1'",
     )
+    p.add_argument("--slo-rate", action="store_true", help="also bisect each combination's SLO rate")
     args = p.parse_args()
     requests = generate(load_workload(args.workload))[: args.limit]
     offsets = arrival_offsets(requests, args.qps, seed=0)
+
+    def slo_rate(strategy: str, picker: EndpointPickerConfig | None = None) -> str:
+        """``| <SLO rate> `` for the table, or nothing without ``--slo-rate``."""
+        if not args.slo_rate:
+            return ""
+
+        def met_at(q: float) -> bool:
+            out = run_twin(requests, arrival_offsets(requests, q, seed=0), strategy=strategy, picker=picker)
+            return summarise(out.records).meets_slo
+
+        rate = find_slo_rate(met_at, start=args.qps)
+        return f"| {rate.qps:.1f} " if rate.bounded else f"| ≥ {rate.qps:.1f} "
+
+    def row(s: Summary) -> str:
+        return f"| {s.goodput_per_s:.2f} | {s.ttft_p90:.3f} | {s.tpot_p90 * 1000:.1f} "
+
     axes = dict(part.split("=") for part in args.grid.split(";"))
     grid = itertools.product(
         *([float(x) for x in axes[name].split(",")] for name in ("queue", "kv", "prefix", "lora", "inflight"))
     )
     print(f"workload {args.workload}, {len(requests)} requests at {args.qps:g} QPS")
+    extra = ("| SLO rate (QPS) ", "|---") if args.slo_rate else ("", "")
     print(
-        "| queue | kv | prefix | lora | in-flight | goodput/s | TTFT p90 (s) | TPOT p90 (ms) | prefix hit |"
+        "| queue | kv | prefix | lora | in-flight | goodput/s | TTFT p90 (s) | TPOT p90 (ms) "
+        f"{extra[0]}| prefix hit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"|---|---|---|---|---|---|---|---{extra[1]}|---|")
     rr = summarise(run_twin(requests, offsets, strategy="round-robin").records)
-    print(
-        f"| round-robin | | | | | {rr.goodput_per_s:.2f} | {rr.ttft_p90:.3f} | {rr.tpot_p90 * 1000:.1f} | |"
-    )
+    print(f"| round-robin | | | | {row(rr)}{slo_rate('round-robin')}| |", flush=True)
     started = time.process_time()
     for q, kv, prefix, lora, inflight in grid:
-        out = run_twin(requests, offsets, strategy="default", picker=profile(q, kv, prefix, lora, inflight))
+        picker = profile(q, kv, prefix, lora, inflight)
+        out = run_twin(requests, offsets, strategy="default", picker=picker)
         s = summarise(out.records)
         hit = f"{out.prefix_hit_rate:.1%}" if out.prefix_hit_rate is not None else "-"
         print(
-            f"| {q:g} | {kv:g} | {prefix:g} | {lora:g} | {inflight:g} | {s.goodput_per_s:.2f} "
-            f"| {s.ttft_p90:.3f} | {s.tpot_p90 * 1000:.1f} | {hit} |",
+            f"| {q:g} | {kv:g} | {prefix:g} | {lora:g} | {inflight:g} {row(s)}"
+            f"{slo_rate('default', picker)}| {hit} |",
             flush=True,
         )
     print(f"sweep CPU time: {time.process_time() - started:.1f} s")
