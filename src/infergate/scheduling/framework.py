@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from infergate.errors import ConfigError
+from infergate.scheduling.scores import endpoint_keys
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult, ScoredEndpoint
 
 __all__ = [
@@ -64,19 +65,23 @@ class CycleState:
         self._data[key] = value
 
 
-_KEYS: StateKey[tuple[Sequence[Endpoint], list[str]]] = StateKey("candidate-keys")
+_KEYS: StateKey[tuple[Sequence[Endpoint], tuple[str, ...]]] = StateKey("candidate-keys")
 
 
-def candidate_keys(candidates: Sequence[Endpoint], state: CycleState) -> list[str]:
+def candidate_keys(candidates: Sequence[Endpoint], state: CycleState) -> tuple[str, ...]:
     """``[e.key for e in candidates]``, computed once per cycle and shared by all scorers.
 
-    ``Endpoint.key`` formats a string on every access; with many endpoints and several scorers
-    that dominates a cycle, so the profile caches the keys of the list it passes to scorers.
+    A tuple: the decision log keeps it (and the profile keeps every score column as a tuple) so
+    retained decisions hold only containers the cyclic GC stops tracking, which keeps collection
+    pauses off the scheduling path. The profile computes the keys of the list it passes to
+    scorers once; a scorer that returns
+    :class:`~infergate.scheduling.scores.CandidateScores` over this very tuple lets the profile
+    use its values as they are, without any per-key lookup.
     """
     cached = state.get(_KEYS)
     if cached is not None and cached[0] is candidates:
         return cached[1]
-    keys = [e.key for e in candidates]
+    keys = tuple(endpoint_keys(candidates))
     state.put(_KEYS, (candidates, keys))
     return keys
 
@@ -96,6 +101,8 @@ class Scorer(Protocol):
     """Scores candidates in [0, 1], higher is better, keyed by ``Endpoint.key``.
 
     A missing key counts as 0.0. The framework clamps to [0, 1] and applies the configured weight.
+    Any mapping will do; returning ``CandidateScores(candidate_keys(candidates, state), values)``
+    (values in candidate order) is the cheap form for dense scores: no dict per cycle.
     """
 
     def score(
@@ -106,7 +113,9 @@ class Scorer(Protocol):
 class Picker(Protocol):
     """Orders the scored candidates: ``[0]`` is the primary target, the rest are fallbacks.
 
-    Must break ties randomly (with the injected ``rng``) so equal endpoints share load.
+    Must break ties randomly (with the injected ``rng``) so equal endpoints share load. The
+    profile passes a ``ScoredCandidates`` (``scores.split_scored`` gives its endpoint and score
+    lists without building a ``ScoredEndpoint`` per candidate); any sequence must be accepted.
     """
 
     def pick(

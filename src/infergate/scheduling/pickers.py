@@ -6,13 +6,17 @@ reproducible (tests, the digital twin) while production still breaks ties at ran
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Sequence
+from itertools import compress, repeat
+from operator import attrgetter, eq
 
 from pydantic import Field
 
 from infergate.scheduling.framework import CycleState, Params
+from infergate.scheduling.scores import split_scored
 from infergate.types import Endpoint, InferenceRequest, ScoredEndpoint
 
 __all__ = [
@@ -21,7 +25,10 @@ __all__ = [
     "RandomPicker",
     "RoundRobinPicker",
     "WeightedRandomPicker",
+    "top_positions",
 ]
+
+_KEY = attrgetter("meta.key")
 
 DEFAULT_MAX_ENDPOINTS = 3
 """Primary plus two fallbacks: enough for one retry before the first response byte, and a spare."""
@@ -41,8 +48,9 @@ class MaxScorePicker:
     """``max-score-picker``: highest weighted total first; ties broken at random.
 
     Algorithm: the result equals the reference's "shuffle, then stable-sort by score descending,
-    take ``maxNumOfEndpoints``", computed cheaper: sort by score, then shuffle only the groups of
-    equal scores that reach into the first ``maxNumOfEndpoints`` places.
+    take ``maxNumOfEndpoints``", computed cheaper without sorting every candidate: find the
+    ``maxNumOfEndpoints`` largest totals, then shuffle only the groups of equal scores that reach
+    into those places (see :func:`top_positions`).
     Parameters: ``maxNumOfEndpoints`` (default 3).
     """
 
@@ -53,24 +61,35 @@ class MaxScorePicker:
     def pick(
         self, request: InferenceRequest, scored: Sequence[ScoredEndpoint], state: CycleState, /
     ) -> Sequence[Endpoint]:
-        items = sorted(scored, key=_score, reverse=True)
-        out: list[Endpoint] = []
-        i, n = 0, len(items)
-        while i < n and len(out) < self._n:
-            j = i + 1
-            top = items[i].score
-            while j < n and items[j].score == top:
-                j += 1
-            group = items[i:j]
-            if len(group) > 1:
-                self._rng.shuffle(group)
-            out.extend(s.endpoint for s in group[: self._n - len(out)])
-            i = j
+        endpoints, scores = split_scored(scored)
+        return [endpoints[i] for i in top_positions(scores, self._n, self._rng)]
+
+
+def top_positions(scores: Sequence[float], k: int, rng: random.Random) -> list[int]:
+    """Positions of the ``k`` best scores, best first, equal scores in random order.
+
+    Same result and same use of ``rng`` as "stable-sort by score descending, shuffle each group
+    of equal scores that reaches into the first ``k`` places, take ``k``": the ``k`` largest
+    values (``heapq.nlargest``, one pass) give the distinct scores that reach the top ``k``; each
+    one's positions, in candidate order, come from C-level scans; only those groups are shuffled.
+    Cost: one pass plus a scan per distinct top score, instead of a sort of every candidate.
+    """
+    n = len(scores)
+    out: list[int] = []
+    if n == 0 or k <= 0:
         return out
-
-
-def _score(s: ScoredEndpoint) -> float:
-    return s.score
+    for value in dict.fromkeys(heapq.nlargest(k, scores)):  # distinct, descending
+        count = scores.count(value)
+        if count == 1:
+            out.append(scores.index(value))
+            continue
+        group = list(compress(range(n), map(eq, scores, repeat(value))))
+        if len(group) > 1:
+            rng.shuffle(group)
+        out.extend(group[: k - len(out)])
+        if len(out) >= k:
+            break
+    return out
 
 
 class RandomPicker:
@@ -86,8 +105,8 @@ class RandomPicker:
     def pick(
         self, request: InferenceRequest, scored: Sequence[ScoredEndpoint], state: CycleState, /
     ) -> Sequence[Endpoint]:
-        k = min(self._n, len(scored))
-        return [s.endpoint for s in self._rng.sample(list(scored), k)]
+        endpoints, _ = split_scored(scored)
+        return self._rng.sample(list(endpoints), min(self._n, len(endpoints)))
 
 
 class RoundRobinPicker:
@@ -104,9 +123,10 @@ class RoundRobinPicker:
     def pick(
         self, request: InferenceRequest, scored: Sequence[ScoredEndpoint], state: CycleState, /
     ) -> Sequence[Endpoint]:
-        if not scored:
+        endpoints, _ = split_scored(scored)
+        if not endpoints:
             return []
-        ordered = sorted((s.endpoint for s in scored), key=lambda e: e.key)
+        ordered = sorted(endpoints, key=_KEY)
         n = len(ordered)
         start = self._next % n
         self._next = start + 1
@@ -132,12 +152,13 @@ class WeightedRandomPicker:
         rng = self._rng
         keyed: list[tuple[float, Endpoint]] = []
         zero: list[Endpoint] = []
-        for s in scored:
-            if s.score > 0.0:
+        endpoints, scores = split_scored(scored)
+        for e, score in zip(endpoints, scores, strict=True):
+            if score > 0.0:
                 u = rng.random() or 1e-300
-                keyed.append((math.log(u) / s.score, s.endpoint))  # log(u^(1/s)), same order
+                keyed.append((math.log(u) / score, e))  # log(u^(1/s)), same order
             else:
-                zero.append(s.endpoint)
+                zero.append(e)
         keyed.sort(key=lambda t: t[0], reverse=True)
         rng.shuffle(zero)
         out = [e for _, e in keyed] + zero

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -63,7 +64,10 @@ class PrefixIndex:
 
     def __init__(self) -> None:
         self._lru: dict[str, OrderedDict[int, None]] = {}
-        self._servers: dict[int, set[str]] = {}
+        # hash → its holders as a dict used as an ordered set: a dict holding only strings and
+        # None is not tracked by the cyclic GC (a set always is), so a large index adds nothing
+        # to garbage-collection pauses on the scheduling path.
+        self._servers: dict[int, dict[str, None]] = {}
         self._size = 0
 
     def __len__(self) -> int:
@@ -93,9 +97,9 @@ class PrefixIndex:
             self._size += 1
             holders = reverse.get(h)
             if holders is None:
-                reverse[h] = {server}
+                reverse[h] = {server: None}
             else:
-                holders.add(server)
+                holders[server] = None
         while len(lru) > capacity:
             old, _ = lru.popitem(last=False)
             self._size -= 1
@@ -126,7 +130,7 @@ class PrefixIndex:
         holders = self._servers.get(h)
         if holders is None:
             return
-        holders.discard(server)
+        holders.pop(server, None)
         if not holders:
             del self._servers[h]
 
@@ -215,7 +219,7 @@ class PrefixCacheScorer:
     def score(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
     ) -> Mapping[str, float]:
-        self._last_seen.update(dict.fromkeys(candidate_keys(candidates, state), self._clock.now()))
+        self._last_seen.update(zip(candidate_keys(candidates, state), repeat(self._clock.now())))
         hashes = self.hashes_for(request, candidates)
         matched = self.index.match(hashes) if hashes else {}
         state.put(PREFIX_MATCH, PrefixMatch(hashes, matched))

@@ -4,18 +4,23 @@ The profile, not the plugins, owns the cross-cutting work: clamping every score 
 multiplying by the configured weight, summing (not normalised by the sum of weights, as the
 reference EPP), keeping the per-scorer scores for the live view, capping the targets, and timing
 every plugin call into ``inference_extension_plugin_duration_seconds``.
+
+Cost: a cycle is a handful of passes over position-aligned float tuples (one per scorer, one to
+combine them, one for the picker); no dict or object is built per candidate. The per-key dicts
+that the live view shows are built from those tuples only when it reads them (``scores.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from infergate.errors import NoCapacityError
 from infergate.scheduling.framework import CycleState, Filter, Picker, PostPick, Scorer, candidate_keys
-from infergate.types import Endpoint, InferenceRequest, SchedulingResult, ScoredEndpoint
+from infergate.scheduling.scores import CandidateScores, ScoredCandidates
+from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = ["MAX_TARGETS", "FilterSlot", "PickerSlot", "PostPickSlot", "SchedulerProfile", "ScorerSlot"]
 
@@ -65,6 +70,73 @@ def _clamp(v: float) -> float:
     return 0.0  # negatives and NaN
 
 
+_FEW = 4
+"""Up to this many sparse entries, a C scan of the key list per entry beats building a key → index dict."""
+
+
+def _column(raw: Mapping[str, float], keys: tuple[str, ...]) -> tuple[float, ...]:
+    """One scorer's clamped scores as a tuple aligned with ``keys`` (missing or foreign keys: 0.0).
+
+    Fast path: a ``CandidateScores`` over this cycle's key tuple is used as is (after a
+    min/max/sum range check unless it is ``bounded``). Any other mapping is treated as sparse:
+    only its own entries are looked up, so the prefix scorer's few matches cost a few lookups.
+    Tuples, not lists: kept results (the decision log) then hold nothing the cyclic GC tracks.
+    """
+    if isinstance(raw, CandidateScores) and raw.key_seq is keys:
+        values = raw.value_seq
+        if raw.bounded or not values:
+            return tuple(values)
+        total = sum(values)
+        if min(values) >= 0.0 and max(values) <= 1.0 and total == total:  # a NaN makes the sum NaN
+            return tuple(values)
+        return tuple([v if 0.0 <= v <= 1.0 else _clamp(v) for v in values])
+    n = len(keys)
+    column = [0.0] * n
+    if not raw:
+        return tuple(column)
+    items = raw.items()
+    if len(items) <= _FEW:
+        for key, v in items:
+            try:
+                i = keys.index(key)
+            except ValueError:
+                continue  # not a candidate of this cycle
+            column[i] = v if 0.0 <= v <= 1.0 else _clamp(v)
+        return tuple(column)
+    position = dict(zip(keys, range(n), strict=True))
+    for key, v in items:
+        i = position.get(key, -1)
+        if i >= 0:
+            column[i] = v if 0.0 <= v <= 1.0 else _clamp(v)
+    return tuple(column)
+
+
+def _weighted_sum(columns: list[tuple[float, ...]], weights: list[float], n: int) -> tuple[float, ...]:
+    """``sum_j w_j × columns[j][i]`` for every candidate ``i``, added in scorer order.
+
+    The additions happen in the same order as a running total per candidate starting at 0.0,
+    so the floats are bit-identical to that loop (scores are clamped and weights finite and
+    >= 0, so adding a missing score's 0.0 changes nothing); common arities run as one
+    comprehension.
+    """
+    if len(columns) == 1:
+        (a,), (wa,) = columns, weights
+        return tuple([0.0 + x * wa for x in a])
+    if len(columns) == 2:
+        (a, b), (wa, wb) = columns, weights
+        return tuple([x * wa + y * wb for x, y in zip(a, b, strict=True)])
+    if len(columns) == 3:
+        (a, b, c), (wa, wb, wc) = columns, weights
+        return tuple([x * wa + y * wb + z * wc for x, y, z in zip(a, b, c, strict=True)])
+    if len(columns) == 4:
+        (a, b, c, d), (wa, wb, wc, wd) = columns, weights
+        return tuple([x * wa + y * wb + z * wc + u * wd for x, y, z, u in zip(a, b, c, d, strict=True)])
+    totals = [0.0] * n
+    for column, w in zip(columns, weights, strict=True):
+        totals = [t + x * w for t, x in zip(totals, column, strict=True)]
+    return tuple(totals)
+
+
 class SchedulerProfile:
     """A named, ordered set of plugins run for every request."""
 
@@ -96,24 +168,20 @@ class SchedulerProfile:
                 raise NoCapacityError(f"no endpoint left after filter {f.name!r}")
 
         keys = candidate_keys(cands, state)
-        totals = dict.fromkeys(keys, 0.0)
-        plugin_scores: dict[str, dict[str, float]] = {}
+        columns: list[tuple[float, ...]] = []
+        weights: list[float] = []
+        plugin_scores: dict[str, CandidateScores] = {}
         for s in self.scorers:
             t0 = _perf()
             raw = s.plugin.score(request, cands, state)
             s.observe(_perf() - t0)
-            weight = s.weight
-            clamped = dict.fromkeys(keys, 0.0)
-            for key, v in raw.items():
-                if key not in clamped:
-                    continue  # not a candidate of this cycle
-                if not 0.0 <= v <= 1.0:
-                    v = _clamp(v)
-                clamped[key] = v
-                totals[key] += v * weight
-            plugin_scores[s.name] = clamped
+            column = _column(raw, keys)
+            columns.append(column)
+            weights.append(s.weight)
+            plugin_scores[s.name] = CandidateScores(keys, column, bounded=True)
+        totals = _weighted_sum(columns, weights, len(keys))
 
-        scored = [ScoredEndpoint(e, totals[k]) for k, e in zip(keys, cands, strict=True)]
+        scored = ScoredCandidates(cands, totals)
         t0 = _perf()
         picked = self.picker.plugin.pick(request, scored, state)
         self.picker.observe(_perf() - t0)
@@ -122,7 +190,7 @@ class SchedulerProfile:
         seen: set[str] = set()
         for e in picked:
             k = e.key
-            if k in totals and k not in seen:
+            if k not in seen and k in keys:  # a C scan; the picked key is usually the same object
                 seen.add(k)
                 targets.append(e)
                 if len(targets) == MAX_TARGETS:
@@ -130,7 +198,10 @@ class SchedulerProfile:
         if not targets:
             raise NoCapacityError(f"picker {self.picker.name!r} returned no endpoint")
         result = SchedulingResult(
-            profile=self.name, targets=tuple(targets), scores=totals, plugin_scores=plugin_scores
+            profile=self.name,
+            targets=tuple(targets),
+            scores=CandidateScores(keys, totals, bounded=True),
+            plugin_scores=plugin_scores,
         )
         for h in self.post_picks:
             t0 = _perf()

@@ -10,6 +10,7 @@ cycle into ``inference_extension_scheduler_e2e_duration_seconds``.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -163,8 +164,8 @@ def build_scheduler(
 
     Raises:
         ConfigError: unknown plugin type, duplicate plugin name, invalid parameters, a profile
-            referencing an unknown plugin, a negative weight, two pickers in a profile, or more
-            than one profile. The message names the plugin or profile.
+            referencing an unknown plugin, a negative or non-finite weight, two pickers in a
+            profile, or more than one profile. The message names the plugin or profile.
     """
     reg = registry if registry is not None else default_registry()
     ctx = PluginContext(rng=rng if rng is not None else random.Random(), clock=clock, metrics=metrics)
@@ -205,8 +206,10 @@ def build_scheduler(
         inst, type_ = instances[name], types[name]
         if getattr(inst, "inert", False):
             continue
-        if weight is not None and weight < 0:
-            raise ConfigError(f"schedulingProfiles[{pname}]: plugin {name!r}: weight must be >= 0")
+        if weight is not None and not 0 <= weight < math.inf:  # NaN fails both comparisons
+            raise ConfigError(
+                f"schedulingProfiles[{pname}]: plugin {name!r}: weight must be a finite number >= 0"
+            )
         if hasattr(inst, "filter"):
             filters.append(
                 FilterSlot(name, type_, _timer(metrics, "Filter", type_, name), cast(Filter, inst))

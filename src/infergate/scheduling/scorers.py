@@ -1,16 +1,20 @@
 """Load and LoRA scorers: pure functions of the candidates' metrics snapshots.
 
 Each class docstring states the formula, the inputs it reads and its parameters, with the
-reference EPP's plugin type name. The prefix-cache scorer lives in ``prefix.py``.
+reference EPP's plugin type name. The prefix-cache scorer lives in ``prefix.py``. Every scorer
+here is dense: it computes one float per candidate in a single pass and returns them as a
+``CandidateScores`` over the cycle's shared key list, so no per-candidate dict or object is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Sequence
 
 from pydantic import Field
 
 from infergate.scheduling.framework import CycleState, Params, candidate_keys
+from infergate.scheduling.scores import CandidateScores, endpoint_keys
 from infergate.types import Endpoint, InferenceRequest
 
 __all__ = [
@@ -26,17 +30,24 @@ __all__ = [
 
 def min_max_low_is_best(
     candidates: Sequence[Endpoint], value: Callable[[Endpoint], float], state: CycleState | None = None
-) -> dict[str, float]:
+) -> CandidateScores:
     """``(max - v) / (max - min)`` over the candidates; 1.0 for everyone when all are equal."""
-    if not candidates:
-        return {}
-    keys = candidate_keys(candidates, state) if state is not None else [e.key for e in candidates]
-    values = [value(e) for e in candidates]
+    keys = candidate_keys(candidates, state) if state is not None else endpoint_keys(candidates)
+    return _min_max(keys, [value(e) for e in candidates])
+
+
+def _min_max(keys: Sequence[str], values: list[float]) -> CandidateScores:
+    if not values:
+        return CandidateScores(keys, [], bounded=True)
     lo, hi = min(values), max(values)
     if hi == lo:
-        return dict.fromkeys(keys, 1.0)
+        return CandidateScores(keys, [1.0] * len(values), bounded=True)
     span = hi - lo
-    return {k: (hi - v) / span for k, v in zip(keys, values, strict=True)}
+    # Bounded only for finite inputs (a NaN anywhere makes the sum NaN, an infinity makes the
+    # span infinite); otherwise the profile clamps as for any other scorer.
+    total = sum(values)
+    bounded = span == span and total == total and span not in (math.inf, -math.inf)
+    return CandidateScores(keys, [(hi - v) / span for v in values], bounded=bounded)
 
 
 class QueueScorer:
@@ -49,8 +60,8 @@ class QueueScorer:
 
     def score(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
-    ) -> Mapping[str, float]:
-        return min_max_low_is_best(candidates, lambda e: e.metrics.waiting_queue_size, state)
+    ) -> CandidateScores:
+        return _min_max(candidate_keys(candidates, state), [e.metrics.waiting_queue_size for e in candidates])
 
 
 class RunningRequestsScorer:
@@ -62,8 +73,8 @@ class RunningRequestsScorer:
 
     def score(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
-    ) -> Mapping[str, float]:
-        return min_max_low_is_best(candidates, lambda e: e.metrics.running_requests, state)
+    ) -> CandidateScores:
+        return _min_max(candidate_keys(candidates, state), [e.metrics.running_requests for e in candidates])
 
 
 class LeastInFlightScorer:
@@ -77,8 +88,8 @@ class LeastInFlightScorer:
 
     def score(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
-    ) -> Mapping[str, float]:
-        return min_max_low_is_best(candidates, lambda e: e.in_flight, state)
+    ) -> CandidateScores:
+        return _min_max(candidate_keys(candidates, state), [e.in_flight for e in candidates])
 
 
 class KvCacheUtilizationScorer:
@@ -90,9 +101,9 @@ class KvCacheUtilizationScorer:
 
     def score(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
-    ) -> Mapping[str, float]:
+    ) -> CandidateScores:
         keys = candidate_keys(candidates, state)
-        return {k: 1.0 - e.metrics.kv_cache_usage for k, e in zip(keys, candidates, strict=True)}
+        return CandidateScores(keys, [1.0 - e.metrics.kv_cache_usage for e in candidates])
 
 
 class LoraAffinityParams(Params):
@@ -140,18 +151,22 @@ class LoraAffinityScorer:
 
     def score(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
-    ) -> Mapping[str, float]:
+    ) -> CandidateScores:
         model = request.target_model
         keys = candidate_keys(candidates, state)
-        if model in self._base or all(e.metrics.max_active_adapters <= 0 for e in candidates):
-            return dict.fromkeys(keys, 1.0)
-        out: dict[str, float] = {}
-        for k, e in zip(keys, candidates, strict=True):
-            m = e.metrics
-            if model in m.running_adapters:
-                out[k] = self._running
-            elif model in m.waiting_adapters:
-                out[k] = self._waiting
-            elif len(m.running_adapters) + len(m.waiting_adapters) < m.max_active_adapters:
-                out[k] = self._free
-        return out
+        metrics = [e.metrics for e in candidates]
+        if model in self._base or all(m.max_active_adapters <= 0 for m in metrics):
+            return CandidateScores(keys, [1.0] * len(keys), bounded=True)
+        running, waiting, free = self._running, self._waiting, self._free
+        # One comprehension (no per-item method call): first rule that holds, as documented above.
+        out = [
+            running
+            if model in (r := m.running_adapters)
+            else waiting
+            if model in (w := m.waiting_adapters)
+            else free
+            if len(r) + len(w) < m.max_active_adapters
+            else 0.0
+            for m in metrics
+        ]
+        return CandidateScores(keys, out, bounded=True)
