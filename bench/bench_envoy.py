@@ -11,6 +11,12 @@ process) also reports its decision time: ``Director.handle_request`` from full b
 the per-request Director cost with 10 / 100 / 1,000 synthetic endpoints, in process.
 
     .venv/bin/python bench/bench_envoy.py [--duration 5] [--concurrency 32] [--json out.json]
+        [--paths direct,envoy-static,envoy-picker] [--sizes 10,100,1000]
+
+The picker's CPU per request (user + system time of its process from /proc, over the measured
+run, divided by the requests served) is the honest capacity figure on a shared machine: one
+picker core carries about 1e6 / µs requests per second. ``INFERGATE_BENCH_PROFILE=out.prof``
+runs the picker under cProfile and writes the profile when the bench stops it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import random
 import socket
 import statistics
@@ -84,6 +91,21 @@ def picker_main(port: int, stats_port: int, upstream: str) -> None:
     from infergate.scheduling.scheduler import build_scheduler
     from infergate.servers.extproc import serve_extproc
     from infergate.types import EndpointMeta, EndpointMetrics
+
+    profile_to = os.environ.get("INFERGATE_BENCH_PROFILE")
+    if profile_to:
+        import cProfile
+        import signal
+
+        prof = cProfile.Profile()
+
+        def dump(*_: Any) -> None:
+            prof.disable()
+            prof.dump_stats(profile_to)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, dump)
+        prof.enable()
 
     async def main() -> None:
         ds = Datastore()
@@ -182,15 +204,14 @@ async def wait_http(url: str, within: float = 20.0) -> None:
             await asyncio.sleep(0.1)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), 0.0 elsewhere."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process from /proc/PID/stat; (0, 0) where there is no /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    import os
-
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def static_bootstrap(listen: int, upstream: str) -> dict[str, Any]:
@@ -301,6 +322,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "envoy-static": f"http://127.0.0.1:{e_static}/v1/chat/completions",
             "envoy-picker": f"http://127.0.0.1:{e_picker}/v1/chat/completions",
         }
+        paths = {k: v for k, v in paths.items() if k in args.paths}
         for url in paths.values():
             await wait_http(url)
         for name, url in paths.items():
@@ -308,11 +330,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             if name == "envoy-picker":
                 async with aiohttp.ClientSession() as http:
                     await (await http.get(f"http://127.0.0.1:{stats_port}/stats?reset=1")).read()
-            cpu0 = cpu_seconds(procs[1].pid or 0)
+            user0, sys0 = cpu_seconds(procs[1].pid or 0)
             results[name] = await load(url, args.concurrency, args.duration)
-            if name == "envoy-picker" and results[name]["requests"]:
-                used = cpu_seconds(procs[1].pid or 0) - cpu0
-                results[name]["picker_cpu_ms_per_request"] = used * 1000 / results[name]["requests"]
+            n = results[name]["requests"]
+            if name == "envoy-picker" and n:
+                user1, sys1 = cpu_seconds(procs[1].pid or 0)
+                r = results[name]
+                r["picker_cpu_us_per_request"] = (user1 - user0 + sys1 - sys0) * 1e6 / n
+                r["picker_user_us_per_request"] = (user1 - user0) * 1e6 / n
+                r["picker_sys_us_per_request"] = (sys1 - sys0) * 1e6 / n
+                r["picker_cores_busy"] = (user1 - user0 + sys1 - sys0) / args.duration
             print(f"{name:13s} {json.dumps(results[name])}", file=sys.stderr)
         async with aiohttp.ClientSession() as http:
             decisions = await (await http.get(f"http://127.0.0.1:{stats_port}/stats")).json()
@@ -331,7 +358,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    direct = results["direct"]["p50_ms"]
+    direct = results["direct"]["p50_ms"] if "direct" in results else float("nan")
     lines = [
         f"Closed loop, {results['concurrency']} clients, {results['duration_s']} s per path.",
         "",
@@ -339,14 +366,24 @@ def report(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in ("direct", "envoy-static", "envoy-picker"):
+        if name not in results:
+            continue
         r = results[name]
         lines.append(
             f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['p50_ms'] - direct:.2f} | {r['errors']} |"
         )
-    cpu = results["envoy-picker"].get("picker_cpu_ms_per_request")
-    if cpu is not None:
-        lines += ["", f"Picker process CPU per request (all ext_proc messages): {cpu:.2f} ms."]
+    picker = results.get("envoy-picker", {})
+    cpu = picker.get("picker_cpu_us_per_request")
+    if cpu:
+        lines += [
+            "",
+            f"Picker process CPU per request (all ext_proc messages): {cpu:.0f} µs "
+            f"(user {picker['picker_user_us_per_request']:.0f}, "
+            f"sys {picker['picker_sys_us_per_request']:.0f}); "
+            f"one picker core carries about {1e6 / cpu:.0f} req/s; "
+            f"{picker['picker_cores_busy']:.2f} cores busy during the run.",
+        ]
     d = results["picker_decision"]
     lines += ["", f"Picker decision (Director.handle_request), {d['count']} requests: "
               f"p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms."]  # fmt: skip
@@ -365,6 +402,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--picks", type=int, default=1000)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--paths",
+        type=lambda v: [p for p in v.split(",") if p],
+        default=["direct", "envoy-static", "envoy-picker"],
+        help="comma-separated subset of direct,envoy-static,envoy-picker",
+    )
     args = ap.parse_args()
     results = asyncio.run(bench(args))
     results["pick_cost"] = pick_cost([int(s) for s in args.sizes.split(",") if s], args.picks)

@@ -139,7 +139,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     st.request_mode = req.protocol_config.request_body_mode or st.request_mode
                     st.response_mode = req.protocol_config.response_body_mode or st.response_mode
                 first = False
-                for reply in await self._on_message(st, req):
+                replies = self._on_message(st, req)
+                if replies is None:  # the request is complete: schedule it (the only await)
+                    replies = await self._route(st)
+                    if req.HasField("request_trailers"):
+                        replies.append(msg.trailers_response(request=True))
+                for reply in replies:
                     await context.write(reply)
         except asyncio.CancelledError as exc:
             error = exc
@@ -156,38 +161,39 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 self._director.handle_response_complete(st.ctx, error=error)
 
     # ------------------------------------------------------------------ dispatch
-    async def _on_message(self, st: _Stream, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def _on_message(self, st: _Stream, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | None:
+        """Replies to one message, or None when the request is complete and must be routed.
+
+        Synchronous on purpose: most messages need no await, and a coroutine per message is
+        measurable at thousands of messages a second. Only :meth:`_route` awaits the Director.
+        """
         kind = req.WhichOneof("request")
-        if kind == "request_headers":
-            return await self._on_request_headers(st, req)
-        if kind == "request_body":
-            return await self._on_request_body(st, req.request_body)
-        if kind == "request_trailers":
-            out: list[pb.ProcessingResponse] = []
-            if not st.request_done:
-                out = await self._route(st)
-            return [*out, msg.trailers_response(request=True)]
-        if kind == "response_headers":
-            return self._on_response_headers(st, req.response_headers)
         if kind == "response_body":
             return self._on_response_body(st, req.response_body)
+        if kind == "request_body":
+            return self._on_request_body(st, req.request_body)
+        if kind == "request_headers":
+            return self._on_request_headers(st, req)
+        if kind == "response_headers":
+            return self._on_response_headers(st, req.response_headers)
+        if kind == "request_trailers":
+            return None if not st.request_done else [msg.trailers_response(request=True)]
         if kind == "response_trailers":
             self._finish_response(st)
             return [msg.trailers_response(request=False)]
         return []
 
-    async def _on_request_headers(
-        self, st: _Stream, req: pb.ProcessingRequest
-    ) -> list[pb.ProcessingResponse]:
+    def _on_request_headers(self, st: _Stream, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         raw = msg.read_headers(req.request_headers)
         st.path = raw.get(":path") or raw.get("x-original-path") or raw.get("x-forwarded-path") or "/"
-        st.headers = {k: v for k, v in raw.items() if not k.startswith(":") and k not in _UNTRUSTED}
+        st.headers = {k: v for k, v in raw.items() if k[:1] != ":" and k not in _UNTRUSTED}
         if not st.headers.get(H.REQUEST_ID):
             st.generated_request_id = uuid.uuid4().hex
             st.headers[H.REQUEST_ID] = st.generated_request_id
-        st.subset = msg.subset_hint(req.metadata_context)
-        if st.subset is not None:
-            st.headers[H.DESTINATION_ENDPOINT_SUBSET] = ",".join(st.subset)
+        if req.HasField("metadata_context"):
+            st.subset = msg.subset_hint(req.metadata_context)
+            if st.subset is not None:
+                st.headers[H.DESTINATION_ENDPOINT_SUBSET] = ",".join(st.subset)
         if req.request_headers.end_of_stream:
             st.request_done = True
             return [self._bodiless_reply(st)]
@@ -196,19 +202,18 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return [msg.headers_response(request=True)]
         return []
 
-    async def _on_request_body(self, st: _Stream, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+    def _on_request_body(self, st: _Stream, body: pb.HttpBody) -> list[pb.ProcessingResponse] | None:
         if st.request_done:
             return []
-        st.body += body.body
-        if len(st.body) > self._max_body_bytes:
-            st.request_done = True
-            st.body = bytearray()
-            return [
-                msg.error_response(RequestTooLargeError(f"request body exceeds {self._max_body_bytes} bytes"))
-            ]
-        if not body.end_of_stream:
-            return []
-        return await self._route(st)
+        data = body.body
+        if data:
+            st.body += data
+            if len(st.body) > self._max_body_bytes:
+                st.request_done = True
+                st.body = bytearray()
+                too_large = RequestTooLargeError(f"request body exceeds {self._max_body_bytes} bytes")
+                return [msg.error_response(too_large)]
+        return None if body.end_of_stream else []
 
     # ------------------------------------------------------------------ routing
     def _extra_headers(self, st: _Stream) -> list[tuple[str, str]]:

@@ -76,9 +76,11 @@ def read_headers(headers: pb.HttpHeaders) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for hv in headers.headers.headers:
-        value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
-        key = hv.key.lower()
-        out[key] = f"{out[key]},{value}" if key in out else value
+        raw = hv.raw_value
+        value = raw.decode("utf-8", "replace") if raw else hv.value
+        key = hv.key.lower()  # Envoy already sends lower case; this is cheap insurance
+        prev = out.get(key)
+        out[key] = value if prev is None else f"{prev},{value}"
     return out
 
 
@@ -119,7 +121,8 @@ def destination_value(addresses: Sequence[str]) -> str:
 def route_metadata(destination: str) -> struct_pb2.Struct:
     """Dynamic metadata ``envoy.lb: {x-gateway-destination-endpoint: <destination>}``."""
     md = struct_pb2.Struct()
-    md.update({DESTINATION_NAMESPACE: {DESTINATION_ENDPOINT: destination}})
+    # Direct field access: Struct.update() walks Python dicts through the slow well-known-type path.
+    md.fields[DESTINATION_NAMESPACE].struct_value.fields[DESTINATION_ENDPOINT].string_value = destination
     return md
 
 
@@ -134,6 +137,16 @@ def request_route_mutation(
     return pb.HeaderMutation(set_headers=set_headers)
 
 
+# Replies that never vary are built once: constructing a protobuf costs more than serialising it.
+# They are shared, so nobody may mutate them (the builders below return fresh objects otherwise).
+_REQUEST_HEADERS_ACK = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=pb.CommonResponse()))
+_RESPONSE_HEADERS_ACK = pb.ProcessingResponse(
+    response_headers=pb.HeadersResponse(response=pb.CommonResponse())
+)
+_REQUEST_TRAILERS_ACK = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+_RESPONSE_TRAILERS_ACK = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
 def headers_response(
     *,
     request: bool,
@@ -141,7 +154,9 @@ def headers_response(
     clear_route_cache: bool = False,
     dynamic_metadata: struct_pb2.Struct | None = None,
 ) -> pb.ProcessingResponse:
-    """A reply to request or response headers."""
+    """A reply to request or response headers (a shared constant when nothing is changed)."""
+    if mutation is None and not clear_route_cache and dynamic_metadata is None:
+        return _REQUEST_HEADERS_ACK if request else _RESPONSE_HEADERS_ACK
     common = pb.CommonResponse(header_mutation=mutation, clear_route_cache=clear_route_cache)
     hr = pb.HeadersResponse(response=common)
     if request:
@@ -162,18 +177,22 @@ def streamed_body_responses(
     body: bytes, *, request: bool, end_of_stream: bool, limit: int = MAX_CHUNK
 ) -> list[pb.ProcessingResponse]:
     """FULL_DUPLEX_STREAMED body replies; only the last may carry ``end_of_stream``."""
+    if len(body) <= limit:  # the common case: one reply, built without the chunking loop
+        return [_streamed_body(body, request=request, end_of_stream=end_of_stream)]
     pieces = list(body_chunks(body, limit))
-    out: list[pb.ProcessingResponse] = []
-    for i, piece in enumerate(pieces):
-        last = i == len(pieces) - 1
-        mutation = pb.BodyMutation(
-            streamed_response=pb.StreamedBodyResponse(body=piece, end_of_stream=end_of_stream and last)
-        )
-        br = pb.BodyResponse(response=pb.CommonResponse(body_mutation=mutation))
-        out.append(
-            pb.ProcessingResponse(request_body=br) if request else pb.ProcessingResponse(response_body=br)
-        )
-    return out
+    last = len(pieces) - 1
+    return [
+        _streamed_body(piece, request=request, end_of_stream=end_of_stream and i == last)
+        for i, piece in enumerate(pieces)
+    ]
+
+
+def _streamed_body(piece: bytes, *, request: bool, end_of_stream: bool) -> pb.ProcessingResponse:
+    mutation = pb.BodyMutation(
+        streamed_response=pb.StreamedBodyResponse(body=piece, end_of_stream=end_of_stream)
+    )
+    br = pb.BodyResponse(response=pb.CommonResponse(body_mutation=mutation))
+    return pb.ProcessingResponse(request_body=br) if request else pb.ProcessingResponse(response_body=br)
 
 
 def buffered_body_response(
@@ -197,11 +216,8 @@ def buffered_body_response(
 
 
 def trailers_response(*, request: bool) -> pb.ProcessingResponse:
-    """An empty trailers reply (trailers pass through unchanged)."""
-    tr = pb.TrailersResponse()
-    return (
-        pb.ProcessingResponse(request_trailers=tr) if request else pb.ProcessingResponse(response_trailers=tr)
-    )
+    """An empty trailers reply (trailers pass through unchanged); a shared constant."""
+    return _REQUEST_TRAILERS_ACK if request else _RESPONSE_TRAILERS_ACK
 
 
 def immediate_response(status: int, message: str) -> pb.ProcessingResponse:
