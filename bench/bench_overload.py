@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -248,9 +249,17 @@ async def measure_capacity(ports: list[int], concurrency: int, seconds: float, m
 
 
 async def drive(
-    gw_url: str, rates: dict[str, float], duration: float, max_tokens: int, deadline: float, seed: int
+    gw_url: str,
+    rates: dict[str, float],
+    duration: float,
+    max_tokens: int,
+    deadline: float,
+    seed: int,
+    observer: Any = None,
 ) -> dict[str, ClassResult]:
     results = {c: ClassResult() for c in CLASSES}
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(observer(stop)) if observer is not None else None
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as s:
         tasks: list[asyncio.Task[None]] = []
@@ -270,7 +279,67 @@ async def drive(
             *(arrivals(c, r, random.Random(seed + i)) for i, (c, r) in enumerate(rates.items()))
         )
         await asyncio.gather(*tasks)
+    stop.set()
+    if watcher is not None:
+        await watcher
     return results
+
+
+def _gauges(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Sum of each named gauge over its label sets, from Prometheus text (no parser: cheap)."""
+    out = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            value = float(line.rsplit(" ", 1)[1])
+            out[name] += value
+            if 'priority="' in line:  # also per priority: name:PRIORITY
+                prio = line.split('priority="', 1)[1].split('"', 1)[0]
+                out[f"{name}:{prio}"] = out.get(f"{name}:{prio}", 0.0) + value
+    return out
+
+
+async def observe(
+    sim_ports: list[int], admin_port: int, period: float, stop: asyncio.Event, samples: list[dict[str, Any]]
+) -> None:
+    """Sample every replica's queue/batch/KV and the gateway's flow-control gauges until ``stop``."""
+    sim_names = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc")
+    gw_names = (
+        "inference_extension_flow_control_queue_size",
+        "inference_extension_flow_control_pool_saturation",
+    )
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+        while not stop.is_set():
+            row: dict[str, Any] = {"t": round(time.monotonic() - t0, 1)}
+            for i, port in enumerate(sim_ports):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                        g = _gauges(await r.text(), sim_names)
+                    row[f"r{i}"] = (
+                        int(g["vllm:num_requests_waiting"]),
+                        int(g["vllm:num_requests_running"]),
+                        round(g["vllm:kv_cache_usage_perc"], 2),
+                    )
+                except (aiohttp.ClientError, TimeoutError):
+                    row[f"r{i}"] = None
+            try:
+                async with s.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+                    g = _gauges(await r.text(), gw_names)
+                row["queued"] = {
+                    k.rsplit(":", 1)[1]: int(v)
+                    for k, v in g.items()
+                    if k.startswith("inference_extension_flow_control_queue_size:")
+                }
+                row["sat"] = round(g["inference_extension_flow_control_pool_saturation"], 2)
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            samples.append(row)
+            print(f"observe {json.dumps(row)}", file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -304,7 +373,17 @@ def run_mode(args: argparse.Namespace, flow_control: bool, capacity: float | Non
             rates = {c: total * sh / sum(shares.values()) for c, sh in shares.items()}
             url = f"http://127.0.0.1:{pool.gw_port}/v1/completions"
             t0 = time.monotonic()
-            res = asyncio.run(drive(url, rates, args.duration, args.max_tokens, args.deadline, args.seed))
+            samples: list[dict[str, Any]] = []
+            observer = None
+            if args.observe > 0:
+                ports, admin, period = pool.ports, pool.admin_port, args.observe
+
+                def observer(stop: asyncio.Event) -> Any:
+                    return observe(ports, admin, period, stop, samples)
+
+            res = asyncio.run(
+                drive(url, rates, args.duration, args.max_tokens, args.deadline, args.seed, observer)
+            )
             wall = time.monotonic() - t0
             rss_end = rss_mb(pool.gateway.pid)
         finally:
@@ -317,6 +396,7 @@ def run_mode(args: argparse.Namespace, flow_control: bool, capacity: float | Non
         "rss_start_mb": rss_start,
         "rss_end_mb": rss_end,
         "classes": {c: vars(r) for c, r in res.items()},
+        "samples": samples,
     }
 
 
@@ -363,6 +443,13 @@ def main() -> None:
     ap.add_argument("--modes", default="on,off", help="flow control on, off or both")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--observe",
+        type=float,
+        default=0.0,
+        help="every this many seconds, print the replicas' waiting/running/KV and the gateway's "
+        "queued count and saturation to stderr (0: off)",
+    )
     ap.add_argument("--capacity-only", action="store_true", help="measure the capacity and stop")
     args = ap.parse_args()
     if args.capacity_only:

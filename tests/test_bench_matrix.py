@@ -8,6 +8,7 @@ their virtualenvs exist (``bench/install_peers.sh``).
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -99,6 +100,13 @@ async def test_matrix_round_robin_and_default_end_to_end(tmp_path: Path) -> None
         addresses = [e["address"] for d in lists for e in d["spec"]["endpoints"]]
         assert len(addresses) == 2
         assert not any(port_open(a) for a in addresses), f"{strategy}: a replica still listens"
+        # per-request records (for the twin agreement check) and where the CPU went
+        rows = json.loads((folder / "records-25.json").read_text())
+        assert sorted(r["index"] for r in rows) == list(range(30))
+        assert all(r["status"] == 200 and r["ttft"] > 0 for r in rows)
+        cpu = json.loads((folder / "cpu-25.json").read_text())
+        assert set(cpu["cores_used"]) == {"client", "replica-0", "replica-1", "router"}
+        assert cpu["wall_s"] > 0 and all(v is None or v >= 0 for v in cpu["cores_used"].values())
 
 
 async def test_missing_peer_is_skipped_without_starting_anything(

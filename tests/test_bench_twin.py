@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infergate.bench.loadgen import arrival_offsets
@@ -73,3 +75,20 @@ def test_lora_affinity_avoids_adapter_swaps() -> None:
     rr = run_twin(requests, offsets, strategy="round-robin")
     lora = run_twin(requests, offsets, strategy="lora-only")
     assert rr.lora_swaps > 2 * lora.lora_swaps > 0
+
+
+def test_cli_twin_time_scale_slows_the_pool_like_the_matrix(tmp_path: Path) -> None:
+    import json
+
+    from infergate.bench.cli import main
+
+    p90 = {}
+    for scale in (1.0, 3.0):
+        out = tmp_path / f"k{scale:g}"
+        argv = ["--twin", "--workload", "tutorial-mix", "--limit", "40", "--qps", "2"]
+        argv += ["--strategies", "default", "--time-scale", f"{scale:g}", "--no-plots", "--out", str(out)]
+        assert main(argv) == 0
+        (row,) = json.loads((out / "results.json").read_text())
+        p90[scale] = row["summary"]["ttft_p50"]
+    # at 2 QPS nothing queues: the slowed pool's TTFT is the modelled one times the scale
+    assert 2.5 * p90[1.0] < p90[3.0] < 3.5 * p90[1.0]

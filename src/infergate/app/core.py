@@ -49,18 +49,24 @@ def build_core(
     rng: random.Random,
     flow_control: bool = True,
     honor_subset_hint: bool = True,
+    connection_limit: int | None = None,
 ) -> PickerCore:
     """Wire the core for ``pool``: the scraper speaks the pool's model-server dialect and health path.
 
     ``honor_subset_hint`` is for data planes that set ``x-gateway-destination-endpoint-subset``
     themselves (Envoy via ext_proc metadata); the built-in proxy turns it off so a client can never
-    narrow the candidates by sending the header.
+    narrow the candidates by sending the header. ``connection_limit`` is the data plane's upstream
+    connections per endpoint when requests beyond it wait inside the gateway (the built-in proxy);
+    ``None`` when they reach the model server's own queue (Envoy), so they are not counted twice.
     """
     s = settings
     decisions = DecisionLog()
     scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
     detector = SaturationDetector(
-        queue_threshold=s.queue_threshold, kv_threshold=s.kv_threshold, staleness=s.saturation_staleness
+        queue_threshold=s.queue_threshold,
+        kv_threshold=s.kv_threshold,
+        staleness=s.saturation_staleness,
+        connection_limit=connection_limit,
     )
     flow = FlowController(
         datastore,
@@ -72,6 +78,7 @@ def build_core(
             band_max_requests=s.max_queued_requests,
             band_max_bytes=s.max_queued_bytes,
             pool_name=pool.name,
+            headroom=s.flow_control_headroom,
         ),
         metrics=metrics,
     )

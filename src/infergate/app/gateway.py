@@ -189,6 +189,8 @@ class Gateway:
             flow_control=cfg.flow_control,
             # Only Envoy sets the subset hint; a client of the built-in proxy must not narrow routing.
             honor_subset_hint=cfg.data_plane != "builtin",
+            # The built-in proxy queues requests past its per-endpoint connections itself.
+            connection_limit=s.max_connections_per_endpoint if cfg.data_plane == "builtin" else None,
         )
         self.decisions = core.decisions
         self.scheduler = core.scheduler

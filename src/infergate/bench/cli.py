@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="report folder")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    m = p.add_argument_group("matrix")
+    m = p.add_argument_group("matrix (--time-scale also applies to --twin)")
     m.add_argument(
         "--peer-venv",
         action="append",
@@ -135,17 +135,21 @@ def run_twin_sweep(
     replicas: int,
     slo: Slo,
     seed: int,
+    time_scale: float = 1.0,
 ) -> list[RunResult]:
-    """Every strategy at every rate, in virtual time, on identical request streams."""
+    """Every strategy at every rate, in virtual time, on identical request streams.
+
+    ``time_scale`` slows the simulated engines as ``--matrix --time-scale`` slows the replicas, so a
+    twin sweep can be set beside a matrix sweep with the same flags.
+    """
     from infergate.bench.twin import TwinConfig, run_twin
 
+    config = TwinConfig(replicas=replicas, seed=seed, time_scale=time_scale)
     results = []
     for rate in qps:
         offsets = arrival_offsets(requests, rate, seed)
         for strategy in strategies:
-            out = run_twin(
-                requests, offsets, strategy=strategy, config=TwinConfig(replicas=replicas, seed=seed)
-            )
+            out = run_twin(requests, offsets, strategy=strategy, config=config)
             results.append(
                 RunResult(
                     workload=workload,
@@ -243,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             replicas=args.replicas,
             slo=slo,
             seed=args.seed,
+            time_scale=args.time_scale,
         )
     else:
         try:

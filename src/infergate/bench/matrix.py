@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -356,6 +357,65 @@ async def _has_lora_counter(session: aiohttp.ClientSession, url: str) -> bool:
         return False
 
 
+def _proc_cpu(pid: int | None = None) -> float | None:
+    """CPU seconds (user + system) of one process so far, from ``/proc`` (Linux); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from ``/proc/stat``; None elsewhere."""
+    try:
+        values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
+def _cpu_snapshot(stack: _Stack) -> dict[str, object]:
+    procs: dict[str, float | None] = {"client": _proc_cpu()}
+    procs.update({r.name: _proc_cpu(r.child.proc.pid) for r in stack.replicas})
+    if stack.router is not None:
+        procs["router"] = _proc_cpu(stack.router.proc.pid)
+    return {"at": time.monotonic(), "procs": procs, "machine": _machine_cpu()}
+
+
+def _cpu_usage(before: dict[str, object], after: dict[str, object]) -> dict[str, object]:
+    """Where the machine's CPU went during a run: each process's share of one core, and how busy
+    the whole machine was (other users included). Tells whether the bench itself was CPU-bound,
+    which would inflate real-time latencies against the twin's."""
+    wall = float(after["at"]) - float(before["at"])  # type: ignore[arg-type]
+    b_procs, a_procs = before["procs"], after["procs"]
+    assert isinstance(b_procs, dict) and isinstance(a_procs, dict)
+    cores: dict[str, float | None] = {}
+    for name, end in a_procs.items():
+        start = b_procs.get(name)
+        cores[name] = (
+            round((end - start) / wall, 3) if end is not None and start is not None and wall > 0 else None
+        )
+    out: dict[str, object] = {"wall_s": round(wall, 2), "cores_used": cores}
+    bm, am = before["machine"], after["machine"]
+    if isinstance(bm, tuple) and isinstance(am, tuple) and am[1] > bm[1]:
+        out["machine_busy"] = round((am[0] - bm[0]) / (am[1] - bm[1]), 3)
+    return out
+
+
+def _write_records(records: Sequence[RequestRecord], path: Path) -> None:
+    """Per-request timings of a run, kept beside its logs: what the twin agreement check compares
+    request by request (``bench/bench_twin_agreement.py``)."""
+    rows = [
+        {"index": r.index, "model": r.model, "sent_at": r.sent_at, "status": r.status, "ttft": r.ttft,
+         "e2e": r.e2e, "completion_tokens": r.completion_tokens}
+        for r in records
+    ]  # fmt: skip
+    path.write_text(json.dumps(rows) + "\n")
+
+
 async def _run_load(
     stack: _Stack,
     session: aiohttp.ClientSession,
@@ -375,6 +435,7 @@ async def _run_load(
     on_done = reporter(f"{strategy} @ {load:g} {cfg.load_kind}", len(requests)) if reporter else None
     counts_loras = await _has_lora_counter(session, urls[0]) if urls else False
     before = await read_counters(urls)
+    cpu_before = _cpu_snapshot(stack)
     stop = asyncio.Event()
     series: dict[str, list[tuple[float, float]]] = {}
     sampler = (
@@ -394,6 +455,9 @@ async def _run_load(
         if sampler is not None:
             await sampler
     after = await read_counters(urls)
+    _write_records(records, stack.folder / f"records-{load:g}.json")
+    cpu = _cpu_usage(cpu_before, _cpu_snapshot(stack))
+    (stack.folder / f"cpu-{load:g}.json").write_text(json.dumps(cpu, indent=1) + "\n")
     deltas = {names[u]: after[u] - before[u] for u in urls}
     queries = sum(d.prefix_queries for d in deltas.values())
     outcome.results.append(

@@ -10,6 +10,11 @@ of thousands of requests runs in seconds and is exactly reproducible for a seed.
 This module is the one place where gateway code and simulator code meet in one process: the
 gateway never imports the simulator, and the simulator never imports the gateway.
 
+With ``TwinConfig(flow_control=True)`` the gateway's flow control runs too (``FlowCore``: the
+saturation detector, priority queues with TTL, route-to-room), dispatching on datastore changes as
+the gateway's controller does. ``time_scale`` slows the engines like ``infergate simulate
+--time-scale``, so the twin can stand beside a matrix run with slowed replicas.
+
 The ``oracle`` strategy is the bound the real picker is measured against: it reads each engine's
 true queue and true prefix cache at the moment of decision and sends the request where its
 estimated time to first token is lowest.
@@ -28,8 +33,13 @@ from infergate.bench.loadgen import RequestRecord
 from infergate.bench.strategies import BASE_MODEL, picker_config
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import EndpointPickerConfig
+from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
+from infergate.flowcontrol.config import FlowControlConfig
+from infergate.flowcontrol.core import Decision, FlowCore
+from infergate.flowcontrol.queues import QueuedItem
+from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.requestcontrol.parsing import parse_body
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop
@@ -57,6 +67,18 @@ class TwinConfig:
     profile: str = "llama3.1-8b-h100"
     num_gpu_blocks: int | None = None
     seed: int = 0
+    time_scale: float = 1.0
+    """Multiplies every engine step and the frontend overhead, like ``infergate simulate
+    --time-scale``: the twin of a matrix run with slowed replicas must be slowed the same way."""
+    client_latency: float = 0.0
+    """Seconds the real request path adds to what the client sees of every answer, beyond the
+    modelled frontend overhead (client and gateway HTTP, proxying, the model server's own HTTP and
+    tokenisation, each in real CPU time). Added to TTFT and e2e; 0 models a free network. Measure it
+    at idle load (``bench/bench_twin_agreement.py --calibrate``), never from the run compared."""
+    flow_control: bool = False
+    """Run the gateway's flow control (saturation detector, queues, route-to-room) with
+    ``GatewaySettings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``; off by
+    default so that published twin figures stay reproducible."""
 
 
 @dataclass(slots=True)
@@ -65,6 +87,7 @@ class TwinResult:
     per_endpoint_requests: dict[str, int]
     prefix_hit_rate: float | None
     lora_swaps: int = 0
+    gateway_queued: int = 0  # requests that waited in the gateway's flow-control queues
     load_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
@@ -74,6 +97,43 @@ class _Replica:
         self.engine = engine
         self.driver = driver
         self.requests = 0
+
+
+class _ScaledEngine(Engine):
+    """Step durations multiplied by ``time_scale``, as the simulator server's ``--time-scale`` does
+    (``infergate.simulator.server.ScaledEngine``; not imported, to keep aiohttp out of the twin)."""
+
+    def __init__(self, config: EngineConfig, time_scale: float) -> None:
+        super().__init__(config)
+        self.time_scale = time_scale
+
+    def begin_step(self, now: float) -> float | None:
+        duration = super().begin_step(now)
+        return None if duration is None else duration * self.time_scale
+
+
+def _engine(config: EngineConfig, time_scale: float) -> Engine:
+    return Engine(config) if time_scale == 1.0 else _ScaledEngine(config, time_scale)
+
+
+def _flow_core(datastore: Datastore) -> FlowCore:
+    """The gateway's flow control with its default settings (see ``infergate.app.core``)."""
+    s = GatewaySettings()
+    detector = SaturationDetector(
+        queue_threshold=s.queue_threshold,
+        kv_threshold=s.kv_threshold,
+        staleness=s.saturation_staleness,
+        connection_limit=None,  # no connection pool in the twin: requests reach the engine's queue
+    )
+    config = FlowControlConfig(
+        enabled=True,
+        default_ttl=s.request_ttl,
+        band_max_requests=s.max_queued_requests,
+        band_max_bytes=s.max_queued_bytes,
+        pool_name="twin",
+        headroom=s.flow_control_headroom,
+    )
+    return FlowCore(datastore, detector=detector, config=config)
 
 
 def _metrics_of(engine: Engine, now: float) -> EndpointMetrics:
@@ -135,10 +195,12 @@ def run_twin(
     )
     replicas: list[_Replica] = []
     for i in range(cfg.replicas):
-        engine = Engine(engine_cfg)
+        engine = _engine(engine_cfg, cfg.time_scale)
         for name in cfg.adapters:
             engine.add_lora(name, f"/adapters/{name}")
-        replicas.append(_Replica(i, engine, VirtualDriver(engine, loop, sparse=True)))
+        overhead = engine.profile.api_overhead_ms / 1000.0 * cfg.time_scale
+        driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True)
+        replicas.append(_Replica(i, engine, driver))
     by_key = {r.key: r for r in replicas}
 
     datastore = Datastore(clock=loop, staleness=cfg.staleness)
@@ -174,35 +236,102 @@ def run_twin(
         if pending:
             loop.call_at(now + sample_interval, sample)
 
-    def arrive(i: int) -> None:
+    flow: FlowCore | None = None
+    if cfg.flow_control and scheduler is not None:
+        flow = _flow_core(datastore)
+    waiting: dict[QueuedItem, tuple[int, InferenceRequest, list[int], str | None]] = {}
+    cycle_pending = False
+    timer_at: float | None = None
+    queued = 0
+
+    def finish_unserved(i: int, status: int, error: str) -> None:
         nonlocal pending
-        req = requests[i]
         rec = records[i]
+        rec.status, rec.error, rec.e2e = status, error, loop.now() - T0 - rec.sent_at
+        pending -= 1
+
+    def kick() -> None:
+        # the gateway's dispatcher: a cycle soon after any datastore change while requests wait
+        nonlocal cycle_pending
+        if flow is not None and len(flow) and not cycle_pending:
+            cycle_pending = True
+            loop.call_at(loop.now(), cycle)
+
+    def on_timer() -> None:
+        nonlocal timer_at
+        timer_at = None
+        kick()
+
+    def cycle() -> None:
+        # release at most one request; its acquire() is a datastore change that kicks the next cycle
+        nonlocal cycle_pending, timer_at
+        cycle_pending = False
+        assert flow is not None
+        now = loop.now()
+        for expired in flow.expire(now):
+            finish_unserved(waiting.pop(expired)[0], 503, "request timed out in the queue")
+        released = flow.pop_ready(now)
+        if released is not None:
+            dispatch(*waiting.pop(released))
+        if len(flow) and timer_at is None:  # the controller's recheck / TTL timer
+            deadline = flow.next_deadline()
+            timer_at = now + flow.config.recheck_interval
+            if deadline is not None:
+                timer_at = min(timer_at, deadline)
+            loop.call_at(timer_at, on_timer)
+
+    if flow is not None:
+        datastore.add_listener(kick)
+
+    def arrive(i: int) -> None:
+        nonlocal queued
+        req = requests[i]
         body = req.body(stream=True)
-        parsed = parse_body(req.path, json.dumps(body).encode())
+        raw = json.dumps(body).encode()
+        parsed = parse_body(req.path, raw)
         lora = None if req.model == cfg.base_model else req.model
         text = (
             tokenizer.apply_chat_template(list(req.messages)) if req.messages is not None else parsed.prompt
         )
         tokens = tokenizer.encode(text)
+        ireq = InferenceRequest(
+            request_id=f"twin-{i}",
+            model=req.model,
+            target_model=req.model,
+            api=parsed.api,
+            prompt=parsed.prompt,
+            stream=True,
+            max_tokens=req.max_tokens,
+            body_size=len(raw),
+            arrived_at=loop.now(),
+        )
+        if flow is None:
+            dispatch(i, ireq, tokens, lora)
+            return
+        offer = flow.offer(ireq, loop.now())
+        if offer.decision is Decision.ADMIT:
+            dispatch(i, ireq, tokens, lora)
+        elif offer.item is not None:
+            queued += 1
+            waiting[offer.item] = (i, ireq, tokens, lora)
+            kick()
+        else:
+            finish_unserved(i, 429, f"flow control: {offer.decision}")
+
+    def dispatch(i: int, ireq: InferenceRequest, tokens: list[int], lora: str | None) -> None:
+        req = requests[i]
+        rec = records[i]
         if scheduler is None:
             replica = _oracle_pick(replicas, tokens, lora)
         else:
-            ireq = InferenceRequest(
-                request_id=f"twin-{i}",
-                model=req.model,
-                target_model=req.model,
-                api=parsed.api,
-                prompt=parsed.prompt,
-                stream=True,
-                max_tokens=req.max_tokens,
-                arrived_at=loop.now(),
-            )
+            candidates = datastore.candidates()
+            if flow is not None and len(candidates) > 1:
+                # route_to_room: with queueing on, only endpoints with room, unless none has
+                candidates = flow.with_room(candidates, loop.now()) or candidates
             try:
-                result = scheduler.schedule(ireq, datastore.candidates())
+                result = scheduler.schedule(ireq, candidates)
             except NoCapacityError as exc:
-                rec.status, rec.error, rec.e2e = 503, str(exc), 0.0
-                pending -= 1
+                finish_unserved(i, 503, str(exc))
                 return
             replica = by_key[result.primary.key]
         replica.requests += 1
@@ -215,10 +344,10 @@ def run_twin(
             if out.finished:
                 if isinstance(out, TimedOutput) and out.token_times:
                     times = out.token_times
-                    rec.ttft = times[0] - T0 - rec.sent_at
+                    rec.ttft = times[0] - T0 - rec.sent_at + cfg.client_latency
                     rec.itl = [b - a for a, b in itertools.pairwise(times)]
                 rec.status = 200
-                rec.e2e = out.now - T0 - rec.sent_at
+                rec.e2e = out.now - T0 - rec.sent_at + cfg.client_latency
                 rec.prompt_tokens = out.num_prompt_tokens
                 rec.completion_tokens = out.num_generated
                 datastore.release(replica.key)
@@ -235,10 +364,11 @@ def run_twin(
             on_output,
         )
 
-    for i, off in enumerate(offsets):
-        loop.call_at(T0 + off, functools.partial(arrive, i))
+    # the first scrape before any arrival: the real gateway is ready (scraped) before load starts
     loop.call_at(T0, scrape)
     loop.call_at(T0, sample)
+    for i, off in enumerate(offsets):
+        loop.call_at(T0 + off, functools.partial(arrive, i))
     loop.run()
 
     queries = sum(r.engine.stats().prefix_cache_queries for r in replicas)
@@ -248,5 +378,6 @@ def run_twin(
         per_endpoint_requests={r.key: r.requests for r in replicas},
         prefix_hit_rate=hits / queries if queries else None,
         lora_swaps=sum(r.engine.stats().lora_gpu_loads for r in replicas),
+        gateway_queued=queued,
         load_series=load_series,
     )

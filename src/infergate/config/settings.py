@@ -85,6 +85,10 @@ class GatewaySettings:
     """Queue requests in the gateway under saturation, by priority (on by default; the reference
     keeps it behind the ``flowControl`` feature gate). Off = legacy admission, which only sheds
     sheddable (priority < 0) requests with 429."""
+    flow_control_headroom: float = 0.2
+    """Bands below the top priority (highest objective priority) are admitted/released only while pool
+    saturation < 1 - headroom; the top band up to 1.0 (no reference counterpart; 0 = the reference's
+    single threshold). Measured in docs/overload.md."""
     request_ttl: float = 60.0
     """How long a request may wait in a flow-control queue before 503 (``defaultRequestTTL``)."""
     max_queued_requests: int = 5000
@@ -143,6 +147,10 @@ class GatewaySettings:
                 raise ConfigError(
                     f"settings: objective_max_tokens[{name}]: must be an integer >= 1 (got {value!r})"
                 )
+        if not 0.0 <= self.flow_control_headroom < 1.0:
+            raise ConfigError(
+                f"settings: flow_control_headroom: must be in [0, 1) (got {self.flow_control_headroom!r})"
+            )
         if self.retries < 0:
             raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")
         if self.evicted_idle_timeout < 0:

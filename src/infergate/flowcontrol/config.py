@@ -32,6 +32,17 @@ class FlowControlConfig:
         recheck_interval: longest time the dispatcher sleeps while requests wait, as a safety net
             in case no datastore change arrives to wake it.
         pool_name: ``inference_pool`` metric label when the datastore has no pool yet.
+        headroom: share of the pool's saturation scale kept free for the top band: a request whose
+            priority is below ``top_priority`` is admitted or released only while the pool's
+            saturation is below ``1 - headroom``; the top band may fill the pool up to 1.0. So a
+            flood of lower-priority work never takes the last room a higher-priority request
+            arriving next would need. 0 disables it (every band up to 1.0, the reference).
+        top_priority: the priority that may use the headroom; ``None`` takes the highest priority
+            among the pool's objectives (a request above every objective counts as top too).
+        route_to_room: when queueing is enabled, a request may only be scheduled onto an endpoint
+            that itself has room (its saturation score < 1), whenever one is eligible. The
+            scheduler's prefix and LoRA affinity can otherwise send a released request to a full
+            replica, where it waits in the model server's queue and priority no longer applies.
     """
 
     enabled: bool = True
@@ -43,6 +54,9 @@ class FlowControlConfig:
     retry_after: float = 1.0
     recheck_interval: float = 0.25
     pool_name: str = ""
+    headroom: float = 0.2
+    top_priority: int | None = None
+    route_to_room: bool = True
 
     def __post_init__(self) -> None:
         if self.default_ttl is not None and self.default_ttl <= 0:
@@ -53,5 +67,7 @@ class FlowControlConfig:
                 raise ValueError(f"{name} must be >= 1 or None")
         if self.retry_after < 0:
             raise ValueError("retry_after must be >= 0")
+        if not 0.0 <= self.headroom < 1.0:
+            raise ValueError("headroom must be in [0, 1)")
         if self.recheck_interval <= 0:
             raise ValueError("recheck_interval must be > 0")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,7 +21,7 @@ from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.telemetry import GatewayMetrics
-from infergate.types import InferenceRequest
+from infergate.types import Endpoint, InferenceRequest
 
 __all__ = ["Decision", "FlowCore", "Offer"]
 
@@ -104,6 +105,27 @@ class FlowCore:
             self._metrics.fc_pool_saturation.labels(inference_pool=self.pool_name()).set(value)
         return value
 
+    def threshold(self, priority: int) -> float:
+        """Pool saturation at which requests of ``priority`` stop being admitted or released.
+
+        1.0 for the top band (``top_priority``, else the highest objective priority, or above);
+        ``1 - headroom`` below it, so the top band always finds the last bit of room.
+        """
+        headroom = self._config.headroom
+        if headroom <= 0.0:
+            return 1.0
+        top = self._config.top_priority
+        if top is None:
+            top = max((o.priority for o in self._ds.objectives()), default=priority)
+        return 1.0 if priority >= top else 1.0 - headroom
+
+    def with_room(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
+        """The endpoints that can take a request without queueing it (own score < 1).
+
+        Empty when none can (the caller then decides whether to fall back to all of them).
+        """
+        return [e for e in endpoints if self._detector.endpoint_score(e, now) < 1.0]
+
     # -- decisions --------------------------------------------------------------------------
 
     def offer(self, request: InferenceRequest, now: float, *, hold: bool = False) -> Offer:
@@ -117,12 +139,13 @@ class FlowCore:
         decides the order. ``hold`` forbids the fast path (the caller released requests that are not
         in flight yet, so the pool's state is not known): the request queues unless it is shed.
         """
-        saturated = self.saturation(now) >= 1.0
+        level = self.saturation(now)
         if not self._config.enabled:
-            if saturated and request.priority < 0:
+            if level >= 1.0 and request.priority < 0:
                 return self._reject(request, Decision.REJECT_SHED)
             self._observe_wait(request, ItemState.DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
+        saturated = level >= self.threshold(request.priority)
         if not saturated and not self._queues and not hold:
             self._observe_wait(request, ItemState.DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
@@ -153,11 +176,12 @@ class FlowCore:
         the reference, so a lower band never overtakes a higher one). Call again after the released
         request was scheduled (its in-flight count is then visible) to release the next one.
         """
-        if not self._queues:
+        head = self._queues.peek()
+        if head is None:
             return None
         started = time.perf_counter()
         try:
-            if self.saturation(now) >= 1.0:
+            if self.saturation(now) >= self.threshold(head.priority):
                 return None
             item = self._queues.pop()
             assert item is not None

@@ -42,6 +42,9 @@ class SaturationDetector:
         staleness: seconds after which an endpoint's metrics no longer count (it scores 1.0).
         aggregation: ``"capped-mean"`` (default), ``"mean"`` (reference) or ``"min"``.
         track_in_flight: correct the scraped queue by the gateway's in-flight changes since the scrape.
+        connection_limit: upstream connections the data plane opens per endpoint (the built-in
+            proxy's ``max_connections_per_endpoint``, 256); in-flight requests beyond it wait for a
+            connection in the gateway and count as queued. ``None``: no such limit.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class SaturationDetector:
         staleness: float = 2.0,
         aggregation: Aggregation = "capped-mean",
         track_in_flight: bool = True,
+        connection_limit: int | None = 256,
     ) -> None:
         if queue_threshold <= 0:
             raise ValueError("queue_threshold must be > 0")
@@ -66,6 +70,9 @@ class SaturationDetector:
         self.staleness = staleness
         self.aggregation: Aggregation = aggregation
         self.track_in_flight = track_in_flight
+        if connection_limit is not None and connection_limit < 1:
+            raise ValueError("connection_limit must be >= 1 or None")
+        self.connection_limit = connection_limit
         # endpoint key -> (metrics.updated_at, in_flight when that snapshot was first seen)
         self._baselines: dict[str, tuple[float, int]] = {}
 
@@ -75,17 +82,28 @@ class SaturationDetector:
         return updated > 0.0 and now - updated <= self.staleness
 
     def effective_queue(self, endpoint: Endpoint) -> int:
-        """The scraped waiting queue corrected by in-flight changes since that scrape."""
-        waiting = endpoint.metrics.waiting_queue_size
+        """The requests waiting for this endpoint, in the server and in the gateway's connection pool.
+
+        ``max(0, waiting + min(in_flight, L) - min(in_flight_at_scrape, L)) + max(0, in_flight - L)``
+        with ``L = connection_limit``. The first term is the server's scraped queue corrected by what
+        the gateway sent (and saw finish) since the scrape, counting only requests that can hold a
+        connection; the second counts requests waiting for an upstream connection inside the gateway:
+        the proxy opens at most ``L`` connections per server, so the server cannot report them and
+        every scrape would otherwise forget them.
+        """
+        m = endpoint.metrics
+        waiting = m.waiting_queue_size
         if not self.track_in_flight:
             return waiting
         key = endpoint.key
-        updated = endpoint.metrics.updated_at
         base = self._baselines.get(key)
-        if base is None or base[0] != updated:
-            self._baselines[key] = (updated, endpoint.in_flight)
-            return waiting
-        return max(0, waiting + endpoint.in_flight - base[1])
+        if base is None or base[0] != m.updated_at:
+            base = self._baselines[key] = (m.updated_at, endpoint.in_flight)
+        limit = self.connection_limit
+        if limit is None:
+            return max(0, waiting + endpoint.in_flight - base[1])
+        seated = min(endpoint.in_flight, limit) - min(base[1], limit)
+        return max(0, waiting + seated) + max(0, endpoint.in_flight - limit)
 
     def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
         """``max(queue/queue_threshold, kv/kv_threshold)``; 1.0 when metrics are stale."""

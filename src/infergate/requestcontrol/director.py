@@ -13,7 +13,7 @@ import logging
 import random
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -71,6 +71,7 @@ class SchedulerLike(Protocol):
 
 class FlowControllerLike(Protocol):
     async def admit(self, request: InferenceRequest) -> None: ...
+    def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
 
 
 def error_code_for(exc: BaseException) -> str:
@@ -428,10 +429,22 @@ class Director:
             raise _no_capacity(subset)
         # Endpoints that list the target model in /v1/models (e.g. hold the LoRA adapter) are the
         # only ones that can answer it; when none lists it (not scraped yet) all may try.
-        serving = [c for c in candidates if request.target_model in self._ds.models(c.key)]
-        result = self._scheduler.schedule(request, serving or candidates)
+        serving = [c for c in candidates if request.target_model in self._ds.models(c.key)] or candidates
+        held_back: list[Endpoint] = []
+        if self._flow is not None:
+            # with queueing on, only endpoints that have room (unless none has): the gateway's
+            # priority order, not a full replica's own queue, decides who waits
+            roomy = self._flow.with_room(serving)
+            if len(roomy) < len(serving):
+                keys = {e.key for e in roomy}
+                held_back = [e for e in serving if e.key not in keys]
+                serving = roomy
+        result = self._scheduler.schedule(request, serving)
         if not result.targets:
             raise NoCapacityError("failed to find a target endpoint for the request")
+        if held_back:
+            # full endpoints stay last-resort fallbacks: a retry there beats no retry at all
+            result = replace(result, targets=result.targets + tuple(held_back))
         return result
 
     def _hold(self, ctx: RequestContext, target: Endpoint) -> None:
