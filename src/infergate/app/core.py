@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
-from infergate.flowcontrol import FlowControlConfig, FlowController, SaturationDetector
+from infergate.flowcontrol import FlowController
+from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.access import RequestLimits
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.decisions import DecisionLog
@@ -62,24 +63,14 @@ def build_core(
     s = settings
     decisions = DecisionLog()
     scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
-    detector = SaturationDetector(
-        queue_threshold=s.queue_threshold,
-        kv_threshold=s.kv_threshold,
-        staleness=s.saturation_staleness,
-        connection_limit=connection_limit,
+    detector, flow_config = flow_control_from_settings(
+        s, pool_name=pool.name, enabled=flow_control, connection_limit=connection_limit
     )
     flow = FlowController(
         datastore,
         detector=detector,
         clock=clock,
-        config=FlowControlConfig(
-            enabled=flow_control,
-            default_ttl=s.request_ttl,
-            band_max_requests=s.max_queued_requests,
-            band_max_bytes=s.max_queued_bytes,
-            pool_name=pool.name,
-            headroom=s.flow_control_headroom,
-        ),
+        config=flow_config,
         metrics=metrics,
     )
     director = Director(

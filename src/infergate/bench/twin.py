@@ -36,14 +36,14 @@ from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
-from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.core import Decision, FlowCore
 from infergate.flowcontrol.queues import QueuedItem
-from infergate.flowcontrol.saturation import SaturationDetector
+from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.parsing import parse_body
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
+from infergate.simulator.scaled import make_engine
 from infergate.simulator.tokenizer import Tokenizer
 from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
 
@@ -99,40 +99,10 @@ class _Replica:
         self.requests = 0
 
 
-class _ScaledEngine(Engine):
-    """Step durations multiplied by ``time_scale``, as the simulator server's ``--time-scale`` does
-    (``infergate.simulator.server.ScaledEngine``; not imported, to keep aiohttp out of the twin)."""
-
-    def __init__(self, config: EngineConfig, time_scale: float) -> None:
-        super().__init__(config)
-        self.time_scale = time_scale
-
-    def begin_step(self, now: float) -> float | None:
-        duration = super().begin_step(now)
-        return None if duration is None else duration * self.time_scale
-
-
-def _engine(config: EngineConfig, time_scale: float) -> Engine:
-    return Engine(config) if time_scale == 1.0 else _ScaledEngine(config, time_scale)
-
-
 def _flow_core(datastore: Datastore) -> FlowCore:
     """The gateway's flow control with its default settings (see ``infergate.app.core``)."""
-    s = GatewaySettings()
-    detector = SaturationDetector(
-        queue_threshold=s.queue_threshold,
-        kv_threshold=s.kv_threshold,
-        staleness=s.saturation_staleness,
-        connection_limit=None,  # no connection pool in the twin: requests reach the engine's queue
-    )
-    config = FlowControlConfig(
-        enabled=True,
-        default_ttl=s.request_ttl,
-        band_max_requests=s.max_queued_requests,
-        band_max_bytes=s.max_queued_bytes,
-        pool_name="twin",
-        headroom=s.flow_control_headroom,
-    )
+    # no connection pool in the twin: requests reach the engine's queue
+    detector, config = flow_control_from_settings(GatewaySettings(), pool_name="twin", connection_limit=None)
     return FlowCore(datastore, detector=detector, config=config)
 
 
@@ -195,7 +165,7 @@ def run_twin(
     )
     replicas: list[_Replica] = []
     for i in range(cfg.replicas):
-        engine = _engine(engine_cfg, cfg.time_scale)
+        engine = make_engine(engine_cfg, cfg.time_scale)
         for name in cfg.adapters:
             engine.add_lora(name, f"/adapters/{name}")
         overhead = engine.profile.api_overhead_ms / 1000.0 * cfg.time_scale

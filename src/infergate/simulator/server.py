@@ -26,24 +26,13 @@ from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
 from infergate.simulator.generation import ChoiceSpec, Delta, choice_events, merged_events
 from infergate.simulator.metrics import SimMetrics
 from infergate.simulator.profile import get_profile
+from infergate.simulator.scaled import make_engine
 from infergate.simulator.tokenizer import BOS_ID, Tokenizer
 
 log = logging.getLogger("infergate.simulator")
 
 VLLM_VERSION = "0.33.0"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ScaledEngine(Engine):
-    """An engine whose step durations are multiplied by ``time_scale`` (tests and demos run faster)."""
-
-    def __init__(self, config: EngineConfig, time_scale: float) -> None:
-        super().__init__(config)
-        self.time_scale = time_scale
-
-    def begin_step(self, now: float) -> float | None:
-        duration = super().begin_step(now)
-        return None if duration is None else duration * self.time_scale
 
 
 def engine_config(args: SimulatorArgs) -> EngineConfig:
@@ -106,9 +95,7 @@ class SimServer:
         self.args = args
         self.config = engine_config(args)
         get_profile(self.config.profile)  # unknown profile → ValueError before anything starts
-        self.engine: Engine = (
-            ScaledEngine(self.config, args.time_scale) if args.time_scale != 1.0 else Engine(self.config)
-        )
+        self.engine: Engine = make_engine(self.config, args.time_scale)
         self.tokenizer = Tokenizer()
         overhead = self.engine.profile.api_overhead_ms / 1000.0 * args.time_scale
         self.driver = RealtimeDriver(self.engine, api_overhead=overhead)
