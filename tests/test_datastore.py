@@ -170,3 +170,30 @@ def test_models_pool_objectives_rewrites(ds: Datastore) -> None:
 def test_rejects_non_positive_staleness() -> None:
     with pytest.raises(ValueError):
         Datastore(staleness=0)
+
+
+def test_membership_version_moves_on_rotation_changes_only(ds: Datastore, clock: FakeClock) -> None:
+    key = "10.0.0.1:8000"
+    seen = [ds.membership_version]
+
+    def moved() -> bool:
+        now = ds.membership_version
+        changed = now != seen[-1]
+        seen.append(now)
+        return changed
+
+    ds.upsert_endpoint(meta("p1"))
+    assert moved()  # joined
+    ds.update_metrics(key, EndpointMetrics(kv_cache_usage=0.5, updated_at=clock.t))
+    ds.acquire(key)
+    ds.release(key)
+    ds.upsert_endpoint(meta("p1", app="x"))  # relabel: same member
+    assert not moved()
+    ds.set_healthy(key, False)
+    assert moved()
+    ds.set_healthy(key, False)  # no change
+    assert not moved()
+    ds.set_healthy(key, True)
+    assert moved()
+    ds.remove_endpoint(key)
+    assert moved()

@@ -57,6 +57,7 @@ class Datastore:
         self._objectives: dict[str, Objective] = {}
         self._rewrites: dict[str, ModelRewrite] = {}
         self._listeners: list[Listener] = []
+        self._membership = 0
 
     # -- pool -------------------------------------------------------------------------------
 
@@ -88,6 +89,7 @@ class Datastore:
         old = self._endpoints.get(meta.key)
         if old is None:
             self._endpoints[meta.key] = Endpoint(meta=meta)
+            self._membership += 1
         elif old.meta == meta:
             return
         else:
@@ -99,10 +101,17 @@ class Datastore:
         if self._endpoints.pop(key, None) is None:
             return
         self._models.pop(key, None)
+        self._membership += 1
         self._notify()
 
     def endpoint(self, key: str) -> Endpoint | None:
         return self._endpoints.get(key)
+
+    @property
+    def membership_version(self) -> int:
+        """Changes whenever an endpoint joins, leaves or changes health (not on metrics or in-flight
+        changes), so a listener that only cares about rotation can skip the frequent other changes."""
+        return self._membership
 
     def endpoints(self) -> list[Endpoint]:
         """Every known endpoint, healthy or not, fresh or not."""
@@ -143,6 +152,7 @@ class Datastore:
         if old is None or old.healthy == healthy:
             return
         self._endpoints[key] = replace(old, healthy=healthy)
+        self._membership += 1
         self._notify()
 
     def set_models(self, key: str, models: frozenset[str]) -> None:

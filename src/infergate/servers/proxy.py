@@ -87,6 +87,8 @@ class EndpointSource(Protocol):
     def endpoint(self, key: str) -> Endpoint | None: ...
     def served_models(self) -> frozenset[str]: ...
     def add_listener(self, fn: Callable[[], None]) -> Callable[[], None]: ...
+    @property
+    def membership_version(self) -> int: ...
 
 
 def error_response(exc: RequestError) -> web.Response:
@@ -125,6 +127,7 @@ class ProxyServer:
         self._upstream: UpstreamPool | None = None
         # endpoint key -> exchanges in flight there; emptied sets are removed
         self._flights: dict[str, set[Exchange]] = {}
+        self._membership_seen = -1
         self._unsubscribe: Callable[[], None] | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -304,8 +307,14 @@ class ProxyServer:
     def _on_pool_change(self) -> None:
         """Datastore listener (runs on every change): withdraw exchanges on departed endpoints.
 
-        Cheap when nothing departed: one dict lookup per endpoint that has requests in flight.
+        Metrics and in-flight changes (every scrape, every request) leave the membership version
+        alone and return at once; a join, departure or health change costs one lookup per endpoint
+        that has requests in flight.
         """
+        version = self._endpoints.membership_version
+        if version == self._membership_seen:
+            return
+        self._membership_seen = version
         if not self._flights:
             return
         endpoint = self._endpoints.endpoint
