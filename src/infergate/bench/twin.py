@@ -295,9 +295,8 @@ def run_twin(
             replica = _oracle_pick(replicas, tokens, lora)
         else:
             candidates = datastore.candidates()
-            if flow is not None and len(candidates) > 1:
-                # route_to_room: with queueing on, only endpoints with room, unless none has
-                candidates = flow.with_room(candidates, loop.now()) or candidates
+            if flow is not None:  # as the director: only endpoints with room, unless none has
+                candidates = flow.with_room(candidates, loop.now())
             try:
                 result = scheduler.schedule(ireq, candidates)
             except NoCapacityError as exc:

@@ -73,19 +73,8 @@ class FlowController:
         return self._core.config
 
     def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """Narrow scheduling candidates to those with room, when queueing is on.
-
-        Returns ``endpoints`` unchanged when flow control is off, routing to room is disabled, or
-        no endpoint has room (the pool is then saturated and the scheduler picks among all);
-        otherwise only the endpoints whose own saturation score is below 1. A request released
-        from the queues thus never lands in a full model server's queue while another has room,
-        so replica queues stay short and the gateway's priority order decides who waits.
-        """
-        c = self._core.config
-        if not c.enabled or not c.route_to_room or len(endpoints) < 2:
-            return list(endpoints)
-        roomy = self._core.with_room(endpoints, self._clock.now())
-        return roomy or list(endpoints)
+        """Candidates narrowed to endpoints with room now (see :meth:`FlowCore.with_room`)."""
+        return self._core.with_room(endpoints, self._clock.now())
 
     def queued(self) -> int:
         """Requests waiting right now."""

@@ -120,11 +120,19 @@ class FlowCore:
         return 1.0 if priority >= top else 1.0 - headroom
 
     def with_room(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
-        """The endpoints that can take a request without queueing it (own score < 1).
+        """Scheduling candidates narrowed to those that can take a request without queueing it.
 
-        Empty when none can (the caller then decides whether to fall back to all of them).
+        ``endpoints`` unchanged when flow control is off, routing to room is disabled, or no
+        endpoint has room (the pool is then saturated and the scheduler picks among all);
+        otherwise only the endpoints whose own saturation score is below 1. A request released
+        from the queues thus never lands in a full model server's queue while another has room,
+        so replica queues stay short and the gateway's priority order decides who waits.
         """
-        return [e for e in endpoints if self._detector.endpoint_score(e, now) < 1.0]
+        c = self._config
+        if not c.enabled or not c.route_to_room or len(endpoints) < 2:
+            return list(endpoints)
+        roomy = [e for e in endpoints if self._detector.endpoint_score(e, now) < 1.0]
+        return roomy or list(endpoints)
 
     # -- decisions --------------------------------------------------------------------------
 
