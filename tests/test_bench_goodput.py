@@ -151,11 +151,11 @@ def _rate(qps: float, failing: float | None) -> SloRate:
     return slo_rate_of_sweep([(qps, True), *([(failing, False)] if failing else [])])
 
 
-def test_report_shows_ratios_to_round_robin_and_oracle(tmp_path: Path) -> None:
+def test_report_shows_ratios_to_round_robin_and_greedy_true_state(tmp_path: Path) -> None:
     rates = [
         StrategySloRate(workload="w", strategy="round-robin", rate=_rate(20.0, 20.4)),
         StrategySloRate(workload="w", strategy="default", rate=_rate(30.0, 30.5)),
-        StrategySloRate(workload="w", strategy="oracle", rate=_rate(40.0, 40.6)),
+        StrategySloRate(workload="w", strategy="greedy-true-state", rate=_rate(40.0, 40.6)),
         StrategySloRate(workload="w", strategy="random", rate=_rate(50.0, None)),
     ]
     md = slo_rate_markdown(rates)
@@ -165,7 +165,7 @@ def test_report_shows_ratios_to_round_robin_and_oracle(tmp_path: Path) -> None:
     write_slo_rates_json(rates, tmp_path / "r.json")
     data = {d["strategy"]: d for d in json.loads((tmp_path / "r.json").read_text())}
     assert data["default"]["ratio_to_round-robin"] == pytest.approx(1.5)
-    assert data["default"]["ratio_to_oracle"] == pytest.approx(0.75)
+    assert data["default"]["ratio_to_greedy-true-state"] == pytest.approx(0.75)
     assert data["random"]["bounded"] is False
 
 

@@ -3,7 +3,7 @@
 The digests below were recorded from the code BEFORE the twin-speed optimisation (2026-11-26,
 commit under review) and must stay byte-identical: every record's status, TTFT, e2e, token counts
 and inter-token latencies, the per-replica request counts, the prefix hit rate, LoRA swaps and the
-load series. The oracle and round-robin runs do not depend on the scheduler's scoring, so a change
+load series. The greedy-true-state and round-robin runs do not depend on the scheduler's scoring, so a change
 in the gateway's scorers cannot move them; the engine-level digest covers every field of every
 RequestOutput the HTTP server path streams.
 """
@@ -27,7 +27,7 @@ from infergate.simulator.tokenizer import Tokenizer, _piece_id
 
 # Recorded from the pre-optimisation code; do not regenerate to make a failing test pass.
 TWIN_DIGESTS = {
-    ("multi-tenant-chat", 200, 37.0, "oracle"): (
+    ("multi-tenant-chat", 200, 37.0, "greedy-true-state"): (
         "d7fead8e8d6f886396766c54443b21d64f4993881b8f2ea18228387eaa78d00e"
     ),
     ("tutorial-mix", 300, 15.0, "round-robin"): (

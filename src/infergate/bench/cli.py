@@ -3,7 +3,11 @@
 Three modes share workloads and reports:
 - a URL (``--url``): one target, a sweep of loads;
 - ``--matrix``: start fresh simulated replicas and each routing strategy in turn, same request stream;
-- ``--twin``: the same in virtual time, in this process (the digital twin).
+- ``--twin``: the same in virtual time, in this process (the digital twin). Each load point runs
+  at steady state (a duration of virtual time with a warm-up left out, see
+  :mod:`infergate.bench.steady`) on the pool the flags or the workload's ``pool:`` describe, and
+  ``--slo-rate`` bisects every strategy's SLO rate. ``--twin --limit N`` instead replays the first N
+  requests, exactly the stream ``--matrix --limit N`` sends, for twin-vs-real comparisons.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,9 +26,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from infergate.bench.loadgen import RequestRecord, arrival_offsets, run_closed_loop, run_open_loop
 from infergate.bench.replicas import read_counters
 from infergate.bench.report import RunResult, plot_latency_vs_load, to_markdown, write_json
-from infergate.bench.stats import Slo, summarise
-from infergate.bench.strategies import strategy_names
-from infergate.bench.workloads import BenchRequest, WorkloadError, generate, load_workload
+from infergate.bench.stats import Slo, SloRate, summarise
+from infergate.bench.steady import PoolShape, map_models, resolve_pool
+from infergate.bench.steady_report import SteadyReport, steady_markdown, write_steady_reports
+from infergate.bench.strategies import resolve_strategy, strategy_names
+from infergate.bench.workloads import BenchRequest, WorkloadError, WorkloadSpec, generate, load_workload
 
 if TYPE_CHECKING:
     from infergate.bench.matrix import MatrixOutcome
@@ -35,9 +42,25 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _epilog() -> str:
+    from infergate.bench.workloads import builtin_workloads
+
+    strategies = ", ".join(strategy_names(twin=True))
+    return (
+        f"built-in workloads: {', '.join(sorted(builtin_workloads()))}\n"
+        f"strategies: {strategies}; append +fc to run one with the gateway's flow control "
+        "(default always has it), +nofc to run it without\n"
+        "twin pool defaults: the workload file's pool: section, else 3 replicas serving "
+        "food-review,cad-fabricator,legal-summarizer with --max-loras 2 and Poisson arrivals"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="infergate bench", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="infergate bench",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="base URL of an OpenAI-compatible server or gateway")
@@ -45,18 +68,53 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--twin", action="store_true", help="run the comparison in virtual time")
     p.add_argument("--workload", required=True, help="built-in workload name or a YAML file")
     load = p.add_mutually_exclusive_group()
-    load.add_argument("--qps", type=_floats, help="open-loop Poisson rates to sweep, e.g. 2,4,8")
+    load.add_argument("--qps", type=_floats, help="open-loop rates to sweep, e.g. 2,4,8 (default 4,8,12)")
     load.add_argument("--concurrency", type=_floats, help="closed-loop concurrencies to sweep, e.g. 8,32")
     p.add_argument("--label", default="target", help="strategy name for the report (URL mode)")
     p.add_argument("--replica", action="append", default=[], help="replica base URL to read counters from")
-    p.add_argument("--limit", type=int, help="use only the first N requests of the workload")
-    p.add_argument("--strategies", help="comma-separated strategies (matrix/twin)")
-    p.add_argument("--replicas", type=int, default=3, help="replicas to start (matrix/twin)")
-    p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO bound on TTFT, seconds")
-    p.add_argument("--slo-tpot", type=float, default=0.050, help="SLO bound on TPOT, seconds")
-    p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
-    p.add_argument("--out", type=Path, default=Path("bench-results"), help="report folder")
+    p.add_argument(
+        "--limit", type=int, help="use only the first N requests (url, matrix; twin: fixed-count replay)"
+    )
+    p.add_argument("--strategies", help="comma-separated strategies (matrix/twin; default: all)")
+    p.add_argument(
+        "--replicas", type=int, help="replicas (matrix/twin; default: the workload's pool, else 3)"
+    )
+    p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO bound on p90 TTFT, seconds (default 1.0)")
+    p.add_argument(
+        "--slo-tpot", type=float, default=0.050, help="SLO bound on p90 TPOT, seconds (default 0.05)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival process (default 0)")
+    p.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="report folder (default bench-results)"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    t = p.add_argument_group("twin: pool shape, arrivals, steady state")
+    t.add_argument(
+        "--adapters",
+        help="comma-separated LoRA adapters every replica serves ('' for none); the workload's model "
+        "names map onto them (default: the workload's pool, else the tutorial's three)",
+    )
+    t.add_argument(
+        "--max-loras", type=int, help="GPU adapter slots per replica (default: workload's, else 2)"
+    )
+    t.add_argument(
+        "--arrival",
+        help="poisson or gamma:SHAPE (gamma renewal, CV = 1/sqrt(SHAPE); default: workload's, else poisson)",
+    )
+    t.add_argument(
+        "--slo-rate",
+        action="store_true",
+        help="bisect each strategy's SLO rate (with no --qps, only SLO rates are computed)",
+    )
+    t.add_argument("--tolerance", type=float, default=0.02, help="SLO-rate bisection width (default 0.02)")
+    t.add_argument(
+        "--duration",
+        type=float,
+        help="measured virtual seconds per load point (default max(60, 20 x unloaded e2e latency))",
+    )
+    t.add_argument(
+        "--warmup", type=float, help="warm-up virtual seconds, excluded (default max(10, 5 x e2e))"
+    )
     m = p.add_argument_group("matrix (--time-scale also applies to --twin)")
     m.add_argument(
         "--peer-venv",
@@ -132,22 +190,32 @@ def run_twin_sweep(
     workload: str,
     strategies: Sequence[str],
     qps: Sequence[float],
-    replicas: int,
+    replicas: int | PoolShape,
     slo: Slo,
     seed: int,
     time_scale: float = 1.0,
 ) -> list[RunResult]:
-    """Every strategy at every rate, in virtual time, on identical request streams.
+    """Every strategy at every rate, in virtual time, on identical fixed request lists.
 
     ``time_scale`` slows the simulated engines as ``--matrix --time-scale`` slows the replicas, so a
-    twin sweep can be set beside a matrix sweep with the same flags.
+    twin sweep can be set beside a matrix sweep with the same flags. ``replicas`` is a count (the
+    tutorial pool otherwise) or a whole :class:`PoolShape`.
     """
     from infergate.bench.twin import TwinConfig, run_twin
 
-    config = TwinConfig(replicas=replicas, seed=seed, time_scale=time_scale)
+    shape = replicas if isinstance(replicas, PoolShape) else PoolShape(replicas=replicas)
+    mapping = map_models(requests, shape)
+    requests = [replace(r, model=mapping[r.model]) for r in requests]
+    config = TwinConfig(
+        replicas=shape.replicas,
+        adapters=shape.adapters,
+        max_loras=shape.max_loras,
+        seed=seed,
+        time_scale=time_scale,
+    )
     results = []
     for rate in qps:
-        offsets = arrival_offsets(requests, rate, seed)
+        offsets = arrival_offsets(requests, rate, seed, shape.arrival)
         for strategy in strategies:
             out = run_twin(requests, offsets, strategy=strategy, config=config)
             results.append(
@@ -164,6 +232,54 @@ def run_twin_sweep(
                 )
             )
     return results
+
+
+def run_twin_steady(
+    spec: WorkloadSpec,
+    shape: PoolShape,
+    *,
+    strategies: Sequence[str],
+    qps: Sequence[float],
+    slo_rate: bool,
+    slo: Slo,
+    seed: int,
+    tolerance: float = 0.02,
+    time_scale: float = 1.0,
+    duration: float | None = None,
+    warmup: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SteadyReport:
+    """Every strategy at every rate at steady state, and its SLO rate if asked.
+
+    SLO-rate searches start from round-robin's rate when round-robin is among the strategies (it
+    runs first), else from 2 QPS per replica.
+    """
+    from infergate.bench.steady import SteadyRunner, plan_for, unloaded_e2e
+
+    plan = None
+    if duration is not None or warmup is not None:
+        plan = plan_for(unloaded_e2e(spec, shape, time_scale=time_scale), duration=duration, warmup=warmup)
+    runner = SteadyRunner(spec, shape, slo=slo, seed=seed, plan=plan, time_scale=time_scale)
+    order = sorted(strategies, key=lambda s: s != "round-robin")
+    rates: dict[str, SloRate] = {}
+    for strategy in order:
+        for rate in qps:
+            runner.point(strategy, rate)
+        if slo_rate:
+            start = (
+                rates["round-robin"].qps if rates.get("round-robin") and rates["round-robin"].qps else None
+            )
+            rates[strategy] = runner.slo_rate(strategy, start=start, tolerance=tolerance)
+            if log is not None:
+                log(f"{spec.name} {strategy}: SLO rate {rates[strategy].qps:.2f} QPS")
+    return SteadyReport(
+        workload=spec.name,
+        shape=shape,
+        plan=runner.plan,
+        slo=slo,
+        points={s: runner.points_of(s) for s in strategies},
+        rates=rates,
+    )
 
 
 def run_matrix_sweep(
@@ -212,6 +328,64 @@ def write_reports(results: Sequence[RunResult], out: Path, *, plots: bool) -> Pa
     return out / "results.md"
 
 
+def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
+    strategies = args.strategies.split(",") if args.strategies else strategy_names(twin=True)
+    try:
+        for name in strategies:
+            resolve_strategy(name)
+        shape = resolve_pool(
+            spec,
+            replicas=args.replicas,
+            adapters=None if args.adapters is None else [a for a in args.adapters.split(",") if a],
+            max_loras=args.max_loras,
+            arrival=args.arrival,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.limit:
+        if args.slo_rate or args.duration is not None or args.warmup is not None:
+            print(
+                "error: --slo-rate, --duration and --warmup need steady-state runs (no --limit)",
+                file=sys.stderr,
+            )
+            return 2
+        requests = generate(spec)[: args.limit]
+        results = run_twin_sweep(
+            requests,
+            workload=spec.name,
+            strategies=strategies,
+            qps=args.qps or [4.0, 8.0, 12.0],
+            replicas=shape,
+            slo=slo,
+            seed=args.seed,
+            time_scale=args.time_scale,
+        )
+        path = write_reports(results, args.out, plots=not args.no_plots)
+        print(to_markdown(results))
+        print(f"reports in {path.parent}")
+        return 0
+    qps = args.qps or ([] if args.slo_rate else [4.0, 8.0, 12.0])
+    report = run_twin_steady(
+        spec,
+        shape,
+        strategies=strategies,
+        qps=qps,
+        slo_rate=args.slo_rate,
+        slo=slo,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        time_scale=args.time_scale,
+        duration=args.duration,
+        warmup=args.warmup,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    path = write_steady_reports([report], args.out, plots=not args.no_plots)
+    print(steady_markdown(report))
+    print(f"reports in {path.parent}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -219,10 +393,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    slo = Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+    if args.twin:
+        return _twin_main(args, spec, slo)
+    twin_only = [
+        f for f in ("adapters", "max_loras", "arrival", "duration", "warmup") if getattr(args, f) is not None
+    ]
+    if args.slo_rate:
+        twin_only.append("slo_rate")
+    if twin_only:
+        flags = ", ".join("--" + f.replace("_", "-") for f in twin_only)
+        print(f"error: {flags} only apply to --twin", file=sys.stderr)
+        return 2
+    args.replicas = args.replicas or spec.pool.replicas or 3
     requests = generate(spec)
     if args.limit:
         requests = requests[: args.limit]
-    slo = Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
     if args.url:
         results = asyncio.run(
             run_url(
@@ -236,18 +422,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 slo=slo,
                 seed=args.seed,
             )
-        )
-    elif args.twin:
-        strategies = args.strategies.split(",") if args.strategies else strategy_names(twin=True)
-        results = run_twin_sweep(
-            requests,
-            workload=spec.name,
-            strategies=strategies,
-            qps=args.qps or [4.0, 8.0, 12.0],
-            replicas=args.replicas,
-            slo=slo,
-            seed=args.seed,
-            time_scale=args.time_scale,
         )
     else:
         try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from infergate.bench.arrivals import ArrivalProcess
 from infergate.bench.workloads import BenchRequest
 
 __all__ = ["RequestRecord", "arrival_offsets", "run_closed_loop", "run_open_loop"]
@@ -51,8 +52,11 @@ class RequestRecord:
         return (self.e2e - self.ttft) / (self.completion_tokens - 1)
 
 
-def arrival_offsets(requests: Sequence[BenchRequest], qps: float, seed: int) -> list[float]:
-    """Send times: the workload's own offsets where it fixes them, else a Poisson process at ``qps``."""
+def arrival_offsets(
+    requests: Sequence[BenchRequest], qps: float, seed: int, process: ArrivalProcess | None = None
+) -> list[float]:
+    """Send times: the workload's own offsets where it fixes them, else ``process`` (Poisson by
+    default) at ``qps``."""
     rng = random.Random(seed)
     t = 0.0
     out = []
@@ -60,7 +64,7 @@ def arrival_offsets(requests: Sequence[BenchRequest], qps: float, seed: int) -> 
         if r.offset is not None:
             out.append(r.offset)
             continue
-        t += rng.expovariate(qps)
+        t += rng.expovariate(qps) if process is None else process.gap(rng, qps)
         out.append(t)
     return out
 
@@ -91,7 +95,9 @@ async def _send(
     rec = RequestRecord(index=request.index, model=request.model, group=request.group, sent_at=sent - start)
     last_token_at: float | None = None
     try:
-        async with session.post(base_url + request.path, json=request.body(), headers=dict(headers)) as resp:
+        async with session.post(
+            base_url + request.path, json=request.body(), headers={**headers, **request.headers}
+        ) as resp:
             rec.status = resp.status
             if resp.status != 200:
                 rec.error = (await resp.text())[:300]

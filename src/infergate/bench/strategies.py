@@ -2,14 +2,31 @@
 
 Every strategy is a configuration of the real scheduler, so the matrix (real processes) and the
 twin (virtual time) run exactly the code a user would. ``round-robin`` stands for a plain
-Kubernetes Service; ``oracle`` exists only in the twin, where true engine state can be read.
+Kubernetes Service; ``greedy-true-state`` exists only in the twin, where true engine state can be
+read: it sends each request where an estimate of its TTFT from the engines' *true* queues and
+prefix caches is lowest. It is a strong heuristic, not an upper bound (a greedy choice per request
+ignores what later requests need, and its cost estimate is rough).
+
+``default`` is exactly what the product runs by default: the default picker configuration *with*
+the gateway's flow control. Every other strategy runs without flow control unless asked for with a
+``+fc`` suffix (``prefix-only+fc``); ``+nofc`` turns it off (``default+nofc``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from infergate.config.picker import EndpointPickerConfig, default_picker_config, parse_picker_config
 
-__all__ = ["BASE_MODEL", "STRATEGIES", "picker_config", "strategy_names"]
+__all__ = [
+    "BASE_MODEL",
+    "GREEDY",
+    "STRATEGIES",
+    "Strategy",
+    "picker_config",
+    "resolve_strategy",
+    "strategy_names",
+]
 
 # The tutorial pool's base model: LoRA affinity is neutral for requests to it.
 BASE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -33,13 +50,51 @@ STRATEGIES: dict[str, str] = {
 }
 
 
+# Greedy with true engine state (twin only): not a bound, a heuristic that cheats by reading the engines.
+GREEDY = "greedy-true-state"
+
+
 def strategy_names(*, twin: bool) -> list[str]:
     names = ["default", *STRATEGIES]
-    return [*names, "oracle"] if twin else names
+    return [*names, GREEDY] if twin else names
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    """A strategy name resolved: its base strategy and whether the gateway's flow control runs.
+
+    ``flow_control`` is None when the name does not say (then the runner's default applies: off in
+    the twin); ``default`` says True, ``+fc`` True, ``+nofc`` False.
+    """
+
+    name: str
+    base: str
+    flow_control: bool | None
+
+    @property
+    def greedy(self) -> bool:
+        return self.base == GREEDY
+
+
+def resolve_strategy(name: str) -> Strategy:
+    """``BASE`` or ``BASE+fc`` / ``BASE+nofc``; an unknown base or suffix is an error naming it."""
+    base, plus, suffix = name.partition("+")
+    known = strategy_names(twin=True)
+    if base not in known:
+        raise ValueError(f"unknown strategy {base!r}; known: {', '.join(known)} (optionally +fc or +nofc)")
+    if plus and suffix not in ("fc", "nofc"):
+        raise ValueError(f"strategy {name!r}: unknown suffix {'+' + suffix!r} (expected +fc or +nofc)")
+    if base == GREEDY and suffix == "fc":
+        raise ValueError(f"strategy {name!r}: {GREEDY} picks from true engine state, without flow control")
+    flow: bool | None = (
+        {"fc": True, "nofc": False}.get(suffix) if plus else (True if base == "default" else None)
+    )
+    return Strategy(name=name, base=base, flow_control=flow)
 
 
 def picker_config(name: str) -> EndpointPickerConfig:
     """The scheduler configuration of a named strategy (``default`` is the gateway's own default)."""
+    name = resolve_strategy(name).base if "+" in name else name
     if name == "default":
         return default_picker_config(lora=True, base_models=[BASE_MODEL])
     try:

@@ -10,14 +10,20 @@ of thousands of requests runs in seconds and is exactly reproducible for a seed.
 This module is the one place where gateway code and simulator code meet in one process: the
 gateway never imports the simulator, and the simulator never imports the gateway.
 
-With ``TwinConfig(flow_control=True)`` the gateway's flow control runs too (``FlowCore``: the
-saturation detector, priority queues with TTL, route-to-room), dispatching on datastore changes as
-the gateway's controller does. ``time_scale`` slows the engines like ``infergate simulate
+The gateway's flow control (``FlowCore``: the saturation detector, priority queues with TTL,
+route-to-room) runs for the ``default`` strategy and any ``+fc`` one (see
+:mod:`infergate.bench.strategies`), or for every strategy with ``TwinConfig(flow_control=True)``,
+dispatching on datastore changes as the gateway's controller does. The pool's InferenceObjectives
+(``TwinConfig.objectives``) are in the twin's datastore, as the gateway's would be.
+``time_scale`` slows the engines like ``infergate simulate
 --time-scale``, so the twin can stand beside a matrix run with slowed replicas.
 
-The ``oracle`` strategy is the bound the real picker is measured against: it reads each engine's
-true queue and true prefix cache at the moment of decision and sends the request where its
-estimated time to first token is lowest.
+The ``greedy-true-state`` strategy reads each engine's true queue and true prefix cache at the
+moment of decision and sends the request where its estimated time to first token is lowest. It is
+greedy with information no real picker has, not an upper bound: the picker can beat it.
+
+A ``monitor`` lets a caller stop a run early (steady-state runs stop once every measured request
+has finished, or once the SLO verdict can no longer change; see :mod:`infergate.bench.steady`).
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ import functools
 import itertools
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infergate.bench.loadgen import RequestRecord
-from infergate.bench.strategies import BASE_MODEL, picker_config
+from infergate.bench.strategies import BASE_MODEL, picker_config, resolve_strategy
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import GatewaySettings
@@ -45,7 +51,7 @@ from infergate.simulator.drivers import VirtualDriver, VirtualLoop
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.scaled import make_engine
 from infergate.simulator.tokenizer import Tokenizer
-from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
+from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, Objective, PoolSpec
 
 __all__ = ["TwinConfig", "TwinResult", "run_twin"]
 
@@ -77,8 +83,10 @@ class TwinConfig:
     at idle load (``bench/bench_twin_agreement.py --calibrate``), never from the run compared."""
     flow_control: bool = False
     """Run the gateway's flow control (saturation detector, queues, route-to-room) with
-    ``GatewaySettings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``; off by
-    default so that published twin figures stay reproducible."""
+    ``GatewaySettings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``, for
+    strategies whose name does not say (``default`` and ``+fc`` always run it, ``+nofc`` never)."""
+    objectives: tuple[Objective, ...] = ()
+    """InferenceObjectives in the gateway's datastore (requests name them by header or model)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +97,8 @@ class TwinResult:
     lora_swaps: int = 0
     gateway_queued: int = 0  # requests that waited in the gateway's flow-control queues
     load_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    stopped_at: float | None = None  # virtual seconds from the start when a monitor stopped the run
+    flow_control: bool = False  # whether the gateway's flow control ran
 
 
 class _Replica:
@@ -122,7 +132,7 @@ def _metrics_of(engine: Engine, now: float) -> EndpointMetrics:
     )
 
 
-def _oracle_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str | None) -> _Replica:
+def _greedy_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str | None) -> _Replica:
     """Lowest estimated TTFT from true engine state: uncached prompt tokens plus the queue ahead,
     with a penalty for an adapter that would have to wait for a free slot."""
 
@@ -146,12 +156,18 @@ def run_twin(
     config: TwinConfig | None = None,
     sample_interval: float = 1.0,
     picker: EndpointPickerConfig | None = None,
+    monitor: Callable[[float, Sequence[RequestRecord]], bool] | None = None,
+    monitor_interval: float = 1.0,
 ) -> TwinResult:
     """Replay ``requests`` arriving at ``offsets`` (seconds) through ``strategy`` on a virtual pool.
 
-    ``picker`` replaces the strategy's scheduler configuration (weight sweeps use it).
+    ``picker`` replaces the strategy's scheduler configuration (weight sweeps use it). ``monitor``
+    is called every ``monitor_interval`` virtual seconds with the time since the start and the
+    records so far; the run stops (unfinished requests keep status 0) when it returns True.
     """
     cfg = config or TwinConfig()
+    resolved = resolve_strategy(strategy)
+    use_flow_control = cfg.flow_control if resolved.flow_control is None else resolved.flow_control
     loop = VirtualLoop()
     tokenizer = Tokenizer(reverse=False)  # the twin never decodes
     engine_cfg = EngineConfig(
@@ -175,13 +191,15 @@ def run_twin(
 
     datastore = Datastore(clock=loop, staleness=cfg.staleness)
     datastore.set_pool(PoolSpec(name="twin", selector={"app": "twin"}))
+    for objective in cfg.objectives:
+        datastore.upsert_objective(objective)
     for r in replicas:
         host, port = r.key.split(":")
         datastore.upsert_endpoint(EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port)))
     scheduler: Scheduler | None = None
-    if strategy != "oracle":
+    if not resolved.greedy:
         scheduler = build_scheduler(
-            picker or picker_config(strategy), rng=random.Random(cfg.seed), clock=loop
+            picker or picker_config(resolved.base), rng=random.Random(cfg.seed), clock=loop
         )
 
     records: list[RequestRecord] = [
@@ -207,7 +225,7 @@ def run_twin(
             loop.call_at(now + sample_interval, sample)
 
     flow: FlowCore | None = None
-    if cfg.flow_control and scheduler is not None:
+    if use_flow_control and scheduler is not None:
         flow = _flow_core(datastore)
     waiting: dict[QueuedItem, tuple[int, InferenceRequest, list[int], str | None]] = {}
     cycle_pending = False
@@ -292,7 +310,7 @@ def run_twin(
         req = requests[i]
         rec = records[i]
         if scheduler is None:
-            replica = _oracle_pick(replicas, tokens, lora)
+            replica = _greedy_pick(replicas, tokens, lora)
         else:
             candidates = datastore.candidates()
             if flow is not None:  # as the director: only endpoints with room, unless none has
@@ -338,7 +356,15 @@ def run_twin(
     loop.call_at(T0, sample)
     for i, off in enumerate(offsets):
         loop.call_at(T0 + off, functools.partial(arrive, i))
-    loop.run()
+    stopped_at: float | None = None
+    if monitor is None:
+        loop.run()
+    else:
+        while loop.pending():
+            loop.run(until=loop.now() + monitor_interval)
+            if monitor(loop.now() - T0, records):
+                stopped_at = loop.now() - T0
+                break
 
     queries = sum(r.engine.stats().prefix_cache_queries for r in replicas)
     hits = sum(r.engine.stats().prefix_cache_hits for r in replicas)
@@ -349,4 +375,6 @@ def run_twin(
         lora_swaps=sum(r.engine.stats().lora_gpu_loads for r in replicas),
         gateway_queued=queued,
         load_series=load_series,
+        stopped_at=stopped_at,
+        flow_control=flow is not None,
     )

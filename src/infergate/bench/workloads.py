@@ -1,18 +1,23 @@
 """Benchmark workloads as data: a YAML spec becomes a seeded, reproducible list of requests.
 
-A workload describes *what* is asked (models, prompt and answer lengths, shared prefixes, sessions);
-the arrival process (open-loop Poisson at a rate, or closed-loop at a concurrency) is chosen when it
-runs, so the same request stream is replayed against every routing strategy. Prompt text is built
-from a fixed word list: no data set or tokenizer is downloaded. One word is meant to be roughly one
-token, so lengths are given in tokens.
+A workload describes *what* is asked (models, prompt and answer lengths, shared prefixes, sessions,
+objectives); the arrival process (open-loop Poisson or gamma at a rate, or closed-loop at a
+concurrency) is chosen when it runs, so the same request stream is replayed against every routing
+strategy. Prompt text is built from a fixed word list: no data set or tokenizer is downloaded. One
+word is meant to be roughly one token, so lengths are given in tokens.
+
+A file may also carry ``pool:`` defaults for the twin (replicas, adapters, LoRA slots, arrival
+process, rate profile): the pool the workload is meant for, which command-line flags override.
+:func:`generate` gives the workload's fixed list (its counts); :func:`stream` repeats the workload's
+pattern (fresh sessions, same tenants) for as many requests as a steady-state run needs.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,13 +26,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
+    "OBJECTIVE_HEADER",
     "BenchRequest",
+    "ClassesWorkload",
+    "ObjectiveShare",
+    "PoolDefaults",
     "WorkloadError",
     "WorkloadSpec",
     "builtin_workloads",
     "generate",
     "load_workload",
+    "stream",
 ]
+
+# The header that names a request's InferenceObjective (GIE's ``x-gateway-inference-objective``).
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
 
 _WORD_TEXT = (
     "the of and to in is it you that was for on are with as his they be at one have this from or had by hot "
@@ -112,7 +125,54 @@ class BurstWorkload(_Model):
     models: tuple[ModelShare, ...] = (ModelShare(name="meta-llama/Llama-3.1-8B-Instruct"),)
 
 
-WorkloadBody = Annotated[SharedPrefixWorkload | MixWorkload | BurstWorkload, Field(discriminator="type")]
+class RequestClass(_Model):
+    """One kind of request in a ``classes`` workload: its share, lengths and models."""
+
+    name: str
+    weight: float = Field(default=1.0, gt=0)
+    prompt: LengthDist = LengthDist(mean=256)
+    answer: LengthDist = LengthDist(mean=128)
+    models: tuple[ModelShare, ...] = (ModelShare(name="meta-llama/Llama-3.1-8B-Instruct"),)
+
+
+class ClassesWorkload(_Model):
+    """Independent requests from several kinds with their own length distributions, e.g. a
+    prefill-heavy kind (long prompt, short answer) beside a decode-heavy one (the reverse)."""
+
+    type: Literal["classes"]
+    requests: int = Field(default=500, ge=1)
+    classes: tuple[RequestClass, ...] = Field(min_length=1)
+    api: Literal["completions", "chat"] = "completions"
+
+
+WorkloadBody = Annotated[
+    SharedPrefixWorkload | MixWorkload | BurstWorkload | ClassesWorkload, Field(discriminator="type")
+]
+
+
+class ObjectiveShare(_Model):
+    """An InferenceObjective the workload's requests name (header), with its priority and share.
+
+    Negative priorities are sheddable: when a workload has objectives, the SLO is judged on the
+    requests of non-negative priority only, so shedding the sheddable ones under overload is
+    allowed, as the gateway's flow control intends.
+    """
+
+    name: str
+    priority: int = 0
+    weight: float = Field(default=1.0, gt=0)
+
+
+class PoolDefaults(_Model):
+    """The pool a workload is meant for, used by ``--twin`` unless a flag says otherwise."""
+
+    replicas: int | None = Field(default=None, ge=1)
+    adapters: tuple[str, ...] | None = None
+    max_loras: int | None = Field(default=None, ge=1)
+    arrival: str | None = None
+    rate_profile: tuple[float, ...] | None = None
+    """Rate multipliers evenly spaced over the measured window, linear between, rescaled to mean 1
+    (a diurnal ramp); see :class:`~infergate.bench.arrivals.RateProfile`."""
 
 
 class WorkloadSpec(_Model):
@@ -120,6 +180,8 @@ class WorkloadSpec(_Model):
     description: str = ""
     seed: int = 0
     workload: WorkloadBody
+    pool: PoolDefaults = PoolDefaults()
+    objectives: tuple[ObjectiveShare, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +197,12 @@ class BenchRequest:
     messages: tuple[dict[str, str], ...] | None = None
     group: str = ""
     offset: float | None = None
+    objective: str | None = None
+    """The InferenceObjective the request names (sent as :data:`OBJECTIVE_HEADER`), or None."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {OBJECTIVE_HEADER: self.objective} if self.objective is not None else {}
 
     def body(self, *, stream: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "ignore_eos": True}
@@ -156,13 +224,38 @@ def _text(rng: random.Random, tokens: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(tokens))
 
 
+def _text_fast(rng: random.Random, tokens: int) -> str:
+    """Like :func:`_text` (other words for the same seed), several times faster: for :func:`stream`,
+    whose runs generate hundreds of thousands of prompts; :func:`generate` keeps its published text."""
+    return " ".join(rng.choices(_WORDS, k=tokens))
+
+
+TextFn = Callable[[random.Random, int], str]
+
+
 def _pick_model(rng: random.Random, models: Sequence[ModelShare]) -> str:
     return rng.choices([m.name for m in models], weights=[m.weight for m in models])[0]
 
 
-def _shared_prefix(w: SharedPrefixWorkload, rng: random.Random) -> list[BenchRequest]:
-    systems = [f"tenant {t}: " + _text(rng, w.system_prompt_tokens) for t in range(w.tenants)]
+def _shared_prefix(
+    w: SharedPrefixWorkload, rng: random.Random, epochs: int = 1, text: TextFn = _text
+) -> list[BenchRequest]:
+    systems = [f"tenant {t}: " + text(rng, w.system_prompt_tokens) for t in range(w.tenants)]
     tenant_models = [_pick_model(rng, w.models) for _ in range(w.tenants)]
+    out: list[BenchRequest] = []
+    for _ in range(epochs):  # later epochs: fresh sessions of the same tenants
+        out.extend(_sessions(w, rng, systems, tenant_models, len(out), text))
+    return out
+
+
+def _sessions(
+    w: SharedPrefixWorkload,
+    rng: random.Random,
+    systems: Sequence[str],
+    tenant_models: Sequence[str],
+    first_index: int,
+    text: TextFn = _text,
+) -> list[BenchRequest]:
     # Sessions interleave: every session's first turn, then every second turn, and so on, the way
     # conversations overlap in time; a turn's history holds the earlier turns' questions and answers.
     histories: list[list[dict[str, str]]] = []
@@ -172,18 +265,18 @@ def _shared_prefix(w: SharedPrefixWorkload, rng: random.Random) -> list[BenchReq
     out: list[BenchRequest] = []
     for _turn in range(w.turns):
         for s, tenant in enumerate(tenants):
-            histories[s].append({"role": "user", "content": _text(rng, w.question.sample(rng))})
+            histories[s].append({"role": "user", "content": text(rng, w.question.sample(rng))})
             answer_len = w.answer.sample(rng)
             out.append(
                 BenchRequest(
-                    index=len(out),
+                    index=first_index + len(out),
                     model=tenant_models[tenant],
                     max_tokens=answer_len,
                     messages=tuple(dict(m) for m in histories[s]),
                     group=f"tenant-{tenant}",
                 )
             )
-            histories[s].append({"role": "assistant", "content": _text(rng, answer_len)})
+            histories[s].append({"role": "assistant", "content": text(rng, answer_len)})
     return out
 
 
@@ -194,11 +287,12 @@ def _independent(
     answer: LengthDist,
     models: Sequence[ModelShare],
     chat: bool,
+    text_fn: TextFn = _text,
 ) -> list[BenchRequest]:
     out = []
     for i in range(count):
         model = _pick_model(rng, models)
-        text = _text(rng, prompt.sample(rng))
+        text = text_fn(rng, prompt.sample(rng))
         messages = ({"role": "user", "content": text},) if chat else None
         out.append(
             BenchRequest(
@@ -213,26 +307,77 @@ def _independent(
     return out
 
 
+def _classes(w: ClassesWorkload, rng: random.Random, count: int, text: TextFn = _text) -> list[BenchRequest]:
+    out = []
+    weights = [c.weight for c in w.classes]
+    for i in range(count):
+        kind = rng.choices(w.classes, weights=weights)[0]
+        (one,) = _independent(rng, 1, kind.prompt, kind.answer, kind.models, w.api == "chat", text)
+        out.append(replace(one, index=i, group=kind.name))
+    return out
+
+
+def _with_objectives(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[BenchRequest]:
+    """Give each request an objective drawn by weight from its own seeded stream, so the requests
+    themselves are those of the workload without objectives."""
+    if not spec.objectives:
+        return requests
+    rng = random.Random(f"{spec.seed}:objectives")
+    names = [o.name for o in spec.objectives]
+    weights = [o.weight for o in spec.objectives]
+    return [replace(r, objective=rng.choices(names, weights=weights)[0]) for r in requests]
+
+
 def generate(spec: WorkloadSpec) -> list[BenchRequest]:
     """The workload's requests, identical for identical specs (seeded)."""
     rng = random.Random(spec.seed)
     w = spec.workload
     if isinstance(w, SharedPrefixWorkload):
-        return _shared_prefix(w, rng)
+        return _with_objectives(spec, _shared_prefix(w, rng))
     if isinstance(w, MixWorkload):
-        return _independent(rng, w.requests, w.prompt, w.answer, w.models, w.api == "chat")
-    requests = _independent(rng, w.bursts * w.burst_size, w.prompt, w.answer, w.models, False)
-    return [
-        BenchRequest(
-            index=r.index,
-            model=r.model,
-            max_tokens=r.max_tokens,
-            prompt=r.prompt,
-            group=r.group,
-            offset=(r.index // w.burst_size) * w.period_s,
+        return _with_objectives(
+            spec, _independent(rng, w.requests, w.prompt, w.answer, w.models, w.api == "chat")
         )
-        for r in requests
-    ]
+    if isinstance(w, ClassesWorkload):
+        return _with_objectives(spec, _classes(w, rng, w.requests))
+    requests = _independent(rng, w.bursts * w.burst_size, w.prompt, w.answer, w.models, False)
+    return _with_objectives(
+        spec,
+        [
+            BenchRequest(
+                index=r.index,
+                model=r.model,
+                max_tokens=r.max_tokens,
+                prompt=r.prompt,
+                group=r.group,
+                offset=(r.index // w.burst_size) * w.period_s,
+            )
+            for r in requests
+        ],
+    )
+
+
+def stream(spec: WorkloadSpec, count: int, *, seed: int = 0) -> list[BenchRequest]:
+    """At least ``count`` requests of the workload's pattern, for a run of a given duration.
+
+    Independent requests are simply more of them; session workloads repeat their pattern in epochs
+    of ``sessions`` interleaved sessions over the same tenants (same system prompts), so a long run
+    keeps the workload's mix of turn depths and prefix sharing. ``seed`` is mixed into the
+    workload's own, so every load point can get a fresh stream. No fixed offsets: the runner's
+    arrival process places every request (bursts: see the runner).
+    """
+    sub = spec.model_copy(update={"seed": spec.seed * 1_000_003 + seed}) if seed else spec
+    rng = random.Random(sub.seed)
+    w = spec.workload
+    if isinstance(w, SharedPrefixWorkload):
+        per_epoch = w.sessions * w.turns
+        return _with_objectives(
+            sub, _shared_prefix(w, rng, epochs=max(1, -(-count // per_epoch)), text=_text_fast)
+        )
+    if isinstance(w, ClassesWorkload):
+        return _with_objectives(sub, _classes(w, rng, count, _text_fast))
+    chat = isinstance(w, MixWorkload) and w.api == "chat"
+    return _with_objectives(sub, _independent(rng, count, w.prompt, w.answer, w.models, chat, _text_fast))
 
 
 def load_workload(source: str | Path) -> WorkloadSpec:

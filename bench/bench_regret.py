@@ -1,0 +1,263 @@
+"""The regret table: every corpus workload × every strategy, SLO rates at steady state, in the twin.
+
+For each workload (its own pool: the ``pool:`` section of its file) and each strategy, the SLO rate
+(the highest rate whose measured window meets p90 TTFT < 1 s, p90 TPOT < 50 ms and ≥ 99 % success)
+is bracketed and bisected to ``--tolerance``; the table gives each strategy's rate, its fraction of
+the best strategy's rate on that workload, and its ratio to round-robin. Round-robin runs first on
+every workload; every other strategy's search starts from round-robin's rate, which saves probes.
+(workload, strategy) pairs run in parallel processes (``--jobs``, default 2).
+
+    nice -n 10 .venv/bin/python bench/bench_regret.py --quick --out bench-results/regret-quick
+    nice -n 10 .venv/bin/python bench/bench_regret.py --out bench-results/regret     # full size
+
+``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
+unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
+scout first on short runs (see ``SteadyRunner.slo_rate``). Output in ``--out``:
+``regret.md`` (the table, wall and CPU time), ``regret.json`` (rates and probes) and
+``results.json`` / ``results.md`` (every point of every workload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from infergate.bench.stats import Slo, SloRate
+from infergate.bench.steady import PointResult, SteadyPlan, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
+from infergate.bench.steady_report import SteadyReport, write_steady_reports
+from infergate.bench.workloads import builtin_workloads, load_workload
+
+STRATEGIES = (
+    "default",
+    "round-robin",
+    "least-in-flight",
+    "prefix-only",
+    "lora-only",
+    "random",
+    "greedy-true-state",
+)
+BASELINE = "round-robin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    workload: str
+    strategy: str
+    plan: SteadyPlan
+    start: float | None
+    tolerance: float
+    factor: float
+    seed: int
+    scout: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    task: Task
+    rate: SloRate
+    points: list[PointResult]
+    cpu_s: float
+    scout_requests: int
+
+
+def run_task(task: Task) -> Outcome:
+    """One strategy's SLO-rate search on one workload (in a worker process)."""
+    cpu0 = time.process_time()
+    spec = load_workload(task.workload)
+    runner = SteadyRunner(spec, resolve_pool(spec), plan=task.plan, seed=task.seed)
+    rate = runner.slo_rate(
+        task.strategy, start=task.start, tolerance=task.tolerance, factor=task.factor, scout=task.scout
+    )
+    return Outcome(
+        task=task,
+        rate=rate,
+        points=runner.points_of(task.strategy),
+        cpu_s=time.process_time() - cpu0,
+        scout_requests=runner.scout_requests,
+    )
+
+
+def plan_of(workload: str, *, quick: bool) -> SteadyPlan:
+    spec = load_workload(workload)
+    unloaded = unloaded_e2e(spec, resolve_pool(spec))
+    if quick:
+        return plan_for(
+            unloaded, min_duration=20.0, latency_factor=8.0, warmup=min(max(5.0, 2 * unloaded), 20.0)
+        )
+    return plan_for(unloaded)
+
+
+def _run_all(tasks: Sequence[Task], jobs: int, log: bool) -> list[Outcome]:
+    if jobs <= 1:
+        out = []
+        for t in tasks:
+            out.append(run_task(t))
+            if log:
+                _log(out[-1])
+        return out
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        results = []
+        for o in pool.map(run_task, tasks):
+            results.append(o)
+            if log:
+                _log(o)
+        return results
+
+
+def _log(o: Outcome) -> None:
+    print(
+        f"  {o.task.workload} {o.task.strategy}: {o.rate.qps:.2f} QPS ({len(o.rate.probes)} probes, "
+        f"{o.cpu_s:.0f} CPU-s)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def regret_markdown(
+    rates: dict[str, dict[str, SloRate]], pools: dict[str, str], strategies: Sequence[str]
+) -> str:
+    """Per workload: each strategy's SLO rate, its fraction of the best, and × round-robin."""
+    head = "| workload (pool) | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|\n"
+    rows = []
+    for workload, by in rates.items():
+        best = max(r.qps for r in by.values())
+        base = by.get(BASELINE)
+        cells = []
+        for st in strategies:
+            r = by.get(st)
+            if r is None:
+                cells.append("-")
+                continue
+            frac = r.qps / best if best > 0 else 0.0
+            rr = f"{r.qps / base.qps:.2f}×rr" if base is not None and base.qps > 0 else "-"
+            mark = "**" if r.qps == best else ""
+            cells.append(f"{mark}{r.qps:.1f}{mark} · {frac:.2f} · {rr}")
+        rows.append(f"| {workload} ({pools[workload]}) | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument(
+        "--workloads", default="all", help="comma-separated workload names or files (default: corpus)"
+    )
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--quick", action="store_true", help="20 s windows, 5 %% bisection")
+    p.add_argument("--tolerance", type=float, help="bisection width (default 0.02, quick 0.05)")
+    p.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench-results/regret"))
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args()
+    workloads = sorted(builtin_workloads()) if args.workloads == "all" else args.workloads.split(",")
+    strategies = args.strategies.split(",")
+    tolerance = args.tolerance if args.tolerance is not None else (0.05 if args.quick else 0.02)
+    wall0 = time.perf_counter()
+    cpu0 = time.process_time()
+    plans = {w: plan_of(w, quick=args.quick) for w in workloads}
+    first = [
+        Task(
+            workload=w,
+            strategy=BASELINE,
+            plan=plans[w],
+            start=None,
+            tolerance=tolerance,
+            factor=1.5,
+            seed=args.seed,
+            scout=not args.quick,
+        )
+        for w in workloads
+    ]
+    print(f"round-robin on {len(workloads)} workloads", file=sys.stderr, flush=True)
+    outcomes = _run_all(first, args.jobs, log=True)  # always: its rate starts the other searches
+    rr = {o.task.workload: o.rate.qps for o in outcomes}
+    rest = [
+        Task(
+            workload=w,
+            strategy=st,
+            plan=plans[w],
+            start=rr[w] or None,
+            tolerance=tolerance,
+            factor=1.25,
+            seed=args.seed,
+            scout=not args.quick,
+        )
+        for w in workloads
+        for st in strategies
+        if st != BASELINE
+    ]
+    print(f"{len(rest)} more (workload, strategy) searches", file=sys.stderr, flush=True)
+    outcomes += _run_all(rest, args.jobs, log=True)
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0 + sum(o.cpu_s for o in outcomes)
+    simulated = sum(pt.total for o in outcomes for pt in o.points) + sum(o.scout_requests for o in outcomes)
+
+    rates: dict[str, dict[str, SloRate]] = {w: {} for w in workloads}
+    points: dict[str, dict[str, list[PointResult]]] = {w: {} for w in workloads}
+    for o in outcomes:
+        if o.task.strategy in strategies:
+            rates[o.task.workload][o.task.strategy] = o.rate
+            points[o.task.workload][o.task.strategy] = o.points
+    shapes = {w: resolve_pool(load_workload(w)) for w in workloads}
+    pools = {
+        w: f"{s.replicas} replicas"
+        + (f", {len(s.adapters)} adapters/{s.max_loras} slots" if s.adapters else "")
+        + ("" if str(s.arrival) == "poisson" else f", {s.arrival}")
+        for w, s in shapes.items()
+    }
+    slo = Slo()
+    reports = [
+        SteadyReport(
+            workload=load_workload(w).name,
+            shape=shapes[w],
+            plan=plans[w],
+            slo=slo,
+            points=points[w],
+            rates=rates[w],
+        )
+        for w in workloads
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_steady_reports(reports, args.out, plots=not args.no_plots)
+    table = regret_markdown(rates, pools, strategies)
+    sizes = ", ".join(f"{w} {plans[w].duration_s:.0f}+{plans[w].warmup_s:.0f} s" for w in workloads)
+    md = (
+        "Cells: SLO rate (QPS) · fraction of the best strategy on the workload · × round-robin. "
+        "Best in bold.\n\n"
+        + table
+        + f"\nMeasured window + warm-up per point (virtual time): {sizes}. Bisection to {tolerance:.0%}."
+        + f"\n\n{simulated:,} simulated requests; wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min "
+        f"({simulated / cpu * 60:,.0f} simulated requests per CPU-minute), {args.jobs} processes.\n"
+    )
+    (args.out / "regret.md").write_text(md)
+    (args.out / "regret.json").write_text(
+        json.dumps(
+            {
+                "tolerance": tolerance,
+                "quick": args.quick,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "simulated_requests": simulated,
+                "workloads": {
+                    w: {st: r.as_dict() | {"slo_rate_qps": r.qps} for st, r in by.items()}
+                    for w, by in rates.items()
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

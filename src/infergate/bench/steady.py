@@ -1,0 +1,460 @@
+"""Steady-state load points in the twin: a duration of virtual time, a warm-up left out, SLO rates.
+
+A load point at a fixed *count* of requests is a transient: at a high rate a big pool absorbs the
+whole run as one burst and "meets the SLO" far beyond what it could sustain. Here every load point
+runs for a *duration*: arrivals (Poisson or gamma, optionally with a rate profile) fill
+``warm-up + measured window + cool-down``; only requests that arrive inside the measured window
+count, so the queues and caches they meet are those of a pool that has been running; arrivals go
+on through the cool-down so the last measured requests still see load. The measured window is
+``max(60 s, 20 × the unloaded end-to-end latency)`` (the latency of the workload's requests served
+one at a time by one idle replica), the warm-up ``max(10 s, 5 ×)`` that latency.
+
+Each load point draws a fresh request stream (seeded by the rate), identical for every strategy at
+that rate. A run stops as soon as every measured request has finished, or as soon as the SLO
+verdict can no longer change (enough measured requests already failed or missed a bound that the
+p90 or the 99 % success rate must miss): the same verdict, at a fraction of the cost above capacity.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from infergate.bench.arrivals import ArrivalProcess, RateProfile, arrival_times, parse_arrival
+from infergate.bench.loadgen import RequestRecord
+from infergate.bench.stats import Slo, SloRate, Summary, find_slo_rate, summarise
+from infergate.bench.strategies import BASE_MODEL
+from infergate.bench.twin import TwinConfig, run_twin
+from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec, stream
+from infergate.simulator.drivers import VirtualDriver, VirtualLoop
+from infergate.simulator.engine import EngineConfig, EngineRequest, RequestOutput
+from infergate.simulator.scaled import make_engine
+from infergate.simulator.tokenizer import Tokenizer
+from infergate.types import Objective
+
+__all__ = [
+    "PointResult",
+    "PoolShape",
+    "SteadyPlan",
+    "SteadyRunner",
+    "map_models",
+    "plan_for",
+    "resolve_pool",
+    "unloaded_e2e",
+]
+
+TUTORIAL_ADAPTERS = ("food-review", "cad-fabricator", "legal-summarizer")
+POISSON = ArrivalProcess()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolShape:
+    """The simulated pool and arrival process of a run: flags over the workload's ``pool:``."""
+
+    replicas: int = 3
+    adapters: tuple[str, ...] = TUTORIAL_ADAPTERS
+    max_loras: int = 2
+    arrival: ArrivalProcess = POISSON
+    rate_profile: RateProfile | None = None
+
+    def describe(self) -> str:
+        adapters = ",".join(self.adapters) or "none"
+        profile = "" if self.rate_profile is None else f", rate profile {self.rate_profile.points}"
+        return (
+            f"{self.replicas} replicas, adapters {adapters}, max-loras {self.max_loras}, "
+            f"arrival {self.arrival}{profile}"
+        )
+
+
+def resolve_pool(
+    spec: WorkloadSpec,
+    *,
+    replicas: int | None = None,
+    adapters: Sequence[str] | None = None,
+    max_loras: int | None = None,
+    arrival: str | None = None,
+) -> PoolShape:
+    """A flag given wins, then the workload's ``pool:`` value, then the tutorial pool's."""
+    pool = spec.pool
+    arrival_text = arrival or pool.arrival or "poisson"
+    try:
+        process = parse_arrival(arrival_text)
+        profile = RateProfile(tuple(pool.rate_profile)) if pool.rate_profile else None
+    except ValueError as exc:
+        raise ValueError(f"workload {spec.name}: {exc}") from None
+    chosen = adapters if adapters is not None else pool.adapters
+    return PoolShape(
+        replicas=replicas or pool.replicas or 3,
+        adapters=tuple(chosen) if chosen is not None else TUTORIAL_ADAPTERS,
+        max_loras=max_loras or pool.max_loras or 2,
+        arrival=process,
+        rate_profile=profile,
+    )
+
+
+def map_models(requests: Sequence[BenchRequest], shape: PoolShape) -> dict[str, str]:
+    """How the workload's model names land on the pool: the base model stays, an adapter the pool
+    serves stays, every other name goes to the pool's adapters in turn (order of first use), or to
+    the base model when the pool serves none. So any workload file runs on any pool."""
+    mapping: dict[str, str] = {}
+    spare = list(shape.adapters)
+    turn = 0
+    for r in requests:
+        name = r.model
+        if name in mapping:
+            continue
+        if name == BASE_MODEL or name in shape.adapters:
+            mapping[name] = name
+        elif spare:
+            mapping[name] = spare[turn % len(spare)]
+            turn += 1
+        else:
+            mapping[name] = BASE_MODEL
+    return mapping
+
+
+def unloaded_e2e(spec: WorkloadSpec, shape: PoolShape, *, sample: int = 24, time_scale: float = 1.0) -> float:
+    """Mean end-to-end latency of the workload's first ``sample`` requests, each served alone by
+    one idle replica (cold cache except what earlier requests of the sample left)."""
+    requests = stream(spec, sample)[:sample]
+    mapping = map_models(requests, shape)
+    loop = VirtualLoop()
+    engine = make_engine(
+        EngineConfig(enable_lora=bool(shape.adapters), max_loras=shape.max_loras, max_cpu_loras=12),
+        time_scale,
+    )
+    for name in shape.adapters:
+        engine.add_lora(name, f"/adapters/{name}")
+    driver = VirtualDriver(
+        engine, loop, api_overhead=engine.profile.api_overhead_ms / 1000.0 * time_scale, sparse=True
+    )
+    tokenizer = Tokenizer(reverse=False)
+    latencies: list[float] = []
+
+    def submit(i: int) -> None:
+        if i >= len(requests):
+            return
+        req = requests[i]
+        model = mapping[req.model]
+        text = (
+            tokenizer.apply_chat_template(list(req.messages))
+            if req.messages is not None
+            else req.prompt or ""
+        )
+        start = loop.now()
+
+        def done(out: RequestOutput) -> None:
+            if out.finished:
+                latencies.append(out.now - start)
+                loop.call_at(loop.now(), functools.partial(submit, i + 1))
+
+        driver.submit(
+            EngineRequest(
+                request_id=f"idle-{i}",
+                prompt_token_ids=tokenizer.encode(text),
+                max_tokens=req.max_tokens,
+                ignore_eos=True,
+                lora_name=None if model == BASE_MODEL else model,
+            ),
+            done,
+        )
+
+    loop.call_at(0.0, functools.partial(submit, 0))
+    loop.run()
+    return sum(latencies) / len(latencies)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SteadyPlan:
+    """How long each load point runs, in virtual seconds."""
+
+    unloaded_e2e_s: float
+    warmup_s: float
+    duration_s: float
+    cooldown_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "unloaded_e2e_s": self.unloaded_e2e_s,
+            "warmup_s": self.warmup_s,
+            "duration_s": self.duration_s,
+            "cooldown_s": self.cooldown_s,
+        }
+
+
+def plan_for(
+    unloaded: float,
+    *,
+    min_duration: float = 60.0,
+    latency_factor: float = 20.0,
+    duration: float | None = None,
+    warmup: float | None = None,
+) -> SteadyPlan:
+    """``duration`` = max(``min_duration``, ``latency_factor`` × unloaded e2e) unless given;
+    warm-up max(10 s, 5 × unloaded e2e) unless given (capped at the duration); cool-down 2 × the
+    unloaded e2e (at most a quarter of the duration)."""
+    d = duration if duration is not None else max(min_duration, latency_factor * unloaded)
+    w = warmup if warmup is not None else min(max(10.0, 5.0 * unloaded), d)
+    return SteadyPlan(
+        unloaded_e2e_s=unloaded, warmup_s=w, duration_s=d, cooldown_s=min(2.0 * unloaded, d / 4)
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class PointResult:
+    """One strategy at one rate, at steady state. ``summary`` covers the measured requests only."""
+
+    strategy: str
+    rate: float
+    plan: SteadyPlan
+    summary: Summary
+    met: bool
+    measured: int
+    total: int
+    stopped_early: str | None
+    prefix_hit_rate: float | None
+    lora_swaps: int
+    per_endpoint_requests: dict[str, int]
+    flow_control: bool
+    gateway_queued: int
+    virtual_s: float
+    cpu_s: float
+    by_objective: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "strategy": self.strategy,
+            "qps": self.rate,
+            "meets_slo": self.met,
+            **self.plan.as_dict(),
+            "measured_requests": self.measured,
+            "total_requests": self.total,
+            "stopped_early": self.stopped_early,
+            "virtual_s": self.virtual_s,
+            "cpu_s": self.cpu_s,
+            "flow_control": self.flow_control,
+            "gateway_queued": self.gateway_queued,
+            "prefix_hit_rate": self.prefix_hit_rate,
+            "lora_swaps": self.lora_swaps,
+            "per_endpoint_requests": self.per_endpoint_requests,
+            "by_objective": self.by_objective,
+            "summary": self.summary.as_dict(),
+        }
+
+
+def _fails_at(n: int) -> int:
+    """Fewest values ≥ a bound among ``n`` that put the linear-interpolated p90 at or above it."""
+    return n - math.floor(0.9 * (n - 1)) if n > 0 else 1
+
+
+class _Verdict:
+    """Watches a run's measured requests; says when all have finished or the SLO is surely missed.
+
+    Sound because the thresholds assume the most favourable end: a finished request counted bad
+    (failed, or TTFT at or over the bound) stays bad, and the p90 threshold of the largest possible
+    count is the highest (``_fails_at`` never decreases). A request with a TTFT miss and a TPOT
+    miss counts once, as a TTFT miss.
+    """
+
+    def __init__(
+        self, judged: Sequence[int], records: Sequence[RequestRecord], slo: Slo, tokens: Sequence[int]
+    ):
+        self.slo = slo
+        self.open = list(judged)
+        n = len(judged)
+        self.limit_bad = _fails_at(n) + math.floor((1 - slo.min_success) * n) + 1
+        self.limit_tpot = _fails_at(sum(1 for i in judged if tokens[i] >= 2))
+        self.bad = 0
+        self.slow_tpot = 0
+        self.reason: str | None = None
+
+    def __call__(self, now: float, records: Sequence[RequestRecord]) -> bool:
+        # only finished requests are judged: the twin times a request's tokens when it finishes
+        still: list[int] = []
+        bound = self.slo.ttft_s
+        for i in self.open:
+            r = records[i]
+            if r.e2e is None:
+                still.append(i)
+            elif not r.ok or r.ttft is None or r.ttft >= bound:
+                self.bad += 1
+            elif (tpot := r.tpot) is not None and tpot >= self.slo.tpot_s:
+                self.slow_tpot += 1
+        self.open = still
+        if self.bad >= self.limit_bad:
+            self.reason = f"{self.bad} measured requests failed or missed the TTFT bound"
+            return True
+        if self.slow_tpot >= self.limit_tpot:
+            self.reason = f"{self.slow_tpot} measured requests missed the TPOT bound"
+            return True
+        return not still
+
+
+class SteadyRunner:
+    """Load points of one workload on one pool; caches every (strategy, rate) it ran."""
+
+    def __init__(
+        self,
+        spec: WorkloadSpec,
+        shape: PoolShape,
+        *,
+        slo: Slo | None = None,
+        seed: int = 0,
+        plan: SteadyPlan | None = None,
+        time_scale: float = 1.0,
+        min_duration: float = 60.0,
+        latency_factor: float = 20.0,
+    ) -> None:
+        self.spec = spec
+        self.shape = shape
+        self.slo = slo or Slo()
+        self.seed = seed
+        self.time_scale = time_scale
+        self.plan = plan or plan_for(
+            unloaded_e2e(spec, shape, time_scale=time_scale),
+            min_duration=min_duration,
+            latency_factor=latency_factor,
+        )
+        self.config = TwinConfig(
+            replicas=shape.replicas,
+            adapters=shape.adapters,
+            max_loras=shape.max_loras,
+            seed=seed,
+            time_scale=time_scale,
+            objectives=tuple(
+                Objective(name=o.name, priority=o.priority, pool="twin") for o in spec.objectives
+            ),
+        )
+        self.sheddable = {o.name for o in spec.objectives if o.priority < 0}
+        self.points: dict[tuple[str, float], PointResult] = {}
+        self.scout_cpu_s = 0.0  # CPU and requests of scouting runs (not in ``points``)
+        self.scout_requests = 0
+
+    def _stream(self, rate: float) -> tuple[list[BenchRequest], list[float]]:
+        """The request stream of one rate: fresh, seeded by (seed, rate), the same for every strategy."""
+        p = self.plan
+        total = p.warmup_s + p.duration_s + p.cooldown_s
+        rng = random.Random(f"{self.spec.name}:{self.seed}:{rate:.9g}")
+        w = self.spec.workload
+        if isinstance(w, BurstWorkload):  # bursts of burst_size, spaced so the mean rate is ``rate``
+            period = w.burst_size / rate
+            times = [k * period for k in range(math.ceil(total / period)) for _ in range(w.burst_size)]
+        else:
+            times = arrival_times(
+                self.shape.arrival,
+                rate,
+                total,
+                rng,
+                profile=self.shape.rate_profile,
+                profile_start=p.warmup_s,
+                profile_span=p.duration_s,
+            )
+        requests = stream(self.spec, len(times), seed=rng.randrange(1 << 30) + 1)[: len(times)]
+        mapping = map_models(requests, self.shape)
+        mapped = [replace(r, index=i, model=mapping[r.model], offset=None) for i, r in enumerate(requests)]
+        return mapped, times
+
+    def point(self, strategy: str, rate: float) -> PointResult:
+        key = (strategy, rate)
+        if key in self.points:
+            return self.points[key]
+        cpu0 = time.process_time()
+        requests, times = self._stream(rate)
+        p = self.plan
+        end = p.warmup_s + p.duration_s
+        measured = [i for i, t in enumerate(times) if p.warmup_s <= t < end]
+        judged = [i for i in measured if requests[i].objective not in self.sheddable]
+        tokens = [r.max_tokens for r in requests]
+        verdict = _Verdict(judged, [], self.slo, tokens)
+        out = run_twin(
+            requests,
+            times,
+            strategy=strategy,
+            config=self.config,
+            monitor=verdict,
+            sample_interval=max(1.0, end / 200),
+        )
+        stopped = verdict.reason
+        judged_records = [out.records[i] for i in judged]
+        summary = summarise(judged_records, self.slo)
+        by_objective: dict[str, dict[str, float]] = {}
+        if self.spec.objectives:
+            for o in self.spec.objectives:
+                recs = [out.records[i] for i in measured if requests[i].objective == o.name]
+                s = summarise(recs, self.slo)
+                by_objective[o.name] = {
+                    "requests": float(s.requests),
+                    "succeeded": float(s.succeeded),
+                    "ttft_p90": s.ttft_p90,
+                    "slo_attainment": s.slo_attainment,
+                }
+        result = PointResult(
+            strategy=strategy,
+            rate=rate,
+            plan=p,
+            summary=summary,
+            met=stopped is None and summary.meets_slo,
+            measured=len(measured),
+            total=len(requests),
+            stopped_early=stopped,
+            prefix_hit_rate=out.prefix_hit_rate,
+            lora_swaps=out.lora_swaps,
+            per_endpoint_requests=out.per_endpoint_requests,
+            flow_control=out.flow_control,
+            gateway_queued=out.gateway_queued,
+            virtual_s=out.stopped_at if out.stopped_at is not None else end,
+            cpu_s=time.process_time() - cpu0,
+            by_objective=by_objective,
+        )
+        self.points[key] = result
+        return result
+
+    def slo_rate(
+        self,
+        strategy: str,
+        *,
+        start: float | None = None,
+        tolerance: float = 0.02,
+        factor: float = 1.5,
+        scout: bool = True,
+    ) -> SloRate:
+        """The strategy's SLO rate, bracketed from ``start`` (default 2 QPS per replica) and bisected
+        to ``tolerance``.
+
+        With ``scout`` a cheap search on short runs (a fifth of the window, 20 % precision) finds
+        the neighbourhood first and the real search brackets from there in steps of 10 %: the same
+        result (every verdict that counts comes from full-length runs) in fewer full-length probes.
+        """
+        first = start if start is not None else 2.0 * self.shape.replicas
+        if scout:
+            p = self.plan
+            short = SteadyRunner(
+                self.spec,
+                self.shape,
+                slo=self.slo,
+                seed=self.seed,
+                time_scale=self.time_scale,
+                plan=SteadyPlan(
+                    unloaded_e2e_s=p.unloaded_e2e_s,
+                    warmup_s=min(p.warmup_s, max(3.0, p.warmup_s / 2)),
+                    duration_s=max(8.0, p.duration_s / 5),
+                    cooldown_s=min(p.cooldown_s, 2.0),
+                ),
+            )
+            guess = find_slo_rate(
+                lambda q: short.point(strategy, round(q, 6)).met, start=first, factor=2.0, tolerance=0.2
+            )
+            self.scout_cpu_s += sum(pt.cpu_s for pt in short.points.values())
+            self.scout_requests += sum(pt.total for pt in short.points.values())
+            if guess.qps > 0:
+                first, factor = guess.qps, 1.1
+        return find_slo_rate(
+            lambda q: self.point(strategy, round(q, 6)).met, start=first, factor=factor, tolerance=tolerance
+        )
+
+    def points_of(self, strategy: str) -> list[PointResult]:
+        return sorted((r for (s, _), r in self.points.items() if s == strategy), key=lambda r: r.rate)
