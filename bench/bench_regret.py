@@ -84,34 +84,45 @@ def run_task(task: Task) -> Outcome:
     )
 
 
-def plan_of(workload: str, *, quick: bool) -> SteadyPlan:
+def plan_of(workload: str, *, quick: bool, duration: float | None = None) -> SteadyPlan:
     spec = load_workload(workload)
     unloaded = unloaded_e2e(spec, resolve_pool(spec))
-    if quick:
-        return plan_for(
-            unloaded, min_duration=20.0, latency_factor=8.0, warmup=min(max(5.0, 2 * unloaded), 20.0)
-        )
+    if quick or duration is not None:
+        window = duration if duration is not None else max(20.0, 8.0 * unloaded)
+        return plan_for(unloaded, duration=window, warmup=min(max(5.0, 2 * unloaded), 20.0))
     return plan_for(unloaded)
 
 
-def _run_all(tasks: Sequence[Task], jobs: int, log: bool) -> list[Outcome]:
+def _run_all(tasks: Sequence[Task], jobs: int, partial: Path) -> list[Outcome]:
     if jobs <= 1:
         out = []
         for t in tasks:
             out.append(run_task(t))
-            if log:
-                _log(out[-1])
+            _log(out[-1], partial)
         return out
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         results = []
         for o in pool.map(run_task, tasks):
             results.append(o)
-            if log:
-                _log(o)
+            _log(o, partial)
         return results
 
 
-def _log(o: Outcome) -> None:
+def _log(o: Outcome, partial: Path) -> None:
+    """One line on stderr and one JSON line in ``partial`` per finished search (a run cut short
+    still leaves every rate it found)."""
+    with partial.open("a") as f:
+        f.write(
+            json.dumps(
+                {
+                    "workload": o.task.workload,
+                    "strategy": o.task.strategy,
+                    "cpu_s": o.cpu_s,
+                    **o.rate.as_dict(),
+                }
+            )
+            + "\n"
+        )
     print(
         f"  {o.task.workload} {o.task.strategy}: {o.rate.qps:.2f} QPS ({len(o.rate.probes)} probes, "
         f"{o.cpu_s:.0f} CPU-s)",
@@ -151,6 +162,7 @@ def main() -> None:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--quick", action="store_true", help="20 s windows, 5 %% bisection")
     p.add_argument("--tolerance", type=float, help="bisection width (default 0.02, quick 0.05)")
+    p.add_argument("--duration", type=float, help="measured window per point, virtual s (overrides the rule)")
     p.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)"
     )
@@ -163,7 +175,10 @@ def main() -> None:
     tolerance = args.tolerance if args.tolerance is not None else (0.05 if args.quick else 0.02)
     wall0 = time.perf_counter()
     cpu0 = time.process_time()
-    plans = {w: plan_of(w, quick=args.quick) for w in workloads}
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "partial.jsonl"
+    partial.write_text("")
+    plans = {w: plan_of(w, quick=args.quick, duration=args.duration) for w in workloads}
     first = [
         Task(
             workload=w,
@@ -178,7 +193,7 @@ def main() -> None:
         for w in workloads
     ]
     print(f"round-robin on {len(workloads)} workloads", file=sys.stderr, flush=True)
-    outcomes = _run_all(first, args.jobs, log=True)  # always: its rate starts the other searches
+    outcomes = _run_all(first, args.jobs, partial)  # always: its rate starts the other searches
     rr = {o.task.workload: o.rate.qps for o in outcomes}
     rest = [
         Task(
@@ -196,7 +211,7 @@ def main() -> None:
         if st != BASELINE
     ]
     print(f"{len(rest)} more (workload, strategy) searches", file=sys.stderr, flush=True)
-    outcomes += _run_all(rest, args.jobs, log=True)
+    outcomes += _run_all(rest, args.jobs, partial)
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0 + sum(o.cpu_s for o in outcomes)
     simulated = sum(pt.total for o in outcomes for pt in o.points) + sum(o.scout_requests for o in outcomes)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from infergate.bench.arrivals import ArrivalProcess, RateProfile, arrival_times, parse_arrival
 from infergate.bench.loadgen import RequestRecord
-from infergate.bench.stats import Slo, SloRate, Summary, find_slo_rate, summarise
+from infergate.bench.stats import Slo, SloRate, Summary, find_slo_rate, slo_rate_of_sweep, summarise
 from infergate.bench.strategies import BASE_MODEL
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec, stream
@@ -247,17 +247,20 @@ class PointResult:
 
 
 def _fails_at(n: int) -> int:
-    """Fewest values ≥ a bound among ``n`` that put the linear-interpolated p90 at or above it."""
+    """A count of values at or above a bound, among ``n``, that surely puts the linear-interpolated
+    p90 at or above it (the lower of the two ranks it interpolates between is then such a value)."""
     return n - math.floor(0.9 * (n - 1)) if n > 0 else 1
 
 
 class _Verdict:
     """Watches a run's measured requests; says when all have finished or the SLO is surely missed.
 
-    Sound because the thresholds assume the most favourable end: a finished request counted bad
-    (failed, or TTFT at or over the bound) stays bad, and the p90 threshold of the largest possible
-    count is the highest (``_fails_at`` never decreases). A request with a TTFT miss and a TPOT
-    miss counts once, as a TTFT miss.
+    Sound because the thresholds assume the most favourable end: a request counted bad stays bad,
+    the p90 threshold of the largest possible count is the highest (``_fails_at`` never decreases),
+    and up to the allowed 1 % of failures are granted. A finished request is bad for TTFT (failed,
+    or TTFT at or over the bound) or for TPOT; an unfinished one is *overdue* once it is past
+    ``sent + TTFT bound + (tokens - 1) × TPOT bound``: it misses one of the two bounds, or fails, not
+    known which, so overdue requests count only towards the sum of both thresholds.
     """
 
     def __init__(
@@ -266,20 +269,25 @@ class _Verdict:
         self.slo = slo
         self.open = list(judged)
         n = len(judged)
-        self.limit_bad = _fails_at(n) + math.floor((1 - slo.min_success) * n) + 1
+        allowed = math.floor((1 - slo.min_success) * n + 1e-9)
+        self.limit_bad = _fails_at(n) + allowed
         self.limit_tpot = _fails_at(sum(1 for i in judged if tokens[i] >= 2))
+        self.deadline = {i: slo.ttft_s + max(tokens[i] - 1, 0) * slo.tpot_s for i in judged}
         self.bad = 0
         self.slow_tpot = 0
         self.reason: str | None = None
 
     def __call__(self, now: float, records: Sequence[RequestRecord]) -> bool:
-        # only finished requests are judged: the twin times a request's tokens when it finishes
+        # the twin times a request's tokens when it finishes: unfinished ones are judged by deadline
         still: list[int] = []
+        overdue = 0
         bound = self.slo.ttft_s
         for i in self.open:
             r = records[i]
             if r.e2e is None:
                 still.append(i)
+                if r.sent_at + self.deadline[i] <= now:
+                    overdue += 1
             elif not r.ok or r.ttft is None or r.ttft >= bound:
                 self.bad += 1
             elif (tpot := r.tpot) is not None and tpot >= self.slo.tpot_s:
@@ -290,6 +298,11 @@ class _Verdict:
             return True
         if self.slow_tpot >= self.limit_tpot:
             self.reason = f"{self.slow_tpot} measured requests missed the TPOT bound"
+            return True
+        if self.bad + self.slow_tpot + overdue >= self.limit_bad + self.limit_tpot:
+            self.reason = (
+                f"{self.bad + self.slow_tpot} measured requests missed a bound and {overdue} more are overdue"
+            )
             return True
         return not still
 
@@ -340,9 +353,9 @@ class SteadyRunner:
         total = p.warmup_s + p.duration_s + p.cooldown_s
         rng = random.Random(f"{self.spec.name}:{self.seed}:{rate:.9g}")
         w = self.spec.workload
-        if isinstance(w, BurstWorkload):  # bursts of burst_size, spaced so the mean rate is ``rate``
-            period = w.burst_size / rate
-            times = [k * period for k in range(math.ceil(total / period)) for _ in range(w.burst_size)]
+        if isinstance(w, BurstWorkload):  # a burst every period_s, as large as the mean rate needs
+            size = max(1, round(rate * w.period_s))
+            times = [k * w.period_s for k in range(math.ceil(total / w.period_s)) for _ in range(size)]
         else:
             times = arrival_times(
                 self.shape.arrival,
@@ -452,9 +465,10 @@ class SteadyRunner:
             self.scout_requests += sum(pt.total for pt in short.points.values())
             if guess.qps > 0:
                 first, factor = guess.qps, 1.1
-        return find_slo_rate(
+        found = find_slo_rate(
             lambda q: self.point(strategy, round(q, 6)).met, start=first, factor=factor, tolerance=tolerance
         )
+        return slo_rate_of_sweep((round(q, 6), met) for q, met in found.probes)  # the rates the points ran
 
     def points_of(self, strategy: str) -> list[PointResult]:
         return sorted((r for (s, _), r in self.points.items() if s == strategy), key=lambda r: r.rate)
