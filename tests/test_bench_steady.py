@@ -96,7 +96,7 @@ def test_the_corpus_covers_the_issue_kinds_with_pools_of_3_to_16() -> None:
     assert shares == pytest.approx({"critical": 0.2, "standard": 0.5, "sheddable": 0.3}, abs=0.05)
     assert prio[0].headers == {OBJECTIVE_HEADER: prio[0].objective}
     agent = stream(load_workload("agentic-sessions"), 600)
-    first, later = agent[0], agent[24 * 3]  # the same session three turns later carries more context
+    first, later = agent[0], agent[25 * 3]  # the same session three turns later carries more context
     assert first.messages is not None and later.messages is not None
     assert later.messages[: len(first.messages)] == first.messages and len(later.messages) == 8
     mix = stream(load_workload("prefill-decode-mix"), 400)
