@@ -10,7 +10,7 @@ from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
 from infergate.scheduling.prefix import PrefixCacheScorer
 from infergate.scheduling.scheduler import build_scheduler
 from infergate.scheduling.testing import make_endpoint
-from infergate.types import InferenceRequest, SchedulingResult
+from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 BASE = "base"
 
@@ -59,7 +59,7 @@ def test_scores_are_the_best_cost_over_each_cost() -> None:
     assert scores["a:8000"] == 1.0 and scores["b:8000"] == pytest.approx(cost_a / cost_b)
 
 
-def _pick(scorer: PredictedLatencyScorer, request: InferenceRequest, endpoints: list) -> str:  # type: ignore[type-arg]
+def _pick(scorer: PredictedLatencyScorer, request: InferenceRequest, endpoints: list[Endpoint]) -> str:
     state = CycleState()
     scores = scorer.score(request, endpoints, state)
     best = max(endpoints, key=lambda e: (scores[e.key], e.key == endpoints[0].key))
