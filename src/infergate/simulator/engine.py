@@ -61,6 +61,10 @@ class EngineRequest:
     ignore_eos: bool = False
     lora_name: str | None = None
     eos_after: int | None = None
+    # True when the caller (the HTTP frontend) decides and counts how the request finished: stop
+    # strings are matched on text there, as in vLLM's output processor, possibly after the engine
+    # has already run the request to its length limit, so the engine must not count it itself.
+    frontend_counts: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class _Req:
     __slots__ = (
         "arrival",
         "blocks",
+        "counted",
         "end_at",
         "first_token_time",
         "hashes",
@@ -182,6 +187,7 @@ class _Req:
         self.seed = 0
         self.seed_c = 0  # filler-token hash state before the token index is added
         self.arrival = 0.0
+        self.counted = True  # the engine counts its finish in request_success_total
         self.end_at = 0  # generated tokens after which it finishes, by stop or by length
 
 
@@ -274,6 +280,7 @@ class Engine:
         r.min_tokens = req.min_tokens
         r.ignore_eos = req.ignore_eos
         r.arrival = now if arrival_time is None else arrival_time
+        r.counted = not req.frontend_counts
         digest = zlib.crc32(array("q", r.tokens).tobytes())
         r.seed = stable_hash64(cfg.seed, digest, r.prompt_len, zlib.crc32((r.lora or "").encode()))
         r.seed_c = ((r.seed * 1_000_003) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
@@ -306,7 +313,8 @@ class Engine:
             self.pool.free(r.blocks[::-1])
             r.blocks = []
         r.status = FINISHED
-        self._success[reason] = self._success.get(reason, 0) + 1
+        if r.counted:
+            self._success[reason] = self._success.get(reason, 0) + 1
         if r.times:  # sparse mode: the consumer has had no per-token outputs
             return self._timed_output(r, (), "abort", now)
         return self._output(r, (), "abort", now)
@@ -547,6 +555,11 @@ class Engine:
         self.pool.free(r.blocks[::-1])
         r.blocks = []
         self._requests.pop(r.id, None)
+        if r.counted:
+            self._success[reason] = self._success.get(reason, 0) + 1
+
+    def record_finish(self, reason: str) -> None:
+        """Count a finish decided by the frontend (requests submitted with ``frontend_counts``)."""
         self._success[reason] = self._success.get(reason, 0) + 1
 
     def _output(self, r: _Req, new: tuple[int, ...], reason: str | None, now: float) -> RequestOutput:
