@@ -34,12 +34,12 @@ class EngineConfig:
     """Engine knobs, named like the ``vllm serve`` flags they come from."""
 
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
-    max_num_seqs: int = 256
+    max_num_seqs: int = 1024  # vLLM 0.33's default on H100-class GPUs (engine/arg_utils.py)
     max_num_batched_tokens: int = 8192
     max_model_len: int = 131072
     block_size: int = 16
     num_gpu_blocks: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = 0.92  # vLLM 0.33's default (config/cache.py)
     enable_prefix_caching: bool = True
     enable_lora: bool = False
     max_loras: int = 1
@@ -395,6 +395,8 @@ class Engine:
                 continue
             hit_blocks = self.pool.lookup(r.hashes, (len(r.tokens) - 1) // bs) if r.hashes else []
             num_hit = len(hit_blocks) * bs
+            if not self._full_sequence_fits(r, hit_blocks):
+                break
             n = min(len(r.tokens) - num_hit, budget)
             if not self._allocate(r, n, num_hit, hit_blocks):
                 break
@@ -414,6 +416,15 @@ class Engine:
             self._deferred = len(skipped)
             waiting.extendleft(reversed(skipped))
         return budget
+
+    def _full_sequence_fits(self, r: _Req, hit_blocks: list[int]) -> bool:
+        """vLLM 0.33's admission gate (``scheduler_reserve_full_isl``, on by default): a waiting
+        request is admitted only if blocks for its whole sequence (prompt, plus tokens generated
+        before a preemption) are free now, counting its prefix-cache hits, not just its first chunk."""
+        pool = self.pool
+        tokens = min(len(r.tokens), self.config.max_model_len)
+        need = -(-tokens // self.config.block_size) - len(hit_blocks)
+        return need <= pool.num_free - (pool.num_evictable(hit_blocks) if hit_blocks else 0)
 
     def _allocate(self, r: _Req, n: int, computed: int, hit_blocks: list[int]) -> bool:
         """Give ``r`` blocks for ``computed + n`` tokens (reviving ``hit_blocks``); False if short."""
