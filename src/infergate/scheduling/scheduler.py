@@ -110,6 +110,15 @@ class Scheduler:
             if callable(remove):
                 remove(key)
 
+    def debug_state(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Each stateful plugin's per-endpoint state (``debug_state()``), by plugin name."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for name, p in self._plugins.items():
+            state = getattr(p, "debug_state", None)
+            if callable(state):
+                out[name] = state()
+        return out
+
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
         """Report a scheduled request's observed time to first token (None: it failed first).
 
