@@ -38,6 +38,7 @@ from tests.support import free_port
 CORE = ""
 POOL_GROUP = "inference.networking.k8s.io"
 X_GROUP = "inference.networking.x-k8s.io"
+LLMD_GROUP = "llm-d.ai"
 
 # (group, version, plural) → kind, for what the stand-in serves.
 KINDS: dict[tuple[str, str, str], str] = {
@@ -45,8 +46,22 @@ KINDS: dict[tuple[str, str, str], str] = {
     (POOL_GROUP, "v1", "inferencepools"): "InferencePool",
     (X_GROUP, "v1alpha2", "inferenceobjectives"): "InferenceObjective",
     (X_GROUP, "v1alpha2", "inferencemodelrewrites"): "InferenceModelRewrite",
+    (LLMD_GROUP, "v1alpha2", "inferenceobjectives"): "InferenceObjective",
+    (LLMD_GROUP, "v1alpha2", "inferencemodelrewrites"): "InferenceModelRewrite",
 }
-PLURALS = {kind: gvp for gvp, kind in KINDS.items()}
+# kind → its resource in the group a bare kind means (the GIE one for objectives and rewrites).
+PLURALS = {kind: gvp for gvp, kind in KINDS.items() if gvp[0] != LLMD_GROUP}
+
+
+def _resource(kind: str, api_version: str | None = None) -> tuple[str, str, str]:
+    """The (group, version, plural) of ``kind``; ``api_version`` picks among groups serving it."""
+    if api_version is None:
+        return PLURALS[kind]
+    group, _, version = api_version.rpartition("/")
+    for gvp, k in KINDS.items():
+        if k == kind and gvp[0] == group and gvp[1] == version:
+            return gvp
+    raise KeyError(f"{api_version} {kind}")
 
 
 def _api_version(group: str, version: str) -> str:
@@ -110,6 +125,8 @@ class FakeApiServer:
         self.requests: list[str] = []  # "VERB path?query" of every request, for assertions
         self.watch_requests: list[dict[str, str]] = []
         self.status_writes = 0
+        # API groups whose CRDs are "not installed": their collections answer 404.
+        self.uninstalled_groups: set[str] = set()
         # Too-old watches: an ERROR event in a 200 stream (watch cache) or a plain HTTP 410.
         self.gone_as_http_status = False
         self._runner: web.AppRunner | None = None
@@ -163,7 +180,7 @@ class FakeApiServer:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create or replace an object (by kind, namespace, name); emits ADDED or MODIFIED."""
         obj = copy.deepcopy(obj)
-        resource = PLURALS[obj["kind"]]
+        resource = _resource(obj["kind"], obj.get("apiVersion"))
         meta = obj.setdefault("metadata", {})
         ns = meta.setdefault("namespace", "default")
         key = (resource, ns, meta["name"])
@@ -184,15 +201,20 @@ class FakeApiServer:
         self._emit(resource, ns, "MODIFIED" if old is not None else "ADDED", obj)
         return obj
 
-    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
-        obj = self._objects.pop((PLURALS[kind], namespace, name))
+    def delete(
+        self, kind: str, name: str, namespace: str = "default", *, api_version: str | None = None
+    ) -> None:
+        resource = _resource(kind, api_version)
+        obj = self._objects.pop((resource, namespace, name))
         self._rv += 1
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self._rv)
-        self._emit(PLURALS[kind], namespace, "DELETED", obj)
+        self._emit(resource, namespace, "DELETED", obj)
 
-    def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
-        obj = self._objects.get((PLURALS[kind], namespace, name))
+    def get(
+        self, kind: str, name: str, namespace: str = "default", *, api_version: str | None = None
+    ) -> dict[str, Any] | None:
+        obj = self._objects.get((_resource(kind, api_version), namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
     def drop_watches(self) -> None:
@@ -240,7 +262,7 @@ class FakeApiServer:
     async def _serve_collection(
         self, request: web.Request, resource: tuple[str, str, str]
     ) -> web.StreamResponse:
-        if resource not in KINDS:
+        if resource not in KINDS or resource[0] in self.uninstalled_groups:
             return web.json_response(
                 status_body(404, "NotFound", "the server could not find the resource"), status=404
             )
@@ -485,13 +507,17 @@ def pool(
 
 
 def objective(
-    name: str, priority: int | None, pool_name: str = "vllm-pool", namespace: str = "default"
+    name: str,
+    priority: int | None,
+    pool_name: str = "vllm-pool",
+    namespace: str = "default",
+    group: str = X_GROUP,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"poolRef": {"name": pool_name}}
     if priority is not None:
         spec["priority"] = priority
     return {
-        "apiVersion": f"{X_GROUP}/v1alpha2",
+        "apiVersion": f"{group}/v1alpha2",
         "kind": "InferenceObjective",
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
@@ -504,12 +530,13 @@ def rewrite(
     targets: dict[str, int],
     pool_name: str = "vllm-pool",
     namespace: str = "default",
+    group: str = X_GROUP,
 ) -> dict[str, Any]:
     rule: dict[str, Any] = {"targets": [{"modelRewrite": m, "weight": w} for m, w in targets.items()]}
     if source is not None:
         rule["matches"] = [{"model": {"type": "Exact", "value": source}}]
     return {
-        "apiVersion": f"{X_GROUP}/v1alpha2",
+        "apiVersion": f"{group}/v1alpha2",
         "kind": "InferenceModelRewrite",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"poolRef": {"name": pool_name}, "rules": [rule]},

@@ -28,6 +28,7 @@ from infergate.errors import ConfigError
 __all__ = [
     "API_VERSION",
     "KIND",
+    "LLMD_API_VERSION",
     "EndpointPickerConfig",
     "PluginRef",
     "PluginSpec",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 API_VERSION: Final = "inference.networking.x-k8s.io/v1alpha1"
+LLMD_API_VERSION: Final = "llm-d.ai/v1alpha1"
 KIND: Final = "EndpointPickerConfig"
 
 
@@ -94,7 +96,7 @@ class EndpointPickerConfig(_Strict):
     verbatim for the components that read them; ``featureGates`` is a list of names.
     """
 
-    api_version: Literal["inference.networking.x-k8s.io/v1alpha1"] = API_VERSION
+    api_version: Literal["inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"] = API_VERSION
     kind: Literal["EndpointPickerConfig"] = KIND
     feature_gates: list[str] = Field(default_factory=list)
     plugins: list[PluginSpec] = Field(default_factory=list)

@@ -323,7 +323,7 @@ class Director:
                 principal = self._auth.authenticate(hdrs)
             parsed = parse_body(path, body, max_messages=self._limits.max_messages)
             model = parsed.model
-            target = self._rewrite(model, hdrs.get(H.MODEL_NAME_REWRITE) or None)
+            target = self._rewrite(model, H.model_name_rewrite_of(hdrs))
             # Only judge once some server has told us what it serves (a pool still starting
             # answers 503, not 404).
             served = self._ds.served_models()
@@ -331,7 +331,7 @@ class Director:
                 known = self.known_models()
                 if model not in known and target not in known:
                     raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
-            objective = self._resolve_objective(hdrs.get(H.INFERENCE_OBJECTIVE), model, target)
+            objective = self._resolve_objective(H.objective_of(hdrs), model, target)
             # The name access and limits are judged by: the objective, else the requested model.
             scope = objective.name if objective is not None else model
             if principal is not None and not principal.allows(scope):
@@ -352,7 +352,7 @@ class Director:
                 api=parsed.api,
                 objective=objective.name if objective else None,
                 priority=objective.priority if objective else 0,
-                fairness_id=hdrs.get(H.FAIRNESS_ID) or H.DEFAULT_FAIRNESS_ID,
+                fairness_id=H.fairness_id_of(hdrs),
                 prompt=parsed.prompt,
                 stream=parsed.stream,
                 max_tokens=parsed.max_tokens,

@@ -22,6 +22,8 @@ __all__ = [
     "INFERENCE_MODEL_REWRITES",
     "INFERENCE_OBJECTIVES",
     "INFERENCE_POOLS",
+    "LLMD_INFERENCE_MODEL_REWRITES",
+    "LLMD_INFERENCE_OBJECTIVES",
     "PODS",
     "Resource",
     "default_pool_namespace",
@@ -55,6 +57,11 @@ INFERENCE_OBJECTIVES = Resource(
 )
 INFERENCE_MODEL_REWRITES = Resource(
     "inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite"
+)
+# llm-d-router v0.10 moved both APIs to the ``llm-d.ai`` group; a cluster may have either or both.
+LLMD_INFERENCE_OBJECTIVES = Resource("llm-d.ai", "v1alpha2", "inferenceobjectives", "InferenceObjective")
+LLMD_INFERENCE_MODEL_REWRITES = Resource(
+    "llm-d.ai", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite"
 )
 
 

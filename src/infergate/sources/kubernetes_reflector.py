@@ -11,6 +11,10 @@ no gaps:
 - any other failure (connection refused, 5xx, bad JSON) is retried with capped exponential backoff
   and jitter, starting from where it failed.
 
+A resource marked ``optional`` whose API is not installed (404 on list, e.g. a CRD group the cluster
+does not have) counts as synced and empty, and is listed again every ``backoff_max`` seconds, so
+installing the CRD later is noticed without a restart.
+
 After every change the ``on_change`` callback runs synchronously; the owner recomputes what it
 derives from all the maps. The reflector never writes anything to the API.
 """
@@ -45,6 +49,10 @@ class _Gone(Exception):
     """410 Gone: our resourceVersion is too old to watch from; relist."""
 
 
+class _NotInstalled(Exception):
+    """404 on list of an optional resource: its API (CRD) is not installed in the cluster."""
+
+
 class Reflector:
     """List + watch one resource in one namespace into :attr:`items`.
 
@@ -69,8 +77,11 @@ class Reflector:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         rng: random.Random | None = None,
+        optional: bool = False,
     ) -> None:
         self.resource = resource
+        self.optional = optional
+        self.installed = True
         self.namespace = namespace
         self.items: dict[str, dict[str, Any]] = {}
         self.resource_version = ""
@@ -99,6 +110,12 @@ class Reflector:
                     need_list = False
                 await self._watch_once()
                 backoff = self._backoff_initial
+            except _NotInstalled:
+                if self.installed:
+                    log.info("%s: not installed in the cluster (404); treating as empty", self._what)
+                self.installed = False
+                need_list = True
+                await asyncio.sleep(self._backoff_max)
             except _Gone:
                 self.relists_gone += 1
                 log.info(
@@ -116,7 +133,9 @@ class Reflector:
 
     @property
     def _what(self) -> str:
-        return f"{self.resource.plural} in {self.namespace}"
+        r = self.resource
+        group = f".{r.group}" if r.group else ""
+        return f"{r.plural}{group} in {self.namespace}"
 
     # ------------------------------------------------------------------ list
 
@@ -138,6 +157,9 @@ class Reflector:
             body = await resp.read()
             if resp.status == 410:
                 raise _Gone
+            if resp.status == 404 and self.optional:
+                self._set_items({}, "")
+                raise _NotInstalled
             if resp.status != 200:
                 raise WatchError(resp.status, _status_message(body))
         finally:
@@ -147,8 +169,12 @@ class Reflector:
         for item in data.get("items") or []:
             obj = self._complete(item)
             items[obj["metadata"]["name"]] = obj
+        self.installed = True
+        self._set_items(items, str((data.get("metadata") or {}).get("resourceVersion", "")))
+
+    def _set_items(self, items: dict[str, dict[str, Any]], resource_version: str) -> None:
         self.items = items
-        self.resource_version = str((data.get("metadata") or {}).get("resourceVersion", ""))
+        self.resource_version = resource_version
         self.lists += 1
         self.synced.set()
         self._on_change(self)
