@@ -205,7 +205,10 @@ def build_scheduler(
     for name, weight in refs:
         inst, type_ = instances[name], types[name]
         if getattr(inst, "inert", False):
-            continue
+            raise ConfigError(
+                f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is not a filter, scorer "
+                "or picker in infergate; remove it from the profile"
+            )
         if weight is not None and not 0 <= weight < math.inf:  # NaN fails both comparisons
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r}: weight must be a finite number >= 0"
