@@ -121,12 +121,14 @@ class _Series:
         "running",
         "total",
         "tpot",
+        "ttft",
     )
 
     def __init__(self, m: GatewayMetrics, model: str, target: str) -> None:
         lbl = {"model_name": model, "target_model_name": target}
         self.request_sizes = m.request_sizes.labels(**lbl)
         self.duration = m.request_duration.labels(**lbl)
+        self.ttft = m.request_ttft.labels(**lbl)
         self.response_sizes = m.response_sizes.labels(**lbl)
         self.input = m.input_tokens.labels(**lbl)
         self.output = m.output_tokens.labels(**lbl)
@@ -419,6 +421,9 @@ class Director:
                 ).inc()
             else:
                 series.duration.observe(duration)
+                first = ctx.first_token_at or ctx.first_byte_at  # streamed: first token; else first byte
+                if first is not None:
+                    series.ttft.observe(max(0.0, first - ctx.started_at))
                 series.response_sizes.observe(ctx.response_bytes)
                 if ctx.prompt_tokens is not None:
                     series.input.observe(ctx.prompt_tokens)
