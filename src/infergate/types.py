@@ -133,6 +133,8 @@ class InferenceRequest:
     max_tokens: int | None = None
     body_size: int = 0
     arrived_at: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    """Request headers (lower-case names, credentials removed) for header-driven plugins."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,7 @@ NON_SCHEDULING_TYPES = frozenset(
         STATIC_USAGE_LIMIT,
         "single-profile-handler",
         "approx-prefix-cache-producer",
+        "inflight-load-producer",
     }
 )
 

@@ -250,6 +250,7 @@ class RequestCore:
             max_tokens=parsed.max_tokens,
             body_size=len(body),
             arrived_at=now,
+            headers=H.scheduling_headers(headers),
         )
         upstream = body if target == model else rewrite_model(parsed, target)
         return Resolved(request=request, parsed=parsed, upstream_body=upstream)

@@ -27,6 +27,7 @@ __all__ = [
     "fairness_id_of",
     "model_name_rewrite_of",
     "objective_of",
+    "scheduling_headers",
 ]
 
 DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
@@ -99,6 +100,15 @@ def model_name_rewrite_of(headers: Mapping[str, str]) -> str | None:
 def fairness_id_of(headers: Mapping[str, str]) -> str:
     """The request's flow (``x-llm-d-inference-fairness-id``, else the GIE name, else the default)."""
     return _first(headers, LLMD_FAIRNESS_ID, FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
+
+
+# Never handed to scheduling plugins (which may keep a request in the decision log).
+CREDENTIALS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
+
+
+def scheduling_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers plugins may read: lower-case names, credentials left out."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in CREDENTIALS}
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:

@@ -38,6 +38,21 @@ from infergate.scheduling.scorers import (
     QueueScorer,
     RunningRequestsScorer,
 )
+from infergate.scheduling.upstream_plugins import (
+    ActiveRequestParams,
+    ActiveRequestScorer,
+    ByLabelFilter,
+    ByLabelParams,
+    ContextLengthAware,
+    ContextLengthParams,
+    HeaderBasedTestingFilter,
+    LabelSelectorFilter,
+    LabelSelectorParams,
+    LoadAwareParams,
+    LoadAwareScorer,
+    UtilizationFilter,
+    UtilizationFilterParams,
+)
 
 __all__ = ["INERT_TYPES", "REFUSED_TYPES", "default_registry"]
 
@@ -69,6 +84,8 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "fcfs-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
     "static-usage-limit-policy": StaticUsageLimitParams,
+    # in-flight counts are built in (Endpoint.in_flight): active-request-scorer needs no producer
+    "inflight-load-producer": NoParams,
 }
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
@@ -83,6 +100,13 @@ REFUSED_TYPES: dict[str, str] = {
     "slo-deadline-ordering-policy": _FCFS,
     "priority-holdback-policy": _LIMIT,
     "soft-reflective-ceiling-policy": _LIMIT,
+    "token-load-scorer": "in-flight token counts per endpoint are not tracked; use active-request-scorer",
+    "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
+    "no-hit-lru-scorer": "prefix-cache hits are not shared between plugins; use prefix-cache-scorer",
+    "prefix-cache-affinity-filter": "prefix matching runs inside prefix-cache-scorer, after filters",
+    "session-affinity-scorer": "session tokens (x-session-token) are not implemented",
+    "session-affinity-filter": "session tokens (x-session-token) are not implemented",
+    "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
 }
 
 
@@ -110,6 +134,15 @@ def default_registry() -> PluginRegistry:
     r.register("random-picker", PickerParams, lambda p, c: RandomPicker(p, rng=c.rng))
     r.register("round-robin-picker", PickerParams, lambda p, c: RoundRobinPicker(p))
     r.register("weighted-random-picker", PickerParams, lambda p, c: WeightedRandomPicker(p, rng=c.rng))
+    # llm-d-router v0.10 types (scheduling/upstream_plugins.py)
+    r.register("load-aware-scorer", LoadAwareParams, lambda p, c: LoadAwareScorer(p))
+    r.register("active-request-scorer", ActiveRequestParams, lambda p, c: ActiveRequestScorer(p))
+    r.register("context-length-aware", ContextLengthParams, lambda p, c: ContextLengthAware(p))
+    r.register("label-selector-filter", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
+    r.register("by-label-selector", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
+    r.register("by-label", ByLabelParams, lambda p, c: ByLabelFilter(p))
+    r.register("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
+    r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
     for name, params in INERT_TYPES.items():
         r.register_inert(name, params)
     for name, reason in REFUSED_TYPES.items():
