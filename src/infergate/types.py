@@ -50,6 +50,8 @@ class ApiKind(StrEnum):
     COMPLETIONS = "completions"
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
+    MESSAGES = "messages"
+    """Anthropic Messages API (``/v1/messages``, ``/v1/messages/count_tokens``)."""
     OTHER = "other"
 
 

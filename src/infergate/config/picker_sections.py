@@ -60,7 +60,8 @@ FEATURE_GATES: dict[str, str | None] = {
 
 UTILIZATION_DETECTOR = "utilization-detector"
 STATIC_USAGE_LIMIT = "static-usage-limit-policy"
-SUPPORTED_PARSERS = ("openai-parser",)
+# Both parsers are always on in infergate (OpenAI paths and /v1/messages); naming them is fine.
+SUPPORTED_PARSERS = ("openai-parser", "anthropic-parser")
 SUPPORTED_FAIRNESS = ("round-robin-fairness-policy",)
 SUPPORTED_ORDERING = ("fcfs-ordering-policy",)
 DATA_SOURCES = ("metrics-data-source",)

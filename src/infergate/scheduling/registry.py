@@ -80,6 +80,7 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "core-metrics-extractor": CoreMetricsExtractorParams,
     "approx-prefix-cache-producer": PrefixCacheParams,
     "openai-parser": NoParams,
+    "anthropic-parser": NoParams,
     "utilization-detector": UtilizationDetectorParams,
     "fcfs-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
@@ -107,6 +108,8 @@ REFUSED_TYPES: dict[str, str] = {
     "session-affinity-scorer": "session tokens (x-session-token) are not implemented",
     "session-affinity-filter": "session tokens (x-session-token) are not implemented",
     "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
+    "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
+    "vllmgrpc-parser": "model servers are reached over HTTP only",
 }
 
 
