@@ -16,6 +16,20 @@ semantics the real client library relies on:
 
 Tests change state with :meth:`FakeApiServer.apply` and :meth:`FakeApiServer.delete`, break every
 open watch with :meth:`drop_watches` and force relists with :meth:`compact`.
+
+Behaviours of a real kube-apiserver (v1.36, etcd 3.5) the picker must survive:
+
+- :meth:`restart`: after a restart the server answers 429 "storage is (re)initializing" (with
+  ``Retry-After``) while its watch cache fills, then 410 Gone for resourceVersions from before;
+- :meth:`stall_watches`: watch connections that outlive a graceful shutdown (kept open by a proxy)
+  and deliver nothing, not even bookmarks, and never end;
+- ``bookmark_interval`` large: bookmarks that rarely come;
+- ``status_conflicts``: the next status writes answered 409 Conflict, as when another picker
+  replica wrote first;
+- pods deleted with no Terminating phase (``delete`` emits DELETED without a prior
+  ``deletionTimestamp``; :meth:`delete_gracefully` sets it first).
+
+Every request's ``User-Agent`` is kept in ``user_agents``.
 """
 
 from __future__ import annotations
@@ -95,6 +109,7 @@ class _Watcher:
     namespace: str
     labels: dict[str, str]
     queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    stalled: bool = False
 
 
 @dataclass
@@ -127,6 +142,11 @@ class FakeApiServer:
         self.status_writes = 0
         # API groups whose CRDs are "not installed": their collections answer 404.
         self.uninstalled_groups: set[str] = set()
+        self.user_agents: list[str] = []
+        self.initializing = 0  # list/watch requests still answered 429 after a restart
+        self.initializing_answers = 0
+        self.status_conflicts = 0  # status writes still answered 409
+        self.conflicts_answered = 0
         # Too-old watches: an ERROR event in a 200 stream (watch cache) or a plain HTTP 410.
         self.gone_as_http_status = False
         self._runner: web.AppRunner | None = None
@@ -222,6 +242,27 @@ class FakeApiServer:
         for w in self._watchers:
             w.queue.put_nowait(None)
 
+    def restart(self, *, initializing: int = 3) -> None:
+        """A restarted server: open watches break, history is gone (410 for older versions), and
+        the next ``initializing`` list/watch requests get 429 while the watch cache fills."""
+        self.drop_watches()
+        self.compact()
+        self.initializing = initializing
+
+    def stall_watches(self) -> None:
+        """Open watches stay connected but go silent forever (no events, bookmarks or end)."""
+        for w in self._watchers:
+            w.stalled = True
+            w.queue.put_nowait({"type": "STALL"})  # wake it so it stops at once
+
+    def delete_gracefully(self, kind: str, name: str, namespace: str = "default") -> None:
+        """Deletion with a grace period: MODIFIED with ``deletionTimestamp``, then DELETED."""
+        obj = self.get(kind, name, namespace)
+        assert obj is not None
+        obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        self.apply(obj)
+        self.delete(kind, name, namespace)
+
     def compact(self) -> None:
         """Forget the history: watches from any older resourceVersion now get 410 Gone."""
         self._rv += 1
@@ -247,6 +288,7 @@ class FakeApiServer:
     @web.middleware
     async def _authn(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append(f"{request.method} {request.path_qs}")
+        self.user_agents.append(request.headers.get("User-Agent", ""))
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
         result: web.StreamResponse = await handler(request)
@@ -262,6 +304,14 @@ class FakeApiServer:
     async def _serve_collection(
         self, request: web.Request, resource: tuple[str, str, str]
     ) -> web.StreamResponse:
+        if self.initializing > 0:
+            self.initializing -= 1
+            self.initializing_answers += 1
+            return web.json_response(
+                status_body(429, "TooManyRequests", "storage is (re)initializing"),
+                status=429,
+                headers={"Retry-After": "1"},
+            )
         if resource not in KINDS or resource[0] in self.uninstalled_groups:
             return web.json_response(
                 status_body(404, "NotFound", "the server could not find the resource"), status=404
@@ -328,6 +378,8 @@ class FakeApiServer:
         api_version = _api_version(resource[0], resource[1])
         try:
             while True:
+                if watcher.stalled:  # connected but dead: wait for the client to give up
+                    await asyncio.Event().wait()
                 wait = self.bookmark_interval if bookmarks else 3600.0
                 if deadline is not None:
                     wait = min(wait, deadline - loop.time())
@@ -336,6 +388,8 @@ class FakeApiServer:
                 try:
                     event = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
                 except TimeoutError:
+                    if watcher.stalled:
+                        await asyncio.Event().wait()
                     if bookmarks and (deadline is None or loop.time() < deadline):
                         mark = {
                             "kind": KINDS[resource],
@@ -344,6 +398,8 @@ class FakeApiServer:
                         }
                         await _write(resp, {"type": "BOOKMARK", "object": mark})
                     continue
+                if watcher.stalled:  # went silent while waiting: deliver nothing, ever
+                    await asyncio.Event().wait()
                 if event is None:  # dropped mid-stream: abort the connection without a clean end
                     if request.transport is not None:
                         request.transport.abort()
@@ -378,6 +434,11 @@ class FakeApiServer:
             return web.json_response(status_body(404, "NotFound", "not found"), status=404)
         body = await request.json()
         sent_rv = body.get("metadata", {}).get("resourceVersion")
+        if self.status_conflicts > 0:  # another writer got there first
+            self.status_conflicts -= 1
+            self.conflicts_answered += 1
+            self.apply(copy.deepcopy(obj))  # its write: a new resourceVersion
+            obj = self._objects[key]
         if sent_rv and sent_rv != obj["metadata"]["resourceVersion"]:
             return web.json_response(
                 status_body(

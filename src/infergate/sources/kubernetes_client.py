@@ -11,6 +11,7 @@ ourselves, so bookmarks, 410 Gone and reconnects are under our control.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "default_pool_namespace",
     "in_cluster",
     "make_api_client",
+    "user_agent",
 ]
 
 # The generated client is typed loosely; we go through ``Any`` at this one boundary.
@@ -105,4 +107,15 @@ async def make_api_client(
         await k8s_config.load_kube_config(
             config_file=path, context=context, client_configuration=configuration, persist_config=False
         )
-    return k8s_client.ApiClient(configuration=configuration)
+    client = k8s_client.ApiClient(configuration=configuration)
+    client.user_agent = user_agent()  # audit logs and API priority-and-fairness see who calls
+    return client
+
+
+def user_agent() -> str:
+    """``infergate/<version>``, the User-Agent of every request to the Kubernetes API."""
+    try:
+        version = importlib.metadata.version("infergate")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"infergate/{version}"

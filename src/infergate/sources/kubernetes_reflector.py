@@ -38,11 +38,16 @@ log = logging.getLogger("infergate.kubernetes")
 
 
 class WatchError(Exception):
-    """The API answered something other than a usable list or event (status code kept)."""
+    """The API answered something other than a usable list or event (status code kept).
 
-    def __init__(self, status: int, message: str) -> None:
+    ``retry_after`` is the server's ``Retry-After`` (seconds), e.g. with 429 "storage is
+    (re)initializing" while a restarted API server fills its watch cache.
+    """
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.retry_after = retry_after
 
 
 class _Gone(Exception):
@@ -127,6 +132,9 @@ class Reflector:
             except Exception as exc:  # network, HTTP, JSON or a malformed object: retry, never die
                 self.errors += 1
                 delay = backoff * (0.5 + self._rng.random())
+                hint = getattr(exc, "retry_after", None)
+                if hint is not None:  # the server said when; never wait longer than our cap
+                    delay = min(max(delay, hint), self._backoff_max)
                 log.warning("%s: %s; retrying in %.2fs", self._what, _describe(exc), delay)
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self._backoff_max)
@@ -161,7 +169,7 @@ class Reflector:
                 self._set_items({}, "")
                 raise _NotInstalled
             if resp.status != 200:
-                raise WatchError(resp.status, _status_message(body))
+                raise WatchError(resp.status, _status_message(body), _retry_after(resp))
         finally:
             resp.release()
         data = json.loads(body)
@@ -195,15 +203,20 @@ class Reflector:
             resource_version=self.resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=self._watch_timeout,
+            # A watch whose connection outlives the server (a proxy keeps it open across an API
+            # server restart) delivers nothing, not even bookmarks: give up on it soon after the
+            # server should have ended it, then resume or relist.
             _request_timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=10, sock_read=self._watch_timeout + 30
+                total=None,
+                sock_connect=10,
+                sock_read=self._watch_timeout + min(30.0, 2.0 * self._watch_timeout),
             ),
         )
         try:
             if resp.status == 410:
                 raise _Gone
             if resp.status != 200:
-                raise WatchError(resp.status, _status_message(await resp.read()))
+                raise WatchError(resp.status, _status_message(await resp.read()), _retry_after(resp))
             buffer = b""
             async for chunk in resp.content.iter_any():
                 buffer += chunk
@@ -239,6 +252,14 @@ class Reflector:
         if rv:
             self.resource_version = str(rv)
         self._on_change(self)
+
+
+def _retry_after(resp: Any) -> float | None:
+    value = (getattr(resp, "headers", None) or {}).get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _status_message(body: bytes) -> str:
