@@ -176,6 +176,7 @@ class Director:
         )
         self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
+        self._response_hook = getattr(scheduler, "response_headers", None)
 
     def configure_access(
         self, *, authenticator: Authenticator | None = None, limits: RequestLimits | None = None
@@ -184,6 +185,11 @@ class Director:
         self._auth = authenticator
         if limits is not None:
             self._core.limits = limits
+
+    def response_headers(self, ctx: RequestContext) -> dict[str, str]:
+        """Headers scheduling plugins add to the client's response (``x-session-token``)."""
+        hook = self._response_hook
+        return dict(hook(ctx.target)) if callable(hook) else {}
 
     @property
     def limits(self) -> RequestLimits:

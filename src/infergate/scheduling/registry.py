@@ -38,6 +38,7 @@ from infergate.scheduling.scorers import (
     QueueScorer,
     RunningRequestsScorer,
 )
+from infergate.scheduling.session_affinity import SessionAffinityParams, SessionAffinityScorer
 from infergate.scheduling.upstream_plugins import (
     ActiveRequestParams,
     ActiveRequestScorer,
@@ -105,8 +106,7 @@ REFUSED_TYPES: dict[str, str] = {
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
     "no-hit-lru-scorer": "prefix-cache hits are not shared between plugins; use prefix-cache-scorer",
     "prefix-cache-affinity-filter": "prefix matching runs inside prefix-cache-scorer, after filters",
-    "session-affinity-scorer": "session tokens (x-session-token) are not implemented",
-    "session-affinity-filter": "session tokens (x-session-token) are not implemented",
+    "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
     "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
@@ -146,6 +146,9 @@ def default_registry() -> PluginRegistry:
     r.register("by-label", ByLabelParams, lambda p, c: ByLabelFilter(p))
     r.register("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
     r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
+    r.register(
+        "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
+    )
     for name, params in INERT_TYPES.items():
         r.register_inert(name, params)
     for name, reason in REFUSED_TYPES.items():
