@@ -216,10 +216,10 @@ def test_profile_totals_are_bit_identical_to_per_key_sums(count: int) -> None:
 
 
 def test_builtin_scorers_take_the_dense_path_and_records_stay_plain() -> None:
-    from infergate.config.picker import default_picker_config
+    from infergate.config.picker import reference_picker_config
 
     log = DecisionLog()
-    sched = build_scheduler(default_picker_config(lora=True), rng=random.Random(0), decision_log=log)
+    sched = build_scheduler(reference_picker_config(lora=True), rng=random.Random(0), decision_log=log)
     eps = endpoints(30, random.Random(3))
     res = sched.schedule(REQ, eps)
     assert isinstance(res.scores, CandidateScores)
@@ -248,9 +248,9 @@ def test_prefix_index_entries_do_not_load_the_garbage_collector() -> None:
 
 def test_kept_results_hold_no_gc_tracked_score_containers() -> None:
     """The live view keeps 200 results; their score columns must not add to GC pauses."""
-    from infergate.config.picker import default_picker_config
+    from infergate.config.picker import reference_picker_config
 
-    sched = build_scheduler(default_picker_config(lora=True), rng=random.Random(0))
+    sched = build_scheduler(reference_picker_config(lora=True), rng=random.Random(0))
     res = sched.schedule(REQ, endpoints(50, random.Random(4)))
     gc.collect()
     assert isinstance(res.scores, CandidateScores)
