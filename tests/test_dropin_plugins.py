@@ -207,7 +207,7 @@ plugins: [{type: header-based-testing-filter}, {type: max-score-picker}]
         ("{type: active-request-scorer, parameters: {requestTimeout: 2m}}", "requestTimeout"),
         ("{type: token-load-scorer}", "in-flight token counts"),
         ("{type: no-hit-lru-scorer}", "prefix-cache hits"),
-        ("{type: session-affinity-scorer}", "x-session-token"),
+        ("{type: session-affinity-filter}", "use session-affinity-scorer"),
         ("{type: utilization-filter, parameters: {conditions: []}}", "conditions"),
     ],
 )
