@@ -30,6 +30,7 @@ from infergate.scheduling.pickers import (
     WeightedRandomPicker,
 )
 from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.profile_handler import HeaderProfileHandler, HeaderProfileParams
 from infergate.scheduling.scorers import (
     KvCacheUtilizationScorer,
     LeastInFlightScorer,
@@ -146,6 +147,7 @@ def default_registry() -> PluginRegistry:
     r.register("by-label", ByLabelParams, lambda p, c: ByLabelFilter(p))
     r.register("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
     r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
+    r.register("header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p))
     r.register(
         "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
     )
