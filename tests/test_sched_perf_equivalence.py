@@ -216,10 +216,10 @@ def test_profile_totals_are_bit_identical_to_per_key_sums(count: int) -> None:
 
 
 def test_builtin_scorers_take_the_dense_path_and_records_stay_plain() -> None:
-    from infergate.config.picker import default_picker_config
+    from infergate.config.picker import reference_picker_config
 
     log = DecisionLog()
-    sched = build_scheduler(default_picker_config(lora=True), rng=random.Random(0), decision_log=log)
+    sched = build_scheduler(reference_picker_config(lora=True), rng=random.Random(0), decision_log=log)
     eps = endpoints(30, random.Random(3))
     res = sched.schedule(REQ, eps)
     assert isinstance(res.scores, CandidateScores)
