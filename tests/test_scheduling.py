@@ -412,7 +412,7 @@ def test_no_profile_and_no_picker_defaults() -> None:
         (
             [PluginSpec(type="queue-scorer")],
             [ProfileSpec(name="a"), ProfileSpec(name="b")],
-            r"only one profile",
+            r"need a profile handler",
         ),
     ],
 )
