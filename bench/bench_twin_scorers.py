@@ -101,7 +101,7 @@ def _tenants(n: int) -> list[BenchRequest]:
 
 
 CASES = {
-    "rag": Case("rag", TwinConfig(replicas=4, adapters=()), _rag, 0.25, False, 2.0),
+    "rag": Case("rag", TwinConfig(replicas=4, adapters=()), _rag, 0.25, False, 4.0),
     "lora-zipf": Case(
         "lora-zipf", TwinConfig(replicas=4, adapters=ZIPF_ADAPTERS, max_loras=2), _zipf, None, False, 8.0
     ),

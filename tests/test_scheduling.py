@@ -127,10 +127,10 @@ def test_lora_affinity_scorer_reference_rule(metrics: dict[str, object], expecte
 
 def test_lora_affinity_scorer_neutral_for_base_models_and_lora_off() -> None:
     cands = eps({"max_active_adapters": 2, "running_adapters": ["a", "b"]}, {"max_active_adapters": 2})
-    for load_aware in (True, False):
+    for load_aware, e1 in ((True, 0.1), (False, 0.6)):  # load-aware: slot 0.4 + slot use 2/4
         s = LoraAffinityScorer(LoraAffinityParams(base_models=["base"], load_aware=load_aware))
         assert by_name(s.score(lora_req("base"), cands, CycleState())) == {"e0": 1.0, "e1": 1.0}
-        assert by_name(s.score(lora_req("a"), cands, CycleState())) == {"e0": 1.0, "e1": 0.6}  # idle pool
+        assert by_name(s.score(lora_req("a"), cands, CycleState())) == {"e0": 1.0, "e1": e1}
         off = eps({}, {})
         assert by_name(s.score(lora_req("a"), off, CycleState())) == {"e0": 1.0, "e1": 1.0}
 
@@ -146,16 +146,15 @@ _SLOTS = (
 @pytest.mark.parametrize(
     ("in_flight", "expected"),
     [
-        # idle: the slot scores themselves (cost 0 / 0.4 / –)
-        ([0, 0, 0], {"e0": 1.0, "e1": 0.6, "e2": 0.0}),
-        # mean load 1/3 → scale 4/3; e0's load 0.75 vs e1's 0 + slot cost 0.4: e0 1 − 0.35
-        ([1, 0, 0], {"e0": 0.65, "e1": 1.0, "e2": 0.0}),
-        # scale 5/3: e0 costs 1.2, e1 0.4 → e0 scores 0.2; the hot adapter spreads to e1
-        ([2, 0, 0], {"e0": 0.2, "e1": 1.0, "e2": 0.0}),
-        # e1 busier than e0 by more than the slot cost: the adapter stays where it runs
+        # idle: a runs on e0, so a slot on e1 costs 0.4 + the pool's slot use 4/6: packed
+        ([0, 0, 0], {"e0": 1.0, "e1": 0.0, "e2": 0.0}),
+        # mean load 1/3 → scale 4/3: e0 costs 0.75, e1 1.066667 → e1 scores 1 − 0.316667
+        ([1, 0, 0], {"e0": 1.0, "e1": 0.683333, "e2": 0.0}),
+        # scale 7/3: e0 costs 12/7, more than e1's slot: the adapter spreads to e1
+        ([4, 0, 0], {"e0": 0.352381, "e1": 1.0, "e2": 0.0}),
         ([0, 1, 0], {"e0": 1.0, "e1": 0.0, "e2": 0.0}),
         # the full endpoint never wins, however idle: it would have to evict an adapter
-        ([5, 5, 0], {"e0": 1.0, "e1": 0.6, "e2": 0.0}),
+        ([5, 5, 0], {"e0": 1.0, "e1": 0.0, "e2": 0.0}),
     ],
 )
 def test_lora_affinity_scorer_load_aware(in_flight: list[int], expected: dict[str, float]) -> None:
@@ -174,9 +173,18 @@ def test_lora_affinity_load_aware_prefers_the_less_loaded_holder_and_reads_scrap
         {**both[0], "waiting_queue_size": 1, "running_requests": 2}, both[1], both[2], in_flight=[0, 1]
     )
     assert by_name(LoraAffinityScorer().score(lora_req("a"), scraped, CycleState())) == expected
-    # waiting (0.8) counts as held: cost 0.2 + load
-    waiting = eps({"max_active_adapters": 2, "waiting_adapters": ["a"]}, _SLOTS[1], in_flight=[0, 0])
-    assert by_name(LoraAffinityScorer().score(lora_req("a"), waiting, CycleState())) == {"e0": 1.0, "e1": 0.8}
+    # waiting (0.8) counts as held: cost 0.2; e1's free slot 0.4 + slot use 2/4
+    waiting = eps({"max_active_adapters": 2, "waiting_adapters": ["a"]}, _SLOTS[1])
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), waiting, CycleState())) == {"e0": 1.0, "e1": 0.3}
+    # waiting behind two other adapters (blocked) costs 1.0, e1's slot 0.4 + 4/4
+    blocked = eps({**_SLOTS[2], "waiting_adapters": ["a"]}, _SLOTS[1], in_flight=[0, 0])
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), blocked, CycleState())) == {"e0": 1.0, "e1": 0.6}
+    blocked = eps({**_SLOTS[2], "waiting_adapters": ["a"]}, _SLOTS[1], in_flight=[2, 0])  # scale 2
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), blocked, CycleState())) == {"e0": 0.4, "e1": 1.0}
+    # an adapter held nowhere: every free slot costs 0.4, load decides
+    nowhere = eps(*_SLOTS, in_flight=[0, 1, 0])
+    expected = {"e0": 1.0, "e1": 0.25, "e2": 0.0}
+    assert by_name(LoraAffinityScorer().score(lora_req("c"), nowhere, CycleState())) == expected
     # every endpoint would have to evict: all 0, the scorer has no preference
     full = eps(_SLOTS[2], _SLOTS[2], in_flight=[4, 0])
     assert by_name(LoraAffinityScorer().score(lora_req("a"), full, CycleState())) == {"e0": 0.0, "e1": 0.0}

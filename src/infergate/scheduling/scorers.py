@@ -15,7 +15,7 @@ from pydantic import Field
 
 from infergate.scheduling.framework import CycleState, Params, candidate_keys
 from infergate.scheduling.scores import CandidateScores, endpoint_keys
-from infergate.types import Endpoint, InferenceRequest
+from infergate.types import Endpoint, EndpointMetrics, InferenceRequest
 
 __all__ = [
     "KvCacheUtilizationScorer",
@@ -129,6 +129,12 @@ def endpoint_load(e: Endpoint) -> int:
     return max(e.in_flight, m.waiting_queue_size + m.running_requests)
 
 
+def _blocked(model: str, m: EndpointMetrics) -> bool:
+    """``model`` waits on ``m``'s endpoint only because every adapter slot is busy with others."""
+    r = m.running_adapters
+    return model not in r and model in m.waiting_adapters and len(r) >= m.max_active_adapters
+
+
 class LoraAffinityScorer:
     """``lora-affinity-scorer``: send adapter requests where the adapter is, unless that is busy.
 
@@ -148,16 +154,23 @@ class LoraAffinityScorer:
 
     Load-aware (the default): ``n_e`` = the endpoint's requests (``max(in_flight, waiting +
     running)``), ``load_e = n_e / (mean n over the candidates + 1)`` (relative to the pool; the +1
-    keeps an idle pool from reading one request as a large relative load), and
+    keeps an idle pool from reading one request as a large relative load), and a cost per endpoint
+    that can take the request (slot score above 0):
 
-    * ``cost_e = (1 − slot_e) + load_e`` for every endpoint with a slot score above 0;
-    * ``score_e = clamp(1 − (cost_e − min cost), 0, 1)``; endpoints with slot score 0 keep 0.
+    * holding the adapter: ``1 − slot_e`` (0 running, 0.2 waiting), or 1.0 when it only waits
+      there behind ``max_active_adapters`` other running adapters (it is stuck, not coming in);
+    * a free slot: ``1 − freeSlotScore`` (0.4), plus, when some endpoint already holds the
+      adapter, the pool's slot use ``min(1, Σ(len(running) + len(waiting)) / Σ max_active_adapters)``:
+      a second slot for one adapter is a slot another adapter may need next;
+    * ``cost_e = that + load_e``; ``score_e = clamp(1 − (cost_e − min cost), 0, 1)``; endpoints
+      with slot score 0 keep 0.
 
-    So an adapter stays where it runs (packed, cold adapters included) until its endpoints carry
-    ``1 − freeSlotScore`` (0.4) of the pool's mean load more than an endpoint with a free slot;
-    then its requests open a slot there and the adapter spreads over as many endpoints as its
-    traffic needs. Among endpoints that hold it, the less loaded one wins. An endpoint that would
-    have to evict another adapter never wins over one that would not.
+    So an adapter stays packed where it runs — a cold one included, since its holder is rarely far
+    busier than the pool — until its endpoints carry 0.4 to 1.4 of the pool's mean load more than
+    an endpoint with a free slot (more the fuller the pool's slots); then its requests open a slot
+    there and a hot adapter spreads over as many endpoints as its traffic needs. Among endpoints
+    that hold it the less loaded wins. An endpoint that would have to evict another adapter never
+    wins over one that would not; when every endpoint would, all score 0.
 
     The reference EPP (v1.5) checks the free slot before the waiting list and gives it 0.8 and
     waiting 0.6; ``loadAware: false, waitingScore: 0.6, freeSlotScore: 0.8`` reproduces its
@@ -202,9 +215,24 @@ class LoraAffinityScorer:
         ]
         if not self._load_aware or len(candidates) < 2:
             return CandidateScores(keys, slots, bounded=True)
+        return self._load_aware_scores(model, candidates, keys, slots)
+
+    def _load_aware_scores(
+        self, model: str, candidates: Sequence[Endpoint], keys: Sequence[str], slots: list[float]
+    ) -> CandidateScores:
+        """The load-aware formula of the class docstring, over the slot scores already computed."""
+        metrics = [e.metrics for e in candidates]
+        held = [model in m.running_adapters or model in m.waiting_adapters for m in metrics]
+        open_cost = 1.0 - self._free
+        if any(held):  # taking one more slot for an adapter that has one: the pool's slot use
+            used = sum(len(m.running_adapters) + len(m.waiting_adapters) for m in metrics)
+            open_cost += min(1.0, used / max(1, sum(m.max_active_adapters for m in metrics)))
         loads = [endpoint_load(e) for e in candidates]
         scale = sum(loads) / len(loads) + 1.0
-        costs = [(1.0 - s) + n / scale for s, n in zip(slots, loads, strict=True)]
+        costs = [
+            (((1.0 if _blocked(model, m) else 1.0 - s) if h else open_cost) + n / scale)
+            for s, h, n, m in zip(slots, held, loads, metrics, strict=True)
+        ]
         open_costs = [c for c, s in zip(costs, slots, strict=True) if s > 0.0]
         if not open_costs:
             return CandidateScores(keys, slots, bounded=True)  # all 0: every endpoint must evict
