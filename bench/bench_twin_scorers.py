@@ -1,16 +1,21 @@
-"""SLO rates of the prefix and LoRA scorers in the digital twin, on the three workloads that showed
-them herding or packing (issue 11): long-context RAG, multi-tenant chat and multi-LoRA Zipf.
+"""SLO rates of the prefix and LoRA scorers in the digital twin, on the three workloads where the
+reference formulas herd or pack (issue 11): long-context RAG, multi-tenant chat and multi-LoRA Zipf.
 
 Each workload runs with its own pool (replicas, adapters, slots) and arrival process; every point
 runs for ``--duration`` seconds of simulated time (as many requests as the rate needs, the first
-``--warmup`` share of the run left out of the statistics), except multi-tenant chat, whose sessions
-are a fixed stream. The SLO rate is the highest rate with p90 TTFT < 1 s, p90 TPOT < 50 ms and
->= 99 % success, bisected to ``--tolerance``. ``--picker-params`` overrides scorer parameters for
-every strategy that uses the scorer (e.g. the reference formulas), so before/after share one command:
+``--warmup`` share of the run left out of the statistics), except multi-tenant chat, whose 700
+sessions are a fixed stream. The SLO rate is the highest rate with p90 TTFT < 1 s, p90 TPOT < 50 ms
+and >= 99 % success, bisected to ``--tolerance``. ``--reference`` runs every strategy with the
+reference EPP's formulas (``loadAware: false`` on both scorers); ``--params`` sets scorer
+parameters for every strategy that has the scorer. Before/after, on the same request streams:
 
-    .venv/bin/python bench/bench_twin_scorers.py --workloads rag,lora-zipf,multi-tenant-chat \\
-        --strategies prefix-only,lora-only,default --out bench-results/scorers-after
-    .venv/bin/python bench/bench_twin_scorers.py ... --reference --out bench-results/scorers-before
+    .venv/bin/python bench/bench_twin_scorers.py --workloads rag,lora-zipf,multi-tenant-chat \
+        --strategies prefix-only,lora-only,gie-default --reference --out bench-results/scorers-ref
+    .venv/bin/python bench/bench_twin_scorers.py --workloads rag,lora-zipf,multi-tenant-chat \
+        --strategies prefix-only,lora-only,gie-default --out bench-results/scorers-load-aware \
+        --params '{"prefix-cache-scorer": {"loadAware": true}, "lora-affinity-scorer": {"loadAware": true}}'
+
+(``gie-default`` carries ``loadAware: false``, hence ``--params`` for its load-aware run.)
 """
 
 from __future__ import annotations
