@@ -71,11 +71,6 @@ class Outcome:
     queue_left: float = -1.0
 
 
-def p(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    return xs[int(q * (len(xs) - 1))]
-
-
 async def overload(tmp_path: Path, *, flow_control: bool) -> Outcome:
     sims = [
         SimServer(
