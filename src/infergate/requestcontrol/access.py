@@ -9,18 +9,25 @@ means every data plane that drives the Director (built-in proxy, ext_proc) enfor
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from infergate.errors import BadRequestError
+from infergate.errors import BadRequestError, RequestError
+from infergate.requestcontrol.parsing import api_kind_for_path
+from infergate.types import ApiKind
 
 __all__ = [
     "AUTHORIZATION",
     "X_API_KEY",
     "Authenticator",
+    "MethodNotAllowedError",
+    "PathNotFoundError",
     "Principal",
     "RequestLimits",
+    "Route",
+    "classify_request",
     "presented_key",
 ]
 
@@ -43,6 +50,61 @@ class Authenticator(Protocol):
     """Maps request headers to a :class:`Principal` or raises ``AuthenticationError`` (401)."""
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal: ...
+
+
+class Route(enum.Enum):
+    """What a data plane does with a request, decided from its method and path alone."""
+
+    INFERENCE = "inference"
+    """An OpenAI inference call (POST): authenticated, parsed, scheduled, forwarded to a replica."""
+    MODELS = "models"
+    """``GET /v1/models``: answered by the gateway from what the pool serves (any valid key)."""
+    HEALTH = "health"
+    """``/health``: answered by the gateway (never needs a key)."""
+
+
+class PathNotFoundError(RequestError):
+    """404 for every path outside the request policy (LoRA admin, ``/metrics``, ``/tokenize``...)."""
+
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    """405 with the one method the path accepts (``allow``)."""
+
+    status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, allow: str) -> None:
+        super().__init__(f"method not allowed; use {allow}")
+        self.allow = allow
+
+
+def classify_request(method: str, path: str) -> Route:
+    """The request policy both data planes enforce before any body byte is read.
+
+    Only the inference API (chat/completions/embeddings/responses, POST), ``/v1/models`` (GET or
+    HEAD, answered by the gateway) and ``/health`` exist on the inference listener. Everything else
+    a model server offers - LoRA load/unload, ``/metrics``, ``/tokenize``, ``/version``,
+    ``/get_server_info``, ``/reset_prefix_cache`` - is a 404 and never reaches a replica, whichever
+    data plane carries the request. The message does not echo the path (it may hold anything).
+    """
+    p = path.split("?", 1)[0]
+    if p in ("/health", "/healthz"):
+        return Route.HEALTH
+    p = p.rstrip("/")
+    if p.endswith("/v1/models"):
+        if method not in ("GET", "HEAD"):
+            raise MethodNotAllowedError("GET")
+        return Route.MODELS
+    if api_kind_for_path(p) is ApiKind.OTHER and not p.endswith("/responses"):
+        raise PathNotFoundError("no such path on this gateway")
+    if method != "POST":
+        raise MethodNotAllowedError("POST")
+    return Route.INFERENCE
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

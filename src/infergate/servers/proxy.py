@@ -36,8 +36,8 @@ from infergate.errors import (
     UpstreamTimeoutError,
 )
 from infergate.requestcontrol import headers as H
+from infergate.requestcontrol.access import MethodNotAllowedError, PathNotFoundError, Route, classify_request
 from infergate.requestcontrol.director import Director, RequestContext
-from infergate.requestcontrol.parsing import api_kind_for_path
 from infergate.servers.upstream import (
     Exchange,
     UpstreamAborted,
@@ -46,7 +46,7 @@ from infergate.servers.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from infergate.types import ApiKind, Endpoint
+from infergate.types import Endpoint
 
 __all__ = ["ProxyOptions", "ProxyServer", "error_response"]
 
@@ -94,6 +94,8 @@ class EndpointSource(Protocol):
 def error_response(exc: RequestError) -> web.Response:
     """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
     headers: dict[str, str] = {}
+    if isinstance(exc, MethodNotAllowedError):
+        headers["Allow"] = exc.allow
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif exc.status == 429:
@@ -207,19 +209,15 @@ class ProxyServer:
         path = request.path
         try:
             if not self._routed(path):
-                raise _NotFound(f"no route for path {path}")
-            if path.rstrip("/").endswith("/v1/models"):
-                if request.method not in ("GET", "HEAD"):
-                    return _method_not_allowed("GET")
-                self._director.authenticate(request.headers)  # any valid key (401 otherwise)
-                return await self._models()
-            if path in ("/health", "/healthz"):
+                raise PathNotFoundError("no such path on this gateway")
+            route = classify_request(request.method, path)
+            if route is Route.HEALTH:
                 return web.Response(status=503 if self.draining else 200, text="ok\n")
-            api = api_kind_for_path(path)
-            if api is ApiKind.OTHER and not path.rstrip("/").endswith("/responses"):
-                raise _NotFound(f"unknown path {path}")
-            if request.method != "POST":
-                return _method_not_allowed("POST")
+            # The key is checked on the headers, before one byte of the body is read, for every
+            # method and body size (a bodiless POST too).
+            self._director.authenticate(request.headers)
+            if route is Route.MODELS:
+                return await self._models()
             body = await self._read_body(request)
         except RequestError as exc:
             return error_response(exc)
@@ -484,17 +482,3 @@ class ProxyServer:
             return out, failure
         await out.write_eof()
         return out, None
-
-
-class _NotFound(RequestError):
-    status = 404
-    error_type = "invalid_request_error"
-    code = "not_found"
-
-
-def _method_not_allowed(allowed: str) -> web.Response:
-    err = BadRequestError(f"method not allowed; use {allowed}", code="method_not_allowed")
-    resp = error_response(err)
-    resp.set_status(405)
-    resp.headers["Allow"] = allowed
-    return resp
