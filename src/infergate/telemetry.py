@@ -326,6 +326,15 @@ class GatewayMetrics:
             registry=r,
         )
 
+        # --- data plane (no reference counterpart) -----------------------------------------------
+        self.retry_refused_total = Counter(
+            "infergate_request_retry_refused",
+            "Requests failed instead of retried because endpoints went down while serving them "
+            "(reason endpoints_down: two did; the request probably stalls them).",
+            ("reason",),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

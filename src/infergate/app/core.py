@@ -97,6 +97,8 @@ def build_core(
         dialect=pool.model_server_type,
         health_path=pool.health_path,
         health_interval=s.health_interval,
+        health_timeout=s.health_timeout,
+        evict_after=s.evict_after_failed_probes,
         clock=clock,
         metrics=metrics,
         max_backoff=s.scrape_backoff_max,

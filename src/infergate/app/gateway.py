@@ -218,7 +218,9 @@ class Gateway:
                 max_connections_per_endpoint=s.max_connections_per_endpoint,
                 stream_idle_timeout=s.stream_idle_timeout,
                 evicted_idle_timeout=s.evicted_idle_timeout,
+                evicted_idle_factor=s.evicted_idle_factor,
             ),
+            metrics=self.metrics,
         )
         self.picker: ExtProcServer | None = None
         self.health: HealthServer | None = None
@@ -269,6 +271,8 @@ class Gateway:
         host = cfg.host or host
         port = cfg.port if cfg.port is not None else port
         self.tasks.spawn("metrics-scraper", self.scraper.run)
+        # in-flight requests are withdrawn from an endpoint only once it failed several probes
+        self._unsubscribe_down = self.scraper.add_down_listener(self._endpoint_down)
         await self.admin.start(cfg.admin_host, cfg.admin_port)
         if cfg.data_plane == "builtin":
             await self.proxy.start(host, port)
@@ -318,6 +322,9 @@ class Gateway:
             self.envoy = EnvoyProcess(render_bootstrap(settings))
             await self.envoy.start_async()
             self._listen_port = port
+
+    def _endpoint_down(self, key: str) -> None:
+        self.proxy.endpoint_down(key)  # a replaced proxy (tests) is reached too
 
     async def wait_ready(self, limit: float = 30.0) -> bool:
         """Wait until every known endpoint is a candidate (or ``limit`` seconds); true if any is."""

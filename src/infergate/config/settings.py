@@ -36,6 +36,9 @@ class GatewaySettings:
     """Health-probe period (the tutorial's readinessProbe ``periodSeconds: 1``)."""
     health_timeout: float = 1.0
     """Health-probe timeout (readinessProbe ``timeoutSeconds: 1``)."""
+    evict_after_failed_probes: int = 3
+    """An endpoint leaves rotation (for new requests) at its first failed probe, but the requests in
+    flight there are withdrawn only after this many consecutive failed health probes."""
     pool_metrics_interval: float = 5.0
     """Refresh period of the ``inference_pool_*`` gauges (``--refresh-prometheus-metrics-interval``)."""
 
@@ -46,14 +49,21 @@ class GatewaySettings:
     """TCP connect timeout to a model server."""
     request_timeout: float = 86400.0
     """Whole-request timeout to a model server (the reference Envoy route timeout, 86400 s)."""
-    first_byte_timeout: float | None = None
-    """Timeout for the first response byte; ``None`` leaves it to ``request_timeout``."""
+    first_byte_timeout: float | None = 600.0
+    """Timeout for a model server's response head (for a non-streamed answer: the whole answer),
+    so a replica that accepted a request and never answers does not hold the client forever;
+    ``None`` leaves it to ``request_timeout``. Built-in proxy only."""
     stream_idle_timeout: float = 60.0
     """Once a model server's response head arrived, no body byte for this long fails the response like
     a broken connection (SSE error event, cut plain body). Built-in proxy only."""
     evicted_idle_timeout: float = 1.0
-    """A response from an endpoint that left rotation is failed once it stays silent this long
-    (a frozen replica); one that keeps sending finishes. Built-in proxy only."""
+    """A response relaying from an endpoint declared down (``evict_after_failed_probes``) is failed
+    once it stays silent this long, or ``evicted_idle_factor`` times the longest gap between bytes
+    the stream has shown so far if that is longer; one that keeps sending finishes. Built-in proxy
+    only."""
+    evicted_idle_factor: float = 4.0
+    """See ``evicted_idle_timeout``: the silence window grows with the stream's observed
+    inter-token gaps, so slow (e.g. time-scaled) streams are not cut for being slow."""
     max_connections_per_endpoint: int = 256
     """Upstream connection-pool size per model server (vLLM's default ``max_num_seqs``)."""
     max_body_bytes: int = 32 * 1024 * 1024
@@ -137,6 +147,7 @@ class GatewaySettings:
             "max_queued_requests",
             "max_queued_bytes",
             "max_messages",
+            "evict_after_failed_probes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")
@@ -153,6 +164,10 @@ class GatewaySettings:
             )
         if self.retries < 0:
             raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")
+        if self.evicted_idle_factor < 0:
+            raise ConfigError(
+                f"settings: evicted_idle_factor: must be >= 0 (got {self.evicted_idle_factor!r})"
+            )
         if self.evicted_idle_timeout < 0:
             got = self.evicted_idle_timeout
             raise ConfigError(f"settings: evicted_idle_timeout: must be >= 0 (got {got!r})")
