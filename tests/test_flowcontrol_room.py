@@ -53,6 +53,9 @@ class AffinityScheduler:
         ordered = sorted(candidates, key=lambda c: (c.key != self.sticky, c.key))
         return SchedulingResult(profile="default", targets=tuple(ordered))
 
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        return None
+
 
 def metas(n: int) -> list[EndpointMeta]:
     return [EndpointMeta(name=f"ep{i}", address=f"10.0.0.{i + 1}", port=8000) for i in range(n)]
