@@ -89,7 +89,8 @@ def build_core(
             max_messages=s.max_messages,
             max_tokens=s.max_tokens_ceiling,
             objective_max_tokens=dict(s.objective_max_tokens),
-        )
+        ),
+        control_headers=s.control_headers,
     )
     scraper = MetricsScraper(
         datastore,

@@ -197,7 +197,9 @@ class Gateway:
         self.flow = core.flow
         self.director = core.director
         self.director.configure_access(
-            authenticator=_authenticator(manifests, cfg.api_keys), limits=request_limits(manifests, s)
+            authenticator=_authenticator(manifests, cfg.api_keys),
+            limits=request_limits(manifests, s),
+            control_headers=s.control_headers,
         )
         if self.director.auth_enabled:
             log.info("API-key authentication is on for the inference listener")

@@ -75,6 +75,12 @@ class GatewaySettings:
     """Client connections idle this long (between requests, or with a request head still
     incomplete) are closed by the built-in proxy (aiohttp's keep-alive timeout)."""
 
+    control_headers: str = "auto"
+    """Who may send ``x-gateway-inference-objective``, ``x-gateway-model-name-rewrite`` and the
+    fairness id: ``auto`` everyone while API keys are off, and only keys with the control-headers
+    permission once they are on; ``trusted`` everyone (a gateway in front sets them); ``keys`` only
+    such keys. Anyone else sending one gets 403 ``control_header_not_allowed``."""
+
     # --- request limits (no reference counterpart: the reference leaves these to the model server)
     max_messages: int = 2048
     """Most chat ``messages`` one request may carry (400 ``param: messages`` above)."""
@@ -161,6 +167,10 @@ class GatewaySettings:
         if not 0.0 <= self.flow_control_headroom < 1.0:
             raise ConfigError(
                 f"settings: flow_control_headroom: must be in [0, 1) (got {self.flow_control_headroom!r})"
+            )
+        if self.control_headers not in ("auto", "trusted", "keys"):
+            raise ConfigError(
+                f"settings: control_headers: must be auto, trusted or keys (got {self.control_headers!r})"
             )
         if self.retries < 0:
             raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")

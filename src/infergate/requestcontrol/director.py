@@ -21,7 +21,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.access import Authenticator, Principal, RequestLimits
+from infergate.requestcontrol.access import (
+    Authenticator,
+    Principal,
+    RequestLimits,
+    check_control_headers,
+    validate_control_header_mode,
+)
 from infergate.requestcontrol.core import (
     DatastoreView,
     RequestCore,
@@ -164,6 +170,7 @@ class Director:
         self._metrics = metrics
         self._max_attempts = max(1, max_attempts)
         self._auth = authenticator
+        self._control_headers = "auto"
         self._core = RequestCore(
             datastore=datastore,
             scheduler=scheduler,
@@ -176,10 +183,16 @@ class Director:
         self._series: dict[tuple[str, str], _Series] = {}
 
     def configure_access(
-        self, *, authenticator: Authenticator | None = None, limits: RequestLimits | None = None
+        self,
+        *,
+        authenticator: Authenticator | None = None,
+        limits: RequestLimits | None = None,
+        control_headers: str = "auto",
     ) -> None:
-        """Set the API-key check and request limits after construction (the app wires them)."""
+        """Set the API-key check, request limits and who may send control headers (the app wires
+        them; see :data:`~infergate.requestcontrol.access.CONTROL_HEADER_MODES`)."""
         self._auth = authenticator
+        self._control_headers = validate_control_header_mode(control_headers)
         if limits is not None:
             self._core.limits = limits
 
@@ -201,9 +214,10 @@ class Director:
 
         Data planes call this for routes that need a valid key but no objective (``/v1/models``).
         """
-        if self._auth is None:
-            return None
-        return self._auth.authenticate(_lower(headers))
+        hdrs = _lower(headers)
+        principal = self._auth.authenticate(hdrs) if self._auth is not None else None
+        check_control_headers(hdrs, principal, mode=self._control_headers)
+        return principal
 
     def _series_for(self, model: str, target: str) -> _Series | None:
         if self._metrics is None:
@@ -237,8 +251,7 @@ class Director:
         principal: Principal | None = None
         try:
             # Authenticate before reading the body: an unknown caller learns nothing about it.
-            if self._auth is not None:
-                principal = self._auth.authenticate(hdrs)
+            principal = self.authenticate(hdrs)  # and who may send control headers
             core = self._core
             parsed = core.parse(path, body)
             model = parsed.model
