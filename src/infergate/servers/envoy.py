@@ -151,6 +151,9 @@ def _ext_proc_filter(s: EnvoySettings) -> dict[str, Any]:
                 "response_trailer_mode": "SEND" if s.response_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
             },
             "message_timeout": s.message_timeout,
+            # accept the picker's dynamic metadata: the routing decision, and the mark on its own
+            # immediate replies that the local-reply mapper reads
+            "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb", "infergate"]}},
         },
     }
 
