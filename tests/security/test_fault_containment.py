@@ -30,8 +30,8 @@ async def poison(replica: Replica, request: web.Request) -> web.StreamResponse:
 async def test_a_poison_request_is_retried_once_then_failed_and_counted(
     replicas: list[Replica], tmp_path: Path
 ) -> None:
-    for r in replicas:
-        r.handler = poison
+    for rep in replicas:
+        rep.handler = poison
     gw = await start_gateway(tmp_path, "builtin", replicas)
     try:
         async with (
@@ -71,8 +71,8 @@ async def test_one_failed_probe_does_not_cut_streams_in_flight(
         )
         return resp
 
-    for r in replicas:
-        r.handler = stream
+    for rep in replicas:
+        rep.handler = stream
     gw = await start_gateway(tmp_path, "builtin", replicas, settings=GatewaySettings(health_interval=0.05))
     try:
         async with (

@@ -140,8 +140,8 @@ async def test_upstream_failures_are_openai_json_naming_no_backend(
     plane: str, replicas: list[Replica], tmp_path: Path
 ) -> None:
     """On Envoy the 5xx is made by Envoy itself (local reply mapper), on the proxy by the gateway."""
-    for r in replicas:
-        r.handler = drop_connection
+    for rep in replicas:
+        rep.handler = drop_connection
     gw = await start_gateway(tmp_path, plane, replicas)
     try:
         async with (
