@@ -4,7 +4,8 @@ For each model-server Deployment in the manifests, ``replicas`` ``infergate simu
 run with the pod template's vLLM flags and literal env (``--port`` replaced by a free local port),
 each with one ``infergate lora-syncer`` when the pod mounts a vLLMLoRAConfig ConfigMap, as the
 tutorial's sidecar does. The fleet owns the processes: it waits for them to become healthy and
-terminates and reaps every one of them on stop.
+terminates and reaps every one of them on stop; and each of them dies with the gateway process
+even when that is killed outright (:func:`~infergate.servers.children.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from infergate.api.loader import ManifestSet
 from infergate.api.workloads import DeploymentResource
 from infergate.errors import ConfigError
+from infergate.servers.children import die_with_parent
 from infergate.types import EndpointMeta, PoolSpec
 
 __all__ = ["Fleet", "Replica", "free_port", "replace_port"]
@@ -223,6 +225,7 @@ class Fleet:
                     env=env,
                     stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,  # Ctrl-C reaches the gateway only; it drains, then stops us
+                    preexec_fn=die_with_parent(),  # and a SIGKILLed gateway takes us with it
                 )
             log.info("started %s on port %d (pid %d)", r.name, r.port, r.proc.pid)
         await self._wait_healthy(health_wait)
@@ -235,6 +238,7 @@ class Fleet:
                         stderr=asyncio.subprocess.STDOUT,
                         stdin=asyncio.subprocess.DEVNULL,
                         start_new_session=True,
+                        preexec_fn=die_with_parent(),
                     )
         await self._wait_adapters(health_wait)
 
