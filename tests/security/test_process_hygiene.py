@@ -44,9 +44,9 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
 def test_sigkill_of_up_leaves_no_orphans(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
+    args = ["up", "--quiet", "--replicas", "1", "--data-plane", "envoy", "--port", str(port)]
     up = start_infergate(
-        ["up", "--quiet", "--replicas", "1", "--port", str(port), "--admin-port", str(admin)]
-        + ["--data-plane", "envoy"],
+        [*args, "--admin-port", str(admin)],
         tmp_path,
         health_url=f"http://127.0.0.1:{admin}/readyz",
         timeout=60,
