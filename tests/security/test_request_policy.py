@@ -9,6 +9,7 @@ Control headers: refused from a key without the permission; scope judged on the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from infergate.config.settings import GatewaySettings
 from infergate.servers.auth import ApiKeyStore
 from tests.security.conftest import MODEL, PLANES, Replica, Rig, start_gateway
 
@@ -156,3 +158,35 @@ async def test_upstream_failures_are_openai_json_naming_no_backend(
     finally:
         await gw.stop()
     assert sum(len(r.seen) for r in replicas) >= 1
+
+
+async def test_connection_flood_is_capped_per_listener_and_spares_the_admin_port(
+    replicas: list[Replica], tmp_path: Path
+) -> None:
+    """Idle connections beyond the listener's budget are closed at once; the admin port, with its
+    own budget, and the connections already admitted keep working."""
+    for plane in PLANES:
+        settings = GatewaySettings(health_interval=0.05, max_client_connections=4, admin_max_connections=4)
+        gw = await start_gateway(tmp_path, plane, replicas, settings=settings)
+        held: list[asyncio.StreamWriter] = []
+        try:
+            streams = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(4)]
+            held = [w for _, w in streams]
+            # an admitted idle connection is still served
+            reader, writer = streams[0]
+            writer.write(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readline(), 10)).split()[1] == b"200"
+            # one more is closed without an answer
+            extra_r, extra_w = await asyncio.open_connection("127.0.0.1", gw.port)
+            held.append(extra_w)
+            with contextlib.suppress(ConnectionResetError):
+                extra_w.write(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+                await extra_w.drain()
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(extra_r.read(), 10) == b""
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{gw.admin_port}/healthz") as r:
+                assert r.status == 200
+        finally:
+            for w in held:
+                w.close()
+            await gw.stop()

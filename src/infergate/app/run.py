@@ -50,7 +50,20 @@ def bundled_manifests() -> Path:
     return Path(str(files("infergate.manifests").joinpath("tutorial")))
 
 
+def _raise_fd_limit() -> None:
+    """Use the hard file-descriptor limit: a gateway holds two sockets per request in flight."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):  # pragma: no cover - platform without the limit
+        pass
+
+
 def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    _raise_fd_limit()
     try:
         import uvloop
 

@@ -71,6 +71,14 @@ class GatewaySettings:
     max_header_bytes: int = 64 * 1024
     """Largest request line and largest single header field accepted (400 above)."""
 
+    max_client_connections: int = 10000
+    """Client connections the inference listener holds at once (built-in proxy and Envoy); more
+    are closed at accept. Lowered to fit the process's file-descriptor limit, keeping room for
+    the admin port and upstream connections."""
+    admin_max_connections: int = 256
+    """Connections the admin listener holds at once: its own budget, so a flood on the inference
+    port never locks out ``/metrics`` and the probes."""
+
     idle_timeout: float = 75.0
     """Client connections idle this long (between requests, or with a request head still
     incomplete) are closed by the built-in proxy (aiohttp's keep-alive timeout)."""
@@ -154,6 +162,8 @@ class GatewaySettings:
             "max_queued_bytes",
             "max_messages",
             "evict_after_failed_probes",
+            "max_client_connections",
+            "admin_max_connections",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")

@@ -44,6 +44,7 @@ from infergate.errors import (
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import MethodNotAllowedError, PathNotFoundError, Route, classify_request
 from infergate.requestcontrol.director import Director, RequestContext
+from infergate.servers.listener import LimitedListener
 from infergate.servers.upstream import (
     Exchange,
     UpstreamAborted,
@@ -90,6 +91,8 @@ class ProxyOptions:
     byte (or ``evicted_idle_factor`` times the stream's longest gap so far, if longer); 0 cuts it
     at once. Exchanges that sent nothing to the client are always withdrawn at once and retried."""
     evicted_idle_factor: float = 4.0
+    max_client_connections: int = 10000
+    """Client connections open at once; more are closed at accept (the admin port has its own)."""
 
 
 class EndpointSource(Protocol):
@@ -139,6 +142,7 @@ class ProxyServer:
         self._opts = options or ProxyOptions()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.ServerRunner | None = None
+        self._listener: LimitedListener | None = None
         self._port = 0
         self._in_flight = 0
         self.draining = False
@@ -191,15 +195,17 @@ class ProxyServer:
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=self._opts.shutdown_grace)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
-        await site.start()
-        addrs = self._runner.addresses
-        self._port = int(addrs[0][1]) if addrs else port
+        self._listener = LimitedListener(self._runner, self._opts.max_client_connections, name="proxy")
+        await self._listener.start(host, port)
+        self._port = self._listener.port
         log.info("proxy listening on %s:%d", host, self._port)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then close."""
         self.draining = True
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()  # draining requests are still withdrawn from departed endpoints
             self._runner = None
