@@ -105,7 +105,7 @@ def req(rid: str, priority: int = 0, flow: str = "default-flow", size: int = 100
     )
 
 
-def run_once(coro: Coroutine[Any, Any, None]) -> None:
+def run_once(coro: Coroutine[Any, Any, object]) -> None:
     """Drive ``coro`` one step: proves it finished without ever waiting (or raised at once)."""
     try:
         coro.send(None)

@@ -228,7 +228,7 @@ class LivePool:
     scheduler: Scheduler
     url: str
     keys: list[str]
-    waiters: list[asyncio.Task[None]] = field(default_factory=list)
+    waiters: list[asyncio.Task[bool]] = field(default_factory=list)
 
 
 @pytest.fixture

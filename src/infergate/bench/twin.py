@@ -282,7 +282,7 @@ def run_twin(
             finish_unserved(waiting.pop(expired)[0], 503, "request timed out in the queue")
         released = flow.pop_ready(now)
         if released is not None:
-            dispatch(*waiting.pop(released))
+            dispatch(*waiting.pop(released), released=True)
         if len(flow) and timer_at is None:  # the controller's recheck / TTL timer
             deadline = flow.next_deadline()
             timer_at = now + flow.config.recheck_interval
@@ -333,14 +333,17 @@ def run_twin(
         assert flow is not None
         return flow.with_room(candidates, loop.now())
 
-    def dispatch(i: int, ireq: InferenceRequest, tokens: list[int], lora: str | None) -> None:
+    def dispatch(
+        i: int, ireq: InferenceRequest, tokens: list[int], lora: str | None, *, released: bool = False
+    ) -> None:
         req = requests[i]
         rec = records[i]
         if scheduler is None:
             replica = _true_state_pick(replicas, tokens, lora)
         else:
             try:
-                result = core.schedule(ireq, room=room if flow is not None else None)
+                # as the director: a request released from the queues goes only where there is room
+                result = core.schedule(ireq, room=room if released else None)
             except RequestError as exc:
                 finish_unserved(i, exc.status, exc.message)
                 return

@@ -50,7 +50,7 @@ _MAX_BUFFERED_RESPONSE = 8 << 20
 
 
 class FlowControllerLike(Protocol):
-    async def admit(self, request: InferenceRequest) -> None: ...
+    async def admit(self, request: InferenceRequest) -> bool: ...
     def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
 
 
@@ -97,6 +97,8 @@ class RequestContext:
     subset: frozenset[str] | None = None
     """IPs of the data plane's subset hint (``x-gateway-destination-endpoint-subset``); None: whole pool."""
     tried: set[str] = field(default_factory=set)
+    released: bool = False
+    """Flow control queued the request and released it: it is scheduled only where there is room."""
     _held: str | None = None
     _rewriter: ModelNameRewriter | None = None
     _sse: SSEUsageParser | None = None
@@ -266,11 +268,12 @@ class Director:
                 principal=principal,
             )
             request = resolved.request
+            released = False
             if self._flow is not None:
                 if not self._core.eligible(subset):  # nothing to wait for: answer now, do not queue
                     raise no_capacity(subset)
-                await self._flow.admit(request)
-            result = self._schedule(request, (), subset)
+                released = await self._flow.admit(request)
+            result = self._schedule(request, (), subset, released=released)
         except RequestError as exc:
             if isinstance(exc, (ModelNotFoundError, AuthenticationError)):
                 # client-chosen names must not create series
@@ -296,6 +299,7 @@ class Director:
             attempts=1,
             started_at=started,
             subset=subset,
+            released=released,
         )
         self._hold(ctx, result.primary)
         if target != model:
@@ -313,9 +317,15 @@ class Director:
         return ctx
 
     def _schedule(
-        self, request: InferenceRequest, exclude: Sequence[str], subset: frozenset[str] | None = None
+        self,
+        request: InferenceRequest,
+        exclude: Sequence[str],
+        subset: frozenset[str] | None = None,
+        *,
+        released: bool = False,
     ) -> SchedulingResult:
-        room = self._flow.with_room if self._flow is not None else None
+        # a request flow control held back and released goes only where there is room
+        room = self._flow.with_room if self._flow is not None and released else None
         return self._core.schedule(request, exclude=exclude, subset=subset, room=room)
 
     def _hold(self, ctx: RequestContext, target: Endpoint) -> None:
@@ -345,7 +355,7 @@ class Director:
                 break
         if nxt is None:
             try:
-                nxt = self._schedule(ctx.request, tuple(ctx.tried), ctx.subset).primary
+                nxt = self._schedule(ctx.request, tuple(ctx.tried), ctx.subset, released=ctx.released).primary
             except RequestError:
                 return None
         self._drop(ctx)

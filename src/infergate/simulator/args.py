@@ -84,6 +84,7 @@ class SimulatorArgs:
     max_lora_rank: int = 16
     lora_modules: tuple[LoraModule, ...] = ()
     allow_runtime_lora_updating: bool = False
+    max_n_sequences: int = 16384  # VLLM_MAX_N_SEQUENCES: the largest `n` a request may ask for
     profile: str | None = None
     seed: int = 0
     num_gpu_blocks: int | None = None
@@ -254,6 +255,17 @@ def _is_number(tok: str) -> bool:
     return True
 
 
+def _env_int(env: Mapping[str, str], name: str, default: int, err: TextIO) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        print(f"WARNING: ignoring non-integer {name}={raw!r}", file=err)
+        return default
+
+
 def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -325,6 +337,7 @@ def parse_args(
         max_lora_rank=ns.max_lora_rank,
         lora_modules=loras,
         allow_runtime_lora_updating=_truthy(env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")),
+        max_n_sequences=_env_int(env, "VLLM_MAX_N_SEQUENCES", 16384, err),
         profile=ns.profile,
         seed=ns.seed,
         num_gpu_blocks=ns.num_gpu_blocks,

@@ -34,12 +34,12 @@ class EngineConfig:
     """Engine knobs, named like the ``vllm serve`` flags they come from."""
 
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
-    max_num_seqs: int = 256
+    max_num_seqs: int = 1024  # vLLM 0.33's default on H100-class GPUs (engine/arg_utils.py)
     max_num_batched_tokens: int = 8192
     max_model_len: int = 131072
     block_size: int = 16
     num_gpu_blocks: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = 0.92  # vLLM 0.33's default (config/cache.py)
     enable_prefix_caching: bool = True
     enable_lora: bool = False
     max_loras: int = 1
@@ -61,6 +61,10 @@ class EngineRequest:
     ignore_eos: bool = False
     lora_name: str | None = None
     eos_after: int | None = None
+    # True when the caller (the HTTP frontend) decides and counts how the request finished: stop
+    # strings are matched on text there, as in vLLM's output processor, possibly after the engine
+    # has already run the request to its length limit, so the engine must not count it itself.
+    frontend_counts: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class _Req:
     __slots__ = (
         "arrival",
         "blocks",
+        "counted",
         "end_at",
         "first_token_time",
         "hashes",
@@ -182,6 +187,7 @@ class _Req:
         self.seed = 0
         self.seed_c = 0  # filler-token hash state before the token index is added
         self.arrival = 0.0
+        self.counted = True  # the engine counts its finish in request_success_total
         self.end_at = 0  # generated tokens after which it finishes, by stop or by length
 
 
@@ -274,6 +280,7 @@ class Engine:
         r.min_tokens = req.min_tokens
         r.ignore_eos = req.ignore_eos
         r.arrival = now if arrival_time is None else arrival_time
+        r.counted = not req.frontend_counts
         digest = zlib.crc32(array("q", r.tokens).tobytes())
         r.seed = stable_hash64(cfg.seed, digest, r.prompt_len, zlib.crc32((r.lora or "").encode()))
         r.seed_c = ((r.seed * 1_000_003) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
@@ -306,7 +313,8 @@ class Engine:
             self.pool.free(r.blocks[::-1])
             r.blocks = []
         r.status = FINISHED
-        self._success[reason] = self._success.get(reason, 0) + 1
+        if r.counted:
+            self._success[reason] = self._success.get(reason, 0) + 1
         if r.times:  # sparse mode: the consumer has had no per-token outputs
             return self._timed_output(r, (), "abort", now)
         return self._output(r, (), "abort", now)
@@ -387,6 +395,8 @@ class Engine:
                 continue
             hit_blocks = self.pool.lookup(r.hashes, (len(r.tokens) - 1) // bs) if r.hashes else []
             num_hit = len(hit_blocks) * bs
+            if not self._full_sequence_fits(r, hit_blocks):
+                break
             n = min(len(r.tokens) - num_hit, budget)
             if not self._allocate(r, n, num_hit, hit_blocks):
                 break
@@ -406,6 +416,15 @@ class Engine:
             self._deferred = len(skipped)
             waiting.extendleft(reversed(skipped))
         return budget
+
+    def _full_sequence_fits(self, r: _Req, hit_blocks: list[int]) -> bool:
+        """vLLM 0.33's admission gate (``scheduler_reserve_full_isl``, on by default): a waiting
+        request is admitted only if blocks for its whole sequence (prompt, plus tokens generated
+        before a preemption) are free now, counting its prefix-cache hits, not just its first chunk."""
+        pool = self.pool
+        tokens = min(len(r.tokens), self.config.max_model_len)
+        need = -(-tokens // self.config.block_size) - len(hit_blocks)
+        return need <= pool.num_free - (pool.num_evictable(hit_blocks) if hit_blocks else 0)
 
     def _allocate(self, r: _Req, n: int, computed: int, hit_blocks: list[int]) -> bool:
         """Give ``r`` blocks for ``computed + n`` tokens (reviving ``hit_blocks``); False if short."""
@@ -547,6 +566,11 @@ class Engine:
         self.pool.free(r.blocks[::-1])
         r.blocks = []
         self._requests.pop(r.id, None)
+        if r.counted:
+            self._success[reason] = self._success.get(reason, 0) + 1
+
+    def record_finish(self, reason: str) -> None:
+        """Count a finish decided by the frontend (requests submitted with ``frontend_counts``)."""
         self._success[reason] = self._success.get(reason, 0) + 1
 
     def _output(self, r: _Req, new: tuple[int, ...], reason: str | None, now: float) -> RequestOutput:

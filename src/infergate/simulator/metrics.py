@@ -169,7 +169,7 @@ class SimMetrics:
             "block_size": "16",
             "cache_dtype": "auto",
             "enable_prefix_caching": "True",
-            "gpu_memory_utilization": "0.9",
+            "gpu_memory_utilization": "0.92",
             "num_cpu_blocks": "None",
             "num_gpu_blocks": "0",
             "prefix_caching_hash_algo": "sha256",

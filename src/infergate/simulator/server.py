@@ -20,6 +20,7 @@ from aiohttp import web
 
 from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
+from infergate.simulator import validation
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.drivers import RealtimeDriver
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
@@ -213,29 +214,36 @@ class SimServer:
             param="model",
         )
 
-    def _completion_ids(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str]]:
-        """Token ids and text of each prompt. Text prompts get the BOS token first, as Llama-3's
-        tokenizer does with vLLM's default ``add_special_tokens=True``; token-id prompts are used as is."""
+    def _completion_ids(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str | None]]:
+        """Token ids of each prompt, length-checked, and its text (None for token-id prompts, which
+        are decoded only after their ids passed validation). Text prompts get the BOS token first,
+        as Llama-3's tokenizer does with vLLM's default ``add_special_tokens=True``."""
         add_bos = oa.as_bool(body, "add_special_tokens", True)
         ids: list[list[int]] = []
-        texts: list[str] = []
+        texts: list[str | None] = []
         for p in oa.completion_prompts(body):
             if isinstance(p, list):
+                validation.check_token_len(len(p), self.max_model_len)
                 ids.append(p)
-                texts.append(self.tokenizer.decode(p))
+                texts.append(None)
             else:
-                ids.append(([BOS_ID] if add_bos else []) + self.tokenizer.encode(p))
+                ids.append(self._encode_prompt(p, [BOS_ID] if add_bos else []))
                 texts.append(p)
         return ids, texts
 
     def _chat_ids(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> list[int]:
         """The chat template already starts with BOS (vLLM's chat default ``add_special_tokens=False``)."""
-        ids = self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
-        return [BOS_ID, *ids] if oa.as_bool(body, "add_special_tokens", False) else ids
+        prefix = [BOS_ID] if oa.as_bool(body, "add_special_tokens", False) else []
+        return self._encode_prompt(self.tokenizer.apply_chat_template(messages), prefix)
 
-    def _check_len(self, ids: list[int]) -> None:
-        if len(ids) >= self.max_model_len:
-            raise oa.ApiError(400, oa.too_long_message(self.max_model_len, len(ids)), param="input_tokens")
+    def _encode_prompt(self, text: str, prefix: list[int]) -> list[int]:
+        """Tokenise a prompt text as vLLM's renderer does: bounded by characters first, tokenised
+        only up to ``max_model_len + 1`` tokens, then bounded by tokens (validation.py)."""
+        mml = self.max_model_len
+        validation.check_text_len(len(text), mml, self.tokenizer.max_chars_per_token)
+        ids = prefix + self.tokenizer.encode(text, limit=mml + 1 - len(prefix))
+        validation.check_token_len(len(ids), mml)
+        return ids
 
     def _specs(
         self,
@@ -245,19 +253,26 @@ class SimServer:
         lora: str | None,
         default_max: int | None,
     ) -> list[ChoiceSpec]:
+        """Engine requests for every (prompt, n) pair, after vLLM's sampling-parameter and
+        token-id checks, all of which run before anything proportional to ``n`` is built."""
+        mml = self.max_model_len
+        prepared: list[tuple[list[int], int]] = []
+        for ids in prompts:
+            max_tokens = validation.clamp_max_tokens(params.max_tokens, default_max, len(ids), mml)
+            validation.check_n(params.n, self.args.max_n_sequences, params.temperature)
+            validation.check_temperature(params.temperature)
+            validation.check_min_tokens(params.min_tokens, max_tokens)
+            validation.check_token_ids(ids, self.tokenizer.max_token_id)
+            prepared.append((ids, max_tokens))
         specs = []
-        for p_idx, ids in enumerate(prompts):
-            self._check_len(ids)
-            room = self.max_model_len - len(ids)
-            wanted = params.max_tokens if params.max_tokens is not None else (default_max or room)
-            max_tokens = max(1, min(wanted, room))
+        for p_idx, (ids, max_tokens) in enumerate(prepared):
             for j in range(params.n):
                 index = p_idx * params.n + j
                 req = EngineRequest(
                     request_id=f"{rid}-{index}",
                     prompt_token_ids=ids,
                     max_tokens=max_tokens,
-                    min_tokens=min(params.min_tokens, max_tokens),
+                    min_tokens=params.min_tokens,
                     ignore_eos=params.ignore_eos,
                     lora_name=lora,
                 )
@@ -278,10 +293,14 @@ class SimServer:
         body = await self._body(request)
         params = oa.parse_params(body, "completion")
         model, lora = self._resolve(params.model)
+        validation.check_output_budget(params.max_tokens, params.max_tokens_param, self.max_model_len)
         prompts, texts = self._completion_ids(body)
         rid = f"cmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
         specs = self._specs(rid, prompts, params, lora, 16)
-        echo_text = texts if params.echo else None
+        echo_text = None
+        if params.echo:
+            pairs = zip(texts, prompts, strict=True)
+            echo_text = [t if t is not None else self.tokenizer.decode(p) for t, p in pairs]
         return await self._respond(request, params, model, rid, specs, echo_text)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -289,6 +308,7 @@ class SimServer:
         params = oa.parse_params(body, "chat")
         messages = oa.chat_messages(body)
         model, lora = self._resolve(params.model)
+        validation.check_output_budget(params.max_tokens, params.max_tokens_param, self.max_model_len)
         ids = self._chat_ids(body, messages)
         rid = f"chatcmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
         specs = self._specs(rid, [ids], params, lora, None)
@@ -556,15 +576,12 @@ class SimServer:
         """vLLM's ``/v1/completions/render``: the tokenised prompts, one entry per prompt (a list)."""
         body = await self._body(request)
         prompts, _ = self._completion_ids(body)
-        for ids in prompts:
-            self._check_len(ids)
         rid = f"cmpl-{uuid.uuid4().hex}"
         return _json([self._render_entry(rid, ids, body, "completion") for ids in prompts])
 
     async def render_chat(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         ids = self._chat_ids(body, oa.chat_messages(body))
-        self._check_len(ids)
         return _json(self._render_entry(f"chatcmpl-{uuid.uuid4().hex}", ids, body, "chat"))
 
     async def model_info(self, request: web.Request) -> web.Response:
