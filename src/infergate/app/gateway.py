@@ -133,7 +133,7 @@ def client_connection_budget(settings: GatewaySettings) -> int:
         return wanted
     room = max(16, (soft - settings.admin_max_connections - 128) // 2)
     if room < wanted:
-        log.warning(
+        log.info(
             "file-descriptor limit %d: the inference listener takes at most %d connections "
             "(raise the limit with ulimit -n for more)",
             soft,

@@ -66,6 +66,7 @@ def error_code_for(exc: BaseException) -> str:
             404: "NotFound",
             413: "BadRequest",
             429: "ResourceExhausted",
+            499: "ClientDisconnected",
             503: "ServiceUnavailable",
         }.get(exc.status, "Internal")
     return "Internal"

@@ -36,7 +36,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from infergate.errors import InternalError, RequestError, RequestTooLargeError
+from infergate.errors import ClientDisconnectedError, InternalError, RequestError, RequestTooLargeError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import Route, classify_request
 from infergate.servers import extproc_messages as msg
@@ -143,8 +143,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         replies.append(msg.trailers_response(request=True))
                 for reply in replies:
                     await context.write(reply)
-        except asyncio.CancelledError as exc:
-            error = exc
+        except asyncio.CancelledError:
+            # Envoy reset the stream: its client went away (not a gateway error)
+            error = ClientDisconnectedError("the client disconnected")
             raise
         except Exception as exc:
             error = exc
@@ -154,7 +155,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.active_streams -= 1
             if st.ctx is not None:
                 if error is None and not st.response_done:
-                    error = ConnectionError("ext_proc stream ended before the response completed")
+                    # Envoy closes the stream early when the client leaves (Envoy's own failures
+                    # still pass through the response phase as a local reply)
+                    error = ClientDisconnectedError("ext_proc stream ended before the response completed")
                 self._director.handle_response_complete(st.ctx, error=error)
 
     # ------------------------------------------------------------------ dispatch

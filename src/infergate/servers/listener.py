@@ -16,10 +16,37 @@ import asyncio
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["LimitedListener"]
+__all__ = ["LimitedListener", "quiet_malformed_http"]
 
 log = logging.getLogger("infergate.listener")
+
+
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs every unparseable request at ERROR with a traceback; a client sending garbage
+    is not a gateway error. Such records become one DEBUG line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.msg = f"{record.msg}: malformed HTTP: %s"
+        record.args = (*(record.args if isinstance(record.args, tuple) else ()), exc.message)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_MALFORMED = _MalformedHttpFilter()
+
+
+def quiet_malformed_http() -> None:
+    """Install the filter on aiohttp's server logger (idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in logger.filters:
+        logger.addFilter(_MALFORMED)
 
 
 class _Refuse(asyncio.Protocol):
@@ -55,6 +82,7 @@ class LimitedListener:
 
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
         """Bind (``port`` 0 picks a free port, see :attr:`port`) and accept."""
+        quiet_malformed_http()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol, host or None, port, reuse_address=True, backlog=backlog

@@ -34,6 +34,7 @@ from multidict import CIMultiDict
 
 from infergate.errors import (
     BadRequestError,
+    ClientDisconnectedError,
     InternalError,
     RequestError,
     RequestTimeoutError,
@@ -471,7 +472,9 @@ class ProxyServer:
             error = failure
             return streamed
         except BaseException as exc:
-            error = exc
+            # the client went away (handler cancelled, or writing to it failed): not a gateway error
+            gone = isinstance(exc, (asyncio.CancelledError, ConnectionResetError))
+            error = ClientDisconnectedError("the client disconnected") if gone else exc
             raise
         finally:
             if resp is not None:
