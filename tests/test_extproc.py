@@ -41,6 +41,7 @@ from infergate.types import (
     RewriteRule,
     RewriteTarget,
 )
+from tests.support import async_wait_for
 
 A = "10.0.0.1:8000"
 B = "10.0.0.2:8000"
@@ -387,13 +388,32 @@ async def test_missing_model_is_400(rig: Rig) -> None:
     call.cancel()
 
 
-async def test_no_ready_endpoints_is_503(rig: Rig) -> None:
-    rig.clock.t += 60  # every scrape is now stale
+async def test_no_healthy_endpoint_is_503(rig: Rig) -> None:
+    rig.ds.set_healthy(A, False)
+    rig.ds.set_healthy(B, False)
     call = rig.stub.Process()
     await call.write(headers_msg())
     await call.write(body_msg(chat_body(), eos=True))
     (reply,) = await read(call, 1)
     assert reply.immediate_response.status.code == 503
+    call.cancel()
+
+
+async def test_stale_metrics_queue_the_request_until_a_fresh_scrape(rig: Rig) -> None:
+    """Stale metrics are unknown load, not a dead pool: the request waits instead of a 503."""
+    rig.clock.t += 60  # every scrape is now stale (e.g. the gateway stalled)
+    body = chat_body()
+    call = rig.stub.Process()
+    await call.write(headers_msg())
+    await call.write(body_msg(body, eos=True))
+
+    async def queued() -> bool:
+        return rig.flow.queued() == 1
+
+    await async_wait_for(queued, timeout=5, what="the request to wait in flow control")
+    rig.ds.update_metrics(A, EndpointMetrics(updated_at=rig.clock.now()))  # the scraper catches up
+    head, _ = await read(call, 2)
+    assert head == expected_route(A, body)
     call.cancel()
 
 

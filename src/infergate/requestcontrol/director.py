@@ -271,7 +271,7 @@ class Director:
             request = resolved.request
             released = False
             if self._flow is not None:
-                if not self._core.eligible(subset):  # nothing to wait for: answer now, do not queue
+                if not self._reachable(subset):  # nothing to wait for: answer now, do not queue
                     raise no_capacity(subset)
                 released = await self._flow.admit(request)
             result = self._schedule(request, (), subset, released=released)
@@ -316,6 +316,15 @@ class Director:
             series.request_sizes.observe(len(body))
             series.running.inc()
         return ctx
+
+    def _reachable(self, subset: frozenset[str] | None) -> bool:
+        """A healthy endpoint exists (in the subset hint, if any), fresh metrics or not.
+
+        Stale metrics mean "load unknown", not "gone": flow control counts such an endpoint as
+        saturated, so the request waits in the queue until a scrape arrives (a gateway that
+        stalled past the staleness threshold queues instead of answering 503).
+        """
+        return any(e.healthy and (subset is None or e.meta.address in subset) for e in self._ds.endpoints())
 
     def _schedule(
         self,
