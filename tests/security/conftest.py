@@ -23,6 +23,7 @@ from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, GatewayConfig
 from infergate.config.settings import GatewaySettings
 from infergate.requestcontrol.access import Authenticator
+from infergate.types import Clock
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ADAPTERS = ("food-review", "cad-fabricator")
@@ -63,6 +64,8 @@ class Replica:
     seen: list[tuple[str, str, bytes]] = field(default_factory=list)
     down: bool = False
     failed_probes: int = 0
+    metrics_gate: asyncio.Event | None = None
+    """While set to an unset event, ``/metrics`` waits for it (a scrape that hangs)."""
     port: int = 0
     runner: web.AppRunner | None = None
 
@@ -78,6 +81,8 @@ class Replica:
             return web.json_response({"reached": request.path})
 
         async def metrics(request: web.Request) -> web.Response:
+            if self.metrics_gate is not None:
+                await self.metrics_gate.wait()
             if request.headers.get("x-attacker"):
                 self.seen.append((request.method, request.path, b""))
             return web.Response(status=500 if self.down else 200, text=metrics_text())
@@ -151,6 +156,7 @@ async def start_gateway(
     api_keys: Authenticator | None = None,
     settings: GatewaySettings | None = None,
     objectives: dict[str, int] | None = None,
+    clock: Clock | None = None,
 ) -> Gateway:
     path = tmp / "pool.yaml"
     path.write_text(yaml.safe_dump_all(pool_docs(replicas, objectives or {"food-review": 10})))
@@ -166,6 +172,7 @@ async def start_gateway(
             settings=settings or GatewaySettings(health_interval=0.05),
             shutdown_grace=1.0,
         ),
+        clock=clock,
     )
     await gw.start()
     try:

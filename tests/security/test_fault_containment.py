@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -131,3 +132,39 @@ def test_silence_window_follows_the_streams_own_inter_token_gaps() -> None:
     assert fast.window == 1.0  # the floor
     assert slow.window == 6.0  # a time-scaled stream with 1.5 s between tokens is not cut at 1 s
     assert fast.evicted and slow.evicted
+
+
+class JumpClock:
+    """The monotonic clock plus an offset the test moves, to play a gateway that stalled."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() + self.offset
+
+
+async def test_stale_metrics_queue_requests_instead_of_503(replicas: list[Replica], tmp_path: Path) -> None:
+    clock = JumpClock()
+    gw = await start_gateway(tmp_path, "builtin", replicas, clock=clock)
+    try:
+        gate = asyncio.Event()
+        for rep in replicas:
+            rep.metrics_gate = gate  # scrapes hang: the endpoints stay healthy, their metrics age
+        clock.offset += 30  # well past the 2 s staleness: every snapshot is stale now
+        assert not gw.datastore.candidates()
+        async with aiohttp.ClientSession() as s:
+            call = asyncio.create_task(
+                s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json={"model": MODEL, "prompt": "x"})
+            )
+
+            async def waiting() -> bool:
+                return gw.flow.queued() == 1
+
+            await async_wait_for(waiting, timeout=5, what="the request to wait in flow control")
+            gate.set()  # the scrapes answer: fresh metrics release the request
+            resp = await asyncio.wait_for(call, 10)
+            assert resp.status == 200, await resp.text()
+            resp.release()
+    finally:
+        await gw.stop()
