@@ -3,9 +3,11 @@
 ``infergate up`` runs simulators, LoRA syncers and Envoy as children in their own sessions (so a
 terminal's Ctrl-C reaches only the gateway, which stops them after draining). An orderly stop
 terminates and reaps them; this module covers the disorderly one: a parent killed with SIGKILL,
-or crashing, never runs its cleanup. On Linux every child asks the kernel, between ``fork`` and
-``exec``, to be sent SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``), and checks that
-its parent is still the one that forked it, so a parent dying in between cannot leave it behind.
+or crashing, never runs its cleanup. On Linux every child is started through a few lines of
+Python that ask the kernel to send it SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``,
+which survives ``exec``), check that the parent is still alive, then ``exec`` the real command in
+the same process. A ``preexec_fn`` would do the same without the extra interpreter, but runs
+Python in the forked child of a process whose gRPC threads are live, which can abort the child.
 
 The signal follows the *thread* that forked the child: children must be started from the event
 loop's thread, never from a worker thread that may exit first.
@@ -13,45 +15,24 @@ loop's thread, never from a worker thread that may exit first.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 
-__all__ = ["die_with_parent"]
+__all__ = ["with_parent_death"]
 
-_PR_SET_PDEATHSIG = 1
+# argv after "-c": [parent pid, command...]; PR_SET_PDEATHSIG is 1, SIGKILL 9.
+_LAUNCHER = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)  # the parent died before the request took effect\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-def _prctl() -> Callable[..., int] | None:
+def with_parent_death(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so the child dies with this process (Linux); unchanged elsewhere."""
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    fn: Callable[..., int] = libc.prctl
-    return fn
-
-
-_PRCTL = _prctl()
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child die with this process; None where unsupported.
-
-    Built in the parent (it records the parent's pid); runs in the child after ``fork``.
-    """
-    prctl = _PRCTL
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]

@@ -40,7 +40,7 @@ from typing import Any
 from infergate.api.loader import ManifestSet
 from infergate.errors import ConfigError
 from infergate.requestcontrol.headers import DESTINATION_ENDPOINT
-from infergate.servers.children import die_with_parent
+from infergate.servers.children import with_parent_death
 
 __all__ = [
     "EnvoyProcess",
@@ -549,11 +549,10 @@ class EnvoyProcess:
         ]  # fmt: skip
         with self.log_path.open("ab") as log_file:
             self._proc = subprocess.Popen(
-                argv,
+                with_parent_death(argv),  # no orphan Envoy holding the port if we are killed
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),  # no orphan Envoy holding the port if we are killed
             )
         self._addr_file = addr_file
         log.info("envoy started pid=%d config=%s", self._proc.pid, config)
