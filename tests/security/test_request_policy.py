@@ -113,6 +113,8 @@ async def test_control_headers_cannot_widen_a_keys_scope(rig: Rig) -> None:
             ("cad-fabricator", {"x-gateway-inference-objective": "food-review"}),
             (MODEL, {"x-gateway-inference-objective": "food-review"}),
             ("food-review", {"x-gateway-inference-fairness-id": "someone-else"}),
+            ("food-review", {"x-llm-d-model-name-rewrite": "cad-fabricator"}),  # llm-d spelling
+            (MODEL, {"x-llm-d-inference-objective": "food-review"}),
         )
         for model, headers in bypasses:
             with pytest.raises(openai.PermissionDeniedError) as err:

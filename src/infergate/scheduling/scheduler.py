@@ -103,12 +103,30 @@ class Scheduler:
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
 
+    def response_headers(self, target: Endpoint) -> dict[str, str]:
+        """Headers plugins add to the response from ``target`` (``x-session-token``)."""
+        out: dict[str, str] = {}
+        for p in self._plugins.values():
+            hook = getattr(p, "response_headers", None)
+            if callable(hook):
+                out.update(hook(target))
+        return out
+
     def forget_endpoint(self, key: str) -> None:
         """Tell every plugin with per-endpoint state that ``key`` is gone."""
         for p in self._plugins.values():
             remove = getattr(p, "remove_endpoint", None)
             if callable(remove):
                 remove(key)
+
+    def debug_state(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Each stateful plugin's per-endpoint state (``debug_state()``), by plugin name."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for name, p in self._plugins.items():
+            state = getattr(p, "debug_state", None)
+            if callable(state):
+                out[name] = state()
+        return out
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
         """Report a scheduled request's observed time to first token (None: it failed first).
@@ -218,7 +236,10 @@ def build_scheduler(
     for name, weight in refs:
         inst, type_ = instances[name], types[name]
         if getattr(inst, "inert", False):
-            continue
+            raise ConfigError(
+                f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is not a filter, scorer "
+                "or picker in infergate; remove it from the profile"
+            )
         if weight is not None and not 0 <= weight < math.inf:  # NaN fails both comparisons
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r}: weight must be a finite number >= 0"
