@@ -206,8 +206,9 @@ plugins: [{type: header-based-testing-filter}, {type: max-score-picker}]
         ("{type: load-aware-scorer, parameters: {threshold: 0}}", "threshold"),
         ("{type: active-request-scorer, parameters: {requestTimeout: 2m}}", "requestTimeout"),
         ("{type: token-load-scorer}", "in-flight token counts"),
-        ("{type: no-hit-lru-scorer}", "prefix-cache hits"),
-        ("{type: session-affinity-scorer}", "x-session-token"),
+        ("{type: no-hit-lru-scorer, parameters: {lruSize: 0}}", "lruSize"),
+        ("{type: prefix-cache-affinity-filter}", "prefix matching runs inside"),
+        ("{type: session-affinity-filter}", "use session-affinity-scorer"),
         ("{type: utilization-filter, parameters: {conditions: []}}", "conditions"),
     ],
 )
@@ -217,3 +218,28 @@ def test_plugin_parameter_and_type_errors(plugin: str, error: str) -> None:
     )
     with pytest.raises(ConfigError, match=error):
         build_scheduler(cfg)
+
+
+def test_no_hit_lru_scorer() -> None:
+    from infergate.scheduling.prefix import PREFIX_MATCH, PrefixMatch
+    from infergate.scheduling.upstream_plugins import NoHitLRUParams, NoHitLRUScorer
+    from infergate.types import SchedulingResult
+
+    lru = NoHitLRUScorer(NoHitLRUParams(lru_size=2))
+    cands = [ep(1), ep(2), ep(3)]
+    k1, k2, k3 = (e.key for e in cands)
+
+    def cycle(pick: Endpoint, *, hit: bool = False) -> dict[str, float]:
+        state = CycleState()
+        state.put(PREFIX_MATCH, PrefixMatch([1, 2], {k1: 1} if hit else {}))
+        scores = dict(lru.score(req(), cands, state))
+        lru.post_pick(req(), SchedulingResult(profile="default", targets=(pick,)), state)
+        return scores
+
+    assert cycle(cands[1]) == {k1: 1.0, k2: 0.5, k3: 0.0}  # nothing used yet: candidate order
+    assert cycle(cands[0]) == {k1: 1.0, k3: 0.5, k2: 0.0}  # pod-2 used most recently
+    assert cycle(cands[2], hit=True) == {k1: 0.5, k2: 0.5, k3: 0.5}  # warm: neutral, LRU untouched
+    assert cycle(cands[2]) == {k3: 1.0, k2: 0.5, k1: 0.0}
+    # lruSize 2: pod-2 (the oldest) fell out when pod-3 was added, so it counts as never used again
+    assert cycle(cands[0]) == {k2: 1.0, k1: 0.5, k3: 0.0}
+    assert dict(lru.score(req(), cands[:1], CycleState())) == {k1: 1.0}

@@ -196,9 +196,13 @@ def reference_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> E
     if lora:
         weights.append(("lora-affinity-scorer", 2.0))
     weights.append(("max-score-picker", None))
-    params: dict[str, dict[str, Any]] = {}
+    # the reference EPP's formulas: infergate's prefix and LoRA scorers weigh load by default
+    params: dict[str, dict[str, Any]] = {
+        "prefix-cache-scorer": {"loadAware": False},
+        "lora-affinity-scorer": {"loadAware": False},
+    }
     if lora and base_models:
-        params["lora-affinity-scorer"] = {"baseModels": list(base_models)}
+        params["lora-affinity-scorer"]["baseModels"] = list(base_models)
     return EndpointPickerConfig(
         plugins=[PluginSpec(type=t, parameters=params.get(t, {})) for t, _ in weights],
         scheduling_profiles=[

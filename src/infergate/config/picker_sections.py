@@ -77,6 +77,7 @@ NON_SCHEDULING_TYPES = frozenset(
         UTILIZATION_DETECTOR,
         STATIC_USAGE_LIMIT,
         "single-profile-handler",
+        "header-profile-handler",
         "approx-prefix-cache-producer",
         "inflight-load-producer",
     }

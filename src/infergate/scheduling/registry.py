@@ -30,6 +30,7 @@ from infergate.scheduling.pickers import (
     WeightedRandomPicker,
 )
 from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.profile_handler import HeaderProfileHandler, HeaderProfileParams
 from infergate.scheduling.scorers import (
     KvCacheUtilizationScorer,
     LeastInFlightScorer,
@@ -51,6 +52,8 @@ from infergate.scheduling.upstream_plugins import (
     LabelSelectorParams,
     LoadAwareParams,
     LoadAwareScorer,
+    NoHitLRUParams,
+    NoHitLRUScorer,
     UtilizationFilter,
     UtilizationFilterParams,
 )
@@ -104,7 +107,6 @@ REFUSED_TYPES: dict[str, str] = {
     "soft-reflective-ceiling-policy": _LIMIT,
     "token-load-scorer": "in-flight token counts per endpoint are not tracked; use active-request-scorer",
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
-    "no-hit-lru-scorer": "prefix-cache hits are not shared between plugins; use prefix-cache-scorer",
     "prefix-cache-affinity-filter": "prefix matching runs inside prefix-cache-scorer, after filters",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
@@ -146,6 +148,8 @@ def default_registry() -> PluginRegistry:
     r.register("by-label", ByLabelParams, lambda p, c: ByLabelFilter(p))
     r.register("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
     r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
+    r.register("no-hit-lru-scorer", NoHitLRUParams, lambda p, c: NoHitLRUScorer(p))
+    r.register("header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p))
     r.register(
         "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
     )

@@ -12,6 +12,8 @@ documentation says, from the signals infergate has:
 - ``label-selector-filter`` (and its deprecated name ``by-label-selector``), ``by-label``:
   Kubernetes label selection on the endpoint's pod labels;
 - ``utilization-filter``: metric caps (active requests, running requests, waiting queue, KV cache);
+- ``no-hit-lru-scorer``: for requests no endpoint has any prefix cached (per the
+  ``prefix-cache-scorer`` that ran earlier in the profile), spread them by least-recent use;
 - ``header-based-testing-filter``: the conformance suite's filter, keeping the endpoints the
   ``test-epp-endpoint-selection`` request header lists (so infergate can stand in for the
   suite's picker).
@@ -21,13 +23,15 @@ Scores are exact functions of the snapshot, so the unit tests state them as numb
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from infergate.scheduling.framework import CycleState, Params
-from infergate.types import Endpoint, InferenceRequest
+from infergate.scheduling.framework import CycleState, Params, StateKey
+from infergate.scheduling.prefix import PREFIX_MATCH
+from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = [
     "ActiveRequestParams",
@@ -41,6 +45,8 @@ __all__ = [
     "LabelSelectorParams",
     "LoadAwareParams",
     "LoadAwareScorer",
+    "NoHitLRUParams",
+    "NoHitLRUScorer",
     "UtilizationFilter",
     "UtilizationFilterParams",
     "estimated_tokens",
@@ -183,6 +189,59 @@ class ContextLengthAware:
             if bounds is not None and bounds[0] <= length <= bounds[1]:
                 kept.append(e)
         return kept
+
+
+class NoHitLRUParams(Params):
+    prefix_plugin_type: Literal["prefix-cache-scorer"] = "prefix-cache-scorer"
+    prefix_plugin_name: str = Field(default="prefix-cache-scorer", min_length=1)
+    lru_size: int = Field(default=1024, gt=0)
+
+
+_COLD: StateKey[bool] = StateKey("no-hit-lru-cold")
+
+
+class NoHitLRUScorer:
+    """``no-hit-lru-scorer``: a request with a prefix hit anywhere scores 0.5 everywhere; a cold one
+    ranks endpoints never used for a cold request first (``1 − i/(n−1)`` in candidate order), then
+    the used ones from least to most recently used, continuing the same scale (floored at 0). After
+    a cold request the picked endpoint becomes the most recently used. Reads the prefix match the
+    ``prefix-cache-scorer`` left in the cycle state, so that scorer must come first in the profile
+    (without it every request counts as cold)."""
+
+    def __init__(self, params: NoHitLRUParams | None = None) -> None:
+        self._size = (params or NoHitLRUParams()).lru_size
+        self._lru: OrderedDict[str, None] = OrderedDict()  # oldest first
+
+    def score(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
+    ) -> Mapping[str, float]:
+        match = state.get(PREFIX_MATCH)
+        cold = match is None or not any(match.matched.values())
+        state.put(_COLD, cold)
+        if not cold:
+            return {e.key: 0.5 for e in candidates}
+        n = len(candidates)
+        if n == 1:
+            return {candidates[0].key: 1.0}
+        position = {k: i for i, k in enumerate(self._lru)}
+        never = [e for e in candidates if e.key not in position]
+        out = {e.key: 1.0 - i / (n - 1) for i, e in enumerate(never)}
+        for e in candidates:
+            if e.key in position:
+                out[e.key] = max(0.0, 1.0 - (len(never) + position[e.key]) / (n - 1))
+        return out
+
+    def post_pick(self, request: InferenceRequest, result: SchedulingResult, state: CycleState, /) -> None:
+        if not state.get(_COLD) or not result.targets:
+            return
+        key = result.primary.key
+        self._lru.pop(key, None)
+        self._lru[key] = None
+        while len(self._lru) > self._size:
+            self._lru.popitem(last=False)
+
+    def remove_endpoint(self, key: str) -> None:
+        self._lru.pop(key, None)
 
 
 # ------------------------------------------------------------------------------- filters
