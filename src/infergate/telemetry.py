@@ -513,6 +513,15 @@ class GatewayMetrics:
             ("priority", "reason"),
         )
 
+        # --- data plane (no reference counterpart) -----------------------------------------------
+        self.retry_refused_total = Counter(
+            "infergate_request_retry_refused",
+            "Requests failed instead of retried because endpoints went down while serving them "
+            "(reason endpoints_down: two did; the request probably stalls them).",
+            ("reason",),
+            registry=r,
+        )
+
         self.info.labels(commit=_build_commit(), build_ref=_build_ref()).set(1)
 
     def render(self) -> bytes:

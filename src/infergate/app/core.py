@@ -91,7 +91,8 @@ def build_core(
             max_messages=s.max_messages,
             max_tokens=s.max_tokens_ceiling,
             objective_max_tokens=dict(s.objective_max_tokens),
-        )
+        ),
+        control_headers=s.control_headers,
     )
     scraper = MetricsScraper(
         datastore,
@@ -99,6 +100,8 @@ def build_core(
         dialect=pool.model_server_type,
         health_path=pool.health_path,
         health_interval=s.health_interval,
+        health_timeout=s.health_timeout,
+        evict_after=s.evict_after_failed_probes,
         clock=clock,
         metrics=metrics,
         max_backoff=s.scrape_backoff_max,

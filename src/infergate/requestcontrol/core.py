@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from infergate.errors import ModelNotFoundError, NoCapacityError, PermissionDeniedError
+from infergate.errors import ModelNotFoundError, NoCapacityError
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.access import Principal, RequestLimits
+from infergate.requestcontrol.access import FairnessIds, Principal, RequestLimits, check_scope
 from infergate.requestcontrol.parsing import ParsedBody, parse_body, rewrite_model
 from infergate.types import Endpoint, InferenceRequest, ModelRewrite, Objective, SchedulingResult
 
@@ -42,6 +42,7 @@ class DatastoreView(Protocol):
     """The part of the Datastore request control reads and the in-flight accounting it writes."""
 
     def candidates(self) -> list[Endpoint]: ...
+    def endpoints(self) -> list[Endpoint]: ...
     def endpoint(self, key: str) -> Endpoint | None: ...
     def served_models(self) -> frozenset[str]: ...
     def models(self, key: str) -> frozenset[str]: ...
@@ -145,6 +146,7 @@ class RequestCore:
         self._metrics = metrics
         self.limits = limits or RequestLimits()
         self._check_models = check_models
+        self._fairness = FairnessIds()
 
     # ---------------------------------------------------------------- resolution
     def known_models(self) -> frozenset[str]:
@@ -230,9 +232,13 @@ class RequestCore:
         objective = self.objective_for(H.objective_of(headers), model, target)
         # The name access and limits are judged by: the objective, else the requested model.
         scope = objective.name if objective is not None else model
-        if principal is not None and not principal.allows(scope):
-            raise PermissionDeniedError(
-                f"this API key may not use '{scope}'", param="model", code="permission_denied"
+        if principal is not None:  # the key must cover the objective and the final target model
+            check_scope(
+                principal,
+                scope=scope,
+                target=target,
+                requested_target=H.model_name_rewrite_of(headers) or model,
+                objective_named=lambda name: self._ds.objective(name) is not None,
             )
         uses_completion = parsed.data.get("max_completion_tokens") is not None
         param = "max_completion_tokens" if uses_completion else "max_tokens"
@@ -244,7 +250,7 @@ class RequestCore:
             api=parsed.api,
             objective=objective.name if objective else None,
             priority=objective.priority if objective else 0,
-            fairness_id=H.fairness_id_of(headers),
+            fairness_id=self._fairness(H.fairness_id_of(headers)),
             prompt=parsed.prompt,
             stream=parsed.stream,
             max_tokens=parsed.max_tokens,

@@ -21,7 +21,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.access import Authenticator, Principal, RequestLimits
+from infergate.requestcontrol.access import (
+    Authenticator,
+    Principal,
+    RequestLimits,
+    check_control_headers,
+    validate_control_header_mode,
+)
 from infergate.requestcontrol.core import (
     DatastoreView,
     RequestCore,
@@ -60,6 +66,7 @@ def error_code_for(exc: BaseException) -> str:
             404: "NotFound",
             413: "BadRequest",
             429: "ResourceExhausted",
+            499: "ClientDisconnected",
             503: "ServiceUnavailable",
         }.get(exc.status, "Internal")
     return "Internal"
@@ -168,6 +175,7 @@ class Director:
         self._metrics = metrics
         self._max_attempts = max(1, max_attempts)
         self._auth = authenticator
+        self._control_headers = "auto"
         self._core = RequestCore(
             datastore=datastore,
             scheduler=scheduler,
@@ -181,10 +189,16 @@ class Director:
         self._response_hook = getattr(scheduler, "response_headers", None)
 
     def configure_access(
-        self, *, authenticator: Authenticator | None = None, limits: RequestLimits | None = None
+        self,
+        *,
+        authenticator: Authenticator | None = None,
+        limits: RequestLimits | None = None,
+        control_headers: str = "auto",
     ) -> None:
-        """Set the API-key check and request limits after construction (the app wires them)."""
+        """Set the API-key check, request limits and who may send control headers (the app wires
+        them; see :data:`~infergate.requestcontrol.access.CONTROL_HEADER_MODES`)."""
         self._auth = authenticator
+        self._control_headers = validate_control_header_mode(control_headers)
         if limits is not None:
             self._core.limits = limits
 
@@ -211,9 +225,10 @@ class Director:
 
         Data planes call this for routes that need a valid key but no objective (``/v1/models``).
         """
-        if self._auth is None:
-            return None
-        return self._auth.authenticate(_lower(headers))
+        hdrs = _lower(headers)
+        principal = self._auth.authenticate(hdrs) if self._auth is not None else None
+        check_control_headers(hdrs, principal, mode=self._control_headers)
+        return principal
 
     def _series_for(self, model: str, target: str) -> _Series | None:
         if self._metrics is None:
@@ -247,8 +262,7 @@ class Director:
         principal: Principal | None = None
         try:
             # Authenticate before reading the body: an unknown caller learns nothing about it.
-            if self._auth is not None:
-                principal = self._auth.authenticate(hdrs)
+            principal = self.authenticate(hdrs)  # and who may send control headers
             core = self._core
             parsed = core.parse(path, body)
             model = parsed.model
@@ -265,7 +279,7 @@ class Director:
             request = resolved.request
             released = False
             if self._flow is not None:
-                if not self._core.eligible(subset):  # nothing to wait for: answer now, do not queue
+                if not self._reachable(subset):  # nothing to wait for: answer now, do not queue
                     raise no_capacity(subset)
                 released = await self._flow.admit(request)
             result = self._schedule(request, (), subset, released=released)
@@ -310,6 +324,15 @@ class Director:
             series.request_sizes.observe(len(body))
             series.running.inc()
         return ctx
+
+    def _reachable(self, subset: frozenset[str] | None) -> bool:
+        """A healthy endpoint exists (in the subset hint, if any), fresh metrics or not.
+
+        Stale metrics mean "load unknown", not "gone": flow control counts such an endpoint as
+        saturated, so the request waits in the queue until a scrape arrives (a gateway that
+        stalled past the staleness threshold queues instead of answering 503).
+        """
+        return any(e.healthy and (subset is None or e.meta.address in subset) for e in self._ds.endpoints())
 
     def _schedule(
         self,
