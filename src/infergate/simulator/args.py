@@ -92,7 +92,10 @@ class SimulatorArgs:
     echo: bool = False
     kv_events_endpoint: str | None = None
     kv_events_topic: str = ""
-    kv_events_encoding: str = "array"
+    kv_events_encoding: str = "map"
+    prefix_caching_hash_algo: str = "sha256"
+    hash_seed: str | None = None  # PYTHONHASHSEED
+    kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
     time_scale: float = 1.0
     prompt_tokens_details: bool = False
     log_level: str = "info"
@@ -153,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--block-size", type=int, default=None)
     v.add_argument("--gpu-memory-utilization", type=float, default=None)
     v.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    v.add_argument(
+        "--prefix-caching-hash-algo",
+        choices=("sha256", "sha256_cbor"),
+        default="sha256",
+        help="block hash: SHA-256 of the pickled (parent, tokens, extra keys) or of their canonical CBOR",
+    )
     v.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     v.add_argument("--enable-lora", action="store_true")
     v.add_argument("--max-loras", type=int, default=1)
@@ -185,9 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--kv-events-encoding",
-        choices=("array", "map"),
-        default="array",
-        help="KV event encoding: positional arrays (vLLM 0.9-0.17) or maps with a 'type' key (newer)",
+        choices=("map", "array"),
+        default="map",
+        help="KV event encoding: maps with a 'type' key (vLLM 0.33) or positional arrays (vLLM 0.9-0.17)",
     )
     s.add_argument(
         "--time-scale",
@@ -346,6 +355,9 @@ def parse_args(
         kv_events_endpoint=kv_endpoint,
         kv_events_topic=kv_topic,
         kv_events_encoding=ns.kv_events_encoding,
+        prefix_caching_hash_algo=ns.prefix_caching_hash_algo,
+        hash_seed=env.get("PYTHONHASHSEED"),
+        kv_events_int_hashes=env.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1").strip() != "0",
         time_scale=ns.time_scale,
         prompt_tokens_details=bool(ns.enable_prompt_tokens_details),
         log_level=(ns.uvicorn_log_level or "info"),

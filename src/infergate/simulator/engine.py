@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infergate.simulator.adapters import AdapterCache
-from infergate.simulator.kvcache import BlockPool, KvEvent, block_hashes
+from infergate.simulator.blockhash import BlockHasher, ExtraKeys, lora_extra_keys
+from infergate.simulator.kvcache import BlockPool, KvEvent
 from infergate.simulator.profile import Profile, StepShape, get_profile
 from infergate.simulator.tokenizer import Tokenizer, stable_hash64
 
@@ -48,6 +49,9 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     profile: str = "llama3.1-8b-h100"
     seed: int = 0
+    prefix_caching_hash_algo: str = "sha256"  # or "sha256_cbor" (blockhash.py)
+    hash_seed: str | None = None  # PYTHONHASHSEED: seeds the first block's parent hash
+    kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
 
 
 @dataclass
@@ -144,6 +148,7 @@ class _Req:
         "blocks",
         "counted",
         "end_at",
+        "extra",
         "first_token_time",
         "hashes",
         "id",
@@ -188,6 +193,7 @@ class _Req:
         self.seed_c = 0  # filler-token hash state before the token index is added
         self.arrival = 0.0
         self.counted = True  # the engine counts its finish in request_success_total
+        self.extra: ExtraKeys = None  # block-hash extra keys (LoRA)
         self.end_at = 0  # generated tokens after which it finishes, by stop or by length
 
 
@@ -213,7 +219,13 @@ class Engine:
                 gpu_memory_utilization=config.gpu_memory_utilization,
                 tensor_parallel_size=config.tensor_parallel_size,
             )
-        self.pool = BlockPool(blocks, config.block_size, enable_caching=config.enable_prefix_caching)
+        self.pool = BlockPool(
+            blocks,
+            config.block_size,
+            enable_caching=config.enable_prefix_caching,
+            int_hashes=config.kv_events_int_hashes,
+        )
+        self.hasher = BlockHasher(config.prefix_caching_hash_algo, config.hash_seed)
         self.tokenizer = Tokenizer()
         self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self.profile)
         self._waiting: deque[_Req] = deque()
@@ -288,7 +300,11 @@ class Engine:
         r.end_at = r.max_tokens
         if not r.ignore_eos and r.stop_at is not None:
             r.end_at = min(r.end_at, max(r.stop_at, r.min_tokens))
-        r.hashes = block_hashes(r.tokens, cfg.block_size, r.lora) if cfg.enable_prefix_caching else []
+        r.extra = lora_extra_keys(r.lora, self._loras.get(r.lora) if r.lora else None)
+        if cfg.enable_prefix_caching:
+            r.hashes = self.hasher.block_hashes(r.tokens, cfg.block_size, r.extra)
+        else:
+            r.hashes = []
         self._requests[r.id] = r
         self._waiting.append(r)
 
@@ -505,6 +521,8 @@ class Engine:
         bs = self.config.block_size
         fill = self.tokenizer._filler_ids
         n_fill = len(fill)
+        hasher = self.hasher
+        caching = self.config.enable_prefix_caching
         mask = 0xFFFFFFFFFFFFFFFF
         outputs: list[RequestOutput] = []
         finished = False
@@ -531,8 +549,8 @@ class Engine:
                 r.first_token_time = now
                 self._prompt_tokens += r.prompt_len
             generated += 1
-            if r.hashes and (ntok + 1) % bs == 0:
-                block_hashes(tokens, bs, r.lora, r.hashes)
+            if caching and (ntok + 1) % bs == 0:  # a block just filled (prompts < 1 block too)
+                hasher.block_hashes(tokens, bs, r.extra, r.hashes)
             reason: str | None = None
             if idx + 1 >= r.end_at:  # the same test as below, precomputed per request
                 ngen = idx + 1
@@ -625,7 +643,8 @@ class Engine:
             return 0
         bs = self.config.block_size
         max_blocks = (len(token_ids) - 1) // bs
-        hashes = block_hashes(token_ids[: max_blocks * bs], bs, lora)
+        extra = lora_extra_keys(lora, self._loras.get(lora) if lora else None)
+        hashes = self.hasher.block_hashes(token_ids[: max_blocks * bs], bs, extra)
         return len(self.pool.lookup(hashes, max_blocks)) * bs
 
     def reset_prefix_cache(self) -> bool:

@@ -47,6 +47,9 @@ def engine_config(args: SimulatorArgs) -> EngineConfig:
         "max_lora_rank": args.max_lora_rank,
         "tensor_parallel_size": args.tensor_parallel_size,
         "seed": args.seed,
+        "prefix_caching_hash_algo": args.prefix_caching_hash_algo,
+        "hash_seed": args.hash_seed,
+        "kv_events_int_hashes": args.kv_events_int_hashes,
     }
     optional = {
         "max_num_seqs": args.max_num_seqs,
@@ -120,6 +123,7 @@ class SimServer:
                 "enable_prefix_caching": str(self.config.enable_prefix_caching),
                 "gpu_memory_utilization": str(self.config.gpu_memory_utilization),
                 "num_gpu_blocks": str(stats.num_gpu_blocks),
+                "prefix_caching_hash_algo": self.config.prefix_caching_hash_algo,
             },
         )
         self.kv_publisher: Any = None
