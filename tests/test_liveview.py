@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from infergate.config.picker import default_picker_config
+from infergate.config.picker import default_picker_config, reference_picker_config
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
 from infergate.flowcontrol.config import FlowControlConfig
@@ -94,7 +94,8 @@ def _result(rid: str) -> SchedulingResult:
 
 
 def _scheduler(log: DecisionLog) -> Scheduler:
-    return build_scheduler(default_picker_config(lora=True, base_models=[BASE]), decision_log=log)
+    # the reference profile: several scorers, so the page shows one score column per plugin
+    return build_scheduler(reference_picker_config(lora=True, base_models=[BASE]), decision_log=log)
 
 
 def _decode_png(data: bytes) -> tuple[int, int, int, bytes]:
@@ -228,7 +229,7 @@ class LivePool:
     scheduler: Scheduler
     url: str
     keys: list[str]
-    waiters: list[asyncio.Task[None]] = field(default_factory=list)
+    waiters: list[asyncio.Task[bool]] = field(default_factory=list)
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from infergate.config.picker import (
     PluginRef,
     PluginSpec,
     ProfileSpec,
-    default_picker_config,
     load_picker_config,
     parse_picker_config,
+    reference_picker_config,
 )
 from infergate.errors import ConfigError, NoCapacityError
 from infergate.scheduling import CycleState, build_scheduler, default_registry
@@ -287,7 +287,7 @@ def metric_samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str
 def test_timing_recorded_per_plugin_and_e2e() -> None:
     reg = CollectorRegistry()
     metrics = GatewayMetrics(reg)
-    sched = build_scheduler(default_picker_config(lora=True), metrics=metrics, rng=random.Random(1))
+    sched = build_scheduler(reference_picker_config(lora=True), metrics=metrics, rng=random.Random(1))
     cands = eps({"waiting_queue_size": 1}, {"waiting_queue_size": 2})
     for _ in range(3):
         sched.schedule(InferenceRequest(request_id="x", model="m", target_model="m", prompt="p" * 200), cands)
@@ -362,8 +362,8 @@ def test_build_from_reference_yaml(tmp_path: Path) -> None:
     assert len(res.targets) == 2  # maxNumOfEndpoints honoured
 
 
-def test_default_config_builds_reference_profile() -> None:
-    sched = build_scheduler(default_picker_config(lora=False))
+def test_reference_config_builds_reference_profile() -> None:
+    sched = build_scheduler(reference_picker_config(lora=False))
     assert [(s.type, s.weight) for s in sched.profile.scorers] == [
         ("queue-scorer", 2.0),
         ("kv-cache-utilization-scorer", 2.0),

@@ -2,12 +2,18 @@
 
 Every strategy is a configuration of the real scheduler, so the matrix (real processes) and the
 twin (virtual time) run exactly the code a user would. ``round-robin`` stands for a plain
-Kubernetes Service; ``oracle`` exists only in the twin, where true engine state can be read.
+Kubernetes Service; ``gie-default`` is the reference EPP's default profile; ``oracle`` exists only
+in the twin, where true engine state can be read.
 """
 
 from __future__ import annotations
 
-from infergate.config.picker import EndpointPickerConfig, default_picker_config, parse_picker_config
+from infergate.config.picker import (
+    EndpointPickerConfig,
+    default_picker_config,
+    parse_picker_config,
+    reference_picker_config,
+)
 
 __all__ = ["BASE_MODEL", "STRATEGIES", "picker_config", "strategy_names"]
 
@@ -34,7 +40,7 @@ STRATEGIES: dict[str, str] = {
 
 
 def strategy_names(*, twin: bool) -> list[str]:
-    names = ["default", *STRATEGIES]
+    names = ["default", "gie-default", *STRATEGIES]
     return [*names, "oracle"] if twin else names
 
 
@@ -42,6 +48,8 @@ def picker_config(name: str) -> EndpointPickerConfig:
     """The scheduler configuration of a named strategy (``default`` is the gateway's own default)."""
     if name == "default":
         return default_picker_config(lora=True, base_models=[BASE_MODEL])
+    if name == "gie-default":  # the reference EPP's profile (+ LoRA affinity 2), for comparison
+        return reference_picker_config(lora=True, base_models=[BASE_MODEL])
     try:
         return parse_picker_config(STRATEGIES[name], source=f"strategy {name}")
     except KeyError:

@@ -36,6 +36,7 @@ __all__ = [
     "dump_picker_config",
     "load_picker_config",
     "parse_picker_config",
+    "reference_picker_config",
 ]
 
 API_VERSION: Final = "inference.networking.x-k8s.io/v1alpha1"
@@ -145,11 +146,40 @@ class EndpointPickerConfig(_Strict):
 
 
 def default_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> EndpointPickerConfig:
-    """The reference default profile: queue 2, kv-cache 2, prefix-cache 3, max-score picker.
+    """infergate's default profile: ``predicted-latency-scorer`` alone, then the max-score picker.
+
+    It was chosen over the reference profile (:func:`reference_picker_config`) by the regret table
+    in ``docs/benchmarks.md``: on every workload of the bench corpus it is the best strategy or
+    close to it, and never below round-robin. ``base_models`` (the served base model names) tell
+    the scorer which model names are never LoRA adapters; ``lora`` is kept for callers that still
+    pass it (the scorer handles adapters whenever a replica reports any).
+    """
+    del lora
+    params: dict[str, Any] = {"baseModels": list(base_models)} if base_models else {}
+    return EndpointPickerConfig(
+        plugins=[
+            PluginSpec(type="predicted-latency-scorer", parameters=params),
+            PluginSpec(type="max-score-picker"),
+        ],
+        scheduling_profiles=[
+            ProfileSpec(
+                name="default",
+                plugins=[
+                    PluginRef(plugin_ref="predicted-latency-scorer", weight=1.0),
+                    PluginRef(plugin_ref="max-score-picker"),
+                ],
+            )
+        ],
+    )
+
+
+def reference_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> EndpointPickerConfig:
+    """The reference EPP's default profile: queue 2, kv-cache 2, prefix-cache 3, max-score picker.
 
     With ``lora`` (the pool's servers run LoRA adapters) a ``lora-affinity-scorer`` with weight 2 is
     added, so adapter requests prefer servers that already hold the adapter without overriding load.
     ``base_models`` (the served base model names) keep that scorer neutral for base-model requests.
+    Benchmarks compare against it as the ``gie-default`` strategy.
     """
     weights: list[tuple[str, float | None]] = [
         ("queue-scorer", 2.0),

@@ -15,6 +15,7 @@ from infergate.scheduling.filters import (
     LowQueueFilterParams,
 )
 from infergate.scheduling.framework import NoParams, PluginRegistry
+from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
 from infergate.scheduling.pickers import (
     MaxScorePicker,
     PickerParams,
@@ -60,6 +61,9 @@ def default_registry() -> PluginRegistry:
         "prefix-cache-scorer",
         PrefixCacheParams,
         lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics),
+    )
+    r.register(
+        "predicted-latency-scorer", LatencyParams, lambda p, c: PredictedLatencyScorer(p, clock=c.clock)
     )
     r.register("low-queue-filter", LowQueueFilterParams, lambda p, c: LowQueueFilter(p))
     r.register(

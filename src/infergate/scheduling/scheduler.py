@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
@@ -94,6 +94,11 @@ class Scheduler:
         self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
         self.decision_log = decision_log
         self._clock = clock
+        self._observers: list[Callable[[str, float | None], None]] = []
+        for p in self._plugins.values():
+            observe = getattr(p, "observe_ttft", None)
+            if callable(observe):
+                self._observers.append(observe)
 
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
@@ -104,6 +109,14 @@ class Scheduler:
             remove = getattr(p, "remove_endpoint", None)
             if callable(remove):
                 remove(key)
+
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        """Report a scheduled request's observed time to first token (None: it failed first).
+
+        Plugins that learn from outcomes (``predicted-latency-scorer``) correct their model with it.
+        """
+        for observe in self._observers:
+            observe(request_id, ttft_seconds)
 
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
         """Pick a primary target and up to two fallbacks among ``candidates``.

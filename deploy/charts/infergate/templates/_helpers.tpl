@@ -102,30 +102,17 @@ form infergate's boolean options take.
 {{- end -}}
 {{- end -}}
 
-{{/* The chart's default EndpointPickerConfig: the reference default profile (queue 2, kv 2, prefix 3). */}}
+{{/* The chart's default EndpointPickerConfig: infergate's default profile (predicted-latency-scorer). */}}
 {{- define "infergate.defaultPluginsConfig" -}}
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
-  - type: queue-scorer
-  - type: kv-cache-utilization-scorer
-  - type: prefix-cache-scorer
-{{- if .Values.inferenceExtension.loraAffinity }}
-  - type: lora-affinity-scorer
-{{- end }}
+  - type: predicted-latency-scorer
   - type: max-score-picker
 schedulingProfiles:
   - name: default
     plugins:
-      - pluginRef: queue-scorer
-        weight: 2
-      - pluginRef: kv-cache-utilization-scorer
-        weight: 2
-      - pluginRef: prefix-cache-scorer
-        weight: 3
-{{- if .Values.inferenceExtension.loraAffinity }}
-      - pluginRef: lora-affinity-scorer
-        weight: 2
-{{- end }}
+      - pluginRef: predicted-latency-scorer
+        weight: 1
       - pluginRef: max-score-picker
 {{- end -}}
