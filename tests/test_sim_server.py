@@ -451,13 +451,10 @@ async def test_metrics_names_labels_and_counters(sim: SimServer, client: openai.
     assert sample(fams, "vllm:e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds_count") == 3
     assert sample(fams, "vllm:inter_token_latency_seconds", "vllm:inter_token_latency_seconds_count") == 5
     assert sample(fams, "vllm:request_generation_tokens", "vllm:request_generation_tokens_sum") == 8
-    info = [s for s in fams["vllm:lora_requests_info"].samples]
-    assert len(info) == 1 and set(info[0].labels) == {
-        "max_lora",
-        "running_lora_adapters",
-        "waiting_lora_adapters",
-    }
-    assert info[0].labels["max_lora"] == "2" and info[0].value > 1.7e9
+    # one series per LoRA state seen (vLLM's semantics, test_sim_lora_info.py); the newest is current
+    info = max(fams["vllm:lora_requests_info"].samples, key=lambda s: s.value)
+    assert set(info.labels) == {"max_lora", "running_lora_adapters", "waiting_lora_adapters"}
+    assert info.labels["max_lora"] == "2" and info.value > 1.7e9
     cache = fams["vllm:cache_config_info"].samples[0]
     assert cache.labels["block_size"] == "16" and cache.labels["num_gpu_blocks"] == str(stats.num_gpu_blocks)
     assert "vllm:gpu_cache_usage_perc" not in fams
@@ -691,7 +688,7 @@ async def test_lora_slot_limit_shows_waiting_adapter_in_metrics() -> None:
 
         async def b_waits() -> bool:
             fams = families((await get(f"{server.url}/metrics"))[1])
-            labels = fams["vllm:lora_requests_info"].samples[0].labels
+            labels = max(fams["vllm:lora_requests_info"].samples, key=lambda s: s.value).labels
             return (labels["running_lora_adapters"], labels["waiting_lora_adapters"], labels["max_lora"]) == (
                 "a",
                 "b",

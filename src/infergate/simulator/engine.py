@@ -637,6 +637,12 @@ class Engine:
             lora_gpu_loads=self.adapters.gpu_loads,
         )
 
+    def lora_state(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Adapters of the running and of the waiting requests, in queue order (cheap: per step)."""
+        running = tuple(dict.fromkeys(r.lora for r in self._running if r.lora))
+        waiting = tuple(dict.fromkeys(r.lora for r in self._waiting if r.lora))
+        return running, waiting
+
     def prefix_cache_contains(self, token_ids: Sequence[int], lora: str | None) -> int:
         """Tokens of ``token_ids`` a new request would find cached right now (block-aligned)."""
         if not self.config.enable_prefix_caching or not token_ids:

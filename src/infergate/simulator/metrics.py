@@ -10,7 +10,7 @@ names instead (``vllm:gpu_cache_usage_perc``, ``vllm:gpu_prefix_cache_*``,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -64,6 +64,9 @@ class _EngineCollector(Collector):
         self._legacy = legacy
         self._lora = lora_enabled
         self._cache_info = dict(cache_info)
+        # vLLM's lora_requests_info: one series per label set ever recorded, each valued with the
+        # (unix) time it was last recorded; the current state is the newest series
+        self.lora_series: dict[tuple[str, str, str], float] = {}
 
     def collect(self) -> Iterable[Metric]:
         s = self._stats()
@@ -133,9 +136,8 @@ class _EngineCollector(Collector):
                 "Running stats on lora requests.",
                 labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
             )
-            info.add_metric(
-                [str(s.max_loras), ",".join(s.waiting_loras), ",".join(s.running_loras)], time.time()
-            )
+            for label_values, updated in self.lora_series.items():
+                info.add_metric(list(label_values), updated)
             yield info
         cache = GaugeMetricFamily(
             "vllm:cache_config_info",
@@ -177,11 +179,10 @@ class SimMetrics:
             "swap_space": "4",
         }
         info.update(cache_info or {})
-        self.registry.register(
-            _EngineCollector(
-                stats, model_name=model_name, legacy=legacy, lora_enabled=lora_enabled, cache_info=info
-            )
+        self._collector = _EngineCollector(
+            stats, model_name=model_name, legacy=legacy, lora_enabled=lora_enabled, cache_info=info
         )
+        self.registry.register(self._collector)
         tok = token_buckets(max_model_len)
 
         def hist(name: str, doc: str, buckets: Iterable[float]) -> Any:
@@ -216,6 +217,12 @@ class SimMetrics:
             "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", tok
         )
         self.n_param = hist("vllm:request_params_n", "Histogram of the n request parameter.", N_BUCKETS)
+
+    def record_lora(self, max_loras: int, running: Sequence[str], waiting: Sequence[str]) -> None:
+        """Record the LoRA state after an engine step, as vLLM's logger does on every stats update
+        (``set_to_current_time`` on the series of the current labels; older series keep their time)."""
+        key = (str(max_loras), ",".join(waiting), ",".join(running))
+        self._collector.lora_series[key] = time.time()
 
     def observe_finished(
         self,

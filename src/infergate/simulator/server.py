@@ -126,10 +126,16 @@ class SimServer:
                 "prefix_caching_hash_algo": self.config.prefix_caching_hash_algo,
             },
         )
+        if self.config.enable_lora:
+            self.driver.add_step_listener(self._record_lora)
         self.kv_publisher: Any = None
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.port = args.port
+
+    def _record_lora(self) -> None:
+        running, waiting = self.engine.lora_state()
+        self.metrics.record_lora(self.config.max_loras, running, waiting)
 
     # ------------------------------------------------------------------ lifecycle
 
