@@ -22,7 +22,7 @@ from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
 from infergate.simulator import validation
 from infergate.simulator.args import SimulatorArgs
-from infergate.simulator.drivers import RealtimeDriver
+from infergate.simulator.drivers import RealtimeDriver, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
 from infergate.simulator.generation import ChoiceSpec, Delta, choice_events, merged_events
 from infergate.simulator.metrics import SimMetrics
@@ -102,7 +102,7 @@ class SimServer:
         self.engine: Engine = make_engine(self.config, args.time_scale)
         self.tokenizer = Tokenizer()
         overhead = self.engine.profile.api_overhead_ms / 1000.0 * args.time_scale
-        self.driver = RealtimeDriver(self.engine, api_overhead=overhead)
+        self.driver = RealtimeDriver(self.engine, api_overhead=overhead, **profile_frontend(self.engine))
         self.max_model_len = self.config.max_model_len
         self.created = int(time.time())
         self.base_root = args.model
