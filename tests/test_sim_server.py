@@ -17,6 +17,7 @@ import openai
 import pytest
 import zmq
 import zmq.asyncio
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.simulator.args import parse_args
@@ -459,11 +460,13 @@ async def test_metrics_names_labels_and_counters(sim: SimServer, client: openai.
     assert cache.labels["block_size"] == "16" and cache.labels["num_gpu_blocks"] == str(stats.num_gpu_blocks)
     assert "vllm:gpu_cache_usage_perc" not in fams
     async with aiohttp.ClientSession() as s, s.get(f"{sim.url}/metrics") as r:
-        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    headers = {"Accept": "application/openmetrics-text; version=1.0.0"}
+        assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    # a Prometheus asking for OpenMetrics still gets vLLM's text format and vllm:* names, as from vLLM
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"}
     async with aiohttp.ClientSession() as s, s.get(f"{sim.url}/metrics", headers=headers) as r:
-        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
-        assert (await r.text()).endswith("# EOF\n")
+        assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        body = await r.text()
+        assert "\nvllm:num_requests_running{" in body and "vllm_num_requests_running" not in body
 
 
 async def test_legacy_metric_names() -> None:

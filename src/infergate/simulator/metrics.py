@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from infergate.simulator.engine import EngineStats
@@ -245,7 +245,9 @@ class SimMetrics:
         self.max_tokens_param.observe(max_tokens)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """(body, content type): Prometheus text by default, OpenMetrics if ``accept`` asks for it,
-        the same negotiation as vLLM's ``/metrics`` (prometheus_client's ASGI app)."""
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        """(body, content type): always the Prometheus text format 0.0.4, whatever ``accept`` asks
+        for, as vLLM 0.33 serves ``/metrics`` (prometheus-fastapi-instrumentator's route answers
+        before prometheus_client's negotiating app), so names keep their ``vllm:`` colon even for
+        a Prometheus that asks for OpenMetrics."""
+        del accept
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
