@@ -98,6 +98,7 @@ class SimulatorArgs:
     kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
     time_scale: float = 1.0
     prompt_tokens_details: bool = False
+    enable_server_load_tracking: bool = False
     log_level: str = "info"
     ignored_flags: tuple[str, ...] = field(default=())
 
@@ -178,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--enable-prompt-tokens-details",
         action="store_true",
         help="report usage.prompt_tokens_details.cached_tokens (prefix-cache hits)",
+    )
+    v.add_argument(
+        "--enable-server-load-tracking",
+        action="store_true",
+        help="count in-flight generation requests for GET /load",
     )
     v.add_argument("--uvicorn-log-level", default=None, help="log level (debug|info|warning|error)")
     s = p.add_argument_group("simulator flags")
@@ -360,6 +366,7 @@ def parse_args(
         kv_events_int_hashes=env.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1").strip() != "0",
         time_scale=ns.time_scale,
         prompt_tokens_details=bool(ns.enable_prompt_tokens_details),
+        enable_server_load_tracking=bool(ns.enable_server_load_tracking),
         log_level=(ns.uvicorn_log_level or "info"),
         ignored_flags=tuple(unknown),
     )

@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
+from infergate.simulator import load_report, validation
 from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
-from infergate.simulator import validation
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.drivers import RealtimeDriver, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
@@ -128,6 +128,7 @@ class SimServer:
         )
         if self.config.enable_lora:
             self.driver.add_step_listener(self._record_lora)
+        self.server_load = load_report.ServerLoad(args.enable_server_load_tracking)
         self.kv_publisher: Any = None
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
@@ -148,6 +149,7 @@ class SimServer:
         r.add_post("/v1/load_lora_adapter", self.load_lora)
         r.add_post("/v1/unload_lora_adapter", self.unload_lora)
         r.add_get("/health", self.health)
+        r.add_get("/load", self.load)
         r.add_get("/ping", self.health)
         r.add_get("/version", self.version)
         r.add_get("/metrics", self.metrics_handler)
@@ -300,6 +302,18 @@ class SimServer:
     # ------------------------------------------------------------------ generation
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        with self.server_load.track():
+            return await self._completions(request)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        with self.server_load.track():
+            return await self._chat_completions(request)
+
+    async def load(self, request: web.Request) -> web.Response:
+        """vLLM's ``GET /load`` (see ``load_report``)."""
+        return _json({"server_load": self.server_load.value})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         params = oa.parse_params(body, "completion")
         model, lora = self._resolve(params.model)
@@ -313,7 +327,7 @@ class SimServer:
             echo_text = [t if t is not None else self.tokenizer.decode(p) for t, p in pairs]
         return await self._respond(request, params, model, rid, specs, echo_text)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         params = oa.parse_params(body, "chat")
         messages = oa.chat_messages(body)
@@ -359,7 +373,10 @@ class SimServer:
             cached = finals[specs[0].index].cached_tokens
             usage = self._usage(prompt_tokens, sum(c.num_tokens for c in choices), cached)
             build = oa.chat_response if params.kind == "chat" else oa.completion_response
-            return _json(build(rid, created, model, choices, usage))
+            resp = _json(build(rid, created, model, choices, usage))
+            fmt = request.headers.get(load_report.FORMAT_HEADER, "")
+            resp.headers.update(load_report.orca_header(fmt, self.engine.stats()))
+            return resp
         return await self._stream(request, params, model, rid, specs, echo_text, make, created)
 
     async def _stream(
