@@ -241,12 +241,10 @@ def test_rbac_grants_what_the_picker_needs() -> None:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    for group, resource in (
-        ("", "pods"),
-        ("inference.networking.k8s.io", "inferencepools"),
-        ("inference.networking.x-k8s.io", "inferenceobjectives"),
-        ("inference.networking.x-k8s.io", "inferencemodelrewrites"),
-    ):
+    from infergate.sources.kubernetes import WATCHED_RESOURCES
+
+    assert ("llm-d.ai", "inferenceobjectives") in {(r.group, r.plural) for r in WATCHED_RESOURCES}
+    for group, resource in ((r.group, r.plural) for r in WATCHED_RESOURCES):
         for verb in ("get", "list", "watch"):
             assert (group, resource, verb) in granted
     assert ("inference.networking.k8s.io", "inferencepools/status", "update") in granted

@@ -7,7 +7,7 @@ import pytest
 from infergate.config.picker import parse_picker_config
 from infergate.scheduling.framework import CycleState
 from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
-from infergate.scheduling.prefix import PrefixCacheScorer
+from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.scheduler import build_scheduler
 from infergate.scheduling.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
@@ -76,8 +76,8 @@ def test_a_shared_prefix_does_not_outweigh_the_unique_work_queued_behind_it() ->
     picks = [_pick(s, req(instructions + f"doc{n}" + "d" * 32000, rid=f"r{n}"), eps) for n in range(6)]
     # each request adds ~200 ms of prefill backlog where it goes: the pool is used evenly
     assert sorted(picks.count(k) for k in ("a:8000", "b:8000", "c:8000")) == [2, 2, 2]
-    # the approximate prefix scorer alone sends every one to the first replica
-    prefix = PrefixCacheScorer()
+    # the reference prefix formula (matched / total) alone sends every one to the first replica
+    prefix = PrefixCacheScorer(PrefixCacheParams(load_aware=False))
     first = make_endpoint("a")
     state = CycleState()
     prefix.score(req(instructions + "d" * 32000), eps, state)

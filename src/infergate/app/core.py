@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from infergate.config.picker import EndpointPickerConfig
+from infergate.config.picker_sections import apply_sections
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowController
@@ -60,7 +61,8 @@ def build_core(
     connections per endpoint when requests beyond it wait inside the gateway (the built-in proxy);
     ``None`` when they reach the model server's own queue (Envoy), so they are not counted twice.
     """
-    s = settings
+    # flowControl / saturationDetector / featureGates of the config refine the settings.
+    s, flow_control = apply_sections(picker, settings, flow_control=flow_control)
     decisions = DecisionLog()
     scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
     detector, flow_config = flow_control_from_settings(

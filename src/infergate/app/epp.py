@@ -121,7 +121,10 @@ class EndpointPicker:
         )
 
     def _debug_extra(self) -> dict[str, Any]:
-        return {"pool": self.config.pool_name, "namespace": self.config.pool_namespace}
+        extra: dict[str, Any] = {"pool": self.config.pool_name, "namespace": self.config.pool_namespace}
+        if self.core is not None:
+            extra["scheduler"] = self.core.scheduler.debug_state()
+        return extra
 
     @property
     def grpc_port(self) -> int:

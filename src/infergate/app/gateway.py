@@ -243,12 +243,20 @@ class Gateway:
         return self._started and not self._stopping and bool(self.datastore.candidates())
 
     def _debug_extra(self) -> dict[str, Any]:
-        return {"pool": self.pool.name, "proxy_in_flight": self.proxy.in_flight}
+        return {
+            "pool": self.pool.name,
+            "proxy_in_flight": self.proxy.in_flight,
+            "scheduler": self.scheduler.debug_state(),
+        }
 
     def _liveview_routes(self) -> list[web.RouteDef]:
         """The live view's routes (``/live``, ``/live/state``) for the admin port."""
         return liveview_routes(
-            self.datastore, flow=self.flow, decisions=self.decisions, pool_name=self.pool.name
+            self.datastore,
+            flow=self.flow,
+            decisions=self.decisions,
+            pool_name=self.pool.name,
+            model_state=self.scheduler.debug_state,
         )
 
     @property

@@ -95,6 +95,10 @@ class GatewaySettings:
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
     max_queued_bytes: int = 10 * 1024**3
     """Queued request bytes per priority band (``defaultPriorityBand.maxBytes`` 10Gi)."""
+    max_queued_requests_total: int | None = None
+    """Queued requests over all bands (``flowControl.maxRequests``); None: unlimited."""
+    max_queued_bytes_total: int | None = None
+    """Queued request bytes over all bands (``flowControl.maxBytes``); None: unlimited."""
 
     # --- scheduling state
     prefix_purge_interval: float = 120.0
@@ -140,6 +144,10 @@ class GatewaySettings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")
+        for name in ("max_queued_requests_total", "max_queued_bytes_total"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"settings: {name}: must be >= 1 or unset (got {value!r})")
         if self.max_tokens_ceiling is not None and self.max_tokens_ceiling < 1:
             raise ConfigError(f"settings: max_tokens_ceiling: must be >= 1 (got {self.max_tokens_ceiling!r})")
         for name, value in self.objective_max_tokens.items():

@@ -198,7 +198,7 @@ class RequestCore:
         two steps itself to label error metrics with the model names known when a step failed.
         """
         parsed = self.parse(path, body)
-        target = self.rewrite(parsed.model, headers.get(H.MODEL_NAME_REWRITE) or None)
+        target = self.rewrite(parsed.model, H.model_name_rewrite_of(headers))
         return self.admit(
             parsed, target, headers=headers, body=body, request_id=request_id, now=now, principal=principal
         )
@@ -227,7 +227,7 @@ class RequestCore:
             known = self.known_models()
             if model not in known and target not in known:
                 raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
-        objective = self.objective_for(headers.get(H.INFERENCE_OBJECTIVE), model, target)
+        objective = self.objective_for(H.objective_of(headers), model, target)
         # The name access and limits are judged by: the objective, else the requested model.
         scope = objective.name if objective is not None else model
         if principal is not None and not principal.allows(scope):
@@ -244,12 +244,13 @@ class RequestCore:
             api=parsed.api,
             objective=objective.name if objective else None,
             priority=objective.priority if objective else 0,
-            fairness_id=headers.get(H.FAIRNESS_ID) or H.DEFAULT_FAIRNESS_ID,
+            fairness_id=H.fairness_id_of(headers),
             prompt=parsed.prompt,
             stream=parsed.stream,
             max_tokens=parsed.max_tokens,
             body_size=len(body),
             arrived_at=now,
+            headers=H.scheduling_headers(headers),
         )
         upstream = body if target == model else rewrite_model(parsed, target)
         return Resolved(request=request, parsed=parsed, upstream_body=upstream)

@@ -123,12 +123,14 @@ class _Series:
         "running",
         "total",
         "tpot",
+        "ttft",
     )
 
     def __init__(self, m: GatewayMetrics, model: str, target: str) -> None:
         lbl = {"model_name": model, "target_model_name": target}
         self.request_sizes = m.request_sizes.labels(**lbl)
         self.duration = m.request_duration.labels(**lbl)
+        self.ttft = m.request_ttft.labels(**lbl)
         self.response_sizes = m.response_sizes.labels(**lbl)
         self.input = m.input_tokens.labels(**lbl)
         self.output = m.output_tokens.labels(**lbl)
@@ -176,6 +178,7 @@ class Director:
         )
         self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
+        self._response_hook = getattr(scheduler, "response_headers", None)
 
     def configure_access(
         self, *, authenticator: Authenticator | None = None, limits: RequestLimits | None = None
@@ -184,6 +187,11 @@ class Director:
         self._auth = authenticator
         if limits is not None:
             self._core.limits = limits
+
+    def response_headers(self, ctx: RequestContext) -> dict[str, str]:
+        """Headers scheduling plugins add to the client's response (``x-session-token``)."""
+        hook = self._response_hook
+        return dict(hook(ctx.target)) if callable(hook) else {}
 
     @property
     def limits(self) -> RequestLimits:
@@ -244,7 +252,7 @@ class Director:
             core = self._core
             parsed = core.parse(path, body)
             model = parsed.model
-            target = core.rewrite(model, hdrs.get(H.MODEL_NAME_REWRITE) or None)
+            target = core.rewrite(model, H.model_name_rewrite_of(hdrs))
             resolved = core.admit(
                 parsed,
                 target,
@@ -429,6 +437,9 @@ class Director:
                 ).inc()
             else:
                 series.duration.observe(duration)
+                first = ctx.first_token_at or ctx.first_byte_at  # streamed: first token; else first byte
+                if first is not None:
+                    series.ttft.observe(max(0.0, first - ctx.started_at))
                 series.response_sizes.observe(ctx.response_bytes)
                 if ctx.prompt_tokens is not None:
                     series.input.observe(ctx.prompt_tokens)

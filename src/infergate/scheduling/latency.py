@@ -89,6 +89,8 @@ class _EndpointState:
     sent: int = 0
     ttft_factor: float = 1.0
     observed: int = 0
+    last_predicted_ms: float = 0.0  # the TTFT predicted (uncorrected) for the last observed request
+    last_observed_ms: float = 0.0
 
     def drained(self, now: float) -> float:
         return max(0.0, self.backlog_ms - (now - self.backlog_at) * 1000.0)
@@ -268,9 +270,31 @@ class PredictedLatencyScorer:
         if st is None or predicted <= 0:
             return
         ratio = min(4.0, max(0.25, ttft_seconds * 1000.0 / predicted))
+        st.last_predicted_ms = predicted * st.ttft_factor
+        st.last_observed_ms = ttft_seconds * 1000.0
         st.observed += 1
         alpha = 0.05 if st.observed > 20 else 1.0 / st.observed
         st.ttft_factor = min(4.0, max(0.25, st.ttft_factor + alpha * (ratio - st.ttft_factor)))
+
+    def debug_state(self) -> dict[str, dict[str, float]]:
+        """Per endpoint: what the model believes now and how its last prediction compared.
+
+        ``ttft_observed_over_predicted`` is the online correction factor; the live view and
+        ``/debug/endpoints`` show it with the last predicted and observed TTFT.
+        """
+        now = self._clock.now()
+        return {
+            key: {
+                "backlog_ms": round(st.drained(now), 3),
+                "prefill_utilisation": round(min(0.9, self._rate(st, now)), 4),
+                "ttft_observed_over_predicted": round(st.ttft_factor, 4),
+                "last_predicted_ttft_ms": round(st.last_predicted_ms, 3),
+                "last_observed_ttft_ms": round(st.last_observed_ms, 3),
+                "observations": st.observed,
+                "requests": st.sent,
+            }
+            for key, st in self._state.items()
+        }
 
     def remove_endpoint(self, key: str) -> None:
         """Forget an endpoint that left the pool."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from infergate.api.loader import expand_lists
 from infergate.errors import AuthenticationError, ConfigError
 from infergate.requestcontrol.access import Principal, presented_key
 
@@ -183,7 +184,8 @@ def _load_documents(path: Path) -> list[Any]:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             return [json.loads(text)]
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        # `kind: List` (kubectl get -o yaml) is expanded as the manifest loader does.
+        return [o for d in yaml.safe_load_all(text) if d is not None for o in expand_lists(d)]
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read API keys: {exc}") from None
 

@@ -274,9 +274,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             except ValueError:
                 status = 502
             self._director.handle_response_headers(st.ctx, status, raw)
+            remove: list[str] = []
             if st.ctx.request.model != st.ctx.request.target_model and "content-length" in raw:
                 # The model name is put back in the body, which changes its length.
-                mutation = pb.HeaderMutation(remove_headers=["content-length"])
+                remove.append("content-length")
+            extra = self._director.response_headers(st.ctx)
+            if remove or extra:
+                mutation = pb.HeaderMutation(
+                    remove_headers=remove, set_headers=[msg.header_option(k, v) for k, v in extra.items()]
+                )
         if headers.end_of_stream:
             self._finish_response(st)
         return [msg.headers_response(request=False, mutation=mutation)]

@@ -423,6 +423,7 @@ class ProxyServer:
             out_headers = CIMultiDict(H.clean_response_headers(resp.headers.items()))
             if self._opts.served_header:
                 out_headers[H.DESTINATION_ENDPOINT_SERVED] = ctx.target.key
+            out_headers.update(director.response_headers(ctx))
             if data is not None:
                 payload = director.handle_response_chunk(ctx, data, end_of_stream=True)
                 return web.Response(status=resp.status, reason=resp.reason, body=payload, headers=out_headers)
