@@ -15,7 +15,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+from infergate.simulator.engine_types import EngineConfig
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -101,6 +103,33 @@ class SimulatorArgs:
     enable_server_load_tracking: bool = False
     log_level: str = "info"
     ignored_flags: tuple[str, ...] = field(default=())
+
+    def engine_config(self) -> EngineConfig:
+        """EngineConfig from the command line; flags left unset keep the engine's defaults."""
+        overrides: dict[str, Any] = {
+            "model": self.model,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enable_lora": self.enable_lora,
+            "max_loras": self.max_loras,
+            "max_cpu_loras": self.max_cpu_loras,
+            "max_lora_rank": self.max_lora_rank,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "seed": self.seed,
+            "prefix_caching_hash_algo": self.prefix_caching_hash_algo,
+            "hash_seed": self.hash_seed,
+            "kv_events_int_hashes": self.kv_events_int_hashes,
+        }
+        optional = {
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_model_len": self.max_model_len,
+            "block_size": self.block_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "num_gpu_blocks": self.num_gpu_blocks,
+            "profile": self.profile,
+        }
+        overrides.update({k: v for k, v in optional.items() if v is not None})
+        return EngineConfig(**overrides)
 
     @property
     def model_name(self) -> str:

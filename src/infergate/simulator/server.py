@@ -23,7 +23,7 @@ from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.drivers import RealtimeDriver, profile_frontend
-from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
+from infergate.simulator.engine import Engine, EngineRequest
 from infergate.simulator.generation import ChoiceSpec, Delta, choice_events, merged_events
 from infergate.simulator.metrics import SimMetrics
 from infergate.simulator.profile import get_profile
@@ -34,34 +34,6 @@ log = logging.getLogger("infergate.simulator")
 
 VLLM_VERSION = "0.33.0"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def engine_config(args: SimulatorArgs) -> EngineConfig:
-    """EngineConfig from the command line; flags left unset keep the engine's defaults."""
-    overrides: dict[str, Any] = {
-        "model": args.model,
-        "enable_prefix_caching": args.enable_prefix_caching,
-        "enable_lora": args.enable_lora,
-        "max_loras": args.max_loras,
-        "max_cpu_loras": args.max_cpu_loras,
-        "max_lora_rank": args.max_lora_rank,
-        "tensor_parallel_size": args.tensor_parallel_size,
-        "seed": args.seed,
-        "prefix_caching_hash_algo": args.prefix_caching_hash_algo,
-        "hash_seed": args.hash_seed,
-        "kv_events_int_hashes": args.kv_events_int_hashes,
-    }
-    optional = {
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_model_len": args.max_model_len,
-        "block_size": args.block_size,
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "num_gpu_blocks": args.num_gpu_blocks,
-        "profile": args.profile,
-    }
-    overrides.update({k: v for k, v in optional.items() if v is not None})
-    return EngineConfig(**overrides)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -97,7 +69,7 @@ class SimServer:
 
     def __init__(self, args: SimulatorArgs) -> None:
         self.args = args
-        self.config = engine_config(args)
+        self.config = args.engine_config()
         get_profile(self.config.profile)  # unknown profile → ValueError before anything starts
         self.engine: Engine = make_engine(self.config, args.time_scale)
         self.tokenizer = Tokenizer()
