@@ -46,7 +46,7 @@ from infergate.flowcontrol.queues import QueuedItem
 from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
-from infergate.simulator.drivers import VirtualDriver, VirtualLoop
+from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.scaled import make_engine
 from infergate.simulator.tokenizer import Tokenizer
@@ -197,7 +197,7 @@ def run_twin(
         for name in cfg.adapters:
             engine.add_lora(name, f"/adapters/{name}")
         overhead = engine.profile.api_overhead_ms / 1000.0 * cfg.time_scale
-        driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True)
+        driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True, **profile_frontend(engine))
         replicas.append(_Replica(i, engine, driver))
     by_key = {r.key: r for r in replicas}
 

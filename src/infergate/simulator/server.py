@@ -18,12 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
+from infergate.simulator import load_report, validation
 from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
-from infergate.simulator import validation
 from infergate.simulator.args import SimulatorArgs
-from infergate.simulator.drivers import RealtimeDriver
-from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
+from infergate.simulator.drivers import RealtimeDriver, profile_frontend
+from infergate.simulator.engine import Engine, EngineRequest
 from infergate.simulator.generation import ChoiceSpec, Delta, choice_events, merged_events
 from infergate.simulator.metrics import SimMetrics
 from infergate.simulator.profile import get_profile
@@ -34,31 +34,6 @@ log = logging.getLogger("infergate.simulator")
 
 VLLM_VERSION = "0.33.0"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def engine_config(args: SimulatorArgs) -> EngineConfig:
-    """EngineConfig from the command line; flags left unset keep the engine's defaults."""
-    overrides: dict[str, Any] = {
-        "model": args.model,
-        "enable_prefix_caching": args.enable_prefix_caching,
-        "enable_lora": args.enable_lora,
-        "max_loras": args.max_loras,
-        "max_cpu_loras": args.max_cpu_loras,
-        "max_lora_rank": args.max_lora_rank,
-        "tensor_parallel_size": args.tensor_parallel_size,
-        "seed": args.seed,
-    }
-    optional = {
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_model_len": args.max_model_len,
-        "block_size": args.block_size,
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "num_gpu_blocks": args.num_gpu_blocks,
-        "profile": args.profile,
-    }
-    overrides.update({k: v for k, v in optional.items() if v is not None})
-    return EngineConfig(**overrides)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -94,12 +69,12 @@ class SimServer:
 
     def __init__(self, args: SimulatorArgs) -> None:
         self.args = args
-        self.config = engine_config(args)
+        self.config = args.engine_config()
         get_profile(self.config.profile)  # unknown profile → ValueError before anything starts
         self.engine: Engine = make_engine(self.config, args.time_scale)
         self.tokenizer = Tokenizer()
         overhead = self.engine.profile.api_overhead_ms / 1000.0 * args.time_scale
-        self.driver = RealtimeDriver(self.engine, api_overhead=overhead)
+        self.driver = RealtimeDriver(self.engine, api_overhead=overhead, **profile_frontend(self.engine))
         self.max_model_len = self.config.max_model_len
         self.created = int(time.time())
         self.base_root = args.model
@@ -120,12 +95,20 @@ class SimServer:
                 "enable_prefix_caching": str(self.config.enable_prefix_caching),
                 "gpu_memory_utilization": str(self.config.gpu_memory_utilization),
                 "num_gpu_blocks": str(stats.num_gpu_blocks),
+                "prefix_caching_hash_algo": self.config.prefix_caching_hash_algo,
             },
         )
+        if self.config.enable_lora:
+            self.driver.add_step_listener(self._record_lora)
+        self.server_load = load_report.ServerLoad(args.enable_server_load_tracking)
         self.kv_publisher: Any = None
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.port = args.port
+
+    def _record_lora(self) -> None:
+        running, waiting = self.engine.lora_state()
+        self.metrics.record_lora(self.config.max_loras, running, waiting)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,6 +121,7 @@ class SimServer:
         r.add_post("/v1/load_lora_adapter", self.load_lora)
         r.add_post("/v1/unload_lora_adapter", self.unload_lora)
         r.add_get("/health", self.health)
+        r.add_get("/load", self.load)
         r.add_get("/ping", self.health)
         r.add_get("/version", self.version)
         r.add_get("/metrics", self.metrics_handler)
@@ -290,6 +274,18 @@ class SimServer:
     # ------------------------------------------------------------------ generation
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        with self.server_load.track():
+            return await self._completions(request)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        with self.server_load.track():
+            return await self._chat_completions(request)
+
+    async def load(self, request: web.Request) -> web.Response:
+        """vLLM's ``GET /load`` (see ``load_report``)."""
+        return _json({"server_load": self.server_load.value})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         params = oa.parse_params(body, "completion")
         model, lora = self._resolve(params.model)
@@ -303,7 +299,7 @@ class SimServer:
             echo_text = [t if t is not None else self.tokenizer.decode(p) for t, p in pairs]
         return await self._respond(request, params, model, rid, specs, echo_text)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         params = oa.parse_params(body, "chat")
         messages = oa.chat_messages(body)
@@ -349,7 +345,10 @@ class SimServer:
             cached = finals[specs[0].index].cached_tokens
             usage = self._usage(prompt_tokens, sum(c.num_tokens for c in choices), cached)
             build = oa.chat_response if params.kind == "chat" else oa.completion_response
-            return _json(build(rid, created, model, choices, usage))
+            resp = _json(build(rid, created, model, choices, usage))
+            fmt = request.headers.get(load_report.FORMAT_HEADER, "")
+            resp.headers.update(load_report.orca_header(fmt, self.engine.stats()))
+            return resp
         return await self._stream(request, params, model, rid, specs, echo_text, make, created)
 
     async def _stream(
