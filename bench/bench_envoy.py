@@ -219,7 +219,7 @@ def static_bootstrap(listen: int, upstream: str) -> dict[str, Any]:
     from infergate.servers.envoy import render_bootstrap
 
     boot = render_bootstrap(listen_host="127.0.0.1", listen_port=listen, picker_health_check=False)
-    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]
     hcm["http_filters"] = hcm["http_filters"][1:]
     route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     route["cluster"] = "static"

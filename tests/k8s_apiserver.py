@@ -16,6 +16,20 @@ semantics the real client library relies on:
 
 Tests change state with :meth:`FakeApiServer.apply` and :meth:`FakeApiServer.delete`, break every
 open watch with :meth:`drop_watches` and force relists with :meth:`compact`.
+
+Behaviours of a real kube-apiserver (v1.36, etcd 3.5) the picker must survive:
+
+- :meth:`restart`: after a restart the server answers 429 "storage is (re)initializing" (with
+  ``Retry-After``) while its watch cache fills, then 410 Gone for resourceVersions from before;
+- :meth:`stall_watches`: watch connections that outlive a graceful shutdown (kept open by a proxy)
+  and deliver nothing, not even bookmarks, and never end;
+- ``bookmark_interval`` large: bookmarks that rarely come;
+- ``status_conflicts``: the next status writes answered 409 Conflict, as when another picker
+  replica wrote first;
+- pods deleted with no Terminating phase (``delete`` emits DELETED without a prior
+  ``deletionTimestamp``; :meth:`delete_gracefully` sets it first).
+
+Every request's ``User-Agent`` is kept in ``user_agents``.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from tests.support import free_port
 CORE = ""
 POOL_GROUP = "inference.networking.k8s.io"
 X_GROUP = "inference.networking.x-k8s.io"
+LLMD_GROUP = "llm-d.ai"
 
 # (group, version, plural) → kind, for what the stand-in serves.
 KINDS: dict[tuple[str, str, str], str] = {
@@ -45,8 +60,22 @@ KINDS: dict[tuple[str, str, str], str] = {
     (POOL_GROUP, "v1", "inferencepools"): "InferencePool",
     (X_GROUP, "v1alpha2", "inferenceobjectives"): "InferenceObjective",
     (X_GROUP, "v1alpha2", "inferencemodelrewrites"): "InferenceModelRewrite",
+    (LLMD_GROUP, "v1alpha2", "inferenceobjectives"): "InferenceObjective",
+    (LLMD_GROUP, "v1alpha2", "inferencemodelrewrites"): "InferenceModelRewrite",
 }
-PLURALS = {kind: gvp for gvp, kind in KINDS.items()}
+# kind → its resource in the group a bare kind means (the GIE one for objectives and rewrites).
+PLURALS = {kind: gvp for gvp, kind in KINDS.items() if gvp[0] != LLMD_GROUP}
+
+
+def _resource(kind: str, api_version: str | None = None) -> tuple[str, str, str]:
+    """The (group, version, plural) of ``kind``; ``api_version`` picks among groups serving it."""
+    if api_version is None:
+        return PLURALS[kind]
+    group, _, version = api_version.rpartition("/")
+    for gvp, k in KINDS.items():
+        if k == kind and gvp[0] == group and gvp[1] == version:
+            return gvp
+    raise KeyError(f"{api_version} {kind}")
 
 
 def _api_version(group: str, version: str) -> str:
@@ -80,6 +109,7 @@ class _Watcher:
     namespace: str
     labels: dict[str, str]
     queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    stalled: bool = False
 
 
 @dataclass
@@ -110,6 +140,13 @@ class FakeApiServer:
         self.requests: list[str] = []  # "VERB path?query" of every request, for assertions
         self.watch_requests: list[dict[str, str]] = []
         self.status_writes = 0
+        # API groups whose CRDs are "not installed": their collections answer 404.
+        self.uninstalled_groups: set[str] = set()
+        self.user_agents: list[str] = []
+        self.initializing = 0  # list/watch requests still answered 429 after a restart
+        self.initializing_answers = 0
+        self.status_conflicts = 0  # status writes still answered 409
+        self.conflicts_answered = 0
         # Too-old watches: an ERROR event in a 200 stream (watch cache) or a plain HTTP 410.
         self.gone_as_http_status = False
         self._runner: web.AppRunner | None = None
@@ -163,7 +200,7 @@ class FakeApiServer:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create or replace an object (by kind, namespace, name); emits ADDED or MODIFIED."""
         obj = copy.deepcopy(obj)
-        resource = PLURALS[obj["kind"]]
+        resource = _resource(obj["kind"], obj.get("apiVersion"))
         meta = obj.setdefault("metadata", {})
         ns = meta.setdefault("namespace", "default")
         key = (resource, ns, meta["name"])
@@ -184,21 +221,47 @@ class FakeApiServer:
         self._emit(resource, ns, "MODIFIED" if old is not None else "ADDED", obj)
         return obj
 
-    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
-        obj = self._objects.pop((PLURALS[kind], namespace, name))
+    def delete(
+        self, kind: str, name: str, namespace: str = "default", *, api_version: str | None = None
+    ) -> None:
+        resource = _resource(kind, api_version)
+        obj = self._objects.pop((resource, namespace, name))
         self._rv += 1
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self._rv)
-        self._emit(PLURALS[kind], namespace, "DELETED", obj)
+        self._emit(resource, namespace, "DELETED", obj)
 
-    def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
-        obj = self._objects.get((PLURALS[kind], namespace, name))
+    def get(
+        self, kind: str, name: str, namespace: str = "default", *, api_version: str | None = None
+    ) -> dict[str, Any] | None:
+        obj = self._objects.get((_resource(kind, api_version), namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
     def drop_watches(self) -> None:
         """Break every open watch mid-stream, as a restarting API server or a proxy timeout would."""
         for w in self._watchers:
             w.queue.put_nowait(None)
+
+    def restart(self, *, initializing: int = 3) -> None:
+        """A restarted server: open watches break, history is gone (410 for older versions), and
+        the next ``initializing`` list/watch requests get 429 while the watch cache fills."""
+        self.drop_watches()
+        self.compact()
+        self.initializing = initializing
+
+    def stall_watches(self) -> None:
+        """Open watches stay connected but go silent forever (no events, bookmarks or end)."""
+        for w in self._watchers:
+            w.stalled = True
+            w.queue.put_nowait({"type": "STALL"})  # wake it so it stops at once
+
+    def delete_gracefully(self, kind: str, name: str, namespace: str = "default") -> None:
+        """Deletion with a grace period: MODIFIED with ``deletionTimestamp``, then DELETED."""
+        obj = self.get(kind, name, namespace)
+        assert obj is not None
+        obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        self.apply(obj)
+        self.delete(kind, name, namespace)
 
     def compact(self) -> None:
         """Forget the history: watches from any older resourceVersion now get 410 Gone."""
@@ -225,6 +288,7 @@ class FakeApiServer:
     @web.middleware
     async def _authn(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append(f"{request.method} {request.path_qs}")
+        self.user_agents.append(request.headers.get("User-Agent", ""))
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
         result: web.StreamResponse = await handler(request)
@@ -240,7 +304,15 @@ class FakeApiServer:
     async def _serve_collection(
         self, request: web.Request, resource: tuple[str, str, str]
     ) -> web.StreamResponse:
-        if resource not in KINDS:
+        if self.initializing > 0:
+            self.initializing -= 1
+            self.initializing_answers += 1
+            return web.json_response(
+                status_body(429, "TooManyRequests", "storage is (re)initializing"),
+                status=429,
+                headers={"Retry-After": "1"},
+            )
+        if resource not in KINDS or resource[0] in self.uninstalled_groups:
             return web.json_response(
                 status_body(404, "NotFound", "the server could not find the resource"), status=404
             )
@@ -306,6 +378,8 @@ class FakeApiServer:
         api_version = _api_version(resource[0], resource[1])
         try:
             while True:
+                if watcher.stalled:  # connected but dead: wait for the client to give up
+                    await asyncio.Event().wait()
                 wait = self.bookmark_interval if bookmarks else 3600.0
                 if deadline is not None:
                     wait = min(wait, deadline - loop.time())
@@ -314,6 +388,8 @@ class FakeApiServer:
                 try:
                     event = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
                 except TimeoutError:
+                    if watcher.stalled:
+                        await asyncio.Event().wait()
                     if bookmarks and (deadline is None or loop.time() < deadline):
                         mark = {
                             "kind": KINDS[resource],
@@ -322,6 +398,8 @@ class FakeApiServer:
                         }
                         await _write(resp, {"type": "BOOKMARK", "object": mark})
                     continue
+                if watcher.stalled:  # went silent while waiting: deliver nothing, ever
+                    await asyncio.Event().wait()
                 if event is None:  # dropped mid-stream: abort the connection without a clean end
                     if request.transport is not None:
                         request.transport.abort()
@@ -356,6 +434,11 @@ class FakeApiServer:
             return web.json_response(status_body(404, "NotFound", "not found"), status=404)
         body = await request.json()
         sent_rv = body.get("metadata", {}).get("resourceVersion")
+        if self.status_conflicts > 0:  # another writer got there first
+            self.status_conflicts -= 1
+            self.conflicts_answered += 1
+            self.apply(copy.deepcopy(obj))  # its write: a new resourceVersion
+            obj = self._objects[key]
         if sent_rv and sent_rv != obj["metadata"]["resourceVersion"]:
             return web.json_response(
                 status_body(
@@ -485,13 +568,17 @@ def pool(
 
 
 def objective(
-    name: str, priority: int | None, pool_name: str = "vllm-pool", namespace: str = "default"
+    name: str,
+    priority: int | None,
+    pool_name: str = "vllm-pool",
+    namespace: str = "default",
+    group: str = X_GROUP,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"poolRef": {"name": pool_name}}
     if priority is not None:
         spec["priority"] = priority
     return {
-        "apiVersion": f"{X_GROUP}/v1alpha2",
+        "apiVersion": f"{group}/v1alpha2",
         "kind": "InferenceObjective",
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
@@ -504,12 +591,13 @@ def rewrite(
     targets: dict[str, int],
     pool_name: str = "vllm-pool",
     namespace: str = "default",
+    group: str = X_GROUP,
 ) -> dict[str, Any]:
     rule: dict[str, Any] = {"targets": [{"modelRewrite": m, "weight": w} for m, w in targets.items()]}
     if source is not None:
         rule["matches"] = [{"model": {"type": "Exact", "value": source}}]
     return {
-        "apiVersion": f"{X_GROUP}/v1alpha2",
+        "apiVersion": f"{group}/v1alpha2",
         "kind": "InferenceModelRewrite",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"poolRef": {"name": pool_name}, "rules": [rule]},

@@ -165,16 +165,18 @@ async def test_scoped_keys_get_403_outside_their_objectives(gateway: Gateway) ->
             assert isinstance(body, dict)
             assert body["type"] == "permission_error" and body["code"] == "permission_denied"
             assert body["param"] == "model"
-            # the objective header names the objective the key is judged by
             with pytest.raises(openai.PermissionDeniedError):
                 await c.completions.create(model=BASE, prompt="hi", max_tokens=2)
-            r = await c.completions.create(
-                model=BASE,
-                prompt="hi",
-                max_tokens=2,
-                extra_headers={"x-gateway-inference-objective": "food-review"},
-            )
-            assert r.choices
+            # the objective header is a control header: this key may not send it (no bypass)
+            with pytest.raises(openai.PermissionDeniedError) as err:
+                await c.completions.create(
+                    model=BASE,
+                    prompt="hi",
+                    max_tokens=2,
+                    extra_headers={"x-gateway-inference-objective": "food-review"},
+                )
+            assert isinstance(err.value.body, dict)
+            assert err.value.body["code"] == "control_header_not_allowed"
             # /v1/models is open to any valid key
             listed = await c.models.list()
             assert "food-review" in {m.id for m in listed.data}

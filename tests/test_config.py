@@ -19,6 +19,7 @@ from infergate.config import (
     dump_picker_config,
     load_picker_config,
     parse_picker_config,
+    reference_picker_config,
 )
 from infergate.errors import ConfigError
 
@@ -68,9 +69,21 @@ def test_reference_shaped_config_parses() -> None:
     assert cfg.flow_control == {"maxBytes": "10Gi", "defaultRequestTTL": "60s"}
 
 
+def test_default_config_is_the_predicted_latency_scorer_and_round_trips() -> None:
+    cfg = default_picker_config(lora=True, base_models=["base"])
+    (profile,) = cfg.scheduling_profiles
+    assert [(r.plugin_ref, r.weight) for r in profile.plugins] == [
+        ("predicted-latency-scorer", 1.0),
+        ("max-score-picker", None),
+    ]
+    assert cfg.plugin("predicted-latency-scorer").parameters == {"baseModels": ["base"]}
+    assert default_picker_config(lora=False).plugin("predicted-latency-scorer").parameters == {}
+    assert parse_picker_config(dump_picker_config(cfg)) == cfg
+
+
 @pytest.mark.parametrize("lora", [False, True])
-def test_default_config_matches_reference_and_round_trips(lora: bool) -> None:
-    cfg = default_picker_config(lora=lora)
+def test_reference_config_matches_reference_and_round_trips(lora: bool) -> None:
+    cfg = reference_picker_config(lora=lora)
     (profile,) = cfg.scheduling_profiles
     expected: list[tuple[str, float | None]] = [
         ("queue-scorer", 2.0),

@@ -241,12 +241,10 @@ def test_rbac_grants_what_the_picker_needs() -> None:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    for group, resource in (
-        ("", "pods"),
-        ("inference.networking.k8s.io", "inferencepools"),
-        ("inference.networking.x-k8s.io", "inferenceobjectives"),
-        ("inference.networking.x-k8s.io", "inferencemodelrewrites"),
-    ):
+    from infergate.sources.kubernetes import WATCHED_RESOURCES
+
+    assert ("llm-d.ai", "inferenceobjectives") in {(r.group, r.plural) for r in WATCHED_RESOURCES}
+    for group, resource in ((r.group, r.plural) for r in WATCHED_RESOURCES):
         for verb in ("get", "list", "watch"):
             assert (group, resource, verb) in granted
     assert ("inference.networking.k8s.io", "inferencepools/status", "update") in granted
@@ -267,12 +265,11 @@ def test_rbac_grants_what_the_picker_needs() -> None:
 # ----------------------------------------------------------------------------- picker config
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_default_config_is_infergates_default(lora: bool) -> None:
-    docs = render(*TUTORIAL, "--set", f"inferenceExtension.loraAffinity={str(lora).lower()}")
+def test_default_config_is_infergates_default() -> None:
+    docs = render(*TUTORIAL)
     text = one(docs, "ConfigMap")["data"]["default-plugins.yaml"]
     config = parse_picker_config(text, source="default-plugins.yaml")
-    assert config == default_picker_config(lora=lora)
+    assert config == default_picker_config(lora=True)
     build_scheduler(config)  # every plugin type is one infergate implements
 
 
@@ -305,7 +302,7 @@ def test_config_change_restarts_the_picker() -> None:
         return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
 
     assert checksum() == checksum()
-    assert checksum() != checksum("--set", "inferenceExtension.loraAffinity=true")
+    assert checksum() != checksum("--set", "inferenceExtension.pluginsCustomConfig.x\\.yaml=kind: x")
 
 
 def test_values_flags_env_resources_and_image() -> None:

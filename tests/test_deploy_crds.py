@@ -100,8 +100,30 @@ def _list_map_keys(
         seen.add(key)
 
 
+# The CEL rules the CRDs use, as Python predicates over the value the rule is attached to. A rule
+# not in this table fails validation, so a new rule cannot go untested.
+CEL_RULES: dict[str, Callable[[Any], bool]] = {
+    "self.all(t, has(t.weight)) || self.all(t, !has(t.weight))": lambda targets: (
+        all("weight" in t for t in targets) or all("weight" not in t for t in targets)
+    ),
+}
+
+
+def _cel_validations(
+    validator: Any, rules: list[Obj], instance: Any, schema: Obj
+) -> Iterator[jsonschema.ValidationError]:
+    """``x-kubernetes-validations``: each rule's ``message`` is what the API server answers."""
+    for rule in rules:
+        check = CEL_RULES.get(rule["rule"])
+        if check is None:
+            yield jsonschema.ValidationError(f"CEL rule not known to the test: {rule['rule']}")
+        elif not check(instance):
+            yield jsonschema.ValidationError(rule.get("message") or f"failed rule: {rule['rule']}")
+
+
 _K8sValidator = jsonschema.validators.extend(
-    jsonschema.Draft7Validator, {"x-kubernetes-list-map-keys": _list_map_keys}
+    jsonschema.Draft7Validator,
+    {"x-kubernetes-list-map-keys": _list_map_keys, "x-kubernetes-validations": _cel_validations},
 )
 
 
@@ -137,13 +159,17 @@ def model_errors(obj: Obj) -> str | None:
 # ------------------------------------------------------------------------------ the CRDs themselves
 
 
-def test_the_three_crds_are_shipped() -> None:
+def test_the_crds_are_shipped() -> None:
     names = sorted(c["metadata"]["name"] for c in _crds())
     assert names == [
         "inferencemodelrewrites.inference.networking.x-k8s.io",
+        "inferencemodelrewrites.llm-d.ai",
         "inferenceobjectives.inference.networking.x-k8s.io",
+        "inferenceobjectives.llm-d.ai",
         "inferencepools.inference.networking.k8s.io",
     ]
+    assert crd_for("llm-d.ai/v1alpha2", "InferenceObjective") is not None
+    assert crd_for("llm-d.ai/v1alpha2", "InferenceModelRewrite") is not None
     assert crd_for("inference.networking.k8s.io/v1", "InferencePool") is not None
     assert crd_for("inference.networking.x-k8s.io/v1alpha2", "InferenceObjective") is not None
     assert crd_for("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewrite") is not None
@@ -212,6 +238,40 @@ def test_crd_schema_is_structural(crd: Obj) -> None:
         assert not problems, problems
         jsonschema.Draft7Validator.check_schema(schema)
         assert schema["properties"]["metadata"] == {"type": "object"}
+
+
+def _cel_rules(node: Any) -> Iterator[Obj]:
+    if isinstance(node, dict):
+        yield from node.get("x-kubernetes-validations", [])
+        for value in node.values():
+            yield from _cel_rules(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _cel_rules(value)
+
+
+def test_every_cel_rule_has_a_readable_message() -> None:
+    rules = [r for crd in _crds() for r in _cel_rules(crd["spec"])]
+    assert rules, "the rewrite CRDs check their weights with a CEL rule"
+    for rule in rules:
+        assert rule["rule"] in CEL_RULES
+        assert len(rule.get("message", "").split()) >= 4, rule
+
+
+def test_partial_weights_are_refused_with_the_rule_message() -> None:
+    for group in ("inference.networking.x-k8s.io", "llm-d.ai"):
+        obj = {
+            "apiVersion": f"{group}/v1alpha2",
+            "kind": "InferenceModelRewrite",
+            "metadata": {"name": "rw"},
+            "spec": {
+                "poolRef": {"name": "pool"},
+                "rules": [{"targets": [{"modelRewrite": "a", "weight": 1}, {"modelRewrite": "b"}]}],
+            },
+        }
+        assert crd_errors(obj) == [
+            "spec.rules.0.targets: weights should be set for all targets, or for none of them"
+        ]
 
 
 def test_structural_checker_catches_a_bad_schema() -> None:

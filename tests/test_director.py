@@ -346,6 +346,42 @@ async def test_metrics_recorded_for_success_and_errors() -> None:
 # ------------------------------------------------------------------ access policy and limits (HARDEN)
 
 
+async def test_trusted_key_headers_cannot_reach_a_model_outside_its_scope() -> None:
+    """A key allowed to send control headers is still judged on the final target model."""
+    from infergate.errors import PermissionDeniedError
+    from infergate.servers.auth import ApiKeyStore
+
+    clock = FakeClock()
+    ds = make_store(clock)
+    ds.upsert_objective(Objective(name="food-review", priority=10))
+    d = make_director(ds, clock)
+    keys = {"k-food": {"objectives": ["food-review"], "control_headers": True}}
+    d.configure_access(authenticator=ApiKeyStore.from_mapping(keys))
+    trusted = {"x-api-key": "k-food"}
+    ctx = await d.handle_request(path="/v1/completions", headers=trusted, body=body(model="food-review"))
+    d.handle_response_complete(ctx)
+    for extra, model in (
+        ({"x-gateway-inference-objective": "food-review"}, BASE),  # objective header, other model
+        ({"x-gateway-model-name-rewrite": "cad-fabricator"}, "food-review"),  # rewrite header
+        ({"x-gateway-model-name-rewrite": BASE}, "food-review"),
+    ):
+        with pytest.raises(PermissionDeniedError) as err:
+            await d.handle_request(
+                path="/v1/completions", headers={**trusted, **extra}, body=body(model=model)
+            )
+        assert err.value.code == "permission_denied", extra
+    assert all(ep.in_flight == 0 for ep in ds.endpoints())
+
+
+def test_fairness_ids_are_capped_then_share_one_flow() -> None:
+    from infergate.requestcontrol.access import OVERFLOW_FAIRNESS_ID, FairnessIds
+
+    cap = FairnessIds(limit=3)
+    assert [cap(f"t{i}") for i in range(5)] == ["t0", "t1", "t2", OVERFLOW_FAIRNESS_ID, OVERFLOW_FAIRNESS_ID]
+    assert cap("t1") == "t1"  # ids seen before keep their own flow
+    assert cap("x" * 129) == OVERFLOW_FAIRNESS_ID
+
+
 async def test_api_keys_401_before_parsing_then_403_by_objective() -> None:
     from infergate.errors import AuthenticationError, PermissionDeniedError
     from infergate.requestcontrol.access import RequestLimits
@@ -375,10 +411,12 @@ async def test_api_keys_401_before_parsing_then_403_by_objective() -> None:
     with pytest.raises(PermissionDeniedError) as err403:
         await d.handle_request(path="/v1/completions", headers=food, body=body())
     assert err403.value.status == 403 and err403.value.code == "permission_denied"
-    # the objective header decides, not the model name
+    # the objective header is a control header: a key without the permission may not send it
     hdrs = {**food, "x-gateway-inference-objective": "food-review"}
-    ctx = await d.handle_request(path="/v1/completions", headers=hdrs, body=body())
-    d.handle_response_complete(ctx)
+    with pytest.raises(PermissionDeniedError) as denied:
+        await d.handle_request(path="/v1/completions", headers=hdrs, body=body())
+    assert denied.value.code == "control_header_not_allowed"
+    assert denied.value.param == "x-gateway-inference-objective"
     assert all(ep.in_flight == 0 for ep in ds.endpoints())
     errors = samples(m, "inference_objective_request_error_total")
     assert (
@@ -386,6 +424,7 @@ async def test_api_keys_401_before_parsing_then_403_by_objective() -> None:
         == 2
     )
     assert errors[(("error_code", "Forbidden"), ("model_name", BASE), ("target_model_name", BASE))] == 1
+    assert errors[(("error_code", "Forbidden"), ("model_name", ""), ("target_model_name", ""))] == 1
     # max_messages comes from the limits
     chat = json.dumps({"model": BASE, "messages": [{"role": "user", "content": "x"}] * 3}).encode()
     with pytest.raises(BadRequestError) as err400:

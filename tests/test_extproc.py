@@ -41,6 +41,7 @@ from infergate.types import (
     RewriteRule,
     RewriteTarget,
 )
+from tests.support import async_wait_for
 
 A = "10.0.0.1:8000"
 B = "10.0.0.2:8000"
@@ -187,13 +188,6 @@ def expected_body(data: bytes, *, eos: bool, request: bool = True) -> pb.Process
     return pb.ProcessingResponse(request_body=br) if request else pb.ProcessingResponse(response_body=br)
 
 
-def expected_reject(status: int, text: str) -> pb.ProcessingResponse:
-    resp = pb.ProcessingResponse()
-    resp.immediate_response.status.code = status
-    resp.immediate_response.body = text.encode()
-    return resp
-
-
 def chat_body(model: str = MODEL, **extra: object) -> bytes:
     return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
 
@@ -284,22 +278,27 @@ async def test_large_body_is_streamed_back_in_62000_byte_chunks(rig: Rig) -> Non
     call.cancel()
 
 
-async def test_bodiless_get_is_answered_at_once(rig: Rig) -> None:
+async def test_get_models_is_answered_by_the_picker(rig: Rig) -> None:
+    """``/v1/models`` never reaches a replica: the picker lists what the pool serves, as JSON."""
+    rig.ds.set_models(A, frozenset({MODEL, "food-review"}))
     call = rig.stub.Process()
     await call.write(headers_msg("/v1/models", "GET", eos=True, subset=[A]))
     (reply,) = await read(call, 1)
-    assert reply == expected_route(A, b"")
+    imm = reply.immediate_response
+    assert imm.status.code == 200
+    assert {h.header.key: h.header.raw_value for h in imm.headers.set_headers}["content-type"] == (
+        b"application/json"
+    )
+    assert [m["id"] for m in json.loads(imm.body)["data"]] == sorted({MODEL, "food-review"})
     call.cancel()
 
 
-async def test_bodiless_get_without_endpoints_is_500(rig: Rig) -> None:
-    rig.ds.remove_endpoint(A)
-    rig.ds.remove_endpoint(B)
+async def test_bodiless_post_goes_to_the_director_and_is_400(rig: Rig) -> None:
     call = rig.stub.Process()
-    await call.write(headers_msg("/v1/models", "GET", eos=True))
-    assert await read(call, 1) == [
-        expected_reject(500, "inference error: Internal - no pods available in datastore")
-    ]
+    await call.write(headers_msg(eos=True))
+    (reply,) = await read(call, 1)
+    assert reply.immediate_response.status.code == 400
+    assert json.loads(reply.immediate_response.body)["error"]["type"] == "invalid_request_error"
     call.cancel()
 
 
@@ -319,7 +318,7 @@ async def test_subset_hint_with_no_match_is_503(rig: Rig) -> None:
     await call.write(body_msg(chat_body(), eos=True))
     (reply,) = await read(call, 1)
     assert reply.immediate_response.status.code == 503
-    assert reply.immediate_response.body.startswith(b"inference error: ServiceUnavailable - ")
+    assert json.loads(reply.immediate_response.body)["error"]["code"] == "no_capacity"
     call.cancel()
 
 
@@ -375,7 +374,7 @@ async def test_invalid_json_is_400(rig: Rig) -> None:
     await call.write(body_msg(b"{not json", eos=True))
     (reply,) = await read(call, 1)
     assert reply.immediate_response.status.code == 400
-    assert reply.immediate_response.body.startswith(b"inference error: BadRequest - ")
+    assert json.loads(reply.immediate_response.body)["error"]["type"] == "invalid_request_error"
     assert reply.WhichOneof("response") == "immediate_response"
     call.cancel()
 
@@ -389,13 +388,32 @@ async def test_missing_model_is_400(rig: Rig) -> None:
     call.cancel()
 
 
-async def test_no_ready_endpoints_is_503(rig: Rig) -> None:
-    rig.clock.t += 60  # every scrape is now stale
+async def test_no_healthy_endpoint_is_503(rig: Rig) -> None:
+    rig.ds.set_healthy(A, False)
+    rig.ds.set_healthy(B, False)
     call = rig.stub.Process()
     await call.write(headers_msg())
     await call.write(body_msg(chat_body(), eos=True))
     (reply,) = await read(call, 1)
     assert reply.immediate_response.status.code == 503
+    call.cancel()
+
+
+async def test_stale_metrics_queue_the_request_until_a_fresh_scrape(rig: Rig) -> None:
+    """Stale metrics are unknown load, not a dead pool: the request waits instead of a 503."""
+    rig.clock.t += 60  # every scrape is now stale (e.g. the gateway stalled)
+    body = chat_body()
+    call = rig.stub.Process()
+    await call.write(headers_msg())
+    await call.write(body_msg(body, eos=True))
+
+    async def queued() -> bool:
+        return rig.flow.queued() == 1
+
+    await async_wait_for(queued, timeout=5, what="the request to wait in flow control")
+    rig.ds.update_metrics(A, EndpointMetrics(updated_at=rig.clock.now()))  # the scraper catches up
+    head, _ = await read(call, 2)
+    assert head == expected_route(A, body)
     call.cancel()
 
 
@@ -411,7 +429,7 @@ async def test_sheddable_request_under_saturation_is_429(rig: Rig) -> None:
     (reply,) = await read(call, 1)
     assert reply.WhichOneof("response") == "immediate_response"
     assert reply.immediate_response.status.code == 429
-    assert reply.immediate_response.body.startswith(b"inference error: ResourceExhausted - ")
+    assert json.loads(reply.immediate_response.body)["error"]["type"] == "rate_limit_error"
     call.cancel()
     # Once the pool has room again, the same objective is scheduled.
     rig.ds.update_metrics(A, EndpointMetrics(updated_at=rig.clock.now()))

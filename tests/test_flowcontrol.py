@@ -105,7 +105,7 @@ def req(rid: str, priority: int = 0, flow: str = "default-flow", size: int = 100
     )
 
 
-def run_once(coro: Coroutine[Any, Any, None]) -> None:
+def run_once(coro: Coroutine[Any, Any, object]) -> None:
     """Drive ``coro`` one step: proves it finished without ever waiting (or raised at once)."""
     try:
         coro.send(None)
@@ -133,7 +133,10 @@ def test_detector_reference_utilisation_rule() -> None:
     d = SaturationDetector(track_in_flight=False)
     assert d.endpoint_score(ep(waiting=5), 100.0) == pytest.approx(1.0)
     assert d.endpoint_score(ep(waiting=4), 100.0) == pytest.approx(0.8)
-    assert d.endpoint_score(ep(kv=0.8), 100.0) == pytest.approx(1.0)
+    # KV use counts only while requests wait: a busy server keeping up takes the next request
+    assert d.endpoint_score(ep(kv=0.95), 100.0) == 0.0
+    assert d.endpoint_score(ep(waiting=1, kv=0.8), 100.0) == pytest.approx(1.0)
+    assert SaturationDetector(kv_requires_queue=False).endpoint_score(ep(kv=0.8), 100.0) == pytest.approx(1.0)
     assert d.endpoint_score(ep(waiting=1, kv=0.4), 100.0) == pytest.approx(0.5)
     assert d.is_saturated([ep(waiting=5)], 100.0)
     assert not d.is_saturated([ep(waiting=4, kv=0.79)], 100.0)
@@ -158,7 +161,7 @@ def test_detector_stale_or_never_scraped_counts_as_saturated() -> None:
     assert d.endpoint_score(ep(updated=98.5), 100.0) == 0.0
     custom = SaturationDetector(queue_threshold=10, kv_threshold=0.5)
     assert custom.endpoint_score(ep(waiting=5, kv=0.1), 100.0) == pytest.approx(0.5)
-    assert custom.endpoint_score(ep(waiting=0, kv=0.5), 100.0) == pytest.approx(1.0)
+    assert custom.endpoint_score(ep(waiting=1, kv=0.5), 100.0) == pytest.approx(1.0)
 
 
 def test_detector_follows_in_flight_between_scrapes() -> None:

@@ -53,6 +53,9 @@ class AffinityScheduler:
         ordered = sorted(candidates, key=lambda c: (c.key != self.sticky, c.key))
         return SchedulingResult(profile="default", targets=tuple(ordered))
 
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        return None
+
 
 def metas(n: int) -> list[EndpointMeta]:
     return [EndpointMeta(name=f"ep{i}", address=f"10.0.0.{i + 1}", port=8000) for i in range(n)]
@@ -90,36 +93,19 @@ def director(ds: Datastore, clock: FakeClock, config: FlowControlConfig, sticky:
 # -- route to room ------------------------------------------------------------------------------
 
 
-async def test_request_never_lands_on_a_full_endpoint_while_another_has_room() -> None:
+async def test_admitted_request_is_scheduled_over_every_candidate() -> None:
+    """Below saturation the scheduler, not flow control, weighs a replica's queue against its affinity."""
     clock = FakeClock()
     ds = pool(clock, 3)
     ep0, ep1, ep2 = (m.key for m in metas(3))
     scrape(ds, clock, ep0, 9)  # full: score 1.8
     scrape(ds, clock, ep1, 5)  # full: score 1.0
-    scrape(ds, clock, ep2, 1)  # room
+    scrape(ds, clock, ep2, 1)  # room; pool saturation (1 + 1 + 0.2) / 3 < 1: admitted at once
     d, sched = director(ds, clock, FlowControlConfig(), sticky=ep0)
     ctx = await d.handle_request(path="/v1/completions", headers={}, body=body())
-    assert ctx.target.key == ep2
-    assert sched.seen[-1] == [ep2]
-    # the full ones stay last-resort fallbacks for a retry before the first byte
-    assert [e.key for e in ctx.result.targets] == [ep2, ep0, ep1]
-    # ep2 now has 1 + 1 in flight; four more fill it to the threshold, then nothing has room:
-    for _ in range(3):
-        ctx = await d.handle_request(path="/v1/completions", headers={}, body=body())
-        assert ctx.target.key == ep2
-
-
-async def test_without_the_rule_affinity_sends_the_request_into_a_full_queue() -> None:
-    """The control: the same pool with ``route_to_room=False`` lands on the full sticky endpoint."""
-    clock = FakeClock()
-    ds = pool(clock, 3)
-    ep0, ep1, ep2 = (m.key for m in metas(3))
-    scrape(ds, clock, ep0, 9)
-    scrape(ds, clock, ep1, 5)
-    scrape(ds, clock, ep2, 1)
-    d, _ = director(ds, clock, FlowControlConfig(route_to_room=False), sticky=ep0)
-    ctx = await d.handle_request(path="/v1/completions", headers={}, body=body())
+    assert not ctx.released
     assert ctx.target.key == ep0
+    assert sorted(sched.seen[-1]) == [ep0, ep1, ep2]
 
 
 async def test_flow_control_off_keeps_every_candidate() -> None:
@@ -183,6 +169,33 @@ async def test_released_requests_spread_over_the_endpoints_with_room_only() -> N
 
     await async_wait_for(all_done, timeout=5, what="all released")
     assert [t.result().target.key for t in tasks].count(ep0) == 0
+    assert all(t.result().released for t in tasks)
+    # the full ones stay last-resort fallbacks for a retry before the first byte
+    assert ep0 in [e.key for e in tasks[0].result().result.targets[1:]]
+
+
+async def test_without_the_rule_released_requests_follow_affinity_into_a_full_queue() -> None:
+    """The control: with ``route_to_room=False`` a released request lands on the full sticky endpoint."""
+    clock = FakeClock()
+    ds = pool(clock, 3, {"high": 20})
+    ep0, ep1, ep2 = (m.key for m in metas(3))
+    for key in (ep0, ep1, ep2):
+        scrape(ds, clock, key, 6)
+    d, _ = director(ds, clock, FlowControlConfig(route_to_room=False), sticky=ep0)
+    task = asyncio.create_task(
+        d.handle_request(
+            path="/v1/completions", headers={"x-gateway-inference-objective": "high"}, body=body()
+        )
+    )
+    await asyncio.sleep(0)
+    assert not task.done()
+    scrape(ds, clock, ep1, 0)
+
+    async def done() -> bool:
+        return task.done()
+
+    await async_wait_for(done, timeout=5, what="released")
+    assert task.result().released and task.result().target.key == ep0
 
 
 # -- headroom for the top band -------------------------------------------------------------------

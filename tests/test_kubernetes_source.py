@@ -227,7 +227,7 @@ async def test_410_gone_relists_and_loses_no_state(
         h.ds.acquire("10.0.0.2:8000")
         h.ds.remove_endpoint("10.0.0.4:8000")  # drift: a relist must repair it
         pods = h.source.reflectors["pods"]
-        await h.until(lambda: apiserver.open_watches() == 4, "all watches open")
+        await h.until(lambda: apiserver.open_watches() == len(h.source.reflectors), "all watches open")
         apiserver.drop_watches()
         # While disconnected: changes, then the history is compacted away.
         apiserver.delete("Pod", "a")

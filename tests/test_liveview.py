@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from infergate.config.picker import default_picker_config
+from infergate.config.picker import default_picker_config, reference_picker_config
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
 from infergate.flowcontrol.config import FlowControlConfig
@@ -94,7 +94,8 @@ def _result(rid: str) -> SchedulingResult:
 
 
 def _scheduler(log: DecisionLog) -> Scheduler:
-    return build_scheduler(default_picker_config(lora=True, base_models=[BASE]), decision_log=log)
+    # the reference profile: several scorers, so the page shows one score column per plugin
+    return build_scheduler(reference_picker_config(lora=True, base_models=[BASE]), decision_log=log)
 
 
 def _decode_png(data: bytes) -> tuple[int, int, int, bytes]:
@@ -212,6 +213,22 @@ def test_live_state_marks_stale_and_unscraped_endpoints() -> None:
     assert eps["fresh"]["kv_pct"] == 33.3 and eps["fresh"]["in_flight"] == 1
     assert not eps["stale"]["fresh"] and not eps["stale"]["candidate"] and eps["stale"]["age"] == 3.0
     assert eps["never"]["age"] is None and not eps["never"]["fresh"]
+    assert state["latency_model"] == {}
+
+
+def test_live_state_carries_the_latency_models_view_of_each_endpoint() -> None:
+    clock = _ManualClock(100.0)
+    ds = Datastore(clock, staleness=2.0)
+    sched = build_scheduler(default_picker_config(lora=False), clock=clock)
+    ep = Endpoint(meta=_ep("vllm-0", 8001), metrics=EndpointMetrics(updated_at=99.0))
+    sched.schedule(_req("q1"), [ep])
+    sched.observe_ttft("q1", 0.02)
+    state = live_state(ds, model_state=sched.debug_state)
+    m = state["latency_model"][ep.key]
+    assert m["observations"] == 1 and m["requests"] == 1
+    assert m["last_observed_ttft_ms"] == 20.0
+    # the first observation sets the correction factor to observed / predicted (clamped to 0.25..4)
+    assert m["ttft_observed_over_predicted"] == pytest.approx(20.0 / m["last_predicted_ttft_ms"], rel=1e-3)
     assert state["flow"] == {"enabled": False, "queued": 0, "bytes": 0, "bands": []}
     assert state["decisions"] == [] and state["decisions_total"] == 0
     json.dumps(state)
@@ -228,7 +245,7 @@ class LivePool:
     scheduler: Scheduler
     url: str
     keys: list[str]
-    waiters: list[asyncio.Task[None]] = field(default_factory=list)
+    waiters: list[asyncio.Task[bool]] = field(default_factory=list)
 
 
 @pytest.fixture

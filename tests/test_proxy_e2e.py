@@ -303,3 +303,33 @@ async def test_no_ready_endpoint_is_503(tmp_path: Path) -> None:
                 assert r.status == 503
     finally:
         await gw.stop()
+
+
+async def test_latency_model_learns_from_streamed_answers(gateway: Gateway) -> None:
+    """The default scorer hears each streamed answer's TTFT through the real proxy and shows it."""
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="x", max_retries=0)
+    served: set[str] = set()
+    for i in range(6):
+        raw = await client.completions.with_raw_response.create(
+            model=BASE, prompt=f"question {i} " * 50, max_tokens=4, stream=True
+        )
+        served.add(raw.headers[SERVED])
+        async for _ in raw.parse():
+            pass
+    await client.close()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{gateway.admin_port}/debug/endpoints") as r,
+    ):
+        debug = await r.json()
+    model = debug["scheduler"]["predicted-latency-scorer"]
+    assert sum(m["requests"] for m in model.values()) == 6
+    for key in served:
+        assert model[key]["observations"] >= 1
+        assert model[key]["last_observed_ttft_ms"] > 0 and model[key]["last_predicted_ttft_ms"] > 0
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{gateway.admin_port}/live/state") as r,
+    ):
+        live = await r.json()
+    assert set(live["latency_model"]) >= served

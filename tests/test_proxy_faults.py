@@ -22,6 +22,7 @@ from aiohttp import web
 
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.config.settings import GatewaySettings
 from infergate.servers.proxy import ProxyOptions, ProxyServer
 from infergate.servers.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
 from tests.support import async_wait_for
@@ -120,6 +121,8 @@ async def start_gateway(
         },
     ]
     (tmp / "pool.yaml").write_text(yaml.safe_dump_all(docs))
+    # in-flight requests leave a server after 3 failed probes: probe often so that is quick
+    cfg.setdefault("settings", GatewaySettings(health_interval=0.1))
     config = GatewayConfig(
         host="127.0.0.1",
         port=0,

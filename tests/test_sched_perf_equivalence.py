@@ -18,7 +18,7 @@ import pytest
 from infergate.config.picker import EndpointPickerConfig, PluginRef, PluginSpec, ProfileSpec
 from infergate.scheduling import CycleState, build_scheduler, default_registry
 from infergate.scheduling.decisions import DecisionLog
-from infergate.scheduling.framework import NoParams
+from infergate.scheduling.framework import NoParams, candidate_keys
 from infergate.scheduling.pickers import MaxScorePicker, PickerParams, top_positions
 from infergate.scheduling.prefix import PrefixIndex
 from infergate.scheduling.scorers import QueueScorer, min_max_low_is_best
@@ -215,12 +215,26 @@ def test_profile_totals_are_bit_identical_to_per_key_sums(count: int) -> None:
         assert totals[res.primary.key] == best
 
 
-def test_builtin_scorers_take_the_dense_path_and_records_stay_plain() -> None:
-    from infergate.config.picker import default_picker_config
+@pytest.mark.parametrize("load_aware", [False, True])
+def test_builtin_scorers_take_the_dense_path_and_records_stay_plain(load_aware: bool) -> None:
+    """The reference profile's four scorers (with the reference or the load-aware affinity
+    formulas) return dense scores over the cycle's own key tuple, and the log keeps plain dicts."""
+    from infergate.config.picker import reference_picker_config
 
+    cfg = reference_picker_config(lora=True)
+    if load_aware:
+        affinity = ("prefix-cache-scorer", "lora-affinity-scorer")
+        plugins = [
+            p.model_copy(update={"parameters": {**p.parameters, "loadAware": True}})
+            if p.type in affinity
+            else p
+            for p in cfg.plugins
+        ]
+        cfg = cfg.model_copy(update={"plugins": plugins})
     log = DecisionLog()
-    sched = build_scheduler(default_picker_config(lora=True), rng=random.Random(0), decision_log=log)
+    sched = build_scheduler(cfg, rng=random.Random(0), decision_log=log)
     eps = endpoints(30, random.Random(3))
+    sched.schedule(REQ, eps)  # credits the primary with REQ's prefix: the next cycle matches it
     res = sched.schedule(REQ, eps)
     assert isinstance(res.scores, CandidateScores)
     assert list(res.scores) == [e.key for e in eps]
@@ -230,7 +244,17 @@ def test_builtin_scorers_take_the_dense_path_and_records_stay_plain() -> None:
         "prefix-cache-scorer",
         "lora-affinity-scorer",
     }
-    (rec,) = log.recent()
+    state = CycleState()
+    keys = candidate_keys(eps, state)
+    for name in ("queue-scorer", "kv-cache-utilization-scorer", "lora-affinity-scorer"):
+        raw = sched.plugin(name).score(REQ, eps, state)  # type: ignore[attr-defined]
+        assert isinstance(raw, CandidateScores) and raw.key_seq is keys
+    prefix = sched.plugin("prefix-cache-scorer").score(REQ, eps, state)  # type: ignore[attr-defined]
+    if load_aware:  # one score per candidate, in candidate order
+        assert isinstance(prefix, CandidateScores) and prefix.key_seq is keys
+    else:  # sparse: only the endpoint first credited with the prefix
+        assert len(prefix) == 1 and set(prefix.values()) == {1.0}
+    rec, _ = log.recent()  # newest first
     assert type(rec["scores"]) is dict and list(rec["scores"]) == [e.key for e in eps]
     assert all(type(v) is dict for v in rec["plugin_scores"].values())
     assert rec["endpoint"] == res.primary.key and rec["fallbacks"] == [t.key for t in res.targets[1:]]

@@ -19,9 +19,9 @@ from infergate.config.picker import (
     PluginRef,
     PluginSpec,
     ProfileSpec,
-    default_picker_config,
     load_picker_config,
     parse_picker_config,
+    reference_picker_config,
 )
 from infergate.errors import ConfigError, NoCapacityError
 from infergate.scheduling import CycleState, build_scheduler, default_registry
@@ -41,6 +41,7 @@ from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint, InferenceRequest, ScoredEndpoint
 
 REQ = InferenceRequest(request_id="r1", model="m", target_model="m")
+REFERENCE_LORA = LoraAffinityParams(load_aware=False)
 
 
 def lora_req(model: str) -> InferenceRequest:
@@ -116,21 +117,111 @@ def test_kv_cache_scorer(kv: float, expected: float) -> None:
         ({"running_adapters": ["b", "c"], "max_active_adapters": 2}, 0.0),  # full, not there
     ],
 )
-def test_lora_affinity_scorer(metrics: dict[str, object], expected: float) -> None:
+def test_lora_affinity_scorer_reference_rule(metrics: dict[str, object], expected: float) -> None:
     # a second, LoRA-enabled endpoint so the scorer is not neutral
     cands = eps(metrics, {"max_active_adapters": 2, "running_adapters": ["x", "y"]})
-    scores = LoraAffinityScorer().score(lora_req("a"), cands, CycleState())
+    scores = LoraAffinityScorer(REFERENCE_LORA).score(lora_req("a"), cands, CycleState())
     assert by_name(scores).get("e0", 0.0) == expected  # a missing key means 0.0
     assert by_name(scores).get("e1", 0.0) == 0.0
 
 
 def test_lora_affinity_scorer_neutral_for_base_models_and_lora_off() -> None:
     cands = eps({"max_active_adapters": 2, "running_adapters": ["a", "b"]}, {"max_active_adapters": 2})
-    s = LoraAffinityScorer(LoraAffinityParams(base_models=["base"]))
-    assert by_name(s.score(lora_req("base"), cands, CycleState())) == {"e0": 1.0, "e1": 1.0}
-    assert by_name(s.score(lora_req("a"), cands, CycleState())) == {"e0": 1.0, "e1": 0.6}
-    off = eps({}, {})
-    assert by_name(s.score(lora_req("a"), off, CycleState())) == {"e0": 1.0, "e1": 1.0}
+    for load_aware, e1 in ((True, 0.1), (False, 0.6)):  # load-aware: slot 0.4 + slot use 2/4
+        s = LoraAffinityScorer(LoraAffinityParams(base_models=["base"], load_aware=load_aware))
+        assert by_name(s.score(lora_req("base"), cands, CycleState())) == {"e0": 1.0, "e1": 1.0}
+        assert by_name(s.score(lora_req("a"), cands, CycleState())) == {"e0": 1.0, "e1": e1}
+        off = eps({}, {})
+        assert by_name(s.score(lora_req("a"), off, CycleState())) == {"e0": 1.0, "e1": 1.0}
+
+
+# e0 runs adapter a, e1 has a free slot, e2 is full with two other adapters
+_SLOTS = (
+    {"max_active_adapters": 2, "running_adapters": ["a"]},
+    {"max_active_adapters": 2, "running_adapters": ["b"]},
+    {"max_active_adapters": 2, "running_adapters": ["x", "y"]},
+)
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "expected"),
+    [
+        # idle: a runs on e0, so a slot on e1 costs 0.4 + the pool's slot use 4/6: packed
+        ([0, 0, 0], {"e0": 1.0, "e1": 0.0, "e2": 0.0}),
+        # mean load 1/3 → scale 4/3: e0 costs 0.75, e1 1.066667 → e1 scores 1 − 0.316667
+        ([1, 0, 0], {"e0": 1.0, "e1": 0.683333, "e2": 0.0}),
+        # scale 7/3: e0 costs 12/7, more than e1's slot: the adapter spreads to e1
+        ([4, 0, 0], {"e0": 0.352381, "e1": 1.0, "e2": 0.0}),
+        ([0, 1, 0], {"e0": 1.0, "e1": 0.0, "e2": 0.0}),
+        # the full endpoint never wins, however idle: it would have to evict an adapter
+        ([5, 5, 0], {"e0": 1.0, "e1": 0.0, "e2": 0.0}),
+    ],
+)
+def test_lora_affinity_scorer_load_aware(in_flight: list[int], expected: dict[str, float]) -> None:
+    cands = eps(*_SLOTS, in_flight=in_flight)
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), cands, CycleState())) == expected
+
+
+def test_lora_affinity_load_aware_prefers_the_less_loaded_holder_and_reads_scraped_load() -> None:
+    both = ({"max_active_adapters": 2, "running_adapters": ["a"]},) * 2 + (_SLOTS[2],)
+    # loads 3, 1, 0: mean 4/3, scale 7/3 → costs 9/7 and 3/7: e0 scores 1 − 6/7
+    cands = eps(*both, in_flight=[3, 1, 0])
+    expected = {"e0": 0.142857, "e1": 1.0, "e2": 0.0}
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), cands, CycleState())) == expected
+    # the same load seen only by the scrape (another gateway's requests): queue 1 + batch 2
+    scraped = eps(
+        {**both[0], "waiting_queue_size": 1, "running_requests": 2}, both[1], both[2], in_flight=[0, 1]
+    )
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), scraped, CycleState())) == expected
+    # waiting (0.8) counts as held: cost 0.2; e1's free slot 0.4 + slot use 2/4
+    waiting = eps({"max_active_adapters": 2, "waiting_adapters": ["a"]}, _SLOTS[1])
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), waiting, CycleState())) == {"e0": 1.0, "e1": 0.3}
+    # waiting behind two other adapters (blocked) costs 1.0, e1's slot 0.4 + 4/4
+    blocked = eps({**_SLOTS[2], "waiting_adapters": ["a"]}, _SLOTS[1], in_flight=[0, 0])
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), blocked, CycleState())) == {"e0": 1.0, "e1": 0.6}
+    blocked = eps({**_SLOTS[2], "waiting_adapters": ["a"]}, _SLOTS[1], in_flight=[2, 0])  # scale 2
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), blocked, CycleState())) == {"e0": 0.4, "e1": 1.0}
+    # an adapter held nowhere: every free slot costs 0.4, load decides
+    nowhere = eps(*_SLOTS, in_flight=[0, 1, 0])
+    expected = {"e0": 1.0, "e1": 0.25, "e2": 0.0}
+    assert by_name(LoraAffinityScorer().score(lora_req("c"), nowhere, CycleState())) == expected
+    # every endpoint would have to evict: all 0, the scorer has no preference
+    full = eps(_SLOTS[2], _SLOTS[2], in_flight=[4, 0])
+    assert by_name(LoraAffinityScorer().score(lora_req("a"), full, CycleState())) == {"e0": 0.0, "e1": 0.0}
+
+
+def _serve(sched: Any, model: str, pool: list[dict[str, Any]]) -> int:
+    """Schedule one request over ``pool`` (name → in-flight, running adapters) and book it there."""
+    cands = [
+        make_endpoint(p["name"], in_flight=p["n"], max_active_adapters=2, running_adapters=p["running"])
+        for p in pool
+    ]
+    i = [c.key for c in cands].index(sched.schedule(lora_req(model), cands).primary.key)
+    pool[i]["n"] += 1
+    pool[i]["running"] = sorted({*pool[i]["running"], model})
+    return i
+
+
+@pytest.mark.parametrize("load_aware", [True, False])
+def test_lora_affinity_spreads_a_hot_adapter_and_packs_a_cold_one(load_aware: bool) -> None:
+    params: dict[str, object] = {"loadAware": load_aware}
+    sched = build_scheduler(
+        config(("lora-affinity-scorer", None, params, 1.0), ("max-score-picker", None, {}, None)),
+        rng=random.Random(3),
+    )
+    pool = [
+        {"name": "e0", "n": 0, "running": ["hot", "cold"]},
+        *({"name": f"e{i}", "n": 0, "running": []} for i in range(1, 4)),
+    ]
+    hot = Counter(_serve(sched, "hot", pool) for _ in range(40))
+    if load_aware:
+        assert len(hot) == 4 and max(hot.values()) <= 12  # spread over every endpoint
+    else:
+        assert hot == {0: 40}  # the reference packs it all onto e0
+    # a cold adapter resident on e0 goes there while e0 is not far busier than the others
+    for p in pool:
+        p["n"] = 2
+    assert _serve(sched, "cold", pool) == 0
 
 
 # --------------------------------------------------------------------------- filters
@@ -287,7 +378,7 @@ def metric_samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str
 def test_timing_recorded_per_plugin_and_e2e() -> None:
     reg = CollectorRegistry()
     metrics = GatewayMetrics(reg)
-    sched = build_scheduler(default_picker_config(lora=True), metrics=metrics, rng=random.Random(1))
+    sched = build_scheduler(reference_picker_config(lora=True), metrics=metrics, rng=random.Random(1))
     cands = eps({"waiting_queue_size": 1}, {"waiting_queue_size": 2})
     for _ in range(3):
         sched.schedule(InferenceRequest(request_id="x", model="m", target_model="m", prompt="p" * 200), cands)
@@ -362,8 +453,8 @@ def test_build_from_reference_yaml(tmp_path: Path) -> None:
     assert len(res.targets) == 2  # maxNumOfEndpoints honoured
 
 
-def test_default_config_builds_reference_profile() -> None:
-    sched = build_scheduler(default_picker_config(lora=False))
+def test_reference_config_builds_reference_profile() -> None:
+    sched = build_scheduler(reference_picker_config(lora=False))
     assert [(s.type, s.weight) for s in sched.profile.scorers] == [
         ("queue-scorer", 2.0),
         ("kv-cache-utilization-scorer", 2.0),
@@ -412,7 +503,7 @@ def test_no_profile_and_no_picker_defaults() -> None:
         (
             [PluginSpec(type="queue-scorer")],
             [ProfileSpec(name="a"), ProfileSpec(name="b")],
-            r"only one profile",
+            r"need a profile handler",
         ),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -51,8 +52,8 @@ def test_block_hashes_are_chained_seeded_and_ignore_partial_blocks() -> None:
     assert len(block_hashes("é" * 8, "m", 16, 10)) == 1  # UTF-8 bytes, not characters
 
 
-def test_score_is_matched_over_total_blocks() -> None:
-    s = PrefixCacheScorer(params())
+def test_reference_score_is_matched_over_total_blocks() -> None:
+    s = PrefixCacheScorer(params(loadAware=False))
     e0, e1 = make_endpoint("e0"), make_endpoint("e1")
     shared = "a" * 32  # 2 blocks
     first = req(shared + "b" * 32)  # 4 blocks
@@ -71,12 +72,85 @@ def test_score_is_matched_over_total_blocks() -> None:
 
 
 def test_other_model_never_matches() -> None:
-    s = PrefixCacheScorer(params())
+    s = PrefixCacheScorer(params(loadAware=False))
     e0 = make_endpoint("e0")
     r = req("q" * 64, model="food-review")
     s.post_pick(r, SchedulingResult(profile="p", targets=(e0,)), CycleState())
     assert s.score(req("q" * 64, model="cad-fabricator"), [e0], CycleState()) == {}
     assert s.score(req("q" * 64, model="food-review"), [e0], CycleState()) == {"e0:8000": 1.0}
+
+
+def credited(prompt: str, endpoint_name: str = "e0", **kw: object) -> PrefixCacheScorer:
+    """A load-aware scorer whose index credits ``endpoint_name`` with ``prompt``."""
+    s = PrefixCacheScorer(params(**kw))
+    s.post_pick(
+        req(prompt), SchedulingResult(profile="p", targets=(make_endpoint(endpoint_name),)), CycleState()
+    )
+    return s
+
+
+@pytest.mark.parametrize(
+    ("e0_load", "expected"),
+    [
+        # T = 16 tokens (64 bytes), e0 matches 2 of 4 blocks (8 tokens): u = max(16 − 8, 16/8) = 8.
+        # cost e0 = 8 + 8·n, cost e1 = 16; score = 1 − (cost − min)/16
+        ({}, {"e0": 1.0, "e1": 0.5}),
+        ({"in_flight": 1}, {"e0": 1.0, "e1": 1.0}),  # the saving exactly pays for one request
+        ({"in_flight": 2}, {"e0": 0.5, "e1": 1.0}),  # a busier cached endpoint loses
+        ({"in_flight": 3}, {"e0": 0.0, "e1": 1.0}),
+        ({"waiting_queue_size": 1, "running_requests": 1}, {"e0": 0.5, "e1": 1.0}),  # scraped load
+        ({"in_flight": 1, "running_requests": 2}, {"e0": 0.5, "e1": 1.0}),  # the higher count wins
+    ],
+)
+def test_load_aware_score_weighs_the_saved_prefill_against_load(
+    e0_load: dict[str, int], expected: dict[str, float]
+) -> None:
+    s = credited("a" * 32 + "b" * 32)
+    e0 = make_endpoint("e0", **e0_load)  # type: ignore[arg-type]
+    scores = s.score(req("a" * 32 + "c" * 32), [e0, make_endpoint("e1")], CycleState())
+    assert {k.split(":")[0]: round(v, 6) for k, v in scores.items()} == expected
+
+
+def test_load_aware_full_match_is_worth_at_most_max_affinity_requests() -> None:
+    prompt = "a" * 64  # 16 tokens, fully cached on e0: u = max(0, 16/8) = 2 tokens per request
+    s = credited(prompt)
+    for n, e0, e1 in [(3, 1.0, 0.375), (8, 1.0, 1.0), (9, 0.875, 1.0)]:
+        scores = s.score(req(prompt), [make_endpoint("e0", in_flight=n), make_endpoint("e1")], CycleState())
+        assert dict(scores) == {"e0:8000": e0, "e1:8000": e1}
+    s = credited(prompt, maxAffinityRequests=2)  # u = 8: one request in flight costs half the prompt
+    scores = s.score(req(prompt), [make_endpoint("e0", in_flight=2), make_endpoint("e1")], CycleState())
+    assert dict(scores) == {"e0:8000": 1.0, "e1:8000": 1.0}
+    # the prompt length counts beyond the hashed blocks: 64 cached bytes of 128 → T = 32, u = 16
+    s = credited(prompt, maxPrefixBlocksToMatch=4)
+    scores = s.score(req(prompt * 2), [make_endpoint("e0", in_flight=1), make_endpoint("e1")], CycleState())
+    assert dict(scores) == {"e0:8000": 1.0, "e1:8000": 1.0}  # 16 + 16 vs 32
+
+
+def test_load_aware_is_silent_without_any_match() -> None:
+    s = credited("a" * 64)
+    cands = [make_endpoint("e0"), make_endpoint("e1", in_flight=5)]
+    assert s.score(req("z" * 64), cands, CycleState()) == {}
+    assert s.score(req("a" * 8), cands, CycleState()) == {}  # shorter than a block
+
+
+def test_load_aware_does_not_herd_a_shared_instruction_onto_one_endpoint() -> None:
+    """RAG shape: a shared instruction block in front of a longer unique document per request."""
+    instruction = "i" * 64
+    homes: dict[bool, Counter[str]] = {}
+    for load_aware in (True, False):
+        s = PrefixCacheScorer(params(loadAware=load_aware))
+        in_flight = dict.fromkeys(("e0", "e1", "e2", "e3"), 0)
+        for n in range(40):
+            cands = [make_endpoint(k, in_flight=v) for k, v in in_flight.items()]
+            r = req(instruction + f"{n:04d}" * 128)  # 64 + 512 bytes
+            st = CycleState()
+            scores = s.score(r, cands, st)
+            best = max(cands, key=lambda e: (scores.get(e.key, 0.0), -in_flight[e.meta.name]))
+            s.post_pick(r, SchedulingResult(profile="p", targets=(best,)), st)
+            in_flight[best.meta.name] += 1  # nothing finishes: the load only grows
+        homes[load_aware] = Counter(in_flight)
+    assert sorted(homes[True].values()) == [10, 10, 10, 10]
+    assert homes[False]["e0"] == 40  # the reference formula sends every request to the first home
 
 
 def test_index_lru_bound_per_server_and_reverse_map_cleanup() -> None:

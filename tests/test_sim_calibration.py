@@ -79,9 +79,13 @@ def test_decode_step_time_matches_calibration(batch: int) -> None:
 
 
 def test_kv_capacity_from_memory_formula() -> None:
-    engine = Engine(EngineConfig())
+    engine = Engine(EngineConfig(gpu_memory_utilization=0.9))
     blocks = engine.stats().num_gpu_blocks
     assert abs(blocks - EXPECTED_BLOCKS) <= 0.01 * EXPECTED_BLOCKS
+    # vLLM 0.33's default budget is 0.92: the same formula with 0.02 × 79.2 GiB more for KV
+    default = Engine(EngineConfig()).stats().num_gpu_blocks
+    assert EngineConfig().gpu_memory_utilization == 0.92
+    assert default == blocks + 811
     # a lower memory budget gives fewer blocks; an explicit count wins
     assert Engine(EngineConfig(gpu_memory_utilization=0.8)).stats().num_gpu_blocks < blocks
     assert Engine(EngineConfig(num_gpu_blocks=100)).stats().num_gpu_blocks == 100

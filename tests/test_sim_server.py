@@ -17,6 +17,7 @@ import openai
 import pytest
 import zmq
 import zmq.asyncio
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.simulator.args import parse_args
@@ -284,8 +285,10 @@ async def test_prompt_too_long_and_clamped_max_tokens(client: openai.AsyncOpenAI
         assert "maximum context length is 64 tokens" in str(info.value)
         assert info.value.status_code == 400
         prompt = "word " * 50  # 50 tokens: only 14 left for output
+        # a budget within max_model_len is clamped to the room left (one above it is a 400 in
+        # vLLM 0.33: test_sim_validation.py)
         r = await small.completions.create(
-            model=MODEL, prompt=prompt, max_tokens=1000, extra_body={"ignore_eos": True}
+            model=MODEL, prompt=prompt, max_tokens=60, extra_body={"ignore_eos": True}
         )
         assert r.usage is not None and r.usage.prompt_tokens + r.usage.completion_tokens == 64
         with pytest.raises(openai.NotFoundError):
@@ -449,22 +452,21 @@ async def test_metrics_names_labels_and_counters(sim: SimServer, client: openai.
     assert sample(fams, "vllm:e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds_count") == 3
     assert sample(fams, "vllm:inter_token_latency_seconds", "vllm:inter_token_latency_seconds_count") == 5
     assert sample(fams, "vllm:request_generation_tokens", "vllm:request_generation_tokens_sum") == 8
-    info = [s for s in fams["vllm:lora_requests_info"].samples]
-    assert len(info) == 1 and set(info[0].labels) == {
-        "max_lora",
-        "running_lora_adapters",
-        "waiting_lora_adapters",
-    }
-    assert info[0].labels["max_lora"] == "2" and info[0].value > 1.7e9
+    # one series per LoRA state seen (vLLM's semantics, test_sim_lora_info.py); the newest is current
+    info = max(fams["vllm:lora_requests_info"].samples, key=lambda s: s.value)
+    assert set(info.labels) == {"max_lora", "running_lora_adapters", "waiting_lora_adapters"}
+    assert info.labels["max_lora"] == "2" and info.value > 1.7e9
     cache = fams["vllm:cache_config_info"].samples[0]
     assert cache.labels["block_size"] == "16" and cache.labels["num_gpu_blocks"] == str(stats.num_gpu_blocks)
     assert "vllm:gpu_cache_usage_perc" not in fams
     async with aiohttp.ClientSession() as s, s.get(f"{sim.url}/metrics") as r:
-        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    headers = {"Accept": "application/openmetrics-text; version=1.0.0"}
+        assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    # a Prometheus asking for OpenMetrics still gets vLLM's text format and vllm:* names, as from vLLM
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"}
     async with aiohttp.ClientSession() as s, s.get(f"{sim.url}/metrics", headers=headers) as r:
-        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
-        assert (await r.text()).endswith("# EOF\n")
+        assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        body = await r.text()
+        assert "\nvllm:num_requests_running{" in body and "vllm_num_requests_running" not in body
 
 
 async def test_legacy_metric_names() -> None:
@@ -689,7 +691,7 @@ async def test_lora_slot_limit_shows_waiting_adapter_in_metrics() -> None:
 
         async def b_waits() -> bool:
             fams = families((await get(f"{server.url}/metrics"))[1])
-            labels = fams["vllm:lora_requests_info"].samples[0].labels
+            labels = max(fams["vllm:lora_requests_info"].samples, key=lambda s: s.value).labels
             return (labels["running_lora_adapters"], labels["waiting_lora_adapters"], labels["max_lora"]) == (
                 "a",
                 "b",

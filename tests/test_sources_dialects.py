@@ -306,6 +306,9 @@ def test_reads_the_simulators_exposition(legacy: bool) -> None:
     sim = SimMetrics(
         lambda: stats, model_name=BASE_MODEL, max_model_len=131072, legacy=legacy, lora_enabled=True
     )
+    # lora_requests_info is recorded after engine steps, one series per state (the newest is current)
+    sim.record_lora(2, (), ("food-review",))
+    sim.record_lora(2, ("food-review",), ("cad-fabricator", "sql-lora"))
     m = parse_metrics(sim.render()[0].decode(), "vllm", 9.0)
     assert m == EndpointMetrics(
         waiting_queue_size=2,

@@ -122,6 +122,20 @@ PlaneOpt = Annotated[
     str, typer.Option("--data-plane", help="builtin (asyncio proxy) or envoy (Envoy + ext_proc picker).")
 ]
 LogOpt = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option("--log-format", help="text (control characters escaped) or json (one object per line)."),
+]
+
+
+def _log_format(value: str) -> str:
+    fmt = value.strip().lower()
+    if fmt not in ("text", "json"):
+        typer.echo(f"error: --log-format must be text or json (got {value!r})", err=True)
+        raise typer.Exit(2)
+    return fmt
+
+
 ApiKeysOpt = Annotated[
     Path | None,
     typer.Option(
@@ -161,6 +175,7 @@ def serve(
     grace: GraceOpt = 10.0,
     data_plane: PlaneOpt = "builtin",
     log_level: LogOpt = None,
+    log_format: LogFormatOpt = "text",
     metrics_auth: Annotated[
         str,
         typer.Option(
@@ -206,7 +221,15 @@ def serve(
     except (ConfigError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(run_serve(filename, cfg, log_level=log_level or "INFO", metrics_token=token))
+    raise typer.Exit(
+        run_serve(
+            filename,
+            cfg,
+            log_level=log_level or "INFO",
+            metrics_token=token,
+            log_format=_log_format(log_format),
+        )
+    )
 
 
 @app.command(
@@ -231,6 +254,7 @@ def up(
     grace: GraceOpt = 10.0,
     data_plane: PlaneOpt = "builtin",
     log_level: LogOpt = None,
+    log_format: LogFormatOpt = "text",
     metrics_auth: Annotated[
         str,
         typer.Option(
@@ -281,6 +305,7 @@ def up(
             log_level=level,
             simulate_args=list(ctx.args),
             protect_metrics=protect,
+            log_format=_log_format(log_format),
         )
     )
 
@@ -360,6 +385,7 @@ def epp(
     ] = False,
     grace: GraceOpt = 10.0,
     log_level: LogOpt = None,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     from dataclasses import replace
 
@@ -417,7 +443,7 @@ def epp(
             subset_filter=not disable_endpoint_subset_filter,
             shutdown_grace=grace,
         )
-        raise typer.Exit(run_epp(cluster, log_level=level))
+        raise typer.Exit(run_epp(cluster, log_level=level, log_format=_log_format(log_format)))
 
     try:
         authorizer = _local_metrics_auth(auth_mode or "disabled", metrics_token_file)
@@ -440,7 +466,7 @@ def epp(
         metrics_auth=authorizer,
     )
     assert filename is not None
-    raise typer.Exit(run_serve(filename, cfg, log_level=level))
+    raise typer.Exit(run_serve(filename, cfg, log_level=level, log_format=_log_format(log_format)))
 
 
 def _local_metrics_auth(mode: str, token_file: Path | None) -> MetricsAuthorizer | None:

@@ -15,6 +15,7 @@ data planes (built-in proxy, ext_proc) render them the same way without knowing 
         ├── RequestTooLargeError    413 body over the configured limit
         ├── RateLimitedError        429 sheddable request rejected under saturation
         ├── NoCapacityError         503 no ready endpoint / queue TTL expired
+        ├── ClientDisconnectedError 499 the client went away before the answer was complete
         ├── UpstreamError           502 model server failed or answered garbage
         │   └── UpstreamTimeoutError 504
         └── InternalError           500 a bug; logged with a traceback
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "ClientDisconnectedError",
     "ConfigError",
     "GatewayError",
     "InternalError",
@@ -126,6 +128,15 @@ class RequestTimeoutError(RequestError):
     status = 408
     error_type = "invalid_request_error"
     code = "request_timeout"
+
+
+class ClientDisconnectedError(RequestError):
+    """Not an answer (nobody is left to read one): how a request ended when its client left,
+    so metrics count it as ``ClientDisconnected`` rather than a gateway failure."""
+
+    status = 499
+    error_type = "client_disconnected"
+    code = "client_disconnected"
 
 
 class UpstreamError(RequestError):

@@ -6,13 +6,134 @@ identical lets them work unchanged. All metrics live on one :class:`GatewayMetri
 own registry, so tests and several gateways in one process never collide on the global registry.
 Components accept ``metrics: GatewayMetrics | None`` and record nothing when it is ``None``.
 This module imports nothing from infergate.
+
+llm-d-router v0.10 renamed the family to ``llm_d_epp_*`` and emits the old names beside the new
+ones; infergate does the same: every metric with an llm-d twin is a :class:`DualMetric` that
+records into both series (the twin's label names follow llm-d where they were renamed, e.g.
+``model_server_pod`` → ``model_server_endpoint``). Label values that come from clients are bounded
+as llm-d bounds them: ``model_name`` and ``target_model_name`` share a cap of 1000 distinct values
+and ``fairness_id`` has its own cap of 1000; past a cap new values are reported as ``other``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import os
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["LABEL_CAP", "OTHER", "DualMetric", "GatewayMetrics", "LabelCap"]
+
+#: Distinct client-derived label values kept per cap before new ones become ``OTHER``.
+LABEL_CAP = 1000
+OTHER = "other"
+
+
+class LabelCap:
+    """A bounded set of label values: the first ``limit`` distinct values pass, later ones fold."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int = LABEL_CAP) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+def _build_ref() -> str:
+    """The installed package version (the reference puts its git ref here)."""
+    try:
+        return importlib.metadata.version("infergate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _build_commit() -> str:
+    """``INFERGATE_COMMIT`` when the image build sets it, else ``unknown``."""
+    return os.environ.get("INFERGATE_COMMIT") or "unknown"
+
+
+class _DualChild:
+    """One label combination of a :class:`DualMetric`: every call goes to both series."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, children: tuple[Any, ...]) -> None:
+        self._children = children
+
+    def inc(self, amount: float = 1.0) -> None:
+        for c in self._children:
+            c.inc(amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        for c in self._children:
+            c.dec(amount)
+
+    def set(self, value: float) -> None:
+        for c in self._children:
+            c.set(value)
+
+    def observe(self, value: float) -> None:
+        for c in self._children:
+            c.observe(value)
+
+
+class DualMetric(_DualChild):
+    """A GIE-named metric and its ``llm_d_epp_*`` twin, with client label values capped.
+
+    ``labels()`` takes the GIE label names; ``rename`` maps them to the twin's where llm-d renamed
+    them. ``caps`` maps a label name to the :class:`LabelCap` bounding its values.
+    """
+
+    __slots__ = ("_caps", "_gie", "_llmd", "_rename")
+
+    def __init__(
+        self, gie: Any, llmd: Any, *, rename: Mapping[str, str], caps: Mapping[str, LabelCap]
+    ) -> None:
+        super().__init__((gie, llmd))
+        self._gie = gie
+        self._llmd = llmd
+        self._rename = dict(rename)
+        self._caps = caps
+
+    @property
+    def gie(self) -> Any:
+        return self._gie
+
+    @property
+    def llmd(self) -> Any:
+        return self._llmd
+
+    def _values(self, labels: Mapping[str, object]) -> dict[str, str]:
+        out = {}
+        for key, value in labels.items():
+            text = str(value)
+            cap = self._caps.get(key)
+            out[key] = cap(text) if cap is not None else text
+        return out
+
+    def labels(self, *positional: object, **labels: object) -> _DualChild:
+        if positional:  # positional values, in the GIE label order
+            labels = dict(zip(self._gie._labelnames, positional, strict=True))
+        values = self._values(labels)
+        twin = {self._rename.get(k, k): v for k, v in values.items()}
+        return _DualChild((self._gie.labels(**values), self._llmd.labels(**twin)))
+
+    def remove(self, *values: str) -> None:
+        for metric in (self._gie, self._llmd):
+            with contextlib.suppress(KeyError):
+                metric.remove(*values)
+
 
 _DURATION_BUCKETS = (
     0.005,
@@ -143,188 +264,265 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.model_cap = LabelCap()
+        self.fairness_cap = LabelCap()
+        caps = {
+            "model_name": self.model_cap,
+            "target_model_name": self.model_cap,
+            "target_model": self.model_cap,
+            "fairness_id": self.fairness_cap,
+        }
+
+        def dual(
+            cls: Any,
+            gie: str,
+            llmd: str,
+            doc: str,
+            labels: tuple[str, ...] = (),
+            rename: Mapping[str, str] | None = None,
+            **kwargs: Any,
+        ) -> DualMetric:
+            rename = rename or {}
+            twin_labels = tuple(rename.get(n, n) for n in labels)
+            return DualMetric(
+                cls(gie, doc, labels, registry=r, **kwargs),
+                cls(llmd, doc, twin_labels, registry=r, **kwargs),
+                rename=rename,
+                caps=caps,
+            )
 
         # --- per objective (model) ------------------------------------------------------------
-        self.request_total = Counter(
-            "inference_objective_request", "Requests scheduled, per model.", (*_OBJ, "priority"), registry=r
+        self.request_total = dual(
+            Counter,
+            "inference_objective_request",
+            "llm_d_epp_request",
+            "Requests scheduled, per model.",
+            (*_OBJ, "priority"),
         )
-        self.request_error_total = Counter(
+        self.request_error_total = dual(
+            Counter,
             "inference_objective_request_error",
+            "llm_d_epp_request_error",
             "Requests that failed, per error code.",
             (*_OBJ, "error_code"),
-            registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = dual(
+            Histogram,
             "inference_objective_request_duration_seconds",
+            "llm_d_epp_request_duration_seconds",
             "End-to-end request latency.",
             _OBJ,
             buckets=_DURATION_BUCKETS,
-            registry=r,
         )
-        self.request_ttft = Histogram(
+        self.request_ttft = dual(
+            Histogram,
             "inference_objective_request_ttft_seconds",
+            "llm_d_epp_request_ttft_seconds",
             "Time to the first response byte.",
             _OBJ,
             buckets=_DURATION_BUCKETS,
-            registry=r,
         )
-        self.normalized_tpot = Histogram(
+        self.normalized_tpot = dual(
+            Histogram,
             "inference_objective_normalized_time_per_output_token_seconds",
+            "llm_d_epp_request_ntpot_seconds",
             "Request latency divided by the number of output tokens.",
             _OBJ,
             buckets=_TPOT_BUCKETS,
-            registry=r,
         )
-        self.request_sizes = Histogram(
+        self.request_sizes = dual(
+            Histogram,
             "inference_objective_request_sizes",
+            "llm_d_epp_request_size_bytes",
             "Request body size in bytes.",
             _OBJ,
             buckets=_REQUEST_SIZE_BUCKETS,
-            registry=r,
         )
-        self.response_sizes = Histogram(
+        self.response_sizes = dual(
+            Histogram,
             "inference_objective_response_sizes",
+            "llm_d_epp_response_size_bytes",
             "Response body size in bytes.",
             _OBJ,
             buckets=_REQUEST_SIZE_BUCKETS,
-            registry=r,
         )
-        self.input_tokens = Histogram(
+        self.input_tokens = dual(
+            Histogram,
             "inference_objective_input_tokens",
+            "llm_d_epp_request_input_tokens",
             "Prompt tokens per request (from usage).",
             _OBJ,
             buckets=_TOKEN_BUCKETS,
-            registry=r,
         )
-        self.output_tokens = Histogram(
+        self.output_tokens = dual(
+            Histogram,
             "inference_objective_output_tokens",
+            "llm_d_epp_request_output_tokens",
             "Completion tokens per request (from usage).",
             _OBJ,
             buckets=_TOKEN_BUCKETS,
-            registry=r,
         )
-        self.prompt_cached_tokens = Histogram(
+        self.prompt_cached_tokens = dual(
+            Histogram,
             "inference_objective_prompt_cached_tokens",
+            "llm_d_epp_request_cached_tokens",
             "Prompt tokens served from the prefix cache.",
             _OBJ,
             buckets=_TOKEN_BUCKETS,
-            registry=r,
         )
-        self.running_requests = Gauge(
+        self.running_requests = dual(
+            Gauge,
             "inference_objective_running_requests",
+            "llm_d_epp_request_running",
             "Requests in flight through the gateway.",
             ("model_name",),
-            registry=r,
         )
 
         # --- per pool -----------------------------------------------------------------------
-        self.pool_average_kv_cache_utilization = Gauge(
+        self.pool_average_kv_cache_utilization = dual(
+            Gauge,
             "inference_pool_average_kv_cache_utilization",
+            "llm_d_epp_average_kv_cache_utilization",
             "Mean KV-cache use of the pool's ready endpoints.",
             ("name",),
-            registry=r,
         )
-        self.pool_average_queue_size = Gauge(
+        self.pool_average_queue_size = dual(
+            Gauge,
             "inference_pool_average_queue_size",
+            "llm_d_epp_average_queue_size",
             "Mean waiting-queue length of the pool's ready endpoints.",
             ("name",),
-            registry=r,
         )
-        self.pool_average_running_requests = Gauge(
+        self.pool_average_running_requests = dual(
+            Gauge,
             "inference_pool_average_running_requests",
+            "llm_d_epp_average_running_requests",
             "Mean running requests of the pool's ready endpoints.",
             ("name",),
-            registry=r,
         )
-        self.pool_ready_pods = Gauge(
-            "inference_pool_ready_pods", "Endpoints with fresh metrics.", ("name",), registry=r
+        self.pool_ready_pods = dual(
+            Gauge,
+            "inference_pool_ready_pods",
+            "llm_d_epp_ready_endpoints",
+            "Endpoints with fresh metrics.",
+            ("name",),
         )
-        self.pool_per_pod_queue_size = Gauge(
+        self.pool_per_pod_queue_size = dual(
+            Gauge,
             "inference_pool_per_pod_queue_size",
+            "llm_d_epp_per_endpoint_queue_size",
             "Waiting-queue length per endpoint.",
             ("name", "model_server_pod"),
-            registry=r,
+            rename={"model_server_pod": "model_server_endpoint"},
         )
 
         # --- scheduler ------------------------------------------------------------------------
-        self.scheduler_e2e_duration = Histogram(
+        self.scheduler_e2e_duration = dual(
+            Histogram,
             "inference_extension_scheduler_e2e_duration_seconds",
+            "llm_d_epp_scheduler_e2e_duration_seconds",
             "Time of one whole scheduling cycle.",
             buckets=_SCHEDULER_BUCKETS,
-            registry=r,
         )
-        self.scheduler_attempts_total = Counter(
+        self.scheduler_attempts_total = dual(
+            Counter,
             "inference_extension_scheduler_attempts",
+            "llm_d_epp_scheduler_attempts",
             "Scheduling cycles by outcome.",
             ("status", "target_model_name", "pod_name", "namespace", "port"),
-            registry=r,
+            rename={"pod_name": "endpoint_name"},
         )
-        self.plugin_duration = Histogram(
+        self.plugin_duration = dual(
+            Histogram,
             "inference_extension_plugin_duration_seconds",
+            "llm_d_epp_plugin_duration_seconds",
             "Time spent in one plugin call.",
             ("extension_point", "plugin_type", "plugin_name"),
             buckets=_PLUGIN_BUCKETS,
-            registry=r,
         )
-        self.prefix_indexer_size = Gauge(
+        self.prefix_indexer_size = dual(
+            Gauge,
             "inference_extension_prefix_indexer_size",
+            "llm_d_epp_prefix_indexer_size",
             "Entries held by the approximate prefix index.",
-            registry=r,
         )
-        self.prefix_indexer_hit_ratio = Histogram(
+        self.prefix_indexer_hit_ratio = dual(
+            Histogram,
             "inference_extension_prefix_indexer_hit_ratio",
+            "llm_d_epp_prefix_indexer_hit_ratio",
             "Matched share of a request's prefix blocks.",
             buckets=_RATIO_BUCKETS,
-            registry=r,
         )
-        self.model_rewrite_decisions_total = Counter(
+        self.model_rewrite_decisions_total = dual(
+            Counter,
             "inference_extension_model_rewrite_decisions",
+            "llm_d_epp_model_rewrite_decisions",
             "Model rewrites applied.",
             ("model_rewrite_name", "model_name", "target_model"),
-            registry=r,
         )
-        self.info = Gauge(
-            "inference_extension_info", "Build information.", ("commit", "build_ref"), registry=r
+        self.info = dual(
+            Gauge,
+            "inference_extension_info",
+            "llm_d_epp_info",
+            "Build information.",
+            ("commit", "build_ref"),
         )
 
         # --- flow control ---------------------------------------------------------------------
-        self.fc_request_queue_duration = Histogram(
+        self.fc_request_queue_duration = dual(
+            Histogram,
             "inference_extension_flow_control_request_queue_duration_seconds",
+            "llm_d_epp_flow_control_request_queue_duration_seconds",
             "Time a request waited in flow control.",
             (*_FLOW, "outcome"),
             buckets=_QUEUE_BUCKETS,
-            registry=r,
         )
-        self.fc_dispatch_cycle_duration = Histogram(
+        self.fc_dispatch_cycle_duration = dual(
+            Histogram,
             "inference_extension_flow_control_dispatch_cycle_duration_seconds",
+            "llm_d_epp_flow_control_dispatch_cycle_duration_seconds",
             "Time of one dispatch cycle.",
             buckets=_SCHEDULER_BUCKETS,
-            registry=r,
         )
-        self.fc_queue_size = Gauge(
+        self.fc_queue_size = dual(
+            Gauge,
             "inference_extension_flow_control_queue_size",
+            "llm_d_epp_flow_control_queue_size",
             "Requests waiting in flow control.",
             _FLOW,
-            registry=r,
         )
-        self.fc_queue_bytes = Gauge(
+        self.fc_queue_bytes = dual(
+            Gauge,
             "inference_extension_flow_control_queue_bytes",
+            "llm_d_epp_flow_control_queue_bytes",
             "Request bytes waiting in flow control.",
             _FLOW,
-            registry=r,
         )
-        self.fc_pool_saturation = Gauge(
+        self.fc_pool_saturation = dual(
+            Gauge,
             "inference_extension_flow_control_pool_saturation",
+            "llm_d_epp_flow_control_pool_saturation",
             "The pool's saturation; 1 or more means saturated.",
             ("inference_pool",),
-            registry=r,
         )
-        self.fc_rejected_total = Counter(
+        self.fc_rejected_total = dual(
+            Counter,
             "inference_extension_flow_control_rejected_requests",
+            "llm_d_epp_flow_control_rejected_requests",
             "Requests rejected by flow control.",
             ("priority", "reason"),
+        )
+
+        # --- data plane (no reference counterpart) -----------------------------------------------
+        self.retry_refused_total = Counter(
+            "infergate_request_retry_refused",
+            "Requests failed instead of retried because endpoints went down while serving them "
+            "(reason endpoints_down: two did; the request probably stalls them).",
+            ("reason",),
             registry=r,
         )
+
+        self.info.labels(commit=_build_commit(), build_ref=_build_ref()).set(1)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -50,6 +50,8 @@ class ApiKind(StrEnum):
     COMPLETIONS = "completions"
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
+    MESSAGES = "messages"
+    """Anthropic Messages API (``/v1/messages``, ``/v1/messages/count_tokens``)."""
     OTHER = "other"
 
 
@@ -133,6 +135,8 @@ class InferenceRequest:
     max_tokens: int | None = None
     body_size: int = 0
     arrived_at: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    """Request headers (lower-case names, credentials removed) for header-driven plugins."""
 
 
 @dataclass(frozen=True, slots=True)

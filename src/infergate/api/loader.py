@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -46,9 +46,20 @@ from infergate.api.workloads import (
 from infergate.errors import ConfigError
 from infergate.types import EndpointMeta, ModelRewrite, Objective, PoolSpec, RewriteRule, RewriteTarget
 
-__all__ = ["MODEL_SERVER_TYPE_ANNOTATION", "ManifestSet", "format_validation_error", "load_manifests"]
+__all__ = [
+    "MODEL_SERVER_TYPE_ANNOTATION",
+    "ManifestSet",
+    "expand_lists",
+    "format_validation_error",
+    "group_rank",
+    "load_manifests",
+    "newest_group_wins",
+]
 
 log = logging.getLogger(__name__)
+
+_TWO_GROUP_KINDS = frozenset({"InferenceObjective", "InferenceModelRewrite"})
+_R = TypeVar("_R", InferenceObjectiveResource, InferenceModelRewriteResource)
 
 MODEL_SERVER_TYPE_ANNOTATION = "infergate.dev/model-server-type"
 ACTIVE_PORTS_ANNOTATION = "inference.networking.k8s.io/active-ports"
@@ -117,7 +128,7 @@ class ManifestSet:
         pools = [p for p in self.pools if name is None or p.name == name]
         if not pools:
             known = ", ".join(p.name for p in self.pools) or "none"
-            what = f"InferencePool {name!r}" if name else "an InferencePool"
+            what = f"InferencePool {name!r}" if name else "InferencePool"
             raise ConfigError(f"the manifests define no {what} (pools found: {known})")
         if len(pools) > 1:
             names = ", ".join(f"{p.namespace}/{p.name}" for p in pools)
@@ -324,6 +335,51 @@ def _expand_all(paths: Sequence[Path]) -> Iterator[Path]:
             raise ConfigError(f"{path}: no such file or directory")
 
 
+def expand_lists(doc: Any) -> list[Any]:
+    """The objects of one YAML document: a ``kind: List`` (what ``kubectl get -o yaml`` writes) or a
+    typed ``<Kind>List`` (what the API returns) gives its ``items``, any other document itself.
+
+    Items of typed lists may omit ``apiVersion``/``kind``; they inherit the list's. Our own
+    ``EndpointList`` is an object with a ``spec``, not a list.
+    """
+    if not isinstance(doc, dict):
+        return [doc]
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or not kind.endswith("List") or kind == "EndpointList":
+        return [doc]
+    items = doc.get("items")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        return [doc]  # not a list after all; the loader reports it as what it claims to be
+    out: list[Any] = []
+    item_kind = kind.removesuffix("List")
+    for item in items:
+        if isinstance(item, dict) and item_kind and doc.get("apiVersion"):
+            item = {"apiVersion": doc["apiVersion"], "kind": item_kind, **item}
+        out.extend(expand_lists(item))
+    return out
+
+
+def group_rank(kind: str, api_version: str) -> int:
+    """Precedence of an apiVersion among those accepted for ``kind``: the newest group ranks highest
+    (``llm-d.ai`` over ``inference.networking.x-k8s.io`` over ``inference.networking.k8s.io``)."""
+    supported = API_VERSIONS.get(kind, ())
+    return len(supported) - supported.index(api_version) if api_version in supported else 0
+
+
+def newest_group_wins(objects: Sequence[_R]) -> list[_R]:
+    """One object per (namespace, name): the one under the newest API group, as the reference picker
+    does when an InferenceObjective or InferenceModelRewrite exists under both groups."""
+    best: dict[tuple[str, str], _R] = {}
+    for obj in objects:
+        key = (obj.namespace, obj.name)
+        old = best.get(key)
+        if old is None or group_rank(obj.kind, obj.api_version) > group_rank(old.kind, old.api_version):
+            best[key] = obj
+    return [o for o in objects if best[(o.namespace, o.name)] is o]
+
+
 def _documents(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -331,8 +387,9 @@ def _documents(path: Path) -> Iterator[tuple[int, Any]]:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
         for index, doc in enumerate(yaml.safe_load_all(text), start=1):
-            if doc is not None:
-                yield index, doc
+            for obj in expand_lists(doc):
+                if obj is not None:
+                    yield index, obj
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
@@ -348,7 +405,7 @@ def load_manifests(paths: Sequence[Path]) -> ManifestSet:
     """
     out = ManifestSet()
     errors: list[str] = []
-    seen: dict[tuple[str, str, str], str] = {}
+    seen: dict[tuple[str, str, str], tuple[str, str]] = {}
     for path in _expand(paths):
         out.files.append(path)
         for index, doc in _documents(path):
@@ -367,7 +424,7 @@ class _ObjectError(Exception):
 
 
 def _load_object(
-    out: ManifestSet, path: Path, index: int, doc: Any, seen: dict[tuple[str, str, str], str]
+    out: ManifestSet, path: Path, index: int, doc: Any, seen: dict[tuple[str, str, str], tuple[str, str]]
 ) -> None:
     if not isinstance(doc, dict):
         raise _ObjectError(f"{path}: document {index}: expected a mapping with apiVersion and kind")
@@ -403,15 +460,33 @@ def _load_object(
     namespace = meta.get("namespace", "default") if isinstance(meta, dict) else "default"
     ident = (kind, str(namespace), str(name))
     if ident in seen:
-        raise _ObjectError(
-            f"{path}: {label}: metadata.name: duplicate {kind} (also defined in {seen[ident]})"
+        where, other_version = seen[ident]
+        if other_version == api_version or kind not in _TWO_GROUP_KINDS:
+            raise _ObjectError(f"{path}: {label}: metadata.name: duplicate {kind} (also defined in {where})")
+        # The same object under two API groups (migrating to llm-d.ai): the newest group wins.
+        winner, loser = (api_version, other_version)
+        if group_rank(kind, other_version) > group_rank(kind, str(api_version)):
+            winner, loser = loser, winner
+        out.warnings.append(
+            f"{path}: {label}: defined under both {loser} and {winner} (also in {where}); using {winner}"
         )
-    seen[ident] = str(path)
+        if winner == other_version:
+            return
+        _forget(out, kind, str(namespace), str(name))
+    seen[ident] = (str(path), str(api_version))
 
     replacement = DEPRECATED_API_VERSIONS.get((kind, str(api_version)))
     if replacement is not None:
         out.warnings.append(f"{path}: {label}: apiVersion {api_version} is deprecated; use {replacement}")
     _store(out, path, label, obj)
+
+
+def _forget(out: ManifestSet, kind: str, namespace: str, name: str) -> None:
+    """Drop an objective or rewrite already loaded (superseded by the same object in a newer group)."""
+    if kind == "InferenceObjective":
+        out.objectives = [o for o in out.objectives if (o.namespace, o.name) != (namespace, name)]
+    elif kind == "InferenceModelRewrite":
+        out.rewrites = [r for r in out.rewrites if (r.namespace, r.name) != (namespace, name)]
 
 
 def _store(out: ManifestSet, path: Path, label: str, obj: BaseModel) -> None:

@@ -393,10 +393,11 @@ class EndpointListResource(_Object):
 API_VERSIONS: dict[str, tuple[str, ...]] = {
     "InferencePool": ("inference.networking.k8s.io/v1",),
     "InferenceObjective": (
+        "llm-d.ai/v1alpha2",
         "inference.networking.x-k8s.io/v1alpha2",
         "inference.networking.k8s.io/v1alpha1",
     ),
-    "InferenceModelRewrite": ("inference.networking.x-k8s.io/v1alpha2",),
+    "InferenceModelRewrite": ("llm-d.ai/v1alpha2", "inference.networking.x-k8s.io/v1alpha2"),
     "Gateway": ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"),
     "HTTPRoute": ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"),
     "Deployment": ("apps/v1",),

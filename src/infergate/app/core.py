@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from infergate.config.picker import EndpointPickerConfig
+from infergate.config.picker_sections import apply_sections
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowController
@@ -60,7 +61,8 @@ def build_core(
     connections per endpoint when requests beyond it wait inside the gateway (the built-in proxy);
     ``None`` when they reach the model server's own queue (Envoy), so they are not counted twice.
     """
-    s = settings
+    # flowControl / saturationDetector / featureGates of the config refine the settings.
+    s, flow_control = apply_sections(picker, settings, flow_control=flow_control)
     decisions = DecisionLog()
     scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
     detector, flow_config = flow_control_from_settings(
@@ -89,7 +91,8 @@ def build_core(
             max_messages=s.max_messages,
             max_tokens=s.max_tokens_ceiling,
             objective_max_tokens=dict(s.objective_max_tokens),
-        )
+        ),
+        control_headers=s.control_headers,
     )
     scraper = MetricsScraper(
         datastore,
@@ -97,6 +100,8 @@ def build_core(
         dialect=pool.model_server_type,
         health_path=pool.health_path,
         health_interval=s.health_interval,
+        health_timeout=s.health_timeout,
+        evict_after=s.evict_after_failed_probes,
         clock=clock,
         metrics=metrics,
         max_backoff=s.scrape_backoff_max,

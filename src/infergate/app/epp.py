@@ -121,7 +121,10 @@ class EndpointPicker:
         )
 
     def _debug_extra(self) -> dict[str, Any]:
-        return {"pool": self.config.pool_name, "namespace": self.config.pool_namespace}
+        extra: dict[str, Any] = {"pool": self.config.pool_name, "namespace": self.config.pool_namespace}
+        if self.core is not None:
+            extra["scheduler"] = self.core.scheduler.debug_state()
+        return extra
 
     @property
     def grpc_port(self) -> int:
@@ -260,11 +263,11 @@ class EndpointPicker:
         log.info("picker stopped")
 
 
-def run_epp(config: EppConfig, *, log_level: str = "INFO") -> int:
+def run_epp(config: EppConfig, *, log_level: str = "INFO", log_format: str = "text") -> int:
     """The process behind ``infergate epp --pool-name``: run until SIGTERM/SIGINT, then drain."""
     from .run import _run, _stop_event, setup_logging
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
 
     async def main() -> int:
         stop = _stop_event()

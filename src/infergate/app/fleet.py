@@ -4,7 +4,8 @@ For each model-server Deployment in the manifests, ``replicas`` ``infergate simu
 run with the pod template's vLLM flags and literal env (``--port`` replaced by a free local port),
 each with one ``infergate lora-syncer`` when the pod mounts a vLLMLoRAConfig ConfigMap, as the
 tutorial's sidecar does. The fleet owns the processes: it waits for them to become healthy and
-terminates and reaps every one of them on stop.
+terminates and reaps every one of them on stop; and each of them dies with the gateway process
+even when that is killed outright (:func:`~infergate.servers.children.with_parent_death`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from infergate.api.loader import ManifestSet
 from infergate.api.workloads import DeploymentResource
 from infergate.errors import ConfigError
+from infergate.servers.children import with_parent_death
 from infergate.types import EndpointMeta, PoolSpec
 
 __all__ = ["Fleet", "Replica", "free_port", "replace_port"]
@@ -217,7 +219,7 @@ class Fleet:
             with r.log_path.open("ab") as out:
                 env = self._env(r.deployment, r.port)
                 r.proc = await asyncio.create_subprocess_exec(
-                    *r.argv,
+                    *with_parent_death(r.argv),  # a SIGKILLed gateway takes us with it
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     env=env,
@@ -230,7 +232,7 @@ class Fleet:
             if r.syncer_argv:
                 with (self.run_dir / f"{r.name}-lora-syncer.log").open("ab") as out:
                     r.syncer = await asyncio.create_subprocess_exec(
-                        *r.syncer_argv,
+                        *with_parent_death(r.syncer_argv),
                         stdout=out,
                         stderr=asyncio.subprocess.STDOUT,
                         stdin=asyncio.subprocess.DEVNULL,

@@ -10,8 +10,10 @@ background tasks stop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import resource
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,6 +118,30 @@ def _authenticator(manifests: ManifestSet, configured: Authenticator | None) -> 
     raise ConfigError("API keys: both a custom authenticator and labelled Secrets are configured")
 
 
+def client_connection_budget(settings: GatewaySettings) -> int:
+    """``max_client_connections``, lowered to fit this process's file-descriptor limit.
+
+    Every proxied request holds a client and an upstream socket, so clients get half of what is
+    left after the admin budget and a reserve for scrapes, probes and files.
+    """
+    wanted = settings.max_client_connections
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - no such limit on this platform
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = max(16, (soft - settings.admin_max_connections - 128) // 2)
+    if room < wanted:
+        log.info(
+            "file-descriptor limit %d: the inference listener takes at most %d connections "
+            "(raise the limit with ulimit -n for more)",
+            soft,
+            room,
+        )
+    return min(wanted, room)
+
+
 def _uses_lora(manifests: ManifestSet) -> bool:
     if manifests.lora_configs:
         return True
@@ -197,7 +223,9 @@ class Gateway:
         self.flow = core.flow
         self.director = core.director
         self.director.configure_access(
-            authenticator=_authenticator(manifests, cfg.api_keys), limits=request_limits(manifests, s)
+            authenticator=_authenticator(manifests, cfg.api_keys),
+            limits=request_limits(manifests, s),
+            control_headers=s.control_headers,
         )
         if self.director.auth_enabled:
             log.info("API-key authentication is on for the inference listener")
@@ -218,7 +246,10 @@ class Gateway:
                 max_connections_per_endpoint=s.max_connections_per_endpoint,
                 stream_idle_timeout=s.stream_idle_timeout,
                 evicted_idle_timeout=s.evicted_idle_timeout,
+                evicted_idle_factor=s.evicted_idle_factor,
+                max_client_connections=client_connection_budget(s),
             ),
+            metrics=self.metrics,
         )
         self.picker: ExtProcServer | None = None
         self.health: HealthServer | None = None
@@ -230,6 +261,7 @@ class Gateway:
             ready=self.ready,
             extra=self._debug_extra,
             routes=self._liveview_routes(),
+            max_connections=s.admin_max_connections,
         )
         if cfg.metrics_auth is not None:
             self.admin.app.middlewares.append(metrics_auth_middleware(cfg.metrics_auth))
@@ -243,12 +275,20 @@ class Gateway:
         return self._started and not self._stopping and bool(self.datastore.candidates())
 
     def _debug_extra(self) -> dict[str, Any]:
-        return {"pool": self.pool.name, "proxy_in_flight": self.proxy.in_flight}
+        return {
+            "pool": self.pool.name,
+            "proxy_in_flight": self.proxy.in_flight,
+            "scheduler": self.scheduler.debug_state(),
+        }
 
     def _liveview_routes(self) -> list[web.RouteDef]:
         """The live view's routes (``/live``, ``/live/state``) for the admin port."""
         return liveview_routes(
-            self.datastore, flow=self.flow, decisions=self.decisions, pool_name=self.pool.name
+            self.datastore,
+            flow=self.flow,
+            decisions=self.decisions,
+            pool_name=self.pool.name,
+            model_state=self.scheduler.debug_state,
         )
 
     @property
@@ -269,6 +309,8 @@ class Gateway:
         host = cfg.host or host
         port = cfg.port if cfg.port is not None else port
         self.tasks.spawn("metrics-scraper", self.scraper.run)
+        # in-flight requests are withdrawn from an endpoint only once it failed several probes
+        self._unsubscribe_down = self.scraper.add_down_listener(self._endpoint_down)
         await self.admin.start(cfg.admin_host, cfg.admin_port)
         if cfg.data_plane == "builtin":
             await self.proxy.start(host, port)
@@ -315,9 +357,22 @@ class Gateway:
                 fallback_endpoints=[e.key for e in self.datastore.endpoints()],
                 listen=(host, port),
             )
+            s = cfg.settings
+            settings = dataclasses.replace(
+                settings,
+                # the picker may hold a request while it waits in flow control: bound by its TTL
+                message_timeout=f"{s.request_ttl + 5:g}s",
+                request_headers_timeout=f"{s.idle_timeout:g}s",
+                request_timeout=f"{s.idle_timeout + s.request_ttl + 5:g}s",
+                max_client_connections=s.max_client_connections,
+                health_path=self.pool.health_path,
+            )
             self.envoy = EnvoyProcess(render_bootstrap(settings))
             await self.envoy.start_async()
             self._listen_port = port
+
+    def _endpoint_down(self, key: str) -> None:
+        self.proxy.endpoint_down(key)  # a replaced proxy (tests) is reached too
 
     async def wait_ready(self, limit: float = 30.0) -> bool:
         """Wait until every known endpoint is a candidate (or ``limit`` seconds); true if any is."""

@@ -26,21 +26,13 @@ from infergate.servers.metrics_auth import StaticTokenAuth, generate_token, writ
 
 from .fleet import Fleet
 from .gateway import Gateway, GatewayConfig
+from .logs import setup_logging
 
 __all__ = ["bundled_manifests", "metrics_curl", "run_serve", "run_up", "setup_logging"]
 
 log = logging.getLogger("infergate.app")
 
 FALLBACK_PORT = 8080
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def bundled_manifests() -> Path:
@@ -50,7 +42,20 @@ def bundled_manifests() -> Path:
     return Path(str(files("infergate.manifests").joinpath("tutorial")))
 
 
+def _raise_fd_limit() -> None:
+    """Use the hard file-descriptor limit: a gateway holds two sockets per request in flight."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):  # pragma: no cover - platform without the limit
+        pass
+
+
 def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    _raise_fd_limit()
     try:
         import uvloop
 
@@ -138,13 +143,14 @@ def run_serve(
     *,
     log_level: str = "INFO",
     metrics_token: str | None = None,
+    log_format: str = "text",
 ) -> int:
     """``infergate serve``: picker + proxy for endpoints that already run.
 
     ``metrics_token``: a token generated for this run (``--metrics-auth=token`` without a token
     file); printed with the curl that uses it. ``config.metrics_auth`` is what checks it.
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     try:
         manifests = _load(paths)
     except ConfigError as exc:
@@ -258,13 +264,14 @@ def run_up(
     log_level: str = "WARNING",
     simulate_args: Sequence[str] = (),
     protect_metrics: bool = True,
+    log_format: str = "text",
 ) -> int:
     """``infergate up``: the whole tutorial on this machine.
 
     With ``protect_metrics`` the admin ``/metrics`` and ``/debug/`` need a bearer token generated
     for this run: printed, and written (mode 0600) to ``<run dir>/metrics-token``.
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     path = directory or bundled_manifests()
     try:
         manifests = _load([path])

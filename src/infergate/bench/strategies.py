@@ -2,10 +2,11 @@
 
 Every strategy is a configuration of the real scheduler, so the matrix (real processes) and the
 twin (virtual time) run exactly the code a user would. ``round-robin`` stands for a plain
-Kubernetes Service; ``greedy-true-state`` exists only in the twin, where true engine state can be
-read: it sends each request where an estimate of its TTFT from the engines' *true* queues and
-prefix caches is lowest. It is a strong heuristic, not an upper bound (a greedy choice per request
-ignores what later requests need, and its cost estimate is rough).
+Kubernetes Service; ``gie-default`` is the reference EPP's default profile;
+``greedy-true-state`` exists only in the twin, where true engine state can be read: it sends each
+request where an estimate of its TTFT from the engines' *true* queues and prefix caches is lowest.
+It is a strong heuristic, not an upper bound (a greedy choice per request ignores what later
+requests need, and its cost estimate is rough).
 
 ``default`` is exactly what the product runs by default: the default picker configuration *with*
 the gateway's flow control. Every other strategy runs without flow control unless asked for with a
@@ -16,7 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infergate.config.picker import EndpointPickerConfig, default_picker_config, parse_picker_config
+from infergate.config.picker import (
+    EndpointPickerConfig,
+    default_picker_config,
+    parse_picker_config,
+    reference_picker_config,
+)
 
 __all__ = [
     "BASE_MODEL",
@@ -55,7 +61,7 @@ GREEDY = "greedy-true-state"
 
 
 def strategy_names(*, twin: bool) -> list[str]:
-    names = ["default", *STRATEGIES]
+    names = ["default", "gie-default", *STRATEGIES]
     return [*names, GREEDY] if twin else names
 
 
@@ -97,6 +103,8 @@ def picker_config(name: str) -> EndpointPickerConfig:
     name = resolve_strategy(name).base if "+" in name else name
     if name == "default":
         return default_picker_config(lora=True, base_models=[BASE_MODEL])
+    if name == "gie-default":  # the reference EPP's profile (+ LoRA affinity 2), for comparison
+        return reference_picker_config(lora=True, base_models=[BASE_MODEL])
     try:
         return parse_picker_config(STRATEGIES[name], source=f"strategy {name}")
     except KeyError:

@@ -7,6 +7,11 @@ and then left to go stale until the next one; the scheduler decides from those s
 the in-flight counts the gateway keeps itself, exactly as in production. Nothing sleeps, so a sweep
 of thousands of requests runs in seconds and is exactly reproducible for a seed.
 
+Requests take the gateway's own path: :class:`~infergate.requestcontrol.core.RequestCore` parses
+them, applies model rewrites, resolves their objective and priority, narrows the candidates to the
+replicas serving the target model (and, with flow control, to those with room) and runs the scheduler,
+exactly as the director does for the built-in proxy and the ext_proc picker; nothing is copied here.
+
 This module is the one place where gateway code and simulator code meet in one process: the
 gateway never imports the simulator, and the simulator never imports the gateway.
 
@@ -41,17 +46,26 @@ from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
-from infergate.errors import NoCapacityError
+from infergate.errors import NoCapacityError, RequestError
 from infergate.flowcontrol.core import Decision, FlowCore
 from infergate.flowcontrol.queues import QueuedItem
 from infergate.flowcontrol.settings import flow_control_from_settings
-from infergate.requestcontrol.parsing import parse_body
+from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
-from infergate.simulator.drivers import VirtualDriver, VirtualLoop
+from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.scaled import make_engine
 from infergate.simulator.tokenizer import Tokenizer
-from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, Objective, PoolSpec
+from infergate.types import (
+    Endpoint,
+    EndpointMeta,
+    EndpointMetrics,
+    InferenceRequest,
+    ModelRewrite,
+    Objective,
+    PoolSpec,
+    SchedulingResult,
+)
 
 __all__ = ["TwinConfig", "TwinResult", "run_twin"]
 
@@ -81,12 +95,14 @@ class TwinConfig:
     modelled frontend overhead (client and gateway HTTP, proxying, the model server's own HTTP and
     tokenisation, each in real CPU time). Added to TTFT and e2e; 0 models a free network. Measure it
     at idle load (``bench/bench_twin_agreement.py --calibrate``), never from the run compared."""
+    objectives: tuple[Objective, ...] = ()
+    """InferenceObjectives of the pool: requests naming one get its priority, as in production."""
+    rewrites: tuple[ModelRewrite, ...] = ()
+    """InferenceModelRewrites of the pool, applied by the request-control core as in production."""
     flow_control: bool = False
     """Run the gateway's flow control (saturation detector, queues, route-to-room) with
     ``GatewaySettings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``, for
     strategies whose name does not say (``default`` and ``+fc`` always run it, ``+nofc`` never)."""
-    objectives: tuple[Objective, ...] = ()
-    """InferenceObjectives in the gateway's datastore (requests name them by header or model)."""
 
 
 @dataclass(slots=True)
@@ -116,6 +132,16 @@ def _flow_core(datastore: Datastore) -> FlowCore:
     return FlowCore(datastore, detector=detector, config=config)
 
 
+class _NoScheduler:
+    """Stands in for the scheduler when the strategy picks from true engine state instead."""
+
+    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+        raise NoCapacityError("the true-state strategy does not use the scheduler")
+
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        return None
+
+
 def _metrics_of(engine: Engine, now: float) -> EndpointMetrics:
     """What the gateway's scraper would read from this engine's ``/metrics`` at ``now``."""
     s = engine.stats()
@@ -132,7 +158,7 @@ def _metrics_of(engine: Engine, now: float) -> EndpointMetrics:
     )
 
 
-def _greedy_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str | None) -> _Replica:
+def _true_state_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str | None) -> _Replica:
     """Lowest estimated TTFT from true engine state: uncached prompt tokens plus the queue ahead,
     with a penalty for an adapter that would have to wait for a free slot."""
 
@@ -166,8 +192,8 @@ def run_twin(
     records so far; the run stops (unfinished requests keep status 0) when it returns True.
     """
     cfg = config or TwinConfig()
-    resolved = resolve_strategy(strategy)
-    use_flow_control = cfg.flow_control if resolved.flow_control is None else resolved.flow_control
+    named = resolve_strategy(strategy)
+    use_flow_control = cfg.flow_control if named.flow_control is None else named.flow_control
     loop = VirtualLoop()
     tokenizer = Tokenizer(reverse=False)  # the twin never decodes
     engine_cfg = EngineConfig(
@@ -185,22 +211,32 @@ def run_twin(
         for name in cfg.adapters:
             engine.add_lora(name, f"/adapters/{name}")
         overhead = engine.profile.api_overhead_ms / 1000.0 * cfg.time_scale
-        driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True)
+        driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True, **profile_frontend(engine))
         replicas.append(_Replica(i, engine, driver))
     by_key = {r.key: r for r in replicas}
 
     datastore = Datastore(clock=loop, staleness=cfg.staleness)
     datastore.set_pool(PoolSpec(name="twin", selector={"app": "twin"}))
-    for objective in cfg.objectives:
-        datastore.upsert_objective(objective)
+    served = frozenset((cfg.base_model, *cfg.adapters))
     for r in replicas:
         host, port = r.key.split(":")
         datastore.upsert_endpoint(EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port)))
+        datastore.set_models(r.key, served)  # what each replica's /v1/models lists
+    for objective in cfg.objectives:
+        datastore.upsert_objective(objective)
+    for rewrite in cfg.rewrites:
+        datastore.upsert_rewrite(rewrite)
     scheduler: Scheduler | None = None
-    if not resolved.greedy:
+    if not named.greedy:
         scheduler = build_scheduler(
-            picker or picker_config(resolved.base), rng=random.Random(cfg.seed), clock=loop
+            picker or picker_config(named.base), rng=random.Random(cfg.seed), clock=loop
         )
+    # greedy-true-state picks by itself; the core still resolves its requests (its scheduler is never run)
+    core = RequestCore(
+        datastore=datastore,
+        scheduler=scheduler if scheduler is not None else _NoScheduler(),
+        rng=random.Random(cfg.seed),
+    )
 
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)
@@ -260,7 +296,7 @@ def run_twin(
             finish_unserved(waiting.pop(expired)[0], 503, "request timed out in the queue")
         released = flow.pop_ready(now)
         if released is not None:
-            dispatch(*waiting.pop(released))
+            dispatch(*waiting.pop(released), released=True)
         if len(flow) and timer_at is None:  # the controller's recheck / TTL timer
             deadline = flow.next_deadline()
             timer_at = now + flow.config.recheck_interval
@@ -272,27 +308,26 @@ def run_twin(
         datastore.add_listener(kick)
 
     def arrive(i: int) -> None:
+        # the gateway's own request path: parse, rewrite, served model, objective and priority
         nonlocal queued
         req = requests[i]
-        body = req.body(stream=True)
-        raw = json.dumps(body).encode()
-        parsed = parse_body(req.path, raw)
-        lora = None if req.model == cfg.base_model else req.model
+        raw = json.dumps(req.body(stream=True)).encode()
+        try:
+            resolved = core.resolve(
+                path=req.path, headers=req.headers, body=raw, request_id=f"twin-{i}", now=loop.now()
+            )
+        except RequestError as exc:
+            finish_unserved(i, exc.status, exc.message)
+            return
+        ireq = resolved.request
+        target = ireq.target_model
+        lora = None if target == cfg.base_model else target
         text = (
-            tokenizer.apply_chat_template(list(req.messages)) if req.messages is not None else parsed.prompt
+            tokenizer.apply_chat_template(list(req.messages))
+            if req.messages is not None
+            else resolved.parsed.prompt
         )
         tokens = tokenizer.encode(text)
-        ireq = InferenceRequest(
-            request_id=f"twin-{i}",
-            model=req.model,
-            target_model=req.model,
-            api=parsed.api,
-            prompt=parsed.prompt,
-            stream=True,
-            max_tokens=req.max_tokens,
-            body_size=len(raw),
-            arrived_at=loop.now(),
-        )
         if flow is None:
             dispatch(i, ireq, tokens, lora)
             return
@@ -306,19 +341,25 @@ def run_twin(
         else:
             finish_unserved(i, 429, f"flow control: {offer.decision}")
 
-    def dispatch(i: int, ireq: InferenceRequest, tokens: list[int], lora: str | None) -> None:
+    first_seen: set[int] = set()
+
+    def room(candidates: Sequence[Endpoint]) -> list[Endpoint]:
+        assert flow is not None
+        return flow.with_room(candidates, loop.now())
+
+    def dispatch(
+        i: int, ireq: InferenceRequest, tokens: list[int], lora: str | None, *, released: bool = False
+    ) -> None:
         req = requests[i]
         rec = records[i]
         if scheduler is None:
-            replica = _greedy_pick(replicas, tokens, lora)
+            replica = _true_state_pick(replicas, tokens, lora)
         else:
-            candidates = datastore.candidates()
-            if flow is not None:  # as the director: only endpoints with room, unless none has
-                candidates = flow.with_room(candidates, loop.now())
             try:
-                result = scheduler.schedule(ireq, candidates)
-            except NoCapacityError as exc:
-                finish_unserved(i, 503, str(exc))
+                # as the director: a request released from the queues goes only where there is room
+                result = core.schedule(ireq, room=room if released else None)
+            except RequestError as exc:
+                finish_unserved(i, exc.status, exc.message)
                 return
             replica = by_key[result.primary.key]
         replica.requests += 1
@@ -328,6 +369,9 @@ def run_twin(
             # sparse driver: only the first-token and final outputs arrive; the final one lists
             # every token's time, giving the same TTFT and ITLs as per-token outputs would
             nonlocal pending
+            if i not in first_seen:  # the first token: the gateway's data plane reports the TTFT
+                first_seen.add(i)
+                core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
             if out.finished:
                 if isinstance(out, TimedOutput) and out.token_times:
                     times = out.token_times

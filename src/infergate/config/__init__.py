@@ -9,6 +9,7 @@ from infergate.config.picker import (
     dump_picker_config,
     load_picker_config,
     parse_picker_config,
+    reference_picker_config,
 )
 from infergate.config.settings import GatewaySettings
 
@@ -22,4 +23,5 @@ __all__ = [
     "dump_picker_config",
     "load_picker_config",
     "parse_picker_config",
+    "reference_picker_config",
 ]

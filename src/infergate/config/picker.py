@@ -23,11 +23,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from infergate.config.picker_sections import NON_SCHEDULING_TYPES, check_sections, fold_prefix_producer
 from infergate.errors import ConfigError
 
 __all__ = [
     "API_VERSION",
     "KIND",
+    "LLMD_API_VERSION",
     "EndpointPickerConfig",
     "PluginRef",
     "PluginSpec",
@@ -36,9 +38,11 @@ __all__ = [
     "dump_picker_config",
     "load_picker_config",
     "parse_picker_config",
+    "reference_picker_config",
 ]
 
 API_VERSION: Final = "inference.networking.x-k8s.io/v1alpha1"
+LLMD_API_VERSION: Final = "llm-d.ai/v1alpha1"
 KIND: Final = "EndpointPickerConfig"
 
 
@@ -90,11 +94,12 @@ class ProfileSpec(_Strict):
 class EndpointPickerConfig(_Strict):
     """``EndpointPickerConfig`` as in the reference (``apiVersion inference.networking.x-k8s.io/v1alpha1``).
 
-    ``saturationDetector``, ``parser``, ``dataLayer`` and ``flowControl`` are accepted and kept
-    verbatim for the components that read them; ``featureGates`` is a list of names.
+    ``featureGates``, ``saturationDetector``, ``parser``, ``dataLayer``, ``flowControl`` and
+    ``requestHandler`` are kept verbatim here; ``picker_sections`` maps each onto the gateway's
+    settings or refuses it, when the config is parsed.
     """
 
-    api_version: Literal["inference.networking.x-k8s.io/v1alpha1"] = API_VERSION
+    api_version: Literal["inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"] = API_VERSION
     kind: Literal["EndpointPickerConfig"] = KIND
     feature_gates: list[str] = Field(default_factory=list)
     plugins: list[PluginSpec] = Field(default_factory=list)
@@ -103,6 +108,7 @@ class EndpointPickerConfig(_Strict):
     parser: dict[str, Any] | None = None
     data_layer: dict[str, Any] | None = None
     flow_control: dict[str, Any] | None = None
+    request_handler: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _references(self) -> EndpointPickerConfig:
@@ -137,19 +143,50 @@ class EndpointPickerConfig(_Strict):
         raise KeyError(ref)
 
     def with_default_profile(self) -> EndpointPickerConfig:
-        """This config, plus a ``default`` profile of every plugin when it declares no profile."""
+        """This config, plus a ``default`` profile of every filter, scorer and picker when it declares
+        no profile (data-layer, parser and flow-control plugins are not profile stages)."""
         if self.scheduling_profiles or not self.plugins:
             return self
-        profile = ProfileSpec(name="default", plugins=[PluginRef(plugin_ref=p.ref) for p in self.plugins])
+        stages = [p for p in self.plugins if p.type not in NON_SCHEDULING_TYPES]
+        profile = ProfileSpec(name="default", plugins=[PluginRef(plugin_ref=p.ref) for p in stages])
         return self.model_copy(update={"scheduling_profiles": [profile]})
 
 
 def default_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> EndpointPickerConfig:
-    """The reference default profile: queue 2, kv-cache 2, prefix-cache 3, max-score picker.
+    """infergate's default profile: ``predicted-latency-scorer`` alone, then the max-score picker.
+
+    It was chosen over the reference profile (:func:`reference_picker_config`) by the regret table
+    in ``docs/benchmarks.md``: on every workload of the bench corpus it is the best strategy or
+    close to it, and never below round-robin. ``base_models`` (the served base model names) tell
+    the scorer which model names are never LoRA adapters; ``lora`` is kept for callers that still
+    pass it (the scorer handles adapters whenever a replica reports any).
+    """
+    del lora
+    params: dict[str, Any] = {"baseModels": list(base_models)} if base_models else {}
+    return EndpointPickerConfig(
+        plugins=[
+            PluginSpec(type="predicted-latency-scorer", parameters=params),
+            PluginSpec(type="max-score-picker"),
+        ],
+        scheduling_profiles=[
+            ProfileSpec(
+                name="default",
+                plugins=[
+                    PluginRef(plugin_ref="predicted-latency-scorer", weight=1.0),
+                    PluginRef(plugin_ref="max-score-picker"),
+                ],
+            )
+        ],
+    )
+
+
+def reference_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> EndpointPickerConfig:
+    """The reference EPP's default profile: queue 2, kv-cache 2, prefix-cache 3, max-score picker.
 
     With ``lora`` (the pool's servers run LoRA adapters) a ``lora-affinity-scorer`` with weight 2 is
     added, so adapter requests prefer servers that already hold the adapter without overriding load.
     ``base_models`` (the served base model names) keep that scorer neutral for base-model requests.
+    Benchmarks compare against it as the ``gie-default`` strategy.
     """
     weights: list[tuple[str, float | None]] = [
         ("queue-scorer", 2.0),
@@ -159,9 +196,13 @@ def default_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> End
     if lora:
         weights.append(("lora-affinity-scorer", 2.0))
     weights.append(("max-score-picker", None))
-    params: dict[str, dict[str, Any]] = {}
+    # the reference EPP's formulas: infergate's prefix and LoRA scorers weigh load by default
+    params: dict[str, dict[str, Any]] = {
+        "prefix-cache-scorer": {"loadAware": False},
+        "lora-affinity-scorer": {"loadAware": False},
+    }
     if lora and base_models:
-        params["lora-affinity-scorer"] = {"baseModels": list(base_models)}
+        params["lora-affinity-scorer"]["baseModels"] = list(base_models)
     return EndpointPickerConfig(
         plugins=[PluginSpec(type=t, parameters=params.get(t, {})) for t, _ in weights],
         scheduling_profiles=[
@@ -197,9 +238,15 @@ def parse_picker_config(text: str, *, source: str = "<config>") -> EndpointPicke
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: {KIND}: (config): expected a mapping")
     try:
-        return EndpointPickerConfig.model_validate(doc).with_default_profile()
+        config = EndpointPickerConfig.model_validate(doc).with_default_profile()
     except ValidationError as exc:
         raise ConfigError(_format(exc, source)) from exc
+    try:
+        config = fold_prefix_producer(config)
+        check_sections(config)
+    except ConfigError as exc:
+        raise ConfigError("\n".join(f"{source}: {KIND}: {line}" for line in str(exc).splitlines())) from None
+    return config
 
 
 def load_picker_config(path: Path) -> EndpointPickerConfig:

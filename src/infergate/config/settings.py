@@ -36,6 +36,9 @@ class GatewaySettings:
     """Health-probe period (the tutorial's readinessProbe ``periodSeconds: 1``)."""
     health_timeout: float = 1.0
     """Health-probe timeout (readinessProbe ``timeoutSeconds: 1``)."""
+    evict_after_failed_probes: int = 3
+    """An endpoint leaves rotation (for new requests) at its first failed probe, but the requests in
+    flight there are withdrawn only after this many consecutive failed health probes."""
     pool_metrics_interval: float = 5.0
     """Refresh period of the ``inference_pool_*`` gauges (``--refresh-prometheus-metrics-interval``)."""
 
@@ -46,14 +49,21 @@ class GatewaySettings:
     """TCP connect timeout to a model server."""
     request_timeout: float = 86400.0
     """Whole-request timeout to a model server (the reference Envoy route timeout, 86400 s)."""
-    first_byte_timeout: float | None = None
-    """Timeout for the first response byte; ``None`` leaves it to ``request_timeout``."""
+    first_byte_timeout: float | None = 600.0
+    """Timeout for a model server's response head (for a non-streamed answer: the whole answer),
+    so a replica that accepted a request and never answers does not hold the client forever;
+    ``None`` leaves it to ``request_timeout``. Built-in proxy only."""
     stream_idle_timeout: float = 60.0
     """Once a model server's response head arrived, no body byte for this long fails the response like
     a broken connection (SSE error event, cut plain body). Built-in proxy only."""
     evicted_idle_timeout: float = 1.0
-    """A response from an endpoint that left rotation is failed once it stays silent this long
-    (a frozen replica); one that keeps sending finishes. Built-in proxy only."""
+    """A response relaying from an endpoint declared down (``evict_after_failed_probes``) is failed
+    once it stays silent this long, or ``evicted_idle_factor`` times the longest gap between bytes
+    the stream has shown so far if that is longer; one that keeps sending finishes. Built-in proxy
+    only."""
+    evicted_idle_factor: float = 4.0
+    """See ``evicted_idle_timeout``: the silence window grows with the stream's observed
+    inter-token gaps, so slow (e.g. time-scaled) streams are not cut for being slow."""
     max_connections_per_endpoint: int = 256
     """Upstream connection-pool size per model server (vLLM's default ``max_num_seqs``)."""
     max_body_bytes: int = 32 * 1024 * 1024
@@ -61,9 +71,23 @@ class GatewaySettings:
     max_header_bytes: int = 64 * 1024
     """Largest request line and largest single header field accepted (400 above)."""
 
+    max_client_connections: int = 10000
+    """Client connections the inference listener holds at once (built-in proxy and Envoy); more
+    are closed at accept. Lowered to fit the process's file-descriptor limit, keeping room for
+    the admin port and upstream connections."""
+    admin_max_connections: int = 256
+    """Connections the admin listener holds at once: its own budget, so a flood on the inference
+    port never locks out ``/metrics`` and the probes."""
+
     idle_timeout: float = 75.0
     """Client connections idle this long (between requests, or with a request head still
     incomplete) are closed by the built-in proxy (aiohttp's keep-alive timeout)."""
+
+    control_headers: str = "auto"
+    """Who may send ``x-gateway-inference-objective``, ``x-gateway-model-name-rewrite`` and the
+    fairness id: ``auto`` everyone while API keys are off, and only keys with the control-headers
+    permission once they are on; ``trusted`` everyone (a gateway in front sets them); ``keys`` only
+    such keys. Anyone else sending one gets 403 ``control_header_not_allowed``."""
 
     # --- request limits (no reference counterpart: the reference leaves these to the model server)
     max_messages: int = 2048
@@ -95,6 +119,10 @@ class GatewaySettings:
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
     max_queued_bytes: int = 10 * 1024**3
     """Queued request bytes per priority band (``defaultPriorityBand.maxBytes`` 10Gi)."""
+    max_queued_requests_total: int | None = None
+    """Queued requests over all bands (``flowControl.maxRequests``); None: unlimited."""
+    max_queued_bytes_total: int | None = None
+    """Queued request bytes over all bands (``flowControl.maxBytes``); None: unlimited."""
 
     # --- scheduling state
     prefix_purge_interval: float = 120.0
@@ -137,9 +165,16 @@ class GatewaySettings:
             "max_queued_requests",
             "max_queued_bytes",
             "max_messages",
+            "evict_after_failed_probes",
+            "max_client_connections",
+            "admin_max_connections",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")
+        for name in ("max_queued_requests_total", "max_queued_bytes_total"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"settings: {name}: must be >= 1 or unset (got {value!r})")
         if self.max_tokens_ceiling is not None and self.max_tokens_ceiling < 1:
             raise ConfigError(f"settings: max_tokens_ceiling: must be >= 1 (got {self.max_tokens_ceiling!r})")
         for name, value in self.objective_max_tokens.items():
@@ -151,8 +186,16 @@ class GatewaySettings:
             raise ConfigError(
                 f"settings: flow_control_headroom: must be in [0, 1) (got {self.flow_control_headroom!r})"
             )
+        if self.control_headers not in ("auto", "trusted", "keys"):
+            raise ConfigError(
+                f"settings: control_headers: must be auto, trusted or keys (got {self.control_headers!r})"
+            )
         if self.retries < 0:
             raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")
+        if self.evicted_idle_factor < 0:
+            raise ConfigError(
+                f"settings: evicted_idle_factor: must be >= 0 (got {self.evicted_idle_factor!r})"
+            )
         if self.evicted_idle_timeout < 0:
             got = self.evicted_idle_timeout
             raise ConfigError(f"settings: evicted_idle_timeout: must be >= 0 (got {got!r})")

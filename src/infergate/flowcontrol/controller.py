@@ -84,13 +84,17 @@ class FlowController:
         """The bands, highest priority first, for the live view."""
         return self._core.snapshot()
 
-    async def admit(self, request: InferenceRequest) -> None:
-        """Return when ``request`` may be scheduled; raise the error that ends it otherwise."""
+    async def admit(self, request: InferenceRequest) -> bool:
+        """Return when ``request`` may be scheduled; raise the error that ends it otherwise.
+
+        True when it waited in a queue and was released (the caller then schedules it only onto
+        endpoints with room, :meth:`with_room`); False when it was admitted at once.
+        """
         if self._closed:
             raise NoCapacityError(SHUTDOWN_MESSAGE)
         offer = self._core.offer(request, self._clock.now(), hold=self._in_transit > 0)
         if offer.decision is Decision.ADMIT:
-            return
+            return False
         retry_after = self._core.config.retry_after
         if offer.decision is Decision.REJECT_SHED:
             raise RateLimitedError(SHED_MESSAGE, retry_after=retry_after)
@@ -120,7 +124,7 @@ class FlowController:
             self._in_transit -= 1
             if len(self._core):
                 self._kick()
-            return
+            return True
         if outcome is ItemState.EVICTED_TTL:
             raise NoCapacityError(TTL_MESSAGE)
         raise NoCapacityError(SHUTDOWN_MESSAGE)

@@ -120,13 +120,20 @@ class FlowCore:
         return 1.0 if priority >= top else 1.0 - headroom
 
     def with_room(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
-        """Scheduling candidates narrowed to those that can take a request without queueing it.
+        """Scheduling candidates for a request released from the queues: those with room.
 
         ``endpoints`` unchanged when flow control is off, routing to room is disabled, or no
         endpoint has room (the pool is then saturated and the scheduler picks among all);
         otherwise only the endpoints whose own saturation score is below 1. A request released
         from the queues thus never lands in a full model server's queue while another has room,
         so replica queues stay short and the gateway's priority order decides who waits.
+
+        Requests admitted at once (the pool not saturated, nothing queued) are not narrowed: the
+        scheduler weighs a replica's queue against its prefix cache and adapters itself. Narrowing
+        them too forced LoRA requests off the replicas holding their adapter whenever a few
+        requests waited there for a slot, and the adapter swaps that followed turned a pool with
+        room into a saturated one (seen in the twin: a multi-LoRA workload fell from 35 to under
+        20 QPS).
         """
         c = self._config
         if not c.enabled or not c.route_to_room or len(endpoints) < 2:

@@ -3,7 +3,15 @@
 The rule is the reference's utilisation detector (GIE ``utilization-detector``):
 
 * per endpoint, ``score = max(waiting / queue_threshold, kv_cache_usage / kv_threshold)``;
-  an endpoint whose metrics are stale (never scraped, or older than ``staleness`` seconds) scores 1.0;
+  an endpoint whose metrics are stale (never scraped, or older than ``staleness`` seconds) scores 1.0.
+  By default (``kv_requires_queue``) the KV term counts only while requests wait on the endpoint: a
+  vLLM server whose KV cache is 85 % used by the requests it runs, with nothing waiting, still takes
+  the next request at once (it waits in the server's queue only when its blocks do not fit). Counting
+  KV use alone made the pool look saturated under long shared prompts whenever the replicas were
+  busy but keeping up, so the gateway queued requests the replicas could have started, released them
+  to whichever replica had the least KV in use and lost their prefix affinity (seen in the twin:
+  the SLO rate of a many-tenant workload halved with flow control on). ``kv_requires_queue=False``
+  is the reference rule;
 * the pool's saturation is, by default, the mean over the healthy endpoints of each score **capped at
   1.0** (``aggregation="capped-mean"``), so it reaches 1.0 only when every endpoint is saturated: one
   replica with a deep queue no longer makes the pool look full while another sits idle (seen in the
@@ -56,6 +64,7 @@ class SaturationDetector:
         aggregation: Aggregation = "capped-mean",
         track_in_flight: bool = True,
         connection_limit: int | None = 256,
+        kv_requires_queue: bool = True,
     ) -> None:
         if queue_threshold <= 0:
             raise ValueError("queue_threshold must be > 0")
@@ -73,6 +82,7 @@ class SaturationDetector:
         if connection_limit is not None and connection_limit < 1:
             raise ValueError("connection_limit must be >= 1 or None")
         self.connection_limit = connection_limit
+        self.kv_requires_queue = kv_requires_queue
         # endpoint key -> (metrics.updated_at, in_flight when that snapshot was first seen)
         self._baselines: dict[str, tuple[float, int]] = {}
 
@@ -106,10 +116,15 @@ class SaturationDetector:
         return max(0, waiting + seated) + max(0, endpoint.in_flight - limit)
 
     def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
-        """``max(queue/queue_threshold, kv/kv_threshold)``; 1.0 when metrics are stale."""
+        """``max(queue/queue_threshold, kv/kv_threshold)``; 1.0 when metrics are stale.
+
+        With ``kv_requires_queue`` an endpoint with nothing waiting scores 0 whatever its KV use.
+        """
         if not self.is_fresh(endpoint, now):
             return 1.0
         queue = self.effective_queue(endpoint)
+        if queue <= 0 and self.kv_requires_queue:
+            return 0.0
         return max(queue / self.queue_threshold, endpoint.metrics.kv_cache_usage / self.kv_threshold)
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:

@@ -37,6 +37,8 @@ def flow_control_from_settings(
         default_ttl=s.request_ttl,
         band_max_requests=s.max_queued_requests,
         band_max_bytes=s.max_queued_bytes,
+        max_requests=s.max_queued_requests_total,
+        max_bytes=s.max_queued_bytes_total,
         pool_name=pool_name,
         headroom=s.flow_control_headroom,
     )

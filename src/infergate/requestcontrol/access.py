@@ -9,19 +9,33 @@ means every data plane that drives the Director (built-in proxy, ext_proc) enfor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from infergate.errors import BadRequestError
+from infergate.errors import BadRequestError, ConfigError, PermissionDeniedError, RequestError
+from infergate.requestcontrol import headers as H
+from infergate.requestcontrol.parsing import api_kind_for_path
+from infergate.types import ApiKind
 
 __all__ = [
     "AUTHORIZATION",
+    "CONTROL_HEADER_MODES",
+    "OVERFLOW_FAIRNESS_ID",
     "X_API_KEY",
     "Authenticator",
+    "FairnessIds",
+    "MethodNotAllowedError",
+    "PathNotFoundError",
     "Principal",
     "RequestLimits",
+    "Route",
+    "check_control_headers",
+    "check_scope",
+    "classify_request",
     "presented_key",
+    "validate_control_header_mode",
 ]
 
 AUTHORIZATION = "authorization"
@@ -38,11 +52,71 @@ class Principal(Protocol):
 
     def allows(self, objective: str) -> bool: ...
 
+    @property
+    def control_headers(self) -> bool:
+        """May send the gateway's control headers (objective, model rewrite, fairness id)."""
+        ...
+
 
 class Authenticator(Protocol):
     """Maps request headers to a :class:`Principal` or raises ``AuthenticationError`` (401)."""
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal: ...
+
+
+class Route(enum.Enum):
+    """What a data plane does with a request, decided from its method and path alone."""
+
+    INFERENCE = "inference"
+    """An OpenAI inference call (POST): authenticated, parsed, scheduled, forwarded to a replica."""
+    MODELS = "models"
+    """``GET /v1/models``: answered by the gateway from what the pool serves (any valid key)."""
+    HEALTH = "health"
+    """``/health``: answered by the gateway (never needs a key)."""
+
+
+class PathNotFoundError(RequestError):
+    """404 for every path outside the request policy (LoRA admin, ``/metrics``, ``/tokenize``...)."""
+
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    """405 with the one method the path accepts (``allow``)."""
+
+    status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, allow: str) -> None:
+        super().__init__(f"method not allowed; use {allow}")
+        self.allow = allow
+
+
+def classify_request(method: str, path: str) -> Route:
+    """The request policy both data planes enforce before any body byte is read.
+
+    Only the inference API (chat/completions/embeddings/responses, POST), ``/v1/models`` (GET or
+    HEAD, answered by the gateway) and ``/health`` exist on the inference listener. Everything else
+    a model server offers - LoRA load/unload, ``/metrics``, ``/tokenize``, ``/version``,
+    ``/get_server_info``, ``/reset_prefix_cache`` - is a 404 and never reaches a replica, whichever
+    data plane carries the request. The message does not echo the path (it may hold anything).
+    """
+    p = path.split("?", 1)[0]
+    if p in ("/health", "/healthz"):
+        return Route.HEALTH
+    p = p.rstrip("/")
+    if p.endswith("/v1/models"):
+        if method not in ("GET", "HEAD"):
+            raise MethodNotAllowedError("GET")
+        return Route.MODELS
+    if api_kind_for_path(p) is ApiKind.OTHER and not p.endswith("/responses"):
+        raise PathNotFoundError("no such path on this gateway")
+    if method != "POST":
+        raise MethodNotAllowedError("POST")
+    return Route.INFERENCE
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -90,3 +164,87 @@ class RequestLimits:
                 param=param,
                 code="max_tokens_exceeded",
             )
+
+
+CONTROL_HEADER_MODES = ("auto", "trusted", "keys")
+"""Who may send control headers: ``trusted`` every client (a gateway in front sets them),
+``keys`` only API keys with the control-headers permission, ``auto`` (default) ``trusted`` while
+API keys are off and ``keys`` once they are on."""
+
+
+def check_control_headers(headers: Mapping[str, str], principal: Principal | None, *, mode: str) -> None:
+    """403 naming the first control header a caller sent that it may not send.
+
+    ``headers`` lower-cased or case-insensitive. The header is refused rather than dropped: a
+    client relying on it must learn that it had no effect.
+    """
+    if mode == "trusted" or (mode == "auto" and principal is None):
+        return
+    if principal is not None and principal.control_headers:
+        return
+    for name in sorted(H.CONTROL_INPUTS):
+        if headers.get(name):
+            raise PermissionDeniedError(
+                f"header '{name}' is not allowed for this client",
+                param=name,
+                code="control_header_not_allowed",
+            )
+
+
+def validate_control_header_mode(mode: str) -> str:
+    if mode not in CONTROL_HEADER_MODES:
+        raise ConfigError(f"control_headers: must be one of {', '.join(CONTROL_HEADER_MODES)} (got {mode!r})")
+    return mode
+
+
+def check_scope(
+    principal: Principal,
+    *,
+    scope: str,
+    target: str,
+    requested_target: str,
+    objective_named: Callable[[str], bool],
+) -> None:
+    """403 unless the key may use both the request's objective and its final target model.
+
+    ``scope`` is the objective the request resolved to (else the requested model). The final
+    ``target`` (after the rewrite header and InferenceModelRewrites) must be allowed by name, or by
+    an objective named like it; a target an InferenceModelRewrite chose (``target`` differs from
+    ``requested_target``, the model or the rewrite header's value) is judged by the name that was
+    rewritten, since the operator, not the client, picked it. So neither the objective header nor
+    the rewrite header lets a key reach a model outside its scope.
+    """
+    if not principal.allows(scope):
+        raise PermissionDeniedError(
+            f"this API key may not use '{scope}'", param="model", code="permission_denied"
+        )
+    judged = target if target == requested_target or objective_named(target) else requested_target
+    if not principal.allows(judged):
+        raise PermissionDeniedError(
+            f"this API key may not use the model '{judged}'", param="model", code="permission_denied"
+        )
+
+
+OVERFLOW_FAIRNESS_ID = "overflow"
+"""The shared flow of every fairness id beyond the cap."""
+
+
+class FairnessIds:
+    """Caps distinct fairness ids (flow-control flows, metric labels) a client can create.
+
+    The first ``limit`` distinct ids (1,000, as upstream) are kept as sent; later new ones, and ids
+    longer than ``max_length``, share the :data:`OVERFLOW_FAIRNESS_ID` flow.
+    """
+
+    def __init__(self, limit: int = 1000, max_length: int = 128) -> None:
+        self._limit = limit
+        self._max_length = max_length
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(value) > self._max_length or len(self._seen) >= self._limit:
+            return OVERFLOW_FAIRNESS_ID
+        self._seen.add(value)
+        return value

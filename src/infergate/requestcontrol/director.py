@@ -1,8 +1,9 @@
 """The request lifecycle, independent of the data plane that calls it.
 
 ``Director.handle_request`` turns raw path/headers/body into a scheduled :class:`RequestContext`:
-parse (400), resolve rewrite and objective, check the model is served (404), admit through flow
-control (429/503), schedule (503) and count the request in flight on its endpoint. The response
+authenticate (401), resolve through the synchronous :class:`~infergate.requestcontrol.core.RequestCore`
+(parse 400, rewrite, served model 404, objective, limits), wait in flow control (429/503), schedule
+through the core (503) and count the request in flight on its endpoint. The response
 hooks read usage, put the client's model name back and record the reference metrics. The built-in
 proxy and the ext_proc server both drive this class; neither scheduling nor flow control knows who.
 """
@@ -13,32 +14,29 @@ import logging
 import random
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from infergate.errors import (
-    AuthenticationError,
-    ModelNotFoundError,
-    NoCapacityError,
-    PermissionDeniedError,
-    RequestError,
-    UpstreamError,
-)
+from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.access import Authenticator, Principal, RequestLimits
-from infergate.requestcontrol.parsing import parse_body, rewrite_model
-from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, Usage, usage_from_json
-from infergate.types import (
-    Clock,
-    Endpoint,
-    InferenceRequest,
-    ModelRewrite,
-    MonotonicClock,
-    Objective,
-    SchedulingResult,
+from infergate.requestcontrol.access import (
+    Authenticator,
+    Principal,
+    RequestLimits,
+    check_control_headers,
+    validate_control_header_mode,
 )
+from infergate.requestcontrol.core import (
+    DatastoreView,
+    RequestCore,
+    SchedulerLike,
+    no_capacity,
+    parse_subset,
+)
+from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, Usage, usage_from_json
+from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
@@ -51,26 +49,8 @@ log = logging.getLogger("infergate.request")
 _MAX_BUFFERED_RESPONSE = 8 << 20
 
 
-class DatastoreView(Protocol):
-    """The part of the Datastore the director uses."""
-
-    def candidates(self) -> list[Endpoint]: ...
-    def endpoint(self, key: str) -> Endpoint | None: ...
-    def served_models(self) -> frozenset[str]: ...
-    def models(self, key: str) -> frozenset[str]: ...
-    def objective(self, name: str) -> Objective | None: ...
-    def objectives(self) -> list[Objective]: ...
-    def rewrites(self) -> list[ModelRewrite]: ...
-    def acquire(self, key: str) -> None: ...
-    def release(self, key: str) -> None: ...
-
-
-class SchedulerLike(Protocol):
-    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
-
-
 class FlowControllerLike(Protocol):
-    async def admit(self, request: InferenceRequest) -> None: ...
+    async def admit(self, request: InferenceRequest) -> bool: ...
     def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
 
 
@@ -86,6 +66,7 @@ def error_code_for(exc: BaseException) -> str:
             404: "NotFound",
             413: "BadRequest",
             429: "ResourceExhausted",
+            499: "ClientDisconnected",
             503: "ServiceUnavailable",
         }.get(exc.status, "Internal")
     return "Internal"
@@ -105,6 +86,8 @@ class RequestContext:
     started_at: float
     status: int | None = None
     first_byte_at: float | None = None
+    first_token_at: float | None = None
+    """When the first body chunk of a streamed 200 answer arrived (the request's TTFT)."""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
@@ -115,6 +98,8 @@ class RequestContext:
     subset: frozenset[str] | None = None
     """IPs of the data plane's subset hint (``x-gateway-destination-endpoint-subset``); None: whole pool."""
     tried: set[str] = field(default_factory=set)
+    released: bool = False
+    """Flow control queued the request and released it: it is scheduled only where there is room."""
     _held: str | None = None
     _rewriter: ModelNameRewriter | None = None
     _sse: SSEUsageParser | None = None
@@ -145,12 +130,14 @@ class _Series:
         "running",
         "total",
         "tpot",
+        "ttft",
     )
 
     def __init__(self, m: GatewayMetrics, model: str, target: str) -> None:
         lbl = {"model_name": model, "target_model_name": target}
         self.request_sizes = m.request_sizes.labels(**lbl)
         self.duration = m.request_duration.labels(**lbl)
+        self.ttft = m.request_ttft.labels(**lbl)
         self.response_sizes = m.response_sizes.labels(**lbl)
         self.input = m.input_tokens.labels(**lbl)
         self.output = m.output_tokens.labels(**lbl)
@@ -161,52 +148,6 @@ class _Series:
 
 
 _MAX_SERIES = 1000
-
-
-def parse_subset(value: str | None) -> frozenset[str] | None:
-    """The IPs of a subset hint ``ip:port,ip:port`` (``[v6]:port`` too); None when absent.
-
-    The reference (``requestcontrol/candidates.go``) matches on IP only and ignores the port, so a
-    pod listed with any of its target ports stays eligible. An empty or blank value is an empty
-    subset (nothing eligible → 503), not "no hint", as the protocol says.
-    """
-    if value is None:
-        return None
-    ips: set[str] = set()
-    for item in value.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("["):
-            ips.add(item[1 : item.find("]")] if "]" in item else item[1:])
-            continue
-        host, sep, port = item.rpartition(":")
-        ips.add(host if sep and port.isdigit() and host.count(":") == 0 else item)
-    return frozenset(ips)
-
-
-def _pick_weighted(rng: random.Random, rewrite: ModelRewrite, model: str) -> str | None:
-    """First matching rule's target by weight (uniform when all weights are zero)."""
-    for rule in rewrite.rules:
-        if rule.match_models and model not in rule.match_models:
-            continue
-        if not rule.targets:
-            continue
-        total = sum(max(t.weight, 0) for t in rule.targets)
-        if total <= 0:
-            return rng.choice(rule.targets).model
-        x = rng.randrange(total)
-        for t in rule.targets:
-            x -= max(t.weight, 0)
-            if x < 0:
-                return t.model
-    return None
-
-
-def _no_capacity(subset: frozenset[str] | None) -> NoCapacityError:
-    if subset is not None:
-        return NoCapacityError("no ready endpoint in the pool matches the destination endpoint subset")
-    return NoCapacityError("no ready endpoint in the pool can serve the request")
 
 
 class Director:
@@ -229,29 +170,51 @@ class Director:
         limits: RequestLimits | None = None,
     ) -> None:
         self._ds = datastore
-        self._scheduler = scheduler
         self._flow = flow
         self._clock: Clock = clock or MonotonicClock()
         self._metrics = metrics
-        self._rng = rng or random.Random()
         self._max_attempts = max(1, max_attempts)
-        self._limits = limits or RequestLimits(max_messages=max_messages)
         self._auth = authenticator
-        self._check_models = check_models
+        self._control_headers = "auto"
+        self._core = RequestCore(
+            datastore=datastore,
+            scheduler=scheduler,
+            rng=rng,
+            metrics=metrics,
+            limits=limits or RequestLimits(max_messages=max_messages),
+            check_models=check_models,
+        )
         self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
+        self._response_hook = getattr(scheduler, "response_headers", None)
 
     def configure_access(
-        self, *, authenticator: Authenticator | None = None, limits: RequestLimits | None = None
+        self,
+        *,
+        authenticator: Authenticator | None = None,
+        limits: RequestLimits | None = None,
+        control_headers: str = "auto",
     ) -> None:
-        """Set the API-key check and request limits after construction (the app wires them)."""
+        """Set the API-key check, request limits and who may send control headers (the app wires
+        them; see :data:`~infergate.requestcontrol.access.CONTROL_HEADER_MODES`)."""
         self._auth = authenticator
+        self._control_headers = validate_control_header_mode(control_headers)
         if limits is not None:
-            self._limits = limits
+            self._core.limits = limits
+
+    def response_headers(self, ctx: RequestContext) -> dict[str, str]:
+        """Headers scheduling plugins add to the client's response (``x-session-token``)."""
+        hook = self._response_hook
+        return dict(hook(ctx.target)) if callable(hook) else {}
 
     @property
     def limits(self) -> RequestLimits:
-        return self._limits
+        return self._core.limits
+
+    @property
+    def core(self) -> RequestCore:
+        """The synchronous core this director wraps (the twin drives the same class directly)."""
+        return self._core
 
     @property
     def auth_enabled(self) -> bool:
@@ -262,9 +225,10 @@ class Director:
 
         Data planes call this for routes that need a valid key but no objective (``/v1/models``).
         """
-        if self._auth is None:
-            return None
-        return self._auth.authenticate(_lower(headers))
+        hdrs = _lower(headers)
+        principal = self._auth.authenticate(hdrs) if self._auth is not None else None
+        check_control_headers(hdrs, principal, mode=self._control_headers)
+        return principal
 
     def _series_for(self, model: str, target: str) -> _Series | None:
         if self._metrics is None:
@@ -279,29 +243,8 @@ class Director:
 
     # ---------------------------------------------------------------- request path
     def known_models(self) -> frozenset[str]:
-        """Models a request may name: served, objectives, rewrite sources/targets, adapters seen."""
-        names: set[str] = set(self._ds.served_models())
-        names.update(o.name for o in self._ds.objectives())
-        for rw in self._ds.rewrites():
-            for rule in rw.rules:
-                names.update(rule.match_models)
-                names.update(t.model for t in rule.targets)
-        for ep in self._ds.candidates():
-            names.update(ep.metrics.running_adapters)
-            names.update(ep.metrics.waiting_adapters)
-        return frozenset(names)
-
-    def _rewrite(self, model: str, forced: str | None) -> str:
-        target = forced or model
-        for rw in self._ds.rewrites():
-            chosen = _pick_weighted(self._rng, rw, target)
-            if chosen is not None:
-                if self._metrics is not None:
-                    self._metrics.model_rewrite_decisions_total.labels(
-                        model_rewrite_name=rw.name, model_name=model, target_model=chosen
-                    ).inc()
-                return chosen
-        return target
+        """Models a request may name (see :meth:`RequestCore.known_models`)."""
+        return self._core.known_models()
 
     def _count_error(self, model: str, target: str, exc: BaseException) -> None:
         if self._metrics is not None:
@@ -319,51 +262,27 @@ class Director:
         principal: Principal | None = None
         try:
             # Authenticate before reading the body: an unknown caller learns nothing about it.
-            if self._auth is not None:
-                principal = self._auth.authenticate(hdrs)
-            parsed = parse_body(path, body, max_messages=self._limits.max_messages)
+            principal = self.authenticate(hdrs)  # and who may send control headers
+            core = self._core
+            parsed = core.parse(path, body)
             model = parsed.model
-            target = self._rewrite(model, hdrs.get(H.MODEL_NAME_REWRITE) or None)
-            # Only judge once some server has told us what it serves (a pool still starting
-            # answers 503, not 404).
-            served = self._ds.served_models()
-            if self._check_models and served and model not in served and target not in served:
-                known = self.known_models()
-                if model not in known and target not in known:
-                    raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
-            objective = self._resolve_objective(hdrs.get(H.INFERENCE_OBJECTIVE), model, target)
-            # The name access and limits are judged by: the objective, else the requested model.
-            scope = objective.name if objective is not None else model
-            if principal is not None and not principal.allows(scope):
-                raise PermissionDeniedError(
-                    f"this API key may not use '{scope}'", param="model", code="permission_denied"
-                )
-            self._limits.check_max_tokens(
-                parsed.max_tokens,
-                scope,
-                param="max_completion_tokens"
-                if parsed.data.get("max_completion_tokens") is not None
-                else "max_tokens",
-            )
-            request = InferenceRequest(
+            target = core.rewrite(model, H.model_name_rewrite_of(hdrs))
+            resolved = core.admit(
+                parsed,
+                target,
+                headers=hdrs,
+                body=body,
                 request_id=request_id,
-                model=model,
-                target_model=target,
-                api=parsed.api,
-                objective=objective.name if objective else None,
-                priority=objective.priority if objective else 0,
-                fairness_id=hdrs.get(H.FAIRNESS_ID) or H.DEFAULT_FAIRNESS_ID,
-                prompt=parsed.prompt,
-                stream=parsed.stream,
-                max_tokens=parsed.max_tokens,
-                body_size=len(body),
-                arrived_at=started,
+                now=started,
+                principal=principal,
             )
+            request = resolved.request
+            released = False
             if self._flow is not None:
-                if not self._eligible(subset, ()):  # nothing to wait for: answer now, do not queue
-                    raise _no_capacity(subset)
-                await self._flow.admit(request)
-            result = self._schedule(request, (), subset)
+                if not self._reachable(subset):  # nothing to wait for: answer now, do not queue
+                    raise no_capacity(subset)
+                released = await self._flow.admit(request)
+            result = self._schedule(request, (), subset, released=released)
         except RequestError as exc:
             if isinstance(exc, (ModelNotFoundError, AuthenticationError)):
                 # client-chosen names must not create series
@@ -379,17 +298,17 @@ class Director:
                 exc.message,
             )
             raise
-        upstream_body = body if target == model else rewrite_model(parsed, target)
         ctx = RequestContext(
             request=request,
             path=path,
             headers=headers,
-            body=upstream_body,
+            body=resolved.upstream_body,
             result=result,
             target=result.primary,
             attempts=1,
             started_at=started,
             subset=subset,
+            released=released,
         )
         self._hold(ctx, result.primary)
         if target != model:
@@ -406,46 +325,26 @@ class Director:
             series.running.inc()
         return ctx
 
-    def _resolve_objective(self, header: str | None, model: str, target: str) -> Objective | None:
-        if header:
-            found = self._ds.objective(header)
-            if found is not None:
-                return found
-        return self._ds.objective(model) or (self._ds.objective(target) if target != model else None)
+    def _reachable(self, subset: frozenset[str] | None) -> bool:
+        """A healthy endpoint exists (in the subset hint, if any), fresh metrics or not.
 
-    def _eligible(self, subset: frozenset[str] | None, exclude: Sequence[str]) -> list[Endpoint]:
-        """Ready endpoints not excluded and, with a subset hint, whose IP the hint lists."""
-        return [
-            c
-            for c in self._ds.candidates()
-            if c.key not in exclude and (subset is None or c.meta.address in subset)
-        ]
+        Stale metrics mean "load unknown", not "gone": flow control counts such an endpoint as
+        saturated, so the request waits in the queue until a scrape arrives (a gateway that
+        stalled past the staleness threshold queues instead of answering 503).
+        """
+        return any(e.healthy and (subset is None or e.meta.address in subset) for e in self._ds.endpoints())
 
     def _schedule(
-        self, request: InferenceRequest, exclude: Sequence[str], subset: frozenset[str] | None = None
+        self,
+        request: InferenceRequest,
+        exclude: Sequence[str],
+        subset: frozenset[str] | None = None,
+        *,
+        released: bool = False,
     ) -> SchedulingResult:
-        candidates = self._eligible(subset, exclude)
-        if not candidates:
-            raise _no_capacity(subset)
-        # Endpoints that list the target model in /v1/models (e.g. hold the LoRA adapter) are the
-        # only ones that can answer it; when none lists it (not scraped yet) all may try.
-        serving = [c for c in candidates if request.target_model in self._ds.models(c.key)] or candidates
-        held_back: list[Endpoint] = []
-        if self._flow is not None:
-            # with queueing on, only endpoints that have room (unless none has): the gateway's
-            # priority order, not a full replica's own queue, decides who waits
-            roomy = self._flow.with_room(serving)
-            if len(roomy) < len(serving):
-                keys = {e.key for e in roomy}
-                held_back = [e for e in serving if e.key not in keys]
-                serving = roomy
-        result = self._scheduler.schedule(request, serving)
-        if not result.targets:
-            raise NoCapacityError("failed to find a target endpoint for the request")
-        if held_back:
-            # full endpoints stay last-resort fallbacks: a retry there beats no retry at all
-            result = replace(result, targets=result.targets + tuple(held_back))
-        return result
+        # a request flow control held back and released goes only where there is room
+        room = self._flow.with_room if self._flow is not None and released else None
+        return self._core.schedule(request, exclude=exclude, subset=subset, room=room)
 
     def _hold(self, ctx: RequestContext, target: Endpoint) -> None:
         ctx.target = target
@@ -466,7 +365,7 @@ class Director:
         """
         if ctx.completed or ctx.first_byte_at is not None or ctx.attempts >= self._max_attempts:
             return None
-        ready = {c.key: c for c in self._eligible(ctx.subset, ())}
+        ready = {c.key: c for c in self._core.eligible(ctx.subset)}
         nxt: Endpoint | None = None
         for ep in ctx.result.targets:
             if ep.key not in ctx.tried and ep.key in ready:
@@ -474,7 +373,7 @@ class Director:
                 break
         if nxt is None:
             try:
-                nxt = self._schedule(ctx.request, tuple(ctx.tried), ctx.subset).primary
+                nxt = self._schedule(ctx.request, tuple(ctx.tried), ctx.subset, released=ctx.released).primary
             except RequestError:
                 return None
         self._drop(ctx)
@@ -502,6 +401,9 @@ class Director:
 
     def handle_response_chunk(self, ctx: RequestContext, chunk: bytes, *, end_of_stream: bool) -> bytes:
         """Read usage from the chunk and return it with the client's model name put back."""
+        if ctx.first_token_at is None and chunk and ctx.streaming and ctx.status == 200:
+            ctx.first_token_at = self._clock.now()
+            self._core.observe_ttft(ctx.request_id, ctx.first_token_at - ctx.started_at)
         ctx.response_bytes += len(chunk)
         if ctx._sse is not None:
             ctx._sse.feed(chunk)
@@ -534,6 +436,8 @@ class Director:
             return
         ctx.completed = True
         self._drop(ctx)
+        if ctx.first_token_at is None:
+            self._core.observe_ttft(ctx.request_id, None)  # nothing streamed: nothing to learn from
         if ctx._sse is not None and ctx.prompt_tokens is None:
             ctx._sse.close()
             self._take_usage(ctx, ctx._sse.usage)
@@ -556,6 +460,9 @@ class Director:
                 ).inc()
             else:
                 series.duration.observe(duration)
+                first = ctx.first_token_at or ctx.first_byte_at  # streamed: first token; else first byte
+                if first is not None:
+                    series.ttft.observe(max(0.0, first - ctx.started_at))
                 series.response_sizes.observe(ctx.response_bytes)
                 if ctx.prompt_tokens is not None:
                     series.input.observe(ctx.prompt_tokens)

@@ -16,11 +16,18 @@ __all__ = [
     "FAIRNESS_ID",
     "HOP_BY_HOP",
     "INFERENCE_OBJECTIVE",
+    "LLMD_FAIRNESS_ID",
+    "LLMD_INFERENCE_OBJECTIVE",
+    "LLMD_MODEL_NAME_REWRITE",
     "MODEL_NAME_REWRITE",
     "REQUEST_ID",
     "ROUTING_OUTPUTS",
     "clean_request_headers",
     "clean_response_headers",
+    "fairness_id_of",
+    "model_name_rewrite_of",
+    "objective_of",
+    "scheduling_headers",
 ]
 
 DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
@@ -31,13 +38,28 @@ MODEL_NAME_REWRITE = "x-gateway-model-name-rewrite"
 FAIRNESS_ID = "x-gateway-inference-fairness-id"
 REQUEST_ID = "x-request-id"
 
+# llm-d-router (v0.10+) spells the three inputs ``x-llm-d-*``; the ``x-gateway-*`` names stay as
+# aliases. When a request carries both, the llm-d name wins, as in the reference picker.
+LLMD_INFERENCE_OBJECTIVE = "x-llm-d-inference-objective"
+LLMD_MODEL_NAME_REWRITE = "x-llm-d-model-name-rewrite"
+LLMD_FAIRNESS_ID = "x-llm-d-inference-fairness-id"
+
 DEFAULT_FAIRNESS_ID = "default-flow"
 
 # Headers only the gateway may set: a client that sends them must not steer routing.
 ROUTING_OUTPUTS = frozenset({DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SUBSET, DESTINATION_ENDPOINT_SERVED})
 
 # Control inputs consumed by the gateway; not forwarded to the model server.
-CONTROL_INPUTS = frozenset({INFERENCE_OBJECTIVE, MODEL_NAME_REWRITE, FAIRNESS_ID})
+CONTROL_INPUTS = frozenset(
+    {
+        INFERENCE_OBJECTIVE,
+        MODEL_NAME_REWRITE,
+        FAIRNESS_ID,
+        LLMD_INFERENCE_OBJECTIVE,
+        LLMD_MODEL_NAME_REWRITE,
+        LLMD_FAIRNESS_ID,
+    }
+)
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones the proxy recomputes itself.
 HOP_BY_HOP = frozenset(
@@ -54,6 +76,39 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+
+
+def _first(headers: Mapping[str, str], *names: str) -> str | None:
+    """The first non-empty value among ``names`` (lower-case header names, lower-cased mapping)."""
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def objective_of(headers: Mapping[str, str]) -> str | None:
+    """The InferenceObjective a request names (``x-llm-d-inference-objective``, else the GIE name)."""
+    return _first(headers, LLMD_INFERENCE_OBJECTIVE, INFERENCE_OBJECTIVE)
+
+
+def model_name_rewrite_of(headers: Mapping[str, str]) -> str | None:
+    """The target model a request asks for (``x-llm-d-model-name-rewrite``, else the GIE name)."""
+    return _first(headers, LLMD_MODEL_NAME_REWRITE, MODEL_NAME_REWRITE)
+
+
+def fairness_id_of(headers: Mapping[str, str]) -> str:
+    """The request's flow (``x-llm-d-inference-fairness-id``, else the GIE name, else the default)."""
+    return _first(headers, LLMD_FAIRNESS_ID, FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
+
+
+# Never handed to scheduling plugins (which may keep a request in the decision log).
+CREDENTIALS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
+
+
+def scheduling_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers plugins may read: lower-case names, credentials left out."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in CREDENTIALS}
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:

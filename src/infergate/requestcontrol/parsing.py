@@ -1,4 +1,5 @@
-"""Parse OpenAI request bodies into what routing needs: model, prompt text, stream flag, max_tokens.
+"""Parse OpenAI (and Anthropic Messages) request bodies into what routing needs: model, prompt
+text, stream flag, max_tokens.
 
 The body is decoded once; the original bytes are kept and forwarded untouched unless the model has
 to be rewritten (GIE §2.6), in which case only then is it re-serialised. Every malformed input ends in
@@ -38,8 +39,15 @@ class ParsedBody:
 
 
 def api_kind_for_path(path: str) -> ApiKind:
-    """API type by path suffix, as the reference parser does (query string ignored)."""
-    p = path.split("?", 1)[0].rstrip("/")
+    """API type by path suffix, as the reference parsers do (query string ignored).
+
+    vLLM's ``…/render`` endpoints (the prompt as the server would tokenize it, no generation)
+    take the body of the API they extend. ``/v1/messages`` and ``/v1/messages/count_tokens`` are
+    the Anthropic Messages API (llm-d-router's ``anthropic-parser``).
+    """
+    p = path.split("?", 1)[0].rstrip("/").removesuffix("/render")
+    if p.endswith(("/v1/messages", "/v1/messages/count_tokens")):
+        return ApiKind.MESSAGES
     if p.endswith("/chat/completions"):
         return ApiKind.CHAT
     if p.endswith("/completions"):
@@ -155,6 +163,24 @@ def _chat_text(messages: object, max_messages: int | None) -> str:
     return "".join(out)
 
 
+def _system_text(system: object) -> str:
+    """Anthropic ``system``: a string or a list of text blocks."""
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        parts = []
+        for j, block in enumerate(system):
+            if not isinstance(block, dict) or not isinstance(block.get("text"), str):
+                raise BadRequestError(
+                    f"system[{j}] must be a text block with a string 'text'", param="system"
+                )
+            parts.append(block["text"])
+        return "".join(parts)
+    raise BadRequestError("'system' must be a string or a list of text blocks", param="system")
+
+
 def _embedding_text(inp: object) -> str:
     if isinstance(inp, str):
         return inp
@@ -206,6 +232,9 @@ def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> Pa
         prompt = _prompt_text(data["prompt"])
     elif api is ApiKind.CHAT:
         prompt = _chat_text(data.get("messages"), max_messages)
+    elif api is ApiKind.MESSAGES:
+        system = _system_text(data.get("system"))
+        prompt = (f"<|system|>{system}\n" if system else "") + _chat_text(data.get("messages"), max_messages)
     elif api is ApiKind.EMBEDDINGS:
         if "input" not in data:
             raise BadRequestError("'input' is required", param="input")

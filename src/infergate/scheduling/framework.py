@@ -8,6 +8,7 @@ work over immutable snapshots, and never see their own name, type or weight.
 
 from __future__ import annotations
 
+import difflib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,8 +191,17 @@ class PluginRegistry:
             name, params, cast("Callable[[Any, PluginContext], object]", factory), inert
         )
 
-    def register_inert(self, name: str) -> None:
-        self.register(name, AnyParams, lambda _p, _c: _Inert(), inert=True)
+    def register_inert(self, name: str, params: type[BaseModel] = AnyParams) -> None:
+        """A type that is not a scheduling stage; ``params`` says which parameters it accepts."""
+        self.register(name, params, lambda _p, _c: _Inert(), inert=True)
+
+    def register_refused(self, name: str, reason: str) -> None:
+        """A reference type infergate knows but does not implement: naming it is an error."""
+
+        def refuse(_p: object, _c: PluginContext) -> object:
+            raise ValueError(f"not supported by infergate: {reason}")
+
+        self.register(name, AnyParams, refuse)
 
     def get(self, name: str) -> PluginType | None:
         return self._types.get(name)
@@ -210,7 +220,9 @@ class PluginRegistry:
         pt = self._types.get(type_name)
         if pt is None:
             known = ", ".join(self.types())
-            raise ConfigError(f"plugin {name!r}: unknown type {type_name!r} (known: {known})")
+            close = difflib.get_close_matches(type_name, self.types(), n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"plugin {name!r}: unknown type {type_name!r}{hint} (known: {known})")
         try:
             params = pt.params.model_validate(dict(parameters or {}))
         except ValidationError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from infergate.scheduling.framework import CycleState, Params, StateKey, candidate_keys
+from infergate.scheduling.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 __all__ = [
@@ -147,8 +148,12 @@ PREFIX_MATCH: StateKey[PrefixMatch] = StateKey("prefix-match")
 
 
 class PrefixCacheParams(Params):
-    """Parameters of ``prefix-cache-scorer`` (names and defaults as the reference EPP)."""
+    """Parameters of ``prefix-cache-scorer``: the reference EPP's names and defaults, plus
+    ``loadAware`` (default true; false gives the reference ``matchedBlocks / totalBlocks``) and
+    ``maxAffinityRequests``, both read only in the load-aware formula (see the scorer)."""
 
+    load_aware: bool = True
+    max_affinity_requests: float = Field(default=8.0, gt=0)
     auto_tune: bool = True
     block_size_tokens: int = Field(default=16, gt=0)
     max_prefix_blocks_to_match: int = Field(default=256, gt=0)
@@ -165,16 +170,44 @@ class PrefixCacheParams(Params):
 
 
 class PrefixCacheScorer:
-    """``prefix-cache-scorer``: prefer the endpoint most likely to hold the prompt's prefix in cache.
+    """``prefix-cache-scorer``: prefer the endpoint where the prompt's cached prefix saves the most
+    time, counting the work the endpoint already has.
 
-    Formula: ``matchedBlocks / totalBlocks``. The prompt (``InferenceRequest.prompt``, UTF-8) is
-    cut into blocks of ``blockSizeTokens × 4`` bytes (4 characters per token on average; with
-    ``autoTune`` the token block size comes from the first candidate's ``block_size`` metric),
-    at most ``maxPrefixBlocksToMatch`` blocks (or ``maxPrefixTokensToMatch / blockSizeTokens`` if
-    set); a trailing partial block is ignored. Block hashes are chained and seeded with the
-    target model, so the same text for another model or adapter never matches. ``matchedBlocks``
-    counts, walking the hashes in order until one is unknown to every endpoint, the hashes the
-    endpoint was credited with. A prompt shorter than one block scores 0 everywhere.
+    Why not just the matched share: a prefix that every request shares (a RAG instruction block, a
+    tenant's system prompt) is first credited to one endpoint, which then matches every later
+    request while the others match nothing, so ``matched / total`` pulls the whole pool onto that
+    one endpoint however busy it gets. Here the saving is weighed against the load instead.
+
+    Load-aware formula (``loadAware: true``, the default), all in prompt tokens:
+
+    * ``T`` = the prompt's UTF-8 length / 4 (at least the hashed blocks' tokens);
+      ``m_e`` = matched blocks of endpoint ``e`` × the block size in tokens;
+    * ``n_e`` = the endpoint's requests: ``max(in_flight, waiting + running)`` (the gateway's own
+      count is fresh, the scraped one also sees other gateways' requests);
+    * ``u`` = what one request already on an endpoint costs it, taken to be this request's own
+      uncached remainder at its best match, ``T − max m``, but at least ``T / maxAffinityRequests``
+      (so even a prompt cached in full is never worth more than that many extra requests in flight);
+    * ``cost_e = (T − m_e) + n_e · u``: the prefill ``e`` must still do plus the work ahead of it;
+    * ``score_e = clamp(1 − (cost_e − min cost) / T, 0, 1)``: the cheapest endpoint scores 1, and
+      one whole prompt's worth of extra cost scores 0.
+
+    So a 1k-token shared instruction in front of an 8k-token document (``u`` ≈ 8k) is worth less
+    than one extra request in flight and the request goes to the least-loaded endpoint, while a
+    2k-token system prompt in front of a 200-token question (``u`` ≈ 275) keeps the tenant on its
+    endpoint until that endpoint has about 7 more requests than another. When no endpoint matches
+    anything the scorer returns no scores (0 everywhere): it has nothing to say about the cache and
+    leaves load to the load scorers.
+
+    Reference formula (``loadAware: false``): ``matchedBlocks / totalBlocks``, load ignored.
+
+    Common to both: the prompt (``InferenceRequest.prompt``, UTF-8) is cut into blocks of
+    ``blockSizeTokens × 4`` bytes (4 characters per token on average; with ``autoTune`` the token
+    block size comes from the first candidate's ``block_size`` metric), at most
+    ``maxPrefixBlocksToMatch`` blocks (or ``maxPrefixTokensToMatch / blockSizeTokens`` if set); a
+    trailing partial block is ignored. Block hashes are chained and seeded with the target model,
+    so the same text for another model or adapter never matches. ``matchedBlocks`` counts, walking
+    the hashes in order until one is unknown to every endpoint, the hashes the endpoint was credited
+    with. A prompt shorter than one block scores 0 everywhere.
 
     Index: after each pick (PostPick) the primary target is credited with all the request's
     hashes, in an LRU bounded per endpoint by ``lruCapacityPerServer`` (or, with ``autoTune``, the
@@ -225,8 +258,31 @@ class PrefixCacheScorer:
         state.put(PREFIX_MATCH, PrefixMatch(hashes, matched))
         if not matched:
             return {}
-        total = len(hashes)
-        return {k: n / total for k, n in matched.items()}  # sparse: missing keys score 0
+        if not self._p.load_aware:
+            total = len(hashes)
+            return {k: n / total for k, n in matched.items()}  # sparse: missing keys score 0
+        return self._load_aware(request, candidates, state, matched, len(hashes))
+
+    def _load_aware(
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        state: CycleState,
+        matched: Mapping[str, int],
+        hashed_blocks: int,
+    ) -> CandidateScores:
+        """The load-aware formula of the class docstring, one pass over the candidates."""
+        bt = self._block_tokens(candidates)
+        keys = candidate_keys(candidates, state)
+        total = max(len(request.prompt.encode()) / AVERAGE_CHARS_PER_TOKEN, float(hashed_blocks * bt))
+        saved = [matched.get(k, 0) * bt for k in keys]
+        unit = max(total - max(saved), total / self._p.max_affinity_requests)
+        costs = [
+            total - m + max(e.in_flight, e.metrics.waiting_queue_size + e.metrics.running_requests) * unit
+            for e, m in zip(candidates, saved, strict=True)
+        ]
+        best = min(costs)
+        return CandidateScores(keys, [max(0.0, 1.0 - (c - best) / total) for c in costs], bounded=True)
 
     def post_pick(self, request: InferenceRequest, result: SchedulingResult, state: CycleState, /) -> None:
         primary = result.primary

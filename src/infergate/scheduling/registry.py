@@ -2,19 +2,26 @@
 
 ``default_registry()`` builds a fresh :class:`PluginRegistry` each call; nothing is registered
 as an import side effect. Types of the reference EPP that are not scheduling stages here (data
-layer, parser, saturation detector, profile handler) are accepted as *inert* so that a reference
-``EndpointPickerConfig`` loads unchanged.
+layer, parser, saturation detector, profile handler) are accepted as *inert* with the parameters
+infergate honours, and reference types it does not implement are refused with a reason, so a
+reference ``EndpointPickerConfig`` either means the same here or fails to load.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel
+
+from infergate.config.picker_sections import StaticUsageLimitParams, UtilizationDetectorParams
 from infergate.scheduling.filters import (
     LoraAffinityFilter,
     LoraAffinityFilterParams,
     LowQueueFilter,
     LowQueueFilterParams,
 )
-from infergate.scheduling.framework import NoParams, PluginRegistry
+from infergate.scheduling.framework import NoParams, Params, PluginRegistry
+from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
 from infergate.scheduling.pickers import (
     MaxScorePicker,
     PickerParams,
@@ -23,6 +30,7 @@ from infergate.scheduling.pickers import (
     WeightedRandomPicker,
 )
 from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.profile_handler import HeaderProfileHandler, HeaderProfileParams
 from infergate.scheduling.scorers import (
     KvCacheUtilizationScorer,
     LeastInFlightScorer,
@@ -31,21 +39,80 @@ from infergate.scheduling.scorers import (
     QueueScorer,
     RunningRequestsScorer,
 )
-
-__all__ = ["INERT_TYPES", "default_registry"]
-
-INERT_TYPES = (
-    "single-profile-handler",
-    "metrics-data-source",
-    "core-metrics-extractor",
-    "approx-prefix-cache-producer",
-    "openai-parser",
-    "utilization-detector",
-    "concurrency-detector",
-    "fcfs-ordering-policy",
-    "global-strict-fairness-policy",
-    "static-usage-limit-policy",
+from infergate.scheduling.session_affinity import SessionAffinityParams, SessionAffinityScorer
+from infergate.scheduling.upstream_plugins import (
+    ActiveRequestParams,
+    ActiveRequestScorer,
+    ByLabelFilter,
+    ByLabelParams,
+    ContextLengthAware,
+    ContextLengthParams,
+    HeaderBasedTestingFilter,
+    LabelSelectorFilter,
+    LabelSelectorParams,
+    LoadAwareParams,
+    LoadAwareScorer,
+    NoHitLRUParams,
+    NoHitLRUScorer,
+    UtilizationFilter,
+    UtilizationFilterParams,
 )
+
+__all__ = ["INERT_TYPES", "REFUSED_TYPES", "default_registry"]
+
+
+class MetricsDataSourceParams(Params):
+    """``metrics-data-source``: infergate scrapes ``http://<endpoint>/metrics`` (the defaults)."""
+
+    scheme: Literal["http"] = "http"
+    path: Literal["/metrics"] = "/metrics"
+    insecure_skip_verify: bool = True
+
+
+class CoreMetricsExtractorParams(Params):
+    """``core-metrics-extractor``: the engine is chosen per pool, by annotation, not per pod label."""
+
+    default_engine: Literal["vllm"] = "vllm"
+
+
+# Accepted in ``plugins:`` for reference configs; each with the parameters infergate honours
+# (anything else is refused by the Params model). Their meaning is applied by
+# ``config.picker_sections`` (detector thresholds, usage limit) or is infergate's built-in behaviour.
+INERT_TYPES: dict[str, type[BaseModel]] = {
+    "single-profile-handler": NoParams,
+    "metrics-data-source": MetricsDataSourceParams,
+    "core-metrics-extractor": CoreMetricsExtractorParams,
+    "approx-prefix-cache-producer": PrefixCacheParams,
+    "openai-parser": NoParams,
+    "anthropic-parser": NoParams,
+    "utilization-detector": UtilizationDetectorParams,
+    "fcfs-ordering-policy": NoParams,
+    "round-robin-fairness-policy": NoParams,
+    "static-usage-limit-policy": StaticUsageLimitParams,
+    # in-flight counts are built in (Endpoint.in_flight): active-request-scorer needs no producer
+    "inflight-load-producer": NoParams,
+}
+
+# Reference types infergate knows and refuses, with the reason shown to the operator.
+_FLOWS = "flows of a band are served round-robin; use round-robin-fairness-policy"
+_FCFS = "requests of a flow are served first come first served; use fcfs-ordering-policy"
+_LIMIT = "use static-usage-limit-policy (threshold 1.0)"
+REFUSED_TYPES: dict[str, str] = {
+    "concurrency-detector": "saturation is measured from model-server metrics; use utilization-detector",
+    "global-strict-fairness-policy": _FLOWS,
+    "program-aware-fairness": _FLOWS,
+    "edf-ordering-policy": _FCFS,
+    "slo-deadline-ordering-policy": _FCFS,
+    "priority-holdback-policy": _LIMIT,
+    "soft-reflective-ceiling-policy": _LIMIT,
+    "token-load-scorer": "in-flight token counts per endpoint are not tracked; use active-request-scorer",
+    "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
+    "prefix-cache-affinity-filter": "prefix matching runs inside prefix-cache-scorer, after filters",
+    "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
+    "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
+    "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
+    "vllmgrpc-parser": "model servers are reached over HTTP only",
+}
 
 
 def default_registry() -> PluginRegistry:
@@ -61,6 +128,9 @@ def default_registry() -> PluginRegistry:
         PrefixCacheParams,
         lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics),
     )
+    r.register(
+        "predicted-latency-scorer", LatencyParams, lambda p, c: PredictedLatencyScorer(p, clock=c.clock)
+    )
     r.register("low-queue-filter", LowQueueFilterParams, lambda p, c: LowQueueFilter(p))
     r.register(
         "lora-affinity-filter", LoraAffinityFilterParams, lambda p, c: LoraAffinityFilter(p, rng=c.rng)
@@ -69,6 +139,22 @@ def default_registry() -> PluginRegistry:
     r.register("random-picker", PickerParams, lambda p, c: RandomPicker(p, rng=c.rng))
     r.register("round-robin-picker", PickerParams, lambda p, c: RoundRobinPicker(p))
     r.register("weighted-random-picker", PickerParams, lambda p, c: WeightedRandomPicker(p, rng=c.rng))
-    for name in INERT_TYPES:
-        r.register_inert(name)
+    # llm-d-router v0.10 types (scheduling/upstream_plugins.py)
+    r.register("load-aware-scorer", LoadAwareParams, lambda p, c: LoadAwareScorer(p))
+    r.register("active-request-scorer", ActiveRequestParams, lambda p, c: ActiveRequestScorer(p))
+    r.register("context-length-aware", ContextLengthParams, lambda p, c: ContextLengthAware(p))
+    r.register("label-selector-filter", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
+    r.register("by-label-selector", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
+    r.register("by-label", ByLabelParams, lambda p, c: ByLabelFilter(p))
+    r.register("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
+    r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
+    r.register("no-hit-lru-scorer", NoHitLRUParams, lambda p, c: NoHitLRUScorer(p))
+    r.register("header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p))
+    r.register(
+        "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
+    )
+    for name, params in INERT_TYPES.items():
+        r.register_inert(name, params)
+    for name, reason in REFUSED_TYPES.items():
+        r.register_refused(name, reason)
     return r

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
@@ -28,6 +28,7 @@ from infergate.scheduling.framework import (
 )
 from infergate.scheduling.pickers import MaxScorePicker
 from infergate.scheduling.profile import FilterSlot, PickerSlot, PostPickSlot, SchedulerProfile, ScorerSlot
+from infergate.scheduling.profile_handler import HeaderProfileHandler
 from infergate.scheduling.registry import default_registry
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult
 
@@ -87,16 +88,35 @@ class Scheduler:
         metrics: GatewayMetrics | None = None,
         decision_log: DecisionLog | None = None,
         clock: Clock | None = None,
+        profiles: Mapping[str, SchedulerProfile] | None = None,
+        handler: HeaderProfileHandler | None = None,
     ) -> None:
         self.profile = profile
+        """The default profile (the only one unless a profile handler chooses among several)."""
+        self.profiles = dict(profiles or {profile.name: profile})
+        self._handler = handler if len(self.profiles) > 1 else None
         self._plugins = dict(plugins or {})
         self._metrics = metrics
         self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
         self.decision_log = decision_log
         self._clock = clock
+        self._observers: list[Callable[[str, float | None], None]] = []
+        for p in self._plugins.values():
+            observe = getattr(p, "observe_ttft", None)
+            if callable(observe):
+                self._observers.append(observe)
 
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
+
+    def response_headers(self, target: Endpoint) -> dict[str, str]:
+        """Headers plugins add to the response from ``target`` (``x-session-token``)."""
+        out: dict[str, str] = {}
+        for p in self._plugins.values():
+            hook = getattr(p, "response_headers", None)
+            if callable(hook):
+                out.update(hook(target))
+        return out
 
     def forget_endpoint(self, key: str) -> None:
         """Tell every plugin with per-endpoint state that ``key`` is gone."""
@@ -104,6 +124,23 @@ class Scheduler:
             remove = getattr(p, "remove_endpoint", None)
             if callable(remove):
                 remove(key)
+
+    def debug_state(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Each stateful plugin's per-endpoint state (``debug_state()``), by plugin name."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for name, p in self._plugins.items():
+            state = getattr(p, "debug_state", None)
+            if callable(state):
+                out[name] = state()
+        return out
+
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        """Report a scheduled request's observed time to first token (None: it failed first).
+
+        Plugins that learn from outcomes (``predicted-latency-scorer``) correct their model with it.
+        """
+        for observe in self._observers:
+            observe(request_id, ttft_seconds)
 
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
         """Pick a primary target and up to two fallbacks among ``candidates``.
@@ -115,7 +152,8 @@ class Scheduler:
         try:
             if not candidates:
                 raise NoCapacityError("no ready endpoint in the pool")
-            result = self.profile.run(request, candidates, CycleState())
+            profile = self.profile if self._handler is None else self._handler.choose(request, self.profiles)
+            result = profile.run(request, candidates, CycleState())
         except NoCapacityError:
             self._record(request, None, t0)
             raise
@@ -160,12 +198,14 @@ def build_scheduler(
     registry: PluginRegistry | None = None,
     decision_log: DecisionLog | None = None,
 ) -> Scheduler:
-    """Instantiate the configured plugins and assemble the (single) scheduling profile.
+    """Instantiate the configured plugins and assemble the scheduling profiles (several only with a
+    ``header-profile-handler`` choosing one per request).
 
     Raises:
         ConfigError: unknown plugin type, duplicate plugin name, invalid parameters, a profile
             referencing an unknown plugin, a negative or non-finite weight, two pickers in a
-            profile, or more than one profile. The message names the plugin or profile.
+            profile, or several profiles without a profile handler. The message names the plugin or
+            profile.
     """
     reg = registry if registry is not None else default_registry()
     ctx = PluginContext(rng=rng if rng is not None else random.Random(), clock=clock, metrics=metrics)
@@ -182,30 +222,73 @@ def build_scheduler(
         types[name] = spec.type
 
     profiles = list(config.scheduling_profiles)
-    if len(profiles) > 1:
+    handlers = [n for n, inst in instances.items() if isinstance(inst, HeaderProfileHandler)]
+    if len(handlers) > 1:
+        raise ConfigError(f"plugins: several profile handlers ({', '.join(handlers)}); configure one")
+    handler = cast(HeaderProfileHandler, instances[handlers[0]]) if handlers else None
+    if len(profiles) > 1 and handler is None:
         names = ", ".join(p.name for p in profiles)
-        raise ConfigError(f"schedulingProfiles: only one profile is supported, got {len(profiles)} ({names})")
+        raise ConfigError(
+            f"schedulingProfiles: {len(profiles)} profiles ({names}) need a profile handler that picks "
+            "one per request (header-profile-handler); single-profile-handler runs exactly one"
+        )
+    built: dict[str, SchedulerProfile] = {}
     if profiles:
-        pname = profiles[0].name or "default"
-        refs: list[tuple[str, float | None]] = []
-        for ref in profiles[0].plugins:
-            if ref.plugin_ref not in instances:
-                raise ConfigError(
-                    f"schedulingProfiles[{pname}]: pluginRef {ref.plugin_ref!r} names no plugin in plugins:"
-                )
-            refs.append((ref.plugin_ref, ref.weight))
+        for prof in profiles:
+            pname = prof.name or "default"
+            refs: list[tuple[str, float | None]] = []
+            for ref in prof.plugins:
+                if ref.plugin_ref not in instances:
+                    raise ConfigError(
+                        f"schedulingProfiles[{pname}]: pluginRef {ref.plugin_ref!r} "
+                        "names no plugin in plugins:"
+                    )
+                refs.append((ref.plugin_ref, ref.weight))
+            built[pname] = _build_profile(pname, refs, instances, types, metrics, ctx)
     else:
-        pname = "default"
-        refs = [(n, None) for n in instances]
+        stages = [
+            n
+            for n, inst in instances.items()
+            if not isinstance(inst, HeaderProfileHandler) and not getattr(inst, "inert", False)
+        ]
+        refs = [(n, None) for n in stages]
+        built["default"] = _build_profile("default", refs, instances, types, metrics, ctx)
+    if handler is not None and len(built) > 1 and handler.default_profile not in built:
+        raise ConfigError(
+            f"plugins[{handlers[0]}].parameters.defaultProfile: no scheduling profile named "
+            f"{handler.default_profile!r} (profiles: {', '.join(built)})"
+        )
+    return Scheduler(
+        next(iter(built.values())),
+        plugins=instances,
+        metrics=metrics,
+        decision_log=decision_log,
+        clock=clock,
+        profiles=built,
+        handler=handler,
+    )
 
+
+def _build_profile(
+    pname: str,
+    refs: list[tuple[str, float | None]],
+    instances: dict[str, object],
+    types: dict[str, str],
+    metrics: GatewayMetrics | None,
+    ctx: PluginContext,
+) -> SchedulerProfile:
+    """One profile's stages, in the order referenced; a profile without a picker gets max-score."""
     filters: list[FilterSlot] = []
     scorers: list[ScorerSlot] = []
     pickers: list[PickerSlot] = []
     post_picks: list[PostPickSlot] = []
     for name, weight in refs:
         inst, type_ = instances[name], types[name]
-        if getattr(inst, "inert", False):
-            continue
+        if getattr(inst, "inert", False) or isinstance(inst, HeaderProfileHandler):
+            raise ConfigError(
+                f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is not a filter, scorer "
+                "or picker in infergate; remove it from the profile"
+            )
         if weight is not None and not 0 <= weight < math.inf:  # NaN fails both comparisons
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r}: weight must be a finite number >= 0"
@@ -235,7 +318,4 @@ def build_scheduler(
         name = "max-score-picker"
         pickers.append(PickerSlot(name, name, _timer(metrics, "Picker", name, name), default))
         instances.setdefault(name, default)
-    profile = SchedulerProfile(
-        pname, filters=filters, scorers=scorers, picker=pickers[0], post_picks=post_picks
-    )
-    return Scheduler(profile, plugins=instances, metrics=metrics, decision_log=decision_log, clock=clock)
+    return SchedulerProfile(pname, filters=filters, scorers=scorers, picker=pickers[0], post_picks=post_picks)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from infergate.servers.listener import LimitedListener
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint
 
@@ -64,12 +65,15 @@ class AdminServer:
         ready: Callable[[], bool] = lambda: True,
         extra: Callable[[], dict[str, Any]] | None = None,
         routes: Sequence[web.AbstractRouteDef] = (),
+        max_connections: int = 256,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._ready = ready
         self._extra = extra
         self._runner: web.AppRunner | None = None
+        self._listener: LimitedListener | None = None
+        self._max_connections = max_connections
         self._port = 0
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._get_metrics)
@@ -85,13 +89,16 @@ class AdminServer:
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        addrs = self._runner.addresses
-        self._port = int(addrs[0][1]) if addrs else port
+        # its own connection budget: a flood on the inference port cannot lock operators out
+        self._listener = LimitedListener(self._runner, self._max_connections, name="admin")
+        await self._listener.start(host, port, backlog=128)
+        self._port = self._listener.port
         log.info("admin listening on %s:%d", host, self._port)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -4,11 +4,13 @@ This module owns :class:`ApiKeyStore`, the concrete :class:`~infergate.requestco
 the Director calls. Keys come from
 
 * a key file (``--api-keys FILE``, YAML or JSON): a mapping ``key: "*"`` or ``key: [objective, ...]``
-  (a comma-separated string works too);
+  (a comma-separated string works too), or ``key: {objectives: ..., control_headers: true}`` for a
+  key that may also send the control headers (objective, model rewrite, fairness id);
 * Kubernetes ``Secret`` manifests, either in that file or among the ``-f`` manifests when labelled
   ``infergate.dev/api-keys: "true"``: every ``data`` entry (base64) or ``stringData`` entry is one
   key, allowed the objectives in the annotation ``infergate.dev/objectives`` (default ``*``), or in
-  ``infergate.dev/objectives.<entry>`` for that entry alone.
+  ``infergate.dev/objectives.<entry>`` for that entry alone; likewise
+  ``infergate.dev/control-headers[.<entry>]: "true"`` grants the control-headers permission.
 
 Keys are stored only as SHA-256 digests and compared with :func:`hmac.compare_digest` against every
 entry (no early exit), so neither timing nor logs reveal them; principals are named by the Secret
@@ -29,11 +31,13 @@ from typing import Any
 
 import yaml
 
+from infergate.api.loader import expand_lists
 from infergate.errors import AuthenticationError, ConfigError
 from infergate.requestcontrol.access import Principal, presented_key
 
 __all__ = [
     "API_KEYS_LABEL",
+    "CONTROL_HEADERS_ANNOTATION",
     "OBJECTIVES_ANNOTATION",
     "ApiKey",
     "ApiKeyStore",
@@ -43,6 +47,7 @@ __all__ = [
 
 API_KEYS_LABEL = "infergate.dev/api-keys"
 OBJECTIVES_ANNOTATION = "infergate.dev/objectives"
+CONTROL_HEADERS_ANNOTATION = "infergate.dev/control-headers"
 _ANY = "*"
 
 
@@ -53,6 +58,7 @@ class ApiKey:
     digest: bytes
     name: str
     objectives: frozenset[str] | None
+    control_headers: bool = False
 
     def allows(self, objective: str) -> bool:
         return self.objectives is None or objective in self.objectives
@@ -64,6 +70,7 @@ class _Grant:
 
     name: str
     objectives: frozenset[str] | None
+    control_headers: bool = False
 
     def allows(self, objective: str) -> bool:
         return self.objectives is None or objective in self.objectives
@@ -126,7 +133,7 @@ class ApiKeyStore:
         entry = self.match(key)
         if entry is None:
             raise AuthenticationError("invalid API key")
-        return _Grant(entry.name, entry.objectives)
+        return _Grant(entry.name, entry.objectives, entry.control_headers)
 
 
 def _mapping_keys(mapping: Mapping[str, object], source: str) -> list[ApiKey]:
@@ -137,8 +144,24 @@ def _mapping_keys(mapping: Mapping[str, object], source: str) -> list[ApiKey]:
             raise ConfigError(f"{where}: a key must be a non-empty string")
         if key != key.strip() or any(c.isspace() for c in key):
             raise ConfigError(f"{where}: a key must not contain whitespace")
-        out.append(ApiKey(_digest(key), f"{source}#{n}", _objectives(allowed, where)))
+        control = False
+        if isinstance(allowed, dict):
+            unknown = set(allowed) - {"objectives", "control_headers"}
+            if unknown:
+                raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+            control = _flag(allowed.get("control_headers", False), f"{where}: control_headers")
+            allowed = allowed.get("objectives", _ANY)
+        out.append(ApiKey(_digest(key), f"{source}#{n}", _objectives(allowed, where), control))
     return out
+
+
+def _flag(value: object, where: str) -> bool:
+    """A boolean setting: YAML true/false, or the strings "true"/"false" (annotations)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{where}: must be true or false (got {value!r})")
 
 
 def _secret_keys(doc: Mapping[str, Any], source: str) -> list[ApiKey]:
@@ -170,7 +193,11 @@ def _secret_keys(doc: Mapping[str, Any], source: str) -> list[ApiKey]:
             raise ConfigError(f"{where}: {entry}: a key must be non-empty and without whitespace")
         scoped = annotations.get(f"{OBJECTIVES_ANNOTATION}.{entry}")
         allowed = default if scoped is None else _objectives(scoped, f"{where}: {entry}")
-        out.append(ApiKey(_digest(key), f"{name}/{entry}", allowed))
+        control = annotations.get(
+            f"{CONTROL_HEADERS_ANNOTATION}.{entry}", annotations.get(CONTROL_HEADERS_ANNOTATION, "false")
+        )
+        flag = _flag(control, f"{where}: {entry}: {CONTROL_HEADERS_ANNOTATION}")
+        out.append(ApiKey(_digest(key), f"{name}/{entry}", allowed, flag))
     return out
 
 
@@ -183,7 +210,8 @@ def _load_documents(path: Path) -> list[Any]:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             return [json.loads(text)]
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        # `kind: List` (kubectl get -o yaml) is expanded as the manifest loader does.
+        return [o for d in yaml.safe_load_all(text) if d is not None for o in expand_lists(d)]
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read API keys: {exc}") from None
 

@@ -40,6 +40,7 @@ from typing import Any
 from infergate.api.loader import ManifestSet
 from infergate.errors import ConfigError
 from infergate.requestcontrol.headers import DESTINATION_ENDPOINT
+from infergate.servers.children import with_parent_death
 
 __all__ = [
     "EnvoyProcess",
@@ -57,6 +58,8 @@ EXTPROC_CLUSTER = "ext_proc"
 ORIGINAL_DST_CLUSTER = "original_destination_cluster"
 FALLBACK_CLUSTER = "pool_fail_open"
 LONG = "86400s"
+_PREVIOUS_HOSTS = _T + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+_CONNECTION_LIMIT = _T + "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,11 +85,27 @@ class EnvoySettings:
     request_body_mode: str | None = None
     response_body_mode: str = "FULL_DUPLEX_STREAMED"
     max_request_bytes: int = 8 << 20
-    message_timeout: str = "1000s"
+    message_timeout: str = "65s"
+    """How long Envoy waits for one picker reply; bounds a frozen picker. The picker may hold the
+    request-headers reply while the request waits in flow control, so this is the queue TTL
+    (``request_ttl``, 60 s) plus a margin."""
     grpc_timeout: str = "10s"
     picker_health_check: bool = True
     max_connections: int = 40000
+    """Upstream circuit-breaker limits per cluster."""
+    max_client_connections: int = 10000
+    """Downstream connections the listener holds at once; more are closed at accept."""
+    request_headers_timeout: str = "75s"
+    """A client must complete its request head within this (the built-in proxy's ``idle_timeout``)."""
+    request_timeout: str = "140s"
+    """A client must complete its whole request (head and body) within this; the timer stops once the
+    request went upstream, so it also covers the picker's flow-control wait (``idle_timeout`` +
+    ``request_ttl`` + 5 s by default). Responses are not limited by it."""
+    idle_timeout: str = "3600s"
+    """Idle keep-alive client connections are closed after this."""
     retries: int = 0
+    health_path: str = "/health"
+    """Health-check path of the fail-open cluster (the InferencePool's model servers)."""
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -133,6 +152,9 @@ def _ext_proc_filter(s: EnvoySettings) -> dict[str, Any]:
                 "response_trailer_mode": "SEND" if s.response_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
             },
             "message_timeout": s.message_timeout,
+            # accept the picker's dynamic metadata: the routing decision, and the mark on its own
+            # immediate replies that the local-reply mapper reads
+            "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb", "infergate"]}},
         },
     }
 
@@ -152,7 +174,24 @@ def _routes(s: EnvoySettings) -> list[dict[str, Any]]:
             routes.append(
                 {
                     "match": {"prefix": prefix},
-                    "route": {"cluster": FALLBACK_CLUSTER, "timeout": LONG, "idle_timeout": LONG},
+                    "route": {
+                        "cluster": FALLBACK_CLUSTER,
+                        "timeout": LONG,
+                        "idle_timeout": LONG,
+                        # one retry on another replica before any response byte, as the built-in
+                        # proxy's retry budget
+                        "retry_policy": {
+                            "retry_on": "connect-failure,refused-stream,reset,gateway-error",
+                            "num_retries": 1,
+                            "retry_host_predicate": [
+                                {
+                                    "name": "envoy.retry_host_predicates.previous_hosts",
+                                    "typed_config": {"@type": _PREVIOUS_HOSTS},
+                                }
+                            ],
+                            "host_selection_retry_max_attempts": 3,
+                        },
+                    },
                 }
             )
     return routes
@@ -224,6 +263,24 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
                 "connect_timeout": "10s",
                 "lb_policy": "LEAST_REQUEST",
                 "circuit_breakers": _thresholds(n),
+                # a dead replica leaves the fail-open cluster after two failed probes or three
+                # 5xx/connect failures in a row, as it leaves the picker's rotation
+                "health_checks": [
+                    {
+                        "timeout": "1s",
+                        "interval": "1s",
+                        "unhealthy_threshold": 2,
+                        "healthy_threshold": 1,
+                        "http_health_check": {"path": s.health_path},
+                    }
+                ],
+                "outlier_detection": {
+                    "consecutive_5xx": 3,
+                    "consecutive_gateway_failure": 2,
+                    "interval": "1s",
+                    "base_ejection_time": "10s",
+                    "max_ejection_percent": 100,
+                },
                 "load_assignment": {
                     "cluster_name": FALLBACK_CLUSTER,
                     "endpoints": [
@@ -270,6 +327,64 @@ def settings_from_manifests(
     )
 
 
+def _local_reply_config() -> dict[str, Any]:
+    """Errors Envoy makes up itself (no healthy upstream, picker unreachable, bad request head,
+    timeouts) get the OpenAI error JSON the picker and the built-in proxy answer with.
+
+    The picker's own immediate replies are already that JSON; they carry the dynamic metadata
+    ``infergate.answered`` and are left alone.
+    """
+
+    def mapper(low: int, high: int, error_type: str) -> dict[str, Any]:
+        return {
+            "filter": {
+                "and_filter": {
+                    "filters": [
+                        {
+                            "metadata_filter": {
+                                "matcher": {
+                                    "filter": "infergate",
+                                    "path": [{"key": "answered"}],
+                                    # present on the picker's replies: then this never matches
+                                    "value": {"string_match": {"exact": "-"}},
+                                },
+                                "match_if_key_not_found": True,
+                            }
+                        },
+                        {
+                            "status_code_filter": {
+                                "comparison": {
+                                    "op": "GE",
+                                    "value": {"default_value": low, "runtime_key": "infergate.none"},
+                                }
+                            }
+                        },
+                        {
+                            "status_code_filter": {
+                                "comparison": {
+                                    "op": "LE",
+                                    "value": {"default_value": high, "runtime_key": "infergate.none"},
+                                }
+                            }
+                        },
+                    ]
+                }
+            },
+            "body_format_override": {
+                "json_format": {
+                    "error": {
+                        "message": "%LOCAL_REPLY_BODY%",
+                        "type": error_type,
+                        "param": None,
+                        "code": "%RESPONSE_CODE%",
+                    }
+                }
+            },
+        }
+
+    return {"mappers": [mapper(400, 499, "invalid_request_error"), mapper(500, 599, "upstream_error")]}
+
+
 def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) -> dict[str, Any]:
     """The Envoy v3 bootstrap as a plain dict (``json.dumps``/``yaml.safe_dump`` it).
 
@@ -288,11 +403,14 @@ def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) ->
         "normalize_path": True,
         "merge_slashes": True,
         "stream_idle_timeout": LONG,
-        "request_timeout": "0s",
+        # slow clients: the head and the whole request are bounded, the response is not
+        "request_headers_timeout": s.request_headers_timeout,
+        "request_timeout": s.request_timeout,
         "common_http_protocol_options": {
             "headers_with_underscores_action": "REJECT_REQUEST",
-            "idle_timeout": "3600s",
+            "idle_timeout": s.idle_timeout,
         },
+        "local_reply_config": _local_reply_config(),
         "http2_protocol_options": {"max_concurrent_streams": 100},
         "early_header_mutation_extensions": [
             {
@@ -333,7 +451,18 @@ def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) ->
                     "filter_chains": [
                         {
                             "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                                {
+                                    "name": "envoy.filters.network.connection_limit",
+                                    "typed_config": {
+                                        "@type": _CONNECTION_LIMIT,
+                                        "stat_prefix": "listener_connections",
+                                        "max_connections": s.max_client_connections,
+                                    },
+                                },
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                },
                             ]
                         }
                     ],
@@ -420,7 +549,10 @@ class EnvoyProcess:
         ]  # fmt: skip
         with self.log_path.open("ab") as log_file:
             self._proc = subprocess.Popen(
-                argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                with_parent_death(argv),  # no orphan Envoy holding the port if we are killed
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self._addr_file = addr_file
         log.info("envoy started pid=%d config=%s", self._proc.pid, config)

@@ -8,14 +8,19 @@ proxy drives, so the two data planes cannot drift apart.
 
 Ordering (GIE reference §1.2/§2.1, FULL_DUPLEX_STREAMED): request headers are not answered until the
 body's end of stream, then the headers reply (destination, Content-Length, clear_route_cache,
-``envoy.lb`` metadata) is followed by the body as streamed chunks. A bodiless request (headers with
-end_of_stream) is answered at once with a random ready endpoint. In BUFFERED request-body mode the
-headers are acknowledged at once and the routing mutation rides on the body reply.
+``envoy.lb`` metadata) is followed by the body as streamed chunks. The request policy
+(:func:`~infergate.requestcontrol.access.classify_request`, API keys) is applied to the request
+headers: ``/v1/models`` and ``/health`` are answered by the picker, every other path outside the
+inference API, and every request without a valid key, gets an immediate OpenAI-shaped error before
+Envoy sends one body byte; a bodiless inference call goes to the Director (400). In BUFFERED
+request-body mode the headers are acknowledged at once and the routing mutation rides on the body
+reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import uuid
@@ -31,10 +36,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from infergate.errors import InternalError, RequestError, RequestTooLargeError
+from infergate.errors import ClientDisconnectedError, InternalError, RequestError, RequestTooLargeError
 from infergate.requestcontrol import headers as H
+from infergate.requestcontrol.access import Route, classify_request
 from infergate.servers import extproc_messages as msg
-from infergate.types import Endpoint
 
 if TYPE_CHECKING:
     from infergate.requestcontrol.director import Director, RequestContext
@@ -62,9 +67,9 @@ _UNTRUSTED = H.ROUTING_OUTPUTS
 
 
 class EndpointSource(Protocol):
-    """Ready endpoints, for bodiless requests that need no scheduling (reference: random pick)."""
+    """What the pool serves, for ``GET /v1/models`` answered by the picker itself."""
 
-    def candidates(self) -> list[Endpoint]: ...
+    def served_models(self) -> frozenset[str]: ...
 
 
 @dataclass(kw_only=True)
@@ -81,14 +86,6 @@ class _Stream:
     request_done: bool = False
     ctx: RequestContext | None = None
     response_done: bool = False
-
-
-def _ip_of(address: str) -> str:
-    """The host part of ``host:port`` / ``[v6]:port`` (subset hints match on IP only, as the reference)."""
-    if address.startswith("["):
-        return address[1 : address.find("]")]
-    host, sep, _ = address.rpartition(":")
-    return host if sep else address
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -116,7 +113,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._max_endpoints = max(1, max_endpoints)
         self._endpoints = endpoints
         if endpoints is None:
-            log.warning("ext_proc picker has no endpoint source: bodiless requests (GET) will get 500")
+            log.warning("ext_proc picker has no endpoint source: GET /v1/models will list no model")
         self._rng = rng or random.Random()
         self._default_request_mode = default_request_mode
         self._default_response_mode = default_response_mode
@@ -146,8 +143,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         replies.append(msg.trailers_response(request=True))
                 for reply in replies:
                     await context.write(reply)
-        except asyncio.CancelledError as exc:
-            error = exc
+        except asyncio.CancelledError:
+            # Envoy reset the stream: its client went away (not a gateway error)
+            error = ClientDisconnectedError("the client disconnected")
             raise
         except Exception as exc:
             error = exc
@@ -157,7 +155,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.active_streams -= 1
             if st.ctx is not None:
                 if error is None and not st.response_done:
-                    error = ConnectionError("ext_proc stream ended before the response completed")
+                    # Envoy closes the stream early when the client leaves (Envoy's own failures
+                    # still pass through the response phase as a local reply)
+                    error = ClientDisconnectedError("ext_proc stream ended before the response completed")
                 self._director.handle_response_complete(st.ctx, error=error)
 
     # ------------------------------------------------------------------ dispatch
@@ -183,7 +183,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return [msg.trailers_response(request=False)]
         return []
 
-    def _on_request_headers(self, st: _Stream, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def _on_request_headers(
+        self, st: _Stream, req: pb.ProcessingRequest
+    ) -> list[pb.ProcessingResponse] | None:
         raw = msg.read_headers(req.request_headers)
         st.path = raw.get(":path") or raw.get("x-original-path") or raw.get("x-forwarded-path") or "/"
         st.headers = {k: v for k, v in raw.items() if k[:1] != ":" and k not in _UNTRUSTED}
@@ -194,9 +196,22 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             st.subset = msg.subset_hint(req.metadata_context)
             if st.subset is not None:
                 st.headers[H.DESTINATION_ENDPOINT_SUBSET] = ",".join(st.subset)
-        if req.request_headers.end_of_stream:
+        try:
+            # The request policy, on headers alone: the path must exist and the key be valid
+            # before Envoy hands over one byte of the body (bodiless requests included).
+            route = classify_request(raw.get(":method", "GET"), st.path)
+            if route is Route.HEALTH:
+                st.request_done = True
+                return [msg.json_immediate_response(200, b'{"status": "ok"}')]
+            self._director.authenticate(st.headers)
+            if route is Route.MODELS:
+                st.request_done = True
+                return [msg.json_immediate_response(200, self._model_list())]
+        except RequestError as exc:
             st.request_done = True
-            return [self._bodiless_reply(st)]
+            return [msg.error_response(exc)]
+        if req.request_headers.end_of_stream:
+            return None  # an inference call without a body: the Director answers it (400)
         if st.request_mode in _BUFFERED_MODES:
             # Envoy waits for this answer before sending the buffered body.
             return [msg.headers_response(request=True)]
@@ -219,19 +234,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def _extra_headers(self, st: _Stream) -> list[tuple[str, str]]:
         return [(H.REQUEST_ID, st.generated_request_id)] if st.generated_request_id else []
 
-    def _bodiless_reply(self, st: _Stream) -> pb.ProcessingResponse:
-        """Header-only request (e.g. GET /v1/models): any ready endpoint, no scheduling (as the reference)."""
-        ready = self._endpoints.candidates() if self._endpoints is not None else []
-        if st.subset is not None:
-            ips = {_ip_of(a) for a in st.subset}
-            ready = [e for e in ready if e.meta.address in ips]
-        if not ready:
-            return msg.immediate_response(500, "no pods available in datastore")
-        dest = self._rng.choice(ready).key
-        mutation = msg.request_route_mutation(dest, body_length=None, extra=self._extra_headers(st))
-        return msg.headers_response(
-            request=True, mutation=mutation, clear_route_cache=True, dynamic_metadata=msg.route_metadata(dest)
-        )
+    def _model_list(self) -> bytes:
+        """``GET /v1/models`` answered by the picker: the models the pool's ready endpoints serve."""
+        names = self._endpoints.served_models() if self._endpoints is not None else frozenset()
+        data = [{"id": n, "object": "model", "owned_by": "infergate"} for n in sorted(names)]
+        return json.dumps({"object": "list", "data": data}).encode()
 
     async def _route(self, st: _Stream) -> list[pb.ProcessingResponse]:
         """Hand the whole request to the Director and turn its decision into Envoy replies."""
@@ -274,9 +281,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             except ValueError:
                 status = 502
             self._director.handle_response_headers(st.ctx, status, raw)
+            remove: list[str] = []
             if st.ctx.request.model != st.ctx.request.target_model and "content-length" in raw:
                 # The model name is put back in the body, which changes its length.
-                mutation = pb.HeaderMutation(remove_headers=["content-length"])
+                remove.append("content-length")
+            extra = self._director.response_headers(st.ctx)
+            if remove or extra:
+                mutation = pb.HeaderMutation(
+                    remove_headers=remove, set_headers=[msg.header_option(k, v) for k, v in extra.items()]
+                )
         if headers.end_of_stream:
             self._finish_response(st)
         return [msg.headers_response(request=False, mutation=mutation)]

@@ -12,6 +12,7 @@ metadata ``envoy.lb``; bodies go back as streamed chunks of at most 62,000 bytes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 
 from envoy.config.core.v3 import base_pb2
@@ -34,6 +35,7 @@ __all__ = [
     "header_option",
     "headers_response",
     "immediate_response",
+    "json_immediate_response",
     "read_headers",
     "request_route_mutation",
     "route_metadata",
@@ -220,17 +222,52 @@ def trailers_response(*, request: bool) -> pb.ProcessingResponse:
     return _REQUEST_TRAILERS_ACK if request else _RESPONSE_TRAILERS_ACK
 
 
-def immediate_response(status: int, message: str) -> pb.ProcessingResponse:
-    """End the HTTP request at Envoy with ``status`` and the reference's plain-text error body."""
-    body = f"inference error: {error_code_name(status)} - {message}"
+# Dynamic metadata on every immediate reply, so the bootstrap's local-reply mapper can tell the
+# picker's own (already OpenAI-shaped) answers from errors Envoy makes up itself.
+LOCAL_REPLY_NAMESPACE = "infergate"
+LOCAL_REPLY_KEY = "answered"
+
+
+def _answered_metadata() -> struct_pb2.Struct:
+    md = struct_pb2.Struct()
+    md.fields[LOCAL_REPLY_NAMESPACE].struct_value.fields[LOCAL_REPLY_KEY].string_value = "picker"
+    return md
+
+
+def json_immediate_response(
+    status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()
+) -> pb.ProcessingResponse:
+    """End the HTTP request at Envoy with ``status`` and a JSON ``body`` (content type set)."""
+    set_headers = [header_option("content-type", "application/json")]
+    set_headers.extend(header_option(k, v) for k, v in headers)
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),
-            body=body.encode(),
-        )
+            body=body,
+            headers=pb.HeaderMutation(set_headers=set_headers),
+            details=f"infergate_{error_code_name(status)}" if status >= 400 else "infergate",
+        ),
+        dynamic_metadata=_answered_metadata(),
     )
 
 
+def immediate_response(status: int, message: str) -> pb.ProcessingResponse:
+    """An OpenAI-shaped error reply for ``status`` (the same body the built-in proxy answers)."""
+    err = RequestError(message)
+    err.status = status
+    err.error_type = "service_unavailable" if status == 503 else "internal_error"
+    err.code = error_code_name(status)
+    return error_response(err)
+
+
 def error_response(err: RequestError) -> pb.ProcessingResponse:
-    """The immediate reply for a request-ending gateway error."""
-    return immediate_response(err.status, err.message)
+    """The immediate reply for a request-ending gateway error: OpenAI error JSON, as the proxy's."""
+    headers: list[tuple[str, str]] = []
+    if err.retry_after is not None:
+        headers.append(("retry-after", str(max(1, round(err.retry_after)))))
+    elif err.status == 429:
+        headers.append(("retry-after", "1"))
+    allow = getattr(err, "allow", None)
+    if isinstance(allow, str):
+        headers.append(("allow", allow))
+    return json_immediate_response(err.status, json.dumps(err.to_openai()).encode(), headers)

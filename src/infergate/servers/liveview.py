@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -112,6 +113,10 @@ def _flow_state(flow: FlowController | None, now: float) -> dict[str, Any]:
     }
 
 
+ModelState = Callable[[], Mapping[str, Mapping[str, Mapping[str, float]]]]
+"""The scheduler's per-plugin, per-endpoint model state (``Scheduler.debug_state``)."""
+
+
 def live_state(
     datastore: Datastore,
     *,
@@ -119,6 +124,7 @@ def live_state(
     decisions: DecisionLog | None = None,
     pool_name: str | None = None,
     limit: int = DEFAULT_DECISIONS,
+    model_state: ModelState | None = None,
 ) -> dict[str, Any]:
     """The JSON document the page polls (also handy for scripts and tests).
 
@@ -133,9 +139,11 @@ def live_state(
     if pool_name is None:
         pool = datastore.pool
         pool_name = pool.name if pool is not None else ""
+    models = model_state() if model_state is not None else {}
     return {
         "pool": pool_name,
         "now": now,
+        "latency_model": {key: state for plugin in models.values() for key, state in plugin.items()},
         "staleness": datastore.staleness,
         "endpoints": [
             _endpoint_state(datastore, e, now=now, candidate=e.key in candidates) for e in endpoints
@@ -212,6 +220,7 @@ def liveview_routes(
     flow: FlowController | None = None,
     decisions: DecisionLog | None = None,
     pool_name: str | None = None,
+    model_state: ModelState | None = None,
 ) -> list[web.RouteDef]:
     """``GET /live``, ``GET /live/`` (the page) and ``GET /live/state`` (the JSON) for an aiohttp app."""
 
@@ -229,6 +238,7 @@ def liveview_routes(
             decisions=decisions,
             pool_name=pool_name,
             limit=_decisions_limit(request),
+            model_state=model_state,
         )
         resp = web.json_response(body)
         resp.headers["Cache-Control"] = "no-store"

@@ -5,12 +5,18 @@ It owns the HTTP side only: route matching (HTTPRoute path prefixes), body limit
 session, retries before the first response byte, chunk-by-chunk streaming with backpressure, and
 OpenAI-shaped error bodies. Which endpoint to use, and all accounting, is the Director's job.
 
-It also withdraws requests from endpoints that leave rotation: a datastore listener sees an
-endpoint turn unhealthy or disappear and aborts the exchanges in flight there. One that has not
-sent a byte to its client yet is retried elsewhere like a connection error; one already relaying
-is cut as soon as its upstream stays silent for ``evicted_idle_timeout`` (a frozen replica), and
-ends like any mid-stream failure, while a replica that is merely slow to answer its probe keeps
-streaming.
+It also withdraws requests from endpoints that go down: the scraper declares an endpoint down
+after ``evict_after_failed_probes`` failed health probes in a row (:meth:`ProxyServer.endpoint_down`),
+and a datastore listener sees endpoints removed from the pool. One exchange that has not sent a
+byte to its client yet is retried elsewhere like a connection error; one already relaying is cut
+as soon as its upstream stays silent for the eviction window (``evicted_idle_timeout``, or
+``evicted_idle_factor`` times the stream's longest gap so far), and ends like any mid-stream
+failure, while a replica that is merely slow to answer its probe keeps streaming.
+
+Retry budget: a request is retried at most ``retries`` times (1), and never once two endpoints
+went down while serving it - such a request is likely what stalls them (a "poison" request). It is
+failed with ``code: retry_refused`` and counted in ``infergate_request_retry_refused_total``.
+Client-visible error messages never name a backend address; the logs do.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from multidict import CIMultiDict
 
 from infergate.errors import (
     BadRequestError,
+    ClientDisconnectedError,
     InternalError,
     RequestError,
     RequestTimeoutError,
@@ -36,8 +43,9 @@ from infergate.errors import (
     UpstreamTimeoutError,
 )
 from infergate.requestcontrol import headers as H
+from infergate.requestcontrol.access import MethodNotAllowedError, PathNotFoundError, Route, classify_request
 from infergate.requestcontrol.director import Director, RequestContext
-from infergate.requestcontrol.parsing import api_kind_for_path
+from infergate.servers.listener import LimitedListener
 from infergate.servers.upstream import (
     Exchange,
     UpstreamAborted,
@@ -46,7 +54,8 @@ from infergate.servers.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from infergate.types import ApiKind, Endpoint
+from infergate.telemetry import GatewayMetrics
+from infergate.types import Endpoint
 
 __all__ = ["ProxyOptions", "ProxyServer", "error_response"]
 
@@ -54,6 +63,8 @@ log = logging.getLogger("infergate.proxy")
 
 # Non-streamed upstream bodies up to this size are read whole and answered in one write.
 _BUFFER_LIMIT = 1 << 20
+# A request is never retried again once this many endpoints went down while serving it.
+_MAX_STRIKES = 2
 _JSON = "application/json"
 
 
@@ -77,9 +88,12 @@ class ProxyOptions:
     """Once the upstream's response head arrived, a body that gets no byte for this long fails
     like a broken connection (SSE error event, or a cut plain body)."""
     evicted_idle_timeout: float = 1.0
-    """A response already relaying when its endpoint leaves rotation is cut after this long
-    without a byte; 0 cuts it at once. Exchanges that sent nothing to the client are always
-    withdrawn at once and retried."""
+    """A response already relaying when its endpoint goes down is cut after this long without a
+    byte (or ``evicted_idle_factor`` times the stream's longest gap so far, if longer); 0 cuts it
+    at once. Exchanges that sent nothing to the client are always withdrawn at once and retried."""
+    evicted_idle_factor: float = 4.0
+    max_client_connections: int = 10000
+    """Client connections open at once; more are closed at accept (the admin port has its own)."""
 
 
 class EndpointSource(Protocol):
@@ -94,6 +108,8 @@ class EndpointSource(Protocol):
 def error_response(exc: RequestError) -> web.Response:
     """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
     headers: dict[str, str] = {}
+    if isinstance(exc, MethodNotAllowedError):
+        headers["Allow"] = exc.allow
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif exc.status == 429:
@@ -114,13 +130,20 @@ class ProxyServer:
     """One listener forwarding OpenAI requests to the pool chosen by the Director."""
 
     def __init__(
-        self, director: Director, endpoints: EndpointSource, options: ProxyOptions | None = None
+        self,
+        director: Director,
+        endpoints: EndpointSource,
+        options: ProxyOptions | None = None,
+        *,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._director = director
+        self._metrics = metrics
         self._endpoints = endpoints
         self._opts = options or ProxyOptions()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.ServerRunner | None = None
+        self._listener: LimitedListener | None = None
         self._port = 0
         self._in_flight = 0
         self.draining = False
@@ -173,15 +196,17 @@ class ProxyServer:
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=self._opts.shutdown_grace)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
-        await site.start()
-        addrs = self._runner.addresses
-        self._port = int(addrs[0][1]) if addrs else port
+        self._listener = LimitedListener(self._runner, self._opts.max_client_connections, name="proxy")
+        await self._listener.start(host, port)
+        self._port = self._listener.port
         log.info("proxy listening on %s:%d", host, self._port)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then close."""
         self.draining = True
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()  # draining requests are still withdrawn from departed endpoints
             self._runner = None
@@ -207,19 +232,15 @@ class ProxyServer:
         path = request.path
         try:
             if not self._routed(path):
-                raise _NotFound(f"no route for path {path}")
-            if path.rstrip("/").endswith("/v1/models"):
-                if request.method not in ("GET", "HEAD"):
-                    return _method_not_allowed("GET")
-                self._director.authenticate(request.headers)  # any valid key (401 otherwise)
-                return await self._models()
-            if path in ("/health", "/healthz"):
+                raise PathNotFoundError("no such path on this gateway")
+            route = classify_request(request.method, path)
+            if route is Route.HEALTH:
                 return web.Response(status=503 if self.draining else 200, text="ok\n")
-            api = api_kind_for_path(path)
-            if api is ApiKind.OTHER and not path.rstrip("/").endswith("/responses"):
-                raise _NotFound(f"unknown path {path}")
-            if request.method != "POST":
-                return _method_not_allowed("POST")
+            # The key is checked on the headers, before one byte of the body is read, for every
+            # method and body size (a bodiless POST too).
+            self._director.authenticate(request.headers)
+            if route is Route.MODELS:
+                return await self._models()
             body = await self._read_body(request)
         except RequestError as exc:
             return error_response(exc)
@@ -305,11 +326,11 @@ class ProxyServer:
         return ep is not None and ep.healthy
 
     def _on_pool_change(self) -> None:
-        """Datastore listener (runs on every change): withdraw exchanges on departed endpoints.
+        """Datastore listener (runs on every change): withdraw exchanges on removed endpoints.
 
         Metrics and in-flight changes (every scrape, every request) leave the membership version
-        alone and return at once; a join, departure or health change costs one lookup per endpoint
-        that has requests in flight.
+        alone and return at once. An endpoint that only turned unhealthy keeps its exchanges until
+        the scraper declares it down (:meth:`endpoint_down`, after several failed probes).
         """
         version = self._endpoints.membership_version
         if version == self._membership_seen:
@@ -318,26 +339,28 @@ class ProxyServer:
         if not self._flights:
             return
         endpoint = self._endpoints.endpoint
-        gone: list[str] = []
-        for key in self._flights:
-            ep = endpoint(key)
-            if ep is None or not ep.healthy:
-                gone.append(key)
-        for key in gone:
-            for ex in self._flights.pop(key):
-                self._evict(ex)
+        for key in [k for k in self._flights if endpoint(k) is None]:
+            self.endpoint_down(key)
+
+    def endpoint_down(self, key: str) -> None:
+        """Withdraw every exchange in flight on ``key`` (scraper down listener, pool removal)."""
+        for ex in self._flights.pop(key, ()):
+            self._evict(ex)
 
     def _evict(self, ex: Exchange) -> None:
-        reason = f"endpoint {ex.key} left rotation"
+        reason = "the model server left rotation"
+        log.warning("withdrawing a request from endpoint %s: it went down", ex.key)
+        ex.evicted = True
         if ex.relaying:
-            ex.limit_idle(self._opts.evicted_idle_timeout, reason)
+            window = max(self._opts.evicted_idle_timeout, self._opts.evicted_idle_factor * ex.max_gap)
+            ex.limit_idle(window, reason)
         else:
             ex.abort(reason)
 
     def _track(self, key: str) -> Exchange:
         ex = Exchange(key)
         if not self._in_rotation(key):  # departed between the pick and now
-            ex.abort(f"endpoint {key} left rotation")
+            ex.abort("the model server left rotation")
             return ex
         live = self._flights.get(key)
         if live is None:
@@ -372,6 +395,7 @@ class ProxyServer:
         """
         assert self._upstream is not None
         hdrs = self._upstream_headers(request, ctx)
+        strikes = 0  # endpoints that went down while serving this request
         while True:
             key = ctx.target.key
             meta = ctx.target.meta
@@ -383,7 +407,8 @@ class ProxyServer:
                 )
                 if resp.status >= 500 and self._director.retry_target(ctx) is not None:
                     log.warning(
-                        "endpoint answered %d before any byte; retrying request_id=%s",
+                        "endpoint %s answered %d before any byte; retrying request_id=%s",
+                        key,
                         resp.status,
                         ctx.request_id,
                     )
@@ -397,19 +422,35 @@ class ProxyServer:
                 except BaseException:
                     resp.close()
                     raise
-            except UpstreamTimeout:
-                failure = UpstreamTimeoutError(f"endpoint {key} timed out")
+            except UpstreamTimeout as exc:
+                log.warning("endpoint %s: %s request_id=%s", key, exc, ctx.request_id)
+                failure = UpstreamTimeoutError("the model server did not answer in time")
             except UpstreamAborted as exc:
+                strikes += ex.evicted
+                log.warning("endpoint %s: %s request_id=%s", key, exc, ctx.request_id)
                 failure = UpstreamError(f"{exc} before answering")
             except UpstreamConnectionError as exc:
-                failure = UpstreamError(f"endpoint {key} failed: {exc}")
+                log.warning("endpoint %s failed: %s request_id=%s", key, exc, ctx.request_id)
+                failure = UpstreamError("the model server failed before answering")
             except BaseException:
                 self._untrack(ex)
                 raise
             self._untrack(ex)
+            if strikes >= _MAX_STRIKES:
+                if self._metrics is not None:
+                    self._metrics.retry_refused_total.labels(reason="endpoints_down").inc()
+                log.warning(
+                    "request_id=%s not retried: %d endpoints went down while serving it",
+                    ctx.request_id,
+                    strikes,
+                )
+                raise UpstreamError(
+                    f"the request was not retried: {strikes} model servers went down while serving it",
+                    code="retry_refused",
+                )
             if self._director.retry_target(ctx) is None:
                 raise failure
-            log.warning("%s; retrying request_id=%s", failure.message, ctx.request_id)
+            log.info("retrying request_id=%s elsewhere after: %s", ctx.request_id, failure.message)
 
     async def _forward(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         director = self._director
@@ -423,6 +464,7 @@ class ProxyServer:
             out_headers = CIMultiDict(H.clean_response_headers(resp.headers.items()))
             if self._opts.served_header:
                 out_headers[H.DESTINATION_ENDPOINT_SERVED] = ctx.target.key
+            out_headers.update(director.response_headers(ctx))
             if data is not None:
                 payload = director.handle_response_chunk(ctx, data, end_of_stream=True)
                 return web.Response(status=resp.status, reason=resp.reason, body=payload, headers=out_headers)
@@ -431,7 +473,9 @@ class ProxyServer:
             error = failure
             return streamed
         except BaseException as exc:
-            error = exc
+            # the client went away (handler cancelled, or writing to it failed): not a gateway error
+            gone = isinstance(exc, (asyncio.CancelledError, ConnectionResetError))
+            error = ClientDisconnectedError("the client disconnected") if gone else exc
             raise
         finally:
             if resp is not None:
@@ -470,12 +514,12 @@ class ProxyServer:
         except (UpstreamConnectionError, UpstreamTimeout) as exc:
             failure: RequestError
             if isinstance(exc, UpstreamTimeout):
-                failure = UpstreamTimeoutError(f"endpoint {ctx.target.key} stalled mid-stream")
+                failure = UpstreamTimeoutError("the model server stalled mid-stream")
             elif isinstance(exc, UpstreamAborted):
                 failure = UpstreamError(f"{exc} mid-stream")
             else:
-                failure = UpstreamError(f"endpoint {ctx.target.key} failed mid-stream: {type(exc).__name__}")
-            log.warning("%s request_id=%s", failure.message, ctx.request_id)
+                failure = UpstreamError(f"the model server failed mid-stream: {type(exc).__name__}")
+            log.warning("endpoint %s: %s request_id=%s", ctx.target.key, failure.message, ctx.request_id)
             if ctx.streaming:
                 await out.write(_sse_error(failure))
                 await out.write_eof()
@@ -484,17 +528,3 @@ class ProxyServer:
             return out, failure
         await out.write_eof()
         return out, None
-
-
-class _NotFound(RequestError):
-    status = 404
-    error_type = "invalid_request_error"
-    code = "not_found"
-
-
-def _method_not_allowed(allowed: str) -> web.Response:
-    err = BadRequestError(f"method not allowed; use {allowed}", code="method_not_allowed")
-    resp = error_response(err)
-    resp.set_status(405)
-    resp.headers["Allow"] = allowed
-    return resp

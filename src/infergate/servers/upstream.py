@@ -58,13 +58,21 @@ class Exchange:
     note (the proxy sets it once bytes went to its client); this module does not read it.
     """
 
-    __slots__ = ("_conn", "aborted", "key", "relaying")
+    __slots__ = ("_conn", "aborted", "evicted", "key", "relaying")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.relaying = False
+        self.evicted = False
+        """The caller's note that it withdrew the exchange because its endpoint went down."""
         self.aborted: UpstreamAborted | None = None
         self._conn: _Conn | None = None
+
+    @property
+    def max_gap(self) -> float:
+        """The longest wait between two body reads of the response so far (0 before two arrived):
+        the stream's own inter-token latency, for a silence window that fits slow streams."""
+        return self._conn.max_gap if self._conn is not None else 0.0
 
     def abort(self, reason: str) -> None:
         """Withdraw now: the pending or next read raises :class:`UpstreamAborted`."""
@@ -109,6 +117,9 @@ class _Conn(asyncio.Protocol):
         self._timer: asyncio.Timeout | None = None
         self.limited: tuple[float, UpstreamAborted] | None = None
         self._paused = False
+        self.measuring = False  # set once the response head was parsed: body gaps count from then
+        self.last_data = -1.0
+        self.max_gap = 0.0
 
     # -- protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,6 +129,11 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self.received_any = True
+        if self.measuring:
+            now = asyncio.get_running_loop().time()
+            if self.last_data >= 0.0 and now - self.last_data > self.max_gap:
+                self.max_gap = now - self.last_data
+            self.last_data = now
         if len(self.buf) > _HIGH_WATER and self.transport is not None and not self._paused:
             self._paused = True
             self.transport.pause_reading()
@@ -243,6 +259,7 @@ class UpstreamResponse:
                 raise UpstreamConnectionError(f"{c.key} closed the connection before answering")
             await c.wait_data(self._timeout)
         self._timeout = self._idle_timeout
+        c.measuring = True
         head = c.take(end + 4).decode("latin-1")
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)
@@ -431,6 +448,7 @@ class UpstreamPool:
         if self._closed or len(q) >= self._max_idle:
             conn.close()
         else:
+            conn.measuring, conn.last_data, conn.max_gap = False, -1.0, 0.0
             q.append(conn)
 
     async def _connect(self, key: str, host: str, port: int) -> _Conn:

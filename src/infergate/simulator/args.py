@@ -15,7 +15,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+from infergate.simulator.engine_types import EngineConfig
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -84,6 +86,7 @@ class SimulatorArgs:
     max_lora_rank: int = 16
     lora_modules: tuple[LoraModule, ...] = ()
     allow_runtime_lora_updating: bool = False
+    max_n_sequences: int = 16384  # VLLM_MAX_N_SEQUENCES: the largest `n` a request may ask for
     profile: str | None = None
     seed: int = 0
     num_gpu_blocks: int | None = None
@@ -91,11 +94,42 @@ class SimulatorArgs:
     echo: bool = False
     kv_events_endpoint: str | None = None
     kv_events_topic: str = ""
-    kv_events_encoding: str = "array"
+    kv_events_encoding: str = "map"
+    prefix_caching_hash_algo: str = "sha256"
+    hash_seed: str | None = None  # PYTHONHASHSEED
+    kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
     time_scale: float = 1.0
     prompt_tokens_details: bool = False
+    enable_server_load_tracking: bool = False
     log_level: str = "info"
     ignored_flags: tuple[str, ...] = field(default=())
+
+    def engine_config(self) -> EngineConfig:
+        """EngineConfig from the command line; flags left unset keep the engine's defaults."""
+        overrides: dict[str, Any] = {
+            "model": self.model,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enable_lora": self.enable_lora,
+            "max_loras": self.max_loras,
+            "max_cpu_loras": self.max_cpu_loras,
+            "max_lora_rank": self.max_lora_rank,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "seed": self.seed,
+            "prefix_caching_hash_algo": self.prefix_caching_hash_algo,
+            "hash_seed": self.hash_seed,
+            "kv_events_int_hashes": self.kv_events_int_hashes,
+        }
+        optional = {
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_model_len": self.max_model_len,
+            "block_size": self.block_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "num_gpu_blocks": self.num_gpu_blocks,
+            "profile": self.profile,
+        }
+        overrides.update({k: v for k, v in optional.items() if v is not None})
+        return EngineConfig(**overrides)
 
     @property
     def model_name(self) -> str:
@@ -152,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--block-size", type=int, default=None)
     v.add_argument("--gpu-memory-utilization", type=float, default=None)
     v.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    v.add_argument(
+        "--prefix-caching-hash-algo",
+        choices=("sha256", "sha256_cbor"),
+        default="sha256",
+        help="block hash: SHA-256 of the pickled (parent, tokens, extra keys) or of their canonical CBOR",
+    )
     v.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     v.add_argument("--enable-lora", action="store_true")
     v.add_argument("--max-loras", type=int, default=1)
@@ -169,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="report usage.prompt_tokens_details.cached_tokens (prefix-cache hits)",
     )
+    v.add_argument(
+        "--enable-server-load-tracking",
+        action="store_true",
+        help="count in-flight generation requests for GET /load",
+    )
     v.add_argument("--uvicorn-log-level", default=None, help="log level (debug|info|warning|error)")
     s = p.add_argument_group("simulator flags")
     s.add_argument("--profile", default=None, help="hardware/model timing profile (default llama3.1-8b-h100)")
@@ -184,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--kv-events-encoding",
-        choices=("array", "map"),
-        default="array",
-        help="KV event encoding: positional arrays (vLLM 0.9-0.17) or maps with a 'type' key (newer)",
+        choices=("map", "array"),
+        default="map",
+        help="KV event encoding: maps with a 'type' key (vLLM 0.33) or positional arrays (vLLM 0.9-0.17)",
     )
     s.add_argument(
         "--time-scale",
@@ -252,6 +297,17 @@ def _is_number(tok: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, err: TextIO) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        print(f"WARNING: ignoring non-integer {name}={raw!r}", file=err)
+        return default
 
 
 def _truthy(value: str | None) -> bool:
@@ -325,6 +381,7 @@ def parse_args(
         max_lora_rank=ns.max_lora_rank,
         lora_modules=loras,
         allow_runtime_lora_updating=_truthy(env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")),
+        max_n_sequences=_env_int(env, "VLLM_MAX_N_SEQUENCES", 16384, err),
         profile=ns.profile,
         seed=ns.seed,
         num_gpu_blocks=ns.num_gpu_blocks,
@@ -333,8 +390,12 @@ def parse_args(
         kv_events_endpoint=kv_endpoint,
         kv_events_topic=kv_topic,
         kv_events_encoding=ns.kv_events_encoding,
+        prefix_caching_hash_algo=ns.prefix_caching_hash_algo,
+        hash_seed=env.get("PYTHONHASHSEED"),
+        kv_events_int_hashes=env.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1").strip() != "0",
         time_scale=ns.time_scale,
         prompt_tokens_details=bool(ns.enable_prompt_tokens_details),
+        enable_server_load_tracking=bool(ns.enable_server_load_tracking),
         log_level=(ns.uvicorn_log_level or "info"),
         ignored_flags=tuple(unknown),
     )

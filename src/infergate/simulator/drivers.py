@@ -5,8 +5,11 @@ Both drive the same ``Engine`` with the same protocol (``begin_step`` → wait t
 the calibration) between submission and the request reaching the engine, with ``arrival_time``
 kept at submission so TTFT includes it. Hence a request produces the same token ids either way.
 
-``frontend_serial_cost`` (default 0) additionally serialises a per-request frontend cost, like
-vLLM's single API-server process under a burst.
+The frontend is also a serial stage (``frontend.FrontendStage``): a per-request and a per-generated-token CPU
+cost on one timeline, like vLLM's single API-server process, so bursts queue before the engine
+(calibration §1.5: a 1,000-prompt burst's mean TTFT is ≈3× the GPU's alone). Its costs come from
+the profile (``frontend_request_ms``, ``frontend_token_ms``) via :func:`profile_frontend`; the
+HTTP server and the digital twin use it, engine-level tests and benchmarks leave it off.
 
 ``RealtimeDriver`` keeps an absolute step timeline: each step ends at ``previous_end + duration``
 (on ``loop.time()``), so sleep overshoot is absorbed instead of accumulating; if the process falls
@@ -22,23 +25,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from infergate.simulator.engine import Engine, EngineRequest, RequestOutput
+from infergate.simulator.frontend import FrontendStage
 
 
-class _Frontend:
-    """When a submitted request reaches the engine: a fixed latency plus, optionally, a serialized
-    per-request CPU cost (vLLM's single API process under bursts, calibration §1.5) [est]."""
-
-    def __init__(self, latency: float, serial_cost: float) -> None:
-        self.latency = latency
-        self.serial_cost = serial_cost
-        self._free_at = float("-inf")
-
-    def ready_at(self, arrival: float) -> float:
-        if self.serial_cost <= 0:
-            return arrival + self.latency
-        done = max(arrival, self._free_at) + self.serial_cost
-        self._free_at = done
-        return done + max(0.0, self.latency - self.serial_cost)
+def profile_frontend(engine: Engine) -> dict[str, float]:
+    """Driver keyword arguments for the profile's frontend stage (``frontend_request_ms``,
+    ``frontend_token_ms``), scaled like the engine's steps: what a vLLM server has in front of its
+    engine. Drivers without them model the engine alone (plus the fixed API overhead)."""
+    scale = float(getattr(engine, "time_scale", 1.0))
+    p = engine.profile
+    return {
+        "frontend_serial_cost": p.frontend_request_ms / 1000.0 * scale,
+        "frontend_token_cost": p.frontend_token_ms / 1000.0 * scale,
+    }
 
 
 @dataclass
@@ -97,15 +96,16 @@ class RealtimeDriver:
         *,
         api_overhead: float | None = None,
         frontend_serial_cost: float = 0.0,
+        frontend_token_cost: float = 0.0,
         max_lag: float = 0.25,
     ) -> None:
         self.engine = engine
         self.api_overhead = engine.profile.api_overhead_ms / 1000.0 if api_overhead is None else api_overhead
-        self._frontend = _Frontend(self.api_overhead, frontend_serial_cost)
+        self._costs = (frontend_serial_cost, frontend_token_cost)
+        self._frontend: FrontendStage | None = None  # made on start (needs the running loop)
         self.max_lag = max_lag
         self.drift = DriftStats()
         self._streams: dict[str, _Stream] = {}
-        self._pending: dict[str, asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -120,6 +120,14 @@ class RealtimeDriver:
 
     async def start(self) -> None:
         if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._frontend = FrontendStage(
+                latency=self.api_overhead,
+                request_cost=self._costs[0],
+                token_cost=self._costs[1],
+                call_at=loop.call_at,
+                now=loop.time,
+            )
             self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-engine")
 
@@ -131,28 +139,23 @@ class RealtimeDriver:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for handle in self._pending.values():
-            handle.cancel()
-        self._pending.clear()
+        if self._frontend is not None:
+            self._frontend.close()
 
     def submit(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
         """Queue ``req``; raises ``ValueError`` at once if the engine would refuse it."""
         self.engine.validate(req)
         if req.request_id in self._streams:
             raise ValueError(f"request id {req.request_id!r} is already in use")
-        loop = asyncio.get_running_loop()
+        if self._frontend is None:
+            raise RuntimeError("the driver is not started")
         stream = _Stream(self, req.request_id)
         self._streams[req.request_id] = stream
-        arrival = loop.time()
-        ready = self._frontend.ready_at(arrival)
-        if ready > arrival:
-            self._pending[req.request_id] = loop.call_at(ready, self._add, req, arrival)
-        else:
-            self._add(req, arrival)
+        arrival = self.now()
+        self._frontend.submit(lambda: self._add(req, arrival))
         return stream
 
     def _add(self, req: EngineRequest, arrival: float) -> None:
-        self._pending.pop(req.request_id, None)
         stream = self._streams.get(req.request_id)
         if stream is None:
             return
@@ -167,10 +170,7 @@ class RealtimeDriver:
 
     def abort(self, request_id: str, reason: str = "abort") -> None:
         """Abort a request (its stream gets no further output); ``reason`` as in ``Engine.abort``."""
-        handle = self._pending.pop(request_id, None)
-        if handle is not None:
-            handle.cancel()
-        self._streams.pop(request_id, None)
+        self._streams.pop(request_id, None)  # a request still in the frontend is then dropped there
         self.engine.abort(request_id, self.now(), reason)
 
     def _forget(self, request_id: str) -> None:
@@ -206,6 +206,8 @@ class RealtimeDriver:
             if lag > 0.001:
                 drift.late_steps += 1
             outputs = engine.end_step(deadline)
+            if self._frontend is not None:
+                self._frontend.tokens_out(engine.last_step_tokens)
             t = deadline
             streams = self._streams
             for out in outputs:
@@ -279,13 +281,21 @@ class VirtualDriver:
         *,
         api_overhead: float | None = None,
         frontend_serial_cost: float = 0.0,
+        frontend_token_cost: float = 0.0,
         sparse: bool = False,
     ) -> None:
         self.engine = engine
         self.loop = loop
         self.sparse = sparse  # callbacks get first-token and final outputs only (Engine.end_step)
         self.api_overhead = engine.profile.api_overhead_ms / 1000.0 if api_overhead is None else api_overhead
-        self._frontend = _Frontend(self.api_overhead, frontend_serial_cost)
+        req_cost, tok_cost = frontend_serial_cost, frontend_token_cost
+        self._frontend = FrontendStage(
+            latency=self.api_overhead,
+            request_cost=req_cost,
+            token_cost=tok_cost,
+            call_at=loop.call_at,
+            now=loop.now,
+        )
         self._callbacks: dict[str, Callable[[RequestOutput], None]] = {}
         self._stepping = False
         self._on_step: list[Callable[[], None]] = []
@@ -300,7 +310,7 @@ class VirtualDriver:
             raise ValueError(f"request id {req.request_id!r} is already in use")
         self._callbacks[req.request_id] = on_output
         arrival = self.loop.now()
-        self.loop.call_at(self._frontend.ready_at(arrival), lambda: self._add(req, arrival))
+        self._frontend.submit(lambda: self._add(req, arrival))
 
     def _add(self, req: EngineRequest, arrival: float) -> None:
         cb = self._callbacks.get(req.request_id)
@@ -332,7 +342,9 @@ class VirtualDriver:
         self.loop.call_at(self.loop.now() + duration, self._end)
 
     def _end(self) -> None:
-        outputs = self.engine.end_step(self.loop.now(), sparse=self.sparse)
+        engine = self.engine
+        outputs = engine.end_step(self.loop.now(), sparse=self.sparse)
+        self._frontend.tokens_out(engine.last_step_tokens)
         cbs = self._callbacks
         for out in outputs:
             cb = cbs.get(out.request_id)

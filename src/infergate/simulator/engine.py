@@ -22,114 +22,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infergate.simulator.adapters import AdapterCache
-from infergate.simulator.kvcache import BlockPool, KvEvent, block_hashes
+from infergate.simulator.blockhash import BlockHasher, ExtraKeys, lora_extra_keys
+from infergate.simulator.engine_types import (
+    EngineConfig,
+    EngineRequest,
+    EngineStats,
+    PromptTooLongError,
+    RequestOutput,
+    TimedOutput,
+    UnknownLoraError,
+)
+from infergate.simulator.kvcache import BlockPool, KvEvent
 from infergate.simulator.profile import Profile, StepShape, get_profile
 from infergate.simulator.tokenizer import Tokenizer, stable_hash64
 
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineRequest",
+    "EngineStats",
+    "PromptTooLongError",
+    "RequestOutput",
+    "TimedOutput",
+    "UnknownLoraError",
+]
+
 WAITING, RUNNING, FINISHED = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Engine knobs, named like the ``vllm serve`` flags they come from."""
-
-    model: str = "meta-llama/Llama-3.1-8B-Instruct"
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    max_model_len: int = 131072
-    block_size: int = 16
-    num_gpu_blocks: int | None = None
-    gpu_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    enable_lora: bool = False
-    max_loras: int = 1
-    max_cpu_loras: int | None = None
-    max_lora_rank: int = 16
-    tensor_parallel_size: int = 1
-    profile: str = "llama3.1-8b-h100"
-    seed: int = 0
-
-
-@dataclass
-class EngineRequest:
-    """One generation request as the engine sees it (already tokenized)."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    max_tokens: int
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    lora_name: str | None = None
-    eos_after: int | None = None
-
-
-@dataclass(frozen=True)
-class RequestOutput:
-    """Tokens a request produced in one step (or its final abort notice)."""
-
-    request_id: str
-    new_token_ids: tuple[int, ...]
-    finished: bool
-    finish_reason: str | None
-    num_prompt_tokens: int
-    num_cached_tokens: int
-    num_generated: int
-    arrival_time: float
-    first_token_time: float | None
-    now: float
-
-
-@dataclass(frozen=True)
-class TimedOutput(RequestOutput):
-    """The final output of a request in sparse mode (``end_step(now, sparse=True)``).
-
-    Sparse mode skips the per-token outputs; instead the final output carries the time of every
-    generated token (step end times, in order), from which a consumer derives TTFT and the
-    inter-token latencies exactly as it would have from the per-token outputs.
-    """
-
-    token_times: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """Snapshot of the counters and gauges vLLM exports on ``/metrics``."""
-
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_gpu_blocks: int
-    block_size: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    running_loras: tuple[str, ...]
-    waiting_loras: tuple[str, ...]
-    max_loras: int
-    request_success_total: dict[str, int]
-    num_waiting_deferred: int = 0  # waiting only because of the LoRA-slot limit
-    num_steps: int = 0
-    busy_time: float = 0.0  # Σ step durations (s)
-    lora_gpu_loads: int = 0  # adapters brought into a GPU slot (swaps)
-
-
-class PromptTooLongError(ValueError):
-    """The prompt does not fit ``max_model_len`` (HTTP 400 in vLLM)."""
-
-    def __init__(self, prompt_len: int, max_model_len: int) -> None:
-        self.prompt_len = prompt_len
-        self.max_model_len = max_model_len
-        super().__init__(
-            f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
-            f"contains {prompt_len} input tokens, which exceeds this limit even without any output "
-            "tokens. Please reduce the length of the input prompt."
-        )
-
-
-class UnknownLoraError(ValueError):
-    """The request names an adapter that is not loaded."""
 
 
 class _Req:
@@ -138,7 +56,9 @@ class _Req:
     __slots__ = (
         "arrival",
         "blocks",
+        "counted",
         "end_at",
+        "extra",
         "first_token_time",
         "hashes",
         "id",
@@ -182,6 +102,8 @@ class _Req:
         self.seed = 0
         self.seed_c = 0  # filler-token hash state before the token index is added
         self.arrival = 0.0
+        self.counted = True  # the engine counts its finish in request_success_total
+        self.extra: ExtraKeys = None  # block-hash extra keys (LoRA)
         self.end_at = 0  # generated tokens after which it finishes, by stop or by length
 
 
@@ -207,7 +129,13 @@ class Engine:
                 gpu_memory_utilization=config.gpu_memory_utilization,
                 tensor_parallel_size=config.tensor_parallel_size,
             )
-        self.pool = BlockPool(blocks, config.block_size, enable_caching=config.enable_prefix_caching)
+        self.pool = BlockPool(
+            blocks,
+            config.block_size,
+            enable_caching=config.enable_prefix_caching,
+            int_hashes=config.kv_events_int_hashes,
+        )
+        self.hasher = BlockHasher(config.prefix_caching_hash_algo, config.hash_seed)
         self.tokenizer = Tokenizer()
         self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self.profile)
         self._waiting: deque[_Req] = deque()
@@ -228,6 +156,7 @@ class Engine:
         self._success: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
         self._num_steps = 0
         self._busy = 0.0
+        self.last_step_tokens = 0  # tokens generated by the last step (the frontend detokenises them)
 
     # -- KV events ---------------------------------------------------------------------------
     def set_kv_event_sink(self, sink: Callable[[list[KvEvent]], None] | None) -> None:
@@ -274,6 +203,7 @@ class Engine:
         r.min_tokens = req.min_tokens
         r.ignore_eos = req.ignore_eos
         r.arrival = now if arrival_time is None else arrival_time
+        r.counted = not req.frontend_counts
         digest = zlib.crc32(array("q", r.tokens).tobytes())
         r.seed = stable_hash64(cfg.seed, digest, r.prompt_len, zlib.crc32((r.lora or "").encode()))
         r.seed_c = ((r.seed * 1_000_003) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
@@ -281,7 +211,11 @@ class Engine:
         r.end_at = r.max_tokens
         if not r.ignore_eos and r.stop_at is not None:
             r.end_at = min(r.end_at, max(r.stop_at, r.min_tokens))
-        r.hashes = block_hashes(r.tokens, cfg.block_size, r.lora) if cfg.enable_prefix_caching else []
+        r.extra = lora_extra_keys(r.lora, self._loras.get(r.lora) if r.lora else None)
+        if cfg.enable_prefix_caching:
+            r.hashes = self.hasher.block_hashes(r.tokens, cfg.block_size, r.extra)
+        else:
+            r.hashes = []
         self._requests[r.id] = r
         self._waiting.append(r)
 
@@ -306,7 +240,8 @@ class Engine:
             self.pool.free(r.blocks[::-1])
             r.blocks = []
         r.status = FINISHED
-        self._success[reason] = self._success.get(reason, 0) + 1
+        if r.counted:
+            self._success[reason] = self._success.get(reason, 0) + 1
         if r.times:  # sparse mode: the consumer has had no per-token outputs
             return self._timed_output(r, (), "abort", now)
         return self._output(r, (), "abort", now)
@@ -387,6 +322,8 @@ class Engine:
                 continue
             hit_blocks = self.pool.lookup(r.hashes, (len(r.tokens) - 1) // bs) if r.hashes else []
             num_hit = len(hit_blocks) * bs
+            if not self._full_sequence_fits(r, hit_blocks):
+                break
             n = min(len(r.tokens) - num_hit, budget)
             if not self._allocate(r, n, num_hit, hit_blocks):
                 break
@@ -406,6 +343,15 @@ class Engine:
             self._deferred = len(skipped)
             waiting.extendleft(reversed(skipped))
         return budget
+
+    def _full_sequence_fits(self, r: _Req, hit_blocks: list[int]) -> bool:
+        """vLLM 0.33's admission gate (``scheduler_reserve_full_isl``, on by default): a waiting
+        request is admitted only if blocks for its whole sequence (prompt, plus tokens generated
+        before a preemption) are free now, counting its prefix-cache hits, not just its first chunk."""
+        pool = self.pool
+        tokens = min(len(r.tokens), self.config.max_model_len)
+        need = -(-tokens // self.config.block_size) - len(hit_blocks)
+        return need <= pool.num_free - (pool.num_evictable(hit_blocks) if hit_blocks else 0)
 
     def _allocate(self, r: _Req, n: int, computed: int, hit_blocks: list[int]) -> bool:
         """Give ``r`` blocks for ``computed + n`` tokens (reviving ``hit_blocks``); False if short."""
@@ -486,6 +432,8 @@ class Engine:
         bs = self.config.block_size
         fill = self.tokenizer._filler_ids
         n_fill = len(fill)
+        hasher = self.hasher
+        caching = self.config.enable_prefix_caching
         mask = 0xFFFFFFFFFFFFFFFF
         outputs: list[RequestOutput] = []
         finished = False
@@ -512,8 +460,8 @@ class Engine:
                 r.first_token_time = now
                 self._prompt_tokens += r.prompt_len
             generated += 1
-            if r.hashes and (ntok + 1) % bs == 0:
-                block_hashes(tokens, bs, r.lora, r.hashes)
+            if caching and (ntok + 1) % bs == 0:  # a block just filled (prompts < 1 block too)
+                hasher.block_hashes(tokens, bs, r.extra, r.hashes)
             reason: str | None = None
             if idx + 1 >= r.end_at:  # the same test as below, precomputed per request
                 ngen = idx + 1
@@ -534,6 +482,7 @@ class Engine:
             else:
                 outputs.append(self._output(r, (tok,), reason, now))
         self._generation_tokens += generated
+        self.last_step_tokens = generated
         if finished:
             self._running = [r for r in self._running if r.status == RUNNING]
         if self._kv_sink is not None:
@@ -547,6 +496,11 @@ class Engine:
         self.pool.free(r.blocks[::-1])
         r.blocks = []
         self._requests.pop(r.id, None)
+        if r.counted:
+            self._success[reason] = self._success.get(reason, 0) + 1
+
+    def record_finish(self, reason: str) -> None:
+        """Count a finish decided by the frontend (requests submitted with ``frontend_counts``)."""
         self._success[reason] = self._success.get(reason, 0) + 1
 
     def _output(self, r: _Req, new: tuple[int, ...], reason: str | None, now: float) -> RequestOutput:
@@ -595,13 +549,20 @@ class Engine:
             lora_gpu_loads=self.adapters.gpu_loads,
         )
 
+    def lora_state(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Adapters of the running and of the waiting requests, in queue order (cheap: per step)."""
+        running = tuple(dict.fromkeys(r.lora for r in self._running if r.lora))
+        waiting = tuple(dict.fromkeys(r.lora for r in self._waiting if r.lora))
+        return running, waiting
+
     def prefix_cache_contains(self, token_ids: Sequence[int], lora: str | None) -> int:
         """Tokens of ``token_ids`` a new request would find cached right now (block-aligned)."""
         if not self.config.enable_prefix_caching or not token_ids:
             return 0
         bs = self.config.block_size
         max_blocks = (len(token_ids) - 1) // bs
-        hashes = block_hashes(token_ids[: max_blocks * bs], bs, lora)
+        extra = lora_extra_keys(lora, self._loras.get(lora) if lora else None)
+        hashes = self.hasher.block_hashes(token_ids[: max_blocks * bs], bs, extra)
         return len(self.pool.lookup(hashes, max_blocks)) * bs
 
     def reset_prefix_cache(self) -> bool:

@@ -59,6 +59,10 @@ async def choice_events(
 ) -> AsyncIterator[Delta]:
     """Follow one engine request; the last yielded :class:`Delta` has a finish reason."""
     req = spec.request
+    # the finish reason is decided here (stop strings are matched on text, as in vLLM's output
+    # processor), so this code and not the engine counts it in request_success_total: the engine
+    # may already have run the request to its length limit when a stop string is found
+    req.frontend_counts = True
     try:
         outputs = driver.submit(req)
     except ValueError as exc:
@@ -117,8 +121,9 @@ async def choice_events(
                 emitted = visible
     finally:
         await _aclose(outputs)
-    if finish is None:
-        finish = "abort"
+        if finish is None:  # the consumer left, an error, or the engine aborted the request
+            finish = "abort"
+        driver.engine.record_finish(finish)
     if finish != "abort" and last is not None:
         metrics.observe_finished(
             arrival=last.arrival_time,

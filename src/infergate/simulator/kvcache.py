@@ -3,90 +3,37 @@
 Mirrors ``vllm/v1/core/block_pool.py``: block 0 is the reserved null block; free blocks sit in one
 queue whose front is evicted first; freed blocks are appended (callers free a request's blocks in
 reverse so its tail goes first), and a freed block keeps its hash so a later request can revive it
-until the block is reallocated. Only full blocks are hashed, each hash chaining its parent's hash,
-the block's token ids and the extra keys (the LoRA name), like ``hash_block_tokens``.
+until the block is reallocated. Only full blocks are hashed (``blockhash``). Two physical blocks
+may hold the same hash (two requests prefilled the same text at once): both are registered, a
+lookup finds the first, and each announces itself when stored and when evicted, as in vLLM.
 
-The pool also produces vLLM KV events (BlockStored / BlockRemoved / AllBlocksCleared) as plain
-tuples, buffered until the engine drains them once per step.
+The pool also produces vLLM's KV events as plain tuples (see ``KvEvent``), buffered until the
+engine drains them once per step, with every field vLLM 0.33's ``block_pool`` sets.
 """
 
 from __future__ import annotations
 
-import hashlib
-from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
-# Event tuples (positional, like vLLM's array_like encoding):
-#   ("BlockStored", block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int],
-#    block_size: int, lora_id: int | None, medium: "GPU", lora_name: str | None)
-#   ("BlockRemoved", block_hashes: list[int], medium: "GPU")
+from infergate.simulator.blockhash import to_event_int
+
+# Event tuples, positional in the order of vLLM 0.33's struct fields:
+#   ("BlockStored", block_hashes, parent_block_hash | None, token_ids, block_size, lora_id | None,
+#    medium "GPU", lora_name | None, extra_keys: list[list[str] | None], group_idx 0)
+#   ("BlockRemoved", block_hashes (one), medium "GPU", group_idx 0)
 #   ("AllBlocksCleared",)
 KvEvent = tuple[object, ...]
 
-NONE_HASH = hashlib.sha256(b"vllm-none-hash").digest()
-
-
-def hash_block(parent: bytes | None, tokens: Sequence[int], extra: str | None) -> bytes:
-    """Chained SHA-256 of one full block: parent hash, token ids, extra keys (LoRA name)."""
-    h = hashlib.sha256(parent if parent is not None else NONE_HASH)
-    h.update(array("q", tokens).tobytes())
-    if extra:
-        h.update(b"\x00lora:")
-        h.update(extra.encode("utf-8"))
-    return h.digest()
-
-
-def hash_to_int(h: bytes) -> int:
-    """vLLM's integer form of a block hash (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1``): low 64 bits."""
-    return int.from_bytes(h, "big") & 0xFFFFFFFFFFFFFFFF
-
-
-def block_hashes(
-    tokens: Sequence[int], block_size: int, extra: str | None, start: list[bytes] | None = None
-) -> list[bytes]:
-    """Hashes of every full block of ``tokens``, continuing the chain in ``start`` (extended in place).
-
-    Equal to chaining :func:`hash_block` block by block; the blocks' bytes are packed once and
-    each hash is memoised by (parent, block bytes, extra), so the shared prefixes that dominate
-    real traffic (system prompts, earlier chat turns) are hashed once per process, not per request.
-    """
-    out = start if start is not None else []
-    n_full = len(tokens) // block_size
-    done = len(out)
-    if done >= n_full:
-        return out
-    parent = out[-1] if out else None
-    step = 8 * block_size  # bytes per block in array("q")
-    buf = array("q", tokens[done * block_size : n_full * block_size]).tobytes()
-    memo = _HASH_MEMO
-    if len(memo) > _HASH_MEMO_LIMIT:
-        memo.clear()
-    for off in range(0, len(buf), step):
-        chunk = buf[off : off + step]
-        key = (parent, chunk, extra)
-        h = memo.get(key)
-        if h is None:
-            hasher = hashlib.sha256(parent if parent is not None else NONE_HASH)
-            hasher.update(chunk)
-            if extra:
-                hasher.update(b"\x00lora:")
-                hasher.update(extra.encode("utf-8"))
-            h = hasher.digest()
-            memo[key] = h
-        out.append(h)
-        parent = h
-    return out
-
-
-_HASH_MEMO: dict[tuple[bytes | None, bytes, str | None], bytes] = {}
-_HASH_MEMO_LIMIT = 100_000  # ~40 MB at most
+GROUP_IDX = 0  # one KV-cache group (full attention) in a Llama model
 
 
 class BlockPool:
     """Fixed set of KV blocks; owned by one engine, not thread-safe."""
 
-    def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, *, enable_caching: bool = True, int_hashes: bool = True
+    ) -> None:
         if num_blocks < 2:
             raise ValueError("num_gpu_blocks must be at least 2 (one is the reserved null block)")
         self.num_blocks = num_blocks
@@ -95,7 +42,9 @@ class BlockPool:
         self.ref_cnt = [0] * num_blocks
         self.block_hash: list[bytes | None] = [None] * num_blocks
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(1, num_blocks))
-        self._cached: dict[bytes, int] = {}
+        self._cached: dict[bytes, int] = {}  # hash -> the block a lookup finds
+        self._copies: dict[bytes, set[int]] = {}  # hash -> further blocks holding the same content
+        self.int_hashes = int_hashes  # events carry 64-bit ints (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES)
         self.events: list[KvEvent] = []
         self.events_enabled = False
 
@@ -138,25 +87,41 @@ class BlockPool:
             rc[b] += 1
 
     def allocate(self, n: int) -> list[int]:
-        """``n`` fresh blocks from the front of the free queue, evicting their cached hashes."""
+        """``n`` fresh blocks from the front of the free queue, evicting their cached hashes
+        (one ``BlockRemoved`` per evicted block, as vLLM emits them)."""
         if n > len(self._free):
             raise RuntimeError("out of KV blocks")
         out: list[int] = []
-        removed: list[int] = []
         free = self._free
+        block_hash = self.block_hash
         for _ in range(n):
             b, _unused = free.popitem(last=False)
-            h = self.block_hash[b]
+            h = block_hash[b]
             if h is not None:
-                self.block_hash[b] = None
-                if self._cached.get(h) == b:
-                    del self._cached[h]
-                    removed.append(hash_to_int(h))
+                block_hash[b] = None
+                self._uncache(h, b)
+                if self.events_enabled:
+                    self.events.append(("BlockRemoved", [self._event_hash(h)], "GPU", GROUP_IDX))
             self.ref_cnt[b] = 1
             out.append(b)
-        if removed and self.events_enabled:
-            self.events.append(("BlockRemoved", removed, "GPU"))
         return out
+
+    def _uncache(self, h: bytes, b: int) -> None:
+        copies = self._copies.get(h)
+        if self._cached.get(h) == b:
+            if copies:
+                self._cached[h] = copies.pop()  # another block with the same content takes over
+                if not copies:
+                    del self._copies[h]
+            else:
+                del self._cached[h]
+        elif copies is not None:
+            copies.discard(b)
+            if not copies:
+                del self._copies[h]
+
+    def _event_hash(self, h: bytes) -> object:
+        return to_event_int(h) if self.int_hashes else h
 
     def free(self, block_ids: Sequence[int]) -> None:
         """Drop one reference from each block (callers pass a request's blocks tail first)."""
@@ -177,57 +142,46 @@ class BlockPool:
         lora_id: int | None,
         lora_name: str | None,
     ) -> None:
-        """Register blocks ``start..end-1`` of a request under their hashes (first holder wins)."""
+        """Register blocks ``start..end-1`` of a request under their hashes and announce them in
+        one ``BlockStored`` (vLLM's ``cache_full_blocks``), duplicates of cached content included."""
         if not self.enable_caching or end <= start:
             return
-        stored: list[int] = []
+        block_hash = self.block_hash
+        cached = self._cached
         for i in range(start, end):
             b = block_ids[i]
+            if block_hash[b] is not None:
+                continue  # a revived prefix-cache hit keeps its registration
             h = hashes[i]
-            if self.block_hash[b] is not None:
-                continue
-            if h in self._cached:
-                continue  # duplicate content already cached in another block
-            self.block_hash[b] = h
-            self._cached[h] = b
-            stored.append(i)
-        if stored and self.events_enabled:
-            # one event per contiguous run of newly stored blocks (vLLM: one per request per step)
-            run_start = 0
-            for j in range(1, len(stored) + 1):
-                if j == len(stored) or stored[j] != stored[j - 1] + 1:
-                    self._stored_event(stored[run_start:j], hashes, tokens, lora_id, lora_name)
-                    run_start = j
-
-    def _stored_event(
-        self,
-        idx: list[int],
-        hashes: Sequence[bytes],
-        tokens: Sequence[int],
-        lora_id: int | None,
-        lora_name: str | None,
-    ) -> None:
-        bs = self.block_size
-        first, last = idx[0], idx[-1]
-        parent = hash_to_int(hashes[first - 1]) if first > 0 else None
-        self.events.append(
-            (
-                "BlockStored",
-                [hash_to_int(hashes[i]) for i in idx],
-                parent,
-                list(tokens[first * bs : (last + 1) * bs]),
-                bs,
-                lora_id,
-                "GPU",
-                lora_name,
+            block_hash[b] = h
+            if h in cached:
+                self._copies.setdefault(h, set()).add(b)
+            else:
+                cached[h] = b
+        if self.events_enabled:
+            bs = self.block_size
+            ev = self._event_hash
+            self.events.append(
+                (
+                    "BlockStored",
+                    [ev(hashes[i]) for i in range(start, end)],
+                    ev(hashes[start - 1]) if start > 0 else None,
+                    list(tokens[start * bs : end * bs]),
+                    bs,
+                    lora_id,
+                    "GPU",
+                    lora_name,
+                    [[lora_name] if lora_name else None for _ in range(start, end)],
+                    GROUP_IDX,
+                )
             )
-        )
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached hash if no block is in use (vLLM ``reset_prefix_cache``)."""
         if len(self._free) != self.num_blocks - 1:
             return False
         self._cached.clear()
+        self._copies.clear()
         self.block_hash = [None] * self.num_blocks
         if self.events_enabled:
             self.events.append(("AllBlocksCleared",))

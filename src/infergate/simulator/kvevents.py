@@ -1,12 +1,22 @@
-"""vLLM-format KV-cache events over ZMQ PUB (``--kv-events-config``), calibration doc §6.
+"""vLLM-format KV-cache events over ZMQ PUB (``--kv-events-config``), as vLLM 0.33 publishes them.
 
 Each engine step's events (tuples from ``kvcache``) become one ``EventBatch`` sent as a ZMQ
 multipart message ``[topic, seq (uint64 big-endian), msgpack([ts, [events...], dp_rank])]``.
-Events are encoded either as positional arrays (``"array"``, vLLM 0.9-0.17 ``array_like``
-msgspec structs: ``["BlockStored", hashes, parent, token_ids, block_size, lora_id, medium,
-lora_name]``) or as maps with a ``"type"`` key (``"map"``, newer releases). Like vLLM, an
-endpoint with ``*``, ``::`` or ``ipc://`` binds; any other endpoint connects (llm-d style, the
-endpoint picker listens). Sending never blocks the engine: when the peer is slow, batches drop.
+
+Encodings (``--kv-events-encoding``):
+
+* ``map`` (default, vLLM 0.33): msgspec tagged structs without ``array_like``, i.e. maps whose
+  first key is ``"type"``; ``omit_defaults`` drops fields left at their default (None), so a
+  ``BlockStored`` carries ``block_hashes, parent_block_hash, token_ids, block_size, lora_id,
+  medium, lora_name, extra_keys, group_idx`` and a ``BlockRemoved`` ``block_hashes, medium,
+  group_idx``; the batch's ``data_parallel_rank`` is 0.
+* ``array`` (vLLM 0.9-0.17, what llm-d's adapter decodes): positional arrays
+  ``["BlockStored", hashes, parent, token_ids, block_size, lora_id, medium, lora_name]`` and
+  ``["BlockRemoved", hashes, medium]``, rank nil.
+
+Like vLLM, an endpoint with ``*``, ``::``, ``ipc://`` or ``inproc://`` binds; any other endpoint
+connects (llm-d style, the endpoint picker listens). Sending never blocks the engine: when the peer
+is slow, batches drop.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ import zmq
 
 from infergate.simulator.kvcache import KvEvent
 
+ENCODINGS = ("map", "array")
+
+# field names of each event tuple's positions (after the kind), vLLM 0.33's struct order
 _FIELDS: dict[str, tuple[str, ...]] = {
     "BlockStored": (
         "block_hashes",
@@ -30,30 +43,55 @@ _FIELDS: dict[str, tuple[str, ...]] = {
         "lora_id",
         "medium",
         "lora_name",
+        "extra_keys",
+        "group_idx",
     ),
-    "BlockRemoved": ("block_hashes", "medium"),
+    "BlockRemoved": ("block_hashes", "medium", "group_idx"),
     "AllBlocksCleared": (),
 }
+# the positional (legacy) form has the fields of vLLM <= 0.17 only
+_LEGACY_LEN = {"BlockStored": 8, "BlockRemoved": 3, "AllBlocksCleared": 1}
+# fields with a default in vLLM's structs: omitted when None (omit_defaults)
+_OPTIONAL = frozenset({"extra_keys", "group_idx"})
 
 
-def encode_event(event: KvEvent, encoding: str = "array") -> Any:
-    """One event in vLLM's wire form (``"array"`` positional or ``"map"`` with a type tag)."""
+def encode_event(event: KvEvent, encoding: str = "map") -> Any:
+    """One event in vLLM's wire form (``"map"`` with a type tag, or ``"array"`` positional)."""
     kind = str(event[0])
     if encoding == "array":
-        return list(event)
-    fields = _FIELDS[kind]
+        return list(event[: _LEGACY_LEN[kind]])
     out: dict[str, Any] = {"type": kind}
-    out.update(zip(fields, event[1:], strict=False))
+    for name, value in zip(_FIELDS[kind], event[1:], strict=False):
+        if value is not None or name not in _OPTIONAL:
+            out[name] = value
     return out
 
 
+# msgspec reserves a struct's map header for all its fields (then patches the count): BlockStored
+# (15 fields + tag) always gets a 3-byte map16 header, smaller structs a fixmap
+_MAP16_KINDS = frozenset({"BlockStored"})
+
+
+def _pack_event(event: Any, packer: msgpack.Packer) -> bytes:
+    if isinstance(event, dict) and event.get("type") in _MAP16_KINDS:
+        parts = [b"\xde", struct.pack(">H", len(event))]
+        for key, value in event.items():
+            parts.append(packer.pack(key))
+            parts.append(packer.pack(value))
+        return b"".join(parts)
+    return bytes(packer.pack(event))
+
+
 def encode_batch(
-    events: Sequence[KvEvent], *, ts: float, encoding: str = "array", data_parallel_rank: int | None = None
+    events: Sequence[KvEvent], *, ts: float, encoding: str = "map", data_parallel_rank: int | None = 0
 ) -> bytes:
-    """msgpack of an ``EventBatch``: ``[ts, [events...], data_parallel_rank]`` (rank None by default,
-    as msgspec's array_like encoding writes every field)."""
-    batch: list[Any] = [ts, [encode_event(e, encoding) for e in events], data_parallel_rank]
-    return bytes(msgpack.packb(batch, use_bin_type=True))
+    """msgpack of an ``EventBatch`` ``[ts, [events...], data_parallel_rank]``, byte for byte what
+    vLLM's msgspec encoder writes for the same events."""
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_array_header(3), packer.pack(ts), packer.pack_array_header(len(events))]
+    parts.extend(_pack_event(encode_event(e, encoding), packer) for e in events)
+    parts.append(packer.pack(data_parallel_rank))
+    return b"".join(parts)
 
 
 def decode_batch(payload: bytes) -> tuple[float, list[KvEvent]]:
@@ -72,7 +110,7 @@ def decode_batch(payload: bytes) -> tuple[float, list[KvEvent]]:
 
 def binds(endpoint: str) -> bool:
     """vLLM's rule: wildcard hosts and ipc endpoints bind, concrete addresses connect."""
-    return "*" in endpoint or "::" in endpoint or endpoint.startswith("ipc://")
+    return "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://"))
 
 
 class KvEventPublisher:
@@ -83,15 +121,19 @@ class KvEventPublisher:
         endpoint: str = "tcp://*:5557",
         *,
         topic: str = "",
-        encoding: str = "array",
+        encoding: str = "map",
         data_parallel_rank: int | None = None,
         hwm: int = 100_000,
     ) -> None:
-        if encoding not in ("array", "map"):
-            raise ValueError(f"kv event encoding must be 'array' or 'map', not {encoding!r}")
+        """``data_parallel_rank`` None means vLLM's default for the encoding: 0 for ``map``
+        (0.33's publisher sets it), nil for the legacy ``array`` form."""
+        if encoding not in ENCODINGS:
+            raise ValueError(f"kv event encoding must be 'map' or 'array', not {encoding!r}")
         self.endpoint = endpoint
         self.topic = topic.encode("utf-8")
         self.encoding = encoding
+        if data_parallel_rank is None and encoding == "map":
+            data_parallel_rank = 0
         self.data_parallel_rank = data_parallel_rank
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)

@@ -10,12 +10,12 @@ names instead (``vllm:gpu_cache_usage_perc``, ``vllm:gpu_prefix_cache_*``,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from infergate.simulator.engine import EngineStats
@@ -64,6 +64,9 @@ class _EngineCollector(Collector):
         self._legacy = legacy
         self._lora = lora_enabled
         self._cache_info = dict(cache_info)
+        # vLLM's lora_requests_info: one series per label set ever recorded, each valued with the
+        # (unix) time it was last recorded; the current state is the newest series
+        self.lora_series: dict[tuple[str, str, str], float] = {}
 
     def collect(self) -> Iterable[Metric]:
         s = self._stats()
@@ -133,9 +136,8 @@ class _EngineCollector(Collector):
                 "Running stats on lora requests.",
                 labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
             )
-            info.add_metric(
-                [str(s.max_loras), ",".join(s.waiting_loras), ",".join(s.running_loras)], time.time()
-            )
+            for label_values, updated in self.lora_series.items():
+                info.add_metric(list(label_values), updated)
             yield info
         cache = GaugeMetricFamily(
             "vllm:cache_config_info",
@@ -169,7 +171,7 @@ class SimMetrics:
             "block_size": "16",
             "cache_dtype": "auto",
             "enable_prefix_caching": "True",
-            "gpu_memory_utilization": "0.9",
+            "gpu_memory_utilization": "0.92",
             "num_cpu_blocks": "None",
             "num_gpu_blocks": "0",
             "prefix_caching_hash_algo": "sha256",
@@ -177,11 +179,10 @@ class SimMetrics:
             "swap_space": "4",
         }
         info.update(cache_info or {})
-        self.registry.register(
-            _EngineCollector(
-                stats, model_name=model_name, legacy=legacy, lora_enabled=lora_enabled, cache_info=info
-            )
+        self._collector = _EngineCollector(
+            stats, model_name=model_name, legacy=legacy, lora_enabled=lora_enabled, cache_info=info
         )
+        self.registry.register(self._collector)
         tok = token_buckets(max_model_len)
 
         def hist(name: str, doc: str, buckets: Iterable[float]) -> Any:
@@ -217,6 +218,12 @@ class SimMetrics:
         )
         self.n_param = hist("vllm:request_params_n", "Histogram of the n request parameter.", N_BUCKETS)
 
+    def record_lora(self, max_loras: int, running: Sequence[str], waiting: Sequence[str]) -> None:
+        """Record the LoRA state after an engine step, as vLLM's logger does on every stats update
+        (``set_to_current_time`` on the series of the current labels; older series keep their time)."""
+        key = (str(max_loras), ",".join(waiting), ",".join(running))
+        self._collector.lora_series[key] = time.time()
+
     def observe_finished(
         self,
         *,
@@ -238,7 +245,9 @@ class SimMetrics:
         self.max_tokens_param.observe(max_tokens)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """(body, content type): Prometheus text by default, OpenMetrics if ``accept`` asks for it,
-        the same negotiation as vLLM's ``/metrics`` (prometheus_client's ASGI app)."""
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        """(body, content type): always the Prometheus text format 0.0.4, whatever ``accept`` asks
+        for, as vLLM 0.33 serves ``/metrics`` (prometheus-fastapi-instrumentator's route answers
+        before prometheus_client's negotiating app), so names keep their ``vllm:`` colon even for
+        a Prometheus that asks for OpenMetrics."""
+        del accept
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

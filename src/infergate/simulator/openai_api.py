@@ -113,6 +113,7 @@ class GenerationParams:
     kind: Kind
     model: str | None
     max_tokens: int | None
+    max_tokens_param: str  # the field max_tokens came from (chat: max_completion_tokens wins)
     min_tokens: int
     n: int
     stream: bool
@@ -132,22 +133,17 @@ def parse_params(body: Mapping[str, Any], kind: Kind) -> GenerationParams:
     if model is not None and not isinstance(model, str):
         raise validation_error("model", "Input should be a valid string", model)
     max_tokens = as_int(body, "max_tokens", None)
+    max_tokens_param = "max_tokens"
     if kind == "chat":
         mct = as_int(body, "max_completion_tokens", None)
-        max_tokens = mct if mct is not None else max_tokens
+        if mct is not None:
+            max_tokens, max_tokens_param = mct, "max_completion_tokens"
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens")
     min_tokens = as_int(body, "min_tokens", 0, minimum=0) or 0
-    if max_tokens is not None and min_tokens > max_tokens:
-        raise ApiError(
-            400,
-            f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.",
-            param="min_tokens",
-        )
-    n = as_int(body, "n", 1, minimum=1) or 1
+    n_value = as_int(body, "n", 1)
+    n = 1 if n_value is None else n_value  # bounds are checked later, in vLLM's order (validation.py)
     temperature = as_float(body, "temperature", None)
-    if temperature is not None and temperature < 0:
-        raise ApiError(400, f"temperature must be non-negative, got {temperature}.", param="temperature")
     as_float(body, "top_p", None)
     stream = as_bool(body, "stream", False)
     stream_options = body.get("stream_options")
@@ -178,6 +174,7 @@ def parse_params(body: Mapping[str, Any], kind: Kind) -> GenerationParams:
         kind=kind,
         model=model,
         max_tokens=max_tokens,
+        max_tokens_param=max_tokens_param,
         min_tokens=min_tokens,
         n=n,
         stream=stream,
@@ -425,14 +422,6 @@ def model_card(
             }
         ],
     }
-
-
-def too_long_message(max_model_len: int, prompt_len: int) -> str:
-    return (
-        f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains "
-        f"{prompt_len} input tokens, which exceeds this limit even without any output tokens. "
-        "Please reduce the length of the input prompt."
-    )
 
 
 def unknown_model_message(model: str, valid: Sequence[str]) -> str:

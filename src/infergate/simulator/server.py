@@ -18,11 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
+from infergate.simulator import load_report, validation
 from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
 from infergate.simulator.args import SimulatorArgs
-from infergate.simulator.drivers import RealtimeDriver
-from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
+from infergate.simulator.drivers import RealtimeDriver, profile_frontend
+from infergate.simulator.engine import Engine, EngineRequest
 from infergate.simulator.generation import ChoiceSpec, Delta, choice_events, merged_events
 from infergate.simulator.metrics import SimMetrics
 from infergate.simulator.profile import get_profile
@@ -33,31 +34,6 @@ log = logging.getLogger("infergate.simulator")
 
 VLLM_VERSION = "0.33.0"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def engine_config(args: SimulatorArgs) -> EngineConfig:
-    """EngineConfig from the command line; flags left unset keep the engine's defaults."""
-    overrides: dict[str, Any] = {
-        "model": args.model,
-        "enable_prefix_caching": args.enable_prefix_caching,
-        "enable_lora": args.enable_lora,
-        "max_loras": args.max_loras,
-        "max_cpu_loras": args.max_cpu_loras,
-        "max_lora_rank": args.max_lora_rank,
-        "tensor_parallel_size": args.tensor_parallel_size,
-        "seed": args.seed,
-    }
-    optional = {
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_model_len": args.max_model_len,
-        "block_size": args.block_size,
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "num_gpu_blocks": args.num_gpu_blocks,
-        "profile": args.profile,
-    }
-    overrides.update({k: v for k, v in optional.items() if v is not None})
-    return EngineConfig(**overrides)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -93,12 +69,12 @@ class SimServer:
 
     def __init__(self, args: SimulatorArgs) -> None:
         self.args = args
-        self.config = engine_config(args)
+        self.config = args.engine_config()
         get_profile(self.config.profile)  # unknown profile → ValueError before anything starts
         self.engine: Engine = make_engine(self.config, args.time_scale)
         self.tokenizer = Tokenizer()
         overhead = self.engine.profile.api_overhead_ms / 1000.0 * args.time_scale
-        self.driver = RealtimeDriver(self.engine, api_overhead=overhead)
+        self.driver = RealtimeDriver(self.engine, api_overhead=overhead, **profile_frontend(self.engine))
         self.max_model_len = self.config.max_model_len
         self.created = int(time.time())
         self.base_root = args.model
@@ -119,12 +95,20 @@ class SimServer:
                 "enable_prefix_caching": str(self.config.enable_prefix_caching),
                 "gpu_memory_utilization": str(self.config.gpu_memory_utilization),
                 "num_gpu_blocks": str(stats.num_gpu_blocks),
+                "prefix_caching_hash_algo": self.config.prefix_caching_hash_algo,
             },
         )
+        if self.config.enable_lora:
+            self.driver.add_step_listener(self._record_lora)
+        self.server_load = load_report.ServerLoad(args.enable_server_load_tracking)
         self.kv_publisher: Any = None
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.port = args.port
+
+    def _record_lora(self) -> None:
+        running, waiting = self.engine.lora_state()
+        self.metrics.record_lora(self.config.max_loras, running, waiting)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,6 +121,7 @@ class SimServer:
         r.add_post("/v1/load_lora_adapter", self.load_lora)
         r.add_post("/v1/unload_lora_adapter", self.unload_lora)
         r.add_get("/health", self.health)
+        r.add_get("/load", self.load)
         r.add_get("/ping", self.health)
         r.add_get("/version", self.version)
         r.add_get("/metrics", self.metrics_handler)
@@ -213,29 +198,36 @@ class SimServer:
             param="model",
         )
 
-    def _completion_ids(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str]]:
-        """Token ids and text of each prompt. Text prompts get the BOS token first, as Llama-3's
-        tokenizer does with vLLM's default ``add_special_tokens=True``; token-id prompts are used as is."""
+    def _completion_ids(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str | None]]:
+        """Token ids of each prompt, length-checked, and its text (None for token-id prompts, which
+        are decoded only after their ids passed validation). Text prompts get the BOS token first,
+        as Llama-3's tokenizer does with vLLM's default ``add_special_tokens=True``."""
         add_bos = oa.as_bool(body, "add_special_tokens", True)
         ids: list[list[int]] = []
-        texts: list[str] = []
+        texts: list[str | None] = []
         for p in oa.completion_prompts(body):
             if isinstance(p, list):
+                validation.check_token_len(len(p), self.max_model_len)
                 ids.append(p)
-                texts.append(self.tokenizer.decode(p))
+                texts.append(None)
             else:
-                ids.append(([BOS_ID] if add_bos else []) + self.tokenizer.encode(p))
+                ids.append(self._encode_prompt(p, [BOS_ID] if add_bos else []))
                 texts.append(p)
         return ids, texts
 
     def _chat_ids(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> list[int]:
         """The chat template already starts with BOS (vLLM's chat default ``add_special_tokens=False``)."""
-        ids = self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
-        return [BOS_ID, *ids] if oa.as_bool(body, "add_special_tokens", False) else ids
+        prefix = [BOS_ID] if oa.as_bool(body, "add_special_tokens", False) else []
+        return self._encode_prompt(self.tokenizer.apply_chat_template(messages), prefix)
 
-    def _check_len(self, ids: list[int]) -> None:
-        if len(ids) >= self.max_model_len:
-            raise oa.ApiError(400, oa.too_long_message(self.max_model_len, len(ids)), param="input_tokens")
+    def _encode_prompt(self, text: str, prefix: list[int]) -> list[int]:
+        """Tokenise a prompt text as vLLM's renderer does: bounded by characters first, tokenised
+        only up to ``max_model_len + 1`` tokens, then bounded by tokens (validation.py)."""
+        mml = self.max_model_len
+        validation.check_text_len(len(text), mml, self.tokenizer.max_chars_per_token)
+        ids = prefix + self.tokenizer.encode(text, limit=mml + 1 - len(prefix))
+        validation.check_token_len(len(ids), mml)
+        return ids
 
     def _specs(
         self,
@@ -245,19 +237,26 @@ class SimServer:
         lora: str | None,
         default_max: int | None,
     ) -> list[ChoiceSpec]:
+        """Engine requests for every (prompt, n) pair, after vLLM's sampling-parameter and
+        token-id checks, all of which run before anything proportional to ``n`` is built."""
+        mml = self.max_model_len
+        prepared: list[tuple[list[int], int]] = []
+        for ids in prompts:
+            max_tokens = validation.clamp_max_tokens(params.max_tokens, default_max, len(ids), mml)
+            validation.check_n(params.n, self.args.max_n_sequences, params.temperature)
+            validation.check_temperature(params.temperature)
+            validation.check_min_tokens(params.min_tokens, max_tokens)
+            validation.check_token_ids(ids, self.tokenizer.max_token_id)
+            prepared.append((ids, max_tokens))
         specs = []
-        for p_idx, ids in enumerate(prompts):
-            self._check_len(ids)
-            room = self.max_model_len - len(ids)
-            wanted = params.max_tokens if params.max_tokens is not None else (default_max or room)
-            max_tokens = max(1, min(wanted, room))
+        for p_idx, (ids, max_tokens) in enumerate(prepared):
             for j in range(params.n):
                 index = p_idx * params.n + j
                 req = EngineRequest(
                     request_id=f"{rid}-{index}",
                     prompt_token_ids=ids,
                     max_tokens=max_tokens,
-                    min_tokens=min(params.min_tokens, max_tokens),
+                    min_tokens=params.min_tokens,
                     ignore_eos=params.ignore_eos,
                     lora_name=lora,
                 )
@@ -275,20 +274,37 @@ class SimServer:
     # ------------------------------------------------------------------ generation
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        with self.server_load.track():
+            return await self._completions(request)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        with self.server_load.track():
+            return await self._chat_completions(request)
+
+    async def load(self, request: web.Request) -> web.Response:
+        """vLLM's ``GET /load`` (see ``load_report``)."""
+        return _json({"server_load": self.server_load.value})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         params = oa.parse_params(body, "completion")
         model, lora = self._resolve(params.model)
+        validation.check_output_budget(params.max_tokens, params.max_tokens_param, self.max_model_len)
         prompts, texts = self._completion_ids(body)
         rid = f"cmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
         specs = self._specs(rid, prompts, params, lora, 16)
-        echo_text = texts if params.echo else None
+        echo_text = None
+        if params.echo:
+            pairs = zip(texts, prompts, strict=True)
+            echo_text = [t if t is not None else self.tokenizer.decode(p) for t, p in pairs]
         return await self._respond(request, params, model, rid, specs, echo_text)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         params = oa.parse_params(body, "chat")
         messages = oa.chat_messages(body)
         model, lora = self._resolve(params.model)
+        validation.check_output_budget(params.max_tokens, params.max_tokens_param, self.max_model_len)
         ids = self._chat_ids(body, messages)
         rid = f"chatcmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
         specs = self._specs(rid, [ids], params, lora, None)
@@ -329,7 +345,10 @@ class SimServer:
             cached = finals[specs[0].index].cached_tokens
             usage = self._usage(prompt_tokens, sum(c.num_tokens for c in choices), cached)
             build = oa.chat_response if params.kind == "chat" else oa.completion_response
-            return _json(build(rid, created, model, choices, usage))
+            resp = _json(build(rid, created, model, choices, usage))
+            fmt = request.headers.get(load_report.FORMAT_HEADER, "")
+            resp.headers.update(load_report.orca_header(fmt, self.engine.stats()))
+            return resp
         return await self._stream(request, params, model, rid, specs, echo_text, make, created)
 
     async def _stream(
@@ -556,15 +575,12 @@ class SimServer:
         """vLLM's ``/v1/completions/render``: the tokenised prompts, one entry per prompt (a list)."""
         body = await self._body(request)
         prompts, _ = self._completion_ids(body)
-        for ids in prompts:
-            self._check_len(ids)
         rid = f"cmpl-{uuid.uuid4().hex}"
         return _json([self._render_entry(rid, ids, body, "completion") for ids in prompts])
 
     async def render_chat(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         ids = self._chat_ids(body, oa.chat_messages(body))
-        self._check_len(ids)
         return _json(self._render_entry(f"chatcmpl-{uuid.uuid4().hex}", ids, body, "chat"))
 
     async def model_info(self, request: web.Request) -> web.Response:

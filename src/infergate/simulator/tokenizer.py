@@ -113,6 +113,17 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return VOCAB_SIZE
 
+    @property
+    def max_token_id(self) -> int:
+        """Largest valid token id (vLLM rejects prompt ids above it as out of vocabulary)."""
+        return VOCAB_SIZE - 1
+
+    @property
+    def max_chars_per_token(self) -> int:
+        """Longest piece in characters: vLLM bounds a text prompt by ``max_model_len`` times this
+        before tokenising it (its value comes from the loaded tokenizer's vocabulary)."""
+        return max(MAX_PIECE, *(len(s) for s in SPECIAL_TOKENS))
+
     @staticmethod
     def _id(piece: str) -> int:
         cache = Tokenizer._cache
@@ -153,8 +164,11 @@ class Tokenizer:
         cls._chunk_chars += len(chunk)
         return ids, pieces
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
         """Token ids of ``text`` (no BOS is added; chat templates carry their own).
+
+        ``limit`` stops after that many ids (the result is cut to it), as vLLM's tokenizer call
+        truncates at ``max_model_len + 1`` so an over-long prompt costs no more than that.
 
         For speed the text is cut into chunks of about ``_CHUNK`` characters at positions that are
         always piece boundaries (a space followed by a letter: no piece can span one), so the
@@ -184,6 +198,9 @@ class Tokenizer:
                     rev.setdefault(tid, piece)
                 if len(seen) < _SEEN_LIMIT:
                     seen.add(chunk)
+            if limit is not None and len(ids) >= limit:
+                del ids[limit:]
+                break
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:

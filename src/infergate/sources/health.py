@@ -5,6 +5,10 @@ endpoint out of rotation at once, because sending a request to a dead replica co
 error, while skipping a live one for a moment costs almost nothing. Coming back needs ``rise``
 consecutive successes, so a flapping replica does not oscillate in and out every probe.
 
+Withdrawing requests already in flight there is a stronger verdict and waits for
+``evict_after`` consecutive failed health probes (hysteresis): one slow probe on an overloaded
+replica must not cut hundreds of healthy streams; the scraper announces that moment.
+
 Both the health probe and a good metrics scrape are evidence of life, but the health path has the
 last word: while the latest probe failed (vLLM answers ``/health`` with 503 when its engine died,
 yet may still serve ``/metrics``), scrape successes do not count towards rejoining.
@@ -29,11 +33,14 @@ class HealthTracker:
     healthy: bool = True
     probe_ok: bool = True
     successes: int = 0
+    failed_probes: int = 0
+    """Consecutive failed health probes (scrapes do not count)."""
 
     def record(self, ok: bool, *, probe: bool) -> bool | None:
         """Record one scrape (``probe=False``) or health-probe (``probe=True``) outcome."""
         if probe:
             self.probe_ok = ok
+            self.failed_probes = 0 if ok else self.failed_probes + 1
         if not ok:
             self.successes = 0
             if self.healthy:

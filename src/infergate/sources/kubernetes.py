@@ -10,8 +10,10 @@ bookmarks, resume after dropped connections, relist after 410 Gone):
   (condition ``Ready=True``), has a pod IP and is not terminating (``deletionTimestamp`` unset, so
   a pod being deleted leaves rotation at once); named ``<pod>-rank-<i>`` when there are several
   ports; the ``inference.networking.k8s.io/active-ports`` annotation restricts the ports;
-- the ``InferenceObjective`` and ``InferenceModelRewrite`` objects
-  (``inference.networking.x-k8s.io/v1alpha2``) whose ``poolRef`` names the pool.
+- the ``InferenceObjective`` and ``InferenceModelRewrite`` objects whose ``poolRef`` names the pool,
+  under both API groups: ``llm-d.ai/v1alpha2`` (llm-d-router v0.10) and
+  ``inference.networking.x-k8s.io/v1alpha2`` (GIE v1.5). When both groups hold an object of the same
+  name, the ``llm-d.ai`` one wins. Either group's CRD may be absent (404): it then counts as empty.
 
 Every change recomputes the wanted state from the reflectors' maps and *diffs* it into the
 datastore, so a relist after a gap removes what was deleted meanwhile and keeps the live state
@@ -32,7 +34,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from infergate.api.loader import ManifestSet
+from infergate.api.loader import ManifestSet, newest_group_wins
 from infergate.api.resources import (
     InferenceModelRewriteResource,
     InferenceObjectiveResource,
@@ -45,7 +47,10 @@ from infergate.sources.kubernetes_client import (
     INFERENCE_MODEL_REWRITES,
     INFERENCE_OBJECTIVES,
     INFERENCE_POOLS,
+    LLMD_INFERENCE_MODEL_REWRITES,
+    LLMD_INFERENCE_OBJECTIVES,
     PODS,
+    Resource,
     k8s_client,
     make_api_client,
 )
@@ -54,11 +59,25 @@ from infergate.sources.kubernetes_status import CONTROLLER_NAME, PoolHealth, des
 from infergate.sources.manifests import sync_endpoints
 from infergate.types import EndpointMeta, PoolSpec
 
-__all__ = ["KubernetesSource"]
+__all__ = ["WATCHED_RESOURCES", "KubernetesSource", "reflector_key"]
 
 log = logging.getLogger("infergate.kubernetes")
 
 POOL_GROUP = "inference.networking.k8s.io"
+
+_OBJECTIVE_RESOURCES = (LLMD_INFERENCE_OBJECTIVES, INFERENCE_OBJECTIVES)
+_REWRITE_RESOURCES = (LLMD_INFERENCE_MODEL_REWRITES, INFERENCE_MODEL_REWRITES)
+_OPTIONAL_RESOURCES = (*_OBJECTIVE_RESOURCES, *_REWRITE_RESOURCES)
+#: Everything the source lists and watches (the chart's Role must grant get/list/watch on each).
+WATCHED_RESOURCES: tuple[Resource, ...] = (INFERENCE_POOLS, PODS, *_OPTIONAL_RESOURCES)
+
+
+def reflector_key(resource: Resource) -> str:
+    """Key of a resource's reflector: the plural for core and pool resources, ``plural.group`` for
+    the objective and rewrite APIs, which exist under two groups with the same plural."""
+    if resource.group in ("", POOL_GROUP):
+        return resource.plural
+    return f"{resource.plural}.{resource.group}"
 
 
 def _pod_ready(pod: PodResource) -> bool:
@@ -141,8 +160,15 @@ class KubernetesSource:
         self._pod_lists_seen = 0
         try:
             self.reflectors = {
-                r.plural: Reflector(client, r, self.namespace, self._on_change, **self._reflector_args)
-                for r in (INFERENCE_POOLS, PODS, INFERENCE_OBJECTIVES, INFERENCE_MODEL_REWRITES)
+                reflector_key(r): Reflector(
+                    client,
+                    r,
+                    self.namespace,
+                    self._on_change,
+                    optional=r in _OPTIONAL_RESOURCES,
+                    **self._reflector_args,
+                )
+                for r in WATCHED_RESOURCES
             }
             async with asyncio.TaskGroup() as tg:
                 for name, reflector in self.reflectors.items():
@@ -168,23 +194,27 @@ class KubernetesSource:
     # ------------------------------------------------------------------ change handling
 
     def _on_change(self, reflector: Reflector) -> None:
-        plural = reflector.resource.plural
-        if plural == INFERENCE_POOLS.plural:
+        resource = reflector.resource
+        if resource == INFERENCE_POOLS:
             self._sync_pool()
             self._sync_endpoints()
-        elif plural == PODS.plural:
+        elif resource == PODS:
             if reflector.lists != self._pod_lists_seen:  # a (re)list: full diff against the datastore
                 self._pod_lists_seen = reflector.lists
                 self._applied = None
             self._sync_endpoints()
-        elif plural == INFERENCE_OBJECTIVES.plural:
+        elif resource in _OBJECTIVE_RESOURCES:
             self._sync_objectives()
-        elif plural == INFERENCE_MODEL_REWRITES.plural:
+        elif resource in _REWRITE_RESOURCES:
             self._sync_rewrites()
 
-    def _items(self, plural: str) -> list[dict[str, Any]]:
-        r = self.reflectors.get(plural)
-        return list(r.items.values()) if r is not None else []
+    def _items(self, *resources: Resource) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for resource in resources:
+            r = self.reflectors.get(reflector_key(resource))
+            if r is not None:
+                out.extend(r.items.values())
+        return out
 
     def _pool_object(self) -> dict[str, Any] | None:
         r = self.reflectors.get(INFERENCE_POOLS.plural)
@@ -234,7 +264,7 @@ class KubernetesSource:
         so a pod event costs one pod's validation, not the whole namespace's."""
         out: dict[str, EndpointMeta] = {}
         live: set[str] = set()
-        for obj in self._items(PODS.plural):
+        for obj in self._items(PODS):
             meta = obj.get("metadata") or {}
             name = str(meta.get("name", ""))
             rv = str(meta.get("resourceVersion", ""))
@@ -272,16 +302,17 @@ class KubernetesSource:
         return name == self.pool_name and kind == "InferencePool" and group in (self._pool_group, "")
 
     def _sync_objectives(self) -> None:
-        wanted: list[InferenceObjectiveResource] = []
-        for obj in self._items(INFERENCE_OBJECTIVES.plural):
+        parsed: list[InferenceObjectiveResource] = []
+        for obj in self._items(*_OBJECTIVE_RESOURCES):
             try:
-                o = InferenceObjectiveResource.model_validate(obj)
+                parsed.append(InferenceObjectiveResource.model_validate(obj))
             except ValidationError as exc:
                 log.warning("kubernetes: ignoring InferenceObjective: %s", _short(exc))
-                continue
-            ref = o.spec.pool_ref
-            if self._refs_pool(ref.group, ref.kind, ref.name):
-                wanted.append(o)
+        wanted = [
+            o
+            for o in newest_group_wins(parsed)
+            if self._refs_pool(o.spec.pool_ref.group, o.spec.pool_ref.kind, o.spec.pool_ref.name)
+        ]
         values = ManifestSet(objectives=wanted).objective_values()
         names = {v.name for v in values}
         for old in self._ds.objectives():
@@ -292,16 +323,17 @@ class KubernetesSource:
                 self._ds.upsert_objective(v)
 
     def _sync_rewrites(self) -> None:
-        wanted: list[InferenceModelRewriteResource] = []
-        for obj in self._items(INFERENCE_MODEL_REWRITES.plural):
+        parsed: list[InferenceModelRewriteResource] = []
+        for obj in self._items(*_REWRITE_RESOURCES):
             try:
-                r = InferenceModelRewriteResource.model_validate(obj)
+                parsed.append(InferenceModelRewriteResource.model_validate(obj))
             except ValidationError as exc:
                 log.warning("kubernetes: ignoring InferenceModelRewrite: %s", _short(exc))
-                continue
-            ref = r.spec.pool_ref
-            if self._refs_pool(ref.group, ref.kind, ref.name):
-                wanted.append(r)
+        wanted = [
+            r
+            for r in newest_group_wins(parsed)
+            if self._refs_pool(r.spec.pool_ref.group, r.spec.pool_ref.kind, r.spec.pool_ref.name)
+        ]
         values = ManifestSet(rewrites=wanted).rewrite_values()  # oldest first: precedence order
         current = self._ds.rewrites()
         if [r.name for r in current] != [r.name for r in values]:

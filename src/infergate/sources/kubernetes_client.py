@@ -11,6 +11,7 @@ ourselves, so bookmarks, 410 Gone and reconnects are under our control.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +23,14 @@ __all__ = [
     "INFERENCE_MODEL_REWRITES",
     "INFERENCE_OBJECTIVES",
     "INFERENCE_POOLS",
+    "LLMD_INFERENCE_MODEL_REWRITES",
+    "LLMD_INFERENCE_OBJECTIVES",
     "PODS",
     "Resource",
     "default_pool_namespace",
     "in_cluster",
     "make_api_client",
+    "user_agent",
 ]
 
 # The generated client is typed loosely; we go through ``Any`` at this one boundary.
@@ -55,6 +59,11 @@ INFERENCE_OBJECTIVES = Resource(
 )
 INFERENCE_MODEL_REWRITES = Resource(
     "inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite"
+)
+# llm-d-router v0.10 moved both APIs to the ``llm-d.ai`` group; a cluster may have either or both.
+LLMD_INFERENCE_OBJECTIVES = Resource("llm-d.ai", "v1alpha2", "inferenceobjectives", "InferenceObjective")
+LLMD_INFERENCE_MODEL_REWRITES = Resource(
+    "llm-d.ai", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite"
 )
 
 
@@ -98,4 +107,15 @@ async def make_api_client(
         await k8s_config.load_kube_config(
             config_file=path, context=context, client_configuration=configuration, persist_config=False
         )
-    return k8s_client.ApiClient(configuration=configuration)
+    client = k8s_client.ApiClient(configuration=configuration)
+    client.user_agent = user_agent()  # audit logs and API priority-and-fairness see who calls
+    return client
+
+
+def user_agent() -> str:
+    """``infergate/<version>``, the User-Agent of every request to the Kubernetes API."""
+    try:
+        version = importlib.metadata.version("infergate")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"infergate/{version}"

@@ -11,6 +11,10 @@ no gaps:
 - any other failure (connection refused, 5xx, bad JSON) is retried with capped exponential backoff
   and jitter, starting from where it failed.
 
+A resource marked ``optional`` whose API is not installed (404 on list, e.g. a CRD group the cluster
+does not have) counts as synced and empty, and is listed again every ``backoff_max`` seconds, so
+installing the CRD later is noticed without a restart.
+
 After every change the ``on_change`` callback runs synchronously; the owner recomputes what it
 derives from all the maps. The reflector never writes anything to the API.
 """
@@ -34,15 +38,24 @@ log = logging.getLogger("infergate.kubernetes")
 
 
 class WatchError(Exception):
-    """The API answered something other than a usable list or event (status code kept)."""
+    """The API answered something other than a usable list or event (status code kept).
 
-    def __init__(self, status: int, message: str) -> None:
+    ``retry_after`` is the server's ``Retry-After`` (seconds), e.g. with 429 "storage is
+    (re)initializing" while a restarted API server fills its watch cache.
+    """
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.retry_after = retry_after
 
 
 class _Gone(Exception):
     """410 Gone: our resourceVersion is too old to watch from; relist."""
+
+
+class _NotInstalled(Exception):
+    """404 on list of an optional resource: its API (CRD) is not installed in the cluster."""
 
 
 class Reflector:
@@ -69,8 +82,11 @@ class Reflector:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         rng: random.Random | None = None,
+        optional: bool = False,
     ) -> None:
         self.resource = resource
+        self.optional = optional
+        self.installed = True
         self.namespace = namespace
         self.items: dict[str, dict[str, Any]] = {}
         self.resource_version = ""
@@ -99,6 +115,12 @@ class Reflector:
                     need_list = False
                 await self._watch_once()
                 backoff = self._backoff_initial
+            except _NotInstalled:
+                if self.installed:
+                    log.info("%s: not installed in the cluster (404); treating as empty", self._what)
+                self.installed = False
+                need_list = True
+                await asyncio.sleep(self._backoff_max)
             except _Gone:
                 self.relists_gone += 1
                 log.info(
@@ -110,13 +132,18 @@ class Reflector:
             except Exception as exc:  # network, HTTP, JSON or a malformed object: retry, never die
                 self.errors += 1
                 delay = backoff * (0.5 + self._rng.random())
+                hint = getattr(exc, "retry_after", None)
+                if hint is not None:  # the server said when; never wait longer than our cap
+                    delay = min(max(delay, hint), self._backoff_max)
                 log.warning("%s: %s; retrying in %.2fs", self._what, _describe(exc), delay)
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self._backoff_max)
 
     @property
     def _what(self) -> str:
-        return f"{self.resource.plural} in {self.namespace}"
+        r = self.resource
+        group = f".{r.group}" if r.group else ""
+        return f"{r.plural}{group} in {self.namespace}"
 
     # ------------------------------------------------------------------ list
 
@@ -138,8 +165,11 @@ class Reflector:
             body = await resp.read()
             if resp.status == 410:
                 raise _Gone
+            if resp.status == 404 and self.optional:
+                self._set_items({}, "")
+                raise _NotInstalled
             if resp.status != 200:
-                raise WatchError(resp.status, _status_message(body))
+                raise WatchError(resp.status, _status_message(body), _retry_after(resp))
         finally:
             resp.release()
         data = json.loads(body)
@@ -147,8 +177,12 @@ class Reflector:
         for item in data.get("items") or []:
             obj = self._complete(item)
             items[obj["metadata"]["name"]] = obj
+        self.installed = True
+        self._set_items(items, str((data.get("metadata") or {}).get("resourceVersion", "")))
+
+    def _set_items(self, items: dict[str, dict[str, Any]], resource_version: str) -> None:
         self.items = items
-        self.resource_version = str((data.get("metadata") or {}).get("resourceVersion", ""))
+        self.resource_version = resource_version
         self.lists += 1
         self.synced.set()
         self._on_change(self)
@@ -169,15 +203,20 @@ class Reflector:
             resource_version=self.resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=self._watch_timeout,
+            # A watch whose connection outlives the server (a proxy keeps it open across an API
+            # server restart) delivers nothing, not even bookmarks: give up on it soon after the
+            # server should have ended it, then resume or relist.
             _request_timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=10, sock_read=self._watch_timeout + 30
+                total=None,
+                sock_connect=10,
+                sock_read=self._watch_timeout + min(30.0, 2.0 * self._watch_timeout),
             ),
         )
         try:
             if resp.status == 410:
                 raise _Gone
             if resp.status != 200:
-                raise WatchError(resp.status, _status_message(await resp.read()))
+                raise WatchError(resp.status, _status_message(await resp.read()), _retry_after(resp))
             buffer = b""
             async for chunk in resp.content.iter_any():
                 buffer += chunk
@@ -213,6 +252,14 @@ class Reflector:
         if rv:
             self.resource_version = str(rv)
         self._on_change(self)
+
+
+def _retry_after(resp: Any) -> float | None:
+    value = (getattr(resp, "headers", None) or {}).get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _status_message(body: bytes) -> str:

@@ -9,7 +9,9 @@ appears gets a task, one that disappears has its task cancelled.
 
 Failure policy (see :mod:`infergate.sources.health`): any failed scrape or probe takes the endpoint
 out of rotation at once; it rejoins after ``rise`` consecutive successes while its latest health
-probe is good. While failing, the scrape
+probe is good. After ``evict_after`` consecutive failed health probes the endpoint is declared down
+to the ``down`` listeners (:meth:`MetricsScraper.add_down_listener`): the data plane withdraws the
+requests in flight there only then. While failing, the scrape
 interval backs off exponentially up to ``max_backoff`` so a dead replica is not hammered 20×/s.
 An unexpected exception inside one endpoint's task is logged and that task restarted; it never
 stops the scraper or the other endpoints. All requests share one aiohttp session (keep-alive).
@@ -74,6 +76,7 @@ class MetricsScraper:
         timeout: float = 0.8,
         health_timeout: float = 1.0,
         rise: int = 2,
+        evict_after: int = 3,
         max_backoff: float = 1.0,
         models_interval: float = 2.0,
         pool_metrics_interval: float = 1.0,
@@ -91,6 +94,8 @@ class MetricsScraper:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
         self._rise = max(1, rise)
+        self._evict_after = max(1, evict_after)
+        self._down_listeners: list[Callable[[str], None]] = []
         self._max_backoff = max(max_backoff, interval)
         self._models_interval = models_interval
         self._pool_metrics_interval = pool_metrics_interval
@@ -125,6 +130,7 @@ class MetricsScraper:
             metrics=metrics,
             timeout=settings.scrape_timeout,
             health_timeout=settings.health_timeout,
+            evict_after=settings.evict_after_failed_probes,
             max_backoff=settings.scrape_backoff_max,
             pool_metrics_interval=settings.pool_metrics_interval,
         )
@@ -217,11 +223,21 @@ class MetricsScraper:
             await self._probe_health(key, base, session, state)
             await asyncio.sleep(max(0.0, self._health_interval - (loop.time() - started)))
 
+    def add_down_listener(self, fn: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``fn(key)`` when an endpoint failed ``evict_after`` health probes in a row; returns
+        the function that unsubscribes it."""
+        self._down_listeners.append(fn)
+        return lambda: self._down_listeners.remove(fn)
+
     def _outcome(self, key: str, state: _EndpointState, ok: bool, *, probe: bool = False) -> None:
         change = state.health.record(ok, probe=probe)
         if change is not None and self._ds.endpoint(key) is not None:
             log.info("endpoint %s is now %s", key, "healthy" if change else "unhealthy")
             self._ds.set_healthy(key, change)
+        if probe and not ok and state.health.failed_probes == self._evict_after:
+            log.warning("endpoint %s failed %d health probes in a row: down", key, self._evict_after)
+            for fn in list(self._down_listeners):
+                fn(key)
 
     async def _scrape(
         self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState

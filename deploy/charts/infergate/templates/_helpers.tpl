@@ -32,7 +32,22 @@ app.kubernetes.io/part-of: infergate
 
 {{- define "infergate.image" -}}
 {{- $img := .Values.inferenceExtension.image -}}
-{{- printf "%s:%s" $img.repository (default .Chart.AppVersion (toString $img.tag)) -}}
+{{- $repo := $img.repository -}}
+{{- if $img.registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" $img.registry) $repo }}{{ end -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion (toString $img.tag)) -}}
+{{- end -}}
+
+{{/* The metrics-reader token Secret: the reference's monitoring.prometheus.auth.secretName wins. */}}
+{{- define "infergate.metricsSecret" -}}
+{{- $mon := .Values.inferenceExtension.monitoring -}}
+{{- default $mon.secret.name $mon.prometheus.auth.secretName -}}
+{{- end -}}
+
+{{/* Istio DestinationRule settings: the reference's provider.istio.destinationRule, else istio.destinationRule. */}}
+{{- define "infergate.destinationRule" -}}
+{{- $ref := dig "istio" "destinationRule" (dict) .Values.provider -}}
+{{- $own := .Values.istio.destinationRule -}}
+{{- toYaml (dict "host" (default $own.host $ref.host) "trafficPolicy" (default $own.trafficPolicy $ref.trafficPolicy)) -}}
 {{- end -}}
 
 {{/*
@@ -66,15 +81,44 @@ InferencePool as the annotation infergate.dev/model-server-type, which the picke
 {{- fail (printf "inferenceExtension.pluginsConfigFile: %q is neither default-plugins.yaml nor a key of inferenceExtension.pluginsCustomConfig" $file) -}}
 {{- end -}}
 {{- $_ := include "infergate.metricsDialect" . -}}
+{{- $ie := .Values.inferenceExtension -}}
+{{- $pool := .Values.inferencePool -}}
+{{- if ne ($pool.modelServerProtocol | default "http") "http" -}}
+{{- fail (printf "inferencePool.modelServerProtocol: %q is not supported: infergate speaks HTTP to model servers (no vLLM gRPC)" $pool.modelServerProtocol) -}}
+{{- end -}}
+{{- if not (has ($pool.parser | default "") (list "" "openai-parser" "anthropic-parser")) -}}
+{{- fail (printf "inferencePool.parser: %q is not supported: infergate parses OpenAI and Anthropic Messages requests (openai-parser, anthropic-parser, always both)" $pool.parser) -}}
+{{- end -}}
+{{- range $key, $why := dict "sidecar" "no sidecar container is needed (the picker serves ext_proc itself)" "tracing" "OpenTelemetry tracing is not implemented" "latencyPredictor" "the latency-predictor sidecar is not supported" -}}
+{{- if (get $ie $key | default (dict)).enabled -}}
+{{- fail (printf "inferenceExtension.%s.enabled: not supported: %s" $key $why) -}}
+{{- end -}}
+{{- end -}}
+{{- $mds := $ie.metricsDataSource | default (dict) -}}
+{{- if or (ne ($mds.scheme | default "http") "http") (ne ($mds.path | default "/metrics") "/metrics") -}}
+{{- fail "inferenceExtension.metricsDataSource: infergate scrapes http://<pod>:<port>/metrics only (scheme http, path /metrics)" -}}
+{{- end -}}
+{{- if (.Values.experimentalHttpRoute | default (dict)).enabled -}}
+{{- fail "experimentalHttpRoute.enabled: not supported by this chart; apply an HTTPRoute yourself (deploy/examples/httproute.yaml)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
 The picker's flags: the chart's own, overridden by inferenceExtension.flags, rendered sorted (a
-stable Deployment) as --key=value; true/false (boolean or string) become --key / --no-key, the
-form infergate's boolean options take.
+stable Deployment). Every key must be a flag of `infergate epp` or a reference flag with a mapping;
+anything else fails here, at template time, rather than crash-looping the pod:
+- valued flags render --key=value; toggles (secure-serving, flow-control) --key / --no-key;
+  switches (disable-endpoint-subset-filter) --key when true, nothing when false;
+- reference flags: v (klog verbosity; >= 4 → --log-level=debug, else info), zap-log-level,
+  metrics-endpoint-auth (→ --metrics-auth), drain-timeout (seconds → --grace), and
+  enable-pprof / tracing / ha-enable-leader-election only when false (infergate has none of them).
 */}}
 {{- define "infergate.flags" -}}
 {{- $ie := .Values.inferenceExtension -}}
+{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "log-level" "log-format" -}}
+{{- $toggles := list "secure-serving" "flow-control" -}}
+{{- $switches := list "disable-endpoint-subset-filter" -}}
+{{- $offOnly := list "enable-pprof" "tracing" "ha-enable-leader-election" -}}
 {{- $flags := dict
   "pool-name" (include "infergate.poolName" .)
   "pool-namespace" .Release.Namespace
@@ -88,44 +132,55 @@ form infergate's boolean options take.
 -}}
 {{- /* not `merge`: it would let the chart's true win over a user's false */ -}}
 {{- range $k, $v := ($ie.flags | default (dict)) }}
-{{- $_ := set $flags $k $v -}}
-{{- end -}}
+{{- $s := toString $v | lower }}
+{{- $where := printf "inferenceExtension.flags.%s" $k }}
+{{- if eq $k "v" }}
+{{- if not (regexMatch "^[0-9]+$" (toString $v)) }}{{ fail (printf "%s: %q is not a verbosity level (0, 1, 2, ...)" $where (toString $v)) }}{{ end }}
+{{- $_ := set $flags "log-level" (ternary "debug" "info" (ge (int $v) 4)) }}
+{{- else if eq $k "zap-log-level" }}
+{{- $level := dict "debug" "debug" "info" "info" "warn" "warning" "warning" "warning" "error" "error" }}
+{{- if not (hasKey $level $s) }}{{ fail (printf "%s: %q is not one of debug, info, warn, error" $where (toString $v)) }}{{ end }}
+{{- $_ := set $flags "log-level" (get $level $s) }}
+{{- else if eq $k "metrics-endpoint-auth" }}
+{{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
+{{- $_ := set $flags "metrics-auth" (ternary "kubernetes" "disabled" (eq $s "true")) }}
+{{- else if eq $k "drain-timeout" }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?s?$" (toString $v)) }}{{ fail (printf "%s: %q must be seconds, e.g. 30s" $where (toString $v)) }}{{ end }}
+{{- $_ := set $flags "grace" (trimSuffix "s" (toString $v)) }}
+{{- else if has $k $offOnly }}
+{{- if ne $s "false" }}{{ fail (printf "%s: infergate epp has no %s (only false is accepted; see docs/kubernetes.md)" $where $k) }}{{ end }}
+{{- else if has $k (concat $valued $toggles $switches) }}
+{{- if and (has $k (concat $toggles $switches)) (not (has $s (list "true" "false"))) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
+{{- $_ := set $flags $k $v }}
+{{- else }}
+{{- fail (printf "%s: not a flag of infergate epp and not a reference flag it maps (see docs/kubernetes.md, migration table)" $where) }}
+{{- end }}
+{{- end }}
 {{- range $k, $v := $flags }}
 {{- $s := toString $v | lower }}
+{{- if has $k $toggles }}
+- {{ printf "--%s%s" (ternary "" "no-" (eq $s "true")) $k | quote }}
+{{- else if has $k $switches }}
 {{- if eq $s "true" }}
 - {{ printf "--%s" $k | quote }}
-{{- else if eq $s "false" }}
-- {{ printf "--no-%s" $k | quote }}
+{{- end }}
 {{- else }}
 - {{ printf "--%s=%v" $k $v | quote }}
 {{- end }}
 {{- end -}}
 {{- end -}}
 
-{{/* The chart's default EndpointPickerConfig: the reference default profile (queue 2, kv 2, prefix 3). */}}
+{{/* The chart's default EndpointPickerConfig: infergate's default profile (predicted-latency-scorer). */}}
 {{- define "infergate.defaultPluginsConfig" -}}
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
-  - type: queue-scorer
-  - type: kv-cache-utilization-scorer
-  - type: prefix-cache-scorer
-{{- if .Values.inferenceExtension.loraAffinity }}
-  - type: lora-affinity-scorer
-{{- end }}
+  - type: predicted-latency-scorer
   - type: max-score-picker
 schedulingProfiles:
   - name: default
     plugins:
-      - pluginRef: queue-scorer
-        weight: 2
-      - pluginRef: kv-cache-utilization-scorer
-        weight: 2
-      - pluginRef: prefix-cache-scorer
-        weight: 3
-{{- if .Values.inferenceExtension.loraAffinity }}
-      - pluginRef: lora-affinity-scorer
-        weight: 2
-{{- end }}
+      - pluginRef: predicted-latency-scorer
+        weight: 1
       - pluginRef: max-score-picker
 {{- end -}}

@@ -52,8 +52,18 @@
     return { cls: "healthy", text: "\u25cf healthy" };
   }
 
+  function latencyCell(m) {
+    // the latency model's view of one endpoint (predicted-latency-scorer), empty without it
+    if (!m || !m.observations) return el("td", { cls: "latency sub", text: m ? "no answer yet" : "" });
+    const text =
+      m.last_predicted_ttft_ms.toFixed(0) + " / " + m.last_observed_ttft_ms.toFixed(0) + " ms";
+    const sub = "backlog " + m.backlog_ms.toFixed(0) + " ms \u00b7 \u00d7" + m.ttft_observed_over_predicted.toFixed(2);
+    return el("td", { cls: "latency" }, [el("div", { text: text }), el("div", { cls: "sub", text: sub })]);
+  }
+
   function renderEndpoints(state) {
     const eps = state.endpoints || [];
+    const model = state.latency_model || {};
     const maxWaiting = Math.max(5, ...eps.map((e) => e.waiting));
     const maxRunning = Math.max(1, ...eps.map((e) => e.running));
     const rows = eps.map((ep) => {
@@ -75,6 +85,7 @@
         el("td", { cls: "num inflight", text: ep.in_flight }),
         adapters,
         el("td", { cls: "num age", text: fmtSeconds(ep.age) }),
+        latencyCell(model[ep.key]),
       ]);
     });
     document.querySelector("#endpoints tbody").replaceChildren(...rows);

@@ -1,0 +1,531 @@
+"""The EndpointPickerConfig sections beside scheduling: what each means for infergate.
+
+The reference picker's config carries, besides ``plugins`` and ``schedulingProfiles``,
+``featureGates``, ``flowControl``, ``saturationDetector`` (deprecated top-level spelling of
+``flowControl.saturationDetector``), ``dataLayer``, ``parser`` (deprecated spelling of
+``requestHandler.parsers``) and ``requestHandler``. An operator who swaps infergate in must never
+find one of them silently dropped, so this module either maps each field onto the gateway's own
+settings or refuses it with an error naming the field:
+
+- ``flowControl`` TTL and capacities and the ``utilization-detector`` thresholds become
+  :class:`~infergate.config.settings.GatewaySettings` fields, which the one flow-control builder
+  (``flowcontrol.settings.flow_control_from_settings``) reads;
+- ``featureGates: [flowControl]`` / ``flowControl=false`` switch queueing on/off;
+- sections naming behaviour infergate has built in (``metrics-data-source`` scraping ``/metrics``
+  over HTTP, ``openai-parser``, FCFS order, round-robin flows) are accepted when they ask for exactly
+  that behaviour and refused otherwise.
+
+:func:`check_sections` runs when a config is parsed (so ``infergate epp`` refuses at start);
+:func:`apply_sections` turns a valid config into settings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from infergate.config.settings import GatewaySettings
+from infergate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from infergate.config.picker import EndpointPickerConfig
+
+__all__ = [
+    "FEATURE_GATES",
+    "NON_SCHEDULING_TYPES",
+    "SectionEffects",
+    "UtilizationDetectorParams",
+    "apply_sections",
+    "check_sections",
+    "fold_prefix_producer",
+    "nearest",
+    "parse_go_duration",
+    "parse_quantity",
+]
+
+#: Feature gates the reference registers, and what infergate does with each (None: accepted).
+FEATURE_GATES: dict[str, str | None] = {
+    "flowControl": None,  # queue under saturation (infergate's default is on)
+    "haPopulateNonLeaderDatastore": None,  # no leader election: every replica fills its datastore
+    "dataLayer": None,  # GIE v1.5: deprecated no-op
+    "enableLegacyMetrics": "infergate has one metrics pipeline (the data-layer scraper); the legacy "
+    "per-pod metrics client does not exist here",
+}
+
+UTILIZATION_DETECTOR = "utilization-detector"
+STATIC_USAGE_LIMIT = "static-usage-limit-policy"
+# Both parsers are always on in infergate (OpenAI paths and /v1/messages); naming them is fine.
+SUPPORTED_PARSERS = ("openai-parser", "anthropic-parser")
+SUPPORTED_FAIRNESS = ("round-robin-fairness-policy",)
+SUPPORTED_ORDERING = ("fcfs-ordering-policy",)
+DATA_SOURCES = ("metrics-data-source",)
+EXTRACTORS = ("core-metrics-extractor",)
+#: Reference plugin types that are not scheduling stages: never part of a generated default profile.
+NON_SCHEDULING_TYPES = frozenset(
+    {
+        *SUPPORTED_PARSERS,
+        *SUPPORTED_FAIRNESS,
+        *SUPPORTED_ORDERING,
+        *DATA_SOURCES,
+        *EXTRACTORS,
+        UTILIZATION_DETECTOR,
+        STATIC_USAGE_LIMIT,
+        "single-profile-handler",
+        "header-profile-handler",
+        "approx-prefix-cache-producer",
+        "inflight-load-producer",
+    }
+)
+
+
+def nearest(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or empty when nothing is close."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# ------------------------------------------------------------------------- units
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_FACTORS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(value: object) -> int:
+    """A Kubernetes resource quantity (``500``, ``1k``, ``10Gi``) as a whole number; ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a quantity such as 100, 1k or 10Gi (got {value!r})")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"must be >= 0 (got {value!r})")
+        return value
+    m = _QUANTITY.match(str(value).strip())
+    if m is None:
+        raise ValueError(f"expected a quantity such as 100, 1k or 10Gi (got {value!r})")
+    amount = float(m.group(1)) * _FACTORS[m.group(2)]
+    if amount != int(amount):
+        raise ValueError(f"must be a whole number (got {value!r})")
+    return int(amount)
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(value: object) -> float:
+    """Seconds of a Go duration string (``200ms``, ``60s``, ``1m30s``); ValueError."""
+    text = str(value).strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"expected a duration such as 200ms, 60s or 1m (got {value!r})")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+# ------------------------------------------------------------------------- section schemas
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class PluginRefOnly(_Strict):
+    plugin_ref: str = Field(min_length=1)
+
+
+class PriorityBand(_Strict):
+    priority: int | None = None
+    max_bytes: int | str | None = None
+    max_requests: int | str | None = None
+    fairness_policy_ref: str = ""
+    ordering_policy_ref: str = ""
+
+
+class FlowControlSection(_Strict):
+    max_bytes: int | str | None = None
+    max_requests: int | str | None = None
+    default_request_ttl: str | None = Field(default=None, alias="defaultRequestTTL")
+    no_endpoint_request_ttl: str | None = Field(default=None, alias="noEndpointRequestTTL")
+    default_priority_band: PriorityBand | None = None
+    default_negative_priority_band: PriorityBand | None = None
+    priority_bands: list[PriorityBand] = Field(default_factory=list)
+    usage_limit_policy_plugin_ref: str = ""
+    saturation_detector: PluginRefOnly | None = None
+    enable_eviction: bool = False
+
+
+class DataLayerSource(_Strict):
+    plugin_ref: str = Field(min_length=1)
+    extractors: list[PluginRefOnly] = Field(default_factory=list)
+
+
+class DataLayerSection(_Strict):
+    inject_defaults: bool | None = None
+    sources: list[DataLayerSource] = Field(default_factory=list)
+    discovery: PluginRefOnly | None = None
+    peer_discovery: PluginRefOnly | None = None
+    cross_replica_syncer_plugin_ref: str = ""
+    cross_replica_sync_interval: str | None = None
+
+
+class RequestHandlerSection(_Strict):
+    parsers: list[PluginRefOnly] = Field(default_factory=list)
+
+
+class UtilizationDetectorParams(_Strict):
+    """``utilization-detector`` parameters (the reference's names and defaults)."""
+
+    queue_depth_threshold: int = Field(default=5, gt=0)
+    kv_cache_util_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    metrics_staleness_threshold: str = "200ms"
+    headroom: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("metrics_staleness_threshold")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if parse_go_duration(value) <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("headroom")
+    @classmethod
+    def _no_burst(cls, value: float) -> float:
+        if value != 0.0:
+            raise ValueError(
+                "burst headroom above the thresholds is not supported (the detector is not a "
+                "scheduling filter in infergate); omit it or set 0"
+            )
+        return value
+
+
+class StaticUsageLimitParams(_Strict):
+    threshold: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    @field_validator("threshold")
+    @classmethod
+    def _full(cls, value: float) -> float:
+        if value != 1.0:
+            raise ValueError(
+                "a ceiling below 1.0 for every priority is not supported; infergate keeps "
+                "room only for the top band (GatewaySettings.flow_control_headroom)"
+            )
+        return value
+
+
+# ------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class SectionEffects:
+    """What the sections change: GatewaySettings fields, and flow control on/off (None: unchanged)."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    flow_control: bool | None = None
+
+
+def _validate(model: type[_Strict], data: object, where: str) -> Any:
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+            reason = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{where}{loc}: {reason}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+class _Reader:
+    """Reads one config's sections; every problem is a ConfigError naming the field."""
+
+    def __init__(self, config: EndpointPickerConfig) -> None:
+        self.config = config
+        self.types = {p.ref: p.type for p in config.plugins}
+        self.params = {p.ref: dict(p.parameters) for p in config.plugins}
+        self.effects: dict[str, Any] = {}
+
+    def _ref(self, ref: str, where: str, allowed: Sequence[str], what: str) -> str:
+        """The type of the plugin ``ref`` names; it must be one of ``allowed``."""
+        type_ = self.types.get(ref)
+        if type_ is None:
+            known = ", ".join(sorted(self.types)) or "none"
+            raise ConfigError(f"{where}: no plugin named {ref!r} in plugins (plugins: {known})")
+        if type_ not in allowed:
+            raise ConfigError(
+                f"{where}: plugin {ref!r} has type {type_!r}; infergate supports only "
+                f"{', '.join(allowed)} as {what}"
+            )
+        return type_
+
+    # --- featureGates
+
+    def feature_gates(self) -> bool | None:
+        gates: dict[str, bool] = {}
+        for i, gate in enumerate(self.config.feature_gates):
+            name, sep, value = gate.partition("=")
+            name = name.strip()
+            where = f"featureGates[{i}]"
+            if name not in FEATURE_GATES:
+                raise ConfigError(
+                    f"{where}: unknown feature gate {name!r}{nearest(name, list(FEATURE_GATES))} "
+                    f"(known: {', '.join(FEATURE_GATES)})"
+                )
+            reason = FEATURE_GATES[name]
+            enabled = True
+            if sep:
+                text = value.strip().lower()
+                if text not in ("true", "false", "1", "0", "t", "f"):
+                    raise ConfigError(f"{where}: {gate!r}: the value must be true or false")
+                enabled = text in ("true", "1", "t")
+            if reason is not None and enabled:
+                raise ConfigError(f"{where}: feature gate {name!r} is not supported: {reason}")
+            gates[name] = enabled
+        return gates.get("flowControl")
+
+    # --- saturation detector
+
+    def saturation_detector(self, ref: PluginRefOnly | None, where: str) -> None:
+        if ref is None:
+            detectors = [n for n, t in self.types.items() if t == UTILIZATION_DETECTOR]
+            if len(detectors) != 1:
+                return  # none declared: the defaults; several unreferenced: refused in check()
+            name = detectors[0]
+        else:
+            name = ref.plugin_ref
+            self._ref(name, f"{where}.pluginRef", (UTILIZATION_DETECTOR,), "saturation detector")
+        params = _validate(UtilizationDetectorParams, self.params[name], f"plugins[{name}].parameters")
+        self.effects.update(
+            queue_threshold=params.queue_depth_threshold,
+            kv_threshold=params.kv_cache_util_threshold,
+            saturation_staleness=parse_go_duration(params.metrics_staleness_threshold),
+        )
+
+    # --- flowControl
+
+    def flow_control(self, data: Mapping[str, Any] | None) -> bool:
+        """Map the section; True when it sets anything (so a gate turned off can be refused)."""
+        if data is None:
+            return False
+        fc: FlowControlSection = _validate(FlowControlSection, data, "flowControl")
+        where = "flowControl"
+        if fc.max_requests is not None:
+            total = self._quantity(fc.max_requests, f"{where}.maxRequests")
+            self.effects["max_queued_requests_total"] = total or None  # 0: unlimited
+        if fc.max_bytes is not None:
+            total = self._quantity(fc.max_bytes, f"{where}.maxBytes")
+            self.effects["max_queued_bytes_total"] = total or None
+        if fc.default_request_ttl is not None:
+            ttl = self._duration(fc.default_request_ttl, f"{where}.defaultRequestTTL")
+            self.effects["request_ttl"] = ttl
+        if fc.no_endpoint_request_ttl is not None:
+            raise ConfigError(
+                f"{where}.noEndpointRequestTTL: not supported: a pool with no ready endpoint "
+                "answers 503 at once instead of queueing"
+            )
+        if fc.enable_eviction:
+            raise ConfigError(f"{where}.enableEviction: evicting in-flight requests is not supported")
+        if fc.usage_limit_policy_plugin_ref:
+            name = fc.usage_limit_policy_plugin_ref
+            self._ref(name, f"{where}.usageLimitPolicyPluginRef", (STATIC_USAGE_LIMIT,), "usage-limit policy")
+            _validate(StaticUsageLimitParams, self.params[name], f"plugins[{name}].parameters")
+            self.effects["flow_control_headroom"] = 0.0  # one ceiling (1.0) for every band
+        default = fc.default_priority_band
+        if default is not None:
+            self._band(default, f"{where}.defaultPriorityBand", set_default=True)
+        if fc.default_negative_priority_band is not None:
+            self._band(fc.default_negative_priority_band, f"{where}.defaultNegativePriorityBand")
+        for i, band in enumerate(fc.priority_bands):
+            self._band(band, f"{where}.priorityBands[{i}]")
+        return bool(data)
+
+    def _band(self, band: PriorityBand, where: str, *, set_default: bool = False) -> None:
+        for ref, allowed, what in (
+            (band.fairness_policy_ref, SUPPORTED_FAIRNESS, "fairnessPolicyRef"),
+            (band.ordering_policy_ref, SUPPORTED_ORDERING, "orderingPolicyRef"),
+        ):
+            if not ref:
+                continue
+            type_ = self.types.get(ref, ref)  # a plugin name, or the policy type itself
+            if type_ not in allowed:
+                raise ConfigError(
+                    f"{where}.{what}: {ref!r} is not supported; infergate's bands use {', '.join(allowed)}"
+                )
+        requests = self._quantity(band.max_requests, f"{where}.maxRequests") if band.max_requests else 0
+        size = self._quantity(band.max_bytes, f"{where}.maxBytes") if band.max_bytes else 0
+        if set_default:
+            if requests:
+                self.effects["max_queued_requests"] = requests
+            if size:
+                self.effects["max_queued_bytes"] = size
+            return
+        # Bands share one capacity in infergate: another band may only restate the default's.
+        for key, value, name in (
+            ("max_queued_requests", requests, "maxRequests"),
+            ("max_queued_bytes", size, "maxBytes"),
+        ):
+            if value and value != self.effects.get(key, getattr(GatewaySettings(), key)):
+                raise ConfigError(
+                    f"{where}.{name}: per-band capacities that differ from defaultPriorityBand are "
+                    "not supported (every band has the default band's capacity); set "
+                    "defaultPriorityBand instead"
+                )
+
+    @staticmethod
+    def _quantity(value: object, where: str) -> int:
+        try:
+            return parse_quantity(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    @staticmethod
+    def _duration(value: object, where: str) -> float:
+        try:
+            seconds = parse_go_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if seconds <= 0:
+            raise ConfigError(f"{where}: must be > 0 (got {value!r})")
+        return seconds
+
+    # --- dataLayer, parsers
+
+    def data_layer(self, data: Mapping[str, Any] | None) -> None:
+        if data is None:
+            return
+        dl: DataLayerSection = _validate(DataLayerSection, data, "dataLayer")
+        for name, value in (
+            ("discovery", dl.discovery),
+            ("peerDiscovery", dl.peer_discovery),
+            ("crossReplicaSyncerPluginRef", dl.cross_replica_syncer_plugin_ref or None),
+            ("crossReplicaSyncInterval", dl.cross_replica_sync_interval),
+        ):
+            if value is not None:
+                raise ConfigError(
+                    f"dataLayer.{name}: not supported: endpoints come from the InferencePool "
+                    "(Kubernetes) or -f manifests, and replicas share no state"
+                )
+        if dl.inject_defaults is False and not dl.sources:
+            raise ConfigError(
+                "dataLayer.injectDefaults: false without sources would disable metrics collection, "
+                "which infergate's scheduling and flow control need"
+            )
+        for i, source in enumerate(dl.sources):
+            where = f"dataLayer.sources[{i}]"
+            self._ref(source.plugin_ref, f"{where}.pluginRef", DATA_SOURCES, "data source")
+            for j, extractor in enumerate(source.extractors):
+                self._ref(extractor.plugin_ref, f"{where}.extractors[{j}].pluginRef", EXTRACTORS, "extractor")
+
+    def parsers(self, parser: Mapping[str, Any] | None, handler: Mapping[str, Any] | None) -> None:
+        refs: list[tuple[str, PluginRefOnly]] = []
+        if handler is not None:
+            rh: RequestHandlerSection = _validate(RequestHandlerSection, handler, "requestHandler")
+            refs += [(f"requestHandler.parsers[{i}]", p) for i, p in enumerate(rh.parsers)]
+        if parser is not None:
+            refs.append(("parser", _validate(PluginRefOnly, parser, "parser")))
+        for where, ref in refs:
+            self._ref(ref.plugin_ref, f"{where}.pluginRef", SUPPORTED_PARSERS, "parser")
+
+    def check_plugins(self) -> None:
+        detectors = [n for n, t in self.types.items() if t == UTILIZATION_DETECTOR]
+        if len(detectors) > 1:
+            raise ConfigError(
+                f"plugins: several {UTILIZATION_DETECTOR} plugins ({', '.join(detectors)}); "
+                "name the one to use in flowControl.saturationDetector.pluginRef"
+            )
+        for name in detectors:
+            _validate(UtilizationDetectorParams, self.params[name], f"plugins[{name}].parameters")
+        for name, type_ in self.types.items():
+            if type_ == STATIC_USAGE_LIMIT:
+                _validate(StaticUsageLimitParams, self.params[name], f"plugins[{name}].parameters")
+
+
+def _read(config: EndpointPickerConfig) -> SectionEffects:
+    r = _Reader(config)
+    r.check_plugins()
+    gate = r.feature_gates()
+    fc_set = r.flow_control(config.flow_control)
+    # flowControl.saturationDetector wins over the deprecated top-level spelling, as upstream.
+    nested = (config.flow_control or {}).get("saturationDetector")
+    if nested is not None:
+        ref = _validate(PluginRefOnly, nested, "flowControl.saturationDetector")
+        r.saturation_detector(ref, "flowControl.saturationDetector")
+    elif config.saturation_detector is not None:
+        ref = _validate(PluginRefOnly, config.saturation_detector, "saturationDetector")
+        r.saturation_detector(ref, "saturationDetector")
+    else:
+        r.saturation_detector(None, "saturationDetector")
+    if gate is False and fc_set:
+        raise ConfigError(
+            "flowControl: set while featureGates turns flowControl off (flowControl=false); "
+            "remove one of them"
+        )
+    r.data_layer(config.data_layer)
+    r.parsers(config.parser, config.request_handler)
+    return SectionEffects(settings=dict(r.effects), flow_control=gate)
+
+
+PREFIX_PRODUCER = "approx-prefix-cache-producer"
+PREFIX_SCORER = "prefix-cache-scorer"
+
+
+def fold_prefix_producer(config: EndpointPickerConfig) -> EndpointPickerConfig:
+    """Give the ``approx-prefix-cache-producer``'s parameters to the ``prefix-cache-scorer``.
+
+    The reference splits hashing (producer) from scoring; infergate hashes inside the scorer, so the
+    producer's parameters (block size, LRU capacity, ...) are the scorer's. A scorer with parameters
+    of its own that differ is refused rather than one set being silently dropped.
+    """
+    producers = [p for p in config.plugins if p.type == PREFIX_PRODUCER]
+    if len(producers) > 1:
+        names = ", ".join(p.ref for p in producers)
+        raise ConfigError(f"plugins: several {PREFIX_PRODUCER} plugins ({names}); infergate keeps one index")
+    if not producers or not producers[0].parameters:
+        return config
+    wanted = dict(producers[0].parameters)
+    plugins = []
+    for p in config.plugins:
+        if p.type == PREFIX_SCORER:
+            if p.parameters and dict(p.parameters) != wanted:
+                raise ConfigError(
+                    f"plugins[{p.ref}].parameters: differ from {PREFIX_PRODUCER} {producers[0].ref!r}'s; "
+                    "infergate hashes prompts inside prefix-cache-scorer, so give the parameters once"
+                )
+            p = p.model_copy(update={"parameters": wanted})
+        plugins.append(p)
+    return config.model_copy(update={"plugins": plugins})
+
+
+def check_sections(config: EndpointPickerConfig) -> None:
+    """Raise ConfigError naming the field if any section asks for something infergate cannot do."""
+    _read(config)
+
+
+def apply_sections(
+    config: EndpointPickerConfig, settings: GatewaySettings, *, flow_control: bool
+) -> tuple[GatewaySettings, bool]:
+    """``settings`` and the flow-control switch with the config's sections applied.
+
+    A ``featureGates`` entry for ``flowControl`` wins over ``flow_control`` (the CLI default).
+    """
+    effects = _read(config)
+    changed = settings.replace(**effects.settings) if effects.settings else settings
+    enabled = flow_control if effects.flow_control is None else effects.flow_control
+    return changed, enabled

@@ -1,0 +1,302 @@
+"""The predicted-latency scorer: send each request where its own TTFT and TPOT will be lowest.
+
+The other scorers each look at one signal (queue length, KV use, a prefix match as a fraction, an
+adapter's presence) and a weighted sum decides between them. That sum is only right for the
+workloads its weights were tuned on: 8k unique tokens behind a 1k shared prefix still count as a
+"good prefix match", and a hot adapter is packed where it is loaded however deep the queue gets.
+This scorer instead predicts, for every candidate, what the request will experience there, in
+seconds, from one small model of a vLLM server, and prefers the candidate where the request is
+predicted to meet its SLO with the most room. All signals become time, so they trade against each
+other at their real exchange rate: a prefix hit saves exactly its prefill time, a queue costs
+exactly the prefill work ahead.
+
+The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation):
+
+* ``backlog(e)`` — prefill work waiting on ``e``: what this gateway sent there (each request adds
+  its uncached prompt tokens × ``prefillMsPerToken``), drained at one millisecond per millisecond
+  of wall time (a fluid queue), but never less than the scraped waiting queue times the average
+  prefill the gateway sends to ``e``. It reacts at once to the gateway's own decisions and is
+  corrected by every scrape.
+* ``uncached(e)`` — prompt tokens not expected in ``e``'s prefix cache: the prompt's blocks the
+  gateway sent to ``e`` before (an approximate index, as ``prefix-cache-scorer``), in tokens.
+* ``adapter(e)`` — 0 when the target adapter is running or waiting on ``e``; ``loraLoadMs`` with a
+  free slot; with every slot taken, the time for a running adapter's requests to finish
+  (the average answer length sent to ``e`` × the predicted TPOT).
+* ``TTFT(e) = overheadMs + backlog(e) + uncached(e) × prefillMsPerToken + adapter(e)``
+* ``TPOT(e) = (decodeStepMs + decodeMsPerSeq × n + decodeMsPerKvToken × kv) / (1 − ρ(e))`` with
+  ``n`` the sequences ``e`` runs (scraped running + waiting, or the gateway's in-flight count if
+  higher), ``kv`` the KV tokens in use, and ``ρ(e)`` the share of ``e``'s time going to prefill
+  (the recent rate of prefill work sent to ``e``, capped at 0.9): chunked prefill stretches every
+  decode step of the streams already running.
+* ``cost(e) = TTFT(e) / ttftSlo + TPOT(e) / tpotSlo`` and ``score(e) = min_c cost(c) / cost(e)``.
+
+Every prediction is corrected online: the data plane reports each request's observed TTFT, and a
+per-endpoint factor (the exponentially weighted ratio of observed to predicted TTFT, clamped to
+[0.25, 4]) scales that endpoint's TTFT prediction, so a pool of slower or faster GPUs than the
+defaults describe (an A100, a time-scaled simulator) is learnt within a few dozen requests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from infergate.scheduling.framework import CycleState, Params, StateKey, candidate_keys
+from infergate.scheduling.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
+from infergate.scheduling.scores import CandidateScores
+from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
+
+__all__ = ["LatencyParams", "LatencyPrediction", "PredictedLatencyScorer"]
+
+
+class LatencyParams(Params):
+    """Parameters of ``predicted-latency-scorer``; defaults describe Llama-3.1-8B on one H100 (vLLM V1).
+
+    The cost constants come from vLLM's step-time model (``prefillMsPerToken`` is the compute-bound
+    cost of one prompt token in a chunked-prefill step, decode constants the weight-bandwidth-bound
+    step); the online correction adapts them to the pool's real speed.
+    """
+
+    ttft_slo_seconds: float = Field(default=1.0, gt=0)
+    tpot_slo_seconds: float = Field(default=0.05, gt=0)
+    prefill_ms_per_token: float = Field(default=0.025, gt=0)
+    decode_step_ms: float = Field(default=7.0, ge=0)
+    decode_ms_per_seq: float = Field(default=0.026, ge=0)
+    decode_ms_per_kv_token: float = Field(default=5.46e-5, ge=0)
+    overhead_ms: float = Field(default=10.0, ge=0)
+    lora_load_ms: float = Field(default=25.0, ge=0)
+    base_models: list[str] = Field(default_factory=list)
+    block_size_tokens: int = Field(default=16, gt=0)
+    max_prefix_blocks_to_match: int = Field(default=2048, gt=0)
+    lru_capacity_per_server: int = Field(default=31250, gt=0)
+    rate_window_seconds: float = Field(default=5.0, gt=0)
+    online_correction: bool = True
+
+
+@dataclass(slots=True)
+class _EndpointState:
+    """What the scorer learnt about one endpoint from its own decisions and the observed latencies."""
+
+    backlog_ms: float = 0.0
+    backlog_at: float = 0.0
+    prefill_rate: float = 0.0  # ms of prefill work sent per ms of wall time (EWMA)
+    rate_at: float = 0.0
+    avg_prefill_ms: float = 0.0
+    avg_answer_tokens: float = 128.0
+    sent: int = 0
+    ttft_factor: float = 1.0
+    observed: int = 0
+    last_predicted_ms: float = 0.0  # the TTFT predicted (uncorrected) for the last observed request
+    last_observed_ms: float = 0.0
+
+    def drained(self, now: float) -> float:
+        return max(0.0, self.backlog_ms - (now - self.backlog_at) * 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPrediction:
+    """One candidate's prediction, kept for the PostPick hook, the live view and the correction."""
+
+    ttft_ms: float
+    tpot_ms: float
+    uncached_tokens: int
+    prefill_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Cycle:
+    hashes: list[int]
+    prompt_tokens: int
+    predictions: dict[str, LatencyPrediction] = field(default_factory=dict)
+
+
+_CYCLE: StateKey[_Cycle] = StateKey("predicted-latency")
+
+
+class PredictedLatencyScorer:
+    """``predicted-latency-scorer``: the candidate where this request's predicted TTFT and TPOT are best.
+
+    Inputs: each candidate's scraped ``waiting_queue_size``, ``running_requests``,
+    ``kv_cache_usage``, ``num_gpu_blocks``/``block_size``, adapters and ``max_active_adapters``; the
+    gateway's in-flight count; the request's prompt and ``max_tokens``; the scorer's own record of
+    what it sent where. Formula and parameters: module docstring and :class:`LatencyParams`.
+    """
+
+    def __init__(self, params: LatencyParams | None = None, *, clock: Clock | None = None) -> None:
+        self._p = params if params is not None else LatencyParams()
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._base = frozenset(self._p.base_models)
+        self._state: dict[str, _EndpointState] = {}
+        self.index = PrefixIndex()
+        self._pending: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TTFT ms)
+
+    # ------------------------------------------------------------------ model
+    def _state_of(self, key: str) -> _EndpointState:
+        st = self._state.get(key)
+        if st is None:
+            st = self._state[key] = _EndpointState()
+        return st
+
+    def _is_adapter(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> bool:
+        """Whether the request's target is a LoRA adapter (as ``lora-affinity-scorer`` decides).
+
+        Without ``baseModels`` only a name some candidate reports as an adapter counts as one.
+        """
+        model = request.target_model
+        if model in self._base or all(e.metrics.max_active_adapters <= 0 for e in candidates):
+            return False
+        if self._base:
+            return True
+        return any(
+            model in e.metrics.running_adapters or model in e.metrics.waiting_adapters for e in candidates
+        )
+
+    def predict(
+        self,
+        endpoint: Endpoint,
+        *,
+        prompt_tokens: int,
+        matched_tokens: int,
+        adapter: str | None,
+        now: float,
+    ) -> LatencyPrediction:
+        """The request's predicted TTFT and TPOT on ``endpoint`` (milliseconds)."""
+        p = self._p
+        m = endpoint.metrics
+        st = self._state_of(endpoint.key)
+        uncached = max(0, prompt_tokens - matched_tokens)
+        prefill = uncached * p.prefill_ms_per_token
+        backlog = max(st.drained(now), m.waiting_queue_size * st.avg_prefill_ms)
+        seqs = max(m.running_requests + m.waiting_queue_size, endpoint.in_flight)
+        kv_tokens = 0.0
+        if m.num_gpu_blocks and m.block_size:
+            kv_tokens = m.kv_cache_usage * m.num_gpu_blocks * m.block_size
+        step = p.decode_step_ms + p.decode_ms_per_seq * (seqs + 1) + p.decode_ms_per_kv_token * kv_tokens
+        rho = min(0.9, self._rate(st, now))
+        tpot = step / (1.0 - rho)
+        lora = 0.0
+        if adapter is not None and adapter not in m.running_adapters and adapter not in m.waiting_adapters:
+            busy = len(m.running_adapters | m.waiting_adapters)
+            # a free slot loads at once; otherwise a running adapter's requests must finish first
+            lora = p.lora_load_ms if busy < m.max_active_adapters else st.avg_answer_tokens * tpot
+        ttft = (p.overhead_ms + backlog + prefill + lora) * st.ttft_factor
+        return LatencyPrediction(ttft_ms=ttft, tpot_ms=tpot, uncached_tokens=uncached, prefill_ms=prefill)
+
+    def _rate(self, st: _EndpointState, now: float) -> float:
+        """The endpoint's recent prefill utilisation, decayed to ``now``."""
+        if st.rate_at <= 0.0:
+            return 0.0
+        return st.prefill_rate * math.exp(-(now - st.rate_at) / self._p.rate_window_seconds)
+
+    # ------------------------------------------------------------------ plugin
+    def _hashes(self, request: InferenceRequest, block_tokens: int) -> list[int]:
+        return block_hashes(
+            request.prompt,
+            request.target_model,
+            block_tokens * AVERAGE_CHARS_PER_TOKEN,
+            self._p.max_prefix_blocks_to_match,
+        )
+
+    def score(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
+    ) -> CandidateScores:
+        keys = candidate_keys(candidates, state)
+        if not candidates:
+            return CandidateScores(keys, [], bounded=True)
+        p = self._p
+        now = self._clock.now()
+        block_tokens = candidates[0].metrics.block_size or p.block_size_tokens
+        hashes = self._hashes(request, block_tokens)
+        matched = self.index.match(hashes) if hashes else {}
+        prompt_tokens = max(1, len(request.prompt.encode()) // AVERAGE_CHARS_PER_TOKEN)
+        adapter = request.target_model if self._is_adapter(request, candidates) else None
+        cycle = _Cycle(hashes=hashes, prompt_tokens=prompt_tokens)
+        costs: list[float] = []
+        ttft_slo = p.ttft_slo_seconds * 1000.0
+        tpot_slo = p.tpot_slo_seconds * 1000.0
+        for e in candidates:
+            pred = self.predict(
+                e,
+                prompt_tokens=prompt_tokens,
+                matched_tokens=matched.get(e.key, 0) * block_tokens,
+                adapter=adapter,
+                now=now,
+            )
+            cycle.predictions[e.key] = pred
+            costs.append(pred.ttft_ms / ttft_slo + pred.tpot_ms / tpot_slo)
+        state.put(_CYCLE, cycle)
+        best = min(costs)
+        return CandidateScores(keys, [best / c if c > 0 else 1.0 for c in costs], bounded=True)
+
+    def post_pick(self, request: InferenceRequest, result: SchedulingResult, state: CycleState, /) -> None:
+        """Account the request on its primary: backlog, prefill rate, averages, prefix index."""
+        cycle = state.get(_CYCLE)
+        primary = result.primary
+        if cycle is None:
+            return
+        pred = cycle.predictions.get(primary.key)
+        if pred is None:
+            return
+        now = self._clock.now()
+        st = self._state_of(primary.key)
+        st.backlog_ms = st.drained(now) + pred.prefill_ms
+        st.backlog_at = now
+        decay = self._p.rate_window_seconds * 1000.0
+        st.prefill_rate = self._rate(st, now) + pred.prefill_ms / decay
+        st.rate_at = now
+        st.sent += 1
+        alpha = 0.1 if st.sent > 10 else 1.0 / st.sent
+        st.avg_prefill_ms += alpha * (pred.prefill_ms - st.avg_prefill_ms)
+        if request.max_tokens:
+            st.avg_answer_tokens += alpha * (request.max_tokens - st.avg_answer_tokens)
+        if cycle.hashes:
+            capacity = primary.metrics.num_gpu_blocks or self._p.lru_capacity_per_server
+            self.index.add(primary.key, cycle.hashes, capacity)
+        if self._p.online_correction:
+            self._pending[request.request_id] = (primary.key, pred.ttft_ms / st.ttft_factor)
+            if len(self._pending) > 100_000:  # requests whose answer was never reported
+                self._pending.pop(next(iter(self._pending)))
+
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        """The data plane saw the request's first token after ``ttft_seconds`` (None: it failed)."""
+        entry = self._pending.pop(request_id, None)
+        if entry is None or ttft_seconds is None or ttft_seconds <= 0:
+            return
+        key, predicted = entry
+        st = self._state.get(key)
+        if st is None or predicted <= 0:
+            return
+        ratio = min(4.0, max(0.25, ttft_seconds * 1000.0 / predicted))
+        st.last_predicted_ms = predicted * st.ttft_factor
+        st.last_observed_ms = ttft_seconds * 1000.0
+        st.observed += 1
+        alpha = 0.05 if st.observed > 20 else 1.0 / st.observed
+        st.ttft_factor = min(4.0, max(0.25, st.ttft_factor + alpha * (ratio - st.ttft_factor)))
+
+    def debug_state(self) -> dict[str, dict[str, float]]:
+        """Per endpoint: what the model believes now and how its last prediction compared.
+
+        ``ttft_observed_over_predicted`` is the online correction factor; the live view and
+        ``/debug/endpoints`` show it with the last predicted and observed TTFT.
+        """
+        now = self._clock.now()
+        return {
+            key: {
+                "backlog_ms": round(st.drained(now), 3),
+                "prefill_utilisation": round(min(0.9, self._rate(st, now)), 4),
+                "ttft_observed_over_predicted": round(st.ttft_factor, 4),
+                "last_predicted_ttft_ms": round(st.last_predicted_ms, 3),
+                "last_observed_ttft_ms": round(st.last_observed_ms, 3),
+                "observations": st.observed,
+                "requests": st.sent,
+            }
+            for key, st in self._state.items()
+        }
+
+    def remove_endpoint(self, key: str) -> None:
+        """Forget an endpoint that left the pool."""
+        self._state.pop(key, None)
+        self.index.remove_server(key)

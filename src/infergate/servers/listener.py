@@ -1,0 +1,96 @@
+"""A TCP listener with its own connection budget, for the aiohttp servers of the gateway.
+
+Without a cap, idle connections held open by one client exhaust the process's file descriptors and
+lock out every listener at once, the admin port included. Each listener therefore admits at most
+``limit`` connections: beyond that a new connection is closed as soon as it is accepted (a reset,
+no bytes), while the connections already open are served as usual. The inference listener and the
+admin listener each have their own budget, so a flood on one cannot starve the other.
+
+aiohttp's ``Server`` still owns every admitted connection (keep-alive, graceful shutdown), so the
+runner's ``cleanup`` drains them as before; this class only decides who gets in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["LimitedListener", "quiet_malformed_http"]
+
+log = logging.getLogger("infergate.listener")
+
+
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs every unparseable request at ERROR with a traceback; a client sending garbage
+    is not a gateway error. Such records become one DEBUG line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.msg = f"{record.msg}: malformed HTTP: %s"
+        record.args = (*(record.args if isinstance(record.args, tuple) else ()), exc.message)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_MALFORMED = _MalformedHttpFilter()
+
+
+def quiet_malformed_http() -> None:
+    """Install the filter on aiohttp's server logger (idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in logger.filters:
+        logger.addFilter(_MALFORMED)
+
+
+class _Refuse(asyncio.Protocol):
+    """The protocol of a connection over the budget: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class LimitedListener:
+    """Serves ``runner``'s aiohttp server on ``host:port`` with at most ``limit`` open connections."""
+
+    def __init__(self, runner: web.BaseRunner, limit: int, *, name: str = "listener") -> None:
+        if limit < 1:
+            raise ValueError("connection limit must be >= 1")
+        self._runner = runner
+        self._limit = limit
+        self._name = name
+        self._server: asyncio.Server | None = None
+        self.rejected = 0
+        self.port = 0
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        if server is None or len(server.connections) >= self._limit:
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 1000 == 0:
+                log.warning(
+                    "%s: %d connection(s) refused: limit %d reached", self._name, self.rejected, self._limit
+                )
+            return _Refuse()
+        return server()
+
+    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
+        """Bind (``port`` 0 picks a free port, see :attr:`port`) and accept."""
+        quiet_malformed_http()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, host or None, port, reuse_address=True, backlog=backlog
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting; admitted connections stay with the runner (its cleanup drains them)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()

@@ -1,0 +1,157 @@
+"""The predicted-latency scorer: exact predictions, the trade-offs it makes, and its online correction."""
+
+from __future__ import annotations
+
+import pytest
+
+from infergate.config.picker import parse_picker_config
+from infergate.scheduling.framework import CycleState
+from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
+from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.testing import make_endpoint
+from infergate.types import Endpoint, InferenceRequest, SchedulingResult
+
+BASE = "base"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def req(prompt: str, model: str = BASE, rid: str = "r", max_tokens: int = 100) -> InferenceRequest:
+    return InferenceRequest(
+        request_id=rid, model=model, target_model=model, prompt=prompt, max_tokens=max_tokens
+    )
+
+
+def test_prediction_of_an_idle_endpoint_is_overhead_plus_prefill_and_one_decode_step() -> None:
+    s = PredictedLatencyScorer(clock=Clock())
+    e = make_endpoint("a")
+    p = s.predict(e, prompt_tokens=1000, matched_tokens=0, adapter=None, now=100.0)
+    assert p.prefill_ms == pytest.approx(25.0)  # 1000 × 0.025
+    assert p.ttft_ms == pytest.approx(35.0)  # + 10 ms overhead
+    assert p.tpot_ms == pytest.approx(7.026)  # 7 + 0.026 × 1 sequence
+    # cached tokens are not prefilled; running sequences and KV in use slow every decode step
+    busy = make_endpoint("b", running_requests=9, kv_cache_usage=0.5, num_gpu_blocks=1000, block_size=16)
+    p = s.predict(busy, prompt_tokens=1000, matched_tokens=800, adapter=None, now=100.0)
+    assert p.uncached_tokens == 200 and p.ttft_ms == pytest.approx(15.0)
+    assert p.tpot_ms == pytest.approx(7.0 + 0.026 * 10 + 5.46e-5 * 8000)
+
+
+def test_scores_are_the_best_cost_over_each_cost() -> None:
+    s = PredictedLatencyScorer(clock=Clock())
+    idle, queued = make_endpoint("a"), make_endpoint("b", waiting_queue_size=4)
+    # b: 4 waiting × the average prefill the gateway sent there (none yet): no backlog, but the 4
+    # waiting sequences will share its decode steps
+    scores = s.score(req("x" * 4000), [idle, queued], CycleState())
+    cost_a, cost_b = 0.035 + 7.026 / 50, 0.035 + (7.0 + 0.026 * 5) / 50
+    assert dict(scores) == {"a:8000": 1.0, "b:8000": pytest.approx(cost_a / cost_b)}
+    # costs = TTFT/1 s + TPOT/50 ms: a = 0.035 + 7.026/50; with 2 running on b its TPOT is higher
+    b2 = make_endpoint("b", running_requests=40)
+    scores = s.score(req("x" * 4000), [idle, b2], CycleState())
+    cost_a = 0.035 + 7.026 / 50
+    cost_b = 0.035 + (7.0 + 0.026 * 41) / 50
+    assert scores["a:8000"] == 1.0 and scores["b:8000"] == pytest.approx(cost_a / cost_b)
+
+
+def _pick(scorer: PredictedLatencyScorer, request: InferenceRequest, endpoints: list[Endpoint]) -> str:
+    state = CycleState()
+    scores = scorer.score(request, endpoints, state)
+    best = max(endpoints, key=lambda e: (scores[e.key], e.key == endpoints[0].key))
+    scorer.post_pick(request, SchedulingResult(profile="p", targets=(best,)), state)
+    return best.key
+
+
+def test_a_shared_prefix_does_not_outweigh_the_unique_work_queued_behind_it() -> None:
+    """RAG: 1k shared instruction tokens + 8k unique document tokens per request."""
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    eps = [make_endpoint("a"), make_endpoint("b"), make_endpoint("c")]
+    instructions = "i" * 4000
+    picks = [_pick(s, req(instructions + f"doc{n}" + "d" * 32000, rid=f"r{n}"), eps) for n in range(6)]
+    # each request adds ~200 ms of prefill backlog where it goes: the pool is used evenly
+    assert sorted(picks.count(k) for k in ("a:8000", "b:8000", "c:8000")) == [2, 2, 2]
+    # the reference prefix formula (matched / total) alone sends every one to the first replica
+    prefix = PrefixCacheScorer(PrefixCacheParams(load_aware=False))
+    first = make_endpoint("a")
+    state = CycleState()
+    prefix.score(req(instructions + "d" * 32000), eps, state)
+    prefix.post_pick(req(instructions), SchedulingResult(profile="p", targets=(first,)), state)
+    scores = prefix.score(req(instructions + "e" * 32000), eps, CycleState())
+    assert scores["a:8000"] > 0 and "b:8000" not in scores
+
+
+def test_a_long_shared_prefix_keeps_its_affinity_while_the_backlog_is_smaller_than_its_saving() -> None:
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    eps = [make_endpoint("a"), make_endpoint("b")]
+    system = "s" * 32000  # 8k tokens of shared system prompt, short questions
+    first = _pick(s, req(system + "q1"), eps)
+    # 8k cached tokens save 200 ms; the backlog left there drains at 1 ms per ms
+    clock.t += 0.25
+    assert _pick(s, req(system + "q2"), eps) == first
+    clock.t += 0.25
+    assert _pick(s, req(system + "q3"), eps) == first
+
+
+def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:
+    clock = Clock()
+    s = PredictedLatencyScorer(LatencyParams(base_models=[BASE]), clock=clock)
+    holder = make_endpoint("a", running_adapters=["hot", "x"], max_active_adapters=2)
+    free_slot = make_endpoint("b", running_adapters=["y"], max_active_adapters=2)
+    full = make_endpoint("c", running_adapters=["y", "z"], max_active_adapters=2)
+    p_free = s.predict(free_slot, prompt_tokens=100, matched_tokens=0, adapter="hot", now=100.0)
+    p_full = s.predict(full, prompt_tokens=100, matched_tokens=0, adapter="hot", now=100.0)
+    assert p_free.ttft_ms == pytest.approx(10 + 2.5 + 25.0)  # + loading into the free slot
+    assert p_full.ttft_ms == pytest.approx(10 + 2.5 + 128.0 * (7.0 + 0.026))  # a slot frees after an answer
+    eps = [holder, free_slot, full]
+    prompt = "p" * 8000  # 2k unique tokens: 50 ms of prefill each
+    picks = [_pick(s, req(f"{n} " + prompt, model="hot", rid=str(n)), eps) for n in range(4)]
+    assert picks[0] == "a:8000"  # resident adapter first
+    assert "b:8000" in picks  # then the free slot once the holder's backlog exceeds the load cost
+    assert "c:8000" not in picks  # never evict from a full replica while a slot is free elsewhere
+
+
+def test_observed_ttft_scales_the_endpoints_predictions() -> None:
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    e = make_endpoint("a")
+    r = req("x" * 4000, rid="q")
+    _pick(s, r, [e])
+    before = s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms
+    s.observe_ttft("q", 2 * 0.035)  # twice what was predicted (35 ms)
+    after = s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms
+    assert after == pytest.approx(2 * before)
+    s.observe_ttft("q", 9.0)  # already consumed: ignored
+    s.observe_ttft("unknown", 1.0)
+    assert s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms == after
+
+
+def test_scheduler_forwards_observations_and_departures() -> None:
+    text = """
+plugins:
+- type: predicted-latency-scorer
+  parameters: {ttftSloSeconds: 0.5, onlineCorrection: true}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: predicted-latency-scorer}]
+"""
+    clock = Clock()
+    sched = build_scheduler(parse_picker_config(text), clock=clock)
+    e = make_endpoint("a")
+    sched.schedule(req("x" * 4000, rid="q"), [e])
+    plugin = sched.plugin("predicted-latency-scorer")
+    assert isinstance(plugin, PredictedLatencyScorer)
+    sched.observe_ttft("q", 0.07)
+    assert plugin.predict(
+        e, prompt_tokens=0, matched_tokens=0, adapter=None, now=300.0
+    ).ttft_ms == pytest.approx(20.0)
+    sched.forget_endpoint("a:8000")
+    assert plugin.predict(
+        e, prompt_tokens=0, matched_tokens=0, adapter=None, now=300.0
+    ).ttft_ms == pytest.approx(10.0)
