@@ -74,6 +74,7 @@ def test_default_config_is_the_predicted_latency_scorer_and_round_trips() -> Non
     (profile,) = cfg.scheduling_profiles
     assert [(r.plugin_ref, r.weight) for r in profile.plugins] == [
         ("predicted-latency-scorer", 1.0),
+        ("least-in-flight-scorer", 0.1),
         ("max-score-picker", None),
     ]
     assert cfg.plugin("predicted-latency-scorer").parameters == {"baseModels": ["base"]}

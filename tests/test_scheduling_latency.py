@@ -109,11 +109,17 @@ def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:
     p_full = s.predict(full, prompt_tokens=100, matched_tokens=0, adapter="hot", now=100.0)
     assert p_free.ttft_ms == pytest.approx(10 + 2.5 + 25.0)  # + loading into the free slot
     assert p_full.ttft_ms == pytest.approx(10 + 2.5 + 128.0 * (7.0 + 0.026))  # a slot frees after an answer
+    # taking the free slot for an adapter already served elsewhere costs the pool's slot use
+    # (5 of 6 slots held) times the wait for a slot, since a cold adapter may need that slot
+    p_taken = s.predict(
+        free_slot, prompt_tokens=100, matched_tokens=0, adapter="hot", now=100.0, slot_pressure=5 / 6
+    )
+    assert p_taken.ttft_ms == pytest.approx(10 + 2.5 + 25.0 + 5 / 6 * 128.0 * (7.0 + 0.026))
     eps = [holder, free_slot, full]
-    prompt = "p" * 8000  # 2k unique tokens: 50 ms of prefill each
-    picks = [_pick(s, req(f"{n} " + prompt, model="hot", rid=str(n)), eps) for n in range(4)]
-    assert picks[0] == "a:8000"  # resident adapter first
-    assert "b:8000" in picks  # then the free slot once the holder's backlog exceeds the load cost
+    prompt = "p" * 32000  # 8k unique tokens: 200 ms of prefill each
+    picks = [_pick(s, req(f"{n} " + prompt, model="hot", rid=str(n)), eps) for n in range(6)]
+    assert picks[:4] == ["a:8000"] * 4  # resident adapter first, while its backlog is below ~750 ms
+    assert "b:8000" in picks  # then the free slot: the hot adapter spreads
     assert "c:8000" not in picks  # never evict from a full replica while a slot is free elsewhere
 
 

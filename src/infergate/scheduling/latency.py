@@ -154,6 +154,19 @@ class PredictedLatencyScorer:
             model in e.metrics.running_adapters or model in e.metrics.waiting_adapters for e in candidates
         )
 
+    @staticmethod
+    def _slot_pressure(adapter: str, candidates: Sequence[Endpoint]) -> float:
+        """The pool's adapter-slot use (0..1) when ``adapter`` is already served somewhere, else 0."""
+        used = slots = 0
+        resident = False
+        for e in candidates:
+            m = e.metrics
+            held = m.running_adapters | m.waiting_adapters
+            resident = resident or adapter in held
+            used += min(len(held), m.max_active_adapters)
+            slots += m.max_active_adapters
+        return used / slots if resident and slots else 0.0
+
     def predict(
         self,
         endpoint: Endpoint,
@@ -162,6 +175,7 @@ class PredictedLatencyScorer:
         matched_tokens: int,
         adapter: str | None,
         now: float,
+        slot_pressure: float = 0.0,
     ) -> LatencyPrediction:
         """The request's predicted TTFT and TPOT on ``endpoint`` (milliseconds)."""
         p = self._p
@@ -180,8 +194,10 @@ class PredictedLatencyScorer:
         lora = 0.0
         if adapter is not None and adapter not in m.running_adapters and adapter not in m.waiting_adapters:
             busy = len(m.running_adapters | m.waiting_adapters)
-            # a free slot loads at once; otherwise a running adapter's requests must finish first
-            lora = p.lora_load_ms if busy < m.max_active_adapters else st.avg_answer_tokens * tpot
+            swap = st.avg_answer_tokens * tpot
+            # a free slot loads at once, but taking one for an adapter already served elsewhere
+            # costs the pool a slot a cold adapter may need: charged at the pool's slot use
+            lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
         ttft = (p.overhead_ms + backlog + prefill + lora) * st.ttft_factor
         return LatencyPrediction(ttft_ms=ttft, tpot_ms=tpot, uncached_tokens=uncached, prefill_ms=prefill)
 
@@ -213,6 +229,7 @@ class PredictedLatencyScorer:
         matched = self.index.match(hashes) if hashes else {}
         prompt_tokens = max(1, len(request.prompt.encode()) // AVERAGE_CHARS_PER_TOKEN)
         adapter = request.target_model if self._is_adapter(request, candidates) else None
+        slot_pressure = self._slot_pressure(adapter, candidates) if adapter is not None else 0.0
         cycle = _Cycle(hashes=hashes, prompt_tokens=prompt_tokens)
         costs: list[float] = []
         ttft_slo = p.ttft_slo_seconds * 1000.0
@@ -224,6 +241,7 @@ class PredictedLatencyScorer:
                 matched_tokens=matched.get(e.key, 0) * block_tokens,
                 adapter=adapter,
                 now=now,
+                slot_pressure=slot_pressure,
             )
             cycle.predictions[e.key] = pred
             costs.append(pred.ttft_ms / ttft_slo + pred.tpot_ms / tpot_slo)

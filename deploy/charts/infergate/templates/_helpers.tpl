@@ -176,11 +176,14 @@ apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins:
   - type: predicted-latency-scorer
+  - type: least-in-flight-scorer
   - type: max-score-picker
 schedulingProfiles:
   - name: default
     plugins:
       - pluginRef: predicted-latency-scorer
         weight: 1
+      - pluginRef: least-in-flight-scorer
+        weight: 0.1
       - pluginRef: max-score-picker
 {{- end -}}
