@@ -47,7 +47,8 @@ def overload(*, flow_control: bool) -> dict[str, list[RequestRecord]]:
     config = TwinConfig(
         replicas=2, adapters=(), objectives=objectives, rewrites=(rewrite,), flow_control=flow_control
     )
-    out = run_twin(requests, [t for t, _ in events], strategy="default", config=config)
+    strategy = "default" if flow_control else "default+nofc"
+    out = run_twin(requests, [t for t, _ in events], strategy=strategy, config=config)
     by: dict[str, list[RequestRecord]] = {name: [] for name in RATES}
     for r in out.records:
         by[r.model].append(r)

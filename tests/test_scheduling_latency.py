@@ -46,10 +46,10 @@ def test_prediction_of_an_idle_endpoint_is_overhead_plus_prefill_and_one_decode_
 def test_scores_are_the_best_cost_over_each_cost() -> None:
     s = PredictedLatencyScorer(clock=Clock())
     idle, queued = make_endpoint("a"), make_endpoint("b", waiting_queue_size=4)
-    # b: 4 waiting × the average prefill the gateway sent there (none yet): no backlog, but the 4
-    # waiting sequences will share its decode steps
+    # b: 4 waiting, priced at this request's prefill (nothing was sent there yet, and 25 ms is
+    # more than one decode step): 100 ms of backlog; the 4 waiting sequences share its decode steps
     scores = s.score(req("x" * 4000), [idle, queued], CycleState())
-    cost_a, cost_b = 0.035 + 7.026 / 50, 0.035 + (7.0 + 0.026 * 5) / 50
+    cost_a, cost_b = 0.035 + 7.026 / 50, 0.135 + (7.0 + 0.026 * 5) / 50
     assert dict(scores) == {"a:8000": 1.0, "b:8000": pytest.approx(cost_a / cost_b)}
     # costs = TTFT/1 s + TPOT/50 ms: a = 0.035 + 7.026/50; with 2 running on b its TPOT is higher
     b2 = make_endpoint("b", running_requests=40)

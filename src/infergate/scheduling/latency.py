@@ -132,6 +132,7 @@ class PredictedLatencyScorer:
         self._state: dict[str, _EndpointState] = {}
         self.index = PrefixIndex()
         self._pending: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TTFT ms)
+        self._avg_prefill_ms = 0.0  # over every request sent, any endpoint
 
     # ------------------------------------------------------------------ model
     def _state_of(self, key: str) -> _EndpointState:
@@ -183,7 +184,12 @@ class PredictedLatencyScorer:
         st = self._state_of(endpoint.key)
         uncached = max(0, prompt_tokens - matched_tokens)
         prefill = uncached * p.prefill_ms_per_token
-        backlog = max(st.drained(now), m.waiting_queue_size * st.avg_prefill_ms)
+        # requests waiting on an endpoint this gateway sent little to (another gateway replica's,
+        # or sent before a restart) are priced at the pool's average prefill, else at this one's;
+        # each at least one decode step: a waiting request is one the engine could not start yet
+        per_request = st.avg_prefill_ms if st.sent >= 5 else (self._avg_prefill_ms or prefill)
+        per_request = max(per_request, p.decode_step_ms)
+        backlog = max(st.drained(now), m.waiting_queue_size * per_request)
         seqs = max(m.running_requests + m.waiting_queue_size, endpoint.in_flight)
         kv_tokens = 0.0
         if m.num_gpu_blocks and m.block_size:
@@ -268,6 +274,9 @@ class PredictedLatencyScorer:
         st.sent += 1
         alpha = 0.1 if st.sent > 10 else 1.0 / st.sent
         st.avg_prefill_ms += alpha * (pred.prefill_ms - st.avg_prefill_ms)
+        if self._avg_prefill_ms == 0.0:
+            self._avg_prefill_ms = pred.prefill_ms
+        self._avg_prefill_ms += 0.05 * (pred.prefill_ms - self._avg_prefill_ms)
         if request.max_tokens:
             st.avg_answer_tokens += alpha * (request.max_tokens - st.avg_answer_tokens)
         if cycle.hashes:
