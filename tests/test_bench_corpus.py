@@ -44,7 +44,7 @@ RR_RATE = {
 }
 
 # Where today's default falls below round-robin (issue 11).
-FAILING = {"prefill-decode-mix"}
+FAILING: set[str] = set()
 
 
 def _cases() -> list[object]:
