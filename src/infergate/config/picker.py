@@ -161,8 +161,9 @@ def default_picker_config(*, lora: bool, base_models: Sequence[str] = ()) -> End
     It was chosen over the reference profile (:func:`reference_picker_config`) by the regret table
     in ``docs/benchmarks.md``: best or level on six of ten corpus workloads, where the reference
     profile falls to 0.44× round-robin on long-context RAG; below round-robin on one (short chat).
-    ``base_models`` (the served base model names) tell the scorer which model names are never LoRA adapters; ``lora`` is kept for callers that still
-    pass it (the scorer handles adapters whenever a replica reports any).
+    ``base_models`` (the served base model names) tell the scorer which model names are never
+    LoRA adapters; ``lora`` is kept for callers that still pass it (the scorer handles adapters
+    whenever a replica reports any).
     """
     del lora
     params: dict[str, Any] = {"baseModels": list(base_models)} if base_models else {}
