@@ -24,6 +24,7 @@ from infergate.app.gateway import Gateway, GatewayConfig
 from infergate.config.settings import GatewaySettings
 from infergate.requestcontrol.access import Authenticator
 from infergate.types import Clock
+from tests.support import static_pool_docs
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ADAPTERS = ("food-review", "cad-fabricator")
@@ -114,38 +115,9 @@ class Replica:
             await self.runner.cleanup()
 
 
-def pool_docs(replicas: list[Replica], objectives: dict[str, int]) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": "inference.networking.k8s.io/v1",
-            "kind": "InferencePool",
-            "metadata": {"name": "pool"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "fake"}},
-                "targetPorts": [{"number": 8000}],
-                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
-            },
-        },
-        {
-            "apiVersion": "infergate.dev/v1alpha1",
-            "kind": "EndpointList",
-            "metadata": {"name": "fakes"},
-            "spec": {
-                "poolName": "pool",
-                "endpoints": [{"address": r.key, "labels": {"app": "fake"}} for r in replicas],
-            },
-        },
-    ]
-    for name, priority in objectives.items():
-        docs.append(
-            {
-                "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
-                "kind": "InferenceObjective",
-                "metadata": {"name": name},
-                "spec": {"priority": priority, "poolRef": {"name": "pool"}},
-            }
-        )
-    return docs
+def pool_docs(replicas: list[Replica], objectives: dict[str, int]) -> list[dict[str, object]]:
+    """The pool of ``replicas`` with ``objectives`` (``tests.support.static_pool_docs``)."""
+    return static_pool_docs([r.key for r in replicas], objectives=objectives)
 
 
 async def start_gateway(
