@@ -247,10 +247,26 @@ def up(
     admin_port: AdminPortOpt = 9090,
     host: HostOpt = "127.0.0.1",
     replicas: Annotated[int | None, typer.Option("--replicas", help="Replicas per Deployment.")] = None,
+    replica_ports: Annotated[
+        str | None,
+        typer.Option(
+            "--replica-ports",
+            help="Ports of the simulated replicas: one per replica (8001,8002,8003) or the first of a "
+            "consecutive run (8001). Default: free ports, printed at start.",
+        ),
+    ] = None,
+    grpc_port: Annotated[
+        int, typer.Option("--grpc-port", help="Envoy data plane: the picker's ext_proc port (0: a free one).")
+    ] = 0,
+    envoy_admin_port: Annotated[
+        int, typer.Option("--envoy-admin-port", help="Envoy data plane: Envoy's admin port (0: a free one).")
+    ] = 0,
     config: PickerOpt = None,
     flow_control: FlowOpt = True,
     debug_headers: DebugOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live summary table; only errors are logged.")
+    ] = False,
     grace: GraceOpt = 10.0,
     data_plane: PlaneOpt = "builtin",
     log_level: LogOpt = None,
@@ -267,11 +283,24 @@ def up(
     max_messages: MaxMessagesOpt = None,
     max_tokens_ceiling: MaxTokensOpt = None,
 ) -> None:
-    from infergate.app.gateway import GatewayConfig
-    from infergate.app.run import run_up
+    from dataclasses import replace
+
+    from infergate.app.gateway import DATA_PLANES, GatewayConfig
+    from infergate.app.run import parse_replica_ports, run_up
     from infergate.errors import ConfigError
 
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
+
+    if data_plane not in DATA_PLANES[:2]:
+        raise fail(f"--data-plane must be builtin or envoy (got {data_plane!r})")
+    mode = metrics_auth.strip().lower()
+    if mode not in ("token", "disabled", "false", "true"):
+        raise fail(f"--metrics-auth must be token or disabled for `up` (got {metrics_auth!r})")
+    fmt = _log_format(log_format)
     try:
+        ports = parse_replica_ports(replica_ports)
         cfg = _gateway_config(
             port=port,
             admin_port=admin_port,
@@ -286,26 +315,23 @@ def up(
             max_messages=max_messages,
             max_tokens=max_tokens_ceiling,
         )
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except (ConfigError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
     assert isinstance(cfg, GatewayConfig)
-    mode = metrics_auth.strip().lower()
-    if mode not in ("token", "disabled", "false", "true"):
-        typer.echo("error: --metrics-auth must be token or disabled for `up`", err=True)
-        raise typer.Exit(2)
+    cfg = replace(cfg, envoy_picker_port=grpc_port, envoy_admin_port=envoy_admin_port)
     protect = mode in ("token", "true")
-    level = log_level or ("INFO" if quiet else "WARNING")
+    level = log_level or ("ERROR" if quiet else "WARNING")
     raise typer.Exit(
         run_up(
             directory,
             cfg,
             replicas=replicas,
+            replica_ports=ports,
             quiet=quiet,
             log_level=level,
             simulate_args=list(ctx.args),
             protect_metrics=protect,
-            log_format=_log_format(log_format),
+            log_format=fmt,
         )
     )
 
@@ -482,9 +508,44 @@ def _local_metrics_auth(mode: str, token_file: Path | None) -> MetricsAuthorizer
     return build_metrics_auth(mode, token_file=token_file)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from infergate import __version__
+
+        typer.echo(f"infergate {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """An inference gateway for fleets of OpenAI-compatible LLM servers."""
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="infergate")
+    """Console-script entry point.
+
+    Usage errors (an unknown flag, a value of the wrong type) are one ``error:`` line and exit code
+    2, like every other startup error, instead of a boxed panel an operator has to read around.
+    """
+    try:
+        code = app(prog_name="infergate", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's own parser errors (it vendors click)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(message)
+            raise SystemExit(0) from None
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        typer.echo(f"error: {where}{message}", err=True)
+        raise SystemExit(int(getattr(exc, "exit_code", 2))) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

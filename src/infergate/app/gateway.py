@@ -71,6 +71,10 @@ class GatewayConfig:
     picker over ext_proc on a private port) or ``epp`` (ext_proc picker only, on ``grpc_port``)."""
     grpc_port: int = 9002
     picker_tls: bool = False
+    envoy_picker_port: int = 0
+    """``envoy``: the picker's private ext_proc port (0: kernel-chosen)."""
+    envoy_admin_port: int = 0
+    """``envoy``: Envoy's admin port (0: kernel-chosen)."""
     grpc_health_port: int | None = None
     """``epp``: also serve the gRPC health service in plaintext on this port (the kubelet's probes)."""
     metrics_auth: MetricsAuthorizer | None = None
@@ -336,7 +340,7 @@ class Gateway:
         self.picker = serve_extproc(
             self.director,
             "127.0.0.1" if envoy else host,
-            0 if envoy else cfg.grpc_port,
+            cfg.envoy_picker_port if envoy else cfg.grpc_port,
             endpoints=self.datastore,
             tls=cfg.picker_tls,
             max_body_bytes=cfg.settings.max_body_bytes,
@@ -366,6 +370,7 @@ class Gateway:
                 request_timeout=f"{s.idle_timeout + s.request_ttl + 5:g}s",
                 max_client_connections=s.max_client_connections,
                 health_path=self.pool.health_path,
+                admin_port=cfg.envoy_admin_port,
             )
             self.envoy = EnvoyProcess(render_bootstrap(settings))
             await self.envoy.start_async()
