@@ -20,7 +20,7 @@ import pytest
 
 from tests.support import free_port, start_infergate, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DEFAULT_URL = "http://127.0.0.1:8080"
 
