@@ -333,6 +333,14 @@ class GatewayMetrics:
             _OBJ,
             buckets=_DURATION_BUCKETS,
         )
+        self.request_tpot = dual(
+            Histogram,
+            "inference_objective_request_tpot_seconds",
+            "llm_d_epp_request_tpot_seconds",
+            "Time per output token after the first, of streamed responses.",
+            _OBJ,
+            buckets=_TPOT_BUCKETS,
+        )
         self.normalized_tpot = dual(
             Histogram,
             "inference_objective_normalized_time_per_output_token_seconds",

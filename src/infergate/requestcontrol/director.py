@@ -130,6 +130,7 @@ class _Series:
         "running",
         "total",
         "tpot",
+        "tpot_stream",
         "ttft",
     )
 
@@ -142,6 +143,7 @@ class _Series:
         self.input = m.input_tokens.labels(**lbl)
         self.output = m.output_tokens.labels(**lbl)
         self.tpot = m.normalized_tpot.labels(**lbl)
+        self.tpot_stream = m.request_tpot.labels(**lbl)
         self.cached = m.prompt_cached_tokens.labels(**lbl)
         self.running = m.running_requests.labels(model_name=model)
         self.total: dict[int, Any] = {}
@@ -470,6 +472,9 @@ class Director:
                     series.output.observe(ctx.completion_tokens)
                     if ctx.completion_tokens > 0:
                         series.tpot.observe(duration / ctx.completion_tokens)
+                    if ctx.first_token_at is not None and ctx.completion_tokens > 1:
+                        per_token = (now - ctx.first_token_at) / (ctx.completion_tokens - 1)
+                        series.tpot_stream.observe(max(0.0, per_token))
                 if ctx.cached_tokens is not None:
                     series.cached.observe(ctx.cached_tokens)
         if log.isEnabledFor(logging.INFO):
