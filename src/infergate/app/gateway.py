@@ -36,6 +36,7 @@ from infergate.servers.metrics_auth import MetricsAuthorizer, metrics_auth_middl
 from infergate.servers.proxy import ProxyOptions, ProxyServer
 from infergate.sources.manifests import apply_manifests
 from infergate.telemetry import GatewayMetrics
+from infergate.tracing import tracer_from_env
 from infergate.types import Clock, EndpointMeta, MonotonicClock, PoolSpec
 
 from .core import build_core
@@ -231,6 +232,8 @@ class Gateway:
             limits=request_limits(manifests, s),
             control_headers=s.control_headers,
         )
+        self.tracer = tracer_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT; needs the [otel] extra
+        self.director.set_tracer(self.tracer)
         if self.director.auth_enabled:
             log.info("API-key authentication is on for the inference listener")
         self.scraper = core.scraper
@@ -410,4 +413,6 @@ class Gateway:
         self.flow.close()
         await self.tasks.stop()
         await self.admin.stop()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
         log.info("gateway stopped")

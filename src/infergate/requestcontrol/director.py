@@ -36,6 +36,7 @@ from infergate.requestcontrol.core import (
     parse_subset,
 )
 from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, Usage, usage_from_json
+from infergate.tracing import NULL_TRACE, RequestTrace, RequestTracer
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class RequestContext:
     _rewriter: ModelNameRewriter | None = None
     _sse: SSEUsageParser | None = None
     _buffer: bytearray | None = None
+    _trace: RequestTrace = NULL_TRACE
 
     @property
     def request_id(self) -> str:
@@ -189,6 +191,11 @@ class Director:
         self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
         self._response_hook = getattr(scheduler, "response_headers", None)
+        self._tracer: RequestTracer | None = None
+
+    def set_tracer(self, tracer: RequestTracer | None) -> None:
+        """Trace every request from now on (:mod:`infergate.tracing`); None turns tracing off."""
+        self._tracer = tracer
 
     def configure_access(
         self,
@@ -262,30 +269,37 @@ class Director:
         model = target = ""
         subset = parse_subset(hdrs.get(H.DESTINATION_ENDPOINT_SUBSET)) if self._honor_subset else None
         principal: Principal | None = None
+        trace = self._tracer.start(request_id, path) if self._tracer is not None else NULL_TRACE
         try:
             # Authenticate before reading the body: an unknown caller learns nothing about it.
             principal = self.authenticate(hdrs)  # and who may send control headers
             core = self._core
-            parsed = core.parse(path, body)
+            with trace.phase("parse"):
+                parsed = core.parse(path, body)
             model = parsed.model
-            target = core.rewrite(model, H.model_name_rewrite_of(hdrs))
-            resolved = core.admit(
-                parsed,
-                target,
-                headers=hdrs,
-                body=body,
-                request_id=request_id,
-                now=started,
-                principal=principal,
-            )
+            with trace.phase("admission"):
+                target = core.rewrite(model, H.model_name_rewrite_of(hdrs))
+                resolved = core.admit(
+                    parsed,
+                    target,
+                    headers=hdrs,
+                    body=body,
+                    request_id=request_id,
+                    now=started,
+                    principal=principal,
+                )
             request = resolved.request
+            trace.set(model=model, target_model=target, priority=request.priority)
             released = False
             if self._flow is not None:
                 if not self._reachable(subset):  # nothing to wait for: answer now, do not queue
                     raise no_capacity(subset)
-                released = await self._flow.admit(request)
-            result = self._schedule(request, (), subset, released=released)
+                with trace.phase("queue"):
+                    released = await self._flow.admit(request)
+            with trace.phase("schedule"):
+                result = self._schedule(request, (), subset, released=released)
         except RequestError as exc:
+            trace.end(exc.status, exc.message)
             if isinstance(exc, (ModelNotFoundError, AuthenticationError)):
                 # client-chosen names must not create series
                 self._count_error("unknown", "unknown", exc)
@@ -311,8 +325,10 @@ class Director:
             started_at=started,
             subset=subset,
             released=released,
+            _trace=trace,
         )
         self._hold(ctx, result.primary)
+        trace.start_upstream(result.primary.key)
         if target != model:
             ctx._rewriter = ModelNameRewriter(target, model)
         series = self._series_for(model, target)
@@ -381,6 +397,7 @@ class Director:
         self._drop(ctx)
         ctx.attempts += 1
         self._hold(ctx, nxt)
+        ctx._trace.start_upstream(nxt.key)
         log.info("request retry request_id=%s attempt=%d endpoint=%s", ctx.request_id, ctx.attempts, nxt.key)
         return nxt
 
@@ -438,6 +455,7 @@ class Director:
             return
         ctx.completed = True
         self._drop(ctx)
+        ctx._trace.end(ctx.status, None if error is None else f"{type(error).__name__}: {error}")
         if ctx.first_token_at is None:
             self._core.observe_ttft(ctx.request_id, None)  # nothing streamed: nothing to learn from
         if ctx._sse is not None and ctx.prompt_tokens is None:
