@@ -296,6 +296,7 @@ class Gateway:
             decisions=self.decisions,
             pool_name=self.pool.name,
             model_state=self.scheduler.debug_state,
+            base_models=_base_models(self.manifests),
         )
 
     @property
