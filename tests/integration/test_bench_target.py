@@ -176,3 +176,11 @@ def test_plot_ticks_read_in_plain_units() -> None:
     from infergate.bench.report import _seconds_label
 
     assert [_seconds_label(v) for v in (0.05, 0.2, 1.0, 20.0)] == ["50 ms", "200 ms", "1 s", "20 s"]
+
+
+def test_flag_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", "http://127.0.0.1:9", "--twin", "--workload", "bursts"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exactly one of --url, --matrix, --twin" in err
+    assert main(["--twin", "--workload", "bursts", "--qps", "4,x"]) == 2
+    assert "--qps" in capsys.readouterr().err

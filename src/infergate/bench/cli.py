@@ -38,121 +38,7 @@ from infergate.bench.workloads import BenchRequest, WorkloadError, WorkloadSpec,
 if TYPE_CHECKING:
     from infergate.bench.matrix import MatrixOutcome
 
-__all__ = ["main"]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _epilog() -> str:
-    from infergate.bench.workloads import builtin_workloads
-
-    strategies = ", ".join(strategy_names(twin=True))
-    return (
-        f"built-in workloads: {', '.join(sorted(builtin_workloads()))}\n"
-        f"strategies: {strategies}; append +fc to run one with the gateway's flow control "
-        "(default always has it), +nofc to run it without\n"
-        "twin pool defaults: the workload file's pool: section, else 3 replicas serving "
-        "food-review,cad-fabricator,legal-summarizer with --max-loras 2 and Poisson arrivals"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="infergate bench",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--url", help="base URL of an OpenAI-compatible server or gateway")
-    target.add_argument("--matrix", action="store_true", help="start replicas and every strategy, compare")
-    target.add_argument("--twin", action="store_true", help="run the comparison in virtual time")
-    p.add_argument("--workload", required=True, help="built-in workload name or a YAML file")
-    load = p.add_mutually_exclusive_group()
-    load.add_argument(
-        "--qps",
-        type=_floats,
-        help="open-loop rates to sweep, e.g. 2,4,8 "
-        "(default: 8 with --url, 4 with --matrix, 4,8,12 with --twin)",
-    )
-    load.add_argument("--concurrency", type=_floats, help="closed-loop concurrencies to sweep, e.g. 8,32")
-    p.add_argument("--label", default="target", help="strategy name for the report (URL mode)")
-    p.add_argument(
-        "--replica",
-        action="append",
-        default=[],
-        help="replica base URL whose /metrics gives prefix hits and adapter loads (url mode; repeatable)",
-    )
-    p.add_argument(
-        "--skip-unserved",
-        action="store_true",
-        help="url mode: leave out requests for models the target does not list in /v1/models "
-        "(default: refuse to run)",
-    )
-    p.add_argument(
-        "--warm",
-        action="store_true",
-        help="url mode: replay the same prompts at every load point (default: fresh prompts per point, "
-        "so caches warmed by one point do not flatter the next)",
-    )
-    p.add_argument(
-        "--limit", type=int, help="use only the first N requests (url, matrix; twin: fixed-count replay)"
-    )
-    p.add_argument("--strategies", help="comma-separated strategies (matrix/twin; default: all)")
-    p.add_argument(
-        "--replicas", type=int, help="replicas (matrix/twin; default: the workload's pool, else 3)"
-    )
-    p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO bound on p90 TTFT, seconds (default 1.0)")
-    p.add_argument(
-        "--slo-tpot", type=float, default=0.050, help="SLO bound on p90 TPOT, seconds (default 0.05)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the arrival process (default 0)")
-    p.add_argument(
-        "--out", type=Path, default=Path("bench-results"), help="report folder (default bench-results)"
-    )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    t = p.add_argument_group("twin: pool shape, arrivals, steady state")
-    t.add_argument(
-        "--adapters",
-        help="comma-separated LoRA adapters every replica serves ('' for none); the workload's model "
-        "names map onto them (default: the workload's pool, else the tutorial's three)",
-    )
-    t.add_argument(
-        "--max-loras", type=int, help="GPU adapter slots per replica (default: workload's, else 2)"
-    )
-    t.add_argument(
-        "--arrival",
-        help="poisson or gamma:SHAPE (gamma renewal, CV = 1/sqrt(SHAPE); default: workload's, else poisson)",
-    )
-    t.add_argument(
-        "--slo-rate",
-        action="store_true",
-        help="bisect each strategy's SLO rate (with no --qps, only SLO rates are computed)",
-    )
-    t.add_argument("--tolerance", type=float, default=0.02, help="SLO-rate bisection width (default 0.02)")
-    t.add_argument(
-        "--duration",
-        type=float,
-        help="measured virtual seconds per load point (default max(60, 20 x unloaded e2e latency))",
-    )
-    t.add_argument(
-        "--warmup", type=float, help="warm-up virtual seconds, excluded (default max(10, 5 x e2e))"
-    )
-    m = p.add_argument_group("matrix (--time-scale also applies to --twin)")
-    m.add_argument(
-        "--peer-venv",
-        action="append",
-        type=Path,
-        default=[],
-        help="virtualenv holding a peer router (repeatable; also $INFERGATE_PEER_VENVS, /tmp/peers/*)",
-    )
-    m.add_argument(
-        "--time-scale", type=float, default=1.0, help="simulator step-time factor (0.1 = 10x faster)"
-    )
-    m.add_argument("--simulate-args", default="", help="extra flags for every `infergate simulate`")
-    return p
+__all__ = ["execute", "main"]
 
 
 async def run_url(
@@ -454,7 +340,14 @@ def _plots_available() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``infergate bench ARGS`` (flags: :mod:`infergate.bench.command`)."""
+    from infergate.bench.command import main as command_main
+
+    return command_main(argv)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run what the flags (:func:`infergate.bench.command.command`) ask for; the exit code."""
     url_only = [f for f in ("warm", "skip_unserved") if getattr(args, f)]
     if url_only and not args.url:
         flags = ", ".join("--" + f.replace("_", "-") for f in url_only)
