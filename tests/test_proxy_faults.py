@@ -21,11 +21,11 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
-from infergate.config.settings import GatewaySettings
+from infergate.app.gateway import Gateway
+from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.servers.proxy import ProxyOptions, ProxyServer
 from infergate.servers.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
-from tests.support import async_wait_for
+from tests.support import async_wait_for, local_settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SERVED = "x-gateway-destination-endpoint-served"
@@ -122,18 +122,11 @@ async def start_gateway(
     ]
     (tmp / "pool.yaml").write_text(yaml.safe_dump_all(docs))
     # in-flight requests leave a server after 3 failed probes: probe often so that is quick
-    cfg.setdefault("settings", GatewaySettings(health_interval=0.1))
-    config = GatewayConfig(
-        host="127.0.0.1",
-        port=0,
-        admin_host="127.0.0.1",
-        admin_port=0,
-        served_header=True,
-        **cfg,  # type: ignore[arg-type]
-    )
+    config = local_settings({"scrape.health_interval": 0.1, "proxy.served_header": True, **cfg})
     gw = Gateway(load_manifests([tmp / "pool.yaml"]), config)
     if proxy is not None:  # the built-in proxy with options the gateway settings do not expose
-        gw.proxy = ProxyServer(gw.director, gw.datastore, proxy)
+        assert isinstance(gw.data_plane, BuiltinDataPlane)
+        gw.data_plane.proxy = ProxyServer(gw.director, gw.datastore, proxy)
     await gw.start()
     assert await gw.wait_ready(10.0)
     return gw

@@ -12,21 +12,28 @@ import contextlib
 import errno
 import json
 import logging
-import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from infergate.api.loader import ManifestSet, load_manifests
+from infergate.config.picker import EndpointPickerConfig
+from infergate.config.settings import Settings
 from infergate.errors import ConfigError
-from infergate.servers.metrics_auth import StaticTokenAuth, generate_token, write_token_file
+from infergate.requestcontrol.access import Authenticator
+from infergate.servers.metrics_auth import (
+    MetricsAuthorizer,
+    StaticTokenAuth,
+    build_metrics_auth,
+    generate_token,
+    write_token_file,
+)
 
 from .fleet import Fleet
-from .gateway import Gateway, GatewayConfig
-from .logs import setup_logging
+from .gateway import Gateway
+from .process import run_async, setup_logging, stop_event
 
 __all__ = ["bundled_manifests", "metrics_curl", "run_serve", "run_up", "setup_logging"]
 
@@ -42,55 +49,6 @@ def bundled_manifests() -> Path:
     return Path(str(files("infergate.manifests").joinpath("tutorial")))
 
 
-def _raise_fd_limit() -> None:
-    """Use the hard file-descriptor limit: a gateway holds two sockets per request in flight."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, OSError, ValueError):  # pragma: no cover - platform without the limit
-        pass
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    _raise_fd_limit()
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - Windows
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
-
-
-def _stop_event() -> asyncio.Event:
-    """Set on the first SIGINT/SIGTERM; another one more than a second later exits at once.
-
-    (``timeout`` and terminals signal the whole process group, so one request can arrive twice.)
-    """
-    loop = asyncio.get_running_loop()
-    event = asyncio.Event()
-    first: list[float] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        if event.is_set():
-            if loop.time() - first[0] < 1.0:
-                return
-            log.warning("second %s: exiting now", sig.name)
-            sys.exit(130)
-        log.info("%s received: shutting down", sig.name)
-        first.append(loop.time())
-        event.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, on_signal, sig)
-    return event
-
-
 def _bindable(host: str, port: int) -> bool:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -101,15 +59,20 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-async def _start_with_fallback(gw: Gateway, explicit_port: bool) -> None:
-    """Start; when the manifests' port is privileged or busy and no --port was given, use 8080."""
-    if not explicit_port and gw.config.data_plane != "epp":
-        host, wanted = gw.manifests.listener()
-        if not _bindable(gw.config.host or host, wanted):
+def _with_port(gw: Gateway, port: int) -> None:
+    gw.settings = gw.settings.replace({"listeners.port": port})
+
+
+async def _start_with_fallback(gw: Gateway) -> None:
+    """Start; when the manifests' port is privileged or busy and no port was set, use 8080."""
+    explicit_port = gw.settings.listeners.port is not None
+    if not explicit_port and gw.plane_factory.uses_listener:
+        host, wanted = gw.listen_address()
+        if not _bindable(host, wanted):
             log.warning(
                 "cannot listen on port %d; using %d instead (choose with --port)", wanted, FALLBACK_PORT
             )
-            gw.config = replace(gw.config, port=FALLBACK_PORT)
+            _with_port(gw, FALLBACK_PORT)
     try:
         await gw.start()
     except OSError as exc:
@@ -119,7 +82,7 @@ async def _start_with_fallback(gw: Gateway, explicit_port: bool) -> None:
         log.warning("cannot listen on port %d (%s); using %d instead", wanted, exc.strerror, FALLBACK_PORT)
         await gw.admin.stop()
         await gw.tasks.stop()
-        gw.config = replace(gw.config, port=FALLBACK_PORT)
+        _with_port(gw, FALLBACK_PORT)
         await gw.start()
 
 
@@ -139,18 +102,20 @@ def metrics_curl(host: str, admin_port: int, token: str) -> str:
 
 def run_serve(
     paths: Sequence[Path],
-    config: GatewayConfig,
+    settings: Settings,
     *,
-    log_level: str = "INFO",
+    picker: EndpointPickerConfig | None = None,
+    metrics_auth: MetricsAuthorizer | None = None,
+    api_keys: Authenticator | None = None,
     metrics_token: str | None = None,
-    log_format: str = "text",
 ) -> int:
-    """``infergate serve``: picker + proxy for endpoints that already run.
+    """``infergate serve`` and ``infergate epp -f``: the picker and its data plane for endpoints
+    that already run.
 
-    ``metrics_token``: a token generated for this run (``--metrics-auth=token`` without a token
-    file); printed with the curl that uses it. ``config.metrics_auth`` is what checks it.
+    ``metrics_token``: a token generated for this run (``metrics_auth: token`` without a token
+    file); printed with the curl that uses it. ``metrics_auth`` is what checks it.
     """
-    setup_logging(log_level, log_format)
+    setup_logging(settings.logging.level, settings.logging.format)
     try:
         manifests = _load(paths)
     except ConfigError as exc:
@@ -158,21 +123,22 @@ def run_serve(
         return 2
 
     async def main() -> int:
-        stop = _stop_event()
+        stop = stop_event()
         try:
-            gw = Gateway(manifests, config)
+            gw = Gateway(manifests, settings, picker=picker, metrics_auth=metrics_auth, api_keys=api_keys)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        await _start_with_fallback(gw, config.port is not None)
-        what = "ext_proc picker" if config.data_plane == "epp" else f"{config.data_plane} data plane"
+        await _start_with_fallback(gw)
+        plane = settings.data_plane
+        what = "ext_proc picker" if not gw.plane_factory.uses_listener else f"{plane} data plane"
+        host = _display_host(settings.listeners.host)
         print(
-            f"infergate serving pool {gw.pool.name} ({what}) on {_display_host(config.host)}:{gw.port} "
+            f"infergate serving pool {gw.pool.name} ({what}) on {host}:{gw.port} "
             f"(admin :{gw.admin_port}, {len(gw.datastore.endpoints())} endpoint(s))",
             flush=True,
         )
         if metrics_token is not None:
-            host = _display_host(config.admin_host)
             print(f"  metrics: {metrics_curl(host, gw.admin_port, metrics_token)}", flush=True)
         try:
             await stop.wait()
@@ -180,7 +146,7 @@ def run_serve(
             await gw.stop()
         return 0
 
-    return _run(main)
+    return run_async(main)
 
 
 def _display_host(host: str) -> str:
@@ -257,25 +223,26 @@ async def _live_summary(gw: Gateway, stop: asyncio.Event) -> None:
 
 def run_up(
     directory: Path | None,
-    config: GatewayConfig,
+    settings: Settings,
     *,
+    picker: EndpointPickerConfig | None = None,
+    api_keys: Authenticator | None = None,
     replicas: int | None = None,
     quiet: bool = False,
-    log_level: str = "WARNING",
     simulate_args: Sequence[str] = (),
-    protect_metrics: bool = True,
-    log_format: str = "text",
 ) -> int:
     """``infergate up``: the whole tutorial on this machine.
 
-    With ``protect_metrics`` the admin ``/metrics`` and ``/debug/`` need a bearer token generated
-    for this run: printed, and written (mode 0600) to ``<run dir>/metrics-token``.
+    With ``auth.metrics_auth: token`` (the default of ``up``) the admin ``/metrics`` and ``/debug/``
+    need a bearer token generated for this run: printed, and written (mode 0600) to
+    ``<run dir>/metrics-token``.
     """
-    setup_logging(log_level, log_format)
+    setup_logging(settings.logging.level, settings.logging.format)
     path = directory or bundled_manifests()
+    protect_metrics = settings.auth.metrics_auth == "token"
     try:
         manifests = _load([path])
-        pool = manifests.pool_spec(config.pool_name)
+        pool = manifests.pool_spec(settings.pool)
         fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args)
         fleet.plan()
     except ConfigError as exc:
@@ -283,7 +250,7 @@ def run_up(
         return 2
 
     async def main() -> int:
-        stop = _stop_event()
+        stop = stop_event()
         gw: Gateway | None = None
         try:
             print(
@@ -301,15 +268,25 @@ def run_up(
             stopped.cancel()
             starting.result()
             token: str | None = None
-            gw_config = replace(config, extra_endpoints=fleet.endpoints())
+            auth: MetricsAuthorizer | None = None
             if protect_metrics:
-                token = generate_token()
-                write_token_file(fleet.run_dir / "metrics-token", token)
-                gw_config = replace(gw_config, metrics_auth=StaticTokenAuth([token]))
-            gw = Gateway(manifests, gw_config)
-            await _start_with_fallback(gw, config.port is not None)
+                if settings.auth.metrics_token_file is not None:
+                    auth = build_metrics_auth("token", token_file=settings.auth.metrics_token_file)
+                else:
+                    token = generate_token()
+                    write_token_file(fleet.run_dir / "metrics-token", token)
+                    auth = StaticTokenAuth([token])
+            gw = Gateway(
+                manifests,
+                settings,
+                picker=picker,
+                api_keys=api_keys,
+                metrics_auth=auth,
+                extra_endpoints=fleet.endpoints(),
+            )
+            await _start_with_fallback(gw)
             await gw.wait_ready(30.0)
-            host = _display_host(config.host)
+            host = _display_host(settings.listeners.host)
             print(f"infergate up: pool {pool.name}, {len(fleet.replicas)} replica(s)", flush=True)
             print(
                 f"  listener: http://{host}:{gw.port}   admin/metrics: http://{host}:{gw.admin_port}/metrics"
@@ -332,4 +309,4 @@ def run_up(
             await fleet.stop()
             print("infergate up: stopped", flush=True)
 
-    return _run(main)
+    return run_async(main)
