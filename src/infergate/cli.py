@@ -14,8 +14,6 @@ import typer
 if TYPE_CHECKING:
     from infergate.config.picker import EndpointPickerConfig
     from infergate.config.settings import Settings
-    from infergate.requestcontrol.access import Authenticator
-    from infergate.servers.metrics_auth import MetricsAuthorizer
 
 app = typer.Typer(
     name="infergate",
@@ -23,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+POOL_GROUP = "inference.networking.k8s.io"
+"""The one InferencePool API group ``epp --pool-name`` watches (``--pool-group`` must name it)."""
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
@@ -165,13 +166,6 @@ def _picker(path: Path | None, text: str | None = None) -> EndpointPickerConfig 
     return None
 
 
-def _api_keys(settings: Settings) -> Authenticator | None:
-    from infergate.servers.auth import load_api_keys
-
-    path = settings.auth.api_keys
-    return load_api_keys(path) if path is not None else None
-
-
 def _common_flags(
     *,
     port: int | None,
@@ -238,7 +232,6 @@ def serve(
 ) -> None:
     from infergate.app.run import run_serve
     from infergate.errors import ConfigError
-    from infergate.servers.metrics_auth import StaticTokenAuth, generate_token
 
     flags = _common_flags(
         port=port,
@@ -257,23 +250,12 @@ def serve(
     )
     flags.update({"pool": pool, "auth.metrics_token_file": metrics_token_file})
     settings = _settings(flags, settings_file, print_settings=print_settings)
-    token: str | None = None
     try:
         picker = _picker(config)
-        keys = _api_keys(settings)
-        if settings.auth.metrics_auth == "token" and settings.auth.metrics_token_file is None:
-            token = generate_token()
-            authorizer: MetricsAuthorizer | None = StaticTokenAuth([token])
-        else:
-            authorizer = _local_metrics_auth(settings)
-    except (ConfigError, ValueError, OSError) as exc:
+    except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(
-        run_serve(
-            filename, settings, picker=picker, metrics_auth=authorizer, api_keys=keys, metrics_token=token
-        )
-    )
+    raise typer.Exit(run_serve(filename, settings, picker=picker))
 
 
 @app.command(
@@ -342,8 +324,7 @@ def up(
         raise typer.Exit(2)
     try:
         picker = _picker(config)
-        keys = _api_keys(settings)
-    except (ConfigError, ValueError, OSError) as exc:
+    except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(
@@ -351,7 +332,6 @@ def up(
             directory,
             settings,
             picker=picker,
-            api_keys=keys,
             replicas=replicas,
             quiet=quiet,
             simulate_args=list(ctx.args),
@@ -376,9 +356,9 @@ def epp(
         typer.Option("--pool-namespace", help="Its namespace (default: $NAMESPACE, else default)."),
     ] = None,
     pool_group: Annotated[
-        str | None,
-        typer.Option("--pool-group", help="The InferencePool API group (inference.networking.k8s.io)."),
-    ] = None,
+        str,
+        typer.Option("--pool-group", help="The InferencePool API group (only this one is watched)."),
+    ] = POOL_GROUP,
     kubeconfig: Annotated[
         Path | None,
         typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster, else ~/.kube)."),
@@ -459,11 +439,12 @@ def epp(
         raise fail("give either --pool-name (in-cluster) or -f/--filename (manifest files)")
     if config is not None and config_text is not None:
         raise fail("--config-file and --config-text are exclusive")
+    if pool_group != POOL_GROUP:
+        raise fail(f"--pool-group: only {POOL_GROUP} (v1) InferencePools are supported (got {pool_group!r})")
     flags: dict[str, Any] = {
         "data_plane": "epp",
         "pool": pool_name if pool_name is not None else pool,
         "kubernetes.pool_namespace": pool_namespace,
-        "kubernetes.pool_group": pool_group,
         "kubernetes.kubeconfig": kubeconfig,
         "listeners.host": host,
         "listeners.grpc_port": grpc_port,
@@ -491,27 +472,8 @@ def epp(
 
     if pool_name is not None:
         raise typer.Exit(run_epp(settings, picker=picker))
-
-    try:
-        authorizer = _local_metrics_auth(settings)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
     assert filename is not None
-    raise typer.Exit(run_serve(filename, settings, picker=picker, metrics_auth=authorizer))
-
-
-def _local_metrics_auth(settings: Settings) -> MetricsAuthorizer | None:
-    """The authorizer for ``serve``/``epp -f``: ``token`` (a file) or ``disabled``.
-
-    ``kubernetes`` needs the cluster, so it is only offered with ``epp --pool-name``.
-    Raises ValueError for anything else.
-    """
-    from infergate.servers.metrics_auth import build_metrics_auth
-
-    mode = settings.auth.metrics_auth
-    if mode == "kubernetes":
-        raise ValueError("--metrics-auth=kubernetes needs the cluster (infergate epp --pool-name)")
-    return build_metrics_auth(mode, token_file=settings.auth.metrics_token_file)
+    raise typer.Exit(run_serve(filename, settings, picker=picker))
 
 
 def main() -> None:

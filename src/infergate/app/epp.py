@@ -247,9 +247,9 @@ def run_epp(
     settings: Settings, *, picker: EndpointPickerConfig | None = None, token: str | None = None
 ) -> int:
     """The process behind ``infergate epp --pool-name``: run until SIGTERM/SIGINT, then drain."""
-    from .process import run_async, setup_logging, stop_event
+    from .process import configure_logging, run_async, stop_event
 
-    setup_logging(settings.logging.level, settings.logging.format)
+    configure_logging(settings)
     s = settings
 
     async def main() -> int:

@@ -27,9 +27,15 @@ from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
 from infergate.requestcontrol.access import Authenticator
 from infergate.servers.admin import AdminServer
-from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests
+from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests, load_api_keys
 from infergate.servers.liveview import liveview_routes
-from infergate.servers.metrics_auth import MetricsAuthorizer, metrics_auth_middleware
+from infergate.servers.metrics_auth import (
+    MetricsAuthorizer,
+    StaticTokenAuth,
+    build_metrics_auth,
+    generate_token,
+    metrics_auth_middleware,
+)
 from infergate.servers.proxy import ProxyServer
 from infergate.sources.manifests import apply_manifests
 from infergate.telemetry import GatewayMetrics
@@ -76,6 +82,21 @@ def _authenticator(manifests: ManifestSet, configured: Authenticator | None) -> 
     if isinstance(configured, ApiKeyStore):
         return configured.merged(from_secrets)
     raise ConfigError("API keys: both a custom authenticator and labelled Secrets are configured")
+
+
+def _metrics_auth(settings: Settings) -> tuple[MetricsAuthorizer | None, str | None]:
+    """The admin port's token check for ``auth.metrics_auth`` and the token generated for this run
+    (``token`` without ``auth.metrics_token_file``), if any."""
+    mode, token_file = settings.auth.metrics_auth, settings.auth.metrics_token_file
+    if mode == "kubernetes":
+        raise ConfigError("auth.metrics_auth: kubernetes needs the cluster (infergate epp --pool-name)")
+    if mode == "token" and token_file is None:
+        token = generate_token()
+        return StaticTokenAuth([token]), token
+    try:
+        return build_metrics_auth(mode, token_file=token_file), None
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"auth.metrics_token_file: {exc}") from exc
 
 
 def _uses_lora(manifests: ManifestSet) -> bool:
@@ -126,9 +147,9 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         clock: Clock | None = None,
     ) -> None:
-        """``api_keys``: keys for the inference listener (the ``auth.api_keys`` file, loaded by the
-        caller); Secrets labelled ``infergate.dev/api-keys`` in the manifests are added.
-        ``metrics_auth`` checks bearer tokens on the admin ``/metrics`` and ``/debug/``."""
+        """``api_keys``/``metrics_auth`` replace what ``auth.api_keys``/``auth.metrics_auth`` would
+        build (tests, embedding). Secrets labelled ``infergate.dev/api-keys`` in the manifests are
+        added to the keys."""
         self.settings = s = settings or Settings()
         self.plane_factory = data_plane_factory(s.data_plane)
         self.clock: Clock = clock or MonotonicClock()
@@ -160,6 +181,8 @@ class Gateway:
         self.scheduler = core.scheduler
         self.flow = core.flow
         self.director = core.director
+        if api_keys is None and s.auth.api_keys is not None:
+            api_keys = load_api_keys(s.auth.api_keys)
         self.director.configure_access(
             authenticator=_authenticator(manifests, api_keys),
             limits=self.director.limits,
@@ -188,6 +211,10 @@ class Gateway:
             extra=self._debug_extra,
             routes=self._liveview_routes(),
         )
+        self.metrics_token: str | None = None
+        """The bearer token generated for this run (``auth.metrics_auth: token`` without a file)."""
+        if metrics_auth is None:
+            metrics_auth, self.metrics_token = _metrics_auth(s)
         if metrics_auth is not None:
             self.admin.app.middlewares.append(metrics_auth_middleware(metrics_auth))
         self.tasks = Supervisor()
@@ -232,6 +259,11 @@ class Gateway:
     def admin_port(self) -> int:
         return self.admin.port
 
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        """Where the admin listener binds (``listeners.host``, ``listeners.admin_port``)."""
+        return self.settings.listeners.host, self.settings.listeners.admin_port
+
     def listen_address(self) -> tuple[str, int]:
         """Where the inference listener binds: the settings, else the Gateway manifest's listener."""
         host, port = self.manifests.listener()
@@ -245,7 +277,7 @@ class Gateway:
         self.tasks.spawn("metrics-scraper", self.scraper.run)
         # in-flight requests are withdrawn from an endpoint only once it failed several probes
         self._unsubscribe_down = self.scraper.add_down_listener(self._endpoint_down)
-        await self.admin.start(s.listeners.host, s.listeners.admin_port)
+        await self.admin.start(*self.admin_address)
         await self.data_plane.start(host, port)
         await self.data_plane.set_ready(True)
         self._started = True

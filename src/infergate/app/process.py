@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .logs import setup_logging
+from .logs import configure_logging, setup_logging
 
-__all__ = ["raise_fd_limit", "run_async", "setup_logging", "stop_event"]
+__all__ = ["configure_logging", "raise_fd_limit", "run_async", "setup_logging", "stop_event"]
 
 log = logging.getLogger("infergate.app")
 

@@ -22,18 +22,11 @@ from infergate.api.loader import ManifestSet, load_manifests
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
 from infergate.errors import ConfigError
-from infergate.requestcontrol.access import Authenticator
-from infergate.servers.metrics_auth import (
-    MetricsAuthorizer,
-    StaticTokenAuth,
-    build_metrics_auth,
-    generate_token,
-    write_token_file,
-)
+from infergate.servers.metrics_auth import write_token_file
 
 from .fleet import Fleet
 from .gateway import Gateway
-from .process import run_async, setup_logging, stop_event
+from .process import configure_logging, run_async, setup_logging, stop_event
 
 __all__ = ["bundled_manifests", "metrics_curl", "run_serve", "run_up", "setup_logging"]
 
@@ -105,17 +98,12 @@ def run_serve(
     settings: Settings,
     *,
     picker: EndpointPickerConfig | None = None,
-    metrics_auth: MetricsAuthorizer | None = None,
-    api_keys: Authenticator | None = None,
-    metrics_token: str | None = None,
 ) -> int:
     """``infergate serve`` and ``infergate epp -f``: the picker and its data plane for endpoints
-    that already run.
-
-    ``metrics_token``: a token generated for this run (``metrics_auth: token`` without a token
-    file); printed with the curl that uses it. ``metrics_auth`` is what checks it.
+    that already run. A metrics token generated for this run (``auth.metrics_auth: token``
+    without a token file) is printed with the curl that uses it.
     """
-    setup_logging(settings.logging.level, settings.logging.format)
+    configure_logging(settings)
     try:
         manifests = _load(paths)
     except ConfigError as exc:
@@ -125,7 +113,7 @@ def run_serve(
     async def main() -> int:
         stop = stop_event()
         try:
-            gw = Gateway(manifests, settings, picker=picker, metrics_auth=metrics_auth, api_keys=api_keys)
+            gw = Gateway(manifests, settings, picker=picker)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -138,8 +126,8 @@ def run_serve(
             f"(admin :{gw.admin_port}, {len(gw.datastore.endpoints())} endpoint(s))",
             flush=True,
         )
-        if metrics_token is not None:
-            print(f"  metrics: {metrics_curl(host, gw.admin_port, metrics_token)}", flush=True)
+        if gw.metrics_token is not None:
+            print(f"  metrics: {metrics_curl(host, gw.admin_port, gw.metrics_token)}", flush=True)
         try:
             await stop.wait()
         finally:
@@ -226,7 +214,6 @@ def run_up(
     settings: Settings,
     *,
     picker: EndpointPickerConfig | None = None,
-    api_keys: Authenticator | None = None,
     replicas: int | None = None,
     quiet: bool = False,
     simulate_args: Sequence[str] = (),
@@ -237,9 +224,8 @@ def run_up(
     need a bearer token generated for this run: printed, and written (mode 0600) to
     ``<run dir>/metrics-token``.
     """
-    setup_logging(settings.logging.level, settings.logging.format)
+    configure_logging(settings)
     path = directory or bundled_manifests()
-    protect_metrics = settings.auth.metrics_auth == "token"
     try:
         manifests = _load([path])
         pool = manifests.pool_spec(settings.pool)
@@ -267,23 +253,10 @@ def run_up(
                 return 130
             stopped.cancel()
             starting.result()
-            token: str | None = None
-            auth: MetricsAuthorizer | None = None
-            if protect_metrics:
-                if settings.auth.metrics_token_file is not None:
-                    auth = build_metrics_auth("token", token_file=settings.auth.metrics_token_file)
-                else:
-                    token = generate_token()
-                    write_token_file(fleet.run_dir / "metrics-token", token)
-                    auth = StaticTokenAuth([token])
-            gw = Gateway(
-                manifests,
-                settings,
-                picker=picker,
-                api_keys=api_keys,
-                metrics_auth=auth,
-                extra_endpoints=fleet.endpoints(),
-            )
+            gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+            token = gw.metrics_token
+            if token is not None:
+                write_token_file(fleet.run_dir / "metrics-token", token)
             await _start_with_fallback(gw)
             await gw.wait_ready(30.0)
             host = _display_host(settings.listeners.host)
@@ -300,6 +273,9 @@ def run_up(
             else:
                 await _live_summary(gw, stop)
             return 0
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

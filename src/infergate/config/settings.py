@@ -231,8 +231,6 @@ class KubernetesSettings(_Group):
 
     pool_namespace: str | None = None
     """Namespace of the pool (unset: ``$NAMESPACE``, else ``default``)."""
-    pool_group: Literal["inference.networking.k8s.io"] = "inference.networking.k8s.io"
-    """The InferencePool API group (only ``v1`` pools of this group are watched)."""
     kubeconfig: Path | None = None
     """Kubeconfig file (unset: in-cluster credentials, else ``$KUBECONFIG``/``~/.kube/config``)."""
     write_status: bool = True

@@ -110,7 +110,7 @@ class KubernetesSource:
         rng: random.Random | None = None,
     ) -> KubernetesSource:
         """The source of ``settings.pool`` with the ``kubernetes`` settings group (namespace, API
-        group, kubeconfig, status writing)."""
+        kubeconfig, status writing)."""
         from infergate.sources.kubernetes_client import default_pool_namespace
 
         k = settings.kubernetes
@@ -122,7 +122,6 @@ class KubernetesSource:
             pool_namespace=k.pool_namespace or default_pool_namespace(),
             api_client=api_client,
             kubeconfig=str(k.kubeconfig) if k.kubeconfig is not None else None,
-            pool_group=k.pool_group,
             write_status=k.write_status,
             rng=rng,
         )
