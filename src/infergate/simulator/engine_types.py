@@ -66,6 +66,8 @@ class RequestOutput:
     arrival_time: float
     first_token_time: float | None
     now: float
+    scheduled_time: float | None = None  # when the engine first scheduled it (queue time ends)
+    num_preemptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class EngineStats:
     num_steps: int = 0
     busy_time: float = 0.0  # Σ step durations (s)
     lora_gpu_loads: int = 0  # adapters brought into a GPU slot (swaps)
+    prompt_tokens_cached: int = 0  # of prompt_tokens_total, found in the prefix cache or received
+    prompt_tokens_external: int = 0  # of prompt_tokens_cached, received from a prefill instance
 
 
 class PromptTooLongError(ValueError):

@@ -132,6 +132,9 @@ async def choice_events(
             prompt_tokens=prompt_tokens,
             generated=generated,
             max_tokens=req.max_tokens,
+            scheduled=last.scheduled_time,
+            cached_tokens=last.num_cached_tokens,
+            preemptions=last.num_preemptions,
         )
     yield Delta(
         spec.index,

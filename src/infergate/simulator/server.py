@@ -104,17 +104,19 @@ class SimServer:
                 "prefix_caching_hash_algo": self.config.prefix_caching_hash_algo,
             },
         )
-        if self.config.enable_lora:
-            self.driver.add_step_listener(self._record_lora)
+        self.driver.add_step_listener(self._record_step)
         self.server_load = load_report.ServerLoad(args.enable_server_load_tracking)
         self.kv_publisher: Any = None
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.port = args.port
 
-    def _record_lora(self) -> None:
-        running, waiting = self.engine.lora_state()
-        self.metrics.record_lora(self.config.max_loras, running, waiting)
+    def _record_step(self) -> None:
+        engine = self.engine
+        self.metrics.observe_step(engine.last_step_prompt_tokens, engine.last_step_tokens)
+        if self.config.enable_lora:
+            running, waiting = engine.lora_state()
+            self.metrics.record_lora(self.config.max_loras, running, waiting)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +142,7 @@ class SimServer:
         r.add_get("/get_model_info", self.model_info)
         r.add_get("/model_info", self.model_info)
         r.add_get("/get_load", self.get_load)
+        r.add_get("/kv_event_sources", self.kv_event_sources)
         return app
 
     async def start(self) -> None:
@@ -519,6 +522,11 @@ class SimServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
+
+    async def kv_event_sources(self, request: web.Request) -> web.Response:
+        """vLLM's publisher discovery: sources keyed by data-parallel rank, ``{}`` without events."""
+        pub = self.kv_publisher
+        return _json({} if pub is None else {"0": pub.source()})
 
     async def version(self, request: web.Request) -> web.Response:
         return _json({"version": VLLM_VERSION})
