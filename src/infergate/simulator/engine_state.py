@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from infergate.tokenization.blockhash import ExtraKeys
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
+RECEIVING = 3  # holding blocks while its prompt's KV arrives from a prefill instance (P/D)
 
 
 class ReqState:
@@ -30,11 +31,15 @@ class ReqState:
         "num_cached",
         "num_cached_blocks",
         "num_computed",
+        "num_external",
         "preemptions",
         "prompt_len",
+        "ready_at",
+        "remote",
         "scheduled",
         "seed",
         "seed_c",
+        "send_kv",
         "status",
         "stop_at",
         "times",
@@ -50,6 +55,10 @@ class ReqState:
         self.num_cached = 0
         self.num_cached_blocks = 0
         self.preemptions = 0
+        self.remote = 0  # prompt tokens whose KV a prefill instance sends (do_remote_prefill)
+        self.num_external = 0  # of those, the ones not already in the local prefix cache
+        self.ready_at = 0.0  # when that transfer completes
+        self.send_kv = False  # do_remote_decode: keep its block ids for the decode instance
         self.first_token_time: float | None = None
         self.scheduled: float | None = None  # start of the step that first scheduled it
         self.status = WAITING

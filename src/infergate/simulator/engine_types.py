@@ -33,6 +33,9 @@ class EngineConfig:
     kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
     # ids generated tokens are drawn from (the tokenizer's ``filler_ids``); None: the built-in's
     filler_ids: tuple[int, ...] | None = None
+    # P/D disaggregation (--kv-transfer-config): a modelled KV transfer from a prefill instance
+    kv_transfer_bandwidth: float = 25e9  # bytes/s per TP rank [est: one 200 Gb/s NIC]
+    kv_transfer_latency: float = 0.002  # s per transfer (handshake and notification) [est]
 
 
 @dataclass
@@ -50,6 +53,11 @@ class EngineRequest:
     # strings are matched on text there, as in vLLM's output processor, possibly after the engine
     # has already run the request to its length limit, so the engine must not count it itself.
     frontend_counts: bool = False
+    # P/D: prompt tokens (full blocks) whose KV a prefill instance sends instead of computing them
+    # here (vLLM's do_remote_prefill), and do_remote_decode (a prefill instance's request: its
+    # block ids are kept for the decode instance when it finishes by length)
+    remote_prefill_tokens: int = 0
+    remote_decode: bool = False
 
 
 @dataclass(frozen=True)
