@@ -21,7 +21,7 @@ from infergate.simulator.engine import (
     RequestOutput,
     UnknownLoraError,
 )
-from infergate.simulator.tokenizer import Tokenizer
+from infergate.tokenization.builtin import Tokenizer
 from tests.support import free_port, wait_for
 
 
@@ -360,7 +360,8 @@ def test_tokenizer_properties() -> None:
     ]
     chat = tok.apply_chat_template(messages)
     assert chat.startswith(
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nBe brief.<|eot_id|>"
     )
     assert chat.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert tok.encode("<|eot_id|>") == [128009]

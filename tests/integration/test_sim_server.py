@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.simulator.args import parse_args
 from infergate.simulator.server import SimServer
-from infergate.simulator.tokenizer import BOS_ID, Tokenizer
+from infergate.tokenization.builtin import BOS_ID, Tokenizer
 from tests.support import async_wait_for, free_port
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

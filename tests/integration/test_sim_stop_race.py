@@ -14,7 +14,7 @@ from infergate.simulator.drivers import RealtimeDriver
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest
 from infergate.simulator.generation import ChoiceSpec, Delta, choice_events
 from infergate.simulator.metrics import SimMetrics
-from infergate.simulator.tokenizer import Tokenizer
+from infergate.tokenization.builtin import Tokenizer
 from tests.support import async_wait_for
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

@@ -88,7 +88,7 @@ async def test_prompt_lengths_at_and_over_the_limit(small: SimServer) -> None:
     # text over the limit: tokenised only to max_model_len + 1 tokens, hence "at least"
     for path, body in (
         ("/v1/completions", {"prompt": "word " * 200}),
-        ("/v1/chat/completions", {"messages": chat("word " * 200)}),
+        ("/v1/chat/completions", {"messages": chat("word " * 150)}),  # + the template's ~200 chars
     ):
         err = await error(small, path, body)
         assert f"your prompt contains at least {MML + 1} input tokens" in err["message"], err

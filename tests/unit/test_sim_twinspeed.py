@@ -14,17 +14,18 @@ import dataclasses
 import functools
 import hashlib
 import random
+from typing import Any
 
 import pytest
 
 from infergate.bench.loadgen import arrival_offsets
 from infergate.bench.twin import run_twin
 from infergate.bench.workloads import generate, load_workload
-from infergate.simulator.blockhash import BlockHasher, lora_extra_keys
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.profile import PROFILES
-from infergate.simulator.tokenizer import Tokenizer, _piece_id
+from infergate.tokenization.blockhash import BlockHasher, lora_extra_keys
+from infergate.tokenization.builtin import Tokenizer, _piece_id
 
 # Recorded from the pre-optimisation code; do not regenerate to make a failing test pass.
 TWIN_DIGESTS = {
@@ -39,6 +40,18 @@ TWIN_DIGESTS = {
 # pickle/SHA-256 scheme), one BlockRemoved per evicted block, extra_keys/group_idx. The outputs
 # and stats parts of the digest were checked unchanged against the previous code at that point.
 ENGINE_DIGEST = "70d8986393933dff3e2abbd911361b71d615ef0043cf8ec79fb7ca398b265f90"
+
+
+def _template_without_preamble(self: Tokenizer, messages: list[dict[str, Any]]) -> str:
+    """The chat template the digests were recorded with: one header per message, no system
+    preamble, contents untrimmed."""
+    parts = ["<|begin_of_text|>"]
+    for msg in messages:
+        content = msg.get("content")
+        text = content if isinstance(content, str) else "".join(p["text"] for p in content or [])
+        parts.append(f"<|start_header_id|>{msg.get('role', 'user')}<|end_header_id|>\n\n{text}<|eot_id|>")
+    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    return "".join(parts)
 
 
 def _twin_digest(name: str, n: int, qps: float, strategy: str) -> str:
@@ -66,11 +79,13 @@ def _twin_digest(name: str, n: int, qps: float, strategy: str) -> str:
 def test_twin_records_are_byte_identical_to_the_pre_optimisation_code(
     key: tuple[str, int, float, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The digests predate the frontend stage (the API server as a serial CPU cost, a model change,
-    # not speed work): with its costs at zero the twin must still reproduce them exactly.
+    # The digests predate the frontend stage (the API server as a serial CPU cost) and Llama-3.1's
+    # system preamble in the chat template, both model changes, not speed work: with the frontend's
+    # costs at zero and the earlier template the twin must still reproduce them exactly.
     name = "llama3.1-8b-h100"
     gpu_only = dataclasses.replace(PROFILES[name], frontend_request_ms=0.0, frontend_token_ms=0.0)
     monkeypatch.setitem(PROFILES, name, gpu_only)
+    monkeypatch.setattr(Tokenizer, "apply_chat_template", _template_without_preamble)
     assert _twin_digest(*key) == TWIN_DIGESTS[key]
 
 

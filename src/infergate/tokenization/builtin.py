@@ -63,7 +63,7 @@ _CHUNK = 1024
 _CHUNK_CACHE_CHARS = 16_000_000  # memo bound: ~35 MB at most
 _SEEN_LIMIT = 1_000_000
 
-_FILLER_WORDS = tuple(w for w in dict.fromkeys(_FILLER_TEXT.split()) if len(w) < MAX_PIECE)
+FILLER_WORDS = tuple(w for w in dict.fromkeys(_FILLER_TEXT.split()) if len(w) < MAX_PIECE)
 
 
 def _piece_id(piece: str) -> int:
@@ -102,7 +102,7 @@ class Tokenizer:
         self._seen_chunks: set[str] = set()
         self._reverse: dict[int, str] = {tid: text for text, tid in SPECIAL_TOKENS.items()}
         ids = []
-        for word in _FILLER_WORDS:
+        for word in FILLER_WORDS:
             piece = " " + word
             tid = self._id(piece)
             self._reverse.setdefault(tid, piece)
@@ -112,6 +112,15 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return VOCAB_SIZE
+
+    @property
+    def bos_id(self) -> int | None:
+        """Llama-3's ``<|begin_of_text|>``, which vLLM puts before text prompts."""
+        return BOS_ID
+
+    @property
+    def filler_ids(self) -> tuple[int, ...]:
+        return self._filler_ids
 
     @property
     def max_token_id(self) -> int:
@@ -209,20 +218,46 @@ class Tokenizer:
         return "".join(rev.get(i) or f" <{i}>" for i in ids)
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
-        """Llama-3 chat template: one header per message, then an open assistant turn."""
-        parts = ["<|begin_of_text|>"]
-        for msg in messages:
-            role = str(msg.get("role", "user"))
-            parts.append(f"<|start_header_id|>{role}<|end_header_id|>\n\n")
-            parts.append(_content_text(msg.get("content")))
-            parts.append("<|eot_id|>")
-        parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
-        return "".join(parts)
+        """Llama-3.1's default chat template (see ``llama3_chat_prompt``)."""
+        return llama3_chat_prompt(messages)
 
     def filler_token(self, request_seed: int, index: int) -> int:
         """The ``index``-th generated token of a request: a common word, deterministic per seed."""
         fill = self._filler_ids
         return fill[_mix64((request_seed * 1_000_003 + index) & 0xFFFFFFFFFFFFFFFF) % len(fill)]
+
+
+# What Llama-3.1-8B-Instruct's chat template writes when the request sets no ``date_string``: every
+# chat prompt vLLM renders starts with this system header, so all chats share its KV blocks.
+LLAMA3_DATE_STRING = "26 Jul 2024"
+LLAMA3_SYSTEM_PREAMBLE = f"Cutting Knowledge Date: December 2023\nToday Date: {LLAMA3_DATE_STRING}\n\n"
+
+
+def llama3_chat_prompt(messages: list[dict[str, Any]]) -> str:
+    """The prompt text Llama-3.1's default template renders (no tools, generation prompt added).
+
+    A system header always comes first, holding the knowledge-cutoff preamble and then the first
+    message's content when that message is a system message; every message's content is stripped
+    of surrounding whitespace (the template's ``trim``); an open assistant header ends the prompt.
+    """
+    system = ""
+    rest = messages
+    if messages and messages[0].get("role") == "system":
+        system = _content_text(messages[0].get("content")).strip()
+        rest = messages[1:]
+    parts = [
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n",
+        LLAMA3_SYSTEM_PREAMBLE,
+        system,
+        "<|eot_id|>",
+    ]
+    for msg in rest:
+        role = str(msg.get("role", "user"))
+        parts.append(f"<|start_header_id|>{role}<|end_header_id|>\n\n")
+        parts.append(_content_text(msg.get("content")).strip())
+        parts.append("<|eot_id|>")
+    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    return "".join(parts)
 
 
 def _content_text(content: Any) -> str:

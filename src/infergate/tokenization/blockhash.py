@@ -10,6 +10,10 @@ takes SHA-256 of the bytes: ``sha256`` (vLLM's default) pickles it with the high
 KV events publish a hash as its low 64 bits (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1``, the
 default) or as the raw 32-byte digest, so a consumer that follows vLLM's scheme on the events'
 token ids gets the same values the simulator announces.
+
+``block_hashes`` is the whole scheme as one pure function, for callers outside an engine (a gateway
+computing which blocks a request would hit); ``BlockHasher`` is the same with the seed's hash
+precomputed, for an engine hashing every request.
 """
 
 from __future__ import annotations
@@ -102,3 +106,38 @@ class BlockHasher:
 # the digital twin runs many engines in one process).
 _MEMOS: dict[str, dict[tuple[bytes, tuple[int, ...], ExtraKeys], bytes]] = {a: {} for a in HASH_ALGOS}
 _MEMO_LIMIT = 200_000  # entries (~300 B each)
+
+
+_HASHERS: dict[tuple[str, str | None], BlockHasher] = {}
+
+
+def block_hashes(
+    token_ids: Sequence[int],
+    block_size: int,
+    *,
+    algo: str = "sha256",
+    seed: str | None = None,
+    parent: bytes | None = None,
+    extra_keys: ExtraKeys = None,
+) -> list[bytes]:
+    """vLLM's hashes of the full blocks of ``token_ids``, as 32-byte digests (``to_event_int`` gives
+    the integer KV events carry).
+
+    ``algo`` is ``--prefix-caching-hash-algo`` (``sha256`` or ``sha256_cbor``); ``seed`` is the
+    engine's ``PYTHONHASHSEED`` (None: vLLM's default seed); ``parent`` is the hash of the block
+    before ``token_ids[0]`` when hashing a continuation (None: the tokens start the request);
+    ``extra_keys`` applies to every block (``lora_extra_keys`` for a LoRA request). A trailing
+    partial block has no hash. Equal arguments give equal results in every process.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    hasher = _HASHERS.get((algo, seed))
+    if hasher is None:
+        hasher = _HASHERS[(algo, seed)] = BlockHasher(algo, seed)
+    if parent is None:
+        return hasher.block_hashes(token_ids, block_size, extra_keys)
+    out: list[bytes] = []
+    for i in range(0, len(token_ids) // block_size * block_size, block_size):
+        parent = hasher.hash_block(parent, token_ids[i : i + block_size], extra_keys)
+        out.append(parent)
+    return out
