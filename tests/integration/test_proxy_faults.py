@@ -22,6 +22,7 @@ from aiohttp import web
 
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway
+from infergate.config.picker import EndpointPickerConfig
 from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.servers.proxy import ProxyOptions, ProxyServer
 from infergate.servers.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
@@ -101,6 +102,7 @@ async def start_gateway(
     servers: list[FakeServer],
     proxy: ProxyOptions | None = None,
     overrides: dict[str, object] | None = None,
+    picker: EndpointPickerConfig | None = None,
     **cfg: object,
 ) -> Gateway:
     docs = [
@@ -129,7 +131,7 @@ async def start_gateway(
     config = local_settings(
         {"scrape.health_interval": 0.1, "proxy.served_header": True, **cfg, **(overrides or {})}
     )
-    gw = Gateway(load_manifests([tmp / "pool.yaml"]), config)
+    gw = Gateway(load_manifests([tmp / "pool.yaml"]), config, picker=picker)
     if proxy is not None:  # the built-in proxy with options the gateway settings do not expose
         assert isinstance(gw.data_plane, BuiltinDataPlane)
         gw.data_plane.proxy = ProxyServer(gw.director, gw.datastore, proxy)
