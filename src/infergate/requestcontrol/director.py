@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from infergate.config.settings import Settings
 from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import (
@@ -196,6 +197,48 @@ class Director:
     def set_tracer(self, tracer: RequestTracer | None) -> None:
         """Trace every request from now on (:mod:`infergate.tracing`); None turns tracing off."""
         self._tracer = tracer
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        datastore: DatastoreView,
+        scheduler: SchedulerLike,
+        flow: FlowControllerLike | None,
+        clock: Clock | None = None,
+        metrics: GatewayMetrics | None = None,
+        rng: random.Random | None = None,
+        honor_subset_hint: bool = True,
+        authenticator: Authenticator | None = None,
+        objective_max_tokens: Mapping[str, int] | None = None,
+    ) -> Director:
+        """A Director with ``proxy.retries``, the ``limits`` group and ``auth.control_headers``.
+
+        ``objective_max_tokens`` are ceilings found in the pool's objects (annotations); the
+        ``limits.objective_max_tokens`` setting wins over them.
+        """
+        lim = settings.limits
+        director = cls(
+            datastore=datastore,
+            scheduler=scheduler,
+            flow=flow,
+            clock=clock,
+            metrics=metrics,
+            rng=rng,
+            max_attempts=1 + settings.proxy.retries,
+            honor_subset_hint=honor_subset_hint,
+        )
+        director.configure_access(
+            authenticator=authenticator,
+            limits=RequestLimits(
+                max_messages=lim.max_messages,
+                max_tokens=lim.max_tokens_ceiling,
+                objective_max_tokens={**(objective_max_tokens or {}), **lim.objective_max_tokens},
+            ),
+            control_headers=settings.auth.control_headers,
+        )
+        return director
 
     def configure_access(
         self,
