@@ -18,7 +18,7 @@ from infergate.config.picker import parse_picker_config
 from infergate.config.picker_sections import apply_sections, parse_go_duration, parse_quantity
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
-from infergate.errors import ConfigError, NoCapacityError, RateLimitedError
+from infergate.errors import ConfigError, RateLimitedError
 from infergate.flowcontrol import FlowController
 from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.scheduling.scheduler import build_scheduler
@@ -91,7 +91,7 @@ async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
     clock.t += 1.01
     ds.update_metrics(META.key, EndpointMetrics(waiting_queue_size=3, updated_at=clock.t))
     fc.poke()
-    with pytest.raises(NoCapacityError, match="timed out"):
+    with pytest.raises(RateLimitedError, match="timed out"):
         await asyncio.wait_for(first, 5)
 
 
@@ -112,7 +112,10 @@ def test_flow_control_gate_off_turns_queueing_off_and_conflicts_with_the_section
             r"featureGates\[0\]: unknown feature gate 'flowControll' \(did you mean 'flowControl'\?\)",
         ),
         ("featureGates: [enableLegacyMetrics]", "feature gate 'enableLegacyMetrics' is not supported"),
-        ("flowControl: {noEndpointRequestTTL: 5s}", "flowControl.noEndpointRequestTTL: not supported"),
+        (
+            "flowControl: {noEndpointRequestTTL: soon}",
+            "flowControl.noEndpointRequestTTL: expected a duration",
+        ),
         ("flowControl: {enableEviction: true}", "flowControl.enableEviction"),
         ("flowControl: {defaultRequestTTL: soon}", "flowControl.defaultRequestTTL: expected a duration"),
         ("flowControl: {maxRequests: lots}", "flowControl.maxRequests: expected a quantity"),

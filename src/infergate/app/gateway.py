@@ -361,9 +361,9 @@ class Gateway:
             settings = dataclasses.replace(
                 settings,
                 # the picker may hold a request while it waits in flow control: bound by its TTL
-                message_timeout=f"{s.request_ttl + 5:g}s",
+                message_timeout=f"{s.longest_queue_wait + 5:g}s",
                 request_headers_timeout=f"{s.idle_timeout:g}s",
-                request_timeout=f"{s.idle_timeout + s.request_ttl + 5:g}s",
+                request_timeout=f"{s.idle_timeout + s.longest_queue_wait + 5:g}s",
                 max_client_connections=s.max_client_connections,
                 health_path=self.pool.health_path,
             )

@@ -7,7 +7,7 @@ The reference picker's config carries, besides ``plugins`` and ``schedulingProfi
 find one of them silently dropped, so this module either maps each field onto the gateway's own
 settings or refuses it with an error naming the field:
 
-- ``flowControl`` TTL and capacities and the ``utilization-detector`` thresholds become
+- ``flowControl`` TTLs and capacities and the ``utilization-detector`` thresholds become
   :class:`~infergate.config.settings.GatewaySettings` fields, which the one flow-control builder
   (``flowcontrol.settings.flow_control_from_settings``) reads;
 - ``featureGates: [flowControl]`` / ``flowControl=false`` switch queueing on/off;
@@ -336,10 +336,13 @@ class _Reader:
             ttl = self._duration(fc.default_request_ttl, f"{where}.defaultRequestTTL")
             self.effects["request_ttl"] = ttl
         if fc.no_endpoint_request_ttl is not None:
-            raise ConfigError(
-                f"{where}.noEndpointRequestTTL: not supported: a pool with no ready endpoint "
-                "answers 503 at once instead of queueing"
-            )
+            # "0s": wait until an endpoint comes (no eviction), as the reference
+            where_ttl = f"{where}.noEndpointRequestTTL"
+            try:
+                seconds = parse_go_duration(fc.no_endpoint_request_ttl)
+            except ValueError as exc:
+                raise ConfigError(f"{where_ttl}: {exc}") from None
+            self.effects["no_endpoint_request_ttl"] = seconds
         if fc.enable_eviction:
             raise ConfigError(f"{where}.enableEviction: evicting in-flight requests is not supported")
         if fc.usage_limit_policy_plugin_ref:

@@ -114,7 +114,12 @@ class GatewaySettings:
     saturation < 1 - headroom; the top band up to 1.0 (no reference counterpart; 0 = the reference's
     single threshold). Measured in docs/overload.md."""
     request_ttl: float = 60.0
-    """How long a request may wait in a flow-control queue before 503 (``defaultRequestTTL``)."""
+    """How long a request may wait in a flow-control queue, while the pool has a ready endpoint,
+    before 429 (``defaultRequestTTL``)."""
+    no_endpoint_request_ttl: float | None = None
+    """How long a request may wait while the pool has no ready endpoint (scale from zero) before 503
+    (``noEndpointRequestTTL``); None: ``request_ttl``; 0: until an endpoint comes or the client
+    leaves."""
     max_queued_requests: int = 5000
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
     max_queued_bytes: int = 10 * 1024**3
@@ -175,6 +180,9 @@ class GatewaySettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 or unset (got {value!r})")
+        if self.no_endpoint_request_ttl is not None and not self.no_endpoint_request_ttl >= 0:
+            got = self.no_endpoint_request_ttl
+            raise ConfigError(f"settings: no_endpoint_request_ttl: must be >= 0 or unset (got {got!r})")
         if self.max_tokens_ceiling is not None and self.max_tokens_ceiling < 1:
             raise ConfigError(f"settings: max_tokens_ceiling: must be >= 1 (got {self.max_tokens_ceiling!r})")
         for name, value in self.objective_max_tokens.items():
@@ -204,6 +212,15 @@ class GatewaySettings:
         for name in ("grpc_port", "grpc_health_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"settings: {name}: must be a port number (got {getattr(self, name)!r})")
+
+    @property
+    def longest_queue_wait(self) -> float:
+        """The longest a request can wait in flow control (for data-plane timeouts); one day when
+        waiting for an endpoint is unbounded."""
+        empty = self.no_endpoint_request_ttl
+        if empty is None:
+            return self.request_ttl
+        return max(self.request_ttl, empty if empty > 0 else 86400.0)
 
     def replace(self, **changes: Any) -> GatewaySettings:
         """A copy with ``changes`` applied (validated); ``None`` values are ignored, for CLI options."""

@@ -94,10 +94,15 @@ def parse_subset(value: str | None) -> frozenset[str] | None:
 
 
 def no_capacity(subset: frozenset[str] | None) -> NoCapacityError:
-    """The 503 for "nothing to schedule on", naming the subset hint when one narrowed the pool."""
+    """The 503 for "nothing to schedule on", naming the subset hint when one narrowed the pool.
+
+    Carries the reference's ``x-llm-d-request-dropped-reason: rejected-no-endpoints``."""
+    reason = {"x-llm-d-request-dropped-reason": "rejected-no-endpoints"}
     if subset is not None:
-        return NoCapacityError("no ready endpoint in the pool matches the destination endpoint subset")
-    return NoCapacityError("no ready endpoint in the pool can serve the request")
+        return NoCapacityError(
+            "no ready endpoint in the pool matches the destination endpoint subset", headers=reason
+        )
+    return NoCapacityError("no ready endpoint in the pool can serve the request", headers=reason)
 
 
 def _pick_weighted(rng: random.Random, rewrite: ModelRewrite, model: str) -> str | None:

@@ -279,7 +279,9 @@ class Director:
             request = resolved.request
             released = False
             if self._flow is not None:
-                if not self._reachable(subset):  # nothing to wait for: answer now, do not queue
+                # A subset hint no ready endpoint matches, while the pool has some, is answered at
+                # once; an empty pool (scale from zero) is flow control's to wait out or refuse.
+                if subset is not None and not self._reachable(subset) and self._reachable(None):
                     raise no_capacity(subset)
                 released = await self._flow.admit(request)
             result = self._schedule(request, (), subset, released=released)

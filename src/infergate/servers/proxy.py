@@ -107,7 +107,7 @@ class EndpointSource(Protocol):
 
 def error_response(exc: RequestError) -> web.Response:
     """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = dict(exc.headers)
     if isinstance(exc, MethodNotAllowedError):
         headers["Allow"] = exc.allow
     if exc.retry_after is not None:
