@@ -53,6 +53,8 @@ class ApiKind(StrEnum):
     MESSAGES = "messages"
     """Anthropic Messages API (``/v1/messages``, ``/v1/messages/count_tokens``)."""
     OTHER = "other"
+    PASSTHROUGH = "passthrough"
+    """A path the ``passthrough-parser`` was configured for: the body is forwarded unread."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

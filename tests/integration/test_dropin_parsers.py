@@ -101,6 +101,80 @@ def test_parser_sections_accept_the_parsers_infergate_runs() -> None:
         + "requestHandler: {parsers: [{pluginRef: openai-parser}, {pluginRef: anthropic-parser}]}\n"
     )
     build_scheduler(ok)
-    refused = parse_picker_config(head + "plugins: [{type: passthrough-parser}, {type: queue-scorer}]\n")
-    with pytest.raises(ConfigError, match="passthrough-parser"):
-        build_scheduler(refused)
+    with pytest.raises(ConfigError, match=r"plugins\[passthrough-parser\].parameters.paths: required"):
+        parse_picker_config(head + "plugins: [{type: passthrough-parser}, {type: queue-scorer}]\n")
+
+
+HEAD = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+PASSTHROUGH = (
+    HEAD
+    + "plugins: [{type: openai-parser}, {type: passthrough-parser, parameters: {paths: [/v1/rerank]}},"
+    + " {type: queue-scorer}]\n"
+    + "requestHandler: {parsers: [{pluginRef: openai-parser}, {pluginRef: passthrough-parser}]}\n"
+)
+
+
+def test_passthrough_paths_come_from_the_config_and_are_checked() -> None:
+    from infergate.config.picker import parse_picker_config
+    from infergate.config.picker_sections import passthrough_paths
+    from infergate.errors import ConfigError
+
+    assert passthrough_paths(parse_picker_config(PASSTHROUGH)) == ("/v1/rerank",)
+    assert passthrough_paths(parse_picker_config(HEAD + "plugins: [{type: queue-scorer}]\n")) == ()
+    for text, error in (
+        (
+            "plugins: [{type: passthrough-parser, parameters: {paths: [/v1/rerank]}},"
+            " {type: openai-parser}]\n"
+            "requestHandler: {parsers: [{pluginRef: openai-parser}]}\n",
+            "a passthrough-parser that requestHandler.parsers does not list would forward nothing",
+        ),
+        (
+            "plugins: [{type: passthrough-parser, parameters: {paths: [/v1/models]}}]\n",
+            "answered by the gateway itself",
+        ),
+        ("plugins: [{type: passthrough-parser, parameters: {paths: [rerank]}}]\n", "must start with '/'"),
+        ("plugins: [{type: passthrough-parser, parameters: {paths: []}}]\n", "paths"),
+    ):
+        with pytest.raises(ConfigError, match=error):
+            parse_picker_config(HEAD + text)
+
+
+def test_passthrough_body_is_not_read_and_claimed_paths_stay_parsed() -> None:
+    from infergate.requestcontrol.access import PathNotFoundError, Route, classify_request
+
+    raw = b"\x00 not json at all"
+    parsed = parse_body("/v1/rerank?x=1", raw, passthrough=("/v1/rerank",))
+    assert (parsed.api, parsed.model, parsed.prompt) == (ApiKind.PASSTHROUGH, "", "")
+    # a path a built-in parser claims is parsed even when listed
+    claimed = parse_body("/v1/completions", b'{"model":"m","prompt":"p"}', passthrough=("/completions",))
+    assert claimed.api is ApiKind.COMPLETIONS
+    assert classify_request("POST", "/v1/rerank", ("/v1/rerank",)) is Route.INFERENCE
+    with pytest.raises(PathNotFoundError):
+        classify_request("POST", "/v1/rerank")  # not configured: still outside the request policy
+    with pytest.raises(PathNotFoundError):
+        classify_request("POST", "/v1/load_lora_adapter", ("/v1/rerank",))
+
+
+async def test_passthrough_path_is_forwarded_unchanged_through_the_proxy(tmp_path: Path) -> None:
+    """Real gateway and model server: a configured path is scheduled and forwarded byte for byte
+    (no JSON, no model needed); an unconfigured one stays a 404."""
+    from infergate.config.picker import parse_picker_config
+
+    async def rerank(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"path": request.path, "bytes": len(await request.read())})
+
+    server = FakeServer(handler=rerank)
+    await server.start()
+    gw = await start_gateway(tmp_path, [server], picker=parse_picker_config(PASSTHROUGH))
+    try:
+        payload = b"query=anything;documents=[not json]"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url(gw, "/v1/rerank"), data=payload) as r:
+                assert r.status == 200, await r.text()
+                assert await r.json() == {"path": "/v1/rerank", "bytes": len(payload)}
+            async with s.post(url(gw, "/v1/score"), data=payload) as r:
+                assert r.status == 404
+        assert [b for _, b in server.seen] == [payload]
+    finally:
+        await gw.stop()
+        await server.stop()

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 from infergate.config.picker import EndpointPickerConfig
-from infergate.config.picker_sections import apply_sections
+from infergate.config.picker_sections import apply_sections, passthrough_paths
 from infergate.config.settings import GatewaySettings
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowController
@@ -85,6 +85,7 @@ def build_core(
         max_attempts=1 + s.retries,
         honor_subset_hint=honor_subset_hint,
     )
+    director.configure_parsers(passthrough=passthrough_paths(picker))
     # Limits from settings apply in every mode; `Gateway` adds per-objective annotations and keys.
     director.configure_access(
         limits=RequestLimits(

@@ -206,6 +206,15 @@ class Director:
         if limits is not None:
             self._core.limits = limits
 
+    def configure_parsers(self, *, passthrough: Sequence[str] = ()) -> None:
+        """Path suffixes forwarded unread (the config's ``passthrough-parser`` ``paths``); the data
+        planes admit them past their request policy (:attr:`passthrough_paths`)."""
+        self._core.passthrough = tuple(passthrough)
+
+    @property
+    def passthrough_paths(self) -> tuple[str, ...]:
+        return self._core.passthrough
+
     def response_headers(self, ctx: RequestContext) -> dict[str, str]:
         """Headers scheduling plugins add to the client's response (``x-session-token``)."""
         hook = self._response_hook

@@ -13,7 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from infergate.config.picker_sections import StaticUsageLimitParams, UtilizationDetectorParams
+from infergate.config.picker_sections import (
+    PassthroughParserParams,
+    StaticUsageLimitParams,
+    UtilizationDetectorParams,
+)
 from infergate.scheduling.filters import (
     LoraAffinityFilter,
     LoraAffinityFilterParams,
@@ -99,6 +103,7 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "approx-prefix-cache-producer": PrefixCacheParams,
     "openai-parser": NoParams,
     "anthropic-parser": NoParams,
+    "passthrough-parser": PassthroughParserParams,
     "utilization-detector": UtilizationDetectorParams,
     "fcfs-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
@@ -122,7 +127,6 @@ REFUSED_TYPES: dict[str, str] = {
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
-    "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
 }
 

@@ -233,7 +233,7 @@ class ProxyServer:
         try:
             if not self._routed(path):
                 raise PathNotFoundError("no such path on this gateway")
-            route = classify_request(request.method, path)
+            route = classify_request(request.method, path, self._director.passthrough_paths)
             if route is Route.HEALTH:
                 return web.Response(status=503 if self.draining else 200, text="ok\n")
             # The key is checked on the headers, before one byte of the body is read, for every
