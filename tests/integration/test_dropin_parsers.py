@@ -178,3 +178,55 @@ async def test_passthrough_path_is_forwarded_unchanged_through_the_proxy(tmp_pat
     finally:
         await gw.stop()
         await server.stop()
+
+
+async def test_passthrough_path_is_routed_by_ext_proc_without_reading_the_body() -> None:
+    """Behind Envoy: the configured path gets a destination (the less loaded endpoint) although
+    its body is not JSON; an unconfigured path is answered 404 before any body is read."""
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    from infergate.datastore.store import Datastore
+    from infergate.flowcontrol.controller import FlowController
+    from infergate.flowcontrol.saturation import SaturationDetector
+    from infergate.requestcontrol.director import Director
+    from infergate.servers.extproc import serve_extproc
+    from tests.integration.test_extproc import (
+        A,
+        B,
+        FakeClock,
+        _add,
+        _scheduler,
+        body_msg,
+        expected_route,
+        headers_msg,
+        read,
+    )
+
+    clock = FakeClock()
+    ds = Datastore(clock)
+    _add(ds, clock, A, queue=0, kv=0.1)
+    _add(ds, clock, B, queue=8, kv=0.7)
+    flow = FlowController(ds, detector=SaturationDetector(), clock=clock)
+    director = Director(datastore=ds, scheduler=_scheduler(clock), flow=flow, clock=clock)
+    director.configure_parsers(passthrough=("/v1/rerank",))
+    server = serve_extproc(director, "127.0.0.1", 0, endpoints=ds)
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        body = b"\x00not json"
+        call = stub.Process()
+        await call.write(headers_msg(path="/v1/rerank"))
+        await call.write(body_msg(body, eos=True))
+        head, _ = await read(call, 2)
+        assert head == expected_route(A, body)
+        call.cancel()
+        call = stub.Process()
+        await call.write(headers_msg(path="/v1/score"))
+        (reply,) = await read(call, 1)
+        assert reply.immediate_response.status.code == 404
+        call.cancel()
+    finally:
+        await channel.close()
+        await server.stop(0)
