@@ -17,13 +17,13 @@ import openai
 import pytest
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.config.picker import parse_picker_config
 from infergate.config.picker_sections import apply_sections
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
-from tests.support import async_wait_for, free_port
+from tests.support import async_wait_for, free_port, local_settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -47,7 +47,7 @@ spec:
 """
 
 
-def _settings(flow_control_section: str) -> GatewaySettings:
+def _settings(flow_control_section: str) -> Settings:
     """Settings as ``infergate epp --config-file`` derives them from an EndpointPickerConfig."""
     cfg = parse_picker_config(
         "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
@@ -55,26 +55,16 @@ def _settings(flow_control_section: str) -> GatewaySettings:
         "schedulingProfiles: [{name: default, plugins: [{pluginRef: queue-scorer},\n"
         "  {pluginRef: max-score-picker}]}]\n" + flow_control_section
     )
-    base = GatewaySettings(scrape_backoff_max=0.2, health_interval=0.2)
-    settings, enabled = apply_sections(cfg, base, flow_control=True)
-    assert enabled
+    base = local_settings({"scrape.backoff_max": 0.2, "scrape.health_interval": 0.2, "seed": 1})
+    settings = apply_sections(cfg, base)
+    assert settings.flow_control.enabled
     return settings
 
 
-async def _gateway(tmp_path: Path, sim_port: int, settings: GatewaySettings) -> Gateway:
+async def _gateway(tmp_path: Path, sim_port: int, settings: Settings) -> Gateway:
     path = tmp_path / "pool.yaml"
     await asyncio.to_thread(path.write_text, _manifest(sim_port))
-    gw = Gateway(
-        load_manifests([path]),
-        GatewayConfig(
-            host="127.0.0.1",
-            port=free_port(),
-            admin_host="127.0.0.1",
-            admin_port=free_port(),
-            settings=settings,
-            seed=1,
-        ),
-    )
+    gw = Gateway(load_manifests([path]), settings)
     await gw.start()
     return gw
 

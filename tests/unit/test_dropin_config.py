@@ -21,7 +21,7 @@ from infergate.config.picker_sections import (
     parse_quantity,
     passthrough_paths,
 )
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError, RateLimitedError
 from infergate.flowcontrol import FlowController
@@ -60,12 +60,13 @@ def _request(rid: str) -> InferenceRequest:
 
 def test_sections_map_onto_the_gateway_settings() -> None:
     cfg = parse_picker_config(FLOW_CONFIG)
-    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
-    assert enabled is True  # the gate wins over the CLI default
+    full = apply_sections(cfg, Settings().replace({"flow_control.enabled": False}))
+    settings = full.flow_control
+    assert settings.enabled is True  # the gate wins over the CLI default
     assert (settings.request_ttl, settings.max_queued_requests, settings.max_queued_bytes) == (1.0, 1, 65536)
     assert (settings.max_queued_requests_total, settings.max_queued_bytes_total) == (10, 1048576)
     assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (3, 0.9, 0.5)
-    _, config = flow_control_from_settings(settings, pool_name="p")
+    _, config = flow_control_from_settings(full, pool_name="p")
     assert (config.default_ttl, config.band_max_requests, config.max_requests, config.max_bytes) == (
         1.0,
         1,
@@ -76,7 +77,7 @@ def test_sections_map_onto_the_gateway_settings() -> None:
 
 async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
     cfg = parse_picker_config(FLOW_CONFIG)
-    settings, _ = apply_sections(cfg, GatewaySettings(), flow_control=True)
+    settings = apply_sections(cfg, Settings())
     detector, config = flow_control_from_settings(settings, pool_name="p")
     clock = FakeClock()
     ds = Datastore(clock, staleness=2.0)
@@ -104,7 +105,7 @@ async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
 
 def test_flow_control_gate_off_turns_queueing_off_and_conflicts_with_the_section() -> None:
     cfg = parse_picker_config(HEAD + "featureGates: ['flowControl=false']\nplugins: [{type: queue-scorer}]\n")
-    assert apply_sections(cfg, GatewaySettings(), flow_control=True)[1] is False
+    assert apply_sections(cfg, Settings()).flow_control.enabled is False
     with pytest.raises(ConfigError, match="flowControl: set while featureGates"):
         parse_picker_config(
             HEAD + "featureGates: ['flowControl=false']\nflowControl: {defaultRequestTTL: 1s}\n"
@@ -343,19 +344,20 @@ def _scorers(sched: Scheduler) -> list[tuple[str, float]]:
     return [(s.type, s.weight) for s in sched.profile.scorers]
 
 
-def _check_gie_default(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, sched: Scheduler) -> None:
+def _check_gie_default(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
     assert _scorers(sched) == [
         ("queue-scorer", 1.0),
         ("kv-cache-utilization-scorer", 1.0),
         ("prefix-cache-scorer", 1.0),
         ("lora-affinity-scorer", 1.0),
     ]
-    assert s == GatewaySettings() and passthrough_paths(cfg) == ()
+    assert s == Settings() and passthrough_paths(cfg) == ()
 
 
-def _check_gie_full(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, sched: Scheduler) -> None:
-    assert on and (s.request_ttl, s.max_queued_requests, s.max_queued_bytes) == (60.0, 5000, 10 * 2**30)
-    assert (s.queue_threshold, s.kv_threshold, s.saturation_staleness) == (5, 0.8, 0.2)
+def _check_gie_full(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
+    fc = s.flow_control
+    assert on and (fc.request_ttl, fc.max_queued_requests, fc.max_queued_bytes) == (60.0, 5000, 10 * 2**30)
+    assert (fc.queue_threshold, fc.kv_threshold, fc.saturation_staleness) == (5, 0.8, 0.2)
     assert _scorers(sched) == [
         ("queue-scorer", 2.0),
         ("kv-cache-utilization-scorer", 2.0),
@@ -363,17 +365,17 @@ def _check_gie_full(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, sch
     ]
 
 
-def _check_producer(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, sched: Scheduler) -> None:
+def _check_producer(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
     scorer = sched.plugin("prefix-cache-scorer")
     assert isinstance(scorer, PrefixCacheScorer) and scorer._max_blocks(16) == 16384 // 16
 
 
-def _check_scale_from_zero(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, sched: Scheduler) -> None:
+def _check_scale_from_zero(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
     _, config = flow_control_from_settings(s, pool_name="p")
     assert (config.default_ttl, config.empty_pool_ttl) == (5.0, 600.0)
 
 
-def _check_token_load(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, sched: Scheduler) -> None:
+def _check_token_load(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
     assert [f.type for f in sched.profile.filters] == ["prefix-cache-affinity-filter"]
     assert _scorers(sched) == [("token-load-scorer", 1.0), ("prefix-cache-scorer", 1.0)]
     assert sched.profile.picker.type == "weighted-random-picker"
@@ -385,7 +387,7 @@ def _check_token_load(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, s
     assert (affinity._p.max_ttft_penalty_ms, affinity._p.exploration_probability) == (5000, 0.01)
 
 
-def _check_passthrough(cfg: EndpointPickerConfig, s: GatewaySettings, on: bool, sched: Scheduler) -> None:
+def _check_passthrough(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
     assert passthrough_paths(cfg) == ("/v1/rerank", "/v1/audio/transcriptions")
 
 
@@ -405,8 +407,8 @@ def test_upstream_example_configs_take_effect_or_fail(name: str, body: str, erro
     def load() -> None:
         cfg = parse_picker_config(HEAD + body)
         sched = build_scheduler(cfg)
-        settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=True)
-        EFFECTS[name](cfg, settings, enabled, sched)
+        settings = apply_sections(cfg, Settings())
+        EFFECTS[name](cfg, settings, settings.flow_control.enabled, sched)
 
     if error is None:
         load()
@@ -433,8 +435,8 @@ plugins:
 
 def test_gie_reference_config_changes_nothing_but_what_it_states() -> None:
     cfg = parse_picker_config(HEAD + UPSTREAM_EXAMPLES[1][1])
-    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
-    assert enabled
+    settings = apply_sections(cfg, Settings().replace({"flow_control.enabled": False})).flow_control
+    assert settings.enabled
     assert settings.request_ttl == 60.0 and settings.max_queued_requests == 5000
     assert settings.max_queued_bytes == 10 * 2**30 and settings.max_queued_requests_total is None
     assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (5, 0.8, 0.2)

@@ -9,7 +9,7 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.config.picker_sections import apply_sections
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError, RateLimitedError
 from infergate.flowcontrol import (
@@ -24,12 +24,12 @@ from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
 
 
-def _settings(flow_control_section: str) -> GatewaySettings:
+def _settings(flow_control_section: str) -> Settings:
     cfg = parse_picker_config(
         "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
         "plugins: [{type: queue-scorer}, {type: max-score-picker}]\n" + flow_control_section
     )
-    return apply_sections(cfg, GatewaySettings(), flow_control=True)[0]
+    return apply_sections(cfg, Settings())
 
 
 class _Clock:
