@@ -87,7 +87,7 @@ InferencePool as the annotation infergate.dev/model-server-type, which the picke
 {{- fail (printf "inferencePool.modelServerProtocol: %q is not supported: infergate speaks HTTP to model servers (no vLLM gRPC)" $pool.modelServerProtocol) -}}
 {{- end -}}
 {{- if not (has ($pool.parser | default "") (list "" "openai-parser" "anthropic-parser")) -}}
-{{- fail (printf "inferencePool.parser: %q is not supported: infergate parses OpenAI and Anthropic Messages requests (openai-parser, anthropic-parser, always both)" $pool.parser) -}}
+{{- fail (printf "inferencePool.parser: %q is not supported here: infergate parses OpenAI and Anthropic Messages requests (openai-parser, anthropic-parser, always both); a passthrough-parser needs its paths listed, so declare it in inferenceExtension.pluginsCustomConfig" $pool.parser) -}}
 {{- end -}}
 {{- range $key, $why := dict "sidecar" "no sidecar container is needed (the picker serves ext_proc itself)" "tracing" "OpenTelemetry tracing is not implemented" "latencyPredictor" "the latency-predictor sidecar is not supported" -}}
 {{- if (get $ie $key | default (dict)).enabled -}}
