@@ -17,6 +17,9 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from infergate.config.settings import Settings
 
 # Deadlines only stop hangs, they never measure: a loaded machine (CI has 2 cores shared with child
 # processes) may need far longer than the caller expected, so no wait below gives up sooner than this.
@@ -195,3 +198,10 @@ def static_pool_docs(
         }
     )
     return docs
+
+
+def local_settings(changes: dict[str, Any] | None = None) -> Settings:
+    """Gateway settings for a test on loopback: 127.0.0.1, free inference and admin ports, and
+    ``changes`` (dotted setting paths such as ``scrape.health_interval``)."""
+    base = {"listeners.host": "127.0.0.1", "listeners.port": 0, "listeners.admin_port": 0}
+    return Settings().replace({**base, **(changes or {})})

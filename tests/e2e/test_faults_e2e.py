@@ -30,9 +30,9 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
 from tests.support import (
     ChildProcess,
@@ -69,22 +69,22 @@ def write_pool(tmp: Path, keys: list[str]) -> Path:
 async def start_gateway(
     tmp: Path,
     keys: list[str],
-    settings: GatewaySettings | None = None,
+    settings: Settings | None = None,
     picker: EndpointPickerConfig | None = None,
     flow_control: bool = True,
 ) -> Gateway:
     manifests = load_manifests([write_pool(tmp, keys)])
-    config = GatewayConfig(
-        host="127.0.0.1",
-        port=0,
-        admin_host="127.0.0.1",
-        admin_port=0,
-        served_header=True,
-        settings=settings or GatewaySettings(),
-        picker=picker,
-        flow_control=flow_control,
+    base = settings or Settings()
+    config = base.replace(
+        {
+            "listeners.host": "127.0.0.1",
+            "listeners.port": 0,
+            "listeners.admin_port": 0,
+            "proxy.served_header": True,
+            "flow_control.enabled": flow_control,
+        }
     )
-    gw = Gateway(manifests, config)
+    gw = Gateway(manifests, config, picker=picker)
     await gw.start()
     assert await gw.wait_ready(15.0), "gateway never saw its endpoints ready"
 
@@ -201,7 +201,9 @@ async def test_frozen_replica_leaves_rotation_and_requests_keep_succeeding(tmp_p
     # First-byte timeout: a request stuck on the frozen replica moves on after this. Without it the
     # read timeout (a day) applies and the client session's 30 s total fails the request.
     bound = 2.0
-    gw = await start_gateway(tmp_path, [k for _, k in children], GatewaySettings(first_byte_timeout=bound))
+    gw = await start_gateway(
+        tmp_path, [k for _, k in children], Settings().replace({"proxy.first_byte_timeout": bound})
+    )
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
     replies: list[Reply] = []
     stop = asyncio.Event()

@@ -21,11 +21,12 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
-from infergate.config.settings import GatewaySettings
+from infergate.app.gateway import Gateway
+from infergate.config.picker import EndpointPickerConfig
+from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.servers.proxy import ProxyOptions, ProxyServer
 from infergate.servers.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
-from tests.support import async_wait_for, eventually
+from tests.support import async_wait_for, eventually, local_settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SERVED = "x-gateway-destination-endpoint-served"
@@ -97,7 +98,12 @@ class FakeServer:
 
 
 async def start_gateway(
-    tmp: Path, servers: list[FakeServer], proxy: ProxyOptions | None = None, **cfg: object
+    tmp: Path,
+    servers: list[FakeServer],
+    proxy: ProxyOptions | None = None,
+    overrides: dict[str, object] | None = None,
+    picker: EndpointPickerConfig | None = None,
+    **cfg: object,
 ) -> Gateway:
     docs = [
         {
@@ -122,18 +128,13 @@ async def start_gateway(
     ]
     (tmp / "pool.yaml").write_text(yaml.safe_dump_all(docs))
     # in-flight requests leave a server after 3 failed probes: probe often so that is quick
-    cfg.setdefault("settings", GatewaySettings(health_interval=0.1))
-    config = GatewayConfig(
-        host="127.0.0.1",
-        port=0,
-        admin_host="127.0.0.1",
-        admin_port=0,
-        served_header=True,
-        **cfg,  # type: ignore[arg-type]
+    config = local_settings(
+        {"scrape.health_interval": 0.1, "proxy.served_header": True, **cfg, **(overrides or {})}
     )
-    gw = Gateway(load_manifests([tmp / "pool.yaml"]), config)
+    gw = Gateway(load_manifests([tmp / "pool.yaml"]), config, picker=picker)
     if proxy is not None:  # the built-in proxy with options the gateway settings do not expose
-        gw.proxy = ProxyServer(gw.director, gw.datastore, proxy)
+        assert isinstance(gw.data_plane, BuiltinDataPlane)
+        gw.data_plane.proxy = ProxyServer(gw.director, gw.datastore, proxy)
     await gw.start()
     assert await gw.wait_ready(10.0)
     return gw
@@ -418,8 +419,7 @@ async def test_stream_still_producing_survives_its_endpoint_leaving_rotation(tmp
     await a.start()
     await b.start()
     # Silence of 10 s would cut an evicted stream; a loaded machine never stalls the server that long.
-    settings = GatewaySettings(health_interval=0.1, evicted_idle_timeout=10.0)
-    gw = await start_gateway(tmp_path, [a, b], settings=settings)
+    gw = await start_gateway(tmp_path, [a, b], overrides={"proxy.evicted_idle_timeout": 10.0})
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s,
