@@ -27,6 +27,10 @@ from infergate.simulator.profile import PROFILES
 from infergate.tokenization.blockhash import BlockHasher, lora_extra_keys
 from infergate.tokenization.builtin import Tokenizer, _piece_id
 
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
 # Recorded from the pre-optimisation code; do not regenerate to make a failing test pass.
 TWIN_DIGESTS = {
     ("multi-tenant-chat", 200, 37.0, "greedy-true-state"): (
