@@ -27,6 +27,10 @@ from infergate.bench.steady import (
 from infergate.bench.strategies import BASE_MODEL, GREEDY, resolve_strategy
 from infergate.bench.workloads import OBJECTIVE_HEADER, builtin_workloads, load_workload, stream
 
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
 
 def test_gamma_arrivals_have_the_rate_and_the_cv_of_their_shape() -> None:
     for shape in (0.25, 1.0, 4.0):

@@ -10,7 +10,7 @@ means every data plane that drives the Director (built-in proxy, ext_proc) enfor
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import unquote
@@ -23,7 +23,7 @@ from infergate.errors import (
     RequestError,
 )
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.parsing import api_kind_for_path
+from infergate.requestcontrol.parsing import api_kind_for_path, is_passthrough
 from infergate.types import ApiKind
 
 __all__ = [
@@ -102,7 +102,7 @@ class MethodNotAllowedError(RequestError):
         self.allow = allow
 
 
-def classify_request(method: str, path: str) -> Route:
+def classify_request(method: str, path: str, passthrough: Sequence[str] = ()) -> Route:
     """The request policy both data planes enforce before any body byte is read.
 
     Only the inference API (chat/completions/embeddings/responses, POST), ``/v1/models`` (GET or
@@ -110,6 +110,8 @@ def classify_request(method: str, path: str) -> Route:
     a model server offers - LoRA load/unload, ``/metrics``, ``/tokenize``, ``/version``,
     ``/get_server_info``, ``/reset_prefix_cache`` - is a 404 and never reaches a replica, whichever
     data plane carries the request. The message does not echo the path (it may hold anything).
+    The only exception is what the operator lists in ``passthrough`` (the ``passthrough-parser``'s
+    ``paths``): POSTs there are inference requests whose body is forwarded unread.
     """
     p = path.split("?", 1)[0]
     if p in ("/health", "/healthz"):
@@ -119,7 +121,11 @@ def classify_request(method: str, path: str) -> Route:
         if method not in ("GET", "HEAD"):
             raise MethodNotAllowedError("GET")
         return Route.MODELS
-    if api_kind_for_path(p) is ApiKind.OTHER and not p.endswith("/responses"):
+    if (
+        api_kind_for_path(p) is ApiKind.OTHER
+        and not p.endswith("/responses")
+        and not is_passthrough(p, passthrough)
+    ):
         raise PathNotFoundError("no such path on this gateway")
     if method != "POST":
         raise MethodNotAllowedError("POST")

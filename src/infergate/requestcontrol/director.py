@@ -47,6 +47,9 @@ __all__ = ["Director", "RequestContext", "error_code_for", "parse_subset"]
 
 log = logging.getLogger("infergate.request")
 
+# Prompt bytes per token when estimating a prompt's tokens (no tokenizer on the request path).
+CHARS_PER_TOKEN = 4
+
 # Non-streamed response bodies are kept (for usage) up to this size.
 _MAX_BUFFERED_RESPONSE = 8 << 20
 
@@ -103,6 +106,7 @@ class RequestContext:
     released: bool = False
     """Flow control queued the request and released it: it is scheduled only where there is room."""
     _held: str | None = None
+    _held_tokens: int = 0
     _rewriter: ModelNameRewriter | None = None
     _sse: SSEUsageParser | None = None
     _buffer: bytearray | None = None
@@ -254,6 +258,15 @@ class Director:
         if limits is not None:
             self._core.limits = limits
 
+    def configure_parsers(self, *, passthrough: Sequence[str] = ()) -> None:
+        """Path suffixes forwarded unread (the config's ``passthrough-parser`` ``paths``); the data
+        planes admit them past their request policy (:attr:`passthrough_paths`)."""
+        self._core.passthrough = tuple(passthrough)
+
+    @property
+    def passthrough_paths(self) -> tuple[str, ...]:
+        return self._core.passthrough
+
     def response_headers(self, ctx: RequestContext) -> dict[str, str]:
         """Headers scheduling plugins add to the client's response (``x-session-token``)."""
         hook = self._response_hook
@@ -335,7 +348,9 @@ class Director:
             trace.set(model=model, target_model=target, priority=request.priority)
             released = False
             if self._flow is not None:
-                if not self._reachable(subset):  # nothing to wait for: answer now, do not queue
+                # A subset hint no ready endpoint matches, while the pool has some, is answered at
+                # once; an empty pool (scale from zero) is flow control's to wait out or refuse.
+                if subset is not None and not self._reachable(subset) and self._reachable(None):
                     raise no_capacity(subset)
                 with trace.phase("queue"):
                     released = await self._flow.admit(request)
@@ -410,13 +425,16 @@ class Director:
     def _hold(self, ctx: RequestContext, target: Endpoint) -> None:
         ctx.target = target
         ctx.tried.add(target.key)
-        self._ds.acquire(target.key)
+        # the prompt's estimated tokens load the endpoint until its prefill is done
+        ctx._held_tokens = len(ctx.request.prompt.encode("utf-8")) // CHARS_PER_TOKEN
+        self._ds.acquire(target.key, ctx._held_tokens)
         ctx._held = target.key
 
     def _drop(self, ctx: RequestContext) -> None:
         if ctx._held is not None:
-            self._ds.release(ctx._held)
+            self._ds.release(ctx._held, ctx._held_tokens)
             ctx._held = None
+            ctx._held_tokens = 0
 
     def retry_target(self, ctx: RequestContext) -> Endpoint | None:
         """Move ``ctx`` to the next-best endpoint after a failure before the first byte.
@@ -465,6 +483,9 @@ class Director:
         """Read usage from the chunk and return it with the client's model name put back."""
         if ctx.first_token_at is None and chunk and ctx.streaming and ctx.status == 200:
             ctx.first_token_at = self._clock.now()
+            if ctx._held is not None and ctx._held_tokens:  # prefill done
+                self._ds.release_tokens(ctx._held, ctx._held_tokens)
+                ctx._held_tokens = 0
             self._core.observe_ttft(ctx.request_id, ctx.first_token_at - ctx.started_at)
         ctx.response_bytes += len(chunk)
         if ctx._sse is not None:

@@ -200,7 +200,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         try:
             # The request policy, on headers alone: the path must exist and the key be valid
             # before Envoy hands over one byte of the body (bodiless requests included).
-            route = classify_request(raw.get(":method", "GET"), st.path)
+            route = classify_request(raw.get(":method", "GET"), st.path, self._director.passthrough_paths)
             if route is Route.HEALTH:
                 st.request_done = True
                 return [msg.json_immediate_response(200, b'{"status": "ok"}')]

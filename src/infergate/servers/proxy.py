@@ -138,7 +138,7 @@ class EndpointSource(Protocol):
 
 def error_response(exc: RequestError) -> web.Response:
     """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = dict(exc.headers)
     if isinstance(exc, MethodNotAllowedError):
         headers["Allow"] = exc.allow
     if exc.retry_after is not None:
@@ -264,7 +264,7 @@ class ProxyServer:
         try:
             if not self._routed(path):
                 raise PathNotFoundError("no such path on this gateway")
-            route = classify_request(request.method, path)
+            route = classify_request(request.method, path, self._director.passthrough_paths)
             if route is Route.HEALTH:
                 return web.Response(status=503 if self.draining else 200, text="ok\n")
             # The key is checked on the headers, before one byte of the body is read, for every
