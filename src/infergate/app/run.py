@@ -26,7 +26,6 @@ from infergate.config.settings import Settings
 from infergate.dataplanes.extproc import EnvoyDataPlane
 from infergate.errors import ConfigError
 from infergate.servers.envoy import envoy_binary
-from infergate.servers.metrics_auth import write_token_file
 
 from .fleet import Fleet
 from .gateway import Gateway
@@ -295,7 +294,7 @@ def run_up(
     Every startup error (manifests, settings, a port taken, a missing Envoy) is found before a child
     process starts and reported as one line with exit code 2. With ``auth.metrics_auth: token``
     (the default of ``up``) the admin ``/metrics`` and ``/debug/`` need a bearer token generated for
-    this run and printed. The run folder (replica logs, the token's file) is removed at exit.
+    this run and printed (held in memory only). The run folder (replica logs) is removed at exit.
     """
     configure_logging(settings)
     if settings.listeners.port is None:
@@ -345,9 +344,7 @@ async def _up_main(
         stopped.cancel()
         starting.result()
         gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
-        token = gw.metrics_token
-        if token is not None:
-            write_token_file(fleet.run_dir / "metrics-token", token)
+        token = gw.metrics_token  # printed, never written: nothing secret stays on disk, even after a kill
         try:
             await gw.start()
         except OSError as exc:  # taken between the check and now
