@@ -21,7 +21,8 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
+from infergate.config.picker import EndpointPickerConfig
 from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.servers.proxy import ProxyOptions, ProxyServer
 from infergate.servers.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
@@ -122,8 +123,10 @@ async def start_gateway(
     ]
     (tmp / "pool.yaml").write_text(yaml.safe_dump_all(docs))
     # in-flight requests leave a server after 3 failed probes: probe often so that is quick
+    picker = cfg.pop("picker", None)
+    assert picker is None or isinstance(picker, EndpointPickerConfig)
     config = local_settings({"scrape.health_interval": 0.1, "proxy.served_header": True, **cfg})
-    gw = Gateway(load_manifests([tmp / "pool.yaml"]), config)
+    gw = Gateway(ManifestPoolSource(load_manifests([tmp / "pool.yaml"])), config, picker=picker)
     if proxy is not None:  # the built-in proxy with options the gateway settings do not expose
         assert isinstance(gw.data_plane, BuiltinDataPlane)
         gw.data_plane.proxy = ProxyServer(gw.director, gw.datastore, proxy)

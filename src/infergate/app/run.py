@@ -27,6 +27,7 @@ from infergate.servers.metrics_auth import write_token_file
 from .fleet import Fleet
 from .gateway import Gateway
 from .process import configure_logging, run_async, setup_logging, stop_event
+from .sources import ManifestPoolSource
 
 __all__ = ["bundled_manifests", "metrics_curl", "run_serve", "run_up", "setup_logging"]
 
@@ -71,7 +72,7 @@ async def _start_with_fallback(gw: Gateway) -> None:
     except OSError as exc:
         if explicit_port or exc.errno not in (errno.EACCES, errno.EPERM, errno.EADDRINUSE):
             raise
-        _, wanted = gw.manifests.listener()
+        _, wanted = gw.source.listener()
         log.warning("cannot listen on port %d (%s); using %d instead", wanted, exc.strerror, FALLBACK_PORT)
         await gw.admin.stop()
         await gw.tasks.stop()
@@ -113,7 +114,7 @@ def run_serve(
     async def main() -> int:
         stop = stop_event()
         try:
-            gw = Gateway(manifests, settings, picker=picker)
+            gw = Gateway(ManifestPoolSource.from_settings(manifests, settings), settings, picker=picker)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -253,7 +254,8 @@ def run_up(
                 return 130
             stopped.cancel()
             starting.result()
-            gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+            source = ManifestPoolSource.from_settings(manifests, settings, extra_endpoints=fleet.endpoints())
+            gw = Gateway(source, settings, picker=picker)
             token = gw.metrics_token
             if token is not None:
                 write_token_file(fleet.run_dir / "metrics-token", token)
