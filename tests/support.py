@@ -59,6 +59,21 @@ async def async_wait_for(
         await asyncio.sleep(interval)
 
 
+async def eventually(
+    predicate: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.01, what: str = "condition"
+) -> None:
+    """Async poll of a plain (non-async) condition until it holds; fails after ``timeout`` seconds.
+
+    The deadline is a bound against hangs, never a measurement: keep it generous (the machine may be
+    loaded) and make the condition itself tell the behaviour apart.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
