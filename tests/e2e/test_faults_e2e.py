@@ -33,7 +33,7 @@ from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 from infergate.config.settings import Settings
-from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
 from tests.support import (
     ChildProcess,
     async_wait_for,

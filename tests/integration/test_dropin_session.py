@@ -133,9 +133,9 @@ async def test_token_set_on_the_response_through_ext_proc() -> None:
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+    from infergate.dataplanes.extproc.server import serve_extproc
     from infergate.datastore.store import Datastore
     from infergate.requestcontrol.director import Director
-    from infergate.servers.extproc import serve_extproc
     from tests.integration.test_extproc import (
         A,
         FakeClock,

@@ -23,9 +23,9 @@ from infergate.config.layers import field_paths, load_settings
 from infergate.config.settings import Settings
 from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.dataplanes.extproc import ExtProcDataPlane
+from infergate.dataplanes.extproc.server import ExtProcServer
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
-from infergate.servers.extproc import ExtProcServer
 from infergate.sources.kubernetes import KubernetesSource
 from tests.support import static_pool_docs
 

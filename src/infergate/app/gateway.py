@@ -23,6 +23,7 @@ from typing import Any
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
 from infergate.dataplanes import DataPlane, DataPlaneContext, DataPlaneFactory, data_plane_factory
+from infergate.dataplanes.builtin.proxy import ProxyServer
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
 from infergate.flowcontrol.controller import FlowController
@@ -40,7 +41,6 @@ from infergate.servers.metrics_auth import (
     generate_token,
     metrics_auth_middleware,
 )
-from infergate.servers.proxy import ProxyServer
 from infergate.sources.scraper import MetricsScraper
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, MonotonicClock, PoolSpec

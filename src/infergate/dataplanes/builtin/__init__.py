@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
-from infergate.servers.proxy import ProxyOptions, ProxyServer
+from infergate.dataplanes.builtin.proxy import ProxyOptions, ProxyServer
 
 if TYPE_CHECKING:
     from infergate.dataplanes import DataPlaneContext

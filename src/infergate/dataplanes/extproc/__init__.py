@@ -15,10 +15,10 @@ import socket
 from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, envoy_settings, render_bootstrap
 from infergate.dataplanes.extproc.health import HealthServer
+from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings
 from infergate.errors import ConfigError
-from infergate.servers.envoy import EnvoyProcess, envoy_settings, render_bootstrap
-from infergate.servers.extproc import ExtProcServer, TlsSettings
 
 if TYPE_CHECKING:
     from infergate.dataplanes import DataPlaneContext
