@@ -89,7 +89,7 @@ def picker_main(port: int, stats_port: int, upstream: str) -> None:
     from infergate.dataplanes.extproc.server import serve_extproc
     from infergate.datastore.store import Datastore
     from infergate.requestcontrol.director import Director, RequestContext
-    from infergate.scheduling.scheduler import build_scheduler
+    from infergate.scheduling.engine.scheduler import build_scheduler
     from infergate.types import EndpointMeta, EndpointMetrics
 
     profile_to = os.environ.get("INFERGATE_BENCH_PROFILE")
@@ -244,7 +244,7 @@ def pick_cost(sizes: list[int], picks: int) -> dict[int, dict[str, float]]:
     from infergate.config.picker import default_picker_config
     from infergate.datastore.store import Datastore
     from infergate.requestcontrol.director import Director
-    from infergate.scheduling.scheduler import build_scheduler
+    from infergate.scheduling.engine.scheduler import build_scheduler
     from infergate.types import EndpointMeta, EndpointMetrics
 
     out: dict[int, dict[str, float]] = {}

@@ -33,7 +33,7 @@ from infergate.datastore.store import Datastore
 from infergate.flowcontrol.controller import FlowController
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.types import EndpointMeta, EndpointMetrics, Objective
 from tests.support import free_port
 

@@ -19,7 +19,7 @@ from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, rend
 from infergate.dataplanes.extproc.server import ExtProcServer, serve_extproc
 from infergate.datastore.store import Datastore
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.sources.scraper import MetricsScraper
 from infergate.types import EndpointMeta, Objective
 from tests.support import ChildProcess, async_wait_for, free_port, start_infergate

@@ -23,7 +23,7 @@ from infergate.dataplanes.extproc import ExtProcDataPlane
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.servers.metrics_auth import StaticTokenAuth
 from infergate.types import EndpointMeta, EndpointMetrics, MonotonicClock
 from tests.e2e.test_proxy_e2e import write_manifests

@@ -92,7 +92,7 @@ async def test_messages_and_render_are_routed_through_the_proxy(tmp_path: Path) 
 def test_parser_sections_accept_the_parsers_infergate_runs() -> None:
     from infergate.config.picker import parse_picker_config
     from infergate.errors import ConfigError
-    from infergate.scheduling.scheduler import build_scheduler
+    from infergate.scheduling.engine.scheduler import build_scheduler
 
     head = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
     ok = parse_picker_config(

@@ -11,9 +11,13 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
-from infergate.scheduling.framework import CycleState
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.scheduling.session_affinity import SessionAffinityParams, SessionAffinityScorer, session_token
+from infergate.scheduling.engine.scheduler import build_scheduler
+from infergate.scheduling.plugins.session_affinity import (
+    SessionAffinityParams,
+    SessionAffinityScorer,
+    session_token,
+)
+from infergate.scheduling.sdk.framework import CycleState
 from infergate.types import Endpoint, EndpointMeta, InferenceRequest, SchedulingResult
 from tests.integration.test_proxy_faults import MODEL, FakeServer, start_gateway, url
 

@@ -31,7 +31,7 @@ from infergate.datastore.store import Datastore
 from infergate.flowcontrol.controller import FlowController
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.telemetry import GatewayMetrics
 from infergate.types import (
     EndpointMeta,

@@ -21,7 +21,7 @@ from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError, NoCapacityError, RateLimitedError
 from infergate.flowcontrol import FlowController
 from infergate.flowcontrol.settings import flow_control_from_settings
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.telemetry import GatewayMetrics
 from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
 from tests.unit.test_flowcontrol import FakeClock, run_once

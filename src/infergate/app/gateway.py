@@ -29,8 +29,8 @@ from infergate.errors import ConfigError
 from infergate.flowcontrol.controller import FlowController
 from infergate.requestcontrol.access import Authenticator
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.decisions import DecisionLog
-from infergate.scheduling.scheduler import Scheduler
+from infergate.scheduling.engine.decisions import DecisionLog
+from infergate.scheduling.engine.scheduler import Scheduler
 from infergate.servers.admin import AdminServer
 from infergate.servers.auth import ApiKeyStore, load_api_keys
 from infergate.servers.liveview import liveview_routes
