@@ -43,6 +43,7 @@ from infergate.servers.metrics_auth import (
 )
 from infergate.sources.scraper import MetricsScraper
 from infergate.telemetry import GatewayMetrics
+from infergate.tracing import tracer_from_env
 from infergate.types import Clock, MonotonicClock, PoolSpec
 
 from .core import PickerCore, build_core
@@ -98,6 +99,7 @@ class Gateway:
         self._objective_max_tokens = source.objective_max_tokens()
         self.data_plane: DataPlane = self.plane_factory.build(s)
         self.core: PickerCore | None = None
+        self.tracer = tracer_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT; needs the [otel] extra
         self.admin = AdminServer.from_settings(
             s, self.datastore, self.metrics, ready=self.ready, extra=self._debug_extra
         )
@@ -141,6 +143,7 @@ class Gateway:
         core.director.configure_access(
             authenticator=self._api_keys, limits=core.director.limits, control_headers=s.auth.control_headers
         )
+        core.director.set_tracer(self.tracer)
         if core.director.auth_enabled:
             log.info("API-key authentication is on for the inference listener")
         if self.admin.app.frozen:
@@ -153,6 +156,7 @@ class Gateway:
                     decisions=core.decisions,
                     pool_name=pool.name,
                     model_state=core.scheduler.debug_state,
+                    base_models=self.source.base_models(),
                 )
             )
         self.data_plane.attach(
@@ -328,6 +332,8 @@ class Gateway:
         await self.tasks.stop()
         await self.admin.stop()
         await self.source.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
         log.info("gateway stopped")
 
 

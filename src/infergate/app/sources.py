@@ -72,6 +72,9 @@ class PoolSource(Protocol):
     def default_picker(self) -> EndpointPickerConfig:
         """The scheduler used without ``--config``, fitted to the servers described."""
 
+    def base_models(self) -> list[str]:
+        """Models the servers serve as base models (not adapters), where the source knows them."""
+
     def objective_max_tokens(self) -> dict[str, int]:
         """``infergate.dev/max-tokens`` ceilings found on InferenceObjectives."""
 
@@ -139,6 +142,9 @@ class ManifestPoolSource:
     def default_picker(self) -> EndpointPickerConfig:
         m = self._manifests
         return default_picker_config(lora=_uses_lora(m), base_models=_base_models(m))
+
+    def base_models(self) -> list[str]:
+        return _base_models(self._manifests)
 
     def objective_max_tokens(self) -> dict[str, int]:
         per_objective: dict[str, int] = {}
@@ -242,6 +248,9 @@ class KubernetesPoolSource:
     def default_picker(self) -> EndpointPickerConfig:
         # Which servers the pool fronts is unknown here; LoRA affinity is harmless without adapters.
         return default_picker_config(lora=True)
+
+    def base_models(self) -> list[str]:
+        return []
 
     def objective_max_tokens(self) -> dict[str, int]:
         return {}

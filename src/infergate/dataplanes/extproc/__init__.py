@@ -6,16 +6,17 @@
 - :class:`EnvoyDataPlane` (``envoy``): the same picker on a private loopback port and a local Envoy
   child process on the inference listener, configured from the manifests.
 
-May import: ``servers`` (ext_proc server, Envoy runner), request control, ``config``; never ``app``.
+May import: ``servers`` (the listener), request control, ``config``, grpc; never ``app``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
-from infergate.dataplanes.extproc.envoy import EnvoyProcess, envoy_settings, render_bootstrap
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, envoy_settings, render_bootstrap
 from infergate.dataplanes.extproc.health import HealthServer
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings
 from infergate.errors import ConfigError
@@ -99,7 +100,8 @@ def _free_port(host: str) -> int:
 
 
 class EnvoyDataPlane:
-    """``envoy``: a local Envoy on the listener, calling the picker on a private loopback port."""
+    """``envoy``: a local Envoy on the listener, calling the picker on a private loopback port
+    (``listeners.envoy_picker_port``, 0: any free one)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -114,7 +116,12 @@ class EnvoyDataPlane:
             raise ConfigError("data_plane: envoy needs manifest files (its routes and listener)")
         self._ctx = ctx
         self.picker = ExtProcServer.from_settings(
-            self._settings, ctx.director, host="127.0.0.1", port=0, tls=False, endpoints=ctx.datastore
+            self._settings,
+            ctx.director,
+            host="127.0.0.1",
+            port=self._settings.listeners.envoy_picker_port,
+            tls=False,
+            endpoints=ctx.datastore,
         )
 
     @property
@@ -129,11 +136,19 @@ class EnvoyDataPlane:
         """Envoy and the picker start together."""
 
     async def start(self, host: str, port: int) -> None:
-        ctx, picker = self._ctx, self.picker
-        assert ctx is not None and ctx.manifests is not None and picker is not None, "attach() first"
+        picker = self.picker
+        assert picker is not None, "attach() first"
         await picker.start()
         if port == 0:
             port = _free_port(host)
+        self.envoy = EnvoyProcess(render_bootstrap(self.bootstrap_settings(host, port)))
+        await self.envoy.start_async()
+        self._port = port
+
+    def bootstrap_settings(self, host: str, port: int) -> EnvoySettings:
+        """Envoy's settings for a listener on ``host:port`` (admin on ``listeners.envoy_admin_port``)."""
+        ctx, picker = self._ctx, self.picker
+        assert ctx is not None and ctx.manifests is not None and picker is not None, "attach() first"
         bootstrap = envoy_settings(
             self._settings,
             ctx.manifests,
@@ -143,9 +158,7 @@ class EnvoyDataPlane:
             listen=(host, port),
             health_path=ctx.pool.health_path,
         )
-        self.envoy = EnvoyProcess(render_bootstrap(bootstrap))
-        await self.envoy.start_async()
-        self._port = port
+        return dataclasses.replace(bootstrap, admin_port=self._settings.listeners.envoy_admin_port)
 
     async def set_ready(self, ready: bool) -> None:
         if self.picker is not None:

@@ -13,7 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from infergate.config.picker_sections import StaticUsageLimitParams, UtilizationDetectorParams
+from infergate.config.picker_sections import (
+    PassthroughParserParams,
+    StaticUsageLimitParams,
+    UtilizationDetectorParams,
+)
 from infergate.scheduling.plugins.filters import (
     LoraAffinityFilter,
     LoraAffinityFilterParams,
@@ -57,6 +61,12 @@ from infergate.scheduling.plugins.upstream_plugins import (
     UtilizationFilterParams,
 )
 from infergate.scheduling.sdk.framework import NoParams, Params, PluginRegistry
+from infergate.scheduling.upstream_load import (
+    PrefixCacheAffinityFilter,
+    PrefixCacheAffinityParams,
+    TokenLoadParams,
+    TokenLoadScorer,
+)
 
 __all__ = ["INERT_TYPES", "REFUSED_TYPES", "default_registry"]
 
@@ -67,6 +77,14 @@ class MetricsDataSourceParams(Params):
     scheme: Literal["http"] = "http"
     path: Literal["/metrics"] = "/metrics"
     insecure_skip_verify: bool = True
+
+
+class InFlightLoadParams(Params):
+    """``inflight-load-producer``: the gateway counts requests and prompt tokens in flight itself
+    (prompt tokens released at the first streamed chunk, the reference's default); estimated output
+    tokens are not added."""
+
+    add_estimated_output_tokens: Literal[False] = False
 
 
 class CoreMetricsExtractorParams(Params):
@@ -85,12 +103,13 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "approx-prefix-cache-producer": PrefixCacheParams,
     "openai-parser": NoParams,
     "anthropic-parser": NoParams,
+    "passthrough-parser": PassthroughParserParams,
     "utilization-detector": UtilizationDetectorParams,
     "fcfs-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
     "static-usage-limit-policy": StaticUsageLimitParams,
-    # in-flight counts are built in (Endpoint.in_flight): active-request-scorer needs no producer
-    "inflight-load-producer": NoParams,
+    # in-flight counts are built in (Endpoint.in_flight, in_flight_tokens): no producer needed
+    "inflight-load-producer": InFlightLoadParams,
 }
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
@@ -105,12 +124,9 @@ REFUSED_TYPES: dict[str, str] = {
     "slo-deadline-ordering-policy": _FCFS,
     "priority-holdback-policy": _LIMIT,
     "soft-reflective-ceiling-policy": _LIMIT,
-    "token-load-scorer": "in-flight token counts per endpoint are not tracked; use active-request-scorer",
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
-    "prefix-cache-affinity-filter": "prefix matching runs inside prefix-cache-scorer, after filters",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
-    "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
 }
 
@@ -149,6 +165,12 @@ def default_registry() -> PluginRegistry:
     r.register_filter("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
     r.register_filter("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
     r.register_scorer_post_pick("no-hit-lru-scorer", NoHitLRUParams, lambda p, c: NoHitLRUScorer(p))
+    r.register_scorer("token-load-scorer", TokenLoadParams, lambda p, c: TokenLoadScorer(p))
+    r.register_filter(
+        "prefix-cache-affinity-filter",
+        PrefixCacheAffinityParams,
+        lambda p, c: PrefixCacheAffinityFilter(p, rng=c.rng),
+    )
     r.register_profile_handler(
         "header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p)
     )
