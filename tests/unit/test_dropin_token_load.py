@@ -19,14 +19,14 @@ from infergate.scheduling.plugins.prefix import (
     PrefixCacheScorer,
     PrefixMatch,
 )
-from infergate.scheduling.sdk.framework import CycleState
-from infergate.scheduling.sdk.testing import make_endpoint
-from infergate.scheduling.upstream_load import (
+from infergate.scheduling.plugins.upstream_load import (
     PrefixCacheAffinityFilter,
     PrefixCacheAffinityParams,
     TokenLoadParams,
     TokenLoadScorer,
 )
+from infergate.scheduling.sdk.framework import CycleState
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 from tests.unit.test_director import FakeClock, body, make_director, make_store
 

@@ -43,6 +43,12 @@ from infergate.scheduling.plugins.scorers import (
     RunningRequestsScorer,
 )
 from infergate.scheduling.plugins.session_affinity import SessionAffinityParams, SessionAffinityScorer
+from infergate.scheduling.plugins.upstream_load import (
+    PrefixCacheAffinityFilter,
+    PrefixCacheAffinityParams,
+    TokenLoadParams,
+    TokenLoadScorer,
+)
 from infergate.scheduling.plugins.upstream_plugins import (
     ActiveRequestParams,
     ActiveRequestScorer,
@@ -61,12 +67,6 @@ from infergate.scheduling.plugins.upstream_plugins import (
     UtilizationFilterParams,
 )
 from infergate.scheduling.sdk.framework import NoParams, Params, PluginRegistry
-from infergate.scheduling.upstream_load import (
-    PrefixCacheAffinityFilter,
-    PrefixCacheAffinityParams,
-    TokenLoadParams,
-    TokenLoadScorer,
-)
 
 __all__ = ["INERT_TYPES", "REFUSED_TYPES", "default_registry"]
 
