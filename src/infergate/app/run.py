@@ -22,8 +22,8 @@ from typing import Any
 from infergate.api.loader import ManifestSet, load_manifests
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
+from infergate.dataplanes import data_plane_factory
 from infergate.dataplanes.extproc import EnvoyDataPlane
-from infergate.dataplanes.extproc.envoy import envoy_binary
 from infergate.errors import ConfigError
 from infergate.servers.metrics_auth import write_token_file
 
@@ -236,9 +236,8 @@ def _up_port_claims(settings: Settings, replica_ports: Sequence[int]) -> list[Po
         PortClaim(host, lis.port if lis.port is not None else UP_DEFAULT_PORT, "--port"),
         PortClaim(host, lis.admin_port, "--admin-port"),
     ]
-    if settings.data_plane == "envoy":
-        claims.append(PortClaim("127.0.0.1", lis.envoy_picker_port, "--grpc-port"))
-        claims.append(PortClaim("127.0.0.1", lis.envoy_admin_port, "--envoy-admin-port"))
+    plane = data_plane_factory(settings.data_plane)
+    claims.extend(PortClaim("127.0.0.1", port, flag) for port, flag in plane.private_ports(settings))
     claims.extend(PortClaim("127.0.0.1", p, "--replica-ports") for p in replica_ports)
     return claims
 
@@ -296,8 +295,7 @@ def run_up(
         fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args, ports=replica_ports)
         fleet.plan()
         check_ports(_up_port_claims(settings, [r.port for r in fleet.replicas] if replica_ports else []))
-        if settings.data_plane == "envoy":
-            envoy_binary()  # the [envoy] extra is optional: say so before anything starts
+        data_plane_factory(settings.data_plane).check()  # e.g. the optional Envoy: say so first
         # builds and validates every component (keys, limits, picker); binds nothing
         source = ManifestPoolSource.from_settings(manifests, settings, extra_endpoints=fleet.endpoints())
         Gateway(source, settings, picker=picker)

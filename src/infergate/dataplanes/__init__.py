@@ -93,6 +93,11 @@ class DataPlaneFactory:
     proxy), so flow control counts them; otherwise they reach the model server's own queue."""
     uses_listener: bool = True
     """Serves the Gateway manifest's listener (port fallback applies); ``epp`` serves gRPC only."""
+    private_ports: Callable[[Settings], Sequence[tuple[int, str]]] = lambda _s: ()
+    """Loopback ports the plane binds besides the listener, with the flag that sets each (checked
+    before ``infergate up`` starts anything; 0 = any free port)."""
+    check: Callable[[], None] = lambda: None
+    """Raises ConfigError when something the plane needs is missing (the Envoy binary)."""
 
 
 def _builtin() -> DataPlaneFactory:
@@ -103,8 +108,22 @@ def _builtin() -> DataPlaneFactory:
 
 def _envoy() -> DataPlaneFactory:
     from infergate.dataplanes.extproc import EnvoyDataPlane
+    from infergate.dataplanes.extproc.envoy import envoy_binary
 
-    return DataPlaneFactory(EnvoyDataPlane, honors_subset_hint=True, queues_connections=False)
+    def ports(s: Settings) -> Sequence[tuple[int, str]]:
+        lis = s.listeners
+        return [(lis.envoy_picker_port, "--grpc-port"), (lis.envoy_admin_port, "--envoy-admin-port")]
+
+    def check() -> None:
+        envoy_binary()  # the [envoy] extra is optional: ConfigError saying how to get it
+
+    return DataPlaneFactory(
+        EnvoyDataPlane,
+        honors_subset_hint=True,
+        queues_connections=False,
+        private_ports=ports,
+        check=check,
+    )
 
 
 def _epp() -> DataPlaneFactory:
