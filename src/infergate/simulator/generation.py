@@ -17,7 +17,7 @@ from infergate.simulator.drivers import RealtimeDriver
 from infergate.simulator.engine import EngineRequest, RequestOutput
 from infergate.simulator.metrics import SimMetrics
 from infergate.simulator.openai_api import ApiError
-from infergate.simulator.tokenizer import Tokenizer
+from infergate.tokenization.protocol import TextTokenizer
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Delta:
     stop_reason: str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    kv_blocks: tuple[int, ...] | None = None  # P/D: a finished prefill's block ids (last event)
 
 
 @dataclass
@@ -51,7 +52,7 @@ async def _aclose(it: AsyncIterator[RequestOutput]) -> None:
 
 async def choice_events(
     driver: RealtimeDriver,
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     metrics: SimMetrics,
     spec: ChoiceSpec,
     *,
@@ -124,6 +125,7 @@ async def choice_events(
         if finish is None:  # the consumer left, an error, or the engine aborted the request
             finish = "abort"
         driver.engine.record_finish(finish)
+        kv_blocks = driver.engine.sent_kv.pop(req.request_id, None)
     if finish != "abort" and last is not None:
         metrics.observe_finished(
             arrival=last.arrival_time,
@@ -132,6 +134,10 @@ async def choice_events(
             prompt_tokens=prompt_tokens,
             generated=generated,
             max_tokens=req.max_tokens,
+            scheduled=last.scheduled_time,
+            queued=last.queued_time,
+            cached_tokens=last.num_cached_tokens,
+            preemptions=last.num_preemptions,
         )
     yield Delta(
         spec.index,
@@ -141,6 +147,7 @@ async def choice_events(
         stop_reason=stop_reason,
         prompt_tokens=prompt_tokens,
         cached_tokens=cached,
+        kv_blocks=kv_blocks,
     )
 
 

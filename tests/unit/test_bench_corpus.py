@@ -1,0 +1,88 @@
+"""The corpus regression guard: the product's default routing must hold round-robin's SLO rate.
+
+On every corpus workload, at a reduced size (2 replicas; a measured window of about 250 requests
+at round-robin's rate, 5 to 40 s, after a third of that as warm-up; round-robin's SLO rate to
+10 %), the twin finds round-robin's SLO rate and then runs ``default`` (the default picker with flow
+control, as the product runs) at 85 % of it, on the identical request stream: default must meet the
+SLO there. The 15 % allows for the coarse search and the short windows; a default that herds or thrashes falls
+far below (long-context RAG: about half). Workloads where today's default fails are marked xfail
+(not strict) with the reason, so the day it passes shows as XPASS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
+from infergate.bench.workloads import builtin_workloads, load_workload
+
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
+
+def plan(rate_hint: float) -> SteadyPlan:
+    """A window holding about 250 measured requests near round-robin's rate (5 to 40 s), a warm-up
+    of a third of it: slow workloads get long windows, fast ones (whose requests are short) short."""
+    window = min(40.0, max(5.0, 250.0 / rate_hint))
+    return SteadyPlan(unloaded_e2e_s=1.0, warmup_s=max(1.0, window / 3), duration_s=window, cooldown_s=1.0)
+
+
+# Round-robin's reduced-size SLO rates when this test was written: its search starts just below
+# them and steps by 10 %, so it takes two runs when nothing changed. Only the cost depends on them.
+RR_RATE = {
+    "agentic-sessions": 19.72,
+    "bursts": 27.84,
+    "bursty-chat": 436.10,
+    "diurnal-ramp": 113.91,
+    "long-context-rag": 4.00,
+    "lora-zipf": 3.20,
+    "many-tenants": 21.52,
+    "mixed-priorities": 45.56,
+    "multi-tenant-chat": 70.48,
+    "prefill-decode-mix": 24.21,
+    "sharegpt-like": 260.39,
+    "tutorial-mix": 14.24,
+}
+
+# Where today's default falls below round-robin (issue 11). prefill-decode-mix: at this reduced
+# size (2 replicas) default misses the p90 TPOT bound at 85 % of round-robin's rate since the
+# scorer models the API frontend (at full size, 5 replicas, it leads round-robin: 57.1 vs 52.2 QPS
+# without flow control in the quick regret run); a 2-replica pool has no replica to keep the long
+# prompts away from the long answers, and the verdict there flips on small placement changes.
+FAILING: set[str] = {"prefill-decode-mix"}
+
+
+def _cases() -> list[object]:
+    cases: list[object] = []
+    for name in sorted(builtin_workloads()):
+        marks = []
+        if name in FAILING:
+            marks.append(
+                pytest.mark.xfail(strict=False, reason=f"default below round-robin on {name}, issue 11")
+            )
+        cases.append(pytest.param(name, marks=marks, id=name))
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _cases())
+def test_default_holds_round_robins_slo_rate(name: str) -> None:
+    spec = load_workload(name)
+    full = resolve_pool(spec)
+    shape = replace(full, replicas=2)
+    hint = RR_RATE.get(name)
+    runner = SteadyRunner(spec, shape, plan=plan(hint or 10.0))
+    rr = runner.slo_rate(
+        "round-robin", start=None if hint is None else 0.98 * hint, tolerance=0.1, factor=1.1, scout=False
+    )
+    assert rr.qps > 0, f"round-robin met the SLO at no rate on {name}: {rr.probes}"
+    point = runner.point("default", round(0.85 * rr.qps, 6))
+    assert point.met, (
+        f"default misses the SLO at 85 % of round-robin's SLO rate ({rr.qps:.2f} QPS) on {name}: "
+        f"p90 TTFT {point.summary.ttft_p90:.3f} s, p90 TPOT {point.summary.tpot_p90 * 1000:.1f} ms, "
+        f"{point.summary.succeeded}/{point.summary.requests} served "
+        f"({point.stopped_early or 'ran to the end'})"
+    )

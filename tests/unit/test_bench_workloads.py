@@ -1,0 +1,132 @@
+"""Workloads are reproducible data; statistics and reports compute what they claim."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from infergate.bench.loadgen import RequestRecord, arrival_offsets
+from infergate.bench.report import RunResult, to_markdown, write_json
+from infergate.bench.stats import Slo, percentile, summarise
+from infergate.bench.workloads import WorkloadError, builtin_workloads, generate, load_workload
+
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_builtin_workloads_cover_the_four_kinds() -> None:
+    assert {"multi-tenant-chat", "tutorial-mix", "sharegpt-like", "bursts"} <= set(builtin_workloads())
+
+
+@pytest.mark.parametrize("name", sorted(builtin_workloads()))
+def test_generation_is_deterministic(name: str) -> None:
+    spec = load_workload(name)
+    assert generate(spec) == generate(spec)
+    other = spec.model_copy(update={"seed": spec.seed + 1})
+    assert generate(other) != generate(spec)
+
+
+def test_multi_tenant_sessions_share_their_tenant_prefix_and_grow() -> None:
+    requests = generate(load_workload("multi-tenant-chat"))
+    assert len(requests) == 200 * 3
+    by_tenant: dict[str, set[str]] = {}
+    for r in requests:
+        assert r.messages is not None and r.messages[0]["role"] == "system"
+        by_tenant.setdefault(r.group, set()).add(r.messages[0]["content"])
+        assert len(r.messages[0]["content"].split()) >= 2000
+    # one system prompt per tenant, and different tenants have different prompts
+    assert all(len(prompts) == 1 for prompts in by_tenant.values())
+    assert len({next(iter(p)) for p in by_tenant.values()}) == len(by_tenant)
+    # a later turn carries the earlier question and answer
+    first, later = requests[0], requests[200]
+    assert later.messages is not None and first.messages is not None
+    assert later.messages[: len(first.messages)] == first.messages
+    assert [m["role"] for m in later.messages[-3:]] == ["user", "assistant", "user"]
+
+
+def test_tutorial_mix_follows_the_model_weights() -> None:
+    requests = generate(load_workload("tutorial-mix"))
+    counts: dict[str, int] = {}
+    for r in requests:
+        counts[r.model] = counts.get(r.model, 0) + 1
+    share = {m: c / len(requests) for m, c in counts.items()}
+    assert share["meta-llama/Llama-3.1-8B-Instruct"] == pytest.approx(0.4, abs=0.06)
+    assert share["food-review"] == pytest.approx(0.3, abs=0.06)
+    assert share["legal-summarizer"] == pytest.approx(0.1, abs=0.04)
+
+
+def test_lognormal_lengths_have_the_requested_mean() -> None:
+    requests = generate(load_workload("sharegpt-like"))
+    mean_answer = sum(r.max_tokens for r in requests) / len(requests)
+    assert mean_answer == pytest.approx(200, rel=0.2)
+
+
+def test_bursts_fix_their_offsets_and_poisson_fills_the_rest() -> None:
+    requests = generate(load_workload("bursts"))
+    offsets = arrival_offsets(requests, qps=100.0, seed=0)
+    assert offsets[:32] == [0.0] * 32 and offsets[32] == 5.0
+    mix = generate(load_workload("tutorial-mix"))
+    times = arrival_offsets(mix, qps=10.0, seed=7)
+    assert times == sorted(times)
+    assert times[-1] / len(times) == pytest.approx(0.1, rel=0.15)
+
+
+def test_bad_workload_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "w.yaml"
+    bad.write_text("name: x\nworkload: {type: mix, requests: 0, models: [{name: m}]}\n")
+    with pytest.raises(WorkloadError, match=r"w\.yaml: workload\.mix\.requests"):
+        load_workload(bad)
+    with pytest.raises(WorkloadError, match="no built-in workload"):
+        load_workload("no-such-workload")
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([10.0], 99) == 10.0
+    assert math.isnan(percentile([], 50))
+
+
+def _record(i: int, ttft: float, e2e: float, tokens: int, status: int = 200) -> RequestRecord:
+    return RequestRecord(
+        index=i,
+        model="m",
+        group="g",
+        sent_at=float(i),
+        status=status,
+        ttft=ttft,
+        e2e=e2e,
+        completion_tokens=tokens,
+    )
+
+
+def test_summary_goodput_counts_only_requests_within_the_slo() -> None:
+    records = [
+        _record(0, ttft=0.5, e2e=0.5 + 0.02 * 9, tokens=10),  # meets both
+        _record(1, ttft=1.5, e2e=2.0, tokens=10),  # TTFT too slow
+        _record(2, ttft=0.2, e2e=0.2 + 0.1 * 9, tokens=10),  # TPOT 100 ms too slow
+        _record(3, ttft=0.1, e2e=0.1, tokens=1, status=503),  # failed
+    ]
+    s = summarise(records, Slo(ttft_s=1.0, tpot_s=0.05))
+    assert s.requests == 4 and s.succeeded == 3
+    assert s.slo_attainment == 0.25
+    assert s.errors == {"503": 1}
+    assert s.goodput_per_s == pytest.approx(1 / s.duration_s)
+
+
+def test_reports_render_every_run(tmp_path: Path) -> None:
+    s = summarise([_record(0, 0.1, 0.3, 5)])
+    results = [
+        RunResult(
+            workload="w", strategy=name, load=4, load_kind="qps", summary=s, per_endpoint_requests={"a": 3}
+        )
+        for name in ("round-robin", "default")
+    ]
+    md = to_markdown(results)
+    assert md.count("\n| w | 4 qps |") == 2 and "round-robin" in md
+    write_json(results, tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [d["strategy"] for d in data] == ["round-robin", "default"]
