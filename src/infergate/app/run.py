@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import shutil
 import socket
 import sys
@@ -132,7 +133,12 @@ def run_serve(
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        await _start_with_fallback(gw)
+        try:
+            await _start_with_fallback(gw)
+        except OSError as exc:  # a port taken (the admin port, or --port given explicitly)
+            await gw.stop()
+            print(f"error: cannot listen: {exc.strerror or exc} ({_port_flags(exc)})", file=sys.stderr)
+            return 2
         plane = settings.data_plane
         what = "ext_proc picker" if not gw.plane_factory.uses_listener else f"{plane} data plane"
         host = _display_host(settings.listeners.host)
@@ -150,6 +156,13 @@ def run_serve(
         return 0
 
     return run_async(main)
+
+
+def _port_flags(exc: OSError) -> str:
+    """Which flags choose the port an OSError from binding names, for the error line."""
+    found = re.search(r"\('?[^,]*'?, (\d+)\)", str(exc))
+    where = f"port {found.group(1)}; " if found else ""
+    return f"{where}choose others with --port, --admin-port, --grpc-port"
 
 
 def _display_host(host: str) -> str:
