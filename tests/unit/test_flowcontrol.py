@@ -598,3 +598,17 @@ def test_core_runs_without_asyncio_on_a_virtual_clock() -> None:
     assert core.expire(11.9) == []
     assert core.expire(12.0) == [a.item]
     assert len(core) == 0
+
+
+async def test_queue_duration_series_count_every_request_across_cache_resets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import infergate.flowcontrol.core as core_module
+
+    monkeypatch.setattr(core_module, "_SERIES_CACHE", 2)
+    rig = Rig()
+    rig.scrape(waiting=0)
+    for i in range(7):
+        run_once(rig.fc.admit(req(f"r{i}", flow=f"tenant-{i % 3}")))
+    name = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    assert [rig.sample(name, fairness_id=f"tenant-{t}", outcome="dispatched") for t in range(3)] == [3, 2, 2]

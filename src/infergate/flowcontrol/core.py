@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol
 
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.config import FlowControlConfig
@@ -24,6 +25,13 @@ from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint, InferenceRequest
 
 __all__ = ["Decision", "FlowCore", "Offer"]
+
+# Most labelled queue-duration series kept looked up; the cache is emptied when it reaches this.
+_SERIES_CACHE = 1024
+
+
+class _Observer(Protocol):
+    def observe(self, value: float) -> None: ...
 
 
 class Decision(StrEnum):
@@ -70,6 +78,8 @@ class FlowCore:
         self._last_saturation = 0.0
         # whether the pool had no ready endpoint when the queued requests' deadlines were last set
         self._empty = False
+        # labelled queue-duration children by (fairness, priority, pool, model, target, outcome)
+        self._wait_series: dict[tuple[str, int, str, str, str, ItemState], _Observer] = {}
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -348,8 +358,17 @@ class FlowCore:
     def _observe_wait(
         self, request: InferenceRequest, outcome: ItemState, seconds: float, pool: str | None = None
     ) -> None:
+        """Every request passes here once, admitted at once or not: the labelled child is looked
+        up in a small cache (resolving six label values costs more than the observation)."""
         if self._metrics is None:
             return
-        self._metrics.fc_request_queue_duration.labels(
-            **self._labels(request, pool), outcome=outcome.value
-        ).observe(seconds)
+        pool_name = self.pool_name() if pool is None else pool
+        key = (request.fairness_id, request.priority, pool_name, request.model, request.target_model, outcome)
+        child = self._wait_series.get(key)
+        if child is None:
+            if len(self._wait_series) >= _SERIES_CACHE:  # client-chosen fairness ids: stay bounded
+                self._wait_series.clear()
+            child = self._wait_series[key] = self._metrics.fc_request_queue_duration.labels(
+                **self._labels(request, pool_name), outcome=outcome.value
+            )
+        child.observe(seconds)
