@@ -89,6 +89,12 @@ class ListenerSettings(_Group):
     """ext_proc gRPC port of the ``epp`` data plane (``--grpc-port``)."""
     grpc_health_port: Port = 9003
     """Plaintext gRPC health port of the ``epp`` data plane, what the kubelet probes."""
+    envoy_picker_port: Port = 0
+    """The picker's private ext_proc port behind the local Envoy of the ``envoy`` data plane
+    (``up --grpc-port``; 0: a free port)."""
+    envoy_admin_port: Port = 0
+    """Admin port of the local Envoy of the ``envoy`` data plane (``up --envoy-admin-port``; 0: a
+    free port)."""
     secure_serving: bool = True
     """TLS on the ``epp`` ext_proc port (self-signed unless ``cert_path``)."""
     cert_path: Path | None = None

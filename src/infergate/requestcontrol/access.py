@@ -13,8 +13,15 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import unquote
 
-from infergate.errors import BadRequestError, ConfigError, PermissionDeniedError, RequestError
+from infergate.errors import (
+    BadRequestError,
+    ConfigError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    RequestError,
+)
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.parsing import api_kind_for_path, is_passthrough
 from infergate.types import ApiKind
@@ -110,7 +117,7 @@ def classify_request(method: str, path: str, passthrough: Sequence[str] = ()) ->
     if p in ("/health", "/healthz"):
         return Route.HEALTH
     p = p.rstrip("/")
-    if p.endswith("/v1/models"):
+    if p.endswith("/v1/models") or requested_model_id(p) is not None:
         if method not in ("GET", "HEAD"):
             raise MethodNotAllowedError("GET")
         return Route.MODELS
@@ -123,6 +130,22 @@ def classify_request(method: str, path: str, passthrough: Sequence[str] = ()) ->
     if method != "POST":
         raise MethodNotAllowedError("POST")
     return Route.INFERENCE
+
+
+def requested_model_id(path: str) -> str | None:
+    """The id of ``GET /v1/models/{id}`` (percent-decoded; ids may hold slashes, as in
+    ``meta-llama/Llama-3.1-8B-Instruct``); None for the list and every other path."""
+    _, sep, rest = unquote(path.split("?", 1)[0]).partition("/v1/models/")
+    rest = rest.strip("/")
+    return rest if sep and rest else None
+
+
+def model_entry(listing: Mapping[str, Mapping[str, object]], model_id: str) -> Mapping[str, object]:
+    """``GET /v1/models/{id}``: the entry of ``listing`` (id → model object), else OpenAI's 404."""
+    entry = listing.get(model_id)
+    if entry is None:
+        raise ModelNotFoundError(f"The model {model_id[:200]} does not exist on this gateway")
+    return entry
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

