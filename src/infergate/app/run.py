@@ -23,14 +23,15 @@ from typing import Any
 from infergate.api.loader import ManifestSet, load_manifests
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
+from infergate.dataplanes import data_plane_factory
 from infergate.dataplanes.extproc import EnvoyDataPlane
 from infergate.errors import ConfigError
-from infergate.servers.envoy import envoy_binary
 
 from .fleet import Fleet
 from .gateway import Gateway
 from .preflight import PortClaim, check_ports, parse_replica_ports
 from .process import configure_logging, run_async, setup_logging, stop_event
+from .sources import ManifestPoolSource
 
 __all__ = [
     "bundled_manifests",
@@ -82,7 +83,7 @@ async def _start_with_fallback(gw: Gateway) -> None:
     except OSError as exc:
         if explicit_port or exc.errno not in (errno.EACCES, errno.EPERM, errno.EADDRINUSE):
             raise
-        _, wanted = gw.manifests.listener()
+        _, wanted = gw.source.listener()
         log.warning("cannot listen on port %d (%s); using %d instead", wanted, exc.strerror, FALLBACK_PORT)
         await gw.admin.stop()
         await gw.tasks.stop()
@@ -127,7 +128,7 @@ def run_serve(
     async def main() -> int:
         stop = stop_event()
         try:
-            gw = Gateway(manifests, settings, picker=picker)
+            gw = Gateway(ManifestPoolSource.from_settings(manifests, settings), settings, picker=picker)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -247,9 +248,8 @@ def _up_port_claims(settings: Settings, replica_ports: Sequence[int]) -> list[Po
         PortClaim(host, lis.port if lis.port is not None else UP_DEFAULT_PORT, "--port"),
         PortClaim(host, lis.admin_port, "--admin-port"),
     ]
-    if settings.data_plane == "envoy":
-        claims.append(PortClaim("127.0.0.1", lis.envoy_picker_port, "--grpc-port"))
-        claims.append(PortClaim("127.0.0.1", lis.envoy_admin_port, "--envoy-admin-port"))
+    plane = data_plane_factory(settings.data_plane)
+    claims.extend(PortClaim("127.0.0.1", port, flag) for port, flag in plane.private_ports(settings))
     claims.extend(PortClaim("127.0.0.1", p, "--replica-ports") for p in replica_ports)
     return claims
 
@@ -268,7 +268,8 @@ def _up_banner(gw: Gateway, fleet: Fleet, token: str | None) -> list[str]:
     if isinstance(plane, EnvoyDataPlane):
         envoy_admin = plane.envoy.admin_address if plane.envoy is not None else None
         lines.append(
-            f"  picker:    ext_proc on 127.0.0.1:{plane.picker.port}   Envoy admin: {envoy_admin or '-'}"
+            f"  picker:    ext_proc on 127.0.0.1:{plane.picker.port if plane.picker else '-'}   "
+            f"Envoy admin: {envoy_admin or '-'}"
         )
     lines.append("  replicas:  " + ", ".join(f"{r.name} http://{r.key}" for r in fleet.replicas))
     lines.append(f"  logs:      {fleet.run_dir} (removed at exit)")
@@ -306,10 +307,10 @@ def run_up(
         fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args, ports=replica_ports)
         fleet.plan()
         check_ports(_up_port_claims(settings, [r.port for r in fleet.replicas] if replica_ports else []))
-        if settings.data_plane == "envoy":
-            envoy_binary()  # the [envoy] extra is optional: say so before anything starts
+        data_plane_factory(settings.data_plane).check()  # e.g. the optional Envoy: say so first
         # builds and validates every component (keys, limits, picker); binds nothing
-        Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+        source = ManifestPoolSource.from_settings(manifests, settings, extra_endpoints=fleet.endpoints())
+        Gateway(source, settings, picker=picker)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if fleet is not None:
@@ -343,7 +344,8 @@ async def _up_main(
             return 130
         stopped.cancel()
         starting.result()
-        gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+        source = ManifestPoolSource.from_settings(manifests, settings, extra_endpoints=fleet.endpoints())
+        gw = Gateway(source, settings, picker=picker)
         token = gw.metrics_token  # printed, never written: nothing secret stays on disk, even after a kill
         try:
             await gw.start()
