@@ -276,18 +276,25 @@ async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsew
     children = start_sims(*(["--model", MODEL, "--seed", str(i)] for i in range(2)))
     (victim, victim_key), (_, survivor_key) = children
     # Round robin and no flow control: the picker must not steer away from the frozen replica
-    # (flow control routes to replicas "with room", and stale metrics count as full).
-    gw = await start_gateway(tmp_path, [k for _, k in children], picker=ROUND_ROBIN, flow_control=False)
+    # (flow control routes to replicas "with room", and stale metrics count as full). The frozen
+    # replica stays a candidate for at least 4 s (probe timeout 4 s, metrics stale after 10 s), so
+    # the four requests are scheduled before any verdict even on a loaded machine.
+    settings = Settings().replace(
+        {"scrape.health_interval": 0.5, "scrape.health_timeout": 4.0, "scrape.staleness": 10.0}
+    )
+    gw = await start_gateway(
+        tmp_path, [k for _, k in children], settings, picker=ROUND_ROBIN, flow_control=False
+    )
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
     tokens = 8
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as s:
             freeze(victim)
             # Round robin alternates between the two replicas: of each pair (plain, then streamed)
             # one lands on the frozen replica, which can send nothing back.
             tasks: list[asyncio.Task[Reply]] = []
-            # Each is sent once the previous one was scheduled, all within a few milliseconds, so
-            # well before the frozen replica's health probe times out.
+            # Each is sent once the previous one was scheduled, all within a few milliseconds
+            # (seconds on a loaded machine), before the frozen replica's first probe times out.
             for i, stream in enumerate([False, False, True, True]):
                 before = gw.decisions.total
                 body = {"model": MODEL, "prompt": f"q{i}", "max_tokens": tokens, "ignore_eos": True}
@@ -298,7 +305,8 @@ async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsew
 
                 await async_wait_for(scheduled, timeout=5, interval=0.001, what=f"request {i} scheduled")
             on_victim = in_flight(gw, victim_key)
-            replies = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+            # three failed probes (about 3 x 4.5 s) withdraw them; the read timeout would be a day
+            replies = await asyncio.wait_for(asyncio.gather(*tasks), 75)
     finally:
         victim.proc.send_signal(signal.SIGCONT)
         await gw.stop()
@@ -313,7 +321,7 @@ async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsew
         assert (r.status, r.served) == (200, survivor_key), r
         events = sse_events(r.text)
         assert events[-1] == "[DONE]" and not any("error" in json.loads(e) for e in events[:-1]), r.text
-    # they finished at all (the 20 s bound above) instead of waiting for the read timeout (a day);
+    # they finished at all (the 75 s bound above) instead of waiting for the read timeout (a day);
     # how fast depends on the health probes and the machine, so no wall-clock bound is asserted
 
 
