@@ -128,7 +128,7 @@ def _engine_run(*, sparse: bool) -> tuple[list[RequestOutput], list[object], Eng
 # Fields added after the digest was recorded (request phases, per-request preemptions, cached-token
 # counters for vLLM's metrics): left out of the repr so the digest still covers every earlier field.
 _LATER_FIELDS = {
-    "RequestOutput": {"scheduled_time", "num_preemptions"},
+    "RequestOutput": {"scheduled_time", "num_preemptions", "queued_time"},
     "EngineStats": {"prompt_tokens_cached", "prompt_tokens_external"},
 }
 
