@@ -17,7 +17,9 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import yaml
 
 from infergate.config.settings import Settings
 
@@ -148,6 +150,45 @@ def start_infergate(
                 raise AssertionError(f"infergate {args} not healthy after {timeout}s:\n{child.output()}")
             time.sleep(0.05)
     return child
+
+
+class Simulator(NamedTuple):
+    """An ``infergate simulate`` child on 127.0.0.1 and its ``host:port`` key."""
+
+    child: ChildProcess
+    key: str
+
+    @property
+    def port(self) -> int:
+        return int(self.key.rsplit(":", 1)[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.key}"
+
+
+def start_simulator(tmp: Path, *args: str) -> Simulator:
+    """``infergate simulate --host 127.0.0.1 --port <free> ARGS``, returned once ``/health`` answers."""
+    port = free_port()
+    argv = ["simulate", "--host", "127.0.0.1", "--port", str(port), *args]
+    child = start_infergate(argv, tmp, health_url=f"http://127.0.0.1:{port}/health")
+    return Simulator(child, f"127.0.0.1:{port}")
+
+
+def write_pool(
+    tmp: Path,
+    addresses: Sequence[str],
+    *,
+    objectives: dict[str, int] | None = None,
+    annotations: dict[str, str] | None = None,
+    name: str = "pool.yaml",
+) -> Path:
+    """:func:`static_pool_docs` written to ``tmp/name`` (the manifests file a gateway is given)."""
+    path = tmp / name
+    path.write_text(
+        yaml.safe_dump_all(static_pool_docs(addresses, objectives=objectives, annotations=annotations))
+    )
+    return path
 
 
 def static_pool_docs(

@@ -29,6 +29,7 @@ from tests.support import (
     free_port,
     local_settings,
     start_infergate,
+    start_simulator,
     static_pool_docs,
 )
 
@@ -62,26 +63,13 @@ SECRET = {
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    tmp = tmp_path_factory.mktemp("sim")
-    port = free_port()
-    child = start_infergate(
-        [
-            "simulate",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--enable-lora",
-            "--lora-modules",
-            "food-review=/adapters/food-review",
-        ],
-        tmp,
-        health_url=f"http://127.0.0.1:{port}/health",
+    sim = start_simulator(
+        tmp_path_factory.mktemp("sim"), "--enable-lora", "--lora-modules", "food-review=/adapters/food-review"
     )
     try:
-        yield port
+        yield sim.port
     finally:
-        child.stop()
+        sim.child.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
@@ -34,14 +33,15 @@ from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 from infergate.config.settings import Settings
 from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from tests.e2e.conftest import StartSims
 from tests.support import (
     ChildProcess,
     async_wait_for,
     free_port,
     http_ok,
     start_infergate,
-    static_pool_docs,
     wait_for,
+    write_pool,
 )
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -51,19 +51,6 @@ FAKE_METRICS = (
     f'vllm:num_requests_running{{model_name="{MODEL}"}} 0\n'
     f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} 0.0\n'
 )
-
-
-def start_sim(tmp: Path, *extra: str) -> tuple[ChildProcess, str]:
-    port = free_port()
-    args = ["simulate", "--model", MODEL, "--host", "127.0.0.1", "--port", str(port), *extra]
-    child = start_infergate(args, tmp, health_url=f"http://127.0.0.1:{port}/health")
-    return child, f"127.0.0.1:{port}"
-
-
-def write_pool(tmp: Path, keys: list[str]) -> Path:
-    path = tmp / "pool.yaml"
-    path.write_text(yaml.safe_dump_all(static_pool_docs(keys)))
-    return path
 
 
 async def start_gateway(
@@ -118,12 +105,14 @@ def in_flight(gw: Gateway, key: str) -> int:
     return ep.in_flight if ep is not None else 0
 
 
-async def test_replica_killed_mid_load_loses_no_request_that_had_not_started(tmp_path: Path) -> None:
+async def test_replica_killed_mid_load_loses_no_request_that_had_not_started(
+    tmp_path: Path, start_sims: StartSims
+) -> None:
     # Slow (time-scale 4) and small (2 seqs) replicas: requests queue on them, so the victim holds
     # requests that have not produced a byte yet when it dies.
-    children = [
-        start_sim(tmp_path, "--max-num-seqs", "2", "--time-scale", "4", "--seed", str(i)) for i in range(2)
-    ]
+    children = start_sims(
+        *(["--model", MODEL, "--max-num-seqs", "2", "--time-scale", "4", "--seed", str(i)] for i in range(2))
+    )
     (victim, victim_key), (_, survivor_key) = children
     gw = await start_gateway(tmp_path, [k for _, k in children])
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
@@ -195,8 +184,10 @@ async def test_replica_killed_mid_load_loses_no_request_that_had_not_started(tmp
         assert not cut or json.loads(cut[0])["error"]["type"] == "upstream_error", cut
 
 
-async def test_frozen_replica_leaves_rotation_and_requests_keep_succeeding(tmp_path: Path) -> None:
-    children = [start_sim(tmp_path, "--seed", str(i)) for i in range(2)]
+async def test_frozen_replica_leaves_rotation_and_requests_keep_succeeding(
+    tmp_path: Path, start_sims: StartSims
+) -> None:
+    children = start_sims(*(["--model", MODEL, "--seed", str(i)] for i in range(2)))
     (victim, victim_key), (_, survivor_key) = children
     # First-byte timeout: a request stuck on the frozen replica moves on after this. Without it the
     # read timeout (a day) applies and the client session's 30 s total fails the request.
@@ -278,23 +269,32 @@ def sse_events(text: str) -> list[str]:
     return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
 
 
-async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsewhere(tmp_path: Path) -> None:
+async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsewhere(
+    tmp_path: Path, start_sims: StartSims
+) -> None:
     # No first_byte_timeout: before the fix these requests waited for the read timeout (a day).
-    children = [start_sim(tmp_path, "--seed", str(i)) for i in range(2)]
+    children = start_sims(*(["--model", MODEL, "--seed", str(i)] for i in range(2)))
     (victim, victim_key), (_, survivor_key) = children
     # Round robin and no flow control: the picker must not steer away from the frozen replica
-    # (flow control routes to replicas "with room", and stale metrics count as full).
-    gw = await start_gateway(tmp_path, [k for _, k in children], picker=ROUND_ROBIN, flow_control=False)
+    # (flow control routes to replicas "with room", and stale metrics count as full). The frozen
+    # replica stays a candidate for at least 4 s (probe timeout 4 s, metrics stale after 10 s), so
+    # the four requests are scheduled before any verdict even on a loaded machine.
+    settings = Settings().replace(
+        {"scrape.health_interval": 0.5, "scrape.health_timeout": 4.0, "scrape.staleness": 10.0}
+    )
+    gw = await start_gateway(
+        tmp_path, [k for _, k in children], settings, picker=ROUND_ROBIN, flow_control=False
+    )
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
     tokens = 8
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as s:
             freeze(victim)
             # Round robin alternates between the two replicas: of each pair (plain, then streamed)
             # one lands on the frozen replica, which can send nothing back.
             tasks: list[asyncio.Task[Reply]] = []
-            # Each is sent once the previous one was scheduled, all within a few milliseconds, so
-            # well before the frozen replica's health probe times out.
+            # Each is sent once the previous one was scheduled, all within a few milliseconds
+            # (seconds on a loaded machine), before the frozen replica's first probe times out.
             for i, stream in enumerate([False, False, True, True]):
                 before = gw.decisions.total
                 body = {"model": MODEL, "prompt": f"q{i}", "max_tokens": tokens, "ignore_eos": True}
@@ -305,7 +305,8 @@ async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsew
 
                 await async_wait_for(scheduled, timeout=5, interval=0.001, what=f"request {i} scheduled")
             on_victim = in_flight(gw, victim_key)
-            replies = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+            # three failed probes (about 3 x 4.5 s) withdraw them; the read timeout would be a day
+            replies = await asyncio.wait_for(asyncio.gather(*tasks), 75)
     finally:
         victim.proc.send_signal(signal.SIGCONT)
         await gw.stop()
@@ -320,12 +321,14 @@ async def test_requests_on_a_replica_frozen_before_their_first_byte_finish_elsew
         assert (r.status, r.served) == (200, survivor_key), r
         events = sse_events(r.text)
         assert events[-1] == "[DONE]" and not any("error" in json.loads(e) for e in events[:-1]), r.text
-    # they finished at all (the 20 s bound above) instead of waiting for the read timeout (a day);
+    # they finished at all (the 75 s bound above) instead of waiting for the read timeout (a day);
     # how fast depends on the health probes and the machine, so no wall-clock bound is asserted
 
 
-async def test_stream_on_a_replica_frozen_mid_stream_ends_with_an_error_event(tmp_path: Path) -> None:
-    children = [start_sim(tmp_path, "--seed", str(i)) for i in range(2)]
+async def test_stream_on_a_replica_frozen_mid_stream_ends_with_an_error_event(
+    tmp_path: Path, start_sims: StartSims
+) -> None:
+    children = start_sims(*(["--model", MODEL, "--seed", str(i)] for i in range(2)))
     gw = await start_gateway(tmp_path, [k for _, k in children])
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
     body = {"model": MODEL, "prompt": "long", "max_tokens": 4000, "ignore_eos": True, "stream": True}
@@ -395,10 +398,10 @@ class FailingServer:
             await self.runner.cleanup()
 
 
-async def test_replica_answering_500_is_retried_on_a_simulator(tmp_path: Path) -> None:
+async def test_replica_answering_500_is_retried_on_a_simulator(tmp_path: Path, start_sims: StartSims) -> None:
     bad = FailingServer()
     await bad.start()
-    children = [start_sim(tmp_path, "--seed", str(i)) for i in range(2)]
+    children = start_sims(*(["--model", MODEL, "--seed", str(i)] for i in range(2)))
     sim_keys = {k for _, k in children}
     gw = await start_gateway(tmp_path, [bad.key, *sim_keys])
     url = f"http://127.0.0.1:{gw.port}/v1/completions"
@@ -425,13 +428,11 @@ async def test_replica_answering_500_is_retried_on_a_simulator(tmp_path: Path) -
 
 
 @pytest.fixture
-async def envoy_pool(tmp_path: Path) -> AsyncIterator[tuple[list[str], Path, ChildProcess]]:
-    sim, key = start_sim(tmp_path)
-    pool = write_pool(tmp_path, [key])
-    try:
-        yield [key], pool, sim
-    finally:
-        sim.stop()
+async def envoy_pool(
+    tmp_path: Path, start_sims: StartSims
+) -> AsyncIterator[tuple[list[str], Path, ChildProcess]]:
+    ((sim, key),) = start_sims(["--model", MODEL])
+    yield [key], write_pool(tmp_path, [key]), sim
 
 
 def start_epp(tmp: Path, pool: Path, grpc: int, health: int, admin: int) -> ChildProcess:

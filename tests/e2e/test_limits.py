@@ -22,7 +22,12 @@ from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.settings import Settings
 from infergate.errors import ConfigError
 from infergate.requestcontrol.access import RequestLimits
-from tests.support import async_wait_for, free_port, local_settings, start_infergate, static_pool_docs
+from tests.support import (
+    async_wait_for,
+    local_settings,
+    start_simulator,
+    static_pool_docs,
+)
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -49,20 +54,14 @@ SETTINGS = local_settings(
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    tmp = tmp_path_factory.mktemp("sim")
-    port = free_port()
-    child = start_infergate(
-        [
-            *("simulate", "--host", "127.0.0.1", "--port", str(port), "--enable-lora"),
-            *("--lora-modules", "food-review=/adapters/food-review", "--max-model-len", "4096"),
-        ],
-        tmp,
-        health_url=f"http://127.0.0.1:{port}/health",
+    sim = start_simulator(
+        tmp_path_factory.mktemp("sim"),
+        *("--enable-lora", "--lora-modules", "food-review=/adapters/food-review", "--max-model-len", "4096"),
     )
     try:
-        yield port
+        yield sim.port
     finally:
-        child.stop()
+        sim.child.stop()
 
 
 @pytest.fixture

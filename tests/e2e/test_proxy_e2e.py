@@ -17,48 +17,29 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, ManifestPoolSource
+from tests.e2e.conftest import StartSims
 from tests.support import (
-    ChildProcess,
+    Simulator,
     async_wait_for,
     free_port,
     local_settings,
-    start_infergate,
-    static_pool_docs,
+    start_simulator,
+    write_pool,
 )
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 SERVED = "x-gateway-destination-endpoint-served"
 
 
-def start_sim(tmp: Path, *extra: str) -> tuple[ChildProcess, int]:
-    port = free_port()
-    args = [
-        "simulate",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enable-lora",
-        "--max-loras",
-        "2",
-        *extra,
-    ]
-    return start_infergate(args, tmp, health_url=f"http://127.0.0.1:{port}/health"), port
+LORA_SIM = ("--enable-lora", "--max-loras", "2")
 
 
 def write_manifests(tmp: Path, ports: list[int]) -> Path:
-    path = tmp / "pool.yaml"
-    path.write_text(
-        yaml.safe_dump_all(
-            static_pool_docs([f"127.0.0.1:{p}" for p in ports], objectives={"food-review": 10})
-        )
-    )
-    return path
+    return write_pool(tmp, [f"127.0.0.1:{p}" for p in ports], objectives={"food-review": 10})
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +47,14 @@ def sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """Three replicas: sim0 and sim1 hold the food-review adapter, sim2 does not; 4 seqs each."""
     tmp = tmp_path_factory.mktemp("sims")
     lora = ["--lora-modules", "food-review=/adapters/food-review"]
-    children = [start_sim(tmp, "--max-num-seqs", "4", *(lora if i < 2 else [])) for i in range(3)]
+    children: list[Simulator] = []
     try:
-        yield [p for _, p in children]
+        for i in range(3):
+            children.append(start_simulator(tmp, *LORA_SIM, "--max-num-seqs", "4", *(lora if i < 2 else [])))
+        yield [sim.port for sim in children]
     finally:
-        for c, _ in children:
-            c.stop()
+        for sim in children:
+            sim.child.stop()
 
 
 async def make_gateway(tmp: Path, ports: list[int]) -> Gateway:
@@ -261,11 +244,13 @@ async def test_client_routing_headers_are_ignored(gateway: Gateway, sims: list[i
             assert port_of(key) != sims[2]  # sim2 lacks the adapter; the header would have sent it there
 
 
-async def test_dead_replica_leaves_rotation_and_requests_keep_succeeding(tmp_path: Path) -> None:
-    children = [start_sim(tmp_path) for _ in range(2)]
-    gw = await make_gateway(tmp_path, [p for _, p in children])
+async def test_dead_replica_leaves_rotation_and_requests_keep_succeeding(
+    tmp_path: Path, start_sims: StartSims
+) -> None:
+    children = start_sims(LORA_SIM, LORA_SIM)
+    gw = await make_gateway(tmp_path, [sim.port for sim in children])
     try:
-        victim, victim_port = children[0]
+        victim, victim_port = children[0].child, children[0].port
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(5)
         async with aiohttp.ClientSession() as s:
@@ -282,8 +267,6 @@ async def test_dead_replica_leaves_rotation_and_requests_keep_succeeding(tmp_pat
             await async_wait_for(gone, timeout=30, what="dead replica to leave rotation")
     finally:
         await gw.stop()
-        for c, _ in children:
-            c.stop()
 
 
 async def test_no_ready_endpoint_is_503(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,34 +13,18 @@ import pytest
 from infergate.datastore.store import Datastore
 from infergate.sources.scraper import MetricsScraper
 from infergate.types import EndpointMeta
-from tests.support import ChildProcess, async_wait_for, free_port, start_infergate
+from tests.e2e.conftest import StartSims
+from tests.support import ChildProcess, async_wait_for
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[tuple[ChildProcess, int]]:
-    port = free_port()
-    child = start_infergate(
-        [
-            "simulate",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--enable-lora",
-            "--max-loras",
-            "2",
-            "--lora-modules",
-            "food-review=/adapters/food-review",
-        ],
-        tmp_path,
-        health_url=f"http://127.0.0.1:{port}/health",
+def simulator(start_sims: StartSims) -> tuple[ChildProcess, int]:
+    ((child, key),) = start_sims(
+        ["--enable-lora", "--max-loras", "2", "--lora-modules", "food-review=/adapters/food-review"]
     )
-    try:
-        yield child, port
-    finally:
-        child.stop()
+    return child, int(key.rsplit(":", 1)[1])
 
 
 async def test_scraper_follows_a_simulated_vllm(simulator: tuple[ChildProcess, int]) -> None:

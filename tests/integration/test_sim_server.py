@@ -532,9 +532,14 @@ async def test_kv_events_published_over_zmq(encoding: str) -> None:
     c = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="sim", max_retries=0)
     try:
         stored: list[Any] = []
+        attempts = 0
 
         async def got_block() -> bool:
-            await c.completions.create(model=MODEL, prompt="kv events " * 20, max_tokens=1)
+            # A new prompt each time: the subscription may join after the first request's events
+            # (ZeroMQ's slow joiner), and a repeated prompt would hit the prefix cache and store nothing.
+            nonlocal attempts
+            attempts += 1
+            await c.completions.create(model=MODEL, prompt=f"kv events {attempts} " * 20, max_tokens=1)
             while await sub.poll(50):
                 _topic, seq, payload = await sub.recv_multipart()
                 assert len(seq) == 8
@@ -568,7 +573,12 @@ async def test_kv_events_published_over_zmq(encoding: str) -> None:
 
 async def test_kv_exhaustion_preempts_and_shows_in_metrics() -> None:
     # 24 blocks x 16 tokens = 368 usable tokens; 4 requests each growing to 64 + 100 tokens cannot all fit
-    server = await start(["--model", MODEL, "--num-gpu-blocks", "24", "--no-enable-prefix-caching"])
+    # Half real-time speed (not the suite's 20x faster): each request decodes for over a second, so the four
+    # overlap in the engine even when a loaded machine staggers their arrival (at 20x they did not,
+    # 1 in 3 loaded runs, and nothing was preempted).
+    server = await start(
+        ["--model", MODEL, "--num-gpu-blocks", "24", "--no-enable-prefix-caching", "--time-scale", "2"]
+    )
     c = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="sim", max_retries=0)
     try:
         rs = await asyncio.gather(

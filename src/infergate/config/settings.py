@@ -8,7 +8,7 @@ No component reads flags or the environment itself. The routing configuration (p
 
 Adding a setting is adding one field here (with a docstring: it becomes the reference in
 docs/configuration.md via ``scripts/gen_settings_doc.py``) and reading it in the component's
-``from_settings``; ``tests/test_settings.py`` fails for a field that changes nothing.
+``from_settings``; ``tests/unit/test_settings.py`` fails for a field that changes nothing.
 
 Defaults follow GIE ``pkg/epp/server/options.go`` (§2.8), the utilization saturation detector and
 flow-control defaults (§5.1, §5.4) and the metrics intervals (§4.3); values with no reference
