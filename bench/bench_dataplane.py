@@ -16,7 +16,9 @@ Per point: requests per second, p50/p99 latency, errors, and the router's CPU pe
 system time of the router process and all its descendants (Envoy is the picker's child), read
 from /proc before and after the point, divided by the requests served; and the same net of the
 router's idle CPU rate (scrapes, probes; measured for ``--idle-seconds`` before the point) over
-the point's duration, which a slow, loaded run otherwise charges to its few requests. CPU per request is the
+the point's duration, which a slow, loaded run otherwise charges to its few requests. For the
+infergate paths also the share of requests flow control held for more than 0.1 ms (its
+queue-duration histogram on the admin port's /metrics). CPU per request is the
 honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
@@ -49,6 +51,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.bench.peers import available_peers, peer_venvs
 
@@ -116,6 +119,7 @@ class Route:
     name: str
     url: str
     pid: int | None
+    admin: str | None = None  # infergate's admin URL (its /metrics)
 
 
 @dataclass
@@ -194,7 +198,7 @@ class Rig:
         label = name if src is None else f"{name}@before"
         proc = self._spawn(argv, f"{label}.log", src)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
-        self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid))
+        self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid, f"http://127.0.0.1:{admin}"))
 
     def _manifest(self, replica_port: int) -> Path:
         docs = [
@@ -274,6 +278,25 @@ async def closed_loop(url: str, concurrency: int, requests: int) -> dict[str, fl
     }
 
 
+QUEUE_SERIES = "inference_extension_flow_control_request_queue_duration_seconds"
+
+
+def queue_counts(admin: str) -> tuple[float, float]:
+    """(requests flow control passed, of which within 0.1 ms) from the gateway's /metrics."""
+    with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = fast = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("outcome") != "dispatched":
+                continue
+            if sample.name == f"{QUEUE_SERIES}_count":
+                total += sample.value
+            elif sample.name == f"{QUEUE_SERIES}_bucket" and float(sample.labels["le"]) == 0.0001:
+                fast += sample.value
+    return total, fast
+
+
 async def measure(route: Route, concurrency: int, requests: int, idle_s: float) -> dict[str, Any]:
     """A warm-up (connections, caches), the router's idle CPU rate over ``idle_s`` seconds without
     requests (metrics scrapes, health probes), then the measured loop with its CPU around it.
@@ -289,8 +312,13 @@ async def measure(route: Route, concurrency: int, requests: int, idle_s: float) 
         t_idle = time.perf_counter()
         await asyncio.sleep(idle_s)  # a measurement window, not synchronisation
         idle_rate = (tree_cpu_seconds(route.pid) - cpu_idle) / (time.perf_counter() - t_idle)
+    counts0 = queue_counts(route.admin) if route.admin else None
     cpu0 = tree_cpu_seconds(route.pid) if route.pid else 0.0
     point = await closed_loop(route.url, concurrency, requests)
+    if route.admin and counts0 is not None:
+        total, fast = queue_counts(route.admin)
+        passed = total - counts0[0]
+        point["queued_pct"] = 100 * (passed - (fast - counts0[1])) / passed if passed else 0.0
     if route.pid:
         served = point["ok"] + point["errors"]
         spent = tree_cpu_seconds(route.pid) - cpu0
@@ -304,8 +332,9 @@ async def measure(route: Route, concurrency: int, requests: int, idle_s: float) 
 def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
     names = list(dict.fromkeys(p["path"] for p in points))
     head = "| path | " + " | ".join(f"c={c} req/s" for c in concurrencies)
-    head += f" | c={concurrencies[-1]} p50 / p99 ms | router CPU per request (µs) | net of idle (µs) |"
-    lines = [head, "|" + "---|" * (len(concurrencies) + 4)]
+    head += f" | c={concurrencies[-1]} p50 / p99 ms | router CPU per request (µs) | net of idle (µs)"
+    head += " | queued > 0.1 ms |"
+    lines = [head, "|" + "---|" * (len(concurrencies) + 5)]
 
     def span(values: list[float], fmt: str) -> str:
         if not values:
@@ -320,7 +349,9 @@ def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
         lat = f"{span([p['p50_ms'] for p in top], '.1f')} / {span([p['p99_ms'] for p in top], '.0f')}"
         cpu = span([p["cpu_us_per_req"] for p in mine if "cpu_us_per_req" in p], ",.0f")
         net = span([p["net_cpu_us_per_req"] for p in mine if "net_cpu_us_per_req" in p], ",.0f")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {lat} | {cpu} | {net} |")
+        queued = span([p["queued_pct"] for p in mine if "queued_pct" in p], ".0f")
+        queued = queued if queued == "–" else f"{queued} %"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {lat} | {cpu} | {net} | {queued} |")
     errors = sum(p["errors"] for p in points)
     lines.append("")
     lines.append(f"errors over all points: {errors}")
@@ -365,7 +396,8 @@ def main() -> None:
                     print(
                         f"rep {rep} {route.name:28s} c={c:<3d} {point['rps']:8,.0f} req/s "
                         f"p50 {point['p50_ms']:6.1f} p99 {point['p99_ms']:6.1f} ms "
-                        f"err {point['errors']}{cpu_text}",
+                        f"err {point['errors']}{cpu_text}"
+                        + (f" queued>0.1ms {point['queued_pct']:.0f} %" if "queued_pct" in point else ""),
                         flush=True,
                     )
     print()
