@@ -159,6 +159,20 @@ class FlowCore:
         from the queues thus never lands in a full model server's queue while another has room,
         so replica queues stay short and the gateway's priority order decides who waits.
 
+        Only a pool whose requests can differ in priority is narrowed (an InferenceObjective with a
+        priority other than the default 0 exists): narrowing is there for the priority order, so that
+        a released request does not wait in a model server behind requests the gateway would have
+        ranked below it, nor put itself ahead of later, higher-priority ones. With one priority the
+        gateway's queue order and a server's are the same (first come, first served), and narrowing
+        would only override the scheduler's placement. On a pool whose tenants' prefixes are
+        partitioned over the replicas that is ruinous: during a short burst (cold caches right after
+        a start) every replica shows a few waiting requests, the released ones went to whichever
+        replica was momentarily below the threshold, away from their prefix, and the extra prefill
+        kept the pool saturated (seen in the twin: a many-tenant workload's prefix-hit rate fell
+        from 85 % to 51 % and its SLO rate from 135 to under 100 QPS; the issue's real-time run
+        showed the same 79 % → 34 %). The scheduler itself weighs a replica's queue against the
+        request's prefix and adapter there.
+
         Requests admitted at once (the pool not saturated, nothing queued) are not narrowed: the
         scheduler weighs a replica's queue against its prefix cache and adapters itself. Narrowing
         them too forced LoRA requests off the replicas holding their adapter whenever a few
@@ -167,10 +181,14 @@ class FlowCore:
         20 QPS).
         """
         c = self._config
-        if not c.enabled or not c.route_to_room or len(endpoints) < 2:
+        if not c.enabled or not c.route_to_room or len(endpoints) < 2 or not self._ranks_priorities():
             return list(endpoints)
         roomy = [e for e in endpoints if self._detector.endpoint_score(e, now) < 1.0]
         return roomy or list(endpoints)
+
+    def _ranks_priorities(self) -> bool:
+        """Whether requests to this pool can have different priorities (an objective's is not 0)."""
+        return any(o.priority != 0 for o in self._ds.objectives())
 
     def pool_empty(self) -> bool:
         """True while the pool has no ready (healthy) endpoint at all: nothing can be dispatched
