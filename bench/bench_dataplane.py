@@ -14,7 +14,11 @@ slow minute on a shared machine then hits every path alike):
 
 Per point: requests per second, p50/p99 latency, errors, and the router's CPU per request: user +
 system time of the router process and all its descendants (Envoy is the picker's child), read
-from /proc before and after the point, divided by the requests served. CPU per request is the
+from /proc before and after the point, divided by the requests served; and the same net of the
+router's idle CPU rate (scrapes, probes; measured for ``--idle-seconds`` before the point) over
+the point's duration, which a slow, loaded run otherwise charges to its few requests. For the
+infergate paths also the share of requests flow control held for more than 0.1 ms (its
+queue-duration histogram on the admin port's /metrics). CPU per request is the
 honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
@@ -47,6 +51,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.bench.peers import available_peers, peer_venvs
 
@@ -114,6 +119,7 @@ class Route:
     name: str
     url: str
     pid: int | None
+    admin: str | None = None  # infergate's admin URL (its /metrics)
 
 
 @dataclass
@@ -192,7 +198,7 @@ class Rig:
         label = name if src is None else f"{name}@before"
         proc = self._spawn(argv, f"{label}.log", src)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
-        self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid))
+        self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid, f"http://127.0.0.1:{admin}"))
 
     def _manifest(self, replica_port: int) -> Path:
         docs = [
@@ -272,23 +278,63 @@ async def closed_loop(url: str, concurrency: int, requests: int) -> dict[str, fl
     }
 
 
-async def measure(route: Route, concurrency: int, requests: int) -> dict[str, Any]:
-    """A warm-up (connections, caches), then the measured loop with the router's CPU around it."""
+QUEUE_SERIES = "inference_extension_flow_control_request_queue_duration_seconds"
+
+
+def queue_counts(admin: str) -> tuple[float, float]:
+    """(requests flow control passed, of which within 0.1 ms) from the gateway's /metrics."""
+    with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = fast = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("outcome") != "dispatched":
+                continue
+            if sample.name == f"{QUEUE_SERIES}_count":
+                total += sample.value
+            elif sample.name == f"{QUEUE_SERIES}_bucket" and float(sample.labels["le"]) == 0.0001:
+                fast += sample.value
+    return total, fast
+
+
+async def measure(route: Route, concurrency: int, requests: int, idle_s: float) -> dict[str, Any]:
+    """A warm-up (connections, caches), the router's idle CPU rate over ``idle_s`` seconds without
+    requests (metrics scrapes, health probes), then the measured loop with its CPU around it.
+
+    ``cpu_us_per_req`` is all the CPU the router spent during the loop per request;
+    ``net_cpu_us_per_req`` subtracts the idle rate times the loop's duration. On a loaded machine
+    the loop runs slowly and the fixed background work weighs on the raw figure, not the net one.
+    """
     await closed_loop(route.url, concurrency, max(4 * concurrency, 100))
+    idle_rate = 0.0
+    if route.pid and idle_s > 0:
+        cpu_idle = tree_cpu_seconds(route.pid)
+        t_idle = time.perf_counter()
+        await asyncio.sleep(idle_s)  # a measurement window, not synchronisation
+        idle_rate = (tree_cpu_seconds(route.pid) - cpu_idle) / (time.perf_counter() - t_idle)
+    counts0 = queue_counts(route.admin) if route.admin else None
     cpu0 = tree_cpu_seconds(route.pid) if route.pid else 0.0
     point = await closed_loop(route.url, concurrency, requests)
+    if route.admin and counts0 is not None:
+        total, fast = queue_counts(route.admin)
+        passed = total - counts0[0]
+        point["queued_pct"] = 100 * (passed - (fast - counts0[1])) / passed if passed else 0.0
     if route.pid:
         served = point["ok"] + point["errors"]
         spent = tree_cpu_seconds(route.pid) - cpu0
         point["cpu_us_per_req"] = 1e6 * spent / served if served else float("nan")
+        net = spent - idle_rate * point["wall_s"]
+        point["net_cpu_us_per_req"] = 1e6 * net / served if served else float("nan")
+        point["idle_cpu_per_s"] = idle_rate
     return {"path": route.name, "concurrency": concurrency, **point}
 
 
 def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
     names = list(dict.fromkeys(p["path"] for p in points))
     head = "| path | " + " | ".join(f"c={c} req/s" for c in concurrencies)
-    head += f" | c={concurrencies[-1]} p50 / p99 ms | router CPU per request (µs) |"
-    lines = [head, "|" + "---|" * (len(concurrencies) + 3)]
+    head += f" | c={concurrencies[-1]} p50 / p99 ms | router CPU per request (µs) | net of idle (µs)"
+    head += " | queued > 0.1 ms |"
+    lines = [head, "|" + "---|" * (len(concurrencies) + 5)]
 
     def span(values: list[float], fmt: str) -> str:
         if not values:
@@ -302,7 +348,10 @@ def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
         top = [p for p in mine if p["concurrency"] == concurrencies[-1]]
         lat = f"{span([p['p50_ms'] for p in top], '.1f')} / {span([p['p99_ms'] for p in top], '.0f')}"
         cpu = span([p["cpu_us_per_req"] for p in mine if "cpu_us_per_req" in p], ",.0f")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {lat} | {cpu} |")
+        net = span([p["net_cpu_us_per_req"] for p in mine if "net_cpu_us_per_req" in p], ",.0f")
+        queued = span([p["queued_pct"] for p in mine if "queued_pct" in p], ".0f")
+        queued = queued if queued == "–" else f"{queued} %"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {lat} | {cpu} | {net} | {queued} |")
     errors = sum(p["errors"] for p in points)
     lines.append("")
     lines.append(f"errors over all points: {errors}")
@@ -319,6 +368,9 @@ def main() -> None:
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
     ap.add_argument(
+        "--idle-seconds", type=float, default=2.0, help="idle window per point for the net CPU (default 2)"
+    )
+    ap.add_argument(
         "--before-src", type=Path, help="also run the infergate paths from this source tree (DIR/infergate)"
     )
     args = ap.parse_args()
@@ -332,15 +384,20 @@ def main() -> None:
         for rep in range(args.reps):
             for route in rig.routes:
                 for c in concurrencies:
-                    point = asyncio.run(measure(route, c, args.requests))
+                    point = asyncio.run(measure(route, c, args.requests, args.idle_seconds))
                     point["rep"] = rep
                     points.append(point)
                     cpu = point.get("cpu_us_per_req")
-                    cpu_text = f" cpu {cpu:,.0f} µs/req" if cpu is not None else ""
+                    cpu_text = (
+                        f" cpu {cpu:,.0f} µs/req (net {point['net_cpu_us_per_req']:,.0f})"
+                        if cpu is not None
+                        else ""
+                    )
                     print(
                         f"rep {rep} {route.name:28s} c={c:<3d} {point['rps']:8,.0f} req/s "
                         f"p50 {point['p50_ms']:6.1f} p99 {point['p99_ms']:6.1f} ms "
-                        f"err {point['errors']}{cpu_text}",
+                        f"err {point['errors']}{cpu_text}"
+                        + (f" queued>0.1ms {point['queued_pct']:.0f} %" if "queued_pct" in point else ""),
                         flush=True,
                     )
     print()

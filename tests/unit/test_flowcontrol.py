@@ -612,3 +612,15 @@ async def test_queue_duration_series_count_every_request_across_cache_resets(
         run_once(rig.fc.admit(req(f"r{i}", flow=f"tenant-{i % 3}")))
     name = "inference_extension_flow_control_request_queue_duration_seconds_count"
     assert [rig.sample(name, fairness_id=f"tenant-{t}", outcome="dispatched") for t in range(3)] == [3, 2, 2]
+
+
+async def test_saturation_gauge_follows_the_pool_name() -> None:
+    rig = Rig()
+    rig.scrape(waiting=2)
+    run_once(rig.fc.admit(req("a")))
+    rig.ds.set_pool(PoolSpec(name="pool-2"))
+    rig.scrape(waiting=1)
+    run_once(rig.fc.admit(req("b")))
+    gauge = "inference_extension_flow_control_pool_saturation"
+    assert rig.sample(gauge, inference_pool="pool-1") == pytest.approx(0.4)
+    assert rig.sample(gauge, inference_pool="pool-2") == pytest.approx(0.2)

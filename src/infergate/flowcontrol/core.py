@@ -34,6 +34,10 @@ class _Observer(Protocol):
     def observe(self, value: float) -> None: ...
 
 
+class _Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
 class Decision(StrEnum):
     """What :meth:`FlowCore.offer` decided for a new request."""
 
@@ -80,6 +84,7 @@ class FlowCore:
         self._empty = False
         # labelled queue-duration children by (fairness, priority, pool, model, target, outcome)
         self._wait_series: dict[tuple[str, int, str, str, str, ItemState], _Observer] = {}
+        self._saturation_gauge: tuple[str, _Gauge] | None = None  # (pool name, its labelled child)
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -125,7 +130,10 @@ class FlowCore:
             value = max(value, self._detector.saturation(landed, now))
         self._last_saturation = value
         if self._metrics is not None:
-            self._metrics.fc_pool_saturation.labels(inference_pool=self.pool_name()).set(value)
+            pool = self.pool_name()
+            if self._saturation_gauge is None or self._saturation_gauge[0] != pool:
+                self._saturation_gauge = (pool, self._metrics.fc_pool_saturation.labels(inference_pool=pool))
+            self._saturation_gauge[1].set(value)
         return value
 
     def threshold(self, priority: int) -> float:
