@@ -7,11 +7,11 @@ import math
 import pytest
 
 from infergate.config.picker import parse_picker_config
-from infergate.scheduling.framework import CycleState
-from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
-from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.scheduling.testing import make_endpoint
+from infergate.scheduling.engine.scheduler import build_scheduler
+from infergate.scheduling.plugins.latency import LatencyParams, PredictedLatencyScorer
+from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.sdk.framework import CycleState
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 BASE = "base"

@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from infergate.scheduling.framework import CycleState, Params, StateKey, candidate_keys
-from infergate.scheduling.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
-from infergate.scheduling.scores import CandidateScores
+from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
+from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, candidate_keys
+from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 __all__ = ["LatencyParams", "LatencyPrediction", "PredictedLatencyScorer"]
