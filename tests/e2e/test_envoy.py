@@ -144,9 +144,7 @@ async def _stack(failure_mode: str, *, tls: bool = False) -> Stack:
     await b.start()
     clock = FixedClock()
     ds = Datastore(clock)
-    # b's queue must outweigh 20 concurrent requests' work on a (the default scorer counts each
-    # request's 10 ms in a's API frontend against b's queue, at least one decode step per request)
-    for up, queue in ((a, 0), (b, 60)):
+    for up, queue in ((a, 0), (b, 9)):
         ds.upsert_endpoint(EndpointMeta(name=up.name, address="127.0.0.1", port=up.port))
         ds.update_metrics(up.key, EndpointMetrics(waiting_queue_size=queue, updated_at=clock.now()))
         ds.set_models(up.key, frozenset({MODEL, ADAPTER}))
