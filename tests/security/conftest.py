@@ -65,6 +65,8 @@ class Replica:
     seen: list[tuple[str, str, bytes]] = field(default_factory=list)
     down: bool = False
     failed_probes: int = 0
+    max_model_len: int = 4096
+    """Reported on the base model's card in ``/v1/models``, as vLLM does."""
     metrics_gate: asyncio.Event | None = None
     """While set to an unset event, ``/metrics`` waits for it (a scrape that hangs)."""
     port: int = 0
@@ -96,7 +98,9 @@ class Replica:
         async def models(request: web.Request) -> web.Response:
             if request.headers.get("x-attacker"):
                 self.seen.append((request.method, request.path, b""))
-            data = [{"id": m, "object": "model"} for m in (MODEL, *ADAPTERS)]
+            base = {"id": MODEL, "object": "model", "max_model_len": self.max_model_len}
+            data: list[dict[str, object]] = [base]
+            data += [{"id": m, "object": "model", "max_model_len": None} for m in ADAPTERS]
             return web.json_response({"object": "list", "data": data})
 
         app = web.Application()

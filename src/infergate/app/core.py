@@ -91,6 +91,9 @@ def build_core(
             max_messages=s.max_messages,
             max_tokens=s.max_tokens_ceiling,
             objective_max_tokens=dict(s.objective_max_tokens),
+            max_n=s.max_n,
+            vocab_size=s.vocab_size,
+            max_model_len=s.max_model_len,
         ),
         control_headers=s.control_headers,
     )

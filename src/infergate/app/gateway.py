@@ -103,6 +103,9 @@ def request_limits(manifests: ManifestSet, settings: GatewaySettings) -> Request
         max_messages=settings.max_messages,
         max_tokens=settings.max_tokens_ceiling,
         objective_max_tokens=per_objective,
+        max_n=settings.max_n,
+        vocab_size=settings.vocab_size,
+        max_model_len=settings.max_model_len,
     )
 
 

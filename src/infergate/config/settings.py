@@ -97,6 +97,14 @@ class GatewaySettings:
     objective_max_tokens: Mapping[str, int] = field(default_factory=dict)
     """Per-objective ceilings (objective name, or model name for requests with no objective);
     they win over ``max_tokens_ceiling`` and over the ``infergate.dev/max-tokens`` annotation."""
+    max_n: int | None = 128
+    """Most completions one request may ask for (``n``; 400 above); None: no ceiling. A huge ``n``
+    makes a model server allocate per sequence until it stalls."""
+    vocab_size: int | None = None
+    """Prompt token ids must be below this (400 otherwise); None: below 2^31."""
+    max_model_len: int | None = None
+    """Context length the gateway bounds prompt token-id counts and ``max_tokens`` by (400 above);
+    None: the longest ``max_model_len`` the pool's model servers report in ``/v1/models``."""
 
     # --- saturation and flow control (GIE §5.4-5.6)
     queue_threshold: int = 5
@@ -172,6 +180,10 @@ class GatewaySettings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")
         for name in ("max_queued_requests_total", "max_queued_bytes_total"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"settings: {name}: must be >= 1 or unset (got {value!r})")
+        for name in ("max_n", "vocab_size", "max_model_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"settings: {name}: must be >= 1 or unset (got {value!r})")

@@ -16,13 +16,27 @@ from typing import Any
 from infergate.errors import BadRequestError
 from infergate.types import ApiKind
 
-__all__ = ["ParsedBody", "api_kind_for_path", "parse_body", "rewrite_model"]
+__all__ = ["ParsedBody", "TokenIds", "api_kind_for_path", "parse_body", "rewrite_model"]
 
 # A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate (not encodable as UTF-8) gets in.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Upper bound for token counts a client may ask for; larger values are certainly a mistake.
 MAX_TOKENS_CEILING = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIds:
+    """A prompt given as token ids, summed up so limits can judge it without keeping the lists.
+
+    A model server checks ids against its vocabulary and the count against its context only after
+    allocating per-token work; the gateway bounds both first (see ``RequestLimits``).
+    """
+
+    longest: int
+    """Ids in the longest prompt of the request (a batch carries several)."""
+    lowest: int
+    highest: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +50,10 @@ class ParsedBody:
     max_tokens: int | None
     include_usage: bool
     data: dict[str, Any]
+    n: int | None = None
+    """Completions per prompt (``n``); None when the body does not say."""
+    token_ids: TokenIds | None = None
+    """Set when the prompt (or embeddings input) is token ids."""
 
 
 def api_kind_for_path(path: str) -> ApiKind:
@@ -112,6 +130,31 @@ def _prompt_text(prompt: object) -> str:
         "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists",
         param="prompt",
     )
+
+
+def _token_ids(value: object) -> TokenIds | None:
+    """Summary of a token-id prompt (a list of ids or a list of id lists); None for text."""
+    if not isinstance(value, list) or not value:
+        return None
+    if all(_is_int(t) for t in value):
+        return TokenIds(longest=len(value), lowest=min(value), highest=max(value))
+    if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in value):
+        return TokenIds(
+            longest=max(len(p) for p in value),
+            lowest=min(min(p) for p in value),
+            highest=max(max(p) for p in value),
+        )
+    return None
+
+
+def _choices(data: dict[str, Any]) -> int | None:
+    """``n``: how many completions to generate per prompt (at least 1, as the model servers)."""
+    value = data.get("n")
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise BadRequestError("'n' must be an integer of at least 1", param="n")
+    return int(value)
 
 
 def _content_text(content: object, index: int) -> str:
@@ -208,7 +251,8 @@ def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> Pa
 
     Raises BadRequestError for empty, non-UTF-8, non-JSON or non-object bodies, a missing or
     non-string ``model``, a missing or malformed ``prompt``/``messages``/``input``, a non-boolean
-    ``stream`` and an out-of-range ``max_tokens``.
+    ``stream``, an out-of-range ``max_tokens`` and an ``n`` below 1. How large ``n`` and a token-id
+    prompt may be is a policy decision (``RequestLimits``), not a parsing one.
     """
     api = api_kind_for_path(path)
     data = _decode(body)
@@ -226,10 +270,12 @@ def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> Pa
         include_usage = opts.get("include_usage") is True
     elif opts is not None:
         raise BadRequestError("'stream_options' must be an object", param="stream_options")
+    token_ids: TokenIds | None = None
     if api is ApiKind.COMPLETIONS:
         if "prompt" not in data:
             raise BadRequestError("'prompt' is required", param="prompt")
         prompt = _prompt_text(data["prompt"])
+        token_ids = _token_ids(data["prompt"])
     elif api is ApiKind.CHAT:
         prompt = _chat_text(data.get("messages"), max_messages)
     elif api is ApiKind.MESSAGES:
@@ -239,6 +285,7 @@ def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> Pa
         if "input" not in data:
             raise BadRequestError("'input' is required", param="input")
         prompt = _embedding_text(data["input"])
+        token_ids = _token_ids(data["input"])
     else:
         inp = data.get("input")
         prompt = inp if isinstance(inp, str) else ""
@@ -250,6 +297,8 @@ def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> Pa
         max_tokens=_max_tokens(data),
         include_usage=include_usage,
         data=data,
+        n=_choices(data),
+        token_ids=token_ids,
     )
 
 
