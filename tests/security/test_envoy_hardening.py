@@ -27,6 +27,14 @@ def test_bootstrap_bounds_the_picker_wait_and_slow_clients() -> None:
     assert hcm["request_headers_timeout"] == "75s" and hcm["request_timeout"] == "140s"
     limit = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert limit["max_connections"] == 10000
+    # the picker's route: a first-byte timeout by default, one retry only of what never left Envoy
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["retry_policy"] == {
+        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        "num_retries": 1,
+        "per_try_timeout": "600s",
+    }
+    assert route["idle_timeout"] == "600s"
 
 
 @pytest.fixture

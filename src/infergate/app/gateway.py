@@ -369,6 +369,11 @@ class Gateway:
                 request_timeout=f"{s.idle_timeout + s.request_ttl + 5:g}s",
                 max_client_connections=s.max_client_connections,
                 health_path=self.pool.health_path,
+                retries=s.retries,
+                first_byte_timeout=f"{first_byte:g}s" if (first_byte := s.first_byte_timeout) else None,
+                # Envoy's idle timer also runs while the head is awaited
+                stream_idle_timeout=f"{max(s.stream_idle_timeout, first_byte or s.request_timeout):g}s",
+                connect_timeout=f"{s.connect_timeout:g}s",
             )
             self.envoy = EnvoyProcess(render_bootstrap(settings))
             await self.envoy.start_async()

@@ -103,7 +103,19 @@ class EnvoySettings:
     ``request_ttl`` + 5 s by default). Responses are not limited by it."""
     idle_timeout: str = "3600s"
     """Idle keep-alive client connections are closed after this."""
-    retries: int = 0
+    retries: int = 1
+    """Extra attempts of a request whose attempt failed before any byte of it reached the model
+    server (connect failure, refused stream, reset before sending): it is resent to the same
+    server (the picker chose it). An attempt the server received is never resent: it may be what
+    stalls the server, and the next attempt would stall it again (``retries`` of the proxy)."""
+    first_byte_timeout: str | None = "600s"
+    """Per-attempt wait for the model server's response head (Envoy's ``per_try_timeout``: it stops
+    once the head arrives, so streams are not cut by it); then 504. None: unbounded."""
+    stream_idle_timeout: str = "600s"
+    """No byte in either direction for this long fails the request (route ``idle_timeout``). Envoy
+    runs this timer while it waits for the head too, so it is at least ``first_byte_timeout``."""
+    connect_timeout: str = "5s"
+    """TCP connect to a model server."""
     health_path: str = "/health"
     """Health-check path of the fail-open cluster (the InferencePool's model servers)."""
 
@@ -161,9 +173,20 @@ def _ext_proc_filter(s: EnvoySettings) -> dict[str, Any]:
 
 def _routes(s: EnvoySettings) -> list[dict[str, Any]]:
     fail_open = s.failure_mode == "FailOpen" and bool(s.fallback_endpoints)
-    action: dict[str, Any] = {"cluster": ORIGINAL_DST_CLUSTER, "timeout": LONG, "idle_timeout": LONG}
+    action: dict[str, Any] = {
+        "cluster": ORIGINAL_DST_CLUSTER,
+        "timeout": LONG,
+        "idle_timeout": s.stream_idle_timeout,
+    }
+    retry: dict[str, Any] = {}
     if s.retries > 0:
-        action["retry_policy"] = {"retry_on": "connect-failure,reset", "num_retries": s.retries}
+        # only failures before any request byte went out: never resend what a server received
+        retry = {"retry_on": "connect-failure,refused-stream,reset-before-request", "num_retries": s.retries}
+    if s.first_byte_timeout is not None:
+        retry["per_try_timeout"] = s.first_byte_timeout
+        retry.setdefault("num_retries", 0)
+    if retry:
+        action["retry_policy"] = retry
     routes: list[dict[str, Any]] = []
     for prefix in s.route_prefixes:
         match: dict[str, Any] = {"prefix": prefix}
@@ -177,12 +200,13 @@ def _routes(s: EnvoySettings) -> list[dict[str, Any]]:
                     "route": {
                         "cluster": FALLBACK_CLUSTER,
                         "timeout": LONG,
-                        "idle_timeout": LONG,
+                        "idle_timeout": s.stream_idle_timeout,
                         # one retry on another replica before any response byte, as the built-in
                         # proxy's retry budget
                         "retry_policy": {
                             "retry_on": "connect-failure,refused-stream,reset,gateway-error",
                             "num_retries": 1,
+                            **({"per_try_timeout": s.first_byte_timeout} if s.first_byte_timeout else {}),
                             "retry_host_predicate": [
                                 {
                                     "name": "envoy.retry_host_predicates.previous_hosts",
@@ -248,7 +272,7 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": ORIGINAL_DST_CLUSTER,
             "type": "ORIGINAL_DST",
-            "connect_timeout": "10s",
+            "connect_timeout": s.connect_timeout,
             "lb_policy": "CLUSTER_PROVIDED",
             "circuit_breakers": _thresholds(n),
             "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_ENDPOINT},
