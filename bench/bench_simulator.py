@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput
-from infergate.simulator.tokenizer import BOS_ID, Tokenizer
+from infergate.tokenization.builtin import BOS_ID, Tokenizer
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MAX_NUM_SEQS = 1024

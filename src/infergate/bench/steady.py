@@ -33,7 +33,7 @@ from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec,
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop
 from infergate.simulator.engine import EngineConfig, EngineRequest, RequestOutput
 from infergate.simulator.scaled import make_engine
-from infergate.simulator.tokenizer import Tokenizer
+from infergate.tokenization.builtin import Tokenizer
 from infergate.types import Objective
 
 __all__ = [

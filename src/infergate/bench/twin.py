@@ -55,7 +55,7 @@ from infergate.scheduling.scheduler import Scheduler, build_scheduler
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.scaled import make_engine
-from infergate.simulator.tokenizer import Tokenizer
+from infergate.tokenization.builtin import Tokenizer
 from infergate.types import (
     Endpoint,
     EndpointMeta,

@@ -102,6 +102,7 @@ class SimulatorArgs:
     prompt_tokens_details: bool = False
     enable_server_load_tracking: bool = False
     log_level: str = "info"
+    tokenizer: str | None = None  # --tokenizer: a tokenizer.json (None: the built-in tokenizer)
     ignored_flags: tuple[str, ...] = field(default=())
 
     def engine_config(self) -> EngineConfig:
@@ -191,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("sha256", "sha256_cbor"),
         default="sha256",
         help="block hash: SHA-256 of the pickled (parent, tokens, extra keys) or of their canonical CBOR",
+    )
+    v.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="PATH",
+        help="a HuggingFace tokenizer.json (or a directory holding one); default: the built-in tokenizer",
     )
     v.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     v.add_argument("--enable-lora", action="store_true")
@@ -397,5 +404,6 @@ def parse_args(
         prompt_tokens_details=bool(ns.enable_prompt_tokens_details),
         enable_server_load_tracking=bool(ns.enable_server_load_tracking),
         log_level=(ns.uvicorn_log_level or "info"),
+        tokenizer=ns.tokenizer,
         ignored_flags=tuple(unknown),
     )

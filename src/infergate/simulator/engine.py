@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infergate.simulator.adapters import AdapterCache
-from infergate.simulator.blockhash import BlockHasher, ExtraKeys, lora_extra_keys
 from infergate.simulator.engine_types import (
     EngineConfig,
     EngineRequest,
@@ -34,7 +33,8 @@ from infergate.simulator.engine_types import (
 )
 from infergate.simulator.kvcache import BlockPool, KvEvent
 from infergate.simulator.profile import Profile, StepShape, get_profile
-from infergate.simulator.tokenizer import Tokenizer, stable_hash64
+from infergate.tokenization.blockhash import BlockHasher, ExtraKeys, lora_extra_keys
+from infergate.tokenization.builtin import Tokenizer, stable_hash64
 
 __all__ = [
     "Engine",
@@ -136,7 +136,7 @@ class Engine:
             int_hashes=config.kv_events_int_hashes,
         )
         self.hasher = BlockHasher(config.prefix_caching_hash_algo, config.hash_seed)
-        self.tokenizer = Tokenizer()
+        self.filler_ids = config.filler_ids or Tokenizer(reverse=False).filler_ids
         self.adapters = AdapterCache(config.max_loras, config.max_cpu_loras, self.profile)
         self._waiting: deque[_Req] = deque()
         self._running: list[_Req] = []
@@ -430,7 +430,7 @@ class Engine:
         self._num_steps += 1
         self._busy += step.duration
         bs = self.config.block_size
-        fill = self.tokenizer._filler_ids
+        fill = self.filler_ids
         n_fill = len(fill)
         hasher = self.hasher
         caching = self.config.enable_prefix_caching

@@ -31,6 +31,8 @@ class EngineConfig:
     prefix_caching_hash_algo: str = "sha256"  # or "sha256_cbor" (blockhash.py)
     hash_seed: str | None = None  # PYTHONHASHSEED: seeds the first block's parent hash
     kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
+    # ids generated tokens are drawn from (the tokenizer's ``filler_ids``); None: the built-in's
+    filler_ids: tuple[int, ...] | None = None
 
 
 @dataclass

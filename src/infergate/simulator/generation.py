@@ -17,7 +17,7 @@ from infergate.simulator.drivers import RealtimeDriver
 from infergate.simulator.engine import EngineRequest, RequestOutput
 from infergate.simulator.metrics import SimMetrics
 from infergate.simulator.openai_api import ApiError
-from infergate.simulator.tokenizer import Tokenizer
+from infergate.tokenization.protocol import TextTokenizer
 
 
 @dataclass
@@ -51,7 +51,7 @@ async def _aclose(it: AsyncIterator[RequestOutput]) -> None:
 
 async def choice_events(
     driver: RealtimeDriver,
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     metrics: SimMetrics,
     spec: ChoiceSpec,
     *,

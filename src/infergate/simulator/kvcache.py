@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from infergate.simulator.blockhash import to_event_int
+from infergate.tokenization.blockhash import to_event_int
 
 # Event tuples, positional in the order of vLLM 0.33's struct fields:
 #   ("BlockStored", block_hashes, parent_block_hash | None, token_ids, block_size, lora_id | None,

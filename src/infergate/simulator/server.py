@@ -9,6 +9,7 @@ envelope; nothing escapes as a 500 with a traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from infergate.simulator.generation import ChoiceSpec, Delta, choice_events, mer
 from infergate.simulator.metrics import SimMetrics
 from infergate.simulator.profile import get_profile
 from infergate.simulator.scaled import make_engine
-from infergate.simulator.tokenizer import BOS_ID, Tokenizer
+from infergate.tokenization.load import load_tokenizer
 
 log = logging.getLogger("infergate.simulator")
 
@@ -69,10 +70,15 @@ class SimServer:
 
     def __init__(self, args: SimulatorArgs) -> None:
         self.args = args
-        self.config = args.engine_config()
+        self.tokenizer = load_tokenizer(args.tokenizer)  # a bad --tokenizer fails before start
+        config = args.engine_config()
+        if args.tokenizer is not None:
+            config = dataclasses.replace(config, filler_ids=self.tokenizer.filler_ids)
+        self.config = config
         get_profile(self.config.profile)  # unknown profile → ValueError before anything starts
         self.engine: Engine = make_engine(self.config, args.time_scale)
-        self.tokenizer = Tokenizer()
+        bos = self.tokenizer.bos_id
+        self._bos: list[int] = [] if bos is None else [bos]
         overhead = self.engine.profile.api_overhead_ms / 1000.0 * args.time_scale
         self.driver = RealtimeDriver(self.engine, api_overhead=overhead, **profile_frontend(self.engine))
         self.max_model_len = self.config.max_model_len
@@ -211,13 +217,13 @@ class SimServer:
                 ids.append(p)
                 texts.append(None)
             else:
-                ids.append(self._encode_prompt(p, [BOS_ID] if add_bos else []))
+                ids.append(self._encode_prompt(p, self._bos if add_bos else []))
                 texts.append(p)
         return ids, texts
 
     def _chat_ids(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> list[int]:
         """The chat template already starts with BOS (vLLM's chat default ``add_special_tokens=False``)."""
-        prefix = [BOS_ID] if oa.as_bool(body, "add_special_tokens", False) else []
+        prefix = self._bos if oa.as_bool(body, "add_special_tokens", False) else []
         return self._encode_prompt(self.tokenizer.apply_chat_template(messages), prefix)
 
     def _encode_prompt(self, text: str, prefix: list[int]) -> list[int]:
@@ -264,7 +270,7 @@ class SimServer:
                     self.engine.validate(req)  # refuse before any header is sent (streams too)
                 except ValueError as exc:
                     raise oa.ApiError(400, str(exc)) from None
-                echo = (ids[1:] if ids[0] == BOS_ID and len(ids) > 1 else ids) if self.args.echo else None
+                echo = (ids[1:] if ids[:1] == self._bos and len(ids) > 1 else ids) if self.args.echo else None
                 specs.append(ChoiceSpec(index, req, params.stop, echo))
         return specs
 

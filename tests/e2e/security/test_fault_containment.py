@@ -1,0 +1,170 @@
+"""Fault containment on the built-in proxy: the retry budget, health hysteresis, the silence window.
+
+The replicas are fake model servers whose health the test controls; nothing waits on a clock:
+each step waits for the gateway state it needs (a probe count, a rotation change, a response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from infergate.config.settings import GatewaySettings
+from infergate.servers.proxy import ProxyServer
+from tests.e2e.security.conftest import MODEL, Replica, start_gateway
+from tests.support import async_wait_for
+
+
+async def poison(replica: Replica, request: web.Request) -> web.StreamResponse:
+    """What a request that stalls its server looks like from outside: the server stops answering
+    anything (its health probe fails) while it holds the request, and never answers it."""
+    replica.down = True
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def test_a_poison_request_is_retried_once_then_failed_and_counted(
+    replicas: list[Replica], tmp_path: Path
+) -> None:
+    for rep in replicas:
+        rep.handler = poison
+    gw = await start_gateway(tmp_path, "builtin", replicas)
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"http://127.0.0.1:{gw.port}/v1/completions", json={"model": MODEL, "prompt": "boom"}
+            ) as r,
+        ):
+            text = await r.text()
+        refused = gw.metrics.registry.get_sample_value(
+            "infergate_request_retry_refused_total", {"reason": "endpoints_down"}
+        )
+    finally:
+        await gw.stop()
+    assert r.status == 502, text
+    error = json.loads(text)["error"]
+    assert error["code"] == "retry_refused" and "went down while serving it" in error["message"], error
+    assert "127.0.0.1" not in text
+    # each replica saw the request exactly once: one try and one retry, never a third
+    assert [len(rep.seen) for rep in replicas] == [1, 1]
+    assert refused == 1
+
+
+async def test_one_failed_probe_does_not_cut_streams_in_flight(
+    replicas: list[Replica], tmp_path: Path
+) -> None:
+    """Hysteresis: an endpoint that fails one probe leaves rotation, but its streams go on."""
+    release = asyncio.Event()
+
+    async def stream(replica: Replica, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(f'data: {{"model":"{MODEL}","choices":[{{"text":"a"}}]}}\n\n'.encode())
+        await release.wait()
+        await resp.write(
+            f'data: {{"model":"{MODEL}","choices":[{{"text":"b"}}]}}\n\ndata: [DONE]\n\n'.encode()
+        )
+        return resp
+
+    for rep in replicas:
+        rep.handler = stream
+    gw = await start_gateway(tmp_path, "builtin", replicas, settings=GatewaySettings(health_interval=0.05))
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"http://127.0.0.1:{gw.port}/v1/completions",
+                json={"model": MODEL, "prompt": "x", "stream": True},
+            ) as r,
+        ):
+            await r.content.readline()
+            victim = next(rep for rep in replicas if rep.seen)
+            victim.down = True  # one failed probe...
+
+            async def one_failure() -> bool:
+                return victim.failed_probes >= 1 and victim.key not in {
+                    e.key for e in gw.datastore.candidates()
+                }
+
+            await async_wait_for(one_failure, timeout=5, what="the endpoint leaving rotation")
+            victim.down = False  # ...then healthy again, before a second one
+
+            async def back() -> bool:
+                return victim.key in {e.key for e in gw.datastore.candidates()}
+
+            await async_wait_for(back, timeout=5, what="the endpoint rejoining")
+            assert victim.failed_probes < gw.config.settings.evict_after_failed_probes
+            release.set()
+            text = (await r.content.read()).decode()
+    finally:
+        await gw.stop()
+    assert "error" not in text and text.rstrip().endswith("data: [DONE]"), text
+
+
+class _Exchange:
+    """Stands for an upstream exchange relaying a stream whose tokens came ``max_gap`` apart."""
+
+    def __init__(self, max_gap: float) -> None:
+        self.key = "10.0.0.1:8000"
+        self.relaying = True
+        self.evicted = False
+        self.max_gap = max_gap
+        self.window: float | None = None
+
+    def limit_idle(self, seconds: float, reason: str) -> None:
+        self.window = seconds
+
+
+def test_silence_window_follows_the_streams_own_inter_token_gaps() -> None:
+    proxy = ProxyServer.__new__(ProxyServer)
+    from infergate.servers.proxy import ProxyOptions
+
+    proxy._opts = ProxyOptions(evicted_idle_timeout=1.0, evicted_idle_factor=4.0)
+    fast, slow = _Exchange(0.02), _Exchange(1.5)
+    proxy._evict(fast)  # type: ignore[arg-type]
+    proxy._evict(slow)  # type: ignore[arg-type]
+    assert fast.window == 1.0  # the floor
+    assert slow.window == 6.0  # a time-scaled stream with 1.5 s between tokens is not cut at 1 s
+    assert fast.evicted and slow.evicted
+
+
+class JumpClock:
+    """The monotonic clock plus an offset the test moves, to play a gateway that stalled."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() + self.offset
+
+
+async def test_stale_metrics_queue_requests_instead_of_503(replicas: list[Replica], tmp_path: Path) -> None:
+    clock = JumpClock()
+    gw = await start_gateway(tmp_path, "builtin", replicas, clock=clock)
+    try:
+        gate = asyncio.Event()
+        for rep in replicas:
+            rep.metrics_gate = gate  # scrapes hang: the endpoints stay healthy, their metrics age
+        clock.offset += 30  # well past the 2 s staleness: every snapshot is stale now
+        assert not gw.datastore.candidates()
+        async with aiohttp.ClientSession() as s:
+            call = asyncio.create_task(
+                s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json={"model": MODEL, "prompt": "x"})
+            )
+
+            async def waiting() -> bool:
+                return gw.flow.queued() == 1
+
+            await async_wait_for(waiting, timeout=5, what="the request to wait in flow control")
+            gate.set()  # the scrapes answer: fresh metrics release the request
+            resp = await asyncio.wait_for(call, 10)
+            assert resp.status == 200, await resp.text()
+            resp.release()
+    finally:
+        await gw.stop()

@@ -1,0 +1,114 @@
+"""Logs a client cannot forge, malformed HTTP without tracebacks, and client disconnects that are
+not counted as gateway failures - against real ``infergate serve`` processes and real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from infergate.app.logs import escape_controls
+from tests.e2e.security.conftest import MODEL, PLANES, Replica, start_gateway
+from tests.support import async_wait_for, free_port, start_infergate, static_pool_docs
+
+FORGED = "\nFORGED ERROR infergate.app admin token=leaked"
+
+
+def test_escape_controls_covers_every_line_breaker() -> None:
+    text = "a\nb\rc\x1b[31md\x85e\u2028f\x00g\x7fh\ttab"
+    escaped = escape_controls(text)
+    assert escaped == "a\\x0ab\\x0dc\\x1b[31md\\x85e\\u2028f\\x00g\\x7fh\\x09tab"
+    assert escaped.isprintable()
+
+
+@pytest.mark.parametrize(("plane", "fmt"), [("builtin", "text"), ("envoy", "json")])
+async def test_client_values_cannot_forge_log_lines(
+    plane: str, fmt: str, replicas: list[Replica], tmp_path: Path
+) -> None:
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(yaml.safe_dump_all(static_pool_docs([r.key for r in replicas])))
+    port, admin = free_port(), free_port()
+    args = ["serve", "-f", str(pool), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)]
+    args += ["--data-plane", plane, "--log-level", "info", "--log-format", fmt]
+    # the replicas run in this event loop: wait for readiness in a thread so they can answer
+    child = await asyncio.to_thread(
+        start_infergate, args, tmp_path, health_url=f"http://127.0.0.1:{admin}/readyz", timeout=30
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{port}/v1/completions"
+            # header values cannot carry a raw newline on the wire, but the body's model name can
+            for body, rid in (
+                ({"model": MODEL + FORGED, "prompt": "x"}, "rid-1"),
+                ({"model": MODEL, "prompt": "x"}, "rid-2\tinjected"),
+            ):
+                async with s.post(url, json=body, headers={"x-request-id": rid}) as r:
+                    await r.read()
+            if plane == "builtin":  # garbage on the wire: one DEBUG line at most, no traceback
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+                await writer.drain()
+                assert (await asyncio.wait_for(reader.readline(), 10)).split()[1] == b"400"
+                writer.close()
+    finally:
+        await asyncio.to_thread(child.stop, signal.SIGTERM)
+    out = child.output()
+    lines = out.splitlines()
+    assert not [line for line in lines if line.startswith("FORGED")], out
+    assert "Traceback" not in out, out
+    if fmt == "json":
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        assert not [r for r in records if r["level"] == "ERROR"], out
+        assert any(FORGED in r["message"] for r in records), out  # kept whole inside one field
+    else:
+        assert not [line for line in lines if line[24:].startswith("ERROR ")], out
+        assert "\\x0aFORGED ERROR" in out, out
+        # Envoy replaces a client's x-request-id; the built-in proxy keeps it, escaped
+        assert "rid-2\\x09injected" in out, out
+
+
+async def hold_stream(replica: Replica, request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(f'data: {{"model":"{MODEL}","choices":[{{"text":"a"}}]}}\n\n'.encode())
+    await asyncio.Event().wait()
+    return resp
+
+
+@pytest.mark.parametrize("plane", PLANES)
+async def test_client_disconnect_is_not_an_internal_error(
+    plane: str, replicas: list[Replica], tmp_path: Path
+) -> None:
+    for rep in replicas:
+        rep.handler = hold_stream
+    gw = await start_gateway(tmp_path, plane, replicas)
+
+    def errors() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for family in gw.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == "inference_objective_request_error_total":
+                    out[sample.labels["error_code"]] = out.get(sample.labels["error_code"], 0) + sample.value
+        return out
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": MODEL, "prompt": "x", "stream": True}
+            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json=body) as r:
+                await r.content.readline()
+            # leaving the block closed the connection mid-stream
+
+        async def counted() -> bool:
+            return bool(errors())
+
+        await async_wait_for(counted, timeout=10, what="the abandoned request to be accounted")
+        assert errors() == {"ClientDisconnected": 1}
+        assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
+    finally:
+        await gw.stop()

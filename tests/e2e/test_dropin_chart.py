@@ -1,0 +1,200 @@
+"""The chart takes values in the reference ``inferencepool`` chart's shape and renders a picker
+that starts: every flag it renders parses with ``infergate epp``'s own option parser, reference
+flags and keys are mapped or refused by ``helm template`` naming them, and the values schema
+refuses unknown keys. Rendered with the real helm binary (see test_deploy_chart.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+
+from infergate.cli import app
+from tests.e2e.test_deploy_chart import (
+    TUTORIAL,
+    by_kind,
+    container,
+    flags,
+    one,
+    render,
+    render_error,
+    validate_all,
+)
+
+EPP = typer.main.get_command(app).commands["epp"]  # type: ignore[attr-defined]
+
+# Written from the reference chart's documented values (GIE v1.5 config/charts/inferencepool).
+REFERENCE_VALUES = """
+inferenceExtension:
+  replicas: 2
+  image: {registry: registry.example, repository: team/infergate, tag: "1.0", pullPolicy: Always}
+  extProcPort: 9002
+  failureMode: FailOpen
+  env: []
+  pluginsConfigFile: default-plugins.yaml
+  pluginsCustomConfig: {}
+  extraContainerPorts: [{name: debug, containerPort: 9999, protocol: TCP}]
+  extraServicePorts: [{name: debug, port: 9999, targetPort: 9999, protocol: TCP}]
+  flags: {v: 1}
+  affinity: {}
+  tolerations: []
+  resources: {requests: {cpu: "4", memory: 8Gi}, limits: {memory: 16Gi}}
+  sidecar: {enabled: false}
+  monitoring:
+    interval: 10s
+    prometheus:
+      enabled: true
+      auth: {enabled: true, secretName: my-reader-token}
+      extraLabels: {team: ml}
+  tracing:
+    enabled: false
+    otelExporterEndpoint: http://localhost:4317
+    sampling: {sampler: parentbased_traceidratio, samplerArg: "0.1"}
+  latencyPredictor: {enabled: false}
+  metricsDataSource: {scheme: http, path: /metrics, insecureSkipVerify: true}
+inferencePool:
+  targetPorts: [{number: 8000}]
+  modelServerType: vllm
+  modelServerProtocol: http
+  parser: ""
+  apiVersion: inference.networking.k8s.io/v1
+  modelServers: {matchLabels: {app: vllm-qwen3-32b}}
+provider:
+  name: istio
+  gke: {autopilot: false}
+  istio: {destinationRule: {host: epp.example.svc, trafficPolicy: {tls: {mode: DISABLE}}}}
+experimentalHttpRoute: {enabled: false, inferenceGatewayName: inference-gateway, requestTimeout: 300s}
+inferenceObjectives: [{name: food-review, priority: 10}]
+"""
+
+
+def _values(tmp_path: Path, text: str = REFERENCE_VALUES) -> list[str]:
+    path = tmp_path / "values.yaml"
+    path.write_text(text)
+    return ["-f", str(path)]
+
+
+def _parses(args: list[str]) -> dict[str, object]:
+    """What ``infergate epp`` makes of ``args`` (click raises on any unknown or malformed flag)."""
+    ctx = EPP.make_context("epp", list(args))
+    return dict(ctx.params)
+
+
+def test_reference_shaped_values_render_a_picker_that_starts(tmp_path: Path) -> None:
+    docs = render(*_values(tmp_path))
+    validate_all(docs)
+    c = container(docs)
+    params = _parses(c["args"])
+    assert params["log_level"] == "info"  # flags: {v: 1}
+    assert params["pool_name"] == "vllm-llama3.1-8b-instruct" and params["secure_serving"] is True
+    assert c["image"] == "registry.example/team/infergate:1.0"
+    assert {"name": "debug", "containerPort": 9999, "protocol": "TCP"} in c["ports"]
+    service = one(docs, "Service")
+    assert "debug" in {p["name"] for p in service["spec"]["ports"]}
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["authorization"]["credentials"]["name"] == "my-reader-token"
+    assert monitor["metadata"]["labels"]["team"] == "ml"
+    rule = one(docs, "DestinationRule")["spec"]
+    assert rule == {"host": "epp.example.svc", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("v", "5", {"log_level": "debug"}),
+        ("zap-log-level", "error", {"log_level": "error"}),
+        ("metrics-endpoint-auth", "false", {"metrics_auth": "disabled"}),
+        ("drain-timeout", "30s", {"grace": 30.0}),
+        ("enable-pprof", "false", {}),
+        ("tracing", "false", {}),
+        ("secure-serving", "false", {"secure_serving": False}),
+        ("flow-control", "false", {"flow_control": False}),
+        ("disable-endpoint-subset-filter", "true", {"disable_endpoint_subset_filter": True}),
+        ("disable-endpoint-subset-filter", "false", {"disable_endpoint_subset_filter": False}),
+        ("refresh-metrics-interval", "100ms", {"refresh_metrics_interval": "100ms"}),
+    ],
+)
+def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: dict[str, object]) -> None:
+    docs = render(*TUTORIAL, "--set-string", f"inferenceExtension.flags.{flag}={value}")
+    params = _parses(container(docs)["args"])
+    assert {k: params[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--set", "inferenceExtension.flags.zap-encoder=json"], "inferenceExtension.flags.zap-encoder"),
+        (["--set", "inferenceExtension.flags.enable-pprof=true"], "inferenceExtension.flags.enable-pprof"),
+        (["--set", "inferenceExtension.flags.ha-enable-leader-election=true"], "ha-enable-leader-election"),
+        (["--set", "inferenceExtension.flags.v=debug"], "inferenceExtension.flags.v"),
+        (["--set", "inferenceExtension.flags.drain-timeout=1m"], "inferenceExtension.flags.drain-timeout"),
+        (
+            ["--set", "inferenceExtension.flags.secure-serving=maybe"],
+            "inferenceExtension.flags.secure-serving",
+        ),
+        (["--set", "inferenceExtension.tracing.enabled=true"], "inferenceExtension.tracing.enabled"),
+        (["--set", "inferenceExtension.sidecar.enabled=true"], "inferenceExtension.sidecar.enabled"),
+        (
+            ["--set", "inferenceExtension.latencyPredictor.enabled=true"],
+            "inferenceExtension.latencyPredictor",
+        ),
+        (["--set", "inferenceExtension.metricsDataSource.scheme=https"], "metricsDataSource"),
+        (["--set", "inferencePool.modelServerProtocol=grpc"], "inferencePool.modelServerProtocol"),
+        (["--set", "inferencePool.parser=passthrough-parser"], "inferencePool.parser"),
+        (["--set", "experimentalHttpRoute.enabled=true"], "experimentalHttpRoute.enabled"),
+    ],
+)
+def test_unsupported_reference_values_fail_at_template_time(args: list[str], named: str) -> None:
+    assert named in render_error(*TUTORIAL, *args)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "inferenceExtension.replica=2",
+        "inferencePool.targetPort=8000",
+        "provider.gke.autoPilot=true",
+        "extra=1",
+    ],
+)
+def test_schema_rejects_unknown_keys(key: str) -> None:
+    error = render_error(*TUTORIAL, "--set", key)
+    assert "Additional property" in error and key.split("=")[0].rsplit(".", 1)[-1] in error
+
+
+def test_every_epp_option_is_accepted_by_the_chart() -> None:
+    """Keeps the chart's list of pass-through flags equal to the CLI's cluster-mode options."""
+    file_mode = {"filename", "pool", "config", "no-metrics-auth", "metrics-token-file"}
+    sample = {"grace": "5", "log-level": "debug", "log-format": "json", "metrics-auth": "disabled"}
+    for param in EPP.params:
+        names = [o[2:] for o in param.opts if o.startswith("--")]
+        name = names[0]
+        if name in file_mode or name == "help":
+            continue
+        value = "true" if getattr(param, "is_flag", False) else sample.get(name, "1")
+        docs = render(*TUTORIAL, "--set-string", f"inferenceExtension.flags.{name}={value}")
+        _parses(container(docs)["args"])
+
+
+def test_pod_monitor_option(tmp_path: Path) -> None:
+    docs = render(
+        *TUTORIAL,
+        "--set", "inferenceExtension.monitoring.prometheus.enabled=true",
+        "--set", "inferenceExtension.monitoring.prometheus.kind=PodMonitor",
+    )  # fmt: skip
+    assert not by_kind(docs, "ServiceMonitor")
+    monitor = one(docs, "PodMonitor")
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["authorization"]["credentials"]["key"] == "token"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"]
+        == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+    ports = {p["name"] for p in container(docs)["ports"]}
+    assert endpoint["port"] in ports
+    assert yaml.safe_dump(monitor)  # a plain mapping
+    assert flags(docs)["metrics-auth"] == "kubernetes"

@@ -1,0 +1,320 @@
+"""EndpointPickerConfig sections beside scheduling: each one takes effect or is refused by name.
+
+The flowControl / saturationDetector mapping is proven on a real FlowController built by the one
+flow-control builder (``flow_control_from_settings``), on a clock the test controls. The upstream
+example configs below are written from llm-d-router v0.10's documented fields (deploy/config/*.yaml
+and plugin READMEs), not copied; each either loads with a stated effect or fails with an error that
+names the field or type infergate does not support.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from infergate.config.picker import parse_picker_config
+from infergate.config.picker_sections import apply_sections, parse_go_duration, parse_quantity
+from infergate.config.settings import GatewaySettings
+from infergate.datastore.store import Datastore
+from infergate.errors import ConfigError, NoCapacityError, RateLimitedError
+from infergate.flowcontrol import FlowController
+from infergate.flowcontrol.settings import flow_control_from_settings
+from infergate.scheduling.scheduler import build_scheduler
+from infergate.telemetry import GatewayMetrics
+from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
+from tests.unit.test_flowcontrol import FakeClock, run_once
+
+HEAD = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+META = EndpointMeta(name="pod-a", address="10.0.0.1", port=8000)
+
+FLOW_CONFIG = (
+    HEAD
+    + """
+featureGates: [flowControl]
+plugins:
+- type: queue-scorer
+- type: utilization-detector
+  parameters: {queueDepthThreshold: 3, kvCacheUtilThreshold: 0.9, metricsStalenessThreshold: 500ms}
+flowControl:
+  maxRequests: 10
+  maxBytes: 1Mi
+  defaultRequestTTL: 1s
+  defaultPriorityBand: {maxRequests: 1, maxBytes: 64Ki}
+  saturationDetector: {pluginRef: utilization-detector}
+"""
+)
+
+
+def _request(rid: str) -> InferenceRequest:
+    return InferenceRequest(request_id=rid, model="m", target_model="m", body_size=10)
+
+
+def test_sections_map_onto_the_gateway_settings() -> None:
+    cfg = parse_picker_config(FLOW_CONFIG)
+    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
+    assert enabled is True  # the gate wins over the CLI default
+    assert (settings.request_ttl, settings.max_queued_requests, settings.max_queued_bytes) == (1.0, 1, 65536)
+    assert (settings.max_queued_requests_total, settings.max_queued_bytes_total) == (10, 1048576)
+    assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (3, 0.9, 0.5)
+    _, config = flow_control_from_settings(settings, pool_name="p")
+    assert (config.default_ttl, config.band_max_requests, config.max_requests, config.max_bytes) == (
+        1.0,
+        1,
+        10,
+        1048576,
+    )
+
+
+async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
+    cfg = parse_picker_config(FLOW_CONFIG)
+    settings, _ = apply_sections(cfg, GatewaySettings(), flow_control=True)
+    detector, config = flow_control_from_settings(settings, pool_name="p")
+    clock = FakeClock()
+    ds = Datastore(clock, staleness=2.0)
+    ds.set_pool(PoolSpec(name="p"))
+    ds.upsert_endpoint(META)
+    # 3 waiting: saturated with queueDepthThreshold 3 (the default 5 would admit at once).
+    ds.update_metrics(META.key, EndpointMetrics(waiting_queue_size=3, updated_at=clock.t))
+    fc = FlowController(
+        ds, detector=detector, clock=clock, config=config, metrics=GatewayMetrics(CollectorRegistry())
+    )
+    first = asyncio.create_task(fc.admit(_request("first")))
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if fc.queued() == 1:
+            break
+    assert fc.queued() == 1
+    with pytest.raises(RateLimitedError):  # the band holds one request
+        run_once(fc.admit(_request("second")))
+    clock.t += 1.01
+    ds.update_metrics(META.key, EndpointMetrics(waiting_queue_size=3, updated_at=clock.t))
+    fc.poke()
+    with pytest.raises(NoCapacityError, match="timed out"):
+        await asyncio.wait_for(first, 5)
+
+
+def test_flow_control_gate_off_turns_queueing_off_and_conflicts_with_the_section() -> None:
+    cfg = parse_picker_config(HEAD + "featureGates: ['flowControl=false']\nplugins: [{type: queue-scorer}]\n")
+    assert apply_sections(cfg, GatewaySettings(), flow_control=True)[1] is False
+    with pytest.raises(ConfigError, match="flowControl: set while featureGates"):
+        parse_picker_config(
+            HEAD + "featureGates: ['flowControl=false']\nflowControl: {defaultRequestTTL: 1s}\n"
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            "featureGates: [flowControll]",
+            r"featureGates\[0\]: unknown feature gate 'flowControll' \(did you mean 'flowControl'\?\)",
+        ),
+        ("featureGates: [enableLegacyMetrics]", "feature gate 'enableLegacyMetrics' is not supported"),
+        ("flowControl: {noEndpointRequestTTL: 5s}", "flowControl.noEndpointRequestTTL: not supported"),
+        ("flowControl: {enableEviction: true}", "flowControl.enableEviction"),
+        ("flowControl: {defaultRequestTTL: soon}", "flowControl.defaultRequestTTL: expected a duration"),
+        ("flowControl: {maxRequests: lots}", "flowControl.maxRequests: expected a quantity"),
+        ("flowControl: {ttl: 1s}", "flowControl.ttl: Extra inputs are not permitted"),
+        (
+            "flowControl: {priorityBands: [{priority: 10, maxRequests: 7}]}",
+            r"flowControl.priorityBands\[0\].maxRequests: per-band capacities",
+        ),
+        (
+            "flowControl: {priorityBands: [{priority: 1, orderingPolicyRef: edf-ordering-policy}]}",
+            r"priorityBands\[0\].orderingPolicyRef: 'edf-ordering-policy' is not supported",
+        ),
+        (
+            "saturationDetector: {pluginRef: nothing}",
+            "saturationDetector.pluginRef: no plugin named 'nothing'",
+        ),
+        (
+            "plugins: [{type: utilization-detector, parameters: {headroom: 0.2}}]",
+            r"plugins\[utilization-detector\].parameters.headroom: burst headroom",
+        ),
+        ("dataLayer: {discovery: {pluginRef: file-discovery}}", "dataLayer.discovery: not supported"),
+        (
+            "parser: {pluginRef: queue-scorer}\nplugins: [{type: queue-scorer}]",
+            "parser.pluginRef: plugin 'queue-scorer' has type",
+        ),
+        (
+            "requestHandler: {parsers: [{pluginRef: x}]}",
+            r"requestHandler.parsers\[0\].pluginRef: no plugin named 'x'",
+        ),
+        ("requestHandler: {parsers: []}\nextra: 1", "extra: Extra inputs are not permitted"),
+    ],
+)
+def test_unsupported_fields_are_refused_by_name(body: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_picker_config(HEAD + body + "\n")
+
+
+def test_unknown_plugin_type_names_the_nearest() -> None:
+    cfg = parse_picker_config(HEAD + "plugins: [{type: queue-scorrer}]\n")
+    with pytest.raises(
+        ConfigError, match="unknown type 'queue-scorrer' \\(did you mean 'queue-scorer'\\?\\)"
+    ):
+        build_scheduler(cfg)
+
+
+def test_units() -> None:
+    assert [parse_quantity(v) for v in (0, "500", "1k", "10Gi", "1.5k")] == [0, 500, 1000, 10 * 2**30, 1500]
+    assert [parse_go_duration(v) for v in ("200ms", "1m30s", "2h")] == [0.2, 90.0, 7200.0]
+    for bad in ("1.5", "-1", "ten"):
+        with pytest.raises(ValueError):
+            parse_quantity(bad)
+
+
+# Configs equivalent to upstream's documented examples: (name, YAML, None = loads, or the error).
+UPSTREAM_EXAMPLES: list[tuple[str, str, str | None]] = [
+    (
+        "GIE default with parser",
+        """
+plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, {type: prefix-cache-scorer},
+          {type: lora-affinity-scorer}, {type: openai-parser}]
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}, {pluginRef: kv-cache-utilization-scorer},
+            {pluginRef: prefix-cache-scorer}, {pluginRef: lora-affinity-scorer}]
+requestHandler: {parsers: [{pluginRef: openai-parser}]}
+""",
+        None,
+    ),
+    (
+        "GIE full reference shape",
+        """
+featureGates: [flowControl]
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+  parameters: {autoTune: true, blockSizeTokens: 16, maxPrefixBlocksToMatch: 256, lruCapacityPerServer: 31250}
+- type: utilization-detector
+  parameters:
+    {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8, metricsStalenessThreshold: 200ms, headroom: 0.0}
+- type: metrics-data-source
+- type: core-metrics-extractor
+- type: openai-parser
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer, weight: 2}, {pluginRef: kv-cache-utilization-scorer, weight: 2},
+            {pluginRef: prefix-cache-scorer, weight: 3}]
+saturationDetector: {pluginRef: utilization-detector}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+parser: {pluginRef: openai-parser}
+flowControl:
+  maxBytes: 10Gi
+  maxRequests: 0
+  defaultRequestTTL: 60s
+  defaultPriorityBand: {maxBytes: 10Gi, maxRequests: 5000}
+""",
+        None,
+    ),
+    (
+        "approx producer with parameters (sim-epp-config shape, without decode-filter)",
+        """
+plugins:
+- type: approx-prefix-cache-producer
+  parameters: {maxPrefixTokensToMatch: 16384, lruCapacityPerServer: 31250}
+- type: prefix-cache-scorer
+- type: max-score-picker
+- type: single-profile-handler
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: max-score-picker}, {pluginRef: prefix-cache-scorer, weight: 2}]
+""",
+        None,
+    ),
+    (
+        "P/D (pd-epp-config shape)",
+        """
+plugins: [{type: prefill-filter}, {type: decode-filter}, {type: max-score-picker}]
+schedulingProfiles:
+- {name: prefill, plugins: [{pluginRef: prefill-filter}, {pluginRef: max-score-picker}]}
+- {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: max-score-picker}]}
+""",
+        "unknown type 'prefill-filter'",
+    ),
+    (
+        "soft reflective ceiling",
+        """
+featureGates: [flowControl]
+plugins: [{type: queue-scorer}, {type: soft-reflective-ceiling-policy}]
+flowControl: {usageLimitPolicyPluginRef: soft-reflective-ceiling-policy}
+""",
+        "soft-reflective-ceiling-policy",
+    ),
+    (
+        "concurrency detector",
+        """
+plugins: [{type: queue-scorer}, {type: concurrency-detector, parameters: {maxConcurrency: 100}}]
+flowControl: {saturationDetector: {pluginRef: concurrency-detector}}
+""",
+        "concurrency-detector",
+    ),
+    (
+        "metrics source over https",
+        """
+plugins: [{type: queue-scorer}, {type: metrics-data-source, parameters: {scheme: https}}]
+""",
+        "scheme",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "error"), UPSTREAM_EXAMPLES, ids=[e[0] for e in UPSTREAM_EXAMPLES])
+def test_upstream_example_configs_take_effect_or_fail(name: str, body: str, error: str | None) -> None:
+    def load() -> None:
+        cfg = parse_picker_config(HEAD + body)
+        build_scheduler(cfg)
+        apply_sections(cfg, GatewaySettings(), flow_control=True)
+
+    if error is None:
+        load()
+    else:
+        with pytest.raises(ConfigError, match=error):
+            load()
+
+
+def test_producer_parameters_reach_the_scorer() -> None:
+    cfg = parse_picker_config(HEAD + UPSTREAM_EXAMPLES[2][1])
+    scorer = cfg.plugin("prefix-cache-scorer")
+    assert scorer.parameters == {"maxPrefixTokensToMatch": 16384, "lruCapacityPerServer": 31250}
+    with pytest.raises(ConfigError, match="differ from approx-prefix-cache-producer"):
+        parse_picker_config(
+            HEAD
+            + """
+plugins:
+- {type: approx-prefix-cache-producer, parameters: {blockSizeTokens: 32}}
+- {type: prefix-cache-scorer, parameters: {blockSizeTokens: 16}}
+"""
+        )
+
+
+def test_gie_reference_config_changes_nothing_but_what_it_states() -> None:
+    cfg = parse_picker_config(HEAD + UPSTREAM_EXAMPLES[1][1])
+    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
+    assert enabled
+    assert settings.request_ttl == 60.0 and settings.max_queued_requests == 5000
+    assert settings.max_queued_bytes == 10 * 2**30 and settings.max_queued_requests_total is None
+    assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (5, 0.8, 0.2)
+    # The generated default profile leaves out the data-layer and parser plugins.
+    plain = parse_picker_config(HEAD + "plugins: [{type: queue-scorer}, {type: openai-parser}]\n")
+    assert [r.plugin_ref for r in plain.scheduling_profiles[0].plugins] == ["queue-scorer"]
+
+
+def test_a_non_scheduling_plugin_in_a_profile_is_refused() -> None:
+    cfg = parse_picker_config(
+        HEAD
+        + """
+plugins: [{type: utilization-detector}, {type: max-score-picker}]
+schedulingProfiles:
+- {name: default, plugins: [{pluginRef: utilization-detector}, {pluginRef: max-score-picker}]}
+"""
+    )
+    with pytest.raises(
+        ConfigError, match="'utilization-detector' \\(type utilization-detector\\) is not a filter"
+    ):
+        build_scheduler(cfg)
