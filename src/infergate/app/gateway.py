@@ -374,6 +374,7 @@ class Gateway:
                 # Envoy's idle timer also runs while the head is awaited
                 stream_idle_timeout=f"{max(s.stream_idle_timeout, first_byte or s.request_timeout):g}s",
                 connect_timeout=f"{s.connect_timeout:g}s",
+                max_request_bytes=s.max_body_bytes,
             )
             self.envoy = EnvoyProcess(render_bootstrap(settings))
             await self.envoy.start_async()

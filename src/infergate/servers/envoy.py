@@ -1,10 +1,10 @@
 """Local Envoy data plane: bootstrap generation and a supervised Envoy child process.
 
 This module owns what Envoy must be told so it asks the picker where every request goes: a listener
-(from the Gateway), one route per HTTPRoute prefix, the ext_proc filter in FULL_DUPLEX_STREAMED
-mode pointing at the picker, and an ORIGINAL_DST cluster that connects to whatever
-``x-gateway-destination-endpoint`` names (the GIE reference's test Envoy, §2.9). Two deliberate
-additions over the reference:
+(from the Gateway), one route per HTTPRoute prefix, the ext_proc filter pointing at the picker
+(request bodies BUFFERED, responses FULL_DUPLEX_STREAMED), and an ORIGINAL_DST cluster that
+connects to whatever ``x-gateway-destination-endpoint`` names (the GIE reference's test Envoy,
+§2.9). Two deliberate additions over the reference:
 
 * the client's own ``x-gateway-destination-endpoint`` is removed before any filter runs (early
   header mutation), so a client can never choose the upstream address, even when the picker is
@@ -68,8 +68,11 @@ class EnvoySettings:
 
     ``route_prefixes`` are the HTTPRoute PathPrefix matches; ``fallback_endpoints`` (``host:port``)
     are used only when the picker fails and ``failure_mode`` is ``FailOpen``. ``request_body_mode``
-    None means FULL_DUPLEX_STREAMED for FailClose and BUFFERED for FailOpen: Envoy can only let a
-    request continue past a failed picker if it still holds the body (full-duplex hands it over).
+    None means BUFFERED in both failure modes: Envoy can only let a request continue past a failed
+    picker if it still holds the body (full-duplex hands it over), and Envoy applies
+    ``message_timeout`` to no message of a FULL_DUPLEX_STREAMED request, so a frozen picker would
+    hold FailClose requests until an idle timeout. The picker needs the whole body before it can
+    route anyway; ``max_request_bytes`` bounds it (the gateway's ``max_body_bytes``).
     """
 
     listen_host: str = "0.0.0.0"
@@ -84,11 +87,12 @@ class EnvoySettings:
     admin_port: int = 0
     request_body_mode: str | None = None
     response_body_mode: str = "FULL_DUPLEX_STREAMED"
-    max_request_bytes: int = 8 << 20
+    max_request_bytes: int = 32 << 20
+    """Largest request body Envoy buffers for the picker (413 above): ``max_body_bytes``."""
     message_timeout: str = "65s"
     """How long Envoy waits for one picker reply; bounds a frozen picker. The picker may hold the
-    request-headers reply while the request waits in flow control, so this is the queue TTL
-    (``request_ttl``, 60 s) plus a margin."""
+    body reply while the request waits in flow control, so this is the queue TTL (``request_ttl``,
+    60 s) plus a margin. Envoy ignores it in FULL_DUPLEX_STREAMED body mode."""
     grpc_timeout: str = "10s"
     picker_health_check: bool = True
     max_connections: int = 40000
@@ -136,9 +140,7 @@ def _thresholds(n: int, **extra: int) -> dict[str, Any]:
 
 
 def _request_mode(s: EnvoySettings) -> str:
-    if s.request_body_mode is not None:
-        return s.request_body_mode
-    return "BUFFERED" if s.failure_mode == "FailOpen" else "FULL_DUPLEX_STREAMED"
+    return s.request_body_mode or "BUFFERED"
 
 
 def _ext_proc_filter(s: EnvoySettings) -> dict[str, Any]:
@@ -406,7 +408,11 @@ def _local_reply_config() -> dict[str, Any]:
             },
         }
 
-    return {"mappers": [mapper(400, 499, "invalid_request_error"), mapper(500, 599, "upstream_error")]}
+    too_large = mapper(413, 413, "invalid_request_error")  # a body over the buffer, as the picker's
+    too_large["body_format_override"]["json_format"]["error"]["code"] = "request_too_large"
+    return {
+        "mappers": [too_large, mapper(400, 499, "invalid_request_error"), mapper(500, 599, "upstream_error")]
+    }
 
 
 def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) -> dict[str, Any]:

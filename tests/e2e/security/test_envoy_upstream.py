@@ -106,7 +106,7 @@ async def test_a_request_that_never_reached_its_replica_is_retried_once(
 ) -> None:
     # Probes and scrapes far apart: the picker keeps choosing the replicas after they are gone.
     settings = GatewaySettings(
-        health_interval=300, scrape_interval=300, staleness=600, flow_control=False, retries=1
+        health_interval=300, scrape_interval=300, staleness=600, saturation_staleness=600, retries=1
     )
     gw = await start_gateway(tmp_path, "envoy", replicas, settings=settings)
     try:
