@@ -16,7 +16,7 @@ from typing import Protocol
 
 from infergate.errors import BadRequestError, ConfigError, PermissionDeniedError, RequestError
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.parsing import ParsedBody, api_kind_for_path
+from infergate.requestcontrol.parsing import ParsedBody, api_kind_for_path, context_exceeded
 from infergate.types import ApiKind
 
 __all__ = [
@@ -212,11 +212,7 @@ class RequestLimits:
                     code="invalid_token_id",
                 )
         if context is not None and ids.longest > context:
-            raise BadRequestError(
-                f"the prompt has {ids.longest} tokens, more than the model's context of {context} tokens",
-                param=prompt,
-                code="context_length_exceeded",
-            )
+            raise context_exceeded(ids.longest, context, prompt)
 
 
 CONTROL_HEADER_MODES = ("auto", "trusted", "keys")

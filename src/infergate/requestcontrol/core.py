@@ -207,8 +207,10 @@ class RequestCore:
         )
 
     def parse(self, path: str, body: bytes) -> ParsedBody:
-        """The body's routing fields (400 when malformed or over the message limit)."""
-        return parse_body(path, body, max_messages=self.limits.max_messages)
+        """The body's routing fields (400 when malformed, over the message limit or, for token-id
+        prompts, over the context length: refused before the costly part of parsing)."""
+        context = self.limits.max_model_len or self._ds.max_model_len()
+        return parse_body(path, body, max_messages=self.limits.max_messages, max_prompt_ids=context)
 
     def admit(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 from infergate.errors import BadRequestError
 from infergate.types import ApiKind
 
-__all__ = ["ParsedBody", "TokenIds", "api_kind_for_path", "parse_body", "rewrite_model"]
+__all__ = ["ParsedBody", "TokenIds", "api_kind_for_path", "context_exceeded", "parse_body", "rewrite_model"]
 
 # A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate (not encodable as UTF-8) gets in.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -115,6 +115,13 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_id_list(value: object) -> bool:
+    """A non-empty list of token ids. Type checks at C speed: a poison prompt carries millions of
+    ids, and a per-item Python call would hold the event loop for seconds (``bool`` is excluded,
+    ``type(True)`` is not ``int``)."""
+    return isinstance(value, list) and bool(value) and set(map(type, value)) == {int}
+
+
 def _prompt_text(prompt: object) -> str:
     """Completions ``prompt``: a string, strings, token ids, or lists of token ids."""
     if isinstance(prompt, str):
@@ -122,10 +129,10 @@ def _prompt_text(prompt: object) -> str:
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return "\n".join(prompt)
-        if all(_is_int(p) for p in prompt):
-            return " ".join(str(p) for p in prompt)
-        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
-            return "\n".join(" ".join(str(t) for t in p) for p in prompt)
+        if _is_id_list(prompt):
+            return " ".join(map(str, prompt))
+        if all(_is_id_list(p) for p in prompt):
+            return "\n".join(" ".join(map(str, p)) for p in prompt)
     raise BadRequestError(
         "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists",
         param="prompt",
@@ -136,9 +143,9 @@ def _token_ids(value: object) -> TokenIds | None:
     """Summary of a token-id prompt (a list of ids or a list of id lists); None for text."""
     if not isinstance(value, list) or not value:
         return None
-    if all(_is_int(t) for t in value):
+    if _is_id_list(value):
         return TokenIds(longest=len(value), lowest=min(value), highest=max(value))
-    if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in value):
+    if all(_is_id_list(p) for p in value):
         return TokenIds(
             longest=max(len(p) for p in value),
             lowest=min(min(p) for p in value),
@@ -246,12 +253,33 @@ def _max_tokens(data: dict[str, Any]) -> int | None:
     return None
 
 
-def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> ParsedBody:
+def context_exceeded(longest: int, context: int, param: str) -> BadRequestError:
+    """The 400 for a token-id prompt longer than the model's context."""
+    return BadRequestError(
+        f"the prompt has {longest} tokens, more than the model's context of {context} tokens",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def _ids_within(value: object, max_ids: int | None, param: str) -> TokenIds | None:
+    """The token-id summary, refusing a prompt over ``max_ids`` before its text is built (joining
+    millions of ids is the costliest step of parsing such a body)."""
+    ids = _token_ids(value)
+    if ids is not None and max_ids is not None and ids.longest > max_ids:
+        raise context_exceeded(ids.longest, max_ids, param)
+    return ids
+
+
+def parse_body(
+    path: str, body: bytes, *, max_messages: int | None = None, max_prompt_ids: int | None = None
+) -> ParsedBody:
     """Decode and validate one OpenAI request body for ``path``.
 
     Raises BadRequestError for empty, non-UTF-8, non-JSON or non-object bodies, a missing or
     non-string ``model``, a missing or malformed ``prompt``/``messages``/``input``, a non-boolean
-    ``stream``, an out-of-range ``max_tokens`` and an ``n`` below 1. How large ``n`` and a token-id
+    ``stream``, an out-of-range ``max_tokens``, an ``n`` below 1 and a token-id prompt longer than
+    ``max_prompt_ids`` (checked before the prompt text is built). How large ``n`` and a token-id
     prompt may be is a policy decision (``RequestLimits``), not a parsing one.
     """
     api = api_kind_for_path(path)
@@ -274,8 +302,8 @@ def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> Pa
     if api is ApiKind.COMPLETIONS:
         if "prompt" not in data:
             raise BadRequestError("'prompt' is required", param="prompt")
+        token_ids = _ids_within(data["prompt"], max_prompt_ids, "prompt")
         prompt = _prompt_text(data["prompt"])
-        token_ids = _token_ids(data["prompt"])
     elif api is ApiKind.CHAT:
         prompt = _chat_text(data.get("messages"), max_messages)
     elif api is ApiKind.MESSAGES:
@@ -284,8 +312,8 @@ def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> Pa
     elif api is ApiKind.EMBEDDINGS:
         if "input" not in data:
             raise BadRequestError("'input' is required", param="input")
+        token_ids = _ids_within(data["input"], max_prompt_ids, "input")
         prompt = _embedding_text(data["input"])
-        token_ids = _token_ids(data["input"])
     else:
         inp = data.get("input")
         prompt = inp if isinstance(inp, str) else ""

@@ -10,10 +10,10 @@ that nothing it sent as an attacker reached a model server. The gateway is the r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -119,7 +119,14 @@ class Replica:
             await self.runner.cleanup()
 
 
-def pool_docs(replicas: list[Replica], objectives: dict[str, int]) -> list[dict[str, object]]:
+class Server(Protocol):
+    """A model server the gateway routes to: a fake :class:`Replica` or a real simulator."""
+
+    @property
+    def key(self) -> str: ...
+
+
+def pool_docs(replicas: Sequence[Server], objectives: dict[str, int]) -> list[dict[str, object]]:
     """The pool of ``replicas`` with ``objectives`` (``tests.support.static_pool_docs``)."""
     return static_pool_docs([r.key for r in replicas], objectives=objectives)
 
@@ -127,7 +134,7 @@ def pool_docs(replicas: list[Replica], objectives: dict[str, int]) -> list[dict[
 async def start_gateway(
     tmp: Path,
     plane: str,
-    replicas: list[Replica],
+    replicas: Sequence[Server],
     *,
     api_keys: Authenticator | None = None,
     settings: GatewaySettings | None = None,
