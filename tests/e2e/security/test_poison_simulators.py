@@ -80,10 +80,10 @@ async def test_poison_requests_never_reach_the_simulators(
                 url = f"http://127.0.0.1:{gw.port}/v1/completions"
                 data = io.BytesIO(json.dumps({"model": MODEL, **body}).encode())
                 async with s.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
-                    err = assert_openai_error(
+                    error = assert_openai_error(
                         r.status, r.content_type, await r.text(), 400, "invalid_request_error"
                     )
-                assert err["code"] == code, err
+                assert error["code"] == code, error
         # beyond what vLLM accepts but inside the gateway's limits: the simulator's own 400 passes
         with pytest.raises(openai.BadRequestError) as err:
             await client.completions.create(model=MODEL, prompt="x", n=2, temperature=0)
