@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from infergate.config.settings import GatewaySettings
 from infergate.servers.proxy import ProxyServer
-from tests.e2e.security.conftest import MODEL, Replica, start_gateway
+from tests.e2e.security.conftest import MODEL, PLANES, Replica, start_gateway
 from tests.support import async_wait_for
 
 
@@ -144,9 +145,12 @@ class JumpClock:
         return time.monotonic() + self.offset
 
 
-async def test_stale_metrics_queue_requests_instead_of_503(replicas: list[Replica], tmp_path: Path) -> None:
+@pytest.mark.parametrize("plane", PLANES)
+async def test_stale_metrics_queue_requests_instead_of_503(
+    plane: str, replicas: list[Replica], tmp_path: Path
+) -> None:
     clock = JumpClock()
-    gw = await start_gateway(tmp_path, "builtin", replicas, clock=clock)
+    gw = await start_gateway(tmp_path, plane, replicas, clock=clock)
     try:
         gate = asyncio.Event()
         for rep in replicas:
