@@ -17,6 +17,9 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from infergate.config.settings import Settings
 
 
 def free_port() -> int:
@@ -51,6 +54,21 @@ async def async_wait_for(
     while True:
         if await predicate():
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def eventually(
+    predicate: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.01, what: str = "condition"
+) -> None:
+    """Async poll of a plain (non-async) condition until it holds; fails after ``timeout`` seconds.
+
+    The deadline is a bound against hangs, never a measurement: keep it generous (the machine may be
+    loaded) and make the condition itself tell the behaviour apart.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
@@ -172,3 +190,10 @@ def static_pool_docs(
         }
     )
     return docs
+
+
+def local_settings(changes: dict[str, Any] | None = None) -> Settings:
+    """Gateway settings for a test on loopback: 127.0.0.1, free inference and admin ports, and
+    ``changes`` (dotted setting paths such as ``scrape.health_interval``)."""
+    base = {"listeners.host": "127.0.0.1", "listeners.port": 0, "listeners.admin_port": 0}
+    return Settings().replace({**base, **(changes or {})})

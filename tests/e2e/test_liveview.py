@@ -295,7 +295,7 @@ async def live_pool() -> AsyncIterator[LivePool]:
     pool = LivePool(ds, flow, log, sched, f"http://127.0.0.1:{port}", [m.key for m in metas])
     for rid, prio, fid in [("q1", 20, "tenant-a"), ("q2", 10, "tenant-b"), ("q3", 10, "tenant-c")]:
         pool.waiters.append(asyncio.create_task(flow.admit(_req(rid, priority=prio, fairness=fid))))
-    deadline = asyncio.get_running_loop().time() + 5.0
+    deadline = asyncio.get_running_loop().time() + 30.0
     while flow.queued() < 3:
         assert asyncio.get_running_loop().time() < deadline, "requests did not queue"
         await asyncio.sleep(0.01)

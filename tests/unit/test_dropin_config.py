@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from infergate.config.picker import parse_picker_config
 from infergate.config.picker_sections import apply_sections, parse_go_duration, parse_quantity
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError, NoCapacityError, RateLimitedError
 from infergate.flowcontrol import FlowController
@@ -53,12 +53,13 @@ def _request(rid: str) -> InferenceRequest:
 
 def test_sections_map_onto_the_gateway_settings() -> None:
     cfg = parse_picker_config(FLOW_CONFIG)
-    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
-    assert enabled is True  # the gate wins over the CLI default
+    full = apply_sections(cfg, Settings().replace({"flow_control.enabled": False}))
+    settings = full.flow_control
+    assert settings.enabled is True  # the gate wins over the CLI default
     assert (settings.request_ttl, settings.max_queued_requests, settings.max_queued_bytes) == (1.0, 1, 65536)
     assert (settings.max_queued_requests_total, settings.max_queued_bytes_total) == (10, 1048576)
     assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (3, 0.9, 0.5)
-    _, config = flow_control_from_settings(settings, pool_name="p")
+    _, config = flow_control_from_settings(full, pool_name="p")
     assert (config.default_ttl, config.band_max_requests, config.max_requests, config.max_bytes) == (
         1.0,
         1,
@@ -69,7 +70,7 @@ def test_sections_map_onto_the_gateway_settings() -> None:
 
 async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
     cfg = parse_picker_config(FLOW_CONFIG)
-    settings, _ = apply_sections(cfg, GatewaySettings(), flow_control=True)
+    settings = apply_sections(cfg, Settings())
     detector, config = flow_control_from_settings(settings, pool_name="p")
     clock = FakeClock()
     ds = Datastore(clock, staleness=2.0)
@@ -97,7 +98,7 @@ async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
 
 def test_flow_control_gate_off_turns_queueing_off_and_conflicts_with_the_section() -> None:
     cfg = parse_picker_config(HEAD + "featureGates: ['flowControl=false']\nplugins: [{type: queue-scorer}]\n")
-    assert apply_sections(cfg, GatewaySettings(), flow_control=True)[1] is False
+    assert apply_sections(cfg, Settings()).flow_control.enabled is False
     with pytest.raises(ConfigError, match="flowControl: set while featureGates"):
         parse_picker_config(
             HEAD + "featureGates: ['flowControl=false']\nflowControl: {defaultRequestTTL: 1s}\n"
@@ -269,7 +270,7 @@ def test_upstream_example_configs_take_effect_or_fail(name: str, body: str, erro
     def load() -> None:
         cfg = parse_picker_config(HEAD + body)
         build_scheduler(cfg)
-        apply_sections(cfg, GatewaySettings(), flow_control=True)
+        apply_sections(cfg, Settings())
 
     if error is None:
         load()
@@ -295,8 +296,8 @@ plugins:
 
 def test_gie_reference_config_changes_nothing_but_what_it_states() -> None:
     cfg = parse_picker_config(HEAD + UPSTREAM_EXAMPLES[1][1])
-    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
-    assert enabled
+    settings = apply_sections(cfg, Settings().replace({"flow_control.enabled": False})).flow_control
+    assert settings.enabled
     assert settings.request_ttl == 60.0 and settings.max_queued_requests == 5000
     assert settings.max_queued_bytes == 10 * 2**30 and settings.max_queued_requests_total is None
     assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (5, 0.8, 0.2)

@@ -8,7 +8,7 @@ find one of them silently dropped, so this module either maps each field onto th
 settings or refuses it with an error naming the field:
 
 - ``flowControl`` TTL and capacities and the ``utilization-detector`` thresholds become
-  :class:`~infergate.config.settings.GatewaySettings` fields, which the one flow-control builder
+  :class:`~infergate.config.settings.FlowControlSettings` fields, which the one flow-control builder
   (``flowcontrol.settings.flow_control_from_settings``) reads;
 - ``featureGates: [flowControl]`` / ``flowControl=false`` switch queueing on/off;
 - sections naming behaviour infergate has built in (``metrics-data-source`` scraping ``/metrics``
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import FlowControlSettings, Settings
 from infergate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ class StaticUsageLimitParams(_Strict):
         if value != 1.0:
             raise ValueError(
                 "a ceiling below 1.0 for every priority is not supported; infergate keeps "
-                "room only for the top band (GatewaySettings.flow_control_headroom)"
+                "room only for the top band (the flow_control.headroom setting)"
             )
         return value
 
@@ -235,7 +235,7 @@ class StaticUsageLimitParams(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class SectionEffects:
-    """What the sections change: GatewaySettings fields, and flow control on/off (None: unchanged)."""
+    """What the sections change: FlowControlSettings fields, and flow control on/off (None: unchanged)."""
 
     settings: dict[str, Any] = field(default_factory=dict)
     flow_control: bool | None = None
@@ -381,7 +381,9 @@ class _Reader:
             ("max_queued_requests", requests, "maxRequests"),
             ("max_queued_bytes", size, "maxBytes"),
         ):
-            if value and value != self.effects.get(key, getattr(GatewaySettings(), key)):
+            if value and value != self.effects.get(
+                key, getattr(FlowControlSettings(), _SECTION_FIELDS.get(key, key))
+            ):
                 raise ConfigError(
                     f"{where}.{name}: per-band capacities that differ from defaultPriorityBand are "
                     "not supported (every band has the default band's capacity); set "
@@ -518,14 +520,17 @@ def check_sections(config: EndpointPickerConfig) -> None:
     _read(config)
 
 
-def apply_sections(
-    config: EndpointPickerConfig, settings: GatewaySettings, *, flow_control: bool
-) -> tuple[GatewaySettings, bool]:
-    """``settings`` and the flow-control switch with the config's sections applied.
+def apply_sections(config: EndpointPickerConfig, settings: Settings) -> Settings:
+    """``settings`` with the config's sections applied (all of them are ``flow_control.*`` settings).
 
-    A ``featureGates`` entry for ``flowControl`` wins over ``flow_control`` (the CLI default).
+    A ``featureGates`` entry for ``flowControl`` wins over ``flow_control.enabled``.
     """
     effects = _read(config)
-    changed = settings.replace(**effects.settings) if effects.settings else settings
-    enabled = flow_control if effects.flow_control is None else effects.flow_control
-    return changed, enabled
+    changes = {f"flow_control.{_SECTION_FIELDS.get(k, k)}": v for k, v in effects.settings.items()}
+    if effects.flow_control is not None:
+        changes["flow_control.enabled"] = effects.flow_control
+    return settings.replace(changes) if changes else settings
+
+
+_SECTION_FIELDS = {"flow_control_headroom": "headroom"}
+"""Effect names that differ from their ``FlowControlSettings`` field."""

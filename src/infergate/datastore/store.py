@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from infergate.config.settings import Settings
 from infergate.types import (
     Clock,
     Endpoint,
@@ -45,6 +46,11 @@ class Datastore:
         staleness: seconds after the last successful scrape during which an endpoint's metrics
             still count as fresh. An endpoint never scraped (``updated_at == 0``) is never fresh.
     """
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Datastore:
+        """A datastore judging metrics stale after ``scrape.staleness``."""
+        return cls(clock, staleness=settings.scrape.staleness)
 
     def __init__(self, clock: Clock | None = None, *, staleness: float = 2.0) -> None:
         if staleness <= 0:

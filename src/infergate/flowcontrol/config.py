@@ -1,4 +1,4 @@
-"""Flow-control settings: one frozen value object the app builds from GatewaySettings / flags.
+"""Flow-control settings: one frozen value object the app builds from the ``flow_control`` settings group.
 
 Kept apart from the controller so that the data planes, the CLI and the digital twin can build a
 configuration without pulling in asyncio code.

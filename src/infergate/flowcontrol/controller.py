@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError, RateLimitedError
 from infergate.flowcontrol.config import FlowControlConfig
@@ -41,6 +42,26 @@ class FlowController:
     the request's TTL runs out in the queue. Cancelling ``admit`` (client gone) removes the request
     from its queue at once.
     """
+
+    @classmethod
+    def from_settings(
+        cls,
+        datastore: Datastore,
+        settings: Settings,
+        *,
+        pool_name: str,
+        connection_limit: int | None = None,
+        clock: Clock | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> FlowController:
+        """The ``flow_control`` settings group's controller for ``pool_name`` (see
+        :func:`~infergate.flowcontrol.settings.flow_control_from_settings` for ``connection_limit``)."""
+        from infergate.flowcontrol.settings import flow_control_from_settings
+
+        detector, config = flow_control_from_settings(
+            settings, pool_name=pool_name, connection_limit=connection_limit
+        )
+        return cls(datastore, detector=detector, clock=clock, config=config, metrics=metrics)
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from infergate.config.settings import Settings
 from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import (
@@ -187,6 +188,51 @@ class Director:
         self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
         self._response_hook = getattr(scheduler, "response_headers", None)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        datastore: DatastoreView,
+        scheduler: SchedulerLike,
+        flow: FlowControllerLike | None,
+        clock: Clock | None = None,
+        metrics: GatewayMetrics | None = None,
+        rng: random.Random | None = None,
+        honor_subset_hint: bool = True,
+        authenticator: Authenticator | None = None,
+        objective_max_tokens: Mapping[str, int] | None = None,
+    ) -> Director:
+        """A Director with ``proxy.retries``, the ``limits`` group and ``auth.control_headers``.
+
+        ``objective_max_tokens`` are ceilings found in the pool's objects (annotations); the
+        ``limits.objective_max_tokens`` setting wins over them.
+        """
+        lim = settings.limits
+        director = cls(
+            datastore=datastore,
+            scheduler=scheduler,
+            flow=flow,
+            clock=clock,
+            metrics=metrics,
+            rng=rng,
+            max_attempts=1 + settings.proxy.retries,
+            honor_subset_hint=honor_subset_hint,
+        )
+        director.configure_access(
+            authenticator=authenticator,
+            limits=RequestLimits(
+                max_messages=lim.max_messages,
+                max_tokens=lim.max_tokens_ceiling,
+                objective_max_tokens={**(objective_max_tokens or {}), **lim.objective_max_tokens},
+                max_n=lim.max_n,
+                vocab_size=lim.vocab_size,
+                max_model_len=lim.max_model_len,
+            ),
+            control_headers=settings.auth.control_headers,
+        )
+        return director
 
     def configure_access(
         self,

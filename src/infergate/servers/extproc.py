@@ -36,6 +36,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from infergate.config.settings import Settings
 from infergate.errors import ClientDisconnectedError, InternalError, RequestError, RequestTooLargeError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import Route, classify_request
@@ -345,6 +346,31 @@ class ExtProcServer:
         self._options = list(options)
         self._server: grpc.aio.Server | None = None
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        director: Director,
+        *,
+        host: str,
+        port: int,
+        tls: TlsSettings | bool | None,
+        health: grpc_health.aio.HealthServicer | None = None,
+        endpoints: EndpointSource | None = None,
+        rng: random.Random | None = None,
+    ) -> ExtProcServer:
+        """The picker's server buffering at most ``limits.max_body_bytes`` per request."""
+        return serve_extproc(
+            director,
+            host,
+            port,
+            health=health,
+            endpoints=endpoints,
+            tls=tls,
+            rng=rng,
+            max_body_bytes=settings.limits.max_body_bytes,
+        )
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
@@ -414,7 +440,7 @@ def serve_extproc(
 
     ``endpoints`` (normally the Datastore) answers bodiless requests; ``tls=True`` serves a
     self-signed certificate, a :class:`TlsSettings` may point at ``tls.crt``/``tls.key``.
-    ``max_body_bytes`` bounds what is buffered per request (413 above, GatewaySettings.max_body_bytes).
+    ``max_body_bytes`` bounds what is buffered per request (413 above, the ``limits.max_body_bytes`` setting).
     """
     settings = TlsSettings() if tls is True else (tls or None)
     processor = ExternalProcessor(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from infergate.config.settings import Settings
 from infergate.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -45,7 +46,7 @@ from infergate.errors import (
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import MethodNotAllowedError, PathNotFoundError, Route, classify_request
 from infergate.requestcontrol.director import Director, RequestContext
-from infergate.servers.listener import LimitedListener
+from infergate.servers.listener import LimitedListener, client_connection_budget
 from infergate.servers.upstream import (
     Exchange,
     UpstreamAborted,
@@ -70,7 +71,7 @@ _JSON = "application/json"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyOptions:
-    """Limits and timeouts of the built-in proxy (mapped from GatewaySettings by the app)."""
+    """Limits and timeouts of the built-in proxy (built from the settings by :meth:`from_settings`)."""
 
     route_prefixes: tuple[str, ...] = ("/",)
     max_body_bytes: int = 8 << 20
@@ -94,6 +95,29 @@ class ProxyOptions:
     evicted_idle_factor: float = 4.0
     max_client_connections: int = 10000
     """Client connections open at once; more are closed at accept (the admin port has its own)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, route_prefixes: Sequence[str] = ("/",)) -> ProxyOptions:
+        """The ``proxy``, ``limits`` and ``listeners`` settings the built-in proxy reads."""
+        p, lim, lis = settings.proxy, settings.limits, settings.listeners
+        return cls(
+            route_prefixes=tuple(route_prefixes),
+            max_body_bytes=lim.max_body_bytes,
+            max_header_bytes=lim.max_header_bytes,
+            connect_timeout=p.connect_timeout,
+            read_timeout=min(p.request_timeout, p.first_byte_timeout or p.request_timeout),
+            keepalive_timeout=lis.idle_timeout,
+            body_timeout=lis.idle_timeout,
+            shutdown_grace=p.shutdown_grace,
+            served_header=p.served_header,
+            max_connections_per_endpoint=p.max_connections_per_endpoint,
+            stream_idle_timeout=p.stream_idle_timeout,
+            evicted_idle_timeout=p.evicted_idle_timeout,
+            evicted_idle_factor=p.evicted_idle_factor,
+            max_client_connections=client_connection_budget(
+                lis.max_client_connections, reserved=lis.admin_max_connections
+            ),
+        )
 
 
 class EndpointSource(Protocol):

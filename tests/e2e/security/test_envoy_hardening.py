@@ -14,7 +14,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
 from tests.e2e.security.conftest import MODEL, Replica, start_gateway
 from tests.support import free_port
@@ -121,7 +121,9 @@ async def test_fail_close_answers_within_the_message_timeout_when_the_picker_is_
 async def test_slow_clients_are_bounded_on_envoy(live: Replica, tmp_path: Path) -> None:
     """A head never finished is closed; a body that never arrives (a lying Content-Length) is
     answered 408 in the OpenAI error shape - both after the configured client timeouts."""
-    settings = GatewaySettings(health_interval=0.05, idle_timeout=1.0, request_ttl=1.0)
+    settings = Settings().replace(
+        {"scrape.health_interval": 0.05, "listeners.idle_timeout": 1.0, "flow_control.request_ttl": 1.0}
+    )
     gw = await start_gateway(tmp_path, "envoy", [live], settings=settings)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)

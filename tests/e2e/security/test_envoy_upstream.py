@@ -18,7 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from infergate.app.gateway import Gateway
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
+from infergate.dataplanes.extproc import EnvoyDataPlane
 from tests.e2e.security.conftest import MODEL, Replica, start_gateway
 from tests.e2e.security.test_request_policy import assert_openai_error
 
@@ -27,9 +28,11 @@ FIRST_BYTE = 2.0
 
 def envoy_stats(gw: Gateway, cluster: str = "original_destination_cluster") -> dict[str, int]:
     """Counters of one Envoy cluster from the admin endpoint (``upstream_rq_retry`` -> n)."""
-    assert gw.envoy is not None and gw.envoy.admin_address is not None
+    plane = gw.data_plane
+    assert isinstance(plane, EnvoyDataPlane) and plane.envoy is not None
+    assert plane.envoy.admin_address is not None
     prefix = f"cluster.{cluster}."
-    url = f"http://{gw.envoy.admin_address}/stats?filter=^{prefix}"
+    url = f"http://{plane.envoy.admin_address}/stats?filter=^{prefix}"
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
     out: dict[str, int] = {}
@@ -51,7 +54,9 @@ async def test_a_stalled_replica_gets_a_first_byte_timeout_and_no_resend(
 ) -> None:
     for rep in replicas:
         rep.handler = stall
-    settings = GatewaySettings(health_interval=0.05, first_byte_timeout=FIRST_BYTE, retries=1)
+    settings = Settings().replace(
+        {"scrape.health_interval": 0.05, "proxy.first_byte_timeout": FIRST_BYTE, "proxy.retries": 1}
+    )
     gw = await start_gateway(tmp_path, "envoy", replicas, settings=settings)
     try:
         body = {"model": MODEL, "prompt": "x"}
@@ -83,7 +88,7 @@ async def test_the_first_byte_timeout_does_not_cut_a_slow_stream(
 ) -> None:
     for rep in replicas:
         rep.handler = slow_stream
-    settings = GatewaySettings(health_interval=0.05, first_byte_timeout=FIRST_BYTE)
+    settings = Settings().replace({"scrape.health_interval": 0.05, "proxy.first_byte_timeout": FIRST_BYTE})
     gw = await start_gateway(tmp_path, "envoy", replicas, settings=settings)
     try:
         # a body larger than Envoy's retry buffer still goes through with retries on
@@ -105,8 +110,14 @@ async def test_a_request_that_never_reached_its_replica_is_retried_once(
     replicas: list[Replica], tmp_path: Path
 ) -> None:
     # Probes and scrapes far apart: the picker keeps choosing the replicas after they are gone.
-    settings = GatewaySettings(
-        health_interval=300, scrape_interval=300, staleness=600, saturation_staleness=600, retries=1
+    settings = Settings().replace(
+        {
+            "scrape.health_interval": 300,
+            "scrape.interval": 300,
+            "scrape.staleness": 600,
+            "flow_control.saturation_staleness": 600,
+            "proxy.retries": 1,
+        }
     )
     gw = await start_gateway(tmp_path, "envoy", replicas, settings=settings)
     try:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.servers.proxy import ProxyServer
 from tests.e2e.security.conftest import MODEL, PLANES, Replica, start_gateway
 from tests.support import async_wait_for
@@ -75,7 +75,9 @@ async def test_one_failed_probe_does_not_cut_streams_in_flight(
 
     for rep in replicas:
         rep.handler = stream
-    gw = await start_gateway(tmp_path, "builtin", replicas, settings=GatewaySettings(health_interval=0.05))
+    gw = await start_gateway(
+        tmp_path, "builtin", replicas, settings=Settings().replace({"scrape.health_interval": 0.05})
+    )
     try:
         async with (
             aiohttp.ClientSession() as s,
@@ -100,7 +102,7 @@ async def test_one_failed_probe_does_not_cut_streams_in_flight(
                 return victim.key in {e.key for e in gw.datastore.candidates()}
 
             await async_wait_for(back, timeout=5, what="the endpoint rejoining")
-            assert victim.failed_probes < gw.config.settings.evict_after_failed_probes
+            assert victim.failed_probes < gw.settings.scrape.evict_after_failed_probes
             release.set()
             text = (await r.content.read()).decode()
     finally:
@@ -198,7 +200,9 @@ async def test_a_slow_stream_from_an_endpoint_declared_down_is_not_cut_for_its_p
 
     for rep in replicas:
         rep.handler = slow
-    settings = GatewaySettings(health_interval=0.05, evicted_idle_timeout=0.1, evicted_idle_factor=4.0)
+    settings = Settings().replace(
+        {"scrape.health_interval": 0.05, "proxy.evicted_idle_timeout": 0.1, "proxy.evicted_idle_factor": 4.0}
+    )
     gw = await start_gateway(tmp_path, "builtin", replicas, settings=settings)
     try:
         async with aiohttp.ClientSession() as s:
@@ -207,7 +211,7 @@ async def test_a_slow_stream_from_an_endpoint_declared_down_is_not_cut_for_its_p
                 victim = next(rep for rep in replicas if rep.seen)
 
                 async def declared_down() -> bool:
-                    return victim.failed_probes >= gw.config.settings.evict_after_failed_probes
+                    return victim.failed_probes >= gw.settings.scrape.evict_after_failed_probes
 
                 await async_wait_for(declared_down, timeout=20, what="the endpoint to be declared down")
                 down.set()

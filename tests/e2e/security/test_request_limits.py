@@ -17,14 +17,19 @@ import aiohttp
 import openai
 import pytest
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from tests.e2e.security.conftest import MODEL, PLANES, Replica, Rig, start_gateway
 from tests.e2e.security.test_request_policy import assert_openai_error
 
 CONTEXT = 4096  # what the fake replicas report as max_model_len
 
-LIMITS = GatewaySettings(
-    health_interval=0.05, max_messages=4, max_tokens_ceiling=2048, max_body_bytes=256 * 1024
+LIMITS = Settings().replace(
+    {
+        "scrape.health_interval": 0.05,
+        "limits.max_messages": 4,
+        "limits.max_tokens_ceiling": 2048,
+        "limits.max_body_bytes": 256 * 1024,
+    }
 )
 
 # (API, body beyond the model, param, code): each is refused with a 400 before reaching a replica
@@ -98,7 +103,14 @@ async def test_configured_context_and_vocabulary_win_over_what_servers_report(
     """``max_model_len`` and ``vocab_size`` settings bound prompts when the servers say nothing."""
     for rep in replicas:
         rep.max_model_len = 0  # reports no usable context length
-    settings = GatewaySettings(health_interval=0.05, max_model_len=16, vocab_size=1000, max_n=2)
+    settings = Settings().replace(
+        {
+            "scrape.health_interval": 0.05,
+            "limits.max_model_len": 16,
+            "limits.vocab_size": 1000,
+            "limits.max_n": 2,
+        }
+    )
     gw = await start_gateway(tmp_path, "builtin", replicas, settings=settings)
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="-", max_retries=0)
     try:
