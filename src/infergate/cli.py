@@ -273,10 +273,28 @@ def up(
     admin_port: AdminPortOpt = None,
     host: HostOpt = None,
     replicas: Annotated[int | None, typer.Option("--replicas", help="Replicas per Deployment.")] = None,
+    replica_ports: Annotated[
+        str | None,
+        typer.Option(
+            "--replica-ports",
+            help="Ports of the simulated replicas: one per replica (8001,8002,8003) or the first of a "
+            "consecutive run (8001). Default: free ports, printed at start.",
+        ),
+    ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option("--grpc-port", help="Envoy data plane: the picker's ext_proc port (0: a free one)."),
+    ] = None,
+    envoy_admin_port: Annotated[
+        int | None,
+        typer.Option("--envoy-admin-port", help="Envoy data plane: Envoy's admin port (0: a free one)."),
+    ] = None,
     config: PickerOpt = None,
     flow_control: FlowOpt = None,
     debug_headers: DebugOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live summary table; only errors are logged.")
+    ] = False,
     grace: GraceOpt = None,
     data_plane: PlaneOpt = None,
     log_level: LogOpt = None,
@@ -295,7 +313,7 @@ def up(
     settings_file: SettingsFileOpt = None,
     print_settings: PrintSettingsOpt = False,
 ) -> None:
-    from infergate.app.run import run_up
+    from infergate.app.run import parse_replica_ports, run_up
     from infergate.errors import ConfigError
 
     flags = _common_flags(
@@ -313,18 +331,26 @@ def up(
         max_messages=max_messages,
         max_tokens_ceiling=max_tokens_ceiling,
     )
+    flags["listeners.envoy_picker_port"] = grpc_port
+    flags["listeners.envoy_admin_port"] = envoy_admin_port
     defaults = {
         "listeners.host": "127.0.0.1",
         "auth.metrics_auth": "token",
-        "logging.level": "info" if quiet else "warning",
+        "logging.level": "error" if quiet else "warning",
     }
     settings = _settings(flags, settings_file, print_settings=print_settings, defaults=defaults)
     if settings.auth.metrics_auth == "kubernetes":
         typer.echo("error: --metrics-auth must be token or disabled for `up`", err=True)
         raise typer.Exit(2)
+    if settings.data_plane not in ("builtin", "envoy"):
+        typer.echo(
+            f"error: --data-plane must be builtin or envoy for `up` (got {settings.data_plane})", err=True
+        )
+        raise typer.Exit(2)
     try:
         picker = _picker(config)
-    except ConfigError as exc:
+        ports = parse_replica_ports(replica_ports)
+    except (ConfigError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(
@@ -333,6 +359,7 @@ def up(
             settings,
             picker=picker,
             replicas=replicas,
+            replica_ports=ports,
             quiet=quiet,
             simulate_args=list(ctx.args),
         )
@@ -476,9 +503,44 @@ def epp(
     raise typer.Exit(run_serve(filename, settings, picker=picker))
 
 
+def _version(value: bool) -> None:
+    if value:
+        from infergate import __version__
+
+        typer.echo(f"infergate {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """An inference gateway for fleets of OpenAI-compatible LLM servers."""
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="infergate")
+    """Console-script entry point.
+
+    Usage errors (an unknown flag, a value of the wrong type) are one ``error:`` line and exit code
+    2, like every other startup error, instead of a boxed panel an operator has to read around.
+    """
+    try:
+        code = app(prog_name="infergate", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's own parser errors (it vendors click)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(message)
+            raise SystemExit(0) from None
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        typer.echo(f"error: {where}{message}", err=True)
+        raise SystemExit(int(getattr(exc, "exit_code", 2))) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,7 @@ from infergate.app.logs import configure_logging
 from infergate.config.layers import field_paths, load_settings
 from infergate.config.settings import Settings
 from infergate.dataplanes.builtin import BuiltinDataPlane
-from infergate.dataplanes.extproc import ExtProcDataPlane
+from infergate.dataplanes.extproc import EnvoyDataPlane, ExtProcDataPlane
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
 from infergate.sources.kubernetes import KubernetesSource
@@ -78,6 +78,13 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
 
         return gw(read, data_plane="epp")
 
+    def envoy(fn: Callable[[EnvoyDataPlane], object]) -> Probe:
+        def read(g: Gateway) -> object:
+            assert isinstance(g.data_plane, EnvoyDataPlane)
+            return fn(g.data_plane)
+
+        return gw(read, data_plane="envoy")
+
     def source(fn: Callable[[KubernetesSource], object]) -> Probe:
         def probe(s: Settings) -> object:
             src = KubernetesSource.from_settings(
@@ -118,6 +125,11 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "listeners.admin_port": (9191, gw(lambda g: g.admin_address[1])),
         "listeners.grpc_port": (9102, epp(lambda p: p.picker.port)),
         "listeners.grpc_health_port": (9103, epp(lambda p: p.health.port)),
+        "listeners.envoy_picker_port": (9104, envoy(lambda p: p.picker.port)),
+        "listeners.envoy_admin_port": (
+            9105,
+            envoy(lambda p: p.bootstrap_settings("127.0.0.1", 1).admin_port),
+        ),
         "listeners.secure_serving": (False, epp(lambda p: p.picker.tls is not None)),
         "listeners.cert_path": (root, epp(lambda p: p.picker.tls.cert_path if p.picker.tls else None)),
         "listeners.max_client_connections": (17, proxy("max_client_connections")),
@@ -152,6 +164,7 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "flow_control.enabled": (False, flow(lambda c: c._config.enabled)),
         "flow_control.headroom": (0.0, flow(lambda c: c._config.headroom)),
         "flow_control.request_ttl": (1.0, flow(lambda c: c._config.default_ttl)),
+        "flow_control.no_endpoint_request_ttl": (600.0, flow(lambda c: c._config.empty_pool_ttl)),
         "flow_control.max_queued_requests": (10, flow(lambda c: c._config.band_max_requests)),
         "flow_control.max_queued_bytes": (1024, flow(lambda c: c._config.band_max_bytes)),
         "flow_control.max_queued_requests_total": (20, flow(lambda c: c._config.max_requests)),

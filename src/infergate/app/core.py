@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from infergate.config.picker import EndpointPickerConfig
-from infergate.config.picker_sections import apply_sections
+from infergate.config.picker_sections import apply_sections, passthrough_paths
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowController
@@ -78,5 +78,6 @@ def build_core(
         honor_subset_hint=honor_subset_hint,
         objective_max_tokens=objective_max_tokens,
     )
+    director.configure_parsers(passthrough=passthrough_paths(picker))
     scraper = MetricsScraper.from_settings(datastore, s, pool=pool, metrics=metrics, clock=clock)
     return PickerCore(scheduler=scheduler, flow=flow, director=director, scraper=scraper, decisions=decisions)

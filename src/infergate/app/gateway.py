@@ -39,6 +39,7 @@ from infergate.servers.metrics_auth import (
 from infergate.servers.proxy import ProxyServer
 from infergate.sources.manifests import apply_manifests
 from infergate.telemetry import GatewayMetrics
+from infergate.tracing import tracer_from_env
 from infergate.types import Clock, EndpointMeta, MonotonicClock, PoolSpec
 
 from .core import build_core
@@ -188,6 +189,8 @@ class Gateway:
             limits=self.director.limits,
             control_headers=s.auth.control_headers,
         )
+        self.tracer = tracer_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT; needs the [otel] extra
+        self.director.set_tracer(self.tracer)
         if self.director.auth_enabled:
             log.info("API-key authentication is on for the inference listener")
         self.scraper = core.scraper
@@ -248,6 +251,7 @@ class Gateway:
             decisions=self.decisions,
             pool_name=self.pool.name,
             model_state=self.scheduler.debug_state,
+            base_models=_base_models(self.manifests),
         )
 
     @property
@@ -315,4 +319,6 @@ class Gateway:
         self.flow.close()
         await self.tasks.stop()
         await self.admin.stop()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
         log.info("gateway stopped")

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import shutil
 import socket
 import sys
 from collections.abc import Sequence
@@ -21,14 +22,24 @@ from typing import Any
 from infergate.api.loader import ManifestSet, load_manifests
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
+from infergate.dataplanes.extproc import EnvoyDataPlane
 from infergate.errors import ConfigError
+from infergate.servers.envoy import envoy_binary
 from infergate.servers.metrics_auth import write_token_file
 
 from .fleet import Fleet
 from .gateway import Gateway
+from .preflight import PortClaim, check_ports, parse_replica_ports
 from .process import configure_logging, run_async, setup_logging, stop_event
 
-__all__ = ["bundled_manifests", "metrics_curl", "run_serve", "run_up", "setup_logging"]
+__all__ = [
+    "bundled_manifests",
+    "metrics_curl",
+    "parse_replica_ports",
+    "run_serve",
+    "run_up",
+    "setup_logging",
+]
 
 log = logging.getLogger("infergate.app")
 
@@ -79,10 +90,13 @@ async def _start_with_fallback(gw: Gateway) -> None:
         await gw.start()
 
 
-def _load(paths: Sequence[Path]) -> ManifestSet:
+def _load(paths: Sequence[Path], *, deprecations: bool = True) -> ManifestSet:
+    """Load and report warnings. ``deprecations=False`` for the bundled tutorial: it keeps the
+    tutorial's own apiVersions, which a user of ``up`` cannot change."""
     manifests = load_manifests(paths)
     for w in manifests.warnings:
-        log.warning("%s", w)
+        if deprecations or "is deprecated" not in w:
+            log.warning("%s", w)
     if manifests.ignored:
         log.info("ignored kinds: %s", ", ".join(manifests.ignored))
     return manifests
@@ -144,7 +158,7 @@ def _display_host(host: str) -> str:
 def tutorial_curl(port: int, model: str = "food-review", host: str = "localhost") -> str:
     body = {
         "model": model,
-        "prompt": "Write as if you were a critic: San Francisco",
+        "prompt": "What is the best pizza in the world?",
         "max_tokens": 100,
         "temperature": 0,
     }
@@ -209,80 +223,138 @@ async def _live_summary(gw: Gateway, stop: asyncio.Event) -> None:
             live.update(render())
 
 
+UP_DEFAULT_PORT = 8080
+"""``up`` listens here unless ``--port`` says otherwise: a local run does not take the Gateway's
+port 80 even where it could (as root), so the URL in the README is the one it prints."""
+
+
+def _up_port_claims(settings: Settings, replica_ports: Sequence[int]) -> list[PortClaim]:
+    lis = settings.listeners
+    host = lis.host or "127.0.0.1"
+    claims = [
+        PortClaim(host, lis.port if lis.port is not None else UP_DEFAULT_PORT, "--port"),
+        PortClaim(host, lis.admin_port, "--admin-port"),
+    ]
+    if settings.data_plane == "envoy":
+        claims.append(PortClaim("127.0.0.1", lis.envoy_picker_port, "--grpc-port"))
+        claims.append(PortClaim("127.0.0.1", lis.envoy_admin_port, "--envoy-admin-port"))
+    claims.extend(PortClaim("127.0.0.1", p, "--replica-ports") for p in replica_ports)
+    return claims
+
+
+def _up_banner(gw: Gateway, fleet: Fleet, token: str | None) -> list[str]:
+    """What ``up`` prints once ready: every URL and port it really bound, and what to paste."""
+    host = _display_host(gw.settings.listeners.host)
+    url = f"http://{host}:{gw.port}"
+    lines = [
+        f"infergate up: pool {gw.pool.name}, {len(fleet.replicas)} replica(s), "
+        f"{gw.settings.data_plane} data plane",
+        f"  URL:       {url}   (OpenAI base URL: {url}/v1)",
+        f"  admin:     http://{host}:{gw.admin_port}   (/metrics, /readyz, live view at /live)",
+    ]
+    plane = gw.data_plane
+    if isinstance(plane, EnvoyDataPlane):
+        envoy_admin = plane.envoy.admin_address if plane.envoy is not None else None
+        lines.append(
+            f"  picker:    ext_proc on 127.0.0.1:{plane.picker.port}   Envoy admin: {envoy_admin or '-'}"
+        )
+    lines.append("  replicas:  " + ", ".join(f"{r.name} http://{r.key}" for r in fleet.replicas))
+    lines.append(f"  logs:      {fleet.run_dir} (removed at exit)")
+    if token is not None:
+        lines.append(f"  metrics token: {token}")
+        lines.append(f"  metrics:   {metrics_curl(host, gw.admin_port, token)}")
+    lines.append(f"  try:       {tutorial_curl(gw.port, host=host)}")
+    return lines
+
+
 def run_up(
     directory: Path | None,
     settings: Settings,
     *,
     picker: EndpointPickerConfig | None = None,
     replicas: int | None = None,
+    replica_ports: Sequence[int] = (),
     quiet: bool = False,
     simulate_args: Sequence[str] = (),
 ) -> int:
     """``infergate up``: the whole tutorial on this machine.
 
-    With ``auth.metrics_auth: token`` (the default of ``up``) the admin ``/metrics`` and ``/debug/``
-    need a bearer token generated for this run: printed, and written (mode 0600) to
-    ``<run dir>/metrics-token``.
+    Every startup error (manifests, settings, a port taken, a missing Envoy) is found before a child
+    process starts and reported as one line with exit code 2. With ``auth.metrics_auth: token``
+    (the default of ``up``) the admin ``/metrics`` and ``/debug/`` need a bearer token generated for
+    this run and printed. The run folder (replica logs, the token's file) is removed at exit.
     """
     configure_logging(settings)
-    path = directory or bundled_manifests()
+    if settings.listeners.port is None:
+        settings = settings.replace({"listeners.port": UP_DEFAULT_PORT})
+    fleet: Fleet | None = None
     try:
-        manifests = _load([path])
+        manifests = _load([directory or bundled_manifests()], deprecations=directory is not None)
         pool = manifests.pool_spec(settings.pool)
-        fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args)
+        fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args, ports=replica_ports)
         fleet.plan()
+        check_ports(_up_port_claims(settings, [r.port for r in fleet.replicas] if replica_ports else []))
+        if settings.data_plane == "envoy":
+            envoy_binary()  # the [envoy] extra is optional: say so before anything starts
+        # builds and validates every component (keys, limits, picker); binds nothing
+        Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if fleet is not None:
+            shutil.rmtree(fleet.run_dir, ignore_errors=True)
+        return 2
+    try:
+        return run_async(lambda: _up_main(fleet, manifests, settings, picker=picker, quiet=quiet))
+    finally:
+        shutil.rmtree(fleet.run_dir, ignore_errors=True)
+
+
+async def _up_main(
+    fleet: Fleet,
+    manifests: ManifestSet,
+    settings: Settings,
+    *,
+    picker: EndpointPickerConfig | None,
+    quiet: bool,
+) -> int:
+    stop = stop_event()
+    gw: Gateway | None = None
+    try:
+        print(f"starting {len(fleet.replicas)} simulated replica(s)", flush=True)
+        starting = asyncio.create_task(fleet.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 130
+        stopped.cancel()
+        starting.result()
+        gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+        token = gw.metrics_token
+        if token is not None:
+            write_token_file(fleet.run_dir / "metrics-token", token)
+        try:
+            await gw.start()
+        except OSError as exc:  # taken between the check and now
+            print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        await gw.wait_ready(30.0)
+        print("\n".join(_up_banner(gw, fleet, token)), flush=True)
+        if quiet:
+            await stop.wait()
+        else:
+            await _live_summary(gw, stop)
+        return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    async def main() -> int:
-        stop = stop_event()
-        gw: Gateway | None = None
-        try:
-            print(
-                f"starting {len(fleet.replicas)} simulated replica(s); logs in {fleet.run_dir}",
-                flush=True,
-            )
-            starting = asyncio.create_task(fleet.start())
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
-                return 130
-            stopped.cancel()
-            starting.result()
-            gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
-            token = gw.metrics_token
-            if token is not None:
-                write_token_file(fleet.run_dir / "metrics-token", token)
-            await _start_with_fallback(gw)
-            await gw.wait_ready(30.0)
-            host = _display_host(settings.listeners.host)
-            print(f"infergate up: pool {pool.name}, {len(fleet.replicas)} replica(s)", flush=True)
-            print(
-                f"  listener: http://{host}:{gw.port}   admin/metrics: http://{host}:{gw.admin_port}/metrics"
-            )
-            if token is not None:
-                print(f"  metrics token (also in {fleet.run_dir / 'metrics-token'}): {token}")
-                print(f"  metrics: {metrics_curl(host, gw.admin_port, token)}")
-            print(f"  try:  {tutorial_curl(gw.port, host=host)}", flush=True)
-            if quiet:
-                await stop.wait()
-            else:
-                await _live_summary(gw, stop)
-            return 0
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if gw is not None:
-                await gw.stop()
-            await fleet.stop()
-            print("infergate up: stopped", flush=True)
-
-    return run_async(main)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if gw is not None:
+            await gw.stop()
+        await fleet.stop()
+        print("infergate up: stopped", flush=True)

