@@ -22,13 +22,18 @@ import pytest
 from aiohttp import web
 
 from infergate.config.picker import default_picker_config
+from infergate.dataplanes.extproc.envoy import (
+    EnvoyProcess,
+    EnvoySettings,
+    render_bootstrap,
+    render_bootstrap_yaml,
+)
+from infergate.dataplanes.extproc.server import ExtProcServer, serve_extproc
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.controller import FlowController
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap, render_bootstrap_yaml
-from infergate.servers.extproc import ExtProcServer, serve_extproc
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.types import EndpointMeta, EndpointMetrics, Objective
 from tests.support import free_port
 
@@ -213,7 +218,7 @@ def test_bootstrap_yaml_names_picker_cluster_and_failure_mode() -> None:
 def test_envoy_accepts_the_bootstrap(tmp_path: Path, overrides: dict[str, Any]) -> None:
     import subprocess
 
-    from infergate.servers.envoy import envoy_binary
+    from infergate.dataplanes.extproc.envoy import envoy_binary
 
     cfg = tmp_path / "envoy.json"
     cfg.write_text(json.dumps(render_bootstrap(**overrides)))
@@ -377,15 +382,27 @@ async def test_picker_down_fail_open_still_routes() -> None:
 
 
 async def test_concurrent_requests_all_complete(stack: Stack) -> None:
+    """Twenty concurrent requests through Envoy and the picker all complete, each on the upstream
+    the picker named (the default profile may spread them: the predicted-latency scorer prices the
+    picker's own in-flight requests on ``a`` against ``b``'s scraped queue)."""
     client = stack.client()
-    results = await asyncio.gather(
-        *[
-            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": str(i)}])
-            for i in range(20)
-        ]
+    try:
+        results = await asyncio.gather(
+            *[
+                client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": str(i)}])
+                for i in range(20)
+            ]
+        )
+    finally:
+        await client.close()
+    assert sorted(r.choices[0].message.content or "" for r in results) == sorted(
+        ["a"] * len(stack.a.seen) + ["b"] * len(stack.b.seen)
     )
-    assert [r.choices[0].message.content for r in results] == ["a"] * 20
-    await client.close()
+    assert len(stack.a.seen) + len(stack.b.seen) == 20
+    for up in (stack.a, stack.b):
+        for seen in up.seen:
+            headers = {k.lower(): v for k, v in seen["headers"].items()}
+            assert headers["x-gateway-destination-endpoint"] == up.key
 
 
 async def test_picker_over_tls_with_self_signed_certificate() -> None:
@@ -404,7 +421,7 @@ async def test_picker_over_tls_with_self_signed_certificate() -> None:
 
 def test_settings_from_the_tutorial_manifests(repo_root: Path) -> None:
     from infergate.api.loader import load_manifests
-    from infergate.servers.envoy import settings_from_manifests
+    from infergate.dataplanes.extproc.envoy import settings_from_manifests
 
     manifests = load_manifests([repo_root / "src" / "infergate" / "manifests" / "tutorial"])
     s = settings_from_manifests(manifests, picker_port=9002, fallback_endpoints=["127.0.0.1:8000"])

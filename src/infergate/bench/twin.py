@@ -51,7 +51,7 @@ from infergate.flowcontrol.core import Decision, FlowCore
 from infergate.flowcontrol.queues import QueuedItem
 from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
-from infergate.scheduling.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.scaled import make_engine

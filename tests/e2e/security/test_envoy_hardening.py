@@ -15,7 +15,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from infergate.config.settings import Settings
-from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
 from tests.e2e.security.conftest import MODEL, Replica, start_gateway
 from tests.support import free_port
 
