@@ -203,7 +203,8 @@ def test_bootstrap_yaml_names_picker_cluster_and_failure_mode() -> None:
         "http_filters"
     ][0]["typed_config"]
     assert ext["failure_mode_allow"] is False
-    assert ext["processing_mode"]["request_body_mode"] == "FULL_DUPLEX_STREAMED"
+    # Envoy times picker replies (message_timeout) only for buffered bodies
+    assert ext["processing_mode"]["request_body_mode"] == "BUFFERED"
 
 
 @pytest.mark.parametrize(

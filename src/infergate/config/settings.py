@@ -114,17 +114,19 @@ class ProxySettings(_Group):
     """How requests are forwarded to model servers and how the process drains."""
 
     retries: int = Field(default=1, ge=0)
-    """Extra attempts on another endpoint for a request that failed before its first byte."""
+    """Extra attempts on another endpoint for a request that failed before its first byte. Envoy:
+    on the same endpoint, and only when no byte of the request reached it."""
     connect_timeout: Seconds = 5.0
-    """TCP connect timeout to a model server (built-in proxy)."""
+    """TCP connect timeout to a model server."""
     request_timeout: Seconds = 86400.0
     """Whole-request timeout to a model server (the reference Envoy route timeout, 86400 s)."""
     first_byte_timeout: Seconds | None = 600.0
     """Timeout for a model server's response head (for a non-streamed answer: the whole answer);
-    unset leaves it to ``request_timeout``. Built-in proxy only."""
+    unset leaves it to ``request_timeout``. Envoy: the route's ``per_try_timeout``."""
     stream_idle_timeout: Seconds = 60.0
     """Once a response head arrived, no body byte for this long fails the response like a broken
-    connection (SSE error event, cut plain body). Built-in proxy only."""
+    connection (SSE error event, cut plain body). Envoy: the route's ``idle_timeout``, at least
+    ``first_byte_timeout`` (Envoy's idle timer also runs while the head is awaited)."""
     evicted_idle_timeout: float = Field(default=1.0, ge=0)
     """A response relaying from an endpoint declared down (``scrape.evict_after_failed_probes``) is
     failed once it stays silent this long, or ``evicted_idle_factor`` times the longest gap between
@@ -218,6 +220,14 @@ class LimitsSettings(_Group):
     objective_max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     """Per-objective ceilings (objective name, or model name for requests with no objective); they
     win over ``max_tokens_ceiling`` and over the ``infergate.dev/max-tokens`` annotation."""
+    max_n: int | None = Field(default=128, ge=1)
+    """Most completions (``n``) one request may ask for (400 above); unset: no ceiling. A huge ``n``
+    makes a model server allocate per sequence until it stalls."""
+    vocab_size: int | None = Field(default=None, ge=1)
+    """Prompt token ids must be below this (400 otherwise); unset: below 2^31."""
+    max_model_len: int | None = Field(default=None, ge=1)
+    """Context length bounding prompt token-id counts and ``max_tokens`` (400 above); unset: the
+    longest ``max_model_len`` the pool's model servers list in ``/v1/models``."""
 
 
 class AuthSettings(_Group):

@@ -60,6 +60,7 @@ class Datastore:
         self._pool: PoolSpec | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._models: dict[str, frozenset[str]] = {}
+        self._context: dict[str, int] = {}
         self._objectives: dict[str, Objective] = {}
         self._rewrites: dict[str, ModelRewrite] = {}
         self._listeners: list[Listener] = []
@@ -108,6 +109,7 @@ class Datastore:
         if self._endpoints.pop(key, None) is None:
             return
         self._models.pop(key, None)
+        self._context.pop(key, None)
         self._membership += 1
         for departed in tuple(self._departure_listeners):
             try:
@@ -172,6 +174,20 @@ class Datastore:
         if key not in self._endpoints or self._models.get(key) == models:
             return
         self._models[key] = frozenset(models)
+
+    def set_max_model_len(self, key: str, tokens: int | None) -> None:
+        """Record the context length one endpoint reports for its base model (None: unknown)."""
+        if key not in self._endpoints:
+            return
+        if tokens is None:
+            self._context.pop(key, None)
+        else:
+            self._context[key] = tokens
+
+    def max_model_len(self) -> int | None:
+        """The longest context any endpoint reports: a prompt longer than that fits nowhere in the
+        pool, so the gateway refuses it instead of letting a model server spend work on it."""
+        return max(self._context.values(), default=None)
 
     def models(self, key: str) -> frozenset[str]:
         """The model names last reported by one endpoint (empty if not known yet)."""

@@ -23,13 +23,14 @@ from infergate.errors import (
     RequestError,
 )
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.parsing import api_kind_for_path, is_passthrough
+from infergate.requestcontrol.parsing import ParsedBody, api_kind_for_path, context_exceeded, is_passthrough
 from infergate.types import ApiKind
 
 __all__ = [
     "AUTHORIZATION",
     "CONTROL_HEADER_MODES",
     "OVERFLOW_FAIRNESS_ID",
+    "TOKEN_ID_BOUND",
     "X_API_KEY",
     "Authenticator",
     "FairnessIds",
@@ -165,6 +166,11 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+TOKEN_ID_BOUND = 2**31
+"""Token ids must be below this when the vocabulary size is not configured: every tokenizer fits
+in 32-bit ids, and a larger id (2^64 made a model server's handler crash) is certainly an attack."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestLimits:
     """Limits on what one request may ask for.
@@ -173,11 +179,21 @@ class RequestLimits:
     the parser's sanity bound); ``objective_max_tokens`` overrides it per objective name (or, for a
     request that resolves no objective, per requested model name). A body without ``max_tokens``
     is not rewritten: the ceiling rejects explicit requests above it, it does not invent one.
+
+    The other limits stop a *poison* request before it reaches a replica: one that is valid JSON
+    but makes a model server allocate without bound (``n: 1000000000``, a million prompt token ids,
+    an id of 2^64) can stall the replica past its health probe, and the next replica after it.
+    ``max_n`` bounds ``n``; ``vocab_size`` (None: :data:`TOKEN_ID_BOUND`) bounds prompt token ids;
+    the context length (``max_model_len``, else what the pool's servers report) bounds the number
+    of prompt token ids and ``max_tokens``.
     """
 
     max_messages: int | None = 2048
     max_tokens: int | None = None
     objective_max_tokens: Mapping[str, int] = field(default_factory=dict)
+    max_n: int | None = 128
+    vocab_size: int | None = None
+    max_model_len: int | None = None
 
     def ceiling_for(self, objective: str) -> int | None:
         return self.objective_max_tokens.get(objective, self.max_tokens)
@@ -193,6 +209,39 @@ class RequestLimits:
                 param=param,
                 code="max_tokens_exceeded",
             )
+
+    def check_body(self, parsed: ParsedBody, objective: str, *, context: int | None) -> None:
+        """Every body limit, 400 naming the parameter. ``context`` is the pool's context length
+        (``max_model_len`` as the model servers report it); the ``max_model_len`` limit, when set,
+        wins over it. None: counts are not bounded by a context."""
+        uses_completion = parsed.data.get("max_completion_tokens") is not None
+        param = "max_completion_tokens" if uses_completion else "max_tokens"
+        self.check_max_tokens(parsed.max_tokens, objective, param=param)
+        if parsed.n is not None and self.max_n is not None and parsed.n > self.max_n:
+            raise BadRequestError(
+                f"'n' is {parsed.n}, above the limit of {self.max_n}", param="n", code="n_exceeded"
+            )
+        context = self.max_model_len or context
+        if context is not None and parsed.max_tokens is not None and parsed.max_tokens > context:
+            raise BadRequestError(
+                f"'{param}' is {parsed.max_tokens}, more than the model's context of {context} tokens",
+                param=param,
+                code="max_tokens_exceeded",
+            )
+        ids = parsed.token_ids
+        if ids is None:
+            return
+        prompt = "input" if parsed.api is ApiKind.EMBEDDINGS else "prompt"
+        bound = self.vocab_size or TOKEN_ID_BOUND
+        for token in (ids.lowest, ids.highest):
+            if not 0 <= token < bound:
+                raise BadRequestError(
+                    f"token id {token} is out of range (0 <= id < {bound})",
+                    param=prompt,
+                    code="invalid_token_id",
+                )
+        if context is not None and ids.longest > context:
+            raise context_exceeded(ids.longest, context, prompt)
 
 
 CONTROL_HEADER_MODES = ("auto", "trusted", "keys")

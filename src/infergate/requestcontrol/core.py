@@ -46,6 +46,7 @@ class DatastoreView(Protocol):
     def endpoint(self, key: str) -> Endpoint | None: ...
     def served_models(self) -> frozenset[str]: ...
     def models(self, key: str) -> frozenset[str]: ...
+    def max_model_len(self) -> int | None: ...
     def objective(self, name: str) -> Objective | None: ...
     def objectives(self) -> list[Objective]: ...
     def rewrites(self) -> list[ModelRewrite]: ...
@@ -216,8 +217,16 @@ class RequestCore:
         )
 
     def parse(self, path: str, body: bytes) -> ParsedBody:
-        """The body's routing fields (400 when malformed or over the message limit)."""
-        return parse_body(path, body, max_messages=self.limits.max_messages, passthrough=self.passthrough)
+        """The body's routing fields (400 when malformed, over the message limit or, for token-id
+        prompts, over the context length: refused before the costly part of parsing)."""
+        context = self.limits.max_model_len or self._ds.max_model_len()
+        return parse_body(
+            path,
+            body,
+            max_messages=self.limits.max_messages,
+            max_prompt_ids=context,
+            passthrough=self.passthrough,
+        )
 
     def admit(
         self,
@@ -253,9 +262,7 @@ class RequestCore:
                 requested_target=H.model_name_rewrite_of(headers) or model,
                 objective_named=lambda name: self._ds.objective(name) is not None,
             )
-        uses_completion = parsed.data.get("max_completion_tokens") is not None
-        param = "max_completion_tokens" if uses_completion else "max_tokens"
-        self.limits.check_max_tokens(parsed.max_tokens, scope, param=param)
+        self.limits.check_body(parsed, scope, context=self._ds.max_model_len())
         request = InferenceRequest(
             request_id=request_id,
             model=model,

@@ -238,6 +238,9 @@ class Director:
                 max_messages=lim.max_messages,
                 max_tokens=lim.max_tokens_ceiling,
                 objective_max_tokens={**(objective_max_tokens or {}), **lim.objective_max_tokens},
+                max_n=lim.max_n,
+                vocab_size=lim.vocab_size,
+                max_model_len=lim.max_model_len,
             ),
             control_headers=settings.auth.control_headers,
         )

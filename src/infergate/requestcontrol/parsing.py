@@ -17,13 +17,35 @@ from typing import Any
 from infergate.errors import BadRequestError
 from infergate.types import ApiKind
 
-__all__ = ["ParsedBody", "api_kind_for_path", "is_passthrough", "parse_body", "rewrite_model"]
+__all__ = [
+    "ParsedBody",
+    "TokenIds",
+    "api_kind_for_path",
+    "context_exceeded",
+    "is_passthrough",
+    "parse_body",
+    "rewrite_model",
+]
 
 # A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate (not encodable as UTF-8) gets in.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Upper bound for token counts a client may ask for; larger values are certainly a mistake.
 MAX_TOKENS_CEILING = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIds:
+    """A prompt given as token ids, summed up so limits can judge it without keeping the lists.
+
+    A model server checks ids against its vocabulary and the count against its context only after
+    allocating per-token work; the gateway bounds both first (see ``RequestLimits``).
+    """
+
+    longest: int
+    """Ids in the longest prompt of the request (a batch carries several)."""
+    lowest: int
+    highest: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +59,10 @@ class ParsedBody:
     max_tokens: int | None
     include_usage: bool
     data: dict[str, Any]
+    n: int | None = None
+    """Completions per prompt (``n``); None when the body does not say."""
+    token_ids: TokenIds | None = None
+    """Set when the prompt (or embeddings input) is token ids."""
 
 
 def api_kind_for_path(path: str) -> ApiKind:
@@ -115,6 +141,13 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_id_list(value: object) -> bool:
+    """A non-empty list of token ids. Type checks at C speed: a poison prompt carries millions of
+    ids, and a per-item Python call would hold the event loop for seconds (``bool`` is excluded,
+    ``type(True)`` is not ``int``)."""
+    return isinstance(value, list) and bool(value) and set(map(type, value)) == {int}
+
+
 def _prompt_text(prompt: object) -> str:
     """Completions ``prompt``: a string, strings, token ids, or lists of token ids."""
     if isinstance(prompt, str):
@@ -122,14 +155,39 @@ def _prompt_text(prompt: object) -> str:
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return "\n".join(prompt)
-        if all(_is_int(p) for p in prompt):
-            return " ".join(str(p) for p in prompt)
-        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
-            return "\n".join(" ".join(str(t) for t in p) for p in prompt)
+        if _is_id_list(prompt):
+            return " ".join(map(str, prompt))
+        if all(_is_id_list(p) for p in prompt):
+            return "\n".join(" ".join(map(str, p)) for p in prompt)
     raise BadRequestError(
         "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists",
         param="prompt",
     )
+
+
+def _token_ids(value: object) -> TokenIds | None:
+    """Summary of a token-id prompt (a list of ids or a list of id lists); None for text."""
+    if not isinstance(value, list) or not value:
+        return None
+    if _is_id_list(value):
+        return TokenIds(longest=len(value), lowest=min(value), highest=max(value))
+    if all(_is_id_list(p) for p in value):
+        return TokenIds(
+            longest=max(len(p) for p in value),
+            lowest=min(min(p) for p in value),
+            highest=max(max(p) for p in value),
+        )
+    return None
+
+
+def _choices(data: dict[str, Any]) -> int | None:
+    """``n``: how many completions to generate per prompt (at least 1, as the model servers)."""
+    value = data.get("n")
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise BadRequestError("'n' must be an integer of at least 1", param="n")
+    return int(value)
 
 
 def _content_text(content: object, index: int) -> str:
@@ -221,16 +279,41 @@ def _max_tokens(data: dict[str, Any]) -> int | None:
     return None
 
 
+def context_exceeded(longest: int, context: int, param: str) -> BadRequestError:
+    """The 400 for a token-id prompt longer than the model's context."""
+    return BadRequestError(
+        f"the prompt has {longest} tokens, more than the model's context of {context} tokens",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def _ids_within(value: object, max_ids: int | None, param: str) -> TokenIds | None:
+    """The token-id summary, refusing a prompt over ``max_ids`` before its text is built (joining
+    millions of ids is the costliest step of parsing such a body)."""
+    ids = _token_ids(value)
+    if ids is not None and max_ids is not None and ids.longest > max_ids:
+        raise context_exceeded(ids.longest, max_ids, param)
+    return ids
+
+
 def parse_body(
-    path: str, body: bytes, *, max_messages: int | None = None, passthrough: Sequence[str] = ()
+    path: str,
+    body: bytes,
+    *,
+    max_messages: int | None = None,
+    max_prompt_ids: int | None = None,
+    passthrough: Sequence[str] = (),
 ) -> ParsedBody:
     """Decode and validate one OpenAI request body for ``path``.
 
     Raises BadRequestError for empty, non-UTF-8, non-JSON or non-object bodies, a missing or
     non-string ``model``, a missing or malformed ``prompt``/``messages``/``input``, a non-boolean
-    ``stream`` and an out-of-range ``max_tokens``. A path of the ``passthrough`` list (the
-    ``passthrough-parser``'s) is not read at all, as the reference's parser: no model, no prompt,
-    so it is scheduled on load alone.
+    ``stream``, an out-of-range ``max_tokens``, an ``n`` below 1 and a token-id prompt longer than
+    ``max_prompt_ids`` (checked before the prompt text is built). How large ``n`` and a token-id
+    prompt may be is a policy decision (``RequestLimits``), not a parsing one. A path of the
+    ``passthrough`` list (the ``passthrough-parser``'s) is not read at all, as the reference's
+    parser: no model, no prompt, so it is scheduled on load alone.
     """
     if is_passthrough(path, passthrough):
         return ParsedBody(
@@ -258,9 +341,11 @@ def parse_body(
         include_usage = opts.get("include_usage") is True
     elif opts is not None:
         raise BadRequestError("'stream_options' must be an object", param="stream_options")
+    token_ids: TokenIds | None = None
     if api is ApiKind.COMPLETIONS:
         if "prompt" not in data:
             raise BadRequestError("'prompt' is required", param="prompt")
+        token_ids = _ids_within(data["prompt"], max_prompt_ids, "prompt")
         prompt = _prompt_text(data["prompt"])
     elif api is ApiKind.CHAT:
         prompt = _chat_text(data.get("messages"), max_messages)
@@ -270,6 +355,7 @@ def parse_body(
     elif api is ApiKind.EMBEDDINGS:
         if "input" not in data:
             raise BadRequestError("'input' is required", param="input")
+        token_ids = _ids_within(data["input"], max_prompt_ids, "input")
         prompt = _embedding_text(data["input"])
     else:
         inp = data.get("input")
@@ -282,6 +368,8 @@ def parse_body(
         max_tokens=_max_tokens(data),
         include_usage=include_usage,
         data=data,
+        n=_choices(data),
+        token_ids=token_ids,
     )
 
 

@@ -285,7 +285,8 @@ class MetricsScraper:
     async def _refresh_models(
         self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
     ) -> None:
-        """``/v1/models`` ids (base model and loaded adapters); a failure keeps the last list."""
+        """``/v1/models`` ids (base model and loaded adapters) and the context length; a failure
+        keeps the last list."""
         try:
             async with session.get(base + "/v1/models", timeout=self._timeout) as resp:
                 if resp.status != 200:
@@ -303,6 +304,16 @@ class MetricsScraper:
         if models != state.models and self._ds.endpoint(key) is not None:
             state.models = models
             self._ds.set_models(key, models)
+        # vLLM reports the context length on the base model's card (adapters say null)
+        lengths = [
+            card["max_model_len"]
+            for card in data
+            if isinstance(card, dict)
+            and isinstance(card.get("max_model_len"), int)
+            and not isinstance(card["max_model_len"], bool)
+            and card["max_model_len"] > 0
+        ]
+        self._ds.set_max_model_len(key, max(lengths, default=None))
 
     async def _pool_gauge_loop(self) -> None:
         while True:

@@ -10,10 +10,10 @@ that nothing it sent as an attacker reached a model server. The gateway is the r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -65,6 +65,8 @@ class Replica:
     seen: list[tuple[str, str, bytes]] = field(default_factory=list)
     down: bool = False
     failed_probes: int = 0
+    max_model_len: int = 4096
+    """Reported on the base model's card in ``/v1/models``, as vLLM does."""
     metrics_gate: asyncio.Event | None = None
     """While set to an unset event, ``/metrics`` waits for it (a scrape that hangs)."""
     port: int = 0
@@ -96,7 +98,9 @@ class Replica:
         async def models(request: web.Request) -> web.Response:
             if request.headers.get("x-attacker"):
                 self.seen.append((request.method, request.path, b""))
-            data = [{"id": m, "object": "model"} for m in (MODEL, *ADAPTERS)]
+            base = {"id": MODEL, "object": "model", "max_model_len": self.max_model_len}
+            data: list[dict[str, object]] = [base]
+            data += [{"id": m, "object": "model", "max_model_len": None} for m in ADAPTERS]
             return web.json_response({"object": "list", "data": data})
 
         app = web.Application()
@@ -115,7 +119,14 @@ class Replica:
             await self.runner.cleanup()
 
 
-def pool_docs(replicas: list[Replica], objectives: dict[str, int]) -> list[dict[str, object]]:
+class Server(Protocol):
+    """A model server the gateway routes to: a fake :class:`Replica` or a real simulator."""
+
+    @property
+    def key(self) -> str: ...
+
+
+def pool_docs(replicas: Sequence[Server], objectives: dict[str, int]) -> list[dict[str, object]]:
     """The pool of ``replicas`` with ``objectives`` (``tests.support.static_pool_docs``)."""
     return static_pool_docs([r.key for r in replicas], objectives=objectives)
 
@@ -123,7 +134,7 @@ def pool_docs(replicas: list[Replica], objectives: dict[str, int]) -> list[dict[
 async def start_gateway(
     tmp: Path,
     plane: str,
-    replicas: list[Replica],
+    replicas: Sequence[Server],
     *,
     api_keys: Authenticator | None = None,
     settings: Settings | None = None,

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from infergate.config.settings import Settings
 from infergate.dataplanes.builtin.proxy import ProxyServer
-from tests.e2e.security.conftest import MODEL, Replica, start_gateway
+from tests.e2e.security.conftest import MODEL, PLANES, Replica, start_gateway
 from tests.support import async_wait_for
 
 
@@ -146,9 +147,12 @@ class JumpClock:
         return time.monotonic() + self.offset
 
 
-async def test_stale_metrics_queue_requests_instead_of_503(replicas: list[Replica], tmp_path: Path) -> None:
+@pytest.mark.parametrize("plane", PLANES)
+async def test_stale_metrics_queue_requests_instead_of_503(
+    plane: str, replicas: list[Replica], tmp_path: Path
+) -> None:
     clock = JumpClock()
-    gw = await start_gateway(tmp_path, "builtin", replicas, clock=clock)
+    gw = await start_gateway(tmp_path, plane, replicas, clock=clock)
     try:
         gate = asyncio.Event()
         for rep in replicas:
@@ -170,3 +174,49 @@ async def test_stale_metrics_queue_requests_instead_of_503(replicas: list[Replic
             resp.release()
     finally:
         await gw.stop()
+
+
+GAP = 0.5  # between tokens of a slow (e.g. time-scaled) model
+
+
+async def test_a_slow_stream_from_an_endpoint_declared_down_is_not_cut_for_its_pace(
+    replicas: list[Replica], tmp_path: Path
+) -> None:
+    """Once its endpoint is declared down, a stream may stay silent for 4x its own longest gap
+    (not the 0.1 s floor): a stream that keeps its pace finishes; the floor alone would cut it."""
+    down = asyncio.Event()
+
+    async def slow(replica: Replica, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(6):
+            if i == 2:
+                replica.down = True  # the probes fail from here on; tokens keep coming
+                await down.wait()
+            await resp.write(f'data: {{"model":"{MODEL}","choices":[{{"text":"t{i}"}}]}}\n\n'.encode())
+            await asyncio.sleep(GAP)  # the model's pace, not synchronisation
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    for rep in replicas:
+        rep.handler = slow
+    settings = Settings().replace(
+        {"scrape.health_interval": 0.05, "proxy.evicted_idle_timeout": 0.1, "proxy.evicted_idle_factor": 4.0}
+    )
+    gw = await start_gateway(tmp_path, "builtin", replicas, settings=settings)
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": MODEL, "prompt": "x", "stream": True}
+            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json=body) as r:
+                victim = next(rep for rep in replicas if rep.seen)
+
+                async def declared_down() -> bool:
+                    return victim.failed_probes >= gw.settings.scrape.evict_after_failed_probes
+
+                await async_wait_for(declared_down, timeout=20, what="the endpoint to be declared down")
+                down.set()
+                text = (await r.read()).decode()
+    finally:
+        await gw.stop()
+    assert "error" not in text and text.rstrip().endswith("data: [DONE]"), text
+    assert all(f'"t{i}"' in text for i in range(6)), text

@@ -260,6 +260,9 @@ class UpstreamResponse:
             await c.wait_data(self._timeout)
         self._timeout = self._idle_timeout
         c.measuring = True
+        if len(c.buf) > end + 4:
+            # the first body bytes came with the head: the gap to the next read counts
+            c.last_data = asyncio.get_running_loop().time()
         head = c.take(end + 4).decode("latin-1")
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)

@@ -1,10 +1,10 @@
 """Local Envoy data plane: bootstrap generation and a supervised Envoy child process.
 
 This module owns what Envoy must be told so it asks the picker where every request goes: a listener
-(from the Gateway), one route per HTTPRoute prefix, the ext_proc filter in FULL_DUPLEX_STREAMED
-mode pointing at the picker, and an ORIGINAL_DST cluster that connects to whatever
-``x-gateway-destination-endpoint`` names (the GIE reference's test Envoy, §2.9). Two deliberate
-additions over the reference:
+(from the Gateway), one route per HTTPRoute prefix, the ext_proc filter pointing at the picker
+(request bodies BUFFERED, responses FULL_DUPLEX_STREAMED), and an ORIGINAL_DST cluster that
+connects to whatever ``x-gateway-destination-endpoint`` names (the GIE reference's test Envoy,
+§2.9). Two deliberate additions over the reference:
 
 * the client's own ``x-gateway-destination-endpoint`` is removed before any filter runs (early
   header mutation), so a client can never choose the upstream address, even when the picker is
@@ -71,8 +71,11 @@ class EnvoySettings:
 
     ``route_prefixes`` are the HTTPRoute PathPrefix matches; ``fallback_endpoints`` (``host:port``)
     are used only when the picker fails and ``failure_mode`` is ``FailOpen``. ``request_body_mode``
-    None means FULL_DUPLEX_STREAMED for FailClose and BUFFERED for FailOpen: Envoy can only let a
-    request continue past a failed picker if it still holds the body (full-duplex hands it over).
+    None means BUFFERED in both failure modes: Envoy can only let a request continue past a failed
+    picker if it still holds the body (full-duplex hands it over), and Envoy applies
+    ``message_timeout`` to no message of a FULL_DUPLEX_STREAMED request, so a frozen picker would
+    hold FailClose requests until an idle timeout. The picker needs the whole body before it can
+    route anyway; ``max_request_bytes`` bounds it (the gateway's ``max_body_bytes``).
     """
 
     listen_host: str = "0.0.0.0"
@@ -87,11 +90,12 @@ class EnvoySettings:
     admin_port: int = 0
     request_body_mode: str | None = None
     response_body_mode: str = "FULL_DUPLEX_STREAMED"
-    max_request_bytes: int = 8 << 20
+    max_request_bytes: int = 32 << 20
+    """Largest request body Envoy buffers for the picker (413 above): ``max_body_bytes``."""
     message_timeout: str = "65s"
     """How long Envoy waits for one picker reply; bounds a frozen picker. The picker may hold the
-    request-headers reply while the request waits in flow control, so this is the queue TTL
-    (``request_ttl``, 60 s) plus a margin."""
+    body reply while the request waits in flow control, so this is the queue TTL (``request_ttl``,
+    60 s) plus a margin. Envoy ignores it in FULL_DUPLEX_STREAMED body mode."""
     grpc_timeout: str = "10s"
     picker_health_check: bool = True
     max_connections: int = 40000
@@ -106,7 +110,19 @@ class EnvoySettings:
     ``request_ttl`` + 5 s by default). Responses are not limited by it."""
     idle_timeout: str = "3600s"
     """Idle keep-alive client connections are closed after this."""
-    retries: int = 0
+    retries: int = 1
+    """Extra attempts of a request whose attempt failed before any byte of it reached the model
+    server (connect failure, refused stream, reset before sending): it is resent to the same
+    server (the picker chose it). An attempt the server received is never resent: it may be what
+    stalls the server, and the next attempt would stall it again (``retries`` of the proxy)."""
+    first_byte_timeout: str | None = "600s"
+    """Per-attempt wait for the model server's response head (Envoy's ``per_try_timeout``: it stops
+    once the head arrives, so streams are not cut by it); then 504. None: unbounded."""
+    stream_idle_timeout: str = "600s"
+    """No byte in either direction for this long fails the request (route ``idle_timeout``). Envoy
+    runs this timer while it waits for the head too, so it is at least ``first_byte_timeout``."""
+    connect_timeout: str = "5s"
+    """TCP connect to a model server."""
     health_path: str = "/health"
     """Health-check path of the fail-open cluster (the InferencePool's model servers)."""
 
@@ -127,9 +143,7 @@ def _thresholds(n: int, **extra: int) -> dict[str, Any]:
 
 
 def _request_mode(s: EnvoySettings) -> str:
-    if s.request_body_mode is not None:
-        return s.request_body_mode
-    return "BUFFERED" if s.failure_mode == "FailOpen" else "FULL_DUPLEX_STREAMED"
+    return s.request_body_mode or "BUFFERED"
 
 
 def _ext_proc_filter(s: EnvoySettings) -> dict[str, Any]:
@@ -164,9 +178,20 @@ def _ext_proc_filter(s: EnvoySettings) -> dict[str, Any]:
 
 def _routes(s: EnvoySettings) -> list[dict[str, Any]]:
     fail_open = s.failure_mode == "FailOpen" and bool(s.fallback_endpoints)
-    action: dict[str, Any] = {"cluster": ORIGINAL_DST_CLUSTER, "timeout": LONG, "idle_timeout": LONG}
+    action: dict[str, Any] = {
+        "cluster": ORIGINAL_DST_CLUSTER,
+        "timeout": LONG,
+        "idle_timeout": s.stream_idle_timeout,
+    }
+    retry: dict[str, Any] = {}
     if s.retries > 0:
-        action["retry_policy"] = {"retry_on": "connect-failure,reset", "num_retries": s.retries}
+        # only failures before any request byte went out: never resend what a server received
+        retry = {"retry_on": "connect-failure,refused-stream,reset-before-request", "num_retries": s.retries}
+    if s.first_byte_timeout is not None:
+        retry["per_try_timeout"] = s.first_byte_timeout
+        retry.setdefault("num_retries", 0)
+    if retry:
+        action["retry_policy"] = retry
     routes: list[dict[str, Any]] = []
     for prefix in s.route_prefixes:
         match: dict[str, Any] = {"prefix": prefix}
@@ -180,12 +205,13 @@ def _routes(s: EnvoySettings) -> list[dict[str, Any]]:
                     "route": {
                         "cluster": FALLBACK_CLUSTER,
                         "timeout": LONG,
-                        "idle_timeout": LONG,
+                        "idle_timeout": s.stream_idle_timeout,
                         # one retry on another replica before any response byte, as the built-in
                         # proxy's retry budget
                         "retry_policy": {
                             "retry_on": "connect-failure,refused-stream,reset,gateway-error",
                             "num_retries": 1,
+                            **({"per_try_timeout": s.first_byte_timeout} if s.first_byte_timeout else {}),
                             "retry_host_predicate": [
                                 {
                                     "name": "envoy.retry_host_predicates.previous_hosts",
@@ -251,7 +277,7 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
         {
             "name": ORIGINAL_DST_CLUSTER,
             "type": "ORIGINAL_DST",
-            "connect_timeout": "10s",
+            "connect_timeout": s.connect_timeout,
             "lb_policy": "CLUSTER_PROVIDED",
             "circuit_breakers": _thresholds(n),
             "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_ENDPOINT},
@@ -311,9 +337,10 @@ def envoy_settings(
 ) -> EnvoySettings:
     """The bootstrap settings of the local Envoy in front of the picker: the manifests' routes and
     failure mode, plus the gateway settings Envoy enforces itself (client idle and request timeouts,
-    client connections). The picker may hold a request while it waits in flow control, so Envoy's
-    per-message and request timeouts cover the longest queue wait (``flow_control.request_ttl``,
-    or ``no_endpoint_request_ttl`` when longer)."""
+    client connections, upstream connect, first-byte and idle timeouts, retries, body size). The
+    picker may hold a request while it waits in flow control, so Envoy's per-message and request
+    timeouts cover the longest queue wait (``flow_control.request_ttl``, or
+    ``no_endpoint_request_ttl`` when longer)."""
     base = settings_from_manifests(
         manifests,
         picker_port=picker_port,
@@ -323,6 +350,8 @@ def envoy_settings(
         listen=listen,
     )
     ttl, idle = settings.flow_control.longest_queue_wait, settings.listeners.idle_timeout
+    proxy = settings.proxy
+    first_byte = proxy.first_byte_timeout
     return dataclasses.replace(
         base,
         message_timeout=f"{ttl + 5:g}s",
@@ -330,6 +359,12 @@ def envoy_settings(
         request_timeout=f"{idle + ttl + 5:g}s",
         max_client_connections=settings.listeners.max_client_connections,
         health_path=health_path,
+        retries=proxy.retries,
+        first_byte_timeout=f"{first_byte:g}s" if first_byte is not None else None,
+        # Envoy's idle timer also runs while the head is awaited
+        stream_idle_timeout=f"{max(proxy.stream_idle_timeout, first_byte or proxy.request_timeout):g}s",
+        connect_timeout=f"{proxy.connect_timeout:g}s",
+        max_request_bytes=settings.limits.max_body_bytes,
     )
 
 
@@ -419,7 +454,11 @@ def _local_reply_config() -> dict[str, Any]:
             },
         }
 
-    return {"mappers": [mapper(400, 499, "invalid_request_error"), mapper(500, 599, "upstream_error")]}
+    too_large = mapper(413, 413, "invalid_request_error")  # a body over the buffer, as the picker's
+    too_large["body_format_override"]["json_format"]["error"]["code"] = "request_too_large"
+    return {
+        "mappers": [too_large, mapper(400, 499, "invalid_request_error"), mapper(500, 599, "upstream_error")]
+    }
 
 
 def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) -> dict[str, Any]:
