@@ -41,7 +41,7 @@ from infergate.sources.kubernetes_client import make_api_client
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, MonotonicClock
 
-from .core import PickerCore, build_core
+from .core import PickerCore, build_core, start_plugin_tasks
 from .health import HealthServer
 from .tasks import Supervisor
 
@@ -212,6 +212,7 @@ class EndpointPicker:
             honor_subset_hint=cfg.subset_filter,
         )
         self.tasks.spawn("metrics-scraper", core.scraper.run)
+        start_plugin_tasks(core.scheduler, self.datastore, self.tasks.spawn)
         tls = TlsSettings(cert_path=cfg.cert_path) if cfg.secure_serving else None
         picker_server = serve_extproc(
             core.director,

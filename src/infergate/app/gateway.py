@@ -38,7 +38,7 @@ from infergate.sources.manifests import apply_manifests
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, EndpointMeta, MonotonicClock, PoolSpec
 
-from .core import build_core
+from .core import build_core, start_plugin_tasks
 from .health import HealthServer
 from .tasks import Supervisor
 
@@ -309,6 +309,7 @@ class Gateway:
         host = cfg.host or host
         port = cfg.port if cfg.port is not None else port
         self.tasks.spawn("metrics-scraper", self.scraper.run)
+        self._unsubscribe_plugins = start_plugin_tasks(self.scheduler, self.datastore, self.tasks.spawn)
         # in-flight requests are withdrawn from an endpoint only once it failed several probes
         self._unsubscribe_down = self.scraper.add_down_listener(self._endpoint_down)
         await self.admin.start(cfg.admin_host, cfg.admin_port)

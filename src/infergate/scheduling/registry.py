@@ -29,6 +29,7 @@ from infergate.scheduling.pickers import (
     RoundRobinPicker,
     WeightedRandomPicker,
 )
+from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
 from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.profile_handler import HeaderProfileHandler, HeaderProfileParams
 from infergate.scheduling.scorers import (
@@ -109,7 +110,7 @@ REFUSED_TYPES: dict[str, str] = {
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
     "prefix-cache-affinity-filter": "prefix matching runs inside prefix-cache-scorer, after filters",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
-    "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
+    "precise-prefix-cache-producer": "the KV-event index runs inside precise-prefix-cache-scorer; use it",
     "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
 }
@@ -128,6 +129,7 @@ def default_registry() -> PluginRegistry:
         PrefixCacheParams,
         lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics),
     )
+    r.register("precise-prefix-cache-scorer", PrecisePrefixParams, lambda p, c: PrecisePrefixScorer(p))
     r.register(
         "predicted-latency-scorer", LatencyParams, lambda p, c: PredictedLatencyScorer(p, clock=c.clock)
     )

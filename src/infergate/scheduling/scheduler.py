@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
@@ -124,6 +124,22 @@ class Scheduler:
             remove = getattr(p, "remove_endpoint", None)
             if callable(remove):
                 remove(key)
+
+    def background_tasks(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """Long-running loops plugins need (the KV-event subscriber), for the app to supervise."""
+        out: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        for p in self._plugins.values():
+            tasks = getattr(p, "background_tasks", None)
+            if callable(tasks):
+                out.extend(tasks())
+        return out
+
+    def sync_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Tell plugins that follow the pool's membership (``sync_endpoints``) what it is now."""
+        for p in self._plugins.values():
+            sync = getattr(p, "sync_endpoints", None)
+            if callable(sync):
+                sync(endpoints)
 
     def debug_state(self) -> dict[str, dict[str, dict[str, float]]]:
         """Each stateful plugin's per-endpoint state (``debug_state()``), by plugin name."""

@@ -1,0 +1,277 @@
+"""Precise prefix routing over real ZMQ sockets against real simulators.
+
+* A real ``infergate simulate`` process publishes vLLM 0.33 KV events into the subscriber's bound
+  socket; the index learns its blocks, and a restart of the publisher (sequence back to 0) makes the
+  index forget them.
+* Connect mode: the subscriber connects to a simulator's bound publisher.
+* The gateway with ``precise-prefix-cache-scorer`` in front of three simulators: after each
+  tenant's first request, its later requests land where its blocks are, by the events alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import openai
+import yaml
+
+from infergate.api.loader import load_manifests
+from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.config.picker import parse_picker_config
+from infergate.scheduling.framework import CycleState
+from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
+from infergate.simulator.args import SimulatorArgs
+from infergate.simulator.server import SimServer
+from infergate.types import Endpoint, EndpointMeta, InferenceRequest
+from tests.support import async_wait_for, free_port, start_infergate, static_pool_docs
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+TIMEOUT = 60.0
+
+
+def listen_port() -> int:
+    """A free port below the ephemeral range: a publisher's outgoing ZMQ connection (which takes an
+    ephemeral port) can never occupy it before the simulator that is told to listen there binds."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def prompt(tenant: int, question: int) -> str:
+    return (
+        f"Tenant {tenant} system prompt: "
+        + f"rule {tenant} is to be precise and brief. " * 30
+        + f"Q{question}?"
+    )
+
+
+def request(p: str, model: str = MODEL) -> InferenceRequest:
+    return InferenceRequest(request_id="r", model=model, target_model=model, prompt=p, body={"prompt": p})
+
+
+async def until_received(port: int, received: Callable[[], bool]) -> None:
+    """Send distinct prompts to the simulator on ``port`` until ``received()``: a PUB socket drops
+    what it publishes before the subscription reaches it, and a repeated prompt would hit the
+    simulator's cache and publish nothing new."""
+    attempt = 0
+
+    async def check() -> bool:
+        nonlocal attempt
+        if received():
+            return True
+        attempt += 1
+        await complete(port, f"warm-up {attempt} " * 40)
+        return False
+
+    await async_wait_for(check, timeout=TIMEOUT, interval=0.1, what=f"KV events from the simulator on {port}")
+
+
+async def complete(port: int, p: str) -> None:
+    client = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=TIMEOUT
+    )
+    try:
+        await client.completions.create(model=MODEL, prompt=p, max_tokens=2)
+    finally:
+        await client.close()
+
+
+async def test_subscriber_learns_a_simulator_process_and_resyncs_on_restart(tmp_path: Path) -> None:
+    zmq_port, http_port = free_port(), listen_port()
+    s = PrecisePrefixScorer(
+        PrecisePrefixParams.model_validate(
+            {"kvEventsConfig": {"zmqEndpoint": f"tcp://127.0.0.1:{zmq_port}", "discoverPods": False}}
+        )
+    )
+    assert [name for name, _ in s.background_tasks()] == ["kv-events"]  # binds the socket
+    task = asyncio.create_task(s.subscriber.run())
+    topic = f"kv@127.0.0.1:{http_port}@{MODEL}"
+    kv = json.dumps(
+        {"enable_kv_cache_events": True, "endpoint": f"tcp://127.0.0.1:{zmq_port}", "topic": topic}
+    )
+    argv = [
+        "simulate",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(http_port),
+        "--model",
+        MODEL,
+        "--time-scale",
+        "0.05",
+    ]
+    argv += ["--kv-events-config", kv]
+    endpoint = Endpoint(meta=EndpointMeta(name="sim", address="127.0.0.1", port=http_port))
+    source = endpoint.key
+    health = f"http://127.0.0.1:{http_port}/health"
+    sim = start_infergate(argv, tmp_path, health_url=health, timeout=TIMEOUT)
+    try:
+        p = prompt(1, 1)
+        await until_received(http_port, lambda: s.index.is_live(source))
+        await complete(http_port, p)
+        await async_wait_for(
+            lambda: _scored(s, p, endpoint), timeout=TIMEOUT, what="the prompt's blocks in the index"
+        )
+        assert s.score(request(p), [endpoint], CycleState())[source] > 0.9
+        assert s.score(request(prompt(2, 1)), [endpoint], CycleState()) == {}
+        assert s.subscriber.models[source] == MODEL
+        resyncs = s.index.stats.resyncs
+        sim.stop()
+        sim = start_infergate(
+            argv, tmp_path, health_url=f"http://127.0.0.1:{http_port}/health", timeout=TIMEOUT
+        )
+        await until_received(http_port, lambda: s.index.stats.resyncs > resyncs)
+        p2 = prompt(3, 1)
+        await complete(http_port, p2)
+        await async_wait_for(
+            lambda: _scored(s, p2, endpoint), timeout=TIMEOUT, what="the new process's blocks in the index"
+        )
+        assert s.index.stats.resyncs == resyncs + 1
+        assert s.score(request(p), [endpoint], CycleState()) == {}  # the old process's blocks are forgotten
+    finally:
+        sim.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_connect_mode_follows_each_endpoints_publisher() -> None:
+    zmq_port = free_port()
+    sim = SimServer(
+        SimulatorArgs(
+            host="127.0.0.1",
+            port=0,
+            served_model_names=(MODEL,),
+            time_scale=0.05,
+            kv_events_endpoint=f"tcp://*:{zmq_port}",  # a wildcard address binds
+        )
+    )
+    await sim.start()
+    s = PrecisePrefixScorer(
+        PrecisePrefixParams.model_validate(
+            {"kvEventsConfig": {"topicFilter": "", "podDiscoveryConfig": {"socketPort": zmq_port}}}
+        )
+    )
+    assert [name for name, _ in s.background_tasks()] == ["kv-events"]  # binds the socket
+    task = asyncio.create_task(s.subscriber.run())
+    endpoint = Endpoint(meta=EndpointMeta(name="sim", address="127.0.0.1", port=sim.port))
+    try:
+        s.sync_endpoints([endpoint])
+        await until_received(sim.port, lambda: s.index.is_live("127.0.0.1"))
+        p = prompt(4, 1)
+        await complete(sim.port, p)
+        await async_wait_for(lambda: _scored(s, p, endpoint), timeout=TIMEOUT, what="blocks over the socket")
+        assert s.index.is_live("127.0.0.1")
+        s.sync_endpoints([])  # the endpoint left the pool: its blocks go with it
+        assert not s.index.is_live("127.0.0.1")
+        assert s.score(request(p), [endpoint], CycleState()) == {}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.stop()
+
+
+async def _scored(s: PrecisePrefixScorer, p: str, endpoint: Endpoint) -> bool:
+    return bool(s.score(request(p), [endpoint], CycleState()))
+
+
+PICKER = """
+plugins:
+- type: precise-prefix-cache-scorer
+  parameters:
+    kvEventsConfig: {{zmqEndpoint: "tcp://127.0.0.1:{port}", discoverPods: false}}
+- type: queue-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: precise-prefix-cache-scorer
+    weight: 3
+  - pluginRef: queue-scorer
+    weight: 1
+"""
+
+
+async def test_gateway_routes_to_the_endpoint_holding_the_blocks(tmp_path: Path) -> None:
+    zmq_port = free_port()
+    ports = [listen_port() for _ in range(3)]
+    sims = [
+        SimServer(
+            SimulatorArgs(
+                host="127.0.0.1",
+                port=port,
+                served_model_names=(MODEL,),
+                time_scale=0.05,
+                seed=i,
+                kv_events_endpoint=f"tcp://127.0.0.1:{zmq_port}",
+                kv_events_topic=f"kv@127.0.0.1:{port}@{MODEL}",
+            )
+        )
+        for i, port in enumerate(ports)
+    ]
+    docs = tmp_path / "pool.yaml"
+
+    docs.write_text(yaml.safe_dump_all(static_pool_docs([f"127.0.0.1:{p}" for p in ports])))
+    gw = Gateway(
+        load_manifests([docs]),
+        GatewayConfig(
+            host="127.0.0.1",
+            port=free_port(),
+            admin_host="127.0.0.1",
+            admin_port=free_port(),
+            picker=parse_picker_config(PICKER.format(port=zmq_port)),
+            served_header=True,
+            seed=3,
+        ),
+    )
+    for s in sims:
+        await s.start()
+    await gw.start()
+    scorer = gw.scheduler.plugin("precise-prefix-cache-scorer")
+    assert isinstance(scorer, PrecisePrefixScorer)
+    try:
+        assert await gw.wait_ready(TIMEOUT)
+        url = f"http://127.0.0.1:{gw.port}/v1/completions"
+        async with aiohttp.ClientSession() as session:
+
+            async def send(p: str) -> str:
+                body = {"model": MODEL, "prompt": p, "max_tokens": 2}
+                async with session.post(url, json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+                    return resp.headers["x-gateway-destination-endpoint-served"]
+
+            # every simulator's events must be flowing first (PUB-SUB drops messages sent before
+            # the connection is up): warm each one directly until the index knows it
+            for port in ports:
+                await until_received(port, functools.partial(scorer.index.is_live, f"127.0.0.1:{port}"))
+            homes: dict[int, str] = {}
+            for tenant in range(6):
+                homes[tenant] = await send(prompt(tenant, 0))
+                ep = Endpoint(
+                    meta=EndpointMeta(
+                        name="x", address="127.0.0.1", port=int(homes[tenant].rsplit(":", 1)[1])
+                    )
+                )
+
+                await async_wait_for(
+                    functools.partial(_scored, scorer, prompt(tenant, 1), ep),
+                    timeout=TIMEOUT,
+                    what=f"tenant {tenant}'s blocks in the index",
+                )
+            for question in range(1, 4):
+                for tenant in range(6):
+                    assert await send(prompt(tenant, question)) == homes[tenant], (tenant, question)
+    finally:
+        await gw.stop()
+        for s in sims:
+            await s.stop()
