@@ -4,7 +4,7 @@ mixed priorities.
 Small servers (``max_num_seqs=4``) make the pool saturate at a few dozen requests per second: only
 sheddable requests get a 429 (with ``Retry-After`` and the OpenAI error body), every other request is
 served, and nothing stays queued. The priority order is checked in virtual time
-(``tests/test_flowcontrol_twin.py``).
+(``tests/unit/test_flowcontrol_twin.py``).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ async def test_overload_sheds_only_sheddable_requests_and_leaves_nothing_queued(
     """Real processes, real time: what must hold whatever the machine's speed.
 
     The priority order itself (high keeps its TTFT, low absorbs the wait) is checked exactly in
-    virtual time by ``tests/test_flowcontrol_twin.py``; timing comparisons here would depend on
+    virtual time by ``tests/unit/test_flowcontrol_twin.py``; timing comparisons here would depend on
     how busy the machine is.
     """
     on = await overload(tmp_path / "on", flow_control=True)

@@ -29,9 +29,9 @@ from infergate.api.loader import ManifestSet, load_manifests
 from infergate.api.resources import InferencePoolResource
 from infergate.config.picker import default_picker_config, parse_picker_config
 from infergate.scheduling import build_scheduler
-from tests.test_deploy_crds import K8S_VERSION, crd_for, crd_validate
+from tests.unit.test_deploy_crds import K8S_VERSION, crd_for, crd_validate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "charts" / "infergate"
 EXAMPLES = ROOT / "deploy" / "examples"
 RELEASE = "vllm-llama3.1-8b-instruct"

@@ -24,7 +24,7 @@ from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.scheduling.scheduler import build_scheduler
 from infergate.telemetry import GatewayMetrics
 from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
-from tests.test_flowcontrol import FakeClock, run_once
+from tests.unit.test_flowcontrol import FakeClock, run_once
 
 HEAD = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
 META = EndpointMeta(name="pod-a", address="10.0.0.1", port=8000)

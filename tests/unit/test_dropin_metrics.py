@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.telemetry import LABEL_CAP, OTHER, GatewayMetrics
-from tests.test_director import FakeClock, body, make_director, make_store
+from tests.unit.test_director import FakeClock, body, make_director, make_store
 
 
 def _samples(m: GatewayMetrics, name: str) -> dict[frozenset[tuple[str, str]], float]:

@@ -156,7 +156,7 @@ plugins: [{type: queue-scorer}, {type: max-score-picker}]
 
 async def test_director_reads_the_llmd_headers() -> None:
     from infergate.types import Objective
-    from tests.test_director import FakeClock, body, make_director, make_store
+    from tests.unit.test_director import FakeClock, body, make_director, make_store
 
     clock = FakeClock()
     ds = make_store(clock)

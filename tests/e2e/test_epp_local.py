@@ -24,8 +24,8 @@ from infergate.requestcontrol.director import Director
 from infergate.scheduling.scheduler import build_scheduler
 from infergate.servers.metrics_auth import StaticTokenAuth
 from infergate.types import EndpointMeta, EndpointMetrics, MonotonicClock
+from tests.e2e.test_proxy_e2e import write_manifests
 from tests.support import free_port, start_infergate, wait_for
-from tests.test_proxy_e2e import write_manifests
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BODY = b'{"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "hi", "max_tokens": 1}'

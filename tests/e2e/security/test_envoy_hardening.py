@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
-from tests.security.conftest import MODEL, Replica
+from tests.e2e.security.conftest import MODEL, Replica
 from tests.support import free_port
 
 

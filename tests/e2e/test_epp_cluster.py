@@ -29,9 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.app.epp import parse_duration
 from infergate.requestcontrol.director import parse_subset
+from tests.integration.test_extproc import body_msg, headers_msg, read, response_headers_msg
 from tests.k8s_apiserver import FakeApiServer, objective, pod, pool
 from tests.support import ChildProcess, async_wait_for, free_port, start_infergate
-from tests.test_extproc import body_msg, headers_msg, read, response_headers_msg
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 POOL = "vllm-pool"

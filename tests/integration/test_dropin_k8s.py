@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from infergate.types import Objective
+from tests.integration.test_kubernetes_source import apiserver, running
 from tests.k8s_apiserver import LLMD_GROUP, X_GROUP, FakeApiServer, objective, pod, pool, rewrite
-from tests.test_kubernetes_source import apiserver, running
 
 __all__ = ["apiserver"]
 

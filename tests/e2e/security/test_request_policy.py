@@ -21,7 +21,7 @@ from aiohttp import web
 
 from infergate.config.settings import GatewaySettings
 from infergate.servers.auth import ApiKeyStore
-from tests.security.conftest import MODEL, PLANES, Replica, Rig, start_gateway
+from tests.e2e.security.conftest import MODEL, PLANES, Replica, Rig, start_gateway
 
 GOOD = "sk-good-0123456789"
 FOOD = "sk-food-0123456789"

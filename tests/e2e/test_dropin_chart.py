@@ -13,7 +13,7 @@ import typer
 import yaml
 
 from infergate.cli import app
-from tests.test_deploy_chart import (
+from tests.e2e.test_deploy_chart import (
     TUTORIAL,
     by_kind,
     container,

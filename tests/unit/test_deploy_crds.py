@@ -30,7 +30,7 @@ from infergate.api.resources import (
     InferencePoolResource,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
 EXAMPLES = ROOT / "deploy" / "examples"
 SEED = ROOT / "src" / "infergate" / "manifests" / "tutorial"

@@ -15,7 +15,7 @@ from infergate.scheduling.framework import CycleState
 from infergate.scheduling.scheduler import build_scheduler
 from infergate.scheduling.session_affinity import SessionAffinityParams, SessionAffinityScorer, session_token
 from infergate.types import Endpoint, EndpointMeta, InferenceRequest, SchedulingResult
-from tests.test_proxy_faults import MODEL, FakeServer, start_gateway, url
+from tests.integration.test_proxy_faults import MODEL, FakeServer, start_gateway, url
 
 
 class Clock:
@@ -136,7 +136,7 @@ async def test_token_set_on_the_response_through_ext_proc() -> None:
     from infergate.datastore.store import Datastore
     from infergate.requestcontrol.director import Director
     from infergate.servers.extproc import serve_extproc
-    from tests.test_extproc import (
+    from tests.integration.test_extproc import (
         A,
         FakeClock,
         _add,

@@ -22,7 +22,7 @@ from infergate.telemetry import GatewayMetrics
 from infergate.types import EndpointMeta, EndpointMetrics, ModelRewrite, Objective, PoolSpec
 from tests.conftest import SEED_DIR
 from tests.support import async_wait_for, free_port
-from tests.test_sources_dialects import SGLANG_TEXT, vllm_text
+from tests.unit.test_sources_dialects import SGLANG_TEXT, vllm_text
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -249,7 +249,7 @@ async def test_sglang_dialect_end_to_end() -> None:
 
 
 async def test_trtllm_serve_metrics_path_is_found() -> None:
-    from tests.test_sources_dialects import TRTLLM_SERVE_TEXT
+    from tests.unit.test_sources_dialects import TRTLLM_SERVE_TEXT
 
     srv = FakeModelServer(free_port(), TRTLLM_SERVE_TEXT, metrics_route="/prometheus/metrics")
     await srv.start()

@@ -168,7 +168,7 @@ async def test_conformance_filter_through_the_director() -> None:
     import random
 
     from infergate.requestcontrol.director import Director
-    from tests.test_director import FakeClock, body, make_store
+    from tests.unit.test_director import FakeClock, body, make_store
 
     cfg = parse_picker_config(
         """

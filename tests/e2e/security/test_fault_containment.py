@@ -16,7 +16,7 @@ from aiohttp import web
 
 from infergate.config.settings import GatewaySettings
 from infergate.servers.proxy import ProxyServer
-from tests.security.conftest import MODEL, Replica, start_gateway
+from tests.e2e.security.conftest import MODEL, Replica, start_gateway
 from tests.support import async_wait_for
 
 

@@ -14,7 +14,7 @@ import yaml
 from aiohttp import web
 
 from infergate.app.logs import escape_controls
-from tests.security.conftest import MODEL, PLANES, Replica, start_gateway
+from tests.e2e.security.conftest import MODEL, PLANES, Replica, start_gateway
 from tests.support import async_wait_for, free_port, start_infergate, static_pool_docs
 
 FORGED = "\nFORGED ERROR infergate.app admin token=leaked"

@@ -14,7 +14,7 @@ from aiohttp import web
 from infergate.errors import BadRequestError
 from infergate.requestcontrol.parsing import api_kind_for_path, parse_body
 from infergate.types import ApiKind
-from tests.test_proxy_faults import MODEL, FakeServer, start_gateway, url
+from tests.integration.test_proxy_faults import MODEL, FakeServer, start_gateway, url
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,10 @@ import yaml
 from infergate.datastore.store import Datastore
 from infergate.sources.kubernetes import KubernetesSource
 from infergate.sources.kubernetes_client import make_api_client
+from tests.e2e.test_deploy_chart import EXAMPLES, RELEASE, by_kind, flags, one, render
 from tests.k8s_apiserver import FakeApiServer, pod
 from tests.support import async_wait_for
-from tests.test_deploy_chart import EXAMPLES, RELEASE, by_kind, flags, one, render
-from tests.test_deploy_crds import crd_validate
+from tests.unit.test_deploy_crds import crd_validate
 
 NAMESPACE = "default"
 POD_LABELS = {"app": RELEASE, "pod-template-hash": "7d9f"}

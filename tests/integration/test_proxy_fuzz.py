@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infergate.app.gateway import Gateway
-from tests.test_proxy_faults import MODEL, FakeServer, start_gateway
+from tests.integration.test_proxy_faults import MODEL, FakeServer, start_gateway
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The live view as the gateway mounts it: admin port, real proxy traffic, real scraper.
 
-``tests/test_liveview.py`` covers the page itself (JSON shape, CSP, rendering in Chromium) against
+``tests/e2e/test_liveview.py`` covers the page itself (JSON shape, CSP, rendering in Chromium) against
 hand-built components. This file checks only the wiring that it cannot see: that ``Gateway`` serves
 ``/live`` and ``/live/state`` on the admin port, and that a request sent through the built-in proxy
 shows up there, first in flight on the endpoint that the recorded decision chose, then finished.
@@ -19,8 +19,8 @@ from aiohttp import web
 
 from infergate.app.gateway import Gateway
 from infergate.servers.liveview import render_page
+from tests.integration.test_proxy_faults import MODEL, FakeServer, ok_handler, start_gateway
 from tests.support import async_wait_for
-from tests.test_proxy_faults import MODEL, FakeServer, ok_handler, start_gateway
 
 Setup = tuple[list[FakeServer], Gateway, asyncio.Event]
 

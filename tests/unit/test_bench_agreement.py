@@ -23,7 +23,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 @pytest.fixture(scope="module")
 def agreement() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_twin_agreement.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_twin_agreement.py"
     spec = importlib.util.spec_from_file_location("bench_twin_agreement", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
