@@ -1,8 +1,6 @@
-"""Precise prefix routing over real ZMQ sockets against real simulators.
+"""Precise prefix routing over real ZMQ sockets against in-process simulators (the process-level
+test with ``infergate simulate`` and a publisher restart is ``tests/e2e/test_kvevents_process.py``).
 
-* A real ``infergate simulate`` process publishes vLLM 0.33 KV events into the subscriber's bound
-  socket; the index learns its blocks, and a restart of the publisher (sequence back to 0) makes the
-  index forget them.
 * Connect mode: the subscriber connects to a simulator's bound publisher.
 * The gateway with ``precise-prefix-cache-scorer`` in front of three simulators: after each
   tenant's first request, its later requests land where its blocks are, by the events alone.
@@ -12,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import random
 import socket
 from collections.abc import Callable
@@ -30,7 +27,7 @@ from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePref
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
 from infergate.types import Endpoint, EndpointMeta, InferenceRequest
-from tests.support import async_wait_for, free_port, start_infergate, static_pool_docs
+from tests.support import async_wait_for, free_port, static_pool_docs
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TIMEOUT = 60.0
@@ -86,64 +83,6 @@ async def complete(port: int, p: str) -> None:
         await client.completions.create(model=MODEL, prompt=p, max_tokens=2)
     finally:
         await client.close()
-
-
-async def test_subscriber_learns_a_simulator_process_and_resyncs_on_restart(tmp_path: Path) -> None:
-    zmq_port, http_port = free_port(), listen_port()
-    s = PrecisePrefixScorer(
-        PrecisePrefixParams.model_validate(
-            {"kvEventsConfig": {"zmqEndpoint": f"tcp://127.0.0.1:{zmq_port}", "discoverPods": False}}
-        )
-    )
-    assert [name for name, _ in s.background_tasks()] == ["kv-events"]  # binds the socket
-    task = asyncio.create_task(s.subscriber.run())
-    topic = f"kv@127.0.0.1:{http_port}@{MODEL}"
-    kv = json.dumps(
-        {"enable_kv_cache_events": True, "endpoint": f"tcp://127.0.0.1:{zmq_port}", "topic": topic}
-    )
-    argv = [
-        "simulate",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-        "--model",
-        MODEL,
-        "--time-scale",
-        "0.05",
-    ]
-    argv += ["--kv-events-config", kv]
-    endpoint = Endpoint(meta=EndpointMeta(name="sim", address="127.0.0.1", port=http_port))
-    source = endpoint.key
-    health = f"http://127.0.0.1:{http_port}/health"
-    sim = start_infergate(argv, tmp_path, health_url=health, timeout=TIMEOUT)
-    try:
-        p = prompt(1, 1)
-        await until_received(http_port, lambda: s.index.is_live(source))
-        await complete(http_port, p)
-        await async_wait_for(
-            lambda: _scored(s, p, endpoint), timeout=TIMEOUT, what="the prompt's blocks in the index"
-        )
-        assert s.score(request(p), [endpoint], CycleState())[source] > 0.9
-        assert s.score(request(prompt(2, 1)), [endpoint], CycleState()) == {}
-        assert s.subscriber.models[source] == MODEL
-        resyncs = s.index.stats.resyncs
-        sim.stop()
-        sim = start_infergate(
-            argv, tmp_path, health_url=f"http://127.0.0.1:{http_port}/health", timeout=TIMEOUT
-        )
-        await until_received(http_port, lambda: s.index.stats.resyncs > resyncs)
-        p2 = prompt(3, 1)
-        await complete(http_port, p2)
-        await async_wait_for(
-            lambda: _scored(s, p2, endpoint), timeout=TIMEOUT, what="the new process's blocks in the index"
-        )
-        assert s.index.stats.resyncs == resyncs + 1
-        assert s.score(request(p), [endpoint], CycleState()) == {}  # the old process's blocks are forgotten
-    finally:
-        sim.stop()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_connect_mode_follows_each_endpoints_publisher() -> None:

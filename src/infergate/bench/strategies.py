@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from infergate.config.picker import (
     EndpointPickerConfig,
+    PluginSpec,
     default_picker_config,
     parse_picker_config,
     reference_picker_config,
@@ -27,6 +28,7 @@ from infergate.config.picker import (
 __all__ = [
     "BASE_MODEL",
     "GREEDY",
+    "PRECISE",
     "STRATEGIES",
     "Strategy",
     "picker_config",
@@ -58,11 +60,14 @@ STRATEGIES: dict[str, str] = {
 
 # Greedy with true engine state (twin only): not a bound, a heuristic that cheats by reading the engines.
 GREEDY = "greedy-true-state"
+# The reference profile with the precise scorer in the approximate one's place (twin only: the
+# twin's engines feed their KV events into the scorer's index; real runs would need a ZMQ endpoint).
+PRECISE = "precise-prefix"
 
 
 def strategy_names(*, twin: bool) -> list[str]:
     names = ["default", "gie-default", *STRATEGIES]
-    return [*names, GREEDY] if twin else names
+    return [*names, PRECISE, GREEDY] if twin else names
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,15 @@ def picker_config(name: str) -> EndpointPickerConfig:
         return default_picker_config(lora=True, base_models=[BASE_MODEL])
     if name == "gie-default":  # the reference EPP's profile (+ LoRA affinity 2), for comparison
         return reference_picker_config(lora=True, base_models=[BASE_MODEL])
+    if name == PRECISE:
+        ref = reference_picker_config(lora=True, base_models=[BASE_MODEL])
+        precise = PluginSpec(
+            type="precise-prefix-cache-scorer",
+            name="prefix-cache-scorer",
+            parameters={"kvEventsConfig": {"discoverPods": False}},
+        )
+        plugins = [precise if p.type == "prefix-cache-scorer" else p for p in ref.plugins]
+        return ref.model_copy(update={"plugins": plugins})
     try:
         return parse_picker_config(STRATEGIES[name], source=f"strategy {name}")
     except KeyError:

@@ -37,7 +37,8 @@ import functools
 import itertools
 import json
 import random
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from infergate.bench.loadgen import RequestRecord
@@ -51,9 +52,12 @@ from infergate.flowcontrol.core import Decision, FlowCore
 from infergate.flowcontrol.queues import QueuedItem
 from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
+from infergate.scheduling.precise_prefix import PrecisePrefixScorer
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
+from infergate.simulator.kvcache import KvEvent
+from infergate.simulator.kvevents import encode_batch
 from infergate.simulator.scaled import make_engine
 from infergate.tokenization.builtin import Tokenizer
 from infergate.types import (
@@ -174,6 +178,27 @@ def _true_state_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str 
     return min(replicas, key=cost)
 
 
+def _feed_kv_events(scheduler: Scheduler, replicas: Sequence[_Replica], model: str) -> None:
+    """Every ``precise-prefix-cache-scorer`` receives each engine's KV events of each step, in
+    vLLM's wire form and with the topic a pod would use, at the step's virtual time."""
+    scorers = [p for p in scheduler.plugins() if isinstance(p, PrecisePrefixScorer)]
+    for scorer in scorers:
+        for r in replicas:
+            topic = f"kv@{r.key}@{model}".encode()
+            seq = itertools.count()
+
+            def sink(
+                events: list[KvEvent],
+                topic: bytes = topic,
+                seq: Iterator[int] = seq,
+                s: PrecisePrefixScorer = scorer,
+            ) -> None:
+                payload = encode_batch(events, ts=0.0)
+                s.subscriber.handle([topic, struct.pack(">Q", next(seq)), payload], None)
+
+            r.engine.set_kv_event_sink(sink)
+
+
 def run_twin(
     requests: Sequence[BenchRequest],
     offsets: Sequence[float],
@@ -231,6 +256,8 @@ def run_twin(
         scheduler = build_scheduler(
             picker or picker_config(named.base), rng=random.Random(cfg.seed), clock=loop
         )
+    if scheduler is not None:
+        _feed_kv_events(scheduler, replicas, cfg.base_model)
     # greedy-true-state picks by itself; the core still resolves its requests (its scheduler is never run)
     core = RequestCore(
         datastore=datastore,

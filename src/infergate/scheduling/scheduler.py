@@ -109,6 +109,10 @@ class Scheduler:
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
 
+    def plugins(self) -> list[object]:
+        """Every configured plugin instance (the twin feeds KV events to the ones that read them)."""
+        return list(self._plugins.values())
+
     def response_headers(self, target: Endpoint) -> dict[str, str]:
         """Headers plugins add to the response from ``target`` (``x-session-token``)."""
         out: dict[str, str] = {}
