@@ -164,6 +164,9 @@ class SchedulingResult:
     targets: tuple[Endpoint, ...]
     scores: Mapping[str, float] = field(default_factory=dict)
     plugin_scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers the data plane adds to the request it forwards to ``primary`` (P/D disaggregation:
+    ``x-prefiller-host-port`` names the prefill endpoint to the decode side's sidecar)."""
 
     @property
     def primary(self) -> Endpoint:

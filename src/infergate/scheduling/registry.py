@@ -14,6 +14,16 @@ from typing import Literal
 from pydantic import BaseModel
 
 from infergate.config.picker_sections import StaticUsageLimitParams, UtilizationDetectorParams
+from infergate.scheduling.disagg import (
+    DECODE_ROLES,
+    PREFILL_ROLES,
+    AlwaysDisaggDecider,
+    DisaggParams,
+    DisaggProfileHandler,
+    PrefixBasedDecider,
+    PrefixDeciderParams,
+    RoleFilter,
+)
 from infergate.scheduling.filters import (
     LoraAffinityFilter,
     LoraAffinityFilterParams,
@@ -113,6 +123,9 @@ REFUSED_TYPES: dict[str, str] = {
     "precise-prefix-cache-producer": "the KV-event index runs inside precise-prefix-cache-scorer; use it",
     "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
+    "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
+    "disagg-headers-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
+    "prefill-header-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
 }
 
 
@@ -152,6 +165,12 @@ def default_registry() -> PluginRegistry:
     r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
     r.register("no-hit-lru-scorer", NoHitLRUParams, lambda p, c: NoHitLRUScorer(p))
     r.register("header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p))
+    # P/D disaggregation (scheduling/disagg.py)
+    r.register("disagg-profile-handler", DisaggParams, lambda p, c: DisaggProfileHandler(p))
+    r.register("prefix-based-pd-decider", PrefixDeciderParams, lambda p, c: PrefixBasedDecider(p))
+    r.register("always-disagg-pd-decider", NoParams, lambda p, c: AlwaysDisaggDecider())
+    r.register("decode-filter", NoParams, lambda p, c: RoleFilter(DECODE_ROLES, unlabelled=True))
+    r.register("prefill-filter", NoParams, lambda p, c: RoleFilter(PREFILL_ROLES, unlabelled=False))
     r.register(
         "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
     )

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
+from infergate.scheduling.disagg import DisaggProfileHandler
 from infergate.scheduling.framework import (
     CycleState,
     Filter,
@@ -89,12 +90,14 @@ class Scheduler:
         decision_log: DecisionLog | None = None,
         clock: Clock | None = None,
         profiles: Mapping[str, SchedulerProfile] | None = None,
-        handler: HeaderProfileHandler | None = None,
+        handler: HeaderProfileHandler | DisaggProfileHandler | None = None,
     ) -> None:
         self.profile = profile
         """The default profile (the only one unless a profile handler chooses among several)."""
         self.profiles = dict(profiles or {profile.name: profile})
-        self._handler = handler if len(self.profiles) > 1 else None
+        self._handler = (
+            handler if len(self.profiles) > 1 or isinstance(handler, DisaggProfileHandler) else None
+        )
         self._plugins = dict(plugins or {})
         self._metrics = metrics
         self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
@@ -172,8 +175,12 @@ class Scheduler:
         try:
             if not candidates:
                 raise NoCapacityError("no ready endpoint in the pool")
-            profile = self.profile if self._handler is None else self._handler.choose(request, self.profiles)
-            result = profile.run(request, candidates, CycleState())
+            handler = self._handler
+            if isinstance(handler, DisaggProfileHandler):
+                result = handler.run(request, candidates, self.profiles, CycleState())
+            else:
+                profile = self.profile if handler is None else handler.choose(request, self.profiles)
+                result = profile.run(request, candidates, CycleState())
         except NoCapacityError:
             self._record(request, None, t0)
             raise
@@ -242,15 +249,20 @@ def build_scheduler(
         types[name] = spec.type
 
     profiles = list(config.scheduling_profiles)
-    handlers = [n for n, inst in instances.items() if isinstance(inst, HeaderProfileHandler)]
+    handlers = [n for n, inst in instances.items() if isinstance(inst, _HANDLERS)]
     if len(handlers) > 1:
         raise ConfigError(f"plugins: several profile handlers ({', '.join(handlers)}); configure one")
-    handler = cast(HeaderProfileHandler, instances[handlers[0]]) if handlers else None
+    handler = cast(HeaderProfileHandler | DisaggProfileHandler, instances[handlers[0]]) if handlers else None
+    if isinstance(handler, DisaggProfileHandler):
+        try:
+            handler.bind(instances)
+        except ValueError as exc:
+            raise ConfigError(f"plugins[{handlers[0]}].parameters.{exc}") from None
     if len(profiles) > 1 and handler is None:
         names = ", ".join(p.name for p in profiles)
         raise ConfigError(
             f"schedulingProfiles: {len(profiles)} profiles ({names}) need a profile handler that picks "
-            "one per request (header-profile-handler); single-profile-handler runs exactly one"
+            "one per request (header-profile-handler, disagg-profile-handler)"
         )
     built: dict[str, SchedulerProfile] = {}
     if profiles:
@@ -266,14 +278,12 @@ def build_scheduler(
                 refs.append((ref.plugin_ref, ref.weight))
             built[pname] = _build_profile(pname, refs, instances, types, metrics, ctx)
     else:
-        stages = [
-            n
-            for n, inst in instances.items()
-            if not isinstance(inst, HeaderProfileHandler) and not getattr(inst, "inert", False)
-        ]
+        stages = [n for n, inst in instances.items() if not _not_a_stage(inst)]
         refs = [(n, None) for n in stages]
         built["default"] = _build_profile("default", refs, instances, types, metrics, ctx)
-    if handler is not None and len(built) > 1 and handler.default_profile not in built:
+    if isinstance(handler, DisaggProfileHandler):
+        _check_disagg(handlers[0], handler, built, config, types)
+    elif handler is not None and len(built) > 1 and handler.default_profile not in built:
         raise ConfigError(
             f"plugins[{handlers[0]}].parameters.defaultProfile: no scheduling profile named "
             f"{handler.default_profile!r} (profiles: {', '.join(built)})"
@@ -304,7 +314,7 @@ def _build_profile(
     post_picks: list[PostPickSlot] = []
     for name, weight in refs:
         inst, type_ = instances[name], types[name]
-        if getattr(inst, "inert", False) or isinstance(inst, HeaderProfileHandler):
+        if _not_a_stage(inst):
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is not a filter, scorer "
                 "or picker in infergate; remove it from the profile"
@@ -339,3 +349,42 @@ def _build_profile(
         pickers.append(PickerSlot(name, name, _timer(metrics, "Picker", name, name), default))
         instances.setdefault(name, default)
     return SchedulerProfile(pname, filters=filters, scorers=scorers, picker=pickers[0], post_picks=post_picks)
+
+
+_HANDLERS = (HeaderProfileHandler, DisaggProfileHandler)
+
+
+def _not_a_stage(inst: object) -> bool:
+    """Profile handlers, P/D deciders and inert types are plugins but never run inside a profile."""
+    return getattr(inst, "inert", False) or isinstance(inst, _HANDLERS) or hasattr(inst, "disaggregate")
+
+
+_PREFIX_TYPES = frozenset({"prefix-cache-scorer", "precise-prefix-cache-scorer"})
+
+
+def _check_disagg(
+    name: str,
+    handler: DisaggProfileHandler,
+    built: Mapping[str, SchedulerProfile],
+    config: PickerConfigLike,
+    types: Mapping[str, str],
+) -> None:
+    """Every profile the handler runs exists, every profile exists to be run, and a decider that
+    reads the decode endpoint's cached prefix has a prefix scorer in the decode profile."""
+    needed = handler.profile_names()
+    for pname in needed:
+        if pname not in built:
+            raise ConfigError(
+                f"plugins[{name}]: no scheduling profile named {pname!r} (profiles: {', '.join(built)})"
+            )
+    unused = [p for p in built if p not in needed]
+    if unused:
+        hint = "; set parameters.deciders.prefill to run a prefill profile" if handler.decider is None else ""
+        raise ConfigError(f"schedulingProfiles: {', '.join(unused)} never run by {name}{hint}")
+    if getattr(handler.decider, "needs_prefix_info", False):
+        refs = next(p for p in config.scheduling_profiles if (p.name or "default") == handler.decode_profile)
+        if not any(types.get(r.plugin_ref) in _PREFIX_TYPES for r in refs.plugins):
+            raise ConfigError(
+                f"schedulingProfiles[{handler.decode_profile}]: {handler.decider_name} reads the decode "
+                "endpoint's cached prefix; add prefix-cache-scorer or precise-prefix-cache-scorer"
+            )
