@@ -16,6 +16,7 @@ import pickle
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import cbor2
 import msgpack
 import msgspec
@@ -205,3 +206,60 @@ def test_legacy_array_encoding_kept() -> None:
     ev = ("BlockStored", [1], None, list(range(16)), 16, None, "GPU", None, [None], 0)
     _ts, events, rank = msgpack.unpackb(encode_batch([ev], ts=1.0, encoding="array", data_parallel_rank=None))
     assert events == [["BlockStored", [1], None, list(range(16)), 16, None, "GPU", None]] and rank is None
+
+
+async def _sources(server: SimServer) -> Any:
+    async with aiohttp.ClientSession() as s, s.get(f"{server.url}/kv_event_sources") as r:
+        assert r.status == 200
+        return await r.json()
+
+
+async def test_kv_event_sources_reports_the_resolved_publisher() -> None:
+    """vLLM's discovery route: one source per data-parallel rank with the bound address, so a
+    consumer started with only the HTTP address finds the ZMQ stream (a wildcard port resolved)."""
+    base = ["--host", "127.0.0.1", "--port", "0", "--time-scale", "0.05"]
+    server = SimServer(
+        parse_args(
+            [
+                *base,
+                "--kv-events-config",
+                '{"enable_kv_cache_events": true, "endpoint": "tcp://*:0", "topic": "kv@pod@m"}',
+            ],
+            {},
+        )
+    )
+    await server.start()
+    try:
+        sources = await _sources(server)
+        assert list(sources) == ["0"]
+        src = sources["0"]
+        assert (src["publisher"], src["topic"], src["replay_endpoint"]) == ("zmq", "kv@pod@m", None)
+        port = int(src["endpoint"].rsplit(":", 1)[1])
+        assert src["endpoint"].startswith("tcp://") and port > 0
+        ctx = zmq.asyncio.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        c = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="sim", max_retries=0)
+        probes = iter(range(1000, 10**6, 17))
+
+        async def got_events() -> bool:
+            # a fresh prompt each time: PUB drops batches until the subscription has arrived
+            start = next(probes)
+            await c.completions.create(model=MODEL, prompt=list(range(start, start + 17)), max_tokens=1)
+            return bool(await sub.poll(50))
+
+        try:
+            await async_wait_for(got_events, timeout=15, what="events at the reported address")
+        finally:
+            await c.close()
+            sub.close(0)
+            ctx.term()
+    finally:
+        await server.stop()
+    plain = SimServer(parse_args(base, {}))
+    await plain.start()
+    try:
+        assert await _sources(plain) == {}
+    finally:
+        await plain.stop()

@@ -691,7 +691,10 @@ async def test_lora_slot_limit_shows_waiting_adapter_in_metrics() -> None:
 
         async def b_waits() -> bool:
             fams = families((await get(f"{server.url}/metrics"))[1])
-            labels = max(fams["vllm:lora_requests_info"].samples, key=lambda s: s.value).labels
+            series = fams["vllm:lora_requests_info"].samples
+            if not series:  # a's admission is visible before its first step has been recorded
+                return False
+            labels = max(series, key=lambda s: s.value).labels
             return (labels["running_lora_adapters"], labels["waiting_lora_adapters"], labels["max_lora"]) == (
                 "a",
                 "b",

@@ -121,11 +121,27 @@ def _engine_run(*, sparse: bool) -> tuple[list[RequestOutput], list[object], Eng
     return outs, events, engine
 
 
+# Fields added after the digest was recorded (request phases, per-request preemptions, cached-token
+# counters for vLLM's metrics): left out of the repr so the digest still covers every earlier field.
+_LATER_FIELDS = {
+    "RequestOutput": {"scheduled_time", "num_preemptions"},
+    "EngineStats": {"prompt_tokens_cached", "prompt_tokens_external"},
+}
+
+
+def _repr_without_later_fields(obj: Any) -> str:
+    if isinstance(obj, list):
+        return "[" + ", ".join(map(_repr_without_later_fields, obj)) + "]"
+    later = _LATER_FIELDS[type(obj).__name__]
+    fields = [f.name for f in dataclasses.fields(obj) if f.name not in later]
+    return f"{type(obj).__name__}(" + ", ".join(f"{n}={getattr(obj, n)!r}" for n in fields) + ")"
+
+
 def _engine_digest() -> str:
     outs, events, engine = _engine_run(sparse=False)
-    h = hashlib.sha256(repr(outs).encode())
+    h = hashlib.sha256(_repr_without_later_fields(outs).encode())
     h.update(repr(events).encode())
-    h.update(repr(engine.stats()).encode())
+    h.update(_repr_without_later_fields(engine.stats()).encode())
     return h.hexdigest()
 
 

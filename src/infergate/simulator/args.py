@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from infergate.simulator.disagg import KvTransfer
+from infergate.simulator.disagg import parse_config as parse_kv_transfer
 from infergate.simulator.engine_types import EngineConfig
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -103,6 +105,9 @@ class SimulatorArgs:
     enable_server_load_tracking: bool = False
     log_level: str = "info"
     tokenizer: str | None = None  # --tokenizer: a tokenizer.json (None: the built-in tokenizer)
+    kv_transfer: KvTransfer | None = None  # --kv-transfer-config (P/D disaggregation)
+    kv_transfer_bandwidth: float = 25e9  # bytes/s
+    kv_transfer_latency: float = 0.002  # s
     ignored_flags: tuple[str, ...] = field(default=())
 
     def engine_config(self) -> EngineConfig:
@@ -119,6 +124,8 @@ class SimulatorArgs:
             "prefix_caching_hash_algo": self.prefix_caching_hash_algo,
             "hash_seed": self.hash_seed,
             "kv_events_int_hashes": self.kv_events_int_hashes,
+            "kv_transfer_bandwidth": self.kv_transfer_bandwidth,
+            "kv_transfer_latency": self.kv_transfer_latency,
         }
         optional = {
             "max_num_seqs": self.max_num_seqs,
@@ -212,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON as vLLM, e.g. {"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","topic":""}',
     )
     v.add_argument(
+        "--kv-transfer-config",
+        default=None,
+        help='P/D disaggregation as vLLM, e.g. {"kv_connector":"NixlConnector","kv_role":"kv_both"}',
+    )
+    v.add_argument(
         "--enable-prompt-tokens-details",
         action="store_true",
         help="report usage.prompt_tokens_details.cached_tokens (prefix-cache hits)",
@@ -231,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="expose pre-0.11 metric names (vllm:gpu_cache_usage_perc, vllm:gpu_prefix_cache_*, ...)",
     )
     s.add_argument("--echo", action="store_true", help="generated text repeats the prompt instead of filler")
+    s.add_argument(
+        "--kv-transfer-bandwidth",
+        type=float,
+        default=25.0,
+        metavar="GBPS",
+        help="P/D: KV pulled from a prefill instance, GB/s per TP rank (default 25)",
+    )
+    s.add_argument(
+        "--kv-transfer-latency-ms",
+        type=float,
+        default=2.0,
+        help="P/D: fixed cost of one KV pull in ms (default 2)",
+    )
     s.add_argument(
         "--kv-events-endpoint", default=None, help="publish vLLM KV events over ZMQ (e.g. tcp://*:5557)"
     )
@@ -366,6 +391,17 @@ def parse_args(
             kv_endpoint = kv_endpoint or str(kv.get("endpoint") or "tcp://*:5557")
             kv_topic = str(kv.get("topic") or "")
 
+    kv_transfer = None
+    if ns.kv_transfer_config:
+        try:
+            kv_transfer = parse_kv_transfer(
+                ns.kv_transfer_config, env, ns.tensor_parallel_size, lambda m: print(m, file=err)
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+    if ns.kv_transfer_bandwidth <= 0 or ns.kv_transfer_latency_ms < 0:
+        parser.error("--kv-transfer-bandwidth must be positive and --kv-transfer-latency-ms not negative")
+
     loras = tuple(ns.lora_modules)
     if loras and not ns.enable_lora:
         print("WARNING: --lora-modules given without --enable-lora; enabling LoRA", file=err)
@@ -405,5 +441,8 @@ def parse_args(
         enable_server_load_tracking=bool(ns.enable_server_load_tracking),
         log_level=(ns.uvicorn_log_level or "info"),
         tokenizer=ns.tokenizer,
+        kv_transfer=kv_transfer,
+        kv_transfer_bandwidth=ns.kv_transfer_bandwidth * 1e9,
+        kv_transfer_latency=ns.kv_transfer_latency_ms / 1000.0,
         ignored_flags=tuple(unknown),
     )

@@ -33,6 +33,9 @@ class EngineConfig:
     kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES
     # ids generated tokens are drawn from (the tokenizer's ``filler_ids``); None: the built-in's
     filler_ids: tuple[int, ...] | None = None
+    # P/D disaggregation (--kv-transfer-config): a modelled KV transfer from a prefill instance
+    kv_transfer_bandwidth: float = 25e9  # bytes/s per TP rank [est: one 200 Gb/s NIC]
+    kv_transfer_latency: float = 0.002  # s per transfer (handshake and notification) [est]
 
 
 @dataclass
@@ -50,6 +53,11 @@ class EngineRequest:
     # strings are matched on text there, as in vLLM's output processor, possibly after the engine
     # has already run the request to its length limit, so the engine must not count it itself.
     frontend_counts: bool = False
+    # P/D: prompt tokens (full blocks) whose KV a prefill instance sends instead of computing them
+    # here (vLLM's do_remote_prefill), and do_remote_decode (a prefill instance's request: its
+    # block ids are kept for the decode instance when it finishes by length)
+    remote_prefill_tokens: int = 0
+    remote_decode: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class RequestOutput:
     arrival_time: float
     first_token_time: float | None
     now: float
+    scheduled_time: float | None = None  # when the engine first scheduled it (queue time ends)
+    num_preemptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,8 @@ class EngineStats:
     num_steps: int = 0
     busy_time: float = 0.0  # Σ step durations (s)
     lora_gpu_loads: int = 0  # adapters brought into a GPU slot (swaps)
+    prompt_tokens_cached: int = 0  # of prompt_tokens_total, found in the prefix cache or received
+    prompt_tokens_external: int = 0  # of prompt_tokens_cached, received from a prefill instance
 
 
 class PromptTooLongError(ValueError):

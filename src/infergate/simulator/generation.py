@@ -31,6 +31,7 @@ class Delta:
     stop_reason: str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    kv_blocks: tuple[int, ...] | None = None  # P/D: a finished prefill's block ids (last event)
 
 
 @dataclass
@@ -124,6 +125,7 @@ async def choice_events(
         if finish is None:  # the consumer left, an error, or the engine aborted the request
             finish = "abort"
         driver.engine.record_finish(finish)
+        kv_blocks = driver.engine.sent_kv.pop(req.request_id, None)
     if finish != "abort" and last is not None:
         metrics.observe_finished(
             arrival=last.arrival_time,
@@ -132,6 +134,9 @@ async def choice_events(
             prompt_tokens=prompt_tokens,
             generated=generated,
             max_tokens=req.max_tokens,
+            scheduled=last.scheduled_time,
+            cached_tokens=last.num_cached_tokens,
+            preemptions=last.num_preemptions,
         )
     yield Delta(
         spec.index,
@@ -141,6 +146,7 @@ async def choice_events(
         stop_reason=stop_reason,
         prompt_tokens=prompt_tokens,
         cached_tokens=cached,
+        kv_blocks=kv_blocks,
     )
 
 

@@ -153,6 +153,17 @@ class KvEventPublisher:
         value = self._sock.getsockopt(zmq.LAST_ENDPOINT)
         return value.decode() if isinstance(value, bytes) else str(value)
 
+    def source(self) -> dict[str, Any]:
+        """This publisher as vLLM's ``GET /kv_event_sources`` reports a data-parallel rank: the
+        resolved address of a bound socket (a wildcard port becomes the real one), the
+        configured one of a connecting socket; no replay socket."""
+        return {
+            "publisher": "zmq",
+            "endpoint": self.last_endpoint if binds(self.endpoint) else self.endpoint,
+            "replay_endpoint": None,
+            "topic": self.topic.decode("utf-8"),
+        }
+
     def publish(self, events: list[KvEvent]) -> None:
         if not events:
             return

@@ -32,6 +32,11 @@ REQUEST_LATENCY_BUCKETS = (
     960.0, 1920.0, 7680.0,
 )  # fmt: skip
 N_BUCKETS = (1, 2, 5, 10, 20)
+ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+PREEMPTION_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
+# vLLM's sources of prompt tokens: computed here, found in the local prefix cache, or received
+# from a prefill instance (P/D disaggregation, --kv-transfer-config)
+PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
 
 
 def token_buckets(max_model_len: int) -> tuple[float, ...]:
@@ -117,6 +122,23 @@ class _EngineCollector(Collector):
             s.lora_gpu_loads,
         )
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total)
+        if not self._legacy:
+            by_source = CounterMetricFamily(
+                "vllm:prompt_tokens_by_source",
+                "Number of prompt tokens by source.",
+                labels=[*labels, "source"],
+            )
+            external = s.prompt_tokens_external
+            local_hit = s.prompt_tokens_cached - external
+            computed = s.prompt_tokens_total - s.prompt_tokens_cached
+            for source, value in zip(PROMPT_SOURCES, (computed, local_hit, external), strict=True):
+                by_source.add_metric([*values, source], value)
+            yield by_source
+            yield counter(
+                "vllm:prompt_tokens_cached",
+                "Number of cached prompt tokens (local + external).",
+                s.prompt_tokens_cached,
+            )
         yield counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total
         )
@@ -217,12 +239,47 @@ class SimMetrics:
             "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", tok
         )
         self.n_param = hist("vllm:request_params_n", "Histogram of the n request parameter.", N_BUCKETS)
+        self.queue_time = hist(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.inference_time = hist(
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.prefill_time = hist(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.prefill_kv_computed = hist(
+            "vllm:request_prefill_kv_computed_tokens",
+            "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
+            tok,
+        )
+        self.preemptions = hist(
+            "vllm:request_num_preemptions",
+            "Histogram of the number of preemptions of finished requests.",
+            PREEMPTION_BUCKETS,
+        )
+        self.iteration_tokens = hist(
+            "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.",
+            ITERATION_TOKEN_BUCKETS,
+        )
 
     def record_lora(self, max_loras: int, running: Sequence[str], waiting: Sequence[str]) -> None:
         """Record the LoRA state after an engine step, as vLLM's logger does on every stats update
         (``set_to_current_time`` on the series of the current labels; older series keep their time)."""
         key = (str(max_loras), ",".join(waiting), ",".join(running))
         self._collector.lora_series[key] = time.time()
+
+    def observe_step(self, prompt_tokens: int, generated: int) -> None:
+        """One engine step: vLLM counts the whole prompt of each request that got its first token
+        in the step, plus every token sampled in it."""
+        self.iteration_tokens.observe(prompt_tokens + generated)
 
     def observe_finished(
         self,
@@ -233,13 +290,26 @@ class SimMetrics:
         prompt_tokens: int,
         generated: int,
         max_tokens: int,
+        scheduled: float | None = None,
+        cached_tokens: int = 0,
+        preemptions: int = 0,
     ) -> None:
-        """Record one finished (non-aborted) request, timestamps on the engine's clock."""
+        """Record one finished (non-aborted) request, timestamps on the engine's clock.
+
+        As vLLM's phases: queued from arrival at the engine to first scheduling, prefill from then
+        to the first token, decode from the first token to the end, inference = prefill + decode."""
         self.e2e.observe(max(0.0, finished - arrival))
         if first_token is not None:
             self.decode_time.observe(max(0.0, finished - first_token))
             if generated > 1:
                 self.tpot.observe(max(0.0, (finished - first_token) / (generated - 1)))
+        if scheduled is not None:
+            self.queue_time.observe(max(0.0, scheduled - arrival))
+            self.inference_time.observe(max(0.0, finished - scheduled))
+            if first_token is not None:
+                self.prefill_time.observe(max(0.0, first_token - scheduled))
+        self.prefill_kv_computed.observe(prompt_tokens - max(cached_tokens, 0))
+        self.preemptions.observe(preemptions)
         self.prompt_tokens.observe(prompt_tokens)
         self.generation_tokens.observe(generated)
         self.max_tokens_param.observe(max_tokens)

@@ -16,7 +16,7 @@ class ScaledEngine(Engine):
 
     def __init__(self, config: EngineConfig, time_scale: float) -> None:
         super().__init__(config)
-        self.time_scale = time_scale
+        self.time_scale = time_scale  # also scales the KV transfer times the engine computes
 
     def begin_step(self, now: float) -> float | None:
         duration = super().begin_step(now)

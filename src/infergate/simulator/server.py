@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infergate.simulator import load_report, validation
+from infergate.simulator import disagg, load_report, lora_api, validation
 from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
 from infergate.simulator.args import SimulatorArgs
@@ -104,17 +104,19 @@ class SimServer:
                 "prefix_caching_hash_algo": self.config.prefix_caching_hash_algo,
             },
         )
-        if self.config.enable_lora:
-            self.driver.add_step_listener(self._record_lora)
+        self.driver.add_step_listener(self._record_step)
         self.server_load = load_report.ServerLoad(args.enable_server_load_tracking)
         self.kv_publisher: Any = None
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.port = args.port
 
-    def _record_lora(self) -> None:
-        running, waiting = self.engine.lora_state()
-        self.metrics.record_lora(self.config.max_loras, running, waiting)
+    def _record_step(self) -> None:
+        engine = self.engine
+        self.metrics.observe_step(engine.last_step_prompt_tokens, engine.last_step_tokens)
+        if self.config.enable_lora:
+            running, waiting = engine.lora_state()
+            self.metrics.record_lora(self.config.max_loras, running, waiting)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +142,7 @@ class SimServer:
         r.add_get("/get_model_info", self.model_info)
         r.add_get("/model_info", self.model_info)
         r.add_get("/get_load", self.get_load)
+        r.add_get("/kv_event_sources", self.kv_event_sources)
         return app
 
     async def start(self) -> None:
@@ -242,6 +245,7 @@ class SimServer:
         params: oa.GenerationParams,
         lora: str | None,
         default_max: int | None,
+        transfer: disagg.TransferRequest,
     ) -> list[ChoiceSpec]:
         """Engine requests for every (prompt, n) pair, after vLLM's sampling-parameter and
         token-id checks, all of which run before anything proportional to ``n`` is built."""
@@ -265,6 +269,8 @@ class SimServer:
                     min_tokens=params.min_tokens,
                     ignore_eos=params.ignore_eos,
                     lora_name=lora,
+                    remote_prefill_tokens=transfer.remote_prefill_tokens,
+                    remote_decode=transfer.remote_decode,
                 )
                 try:
                     self.engine.validate(req)  # refuse before any header is sent (streams too)
@@ -298,7 +304,8 @@ class SimServer:
         validation.check_output_budget(params.max_tokens, params.max_tokens_param, self.max_model_len)
         prompts, texts = self._completion_ids(body)
         rid = f"cmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
-        specs = self._specs(rid, prompts, params, lora, 16)
+        transfer = disagg.parse_request(body, self.args.kv_transfer, self.config.block_size)
+        specs = self._specs(rid, prompts, params, lora, 16, transfer)
         echo_text = None
         if params.echo:
             pairs = zip(texts, prompts, strict=True)
@@ -313,7 +320,8 @@ class SimServer:
         validation.check_output_budget(params.max_tokens, params.max_tokens_param, self.max_model_len)
         ids = self._chat_ids(body, messages)
         rid = f"chatcmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
-        specs = self._specs(rid, [ids], params, lora, None)
+        transfer = disagg.parse_request(body, self.args.kv_transfer, self.config.block_size)
+        specs = self._specs(rid, [ids], params, lora, None, transfer)
         return await self._respond(request, params, model, rid, specs, None)
 
     async def _respond(
@@ -351,7 +359,11 @@ class SimServer:
             cached = finals[specs[0].index].cached_tokens
             usage = self._usage(prompt_tokens, sum(c.num_tokens for c in choices), cached)
             build = oa.chat_response if params.kind == "chat" else oa.completion_response
-            resp = _json(build(rid, created, model, choices, usage))
+            out = build(rid, created, model, choices, usage)
+            sent = finals[specs[0].index].kv_blocks
+            if sent is not None and self.args.kv_transfer is not None:
+                out[disagg.FIELD] = disagg.response_params(self.args.kv_transfer, sent, rid)
+            resp = _json(out)
             fmt = request.headers.get(load_report.FORMAT_HEADER, "")
             resp.headers.update(load_report.orca_header(fmt, self.engine.stats()))
             return resp
@@ -463,33 +475,9 @@ class SimServer:
     async def load_lora(self, request: web.Request) -> web.Response:
         self._require_runtime_lora()
         body = await self._body(request)
-        name, path = body.get("lora_name"), body.get("lora_path")
-        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
-            raise oa.ApiError(
-                400, "Both 'lora_name' and 'lora_path' must be provided.", type_="InvalidUserInput"
-            )
-        if name in self.args.served_model_names:
-            raise oa.ApiError(
-                400,
-                f"The lora adapter '{name}' conflicts with a served base model.",
-                type_="InvalidUserInput",
-            )
-        inplace = oa.as_bool(body, "load_inplace", False)
-        if name in self.engine.loras() and not inplace:
-            raise oa.ApiError(
-                400,
-                f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in "
-                "place, set 'load_inplace' to True.",
-                type_="InvalidUserInput",
-            )
-        if not self.config.enable_lora:
-            raise oa.ApiError(
-                400, "LoRA is not enabled. Use --enable-lora to enable LoRA.", type_="InvalidUserInput"
-            )
-        if "nonexistent" in path:
-            raise oa.ApiError(
-                404, f"Loading lora {name} failed: No adapter found for {path}", type_="NotFoundError"
-            )
+        name, path, inplace = lora_api.check_load(
+            body, self.args.served_model_names, self.engine.loras(), self.config.enable_lora
+        )
         # The real endpoint returns after the adapter is read from disk (calibration §2).
         await asyncio.sleep(
             get_profile(self.config.profile).lora_disk_load_ms / 1000.0 * self.args.time_scale
@@ -504,13 +492,7 @@ class SimServer:
 
     async def unload_lora(self, request: web.Request) -> web.Response:
         self._require_runtime_lora()
-        body = await self._body(request)
-        name = body.get("lora_name")
-        if not isinstance(name, str) or not name:
-            raise oa.ApiError(400, "'lora_name' needs to be provided to unload a LoRA adapter.",
-                              type_="InvalidUserInput")  # fmt: skip
-        if name not in self.engine.loras():
-            raise oa.ApiError(404, f"The lora adapter '{name}' cannot be found.", type_="NotFoundError")
+        name = lora_api.check_unload(await self._body(request), self.engine.loras())
         self.engine.remove_lora(name)
         self.lora_parents.pop(name, None)
         return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
@@ -519,6 +501,11 @@ class SimServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
+
+    async def kv_event_sources(self, request: web.Request) -> web.Response:
+        """vLLM's publisher discovery: sources keyed by data-parallel rank, ``{}`` without events."""
+        pub = self.kv_publisher
+        return _json({} if pub is None else {"0": pub.source()})
 
     async def version(self, request: web.Request) -> web.Response:
         return _json({"version": VLLM_VERSION})
