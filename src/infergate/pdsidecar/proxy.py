@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-__all__ = ["PREFILLER_HEADER", "SidecarOptions", "build_app"]
+__all__ = ["PREFILLER_HEADER", "SIDECAR_OPTIONS", "SidecarOptions", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ def prefill_body(body: dict[str, Any]) -> dict[str, Any]:
     if "max_completion_tokens" in out:
         out["max_completion_tokens"] = 1
     return out
+
+
+SIDECAR_OPTIONS: web.AppKey[SidecarOptions] = web.AppKey("sidecar_options", SidecarOptions)
 
 
 class _Sidecar:
@@ -189,5 +192,5 @@ def build_app(options: SidecarOptions | None = None) -> web.Application:
     app.on_startup.append(sidecar.start)
     app.on_cleanup.append(sidecar.close)
     app.router.add_route("*", "/{tail:.*}", sidecar.handle)
-    app["sidecar"] = sidecar
+    app[SIDECAR_OPTIONS] = sidecar.o
     return app
