@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the local decode server's port (default 8200)",
     )
     p.add_argument("--model-server-host", default="127.0.0.1", help="the decode server's address")
-    p.add_argument("--kv-connector", default="nixlv2", help="KV connector protocol (only nixlv2)")
+    p.add_argument(
+        "--kv-connector", "--connector", default="nixlv2", help="KV connector protocol (only nixlv2)"
+    )
     p.add_argument("--prefill-timeout", type=float, default=600.0, help="seconds for a prefill (default 600)")
     p.add_argument("--log-level", default="info")
     return p
