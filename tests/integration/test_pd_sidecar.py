@@ -59,8 +59,8 @@ async def pool() -> AsyncIterator[Pool]:
     await decode.start()
     runner = web.AppRunner(build_app(SidecarOptions(decoder_url=decode.url)))
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
     try:
         yield Pool(prefill, decode, runner, port)
     finally:

@@ -147,6 +147,7 @@ def test_adapters_match_only_their_own_blocks() -> None:
         ({"kvEventsConfig": {"engineType": "sglang"}}, "engineType"),
         ({"kvEventsConfig": {"podDiscoveryConfig": {"podLabelSelector": "app in (a)"}}}, "podLabelSelector"),
         ({"blockSizeTokens": 16}, "blockSizeTokens"),
+        ({"indexerConfig": {"kvBlockIndexConfig": {"enableMetrics": True}}}, "enableMetrics"),
     ],
 )
 def test_unsupported_parameters_are_errors(params: dict[str, object], fragment: str) -> None:

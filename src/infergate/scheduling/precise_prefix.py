@@ -59,6 +59,13 @@ class KvBlockIndexConfig(Params):
     in_memory_config: InMemoryConfig = InMemoryConfig()
     enable_metrics: bool = False
 
+    @field_validator("enable_metrics")
+    @classmethod
+    def _no_metrics(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("no index metrics are exported; blocks per endpoint are in /debug/endpoints")
+        return value
+
 
 class BackendConfig(Params):
     name: str = Field(min_length=1)
