@@ -23,53 +23,17 @@ import random
 from collections.abc import Sequence
 
 from infergate.bench.stats import Slo, summarise
+from infergate.bench.strategies import PD_AGGREGATED, pd_picker_config
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import generate, load_workload
-from infergate.config.picker import parse_picker_config
-
-AGGREGATED = """
-plugins:
-- type: prefix-cache-scorer
-- type: queue-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: default
-  plugins:
-  - {pluginRef: prefix-cache-scorer, weight: 2}
-  - {pluginRef: queue-scorer}
-  - {pluginRef: max-score-picker}
-"""
-
-DISAGG = """
-plugins:
-- type: prefix-cache-scorer
-- type: queue-scorer
-- type: prefill-filter
-- type: decode-filter
-- type: max-score-picker
-- type: disagg-profile-handler
-  parameters: {{deciders: {{prefill: prefix-based-pd-decider}}}}
-- type: prefix-based-pd-decider
-  parameters: {{nonCachedTokens: {threshold}}}
-schedulingProfiles:
-- name: prefill
-  plugins:
-  - {{pluginRef: prefill-filter}}
-  - {{pluginRef: prefix-cache-scorer, weight: 2}}
-  - {{pluginRef: queue-scorer}}
-- name: decode
-  plugins:
-  - {{pluginRef: decode-filter}}
-  - {{pluginRef: prefix-cache-scorer, weight: 2}}
-  - {{pluginRef: queue-scorer}}
-"""
+from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 
 
-def pools(replicas: int, threshold: int) -> dict[str, tuple[str, tuple[str, ...]]]:
+def pools(replicas: int, threshold: int) -> dict[str, tuple[EndpointPickerConfig, tuple[str, ...]]]:
     half = replicas // 2
-    disagg = DISAGG.format(threshold=threshold)
+    disagg = pd_picker_config(threshold)
     return {
-        "aggregated": (AGGREGATED, ()),
+        "aggregated": (parse_picker_config(PD_AGGREGATED), ()),
         f"pd-{half}p{replicas - half}d": (disagg, ("prefill",) * half + ("decode",) * (replicas - half)),
         "pd-both": (disagg, ("both",) * replicas),
     }
@@ -91,9 +55,8 @@ def run(workload: str, qps_list: Sequence[float], duration: float, replicas: int
                 break
             offsets.append(t)
         requests = stream[: len(offsets)]
-        for name, (text, roles) in pools(replicas, threshold).items():
+        for name, (picker, roles) in pools(replicas, threshold).items():
             cfg = TwinConfig(replicas=replicas, adapters=(), roles=roles, seed=1)
-            picker = parse_picker_config(text)
             result = run_twin(requests, offsets, strategy="prefix-only", config=cfg, picker=picker)
             measured = [r for r, off in zip(result.records, offsets, strict=True) if off >= 0.2 * duration]
             s = summarise(measured, Slo())

@@ -28,9 +28,11 @@ from infergate.config.picker import (
 __all__ = [
     "BASE_MODEL",
     "GREEDY",
+    "PD_AGGREGATED",
     "PRECISE",
     "STRATEGIES",
     "Strategy",
+    "pd_picker_config",
     "picker_config",
     "resolve_strategy",
     "strategy_names",
@@ -125,3 +127,48 @@ def picker_config(name: str) -> EndpointPickerConfig:
         raise ValueError(
             f"unknown strategy {name!r}; known: {', '.join(strategy_names(twin=True))}"
         ) from None
+
+
+# P/D comparisons (bench_pd.py, bench_realtime.py): the same scorers aggregated, or split into
+# prefill and decode profiles with the prefix-based decider at a threshold of uncached tokens.
+PD_AGGREGATED = """
+plugins:
+- type: prefix-cache-scorer
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefix-cache-scorer, weight: 2}
+  - {pluginRef: queue-scorer}
+  - {pluginRef: max-score-picker}
+"""
+
+_DISAGG = """
+plugins:
+- type: prefix-cache-scorer
+- type: queue-scorer
+- type: prefill-filter
+- type: decode-filter
+- type: max-score-picker
+- type: disagg-profile-handler
+  parameters: {{deciders: {{prefill: prefix-based-pd-decider}}}}
+- type: prefix-based-pd-decider
+  parameters: {{nonCachedTokens: {threshold}}}
+schedulingProfiles:
+- name: prefill
+  plugins:
+  - {{pluginRef: prefill-filter}}
+  - {{pluginRef: prefix-cache-scorer, weight: 2}}
+  - {{pluginRef: queue-scorer}}
+- name: decode
+  plugins:
+  - {{pluginRef: decode-filter}}
+  - {{pluginRef: prefix-cache-scorer, weight: 2}}
+  - {{pluginRef: queue-scorer}}
+"""
+
+
+def pd_picker_config(threshold: int) -> EndpointPickerConfig:
+    """The disaggregating configuration with ``nonCachedTokens: threshold``."""
+    return parse_picker_config(_DISAGG.format(threshold=threshold), source="P/D configuration")

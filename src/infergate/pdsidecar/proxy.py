@@ -171,8 +171,8 @@ class _Sidecar:
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _error(502, f"decode server unreachable: {type(exc).__name__}")
+        out = web.StreamResponse(status=upstream.status)
         try:
-            out = web.StreamResponse(status=upstream.status)
             for k, v in upstream.headers.items():
                 if k.lower() not in _HOP_BY_HOP:
                     out.headers.add(k, v)
@@ -180,9 +180,11 @@ class _Sidecar:
             async for chunk in upstream.content.iter_any():
                 await out.write(chunk)
             await out.write_eof()
-            return out
+        except ConnectionError:  # the client went away (a probe that timed out): nothing to answer
+            log.debug("client of %s %s disconnected", request.method, request.path)
         finally:
             upstream.release()
+        return out
 
 
 def build_app(options: SidecarOptions | None = None) -> web.Application:
