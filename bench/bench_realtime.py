@@ -34,6 +34,7 @@ from infergate.bench.stats import Slo, summarise
 from infergate.bench.strategies import PD_AGGREGATED, pd_picker_config, picker_config
 from infergate.bench.workloads import generate, load_workload
 from infergate.config.picker import EndpointPickerConfig, PluginSpec, parse_picker_config
+from infergate.config.settings import GatewaySettings
 from infergate.pdsidecar.proxy import SidecarOptions, build_app
 from infergate.simulator.args import parse_args
 from infergate.simulator.server import SimServer
@@ -83,7 +84,13 @@ async def _serve(
     gw = Gateway(
         load_manifests([_manifest(endpoints)]),
         GatewayConfig(
-            host="127.0.0.1", port=_port(), admin_host="127.0.0.1", admin_port=_port(), picker=picker
+            host="127.0.0.1",
+            port=_port(),
+            admin_host="127.0.0.1",
+            admin_port=_port(),
+            picker=picker,
+            # everything shares one event loop on a loaded host: a slow probe is not a dead server
+            settings=GatewaySettings(health_timeout=10.0, evict_after_failed_probes=10),
         ),
     )
     await gw.start()
