@@ -57,8 +57,8 @@ def frames(sources: int, blocks: int, per_event: int, rng: random.Random) -> tup
         for start in range(0, per_source, per_event):
             n = min(per_event, per_source - start)
             hashes = list(range(h + start + 1, h + start + n + 1))
-            ev = ("BlockRemoved", hashes, "GPU", 0)
-            removed.append([topic, struct.pack(">Q", seqs[s]), encode_batch([ev], ts=0.0)])
+            rm: tuple[object, ...] = ("BlockRemoved", hashes, "GPU", 0)
+            removed.append([topic, struct.pack(">Q", seqs[s]), encode_batch([rm], ts=0.0)])
             seqs[s] += 1
     return stored, removed, first
 

@@ -28,13 +28,13 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.bench.loadgen import run_open_loop
 from infergate.bench.stats import Slo, summarise
 from infergate.bench.strategies import PD_AGGREGATED, pd_picker_config, picker_config
 from infergate.bench.workloads import generate, load_workload
 from infergate.config.picker import EndpointPickerConfig, PluginSpec, parse_picker_config
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.pdsidecar.proxy import SidecarOptions, build_app
 from infergate.simulator.args import parse_args
 from infergate.simulator.server import SimServer
@@ -83,15 +83,17 @@ async def _serve(
 ) -> str:
     gw = Gateway(
         load_manifests([_manifest(endpoints)]),
-        GatewayConfig(
-            host="127.0.0.1",
-            port=_port(),
-            admin_host="127.0.0.1",
-            admin_port=_port(),
-            picker=picker,
-            # everything shares one event loop on a loaded host: a slow probe is not a dead server
-            settings=GatewaySettings(health_timeout=10.0, evict_after_failed_probes=10),
+        Settings().replace(
+            {
+                "listeners.host": "127.0.0.1",
+                "listeners.port": _port(),
+                "listeners.admin_port": _port(),
+                # every process shares one loaded event loop: a slow probe is not a dead server
+                "scrape.health_timeout": 10.0,
+                "scrape.evict_after_failed_probes": 10,
+            }
         ),
+        picker=picker,
     )
     await gw.start()
     try:

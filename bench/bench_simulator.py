@@ -63,7 +63,7 @@ def expected_arrivals(prompts: list[list[int]], max_tokens: int) -> list[list[fl
     """Token times of the same requests on the virtual clock (all submitted at t=0)."""
     engine = Engine(EngineConfig(model=MODEL, max_num_seqs=MAX_NUM_SEQS))
     loop = VirtualLoop()
-    driver = VirtualDriver(engine, loop, **profile_frontend(engine))
+    driver = VirtualDriver(engine, loop, sparse=False, **profile_frontend(engine))
     times: list[list[float]] = [[] for _ in prompts]
     for i, ids in enumerate(prompts):
 
@@ -203,7 +203,7 @@ def virtual_time(n_requests: int, rate: float) -> tuple[float, float, float, flo
     rng = random.Random(1)
     engine = Engine(EngineConfig(model=MODEL, max_num_seqs=MAX_NUM_SEQS))
     loop = VirtualLoop()
-    driver = VirtualDriver(engine, loop, **profile_frontend(engine))
+    driver = VirtualDriver(engine, loop, sparse=False, **profile_frontend(engine))
     prompts = [tok.encode(prompt_text(9999, i, 400)) for i in range(n_requests)]
     done = 0
     tokens = 0

@@ -17,6 +17,13 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from infergate.config.settings import Settings
+
+# Deadlines only stop hangs, they never measure: a loaded machine (CI has 2 cores shared with child
+# processes) may need far longer than the caller expected, so no wait below gives up sooner than this.
+MIN_DEADLINE = 60.0
 
 
 def free_port() -> int:
@@ -29,7 +36,8 @@ def free_port() -> int:
 def wait_for(
     predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` until it is true or fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it is true or fail after ``timeout`` (at least MIN_DEADLINE) seconds."""
+    timeout = max(timeout, MIN_DEADLINE)
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
@@ -47,10 +55,27 @@ async def async_wait_for(
     what: str = "condition",
 ) -> None:
     """Async twin of :func:`wait_for`."""
+    timeout = max(timeout, MIN_DEADLINE)
     deadline = time.monotonic() + timeout
     while True:
         if await predicate():
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def eventually(
+    predicate: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.01, what: str = "condition"
+) -> None:
+    """Async poll of a plain (non-async) condition until it holds; fails after ``timeout`` seconds.
+
+    The deadline is a bound against hangs, never a measurement: keep it generous (the machine may be
+    loaded) and make the condition itself tell the behaviour apart.
+    """
+    timeout = max(timeout, MIN_DEADLINE)
+    deadline = time.monotonic() + timeout
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
@@ -113,6 +138,7 @@ def start_infergate(
         )
     child = ChildProcess(list(args), log_path, proc)
     if health_url is not None:
+        timeout = max(timeout, MIN_DEADLINE)
         deadline = time.monotonic() + timeout
         while not http_ok(health_url):
             if not child.alive():
@@ -172,3 +198,10 @@ def static_pool_docs(
         }
     )
     return docs
+
+
+def local_settings(changes: dict[str, Any] | None = None) -> Settings:
+    """Gateway settings for a test on loopback: 127.0.0.1, free inference and admin ports, and
+    ``changes`` (dotted setting paths such as ``scrape.health_interval``)."""
+    base = {"listeners.host": "127.0.0.1", "listeners.port": 0, "listeners.admin_port": 0}
+    return Settings().replace({**base, **(changes or {})})

@@ -7,12 +7,13 @@ arguments to the owning package's own parser, which also answers ``--help``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
-    from infergate.servers.metrics_auth import MetricsAuthorizer
+    from infergate.config.picker import EndpointPickerConfig
+    from infergate.config.settings import Settings
 
 app = typer.Typer(
     name="infergate",
@@ -20,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+POOL_GROUP = "inference.networking.k8s.io"
+"""The one InferencePool API group ``epp --pool-name`` watches (``--pool-group`` must name it)."""
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
@@ -72,82 +76,45 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(list(ctx.args)))
 
 
-def _gateway_config(
-    *,
-    port: int | None,
-    admin_port: int,
-    host: str,
-    config: Path | None,
-    pool: str | None,
-    flow_control: bool,
-    debug_headers: bool,
-    grace: float,
-    data_plane: str = "builtin",
-    grpc_port: int = 9002,
-    picker_tls: bool = False,
-    api_keys: Path | None = None,
-    max_messages: int | None = None,
-    max_tokens: int | None = None,
-) -> object:
-    from infergate.app.gateway import GatewayConfig
-    from infergate.config.picker import load_picker_config
-    from infergate.config.settings import GatewaySettings
-    from infergate.servers.auth import load_api_keys
-
-    picker = load_picker_config(config) if config is not None else None
-    settings = GatewaySettings().replace(max_messages=max_messages, max_tokens_ceiling=max_tokens)
-    return GatewayConfig(
-        settings=settings,
-        api_keys=load_api_keys(api_keys) if api_keys is not None else None,
-        host=host,
-        port=port,
-        admin_host=host,
-        admin_port=admin_port,
-        pool_name=pool,
-        picker=picker,
-        flow_control=flow_control,
-        served_header=debug_headers,
-        shutdown_grace=grace,
-        data_plane=data_plane,
-        grpc_port=grpc_port,
-        picker_tls=picker_tls,
-    )
-
-
+SettingsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--settings",
+        help="YAML file of settings (docs/configuration.md); INFERGATE_* variables and flags win over it.",
+    ),
+]
+PrintSettingsOpt = Annotated[
+    bool,
+    typer.Option("--print-settings", help="Print the effective settings and where each came from; exit."),
+]
 PortOpt = Annotated[
     int | None,
     typer.Option("--port", "-p", help="Listener port (default: the Gateway's; 8080 if 80 fails)."),
 ]
-AdminPortOpt = Annotated[int, typer.Option("--admin-port", help="Admin port (/metrics, /readyz).")]
-HostOpt = Annotated[str, typer.Option("--host", help="Bind address of both listeners.")]
+AdminPortOpt = Annotated[int | None, typer.Option("--admin-port", help="Admin port (/metrics, /readyz).")]
+HostOpt = Annotated[str | None, typer.Option("--host", help="Bind address of both listeners.")]
 PickerOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="EndpointPickerConfig YAML file."),
 ]
 PoolOpt = Annotated[str | None, typer.Option("--pool", help="InferencePool name, if several.")]
-FlowOpt = Annotated[bool, typer.Option("--flow-control/--no-flow-control", help="Queue when saturated.")]
-DebugOpt = Annotated[
-    bool, typer.Option("--debug-headers", help="Add x-gateway-destination-endpoint-served to responses.")
+FlowOpt = Annotated[
+    bool | None, typer.Option("--flow-control/--no-flow-control", help="Queue when saturated.")
 ]
-GraceOpt = Annotated[float, typer.Option("--grace", help="Drain time on SIGTERM (s).")]
+DebugOpt = Annotated[
+    bool | None,
+    typer.Option("--debug-headers", help="Add x-gateway-destination-endpoint-served to responses."),
+]
+GraceOpt = Annotated[float | None, typer.Option("--grace", help="Drain time on SIGTERM (s).")]
 PlaneOpt = Annotated[
-    str, typer.Option("--data-plane", help="builtin (asyncio proxy) or envoy (Envoy + ext_proc picker).")
+    str | None,
+    typer.Option("--data-plane", help="builtin (asyncio proxy) or envoy (Envoy + ext_proc picker)."),
 ]
 LogOpt = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")]
 LogFormatOpt = Annotated[
-    str,
+    str | None,
     typer.Option("--log-format", help="text (control characters escaped) or json (one object per line)."),
 ]
-
-
-def _log_format(value: str) -> str:
-    fmt = value.strip().lower()
-    if fmt not in ("text", "json"):
-        typer.echo(f"error: --log-format must be text or json (got {value!r})", err=True)
-        raise typer.Exit(2)
-    return fmt
-
-
 ApiKeysOpt = Annotated[
     Path | None,
     typer.Option(
@@ -171,6 +138,78 @@ TokenFileOpt = Annotated[
     typer.Option("--metrics-token-file", help="Bearer tokens (one a line) for --metrics-auth=token."),
 ]
 
+_AUTH_MODES = {"true": "token", "on": "token", "false": "disabled", "off": "disabled", "none": "disabled"}
+
+
+def _lower(value: str | None) -> str | None:
+    return value.strip().lower() if value is not None else None
+
+
+def _auth_mode(value: str | None) -> str | None:
+    mode = _lower(value)
+    return _AUTH_MODES.get(mode, mode) if mode is not None else None
+
+
+def _settings(
+    flags: dict[str, Any], file: Path | None, *, print_settings: bool, defaults: dict[str, Any] | None = None
+) -> Settings:
+    """Merge defaults < ``--settings`` file < ``INFERGATE_*`` < flags; ``--print-settings`` exits here."""
+    from infergate.config.layers import load_settings
+    from infergate.errors import ConfigError
+
+    try:
+        loaded = load_settings(flags=flags, file=file, defaults=defaults)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if print_settings:
+        typer.echo(loaded.render())
+        raise typer.Exit(0)
+    return loaded.settings
+
+
+def _picker(path: Path | None, text: str | None = None) -> EndpointPickerConfig | None:
+    from infergate.config.picker import load_picker_config, parse_picker_config
+
+    if path is not None:
+        return load_picker_config(path)
+    if text is not None:
+        return parse_picker_config(text, source="--config-text")
+    return None
+
+
+def _common_flags(
+    *,
+    port: int | None,
+    admin_port: int | None,
+    host: str | None,
+    flow_control: bool | None,
+    debug_headers: bool | None,
+    grace: float | None,
+    data_plane: str | None,
+    log_level: str | None,
+    log_format: str | None,
+    metrics_auth: str | None,
+    api_keys: Path | None,
+    max_messages: int | None,
+    max_tokens_ceiling: int | None,
+) -> dict[str, Any]:
+    return {
+        "listeners.port": port,
+        "listeners.admin_port": admin_port,
+        "listeners.host": host,
+        "flow_control.enabled": flow_control,
+        "proxy.served_header": debug_headers,
+        "proxy.shutdown_grace": grace,
+        "data_plane": _lower(data_plane),
+        "logging.level": _lower(log_level),
+        "logging.format": _lower(log_format),
+        "auth.metrics_auth": _auth_mode(metrics_auth),
+        "auth.api_keys": api_keys,
+        "limits.max_messages": max_messages,
+        "limits.max_tokens_ceiling": max_tokens_ceiling,
+    }
+
 
 @app.command("serve", help="Run the endpoint picker and built-in proxy for model servers that already run.")
 def serve(
@@ -178,70 +217,57 @@ def serve(
         list[Path], typer.Option("--filename", "-f", help="Manifest file or directory (repeatable).")
     ],
     port: PortOpt = None,
-    admin_port: AdminPortOpt = 9090,
-    host: HostOpt = "0.0.0.0",
+    admin_port: AdminPortOpt = None,
+    host: HostOpt = None,
     config: PickerOpt = None,
     pool: PoolOpt = None,
-    flow_control: FlowOpt = True,
-    debug_headers: DebugOpt = False,
-    grace: GraceOpt = 10.0,
-    data_plane: PlaneOpt = "builtin",
+    flow_control: FlowOpt = None,
+    debug_headers: DebugOpt = None,
+    grace: GraceOpt = None,
+    data_plane: PlaneOpt = None,
     log_level: LogOpt = None,
-    log_format: LogFormatOpt = "text",
+    log_format: LogFormatOpt = None,
     metrics_auth: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--metrics-auth",
             help="Protect the admin /metrics and /debug: token (--metrics-token-file, or a token "
             "generated and printed) or disabled.",
         ),
-    ] = "disabled",
+    ] = None,
     metrics_token_file: TokenFileOpt = None,
     api_keys: ApiKeysOpt = None,
     max_messages: MaxMessagesOpt = None,
     max_tokens_ceiling: MaxTokensOpt = None,
+    settings_file: SettingsFileOpt = None,
+    print_settings: PrintSettingsOpt = False,
 ) -> None:
-    from dataclasses import replace
-
-    from infergate.app.gateway import GatewayConfig
     from infergate.app.run import run_serve
     from infergate.errors import ConfigError
-    from infergate.servers.metrics_auth import StaticTokenAuth, generate_token
 
-    token: str | None = None
+    flags = _common_flags(
+        port=port,
+        admin_port=admin_port,
+        host=host,
+        flow_control=flow_control,
+        debug_headers=debug_headers,
+        grace=grace,
+        data_plane=data_plane,
+        log_level=log_level,
+        log_format=log_format,
+        metrics_auth=metrics_auth,
+        api_keys=api_keys,
+        max_messages=max_messages,
+        max_tokens_ceiling=max_tokens_ceiling,
+    )
+    flags.update({"pool": pool, "auth.metrics_token_file": metrics_token_file})
+    settings = _settings(flags, settings_file, print_settings=print_settings)
     try:
-        cfg = _gateway_config(
-            port=port,
-            admin_port=admin_port,
-            host=host,
-            config=config,
-            pool=pool,
-            flow_control=flow_control,
-            debug_headers=debug_headers,
-            grace=grace,
-            data_plane=data_plane,
-            api_keys=api_keys,
-            max_messages=max_messages,
-            max_tokens=max_tokens_ceiling,
-        )
-        assert isinstance(cfg, GatewayConfig)
-        if metrics_auth.strip().lower() == "token" and metrics_token_file is None:
-            token = generate_token()
-            cfg = replace(cfg, metrics_auth=StaticTokenAuth([token]))
-        else:
-            cfg = replace(cfg, metrics_auth=_local_metrics_auth(metrics_auth, metrics_token_file))
-    except (ConfigError, ValueError, OSError) as exc:
+        picker = _picker(config)
+    except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(
-        run_serve(
-            filename,
-            cfg,
-            log_level=log_level or "INFO",
-            metrics_token=token,
-            log_format=_log_format(log_format),
-        )
-    )
+    raise typer.Exit(run_serve(filename, settings, picker=picker))
 
 
 @app.command(
@@ -256,68 +282,98 @@ def up(
         Path | None, typer.Argument(help="Manifest directory (default: the bundled tutorial).")
     ] = None,
     port: PortOpt = None,
-    admin_port: AdminPortOpt = 9090,
-    host: HostOpt = "127.0.0.1",
+    admin_port: AdminPortOpt = None,
+    host: HostOpt = None,
     replicas: Annotated[int | None, typer.Option("--replicas", help="Replicas per Deployment.")] = None,
+    replica_ports: Annotated[
+        str | None,
+        typer.Option(
+            "--replica-ports",
+            help="Ports of the simulated replicas: one per replica (8001,8002,8003) or the first of a "
+            "consecutive run (8001). Default: free ports, printed at start.",
+        ),
+    ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option("--grpc-port", help="Envoy data plane: the picker's ext_proc port (0: a free one)."),
+    ] = None,
+    envoy_admin_port: Annotated[
+        int | None,
+        typer.Option("--envoy-admin-port", help="Envoy data plane: Envoy's admin port (0: a free one)."),
+    ] = None,
     config: PickerOpt = None,
-    flow_control: FlowOpt = True,
-    debug_headers: DebugOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live summary.")] = False,
-    grace: GraceOpt = 10.0,
-    data_plane: PlaneOpt = "builtin",
+    flow_control: FlowOpt = None,
+    debug_headers: DebugOpt = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live summary table; only errors are logged.")
+    ] = False,
+    grace: GraceOpt = None,
+    data_plane: PlaneOpt = None,
     log_level: LogOpt = None,
-    log_format: LogFormatOpt = "text",
+    log_format: LogFormatOpt = None,
     metrics_auth: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--metrics-auth",
             help="token: the admin /metrics and /debug need a bearer token generated and printed "
             "at start; disabled: open.",
         ),
-    ] = "token",
+    ] = None,
     api_keys: ApiKeysOpt = None,
     max_messages: MaxMessagesOpt = None,
     max_tokens_ceiling: MaxTokensOpt = None,
+    settings_file: SettingsFileOpt = None,
+    print_settings: PrintSettingsOpt = False,
 ) -> None:
-    from infergate.app.gateway import GatewayConfig
-    from infergate.app.run import run_up
+    from infergate.app.run import parse_replica_ports, run_up
     from infergate.errors import ConfigError
 
-    try:
-        cfg = _gateway_config(
-            port=port,
-            admin_port=admin_port,
-            host=host,
-            config=config,
-            pool=None,
-            flow_control=flow_control,
-            debug_headers=debug_headers,
-            grace=grace,
-            data_plane=data_plane,
-            api_keys=api_keys,
-            max_messages=max_messages,
-            max_tokens=max_tokens_ceiling,
-        )
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    assert isinstance(cfg, GatewayConfig)
-    mode = metrics_auth.strip().lower()
-    if mode not in ("token", "disabled", "false", "true"):
+    flags = _common_flags(
+        port=port,
+        admin_port=admin_port,
+        host=host,
+        flow_control=flow_control,
+        debug_headers=debug_headers,
+        grace=grace,
+        data_plane=data_plane,
+        log_level=log_level,
+        log_format=log_format,
+        metrics_auth=metrics_auth,
+        api_keys=api_keys,
+        max_messages=max_messages,
+        max_tokens_ceiling=max_tokens_ceiling,
+    )
+    flags["listeners.envoy_picker_port"] = grpc_port
+    flags["listeners.envoy_admin_port"] = envoy_admin_port
+    defaults = {
+        "listeners.host": "127.0.0.1",
+        "auth.metrics_auth": "token",
+        "logging.level": "error" if quiet else "warning",
+    }
+    settings = _settings(flags, settings_file, print_settings=print_settings, defaults=defaults)
+    if settings.auth.metrics_auth == "kubernetes":
         typer.echo("error: --metrics-auth must be token or disabled for `up`", err=True)
         raise typer.Exit(2)
-    protect = mode in ("token", "true")
-    level = log_level or ("INFO" if quiet else "WARNING")
+    if settings.data_plane not in ("builtin", "envoy"):
+        typer.echo(
+            f"error: --data-plane must be builtin or envoy for `up` (got {settings.data_plane})", err=True
+        )
+        raise typer.Exit(2)
+    try:
+        picker = _picker(config)
+        ports = parse_replica_ports(replica_ports)
+    except (ConfigError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     raise typer.Exit(
         run_up(
             directory,
-            cfg,
+            settings,
+            picker=picker,
             replicas=replicas,
+            replica_ports=ports,
             quiet=quiet,
-            log_level=level,
             simulate_args=list(ctx.args),
-            protect_metrics=protect,
-            log_format=_log_format(log_format),
         )
     )
 
@@ -339,17 +395,22 @@ def epp(
         typer.Option("--pool-namespace", help="Its namespace (default: $NAMESPACE, else default)."),
     ] = None,
     pool_group: Annotated[
-        str, typer.Option("--pool-group", help="The InferencePool API group.")
-    ] = "inference.networking.k8s.io",
+        str,
+        typer.Option("--pool-group", help="The InferencePool API group (only this one is watched)."),
+    ] = POOL_GROUP,
     kubeconfig: Annotated[
-        str | None, typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster, else ~/.kube).")
+        Path | None,
+        typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster, else ~/.kube)."),
     ] = None,
-    grpc_port: Annotated[int, typer.Option("--grpc-port", help="ext_proc gRPC port.")] = 9002,
+    grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="ext_proc gRPC port (9002).")] = None,
     grpc_health_port: Annotated[
-        int, typer.Option("--grpc-health-port", help="Plaintext gRPC health port (liveness, readiness).")
-    ] = 9003,
-    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Admin port (/metrics).")] = 9090,
-    host: HostOpt = "0.0.0.0",
+        int | None,
+        typer.Option("--grpc-health-port", help="Plaintext gRPC health port (liveness, readiness; 9003)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Admin port (/metrics; 9090).")
+    ] = None,
+    host: HostOpt = None,
     config: Annotated[
         Path | None, typer.Option("--config-file", "--config", "-c", help="EndpointPickerConfig YAML file.")
     ] = None,
@@ -357,10 +418,11 @@ def epp(
         str | None, typer.Option("--config-text", help="EndpointPickerConfig YAML given inline.")
     ] = None,
     pool: PoolOpt = None,
-    flow_control: FlowOpt = True,
+    flow_control: FlowOpt = None,
     secure_serving: Annotated[
-        bool, typer.Option("--secure-serving/--no-secure-serving", help="TLS on the ext_proc port.")
-    ] = True,
+        bool | None,
+        typer.Option("--secure-serving/--no-secure-serving", help="TLS on the ext_proc port (on)."),
+    ] = None,
     cert_path: Annotated[
         Path | None,
         typer.Option("--cert-path", help="Directory with tls.crt and tls.key (default: self-signed)."),
@@ -380,34 +442,33 @@ def epp(
         Path | None, typer.Option("--metrics-token-file", help="Bearer tokens for --metrics-auth=token.")
     ] = None,
     refresh_metrics_interval: Annotated[
-        str, typer.Option("--refresh-metrics-interval", help="Model-server scrape interval.")
-    ] = "50ms",
+        str | None, typer.Option("--refresh-metrics-interval", help="Model-server scrape interval (50ms).")
+    ] = None,
     refresh_prometheus_metrics_interval: Annotated[
-        str,
-        typer.Option("--refresh-prometheus-metrics-interval", help="Update of the inference_pool_* gauges."),
-    ] = "5s",
+        str | None,
+        typer.Option(
+            "--refresh-prometheus-metrics-interval", help="Update of the inference_pool_* gauges (5s)."
+        ),
+    ] = None,
     metrics_staleness_threshold: Annotated[
-        str, typer.Option("--metrics-staleness-threshold", help="Metrics older than this: not a candidate.")
-    ] = "2s",
+        str | None,
+        typer.Option("--metrics-staleness-threshold", help="Metrics older than this: not a candidate (2s)."),
+    ] = None,
     disable_endpoint_subset_filter: Annotated[
         bool,
         typer.Option(
             "--disable-endpoint-subset-filter", help="Ignore the data plane's endpoint subset hint."
         ),
     ] = False,
-    grace: GraceOpt = 10.0,
+    grace: GraceOpt = None,
     log_level: LogOpt = None,
-    log_format: LogFormatOpt = "text",
+    log_format: LogFormatOpt = None,
+    settings_file: SettingsFileOpt = None,
+    print_settings: PrintSettingsOpt = False,
 ) -> None:
-    from dataclasses import replace
-
-    from infergate.app.epp import EppConfig, parse_duration, run_epp
-    from infergate.app.gateway import GatewayConfig
+    from infergate.app.epp import run_epp
     from infergate.app.run import run_serve
-    from infergate.config.picker import load_picker_config, parse_picker_config
-    from infergate.config.settings import GatewaySettings
     from infergate.errors import ConfigError
-    from infergate.sources.kubernetes_client import default_pool_namespace
 
     def fail(message: str) -> typer.Exit:
         typer.echo(f"error: {message}", err=True)
@@ -417,86 +478,81 @@ def epp(
         raise fail("give either --pool-name (in-cluster) or -f/--filename (manifest files)")
     if config is not None and config_text is not None:
         raise fail("--config-file and --config-text are exclusive")
-    auth_mode = "disabled" if no_metrics_auth else metrics_auth
+    if pool_group != POOL_GROUP:
+        raise fail(f"--pool-group: only {POOL_GROUP} (v1) InferencePools are supported (got {pool_group!r})")
+    flags: dict[str, Any] = {
+        "data_plane": "epp",
+        "pool": pool_name if pool_name is not None else pool,
+        "kubernetes.pool_namespace": pool_namespace,
+        "kubernetes.kubeconfig": kubeconfig,
+        "listeners.host": host,
+        "listeners.grpc_port": grpc_port,
+        "listeners.grpc_health_port": grpc_health_port,
+        "listeners.admin_port": metrics_port,
+        "listeners.secure_serving": secure_serving,
+        "listeners.cert_path": cert_path,
+        "auth.metrics_auth": "disabled" if no_metrics_auth else _auth_mode(metrics_auth),
+        "auth.metrics_token_file": metrics_token_file,
+        "scrape.interval": refresh_metrics_interval,
+        "scrape.pool_metrics_interval": refresh_prometheus_metrics_interval,
+        "scrape.staleness": metrics_staleness_threshold,
+        "subset_filter": False if disable_endpoint_subset_filter else None,
+        "flow_control.enabled": flow_control,
+        "proxy.shutdown_grace": grace,
+        "logging.level": _lower(log_level),
+        "logging.format": _lower(log_format),
+    }
+    defaults = {"auth.metrics_auth": "kubernetes"} if pool_name is not None else {}
+    settings = _settings(flags, settings_file, print_settings=print_settings, defaults=defaults)
     try:
-        settings = replace(
-            GatewaySettings(),
-            scrape_interval=parse_duration(refresh_metrics_interval),
-            staleness=parse_duration(metrics_staleness_threshold),
-            pool_metrics_interval=parse_duration(refresh_prometheus_metrics_interval),
-        )
-        if config is not None:
-            picker = load_picker_config(config)
-        elif config_text is not None:
-            picker = parse_picker_config(config_text, source="--config-text")
-        else:
-            picker = None
+        picker = _picker(config, config_text)
     except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
-    level = log_level or "INFO"
 
     if pool_name is not None:
-        cluster = EppConfig(
-            pool_name=pool_name,
-            pool_namespace=pool_namespace or default_pool_namespace(),
-            pool_group=pool_group,
-            kubeconfig=kubeconfig,
-            host=host,
-            grpc_port=grpc_port,
-            grpc_health_port=grpc_health_port,
-            metrics_port=metrics_port,
-            picker=picker,
-            secure_serving=secure_serving,
-            cert_path=cert_path,
-            metrics_auth=auth_mode or "kubernetes",
-            metrics_token_file=metrics_token_file,
-            settings=settings,
-            flow_control=flow_control,
-            subset_filter=not disable_endpoint_subset_filter,
-            shutdown_grace=grace,
-        )
-        raise typer.Exit(run_epp(cluster, log_level=level, log_format=_log_format(log_format)))
-
-    try:
-        authorizer = _local_metrics_auth(auth_mode or "disabled", metrics_token_file)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    cfg = GatewayConfig(
-        host=host,
-        port=None,
-        admin_host=host,
-        admin_port=metrics_port,
-        pool_name=pool,
-        picker=picker,
-        settings=settings,
-        flow_control=flow_control,
-        shutdown_grace=grace,
-        data_plane="epp",
-        grpc_port=grpc_port,
-        grpc_health_port=grpc_health_port,
-        picker_tls=secure_serving,
-        metrics_auth=authorizer,
-    )
+        raise typer.Exit(run_epp(settings, picker=picker))
     assert filename is not None
-    raise typer.Exit(run_serve(filename, cfg, log_level=level, log_format=_log_format(log_format)))
+    raise typer.Exit(run_serve(filename, settings, picker=picker))
 
 
-def _local_metrics_auth(mode: str, token_file: Path | None) -> MetricsAuthorizer | None:
-    """The authorizer for ``serve``/``epp -f``: ``token`` (a file) or ``disabled``.
+def _version(value: bool) -> None:
+    if value:
+        from infergate import __version__
 
-    ``kubernetes`` needs the cluster, so it is only offered with ``epp --pool-name``.
-    Raises ValueError for anything else.
-    """
-    from infergate.servers.metrics_auth import build_metrics_auth
+        typer.echo(f"infergate {__version__}")
+        raise typer.Exit(0)
 
-    if mode.strip().lower() in ("kubernetes", "true", "on"):
-        raise ValueError("--metrics-auth=kubernetes needs the cluster (infergate epp --pool-name)")
-    return build_metrics_auth(mode, token_file=token_file)
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """An inference gateway for fleets of OpenAI-compatible LLM servers."""
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="infergate")
+    """Console-script entry point.
+
+    Usage errors (an unknown flag, a value of the wrong type) are one ``error:`` line and exit code
+    2, like every other startup error, instead of a boxed panel an operator has to read around.
+    """
+    try:
+        code = app(prog_name="infergate", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's own parser errors (it vendors click)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(message)
+            raise SystemExit(0) from None
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        typer.echo(f"error: {where}{message}", err=True)
+        raise SystemExit(int(getattr(exc, "exit_code", 2))) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,7 @@ class RequestError(GatewayError):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -71,6 +72,8 @@ class RequestError(GatewayError):
         if code is not None:
             self.code = code
         self.retry_after = retry_after
+        self.headers: dict[str, str] = dict(headers or {})
+        """Extra response headers, e.g. ``x-llm-d-request-dropped-reason`` from flow control."""
 
     def to_openai(self) -> dict[str, object]:
         """The body OpenAI clients expect: ``{"error": {"message", "type", "param", "code"}}``."""

@@ -23,9 +23,20 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 __all__ = ["LABEL_CAP", "OTHER", "DualMetric", "GatewayMetrics", "LabelCap"]
+
+# The reference exports no ``*_created`` series; without this every counter and histogram would
+# add one (a timestamp per label set) that dashboards never read and Prometheus stores anyway.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Distinct client-derived label values kept per cap before new ones become ``OTHER``.
 LABEL_CAP = 1000
@@ -321,6 +332,14 @@ class GatewayMetrics:
             "Time to the first response byte.",
             _OBJ,
             buckets=_DURATION_BUCKETS,
+        )
+        self.request_tpot = dual(
+            Histogram,
+            "inference_objective_request_tpot_seconds",
+            "llm_d_epp_request_tpot_seconds",
+            "Time per output token after the first, of streamed responses.",
+            _OBJ,
+            buckets=_TPOT_BUCKETS,
         )
         self.normalized_tpot = dual(
             Histogram,

@@ -53,6 +53,8 @@ class ApiKind(StrEnum):
     MESSAGES = "messages"
     """Anthropic Messages API (``/v1/messages``, ``/v1/messages/count_tokens``)."""
     OTHER = "other"
+    PASSTHROUGH = "passthrough"
+    """A path the ``passthrough-parser`` was configured for: the body is forwarded unread."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,13 +103,16 @@ class Endpoint:
     """A whole, immutable view of one endpoint as the scheduler sees it for one request.
 
     ``in_flight`` is the number of requests the gateway itself has sent there and not yet seen
-    finish, so scheduling reacts between scrapes.
+    finish, so scheduling reacts between scrapes; ``in_flight_tokens`` their estimated prompt
+    tokens still to prefill (released at the first streamed chunk, else at the end), what the
+    reference's ``inflight-load-producer`` counts for ``token-load-scorer``.
     """
 
     meta: EndpointMeta
     metrics: EndpointMetrics = EndpointMetrics()
     healthy: bool = True
     in_flight: int = 0
+    in_flight_tokens: int = 0
 
     @property
     def key(self) -> str:

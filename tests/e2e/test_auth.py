@@ -19,11 +19,18 @@ import pytest
 import yaml
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.errors import AuthenticationError, ConfigError
 from infergate.requestcontrol.access import presented_key
 from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests, load_api_keys
-from tests.support import ChildProcess, async_wait_for, free_port, start_infergate, static_pool_docs
+from tests.support import (
+    ChildProcess,
+    async_wait_for,
+    free_port,
+    local_settings,
+    start_infergate,
+    static_pool_docs,
+)
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 ALL_KEY = "sk-all-0123456789abcdef"
@@ -86,9 +93,8 @@ async def gateway(sim: int, tmp_path: Path) -> AsyncIterator[Gateway]:
     keys.write_text(yaml.safe_dump({ALL_KEY: "*", FOOD_KEY: ["food-review"]}))
     gw = Gateway(
         load_manifests([manifests]),
-        GatewayConfig(
-            host="127.0.0.1", port=0, admin_host="127.0.0.1", admin_port=0, api_keys=load_api_keys(keys)
-        ),
+        local_settings(),
+        api_keys=load_api_keys(keys),
     )
     await gw.start()
     try:

@@ -125,7 +125,7 @@ async def routed(
     """Send a request as Envoy does until the picker routes it (not a 503 while endpoints are
     still being scraped); returns the open stream and the headers reply (its body reply is read)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
+    deadline = loop.time() + 60
     while True:
         call = stub.Process()
         await call.write(headers_msg("/v1/completions", subset=subset))

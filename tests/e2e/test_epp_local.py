@@ -16,8 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.config.picker import default_picker_config
+from infergate.config.settings import Settings
+from infergate.dataplanes.extproc import ExtProcDataPlane
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
 from infergate.requestcontrol.director import Director
@@ -25,7 +27,7 @@ from infergate.scheduling.scheduler import build_scheduler
 from infergate.servers.metrics_auth import StaticTokenAuth
 from infergate.types import EndpointMeta, EndpointMetrics, MonotonicClock
 from tests.e2e.test_proxy_e2e import write_manifests
-from tests.support import free_port, start_infergate, wait_for
+from tests.support import free_port, local_settings, start_infergate, wait_for
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BODY = b'{"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "hi", "max_tokens": 1}'
@@ -71,7 +73,7 @@ async def test_subset_hint_restricts_only_when_honoured() -> None:
 
 
 async def test_builtin_gateway_ignores_a_client_subset_header(tmp_path: Path) -> None:
-    gw = Gateway(load_manifests([write_manifests(tmp_path, [8000])]), GatewayConfig(data_plane="builtin"))
+    gw = Gateway(load_manifests([write_manifests(tmp_path, [8000])]), Settings())
     try:
         (ep,) = gw.datastore.endpoints()
         _make_candidate(gw.datastore, ep.meta, 0)
@@ -95,22 +97,14 @@ async def health(port: int, service: str) -> int:
 
 async def test_file_mode_epp_has_health_port_and_protected_metrics(tmp_path: Path) -> None:
     manifests = load_manifests([write_manifests(tmp_path, [free_port()])])
-    cfg = GatewayConfig(
-        host="127.0.0.1",
-        admin_host="127.0.0.1",
-        admin_port=0,
-        data_plane="epp",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_auth=StaticTokenAuth(["s3cret"]),
-    )
-    gw = Gateway(manifests, cfg)
+    cfg = local_settings({"data_plane": "epp", "listeners.grpc_port": 0, "listeners.grpc_health_port": 0})
+    gw = Gateway(manifests, cfg, metrics_auth=StaticTokenAuth(["s3cret"]))
     await gw.start()
     try:
-        assert gw.health is not None
+        assert isinstance(gw.data_plane, ExtProcDataPlane)
         serving = health_pb2.HealthCheckResponse.SERVING
         for name in ("liveness", "readiness", ""):
-            assert await health(gw.health.port, name) == serving
+            assert await health(gw.data_plane.health.port, name) == serving
         url = f"http://127.0.0.1:{gw.admin_port}"
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{url}/metrics") as r:

@@ -295,7 +295,7 @@ async def live_pool() -> AsyncIterator[LivePool]:
     pool = LivePool(ds, flow, log, sched, f"http://127.0.0.1:{port}", [m.key for m in metas])
     for rid, prio, fid in [("q1", 20, "tenant-a"), ("q2", 10, "tenant-b"), ("q3", 10, "tenant-c")]:
         pool.waiters.append(asyncio.create_task(flow.admit(_req(rid, priority=prio, fairness=fid))))
-    deadline = asyncio.get_running_loop().time() + 5.0
+    deadline = asyncio.get_running_loop().time() + 30.0
     while flow.queued() < 3:
         assert asyncio.get_running_loop().time() < deadline, "requests did not queue"
         await asyncio.sleep(0.01)
@@ -479,3 +479,22 @@ async def test_client_text_is_rendered_as_text(live_pool: LivePool, browser: Bro
     n = int(await page.evaluate("() => document.body.dataset.updates"))
     await page.wait_for_function(f"() => Number(document.body.dataset.updates) > {n}", timeout=10_000)
     assert browser.dialogs == [] and browser.errors == []
+
+
+def test_live_state_lists_loaded_idle_adapters_beside_running_and_waiting() -> None:
+    clock = _ManualClock(100.0)
+    ds = Datastore(clock, staleness=2.0)
+    meta = _ep("vllm-0", 8001)
+    ds.upsert_endpoint(meta)
+    metrics = EndpointMetrics(
+        updated_at=99.5,
+        running_adapters=frozenset({"food-review"}),
+        waiting_adapters=frozenset({"legal"}),
+        max_active_adapters=2,
+    )
+    ds.update_metrics(meta.key, metrics)
+    ds.set_models(meta.key, frozenset({BASE, "food-review", "cad-fabricator", "legal"}))
+    ep = live_state(ds, base_models=[BASE])["endpoints"][0]
+    assert ep["running_adapters"] == ["food-review"] and ep["waiting_adapters"] == ["legal"]
+    assert ep["idle_adapters"] == ["cad-fabricator"]
+    assert live_state(ds)["endpoints"][0]["idle_adapters"] == []  # base models unknown: not guessed

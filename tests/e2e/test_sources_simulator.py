@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,24 +90,17 @@ async def test_scraper_follows_a_simulated_vllm(simulator: tuple[ChildProcess, i
             )
         await async_wait_for(lambda: check(running_requests() == 0), timeout=5, what="aborted request gone")
 
-        # A replica that hangs (SIGSTOP) leaves within a second too, and rejoins when it resumes.
+        # A replica that hangs (SIGSTOP) leaves rotation (by the scrape timeout: the connection stays
+        # open), and rejoins when it resumes.
         child.proc.send_signal(signal.SIGSTOP)
-        t0 = time.monotonic()
         try:
-            await async_wait_for(
-                lambda: check(ds.candidates() == []), timeout=2, interval=0.005, what="unhealthy when hung"
-            )
-            assert time.monotonic() - t0 < 1.0
+            await async_wait_for(lambda: check(ds.candidates() == []), timeout=30, what="unhealthy when hung")
         finally:
             child.proc.send_signal(signal.SIGCONT)
         await async_wait_for(lambda: check(len(ds.candidates()) == 1), timeout=5, what="rejoin after SIGCONT")
 
         child.stop(signal.SIGKILL)
-        t0 = time.monotonic()
-        await async_wait_for(
-            lambda: check(ds.candidates() == []), timeout=2, interval=0.005, what="unhealthy after SIGKILL"
-        )
-        assert time.monotonic() - t0 < 1.0
+        await async_wait_for(lambda: check(ds.candidates() == []), timeout=30, what="unhealthy after SIGKILL")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -88,7 +88,7 @@ def test_up_serves_the_tutorial_and_stops_cleanly(tmp_path: Path, plane: str) ->
             status, body = complete(port, model)
             assert status == 200 and body["model"] == model, body
             assert body["choices"][0]["text"]
-        sim_ports = [int(p) for p in re.findall(r"started \S+ on port (\d+)", child.output())]
+        sim_ports = [int(p) for p in re.findall(r"-\d+ http://127\.0\.0\.1:(\d+)", child.output())]
         assert len(sim_ports) == 2, child.output()
         metrics = get_text(f"http://127.0.0.1:{admin}/metrics", token)
         assert 'inference_objective_request_total{model_name="food-review",priority="10"' in metrics

@@ -388,14 +388,44 @@ async def test_missing_model_is_400(rig: Rig) -> None:
     call.cancel()
 
 
-async def test_no_healthy_endpoint_is_503(rig: Rig) -> None:
+async def test_no_healthy_endpoint_queues_until_one_recovers(rig: Rig) -> None:
+    """Scale from zero: with no ready endpoint the request waits in flow control, not a 503."""
+    rig.ds.set_healthy(A, False)
+    rig.ds.set_healthy(B, False)
+    body = chat_body()
+    call = rig.stub.Process()
+    await call.write(headers_msg())
+    await call.write(body_msg(body, eos=True))
+
+    async def queued() -> bool:
+        return rig.flow.queued() == 1
+
+    await async_wait_for(queued, timeout=5, what="the request to wait for an endpoint")
+    rig.ds.set_healthy(A, True)
+    rig.ds.update_metrics(A, EndpointMetrics(updated_at=rig.clock.now()))
+    head, _ = await read(call, 2)
+    assert head == expected_route(A, body)
+    call.cancel()
+
+
+async def test_no_healthy_endpoint_within_the_ttl_is_503_with_the_dropped_reason(rig: Rig) -> None:
     rig.ds.set_healthy(A, False)
     rig.ds.set_healthy(B, False)
     call = rig.stub.Process()
     await call.write(headers_msg())
     await call.write(body_msg(chat_body(), eos=True))
+
+    async def queued() -> bool:
+        return rig.flow.queued() == 1
+
+    await async_wait_for(queued, timeout=5, what="the request to wait for an endpoint")
+    rig.clock.t += rig.flow.config.default_ttl or 0.0  # the no-endpoint budget follows defaultRequestTTL
+    rig.flow.poke()
     (reply,) = await read(call, 1)
-    assert reply.immediate_response.status.code == 503
+    imm = reply.immediate_response
+    assert imm.status.code == 503
+    headers = {h.header.key: h.header.raw_value.decode() for h in imm.headers.set_headers}
+    assert headers["x-llm-d-request-dropped-reason"] == "rejected-no-endpoints"
     call.cancel()
 
 

@@ -19,10 +19,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
-from tests.support import free_port
+from tests.support import free_port, local_settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 RATES = {"high": 6.0, "low": 24.0, "shed": 10.0}  # req/s; the pool serves ~15/s
@@ -83,13 +83,13 @@ async def overload(tmp_path: Path, *, flow_control: bool) -> Outcome:
     await asyncio.to_thread(write_manifest, tmp_path, [s.port for s in sims])
     gw = Gateway(
         load_manifests([tmp_path / "pool.yaml"]),
-        GatewayConfig(
-            host="127.0.0.1",
-            port=free_port(),
-            admin_host="127.0.0.1",
-            admin_port=free_port(),
-            flow_control=flow_control,
-            seed=1,
+        local_settings(
+            {
+                "listeners.port": free_port(),
+                "listeners.admin_port": free_port(),
+                "flow_control.enabled": flow_control,
+                "seed": 1,
+            }
         ),
     )
     out = Outcome()

@@ -20,14 +20,14 @@ import openai
 import yaml
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.config.picker import parse_picker_config
 from infergate.scheduling.framework import CycleState
 from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
 from infergate.types import Endpoint, EndpointMeta, InferenceRequest
-from tests.support import async_wait_for, free_port, static_pool_docs
+from tests.support import async_wait_for, free_port, local_settings, static_pool_docs
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TIMEOUT = 60.0
@@ -163,15 +163,8 @@ async def test_gateway_routes_to_the_endpoint_holding_the_blocks(tmp_path: Path)
     docs.write_text(yaml.safe_dump_all(static_pool_docs([f"127.0.0.1:{p}" for p in ports])))
     gw = Gateway(
         load_manifests([docs]),
-        GatewayConfig(
-            host="127.0.0.1",
-            port=free_port(),
-            admin_host="127.0.0.1",
-            admin_port=free_port(),
-            picker=parse_picker_config(PICKER.format(port=zmq_port)),
-            served_header=True,
-            seed=3,
-        ),
+        local_settings({"proxy.served_header": True, "seed": 3}),
+        picker=parse_picker_config(PICKER.format(port=zmq_port)),
     )
     for s in sims:
         await s.start()

@@ -19,13 +19,13 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
+from infergate.app.gateway import Gateway
 from infergate.config.picker import parse_picker_config
 from infergate.pdsidecar.proxy import PREFILLER_HEADER, SIDECAR_OPTIONS, SidecarOptions, build_app
 from infergate.scheduling.disagg import DisaggProfileHandler
 from infergate.simulator.args import parse_args
 from infergate.simulator.server import SimServer
-from tests.support import free_port
+from tests.support import free_port, local_settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 FAST = ["--host", "127.0.0.1", "--port", "0", "--time-scale", "0.05", "--model", MODEL]
@@ -173,15 +173,8 @@ async def test_gateway_disaggregates_long_prompts_and_not_short_chat(pool: Pool,
     docs.write_text(yaml.safe_dump_all(pd_manifest(prefill_addr, f"127.0.0.1:{pool.port}")))
     gw = Gateway(
         load_manifests([docs]),
-        GatewayConfig(
-            host="127.0.0.1",
-            port=free_port(),
-            admin_host="127.0.0.1",
-            admin_port=free_port(),
-            picker=parse_picker_config(PICKER),
-            served_header=True,
-            seed=1,
-        ),
+        local_settings({"proxy.served_header": True, "seed": 1}),
+        picker=parse_picker_config(PICKER),
     )
     await gw.start()
     c = client(gw.port)

@@ -89,21 +89,27 @@ async def test_length_close_delimited_and_no_body(raw_server: Start) -> None:
             b"HTTP/1.0 200 OK\r\n\r\nuntil close",
         ]
     )
+    first_part_read = asyncio.Event()
 
     async def script(w: asyncio.StreamWriter) -> bool:
         data = next(answers)
         w.write(data)
         await w.drain()
         if data.endswith(b"ab"):
-            await asyncio.sleep(0.05)
+            await first_part_read.wait()  # the rest of the body only once the client has read "ab"
             w.write(b"cde")
             await w.drain()
             return True
         return not data.startswith(b"HTTP/1.0")
 
     port = await raw_server(script)
-    pool = UpstreamPool(read_timeout=5)
-    assert (await fetch(pool, port))[:2] == (200, b"abcde")
+    pool = UpstreamPool(read_timeout=30)
+    resp = await pool.request(f"127.0.0.1:{port}", "127.0.0.1", port, "POST", "/v1/x", [], b"{}")
+    assert resp.status == 200
+    assert await resp.read_chunk() == b"ab"
+    first_part_read.set()
+    assert b"".join([c async for c in resp.iter_chunks()]) == b"cde"
+    resp.release()
     assert (await fetch(pool, port))[:2] == (204, b"")
     assert (await fetch(pool, port))[:2] == (200, b"until close")
     await pool.close()
@@ -115,8 +121,10 @@ async def test_truncated_body_refused_connection_and_silence(raw_server: Start) 
         await w.drain()
         return False
 
+    quiet_until_the_end = asyncio.Event()
+
     async def silent(w: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(5)
+        await quiet_until_the_end.wait()
         return False
 
     pool = UpstreamPool(read_timeout=0.3, connect_timeout=1)
@@ -124,6 +132,7 @@ async def test_truncated_body_refused_connection_and_silence(raw_server: Start) 
         await fetch(pool, await raw_server(truncated))
     with pytest.raises(UpstreamTimeout):
         await fetch(pool, await raw_server(silent))
+    quiet_until_the_end.set()
     with pytest.raises(UpstreamConnectionError):
         await fetch(pool, 1)  # nothing listens on port 1
     await pool.close()

@@ -25,6 +25,7 @@ from infergate.tokenization.builtin import BOS_ID, SPECIAL_TOKENS, Tokenizer, ll
 from infergate.tokenization.hf import HFTokenizer, TokenizerFileError
 from infergate.tokenization.load import load_tokenizer
 from infergate.tokenization.protocol import TextTokenizer
+from infergate.tokenization.requests import chat_token_ids, completion_token_ids
 
 FAST = ["--host", "127.0.0.1", "--port", "0", "--time-scale", "0.05"]
 CORPUS = [
@@ -155,11 +156,10 @@ async def hf_sim(tokenizer_json: Path) -> AsyncIterator[SimServer]:
         await server.stop()
 
 
-async def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+async def _post(url: str, body: dict[str, Any]) -> Any:
     async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
         assert r.status == 200, await r.text()
-        data: dict[str, Any] = json.loads(await r.text())
-        return data
+        return json.loads(await r.text())
 
 
 async def test_simulator_serves_with_the_given_tokenizer(hf_sim: SimServer, tokenizer_json: Path) -> None:
@@ -190,3 +190,36 @@ async def test_simulator_serves_with_the_given_tokenizer(hf_sim: SimServer, toke
 def test_simulator_refuses_a_bad_tokenizer_before_starting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--tokenizer"):
         SimServer(parse_args([*FAST, "--tokenizer", str(tmp_path)], {}))
+
+
+COMPLETION_BODIES: list[dict[str, Any]] = [
+    {"prompt": "the router picks the server"},
+    {"prompt": "no bos here", "add_special_tokens": False},
+    {"prompt": ["first prompt", "second prompt"]},
+    {"prompt": [1000, 1001, 1002]},
+]
+CHAT_BODIES: list[dict[str, Any]] = [
+    {"messages": [{"role": "user", "content": "hi there"}]},
+    {"messages": [{"role": "system", "content": " be brief "}, {"role": "user", "content": [{"text": "q"}]}]},
+    {"messages": [{"role": "user", "content": "again"}], "add_special_tokens": True},
+]
+
+
+@pytest.mark.parametrize("use_hf", [False, True])
+async def test_request_token_ids_agree_with_what_the_simulator_renders(
+    use_hf: bool, tokenizer_json: Path
+) -> None:
+    """The gateway-side functions give the very ids the server computes, with either tokenizer."""
+    argv = [*FAST, "--tokenizer", str(tokenizer_json)] if use_hf else FAST
+    server = SimServer(parse_args(argv, {}))
+    await server.start()
+    tok = load_tokenizer(str(tokenizer_json) if use_hf else None)
+    try:
+        for body in COMPLETION_BODIES:
+            rendered = await _post(f"{server.url}/v1/completions/render", body)
+            assert [e["token_ids"] for e in rendered] == completion_token_ids(tok, body)
+        for body in CHAT_BODIES:
+            rendered = await _post(f"{server.url}/v1/chat/completions/render", body)
+            assert rendered["token_ids"] == chat_token_ids(tok, body)
+    finally:
+        await server.stop()

@@ -18,6 +18,10 @@ import pytest
 from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
 from infergate.bench.workloads import builtin_workloads, load_workload
 
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
 
 def plan(rate_hint: float) -> SteadyPlan:
     """A window holding about 250 measured requests near round-robin's rate (5 to 40 s), a warm-up

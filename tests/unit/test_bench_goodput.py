@@ -33,6 +33,10 @@ from infergate.bench.workloads import (
     generate,
 )
 
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
 
 def _records(ttfts: list[float], tpot: float, *, failed: int = 0, tokens: int = 11) -> list[RequestRecord]:
     """One record per TTFT, each with ``tokens`` tokens at ``tpot`` apart, plus ``failed`` 503s."""

@@ -27,6 +27,10 @@ from infergate.bench.steady import (
 from infergate.bench.strategies import BASE_MODEL, GREEDY, resolve_strategy
 from infergate.bench.workloads import OBJECTIVE_HEADER, builtin_workloads, load_workload, stream
 
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
 
 def test_gamma_arrivals_have_the_rate_and_the_cv_of_their_shape() -> None:
     for shape in (0.25, 1.0, 4.0):
@@ -201,7 +205,6 @@ def test_cli_rejects_unknown_arrivals_and_strategies(capsys: pytest.CaptureFixtu
 def test_help_lists_workloads_strategies_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     from infergate.bench.cli import main
 
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    text = capsys.readouterr().out
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())  # undo the help's wrapping
     assert "long-context-rag" in text and GREEDY in text and "+fc" in text and "default 0.02" in text

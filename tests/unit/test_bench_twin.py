@@ -12,6 +12,10 @@ from infergate.bench.strategies import picker_config, strategy_names
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import generate, load_workload
 
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
+
 
 def _shared_prefix(limit: int) -> list:  # type: ignore[type-arg]
     return generate(load_workload("multi-tenant-chat"))[:limit]

@@ -1,20 +1,20 @@
-"""EndpointPickerConfig (schema, default, YAML round trip, errors) and GatewaySettings."""
+"""EndpointPickerConfig (schema, default, YAML round trip, errors) and Settings."""
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
 
 from infergate.config import (
     EndpointPickerConfig,
-    GatewaySettings,
     PluginRef,
     PluginSpec,
     ProfileSpec,
+    Settings,
     default_picker_config,
     dump_picker_config,
     load_picker_config,
@@ -169,20 +169,26 @@ def test_picker_config_unreadable_or_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_settings_defaults_follow_the_reference() -> None:
-    s = GatewaySettings()
-    assert (s.scrape_interval, s.staleness, s.health_interval, s.retries) == (0.05, 2.0, 1.0, 1)
-    assert (s.queue_threshold, s.kv_threshold, s.saturation_staleness) == (5, 0.8, 0.2)
-    assert (s.request_ttl, s.grpc_port, s.metrics_port) == (60.0, 9002, 9090)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        s.retries = 3  # type: ignore[misc]
+    s = Settings()
+    assert (s.scrape.interval, s.scrape.staleness, s.scrape.health_interval, s.proxy.retries) == (
+        0.05,
+        2.0,
+        1.0,
+        1,
+    )
+    fc = s.flow_control
+    assert (fc.queue_threshold, fc.kv_threshold, fc.saturation_staleness) == (5, 0.8, 0.2)
+    assert (fc.request_ttl, s.listeners.grpc_port, s.listeners.admin_port) == (60.0, 9002, 9090)
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        s.proxy.retries = 3
 
 
 def test_settings_replace_validates() -> None:
-    s = GatewaySettings().replace(scrape_interval=0.1, retries=None)
-    assert s.scrape_interval == 0.1 and s.retries == 1
-    with pytest.raises(ConfigError, match="scrape_interval: must be > 0"):
-        GatewaySettings(scrape_interval=0)
-    with pytest.raises(ConfigError, match="retries: must be >= 0"):
-        GatewaySettings().replace(retries=-1)
-    with pytest.raises(ConfigError, match="unknown setting"):
-        GatewaySettings().replace(nope=1)
+    s = Settings().replace({"scrape.interval": "100ms"})
+    assert s.scrape.interval == 0.1 and s.proxy.retries == 1
+    with pytest.raises(ConfigError, match=r"scrape\.interval: Input should be greater than 0"):
+        Settings().replace({"scrape.interval": 0})
+    with pytest.raises(ConfigError, match=r"proxy\.retries: Input should be greater than or equal to 0"):
+        Settings().replace({"proxy.retries": -1})
+    with pytest.raises(ConfigError, match=r"scrape\.nope: Extra inputs are not permitted"):
+        Settings().replace({"scrape.nope": 1})

@@ -14,14 +14,21 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from infergate.config.picker import parse_picker_config
-from infergate.config.picker_sections import apply_sections, parse_go_duration, parse_quantity
-from infergate.config.settings import GatewaySettings
+from infergate.config.picker import EndpointPickerConfig, parse_picker_config
+from infergate.config.picker_sections import (
+    apply_sections,
+    parse_go_duration,
+    parse_quantity,
+    passthrough_paths,
+)
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
-from infergate.errors import ConfigError, NoCapacityError, RateLimitedError
+from infergate.errors import ConfigError, RateLimitedError
 from infergate.flowcontrol import FlowController
 from infergate.flowcontrol.settings import flow_control_from_settings
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.prefix import PrefixCacheScorer
+from infergate.scheduling.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.upstream_load import PrefixCacheAffinityFilter, TokenLoadScorer
 from infergate.telemetry import GatewayMetrics
 from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
 from tests.unit.test_flowcontrol import FakeClock, run_once
@@ -53,12 +60,13 @@ def _request(rid: str) -> InferenceRequest:
 
 def test_sections_map_onto_the_gateway_settings() -> None:
     cfg = parse_picker_config(FLOW_CONFIG)
-    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
-    assert enabled is True  # the gate wins over the CLI default
+    full = apply_sections(cfg, Settings().replace({"flow_control.enabled": False}))
+    settings = full.flow_control
+    assert settings.enabled is True  # the gate wins over the CLI default
     assert (settings.request_ttl, settings.max_queued_requests, settings.max_queued_bytes) == (1.0, 1, 65536)
     assert (settings.max_queued_requests_total, settings.max_queued_bytes_total) == (10, 1048576)
     assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (3, 0.9, 0.5)
-    _, config = flow_control_from_settings(settings, pool_name="p")
+    _, config = flow_control_from_settings(full, pool_name="p")
     assert (config.default_ttl, config.band_max_requests, config.max_requests, config.max_bytes) == (
         1.0,
         1,
@@ -69,7 +77,7 @@ def test_sections_map_onto_the_gateway_settings() -> None:
 
 async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
     cfg = parse_picker_config(FLOW_CONFIG)
-    settings, _ = apply_sections(cfg, GatewaySettings(), flow_control=True)
+    settings = apply_sections(cfg, Settings())
     detector, config = flow_control_from_settings(settings, pool_name="p")
     clock = FakeClock()
     ds = Datastore(clock, staleness=2.0)
@@ -91,13 +99,13 @@ async def test_one_second_ttl_and_a_band_of_one_take_effect() -> None:
     clock.t += 1.01
     ds.update_metrics(META.key, EndpointMetrics(waiting_queue_size=3, updated_at=clock.t))
     fc.poke()
-    with pytest.raises(NoCapacityError, match="timed out"):
+    with pytest.raises(RateLimitedError, match="timed out"):
         await asyncio.wait_for(first, 5)
 
 
 def test_flow_control_gate_off_turns_queueing_off_and_conflicts_with_the_section() -> None:
     cfg = parse_picker_config(HEAD + "featureGates: ['flowControl=false']\nplugins: [{type: queue-scorer}]\n")
-    assert apply_sections(cfg, GatewaySettings(), flow_control=True)[1] is False
+    assert apply_sections(cfg, Settings()).flow_control.enabled is False
     with pytest.raises(ConfigError, match="flowControl: set while featureGates"):
         parse_picker_config(
             HEAD + "featureGates: ['flowControl=false']\nflowControl: {defaultRequestTTL: 1s}\n"
@@ -112,7 +120,10 @@ def test_flow_control_gate_off_turns_queueing_off_and_conflicts_with_the_section
             r"featureGates\[0\]: unknown feature gate 'flowControll' \(did you mean 'flowControl'\?\)",
         ),
         ("featureGates: [enableLegacyMetrics]", "feature gate 'enableLegacyMetrics' is not supported"),
-        ("flowControl: {noEndpointRequestTTL: 5s}", "flowControl.noEndpointRequestTTL: not supported"),
+        (
+            "flowControl: {noEndpointRequestTTL: soon}",
+            "flowControl.noEndpointRequestTTL: expected a duration",
+        ),
         ("flowControl: {enableEviction: true}", "flowControl.enableEviction"),
         ("flowControl: {defaultRequestTTL: soon}", "flowControl.defaultRequestTTL: expected a duration"),
         ("flowControl: {maxRequests: lots}", "flowControl.maxRequests: expected a quantity"),
@@ -261,19 +272,148 @@ plugins: [{type: queue-scorer}, {type: metrics-data-source, parameters: {scheme:
 """,
         "scheme",
     ),
+    (
+        "scale from zero (flow-control README)",
+        """
+featureGates: [flowControl]
+plugins: [{type: queue-scorer}]
+flowControl: {defaultRequestTTL: 5s, noEndpointRequestTTL: 10m}
+""",
+        None,
+    ),
+    (
+        "queue wait without eviction",
+        """
+plugins: [{type: queue-scorer}]
+flowControl: {defaultRequestTTL: 0s}
+""",
+        r"flowControl.defaultRequestTTL: must be > 0",
+    ),
+    (
+        "token load with the in-flight producer and the prefix affinity gate (plugin READMEs)",
+        """
+plugins:
+- {type: inflight-load-producer}
+- {type: token-load-scorer, name: token-load, parameters: {queueThresholdTokens: 65536}}
+- {type: prefix-cache-scorer}
+- type: prefix-cache-affinity-filter
+  name: prefix-affinity
+  parameters: {affinityThreshold: 0.8, explorationProbability: 0.01, maxTTFTPenaltyMs: 5000,
+               ttftSource: prefillThroughput}
+- {type: weighted-random-picker}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: prefix-affinity}, {pluginRef: token-load, weight: 1},
+            {pluginRef: prefix-cache-scorer, weight: 1}, {pluginRef: weighted-random-picker}]
+""",
+        None,
+    ),
+    (
+        "affinity gate on the latency predictor",
+        """
+plugins:
+- {type: prefix-cache-scorer}
+- {type: prefix-cache-affinity-filter, parameters: {ttftSource: latencyPredictor}}
+""",
+        "latencyPredictor is not supported",
+    ),
+    (
+        "default parser list (openai, anthropic, passthrough)",
+        """
+plugins: [{type: openai-parser}, {type: anthropic-parser}, {type: passthrough-parser}, {type: queue-scorer}]
+requestHandler:
+  parsers: [{pluginRef: openai-parser}, {pluginRef: anthropic-parser}, {pluginRef: passthrough-parser}]
+""",
+        r"passthrough-parser\].parameters.paths: required",
+    ),
+    (
+        "passthrough for rerank and audio",
+        """
+plugins:
+- {type: openai-parser}
+- {type: passthrough-parser, parameters: {paths: [/v1/rerank, /v1/audio/transcriptions]}}
+- {type: queue-scorer}
+requestHandler: {parsers: [{pluginRef: openai-parser}, {pluginRef: passthrough-parser}]}
+""",
+        None,
+    ),
 ]
+
+
+def _scorers(sched: Scheduler) -> list[tuple[str, float]]:
+    return [(s.type, s.weight) for s in sched.profile.scorers]
+
+
+def _check_gie_default(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
+    assert _scorers(sched) == [
+        ("queue-scorer", 1.0),
+        ("kv-cache-utilization-scorer", 1.0),
+        ("prefix-cache-scorer", 1.0),
+        ("lora-affinity-scorer", 1.0),
+    ]
+    assert s == Settings() and passthrough_paths(cfg) == ()
+
+
+def _check_gie_full(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
+    fc = s.flow_control
+    assert on and (fc.request_ttl, fc.max_queued_requests, fc.max_queued_bytes) == (60.0, 5000, 10 * 2**30)
+    assert (fc.queue_threshold, fc.kv_threshold, fc.saturation_staleness) == (5, 0.8, 0.2)
+    assert _scorers(sched) == [
+        ("queue-scorer", 2.0),
+        ("kv-cache-utilization-scorer", 2.0),
+        ("prefix-cache-scorer", 3.0),
+    ]
+
+
+def _check_producer(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
+    scorer = sched.plugin("prefix-cache-scorer")
+    assert isinstance(scorer, PrefixCacheScorer) and scorer._max_blocks(16) == 16384 // 16
+
+
+def _check_scale_from_zero(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
+    _, config = flow_control_from_settings(s, pool_name="p")
+    assert (config.default_ttl, config.empty_pool_ttl) == (5.0, 600.0)
+
+
+def _check_token_load(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
+    assert [f.type for f in sched.profile.filters] == ["prefix-cache-affinity-filter"]
+    assert _scorers(sched) == [("token-load-scorer", 1.0), ("prefix-cache-scorer", 1.0)]
+    assert sched.profile.picker.type == "weighted-random-picker"
+    token_load = sched.plugin("token-load")
+    assert isinstance(token_load, TokenLoadScorer) and token_load._threshold == 65536
+    affinity = sched.plugin("prefix-affinity")
+    assert isinstance(affinity, PrefixCacheAffinityFilter)
+    assert affinity._prefix is sched.plugin("prefix-cache-scorer")
+    assert (affinity._p.max_ttft_penalty_ms, affinity._p.exploration_probability) == (5000, 0.01)
+
+
+def _check_passthrough(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: Scheduler) -> None:
+    assert passthrough_paths(cfg) == ("/v1/rerank", "/v1/audio/transcriptions")
+
+
+# What each example that loads changes: every one must state it (nothing loads without effect).
+EFFECTS = {
+    "GIE default with parser": _check_gie_default,
+    "GIE full reference shape": _check_gie_full,
+    "approx producer with parameters (sim-epp-config shape, without decode-filter)": _check_producer,
+    "scale from zero (flow-control README)": _check_scale_from_zero,
+    "token load with the in-flight producer and the prefix affinity gate (plugin READMEs)": _check_token_load,
+    "passthrough for rerank and audio": _check_passthrough,
+}
 
 
 @pytest.mark.parametrize(("name", "body", "error"), UPSTREAM_EXAMPLES, ids=[e[0] for e in UPSTREAM_EXAMPLES])
 def test_upstream_example_configs_take_effect_or_fail(name: str, body: str, error: str | None) -> None:
     def load() -> None:
         cfg = parse_picker_config(HEAD + body)
-        build_scheduler(cfg)
-        apply_sections(cfg, GatewaySettings(), flow_control=True)
+        sched = build_scheduler(cfg)
+        settings = apply_sections(cfg, Settings())
+        EFFECTS[name](cfg, settings, settings.flow_control.enabled, sched)
 
     if error is None:
         load()
     else:
+        assert name not in EFFECTS
         with pytest.raises(ConfigError, match=error):
             load()
 
@@ -295,8 +435,8 @@ plugins:
 
 def test_gie_reference_config_changes_nothing_but_what_it_states() -> None:
     cfg = parse_picker_config(HEAD + UPSTREAM_EXAMPLES[1][1])
-    settings, enabled = apply_sections(cfg, GatewaySettings(), flow_control=False)
-    assert enabled
+    settings = apply_sections(cfg, Settings().replace({"flow_control.enabled": False})).flow_control
+    assert settings.enabled
     assert settings.request_ttl == 60.0 and settings.max_queued_requests == 5000
     assert settings.max_queued_bytes == 10 * 2**30 and settings.max_queued_requests_total is None
     assert (settings.queue_threshold, settings.kv_threshold, settings.saturation_staleness) == (5, 0.8, 0.2)

@@ -205,9 +205,7 @@ plugins: [{type: header-based-testing-filter}, {type: max-score-picker}]
     [
         ("{type: load-aware-scorer, parameters: {threshold: 0}}", "threshold"),
         ("{type: active-request-scorer, parameters: {requestTimeout: 2m}}", "requestTimeout"),
-        ("{type: token-load-scorer}", "in-flight token counts"),
         ("{type: no-hit-lru-scorer, parameters: {lruSize: 0}}", "lruSize"),
-        ("{type: prefix-cache-affinity-filter}", "prefix matching runs inside"),
         ("{type: session-affinity-filter}", "use session-affinity-scorer"),
         ("{type: utilization-filter, parameters: {conditions: []}}", "conditions"),
     ],

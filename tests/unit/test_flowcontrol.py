@@ -260,7 +260,8 @@ async def test_sheddable_rejected_while_others_wait() -> None:
     await asyncio.wait_for(task, 5)
 
 
-async def test_ttl_expiry_answers_503() -> None:
+async def test_ttl_expiry_answers_429_with_the_dropped_reason() -> None:
+    # the reference (llm-d-router v0.10): a TTL eviction while the pool has endpoints is backpressure
     rig = Rig(FlowControlConfig(default_ttl=5.0))
     rig.scrape(waiting=5)
     task = asyncio.create_task(rig.fc.admit(req("slow", priority=10)))
@@ -273,10 +274,11 @@ async def test_ttl_expiry_answers_503() -> None:
     assert not task.done() and rig.fc.queued() == 1
     rig.clock.t += 1.5
     rig.fc.poke()
-    with pytest.raises(NoCapacityError) as info:
+    with pytest.raises(RateLimitedError) as info:
         await asyncio.wait_for(task, 5)
-    assert info.value.status == 503
+    assert info.value.status == 429
     assert "timed out" in info.value.message
+    assert info.value.headers == {"x-llm-d-request-dropped-reason": "rejected-ttl-expired"}
     assert rig.fc.queued() == 0
     assert rig.sample("inference_extension_flow_control_queue_size") == 0
     ttl = {"outcome": "evicted_ttl", "priority": "10"}
@@ -293,7 +295,7 @@ async def test_ttl_timer_fires_without_any_event() -> None:
         detector=SaturationDetector(),
         config=FlowControlConfig(default_ttl=0.2, recheck_interval=10.0),
     )
-    with pytest.raises(NoCapacityError):  # never scraped → saturated → queued → 503 at TTL
+    with pytest.raises(RateLimitedError):  # never scraped → saturated → queued → 429 at TTL
         await asyncio.wait_for(fc.admit(req("x")), 5)
     assert fc.queued() == 0
 

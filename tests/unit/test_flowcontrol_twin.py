@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from infergate.bench.loadgen import RequestRecord
 from infergate.bench.stats import percentile
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import BenchRequest
 from infergate.types import ModelRewrite, Objective, RewriteRule, RewriteTarget
+
+# Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
+# minutes; the suite-wide 120 s hang guard would cut them short.
+pytestmark = pytest.mark.timeout(900)
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 RATES = {"high": 20.0, "low": 100.0, "shed": 40.0}  # req/s: about three times what two replicas serve

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from infergate.errors import ConfigError
@@ -266,19 +264,14 @@ def test_unknown_dialect_is_config_error() -> None:
         parse_metrics("", "tgi", 1.0)
 
 
-def test_parse_cost_is_small() -> None:
-    """A full vLLM page must parse in well under a millisecond-scale budget (20 scrapes/s/endpoint)."""
-    text = vllm_text() * 1  # ~6 kB here; the filter makes the cost nearly independent of page size
+def test_a_page_full_of_unrelated_families_parses_to_the_same_signals() -> None:
+    """The filter skips families it does not read; their cost is measured by bench/bench_scrape_parse.py."""
+    text = vllm_text()
     big = text + "\n".join(
         _histogram(f"vllm:extra_{i}_seconds", [0.1 * j for j in range(1, 20)], 50) for i in range(40)
     )
-    n = 200
-    t0 = time.perf_counter()
-    for _ in range(n):
-        m = parse_metrics(big, "vllm", 1.0)
-    per_call = (time.perf_counter() - t0) / n
-    assert m.waiting_queue_size == 7
-    assert per_call < 0.005, f"parse took {per_call * 1e3:.2f} ms for {len(big)} bytes"
+    assert parse_metrics(big, "vllm", 1.0) == parse_metrics(text, "vllm", 1.0)
+    assert parse_metrics(big, "vllm", 1.0).waiting_queue_size == 7
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -10,16 +10,14 @@ cannot drift apart.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from infergate.config.picker import EndpointPickerConfig
-from infergate.config.picker_sections import apply_sections
-from infergate.config.settings import GatewaySettings
+from infergate.config.picker_sections import apply_sections, passthrough_paths
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowController
-from infergate.flowcontrol.settings import flow_control_from_settings
-from infergate.requestcontrol.access import RequestLimits
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.decisions import DecisionLog
 from infergate.scheduling.scheduler import Scheduler, build_scheduler
@@ -46,13 +44,13 @@ def build_core(
     pool: PoolSpec,
     *,
     picker: EndpointPickerConfig,
-    settings: GatewaySettings,
+    settings: Settings,
     metrics: GatewayMetrics,
     clock: Clock,
     rng: random.Random,
-    flow_control: bool = True,
     honor_subset_hint: bool = True,
     connection_limit: int | None = None,
+    objective_max_tokens: Mapping[str, int] | None = None,
 ) -> PickerCore:
     """Wire the core for ``pool``: the scraper speaks the pool's model-server dialect and health path.
 
@@ -63,51 +61,25 @@ def build_core(
     ``None`` when they reach the model server's own queue (Envoy), so they are not counted twice.
     """
     # flowControl / saturationDetector / featureGates of the config refine the settings.
-    s, flow_control = apply_sections(picker, settings, flow_control=flow_control)
+    s = apply_sections(picker, settings)
     decisions = DecisionLog()
     scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
-    detector, flow_config = flow_control_from_settings(
-        s, pool_name=pool.name, enabled=flow_control, connection_limit=connection_limit
+    flow = FlowController.from_settings(
+        datastore, s, pool_name=pool.name, connection_limit=connection_limit, clock=clock, metrics=metrics
     )
-    flow = FlowController(
-        datastore,
-        detector=detector,
-        clock=clock,
-        config=flow_config,
-        metrics=metrics,
-    )
-    director = Director(
+    director = Director.from_settings(
+        s,
         datastore=datastore,
         scheduler=scheduler,
         flow=flow,
         clock=clock,
         metrics=metrics,
         rng=rng,
-        max_attempts=1 + s.retries,
         honor_subset_hint=honor_subset_hint,
+        objective_max_tokens=objective_max_tokens,
     )
-    # Limits from settings apply in every mode; `Gateway` adds per-objective annotations and keys.
-    director.configure_access(
-        limits=RequestLimits(
-            max_messages=s.max_messages,
-            max_tokens=s.max_tokens_ceiling,
-            objective_max_tokens=dict(s.objective_max_tokens),
-        ),
-        control_headers=s.control_headers,
-    )
-    scraper = MetricsScraper(
-        datastore,
-        interval=s.scrape_interval,
-        dialect=pool.model_server_type,
-        health_path=pool.health_path,
-        health_interval=s.health_interval,
-        health_timeout=s.health_timeout,
-        evict_after=s.evict_after_failed_probes,
-        clock=clock,
-        metrics=metrics,
-        max_backoff=s.scrape_backoff_max,
-        pool_metrics_interval=s.pool_metrics_interval,
-    )
+    director.configure_parsers(passthrough=passthrough_paths(picker))
+    scraper = MetricsScraper.from_settings(datastore, s, pool=pool, metrics=metrics, clock=clock)
     return PickerCore(scheduler=scheduler, flow=flow, director=director, scraper=scraper, decisions=decisions)
 
 

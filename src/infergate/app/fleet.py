@@ -29,6 +29,8 @@ from infergate.errors import ConfigError
 from infergate.servers.children import with_parent_death
 from infergate.types import EndpointMeta, PoolSpec
 
+from .preflight import replica_port_list
+
 __all__ = ["Fleet", "Replica", "free_port", "replace_port"]
 
 log = logging.getLogger("infergate.fleet")
@@ -115,8 +117,11 @@ class Fleet:
         replicas: int | None = None,
         run_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        ports: Sequence[int] = (),
     ) -> None:
+        """``ports``: ``--replica-ports`` (one per replica, or the first of a run); free ports if empty."""
         self._manifests = manifests
+        self._ports = list(ports)
         self._pool = pool
         self._replicas_override = replicas
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="infergate-up-"))
@@ -139,12 +144,17 @@ class Fleet:
     def plan(self) -> list[Replica]:
         """Decide names, ports and command lines (kept in :attr:`replicas`); nothing is started."""
         out: list[Replica] = []
-        for dep in self._deployments():
-            count = self._replicas_override if self._replicas_override is not None else dep.replicas
+        deployments = self._deployments()
+        counts = [
+            self._replicas_override if self._replicas_override is not None else d.replicas
+            for d in deployments
+        ]
+        chosen = iter(replica_port_list(self._ports, sum(counts)))
+        for dep, count in zip(deployments, counts, strict=True):
             flags = dep.vllm_argv()
             sidecar = dep.pd_sidecar_container()
             for i in range(count):
-                port = free_port()
+                port = next(chosen, None) or free_port()
                 server_port = free_port() if sidecar is not None else port
                 name = f"{dep.name}-{i}"
                 argv = [

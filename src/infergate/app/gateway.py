@@ -1,88 +1,60 @@
 """The composition root of the gateway: builds every component once and owns their lifecycle.
 
-``Gateway`` wires datastore ← manifests, metrics scraper, scheduler, flow control, Director,
-built-in proxy and admin server. It is used by ``infergate serve`` (endpoints already running) and
-``infergate up`` (after starting simulated replicas). Shutdown order matters: readiness turns
-false, the proxy stops accepting and drains in-flight requests within the grace period, then the
-background tasks stop.
+``Gateway`` wires datastore <- manifests, metrics scraper, scheduler, flow control, Director, the
+data plane the ``data_plane`` setting names (``infergate.dataplanes.DATA_PLANES``) and the admin
+server, each built by its own ``from_settings``. It is used by ``infergate serve`` (endpoints
+already running), ``infergate up`` (after starting simulated replicas) and ``infergate epp -f``.
+Shutdown order matters: readiness turns false, the data plane stops accepting and drains in-flight
+requests within ``proxy.shutdown_grace``, then the background tasks stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
-import resource
-import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from infergate.api.loader import ManifestSet
 from infergate.config.picker import EndpointPickerConfig, default_picker_config
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
+from infergate.dataplanes import DataPlane, DataPlaneContext, data_plane_factory
+from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
-from infergate.requestcontrol.access import Authenticator, RequestLimits
+from infergate.requestcontrol.access import Authenticator
 from infergate.servers.admin import AdminServer
-from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests
-from infergate.servers.envoy import EnvoyProcess, render_bootstrap, settings_from_manifests
-from infergate.servers.extproc import ExtProcServer, serve_extproc
+from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests, load_api_keys
 from infergate.servers.liveview import liveview_routes
-from infergate.servers.metrics_auth import MetricsAuthorizer, metrics_auth_middleware
-from infergate.servers.proxy import ProxyOptions, ProxyServer
+from infergate.servers.metrics_auth import (
+    MetricsAuthorizer,
+    StaticTokenAuth,
+    build_metrics_auth,
+    generate_token,
+    metrics_auth_middleware,
+)
+from infergate.servers.proxy import ProxyServer
 from infergate.sources.manifests import apply_manifests
 from infergate.telemetry import GatewayMetrics
+from infergate.tracing import tracer_from_env
 from infergate.types import Clock, EndpointMeta, MonotonicClock, PoolSpec
 
 from .core import build_core, start_plugin_tasks
-from .health import HealthServer
 from .tasks import Supervisor
 
-__all__ = ["DATA_PLANES", "Gateway", "GatewayConfig"]
+__all__ = ["Gateway", "annotated_max_tokens"]
 
-DATA_PLANES = ("builtin", "envoy", "epp")
 MAX_TOKENS_ANNOTATION = "infergate.dev/max-tokens"
 
 log = logging.getLogger("infergate.app")
 
 
-@dataclass(frozen=True, kw_only=True)
-class GatewayConfig:
-    """Process-level choices (ports, picker, flags) next to the tunables in ``settings``."""
-
-    host: str = "0.0.0.0"
-    port: int | None = None  # None: the Gateway listener's port from the manifests
-    admin_host: str = "0.0.0.0"
-    admin_port: int = 9090
-    pool_name: str | None = None
-    picker: EndpointPickerConfig | None = None
-    settings: GatewaySettings = field(default_factory=GatewaySettings)
-    flow_control: bool = True
-    served_header: bool = False
-    shutdown_grace: float = 10.0
-    extra_endpoints: Sequence[EndpointMeta] = ()
-    seed: int | None = None
-    data_plane: str = "builtin"
-    """``builtin`` (asyncio proxy on the listener), ``envoy`` (Envoy on the listener, calling the
-    picker over ext_proc on a private port) or ``epp`` (ext_proc picker only, on ``grpc_port``)."""
-    grpc_port: int = 9002
-    picker_tls: bool = False
-    grpc_health_port: int | None = None
-    """``epp``: also serve the gRPC health service in plaintext on this port (the kubelet's probes)."""
-    metrics_auth: MetricsAuthorizer | None = None
-    """Checks bearer tokens on the admin ``/metrics`` and ``/debug/`` (None: open)."""
-    api_keys: Authenticator | None = None
-    """API keys for the inference listener (``--api-keys``); Secrets labelled
-    ``infergate.dev/api-keys`` in the manifests are added. None and no such Secret: open."""
-
-
-def request_limits(manifests: ManifestSet, settings: GatewaySettings) -> RequestLimits:
-    """The Director's limits: settings, plus ``infergate.dev/max-tokens`` on InferenceObjectives
-    (an explicit ``objective_max_tokens`` entry in the settings wins over the annotation)."""
+def annotated_max_tokens(manifests: ManifestSet) -> dict[str, int]:
+    """``infergate.dev/max-tokens`` on InferenceObjectives (the ``limits.objective_max_tokens``
+    setting wins over them; the Director merges the two)."""
     per_objective: dict[str, int] = {}
     for obj in manifests.objectives:
         raw = obj.metadata.annotations.get(MAX_TOKENS_ANNOTATION)
@@ -98,12 +70,7 @@ def request_limits(manifests: ManifestSet, settings: GatewaySettings) -> Request
                 f"must be a positive integer (got {raw!r})"
             )
         per_objective[obj.name] = value
-    per_objective.update(settings.objective_max_tokens)
-    return RequestLimits(
-        max_messages=settings.max_messages,
-        max_tokens=settings.max_tokens_ceiling,
-        objective_max_tokens=per_objective,
-    )
+    return per_objective
 
 
 def _authenticator(manifests: ManifestSet, configured: Authenticator | None) -> Authenticator | None:
@@ -118,28 +85,19 @@ def _authenticator(manifests: ManifestSet, configured: Authenticator | None) -> 
     raise ConfigError("API keys: both a custom authenticator and labelled Secrets are configured")
 
 
-def client_connection_budget(settings: GatewaySettings) -> int:
-    """``max_client_connections``, lowered to fit this process's file-descriptor limit.
-
-    Every proxied request holds a client and an upstream socket, so clients get half of what is
-    left after the admin budget and a reserve for scrapes, probes and files.
-    """
-    wanted = settings.max_client_connections
+def _metrics_auth(settings: Settings) -> tuple[MetricsAuthorizer | None, str | None]:
+    """The admin port's token check for ``auth.metrics_auth`` and the token generated for this run
+    (``token`` without ``auth.metrics_token_file``), if any."""
+    mode, token_file = settings.auth.metrics_auth, settings.auth.metrics_token_file
+    if mode == "kubernetes":
+        raise ConfigError("auth.metrics_auth: kubernetes needs the cluster (infergate epp --pool-name)")
+    if mode == "token" and token_file is None:
+        token = generate_token()
+        return StaticTokenAuth([token]), token
     try:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):  # pragma: no cover - no such limit on this platform
-        return wanted
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    room = max(16, (soft - settings.admin_max_connections - 128) // 2)
-    if room < wanted:
-        log.info(
-            "file-descriptor limit %d: the inference listener takes at most %d connections "
-            "(raise the limit with ulimit -n for more)",
-            soft,
-            room,
-        )
-    return min(wanted, room)
+        return build_metrics_auth(mode, token_file=token_file), None
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"auth.metrics_token_file: {exc}") from exc
 
 
 def _uses_lora(manifests: ManifestSet) -> bool:
@@ -171,39 +129,43 @@ def _base_models(manifests: ManifestSet) -> list[str]:
     return [n for n in dict.fromkeys(names) if n]
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class Gateway:
-    """One pool's picker and built-in data plane, ready to :meth:`start`."""
+    """One pool's picker and the data plane the ``data_plane`` setting names, ready to :meth:`start`.
+
+    Every component is built by its own ``from_settings``; this class only wires them and owns the
+    order of start and stop.
+    """
 
     def __init__(
         self,
         manifests: ManifestSet,
-        config: GatewayConfig | None = None,
+        settings: Settings | None = None,
         *,
+        picker: EndpointPickerConfig | None = None,
+        extra_endpoints: Sequence[EndpointMeta] = (),
+        metrics_auth: MetricsAuthorizer | None = None,
+        api_keys: Authenticator | None = None,
         metrics: GatewayMetrics | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.config = cfg = config or GatewayConfig()
-        if cfg.data_plane not in DATA_PLANES:
-            raise ConfigError(f"data plane must be one of {', '.join(DATA_PLANES)} (got {cfg.data_plane!r})")
-        s = cfg.settings
+        """``api_keys``/``metrics_auth`` replace what ``auth.api_keys``/``auth.metrics_auth`` would
+        build (tests, embedding). Secrets labelled ``infergate.dev/api-keys`` in the manifests are
+        added to the keys."""
+        self.settings = s = settings or Settings()
+        self.plane_factory = data_plane_factory(s.data_plane)
         self.clock: Clock = clock or MonotonicClock()
         self.metrics = metrics or GatewayMetrics()
         self.manifests = manifests
-        self.pool: PoolSpec = manifests.pool_spec(cfg.pool_name)
-        self.datastore = Datastore(self.clock, staleness=s.staleness)
+        self.pool: PoolSpec = manifests.pool_spec(s.pool)
+        self.datastore = Datastore.from_settings(s, self.clock)
         apply_manifests(self.datastore, manifests, self.pool)
-        for meta in cfg.extra_endpoints:
+        for meta in extra_endpoints:
             self.datastore.upsert_endpoint(meta)
-        picker = cfg.picker or default_picker_config(
+        picker = picker or default_picker_config(
             lora=_uses_lora(manifests), base_models=_base_models(manifests)
         )
-        rng = random.Random(cfg.seed) if cfg.seed is not None else random.Random()
+        rng = random.Random(s.seed) if s.seed is not None else random.Random()
+        factory = self.plane_factory
         core = build_core(
             self.datastore,
             self.pool,
@@ -212,64 +174,64 @@ class Gateway:
             metrics=self.metrics,
             clock=self.clock,
             rng=rng,
-            flow_control=cfg.flow_control,
-            # Only Envoy sets the subset hint; a client of the built-in proxy must not narrow routing.
-            honor_subset_hint=cfg.data_plane != "builtin",
-            # The built-in proxy queues requests past its per-endpoint connections itself.
-            connection_limit=s.max_connections_per_endpoint if cfg.data_plane == "builtin" else None,
+            honor_subset_hint=factory.honors_subset_hint and s.subset_filter,
+            connection_limit=s.proxy.max_connections_per_endpoint if factory.queues_connections else None,
+            objective_max_tokens=annotated_max_tokens(manifests),
         )
         self.decisions = core.decisions
         self.scheduler = core.scheduler
         self.flow = core.flow
         self.director = core.director
+        if api_keys is None and s.auth.api_keys is not None:
+            api_keys = load_api_keys(s.auth.api_keys)
         self.director.configure_access(
-            authenticator=_authenticator(manifests, cfg.api_keys),
-            limits=request_limits(manifests, s),
-            control_headers=s.control_headers,
+            authenticator=_authenticator(manifests, api_keys),
+            limits=self.director.limits,
+            control_headers=s.auth.control_headers,
         )
+        self.tracer = tracer_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT; needs the [otel] extra
+        self.director.set_tracer(self.tracer)
         if self.director.auth_enabled:
             log.info("API-key authentication is on for the inference listener")
         self.scraper = core.scraper
-        self.proxy = ProxyServer(
-            self.director,
-            self.datastore,
-            ProxyOptions(
+        self.data_plane: DataPlane = factory.build(
+            DataPlaneContext(
+                settings=s,
+                director=self.director,
+                datastore=self.datastore,
+                pool=self.pool,
+                metrics=self.metrics,
+                rng=rng,
                 route_prefixes=tuple(manifests.route_prefixes(self.pool.name)),
-                max_body_bytes=s.max_body_bytes,
-                max_header_bytes=s.max_header_bytes,
-                connect_timeout=s.connect_timeout,
-                read_timeout=min(s.request_timeout, s.first_byte_timeout or s.request_timeout),
-                keepalive_timeout=s.idle_timeout,
-                body_timeout=s.idle_timeout,
-                shutdown_grace=cfg.shutdown_grace,
-                served_header=cfg.served_header,
-                max_connections_per_endpoint=s.max_connections_per_endpoint,
-                stream_idle_timeout=s.stream_idle_timeout,
-                evicted_idle_timeout=s.evicted_idle_timeout,
-                evicted_idle_factor=s.evicted_idle_factor,
-                max_client_connections=client_connection_budget(s),
-            ),
-            metrics=self.metrics,
+                manifests=manifests,
+            )
         )
-        self.picker: ExtProcServer | None = None
-        self.health: HealthServer | None = None
-        self.envoy: EnvoyProcess | None = None
-        self._listen_port = 0
-        self.admin = AdminServer(
+        self.admin = AdminServer.from_settings(
+            s,
             self.datastore,
             self.metrics,
             ready=self.ready,
             extra=self._debug_extra,
             routes=self._liveview_routes(),
-            max_connections=s.admin_max_connections,
         )
-        if cfg.metrics_auth is not None:
-            self.admin.app.middlewares.append(metrics_auth_middleware(cfg.metrics_auth))
+        self.metrics_token: str | None = None
+        """The bearer token generated for this run (``auth.metrics_auth: token`` without a file)."""
+        if metrics_auth is None:
+            metrics_auth, self.metrics_token = _metrics_auth(s)
+        if metrics_auth is not None:
+            self.admin.app.middlewares.append(metrics_auth_middleware(metrics_auth))
         self.tasks = Supervisor()
         self._started = False
         self._stopping = False
 
     # ------------------------------------------------------------------ state
+    @property
+    def proxy(self) -> ProxyServer:
+        """The built-in proxy (``data_plane: builtin`` only)."""
+        if not isinstance(self.data_plane, BuiltinDataPlane):
+            raise AttributeError(f"data plane {self.settings.data_plane} has no built-in proxy")
+        return self.data_plane.proxy
+
     def ready(self) -> bool:
         """Serving and at least one endpoint can take requests; false from the start of shutdown."""
         return self._started and not self._stopping and bool(self.datastore.candidates())
@@ -277,7 +239,7 @@ class Gateway:
     def _debug_extra(self) -> dict[str, Any]:
         return {
             "pool": self.pool.name,
-            "proxy_in_flight": self.proxy.in_flight,
+            "proxy_in_flight": self.data_plane.in_flight,
             "scheduler": self.scheduler.debug_state(),
         }
 
@@ -289,38 +251,44 @@ class Gateway:
             decisions=self.decisions,
             pool_name=self.pool.name,
             model_state=self.scheduler.debug_state,
+            base_models=_base_models(self.manifests),
         )
 
     @property
     def port(self) -> int:
         """The inference listener's port (the picker's gRPC port for ``epp``)."""
-        if self.config.data_plane == "builtin":
-            return self.proxy.port
-        return self._listen_port
+        return self.data_plane.port
 
     @property
     def admin_port(self) -> int:
         return self.admin.port
 
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        """Where the admin listener binds (``listeners.host``, ``listeners.admin_port``)."""
+        return self.settings.listeners.host, self.settings.listeners.admin_port
+
+    def listen_address(self) -> tuple[str, int]:
+        """Where the inference listener binds: the settings, else the Gateway manifest's listener."""
+        host, port = self.manifests.listener()
+        lis = self.settings.listeners
+        return lis.host or host, lis.port if lis.port is not None else port
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        cfg = self.config
-        host, port = self.manifests.listener()
-        host = cfg.host or host
-        port = cfg.port if cfg.port is not None else port
+        s = self.settings
+        host, port = self.listen_address()
         self.tasks.spawn("metrics-scraper", self.scraper.run)
         self._unsubscribe_plugins = start_plugin_tasks(self.scheduler, self.datastore, self.tasks.spawn)
         # in-flight requests are withdrawn from an endpoint only once it failed several probes
         self._unsubscribe_down = self.scraper.add_down_listener(self._endpoint_down)
-        await self.admin.start(cfg.admin_host, cfg.admin_port)
-        if cfg.data_plane == "builtin":
-            await self.proxy.start(host, port)
-        else:
-            await self._start_extproc(host, port)
+        await self.admin.start(*self.admin_address)
+        await self.data_plane.start(host, port)
+        await self.data_plane.set_ready(True)
         self._started = True
         log.info(
             "gateway (%s) for pool %s on %s:%d (admin %d), %d endpoint(s)",
-            cfg.data_plane,
+            s.data_plane,
             self.pool.name,
             host,
             self.port,
@@ -328,52 +296,8 @@ class Gateway:
             len(self.datastore.endpoints()),
         )
 
-    async def _start_extproc(self, host: str, port: int) -> None:
-        cfg = self.config
-        envoy = cfg.data_plane == "envoy"
-        if not envoy and cfg.grpc_health_port is not None:
-            self.health = HealthServer(host, cfg.grpc_health_port)
-            await self.health.start()
-        self.picker = serve_extproc(
-            self.director,
-            "127.0.0.1" if envoy else host,
-            0 if envoy else cfg.grpc_port,
-            endpoints=self.datastore,
-            tls=cfg.picker_tls,
-            max_body_bytes=cfg.settings.max_body_bytes,
-            health=self.health.servicer if self.health is not None else None,
-        )
-        await self.picker.start()
-        if self.health is not None:
-            await self.health.set_ready(True)
-        self._listen_port = self.picker.port
-        if envoy:
-            if port == 0:
-                port = _free_port(host)
-            settings = settings_from_manifests(
-                self.manifests,
-                picker_port=self.picker.port,
-                picker_tls=cfg.picker_tls,
-                pool_name=self.pool.name,
-                fallback_endpoints=[e.key for e in self.datastore.endpoints()],
-                listen=(host, port),
-            )
-            s = cfg.settings
-            settings = dataclasses.replace(
-                settings,
-                # the picker may hold a request while it waits in flow control: bound by its TTL
-                message_timeout=f"{s.request_ttl + 5:g}s",
-                request_headers_timeout=f"{s.idle_timeout:g}s",
-                request_timeout=f"{s.idle_timeout + s.request_ttl + 5:g}s",
-                max_client_connections=s.max_client_connections,
-                health_path=self.pool.health_path,
-            )
-            self.envoy = EnvoyProcess(render_bootstrap(settings))
-            await self.envoy.start_async()
-            self._listen_port = port
-
     def _endpoint_down(self, key: str) -> None:
-        self.proxy.endpoint_down(key)  # a replaced proxy (tests) is reached too
+        self.data_plane.endpoint_down(key)
 
     async def wait_ready(self, limit: float = 30.0) -> bool:
         """Wait until every known endpoint is a candidate (or ``limit`` seconds); true if any is."""
@@ -387,23 +311,15 @@ class Gateway:
         return self.ready()
 
     async def stop(self) -> None:
-        """Not-ready first, then drain the proxy, then stop background work. Idempotent."""
+        """Not-ready first, then drain the data plane, then stop background work. Idempotent."""
         if self._stopping:
             return
         self._stopping = True
-        log.info("gateway stopping: draining %d in-flight request(s)", self.proxy.in_flight)
-        if self.health is not None:
-            await self.health.set_ready(False)
-        if self.picker is not None:
-            await self.picker.set_serving(False)
-        if self.envoy is not None:
-            await self.envoy.stop_async(self.config.shutdown_grace)
-        if self.picker is not None:
-            await self.picker.stop(self.config.shutdown_grace)
-        if self.health is not None:
-            await self.health.stop()
-        await self.proxy.stop()
+        log.info("gateway stopping: draining %d in-flight request(s)", self.data_plane.in_flight)
+        await self.data_plane.stop()
         self.flow.close()
         await self.tasks.stop()
         await self.admin.stop()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
         log.info("gateway stopped")

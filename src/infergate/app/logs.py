@@ -14,7 +14,16 @@ import logging
 import re
 import sys
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "SafeFormatter", "escape_controls", "setup_logging"]
+from infergate.config.settings import Settings
+
+__all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "SafeFormatter",
+    "configure_logging",
+    "escape_controls",
+    "setup_logging",
+]
 
 LOG_FORMATS = ("text", "json")
 
@@ -55,6 +64,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=True)
+
+
+def configure_logging(settings: Settings) -> None:
+    """The root logger as the ``logging`` settings group says."""
+    setup_logging(settings.logging.level, settings.logging.format)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:

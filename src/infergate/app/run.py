@@ -12,23 +12,34 @@ import contextlib
 import errno
 import json
 import logging
-import signal
+import shutil
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from infergate.api.loader import ManifestSet, load_manifests
+from infergate.config.picker import EndpointPickerConfig
+from infergate.config.settings import Settings
+from infergate.dataplanes.extproc import EnvoyDataPlane
 from infergate.errors import ConfigError
-from infergate.servers.metrics_auth import StaticTokenAuth, generate_token, write_token_file
+from infergate.servers.envoy import envoy_binary
+from infergate.servers.metrics_auth import write_token_file
 
 from .fleet import Fleet
-from .gateway import Gateway, GatewayConfig
-from .logs import setup_logging
+from .gateway import Gateway
+from .preflight import PortClaim, check_ports, parse_replica_ports
+from .process import configure_logging, run_async, setup_logging, stop_event
 
-__all__ = ["bundled_manifests", "metrics_curl", "run_serve", "run_up", "setup_logging"]
+__all__ = [
+    "bundled_manifests",
+    "metrics_curl",
+    "parse_replica_ports",
+    "run_serve",
+    "run_up",
+    "setup_logging",
+]
 
 log = logging.getLogger("infergate.app")
 
@@ -42,55 +53,6 @@ def bundled_manifests() -> Path:
     return Path(str(files("infergate.manifests").joinpath("tutorial")))
 
 
-def _raise_fd_limit() -> None:
-    """Use the hard file-descriptor limit: a gateway holds two sockets per request in flight."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, OSError, ValueError):  # pragma: no cover - platform without the limit
-        pass
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    _raise_fd_limit()
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - Windows
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
-
-
-def _stop_event() -> asyncio.Event:
-    """Set on the first SIGINT/SIGTERM; another one more than a second later exits at once.
-
-    (``timeout`` and terminals signal the whole process group, so one request can arrive twice.)
-    """
-    loop = asyncio.get_running_loop()
-    event = asyncio.Event()
-    first: list[float] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        if event.is_set():
-            if loop.time() - first[0] < 1.0:
-                return
-            log.warning("second %s: exiting now", sig.name)
-            sys.exit(130)
-        log.info("%s received: shutting down", sig.name)
-        first.append(loop.time())
-        event.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, on_signal, sig)
-    return event
-
-
 def _bindable(host: str, port: int) -> bool:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -101,15 +63,20 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-async def _start_with_fallback(gw: Gateway, explicit_port: bool) -> None:
-    """Start; when the manifests' port is privileged or busy and no --port was given, use 8080."""
-    if not explicit_port and gw.config.data_plane != "epp":
-        host, wanted = gw.manifests.listener()
-        if not _bindable(gw.config.host or host, wanted):
+def _with_port(gw: Gateway, port: int) -> None:
+    gw.settings = gw.settings.replace({"listeners.port": port})
+
+
+async def _start_with_fallback(gw: Gateway) -> None:
+    """Start; when the manifests' port is privileged or busy and no port was set, use 8080."""
+    explicit_port = gw.settings.listeners.port is not None
+    if not explicit_port and gw.plane_factory.uses_listener:
+        host, wanted = gw.listen_address()
+        if not _bindable(host, wanted):
             log.warning(
                 "cannot listen on port %d; using %d instead (choose with --port)", wanted, FALLBACK_PORT
             )
-            gw.config = replace(gw.config, port=FALLBACK_PORT)
+            _with_port(gw, FALLBACK_PORT)
     try:
         await gw.start()
     except OSError as exc:
@@ -119,14 +86,17 @@ async def _start_with_fallback(gw: Gateway, explicit_port: bool) -> None:
         log.warning("cannot listen on port %d (%s); using %d instead", wanted, exc.strerror, FALLBACK_PORT)
         await gw.admin.stop()
         await gw.tasks.stop()
-        gw.config = replace(gw.config, port=FALLBACK_PORT)
+        _with_port(gw, FALLBACK_PORT)
         await gw.start()
 
 
-def _load(paths: Sequence[Path]) -> ManifestSet:
+def _load(paths: Sequence[Path], *, deprecations: bool = True) -> ManifestSet:
+    """Load and report warnings. ``deprecations=False`` for the bundled tutorial: it keeps the
+    tutorial's own apiVersions, which a user of ``up`` cannot change."""
     manifests = load_manifests(paths)
     for w in manifests.warnings:
-        log.warning("%s", w)
+        if deprecations or "is deprecated" not in w:
+            log.warning("%s", w)
     if manifests.ignored:
         log.info("ignored kinds: %s", ", ".join(manifests.ignored))
     return manifests
@@ -139,18 +109,15 @@ def metrics_curl(host: str, admin_port: int, token: str) -> str:
 
 def run_serve(
     paths: Sequence[Path],
-    config: GatewayConfig,
+    settings: Settings,
     *,
-    log_level: str = "INFO",
-    metrics_token: str | None = None,
-    log_format: str = "text",
+    picker: EndpointPickerConfig | None = None,
 ) -> int:
-    """``infergate serve``: picker + proxy for endpoints that already run.
-
-    ``metrics_token``: a token generated for this run (``--metrics-auth=token`` without a token
-    file); printed with the curl that uses it. ``config.metrics_auth`` is what checks it.
+    """``infergate serve`` and ``infergate epp -f``: the picker and its data plane for endpoints
+    that already run. A metrics token generated for this run (``auth.metrics_auth: token``
+    without a token file) is printed with the curl that uses it.
     """
-    setup_logging(log_level, log_format)
+    configure_logging(settings)
     try:
         manifests = _load(paths)
     except ConfigError as exc:
@@ -158,29 +125,30 @@ def run_serve(
         return 2
 
     async def main() -> int:
-        stop = _stop_event()
+        stop = stop_event()
         try:
-            gw = Gateway(manifests, config)
+            gw = Gateway(manifests, settings, picker=picker)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        await _start_with_fallback(gw, config.port is not None)
-        what = "ext_proc picker" if config.data_plane == "epp" else f"{config.data_plane} data plane"
+        await _start_with_fallback(gw)
+        plane = settings.data_plane
+        what = "ext_proc picker" if not gw.plane_factory.uses_listener else f"{plane} data plane"
+        host = _display_host(settings.listeners.host)
         print(
-            f"infergate serving pool {gw.pool.name} ({what}) on {_display_host(config.host)}:{gw.port} "
+            f"infergate serving pool {gw.pool.name} ({what}) on {host}:{gw.port} "
             f"(admin :{gw.admin_port}, {len(gw.datastore.endpoints())} endpoint(s))",
             flush=True,
         )
-        if metrics_token is not None:
-            host = _display_host(config.admin_host)
-            print(f"  metrics: {metrics_curl(host, gw.admin_port, metrics_token)}", flush=True)
+        if gw.metrics_token is not None:
+            print(f"  metrics: {metrics_curl(host, gw.admin_port, gw.metrics_token)}", flush=True)
         try:
             await stop.wait()
         finally:
             await gw.stop()
         return 0
 
-    return _run(main)
+    return run_async(main)
 
 
 def _display_host(host: str) -> str:
@@ -190,7 +158,7 @@ def _display_host(host: str) -> str:
 def tutorial_curl(port: int, model: str = "food-review", host: str = "localhost") -> str:
     body = {
         "model": model,
-        "prompt": "Write as if you were a critic: San Francisco",
+        "prompt": "What is the best pizza in the world?",
         "max_tokens": 100,
         "temperature": 0,
     }
@@ -255,81 +223,138 @@ async def _live_summary(gw: Gateway, stop: asyncio.Event) -> None:
             live.update(render())
 
 
+UP_DEFAULT_PORT = 8080
+"""``up`` listens here unless ``--port`` says otherwise: a local run does not take the Gateway's
+port 80 even where it could (as root), so the URL in the README is the one it prints."""
+
+
+def _up_port_claims(settings: Settings, replica_ports: Sequence[int]) -> list[PortClaim]:
+    lis = settings.listeners
+    host = lis.host or "127.0.0.1"
+    claims = [
+        PortClaim(host, lis.port if lis.port is not None else UP_DEFAULT_PORT, "--port"),
+        PortClaim(host, lis.admin_port, "--admin-port"),
+    ]
+    if settings.data_plane == "envoy":
+        claims.append(PortClaim("127.0.0.1", lis.envoy_picker_port, "--grpc-port"))
+        claims.append(PortClaim("127.0.0.1", lis.envoy_admin_port, "--envoy-admin-port"))
+    claims.extend(PortClaim("127.0.0.1", p, "--replica-ports") for p in replica_ports)
+    return claims
+
+
+def _up_banner(gw: Gateway, fleet: Fleet, token: str | None) -> list[str]:
+    """What ``up`` prints once ready: every URL and port it really bound, and what to paste."""
+    host = _display_host(gw.settings.listeners.host)
+    url = f"http://{host}:{gw.port}"
+    lines = [
+        f"infergate up: pool {gw.pool.name}, {len(fleet.replicas)} replica(s), "
+        f"{gw.settings.data_plane} data plane",
+        f"  URL:       {url}   (OpenAI base URL: {url}/v1)",
+        f"  admin:     http://{host}:{gw.admin_port}   (/metrics, /readyz, live view at /live)",
+    ]
+    plane = gw.data_plane
+    if isinstance(plane, EnvoyDataPlane):
+        envoy_admin = plane.envoy.admin_address if plane.envoy is not None else None
+        lines.append(
+            f"  picker:    ext_proc on 127.0.0.1:{plane.picker.port}   Envoy admin: {envoy_admin or '-'}"
+        )
+    lines.append("  replicas:  " + ", ".join(f"{r.name} http://{r.key}" for r in fleet.replicas))
+    lines.append(f"  logs:      {fleet.run_dir} (removed at exit)")
+    if token is not None:
+        lines.append(f"  metrics token: {token}")
+        lines.append(f"  metrics:   {metrics_curl(host, gw.admin_port, token)}")
+    lines.append(f"  try:       {tutorial_curl(gw.port, host=host)}")
+    return lines
+
+
 def run_up(
     directory: Path | None,
-    config: GatewayConfig,
+    settings: Settings,
     *,
+    picker: EndpointPickerConfig | None = None,
     replicas: int | None = None,
+    replica_ports: Sequence[int] = (),
     quiet: bool = False,
-    log_level: str = "WARNING",
     simulate_args: Sequence[str] = (),
-    protect_metrics: bool = True,
-    log_format: str = "text",
 ) -> int:
     """``infergate up``: the whole tutorial on this machine.
 
-    With ``protect_metrics`` the admin ``/metrics`` and ``/debug/`` need a bearer token generated
-    for this run: printed, and written (mode 0600) to ``<run dir>/metrics-token``.
+    Every startup error (manifests, settings, a port taken, a missing Envoy) is found before a child
+    process starts and reported as one line with exit code 2. With ``auth.metrics_auth: token``
+    (the default of ``up``) the admin ``/metrics`` and ``/debug/`` need a bearer token generated for
+    this run and printed. The run folder (replica logs, the token's file) is removed at exit.
     """
-    setup_logging(log_level, log_format)
-    path = directory or bundled_manifests()
+    configure_logging(settings)
+    if settings.listeners.port is None:
+        settings = settings.replace({"listeners.port": UP_DEFAULT_PORT})
+    fleet: Fleet | None = None
     try:
-        manifests = _load([path])
-        pool = manifests.pool_spec(config.pool_name)
-        fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args)
+        manifests = _load([directory or bundled_manifests()], deprecations=directory is not None)
+        pool = manifests.pool_spec(settings.pool)
+        fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args, ports=replica_ports)
         fleet.plan()
+        check_ports(_up_port_claims(settings, [r.port for r in fleet.replicas] if replica_ports else []))
+        if settings.data_plane == "envoy":
+            envoy_binary()  # the [envoy] extra is optional: say so before anything starts
+        # builds and validates every component (keys, limits, picker); binds nothing
+        Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if fleet is not None:
+            shutil.rmtree(fleet.run_dir, ignore_errors=True)
+        return 2
+    try:
+        return run_async(lambda: _up_main(fleet, manifests, settings, picker=picker, quiet=quiet))
+    finally:
+        shutil.rmtree(fleet.run_dir, ignore_errors=True)
+
+
+async def _up_main(
+    fleet: Fleet,
+    manifests: ManifestSet,
+    settings: Settings,
+    *,
+    picker: EndpointPickerConfig | None,
+    quiet: bool,
+) -> int:
+    stop = stop_event()
+    gw: Gateway | None = None
+    try:
+        print(f"starting {len(fleet.replicas)} simulated replica(s)", flush=True)
+        starting = asyncio.create_task(fleet.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 130
+        stopped.cancel()
+        starting.result()
+        gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+        token = gw.metrics_token
+        if token is not None:
+            write_token_file(fleet.run_dir / "metrics-token", token)
+        try:
+            await gw.start()
+        except OSError as exc:  # taken between the check and now
+            print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        await gw.wait_ready(30.0)
+        print("\n".join(_up_banner(gw, fleet, token)), flush=True)
+        if quiet:
+            await stop.wait()
+        else:
+            await _live_summary(gw, stop)
+        return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    async def main() -> int:
-        stop = _stop_event()
-        gw: Gateway | None = None
-        try:
-            print(
-                f"starting {len(fleet.replicas)} simulated replica(s); logs in {fleet.run_dir}",
-                flush=True,
-            )
-            starting = asyncio.create_task(fleet.start())
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
-                return 130
-            stopped.cancel()
-            starting.result()
-            token: str | None = None
-            gw_config = replace(config, extra_endpoints=fleet.endpoints())
-            if protect_metrics:
-                token = generate_token()
-                write_token_file(fleet.run_dir / "metrics-token", token)
-                gw_config = replace(gw_config, metrics_auth=StaticTokenAuth([token]))
-            gw = Gateway(manifests, gw_config)
-            await _start_with_fallback(gw, config.port is not None)
-            await gw.wait_ready(30.0)
-            host = _display_host(config.host)
-            print(f"infergate up: pool {pool.name}, {len(fleet.replicas)} replica(s)", flush=True)
-            print(
-                f"  listener: http://{host}:{gw.port}   admin/metrics: http://{host}:{gw.admin_port}/metrics"
-            )
-            if token is not None:
-                print(f"  metrics token (also in {fleet.run_dir / 'metrics-token'}): {token}")
-                print(f"  metrics: {metrics_curl(host, gw.admin_port, token)}")
-            print(f"  try:  {tutorial_curl(gw.port, host=host)}", flush=True)
-            if quiet:
-                await stop.wait()
-            else:
-                await _live_summary(gw, stop)
-            return 0
-        except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if gw is not None:
-                await gw.stop()
-            await fleet.stop()
-            print("infergate up: stopped", flush=True)
-
-    return _run(main)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if gw is not None:
+            await gw.stop()
+        await fleet.stop()
+        print("infergate up: stopped", flush=True)

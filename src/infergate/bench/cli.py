@@ -14,120 +14,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from infergate.bench.loadgen import RequestRecord, arrival_offsets, run_closed_loop, run_open_loop
 from infergate.bench.replicas import read_counters
 from infergate.bench.report import RunResult, plot_latency_vs_load, to_markdown, write_json
 from infergate.bench.stats import Slo, SloRate, summarise
-from infergate.bench.steady import PoolShape, map_models, resolve_pool
+from infergate.bench.steady import PointResult, PoolShape, map_models, resolve_pool
 from infergate.bench.steady_report import SteadyReport, steady_markdown, write_steady_reports
 from infergate.bench.strategies import resolve_strategy, strategy_names
+from infergate.bench.target import TargetError, check_target
 from infergate.bench.workloads import BenchRequest, WorkloadError, WorkloadSpec, generate, load_workload
 
 if TYPE_CHECKING:
     from infergate.bench.matrix import MatrixOutcome
 
-__all__ = ["main"]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _epilog() -> str:
-    from infergate.bench.workloads import builtin_workloads
-
-    strategies = ", ".join(strategy_names(twin=True))
-    return (
-        f"built-in workloads: {', '.join(sorted(builtin_workloads()))}\n"
-        f"strategies: {strategies}; append +fc to run one with the gateway's flow control "
-        "(default always has it), +nofc to run it without\n"
-        "twin pool defaults: the workload file's pool: section, else 3 replicas serving "
-        "food-review,cad-fabricator,legal-summarizer with --max-loras 2 and Poisson arrivals"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="infergate bench",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--url", help="base URL of an OpenAI-compatible server or gateway")
-    target.add_argument("--matrix", action="store_true", help="start replicas and every strategy, compare")
-    target.add_argument("--twin", action="store_true", help="run the comparison in virtual time")
-    p.add_argument("--workload", required=True, help="built-in workload name or a YAML file")
-    load = p.add_mutually_exclusive_group()
-    load.add_argument("--qps", type=_floats, help="open-loop rates to sweep, e.g. 2,4,8 (default 4,8,12)")
-    load.add_argument("--concurrency", type=_floats, help="closed-loop concurrencies to sweep, e.g. 8,32")
-    p.add_argument("--label", default="target", help="strategy name for the report (URL mode)")
-    p.add_argument("--replica", action="append", default=[], help="replica base URL to read counters from")
-    p.add_argument(
-        "--limit", type=int, help="use only the first N requests (url, matrix; twin: fixed-count replay)"
-    )
-    p.add_argument("--strategies", help="comma-separated strategies (matrix/twin; default: all)")
-    p.add_argument(
-        "--replicas", type=int, help="replicas (matrix/twin; default: the workload's pool, else 3)"
-    )
-    p.add_argument("--slo-ttft", type=float, default=1.0, help="SLO bound on p90 TTFT, seconds (default 1.0)")
-    p.add_argument(
-        "--slo-tpot", type=float, default=0.050, help="SLO bound on p90 TPOT, seconds (default 0.05)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the arrival process (default 0)")
-    p.add_argument(
-        "--out", type=Path, default=Path("bench-results"), help="report folder (default bench-results)"
-    )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    t = p.add_argument_group("twin: pool shape, arrivals, steady state")
-    t.add_argument(
-        "--adapters",
-        help="comma-separated LoRA adapters every replica serves ('' for none); the workload's model "
-        "names map onto them (default: the workload's pool, else the tutorial's three)",
-    )
-    t.add_argument(
-        "--max-loras", type=int, help="GPU adapter slots per replica (default: workload's, else 2)"
-    )
-    t.add_argument(
-        "--arrival",
-        help="poisson or gamma:SHAPE (gamma renewal, CV = 1/sqrt(SHAPE); default: workload's, else poisson)",
-    )
-    t.add_argument(
-        "--slo-rate",
-        action="store_true",
-        help="bisect each strategy's SLO rate (with no --qps, only SLO rates are computed)",
-    )
-    t.add_argument("--tolerance", type=float, default=0.02, help="SLO-rate bisection width (default 0.02)")
-    t.add_argument(
-        "--duration",
-        type=float,
-        help="measured virtual seconds per load point (default max(60, 20 x unloaded e2e latency))",
-    )
-    t.add_argument(
-        "--warmup", type=float, help="warm-up virtual seconds, excluded (default max(10, 5 x e2e))"
-    )
-    m = p.add_argument_group("matrix (--time-scale also applies to --twin)")
-    m.add_argument(
-        "--peer-venv",
-        action="append",
-        type=Path,
-        default=[],
-        help="virtualenv holding a peer router (repeatable; also $INFERGATE_PEER_VENVS, /tmp/peers/*)",
-    )
-    m.add_argument(
-        "--time-scale", type=float, default=1.0, help="simulator step-time factor (0.1 = 10x faster)"
-    )
-    m.add_argument("--simulate-args", default="", help="extra flags for every `infergate simulate`")
-    return p
+__all__ = ["execute", "main"]
 
 
 async def run_url(
@@ -141,11 +52,17 @@ async def run_url(
     replicas: Sequence[str],
     slo: Slo,
     seed: int,
+    fresh: Callable[[int], Sequence[BenchRequest]] | None = None,
 ) -> list[RunResult]:
-    """Sweep the loads against one URL, one run after another."""
+    """Sweep the loads against one URL, one run after another.
+
+    ``fresh(i)`` is load point i's request stream (point 0 runs ``requests``): by default every
+    point gets new prompts, so a later point does not replay what the target has just cached.
+    Without ``qps`` or ``concurrency`` the sweep is 8 QPS, open loop.
+    """
     results = []
     loads = list(qps or concurrency or [8.0])
-    kind = "qps" if qps else "concurrent"
+    kind = "concurrent" if concurrency and not qps else "qps"
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -153,7 +70,9 @@ async def run_url(
         TimeElapsedColumn(),
         transient=True,
     ) as progress:
-        for load in loads:
+        for point, load in enumerate(loads):
+            if point and fresh is not None:
+                requests = fresh(point)
             task = progress.add_task(f"{label} @ {load:g} {kind}", total=len(requests))
 
             def done(_: RequestRecord, task: TaskID = task) -> None:
@@ -262,16 +181,29 @@ def run_twin_steady(
     runner = SteadyRunner(spec, shape, slo=slo, seed=seed, plan=plan, time_scale=time_scale)
     order = sorted(strategies, key=lambda s: s != "round-robin")
     rates: dict[str, SloRate] = {}
-    for strategy in order:
-        for rate in qps:
-            runner.point(strategy, rate)
-        if slo_rate:
-            start = (
-                rates["round-robin"].qps if rates.get("round-robin") and rates["round-robin"].qps else None
+    with _twin_progress(len(order) * len(qps), slo_rate) as (progress, task):
+
+        def advance(point: PointResult) -> None:
+            verdict = "met" if point.met else "missed"
+            progress.update(
+                task,
+                advance=1,
+                description=f"twin {point.strategy} @ {point.rate:.3g} QPS: SLO {verdict}",
             )
-            rates[strategy] = runner.slo_rate(strategy, start=start, tolerance=tolerance)
-            if log is not None:
-                log(f"{spec.name} {strategy}: SLO rate {rates[strategy].qps:.2f} QPS")
+
+        runner.on_point = advance
+        for strategy in order:
+            for rate in qps:
+                runner.point(strategy, rate)
+            if slo_rate:
+                start = (
+                    rates["round-robin"].qps
+                    if rates.get("round-robin") and rates["round-robin"].qps
+                    else None
+                )
+                rates[strategy] = runner.slo_rate(strategy, start=start, tolerance=tolerance)
+                if log is not None:
+                    log(f"{spec.name} {strategy}: SLO rate {rates[strategy].qps:.2f} QPS")
     return SteadyReport(
         workload=spec.name,
         shape=shape,
@@ -280,6 +212,21 @@ def run_twin_steady(
         points={s: runner.points_of(s) for s in strategies},
         rates=rates,
     )
+
+
+@contextlib.contextmanager
+def _twin_progress(points: int, open_ended: bool) -> Iterator[tuple[Progress, TaskID]]:
+    """A bar over the twin's load points (a count only while SLO-rate searches add probes)."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("twin: first load point", total=None if open_ended else points)
+        yield progress, task
 
 
 def run_matrix_sweep(
@@ -386,12 +333,36 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
     return 0
 
 
+def _plots_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``infergate bench ARGS`` (flags: :mod:`infergate.bench.command`)."""
+    from infergate.bench.command import main as command_main
+
+    return command_main(argv)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run what the flags (:func:`infergate.bench.command.command`) ask for; the exit code."""
+    url_only = [f for f in ("warm", "skip_unserved") if getattr(args, f)]
+    if url_only and not args.url:
+        flags = ", ".join("--" + f.replace("_", "-") for f in url_only)
+        print(f"error: {flags} only apply to --url", file=sys.stderr)
+        return 2
     try:
         spec = load_workload(args.workload)
     except WorkloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.no_plots and not _plots_available():
+        print(
+            "error: the plots need matplotlib: pip install 'infergate[bench]' (or pass --no-plots)",
+            file=sys.stderr,
+        )
         return 2
     slo = Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
     if args.twin:
@@ -410,19 +381,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit:
         requests = requests[: args.limit]
     if args.url:
+        url = args.url.rstrip("/")
+        replica_urls = [u.rstrip("/") for u in args.replica]
+        try:
+            check = asyncio.run(
+                check_target(url, {r.model for r in requests}, replica_urls, skip_unserved=args.skip_unserved)
+            )
+        except TargetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        for warning in check.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+
+        served = set(check.served) if check.served is not None else None
+
+        def servable(stream: Sequence[BenchRequest]) -> list[BenchRequest]:
+            kept = [r for r in stream if served is None or r.model in served]
+            return kept[: args.limit] if args.limit else kept
+
+        def fresh(point: int) -> list[BenchRequest]:
+            return servable(generate(spec.model_copy(update={"seed": spec.seed * 1_000_003 + point})))
+
+        requests = servable(generate(spec))
+
         results = asyncio.run(
             run_url(
-                args.url.rstrip("/"),
+                url,
                 requests,
                 workload=spec.name,
                 label=args.label,
                 qps=args.qps,
                 concurrency=args.concurrency,
-                replicas=[u.rstrip("/") for u in args.replica],
+                replicas=check.readable_replicas,
                 slo=slo,
                 seed=args.seed,
+                fresh=None if args.warm else fresh,
             )
         )
+        if not any(r.summary.succeeded for r in results):
+            write_reports(results, args.out, plots=False)
+            print(
+                f"error: no request succeeded against {url}; see {args.out / 'results.md'}", file=sys.stderr
+            )
+            return 1
     else:
         try:
             outcome = run_matrix_sweep(requests, workload=spec.name, args=args, slo=slo)

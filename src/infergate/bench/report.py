@@ -212,26 +212,54 @@ def to_markdown(results: Sequence[RunResult], slo_rates: Sequence[StrategySloRat
     )
 
 
+def _seconds_label(value: float, _: object = None) -> str:
+    """A log axis tick in plain units (``50 ms``, ``2 s``), not ``10^-1`` powers."""
+    if value <= 0:
+        return ""
+    if value < 1:
+        return f"{value * 1000:.3g} ms"
+    return f"{value:.3g} s"
+
+
+_LOAD_LABELS = {"qps": "offered load (requests/s)", "concurrent": "concurrency (requests in flight)"}
+
+
 def plot_latency_vs_load(results: Sequence[RunResult], path: Path, *, metric: str = "ttft_p90") -> None:
-    """One line per strategy: ``metric`` against load, one panel per workload."""
+    """One line per strategy: ``metric`` against load, one panel per workload.
+
+    The latency axis is logarithmic (saturation multiplies latencies) with ticks at 1, 2 and 5 of
+    every decade written in ms or s, and the SLO bound drawn, so a reader sees at once where each
+    strategy crosses it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     workloads = sorted({r.workload for r in results})
-    fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(workloads), figsize=(6.5 * len(workloads), 4.2), squeeze=False)
     for ax, workload in zip(axes[0], workloads, strict=True):
         runs = [r for r in results if r.workload == workload]
         for strategy in sorted({r.strategy for r in runs}):
             points = sorted((r.load, getattr(r.summary, metric)) for r in runs if r.strategy == strategy)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=strategy)
+        if runs and metric.startswith(("ttft", "tpot")):
+            slo = runs[0].summary.slo
+            bound = slo.ttft_s if metric.startswith("ttft") else slo.tpot_s
+            ax.axhline(
+                bound, color="black", linestyle="--", linewidth=1, label=f"SLO {_seconds_label(bound)}"
+            )
         ax.set_title(workload)
-        ax.set_xlabel(f"load ({runs[0].load_kind})" if runs else "load")
-        ax.set_ylabel(metric.replace("_", " ") + " (s)")
+        ax.set_xlabel(_LOAD_LABELS.get(runs[0].load_kind, "load") if runs else "load")
+        name, _, stat = metric.partition("_")
+        ax.set_ylabel(f"{name.upper()} {stat} (log scale)")
         ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_seconds_label))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.35)
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

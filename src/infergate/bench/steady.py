@@ -21,7 +21,7 @@ import functools
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from infergate.bench.arrivals import ArrivalProcess, RateProfile, arrival_times, parse_arrival
@@ -346,6 +346,8 @@ class SteadyRunner:
         self.points: dict[tuple[str, float], PointResult] = {}
         self.scout_cpu_s = 0.0  # CPU and requests of scouting runs (not in ``points``)
         self.scout_requests = 0
+        self.on_point: Callable[[PointResult], None] | None = None
+        """Called after every load point that ran (scouting runs too): the CLI's progress."""
 
     def _stream(self, rate: float) -> tuple[list[BenchRequest], list[float]]:
         """The request stream of one rate: fresh, seeded by (seed, rate), the same for every strategy."""
@@ -424,6 +426,8 @@ class SteadyRunner:
             by_objective=by_objective,
         )
         self.points[key] = result
+        if self.on_point is not None:
+            self.on_point(result)
         return result
 
     def slo_rate(
@@ -458,6 +462,7 @@ class SteadyRunner:
                     cooldown_s=min(p.cooldown_s, 2.0),
                 ),
             )
+            short.on_point = self.on_point
             guess = find_slo_rate(
                 lambda q: short.point(strategy, round(q, 6)).met, start=first, factor=2.0, tolerance=0.2
             )

@@ -45,7 +45,7 @@ from infergate.bench.loadgen import RequestRecord
 from infergate.bench.strategies import BASE_MODEL, picker_config, resolve_strategy
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import EndpointPickerConfig
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError, RequestError
 from infergate.flowcontrol.core import Decision, FlowCore
@@ -111,7 +111,7 @@ class TwinConfig:
     the picked one, which pulls the prompt's full blocks (the engine models the transfer time)."""
     flow_control: bool = False
     """Run the gateway's flow control (saturation detector, queues, route-to-room) with
-    ``GatewaySettings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``, for
+    ``Settings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``, for
     strategies whose name does not say (``default`` and ``+fc`` always run it, ``+nofc`` never)."""
 
 
@@ -140,7 +140,7 @@ class _Replica:
 def _flow_core(datastore: Datastore) -> FlowCore:
     """The gateway's flow control with its default settings (see ``infergate.app.core``)."""
     # no connection pool in the twin: requests reach the engine's queue
-    detector, config = flow_control_from_settings(GatewaySettings(), pool_name="twin", connection_limit=None)
+    detector, config = flow_control_from_settings(Settings(), pool_name="twin", connection_limit=None)
     return FlowCore(datastore, detector=detector, config=config)
 
 

@@ -11,14 +11,14 @@ from infergate.config.picker import (
     parse_picker_config,
     reference_picker_config,
 )
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 
 __all__ = [
     "EndpointPickerConfig",
-    "GatewaySettings",
     "PluginRef",
     "PluginSpec",
     "ProfileSpec",
+    "Settings",
     "default_picker_config",
     "dump_picker_config",
     "load_picker_config",

@@ -7,8 +7,8 @@ The reference picker's config carries, besides ``plugins`` and ``schedulingProfi
 find one of them silently dropped, so this module either maps each field onto the gateway's own
 settings or refuses it with an error naming the field:
 
-- ``flowControl`` TTL and capacities and the ``utilization-detector`` thresholds become
-  :class:`~infergate.config.settings.GatewaySettings` fields, which the one flow-control builder
+- ``flowControl`` TTLs and capacities and the ``utilization-detector`` thresholds become
+  :class:`~infergate.config.settings.FlowControlSettings` fields, which the one flow-control builder
   (``flowcontrol.settings.flow_control_from_settings``) reads;
 - ``featureGates: [flowControl]`` / ``flowControl=false`` switch queueing on/off;
 - sections naming behaviour infergate has built in (``metrics-data-source`` scraping ``/metrics``
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import FlowControlSettings, Settings
 from infergate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FEATURE_GATES",
     "NON_SCHEDULING_TYPES",
+    "PassthroughParserParams",
     "SectionEffects",
     "UtilizationDetectorParams",
     "apply_sections",
@@ -47,6 +48,7 @@ __all__ = [
     "nearest",
     "parse_go_duration",
     "parse_quantity",
+    "passthrough_paths",
 ]
 
 #: Feature gates the reference registers, and what infergate does with each (None: accepted).
@@ -61,7 +63,9 @@ FEATURE_GATES: dict[str, str | None] = {
 UTILIZATION_DETECTOR = "utilization-detector"
 STATIC_USAGE_LIMIT = "static-usage-limit-policy"
 # Both parsers are always on in infergate (OpenAI paths and /v1/messages); naming them is fine.
-SUPPORTED_PARSERS = ("openai-parser", "anthropic-parser")
+# passthrough-parser forwards the paths its ``paths`` parameter lists, unread.
+PASSTHROUGH_PARSER = "passthrough-parser"
+SUPPORTED_PARSERS = ("openai-parser", "anthropic-parser", PASSTHROUGH_PARSER)
 SUPPORTED_FAIRNESS = ("round-robin-fairness-policy",)
 SUPPORTED_ORDERING = ("fcfs-ordering-policy",)
 DATA_SOURCES = ("metrics-data-source",)
@@ -216,6 +220,32 @@ class UtilizationDetectorParams(_Strict):
         return value
 
 
+_GATEWAY_PATHS = ("/v1/models", "/health", "/healthz")
+
+
+class PassthroughParserParams(_Strict):
+    """``passthrough-parser``: forward requests on ``paths`` (path suffixes, e.g. ``/v1/rerank``)
+    unread and schedule them on load alone.
+
+    ``paths`` is infergate's own, and required: the reference forwards every path no other parser
+    claims, which would also open a model server's administration paths (LoRA load/unload,
+    ``/metrics``, ``/reset_prefix_cache``, ...) to every client, so here the operator names the
+    inference paths to pass. Paths the OpenAI and Anthropic parsers claim stay theirs.
+    """
+
+    paths: list[str] = Field(min_length=1)
+
+    @field_validator("paths")
+    @classmethod
+    def _suffixes(cls, value: list[str]) -> list[str]:
+        for p in value:
+            if not p.startswith("/") or p.rstrip("/") == "":
+                raise ValueError(f"each path must start with '/' and name something (got {p!r})")
+            if p.rstrip("/") in _GATEWAY_PATHS:
+                raise ValueError(f"{p!r} is answered by the gateway itself and cannot be passed through")
+        return value
+
+
 class StaticUsageLimitParams(_Strict):
     threshold: float = Field(default=1.0, gt=0.0, le=1.0)
 
@@ -225,7 +255,7 @@ class StaticUsageLimitParams(_Strict):
         if value != 1.0:
             raise ValueError(
                 "a ceiling below 1.0 for every priority is not supported; infergate keeps "
-                "room only for the top band (GatewaySettings.flow_control_headroom)"
+                "room only for the top band (the flow_control.headroom setting)"
             )
         return value
 
@@ -235,10 +265,11 @@ class StaticUsageLimitParams(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class SectionEffects:
-    """What the sections change: GatewaySettings fields, and flow control on/off (None: unchanged)."""
+    """What the sections change: FlowControlSettings fields, and flow control on/off (None: unchanged)."""
 
     settings: dict[str, Any] = field(default_factory=dict)
     flow_control: bool | None = None
+    passthrough: tuple[str, ...] = ()
 
 
 def _validate(model: type[_Strict], data: object, where: str) -> Any:
@@ -336,10 +367,13 @@ class _Reader:
             ttl = self._duration(fc.default_request_ttl, f"{where}.defaultRequestTTL")
             self.effects["request_ttl"] = ttl
         if fc.no_endpoint_request_ttl is not None:
-            raise ConfigError(
-                f"{where}.noEndpointRequestTTL: not supported: a pool with no ready endpoint "
-                "answers 503 at once instead of queueing"
-            )
+            # "0s": wait until an endpoint comes (no eviction), as the reference
+            where_ttl = f"{where}.noEndpointRequestTTL"
+            try:
+                seconds = parse_go_duration(fc.no_endpoint_request_ttl)
+            except ValueError as exc:
+                raise ConfigError(f"{where_ttl}: {exc}") from None
+            self.effects["no_endpoint_request_ttl"] = seconds
         if fc.enable_eviction:
             raise ConfigError(f"{where}.enableEviction: evicting in-flight requests is not supported")
         if fc.usage_limit_policy_plugin_ref:
@@ -381,7 +415,9 @@ class _Reader:
             ("max_queued_requests", requests, "maxRequests"),
             ("max_queued_bytes", size, "maxBytes"),
         ):
-            if value and value != self.effects.get(key, getattr(GatewaySettings(), key)):
+            if value and value != self.effects.get(
+                key, getattr(FlowControlSettings(), _SECTION_FIELDS.get(key, key))
+            ):
                 raise ConfigError(
                     f"{where}.{name}: per-band capacities that differ from defaultPriorityBand are "
                     "not supported (every band has the default band's capacity); set "
@@ -433,7 +469,9 @@ class _Reader:
             for j, extractor in enumerate(source.extractors):
                 self._ref(extractor.plugin_ref, f"{where}.extractors[{j}].pluginRef", EXTRACTORS, "extractor")
 
-    def parsers(self, parser: Mapping[str, Any] | None, handler: Mapping[str, Any] | None) -> None:
+    def parsers(self, parser: Mapping[str, Any] | None, handler: Mapping[str, Any] | None) -> list[str]:
+        """Check the parser references; the passthrough paths in force (declared passthrough
+        parsers, which an explicit parser list must name)."""
         refs: list[tuple[str, PluginRefOnly]] = []
         if handler is not None:
             rh: RequestHandlerSection = _validate(RequestHandlerSection, handler, "requestHandler")
@@ -442,6 +480,25 @@ class _Reader:
             refs.append(("parser", _validate(PluginRefOnly, parser, "parser")))
         for where, ref in refs:
             self._ref(ref.plugin_ref, f"{where}.pluginRef", SUPPORTED_PARSERS, "parser")
+        listed = {ref.plugin_ref for _, ref in refs}
+        paths: list[str] = []
+        for name, type_ in self.types.items():
+            if type_ != PASSTHROUGH_PARSER:
+                continue
+            if refs and name not in listed:
+                raise ConfigError(
+                    f"plugins[{name}]: a {PASSTHROUGH_PARSER} that requestHandler.parsers does not list "
+                    "would forward nothing; list it there (last) or remove it"
+                )
+            if "paths" not in self.params[name]:
+                raise ConfigError(
+                    f"plugins[{name}].parameters.paths: required: list the inference paths to forward "
+                    "unread, e.g. [/v1/rerank, /v1/audio/transcriptions]; infergate does not pass every "
+                    "unclaimed path, which would expose the model servers' administration paths"
+                )
+            params = _validate(PassthroughParserParams, self.params[name], f"plugins[{name}].parameters")
+            paths += [p for p in params.paths if p not in paths]
+        return paths
 
     def check_plugins(self) -> None:
         detectors = [n for n, t in self.types.items() if t == UTILIZATION_DETECTOR]
@@ -478,8 +535,8 @@ def _read(config: EndpointPickerConfig) -> SectionEffects:
             "remove one of them"
         )
     r.data_layer(config.data_layer)
-    r.parsers(config.parser, config.request_handler)
-    return SectionEffects(settings=dict(r.effects), flow_control=gate)
+    paths = r.parsers(config.parser, config.request_handler)
+    return SectionEffects(settings=dict(r.effects), flow_control=gate, passthrough=tuple(paths))
 
 
 PREFIX_PRODUCER = "approx-prefix-cache-producer"
@@ -513,19 +570,27 @@ def fold_prefix_producer(config: EndpointPickerConfig) -> EndpointPickerConfig:
     return config.model_copy(update={"plugins": plugins})
 
 
+def passthrough_paths(config: EndpointPickerConfig) -> tuple[str, ...]:
+    """The path suffixes the config's ``passthrough-parser`` forwards unread (empty: none)."""
+    return _read(config).passthrough
+
+
 def check_sections(config: EndpointPickerConfig) -> None:
     """Raise ConfigError naming the field if any section asks for something infergate cannot do."""
     _read(config)
 
 
-def apply_sections(
-    config: EndpointPickerConfig, settings: GatewaySettings, *, flow_control: bool
-) -> tuple[GatewaySettings, bool]:
-    """``settings`` and the flow-control switch with the config's sections applied.
+def apply_sections(config: EndpointPickerConfig, settings: Settings) -> Settings:
+    """``settings`` with the config's sections applied (all of them are ``flow_control.*`` settings).
 
-    A ``featureGates`` entry for ``flowControl`` wins over ``flow_control`` (the CLI default).
+    A ``featureGates`` entry for ``flowControl`` wins over ``flow_control.enabled``.
     """
     effects = _read(config)
-    changed = settings.replace(**effects.settings) if effects.settings else settings
-    enabled = flow_control if effects.flow_control is None else effects.flow_control
-    return changed, enabled
+    changes = {f"flow_control.{_SECTION_FIELDS.get(k, k)}": v for k, v in effects.settings.items()}
+    if effects.flow_control is not None:
+        changes["flow_control.enabled"] = effects.flow_control
+    return settings.replace(changes) if changes else settings
+
+
+_SECTION_FIELDS = {"flow_control_headroom": "headroom"}
+"""Effect names that differ from their ``FlowControlSettings`` field."""

@@ -1,7 +1,15 @@
-"""Runtime knobs of the gateway, with the reference EPP's defaults where it has one.
+"""Every runtime setting of a gateway process, in one model with nested groups.
 
-This module owns :class:`GatewaySettings`: one frozen value object the app builds once (from CLI
-flags) and hands to every component, so no component reads flags or the environment itself.
+This module owns :class:`Settings`: the one frozen value the CLI builds (``infergate.config.layers``
+merges defaults < ``--settings FILE`` < ``INFERGATE_*`` env < flags) and hands to the composition
+root, which hands each group to the component that reads it (each component has a ``from_settings``).
+No component reads flags or the environment itself. The routing configuration (plugins, profiles:
+``EndpointPickerConfig``) is separate: it says *how* to pick, these say how the process runs.
+
+Adding a setting is adding one field here (with a docstring: it becomes the reference in
+docs/configuration.md via ``scripts/gen_settings_doc.py``) and reading it in the component's
+``from_settings``; ``tests/test_settings.py`` fails for a field that changes nothing.
+
 Defaults follow GIE ``pkg/epp/server/options.go`` (§2.8), the utilization saturation detector and
 flow-control defaults (§5.1, §5.4) and the metrics intervals (§4.3); values with no reference
 counterpart are chosen for a single-process gateway and say so.
@@ -9,206 +17,296 @@ counterpart are chosen for a single-process gateway and say so.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from infergate.errors import ConfigError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["GatewaySettings"]
+__all__ = [
+    "DATA_PLANE_NAMES",
+    "ENV_PREFIX",
+    "AuthSettings",
+    "FlowControlSettings",
+    "KubernetesSettings",
+    "LimitsSettings",
+    "ListenerSettings",
+    "LoggingSettings",
+    "ProxySettings",
+    "ScrapeSettings",
+    "Settings",
+    "parse_duration",
+]
+
+ENV_PREFIX = "INFERGATE_"
+"""Environment variables ``INFERGATE_<FIELD>`` and ``INFERGATE_<GROUP>__<FIELD>`` set settings."""
+
+DATA_PLANE_NAMES = ("builtin", "envoy", "epp")
+"""The data planes a gateway can run (``infergate.dataplanes.DATA_PLANES`` maps them to factories)."""
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GatewaySettings:
-    """Every tunable of the running gateway. Times are seconds, sizes bytes."""
+def parse_duration(text: str) -> float:
+    """Seconds of a Go duration (``50ms``, ``2s``, ``1m30s``) as the reference's flags take; a bare
+    number is seconds. Raises ValueError."""
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"invalid duration {text!r} (e.g. 50ms, 2s, 1m)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
-    # --- endpoint metrics and health (GIE §4.3, §2.8)
-    scrape_interval: float = 0.05
-    """How often each endpoint's ``/metrics`` is polled (``--refresh-metrics-interval 50ms``)."""
-    scrape_timeout: float = 5.0
-    """Timeout of one scrape (the reference's fetch timeout)."""
-    scrape_backoff_max: float = 1.0
-    """Upper bound of the exponential back-off between failed scrapes of one endpoint."""
-    staleness: float = 2.0
-    """Metrics older than this take the endpoint out of candidates (``--metrics-staleness-threshold``)."""
-    health_interval: float = 1.0
-    """Health-probe period (the tutorial's readinessProbe ``periodSeconds: 1``)."""
-    health_timeout: float = 1.0
-    """Health-probe timeout (readinessProbe ``timeoutSeconds: 1``)."""
-    evict_after_failed_probes: int = 3
-    """An endpoint leaves rotation (for new requests) at its first failed probe, but the requests in
-    flight there are withdrawn only after this many consecutive failed health probes."""
-    pool_metrics_interval: float = 5.0
-    """Refresh period of the ``inference_pool_*`` gauges (``--refresh-prometheus-metrics-interval``)."""
 
-    # --- upstream requests (data plane)
-    retries: int = 1
-    """Extra attempts on another endpoint for a request that failed before its first byte."""
-    connect_timeout: float = 5.0
-    """TCP connect timeout to a model server."""
-    request_timeout: float = 86400.0
-    """Whole-request timeout to a model server (the reference Envoy route timeout, 86400 s)."""
-    first_byte_timeout: float | None = 600.0
-    """Timeout for a model server's response head (for a non-streamed answer: the whole answer),
-    so a replica that accepted a request and never answers does not hold the client forever;
-    ``None`` leaves it to ``request_timeout``. Built-in proxy only."""
-    stream_idle_timeout: float = 60.0
-    """Once a model server's response head arrived, no body byte for this long fails the response like
-    a broken connection (SSE error event, cut plain body). Built-in proxy only."""
-    evicted_idle_timeout: float = 1.0
-    """A response relaying from an endpoint declared down (``evict_after_failed_probes``) is failed
-    once it stays silent this long, or ``evicted_idle_factor`` times the longest gap between bytes
-    the stream has shown so far if that is longer; one that keeps sending finishes. Built-in proxy
-    only."""
-    evicted_idle_factor: float = 4.0
-    """See ``evicted_idle_timeout``: the silence window grows with the stream's observed
-    inter-token gaps, so slow (e.g. time-scaled) streams are not cut for being slow."""
-    max_connections_per_endpoint: int = 256
-    """Upstream connection-pool size per model server (vLLM's default ``max_num_seqs``)."""
-    max_body_bytes: int = 32 * 1024 * 1024
-    """Largest request body accepted (413 above); not limited by the reference, bounded here."""
-    max_header_bytes: int = 64 * 1024
-    """Largest request line and largest single header field accepted (400 above)."""
+def _duration(value: object) -> object:
+    return parse_duration(value) if isinstance(value, str) else value
 
-    max_client_connections: int = 10000
+
+Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+"""A positive time in seconds; also accepts Go durations (``50ms``) from files, env and flags."""
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ListenerSettings(_Group):
+    """Where the gateway listens and how many client connections each listener holds."""
+
+    host: str = "0.0.0.0"
+    """Bind address of every listener (inference, admin, ext_proc, gRPC health); ``up``: 127.0.0.1."""
+    port: Port | None = None
+    """Inference listener port; unset: the Gateway manifest's listener port (8080 if that fails)."""
+    admin_port: Port = 9090
+    """Admin port: ``/metrics``, ``/healthz``, ``/readyz``, ``/debug``, the live view
+    (``--admin-port``, ``--metrics-port`` for ``epp``)."""
+    grpc_port: Port = 9002
+    """ext_proc gRPC port of the ``epp`` data plane (``--grpc-port``)."""
+    grpc_health_port: Port = 9003
+    """Plaintext gRPC health port of the ``epp`` data plane, what the kubelet probes."""
+    envoy_picker_port: Port = 0
+    """The picker's private ext_proc port behind the local Envoy of the ``envoy`` data plane
+    (``up --grpc-port``; 0: a free port)."""
+    envoy_admin_port: Port = 0
+    """Admin port of the local Envoy of the ``envoy`` data plane (``up --envoy-admin-port``; 0: a
+    free port)."""
+    secure_serving: bool = True
+    """TLS on the ``epp`` ext_proc port (self-signed unless ``cert_path``)."""
+    cert_path: Path | None = None
+    """Directory with ``tls.crt`` and ``tls.key`` for ``secure_serving``."""
+    max_client_connections: int = Field(default=10000, ge=1)
     """Client connections the inference listener holds at once (built-in proxy and Envoy); more
-    are closed at accept. Lowered to fit the process's file-descriptor limit, keeping room for
-    the admin port and upstream connections."""
-    admin_max_connections: int = 256
+    are closed at accept. Lowered to fit the process's file-descriptor limit."""
+    admin_max_connections: int = Field(default=256, ge=1)
     """Connections the admin listener holds at once: its own budget, so a flood on the inference
     port never locks out ``/metrics`` and the probes."""
-
-    idle_timeout: float = 75.0
+    idle_timeout: Seconds = 75.0
     """Client connections idle this long (between requests, or with a request head still
-    incomplete) are closed by the built-in proxy (aiohttp's keep-alive timeout)."""
+    incomplete) are closed (built-in proxy; Envoy's request-headers timeout)."""
 
-    control_headers: str = "auto"
-    """Who may send ``x-gateway-inference-objective``, ``x-gateway-model-name-rewrite`` and the
-    fairness id: ``auto`` everyone while API keys are off, and only keys with the control-headers
-    permission once they are on; ``trusted`` everyone (a gateway in front sets them); ``keys`` only
-    such keys. Anyone else sending one gets 403 ``control_header_not_allowed``."""
 
-    # --- request limits (no reference counterpart: the reference leaves these to the model server)
-    max_messages: int = 2048
-    """Most chat ``messages`` one request may carry (400 ``param: messages`` above)."""
-    max_tokens_ceiling: int | None = None
-    """Default ceiling on ``max_tokens``/``max_completion_tokens`` (400 above); None: no ceiling."""
-    objective_max_tokens: Mapping[str, int] = field(default_factory=dict)
-    """Per-objective ceilings (objective name, or model name for requests with no objective);
-    they win over ``max_tokens_ceiling`` and over the ``infergate.dev/max-tokens`` annotation."""
+class ProxySettings(_Group):
+    """How requests are forwarded to model servers and how the process drains."""
 
-    # --- saturation and flow control (GIE §5.4-5.6)
-    queue_threshold: int = 5
-    """Waiting requests per endpoint at which it counts as saturated (``queueDepthThreshold``)."""
-    kv_threshold: float = 0.8
-    """KV-cache utilisation (0..1) at which an endpoint counts as saturated (``kvCacheUtilThreshold``)."""
-    saturation_staleness: float = 0.2
-    """Metrics older than this make an endpoint count as saturated (``metricsStalenessThreshold`` 200 ms)."""
-    flow_control: bool = True
-    """Queue requests in the gateway under saturation, by priority (on by default; the reference
-    keeps it behind the ``flowControl`` feature gate). Off = legacy admission, which only sheds
-    sheddable (priority < 0) requests with 429."""
-    flow_control_headroom: float = 0.2
-    """Bands below the top priority (highest objective priority) are admitted/released only while pool
-    saturation < 1 - headroom; the top band up to 1.0 (no reference counterpart; 0 = the reference's
-    single threshold). Measured in docs/overload.md."""
-    request_ttl: float = 60.0
-    """How long a request may wait in a flow-control queue before 503 (``defaultRequestTTL``)."""
-    max_queued_requests: int = 5000
+    retries: int = Field(default=1, ge=0)
+    """Extra attempts on another endpoint for a request that failed before its first byte."""
+    connect_timeout: Seconds = 5.0
+    """TCP connect timeout to a model server (built-in proxy)."""
+    request_timeout: Seconds = 86400.0
+    """Whole-request timeout to a model server (the reference Envoy route timeout, 86400 s)."""
+    first_byte_timeout: Seconds | None = 600.0
+    """Timeout for a model server's response head (for a non-streamed answer: the whole answer);
+    unset leaves it to ``request_timeout``. Built-in proxy only."""
+    stream_idle_timeout: Seconds = 60.0
+    """Once a response head arrived, no body byte for this long fails the response like a broken
+    connection (SSE error event, cut plain body). Built-in proxy only."""
+    evicted_idle_timeout: float = Field(default=1.0, ge=0)
+    """A response relaying from an endpoint declared down (``scrape.evict_after_failed_probes``) is
+    failed once it stays silent this long, or ``evicted_idle_factor`` times the longest gap between
+    bytes so far if that is longer. Built-in proxy only."""
+    evicted_idle_factor: float = Field(default=4.0, ge=0)
+    """See ``evicted_idle_timeout``: slow (e.g. time-scaled) streams are not cut for being slow."""
+    max_connections_per_endpoint: int = Field(default=256, ge=1)
+    """Upstream connections per model server (vLLM's default ``max_num_seqs``); requests past it
+    wait in the built-in proxy and count toward saturation."""
+    served_header: bool = False
+    """Add ``x-gateway-destination-endpoint-served`` to responses (``--debug-headers``)."""
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    """Drain time for requests in flight on SIGTERM (``--grace``)."""
+
+
+class ScrapeSettings(_Group):
+    """Polling of each model server's metrics and health (GIE §4.3, §2.8)."""
+
+    interval: Seconds = 0.05
+    """How often each endpoint's ``/metrics`` is polled (``--refresh-metrics-interval``)."""
+    timeout: Seconds = 5.0
+    """Timeout of one ``/metrics`` scrape (the reference's fetch timeout)."""
+    backoff_max: Seconds = 1.0
+    """Upper bound of the exponential back-off between failed scrapes of one endpoint."""
+    staleness: Seconds = 2.0
+    """Metrics older than this take the endpoint out of candidates (``--metrics-staleness-threshold``)."""
+    health_interval: Seconds = 1.0
+    """Health-probe period (the tutorial's readinessProbe ``periodSeconds: 1``)."""
+    health_timeout: Seconds = 1.0
+    """Health-probe timeout (readinessProbe ``timeoutSeconds: 1``)."""
+    evict_after_failed_probes: int = Field(default=3, ge=1)
+    """An endpoint leaves rotation at its first failed probe; requests in flight there are withdrawn
+    only after this many consecutive failed probes."""
+    pool_metrics_interval: Seconds = 5.0
+    """Refresh period of the ``inference_pool_*`` gauges (``--refresh-prometheus-metrics-interval``)."""
+
+
+class FlowControlSettings(_Group):
+    """Saturation detection and the gateway's priority queues (GIE §5.4-5.6)."""
+
+    enabled: bool = True
+    """Queue requests in the gateway under saturation, by priority (``--flow-control``). Off =
+    legacy admission, which only sheds sheddable (priority < 0) requests with 429."""
+    headroom: float = Field(default=0.2, ge=0.0, lt=1.0)
+    """Bands below the top priority are admitted/released only while pool saturation < 1 - headroom;
+    the top band up to 1.0 (0 = the reference's single threshold)."""
+    request_ttl: Seconds = 60.0
+    """How long a request may wait in a queue while the pool has a ready endpoint, then 429
+    ``rejected-ttl-expired`` (``defaultRequestTTL``)."""
+    no_endpoint_request_ttl: Annotated[float, BeforeValidator(_duration), Field(ge=0)] | None = None
+    """How long a request may wait while the pool has no ready endpoint (scale from zero), then 503
+    ``rejected-no-endpoints`` (``noEndpointRequestTTL``); unset: ``request_ttl``; 0: until an
+    endpoint comes or the client leaves."""
+
+    @property
+    def longest_queue_wait(self) -> float:
+        """The longest a request can wait in flow control (bounds data-plane timeouts); one day when
+        waiting for an endpoint is unbounded."""
+        empty = self.no_endpoint_request_ttl
+        if empty is None:
+            return self.request_ttl
+        return max(self.request_ttl, empty if empty > 0 else 86400.0)
+
+    max_queued_requests: int = Field(default=5000, ge=1)
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
-    max_queued_bytes: int = 10 * 1024**3
-    """Queued request bytes per priority band (``defaultPriorityBand.maxBytes`` 10Gi)."""
-    max_queued_requests_total: int | None = None
-    """Queued requests over all bands (``flowControl.maxRequests``); None: unlimited."""
-    max_queued_bytes_total: int | None = None
-    """Queued request bytes over all bands (``flowControl.maxBytes``); None: unlimited."""
+    max_queued_bytes: int = Field(default=10 * 1024**3, ge=1)
+    """Queued request bytes per priority band (``defaultPriorityBand.maxBytes``, 10Gi)."""
+    max_queued_requests_total: int | None = Field(default=None, ge=1)
+    """Queued requests over all bands (``flowControl.maxRequests``); unset: unlimited."""
+    max_queued_bytes_total: int | None = Field(default=None, ge=1)
+    """Queued request bytes over all bands (``flowControl.maxBytes``); unset: unlimited."""
+    queue_threshold: int = Field(default=5, ge=1)
+    """Waiting requests per endpoint at which it counts as saturated (``queueDepthThreshold``)."""
+    kv_threshold: float = Field(default=0.8, gt=0)
+    """KV-cache utilisation (0..1) at which an endpoint counts as saturated (``kvCacheUtilThreshold``)."""
+    saturation_staleness: Seconds = 0.2
+    """Metrics older than this make an endpoint count as saturated (``metricsStalenessThreshold``)."""
 
-    # --- scheduling state
-    prefix_purge_interval: float = 120.0
-    """How often prefix-index entries of endpoints that left the pool are purged (reference: 2 min)."""
 
-    # --- listeners (GIE §2.8)
-    grpc_port: int = 9002
-    """ext_proc gRPC port of ``infergate epp`` (``--grpc-port``)."""
-    grpc_health_port: int = 9003
-    """gRPC health port (``--grpc-health-port``)."""
-    metrics_port: int = 9090
-    """Admin port serving the gateway's own ``/metrics`` (``--metrics-port``)."""
+class LimitsSettings(_Group):
+    """What one request may carry (no reference counterpart: it leaves these to the model server)."""
 
-    def __post_init__(self) -> None:
-        positive = (
-            "scrape_interval",
-            "scrape_timeout",
-            "scrape_backoff_max",
-            "staleness",
-            "health_interval",
-            "health_timeout",
-            "pool_metrics_interval",
-            "connect_timeout",
-            "request_timeout",
-            "stream_idle_timeout",
-            "idle_timeout",
-            "saturation_staleness",
-            "request_ttl",
-            "prefix_purge_interval",
-            "kv_threshold",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"settings: {name}: must be > 0 (got {getattr(self, name)!r})")
-        for name in (
-            "max_connections_per_endpoint",
-            "max_body_bytes",
-            "max_header_bytes",
-            "queue_threshold",
-            "max_queued_requests",
-            "max_queued_bytes",
-            "max_messages",
-            "evict_after_failed_probes",
-            "max_client_connections",
-            "admin_max_connections",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"settings: {name}: must be >= 1 (got {getattr(self, name)!r})")
-        for name in ("max_queued_requests_total", "max_queued_bytes_total"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"settings: {name}: must be >= 1 or unset (got {value!r})")
-        if self.max_tokens_ceiling is not None and self.max_tokens_ceiling < 1:
-            raise ConfigError(f"settings: max_tokens_ceiling: must be >= 1 (got {self.max_tokens_ceiling!r})")
-        for name, value in self.objective_max_tokens.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(
-                    f"settings: objective_max_tokens[{name}]: must be an integer >= 1 (got {value!r})"
-                )
-        if not 0.0 <= self.flow_control_headroom < 1.0:
-            raise ConfigError(
-                f"settings: flow_control_headroom: must be in [0, 1) (got {self.flow_control_headroom!r})"
-            )
-        if self.control_headers not in ("auto", "trusted", "keys"):
-            raise ConfigError(
-                f"settings: control_headers: must be auto, trusted or keys (got {self.control_headers!r})"
-            )
-        if self.retries < 0:
-            raise ConfigError(f"settings: retries: must be >= 0 (got {self.retries!r})")
-        if self.evicted_idle_factor < 0:
-            raise ConfigError(
-                f"settings: evicted_idle_factor: must be >= 0 (got {self.evicted_idle_factor!r})"
-            )
-        if self.evicted_idle_timeout < 0:
-            got = self.evicted_idle_timeout
-            raise ConfigError(f"settings: evicted_idle_timeout: must be >= 0 (got {got!r})")
-        if self.first_byte_timeout is not None and self.first_byte_timeout <= 0:
-            raise ConfigError(f"settings: first_byte_timeout: must be > 0 (got {self.first_byte_timeout!r})")
-        for name in ("grpc_port", "grpc_health_port", "metrics_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise ConfigError(f"settings: {name}: must be a port number (got {getattr(self, name)!r})")
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    """Largest request body accepted (413 above), built-in proxy and ext_proc."""
+    max_header_bytes: int = Field(default=64 * 1024, ge=1)
+    """Largest request line and single header field accepted (400 above), built-in proxy."""
+    max_messages: int = Field(default=2048, ge=1)
+    """Most chat ``messages`` one request may carry (400 ``param: messages`` above)."""
+    max_tokens_ceiling: int | None = Field(default=None, ge=1)
+    """Default ceiling on ``max_tokens``/``max_completion_tokens`` (400 above); unset: none."""
+    objective_max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    """Per-objective ceilings (objective name, or model name for requests with no objective); they
+    win over ``max_tokens_ceiling`` and over the ``infergate.dev/max-tokens`` annotation."""
 
-    def replace(self, **changes: Any) -> GatewaySettings:
-        """A copy with ``changes`` applied (validated); ``None`` values are ignored, for CLI options."""
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - fields
-        if unknown:
-            raise ConfigError(f"settings: unknown setting(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+class AuthSettings(_Group):
+    """Who may use the inference listener, the admin port and the control headers."""
+
+    api_keys: Path | None = None
+    """API keys for the inference listener: a YAML/JSON file of key -> allowed objectives, or Secret
+    manifests (``--api-keys``). Secrets labelled ``infergate.dev/api-keys`` are added. Unset: open."""
+    control_headers: Literal["auto", "trusted", "keys"] = "auto"
+    """Who may send the objective, model-rewrite and fairness-id headers: ``auto`` everyone while API
+    keys are off and only permitted keys once they are on; ``trusted`` everyone; ``keys`` only
+    permitted keys."""
+    metrics_auth: Literal["disabled", "token", "kubernetes"] = "disabled"
+    """Protection of the admin ``/metrics`` and ``/debug``: ``token`` (bearer tokens from
+    ``metrics_token_file``, else one generated and printed), ``kubernetes`` (TokenReview, ``epp
+    --pool-name`` only) or ``disabled``. ``up`` defaults to token, ``epp --pool-name`` to kubernetes."""
+    metrics_token_file: Path | None = None
+    """Bearer tokens, one a line, for ``metrics_auth: token``."""
+
+
+class LoggingSettings(_Group):
+    """The process log on stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe level logged (``up``: warning, or info with ``--quiet``)."""
+    format: Literal["text", "json"] = "text"
+    """``text`` (control characters escaped) or ``json`` (one object per line)."""
+
+
+class KubernetesSettings(_Group):
+    """The ``epp --pool-name`` pool source: which InferencePool to watch, and how."""
+
+    pool_namespace: str | None = None
+    """Namespace of the pool (unset: ``$NAMESPACE``, else ``default``)."""
+    kubeconfig: Path | None = None
+    """Kubeconfig file (unset: in-cluster credentials, else ``$KUBECONFIG``/``~/.kube/config``)."""
+    write_status: bool = True
+    """Write the InferencePool's ``status.parents`` conditions."""
+
+
+class Settings(BaseSettings):
+    """Every setting of a gateway process; see docs/configuration.md for the generated reference."""
+
+    data_plane: Literal["builtin", "envoy", "epp"] = "builtin"
+    """``builtin`` (asyncio proxy on the listener), ``envoy`` (Envoy on the listener, calling the
+    picker over ext_proc on a private port) or ``epp`` (ext_proc picker only, on ``grpc_port``)."""
+    pool: str | None = None
+    """The InferencePool to serve: needed when the manifests hold several; ``epp --pool-name``."""
+    subset_filter: bool = True
+    """Honour the data plane's endpoint-subset hint (Envoy/ext_proc only; the built-in proxy never
+    lets a client narrow routing). ``--disable-endpoint-subset-filter`` turns it off."""
+    seed: int | None = None
+    """Seed of the random choices (tie-breaks, weighted rewrites); unset: random each run."""
+    listeners: ListenerSettings = Field(default_factory=ListenerSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
+    scrape: ScrapeSettings = Field(default_factory=ScrapeSettings)
+    flow_control: FlowControlSettings = Field(default_factory=FlowControlSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the arguments: ``Settings()`` is the defaults, whatever the environment holds.
+
+        The layers (file, env, flags) are read and merged by ``infergate.config.layers``, which also
+        records where each value came from.
+        """
+        return (init_settings,)
+
+    def replace(self, changes: dict[str, Any]) -> Settings:
+        """A validated copy with ``changes`` (dotted paths such as ``scrape.interval``) applied;
+        raises ConfigError naming a bad or unknown setting."""
+        from infergate.config.layers import merge, nest, validate
+
+        return validate(merge(self.model_dump(), nest(changes)))

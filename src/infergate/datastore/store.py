@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from infergate.config.settings import Settings
 from infergate.types import (
     Clock,
     Endpoint,
@@ -45,6 +46,11 @@ class Datastore:
         staleness: seconds after the last successful scrape during which an endpoint's metrics
             still count as fresh. An endpoint never scraped (``updated_at == 0``) is never fresh.
     """
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock | None = None) -> Datastore:
+        """A datastore judging metrics stale after ``scrape.staleness``."""
+        return cls(clock, staleness=settings.scrape.staleness)
 
     def __init__(self, clock: Clock | None = None, *, staleness: float = 2.0) -> None:
         if staleness <= 0:
@@ -176,21 +182,34 @@ class Datastore:
             out |= models
         return frozenset(out)
 
-    def acquire(self, key: str) -> None:
-        """Count one more request the gateway has sent to ``key`` and not yet seen finish."""
+    def acquire(self, key: str, tokens: int = 0) -> None:
+        """Count one more request the gateway has sent to ``key`` and not yet seen finish, with
+        ``tokens`` estimated prompt tokens still to prefill."""
         old = self._endpoints.get(key)
         if old is None:
             return
-        self._endpoints[key] = replace(old, in_flight=old.in_flight + 1)
+        self._endpoints[key] = replace(
+            old, in_flight=old.in_flight + 1, in_flight_tokens=old.in_flight_tokens + max(0, tokens)
+        )
         self._notify()
 
-    def release(self, key: str) -> None:
-        """Count one request to ``key`` as finished; never goes below zero."""
+    def release(self, key: str, tokens: int = 0) -> None:
+        """Count one request to ``key`` as finished, with the ``tokens`` it still held; never goes
+        below zero."""
         old = self._endpoints.get(key)
         if old is None or old.in_flight == 0:
             return
-        self._endpoints[key] = replace(old, in_flight=old.in_flight - 1)
+        left = max(0, old.in_flight_tokens - max(0, tokens))
+        self._endpoints[key] = replace(old, in_flight=old.in_flight - 1, in_flight_tokens=left)
         self._notify()
+
+    def release_tokens(self, key: str, tokens: int) -> None:
+        """A request on ``key`` finished its prefill (first streamed chunk): its prompt tokens no
+        longer load the endpoint, though the request stays in flight."""
+        old = self._endpoints.get(key)
+        if old is None or tokens <= 0 or old.in_flight_tokens == 0:
+            return
+        self._endpoints[key] = replace(old, in_flight_tokens=max(0, old.in_flight_tokens - tokens))
 
     # -- objectives and rewrites ------------------------------------------------------------
 

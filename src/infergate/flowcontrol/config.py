@@ -1,4 +1,4 @@
-"""Flow-control settings: one frozen value object the app builds from GatewaySettings / flags.
+"""Flow-control settings: one frozen value object the app builds from the ``flow_control`` settings group.
 
 Kept apart from the controller so that the data planes, the CLI and the digital twin can build a
 configuration without pulling in asyncio code.
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_BAND_MAX_BYTES", "FlowControlConfig"]
+__all__ = ["DEFAULT_BAND_MAX_BYTES", "FOLLOW_DEFAULT_TTL", "FlowControlConfig"]
 
 #: The reference's default per-band byte capacity (``defaultPriorityBandMaxBytes``).
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000
+
+#: ``no_endpoint_ttl`` value meaning "the same budget as ``default_ttl``" (the reference's default).
+FOLLOW_DEFAULT_TTL = -1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,8 +25,17 @@ class FlowControlConfig:
         enabled: queue requests while saturated. When False only the reference's legacy admission
             applies: sheddable requests (priority < 0) are rejected with 429 while saturated and
             every other request passes straight through.
-        default_ttl: seconds a request may wait in a queue before it is answered 503;
+        default_ttl: seconds a request may wait in a queue while the pool has a ready endpoint,
+            then it is answered 429 (``x-llm-d-request-dropped-reason: rejected-ttl-expired``);
             ``None`` waits until the client gives up.
+        no_endpoint_ttl: seconds a request may wait while the pool has no ready endpoint at all
+            (scaled to zero, every replica starting), then it is answered 503
+            (``rejected-no-endpoints``); ``None`` waits until an endpoint comes or the client
+            gives up; :data:`FOLLOW_DEFAULT_TTL` (the default): ``default_ttl``. The budget in
+            force is chosen again whenever the pool gains its first or loses its last ready
+            endpoint, and each change starts a fresh budget, but a request never waits longer than
+            the longer of the two budgets in total. Separate budgets because the two waits differ:
+            a cold start takes minutes, while a saturated pool should shed within a TTFT budget.
         band_max_requests: most requests one priority band may hold (``None``: unlimited).
         band_max_bytes: most request-body bytes one priority band may hold (``None``: unlimited).
         max_requests: most requests all bands together may hold (``None``: unlimited).
@@ -47,6 +59,7 @@ class FlowControlConfig:
 
     enabled: bool = True
     default_ttl: float | None = 30.0
+    no_endpoint_ttl: float | None = FOLLOW_DEFAULT_TTL
     band_max_requests: int | None = None
     band_max_bytes: int | None = DEFAULT_BAND_MAX_BYTES
     max_requests: int | None = None
@@ -58,9 +71,17 @@ class FlowControlConfig:
     top_priority: int | None = None
     route_to_room: bool = True
 
+    @property
+    def empty_pool_ttl(self) -> float | None:
+        """The queue-wait budget while the pool has no ready endpoint (``no_endpoint_ttl`` resolved)."""
+        return self.default_ttl if self.no_endpoint_ttl == FOLLOW_DEFAULT_TTL else self.no_endpoint_ttl
+
     def __post_init__(self) -> None:
         if self.default_ttl is not None and self.default_ttl <= 0:
             raise ValueError("default_ttl must be > 0 or None")
+        ttl = self.no_endpoint_ttl
+        if ttl is not None and ttl <= 0 and ttl != FOLLOW_DEFAULT_TTL:
+            raise ValueError("no_endpoint_ttl must be > 0, None or FOLLOW_DEFAULT_TTL")
         for name in ("band_max_requests", "band_max_bytes", "max_requests", "max_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError, RateLimitedError
 from infergate.flowcontrol.config import FlowControlConfig
@@ -30,17 +31,54 @@ log = logging.getLogger(__name__)
 SHED_MESSAGE = "system saturated, sheddable request dropped"
 CAPACITY_MESSAGE = "flow control queue capacity exceeded"
 TTL_MESSAGE = "request timed out in the queue"
+NO_ENDPOINTS_MESSAGE = "no ready endpoint in the pool can serve the request"
+NO_ENDPOINTS_TTL_MESSAGE = "request timed out in the queue and no ready endpoint came"
 SHUTDOWN_MESSAGE = "gateway is shutting down"
+
+#: The reference's response header naming why a request was dropped before it reached a model
+#: server, and its values (llm-d-router ``pkg/common/error``).
+DROPPED_REASON = "x-llm-d-request-dropped-reason"
+SATURATED = "rejected-saturated"
+NO_ENDPOINTS = "rejected-no-endpoints"
+TTL_EXPIRED = "rejected-ttl-expired"
+SHUTTING_DOWN = "rejected-shutting-down"
+
+
+def _dropped(reason: str) -> dict[str, str]:
+    return {DROPPED_REASON: reason}
 
 
 class FlowController:
     """Admission for one pool: pass, wait in a priority band, or be rejected.
 
     ``admit`` raises :class:`RateLimitedError` (429, ``Retry-After``) for a sheddable request while
-    the pool is saturated and when the queues are full, and :class:`NoCapacityError` (503) when
-    the request's TTL runs out in the queue. Cancelling ``admit`` (client gone) removes the request
-    from its queue at once.
+    the pool is saturated, when the queues are full and when the request's TTL runs out in the queue
+    (capacity exists but is contended: retry), and :class:`NoCapacityError` (503) while the pool has
+    no ready endpoint and the request cannot wait for one, or its no-endpoint budget runs out. Every
+    such error carries the reference's ``x-llm-d-request-dropped-reason`` header. While the pool
+    has no ready endpoint requests wait (scale from zero) like under saturation. Cancelling
+    ``admit`` (client gone) removes the request from its queue at once.
     """
+
+    @classmethod
+    def from_settings(
+        cls,
+        datastore: Datastore,
+        settings: Settings,
+        *,
+        pool_name: str,
+        connection_limit: int | None = None,
+        clock: Clock | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> FlowController:
+        """The ``flow_control`` settings group's controller for ``pool_name`` (see
+        :func:`~infergate.flowcontrol.settings.flow_control_from_settings` for ``connection_limit``)."""
+        from infergate.flowcontrol.settings import flow_control_from_settings
+
+        detector, config = flow_control_from_settings(
+            settings, pool_name=pool_name, connection_limit=connection_limit
+        )
+        return cls(datastore, detector=detector, clock=clock, config=config, metrics=metrics)
 
     def __init__(
         self,
@@ -91,15 +129,18 @@ class FlowController:
         endpoints with room, :meth:`with_room`); False when it was admitted at once.
         """
         if self._closed:
-            raise NoCapacityError(SHUTDOWN_MESSAGE)
-        offer = self._core.offer(request, self._clock.now(), hold=self._in_transit > 0)
+            raise NoCapacityError(SHUTDOWN_MESSAGE, headers=_dropped(SHUTTING_DOWN))
+        now = self._clock.now()
+        offer = self._core.offer(request, now, hold=self._in_transit > 0)
         if offer.decision is Decision.ADMIT:
             return False
         retry_after = self._core.config.retry_after
         if offer.decision is Decision.REJECT_SHED:
-            raise RateLimitedError(SHED_MESSAGE, retry_after=retry_after)
+            raise RateLimitedError(SHED_MESSAGE, retry_after=retry_after, headers=_dropped(SATURATED))
         if offer.decision is Decision.REJECT_CAPACITY:
-            raise RateLimitedError(CAPACITY_MESSAGE, retry_after=retry_after)
+            raise RateLimitedError(CAPACITY_MESSAGE, retry_after=retry_after, headers=_dropped(SATURATED))
+        if offer.decision is Decision.REJECT_NO_ENDPOINTS:
+            raise NoCapacityError(NO_ENDPOINTS_MESSAGE, headers=_dropped(NO_ENDPOINTS))
         item = offer.item
         assert item is not None
         loop = asyncio.get_running_loop()
@@ -126,15 +167,18 @@ class FlowController:
                 self._kick()
             return True
         if outcome is ItemState.EVICTED_TTL:
-            raise NoCapacityError(TTL_MESSAGE)
-        raise NoCapacityError(SHUTDOWN_MESSAGE)
+            raise RateLimitedError(TTL_MESSAGE, retry_after=retry_after, headers=_dropped(TTL_EXPIRED))
+        if outcome is ItemState.EVICTED_NO_ENDPOINTS:
+            raise NoCapacityError(NO_ENDPOINTS_TTL_MESSAGE, headers=_dropped(NO_ENDPOINTS))
+        raise NoCapacityError(SHUTDOWN_MESSAGE, headers=_dropped(SHUTTING_DOWN))
 
     def poke(self) -> None:
         """Run a dispatch cycle soon (e.g. after the clock moved without any datastore change)."""
         self._kick()
 
     def close(self) -> None:
-        """Stop listening and answer every waiting request 503; later admits fail at once."""
+        """Stop listening and answer every waiting request 503 (``rejected-shutting-down``); later
+        admits fail at once."""
         if self._closed:
             return
         self._closed = True

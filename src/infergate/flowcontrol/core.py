@@ -33,6 +33,7 @@ class Decision(StrEnum):
     QUEUED = "queued"  # wait for :meth:`FlowCore.pop_ready` (or expiry / cancellation)
     REJECT_SHED = "sheddable"  # priority < 0 while saturated: 429
     REJECT_CAPACITY = "capacity"  # queue capacity exhausted: 429
+    REJECT_NO_ENDPOINTS = "no_endpoints"  # the pool has no ready endpoint and the request cannot wait: 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,8 @@ class FlowCore:
         self._deadlines: list[tuple[float, int, QueuedItem]] = []
         self._seq = itertools.count()
         self._last_saturation = 0.0
+        # whether the pool had no ready endpoint when the queued requests' deadlines were last set
+        self._empty = False
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -141,6 +144,11 @@ class FlowCore:
         roomy = [e for e in endpoints if self._detector.endpoint_score(e, now) < 1.0]
         return roomy or list(endpoints)
 
+    def pool_empty(self) -> bool:
+        """True while the pool has no ready (healthy) endpoint at all: nothing can be dispatched
+        until one comes (scale from zero), so waiting runs on the no-endpoint budget."""
+        return not any(e.healthy for e in self._ds.endpoints())
+
     # -- decisions --------------------------------------------------------------------------
 
     def offer(self, request: InferenceRequest, now: float, *, hold: bool = False) -> Offer:
@@ -155,6 +163,10 @@ class FlowCore:
         in flight yet, so the pool's state is not known): the request queues unless it is shed.
         """
         level = self.saturation(now)
+        empty = self._regime(now)
+        if empty and (not self._config.enabled or request.priority < 0):
+            # nothing to wait for without queueing; a sheddable request does not wait out a cold start
+            return self._reject(request, Decision.REJECT_NO_ENDPOINTS)
         if not self._config.enabled:
             if level >= 1.0 and request.priority < 0:
                 return self._reject(request, Decision.REJECT_SHED)
@@ -168,8 +180,8 @@ class FlowCore:
             return self._reject(request, Decision.REJECT_SHED)
         size = max(0, request.body_size)
         if not self._fits(request.priority, size):
-            return self._reject(request, Decision.REJECT_CAPACITY)
-        ttl = self._config.default_ttl
+            return self._reject(request, Decision.REJECT_NO_ENDPOINTS if empty else Decision.REJECT_CAPACITY)
+        ttl = self._config.empty_pool_ttl if empty else self._config.default_ttl
         item = QueuedItem(
             request=request,
             size=size,
@@ -207,14 +219,23 @@ class FlowCore:
                 self._metrics.fc_dispatch_cycle_duration.observe(time.perf_counter() - started)
 
     def expire(self, now: float) -> list[QueuedItem]:
-        """Take out every queued request whose TTL has passed; they are to be answered 503."""
+        """Take out every queued request whose budget has passed.
+
+        Their state says how to answer: ``EVICTED_TTL`` (429, the pool has endpoints but no room
+        came) or ``EVICTED_NO_ENDPOINTS`` (503, no ready endpoint came). Switches the budget first
+        if the pool gained its first or lost its last ready endpoint since the last call.
+        """
+        empty = self._regime(now)
+        state, reason = (
+            (ItemState.EVICTED_NO_ENDPOINTS, "no_endpoints") if empty else (ItemState.EVICTED_TTL, "ttl")
+        )
         out: list[QueuedItem] = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, item = heapq.heappop(self._deadlines)
             if item.state is ItemState.QUEUED and self._queues.remove(item):
-                self._finish(item, ItemState.EVICTED_TTL, now)
+                self._finish(item, state, now)
                 if self._metrics is not None:
-                    self._metrics.fc_rejected_total.labels(priority=str(item.priority), reason="ttl").inc()
+                    self._metrics.fc_rejected_total.labels(priority=str(item.priority), reason=reason).inc()
                 out.append(item)
         if len(self._deadlines) > 2 * len(self._queues) + 64:
             self._deadlines = [d for d in self._deadlines if d[2].state is ItemState.QUEUED]
@@ -244,6 +265,34 @@ class FlowCore:
         return out
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _regime(self, now: float) -> bool:
+        """Whether the pool is empty now; on a change, every queued request gets a fresh budget.
+
+        The new deadline is ``now`` + the budget of the new regime, but never later than the
+        request's arrival + the longer of the two budgets, so a pool flapping between empty and not
+        cannot keep a request waiting forever (the reference bounds the wait the same way).
+        """
+        empty = self.pool_empty()
+        if empty is self._empty:
+            return empty
+        self._empty = empty
+        if not self._queues:
+            return empty
+        c = self._config
+        budget = c.empty_pool_ttl if empty else c.default_ttl
+        budgets = (c.default_ttl, c.empty_pool_ttl)
+        longest = None if None in budgets else max(b for b in budgets if b is not None)
+        self._deadlines = []
+        for item in self._queues:
+            deadline = None if budget is None else now + budget
+            if longest is not None:
+                cap = item.enqueued_at + longest
+                deadline = cap if deadline is None else min(deadline, cap)
+            item.deadline = deadline
+            if deadline is not None:
+                heapq.heappush(self._deadlines, (deadline, item.seq, item))
+        return empty
 
     def _fits(self, priority: int, size: int) -> bool:
         c = self._config

@@ -32,6 +32,7 @@ class ItemState(StrEnum):
     DISPATCHED = "dispatched"
     REJECTED = "rejected"
     EVICTED_TTL = "evicted_ttl"
+    EVICTED_NO_ENDPOINTS = "evicted_no_endpoints"
     CANCELLED = "cancelled"
 
 

@@ -1,23 +1,23 @@
 """Flow control as the gateway's settings configure it.
 
-One place maps :class:`GatewaySettings` to a saturation detector and a :class:`FlowControlConfig`,
-so the gateway, the endpoint picker and the digital twin run the same flow control.
+One place maps the ``flow_control`` settings group to a saturation detector and a
+:class:`FlowControlConfig`, so the gateway, the endpoint picker and the digital twin run the same
+flow control.
 """
 
 from __future__ import annotations
 
-from infergate.config.settings import GatewaySettings
-from infergate.flowcontrol.config import FlowControlConfig
+from infergate.config.settings import Settings
+from infergate.flowcontrol.config import FOLLOW_DEFAULT_TTL, FlowControlConfig
 from infergate.flowcontrol.saturation import SaturationDetector
 
 __all__ = ["flow_control_from_settings"]
 
 
 def flow_control_from_settings(
-    settings: GatewaySettings,
+    settings: Settings,
     *,
     pool_name: str,
-    enabled: bool = True,
     connection_limit: int | None = None,
 ) -> tuple[SaturationDetector, FlowControlConfig]:
     """The detector and queue configuration for ``settings``.
@@ -25,7 +25,7 @@ def flow_control_from_settings(
     ``connection_limit`` is the data plane's upstream connections per endpoint when requests past it
     wait inside the gateway (the built-in proxy); ``None`` when they reach the model server's queue.
     """
-    s = settings
+    s = settings.flow_control
     detector = SaturationDetector(
         queue_threshold=s.queue_threshold,
         kv_threshold=s.kv_threshold,
@@ -33,13 +33,16 @@ def flow_control_from_settings(
         connection_limit=connection_limit,
     )
     config = FlowControlConfig(
-        enabled=enabled,
+        enabled=s.enabled,
         default_ttl=s.request_ttl,
+        no_endpoint_ttl=(
+            FOLLOW_DEFAULT_TTL if s.no_endpoint_request_ttl is None else (s.no_endpoint_request_ttl or None)
+        ),
         band_max_requests=s.max_queued_requests,
         band_max_bytes=s.max_queued_bytes,
         max_requests=s.max_queued_requests_total,
         max_bytes=s.max_queued_bytes_total,
         pool_name=pool_name,
-        headroom=s.flow_control_headroom,
+        headroom=s.headroom,
     )
     return detector, config

@@ -9,88 +9,127 @@ This module owns argument parsing, logging setup and signal handling; the loop i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from infergate.lora.config import load_config
 from infergate.lora.syncer import LoraSyncer
 
-__all__ = ["build_parser", "main"]
+__all__ = ["command", "main"]
 
 DEFAULT_CONFIG = "/config/configmap.yaml"
 
 
-def _positive(text: str) -> float:
-    value = float(text)
+def _positive(value: float) -> float:
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+        raise typer.BadParameter(f"must be > 0 (got {value:g})")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="infergate lora-syncer",
-        description="Keep a model server's LoRA adapters in line with a vLLMLoRAConfig file: load "
-        "ensureExist, unload ensureNotExist, re-check periodically and whenever the file changes.",
+def command(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            envvar="DYNAMIC_LORA_ROLLOUT_CONFIG",
+            help="vLLMLoRAConfig YAML.",
+        ),
+    ] = Path(DEFAULT_CONFIG),
+    host: Annotated[
+        str | None, typer.Option("--host", help="Model server host (overrides vLLMLoRAConfig.host).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=1, max=65535, help="Model server port (overrides vLLMLoRAConfig.port)."),
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            "--reconcile-trigger",
+            callback=_positive,
+            help="Seconds between periodic reconciles.",
+        ),
+    ] = 5.0,
+    health_path: Annotated[
+        str, typer.Option("--health-path", help="Health path polled before starting.")
+    ] = "/health",
+    health_timeout: Annotated[
+        float,
+        typer.Option(
+            "--health-timeout",
+            "--health-check-timeout",
+            callback=_positive,
+            help="Give up (exit 1) if the server is not healthy after this many seconds.",
+        ),
+    ] = 300.0,
+    health_interval: Annotated[
+        float,
+        typer.Option(
+            "--health-interval",
+            "--health-check-interval",
+            callback=_positive,
+            help="Seconds between health polls.",
+        ),
+    ] = 0.5,
+    watch_interval: Annotated[
+        float,
+        typer.Option(
+            "--watch-interval",
+            callback=_positive,
+            help="Seconds between checks of the config file for changes.",
+        ),
+    ] = 1.0,
+    backoff: Annotated[
+        float, typer.Option("--backoff", callback=_positive, help="First retry delay after a failure.")
+    ] = 0.5,
+    backoff_max: Annotated[
+        float, typer.Option("--backoff-max", callback=_positive, help="Retry delay cap.")
+    ] = 30.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Reconcile once and exit (1 if anything failed).")
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.", case_sensitive=False)
+    ] = "INFO",
+) -> int:
+    """Keep a model server's LoRA adapters in line with a vLLMLoRAConfig file: load ensureExist,
+    unload ensureNotExist, re-check periodically and whenever the file changes."""
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(
+            f"must be DEBUG, INFO, WARNING or ERROR (got {log_level})", param_hint="--log-level"
+        )
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s lora-syncer: %(message)s",
+        stream=sys.stderr,
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=Path(os.environ.get("DYNAMIC_LORA_ROLLOUT_CONFIG", DEFAULT_CONFIG)),
-        help="vLLMLoRAConfig YAML (default: $DYNAMIC_LORA_ROLLOUT_CONFIG or %(default)s)",
+    try:
+        loaded = load_config(config)
+    except ValueError as exc:
+        print(f"lora-syncer: {exc}", file=sys.stderr)
+        return 2
+    syncer = LoraSyncer(
+        config,
+        host=host,
+        port=port,
+        interval=interval,
+        health_path=health_path,
+        health_timeout=health_timeout,
+        health_interval=health_interval,
+        watch_interval=watch_interval,
+        backoff=backoff,
+        backoff_max=backoff_max,
     )
-    p.add_argument("--host", help="model server host (overrides vLLMLoRAConfig.host)")
-    p.add_argument("--port", type=int, help="model server port (overrides vLLMLoRAConfig.port)")
-    p.add_argument(
-        "--interval",
-        "--reconcile-trigger",
-        dest="interval",
-        type=_positive,
-        default=5.0,
-        help="seconds between periodic reconciles (default %(default)s)",
-    )
-    p.add_argument(
-        "--health-path", default="/health", help="health path polled before starting (default %(default)s)"
-    )
-    p.add_argument(
-        "--health-timeout",
-        "--health-check-timeout",
-        dest="health_timeout",
-        type=_positive,
-        default=300.0,
-        help="give up (exit 1) if the server is not healthy after this many seconds (default %(default)s)",
-    )
-    p.add_argument(
-        "--health-interval",
-        "--health-check-interval",
-        dest="health_interval",
-        type=_positive,
-        default=0.5,
-        help="seconds between health polls (default %(default)s)",
-    )
-    p.add_argument(
-        "--watch-interval",
-        type=_positive,
-        default=1.0,
-        help="seconds between checks of the config file for changes (default %(default)s)",
-    )
-    p.add_argument(
-        "--backoff",
-        type=_positive,
-        default=0.5,
-        help="first retry delay after a failure (default %(default)s)",
-    )
-    p.add_argument(
-        "--backoff-max", type=_positive, default=30.0, help="retry delay cap (default %(default)s)"
-    )
-    p.add_argument("--once", action="store_true", help="reconcile once and exit (1 if anything failed)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return p
+    syncer.config = loaded
+    return asyncio.run(_run_once(syncer) if once else _run_forever(syncer))
 
 
 async def _run_once(syncer: LoraSyncer) -> int:
@@ -117,36 +156,20 @@ async def _run_forever(syncer: LoraSyncer) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point used by ``infergate lora-syncer`` and ``python -m infergate.lora``."""
-    parser = build_parser()
+    """Entry point used by ``infergate lora-syncer`` and ``python -m infergate.lora``.
+
+    Exit codes as the module says; a bad flag is one ``error:`` line (exit 2), like every
+    ``infergate`` command.
+    """
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    click_command = typer.main.get_command(app)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and on errors (2)
-        return int(exc.code) if isinstance(exc.code, int) else 2
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s lora-syncer: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.port is not None and not 1 <= args.port <= 65535:
-        print(f"lora-syncer: --port: must be 1..65535 (got {args.port})", file=sys.stderr)
-        return 2
-    try:
-        config = load_config(args.config)
-    except ValueError as exc:
-        print(f"lora-syncer: {exc}", file=sys.stderr)
-        return 2
-    syncer = LoraSyncer(
-        args.config,
-        host=args.host,
-        port=args.port,
-        interval=args.interval,
-        health_path=args.health_path,
-        health_timeout=args.health_timeout,
-        health_interval=args.health_interval,
-        watch_interval=args.watch_interval,
-        backoff=args.backoff,
-        backoff_max=args.backoff_max,
-    )
-    syncer.config = config
-    return asyncio.run(_run_once(syncer) if args.once else _run_forever(syncer))
+        code = click_command.main(args=list(argv), prog_name="infergate lora-syncer", standalone_mode=False)
+    except typer.TyperException as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"error: infergate lora-syncer: {message}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        return 130
+    return code if isinstance(code, int) else 0

@@ -10,13 +10,20 @@ means every data plane that drives the Director (built-in proxy, ext_proc) enfor
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import unquote
 
-from infergate.errors import BadRequestError, ConfigError, PermissionDeniedError, RequestError
+from infergate.errors import (
+    BadRequestError,
+    ConfigError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    RequestError,
+)
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.parsing import api_kind_for_path
+from infergate.requestcontrol.parsing import api_kind_for_path, is_passthrough
 from infergate.types import ApiKind
 
 __all__ = [
@@ -95,7 +102,7 @@ class MethodNotAllowedError(RequestError):
         self.allow = allow
 
 
-def classify_request(method: str, path: str) -> Route:
+def classify_request(method: str, path: str, passthrough: Sequence[str] = ()) -> Route:
     """The request policy both data planes enforce before any body byte is read.
 
     Only the inference API (chat/completions/embeddings/responses, POST), ``/v1/models`` (GET or
@@ -103,20 +110,42 @@ def classify_request(method: str, path: str) -> Route:
     a model server offers - LoRA load/unload, ``/metrics``, ``/tokenize``, ``/version``,
     ``/get_server_info``, ``/reset_prefix_cache`` - is a 404 and never reaches a replica, whichever
     data plane carries the request. The message does not echo the path (it may hold anything).
+    The only exception is what the operator lists in ``passthrough`` (the ``passthrough-parser``'s
+    ``paths``): POSTs there are inference requests whose body is forwarded unread.
     """
     p = path.split("?", 1)[0]
     if p in ("/health", "/healthz"):
         return Route.HEALTH
     p = p.rstrip("/")
-    if p.endswith("/v1/models"):
+    if p.endswith("/v1/models") or requested_model_id(p) is not None:
         if method not in ("GET", "HEAD"):
             raise MethodNotAllowedError("GET")
         return Route.MODELS
-    if api_kind_for_path(p) is ApiKind.OTHER and not p.endswith("/responses"):
+    if (
+        api_kind_for_path(p) is ApiKind.OTHER
+        and not p.endswith("/responses")
+        and not is_passthrough(p, passthrough)
+    ):
         raise PathNotFoundError("no such path on this gateway")
     if method != "POST":
         raise MethodNotAllowedError("POST")
     return Route.INFERENCE
+
+
+def requested_model_id(path: str) -> str | None:
+    """The id of ``GET /v1/models/{id}`` (percent-decoded; ids may hold slashes, as in
+    ``meta-llama/Llama-3.1-8B-Instruct``); None for the list and every other path."""
+    _, sep, rest = unquote(path.split("?", 1)[0]).partition("/v1/models/")
+    rest = rest.strip("/")
+    return rest if sep and rest else None
+
+
+def model_entry(listing: Mapping[str, Mapping[str, object]], model_id: str) -> Mapping[str, object]:
+    """``GET /v1/models/{id}``: the entry of ``listing`` (id → model object), else OpenAI's 404."""
+    entry = listing.get(model_id)
+    if entry is None:
+        raise ModelNotFoundError(f"The model {model_id[:200]} does not exist on this gateway")
+    return entry
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

@@ -22,7 +22,7 @@ from infergate.errors import ModelNotFoundError, NoCapacityError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import FairnessIds, Principal, RequestLimits, check_scope
 from infergate.requestcontrol.parsing import ParsedBody, parse_body, rewrite_model
-from infergate.types import Endpoint, InferenceRequest, ModelRewrite, Objective, SchedulingResult
+from infergate.types import ApiKind, Endpoint, InferenceRequest, ModelRewrite, Objective, SchedulingResult
 
 if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
@@ -49,8 +49,9 @@ class DatastoreView(Protocol):
     def objective(self, name: str) -> Objective | None: ...
     def objectives(self) -> list[Objective]: ...
     def rewrites(self) -> list[ModelRewrite]: ...
-    def acquire(self, key: str) -> None: ...
-    def release(self, key: str) -> None: ...
+    def acquire(self, key: str, tokens: int = 0) -> None: ...
+    def release(self, key: str, tokens: int = 0) -> None: ...
+    def release_tokens(self, key: str, tokens: int) -> None: ...
 
 
 class SchedulerLike(Protocol):
@@ -94,10 +95,15 @@ def parse_subset(value: str | None) -> frozenset[str] | None:
 
 
 def no_capacity(subset: frozenset[str] | None) -> NoCapacityError:
-    """The 503 for "nothing to schedule on", naming the subset hint when one narrowed the pool."""
+    """The 503 for "nothing to schedule on", naming the subset hint when one narrowed the pool.
+
+    Carries the reference's ``x-llm-d-request-dropped-reason: rejected-no-endpoints``."""
+    reason = {"x-llm-d-request-dropped-reason": "rejected-no-endpoints"}
     if subset is not None:
-        return NoCapacityError("no ready endpoint in the pool matches the destination endpoint subset")
-    return NoCapacityError("no ready endpoint in the pool can serve the request")
+        return NoCapacityError(
+            "no ready endpoint in the pool matches the destination endpoint subset", headers=reason
+        )
+    return NoCapacityError("no ready endpoint in the pool can serve the request", headers=reason)
 
 
 def _pick_weighted(rng: random.Random, rewrite: ModelRewrite, model: str) -> str | None:
@@ -147,6 +153,8 @@ class RequestCore:
         self.limits = limits or RequestLimits()
         self._check_models = check_models
         self._fairness = FairnessIds()
+        self.passthrough: tuple[str, ...] = ()
+        """Path suffixes the ``passthrough-parser`` forwards unread (set by the app from the config)."""
 
     # ---------------------------------------------------------------- resolution
     def known_models(self) -> frozenset[str]:
@@ -165,6 +173,8 @@ class RequestCore:
     def rewrite(self, model: str, forced: str | None) -> str:
         """The target model: the forced name (header) or ``model``, then the first matching rewrite."""
         target = forced or model
+        if not target:  # a passthrough request names no model: nothing to rewrite
+            return target
         for rw in self._ds.rewrites():
             chosen = _pick_weighted(self._rng, rw, target)
             if chosen is not None:
@@ -207,7 +217,7 @@ class RequestCore:
 
     def parse(self, path: str, body: bytes) -> ParsedBody:
         """The body's routing fields (400 when malformed or over the message limit)."""
-        return parse_body(path, body, max_messages=self.limits.max_messages)
+        return parse_body(path, body, max_messages=self.limits.max_messages, passthrough=self.passthrough)
 
     def admit(
         self,
@@ -222,10 +232,13 @@ class RequestCore:
     ) -> Resolved:
         """Check the model is known, resolve the objective, check the key's scope and the limits."""
         model = parsed.model
+        passthrough = parsed.api is ApiKind.PASSTHROUGH
+        if passthrough:  # the body is not read: no model to check or rewrite, forwarded as sent
+            target = model
         # Only judge once some server has told us what it serves (a pool still starting
         # answers 503, not 404).
         served = self._ds.served_models()
-        if self._check_models and served and model not in served and target not in served:
+        if self._check_models and not passthrough and served and model not in served and target not in served:
             known = self.known_models()
             if model not in known and target not in known:
                 raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")

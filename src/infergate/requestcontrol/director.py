@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from infergate.config.settings import Settings
 from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import (
@@ -36,6 +37,7 @@ from infergate.requestcontrol.core import (
     parse_subset,
 )
 from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, Usage, usage_from_json
+from infergate.tracing import NULL_TRACE, RequestTrace, RequestTracer
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 if TYPE_CHECKING:
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["Director", "RequestContext", "error_code_for", "parse_subset"]
 
 log = logging.getLogger("infergate.request")
+
+# Prompt bytes per token when estimating a prompt's tokens (no tokenizer on the request path).
+CHARS_PER_TOKEN = 4
 
 # Non-streamed response bodies are kept (for usage) up to this size.
 _MAX_BUFFERED_RESPONSE = 8 << 20
@@ -101,9 +106,11 @@ class RequestContext:
     released: bool = False
     """Flow control queued the request and released it: it is scheduled only where there is room."""
     _held: str | None = None
+    _held_tokens: int = 0
     _rewriter: ModelNameRewriter | None = None
     _sse: SSEUsageParser | None = None
     _buffer: bytearray | None = None
+    _trace: RequestTrace = NULL_TRACE
 
     @property
     def request_id(self) -> str:
@@ -130,6 +137,7 @@ class _Series:
         "running",
         "total",
         "tpot",
+        "tpot_stream",
         "ttft",
     )
 
@@ -142,6 +150,7 @@ class _Series:
         self.input = m.input_tokens.labels(**lbl)
         self.output = m.output_tokens.labels(**lbl)
         self.tpot = m.normalized_tpot.labels(**lbl)
+        self.tpot_stream = m.request_tpot.labels(**lbl)
         self.cached = m.prompt_cached_tokens.labels(**lbl)
         self.running = m.running_requests.labels(model_name=model)
         self.total: dict[int, Any] = {}
@@ -187,6 +196,53 @@ class Director:
         self._honor_subset = honor_subset_hint
         self._series: dict[tuple[str, str], _Series] = {}
         self._response_hook = getattr(scheduler, "response_headers", None)
+        self._tracer: RequestTracer | None = None
+
+    def set_tracer(self, tracer: RequestTracer | None) -> None:
+        """Trace every request from now on (:mod:`infergate.tracing`); None turns tracing off."""
+        self._tracer = tracer
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        datastore: DatastoreView,
+        scheduler: SchedulerLike,
+        flow: FlowControllerLike | None,
+        clock: Clock | None = None,
+        metrics: GatewayMetrics | None = None,
+        rng: random.Random | None = None,
+        honor_subset_hint: bool = True,
+        authenticator: Authenticator | None = None,
+        objective_max_tokens: Mapping[str, int] | None = None,
+    ) -> Director:
+        """A Director with ``proxy.retries``, the ``limits`` group and ``auth.control_headers``.
+
+        ``objective_max_tokens`` are ceilings found in the pool's objects (annotations); the
+        ``limits.objective_max_tokens`` setting wins over them.
+        """
+        lim = settings.limits
+        director = cls(
+            datastore=datastore,
+            scheduler=scheduler,
+            flow=flow,
+            clock=clock,
+            metrics=metrics,
+            rng=rng,
+            max_attempts=1 + settings.proxy.retries,
+            honor_subset_hint=honor_subset_hint,
+        )
+        director.configure_access(
+            authenticator=authenticator,
+            limits=RequestLimits(
+                max_messages=lim.max_messages,
+                max_tokens=lim.max_tokens_ceiling,
+                objective_max_tokens={**(objective_max_tokens or {}), **lim.objective_max_tokens},
+            ),
+            control_headers=settings.auth.control_headers,
+        )
+        return director
 
     def configure_access(
         self,
@@ -201,6 +257,15 @@ class Director:
         self._control_headers = validate_control_header_mode(control_headers)
         if limits is not None:
             self._core.limits = limits
+
+    def configure_parsers(self, *, passthrough: Sequence[str] = ()) -> None:
+        """Path suffixes forwarded unread (the config's ``passthrough-parser`` ``paths``); the data
+        planes admit them past their request policy (:attr:`passthrough_paths`)."""
+        self._core.passthrough = tuple(passthrough)
+
+    @property
+    def passthrough_paths(self) -> tuple[str, ...]:
+        return self._core.passthrough
 
     def response_headers(self, ctx: RequestContext) -> dict[str, str]:
         """Headers scheduling plugins add to the client's response (``x-session-token``)."""
@@ -260,30 +325,39 @@ class Director:
         model = target = ""
         subset = parse_subset(hdrs.get(H.DESTINATION_ENDPOINT_SUBSET)) if self._honor_subset else None
         principal: Principal | None = None
+        trace = self._tracer.start(request_id, path) if self._tracer is not None else NULL_TRACE
         try:
             # Authenticate before reading the body: an unknown caller learns nothing about it.
             principal = self.authenticate(hdrs)  # and who may send control headers
             core = self._core
-            parsed = core.parse(path, body)
+            with trace.phase("parse"):
+                parsed = core.parse(path, body)
             model = parsed.model
-            target = core.rewrite(model, H.model_name_rewrite_of(hdrs))
-            resolved = core.admit(
-                parsed,
-                target,
-                headers=hdrs,
-                body=body,
-                request_id=request_id,
-                now=started,
-                principal=principal,
-            )
+            with trace.phase("admission"):
+                target = core.rewrite(model, H.model_name_rewrite_of(hdrs))
+                resolved = core.admit(
+                    parsed,
+                    target,
+                    headers=hdrs,
+                    body=body,
+                    request_id=request_id,
+                    now=started,
+                    principal=principal,
+                )
             request = resolved.request
+            trace.set(model=model, target_model=target, priority=request.priority)
             released = False
             if self._flow is not None:
-                if not self._reachable(subset):  # nothing to wait for: answer now, do not queue
+                # A subset hint no ready endpoint matches, while the pool has some, is answered at
+                # once; an empty pool (scale from zero) is flow control's to wait out or refuse.
+                if subset is not None and not self._reachable(subset) and self._reachable(None):
                     raise no_capacity(subset)
-                released = await self._flow.admit(request)
-            result = self._schedule(request, (), subset, released=released)
+                with trace.phase("queue"):
+                    released = await self._flow.admit(request)
+            with trace.phase("schedule"):
+                result = self._schedule(request, (), subset, released=released)
         except RequestError as exc:
+            trace.end(exc.status, exc.message)
             if isinstance(exc, (ModelNotFoundError, AuthenticationError)):
                 # client-chosen names must not create series
                 self._count_error("unknown", "unknown", exc)
@@ -309,8 +383,10 @@ class Director:
             started_at=started,
             subset=subset,
             released=released,
+            _trace=trace,
         )
         self._hold(ctx, result.primary)
+        trace.start_upstream(result.primary.key)
         if target != model:
             ctx._rewriter = ModelNameRewriter(target, model)
         series = self._series_for(model, target)
@@ -349,13 +425,16 @@ class Director:
     def _hold(self, ctx: RequestContext, target: Endpoint) -> None:
         ctx.target = target
         ctx.tried.add(target.key)
-        self._ds.acquire(target.key)
+        # the prompt's estimated tokens load the endpoint until its prefill is done
+        ctx._held_tokens = len(ctx.request.prompt.encode("utf-8")) // CHARS_PER_TOKEN
+        self._ds.acquire(target.key, ctx._held_tokens)
         ctx._held = target.key
 
     def _drop(self, ctx: RequestContext) -> None:
         if ctx._held is not None:
-            self._ds.release(ctx._held)
+            self._ds.release(ctx._held, ctx._held_tokens)
             ctx._held = None
+            ctx._held_tokens = 0
 
     def retry_target(self, ctx: RequestContext) -> Endpoint | None:
         """Move ``ctx`` to the next-best endpoint after a failure before the first byte.
@@ -379,6 +458,7 @@ class Director:
         self._drop(ctx)
         ctx.attempts += 1
         self._hold(ctx, nxt)
+        ctx._trace.start_upstream(nxt.key)
         log.info("request retry request_id=%s attempt=%d endpoint=%s", ctx.request_id, ctx.attempts, nxt.key)
         return nxt
 
@@ -403,6 +483,9 @@ class Director:
         """Read usage from the chunk and return it with the client's model name put back."""
         if ctx.first_token_at is None and chunk and ctx.streaming and ctx.status == 200:
             ctx.first_token_at = self._clock.now()
+            if ctx._held is not None and ctx._held_tokens:  # prefill done
+                self._ds.release_tokens(ctx._held, ctx._held_tokens)
+                ctx._held_tokens = 0
             self._core.observe_ttft(ctx.request_id, ctx.first_token_at - ctx.started_at)
         ctx.response_bytes += len(chunk)
         if ctx._sse is not None:
@@ -436,6 +519,7 @@ class Director:
             return
         ctx.completed = True
         self._drop(ctx)
+        ctx._trace.end(ctx.status, None if error is None else f"{type(error).__name__}: {error}")
         if ctx.first_token_at is None:
             self._core.observe_ttft(ctx.request_id, None)  # nothing streamed: nothing to learn from
         if ctx._sse is not None and ctx.prompt_tokens is None:
@@ -470,6 +554,9 @@ class Director:
                     series.output.observe(ctx.completion_tokens)
                     if ctx.completion_tokens > 0:
                         series.tpot.observe(duration / ctx.completion_tokens)
+                    if ctx.first_token_at is not None and ctx.completion_tokens > 1:
+                        per_token = (now - ctx.first_token_at) / (ctx.completion_tokens - 1)
+                        series.tpot_stream.observe(max(0.0, per_token))
                 if ctx.cached_tokens is not None:
                     series.cached.observe(ctx.cached_tokens)
         if log.isEnabledFor(logging.INFO):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from infergate.errors import BadRequestError
 from infergate.types import ApiKind
 
-__all__ = ["ParsedBody", "api_kind_for_path", "parse_body", "rewrite_model"]
+__all__ = ["ParsedBody", "api_kind_for_path", "is_passthrough", "parse_body", "rewrite_model"]
 
 # A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate (not encodable as UTF-8) gets in.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -55,6 +56,23 @@ def api_kind_for_path(path: str) -> ApiKind:
     if p.endswith("/embeddings"):
         return ApiKind.EMBEDDINGS
     return ApiKind.OTHER
+
+
+def _claimed(path: str) -> bool:
+    """A path the OpenAI or Anthropic parser handles (always on; they win over passthrough)."""
+    return api_kind_for_path(path) is not ApiKind.OTHER or path.endswith("/responses")
+
+
+def is_passthrough(path: str, paths: Sequence[str]) -> bool:
+    """``path`` (query ignored) ends with one of the ``passthrough-parser``'s configured ``paths``
+    and no built-in parser claims it."""
+    if not paths:
+        return False
+    p = path.split("?", 1)[0].rstrip("/")
+    return not _claimed(p) and any(p.endswith(s.rstrip("/")) for s in paths)
+
+
+_PASSTHROUGH_BODY: dict[str, Any] = {}
 
 
 def _reject_constant(name: str) -> Any:
@@ -203,13 +221,27 @@ def _max_tokens(data: dict[str, Any]) -> int | None:
     return None
 
 
-def parse_body(path: str, body: bytes, *, max_messages: int | None = None) -> ParsedBody:
+def parse_body(
+    path: str, body: bytes, *, max_messages: int | None = None, passthrough: Sequence[str] = ()
+) -> ParsedBody:
     """Decode and validate one OpenAI request body for ``path``.
 
     Raises BadRequestError for empty, non-UTF-8, non-JSON or non-object bodies, a missing or
     non-string ``model``, a missing or malformed ``prompt``/``messages``/``input``, a non-boolean
-    ``stream`` and an out-of-range ``max_tokens``.
+    ``stream`` and an out-of-range ``max_tokens``. A path of the ``passthrough`` list (the
+    ``passthrough-parser``'s) is not read at all, as the reference's parser: no model, no prompt,
+    so it is scheduled on load alone.
     """
+    if is_passthrough(path, passthrough):
+        return ParsedBody(
+            api=ApiKind.PASSTHROUGH,
+            model="",
+            prompt="",
+            stream=False,
+            max_tokens=None,
+            include_usage=False,
+            data=_PASSTHROUGH_BODY,
+        )
     api = api_kind_for_path(path)
     data = _decode(body)
     model = data.get("model")

@@ -13,7 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from infergate.config.picker_sections import StaticUsageLimitParams, UtilizationDetectorParams
+from infergate.config.picker_sections import (
+    PassthroughParserParams,
+    StaticUsageLimitParams,
+    UtilizationDetectorParams,
+)
 from infergate.scheduling.disagg import (
     DECODE_ROLES,
     PREFILL_ROLES,
@@ -51,6 +55,12 @@ from infergate.scheduling.scorers import (
     RunningRequestsScorer,
 )
 from infergate.scheduling.session_affinity import SessionAffinityParams, SessionAffinityScorer
+from infergate.scheduling.upstream_load import (
+    PrefixCacheAffinityFilter,
+    PrefixCacheAffinityParams,
+    TokenLoadParams,
+    TokenLoadScorer,
+)
 from infergate.scheduling.upstream_plugins import (
     ActiveRequestParams,
     ActiveRequestScorer,
@@ -80,6 +90,14 @@ class MetricsDataSourceParams(Params):
     insecure_skip_verify: bool = True
 
 
+class InFlightLoadParams(Params):
+    """``inflight-load-producer``: the gateway counts requests and prompt tokens in flight itself
+    (prompt tokens released at the first streamed chunk, the reference's default); estimated output
+    tokens are not added."""
+
+    add_estimated_output_tokens: Literal[False] = False
+
+
 class CoreMetricsExtractorParams(Params):
     """``core-metrics-extractor``: the engine is chosen per pool, by annotation, not per pod label."""
 
@@ -96,12 +114,13 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "approx-prefix-cache-producer": PrefixCacheParams,
     "openai-parser": NoParams,
     "anthropic-parser": NoParams,
+    "passthrough-parser": PassthroughParserParams,
     "utilization-detector": UtilizationDetectorParams,
     "fcfs-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
     "static-usage-limit-policy": StaticUsageLimitParams,
-    # in-flight counts are built in (Endpoint.in_flight): active-request-scorer needs no producer
-    "inflight-load-producer": NoParams,
+    # in-flight counts are built in (Endpoint.in_flight, in_flight_tokens): no producer needed
+    "inflight-load-producer": InFlightLoadParams,
 }
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
@@ -116,12 +135,9 @@ REFUSED_TYPES: dict[str, str] = {
     "slo-deadline-ordering-policy": _FCFS,
     "priority-holdback-policy": _LIMIT,
     "soft-reflective-ceiling-policy": _LIMIT,
-    "token-load-scorer": "in-flight token counts per endpoint are not tracked; use active-request-scorer",
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
-    "prefix-cache-affinity-filter": "prefix matching runs inside prefix-cache-scorer, after filters",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "precise-prefix-cache-producer": "the KV-event index runs inside precise-prefix-cache-scorer; use it",
-    "passthrough-parser": "only OpenAI and Anthropic Messages requests are parsed and routed",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
     "disagg-headers-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
@@ -164,6 +180,12 @@ def default_registry() -> PluginRegistry:
     r.register("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
     r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
     r.register("no-hit-lru-scorer", NoHitLRUParams, lambda p, c: NoHitLRUScorer(p))
+    r.register("token-load-scorer", TokenLoadParams, lambda p, c: TokenLoadScorer(p))
+    r.register(
+        "prefix-cache-affinity-filter",
+        PrefixCacheAffinityParams,
+        lambda p, c: PrefixCacheAffinityFilter(p, rng=c.rng),
+    )
     r.register("header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p))
     # P/D disaggregation (scheduling/disagg.py)
     r.register("disagg-profile-handler", DisaggParams, lambda p, c: DisaggProfileHandler(p))

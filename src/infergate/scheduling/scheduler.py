@@ -340,6 +340,16 @@ def _build_profile(
             post_picks.append(
                 PostPickSlot(name, type_, _timer(metrics, "PostPick", type_, name), cast(PostPick, inst))
             )
+    # plugins that read another plugin of the same profile (prefix-cache-affinity-filter reads the
+    # prefix-cache-scorer's index) find it here
+    members = {name: (instances[name], types[name]) for name, _ in refs}
+    for name, _ in refs:
+        bind = getattr(instances[name], "bind_profile", None)
+        if callable(bind):
+            try:
+                bind(members)
+            except ValueError as exc:
+                raise ConfigError(f"schedulingProfiles[{pname}]: plugin {name!r}: {exc}") from None
     if len(pickers) > 1:
         names = ", ".join(p.name for p in pickers)
         raise ConfigError(f"schedulingProfiles[{pname}]: more than one picker ({names})")

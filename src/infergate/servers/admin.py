@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from infergate.config.settings import Settings
 from infergate.servers.listener import LimitedListener
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint
@@ -56,6 +57,28 @@ def endpoint_json(ep: Endpoint, *, candidate: bool, models: frozenset[str]) -> d
 
 class AdminServer:
     """Small aiohttp application on its own port; never on the inference listener."""
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        pool: PoolView,
+        metrics: GatewayMetrics,
+        *,
+        ready: Callable[[], bool] = lambda: True,
+        extra: Callable[[], dict[str, Any]] | None = None,
+        routes: Sequence[web.AbstractRouteDef] = (),
+    ) -> AdminServer:
+        """The admin listener with ``listeners.admin_max_connections`` (the caller binds
+        ``listeners.host:listeners.admin_port`` with :meth:`start`)."""
+        return cls(
+            pool,
+            metrics,
+            ready=ready,
+            extra=extra,
+            routes=routes,
+            max_connections=settings.listeners.admin_max_connections,
+        )
 
     def __init__(
         self,

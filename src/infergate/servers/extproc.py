@@ -36,9 +36,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from infergate.config.settings import Settings
 from infergate.errors import ClientDisconnectedError, InternalError, RequestError, RequestTooLargeError
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.access import Route, classify_request
+from infergate.requestcontrol.access import Route, classify_request, model_entry, requested_model_id
 from infergate.servers import extproc_messages as msg
 
 if TYPE_CHECKING:
@@ -199,14 +200,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         try:
             # The request policy, on headers alone: the path must exist and the key be valid
             # before Envoy hands over one byte of the body (bodiless requests included).
-            route = classify_request(raw.get(":method", "GET"), st.path)
+            route = classify_request(raw.get(":method", "GET"), st.path, self._director.passthrough_paths)
             if route is Route.HEALTH:
                 st.request_done = True
                 return [msg.json_immediate_response(200, b'{"status": "ok"}')]
             self._director.authenticate(st.headers)
             if route is Route.MODELS:
                 st.request_done = True
-                return [msg.json_immediate_response(200, self._model_list())]
+                return [msg.json_immediate_response(200, self._model_list(requested_model_id(st.path)))]
         except RequestError as exc:
             st.request_done = True
             return [msg.error_response(exc)]
@@ -234,10 +235,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def _extra_headers(self, st: _Stream) -> list[tuple[str, str]]:
         return [(H.REQUEST_ID, st.generated_request_id)] if st.generated_request_id else []
 
-    def _model_list(self) -> bytes:
-        """``GET /v1/models`` answered by the picker: the models the pool's ready endpoints serve."""
+    def _model_list(self, model_id: str | None = None) -> bytes:
+        """``GET /v1/models`` answered by the picker: the models the pool's ready endpoints serve;
+        ``GET /v1/models/{id}``: that model's entry, or OpenAI's 404."""
         names = self._endpoints.served_models() if self._endpoints is not None else frozenset()
         data = [{"id": n, "object": "model", "owned_by": "infergate"} for n in sorted(names)]
+        if model_id is not None:
+            return json.dumps(model_entry({str(d["id"]): d for d in data}, model_id)).encode()
         return json.dumps({"object": "list", "data": data}).encode()
 
     async def _route(self, st: _Stream) -> list[pb.ProcessingResponse]:
@@ -352,6 +356,31 @@ class ExtProcServer:
         self._options = list(options)
         self._server: grpc.aio.Server | None = None
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        director: Director,
+        *,
+        host: str,
+        port: int,
+        tls: TlsSettings | bool | None,
+        health: grpc_health.aio.HealthServicer | None = None,
+        endpoints: EndpointSource | None = None,
+        rng: random.Random | None = None,
+    ) -> ExtProcServer:
+        """The picker's server buffering at most ``limits.max_body_bytes`` per request."""
+        return serve_extproc(
+            director,
+            host,
+            port,
+            health=health,
+            endpoints=endpoints,
+            tls=tls,
+            rng=rng,
+            max_body_bytes=settings.limits.max_body_bytes,
+        )
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
@@ -421,7 +450,7 @@ def serve_extproc(
 
     ``endpoints`` (normally the Datastore) answers bodiless requests; ``tls=True`` serves a
     self-signed certificate, a :class:`TlsSettings` may point at ``tls.crt``/``tls.key``.
-    ``max_body_bytes`` bounds what is buffered per request (413 above, GatewaySettings.max_body_bytes).
+    ``max_body_bytes`` bounds what is buffered per request (413 above, the ``limits.max_body_bytes`` setting).
     """
     settings = TlsSettings() if tls is True else (tls or None)
     processor = ExternalProcessor(

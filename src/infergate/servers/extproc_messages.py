@@ -267,7 +267,7 @@ def immediate_response(status: int, message: str) -> pb.ProcessingResponse:
 
 def error_response(err: RequestError) -> pb.ProcessingResponse:
     """The immediate reply for a request-ending gateway error: OpenAI error JSON, as the proxy's."""
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[str, str]] = list(err.headers.items())
     if err.retry_after is not None:
         headers.append(("retry-after", str(max(1, round(err.retry_after)))))
     elif err.status == 429:

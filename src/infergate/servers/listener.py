@@ -14,13 +14,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["LimitedListener", "quiet_malformed_http"]
+__all__ = ["LimitedListener", "client_connection_budget", "quiet_malformed_http"]
 
 log = logging.getLogger("infergate.listener")
+
+
+def client_connection_budget(wanted: int, *, reserved: int) -> int:
+    """``wanted`` client connections, lowered to fit this process's file-descriptor limit.
+
+    Every proxied request holds a client and an upstream socket, so clients get half of what is
+    left after ``reserved`` (the admin listener's budget) and a reserve for scrapes, probes and files.
+    """
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - no such limit on this platform
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = max(16, (soft - reserved - 128) // 2)
+    if room < wanted:
+        log.info(
+            "file-descriptor limit %d: the inference listener takes at most %d connections "
+            "(raise the limit with ulimit -n for more)",
+            soft,
+            room,
+        )
+    return min(wanted, room)
 
 
 class _MalformedHttpFilter(logging.Filter):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -60,9 +60,16 @@ _PAGE_HEADERS = {
 # -- the JSON state ----------------------------------------------------------------------------
 
 
-def _endpoint_state(ds: Datastore, ep: Endpoint, *, now: float, candidate: bool) -> dict[str, Any]:
+def _endpoint_state(
+    ds: Datastore, ep: Endpoint, *, now: float, candidate: bool, base_models: frozenset[str]
+) -> dict[str, Any]:
     m = ep.metrics
     scraped = m.updated_at > 0.0
+    models = ds.models(ep.key)
+    busy = m.running_adapters | m.waiting_adapters
+    # Adapters the server lists in /v1/models but runs nothing for right now: loaded and idle.
+    # Only known when the base models are (else a base model would pass for an adapter).
+    idle = sorted(models - base_models - busy) if base_models else []
     return {
         "key": ep.key,
         "name": ep.meta.name,
@@ -74,10 +81,11 @@ def _endpoint_state(ds: Datastore, ep: Endpoint, *, now: float, candidate: bool)
         "kv_pct": round(m.kv_cache_usage * 100.0, 1),
         "running_adapters": sorted(m.running_adapters),
         "waiting_adapters": sorted(m.waiting_adapters),
+        "idle_adapters": idle,
         "max_adapters": m.max_active_adapters,
         "in_flight": ep.in_flight,
         "age": round(max(0.0, now - m.updated_at), 3) if scraped else None,
-        "models": sorted(ds.models(ep.key)),
+        "models": sorted(models),
     }
 
 
@@ -125,8 +133,12 @@ def live_state(
     pool_name: str | None = None,
     limit: int = DEFAULT_DECISIONS,
     model_state: ModelState | None = None,
+    base_models: Collection[str] = (),
 ) -> dict[str, Any]:
     """The JSON document the page polls (also handy for scripts and tests).
+
+    ``base_models``: the names the servers serve as base models, so that every other name an
+    endpoint lists counts as a loaded LoRA adapter (``idle_adapters`` when nothing runs on it).
 
     ``now`` and every decision's ``at`` are the datastore's clock (the gateway's monotonic clock),
     meaningful only as differences; ``age`` and ``oldest_wait`` are already differences, in
@@ -140,13 +152,15 @@ def live_state(
         pool = datastore.pool
         pool_name = pool.name if pool is not None else ""
     models = model_state() if model_state is not None else {}
+    base = frozenset(base_models)
     return {
         "pool": pool_name,
         "now": now,
         "latency_model": {key: state for plugin in models.values() for key, state in plugin.items()},
         "staleness": datastore.staleness,
         "endpoints": [
-            _endpoint_state(datastore, e, now=now, candidate=e.key in candidates) for e in endpoints
+            _endpoint_state(datastore, e, now=now, candidate=e.key in candidates, base_models=base)
+            for e in endpoints
         ],
         "flow": _flow_state(flow, now),
         "decisions": decisions.recent(limit) if decisions is not None else [],
@@ -221,6 +235,7 @@ def liveview_routes(
     decisions: DecisionLog | None = None,
     pool_name: str | None = None,
     model_state: ModelState | None = None,
+    base_models: Collection[str] = (),
 ) -> list[web.RouteDef]:
     """``GET /live``, ``GET /live/`` (the page) and ``GET /live/state`` (the JSON) for an aiohttp app."""
 
@@ -239,6 +254,7 @@ def liveview_routes(
             pool_name=pool_name,
             limit=_decisions_limit(request),
             model_state=model_state,
+            base_models=base_models,
         )
         resp = web.json_response(body)
         resp.headers["Cache-Control"] = "no-store"

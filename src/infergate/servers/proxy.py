@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from infergate.config.settings import Settings
 from infergate.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -43,9 +44,16 @@ from infergate.errors import (
     UpstreamTimeoutError,
 )
 from infergate.requestcontrol import headers as H
-from infergate.requestcontrol.access import MethodNotAllowedError, PathNotFoundError, Route, classify_request
+from infergate.requestcontrol.access import (
+    MethodNotAllowedError,
+    PathNotFoundError,
+    Route,
+    classify_request,
+    model_entry,
+    requested_model_id,
+)
 from infergate.requestcontrol.director import Director, RequestContext
-from infergate.servers.listener import LimitedListener
+from infergate.servers.listener import LimitedListener, client_connection_budget
 from infergate.servers.upstream import (
     Exchange,
     UpstreamAborted,
@@ -70,7 +78,7 @@ _JSON = "application/json"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyOptions:
-    """Limits and timeouts of the built-in proxy (mapped from GatewaySettings by the app)."""
+    """Limits and timeouts of the built-in proxy (built from the settings by :meth:`from_settings`)."""
 
     route_prefixes: tuple[str, ...] = ("/",)
     max_body_bytes: int = 8 << 20
@@ -95,6 +103,29 @@ class ProxyOptions:
     max_client_connections: int = 10000
     """Client connections open at once; more are closed at accept (the admin port has its own)."""
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, route_prefixes: Sequence[str] = ("/",)) -> ProxyOptions:
+        """The ``proxy``, ``limits`` and ``listeners`` settings the built-in proxy reads."""
+        p, lim, lis = settings.proxy, settings.limits, settings.listeners
+        return cls(
+            route_prefixes=tuple(route_prefixes),
+            max_body_bytes=lim.max_body_bytes,
+            max_header_bytes=lim.max_header_bytes,
+            connect_timeout=p.connect_timeout,
+            read_timeout=min(p.request_timeout, p.first_byte_timeout or p.request_timeout),
+            keepalive_timeout=lis.idle_timeout,
+            body_timeout=lis.idle_timeout,
+            shutdown_grace=p.shutdown_grace,
+            served_header=p.served_header,
+            max_connections_per_endpoint=p.max_connections_per_endpoint,
+            stream_idle_timeout=p.stream_idle_timeout,
+            evicted_idle_timeout=p.evicted_idle_timeout,
+            evicted_idle_factor=p.evicted_idle_factor,
+            max_client_connections=client_connection_budget(
+                lis.max_client_connections, reserved=lis.admin_max_connections
+            ),
+        )
+
 
 class EndpointSource(Protocol):
     def endpoints(self) -> list[Endpoint]: ...
@@ -107,7 +138,7 @@ class EndpointSource(Protocol):
 
 def error_response(exc: RequestError) -> web.Response:
     """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = dict(exc.headers)
     if isinstance(exc, MethodNotAllowedError):
         headers["Allow"] = exc.allow
     if exc.retry_after is not None:
@@ -233,14 +264,14 @@ class ProxyServer:
         try:
             if not self._routed(path):
                 raise PathNotFoundError("no such path on this gateway")
-            route = classify_request(request.method, path)
+            route = classify_request(request.method, path, self._director.passthrough_paths)
             if route is Route.HEALTH:
                 return web.Response(status=503 if self.draining else 200, text="ok\n")
             # The key is checked on the headers, before one byte of the body is read, for every
             # method and body size (a bodiless POST too).
             self._director.authenticate(request.headers)
             if route is Route.MODELS:
-                return await self._models()
+                return await self._models(requested_model_id(path))
             body = await self._read_body(request)
         except RequestError as exc:
             return error_response(exc)
@@ -278,8 +309,9 @@ class ProxyServer:
         return bytes(buf)
 
     # ------------------------------------------------------------------ /v1/models
-    async def _models(self) -> web.Response:
-        """The union of the ``/v1/models`` lists of the pool's healthy endpoints."""
+    async def _models(self, model_id: str | None = None) -> web.Response:
+        """The union of the ``/v1/models`` lists of the pool's healthy endpoints, or the entry of
+        ``model_id`` in it (``GET /v1/models/{id}``, what the SDKs' ``models.retrieve`` calls)."""
         assert self._session is not None
         session = self._session
         eps = [e for e in self._endpoints.endpoints() if e.healthy]
@@ -304,6 +336,9 @@ class ProxyServer:
                     merged.setdefault(mid, item)
         for name in sorted(self._endpoints.served_models()):
             merged.setdefault(name, {"id": name, "object": "model", "owned_by": "infergate"})
+        if model_id is not None:
+            entry = model_entry(merged, model_id)
+            return web.Response(body=json.dumps(entry).encode(), content_type=_JSON)
         body = {"object": "list", "data": list(merged.values())}
         return web.Response(body=json.dumps(body).encode(), content_type=_JSON)
 

@@ -147,6 +147,7 @@ class Engine:
         r.min_tokens = req.min_tokens
         r.ignore_eos = req.ignore_eos
         r.arrival = now if arrival_time is None else arrival_time
+        r.queued = now
         r.counted = not req.frontend_counts
         r.remote = min(req.remote_prefill_tokens, r.prompt_len - 1)
         r.send_kv = req.remote_decode
@@ -519,13 +520,14 @@ class Engine:
             now=now,
             scheduled_time=r.scheduled,
             num_preemptions=r.preemptions,
+            queued_time=r.queued,
         )
 
     def _timed_output(self, r: _Req, new: tuple[int, ...], reason: str | None, now: float) -> TimedOutput:
         gen = len(r.tokens) - r.prompt_len
         return TimedOutput(
             r.id, new, reason is not None, reason, r.prompt_len, r.num_cached, gen, r.arrival,
-            r.first_token_time, now, r.scheduled, r.preemptions, tuple(r.times),
+            r.first_token_time, now, r.scheduled, r.preemptions, r.queued, tuple(r.times),
         )  # fmt: skip
 
     # -- observation -------------------------------------------------------------------------

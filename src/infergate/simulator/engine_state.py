@@ -34,6 +34,7 @@ class ReqState:
         "num_external",
         "preemptions",
         "prompt_len",
+        "queued",
         "ready_at",
         "remote",
         "scheduled",
@@ -61,6 +62,7 @@ class ReqState:
         self.send_kv = False  # do_remote_decode: keep its block ids for the decode instance
         self.first_token_time: float | None = None
         self.scheduled: float | None = None  # start of the step that first scheduled it
+        self.queued = 0.0  # when the engine received it (after the frontend)
         self.status = WAITING
         self.id = ""
         self.prompt_len = 0

@@ -76,6 +76,7 @@ class RequestOutput:
     now: float
     scheduled_time: float | None = None  # when the engine first scheduled it (queue time ends)
     num_preemptions: int = 0
+    queued_time: float | None = None  # when the engine received it (queue time starts)
 
 
 @dataclass(frozen=True)

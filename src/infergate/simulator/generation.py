@@ -135,6 +135,7 @@ async def choice_events(
             generated=generated,
             max_tokens=req.max_tokens,
             scheduled=last.scheduled_time,
+            queued=last.queued_time,
             cached_tokens=last.num_cached_tokens,
             preemptions=last.num_preemptions,
         )

@@ -291,20 +291,22 @@ class SimMetrics:
         generated: int,
         max_tokens: int,
         scheduled: float | None = None,
+        queued: float | None = None,
         cached_tokens: int = 0,
         preemptions: int = 0,
     ) -> None:
         """Record one finished (non-aborted) request, timestamps on the engine's clock.
 
-        As vLLM's phases: queued from arrival at the engine to first scheduling, prefill from then
-        to the first token, decode from the first token to the end, inference = prefill + decode."""
+        As vLLM's phases: e2e from the API server's arrival, queued from the engine's receipt
+        (after the frontend) to first scheduling, prefill from then to the first token, decode from
+        the first token to the end, inference = prefill + decode."""
         self.e2e.observe(max(0.0, finished - arrival))
         if first_token is not None:
             self.decode_time.observe(max(0.0, finished - first_token))
             if generated > 1:
                 self.tpot.observe(max(0.0, (finished - first_token) / (generated - 1)))
         if scheduled is not None:
-            self.queue_time.observe(max(0.0, scheduled - arrival))
+            self.queue_time.observe(max(0.0, scheduled - (arrival if queued is None else queued)))
             self.inference_time.observe(max(0.0, finished - scheduled))
             if first_token is not None:
                 self.prefill_time.observe(max(0.0, first_token - scheduled))

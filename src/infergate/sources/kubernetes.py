@@ -41,6 +41,7 @@ from infergate.api.resources import (
     InferencePoolResource,
     PodResource,
 )
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
 from infergate.sources.kubernetes_client import (
@@ -98,6 +99,32 @@ class KubernetesSource:
         write_status: keep the pool's default ``status.parents`` entry up to date.
         watch_timeout: ``timeoutSeconds`` of each watch request.
     """
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        datastore: Datastore,
+        *,
+        api_client: Any | None = None,
+        rng: random.Random | None = None,
+    ) -> KubernetesSource:
+        """The source of ``settings.pool`` with the ``kubernetes`` settings group (namespace, API
+        kubeconfig, status writing)."""
+        from infergate.sources.kubernetes_client import default_pool_namespace
+
+        k = settings.kubernetes
+        if settings.pool is None:
+            raise ConfigError("settings: pool: the InferencePool to watch is required (--pool-name)")
+        return cls(
+            datastore,
+            pool_name=settings.pool,
+            pool_namespace=k.pool_namespace or default_pool_namespace(),
+            api_client=api_client,
+            kubeconfig=str(k.kubeconfig) if k.kubeconfig is not None else None,
+            write_status=k.write_status,
+            rng=rng,
+        )
 
     def __init__(
         self,

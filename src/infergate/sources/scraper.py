@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.sources.dialects import Dialect, get_dialect, parse_metrics_report
 from infergate.sources.health import HealthTracker
@@ -109,7 +109,7 @@ class MetricsScraper:
     def from_settings(
         cls,
         datastore: Datastore,
-        settings: GatewaySettings,
+        settings: Settings,
         *,
         pool: PoolSpec | None = None,
         metrics: GatewayMetrics | None = None,
@@ -120,19 +120,20 @@ class MetricsScraper:
         ``pool`` defaults to the datastore's; without one, vLLM and ``/health`` are assumed.
         """
         pool = pool or datastore.pool
+        s = settings.scrape
         return cls(
             datastore,
-            interval=settings.scrape_interval,
+            interval=s.interval,
             dialect=pool.model_server_type if pool else "vllm",
             health_path=pool.health_path if pool else "/health",
-            health_interval=settings.health_interval,
+            health_interval=s.health_interval,
             clock=clock,
             metrics=metrics,
-            timeout=settings.scrape_timeout,
-            health_timeout=settings.health_timeout,
-            evict_after=settings.evict_after_failed_probes,
-            max_backoff=settings.scrape_backoff_max,
-            pool_metrics_interval=settings.pool_metrics_interval,
+            timeout=s.timeout,
+            health_timeout=s.health_timeout,
+            evict_after=s.evict_after_failed_probes,
+            max_backoff=s.backoff_max,
+            pool_metrics_interval=s.pool_metrics_interval,
         )
 
     def _default_session(self) -> aiohttp.ClientSession:

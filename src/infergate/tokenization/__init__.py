@@ -10,5 +10,6 @@ can use it without depending on the other.
 * ``builtin.Tokenizer``: the deterministic default (no files, no downloads).
 * ``hf.HFTokenizer``: a HuggingFace ``tokenizer.json`` loaded with the ``tokenizers`` library
   (optional extra ``tokenizer``); ``load.load_tokenizer(path)`` picks one of the two.
+* ``requests``: the token ids a vLLM server computes for a completions or chat request body.
 * ``blockhash``: vLLM 0.33's prefix-cache block hashes as a pure function.
 """

@@ -20,8 +20,8 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, GatewayConfig
-from infergate.config.settings import GatewaySettings
+from infergate.app.gateway import Gateway
+from infergate.config.settings import Settings
 from infergate.requestcontrol.access import Authenticator
 from infergate.types import Clock
 from tests.support import static_pool_docs
@@ -126,7 +126,7 @@ async def start_gateway(
     replicas: list[Replica],
     *,
     api_keys: Authenticator | None = None,
-    settings: GatewaySettings | None = None,
+    settings: Settings | None = None,
     objectives: dict[str, int] | None = None,
     clock: Clock | None = None,
 ) -> Gateway:
@@ -134,16 +134,16 @@ async def start_gateway(
     path.write_text(yaml.safe_dump_all(pool_docs(replicas, objectives or {"food-review": 10})))
     gw = Gateway(
         load_manifests([path]),
-        GatewayConfig(
-            host="127.0.0.1",
-            port=0,
-            admin_host="127.0.0.1",
-            admin_port=0,
-            data_plane=plane,
-            api_keys=api_keys,
-            settings=settings or GatewaySettings(health_interval=0.05),
-            shutdown_grace=1.0,
+        (settings or Settings().replace({"scrape.health_interval": 0.05})).replace(
+            {
+                "listeners.host": "127.0.0.1",
+                "listeners.port": 0,
+                "listeners.admin_port": 0,
+                "data_plane": plane,
+                "proxy.shutdown_grace": 1.0,
+            }
         ),
+        api_keys=api_keys,
         clock=clock,
     )
     await gw.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.servers.proxy import ProxyServer
 from tests.e2e.security.conftest import MODEL, Replica, start_gateway
 from tests.support import async_wait_for
@@ -74,7 +74,9 @@ async def test_one_failed_probe_does_not_cut_streams_in_flight(
 
     for rep in replicas:
         rep.handler = stream
-    gw = await start_gateway(tmp_path, "builtin", replicas, settings=GatewaySettings(health_interval=0.05))
+    gw = await start_gateway(
+        tmp_path, "builtin", replicas, settings=Settings().replace({"scrape.health_interval": 0.05})
+    )
     try:
         async with (
             aiohttp.ClientSession() as s,
@@ -99,7 +101,7 @@ async def test_one_failed_probe_does_not_cut_streams_in_flight(
                 return victim.key in {e.key for e in gw.datastore.candidates()}
 
             await async_wait_for(back, timeout=5, what="the endpoint rejoining")
-            assert victim.failed_probes < gw.config.settings.evict_after_failed_probes
+            assert victim.failed_probes < gw.settings.scrape.evict_after_failed_probes
             release.set()
             text = (await r.content.read()).decode()
     finally:

@@ -19,7 +19,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from infergate.config.settings import GatewaySettings
+from infergate.config.settings import Settings
 from infergate.servers.auth import ApiKeyStore
 from tests.e2e.security.conftest import MODEL, PLANES, Replica, Rig, start_gateway
 
@@ -168,7 +168,13 @@ async def test_connection_flood_is_capped_per_listener_and_spares_the_admin_port
     """Idle connections beyond the listener's budget are closed at once; the admin port, with its
     own budget, and the connections already admitted keep working."""
     for plane in PLANES:
-        settings = GatewaySettings(health_interval=0.05, max_client_connections=4, admin_max_connections=4)
+        settings = Settings().replace(
+            {
+                "scrape.health_interval": 0.05,
+                "listeners.max_client_connections": 4,
+                "listeners.admin_max_connections": 4,
+            }
+        )
         gw = await start_gateway(tmp_path, plane, replicas, settings=settings)
         held: list[asyncio.StreamWriter] = []
         try:

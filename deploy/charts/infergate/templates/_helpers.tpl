@@ -87,7 +87,7 @@ InferencePool as the annotation infergate.dev/model-server-type, which the picke
 {{- fail (printf "inferencePool.modelServerProtocol: %q is not supported: infergate speaks HTTP to model servers (no vLLM gRPC)" $pool.modelServerProtocol) -}}
 {{- end -}}
 {{- if not (has ($pool.parser | default "") (list "" "openai-parser" "anthropic-parser")) -}}
-{{- fail (printf "inferencePool.parser: %q is not supported: infergate parses OpenAI and Anthropic Messages requests (openai-parser, anthropic-parser, always both)" $pool.parser) -}}
+{{- fail (printf "inferencePool.parser: %q is not supported here: infergate parses OpenAI and Anthropic Messages requests (openai-parser, anthropic-parser, always both); a passthrough-parser needs its paths listed, so declare it in inferenceExtension.pluginsCustomConfig" $pool.parser) -}}
 {{- end -}}
 {{- range $key, $why := dict "sidecar" "no sidecar container is needed (the picker serves ext_proc itself)" "tracing" "OpenTelemetry tracing is not implemented" "latencyPredictor" "the latency-predictor sidecar is not supported" -}}
 {{- if (get $ie $key | default (dict)).enabled -}}
@@ -115,7 +115,7 @@ anything else fails here, at template time, rather than crash-looping the pod:
 */}}
 {{- define "infergate.flags" -}}
 {{- $ie := .Values.inferenceExtension -}}
-{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "log-level" "log-format" -}}
+{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "log-level" "log-format" "settings" -}}
 {{- $toggles := list "secure-serving" "flow-control" -}}
 {{- $switches := list "disable-endpoint-subset-filter" -}}
 {{- $offOnly := list "enable-pprof" "tracing" "ha-enable-leader-election" -}}

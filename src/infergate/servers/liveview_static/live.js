@@ -72,6 +72,8 @@
       for (const a of ep.running_adapters) adapters.appendChild(el("span", { cls: "chip running", text: a }));
       for (const a of ep.waiting_adapters)
         adapters.appendChild(el("span", { cls: "chip waiting", text: a, title: "waiting for a slot" }));
+      for (const a of ep.idle_adapters || [])
+        adapters.appendChild(el("span", { cls: "chip idle", text: a, title: "loaded, no request running" }));
       if (ep.max_adapters) adapters.appendChild(el("span", { cls: "sub", text: "max " + ep.max_adapters }));
       return el("tr", { cls: h.cls === "healthy" ? "" : h.cls, data: { key: ep.key } }, [
         el("td", { cls: "endpoint" }, [

@@ -1,0 +1,339 @@
+"""What each data plane costs per request, side by side with the peer routers, in one run.
+
+One ``infergate simulate`` replica sits behind every router at once; the load generator sends the
+same tiny non-streaming completion (``max_tokens: 1``) through each path, closed loop, at each
+concurrency, ``--requests`` per point, repeated ``--reps`` times with the paths interleaved (a
+slow minute on a shared machine then hits every path alike):
+
+* ``direct``              client → replica
+* ``infergate``           client → ``infergate serve`` (built-in proxy, flow control on)
+* ``infergate-nofc``      the same with ``--no-flow-control``
+* ``infergate-envoy``     client → ``infergate serve --data-plane envoy`` (Envoy + ext_proc picker)
+* ``sglang-router:cache_aware``, ``vllm-router:cache_aware``  when installed
+  (``bash bench/install_peers.sh``; found through ``INFERGATE_PEER_VENVS`` or ``--peer-venv``)
+
+Per point: requests per second, p50/p99 latency, errors, and the router's CPU per request: user +
+system time of the router process and all its descendants (Envoy is the picker's child), read
+from /proc before and after the point, divided by the requests served. CPU per request is the
+honest capacity figure on a machine the load generator and the replica share.
+
+    .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
+        [--paths direct,infergate,...] [--gateway-args "--workers 2"] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from infergate.bench.peers import available_peers, peer_venvs
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+BODY = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
+PEER_PATHS = ("sglang-router:cache_aware", "vllm-router:cache_aware")
+ALL_PATHS = ("direct", "infergate", "infergate-nofc", "infergate-envoy", *PEER_PATHS)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, deadline: float = 60.0) -> None:
+    """Poll ``url`` until it answers 2xx (startup only: the measured runs never poll)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if 200 <= r.status < 300:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError(f"{url} did not become ready in {deadline:.0f} s")
+        time.sleep(0.2)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and every live descendant (children's reaped time too)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0.0
+    for p in tree:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17 of stat (11-14 after the command name)
+        total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return total
+
+
+@dataclass
+class Route:
+    """One route to the replica: its URL and the process whose CPU it costs (None for direct)."""
+
+    name: str
+    url: str
+    pid: int | None
+
+
+@dataclass
+class Rig:
+    """The replica and every router in front of it, started once for the whole run."""
+
+    paths: list[str]
+    gateway_args: list[str]
+    peer_venv: list[str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-dataplane-")))
+
+    def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        with open(self.tmp / log, "wb") as err:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Rig:
+        replica_port = free_port()
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "infergate",
+                "simulate",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(replica_port),
+            ],
+            "replica.log",
+        )
+        wait_http(f"http://127.0.0.1:{replica_port}/health")
+        replica = f"http://127.0.0.1:{replica_port}"
+        manifest = self._manifest(replica_port)
+        for name in self.paths:
+            if name == "direct":
+                self.routes.append(Route(name, replica, None))
+            elif name.startswith("infergate"):
+                port, admin = free_port(), free_port()
+                extra = {"infergate": [], "infergate-nofc": ["--no-flow-control"]}.get(
+                    name, ["--data-plane", "envoy"]
+                )
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "infergate",
+                    "serve",
+                    "-f",
+                    str(manifest),
+                    "--host",
+                    "127.0.0.1",
+                ]
+                argv += ["--port", str(port), "--admin-port", str(admin), "--log-level", "warning"]
+                argv += ["--metrics-auth", "disabled", *extra, *self.gateway_args]
+                proc = self._spawn(argv, f"{name}.log")
+                wait_http(f"http://127.0.0.1:{admin}/readyz")
+                self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
+            else:
+                found, missing = available_peers(peer_venvs(self.peer_venv), [name])
+                if missing:
+                    print(f"skipping {name}: not installed (bash bench/install_peers.sh)", file=sys.stderr)
+                    continue
+                port = free_port()
+                argv = found[0].command(
+                    host="127.0.0.1", port=port, metrics_port=free_port(), workers=[replica]
+                )
+                proc = self._spawn(argv, f"{name.replace(':', '-')}.log")
+                wait_http(f"http://127.0.0.1:{port}/health")
+                self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
+        return self
+
+    def _manifest(self, replica_port: int) -> Path:
+        docs = [
+            {
+                "apiVersion": "inference.networking.k8s.io/v1",
+                "kind": "InferencePool",
+                "metadata": {"name": "bench"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "bench"}},
+                    "targetPorts": [{"number": 8000}],
+                    "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
+                },
+            },
+            {
+                "apiVersion": "infergate.dev/v1alpha1",
+                "kind": "EndpointList",
+                "metadata": {"name": "bench"},
+                "spec": {
+                    "poolName": "bench",
+                    "endpoints": [{"address": f"127.0.0.1:{replica_port}", "labels": {"app": "bench"}}],
+                },
+            },
+        ]
+        path = self.tmp / "pool.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+async def closed_loop(url: str, concurrency: int, requests: int) -> dict[str, float]:
+    """``concurrency`` clients posting BODY back to back until ``requests`` answers came back."""
+    lat: list[float] = []
+    errors = 0
+    left = requests
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def client() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(
+                        f"{url}/v1/completions", data=BODY, headers={"content-type": "application/json"}
+                    ) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        wall = time.perf_counter() - t_start
+    lat.sort()
+    n = len(lat)
+    return {
+        "ok": n,
+        "errors": errors,
+        "wall_s": wall,
+        "rps": n / wall if wall else 0.0,
+        "p50_ms": 1000 * lat[n // 2] if n else float("nan"),
+        "p99_ms": 1000 * lat[min(n - 1, int(n * 0.99))] if n else float("nan"),
+    }
+
+
+async def measure(route: Route, concurrency: int, requests: int) -> dict[str, Any]:
+    """A warm-up (connections, caches), then the measured loop with the router's CPU around it."""
+    await closed_loop(route.url, concurrency, max(4 * concurrency, 100))
+    cpu0 = tree_cpu_seconds(route.pid) if route.pid else 0.0
+    point = await closed_loop(route.url, concurrency, requests)
+    if route.pid:
+        served = point["ok"] + point["errors"]
+        spent = tree_cpu_seconds(route.pid) - cpu0
+        point["cpu_us_per_req"] = 1e6 * spent / served if served else float("nan")
+    return {"path": route.name, "concurrency": concurrency, **point}
+
+
+def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
+    names = list(dict.fromkeys(p["path"] for p in points))
+    head = "| path | " + " | ".join(f"c={c} req/s" for c in concurrencies)
+    head += f" | c={concurrencies[-1]} p50 / p99 ms | router CPU per request (µs) |"
+    lines = [head, "|" + "---|" * (len(concurrencies) + 3)]
+
+    def span(values: list[float], fmt: str) -> str:
+        if not values:
+            return "–"
+        lo, hi = min(values), max(values)
+        return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}–{hi:{fmt}}"
+
+    for name in names:
+        mine = [p for p in points if p["path"] == name]
+        cells = [span([p["rps"] for p in mine if p["concurrency"] == c], ",.0f") for c in concurrencies]
+        top = [p for p in mine if p["concurrency"] == concurrencies[-1]]
+        lat = f"{span([p['p50_ms'] for p in top], '.1f')} / {span([p['p99_ms'] for p in top], '.0f')}"
+        cpu = span([p["cpu_us_per_req"] for p in mine if "cpu_us_per_req" in p], ",.0f")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {lat} | {cpu} |")
+    errors = sum(p["errors"] for p in points)
+    lines.append("")
+    lines.append(f"errors over all points: {errors}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=3000, help="measured requests per point (default 3000)")
+    ap.add_argument("--concurrency", default="8,32", help="closed-loop clients, comma-separated")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    ap.add_argument("--paths", default=",".join(ALL_PATHS), help=f"default: {','.join(ALL_PATHS)}")
+    ap.add_argument("--gateway-args", default="", help="extra `infergate serve` flags, e.g. '--workers 2'")
+    ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
+    ap.add_argument("--json", type=Path, help="write every point as JSON")
+    args = ap.parse_args()
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = [p for p in paths if p not in ALL_PATHS]
+    if unknown:
+        ap.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(ALL_PATHS)}")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    points: list[dict[str, Any]] = []
+    with Rig(paths, shlex.split(args.gateway_args), args.peer_venv) as rig:
+        for rep in range(args.reps):
+            for route in rig.routes:
+                for c in concurrencies:
+                    point = asyncio.run(measure(route, c, args.requests))
+                    point["rep"] = rep
+                    points.append(point)
+                    cpu = point.get("cpu_us_per_req")
+                    cpu_text = f" cpu {cpu:,.0f} µs/req" if cpu is not None else ""
+                    print(
+                        f"rep {rep} {route.name:28s} c={c:<3d} {point['rps']:8,.0f} req/s "
+                        f"p50 {point['p50_ms']:6.1f} p99 {point['p99_ms']:6.1f} ms "
+                        f"err {point['errors']}{cpu_text}",
+                        flush=True,
+                    )
+    print()
+    print(summarise(points, concurrencies))
+    if args.json:
+        args.json.write_text(json.dumps({"points": points, "argv": sys.argv[1:]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

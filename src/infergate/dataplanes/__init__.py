@@ -1,0 +1,124 @@
+"""Data planes: what carries client requests to the endpoint the picker chose.
+
+A data plane is one package here plus one entry in :data:`DATA_PLANES` (name -> factory). The
+composition root (``infergate.app.gateway``) builds the picker's core once and hands it to the
+factory named by the ``data_plane`` setting; it never compares that name itself.
+
+- ``builtin``: infergate's asyncio HTTP proxy on the inference listener (``dataplanes.builtin``);
+- ``envoy``: a local Envoy on the listener calling the picker over ext_proc on a private loopback
+  port (``dataplanes.extproc``);
+- ``epp``: only the ext_proc picker (and its gRPC health port), for an Envoy-based Gateway that
+  runs elsewhere (``dataplanes.extproc``).
+
+May import: request control, the scheduler's core types, ``servers`` (admin plane helpers such as
+the listener), ``config``, ``datastore``, ``telemetry``, ``types``, ``errors``, and the HTTP/gRPC
+libraries (aiohttp, grpc). Must not import ``app`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from infergate.api.loader import ManifestSet
+from infergate.config.settings import Settings
+from infergate.datastore.store import Datastore
+from infergate.requestcontrol.director import Director
+from infergate.telemetry import GatewayMetrics
+from infergate.types import PoolSpec
+
+__all__ = ["DATA_PLANES", "DataPlane", "DataPlaneContext", "DataPlaneFactory", "data_plane_factory"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataPlaneContext:
+    """What a data plane may use: the core's Director and datastore, the settings, the pool."""
+
+    settings: Settings
+    director: Director
+    datastore: Datastore
+    pool: PoolSpec
+    metrics: GatewayMetrics
+    rng: random.Random
+    route_prefixes: Sequence[str] = ("/",)
+    manifests: ManifestSet | None = None
+    """The manifests the pool came from (Envoy's routes and fail-open cluster); None in a cluster."""
+
+
+class DataPlane(Protocol):
+    """One way of serving the pool; built after the core, started and stopped by the gateway."""
+
+    @property
+    def port(self) -> int:
+        """The port clients (or Envoy) connect to; 0 before :meth:`start`."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served right now (drained on stop)."""
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind ``host:port`` (the inference listener; ``epp`` uses ``listeners.grpc_port``)."""
+
+    async def set_ready(self, ready: bool) -> None:
+        """Report readiness where this data plane has a health signal (gRPC health)."""
+
+    async def stop(self) -> None:
+        """Stop accepting, drain within ``proxy.shutdown_grace``, close. Idempotent."""
+
+    def endpoint_down(self, key: str) -> None:
+        """An endpoint failed its probes: fail what is relaying from it (if this plane relays)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlaneFactory:
+    """How to build a data plane, and the two facts the core must know before building it."""
+
+    build: Callable[[DataPlaneContext], DataPlane]
+    honors_subset_hint: bool
+    """The plane sets ``x-gateway-destination-endpoint-subset`` itself (Envoy), so the Director may
+    honour it; the built-in proxy never lets a client narrow routing with it."""
+    queues_connections: bool
+    """Requests past ``proxy.max_connections_per_endpoint`` wait inside the plane (the built-in
+    proxy), so flow control counts them; otherwise they reach the model server's own queue."""
+    uses_listener: bool = True
+    """Serves the Gateway manifest's listener (port fallback applies); ``epp`` serves gRPC only."""
+
+
+def _builtin() -> DataPlaneFactory:
+    from infergate.dataplanes.builtin import BuiltinDataPlane
+
+    return DataPlaneFactory(BuiltinDataPlane, honors_subset_hint=False, queues_connections=True)
+
+
+def _envoy() -> DataPlaneFactory:
+    from infergate.dataplanes.extproc import EnvoyDataPlane
+
+    return DataPlaneFactory(EnvoyDataPlane, honors_subset_hint=True, queues_connections=False)
+
+
+def _epp() -> DataPlaneFactory:
+    from infergate.dataplanes.extproc import ExtProcDataPlane
+
+    return DataPlaneFactory(
+        ExtProcDataPlane, honors_subset_hint=True, queues_connections=False, uses_listener=False
+    )
+
+
+DATA_PLANES: dict[str, Callable[[], DataPlaneFactory]] = {
+    "builtin": _builtin,
+    "envoy": _envoy,
+    "epp": _epp,
+}
+"""Data-plane name (the ``data_plane`` setting) -> its factory, imported only when chosen."""
+
+
+def data_plane_factory(name: str) -> DataPlaneFactory:
+    """The factory of data plane ``name``; KeyError-free: an unknown name is a ConfigError."""
+    from infergate.errors import ConfigError
+
+    try:
+        return DATA_PLANES[name]()
+    except KeyError:
+        raise ConfigError(f"data_plane: must be one of {', '.join(DATA_PLANES)} (got {name!r})") from None

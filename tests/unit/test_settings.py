@@ -1,0 +1,279 @@
+"""The settings model: layers and their precedence, provenance, and that every setting does something.
+
+``test_every_setting_reaches_a_component`` builds the gateway's components through their
+``from_settings`` (as ``infergate serve``/``up``/``epp`` do) with one setting changed at a time and
+checks the value the component ended up with. A field added to ``Settings`` without a probe here
+fails the test, and so does a field whose change no component sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infergate.api.loader import load_manifests
+from infergate.app.gateway import Gateway
+from infergate.app.logs import configure_logging
+from infergate.config.layers import field_paths, load_settings
+from infergate.config.settings import Settings
+from infergate.dataplanes.builtin import BuiltinDataPlane
+from infergate.dataplanes.extproc import EnvoyDataPlane, ExtProcDataPlane
+from infergate.datastore.store import Datastore
+from infergate.errors import ConfigError
+from infergate.sources.kubernetes import KubernetesSource
+from tests.support import static_pool_docs
+
+Probe = Callable[[Settings], object]
+
+
+@pytest.fixture(scope="module")
+def manifests_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("settings")
+    docs = static_pool_docs(["127.0.0.1:1", "127.0.0.1:2"], objectives={"chat": 1})
+    (root / "pool.yaml").write_text(yaml.safe_dump_all(docs))
+    (root / "keys.yaml").write_text("sk-one: ['*']\n")
+    (root / "tokens").write_text("t0k3n\n")
+    return root
+
+
+def _gateway(root: Path, settings: Settings) -> Gateway:
+    gw = Gateway(load_manifests([root / "pool.yaml"]), settings)
+    gw.flow.close()
+    return gw
+
+
+def _outcome(fn: Callable[[], object]) -> object:
+    """The value, or the error text: a setting may act by refusing a configuration."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        return f"error: {exc}"
+
+
+def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
+    """Per setting: a non-default value and what a component built from the settings shows."""
+
+    def gw(fn: Callable[[Gateway], object], **base: Any) -> Probe:
+        def probe(s: Settings) -> object:
+            return _outcome(lambda: fn(_gateway(root, s.replace(base) if base else s)))
+
+        return probe
+
+    def proxy(attr: str) -> Probe:
+        def read(g: Gateway) -> object:
+            assert isinstance(g.data_plane, BuiltinDataPlane)
+            return getattr(g.data_plane.proxy._opts, attr)
+
+        return gw(read)
+
+    def epp(fn: Callable[[ExtProcDataPlane], object]) -> Probe:
+        def read(g: Gateway) -> object:
+            assert isinstance(g.data_plane, ExtProcDataPlane)
+            return fn(g.data_plane)
+
+        return gw(read, data_plane="epp")
+
+    def envoy(fn: Callable[[EnvoyDataPlane], object]) -> Probe:
+        def read(g: Gateway) -> object:
+            assert isinstance(g.data_plane, EnvoyDataPlane)
+            return fn(g.data_plane)
+
+        return gw(read, data_plane="envoy")
+
+    def source(fn: Callable[[KubernetesSource], object]) -> Probe:
+        def probe(s: Settings) -> object:
+            src = KubernetesSource.from_settings(
+                s.replace({"pool": "pool"}), Datastore.from_settings(s), api_client=object()
+            )
+            return fn(src)
+
+        return probe
+
+    def seeded(s: Settings) -> object:
+        """Two gateways from the same settings make the same random choices only with a seed."""
+        a, b = _gateway(root, s), _gateway(root, s)
+        return a.director.core._rng.random() == b.director.core._rng.random()
+
+    def log_setup(attr: Callable[[logging.Logger], object]) -> Probe:
+        def probe(s: Settings) -> object:
+            root_logger = logging.getLogger()
+            saved = (root_logger.level, list(root_logger.handlers))
+            try:
+                configure_logging(s)
+                return attr(root_logger)
+            finally:
+                root_logger.handlers[:] = saved[1]
+                root_logger.setLevel(saved[0])
+
+        return probe
+
+    flow = lambda fn: gw(lambda g: fn(g.flow._core))  # noqa: E731
+    scraper = lambda fn: gw(lambda g: fn(g.scraper))  # noqa: E731
+    limits = lambda fn: gw(lambda g: fn(g.director.limits))  # noqa: E731
+    return {
+        "data_plane": ("epp", gw(lambda g: type(g.data_plane).__name__)),
+        "pool": ("other", gw(lambda g: g.pool.name)),
+        "subset_filter": (False, gw(lambda g: g.director._honor_subset, data_plane="epp")),
+        "seed": (7, seeded),
+        "listeners.host": ("127.0.0.2", gw(lambda g: (g.listen_address()[0], g.admin_address[0]))),
+        "listeners.port": (8123, gw(lambda g: g.listen_address()[1])),
+        "listeners.admin_port": (9191, gw(lambda g: g.admin_address[1])),
+        "listeners.grpc_port": (9102, epp(lambda p: p.picker.port)),
+        "listeners.grpc_health_port": (9103, epp(lambda p: p.health.port)),
+        "listeners.envoy_picker_port": (9104, envoy(lambda p: p.picker.port)),
+        "listeners.envoy_admin_port": (
+            9105,
+            envoy(lambda p: p.bootstrap_settings("127.0.0.1", 1).admin_port),
+        ),
+        "listeners.secure_serving": (False, epp(lambda p: p.picker.tls is not None)),
+        "listeners.cert_path": (root, epp(lambda p: p.picker.tls.cert_path if p.picker.tls else None)),
+        "listeners.max_client_connections": (17, proxy("max_client_connections")),
+        "listeners.admin_max_connections": (3, gw(lambda g: g.admin._max_connections)),
+        "listeners.idle_timeout": (7.0, proxy("keepalive_timeout")),
+        "proxy.retries": (4, gw(lambda g: g.director._max_attempts)),
+        "proxy.connect_timeout": (1.5, proxy("connect_timeout")),
+        "proxy.request_timeout": (30.0, proxy("read_timeout")),
+        "proxy.first_byte_timeout": (20.0, proxy("read_timeout")),
+        "proxy.stream_idle_timeout": (9.0, proxy("stream_idle_timeout")),
+        "proxy.evicted_idle_timeout": (2.5, proxy("evicted_idle_timeout")),
+        "proxy.evicted_idle_factor": (8.0, proxy("evicted_idle_factor")),
+        "proxy.max_connections_per_endpoint": (
+            8,
+            gw(
+                lambda g: (
+                    g.proxy._opts.max_connections_per_endpoint,
+                    g.flow._core._detector.connection_limit,
+                )
+            ),
+        ),
+        "proxy.served_header": (True, proxy("served_header")),
+        "proxy.shutdown_grace": (3.0, proxy("shutdown_grace")),
+        "scrape.interval": ("10ms", scraper(lambda sc: sc._interval)),
+        "scrape.timeout": (0.3, scraper(lambda sc: sc._timeout.total)),
+        "scrape.backoff_max": (4.0, scraper(lambda sc: sc._max_backoff)),
+        "scrape.staleness": (9.0, gw(lambda g: g.datastore._staleness)),
+        "scrape.health_interval": (0.5, scraper(lambda sc: sc._health_interval)),
+        "scrape.health_timeout": (0.25, scraper(lambda sc: sc._health_timeout.total)),
+        "scrape.evict_after_failed_probes": (5, scraper(lambda sc: sc._evict_after)),
+        "scrape.pool_metrics_interval": (2.0, scraper(lambda sc: sc._pool_metrics_interval)),
+        "flow_control.enabled": (False, flow(lambda c: c._config.enabled)),
+        "flow_control.headroom": (0.0, flow(lambda c: c._config.headroom)),
+        "flow_control.request_ttl": (1.0, flow(lambda c: c._config.default_ttl)),
+        "flow_control.no_endpoint_request_ttl": (600.0, flow(lambda c: c._config.empty_pool_ttl)),
+        "flow_control.max_queued_requests": (10, flow(lambda c: c._config.band_max_requests)),
+        "flow_control.max_queued_bytes": (1024, flow(lambda c: c._config.band_max_bytes)),
+        "flow_control.max_queued_requests_total": (20, flow(lambda c: c._config.max_requests)),
+        "flow_control.max_queued_bytes_total": (4096, flow(lambda c: c._config.max_bytes)),
+        "flow_control.queue_threshold": (2, flow(lambda c: c._detector.queue_threshold)),
+        "flow_control.kv_threshold": (0.5, flow(lambda c: c._detector.kv_threshold)),
+        "flow_control.saturation_staleness": (1.0, flow(lambda c: c._detector.staleness)),
+        "limits.max_body_bytes": (1000, proxy("max_body_bytes")),
+        "limits.max_header_bytes": (2000, proxy("max_header_bytes")),
+        "limits.max_messages": (3, limits(lambda lim: lim.max_messages)),
+        "limits.max_tokens_ceiling": (64, limits(lambda lim: lim.ceiling_for("other"))),
+        "limits.objective_max_tokens": ({"chat": 9}, limits(lambda lim: lim.ceiling_for("chat"))),
+        "auth.api_keys": (root / "keys.yaml", gw(lambda g: g.director.auth_enabled)),
+        "auth.control_headers": ("trusted", gw(lambda g: g.director._control_headers)),
+        "auth.metrics_auth": ("token", gw(lambda g: (len(g.admin.app.middlewares), g.metrics_token is None))),
+        "auth.metrics_token_file": (
+            root / "tokens",
+            gw(lambda g: g.metrics_token is None, **{"auth.metrics_auth": "token"}),
+        ),
+        "logging.level": ("error", log_setup(lambda lg: lg.level)),
+        "logging.format": ("json", log_setup(lambda lg: type(lg.handlers[-1].formatter).__name__)),
+        "kubernetes.pool_namespace": ("team-a", source(lambda src: src.namespace)),
+        "kubernetes.kubeconfig": (root / "kubeconfig", source(lambda src: src._kubeconfig)),
+        "kubernetes.write_status": (False, source(lambda src: src._write_status)),
+    }
+
+
+@pytest.fixture(scope="module")
+def probes(manifests_dir: Path) -> dict[str, tuple[Any, Probe]]:
+    return _probes(manifests_dir)
+
+
+def test_every_setting_has_a_probe(probes: dict[str, tuple[Any, Probe]]) -> None:
+    assert sorted(probes) == sorted(field_paths())
+
+
+@pytest.mark.parametrize("path", field_paths())
+def test_every_setting_reaches_a_component(path: str, probes: dict[str, tuple[Any, Probe]]) -> None:
+    value, probe = probes[path]
+    default = Settings()
+    changed = default.replace({path: value})
+    assert probe(changed) != probe(default), f"{path}: changing it to {value!r} changed nothing"
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+@pytest.fixture
+def settings_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "settings.yaml"
+    path.write_text("scrape:\n  interval: 100ms\n  timeout: 3\nlimits:\n  max_messages: 5\n")
+    yield path
+
+
+def test_flags_beat_env_beat_file_beat_defaults(settings_file: Path) -> None:
+    loaded = load_settings(
+        file=settings_file,
+        environ={"INFERGATE_SCRAPE__TIMEOUT": "2", "INFERGATE_LIMITS__MAX_MESSAGES": "6"},
+        flags={"limits.max_messages": 7, "proxy.retries": None},
+        defaults={"listeners.host": "127.0.0.1"},
+    )
+    s = loaded.settings
+    assert (s.scrape.interval, s.scrape.timeout, s.limits.max_messages) == (0.1, 2.0, 7)
+    assert s.proxy.retries == 1  # a flag given as None was not given
+    where = {path: source for path, _, source in loaded.describe()}
+    assert where["scrape.interval"] == "file"
+    assert where["scrape.timeout"] == "env"
+    assert where["limits.max_messages"] == "flag"
+    assert where["listeners.host"] == "default"
+    assert where["proxy.retries"] == "default"
+
+
+def test_env_reads_nested_values_and_json() -> None:
+    s = load_settings(
+        environ={
+            "INFERGATE_DATA_PLANE": "envoy",
+            "INFERGATE_FLOW_CONTROL__ENABLED": "false",
+            "INFERGATE_LIMITS__OBJECTIVE_MAX_TOKENS": '{"chat": 5}',
+        }
+    ).settings
+    assert s.data_plane == "envoy" and s.flow_control.enabled is False
+    assert s.limits.objective_max_tokens == {"chat": 5}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"environ": {"INFERGATE_SCRAPE__TIMOUT": "3"}}, r"INFERGATE_SCRAPE__TIMOUT: no such setting"),
+        ({"flags": {"scrape.interval": "-1s"}}, r"scrape\.interval \(flag\): invalid duration"),
+        ({"flags": {"scrape.interval": -1}}, r"scrape\.interval \(flag\): Input should be greater than 0"),
+        ({"environ": {"INFERGATE_PROXY__RETRIES": "x"}}, r"proxy\.retries \(env\)"),
+        ({"flags": {"data_plane": "nginx"}}, r"data_plane \(flag\)"),
+    ],
+)
+def test_bad_values_name_the_setting_and_the_layer(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_settings(**kwargs)
+
+
+def test_a_typo_in_the_settings_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("scrape:\n  intervl: 1\n")
+    with pytest.raises(ConfigError, match=r"scrape\.intervl \(file\): Extra inputs are not permitted"):
+        load_settings(file=path, environ={})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(file=tmp_path / "absent.yaml", environ={})
+
+
+def test_settings_are_frozen_and_defaults_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERGATE_PROXY__RETRIES", "9")
+    assert Settings().proxy.retries == 1  # only load_settings reads the environment
+    assert load_settings().settings.proxy.retries == 9
