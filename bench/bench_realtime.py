@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -104,6 +105,8 @@ async def _serve(
         await gw.stop()
     warm = n // 5
     s = summarise(records[warm:], Slo())
+    if s.errors:
+        print(f"errors: {s.errors}", file=sys.stderr, flush=True)
     slo = "yes" if s.meets_slo else "no"
     return (
         f"{s.ttft_p50:.3f} | {s.ttft_p90:.3f} | {s.tpot_p90 * 1000:.1f} | {slo} | {s.succeeded}/{s.requests}"
