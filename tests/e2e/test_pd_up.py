@@ -47,10 +47,11 @@ def test_up_runs_a_pd_pool_from_manifests(tmp_path: Path) -> None:
     args += ["--time-scale", "0.05"]
     child = start_infergate(args, tmp_path, health_url=f"http://127.0.0.1:{admin}/readyz", timeout=90)
     try:
-        # the banner lists each pod's URL; the decode pod's is its sidecar, which relays /metrics
-        started = dict(
-            re.findall(r"(llama-(?:prefill|decode)-\d+) http://127\.0\.0\.1:(\d+)", child.output())
-        )
+        # the banner lists each pod's URL (printed once ready); the decode pod's is its sidecar,
+        # which relays /metrics
+        pattern = r"(llama-(?:prefill|decode)-\d+) http://127\.0\.0\.1:(\d+)"
+        wait_for(lambda: len(set(re.findall(pattern, child.output()))) == 2, what="the banner's pod URLs")
+        started = dict(re.findall(pattern, child.output()))
         assert set(started) == {"llama-prefill-0", "llama-decode-0"}, child.output()
         prefill, decode = int(started["llama-prefill-0"]), int(started["llama-decode-0"])
         post(port, "hello there")
