@@ -19,6 +19,11 @@ honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
         [--paths direct,infergate,...] [--gateway-args "--workers 2"] [--json out.json]
+        [--before-src DIR]
+
+``--before-src DIR`` runs every ``infergate*`` path a second time from another copy of the
+package (``DIR`` holds an ``infergate/`` tree, e.g. ``git archive <commit> src | tar -x``), named
+``<path>@before`` and interleaved with the rest: a before/after comparison in one run.
 """
 
 from __future__ import annotations
@@ -118,13 +123,22 @@ class Rig:
     paths: list[str]
     gateway_args: list[str]
     peer_venv: list[str]
+    before_src: Path | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-dataplane-")))
 
-    def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], log: str, src: Path | None = None) -> subprocess.Popen[bytes]:
+        env = None
+        if src is not None:  # import infergate from another source tree (``--before-src``)
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
+            }
         with open(self.tmp / log, "wb") as err:  # the child keeps its own descriptor
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env
+            )
         self.procs.append(proc)
         return proc
 
@@ -150,25 +164,9 @@ class Rig:
             if name == "direct":
                 self.routes.append(Route(name, replica, None))
             elif name.startswith("infergate"):
-                port, admin = free_port(), free_port()
-                extra = {"infergate": [], "infergate-nofc": ["--no-flow-control"]}.get(
-                    name, ["--data-plane", "envoy"]
-                )
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "infergate",
-                    "serve",
-                    "-f",
-                    str(manifest),
-                    "--host",
-                    "127.0.0.1",
-                ]
-                argv += ["--port", str(port), "--admin-port", str(admin), "--log-level", "warning"]
-                argv += ["--metrics-auth", "disabled", *extra, *self.gateway_args]
-                proc = self._spawn(argv, f"{name}.log")
-                wait_http(f"http://127.0.0.1:{admin}/readyz")
-                self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
+                self._gateway(name, manifest, None)
+                if self.before_src is not None:
+                    self._gateway(name, manifest, self.before_src)
             else:
                 found, missing = available_peers(peer_venvs(self.peer_venv), [name])
                 if missing:
@@ -182,6 +180,19 @@ class Rig:
                 wait_http(f"http://127.0.0.1:{port}/health")
                 self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
         return self
+
+    def _gateway(self, name: str, manifest: Path, src: Path | None) -> None:
+        port, admin = free_port(), free_port()
+        extra = {"infergate": [], "infergate-nofc": ["--no-flow-control"]}.get(
+            name, ["--data-plane", "envoy"]
+        )
+        argv = [sys.executable, "-m", "infergate", "serve", "-f", str(manifest), "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--admin-port", str(admin), "--log-level", "warning"]
+        argv += ["--metrics-auth", "disabled", *extra, *self.gateway_args]
+        label = name if src is None else f"{name}@before"
+        proc = self._spawn(argv, f"{label}.log", src)
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid))
 
     def _manifest(self, replica_port: int) -> Path:
         docs = [
@@ -307,6 +318,9 @@ def main() -> None:
     ap.add_argument("--gateway-args", default="", help="extra `infergate serve` flags, e.g. '--workers 2'")
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
+    ap.add_argument(
+        "--before-src", type=Path, help="also run the infergate paths from this source tree (DIR/infergate)"
+    )
     args = ap.parse_args()
     paths = [p for p in args.paths.split(",") if p]
     unknown = [p for p in paths if p not in ALL_PATHS]
@@ -314,7 +328,7 @@ def main() -> None:
         ap.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(ALL_PATHS)}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     points: list[dict[str, Any]] = []
-    with Rig(paths, shlex.split(args.gateway_args), args.peer_venv) as rig:
+    with Rig(paths, shlex.split(args.gateway_args), args.peer_venv, args.before_src) as rig:
         for rep in range(args.reps):
             for route in rig.routes:
                 for c in concurrencies:

@@ -86,10 +86,10 @@ def picker_main(port: int, stats_port: int, upstream: str) -> None:
     """The ext_proc picker with the real Director over a one-endpoint pool with synthetic metrics."""
     _uvloop()
     from infergate.config.picker import default_picker_config
+    from infergate.dataplanes.extproc.server import serve_extproc
     from infergate.datastore.store import Datastore
     from infergate.requestcontrol.director import Director, RequestContext
-    from infergate.scheduling.scheduler import build_scheduler
-    from infergate.servers.extproc import serve_extproc
+    from infergate.scheduling.engine.scheduler import build_scheduler
     from infergate.types import EndpointMeta, EndpointMetrics
 
     profile_to = os.environ.get("INFERGATE_BENCH_PROFILE")
@@ -216,7 +216,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 def static_bootstrap(listen: int, upstream: str) -> dict[str, Any]:
     """The same listener as render_bootstrap, minus ext_proc, with a STATIC cluster."""
-    from infergate.servers.envoy import render_bootstrap
+    from infergate.dataplanes.extproc.envoy import render_bootstrap
 
     boot = render_bootstrap(listen_host="127.0.0.1", listen_port=listen, picker_health_check=False)
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]
@@ -244,7 +244,7 @@ def pick_cost(sizes: list[int], picks: int) -> dict[int, dict[str, float]]:
     from infergate.config.picker import default_picker_config
     from infergate.datastore.store import Datastore
     from infergate.requestcontrol.director import Director
-    from infergate.scheduling.scheduler import build_scheduler
+    from infergate.scheduling.engine.scheduler import build_scheduler
     from infergate.types import EndpointMeta, EndpointMetrics
 
     out: dict[int, dict[str, float]] = {}
@@ -294,7 +294,7 @@ def pick_cost(sizes: list[int], picks: int) -> dict[int, dict[str, float]]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from infergate.servers.envoy import EnvoyProcess, render_bootstrap
+    from infergate.dataplanes.extproc.envoy import EnvoyProcess, render_bootstrap
 
     ctx = mp.get_context("spawn")
     up_port, picker_port, stats_port = free_port(), free_port(), free_port()

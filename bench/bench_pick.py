@@ -19,8 +19,8 @@ import time
 
 from infergate.config.picker import default_picker_config
 from infergate.scheduling import build_scheduler
-from infergate.scheduling.decisions import DecisionLog
-from infergate.scheduling.testing import make_endpoint
+from infergate.scheduling.engine.decisions import DecisionLog
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint, InferenceRequest
 

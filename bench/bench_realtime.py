@@ -29,7 +29,7 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.bench.loadgen import run_open_loop
 from infergate.bench.stats import Slo, summarise
 from infergate.bench.strategies import PD_AGGREGATED, pd_picker_config, picker_config
@@ -83,7 +83,7 @@ async def _serve(
     qps: float,
 ) -> str:
     gw = Gateway(
-        load_manifests([_manifest(endpoints)]),
+        ManifestPoolSource(load_manifests([_manifest(endpoints)])),
         Settings().replace(
             {
                 "listeners.host": "127.0.0.1",

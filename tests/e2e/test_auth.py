@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.errors import AuthenticationError, ConfigError
 from infergate.requestcontrol.access import presented_key
 from infergate.servers.auth import ApiKeyStore, api_keys_from_manifests, load_api_keys
@@ -92,7 +92,7 @@ async def gateway(sim: int, tmp_path: Path) -> AsyncIterator[Gateway]:
     keys = tmp_path / "keys.yaml"
     keys.write_text(yaml.safe_dump({ALL_KEY: "*", FOOD_KEY: ["food-review"]}))
     gw = Gateway(
-        load_manifests([manifests]),
+        ManifestPoolSource(load_manifests([manifests])),
         local_settings(),
         api_keys=load_api_keys(keys),
     )

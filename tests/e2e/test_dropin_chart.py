@@ -168,6 +168,9 @@ def test_schema_rejects_unknown_keys(key: str) -> None:
 def test_every_epp_option_is_accepted_by_the_chart() -> None:
     """Keeps the chart's list of pass-through flags equal to the CLI's cluster-mode options."""
     file_mode = {"filename", "pool", "config", "no-metrics-auth", "metrics-token-file"}
+    # --print-settings exits instead of serving: refused at template time, naming why
+    error = render_error(*TUTORIAL, "--set-string", "inferenceExtension.flags.print-settings=true")
+    assert "inferenceExtension.flags.print-settings: prints the settings and exits" in error
     sample = {"grace": "5", "log-level": "debug", "log-format": "json", "metrics-auth": "disabled"}
     for param in EPP.params:
         names = [o[2:] for o in param.opts if o.startswith("--")]

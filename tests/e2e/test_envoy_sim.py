@@ -15,11 +15,11 @@ import openai
 import pytest
 
 from infergate.config.picker import default_picker_config
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.server import ExtProcServer, serve_extproc
 from infergate.datastore.store import Datastore
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
-from infergate.servers.extproc import ExtProcServer, serve_extproc
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.sources.scraper import MetricsScraper
 from infergate.types import EndpointMeta, Objective
 from tests.support import ChildProcess, async_wait_for, free_port, start_infergate

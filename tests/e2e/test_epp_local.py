@@ -16,14 +16,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import default_picker_config
 from infergate.config.settings import Settings
 from infergate.dataplanes.extproc import ExtProcDataPlane
 from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.servers.metrics_auth import StaticTokenAuth
 from infergate.types import EndpointMeta, EndpointMetrics, MonotonicClock
 from tests.e2e.test_proxy_e2e import write_manifests
@@ -73,7 +73,7 @@ async def test_subset_hint_restricts_only_when_honoured() -> None:
 
 
 async def test_builtin_gateway_ignores_a_client_subset_header(tmp_path: Path) -> None:
-    gw = Gateway(load_manifests([write_manifests(tmp_path, [8000])]), Settings())
+    gw = Gateway(ManifestPoolSource(load_manifests([write_manifests(tmp_path, [8000])])), Settings())
     try:
         (ep,) = gw.datastore.endpoints()
         _make_candidate(gw.datastore, ep.meta, 0)
@@ -98,7 +98,7 @@ async def health(port: int, service: str) -> int:
 async def test_file_mode_epp_has_health_port_and_protected_metrics(tmp_path: Path) -> None:
     manifests = load_manifests([write_manifests(tmp_path, [free_port()])])
     cfg = local_settings({"data_plane": "epp", "listeners.grpc_port": 0, "listeners.grpc_health_port": 0})
-    gw = Gateway(manifests, cfg, metrics_auth=StaticTokenAuth(["s3cret"]))
+    gw = Gateway(ManifestPoolSource(manifests), cfg, metrics_auth=StaticTokenAuth(["s3cret"]))
     await gw.start()
     try:
         assert isinstance(gw.data_plane, ExtProcDataPlane)

@@ -30,10 +30,10 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 from infergate.config.settings import Settings
-from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
 from tests.support import (
     ChildProcess,
     async_wait_for,
@@ -84,7 +84,7 @@ async def start_gateway(
             "flow_control.enabled": flow_control,
         }
     )
-    gw = Gateway(manifests, config, picker=picker)
+    gw = Gateway(ManifestPoolSource(manifests), config, picker=picker)
     await gw.start()
     assert await gw.wait_ready(15.0), "gateway never saw its endpoints ready"
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway, annotated_max_tokens
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.settings import Settings
 from infergate.errors import ConfigError
 from infergate.requestcontrol.access import RequestLimits
@@ -70,7 +70,7 @@ async def gateway(sim: int, tmp_path: Path) -> AsyncIterator[Gateway]:
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump_all(docs(sim)))
     gw = Gateway(
-        load_manifests([path]),
+        ManifestPoolSource(load_manifests([path])),
         SETTINGS,
     )
     await gw.start()
@@ -238,11 +238,11 @@ def test_max_tokens_annotation_must_be_a_positive_integer(tmp_path: Path) -> Non
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump_all(docs(8000, annotation="lots")))
     with pytest.raises(ConfigError, match=r"infergate\.dev/max-tokens"):
-        annotated_max_tokens(load_manifests([path]))
+        ManifestPoolSource(load_manifests([path])).objective_max_tokens()
     path.write_text(yaml.safe_dump_all(docs(8000, annotation="32")))
 
     def limits(changes: dict[str, object]) -> RequestLimits:
-        gw = Gateway(load_manifests([path]), Settings().replace(changes))
+        gw = Gateway(ManifestPoolSource(load_manifests([path])), Settings().replace(changes))
         gw.flow.close()
         return gw.director.limits
 

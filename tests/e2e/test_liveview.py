@@ -30,8 +30,8 @@ from infergate.errors import NoCapacityError
 from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.controller import FlowController
 from infergate.flowcontrol.saturation import SaturationDetector
-from infergate.scheduling.decisions import DecisionLog
-from infergate.scheduling.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.engine.decisions import DecisionLog
+from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.servers.liveview import live_state, liveview_routes, render_page
 from infergate.types import Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, SchedulingResult
 from tests.support import free_port

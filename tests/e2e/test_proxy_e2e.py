@@ -21,7 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from tests.support import (
     ChildProcess,
     async_wait_for,
@@ -77,7 +77,7 @@ def sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
 async def make_gateway(tmp: Path, ports: list[int]) -> Gateway:
     manifests = load_manifests([write_manifests(tmp, ports)])
     gw = Gateway(
-        manifests,
+        ManifestPoolSource(manifests),
         local_settings({"proxy.served_header": True, "limits.max_body_bytes": 4 << 20}),
     )
     await gw.start()
@@ -288,7 +288,7 @@ async def test_dead_replica_leaves_rotation_and_requests_keep_succeeding(tmp_pat
 
 async def test_no_ready_endpoint_is_503(tmp_path: Path) -> None:
     manifests = load_manifests([write_manifests(tmp_path, [free_port()])])
-    gw = Gateway(manifests, local_settings())
+    gw = Gateway(ManifestPoolSource(manifests), local_settings())
     await gw.start()
     try:
         async with aiohttp.ClientSession() as s:

@@ -92,7 +92,7 @@ async def test_messages_and_render_are_routed_through_the_proxy(tmp_path: Path) 
 def test_parser_sections_accept_the_parsers_infergate_runs() -> None:
     from infergate.config.picker import parse_picker_config
     from infergate.errors import ConfigError
-    from infergate.scheduling.scheduler import build_scheduler
+    from infergate.scheduling.engine.scheduler import build_scheduler
 
     head = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
     ok = parse_picker_config(
@@ -186,11 +186,11 @@ async def test_passthrough_path_is_routed_by_ext_proc_without_reading_the_body()
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+    from infergate.dataplanes.extproc.server import serve_extproc
     from infergate.datastore.store import Datastore
     from infergate.flowcontrol.controller import FlowController
     from infergate.flowcontrol.saturation import SaturationDetector
     from infergate.requestcontrol.director import Director
-    from infergate.servers.extproc import serve_extproc
     from tests.integration.test_extproc import (
         A,
         B,

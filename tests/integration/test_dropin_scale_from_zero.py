@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import parse_picker_config
 from infergate.config.picker_sections import apply_sections
 from infergate.config.settings import Settings
@@ -64,7 +64,7 @@ def _settings(flow_control_section: str) -> Settings:
 async def _gateway(tmp_path: Path, sim_port: int, settings: Settings) -> Gateway:
     path = tmp_path / "pool.yaml"
     await asyncio.to_thread(path.write_text, _manifest(sim_port))
-    gw = Gateway(load_manifests([path]), settings)
+    gw = Gateway(ManifestPoolSource(load_manifests([path])), settings)
     await gw.start()
     return gw
 

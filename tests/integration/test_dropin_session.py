@@ -11,9 +11,13 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
-from infergate.scheduling.framework import CycleState
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.scheduling.session_affinity import SessionAffinityParams, SessionAffinityScorer, session_token
+from infergate.scheduling.engine.scheduler import build_scheduler
+from infergate.scheduling.plugins.session_affinity import (
+    SessionAffinityParams,
+    SessionAffinityScorer,
+    session_token,
+)
+from infergate.scheduling.sdk.framework import CycleState
 from infergate.types import Endpoint, EndpointMeta, InferenceRequest, SchedulingResult
 from tests.integration.test_proxy_faults import MODEL, FakeServer, start_gateway, url
 
@@ -133,9 +137,9 @@ async def test_token_set_on_the_response_through_ext_proc() -> None:
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+    from infergate.dataplanes.extproc.server import serve_extproc
     from infergate.datastore.store import Datastore
     from infergate.requestcontrol.director import Director
-    from infergate.servers.extproc import serve_extproc
     from tests.integration.test_extproc import (
         A,
         FakeClock,

@@ -26,12 +26,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.config.picker import default_picker_config
+from infergate.dataplanes.extproc.server import EXTPROC_SERVICE, ExtProcServer, TlsSettings, serve_extproc
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.controller import FlowController
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import Scheduler, build_scheduler
-from infergate.servers.extproc import EXTPROC_SERVICE, ExtProcServer, TlsSettings, serve_extproc
+from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.telemetry import GatewayMetrics
 from infergate.types import (
     EndpointMeta,

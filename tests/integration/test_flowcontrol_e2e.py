@@ -19,7 +19,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
 from tests.support import free_port, local_settings
@@ -82,7 +82,7 @@ async def overload(tmp_path: Path, *, flow_control: bool) -> Outcome:
         await s.start()
     await asyncio.to_thread(write_manifest, tmp_path, [s.port for s in sims])
     gw = Gateway(
-        load_manifests([tmp_path / "pool.yaml"]),
+        ManifestPoolSource(load_manifests([tmp_path / "pool.yaml"])),
         local_settings(
             {
                 "listeners.port": free_port(),

@@ -20,10 +20,10 @@ import openai
 import yaml
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import parse_picker_config
-from infergate.scheduling.framework import CycleState
 from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
+from infergate.scheduling.sdk.framework import CycleState
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
 from infergate.types import Endpoint, EndpointMeta, InferenceRequest
@@ -162,7 +162,7 @@ async def test_gateway_routes_to_the_endpoint_holding_the_blocks(tmp_path: Path)
 
     docs.write_text(yaml.safe_dump_all(static_pool_docs([f"127.0.0.1:{p}" for p in ports])))
     gw = Gateway(
-        load_manifests([docs]),
+        ManifestPoolSource(load_manifests([docs])),
         local_settings({"proxy.served_header": True, "seed": 3}),
         picker=parse_picker_config(PICKER.format(port=zmq_port)),
     )

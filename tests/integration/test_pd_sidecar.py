@@ -19,7 +19,7 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import parse_picker_config
 from infergate.pdsidecar.proxy import PREFILLER_HEADER, SIDECAR_OPTIONS, SidecarOptions, build_app
 from infergate.scheduling.disagg import DisaggProfileHandler
@@ -172,7 +172,7 @@ async def test_gateway_disaggregates_long_prompts_and_not_short_chat(pool: Pool,
     prefill_addr = pool.prefill.url.removeprefix("http://")
     docs.write_text(yaml.safe_dump_all(pd_manifest(prefill_addr, f"127.0.0.1:{pool.port}")))
     gw = Gateway(
-        load_manifests([docs]),
+        ManifestPoolSource(load_manifests([docs])),
         local_settings({"proxy.served_header": True, "seed": 1}),
         picker=parse_picker_config(PICKER),
     )

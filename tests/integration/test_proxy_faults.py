@@ -21,11 +21,11 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import EndpointPickerConfig
 from infergate.dataplanes.builtin import BuiltinDataPlane
-from infergate.servers.proxy import ProxyOptions, ProxyServer
-from infergate.servers.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
+from infergate.dataplanes.builtin.proxy import ProxyOptions, ProxyServer
+from infergate.dataplanes.builtin.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
 from tests.support import async_wait_for, eventually, local_settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -131,7 +131,7 @@ async def start_gateway(
     config = local_settings(
         {"scrape.health_interval": 0.1, "proxy.served_header": True, **cfg, **(overrides or {})}
     )
-    gw = Gateway(load_manifests([tmp / "pool.yaml"]), config, picker=picker)
+    gw = Gateway(ManifestPoolSource(load_manifests([tmp / "pool.yaml"])), config, picker=picker)
     if proxy is not None:  # the built-in proxy with options the gateway settings do not expose
         assert isinstance(gw.data_plane, BuiltinDataPlane)
         gw.data_plane.proxy = ProxyServer(gw.director, gw.datastore, proxy)

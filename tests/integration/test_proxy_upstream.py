@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from infergate.servers.upstream import UpstreamConnectionError, UpstreamPool, UpstreamTimeout
+from infergate.dataplanes.builtin.upstream import UpstreamConnectionError, UpstreamPool, UpstreamTimeout
 
 Start = Callable[[Callable[[asyncio.StreamWriter], Awaitable[bool]]], Awaitable[int]]
 

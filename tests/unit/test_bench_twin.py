@@ -22,7 +22,7 @@ def _shared_prefix(limit: int) -> list:  # type: ignore[type-arg]
 
 
 def test_every_strategy_is_a_valid_scheduler_config() -> None:
-    from infergate.scheduling.scheduler import build_scheduler
+    from infergate.scheduling.engine.scheduler import build_scheduler
 
     for name in strategy_names(twin=False):
         build_scheduler(picker_config(name))

@@ -18,7 +18,7 @@ from infergate.errors import BadRequestError, ModelNotFoundError, NoCapacityErro
 from infergate.requestcontrol.director import Director
 from infergate.requestcontrol.parsing import api_kind_for_path, parse_body, rewrite_model
 from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, usage_from_json
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.telemetry import GatewayMetrics
 from infergate.types import (
     ApiKind,

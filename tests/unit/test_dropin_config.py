@@ -26,9 +26,9 @@ from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError, RateLimitedError
 from infergate.flowcontrol import FlowController
 from infergate.flowcontrol.settings import flow_control_from_settings
-from infergate.scheduling.prefix import PrefixCacheScorer
-from infergate.scheduling.scheduler import Scheduler, build_scheduler
-from infergate.scheduling.upstream_load import PrefixCacheAffinityFilter, TokenLoadScorer
+from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.plugins.prefix import PrefixCacheScorer
+from infergate.scheduling.plugins.upstream_load import PrefixCacheAffinityFilter, TokenLoadScorer
 from infergate.telemetry import GatewayMetrics
 from infergate.types import EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
 from tests.unit.test_flowcontrol import FakeClock, run_once

@@ -6,9 +6,8 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
-from infergate.scheduling.framework import CycleState
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.scheduling.upstream_plugins import (
+from infergate.scheduling.engine.scheduler import build_scheduler
+from infergate.scheduling.plugins.upstream_plugins import (
     ActiveRequestParams,
     ActiveRequestScorer,
     ByLabelFilter,
@@ -24,6 +23,7 @@ from infergate.scheduling.upstream_plugins import (
     UtilizationFilterParams,
     range_score,
 )
+from infergate.scheduling.sdk.framework import CycleState
 from infergate.types import Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest
 
 
@@ -219,8 +219,8 @@ def test_plugin_parameter_and_type_errors(plugin: str, error: str) -> None:
 
 
 def test_no_hit_lru_scorer() -> None:
-    from infergate.scheduling.prefix import PREFIX_MATCH, PrefixMatch
-    from infergate.scheduling.upstream_plugins import NoHitLRUParams, NoHitLRUScorer
+    from infergate.scheduling.plugins.prefix import PREFIX_MATCH, PrefixMatch
+    from infergate.scheduling.plugins.upstream_plugins import NoHitLRUParams, NoHitLRUScorer
     from infergate.types import SchedulingResult
 
     lru = NoHitLRUScorer(NoHitLRUParams(lru_size=2))

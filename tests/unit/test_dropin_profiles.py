@@ -6,7 +6,7 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.errors import BadRequestError, ConfigError
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.types import Endpoint, EndpointMeta, InferenceRequest
 
 HEAD = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"

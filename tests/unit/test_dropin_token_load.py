@@ -12,16 +12,21 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
-from infergate.scheduling.framework import CycleState
-from infergate.scheduling.prefix import PREFIX_MATCH, PrefixCacheParams, PrefixCacheScorer, PrefixMatch
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.scheduling.testing import make_endpoint
-from infergate.scheduling.upstream_load import (
+from infergate.scheduling.engine.scheduler import build_scheduler
+from infergate.scheduling.plugins.prefix import (
+    PREFIX_MATCH,
+    PrefixCacheParams,
+    PrefixCacheScorer,
+    PrefixMatch,
+)
+from infergate.scheduling.plugins.upstream_load import (
     PrefixCacheAffinityFilter,
     PrefixCacheAffinityParams,
     TokenLoadParams,
     TokenLoadScorer,
 )
+from infergate.scheduling.sdk.framework import CycleState
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 from tests.unit.test_director import FakeClock, body, make_director, make_store
 

@@ -1,6 +1,6 @@
 """Unit tests for the ext_proc reply builders: the fast paths build exactly what the plain ones did.
 
-The builders in :mod:`infergate.servers.extproc_messages` take shortcuts for speed (shared constant
+The builders in :mod:`infergate.dataplanes.extproc.messages` take shortcuts for speed (shared constant
 acks, direct Struct field access, a one-chunk fast path); each test compares against the message
 built the straightforward way, so a shortcut that changes the wire shape fails here.
 """
@@ -11,7 +11,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2  # type: ignore[import-untyped, unused-ignore]
 
-from infergate.servers import extproc_messages as msg
+from infergate.dataplanes.extproc import messages as msg
 
 
 def _plain_streamed(data: bytes, *, eos: bool, request: bool) -> pb.ProcessingResponse:

@@ -381,10 +381,75 @@ async def test_newcomers_do_not_overtake_queued_requests() -> None:
     rig.scrape(waiting=5)
     first = asyncio.create_task(rig.client(req("first", priority=5)))
     await rig.until_queued(1)
-    rig.scrape(waiting=3)  # room for two: the queued one and one newcomer
+    # room for one: the queued request is released first; the newcomer, judged with the released
+    # one counted as landed, finds no room and waits its turn
+    rig.scrape(waiting=4)
     second = asyncio.create_task(rig.client(req("second", priority=5)))
-    await asyncio.gather(first, second)
+    await first
+    await rig.until_queued(1)
+    assert rig.order == ["first"]
+    rig.ds.release(KEY)  # the first finished: room for the second
+    await second
     assert rig.order == ["first", "second"]
+
+
+async def test_room_admits_newcomers_while_a_released_request_is_in_transit() -> None:
+    """A released request not in flight yet does not force newcomers through the queue when the
+    pool has room even counting it (the fast path stays the fast path under steady load)."""
+    rig = Rig()
+    rig.scrape(waiting=5)
+    first = asyncio.create_task(rig.client(req("first")))
+    await rig.until_queued(1)
+    seen: list[object] = []
+
+    def after_cycle() -> None:
+        # runs after the dispatch cycle the scrape kicked, before the released task resumes
+        seen.append((rig.fc.queued(), list(rig.order)))
+        coro = rig.fc.admit(req("newcomer"))
+        try:
+            coro.send(None)
+        except StopIteration:
+            seen.append("admitted at once")
+            return
+        coro.close()
+        seen.append("suspended")
+
+    rig.scrape(waiting=0)
+    asyncio.get_running_loop().call_soon(after_cycle)
+    await first
+    assert seen == [(0, []), "admitted at once"]
+
+
+async def test_one_cycle_releases_as_many_as_the_pool_has_room_for() -> None:
+    rig = Rig()
+    rig.scrape(waiting=5)
+    tasks = [asyncio.create_task(rig.client(req(f"r{i}"))) for i in range(3)]
+    await rig.until_queued(3)
+    left: list[int] = []
+    # waiting 3 of 5: room for two more, counting each released request as landed
+    rig.scrape(waiting=3)
+    asyncio.get_running_loop().call_soon(lambda: left.append(rig.fc.queued()))
+    await rig.until_order(2)
+    assert left == [1]
+    rig.ds.release(KEY)
+    await asyncio.gather(*tasks)
+    assert rig.order == ["r0", "r1", "r2"]
+
+
+def test_pending_releases_count_as_landed_on_every_endpoint() -> None:
+    clock = FakeClock()
+    ds = Datastore(clock, staleness=2.0)
+    ds.set_pool(PoolSpec(name="pool-1"))
+    other = EndpointMeta(name="pod-b", address="10.0.0.2", port=8000)
+    for meta, waiting in ((META, 5), (other, 4)):
+        ds.upsert_endpoint(meta)
+        ds.update_metrics(meta.key, EndpointMetrics(waiting_queue_size=waiting, updated_at=clock.t))
+    core = FlowCore(ds, detector=SaturationDetector(), config=FlowControlConfig())
+    assert core.saturation(clock.t) == pytest.approx(0.9)  # (1.0 + 0.8) / 2
+    assert core.saturation(clock.t, pending=1) == pytest.approx(1.0)  # b would be full too
+    assert core.offer(req("a"), clock.t, pending=1).decision is Decision.QUEUED
+    assert core.pop_ready(clock.t, pending=1) is None
+    assert core.pop_ready(clock.t) is not None
 
 
 async def test_close_answers_waiters_503() -> None:
@@ -533,3 +598,17 @@ def test_core_runs_without_asyncio_on_a_virtual_clock() -> None:
     assert core.expire(11.9) == []
     assert core.expire(12.0) == [a.item]
     assert len(core) == 0
+
+
+async def test_queue_duration_series_count_every_request_across_cache_resets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import infergate.flowcontrol.core as core_module
+
+    monkeypatch.setattr(core_module, "_SERIES_CACHE", 2)
+    rig = Rig()
+    rig.scrape(waiting=0)
+    for i in range(7):
+        run_once(rig.fc.admit(req(f"r{i}", flow=f"tenant-{i % 3}")))
+    name = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    assert [rig.sample(name, fairness_id=f"tenant-{t}", outcome="dispatched") for t in range(3)] == [3, 2, 2]

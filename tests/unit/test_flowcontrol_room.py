@@ -122,7 +122,7 @@ async def test_flow_control_off_keeps_every_candidate() -> None:
 
 def test_with_room_counts_in_flight_since_the_scrape_and_falls_back_when_none_has_room() -> None:
     clock = FakeClock()
-    ds = pool(clock, 2)
+    ds = pool(clock, 2, {"high": 20})  # narrowing serves the priority order: a pool with priorities
     ep0, ep1 = (m.key for m in metas(2))
     scrape(ds, clock, ep0, 5)
     scrape(ds, clock, ep1, 3)
@@ -172,6 +172,20 @@ async def test_released_requests_spread_over_the_endpoints_with_room_only() -> N
     assert all(t.result().released for t in tasks)
     # the full ones stay last-resort fallbacks for a retry before the first byte
     assert ep0 in [e.key for e in tasks[0].result().result.targets[1:]]
+
+
+def test_a_pool_without_priorities_is_not_narrowed() -> None:
+    """With every request at the default priority the gateway's queue order is the servers' own,
+    so released requests keep the scheduler's placement (their prefix and adapter affinity)."""
+    clock = FakeClock()
+    ds = pool(clock, 2)
+    ep0, ep1 = (m.key for m in metas(2))
+    scrape(ds, clock, ep0, 5)
+    scrape(ds, clock, ep1, 3)
+    fc = FlowController(ds, detector=SaturationDetector(), clock=clock)
+    assert sorted(e.key for e in fc.with_room(ds.candidates())) == [ep0, ep1]
+    ds.upsert_objective(Objective(name="batch", priority=-1))  # sheddable requests: now it narrows
+    assert [e.key for e in fc.with_room(ds.candidates())] == [ep1]
 
 
 async def test_without_the_rule_released_requests_follow_affinity_into_a_full_queue() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import _base_models
+from infergate.app.sources import _base_models
 from tests.conftest import SEED_DIR
 
 

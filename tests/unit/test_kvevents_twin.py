@@ -8,9 +8,9 @@ import pytest
 
 import infergate.bench.twin as twin
 from infergate.bench.workloads import generate, load_workload
-from infergate.scheduling.framework import CycleState
+from infergate.scheduling.engine.scheduler import Scheduler
 from infergate.scheduling.precise_prefix import PRECISE_MATCH, PrecisePrefixScorer
-from infergate.scheduling.scheduler import Scheduler
+from infergate.scheduling.sdk.framework import CycleState
 
 
 def test_index_mirrors_every_engines_cache(monkeypatch: pytest.MonkeyPatch) -> None:

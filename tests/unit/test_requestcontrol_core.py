@@ -13,7 +13,7 @@ from infergate.config.picker import default_picker_config
 from infergate.datastore.store import Datastore
 from infergate.errors import ModelNotFoundError, NoCapacityError
 from infergate.requestcontrol.core import RequestCore
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.types import (
     EndpointMeta,
     EndpointMetrics,

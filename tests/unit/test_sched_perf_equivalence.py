@@ -17,13 +17,13 @@ import pytest
 
 from infergate.config.picker import EndpointPickerConfig, PluginRef, PluginSpec, ProfileSpec
 from infergate.scheduling import CycleState, build_scheduler, default_registry
-from infergate.scheduling.decisions import DecisionLog
-from infergate.scheduling.framework import NoParams, candidate_keys
-from infergate.scheduling.pickers import MaxScorePicker, PickerParams, top_positions
-from infergate.scheduling.prefix import PrefixIndex
-from infergate.scheduling.scorers import QueueScorer, min_max_low_is_best
-from infergate.scheduling.scores import CandidateScores, ScoredCandidates, split_scored
-from infergate.scheduling.testing import make_endpoint
+from infergate.scheduling.engine.decisions import DecisionLog
+from infergate.scheduling.plugins.pickers import MaxScorePicker, PickerParams, top_positions
+from infergate.scheduling.plugins.prefix import PrefixIndex
+from infergate.scheduling.plugins.scorers import QueueScorer, min_max_low_is_best
+from infergate.scheduling.sdk.framework import NoParams, candidate_keys
+from infergate.scheduling.sdk.scores import CandidateScores, ScoredCandidates, split_scored
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, ScoredEndpoint
 
 REQ = InferenceRequest(request_id="r", model="m", target_model="m", prompt="p" * 300)
@@ -183,7 +183,7 @@ def test_profile_totals_are_bit_identical_to_per_key_sums(count: int) -> None:
     instances = {n: ListScorer() for n in names}
     reg = default_registry()
     for n in names:
-        reg.register(n, NoParams, lambda p, c, n=n: instances[n])  # type: ignore[misc]
+        reg.register_scorer(n, NoParams, lambda p, c, n=n: instances[n])  # type: ignore[misc]
     for trial in range(60):
         weights = [rng.choice([0.0, 1.0, 2.0, 3.0, 0.7]) for _ in names]
         sched = build_scheduler(_config(names, weights), registry=reg, rng=random.Random(trial))

@@ -25,10 +25,14 @@ from infergate.config.picker import (
 )
 from infergate.errors import ConfigError, NoCapacityError
 from infergate.scheduling import CycleState, build_scheduler, default_registry
-from infergate.scheduling.filters import LoraAffinityFilter, LoraAffinityFilterParams, LowQueueFilter
-from infergate.scheduling.framework import PluginContext, PluginRegistry
-from infergate.scheduling.pickers import MaxScorePicker, RandomPicker, RoundRobinPicker, WeightedRandomPicker
-from infergate.scheduling.scorers import (
+from infergate.scheduling.plugins.filters import LoraAffinityFilter, LoraAffinityFilterParams, LowQueueFilter
+from infergate.scheduling.plugins.pickers import (
+    MaxScorePicker,
+    RandomPicker,
+    RoundRobinPicker,
+    WeightedRandomPicker,
+)
+from infergate.scheduling.plugins.scorers import (
     KvCacheUtilizationScorer,
     LeastInFlightScorer,
     LoraAffinityParams,
@@ -36,7 +40,8 @@ from infergate.scheduling.scorers import (
     QueueScorer,
     RunningRequestsScorer,
 )
-from infergate.scheduling.testing import make_endpoint
+from infergate.scheduling.sdk.framework import PluginContext, PluginRegistry
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint, InferenceRequest, ScoredEndpoint
 
@@ -228,7 +233,7 @@ def test_lora_affinity_spreads_a_hot_adapter_and_packs_a_cold_one(load_aware: bo
 
 
 def test_low_queue_filter_fails_open() -> None:
-    from infergate.scheduling.filters import LowQueueFilterParams
+    from infergate.scheduling.plugins.filters import LowQueueFilterParams
 
     f = LowQueueFilter(LowQueueFilterParams(threshold=5))
     cands = eps({"waiting_queue_size": 5}, {"waiting_queue_size": 6}, {"waiting_queue_size": 0})
@@ -313,7 +318,7 @@ class FixedScorer:
 
 
 def registry_with_fixed(values: dict[str, dict[str, float]]) -> PluginRegistry:
-    from infergate.scheduling.framework import NoParams
+    from infergate.scheduling.sdk.framework import NoParams
 
     reg = default_registry()
     for name, v in values.items():
@@ -321,7 +326,7 @@ def registry_with_fixed(values: dict[str, dict[str, float]]) -> PluginRegistry:
         def factory(p: NoParams, c: PluginContext, v: dict[str, float] = v) -> FixedScorer:
             return FixedScorer(v)
 
-        reg.register(name, NoParams, factory)
+        reg.register_scorer(name, NoParams, factory)
     return reg
 
 
@@ -357,10 +362,10 @@ def test_no_candidates_or_all_filtered_raise_no_capacity() -> None:
         ) -> list[Endpoint]:
             return []
 
-    from infergate.scheduling.framework import NoParams
+    from infergate.scheduling.sdk.framework import NoParams
 
     reg = default_registry()
-    reg.register("drop-all", NoParams, lambda p, c: DropAll())
+    reg.register_filter("drop-all", NoParams, lambda p, c: DropAll())
     sched = build_scheduler(config(("drop-all", None, {}, None)), registry=reg)
     with pytest.raises(NoCapacityError, match="drop-all"):
         sched.schedule(REQ, eps({}))
@@ -520,10 +525,10 @@ def test_registry_rejects_double_registration_and_lists_types() -> None:
     assert {"queue-scorer", "prefix-cache-scorer", "max-score-picker", "least-in-flight-scorer"} <= set(
         reg.types()
     )
-    from infergate.scheduling.framework import NoParams
+    from infergate.scheduling.sdk.framework import NoParams
 
     with pytest.raises(ValueError):
-        reg.register("queue-scorer", NoParams, lambda p, c: None)
+        reg.register_scorer("queue-scorer", NoParams, lambda p, c: QueueScorer())
     plugin = reg.create("random-picker", "rp", {"maxNumOfEndpoints": 1}, PluginContext())
     assert isinstance(plugin, RandomPicker)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from infergate.config.picker import parse_picker_config
-from infergate.scheduling.framework import CycleState
-from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
-from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
-from infergate.scheduling.scheduler import build_scheduler
-from infergate.scheduling.testing import make_endpoint
+from infergate.scheduling.engine.scheduler import build_scheduler
+from infergate.scheduling.plugins.latency import LatencyParams, PredictedLatencyScorer
+from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.sdk.framework import CycleState
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 BASE = "base"
@@ -121,6 +123,43 @@ def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:
     assert picks[:4] == ["a:8000"] * 4  # resident adapter first, while its backlog is below ~750 ms
     assert "b:8000" in picks  # then the free slot: the hot adapter spreads
     assert "c:8000" not in picks  # never evict from a full replica while a slot is free elsewhere
+
+
+def test_the_api_frontend_is_a_serial_stage_shared_with_streaming_tokens() -> None:
+    """Short chat at high rates is bound by the server's API frontend (10 ms per request, and
+    0.064 ms per streamed token taken first), not by the GPU: a replica streaming more tokens
+    admits requests more slowly, so new ones go where the frontend has time."""
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    idle = make_endpoint("a")
+    assert _pick(s, req("x" * 400, rid="1"), [idle]) == "a:8000"  # 10 ms of request work on a
+    p = s.predict(idle, prompt_tokens=100, matched_tokens=0, adapter=None, now=100.0)
+    assert p.frontend_ms == pytest.approx(10.0)  # nothing streams: waits for the 10 ms
+    assert p.ttft_ms == pytest.approx(10 + 10.0 + 2.5 + 2.5)  # + prefill backlog and own prefill
+    # 100 sequences streaming at TPOT (7 + 0.026 × 101) / (1 − ρ) ms take 0.064 × 100 / TPOT of its
+    # time (ρ: the 2.5 ms of prefill sent, over the 5 s rate window, decayed)
+    streaming = make_endpoint("a", running_requests=100)
+
+    def busy() -> float:
+        rho = 2.5 / 5000 * math.exp(-(clock.t - 100.0) / 5.0)
+        return 0.064 * 100 / ((7.0 + 0.026 * 101) / (1 - rho))
+
+    clock.t += 0.005  # 5 ms at the share measured before (0: all of it) worked off 5 ms
+    p = s.predict(streaming, prompt_tokens=100, matched_tokens=0, adapter=None, now=clock.t)
+    assert p.frontend_ms == pytest.approx(5.0 / (1 - busy()))
+    left = 5.0 - 5.0 * (1 - busy())
+    clock.t += 0.005  # now only 1 − busy of each ms goes to the request
+    p = s.predict(streaming, prompt_tokens=100, matched_tokens=0, adapter=None, now=clock.t)
+    assert p.frontend_ms == pytest.approx(left / (1 - busy()))
+    assert s.debug_state()["a:8000"]["frontend_backlog_ms"] == pytest.approx(left, abs=1e-3)
+    # between two equally loaded GPUs the one streaming fewer tokens gets the request
+    quiet = make_endpoint("b", running_requests=60)
+    loud = make_endpoint("c", running_requests=120)
+    for n in range(2):
+        _pick(s, req(f"{n} " + "y" * 400, rid=f"b{n}"), [quiet])
+        _pick(s, req(f"{n} " + "y" * 400, rid=f"c{n}"), [loud])
+    scores = s.score(req("z" * 400), [quiet, loud], CycleState())
+    assert scores["b:8000"] == 1.0 and scores["c:8000"] < 1.0
 
 
 def test_observed_ttft_scales_the_endpoints_predictions() -> None:

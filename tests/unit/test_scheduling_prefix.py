@@ -9,14 +9,14 @@ import pytest
 
 from infergate.config.picker import EndpointPickerConfig, PluginRef, PluginSpec, ProfileSpec
 from infergate.scheduling import CycleState, build_scheduler
-from infergate.scheduling.prefix import (
+from infergate.scheduling.plugins.prefix import (
     PREFIX_MATCH,
     PrefixCacheParams,
     PrefixCacheScorer,
     PrefixIndex,
     block_hashes,
 )
-from infergate.scheduling.testing import make_endpoint
+from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import InferenceRequest, SchedulingResult
 
 

@@ -17,12 +17,13 @@ import pytest
 import yaml
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.app.logs import configure_logging
 from infergate.config.layers import field_paths, load_settings
 from infergate.config.settings import Settings
 from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.dataplanes.extproc import EnvoyDataPlane, ExtProcDataPlane
+from infergate.dataplanes.extproc.server import ExtProcServer
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
 from infergate.sources.kubernetes import KubernetesSource
@@ -42,7 +43,7 @@ def manifests_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _gateway(root: Path, settings: Settings) -> Gateway:
-    gw = Gateway(load_manifests([root / "pool.yaml"]), settings)
+    gw = Gateway(ManifestPoolSource.from_settings(load_manifests([root / "pool.yaml"]), settings), settings)
     gw.flow.close()
     return gw
 
@@ -71,10 +72,10 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
 
         return gw(read)
 
-    def epp(fn: Callable[[ExtProcDataPlane], object]) -> Probe:
+    def epp(fn: Callable[[ExtProcServer], object]) -> Probe:
         def read(g: Gateway) -> object:
-            assert isinstance(g.data_plane, ExtProcDataPlane)
-            return fn(g.data_plane)
+            assert isinstance(g.data_plane, ExtProcDataPlane) and g.data_plane.picker is not None
+            return fn(g.data_plane.picker)
 
         return gw(read, data_plane="epp")
 
@@ -123,15 +124,15 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "listeners.host": ("127.0.0.2", gw(lambda g: (g.listen_address()[0], g.admin_address[0]))),
         "listeners.port": (8123, gw(lambda g: g.listen_address()[1])),
         "listeners.admin_port": (9191, gw(lambda g: g.admin_address[1])),
-        "listeners.grpc_port": (9102, epp(lambda p: p.picker.port)),
-        "listeners.grpc_health_port": (9103, epp(lambda p: p.health.port)),
-        "listeners.envoy_picker_port": (9104, envoy(lambda p: p.picker.port)),
+        "listeners.grpc_port": (9102, epp(lambda p: p.port)),
+        "listeners.grpc_health_port": (9103, gw(lambda g: g.data_plane.health.port, data_plane="epp")),  # type: ignore[attr-defined]
+        "listeners.secure_serving": (False, epp(lambda p: p.tls is not None)),
+        "listeners.cert_path": (root, epp(lambda p: p.tls.cert_path if p.tls else None)),
+        "listeners.envoy_picker_port": (9104, envoy(lambda p: p.picker.port if p.picker else None)),
         "listeners.envoy_admin_port": (
             9105,
             envoy(lambda p: p.bootstrap_settings("127.0.0.1", 1).admin_port),
         ),
-        "listeners.secure_serving": (False, epp(lambda p: p.picker.tls is not None)),
-        "listeners.cert_path": (root, epp(lambda p: p.picker.tls.cert_path if p.picker.tls else None)),
         "listeners.max_client_connections": (17, proxy("max_client_connections")),
         "listeners.admin_max_connections": (3, gw(lambda g: g.admin._max_connections)),
         "listeners.idle_timeout": (7.0, proxy("keepalive_timeout")),

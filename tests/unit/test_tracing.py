@@ -15,7 +15,7 @@ from opentelemetry.trace import StatusCode
 from infergate.config.picker import default_picker_config
 from infergate.errors import ConfigError, ModelNotFoundError
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.scheduler import build_scheduler
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.tracing import REQUEST_ID, RequestTracer, tracer_from_env
 from tests.unit.test_director import FakeClock, body, make_store
 

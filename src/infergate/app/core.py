@@ -19,8 +19,8 @@ from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowController
 from infergate.requestcontrol.director import Director
-from infergate.scheduling.decisions import DecisionLog
-from infergate.scheduling.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.engine.decisions import DecisionLog
+from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.sources.scraper import MetricsScraper
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
@@ -64,6 +64,8 @@ def build_core(
     s = apply_sections(picker, settings)
     decisions = DecisionLog()
     scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
+    # endpoint departure reaches every plugin that keeps per-endpoint state
+    datastore.add_departure_listener(scheduler.forget_endpoint)
     flow = FlowController.from_settings(
         datastore, s, pool_name=pool.name, connection_limit=connection_limit, clock=clock, metrics=metrics
     )

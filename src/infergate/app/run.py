@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import shutil
 import socket
 import sys
@@ -22,15 +23,16 @@ from typing import Any
 from infergate.api.loader import ManifestSet, load_manifests
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
+from infergate.dataplanes import data_plane_factory
 from infergate.dataplanes.extproc import EnvoyDataPlane
 from infergate.errors import ConfigError
-from infergate.servers.envoy import envoy_binary
 from infergate.servers.metrics_auth import write_token_file
 
 from .fleet import Fleet
 from .gateway import Gateway
 from .preflight import PortClaim, check_ports, parse_replica_ports
 from .process import configure_logging, run_async, setup_logging, stop_event
+from .sources import ManifestPoolSource
 
 __all__ = [
     "bundled_manifests",
@@ -82,7 +84,7 @@ async def _start_with_fallback(gw: Gateway) -> None:
     except OSError as exc:
         if explicit_port or exc.errno not in (errno.EACCES, errno.EPERM, errno.EADDRINUSE):
             raise
-        _, wanted = gw.manifests.listener()
+        _, wanted = gw.source.listener()
         log.warning("cannot listen on port %d (%s); using %d instead", wanted, exc.strerror, FALLBACK_PORT)
         await gw.admin.stop()
         await gw.tasks.stop()
@@ -127,11 +129,16 @@ def run_serve(
     async def main() -> int:
         stop = stop_event()
         try:
-            gw = Gateway(manifests, settings, picker=picker)
+            gw = Gateway(ManifestPoolSource.from_settings(manifests, settings), settings, picker=picker)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        await _start_with_fallback(gw)
+        try:
+            await _start_with_fallback(gw)
+        except OSError as exc:  # a port taken (the admin port, or --port given explicitly)
+            await gw.stop()
+            print(f"error: cannot listen: {exc.strerror or exc} ({_port_flags(exc)})", file=sys.stderr)
+            return 2
         plane = settings.data_plane
         what = "ext_proc picker" if not gw.plane_factory.uses_listener else f"{plane} data plane"
         host = _display_host(settings.listeners.host)
@@ -149,6 +156,13 @@ def run_serve(
         return 0
 
     return run_async(main)
+
+
+def _port_flags(exc: OSError) -> str:
+    """Which flags choose the port an OSError from binding names, for the error line."""
+    found = re.search(r"\('?[^,]*'?, (\d+)\)", str(exc))
+    where = f"port {found.group(1)}; " if found else ""
+    return f"{where}choose others with --port, --admin-port, --grpc-port"
 
 
 def _display_host(host: str) -> str:
@@ -235,9 +249,8 @@ def _up_port_claims(settings: Settings, replica_ports: Sequence[int]) -> list[Po
         PortClaim(host, lis.port if lis.port is not None else UP_DEFAULT_PORT, "--port"),
         PortClaim(host, lis.admin_port, "--admin-port"),
     ]
-    if settings.data_plane == "envoy":
-        claims.append(PortClaim("127.0.0.1", lis.envoy_picker_port, "--grpc-port"))
-        claims.append(PortClaim("127.0.0.1", lis.envoy_admin_port, "--envoy-admin-port"))
+    plane = data_plane_factory(settings.data_plane)
+    claims.extend(PortClaim("127.0.0.1", port, flag) for port, flag in plane.private_ports(settings))
     claims.extend(PortClaim("127.0.0.1", p, "--replica-ports") for p in replica_ports)
     return claims
 
@@ -256,7 +269,8 @@ def _up_banner(gw: Gateway, fleet: Fleet, token: str | None) -> list[str]:
     if isinstance(plane, EnvoyDataPlane):
         envoy_admin = plane.envoy.admin_address if plane.envoy is not None else None
         lines.append(
-            f"  picker:    ext_proc on 127.0.0.1:{plane.picker.port}   Envoy admin: {envoy_admin or '-'}"
+            f"  picker:    ext_proc on 127.0.0.1:{plane.picker.port if plane.picker else '-'}   "
+            f"Envoy admin: {envoy_admin or '-'}"
         )
     lines.append("  replicas:  " + ", ".join(f"{r.name} http://{r.key}" for r in fleet.replicas))
     lines.append(f"  logs:      {fleet.run_dir} (removed at exit)")
@@ -294,10 +308,10 @@ def run_up(
         fleet = Fleet(manifests, pool, replicas=replicas, extra_args=simulate_args, ports=replica_ports)
         fleet.plan()
         check_ports(_up_port_claims(settings, [r.port for r in fleet.replicas] if replica_ports else []))
-        if settings.data_plane == "envoy":
-            envoy_binary()  # the [envoy] extra is optional: say so before anything starts
+        data_plane_factory(settings.data_plane).check()  # e.g. the optional Envoy: say so first
         # builds and validates every component (keys, limits, picker); binds nothing
-        Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+        source = ManifestPoolSource.from_settings(manifests, settings, extra_endpoints=fleet.endpoints())
+        Gateway(source, settings, picker=picker)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if fleet is not None:
@@ -331,7 +345,8 @@ async def _up_main(
             return 130
         stopped.cancel()
         starting.result()
-        gw = Gateway(manifests, settings, picker=picker, extra_endpoints=fleet.endpoints())
+        source = ManifestPoolSource.from_settings(manifests, settings, extra_endpoints=fleet.endpoints())
+        gw = Gateway(source, settings, picker=picker)
         token = gw.metrics_token
         if token is not None:
             write_token_file(fleet.run_dir / "metrics-token", token)

@@ -48,7 +48,10 @@ class DataPlaneContext:
 
 
 class DataPlane(Protocol):
-    """One way of serving the pool; built after the core, started and stopped by the gateway."""
+    """One way of serving the pool. The gateway builds it from the settings, :meth:`attach`es the
+    picker's core once the pool is known (at once for manifests, after the first sync in a
+    cluster), calls :meth:`prepare` at start (what must be up before routing, such as the gRPC
+    health port), :meth:`start` once attached, and :meth:`stop` on shutdown."""
 
     @property
     def port(self) -> int:
@@ -57,6 +60,12 @@ class DataPlane(Protocol):
     @property
     def in_flight(self) -> int:
         """Requests being served right now (drained on stop)."""
+
+    def attach(self, ctx: DataPlaneContext) -> None:
+        """Build the servers around the core (no I/O)."""
+
+    async def prepare(self) -> None:
+        """Bind what must answer before routing starts (a health port); often nothing."""
 
     async def start(self, host: str, port: int) -> None:
         """Bind ``host:port`` (the inference listener; ``epp`` uses ``listeners.grpc_port``)."""
@@ -75,7 +84,7 @@ class DataPlane(Protocol):
 class DataPlaneFactory:
     """How to build a data plane, and the two facts the core must know before building it."""
 
-    build: Callable[[DataPlaneContext], DataPlane]
+    build: Callable[[Settings], DataPlane]
     honors_subset_hint: bool
     """The plane sets ``x-gateway-destination-endpoint-subset`` itself (Envoy), so the Director may
     honour it; the built-in proxy never lets a client narrow routing with it."""
@@ -84,6 +93,11 @@ class DataPlaneFactory:
     proxy), so flow control counts them; otherwise they reach the model server's own queue."""
     uses_listener: bool = True
     """Serves the Gateway manifest's listener (port fallback applies); ``epp`` serves gRPC only."""
+    private_ports: Callable[[Settings], Sequence[tuple[int, str]]] = lambda _s: ()
+    """Loopback ports the plane binds besides the listener, with the flag that sets each (checked
+    before ``infergate up`` starts anything; 0 = any free port)."""
+    check: Callable[[], None] = lambda: None
+    """Raises ConfigError when something the plane needs is missing (the Envoy binary)."""
 
 
 def _builtin() -> DataPlaneFactory:
@@ -94,8 +108,22 @@ def _builtin() -> DataPlaneFactory:
 
 def _envoy() -> DataPlaneFactory:
     from infergate.dataplanes.extproc import EnvoyDataPlane
+    from infergate.dataplanes.extproc.envoy import envoy_binary
 
-    return DataPlaneFactory(EnvoyDataPlane, honors_subset_hint=True, queues_connections=False)
+    def ports(s: Settings) -> Sequence[tuple[int, str]]:
+        lis = s.listeners
+        return [(lis.envoy_picker_port, "--grpc-port"), (lis.envoy_admin_port, "--envoy-admin-port")]
+
+    def check() -> None:
+        envoy_binary()  # the [envoy] extra is optional: ConfigError saying how to get it
+
+    return DataPlaneFactory(
+        EnvoyDataPlane,
+        honors_subset_hint=True,
+        queues_connections=False,
+        private_ports=ports,
+        check=check,
+    )
 
 
 def _epp() -> DataPlaneFactory:

@@ -63,6 +63,7 @@ class Datastore:
         self._objectives: dict[str, Objective] = {}
         self._rewrites: dict[str, ModelRewrite] = {}
         self._listeners: list[Listener] = []
+        self._departure_listeners: list[Callable[[str], None]] = []
         self._membership = 0
 
     # -- pool -------------------------------------------------------------------------------
@@ -108,6 +109,11 @@ class Datastore:
             return
         self._models.pop(key, None)
         self._membership += 1
+        for departed in tuple(self._departure_listeners):
+            try:
+                departed(key)
+            except Exception:
+                log.exception("datastore departure listener %r failed", departed)
         self._notify()
 
     def endpoint(self, key: str) -> Endpoint | None:
@@ -248,6 +254,18 @@ class Datastore:
         def unsubscribe() -> None:
             with contextlib.suppress(ValueError):
                 self._listeners.remove(fn)
+
+        return unsubscribe
+
+    def add_departure_listener(self, fn: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``fn(key)`` when an endpoint leaves the pool (whoever removes it: the manifests
+        re-applied, a pod deleted in the cluster), before the general listeners run. Plugins with
+        per-endpoint state are told this way (``Scheduler.forget_endpoint``)."""
+        self._departure_listeners.append(fn)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._departure_listeners.remove(fn)
 
         return unsubscribe
 

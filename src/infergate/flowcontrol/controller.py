@@ -2,9 +2,11 @@
 
 A waiting request holds an :class:`asyncio.Future`. Dispatch is event-driven: the controller
 listens to the datastore (every scrape, health change, and in-flight acquire/release) and runs a
-dispatch cycle soon after each change, releasing **one** request per cycle. The released request's
-task runs before the next cycle (both are ``call_soon`` callbacks, in order), so by then its
-in-flight count is visible to the saturation detector and the next cycle re-checks the pool with it.
+dispatch cycle soon after each change, releasing as many requests as the pool has room for. A
+released request is not in flight until its task runs; until then it is counted as *pending*, as if
+in flight on every endpoint (an upper bound), both for further releases and for newcomers' fast
+path. Releasing one request per cycle instead, and queueing every newcomer while one was in
+transit, made requests under steady load file through the queue one event-loop turn at a time.
 A timer wakes the dispatcher for TTL deadlines and, as a safety net, every ``recheck_interval``.
 """
 
@@ -95,7 +97,7 @@ class FlowController:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cycle_pending = False
         # released requests whose task has not resumed yet: their in-flight count is not visible,
-        # so newcomers queue behind them instead of judging the pool without them
+        # so the pool is judged as if they had landed (FlowCore.saturation's ``pending``)
         self._in_transit = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -131,7 +133,7 @@ class FlowController:
         if self._closed:
             raise NoCapacityError(SHUTDOWN_MESSAGE, headers=_dropped(SHUTTING_DOWN))
         now = self._clock.now()
-        offer = self._core.offer(request, now, hold=self._in_transit > 0)
+        offer = self._core.offer(request, now, pending=self._in_transit)
         if offer.decision is Decision.ADMIT:
             return False
         retry_after = self._core.config.retry_after
@@ -209,14 +211,13 @@ class FlowController:
             now = self._clock.now()
             for expired in self._core.expire(now):
                 self._resolve(expired)
-            while self._in_transit == 0:
-                item = self._core.pop_ready(now)
+            while True:
+                item = self._core.pop_ready(now, self._in_transit)
                 if item is None:
                     break
                 if self._resolve(item):
-                    self._in_transit += 1  # the next cycle is kicked when its task resumes
-                    break
-                # its waiter is already gone (cancelled in the same instant): release another
+                    self._in_transit += 1  # counted until its task resumes and acquires
+                # else its waiter is already gone (cancelled in the same instant): release another
         except Exception:  # a bug here must not strand the waiters without a timer
             log.exception("flow-control dispatch cycle failed")
         self._arm_timer()

@@ -13,8 +13,9 @@ import heapq
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol
 
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.config import FlowControlConfig
@@ -24,6 +25,13 @@ from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint, InferenceRequest
 
 __all__ = ["Decision", "FlowCore", "Offer"]
+
+# Most labelled queue-duration series kept looked up; the cache is emptied when it reaches this.
+_SERIES_CACHE = 1024
+
+
+class _Observer(Protocol):
+    def observe(self, value: float) -> None: ...
 
 
 class Decision(StrEnum):
@@ -70,6 +78,8 @@ class FlowCore:
         self._last_saturation = 0.0
         # whether the pool had no ready endpoint when the queued requests' deadlines were last set
         self._empty = False
+        # labelled queue-duration children by (fairness, priority, pool, model, target, outcome)
+        self._wait_series: dict[tuple[str, int, str, str, str, ItemState], _Observer] = {}
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -100,9 +110,19 @@ class FlowCore:
         pool = self._ds.pool
         return pool.name if pool is not None else self._config.pool_name
 
-    def saturation(self, now: float) -> float:
-        """The pool's current saturation (>= 1.0: saturated); updates the saturation gauge."""
-        value = self._detector.saturation(self._ds.endpoints(), now)
+    def saturation(self, now: float, pending: int = 0) -> float:
+        """The pool's current saturation (>= 1.0: saturated); updates the saturation gauge.
+
+        ``pending`` counts requests already released but not yet in flight anywhere (their
+        tasks have not run): each is counted as in flight on *every* healthy endpoint, an upper
+        bound whatever the scheduler picks, so releasing or admitting while they land never
+        overfills the pool, and admission need not wait for them to land.
+        """
+        endpoints = self._ds.endpoints()
+        value = self._detector.saturation(endpoints, now)
+        if pending > 0 and value < 1.0:
+            landed = [replace(e, in_flight=e.in_flight + pending) for e in endpoints]
+            value = max(value, self._detector.saturation(landed, now))
         self._last_saturation = value
         if self._metrics is not None:
             self._metrics.fc_pool_saturation.labels(inference_pool=self.pool_name()).set(value)
@@ -131,6 +151,20 @@ class FlowCore:
         from the queues thus never lands in a full model server's queue while another has room,
         so replica queues stay short and the gateway's priority order decides who waits.
 
+        Only a pool whose requests can differ in priority is narrowed (an InferenceObjective with a
+        priority other than the default 0 exists): narrowing is there for the priority order, so that
+        a released request does not wait in a model server behind requests the gateway would have
+        ranked below it, nor put itself ahead of later, higher-priority ones. With one priority the
+        gateway's queue order and a server's are the same (first come, first served), and narrowing
+        would only override the scheduler's placement. On a pool whose tenants' prefixes are
+        partitioned over the replicas that is ruinous: during a short burst (cold caches right after
+        a start) every replica shows a few waiting requests, the released ones went to whichever
+        replica was momentarily below the threshold, away from their prefix, and the extra prefill
+        kept the pool saturated (seen in the twin: a many-tenant workload's prefix-hit rate fell
+        from 85 % to 51 % and its SLO rate from 135 to under 100 QPS; the issue's real-time run
+        showed the same 79 % → 34 %). The scheduler itself weighs a replica's queue against the
+        request's prefix and adapter there.
+
         Requests admitted at once (the pool not saturated, nothing queued) are not narrowed: the
         scheduler weighs a replica's queue against its prefix cache and adapters itself. Narrowing
         them too forced LoRA requests off the replicas holding their adapter whenever a few
@@ -139,10 +173,14 @@ class FlowCore:
         20 QPS).
         """
         c = self._config
-        if not c.enabled or not c.route_to_room or len(endpoints) < 2:
+        if not c.enabled or not c.route_to_room or len(endpoints) < 2 or not self._ranks_priorities():
             return list(endpoints)
         roomy = [e for e in endpoints if self._detector.endpoint_score(e, now) < 1.0]
         return roomy or list(endpoints)
+
+    def _ranks_priorities(self) -> bool:
+        """Whether requests to this pool can have different priorities (an objective's is not 0)."""
+        return any(o.priority != 0 for o in self._ds.objectives())
 
     def pool_empty(self) -> bool:
         """True while the pool has no ready (healthy) endpoint at all: nothing can be dispatched
@@ -151,7 +189,7 @@ class FlowCore:
 
     # -- decisions --------------------------------------------------------------------------
 
-    def offer(self, request: InferenceRequest, now: float, *, hold: bool = False) -> Offer:
+    def offer(self, request: InferenceRequest, now: float, *, pending: int = 0) -> Offer:
         """Decide for a newly arrived request.
 
         Nothing waiting and the pool not saturated is the fast path: admit. Otherwise a sheddable
@@ -159,10 +197,10 @@ class FlowCore:
         would only wait behind them, which is what shedding avoids); any other request joins its
         band's flow queue, unless that would exceed a capacity, which rejects it. A request never
         overtakes queued ones: while anything waits, newcomers queue too, and the dispatcher
-        decides the order. ``hold`` forbids the fast path (the caller released requests that are not
-        in flight yet, so the pool's state is not known): the request queues unless it is shed.
+        decides the order. ``pending``: requests the caller released that are not in flight yet;
+        the pool is judged as if they had landed (see :meth:`saturation`).
         """
-        level = self.saturation(now)
+        level = self.saturation(now, pending)
         empty = self._regime(now)
         if empty and (not self._config.enabled or request.priority < 0):
             # nothing to wait for without queueing; a sheddable request does not wait out a cold start
@@ -173,7 +211,7 @@ class FlowCore:
             self._observe_wait(request, ItemState.DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
         saturated = level >= self.threshold(request.priority)
-        if not saturated and not self._queues and not hold:
+        if not saturated and not self._queues:
             self._observe_wait(request, ItemState.DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
         if request.priority < 0 and (saturated or self._queues):
@@ -196,19 +234,20 @@ class FlowCore:
         self._gauge(item, +1)
         return Offer(Decision.QUEUED, item)
 
-    def pop_ready(self, now: float) -> QueuedItem | None:
+    def pop_ready(self, now: float, pending: int = 0) -> QueuedItem | None:
         """Release the next request if the pool has room, else None.
 
         Only the head of the highest non-empty band is considered (head-of-line blocking, as in
         the reference, so a lower band never overtakes a higher one). Call again after the released
-        request was scheduled (its in-flight count is then visible) to release the next one.
+        request was scheduled (its in-flight count is then visible), or at once with ``pending``
+        counting the released requests not yet in flight (see :meth:`saturation`).
         """
         head = self._queues.peek()
         if head is None:
             return None
         started = time.perf_counter()
         try:
-            if self.saturation(now) >= self.threshold(head.priority):
+            if self.saturation(now, pending) >= self.threshold(head.priority):
                 return None
             item = self._queues.pop()
             assert item is not None
@@ -337,8 +376,17 @@ class FlowCore:
     def _observe_wait(
         self, request: InferenceRequest, outcome: ItemState, seconds: float, pool: str | None = None
     ) -> None:
+        """Every request passes here once, admitted at once or not: the labelled child is looked
+        up in a small cache (resolving six label values costs more than the observation)."""
         if self._metrics is None:
             return
-        self._metrics.fc_request_queue_duration.labels(
-            **self._labels(request, pool), outcome=outcome.value
-        ).observe(seconds)
+        pool_name = self.pool_name() if pool is None else pool
+        key = (request.fairness_id, request.priority, pool_name, request.model, request.target_model, outcome)
+        child = self._wait_series.get(key)
+        if child is None:
+            if len(self._wait_series) >= _SERIES_CACHE:  # client-chosen fairness ids: stay bounded
+                self._wait_series.clear()
+            child = self._wait_series[key] = self._metrics.fc_request_queue_duration.labels(
+                **self._labels(request, pool_name), outcome=outcome.value
+            )
+        child.observe(seconds)

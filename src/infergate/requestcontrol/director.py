@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 from infergate.config.settings import Settings
 from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
 from infergate.requestcontrol import headers as H
@@ -118,8 +116,9 @@ class RequestContext:
 
 
 def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """Case-insensitive view: aiohttp's CIMultiDict already is one; plain dicts are lowered."""
-    if isinstance(headers, (CIMultiDict, CIMultiDictProxy)):
+    """Case-insensitive view: a mapping the data plane registered as one (aiohttp's headers) is
+    used as is; others are copied with lower-cased names."""
+    if isinstance(headers, H.CaseInsensitiveHeaders):
         return headers
     return {k.lower(): v for k, v in headers.items()}
 

@@ -7,6 +7,7 @@ the data plane and never obeyed; the objective, fairness and model-rewrite heade
 
 from __future__ import annotations
 
+from abc import ABC
 from collections.abc import Iterable, Mapping
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "MODEL_NAME_REWRITE",
     "REQUEST_ID",
     "ROUTING_OUTPUTS",
+    "CaseInsensitiveHeaders",
     "clean_request_headers",
     "clean_response_headers",
     "fairness_id_of",
@@ -29,6 +31,14 @@ __all__ = [
     "objective_of",
     "scheduling_headers",
 ]
+
+
+class CaseInsensitiveHeaders(ABC):  # noqa: B024 - a marker: no abstract methods on purpose
+    """Header mappings whose lookups ignore case. Request control imports no HTTP library, so a data
+    plane registers its header types here (``CaseInsensitiveHeaders.register(CIMultiDictProxy)``)
+    and the Director uses them without copying; any other mapping is copied with lower-cased names.
+    """
+
 
 DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
 DESTINATION_ENDPOINT_SUBSET = "x-gateway-destination-endpoint-subset"

@@ -1,10 +1,21 @@
 """infergate.scheduling: pick the endpoint for a request (filters → weighted scorers → picker).
 
-Contracts in ``framework``, the run loop in ``profile``/``scheduler``, built-in plugins in
-``scorers``, ``prefix``, ``pickers`` and ``filters``, their registry in ``registry``.
+Three parts, each importing only the ones after it (an import-linter contract):
+
+- ``engine``: builds the plugins and profiles from an ``EndpointPickerConfig`` and runs one
+  scheduling cycle (weights, clamping, timing, the decision log, endpoint departure);
+- ``plugins``: the built-in plugins and ``default_registry()``, which registers them;
+- ``sdk``: the stable contracts a plugin is written against (``Filter``, ``Scorer``, ``Picker``,
+  ``PostPick``, the lifecycle hooks, ``CycleState``/``StateKey``, ``Params``, the typed registry)
+  and helpers for plugin tests.
+
+May import: ``datastore``-free core types (``types``, ``errors``, ``config``); never HTTP or gRPC
+libraries, request control, servers or the app.
 """
 
-from infergate.scheduling.framework import (
+from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.plugins.registry import default_registry
+from infergate.scheduling.sdk.framework import (
     CycleState,
     Filter,
     Picker,
@@ -13,8 +24,6 @@ from infergate.scheduling.framework import (
     Scorer,
     StateKey,
 )
-from infergate.scheduling.registry import default_registry
-from infergate.scheduling.scheduler import Scheduler, build_scheduler
 
 __all__ = [
     "CycleState",

@@ -25,14 +25,14 @@ tokens and held blocks from ``precise-prefix-cache-scorer``, or the approximate 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import Field
 
 from infergate.errors import NoCapacityError
-from infergate.scheduling.framework import CycleState, Params
+from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PREFIX_MATCH
 from infergate.scheduling.precise_prefix import PRECISE_MATCH
-from infergate.scheduling.prefix import AVERAGE_CHARS_PER_TOKEN, PREFIX_MATCH
+from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = [
@@ -48,6 +48,8 @@ __all__ = [
     "RoleFilter",
     "cached_and_total_tokens",
 ]
+
+S = TypeVar("S")
 
 ROLE_LABEL = "llm-d.ai/role"
 PREFILLER_HEADER = "x-prefiller-host-port"
@@ -172,6 +174,10 @@ class DisaggProfileHandler:
     @property
     def default_profile(self) -> str:
         return self.decode_profile
+
+    def choose(self, request: InferenceRequest, profiles: Mapping[str, S]) -> S:
+        """The profile a single-profile cycle would run: decode (the scheduler calls :meth:`run`)."""
+        return profiles[self.decode_profile]
 
     def bind(self, plugins: Mapping[str, object]) -> None:
         if self.decider_name is None:

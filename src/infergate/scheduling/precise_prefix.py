@@ -29,8 +29,8 @@ from pydantic import Field, field_validator, model_validator
 
 from infergate.kvevents.index import KvBlockIndex, request_keys
 from infergate.kvevents.subscriber import KvEventSubscriber
-from infergate.scheduling.framework import CycleState, Params, StateKey
-from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.sdk.framework import CycleState, Params, StateKey
 from infergate.tokenization.load import load_tokenizer
 from infergate.tokenization.protocol import TextTokenizer
 from infergate.types import ApiKind, Endpoint, InferenceRequest, SchedulingResult

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.controller import FlowController
-from infergate.scheduling.decisions import DecisionLog
+from infergate.scheduling.engine.decisions import DecisionLog
 from infergate.types import Endpoint
 
 __all__ = [

@@ -20,7 +20,7 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
-from infergate.app.gateway import Gateway
+from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.settings import Settings
 from infergate.requestcontrol.access import Authenticator
 from infergate.types import Clock
@@ -133,7 +133,7 @@ async def start_gateway(
     path = tmp / "pool.yaml"
     path.write_text(yaml.safe_dump_all(pool_docs(replicas, objectives or {"food-review": 10})))
     gw = Gateway(
-        load_manifests([path]),
+        ManifestPoolSource(load_manifests([path])),
         (settings or Settings().replace({"scrape.health_interval": 0.05})).replace(
             {
                 "listeners.host": "127.0.0.1",

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from infergate.servers.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
 from tests.e2e.security.conftest import MODEL, Replica
 from tests.support import free_port
 

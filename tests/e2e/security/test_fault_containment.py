@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from infergate.config.settings import Settings
-from infergate.servers.proxy import ProxyServer
+from infergate.dataplanes.builtin.proxy import ProxyServer
 from tests.e2e.security.conftest import MODEL, Replica, start_gateway
 from tests.support import async_wait_for
 
@@ -125,7 +125,7 @@ class _Exchange:
 
 def test_silence_window_follows_the_streams_own_inter_token_gaps() -> None:
     proxy = ProxyServer.__new__(ProxyServer)
-    from infergate.servers.proxy import ProxyOptions
+    from infergate.dataplanes.builtin.proxy import ProxyOptions
 
     proxy._opts = ProxyOptions(evicted_idle_timeout=1.0, evicted_idle_factor=4.0)
     fast, slow = _Exchange(0.02), _Exchange(1.5)

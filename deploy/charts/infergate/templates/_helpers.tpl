@@ -147,6 +147,8 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- else if eq $k "drain-timeout" }}
 {{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?s?$" (toString $v)) }}{{ fail (printf "%s: %q must be seconds, e.g. 30s" $where (toString $v)) }}{{ end }}
 {{- $_ := set $flags "grace" (trimSuffix "s" (toString $v)) }}
+{{- else if eq $k "print-settings" }}
+{{- fail (printf "%s: prints the settings and exits, so the picker would never serve" $where) }}
 {{- else if has $k $offOnly }}
 {{- if ne $s "false" }}{{ fail (printf "%s: infergate epp has no %s (only false is accepted; see docs/kubernetes.md)" $where $k) }}{{ end }}
 {{- else if has $k (concat $valued $toggles $switches) }}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from infergate.servers.proxy import ProxyOptions, ProxyServer
+from infergate.config.settings import Settings
+from infergate.dataplanes.builtin.proxy import ProxyOptions, ProxyServer
 
 if TYPE_CHECKING:
     from infergate.dataplanes import DataPlaneContext
@@ -22,21 +23,39 @@ __all__ = ["BuiltinDataPlane"]
 class BuiltinDataPlane:
     """The asyncio proxy, built from the settings (``proxy``, ``limits``, ``listeners`` groups)."""
 
-    def __init__(self, ctx: DataPlaneContext) -> None:
-        self.proxy = ProxyServer(
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._proxy: ProxyServer | None = None
+
+    @property
+    def proxy(self) -> ProxyServer:
+        if self._proxy is None:
+            raise RuntimeError("the built-in proxy exists once the core is attached")
+        return self._proxy
+
+    @proxy.setter
+    def proxy(self, server: ProxyServer) -> None:
+        """Replace the proxy (tests with options the settings do not expose)."""
+        self._proxy = server
+
+    def attach(self, ctx: DataPlaneContext) -> None:
+        self._proxy = ProxyServer(
             ctx.director,
             ctx.datastore,
-            ProxyOptions.from_settings(ctx.settings, route_prefixes=ctx.route_prefixes),
+            ProxyOptions.from_settings(self._settings, route_prefixes=ctx.route_prefixes),
             metrics=ctx.metrics,
         )
 
     @property
     def port(self) -> int:
-        return self.proxy.port
+        return self._proxy.port if self._proxy is not None else 0
 
     @property
     def in_flight(self) -> int:
-        return self.proxy.in_flight
+        return self._proxy.in_flight if self._proxy is not None else 0
+
+    async def prepare(self) -> None:
+        """Nothing answers before the proxy does."""
 
     async def start(self, host: str, port: int) -> None:
         await self.proxy.start(host, port)
@@ -45,7 +64,9 @@ class BuiltinDataPlane:
         """HTTP readiness is the admin ``/readyz``; nothing to flip here."""
 
     async def stop(self) -> None:
-        await self.proxy.stop()
+        if self._proxy is not None:
+            await self._proxy.stop()
 
     def endpoint_down(self, key: str) -> None:
-        self.proxy.endpoint_down(key)
+        if self._proxy is not None:
+            self._proxy.endpoint_down(key)

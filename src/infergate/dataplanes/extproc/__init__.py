@@ -6,7 +6,7 @@
 - :class:`EnvoyDataPlane` (``envoy``): the same picker on a private loopback port and a local Envoy
   child process on the inference listener, configured from the manifests.
 
-May import: ``servers`` (ext_proc server, Envoy runner), request control, ``config``; never ``app``.
+May import: ``servers`` (the listener), request control, ``config``, grpc; never ``app``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import dataclasses
 import socket
 from typing import TYPE_CHECKING
 
+from infergate.config.settings import Settings
+from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, envoy_settings, render_bootstrap
 from infergate.dataplanes.extproc.health import HealthServer
+from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings
 from infergate.errors import ConfigError
-from infergate.servers.envoy import EnvoyProcess, EnvoySettings, envoy_settings, render_bootstrap
-from infergate.servers.extproc import ExtProcServer, TlsSettings
 
 if TYPE_CHECKING:
     from infergate.dataplanes import DataPlaneContext
@@ -27,56 +28,66 @@ __all__ = ["EnvoyDataPlane", "ExtProcDataPlane", "HealthServer"]
 
 
 class ExtProcDataPlane:
-    """``epp``: ext_proc on the gRPC port plus the plaintext health port, sharing one servicer.
+    """``epp``: ext_proc on ``listeners.grpc_port`` plus the plaintext health port, sharing one
+    health servicer. The health port is up from :meth:`prepare` on, so a cluster picker is live
+    (and not ready) while it syncs; readiness follows :meth:`set_ready`."""
 
-    ``health`` may be given when the health port must be up before the core exists (a cluster
-    picker is live but not ready while it syncs); otherwise it is built and started here.
-    """
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.health = HealthServer(settings.listeners.host, settings.listeners.grpc_health_port)
+        self._picker: ExtProcServer | None = None
+        self._started = False
+        self._stopped = False
 
-    def __init__(self, ctx: DataPlaneContext, health: HealthServer | None = None) -> None:
-        s = ctx.settings
-        self._ctx = ctx
-        self._owns_health = health is None
-        self.health = health or HealthServer(s.listeners.host, s.listeners.grpc_health_port)
-        tls = TlsSettings(cert_path=s.listeners.cert_path) if s.listeners.secure_serving else None
-        self.picker = ExtProcServer.from_settings(
-            s,
+    @property
+    def picker(self) -> ExtProcServer | None:
+        """The ext_proc server, once attached."""
+        return self._picker
+
+    def attach(self, ctx: DataPlaneContext) -> None:
+        lis = self._settings.listeners
+        tls = TlsSettings(cert_path=lis.cert_path) if lis.secure_serving else None
+        self._picker = ExtProcServer.from_settings(
+            self._settings,
             ctx.director,
-            host=s.listeners.host,
-            port=s.listeners.grpc_port,
+            host=lis.host,
+            port=lis.grpc_port,
             tls=tls,
             health=self.health.servicer,
             endpoints=ctx.datastore,
             rng=ctx.rng,
         )
-        self._stopped = False
 
     @property
     def port(self) -> int:
-        return self.picker.port
+        return self._picker.port if self._picker is not None and self._started else 0
 
     @property
     def in_flight(self) -> int:
         return 0  # streams are Envoy's; the picker drains them on stop
 
+    async def prepare(self) -> None:
+        await self.health.start()
+
     async def start(self, host: str, port: int) -> None:
         """Serve on ``listeners.grpc_port`` (the inference listener is Envoy's, elsewhere)."""
-        if self._owns_health:
-            await self.health.start()
-        await self.picker.start()
+        assert self._picker is not None, "attach() first"
+        await self._picker.start()
+        self._started = True
 
     async def set_ready(self, ready: bool) -> None:
         await self.health.set_ready(ready)
 
     async def stop(self) -> None:
+        """NOT_SERVING first, then drain open ext_proc streams for ``proxy.shutdown_grace``."""
         if self._stopped:
             return
         self._stopped = True
         await self.health.set_ready(False)
-        await self.picker.set_serving(False)
-        await self.picker.stop(self._ctx.settings.proxy.shutdown_grace)
-        if self._owns_health:
-            await self.health.stop()
+        if self._picker is not None:
+            await self._picker.set_serving(False)
+            await self._picker.stop(self._settings.proxy.shutdown_grace)
+        await self.health.stop()
 
     def endpoint_down(self, key: str) -> None:
         """Envoy relays the responses; its own outlier handling applies."""
@@ -89,23 +100,29 @@ def _free_port(host: str) -> int:
 
 
 class EnvoyDataPlane:
-    """``envoy``: a local Envoy on the listener, calling the picker on a private loopback port."""
+    """``envoy``: a local Envoy on the listener, calling the picker on a private loopback port
+    (``listeners.envoy_picker_port``, 0: any free one)."""
 
-    def __init__(self, ctx: DataPlaneContext) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._ctx: DataPlaneContext | None = None
+        self.picker: ExtProcServer | None = None
+        self.envoy: EnvoyProcess | None = None
+        self._port = 0
+        self._stopped = False
+
+    def attach(self, ctx: DataPlaneContext) -> None:
         if ctx.manifests is None:
             raise ConfigError("data_plane: envoy needs manifest files (its routes and listener)")
         self._ctx = ctx
         self.picker = ExtProcServer.from_settings(
-            ctx.settings,
+            self._settings,
             ctx.director,
             host="127.0.0.1",
-            port=ctx.settings.listeners.envoy_picker_port,
+            port=self._settings.listeners.envoy_picker_port,
             tls=False,
             endpoints=ctx.datastore,
         )
-        self.envoy: EnvoyProcess | None = None
-        self._port = 0
-        self._stopped = False
 
     @property
     def port(self) -> int:
@@ -115,10 +132,13 @@ class EnvoyDataPlane:
     def in_flight(self) -> int:
         return 0
 
+    async def prepare(self) -> None:
+        """Envoy and the picker start together."""
+
     async def start(self, host: str, port: int) -> None:
-        ctx = self._ctx
-        assert ctx.manifests is not None
-        await self.picker.start()
+        picker = self.picker
+        assert picker is not None, "attach() first"
+        await picker.start()
         if port == 0:
             port = _free_port(host)
         self.envoy = EnvoyProcess(render_bootstrap(self.bootstrap_settings(host, port)))
@@ -127,31 +147,34 @@ class EnvoyDataPlane:
 
     def bootstrap_settings(self, host: str, port: int) -> EnvoySettings:
         """Envoy's settings for a listener on ``host:port`` (admin on ``listeners.envoy_admin_port``)."""
-        ctx = self._ctx
-        assert ctx.manifests is not None
+        ctx, picker = self._ctx, self.picker
+        assert ctx is not None and ctx.manifests is not None and picker is not None, "attach() first"
         bootstrap = envoy_settings(
-            ctx.settings,
+            self._settings,
             ctx.manifests,
             pool_name=ctx.pool.name,
-            picker_port=self.picker.port,
+            picker_port=picker.port,
             fallback_endpoints=[e.key for e in ctx.datastore.endpoints()],
             listen=(host, port),
             health_path=ctx.pool.health_path,
         )
-        return dataclasses.replace(bootstrap, admin_port=ctx.settings.listeners.envoy_admin_port)
+        return dataclasses.replace(bootstrap, admin_port=self._settings.listeners.envoy_admin_port)
 
     async def set_ready(self, ready: bool) -> None:
-        await self.picker.set_serving(ready)
+        if self.picker is not None:
+            await self.picker.set_serving(ready)
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        grace = self._ctx.settings.proxy.shutdown_grace
-        await self.picker.set_serving(False)
+        grace = self._settings.proxy.shutdown_grace
+        if self.picker is not None:
+            await self.picker.set_serving(False)
         if self.envoy is not None:
             await self.envoy.stop_async(grace)
-        await self.picker.stop(grace)
+        if self.picker is not None:
+            await self.picker.stop(grace)
 
     def endpoint_down(self, key: str) -> None:
         """Envoy relays the responses; its own outlier handling applies."""

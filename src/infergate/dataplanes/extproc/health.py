@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from infergate.servers.extproc import EXTPROC_SERVICE
+from infergate.dataplanes.extproc.server import EXTPROC_SERVICE
 
 __all__ = ["LIVENESS", "READINESS", "READY_NAMES", "HealthServer"]
 

@@ -21,8 +21,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from infergate.scheduling.framework import CycleState, Params
-from infergate.scheduling.prefix import PREFIX_MATCH, PrefixCacheScorer
+from infergate.scheduling.plugins.prefix import PREFIX_MATCH, PrefixCacheScorer
+from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import Endpoint, InferenceRequest
 
 __all__ = [

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from infergate.scheduling.framework import CycleState, Params
+from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import Endpoint, InferenceRequest
 
 __all__ = ["LoraAffinityFilter", "LoraAffinityFilterParams", "LowQueueFilter", "LowQueueFilterParams"]

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from infergate.scheduling.framework import CycleState, Params, StateKey, candidate_keys
-from infergate.scheduling.scores import CandidateScores
+from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, candidate_keys
+from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 __all__ = [

@@ -18,23 +18,35 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
 from infergate.scheduling.disagg import DisaggProfileHandler
-from infergate.scheduling.framework import (
+from infergate.scheduling.engine.profile import (
+    FilterSlot,
+    PickerSlot,
+    PostPickSlot,
+    SchedulerProfile,
+    ScorerSlot,
+)
+from infergate.scheduling.plugins.pickers import MaxScorePicker
+from infergate.scheduling.plugins.registry import default_registry
+from infergate.scheduling.sdk.framework import (
     CycleState,
+    DebugStateProvider,
+    EndpointStateHolder,
+    ExtensionPoint,
     Filter,
     Picker,
     PluginContext,
     PluginRegistry,
+    PluginType,
     PostPick,
+    ProfileHandler,
+    ResponseHeaderHook,
     Scorer,
+    TtftObserver,
 )
-from infergate.scheduling.pickers import MaxScorePicker
-from infergate.scheduling.profile import FilterSlot, PickerSlot, PostPickSlot, SchedulerProfile, ScorerSlot
-from infergate.scheduling.profile_handler import HeaderProfileHandler
-from infergate.scheduling.registry import default_registry
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult
 
 if TYPE_CHECKING:
-    from infergate.scheduling.decisions import DecisionLog
+    from infergate.scheduling.engine.decisions import DecisionLog
     from infergate.telemetry import GatewayMetrics
 
 __all__ = ["PickerConfigLike", "Scheduler", "build_scheduler"]
@@ -75,10 +87,11 @@ class PickerConfigLike(Protocol):
 class Scheduler:
     """Runs the configured profile for one request over a given candidate list.
 
-    Also exposes the plugin instances by name (``plugin``) and ``forget_endpoint`` so the
-    composition root can drop per-endpoint plugin state (the prefix index) when an endpoint
-    leaves the pool. With a ``decision_log``, every successful result is appended to it (by
-    reference) for the live view.
+    Also exposes the plugin instances by name (``plugin``) and ``forget_endpoint``, which the
+    composition root subscribes to the datastore's endpoint removals so every plugin with
+    per-endpoint state (:class:`EndpointStateHolder`) drops it when an endpoint leaves the pool.
+    With a ``decision_log``, every successful result is appended to it (by reference) for the live
+    view.
     """
 
     def __init__(
@@ -90,7 +103,7 @@ class Scheduler:
         decision_log: DecisionLog | None = None,
         clock: Clock | None = None,
         profiles: Mapping[str, SchedulerProfile] | None = None,
-        handler: HeaderProfileHandler | DisaggProfileHandler | None = None,
+        handler: ProfileHandler | None = None,
     ) -> None:
         self.profile = profile
         """The default profile (the only one unless a profile handler chooses among several)."""
@@ -103,11 +116,10 @@ class Scheduler:
         self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
         self.decision_log = decision_log
         self._clock = clock
-        self._observers: list[Callable[[str, float | None], None]] = []
-        for p in self._plugins.values():
-            observe = getattr(p, "observe_ttft", None)
-            if callable(observe):
-                self._observers.append(observe)
+        plugins_ = list(self._plugins.values())
+        self._observers = [p for p in plugins_ if isinstance(p, TtftObserver)]
+        self._header_hooks = [p for p in plugins_ if isinstance(p, ResponseHeaderHook)]
+        self._holders = [p for p in plugins_ if isinstance(p, EndpointStateHolder)]
 
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
@@ -119,18 +131,14 @@ class Scheduler:
     def response_headers(self, target: Endpoint) -> dict[str, str]:
         """Headers plugins add to the response from ``target`` (``x-session-token``)."""
         out: dict[str, str] = {}
-        for p in self._plugins.values():
-            hook = getattr(p, "response_headers", None)
-            if callable(hook):
-                out.update(hook(target))
+        for hook in self._header_hooks:
+            out.update(hook.response_headers(target))
         return out
 
     def forget_endpoint(self, key: str) -> None:
         """Tell every plugin with per-endpoint state that ``key`` is gone."""
-        for p in self._plugins.values():
-            remove = getattr(p, "remove_endpoint", None)
-            if callable(remove):
-                remove(key)
+        for holder in self._holders:
+            holder.remove_endpoint(key)
 
     def background_tasks(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """Long-running loops plugins need (the KV-event subscriber), for the app to supervise."""
@@ -152,9 +160,8 @@ class Scheduler:
         """Each stateful plugin's per-endpoint state (``debug_state()``), by plugin name."""
         out: dict[str, dict[str, dict[str, float]]] = {}
         for name, p in self._plugins.items():
-            state = getattr(p, "debug_state", None)
-            if callable(state):
-                out[name] = state()
+            if isinstance(p, DebugStateProvider):
+                out[name] = p.debug_state()
         return out
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
@@ -162,8 +169,8 @@ class Scheduler:
 
         Plugins that learn from outcomes (``predicted-latency-scorer``) correct their model with it.
         """
-        for observe in self._observers:
-            observe(request_id, ttft_seconds)
+        for observer in self._observers:
+            observer.observe_ttft(request_id, ttft_seconds)
 
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
         """Pick a primary target and up to two fallbacks among ``candidates``.
@@ -238,7 +245,7 @@ def build_scheduler(
     ctx = PluginContext(rng=rng if rng is not None else random.Random(), clock=clock, metrics=metrics)
 
     instances: dict[str, object] = {}
-    types: dict[str, str] = {}
+    types: dict[str, PluginType] = {}
     for i, spec in enumerate(config.plugins):
         name = spec.name or spec.type
         if not spec.type:
@@ -246,13 +253,16 @@ def build_scheduler(
         if name in instances:
             raise ConfigError(f"plugins[{i}]: duplicate plugin name {name!r}")
         instances[name] = reg.create(spec.type, name, spec.parameters, ctx)
-        types[name] = spec.type
+        registered = reg.get(spec.type)
+        assert registered is not None  # create() raised otherwise
+        types[name] = registered
 
     profiles = list(config.scheduling_profiles)
-    handlers = [n for n, inst in instances.items() if isinstance(inst, _HANDLERS)]
+    handlers = [n for n, t in types.items() if ExtensionPoint.PROFILE_HANDLER in t.points]
     if len(handlers) > 1:
         raise ConfigError(f"plugins: several profile handlers ({', '.join(handlers)}); configure one")
-    handler = cast(HeaderProfileHandler | DisaggProfileHandler, instances[handlers[0]]) if handlers else None
+    # registered with register_profile_handler, whose factory returns a ProfileHandler
+    handler = cast(ProfileHandler, instances[handlers[0]]) if handlers else None
     if isinstance(handler, DisaggProfileHandler):
         try:
             handler.bind(instances)
@@ -278,7 +288,7 @@ def build_scheduler(
                 refs.append((ref.plugin_ref, ref.weight))
             built[pname] = _build_profile(pname, refs, instances, types, metrics, ctx)
     else:
-        stages = [n for n, inst in instances.items() if not _not_a_stage(inst)]
+        stages = [n for n, t in types.items() if t.points and ExtensionPoint.PROFILE_HANDLER not in t.points]
         refs = [(n, None) for n in stages]
         built["default"] = _build_profile("default", refs, instances, types, metrics, ctx)
     if isinstance(handler, DisaggProfileHandler):
@@ -303,18 +313,23 @@ def _build_profile(
     pname: str,
     refs: list[tuple[str, float | None]],
     instances: dict[str, object],
-    types: dict[str, str],
+    types: dict[str, PluginType],
     metrics: GatewayMetrics | None,
     ctx: PluginContext,
 ) -> SchedulerProfile:
-    """One profile's stages, in the order referenced; a profile without a picker gets max-score."""
+    """One profile's stages, in the order referenced; a profile without a picker gets max-score.
+
+    A plugin fills the slots of the extension points its type was registered for; the casts hold
+    because each ``register_*`` method's factory returns that extension point's protocol.
+    """
     filters: list[FilterSlot] = []
     scorers: list[ScorerSlot] = []
     pickers: list[PickerSlot] = []
     post_picks: list[PostPickSlot] = []
     for name, weight in refs:
-        inst, type_ = instances[name], types[name]
-        if _not_a_stage(inst):
+        inst, registered = instances[name], types[name]
+        type_, points = registered.name, registered.points
+        if not points or ExtensionPoint.PROFILE_HANDLER in points:
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is not a filter, scorer "
                 "or picker in infergate; remove it from the profile"
@@ -323,20 +338,20 @@ def _build_profile(
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r}: weight must be a finite number >= 0"
             )
-        if hasattr(inst, "filter"):
+        if ExtensionPoint.FILTER in points:
             filters.append(
                 FilterSlot(name, type_, _timer(metrics, "Filter", type_, name), cast(Filter, inst))
             )
-        if hasattr(inst, "score"):
+        if ExtensionPoint.SCORER in points:
             w = 1.0 if weight is None else float(weight)
             scorers.append(
                 ScorerSlot(name, type_, _timer(metrics, "Scorer", type_, name), cast(Scorer, inst), w)
             )
-        if hasattr(inst, "pick"):
+        if ExtensionPoint.PICKER in points:
             pickers.append(
                 PickerSlot(name, type_, _timer(metrics, "Picker", type_, name), cast(Picker, inst))
             )
-        if hasattr(inst, "post_pick"):
+        if ExtensionPoint.POST_PICK in points:
             post_picks.append(
                 PostPickSlot(name, type_, _timer(metrics, "PostPick", type_, name), cast(PostPick, inst))
             )
@@ -361,14 +376,6 @@ def _build_profile(
     return SchedulerProfile(pname, filters=filters, scorers=scorers, picker=pickers[0], post_picks=post_picks)
 
 
-_HANDLERS = (HeaderProfileHandler, DisaggProfileHandler)
-
-
-def _not_a_stage(inst: object) -> bool:
-    """Profile handlers, P/D deciders and inert types are plugins but never run inside a profile."""
-    return getattr(inst, "inert", False) or isinstance(inst, _HANDLERS) or hasattr(inst, "disaggregate")
-
-
 _PREFIX_TYPES = frozenset({"prefix-cache-scorer", "precise-prefix-cache-scorer"})
 
 
@@ -377,7 +384,7 @@ def _check_disagg(
     handler: DisaggProfileHandler,
     built: Mapping[str, SchedulerProfile],
     config: PickerConfigLike,
-    types: Mapping[str, str],
+    types: Mapping[str, PluginType],
 ) -> None:
     """Every profile the handler runs exists, every profile exists to be run, and a decider that
     reads the decode endpoint's cached prefix has a prefix scorer in the decode profile."""
@@ -393,7 +400,7 @@ def _check_disagg(
         raise ConfigError(f"schedulingProfiles: {', '.join(unused)} never run by {name}{hint}")
     if getattr(handler.decider, "needs_prefix_info", False):
         refs = next(p for p in config.scheduling_profiles if (p.name or "default") == handler.decode_profile)
-        if not any(types.get(r.plugin_ref) in _PREFIX_TYPES for r in refs.plugins):
+        if not any(r.plugin_ref in types and types[r.plugin_ref].name in _PREFIX_TYPES for r in refs.plugins):
             raise ConfigError(
                 f"schedulingProfiles[{handler.decode_profile}]: {handler.decider_name} reads the decode "
                 "endpoint's cached prefix; add prefix-cache-scorer or precise-prefix-cache-scorer"

@@ -37,10 +37,10 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infergate.config.settings import Settings
+from infergate.dataplanes.extproc import messages as msg
 from infergate.errors import ClientDisconnectedError, InternalError, RequestError, RequestTooLargeError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import Route, classify_request, model_entry, requested_model_id
-from infergate.servers import extproc_messages as msg
 
 if TYPE_CHECKING:
     from infergate.requestcontrol.director import Director, RequestContext
@@ -399,7 +399,7 @@ class ExtProcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         bind = f"{self.host}:{self._requested_port}"
         if self.tls is not None:
-            from infergate.servers.extproc_tls import load_or_create_pair
+            from infergate.dataplanes.extproc.tls import load_or_create_pair
 
             cert, key = load_or_create_pair(
                 self.tls.cert_path, common_name=self.tls.common_name, host=self.host

@@ -30,9 +30,17 @@ from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.config.settings import Settings
+from infergate.dataplanes.builtin.upstream import (
+    Exchange,
+    UpstreamAborted,
+    UpstreamConnectionError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from infergate.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -54,20 +62,16 @@ from infergate.requestcontrol.access import (
 )
 from infergate.requestcontrol.director import Director, RequestContext
 from infergate.servers.listener import LimitedListener, client_connection_budget
-from infergate.servers.upstream import (
-    Exchange,
-    UpstreamAborted,
-    UpstreamConnectionError,
-    UpstreamPool,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint
 
 __all__ = ["ProxyOptions", "ProxyServer", "error_response"]
 
 log = logging.getLogger("infergate.proxy")
+
+# aiohttp's request headers are already case-insensitive: the Director reads them without a copy.
+H.CaseInsensitiveHeaders.register(CIMultiDict)
+H.CaseInsensitiveHeaders.register(CIMultiDictProxy)
 
 # Non-streamed upstream bodies up to this size are read whole and answered in one write.
 _BUFFER_LIMIT = 1 << 20

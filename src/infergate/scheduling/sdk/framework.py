@@ -1,9 +1,14 @@
-"""The scheduling plugin contract: Filter, Scorer, Picker, the PostPick hook, CycleState, registry.
+"""The scheduling plugin contract: Filter, Scorer, Picker, the PostPick hook, the lifecycle hooks,
+CycleState, and the registry.
 
 This module owns only contracts and the registry that turns a configured ``(type, name,
-parameters)`` into a plugin instance. It runs nothing: the profile (``profile.py``) runs the
+parameters)`` into a plugin instance. It runs nothing: the engine (``scheduling.engine``) runs the
 stages, clamps scores, applies weights and times every call. Plugins stay synchronous, pure CPU
 work over immutable snapshots, and never see their own name, type or weight.
+
+Registration is typed per extension point (``register_scorer`` takes a factory returning a
+:class:`Scorer`, and so on), so mypy rejects a plugin whose methods do not match its extension
+point, and the engine fills a profile's slots from what was registered, never by probing methods.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ import difflib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from infergate.errors import ConfigError
-from infergate.scheduling.scores import endpoint_keys
+from infergate.scheduling.sdk.scores import endpoint_keys
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult, ScoredEndpoint
 
 __all__ = [
     "CycleState",
+    "DebugStateProvider",
+    "EndpointStateHolder",
+    "ExtensionPoint",
     "Filter",
+    "FilterScorer",
     "NoParams",
     "Params",
     "Picker",
@@ -31,8 +40,12 @@ __all__ = [
     "PluginRegistry",
     "PluginType",
     "PostPick",
+    "ProfileHandler",
+    "ResponseHeaderHook",
     "Scorer",
+    "ScorerPostPick",
     "StateKey",
+    "TtftObserver",
     "candidate_keys",
 ]
 
@@ -76,7 +89,7 @@ def candidate_keys(candidates: Sequence[Endpoint], state: CycleState) -> tuple[s
     retained decisions hold only containers the cyclic GC stops tracking, which keeps collection
     pauses off the scheduling path. The profile computes the keys of the list it passes to
     scorers once; a scorer that returns
-    :class:`~infergate.scheduling.scores.CandidateScores` over this very tuple lets the profile
+    :class:`~infergate.scheduling.sdk.scores.CandidateScores` over this very tuple lets the profile
     use its values as they are, without any per-key lookup.
     """
     cached = state.get(_KEYS)
@@ -132,6 +145,59 @@ class PostPick(Protocol):
     ) -> None: ...
 
 
+class FilterScorer(Filter, Scorer, Protocol):
+    """A plugin that filters and scores (``context-length-aware``)."""
+
+
+class ScorerPostPick(Scorer, PostPick, Protocol):
+    """A scorer that records where requests went (prefix cache, predicted latency, sessions)."""
+
+
+S = TypeVar("S")
+
+
+class ProfileHandler(Protocol):
+    """Chooses the scheduling profile of one request among several (``header-profile-handler``)."""
+
+    @property
+    def default_profile(self) -> str: ...
+
+    def choose(self, request: InferenceRequest, profiles: Mapping[str, S]) -> S: ...
+
+
+# ------------------------------------------------------------------ lifecycle hooks
+# Optional interfaces a plugin of any extension point may add; the engine calls them.
+
+
+@runtime_checkable
+class EndpointStateHolder(Protocol):
+    """Keeps state per endpoint: told when an endpoint leaves the pool, so the state goes too."""
+
+    def remove_endpoint(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class TtftObserver(Protocol):
+    """Learns from outcomes: the observed time to first token of a request it helped schedule
+    (``None`` when the request failed first)."""
+
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None: ...
+
+
+@runtime_checkable
+class ResponseHeaderHook(Protocol):
+    """Adds headers to the response from the chosen endpoint (``x-session-token``)."""
+
+    def response_headers(self, target: Endpoint) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class DebugStateProvider(Protocol):
+    """Shows its per-endpoint state in ``/debug`` and the live view."""
+
+    def debug_state(self) -> dict[str, dict[str, float]]: ...
+
+
 class Params(BaseModel):
     """Base for plugin parameter models: camelCase in YAML, unknown keys rejected."""
 
@@ -157,9 +223,20 @@ class PluginContext:
     metrics: Any = None  # GatewayMetrics | None; typed loosely to keep factories simple
 
 
+class ExtensionPoint:
+    """Names of the extension points a plugin type was registered for (the metrics' labels)."""
+
+    FILTER = "Filter"
+    SCORER = "Scorer"
+    PICKER = "Picker"
+    POST_PICK = "PostPick"
+    PROFILE_HANDLER = "ProfileHandler"
+
+
 @dataclass(frozen=True, slots=True)
 class PluginType:
-    """A registered plugin type: its kebab-case name, its Params model and how to build it.
+    """A registered plugin type: its kebab-case name, its Params model, how to build it and the
+    extension points its instances serve.
 
     ``inert`` types (data-layer, parser, saturation-detector plugins of the reference EPP) are
     accepted in ``plugins:`` so reference configs load, but they are not scheduling stages.
@@ -168,32 +245,75 @@ class PluginType:
     name: str
     params: type[BaseModel]
     factory: Callable[[Any, PluginContext], object]
+    points: frozenset[str] = frozenset()
     inert: bool = False
 
 
 class PluginRegistry:
-    """Maps plugin type names to factories; explicit object, no import-time side effects."""
+    """Maps plugin type names to factories; explicit object, no import-time side effects.
+
+    One ``register_*`` method per extension point: the factory's return type is the extension
+    point's protocol, so mypy checks the plugin against it.
+    """
 
     def __init__(self) -> None:
         self._types: dict[str, PluginType] = {}
 
-    def register(
+    def register_filter(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], Filter]
+    ) -> None:
+        self._add(name, params, factory, ExtensionPoint.FILTER)
+
+    def register_scorer(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], Scorer]
+    ) -> None:
+        self._add(name, params, factory, ExtensionPoint.SCORER)
+
+    def register_picker(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], Picker]
+    ) -> None:
+        self._add(name, params, factory, ExtensionPoint.PICKER)
+
+    def register_scorer_post_pick(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], ScorerPostPick]
+    ) -> None:
+        """A scorer whose PostPick hook runs after every successful pick of its profile."""
+        self._add(name, params, factory, ExtensionPoint.SCORER, ExtensionPoint.POST_PICK)
+
+    def register_filter_scorer(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], FilterScorer]
+    ) -> None:
+        self._add(name, params, factory, ExtensionPoint.FILTER, ExtensionPoint.SCORER)
+
+    def register_profile_handler(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], ProfileHandler]
+    ) -> None:
+        self._add(name, params, factory, ExtensionPoint.PROFILE_HANDLER)
+
+    def _add(
         self,
         name: str,
         params: type[P],
         factory: Callable[[P, PluginContext], object],
-        *,
+        *points: str,
         inert: bool = False,
     ) -> None:
         if name in self._types:
             raise ValueError(f"plugin type {name!r} registered twice")
         self._types[name] = PluginType(
-            name, params, cast("Callable[[Any, PluginContext], object]", factory), inert
+            name, params, cast("Callable[[Any, PluginContext], object]", factory), frozenset(points), inert
         )
+
+    def register_helper(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], object]
+    ) -> None:
+        """A plugin another plugin uses by name (a P/D decider): built from its parameters, never
+        a stage of a profile."""
+        self._add(name, params, factory)
 
     def register_inert(self, name: str, params: type[BaseModel] = AnyParams) -> None:
         """A type that is not a scheduling stage; ``params`` says which parameters it accepts."""
-        self.register(name, params, lambda _p, _c: _Inert(), inert=True)
+        self._add(name, params, lambda _p, _c: _Inert(), inert=True)
 
     def register_refused(self, name: str, reason: str) -> None:
         """A reference type infergate knows but does not implement: naming it is an error."""
@@ -201,7 +321,7 @@ class PluginRegistry:
         def refuse(_p: object, _c: PluginContext) -> object:
             raise ValueError(f"not supported by infergate: {reason}")
 
-        self.register(name, AnyParams, refuse)
+        self._add(name, AnyParams, refuse)
 
     def get(self, name: str) -> PluginType | None:
         return self._types.get(name)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 from pydantic import Field
 
-from infergate.scheduling.framework import CycleState, Params, candidate_keys
-from infergate.scheduling.scores import CandidateScores, endpoint_keys
+from infergate.scheduling.sdk.framework import CycleState, Params, candidate_keys
+from infergate.scheduling.sdk.scores import CandidateScores, endpoint_keys
 from infergate.types import Endpoint, EndpointMetrics, InferenceRequest
 
 __all__ = [

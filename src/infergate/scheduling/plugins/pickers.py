@@ -15,8 +15,8 @@ from operator import attrgetter, eq
 
 from pydantic import Field
 
-from infergate.scheduling.framework import CycleState, Params
-from infergate.scheduling.scores import split_scored
+from infergate.scheduling.sdk.framework import CycleState, Params
+from infergate.scheduling.sdk.scores import split_scored
 from infergate.types import Endpoint, InferenceRequest, ScoredEndpoint
 
 __all__ = [

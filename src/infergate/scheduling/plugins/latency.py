@@ -22,7 +22,12 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
 * ``adapter(e)`` — 0 when the target adapter is running or waiting on ``e``; ``loraLoadMs`` with a
   free slot; with every slot taken, the time for a running adapter's requests to finish
   (the average answer length sent to ``e`` × the predicted TPOT).
-* ``TTFT(e) = overheadMs + backlog(e) + uncached(e) × prefillMsPerToken + adapter(e)``
+* ``frontend(e)`` — the wait in ``e``'s API frontend (the one process that parses requests and
+  streams every token out, tokens first): each request adds ``frontendMsPerRequest`` of work, which
+  drains at the share of the process's time that streaming leaves, ``1 − busy`` with ``busy =
+  frontendMsPerToken × running / TPOT``; the wait is that work ``/ (1 − busy)``. Short chat at
+  high rates saturates this stage before the GPU, and a batch with long answers streams more.
+* ``TTFT(e) = overheadMs + frontend(e) + backlog(e) + uncached(e) × prefillMsPerToken + adapter(e)``
 * ``TPOT(e) = (decodeStepMs + decodeMsPerSeq × n + decodeMsPerKvToken × kv) / (1 − ρ(e))`` with
   ``n`` the sequences ``e`` runs (scraped running + waiting, or the gateway's in-flight count if
   higher), ``kv`` the KV tokens in use, and ``ρ(e)`` the share of ``e``'s time going to prefill
@@ -44,9 +49,9 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from infergate.scheduling.framework import CycleState, Params, StateKey, candidate_keys
-from infergate.scheduling.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
-from infergate.scheduling.scores import CandidateScores
+from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
+from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, candidate_keys
+from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 __all__ = ["LatencyParams", "LatencyPrediction", "PredictedLatencyScorer"]
@@ -67,6 +72,8 @@ class LatencyParams(Params):
     decode_ms_per_seq: float = Field(default=0.026, ge=0)
     decode_ms_per_kv_token: float = Field(default=5.46e-5, ge=0)
     overhead_ms: float = Field(default=10.0, ge=0)
+    frontend_ms_per_request: float = Field(default=10.0, ge=0)
+    frontend_ms_per_token: float = Field(default=0.064, ge=0)
     lora_load_ms: float = Field(default=25.0, ge=0)
     base_models: list[str] = Field(default_factory=list)
     block_size_tokens: int = Field(default=16, gt=0)
@@ -82,6 +89,9 @@ class _EndpointState:
 
     backlog_ms: float = 0.0
     backlog_at: float = 0.0
+    frontend_ms: float = 0.0  # per-request API-frontend work sent and not yet worked off
+    frontend_at: float = 0.0
+    frontend_busy: float = 0.0  # share of the frontend's time spent streaming tokens
     prefill_rate: float = 0.0  # ms of prefill work sent per ms of wall time (EWMA)
     rate_at: float = 0.0
     avg_prefill_ms: float = 0.0
@@ -95,6 +105,11 @@ class _EndpointState:
     def drained(self, now: float) -> float:
         return max(0.0, self.backlog_ms - (now - self.backlog_at) * 1000.0)
 
+    def frontend_drained(self, now: float) -> float:
+        """Request work left in the API frontend: it drains at the share of the frontend's time
+        that streaming the running requests' tokens leaves it (``1 - frontend_busy``)."""
+        return max(0.0, self.frontend_ms - (now - self.frontend_at) * 1000.0 * (1.0 - self.frontend_busy))
+
 
 @dataclass(frozen=True, slots=True)
 class LatencyPrediction:
@@ -104,6 +119,7 @@ class LatencyPrediction:
     tpot_ms: float
     uncached_tokens: int
     prefill_ms: float
+    frontend_ms: float = 0.0  # the wait predicted in the server's API frontend (part of ttft_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +220,17 @@ class PredictedLatencyScorer:
             # a free slot loads at once, but taking one for an adapter already served elsewhere
             # costs the pool a slot a cold adapter may need: charged at the pool's slot use
             lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
-        ttft = (p.overhead_ms + backlog + prefill + lora) * st.ttft_factor
-        return LatencyPrediction(ttft_ms=ttft, tpot_ms=tpot, uncached_tokens=uncached, prefill_ms=prefill)
+        # the API frontend streams one token per running sequence per step: that share of its time
+        # (at most 0.95) is not available to admit requests; the request work waiting there is
+        # brought up to now at the share measured before, and its wait priced at today's
+        st.frontend_ms = st.frontend_drained(now)
+        st.frontend_at = now
+        st.frontend_busy = min(0.95, p.frontend_ms_per_token * m.running_requests / tpot) if tpot > 0 else 0.0
+        frontend = st.frontend_ms / (1.0 - st.frontend_busy)
+        ttft = (p.overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
+        return LatencyPrediction(
+            ttft_ms=ttft, tpot_ms=tpot, uncached_tokens=uncached, prefill_ms=prefill, frontend_ms=frontend
+        )
 
     def _rate(self, st: _EndpointState, now: float) -> float:
         """The endpoint's recent prefill utilisation, decayed to ``now``."""
@@ -268,6 +293,8 @@ class PredictedLatencyScorer:
         st = self._state_of(primary.key)
         st.backlog_ms = st.drained(now) + pred.prefill_ms
         st.backlog_at = now
+        st.frontend_ms = st.frontend_drained(now) + self._p.frontend_ms_per_request
+        st.frontend_at = now
         decay = self._p.rate_window_seconds * 1000.0
         st.prefill_rate = self._rate(st, now) + pred.prefill_ms / decay
         st.rate_at = now
@@ -313,6 +340,7 @@ class PredictedLatencyScorer:
         return {
             key: {
                 "backlog_ms": round(st.drained(now), 3),
+                "frontend_backlog_ms": round(st.frontend_drained(now), 3),
                 "prefill_utilisation": round(min(0.9, self._rate(st, now)), 4),
                 "ttft_observed_over_predicted": round(st.ttft_factor, 4),
                 "last_predicted_ttft_ms": round(st.last_predicted_ms, 3),

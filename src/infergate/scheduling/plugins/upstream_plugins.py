@@ -29,8 +29,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from infergate.scheduling.framework import CycleState, Params, StateKey
-from infergate.scheduling.prefix import PREFIX_MATCH
+from infergate.scheduling.plugins.prefix import PREFIX_MATCH
+from infergate.scheduling.sdk.framework import CycleState, Params, StateKey
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from infergate.scheduling.framework import CycleState, Params
+from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = ["SessionAffinityParams", "SessionAffinityScorer", "session_token"]

@@ -16,7 +16,7 @@ from typing import TypeVar
 from pydantic import Field
 
 from infergate.errors import BadRequestError
-from infergate.scheduling.framework import Params
+from infergate.scheduling.sdk.framework import Params
 from infergate.types import InferenceRequest
 
 __all__ = ["HeaderProfileHandler", "HeaderProfileParams"]

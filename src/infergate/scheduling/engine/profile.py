@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from infergate.errors import NoCapacityError
-from infergate.scheduling.framework import CycleState, Filter, Picker, PostPick, Scorer, candidate_keys
-from infergate.scheduling.scores import CandidateScores, ScoredCandidates
+from infergate.scheduling.sdk.framework import CycleState, Filter, Picker, PostPick, Scorer, candidate_keys
+from infergate.scheduling.sdk.scores import CandidateScores, ScoredCandidates
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = ["MAX_TARGETS", "FilterSlot", "PickerSlot", "PostPickSlot", "SchedulerProfile", "ScorerSlot"]

@@ -1,8 +1,8 @@
 """Pure builders and readers for Envoy ext_proc protobuf messages (endpoint-picker protocol).
 
 This module owns the exact *shape* of every reply the picker sends to Envoy, so the stream state
-machine in :mod:`infergate.servers.extproc` stays about ordering and the tests can build the expected
-protobufs with the same vocabulary. Nothing here does I/O or touches scheduling.
+machine in :mod:`infergate.dataplanes.extproc.server` stays about ordering and the tests can build
+the expected protobufs with the same vocabulary. Nothing here does I/O or touches scheduling.
 
 Shapes follow the Gateway API Inference Extension's endpoint picker (GIE reference §2.1-§2.4): the
 request-headers reply carries ``x-gateway-destination-endpoint`` (primary then fallbacks, comma

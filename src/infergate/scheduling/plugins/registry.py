@@ -28,25 +28,23 @@ from infergate.scheduling.disagg import (
     PrefixDeciderParams,
     RoleFilter,
 )
-from infergate.scheduling.filters import (
+from infergate.scheduling.plugins.filters import (
     LoraAffinityFilter,
     LoraAffinityFilterParams,
     LowQueueFilter,
     LowQueueFilterParams,
 )
-from infergate.scheduling.framework import NoParams, Params, PluginRegistry
-from infergate.scheduling.latency import LatencyParams, PredictedLatencyScorer
-from infergate.scheduling.pickers import (
+from infergate.scheduling.plugins.latency import LatencyParams, PredictedLatencyScorer
+from infergate.scheduling.plugins.pickers import (
     MaxScorePicker,
     PickerParams,
     RandomPicker,
     RoundRobinPicker,
     WeightedRandomPicker,
 )
-from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
-from infergate.scheduling.prefix import PrefixCacheParams, PrefixCacheScorer
-from infergate.scheduling.profile_handler import HeaderProfileHandler, HeaderProfileParams
-from infergate.scheduling.scorers import (
+from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.plugins.profile_handler import HeaderProfileHandler, HeaderProfileParams
+from infergate.scheduling.plugins.scorers import (
     KvCacheUtilizationScorer,
     LeastInFlightScorer,
     LoraAffinityParams,
@@ -54,14 +52,14 @@ from infergate.scheduling.scorers import (
     QueueScorer,
     RunningRequestsScorer,
 )
-from infergate.scheduling.session_affinity import SessionAffinityParams, SessionAffinityScorer
-from infergate.scheduling.upstream_load import (
+from infergate.scheduling.plugins.session_affinity import SessionAffinityParams, SessionAffinityScorer
+from infergate.scheduling.plugins.upstream_load import (
     PrefixCacheAffinityFilter,
     PrefixCacheAffinityParams,
     TokenLoadParams,
     TokenLoadScorer,
 )
-from infergate.scheduling.upstream_plugins import (
+from infergate.scheduling.plugins.upstream_plugins import (
     ActiveRequestParams,
     ActiveRequestScorer,
     ByLabelFilter,
@@ -78,6 +76,8 @@ from infergate.scheduling.upstream_plugins import (
     UtilizationFilter,
     UtilizationFilterParams,
 )
+from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
+from infergate.scheduling.sdk.framework import NoParams, Params, PluginRegistry
 
 __all__ = ["INERT_TYPES", "REFUSED_TYPES", "default_registry"]
 
@@ -148,52 +148,56 @@ REFUSED_TYPES: dict[str, str] = {
 def default_registry() -> PluginRegistry:
     """A registry holding every built-in plugin type."""
     r = PluginRegistry()
-    r.register("queue-scorer", NoParams, lambda p, c: QueueScorer())
-    r.register("kv-cache-utilization-scorer", NoParams, lambda p, c: KvCacheUtilizationScorer())
-    r.register("running-requests-size-scorer", NoParams, lambda p, c: RunningRequestsScorer())
-    r.register("least-in-flight-scorer", NoParams, lambda p, c: LeastInFlightScorer())
-    r.register("lora-affinity-scorer", LoraAffinityParams, lambda p, c: LoraAffinityScorer(p))
-    r.register(
+    r.register_scorer("queue-scorer", NoParams, lambda p, c: QueueScorer())
+    r.register_scorer("kv-cache-utilization-scorer", NoParams, lambda p, c: KvCacheUtilizationScorer())
+    r.register_scorer("running-requests-size-scorer", NoParams, lambda p, c: RunningRequestsScorer())
+    r.register_scorer("least-in-flight-scorer", NoParams, lambda p, c: LeastInFlightScorer())
+    r.register_scorer("lora-affinity-scorer", LoraAffinityParams, lambda p, c: LoraAffinityScorer(p))
+    r.register_scorer_post_pick(
         "prefix-cache-scorer",
         PrefixCacheParams,
         lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics),
     )
-    r.register("precise-prefix-cache-scorer", PrecisePrefixParams, lambda p, c: PrecisePrefixScorer(p))
-    r.register(
+    r.register_scorer_post_pick(
+        "precise-prefix-cache-scorer", PrecisePrefixParams, lambda p, c: PrecisePrefixScorer(p)
+    )
+    r.register_scorer_post_pick(
         "predicted-latency-scorer", LatencyParams, lambda p, c: PredictedLatencyScorer(p, clock=c.clock)
     )
-    r.register("low-queue-filter", LowQueueFilterParams, lambda p, c: LowQueueFilter(p))
-    r.register(
+    r.register_filter("low-queue-filter", LowQueueFilterParams, lambda p, c: LowQueueFilter(p))
+    r.register_filter(
         "lora-affinity-filter", LoraAffinityFilterParams, lambda p, c: LoraAffinityFilter(p, rng=c.rng)
     )
-    r.register("max-score-picker", PickerParams, lambda p, c: MaxScorePicker(p, rng=c.rng))
-    r.register("random-picker", PickerParams, lambda p, c: RandomPicker(p, rng=c.rng))
-    r.register("round-robin-picker", PickerParams, lambda p, c: RoundRobinPicker(p))
-    r.register("weighted-random-picker", PickerParams, lambda p, c: WeightedRandomPicker(p, rng=c.rng))
-    # llm-d-router v0.10 types (scheduling/upstream_plugins.py)
-    r.register("load-aware-scorer", LoadAwareParams, lambda p, c: LoadAwareScorer(p))
-    r.register("active-request-scorer", ActiveRequestParams, lambda p, c: ActiveRequestScorer(p))
-    r.register("context-length-aware", ContextLengthParams, lambda p, c: ContextLengthAware(p))
-    r.register("label-selector-filter", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
-    r.register("by-label-selector", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
-    r.register("by-label", ByLabelParams, lambda p, c: ByLabelFilter(p))
-    r.register("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
-    r.register("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
-    r.register("no-hit-lru-scorer", NoHitLRUParams, lambda p, c: NoHitLRUScorer(p))
-    r.register("token-load-scorer", TokenLoadParams, lambda p, c: TokenLoadScorer(p))
-    r.register(
+    r.register_picker("max-score-picker", PickerParams, lambda p, c: MaxScorePicker(p, rng=c.rng))
+    r.register_picker("random-picker", PickerParams, lambda p, c: RandomPicker(p, rng=c.rng))
+    r.register_picker("round-robin-picker", PickerParams, lambda p, c: RoundRobinPicker(p))
+    r.register_picker("weighted-random-picker", PickerParams, lambda p, c: WeightedRandomPicker(p, rng=c.rng))
+    # llm-d-router v0.10 types (scheduling/plugins/upstream_plugins.py)
+    r.register_scorer("load-aware-scorer", LoadAwareParams, lambda p, c: LoadAwareScorer(p))
+    r.register_scorer("active-request-scorer", ActiveRequestParams, lambda p, c: ActiveRequestScorer(p))
+    r.register_filter_scorer("context-length-aware", ContextLengthParams, lambda p, c: ContextLengthAware(p))
+    r.register_filter("label-selector-filter", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
+    r.register_filter("by-label-selector", LabelSelectorParams, lambda p, c: LabelSelectorFilter(p))
+    r.register_filter("by-label", ByLabelParams, lambda p, c: ByLabelFilter(p))
+    r.register_filter("utilization-filter", UtilizationFilterParams, lambda p, c: UtilizationFilter(p))
+    r.register_filter("header-based-testing-filter", NoParams, lambda p, c: HeaderBasedTestingFilter())
+    r.register_scorer_post_pick("no-hit-lru-scorer", NoHitLRUParams, lambda p, c: NoHitLRUScorer(p))
+    r.register_scorer("token-load-scorer", TokenLoadParams, lambda p, c: TokenLoadScorer(p))
+    r.register_filter(
         "prefix-cache-affinity-filter",
         PrefixCacheAffinityParams,
         lambda p, c: PrefixCacheAffinityFilter(p, rng=c.rng),
     )
-    r.register("header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p))
+    r.register_profile_handler(
+        "header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p)
+    )
     # P/D disaggregation (scheduling/disagg.py)
-    r.register("disagg-profile-handler", DisaggParams, lambda p, c: DisaggProfileHandler(p))
-    r.register("prefix-based-pd-decider", PrefixDeciderParams, lambda p, c: PrefixBasedDecider(p))
-    r.register("always-disagg-pd-decider", NoParams, lambda p, c: AlwaysDisaggDecider())
-    r.register("decode-filter", NoParams, lambda p, c: RoleFilter(DECODE_ROLES, unlabelled=True))
-    r.register("prefill-filter", NoParams, lambda p, c: RoleFilter(PREFILL_ROLES, unlabelled=False))
-    r.register(
+    r.register_profile_handler("disagg-profile-handler", DisaggParams, lambda p, c: DisaggProfileHandler(p))
+    r.register_helper("prefix-based-pd-decider", PrefixDeciderParams, lambda p, c: PrefixBasedDecider(p))
+    r.register_helper("always-disagg-pd-decider", NoParams, lambda p, c: AlwaysDisaggDecider())
+    r.register_filter("decode-filter", NoParams, lambda p, c: RoleFilter(DECODE_ROLES, unlabelled=True))
+    r.register_filter("prefill-filter", NoParams, lambda p, c: RoleFilter(PREFILL_ROLES, unlabelled=False))
+    r.register_scorer_post_pick(
         "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
     )
     for name, params in INERT_TYPES.items():

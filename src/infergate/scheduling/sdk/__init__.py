@@ -1,0 +1,47 @@
+"""The scheduling plugin SDK: what a plugin is written against, and nothing that runs plugins.
+
+Stable: the extension points (``Filter``, ``Scorer``, ``Picker``, ``PostPick``, ``ProfileHandler``),
+the lifecycle hooks (``EndpointStateHolder``, ``TtftObserver``, ``ResponseHeaderHook``,
+``DebugStateProvider``), ``CycleState`` with typed ``StateKey``, ``Params`` and the typed
+``PluginRegistry``; ``scores`` (dense score containers) and ``testing`` (endpoints for tests).
+
+May import: ``infergate.types``, ``infergate.errors``, pydantic. Not the engine, not the plugins.
+"""
+
+from infergate.scheduling.sdk.framework import (
+    CycleState,
+    DebugStateProvider,
+    EndpointStateHolder,
+    ExtensionPoint,
+    Filter,
+    NoParams,
+    Params,
+    Picker,
+    PluginContext,
+    PluginRegistry,
+    PostPick,
+    ProfileHandler,
+    ResponseHeaderHook,
+    Scorer,
+    StateKey,
+    TtftObserver,
+)
+
+__all__ = [
+    "CycleState",
+    "DebugStateProvider",
+    "EndpointStateHolder",
+    "ExtensionPoint",
+    "Filter",
+    "NoParams",
+    "Params",
+    "Picker",
+    "PluginContext",
+    "PluginRegistry",
+    "PostPick",
+    "ProfileHandler",
+    "ResponseHeaderHook",
+    "Scorer",
+    "StateKey",
+    "TtftObserver",
+]
