@@ -8,7 +8,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
+from infergate.scheduling.plugins.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
 from infergate.scheduling.sdk.framework import CycleState
 from infergate.types import Endpoint, EndpointMeta
 from tests.integration.test_kvevents_routing import (

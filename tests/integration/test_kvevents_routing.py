@@ -22,7 +22,7 @@ import yaml
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import parse_picker_config
-from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
+from infergate.scheduling.plugins.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
 from infergate.scheduling.sdk.framework import CycleState
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer

@@ -22,7 +22,7 @@ from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import parse_picker_config
 from infergate.pdsidecar.proxy import PREFILLER_HEADER, SIDECAR_OPTIONS, SidecarOptions, build_app
-from infergate.scheduling.disagg import DisaggProfileHandler
+from infergate.scheduling.plugins.disagg import DisaggProfileHandler
 from infergate.simulator.args import parse_args
 from infergate.simulator.server import SimServer
 from tests.support import free_port, local_settings

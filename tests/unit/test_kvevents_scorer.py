@@ -7,13 +7,13 @@ import pytest
 
 from infergate.errors import ConfigError
 from infergate.kvevents.wire import BlockStored
-from infergate.scheduling.plugins.registry import default_registry
-from infergate.scheduling.precise_prefix import (
+from infergate.scheduling.plugins.precise_prefix import (
     PRECISE_MATCH,
     PrecisePrefixParams,
     PrecisePrefixScorer,
     prompt_token_ids,
 )
+from infergate.scheduling.plugins.registry import default_registry
 from infergate.scheduling.sdk.framework import CycleState, PluginContext
 from infergate.tokenization.load import load_tokenizer
 from infergate.types import ApiKind, Endpoint, EndpointMeta, InferenceRequest, SchedulingResult

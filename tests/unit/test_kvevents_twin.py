@@ -9,7 +9,7 @@ import pytest
 import infergate.bench.twin as twin
 from infergate.bench.workloads import generate, load_workload
 from infergate.scheduling.engine.scheduler import Scheduler
-from infergate.scheduling.precise_prefix import PRECISE_MATCH, PrecisePrefixScorer
+from infergate.scheduling.plugins.precise_prefix import PRECISE_MATCH, PrecisePrefixScorer
 from infergate.scheduling.sdk.framework import CycleState
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
-from infergate.scheduling.disagg import PREFILLER_HEADER, DisaggProfileHandler, RoleFilter
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, DisaggProfileHandler, RoleFilter
 from infergate.scheduling.sdk.framework import CycleState
 from infergate.types import Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, SchedulingResult
 

@@ -52,9 +52,9 @@ from infergate.flowcontrol.core import Decision, FlowCore
 from infergate.flowcontrol.queues import QueuedItem
 from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
-from infergate.scheduling.disagg import PREFILLER_HEADER, ROLE_LABEL
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
-from infergate.scheduling.precise_prefix import PrecisePrefixScorer
+from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, ROLE_LABEL
+from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
 from infergate.simulator.kvcache import KvEvent

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
-from infergate.scheduling.disagg import DisaggProfileHandler
 from infergate.scheduling.engine.profile import (
     FilterSlot,
     PickerSlot,
@@ -25,6 +24,7 @@ from infergate.scheduling.engine.profile import (
     SchedulerProfile,
     ScorerSlot,
 )
+from infergate.scheduling.plugins.disagg import DisaggProfileHandler
 from infergate.scheduling.plugins.pickers import MaxScorePicker
 from infergate.scheduling.plugins.registry import default_registry
 from infergate.scheduling.sdk.framework import (

@@ -30,8 +30,8 @@ from typing import Protocol, TypeVar
 from pydantic import Field
 
 from infergate.errors import NoCapacityError
+from infergate.scheduling.plugins.precise_prefix import PRECISE_MATCH
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PREFIX_MATCH
-from infergate.scheduling.precise_prefix import PRECISE_MATCH
 from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 

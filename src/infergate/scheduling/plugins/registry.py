@@ -18,7 +18,7 @@ from infergate.config.picker_sections import (
     StaticUsageLimitParams,
     UtilizationDetectorParams,
 )
-from infergate.scheduling.disagg import (
+from infergate.scheduling.plugins.disagg import (
     DECODE_ROLES,
     PREFILL_ROLES,
     AlwaysDisaggDecider,
@@ -42,6 +42,7 @@ from infergate.scheduling.plugins.pickers import (
     RoundRobinPicker,
     WeightedRandomPicker,
 )
+from infergate.scheduling.plugins.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.plugins.profile_handler import HeaderProfileHandler, HeaderProfileParams
 from infergate.scheduling.plugins.scorers import (
@@ -76,7 +77,6 @@ from infergate.scheduling.plugins.upstream_plugins import (
     UtilizationFilter,
     UtilizationFilterParams,
 )
-from infergate.scheduling.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
 from infergate.scheduling.sdk.framework import NoParams, Params, PluginRegistry
 
 __all__ = ["INERT_TYPES", "REFUSED_TYPES", "default_registry"]
@@ -191,7 +191,7 @@ def default_registry() -> PluginRegistry:
     r.register_profile_handler(
         "header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p)
     )
-    # P/D disaggregation (scheduling/disagg.py)
+    # P/D disaggregation (plugins/disagg.py)
     r.register_profile_handler("disagg-profile-handler", DisaggParams, lambda p, c: DisaggProfileHandler(p))
     r.register_helper("prefix-based-pd-decider", PrefixDeciderParams, lambda p, c: PrefixBasedDecider(p))
     r.register_helper("always-disagg-pd-decider", NoParams, lambda p, c: AlwaysDisaggDecider())
