@@ -381,15 +381,27 @@ async def test_picker_down_fail_open_still_routes() -> None:
 
 
 async def test_concurrent_requests_all_complete(stack: Stack) -> None:
+    """Twenty concurrent requests through Envoy and the picker all complete, each on the upstream
+    the picker named (the default profile may spread them: the predicted-latency scorer prices the
+    picker's own in-flight requests on ``a`` against ``b``'s scraped queue)."""
     client = stack.client()
-    results = await asyncio.gather(
-        *[
-            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": str(i)}])
-            for i in range(20)
-        ]
+    try:
+        results = await asyncio.gather(
+            *[
+                client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": str(i)}])
+                for i in range(20)
+            ]
+        )
+    finally:
+        await client.close()
+    assert sorted(r.choices[0].message.content or "" for r in results) == sorted(
+        ["a"] * len(stack.a.seen) + ["b"] * len(stack.b.seen)
     )
-    assert [r.choices[0].message.content for r in results] == ["a"] * 20
-    await client.close()
+    assert len(stack.a.seen) + len(stack.b.seen) == 20
+    for up in (stack.a, stack.b):
+        for seen in up.seen:
+            headers = {k.lower(): v for k, v in seen["headers"].items()}
+            assert headers["x-gateway-destination-endpoint"] == up.key
 
 
 async def test_picker_over_tls_with_self_signed_certificate() -> None:
