@@ -57,8 +57,18 @@ def test_up_runs_a_pd_pool_from_manifests(tmp_path: Path) -> None:
         post(port, "hello there")
         assert prompt_tokens(prefill, "local_compute") == 0
         assert prompt_tokens(decode, "local_compute") > 0
-        post(port, "a long report " * 600)
-        assert prompt_tokens(prefill, "local_compute") > 1024
+        # a long new prompt is prefilled on the prefill pod; on a loaded host the prefill pod's
+        # metrics can be stale for a moment (it is then no candidate and the decode pod serves
+        # alone), so new prompts are sent until one is disaggregated
+        attempt = 0
+
+        def disaggregated() -> bool:
+            nonlocal attempt
+            attempt += 1
+            post(port, f"report {attempt}: " + "a long report " * 600)
+            return prompt_tokens(prefill, "local_compute") > 1024
+
+        wait_for(disaggregated, interval=0.5, what="a long prompt prefilled on the prefill pod")
         wait_for(
             lambda: prompt_tokens(decode, "external_kv_transfer") > 1024,
             timeout=10,
