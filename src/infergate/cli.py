@@ -53,6 +53,18 @@ def lora_syncer(ctx: typer.Context) -> None:
 
 
 @app.command(
+    "pd-sidecar",
+    context_settings=_PASSTHROUGH,
+    add_help_option=False,
+    help="Run the prefill/decode sidecar in front of a decode model server (see --help).",
+)
+def pd_sidecar(ctx: typer.Context) -> None:
+    from infergate.pdsidecar.cli import main as sidecar_main
+
+    raise typer.Exit(sidecar_main(list(ctx.args)))
+
+
+@app.command(
     "bench",
     context_settings=_PASSTHROUGH,
     add_help_option=False,

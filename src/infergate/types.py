@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "ApiKind",
@@ -142,6 +142,9 @@ class InferenceRequest:
     arrived_at: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     """Request headers (lower-case names, credentials removed) for header-driven plugins."""
+    body: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
+    """The decoded JSON body, for plugins that need the request as the model server reads it
+    (the precise prefix scorer applies the chat template to ``messages``); None when not parsed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,9 @@ class SchedulingResult:
     targets: tuple[Endpoint, ...]
     scores: Mapping[str, float] = field(default_factory=dict)
     plugin_scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers the data plane adds to the request it forwards to ``primary`` (P/D disaggregation:
+    ``x-prefiller-host-port`` names the prefill endpoint to the decode side's sidecar)."""
 
     @property
     def primary(self) -> Endpoint:

@@ -239,14 +239,14 @@ schedulingProfiles:
         None,
     ),
     (
-        "P/D (pd-epp-config shape)",
+        "P/D (pd-epp-config shape) without its profile handler",
         """
 plugins: [{type: prefill-filter}, {type: decode-filter}, {type: max-score-picker}]
 schedulingProfiles:
 - {name: prefill, plugins: [{pluginRef: prefill-filter}, {pluginRef: max-score-picker}]}
 - {name: decode, plugins: [{pluginRef: decode-filter}, {pluginRef: max-score-picker}]}
 """,
-        "unknown type 'prefill-filter'",
+        "need a profile handler",
     ),
     (
         "soft reflective ceiling",

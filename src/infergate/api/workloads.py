@@ -64,6 +64,12 @@ class Container(_Open):
         return "lora-syncer" in self.image or ("lora" in self.name and "sync" in self.name)
 
     @property
+    def is_pd_sidecar(self) -> bool:
+        """llm-d's P/D routing sidecar (``llm-d-routing-sidecar``) or ``infergate pd-sidecar``."""
+        words = (self.image, self.name, *self.command, *self.args)
+        return any("routing-sidecar" in w or "pd-sidecar" in w for w in words) or self.name == "routing-proxy"
+
+    @property
     def runs_vllm(self) -> bool:
         return "vllm" in self.image or any("vllm" in part for part in (*self.command, *self.args))
 
@@ -123,11 +129,20 @@ class DeploymentResource(_Object):
 
     def vllm_container(self) -> Container:
         """The container that runs the model server: the first one mentioning vLLM, else the first."""
-        containers = [c for c in self.spec.template.spec.containers if not c.is_lora_syncer]
+        containers = [
+            c for c in self.spec.template.spec.containers if not c.is_lora_syncer and not c.is_pd_sidecar
+        ]
         for c in containers:
             if c.runs_vllm:
                 return c
         return containers[0] if containers else self.spec.template.spec.containers[0]
+
+    def pd_sidecar_container(self) -> Container | None:
+        """The P/D sidecar in front of the model server (decode pods), if the pod runs one."""
+        for c in self._all_containers():
+            if c.is_pd_sidecar:
+                return c
+        return None
 
     def lora_syncer_container(self) -> Container | None:
         for c in self._all_containers():

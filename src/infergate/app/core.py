@@ -10,7 +10,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from infergate.config.picker import EndpointPickerConfig
@@ -25,7 +25,7 @@ from infergate.sources.scraper import MetricsScraper
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
 
-__all__ = ["PickerCore", "build_core"]
+__all__ = ["PickerCore", "build_core", "start_plugin_tasks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +83,25 @@ def build_core(
     director.configure_parsers(passthrough=passthrough_paths(picker))
     scraper = MetricsScraper.from_settings(datastore, s, pool=pool, metrics=metrics, clock=clock)
     return PickerCore(scheduler=scheduler, flow=flow, director=director, scraper=scraper, decisions=decisions)
+
+
+def start_plugin_tasks(
+    scheduler: Scheduler,
+    datastore: Datastore,
+    spawn: Callable[[str, Callable[[], Awaitable[None]]], None],
+) -> Callable[[], None]:
+    """Run the plugins' background loops (KV-event subscriber) and keep them told of the pool's
+    membership; returns the function that stops the membership updates."""
+    for name, run in scheduler.background_tasks():
+        spawn(name, run)
+    seen = -1
+
+    def on_change() -> None:
+        nonlocal seen
+        version = datastore.membership_version
+        if version != seen:
+            seen = version
+            scheduler.sync_endpoints(datastore.endpoints())
+
+    on_change()
+    return datastore.add_listener(on_change)

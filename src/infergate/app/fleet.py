@@ -72,6 +72,11 @@ class Replica:
     proc: asyncio.subprocess.Process | None = None
     syncer: asyncio.subprocess.Process | None = None
     syncer_argv: list[str] = field(default_factory=list)
+    sidecar: asyncio.subprocess.Process | None = None
+    sidecar_argv: list[str] = field(default_factory=list)
+    """P/D decode pods: ``infergate pd-sidecar`` on ``port`` in front of the simulator."""
+    server_port: int = 0
+    """The simulator's own port: ``port`` unless a P/D sidecar listens there."""
     adapters: tuple[str, ...] = ()
     """Adapters its LoRA syncer must load (``ensureExist``); the fleet is ready once they are."""
 
@@ -147,15 +152,17 @@ class Fleet:
         chosen = iter(replica_port_list(self._ports, sum(counts)))
         for dep, count in zip(deployments, counts, strict=True):
             flags = dep.vllm_argv()
+            sidecar = dep.pd_sidecar_container()
             for i in range(count):
                 port = next(chosen, None) or free_port()
+                server_port = free_port() if sidecar is not None else port
                 name = f"{dep.name}-{i}"
                 argv = [
                     sys.executable,
                     "-m",
                     "infergate",
                     "simulate",
-                    *replace_port(flags, port),
+                    *replace_port(flags, server_port),
                     "--seed",
                     str(i),
                     *self._extra_args,
@@ -167,7 +174,21 @@ class Fleet:
                     labels=dict(dep.pod_labels),
                     argv=argv,
                     log_path=self.run_dir / f"{name}.log",
+                    server_port=server_port,
                 )
+                if sidecar is not None:  # the pod's port is the sidecar's; the server sits behind it
+                    r.sidecar_argv = [
+                        sys.executable,
+                        "-m",
+                        "infergate",
+                        "pd-sidecar",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--model-server-port",
+                        str(server_port),
+                    ]
                 cm = dep.lora_configmap()
                 if cm is not None:
                     r.syncer_argv = self._syncer_argv(dep, cm, r)
@@ -212,6 +233,7 @@ class Fleet:
         ]
 
     def _env(self, dep_name: str, port: int) -> dict[str, str]:
+        """The pod's literal env; ``port`` is the server's own."""
         env = dict(os.environ)
         for dep in self._manifests.deployments:
             if dep.name == dep_name:
@@ -227,7 +249,7 @@ class Fleet:
             self.plan()
         for r in self.replicas:
             with r.log_path.open("ab") as out:
-                env = self._env(r.deployment, r.port)
+                env = self._env(r.deployment, r.server_port or r.port)
                 r.proc = await asyncio.create_subprocess_exec(
                     *with_parent_death(r.argv),  # a SIGKILLed gateway takes us with it
                     stdout=out,
@@ -236,7 +258,16 @@ class Fleet:
                     stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,  # Ctrl-C reaches the gateway only; it drains, then stops us
                 )
-            log.info("started %s on port %d (pid %d)", r.name, r.port, r.proc.pid)
+            log.info("started %s on port %d (pid %d)", r.name, r.server_port or r.port, r.proc.pid)
+            if r.sidecar_argv:
+                with (self.run_dir / f"{r.name}-pd-sidecar.log").open("ab") as out:
+                    r.sidecar = await asyncio.create_subprocess_exec(
+                        *with_parent_death(r.sidecar_argv),
+                        stdout=out,
+                        stderr=asyncio.subprocess.STDOUT,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
         await self._wait_healthy(health_wait)
         for r in self.replicas:
             if r.syncer_argv:
@@ -294,7 +325,7 @@ class Fleet:
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every child, wait up to ``grace`` seconds, SIGKILL the rest; always reaps them."""
-        procs = [p for r in self.replicas for p in (r.syncer, r.proc) if p is not None]
+        procs = [p for r in self.replicas for p in (r.syncer, r.sidecar, r.proc) if p is not None]
         for p in procs:
             if p.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

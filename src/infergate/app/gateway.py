@@ -46,7 +46,7 @@ from infergate.telemetry import GatewayMetrics
 from infergate.tracing import tracer_from_env
 from infergate.types import Clock, MonotonicClock, PoolSpec
 
-from .core import PickerCore, build_core
+from .core import PickerCore, build_core, start_plugin_tasks
 from .sources import KubernetesPoolSource, ManifestPoolSource, PoolSource
 from .tasks import Supervisor
 
@@ -270,6 +270,7 @@ class Gateway:
         core = self._core()
         host, port = self.listen_address()
         self.tasks.spawn("metrics-scraper", core.scraper.run)
+        self._unsubscribe_plugins = start_plugin_tasks(core.scheduler, self.datastore, self.tasks.spawn)
         # in-flight requests are withdrawn from an endpoint only once it failed several probes
         core.scraper.add_down_listener(self.data_plane.endpoint_down)
         await self.data_plane.start(host, port)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from infergate.config.picker import (
     EndpointPickerConfig,
+    PluginSpec,
     default_picker_config,
     parse_picker_config,
     reference_picker_config,
@@ -27,8 +28,11 @@ from infergate.config.picker import (
 __all__ = [
     "BASE_MODEL",
     "GREEDY",
+    "PD_AGGREGATED",
+    "PRECISE",
     "STRATEGIES",
     "Strategy",
+    "pd_picker_config",
     "picker_config",
     "resolve_strategy",
     "strategy_names",
@@ -58,11 +62,14 @@ STRATEGIES: dict[str, str] = {
 
 # Greedy with true engine state (twin only): not a bound, a heuristic that cheats by reading the engines.
 GREEDY = "greedy-true-state"
+# The reference profile with the precise scorer in the approximate one's place (twin only: the
+# twin's engines feed their KV events into the scorer's index; real runs would need a ZMQ endpoint).
+PRECISE = "precise-prefix"
 
 
 def strategy_names(*, twin: bool) -> list[str]:
     names = ["default", "gie-default", *STRATEGIES]
-    return [*names, GREEDY] if twin else names
+    return [*names, PRECISE, GREEDY] if twin else names
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +112,63 @@ def picker_config(name: str) -> EndpointPickerConfig:
         return default_picker_config(lora=True, base_models=[BASE_MODEL])
     if name == "gie-default":  # the reference EPP's profile (+ LoRA affinity 2), for comparison
         return reference_picker_config(lora=True, base_models=[BASE_MODEL])
+    if name == PRECISE:
+        ref = reference_picker_config(lora=True, base_models=[BASE_MODEL])
+        precise = PluginSpec(
+            type="precise-prefix-cache-scorer",
+            name="prefix-cache-scorer",
+            parameters={"kvEventsConfig": {"discoverPods": False}},
+        )
+        plugins = [precise if p.type == "prefix-cache-scorer" else p for p in ref.plugins]
+        return ref.model_copy(update={"plugins": plugins})
     try:
         return parse_picker_config(STRATEGIES[name], source=f"strategy {name}")
     except KeyError:
         raise ValueError(
             f"unknown strategy {name!r}; known: {', '.join(strategy_names(twin=True))}"
         ) from None
+
+
+# P/D comparisons (bench_pd.py, bench_realtime.py): the same scorers aggregated, or split into
+# prefill and decode profiles with the prefix-based decider at a threshold of uncached tokens.
+PD_AGGREGATED = """
+plugins:
+- type: prefix-cache-scorer
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefix-cache-scorer, weight: 2}
+  - {pluginRef: queue-scorer}
+  - {pluginRef: max-score-picker}
+"""
+
+_DISAGG = """
+plugins:
+- type: prefix-cache-scorer
+- type: queue-scorer
+- type: prefill-filter
+- type: decode-filter
+- type: max-score-picker
+- type: disagg-profile-handler
+  parameters: {{deciders: {{prefill: prefix-based-pd-decider}}}}
+- type: prefix-based-pd-decider
+  parameters: {{nonCachedTokens: {threshold}}}
+schedulingProfiles:
+- name: prefill
+  plugins:
+  - {{pluginRef: prefill-filter}}
+  - {{pluginRef: prefix-cache-scorer, weight: 2}}
+  - {{pluginRef: queue-scorer}}
+- name: decode
+  plugins:
+  - {{pluginRef: decode-filter}}
+  - {{pluginRef: prefix-cache-scorer, weight: 2}}
+  - {{pluginRef: queue-scorer}}
+"""
+
+
+def pd_picker_config(threshold: int) -> EndpointPickerConfig:
+    """The disaggregating configuration with ``nonCachedTokens: threshold``."""
+    return parse_picker_config(_DISAGG.format(threshold=threshold), source="P/D configuration")

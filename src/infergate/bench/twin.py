@@ -37,7 +37,8 @@ import functools
 import itertools
 import json
 import random
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from infergate.bench.loadgen import RequestRecord
@@ -52,8 +53,12 @@ from infergate.flowcontrol.queues import QueuedItem
 from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, ROLE_LABEL
+from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
+from infergate.simulator.kvcache import KvEvent
+from infergate.simulator.kvevents import encode_batch
 from infergate.simulator.scaled import make_engine
 from infergate.tokenization.builtin import Tokenizer
 from infergate.types import (
@@ -99,6 +104,11 @@ class TwinConfig:
     """InferenceObjectives of the pool: requests naming one get its priority, as in production."""
     rewrites: tuple[ModelRewrite, ...] = ()
     """InferenceModelRewrites of the pool, applied by the request-control core as in production."""
+    roles: tuple[str, ...] = ()
+    """P/D: each replica's ``llm-d.ai/role`` label (``prefill``, ``decode``, ``both``), in replica
+    order; empty: no labels. A request the scheduler disaggregates (``x-prefiller-host-port``) runs
+    its prefill (``max_tokens`` 1, KV kept for the decoder) on the named replica, then its decode on
+    the picked one, which pulls the prompt's full blocks (the engine models the transfer time)."""
     flow_control: bool = False
     """Run the gateway's flow control (saturation detector, queues, route-to-room) with
     ``Settings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``, for
@@ -115,10 +125,12 @@ class TwinResult:
     load_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     stopped_at: float | None = None  # virtual seconds from the start when a monitor stopped the run
     flow_control: bool = False  # whether the gateway's flow control ran
+    disaggregated: int = 0  # requests prefilled on another replica (P/D)
 
 
 class _Replica:
     def __init__(self, index: int, engine: Engine, driver: VirtualDriver) -> None:
+        self.index = index
         self.key = f"10.0.0.{index + 1}:8000"
         self.engine = engine
         self.driver = driver
@@ -174,6 +186,27 @@ def _true_state_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str 
     return min(replicas, key=cost)
 
 
+def _feed_kv_events(scheduler: Scheduler, replicas: Sequence[_Replica], model: str) -> None:
+    """Every ``precise-prefix-cache-scorer`` receives each engine's KV events of each step, in
+    vLLM's wire form and with the topic a pod would use, at the step's virtual time."""
+    scorers = [p for p in scheduler.plugins() if isinstance(p, PrecisePrefixScorer)]
+    for scorer in scorers:
+        for r in replicas:
+            topic = f"kv@{r.key}@{model}".encode()
+            seq = itertools.count()
+
+            def sink(
+                events: list[KvEvent],
+                topic: bytes = topic,
+                seq: Iterator[int] = seq,
+                s: PrecisePrefixScorer = scorer,
+            ) -> None:
+                payload = encode_batch(events, ts=0.0)
+                s.subscriber.handle([topic, struct.pack(">Q", next(seq)), payload], None)
+
+            r.engine.set_kv_event_sink(sink)
+
+
 def run_twin(
     requests: Sequence[BenchRequest],
     offsets: Sequence[float],
@@ -220,7 +253,10 @@ def run_twin(
     served = frozenset((cfg.base_model, *cfg.adapters))
     for r in replicas:
         host, port = r.key.split(":")
-        datastore.upsert_endpoint(EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port)))
+        labels = {ROLE_LABEL: cfg.roles[r.index]} if cfg.roles else {}
+        datastore.upsert_endpoint(
+            EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port), labels=labels)
+        )
         datastore.set_models(r.key, served)  # what each replica's /v1/models lists
     for objective in cfg.objectives:
         datastore.upsert_objective(objective)
@@ -231,6 +267,8 @@ def run_twin(
         scheduler = build_scheduler(
             picker or picker_config(named.base), rng=random.Random(cfg.seed), clock=loop
         )
+    if scheduler is not None:
+        _feed_kv_events(scheduler, replicas, cfg.base_model)
     # greedy-true-state picks by itself; the core still resolves its requests (its scheduler is never run)
     core = RequestCore(
         datastore=datastore,
@@ -342,6 +380,7 @@ def run_twin(
             finish_unserved(i, 429, f"flow control: {offer.decision}")
 
     first_seen: set[int] = set()
+    disaggregated = 0
 
     def room(candidates: Sequence[Endpoint]) -> list[Endpoint]:
         assert flow is not None
@@ -350,8 +389,6 @@ def run_twin(
     def dispatch(
         i: int, ireq: InferenceRequest, tokens: list[int], lora: str | None, *, released: bool = False
     ) -> None:
-        req = requests[i]
-        rec = records[i]
         if scheduler is None:
             replica = _true_state_pick(replicas, tokens, lora)
         else:
@@ -362,8 +399,47 @@ def run_twin(
                 finish_unserved(i, exc.status, exc.message)
                 return
             replica = by_key[result.primary.key]
+            prefiller = result.request_headers.get(PREFILLER_HEADER)
+            if prefiller is not None:
+                remote_prefill(i, tokens, lora, by_key[prefiller], replica)
+                return
         replica.requests += 1
         datastore.acquire(replica.key)
+        submit(i, replica, tokens, lora, 0)
+
+    def remote_prefill(
+        i: int, tokens: list[int], lora: str | None, prefill: _Replica, decode: _Replica
+    ) -> None:
+        # the decode pod's sidecar: prefill on the named replica (max_tokens 1, KV kept), then decode
+        nonlocal disaggregated
+        disaggregated += 1
+        prefill.requests += 1
+        datastore.acquire(prefill.key)
+
+        def done(out: RequestOutput) -> None:
+            if not out.finished:
+                return
+            datastore.release(prefill.key)
+            decode.requests += 1
+            datastore.acquire(decode.key)
+            full = len(tokens) // engine_cfg.block_size * engine_cfg.block_size
+            submit(i, decode, tokens, lora, full)
+
+        prefill.driver.submit(
+            EngineRequest(
+                request_id=f"twin-{i}-prefill",
+                prompt_token_ids=tokens,
+                max_tokens=1,
+                ignore_eos=True,
+                lora_name=lora,
+                remote_decode=True,
+            ),
+            done,
+        )
+
+    def submit(i: int, replica: _Replica, tokens: list[int], lora: str | None, remote: int) -> None:
+        req = requests[i]
+        rec = records[i]
 
         def on_output(out: RequestOutput) -> None:
             # sparse driver: only the first-token and final outputs arrive; the final one lists
@@ -391,6 +467,7 @@ def run_twin(
                 max_tokens=req.max_tokens,
                 ignore_eos=True,
                 lora_name=lora,
+                remote_prefill_tokens=remote,
             ),
             on_output,
         )
@@ -421,4 +498,5 @@ def run_twin(
         load_series=load_series,
         stopped_at=stopped_at,
         flow_control=flow is not None,
+        disaggregated=disaggregated,
     )

@@ -277,6 +277,7 @@ class RequestCore:
             body_size=len(body),
             arrived_at=now,
             headers=H.scheduling_headers(headers),
+            body=parsed.data,
         )
         upstream = body if target == model else rewrite_model(parsed, target)
         return Resolved(request=request, parsed=parsed, upstream_body=upstream)

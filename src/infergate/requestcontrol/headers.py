@@ -57,7 +57,11 @@ LLMD_FAIRNESS_ID = "x-llm-d-inference-fairness-id"
 DEFAULT_FAIRNESS_ID = "default-flow"
 
 # Headers only the gateway may set: a client that sends them must not steer routing.
-ROUTING_OUTPUTS = frozenset({DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SUBSET, DESTINATION_ENDPOINT_SERVED})
+PREFILLER_HOST_PORT = "x-prefiller-host-port"
+"""P/D: the prefill endpoint the decode side's sidecar runs the prefill on (set by the picker only)."""
+ROUTING_OUTPUTS = frozenset(
+    {DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SUBSET, DESTINATION_ENDPOINT_SERVED, PREFILLER_HOST_PORT}
+)
 
 # Control inputs consumed by the gateway; not forwarded to the model server.
 CONTROL_INPUTS = frozenset(

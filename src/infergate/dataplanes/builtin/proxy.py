@@ -353,6 +353,7 @@ class ProxyServer:
             hdrs = [(k, v) for k, v in hdrs if k.lower() != "content-type"]
             hdrs.append(("Content-Type", _JSON))
         hdrs.append((H.REQUEST_ID, ctx.request_id))
+        hdrs.extend(ctx.result.request_headers.items())  # P/D: x-prefiller-host-port
         peer = request.remote
         if peer:
             prior = request.headers.get("X-Forwarded-For")

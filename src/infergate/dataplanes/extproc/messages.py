@@ -129,14 +129,19 @@ def route_metadata(destination: str) -> struct_pb2.Struct:
 
 
 def request_route_mutation(
-    destination: str, *, body_length: int | None, extra: Iterable[tuple[str, str]] = ()
+    destination: str,
+    *,
+    body_length: int | None,
+    extra: Iterable[tuple[str, str]] = (),
+    remove: Iterable[str] = (),
 ) -> pb.HeaderMutation:
-    """Headers the picker sets on the upstream request: destination, Content-Length, then ``extra``."""
+    """Headers the picker sets on the upstream request: destination, Content-Length, then ``extra``;
+    ``remove`` names client headers only the picker may set (``x-prefiller-host-port``)."""
     set_headers = [header_option(DESTINATION_ENDPOINT, destination)]
     if body_length is not None and body_length > 0:
         set_headers.append(header_option("Content-Length", str(body_length)))
     set_headers.extend(header_option(k, v) for k, v in extra)
-    return pb.HeaderMutation(set_headers=set_headers)
+    return pb.HeaderMutation(set_headers=set_headers, remove_headers=list(remove))
 
 
 # Replies that never vary are built once: constructing a protobuf costs more than serialising it.

@@ -258,7 +258,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return [msg.error_response(InternalError(f"internal error: {type(exc).__name__}"))]
         st.ctx = ctx
         dest = msg.destination_value([t.key for t in ctx.result.targets[: self._max_endpoints]])
-        mutation = msg.request_route_mutation(dest, body_length=len(ctx.body), extra=self._extra_headers(st))
+        routed = dict(ctx.result.request_headers)  # P/D: x-prefiller-host-port
+        mutation = msg.request_route_mutation(
+            dest,
+            body_length=len(ctx.body),
+            extra=[*self._extra_headers(st), *routed.items()],
+            # only the picker names a prefiller: a client's own header is dropped
+            remove=[H.PREFILLER_HOST_PORT] if H.PREFILLER_HOST_PORT in st.headers and not routed else [],
+        )
         metadata = msg.route_metadata(dest)
         if st.request_mode in _BUFFERED_MODES:
             return [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
@@ -24,6 +24,7 @@ from infergate.scheduling.engine.profile import (
     SchedulerProfile,
     ScorerSlot,
 )
+from infergate.scheduling.plugins.disagg import DisaggProfileHandler
 from infergate.scheduling.plugins.pickers import MaxScorePicker
 from infergate.scheduling.plugins.registry import default_registry
 from infergate.scheduling.sdk.framework import (
@@ -107,7 +108,9 @@ class Scheduler:
         self.profile = profile
         """The default profile (the only one unless a profile handler chooses among several)."""
         self.profiles = dict(profiles or {profile.name: profile})
-        self._handler = handler if len(self.profiles) > 1 else None
+        self._handler = (
+            handler if len(self.profiles) > 1 or isinstance(handler, DisaggProfileHandler) else None
+        )
         self._plugins = dict(plugins or {})
         self._metrics = metrics
         self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
@@ -121,6 +124,10 @@ class Scheduler:
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
 
+    def plugins(self) -> list[object]:
+        """Every configured plugin instance (the twin feeds KV events to the ones that read them)."""
+        return list(self._plugins.values())
+
     def response_headers(self, target: Endpoint) -> dict[str, str]:
         """Headers plugins add to the response from ``target`` (``x-session-token``)."""
         out: dict[str, str] = {}
@@ -132,6 +139,22 @@ class Scheduler:
         """Tell every plugin with per-endpoint state that ``key`` is gone."""
         for holder in self._holders:
             holder.remove_endpoint(key)
+
+    def background_tasks(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """Long-running loops plugins need (the KV-event subscriber), for the app to supervise."""
+        out: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        for p in self._plugins.values():
+            tasks = getattr(p, "background_tasks", None)
+            if callable(tasks):
+                out.extend(tasks())
+        return out
+
+    def sync_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Tell plugins that follow the pool's membership (``sync_endpoints``) what it is now."""
+        for p in self._plugins.values():
+            sync = getattr(p, "sync_endpoints", None)
+            if callable(sync):
+                sync(endpoints)
 
     def debug_state(self) -> dict[str, dict[str, dict[str, float]]]:
         """Each stateful plugin's per-endpoint state (``debug_state()``), by plugin name."""
@@ -159,8 +182,12 @@ class Scheduler:
         try:
             if not candidates:
                 raise NoCapacityError("no ready endpoint in the pool")
-            profile = self.profile if self._handler is None else self._handler.choose(request, self.profiles)
-            result = profile.run(request, candidates, CycleState())
+            handler = self._handler
+            if isinstance(handler, DisaggProfileHandler):
+                result = handler.run(request, candidates, self.profiles, CycleState())
+            else:
+                profile = self.profile if handler is None else handler.choose(request, self.profiles)
+                result = profile.run(request, candidates, CycleState())
         except NoCapacityError:
             self._record(request, None, t0)
             raise
@@ -236,11 +263,16 @@ def build_scheduler(
         raise ConfigError(f"plugins: several profile handlers ({', '.join(handlers)}); configure one")
     # registered with register_profile_handler, whose factory returns a ProfileHandler
     handler = cast(ProfileHandler, instances[handlers[0]]) if handlers else None
+    if isinstance(handler, DisaggProfileHandler):
+        try:
+            handler.bind(instances)
+        except ValueError as exc:
+            raise ConfigError(f"plugins[{handlers[0]}].parameters.{exc}") from None
     if len(profiles) > 1 and handler is None:
         names = ", ".join(p.name for p in profiles)
         raise ConfigError(
             f"schedulingProfiles: {len(profiles)} profiles ({names}) need a profile handler that picks "
-            "one per request (header-profile-handler); single-profile-handler runs exactly one"
+            "one per request (header-profile-handler, disagg-profile-handler)"
         )
     built: dict[str, SchedulerProfile] = {}
     if profiles:
@@ -259,7 +291,9 @@ def build_scheduler(
         stages = [n for n, t in types.items() if t.points and ExtensionPoint.PROFILE_HANDLER not in t.points]
         refs = [(n, None) for n in stages]
         built["default"] = _build_profile("default", refs, instances, types, metrics, ctx)
-    if handler is not None and len(built) > 1 and handler.default_profile not in built:
+    if isinstance(handler, DisaggProfileHandler):
+        _check_disagg(handlers[0], handler, built, config, types)
+    elif handler is not None and len(built) > 1 and handler.default_profile not in built:
         raise ConfigError(
             f"plugins[{handlers[0]}].parameters.defaultProfile: no scheduling profile named "
             f"{handler.default_profile!r} (profiles: {', '.join(built)})"
@@ -340,3 +374,34 @@ def _build_profile(
         pickers.append(PickerSlot(name, name, _timer(metrics, "Picker", name, name), default))
         instances.setdefault(name, default)
     return SchedulerProfile(pname, filters=filters, scorers=scorers, picker=pickers[0], post_picks=post_picks)
+
+
+_PREFIX_TYPES = frozenset({"prefix-cache-scorer", "precise-prefix-cache-scorer"})
+
+
+def _check_disagg(
+    name: str,
+    handler: DisaggProfileHandler,
+    built: Mapping[str, SchedulerProfile],
+    config: PickerConfigLike,
+    types: Mapping[str, PluginType],
+) -> None:
+    """Every profile the handler runs exists, every profile exists to be run, and a decider that
+    reads the decode endpoint's cached prefix has a prefix scorer in the decode profile."""
+    needed = handler.profile_names()
+    for pname in needed:
+        if pname not in built:
+            raise ConfigError(
+                f"plugins[{name}]: no scheduling profile named {pname!r} (profiles: {', '.join(built)})"
+            )
+    unused = [p for p in built if p not in needed]
+    if unused:
+        hint = "; set parameters.deciders.prefill to run a prefill profile" if handler.decider is None else ""
+        raise ConfigError(f"schedulingProfiles: {', '.join(unused)} never run by {name}{hint}")
+    if getattr(handler.decider, "needs_prefix_info", False):
+        refs = next(p for p in config.scheduling_profiles if (p.name or "default") == handler.decode_profile)
+        if not any(r.plugin_ref in types and types[r.plugin_ref].name in _PREFIX_TYPES for r in refs.plugins):
+            raise ConfigError(
+                f"schedulingProfiles[{handler.decode_profile}]: {handler.decider_name} reads the decode "
+                "endpoint's cached prefix; add prefix-cache-scorer or precise-prefix-cache-scorer"
+            )

@@ -142,6 +142,8 @@ class PrefixMatch:
 
     hashes: list[int]
     matched: dict[str, int]
+    block_tokens: int = 16
+    """Tokens a block stands for (its length is ``block_tokens × 4`` bytes)."""
 
 
 PREFIX_MATCH: StateKey[PrefixMatch] = StateKey("prefix-match")
@@ -255,7 +257,7 @@ class PrefixCacheScorer:
         self._last_seen.update(zip(candidate_keys(candidates, state), repeat(self._clock.now())))
         hashes = self.hashes_for(request, candidates)
         matched = self.index.match(hashes) if hashes else {}
-        state.put(PREFIX_MATCH, PrefixMatch(hashes, matched))
+        state.put(PREFIX_MATCH, PrefixMatch(hashes, matched, self._block_tokens(candidates)))
         if not matched:
             return {}
         if not self._p.load_aware:

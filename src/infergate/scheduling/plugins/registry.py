@@ -18,6 +18,16 @@ from infergate.config.picker_sections import (
     StaticUsageLimitParams,
     UtilizationDetectorParams,
 )
+from infergate.scheduling.plugins.disagg import (
+    DECODE_ROLES,
+    PREFILL_ROLES,
+    AlwaysDisaggDecider,
+    DisaggParams,
+    DisaggProfileHandler,
+    PrefixBasedDecider,
+    PrefixDeciderParams,
+    RoleFilter,
+)
 from infergate.scheduling.plugins.filters import (
     LoraAffinityFilter,
     LoraAffinityFilterParams,
@@ -32,6 +42,7 @@ from infergate.scheduling.plugins.pickers import (
     RoundRobinPicker,
     WeightedRandomPicker,
 )
+from infergate.scheduling.plugins.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.plugins.profile_handler import HeaderProfileHandler, HeaderProfileParams
 from infergate.scheduling.plugins.scorers import (
@@ -126,8 +137,11 @@ REFUSED_TYPES: dict[str, str] = {
     "soft-reflective-ceiling-policy": _LIMIT,
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
-    "precise-prefix-cache-producer": "vLLM KV events are not consumed; use prefix-cache-scorer",
+    "precise-prefix-cache-producer": "the KV-event index runs inside precise-prefix-cache-scorer; use it",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
+    "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
+    "disagg-headers-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
+    "prefill-header-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
 }
 
 
@@ -143,6 +157,9 @@ def default_registry() -> PluginRegistry:
         "prefix-cache-scorer",
         PrefixCacheParams,
         lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics),
+    )
+    r.register_scorer_post_pick(
+        "precise-prefix-cache-scorer", PrecisePrefixParams, lambda p, c: PrecisePrefixScorer(p)
     )
     r.register_scorer_post_pick(
         "predicted-latency-scorer", LatencyParams, lambda p, c: PredictedLatencyScorer(p, clock=c.clock)
@@ -174,6 +191,12 @@ def default_registry() -> PluginRegistry:
     r.register_profile_handler(
         "header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p)
     )
+    # P/D disaggregation (plugins/disagg.py)
+    r.register_profile_handler("disagg-profile-handler", DisaggParams, lambda p, c: DisaggProfileHandler(p))
+    r.register_helper("prefix-based-pd-decider", PrefixDeciderParams, lambda p, c: PrefixBasedDecider(p))
+    r.register_helper("always-disagg-pd-decider", NoParams, lambda p, c: AlwaysDisaggDecider())
+    r.register_filter("decode-filter", NoParams, lambda p, c: RoleFilter(DECODE_ROLES, unlabelled=True))
+    r.register_filter("prefill-filter", NoParams, lambda p, c: RoleFilter(PREFILL_ROLES, unlabelled=False))
     r.register_scorer_post_pick(
         "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
     )

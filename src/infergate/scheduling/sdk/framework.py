@@ -304,6 +304,13 @@ class PluginRegistry:
             name, params, cast("Callable[[Any, PluginContext], object]", factory), frozenset(points), inert
         )
 
+    def register_helper(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], object]
+    ) -> None:
+        """A plugin another plugin uses by name (a P/D decider): built from its parameters, never
+        a stage of a profile."""
+        self._add(name, params, factory)
+
     def register_inert(self, name: str, params: type[BaseModel] = AnyParams) -> None:
         """A type that is not a scheduling stage; ``params`` says which parameters it accepts."""
         self._add(name, params, lambda _p, _c: _Inert(), inert=True)

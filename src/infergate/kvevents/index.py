@@ -1,0 +1,306 @@
+"""The KV-block index: which endpoint holds which prompt prefix, from the engines' own events.
+
+Two key spaces (the design llm-d's indexer uses):
+
+* **engine hashes** are what the events carry. They depend on the engine's hash algorithm and
+  seed (``PYTHONHASHSEED``, ``--prefix-caching-hash-algo``), which the gateway cannot know, so they
+  are used only to follow an event's parent and to find what a ``BlockRemoved`` removes;
+* **request keys** are computed here from the events' token ids, chained block by block:
+  ``k_0 = H(seed, lora, tokens_0)``, ``k_i = H(k_{i-1}, tokens_i)``. The scorer computes the same
+  chain from the request's tokens, so a request finds its blocks whatever hash scheme each engine
+  runs, and the same text under another LoRA adapter never matches.
+
+Per source (one model server, named by its topic or its address) the index keeps the engine
+hashes it holds with a count per device tier (vLLM announces every physical copy of a block and
+removes them one at a time, so a block stored twice and removed once is still held). The reverse
+map request key → {source: tier mask} answers lookups. Memory is bounded: at most ``max_keys``
+request keys (least recently stored or matched evicted first) and ``max_sources_per_key`` sources
+per key; a source's engine hashes are bounded by its KV capacity as long as its events arrive in
+order, and are dropped whole when they do not (gap in sequence numbers, publisher restart): the
+source then rebuilds from new events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from infergate.kvevents.wire import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, Event
+
+__all__ = ["DEFAULT_TIER", "IndexStats", "KvBlockIndex", "request_keys"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIER = "GPU"
+"""The tier of a block whose event names no medium (vLLM: the GPU's KV cache)."""
+
+
+def _first_key(seed: int, lora: str | None) -> int:
+    return hash(("infergate-kv", seed, lora or ""))
+
+
+def request_keys(
+    tokens: Sequence[int],
+    block_size: int,
+    *,
+    lora: str | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+) -> list[int]:
+    """The chained request keys of every full block of ``tokens`` (at most ``limit`` blocks).
+
+    Python's ``hash`` of int tuples is deterministic and fast; the keys live in one process only.
+    """
+    n = len(tokens) // block_size
+    if limit is not None:
+        n = min(n, limit)
+    key = _first_key(seed, lora)
+    out: list[int] = []
+    for i in range(0, n * block_size, block_size):
+        key = hash((key, tuple(tokens[i : i + block_size])))
+        out.append(key)
+    return out
+
+
+@dataclass(slots=True)
+class IndexStats:
+    """Counters for operators and benchmarks (exported as metrics by the scorer)."""
+
+    batches: int = 0
+    events: int = 0
+    resyncs: int = 0
+    orphan_blocks: int = 0
+    """Stored blocks whose parent this index does not know (dropped: no request can reach them)."""
+    evicted_keys: int = 0
+    block_size_mismatch: int = 0
+    """Stored blocks of another size than the index's (dropped: requests are cut in its size)."""
+
+
+class _Source:
+    """One model server's blocks: engine hash → ``[request key, count of tier 0, count of tier 1, ...]``."""
+
+    __slots__ = ("batches", "blocks", "next_seq")
+
+    def __init__(self) -> None:
+        self.blocks: dict[EngineHash, list[int]] = {}
+        self.next_seq: int | None = None
+        self.batches = 0
+
+
+class KvBlockIndex:
+    """Block index fed by :meth:`ingest`, read by :meth:`longest_runs`; owned by one event loop."""
+
+    def __init__(
+        self,
+        *,
+        max_keys: int = 10_000_000,
+        max_sources_per_key: int = 10,
+        seed: int = 0,
+        block_size: int | None = None,
+    ) -> None:
+        """``block_size`` None accepts blocks of any size (keys then only match requests cut in
+        the same size); set, blocks of another size are counted and dropped."""
+        if max_keys <= 0 or max_sources_per_key <= 0:
+            raise ValueError("index bounds must be > 0")
+        self.block_size = block_size
+        self.max_keys = max_keys
+        self.max_sources_per_key = max_sources_per_key
+        self.seed = seed
+        self._holders: OrderedDict[int, dict[str, int]] = OrderedDict()
+        self._sources: dict[str, _Source] = {}
+        self._tiers: dict[str, int] = {DEFAULT_TIER: 0}
+        self.stats = IndexStats()
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        """Request keys held by at least one source."""
+        return len(self._holders)
+
+    def tier_names(self) -> list[str]:
+        """Tier names in bit order (bit ``i`` of a holder's mask is tier ``i``)."""
+        return list(self._tiers)
+
+    def sources(self) -> list[str]:
+        """Sources that have delivered at least one batch (their events are flowing)."""
+        return [name for name, s in self._sources.items() if s.batches]
+
+    def known_sources(self) -> list[str]:
+        """Every source with state, live or not."""
+        return list(self._sources)
+
+    def is_live(self, source: str) -> bool:
+        s = self._sources.get(source)
+        return s is not None and s.batches > 0
+
+    def blocks(self, source: str) -> int:
+        """Distinct engine blocks ``source`` holds (any tier)."""
+        s = self._sources.get(source)
+        return 0 if s is None else len(s.blocks)
+
+    def longest_runs(self, keys: Sequence[int], sources: Iterable[str] | None = None) -> dict[str, list[int]]:
+        """For each source holding ``keys[0]``: the tier masks of the consecutive blocks it holds
+        from the start (``len`` = the run length). ``sources`` limits the answer to those.
+
+        Matched keys count as recently used for the LRU bound.
+        """
+        holders = self._holders
+        wanted = None if sources is None else set(sources)
+        runs: dict[str, list[int]] = {}
+        alive: set[str] | None = None
+        for k in keys:
+            held = holders.get(k)
+            if not held:
+                break
+            holders.move_to_end(k)
+            if alive is None:
+                alive = {s for s in held if wanted is None or s in wanted}
+                for s in alive:
+                    runs[s] = [held[s]]
+            else:
+                alive = {s for s in alive if s in held}
+                for s in alive:
+                    runs[s].append(held[s])
+            if not alive:
+                break
+        return runs
+
+    # ------------------------------------------------------------------ writing
+    def ingest(self, source: str, seq: int | None, events: Sequence[Event]) -> bool:
+        """Apply one batch from ``source``. Returns False when it had to resync first.
+
+        ``seq`` is the batch's sequence number (None when the transport has none). A batch that is
+        not the next one expected means batches were lost (a gap) or the publisher restarted: the
+        source's blocks are forgotten and rebuilt from this batch on.
+        """
+        src = self._sources.get(source)
+        if src is None:
+            src = self._sources[source] = _Source()
+        in_order = True
+        if seq is not None:
+            if src.next_seq is not None and seq != src.next_seq:
+                self._forget_blocks(source, src)
+                self.stats.resyncs += 1
+                in_order = False
+            src.next_seq = seq + 1
+        src.batches += 1
+        self.stats.batches += 1
+        self.stats.events += len(events)
+        for ev in events:
+            if isinstance(ev, BlockStored):
+                self._stored(source, src, ev)
+            elif isinstance(ev, BlockRemoved):
+                self._removed(source, src, ev)
+            elif isinstance(ev, AllBlocksCleared):
+                self._forget_blocks(source, src)
+        return in_order
+
+    def resync(self, source: str) -> None:
+        """Forget ``source``'s blocks but keep it live (its connection was re-established)."""
+        src = self._sources.get(source)
+        if src is not None:
+            self._forget_blocks(source, src)
+            src.next_seq = None
+            self.stats.resyncs += 1
+
+    def remove_source(self, source: str) -> None:
+        """Forget ``source`` entirely (its endpoint left the pool)."""
+        src = self._sources.pop(source, None)
+        if src is not None:
+            self._forget_blocks(source, src)
+
+    def _tier(self, medium: str | None) -> int:
+        name = (medium or DEFAULT_TIER).upper()
+        bit = self._tiers.get(name)
+        if bit is None:
+            bit = self._tiers[name] = len(self._tiers)
+        return bit
+
+    def _stored(self, source: str, src: _Source, ev: BlockStored) -> None:
+        if self.block_size is not None and ev.block_size != self.block_size:
+            if not self.stats.block_size_mismatch:
+                log.error(
+                    "kv events from %s: blocks of %d tokens, the index cuts prompts in %d "
+                    "(tokenProcessorConfig.blockSizeTokens must equal the engine's --block-size)",
+                    source,
+                    ev.block_size,
+                    self.block_size,
+                )
+            self.stats.block_size_mismatch += len(ev.block_hashes)
+            return
+        tier = self._tier(ev.medium)
+        blocks = src.blocks
+        if ev.parent is None:
+            key = _first_key(self.seed, ev.lora_name)
+        else:
+            parent = blocks.get(ev.parent)
+            if parent is None:
+                self.stats.orphan_blocks += len(ev.block_hashes)
+                return
+            key = parent[0]
+        size = ev.block_size
+        tokens = ev.token_ids
+        for i, h in enumerate(ev.block_hashes):
+            key = hash((key, tokens[i * size : (i + 1) * size]))
+            entry = blocks.get(h)
+            if entry is None:
+                entry = blocks[h] = [key] + [0] * len(self._tiers)
+            elif len(entry) <= tier + 1:
+                entry.extend([0] * (tier + 2 - len(entry)))
+            entry[tier + 1] += 1
+            if entry[tier + 1] == 1:
+                self._hold(entry[0], source, 1 << tier)
+
+    def _removed(self, source: str, src: _Source, ev: BlockRemoved) -> None:
+        tier = self._tier(ev.medium)
+        blocks = src.blocks
+        for h in ev.block_hashes:
+            entry = blocks.get(h)
+            if entry is None or len(entry) <= tier + 1 or entry[tier + 1] == 0:
+                continue
+            entry[tier + 1] -= 1
+            if entry[tier + 1] == 0:
+                self._release(entry[0], source, 1 << tier)
+                if not any(entry[1:]):
+                    del blocks[h]
+
+    def _hold(self, key: int, source: str, bit: int) -> None:
+        holders = self._holders
+        held = holders.get(key)
+        if held is None:
+            held = holders[key] = {}
+            if len(holders) > self.max_keys:
+                holders.popitem(last=False)
+                self.stats.evicted_keys += 1
+        else:
+            holders.move_to_end(key)
+        mask = held.get(source)
+        if mask is None:
+            if len(held) >= self.max_sources_per_key:
+                del held[next(iter(held))]
+            held[source] = bit
+        else:
+            held[source] = mask | bit
+
+    def _release(self, key: int, source: str, bit: int) -> None:
+        held = self._holders.get(key)
+        if held is None:
+            return
+        mask = held.get(source)
+        if mask is None:
+            return
+        mask &= ~bit
+        if mask:
+            held[source] = mask
+            return
+        del held[source]
+        if not held:
+            del self._holders[key]
+
+    def _forget_blocks(self, source: str, src: _Source) -> None:
+        for entry in src.blocks.values():
+            for tier, count in enumerate(entry[1:]):
+                if count:
+                    self._release(entry[0], source, 1 << tier)
+        src.blocks = {}

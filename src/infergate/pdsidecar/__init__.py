@@ -1,0 +1,1 @@
+"""``infergate pd-sidecar``: the decode pod's sidecar of prefill/decode disaggregation."""
