@@ -85,7 +85,10 @@ class Replica:
         return f"127.0.0.1:{self.port}"
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        """The server runs, and so does its P/D sidecar if the pod has one (a sidecar that could
+        not bind its port fails the start at once instead of after the health deadline)."""
+        sidecar_ok = not self.sidecar_argv or (self.sidecar is not None and self.sidecar.returncode is None)
+        return self.proc is not None and self.proc.returncode is None and sidecar_ok
 
 
 def _model_ids(url: str) -> set[str]:
