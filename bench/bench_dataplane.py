@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -201,29 +201,8 @@ class Rig:
         self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid, f"http://127.0.0.1:{admin}"))
 
     def _manifest(self, replica_port: int) -> Path:
-        docs = [
-            {
-                "apiVersion": "inference.networking.k8s.io/v1",
-                "kind": "InferencePool",
-                "metadata": {"name": "bench"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "bench"}},
-                    "targetPorts": [{"number": 8000}],
-                    "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
-                },
-            },
-            {
-                "apiVersion": "infergate.dev/v1alpha1",
-                "kind": "EndpointList",
-                "metadata": {"name": "bench"},
-                "spec": {
-                    "poolName": "bench",
-                    "endpoints": [{"address": f"127.0.0.1:{replica_port}", "labels": {"app": "bench"}}],
-                },
-            },
-        ]
         path = self.tmp / "pool.yaml"
-        path.write_text(yaml.safe_dump_all(docs))
+        path.write_text(static_pool_manifests("bench", {"replica": f"127.0.0.1:{replica_port}"}))
         return path
 
     def __exit__(self, *exc: object) -> None:

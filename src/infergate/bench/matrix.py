@@ -244,29 +244,9 @@ class _Stack:
                     raise MatrixError(f"{replica.name}: loading {adapter} failed ({resp.status}): {text}")
 
     def _manifests(self) -> str:
-        pool = {
-            "apiVersion": "inference.networking.k8s.io/v1",
-            "kind": "InferencePool",
-            "metadata": {"name": POOL_NAME},
-            "spec": {
-                "selector": {"matchLabels": {"app": "bench-sim"}},
-                "targetPorts": [{"number": 8000}],
-                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
-            },
-        }
-        endpoints = {
-            "apiVersion": "infergate.dev/v1alpha1",
-            "kind": "EndpointList",
-            "metadata": {"name": "bench-replicas"},
-            "spec": {
-                "poolName": POOL_NAME,
-                "endpoints": [
-                    {"name": r.name, "address": f"{self.cfg.host}:{r.port}", "labels": {"app": "bench-sim"}}
-                    for r in self.replicas
-                ],
-            },
-        }
-        return yaml.safe_dump_all([pool, endpoints], sort_keys=False)
+        return static_pool_manifests(
+            POOL_NAME, {r.name: f"{self.cfg.host}:{r.port}" for r in self.replicas}, label="bench-sim"
+        )
 
     async def start_infergate(self, session: aiohttp.ClientSession, strategy: str) -> None:
         cfg = self.cfg
@@ -555,3 +535,33 @@ async def run_matrix(
                 log.warning("%s skipped: %s", strategy, exc)
                 outcome.skipped[strategy] = str(exc)
     return outcome
+
+
+def static_pool_manifests(pool: str, endpoints: dict[str, str], *, label: str = "bench") -> str:
+    """An InferencePool and an EndpointList naming ``endpoints`` (name -> host:port) as YAML: the
+    manifests ``infergate serve -f`` needs to front replicas that already run."""
+    docs = [
+        {
+            "apiVersion": "inference.networking.k8s.io/v1",
+            "kind": "InferencePool",
+            "metadata": {"name": pool},
+            "spec": {
+                "selector": {"matchLabels": {"app": label}},
+                "targetPorts": [{"number": 8000}],
+                "endpointPickerRef": {"name": "epp", "port": {"number": 9002}},
+            },
+        },
+        {
+            "apiVersion": "infergate.dev/v1alpha1",
+            "kind": "EndpointList",
+            "metadata": {"name": f"{pool}-replicas"},
+            "spec": {
+                "poolName": pool,
+                "endpoints": [
+                    {"name": name, "address": address, "labels": {"app": label}}
+                    for name, address in endpoints.items()
+                ],
+            },
+        },
+    ]
+    return yaml.safe_dump_all(docs, sort_keys=False)
