@@ -216,7 +216,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 def static_bootstrap(listen: int, upstream: str) -> dict[str, Any]:
     """The same listener as render_bootstrap, minus ext_proc, with a STATIC cluster."""
-    from infergate.dataplanes.extproc.envoy import render_bootstrap
+    from infergate.dataplanes.extproc.bootstrap import render_bootstrap
 
     boot = render_bootstrap(listen_host="127.0.0.1", listen_port=listen, picker_health_check=False)
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]
@@ -294,7 +294,8 @@ def pick_cost(sizes: list[int], picks: int) -> dict[int, dict[str, float]]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from infergate.dataplanes.extproc.envoy import EnvoyProcess, render_bootstrap
+    from infergate.dataplanes.extproc.bootstrap import render_bootstrap
+    from infergate.dataplanes.extproc.process import EnvoyProcess
 
     ctx = mp.get_context("spawn")
     up_port, picker_port, stats_port = free_port(), free_port(), free_port()

@@ -22,12 +22,8 @@ import pytest
 from aiohttp import web
 
 from infergate.config.picker import default_picker_config
-from infergate.dataplanes.extproc.envoy import (
-    EnvoyProcess,
-    EnvoySettings,
-    render_bootstrap,
-    render_bootstrap_yaml,
-)
+from infergate.dataplanes.extproc.bootstrap import EnvoySettings, render_bootstrap, render_bootstrap_yaml
+from infergate.dataplanes.extproc.process import EnvoyProcess
 from infergate.dataplanes.extproc.server import ExtProcServer, serve_extproc
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.controller import FlowController
@@ -218,7 +214,7 @@ def test_bootstrap_yaml_names_picker_cluster_and_failure_mode() -> None:
 def test_envoy_accepts_the_bootstrap(tmp_path: Path, overrides: dict[str, Any]) -> None:
     import subprocess
 
-    from infergate.dataplanes.extproc.envoy import envoy_binary
+    from infergate.dataplanes.extproc.process import envoy_binary
 
     cfg = tmp_path / "envoy.json"
     cfg.write_text(json.dumps(render_bootstrap(**overrides)))
@@ -421,7 +417,7 @@ async def test_picker_over_tls_with_self_signed_certificate() -> None:
 
 def test_settings_from_the_tutorial_manifests(repo_root: Path) -> None:
     from infergate.api.loader import load_manifests
-    from infergate.dataplanes.extproc.envoy import settings_from_manifests
+    from infergate.dataplanes.extproc.bootstrap import settings_from_manifests
 
     manifests = load_manifests([repo_root / "src" / "infergate" / "manifests" / "tutorial"])
     s = settings_from_manifests(manifests, picker_port=9002, fallback_endpoints=["127.0.0.1:8000"])

@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from infergate.config.picker import default_picker_config
-from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.bootstrap import EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.process import EnvoyProcess
 from infergate.dataplanes.extproc.server import ExtProcServer, serve_extproc
 from infergate.datastore.store import Datastore
 from infergate.requestcontrol.director import Director

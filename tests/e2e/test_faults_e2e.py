@@ -32,7 +32,8 @@ from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 from infergate.config.settings import Settings
-from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.bootstrap import EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.process import EnvoyProcess
 from tests.e2e.conftest import StartSims
 from tests.support import (
     ChildProcess,

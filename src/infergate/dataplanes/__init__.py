@@ -108,7 +108,7 @@ def _builtin() -> DataPlaneFactory:
 
 def _envoy() -> DataPlaneFactory:
     from infergate.dataplanes.extproc import EnvoyDataPlane
-    from infergate.dataplanes.extproc.envoy import envoy_binary
+    from infergate.dataplanes.extproc.process import envoy_binary
 
     def ports(s: Settings) -> Sequence[tuple[int, str]]:
         lis = s.listeners

@@ -15,7 +15,8 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from infergate.config.settings import Settings
-from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.bootstrap import EnvoySettings, render_bootstrap
+from infergate.dataplanes.extproc.process import EnvoyProcess
 from tests.e2e.security.conftest import MODEL, Replica, start_gateway
 from tests.support import free_port
 

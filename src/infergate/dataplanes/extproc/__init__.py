@@ -16,8 +16,9 @@ import socket
 from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
-from infergate.dataplanes.extproc.envoy import EnvoyProcess, EnvoySettings, envoy_settings, render_bootstrap
+from infergate.dataplanes.extproc.bootstrap import EnvoySettings, envoy_settings, render_bootstrap
 from infergate.dataplanes.extproc.health import HealthServer
+from infergate.dataplanes.extproc.process import EnvoyProcess
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings
 from infergate.errors import ConfigError
 

