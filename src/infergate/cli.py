@@ -326,6 +326,7 @@ def up(
     print_settings: PrintSettingsOpt = False,
 ) -> None:
     from infergate.app.run import parse_replica_ports, run_up
+    from infergate.dataplanes import check_runs_under_up
     from infergate.errors import ConfigError
 
     flags = _common_flags(
@@ -354,11 +355,11 @@ def up(
     if settings.auth.metrics_auth == "kubernetes":
         typer.echo("error: --metrics-auth must be token or disabled for `up`", err=True)
         raise typer.Exit(2)
-    if settings.data_plane not in ("builtin", "envoy"):
-        typer.echo(
-            f"error: --data-plane must be builtin or envoy for `up` (got {settings.data_plane})", err=True
-        )
-        raise typer.Exit(2)
+    try:
+        check_runs_under_up(settings.data_plane)  # the data-plane map knows which planes `up` runs
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         picker = _picker(config)
         ports = parse_replica_ports(replica_ports)

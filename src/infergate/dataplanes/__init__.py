@@ -29,7 +29,14 @@ from infergate.requestcontrol.director import Director
 from infergate.telemetry import GatewayMetrics
 from infergate.types import PoolSpec
 
-__all__ = ["DATA_PLANES", "DataPlane", "DataPlaneContext", "DataPlaneFactory", "data_plane_factory"]
+__all__ = [
+    "DATA_PLANES",
+    "DataPlane",
+    "DataPlaneContext",
+    "DataPlaneFactory",
+    "check_runs_under_up",
+    "data_plane_factory",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +100,9 @@ class DataPlaneFactory:
     proxy), so flow control counts them; otherwise they reach the model server's own queue."""
     uses_listener: bool = True
     """Serves the Gateway manifest's listener (port fallback applies); ``epp`` serves gRPC only."""
+    runs_under_up: bool = True
+    """``infergate up`` may run it: it carries client requests itself on this machine (``epp``
+    waits for an Envoy elsewhere, so a local tutorial run would serve nothing)."""
     private_ports: Callable[[Settings], Sequence[tuple[int, str]]] = lambda _s: ()
     """Loopback ports the plane binds besides the listener, with the flag that sets each (checked
     before ``infergate up`` starts anything; 0 = any free port)."""
@@ -130,7 +140,11 @@ def _epp() -> DataPlaneFactory:
     from infergate.dataplanes.extproc import ExtProcDataPlane
 
     return DataPlaneFactory(
-        ExtProcDataPlane, honors_subset_hint=True, queues_connections=False, uses_listener=False
+        ExtProcDataPlane,
+        honors_subset_hint=True,
+        queues_connections=False,
+        uses_listener=False,
+        runs_under_up=False,
     )
 
 
@@ -140,6 +154,15 @@ DATA_PLANES: dict[str, Callable[[], DataPlaneFactory]] = {
     "epp": _epp,
 }
 """Data-plane name (the ``data_plane`` setting) -> its factory, imported only when chosen."""
+
+
+def check_runs_under_up(name: str) -> None:
+    """ConfigError unless data plane ``name`` can serve ``infergate up`` (its factory says so)."""
+    from infergate.errors import ConfigError
+
+    if not data_plane_factory(name).runs_under_up:
+        usable = [n for n, make in DATA_PLANES.items() if make().runs_under_up]
+        raise ConfigError(f"--data-plane must be {' or '.join(usable)} for `up` (got {name})")
 
 
 def data_plane_factory(name: str) -> DataPlaneFactory:
