@@ -614,27 +614,12 @@ async def test_buffered_mode_acknowledges_headers_then_mutates_on_body(rig: Rig)
     assert ack == pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=pb.CommonResponse()))
     await call.write(body_msg(body, eos=True))
     (reply,) = await read(call, 1)
-    route = expected_route(A, body)
+    route = expected_route(A, b"")  # Envoy holds the unchanged body: no copy, no new length
     common = reply.request_body.response
     assert common.header_mutation == route.request_headers.response.header_mutation
     assert common.clear_route_cache
-    assert common.body_mutation.body == body
+    assert not common.HasField("body_mutation")
     assert reply.dynamic_metadata == route.dynamic_metadata
-    # The response body is BUFFERED too: each chunk is answered by replacing it.
-    await call.write(response_headers_msg())
-    await read(call, 1)
-    await call.write(
-        body_msg(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}', eos=True, response=True)
-    )
-    (rb,) = await read(call, 1)
-    assert rb == pb.ProcessingResponse(
-        response_body=pb.BodyResponse(
-            response=pb.CommonResponse(
-                body_mutation=pb.BodyMutation(body=b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}')
-            )
-        )
-    )
-    assert rig.ds.endpoint(A).in_flight == 0  # type: ignore[union-attr]
     call.cancel()
 
 

@@ -2,9 +2,9 @@
 
 This module owns what Envoy must be told so it asks the picker where every request goes: a listener
 (from the Gateway), one route per HTTPRoute prefix, the ext_proc filter pointing at the picker
-(request bodies BUFFERED, responses FULL_DUPLEX_STREAMED), and an ORIGINAL_DST cluster that
-connects to whatever ``x-gateway-destination-endpoint`` names (the GIE reference's test Envoy,
-§2.9). Two deliberate additions over the reference:
+(request bodies BUFFERED; of a response only what the picker asks for, per request), and an
+ORIGINAL_DST cluster that connects to whatever ``x-gateway-destination-endpoint`` names (the GIE
+reference's test Envoy, §2.9). Two deliberate additions over the reference:
 
 * the client's own ``x-gateway-destination-endpoint`` is removed before any filter runs (early
   header mutation), so a client can never choose the upstream address, even when the picker is
@@ -69,7 +69,15 @@ class EnvoySettings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     request_body_mode: str | None = None
-    response_body_mode: str = "FULL_DUPLEX_STREAMED"
+    response_body_mode: str = "STREAMED"
+    """What Envoy sends of a response unless the picker says otherwise for that request: with
+    ``allow_mode_override`` the picker's response-headers reply picks per request (every chunk
+    for event streams and model rewrites, the whole body in one message for a JSON answer, none
+    for an error), which Envoy only honours when no body mode is ``FULL_DUPLEX_STREAMED``."""
+    allow_mode_override: bool = True
+    graceful_close: bool = True
+    """Envoy half-closes a finished ext_proc stream (runtime ``ext_proc_graceful_grpc_close``)
+    instead of resetting it, so the picker ends each stream with a read instead of a cancel."""
     max_request_bytes: int = 32 << 20
     """Largest request body Envoy buffers for the picker (413 above): ``max_body_bytes``."""
     message_timeout: str = "65s"
@@ -148,6 +156,7 @@ def _ext_proc_filter(s: EnvoySettings) -> dict[str, Any]:
                 "request_trailer_mode": "SEND" if req_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
                 "response_trailer_mode": "SEND" if s.response_body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
             },
+            "allow_mode_override": s.allow_mode_override,
             "message_timeout": s.message_timeout,
             # accept the picker's dynamic metadata: the routing decision, and the mark on its own
             # immediate replies that the local-reply mapper reads
@@ -493,8 +502,10 @@ def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) ->
             },
         ],
     }
+    runtime = {"envoy.reloadable_features.ext_proc_graceful_grpc_close": s.graceful_close}
     return {
         "admin": {"address": _socket(s.admin_host, s.admin_port)},
+        "layered_runtime": {"layers": [{"name": "infergate", "static_layer": runtime}]},
         "static_resources": {
             "listeners": [
                 {

@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped, unused-ignore]
@@ -150,8 +151,13 @@ _REQUEST_HEADERS_ACK = pb.ProcessingResponse(request_headers=pb.HeadersResponse(
 _RESPONSE_HEADERS_ACK = pb.ProcessingResponse(
     response_headers=pb.HeadersResponse(response=pb.CommonResponse())
 )
+_REQUEST_BODY_ACK = pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse()))
+_RESPONSE_BODY_ACK = pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))
 _REQUEST_TRAILERS_ACK = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
 _RESPONSE_TRAILERS_ACK = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
+_RESPONSE_HEADERS_WITH_MODES: dict[tuple[int, int], pb.ProcessingResponse] = {}
 
 
 def headers_response(
@@ -160,15 +166,44 @@ def headers_response(
     mutation: pb.HeaderMutation | None = None,
     clear_route_cache: bool = False,
     dynamic_metadata: struct_pb2.Struct | None = None,
+    body_modes: tuple[int, int] | None = None,
 ) -> pb.ProcessingResponse:
-    """A reply to request or response headers (a shared constant when nothing is changed)."""
-    if mutation is None and not clear_route_cache and dynamic_metadata is None:
+    """A reply to request or response headers (a shared constant when nothing is changed).
+
+    ``body_modes`` (request, response) is a ``mode_override``: what Envoy sends next for this
+    request only, honoured when the filter has ``allow_mode_override`` and no full-duplex body
+    mode. Envoy takes both body modes of an override as given, so the request's is repeated;
+    header and trailer modes are left as configured."""
+    plain = mutation is None and not clear_route_cache and dynamic_metadata is None
+    if plain and body_modes is None:
         return _REQUEST_HEADERS_ACK if request else _RESPONSE_HEADERS_ACK
+    if plain and not request and body_modes is not None:
+        found = _RESPONSE_HEADERS_WITH_MODES.get(body_modes)
+        if found is None:  # a handful of mode pairs exist: build each once
+            found = _RESPONSE_HEADERS_WITH_MODES[body_modes] = _headers_reply(
+                request=False, common=pb.CommonResponse(), metadata=None, body_modes=body_modes
+            )
+        return found
     common = pb.CommonResponse(header_mutation=mutation, clear_route_cache=clear_route_cache)
+    return _headers_reply(request=request, common=common, metadata=dynamic_metadata, body_modes=body_modes)
+
+
+def _headers_reply(
+    *,
+    request: bool,
+    common: pb.CommonResponse,
+    metadata: struct_pb2.Struct | None,
+    body_modes: tuple[int, int] | None,
+) -> pb.ProcessingResponse:
+    override = None
+    if body_modes is not None:
+        override = processing_mode_pb2.ProcessingMode(
+            request_body_mode=body_modes[0], response_body_mode=body_modes[1]
+        )
     hr = pb.HeadersResponse(response=common)
     if request:
-        return pb.ProcessingResponse(request_headers=hr, dynamic_metadata=dynamic_metadata)
-    return pb.ProcessingResponse(response_headers=hr, dynamic_metadata=dynamic_metadata)
+        return pb.ProcessingResponse(request_headers=hr, dynamic_metadata=metadata, mode_override=override)
+    return pb.ProcessingResponse(response_headers=hr, dynamic_metadata=metadata, mode_override=override)
 
 
 def body_chunks(body: bytes, limit: int = MAX_CHUNK) -> Iterator[bytes]:
@@ -203,17 +238,22 @@ def _streamed_body(piece: bytes, *, request: bool, end_of_stream: bool) -> pb.Pr
 
 
 def buffered_body_response(
-    body: bytes,
+    body: bytes | None,
     *,
     request: bool,
     mutation: pb.HeaderMutation | None = None,
     clear_route_cache: bool = False,
     dynamic_metadata: struct_pb2.Struct | None = None,
 ) -> pb.ProcessingResponse:
-    """BUFFERED/STREAMED-mode body reply: the whole (chunk) body replaced, headers mutated alongside."""
+    """BUFFERED/STREAMED-mode body reply: the whole (chunk) body replaced, headers mutated alongside.
+
+    ``body`` None leaves the body as Envoy holds it (nothing is copied back); with nothing else
+    to say either, the reply is a shared constant."""
+    if body is None and mutation is None and not clear_route_cache and dynamic_metadata is None:
+        return _REQUEST_BODY_ACK if request else _RESPONSE_BODY_ACK
     common = pb.CommonResponse(
         header_mutation=mutation,
-        body_mutation=pb.BodyMutation(body=body),
+        body_mutation=pb.BodyMutation(body=body) if body is not None else None,
         clear_route_cache=clear_route_cache,
     )
     br = pb.BodyResponse(response=common)

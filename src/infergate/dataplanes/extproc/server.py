@@ -62,7 +62,10 @@ HEALTH_SERVICES = ("", "liveness", "readiness", EXTPROC_SERVICE)
 
 _Mode = processing_mode_pb2.ProcessingMode
 _FULL_DUPLEX = _Mode.BodySendMode.FULL_DUPLEX_STREAMED
-_BUFFERED_MODES = frozenset({_Mode.BodySendMode.BUFFERED, _Mode.BodySendMode.BUFFERED_PARTIAL})
+_STREAMED: int = _Mode.BodySendMode.STREAMED
+_BUFFERED_PARTIAL: int = _Mode.BodySendMode.BUFFERED_PARTIAL
+_NO_BODY: int = _Mode.BodySendMode.NONE
+_BUFFERED_MODES = frozenset({_Mode.BodySendMode.BUFFERED, _BUFFERED_PARTIAL})
 # Client-sent headers that would steer routing; dropped before the Director sees the request.
 _UNTRUSTED = H.ROUTING_OUTPUTS
 
@@ -87,6 +90,9 @@ class _Stream:
     request_done: bool = False
     ctx: RequestContext | None = None
     response_done: bool = False
+    response_partial: bool = False
+    """Envoy sent the first part of a BUFFERED_PARTIAL response body: the rest passes by unseen
+    and the stream's end is the response's end."""
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -155,7 +161,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             self.active_streams -= 1
             if st.ctx is not None:
-                if error is None and not st.response_done:
+                if error is None and not st.response_done and not st.response_partial:
                     # Envoy closes the stream early when the client leaves (Envoy's own failures
                     # still pass through the response phase as a local reply)
                     error = ClientDisconnectedError("ext_proc stream ended before the response completed")
@@ -257,20 +263,23 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             log.exception("director failed path=%s", st.path)
             return [msg.error_response(InternalError(f"internal error: {type(exc).__name__}"))]
         st.ctx = ctx
+        buffered = st.request_mode in _BUFFERED_MODES
+        # Envoy holds a buffered body: send it back only when the Director changed it
+        changed = not buffered or ctx.body != body
         dest = msg.destination_value([t.key for t in ctx.result.targets[: self._max_endpoints]])
         routed = dict(ctx.result.request_headers)  # P/D: x-prefiller-host-port
         mutation = msg.request_route_mutation(
             dest,
-            body_length=len(ctx.body),
+            body_length=len(ctx.body) if changed else None,
             extra=[*self._extra_headers(st), *routed.items()],
             # only the picker names a prefiller: a client's own header is dropped
             remove=[H.PREFILLER_HOST_PORT] if H.PREFILLER_HOST_PORT in st.headers and not routed else [],
         )
         metadata = msg.route_metadata(dest)
-        if st.request_mode in _BUFFERED_MODES:
+        if buffered:
             return [
                 msg.buffered_body_response(
-                    ctx.body,
+                    ctx.body if changed else None,
                     request=True,
                     mutation=mutation,
                     clear_route_cache=True,
@@ -286,35 +295,57 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def _on_response_headers(self, st: _Stream, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         raw = msg.read_headers(headers)
         mutation: pb.HeaderMutation | None = None
-        if st.ctx is not None:
+        modes: tuple[int, int] | None = None
+        ctx = st.ctx
+        if ctx is not None:
             try:
                 status = int(raw.get(":status", raw.get("status", "200")))
             except ValueError:
                 status = 502
-            self._director.handle_response_headers(st.ctx, status, raw)
+            self._director.handle_response_headers(ctx, status, raw)
+            rewrite = ctx.request.model != ctx.request.target_model
             remove: list[str] = []
-            if st.ctx.request.model != st.ctx.request.target_model and "content-length" in raw:
+            if rewrite and "content-length" in raw:
                 # The model name is put back in the body, which changes its length.
                 remove.append("content-length")
-            extra = self._director.response_headers(st.ctx)
+            extra = self._director.response_headers(ctx)
             if remove or extra:
                 mutation = pb.HeaderMutation(
                     remove_headers=remove, set_headers=[msg.header_option(k, v) for k, v in extra.items()]
                 )
-        if headers.end_of_stream:
+            if st.response_mode != _FULL_DUPLEX and not headers.end_of_stream:
+                st.response_mode = self._response_body_mode(status, streaming=ctx.streaming, rewrite=rewrite)
+                modes = (st.request_mode, st.response_mode)
+        if headers.end_of_stream or st.response_mode == _NO_BODY:
             self._finish_response(st)
-        return [msg.headers_response(request=False, mutation=mutation)]
+        return [msg.headers_response(request=False, mutation=mutation, body_modes=modes)]
+
+    @staticmethod
+    def _response_body_mode(status: int, *, streaming: bool, rewrite: bool) -> int:
+        """How much of this response's body the picker needs, as an Envoy body mode.
+
+        Every chunk (STREAMED) when the client's model name goes back in, or for an event stream
+        (first-token time, usage at its end); one message with the whole body (BUFFERED_PARTIAL)
+        for a JSON answer, whose usage is at its end; nothing for an error, which the status
+        alone counts. Envoy honours it when its filter allows mode overrides and neither body
+        mode is full-duplex; otherwise it sends what it is configured to, which is handled too.
+        """
+        if rewrite or streaming:
+            return _STREAMED
+        return _NO_BODY if status >= 400 else _BUFFERED_PARTIAL
 
     def _on_response_body(self, st: _Stream, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         eos = body.end_of_stream
-        data = body.body
+        data = original = body.body
         if st.ctx is not None and not st.response_done:
             data = self._director.handle_response_chunk(st.ctx, data, end_of_stream=eos)
         if eos:
             self._finish_response(st)
+        elif st.response_mode == _BUFFERED_PARTIAL:
+            st.response_partial = True  # Envoy's buffer filled: the rest is not sent to the picker
         if st.response_mode != _FULL_DUPLEX:
-            # STREAMED/BUFFERED: every chunk is answered by replacing it.
-            return [msg.buffered_body_response(data, request=False)]
+            # STREAMED/BUFFERED: a chunk is acknowledged as is, or replaced when it changed.
+            return [msg.buffered_body_response(None if data is original else data, request=False)]
         if not data and not eos:
             return []  # held back by the director (e.g. a model name split across chunks)
         return msg.streamed_body_responses(data, request=False, end_of_stream=eos)
