@@ -332,6 +332,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 async with aiohttp.ClientSession() as http:
                     await (await http.get(f"http://127.0.0.1:{stats_port}/stats?reset=1")).read()
             user0, sys0 = cpu_seconds(procs[1].pid or 0)
+            envoy0 = sum(cpu_seconds(envoys[1].pid or 0))
             results[name] = await load(url, args.concurrency, args.duration)
             n = results[name]["requests"]
             if name == "envoy-picker" and n:
@@ -341,6 +342,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 r["picker_user_us_per_request"] = (user1 - user0) * 1e6 / n
                 r["picker_sys_us_per_request"] = (sys1 - sys0) * 1e6 / n
                 r["picker_cores_busy"] = (user1 - user0 + sys1 - sys0) / args.duration
+                # Envoy's own share of the ext_proc path (its worker threads and the gRPC client)
+                r["envoy_cpu_us_per_request"] = (sum(cpu_seconds(envoys[1].pid or 0)) - envoy0) * 1e6 / n
             print(f"{name:13s} {json.dumps(results[name])}", file=sys.stderr)
         async with aiohttp.ClientSession() as http:
             decisions = await (await http.get(f"http://127.0.0.1:{stats_port}/stats")).json()
@@ -384,6 +387,7 @@ def report(results: dict[str, Any]) -> str:
             f"sys {picker['picker_sys_us_per_request']:.0f}); "
             f"one picker core carries about {1e6 / cpu:.0f} req/s; "
             f"{picker['picker_cores_busy']:.2f} cores busy during the run.",
+            f"Envoy process CPU per request on that path: {picker['envoy_cpu_us_per_request']:.0f} µs.",
         ]
     d = results["picker_decision"]
     lines += ["", f"Picker decision (Director.handle_request), {d['count']} requests: "
