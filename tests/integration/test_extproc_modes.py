@@ -155,3 +155,26 @@ async def test_partly_buffered_answer_completes_cleanly_at_the_stream_end(rig: R
         metric_value(rig.registry, "inference_objective_request_duration_seconds_count", model_name=MODEL)
         == 1
     )
+
+
+async def test_an_envoy_that_ignores_the_override_still_has_every_chunk_read(rig: Rig) -> None:
+    """Without ``allow_mode_override`` Envoy keeps streaming: the JSON answer arrives in chunks and
+    the error's body arrives although none was asked for; both are acknowledged and counted once."""
+    call = await routed(rig)
+    await call.write(response_headers_msg())
+    assert await read(call, 1) == [headers_reply(_Mode.BUFFERED_PARTIAL)]
+    for piece, eos in ((USAGE[:30], False), (USAGE[30:], True)):
+        await call.write(body_msg(piece, eos=eos, response=True))
+        assert await read(call, 1) == [ACK]
+    assert metric_value(rig.registry, "inference_objective_output_tokens_sum", model_name=MODEL) == 3
+    call.cancel()
+
+    call = await routed(rig)
+    await call.write(response_headers_msg(status="503"))
+    assert await read(call, 1) == [headers_reply(_Mode.NONE)]
+    await call.write(body_msg(b'{"error": "busy"}', eos=True, response=True))
+    assert await read(call, 1) == [ACK]
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF
+    assert metric_value(rig.registry, "inference_objective_request_error_total", model_name=MODEL) == 1
+    assert rig.ds.endpoint(A).in_flight == 0  # type: ignore[union-attr]
