@@ -68,7 +68,7 @@ async def running(server: FakeApiServer, tmp_path: Path, **kwargs: Any) -> Async
     )
     task = asyncio.create_task(source.run())
     try:
-        await asyncio.wait_for(source.synced.wait(), timeout=5)
+        await asyncio.wait_for(source.synced.wait(), timeout=60)
         yield Harness(server, ds, source)
     finally:
         task.cancel()
@@ -279,7 +279,7 @@ async def test_api_unreachable_at_start_then_recovers(tmp_path: Path) -> None:
         server2.apply(pod("a", "10.0.0.1"))
         await server2.start(port)  # the API server comes back on the same address
         try:
-            await asyncio.wait_for(source.synced.wait(), timeout=10)
+            await asyncio.wait_for(source.synced.wait(), timeout=60)
             await async_wait_for(
                 lambda: _true_after({e.key for e in ds.endpoints()} == {"10.0.0.1:8000"}),
                 what="endpoints after recovery",
@@ -387,7 +387,7 @@ async def test_in_cluster_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     source = KubernetesSource(ds, pool_name="vllm-pool", api_client=client, write_status=False)
     task = asyncio.create_task(source.run())
     try:
-        await asyncio.wait_for(source.synced.wait(), timeout=5)
+        await asyncio.wait_for(source.synced.wait(), timeout=60)
         assert {e.key for e in ds.endpoints()} == {"10.0.0.1:8000"}
         assert client.configuration.host == f"https://127.0.0.1:{server.port}"
     finally:

@@ -159,12 +159,12 @@ async def start_gateway(
     )
     await gw.start()
     try:
-        assert await gw.wait_ready(15.0), "the gateway never saw its endpoints ready"
+        assert await gw.wait_ready(60), "the gateway never saw its endpoints ready"
 
         async def models_known() -> bool:
             return all(gw.datastore.models(r.key) for r in replicas)
 
-        deadline = asyncio.get_running_loop().time() + 15
+        deadline = asyncio.get_running_loop().time() + 60
         while not await models_known():
             assert asyncio.get_running_loop().time() < deadline, "model lists never scraped"
             await asyncio.sleep(0.02)
