@@ -75,10 +75,13 @@ async def start_gateway(
     await gw.start()
     assert await gw.wait_ready(60), "gateway never saw its endpoints ready"
 
+    # Scraped and with a known model list: an endpoint whose /v1/models answer has not arrived yet is
+    # skipped while another one serves the model, which would steer the first requests.
     async def all_candidates() -> bool:
-        return len(gw.datastore.candidates()) == len(keys)
+        ds = gw.datastore
+        return len(ds.candidates()) == len(keys) and all(MODEL in ds.models(k) for k in keys)
 
-    await async_wait_for(all_candidates, timeout=10, what="every endpoint scraped")
+    await async_wait_for(all_candidates, what="every endpoint scraped, with its model list")
     return gw
 
 
