@@ -390,7 +390,10 @@ class FakeApiServer:
                 except TimeoutError:
                     if watcher.stalled:
                         await asyncio.Event().wait()
-                    if bookmarks and (deadline is None or loop.time() < deadline):
+                    # A bookmark says "every event up to this resourceVersion was sent": only true
+                    # while nothing is queued. Under load the timeout can fire although an event (or
+                    # the drop) is already queued; a bookmark then would skip the client past them.
+                    if bookmarks and watcher.queue.empty() and (deadline is None or loop.time() < deadline):
                         mark = {
                             "kind": KINDS[resource],
                             "apiVersion": api_version,

@@ -86,7 +86,7 @@ async def gateway(sim: int, tmp_path: Path) -> AsyncIterator[Gateway]:
     )
     await gw.start()
     try:
-        assert await gw.wait_ready(15.0)
+        assert await gw.wait_ready(60)
 
         async def listed() -> bool:
             return "food-review" in gw.datastore.served_models()

@@ -102,7 +102,7 @@ async def test_tutorial_on_the_api_server_stand_in(apiserver: FakeApiServer, tmp
     )
     task = asyncio.create_task(source.run())
     try:
-        await asyncio.wait_for(source.synced.wait(), timeout=10)
+        await asyncio.wait_for(source.synced.wait(), timeout=60)
 
         async def endpoints_ready() -> bool:
             return {e.key for e in ds.endpoints()} == {f"10.0.0.{i}:8000" for i in (1, 2, 3)}

@@ -90,7 +90,7 @@ async def test_builtin_gateway_ignores_a_client_subset_header(tmp_path: Path) ->
 async def health(port: int, service: str) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2
+            health_pb2.HealthCheckRequest(service=service), timeout=60
         )
         return int(reply.status)
 

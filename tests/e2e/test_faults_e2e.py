@@ -74,12 +74,15 @@ async def start_gateway(
     )
     gw = Gateway(ManifestPoolSource(manifests), config, picker=picker)
     await gw.start()
-    assert await gw.wait_ready(15.0), "gateway never saw its endpoints ready"
+    assert await gw.wait_ready(60), "gateway never saw its endpoints ready"
 
+    # Scraped and with a known model list: an endpoint whose /v1/models answer has not arrived yet is
+    # skipped while another one serves the model, which would steer the first requests.
     async def all_candidates() -> bool:
-        return len(gw.datastore.candidates()) == len(keys)
+        ds = gw.datastore
+        return len(ds.candidates()) == len(keys) and all(MODEL in ds.models(k) for k in keys)
 
-    await async_wait_for(all_candidates, timeout=10, what="every endpoint scraped")
+    await async_wait_for(all_candidates, what="every endpoint scraped, with its model list")
     return gw
 
 
@@ -150,7 +153,7 @@ async def test_replica_killed_mid_load_loses_no_request_that_had_not_started(
                 )
                 for i, ev in enumerate(events)
             ]
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 10)
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 60)
             on_victim = in_flight(gw, victim_key)
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(5)
@@ -236,7 +239,7 @@ async def test_frozen_replica_leaves_rotation_and_requests_keep_succeeding(
 
             await async_wait_for(back, timeout=10, what="thawed replica to rejoin")
             stop.set()
-            await asyncio.wait_for(asyncio.gather(*workers), 20)
+            await asyncio.wait_for(asyncio.gather(*workers), 60)
     finally:
         victim.proc.send_signal(signal.SIGCONT)
         await gw.stop()
@@ -343,7 +346,7 @@ async def test_stream_on_a_replica_frozen_mid_stream_ends_with_an_error_event(
             victim = next(c for c, k in children if k == r.headers[SERVED])
             head = b""
             while head.count(b"data: ") < 3:
-                head += await asyncio.wait_for(r.content.readline(), 10)
+                head += await asyncio.wait_for(r.content.readline(), 60)
             freeze(victim)
             # The frozen replica sends nothing more: only leaving rotation can end the stream.
             rest = await asyncio.wait_for(r.content.read(), 45)

@@ -64,7 +64,7 @@ async def make_gateway(tmp: Path, ports: list[int]) -> Gateway:
         local_settings({"proxy.served_header": True, "limits.max_body_bytes": 4 << 20}),
     )
     await gw.start()
-    assert await gw.wait_ready(15.0), "gateway never saw its endpoints ready"
+    assert await gw.wait_ready(60), "gateway never saw its endpoints ready"
 
     async def models_known() -> bool:
         return "food-review" in gw.datastore.served_models() or len(ports) < 3

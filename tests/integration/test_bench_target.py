@@ -61,7 +61,7 @@ class FakeTarget:
 
     def __enter__(self) -> FakeTarget:
         self._thread.start()
-        assert self._ready.wait(30), "fake target did not start"
+        assert self._ready.wait(60), "fake target did not start"
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -195,7 +195,7 @@ def chat_body(model: str = MODEL, **extra: object) -> bytes:
 async def read(call, n: int) -> list[pb.ProcessingResponse]:
     out: list[pb.ProcessingResponse] = []
     for _ in range(n):
-        r = await asyncio.wait_for(call.read(), 5)
+        r = await asyncio.wait_for(call.read(), 60)
         assert r is not grpc.aio.EOF, f"stream ended after {len(out)} replies"
         out.append(r)
     return out

@@ -96,7 +96,7 @@ async def overload(tmp_path: Path, *, flow_control: bool) -> Outcome:
     rng = random.Random(3)
     try:
         await gw.start()
-        assert await gw.wait_ready(10)
+        assert await gw.wait_ready(60)
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
         async with aiohttp.ClientSession() as session:
 

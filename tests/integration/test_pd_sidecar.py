@@ -179,7 +179,7 @@ async def test_gateway_disaggregates_long_prompts_and_not_short_chat(pool: Pool,
     await gw.start()
     c = client(gw.port)
     try:
-        assert await gw.wait_ready(30)
+        assert await gw.wait_ready(60)
         # short chat: the handler keeps it on the decode pod
         for i in range(3):
             out = await c.chat.completions.create(

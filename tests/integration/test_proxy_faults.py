@@ -136,7 +136,7 @@ async def start_gateway(
         assert isinstance(gw.data_plane, BuiltinDataPlane)
         gw.data_plane.proxy = ProxyServer(gw.director, gw.datastore, proxy)
     await gw.start()
-    assert await gw.wait_ready(10.0)
+    assert await gw.wait_ready(60)
     return gw
 
 
@@ -216,7 +216,7 @@ async def test_stream_broken_midway_ends_with_an_sse_error_event(
         s.post(url(gw), json={"model": MODEL, "prompt": "x", "stream": True}) as r,
     ):
         assert r.status == 200
-        text = (await asyncio.wait_for(r.read(), 10)).decode()
+        text = (await asyncio.wait_for(r.read(), 60)).decode()
     events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
     assert len(events) == 4, text
     assert json.loads(events[2])["error"]["type"] == "upstream_error"
@@ -278,7 +278,7 @@ async def test_shutdown_lets_in_flight_streams_finish(pair: tuple[FakeServer, Fa
                 return (await r.read()).decode()
 
         task = asyncio.create_task(consume())
-        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.wait_for(started.wait(), 60)
         stopping = asyncio.create_task(gw.stop())
 
         async def not_ready() -> bool:
@@ -378,7 +378,7 @@ async def test_stream_stalled_after_tokens_ends_with_an_error_event_when_its_end
             s.post(url(gw), json={"model": MODEL, "prompt": "x", "stream": True}) as r,
         ):
             assert r.status == 200
-            first = [await asyncio.wait_for(r.content.readline(), 5) for _ in range(4)]
+            first = [await asyncio.wait_for(r.content.readline(), 60) for _ in range(4)]
             victim = a if r.headers[SERVED] == a.key else b
             victim.down = True
             # The server never sends more: without the eviction the read would hang past the bound.
@@ -426,7 +426,7 @@ async def test_stream_still_producing_survives_its_endpoint_leaving_rotation(tmp
             s.post(url(gw), json={"model": MODEL, "prompt": "x", "stream": True}) as r,
         ):
             victim = a if r.headers[SERVED] == a.key else b
-            await asyncio.wait_for(r.content.readline(), 30)
+            await asyncio.wait_for(r.content.readline(), 60)
             victim.down = True
 
             async def gone() -> bool:

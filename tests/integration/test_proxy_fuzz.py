@@ -39,7 +39,7 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
-    assert started.wait(20), "gateway did not start"
+    assert started.wait(60), "gateway did not start"
     try:
         yield ready[0][0].port
     finally:

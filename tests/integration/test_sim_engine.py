@@ -274,7 +274,7 @@ async def test_realtime_driver_matches_virtual_tokens() -> None:
         async def collect(req: EngineRequest) -> list[RequestOutput]:
             return [o async for o in driver.submit(req)]
 
-        results = await asyncio.wait_for(asyncio.gather(*(collect(r) for r in reqs)), 30)
+        results = await asyncio.wait_for(asyncio.gather(*(collect(r) for r in reqs)), 60)
     finally:
         await driver.stop()
     for req, got in zip(reqs, results, strict=True):
@@ -291,7 +291,7 @@ async def test_realtime_close_aborts_request() -> None:
     await driver.start()
     try:
         stream = driver.submit(EngineRequest("a", prompt(100), max_tokens=10_000, ignore_eos=True))
-        first = await asyncio.wait_for(anext(stream), 5)
+        first = await asyncio.wait_for(anext(stream), 60)
         assert first.new_token_ids
         aclose = getattr(stream, "aclose")  # noqa: B009
         await aclose()
@@ -300,7 +300,7 @@ async def test_realtime_close_aborts_request() -> None:
         # a cancelled consumer aborts too
         stream2 = driver.submit(EngineRequest("b", prompt(100, 1), max_tokens=10_000, ignore_eos=True))
         task = asyncio.ensure_future(anext(stream2))
-        await asyncio.wait_for(asyncio.shield(task), 5)
+        await asyncio.wait_for(asyncio.shield(task), 60)
         # Cancel a consumer that is waiting: under load tokens may already be buffered, and a read
         # that completes at once cannot be cancelled, so read until one has to wait.
         while True:

@@ -53,7 +53,7 @@ async def test_load_counts_in_flight_generation_requests(tracking: bool) -> None
     started, release = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(stream_until_first_chunk(sim, started, release))
     try:
-        assert await asyncio.wait_for(started.wait(), 10) is True
+        assert await asyncio.wait_for(started.wait(), 60) is True
         assert await load(sim) == (1 if tracking else 0)
         release.set()
         await task

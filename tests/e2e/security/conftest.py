@@ -131,6 +131,24 @@ def pool_docs(replicas: Sequence[Server], objectives: dict[str, int]) -> list[di
     return static_pool_docs([r.key for r in replicas], objectives=objectives)
 
 
+# Gateway, fake replicas and client share one event loop, which a loaded machine can stall for
+# seconds. With the product's bounds (a 1 s probe timeout, metrics stale after 2 s) every replica
+# then leaves rotation and requests get 503 "no ready endpoint": seen in the fairness-cap test
+# under the flake hunt's load. The rig runs with bounds far above any stall; a test that sets one of
+# them itself (to exercise staleness or failed probes) keeps its own value.
+STALL_PROOF = {"scrape.health_timeout": 30.0, "scrape.timeout": 30.0, "scrape.staleness": 60.0}
+
+
+def _stall_proof(settings: Settings) -> Settings:
+    default = Settings()
+
+    def value(s: Settings, path: str) -> object:
+        group, leaf = path.split(".")
+        return getattr(getattr(s, group), leaf)
+
+    return settings.replace({p: v for p, v in STALL_PROOF.items() if value(settings, p) == value(default, p)})
+
+
 async def start_gateway(
     tmp: Path,
     plane: str,
@@ -145,7 +163,7 @@ async def start_gateway(
     path.write_text(yaml.safe_dump_all(pool_docs(replicas, objectives or {"food-review": 10})))
     gw = Gateway(
         ManifestPoolSource(load_manifests([path])),
-        (settings or Settings().replace({"scrape.health_interval": 0.05})).replace(
+        _stall_proof(settings or Settings().replace({"scrape.health_interval": 0.05})).replace(
             {
                 "listeners.host": "127.0.0.1",
                 "listeners.port": 0,
@@ -159,12 +177,12 @@ async def start_gateway(
     )
     await gw.start()
     try:
-        assert await gw.wait_ready(15.0), "the gateway never saw its endpoints ready"
+        assert await gw.wait_ready(60), "the gateway never saw its endpoints ready"
 
         async def models_known() -> bool:
             return all(gw.datastore.models(r.key) for r in replicas)
 
-        deadline = asyncio.get_running_loop().time() + 15
+        deadline = asyncio.get_running_loop().time() + 60
         while not await models_known():
             assert asyncio.get_running_loop().time() < deadline, "model lists never scraped"
             await asyncio.sleep(0.02)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from infergate.config.settings import Settings
 from infergate.dataplanes.builtin.proxy import ProxyServer
-from tests.e2e.security.conftest import MODEL, PLANES, Replica, start_gateway
+from tests.e2e.security.conftest import MODEL, PLANES, STALL_PROOF, Replica, start_gateway
 from tests.support import async_wait_for
 
 
@@ -157,7 +157,9 @@ async def test_stale_metrics_queue_requests_instead_of_503(
         gate = asyncio.Event()
         for rep in replicas:
             rep.metrics_gate = gate  # scrapes hang: the endpoints stay healthy, their metrics age
-        clock.offset += 30  # well past the 2 s staleness: every snapshot is stale now
+        clock.offset += (
+            10 * STALL_PROOF["scrape.staleness"]
+        )  # far past the staleness: every snapshot is stale
         assert not gw.datastore.candidates()
         async with aiohttp.ClientSession() as s:
             call = asyncio.create_task(
@@ -169,7 +171,7 @@ async def test_stale_metrics_queue_requests_instead_of_503(
 
             await async_wait_for(waiting, timeout=5, what="the request to wait in flow control")
             gate.set()  # the scrapes answer: fresh metrics release the request
-            resp = await asyncio.wait_for(call, 10)
+            resp = await asyncio.wait_for(call, 60)
             assert resp.status == 200, await resp.text()
             resp.release()
     finally:
