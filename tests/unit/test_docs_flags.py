@@ -17,6 +17,7 @@ import typer.main
 from infergate.bench.command import command as bench_command
 from infergate.cli import app
 from infergate.lora.cli import command as lora_command
+from infergate.pdsidecar.cli import command as sidecar_command
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -30,7 +31,7 @@ def _options(command: Any) -> set[str]:
 
 
 def _own(function: Callable[..., Any]) -> set[str]:
-    """Flags of a command that parses its own arguments (bench, lora-syncer)."""
+    """Flags of a command that parses its own arguments (bench, lora-syncer, pd-sidecar)."""
     sub = typer.Typer()
     sub.command()(function)
     return _options(typer.main.get_command(sub))
@@ -41,6 +42,7 @@ def _flags_by_command() -> dict[str, set[str]]:
     flags = {name: _options(cmd) for name, cmd in commands.items() if name in ("up", "serve", "epp")}
     flags["bench"] = _own(bench_command)
     flags["lora-syncer"] = _own(lora_command)
+    flags["pd-sidecar"] = _own(sidecar_command)
     return flags
 
 
@@ -50,7 +52,7 @@ def test_documented_flags_exist() -> None:
     unknown: list[str] = []
     for doc in DOCS:
         text = doc.read_text().replace("\\\n", " ")
-        for m in re.finditer(r"infergate (up|serve|epp|bench|lora-syncer)\b([^`\n|]*)", text):
+        for m in re.finditer(r"infergate (up|serve|epp|bench|lora-syncer|pd-sidecar)\b([^`\n|]*)", text):
             rest = re.split(r"\s--\s", m.group(2))[0]
             for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest):
                 used.append((m.group(1), flag))
