@@ -184,7 +184,7 @@ def test_guidellm_recipe_runs_against_infergate_up(tmp_path: Path, gateway: str)
     totals = bench["metrics"]["request_totals"]
     assert totals["successful"] > 0, totals
     # a loaded machine may make the client's own connect timeout fire; the gateway refused nothing
-    errors = [r.get("error") or "" for r in bench["requests"]["errored"]]
+    errors = [(r.get("info") or {}).get("error") or "" for r in bench["requests"]["errored"]]
     assert all("Timeout" in e for e in errors), errors
     # the prompts kept their words (a tokenizer without Faker's words leaves ~50 of "512 tokens")
     words_sent = [r["input_metrics"]["text_words"] for r in bench["requests"]["successful"]]
