@@ -16,7 +16,13 @@ Text from elsewhere (guidellm's corpus) still counts one token per word or punct
 outside the vocabulary become ``[UNK]``.
 
 The vocabulary is 32,000 made-up words of two or three syllables (deterministic, no corpus), about
-the size of Llama 2's. Counts are not Llama's: use the servers' ``usage`` for token totals.
+the size of Llama 2's, plus single punctuation marks. Counts are not Llama's: use the servers'
+``usage`` for token totals.
+
+guidellm is different: it makes a prompt of N tokens by encoding English text from Faker, keeping
+N ids and decoding them, and decoding drops ``[UNK]``; with made-up words only, a "512-token" prompt
+keeps ~50 words. ``--words-from-faker`` (in a venv with Faker, which guidellm installs) adds Faker's
+English word list, capitalised too, so that text keeps its words and N tokens are N words or marks.
 """
 
 from __future__ import annotations
@@ -26,31 +32,48 @@ import itertools
 import json
 from pathlib import Path
 
-__all__ = ["SPECIAL_TOKENS", "VOCAB_SIZE", "build", "vocabulary"]
+__all__ = ["PUNCTUATION", "SPECIAL_TOKENS", "VOCAB_SIZE", "build", "faker_words", "vocabulary"]
 
 VOCAB_SIZE = 32_000
 SPECIAL_TOKENS = ("[UNK]", "<|begin_of_text|>", "<|eot_id|>")
+#: Single marks, one token each (the pre-tokenizer splits a run of marks into a run token, which
+#: decoded single marks never form: they are joined by spaces).
+PUNCTUATION = tuple(".,;:!?'\"()-")
 _CONSONANTS = "bcdfghjklmnprstvwz"
 _VOWELS = "aeiou"
 
 
-def vocabulary(size: int = VOCAB_SIZE) -> list[str]:
-    """``size`` distinct lowercase words, the special tokens first."""
+def faker_words() -> list[str]:
+    """Faker's English word list (lower-case and capitalised), read from the installed package."""
+    try:
+        from faker.providers.lorem.en_US import Provider  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise SystemExit("--words-from-faker needs Faker in this venv (guidellm installs it)") from exc
+    listed = [w for w in Provider.word_list if w.isalnum()]
+    return [*listed, *(w.capitalize() for w in listed)]
+
+
+def vocabulary(size: int = VOCAB_SIZE, extra: list[str] | None = None) -> list[str]:
+    """``size`` distinct words: the special tokens, the punctuation marks, ``extra``, then made-up
+    lowercase words."""
     syllables = [c + v for c in _CONSONANTS for v in _VOWELS]  # 90
-    words: list[str] = list(SPECIAL_TOKENS)
+    words: list[str] = list(dict.fromkeys([*SPECIAL_TOKENS, *PUNCTUATION, *(extra or [])]))[:size]
+    seen = set(words)
     for length in (2, 3):
         for parts in itertools.product(syllables, repeat=length):
             if len(words) >= size:
                 return words
-            words.append("".join(parts))
+            word = "".join(parts)
+            if word not in seen:
+                words.append(word)
     return words
 
 
-def build(out: Path, size: int = VOCAB_SIZE) -> Path:
+def build(out: Path, size: int = VOCAB_SIZE, extra: list[str] | None = None) -> Path:
     """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` to ``out``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {word: i for i, word in enumerate(vocabulary(size))}
+    vocab = {word: i for i, word in enumerate(vocabulary(size, extra))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
@@ -81,8 +104,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("out", type=Path, nargs="?", default=Path("local-tokenizer"), help="folder to write")
     p.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
+    p.add_argument(
+        "--words-from-faker",
+        action="store_true",
+        help="add Faker's English words (for guidellm's synthetic prompts; needs Faker installed)",
+    )
     args = p.parse_args()
-    print(f"wrote {build(args.out, args.vocab_size)}")
+    extra = faker_words() if args.words_from_faker else None
+    print(f"wrote {build(args.out, args.vocab_size, extra)}")
 
 
 if __name__ == "__main__":

@@ -134,11 +134,16 @@ class DualMetric(_DualChild):
         return out
 
     def labels(self, *positional: object, **labels: object) -> _DualChild:
+        """The child of both series. Keyword labels may be a superset: each series takes the names
+        it declares (llm-d added ``fairness_id``, ``priority`` and ``streaming`` to the request
+        family, which the GIE names never had), so one call site serves both label sets."""
         if positional:  # positional values, in the GIE label order
             labels = dict(zip(self._gie._labelnames, positional, strict=True))
         values = self._values(labels)
         twin = {self._rename.get(k, k): v for k, v in values.items()}
-        return _DualChild((self._gie.labels(**values), self._llmd.labels(**twin)))
+        gie = {k: values[k] for k in self._gie._labelnames}
+        llmd = {k: twin[k] for k in self._llmd._labelnames}
+        return _DualChild((self._gie.labels(**gie), self._llmd.labels(**llmd)))
 
     def remove(self, *values: str) -> None:
         for metric in (self._gie, self._llmd):
@@ -263,6 +268,16 @@ _QUEUE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10,
 _RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 _OBJ = ("model_name", "target_model_name")
+# llm-d-router v0.10 labels its request family (llm_d_epp_request_*) with the fairness id and the
+# objective's priority as well; TTFT also says whether the response was streamed.
+_OBJ_LLMD = (*_OBJ, "fairness_id", "priority")
+_OBJ_LLMD_STREAMING = (*_OBJ_LLMD, "streaming")
+# llm-d's own buckets for its TTFT and streaming-TPOT twins (the GIE series keep theirs)
+_LLMD_TTFT_BUCKETS = (*_DURATION_BUCKETS[: _DURATION_BUCKETS.index(120) + 1],)
+_LLMD_TPOT_BUCKETS = (
+    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125,
+    0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2,
+)  # fmt: skip
 _FLOW = ("fairness_id", "priority", "inference_pool", "model_name", "target_model_name")
 
 
@@ -291,13 +306,19 @@ class GatewayMetrics:
             doc: str,
             labels: tuple[str, ...] = (),
             rename: Mapping[str, str] | None = None,
+            *,
+            twin_labels: tuple[str, ...] | None = None,
+            twin_buckets: tuple[float, ...] | None = None,
             **kwargs: Any,
         ) -> DualMetric:
+            """``twin_labels``/``twin_buckets``: where llm-d's series differ from the GIE one."""
             rename = rename or {}
-            twin_labels = tuple(rename.get(n, n) for n in labels)
+            if twin_labels is None:
+                twin_labels = tuple(rename.get(n, n) for n in labels)
+            twin_kwargs = dict(kwargs) if twin_buckets is None else {**kwargs, "buckets": twin_buckets}
             return DualMetric(
                 cls(gie, doc, labels, registry=r, **kwargs),
-                cls(llmd, doc, twin_labels, registry=r, **kwargs),
+                cls(llmd, doc, twin_labels, registry=r, **twin_kwargs),
                 rename=rename,
                 caps=caps,
             )
@@ -309,6 +330,7 @@ class GatewayMetrics:
             "llm_d_epp_request",
             "Requests scheduled, per model.",
             (*_OBJ, "priority"),
+            twin_labels=_OBJ_LLMD,
         )
         self.request_error_total = dual(
             Counter,
@@ -316,6 +338,7 @@ class GatewayMetrics:
             "llm_d_epp_request_error",
             "Requests that failed, per error code.",
             (*_OBJ, "error_code"),
+            twin_labels=(*_OBJ_LLMD, "error_code"),
         )
         self.request_duration = dual(
             Histogram,
@@ -324,6 +347,7 @@ class GatewayMetrics:
             "End-to-end request latency.",
             _OBJ,
             buckets=_DURATION_BUCKETS,
+            twin_labels=_OBJ_LLMD,
         )
         self.request_ttft = dual(
             Histogram,
@@ -332,14 +356,18 @@ class GatewayMetrics:
             "Time to the first response byte.",
             _OBJ,
             buckets=_DURATION_BUCKETS,
+            twin_labels=_OBJ_LLMD_STREAMING,
+            twin_buckets=_LLMD_TTFT_BUCKETS,
         )
         self.request_tpot = dual(
             Histogram,
             "inference_objective_request_tpot_seconds",
-            "llm_d_epp_request_tpot_seconds",
+            "llm_d_epp_request_streaming_tpot_seconds",
             "Time per output token after the first, of streamed responses.",
             _OBJ,
             buckets=_TPOT_BUCKETS,
+            twin_labels=_OBJ_LLMD,
+            twin_buckets=_LLMD_TPOT_BUCKETS,
         )
         self.normalized_tpot = dual(
             Histogram,
@@ -348,6 +376,7 @@ class GatewayMetrics:
             "Request latency divided by the number of output tokens.",
             _OBJ,
             buckets=_TPOT_BUCKETS,
+            twin_labels=_OBJ_LLMD,
         )
         self.request_sizes = dual(
             Histogram,
@@ -356,6 +385,7 @@ class GatewayMetrics:
             "Request body size in bytes.",
             _OBJ,
             buckets=_REQUEST_SIZE_BUCKETS,
+            twin_labels=_OBJ_LLMD,
         )
         self.response_sizes = dual(
             Histogram,
@@ -364,6 +394,7 @@ class GatewayMetrics:
             "Response body size in bytes.",
             _OBJ,
             buckets=_REQUEST_SIZE_BUCKETS,
+            twin_labels=_OBJ_LLMD,
         )
         self.input_tokens = dual(
             Histogram,
@@ -372,6 +403,7 @@ class GatewayMetrics:
             "Prompt tokens per request (from usage).",
             _OBJ,
             buckets=_TOKEN_BUCKETS,
+            twin_labels=_OBJ_LLMD,
         )
         self.output_tokens = dual(
             Histogram,
@@ -380,6 +412,7 @@ class GatewayMetrics:
             "Completion tokens per request (from usage).",
             _OBJ,
             buckets=_TOKEN_BUCKETS,
+            twin_labels=_OBJ_LLMD,
         )
         self.prompt_cached_tokens = dual(
             Histogram,
@@ -388,6 +421,7 @@ class GatewayMetrics:
             "Prompt tokens served from the prefix cache.",
             _OBJ,
             buckets=_TOKEN_BUCKETS,
+            twin_labels=_OBJ_LLMD,
         )
         self.running_requests = dual(
             Gauge,
@@ -395,6 +429,7 @@ class GatewayMetrics:
             "llm_d_epp_request_running",
             "Requests in flight through the gateway.",
             ("model_name",),
+            twin_labels=_OBJ_LLMD,
         )
 
         # --- per pool -----------------------------------------------------------------------

@@ -254,7 +254,7 @@ async def live_pool() -> AsyncIterator[LivePool]:
     metas = [_ep("vllm-0", 8001), _ep("vllm-1", 8002), _ep("vllm-2", 8003)]
     for m in metas:
         ds.upsert_endpoint(m)
-        ds.set_models(m.key, frozenset({BASE, "food-review-1"}))
+        ds.set_models(m.key, frozenset({BASE, "food-review-1", "cad-fabricator"}))
     now = ds.clock.now()
     ds.update_metrics(
         metas[0].key,
@@ -287,7 +287,27 @@ async def live_pool() -> AsyncIterator[LivePool]:
     sched.schedule(_req("req-evil-2", EVIL_MODEL, target=EVIL_TARGET), ds.candidates())
 
     app = web.Application()
-    app.router.add_routes(liveview_routes(ds, flow=flow, decisions=log, pool_name="vllm-llama3-8b-instruct"))
+    latency = {  # what the predicted-latency scorer reports for vllm-0 (debug_state's shape)
+        "predicted-latency-scorer": {
+            metas[0].key: {
+                "observations": 3.0,
+                "last_predicted_ttft_ms": 41.6,
+                "last_observed_ttft_ms": 52.2,
+                "backlog_ms": 120.0,
+                "ttft_observed_over_predicted": 1.25,
+            }
+        }
+    }
+    app.router.add_routes(
+        liveview_routes(
+            ds,
+            flow=flow,
+            decisions=log,
+            pool_name="vllm-llama3-8b-instruct",
+            model_state=lambda: latency,
+            base_models=[BASE],
+        )
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
@@ -403,6 +423,19 @@ async def test_live_page_renders_and_updates_in_chromium(
     assert await page.locator(row(k0) + " td.running").inner_text() == "40"
     assert await page.locator(row(k0) + " .chip.running").inner_text() == "food-review-1"
     assert await page.locator(row(k0) + " .chip.waiting").inner_text() == "ski-resorts"
+    # every loaded adapter: idle ones too, not only a count of slots
+    assert await page.locator(row(k0) + " .chip.idle").all_inner_texts() == ["cad-fabricator"]
+    assert await page.locator(row(k1) + " .chip.idle").all_inner_texts() == [
+        "cad-fabricator",
+        "food-review-1",
+    ]
+    assert "max 4" in await page.locator(row(k0) + " td.adapters").inner_text()
+    # predicted vs observed TTFT per endpoint, from the latency model
+    assert (await page.locator(row(k0) + " td.latency").inner_text()).split("\n") == [
+        "42 / 52 ms",
+        "backlog 120 ms · ×1.25",
+    ]
+    assert await page.locator(row(k1) + " td.latency").inner_text() == ""
     assert "unhealthy" in (await page.locator(row(k2) + " .health").inner_text())
     assert await page.locator(row(k2)).get_attribute("class") == "unhealthy"
     assert (await page.locator(row(k1) + " .health").inner_text()).split()[-1] == "healthy"

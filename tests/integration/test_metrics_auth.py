@@ -33,7 +33,9 @@ from tests.k8s_apiserver import FakeApiServer
 @contextlib.asynccontextmanager
 async def admin_with(authorizer: MetricsAuthorizer | None) -> AsyncIterator[str]:
     metrics = GatewayMetrics(CollectorRegistry())
-    metrics.running_requests.labels(model_name="m").set(3)
+    metrics.running_requests.labels(model_name="m", target_model_name="m", fairness_id="f", priority="0").set(
+        3
+    )
     admin = AdminServer(Datastore(), metrics)
     admin.app.middlewares.append(metrics_auth_middleware(authorizer))
     await admin.start("127.0.0.1", 0)

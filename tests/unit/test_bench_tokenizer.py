@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from bench.make_tokenizer import SPECIAL_TOKENS, build, vocabulary
+from bench.make_tokenizer import PUNCTUATION, SPECIAL_TOKENS, build, vocabulary
 from tokenizers import Tokenizer
 
 TRIES = 20  # inference-perf's budget
@@ -61,3 +61,24 @@ def test_the_folder_is_what_auto_tokenizer_reads(tmp_path: Path) -> None:
     assert config["clean_up_tokenization_spaces"] is False  # decode must not touch the spacing
     assert "messages" in config["chat_template"]
     assert set(json.loads((folder / "special_tokens_map.json").read_text()).values()) <= set(SPECIAL_TOKENS)
+
+
+def test_extra_words_keep_english_text_through_a_decode(tmp_path: Path) -> None:
+    """guidellm's way (encode text, keep N ids, decode skipping specials): out-of-vocabulary words
+    vanish; words added with ``extra`` (what --words-from-faker adds) and marks survive."""
+    text = "Suggest shake effort, many last prepare small. Maintain hope!"
+    plain = Tokenizer.from_file(str(build(tmp_path / "plain") / "tokenizer.json"))
+    words = ["suggest", "shake", "effort", "many", "last", "prepare", "small", "maintain", "hope"]
+    extra = [*words, *(w.capitalize() for w in words)]
+    rich = Tokenizer.from_file(str(build(tmp_path / "rich", extra=extra) / "tokenizer.json"))
+    assert rich.get_vocab_size() == plain.get_vocab_size() == 32_000
+    kept = rich.decode(rich.encode(text, add_special_tokens=False).ids, skip_special_tokens=True)
+    assert kept.split() == [
+        *["Suggest", "shake", "effort", ",", "many", "last", "prepare", "small", ".", "Maintain", "hope", "!"]
+    ]
+    lost = plain.decode(plain.encode(text, add_special_tokens=False).ids, skip_special_tokens=True)
+    assert lost.split() == [",", ".", "hope", "!"]  # [UNK] but for one made-up word that is English
+    # marks are single tokens that random ids may mix with words: still exact on the first try
+    ids = [rich.token_to_id(t) for t in ("shake", *PUNCTUATION, "Hope")]
+    assert None not in ids
+    assert rich.encode(rich.decode([i for i in ids if i is not None]), add_special_tokens=False).ids == ids

@@ -87,12 +87,16 @@ def test_dashboard_queries_read_exported_metrics_and_labels() -> None:
     # the four areas operators look at: pool, objectives (TTFT, TPOT), flow control, scheduler
     for family in (
         "inference_pool_ready_pods",
-        "inference_objective_request_ttft_seconds_bucket",
-        "inference_objective_request_tpot_seconds_bucket",
+        "llm_d_epp_request_ttft_seconds_bucket",
+        "llm_d_epp_request_streaming_tpot_seconds_bucket",
         "inference_extension_flow_control_queue_size",
         "inference_extension_scheduler_e2e_duration_seconds_bucket",
     ):
         assert family in read, family
+    # latency per objective: an objective that is not a model shows up as its priority
+    for title, expr in queries:
+        if "ttft" in expr or "tpot" in expr:
+            assert re.search(r"by \(le, model_name, priority\)", expr), title
 
 
 def test_dashboard_layout_is_well_formed() -> None:

@@ -25,12 +25,12 @@ def _samples(m: GatewayMetrics, name: str) -> dict[frozenset[tuple[str, str]], f
 
 def test_both_families_from_one_call_with_renamed_labels() -> None:
     m = GatewayMetrics(CollectorRegistry())
-    m.request_total.labels(model_name="a", target_model_name="b", priority="0").inc()
+    m.request_total.labels(model_name="a", target_model_name="b", fairness_id="f", priority="0").inc()
     m.pool_per_pod_queue_size.labels("pool", "pod-0").set(4)
     m.scheduler_e2e_duration.observe(0.001)
     labels = frozenset({("model_name", "a"), ("target_model_name", "b"), ("priority", "0")})
     assert _samples(m, "inference_objective_request_total") == {labels: 1.0}
-    assert _samples(m, "llm_d_epp_request_total") == {labels: 1.0}
+    assert _samples(m, "llm_d_epp_request_total") == {labels | {("fairness_id", "f")}: 1.0}
     assert _samples(m, "llm_d_epp_per_endpoint_queue_size") == {
         frozenset({("name", "pool"), ("model_server_endpoint", "pod-0")}): 4.0
     }
@@ -52,10 +52,16 @@ def test_build_info_is_set_in_both_families() -> None:
 
 def test_model_and_fairness_labels_are_capped() -> None:
     m = GatewayMetrics(CollectorRegistry())
+
+    def start(model: str) -> None:
+        m.running_requests.labels(
+            model_name=model, target_model_name=model, fairness_id="f", priority="0"
+        ).inc()
+
     for i in range(LABEL_CAP):  # model_name and target_model_name share one cap
-        m.running_requests.labels(model_name=f"m{i}").inc()
-    m.running_requests.labels(model_name="late").inc()
-    m.running_requests.labels(model_name="m0").inc()  # a value already seen keeps its series
+        start(f"m{i}")
+    start("late")
+    start("m0")  # a value already seen keeps its series
     running = _samples(m, "inference_objective_running_requests")
     assert len(running) == LABEL_CAP + 1
     assert running[frozenset({("model_name", OTHER)})] == 1.0

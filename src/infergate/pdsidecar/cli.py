@@ -7,53 +7,70 @@ other connector is an error rather than a silent fallback.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
+import sys
+from typing import Annotated
 
+import typer
+import typer.main
 from aiohttp import web
 
 from infergate.pdsidecar.proxy import SidecarOptions, build_app
 
-__all__ = ["build_parser", "main"]
+__all__ = ["command", "main"]
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="infergate pd-sidecar",
-        description="Sidecar in front of a decode model server: runs the prefill on the endpoint named "
-        "by x-prefiller-host-port, then the decode locally with the KV transfer parameters, streaming.",
-    )
-    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
-    p.add_argument(
-        "--model-server-port",
-        "--vllm-port",
-        dest="model_server_port",
-        type=int,
-        default=8200,
-        help="the local decode server's port (default 8200)",
-    )
-    p.add_argument("--model-server-host", default="127.0.0.1", help="the decode server's address")
-    p.add_argument(
-        "--kv-connector", "--connector", default="nixlv2", help="KV connector protocol (only nixlv2)"
-    )
-    p.add_argument("--prefill-timeout", type=float, default=600.0, help="seconds for a prefill (default 600)")
-    p.add_argument("--log-level", default="info")
-    return p
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"must be > 0 (got {value:g})")
+    return value
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    options = SidecarOptions(decoder_url=f"http://{args.model_server_host}:{args.model_server_port}")
-    options.prefill_timeout = args.prefill_timeout
+def command(
+    host: Annotated[str, typer.Option("--host", help="Listen address.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Listen port.")] = 8000,
+    model_server_port: Annotated[
+        int,
+        typer.Option(
+            "--model-server-port", "--vllm-port", min=1, max=65535, help="The local decode server's port."
+        ),
+    ] = 8200,
+    model_server_host: Annotated[
+        str, typer.Option("--model-server-host", help="The decode server's address.")
+    ] = "127.0.0.1",
+    kv_connector: Annotated[
+        str, typer.Option("--kv-connector", "--connector", help="KV connector protocol (only nixlv2).")
+    ] = "nixlv2",
+    prefill_timeout: Annotated[
+        float, typer.Option("--prefill-timeout", callback=_positive, help="Seconds allowed for a prefill.")
+    ] = 600.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+) -> int:
+    """Sidecar in front of a decode model server: runs the prefill on the endpoint named by
+    x-prefiller-host-port, then the decode locally with the KV transfer parameters, streaming."""
+    if kv_connector != "nixlv2":
+        raise typer.BadParameter(f"{kv_connector!r}: only nixlv2 is implemented", param_hint="--kv-connector")
+    if log_level.lower() not in _LOG_LEVELS:
+        raise typer.BadParameter(
+            f"{log_level!r} is not one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level"
+        )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = SidecarOptions(decoder_url=f"http://{model_server_host}:{model_server_port}")
+    options.prefill_timeout = prefill_timeout
+    asyncio.run(_serve(options, host, port))
+    return 0
+
+
+async def _serve(options: SidecarOptions, host: str, port: int) -> None:
     runner = web.AppRunner(build_app(options), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
+    site = web.TCPSite(runner, host, port)
     await site.start()
-    logging.getLogger(__name__).info(
-        "pd-sidecar on %s:%d in front of %s", args.host, args.port, options.decoder_url
-    )
+    logging.getLogger(__name__).info("pd-sidecar on %s:%d in front of %s", host, port, options.decoder_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,12 +82,17 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.kv_connector != "nixlv2":
-        parser.error(f"--kv-connector {args.kv_connector!r}: only nixlv2 is implemented")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    asyncio.run(_serve(args))
-    return 0
+    """``infergate pd-sidecar ARGS`` and ``python -m infergate.pdsidecar``: a bad flag is one
+    ``error:`` line (exit 2), like every ``infergate`` command."""
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    click_command = typer.main.get_command(app)
+    try:
+        code = click_command.main(args=list(argv), prog_name="infergate pd-sidecar", standalone_mode=False)
+    except typer.TyperException as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"error: infergate pd-sidecar: {message}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        return 130
+    return code if isinstance(code, int) else 0

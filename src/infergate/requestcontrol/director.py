@@ -124,9 +124,12 @@ def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
 
 
 class _Series:
-    """The per-(model, target) metric children, resolved once: ``labels()`` is costly per request."""
+    """The per-(model, target, fairness id, priority) metric children, resolved once: ``labels()``
+    is costly per request. The GIE series keep (model, target); their llm-d twins add the rest."""
 
     __slots__ = (
+        "_lbl",
+        "_m",
         "cached",
         "duration",
         "input",
@@ -140,19 +143,34 @@ class _Series:
         "ttft",
     )
 
-    def __init__(self, m: GatewayMetrics, model: str, target: str) -> None:
-        lbl = {"model_name": model, "target_model_name": target}
+    def __init__(self, m: GatewayMetrics, model: str, target: str, fairness_id: str, priority: str) -> None:
+        lbl = {
+            "model_name": model,
+            "target_model_name": target,
+            "fairness_id": fairness_id,
+            "priority": priority,
+        }
         self.request_sizes = m.request_sizes.labels(**lbl)
         self.duration = m.request_duration.labels(**lbl)
-        self.ttft = m.request_ttft.labels(**lbl)
+        self._lbl = lbl
+        self._m = m
+        self.ttft: dict[bool, Any] = {}  # by streaming, made on first use: no empty series
         self.response_sizes = m.response_sizes.labels(**lbl)
         self.input = m.input_tokens.labels(**lbl)
         self.output = m.output_tokens.labels(**lbl)
         self.tpot = m.normalized_tpot.labels(**lbl)
         self.tpot_stream = m.request_tpot.labels(**lbl)
         self.cached = m.prompt_cached_tokens.labels(**lbl)
-        self.running = m.running_requests.labels(model_name=model)
-        self.total: dict[int, Any] = {}
+        self.running = m.running_requests.labels(**lbl)
+        self.total = m.request_total.labels(**lbl)
+
+    def observe_ttft(self, seconds: float, *, streaming: bool) -> None:
+        child = self.ttft.get(streaming)
+        if child is None:
+            child = self.ttft[streaming] = self._m.request_ttft.labels(
+                **self._lbl, streaming="true" if streaming else "false"
+            )
+        child.observe(seconds)
 
 
 _MAX_SERIES = 1000
@@ -193,7 +211,7 @@ class Director:
             check_models=check_models,
         )
         self._honor_subset = honor_subset_hint
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[tuple[str, str, str, int], _Series] = {}
         self._response_hook = getattr(scheduler, "response_headers", None)
         self._tracer: RequestTracer | None = None
 
@@ -297,15 +315,17 @@ class Director:
         check_control_headers(hdrs, principal, mode=self._control_headers)
         return principal
 
-    def _series_for(self, model: str, target: str) -> _Series | None:
+    def _series_for(self, request: InferenceRequest) -> _Series | None:
         if self._metrics is None:
             return None
-        key = (model, target)
+        key = (request.model, request.target_model, request.fairness_id, request.priority)
         found = self._series.get(key)
         if found is None:
             if len(self._series) >= _MAX_SERIES:
                 self._series.clear()
-            found = self._series[key] = _Series(self._metrics, model, target)
+            found = self._series[key] = _Series(
+                self._metrics, request.model, request.target_model, request.fairness_id, str(request.priority)
+            )
         return found
 
     # ---------------------------------------------------------------- request path
@@ -313,10 +333,18 @@ class Director:
         """Models a request may name (see :meth:`RequestCore.known_models`)."""
         return self._core.known_models()
 
-    def _count_error(self, model: str, target: str, exc: BaseException) -> None:
+    def _count_error(
+        self, model: str, target: str, exc: BaseException, request: InferenceRequest | None = None
+    ) -> None:
+        """Count a request refused before it reached a model server. Its fairness id and priority
+        are known once the objective resolved (``request``); before that they are empty."""
         if self._metrics is not None:
             self._metrics.request_error_total.labels(
-                model_name=model, target_model_name=target, error_code=error_code_for(exc)
+                model_name=model,
+                target_model_name=target,
+                fairness_id=request.fairness_id if request is not None else "",
+                priority=str(request.priority) if request is not None else "",
+                error_code=error_code_for(exc),
             ).inc()
 
     async def handle_request(self, *, path: str, headers: Mapping[str, str], body: bytes) -> RequestContext:
@@ -327,6 +355,7 @@ class Director:
         model = target = ""
         subset = parse_subset(hdrs.get(H.DESTINATION_ENDPOINT_SUBSET)) if self._honor_subset else None
         principal: Principal | None = None
+        request: InferenceRequest | None = None
         trace = self._tracer.start(request_id, path) if self._tracer is not None else NULL_TRACE
         try:
             # Authenticate before reading the body: an unknown caller learns nothing about it.
@@ -364,7 +393,7 @@ class Director:
                 # client-chosen names must not create series
                 self._count_error("unknown", "unknown", exc)
             else:
-                self._count_error(model, target, exc)
+                self._count_error(model, target, exc, request)
             log.info(
                 "request rejected request_id=%s path=%s model=%s status=%d error=%s",
                 request_id,
@@ -391,14 +420,9 @@ class Director:
         trace.start_upstream(result.primary.key)
         if target != model:
             ctx._rewriter = ModelNameRewriter(target, model)
-        series = self._series_for(model, target)
-        if series is not None and self._metrics is not None:
-            total = series.total.get(request.priority)
-            if total is None:
-                total = series.total[request.priority] = self._metrics.request_total.labels(
-                    model_name=model, target_model_name=target, priority=str(request.priority)
-                )
-            total.inc()
+        series = self._series_for(request)
+        if series is not None:
+            series.total.inc()
             series.request_sizes.observe(len(body))
             series.running.inc()
         return ctx
@@ -535,20 +559,22 @@ class Director:
             ctx.error_code = error_code_for(error)
         elif failed:
             ctx.error_code = "ModelServerError"
-        series = self._series_for(req.model, req.target_model)
+        series = self._series_for(req)
         if series is not None and self._metrics is not None:
             series.running.dec()
             if failed:
                 self._metrics.request_error_total.labels(
                     model_name=req.model,
                     target_model_name=req.target_model,
+                    fairness_id=req.fairness_id,
+                    priority=str(req.priority),
                     error_code=ctx.error_code or "Internal",
                 ).inc()
             else:
                 series.duration.observe(duration)
                 first = ctx.first_token_at or ctx.first_byte_at  # streamed: first token; else first byte
                 if first is not None:
-                    series.ttft.observe(max(0.0, first - ctx.started_at))
+                    series.observe_ttft(max(0.0, first - ctx.started_at), streaming=req.stream)
                 series.response_sizes.observe(ctx.response_bytes)
                 if ctx.prompt_tokens is not None:
                     series.input.observe(ctx.prompt_tokens)

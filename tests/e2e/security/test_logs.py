@@ -112,3 +112,51 @@ async def test_client_disconnect_is_not_an_internal_error(
         assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
     finally:
         await gw.stop()
+
+
+async def endless_stream(replica: Replica, request: web.Request) -> web.StreamResponse:
+    """An answer that never ends and never pauses: the gateway is always writing to its client."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    chunk = f'data: {{"model":"{MODEL}","choices":[{{"text":"a"}}]}}\n\n'.encode()
+    try:
+        while True:
+            await resp.write(chunk)
+            await asyncio.sleep(0)
+    except ConnectionResetError:  # the gateway closed this upstream once its client left
+        return resp
+
+
+async def test_client_leaving_while_the_gateway_writes_is_not_an_internal_error(
+    replicas: list[Replica], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp does not cancel the handler when a client leaves: the relay's next write fails
+    ("Cannot write to closing transport"). That is a client disconnect, not a gateway error with a
+    traceback (as guidellm's clients leaving at their deadline showed)."""
+    for rep in replicas:
+        rep.handler = endless_stream
+    gw = await start_gateway(tmp_path, "builtin", replicas)
+
+    def errors() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for family in gw.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == "inference_objective_request_error_total":
+                    out[sample.labels["error_code"]] = out.get(sample.labels["error_code"], 0) + sample.value
+        return out
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": MODEL, "prompt": "x", "stream": True}
+            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json=body) as r:
+                await r.content.readline()
+
+        async def counted() -> bool:
+            return bool(errors())
+
+        await async_wait_for(counted, timeout=10, what="the abandoned request to be accounted")
+        assert errors() == {"ClientDisconnected": 1}
+        assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
+        assert not [r for r in caplog.records if r.name.startswith("infergate") and r.levelname == "ERROR"]
+    finally:
+        await gw.stop()

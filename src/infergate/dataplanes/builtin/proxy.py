@@ -157,6 +157,10 @@ def error_response(exc: RequestError) -> web.Response:
     )
 
 
+class _ClientGone(Exception):
+    """Writing to the client failed: its connection is closed."""
+
+
 def _sse_error(exc: RequestError) -> bytes:
     return b"data: " + json.dumps(exc.to_openai()).encode() + b"\n\ndata: [DONE]\n\n"
 
@@ -543,14 +547,25 @@ class ProxyServer:
         director = self._director
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=out_headers)
         await out.prepare(request)
+
+        async def send(data: bytes) -> None:
+            try:
+                await out.write(data)
+            except ConnectionResetError as exc:  # aiohttp: "Cannot write to closing transport"
+                raise _ClientGone from exc
+
         try:
             async for chunk in resp.iter_chunks():
                 data = director.handle_response_chunk(ctx, chunk, end_of_stream=False)
                 if data:
-                    await out.write(data)
+                    await send(data)
             tail = director.handle_response_chunk(ctx, b"", end_of_stream=True)
             if tail:
-                await out.write(tail)
+                await send(tail)
+        except _ClientGone:
+            # The client left mid-answer (a benchmark client stopping at its deadline): counted as
+            # ClientDisconnected, the upstream closed, and nothing more to say to anyone.
+            return out, ClientDisconnectedError("the client disconnected")
         except (UpstreamConnectionError, UpstreamTimeout) as exc:
             failure: RequestError
             if isinstance(exc, UpstreamTimeout):
