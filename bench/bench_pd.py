@@ -123,13 +123,13 @@ def main() -> None:
     p.add_argument("--threshold", type=int, default=1024)
     p.add_argument("--slo-rate", action="store_true", help="bisect each pool's SLO rate at steady state")
     p.add_argument("--tolerance", type=float, default=0.05, help="relative precision of --slo-rate")
-    p.add_argument("--duration", type=float, default=None, help="--slo-rate: measured seconds per point")
+    p.add_argument("--window", type=float, default=None, help="--slo-rate: measured seconds per point")
     p.add_argument("--pools", default="", help="--slo-rate: only these pools (comma-separated)")
     a = p.parse_args()
     for w in a.workloads.split(","):
         if a.slo_rate:
             only = [x for x in a.pools.split(",") if x]
-            slo_rates(w, a.replicas, a.threshold, a.tolerance, a.duration, only)
+            slo_rates(w, a.replicas, a.threshold, a.tolerance, a.window, only)
             continue
         run(w, [float(q) for q in a.qps.split(",")], a.duration, a.replicas, a.threshold)
 

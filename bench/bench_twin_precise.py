@@ -82,11 +82,11 @@ def main() -> None:
     p.add_argument("--num-gpu-blocks", type=int, default=None)
     p.add_argument("--slo-rate", action="store_true", help="bisect each strategy's SLO rate at steady state")
     p.add_argument("--tolerance", type=float, default=0.05, help="relative precision of --slo-rate")
-    p.add_argument("--duration", type=float, default=None, help="--slo-rate: measured seconds per point")
+    p.add_argument("--window", type=float, default=None, help="--slo-rate: measured seconds per point")
     a = p.parse_args()
     for workload in a.workloads.split(","):
         if a.slo_rate:
-            slo_rates(workload, a.strategies.split(","), a.num_gpu_blocks, a.tolerance, a.duration)
+            slo_rates(workload, a.strategies.split(","), a.num_gpu_blocks, a.tolerance, a.window)
             continue
         spec = load_workload(workload)
         replicas = spec.pool.replicas if spec.pool and spec.pool.replicas else 3
