@@ -166,6 +166,8 @@ def test_auto_finds_the_scheme_and_a_wrong_seed_falls_back_to_token_keys() -> No
     feed(wrong, frames)
     assert wrong.index.scheme(SOURCE) is None  # no candidate reproduced the hashes
     assert wrong.index.stats.hash_mismatches == 1
+    assert auto.debug_state()[SOURCE]["engine_hash_keys"] == 1.0
+    assert wrong.debug_state()[SOURCE]["engine_hash_keys"] == 0.0
     assert wrong.score(request, [EP], CycleState()) == {SOURCE: pytest.approx(1.0)}  # token keys
 
     off = scorer(tokenProcessorConfig={"hashSeed": "42"}, prefixCachingHashAlgo="none")

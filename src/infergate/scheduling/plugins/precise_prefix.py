@@ -283,7 +283,14 @@ class PrecisePrefixScorer:
         self.fallback.remove_endpoint(key)
 
     def debug_state(self) -> dict[str, dict[str, float]]:
-        return {s: {"blocks": float(self.index.blocks(s))} for s in self.index.sources()}
+        """Per endpoint: blocks held, and 1 when they are keyed by verified engine hashes (0: token keys)."""
+        return {
+            s: {
+                "blocks": float(self.index.blocks(s)),
+                "engine_hash_keys": 1.0 if self.index.scheme(s) is not None else 0.0,
+            }
+            for s in self.index.sources()
+        }
 
     # -------------------------------------------------------------- scoring
     def _source(self, e: Endpoint) -> str | None:
