@@ -24,7 +24,7 @@ from infergate.simulator.drivers import VirtualDriver, VirtualLoop
 from infergate.simulator.engine import Engine
 from infergate.simulator.engine_types import EngineConfig, EngineRequest
 from infergate.simulator.kvevents import encode_batch
-from infergate.tokenization.blockhash import block_hashes, to_event_int
+from infergate.tokenization.blockhash import block_hashes, lora_extra_keys, to_event_int
 from infergate.tokenization.load import load_tokenizer
 from infergate.tokenization.requests import chat_token_ids, completion_token_ids
 from infergate.types import ApiKind, Endpoint, EndpointMeta, InferenceRequest
@@ -179,7 +179,7 @@ def test_auto_finds_the_scheme_and_a_wrong_seed_falls_back_to_token_keys() -> No
         assert s.score(other, [EP], CycleState()) == {}
 
 
-def test_lora_blocks_match_by_token_keys_and_never_cross_adapters() -> None:
+def test_lora_blocks_without_a_known_path_match_by_token_keys_and_never_cross_adapters() -> None:
     base = completion()
     lora = completion(model="sql-lora")
     tokens = server_tokens(base)
@@ -197,6 +197,28 @@ def test_lora_blocks_match_by_token_keys_and_never_cross_adapters() -> None:
     assert s2.index.scheme(SOURCE) is not None  # the base request's root block verified it
     assert s2.score(base, [EP], CycleState()) == {SOURCE: pytest.approx(1.0)}
     assert s2.score(lora, [EP], CycleState()) == {SOURCE: pytest.approx(1.0)}
+
+
+@pytest.mark.parametrize(("path", "by_hash"), [("/adapters/sql-lora", True), ("/elsewhere/sql-lora", False)])
+def test_lora_blocks_match_by_engine_hash_when_the_adapter_path_is_known(path: str, by_hash: bool) -> None:
+    base, lora = completion(), completion(model="sql-lora")
+    tokens = server_tokens(base)
+    frames = engine_frames(
+        EngineConfig(model=MODEL, enable_lora=True), [(tokens, None), (tokens, "sql-lora")]
+    )
+    s = scorer(loraAdapterPaths={"sql-lora": path})
+    feed(s, frames)
+    s.subscriber.models[SOURCE] = MODEL
+    extra = lora_extra_keys("sql-lora", "/adapters/sql-lora")
+    assert (s.index.lora_keys(SOURCE, "sql-lora") == extra) is by_hash
+    assert s.index.stats.hash_mismatches == (0 if by_hash else 1)
+    state = CycleState()
+    assert s.score(lora, [EP], state) == {SOURCE: pytest.approx(1.0)}  # either way
+    match = state.get(PRECISE_MATCH)
+    assert match is not None
+    by_engine = [to_event_int(d) for d in block_hashes(tokens, 16, extra_keys=extra)]
+    assert (match.keys == by_engine) is by_hash
+    assert s.score(base, [EP], CycleState()) == {SOURCE: pytest.approx(1.0)}
 
 
 @pytest.mark.parametrize("algo", ["auto", "none"])

@@ -12,8 +12,10 @@ topic or its address):
   ``tokenProcessorConfig.hashSeed``. Ingesting costs no hashing at all, and a block whose parent
   the index never saw (batches lost: a sequence gap) is still indexed;
 * a **request key** otherwise (no candidate scheme reproduces the hash: another seed, another
-  algorithm, an engine that is not vLLM), and always for LoRA blocks, whose vLLM extra key
-  includes the adapter's path, which neither the events nor the request carry. Request keys are
+  algorithm, an engine that is not vLLM), and for LoRA blocks unless the adapter's path is known
+  (``lora_paths``): vLLM's extra key for an adapter, ``("lora", name, path)``, includes the path
+  the adapter was loaded from, which neither the events nor the request carry. A known path is
+  verified like the scheme, on the adapter's first root block per source. Request keys are
   computed here from the events' token ids, chained block by block:
   ``k_0 = H(seed, lora, tokens_0)``, ``k_i = H(k_{i-1}, tokens_i)``; the scorer computes the same
   chain from the request's tokens, so a request finds its blocks whatever hash scheme the engine
@@ -34,11 +36,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from infergate.kvevents.wire import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, Event
-from infergate.tokenization.blockhash import BlockHasher, to_event_int
+from infergate.tokenization.blockhash import BlockHasher, ExtraKeys, lora_extra_keys, to_event_int
 
 __all__ = ["DEFAULT_TIER", "IndexStats", "KvBlockIndex", "engine_key", "request_keys"]
 
@@ -104,7 +106,7 @@ class IndexStats:
 class _Source:
     """One model server's blocks: engine hash → ``[request key, count of tier 0, count of tier 1, ...]``."""
 
-    __slots__ = ("batches", "blocks", "next_seq", "scheme")
+    __slots__ = ("batches", "blocks", "loras", "next_seq", "scheme")
 
     def __init__(self, scheme: int) -> None:
         self.blocks: dict[EngineHash, list[int]] = {}
@@ -112,6 +114,8 @@ class _Source:
         self.batches = 0
         self.scheme = scheme
         """Index of the verified hash scheme in ``KvBlockIndex.schemes``, or _UNVERIFIED / _TOKEN_KEYS."""
+        self.loras: dict[str, bool] = {}
+        """Per adapter with a known path: whether its blocks verified under the scheme with it."""
 
 
 class KvBlockIndex:
@@ -125,10 +129,12 @@ class KvBlockIndex:
         seed: int = 0,
         block_size: int | None = None,
         schemes: Sequence[BlockHasher] = (),
+        lora_paths: Mapping[str, str] | None = None,
     ) -> None:
         """``block_size`` None accepts blocks of any size (keys then only match requests cut in
         the same size); set, blocks of another size are counted and dropped. ``schemes`` are the
-        engine hash schemes a source may be verified against (none: request keys only)."""
+        engine hash schemes a source may be verified against (none: request keys only);
+        ``lora_paths`` the path each adapter was loaded from, to key its blocks by engine hash."""
         if max_keys <= 0 or max_sources_per_key <= 0:
             raise ValueError("index bounds must be > 0")
         self.block_size = block_size
@@ -136,6 +142,7 @@ class KvBlockIndex:
         self.max_sources_per_key = max_sources_per_key
         self.seed = seed
         self.schemes = tuple(schemes)
+        self.lora_paths = dict(lora_paths or {})
         self._holders: OrderedDict[int, dict[str, int]] = OrderedDict()
         self._sources: dict[str, _Source] = {}
         self._tiers: dict[str, int] = {DEFAULT_TIER: 0}
@@ -169,6 +176,14 @@ class KvBlockIndex:
         if s is None or s.scheme < 0:
             return None
         return self.schemes[s.scheme]
+
+    def lora_keys(self, source: str, lora: str) -> ExtraKeys | None:
+        """The extra keys that find ``lora``'s blocks on ``source`` by engine hash (None: they are
+        under request keys: path unknown or not verified there, or no verified scheme)."""
+        s = self._sources.get(source)
+        if s is None or s.scheme < 0 or not s.loras.get(lora):
+            return None
+        return lora_extra_keys(lora, self.lora_paths[lora])
 
     def blocks(self, source: str) -> int:
         """Distinct engine blocks ``source`` holds (any tier)."""
@@ -272,6 +287,22 @@ class KvBlockIndex:
             tried,
         )
 
+    def _verify_lora(self, source: str, src: _Source, ev: BlockStored, lora: str) -> None:
+        extra = lora_extra_keys(lora, self.lora_paths[lora])
+        digest = self.schemes[src.scheme].hash_block(None, ev.token_ids[: ev.block_size], extra)
+        announced = ev.block_hashes[0]
+        ok = (to_event_int(digest) if isinstance(announced, int) else digest) == announced
+        src.loras[lora] = ok
+        if not ok:
+            self.stats.hash_mismatches += 1
+            log.warning(
+                "kv events from %s: blocks of adapter %s do not hash with path %r; matching them by "
+                "token ids (loraAdapterPaths must name the path the server loaded it from)",
+                source,
+                lora,
+                self.lora_paths[lora],
+            )
+
     def _tier(self, medium: str | None) -> int:
         name = (medium or DEFAULT_TIER).upper()
         bit = self._tiers.get(name)
@@ -301,6 +332,12 @@ class KvBlockIndex:
         if lora is None and src.scheme >= 0:
             self._stored_by_hash(source, src, ev, tier)
             return
+        if lora is not None and src.scheme >= 0 and lora in self.lora_paths:
+            if lora not in src.loras and ev.parent is None:
+                self._verify_lora(source, src, ev, lora)
+            if src.loras.get(lora):
+                self._stored_by_hash(source, src, ev, tier)
+                return
         if ev.parent is None:
             key = _first_key(self.seed, lora)
         else:
@@ -383,6 +420,7 @@ class KvBlockIndex:
         src.blocks = {}
         if reverify:
             src.scheme = self._initial_scheme()
+            src.loras = {}
 
 
 def _plain(extra_keys: object) -> bool:

@@ -38,7 +38,7 @@ from infergate.kvevents.index import KvBlockIndex, request_keys
 from infergate.kvevents.subscriber import KvEventSubscriber
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.sdk.framework import CycleState, Params, StateKey
-from infergate.tokenization.blockhash import HASH_ALGOS, BlockHasher, to_event_int
+from infergate.tokenization.blockhash import HASH_ALGOS, BlockHasher, ExtraKeys, to_event_int
 from infergate.tokenization.load import load_tokenizer
 from infergate.tokenization.protocol import TextTokenizer
 from infergate.types import ApiKind, Endpoint, InferenceRequest, SchedulingResult
@@ -129,6 +129,9 @@ class PrecisePrefixParams(Params):
     prefix_caching_hash_algo: Literal["auto", "sha256", "sha256_cbor", "none"] = "auto"
     """The servers' ``--prefix-caching-hash-algo``: ``auto`` verifies each server against both,
     ``none`` matches by token ids only."""
+    lora_adapter_paths: dict[str, str] = Field(default_factory=dict)
+    """Adapter name → the path the servers loaded it from (vLLM hashes it into the adapter's
+    blocks); adapters not listed are matched by token ids."""
 
     @field_validator("speculative_indexing")
     @classmethod
@@ -236,6 +239,7 @@ class PrecisePrefixScorer:
             seed=hash(p.token_processor_config.hash_seed),
             block_size=self.block_size,
             schemes=p.hash_schemes(),
+            lora_paths=p.lora_adapter_paths,
         )
         ev = p.kv_events_config
         self._discover = ev.discover_pods
@@ -329,24 +333,25 @@ class PrecisePrefixScorer:
         tokens = prompt_token_ids(request, self._tokenizer, limit * bs + 1)
         n = min(len(tokens) // bs, limit)
         lora = self._lora(request)
-        # per verified hash scheme, the sources whose base-model blocks are keyed by engine hash
-        by_scheme: dict[BlockHasher, set[str]] = {}
+        # per verified hash scheme (and adapter keys), the sources keyed by engine hash
+        by_scheme: dict[tuple[BlockHasher, ExtraKeys], set[str]] = {}
         by_tokens: set[str] = set()
         for source in sources.values():
             if source is None:
                 continue
-            scheme = self.index.scheme(source) if lora is None else None
-            if scheme is None:
+            scheme = self.index.scheme(source)
+            extra = None if lora is None else self.index.lora_keys(source, lora)
+            if scheme is None or (lora is not None and extra is None):
                 by_tokens.add(source)
             else:
-                by_scheme.setdefault(scheme, set()).add(source)
+                by_scheme.setdefault((scheme, extra), set()).add(source)
         runs: dict[str, list[int]] = {}
         keys: list[int] = []
         if n and by_tokens:
             keys = request_keys(tokens, bs, lora=lora, seed=self.index.seed, limit=limit)
             runs.update(self.index.longest_runs(keys, by_tokens))
-        for scheme, members in by_scheme.items():
-            digests = scheme.block_hashes(tokens[: n * bs], bs, None) if n else []
+        for (scheme, extra), members in by_scheme.items():
+            digests = scheme.block_hashes(tokens[: n * bs], bs, extra) if n else []
             keys = [to_event_int(d) for d in digests]
             runs.update(self.index.longest_runs(keys, members))
         out: dict[str, float] = {}
