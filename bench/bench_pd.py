@@ -14,15 +14,23 @@ left out) and reports p90 TTFT, p90 TPOT, whether the SLO (p90 TTFT < 1 s, p90 T
 served) holds and the share of requests disaggregated:
 
     .venv/bin/python bench/bench_pd.py --workloads prefill-decode-mix,bursty-chat --qps 4,8,12
+
+``--slo-rate`` instead bisects each pool's SLO rate at steady state (the ``infergate bench --twin
+--slo-rate`` machinery: a measured window after a warm-up, the workload's own arrival process) and
+prints it with the probes and the CPU time the search took.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import random
+import sys
+import time
 from collections.abc import Sequence
 
 from infergate.bench.stats import Slo, summarise
+from infergate.bench.steady import PointResult, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
 from infergate.bench.strategies import PD_AGGREGATED, pd_picker_config
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import generate, load_workload
@@ -67,6 +75,45 @@ def run(workload: str, qps_list: Sequence[float], duration: float, replicas: int
             )
 
 
+def _log_point(label: str, point: PointResult) -> None:
+    """Every load point the search runs, on stderr, as the evidence behind the rate."""
+    s = point.summary
+    print(
+        f"  {label} @ {point.rate:.3g} QPS ({point.plan.duration_s:g} s): "
+        f"SLO {'met' if point.met else 'missed'}, p90 TTFT {s.ttft_p90:.3f} s, "
+        f"p90 TPOT {s.tpot_p90 * 1000:.1f} ms, {s.succeeded}/{s.requests} served, "
+        f"{point.stopped_early or 'ran to the end'}, {point.cpu_s:.0f} s CPU",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def slo_rates(
+    workload: str, replicas: int, threshold: int, tolerance: float, duration: float | None, only: list[str]
+) -> None:
+    """Each pool's SLO rate on ``workload`` (steady state, bisected to ``tolerance``)."""
+    spec = load_workload(workload)
+    shape = resolve_pool(spec, replicas=replicas, adapters=())
+    plan = plan_for(unloaded_e2e(spec, shape), duration=duration) if duration else None
+    window = f", {duration:g} s measured per point" if duration else ""
+    print(f"\n### {workload}: SLO rate ({shape.describe()}, nonCachedTokens {threshold}{window})\n")
+    print("| pool | SLO rate (QPS) | first failing (QPS) | probes | CPU (s) |")
+    print("|---|---|---|---|---|")
+    for name, (picker, roles) in pools(replicas, threshold).items():
+        if only and name not in only:
+            continue
+        cpu0 = time.process_time()
+        runner = SteadyRunner(spec, shape, seed=1, plan=plan, picker=picker, pool_overrides={"roles": roles})
+        runner.on_point = functools.partial(_log_point, name)
+        rate = runner.slo_rate("prefix-only", tolerance=tolerance)
+        failing = f"{rate.failing:.2f}" if rate.failing is not None else "none"
+        print(
+            f"| {name} | **{rate.qps:.2f}** | {failing} | {len(rate.probes)} | "
+            f"{time.process_time() - cpu0:.0f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", default="prefill-decode-mix,bursty-chat")
@@ -74,8 +121,16 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=120.0)
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--threshold", type=int, default=1024)
+    p.add_argument("--slo-rate", action="store_true", help="bisect each pool's SLO rate at steady state")
+    p.add_argument("--tolerance", type=float, default=0.05, help="relative precision of --slo-rate")
+    p.add_argument("--window", type=float, default=None, help="--slo-rate: measured seconds per point")
+    p.add_argument("--pools", default="", help="--slo-rate: only these pools (comma-separated)")
     a = p.parse_args()
     for w in a.workloads.split(","):
+        if a.slo_rate:
+            only = [x for x in a.pools.split(",") if x]
+            slo_rates(w, a.replicas, a.threshold, a.tolerance, a.window, only)
+            continue
         run(w, [float(q) for q in a.qps.split(",")], a.duration, a.replicas, a.threshold)
 
 

@@ -11,18 +11,66 @@ arrivals (the first 20 % not counted) and reports p50/p90 TTFT, p90 TPOT, whethe
 
     .venv/bin/python bench/bench_twin_precise.py --workloads many-tenants,agentic-sessions \
         --qps 10,20,30 --num-gpu-blocks 8000
+
+``--slo-rate`` instead bisects each strategy's SLO rate at steady state (the ``infergate bench
+--twin --slo-rate`` machinery: a measured window after a warm-up) on the same pool, and prints it
+with the probes and the CPU time the search took.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import random
+import sys
+import time
 
 from infergate.bench.stats import Slo, summarise
+from infergate.bench.steady import PointResult, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import load_workload, stream
 
 STRATEGIES = ("precise-prefix", "gie-default", "prefix-only", "default")
+
+
+def _log_point(label: str, point: PointResult) -> None:
+    """Every load point the search runs, on stderr, as the evidence behind the rate."""
+    s = point.summary
+    print(
+        f"  {label} @ {point.rate:.3g} QPS ({point.plan.duration_s:g} s): "
+        f"SLO {'met' if point.met else 'missed'}, p90 TTFT {s.ttft_p90:.3f} s, "
+        f"p90 TPOT {s.tpot_p90 * 1000:.1f} ms, {s.succeeded}/{s.requests} served, "
+        f"prefix hit {point.prefix_hit_rate or 0.0:.1%}, {point.stopped_early or 'ran to the end'}, "
+        f"{point.cpu_s:.0f} s CPU",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def slo_rates(
+    workload: str, strategies: list[str], num_gpu_blocks: int | None, tolerance: float, duration: float | None
+) -> None:
+    """Each strategy's SLO rate on ``workload`` (steady state, bisected to ``tolerance``)."""
+    spec = load_workload(workload)
+    shape = resolve_pool(spec, adapters=())
+    overrides = {"num_gpu_blocks": num_gpu_blocks} if num_gpu_blocks else {}
+    plan = plan_for(unloaded_e2e(spec, shape), duration=duration) if duration else None
+    blocks = num_gpu_blocks or "profile default"
+    window = f", {duration:g} s measured per point" if duration else ""
+    print(f"\n### {workload}: SLO rate ({shape.describe()}, num_gpu_blocks {blocks}{window})\n")
+    print("| strategy | SLO rate (QPS) | first failing (QPS) | probes | CPU (s) |")
+    print("|---|---|---|---|---|")
+    for strategy in strategies:
+        cpu0 = time.process_time()
+        runner = SteadyRunner(spec, shape, seed=1, plan=plan, pool_overrides=overrides)
+        runner.on_point = functools.partial(_log_point, strategy)
+        rate = runner.slo_rate(strategy, tolerance=tolerance)
+        failing = f"{rate.failing:.2f}" if rate.failing is not None else "none"
+        print(
+            f"| {strategy} | **{rate.qps:.2f}** | {failing} | {len(rate.probes)} | "
+            f"{time.process_time() - cpu0:.0f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -32,8 +80,14 @@ def main() -> None:
     p.add_argument("--qps", default="10,20,30")
     p.add_argument("--duration", type=float, default=120.0)
     p.add_argument("--num-gpu-blocks", type=int, default=None)
+    p.add_argument("--slo-rate", action="store_true", help="bisect each strategy's SLO rate at steady state")
+    p.add_argument("--tolerance", type=float, default=0.05, help="relative precision of --slo-rate")
+    p.add_argument("--window", type=float, default=None, help="--slo-rate: measured seconds per point")
     a = p.parse_args()
     for workload in a.workloads.split(","):
+        if a.slo_rate:
+            slo_rates(workload, a.strategies.split(","), a.num_gpu_blocks, a.tolerance, a.window)
+            continue
         spec = load_workload(workload)
         replicas = spec.pool.replicas if spec.pool and spec.pool.replicas else 3
         print(

@@ -1,6 +1,8 @@
 """KV events from a real ``infergate simulate`` process into the subscriber's bound socket: the
-index learns the simulator's blocks, and a restart of the publisher (sequence numbers back to 0)
-makes the index forget them and rebuild from the new process's events."""
+index learns the simulator's blocks under vLLM's own hashes (``sha256_cbor`` with the
+``PYTHONHASHSEED`` the scorer is configured with), and a restart of the publisher (sequence numbers
+back to 0) makes the index forget them and rebuild from the new process's events; the new process
+runs another seed, so its blocks are matched by token ids instead, with the same result."""
 
 from __future__ import annotations
 
@@ -28,7 +30,11 @@ async def test_subscriber_learns_a_simulator_process_and_resyncs_on_restart(tmp_
     zmq_port, http_port = free_port(), listen_port()
     s = PrecisePrefixScorer(
         PrecisePrefixParams.model_validate(
-            {"kvEventsConfig": {"zmqEndpoint": f"tcp://127.0.0.1:{zmq_port}", "discoverPods": False}}
+            {
+                "kvEventsConfig": {"zmqEndpoint": f"tcp://127.0.0.1:{zmq_port}", "discoverPods": False},
+                "tokenProcessorConfig": {"hashSeed": "99"},
+                "prefixCachingHashAlgo": "sha256_cbor",
+            }
         )
     )
     assert [name for name, _ in s.background_tasks()] == ["kv-events"]  # binds the socket
@@ -47,12 +53,14 @@ async def test_subscriber_learns_a_simulator_process_and_resyncs_on_restart(tmp_
         MODEL,
         "--time-scale",
         "0.05",
+        "--prefix-caching-hash-algo",
+        "sha256_cbor",
     ]
     argv += ["--kv-events-config", kv]
     endpoint = Endpoint(meta=EndpointMeta(name="sim", address="127.0.0.1", port=http_port))
     source = endpoint.key
     health = f"http://127.0.0.1:{http_port}/health"
-    sim = start_infergate(argv, tmp_path, health_url=health, timeout=TIMEOUT)
+    sim = start_infergate(argv, tmp_path, health_url=health, timeout=TIMEOUT, env={"PYTHONHASHSEED": "99"})
     try:
         p = prompt(1, 1)
         await until_received(http_port, lambda: s.index.is_live(source))
@@ -63,11 +71,11 @@ async def test_subscriber_learns_a_simulator_process_and_resyncs_on_restart(tmp_
         assert s.score(request(p), [endpoint], CycleState())[source] > 0.9
         assert s.score(request(prompt(2, 1)), [endpoint], CycleState()) == {}
         assert s.subscriber.models[source] == MODEL
+        scheme = s.index.scheme(source)
+        assert scheme is not None and (scheme.algo, scheme.seed) == ("sha256_cbor", "99")
         resyncs = s.index.stats.resyncs
         sim.stop()
-        sim = start_infergate(
-            argv, tmp_path, health_url=f"http://127.0.0.1:{http_port}/health", timeout=TIMEOUT
-        )
+        sim = start_infergate(argv, tmp_path, health_url=health, timeout=TIMEOUT, env={"PYTHONHASHSEED": "7"})
         await until_received(http_port, lambda: s.index.stats.resyncs > resyncs)
         p2 = prompt(3, 1)
         await complete(http_port, p2)
@@ -75,6 +83,8 @@ async def test_subscriber_learns_a_simulator_process_and_resyncs_on_restart(tmp_
             lambda: _scored(s, p2, endpoint), timeout=TIMEOUT, what="the new process's blocks in the index"
         )
         assert s.index.stats.resyncs == resyncs + 1
+        assert s.index.scheme(source) is None and s.index.stats.hash_mismatches == 1  # seed 7: token keys
+        assert s.score(request(p2), [endpoint], CycleState())[source] > 0.9
         assert s.score(request(p), [endpoint], CycleState()) == {}  # the old process's blocks are forgotten
     finally:
         sim.stop()

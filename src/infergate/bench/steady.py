@@ -21,8 +21,9 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from infergate.bench.arrivals import ArrivalProcess, RateProfile, arrival_times, parse_arrival
 from infergate.bench.loadgen import RequestRecord
@@ -30,6 +31,7 @@ from infergate.bench.stats import Slo, SloRate, Summary, find_slo_rate, slo_rate
 from infergate.bench.strategies import BASE_MODEL
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec, stream
+from infergate.config.picker import EndpointPickerConfig
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop
 from infergate.simulator.engine import EngineConfig, EngineRequest, RequestOutput
 from infergate.simulator.scaled import make_engine
@@ -321,8 +323,14 @@ class SteadyRunner:
         time_scale: float = 1.0,
         min_duration: float = 60.0,
         latency_factor: float = 20.0,
+        picker: EndpointPickerConfig | None = None,
+        pool_overrides: Mapping[str, Any] | None = None,
     ) -> None:
+        """``picker`` replaces the strategy's scheduler configuration (P/D pools);
+        ``pool_overrides`` sets :class:`TwinConfig` fields (``num_gpu_blocks``, ``roles``)."""
         self.spec = spec
+        self.picker = picker
+        self.pool_overrides = dict(pool_overrides or {})
         self.shape = shape
         self.slo = slo or Slo()
         self.seed = seed
@@ -341,6 +349,7 @@ class SteadyRunner:
             objectives=tuple(
                 Objective(name=o.name, priority=o.priority, pool="twin") for o in spec.objectives
             ),
+            **self.pool_overrides,
         )
         self.sheddable = {o.name for o in spec.objectives if o.priority < 0}
         self.points: dict[tuple[str, float], PointResult] = {}
@@ -392,6 +401,7 @@ class SteadyRunner:
             config=self.config,
             monitor=verdict,
             sample_interval=max(1.0, end / 200),
+            picker=self.picker,
         )
         stopped = verdict.reason
         judged_records = [out.records[i] for i in judged]
@@ -461,6 +471,8 @@ class SteadyRunner:
                     duration_s=max(8.0, p.duration_s / 5),
                     cooldown_s=min(p.cooldown_s, 2.0),
                 ),
+                picker=self.picker,
+                pool_overrides=self.pool_overrides,
             )
             short.on_point = self.on_point
             guess = find_slo_rate(

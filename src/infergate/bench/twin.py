@@ -61,6 +61,7 @@ from infergate.simulator.kvcache import KvEvent
 from infergate.simulator.kvevents import encode_batch
 from infergate.simulator.scaled import make_engine
 from infergate.tokenization.builtin import Tokenizer
+from infergate.tokenization.requests import chat_token_ids, completion_token_ids
 from infergate.types import (
     Endpoint,
     EndpointMeta,
@@ -349,7 +350,8 @@ def run_twin(
         # the gateway's own request path: parse, rewrite, served model, objective and priority
         nonlocal queued
         req = requests[i]
-        raw = json.dumps(req.body(stream=True)).encode()
+        body = req.body(stream=True)
+        raw = json.dumps(body).encode()
         try:
             resolved = core.resolve(
                 path=req.path, headers=req.headers, body=raw, request_id=f"twin-{i}", now=loop.now()
@@ -360,12 +362,12 @@ def run_twin(
         ireq = resolved.request
         target = ireq.target_model
         lora = None if target == cfg.base_model else target
-        text = (
-            tokenizer.apply_chat_template(list(req.messages))
+        # the ids a model server computes for the body (chat template; BOS first on a completion)
+        tokens = (
+            chat_token_ids(tokenizer, body)
             if req.messages is not None
-            else resolved.parsed.prompt
+            else completion_token_ids(tokenizer, body)[0]
         )
-        tokens = tokenizer.encode(text)
         if flow is None:
             dispatch(i, ireq, tokens, lora)
             return

@@ -1,35 +1,48 @@
 """The KV-block index: which endpoint holds which prompt prefix, from the engines' own events.
 
-Two key spaces (the design llm-d's indexer uses):
+A block is indexed under one of two keys, chosen per source (one model server, named by its
+topic or its address):
 
-* **engine hashes** are what the events carry. They depend on the engine's hash algorithm and
-  seed (``PYTHONHASHSEED``, ``--prefix-caching-hash-algo``), which the gateway cannot know, so they
-  are used only to follow an event's parent and to find what a ``BlockRemoved`` removes;
-* **request keys** are computed here from the events' token ids, chained block by block:
-  ``k_0 = H(seed, lora, tokens_0)``, ``k_i = H(k_{i-1}, tokens_i)``. The scorer computes the same
-  chain from the request's tokens, so a request finds its blocks whatever hash scheme each engine
+* its **engine hash**, the value the event carries, when the source is verified to hash blocks as
+  vLLM does with a scheme the index knows (``--prefix-caching-hash-algo`` and the ``NONE_HASH``
+  seed from ``PYTHONHASHSEED``): the first base-model block that source announces is re-hashed
+  from its token ids with each candidate scheme, and the one that reproduces the announced hash is
+  that source's scheme. A request then finds its blocks by computing the same hashes
+  (:func:`infergate.tokenization.blockhash.block_hashes`), as llm-d's indexer does with
+  ``tokenProcessorConfig.hashSeed``. Ingesting costs no hashing at all, and a block whose parent
+  the index never saw (batches lost: a sequence gap) is still indexed;
+* a **request key** otherwise (no candidate scheme reproduces the hash: another seed, another
+  algorithm, an engine that is not vLLM), and for LoRA blocks unless the adapter's path is known
+  (``lora_paths``): vLLM's extra key for an adapter, ``("lora", name, path)``, includes the path
+  the adapter was loaded from, which neither the events nor the request carry. A known path is
+  verified like the scheme, on the adapter's first root block per source. Request keys are
+  computed here from the events' token ids, chained block by block:
+  ``k_0 = H(seed, lora, tokens_0)``, ``k_i = H(k_{i-1}, tokens_i)``; the scorer computes the same
+  chain from the request's tokens, so a request finds its blocks whatever hash scheme the engine
   runs, and the same text under another LoRA adapter never matches.
 
-Per source (one model server, named by its topic or its address) the index keeps the engine
-hashes it holds with a count per device tier (vLLM announces every physical copy of a block and
-removes them one at a time, so a block stored twice and removed once is still held). The reverse
-map request key → {source: tier mask} answers lookups. Memory is bounded: at most ``max_keys``
-request keys (least recently stored or matched evicted first) and ``max_sources_per_key`` sources
-per key; a source's engine hashes are bounded by its KV capacity as long as its events arrive in
+Per source the index keeps the engine hashes it holds with a count per device tier (vLLM
+announces every physical copy of a block and removes them one at a time, so a block stored twice
+and removed once is still held); the engine hash also finds what a ``BlockRemoved`` removes. The
+reverse map key → {source: tier mask} answers lookups. Memory is bounded: at most ``max_keys``
+keys (least recently stored or matched evicted first) and ``max_sources_per_key`` sources per
+key; a source's engine hashes are bounded by its KV capacity as long as its events arrive in
 order, and are dropped whole when they do not (gap in sequence numbers, publisher restart): the
-source then rebuilds from new events.
+source then rebuilds from new events (and verifies its hash scheme again after a restart or a
+reconnect).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from infergate.kvevents.wire import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, Event
+from infergate.tokenization.blockhash import BlockHasher, ExtraKeys, lora_extra_keys, to_event_int
 
-__all__ = ["DEFAULT_TIER", "IndexStats", "KvBlockIndex", "request_keys"]
+__all__ = ["DEFAULT_TIER", "IndexStats", "KvBlockIndex", "engine_key", "request_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +52,16 @@ DEFAULT_TIER = "GPU"
 
 def _first_key(seed: int, lora: str | None) -> int:
     return hash(("infergate-kv", seed, lora or ""))
+
+
+def engine_key(h: EngineHash) -> int:
+    """The index key of an engine hash: the int as published, or the low 64 bits of a digest
+    (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``), so both publish modes share one key space."""
+    return h if isinstance(h, int) else to_event_int(h)
+
+
+_UNVERIFIED = -2
+_TOKEN_KEYS = -1
 
 
 def request_keys(
@@ -76,17 +99,23 @@ class IndexStats:
     evicted_keys: int = 0
     block_size_mismatch: int = 0
     """Stored blocks of another size than the index's (dropped: requests are cut in its size)."""
+    hash_mismatches: int = 0
+    """Sources whose block hashes no candidate scheme reproduced (indexed by request keys)."""
 
 
 class _Source:
     """One model server's blocks: engine hash → ``[request key, count of tier 0, count of tier 1, ...]``."""
 
-    __slots__ = ("batches", "blocks", "next_seq")
+    __slots__ = ("batches", "blocks", "loras", "next_seq", "scheme")
 
-    def __init__(self) -> None:
+    def __init__(self, scheme: int) -> None:
         self.blocks: dict[EngineHash, list[int]] = {}
         self.next_seq: int | None = None
         self.batches = 0
+        self.scheme = scheme
+        """Index of the verified hash scheme in ``KvBlockIndex.schemes``, or _UNVERIFIED / _TOKEN_KEYS."""
+        self.loras: dict[str, bool] = {}
+        """Per adapter with a known path: whether its blocks verified under the scheme with it."""
 
 
 class KvBlockIndex:
@@ -99,15 +128,21 @@ class KvBlockIndex:
         max_sources_per_key: int = 10,
         seed: int = 0,
         block_size: int | None = None,
+        schemes: Sequence[BlockHasher] = (),
+        lora_paths: Mapping[str, str] | None = None,
     ) -> None:
         """``block_size`` None accepts blocks of any size (keys then only match requests cut in
-        the same size); set, blocks of another size are counted and dropped."""
+        the same size); set, blocks of another size are counted and dropped. ``schemes`` are the
+        engine hash schemes a source may be verified against (none: request keys only);
+        ``lora_paths`` the path each adapter was loaded from, to key its blocks by engine hash."""
         if max_keys <= 0 or max_sources_per_key <= 0:
             raise ValueError("index bounds must be > 0")
         self.block_size = block_size
         self.max_keys = max_keys
         self.max_sources_per_key = max_sources_per_key
         self.seed = seed
+        self.schemes = tuple(schemes)
+        self.lora_paths = dict(lora_paths or {})
         self._holders: OrderedDict[int, dict[str, int]] = OrderedDict()
         self._sources: dict[str, _Source] = {}
         self._tiers: dict[str, int] = {DEFAULT_TIER: 0}
@@ -133,6 +168,22 @@ class KvBlockIndex:
     def is_live(self, source: str) -> bool:
         s = self._sources.get(source)
         return s is not None and s.batches > 0
+
+    def scheme(self, source: str) -> BlockHasher | None:
+        """The engine hash scheme ``source``'s base-model blocks are indexed under (None: request
+        keys, or not verified yet)."""
+        s = self._sources.get(source)
+        if s is None or s.scheme < 0:
+            return None
+        return self.schemes[s.scheme]
+
+    def lora_keys(self, source: str, lora: str) -> ExtraKeys | None:
+        """The extra keys that find ``lora``'s blocks on ``source`` by engine hash (None: they are
+        under request keys: path unknown or not verified there, or no verified scheme)."""
+        s = self._sources.get(source)
+        if s is None or s.scheme < 0 or not s.loras.get(lora):
+            return None
+        return lora_extra_keys(lora, self.lora_paths[lora])
 
     def blocks(self, source: str) -> int:
         """Distinct engine blocks ``source`` holds (any tier)."""
@@ -176,11 +227,12 @@ class KvBlockIndex:
         """
         src = self._sources.get(source)
         if src is None:
-            src = self._sources[source] = _Source()
+            src = self._sources[source] = _Source(self._initial_scheme())
         in_order = True
         if seq is not None:
             if src.next_seq is not None and seq != src.next_seq:
-                self._forget_blocks(source, src)
+                # behind: a new publisher (restart), which may hash differently; ahead: lost batches
+                self._forget_blocks(source, src, reverify=seq < src.next_seq)
                 self.stats.resyncs += 1
                 in_order = False
             src.next_seq = seq + 1
@@ -197,10 +249,11 @@ class KvBlockIndex:
         return in_order
 
     def resync(self, source: str) -> None:
-        """Forget ``source``'s blocks but keep it live (its connection was re-established)."""
+        """Forget ``source``'s blocks but keep it live (its connection was re-established, maybe
+        to a new process: its hash scheme is verified again)."""
         src = self._sources.get(source)
         if src is not None:
-            self._forget_blocks(source, src)
+            self._forget_blocks(source, src, reverify=True)
             src.next_seq = None
             self.stats.resyncs += 1
 
@@ -209,6 +262,46 @@ class KvBlockIndex:
         src = self._sources.pop(source, None)
         if src is not None:
             self._forget_blocks(source, src)
+
+    def _initial_scheme(self) -> int:
+        return _UNVERIFIED if self.schemes else _TOKEN_KEYS
+
+    def _verify(self, source: str, src: _Source, ev: BlockStored) -> None:
+        """Settle ``source``'s scheme from a root base-model block: the first candidate scheme
+        that reproduces its announced hash, else request keys."""
+        tokens = ev.token_ids[: ev.block_size]
+        announced = ev.block_hashes[0]
+        for i, hasher in enumerate(self.schemes):
+            digest = hasher.hash_block(None, tokens, None)
+            if (to_event_int(digest) if isinstance(announced, int) else digest) == announced:
+                src.scheme = i
+                return
+        src.scheme = _TOKEN_KEYS
+        self.stats.hash_mismatches += 1
+        tried = ", ".join(f"{h.algo} with seed {h.seed!r}" for h in self.schemes)
+        log.warning(
+            "kv events from %s: block hashes are not vLLM's %s; matching its blocks by token ids "
+            "(set the precise scorer's tokenProcessorConfig.hashSeed to the server's PYTHONHASHSEED "
+            "and prefixCachingHashAlgo to its --prefix-caching-hash-algo to match by engine hash)",
+            source,
+            tried,
+        )
+
+    def _verify_lora(self, source: str, src: _Source, ev: BlockStored, lora: str) -> None:
+        extra = lora_extra_keys(lora, self.lora_paths[lora])
+        digest = self.schemes[src.scheme].hash_block(None, ev.token_ids[: ev.block_size], extra)
+        announced = ev.block_hashes[0]
+        ok = (to_event_int(digest) if isinstance(announced, int) else digest) == announced
+        src.loras[lora] = ok
+        if not ok:
+            self.stats.hash_mismatches += 1
+            log.warning(
+                "kv events from %s: blocks of adapter %s do not hash with path %r; matching them by "
+                "token ids (loraAdapterPaths must name the path the server loaded it from)",
+                source,
+                lora,
+                self.lora_paths[lora],
+            )
 
     def _tier(self, medium: str | None) -> int:
         name = (medium or DEFAULT_TIER).upper()
@@ -229,10 +322,24 @@ class KvBlockIndex:
                 )
             self.stats.block_size_mismatch += len(ev.block_hashes)
             return
+        if not ev.block_hashes:
+            return
         tier = self._tier(ev.medium)
         blocks = src.blocks
+        lora = ev.lora_name
+        if lora is None and src.scheme == _UNVERIFIED and ev.parent is None and _plain(ev.extra_keys):
+            self._verify(source, src, ev)
+        if lora is None and src.scheme >= 0:
+            self._stored_by_hash(source, src, ev, tier)
+            return
+        if lora is not None and src.scheme >= 0 and lora in self.lora_paths:
+            if lora not in src.loras and ev.parent is None:
+                self._verify_lora(source, src, ev, lora)
+            if src.loras.get(lora):
+                self._stored_by_hash(source, src, ev, tier)
+                return
         if ev.parent is None:
-            key = _first_key(self.seed, ev.lora_name)
+            key = _first_key(self.seed, lora)
         else:
             parent = blocks.get(ev.parent)
             if parent is None:
@@ -243,14 +350,21 @@ class KvBlockIndex:
         tokens = ev.token_ids
         for i, h in enumerate(ev.block_hashes):
             key = hash((key, tokens[i * size : (i + 1) * size]))
-            entry = blocks.get(h)
-            if entry is None:
-                entry = blocks[h] = [key] + [0] * len(self._tiers)
-            elif len(entry) <= tier + 1:
-                entry.extend([0] * (tier + 2 - len(entry)))
-            entry[tier + 1] += 1
-            if entry[tier + 1] == 1:
-                self._hold(entry[0], source, 1 << tier)
+            self._count(source, src, h, key, tier)
+
+    def _stored_by_hash(self, source: str, src: _Source, ev: BlockStored, tier: int) -> None:
+        for h in ev.block_hashes:
+            self._count(source, src, h, engine_key(h), tier)
+
+    def _count(self, source: str, src: _Source, h: EngineHash, key: int, tier: int) -> None:
+        entry = src.blocks.get(h)
+        if entry is None:
+            entry = src.blocks[h] = [key] + [0] * len(self._tiers)
+        elif len(entry) <= tier + 1:
+            entry.extend([0] * (tier + 2 - len(entry)))
+        entry[tier + 1] += 1
+        if entry[tier + 1] == 1:
+            self._hold(entry[0], source, 1 << tier)
 
     def _removed(self, source: str, src: _Source, ev: BlockRemoved) -> None:
         tier = self._tier(ev.medium)
@@ -298,9 +412,20 @@ class KvBlockIndex:
         if not held:
             del self._holders[key]
 
-    def _forget_blocks(self, source: str, src: _Source) -> None:
+    def _forget_blocks(self, source: str, src: _Source, *, reverify: bool = False) -> None:
         for entry in src.blocks.values():
             for tier, count in enumerate(entry[1:]):
                 if count:
                     self._release(entry[0], source, 1 << tier)
         src.blocks = {}
+        if reverify:
+            src.scheme = self._initial_scheme()
+            src.loras = {}
+
+
+def _plain(extra_keys: object) -> bool:
+    """Whether a stored event's blocks carry no extra keys (cache salt, multimodal inputs), so
+    its first block hashes like a plain prompt's."""
+    if extra_keys is None:
+        return True
+    return isinstance(extra_keys, list | tuple) and all(k is None for k in extra_keys)

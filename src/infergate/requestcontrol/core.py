@@ -324,9 +324,37 @@ class RequestCore:
                 keys = {e.key for e in roomy}
                 held_back = [e for e in serving if e.key not in keys]
                 serving = roomy
-        result = self._scheduler.schedule(request, serving)
-        if not result.targets:
-            raise NoCapacityError("failed to find a target endpoint for the request")
+        try:
+            result = self._scheduler.schedule(request, serving)
+        except NoCapacityError:
+            result = None
+        if result is None or not result.targets:
+            # The profiles' filters (P/D roles, label selectors) kept none of these candidates.
+            # Live endpoints left out only for being full or for late metrics (a busy server
+            # answers its scrape late: under a burst, a P/D pool's decode servers, while idle
+            # prefill servers stay fresh) still serve: the request waits in their queues, as on
+            # an aggregated pool, rather than failing with 503.
+            wider = self._live(subset, exclude, target, {e.key for e in serving})
+            if not wider:
+                raise NoCapacityError("failed to find a target endpoint for the request")
+            result = self._scheduler.schedule(request, serving + wider)
+            if not result.targets:
+                raise NoCapacityError("failed to find a target endpoint for the request")
+            return result
         if held_back:
             result = replace(result, targets=result.targets + tuple(held_back))
         return result
+
+    def _live(
+        self, subset: frozenset[str] | None, exclude: Sequence[str], target: str, taken: set[str]
+    ) -> list[Endpoint]:
+        """Healthy endpoints outside ``taken`` that ``schedule`` may fall back on: in the subset
+        hint, not excluded, and serving ``target`` when any live one lists it."""
+        live = [
+            e
+            for e in self._ds.endpoints()
+            if e.healthy and e.key not in exclude and (subset is None or e.meta.address in subset)
+        ]
+        models = self._ds.models
+        live = [e for e in live if target in models(e.key)] or live
+        return [e for e in live if e.key not in taken]

@@ -14,6 +14,13 @@ most ``maxPrefixBlocksToMatch``), where ``e`` holds the first ``r_e`` of them wi
 * ``matchLength_e = min(1, r_e · blockSizeTokens / matchLengthScaleTokens)²``;
 * ``score_e = matchLengthWeight · matchLength_e + (1 − matchLengthWeight) · matchRatio_e``.
 
+The request's blocks are looked up by vLLM's own block hashes on every endpoint whose events the
+index verified against a known scheme (``prefixCachingHashAlgo``, ``NONE_HASH`` from
+``tokenProcessorConfig.hashSeed`` = the server's ``PYTHONHASHSEED``, vLLM's default seed when
+unset), and by request keys chained from token ids on the others and for LoRA requests (see
+:mod:`infergate.kvevents.index`): the scores are the same either way, the engine hashes are
+cheaper to ingest and survive lost parents.
+
 Endpoints whose events are not flowing (no batch received from them yet) are scored by the
 approximate scorer's ``matchedBlocks / totalBlocks`` instead, so a pool that is partly
 instrumented still gets prefix affinity everywhere.
@@ -31,6 +38,7 @@ from infergate.kvevents.index import KvBlockIndex, request_keys
 from infergate.kvevents.subscriber import KvEventSubscriber
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.sdk.framework import CycleState, Params, StateKey
+from infergate.tokenization.blockhash import HASH_ALGOS, BlockHasher, ExtraKeys, to_event_int
 from infergate.tokenization.load import load_tokenizer
 from infergate.tokenization.protocol import TextTokenizer
 from infergate.types import ApiKind, Endpoint, InferenceRequest, SchedulingResult
@@ -48,6 +56,7 @@ class TokenProcessorConfig(Params):
     block_size: int | None = Field(default=None, gt=0)
     """Deprecated upstream name of ``blockSizeTokens``; still accepted."""
     hash_seed: str = ""
+    """The model servers' ``PYTHONHASHSEED`` (empty: unset, vLLM's default ``NONE_HASH`` seed)."""
 
 
 class InMemoryConfig(Params):
@@ -117,6 +126,12 @@ class PrecisePrefixParams(Params):
     match_length_scale_tokens: int = Field(default=8192, gt=0)
     max_prefix_blocks_to_match: int = Field(default=8192, gt=0)
     tokenizer: str | None = None
+    prefix_caching_hash_algo: Literal["auto", "sha256", "sha256_cbor", "none"] = "auto"
+    """The servers' ``--prefix-caching-hash-algo``: ``auto`` verifies each server against both,
+    ``none`` matches by token ids only."""
+    lora_adapter_paths: dict[str, str] = Field(default_factory=dict)
+    """Adapter name → the path the servers loaded it from (vLLM hashes it into the adapter's
+    blocks); adapters not listed are matched by token ids."""
 
     @field_validator("speculative_indexing")
     @classmethod
@@ -135,6 +150,13 @@ class PrecisePrefixParams(Params):
     def block_size(self) -> int:
         tp = self.token_processor_config
         return tp.block_size if tp.block_size is not None else tp.block_size_tokens
+
+    def hash_schemes(self) -> list[BlockHasher]:
+        """The engine hash schemes servers are verified against (see :mod:`infergate.kvevents.index`)."""
+        algo = self.prefix_caching_hash_algo
+        algos = HASH_ALGOS if algo == "auto" else () if algo == "none" else (algo,)
+        seed = self.token_processor_config.hash_seed or None
+        return [BlockHasher(a, seed) for a in algos]
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -216,6 +238,8 @@ class PrecisePrefixScorer:
             max_sources_per_key=mem.pod_cache_size,
             seed=hash(p.token_processor_config.hash_seed),
             block_size=self.block_size,
+            schemes=p.hash_schemes(),
+            lora_paths=p.lora_adapter_paths,
         )
         ev = p.kv_events_config
         self._discover = ev.discover_pods
@@ -263,7 +287,14 @@ class PrecisePrefixScorer:
         self.fallback.remove_endpoint(key)
 
     def debug_state(self) -> dict[str, dict[str, float]]:
-        return {s: {"blocks": float(self.index.blocks(s))} for s in self.index.sources()}
+        """Per endpoint: blocks held, and 1 when they are keyed by verified engine hashes (0: token keys)."""
+        return {
+            s: {
+                "blocks": float(self.index.blocks(s)),
+                "engine_hash_keys": 1.0 if self.index.scheme(s) is not None else 0.0,
+            }
+            for s in self.index.sources()
+        }
 
     # -------------------------------------------------------------- scoring
     def _source(self, e: Endpoint) -> str | None:
@@ -300,9 +331,29 @@ class PrecisePrefixScorer:
         bs = self.block_size
         limit = self._p.max_prefix_blocks_to_match
         tokens = prompt_token_ids(request, self._tokenizer, limit * bs + 1)
-        keys = request_keys(tokens, bs, lora=self._lora(request), seed=self.index.seed, limit=limit)
-        n = len(keys)
-        runs = self.index.longest_runs(keys, {s for s in sources.values() if s is not None}) if n else {}
+        n = min(len(tokens) // bs, limit)
+        lora = self._lora(request)
+        # per verified hash scheme (and adapter keys), the sources keyed by engine hash
+        by_scheme: dict[tuple[BlockHasher, ExtraKeys], set[str]] = {}
+        by_tokens: set[str] = set()
+        for source in sources.values():
+            if source is None:
+                continue
+            scheme = self.index.scheme(source)
+            extra = None if lora is None else self.index.lora_keys(source, lora)
+            if scheme is None or (lora is not None and extra is None):
+                by_tokens.add(source)
+            else:
+                by_scheme.setdefault((scheme, extra), set()).add(source)
+        runs: dict[str, list[int]] = {}
+        keys: list[int] = []
+        if n and by_tokens:
+            keys = request_keys(tokens, bs, lora=lora, seed=self.index.seed, limit=limit)
+            runs.update(self.index.longest_runs(keys, by_tokens))
+        for (scheme, extra), members in by_scheme.items():
+            digests = scheme.block_hashes(tokens[: n * bs], bs, extra) if n else []
+            keys = [to_event_int(d) for d in digests]
+            runs.update(self.index.longest_runs(keys, members))
         out: dict[str, float] = {}
         found: dict[str, int | None] = {}
         mlw = self._p.match_length_weight
