@@ -16,19 +16,21 @@ from __future__ import annotations
 import asyncio
 import pickle
 import struct
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.requestcontrol.access import Authenticator
-from infergate.types import Endpoint, ModelRewrite, Objective, PoolSpec
+from infergate.types import Clock, Endpoint, ModelRewrite, Objective, PoolSpec
 
 __all__ = [
     "Message",
     "Snapshot",
+    "WorkerDatastore",
     "WorkerSpec",
     "apply_snapshot",
     "read_message",
@@ -94,8 +96,75 @@ def snapshot_of(ds: Datastore) -> Snapshot:
     )
 
 
+class WorkerDatastore(Datastore):
+    """A worker's datastore: it also remembers when its in-flight counts changed, so a scrape that
+    arrives late (it went through the gateway process) is corrected for what this worker sent and
+    saw finish since the scrape was taken.
+
+    Flow control reads a scrape's waiting queue as of the moment it first sees the scrape, and
+    adds only the requests sent after that moment. In a worker that moment comes one channel hop
+    after the scrape (milliseconds to tens of them on a loaded host); the requests this worker sent
+    in between are not in the scraped queue either, and without the correction every new scrape
+    erased them: in a test two workers pushed 18 requests into a one-sequence replica's queue
+    while each believed it held none.
+    """
+
+    _HISTORY = 5.0
+    """Seconds of in-flight changes kept (scrapes older than this are stale anyway)."""
+
+    def __init__(self, clock: Clock | None = None, *, staleness: float = 2.0) -> None:
+        super().__init__(clock, staleness=staleness)
+        self._history: dict[str, deque[tuple[float, int]]] = {}
+
+    def _record(self, key: str, before: int | None) -> None:
+        """Log the count before and after one change (both at the same instant)."""
+        ep = self.endpoint(key)
+        if ep is None or before is None:
+            return
+        now = self.clock.now()
+        log = self._history.setdefault(key, deque())
+        log.append((now, before))
+        log.append((now, ep.in_flight))
+        while log and log[0][0] < now - self._HISTORY:
+            log.popleft()
+
+    def _count(self, key: str) -> int | None:
+        ep = self.endpoint(key)
+        return None if ep is None else ep.in_flight
+
+    def acquire(self, key: str, tokens: int = 0) -> None:
+        before = self._count(key)
+        super().acquire(key, tokens)
+        self._record(key, before)
+
+    def release(self, key: str, tokens: int = 0) -> None:
+        before = self._count(key)
+        super().release(key, tokens)
+        self._record(key, before)
+
+    def in_flight_since(self, key: str, when: float) -> int:
+        """How many more requests this worker has in flight on ``key`` now than at ``when``."""
+        ep = self.endpoint(key)
+        log = self._history.get(key)
+        if ep is None or not log:
+            return 0
+        then = ep.in_flight
+        for t, count in reversed(log):
+            if t <= when:
+                then = count
+                break
+        else:
+            then = log[0][1]
+        return ep.in_flight - then
+
+    def remove_endpoint(self, key: str) -> None:
+        self._history.pop(key, None)
+        super().remove_endpoint(key)
+
+
 def apply_snapshot(ds: Datastore, snap: Snapshot) -> None:
-    """Make ``ds`` show ``snap`` while keeping its own in-flight counts (what this process sent)."""
+    """Make ``ds`` show ``snap`` while keeping its own in-flight counts (what this process sent);
+    a :class:`WorkerDatastore` also counts what it sent since each scrape as waiting."""
     if snap.pool is not None and ds.pool != snap.pool:
         ds.set_pool(snap.pool)
     keys = {e.key for e in snap.endpoints}
@@ -106,8 +175,12 @@ def apply_snapshot(ds: Datastore, snap: Snapshot) -> None:
         mine = ds.endpoint(ep.key)
         if mine is None:  # pragma: no cover - upsert just added it
             continue
-        if mine.metrics != ep.metrics:
-            ds.update_metrics(ep.key, ep.metrics)
+        metrics = ep.metrics
+        if metrics.updated_at != mine.metrics.updated_at:  # a new scrape
+            late = ds.in_flight_since(ep.key, metrics.updated_at) if isinstance(ds, WorkerDatastore) else 0
+            if late:
+                metrics = replace(metrics, waiting_queue_size=max(0, metrics.waiting_queue_size + late))
+            ds.update_metrics(ep.key, metrics)
         ds.set_healthy(ep.key, ep.healthy)
         ds.set_models(ep.key, snap.models.get(ep.key, frozenset()))
         ds.set_max_model_len(ep.key, snap.context.get(ep.key))

@@ -26,7 +26,6 @@ import sys
 from typing import cast
 
 from infergate.dataplanes import DataPlaneContext, SharedListenerPlane, data_plane_factory
-from infergate.datastore.store import Datastore
 from infergate.telemetry import GatewayMetrics
 from infergate.tracing import tracer_from_env
 from infergate.types import MonotonicClock
@@ -35,7 +34,15 @@ from ..core import build_core, start_plugin_tasks
 from ..logs import configure_logging
 from ..process import run_async
 from ..tasks import Supervisor
-from .channel import Message, Snapshot, WorkerSpec, apply_snapshot, read_message, write_message
+from .channel import (
+    Message,
+    Snapshot,
+    WorkerDatastore,
+    WorkerSpec,
+    apply_snapshot,
+    read_message,
+    write_message,
+)
 from .metrics import PUSH_INTERVAL, export_families
 
 __all__ = ["main"]
@@ -52,7 +59,7 @@ class _Worker:
         self.writer = writer
         self.metrics = GatewayMetrics()
         clock = MonotonicClock()  # CLOCK_MONOTONIC: the same clock the gateway process stamps scrapes with
-        self.datastore = Datastore.from_settings(s, clock)
+        self.datastore = WorkerDatastore(clock, staleness=s.scrape.staleness)
         self.datastore.set_pool(spec.pool)
         rng = random.Random(s.seed + spec.index) if s.seed is not None else random.Random()
         factory = data_plane_factory(s.data_plane)

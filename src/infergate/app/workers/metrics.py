@@ -4,9 +4,10 @@ Each worker counts on its own registry and sends its series to the gateway proce
 ``PUSH_INTERVAL`` seconds and once more when it drains); the gateway process renders its own
 registry plus the workers' series added up: counters and histogram buckets are sums over the
 workers, so are gauges (in-flight requests, queue sizes, prefix-index sizes), except ``*_info``
-gauges, which are the gateway process's own. A worker that exits leaves its counters and histograms
-behind (they stay in the sums, so a restarted worker never makes a counter go backwards); its
-gauges leave with it.
+gauges, which are the gateway process's own, and the pool-saturation gauges, which show the
+highest value any worker computed (each worker judges the same pool). A worker that exits leaves
+its counters and histograms behind (they stay in the sums, so a restarted worker never makes a
+counter go backwards); its gauges leave with it.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def _accumulate(accs: dict[str, _Acc], sources: Iterable[list[Family]]) -> dict[
             if acc is None:
                 acc = accs[name] = _Acc(doc, typ, unit)
             values = acc.values
+            highest = "saturation" in name
             for sample, labels, value in samples:
                 key = (sample, labels)
-                values[key] = values.get(key, 0.0) + value
+                old = values.get(key)
+                values[key] = value if old is None else max(old, value) if highest else old + value
     return accs
