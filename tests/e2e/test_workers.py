@@ -134,13 +134,12 @@ def test_workers_leave_with_a_killed_gateway_process(start_sims: StartSims, tmp_
 
 
 def test_priority_wins_under_overload_with_two_workers(start_sims: StartSims, tmp_path: Path) -> None:
-    """One slow one-sequence replica, 60 requests of priority 0 held open, then 6 of priority 10:
-    each worker releases its queued requests by priority, so the late important ones overtake most
-    of the early ones (first come, first served they would all finish last)."""
-    (sim,) = start_sims(["--model", MODEL, "--max-num-seqs", "1", "--time-scale", "4"])
+    """One slow one-sequence replica fed a stream of priority-0 requests until the gateway queues
+    some, then 6 of priority 10: each worker releases its queued requests by priority, so the late
+    important ones finish while early ones still wait."""
+    (sim,) = start_sims(["--model", MODEL, "--max-num-seqs", "1", "--time-scale", "10"])
     pool = write_pool(tmp_path, [sim.key], objectives={"low": 0, "high": 10})
     gw = _serve(tmp_path, pool)
-    finished: list[str] = []
 
     async def one(client: openai.AsyncOpenAI, objective: str, i: int) -> None:
         await client.completions.create(
@@ -148,28 +147,36 @@ def test_priority_wins_under_overload_with_two_workers(start_sims: StartSims, tm
             prompt=f"{objective} {i}",
             max_tokens=8,
             extra_headers={"x-gateway-inference-objective": objective},
-            timeout=300,
+            timeout=600,
         )
-        finished.append(objective)
 
-    async def overload() -> None:
-        client = gw.client()
-        low = [asyncio.create_task(one(client, "low", i)) for i in range(60)]
-        loop = asyncio.get_running_loop()
-        # the early requests must be queued in the gateway (pool saturated) before the late ones come
-        while await loop.run_in_executor(None, gw.metric, "inference_extension_flow_control_queue_size") < 10:
-            assert not all(t.done() for t in low), "the pool never saturated"
-            await asyncio.sleep(0.05)
-        high = [asyncio.create_task(one(client, "high", i)) for i in range(6)]
-        await asyncio.gather(*low, *high)
-        await client.close()
+    async def overload() -> int:
+        async with gw.client() as client:
+            low: list[asyncio.Task[None]] = []
+            loop = asyncio.get_running_loop()
+            queued = loop.run_in_executor(None, gw.metric, "inference_extension_flow_control_queue_size")
+            # a steady stream (the replica's own queue then shows what it got) until the gateway
+            # holds some of them back: the pool is saturated
+            while not queued.done() or await queued < 8:
+                if queued.done():
+                    queued = loop.run_in_executor(
+                        None, gw.metric, "inference_extension_flow_control_queue_size"
+                    )
+                assert len(low) < 200, "the pool never saturated"
+                low.append(asyncio.create_task(one(client, "low", len(low))))
+                await asyncio.sleep(0.1)
+            await asyncio.gather(*(one(client, "high", i) for i in range(6)))
+            waiting = sum(1 for t in low if not t.done())
+            for t in low:
+                t.cancel()
+            await asyncio.gather(*low, return_exceptions=True)
+            return waiting
 
     try:
-        asyncio.run(overload())
+        overtaken = asyncio.run(overload())
     finally:
         gw.child.stop(timeout=60)
-    last_high = max(i for i, o in enumerate(finished) if o == "high")
-    overtaken = sum(1 for o in finished[last_high:] if o == "low")
-    # ~5 lows wait in the replica and a few more are released by the other worker meanwhile; /metrics
-    # lags up to a second, so some of the queue drained before the late requests came
-    assert overtaken >= 20, " ".join(finished)
+    # The early requests already in the replica (or on their way: a loaded replica registers them
+    # late, and each worker releases into what it sees) finish first; first come, first served none
+    # of the early ones would still wait. Measured on the loaded 2-core host: 12-13 of ~28.
+    assert overtaken >= 5, overtaken
