@@ -180,3 +180,36 @@ def test_priority_wins_under_overload_with_two_workers(start_sims: StartSims, tm
     # late, and each worker releases into what it sees) finish first; first come, first served none
     # of the early ones would still wait. Measured on the loaded 2-core host: 12-13 of ~28.
     assert overtaken >= 5, overtaken
+
+
+def test_a_prefix_learned_by_one_worker_routes_the_others_requests(
+    start_sims: StartSims, tmp_path: Path
+) -> None:
+    """Each request on a new connection (so both workers serve some): every request sharing a
+    long prefix lands where the first one went, whichever worker schedules it; with a prefix index
+    per worker a request on the other worker would find no match and go wherever load says."""
+    sims = start_sims(["--model", MODEL], ["--model", MODEL])
+    gw = _serve(tmp_path, write_pool(tmp_path, [s.key for s in sims]), "--debug-headers")
+    served: dict[int, set[str]] = {}
+
+    async def ask(prefix: int, i: int) -> None:
+        words = " ".join(f"tenant{prefix}-word{j}" for j in range(300))
+        async with gw.client() as client:
+            raw = await client.completions.with_raw_response.create(
+                model=MODEL, prompt=f"{words} question {i}", max_tokens=2
+            )
+        served.setdefault(prefix, set()).add(raw.headers["x-gateway-destination-endpoint-served"])
+
+    async def traffic() -> None:
+        for i in range(4):
+            for prefix in range(6):
+                await ask(prefix, i)
+
+    try:
+        asyncio.run(traffic())
+        log = gw.child.output()
+    finally:
+        gw.child.stop(timeout=60)
+    assert "infergate.request[w0]" in log and "infergate.request[w1]" in log, "one worker served all"
+    assert all(len(eps) == 1 for eps in served.values()), served
+    assert len(set().union(*served.values())) == 2  # the prefixes did not all go to one replica

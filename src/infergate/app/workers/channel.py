@@ -42,7 +42,7 @@ _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 """A frame longer than this is a broken channel, not a message (a snapshot is a few KiB)."""
 
-Kind = Literal["spec", "snapshot", "down", "stats", "ready"]
+Kind = Literal["spec", "snapshot", "down", "stats", "ready", "credits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,8 @@ class Message:
 
     Gateway -> worker: ``spec`` (a WorkerSpec, first), ``snapshot`` (:class:`Snapshot`), ``down``
     (an endpoint key the scraper declared down). Worker -> gateway: ``ready`` (serving), ``stats``
-    (its in-flight count and metric families).
+    (its in-flight count and metric families). Both ways: ``credits`` (prefix-index credits of a
+    worker's picks, which the gateway process passes on to the other workers).
     """
 
     kind: Kind

@@ -34,12 +34,14 @@ from ..core import build_core, start_plugin_tasks
 from ..logs import configure_logging
 from ..process import run_async
 from ..tasks import Supervisor
+from .affinity import Credit, share_prefix_credits
 from .channel import (
     Message,
     Snapshot,
     WorkerDatastore,
     WorkerSpec,
     apply_snapshot,
+    encode,
     read_message,
     write_message,
 )
@@ -92,6 +94,19 @@ class _Worker:
             )
         )
         self.stop = asyncio.Event()
+        self._credits: list[Credit] = []
+        self.indices = share_prefix_credits(core.scheduler, self._publish)
+
+    def _publish(self, credit: Credit) -> None:
+        """Batch this worker's prefix credits; one frame per event-loop turn."""
+        if not self._credits:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._credits.append(credit)
+
+    def _flush(self) -> None:
+        batch, self._credits = self._credits, []
+        if batch and not self.writer.is_closing():
+            self.writer.write(encode(Message("credits", batch)))
 
     async def follow(self, reader: asyncio.StreamReader) -> None:
         """Apply what the gateway process sends; its end closing means it is gone: drain."""
@@ -106,6 +121,10 @@ class _Worker:
                 apply_snapshot(self.datastore, cast(Snapshot, msg.body))
             elif msg.kind == "down":
                 self.plane.endpoint_down(str(msg.body))
+            elif msg.kind == "credits":
+                for credit in cast(list[Credit], msg.body):
+                    for index in self.indices:
+                        index.add_remote(credit)
 
     async def push_stats(self) -> None:
         """The in-flight count and metric families, every ``PUSH_INTERVAL`` seconds."""
@@ -137,6 +156,19 @@ class _Worker:
         return 0
 
 
+def _tag_logs(index: int) -> None:
+    """Logger names get the worker's index (``infergate.request[w1]``): whose line it is."""
+    suffix = f"[w{index}]"
+
+    def tag(record: logging.LogRecord) -> bool:
+        if not record.name.endswith(suffix):
+            record.name += suffix
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
+
+
 async def _serve(channel_fd: int, listen_fd: int) -> int:
     listen = socket.socket(fileno=listen_fd)
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
@@ -146,6 +178,7 @@ async def _serve(channel_fd: int, listen_fd: int) -> int:
         return 2
     spec = cast(WorkerSpec, first.body)
     configure_logging(spec.settings)
+    _tag_logs(spec.index)
     worker = _Worker(spec, writer)
     snap = await read_message(reader)  # the pool as it is now, before the first request
     if snap is None or snap.kind != "snapshot":

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -84,6 +86,9 @@ class WorkerPool:
         self._unsubscribe: Callable[[], None] = _nothing
         self._exposition: MergedExposition | None = None
         self._stopping = False
+        seed = os.environ.get("PYTHONHASHSEED", "")
+        # one hash seed for every worker, so their prefix-index block hashes agree (.affinity)
+        self._hash_seed = seed if seed.isdigit() else str(random.SystemRandom().randrange(2**32))
         self.restarts = 0
         """Workers started again after an exit (for tests and the log)."""
 
@@ -204,6 +209,7 @@ class WorkerPool:
                 str(self._sock.fileno()),
                 pass_fds=(theirs.fileno(), self._sock.fileno()),
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONHASHSEED": self._hash_seed},
             )
         finally:
             theirs.close()
@@ -228,6 +234,8 @@ class WorkerPool:
         while (msg := await read_message(reader)) is not None:
             if msg.kind == "ready":
                 worker.ready.set()
+            elif msg.kind == "credits":
+                self._broadcast(encode(msg), skip=worker)
             elif msg.kind == "stats":
                 in_flight, families = cast(tuple[int, list[Family]], msg.body)
                 worker.in_flight = in_flight
@@ -264,9 +272,9 @@ class WorkerPool:
             backoff = min(10.0, backoff * 2)
 
     # ------------------------------------------------------------------ snapshots
-    def _broadcast(self, frame: bytes) -> None:
+    def _broadcast(self, frame: bytes, *, skip: _Worker | None = None) -> None:
         for w in self._workers.values():
-            if w.done.is_set() or w.writer.is_closing():
+            if w is skip or w.done.is_set() or w.writer.is_closing():
                 continue
             if w.writer.transport.get_write_buffer_size() > _MAX_BACKLOG:
                 if not w.stale:
