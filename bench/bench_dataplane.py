@@ -22,8 +22,12 @@ queue-duration histogram on the admin port's /metrics). CPU per request is the
 honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
-        [--paths direct,infergate,...] [--gateway-args "--workers 2"] [--json out.json]
+        [--paths direct,infergate,...] [--workers 1,2] [--gateway-args "..."] [--json out.json]
         [--before-src DIR]
+
+``--workers 1,2`` runs every ``infergate*`` path once per worker count (``proxy.workers``; the
+built-in proxy only, so ``infergate-envoy`` keeps one), named ``<path> ×N`` for N > 1; the CPU
+figures then cover the gateway process and all its workers.
 
 ``--before-src DIR`` runs every ``infergate*`` path a second time from another copy of the
 package (``DIR`` holds an ``infergate/`` tree, e.g. ``git archive <commit> src | tar -x``), named
@@ -120,6 +124,7 @@ class Route:
     url: str
     pid: int | None
     admin: str | None = None  # infergate's admin URL (its /metrics)
+    workers: int = 1
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Rig:
     gateway_args: list[str]
     peer_venv: list[str]
     before_src: Path | None = None
+    workers: list[int] = field(default_factory=lambda: [1])
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-dataplane-")))
@@ -170,9 +176,10 @@ class Rig:
             if name == "direct":
                 self.routes.append(Route(name, replica, None))
             elif name.startswith("infergate"):
-                self._gateway(name, manifest, None)
-                if self.before_src is not None:
-                    self._gateway(name, manifest, self.before_src)
+                for n in self.workers if name != "infergate-envoy" else [1]:
+                    self._gateway(name, manifest, None, n)
+                    if self.before_src is not None:
+                        self._gateway(name, manifest, self.before_src, n)
             else:
                 found, missing = available_peers(peer_venvs(self.peer_venv), [name])
                 if missing:
@@ -187,7 +194,7 @@ class Rig:
                 self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
         return self
 
-    def _gateway(self, name: str, manifest: Path, src: Path | None) -> None:
+    def _gateway(self, name: str, manifest: Path, src: Path | None, workers: int = 1) -> None:
         port, admin = free_port(), free_port()
         extra = {"infergate": [], "infergate-nofc": ["--no-flow-control"]}.get(
             name, ["--data-plane", "envoy"]
@@ -195,10 +202,14 @@ class Rig:
         argv = [sys.executable, "-m", "infergate", "serve", "-f", str(manifest), "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--admin-port", str(admin), "--log-level", "warning"]
         argv += ["--metrics-auth", "disabled", *extra, *self.gateway_args]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+            name = f"{name} ×{workers}"
         label = name if src is None else f"{name}@before"
         proc = self._spawn(argv, f"{label}.log", src)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
-        self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid, f"http://127.0.0.1:{admin}"))
+        admin_url = f"http://127.0.0.1:{admin}"
+        self.routes.append(Route(label, f"http://127.0.0.1:{port}", proc.pid, admin_url, workers))
 
     def _manifest(self, replica_port: int) -> Path:
         path = self.tmp / "pool.yaml"
@@ -295,6 +306,8 @@ async def measure(route: Route, concurrency: int, requests: int, idle_s: float) 
     cpu0 = tree_cpu_seconds(route.pid) if route.pid else 0.0
     point = await closed_loop(route.url, concurrency, requests)
     if route.admin and counts0 is not None:
+        if route.workers > 1:
+            await asyncio.sleep(1.5)  # workers push their counters to /metrics once a second
         total, fast = queue_counts(route.admin)
         passed = total - counts0[0]
         point["queued_pct"] = 100 * (passed - (fast - counts0[1])) / passed if passed else 0.0
@@ -344,6 +357,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     ap.add_argument("--paths", default=",".join(ALL_PATHS), help=f"default: {','.join(ALL_PATHS)}")
     ap.add_argument("--gateway-args", default="", help="extra `infergate serve` flags, e.g. '--workers 2'")
+    ap.add_argument("--workers", default="1", help="worker counts of the infergate paths, e.g. 1,2")
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
     ap.add_argument(
@@ -359,7 +373,8 @@ def main() -> None:
         ap.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(ALL_PATHS)}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     points: list[dict[str, Any]] = []
-    with Rig(paths, shlex.split(args.gateway_args), args.peer_venv, args.before_src) as rig:
+    workers = [int(n) for n in args.workers.split(",") if n]
+    with Rig(paths, shlex.split(args.gateway_args), args.peer_venv, args.before_src, workers) as rig:
         for rep in range(args.reps):
             for route in rig.routes:
                 for c in concurrencies:

@@ -106,6 +106,10 @@ DebugOpt = Annotated[
     typer.Option("--debug-headers", help="Add x-gateway-destination-endpoint-served to responses."),
 ]
 GraceOpt = Annotated[float | None, typer.Option("--grace", help="Drain time on SIGTERM (s).")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="Processes serving the listener (built-in proxy; default 1)."),
+]
 PlaneOpt = Annotated[
     str | None,
     typer.Option("--data-plane", help="builtin (asyncio proxy) or envoy (Envoy + ext_proc picker)."),
@@ -193,6 +197,7 @@ def _common_flags(
     api_keys: Path | None,
     max_messages: int | None,
     max_tokens_ceiling: int | None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     return {
         "listeners.port": port,
@@ -208,6 +213,7 @@ def _common_flags(
         "auth.api_keys": api_keys,
         "limits.max_messages": max_messages,
         "limits.max_tokens_ceiling": max_tokens_ceiling,
+        "proxy.workers": workers,
     }
 
 
@@ -225,6 +231,7 @@ def serve(
     debug_headers: DebugOpt = None,
     grace: GraceOpt = None,
     data_plane: PlaneOpt = None,
+    workers: WorkersOpt = None,
     log_level: LogOpt = None,
     log_format: LogFormatOpt = None,
     metrics_auth: Annotated[
@@ -259,6 +266,7 @@ def serve(
         api_keys=api_keys,
         max_messages=max_messages,
         max_tokens_ceiling=max_tokens_ceiling,
+        workers=workers,
     )
     flags.update({"pool": pool, "auth.metrics_token_file": metrics_token_file})
     settings = _settings(flags, settings_file, print_settings=print_settings)
@@ -309,6 +317,7 @@ def up(
     ] = False,
     grace: GraceOpt = None,
     data_plane: PlaneOpt = None,
+    workers: WorkersOpt = None,
     log_level: LogOpt = None,
     log_format: LogFormatOpt = None,
     metrics_auth: Annotated[
@@ -343,6 +352,7 @@ def up(
         api_keys=api_keys,
         max_messages=max_messages,
         max_tokens_ceiling=max_tokens_ceiling,
+        workers=workers,
     )
     flags["listeners.envoy_picker_port"] = grpc_port
     flags["listeners.envoy_admin_port"] = envoy_admin_port

@@ -289,6 +289,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._exposition: Any = self.registry
         r = self.registry
         self.model_cap = LabelCap()
         self.fairness_cap = LabelCap()
@@ -580,4 +581,9 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        return generate_latest(self._exposition)
+
+    def expose(self, source: Any) -> None:
+        """Render ``source`` (anything with ``collect()``) instead of the registry: the gateway
+        process of several workers adds the workers' series to its own."""
+        self._exposition = source

@@ -49,6 +49,7 @@ from infergate.types import Clock, MonotonicClock, PoolSpec
 from .core import PickerCore, build_core, start_plugin_tasks
 from .sources import KubernetesPoolSource, ManifestPoolSource, PoolSource
 from .tasks import Supervisor
+from .workers import WorkerPool
 
 __all__ = ["Gateway", "KubernetesPoolSource", "ManifestPoolSource", "PoolSource"]
 
@@ -97,7 +98,7 @@ class Gateway:
             api_keys = load_api_keys(s.auth.api_keys)
         self._api_keys = _merge_keys(source.api_keys(), api_keys)
         self._objective_max_tokens = source.objective_max_tokens()
-        self.data_plane: DataPlane = self.plane_factory.build(s)
+        self.data_plane: DataPlane = self._build_data_plane()
         self.core: PickerCore | None = None
         self.tracer = tracer_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT; needs the [otel] extra
         self.admin = AdminServer.from_settings(
@@ -120,6 +121,18 @@ class Gateway:
         if source.pool_known():  # manifests: the whole graph exists before start()
             self._attach(self._known_pool())
 
+    def _build_data_plane(self) -> DataPlane:
+        """The plane the factory builds, or ``proxy.workers`` processes running it."""
+        s, factory = self.settings, self.plane_factory
+        if s.proxy.workers == 1:
+            return factory.build(s)
+        if not factory.worker_processes:
+            raise ConfigError(
+                f"proxy.workers: the {s.data_plane} data plane runs in one process (workers > 1 "
+                "needs data_plane: builtin)"
+            )
+        return WorkerPool(s)
+
     def _known_pool(self) -> PoolSpec:
         pool = self.datastore.pool
         assert pool is not None
@@ -128,10 +141,11 @@ class Gateway:
     def _attach(self, pool: PoolSpec) -> None:
         """Build the core for ``pool`` and hand it to the data plane."""
         s, factory = self.settings, self.plane_factory
+        picker = self._picker_config or self.source.default_picker()
         self.core = core = build_core(
             self.datastore,
             pool,
-            picker=self._picker_config or self.source.default_picker(),
+            picker=picker,
             settings=s,
             metrics=self.metrics,
             clock=self.clock,
@@ -144,6 +158,12 @@ class Gateway:
             authenticator=self._api_keys, limits=core.director.limits, control_headers=s.auth.control_headers
         )
         core.director.set_tracer(self.tracer)
+        if isinstance(self.data_plane, WorkerPool):
+            self.data_plane.configure(
+                picker=picker,
+                objective_max_tokens=self._objective_max_tokens,
+                api_keys=self._api_keys,
+            )
         if core.director.auth_enabled:
             log.info("API-key authentication is on for the inference listener")
         if self.admin.app.frozen:

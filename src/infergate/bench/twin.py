@@ -41,6 +41,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from infergate.app.workers.affinity import Credit, SharedPrefixIndex, share_prefix_credits
 from infergate.bench.loadgen import RequestRecord
 from infergate.bench.strategies import BASE_MODEL, picker_config, resolve_strategy
 from infergate.bench.workloads import BenchRequest
@@ -74,6 +75,9 @@ from infergate.types import (
 )
 
 __all__ = ["TwinConfig", "TwinResult", "run_twin"]
+
+WORKER_CHANNEL_DELAY = 0.002
+"""Seconds a prefix credit takes from one gateway worker to the others (two local socket hops)."""
 
 # Virtual time starts here, not at 0: a metrics snapshot stamped 0.0 means "never scraped".
 T0 = 1.0
@@ -114,6 +118,13 @@ class TwinConfig:
     """Run the gateway's flow control (saturation detector, queues, route-to-room) with
     ``Settings`` defaults, as ``infergate serve`` does unless ``--no-flow-control``, for
     strategies whose name does not say (``default`` and ``+fc`` always run it, ``+nofc`` never)."""
+    gateway_workers: int = 1
+    """Gateway worker processes (``proxy.workers``): that many independent schedulers, each with
+    its own datastore (in-flight counts), flow control and plugin state (the prefix index), all
+    fed the same scrapes; arrivals go to them in turn (connections spread over the workers)."""
+    share_prefix: bool = True
+    """With several gateway workers, each prefix index also learns the others' picks after
+    ``WORKER_CHANNEL_DELAY`` (what ``proxy.workers`` does); False: every index learns alone."""
 
 
 @dataclass(slots=True)
@@ -143,6 +154,21 @@ def _flow_core(datastore: Datastore) -> FlowCore:
     # no connection pool in the twin: requests reach the engine's queue
     detector, config = flow_control_from_settings(Settings(), pool_name="twin", connection_limit=None)
     return FlowCore(datastore, detector=detector, config=config)
+
+
+@dataclass(slots=True, eq=False)
+class _Front:
+    """One gateway worker: what it keeps for itself; the scrapes are every worker's."""
+
+    datastore: Datastore
+    scheduler: Scheduler | None
+    core: RequestCore
+    flow: FlowCore | None
+    waiting: dict[QueuedItem, tuple[int, InferenceRequest, list[int], str | None]] = field(
+        default_factory=dict
+    )
+    cycle_pending: bool = False
+    timer_at: float | None = None
 
 
 class _NoScheduler:
@@ -189,23 +215,49 @@ def _true_state_pick(replicas: Sequence[_Replica], tokens: list[int], lora: str 
 
 def _feed_kv_events(scheduler: Scheduler, replicas: Sequence[_Replica], model: str) -> None:
     """Every ``precise-prefix-cache-scorer`` receives each engine's KV events of each step, in
-    vLLM's wire form and with the topic a pod would use, at the step's virtual time."""
+    vLLM's wire form and with the topic a pod would use, at the step's virtual time (after the
+    engine's earlier sinks: each gateway worker's scorer gets them)."""
     scorers = [p for p in scheduler.plugins() if isinstance(p, PrecisePrefixScorer)]
     for scorer in scorers:
         for r in replicas:
             topic = f"kv@{r.key}@{model}".encode()
             seq = itertools.count()
+            previous = r.engine.kv_event_sink
 
             def sink(
                 events: list[KvEvent],
                 topic: bytes = topic,
                 seq: Iterator[int] = seq,
                 s: PrecisePrefixScorer = scorer,
+                previous: Callable[[list[KvEvent]], None] | None = previous,
             ) -> None:
+                if previous is not None:
+                    previous(events)
                 payload = encode_batch(events, ts=0.0)
                 s.subscriber.handle([topic, struct.pack(">Q", next(seq)), payload], None)
 
             r.engine.set_kv_event_sink(sink)
+
+
+def _share_prefix(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
+    """Each worker's prefix credits reach the other workers ``WORKER_CHANNEL_DELAY`` later."""
+    indices: list[list[SharedPrefixIndex]] = []
+
+    def publisher(n: int) -> Callable[[Credit], None]:
+        def publish(credit: Credit) -> None:
+            def deliver() -> None:
+                for m, theirs in enumerate(indices):
+                    if m != n:
+                        for index in theirs:
+                            index.add_remote(credit)
+
+            loop.call_at(loop.now() + WORKER_CHANNEL_DELAY, deliver)
+
+        return publish
+
+    for n, f in enumerate(fronts):
+        assert f.scheduler is not None
+        indices.append(share_prefix_credits(f.scheduler, publisher(n)))
 
 
 def run_twin(
@@ -249,33 +301,42 @@ def run_twin(
         replicas.append(_Replica(i, engine, driver))
     by_key = {r.key: r for r in replicas}
 
-    datastore = Datastore(clock=loop, staleness=cfg.staleness)
-    datastore.set_pool(PoolSpec(name="twin", selector={"app": "twin"}))
     served = frozenset((cfg.base_model, *cfg.adapters))
-    for r in replicas:
-        host, port = r.key.split(":")
-        labels = {ROLE_LABEL: cfg.roles[r.index]} if cfg.roles else {}
-        datastore.upsert_endpoint(
-            EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port), labels=labels)
+
+    def front(n: int) -> _Front:
+        datastore = Datastore(clock=loop, staleness=cfg.staleness)
+        datastore.set_pool(PoolSpec(name="twin", selector={"app": "twin"}))
+        for r in replicas:
+            host, port = r.key.split(":")
+            labels = {ROLE_LABEL: cfg.roles[r.index]} if cfg.roles else {}
+            datastore.upsert_endpoint(
+                EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port), labels=labels)
+            )
+            datastore.set_models(r.key, served)  # what each replica's /v1/models lists
+        for objective in cfg.objectives:
+            datastore.upsert_objective(objective)
+        for rewrite in cfg.rewrites:
+            datastore.upsert_rewrite(rewrite)
+        scheduler: Scheduler | None = None
+        if not named.greedy:
+            scheduler = build_scheduler(
+                picker or picker_config(named.base), rng=random.Random(cfg.seed + n), clock=loop
+            )
+        # greedy-true-state picks by itself; the core still resolves its requests (its scheduler is never run)
+        core = RequestCore(
+            datastore=datastore,
+            scheduler=scheduler if scheduler is not None else _NoScheduler(),
+            rng=random.Random(cfg.seed + n),
         )
-        datastore.set_models(r.key, served)  # what each replica's /v1/models lists
-    for objective in cfg.objectives:
-        datastore.upsert_objective(objective)
-    for rewrite in cfg.rewrites:
-        datastore.upsert_rewrite(rewrite)
-    scheduler: Scheduler | None = None
-    if not named.greedy:
-        scheduler = build_scheduler(
-            picker or picker_config(named.base), rng=random.Random(cfg.seed), clock=loop
-        )
-    if scheduler is not None:
-        _feed_kv_events(scheduler, replicas, cfg.base_model)
-    # greedy-true-state picks by itself; the core still resolves its requests (its scheduler is never run)
-    core = RequestCore(
-        datastore=datastore,
-        scheduler=scheduler if scheduler is not None else _NoScheduler(),
-        rng=random.Random(cfg.seed),
-    )
+        flow = _flow_core(datastore) if use_flow_control and scheduler is not None else None
+        return _Front(datastore, scheduler, core, flow)
+
+    fronts = [front(n) for n in range(max(1, cfg.gateway_workers))]
+    for f in fronts:
+        if f.scheduler is not None:
+            _feed_kv_events(f.scheduler, replicas, cfg.base_model)
+    if len(fronts) > 1 and cfg.share_prefix:
+        _share_prefix(fronts, loop)
 
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)
@@ -287,7 +348,9 @@ def run_twin(
     def scrape() -> None:
         now = loop.now()
         for r in replicas:
-            datastore.update_metrics(r.key, _metrics_of(r.engine, now))
+            metrics = _metrics_of(r.engine, now)
+            for f in fronts:
+                f.datastore.update_metrics(r.key, metrics)
         if pending:
             loop.call_at(now + cfg.scrape_interval, scrape)
 
@@ -299,12 +362,6 @@ def run_twin(
         if pending:
             loop.call_at(now + sample_interval, sample)
 
-    flow: FlowCore | None = None
-    if use_flow_control and scheduler is not None:
-        flow = _flow_core(datastore)
-    waiting: dict[QueuedItem, tuple[int, InferenceRequest, list[int], str | None]] = {}
-    cycle_pending = False
-    timer_at: float | None = None
     queued = 0
 
     def finish_unserved(i: int, status: int, error: str) -> None:
@@ -313,47 +370,47 @@ def run_twin(
         rec.status, rec.error, rec.e2e = status, error, loop.now() - T0 - rec.sent_at
         pending -= 1
 
-    def kick() -> None:
+    def kick(f: _Front) -> None:
         # the gateway's dispatcher: a cycle soon after any datastore change while requests wait
-        nonlocal cycle_pending
-        if flow is not None and len(flow) and not cycle_pending:
-            cycle_pending = True
-            loop.call_at(loop.now(), cycle)
+        if f.flow is not None and len(f.flow) and not f.cycle_pending:
+            f.cycle_pending = True
+            loop.call_at(loop.now(), functools.partial(cycle, f))
 
-    def on_timer() -> None:
-        nonlocal timer_at
-        timer_at = None
-        kick()
+    def on_timer(f: _Front) -> None:
+        f.timer_at = None
+        kick(f)
 
-    def cycle() -> None:
+    def cycle(f: _Front) -> None:
         # release at most one request; its acquire() is a datastore change that kicks the next cycle
-        nonlocal cycle_pending, timer_at
-        cycle_pending = False
+        f.cycle_pending = False
+        flow = f.flow
         assert flow is not None
         now = loop.now()
         for expired in flow.expire(now):
-            finish_unserved(waiting.pop(expired)[0], 503, "request timed out in the queue")
+            finish_unserved(f.waiting.pop(expired)[0], 503, "request timed out in the queue")
         released = flow.pop_ready(now)
         if released is not None:
-            dispatch(*waiting.pop(released), released=True)
-        if len(flow) and timer_at is None:  # the controller's recheck / TTL timer
+            dispatch(f, *f.waiting.pop(released), released=True)
+        if len(flow) and f.timer_at is None:  # the controller's recheck / TTL timer
             deadline = flow.next_deadline()
-            timer_at = now + flow.config.recheck_interval
+            f.timer_at = now + flow.config.recheck_interval
             if deadline is not None:
-                timer_at = min(timer_at, deadline)
-            loop.call_at(timer_at, on_timer)
+                f.timer_at = min(f.timer_at, deadline)
+            loop.call_at(f.timer_at, functools.partial(on_timer, f))
 
-    if flow is not None:
-        datastore.add_listener(kick)
+    for f in fronts:
+        if f.flow is not None:
+            f.datastore.add_listener(functools.partial(kick, f))
 
     def arrive(i: int) -> None:
         # the gateway's own request path: parse, rewrite, served model, objective and priority
         nonlocal queued
         req = requests[i]
+        f = fronts[i % len(fronts)]  # connections spread over the gateway's workers
         body = req.body(stream=True)
         raw = json.dumps(body).encode()
         try:
-            resolved = core.resolve(
+            resolved = f.core.resolve(
                 path=req.path, headers=req.headers, body=raw, request_id=f"twin-{i}", now=loop.now()
             )
         except RequestError as exc:
@@ -368,64 +425,72 @@ def run_twin(
             if req.messages is not None
             else completion_token_ids(tokenizer, body)[0]
         )
-        if flow is None:
-            dispatch(i, ireq, tokens, lora)
+        if f.flow is None:
+            dispatch(f, i, ireq, tokens, lora)
             return
-        offer = flow.offer(ireq, loop.now())
+        offer = f.flow.offer(ireq, loop.now())
         if offer.decision is Decision.ADMIT:
-            dispatch(i, ireq, tokens, lora)
+            dispatch(f, i, ireq, tokens, lora)
         elif offer.item is not None:
             queued += 1
-            waiting[offer.item] = (i, ireq, tokens, lora)
-            kick()
+            f.waiting[offer.item] = (i, ireq, tokens, lora)
+            kick(f)
         else:
             finish_unserved(i, 429, f"flow control: {offer.decision}")
 
     first_seen: set[int] = set()
     disaggregated = 0
 
-    def room(candidates: Sequence[Endpoint]) -> list[Endpoint]:
-        assert flow is not None
-        return flow.with_room(candidates, loop.now())
-
     def dispatch(
-        i: int, ireq: InferenceRequest, tokens: list[int], lora: str | None, *, released: bool = False
+        f: _Front,
+        i: int,
+        ireq: InferenceRequest,
+        tokens: list[int],
+        lora: str | None,
+        *,
+        released: bool = False,
     ) -> None:
-        if scheduler is None:
+        flow = f.flow
+
+        def room(candidates: Sequence[Endpoint]) -> list[Endpoint]:
+            assert flow is not None
+            return flow.with_room(candidates, loop.now())
+
+        if f.scheduler is None:
             replica = _true_state_pick(replicas, tokens, lora)
         else:
             try:
                 # as the director: a request released from the queues goes only where there is room
-                result = core.schedule(ireq, room=room if released else None)
+                result = f.core.schedule(ireq, room=room if released else None)
             except RequestError as exc:
                 finish_unserved(i, exc.status, exc.message)
                 return
             replica = by_key[result.primary.key]
             prefiller = result.request_headers.get(PREFILLER_HEADER)
             if prefiller is not None:
-                remote_prefill(i, tokens, lora, by_key[prefiller], replica)
+                remote_prefill(f, i, tokens, lora, by_key[prefiller], replica)
                 return
         replica.requests += 1
-        datastore.acquire(replica.key)
-        submit(i, replica, tokens, lora, 0)
+        f.datastore.acquire(replica.key)
+        submit(f, i, replica, tokens, lora, 0)
 
     def remote_prefill(
-        i: int, tokens: list[int], lora: str | None, prefill: _Replica, decode: _Replica
+        f: _Front, i: int, tokens: list[int], lora: str | None, prefill: _Replica, decode: _Replica
     ) -> None:
         # the decode pod's sidecar: prefill on the named replica (max_tokens 1, KV kept), then decode
         nonlocal disaggregated
         disaggregated += 1
         prefill.requests += 1
-        datastore.acquire(prefill.key)
+        f.datastore.acquire(prefill.key)
 
         def done(out: RequestOutput) -> None:
             if not out.finished:
                 return
-            datastore.release(prefill.key)
+            f.datastore.release(prefill.key)
             decode.requests += 1
-            datastore.acquire(decode.key)
+            f.datastore.acquire(decode.key)
             full = len(tokens) // engine_cfg.block_size * engine_cfg.block_size
-            submit(i, decode, tokens, lora, full)
+            submit(f, i, decode, tokens, lora, full)
 
         prefill.driver.submit(
             EngineRequest(
@@ -439,7 +504,9 @@ def run_twin(
             done,
         )
 
-    def submit(i: int, replica: _Replica, tokens: list[int], lora: str | None, remote: int) -> None:
+    def submit(
+        f: _Front, i: int, replica: _Replica, tokens: list[int], lora: str | None, remote: int
+    ) -> None:
         req = requests[i]
         rec = records[i]
 
@@ -449,7 +516,7 @@ def run_twin(
             nonlocal pending
             if i not in first_seen:  # the first token: the gateway's data plane reports the TTFT
                 first_seen.add(i)
-                core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
+                f.core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
             if out.finished:
                 if isinstance(out, TimedOutput) and out.token_times:
                     times = out.token_times
@@ -459,7 +526,7 @@ def run_twin(
                 rec.e2e = out.now - T0 - rec.sent_at + cfg.client_latency
                 rec.prompt_tokens = out.num_prompt_tokens
                 rec.completion_tokens = out.num_generated
-                datastore.release(replica.key)
+                f.datastore.release(replica.key)
                 pending -= 1
 
         replica.driver.submit(
@@ -499,6 +566,6 @@ def run_twin(
         gateway_queued=queued,
         load_series=load_series,
         stopped_at=stopped_at,
-        flow_control=flow is not None,
+        flow_control=fronts[0].flow is not None,
         disaggregated=disaggregated,
     )

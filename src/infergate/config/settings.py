@@ -140,6 +140,11 @@ class ProxySettings(_Group):
     """Add ``x-gateway-destination-endpoint-served`` to responses (``--debug-headers``)."""
     shutdown_grace: float = Field(default=10.0, ge=0)
     """Drain time for requests in flight on SIGTERM (``--grace``)."""
+    workers: int = Field(default=1, ge=1)
+    """Processes serving the inference listener (``--workers``; built-in data plane only). Above 1,
+    the gateway process scrapes the pool and publishes each scrape to the workers, which share the
+    listening socket; each schedules and queues with its own in-flight counts. See
+    docs/operations.md#worker-processes."""
 
 
 class ScrapeSettings(_Group):

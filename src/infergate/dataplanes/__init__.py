@@ -18,6 +18,7 @@ libraries (aiohttp, grpc). Must not import ``app`` or ``cli``.
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +35,7 @@ __all__ = [
     "DataPlane",
     "DataPlaneContext",
     "DataPlaneFactory",
+    "SharedListenerPlane",
     "check_runs_under_up",
     "data_plane_factory",
 ]
@@ -87,6 +89,13 @@ class DataPlane(Protocol):
         """An endpoint failed its probes: fail what is relaying from it (if this plane relays)."""
 
 
+class SharedListenerPlane(DataPlane, Protocol):
+    """A data plane that can run in several worker processes sharing one listening socket."""
+
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on ``sock`` (bound and listening, inherited from the gateway process)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DataPlaneFactory:
     """How to build a data plane, and the two facts the core must know before building it."""
@@ -108,12 +117,17 @@ class DataPlaneFactory:
     before ``infergate up`` starts anything; 0 = any free port)."""
     check: Callable[[], None] = lambda: None
     """Raises ConfigError when something the plane needs is missing (the Envoy binary)."""
+    worker_processes: bool = False
+    """The plane's :meth:`build` returns a :class:`SharedListenerPlane`, so ``proxy.workers`` may
+    run it in several processes."""
 
 
 def _builtin() -> DataPlaneFactory:
     from infergate.dataplanes.builtin import BuiltinDataPlane
 
-    return DataPlaneFactory(BuiltinDataPlane, honors_subset_hint=False, queues_connections=True)
+    return DataPlaneFactory(
+        BuiltinDataPlane, honors_subset_hint=False, queues_connections=True, worker_processes=True
+    )
 
 
 def _envoy() -> DataPlaneFactory:

@@ -189,6 +189,10 @@ class Datastore:
         pool, so the gateway refuses it instead of letting a model server spend work on it."""
         return max(self._context.values(), default=None)
 
+    def context_lengths(self) -> dict[str, int]:
+        """Every endpoint's reported context length (what worker processes receive)."""
+        return dict(self._context)
+
     def models(self, key: str) -> frozenset[str]:
         """The model names last reported by one endpoint (empty if not known yet)."""
         return self._models.get(key, frozenset())

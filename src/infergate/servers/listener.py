@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -104,13 +105,19 @@ class LimitedListener:
             return _Refuse()
         return server()
 
-    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
-        """Bind (``port`` 0 picks a free port, see :attr:`port`) and accept."""
+    async def start(
+        self, host: str, port: int, *, backlog: int = 1024, sock: socket.socket | None = None
+    ) -> None:
+        """Bind (``port`` 0 picks a free port, see :attr:`port`) and accept; or accept on ``sock``,
+        a listening socket already bound (shared by the worker processes of ``proxy.workers``)."""
         quiet_malformed_http()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._protocol, host or None, port, reuse_address=True, backlog=backlog
-        )
+        if sock is not None:
+            self._server = await loop.create_server(self._protocol, sock=sock, backlog=backlog)
+        else:
+            self._server = await loop.create_server(
+                self._protocol, host or None, port, reuse_address=True, backlog=backlog
+            )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

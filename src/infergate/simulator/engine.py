@@ -103,6 +103,11 @@ class Engine:
         self._now = 0.0
 
     # -- KV events ---------------------------------------------------------------------------
+    @property
+    def kv_event_sink(self) -> Callable[[list[KvEvent]], None] | None:
+        """Where the KV events of each step go now (None: off)."""
+        return self._kv_sink
+
     def set_kv_event_sink(self, sink: Callable[[list[KvEvent]], None] | None) -> None:
         """Receive the KV events of each step (tuples, see ``kvcache``); None turns them off."""
         self._kv_sink = sink

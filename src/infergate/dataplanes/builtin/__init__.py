@@ -9,6 +9,7 @@ May import: ``servers`` (proxy, listener), request control, ``config``, ``teleme
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
@@ -59,6 +60,10 @@ class BuiltinDataPlane:
 
     async def start(self, host: str, port: int) -> None:
         await self.proxy.start(host, port)
+
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on a listening socket shared with other worker processes (``proxy.workers``)."""
+        await self.proxy.start("", 0, sock=sock)
 
     async def set_ready(self, ready: bool) -> None:
         """HTTP readiness is the admin ``/readyz``; nothing to flip here."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -207,8 +208,9 @@ class ProxyServer:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind and serve; ``port`` 0 picks a free port (see :attr:`port`)."""
+    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+        """Bind and serve; ``port`` 0 picks a free port (see :attr:`port`); or serve on ``sock``,
+        a listening socket shared with other worker processes."""
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=0, limit_per_host=self._opts.max_connections_per_endpoint, keepalive_timeout=30.0
@@ -236,7 +238,7 @@ class ProxyServer:
         self._runner = web.ServerRunner(server, shutdown_timeout=self._opts.shutdown_grace)
         await self._runner.setup()
         self._listener = LimitedListener(self._runner, self._opts.max_client_connections, name="proxy")
-        await self._listener.start(host, port)
+        await self._listener.start(host, port, sock=sock)
         self._port = self._listener.port
         log.info("proxy listening on %s:%d", host, self._port)
 

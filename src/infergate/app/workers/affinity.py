@@ -1,0 +1,57 @@
+"""Prefix affinity across workers: every worker's prefix index learns every worker's picks.
+
+The approximate ``prefix-cache-scorer`` (and the predicted-latency scorer, which keeps the same
+kind of index) learns where prompts went from its own picks (PostPick
+credits the chosen endpoint with the prompt's block hashes). With one index per worker, a
+tenant's requests that land on another worker find no match there and go wherever load sends
+them, so the pool caches the same prefix on several replicas: in the digital twin two workers
+cut the many-tenants prefix hit rate from 52 % to 40 %. Here each worker's index also sends its
+credits to the gateway process, which passes them on to the other workers; each index then
+holds what a single process's index would (up to the channel's delay of a few milliseconds).
+
+Block hashes use Python's ``hash``, which is salted per process: the gateway process starts every
+worker with the same ``PYTHONHASHSEED`` (a random one per gateway run unless set), so the hashes
+agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from infergate.scheduling.engine.scheduler import Scheduler
+from infergate.scheduling.plugins.prefix import PrefixIndex
+
+__all__ = ["Credit", "SharedPrefixIndex", "share_prefix_credits"]
+
+Credit = tuple[str, tuple[int, ...], int]
+"""(endpoint key, block hashes, the index capacity the sender used)."""
+
+
+class SharedPrefixIndex(PrefixIndex):
+    """A prefix index that publishes the credits of its own picks and takes the others'."""
+
+    def __init__(self, publish: Callable[[Credit], None]) -> None:
+        super().__init__()
+        self._publish = publish
+
+    def add(self, server: str, hashes: Sequence[int], capacity: int) -> None:
+        super().add(server, hashes, capacity)
+        if capacity > 0 and hashes:
+            self._publish((server, tuple(hashes), capacity))
+
+    def add_remote(self, credit: Credit) -> None:
+        """Another worker's pick: credit it without publishing it again."""
+        server, hashes, capacity = credit
+        super().add(server, hashes, capacity)
+
+
+def share_prefix_credits(scheduler: Scheduler, publish: Callable[[Credit], None]) -> list[SharedPrefixIndex]:
+    """Give every plugin of ``scheduler`` that keeps an approximate prefix index in ``index``
+    (``prefix-cache-scorer``, the predicted-latency scorer) a :class:`SharedPrefixIndex`."""
+    out: list[SharedPrefixIndex] = []
+    for plugin in scheduler.plugins():
+        if isinstance(getattr(plugin, "index", None), PrefixIndex):
+            shared = SharedPrefixIndex(publish)
+            setattr(plugin, "index", shared)  # noqa: B010 - any plugin with such an index
+            out.append(shared)
+    return out
