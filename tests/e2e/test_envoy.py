@@ -8,10 +8,11 @@ are small real HTTP servers that say who served each request, so routing is obse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.types import EndpointMeta, EndpointMetrics, Objective
-from tests.support import free_port
+from tests.support import async_wait_for, free_port
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ADAPTER = "food-review-1"
@@ -129,6 +130,7 @@ class Stack:
     picker: ExtProcServer
     envoy: EnvoyProcess
     url: str
+    flow: FlowController
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=20)
@@ -144,10 +146,11 @@ async def _stack(failure_mode: str, *, tls: bool = False) -> Stack:
         ds.upsert_endpoint(EndpointMeta(name=up.name, address="127.0.0.1", port=up.port))
         ds.update_metrics(up.key, EndpointMetrics(waiting_queue_size=queue, updated_at=clock.now()))
         ds.set_models(up.key, frozenset({MODEL, ADAPTER}))
+    flow = FlowController(ds, detector=SaturationDetector(), clock=clock)
     director = Director(
         datastore=ds,
         scheduler=build_scheduler(default_picker_config(lora=False), rng=random.Random(0), clock=clock),
-        flow=FlowController(ds, detector=SaturationDetector(), clock=clock),
+        flow=flow,
         clock=clock,
     )
     picker = serve_extproc(director, "127.0.0.1", free_port(), endpoints=ds, tls=tls)
@@ -168,7 +171,7 @@ async def _stack(failure_mode: str, *, tls: bool = False) -> Stack:
         log_path=Path(os.environ["ENVOY_LOG_PATH"]) if "ENVOY_LOG_PATH" in os.environ else None,
     )
     await envoy.start_async()
-    return Stack(a, b, ds, picker, envoy, f"http://127.0.0.1:{port}")
+    return Stack(a, b, ds, picker, envoy, f"http://127.0.0.1:{port}", flow)
 
 
 @pytest.fixture
@@ -301,6 +304,31 @@ async def test_sheddable_objective_is_rejected_with_429_while_saturated(stack: S
     )
     assert resp.choices[0].message.content == "a"
     await client.close()
+
+
+async def test_a_queued_request_leaves_the_queue_when_its_client_goes(stack: Stack) -> None:
+    """Envoy half-closes the stream of a departed client and resets it when the picker, busy
+    waiting in flow control, does not end it: the reset reaches the queue. The clock is fixed, so
+    the queue's TTL never frees the slot instead."""
+    busy = EndpointMetrics(waiting_queue_size=20, kv_cache_usage=0.95, updated_at=FixedClock().now())
+    for up in (stack.a, stack.b):
+        stack.ds.update_metrics(up.key, busy)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        post = asyncio.create_task(session.post(f"{stack.url}/v1/chat/completions", json=body))
+        await async_wait_for(_queued(stack, 1), timeout=30, what="the request queued in flow control")
+        post.cancel()  # the client goes away
+        with contextlib.suppress(asyncio.CancelledError):
+            await post
+    await async_wait_for(_queued(stack, 0), timeout=30, what="the queue emptied by the reset")
+    assert not stack.a.seen and not stack.b.seen
+
+
+def _queued(stack: Stack, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return stack.flow.queued() == n
+
+    return check
 
 
 async def test_client_chosen_destination_is_not_obeyed(stack: Stack) -> None:

@@ -78,6 +78,11 @@ class EnvoySettings:
     graceful_close: bool = True
     """Envoy half-closes a finished ext_proc stream (runtime ``ext_proc_graceful_grpc_close``)
     instead of resetting it, so the picker ends each stream with a read instead of a cancel."""
+    remote_close_timeout_ms: int = 200
+    """After the half-close Envoy waits this long for the picker to end the stream, then resets
+    it. A picker that is not reading (the request waits in flow control while its client left)
+    learns of the departure only by that reset, so this bounds how long the request stays
+    queued; a picker that ends streams late only pays the reset it would have paid anyway."""
     max_request_bytes: int = 32 << 20
     """Largest request body Envoy buffers for the picker (413 above): ``max_body_bytes``."""
     message_timeout: str = "65s"
@@ -502,7 +507,12 @@ def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) ->
             },
         ],
     }
-    runtime = {"envoy.reloadable_features.ext_proc_graceful_grpc_close": s.graceful_close}
+    runtime: dict[str, Any] = {
+        "envoy.reloadable_features.ext_proc_graceful_grpc_close": s.graceful_close,
+        # after its half-close Envoy resets a stream the picker has not ended: a picker busy
+        # with a request whose client left (waiting in flow control) hears of it this soon
+        "envoy.filters.http.ext_proc.remote_close_timeout_milliseconds": s.remote_close_timeout_ms,
+    }
     return {
         "admin": {"address": _socket(s.admin_host, s.admin_port)},
         "layered_runtime": {"layers": [{"name": "infergate", "static_layer": runtime}]},

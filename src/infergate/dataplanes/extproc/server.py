@@ -14,7 +14,9 @@ headers: ``/v1/models`` and ``/health`` are answered by the picker, every other 
 inference API, and every request without a valid key, gets an immediate OpenAI-shaped error before
 Envoy sends one body byte; a bodiless inference call goes to the Director (400). In BUFFERED
 request-body mode the headers are acknowledged at once and the routing mutation rides on the body
-reply.
+reply. When responses are not full-duplex, the response-headers reply tells Envoy (``mode_override``)
+how much of this response's body the picker needs, since every message exchanged costs a gRPC read
+and write; chunks the Director left unchanged are acknowledged, not copied back.
 """
 
 from __future__ import annotations
