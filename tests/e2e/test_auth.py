@@ -288,10 +288,10 @@ def test_serve_flag_enables_auth(sim: int, tmp_path: Path) -> None:
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {ALL_KEY}"}
         )
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200
         with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30)
         assert err.value.code == 401
         assert json.loads(err.value.read())["error"]["type"] == "authentication_error"
         err.value.close()

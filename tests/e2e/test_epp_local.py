@@ -134,13 +134,13 @@ def test_serve_generates_and_prints_a_metrics_token(tmp_path: Path) -> None:
         found = re.search(r"Bearer (\S+)' http://127\.0\.0\.1:(\d+)/metrics", child.output())
         assert found is not None and int(found.group(2)) == admin, child.output()
         with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30)
         denied.value.close()
         assert denied.value.code == 401
         req = urllib.request.Request(
             f"http://127.0.0.1:{admin}/metrics", headers={"Authorization": f"Bearer {found.group(1)}"}
         )
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200
     finally:
         assert child.stop(signal.SIGTERM) == 0, child.output()

@@ -23,7 +23,7 @@ def get_json(url: str, token: str | None = None) -> Any:
 
 def get_text(url: str, token: str | None = None) -> str:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
         return str(r.read().decode())
 
 
@@ -41,7 +41,7 @@ def complete(port: int, model: str) -> tuple[int, Any]:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(req, timeout=10) as r:
+    with urllib.request.urlopen(req, timeout=30) as r:
         return int(r.status), json.loads(r.read())
 
 

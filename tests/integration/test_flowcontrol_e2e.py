@@ -89,6 +89,11 @@ async def overload(tmp_path: Path, *, flow_control: bool) -> Outcome:
                 "listeners.admin_port": free_port(),
                 "flow_control.enabled": flow_control,
                 "seed": 1,
+                # Load generator, gateway and simulators share this event loop; a stall of a second
+                # must not fail a probe and take both simulators out of rotation (the fairness-cap
+                # test's 503s): saturation still follows the metrics, only the timeouts are wide.
+                "scrape.health_timeout": 30.0,
+                "scrape.timeout": 30.0,
             }
         ),
     )

@@ -73,7 +73,7 @@ ctypes = st.sampled_from(["application/json", "text/plain", "multipart/form-data
 def test_any_input_gets_a_well_formed_answer(
     gateway_port: int, method: str, path: str, body: bytes, ctype: str
 ) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=30)
     headers = {"Content-Type": ctype} if ctype else {}
     try:
         conn.request(method, path, body=body, headers=headers)
@@ -86,7 +86,7 @@ def test_any_input_gets_a_well_formed_answer(
         err = json.loads(data)["error"]
         assert isinstance(err["message"], str) and "type" in err and "code" in err
     # and the gateway still serves a good request
-    conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=30)
     try:
         conn.request("POST", "/v1/completions", body=json.dumps({"model": MODEL, "prompt": "ok"}).encode())
         assert conn.getresponse().status == 200

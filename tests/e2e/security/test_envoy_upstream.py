@@ -33,7 +33,7 @@ def envoy_stats(gw: Gateway, cluster: str = "original_destination_cluster") -> d
     assert plane.envoy.admin_address is not None
     prefix = f"cluster.{cluster}."
     url = f"http://{plane.envoy.admin_address}/stats?filter=^{prefix}"
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    with urllib.request.urlopen(url, timeout=30) as resp:
         text = resp.read().decode()
     out: dict[str, int] = {}
     for line in text.splitlines():
