@@ -462,6 +462,7 @@ class SteadyRunner:
                     cooldown_s=min(p.cooldown_s, 2.0),
                 ),
             )
+            short.config = self.config  # the same pool (gateway workers included)
             short.on_point = self.on_point
             guess = find_slo_rate(
                 lambda q: short.point(strategy, round(q, 6)).met, start=first, factor=2.0, tolerance=0.2
