@@ -10,6 +10,11 @@ highest rate both met.
 
     nice -n 10 .venv/bin/python bench/bench_twin_workers.py --quick \\
         --workloads many-tenants,agentic-sessions,multi-tenant-chat --workers 2 --jobs 3
+
+A full search per (workload, worker count) costs tens of points. ``--at W=RATE,...`` is the cheap
+check instead: one point with 1 worker at RATE (a known SLO rate of one worker, e.g. the regret
+table's), and points with N workers at RATE and at 0.98 × RATE; N workers meeting the SLO at
+0.98 × RATE is what "within 2 % of one worker" asks.
 """
 
 from __future__ import annotations
@@ -25,15 +30,16 @@ from typing import Any
 from infergate.bench.steady import SteadyPlan, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
 from infergate.bench.workloads import load_workload
 
+DURATION: float | None = None  # --duration (set before the process pool forks)
+
 
 def plan_of(workload: str, *, quick: bool) -> SteadyPlan:
-    """bench_regret.py's plans: ``quick`` = 20 s windows (5 s warm-up) at least."""
+    """bench_regret.py's plans: ``quick`` = 20 s windows (5 s warm-up) at least, or ``--duration``."""
     spec = load_workload(workload)
     unloaded = unloaded_e2e(spec, resolve_pool(spec))
-    if quick:
-        return plan_for(
-            unloaded, duration=max(20.0, 8.0 * unloaded), warmup=min(max(5.0, 2 * unloaded), 20.0)
-        )
+    if quick or DURATION is not None:
+        window = DURATION if DURATION is not None else max(20.0, 8.0 * unloaded)
+        return plan_for(unloaded, duration=window, warmup=min(max(5.0, 2 * unloaded), 20.0))
     return plan_for(unloaded)
 
 
@@ -58,6 +64,46 @@ def search(
     }
 
 
+def at_rate(workload: str, workers: int, rate: float, quick: bool, seed: int) -> dict[str, Any]:
+    spec = load_workload(workload)
+    runner = SteadyRunner(spec, resolve_pool(spec), plan=plan_of(workload, quick=quick), seed=seed)
+    runner.config = replace(runner.config, gateway_workers=workers)
+    p = runner.point("default", rate)
+    return {
+        "workload": workload,
+        "workers": workers,
+        "rate": rate,
+        "met": p.met,
+        "stopped_early": p.stopped_early,
+        "slo_attainment": p.summary.slo_attainment,
+        "ttft_p90": p.summary.ttft_p90,
+        "tpot_p90": p.summary.tpot_p90,
+        "hit_rate": p.prefix_hit_rate,
+        "cpu_s": p.cpu_s,
+    }
+
+
+def check_at(
+    rates: dict[str, float], workers: int, quick: bool, seed: int, jobs: int
+) -> list[dict[str, Any]]:
+    tasks = [
+        (w, n, q) for w, r in rates.items() for n, q in ((1, r), (workers, r), (workers, round(0.98 * r, 3)))
+    ]
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(at_rate, w, n, q, quick, seed) for w, n, q in tasks]
+        results = [f.result() for f in futures]
+    print("| workload | workers | QPS | SLO met | attainment | p90 TTFT (s) | p90 TPOT (ms) | prefix hits |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        hit = "–" if r["hit_rate"] is None else f"{100 * r['hit_rate']:.1f} %"
+        print(
+            f"| {r['workload']} | {r['workers']} | {r['rate']:g} | {'yes' if r['met'] else 'no'} | "
+            f"{100 * r['slo_attainment']:.1f} % | {r['ttft_p90']:.3f} | {1000 * r['tpot_p90']:.1f} | {hit} |",
+            flush=True,
+        )
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="many-tenants,agentic-sessions,multi-tenant-chat")
@@ -68,7 +114,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--at", help="W=RATE,...: points at a known 1-worker SLO rate instead of searches")
+    ap.add_argument("--duration", type=float, help="measured window per point (s), as bench_regret.py's")
     a = ap.parse_args()
+    global DURATION
+    DURATION = a.duration
+    if a.at:
+        rates = {w: float(r) for w, r in (item.split("=") for item in a.at.split(","))}
+        results = check_at(rates, a.workers, a.quick, a.seed, a.jobs)
+        print(f"\nCPU: {sum(r['cpu_s'] for r in results):.0f} s")
+        if a.json:
+            a.json.write_text(json.dumps(results, indent=2, default=str))
+        return
     names = [w for w in a.workloads.split(",") if w]
     tasks = [(w, n, not a.no_share or n == 1) for w in names for n in (1, a.workers)]
     with ProcessPoolExecutor(a.jobs) as pool:
