@@ -30,6 +30,7 @@ from typing import Any
 from infergate.bench.steady import SteadyPlan, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
 from infergate.bench.workloads import load_workload
 
+STRATEGY = "default"  # --strategy
 DURATION: float | None = None  # --duration (set before the process pool forks)
 
 
@@ -68,7 +69,7 @@ def at_rate(workload: str, workers: int, rate: float, quick: bool, seed: int) ->
     spec = load_workload(workload)
     runner = SteadyRunner(spec, resolve_pool(spec), plan=plan_of(workload, quick=quick), seed=seed)
     runner.config = replace(runner.config, gateway_workers=workers)
-    p = runner.point("default", rate)
+    p = runner.point(STRATEGY, rate)
     return {
         "workload": workload,
         "workers": workers,
@@ -115,10 +116,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--at", help="W=RATE,...: points at a known 1-worker SLO rate instead of searches")
+    ap.add_argument("--strategy", default="default", help="strategy of the --at points")
     ap.add_argument("--duration", type=float, help="measured window per point (s), as bench_regret.py's")
     a = ap.parse_args()
-    global DURATION
+    global DURATION, STRATEGY
     DURATION = a.duration
+    STRATEGY = a.strategy
     if a.at:
         rates = {w: float(r) for w, r in (item.split("=") for item in a.at.split(","))}
         results = check_at(rates, a.workers, a.quick, a.seed, a.jobs)
