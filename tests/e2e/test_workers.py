@@ -213,3 +213,29 @@ def test_a_prefix_learned_by_one_worker_routes_the_others_requests(
     assert "infergate.request[w0]" in log and "infergate.request[w1]" in log, "one worker served all"
     assert all(len(eps) == 1 for eps in served.values()), served
     assert len(set().union(*served.values())) == 2  # the prefixes did not all go to one replica
+
+
+def test_sigterm_lets_streams_on_the_workers_finish(start_sims: StartSims, tmp_path: Path) -> None:
+    """A stream in flight on a worker when the gateway gets SIGTERM is served to its end; then
+    the gateway and its workers exit."""
+    (sim,) = start_sims(["--model", MODEL, "--time-scale", "20"])
+    gw = _serve(tmp_path, write_pool(tmp_path, [sim.key]), "--grace", "120")
+    workers = gw.workers
+
+    async def stream() -> tuple[int, str | None]:
+        async with gw.client() as client:
+            chunks = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
+            )
+            count, finish = 0, None
+            async for chunk in chunks:
+                if count == 0:
+                    gw.child.proc.send_signal(signal.SIGTERM)  # after the first chunk
+                count += 1
+                finish = chunk.choices[0].finish_reason if chunk.choices else finish
+            return count, finish
+
+    count, finish = asyncio.run(stream())
+    assert finish == "length" and count >= 12
+    assert gw.child.proc.wait(120) == 0, gw.child.output()
+    wait_for(lambda: all(_gone(pid) for pid in workers), what="the workers to exit")

@@ -154,6 +154,10 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         ),
         "proxy.served_header": (True, proxy("served_header")),
         "proxy.shutdown_grace": (3.0, proxy("shutdown_grace")),
+        "proxy.workers": (
+            3,
+            gw(lambda g: type(g.data_plane).__name__ + str(getattr(g.data_plane, "_count", 1))),
+        ),
         "scrape.interval": ("10ms", scraper(lambda sc: sc._interval)),
         "scrape.timeout": (0.3, scraper(lambda sc: sc._timeout.total)),
         "scrape.backoff_max": (4.0, scraper(lambda sc: sc._max_backoff)),

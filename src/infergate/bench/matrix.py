@@ -86,6 +86,7 @@ class MatrixConfig:
     sample_interval: float = 0.2  # per-replica load sampling for the spread plot; 0 disables
     fresh_per_load: bool = True  # new replicas and router for every load point, not only per strategy
     python: str = sys.executable
+    gateway_workers: int = 1  # infergate serve --workers (proxy.workers)
 
 
 @dataclass
@@ -261,6 +262,7 @@ class _Stack:
             "--host", cfg.host, "--port", str(port), "--admin-port", str(admin),
             "--flow-control" if cfg.flow_control else "--no-flow-control",
             "--grace", "2", "--log-level", "warning",
+            *(["--workers", str(cfg.gateway_workers)] if cfg.gateway_workers > 1 else []),
         ]  # fmt: skip
         self.router = _Child(f"infergate serve ({strategy})", argv, self.folder / "router.log", self._env)
         self.base_url = f"http://{cfg.host}:{port}"

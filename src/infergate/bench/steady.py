@@ -474,6 +474,7 @@ class SteadyRunner:
                 picker=self.picker,
                 pool_overrides=self.pool_overrides,
             )
+            short.config = self.config  # the same pool (gateway workers included)
             short.on_point = self.on_point
             guess = find_slo_rate(
                 lambda q: short.point(strategy, round(q, 6)).met, start=first, factor=2.0, tolerance=0.2

@@ -6,9 +6,10 @@ gateway's start, readiness and drain sequence is the same with one process or se
 - start: bind the inference listener once (the workers inherit it, so ``port`` 0 works and a
   restarted worker serves the same socket without a gap), start each worker and wait until it
   answers ``ready``; a worker that cannot start fails the gateway's start with its exit code.
-- run: after every datastore change, one snapshot frame is written to every worker. A worker
-  that exits while the gateway runs is restarted (back-off from 0.5 s doubling to 10 s; reset
-  after a minute of service); its counters stay in ``/metrics``.
+- run: after every datastore change, one snapshot frame is written to every worker; the prefix
+  credits a worker sends are passed on to the others (:mod:`.affinity`). A worker that exits
+  while the gateway runs is restarted (back-off from 0.5 s doubling to 10 s; reset after a minute
+  of service); its counters stay in ``/metrics``.
 - stop: SIGTERM to every worker (each stops accepting and drains within ``proxy.shutdown_grace``),
   then SIGKILL for any still alive ten seconds past the grace.
 """
