@@ -10,6 +10,10 @@ every workload; every other strategy's search starts from round-robin's rate, wh
     nice -n 10 .venv/bin/python bench/bench_regret.py --quick --out bench-results/regret-quick
     nice -n 10 .venv/bin/python bench/bench_regret.py --out bench-results/regret     # full size
 
+``--resume FILE``: searches already recorded in FILE (the ``partial.jsonl`` of an interrupted run
+of the same command on the same code) are taken from it instead of run again; their load points are
+then not in ``results.json``.
+
 ``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
 unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
 scout first on short runs (see ``SteadyRunner.slo_rate``). Output in ``--out``:
@@ -93,7 +97,39 @@ def plan_of(workload: str, *, quick: bool, duration: float | None = None) -> Ste
     return plan_for(unloaded)
 
 
-def _run_all(tasks: Sequence[Task], jobs: int, partial: Path) -> list[Outcome]:
+def _recorded(path: Path | None) -> dict[tuple[str, str], tuple[SloRate, float]]:
+    """(workload, strategy) → (SLO rate, CPU seconds) from a ``partial.jsonl``."""
+    found: dict[tuple[str, str], tuple[SloRate, float]] = {}
+    if path is None:
+        return found
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        probes = tuple((float(q), bool(met)) for q, met in d["probes"])
+        rate = SloRate(qps=float(d["qps"]), failing=d["failing"], probes=probes)
+        found[(d["workload"], d["strategy"])] = (rate, float(d["cpu_s"]))
+    return found
+
+
+def _run_all(
+    tasks: Sequence[Task],
+    jobs: int,
+    partial: Path,
+    recorded: dict[tuple[str, str], tuple[SloRate, float]] | None = None,
+) -> list[Outcome]:
+    done = recorded or {}
+    out: list[Outcome] = []
+    for t in tasks:
+        if (t.workload, t.strategy) in done:
+            rate, cpu = done[(t.workload, t.strategy)]
+            out.append(Outcome(task=t, rate=rate, points=[], cpu_s=cpu, scout_requests=0))
+            _log(out[-1], partial)
+    todo = [t for t in tasks if (t.workload, t.strategy) not in done]
+    return out + _run_tasks(todo, jobs, partial)
+
+
+def _run_tasks(tasks: Sequence[Task], jobs: int, partial: Path) -> list[Outcome]:
     if jobs <= 1:
         out = []
         for t in tasks:
@@ -169,6 +205,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench-results/regret"))
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--resume", type=Path, help="a partial.jsonl of the same command: its searches are not run again"
+    )
     args = p.parse_args()
     workloads = sorted(builtin_workloads()) if args.workloads == "all" else args.workloads.split(",")
     strategies = args.strategies.split(",")
@@ -177,6 +216,7 @@ def main() -> None:
     cpu0 = time.process_time()
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / "partial.jsonl"
+    recorded = _recorded(args.resume)  # read before ``partial`` is emptied: it may be the same file
     partial.write_text("")
     plans = {w: plan_of(w, quick=args.quick, duration=args.duration) for w in workloads}
     first = [
@@ -193,7 +233,7 @@ def main() -> None:
         for w in workloads
     ]
     print(f"round-robin on {len(workloads)} workloads", file=sys.stderr, flush=True)
-    outcomes = _run_all(first, args.jobs, partial)  # always: its rate starts the other searches
+    outcomes = _run_all(first, args.jobs, partial, recorded)  # its rate starts the other searches
     rr = {o.task.workload: o.rate.qps for o in outcomes}
     rest = [
         Task(
@@ -211,7 +251,7 @@ def main() -> None:
         if st != BASELINE
     ]
     print(f"{len(rest)} more (workload, strategy) searches", file=sys.stderr, flush=True)
-    outcomes += _run_all(rest, args.jobs, partial)
+    outcomes += _run_all(rest, args.jobs, partial, recorded)
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0 + sum(o.cpu_s for o in outcomes)
     simulated = sum(pt.total for o in outcomes for pt in o.points) + sum(o.scout_requests for o in outcomes)

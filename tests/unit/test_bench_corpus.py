@@ -49,8 +49,8 @@ RR_RATE = {
 
 # Where today's default falls below round-robin (issue 11). prefill-decode-mix: at this reduced
 # size (2 replicas) default misses the p90 TPOT bound at 85 % of round-robin's rate since the
-# scorer models the API frontend (at full size, 5 replicas, it leads round-robin: 57.1 vs 52.2 QPS
-# without flow control in the quick regret run); a 2-replica pool has no replica to keep the long
+# scorer models the API frontend (at full size, 5 replicas, it leads round-robin: 57.1 vs 52.2 QPS,
+# with flow control and without, in the quick regret run); a 2-replica pool has no replica to keep the long
 # prompts away from the long answers, and the verdict there flips on small placement changes.
 FAILING: set[str] = {"prefill-decode-mix"}
 

@@ -1,0 +1,76 @@
+"""``bench/bench_regret.py --resume``: searches an interrupted run recorded are taken, not repeated."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from infergate.bench.stats import SloRate
+from infergate.bench.steady import SteadyPlan
+
+
+@pytest.fixture(scope="module")
+def regret() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_regret.py"
+    spec = importlib.util.spec_from_file_location("bench_regret", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+PLAN = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=5.0, duration_s=15.0, cooldown_s=2.0)
+
+
+def test_recorded_searches_are_reused_and_only_the_others_run(
+    regret: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "old.jsonl"
+    line = {
+        "workload": "bursts",
+        "strategy": "round-robin",
+        "cpu_s": 4.5,
+        "qps": 43.66,
+        "failing": 45.56,
+        "probes": [[43.66, True], [45.56, False]],
+    }
+    old.write_text(json.dumps(line) + "\n\n")
+    recorded = regret._recorded(old)
+    assert recorded == {
+        ("bursts", "round-robin"): (
+            SloRate(qps=43.66, failing=45.56, probes=((43.66, True), (45.56, False))),
+            4.5,
+        )
+    }
+
+    def task(workload: str, strategy: str) -> object:
+        return regret.Task(
+            workload=workload,
+            strategy=strategy,
+            plan=PLAN,
+            start=None,
+            tolerance=0.05,
+            factor=1.5,
+            seed=0,
+            scout=False,
+        )
+
+    ran: list[tuple[str, str]] = []
+
+    def fake_run(tasks: list[object], jobs: int, partial: Path) -> list[object]:
+        ran.extend((t.workload, t.strategy) for t in tasks)  # type: ignore[attr-defined]
+        return []
+
+    monkeypatch.setattr(regret, "_run_tasks", fake_run)
+    partial = tmp_path / "partial.jsonl"
+    out = regret._run_all([task("bursts", "round-robin"), task("bursts", "default")], 1, partial, recorded)
+    assert ran == [("bursts", "default")]  # only the search not recorded runs
+    assert [(o.task.strategy, o.rate.qps, o.cpu_s) for o in out] == [("round-robin", 43.66, 4.5)]
+    # the new partial.jsonl lists the reused search too, so it can itself be resumed from
+    assert regret._recorded(partial) == recorded
