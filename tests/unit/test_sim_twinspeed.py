@@ -26,6 +26,7 @@ from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, Requ
 from infergate.simulator.profile import PROFILES
 from infergate.tokenization.blockhash import BlockHasher, lora_extra_keys
 from infergate.tokenization.builtin import Tokenizer, _piece_id
+from infergate.tokenization.requests import completion_token_ids
 
 # Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
 # minutes; the suite-wide 120 s hang guard would cut them short.
@@ -90,6 +91,12 @@ def test_twin_records_are_byte_identical_to_the_pre_optimisation_code(
     gpu_only = dataclasses.replace(PROFILES[name], frontend_request_ms=0.0, frontend_token_ms=0.0)
     monkeypatch.setitem(PROFILES, name, gpu_only)
     monkeypatch.setattr(Tokenizer, "apply_chat_template", _template_without_preamble)
+    # ...and completion prompts tokenized without the BOS the model server puts first (the twin
+    # used to leave it out).
+    monkeypatch.setattr(
+        "infergate.bench.twin.completion_token_ids",
+        lambda tok, body: completion_token_ids(tok, {**body, "add_special_tokens": False}),
+    )
     assert _twin_digest(*key) == TWIN_DIGESTS[key]
 
 
