@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 from typing import Any
 
 import pytest
@@ -395,10 +394,15 @@ def test_kv_events_over_zmq(encoding: str) -> None:
         engine = Engine(EngineConfig())
         engine.set_kv_event_sink(pub.publish)
         got: list[list[bytes]] = []
+        attempts: list[int] = []
 
         def received() -> bool:
-            # PUB/SUB joins asynchronously: keep producing steps until one batch arrives
-            run_virtual(engine, [(0.0, EngineRequest(f"q{len(got)}-{time.monotonic_ns()}", prompt(40), 2))])
+            # PUB/SUB joins asynchronously: keep producing steps until one batch arrives. Each
+            # attempt is a new prompt: a repeated one would hit the prefix cache and store nothing,
+            # so a first batch lost before the subscription arrived would never be followed.
+            attempts.append(len(attempts))
+            req = EngineRequest(f"q{len(attempts)}", prompt(40, salt=len(attempts)), 2)
+            run_virtual(engine, [(0.0, req)])
             if sub.poll(20):
                 got.append(sub.recv_multipart())
             return bool(got)
