@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from infergate.bench import twin
 from infergate.bench.loadgen import arrival_offsets
 from infergate.bench.twin import run_twin
 from infergate.bench.workloads import generate, load_workload
@@ -58,6 +59,11 @@ def _template_without_preamble(self: Tokenizer, messages: list[dict[str, Any]]) 
     return "".join(parts)
 
 
+def _completion_ids_without_bos(tokenizer: Tokenizer, body: dict[str, Any]) -> list[list[int]]:
+    """How the twin tokenized completion prompts when the digests were recorded."""
+    return [tokenizer.encode(body["prompt"])]
+
+
 def _twin_digest(name: str, n: int, qps: float, strategy: str) -> str:
     reqs = generate(load_workload(name))[:n]
     out = run_twin(reqs, arrival_offsets(reqs, qps, seed=1), strategy=strategy)
@@ -83,13 +89,15 @@ def _twin_digest(name: str, n: int, qps: float, strategy: str) -> str:
 def test_twin_records_are_byte_identical_to_the_pre_optimisation_code(
     key: tuple[str, int, float, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The digests predate the frontend stage (the API server as a serial CPU cost) and Llama-3.1's
-    # system preamble in the chat template, both model changes, not speed work: with the frontend's
-    # costs at zero and the earlier template the twin must still reproduce them exactly.
+    # The digests predate the frontend stage (the API server as a serial CPU cost), Llama-3.1's
+    # system preamble in the chat template and BOS first on completion prompts (as the simulator's
+    # frontend tokenizes them), all model changes, not speed work: with the frontend's costs at
+    # zero, the earlier template and no BOS the twin must still reproduce them exactly.
     name = "llama3.1-8b-h100"
     gpu_only = dataclasses.replace(PROFILES[name], frontend_request_ms=0.0, frontend_token_ms=0.0)
     monkeypatch.setitem(PROFILES, name, gpu_only)
     monkeypatch.setattr(Tokenizer, "apply_chat_template", _template_without_preamble)
+    monkeypatch.setattr(twin, "completion_token_ids", _completion_ids_without_bos)
     assert _twin_digest(*key) == TWIN_DIGESTS[key]
 
 
