@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from infergate.bench import twin
 from infergate.bench.loadgen import arrival_offsets
 from infergate.bench.twin import run_twin
 from infergate.bench.workloads import generate, load_workload
@@ -26,7 +27,6 @@ from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, Requ
 from infergate.simulator.profile import PROFILES
 from infergate.tokenization.blockhash import BlockHasher, lora_extra_keys
 from infergate.tokenization.builtin import Tokenizer, _piece_id
-from infergate.tokenization.requests import completion_token_ids
 
 # Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
 # minutes; the suite-wide 120 s hang guard would cut them short.
@@ -59,6 +59,11 @@ def _template_without_preamble(self: Tokenizer, messages: list[dict[str, Any]]) 
     return "".join(parts)
 
 
+def _completion_ids_without_bos(tokenizer: Tokenizer, body: dict[str, Any]) -> list[list[int]]:
+    """How the twin tokenized completion prompts when the digests were recorded."""
+    return [tokenizer.encode(body["prompt"])]
+
+
 def _twin_digest(name: str, n: int, qps: float, strategy: str) -> str:
     reqs = generate(load_workload(name))[:n]
     out = run_twin(reqs, arrival_offsets(reqs, qps, seed=1), strategy=strategy)
@@ -84,19 +89,15 @@ def _twin_digest(name: str, n: int, qps: float, strategy: str) -> str:
 def test_twin_records_are_byte_identical_to_the_pre_optimisation_code(
     key: tuple[str, int, float, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The digests predate the frontend stage (the API server as a serial CPU cost) and Llama-3.1's
-    # system preamble in the chat template, both model changes, not speed work: with the frontend's
-    # costs at zero and the earlier template the twin must still reproduce them exactly.
+    # The digests predate the frontend stage (the API server as a serial CPU cost), Llama-3.1's
+    # system preamble in the chat template and BOS first on completion prompts (as the simulator's
+    # frontend tokenizes them), all model changes, not speed work: with the frontend's costs at
+    # zero, the earlier template and no BOS the twin must still reproduce them exactly.
     name = "llama3.1-8b-h100"
     gpu_only = dataclasses.replace(PROFILES[name], frontend_request_ms=0.0, frontend_token_ms=0.0)
     monkeypatch.setitem(PROFILES, name, gpu_only)
     monkeypatch.setattr(Tokenizer, "apply_chat_template", _template_without_preamble)
-    # ...and completion prompts tokenized without the BOS the model server puts first (the twin
-    # used to leave it out).
-    monkeypatch.setattr(
-        "infergate.bench.twin.completion_token_ids",
-        lambda tok, body: completion_token_ids(tok, {**body, "add_special_tokens": False}),
-    )
+    monkeypatch.setattr(twin, "completion_token_ids", _completion_ids_without_bos)
     assert _twin_digest(*key) == TWIN_DIGESTS[key]
 
 

@@ -100,11 +100,13 @@ class IndexStats:
     block_size_mismatch: int = 0
     """Stored blocks of another size than the index's (dropped: requests are cut in its size)."""
     hash_mismatches: int = 0
-    """Sources whose block hashes no candidate scheme reproduced (indexed by request keys)."""
+    """Sources whose block hashes no candidate scheme reproduced, and adapters whose configured
+    path did not reproduce theirs (indexed by request keys)."""
 
 
 class _Source:
-    """One model server's blocks: engine hash → ``[request key, count of tier 0, count of tier 1, ...]``."""
+    """One model server's blocks: engine hash → ``[index key, count of tier 0, count of tier 1, ...]``
+    (the index key is the engine hash itself or a request key, see the module docstring)."""
 
     __slots__ = ("batches", "blocks", "loras", "next_seq", "scheme")
 
