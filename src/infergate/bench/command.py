@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from infergate.subcommand import run_command
+
 __all__ = ["command", "main"]
 
 _TARGET = "Target (one of)"
@@ -258,16 +260,5 @@ def _epilog() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``infergate bench ARGS``: the exit code (0 for ``--help``, 2 for a bad flag)."""
-    app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
-    app.command(epilog=_epilog())(command)
-    click_command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        code = click_command.main(args=args, prog_name="infergate bench", standalone_mode=False)
-    except typer.TyperException as exc:
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"error: infergate bench: {message}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
-    except typer.Abort:
-        return 130
-    return code if isinstance(code, int) else 0
+    return run_command(command, args, "infergate bench", epilog=_epilog(), markdown_help=True)

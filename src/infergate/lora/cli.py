@@ -20,6 +20,7 @@ import typer
 
 from infergate.lora.config import load_config
 from infergate.lora.syncer import LoraSyncer
+from infergate.subcommand import run_command
 
 __all__ = ["command", "main"]
 
@@ -161,15 +162,4 @@ def main(argv: list[str]) -> int:
     Exit codes as the module says; a bad flag is one ``error:`` line (exit 2), like every
     ``infergate`` command.
     """
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    click_command = typer.main.get_command(app)
-    try:
-        code = click_command.main(args=list(argv), prog_name="infergate lora-syncer", standalone_mode=False)
-    except typer.TyperException as exc:
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"error: infergate lora-syncer: {message}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
-    except typer.Abort:
-        return 130
-    return code if isinstance(code, int) else 0
+    return run_command(command, argv, "infergate lora-syncer")

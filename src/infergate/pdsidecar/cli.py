@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from typing import Annotated
 
 import typer
-import typer.main
 from aiohttp import web
 
 from infergate.pdsidecar.proxy import SidecarOptions, build_app
+from infergate.subcommand import run_command
 
 __all__ = ["command", "main"]
 
@@ -84,15 +83,4 @@ async def _serve(options: SidecarOptions, host: str, port: int) -> None:
 def main(argv: list[str]) -> int:
     """``infergate pd-sidecar ARGS`` and ``python -m infergate.pdsidecar``: a bad flag is one
     ``error:`` line (exit 2), like every ``infergate`` command."""
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    click_command = typer.main.get_command(app)
-    try:
-        code = click_command.main(args=list(argv), prog_name="infergate pd-sidecar", standalone_mode=False)
-    except typer.TyperException as exc:
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"error: infergate pd-sidecar: {message}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
-    except typer.Abort:
-        return 130
-    return code if isinstance(code, int) else 0
+    return run_command(command, argv, "infergate pd-sidecar")
