@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -73,6 +74,16 @@ async def test_client_values_cannot_forge_log_lines(
         assert "rid-2\\x09injected" in out, out
 
 
+def request_errors(gw: Any) -> dict[str, float]:
+    """The gateway's ``inference_objective_request_error_total``, summed per error code."""
+    out: dict[str, float] = {}
+    for family in gw.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "inference_objective_request_error_total":
+                out[sample.labels["error_code"]] = out.get(sample.labels["error_code"], 0) + sample.value
+    return out
+
+
 async def hold_stream(replica: Replica, request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
@@ -90,12 +101,7 @@ async def test_client_disconnect_is_not_an_internal_error(
     gw = await start_gateway(tmp_path, plane, replicas)
 
     def errors() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for family in gw.metrics.registry.collect():
-            for sample in family.samples:
-                if sample.name == "inference_objective_request_error_total":
-                    out[sample.labels["error_code"]] = out.get(sample.labels["error_code"], 0) + sample.value
-        return out
+        return request_errors(gw)
 
     try:
         async with aiohttp.ClientSession() as s:
@@ -138,12 +144,7 @@ async def test_client_leaving_while_the_gateway_writes_is_not_an_internal_error(
     gw = await start_gateway(tmp_path, "builtin", replicas)
 
     def errors() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for family in gw.metrics.registry.collect():
-            for sample in family.samples:
-                if sample.name == "inference_objective_request_error_total":
-                    out[sample.labels["error_code"]] = out.get(sample.labels["error_code"], 0) + sample.value
-        return out
+        return request_errors(gw)
 
     try:
         async with aiohttp.ClientSession() as s:
