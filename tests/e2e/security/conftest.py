@@ -69,6 +69,8 @@ class Replica:
     """Reported on the base model's card in ``/v1/models``, as vLLM does."""
     metrics_gate: asyncio.Event | None = None
     """While set to an unset event, ``/metrics`` waits for it (a scrape that hangs)."""
+    scrapes_at_gate: int = 0
+    """Scrapes waiting at ``metrics_gate`` right now."""
     port: int = 0
     runner: web.AppRunner | None = None
 
@@ -85,7 +87,11 @@ class Replica:
 
         async def metrics(request: web.Request) -> web.Response:
             if self.metrics_gate is not None:
-                await self.metrics_gate.wait()
+                self.scrapes_at_gate += 1
+                try:
+                    await self.metrics_gate.wait()
+                finally:
+                    self.scrapes_at_gate -= 1
             if request.headers.get("x-attacker"):
                 self.seen.append((request.method, request.path, b""))
             return web.Response(status=500 if self.down else 200, text=metrics_text())

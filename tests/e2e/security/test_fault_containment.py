@@ -157,6 +157,14 @@ async def test_stale_metrics_queue_requests_instead_of_503(
         gate = asyncio.Event()
         for rep in replicas:
             rep.metrics_gate = gate  # scrapes hang: the endpoints stay healthy, their metrics age
+
+        # A scrape already past the gate could still land after the jump below and make its
+        # endpoint fresh again: jump only once every replica has a scrape held at the gate (the
+        # scraper polls each endpoint one scrape at a time, so the earlier ones have landed).
+        async def all_held() -> bool:
+            return all(rep.scrapes_at_gate > 0 for rep in replicas)
+
+        await async_wait_for(all_held, what="a scrape of every replica to hang")
         clock.offset += (
             10 * STALL_PROOF["scrape.staleness"]
         )  # far past the staleness: every snapshot is stale
