@@ -92,6 +92,22 @@ async def hold_stream(replica: Replica, request: web.Request) -> web.StreamRespo
     return resp
 
 
+async def leave_mid_stream_and_see_it_counted(gw: Any) -> None:
+    """Read one line of a streamed completion, leave (closing the connection mid-stream), and
+    check the gateway counted exactly one client disconnect and freed the endpoint."""
+    async with aiohttp.ClientSession() as s:
+        body = {"model": MODEL, "prompt": "x", "stream": True}
+        async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json=body) as r:
+            await r.content.readline()
+
+    async def counted() -> bool:
+        return bool(request_errors(gw))
+
+    await async_wait_for(counted, timeout=10, what="the abandoned request to be accounted")
+    assert request_errors(gw) == {"ClientDisconnected": 1}
+    assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
+
+
 @pytest.mark.parametrize("plane", PLANES)
 async def test_client_disconnect_is_not_an_internal_error(
     plane: str, replicas: list[Replica], tmp_path: Path
@@ -100,22 +116,8 @@ async def test_client_disconnect_is_not_an_internal_error(
         rep.handler = hold_stream
     gw = await start_gateway(tmp_path, plane, replicas)
 
-    def errors() -> dict[str, float]:
-        return request_errors(gw)
-
     try:
-        async with aiohttp.ClientSession() as s:
-            body = {"model": MODEL, "prompt": "x", "stream": True}
-            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json=body) as r:
-                await r.content.readline()
-            # leaving the block closed the connection mid-stream
-
-        async def counted() -> bool:
-            return bool(errors())
-
-        await async_wait_for(counted, timeout=10, what="the abandoned request to be accounted")
-        assert errors() == {"ClientDisconnected": 1}
-        assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
+        await leave_mid_stream_and_see_it_counted(gw)
     finally:
         await gw.stop()
 
@@ -143,21 +145,8 @@ async def test_client_leaving_while_the_gateway_writes_is_not_an_internal_error(
         rep.handler = endless_stream
     gw = await start_gateway(tmp_path, "builtin", replicas)
 
-    def errors() -> dict[str, float]:
-        return request_errors(gw)
-
     try:
-        async with aiohttp.ClientSession() as s:
-            body = {"model": MODEL, "prompt": "x", "stream": True}
-            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json=body) as r:
-                await r.content.readline()
-
-        async def counted() -> bool:
-            return bool(errors())
-
-        await async_wait_for(counted, timeout=10, what="the abandoned request to be accounted")
-        assert errors() == {"ClientDisconnected": 1}
-        assert all(ep.in_flight == 0 for ep in gw.datastore.endpoints())
+        await leave_mid_stream_and_see_it_counted(gw)
         assert not [r for r in caplog.records if r.name.startswith("infergate") and r.levelname == "ERROR"]
     finally:
         await gw.stop()
