@@ -35,16 +35,7 @@ STRATEGIES = ("precise-prefix", "gie-default", "prefix-only", "default")
 
 def _log_point(label: str, point: PointResult) -> None:
     """Every load point the search runs, on stderr, as the evidence behind the rate."""
-    s = point.summary
-    print(
-        f"  {label} @ {point.rate:.3g} QPS ({point.plan.duration_s:g} s): "
-        f"SLO {'met' if point.met else 'missed'}, p90 TTFT {s.ttft_p90:.3f} s, "
-        f"p90 TPOT {s.tpot_p90 * 1000:.1f} ms, {s.succeeded}/{s.requests} served, "
-        f"prefix hit {point.prefix_hit_rate or 0.0:.1%}, {point.stopped_early or 'ran to the end'}, "
-        f"{point.cpu_s:.0f} s CPU",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(f"  {label} @ {point.describe()}", file=sys.stderr, flush=True)
 
 
 def slo_rates(

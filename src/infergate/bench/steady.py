@@ -227,6 +227,17 @@ class PointResult:
     cpu_s: float
     by_objective: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """One line for a search's log: the evidence behind the rate it settles on."""
+        s = self.summary
+        return (
+            f"{self.rate:.3g} QPS ({self.plan.duration_s:g} s): "
+            f"SLO {'met' if self.met else 'missed'}, p90 TTFT {s.ttft_p90:.3f} s, "
+            f"p90 TPOT {s.tpot_p90 * 1000:.1f} ms, {s.succeeded}/{s.requests} served, "
+            f"prefix hit {self.prefix_hit_rate or 0.0:.1%}, {self.stopped_early or 'ran to the end'}, "
+            f"{self.cpu_s:.0f} s CPU"
+        )
+
     def as_dict(self) -> dict[str, object]:
         return {
             "strategy": self.strategy,
