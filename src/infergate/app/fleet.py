@@ -251,37 +251,15 @@ class Fleet:
         if not self.replicas:
             self.plan()
         for r in self.replicas:
-            with r.log_path.open("ab") as out:
-                env = self._env(r.deployment, r.server_port or r.port)
-                r.proc = await asyncio.create_subprocess_exec(
-                    *with_parent_death(r.argv),  # a SIGKILLed gateway takes us with it
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    start_new_session=True,  # Ctrl-C reaches the gateway only; it drains, then stops us
-                )
+            env = self._env(r.deployment, r.server_port or r.port)
+            r.proc = await _spawn(r.argv, r.log_path, env=env)
             log.info("started %s on port %d (pid %d)", r.name, r.server_port or r.port, r.proc.pid)
             if r.sidecar_argv:
-                with (self.run_dir / f"{r.name}-pd-sidecar.log").open("ab") as out:
-                    r.sidecar = await asyncio.create_subprocess_exec(
-                        *with_parent_death(r.sidecar_argv),
-                        stdout=out,
-                        stderr=asyncio.subprocess.STDOUT,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
+                r.sidecar = await _spawn(r.sidecar_argv, self.run_dir / f"{r.name}-pd-sidecar.log")
         await self._wait_healthy(health_wait)
         for r in self.replicas:
             if r.syncer_argv:
-                with (self.run_dir / f"{r.name}-lora-syncer.log").open("ab") as out:
-                    r.syncer = await asyncio.create_subprocess_exec(
-                        *with_parent_death(r.syncer_argv),
-                        stdout=out,
-                        stderr=asyncio.subprocess.STDOUT,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
+                r.syncer = await _spawn(r.syncer_argv, self.run_dir / f"{r.name}-lora-syncer.log")
         await self._wait_adapters(health_wait)
 
     async def _wait_adapters(self, limit: float) -> None:
@@ -343,3 +321,20 @@ class Fleet:
                 await p.wait()
 
         await asyncio.gather(*(reap(p) for p in procs))
+
+
+async def _spawn(
+    argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """Start a child of the fleet: output appended to ``log_path``, no stdin, dying with a
+    SIGKILLed gateway (``with_parent_death``), and in its own session so Ctrl-C reaches the gateway
+    only: it drains, then stops its children."""
+    with log_path.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *with_parent_death(argv),
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
