@@ -108,7 +108,7 @@ DebugOpt = Annotated[
 GraceOpt = Annotated[float | None, typer.Option("--grace", help="Drain time on SIGTERM (s).")]
 WorkersOpt = Annotated[
     int | None,
-    typer.Option("--workers", help="Processes serving the listener (built-in proxy; default 1)."),
+    typer.Option("--workers", help="Processes serving requests (the proxy or the picker; default 1)."),
 ]
 PlaneOpt = Annotated[
     str | None,
@@ -472,6 +472,7 @@ def epp(
         ),
     ] = False,
     grace: GraceOpt = None,
+    workers: WorkersOpt = None,
     log_level: LogOpt = None,
     log_format: LogFormatOpt = None,
     settings_file: SettingsFileOpt = None,
@@ -510,6 +511,7 @@ def epp(
         "subset_filter": False if disable_endpoint_subset_filter else None,
         "flow_control.enabled": flow_control,
         "proxy.shutdown_grace": grace,
+        "proxy.workers": workers,
         "logging.level": _lower(log_level),
         "logging.format": _lower(log_format),
     }

@@ -133,13 +133,9 @@ def test_workers_leave_with_a_killed_gateway_process(start_sims: StartSims, tmp_
     wait_for(lambda: all(_gone(pid) for pid in workers), what="the orphaned workers to exit")
 
 
-def test_priority_wins_under_overload_with_two_workers(start_sims: StartSims, tmp_path: Path) -> None:
-    """One slow one-sequence replica fed a stream of priority-0 requests until the gateway queues
-    some, then 6 of priority 10: each worker releases its queued requests by priority, so the late
-    important ones finish while early ones still wait."""
-    (sim,) = start_sims(["--model", MODEL, "--max-num-seqs", "1", "--time-scale", "10"])
-    pool = write_pool(tmp_path, [sim.key], objectives={"low": 0, "high": 10})
-    gw = _serve(tmp_path, pool)
+def overtaken_under_overload(gw: _Gateway) -> int:
+    """Feed priority-0 requests until the gateway queues some, then 6 of priority 10; how many
+    early ones still waited when the important ones had finished."""
 
     async def one(client: openai.AsyncOpenAI, objective: str, i: int) -> None:
         await client.completions.create(
@@ -173,9 +169,18 @@ def test_priority_wins_under_overload_with_two_workers(start_sims: StartSims, tm
             return waiting
 
     try:
-        overtaken = asyncio.run(overload())
+        return asyncio.run(overload())
     finally:
         gw.child.stop(timeout=60)
+
+
+def test_priority_wins_under_overload_with_two_workers(start_sims: StartSims, tmp_path: Path) -> None:
+    """One slow one-sequence replica fed a stream of priority-0 requests until the gateway queues
+    some, then 6 of priority 10: each worker releases its queued requests by priority, so the late
+    important ones finish while early ones still wait."""
+    (sim,) = start_sims(["--model", MODEL, "--max-num-seqs", "1", "--time-scale", "10"])
+    pool = write_pool(tmp_path, [sim.key], objectives={"low": 0, "high": 10})
+    overtaken = overtaken_under_overload(_serve(tmp_path, pool))
     # The early requests already in the replica (or on their way: a loaded replica registers them
     # late, and each worker releases into what it sees) finish first; first come, first served none
     # of the early ones would still wait. Measured on the loaded 2-core host: 12-13 of ~28.

@@ -22,6 +22,10 @@ from infergate.app.workers.channel import (
 )
 from infergate.app.workers.metrics import MergedExposition, export_families
 from infergate.config.settings import Settings
+from infergate.dataplanes import DataPlaneFactory, data_plane_factory
+from infergate.dataplanes.builtin import BuiltinDataPlane
+from infergate.dataplanes.extproc.bootstrap import EXTPROC_CLUSTER, render_bootstrap
+from infergate.dataplanes.extproc.workers import picker_ports
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
 from infergate.types import EndpointMeta, EndpointMetrics, ModelRewrite, Objective, PoolSpec
@@ -120,12 +124,46 @@ def test_metrics_sum_over_workers_and_a_dead_workers_counters_stay() -> None:
     assert "busy 2.0" in text
 
 
-def test_workers_other_than_one_need_the_builtin_data_plane(tmp_path: Path) -> None:
+def test_workers_other_than_one_need_a_plane_that_runs_in_workers(tmp_path: Path) -> None:
     source = ManifestPoolSource(load_manifests([write_pool(tmp_path, ["127.0.0.1:8000"])]))
-    with pytest.raises(ConfigError, match=r"proxy\.workers"):
-        Gateway(source, Settings().replace({"data_plane": "envoy", "proxy.workers": 2}))
+    one_process = DataPlaneFactory(BuiltinDataPlane, honors_subset_hint=False, queues_connections=True)
+    with pytest.raises(ConfigError, match=r"proxy\.workers: the builtin data plane runs in one process"):
+        Gateway(source, Settings().replace({"proxy.workers": 2}), data_plane=one_process)
     with pytest.raises(ConfigError, match=r"proxy\.workers"):
         Settings().replace({"proxy.workers": 0})
+    for name in ("builtin", "envoy", "epp"):  # every shipped plane runs in workers
+        assert data_plane_factory(name).worker_processes, name
+
+
+def test_envoy_picker_ports_one_per_worker_and_each_an_endpoint_of_the_ext_proc_cluster() -> None:
+    assert picker_ports(Settings().replace({"proxy.workers": 3})) == [0, 0, 0]
+    fixed = Settings().replace({"proxy.workers": 3, "listeners.envoy_picker_port": 9100})
+    assert picker_ports(fixed) == [9100, 9101, 9102]
+    assert [p for p, _ in data_plane_factory("envoy").private_ports(fixed)][:3] == [9100, 9101, 9102]
+    (cluster,) = [
+        c
+        for c in render_bootstrap(picker_ports=(9100, 9101))["static_resources"]["clusters"]
+        if c["name"] == EXTPROC_CLUSTER
+    ]
+    hosts = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [h["endpoint"]["address"]["socket_address"]["port_value"] for h in hosts] == [9100, 9101]
+    (single,) = [
+        c
+        for c in render_bootstrap(picker_port=9002)["static_resources"]["clusters"]
+        if c["name"] == EXTPROC_CLUSTER
+    ]
+    assert len(single["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 1
+
+
+def test_a_workers_own_request_count_is_read_from_its_last_push() -> None:
+    registry = CollectorRegistry()
+    merged = MergedExposition(CollectorRegistry())
+    counter = Counter("inference_objective_request", "r", ["model_name"], registry=registry)
+    counter.labels("a").inc(3)
+    counter.labels("b").inc(2)
+    merged.update(0, export_families(registry))
+    assert merged.sample_total(0, "inference_objective_request_total") == 5
+    assert merged.sample_total(1, "inference_objective_request_total") == 0
 
 
 def test_a_late_scrape_counts_what_the_worker_sent_after_it_as_waiting() -> None:

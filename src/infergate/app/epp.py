@@ -32,6 +32,7 @@ from infergate.errors import ConfigError
 from .gateway import Gateway
 from .process import configure_logging, run_async, stop_event
 from .sources import KubernetesPoolSource
+from .workers import WorkerPool
 
 __all__ = ["parse_duration", "run_epp"]
 
@@ -58,7 +59,8 @@ def run_epp(settings: Settings, *, picker: EndpointPickerConfig | None = None) -
             print(f"error: {exc}", file=sys.stderr)
             await gw.stop()
             return 1
-        health = getattr(gw.data_plane, "health", None)
+        plane = gw.data_plane
+        health = getattr(plane.front if isinstance(plane, WorkerPool) else plane, "health", None)
         print(
             f"infergate epp: pool {gw.source.describe()}; ext_proc :{s.listeners.grpc_port} "
             f"({'tls' if s.listeners.secure_serving else 'plaintext'}), "

@@ -126,12 +126,9 @@ class Gateway:
         s, factory = self.settings, self.plane_factory
         if s.proxy.workers == 1:
             return factory.build(s)
-        if not factory.worker_processes:
-            raise ConfigError(
-                f"proxy.workers: the {s.data_plane} data plane runs in one process (workers > 1 "
-                "needs data_plane: builtin)"
-            )
-        return WorkerPool(s)
+        if factory.worker_front is None or factory.worker_plane is None:
+            raise ConfigError(f"proxy.workers: the {s.data_plane} data plane runs in one process only")
+        return WorkerPool(s, factory.worker_front(s))
 
     def _known_pool(self) -> PoolSpec:
         pool = self.datastore.pool
@@ -241,6 +238,8 @@ class Gateway:
 
     def _debug_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"pool": self.source.describe(), "proxy_in_flight": self.data_plane.in_flight}
+        if isinstance(self.data_plane, WorkerPool):
+            extra["workers"] = self.data_plane.describe()
         if self.core is not None:
             extra["scheduler"] = self.core.scheduler.debug_state()
         return extra

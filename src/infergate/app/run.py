@@ -25,6 +25,7 @@ from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
 from infergate.dataplanes import data_plane_factory
 from infergate.dataplanes.extproc import EnvoyDataPlane
+from infergate.dataplanes.extproc.workers import EnvoyFront
 from infergate.errors import ConfigError
 
 from .fleet import Fleet
@@ -32,6 +33,7 @@ from .gateway import Gateway
 from .preflight import PortClaim, check_ports, parse_replica_ports
 from .process import configure_logging, run_async, setup_logging, stop_event
 from .sources import ManifestPoolSource
+from .workers import WorkerPool
 
 __all__ = [
     "bundled_manifests",
@@ -270,6 +272,12 @@ def _up_banner(gw: Gateway, fleet: Fleet, token: str | None) -> list[str]:
         lines.append(
             f"  picker:    ext_proc on 127.0.0.1:{plane.picker.port if plane.picker else '-'}   "
             f"Envoy admin: {envoy_admin or '-'}"
+        )
+    elif isinstance(plane, WorkerPool) and isinstance(plane.front, EnvoyFront):
+        envoy_admin = plane.front.envoy.admin_address if plane.front.envoy is not None else None
+        ports = ", ".join(str(p) for p in plane.front.picker_ports)
+        lines.append(
+            f"  picker:    ext_proc on 127.0.0.1:{ports} (one per worker)   Envoy admin: {envoy_admin or '-'}"
         )
     lines.append("  replicas:  " + ", ".join(f"{r.name} http://{r.key}" for r in fleet.replicas))
     lines.append(f"  logs:      {fleet.run_dir} (removed at exit)")

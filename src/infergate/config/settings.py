@@ -91,7 +91,7 @@ class ListenerSettings(_Group):
     """Plaintext gRPC health port of the ``epp`` data plane, what the kubelet probes."""
     envoy_picker_port: Port = 0
     """The picker's private ext_proc port behind the local Envoy of the ``envoy`` data plane
-    (``up --grpc-port``; 0: a free port)."""
+    (``up --grpc-port``; 0: a free port). With ``proxy.workers`` N, the N ports from this one on."""
     envoy_admin_port: Port = 0
     """Admin port of the local Envoy of the ``envoy`` data plane (``up --envoy-admin-port``; 0: a
     free port)."""
@@ -141,10 +141,12 @@ class ProxySettings(_Group):
     shutdown_grace: float = Field(default=10.0, ge=0)
     """Drain time for requests in flight on SIGTERM (``--grace``)."""
     workers: int = Field(default=1, ge=1)
-    """Processes serving the inference listener (``--workers``; built-in data plane only). Above 1,
-    the gateway process scrapes the pool and publishes each scrape to the workers, which share the
-    listening socket; each schedules and queues with its own in-flight counts. See
-    docs/operations.md#worker-processes."""
+    """Processes serving requests (``--workers``): the built-in proxy, or the ext_proc picker of
+    ``envoy`` and ``epp``. Above 1, the gateway process scrapes the pool and publishes each scrape
+    to the workers; each schedules and queues with its own in-flight counts. Built-in workers share
+    the listening socket; ``envoy`` gives each picker worker its own loopback port (from
+    ``listeners.envoy_picker_port`` on, one per worker); ``epp`` workers share
+    ``listeners.grpc_port`` with SO_REUSEPORT. See docs/operations.md#worker-processes."""
 
 
 class ScrapeSettings(_Group):

@@ -18,7 +18,6 @@ libraries (aiohttp, grpc). Must not import ``app`` or ``cli``.
 from __future__ import annotations
 
 import random
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,7 +34,9 @@ __all__ = [
     "DataPlane",
     "DataPlaneContext",
     "DataPlaneFactory",
-    "SharedListenerPlane",
+    "WorkerFront",
+    "WorkerListen",
+    "WorkerPlane",
     "check_runs_under_up",
     "data_plane_factory",
 ]
@@ -89,11 +90,61 @@ class DataPlane(Protocol):
         """An endpoint failed its probes: fail what is relaying from it (if this plane relays)."""
 
 
-class SharedListenerPlane(DataPlane, Protocol):
-    """A data plane that can run in several worker processes sharing one listening socket."""
+@dataclass(frozen=True, slots=True)
+class WorkerListen:
+    """Where one worker process of ``proxy.workers`` serves.
 
-    async def start_on(self, sock: socket.socket) -> None:
-        """Serve on ``sock`` (bound and listening, inherited from the gateway process)."""
+    ``fd``: a listening socket bound by the gateway process and inherited by every worker (the
+    built-in proxy: the kernel hands each connection to one worker). Otherwise the worker binds
+    ``host:port`` itself with SO_REUSEPORT (gRPC cannot serve an inherited socket); the gateway
+    process keeps the port reserved meanwhile, so a restarted worker gets the same port back.
+    ``tls_pair`` (certificate, key PEM) is made once, so every worker shows the same certificate.
+    """
+
+    fd: int | None = None
+    host: str = ""
+    port: int = 0
+    tls_pair: tuple[bytes, bytes] | None = None
+
+
+class WorkerPlane(DataPlane, Protocol):
+    """The part of a data plane that runs in each worker process (``proxy.workers`` > 1)."""
+
+    async def start_worker(self, listen: WorkerListen) -> None:
+        """Serve where ``listen`` says (instead of :meth:`DataPlane.start`)."""
+
+
+class WorkerFront(Protocol):
+    """The part of a data plane that stays in the gateway process when workers serve requests:
+    it binds or reserves what the workers serve on, and runs what must exist once (a local
+    Envoy in front of the workers, the gRPC health port the kubelet probes). The worker pool
+    calls :meth:`bind`, starts the workers, then :meth:`start`; on shutdown :meth:`stop` before
+    the workers drain and :meth:`close` once they are gone."""
+
+    @property
+    def port(self) -> int:
+        """The port clients (or Envoy) connect to; 0 before :meth:`bind`."""
+
+    def attach(self, ctx: DataPlaneContext) -> None:
+        """The gateway process's core (no I/O)."""
+
+    async def prepare(self) -> None:
+        """What must answer before routing starts (the gRPC health port); often nothing."""
+
+    def bind(self, host: str, port: int, count: int) -> list[WorkerListen]:
+        """Bind or reserve what ``count`` workers serve on; one :class:`WorkerListen` per worker."""
+
+    async def start(self, host: str, port: int) -> None:
+        """Every worker serves: start what stands in front of them (a local Envoy)."""
+
+    async def set_ready(self, ready: bool) -> None:
+        """Readiness where the gateway process reports it (the gRPC health port)."""
+
+    async def stop(self) -> None:
+        """Stop taking new requests before the workers drain (NOT_SERVING, stop Envoy)."""
+
+    async def close(self) -> None:
+        """The workers are gone: release the sockets and ports."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,26 +168,38 @@ class DataPlaneFactory:
     before ``infergate up`` starts anything; 0 = any free port)."""
     check: Callable[[], None] = lambda: None
     """Raises ConfigError when something the plane needs is missing (the Envoy binary)."""
-    worker_processes: bool = False
-    """The plane's :meth:`build` returns a :class:`SharedListenerPlane`, so ``proxy.workers`` may
-    run it in several processes."""
+    worker_front: Callable[[Settings], WorkerFront] | None = None
+    """With ``worker_plane``: ``proxy.workers`` may run the plane in several processes; this is
+    what stays in the gateway process."""
+    worker_plane: Callable[[Settings], WorkerPlane] | None = None
+    """What each worker process runs."""
+
+    @property
+    def worker_processes(self) -> bool:
+        """``proxy.workers`` > 1 is possible with this plane."""
+        return self.worker_front is not None and self.worker_plane is not None
 
 
 def _builtin() -> DataPlaneFactory:
-    from infergate.dataplanes.builtin import BuiltinDataPlane
+    from infergate.dataplanes.builtin import BuiltinDataPlane, SharedSocketFront
 
     return DataPlaneFactory(
-        BuiltinDataPlane, honors_subset_hint=False, queues_connections=True, worker_processes=True
+        BuiltinDataPlane,
+        honors_subset_hint=False,
+        queues_connections=True,
+        worker_front=SharedSocketFront,
+        worker_plane=BuiltinDataPlane,
     )
 
 
 def _envoy() -> DataPlaneFactory:
     from infergate.dataplanes.extproc import EnvoyDataPlane
     from infergate.dataplanes.extproc.process import envoy_binary
+    from infergate.dataplanes.extproc.workers import EnvoyFront, ExtProcWorkerPlane, picker_ports
 
     def ports(s: Settings) -> Sequence[tuple[int, str]]:
         lis = s.listeners
-        return [(lis.envoy_picker_port, "--grpc-port"), (lis.envoy_admin_port, "--envoy-admin-port")]
+        return [*((p, "--grpc-port") for p in picker_ports(s)), (lis.envoy_admin_port, "--envoy-admin-port")]
 
     def check() -> None:
         envoy_binary()  # the [envoy] extra is optional: ConfigError saying how to get it
@@ -147,11 +210,14 @@ def _envoy() -> DataPlaneFactory:
         queues_connections=False,
         private_ports=ports,
         check=check,
+        worker_front=EnvoyFront,
+        worker_plane=ExtProcWorkerPlane,
     )
 
 
 def _epp() -> DataPlaneFactory:
     from infergate.dataplanes.extproc import ExtProcDataPlane
+    from infergate.dataplanes.extproc.workers import EppFront, ExtProcWorkerPlane
 
     return DataPlaneFactory(
         ExtProcDataPlane,
@@ -159,6 +225,8 @@ def _epp() -> DataPlaneFactory:
         queues_connections=False,
         uses_listener=False,
         runs_under_up=False,
+        worker_front=EppFront,
+        worker_plane=ExtProcWorkerPlane,
     )
 
 

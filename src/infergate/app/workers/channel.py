@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
+from infergate.dataplanes import WorkerListen
 from infergate.datastore.store import Datastore
 from infergate.requestcontrol.access import Authenticator
 from infergate.types import Clock, Endpoint, ModelRewrite, Objective, PoolSpec
@@ -42,7 +43,7 @@ _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 """A frame longer than this is a broken channel, not a message (a snapshot is a few KiB)."""
 
-Kind = Literal["spec", "snapshot", "down", "stats", "ready", "credits"]
+Kind = Literal["spec", "snapshot", "down", "serving", "stats", "ready", "credits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +51,11 @@ class Message:
     """One frame's content: ``kind`` says what ``body`` is.
 
     Gateway -> worker: ``spec`` (a WorkerSpec, first), ``snapshot`` (:class:`Snapshot`), ``down``
-    (an endpoint key the scraper declared down). Worker -> gateway: ``ready`` (serving), ``stats``
-    (its in-flight count and metric families). Both ways: ``credits`` (prefix-index credits of a
-    worker's picks, which the gateway process passes on to the other workers).
+    (an endpoint key the scraper declared down), ``serving`` (the gateway's readiness, a bool,
+    which a plane with a health signal of its own shows: the ext_proc port's health service).
+    Worker -> gateway: ``ready`` (serving, on the port its body names), ``stats`` (its in-flight
+    count and metric families). Both ways: ``credits`` (prefix-index credits of a worker's picks,
+    which the gateway process passes on to the other workers).
     """
 
     kind: Kind
@@ -70,6 +73,8 @@ class WorkerSpec:
     objective_max_tokens: Mapping[str, int]
     api_keys: Authenticator | None
     route_prefixes: tuple[str, ...]
+    listen: WorkerListen
+    """Where this worker serves (an inherited socket, or an address it binds with SO_REUSEPORT)."""
 
 
 @dataclass(frozen=True, slots=True)

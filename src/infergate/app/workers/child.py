@@ -1,10 +1,12 @@
 """One worker process of ``proxy.workers`` > 1 (``python -m infergate.app.workers.child``).
 
-The gateway process starts it with two inherited descriptors: the inference listener (bound and
-listening, shared by every worker: the kernel hands each new connection to one of them) and its end
-of the channel. It receives the :class:`~infergate.app.workers.channel.WorkerSpec`, builds the same
-request path as a single-process gateway (``app.core.build_core``: scheduler, flow control,
-Director) around its own datastore, and applies every snapshot the gateway process publishes.
+The gateway process starts it with its end of the channel inherited, and for the built-in proxy
+the inference listener too (bound and listening, shared by every worker: the kernel hands each new
+connection to one of them); an ext_proc picker worker binds its gRPC port itself with SO_REUSEPORT
+(the spec's ``listen`` says where). It receives the
+:class:`~infergate.app.workers.channel.WorkerSpec`, builds the same request path as a
+single-process gateway (``app.core.build_core``: scheduler, flow control, Director) around its own
+datastore, and applies every snapshot the gateway process publishes.
 It scrapes nothing itself: its datastore's metrics, health and membership are the gateway
 process's; its in-flight counts are its own.
 
@@ -18,14 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import random
 import signal
 import socket
 import sys
 from typing import cast
 
-from infergate.dataplanes import DataPlaneContext, SharedListenerPlane, data_plane_factory
+from infergate.dataplanes import DataPlaneContext, data_plane_factory
 from infergate.telemetry import GatewayMetrics
 from infergate.tracing import tracer_from_env
 from infergate.types import MonotonicClock
@@ -81,7 +82,9 @@ class _Worker:
             authenticator=spec.api_keys, limits=core.director.limits, control_headers=s.auth.control_headers
         )
         core.director.set_tracer(tracer_from_env())
-        self.plane = cast(SharedListenerPlane, factory.build(s))
+        if factory.worker_plane is None:
+            raise RuntimeError(f"the {s.data_plane} data plane has no worker processes")
+        self.plane = factory.worker_plane(s)
         self.plane.attach(
             DataPlaneContext(
                 settings=s,
@@ -121,6 +124,8 @@ class _Worker:
                 apply_snapshot(self.datastore, cast(Snapshot, msg.body))
             elif msg.kind == "down":
                 self.plane.endpoint_down(str(msg.body))
+            elif msg.kind == "serving":
+                await self.plane.set_ready(bool(msg.body))
             elif msg.kind == "credits":
                 for credit in cast(list[Credit], msg.body):
                     for index in self.indices:
@@ -136,12 +141,12 @@ class _Worker:
         stats = (self.plane.in_flight, export_families(self.metrics.registry))
         await write_message(self.writer, Message("stats", stats))
 
-    async def run(self, listen: socket.socket, reader: asyncio.StreamReader) -> int:
+    async def run(self, reader: asyncio.StreamReader) -> int:
         tasks = Supervisor()
         unsubscribe = start_plugin_tasks(self.core.scheduler, self.datastore, tasks.spawn)
         tasks.spawn("channel", lambda: self.follow(reader), restart=False)
-        await self.plane.start_on(listen)
-        await write_message(self.writer, Message("ready", os.getpid()))
+        await self.plane.start_worker(self.spec.listen)
+        await write_message(self.writer, Message("ready", self.plane.port))
         tasks.spawn("stats", self.push_stats)
         await self.stop.wait()
         await self.plane.stop()  # stop accepting, drain within proxy.shutdown_grace
@@ -169,8 +174,7 @@ def _tag_logs(index: int) -> None:
         handler.addFilter(tag)
 
 
-async def _serve(channel_fd: int, listen_fd: int) -> int:
-    listen = socket.socket(fileno=listen_fd)
+async def _serve(channel_fd: int) -> int:
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
     first = await read_message(reader)
     if first is None or first.kind != "spec":
@@ -186,16 +190,15 @@ async def _serve(channel_fd: int, listen_fd: int) -> int:
     apply_snapshot(worker.datastore, cast(Snapshot, snap.body))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.stop.set)
-    return await worker.run(listen, reader)
+    return await worker.run(reader)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infergate-worker")
     parser.add_argument("--channel-fd", type=int, required=True)
-    parser.add_argument("--listen-fd", type=int, required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return run_async(lambda: _serve(args.channel_fd, args.listen_fd))
+    return run_async(lambda: _serve(args.channel_fd))
 
 
 if __name__ == "__main__":

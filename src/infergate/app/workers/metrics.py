@@ -62,6 +62,16 @@ class MergedExposition:
         """Worker ``worker``'s latest series replace its previous ones."""
         self._live[worker] = families
 
+    def sample_total(self, worker: int, sample: str) -> float:
+        """Worker ``worker``'s own ``sample`` (a sample name, e.g. ``..._total``) summed over its
+        labels, as it last pushed: which worker served how much (``/debug/endpoints``)."""
+        return sum(
+            value
+            for _name, _doc, _typ, _unit, samples in self._live.get(worker, ())
+            for name, _labels, value in samples
+            if name == sample
+        )
+
     def retire(self, worker: int) -> None:
         """Worker ``worker`` exited: its counters and histograms stay counted, its gauges go."""
         families = self._live.pop(worker, None)

@@ -3,15 +3,20 @@
 :class:`WorkerPool` stands where a data plane stands (``infergate.dataplanes.DataPlane``), so the
 gateway's start, readiness and drain sequence is the same with one process or several.
 
-- start: bind the inference listener once (the workers inherit it, so ``port`` 0 works and a
-  restarted worker serves the same socket without a gap), start each worker and wait until it
-  answers ``ready``; a worker that cannot start fails the gateway's start with its exit code.
+- start: the data plane's front (``infergate.dataplanes.WorkerFront``) binds what the workers
+  serve on: the built-in proxy's listener, which every worker inherits (so ``port`` 0 works and a
+  restarted worker serves the same socket without a gap), or the ext_proc picker's ports, which
+  it reserves while each worker binds its own with SO_REUSEPORT. Then each worker starts and
+  answers ``ready``; a worker that cannot start fails the gateway's start with its exit code;
+  then the front starts what stands before the workers (the local Envoy of ``envoy``).
 - run: after every datastore change, one snapshot frame is written to every worker; the prefix
   credits a worker sends are passed on to the others (:mod:`.affinity`). A worker that exits
   while the gateway runs is restarted (back-off from 0.5 s doubling to 10 s; reset after a minute
-  of service); its counters stay in ``/metrics``.
-- stop: SIGTERM to every worker (each stops accepting and drains within ``proxy.shutdown_grace``),
-  then SIGKILL for any still alive ten seconds past the grace.
+  of service); its counters stay in ``/metrics``. The gateway's readiness goes to every worker
+  (``serving``), where a plane shows it on a health signal of its own (the ext_proc port).
+- stop: the front stops taking requests (gRPC health NOT_SERVING, Envoy stops), SIGTERM to every
+  worker (each stops accepting and drains within ``proxy.shutdown_grace``), then SIGKILL for any
+  still alive ten seconds past the grace; then the front releases its sockets.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, cast
 
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.settings import Settings
-from infergate.dataplanes import DataPlaneContext
+from infergate.dataplanes import DataPlaneContext, WorkerFront, WorkerListen
 from infergate.requestcontrol.access import Authenticator
 
 from .channel import Message, WorkerSpec, encode, read_message, snapshot_of, write_message
@@ -57,13 +62,15 @@ async def _wait(event: asyncio.Event) -> None:
 
 
 class _Worker:
-    __slots__ = ("done", "in_flight", "index", "pid", "proc", "ready", "stale", "writer")
+    __slots__ = ("done", "in_flight", "index", "pid", "port", "proc", "ready", "stale", "writer")
 
     def __init__(self, index: int, proc: asyncio.subprocess.Process, writer: asyncio.StreamWriter) -> None:
         self.index = index
         self.proc = proc
         self.pid = proc.pid
         self.writer = writer
+        self.port = 0
+        """The port the worker serves (its ``ready`` says)."""
         self.in_flight = 0
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
@@ -73,14 +80,17 @@ class _Worker:
 class WorkerPool:
     """``proxy.workers`` processes serving the inference listener; see the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, front: WorkerFront) -> None:
         self._settings = settings
+        self._front = front
         self._count = settings.proxy.workers
         self._ctx: DataPlaneContext | None = None
         self._picker: EndpointPickerConfig | None = None
         self._objective_max_tokens: Mapping[str, int] = {}
         self._api_keys: Authenticator | None = None
-        self._sock: socket.socket | None = None
+        self._listens: list[WorkerListen] = []
+        self._serving: bool | None = None
+        """The gateway's readiness as last told (None: not yet; a worker starts serving)."""
         self._workers: dict[int, _Worker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
@@ -108,12 +118,18 @@ class WorkerPool:
     # ------------------------------------------------------------------ DataPlane
     def attach(self, ctx: DataPlaneContext) -> None:
         self._ctx = ctx
+        self._front.attach(ctx)
         self._exposition = MergedExposition(ctx.metrics.registry)
         ctx.metrics.expose(self._exposition)
 
     @property
+    def front(self) -> WorkerFront:
+        """The data plane's part in this process (the local Envoy, the gRPC health port)."""
+        return self._front
+
+    @property
     def port(self) -> int:
-        return int(self._sock.getsockname()[1]) if self._sock is not None else 0
+        return self._front.port
 
     @property
     def in_flight(self) -> int:
@@ -125,11 +141,33 @@ class WorkerPool:
         """Process ids of the workers running now."""
         return [w.pid for w in self._workers.values() if not w.done.is_set()]
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each serving worker as it last reported: pid, port, in-flight requests, requests counted
+        (a worker starting again appears once it answered ``ready``)."""
+        exposition = self._exposition
+        return [
+            {
+                "index": w.index,
+                "pid": w.pid,
+                "port": w.port,
+                "in_flight": w.in_flight,
+                "requests": exposition.sample_total(w.index, "inference_objective_request_total")
+                if exposition is not None
+                else 0.0,
+            }
+            for w in sorted(self._workers.values(), key=lambda w: w.index)
+            if w.ready.is_set() and not w.done.is_set()
+        ]
+
     async def prepare(self) -> None:
-        """Nothing answers before the workers do."""
+        """What the front must answer before routing (the ``epp`` gRPC health port)."""
+        await self._front.prepare()
 
     async def set_ready(self, ready: bool) -> None:
-        """HTTP readiness is the admin ``/readyz`` of the gateway process."""
+        """The front's health signal, and every worker's (the ext_proc port's health service)."""
+        self._serving = ready
+        await self._front.set_ready(ready)
+        self._broadcast(encode(Message("serving", ready)))
 
     def endpoint_down(self, key: str) -> None:
         self._broadcast(encode(Message("down", key)))
@@ -137,16 +175,17 @@ class WorkerPool:
     async def start(self, host: str, port: int) -> None:
         if self._ctx is None or self._picker is None:
             raise RuntimeError("the worker pool starts once the core is attached and configured")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.create_server((host, port), family=family, backlog=1024)
+        self._listens = self._front.bind(host, port, self._count)
         self._unsubscribe = self._ctx.datastore.add_listener(self._changed.set)
         self._spawn_task(self._publish())
         try:
             await asyncio.gather(*(self._start_worker(i) for i in range(self._count)))
+            await self._front.start(host, port)
         except BaseException:
             await self.stop()
             raise
-        log.info("%d worker processes serve port %d: pids %s", self._count, self.port, self.pids)
+        ports = sorted({w.port for w in self._workers.values()})
+        log.info("%d worker processes serve port(s) %s: pids %s", self._count, ports, self.pids)
 
     async def stop(self) -> None:
         """SIGTERM every worker, wait for each to drain, kill stragglers. Idempotent."""
@@ -154,6 +193,8 @@ class WorkerPool:
             return
         self._stopping = True
         self._unsubscribe()
+        self._broadcast(encode(Message("serving", False)))
+        await self._front.stop()
         workers = list(self._workers.values())
         for w in workers:
             with contextlib.suppress(ProcessLookupError):
@@ -173,8 +214,7 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sock is not None:
-            self._sock.close()
+        await self._front.close()
 
     # ------------------------------------------------------------------ workers
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -193,11 +233,13 @@ class WorkerPool:
             objective_max_tokens=self._objective_max_tokens,
             api_keys=self._api_keys,
             route_prefixes=tuple(ctx.route_prefixes),
+            listen=self._listens[index],
         )
 
     async def _start_worker(self, index: int) -> None:
         """Start worker ``index`` and wait for its ``ready``; raises RuntimeError if it exits first."""
-        assert self._sock is not None and self._ctx is not None
+        assert self._ctx is not None
+        listen_fd = self._listens[index].fd
         ours, theirs = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -206,9 +248,7 @@ class WorkerPool:
                 "infergate.app.workers.child",
                 "--channel-fd",
                 str(theirs.fileno()),
-                "--listen-fd",
-                str(self._sock.fileno()),
-                pass_fds=(theirs.fileno(), self._sock.fileno()),
+                pass_fds=(theirs.fileno(), *(() if listen_fd is None else (listen_fd,))),
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONHASHSEED": self._hash_seed},
             )
@@ -218,6 +258,8 @@ class WorkerPool:
         worker = self._workers[index] = _Worker(index, proc, writer)
         await write_message(writer, Message("spec", self._spec(index)))
         await write_message(writer, Message("snapshot", snapshot_of(self._ctx.datastore)))
+        if self._serving is not None:
+            await write_message(writer, Message("serving", self._serving))
         self._spawn_task(self._listen(worker, reader))
         self._spawn_task(self._watch(worker))
         ready = asyncio.create_task(_wait(worker.ready))
@@ -234,6 +276,7 @@ class WorkerPool:
         """The worker's messages: ``ready`` once, then ``stats`` until its end closes."""
         while (msg := await read_message(reader)) is not None:
             if msg.kind == "ready":
+                worker.port = int(msg.body)
                 worker.ready.set()
             elif msg.kind == "credits":
                 self._broadcast(encode(msg), skip=worker)

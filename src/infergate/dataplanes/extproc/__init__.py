@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
@@ -25,7 +26,26 @@ from infergate.errors import ConfigError
 if TYPE_CHECKING:
     from infergate.dataplanes import DataPlaneContext
 
-__all__ = ["EnvoyDataPlane", "ExtProcDataPlane", "HealthServer"]
+__all__ = ["EnvoyDataPlane", "ExtProcDataPlane", "HealthServer", "local_envoy_settings"]
+
+
+def local_envoy_settings(
+    settings: Settings, ctx: DataPlaneContext, host: str, port: int, picker_ports: Sequence[int]
+) -> EnvoySettings:
+    """The local Envoy's settings: a listener on ``host:port`` calling the picker on the loopback
+    ``picker_ports`` (one per worker process), admin on ``listeners.envoy_admin_port``."""
+    assert ctx.manifests is not None, "the envoy data plane is built from manifests"
+    bootstrap = envoy_settings(
+        settings,
+        ctx.manifests,
+        pool_name=ctx.pool.name,
+        picker_port=picker_ports[0],
+        picker_ports=picker_ports,
+        fallback_endpoints=[e.key for e in ctx.datastore.endpoints()],
+        listen=(host, port),
+        health_path=ctx.pool.health_path,
+    )
+    return dataclasses.replace(bootstrap, admin_port=settings.listeners.envoy_admin_port)
 
 
 class ExtProcDataPlane:
@@ -149,17 +169,8 @@ class EnvoyDataPlane:
     def bootstrap_settings(self, host: str, port: int) -> EnvoySettings:
         """Envoy's settings for a listener on ``host:port`` (admin on ``listeners.envoy_admin_port``)."""
         ctx, picker = self._ctx, self.picker
-        assert ctx is not None and ctx.manifests is not None and picker is not None, "attach() first"
-        bootstrap = envoy_settings(
-            self._settings,
-            ctx.manifests,
-            pool_name=ctx.pool.name,
-            picker_port=picker.port,
-            fallback_endpoints=[e.key for e in ctx.datastore.endpoints()],
-            listen=(host, port),
-            health_path=ctx.pool.health_path,
-        )
-        return dataclasses.replace(bootstrap, admin_port=self._settings.listeners.envoy_admin_port)
+        assert ctx is not None and picker is not None, "attach() first"
+        return local_envoy_settings(self._settings, ctx, host, port, [picker.port])
 
     async def set_ready(self, ready: bool) -> None:
         if self.picker is not None:

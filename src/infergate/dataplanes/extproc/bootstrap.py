@@ -63,6 +63,11 @@ class EnvoySettings:
     route_prefixes: Sequence[str] = ("/",)
     picker_host: str = "127.0.0.1"
     picker_port: int = 9002
+    picker_ports: Sequence[int] = ()
+    """Every port the picker serves on when it runs in several worker processes (``proxy.workers``),
+    one cluster endpoint each: Envoy keeps one or two HTTP/2 connections per endpoint and picks an
+    endpoint per ext_proc stream (least request), so each request's stream can go to any worker.
+    Empty: ``picker_port`` alone."""
     picker_tls: bool = False
     failure_mode: str = "FailClose"
     fallback_endpoints: Sequence[str] = ()
@@ -242,7 +247,12 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
         "load_assignment": {
             "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket(s.picker_host, s.picker_port)}}]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket(s.picker_host, p)}}
+                        for p in (s.picker_ports or (s.picker_port,))
+                    ]
+                }
             ],
         },
     }
@@ -328,6 +338,7 @@ def envoy_settings(
     fallback_endpoints: Sequence[str],
     listen: tuple[str, int],
     health_path: str,
+    picker_ports: Sequence[int] = (),
 ) -> EnvoySettings:
     """The bootstrap settings of the local Envoy in front of the picker: the manifests' routes and
     failure mode, plus the gateway settings Envoy enforces itself (client idle and request timeouts,
@@ -348,6 +359,7 @@ def envoy_settings(
     first_byte = proxy.first_byte_timeout
     return dataclasses.replace(
         base,
+        picker_ports=tuple(picker_ports),
         message_timeout=f"{ttl + 5:g}s",
         request_headers_timeout=f"{idle:g}s",
         request_timeout=f"{idle + ttl + 5:g}s",

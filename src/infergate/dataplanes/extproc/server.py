@@ -360,10 +360,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
 @dataclass(frozen=True, kw_only=True)
 class TlsSettings:
-    """Serve TLS with ``cert_path/tls.crt`` + ``tls.key``, or a self-signed pair made at start."""
+    """Serve TLS with ``pair`` (certificate, key PEM), else ``cert_path/tls.crt`` + ``tls.key``,
+    else a self-signed pair made at start."""
 
     cert_path: Path | None = None
     common_name: str = "infergate-epp"
+    pair: tuple[bytes, bytes] | None = None
 
 
 class ExtProcServer:
@@ -378,8 +380,12 @@ class ExtProcServer:
         health_servicer: grpc_health.aio.HealthServicer | None = None,
         tls: TlsSettings | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.processor = processor
+        self.reuse_port = reuse_port
+        """Bind with SO_REUSEPORT: several worker processes share the port (``proxy.workers``);
+        off otherwise, so a second picker on a taken port fails instead of sharing it."""
         self.host = host
         self._requested_port = port
         self.port = port
@@ -401,6 +407,7 @@ class ExtProcServer:
         health: grpc_health.aio.HealthServicer | None = None,
         endpoints: EndpointSource | None = None,
         rng: random.Random | None = None,
+        reuse_port: bool = False,
     ) -> ExtProcServer:
         """The picker's server buffering at most ``limits.max_body_bytes`` per request."""
         return serve_extproc(
@@ -412,6 +419,7 @@ class ExtProcServer:
             tls=tls,
             rng=rng,
             max_body_bytes=settings.limits.max_body_bytes,
+            reuse_port=reuse_port,
         )
 
     @property
@@ -424,7 +432,7 @@ class ExtProcServer:
             options=[
                 ("grpc.max_receive_message_length", 16 << 20),
                 ("grpc.max_send_message_length", 16 << 20),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 *self._options,
             ]
         )
@@ -434,7 +442,7 @@ class ExtProcServer:
         if self.tls is not None:
             from infergate.dataplanes.extproc.tls import load_or_create_pair
 
-            cert, key = load_or_create_pair(
+            cert, key = self.tls.pair or load_or_create_pair(
                 self.tls.cert_path, common_name=self.tls.common_name, host=self.host
             )
             self.certificate_pem = cert
@@ -478,6 +486,7 @@ def serve_extproc(
     rng: random.Random | None = None,
     max_endpoints: int = 1,
     max_body_bytes: int = 32 << 20,
+    reuse_port: bool = False,
 ) -> ExtProcServer:
     """Build (not start) the picker's gRPC server; ``await server.start()`` binds it.
 
@@ -489,4 +498,4 @@ def serve_extproc(
     processor = ExternalProcessor(
         director, endpoints=endpoints, rng=rng, max_endpoints=max_endpoints, max_body_bytes=max_body_bytes
     )
-    return ExtProcServer(processor, host, port, health_servicer=health, tls=settings)
+    return ExtProcServer(processor, host, port, health_servicer=health, tls=settings, reuse_port=reuse_port)
