@@ -212,6 +212,7 @@ def test_bootstrap_yaml_names_picker_cluster_and_failure_mode() -> None:
         {},
         {"failure_mode": "FailOpen", "fallback_endpoints": ["10.0.0.1:8000", "10.0.0.2:8000"]},
         {"picker_tls": True, "route_prefixes": ["/v1", "/"]},
+        {"picker_ports": [9002, 9003]},  # --workers 2: a picker endpoint per worker
     ],
 )
 def test_envoy_accepts_the_bootstrap(tmp_path: Path, overrides: dict[str, Any]) -> None:

@@ -256,6 +256,22 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
             ],
         },
     }
+    if len(s.picker_ports) > 1:
+        # A picker worker that died refuses connections until it is back on its port: eject it
+        # at the first refused connection instead of after two failed health checks (~4 s), so
+        # one request fails instead of every other one meanwhile. Only connection failures count
+        # (split local origin): an ext_proc stream's own gRPC status never ejects a worker.
+        ext_proc["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "interval": "1s",
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 100,
+        }
     if s.picker_health_check:
         hc: dict[str, Any] = {
             "timeout": "2s",
