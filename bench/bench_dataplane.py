@@ -23,11 +23,11 @@ honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
         [--paths direct,infergate,...] [--workers 1,2] [--gateway-args "..."] [--json out.json]
-        [--before-src DIR]
+        [--before-src DIR] [--replica-args "--time-scale 20"]
 
-``--workers 1,2`` runs every ``infergate*`` path once per worker count (``proxy.workers``; the
-built-in proxy only, so ``infergate-envoy`` keeps one), named ``<path> ×N`` for N > 1; the CPU
-figures then cover the gateway process and all its workers.
+``--workers 1,2`` runs every ``infergate*`` path once per worker count (``proxy.workers``: for
+``infergate-envoy`` N picker processes behind the one Envoy), named ``<path> ×N`` for N > 1; the
+CPU figures then cover the gateway process and all its workers (and Envoy).
 
 ``--before-src DIR`` runs every ``infergate*`` path a second time from another copy of the
 package (``DIR`` holds an ``infergate/`` tree, e.g. ``git archive <commit> src | tar -x``), named
@@ -136,6 +136,7 @@ class Rig:
     peer_venv: list[str]
     before_src: Path | None = None
     workers: list[int] = field(default_factory=lambda: [1])
+    replica_args: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-dataplane-")))
@@ -166,6 +167,7 @@ class Rig:
                 "127.0.0.1",
                 "--port",
                 str(replica_port),
+                *self.replica_args,
             ],
             "replica.log",
         )
@@ -176,7 +178,7 @@ class Rig:
             if name == "direct":
                 self.routes.append(Route(name, replica, None))
             elif name.startswith("infergate"):
-                for n in self.workers if name != "infergate-envoy" else [1]:
+                for n in self.workers:
                     self._gateway(name, manifest, None, n)
                     if self.before_src is not None:
                         self._gateway(name, manifest, self.before_src, n)
@@ -358,6 +360,11 @@ def main() -> None:
     ap.add_argument("--paths", default=",".join(ALL_PATHS), help=f"default: {','.join(ALL_PATHS)}")
     ap.add_argument("--gateway-args", default="", help="extra `infergate serve` flags, e.g. '--workers 2'")
     ap.add_argument("--workers", default="1", help="worker counts of the infergate paths, e.g. 1,2")
+    ap.add_argument(
+        "--replica-args",
+        default="",
+        help="extra `infergate simulate` flags: '--time-scale 20' makes the replica faster than the routers",
+    )
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
     ap.add_argument(
@@ -374,7 +381,8 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     points: list[dict[str, Any]] = []
     workers = [int(n) for n in args.workers.split(",") if n]
-    with Rig(paths, shlex.split(args.gateway_args), args.peer_venv, args.before_src, workers) as rig:
+    gateway_args, replica_args = shlex.split(args.gateway_args), shlex.split(args.replica_args)
+    with Rig(paths, gateway_args, args.peer_venv, args.before_src, workers, replica_args) as rig:
         for rep in range(args.reps):
             for route in rig.routes:
                 for c in concurrencies:
