@@ -46,19 +46,20 @@ def _requests(admin: int) -> dict[int, float]:
     return {w["pid"]: w["requests"] for w in _workers(admin)}
 
 
-def _serve_envoy(tmp: Path, pool: Path, envoy_admin: int, *extra: str) -> _Gateway:
+def _serve_envoy(tmp: Path, pool: Path, envoy_admin: int, *extra: str, workers: int = 2) -> _Gateway:
     pytest.importorskip("envoy", reason="the [envoy] extra provides the Envoy binary")
     port, admin = free_port(), free_port()
     args = ["serve", "-f", str(pool), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)]
     child = start_infergate(
-        [*args, "--data-plane", "envoy", "--metrics-auth", "disabled", "--workers", "2", *extra],
+        [*args, "--data-plane", "envoy", "--metrics-auth", "disabled", "--workers", str(workers), *extra],
         tmp,
         health_url=f"http://127.0.0.1:{admin}/readyz",
         env={"INFERGATE_LISTENERS__ENVOY_ADMIN_PORT": str(envoy_admin)},
         timeout=120,
     )
     gw = _Gateway(child, port, admin)
-    wait_for(lambda: len(_workers(admin)) == 2, what="two picker workers")
+    if workers > 1:
+        wait_for(lambda: len(_workers(admin)) == workers, what=f"{workers} picker workers")
     return gw
 
 
@@ -192,3 +193,36 @@ def test_epp_workers_share_the_grpc_port_and_drain_on_sigterm(start_sims: StartS
         wait_for(lambda: all(_gone(pid) for pid in workers), what="the workers to exit")
     finally:
         child.stop(timeout=60)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_lets_streams_through_envoy_and_the_picker_workers_finish(
+    start_sims: StartSims, tmp_path: Path, workers: int
+) -> None:
+    """A stream in flight through Envoy when the gateway gets SIGTERM is served to its end: Envoy
+    stops taking connections and drains, then the picker (its workers) drains its ext_proc streams."""
+    (sim,) = start_sims(["--model", MODEL, "--time-scale", "20"])
+    pool = write_pool(tmp_path, [sim.key])
+    gw = _serve_envoy(tmp_path, pool, free_port(), "--grace", "120", workers=workers)
+    children = gw.workers  # with one process: Envoy
+
+    async def stream() -> tuple[int, str | None]:
+        async with gw.client() as client:
+            chunks = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
+            )
+            count, finish = 0, None
+            async for chunk in chunks:
+                if count == 0:
+                    gw.child.proc.send_signal(signal.SIGTERM)  # after the first chunk
+                count += 1
+                finish = chunk.choices[0].finish_reason if chunk.choices else finish
+            return count, finish
+
+    try:
+        count, finish = asyncio.run(stream())
+        assert finish == "length" and count >= 12
+        assert gw.child.proc.wait(120) == 0, gw.child.output()
+        wait_for(lambda: all(_gone(pid) for pid in children), what="the workers and Envoy to exit")
+    finally:
+        gw.child.stop(timeout=60)

@@ -184,7 +184,7 @@ class EnvoyDataPlane:
         if self.picker is not None:
             await self.picker.set_serving(False)
         if self.envoy is not None:
-            await self.envoy.stop_async(grace)
+            await self.envoy.stop_async(grace, drain=True)
         if self.picker is not None:
             await self.picker.stop(grace)
 

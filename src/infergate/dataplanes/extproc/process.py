@@ -180,7 +180,48 @@ class EnvoyProcess:
             self._tmp = None
         return code
 
-    async def stop_async(self, grace: float = 10.0) -> int | None:
+    def _admin_call(self, path: str, *, post: bool = False) -> bytes | None:
+        admin = self._read_admin()
+        if admin is None:
+            return None
+        req = urllib.request.Request(f"http://{admin}{path}", method="POST" if post else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=2.0) as resp:
+                return bytes(resp.read())
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def active_requests(self) -> int | None:
+        """Downstream requests Envoy is serving now (admin stats), None if admin does not answer."""
+        text = self._admin_call("/stats?filter=downstream_rq_active")
+        if text is None:
+            return None
+        active = 0
+        for line in text.decode().splitlines():
+            name, _, value = line.partition(":")
+            # the HTTP connection managers' gauges; the admin listener's own (this very call) excluded
+            if name.startswith("http.") and not name.startswith("http.admin.") and value.strip().isdigit():
+                active += int(value)
+        return active
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting (admin ``/drain_listeners``: the listeners close, the connections they
+        hold keep serving) and wait up to ``grace`` seconds for the requests in flight to end."""
+        if not self.running():
+            return
+        if await asyncio.to_thread(self._admin_call, "/drain_listeners", post=True) is None:
+            return  # admin does not answer: nothing to wait for but the stop itself
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.running():
+            if not await asyncio.to_thread(self.active_requests):
+                return
+            await asyncio.sleep(0.1)
+        log.warning("envoy: requests still in flight after %.0fs of draining", grace)
+
+    async def stop_async(self, grace: float = 10.0, *, drain: bool = False) -> int | None:
+        """:meth:`stop`; with ``drain``, first let the requests in flight end (:meth:`drain`)."""
+        if drain:
+            await self.drain(grace)
         return await asyncio.to_thread(self.stop, grace)
 
     async def supervise(self, *, check_every: float = 0.5, max_restarts: int = 5) -> None:

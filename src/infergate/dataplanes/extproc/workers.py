@@ -210,7 +210,7 @@ class EnvoyFront:
 
     async def stop(self) -> None:
         if self.envoy is not None:
-            await self.envoy.stop_async(self._settings.proxy.shutdown_grace)
+            await self.envoy.stop_async(self._settings.proxy.shutdown_grace, drain=True)
 
     async def close(self) -> None:
         self._ports.close()
