@@ -311,6 +311,7 @@ def test_values_flags_env_resources_and_image() -> None:
         "--set", "inferenceExtension.replicas=3",
         "--set", "inferenceExtension.flags.secure-serving=false",
         "--set", "inferenceExtension.flags.refresh-metrics-interval=100ms",
+        "--set", "inferenceExtension.flags.workers=2",
         "--set", "inferenceExtension.env[0].name=LOG_FORMAT",
         "--set", "inferenceExtension.env[0].value=json",
         "--set", "inferenceExtension.image.repository=registry.example/infergate",
@@ -322,6 +323,7 @@ def test_values_flags_env_resources_and_image() -> None:
     f = flags(docs)
     assert f["secure-serving"] == "false"
     assert f["refresh-metrics-interval"] == "100ms"
+    assert f["workers"] == "2"
     assert one(docs, "Deployment")["spec"]["replicas"] == 3
     c = container(docs)
     assert c["image"] == "registry.example/infergate:1.2.3"
