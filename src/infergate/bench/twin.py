@@ -41,7 +41,13 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from infergate.app.workers.affinity import Credit, SharedPrefixIndex, share_prefix_credits
+from infergate.app.workers.affinity import (
+    Credit,
+    LatencyRecord,
+    SharedPrefixIndex,
+    share_latency_accounting,
+    share_prefix_credits,
+)
 from infergate.bench.loadgen import RequestRecord
 from infergate.bench.strategies import BASE_MODEL, picker_config, resolve_strategy
 from infergate.bench.workloads import BenchRequest
@@ -55,6 +61,7 @@ from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, ROLE_LABEL
+from infergate.scheduling.plugins.latency import PredictedLatencyScorer
 from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
@@ -77,7 +84,8 @@ from infergate.types import (
 __all__ = ["TwinConfig", "TwinResult", "run_twin"]
 
 WORKER_CHANNEL_DELAY = 0.002
-"""Seconds a prefix credit takes from one gateway worker to the others (two local socket hops)."""
+"""Seconds a prefix credit or latency record takes from one gateway worker to the others (two
+local socket hops)."""
 
 # Virtual time starts here, not at 0: a metrics snapshot stamped 0.0 means "never scraped".
 T0 = 1.0
@@ -125,6 +133,10 @@ class TwinConfig:
     share_prefix: bool = True
     """With several gateway workers, each prefix index also learns the others' picks after
     ``WORKER_CHANNEL_DELAY`` (what ``proxy.workers`` does); False: every index learns alone."""
+    share_latency: bool = True
+    """With several gateway workers, each predicted-latency scorer also accounts the others' picks
+    (backlog, frontend work, prefill rate) after ``WORKER_CHANNEL_DELAY``, as ``proxy.workers``
+    does; False: each scorer counts its own picks only."""
 
 
 @dataclass(slots=True)
@@ -260,6 +272,27 @@ def _share_prefix(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
         indices.append(share_prefix_credits(f.scheduler, publisher(n)))
 
 
+def _share_latency(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
+    """Each worker's latency accounting records reach the other workers ``WORKER_CHANNEL_DELAY`` later."""
+    scorers: list[list[PredictedLatencyScorer]] = []
+
+    def publisher(n: int) -> Callable[[LatencyRecord], None]:
+        def publish(record: LatencyRecord) -> None:
+            def deliver() -> None:
+                for m, theirs in enumerate(scorers):
+                    if m != n:
+                        for scorer in theirs:
+                            scorer.apply_accounting(record)
+
+            loop.call_at(loop.now() + WORKER_CHANNEL_DELAY, deliver)
+
+        return publish
+
+    for n, f in enumerate(fronts):
+        assert f.scheduler is not None
+        scorers.append(share_latency_accounting(f.scheduler, publisher(n)))
+
+
 def run_twin(
     requests: Sequence[BenchRequest],
     offsets: Sequence[float],
@@ -337,6 +370,8 @@ def run_twin(
             _feed_kv_events(f.scheduler, replicas, cfg.base_model)
     if len(fronts) > 1 and cfg.share_prefix:
         _share_prefix(fronts, loop)
+    if len(fronts) > 1 and cfg.share_latency:
+        _share_latency(fronts, loop)
 
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)

@@ -51,8 +51,9 @@ class Message:
 
     Gateway -> worker: ``spec`` (a WorkerSpec, first), ``snapshot`` (:class:`Snapshot`), ``down``
     (an endpoint key the scraper declared down). Worker -> gateway: ``ready`` (serving), ``stats``
-    (its in-flight count and metric families). Both ways: ``credits`` (prefix-index credits of a
-    worker's picks, which the gateway process passes on to the other workers).
+    (its in-flight count and metric families). Both ways: ``credits`` (what a worker's picks
+    credit: prefix-index credits and predicted-latency accounting records, see ``.affinity``;
+    the gateway process passes them on to the other workers).
     """
 
     kind: Kind
