@@ -2,8 +2,9 @@
 
 With ``proxy.workers`` = N the gateway runs N independent schedulers that share the scraped
 snapshot, each with its own in-flight counts, flow control and prefix index (credits shared unless
-``--no-share``). The twin models exactly that (``TwinConfig.gateway_workers``): arrivals go to the
-workers in turn. For each workload the SLO rate of the ``default`` strategy (p90 TTFT < 1 s, p90
+``--no-share``) and predicted-latency scorer (its per-pick accounting shared unless
+``--no-share-latency``). The twin models exactly that (``TwinConfig.gateway_workers``): arrivals
+go to the workers in turn. For each workload the SLO rate of the ``default`` strategy (p90 TTFT < 1 s, p90
 TPOT < 50 ms, >= 99 % success; see ``bench_regret.py``) is searched with 1 worker and with N, and
 the table gives N workers' rate as a fraction of one worker's, with the prefix hit rates at the
 highest rate both met.
@@ -14,7 +15,8 @@ highest rate both met.
 A full search per (workload, worker count) costs tens of points. ``--at W=RATE,...`` is the cheap
 check instead: one point with 1 worker at RATE (a known SLO rate of one worker, e.g. the regret
 table's), and points with N workers at RATE and at 0.98 × RATE; N workers meeting the SLO at
-0.98 × RATE is what "within 2 % of one worker" asks.
+0.98 × RATE is what "within 2 % of one worker" asks. ``--counts 1,2,3`` runs several worker
+counts in one go.
 """
 
 from __future__ import annotations
