@@ -40,10 +40,9 @@ import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from infergate.app.workers.affinity import (
-    Credit,
-    LatencyRecord,
     SharedPrefixIndex,
     share_latency_accounting,
     share_prefix_credits,
@@ -82,6 +81,9 @@ from infergate.types import (
 )
 
 __all__ = ["TwinConfig", "TwinResult", "run_twin"]
+
+_Item = TypeVar("_Item")
+_Sink = TypeVar("_Sink")
 
 WORKER_CHANNEL_DELAY = 0.002
 """Seconds a prefix credit or latency record takes from one gateway worker to the others (two
@@ -251,17 +253,23 @@ def _feed_kv_events(scheduler: Scheduler, replicas: Sequence[_Replica], model: s
             r.engine.set_kv_event_sink(sink)
 
 
-def _share_prefix(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
-    """Each worker's prefix credits reach the other workers ``WORKER_CHANNEL_DELAY`` later."""
-    indices: list[list[SharedPrefixIndex]] = []
+def _share(
+    fronts: Sequence[_Front],
+    loop: VirtualLoop,
+    attach: Callable[[Scheduler, Callable[[_Item], None]], Sequence[_Sink]],
+    apply: Callable[[_Sink, _Item], None],
+) -> None:
+    """What each worker's picks publish (``attach`` wires a scheduler's plugins to a publisher and
+    returns them) reaches the other workers' plugins ``WORKER_CHANNEL_DELAY`` later (``apply``)."""
+    sinks: list[Sequence[_Sink]] = []
 
-    def publisher(n: int) -> Callable[[Credit], None]:
-        def publish(credit: Credit) -> None:
+    def publisher(n: int) -> Callable[[_Item], None]:
+        def publish(item: _Item) -> None:
             def deliver() -> None:
-                for m, theirs in enumerate(indices):
+                for m, theirs in enumerate(sinks):
                     if m != n:
-                        for index in theirs:
-                            index.add_remote(credit)
+                        for sink in theirs:
+                            apply(sink, item)
 
             loop.call_at(loop.now() + WORKER_CHANNEL_DELAY, deliver)
 
@@ -269,28 +277,7 @@ def _share_prefix(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
 
     for n, f in enumerate(fronts):
         assert f.scheduler is not None
-        indices.append(share_prefix_credits(f.scheduler, publisher(n)))
-
-
-def _share_latency(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
-    """Each worker's latency accounting records reach the other workers ``WORKER_CHANNEL_DELAY`` later."""
-    scorers: list[list[PredictedLatencyScorer]] = []
-
-    def publisher(n: int) -> Callable[[LatencyRecord], None]:
-        def publish(record: LatencyRecord) -> None:
-            def deliver() -> None:
-                for m, theirs in enumerate(scorers):
-                    if m != n:
-                        for scorer in theirs:
-                            scorer.apply_accounting(record)
-
-            loop.call_at(loop.now() + WORKER_CHANNEL_DELAY, deliver)
-
-        return publish
-
-    for n, f in enumerate(fronts):
-        assert f.scheduler is not None
-        scorers.append(share_latency_accounting(f.scheduler, publisher(n)))
+        sinks.append(attach(f.scheduler, publisher(n)))
 
 
 def run_twin(
@@ -369,9 +356,9 @@ def run_twin(
         if f.scheduler is not None:
             _feed_kv_events(f.scheduler, replicas, cfg.base_model)
     if len(fronts) > 1 and cfg.share_prefix:
-        _share_prefix(fronts, loop)
+        _share(fronts, loop, share_prefix_credits, SharedPrefixIndex.add_remote)
     if len(fronts) > 1 and cfg.share_latency:
-        _share_latency(fronts, loop)
+        _share(fronts, loop, share_latency_accounting, PredictedLatencyScorer.apply_accounting)
 
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)
