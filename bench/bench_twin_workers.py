@@ -2,8 +2,9 @@
 
 With ``proxy.workers`` = N the gateway runs N independent schedulers that share the scraped
 snapshot, each with its own in-flight counts, flow control and prefix index (credits shared unless
-``--no-share``). The twin models exactly that (``TwinConfig.gateway_workers``): arrivals go to the
-workers in turn. For each workload the SLO rate of the ``default`` strategy (p90 TTFT < 1 s, p90
+``--no-share``) and predicted-latency scorer (its per-pick accounting shared unless
+``--no-share-latency``). The twin models exactly that (``TwinConfig.gateway_workers``): arrivals
+go to the workers in turn. For each workload the SLO rate of the ``default`` strategy (p90 TTFT < 1 s, p90
 TPOT < 50 ms, >= 99 % success; see ``bench_regret.py``) is searched with 1 worker and with N, and
 the table gives N workers' rate as a fraction of one worker's, with the prefix hit rates at the
 highest rate both met.
@@ -14,7 +15,8 @@ highest rate both met.
 A full search per (workload, worker count) costs tens of points. ``--at W=RATE,...`` is the cheap
 check instead: one point with 1 worker at RATE (a known SLO rate of one worker, e.g. the regret
 table's), and points with N workers at RATE and at 0.98 × RATE; N workers meeting the SLO at
-0.98 × RATE is what "within 2 % of one worker" asks.
+0.98 × RATE is what "within 2 % of one worker" asks. ``--counts 1,2,3`` runs several worker
+counts in one go.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ def plan_of(workload: str, *, quick: bool) -> SteadyPlan:
 
 
 def search(
-    workload: str, workers: int, share: bool, quick: bool, tolerance: float, seed: int
+    workload: str, workers: int, share: bool, quick: bool, tolerance: float, seed: int, share_latency: bool
 ) -> dict[str, Any]:
     cpu0 = time.process_time()
     spec = load_workload(workload)
     runner = SteadyRunner(spec, resolve_pool(spec), plan=plan_of(workload, quick=quick), seed=seed)
-    runner.config = replace(runner.config, gateway_workers=workers, share_prefix=share)
+    runner.config = replace(
+        runner.config, gateway_workers=workers, share_prefix=share, share_latency=share_latency
+    )
     rate = runner.slo_rate("default", tolerance=tolerance)
     points = {round(p.rate, 6): p for p in runner.points_of("default")}
     return {
@@ -65,10 +69,12 @@ def search(
     }
 
 
-def at_rate(workload: str, workers: int, rate: float, quick: bool, seed: int) -> dict[str, Any]:
+def at_rate(
+    workload: str, workers: int, rate: float, quick: bool, seed: int, share_latency: bool = True
+) -> dict[str, Any]:
     spec = load_workload(workload)
     runner = SteadyRunner(spec, resolve_pool(spec), plan=plan_of(workload, quick=quick), seed=seed)
-    runner.config = replace(runner.config, gateway_workers=workers)
+    runner.config = replace(runner.config, gateway_workers=workers, share_latency=share_latency)
     p = runner.point(STRATEGY, rate)
     return {
         "workload": workload,
@@ -85,13 +91,21 @@ def at_rate(workload: str, workers: int, rate: float, quick: bool, seed: int) ->
 
 
 def check_at(
-    rates: dict[str, float], workers: int, quick: bool, seed: int, jobs: int
+    rates: dict[str, float],
+    workers: int,
+    quick: bool,
+    seed: int,
+    jobs: int,
+    *,
+    share_latency: bool = True,
+    counts: tuple[int, ...] | None = None,
 ) -> list[dict[str, Any]]:
+    ns = counts if counts is not None else (1, workers)
     tasks = [
-        (w, n, q) for w, r in rates.items() for n, q in ((1, r), (workers, r), (workers, round(0.98 * r, 3)))
+        (w, n, q) for w, r in rates.items() for n in ns for q in ((r,) if n == 1 else (r, round(0.98 * r, 3)))
     ]
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(at_rate, w, n, q, quick, seed) for w, n, q in tasks]
+        futures = [pool.submit(at_rate, w, n, q, quick, seed, share_latency) for w, n, q in tasks]
         results = [f.result() for f in futures]
     print("| workload | workers | QPS | SLO met | attainment | p90 TTFT (s) | p90 TPOT (ms) | prefix hits |")
     print("|---|---|---|---|---|---|---|---|")
@@ -110,6 +124,12 @@ def main() -> None:
     ap.add_argument("--workloads", default="many-tenants,agentic-sessions,multi-tenant-chat")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-share", action="store_true", help="each worker's prefix index learns alone")
+    ap.add_argument(
+        "--no-share-latency",
+        action="store_true",
+        help="each worker's predicted-latency scorer counts its own picks only (before issue #18)",
+    )
+    ap.add_argument("--counts", help="--at: the worker counts to run, e.g. 1,2,3 (default: 1 and --workers)")
     ap.add_argument("--quick", action="store_true", help="bench_regret's --quick windows")
     ap.add_argument("--tolerance", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
@@ -124,7 +144,10 @@ def main() -> None:
     STRATEGY = a.strategy
     if a.at:
         rates = {w: float(r) for w, r in (item.split("=") for item in a.at.split(","))}
-        results = check_at(rates, a.workers, a.quick, a.seed, a.jobs)
+        counts = tuple(int(n) for n in a.counts.split(",")) if a.counts else None
+        results = check_at(
+            rates, a.workers, a.quick, a.seed, a.jobs, share_latency=not a.no_share_latency, counts=counts
+        )
         print(f"\nCPU: {sum(r['cpu_s'] for r in results):.0f} s")
         if a.json:
             a.json.write_text(json.dumps(results, indent=2, default=str))
@@ -132,7 +155,10 @@ def main() -> None:
     names = [w for w in a.workloads.split(",") if w]
     tasks = [(w, n, not a.no_share or n == 1) for w in names for n in (1, a.workers)]
     with ProcessPoolExecutor(a.jobs) as pool:
-        futures = [pool.submit(search, w, n, sh, a.quick, a.tolerance, a.seed) for w, n, sh in tasks]
+        futures = [
+            pool.submit(search, w, n, sh, a.quick, a.tolerance, a.seed, not a.no_share_latency)
+            for w, n, sh in tasks
+        ]
         results = [f.result() for f in futures]
     n = a.workers
     print(f"| workload | SLO rate, 1 worker | SLO rate, {n} workers | ratio | prefix hit rate 1 / {n} |")

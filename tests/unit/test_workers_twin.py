@@ -21,3 +21,25 @@ def test_two_workers_sharing_prefix_credits_keep_one_workers_affinity() -> None:
     one = hit_rate(1)
     assert hit_rate(2) >= one - 0.01
     assert hit_rate(2, share=False) < one - 0.05
+
+
+def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_capacity() -> None:
+    """many-tenants at its one-worker SLO rate (138.6 QPS over 6 replicas): a worker that counts
+    only its own picks in the predicted-latency scorer's backlog sees every replica half as loaded
+    as it is, and spreads tenants off their cached replicas (issue #18)."""
+    requests = generate(load_workload("many-tenants"))
+    offsets = [i / 138.6 for i in range(len(requests))]
+
+    def run(workers: int, share: bool = True) -> tuple[float, float]:
+        cfg = TwinConfig(replicas=6, adapters=(), gateway_workers=workers, share_latency=share)
+        out = run_twin(requests, offsets, strategy="default", config=cfg)
+        assert all(r.status == 200 for r in out.records)
+        ttfts = sorted(r.ttft for r in out.records if r.ttft is not None)
+        assert out.prefix_hit_rate is not None and len(ttfts) == len(requests)
+        return out.prefix_hit_rate, ttfts[int(0.9 * len(ttfts))]
+
+    one_hits, one_ttft = run(1)
+    hits, ttft = run(2)
+    assert hits >= one_hits - 0.02 and ttft <= 1.1 * one_ttft
+    alone_hits, alone_ttft = run(2, share=False)
+    assert alone_hits < one_hits - 0.1 and alone_ttft > 1.5 * one_ttft

@@ -40,8 +40,13 @@ import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from infergate.app.workers.affinity import Credit, SharedPrefixIndex, share_prefix_credits
+from infergate.app.workers.affinity import (
+    SharedPrefixIndex,
+    share_latency_accounting,
+    share_prefix_credits,
+)
 from infergate.bench.loadgen import RequestRecord
 from infergate.bench.strategies import BASE_MODEL, picker_config, resolve_strategy
 from infergate.bench.workloads import BenchRequest
@@ -55,6 +60,7 @@ from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, ROLE_LABEL
+from infergate.scheduling.plugins.latency import PredictedLatencyScorer
 from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
@@ -76,8 +82,12 @@ from infergate.types import (
 
 __all__ = ["TwinConfig", "TwinResult", "run_twin"]
 
+_Item = TypeVar("_Item")
+_Sink = TypeVar("_Sink")
+
 WORKER_CHANNEL_DELAY = 0.002
-"""Seconds a prefix credit takes from one gateway worker to the others (two local socket hops)."""
+"""Seconds a prefix credit or latency record takes from one gateway worker to the others (two
+local socket hops)."""
 
 # Virtual time starts here, not at 0: a metrics snapshot stamped 0.0 means "never scraped".
 T0 = 1.0
@@ -125,6 +135,10 @@ class TwinConfig:
     share_prefix: bool = True
     """With several gateway workers, each prefix index also learns the others' picks after
     ``WORKER_CHANNEL_DELAY`` (what ``proxy.workers`` does); False: every index learns alone."""
+    share_latency: bool = True
+    """With several gateway workers, each predicted-latency scorer also accounts the others' picks
+    (backlog, frontend work, prefill rate) after ``WORKER_CHANNEL_DELAY``, as ``proxy.workers``
+    does; False: each scorer counts its own picks only."""
 
 
 @dataclass(slots=True)
@@ -239,17 +253,23 @@ def _feed_kv_events(scheduler: Scheduler, replicas: Sequence[_Replica], model: s
             r.engine.set_kv_event_sink(sink)
 
 
-def _share_prefix(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
-    """Each worker's prefix credits reach the other workers ``WORKER_CHANNEL_DELAY`` later."""
-    indices: list[list[SharedPrefixIndex]] = []
+def _share(
+    fronts: Sequence[_Front],
+    loop: VirtualLoop,
+    attach: Callable[[Scheduler, Callable[[_Item], None]], Sequence[_Sink]],
+    apply: Callable[[_Sink, _Item], None],
+) -> None:
+    """What each worker's picks publish (``attach`` wires a scheduler's plugins to a publisher and
+    returns them) reaches the other workers' plugins ``WORKER_CHANNEL_DELAY`` later (``apply``)."""
+    sinks: list[Sequence[_Sink]] = []
 
-    def publisher(n: int) -> Callable[[Credit], None]:
-        def publish(credit: Credit) -> None:
+    def publisher(n: int) -> Callable[[_Item], None]:
+        def publish(item: _Item) -> None:
             def deliver() -> None:
-                for m, theirs in enumerate(indices):
+                for m, theirs in enumerate(sinks):
                     if m != n:
-                        for index in theirs:
-                            index.add_remote(credit)
+                        for sink in theirs:
+                            apply(sink, item)
 
             loop.call_at(loop.now() + WORKER_CHANNEL_DELAY, deliver)
 
@@ -257,7 +277,7 @@ def _share_prefix(fronts: Sequence[_Front], loop: VirtualLoop) -> None:
 
     for n, f in enumerate(fronts):
         assert f.scheduler is not None
-        indices.append(share_prefix_credits(f.scheduler, publisher(n)))
+        sinks.append(attach(f.scheduler, publisher(n)))
 
 
 def run_twin(
@@ -336,7 +356,9 @@ def run_twin(
         if f.scheduler is not None:
             _feed_kv_events(f.scheduler, replicas, cfg.base_model)
     if len(fronts) > 1 and cfg.share_prefix:
-        _share_prefix(fronts, loop)
+        _share(fronts, loop, share_prefix_credits, SharedPrefixIndex.add_remote)
+    if len(fronts) > 1 and cfg.share_latency:
+        _share(fronts, loop, share_latency_accounting, PredictedLatencyScorer.apply_accounting)
 
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)

@@ -5,9 +5,9 @@ the admin listener (``/metrics``, probes, live view). It binds the inference lis
 ``proxy.workers`` worker processes that share it (:mod:`.child`); each runs the data plane with
 its own scheduler, flow control and in-flight accounting. After every change of its datastore the
 gateway process publishes a snapshot to the workers over a Unix socket pair (:mod:`.channel`);
-the workers send back their in-flight counts and metric series (:mod:`.metrics`) and the
-credits of their prefix indexes, which the gateway process passes on to the others
-(:mod:`.affinity`).
+the workers send back their in-flight counts and metric series (:mod:`.metrics`) and what their
+picks credit (prefix-index credits, the predicted-latency scorer's accounting records), which the
+gateway process passes on to the others (:mod:`.affinity`).
 :class:`WorkerPool` is the data plane the gateway sees: it supervises the workers (a worker that
 dies is restarted) and drains them on stop.
 """

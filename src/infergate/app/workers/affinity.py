@@ -9,6 +9,14 @@ cut the many-tenants prefix hit rate from 52 % to 40 %. Here each worker's index
 credits to the gateway process, which passes them on to the other workers; each index then
 holds what a single process's index would (up to the channel's delay of a few milliseconds).
 
+The predicted-latency scorer's per-endpoint accounting (the prefill backlog and API-frontend work
+each pick adds to its endpoint, the prefill-rate estimate, the average prefill and answer length)
+is shared the same way: each pick's :class:`LatencyRecord` travels with the prefix credits, and
+the other workers apply it to their scorers. Without it each worker priced an endpoint by its own
+picks only, as if the other workers sent nothing there between scrapes: in the twin two workers
+missed many-tenants' SLO at 0.98x one worker's rate. In-flight counts and the online TTFT
+correction stay per worker (each worker sees the answers of its own requests only).
+
 Block hashes use Python's ``hash``, which is salted per process: the gateway process starts every
 worker with the same ``PYTHONHASHSEED`` (a random one per gateway run unless set), so the hashes
 agree.
@@ -19,9 +27,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from infergate.scheduling.engine.scheduler import Scheduler
+from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer
 from infergate.scheduling.plugins.prefix import PrefixIndex
 
-__all__ = ["Credit", "SharedPrefixIndex", "share_prefix_credits"]
+__all__ = [
+    "Credit",
+    "LatencyRecord",
+    "SharedPrefixIndex",
+    "share_latency_accounting",
+    "share_prefix_credits",
+]
 
 Credit = tuple[str, tuple[int, ...], int]
 """(endpoint key, block hashes, the index capacity the sender used)."""
@@ -54,4 +69,17 @@ def share_prefix_credits(scheduler: Scheduler, publish: Callable[[Credit], None]
             shared = SharedPrefixIndex(publish)
             setattr(plugin, "index", shared)  # noqa: B010 - any plugin with such an index
             out.append(shared)
+    return out
+
+
+def share_latency_accounting(
+    scheduler: Scheduler, publish: Callable[[LatencyRecord], None]
+) -> list[PredictedLatencyScorer]:
+    """Make every predicted-latency scorer of ``scheduler`` publish its picks' accounting records;
+    the caller applies the other workers' records with ``apply_accounting`` on the returned ones."""
+    out: list[PredictedLatencyScorer] = []
+    for plugin in scheduler.plugins():
+        if isinstance(plugin, PredictedLatencyScorer):
+            plugin.export_accounting(publish)
+            out.append(plugin)
     return out

@@ -54,8 +54,9 @@ class Message:
     (an endpoint key the scraper declared down), ``serving`` (the gateway's readiness, a bool,
     which a plane with a health signal of its own shows: the ext_proc port's health service).
     Worker -> gateway: ``ready`` (serving, on the port its body names), ``stats`` (its in-flight
-    count and metric families). Both ways: ``credits`` (prefix-index credits of a worker's picks,
-    which the gateway process passes on to the other workers).
+    count and metric families). Both ways: ``credits`` (what a worker's picks credit: prefix-index
+    credits and predicted-latency accounting records, see ``.affinity``; the gateway process passes
+    them on to the other workers).
     """
 
     kind: Kind

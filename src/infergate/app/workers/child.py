@@ -35,7 +35,7 @@ from ..core import build_core, start_plugin_tasks
 from ..logs import configure_logging
 from ..process import run_async
 from ..tasks import Supervisor
-from .affinity import Credit, share_prefix_credits
+from .affinity import Credit, LatencyRecord, share_latency_accounting, share_prefix_credits
 from .channel import (
     Message,
     Snapshot,
@@ -97,11 +97,12 @@ class _Worker:
             )
         )
         self.stop = asyncio.Event()
-        self._credits: list[Credit] = []
+        self._credits: list[Credit | LatencyRecord] = []
         self.indices = share_prefix_credits(core.scheduler, self._publish)
+        self.latency = share_latency_accounting(core.scheduler, self._publish)
 
-    def _publish(self, credit: Credit) -> None:
-        """Batch this worker's prefix credits; one frame per event-loop turn."""
+    def _publish(self, credit: Credit | LatencyRecord) -> None:
+        """Batch this worker's prefix credits and latency records; one frame per event-loop turn."""
         if not self._credits:
             asyncio.get_running_loop().call_soon(self._flush)
         self._credits.append(credit)
@@ -127,9 +128,17 @@ class _Worker:
             elif msg.kind == "serving":
                 await self.plane.set_ready(bool(msg.body))
             elif msg.kind == "credits":
-                for credit in cast(list[Credit], msg.body):
-                    for index in self.indices:
-                        index.add_remote(credit)
+                self.apply_credits(cast(list[Credit | LatencyRecord], msg.body))
+
+    def apply_credits(self, batch: list[Credit | LatencyRecord]) -> None:
+        """Another worker's picks: prefix credits to the indexes, latency records to the scorers."""
+        for credit in batch:
+            if isinstance(credit, LatencyRecord):
+                for scorer in self.latency:
+                    scorer.apply_accounting(credit)
+            else:
+                for index in self.indices:
+                    index.add_remote(credit)
 
     async def push_stats(self) -> None:
         """The in-flight count and metric families, every ``PUSH_INTERVAL`` seconds."""

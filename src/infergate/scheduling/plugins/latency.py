@@ -44,7 +44,7 @@ defaults describe (an A100, a time-scaled simulator) is learnt within a few doze
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import Field
@@ -54,7 +54,7 @@ from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, can
 from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
-__all__ = ["LatencyParams", "LatencyPrediction", "PredictedLatencyScorer"]
+__all__ = ["LatencyParams", "LatencyPrediction", "LatencyRecord", "PredictedLatencyScorer"]
 
 
 class LatencyParams(Params):
@@ -132,6 +132,23 @@ class _Cycle:
 _CYCLE: StateKey[_Cycle] = StateKey("predicted-latency")
 
 
+@dataclass(frozen=True, slots=True)
+class LatencyRecord:
+    """What one pick added to the scorer's accounting of its endpoint, for another scorer to add too.
+
+    Several schedulers in front of one pool (gateway worker processes) each see only their own
+    picks; without these records each believes an endpoint carries only its share of the prefill
+    and frontend work sent there. ``at`` is the sender's clock reading (``CLOCK_MONOTONIC``, the
+    same in every process of one host); ``answer_tokens`` 0 means the request set no ``max_tokens``.
+    """
+
+    endpoint: str
+    prefill_ms: float
+    answer_tokens: int
+    frontend_ms: float
+    at: float
+
+
 class PredictedLatencyScorer:
     """``predicted-latency-scorer``: the candidate where this request's predicted TTFT and TPOT are best.
 
@@ -149,6 +166,7 @@ class PredictedLatencyScorer:
         self.index = PrefixIndex()
         self._pending: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TTFT ms)
         self._avg_prefill_ms = 0.0  # over every request sent, any endpoint
+        self._export: Callable[[LatencyRecord], None] | None = None
 
     # ------------------------------------------------------------------ model
     def _state_of(self, key: str) -> _EndpointState:
@@ -289,23 +307,16 @@ class PredictedLatencyScorer:
         pred = cycle.predictions.get(primary.key)
         if pred is None:
             return
-        now = self._clock.now()
-        st = self._state_of(primary.key)
-        st.backlog_ms = st.drained(now) + pred.prefill_ms
-        st.backlog_at = now
-        st.frontend_ms = st.frontend_drained(now) + self._p.frontend_ms_per_request
-        st.frontend_at = now
-        decay = self._p.rate_window_seconds * 1000.0
-        st.prefill_rate = self._rate(st, now) + pred.prefill_ms / decay
-        st.rate_at = now
-        st.sent += 1
-        alpha = 0.1 if st.sent > 10 else 1.0 / st.sent
-        st.avg_prefill_ms += alpha * (pred.prefill_ms - st.avg_prefill_ms)
-        if self._avg_prefill_ms == 0.0:
-            self._avg_prefill_ms = pred.prefill_ms
-        self._avg_prefill_ms += 0.05 * (pred.prefill_ms - self._avg_prefill_ms)
-        if request.max_tokens:
-            st.avg_answer_tokens += alpha * (request.max_tokens - st.avg_answer_tokens)
+        record = LatencyRecord(
+            endpoint=primary.key,
+            prefill_ms=pred.prefill_ms,
+            answer_tokens=request.max_tokens or 0,
+            frontend_ms=self._p.frontend_ms_per_request,
+            at=self._clock.now(),
+        )
+        st = self._account(record)
+        if self._export is not None:
+            self._export(record)
         if cycle.hashes:
             capacity = primary.metrics.num_gpu_blocks or self._p.lru_capacity_per_server
             self.index.add(primary.key, cycle.hashes, capacity)
@@ -313,6 +324,50 @@ class PredictedLatencyScorer:
             self._pending[request.request_id] = (primary.key, pred.ttft_ms / st.ttft_factor)
             if len(self._pending) > 100_000:  # requests whose answer was never reported
                 self._pending.pop(next(iter(self._pending)))
+
+    def _account(self, r: LatencyRecord) -> _EndpointState:
+        """Add one pick to its endpoint's backlog, frontend work, prefill rate and averages.
+
+        The record is applied as of ``max(r.at, the state's last update)``: a record that arrives
+        late (another worker's, a channel hop behind) is not drained for the time it travelled
+        before this state's last update; its backlog thus errs by at most that hop (milliseconds).
+        """
+        st = self._state_of(r.endpoint)
+        at = max(r.at, st.backlog_at)
+        st.backlog_ms = st.drained(at) + r.prefill_ms
+        st.backlog_at = at
+        at = max(r.at, st.frontend_at)
+        st.frontend_ms = st.frontend_drained(at) + r.frontend_ms
+        st.frontend_at = at
+        at = max(r.at, st.rate_at)
+        st.prefill_rate = self._rate(st, at) + r.prefill_ms / (self._p.rate_window_seconds * 1000.0)
+        st.rate_at = at
+        st.sent += 1
+        alpha = 0.1 if st.sent > 10 else 1.0 / st.sent
+        st.avg_prefill_ms += alpha * (r.prefill_ms - st.avg_prefill_ms)
+        if self._avg_prefill_ms == 0.0:
+            self._avg_prefill_ms = r.prefill_ms
+        self._avg_prefill_ms += 0.05 * (r.prefill_ms - self._avg_prefill_ms)
+        if r.answer_tokens:
+            st.avg_answer_tokens += alpha * (r.answer_tokens - st.avg_answer_tokens)
+        return st
+
+    def export_accounting(self, sink: Callable[[LatencyRecord], None] | None) -> None:
+        """Hand the :class:`LatencyRecord` of every later pick to ``sink`` (None: stop).
+
+        Gateway workers pass them to each other (``infergate.app.workers.affinity``), so each
+        worker's backlog, frontend and prefill-rate estimates count every worker's picks.
+        """
+        self._export = sink
+
+    def apply_accounting(self, record: LatencyRecord) -> None:
+        """Account another scheduler's pick as if this scorer had made it.
+
+        Only the endpoint model is touched: not the prefix index (shared on its own), not the
+        online TTFT correction (this scorer will not see that request's answer), and not the
+        datastore's in-flight counts (those stay each process's own).
+        """
+        self._account(record)
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
         """The data plane saw the request's first token after ``ttft_seconds`` (None: it failed)."""

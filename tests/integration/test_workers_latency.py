@@ -1,0 +1,116 @@
+"""Two gateway workers built in this process, joined by the real channel (Unix socket pairs,
+frames) and the gateway process's forwarding (``WorkerPool``): a pick in one worker moves the
+other worker's predicted latency for that endpoint (issue #18)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from infergate.app.workers import child, supervisor
+from infergate.app.workers.channel import WorkerSpec, apply_snapshot, snapshot_of
+from infergate.app.workers.supervisor import WorkerPool
+from infergate.config.picker import default_picker_config
+from infergate.datastore.store import Datastore
+from infergate.scheduling.plugins.latency import PredictedLatencyScorer
+from infergate.types import (
+    Endpoint,
+    EndpointMeta,
+    EndpointMetrics,
+    InferenceRequest,
+    MonotonicClock,
+    PoolSpec,
+)
+from tests.support import eventually, local_settings
+
+POOL = PoolSpec(name="pool", selector={"app": "sim"})
+
+
+def _pool_state() -> Datastore:
+    """The gateway process's datastore: two idle replicas serving ``base``, just scraped."""
+    clock = MonotonicClock()
+    ds = Datastore(clock)
+    ds.set_pool(POOL)
+    for i in range(2):
+        meta = EndpointMeta(name=f"sim{i}", address="127.0.0.1", port=9000 + i, labels={"app": "sim"})
+        ds.upsert_endpoint(meta)
+        ds.update_metrics(
+            meta.key, EndpointMetrics(num_gpu_blocks=10_000, block_size=16, updated_at=clock.now())
+        )
+        ds.set_models(meta.key, frozenset({"base"}))
+    return ds
+
+
+def _scorer(worker: child._Worker) -> PredictedLatencyScorer:
+    assert len(worker.latency) == 1, "the default profile has one predicted-latency scorer"
+    return worker.latency[0]
+
+
+def _ttft(worker: child._Worker, endpoint: Endpoint, now: float) -> float:
+    pred = _scorer(worker).predict(endpoint, prompt_tokens=1000, matched_tokens=0, adapter=None, now=now)
+    return pred.ttft_ms
+
+
+async def test_a_pick_in_one_worker_moves_the_other_workers_prediction() -> None:
+    settings = local_settings()
+    gateway = WorkerPool(settings)
+    parent = _pool_state()
+    workers: list[child._Worker] = []
+    tasks: list[asyncio.Task[None]] = []
+    closing: list[asyncio.StreamWriter] = []
+    try:
+        for i in range(2):
+            ours, theirs = socket.socketpair()
+            g_reader, g_writer = await asyncio.open_unix_connection(sock=ours)
+            w_reader, w_writer = await asyncio.open_unix_connection(sock=theirs)
+            closing += [g_writer, w_writer]
+            spec = WorkerSpec(
+                index=i,
+                settings=settings,
+                pool=POOL,
+                picker=default_picker_config(lora=False),
+                objective_max_tokens={},
+                api_keys=None,
+                route_prefixes=(),
+            )
+            worker = child._Worker(spec, w_writer)
+            apply_snapshot(worker.datastore, snapshot_of(parent))
+            workers.append(worker)
+            # the gateway process's side: the same forwarding a started worker gets
+            proc = cast(asyncio.subprocess.Process, SimpleNamespace(pid=0))
+            gw = gateway._workers[i] = supervisor._Worker(i, proc, g_writer)
+            tasks.append(asyncio.create_task(gateway._listen(gw, g_reader)))
+            tasks.append(asyncio.create_task(worker.follow(w_reader)))
+        a, b = workers
+        endpoints = {e.key: e for e in b.datastore.endpoints()}
+        before = time.monotonic()
+        idle = {key: _ttft(b, e, before) for key, e in endpoints.items()}
+
+        # worker a schedules a request of 4000 prompt tokens (100 ms of prefill)
+        request = InferenceRequest(
+            request_id="r1", model="base", target_model="base", prompt="x" * 16_000, max_tokens=50
+        )
+        picked = a.core.scheduler.schedule(request, a.datastore.endpoints()).primary.key
+        await eventually(
+            lambda: _scorer(b).debug_state().get(picked, {}).get("requests") == 1,
+            what="worker b to account worker a's pick",
+        )
+        now = time.monotonic()
+        other = next(k for k in endpoints if k != picked)
+        # b now prices the picked endpoint as a does: the same backlog, frontend work and rate
+        assert _ttft(b, endpoints[picked], now) == pytest.approx(_ttft(a, endpoints[picked], now))
+        assert _ttft(b, endpoints[picked], now) > idle[picked]
+        assert _ttft(b, endpoints[other], now) == pytest.approx(idle[other])
+        # but its own in-flight counts stay its own
+        assert all(e.in_flight == 0 for e in b.datastore.endpoints())
+    finally:
+        for w in closing:
+            w.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
