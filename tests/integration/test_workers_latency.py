@@ -16,6 +16,8 @@ from infergate.app.workers import child, supervisor
 from infergate.app.workers.channel import WorkerSpec, apply_snapshot, snapshot_of
 from infergate.app.workers.supervisor import WorkerPool
 from infergate.config.picker import default_picker_config
+from infergate.dataplanes import WorkerListen
+from infergate.dataplanes.builtin import SharedSocketFront
 from infergate.datastore.store import Datastore
 from infergate.scheduling.plugins.latency import PredictedLatencyScorer
 from infergate.types import (
@@ -58,7 +60,7 @@ def _ttft(worker: child._Worker, endpoint: Endpoint, now: float) -> float:
 
 async def test_a_pick_in_one_worker_moves_the_other_workers_prediction() -> None:
     settings = local_settings()
-    gateway = WorkerPool(settings)
+    gateway = WorkerPool(settings, SharedSocketFront(settings))
     parent = _pool_state()
     workers: list[child._Worker] = []
     tasks: list[asyncio.Task[None]] = []
@@ -77,6 +79,7 @@ async def test_a_pick_in_one_worker_moves_the_other_workers_prediction() -> None
                 objective_max_tokens={},
                 api_keys=None,
                 route_prefixes=(),
+                listen=WorkerListen(),
             )
             worker = child._Worker(spec, w_writer)
             apply_snapshot(worker.datastore, snapshot_of(parent))
