@@ -227,8 +227,9 @@ def test_live_state_carries_the_latency_models_view_of_each_endpoint() -> None:
     m = state["latency_model"][ep.key]
     assert m["observations"] == 1 and m["requests"] == 1
     assert m["last_observed_ttft_ms"] == 20.0
-    # the first observation sets the correction factor to observed / predicted (clamped to 0.25..4)
-    assert m["ttft_observed_over_predicted"] == pytest.approx(20.0 / m["last_predicted_ttft_ms"], rel=1e-3)
+    # the first observation sets the correction factor to observed / predicted (clamped to 1/1.5..1.5)
+    ratio = min(1.5, max(1 / 1.5, 20.0 / m["last_predicted_ttft_ms"]))
+    assert m["ttft_observed_over_predicted"] == pytest.approx(ratio, rel=1e-3)
     assert state["flow"] == {"enabled": False, "queued": 0, "bytes": 0, "bands": []}
     assert state["decisions"] == [] and state["decisions_total"] == 0
     json.dumps(state)

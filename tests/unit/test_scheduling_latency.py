@@ -169,19 +169,34 @@ def test_observed_ttft_scales_the_endpoints_predictions() -> None:
     r = req("x" * 4000, rid="q")
     _pick(s, r, [e])
     before = s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms
-    s.observe_ttft("q", 2 * 0.035)  # twice what was predicted (35 ms)
+    s.observe_ttft("q", 1.25 * 0.035)  # a quarter more than was predicted (35 ms)
     after = s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms
-    assert after == pytest.approx(2 * before)
+    assert after == pytest.approx(1.25 * before)
     s.observe_ttft("q", 9.0)  # already consumed: ignored
     s.observe_ttft("unknown", 1.0)
     assert s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms == after
+
+
+@pytest.mark.parametrize(
+    ("limit", "observed", "factor"), [(1.5, 4.0, 1.5), (1.5, 0.1, 1 / 1.5), (4.0, 2.0, 2.0)]
+)
+def test_the_correction_factor_stays_within_its_limit(limit: float, observed: float, factor: float) -> None:
+    """One replica's unexplained wait moves its predictions by at most ``ttftCorrectionLimit``."""
+    clock = Clock()
+    s = PredictedLatencyScorer(LatencyParams(ttft_correction_limit=limit), clock=clock)
+    e = make_endpoint("a")
+    _pick(s, req("x" * 4000, rid="q"), [e])
+    before = s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms
+    s.observe_ttft("q", observed * 0.035)  # ``observed`` times what was predicted (35 ms)
+    after = s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms
+    assert after == pytest.approx(factor * before)
 
 
 def test_scheduler_forwards_observations_and_departures() -> None:
     text = """
 plugins:
 - type: predicted-latency-scorer
-  parameters: {ttftSloSeconds: 0.5, onlineCorrection: true}
+  parameters: {ttftSloSeconds: 0.5, onlineCorrection: true, ttftCorrectionLimit: 4}
 schedulingProfiles:
 - name: default
   plugins: [{pluginRef: predicted-latency-scorer}]

@@ -37,8 +37,13 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
 
 Every prediction is corrected online: the data plane reports each request's observed TTFT, and a
 per-endpoint factor (the exponentially weighted ratio of observed to predicted TTFT, clamped to
-[0.25, 4]) scales that endpoint's TTFT prediction, so a pool of slower or faster GPUs than the
-defaults describe (an A100, a time-scaled simulator) is learnt within a few dozen requests.
+``[1 / ttftCorrectionLimit, ttftCorrectionLimit]``, default 1.5) scales that endpoint's TTFT
+prediction, so a pool somewhat slower or faster than the defaults describe is learnt within a few
+dozen requests. The limit is narrow on purpose: an additive wait the model underestimates on one
+replica (its API frontend streaming a large batch) must not become a factor of 4 on every long
+prompt considered there, which sorted long prompts away from that replica and piled decode-heavy
+requests onto it (``docs/benchmarks.md``, prefill-decode-mix). For GPUs far from the defaults, set
+the cost parameters (``prefillMsPerToken``, ``decodeStepMs``) or raise the limit.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class LatencyParams(Params):
     lru_capacity_per_server: int = Field(default=31250, gt=0)
     rate_window_seconds: float = Field(default=5.0, gt=0)
     online_correction: bool = True
+    ttft_correction_limit: float = Field(default=1.5, ge=1.0)
 
 
 @dataclass(slots=True)
@@ -378,12 +384,13 @@ class PredictedLatencyScorer:
         st = self._state.get(key)
         if st is None or predicted <= 0:
             return
-        ratio = min(4.0, max(0.25, ttft_seconds * 1000.0 / predicted))
+        hi = self._p.ttft_correction_limit
+        ratio = min(hi, max(1.0 / hi, ttft_seconds * 1000.0 / predicted))
         st.last_predicted_ms = predicted * st.ttft_factor
         st.last_observed_ms = ttft_seconds * 1000.0
         st.observed += 1
         alpha = 0.05 if st.observed > 20 else 1.0 / st.observed
-        st.ttft_factor = min(4.0, max(0.25, st.ttft_factor + alpha * (ratio - st.ttft_factor)))
+        st.ttft_factor = min(hi, max(1.0 / hi, st.ttft_factor + alpha * (ratio - st.ttft_factor)))
 
     def debug_state(self) -> dict[str, dict[str, float]]:
         """Per endpoint: what the model believes now and how its last prediction compared.
