@@ -202,6 +202,41 @@ def test_cli_rejects_unknown_arrivals_and_strategies(capsys: pytest.CaptureFixtu
     assert "only apply to --twin" in capsys.readouterr().err
 
 
+def test_matrix_replicas_serve_the_workloads_pool(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The matrix loads the workload's adapters (lora-zipf: lora-0..7, 2 slots) and sends requests
+    that name them, as the twin does; before, it loaded the tutorial's three and every request
+    got a 404."""
+    from infergate.bench import cli
+    from infergate.bench.matrix import MatrixOutcome
+
+    seen: dict[str, object] = {}
+
+    def fake_sweep(
+        requests: object, *, workload: str, args: object, slo: object, shape: PoolShape
+    ) -> MatrixOutcome:
+        seen["requests"], seen["shape"] = requests, shape
+        return MatrixOutcome()
+
+    monkeypatch.setattr(cli, "run_matrix_sweep", fake_sweep)
+    args = ["--matrix", "--workload", "lora-zipf", "--limit", "40", "--no-plots", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    shape = seen["shape"]
+    assert isinstance(shape, PoolShape)
+    assert shape.adapters == tuple(f"lora-{i}" for i in range(8)) and shape.max_loras == 2
+    assert shape.replicas == 4
+    models = {r.model for r in seen["requests"]}  # type: ignore[attr-defined]
+    assert models and models <= set(shape.adapters)
+    assert cli.main([*args, "--adapters", "a,b", "--max-loras", "1"]) == 0
+    shape = seen["shape"]
+    assert isinstance(shape, PoolShape) and shape.adapters == ("a", "b") and shape.max_loras == 1
+    assert {r.model for r in seen["requests"]} == {"a", "b"}  # type: ignore[attr-defined]
+    capsys.readouterr()
+    assert cli.main(["--url", "http://127.0.0.1:9", "--workload", "bursts", "--adapters", "a"]) == 2
+    assert "only apply to --twin or --matrix" in capsys.readouterr().err
+
+
 def test_help_lists_workloads_strategies_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     from infergate.bench.cli import main
 

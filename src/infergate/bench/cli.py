@@ -235,12 +235,18 @@ def run_matrix_sweep(
     workload: str,
     args: argparse.Namespace,
     slo: Slo,
+    shape: PoolShape,
 ) -> MatrixOutcome:
-    """Every strategy (and installed peer) on fresh replicas, one after another, with a progress bar."""
+    """Every strategy (and installed peer) on fresh replicas, one after another, with a progress bar.
+
+    The replicas load ``shape``'s adapters with its ``max_loras`` slots (the workload's ``pool:``,
+    or ``--adapters``/``--max-loras``); ``requests`` already name them (:func:`map_models`)."""
     from infergate.bench.matrix import MatrixConfig, run_matrix
 
     config = MatrixConfig(
-        replicas=args.replicas,
+        replicas=shape.replicas,
+        adapters=shape.adapters,
+        max_loras=shape.max_loras,
         strategies=args.strategies.split(",") if args.strategies else (),
         loads=list(args.qps or args.concurrency or [4.0]),
         load_kind="concurrent" if args.concurrency else "qps",
@@ -367,19 +373,37 @@ def execute(args: argparse.Namespace) -> int:
     slo = Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
     if args.twin:
         return _twin_main(args, spec, slo)
+    pool_flags = ("adapters", "max_loras")  # the pool's shape: the twin's and the matrix's replicas
     twin_only = [
-        f for f in ("adapters", "max_loras", "arrival", "duration", "warmup") if getattr(args, f) is not None
+        f
+        for f in (*(() if args.matrix else pool_flags), "arrival", "duration", "warmup")
+        if getattr(args, f) is not None
     ]
     if args.slo_rate:
         twin_only.append("slo_rate")
     if twin_only:
         flags = ", ".join("--" + f.replace("_", "-") for f in twin_only)
-        print(f"error: {flags} only apply to --twin", file=sys.stderr)
+        where = "--twin or --matrix" if set(twin_only) <= set(pool_flags) else "--twin"
+        print(f"error: {flags} only apply to {where}", file=sys.stderr)
         return 2
     args.replicas = args.replicas or spec.pool.replicas or 3
     requests = generate(spec)
     if args.limit:
         requests = requests[: args.limit]
+    shape: PoolShape | None = None
+    if args.matrix:  # the replicas load the pool's adapters; workload names map onto them as in the twin
+        try:
+            shape = resolve_pool(
+                spec,
+                replicas=args.replicas,
+                adapters=None if args.adapters is None else [a for a in args.adapters.split(",") if a],
+                max_loras=args.max_loras,
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        mapping = map_models(requests, shape)
+        requests = [replace(r, model=mapping[r.model]) for r in requests]
     if args.url:
         url = args.url.rstrip("/")
         replica_urls = [u.rstrip("/") for u in args.replica]
@@ -426,7 +450,8 @@ def execute(args: argparse.Namespace) -> int:
             return 1
     else:
         try:
-            outcome = run_matrix_sweep(requests, workload=spec.name, args=args, slo=slo)
+            assert shape is not None
+            outcome = run_matrix_sweep(requests, workload=spec.name, args=args, slo=slo, shape=shape)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

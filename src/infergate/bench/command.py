@@ -130,8 +130,8 @@ def command(
         str | None,
         typer.Option(
             "--adapters",
-            help="Comma-separated LoRA adapters every replica serves ('' for none); the workload's model "
-            "names map onto them (default: the workload's pool, else the tutorial's three).",
+            help="Comma-separated LoRA adapters every replica serves ('' for none; twin, matrix); the "
+            "workload's model names map onto them (default: the workload's pool, else the tutorial's three).",
             rich_help_panel=_TWIN,
         ),
     ] = None,
@@ -139,7 +139,7 @@ def command(
         int | None,
         typer.Option(
             "--max-loras",
-            help="GPU adapter slots per replica (default: the workload's, else 2).",
+            help="GPU adapter slots per replica (twin, matrix; default: the workload's, else 2).",
             rich_help_panel=_TWIN,
         ),
     ] = None,
