@@ -1,0 +1,104 @@
+"""Paired comparison in the digital twin: several schedulers on the very same request streams.
+
+A bisected SLO rate moves by a step when one stream near capacity flips its verdict, so two
+strategies one step apart may not differ at all (docs/benchmarks.md, "What the bisection can and
+cannot tell apart"). This script runs every strategy on the same streams, at fixed rates × seeds,
+and counts the points where each met the SLO (p90 TTFT < 1 s, p90 TPOT < 50 ms, ≥ 99 % served).
+A strategy is a name from ``infergate bench --strategies`` (``default``, ``default+nofc``, …) or
+``NAME=FILE`` with an EndpointPickerConfig YAML (run with flow control, as ``default``)::
+
+    .venv/bin/python bench/bench_twin_paired.py --workload prefill-decode-mix --around 62 \\
+        --strategies default,limit4=limit4.yaml --seeds 0,1,2 --jobs 2
+
+where ``limit4.yaml`` is the default profile with ``ttftCorrectionLimit: 4``. Prints a line per
+point and a summary per strategy; ``--out FILE`` appends every point as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
+from infergate.bench.workloads import load_workload
+from infergate.config.picker import EndpointPickerConfig, parse_picker_config
+
+
+def _point(job: tuple[str, str, str | None, float, int, float, float]) -> dict[str, object]:
+    workload, name, config_path, rate, seed, duration, warmup = job
+    spec = load_workload(workload)
+    picker: EndpointPickerConfig | None = None
+    strategy = name
+    if config_path is not None:
+        picker = parse_picker_config(Path(config_path).read_text(), source=config_path)
+        strategy = "default"  # the given profile, with flow control as the product runs it
+    plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=warmup, duration_s=duration, cooldown_s=1.0)
+    runner = SteadyRunner(spec, resolve_pool(spec), seed=seed, plan=plan, picker=picker)
+    point = runner.point(strategy, rate)
+    s = point.summary
+    return {
+        "workload": workload,
+        "strategy": name,
+        "rate": rate,
+        "seed": seed,
+        "met": point.met,
+        "ttft_p90": s.ttft_p90,
+        "tpot_ms": s.tpot_p90 * 1000.0,
+        "served": s.succeeded,
+        "requests": s.requests,
+        "cpu_s": point.cpu_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", required=True, help="corpus workload name or YAML file")
+    ap.add_argument("--strategies", required=True, help="comma-separated names or NAME=PICKER.yaml")
+    rates = ap.add_mutually_exclusive_group(required=True)
+    rates.add_argument("--rates", help="comma-separated QPS")
+    rates.add_argument("--around", type=float, help="QPS; rates = this × --fractions")
+    ap.add_argument("--fractions", default="0.97,1.03", help="with --around (default 0.97,1.03)")
+    ap.add_argument("--seeds", default="0,1,2", help="stream seeds (default 0,1,2)")
+    ap.add_argument("--duration", type=float, default=15.0, help="measured virtual seconds (default 15)")
+    ap.add_argument("--warmup", type=float, default=5.0, help="warm-up virtual seconds (default 5)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="append every point here as JSON lines")
+    a = ap.parse_args(argv)
+    strategies: list[tuple[str, str | None]] = []
+    for item in a.strategies.split(","):
+        name, eq, path = item.partition("=")
+        strategies.append((name, path if eq else None))
+    if a.rates:
+        qps = [float(r) for r in a.rates.split(",")]
+    else:
+        qps = [round(a.around * float(f), 3) for f in a.fractions.split(",")]
+    jobs = [
+        (a.workload, name, path, rate, int(seed), a.duration, a.warmup)
+        for rate in qps
+        for seed in a.seeds.split(",")
+        for name, path in strategies
+    ]
+    met: dict[str, int] = {name: 0 for name, _ in strategies}
+    with ProcessPoolExecutor(a.jobs) as pool:
+        for r in pool.map(_point, jobs):
+            met[str(r["strategy"])] += bool(r["met"])
+            print(
+                f"{r['strategy']:>16s} {r['rate']:8.2f} QPS seed {r['seed']}: "
+                f"{'met ' if r['met'] else 'miss'} p90 TTFT {r['ttft_p90']:.3f} s, "
+                f"p90 TPOT {r['tpot_ms']:.1f} ms, {r['served']}/{r['requests']} served",
+                flush=True,
+            )
+            if a.out is not None:
+                with a.out.open("a") as fh:
+                    fh.write(json.dumps(r) + "\n")
+    points = len(qps) * len(a.seeds.split(","))
+    for name, count in met.items():
+        print(f"{name}: met the SLO at {count} of {points} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
