@@ -220,12 +220,10 @@ def test_a_prefix_learned_by_one_worker_routes_the_others_requests(
     assert len(set().union(*served.values())) == 2  # the prefixes did not all go to one replica
 
 
-def test_sigterm_lets_streams_on_the_workers_finish(start_sims: StartSims, tmp_path: Path) -> None:
-    """A stream in flight on a worker when the gateway gets SIGTERM is served to its end; then
-    the gateway and its workers exit."""
-    (sim,) = start_sims(["--model", MODEL, "--time-scale", "20"])
-    gw = _serve(tmp_path, write_pool(tmp_path, [sim.key]), "--grace", "120")
-    workers = gw.workers
+def sigterm_mid_stream_and_see_it_finish(gw: _Gateway, *, what: str) -> None:
+    """Stream 12 tokens through ``gw``, SIGTERM the gateway after the first chunk, and check the
+    stream still ends with its last token, the gateway exits 0 and every child (``what``) is gone."""
+    children = gw.workers
 
     async def stream() -> tuple[int, str | None]:
         async with gw.client() as client:
@@ -243,4 +241,12 @@ def test_sigterm_lets_streams_on_the_workers_finish(start_sims: StartSims, tmp_p
     count, finish = asyncio.run(stream())
     assert finish == "length" and count >= 12
     assert gw.child.proc.wait(120) == 0, gw.child.output()
-    wait_for(lambda: all(_gone(pid) for pid in workers), what="the workers to exit")
+    wait_for(lambda: all(_gone(pid) for pid in children), what=f"{what} to exit")
+
+
+def test_sigterm_lets_streams_on_the_workers_finish(start_sims: StartSims, tmp_path: Path) -> None:
+    """A stream in flight on a worker when the gateway gets SIGTERM is served to its end; then
+    the gateway and its workers exit."""
+    (sim,) = start_sims(["--model", MODEL, "--time-scale", "20"])
+    gw = _serve(tmp_path, write_pool(tmp_path, [sim.key]), "--grace", "120")
+    sigterm_mid_stream_and_see_it_finish(gw, what="the workers")

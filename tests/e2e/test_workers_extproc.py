@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2
 from infergate.dataplanes.extproc.server import EXTPROC_SERVICE
 from tests.e2e.conftest import StartSims
 from tests.e2e.test_epp_cluster import health_status, routed
-from tests.e2e.test_workers import MODEL, _complete, _Gateway, _gone
+from tests.e2e.test_workers import MODEL, _complete, _Gateway, _gone, sigterm_mid_stream_and_see_it_finish
 from tests.integration.test_extproc import body_msg, read, response_headers_msg
 from tests.support import ChildProcess, async_wait_for, free_port, start_infergate, wait_for, write_pool
 
@@ -204,25 +204,7 @@ def test_sigterm_lets_streams_through_envoy_and_the_picker_workers_finish(
     (sim,) = start_sims(["--model", MODEL, "--time-scale", "20"])
     pool = write_pool(tmp_path, [sim.key])
     gw = _serve_envoy(tmp_path, pool, free_port(), "--grace", "120", workers=workers)
-    children = gw.workers  # with one process: Envoy
-
-    async def stream() -> tuple[int, str | None]:
-        async with gw.client() as client:
-            chunks = await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
-            )
-            count, finish = 0, None
-            async for chunk in chunks:
-                if count == 0:
-                    gw.child.proc.send_signal(signal.SIGTERM)  # after the first chunk
-                count += 1
-                finish = chunk.choices[0].finish_reason if chunk.choices else finish
-            return count, finish
-
-    try:
-        count, finish = asyncio.run(stream())
-        assert finish == "length" and count >= 12
-        assert gw.child.proc.wait(120) == 0, gw.child.output()
-        wait_for(lambda: all(_gone(pid) for pid in children), what="the workers and Envoy to exit")
+    try:  # with one process, gw.workers is Envoy alone
+        sigterm_mid_stream_and_see_it_finish(gw, what="the workers and Envoy")
     finally:
         gw.child.stop(timeout=60)
