@@ -243,3 +243,19 @@ def test_help_lists_workloads_strategies_and_defaults(capsys: pytest.CaptureFixt
     assert main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.replace("│", " ").split())  # undo the help's wrapping
     assert "long-context-rag" in text and GREEDY in text and "+fc" in text and "default 0.02" in text
+
+
+@pytest.mark.parametrize(
+    ("strategy", "matrix_flow_control", "expected"),
+    [("default", False, True), ("default+nofc", True, False), ("round-robin+fc", False, True),
+     ("round-robin", False, False), ("round-robin", True, True)],
+)  # fmt: skip
+def test_matrix_routers_run_the_flow_control_the_strategy_names(
+    tmp_path: Path, strategy: str, matrix_flow_control: bool, expected: bool
+) -> None:
+    """``default+nofc`` in the matrix starts the gateway with --no-flow-control (it ran with flow
+    control before: the suffix was dropped); a bare name follows the matrix's setting."""
+    from infergate.bench.matrix import MatrixConfig, _Stack
+
+    stack = _Stack(MatrixConfig(flow_control=matrix_flow_control), tmp_path)
+    assert stack._flow_control(strategy) is expected

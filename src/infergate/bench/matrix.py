@@ -36,7 +36,7 @@ from infergate.bench.peers import PEERS, PeerRouter, available_peers, is_peer, p
 from infergate.bench.replicas import read_counters
 from infergate.bench.report import RunResult
 from infergate.bench.stats import Slo, summarise
-from infergate.bench.strategies import picker_config, strategy_names
+from infergate.bench.strategies import picker_config, resolve_strategy, strategy_names
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import dump_picker_config
 
@@ -249,6 +249,12 @@ class _Stack:
             POOL_NAME, {r.name: f"{self.cfg.host}:{r.port}" for r in self.replicas}, label="bench-sim"
         )
 
+    def _flow_control(self, strategy: str) -> bool:
+        """``+fc``/``+nofc`` (and ``default``, which is the product with flow control) decide;
+        otherwise the matrix's ``flow_control``."""
+        named = resolve_strategy(strategy)
+        return self.cfg.flow_control if named.flow_control is None else named.flow_control
+
     async def start_infergate(self, session: aiohttp.ClientSession, strategy: str) -> None:
         cfg = self.cfg
         manifests = self.folder / "pool.yaml"
@@ -260,7 +266,7 @@ class _Stack:
             cfg.python, "-m", "infergate", "serve",
             "-f", str(manifests), "--config", str(picker),
             "--host", cfg.host, "--port", str(port), "--admin-port", str(admin),
-            "--flow-control" if cfg.flow_control else "--no-flow-control",
+            "--flow-control" if self._flow_control(strategy) else "--no-flow-control",
             "--grace", "2", "--log-level", "warning",
             *(["--workers", str(cfg.gateway_workers)] if cfg.gateway_workers > 1 else []),
         ]  # fmt: skip
