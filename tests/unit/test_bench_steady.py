@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import random
+import re
 import statistics
 from pathlib import Path
 
@@ -259,3 +260,21 @@ def test_matrix_routers_run_the_flow_control_the_strategy_names(
 
     stack = _Stack(MatrixConfig(flow_control=matrix_flow_control), tmp_path)
     assert stack._flow_control(strategy) is expected
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [("default+xyz", "unknown suffix '+xyz'"), ("bogus+nofc", "unknown strategy 'bogus+nofc'"),
+     ("sglang-router:cache_aware+nofc", "unknown strategy")],
+)  # fmt: skip
+def test_matrix_refuses_bad_strategy_suffixes_before_starting_anything(
+    tmp_path: Path, strategy: str, message: str
+) -> None:
+    import asyncio
+
+    from infergate.bench.matrix import MatrixConfig, run_matrix
+
+    config = MatrixConfig(strategies=["default+nofc", strategy], workdir=tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        asyncio.run(run_matrix([], workload="w", config=config))
+    assert not any(tmp_path.iterdir())

@@ -505,9 +505,17 @@ async def run_matrix(
     slo = slo or Slo()
     strategies = list(config.strategies) or default_matrix_strategies()
     known = default_matrix_strategies()
-    unknown = [s for s in strategies if s not in known]
+    infergate_names = strategy_names(twin=False)
+    unknown = [
+        s for s in strategies if s not in known and s.partition("+")[0] not in infergate_names
+    ]  # an infergate strategy may carry +fc / +nofc
     if unknown:  # fail before any process starts
-        raise ValueError(f"unknown strategy {unknown[0]!r}; known: {', '.join(known)}")
+        raise ValueError(
+            f"unknown strategy {unknown[0]!r}; known: {', '.join(known)} (infergate's with +fc or +nofc)"
+        )
+    for name in strategies:
+        if name not in known:
+            resolve_strategy(name)  # a bad suffix is a ValueError naming it
     wanted_peers = [s for s in strategies if is_peer(s)]
     found, missing = available_peers(peer_venvs(config.peer_venvs), wanted_peers)
     peers = {p.name: p for p in found}
