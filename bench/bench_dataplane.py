@@ -23,7 +23,7 @@ honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
         [--paths direct,infergate,...] [--workers 1,2] [--gateway-args "..."] [--json out.json]
-        [--before-src DIR] [--replica-args "--time-scale 20"]
+        [--before-src DIR] [--replica-args "--time-scale 0.02"]
 
 ``--workers 1,2`` runs every ``infergate*`` path once per worker count (``proxy.workers``: for
 ``infergate-envoy`` N picker processes behind the one Envoy), named ``<path> ×N`` for N > 1; the
@@ -363,7 +363,8 @@ def main() -> None:
     ap.add_argument(
         "--replica-args",
         default="",
-        help="extra `infergate simulate` flags: '--time-scale 20' makes the replica faster than the routers",
+        help="extra `infergate simulate` flags: '--time-scale 0.02' makes the replica 50x faster "
+        "than the modelled GPU",
     )
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
@@ -382,6 +383,9 @@ def main() -> None:
     points: list[dict[str, Any]] = []
     workers = [int(n) for n in args.workers.split(",") if n]
     gateway_args, replica_args = shlex.split(args.gateway_args), shlex.split(args.replica_args)
+    # The routers run in their own sessions (so one killpg stops a router and its Envoy): a
+    # SIGTERM to this script must unwind through Rig.__exit__, or they outlive it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Rig(paths, gateway_args, args.peer_venv, args.before_src, workers, replica_args) as rig:
         for rep in range(args.reps):
             for route in rig.routes:

@@ -197,3 +197,22 @@ def test_membership_version_moves_on_rotation_changes_only(ds: Datastore, clock:
     assert moved()
     ds.remove_endpoint(key)
     assert moved()
+
+
+def test_with_load_changes_only_the_in_flight_counts() -> None:
+    """Endpoint.with_load spells the fields out (for speed): a field added to Endpoint and not to
+    it would silently fall back to its default on every request; this names the fields it keeps."""
+    from infergate.types import Endpoint
+
+    fields = {f.name for f in dataclasses.fields(Endpoint)}
+    assert fields == {"meta", "metrics", "healthy", "in_flight", "in_flight_tokens"}, (
+        "Endpoint gained or lost a field: update Endpoint.with_load and this test"
+    )
+    ep = Endpoint(
+        meta=meta("pod-1"),
+        metrics=EndpointMetrics(waiting_queue_size=3, kv_cache_usage=0.5, updated_at=7.0),
+        healthy=False,
+        in_flight=4,
+        in_flight_tokens=900,
+    )
+    assert ep.with_load(5, 1200) == dataclasses.replace(ep, in_flight=5, in_flight_tokens=1200)

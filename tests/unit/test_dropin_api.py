@@ -142,6 +142,20 @@ def test_llmd_headers_first_gie_headers_as_aliases() -> None:
     assert forwarded == [("x-other", "1")]
 
 
+def test_every_connection_header_names_hop_by_hop_headers() -> None:
+    """A client may send Connection twice: the names both list stay on this hop (a dict of the
+    headers kept only the last one and forwarded ``x-a``)."""
+    sent = [
+        ("Connection", "x-a"),
+        ("Connection", "keep-alive, x-b"),
+        ("x-a", "1"),
+        ("x-b", "2"),
+        ("x-c", "3"),
+    ]
+    assert H.clean_request_headers(sent) == [("x-c", "3")]
+    assert H.clean_response_headers(sent) == [("x-c", "3")]
+
+
 def test_llmd_endpoint_picker_config_api_version_loads() -> None:
     cfg = parse_picker_config(
         """

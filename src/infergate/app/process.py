@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -16,7 +17,14 @@ from typing import Any
 
 from .logs import configure_logging, setup_logging
 
-__all__ = ["configure_logging", "raise_fd_limit", "run_async", "setup_logging", "stop_event"]
+__all__ = [
+    "configure_logging",
+    "freeze_startup_heap",
+    "raise_fd_limit",
+    "run_async",
+    "setup_logging",
+    "stop_event",
+]
 
 log = logging.getLogger("infergate.app")
 
@@ -31,6 +39,15 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, OSError, ValueError):  # pragma: no cover - platform without the limit
         pass
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive now (modules, settings, plugin tables, compiled configs) out of the
+    garbage collector's generations, once the process is serving: the collections that requests
+    trigger then never walk them again. Worth ~2 % of the built-in proxy's CPU per request
+    (bench/bench_dataplane.py); the objects were going to live as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

@@ -214,9 +214,7 @@ class Datastore:
         old = self._endpoints.get(key)
         if old is None:
             return
-        self._endpoints[key] = replace(
-            old, in_flight=old.in_flight + 1, in_flight_tokens=old.in_flight_tokens + max(0, tokens)
-        )
+        self._endpoints[key] = old.with_load(old.in_flight + 1, old.in_flight_tokens + max(0, tokens))
         self._notify()
 
     def release(self, key: str, tokens: int = 0) -> None:
@@ -226,7 +224,7 @@ class Datastore:
         if old is None or old.in_flight == 0:
             return
         left = max(0, old.in_flight_tokens - max(0, tokens))
-        self._endpoints[key] = replace(old, in_flight=old.in_flight - 1, in_flight_tokens=left)
+        self._endpoints[key] = old.with_load(old.in_flight - 1, left)
         self._notify()
 
     def release_tokens(self, key: str, tokens: int) -> None:
@@ -235,7 +233,7 @@ class Datastore:
         old = self._endpoints.get(key)
         if old is None or tokens <= 0 or old.in_flight_tokens == 0:
             return
-        self._endpoints[key] = replace(old, in_flight_tokens=max(0, old.in_flight_tokens - tokens))
+        self._endpoints[key] = old.with_load(old.in_flight, max(0, old.in_flight_tokens - tokens))
 
     # -- objectives and rewrites ------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -126,7 +126,7 @@ class FlowCore:
         endpoints = self._ds.endpoints()
         value = self._detector.saturation(endpoints, now)
         if pending > 0 and value < 1.0:
-            landed = [replace(e, in_flight=e.in_flight + pending) for e in endpoints]
+            landed = [e.with_load(e.in_flight + pending, e.in_flight_tokens) for e in endpoints]
             value = max(value, self._detector.saturation(landed, now))
         self._last_saturation = value
         if self._metrics is not None:

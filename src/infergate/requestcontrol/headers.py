@@ -122,15 +122,28 @@ CREDENTIALS = frozenset({"authorization", "proxy-authorization", "x-api-key", "c
 
 def scheduling_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The request headers plugins may read: lower-case names, credentials left out."""
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in CREDENTIALS}
+    out = {}
+    for k, v in headers.items():
+        name = k.lower()
+        if name not in CREDENTIALS:
+            out[name] = v
+    return out
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+def _connection_tokens(items: Iterable[tuple[str, str]]) -> set[str]:
+    """Header names a ``Connection`` header lists (hop-by-hop for this one hop), from every
+    ``Connection`` header sent."""
     tokens: set[str] = set()
-    for key, value in headers.items():
+    for key, value in items:
         if key.lower() == "connection":
             tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
+
+
+# What never goes upstream / back to the client, whatever the request (per-request additions:
+# the names a Connection header lists, and the caller's ``drop``).
+_REQUEST_SKIP = HOP_BY_HOP | ROUTING_OUTPUTS | CONTROL_INPUTS | {"host", "content-length"}
+_RESPONSE_SKIP = HOP_BY_HOP | {"content-length", DESTINATION_ENDPOINT_SERVED}
 
 
 def clean_request_headers(
@@ -141,15 +154,13 @@ def clean_request_headers(
     ``content-length`` is dropped because the proxy recomputes it from the body it actually sends.
     """
     items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-    listed = _connection_tokens(dict(items))
-    skip = HOP_BY_HOP | ROUTING_OUTPUTS | CONTROL_INPUTS | listed | {"host", "content-length"}
-    skip |= {d.lower() for d in drop}
+    skip = _REQUEST_SKIP | {d.lower() for d in drop} | _connection_tokens(items)
     return [(k, v) for k, v in items if k.lower() not in skip]
 
 
 def clean_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers to relay to the client: hop-by-hop and length/encoding framing removed."""
     items = list(headers)
-    listed = _connection_tokens(dict(items))
-    skip = HOP_BY_HOP | listed | {"content-length", DESTINATION_ENDPOINT_SERVED}
+    listed = _connection_tokens(items)
+    skip = _RESPONSE_SKIP | listed if listed else _RESPONSE_SKIP
     return [(k, v) for k, v in items if k.lower() not in skip]
