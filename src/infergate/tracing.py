@@ -34,12 +34,16 @@ REQUEST_ID = "infergate.request_id"
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
+# nullcontext keeps no state between uses: one serves every phase of every untraced request.
+_NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
 class RequestTrace:
     """The spans of one request. The base class records nothing (tracing off)."""
 
     def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
         """A child span around one phase (``parse``, ``admission``, ``queue``, ``schedule``)."""
-        return contextlib.nullcontext()
+        return _NO_SPAN
 
     def set(self, **attributes: str | int | float) -> None:
         """Attributes of the request span (model, priority, endpoint...)."""

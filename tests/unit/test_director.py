@@ -210,6 +210,30 @@ def test_usage_from_json_field_names() -> None:
     assert usage_from_json(b"not json usage") is None
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # the generated text quotes a usage object: escaped, so never taken for the real one
+        (
+            b'{"text":"say \\"usage\\": {\\"prompt_tokens\\": 9}",'
+            b'"usage":{"prompt_tokens":2,"completion_tokens":3}}',
+            (2, 3),
+        ),
+        # the last "usage" token is a value, not a key: the whole body is decoded instead
+        (b'{"usage":{"prompt_tokens":2,"completion_tokens":3},"object":"usage"}', (2, 3)),
+        # a nested "usage" after the real one without token counts: the whole body decides
+        (b'{"usage":{"prompt_tokens":5,"completion_tokens":1},"meta":{"usage":{"note":1}}}', (5, 1)),
+        (b'{"response":{"usage":{"input_tokens":7,"output_tokens":1}}}', (7, 1)),
+        (b'{"text":"\xc3\xa9t\xc3\xa9", "usage" :\n {"prompt_tokens":1,"completion_tokens":2}}', (1, 2)),
+    ],
+)
+def test_usage_from_json_reads_the_usage_key_not_text_that_mentions_it(
+    body: bytes, expected: tuple[int, int]
+) -> None:
+    u = usage_from_json(body)
+    assert u is not None and (u.prompt_tokens, u.completion_tokens) == expected
+
+
 # ------------------------------------------------------------------ director
 
 

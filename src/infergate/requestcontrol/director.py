@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -351,7 +350,7 @@ class Director:
         """Parse, resolve, admit and schedule one request; the endpoint is acquired on return."""
         started = self._clock.now()
         hdrs = _lower(headers)
-        request_id = hdrs.get(H.REQUEST_ID) or uuid.uuid4().hex
+        request_id = hdrs.get(H.REQUEST_ID) or H.new_request_id()
         model = target = ""
         subset = parse_subset(hdrs.get(H.DESTINATION_ENDPOINT_SUBSET)) if self._honor_subset else None
         principal: Principal | None = None

@@ -57,10 +57,35 @@ def usage_from_object(obj: object) -> Usage | None:
     return Usage(prompt, completion, cached)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _last_usage_value(body: bytes, at: int) -> Usage | None:
+    """The usage object after the last ``"usage"`` key, decoded alone.
+
+    Servers put ``usage`` last or nearly so, and an unescaped ``"usage"`` can only be a JSON
+    string token (inside a string it would read ``\\"usage\\"``): decoding from there costs
+    the same whatever the length of the generated text before it. None when that token is not
+    a key followed by an object with token counts (the caller then decodes the whole body).
+    """
+    tail = body[at + 7 :].lstrip()
+    if not tail.startswith(b":"):
+        return None
+    try:
+        value, _ = _DECODER.raw_decode(tail[1:].lstrip().decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return usage_from_object({"usage": value}) if isinstance(value, dict) else None
+
+
 def usage_from_json(body: bytes) -> Usage | None:
     """Usage from a whole non-streamed JSON response; None if absent or not JSON."""
-    if b'"usage"' not in body:
+    at = body.rfind(b'"usage"')
+    if at < 0:
         return None
+    found = _last_usage_value(body, at)
+    if found is not None:
+        return found
     try:
         return usage_from_object(json.loads(body))
     except (ValueError, RecursionError):

@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import random
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +198,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         st.path = raw.get(":path") or raw.get("x-original-path") or raw.get("x-forwarded-path") or "/"
         st.headers = {k: v for k, v in raw.items() if k[:1] != ":" and k not in _UNTRUSTED}
         if not st.headers.get(H.REQUEST_ID):
-            st.generated_request_id = uuid.uuid4().hex
+            st.generated_request_id = H.new_request_id()
             st.headers[H.REQUEST_ID] = st.generated_request_id
         if req.HasField("metadata_context"):
             st.subset = msg.subset_hint(req.metadata_context)
