@@ -300,7 +300,17 @@ class ProxyServer:
         limit = self._opts.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise RequestTooLargeError(f"request body of {request.content_length} bytes exceeds {limit}")
-        buf = bytearray()
+        content = request.content
+        try:
+            # Most bodies arrived with the headers: take them without arming a timer.
+            first = content.read_nowait()
+        except (aiohttp.ClientPayloadError, aiohttp.web.HTTPException) as exc:
+            raise BadRequestError(f"could not read request body: {exc}") from None
+        if len(first) > limit:
+            raise RequestTooLargeError(f"request body exceeds {limit} bytes")
+        if content.at_eof():
+            return first
+        buf = bytearray(first)
         try:
             async with asyncio.timeout(self._opts.body_timeout):
                 while True:
