@@ -9,6 +9,9 @@ slow minute on a shared machine then hits every path alike):
 * ``infergate``           client → ``infergate serve`` (built-in proxy, flow control on)
 * ``infergate-nofc``      the same with ``--no-flow-control``
 * ``infergate-envoy``     client → ``infergate serve --data-plane envoy`` (Envoy + ext_proc picker)
+* ``floor``               client → aiohttp's low-level server + infergate's upstream pool, nothing
+                          else (no Director, scheduling, flow control or metrics): what the Python
+                          HTTP layers the built-in proxy stands on cost alone (not in the default set)
 * ``sglang-router:cache_aware``, ``vllm-router:cache_aware``  when installed
   (``bash bench/install_peers.sh``; found through ``INFERGATE_PEER_VENVS`` or ``--peer-venv``)
 
@@ -63,6 +66,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BODY = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
 PEER_PATHS = ("sglang-router:cache_aware", "vllm-router:cache_aware")
 ALL_PATHS = ("direct", "infergate", "infergate-nofc", "infergate-envoy", *PEER_PATHS)
+KNOWN_PATHS = (*ALL_PATHS, "floor")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -177,6 +181,12 @@ class Rig:
         for name in self.paths:
             if name == "direct":
                 self.routes.append(Route(name, replica, None))
+            elif name == "floor":
+                port = free_port()
+                argv = [sys.executable, __file__, "--floor-proxy", f"{replica_port}:{port}"]
+                proc = self._spawn(argv, "floor.log")
+                wait_http(f"http://127.0.0.1:{port}/health")
+                self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
             elif name.startswith("infergate"):
                 for n in self.workers:
                     self._gateway(name, manifest, None, n)
@@ -352,7 +362,46 @@ def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
     return "\n".join(lines)
 
 
+def floor_proxy(upstream_port: int, port: int) -> None:
+    """The ``floor`` path: aiohttp's low-level server forwarding every request to the replica
+    through infergate's UpstreamPool, headers passed as they are; until SIGTERM."""
+    import uvloop
+    from aiohttp import web
+
+    from infergate.dataplanes.builtin.upstream import UpstreamPool
+
+    key = f"127.0.0.1:{upstream_port}"
+
+    async def serve() -> None:
+        pool = UpstreamPool(connect_timeout=5.0, read_timeout=300.0, max_per_host=256)
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            body = await request.read()
+            headers = [("Content-Type", request.headers.get("Content-Type", "application/json"))]
+            resp = await pool.request(
+                key, "127.0.0.1", upstream_port, request.method, request.raw_path, headers, body
+            )
+            data = await resp.read()
+            resp.release()
+            return web.Response(status=resp.status, body=data, content_type="application/json")
+
+        runner = web.ServerRunner(web.Server(handle))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+        await pool.close()
+
+    uvloop.run(serve())
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--floor-proxy":  # the ``floor`` path's own process
+        upstream, port = sys.argv[2].split(":")
+        floor_proxy(int(upstream), int(port))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=3000, help="measured requests per point (default 3000)")
     ap.add_argument("--concurrency", default="8,32", help="closed-loop clients, comma-separated")
@@ -376,9 +425,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     paths = [p for p in args.paths.split(",") if p]
-    unknown = [p for p in paths if p not in ALL_PATHS]
+    unknown = [p for p in paths if p not in KNOWN_PATHS]
     if unknown:
-        ap.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(ALL_PATHS)}")
+        ap.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PATHS)}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     points: list[dict[str, Any]] = []
     workers = [int(n) for n in args.workers.split(",") if n]

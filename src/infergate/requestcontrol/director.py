@@ -114,14 +114,6 @@ class RequestContext:
         return self.request.request_id
 
 
-def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """Case-insensitive view: a mapping the data plane registered as one (aiohttp's headers) is
-    used as is; others are copied with lower-cased names."""
-    if isinstance(headers, H.CaseInsensitiveHeaders):
-        return headers
-    return {k.lower(): v for k, v in headers.items()}
-
-
 class _Series:
     """The per-(model, target, fairness id, priority) metric children, resolved once: ``labels()``
     is costly per request. The GIE series keep (model, target); their llm-d twins add the rest."""
@@ -309,7 +301,7 @@ class Director:
 
         Data planes call this for routes that need a valid key but no objective (``/v1/models``).
         """
-        hdrs = _lower(headers)
+        hdrs = H.lower_case(headers)
         principal = self._auth.authenticate(hdrs) if self._auth is not None else None
         check_control_headers(hdrs, principal, mode=self._control_headers)
         return principal
@@ -349,7 +341,7 @@ class Director:
     async def handle_request(self, *, path: str, headers: Mapping[str, str], body: bytes) -> RequestContext:
         """Parse, resolve, admit and schedule one request; the endpoint is acquired on return."""
         started = self._clock.now()
-        hdrs = _lower(headers)
+        hdrs = H.lower_case(headers)
         request_id = hdrs.get(H.REQUEST_ID) or H.new_request_id()
         model = target = ""
         subset = parse_subset(hdrs.get(H.DESTINATION_ENDPOINT_SUBSET)) if self._honor_subset else None

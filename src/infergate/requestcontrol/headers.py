@@ -26,9 +26,11 @@ __all__ = [
     "REQUEST_ID",
     "ROUTING_OUTPUTS",
     "CaseInsensitiveHeaders",
+    "LowerCaseHeaders",
     "clean_request_headers",
     "clean_response_headers",
     "fairness_id_of",
+    "lower_case",
     "model_name_rewrite_of",
     "new_request_id",
     "objective_of",
@@ -41,6 +43,20 @@ class CaseInsensitiveHeaders(ABC):  # noqa: B024 - a marker: no abstract methods
     plane registers its header types here (``CaseInsensitiveHeaders.register(CIMultiDictProxy)``)
     and the Director uses them without copying; any other mapping is copied with lower-cased names.
     """
+
+
+class LowerCaseHeaders(dict[str, str]):
+    """Headers whose names are all lower case, looked up by lower-case names (every name the
+    request path reads is one): what :func:`lower_case` returns and what the ext_proc server
+    builds from Envoy's header map, so neither is copied again on the way through."""
+
+
+def lower_case(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Headers to look up by lower-case name: a case-insensitive mapping (see
+    :class:`CaseInsensitiveHeaders`) or :class:`LowerCaseHeaders` as it is, others copied."""
+    if isinstance(headers, (LowerCaseHeaders, CaseInsensitiveHeaders)):
+        return headers
+    return LowerCaseHeaders({k.lower(): v for k, v in headers.items()})
 
 
 DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"

@@ -22,7 +22,11 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from infergate.errors import RequestError
-from infergate.requestcontrol.headers import DESTINATION_ENDPOINT, DESTINATION_ENDPOINT_SUBSET
+from infergate.requestcontrol.headers import (
+    DESTINATION_ENDPOINT,
+    DESTINATION_ENDPOINT_SUBSET,
+    LowerCaseHeaders,
+)
 
 __all__ = [
     "DESTINATION_NAMESPACE",
@@ -72,12 +76,12 @@ def error_code_name(status: int) -> str:
     return _CODE_NAMES.get(status, "Internal")
 
 
-def read_headers(headers: pb.HttpHeaders) -> dict[str, str]:
+def read_headers(headers: pb.HttpHeaders) -> LowerCaseHeaders:
     """Header map as a dict with lower-case names; ``raw_value`` preferred over ``value`` (as the reference).
 
     Repeated names are joined with ``,`` so nothing the client sent is silently lost.
     """
-    out: dict[str, str] = {}
+    out = LowerCaseHeaders()
     for hv in headers.headers.headers:
         raw = hv.raw_value
         value = raw.decode("utf-8", "replace") if raw else hv.value
