@@ -169,6 +169,31 @@ class _DualChild:
             c.observe(value)
 
 
+class _DualHistogramChild(_DualChild):
+    """Both series of a histogram pair with the same buckets: the bucket is found once."""
+
+    __slots__ = ("_a", "_b", "_bounds")
+
+    def __init__(self, a: Histogram, b: Histogram) -> None:
+        super().__init__((a, b))
+        self._a, self._b, self._bounds = a, b, a._upper_bounds
+
+    def observe(self, value: float) -> None:
+        a, b = self._a, self._b
+        a._total += value
+        b._total += value
+        if not math.isnan(value):
+            i = bisect_left(self._bounds, value)
+            a._counts[i] += 1
+            b._counts[i] += 1
+
+
+def _pair(gie: Any, llmd: Any) -> _DualChild:
+    if isinstance(gie, Histogram) and isinstance(llmd, Histogram) and gie._upper_bounds == llmd._upper_bounds:
+        return _DualHistogramChild(gie, llmd)
+    return _DualChild((gie, llmd))
+
+
 class DualMetric(_DualChild):
     """A GIE-named metric and its ``llm_d_epp_*`` twin, with client label values capped.
 
@@ -219,7 +244,7 @@ class DualMetric(_DualChild):
         twin = {self._rename.get(k, k): v for k, v in values.items()}
         gie = {k: values[k] for k in self._gie._labelnames}
         llmd = {k: twin[k] for k in self._llmd._labelnames}
-        child = _DualChild((self._gie.labels(**gie), self._llmd.labels(**llmd)))
+        child = _pair(self._gie.labels(**gie), self._llmd.labels(**llmd))
         if len(self._children_of) >= _CHILD_CACHE:  # client-derived values: stay bounded
             self._children_of.clear()
         self._children_of[key] = child

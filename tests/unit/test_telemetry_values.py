@@ -97,3 +97,27 @@ def test_dual_metric_cache_keeps_label_caps() -> None:
     text = generate_latest(reg).decode()
     assert 'gie_r_total{model_name="first"} 1.0' in text
     assert 'gie_r_total{model_name="other"} 2.0' in text
+
+
+@pytest.mark.parametrize("twin_buckets", [BUCKETS, (0.5, 5.0)])
+def test_dual_histogram_records_each_value_in_both_series(twin_buckets: tuple[float, ...]) -> None:
+    """Same buckets: the bucket is found once for both series; other buckets: each its own."""
+    reg = CollectorRegistry()
+    dual = DualMetric(
+        telemetry.Histogram("gie_h", "doc", ["model_name"], registry=reg, buckets=BUCKETS),
+        telemetry.Histogram("llmd_h", "doc", ["model_name"], registry=reg, buckets=twin_buckets),
+        rename={},
+        caps={},
+    )
+    reference = CollectorRegistry()
+    alone = (
+        prometheus_client.Histogram("gie_h", "doc", ["model_name"], registry=reference, buckets=BUCKETS),
+        prometheus_client.Histogram(
+            "llmd_h", "doc", ["model_name"], registry=reference, buckets=twin_buckets
+        ),
+    )
+    for value in VALUES:
+        dual.labels(model_name="m").observe(value)
+        for metric in alone:
+            metric.labels(model_name="m").observe(value)
+    assert generate_latest(reg) == generate_latest(reference)

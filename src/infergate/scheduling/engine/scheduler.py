@@ -114,6 +114,8 @@ class Scheduler:
         self._plugins = dict(plugins or {})
         self._metrics = metrics
         self._e2e = metrics.scheduler_e2e_duration if metrics is not None else None
+        # (target model, pod, namespace, port) -> its attempts counter child, resolved once
+        self._attempts: dict[tuple[str, str, str, int], Any] = {}
         self.decision_log = decision_log
         self._clock = clock
         plugins_ = list(self._plugins.values())
@@ -208,13 +210,20 @@ class Scheduler:
                 status="failure", target_model_name=request.target_model, pod_name="", namespace="", port=""
             ).inc()
         else:
-            m.scheduler_attempts_total.labels(
-                status="success",
-                target_model_name=request.target_model,
-                pod_name=target.meta.name,
-                namespace=target.meta.namespace,
-                port=str(target.meta.port),
-            ).inc()
+            meta = target.meta
+            key = (request.target_model, meta.name, meta.namespace, meta.port)
+            child = self._attempts.get(key)
+            if child is None:
+                if len(self._attempts) >= 4096:  # client-chosen model names: stay bounded
+                    self._attempts.clear()
+                child = self._attempts[key] = m.scheduler_attempts_total.labels(
+                    status="success",
+                    target_model_name=request.target_model,
+                    pod_name=meta.name,
+                    namespace=meta.namespace,
+                    port=str(meta.port),
+                )
+            child.inc()
 
 
 def _timer(metrics: GatewayMetrics | None, point: str, type_: str, name: str) -> Any:
