@@ -119,18 +119,11 @@ def run_once(coro: Coroutine[Any, Any, object]) -> None:
 
 
 def ep(
-    waiting: int = 0,
-    kv: float = 0.0,
-    updated: float = 100.0,
-    healthy: bool = True,
-    in_flight: int = 0,
-    running: int = 0,
+    waiting: int = 0, kv: float = 0.0, updated: float = 100.0, healthy: bool = True, in_flight: int = 0
 ) -> Endpoint:
     return Endpoint(
         meta=META,
-        metrics=EndpointMetrics(
-            waiting_queue_size=waiting, running_requests=running, kv_cache_usage=kv, updated_at=updated
-        ),
+        metrics=EndpointMetrics(waiting_queue_size=waiting, kv_cache_usage=kv, updated_at=updated),
         healthy=healthy,
         in_flight=in_flight,
     )
@@ -178,46 +171,10 @@ def test_detector_follows_in_flight_between_scrapes() -> None:
     assert d.is_saturated([ep(waiting=3, in_flight=9)], 100.0)
     assert d.effective_queue(ep(waiting=3, in_flight=4)) == 0  # three finished
     assert d.effective_queue(ep(waiting=3, in_flight=0)) == 0  # never negative
-    # a new scrape resets the baseline; the server held 7 - 3 = 4 without queueing at the first
-    # one, so the first 4 sent since this one start at once
+    # a new scrape resets the baseline
     assert d.effective_queue(ep(waiting=1, updated=100.5, in_flight=0)) == 1
-    assert d.effective_queue(ep(waiting=1, updated=100.5, in_flight=4)) == 1
-    assert d.effective_queue(ep(waiting=1, updated=100.5, in_flight=6)) == 3
+    assert d.effective_queue(ep(waiting=1, updated=100.5, in_flight=2)) == 3
     assert SaturationDetector(track_in_flight=False).effective_queue(ep(waiting=1, in_flight=9)) == 1
-
-
-def test_requests_sent_since_the_scrape_fill_the_learnt_room_first() -> None:
-    d = SaturationDetector()
-    # a fast server: 30 in flight from the gateway, 1 running (the rest in its HTTP frontend),
-    # nothing waiting: it holds at least 30 without queueing
-    assert d.effective_queue(ep(running=1, in_flight=30, updated=100.0)) == 0
-    # next scrape with 25 in flight: 5 more start at once, the rest wait
-    assert d.effective_queue(ep(running=1, in_flight=25, updated=100.1)) == 0
-    assert d.effective_queue(ep(running=1, in_flight=30, updated=100.1)) == 0
-    assert d.effective_queue(ep(running=1, in_flight=33, updated=100.1)) == 3
-    assert not d.is_saturated([ep(running=1, in_flight=30, updated=100.1)], 100.2)
-    # one request waiting between two engine steps: what it held before still holds
-    assert d.effective_queue(ep(waiting=1, running=1, in_flight=24, updated=100.15)) == 1
-    assert d.effective_queue(ep(waiting=1, running=1, in_flight=30, updated=100.15)) == 1
-    # a real queue at a scrape: it holds 26 - 6 = 20 right now, nothing more starts
-    assert d.effective_queue(ep(waiting=6, running=20, in_flight=26, updated=100.2)) == 6
-    assert d.effective_queue(ep(waiting=6, running=20, in_flight=28, updated=100.2)) == 8
-    # ... and 20 is what it is known to hold from then on
-    assert d.effective_queue(ep(running=18, in_flight=18, updated=100.3)) == 0
-    assert d.effective_queue(ep(running=18, in_flight=22, updated=100.3)) == 2
-    # a KV cache over its threshold leaves no room, whatever the server held before
-    d.effective_queue(ep(running=40, in_flight=40, updated=100.4))
-    assert d.effective_queue(ep(running=10, kv=0.85, in_flight=10, updated=100.5)) == 0
-    assert d.effective_queue(ep(running=10, kv=0.85, in_flight=13, updated=100.5)) == 3
-
-
-def test_a_server_never_seen_busy_has_no_learnt_room() -> None:
-    """The first snapshot teaches only what the server runs then: every request sent after it
-    counts as waiting, as before any learning (a burst into a cold pool still queues)."""
-    d = SaturationDetector()
-    assert d.effective_queue(ep(running=2, in_flight=2)) == 0
-    assert d.effective_queue(ep(running=2, in_flight=9)) == 7
-    assert d.is_saturated([ep(running=2, in_flight=9)], 100.0)
 
 
 # -- controller ----------------------------------------------------------------------------------

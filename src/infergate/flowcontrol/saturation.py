@@ -27,19 +27,6 @@ each request the gateway sent since the scrape is assumed to wait, each one that
 to have let a waiting request start. With a waiting queue that holds while the server's batch is full,
 which is exactly when saturation matters; the next scrape corrects any error. KV-cache use is taken
 from the scrape as is.
-
-A server that is not queueing at the scrape starts new requests at once, up to a limit it does not
-export (vLLM's ``max_num_seqs``, its KV cache, its API frontend). The detector learns a floor of that
-limit per endpoint: the most requests the server held without queueing at a scrape (the gateway's
-in-flight count there minus the requests waiting, or the server's running count if larger). A scrape
-with a real queue (``queue_threshold`` or more waiting) sets the limit to what the server holds right
-then; one or two waiting are a server between two engine steps and teach nothing. Requests sent since
-a scrape first fill the room under that limit (none while KV use is at ``kv_threshold`` or more);
-only the rest count as waiting. Without it, a replica answering short requests looked saturated as
-soon as the gateway had sent it 5 more requests than at the last scrape, however many it had absorbed
-before: a closed loop of 32 clients on one fast replica (which reports 0-1 running, its requests
-spending their time in the HTTP frontend) held 10-20 % of its requests in the gateway's queue for
-nothing (bench/bench_dataplane.py).
 """
 
 from __future__ import annotations
@@ -47,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from infergate.types import Endpoint, EndpointMetrics
+from infergate.types import Endpoint
 
 __all__ = ["Aggregation", "SaturationDetector"]
 
@@ -96,11 +83,8 @@ class SaturationDetector:
             raise ValueError("connection_limit must be >= 1 or None")
         self.connection_limit = connection_limit
         self.kv_requires_queue = kv_requires_queue
-        # endpoint key -> (metrics.updated_at, in_flight when that snapshot was first seen,
-        # batch room the server had then)
-        self._baselines: dict[str, tuple[float, int, int]] = {}
-        # endpoint key -> requests the server was seen holding without queueing (module docstring)
-        self._peaks: dict[str, int] = {}
+        # endpoint key -> (metrics.updated_at, in_flight when that snapshot was first seen)
+        self._baselines: dict[str, tuple[float, int]] = {}
 
     def is_fresh(self, endpoint: Endpoint, now: float) -> bool:
         """Scraped at least once and no longer than ``staleness`` seconds ago."""
@@ -115,8 +99,7 @@ class SaturationDetector:
         the gateway sent (and saw finish) since the scrape, counting only requests that can hold a
         connection; the second counts requests waiting for an upstream connection inside the gateway:
         the proxy opens at most ``L`` connections per server, so the server cannot report them and
-        every scrape would otherwise forget them. Requests sent since the scrape first fill the room
-        learnt for the endpoint (module docstring).
+        every scrape would otherwise forget them.
         """
         m = endpoint.metrics
         waiting = m.waiting_queue_size
@@ -125,34 +108,12 @@ class SaturationDetector:
         key = endpoint.key
         base = self._baselines.get(key)
         if base is None or base[0] != m.updated_at:
-            base = self._baselines[key] = (
-                m.updated_at,
-                endpoint.in_flight,
-                self._learn_room(key, m, endpoint.in_flight),
-            )
+            base = self._baselines[key] = (m.updated_at, endpoint.in_flight)
         limit = self.connection_limit
         if limit is None:
-            sent = endpoint.in_flight - base[1]
-            overflow = 0
-        else:
-            sent = min(endpoint.in_flight, limit) - min(base[1], limit)
-            overflow = max(0, endpoint.in_flight - limit)
-        if sent > 0:
-            sent = max(0, sent - base[2])  # the first ones start in the server's free batch slots
-        return max(0, waiting + sent) + overflow
-
-    def _learn_room(self, key: str, m: EndpointMetrics, in_flight: int) -> int:
-        """Requests the server can start beyond ``in_flight`` without queueing, at a new snapshot."""
-        waiting = m.waiting_queue_size
-        held = max(m.running_requests, in_flight - waiting)  # what it holds without queueing now
-        if waiting >= self.queue_threshold:  # a real queue: it holds this much, and not one more
-            self._peaks[key] = held
-            return 0
-        # (a request or two waiting is a server between two steps, not a full one)
-        peak = self._peaks[key] = max(self._peaks.get(key, 0), held)
-        if m.kv_cache_usage >= self.kv_threshold:
-            return 0  # new requests may not fit in the KV cache, whatever it held before
-        return max(0, peak - in_flight)
+            return max(0, waiting + endpoint.in_flight - base[1])
+        seated = min(endpoint.in_flight, limit) - min(base[1], limit)
+        return max(0, waiting + seated) + max(0, endpoint.in_flight - limit)
 
     def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
         """``max(queue/queue_threshold, kv/kv_threshold)``; 1.0 when metrics are stale.
@@ -187,4 +148,3 @@ class SaturationDetector:
         """Drop baselines of endpoints that left the pool, so the map stays bounded."""
         for key in [k for k in self._baselines if k not in keys]:
             del self._baselines[key]
-            self._peaks.pop(key, None)
