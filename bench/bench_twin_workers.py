@@ -3,7 +3,8 @@
 With ``proxy.workers`` = N the gateway runs N independent schedulers that share the scraped
 snapshot, each with its own in-flight counts, flow control and prefix index (credits shared unless
 ``--no-share``) and predicted-latency scorer (its per-pick accounting shared unless
-``--no-share-latency``). The twin models exactly that (``TwinConfig.gateway_workers``): arrivals
+``--no-share-latency``); the TTFT corrections and, for scheduling, the in-flight counts are shared
+too unless ``--accounting-only``. The twin models exactly that (``TwinConfig.gateway_workers``): arrivals
 go to the workers in turn. For each workload the SLO rate of the ``default`` strategy (p90 TTFT < 1 s, p90
 TPOT < 50 ms, >= 99 % success; see ``bench_regret.py``) is searched with 1 worker and with N, and
 the table gives N workers' rate as a fraction of one worker's, with the prefix hit rates at the
@@ -47,6 +48,7 @@ from infergate.bench.workloads import load_workload
 
 STRATEGY = "default"  # --strategy
 DURATION: float | None = None  # --duration (set before the process pool forks)
+ACCOUNTING_ONLY = False  # --accounting-only (likewise)
 
 
 def plan_of(workload: str, *, quick: bool) -> SteadyPlan:
@@ -66,7 +68,12 @@ def search(
     spec = load_workload(workload)
     runner = SteadyRunner(spec, resolve_pool(spec), plan=plan_of(workload, quick=quick), seed=seed)
     runner.config = replace(
-        runner.config, gateway_workers=workers, share_prefix=share, share_latency=share_latency
+        runner.config,
+        gateway_workers=workers,
+        share_prefix=share,
+        share_latency=share_latency,
+        share_ttft=not ACCOUNTING_ONLY,
+        share_in_flight=not ACCOUNTING_ONLY,
     )
     rate = runner.slo_rate("default", tolerance=tolerance)
     points = {round(p.rate, 6): p for p in runner.points_of("default")}
@@ -93,7 +100,13 @@ def at_rate(
 ) -> dict[str, Any]:
     spec = load_workload(workload)
     runner = SteadyRunner(spec, resolve_pool(spec), plan=plan_of(workload, quick=quick), seed=seed)
-    runner.config = replace(runner.config, gateway_workers=workers, share_latency=share_latency)
+    runner.config = replace(
+        runner.config,
+        gateway_workers=workers,
+        share_latency=share_latency,
+        share_ttft=not ACCOUNTING_ONLY,
+        share_in_flight=not ACCOUNTING_ONLY,
+    )
     runner.early_stop = not full
     p = runner.point(STRATEGY, rate)
     return {
@@ -210,6 +223,12 @@ def main() -> None:
         action="store_true",
         help="each worker's predicted-latency scorer counts its own picks only (before issue #18)",
     )
+    ap.add_argument(
+        "--accounting-only",
+        action="store_true",
+        help="workers share prefix credits and latency accounting only, not their TTFT corrections "
+        "and in-flight counts (before 1617a20)",
+    )
     ap.add_argument("--counts", help="--at: the worker counts to run, e.g. 1,2,3 (default: 1 and --workers)")
     ap.add_argument("--quick", action="store_true", help="bench_regret's --quick windows")
     ap.add_argument("--tolerance", type=float, default=0.02)
@@ -223,8 +242,9 @@ def main() -> None:
     ap.add_argument("--strategy", default="default", help="strategy of the --at points")
     ap.add_argument("--duration", type=float, help="measured window per point (s), as bench_regret.py's")
     a = ap.parse_args()
-    global DURATION, STRATEGY
+    global DURATION, STRATEGY, ACCOUNTING_ONLY
     DURATION = a.duration
+    ACCOUNTING_ONLY = a.accounting_only
     STRATEGY = a.strategy
     if a.at:
         rates = {w: float(r) for w, r in (item.split("=") for item in a.at.split(","))}

@@ -57,7 +57,9 @@ Credit = tuple[str, tuple[int, ...], int]
 @dataclass(frozen=True, slots=True)
 class InFlightCount:
     """Worker ``worker`` now has ``count`` requests in flight on ``endpoint``; ``endpoint`` None:
-    the worker exited, forget all its counts (the gateway process sends that one)."""
+    the worker exited, forget all its counts (the gateway process sends that one). A count of the
+    exited worker still on its way then is replaced by the restarted worker's (same index) first
+    count on that endpoint."""
 
     worker: int
     endpoint: str | None

@@ -114,8 +114,8 @@ class _Worker:
         self.datastore.on_in_flight = lambda key, count: self._publish(InFlightCount(index, key, count))
 
     def _publish(self, credit: Shared) -> None:
-        """Batch this worker's prefix credits, latency records and TTFT observations; one frame per
-        event-loop turn."""
+        """Batch this worker's prefix credits, latency records, TTFT observations and in-flight
+        counts; one frame per event-loop turn."""
         if not self._credits:
             asyncio.get_running_loop().call_soon(self._flush)
         self._credits.append(credit)
