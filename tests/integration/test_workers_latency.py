@@ -1,6 +1,7 @@
 """Two gateway workers built in this process, joined by the real channel (Unix socket pairs,
-frames) and the gateway process's forwarding (``WorkerPool``): a pick in one worker moves the
-other worker's predicted latency for that endpoint (issue #18)."""
+frames) and the gateway process's forwarding (``WorkerPool``): a pick in one worker, and the TTFT
+its answer took, move the other worker's predicted latency for that endpoint, and its in-flight
+requests count in the other worker's scheduling until it exits (issue #18)."""
 
 from __future__ import annotations
 
@@ -53,12 +54,22 @@ def _scorer(worker: child._Worker) -> PredictedLatencyScorer:
     return worker.latency[0]
 
 
+def _seen_in_flight(worker: child._Worker, key: str) -> int:
+    """The in-flight count ``worker``'s scheduler sees on ``key`` (every worker's requests)."""
+    ds = worker.datastore
+    return next(e.in_flight for e in ds.with_peer_in_flight(ds.endpoints()) if e.key == key)
+
+
+async def _exited() -> int:
+    return 0
+
+
 def _ttft(worker: child._Worker, endpoint: Endpoint, now: float) -> float:
     pred = _scorer(worker).predict(endpoint, prompt_tokens=1000, matched_tokens=0, adapter=None, now=now)
     return pred.ttft_ms
 
 
-async def test_a_pick_in_one_worker_moves_the_other_workers_prediction() -> None:
+async def test_a_pick_and_its_ttft_in_one_worker_move_the_other_workers_prediction() -> None:
     settings = local_settings()
     gateway = WorkerPool(settings, SharedSocketFront(settings))
     parent = _pool_state()
@@ -111,6 +122,31 @@ async def test_a_pick_in_one_worker_moves_the_other_workers_prediction() -> None
         assert _ttft(b, endpoints[other], now) == pytest.approx(idle[other])
         # but its own in-flight counts stay its own
         assert all(e.in_flight == 0 for e in b.datastore.endpoints())
+
+        # the answer's first token came after 10 s, far slower than predicted: a's correction
+        # factor for the endpoint goes to the limit (1.5) at once, and so does b's
+        a.core.scheduler.observe_ttft("r1", 10.0)
+        await eventually(
+            lambda: _scorer(b).debug_state()[picked]["observations"] == 1,
+            what="worker b to learn worker a's observed TTFT",
+        )
+        assert _scorer(a).debug_state()[picked]["ttft_observed_over_predicted"] == 1.5
+        assert _scorer(b).debug_state()[picked]["ttft_observed_over_predicted"] == 1.5
+        now = time.monotonic()
+        assert _ttft(b, endpoints[picked], now) == pytest.approx(_ttft(a, endpoints[picked], now))
+        assert _scorer(b).debug_state()[other]["observations"] == 0
+
+        # a sends the request: b's scheduler counts it there, b's own count (flow control) does not
+        a.datastore.acquire(picked)
+        await eventually(lambda: _seen_in_flight(b, picked) == 1, what="b to count a's request")
+        assert _seen_in_flight(b, other) == 0
+        assert all(e.in_flight == 0 for e in b.datastore.endpoints())
+        # a exits with the request open: the gateway process tells b to stop counting it
+        gateway._stopping = True  # no restart
+        gone = gateway._workers[0]
+        gone.proc = cast(asyncio.subprocess.Process, SimpleNamespace(pid=0, wait=_exited))
+        await gateway._watch(gone)
+        await eventually(lambda: _seen_in_flight(b, picked) == 0, what="b to forget a's requests")
     finally:
         for w in closing:
             w.close()

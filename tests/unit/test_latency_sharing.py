@@ -1,12 +1,13 @@
 """The predicted-latency scorer's accounting shared between schedulers (gateway workers, issue #18):
 each pick exports a record; another scorer applying it holds exactly the state the picking scorer
-holds for that endpoint, and nothing else (no prefix credit, no pending TTFT observation)."""
+holds for that endpoint, and nothing else (no prefix credit, no pending TTFT observation). Each
+observed TTFT exports its correction ratio, so every scorer's correction learns every answer."""
 
 from __future__ import annotations
 
 import pytest
 
-from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer
+from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer, TtftRecord
 from infergate.scheduling.sdk.framework import CycleState
 from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
@@ -45,7 +46,7 @@ def ttft_on(scorer: PredictedLatencyScorer, e: Endpoint, now: float) -> float:
 def test_a_pick_exports_one_record_of_what_it_added() -> None:
     clock = Clock()
     a = PredictedLatencyScorer(clock=clock)
-    out: list[LatencyRecord] = []
+    out: list[LatencyRecord | TtftRecord] = []
     a.export_accounting(out.append)
     ea, eb = make_endpoint("a"), make_endpoint("b")
     pick(a, req(1000, max_tokens=300), ea, [ea, eb])
@@ -80,12 +81,41 @@ def test_applying_a_record_gives_the_picking_scorers_state_and_prediction() -> N
     # overhead 10 + frontend 8 + backlog 23 + prefill 25, in both schedulers
     assert ttft_on(b, ea, 100.002) == pytest.approx(66.0)
     assert ttft_on(a, ea, 100.002) == pytest.approx(66.0)
-    # neither the prefix index nor the online correction learnt anything in b
+    # the prefix index learnt nothing in b, nor did b wait for the request's answer
     assert b.index.match(a._hashes(req(1000), 16)) == {}
     b.observe_ttft("r", 1.0)
     assert b.debug_state()["a:8000"]["observations"] == 0
-    a.observe_ttft("r", 1.0)
-    assert a.debug_state()["a:8000"]["observations"] == 1
+
+
+def test_an_observed_ttft_corrects_every_scorer_that_applies_its_record() -> None:
+    clock = Clock()
+    a, b = PredictedLatencyScorer(clock=clock), PredictedLatencyScorer(clock=clock)
+    out: list[LatencyRecord | TtftRecord] = []
+    a.export_accounting(out.append)
+    ea, eb = make_endpoint("a"), make_endpoint("b")
+    pick(a, req(1000), ea, [ea, eb])  # predicted 35 ms (10 overhead + 25 prefill)
+    a.observe_ttft("r", 0.042)  # observed 42 ms: ratio 1.2
+    ttft = out[-1]
+    assert isinstance(ttft, TtftRecord) and ttft.endpoint == "a:8000"
+    assert ttft.ratio == pytest.approx(1.2)
+    for record in out:
+        b.apply_accounting(record)
+    assert b.debug_state()["a:8000"]["ttft_observed_over_predicted"] == pytest.approx(1.2)
+    assert b.debug_state()["a:8000"]["observations"] == 1
+    assert ttft_on(b, ea, 101.0) == pytest.approx(ttft_on(a, ea, 101.0))
+    assert ttft_on(b, ea, 101.0) == pytest.approx(1.2 * 35.0)  # a second later: all drained
+    # the ratio is clamped to the limit before it travels; the other endpoint is untouched
+    seen = len(out)
+    pick(a, req(1000, rid="r2"), ea, [ea, eb])
+    a.observe_ttft("r2", 10.0)
+    assert out[-1] == TtftRecord(endpoint="a:8000", ratio=1.5)
+    for record in out[seen:]:
+        b.apply_accounting(record)
+    assert b.debug_state()["a:8000"] == pytest.approx(
+        {**a.debug_state()["a:8000"], "last_predicted_ttft_ms": 0.0, "last_observed_ttft_ms": 0.0}
+    )
+    assert b.debug_state()["a:8000"]["observations"] == 2
+    assert "b:8000" not in b.debug_state()
 
 
 def test_a_late_record_is_added_at_the_states_last_update_and_counts_in_the_averages() -> None:

@@ -28,12 +28,12 @@ def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_ca
     only its own picks in the predicted-latency scorer's backlog sees every replica half as loaded
     as it is, and spreads tenants off their cached replicas (issue #18).
 
-    Measured (640 requests): one worker 69.6 % hits, p90 TTFT 0.703 s; two sharing 65.1 %, 0.711 s;
-    two not sharing 42.7 %, 1.839 s. With ``ttftCorrectionLimit: 4`` (the earlier default) one and
-    two workers were level (66.4 % / 66.5 %): the narrower limit gains one worker 3 points of hits
-    that two workers, each correcting from its own requests' TTFTs only, keep less of. The latency
-    bound is what routing quality means here; the hit bound allows that gap and still fails by
-    far without sharing."""
+    Measured (640 requests): one worker 69.6 % hits, p90 TTFT 0.703 s; two sharing everything
+    (accounting, TTFT corrections, in-flight counts) 68.8 %, 0.734 s; two sharing the accounting
+    only (each worker correcting from its own answers and counting its own in-flight requests)
+    65.1 %, 0.711 s; two sharing nothing of the scorer's 44.3 %, 1.566 s. The hit bound fails
+    when the corrections and in-flight counts stay per worker; the latency bound and the
+    unshared run fail by far without the accounting."""
     requests = generate(load_workload("many-tenants"))
     offsets = [i / 138.6 for i in range(len(requests))]
 
@@ -47,6 +47,6 @@ def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_ca
 
     one_hits, one_ttft = run(1)
     hits, ttft = run(2)
-    assert hits >= one_hits - 0.06 and ttft <= 1.1 * one_ttft
+    assert hits >= one_hits - 0.03 and ttft <= 1.1 * one_ttft
     alone_hits, alone_ttft = run(2, share=False)
     assert alone_hits < one_hits - 0.1 and alone_ttft > 1.5 * one_ttft

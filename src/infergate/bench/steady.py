@@ -368,6 +368,9 @@ class SteadyRunner:
         self.scout_requests = 0
         self.on_point: Callable[[PointResult], None] | None = None
         """Called after every load point that ran (scouting runs too): the CLI's progress."""
+        self.early_stop = True
+        """Stop a point once its SLO verdict can no longer change; False: run every point to its
+        end, so a missed point's attainment and p90s are the whole window's (paired comparisons)."""
 
     def _stream(self, rate: float) -> tuple[list[BenchRequest], list[float]]:
         """The request stream of one rate: fresh, seeded by (seed, rate), the same for every strategy."""
@@ -410,7 +413,7 @@ class SteadyRunner:
             times,
             strategy=strategy,
             config=self.config,
-            monitor=verdict,
+            monitor=verdict if self.early_stop else None,
             sample_interval=max(1.0, end / 200),
             picker=self.picker,
         )

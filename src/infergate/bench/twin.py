@@ -60,7 +60,7 @@ from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, ROLE_LABEL
-from infergate.scheduling.plugins.latency import PredictedLatencyScorer
+from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer, TtftRecord
 from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
@@ -130,8 +130,10 @@ class TwinConfig:
     strategies whose name does not say (``default`` and ``+fc`` always run it, ``+nofc`` never)."""
     gateway_workers: int = 1
     """Gateway worker processes (``proxy.workers``): that many independent schedulers, each with
-    its own datastore (in-flight counts), flow control and plugin state (the prefix index), all
-    fed the same scrapes; arrivals go to them in turn (connections spread over the workers)."""
+    its own datastore (in-flight counts, which its flow control counts), flow control and plugin
+    state (the prefix index, the predicted-latency scorer), all fed the same scrapes; what the
+    ``share_*`` fields below name reaches the other workers ``WORKER_CHANNEL_DELAY`` later;
+    arrivals go to them in turn (connections spread over the workers)."""
     share_prefix: bool = True
     """With several gateway workers, each prefix index also learns the others' picks after
     ``WORKER_CHANNEL_DELAY`` (what ``proxy.workers`` does); False: every index learns alone."""
@@ -139,6 +141,14 @@ class TwinConfig:
     """With several gateway workers, each predicted-latency scorer also accounts the others' picks
     (backlog, frontend work, prefill rate) after ``WORKER_CHANNEL_DELAY``, as ``proxy.workers``
     does; False: each scorer counts its own picks only."""
+    share_ttft: bool = True
+    """With ``share_latency``, each scorer's online TTFT correction also learns the TTFTs the other
+    workers observed (after ``WORKER_CHANNEL_DELAY``), as ``proxy.workers`` does; False: each
+    worker corrects from its own requests' answers only."""
+    share_in_flight: bool = True
+    """With several gateway workers, each worker's scheduler also counts the other workers'
+    in-flight requests, each count as it was ``WORKER_CHANNEL_DELAY`` earlier, as ``proxy.workers``
+    does; flow control counts the worker's own only. False: the scheduler counts its own only."""
 
 
 @dataclass(slots=True)
@@ -358,7 +368,32 @@ def run_twin(
     if len(fronts) > 1 and cfg.share_prefix:
         _share(fronts, loop, share_prefix_credits, SharedPrefixIndex.add_remote)
     if len(fronts) > 1 and cfg.share_latency:
-        _share(fronts, loop, share_latency_accounting, PredictedLatencyScorer.apply_accounting)
+
+        def apply_latency(scorer: PredictedLatencyScorer, record: LatencyRecord | TtftRecord) -> None:
+            if cfg.share_ttft or not isinstance(record, TtftRecord):
+                scorer.apply_accounting(record)
+
+        _share(fronts, loop, share_latency_accounting, apply_latency)
+    worker_of = {id(f): n for n, f in enumerate(fronts)}
+
+    def counted(f: _Front, key: str) -> None:
+        """``f`` acquired or released on ``key``: the other workers' schedulers learn its count."""
+        if len(fronts) < 2 or not cfg.share_in_flight:
+            return
+        ep = f.datastore.endpoint(key)
+        count = 0 if ep is None else ep.in_flight
+        for g in fronts:
+            if g is not f:
+                deliver = functools.partial(g.datastore.set_peer_in_flight, worker_of[id(f)], key, count)
+                loop.call_at(loop.now() + WORKER_CHANNEL_DELAY, deliver)
+
+    def acquire(f: _Front, key: str) -> None:
+        f.datastore.acquire(key)
+        counted(f, key)
+
+    def release(f: _Front, key: str) -> None:
+        f.datastore.release(key)
+        counted(f, key)
 
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)
@@ -493,7 +528,7 @@ def run_twin(
                 remote_prefill(f, i, tokens, lora, by_key[prefiller], replica)
                 return
         replica.requests += 1
-        f.datastore.acquire(replica.key)
+        acquire(f, replica.key)
         submit(f, i, replica, tokens, lora, 0)
 
     def remote_prefill(
@@ -503,14 +538,14 @@ def run_twin(
         nonlocal disaggregated
         disaggregated += 1
         prefill.requests += 1
-        f.datastore.acquire(prefill.key)
+        acquire(f, prefill.key)
 
         def done(out: RequestOutput) -> None:
             if not out.finished:
                 return
-            f.datastore.release(prefill.key)
+            release(f, prefill.key)
             decode.requests += 1
-            f.datastore.acquire(decode.key)
+            acquire(f, decode.key)
             full = len(tokens) // engine_cfg.block_size * engine_cfg.block_size
             submit(f, i, decode, tokens, lora, full)
 
@@ -548,7 +583,7 @@ def run_twin(
                 rec.e2e = out.now - T0 - rec.sent_at + cfg.client_latency
                 rec.prompt_tokens = out.num_prompt_tokens
                 rec.completion_tokens = out.num_generated
-                f.datastore.release(replica.key)
+                release(f, replica.key)
                 pending -= 1
 
         replica.driver.submit(

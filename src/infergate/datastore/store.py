@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from infergate.config.settings import Settings
@@ -66,6 +66,7 @@ class Datastore:
         self._listeners: list[Listener] = []
         self._departure_listeners: list[Callable[[str], None]] = []
         self._membership = 0
+        self._peers: dict[int, dict[str, int]] = {}  # other gateway workers' in-flight counts
 
     # -- pool -------------------------------------------------------------------------------
 
@@ -110,6 +111,8 @@ class Datastore:
             return
         self._models.pop(key, None)
         self._context.pop(key, None)
+        for counts in self._peers.values():
+            counts.pop(key, None)
         self._membership += 1
         for departed in tuple(self._departure_listeners):
             try:
@@ -120,6 +123,35 @@ class Datastore:
 
     def endpoint(self, key: str) -> Endpoint | None:
         return self._endpoints.get(key)
+
+    # -- other gateway workers' in-flight requests ---------------------------------------------
+    def set_peer_in_flight(self, peer: int, key: str, count: int) -> None:
+        """Another gateway worker (``proxy.workers``) now has ``count`` requests in flight on ``key``.
+
+        Only scheduling sees these (:meth:`with_peer_in_flight`): ``Endpoint.in_flight`` stays what
+        this process sent, which flow control's saturation detector and the late-scrape correction
+        of a worker's datastore count. Listeners are not notified.
+        """
+        counts = self._peers.setdefault(peer, {})
+        if count > 0:
+            counts[key] = count
+        else:
+            counts.pop(key, None)
+
+    def forget_peer(self, peer: int) -> None:
+        """A gateway worker exited: its requests are gone with it."""
+        self._peers.pop(peer, None)
+
+    def with_peer_in_flight(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+        """``endpoints`` with every gateway worker's in-flight requests in ``in_flight``: this
+        process's own plus the others' latest counts (:meth:`set_peer_in_flight`)."""
+        if not self._peers:
+            return list(endpoints)
+        out: list[Endpoint] = []
+        for e in endpoints:
+            extra = sum(counts.get(e.key, 0) for counts in self._peers.values())
+            out.append(replace(e, in_flight=e.in_flight + extra) if extra else e)
+        return out
 
     @property
     def membership_version(self) -> int:

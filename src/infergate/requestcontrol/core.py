@@ -53,6 +53,7 @@ class DatastoreView(Protocol):
     def acquire(self, key: str, tokens: int = 0) -> None: ...
     def release(self, key: str, tokens: int = 0) -> None: ...
     def release_tokens(self, key: str, tokens: int) -> None: ...
+    def with_peer_in_flight(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
 
 
 class SchedulerLike(Protocol):
@@ -324,8 +325,10 @@ class RequestCore:
                 keys = {e.key for e in roomy}
                 held_back = [e for e in serving if e.key not in keys]
                 serving = roomy
+        # the scheduler counts every gateway worker's in-flight requests; flow control's room
+        # filter above, this process's own (see Datastore.set_peer_in_flight)
         try:
-            result = self._scheduler.schedule(request, serving)
+            result = self._scheduler.schedule(request, self._ds.with_peer_in_flight(serving))
         except NoCapacityError:
             result = None
         if result is None or not result.targets:
@@ -337,7 +340,7 @@ class RequestCore:
             wider = self._live(subset, exclude, target, {e.key for e in serving})
             if not wider:
                 raise NoCapacityError("failed to find a target endpoint for the request")
-            result = self._scheduler.schedule(request, serving + wider)
+            result = self._scheduler.schedule(request, self._ds.with_peer_in_flight(serving + wider))
             if not result.targets:
                 raise NoCapacityError("failed to find a target endpoint for the request")
             return result

@@ -14,8 +14,17 @@ each pick adds to its endpoint, the prefill-rate estimate, the average prefill a
 is shared the same way: each pick's :class:`LatencyRecord` travels with the prefix credits, and
 the other workers apply it to their scorers. Without it each worker priced an endpoint by its own
 picks only, as if the other workers sent nothing there between scrapes: in the twin two workers
-missed many-tenants' SLO at 0.98x one worker's rate. In-flight counts and the online TTFT
-correction stay per worker (each worker sees the answers of its own requests only).
+missed many-tenants' SLO at 0.98x one worker's rate. The online TTFT correction is shared too:
+each worker sees the answers of its own requests only, and each observed ratio
+(:class:`TtftRecord`) travels the same way, so every worker's correction factor follows all the
+answers, as one process's does.
+
+Each worker's in-flight count per endpoint travels too (:class:`InFlightCount`, the count after
+every change): the scheduler of every worker counts every worker's in-flight requests
+(``Datastore.set_peer_in_flight``), as one process's does, so the ``least-in-flight-scorer`` and
+the predicted-latency scorer's batch size see the pool's load, not a third of it. Flow control's
+saturation detector keeps counting the worker's own requests (``Endpoint.in_flight``): in the twin
+it did worse with the other workers' counts (docs/benchmarks.md, "Several worker processes").
 
 Block hashes use Python's ``hash``, which is salted per process: the gateway process starts every
 worker with the same ``PYTHONHASHSEED`` (a random one per gateway run unless set), so the hashes
@@ -25,21 +34,36 @@ agree.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from infergate.scheduling.engine.scheduler import Scheduler
-from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer
+from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer, TtftRecord
 from infergate.scheduling.plugins.prefix import PrefixIndex
 
 __all__ = [
     "Credit",
+    "InFlightCount",
     "LatencyRecord",
     "SharedPrefixIndex",
+    "TtftRecord",
     "share_latency_accounting",
     "share_prefix_credits",
 ]
 
 Credit = tuple[str, tuple[int, ...], int]
 """(endpoint key, block hashes, the index capacity the sender used)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightCount:
+    """Worker ``worker`` now has ``count`` requests in flight on ``endpoint``; ``endpoint`` None:
+    the worker exited, forget all its counts (the gateway process sends that one). A count of the
+    exited worker still on its way then is replaced by the restarted worker's (same index) first
+    count on that endpoint."""
+
+    worker: int
+    endpoint: str | None
+    count: int = 0
 
 
 class SharedPrefixIndex(PrefixIndex):
@@ -73,10 +97,11 @@ def share_prefix_credits(scheduler: Scheduler, publish: Callable[[Credit], None]
 
 
 def share_latency_accounting(
-    scheduler: Scheduler, publish: Callable[[LatencyRecord], None]
+    scheduler: Scheduler, publish: Callable[[LatencyRecord | TtftRecord], None]
 ) -> list[PredictedLatencyScorer]:
-    """Make every predicted-latency scorer of ``scheduler`` publish its picks' accounting records;
-    the caller applies the other workers' records with ``apply_accounting`` on the returned ones."""
+    """Make every predicted-latency scorer of ``scheduler`` publish its picks' accounting records
+    and its TTFT observations; the caller applies the other workers' records with
+    ``apply_accounting`` on the returned ones."""
     out: list[PredictedLatencyScorer] = []
     for plugin in scheduler.plugins():
         if isinstance(plugin, PredictedLatencyScorer):

@@ -17,7 +17,7 @@ import asyncio
 import pickle
 import struct
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -55,8 +55,9 @@ class Message:
     which a plane with a health signal of its own shows: the ext_proc port's health service).
     Worker -> gateway: ``ready`` (serving, on the port its body names), ``stats`` (its in-flight
     count and metric families). Both ways: ``credits`` (what a worker's picks credit: prefix-index
-    credits and predicted-latency accounting records, see ``.affinity``; the gateway process passes
-    them on to the other workers).
+    credits, predicted-latency accounting records, observed-TTFT ratios and in-flight counts, see
+    ``.affinity``; the gateway process passes them on to the other workers, and tells them when a
+    worker exited).
     """
 
     kind: Kind
@@ -122,6 +123,9 @@ class WorkerDatastore(Datastore):
     def __init__(self, clock: Clock | None = None, *, staleness: float = 2.0) -> None:
         super().__init__(clock, staleness=staleness)
         self._history: dict[str, deque[tuple[float, int]]] = {}
+        self.on_in_flight: Callable[[str, int], None] | None = None
+        """Called with (endpoint key, in-flight count) after every change of this worker's count:
+        the worker passes it on to the others (``.affinity.InFlightCount``)."""
 
     def _record(self, key: str, before: int | None) -> None:
         """Log the count before and after one change (both at the same instant)."""
@@ -134,6 +138,8 @@ class WorkerDatastore(Datastore):
         log.append((now, ep.in_flight))
         while log and log[0][0] < now - self._HISTORY:
             log.popleft()
+        if self.on_in_flight is not None and ep.in_flight != before:
+            self.on_in_flight(key, ep.in_flight)
 
     def _count(self, key: str) -> int | None:
         ep = self.endpoint(key)

@@ -35,7 +35,14 @@ from ..core import build_core, start_plugin_tasks
 from ..logs import configure_logging
 from ..process import freeze_startup_heap, run_async
 from ..tasks import Supervisor
-from .affinity import Credit, LatencyRecord, share_latency_accounting, share_prefix_credits
+from .affinity import (
+    Credit,
+    InFlightCount,
+    LatencyRecord,
+    TtftRecord,
+    share_latency_accounting,
+    share_prefix_credits,
+)
 from .channel import (
     Message,
     Snapshot,
@@ -51,6 +58,9 @@ from .metrics import PUSH_INTERVAL, export_families
 __all__ = ["main"]
 
 log = logging.getLogger("infergate.worker")
+
+Shared = Credit | LatencyRecord | TtftRecord | InFlightCount
+"""What workers pass each other through the gateway process (``credits`` frames)."""
 
 
 class _Worker:
@@ -97,12 +107,15 @@ class _Worker:
             )
         )
         self.stop = asyncio.Event()
-        self._credits: list[Credit | LatencyRecord] = []
+        self._credits: list[Shared] = []
         self.indices = share_prefix_credits(core.scheduler, self._publish)
         self.latency = share_latency_accounting(core.scheduler, self._publish)
+        index = spec.index
+        self.datastore.on_in_flight = lambda key, count: self._publish(InFlightCount(index, key, count))
 
-    def _publish(self, credit: Credit | LatencyRecord) -> None:
-        """Batch this worker's prefix credits and latency records; one frame per event-loop turn."""
+    def _publish(self, credit: Shared) -> None:
+        """Batch this worker's prefix credits, latency records, TTFT observations and in-flight
+        counts; one frame per event-loop turn."""
         if not self._credits:
             asyncio.get_running_loop().call_soon(self._flush)
         self._credits.append(credit)
@@ -128,14 +141,20 @@ class _Worker:
             elif msg.kind == "serving":
                 await self.plane.set_ready(bool(msg.body))
             elif msg.kind == "credits":
-                self.apply_credits(cast(list[Credit | LatencyRecord], msg.body))
+                self.apply_credits(cast(list[Shared], msg.body))
 
-    def apply_credits(self, batch: list[Credit | LatencyRecord]) -> None:
-        """Another worker's picks: prefix credits to the indexes, latency records to the scorers."""
+    def apply_credits(self, batch: list[Shared]) -> None:
+        """Another worker's picks and answers: prefix credits to the indexes, latency records and
+        TTFT observations to the scorers, in-flight counts to the datastore."""
         for credit in batch:
-            if isinstance(credit, LatencyRecord):
+            if isinstance(credit, LatencyRecord | TtftRecord):
                 for scorer in self.latency:
                     scorer.apply_accounting(credit)
+            elif isinstance(credit, InFlightCount):
+                if credit.endpoint is None:
+                    self.datastore.forget_peer(credit.worker)
+                else:
+                    self.datastore.set_peer_in_flight(credit.worker, credit.endpoint, credit.count)
             else:
                 for index in self.indices:
                     index.add_remote(credit)

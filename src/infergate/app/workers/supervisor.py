@@ -38,6 +38,7 @@ from infergate.config.settings import Settings
 from infergate.dataplanes import DataPlaneContext, WorkerFront, WorkerListen
 from infergate.requestcontrol.access import Authenticator
 
+from .affinity import InFlightCount
 from .channel import Message, WorkerSpec, encode, read_message, snapshot_of, write_message
 from .metrics import Family, MergedExposition
 
@@ -291,6 +292,8 @@ class WorkerPool:
         code = await worker.proc.wait()
         worker.in_flight = 0
         worker.writer.close()
+        # its requests are gone with it: the other workers' schedulers stop counting them
+        self._broadcast(encode(Message("credits", [InFlightCount(worker.index, None)])), skip=worker)
         if self._exposition is not None:
             self._exposition.retire(worker.index)
         worker.done.set()

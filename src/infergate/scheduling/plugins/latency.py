@@ -59,7 +59,7 @@ from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, can
 from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
-__all__ = ["LatencyParams", "LatencyPrediction", "LatencyRecord", "PredictedLatencyScorer"]
+__all__ = ["LatencyParams", "LatencyPrediction", "LatencyRecord", "PredictedLatencyScorer", "TtftRecord"]
 
 
 class LatencyParams(Params):
@@ -155,6 +155,20 @@ class LatencyRecord:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class TtftRecord:
+    """One observed TTFT on an endpoint, as the online correction learns it: the (clamped) ratio of
+    observed to predicted TTFT, the prediction without the correction factor.
+
+    Each gateway worker sees the answers of its own requests only; with these records every
+    worker's correction factor learns from every worker's answers, as one process's would (its
+    exponentially weighted average then spans the same few dozen requests, not N times as many).
+    """
+
+    endpoint: str
+    ratio: float
+
+
 class PredictedLatencyScorer:
     """``predicted-latency-scorer``: the candidate where this request's predicted TTFT and TPOT are best.
 
@@ -172,7 +186,7 @@ class PredictedLatencyScorer:
         self.index = PrefixIndex()
         self._pending: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TTFT ms)
         self._avg_prefill_ms = 0.0  # over every request sent, any endpoint
-        self._export: Callable[[LatencyRecord], None] | None = None
+        self._export: Callable[[LatencyRecord | TtftRecord], None] | None = None
 
     # ------------------------------------------------------------------ model
     def _state_of(self, key: str) -> _EndpointState:
@@ -358,22 +372,28 @@ class PredictedLatencyScorer:
             st.avg_answer_tokens += alpha * (r.answer_tokens - st.avg_answer_tokens)
         return st
 
-    def export_accounting(self, sink: Callable[[LatencyRecord], None] | None) -> None:
-        """Hand the :class:`LatencyRecord` of every later pick to ``sink`` (None: stop).
+    def export_accounting(self, sink: Callable[[LatencyRecord | TtftRecord], None] | None) -> None:
+        """Hand the :class:`LatencyRecord` of every later pick and the :class:`TtftRecord` of
+        every later TTFT observation to ``sink`` (None: stop).
 
         Gateway workers pass them to each other (``infergate.app.workers.affinity``), so each
-        worker's backlog, frontend and prefill-rate estimates count every worker's picks.
+        worker's backlog, frontend and prefill-rate estimates count every worker's picks, and its
+        TTFT correction every worker's observed answers.
         """
         self._export = sink
 
-    def apply_accounting(self, record: LatencyRecord) -> None:
-        """Account another scheduler's pick as if this scorer had made it.
+    def apply_accounting(self, record: LatencyRecord | TtftRecord) -> None:
+        """Account another scheduler's pick, or learn its TTFT observation, as if this scorer had
+        made it.
 
-        Only the endpoint model is touched: not the prefix index (shared on its own), not the
-        online TTFT correction (this scorer will not see that request's answer), and not the
-        datastore's in-flight counts (those stay each process's own).
+        Only the endpoint model and its correction factor are touched: not the prefix index
+        (shared on its own), not the pending observations (this scorer will not see that
+        request's answer), and not the datastore's in-flight counts (those stay each process's own).
         """
-        self._account(record)
+        if isinstance(record, TtftRecord):
+            self._learn(self._state_of(record.endpoint), record.ratio)
+        else:
+            self._account(record)
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
         """The data plane saw the request's first token after ``ttft_seconds`` (None: it failed)."""
@@ -388,6 +408,13 @@ class PredictedLatencyScorer:
         ratio = min(hi, max(1.0 / hi, ttft_seconds * 1000.0 / predicted))
         st.last_predicted_ms = predicted * st.ttft_factor
         st.last_observed_ms = ttft_seconds * 1000.0
+        self._learn(st, ratio)
+        if self._export is not None:
+            self._export(TtftRecord(endpoint=key, ratio=ratio))
+
+    def _learn(self, st: _EndpointState, ratio: float) -> None:
+        """Move the endpoint's TTFT correction factor towards one observed ratio."""
+        hi = self._p.ttft_correction_limit
         st.observed += 1
         alpha = 0.05 if st.observed > 20 else 1.0 / st.observed
         st.ttft_factor = min(hi, max(1.0 / hi, st.ttft_factor + alpha * (ratio - st.ttft_factor)))
