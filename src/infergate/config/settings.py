@@ -143,8 +143,8 @@ class ProxySettings(_Group):
     workers: int = Field(default=1, ge=1)
     """Processes serving requests (``--workers``): the built-in proxy, or the ext_proc picker of
     ``envoy`` and ``epp``. Above 1, the gateway process scrapes the pool and publishes each scrape
-    to the workers; each schedules and queues with its own in-flight counts. Built-in workers share
-    the listening socket; ``envoy`` gives each picker worker its own loopback port (from
+    to the workers; each schedules on every worker's in-flight counts and queues (flow control) on
+    its own. Built-in workers share the listening socket; ``envoy`` gives each picker worker its own loopback port (from
     ``listeners.envoy_picker_port`` on, one per worker); ``epp`` workers share
     ``listeners.grpc_port`` with SO_REUSEPORT. See docs/operations.md#worker-processes."""
 
