@@ -144,8 +144,8 @@ class ProxySettings(_Group):
     """Processes serving requests (``--workers``): the built-in proxy, or the ext_proc picker of
     ``envoy`` and ``epp``. Above 1, the gateway process scrapes the pool and publishes each scrape
     to the workers; each schedules on every worker's in-flight counts and queues (flow control) on
-    its own. Built-in workers share the listening socket; ``envoy`` gives each picker worker its own loopback port (from
-    ``listeners.envoy_picker_port`` on, one per worker); ``epp`` workers share
+    its own. Built-in workers share the listening socket; ``envoy`` gives each picker worker its
+    own loopback port (from ``listeners.envoy_picker_port`` on, one per worker); ``epp`` workers share
     ``listeners.grpc_port`` with SO_REUSEPORT. See docs/operations.md#worker-processes."""
 
 
