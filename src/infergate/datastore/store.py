@@ -150,7 +150,7 @@ class Datastore:
         out: list[Endpoint] = []
         for e in endpoints:
             extra = sum(counts.get(e.key, 0) for counts in self._peers.values())
-            out.append(replace(e, in_flight=e.in_flight + extra) if extra else e)
+            out.append(e.with_load(e.in_flight + extra, e.in_flight_tokens) if extra else e)
         return out
 
     @property

@@ -122,6 +122,12 @@ class _Worker:
 
     def _flush(self) -> None:
         batch, self._credits = self._credits, []
+        # in-flight counts are absolute: of several for one endpoint in a turn, the last says all
+        last = {c.endpoint: i for i, c in enumerate(batch) if isinstance(c, InFlightCount)}
+        if len(last) < sum(isinstance(c, InFlightCount) for c in batch):
+            batch = [
+                c for i, c in enumerate(batch) if not isinstance(c, InFlightCount) or last[c.endpoint] == i
+            ]
         if batch and not self.writer.is_closing():
             self.writer.write(encode(Message("credits", batch)))
 

@@ -388,7 +388,7 @@ class PredictedLatencyScorer:
 
         Only the endpoint model and its correction factor are touched: not the prefix index
         (shared on its own), not the pending observations (this scorer will not see that
-        request's answer), and not the datastore's in-flight counts (those stay each process's own).
+        request's answer), and not the datastore's in-flight counts (shared on their own).
         """
         if isinstance(record, TtftRecord):
             self._learn(self._state_of(record.endpoint), record.ratio)
