@@ -43,6 +43,8 @@ from typing import Any
 
 import aiohttp
 
+from infergate.config.settings import Settings
+
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ADAPTERS = {"food-review": "Kawon/llama3.1-food-finetune_v14_r8", "cad-fabricator": "redcathode/fabricator"}
 # class name -> (objective, model, priority)
@@ -115,10 +117,10 @@ class Pool:
         self.gw_port = 0
         self.admin_port = 0
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.workdir / log).open("wb") as out:
             cmd = [sys.executable, "-m", "infergate", *args]
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.procs.append(proc)
         return proc
 
@@ -145,7 +147,14 @@ class Pool:
         ]
         args += ["--admin-port", str(self.admin_port), "--log-level", "warning"]
         args.append("--flow-control" if flow_control else "--no-flow-control")
-        self.gateway = self._spawn(args, f"gateway-{'fc' if flow_control else 'nofc'}.log")
+        # flow_control.frontend_wait is a time the pool's latencies are measured against: scaled
+        # with them, like the SLO bound (the other time settings are about the gateway's own
+        # freshness and stay as they are)
+        wait = Settings().flow_control.frontend_wait
+        env = dict(os.environ)
+        if wait is not None:
+            env["INFERGATE_FLOW_CONTROL__FRONTEND_WAIT"] = str(wait * self.time_scale)
+        self.gateway = self._spawn(args, f"gateway-{'fc' if flow_control else 'nofc'}.log", env)
         wait_http(f"http://127.0.0.1:{self.admin_port}/readyz", self.gateway)
 
     def stop(self) -> None:

@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 __all__ = [
+    "DECODE_ROLES",
+    "ROLE_LABEL",
     "ApiKind",
     "Clock",
     "Endpoint",
@@ -57,6 +59,12 @@ class ApiKind(StrEnum):
     """A path the ``passthrough-parser`` was configured for: the body is forwarded unread."""
 
 
+#: The endpoint label naming a server's part in prefill/decode disaggregation (llm-d), and the
+#: values of a server that decodes requests whose prefill may run on another server.
+ROLE_LABEL = "llm-d.ai/role"
+DECODE_ROLES = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointMetrics:
     """What the scraper last read from one model server, already mapped from its engine's dialect.
@@ -73,6 +81,9 @@ class EndpointMetrics:
     max_active_adapters: int = 0
     block_size: int | None = None
     num_gpu_blocks: int | None = None
+    finished_requests: float | None = None
+    """Requests the server has finished since it started (vLLM's ``request_success_total``, all
+    finish reasons); None when the server does not export such a counter."""
     updated_at: float = 0.0
 
 

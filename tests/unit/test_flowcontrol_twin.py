@@ -16,6 +16,7 @@ from infergate.bench.loadgen import RequestRecord
 from infergate.bench.stats import percentile
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import BenchRequest
+from infergate.config.settings import Settings
 from infergate.types import ModelRewrite, Objective, RewriteRule, RewriteTarget
 
 # Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
@@ -27,17 +28,24 @@ RATES = {"high": 20.0, "low": 100.0, "shed": 40.0}  # req/s: about three times w
 DURATION = 12.0
 
 
-def overload(*, flow_control: bool) -> dict[str, list[RequestRecord]]:
+def overload(
+    *,
+    flow_control: bool,
+    rates: dict[str, float] = RATES,
+    words: int = 1500,
+    max_tokens: int = 64,
+    settings: Settings | None = None,
+) -> dict[str, list[RequestRecord]]:
     rng = random.Random(1)
     events: list[tuple[float, str]] = []
-    for name, rate in RATES.items():
+    for name, rate in rates.items():
         t = rng.expovariate(rate)
         while t < DURATION:
             events.append((t, name))
             t += rng.expovariate(rate)
     events.sort()
     requests = [
-        BenchRequest(index=i, model=name, max_tokens=64, prompt=f"{i} " + "word " * 1500)
+        BenchRequest(index=i, model=name, max_tokens=max_tokens, prompt=f"{i} " + "word " * words)
         for i, (_, name) in enumerate(events)
     ]
     # the objectives' names are what clients ask for; a rewrite sends them all to the base model
@@ -51,11 +59,16 @@ def overload(*, flow_control: bool) -> dict[str, list[RequestRecord]]:
         Objective(name="shed", priority=-1),
     )
     config = TwinConfig(
-        replicas=2, adapters=(), objectives=objectives, rewrites=(rewrite,), flow_control=flow_control
+        replicas=2,
+        adapters=(),
+        objectives=objectives,
+        rewrites=(rewrite,),
+        flow_control=flow_control,
+        settings=settings,
     )
     strategy = "default" if flow_control else "default+nofc"
     out = run_twin(requests, [t for t, _ in events], strategy=strategy, config=config)
-    by: dict[str, list[RequestRecord]] = {name: [] for name in RATES}
+    by: dict[str, list[RequestRecord]] = {name: [] for name in rates}
     for r in out.records:
         by[r.model].append(r)
     return by
@@ -71,9 +84,31 @@ def test_priority_order_holds_under_overload() -> None:
     assert all(r.status == 200 for name in ("high", "low") for r in on[name])
     assert {r.status for r in on["shed"]} <= {200, 429}
     assert sum(r.status == 429 for r in on["shed"]) > len(on["shed"]) / 2, "most sheddable requests are shed"
-    high_on, low_on = percentile(ttfts(on["high"]), 0.9), percentile(ttfts(on["low"]), 0.5)
-    high_off = percentile(ttfts(off["high"]), 0.9)
+    high_on, low_on = percentile(ttfts(on["high"]), 90), percentile(ttfts(on["low"]), 50)
+    high_off = percentile(ttfts(off["high"]), 90)
     summary = f"p90 high on={high_on:.3f}s off={high_off:.3f}s, p50 low on={low_on:.3f}s"
     assert high_on < low_on, summary  # priority 10 absorbs the wait
     assert high_on < high_off / 2, summary  # without flow control everyone suffers alike
     assert all(r.status == 200 for r in off["shed"])  # no flow control: nothing is shed either
+
+
+def test_priority_order_holds_when_the_backlog_is_in_the_servers_frontends() -> None:
+    """Short requests overload the servers' API frontends (one serial CPU stage each, ~100 requests
+    a second), not their engines: the engines report a few running and nothing waiting while the
+    backlog queues in the frontends, where only the gateway's own in-flight count shows it
+    (``flow_control.frontend_wait``). Without that term flow control admitted everything and
+    priority 20 waited in the frontends' FIFO like everybody else."""
+    rates = {"high": 40.0, "low": 200.0, "shed": 100.0}  # two frontends serve ~200 requests a second
+    blind_settings = Settings().replace({"flow_control.frontend_wait": None})
+    on = overload(flow_control=True, rates=rates, words=30, max_tokens=8)
+    blind = overload(flow_control=True, rates=rates, words=30, max_tokens=8, settings=blind_settings)
+    assert all(r.status == 200 for name in ("high", "low") for r in on[name])
+    high_on, low_on = percentile(ttfts(on["high"]), 90), percentile(ttfts(on["low"]), 50)
+    high_blind = percentile(ttfts(blind["high"]), 90)
+    summary = f"p90 high on={high_on:.3f}s without the term={high_blind:.3f}s, p50 low on={low_on:.3f}s"
+    assert high_on < low_on, summary
+    assert high_on < high_blind / 4, summary
+    assert sum(r.status == 429 for r in on["shed"]) > len(on["shed"]) / 2, "most sheddable requests are shed"
+    assert sum(r.status == 429 for r in blind["shed"]) < len(blind["shed"]) / 2, (
+        "the blind pool looked unsaturated"
+    )

@@ -177,6 +177,7 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "flow_control.queue_threshold": (2, flow(lambda c: c._detector.queue_threshold)),
         "flow_control.kv_threshold": (0.5, flow(lambda c: c._detector.kv_threshold)),
         "flow_control.saturation_staleness": (1.0, flow(lambda c: c._detector.staleness)),
+        "flow_control.frontend_wait": (1.0, flow(lambda c: c._detector.frontend_wait)),
         "limits.max_body_bytes": (1000, proxy("max_body_bytes")),
         "limits.max_header_bytes": (2000, proxy("max_header_bytes")),
         "limits.max_messages": (3, limits(lambda lim: lim.max_messages)),

@@ -312,5 +312,6 @@ def test_reads_the_simulators_exposition(legacy: bool) -> None:
         max_active_adapters=2,
         block_size=16,
         num_gpu_blocks=26306,
+        finished_requests=3.0,
         updated_at=9.0,
     )

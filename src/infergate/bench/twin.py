@@ -149,6 +149,9 @@ class TwinConfig:
     """With several gateway workers, each worker's scheduler also counts the other workers'
     in-flight requests, each count as it was ``WORKER_CHANNEL_DELAY`` earlier, as ``proxy.workers``
     does; flow control counts the worker's own only. False: the scheduler counts its own only."""
+    settings: Settings | None = None
+    """The gateway settings whose ``flow_control`` group the twin's flow control follows; None:
+    the defaults, as ``infergate serve`` runs."""
 
 
 @dataclass(slots=True)
@@ -173,10 +176,12 @@ class _Replica:
         self.requests = 0
 
 
-def _flow_core(datastore: Datastore) -> FlowCore:
-    """The gateway's flow control with its default settings (see ``infergate.app.core``)."""
+def _flow_core(datastore: Datastore, settings: Settings | None) -> FlowCore:
+    """The gateway's flow control as ``settings`` (default: the defaults) configure it (see
+    ``infergate.app.core``)."""
     # no connection pool in the twin: requests reach the engine's queue
-    detector, config = flow_control_from_settings(Settings(), pool_name="twin", connection_limit=None)
+    chosen = settings if settings is not None else Settings()
+    detector, config = flow_control_from_settings(chosen, pool_name="twin", connection_limit=None)
     return FlowCore(datastore, detector=detector, config=config)
 
 
@@ -217,6 +222,7 @@ def _metrics_of(engine: Engine, now: float) -> EndpointMetrics:
         max_active_adapters=s.max_loras,
         block_size=s.block_size,
         num_gpu_blocks=s.num_gpu_blocks,
+        finished_requests=float(sum(s.request_success_total.values())),
         updated_at=now,
     )
 
@@ -358,7 +364,7 @@ def run_twin(
             scheduler=scheduler if scheduler is not None else _NoScheduler(),
             rng=random.Random(cfg.seed + n),
         )
-        flow = _flow_core(datastore) if use_flow_control and scheduler is not None else None
+        flow = _flow_core(datastore, cfg.settings) if use_flow_control and scheduler is not None else None
         return _Front(datastore, scheduler, core, flow)
 
     fronts = [front(n) for n in range(max(1, cfg.gateway_workers))]

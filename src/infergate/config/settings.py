@@ -211,6 +211,12 @@ class FlowControlSettings(_Group):
     """KV-cache utilisation (0..1) at which an endpoint counts as saturated (``kvCacheUtilThreshold``)."""
     saturation_staleness: Seconds = 0.2
     """Metrics older than this make an endpoint count as saturated (``metricsStalenessThreshold``)."""
+    frontend_wait: Seconds | None = 0.25
+    """Seconds of its own throughput a model server may hold beyond what its metrics report
+    (requests the gateway sent that it shows neither running nor waiting: in vLLM's API server,
+    being tokenised) before it counts as saturated; the allowance is ``max(queue_threshold,
+    completions per second x this)``. Needs the server's finished-requests counter (vLLM's
+    ``request_success_total``); unset (``null``): not counted, the reference's rule."""
 
 
 class LimitsSettings(_Group):

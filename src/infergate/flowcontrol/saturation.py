@@ -2,7 +2,8 @@
 
 The rule is the reference's utilisation detector (GIE ``utilization-detector``):
 
-* per endpoint, ``score = max(waiting / queue_threshold, kv_cache_usage / kv_threshold)``;
+* per endpoint, ``score = max(waiting / queue_threshold, kv_cache_usage / kv_threshold)`` (and
+  the unreported term below when ``frontend_wait`` is set);
   an endpoint whose metrics are stale (never scraped, or older than ``staleness`` seconds) scores 1.0.
   By default (``kv_requires_queue``) the KV term counts only while requests wait on the endpoint: a
   vLLM server whose KV cache is 85 % used by the requests it runs, with nothing waiting, still takes
@@ -27,18 +28,72 @@ each request the gateway sent since the scrape is assumed to wait, each one that
 to have let a waiting request start. With a waiting queue that holds while the server's batch is full,
 which is exactly when saturation matters; the next scrape corrects any error. KV-cache use is taken
 from the scrape as is.
+
+A model server also holds requests its metrics do not show: vLLM's API server parses and tokenises
+every request in one process before its engine counts it as waiting, and under a burst that process,
+not the GPU, is the bottleneck (vLLM-calibration §1.5). A pool overloaded that way reports a few
+running and nothing waiting while hundreds of requests queue in its frontends, first come first
+served whatever their priority (seen in the overload benchmark: priority 20's p90 TTFT was 55 s with
+flow control on, 74 s off). So, with ``frontend_wait`` set, an endpoint also scores
+``unreported / allowance``: ``unreported`` is what the gateway has in flight there beyond what the
+server reports running and waiting, ``allowance = max(queue_threshold, rate × frontend_wait)``
+with ``rate`` the server's completions per second over the last ``RATE_WINDOW`` seconds (from its
+finished-requests counter). A fast server legitimately holds many requests in its frontend (one
+that completes 950 requests a second has ~30 of 32 concurrent requests there); measured in seconds
+of its own throughput that is 30 ms, far below the allowance, while the overloaded pool's frontends
+hold a minute of work. A server that exports no finished-requests counter gets no such term, nor
+does a decoder in prefill/decode disaggregation (``llm-d.ai/role``): its requests prefill on
+another server first, which reports them.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
-from infergate.types import Endpoint
+from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint
 
-__all__ = ["Aggregation", "SaturationDetector"]
+__all__ = ["RATE_WINDOW", "Aggregation", "SaturationDetector"]
 
 Aggregation = Literal["capped-mean", "mean", "min"]
+
+#: Seconds of scrapes over which a server's completion rate is measured for ``frontend_wait``.
+RATE_WINDOW = 2.0
+
+
+class _Track:
+    """What the detector remembers of one endpoint between calls."""
+
+    __slots__ = ("finished", "in_flight", "updated_at")
+
+    def __init__(self) -> None:
+        self.updated_at = math.nan  # of the snapshot last seen (NaN: none yet)
+        self.in_flight = 0  # the gateway's in-flight count when that snapshot was first seen
+        # (updated_at, finished_requests) of recent snapshots, oldest first, for the completion rate
+        self.finished: deque[tuple[float, float]] = deque()
+
+    def rate(self) -> float:
+        """Completions per second over the remembered snapshots (0.0 until two are remembered)."""
+        if len(self.finished) < 2:
+            return 0.0
+        (t0, f0), (t1, f1) = self.finished[0], self.finished[-1]
+        return (f1 - f0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def observe(self, updated_at: float, in_flight: int, finished: float | None) -> None:
+        """A new snapshot: new in-flight baseline, one more point of the finished counter."""
+        self.updated_at = updated_at
+        self.in_flight = in_flight
+        points = self.finished
+        if finished is None:
+            points.clear()
+            return
+        if points and (finished < points[-1][1] or updated_at <= points[-1][0]):
+            points.clear()  # the server restarted (its counter went back) or the clock did
+        points.append((updated_at, finished))
+        while len(points) > 2 and updated_at - points[1][0] >= RATE_WINDOW:
+            points.popleft()
 
 
 class SaturationDetector:
@@ -53,6 +108,9 @@ class SaturationDetector:
         connection_limit: upstream connections the data plane opens per endpoint (the built-in
             proxy's ``max_connections_per_endpoint``, 256); in-flight requests beyond it wait for a
             connection in the gateway and count as queued. ``None``: no such limit.
+        kv_requires_queue: the KV term counts only while requests wait (see the module docstring).
+        frontend_wait: seconds of its own throughput a server may hold beyond what its metrics
+            report before it counts as full (see the module docstring); ``None``: not counted.
     """
 
     def __init__(
@@ -65,6 +123,7 @@ class SaturationDetector:
         track_in_flight: bool = True,
         connection_limit: int | None = 256,
         kv_requires_queue: bool = True,
+        frontend_wait: float | None = None,
     ) -> None:
         if queue_threshold <= 0:
             raise ValueError("queue_threshold must be > 0")
@@ -83,8 +142,10 @@ class SaturationDetector:
             raise ValueError("connection_limit must be >= 1 or None")
         self.connection_limit = connection_limit
         self.kv_requires_queue = kv_requires_queue
-        # endpoint key -> (metrics.updated_at, in_flight when that snapshot was first seen)
-        self._baselines: dict[str, tuple[float, int]] = {}
+        if frontend_wait is not None and frontend_wait <= 0:
+            raise ValueError("frontend_wait must be > 0 or None")
+        self.frontend_wait = frontend_wait
+        self._baselines: dict[str, _Track] = {}
 
     def is_fresh(self, endpoint: Endpoint, now: float) -> bool:
         """Scraped at least once and no longer than ``staleness`` seconds ago."""
@@ -105,27 +166,52 @@ class SaturationDetector:
         waiting = m.waiting_queue_size
         if not self.track_in_flight:
             return waiting
-        key = endpoint.key
-        base = self._baselines.get(key)
-        if base is None or base[0] != m.updated_at:
-            base = self._baselines[key] = (m.updated_at, endpoint.in_flight)
+        base = self._track(endpoint).in_flight
         limit = self.connection_limit
         if limit is None:
-            return max(0, waiting + endpoint.in_flight - base[1])
-        seated = min(endpoint.in_flight, limit) - min(base[1], limit)
+            return max(0, waiting + endpoint.in_flight - base)
+        seated = min(endpoint.in_flight, limit) - min(base, limit)
         return max(0, waiting + seated) + max(0, endpoint.in_flight - limit)
 
+    def unreported_score(self, endpoint: Endpoint) -> float:
+        """``unreported / allowance`` (see the module docstring); 0.0 without ``frontend_wait`` or
+        without the server's finished-requests counter."""
+        wait = self.frontend_wait
+        if wait is None or endpoint.metrics.finished_requests is None:
+            return 0.0
+        if endpoint.meta.labels.get(ROLE_LABEL) in DECODE_ROLES:
+            return 0.0  # its requests may be prefilling on another server, which reports them
+        track = self._track(endpoint)  # every snapshot counts towards the rate
+        m = endpoint.metrics
+        unreported = endpoint.in_flight - m.running_requests - m.waiting_queue_size
+        if unreported <= 0:
+            return 0.0
+        return unreported / max(float(self.queue_threshold), track.rate() * wait)
+
+    def _track(self, endpoint: Endpoint) -> _Track:
+        """The endpoint's memory, updated the first time its current snapshot is seen."""
+        m = endpoint.metrics
+        track = self._baselines.get(endpoint.key)
+        if track is None:
+            track = self._baselines[endpoint.key] = _Track()
+        if track.updated_at != m.updated_at:
+            track.observe(m.updated_at, endpoint.in_flight, m.finished_requests)
+        return track
+
     def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
-        """``max(queue/queue_threshold, kv/kv_threshold)``; 1.0 when metrics are stale.
+        """``max(queue/queue_threshold, kv/kv_threshold, unreported term)``; 1.0 when metrics are stale.
 
         With ``kv_requires_queue`` an endpoint with nothing waiting scores 0 whatever its KV use.
+        The unreported term (``frontend_wait``) counts either way.
         """
         if not self.is_fresh(endpoint, now):
             return 1.0
         queue = self.effective_queue(endpoint)
+        unreported = self.unreported_score(endpoint)
         if queue <= 0 and self.kv_requires_queue:
-            return 0.0
-        return max(queue / self.queue_threshold, endpoint.metrics.kv_cache_usage / self.kv_threshold)
+            return unreported
+        kv = endpoint.metrics.kv_cache_usage / self.kv_threshold
+        return max(queue / self.queue_threshold, kv, unreported)
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         """The pool's saturation over its healthy endpoints (>= 1.0 means saturated)."""

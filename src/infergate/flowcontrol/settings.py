@@ -31,6 +31,7 @@ def flow_control_from_settings(
         kv_threshold=s.kv_threshold,
         staleness=s.saturation_staleness,
         connection_limit=connection_limit,
+        frontend_wait=s.frontend_wait,
     )
     config = FlowControlConfig(
         enabled=s.enabled,

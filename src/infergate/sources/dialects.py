@@ -69,6 +69,7 @@ class Dialect:
     cache_num_blocks_label: str = "num_gpu_blocks"
     block_size: tuple[MetricSpec, ...] = ()
     num_blocks: tuple[MetricSpec, ...] = ()
+    finished: tuple[MetricSpec, ...] = ()
     # Paths tried in turn when one answers 404 (trtllm-serve serves /prometheus/metrics).
     metrics_paths: tuple[str, ...] = ("/metrics",)
     aliases: tuple[str, ...] = field(default=())
@@ -84,15 +85,16 @@ class Dialect:
             *self.cache_info,
             *self.block_size,
             *self.num_blocks,
+            *self.finished,
         )
         return tuple(sorted({s.family for s in specs}))
 
     def sample_lines(self, text: str) -> list[str]:
         """The sample lines of :attr:`families`, found with ``str.find`` (C speed, no line split).
 
-        HELP and TYPE lines are dropped: every family read is a gauge, which the parser reads the
-        same untyped. A longer family sharing the prefix (``..._waiting_by_reason``) is skipped by
-        checking the character after the name.
+        HELP and TYPE lines are dropped: the parser reads gauges and the one counter read
+        (``..._total``, named in full) the same untyped. A longer family sharing the prefix
+        (``..._waiting_by_reason``) is skipped by checking the character after the name.
         """
         out: list[str] = []
         size = len(text)
@@ -124,6 +126,7 @@ VLLM = Dialect(
     kv_usage=(_spec("vllm:kv_cache_usage_perc"), _spec("vllm:gpu_cache_usage_perc")),
     lora_info=(_spec("vllm:lora_requests_info"),),
     cache_info=(_spec("vllm:cache_config_info"),),
+    finished=(_spec("vllm:request_success_total"),),
 )
 
 SGLANG = Dialect(
@@ -280,6 +283,7 @@ def parse_metrics_report(text: str, dialect: str | Dialect, now: float) -> Parse
     if nb:
         num_blocks = _count(nb)
 
+    finished = pick(d.finished, False)
     metrics = EndpointMetrics(
         waiting_queue_size=_count(queued) if queued else 0,
         running_requests=_count(running) if running else 0,
@@ -289,6 +293,7 @@ def parse_metrics_report(text: str, dialect: str | Dialect, now: float) -> Parse
         max_active_adapters=max_adapters,
         block_size=block_size,
         num_gpu_blocks=num_blocks,
+        finished_requests=sum(s.value for s in finished) if finished else None,
         updated_at=now,
     )
     return ParseReport(metrics, tuple(missing))

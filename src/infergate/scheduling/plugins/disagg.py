@@ -33,7 +33,7 @@ from infergate.errors import NoCapacityError
 from infergate.scheduling.plugins.precise_prefix import PRECISE_MATCH
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PREFIX_MATCH
 from infergate.scheduling.sdk.framework import CycleState, Params
-from infergate.types import Endpoint, InferenceRequest, SchedulingResult
+from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = [
     "DECODE_ROLES",
@@ -51,9 +51,7 @@ __all__ = [
 
 S = TypeVar("S")
 
-ROLE_LABEL = "llm-d.ai/role"
 PREFILLER_HEADER = "x-prefiller-host-port"
-DECODE_ROLES = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
 PREFILL_ROLES = frozenset({"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"})
 
 

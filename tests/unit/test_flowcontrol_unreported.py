@@ -1,0 +1,118 @@
+"""Flow control counts what a model server holds without reporting it (``frontend_wait``).
+
+vLLM's API server holds requests its metrics do not show; the overload benchmark found the pool's
+whole backlog there (replicas reporting 13 running and nothing waiting with ~250 requests each in
+flight) and flow control admitting everything. These tests pin the rule that closes that gap and
+the case it must not break: a fast server whose concurrent requests mostly sit in its frontend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infergate.datastore.store import Datastore
+from infergate.flowcontrol import FlowControlConfig, FlowController, SaturationDetector
+from infergate.flowcontrol.saturation import RATE_WINDOW
+from infergate.types import Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
+from tests.support import async_wait_for
+
+META = EndpointMeta(name="pod-a", address="10.0.0.1", port=8000)
+
+
+def ep(
+    *, updated: float, finished: float | None, running: int = 0, waiting: int = 0, in_flight: int = 0
+) -> Endpoint:
+    metrics = EndpointMetrics(
+        waiting_queue_size=waiting, running_requests=running, finished_requests=finished, updated_at=updated
+    )
+    return Endpoint(meta=META, metrics=metrics, in_flight=in_flight)
+
+
+def test_unreported_requests_count_against_the_queue_threshold_until_a_rate_is_known() -> None:
+    d = SaturationDetector(frontend_wait=0.25)
+    # 8 of 10 in flight are neither running nor waiting: 8 / max(5, 0 x 0.25) = 1.6
+    assert d.unreported_score(ep(updated=100.0, finished=0.0, running=2, in_flight=10)) == pytest.approx(1.6)
+    # they count although nothing waits (the KV rule's nothing-waiting exemption does not apply)
+    assert d.endpoint_score(ep(updated=100.0, finished=0.0, running=2, in_flight=10), 100.0) == pytest.approx(
+        1.6
+    )
+    assert d.unreported_score(ep(updated=100.0, finished=0.0, running=2, waiting=3, in_flight=4)) == 0.0
+
+
+def test_no_finished_counter_or_no_setting_means_no_unreported_term() -> None:
+    overloaded = ep(updated=100.0, finished=None, running=13, in_flight=250)
+    assert SaturationDetector(frontend_wait=0.25).endpoint_score(overloaded, 100.0) == 0.0
+    counted = ep(updated=100.0, finished=10.0, running=13, in_flight=250)
+    assert SaturationDetector().endpoint_score(counted, 100.0) == 0.0  # the reference's rule
+    with pytest.raises(ValueError, match="frontend_wait"):
+        SaturationDetector(frontend_wait=0.0)
+
+
+def test_a_fast_server_keeps_its_frontend_share_an_overloaded_one_does_not() -> None:
+    fast, slow = SaturationDetector(frontend_wait=0.25), SaturationDetector(frontend_wait=0.25)
+    # 950 completions a second: 30 of 32 in flight in its frontend is 32 ms of its work
+    fast.unreported_score(ep(updated=100.0, finished=0.0, in_flight=32))
+    score = fast.unreported_score(ep(updated=101.0, finished=950.0, running=2, in_flight=32))
+    assert score == pytest.approx(30 / (950 * 0.25))
+    assert not fast.is_saturated([ep(updated=101.0, finished=950.0, running=2, in_flight=32)], 101.0)
+    # 4.5 completions a second with 256 in flight and 13 running: a minute of work queued unseen
+    slow.unreported_score(ep(updated=100.0, finished=0.0, in_flight=256))
+    overloaded = ep(updated=102.0, finished=9.0, running=13, in_flight=256)
+    assert slow.unreported_score(overloaded) == pytest.approx(243 / 5)
+    assert slow.is_saturated([overloaded], 102.0)
+
+
+def test_the_rate_follows_the_last_window_and_restarts_with_the_counter() -> None:
+    d = SaturationDetector(frontend_wait=1.0, queue_threshold=1)
+    d.unreported_score(ep(updated=100.0, finished=0.0))
+    assert d.unreported_score(ep(updated=101.0, finished=100.0, in_flight=50)) == pytest.approx(0.5)
+    # the server stops completing: once the busy second is older than the window, the rate is 0
+    d.unreported_score(ep(updated=101.0 + RATE_WINDOW / 2, finished=100.0))
+    assert d.unreported_score(ep(updated=101.0 + RATE_WINDOW, finished=100.0, in_flight=50)) == 50.0
+    # a restarted server's counter starts again from 0: no negative rate, no rate until two points
+    d.unreported_score(ep(updated=110.0, finished=200.0))
+    assert d.unreported_score(ep(updated=111.0, finished=3.0, in_flight=10)) == 10.0
+    assert d.unreported_score(ep(updated=112.0, finished=13.0, in_flight=10)) == pytest.approx(1.0)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now(self) -> float:
+        return self.t
+
+
+async def test_an_unseen_backlog_holds_newcomers_until_a_request_finishes() -> None:
+    clock = _Clock()
+    ds = Datastore(clock, staleness=2.0)
+    ds.set_pool(PoolSpec(name="pool-1"))
+    ds.upsert_endpoint(META)
+    fc = FlowController(
+        ds, detector=SaturationDetector(frontend_wait=0.25), clock=clock, config=FlowControlConfig()
+    )
+    for _ in range(6):
+        ds.acquire(META.key)
+    # the server reports one running: five unreported requests fill the allowance of 5
+    ds.update_metrics(META.key, EndpointMetrics(running_requests=1, finished_requests=0.0, updated_at=100.0))
+    waiter = asyncio.create_task(fc.admit(InferenceRequest(request_id="r", model="m", target_model="m")))
+
+    async def queued() -> bool:
+        return fc.queued() == 1
+
+    await async_wait_for(queued, timeout=5, what="the newcomer queued")
+    assert not waiter.done()
+    ds.release(META.key)  # one finishes: four unreported, room for one more
+    assert await asyncio.wait_for(waiter, 5) is True
+
+
+def test_a_decoder_in_disaggregation_gets_no_unreported_term() -> None:
+    """Its requests prefill on another server first (which reports them there): counting them
+    here would hold requests back while the prefillers do exactly what they should."""
+    decoder = EndpointMeta(name="pod-d", address="10.0.0.2", port=8000, labels={"llm-d.ai/role": "decode"})
+    backlog = EndpointMetrics(running_requests=1, finished_requests=0.0, updated_at=100.0)
+    d = SaturationDetector(frontend_wait=0.25)
+    assert d.unreported_score(Endpoint(meta=decoder, metrics=backlog, in_flight=40)) == 0.0
+    assert d.unreported_score(Endpoint(meta=META, metrics=backlog, in_flight=40)) == pytest.approx(39 / 5)
