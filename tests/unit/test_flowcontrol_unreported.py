@@ -14,7 +14,7 @@ import pytest
 
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol import FlowControlConfig, FlowController, SaturationDetector
-from infergate.flowcontrol.saturation import RATE_WINDOW
+from infergate.flowcontrol.saturation import RATE_MIN_FINISHED, RATE_WINDOW
 from infergate.types import Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, PoolSpec
 from tests.support import async_wait_for
 
@@ -71,10 +71,35 @@ def test_the_rate_follows_the_last_window_and_restarts_with_the_counter() -> Non
     # the server stops completing: once the busy second is older than the window, the rate is 0
     d.unreported_score(ep(updated=101.0 + RATE_WINDOW / 2, finished=100.0))
     assert d.unreported_score(ep(updated=101.0 + RATE_WINDOW, finished=100.0, in_flight=50)) == 50.0
-    # a restarted server's counter starts again from 0: no negative rate, no rate until two points
-    d.unreported_score(ep(updated=110.0, finished=200.0))
-    assert d.unreported_score(ep(updated=111.0, finished=3.0, in_flight=10)) == 10.0
-    assert d.unreported_score(ep(updated=112.0, finished=13.0, in_flight=10)) == pytest.approx(1.0)
+    # a restarted server's counter starts again from 0: no negative rate, no rate until it has a span
+    d.unreported_score(ep(updated=104.0, finished=200.0))
+    assert d.unreported_score(ep(updated=104.5, finished=3.0, in_flight=10)) == 10.0
+    d.unreported_score(ep(updated=105.5, finished=13.0))
+    assert d.unreported_score(ep(updated=106.5, finished=23.0, in_flight=10)) == pytest.approx(1.0)
+
+
+def test_few_completions_over_a_short_span_are_no_rate_yet() -> None:
+    """A slow server finishes in batches: 14 requests within 50 ms are not 280 a second. Its rate
+    counts over the whole window; a fast server's once it has finished RATE_MIN_FINISHED."""
+    d = SaturationDetector(frontend_wait=5.0)
+    d.unreported_score(ep(updated=100.0, finished=0.0))
+    batch = ep(updated=100.05, finished=14.0, running=13, in_flight=40)
+    assert d.unreported_score(batch) == pytest.approx(27 / 5)  # allowance still queue_threshold
+    fast = SaturationDetector(frontend_wait=0.25)
+    fast.unreported_score(ep(updated=100.0, finished=0.0))
+    busy = ep(updated=100.05, finished=float(RATE_MIN_FINISHED), running=2, in_flight=32)
+    assert fast.unreported_score(busy) == pytest.approx(30 / (RATE_MIN_FINISHED / 0.05 * 0.25))
+
+
+def test_a_pause_restarts_the_rate_instead_of_averaging_over_it() -> None:
+    """The detector sees snapshots only while requests come: the first snapshot of a burst after
+    a quiet minute must not spread the burst's completions over the minute."""
+    d = SaturationDetector(frontend_wait=0.25)
+    d.unreported_score(ep(updated=40.0, finished=0.0))
+    d.unreported_score(ep(updated=100.0, finished=0.0))  # a pause: the points start again
+    assert d.unreported_score(ep(updated=100.1, finished=95.0, running=2, in_flight=32)) == pytest.approx(
+        30 / (950 * 0.25)
+    )
 
 
 class _Clock:
@@ -116,3 +141,25 @@ def test_a_decoder_in_disaggregation_gets_no_unreported_term() -> None:
     d = SaturationDetector(frontend_wait=0.25)
     assert d.unreported_score(Endpoint(meta=decoder, metrics=backlog, in_flight=40)) == 0.0
     assert d.unreported_score(Endpoint(meta=META, metrics=backlog, in_flight=40)) == pytest.approx(39 / 5)
+
+
+def test_requests_sent_since_the_scrape_count_once_against_the_servers_throughput() -> None:
+    """Where the unreported term applies and the server reported nothing waiting (its batch had
+    room), sends since the scrape are not also waiting requests: counted at the queue threshold
+    they made a fast server look saturated whenever five more were in flight than at the scrape.
+    Once it reports a queue, they wait behind it and count there again."""
+    d = SaturationDetector(frontend_wait=0.25)
+    d.effective_queue(ep(updated=100.0, finished=0.0, in_flight=20))
+    assert d.effective_queue(ep(updated=101.0, finished=950.0, running=2, in_flight=20)) == 0  # baseline
+    sent = ep(updated=101.0, finished=950.0, running=2, in_flight=30)
+    assert d.effective_queue(sent) == 0  # ten more sent: not waiting here...
+    assert d.unreported_score(sent) == pytest.approx(28 / (950 * 0.25))  # ...but unreported, once
+    assert not d.is_saturated([sent], 101.0)
+    # a scrape with a queue: the server's batch is full, so what is sent now waits behind it
+    d.effective_queue(ep(updated=102.0, finished=1900.0, running=2, waiting=3, in_flight=20))
+    assert d.effective_queue(ep(updated=102.0, finished=1900.0, running=2, waiting=3, in_flight=30)) == 13
+    assert d.effective_queue(ep(updated=102.0, finished=1900.0, running=2, waiting=3, in_flight=18)) == 1
+    # without the counter (or the setting) sends count as waiting whatever the queue, as before
+    blind = SaturationDetector(frontend_wait=0.25)
+    blind.effective_queue(ep(updated=101.0, finished=None, in_flight=20))
+    assert blind.effective_queue(ep(updated=101.0, finished=None, in_flight=30)) == 10

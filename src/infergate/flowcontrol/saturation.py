@@ -26,8 +26,9 @@ new metrics snapshot of an endpoint it remembers that endpoint's in-flight count
 then on the waiting queue it uses is ``max(0, waiting_at_scrape + in_flight_now - in_flight_baseline)``:
 each request the gateway sent since the scrape is assumed to wait, each one that finished is assumed
 to have let a waiting request start. With a waiting queue that holds while the server's batch is full,
-which is exactly when saturation matters; the next scrape corrects any error. KV-cache use is taken
-from the scrape as is.
+which is exactly when saturation matters; the next scrape corrects any error. (Where the unreported
+term below applies and the scrape showed nothing waiting, the requests sent since the scrape count
+there instead, once.) KV-cache use is taken from the scrape as is.
 
 A model server also holds requests its metrics do not show: vLLM's API server parses and tokenises
 every request in one process before its engine counts it as waiting, and under a burst that process,
@@ -55,42 +56,61 @@ from typing import Literal
 
 from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint
 
-__all__ = ["RATE_WINDOW", "Aggregation", "SaturationDetector"]
+__all__ = ["RATE_MIN_FINISHED", "RATE_WINDOW", "Aggregation", "SaturationDetector"]
 
 Aggregation = Literal["capped-mean", "mean", "min"]
 
 #: Seconds of scrapes over which a server's completion rate is measured for ``frontend_wait``.
 RATE_WINDOW = 2.0
+#: Completions that make a shorter span's rate count: a fast server's rate is known within
+#: milliseconds, a slow one's (completing in batches) only over the whole window.
+RATE_MIN_FINISHED = 50
 
 
 class _Track:
-    """What the detector remembers of one endpoint between calls."""
+    """What the detector remembers of one endpoint between calls (updated once per snapshot, so
+    the per-request path only reads it)."""
 
-    __slots__ = ("finished", "in_flight", "updated_at")
+    __slots__ = ("allowance", "finished", "in_flight", "updated_at")
 
     def __init__(self) -> None:
         self.updated_at = math.nan  # of the snapshot last seen (NaN: none yet)
         self.in_flight = 0  # the gateway's in-flight count when that snapshot was first seen
         # (updated_at, finished_requests) of recent snapshots, oldest first, for the completion rate
         self.finished: deque[tuple[float, float]] = deque()
+        # the unreported term's allowance for this snapshot; 0.0: the term does not apply
+        self.allowance = 0.0
 
     def rate(self) -> float:
-        """Completions per second over the remembered snapshots (0.0 until two are remembered)."""
+        """Completions per second over the remembered snapshots: 0.0 until they span
+        ``RATE_WINDOW`` seconds or ``RATE_MIN_FINISHED`` completions."""
         if len(self.finished) < 2:
             return 0.0
         (t0, f0), (t1, f1) = self.finished[0], self.finished[-1]
-        return (f1 - f0) / (t1 - t0) if t1 > t0 else 0.0
+        done, span = f1 - f0, t1 - t0
+        if span <= 0 or (done < RATE_MIN_FINISHED and span < RATE_WINDOW):
+            return 0.0
+        return done / span
 
     def observe(self, updated_at: float, in_flight: int, finished: float | None) -> None:
-        """A new snapshot: new in-flight baseline, one more point of the finished counter."""
+        """A new snapshot: new in-flight baseline, one more point of the finished counter.
+
+        The detector sees snapshots only while requests come; after a pause longer than the window
+        the points start again, so a server's rate is not averaged over the idle time before a
+        burst (that made the rate ramp up over two seconds and held a fast server's requests back).
+        """
         self.updated_at = updated_at
         self.in_flight = in_flight
         points = self.finished
         if finished is None:
             points.clear()
             return
-        if points and (finished < points[-1][1] or updated_at <= points[-1][0]):
-            points.clear()  # the server restarted (its counter went back) or the clock did
+        if points and (
+            finished < points[-1][1]
+            or updated_at <= points[-1][0]
+            or updated_at - points[-1][0] > RATE_WINDOW
+        ):
+            points.clear()  # the server restarted (its counter went back), the clock did, or a pause
         points.append((updated_at, finished))
         while len(points) > 2 and updated_at - points[1][0] >= RATE_WINDOW:
             points.popleft()
@@ -161,32 +181,67 @@ class SaturationDetector:
         connection; the second counts requests waiting for an upstream connection inside the gateway:
         the proxy opens at most ``L`` connections per server, so the server cannot report them and
         every scrape would otherwise forget them.
+
+        Where the unreported term applies (:meth:`counts_unreported`) and the scrape showed nothing
+        waiting (the server's batch had room), requests sent since the scrape are counted there
+        instead, against the server's throughput, and only the ones that finished correct the
+        queue here: counting them twice, as waiting at the queue threshold too, made a fast server
+        whose requests pass through its frontend in milliseconds look saturated whenever five more
+        were in flight than at the scrape (the data-plane benchmark's replica: 9-15 % of requests
+        held in the gateway's queue at 32 concurrent clients, 4 % now). Once a server reports a
+        queue, what is sent after the scrape waits behind it and counts here (dropping that too
+        cost a workload with priorities one bisection step of SLO rate in the twin).
         """
-        m = endpoint.metrics
-        waiting = m.waiting_queue_size
-        if not self.track_in_flight:
-            return waiting
-        base = self._track(endpoint).in_flight
-        limit = self.connection_limit
-        if limit is None:
-            return max(0, waiting + endpoint.in_flight - base)
-        seated = min(endpoint.in_flight, limit) - min(base, limit)
-        return max(0, waiting + seated) + max(0, endpoint.in_flight - limit)
+        return self._queue(endpoint, self._track(endpoint))
+
+    def counts_unreported(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` gets the unreported term: ``frontend_wait`` is set, the server
+        exports its finished-requests counter, and it is not a decoder in P/D disaggregation (its
+        requests prefill on another server first, which reports them)."""
+        return self._track(endpoint).allowance > 0.0
 
     def unreported_score(self, endpoint: Endpoint) -> float:
-        """``unreported / allowance`` (see the module docstring); 0.0 without ``frontend_wait`` or
-        without the server's finished-requests counter."""
-        wait = self.frontend_wait
-        if wait is None or endpoint.metrics.finished_requests is None:
+        """``unreported / allowance`` (see the module docstring); 0.0 where the term does not apply."""
+        return self._unreported(endpoint, self._track(endpoint))
+
+    def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
+        """``max(queue/queue_threshold, kv/kv_threshold, unreported term)``; 1.0 when metrics are stale.
+
+        With ``kv_requires_queue`` an endpoint with nothing waiting scores 0 whatever its KV use.
+        The unreported term (``frontend_wait``) counts either way.
+        """
+        updated = endpoint.metrics.updated_at
+        if updated <= 0.0 or now - updated > self.staleness:
+            return 1.0
+        track = self._track(endpoint)
+        queue = self._queue(endpoint, track)
+        unreported = self._unreported(endpoint, track)
+        if queue <= 0 and self.kv_requires_queue:
+            return unreported
+        kv = endpoint.metrics.kv_cache_usage / self.kv_threshold
+        return max(queue / self.queue_threshold, kv, unreported)
+
+    def _queue(self, endpoint: Endpoint, track: _Track) -> int:
+        waiting = endpoint.metrics.waiting_queue_size
+        if not self.track_in_flight:
+            return waiting
+        in_flight, base, limit = endpoint.in_flight, track.in_flight, self.connection_limit
+        if limit is None:
+            delta, extra = in_flight - base, 0
+        else:
+            delta = min(in_flight, limit) - min(base, limit)
+            extra = max(0, in_flight - limit)
+        if delta > 0 and waiting == 0 and track.allowance > 0.0:
+            delta = 0
+        return max(0, waiting + delta) + extra
+
+    @staticmethod
+    def _unreported(endpoint: Endpoint, track: _Track) -> float:
+        if track.allowance <= 0.0:
             return 0.0
-        if endpoint.meta.labels.get(ROLE_LABEL) in DECODE_ROLES:
-            return 0.0  # its requests may be prefilling on another server, which reports them
-        track = self._track(endpoint)  # every snapshot counts towards the rate
         m = endpoint.metrics
         unreported = endpoint.in_flight - m.running_requests - m.waiting_queue_size
-        if unreported <= 0:
-            return 0.0
-        return unreported / max(float(self.queue_threshold), track.rate() * wait)
+        return unreported / track.allowance if unreported > 0 else 0.0
 
     def _track(self, endpoint: Endpoint) -> _Track:
         """The endpoint's memory, updated the first time its current snapshot is seen."""
@@ -196,22 +251,16 @@ class SaturationDetector:
             track = self._baselines[endpoint.key] = _Track()
         if track.updated_at != m.updated_at:
             track.observe(m.updated_at, endpoint.in_flight, m.finished_requests)
+            wait = self.frontend_wait
+            applies = (
+                wait is not None
+                and m.finished_requests is not None
+                and endpoint.meta.labels.get(ROLE_LABEL) not in DECODE_ROLES
+            )
+            track.allowance = (
+                max(float(self.queue_threshold), track.rate() * wait) if applies and wait else 0.0
+            )
         return track
-
-    def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
-        """``max(queue/queue_threshold, kv/kv_threshold, unreported term)``; 1.0 when metrics are stale.
-
-        With ``kv_requires_queue`` an endpoint with nothing waiting scores 0 whatever its KV use.
-        The unreported term (``frontend_wait``) counts either way.
-        """
-        if not self.is_fresh(endpoint, now):
-            return 1.0
-        queue = self.effective_queue(endpoint)
-        unreported = self.unreported_score(endpoint)
-        if queue <= 0 and self.kv_requires_queue:
-            return unreported
-        kv = endpoint.metrics.kv_cache_usage / self.kv_threshold
-        return max(queue / self.queue_threshold, kv, unreported)
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         """The pool's saturation over its healthy endpoints (>= 1.0 means saturated)."""
