@@ -160,3 +160,15 @@ def test_requests_sent_since_the_scrape_count_once_against_the_servers_throughpu
     blind = SaturationDetector(frontend_wait=0.25)
     blind.effective_queue(ep(updated=101.0, finished=None, waiting=3, in_flight=20))
     assert blind.effective_queue(ep(updated=101.0, finished=None, waiting=3, in_flight=30)) == 13
+
+
+def test_a_workers_sends_count_although_its_share_is_below_the_servers_count() -> None:
+    """A gateway worker counts its own in-flight requests against the server's whole running count:
+    its share at the scrape is below zero, which must not absorb what it sends afterwards (those
+    count here and no longer as waiting, so they would count nowhere)."""
+    d = SaturationDetector(frontend_wait=0.25)
+    assert d.unreported_score(ep(updated=100.0, finished=0.0, running=10, in_flight=4)) == 0.0
+    burst = ep(updated=100.0, finished=0.0, running=10, in_flight=10)  # six sent since the scrape
+    assert d.effective_queue(burst) == 0
+    assert d.unreported_score(burst) == pytest.approx(6 / 5)
+    assert d.is_saturated([burst], 100.0)

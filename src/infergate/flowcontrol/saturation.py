@@ -235,10 +235,17 @@ class SaturationDetector:
 
     @staticmethod
     def _unreported(endpoint: Endpoint, track: _Track) -> float:
+        """``max(0, in_flight_at_scrape - running - waiting) + in_flight - in_flight_at_scrape``
+        (never below 0) over the allowance. With one gateway that is ``in_flight - running -
+        waiting``; a gateway worker counts only its own requests against the server's whole
+        running count, so its share at the scrape is often below zero, and without the floor that
+        deficit hid every request it sent afterwards, which then counted nowhere (the requests
+        sent since the scrape count here, not in the waiting queue)."""
         if track.allowance <= 0.0:
             return 0.0
         m = endpoint.metrics
-        unreported = endpoint.in_flight - m.running_requests - m.waiting_queue_size
+        base = track.in_flight
+        unreported = max(0, base - m.running_requests - m.waiting_queue_size) + endpoint.in_flight - base
         return unreported / track.allowance if unreported > 0 else 0.0
 
     def _track(self, endpoint: Endpoint) -> _Track:
