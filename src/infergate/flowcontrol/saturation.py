@@ -187,8 +187,8 @@ class SaturationDetector:
         finished correct the queue here: counting them twice, as waiting at the queue threshold
         too, made a fast server whose requests pass through its frontend in milliseconds look
         saturated whenever five more were in flight than at the scrape (the data-plane benchmark's
-        replica: 9-20 % of requests held in the gateway's queue at 32 concurrent clients, 3-6 %
-        now). A server whose batch is full shows it in its next scrape's queue.
+        replica: up to 20 % of requests held in the gateway's queue at 32 concurrent clients,
+        2-6 % now). A server whose batch is full shows it in its next scrape's queue.
         """
         return self._queue(endpoint, self._track(endpoint))
 
