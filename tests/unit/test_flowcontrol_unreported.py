@@ -144,22 +144,25 @@ def test_a_decoder_in_disaggregation_gets_no_unreported_term() -> None:
 
 
 def test_requests_sent_since_the_scrape_count_once_against_the_servers_throughput() -> None:
-    """Where the unreported term applies, sends since the scrape are not also waiting requests:
-    counted at the queue threshold they made a fast server look saturated whenever five more were
-    in flight than at the scrape. Finished requests still shorten the scraped queue."""
+    """Where the unreported term applies and the server reported nothing waiting (its batch had
+    room), sends since the scrape are not also waiting requests: counted at the queue threshold
+    they made a fast server look saturated whenever five more were in flight than at the scrape.
+    Once it reports a queue, they wait behind it and count there again."""
     d = SaturationDetector(frontend_wait=0.25)
     d.effective_queue(ep(updated=100.0, finished=0.0, in_flight=20))
-    fast = ep(updated=101.0, finished=950.0, running=2, waiting=3, in_flight=20)
-    assert d.effective_queue(fast) == 3  # baseline taken at this snapshot
-    sent = ep(updated=101.0, finished=950.0, running=2, waiting=3, in_flight=30)
-    assert d.effective_queue(sent) == 3  # ten more sent: not waiting here...
-    assert d.unreported_score(sent) == pytest.approx(25 / (950 * 0.25))  # ...but unreported, once
+    assert d.effective_queue(ep(updated=101.0, finished=950.0, running=2, in_flight=20)) == 0  # baseline
+    sent = ep(updated=101.0, finished=950.0, running=2, in_flight=30)
+    assert d.effective_queue(sent) == 0  # ten more sent: not waiting here...
+    assert d.unreported_score(sent) == pytest.approx(28 / (950 * 0.25))  # ...but unreported, once
     assert not d.is_saturated([sent], 101.0)
-    assert d.effective_queue(ep(updated=101.0, finished=950.0, running=2, waiting=3, in_flight=18)) == 1
-    # without the counter (or the setting) they count as waiting, as before
+    # a scrape with a queue: the server's batch is full, so what is sent now waits behind it
+    d.effective_queue(ep(updated=102.0, finished=1900.0, running=2, waiting=3, in_flight=20))
+    assert d.effective_queue(ep(updated=102.0, finished=1900.0, running=2, waiting=3, in_flight=30)) == 13
+    assert d.effective_queue(ep(updated=102.0, finished=1900.0, running=2, waiting=3, in_flight=18)) == 1
+    # without the counter (or the setting) sends count as waiting whatever the queue, as before
     blind = SaturationDetector(frontend_wait=0.25)
-    blind.effective_queue(ep(updated=101.0, finished=None, waiting=3, in_flight=20))
-    assert blind.effective_queue(ep(updated=101.0, finished=None, waiting=3, in_flight=30)) == 13
+    blind.effective_queue(ep(updated=101.0, finished=None, in_flight=20))
+    assert blind.effective_queue(ep(updated=101.0, finished=None, in_flight=30)) == 10
 
 
 def test_a_workers_sends_count_although_its_share_is_below_the_servers_count() -> None:

@@ -27,8 +27,8 @@ then on the waiting queue it uses is ``max(0, waiting_at_scrape + in_flight_now 
 each request the gateway sent since the scrape is assumed to wait, each one that finished is assumed
 to have let a waiting request start. With a waiting queue that holds while the server's batch is full,
 which is exactly when saturation matters; the next scrape corrects any error. (Where the unreported
-term below applies, the requests sent since the scrape count there instead, once.) KV-cache use is
-taken from the scrape as is.
+term below applies and the scrape showed nothing waiting, the requests sent since the scrape count
+there instead, once.) KV-cache use is taken from the scrape as is.
 
 A model server also holds requests its metrics do not show: vLLM's API server parses and tokenises
 every request in one process before its engine counts it as waiting, and under a burst that process,
@@ -182,13 +182,16 @@ class SaturationDetector:
         the proxy opens at most ``L`` connections per server, so the server cannot report them and
         every scrape would otherwise forget them.
 
-        Where the unreported term applies (:meth:`counts_unreported`), requests sent since the
-        scrape are counted there instead, against the server's throughput, and only the ones that
-        finished correct the queue here: counting them twice, as waiting at the queue threshold
-        too, made a fast server whose requests pass through its frontend in milliseconds look
-        saturated whenever five more were in flight than at the scrape (the data-plane benchmark's
-        replica: up to 20 % of requests held in the gateway's queue at 32 concurrent clients,
-        2-6 % now). A server whose batch is full shows it in its next scrape's queue.
+        Where the unreported term applies (:meth:`counts_unreported`) and the scrape showed nothing
+        waiting (the server's batch had room), requests sent since the scrape are counted there
+        instead, against the server's throughput, and only the ones that finished correct the
+        queue here: counting them twice, as waiting at the queue threshold too, made a fast server
+        whose requests pass through its frontend in milliseconds look saturated whenever five more
+        were in flight than at the scrape (the data-plane benchmark's replica: up to 20 % of
+        requests held in the gateway's queue at 32 concurrent clients, 2-6 % now). Once a server
+        reports a queue, what is sent after the scrape waits behind it and counts here; otherwise
+        each gateway worker could add up to the allowance to a queue already at the threshold in
+        every scrape interval.
         """
         return self._queue(endpoint, self._track(endpoint))
 
@@ -229,7 +232,7 @@ class SaturationDetector:
         else:
             delta = min(in_flight, limit) - min(base, limit)
             extra = max(0, in_flight - limit)
-        if delta > 0 and track.allowance > 0.0:
+        if delta > 0 and waiting == 0 and track.allowance > 0.0:
             delta = 0
         return max(0, waiting + delta) + extra
 
