@@ -182,7 +182,7 @@ class SaturationDetector:
         the proxy opens at most ``L`` connections per server, so the server cannot report them and
         every scrape would otherwise forget them.
 
-        Where the unreported term applies (:meth:`counts_unreported`) and the scrape showed nothing
+        Where the unreported term applies (see the module docstring) and the scrape showed nothing
         waiting (the server's batch had room), requests sent since the scrape are counted there
         instead, against the server's throughput, and only the ones that finished correct the
         queue here: counting them twice, as waiting at the queue threshold too, made a fast server
@@ -195,12 +195,6 @@ class SaturationDetector:
         """
         return self._queue(endpoint, self._track(endpoint))
 
-    def counts_unreported(self, endpoint: Endpoint) -> bool:
-        """Whether ``endpoint`` gets the unreported term: ``frontend_wait`` is set, the server
-        exports its finished-requests counter, and it is not a decoder in P/D disaggregation (its
-        requests prefill on another server first, which reports them)."""
-        return self._track(endpoint).allowance > 0.0
-
     def unreported_score(self, endpoint: Endpoint) -> float:
         """``unreported / allowance`` (see the module docstring); 0.0 where the term does not apply."""
         return self._unreported(endpoint, self._track(endpoint))
@@ -211,8 +205,7 @@ class SaturationDetector:
         With ``kv_requires_queue`` an endpoint with nothing waiting scores 0 whatever its KV use.
         The unreported term (``frontend_wait``) counts either way.
         """
-        updated = endpoint.metrics.updated_at
-        if updated <= 0.0 or now - updated > self.staleness:
+        if not self.is_fresh(endpoint, now):
             return 1.0
         track = self._track(endpoint)
         queue = self._queue(endpoint, track)
@@ -259,15 +252,17 @@ class SaturationDetector:
             track = self._baselines[endpoint.key] = _Track()
         if track.updated_at != m.updated_at:
             track.observe(m.updated_at, endpoint.in_flight, m.finished_requests)
+            # the term applies with the setting, the server's finished-requests counter, and not
+            # to a P/D decoder (its requests prefill on another server first, which reports them)
             wait = self.frontend_wait
-            applies = (
-                wait is not None
-                and m.finished_requests is not None
-                and endpoint.meta.labels.get(ROLE_LABEL) not in DECODE_ROLES
-            )
-            track.allowance = (
-                max(float(self.queue_threshold), track.rate() * wait) if applies and wait else 0.0
-            )
+            if (
+                wait is None
+                or m.finished_requests is None
+                or endpoint.meta.labels.get(ROLE_LABEL) in DECODE_ROLES
+            ):
+                track.allowance = 0.0
+            else:
+                track.allowance = max(float(self.queue_threshold), track.rate() * wait)
         return track
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
