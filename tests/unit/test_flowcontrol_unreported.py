@@ -9,6 +9,7 @@ the case it must not break: a fast server whose concurrent requests mostly sit i
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -41,9 +42,20 @@ def test_unreported_requests_count_against_the_queue_threshold_until_a_rate_is_k
     assert d.unreported_score(ep(updated=100.0, finished=0.0, running=2, waiting=3, in_flight=4)) == 0.0
 
 
-def test_no_finished_counter_or_no_setting_means_no_unreported_term() -> None:
+def test_no_finished_counter_or_no_setting_means_no_unreported_term(caplog: pytest.LogCaptureFixture) -> None:
     overloaded = ep(updated=100.0, finished=None, running=13, in_flight=250)
-    assert SaturationDetector(frontend_wait=0.25).endpoint_score(overloaded, 100.0) == 0.0
+    d = SaturationDetector(frontend_wait=0.25)
+    with caplog.at_level(logging.WARNING, logger="infergate.flowcontrol.saturation"):
+        assert d.endpoint_score(ep(updated=0.0, finished=None, in_flight=3), 0.0) == 1.0  # never scraped
+        assert not caplog.records
+        assert d.endpoint_score(overloaded, 100.0) == 0.0
+        assert d.endpoint_score(ep(updated=101.0, finished=None, running=13, in_flight=250), 101.0) == 0.0
+    # the setting does not apply to this server: said once, naming it
+    assert [r.getMessage() for r in caplog.records] == [
+        "endpoint 10.0.0.1:8000 exports no finished-requests counter, so flow_control.frontend_wait does "
+        "not apply to it: requests it holds without reporting them running or waiting do not count "
+        "towards saturation"
+    ]
     counted = ep(updated=100.0, finished=10.0, running=13, in_flight=250)
     assert SaturationDetector().endpoint_score(counted, 100.0) == 0.0  # the reference's rule
     with pytest.raises(ValueError, match="frontend_wait"):

@@ -95,6 +95,10 @@ sglang:gen_throughput{model_name="meta-llama/Llama-3.1-8B-Instruct"} 812.5
 # HELP sglang:cache_config_info Cache config.
 # TYPE sglang:cache_config_info gauge
 sglang:cache_config_info{num_pages="120000",page_size="1"} 1.0
+# HELP sglang:num_requests_total Number of requests processed.
+# TYPE sglang:num_requests_total counter
+sglang:num_requests_total{model_name="meta-llama/Llama-3.1-8B-Instruct",is_streaming="true"} 310.0
+sglang:num_requests_total{model_name="meta-llama/Llama-3.1-8B-Instruct",is_streaming="false"} 42.0
 """
 
 TRTLLM_SERVE_TEXT = """\
@@ -111,6 +115,10 @@ trtllm_kv_cache_utilization{model_name="llama"} 0.25
 trtllm_kv_cache_tokens_per_block{model_name="llama"} 32.0
 # TYPE trtllm_kv_cache_max_blocks gauge
 trtllm_kv_cache_max_blocks{model_name="llama"} 8192.0
+# HELP trtllm_request_success_total Count of successfully processed requests.
+# TYPE trtllm_request_success_total counter
+trtllm_request_success_total{model_name="llama",engine_type="trtllm",finished_reason="stop"} 150.0
+trtllm_request_success_total{model_name="llama",engine_type="trtllm",finished_reason="length"} 5.0
 """
 
 TRITON_TRTLLM_TEXT = """\
@@ -180,6 +188,7 @@ def test_sglang() -> None:
         kv_cache_usage=0.61,
         block_size=1,
         num_gpu_blocks=120000,
+        finished_requests=352.0,
         updated_at=2.0,
     )
 
@@ -191,6 +200,7 @@ def test_trtllm_serve() -> None:
         kv_cache_usage=0.25,
         block_size=32,
         num_gpu_blocks=8192,
+        finished_requests=155.0,
         updated_at=2.0,
     )
 

@@ -42,13 +42,15 @@ with ``rate`` the server's completions per second over the last ``RATE_WINDOW`` 
 finished-requests counter). A fast server legitimately holds many requests in its frontend (one
 that completes 950 requests a second has ~30 of 32 concurrent requests there); measured in seconds
 of its own throughput that is 30 ms, far below the allowance, while the overloaded pool's frontends
-hold a minute of work. A server that exports no finished-requests counter gets no such term, nor
-does a decoder in prefill/decode disaggregation (``llm-d.ai/role``): its requests prefill on
+hold a minute of work. A server that exports no finished-requests counter (the Triton TensorRT-LLM
+backend, SGLang before it had ``num_requests_total``) gets no such term, with one warning naming it;
+nor does a decoder in prefill/decode disaggregation (``llm-d.ai/role``): its requests prefill on
 another server first, which reports them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -59,6 +61,8 @@ from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint
 __all__ = ["RATE_MIN_FINISHED", "RATE_WINDOW", "Aggregation", "SaturationDetector"]
 
 Aggregation = Literal["capped-mean", "mean", "min"]
+
+log = logging.getLogger(__name__)
 
 #: Seconds of scrapes over which a server's completion rate is measured for ``frontend_wait``.
 RATE_WINDOW = 2.0
@@ -166,6 +170,8 @@ class SaturationDetector:
             raise ValueError("frontend_wait must be > 0 or None")
         self.frontend_wait = frontend_wait
         self._baselines: dict[str, _Track] = {}
+        # endpoints already named in the warning that frontend_wait cannot apply to them
+        self._uncounted: set[str] = set()
 
     def is_fresh(self, endpoint: Endpoint, now: float) -> bool:
         """Scraped at least once and no longer than ``staleness`` seconds ago."""
@@ -255,12 +261,18 @@ class SaturationDetector:
             # the term applies with the setting, the server's finished-requests counter, and not
             # to a P/D decoder (its requests prefill on another server first, which reports them)
             wait = self.frontend_wait
-            if (
-                wait is None
-                or m.finished_requests is None
-                or endpoint.meta.labels.get(ROLE_LABEL) in DECODE_ROLES
-            ):
+            if wait is None or endpoint.meta.labels.get(ROLE_LABEL) in DECODE_ROLES:
                 track.allowance = 0.0
+            elif m.finished_requests is None:
+                track.allowance = 0.0
+                if m.updated_at > 0 and endpoint.key not in self._uncounted:
+                    self._uncounted.add(endpoint.key)
+                    log.warning(
+                        "endpoint %s exports no finished-requests counter, so flow_control.frontend_wait "
+                        "does not apply to it: requests it holds without reporting them running or "
+                        "waiting do not count towards saturation",
+                        endpoint.key,
+                    )
             else:
                 track.allowance = max(float(self.queue_threshold), track.rate() * wait)
         return track
@@ -286,3 +298,4 @@ class SaturationDetector:
         """Drop baselines of endpoints that left the pool, so the map stays bounded."""
         for key in [k for k in self._baselines if k not in keys]:
             del self._baselines[key]
+        self._uncounted &= keys

@@ -135,6 +135,8 @@ SGLANG = Dialect(
     running=(_spec("sglang:num_running_reqs"),),
     kv_usage=(_spec("sglang:token_usage"),),
     cache_info=(_spec("sglang:cache_config_info"),),
+    # "Number of requests processed": counted by the tokenizer manager as each request finishes
+    finished=(_spec("sglang:num_requests_total"),),
     cache_block_size_label="page_size",
     cache_num_blocks_label="num_pages",
 )
@@ -163,6 +165,9 @@ TRTLLM = Dialect(
         _spec("trtllm_kv_cache_max_blocks"),
         _spec("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="max"),
     ),
+    # trtllm-serve's MetricsCollector (one series per finish reason); the Triton backend has no
+    # cumulative count of finished requests
+    finished=(_spec("trtllm_request_success_total"),),
     metrics_paths=("/metrics", "/prometheus/metrics"),
     aliases=("trtllm-serve", "triton-tensorrt-llm", "tensorrt-llm"),
 )
