@@ -153,7 +153,9 @@ def overtaken_under_overload(gw: _Gateway) -> int:
             queued = loop.run_in_executor(None, gw.metric, "inference_extension_flow_control_queue_size")
             # a steady stream (the replica's own queue then shows what it got) until the gateway
             # holds some of them back: the pool is saturated
-            while not queued.done() or await queued < 8:
+            # 12 held back: what is overtaken is mostly what the gateway held when the important ones
+            # came; with 8, loaded runs saw 8 (9 held), and one CI run 1, against the callers' bound of 5
+            while not queued.done() or await queued < 12:
                 if queued.done():
                     queued = loop.run_in_executor(
                         None, gw.metric, "inference_extension_flow_control_queue_size"
@@ -163,6 +165,9 @@ def overtaken_under_overload(gw: _Gateway) -> int:
                 await asyncio.sleep(0.1)
             await asyncio.gather(*(one(client, "high", i) for i in range(6)))
             waiting = sum(1 for t in low if not t.done())
+            # a failed early request is done too, and would pass for one served first
+            failed = [t.exception() for t in low if t.done() and t.exception() is not None]
+            assert not failed, failed
             for t in low:
                 t.cancel()
             await asyncio.gather(*low, return_exceptions=True)
@@ -183,7 +188,8 @@ def test_priority_wins_under_overload_with_two_workers(start_sims: StartSims, tm
     overtaken = overtaken_under_overload(_serve(tmp_path, pool))
     # The early requests already in the replica (or on their way: a loaded replica registers them
     # late, and each worker releases into what it sees) finish first; first come, first served none
-    # of the early ones would still wait. Measured on the loaded 2-core host: 12-13 of ~28.
+    # of the early ones would still wait. Measured on the 2-core host with two busy loops beside it,
+    # 10 runs: 12-17 of ~29 (through Envoy, test_workers_extproc: 15-18).
     assert overtaken >= 5, overtaken
 
 
