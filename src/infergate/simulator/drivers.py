@@ -127,6 +127,7 @@ class RealtimeDriver:
                 token_cost=self._costs[1],
                 call_at=loop.call_at,
                 now=loop.time,
+                resolution=0.001,  # uvloop's (and asyncio's clock_resolution order of magnitude)
             )
             self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-engine")
