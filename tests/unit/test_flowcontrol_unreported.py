@@ -187,3 +187,21 @@ def test_a_workers_sends_count_although_its_share_is_below_the_servers_count() -
     assert d.effective_queue(burst) == 0
     assert d.unreported_score(burst) == pytest.approx(6 / 5)
     assert d.is_saturated([burst], 100.0)
+
+
+def test_a_waiting_queue_counts_against_the_same_allowance() -> None:
+    """A server completing 2,500 requests a second that shows 10 waiting at a scrape (arrivals
+    between two of its steps) drains them in 4 ms: not full. One completing 4 a second with the
+    same queue is (10 / 5); so is any server with no finished-requests counter (the reference's
+    threshold). Counted against the queue threshold alone, the fast replica of the data-plane
+    benchmark kept 8-20 % of its requests waiting in the gateway."""
+    fast, slow = SaturationDetector(frontend_wait=0.25), SaturationDetector(frontend_wait=0.25)
+    fast.endpoint_score(ep(updated=100.0, finished=0.0, in_flight=32), 100.0)
+    queued = ep(updated=101.0, finished=2500.0, running=20, waiting=10, in_flight=32)
+    assert fast.endpoint_score(queued, 101.0) == pytest.approx(10 / 625)
+    slow.endpoint_score(ep(updated=100.0, finished=0.0, in_flight=32), 100.0)
+    assert slow.endpoint_score(
+        ep(updated=102.0, finished=8.0, running=20, waiting=10, in_flight=32), 102.0
+    ) == pytest.approx(2.0)
+    uncounted = ep(updated=101.0, finished=None, running=20, waiting=10, in_flight=32)
+    assert SaturationDetector(frontend_wait=0.25).endpoint_score(uncounted, 101.0) == pytest.approx(2.0)

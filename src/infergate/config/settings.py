@@ -215,9 +215,11 @@ class FlowControlSettings(_Group):
     """Seconds of its own throughput a model server may hold beyond what its metrics report
     (requests the gateway sent that it shows neither running nor waiting: in vLLM's API server,
     being tokenised) before it counts as saturated; the allowance is ``max(queue_threshold,
-    completions per second x this)``. Needs the server's finished-requests counter (vLLM's and
-    trtllm-serve's ``request_success_total``, SGLang's ``num_requests_total``; an endpoint without
-    one is named in a warning); unset (``null``): not counted, the reference's rule."""
+    completions per second x this)``, and the server's waiting queue counts against it too (a fast
+    server drains a few waiting requests in milliseconds). Needs the server's finished-requests
+    counter (vLLM's and trtllm-serve's ``request_success_total``, SGLang's ``num_requests_total``;
+    an endpoint without one is named in a warning); unset (``null``): not counted, the reference's
+    rule."""
 
 
 class LimitsSettings(_Group):
