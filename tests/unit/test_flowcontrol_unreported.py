@@ -53,8 +53,8 @@ def test_no_finished_counter_or_no_setting_means_no_unreported_term(caplog: pyte
     # the setting does not apply to this server: said once, naming it
     assert [r.getMessage() for r in caplog.records] == [
         "endpoint 10.0.0.1:8000 exports no finished-requests counter, so flow_control.frontend_wait does "
-        "not apply to it: requests it holds without reporting them running or waiting do not count "
-        "towards saturation"
+        "not apply to it: its waiting queue counts against queue_threshold, and requests it holds "
+        "without reporting them do not count towards saturation"
     ]
     counted = ep(updated=100.0, finished=10.0, running=13, in_flight=250)
     assert SaturationDetector().endpoint_score(counted, 100.0) == 0.0  # the reference's rule

@@ -212,7 +212,9 @@ class SaturationDetector:
         return self._unreported(endpoint, self._track(endpoint))
 
     def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
-        """``max(queue/queue_threshold, kv/kv_threshold, unreported term)``; 1.0 when metrics are stale.
+        """``max(queue/allowance, kv/kv_threshold, unreported term)``; 1.0 when metrics are stale.
+
+        ``allowance`` is the unreported term's where it applies, else ``queue_threshold``.
 
         With ``kv_requires_queue`` an endpoint with nothing waiting scores 0 whatever its KV use.
         The unreported term (``frontend_wait``) counts either way.
@@ -277,8 +279,8 @@ class SaturationDetector:
                     self._uncounted.add(endpoint.key)
                     log.warning(
                         "endpoint %s exports no finished-requests counter, so flow_control.frontend_wait "
-                        "does not apply to it: requests it holds without reporting them running or "
-                        "waiting do not count towards saturation",
+                        "does not apply to it: its waiting queue counts against queue_threshold, and "
+                        "requests it holds without reporting them do not count towards saturation",
                         endpoint.key,
                     )
             else:
