@@ -118,4 +118,4 @@ class FrontendStage:
             if not self._queue or self.closed:
                 return
             self._busy = True  # the next one started when this one finished, or when it arrived
-            self._busy_until = max(done, self._free_at, self._queue[0][0]) + self.request_cost
+            self._busy_until = max(self._free_at, self._queue[0][0]) + self.request_cost
