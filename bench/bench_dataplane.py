@@ -21,7 +21,8 @@ from /proc before and after the point, divided by the requests served; and the s
 router's idle CPU rate (scrapes, probes; measured for ``--idle-seconds`` before the point) over
 the point's duration, which a slow, loaded run otherwise charges to its few requests. For the
 infergate paths also the share of requests flow control held for more than 0.1 ms (its
-queue-duration histogram on the admin port's /metrics). CPU per request is the
+queue-duration histogram on the admin port's /metrics). For ``direct`` the CPU column is the
+replica's own, which every path's requests cost on top of the router's. CPU per request is the
 honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
@@ -122,7 +123,8 @@ def tree_cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Route:
-    """One route to the replica: its URL and the process whose CPU it costs (None for direct)."""
+    """One route to the replica: its URL and the process whose CPU it costs (for ``direct``, the
+    replica itself)."""
 
     name: str
     url: str
@@ -161,7 +163,7 @@ class Rig:
 
     def __enter__(self) -> Rig:
         replica_port = free_port()
-        self._spawn(
+        sim = self._spawn(
             [
                 sys.executable,
                 "-m",
@@ -179,8 +181,8 @@ class Rig:
         replica = f"http://127.0.0.1:{replica_port}"
         manifest = self._manifest(replica_port)
         for name in self.paths:
-            if name == "direct":
-                self.routes.append(Route(name, replica, None))
+            if name == "direct":  # its CPU column is the replica's own, which every path also costs
+                self.routes.append(Route(name, replica, sim.pid))
             elif name == "floor":
                 port = free_port()
                 argv = [sys.executable, __file__, "--floor-proxy", f"{replica_port}:{port}"]
