@@ -113,8 +113,11 @@ class _Conn(asyncio.Protocol):
         self.error: BaseException | None = None
         self.received_any = False
         self.aborted: UpstreamAborted | None = None
+        self._loop = asyncio.get_running_loop()  # built by create_connection's factory
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.Timeout | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # of the pending wait, when ``_timer`` is set
+        self._limit: float | None = None  # the pending wait's limit, for the error message
         self.limited: tuple[float, UpstreamAborted] | None = None
         self._paused = False
         self.measuring = False  # set once the response head was parsed: body gaps count from then
@@ -130,7 +133,7 @@ class _Conn(asyncio.Protocol):
         self.buf += data
         self.received_any = True
         if self.measuring:
-            now = asyncio.get_running_loop().time()
+            now = self._loop.time()
             if self.last_data >= 0.0 and now - self.last_data > self.max_gap:
                 self.max_gap = now - self.last_data
             self.last_data = now
@@ -158,7 +161,12 @@ class _Conn(asyncio.Protocol):
 
     # -- used by the response
     async def wait_data(self, limit: float | None) -> None:
-        """Wait until more bytes (or EOF) arrive."""
+        """Wait until more bytes (or EOF) arrive; at most ``limit`` seconds (or the idle cap).
+
+        The limit is a plain loop timer rather than ``asyncio.timeout``: this wait runs once or
+        twice per proxied request, and the context manager's task bookkeeping costs more than
+        the wait itself.
+        """
         if self.aborted is not None:
             raise self.aborted
         if self._paused and self.transport is not None:
@@ -169,20 +177,32 @@ class _Conn(asyncio.Protocol):
         cap = self.limited
         if cap is not None and (limit is None or cap[0] < limit):
             limit = cap[0]
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        self._limit = limit
+        if limit is not None:
+            self._deadline = loop.time() + limit
+            self._timer = loop.call_at(self._deadline, self._expire)
         try:
-            async with asyncio.timeout(limit) as timer:
-                self._timer = timer
-                await self._waiter
-        except TimeoutError:
-            if self.limited is not None:
-                raise self.limited[1] from None
-            raise UpstreamTimeout(f"no data from {self.key} for {limit}s") from None
+            await waiter
         finally:
             self._waiter = None
-            self._timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         if self.aborted is not None:
             raise self.aborted
+
+    def _expire(self) -> None:
+        """The pending wait's deadline passed: fail it (withdrawn if the idle cap was set)."""
+        self._timer = None
+        w = self._waiter
+        if w is None or w.done():
+            return
+        if self.limited is not None:
+            w.set_exception(self.limited[1])
+        else:
+            w.set_exception(UpstreamTimeout(f"no data from {self.key} for {self._limit}s"))
 
     def abort(self, exc: UpstreamAborted) -> None:
         """Close the connection and make the pending and every later wait raise ``exc``."""
@@ -193,12 +213,15 @@ class _Conn(asyncio.Protocol):
     def limit_idle(self, seconds: float, exc: UpstreamAborted) -> None:
         """From now on no wait lasts longer than ``seconds``; one that does raises ``exc``."""
         self.limited = (seconds, exc)
-        timer = self._timer
-        if timer is not None and not timer.expired():
-            deadline = asyncio.get_running_loop().time() + seconds
-            current = timer.when()
-            if current is None or current > deadline:
-                timer.reschedule(deadline)
+        if self._waiter is None:
+            return
+        deadline = self._loop.time() + seconds
+        if self._timer is not None:
+            if self._deadline <= deadline:
+                return
+            self._timer.cancel()
+        self._deadline = deadline
+        self._timer = self._loop.call_at(deadline, self._expire)
 
     def take(self, n: int) -> bytes:
         out = bytes(self.buf[:n])
@@ -262,7 +285,7 @@ class UpstreamResponse:
         c.measuring = True
         if len(c.buf) > end + 4:
             # the first body bytes came with the head: the gap to the next read counts
-            c.last_data = asyncio.get_running_loop().time()
+            c.last_data = c._loop.time()
         head = c.take(end + 4).decode("latin-1")
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)
