@@ -9,9 +9,11 @@ slow minute on a shared machine then hits every path alike):
 * ``infergate``           client → ``infergate serve`` (built-in proxy, flow control on)
 * ``infergate-nofc``      the same with ``--no-flow-control``
 * ``infergate-envoy``     client → ``infergate serve --data-plane envoy`` (Envoy + ext_proc picker)
-* ``floor``               client → aiohttp's low-level server + infergate's upstream pool, nothing
-                          else (no Director, scheduling, flow control or metrics): what the Python
-                          HTTP layers the built-in proxy stands on cost alone (not in the default set)
+* ``floor``               client → infergate's HTTP/1.1 server + its upstream pool, nothing else
+                          (no Director, scheduling, flow control or metrics): what the Python HTTP
+                          layers the built-in proxy stands on cost alone (not in the default set)
+* ``floor-aiohttp``       the same with aiohttp's low-level server, which the built-in proxy used
+                          before (not in the default set)
 * ``sglang-router:cache_aware``, ``vllm-router:cache_aware``  when installed
   (``bash bench/install_peers.sh``; found through ``INFERGATE_PEER_VENVS`` or ``--peer-venv``)
 
@@ -67,7 +69,8 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BODY = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
 PEER_PATHS = ("sglang-router:cache_aware", "vllm-router:cache_aware")
 ALL_PATHS = ("direct", "infergate", "infergate-nofc", "infergate-envoy", *PEER_PATHS)
-KNOWN_PATHS = (*ALL_PATHS, "floor")
+FLOOR_PATHS = ("floor", "floor-aiohttp")
+KNOWN_PATHS = (*ALL_PATHS, *FLOOR_PATHS)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -183,10 +186,10 @@ class Rig:
         for name in self.paths:
             if name == "direct":  # its CPU column is the replica's own, which every path also costs
                 self.routes.append(Route(name, replica, sim.pid))
-            elif name == "floor":
+            elif name in FLOOR_PATHS:
                 port = free_port()
-                argv = [sys.executable, __file__, "--floor-proxy", f"{replica_port}:{port}"]
-                proc = self._spawn(argv, "floor.log")
+                argv = [sys.executable, __file__, f"--{name}", f"{replica_port}:{port}"]
+                proc = self._spawn(argv, f"{name}.log")
                 wait_http(f"http://127.0.0.1:{port}/health")
                 self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
             elif name.startswith("infergate"):
@@ -364,45 +367,69 @@ def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
     return "\n".join(lines)
 
 
-def floor_proxy(upstream_port: int, port: int) -> None:
-    """The ``floor`` path: aiohttp's low-level server forwarding every request to the replica
-    through infergate's UpstreamPool, headers passed as they are; until SIGTERM."""
+def floor_proxy(upstream_port: int, port: int, *, server: str) -> None:
+    """The ``floor`` paths: an HTTP server forwarding every request to the replica through
+    infergate's UpstreamPool, headers passed as they are; until SIGTERM. ``server`` is
+    ``http1`` (infergate's own, what the built-in proxy serves with) or ``aiohttp``."""
     import uvloop
     from aiohttp import web
 
     from infergate.dataplanes.builtin.upstream import UpstreamPool
+    from infergate.servers.http1 import Http1Server, HttpRequest, Response
 
     key = f"127.0.0.1:{upstream_port}"
+    pool: UpstreamPool | None = None
+
+    async def forward(method: str, target: str, content_type: str, body: bytes) -> tuple[int, bytes]:
+        assert pool is not None
+        headers = [("Content-Type", content_type)]
+        resp = await pool.request(key, "127.0.0.1", upstream_port, method, target, headers, body)
+        data = await resp.read()
+        resp.release()
+        return resp.status, data
+
+    async def handle_http1(request: HttpRequest) -> Response:
+        if request.path == "/health":
+            return Response(200, b"ok")
+        body = await request.read_body(1 << 20, 30.0)
+        content_type = request.headers.get("Content-Type", "application/json")
+        status, data = await forward(request.method, request.raw_path, content_type, body)
+        return Response(status, data, content_type="application/json")
+
+    async def handle_aiohttp(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.read()
+        content_type = request.headers.get("Content-Type", "application/json")
+        status, data = await forward(request.method, request.raw_path, content_type, body)
+        return web.Response(status=status, body=data, content_type="application/json")
 
     async def serve() -> None:
+        nonlocal pool
         pool = UpstreamPool(connect_timeout=5.0, read_timeout=300.0, max_per_host=256)
-
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
-            body = await request.read()
-            headers = [("Content-Type", request.headers.get("Content-Type", "application/json"))]
-            resp = await pool.request(
-                key, "127.0.0.1", upstream_port, request.method, request.raw_path, headers, body
-            )
-            data = await resp.read()
-            resp.release()
-            return web.Response(status=resp.status, body=data, content_type="application/json")
-
-        runner = web.ServerRunner(web.Server(handle))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if server == "http1":
+            http1 = Http1Server(handle_http1)
+            listener = await loop.create_server(http1, "127.0.0.1", port)
+            await stop.wait()
+            listener.close()
+            await http1.shutdown(1.0)
+        else:
+            runner = web.ServerRunner(web.Server(handle_aiohttp))
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await stop.wait()
+            await runner.cleanup()
         await pool.close()
 
     uvloop.run(serve())
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--floor-proxy":  # the ``floor`` path's own process
+    if len(sys.argv) == 3 and sys.argv[1].lstrip("-") in FLOOR_PATHS:  # a ``floor`` path's own process
         upstream, port = sys.argv[2].split(":")
-        floor_proxy(int(upstream), int(port))
+        server = "aiohttp" if sys.argv[1] == "--floor-aiohttp" else "http1"
+        floor_proxy(int(upstream), int(port), server=server)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=3000, help="measured requests per point (default 3000)")

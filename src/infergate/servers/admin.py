@@ -113,7 +113,8 @@ class AdminServer:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         # its own connection budget: a flood on the inference port cannot lock operators out
-        self._listener = LimitedListener(self._runner, self._max_connections, name="admin")
+        assert self._runner.server is not None  # set up above
+        self._listener = LimitedListener(self._runner.server, self._max_connections, name="admin")
         await self._listener.start(host, port, backlog=128)
         self._port = self._listener.port
         log.info("admin listening on %s:%d", host, self._port)

@@ -1,4 +1,4 @@
-"""A TCP listener with its own connection budget, for the aiohttp servers of the gateway.
+"""A TCP listener with its own connection budget, for the HTTP servers of the gateway.
 
 Without a cap, idle connections held open by one client exhaust the process's file descriptors and
 lock out every listener at once, the admin port included. Each listener therefore admits at most
@@ -6,8 +6,9 @@ lock out every listener at once, the admin port included. Each listener therefor
 no bytes), while the connections already open are served as usual. The inference listener and the
 admin listener each have their own budget, so a flood on one cannot starve the other.
 
-aiohttp's ``Server`` still owns every admitted connection (keep-alive, graceful shutdown), so the
-runner's ``cleanup`` drains them as before; this class only decides who gets in.
+The server (aiohttp's ``Server`` for the admin port, :class:`~infergate.servers.http1.Http1Server`
+for the inference port) still owns every admitted connection (keep-alive, graceful shutdown) and
+drains them on its own shutdown; this class only decides who gets in.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import asyncio
 import logging
 import resource
 import socket
+from collections.abc import Sized
+from typing import Protocol
 
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = ["LimitedListener", "client_connection_budget", "quiet_malformed_http"]
@@ -81,13 +83,22 @@ class _Refuse(asyncio.Protocol):
         transport.abort()  # type: ignore[attr-defined]
 
 
-class LimitedListener:
-    """Serves ``runner``'s aiohttp server on ``host:port`` with at most ``limit`` open connections."""
+class ConnectionServer(Protocol):
+    """A protocol factory that knows its open connections (aiohttp's ``web.Server`` is one)."""
 
-    def __init__(self, runner: web.BaseRunner, limit: int, *, name: str = "listener") -> None:
+    @property
+    def connections(self) -> Sized: ...
+
+    def __call__(self) -> asyncio.BaseProtocol: ...
+
+
+class LimitedListener:
+    """Serves ``server`` on ``host:port`` with at most ``limit`` open connections."""
+
+    def __init__(self, server: ConnectionServer, limit: int, *, name: str = "listener") -> None:
         if limit < 1:
             raise ValueError("connection limit must be >= 1")
-        self._runner = runner
+        self._server_factory = server
         self._limit = limit
         self._name = name
         self._server: asyncio.Server | None = None
@@ -95,8 +106,8 @@ class LimitedListener:
         self.port = 0
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        server = self._runner.server
-        if server is None or len(server.connections) >= self._limit:
+        server = self._server_factory
+        if len(server.connections) >= self._limit:
             self.rejected += 1
             if self.rejected == 1 or self.rejected % 1000 == 0:
                 log.warning(
@@ -121,7 +132,7 @@ class LimitedListener:
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        """Stop accepting; admitted connections stay with the runner (its cleanup drains them)."""
+        """Stop accepting; admitted connections stay with the server (its shutdown drains them)."""
         server, self._server = self._server, None
         if server is not None:
             server.close()

@@ -1,4 +1,4 @@
-"""The built-in data plane: an aiohttp reverse proxy driven by the request-control Director.
+"""The built-in data plane: a reverse proxy driven by the request-control Director.
 
 It owns the HTTP side only: route matching (HTTPRoute path prefixes), body limits, header hygiene
 (hop-by-hop and client-sent routing headers are dropped, never obeyed), the pooled upstream
@@ -22,6 +22,7 @@ Client-visible error messages never name a backend address; the logs do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.config.settings import Settings
@@ -62,6 +62,7 @@ from infergate.requestcontrol.access import (
     requested_model_id,
 )
 from infergate.requestcontrol.director import Director, RequestContext
+from infergate.servers.http1 import BodyTooLarge, Http1Server, HttpRequest, MalformedBody, Response
 from infergate.servers.listener import LimitedListener, client_connection_budget
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint
@@ -79,6 +80,7 @@ _BUFFER_LIMIT = 1 << 20
 # A request is never retried again once this many endpoints went down while serving it.
 _MAX_STRIKES = 2
 _JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +143,7 @@ class EndpointSource(Protocol):
     def membership_version(self) -> int: ...
 
 
-def error_response(exc: RequestError) -> web.Response:
+def error_response(exc: RequestError) -> Response:
     """An OpenAI-shaped error body; 429/503 carry Retry-After when the error knows one."""
     headers: dict[str, str] = dict(exc.headers)
     if isinstance(exc, MethodNotAllowedError):
@@ -150,12 +152,7 @@ def error_response(exc: RequestError) -> web.Response:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif exc.status == 429:
         headers["Retry-After"] = "1"
-    return web.Response(
-        status=exc.status,
-        body=json.dumps(exc.to_openai()).encode(),
-        content_type=_JSON,
-        headers=headers,
-    )
+    return Response(exc.status, json.dumps(exc.to_openai()).encode(), headers.items(), content_type=_JSON)
 
 
 class _ClientGone(Exception):
@@ -182,7 +179,7 @@ class ProxyServer:
         self._endpoints = endpoints
         self._opts = options or ProxyOptions()
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.ServerRunner | None = None
+        self._http: Http1Server | None = None
         self._listener: LimitedListener | None = None
         self._port = 0
         self._in_flight = 0
@@ -228,16 +225,13 @@ class ProxyServer:
             max_per_host=self._opts.max_connections_per_endpoint,
         )
         self._unsubscribe = self._endpoints.add_listener(self._on_pool_change)
-        server = web.Server(
+        self._http = Http1Server(
             self._handle,
-            handler_cancellation=True,
-            keepalive_timeout=self._opts.keepalive_timeout,
-            max_line_size=self._opts.max_header_bytes,
+            idle_timeout=self._opts.keepalive_timeout,
             max_field_size=self._opts.max_header_bytes,
+            max_body_bytes=self._opts.max_body_bytes,
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=self._opts.shutdown_grace)
-        await self._runner.setup()
-        self._listener = LimitedListener(self._runner, self._opts.max_client_connections, name="proxy")
+        self._listener = LimitedListener(self._http, self._opts.max_client_connections, name="proxy")
         await self._listener.start(host, port, sock=sock)
         self._port = self._listener.port
         log.info("proxy listening on %s:%d", host, self._port)
@@ -248,9 +242,10 @@ class ProxyServer:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
-        if self._runner is not None:
-            await self._runner.cleanup()  # draining requests are still withdrawn from departed endpoints
-            self._runner = None
+        if self._http is not None:
+            # draining requests are still withdrawn from departed endpoints
+            await self._http.shutdown(self._opts.shutdown_grace)
+            self._http = None
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -269,14 +264,15 @@ class ProxyServer:
                 return True
         return False
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: HttpRequest) -> Response | None:
+        """Answer one request: a whole :class:`Response`, or None once a stream was relayed."""
         path = request.path
         try:
             if not self._routed(path):
                 raise PathNotFoundError("no such path on this gateway")
             route = classify_request(request.method, path, self._director.passthrough_paths)
             if route is Route.HEALTH:
-                return web.Response(status=503 if self.draining else 200, text="ok\n")
+                return Response(503 if self.draining else 200, b"ok\n", content_type=_TEXT)
             # The key is checked on the headers, before one byte of the body is read, for every
             # method and body size (a bodiless POST too).
             self._director.authenticate(request.headers)
@@ -296,40 +292,24 @@ class ProxyServer:
         finally:
             self._in_flight -= 1
 
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
+    async def _read_body(self, request: HttpRequest) -> bytes:
         limit = self._opts.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestTooLargeError(f"request body of {request.content_length} bytes exceeds {limit}")
-        content = request.content
+        length = request.content_length
+        if length is not None and length > limit:
+            raise RequestTooLargeError(f"request body of {length} bytes exceeds {limit}")
         try:
-            # Most bodies arrived with the headers: take them without arming a timer.
-            first = content.read_nowait()
-        except (aiohttp.ClientPayloadError, aiohttp.web.HTTPException) as exc:
-            raise BadRequestError(f"could not read request body: {exc}") from None
-        if len(first) > limit:
-            raise RequestTooLargeError(f"request body exceeds {limit} bytes")
-        if content.at_eof():
-            return first
-        buf = bytearray(first)
-        try:
-            async with asyncio.timeout(self._opts.body_timeout):
-                while True:
-                    chunk = await request.content.readany()
-                    if not chunk:
-                        break
-                    buf += chunk
-                    if len(buf) > limit:
-                        raise RequestTooLargeError(f"request body exceeds {limit} bytes")
+            return await request.read_body(limit, self._opts.body_timeout)
+        except BodyTooLarge:
+            raise RequestTooLargeError(f"request body exceeds {limit} bytes") from None
         except TimeoutError:
             raise RequestTimeoutError(
                 f"request body not received within {self._opts.body_timeout:g}s"
             ) from None
-        except (aiohttp.ClientPayloadError, aiohttp.web.HTTPException) as exc:
-            raise BadRequestError(f"could not read request body: {exc}") from None
-        return bytes(buf)
+        except MalformedBody as exc:
+            raise BadRequestError(str(exc)) from None
 
     # ------------------------------------------------------------------ /v1/models
-    async def _models(self, model_id: str | None = None) -> web.Response:
+    async def _models(self, model_id: str | None = None) -> Response:
         """The union of the ``/v1/models`` lists of the pool's healthy endpoints, or the entry of
         ``model_id`` in it (``GET /v1/models/{id}``, what the SDKs' ``models.retrieve`` calls)."""
         assert self._session is not None
@@ -358,12 +338,12 @@ class ProxyServer:
             merged.setdefault(name, {"id": name, "object": "model", "owned_by": "infergate"})
         if model_id is not None:
             entry = model_entry(merged, model_id)
-            return web.Response(body=json.dumps(entry).encode(), content_type=_JSON)
+            return Response(200, json.dumps(entry).encode(), content_type=_JSON)
         body = {"object": "list", "data": list(merged.values())}
-        return web.Response(body=json.dumps(body).encode(), content_type=_JSON)
+        return Response(200, json.dumps(body).encode(), content_type=_JSON)
 
     # ------------------------------------------------------------------ forwarding
-    def _upstream_headers(self, request: web.BaseRequest, ctx: RequestContext) -> list[tuple[str, str]]:
+    def _upstream_headers(self, request: HttpRequest, ctx: RequestContext) -> list[tuple[str, str]]:
         hdrs = H.clean_request_headers(request.headers.items(), drop=("x-forwarded-for", H.REQUEST_ID))
         if "json" not in request.headers.get("Content-Type", "").lower():
             hdrs = [(k, v) for k, v in hdrs if k.lower() != "content-type"]
@@ -441,7 +421,7 @@ class ProxyServer:
         return "text/event-stream" not in resp.headers.get("Content-Type", "").lower()
 
     async def _open_upstream(
-        self, request: web.BaseRequest, ctx: RequestContext
+        self, request: HttpRequest, ctx: RequestContext
     ) -> tuple[UpstreamResponse, Exchange, bytes | None]:
         """Send to ctx.target; on connect errors, timeouts, withdrawal or 5xx move to the next endpoint.
 
@@ -508,7 +488,7 @@ class ProxyServer:
                 raise failure
             log.info("retrying request_id=%s elsewhere after: %s", ctx.request_id, failure.message)
 
-    async def _forward(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+    async def _forward(self, request: HttpRequest, body: bytes) -> Response | None:
         director = self._director
         ctx = await director.handle_request(path=request.path, headers=request.headers, body=body)
         error: BaseException | None = None
@@ -523,11 +503,10 @@ class ProxyServer:
             out_headers.update(director.response_headers(ctx))
             if data is not None:
                 payload = director.handle_response_chunk(ctx, data, end_of_stream=True)
-                return web.Response(status=resp.status, reason=resp.reason, body=payload, headers=out_headers)
+                return Response(resp.status, payload, out_headers.items(), reason=resp.reason)
             ex.relaying = True
-            streamed, failure = await self._stream(request, ctx, resp, out_headers)
-            error = failure
-            return streamed
+            error = await self._stream(request, ctx, resp, out_headers)
+            return None
         except BaseException as exc:
             # the client went away (handler cancelled, or writing to it failed): not a gateway error
             gone = isinstance(exc, (asyncio.CancelledError, ConnectionResetError))
@@ -545,25 +524,24 @@ class ProxyServer:
 
     async def _stream(
         self,
-        request: web.BaseRequest,
+        request: HttpRequest,
         ctx: RequestContext,
         resp: UpstreamResponse,
         out_headers: CIMultiDict[str],
-    ) -> tuple[web.StreamResponse, RequestError | None]:
+    ) -> RequestError | None:
         """Relay the body chunk by chunk; ``write`` waits for the client (backpressure).
 
         An upstream failure after the headers went out cannot become an error status any more:
         an SSE client gets an error event and a clean end, a plain body is cut (connection
-        aborted) so the client cannot mistake it for a complete answer.
+        aborted) so the client cannot mistake it for a complete answer. Returns that failure.
         """
         director = self._director
-        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=out_headers)
-        await out.prepare(request)
+        request.start_stream(resp.status, resp.reason, out_headers.items())
 
         async def send(data: bytes) -> None:
             try:
-                await out.write(data)
-            except ConnectionResetError as exc:  # aiohttp: "Cannot write to closing transport"
+                await request.write(data)
+            except ConnectionResetError as exc:  # "Cannot write to closing transport"
                 raise _ClientGone from exc
 
         try:
@@ -577,7 +555,7 @@ class ProxyServer:
         except _ClientGone:
             # The client left mid-answer (a benchmark client stopping at its deadline): counted as
             # ClientDisconnected, the upstream closed, and nothing more to say to anyone.
-            return out, ClientDisconnectedError("the client disconnected")
+            return ClientDisconnectedError("the client disconnected")
         except (UpstreamConnectionError, UpstreamTimeout) as exc:
             failure: RequestError
             if isinstance(exc, UpstreamTimeout):
@@ -588,10 +566,11 @@ class ProxyServer:
                 failure = UpstreamError(f"the model server failed mid-stream: {type(exc).__name__}")
             log.warning("endpoint %s: %s request_id=%s", ctx.target.key, failure.message, ctx.request_id)
             if ctx.streaming:
-                await out.write(_sse_error(failure))
-                await out.write_eof()
-            elif request.transport is not None:
-                request.transport.abort()
-            return out, failure
-        await out.write_eof()
-        return out, None
+                with contextlib.suppress(ConnectionResetError):
+                    await request.write(_sse_error(failure))
+                    request.end_stream()
+            else:
+                request.abort()
+            return failure
+        request.end_stream()
+        return None
