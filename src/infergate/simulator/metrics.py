@@ -15,10 +15,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from infergate.simulator.engine import EngineStats
+from infergate.simulator.exposition import render_text
 
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -322,4 +323,4 @@ class SimMetrics:
         before prometheus_client's negotiating app), so names keep their ``vllm:`` colon even for
         a Prometheus that asks for OpenMetrics."""
         del accept
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return render_text(self.registry), CONTENT_TYPE_LATEST
