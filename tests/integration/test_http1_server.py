@@ -291,3 +291,28 @@ async def test_head_rules_date_once_host_required_and_http10_keep_alive() -> Non
         writer.write(b"GET /nohost HTTP/1.1\r\n\r\n")  # the same connection is still open
         assert (await _read_response(reader))[0] == 400
         writer.close()
+
+
+async def test_shutdown_cancels_what_outlives_the_grace() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stuck(req: HttpRequest) -> Response:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response(200)
+
+    server = Http1Server(stuck)
+    listener = LimitedListener(server, 10)
+    await listener.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await started.wait()
+    await listener.stop()
+    await server.shutdown(0.01)
+    assert cancelled.is_set()  # awaited by shutdown itself
+    assert await reader.read() == b""  # cut without an answer
+    writer.close()

@@ -549,10 +549,6 @@ class _Connection(asyncio.Protocol):
         if self._active is None and self.transport is not None:
             self.transport.close()
 
-    @property
-    def busy(self) -> bool:
-        return self._active is not None
-
 
 class _HeadTooLarge(Exception):
     """A request head refused before its handler runs: a line or field over the limit, too many
@@ -604,8 +600,9 @@ class Http1Server:
             await asyncio.wait_for(self._quiet.wait(), grace)
         except TimeoutError:
             log.warning("%d request(s) still running after the %gs shutdown grace: cut", self._busy, grace)
+        running = [c._task for c in self.connections if c._task is not None and not c._task.done()]
+        for task in running:
+            task.cancel()
         for conn in list(self.connections):
-            if conn._task is not None and not conn._task.done():
-                conn._task.cancel()
             conn.abort()
-        await asyncio.sleep(0)
+        await asyncio.gather(*running, return_exceptions=True)
