@@ -46,6 +46,22 @@ async def _echo(req: HttpRequest) -> Response:
     return Response(200, answer, content_type="text/plain")
 
 
+class Stuck:
+    """A handler that never answers: ``started`` once it runs, ``cancelled`` once it is cancelled."""
+
+    def __init__(self) -> None:
+        self.started, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, req: HttpRequest) -> Response:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return Response(200)
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -160,23 +176,14 @@ async def test_a_connection_whose_request_head_never_completes_is_closed_after_t
 
 
 async def test_a_client_that_disconnects_cancels_its_handler() -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def handler(req: HttpRequest) -> Response:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(200)
+    handler = Stuck()
 
     async with _serve(handler) as srv:
         _, writer = await srv.connect()
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        await started.wait()
+        await handler.started.wait()
         writer.close()
-        await asyncio.wait_for(cancelled.wait(), 5.0)
+        await asyncio.wait_for(handler.cancelled.wait(), 5.0)
 
 
 async def test_shutdown_lets_a_running_request_finish_and_closes_idle_connections() -> None:
@@ -294,25 +301,16 @@ async def test_head_rules_date_once_host_required_and_http10_keep_alive() -> Non
 
 
 async def test_shutdown_cancels_what_outlives_the_grace() -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def stuck(req: HttpRequest) -> Response:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(200)
+    stuck = Stuck()
 
     server = Http1Server(stuck)
     listener = LimitedListener(server, 10)
     await listener.start("127.0.0.1", 0)
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    await started.wait()
+    await stuck.started.wait()
     await listener.stop()
     await server.shutdown(0.01)
-    assert cancelled.is_set()  # awaited by shutdown itself
+    assert stuck.cancelled.is_set()  # awaited by shutdown itself
     assert await reader.read() == b""  # cut without an answer
     writer.close()

@@ -153,11 +153,6 @@ class HttpRequest:
             return None
         return int(value)
 
-    @property
-    def started(self) -> bool:
-        """Whether a response head went to the client (nothing can be said differently since)."""
-        return self._started
-
     # ------------------------------------------------------------------ body
     async def read_body(self, limit: int, within: float) -> bytes:
         """The whole body; :class:`BodyTooLarge` over ``limit`` bytes, ``TimeoutError`` if it
@@ -308,7 +303,6 @@ class _Connection(asyncio.Protocol):
         self._parsing: HttpRequest | None = None
         self._url = b""
         self._fields: list[tuple[str, str]] = []
-        self._name = b""
         # the request being answered (its handler task) and those parsed after it
         self._active: HttpRequest | None = None
         self._task: asyncio.Task[None] | None = None
