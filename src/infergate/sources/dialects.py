@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from infergate.errors import ConfigError
+from infergate.sources.exposition_parser import parse_sample_lines
 from infergate.types import EndpointMetrics
 
 __all__ = [
@@ -198,20 +198,7 @@ class ParseReport:
 
 def _samples(text: str, dialect: Dialect) -> list[Sample]:
     """Samples of the dialect's families only; a malformed line costs that line, not the scrape."""
-    lines = dialect.sample_lines(text)
-    if not lines:
-        return []
-    try:
-        return [s for fam in text_string_to_metric_families("\n".join(lines) + "\n") for s in fam.samples]
-    except ValueError:
-        out: list[Sample] = []
-        for line in lines:
-            try:
-                for fam in text_string_to_metric_families(line + "\n"):
-                    out.extend(fam.samples)
-            except ValueError:
-                continue
-        return out
+    return parse_sample_lines(dialect.sample_lines(text))
 
 
 def _select(samples: Sequence[Sample], specs: Iterable[MetricSpec]) -> list[Sample]:
