@@ -226,6 +226,7 @@ def test_triton_trtllm() -> None:
         "vllm:num_requests_waiting NaN\nvllm:kv_cache_usage_perc 7.5\n",
         'vllm:cache_config_info{block_size="None",num_gpu_blocks="lots"} 1\n',
         "\x00\xff garbage \n# TYPE\n#\n",
+        'vllm:num_requests_waiting{a=, =""} 1\n',  # prometheus_client's parser raises IndexError here
     ],
 )
 def test_garbage_never_raises(text: str) -> None:
