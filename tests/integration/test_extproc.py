@@ -1,4 +1,4 @@
-"""Protocol tests for the ext_proc endpoint picker: the real grpc.aio server over a real channel.
+"""Protocol tests for the ext_proc endpoint picker: its real gRPC server over a real grpcio channel.
 
 Each test writes the exact message sequence Envoy sends and asserts the exact protobuf replies
 (GIE reference §2.1 and §8.3). The Director is the real one over a real Datastore with synthetic

@@ -25,23 +25,24 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health as grpc_health
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from infergate.config.settings import Settings
 from infergate.dataplanes.extproc import messages as msg
 from infergate.errors import ClientDisconnectedError, InternalError, RequestError, RequestTooLargeError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import Route, classify_request, model_entry, requested_model_id
+from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer
 
 if TYPE_CHECKING:
     from infergate.requestcontrol.director import Director, RequestContext
@@ -368,7 +369,8 @@ class TlsSettings:
 
 
 class ExtProcServer:
-    """A started-on-demand grpc.aio server hosting the ExternalProcessor and the health service."""
+    """A started-on-demand gRPC server (infergate's own, ``servers/grpc_http2.py``) hosting the
+    ExternalProcessor and the health service."""
 
     def __init__(
         self,
@@ -378,7 +380,6 @@ class ExtProcServer:
         *,
         health_servicer: grpc_health.aio.HealthServicer | None = None,
         tls: TlsSettings | None = None,
-        options: Sequence[tuple[str, Any]] = (),
         reuse_port: bool = False,
     ) -> None:
         self.processor = processor
@@ -391,8 +392,7 @@ class ExtProcServer:
         self.health = health_servicer or grpc_health.aio.HealthServicer()
         self.tls = tls
         self.certificate_pem: bytes | None = None
-        self._options = list(options)
-        self._server: grpc.aio.Server | None = None
+        self._server: GrpcServer | None = None
 
     @classmethod
     def from_settings(
@@ -427,28 +427,29 @@ class ExtProcServer:
 
     async def start(self) -> None:
         """Bind, start serving and report SERVING for every health name."""
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", 16 << 20),
-                ("grpc.max_send_message_length", 16 << 20),
-                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
-                *self._options,
-            ]
-        )
-        pb_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        bind = f"{self.host}:{self._requested_port}"
+        context = None
         if self.tls is not None:
-            from infergate.dataplanes.extproc.tls import load_or_create_pair
+            from infergate.dataplanes.extproc.tls import load_or_create_pair, server_context
 
             cert, key = self.tls.pair or load_or_create_pair(
                 self.tls.cert_path, common_name=self.tls.common_name, host=self.host
             )
             self.certificate_pem = cert
-            self.port = server.add_secure_port(bind, grpc.ssl_server_credentials([(key, cert)]))
-        else:
-            self.port = server.add_insecure_port(bind)
-        await server.start()
+            context = server_context(cert, key)
+        health_check = health_pb2.HealthCheckRequest.FromString
+        health_reply = health_pb2.HealthCheckResponse.SerializeToString
+        methods = {
+            f"/{EXTPROC_SERVICE}/Process": GrpcMethod(
+                self.processor.Process,
+                pb.ProcessingRequest.FromString,
+                pb.ProcessingResponse.SerializeToString,
+                client_streaming=True,
+            ),
+            "/grpc.health.v1.Health/Check": GrpcMethod(self.health.Check, health_check, health_reply),
+            "/grpc.health.v1.Health/Watch": GrpcMethod(self.health.Watch, health_check, health_reply),
+        }
+        server = GrpcServer(methods, max_message_bytes=16 << 20, ssl_context=context)
+        self.port = await server.start(self.host, self._requested_port, reuse_port=self.reuse_port)
         self._server = server
         await self.set_serving(True)
         log.info("ext_proc picker listening on %s tls=%s", self.address, self.tls is not None)

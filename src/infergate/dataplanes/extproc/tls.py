@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 from pathlib import Path
 
 from infergate.errors import ConfigError
 
-__all__ = ["load_or_create_pair", "self_signed_pair"]
+__all__ = ["load_or_create_pair", "self_signed_pair", "server_context"]
 
 
 def load_or_create_pair(
@@ -31,6 +33,28 @@ def load_or_create_pair(
         except OSError as exc:
             raise ConfigError(f"{cert_path}: cannot read tls.crt/tls.key: {exc}") from exc
     return self_signed_pair(common_name, hosts=(host, "127.0.0.1", "localhost"))
+
+
+def server_context(cert: bytes, key: bytes) -> ssl.SSLContext:
+    """A TLS server context for HTTP/2 (ALPN ``h2``, TLS 1.2 or later) holding the PEM pair.
+
+    ``ssl`` loads certificates from files only: the pair passes through a private temporary
+    directory that is gone when this returns.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory(prefix="infergate-tls-") as tmp:
+        crt_file, key_file = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+        crt_file.write_bytes(cert)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        try:
+            ctx.load_cert_chain(crt_file, key_file)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"the picker's TLS certificate and key do not load: {exc}") from exc
+    return ctx
 
 
 def self_signed_pair(common_name: str, *, hosts: tuple[str, ...] = ("localhost",)) -> tuple[bytes, bytes]:

@@ -1,0 +1,304 @@
+"""infergate's own gRPC server (servers/grpc_http2.py) against grpcio's client over loopback.
+
+grpcio's client is the counterpart that checks the protocol: framing, HPACK, flow control both
+ways, status trailers, deadlines, cancellation, GOAWAY. Messages are raw bytes (no serializers).
+The ext_proc behaviour on top is covered by test_extproc.py and the Envoy e2e tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hpack import Decoder, Encoder
+
+from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer, StreamContext, _trailers
+
+
+def _raw(b: bytes) -> bytes:
+    return b
+
+
+class Handlers:
+    """Test methods; ``started``/``cancelled`` let a test wait for the handler, not for time."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def echo(self, _: Any, ctx: StreamContext) -> None:
+        while (message := await ctx.read()) is not grpc.aio.EOF:
+            await ctx.write(message)
+
+    async def size(self, request: bytes, ctx: StreamContext) -> bytes:
+        return str(len(request)).encode()
+
+    async def big(self, request: bytes, ctx: StreamContext) -> bytes:
+        return b"x" * int(request)
+
+    async def abort(self, request: bytes, ctx: StreamContext) -> None:
+        await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, request.decode())
+
+    async def crash(self, request: bytes, ctx: StreamContext) -> None:
+        raise RuntimeError("boom")
+
+    async def hold(self, request: bytes, ctx: StreamContext) -> bytes:
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return b"released"
+
+    def methods(self) -> dict[str, GrpcMethod]:
+        def unary(fn: Any) -> GrpcMethod:
+            return GrpcMethod(fn, _raw, _raw)
+
+        return {
+            "/t.T/Echo": GrpcMethod(self.echo, _raw, _raw, client_streaming=True),
+            "/t.T/Size": unary(self.size),
+            "/t.T/Big": unary(self.big),
+            "/t.T/Abort": unary(self.abort),
+            "/t.T/Crash": unary(self.crash),
+            "/t.T/Hold": unary(self.hold),
+        }
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Handlers, GrpcServer, grpc.aio.Channel]]:
+    handlers = Handlers()
+    health = grpc_health.aio.HealthServicer()
+    methods = handlers.methods()
+    methods["/grpc.health.v1.Health/Watch"] = GrpcMethod(
+        health.Watch,
+        health_pb2.HealthCheckRequest.FromString,
+        health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    methods["/grpc.health.v1.Health/Check"] = GrpcMethod(
+        health.Check,
+        health_pb2.HealthCheckRequest.FromString,
+        health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    server = GrpcServer(methods, max_message_bytes=8 << 20)
+    port = await server.start("127.0.0.1", 0)
+    server.health = health  # type: ignore[attr-defined]
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+    )
+    try:
+        yield handlers, server, channel
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+def unary(channel: grpc.aio.Channel, name: str) -> Any:
+    return channel.unary_unary(f"/t.T/{name}")
+
+
+async def test_bidirectional_stream_echoes_in_order(
+    served: tuple[Handlers, GrpcServer, grpc.aio.Channel],
+) -> None:
+    _, _, channel = served
+    call = channel.stream_stream("/t.T/Echo")()
+    got = []
+    for i in range(50):
+        await call.write(f"m{i}".encode())
+        got.append(await call.read())
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF
+    assert got == [f"m{i}".encode() for i in range(50)]
+    assert await call.code() is grpc.StatusCode.OK
+
+
+async def test_messages_larger_than_every_window_both_ways(
+    served: tuple[Handlers, GrpcServer, grpc.aio.Channel],
+) -> None:
+    """3 MB in (past the client's 64 KiB default send window, split by its frame size) and 5 MB
+    out (past the client's receive window: the server must wait for its WINDOW_UPDATEs)."""
+    _, _, channel = served
+    assert await unary(channel, "Size")(b"y" * (3 << 20)) == str(3 << 20).encode()
+    reply = await unary(channel, "Big")(str(5 << 20).encode())
+    assert reply == b"x" * (5 << 20)
+    # many concurrent calls share the connection window
+    replies = await asyncio.gather(*(unary(channel, "Big")(b"200000") for _ in range(20)))
+    assert all(r == b"x" * 200000 for r in replies)
+
+
+async def test_status_codes(served: tuple[Handlers, GrpcServer, grpc.aio.Channel]) -> None:
+    _, _, channel = served
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await unary(channel, "Nope")(b"")
+    assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    details = 'no such tenant: ünïcode, 100% / "quoted"\nnext line'
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await unary(channel, "Abort")(details.encode())
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == details
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await unary(channel, "Crash")(b"")
+    assert err.value.code() is grpc.StatusCode.UNKNOWN
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await unary(channel, "Size")(b"z" * ((8 << 20) + 1))
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await unary(channel, "Size")(b"still serving") == b"13"
+
+
+async def test_cancel_and_deadline_reach_the_handler(
+    served: tuple[Handlers, GrpcServer, grpc.aio.Channel],
+) -> None:
+    handlers, _, channel = served
+    call = unary(channel, "Hold")(b"")
+    await handlers.started.wait()
+    call.cancel()
+    await handlers.cancelled.wait()  # RST_STREAM from the client cancels the handler
+    handlers.started.clear()
+    handlers.cancelled.clear()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await unary(channel, "Hold")(b"", timeout=0.5)
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await handlers.cancelled.wait()  # grpc-timeout: the server cancels its side too
+
+
+async def test_health_watch_streams_changes(served: tuple[Handlers, GrpcServer, grpc.aio.Channel]) -> None:
+    _, server, channel = served
+    health: grpc_health.aio.HealthServicer = server.health  # type: ignore[attr-defined]
+    stub = health_pb2_grpc.HealthStub(channel)
+    await health.set("svc", health_pb2.HealthCheckResponse.SERVING)
+    assert (await stub.Check(health_pb2.HealthCheckRequest(service="svc"))).status == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Check(health_pb2.HealthCheckRequest(service="other"))
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service="svc"))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    await health.set("svc", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()
+
+
+async def test_stop_lets_open_calls_finish_within_the_grace() -> None:
+    handlers = Handlers()
+    server = GrpcServer(handlers.methods())
+    port = await server.start("127.0.0.1", 0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = unary(channel, "Hold")(b"")
+        await handlers.started.wait()
+        stopping = asyncio.create_task(server.stop(30))
+        await asyncio.sleep(0)  # one turn: stop() runs to its first await, GOAWAY queued
+        assert server.connections and all(c.going_away for c in server.connections)
+        handlers.release.set()
+        assert await call == b"released"
+        await stopping
+        await server.wait_for_termination()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await unary(channel, "Size")(b"", timeout=5)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_stop_cuts_calls_after_the_grace() -> None:
+    handlers = Handlers()
+    server = GrpcServer(handlers.methods())
+    port = await server.start("127.0.0.1", 0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = unary(channel, "Hold")(b"")
+        await handlers.started.wait()
+        await server.stop(0)
+        assert handlers.cancelled.is_set()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+
+
+def _frames(sock: socket.socket) -> list[tuple[int, int, int, bytes]]:
+    """Frames until the peer closes or stays quiet for a while (the socket's timeout)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pass
+    out = []
+    while len(data) >= 9:
+        n = int.from_bytes(data[:3], "big")
+        out.append((data[3], data[4], struct.unpack(">I", data[5:9])[0], data[9 : 9 + n]))
+        data = data[9 + n :]
+    return out
+
+
+async def test_raw_ping_settings_and_garbage() -> None:
+    server = GrpcServer({})
+    port = await server.start("127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+
+    def talk(payload: bytes) -> list[tuple[int, int, int, bytes]]:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(payload)
+            return _frames(sock)
+
+    try:
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        ping = bytes((0, 0, 8, 6, 0)) + b"\x00\x00\x00\x00" + b"12345678"
+        settings = bytes((0, 0, 0, 4, 0)) + b"\x00\x00\x00\x00"
+        frames = await loop.run_in_executor(None, talk, preface + settings + ping)
+        kinds = [(t, f) for t, f, _, _ in frames]
+        assert (4, 0) in kinds and (4, 1) in kinds  # our SETTINGS, and the ACK of theirs
+        assert (6, 1, 0, b"12345678") in frames  # PING answered with the same payload
+        frames = await loop.run_in_executor(None, talk, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert frames and frames[-1][0] == 7  # GOAWAY, then closed
+        oversized = bytes((0, 0x40, 0x01, 0, 0)) + struct.pack(">I", 1) + b"z" * 16385  # > 16,384
+        frames = await loop.run_in_executor(None, talk, preface + oversized)
+        assert frames[-1][0] == 7 and frames[-1][3][4:8] == struct.pack(">I", 6)  # FRAME_SIZE_ERROR
+    finally:
+        await server.stop(0)
+
+
+def test_trailer_literals_decode_as_hpack() -> None:
+    """Status details over 127 bytes need HPACK's multi-byte length; they are percent-encoded."""
+    details = "d" * 300 + " ü%"
+    headers = {
+        str(k): str(v)
+        for k, v in Decoder().decode(_trailers(grpc.StatusCode.UNAVAILABLE, details), raw=False)
+    }
+    assert headers["grpc-status"] == "14"
+    assert headers["grpc-message"] == "d" * 300 + " %C3%BC%25"
+
+
+async def test_a_smaller_header_table_is_acknowledged_in_the_next_block() -> None:
+    """A peer that lowers SETTINGS_HEADER_TABLE_SIZE is owed a dynamic table size update at the
+    start of the next header block (RFC 7541 §4.2; nghttp2 refuses the block without it)."""
+    server = GrpcServer({})
+    port = await server.start("127.0.0.1", 0)
+    request = Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/t.T/Nope"),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    settings = bytes((0, 0, 6, 4, 0)) + b"\x00\x00\x00\x00" + struct.pack(">HI", 1, 0)  # HEADER_TABLE_SIZE 0
+    headers = bytes((0, 0, len(request), 1, 0x5)) + struct.pack(">I", 1) + request  # END_STREAM | END_HEADERS
+
+    def talk() -> list[tuple[int, int, int, bytes]]:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + headers)
+            return _frames(sock)
+
+    try:
+        frames = await asyncio.get_running_loop().run_in_executor(None, talk)
+    finally:
+        await server.stop(0)
+    (block,) = [payload for kind, _, sid, payload in frames if kind == 1 and sid == 1]
+    assert block[0] == 0x20  # size update to 0 first
+    decoded = {str(k): str(v) for k, v in Decoder().decode(block, raw=False)}
+    assert decoded["grpc-status"] == "12"  # UNIMPLEMENTED
