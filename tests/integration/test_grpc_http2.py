@@ -217,46 +217,111 @@ async def test_stop_cuts_calls_after_the_grace() -> None:
             await call
 
 
-def _frames(sock: socket.socket) -> list[tuple[int, int, int, bytes]]:
-    """Frames until the peer closes or stays quiet for a while (the socket's timeout)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except TimeoutError:
-        pass
+Frame = tuple[int, int, int, bytes]  # type, flags, stream, payload
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = bytes((0, 0, 0, 4, 0)) + b"\x00\x00\x00\x00"
+PING = bytes((0, 0, 8, 6, 0)) + b"\x00\x00\x00\x00" + b"12345678"
+
+
+def _parse(data: bytes) -> list[Frame]:
     out = []
-    while len(data) >= 9:
+    while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
         n = int.from_bytes(data[:3], "big")
         out.append((data[3], data[4], struct.unpack(">I", data[5:9])[0], data[9 : 9 + n]))
         data = data[9 + n :]
     return out
 
 
+def exchange(port: int, payload: bytes, until: Any = None) -> list[Frame]:
+    """Send ``payload`` and read frames until ``until(frames)`` holds or the server closes. The
+    socket timeout only bounds a failure: a test never waits for silence."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30.0) as sock:
+        sock.sendall(payload)
+        while not (until is not None and until(_parse(data))):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return _parse(data)
+
+
+def request_headers(sid: int, path: str, *, end_stream: bool = False) -> bytes:
+    block = Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    flags = 0x4 | (0x1 if end_stream else 0)  # END_HEADERS (| END_STREAM)
+    return bytes((0, 0, len(block), 1, flags)) + struct.pack(">I", sid) + block
+
+
 async def test_raw_ping_settings_and_garbage() -> None:
     server = GrpcServer({})
     port = await server.start("127.0.0.1", 0)
     loop = asyncio.get_running_loop()
-
-    def talk(payload: bytes) -> list[tuple[int, int, int, bytes]]:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-            sock.sendall(payload)
-            return _frames(sock)
-
+    ping_ack = (6, 1, 0, b"12345678")
     try:
-        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-        ping = bytes((0, 0, 8, 6, 0)) + b"\x00\x00\x00\x00" + b"12345678"
-        settings = bytes((0, 0, 0, 4, 0)) + b"\x00\x00\x00\x00"
-        frames = await loop.run_in_executor(None, talk, preface + settings + ping)
+        frames = await loop.run_in_executor(
+            None, exchange, port, PREFACE + EMPTY_SETTINGS + PING, lambda f: ping_ack in f
+        )
         kinds = [(t, f) for t, f, _, _ in frames]
         assert (4, 0) in kinds and (4, 1) in kinds  # our SETTINGS, and the ACK of theirs
-        assert (6, 1, 0, b"12345678") in frames  # PING answered with the same payload
-        frames = await loop.run_in_executor(None, talk, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        frames = await loop.run_in_executor(None, exchange, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert frames and frames[-1][0] == 7  # GOAWAY, then closed
         oversized = bytes((0, 0x40, 0x01, 0, 0)) + struct.pack(">I", 1) + b"z" * 16385  # > 16,384
-        frames = await loop.run_in_executor(None, talk, preface + oversized)
+        frames = await loop.run_in_executor(None, exchange, port, PREFACE + oversized)
         assert frames[-1][0] == 7 and frames[-1][3][4:8] == struct.pack(">I", 6)  # FRAME_SIZE_ERROR
     finally:
+        await server.stop(0)
+
+
+async def test_a_stream_window_is_credited_only_as_the_handler_reads() -> None:
+    """1 MiB of messages to a handler that does not read gets no WINDOW_UPDATE for its stream
+    (the peer must stop there); to one that reads, it does."""
+    handlers = Handlers()
+
+    async def drain(_: Any, ctx: StreamContext) -> None:
+        while await ctx.read() is not grpc.aio.EOF:
+            pass
+
+    async def stall(_: Any, ctx: StreamContext) -> None:
+        await handlers.release.wait()
+
+    server = GrpcServer(
+        {
+            "/t.T/Drain": GrpcMethod(drain, _raw, _raw, client_streaming=True),
+            "/t.T/Stall": GrpcMethod(stall, _raw, _raw, client_streaming=True),
+        }
+    )
+    port = await server.start("127.0.0.1", 0)
+    message = b"\x00" + struct.pack(">I", 16379) + b"m" * 16379  # one 16,384-byte frame each
+    body = (bytes((0, 0x40, 0x00, 0, 0)) + struct.pack(">I", 1) + message) * 64  # 1 MiB on stream 1
+    loop = asyncio.get_running_loop()
+
+    def credited(frames: list[Frame]) -> bool:
+        return any(kind == 8 and sid == 1 for kind, _, sid, _ in frames)
+
+    try:
+        stalled = await loop.run_in_executor(
+            None,
+            exchange,
+            port,
+            PREFACE + EMPTY_SETTINGS + request_headers(1, "/t.T/Stall") + body + PING,
+            lambda f: (6, 1, 0, b"12345678") in f,
+        )
+        assert not credited(stalled)
+        drained = await loop.run_in_executor(
+            None, exchange, port, PREFACE + EMPTY_SETTINGS + request_headers(1, "/t.T/Drain") + body, credited
+        )
+        assert credited(drained)
+    finally:
+        handlers.release.set()
         await server.stop(0)
 
 
@@ -276,26 +341,12 @@ async def test_a_smaller_header_table_is_acknowledged_in_the_next_block() -> Non
     start of the next header block (RFC 7541 §4.2; nghttp2 refuses the block without it)."""
     server = GrpcServer({})
     port = await server.start("127.0.0.1", 0)
-    request = Encoder().encode(
-        [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/t.T/Nope"),
-            (":authority", "x"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
-    )
     settings = bytes((0, 0, 6, 4, 0)) + b"\x00\x00\x00\x00" + struct.pack(">HI", 1, 0)  # HEADER_TABLE_SIZE 0
-    headers = bytes((0, 0, len(request), 1, 0x5)) + struct.pack(">I", 1) + request  # END_STREAM | END_HEADERS
-
-    def talk() -> list[tuple[int, int, int, bytes]]:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + headers)
-            return _frames(sock)
-
+    payload = PREFACE + settings + request_headers(1, "/t.T/Nope", end_stream=True)
     try:
-        frames = await asyncio.get_running_loop().run_in_executor(None, talk)
+        frames = await asyncio.get_running_loop().run_in_executor(
+            None, exchange, port, payload, lambda f: any(k == 1 and sid == 1 for k, _, sid, _ in f)
+        )
     finally:
         await server.stop(0)
     (block,) = [payload for kind, _, sid, payload in frames if kind == 1 and sid == 1]

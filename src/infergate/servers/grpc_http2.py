@@ -48,8 +48,11 @@ _REFUSED, _COMPRESSION_ERROR = 7, 9
 _MAX_FRAME = 16384
 """SETTINGS_MAX_FRAME_SIZE, left at the protocol's default: larger frames from a peer are an error."""
 _WINDOW_MAX = (1 << 31) - 1
-_RECV_WINDOW = 1 << 24
-"""What this server lets a peer send ahead, per stream and per connection (replenished at half)."""
+_STREAM_WINDOW = 1 << 20
+"""What a peer may send ahead on one stream. It is credited back at half once the handler has
+read every complete message, so a handler that does not keep up holds at most about this much."""
+_CONN_WINDOW = 1 << 24
+"""What a peer may send ahead on the connection (credited back at half as frames arrive)."""
 _MAX_STREAMS = 1000
 _MAX_HEADER_LIST = 64 << 10
 
@@ -120,7 +123,17 @@ class GrpcMethod:
 class StreamContext:
     """One call's side of its stream (a small part of ``grpc.aio.ServicerContext``)."""
 
-    __slots__ = ("_conn", "_inbox", "_method", "_out", "_sent_headers", "_window", "_window_open", "sid")
+    __slots__ = (
+        "_conn",
+        "_inbox",
+        "_method",
+        "_out",
+        "_sent_headers",
+        "_unacked",
+        "_window",
+        "_window_open",
+        "sid",
+    )
 
     def __init__(self, conn: _Connection, sid: int, method: GrpcMethod, window: int) -> None:
         self._conn = conn
@@ -131,12 +144,13 @@ class StreamContext:
         self._out = bytearray()  # DATA payload waiting for the peer's flow-control window
         self._window = window
         self._window_open: asyncio.Event | None = None
+        self._unacked = 0  # bytes received on the stream and not credited back yet
 
     async def read(self) -> Any:
         """The next request message, or ``grpc.aio.EOF`` once the peer half-closed."""
         item = await self._inbox.get()
-        if isinstance(item, BaseException):
-            raise item
+        if self._inbox.empty():
+            self._conn.credit(self)
         return item
 
     async def write(self, message: Any) -> None:
@@ -163,7 +177,6 @@ class _Stream:
     ctx: StreamContext
     task: asyncio.Task[None] | None = None
     buffer: bytearray | None = None
-    received: int = 0  # bytes since the last stream WINDOW_UPDATE
     closed_remote: bool = False
 
 
@@ -196,9 +209,9 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         self._server.connections.add(self)
         # MAX_CONCURRENT_STREAMS (3), INITIAL_WINDOW_SIZE (4), MAX_HEADER_LIST_SIZE (6)
-        ours = ((3, _MAX_STREAMS), (4, _RECV_WINDOW), (6, _MAX_HEADER_LIST))
+        ours = ((3, _MAX_STREAMS), (4, _STREAM_WINDOW), (6, _MAX_HEADER_LIST))
         settings = b"".join(_SETTING.pack(k, v) for k, v in ours)
-        self.send(_frame(_SETTINGS, 0, 0, settings) + _frame(_WINDOW, 0, 0, _U32.pack(_RECV_WINDOW - 65535)))
+        self.send(_frame(_SETTINGS, 0, 0, settings) + _frame(_WINDOW, 0, 0, _U32.pack(_CONN_WINDOW - 65535)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -348,16 +361,13 @@ class _Connection(asyncio.Protocol):
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
         self._received += len(payload)
-        if self._received >= _RECV_WINDOW // 2:
+        if self._received >= _CONN_WINDOW // 2:
             self.send(_frame(_WINDOW, 0, 0, _U32.pack(self._received)))
             self._received = 0
         stream = self.streams.get(sid)
         if stream is None or stream.closed_remote:
             return  # reset or finished by us: the connection window was still counted
-        stream.received += len(payload)  # padding included, as the peer counts it
-        if stream.received >= _RECV_WINDOW // 2 and not flags & _END_STREAM:
-            self.send(_frame(_WINDOW, 0, sid, _U32.pack(stream.received)))
-            stream.received = 0
+        stream.ctx._unacked += len(payload)  # padding included, as the peer counts it
         if flags & _PADDED:
             payload = payload[1 : len(payload) - payload[0]]
         buffer = stream.buffer
@@ -389,6 +399,16 @@ class _Connection(asyncio.Protocol):
         if flags & _END_STREAM:
             stream.closed_remote = True
             stream.ctx._inbox.put_nowait(grpc.aio.EOF)
+        elif stream.ctx._inbox.empty():
+            self.credit(stream.ctx)
+
+    def credit(self, ctx: StreamContext) -> None:
+        """Give the peer back the stream's window once half is used and no message waits unread."""
+        if ctx._unacked >= _STREAM_WINDOW // 2:
+            stream = self.streams.get(ctx.sid)
+            if stream is not None and not stream.closed_remote:
+                self.send(_frame(_WINDOW, 0, ctx.sid, _U32.pack(ctx._unacked)))
+                ctx._unacked = 0
 
     def _on_headers(self, sid: int, flags: int, block: bytes) -> None:
         try:
