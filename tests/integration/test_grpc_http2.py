@@ -8,6 +8,7 @@ The ext_proc behaviour on top is covered by test_extproc.py and the Envoy e2e te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -185,13 +186,20 @@ async def test_health_watch_streams_changes(served: tuple[Handlers, GrpcServer, 
     watch.cancel()
 
 
-async def test_stop_lets_open_calls_finish_within_the_grace() -> None:
-    handlers = Handlers()
+@contextlib.asynccontextmanager
+async def held_call(handlers: Handlers) -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel, Any]]:
+    """A fresh server with one ``Hold`` call in its handler (the test stops the server)."""
     server = GrpcServer(handlers.methods())
     port = await server.start("127.0.0.1", 0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = unary(channel, "Hold")(b"")
         await handlers.started.wait()
+        yield server, channel, call
+
+
+async def test_stop_lets_open_calls_finish_within_the_grace() -> None:
+    handlers = Handlers()
+    async with held_call(handlers) as (server, channel, call):
         stopping = asyncio.create_task(server.stop(30))
         await asyncio.sleep(0)  # one turn: stop() runs to its first await, GOAWAY queued
         assert server.connections and all(c.going_away for c in server.connections)
@@ -200,17 +208,13 @@ async def test_stop_lets_open_calls_finish_within_the_grace() -> None:
         await stopping
         await server.wait_for_termination()
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await unary(channel, "Size")(b"", timeout=5)
+            await unary(channel, "Size")(b"", timeout=30)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 async def test_stop_cuts_calls_after_the_grace() -> None:
     handlers = Handlers()
-    server = GrpcServer(handlers.methods())
-    port = await server.start("127.0.0.1", 0)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = unary(channel, "Hold")(b"")
-        await handlers.started.wait()
+    async with held_call(handlers) as (server, _, call):
         await server.stop(0)
         assert handlers.cancelled.is_set()
         with pytest.raises(grpc.aio.AioRpcError):
