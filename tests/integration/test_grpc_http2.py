@@ -281,6 +281,9 @@ async def test_raw_ping_settings_and_garbage() -> None:
         oversized = bytes((0, 0x40, 0x01, 0, 0)) + struct.pack(">I", 1) + b"z" * 16385  # > 16,384
         frames = await loop.run_in_executor(None, exchange, port, PREFACE + oversized)
         assert frames[-1][0] == 7 and frames[-1][3][4:8] == struct.pack(">I", 6)  # FRAME_SIZE_ERROR
+        stray = bytes((0, 0, 0, 9, 4)) + struct.pack(">I", 1)  # a CONTINUATION with no HEADERS before it
+        frames = await loop.run_in_executor(None, exchange, port, PREFACE + stray + PING)
+        assert frames[-1][0] == 7 and ping_ack not in frames  # nothing is read after the error
     finally:
         await server.stop(0)
 

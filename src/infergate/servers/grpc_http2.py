@@ -198,6 +198,7 @@ class _Connection(asyncio.Protocol):
         self._max_frame = 16384
         self._received = 0  # connection-level bytes since our last WINDOW_UPDATE
         self._table_update = b""  # a dynamic table size update owed at the next header block
+        self._failed = False
         self._out: list[bytes] = []
         self._blocked: list[StreamContext] = []
         self.going_away = False
@@ -241,6 +242,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def _fail(self, code: int, why: str) -> None:
+        self._failed = True  # no frame after this one is read
         log.info("closing an HTTP/2 connection: %s", why)
         self.send(_frame(_GOAWAY, 0, 0, _U32.pack(self._last_stream) + _U32.pack(code)))
         self._flush()
@@ -262,6 +264,8 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ frames in
     def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
         buf = self._buf + data if self._buf else data
         if not self._preface:
             if len(buf) < len(_PREFACE):
@@ -275,7 +279,7 @@ class _Connection(asyncio.Protocol):
             buf = buf[len(_PREFACE) :]
             self._preface = True
         pos, size = 0, len(buf)
-        while size - pos >= 9 and self.transport is not None:
+        while size - pos >= 9 and not self._failed:
             length = buf[pos] << 16 | buf[pos + 1] << 8 | buf[pos + 2]
             if length > _MAX_FRAME:
                 self._fail(_FRAME_SIZE_ERROR, f"a frame of {length} bytes")
