@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 
-import grpc
 from grpc_health.v1 import health as grpc_health
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from infergate.dataplanes.extproc.server import EXTPROC_SERVICE
+from infergate.dataplanes.extproc.server import EXTPROC_SERVICE, health_methods
+from infergate.servers.grpc_http2 import GrpcServer
 
 __all__ = ["LIVENESS", "READINESS", "READY_NAMES", "HealthServer"]
 
@@ -34,21 +34,20 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthServer:
-    """A grpc.aio server hosting only the health service; ``port=0`` picks a free port."""
+    """A gRPC server (``servers/grpc_http2.py``) hosting only the health service; ``port=0`` picks
+    a free port."""
 
     def __init__(self, host: str, port: int, servicer: grpc_health.aio.HealthServicer | None = None) -> None:
         self.host = host
         self.port = port
         self.servicer = servicer or grpc_health.aio.HealthServicer()
         self.ready = False
-        self._server: grpc.aio.Server | None = None
+        self._server: GrpcServer | None = None
 
     async def start(self) -> None:
         """Bind; liveness SERVING, readiness NOT_SERVING until :meth:`set_ready`."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
-        await server.start()
+        server = GrpcServer(health_methods(self.servicer))
+        self.port = await server.start(self.host, self.port)
         self._server = server
         await self.servicer.set(LIVENESS, _SERVING)
         await self.set_ready(False)

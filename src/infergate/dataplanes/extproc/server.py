@@ -53,6 +53,7 @@ __all__ = [
     "ExtProcServer",
     "ExternalProcessor",
     "TlsSettings",
+    "health_methods",
     "serve_extproc",
 ]
 
@@ -368,6 +369,16 @@ class TlsSettings:
     pair: tuple[bytes, bytes] | None = None
 
 
+def health_methods(servicer: grpc_health.aio.HealthServicer) -> dict[str, GrpcMethod]:
+    """``grpc.health.v1.Health``'s Check and Watch served from ``servicer``'s statuses."""
+    request = health_pb2.HealthCheckRequest.FromString
+    reply = health_pb2.HealthCheckResponse.SerializeToString
+    return {
+        "/grpc.health.v1.Health/Check": GrpcMethod(servicer.Check, request, reply),
+        "/grpc.health.v1.Health/Watch": GrpcMethod(servicer.Watch, request, reply),
+    }
+
+
 class ExtProcServer:
     """A started-on-demand gRPC server (infergate's own, ``servers/grpc_http2.py``) hosting the
     ExternalProcessor and the health service."""
@@ -436,8 +447,6 @@ class ExtProcServer:
             )
             self.certificate_pem = cert
             context = server_context(cert, key)
-        health_check = health_pb2.HealthCheckRequest.FromString
-        health_reply = health_pb2.HealthCheckResponse.SerializeToString
         methods = {
             f"/{EXTPROC_SERVICE}/Process": GrpcMethod(
                 self.processor.Process,
@@ -445,8 +454,7 @@ class ExtProcServer:
                 pb.ProcessingResponse.SerializeToString,
                 client_streaming=True,
             ),
-            "/grpc.health.v1.Health/Check": GrpcMethod(self.health.Check, health_check, health_reply),
-            "/grpc.health.v1.Health/Watch": GrpcMethod(self.health.Watch, health_check, health_reply),
+            **health_methods(self.health),
         }
         server = GrpcServer(methods, max_message_bytes=16 << 20, ssl_context=context)
         self.port = await server.start(self.host, self._requested_port, reuse_port=self.reuse_port)
