@@ -68,7 +68,7 @@ def parse_sample_line(line: str) -> Sample | None:
         number = _number(value)
         timestamp = _number(stamp) / 1000 if stamp is not None else None
     except ValueError:
-        return None
+        return _fallback(line)  # e.g. "m {a=}1": a blank and then no number, which it reads laxly
     return Sample(name, labels, number, timestamp)
 
 
