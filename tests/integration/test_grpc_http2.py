@@ -360,3 +360,43 @@ async def test_a_smaller_header_table_is_acknowledged_in_the_next_block() -> Non
     assert block[0] == 0x20  # size update to 0 first
     decoded = {str(k): str(v) for k, v in Decoder().decode(block, raw=False)}
     assert decoded["grpc-status"] == "12"  # UNIMPLEMENTED
+
+
+async def test_bad_requests_get_their_errors() -> None:
+    """A compressed message (UNIMPLEMENTED), a message its method cannot decode (INTERNAL), and a
+    request that is not gRPC (stream reset with PROTOCOL_ERROR), each on its own stream."""
+
+    def strict(data: bytes) -> bytes:
+        if data != b"ok":
+            raise ValueError("not a request")
+        return data
+
+    handlers = Handlers()
+    server = GrpcServer({"/t.T/Size": GrpcMethod(handlers.size, strict, _raw)})
+    port = await server.start("127.0.0.1", 0)
+    compressed = bytes((0, 0, 7, 0, 1)) + struct.pack(">I", 1) + b"\x01" + struct.pack(">I", 2) + b"ok"
+    garbled = bytes((0, 0, 7, 0, 1)) + struct.pack(">I", 3) + b"\x00" + struct.pack(">I", 2) + b"no"
+    block = Encoder().encode(
+        [(":method", "GET"), (":scheme", "http"), (":path", "/t.T/Size"), (":authority", "x")]
+    )
+    not_grpc = bytes((0, 0, len(block), 1, 0x5)) + struct.pack(">I", 5) + block
+
+    def ended(frames: list[Frame]) -> bool:
+        done = {sid for kind, flags, sid, _ in frames if kind == 1 and flags & 0x1}
+        return {1, 3} <= done and any(kind == 3 and sid == 5 for kind, _, sid, _ in frames)
+
+    payload = PREFACE + EMPTY_SETTINGS
+    payload += (
+        request_headers(1, "/t.T/Size") + compressed + request_headers(3, "/t.T/Size") + garbled + not_grpc
+    )
+    try:
+        frames = await asyncio.get_running_loop().run_in_executor(None, exchange, port, payload, ended)
+    finally:
+        await server.stop(0)
+    decoder = Decoder()
+    status = {}
+    for kind, _, sid, data in frames:
+        if kind == 1:  # decoded in order: the blocks share the connection's HPACK state
+            status[sid] = {str(k): str(v) for k, v in decoder.decode(data, raw=False)}.get("grpc-status")
+    assert status[1] == "12" and status[3] == "13"  # UNIMPLEMENTED, INTERNAL
+    assert (3, 0, 5, struct.pack(">I", 1)) in frames  # RST_STREAM PROTOCOL_ERROR
