@@ -483,8 +483,7 @@ class _Connection(asyncio.Protocol):
     def _finish(self, stream: _Stream, code: grpc.StatusCode, details: str, *, reset: bool = False) -> None:
         """Trailers end the call; ``reset`` also asks the peer to stop sending the request."""
         ctx = stream.ctx
-        if ctx._out:  # the handler was cut short while its reply waited for the window
-            ctx._out.clear()
+        ctx._out.clear()  # a reply cut short while it waited for the window is not sent
         block = _OK_TRAILERS if code is grpc.StatusCode.OK else _trailers(code, details)
         if not ctx._sent_headers:
             ctx._sent_headers = True
