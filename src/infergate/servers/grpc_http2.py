@@ -4,11 +4,11 @@ grpc.aio spent about 1.5 ms of the picker's main thread per ext_proc request on 
 machine, around 300 µs of infergate's own code (docs/benchmarks.md, "An HTTP/2 server of its own
 for the picker"); a general HTTP/2 state machine in Python (grpclib over ``h2``) costs as much.
 This module does only what a gRPC server needs for one peer that is Envoy, the kubelet or a gRPC
-client: frames split in place, request headers decoded with ``hpack``, response headers and
-trailers written as pre-encoded literals (never indexed, so no encoder state), flow control both
-ways (large body mutations wait for the peer's window), the writes of one loop iteration sent in
-one ``write``, GOAWAY and a grace period on stop. TLS is the caller's ``ssl.SSLContext`` (ALPN
-``h2``).
+client: frames split in place, request headers decoded with ``hpack`` (a recurring block once:
+``hpack_cache``), response headers and trailers written as pre-encoded literals (never indexed,
+so no encoder state), flow control both ways (large body mutations wait for the peer's window),
+the writes of one loop iteration sent in one ``write``, GOAWAY and a grace period on stop. TLS
+is the caller's ``ssl.SSLContext`` (ALPN ``h2``).
 
 A handler is ``async (request, context)``: for a client-streaming method ``request`` is None and
 the handler calls ``await context.read()`` until it returns ``grpc.aio.EOF``, as with grpc.aio's
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
-from hpack import Decoder
 from hpack.exceptions import HPACKError
+
+from .hpack_cache import HeaderBlockDecoder
 
 __all__ = ["GrpcAbort", "GrpcMethod", "GrpcServer", "StreamContext"]
 
@@ -189,7 +190,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buf = b""
         self._preface = False
-        self._decoder = Decoder(max_header_list_size=_MAX_HEADER_LIST)
+        self._decoder = HeaderBlockDecoder(max_header_list_size=_MAX_HEADER_LIST)
         self.streams: dict[int, _Stream] = {}
         self._last_stream = 0
         self._continuing: tuple[int, int, bytearray] | None = None
@@ -416,7 +417,7 @@ class _Connection(asyncio.Protocol):
 
     def _on_headers(self, sid: int, flags: int, block: bytes) -> None:
         try:
-            headers = {str(k): str(v) for k, v in self._decoder.decode(block, raw=False)}
+            headers = self._decoder.decode(block)
         except HPACKError as exc:
             self._fail(_COMPRESSION_ERROR, f"bad header block: {exc}")
             return
@@ -565,9 +566,14 @@ class GrpcServer:
         """Bind and serve; returns the bound port (``port=0`` picks a free one)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=self._ssl, reuse_port=reuse_port or None
+            self.protocol, host, port, ssl=self._ssl, reuse_port=reuse_port or None
         )
         return int(self._server.sockets[0].getsockname()[1])
+
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol for one connection (``start`` makes one per accepted socket); a benchmark
+        feeds it bytes through a transport of its own."""
+        return _Connection(self)
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop listening, send GOAWAY, let open calls finish for ``grace`` seconds, then cut them."""
