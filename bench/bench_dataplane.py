@@ -24,8 +24,9 @@ router's idle CPU rate (scrapes, probes; measured for ``--idle-seconds`` before 
 the point's duration, which a slow, loaded run otherwise charges to its few requests. For the
 infergate paths also the share of requests flow control held for more than 0.1 ms (its
 queue-duration histogram on the admin port's /metrics). For ``direct`` the CPU column is the
-replica's own, which every path's requests cost on top of the router's. CPU per request is the
-honest capacity figure on a machine the load generator and the replica share.
+replica's own, which every path's requests cost on top of the router's. For the Envoy path the
+CPU is also split by process: Envoy's, and the picker's (the gateway's Python processes). CPU per
+request is the honest capacity figure on a machine the load generator and the replica share.
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
         [--paths direct,infergate,...] [--workers 1,2] [--gateway-args "..."] [--json out.json]
@@ -95,8 +96,9 @@ def wait_http(url: str, deadline: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and every live descendant (children's reaped time too)."""
+def tree_cpu_by_command(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of ``pid`` and every live descendant (children's reaped time too),
+    by command name (``envoy`` apart from the gateway's own Python processes)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -113,15 +115,22 @@ def tree_cpu_seconds(pid: int) -> float:
             if parent == p and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    total = 0.0
+    totals: dict[str, float] = {}
     for p in tree:
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            head, tail = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)
         except OSError:
             continue
+        command = head.split("(", 1)[1]
+        fields = tail.split()
         # utime, stime, cutime, cstime are fields 14-17 of stat (11-14 after the command name)
-        total += sum(int(x) for x in fields[11:15]) / CLK_TCK
-    return total
+        totals[command] = totals.get(command, 0.0) + sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return totals
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """All the CPU of ``pid`` and its descendants (see :func:`tree_cpu_by_command`)."""
+    return sum(tree_cpu_by_command(pid).values())
 
 
 @dataclass
@@ -320,7 +329,8 @@ async def measure(route: Route, concurrency: int, requests: int, idle_s: float) 
         await asyncio.sleep(idle_s)  # a measurement window, not synchronisation
         idle_rate = (tree_cpu_seconds(route.pid) - cpu_idle) / (time.perf_counter() - t_idle)
     counts0 = queue_counts(route.admin) if route.admin else None
-    cpu0 = tree_cpu_seconds(route.pid) if route.pid else 0.0
+    split0 = tree_cpu_by_command(route.pid) if route.pid else {}
+    cpu0 = sum(split0.values())
     point = await closed_loop(route.url, concurrency, requests)
     if route.admin and counts0 is not None:
         if route.workers > 1:
@@ -330,8 +340,13 @@ async def measure(route: Route, concurrency: int, requests: int, idle_s: float) 
         point["queued_pct"] = 100 * (passed - (fast - counts0[1])) / passed if passed else 0.0
     if route.pid:
         served = point["ok"] + point["errors"]
-        spent = tree_cpu_seconds(route.pid) - cpu0
+        split1 = tree_cpu_by_command(route.pid)
+        spent = sum(split1.values()) - cpu0
         point["cpu_us_per_req"] = 1e6 * spent / served if served else float("nan")
+        if "envoy" in split1 and served:  # the Envoy path: Envoy and the picker apart
+            envoy = split1["envoy"] - split0.get("envoy", 0.0)
+            point["envoy_cpu_us_per_req"] = 1e6 * envoy / served
+            point["picker_cpu_us_per_req"] = 1e6 * (spent - envoy) / served
         net = spent - idle_rate * point["wall_s"]
         point["net_cpu_us_per_req"] = 1e6 * net / served if served else float("nan")
         point["idle_cpu_per_s"] = idle_rate
@@ -361,6 +376,14 @@ def summarise(points: list[dict[str, Any]], concurrencies: list[int]) -> str:
         queued = span([p["queued_pct"] for p in mine if "queued_pct" in p], ".0f")
         queued = queued if queued == "–" else f"{queued} %"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {lat} | {cpu} | {net} | {queued} |")
+    split = [n for n in names if any("envoy_cpu_us_per_req" in p for p in points if p["path"] == n)]
+    if split:
+        lines += ["", "| path | Envoy CPU per request (µs) | picker CPU per request (µs) |", "|---|---|---|"]
+        for name in split:
+            mine = [p for p in points if p["path"] == name and "envoy_cpu_us_per_req" in p]
+            envoy = span([p["envoy_cpu_us_per_req"] for p in mine], ",.0f")
+            picker = span([p["picker_cpu_us_per_req"] for p in mine], ",.0f")
+            lines.append(f"| {name} | {envoy} | {picker} |")
     errors = sum(p["errors"] for p in points)
     lines.append("")
     lines.append(f"errors over all points: {errors}")
@@ -477,6 +500,11 @@ def main() -> None:
                         if cpu is not None
                         else ""
                     )
+                    if "envoy_cpu_us_per_req" in point:
+                        cpu_text += (
+                            f" [Envoy {point['envoy_cpu_us_per_req']:,.0f},"
+                            f" picker {point['picker_cpu_us_per_req']:,.0f}]"
+                        )
                     print(
                         f"rep {rep} {route.name:28s} c={c:<3d} {point['rps']:8,.0f} req/s "
                         f"p50 {point['p50_ms']:6.1f} p99 {point['p99_ms']:6.1f} ms "
