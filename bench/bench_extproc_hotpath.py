@@ -1,15 +1,17 @@
 """The picker's own Python per request, without gRPC: the ext_proc servicer driven in process.
 
-A fake stream context hands ``ExternalProcessor.Process`` the messages the local Envoy sends for
-one non-streaming completion (request headers with ``protocol_config``, the buffered body,
-response headers, the whole JSON answer) and collects the replies; the real Director (metrics
-on) routes over one endpoint. CPU per request is ``time.process_time`` over ``--requests``
-requests, so other load on the machine changes it little. ``--http2`` sends the same messages
-through the picker's gRPC server (``servers/grpc_http2.py``) instead: HTTP/2 frames as Envoy
-writes them (one connection, HPACK-encoded stream headers, 32 streams at a time) into the
-server's protocol over an in-memory transport, so framing, header decoding and the per-stream
-tasks are counted too. What the sockets and Envoy cost on top is measured by ``bench_envoy.py``
-and ``bench_dataplane.py``. ``--profile out.prof`` writes a cProfile of one repetition.
+A fake stream context hands ``ExternalProcessor.Process`` the messages the local Envoy sends for one
+non-streaming completion (request headers with ``protocol_config``, the buffered body, response
+headers, the whole JSON answer) and collects the replies; the picker is wired as ``infergate serve
+--data-plane envoy`` wires it (Director, flow control, decision log, metrics) and routes over one
+endpoint, whose metrics are refreshed every 0.1 s as a scraper would. CPU per request is
+``time.process_time`` over ``--requests`` requests (the least of ``--reps`` is the figure to
+compare: other load on the machine raises it). ``--http2`` sends the same messages through the
+picker's gRPC server (``servers/grpc_http2.py``) instead: HTTP/2 frames as Envoy writes them (one
+connection, HPACK-encoded stream headers, 32 streams at a time) into the server's protocol over an
+in-memory transport, so framing, header decoding and the per-stream tasks are counted too. What the
+sockets and Envoy cost on top is measured by ``bench_envoy.py`` and ``bench_dataplane.py``.
+``--profile out.prof`` writes a cProfile of one repetition.
 
     .venv/bin/python bench/bench_extproc_hotpath.py [--requests 20000] [--reps 3] [--http2] \
         [--profile out.prof]
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import struct
 import time
 from pathlib import Path
@@ -33,14 +36,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from prometheus_client import CollectorRegistry
 
+from infergate.app.core import build_core
 from infergate.config.picker import default_picker_config
+from infergate.config.settings import Settings
 from infergate.dataplanes.extproc.server import ExternalProcessor
 from infergate.datastore.store import Datastore
-from infergate.requestcontrol.director import Director
-from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer
 from infergate.telemetry import GatewayMetrics
-from infergate.types import EndpointMeta, EndpointMetrics
+from infergate.types import EndpointMeta, EndpointMetrics, PoolSpec
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ENDPOINT = "10.0.0.1:8000"
@@ -114,28 +117,38 @@ class FakeStream:
         self.replies.append(reply)
 
 
+def _metrics(now: float, finished: int) -> EndpointMetrics:
+    """An idle server's scrape, with vLLM's finished-requests counter (flow control reads it)."""
+    return EndpointMetrics(updated_at=now, finished_requests=float(finished))
+
+
 def build() -> tuple[ExternalProcessor, Datastore]:
+    """The picker as ``infergate serve --data-plane envoy`` wires it (``build_core``: default
+    settings, flow control and the decision log included) over one endpoint."""
     ds = Datastore()
     host, port = ENDPOINT.rsplit(":", 1)
     ds.upsert_endpoint(EndpointMeta(name="e", address=host, port=int(port)))
     ds.set_models(ENDPOINT, frozenset({MODEL}))
-    ds.update_metrics(ENDPOINT, EndpointMetrics(updated_at=ds.clock.now()))
-    director = Director(
-        datastore=ds,
-        scheduler=build_scheduler(default_picker_config(lora=False)),
-        flow=None,
+    ds.update_metrics(ENDPOINT, _metrics(ds.clock.now(), 0))
+    core = build_core(
+        ds,
+        PoolSpec(name="bench"),
+        picker=default_picker_config(lora=False),
+        settings=Settings(),
         metrics=GatewayMetrics(CollectorRegistry()),
+        clock=ds.clock,
+        rng=random.Random(0),
     )
-    return ExternalProcessor(director, endpoints=ds), ds
+    return ExternalProcessor(core.director, endpoints=ds), ds
 
 
 async def run(proc: ExternalProcessor, ds: Datastore, streams: list[list[pb.ProcessingRequest]]) -> float:
     start = time.process_time()
     scraped = 0.0
-    for messages in streams:
+    for done, messages in enumerate(streams):
         now = ds.clock.now()
         if now - scraped > 0.1:  # keep the endpoint's metrics fresh, as the scraper would
-            ds.update_metrics(ENDPOINT, EndpointMetrics(updated_at=now))
+            ds.update_metrics(ENDPOINT, _metrics(now, done))
             scraped = now
         fake = FakeStream(messages)
         await proc.Process(None, fake)  # type: ignore[arg-type]
@@ -219,7 +232,7 @@ async def run_http2(server: GrpcServer, ds: Datastore, streams: list[bytes]) -> 
     for at in range(0, len(streams), BATCH):
         now = ds.clock.now()
         if now - scraped > 0.1:
-            ds.update_metrics(ENDPOINT, EndpointMetrics(updated_at=now))
+            ds.update_metrics(ENDPOINT, _metrics(now, at))
             scraped = now
         conn.data_received(b"".join(streams[at : at + BATCH]))
         await asyncio.gather(*(s.task for s in conn.streams.values()))  # type: ignore[attr-defined]
@@ -242,14 +255,16 @@ def main() -> None:
     proc, ds = build()
     streams = [envoy_messages(i) for i in range(args.requests)]
 
-    def once(count: int) -> float:
+    async def once(count: int) -> float:
         if args.http2:
-            server = build_http2(proc)
-            return uvloop.run(run_http2(server, ds, http2_streams(streams[:count])))
-        return uvloop.run(run(proc, ds, streams[:count]))
+            return await run_http2(build_http2(proc), ds, http2_streams(streams[:count]))
+        return await run(proc, ds, streams[:count])
 
-    once(1000)  # warm-up
-    per_request = [1e6 * once(args.requests) / args.requests for _ in range(args.reps)]
+    async def measure() -> list[float]:
+        await once(1000)  # warm-up
+        return [1e6 * await once(args.requests) / args.requests for _ in range(args.reps)]
+
+    per_request = uvloop.run(measure())
     what = "HTTP/2 server + servicer + Director" if args.http2 else "servicer + Director"
     figures = ", ".join(f"{v:.1f}" for v in per_request)
     print(f"{what} CPU per request: {figures} µs (min {min(per_request):.1f})")
@@ -258,7 +273,7 @@ def main() -> None:
 
         prof = cProfile.Profile()
         prof.enable()
-        once(args.requests)
+        uvloop.run(once(args.requests))
         prof.disable()
         prof.dump_stats(args.profile)
 
