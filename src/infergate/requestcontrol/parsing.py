@@ -105,6 +105,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON number {name}")
 
 
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+"""``json.loads`` with a keyword builds a new decoder per call; this one is built once."""
+
+
 def _decode(body: bytes) -> dict[str, Any]:
     if not body or not body.strip():
         raise BadRequestError("request body is empty; expected a JSON object")
@@ -113,7 +117,7 @@ def _decode(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise BadRequestError(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = _JSON.decode(text)
     except RecursionError:
         raise BadRequestError("request body is nested too deeply") from None
     except ValueError as exc:

@@ -201,7 +201,12 @@ class PredictedLatencyScorer:
         Without ``baseModels`` only a name some candidate reports as an adapter counts as one.
         """
         model = request.target_model
-        if model in self._base or all(e.metrics.max_active_adapters <= 0 for e in candidates):
+        if model in self._base:
+            return False
+        for e in candidates:  # a loop, not all(<genexpr>): this runs for every request
+            if e.metrics.max_active_adapters > 0:
+                break
+        else:
             return False
         if self._base:
             return True
