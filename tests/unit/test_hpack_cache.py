@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKError
 
 from infergate.servers import hpack_cache
 from infergate.servers.hpack_cache import HeaderBlockDecoder
 
-ENVOY_LIKE = [
+ENVOY_LIKE: list[HeaderTuple | tuple[str, str]] = [
     (":method", "POST"),
     NeverIndexedHeaderTuple(":path", "/envoy.service.ext_proc.v3.ExternalProcessor/Process"),
     (":authority", "127.0.0.1:9002"),
