@@ -6,6 +6,7 @@ Tests never sleep to synchronise: they poll a condition until a deadline and fai
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,12 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
             return 200 <= int(resp.status) < 300
     except (urllib.error.URLError, OSError):
         return False
+
+
+def envoy_concurrency(admin: str) -> int:
+    """Envoy's worker threads, as its admin ``/server_info`` (``host:port``) reports its command line."""
+    with urllib.request.urlopen(f"http://{admin}/server_info", timeout=10) as resp:
+        return int(json.load(resp)["command_line_options"]["concurrency"])
 
 
 @dataclass

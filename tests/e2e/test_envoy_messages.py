@@ -17,7 +17,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Simulator, free_port, start_infergate, wait_for, write_pool
+from tests.support import Simulator, envoy_concurrency, free_port, start_infergate, wait_for, write_pool
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,8 @@ async def test_a_completion_costs_four_messages_each_way_and_no_reset(
     )
     try:
         envoy, gw = f"127.0.0.1:{envoy_admin}", f"127.0.0.1:{admin}"
+        # one picker: one Envoy worker thread, so every stream shares one connection to it
+        assert envoy_concurrency(envoy) == 1
         url = f"http://127.0.0.1:{port}/v1"
         n = 6
         async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=60) as client:

@@ -27,7 +27,15 @@ from tests.e2e.conftest import StartSims
 from tests.e2e.test_epp_cluster import health_status, routed
 from tests.e2e.test_workers import MODEL, _complete, _Gateway, _gone, sigterm_mid_stream_and_see_it_finish
 from tests.integration.test_extproc import body_msg, read, response_headers_msg
-from tests.support import ChildProcess, async_wait_for, free_port, start_infergate, wait_for, write_pool
+from tests.support import (
+    ChildProcess,
+    async_wait_for,
+    envoy_concurrency,
+    free_port,
+    start_infergate,
+    wait_for,
+    write_pool,
+)
 
 SERVING = int(health_pb2.HealthCheckResponse.SERVING)
 
@@ -81,6 +89,7 @@ def test_envoy_spreads_requests_over_picker_workers_and_replaces_a_killed_one(
         ports = sorted(w["port"] for w in first)
         assert len(set(ports)) == 2, first  # a port per worker: Envoy's cluster has two endpoints
         wait_for(lambda: _picker_hosts_healthy(envoy_admin, ports), what="both pickers healthy in Envoy")
+        assert envoy_concurrency(f"127.0.0.1:{envoy_admin}") == 2  # a worker thread per picker
 
         async def send(n: int) -> None:
             async with gw.client() as client:

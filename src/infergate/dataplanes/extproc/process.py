@@ -61,7 +61,8 @@ class EnvoyProcess:
     """
 
     bootstrap: dict[str, Any]
-    concurrency: int = 2
+    concurrency: int = 1
+    """Envoy's worker threads (``--concurrency``); the data plane passes one per picker process."""
     log_level: str = "warning"
     log_path: Path | None = None
     binary: Path | None = None

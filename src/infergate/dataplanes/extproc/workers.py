@@ -194,7 +194,8 @@ class EnvoyFront:
                 probe.bind((host, 0))
                 port = int(probe.getsockname()[1])
         bootstrap = local_envoy_settings(self._settings, ctx, host, port, self.picker_ports)
-        self.envoy = EnvoyProcess(render_bootstrap(bootstrap))
+        # as many Envoy worker threads as pickers: Envoy costs about as much per request as a picker
+        self.envoy = EnvoyProcess(render_bootstrap(bootstrap), concurrency=len(self.picker_ports))
         await self.envoy.start_async()
         self._port = port
         log.info(
