@@ -1,0 +1,250 @@
+"""The built-in proxy's own CPU per request, in one process: client, proxy and model server share a loop.
+
+``bench_dataplane.py`` measures the proxy as a separate process beside the load generator and a
+simulated replica; on a shared 2-core VM its figures move by tens of per cent from one repetition
+to the next, which hides any change below that. Here everything runs on one uvloop loop: a
+minimal keep-alive HTTP/1.1 client (``--concurrency`` connections, one request at a time on
+each), the proxy as ``infergate serve`` wires it (``build_core`` with the default settings: flow
+control, the decision log and metrics included) and a minimal model server that answers every
+completion with the same small JSON body (``usage`` included). Real sockets on 127.0.0.1 carry
+every byte, so the proxy's reads and writes are counted. CPU is this process's over
+``--requests`` requests (user and system, ``os.times``); the least of ``--reps`` is the figure to
+compare. ``direct`` is the same client against the model server alone: what the harness costs,
+to subtract.
+
+    .venv/bin/python bench/bench_proxy_hotpath.py [--requests 20000] [--reps 3] [--concurrency 32]
+        [--profile out.prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import random
+from pathlib import Path
+
+import uvloop
+from prometheus_client import CollectorRegistry
+
+from infergate.app.core import build_core
+from infergate.config.picker import default_picker_config
+from infergate.config.settings import Settings
+from infergate.dataplanes.builtin.proxy import ProxyOptions, ProxyServer
+from infergate.datastore.store import Datastore
+from infergate.telemetry import GatewayMetrics
+from infergate.types import EndpointMeta, EndpointMetrics, PoolSpec
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+ANSWER = json.dumps(
+    {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "model": MODEL,
+        "choices": [{"index": 0, "text": "Hi", "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+).encode()
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(ANSWER)).encode()
+    + b"\r\n\r\n"
+    + ANSWER
+)
+
+
+QUEUE_SERIES = "inference_extension_flow_control_request_queue_duration_seconds"
+
+
+def queued_share(registry: CollectorRegistry) -> float:
+    """Per cent of the requests flow control held for more than 0.1 ms (its queue histogram)."""
+    total = fast = 0.0
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == f"{QUEUE_SERIES}_count":
+                total += sample.value
+            elif sample.name == f"{QUEUE_SERIES}_bucket" and float(sample.labels["le"]) == 0.0001:
+                fast += sample.value
+    return 100 * (total - fast) / total if total else 0.0
+
+
+def _content_length(head: bytes) -> int:
+    """``content-length`` of a lower-cased head (0 without one)."""
+    at = head.find(b"content-length:")
+    if at < 0:
+        return 0
+    end = head.find(b"\r\n", at)
+    return int(head[at + 15 : end if end >= 0 else None])
+
+
+class ModelServer(asyncio.Protocol):
+    """Answers each request (head and ``content-length`` body) with :data:`RESPONSE`."""
+
+    answered = 0
+    """Requests answered by every connection: the finished-requests counter its scrapes report."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = _content_length(self.buf[:end].lower())
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            assert self.transport is not None
+            self.transport.write(RESPONSE)
+            ModelServer.answered += 1
+
+
+class Client(asyncio.Protocol):
+    """One keep-alive connection sending ``request`` each time the previous answer is complete."""
+
+    def __init__(self, request: bytes, count: int, done: asyncio.Future[None]) -> None:
+        self.request, self.left, self.done = request, count, done
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].lower()
+        assert head.startswith(b"http/1.1 200"), head
+        length = _content_length(head)
+        if len(self.buf) < end + 4 + length:
+            return
+        self.buf = self.buf[end + 4 + length :]
+        self.left -= 1
+        if self.left > 0:
+            self.send()
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+def completion(port: int) -> bytes:
+    body = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
+    return (
+        f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def closed_loop(port: int, concurrency: int, requests: int) -> tuple[float, float]:
+    """User and system CPU seconds of this process while ``concurrency`` connections send
+    ``requests`` in all."""
+    loop = asyncio.get_running_loop()
+    request = completion(port)
+    clients = []
+    for i in range(concurrency):
+        done: asyncio.Future[None] = loop.create_future()
+        count = requests // concurrency + (1 if i < requests % concurrency else 0)
+        factory = functools.partial(Client, request, count, done)
+        _, client = await loop.create_connection(factory, "127.0.0.1", port)
+        clients.append(client)
+    t0 = os.times()
+    for c in clients:
+        c.send()
+    await asyncio.gather(*(c.done for c in clients))
+    t1 = os.times()
+    spent = (t1.user - t0.user, t1.system - t0.system)
+    for c in clients:
+        assert c.transport is not None
+        c.transport.close()
+    return spent
+
+
+async def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    loop = asyncio.get_running_loop()
+    upstream = await loop.create_server(ModelServer, "127.0.0.1", 0)
+    up_port = int(upstream.sockets[0].getsockname()[1])
+    ds = Datastore()
+    ds.upsert_endpoint(EndpointMeta(name="e", address="127.0.0.1", port=up_port))
+    ds.set_models(f"127.0.0.1:{up_port}", frozenset({MODEL}))
+    settings = Settings()
+    metrics = GatewayMetrics(CollectorRegistry())
+    core = build_core(
+        ds,
+        PoolSpec(name="bench"),
+        picker=default_picker_config(lora=False),
+        settings=settings,
+        metrics=metrics,
+        clock=ds.clock,
+        rng=random.Random(0),
+        honor_subset_hint=False,
+        connection_limit=settings.proxy.max_connections_per_endpoint,
+    )
+    proxy = ProxyServer(core.director, ds, ProxyOptions.from_settings(settings), metrics=metrics)
+    await proxy.start("127.0.0.1", 0)
+
+    async def scrapes() -> None:  # fresh metrics every 50 ms, as the scraper would bring them
+        while True:
+            ds.update_metrics(
+                f"127.0.0.1:{up_port}",
+                EndpointMetrics(updated_at=ds.clock.now(), finished_requests=float(ModelServer.answered)),
+            )
+            await asyncio.sleep(0.05)
+
+    scraper = asyncio.create_task(scrapes())
+    results: dict[str, list[tuple[float, float]]] = {"proxy": [], "direct": []}
+    try:
+        await closed_loop(proxy.port, args.concurrency, 1000)  # warm-up
+        for _ in range(args.reps):
+            for name, port in (("proxy", proxy.port), ("direct", up_port)):
+                user, system = await closed_loop(port, args.concurrency, args.requests)
+                results[name].append((1e6 * user / args.requests, 1e6 * system / args.requests))
+        if args.profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+            await closed_loop(proxy.port, args.concurrency, args.requests)
+            prof.disable()
+            prof.dump_stats(args.profile)
+        print(f"flow control held {queued_share(metrics.registry):.1f} % of requests over 0.1 ms")
+    finally:
+        scraper.cancel()
+        await proxy.stop()
+        upstream.close()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--profile", type=Path)
+    args = ap.parse_args()
+    results = uvloop.run(measure(args))
+
+    def show(name: str, runs: list[tuple[float, float]]) -> float:
+        figures = ", ".join(f"{u + k:.1f} ({u:.0f} user)" for u, k in runs)
+        print(f"{name}: {figures} µs per request")
+        return min(u + k for u, k in runs)
+
+    proxy = show("client + proxy + server", results["proxy"])
+    direct = show("client + server (direct)", results["direct"])
+    print(f"the proxy's own, least of each: {proxy - direct:.1f} µs per request")
+
+
+if __name__ == "__main__":
+    main()
