@@ -59,10 +59,13 @@ QUEUE_SERIES = "inference_extension_flow_control_request_queue_duration_seconds"
 
 
 def queued_share(registry: CollectorRegistry) -> float:
-    """Per cent of the requests flow control held for more than 0.1 ms (its queue histogram)."""
+    """Per cent of the requests flow control dispatched after more than 0.1 ms in its queue (as
+    ``bench_dataplane.queue_counts`` reads it; bench scripts do not import one another)."""
     total = fast = 0.0
     for family in registry.collect():
         for sample in family.samples:
+            if sample.labels.get("outcome") != "dispatched":
+                continue
             if sample.name == f"{QUEUE_SERIES}_count":
                 total += sample.value
             elif sample.name == f"{QUEUE_SERIES}_bucket" and float(sample.labels["le"]) == 0.0001:
