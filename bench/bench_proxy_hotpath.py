@@ -10,10 +10,12 @@ completion with the same small JSON body (``usage`` included). Real sockets on 1
 every byte, so the proxy's reads and writes are counted. CPU is this process's over
 ``--requests`` requests (user and system, ``os.times``); the least of ``--reps`` is the figure to
 compare. ``direct`` is the same client against the model server alone: what the harness costs,
-to subtract.
+to subtract. After the warm-up the garbage collector is tuned as a serving gateway tunes it
+(``tune_gc_for_serving``; ``--gc default`` keeps Python's defaults), and the collections that
+the proxy's repetitions trigger are counted and timed.
 
     .venv/bin/python bench/bench_proxy_hotpath.py [--requests 20000] [--reps 3] [--concurrency 32]
-        [--profile out.prof]
+        [--gc serving|default] [--profile out.prof]
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import uvloop
 from prometheus_client import CollectorRegistry
 
 from infergate.app.core import build_core
+from infergate.app.process import tune_gc_for_serving
 from infergate.config.picker import default_picker_config
 from infergate.config.settings import Settings
 from infergate.dataplanes.builtin.proxy import ProxyOptions, ProxyServer
@@ -56,6 +61,25 @@ RESPONSE = (
 
 
 QUEUE_SERIES = "inference_extension_flow_control_request_queue_duration_seconds"
+
+
+class Collections:
+    """Garbage collections while ``counting``: how many per generation and the seconds they took."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.count = [0, 0, 0]
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if not self.counting:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count[info["generation"]] += 1
+            self.seconds += time.perf_counter() - self._started
 
 
 def queued_share(registry: CollectorRegistry) -> float:
@@ -175,7 +199,7 @@ async def closed_loop(port: int, concurrency: int, requests: int) -> tuple[float
     return spent
 
 
-async def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+async def measure(args: argparse.Namespace, collections: Collections) -> dict[str, list[tuple[float, float]]]:
     loop = asyncio.get_running_loop()
     upstream = await loop.create_server(ModelServer, "127.0.0.1", 0)
     up_port = int(upstream.sockets[0].getsockname()[1])
@@ -210,9 +234,13 @@ async def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float
     results: dict[str, list[tuple[float, float]]] = {"proxy": [], "direct": []}
     try:
         await closed_loop(proxy.port, args.concurrency, 1000)  # warm-up
+        if args.gc == "serving":
+            tune_gc_for_serving()
         for _ in range(args.reps):
             for name, port in (("proxy", proxy.port), ("direct", up_port)):
+                collections.counting = name == "proxy"
                 user, system = await closed_loop(port, args.concurrency, args.requests)
+                collections.counting = False
                 results[name].append((1e6 * user / args.requests, 1e6 * system / args.requests))
         if args.profile:
             import cProfile
@@ -235,9 +263,17 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--gc",
+        choices=("serving", "default"),
+        default="serving",
+        help="the garbage collector as `infergate serve` tunes it once serving, or Python's defaults",
+    )
     ap.add_argument("--profile", type=Path)
     args = ap.parse_args()
-    results = uvloop.run(measure(args))
+    collections = Collections()
+    gc.callbacks.append(collections)
+    results = uvloop.run(measure(args, collections))
 
     def show(name: str, runs: list[tuple[float, float]]) -> float:
         figures = ", ".join(f"{u + k:.1f} ({u:.0f} user)" for u, k in runs)
@@ -247,6 +283,12 @@ def main() -> None:
     proxy = show("client + proxy + server", results["proxy"])
     direct = show("client + server (direct)", results["direct"])
     print(f"the proxy's own, least of each: {proxy - direct:.1f} µs per request")
+    proxied = args.reps * args.requests
+    young, middle, full = collections.count
+    print(
+        f"garbage collector ({args.gc}) during the proxy's repetitions: {young} young, {middle} middle "
+        f"and {full} full collections, {1e6 * collections.seconds / proxied:.1f} µs per request"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from infergate.config.settings import Settings, parse_duration
 from infergate.errors import ConfigError
 
 from .gateway import Gateway
-from .process import configure_logging, run_async, stop_event
+from .process import configure_logging, run_async, stop_event, tune_gc_for_serving
 from .sources import KubernetesPoolSource
 from .workers import WorkerPool
 
@@ -68,6 +68,7 @@ def run_epp(settings: Settings, *, picker: EndpointPickerConfig | None = None) -
             f"metrics :{gw.admin.port} (auth {s.auth.metrics_auth}); waiting for the pool to sync",
             flush=True,
         )
+        tune_gc_for_serving()
         try:
             stopped = asyncio.ensure_future(stop.wait())
             failed = asyncio.ensure_future(gw.failed.wait())

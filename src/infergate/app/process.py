@@ -18,12 +18,13 @@ from typing import Any
 from .logs import configure_logging, setup_logging
 
 __all__ = [
+    "GC_GEN0_THRESHOLD",
     "configure_logging",
-    "freeze_startup_heap",
     "raise_fd_limit",
     "run_async",
     "setup_logging",
     "stop_event",
+    "tune_gc_for_serving",
 ]
 
 log = logging.getLogger("infergate.app")
@@ -41,13 +42,32 @@ def raise_fd_limit() -> None:
         pass
 
 
-def freeze_startup_heap() -> None:
-    """Move every object alive now (modules, settings, plugin tables, compiled configs) out of the
-    garbage collector's generations, once the process is serving: the collections that requests
-    trigger then never walk them again. Worth ~2 % of the built-in proxy's CPU per request
-    (bench/bench_dataplane.py); the objects were going to live as long as the process anyway."""
+GC_GEN0_THRESHOLD = 20_000
+"""Young-generation threshold once serving: tracked containers allocated, net of those freed,
+between two collections.
+
+Python's default, 700, is below what the requests in flight hold at once (about 20 containers
+each), so at 32 requests in flight the collector ran every few dozen requests, found nothing to
+free, and promoted live request state into the older generations, whose collections then walked
+it again. Refcounting frees almost everything a request allocates, so at 20,000 a young
+collection comes only with about a thousand requests in flight at once, or once cyclic garbage
+has piled up that far; each walks at most that many objects, a few milliseconds."""
+
+
+def tune_gc_for_serving() -> None:
+    """Settle the garbage collector for serving, once the process is: every object alive now
+    (modules, settings, plugin tables, compiled configs) leaves the collector's generations
+    (``gc.freeze``), so the collections that requests trigger never walk them again, and young
+    collections wait for :data:`GC_GEN0_THRESHOLD` allocations instead of 700.
+
+    Measured by ``bench/bench_proxy_hotpath.py --gc default`` against the default ``--gc serving``
+    (docs/benchmarks.md): the collector's time per proxied request falls by an order of
+    magnitude and full collections, tens of milliseconds each without the freeze, stop."""
     gc.collect()
     gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    if 0 < gen0 < GC_GEN0_THRESHOLD:  # 0: collection disabled by whoever embeds us; leave it
+        gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

@@ -31,7 +31,7 @@ from infergate.errors import ConfigError
 from .fleet import Fleet
 from .gateway import Gateway
 from .preflight import PortClaim, check_ports, parse_replica_ports
-from .process import configure_logging, freeze_startup_heap, run_async, setup_logging, stop_event
+from .process import configure_logging, run_async, setup_logging, stop_event, tune_gc_for_serving
 from .sources import ManifestPoolSource
 from .workers import WorkerPool
 
@@ -150,7 +150,7 @@ def run_serve(
         )
         if gw.metrics_token is not None:
             print(f"  metrics: {metrics_curl(host, gw.admin_port, gw.metrics_token)}", flush=True)
-        freeze_startup_heap()
+        tune_gc_for_serving()
         try:
             await stop.wait()
         finally:

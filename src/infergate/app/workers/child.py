@@ -33,7 +33,7 @@ from infergate.types import MonotonicClock
 
 from ..core import build_core, start_plugin_tasks
 from ..logs import configure_logging
-from ..process import freeze_startup_heap, run_async
+from ..process import run_async, tune_gc_for_serving
 from ..tasks import Supervisor
 from .affinity import (
     Credit,
@@ -181,7 +181,7 @@ class _Worker:
         tasks.spawn("channel", lambda: self.follow(reader), restart=False)
         await self.plane.start_worker(self.spec.listen)
         await write_message(self.writer, Message("ready", self.plane.port))
-        freeze_startup_heap()
+        tune_gc_for_serving()
         tasks.spawn("stats", self.push_stats)
         await self.stop.wait()
         await self.plane.stop()  # stop accepting, drain within proxy.shutdown_grace
