@@ -307,7 +307,11 @@ class _Connection(asyncio.Protocol):
         self._active: HttpRequest | None = None
         self._task: asyncio.Task[None] | None = None
         self._pipeline: deque[HttpRequest] = deque()
+        # the idle limit: the connection closes at ``_idle_deadline`` unless a request head
+        # arrives first; ``_idle`` fires at ``_idle_at``, at or before it (see ``_arm_idle``)
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_at = 0.0
+        self._idle_deadline: float | None = None
         self.closing = False
 
     # ------------------------------------------------------------------ transport callbacks
@@ -324,6 +328,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self.transport = None
         self.closing = True
+        self._idle_deadline = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -401,9 +406,7 @@ class _Connection(asyncio.Protocol):
         if req.version == "1.1" and "Host" not in req.headers:
             raise _HeadTooLarge("an HTTP/1.1 request without Host")
         req._expect_continue = req.headers.get("Expect", "").lower() == "100-continue"
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._idle_deadline = None  # the timer stays armed: it does nothing without a deadline
         if self._active is None:
             self._dispatch(req)
         else:
@@ -470,7 +473,7 @@ class _Connection(asyncio.Protocol):
         if not req._complete and not self.closing:
             # answered before its body was read: drop the rest of it, then close
             self._resume_reading()
-            self._idle = self.loop.call_later(_DISCARD_SECONDS, self._idle_expired)
+            self._arm_idle(_DISCARD_SECONDS)
             return
         if not req.keep_alive or self.closing:
             self.transport.close()
@@ -510,11 +513,37 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = True
             self.transport.pause_reading()
 
-    def _arm_idle(self) -> None:
-        self._idle = self.loop.call_later(self.server.idle_timeout, self._idle_expired)
+    def _arm_idle(self, seconds: float | None = None) -> None:
+        """Close the connection ``seconds`` (the server's idle timeout) from now unless a request
+        head arrives first.
+
+        The timer outlives the requests: a deadline no earlier than the armed timer's keeps it,
+        and the timer, when it fires, closes the connection if the deadline passed or re-arms
+        itself for it. Keep-alive connections then arm about one timer per idle timeout instead
+        of one per request (arming and cancelling one costs ~1.3 µs on uvloop,
+        bench/bench_loop_timers.py).
+        """
+        self._idle_until(self.loop.time() + (self.server.idle_timeout if seconds is None else seconds))
+
+    def _idle_until(self, deadline: float) -> None:
+        self._idle_deadline = deadline
+        timer = self._idle
+        if timer is not None:
+            if self._idle_at <= deadline:
+                return
+            timer.cancel()
+        self._idle_at = deadline
+        self._idle = self.loop.call_at(deadline, self._idle_expired)
 
     def _idle_expired(self) -> None:
         self._idle = None
+        deadline = self._idle_deadline
+        if deadline is None:  # a request arrived meanwhile; its end arms the timer again
+            return
+        if deadline > self.loop.time():  # moved since the timer was armed (or fired early)
+            self._idle_until(deadline)
+            return
+        self._idle_deadline = None
         if self._active is None and self.transport is not None:
             self.transport.close()
 
