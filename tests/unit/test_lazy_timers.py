@@ -1,5 +1,6 @@
-"""Timers that outlive requests: the upstream client's read limit and the HTTP/1.1 server's idle
-limit arm about one loop timer per limit, not one per request, and still fire on time.
+"""Timers that outlive requests (``servers/deadline.py``): the upstream client's read limit and the
+HTTP/1.1 server's idle limit arm about one loop timer per limit, not one per request, and still
+fire on time.
 
 The loop's clock and timers are the test's (:class:`FakeTimers`); futures and tasks come from the
 real loop. Coroutines waiting on the upstream connection are driven by hand: ``send(None)`` runs
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from infergate.dataplanes.builtin.upstream import UpstreamAborted, UpstreamTimeout, _Conn
+from infergate.servers.deadline import DeadlineTimer
 from infergate.servers.http1 import Http1Server, HttpRequest, Response, _Connection
 
 
@@ -68,6 +70,28 @@ class FakeTimers:
             first.callback(*first.args)
 
 
+async def test_a_deadline_moved_later_keeps_the_timer_and_one_moved_sooner_rearms_it() -> None:
+    timers = FakeTimers(asyncio.get_running_loop())
+    fired: list[float] = []
+    deadline = DeadlineTimer(timers, lambda: fired.append(timers.now))  # type: ignore[arg-type]
+    deadline.set(10.0)
+    deadline.set(12.0)
+    assert timers.arms == 1 and timers.pending() == [10.0]
+    timers.advance(10.0)  # fires early for the deadline set since: re-arms, no callback
+    assert fired == [] and timers.pending() == [12.0]
+    deadline.set(11.0)  # sooner than the armed timer
+    assert timers.pending() == [11.0]
+    timers.advance(11.0)
+    assert fired == [11.0] and deadline.deadline is None
+    deadline.set(20.0)
+    deadline.clear()
+    timers.advance(20.0)
+    assert fired == [11.0] and timers.pending() == []
+    deadline.set(30.0)
+    deadline.cancel()
+    assert timers.pending() == []
+
+
 def _begin(wait: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None]:
     wait.send(None)  # to `await waiter`: the wait is pending now
     return wait
@@ -84,7 +108,7 @@ def _ends(wait: Coroutine[Any, Any, None]) -> bool:
 async def _upstream() -> tuple[_Conn, FakeTimers]:
     conn = _Conn("127.0.0.1:8000")
     timers = FakeTimers(asyncio.get_running_loop())
-    conn._loop = timers  # type: ignore[assignment]
+    conn._loop = conn._timer.loop = timers  # type: ignore[assignment]
     return conn, timers
 
 
@@ -173,7 +197,7 @@ async def _server_connection(
 ) -> tuple[_Connection, FakeTransport, FakeTimers]:
     conn = _Connection(Http1Server(handler, idle_timeout=5.0))
     timers = FakeTimers(asyncio.get_running_loop())
-    conn.loop = timers  # type: ignore[assignment]
+    conn.loop = conn._idle.loop = timers  # type: ignore[assignment]
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     return conn, transport, timers

@@ -35,6 +35,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.errors import BadRequestError, InternalError, RequestError
+from infergate.servers.deadline import DeadlineTimer
 
 __all__ = ["BodyTooLarge", "Http1Server", "HttpRequest", "MalformedBody", "Response"]
 
@@ -307,11 +308,7 @@ class _Connection(asyncio.Protocol):
         self._active: HttpRequest | None = None
         self._task: asyncio.Task[None] | None = None
         self._pipeline: deque[HttpRequest] = deque()
-        # the idle limit: the connection closes at ``_idle_deadline`` unless a request head
-        # arrives first; ``_idle`` fires at ``_idle_at``, at or before it (see ``_arm_idle``)
-        self._idle: asyncio.TimerHandle | None = None
-        self._idle_at = 0.0
-        self._idle_deadline: float | None = None
+        self._idle = DeadlineTimer(self.loop, self._idle_expired)  # see ``_arm_idle``
         self.closing = False
 
     # ------------------------------------------------------------------ transport callbacks
@@ -328,10 +325,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self.transport = None
         self.closing = True
-        self._idle_deadline = None
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._idle.cancel()
         gone = ConnectionResetError("the client disconnected")
         for req in (self._active, *self._pipeline, self._parsing):
             if req is not None:
@@ -406,7 +400,7 @@ class _Connection(asyncio.Protocol):
         if req.version == "1.1" and "Host" not in req.headers:
             raise _HeadTooLarge("an HTTP/1.1 request without Host")
         req._expect_continue = req.headers.get("Expect", "").lower() == "100-continue"
-        self._idle_deadline = None  # the timer stays armed: it does nothing without a deadline
+        self._idle.clear()
         if self._active is None:
             self._dispatch(req)
         else:
@@ -515,35 +509,11 @@ class _Connection(asyncio.Protocol):
 
     def _arm_idle(self, seconds: float | None = None) -> None:
         """Close the connection ``seconds`` (the server's idle timeout) from now unless a request
-        head arrives first.
-
-        The timer outlives the requests: a deadline no earlier than the armed timer's keeps it,
-        and the timer, when it fires, closes the connection if the deadline passed or re-arms
-        itself for it. Keep-alive connections then arm about one timer per idle timeout instead
-        of one per request (arming and cancelling one costs ~1.3 µs on uvloop,
-        bench/bench_loop_timers.py).
-        """
-        self._idle_until(self.loop.time() + (self.server.idle_timeout if seconds is None else seconds))
-
-    def _idle_until(self, deadline: float) -> None:
-        self._idle_deadline = deadline
-        timer = self._idle
-        if timer is not None:
-            if self._idle_at <= deadline:
-                return
-            timer.cancel()
-        self._idle_at = deadline
-        self._idle = self.loop.call_at(deadline, self._idle_expired)
+        head arrives first (one timer per connection, re-armed only when it fires: see
+        :class:`~infergate.servers.deadline.DeadlineTimer`)."""
+        self._idle.set(self.loop.time() + (self.server.idle_timeout if seconds is None else seconds))
 
     def _idle_expired(self) -> None:
-        self._idle = None
-        deadline = self._idle_deadline
-        if deadline is None:  # a request arrived meanwhile; its end arms the timer again
-            return
-        if deadline > self.loop.time():  # moved since the timer was armed (or fired early)
-            self._idle_until(deadline)
-            return
-        self._idle_deadline = None
         if self._active is None and self.transport is not None:
             self.transport.close()
 

@@ -25,6 +25,8 @@ from typing import cast
 
 from multidict import CIMultiDict
 
+from infergate.servers.deadline import DeadlineTimer
+
 __all__ = [
     "Exchange",
     "UpstreamAborted",
@@ -115,9 +117,7 @@ class _Conn(asyncio.Protocol):
         self.aborted: UpstreamAborted | None = None
         self._loop = asyncio.get_running_loop()  # built by create_connection's factory
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0  # when ``_timer`` fires: at or before the pending wait's deadline
-        self._deadline: float | None = None  # of the pending wait; None: no limit
+        self._timer = DeadlineTimer(self._loop, self._expire)  # the pending wait's limit
         self._limit: float | None = None  # the pending wait's limit, for the error message
         self.limited: tuple[float, UpstreamAborted] | None = None
         self._paused = False
@@ -153,9 +153,7 @@ class _Conn(asyncio.Protocol):
         if exc is not None:
             self.error = exc
         self.transport = None
-        if self._timer is not None:  # no wait outlasts the connection
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()  # no wait outlasts the connection
         self._wake()
 
     def _wake(self) -> None:
@@ -167,12 +165,9 @@ class _Conn(asyncio.Protocol):
     async def wait_data(self, limit: float | None) -> None:
         """Wait until more bytes (or EOF) arrive; at most ``limit`` seconds (or the idle cap).
 
-        The limit is a loop timer that outlives the wait: a wait whose deadline is no earlier
-        than the armed timer's keeps it, and the timer, when it fires, fails the wait pending
-        then if that wait's deadline has passed, or re-arms itself for it. Most waits of a
-        connection have the same limit, so a proxied request arms no timer of its own (arming and
-        cancelling one costs ~1.3 µs on uvloop, bench/bench_loop_timers.py; ``asyncio.timeout``
-        more still).
+        The limit is the connection's :class:`~infergate.servers.deadline.DeadlineTimer`, armed
+        once and moved with each wait rather than armed per wait; ``asyncio.timeout`` would cost
+        more still (task bookkeeping), and this runs once or twice per proxied request.
         """
         if self.aborted is not None:
             raise self.aborted
@@ -187,38 +182,20 @@ class _Conn(asyncio.Protocol):
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         self._limit = limit
-        if limit is None:
-            self._deadline = None
-        else:
-            self._deadline = deadline = loop.time() + limit
-            self._arm(deadline)
+        if limit is not None:
+            self._timer.set(loop.time() + limit)
         try:
             await waiter
         finally:
             self._waiter = None
+            self._timer.clear()
         if self.aborted is not None:
             raise self.aborted
 
-    def _arm(self, deadline: float) -> None:
-        """Make sure the timer fires no later than ``deadline``."""
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= deadline:
-                return
-            timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._expire)
-
     def _expire(self) -> None:
-        """The timer fired: fail the pending wait if its deadline passed (withdrawn if the idle
-        cap was set), else wait on for it; with no wait pending, just stop."""
-        self._timer = None
+        """The pending wait's limit passed: fail it (withdrawn if the idle cap was set)."""
         w = self._waiter
-        deadline = self._deadline
-        if w is None or w.done() or deadline is None:
-            return
-        if deadline > self._loop.time():
-            self._arm(deadline)
+        if w is None or w.done():
             return
         if self.limited is not None:
             w.set_exception(self.limited[1])
@@ -237,10 +214,9 @@ class _Conn(asyncio.Protocol):
         if self._waiter is None:
             return
         deadline = self._loop.time() + seconds
-        if self._deadline is not None and self._deadline <= deadline:
-            return
-        self._deadline = deadline
-        self._arm(deadline)
+        current = self._timer.deadline
+        if current is None or deadline < current:
+            self._timer.set(deadline)
 
     def take(self, n: int) -> bytes:
         out = bytes(self.buf[:n])
@@ -259,9 +235,7 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
             self.transport = None
         self.eof = True
-        if self._timer is not None:  # it holds this connection until it fires
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()  # it holds this connection until it fires
 
 
 class UpstreamResponse:
