@@ -1,0 +1,59 @@
+"""``bench/bench_dataplane.py``'s verdicts on issue #18's targets, per repetition."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def dataplane() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_dataplane.py"
+    spec = importlib.util.spec_from_file_location("bench_dataplane", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def point(path: str, rep: int, rps: float, cpu: float | None = None, c: int = 32) -> dict[str, Any]:
+    p: dict[str, Any] = {"path": path, "rep": rep, "rps": rps, "concurrency": c}
+    if cpu is not None:
+        p["cpu_us_per_req"] = cpu
+    return p
+
+
+def test_each_repetition_is_judged_against_the_peer_of_the_same_repetition(dataplane: ModuleType) -> None:
+    points = [
+        point("sglang-router:cache_aware", 0, 1000.0, 300.0),
+        point("infergate", 0, 950.0, 420.0),  # 0.95x rate, 1.40x CPU: both met
+        point("sglang-router:cache_aware", 1, 2000.0, 200.0),
+        point("infergate", 1, 950.0, 420.0),  # the same figures, a faster peer: both missed
+        point("infergate", 0, 10.0, 9999.0, c=8),  # another concurrency is not judged
+    ]
+    text = dataplane.targets(points, 32)
+    assert "| infergate | 0 | 950 / 1,000 = 0.95x | 420 / 300 = 1.40x | yes | yes |" in text
+    assert "| infergate | 1 | 950 / 2,000 = 0.47x | 420 / 200 = 2.10x | no | no |" in text
+    assert text.endswith("met: infergate: rate 1 of 2, CPU 1 of 2")
+
+
+def test_the_envoy_path_is_held_to_twice_the_rate_the_issue_measured(dataplane: ModuleType) -> None:
+    points = [
+        point("sglang-router:cache_aware", 0, 1200.0, 250.0),
+        point("infergate-envoy", 0, 1100.0, 900.0),
+        point("infergate-envoy", 1, 1000.0, 900.0),  # no peer in this repetition: rate only
+    ]
+    text = dataplane.targets(points, 32)
+    assert "| infergate-envoy | 0 | 1,100 (0.92x) | – | yes (≥ 1,048) | – |" in text
+    assert "| infergate-envoy | 1 | 1,000 | – | no (≥ 1,048) | – |" in text
+    assert "met: infergate-envoy: rate 1 of 2" in text
+
+
+def test_nothing_to_judge_without_an_infergate_path(dataplane: ModuleType) -> None:
+    assert dataplane.targets([point("sglang-router:cache_aware", 0, 1000.0, 300.0)], 32) == ""
