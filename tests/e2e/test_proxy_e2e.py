@@ -270,8 +270,10 @@ async def test_dead_replica_leaves_rotation_and_requests_keep_succeeding(
 
 
 async def test_no_ready_endpoint_is_503(tmp_path: Path) -> None:
+    """A request waits for an endpoint up to ``no_endpoint_request_ttl`` (else ``request_ttl``, a
+    minute), then gets 503; a short wait here keeps the test from sitting out the minute."""
     manifests = load_manifests([write_manifests(tmp_path, [free_port()])])
-    gw = Gateway(ManifestPoolSource(manifests), local_settings())
+    gw = Gateway(ManifestPoolSource(manifests), local_settings({"flow_control.no_endpoint_request_ttl": 0.3}))
     await gw.start()
     try:
         async with aiohttp.ClientSession() as s:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
 
+from infergate.bench import workloads
 from infergate.bench.loadgen import RequestRecord, arrival_offsets
 from infergate.bench.report import RunResult, to_markdown, write_json
 from infergate.bench.stats import Slo, percentile, summarise
@@ -20,6 +22,16 @@ pytestmark = pytest.mark.timeout(900)
 
 def test_builtin_workloads_cover_the_four_kinds() -> None:
     assert {"multi-tenant-chat", "tutorial-mix", "sharegpt-like", "bursts"} <= set(builtin_workloads())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123])
+def test_prompt_text_is_the_words_random_choice_picks(seed: int) -> None:
+    """The published workloads' text stays what ``rng.choice`` gave before it was drawn inline."""
+    fast, reference = random.Random(seed), random.Random(seed)
+    for tokens in (0, 1, 9, 400):
+        expected = " ".join(reference.choice(workloads._WORDS) for _ in range(tokens))
+        assert workloads._text(fast, tokens) == expected
+    assert fast.random() == reference.random()  # and the generator is left in the same state
 
 
 @pytest.mark.parametrize("name", sorted(builtin_workloads()))
