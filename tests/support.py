@@ -29,8 +29,41 @@ from infergate.config.settings import Settings
 MIN_DEADLINE = 60.0
 
 
+def _port_block() -> range | None:
+    """The ports this test process hands out: 1,000 below the kernel's ephemeral range, a block per
+    pytest-xdist worker. A port the kernel chose (``bind(0)``) and the test closed again may be
+    chosen for another worker before the test's server binds it; ports from disjoint blocks outside
+    the ephemeral range are never given out twice at once, nor to a client connection. None when the
+    ephemeral range leaves no room below it (then the kernel chooses)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    start = 10_000 + 1_000 * index
+    return range(start, start + 1_000) if start + 1_000 <= low else None
+
+
+_PORTS = _port_block()
+_next_port = 0
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, from this process's block when it has
+    one (see :func:`_port_block`), taken in turn so that a port just closed is not handed out again
+    at once."""
+    global _next_port
+    if _PORTS is not None:
+        for _ in range(len(_PORTS)):
+            port = _PORTS[_next_port % len(_PORTS)]
+            _next_port += 1
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
