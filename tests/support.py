@@ -6,6 +6,7 @@ Tests never sleep to synchronise: they poll a condition until a deadline and fai
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import yaml
@@ -27,6 +29,17 @@ from infergate.config.settings import Settings
 # Deadlines only stop hangs, they never measure: a loaded machine (CI has 2 cores shared with child
 # processes) may need far longer than the caller expected, so no wait below gives up sooner than this.
 MIN_DEADLINE = 60.0
+
+
+def load_bench_script(name: str) -> ModuleType:
+    """``bench/<name>.py`` as a module: the bench scripts are files, not a package."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 def _port_block() -> range | None:

@@ -7,9 +7,6 @@ bench lock.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -17,19 +14,14 @@ import pytest
 from infergate.bench.loadgen import arrival_offsets
 from infergate.bench.twin import TwinConfig, run_twin
 from infergate.bench.workloads import BenchRequest, WorkloadSpec, generate
+from tests.support import load_bench_script
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 @pytest.fixture(scope="module")
 def agreement() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "bench" / "bench_twin_agreement.py"
-    spec = importlib.util.spec_from_file_location("bench_twin_agreement", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_twin_agreement")
 
 
 def tiny(requests: int = 20) -> list[BenchRequest]:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests.support import load_bench_script
+
 
 @pytest.fixture(scope="module")
 def dataplane() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "bench" / "bench_dataplane.py"
-    spec = importlib.util.spec_from_file_location("bench_dataplane", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_dataplane")
 
 
 def point(path: str, rep: int, rps: float, cpu: float | None = None, c: int = 32) -> dict[str, Any]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -12,17 +10,12 @@ import pytest
 
 from infergate.bench.stats import SloRate
 from infergate.bench.steady import SteadyPlan
+from tests.support import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def regret() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "bench" / "bench_regret.py"
-    spec = importlib.util.spec_from_file_location("bench_regret", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_regret")
 
 
 PLAN = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=5.0, duration_s=15.0, cooldown_s=2.0)
