@@ -28,13 +28,18 @@ replica's own, which every path's requests cost on top of the router's. For the 
 CPU is also split by process: Envoy's, and the picker's (the gateway's Python processes). CPU per
 request is the honest capacity figure on a machine the load generator and the replica share.
 
+``--rate R`` offers every path R requests a second (still at most ``--concurrency`` in flight)
+instead of the closed loop: a router that carries more requests a second spends less CPU on each
+(each wakeup handles more of them), so at a rate every path sustains the CPU per request compares
+like with like.
+
 Last, each infergate path's repetitions at c=32 (else the highest concurrency) are judged against
 issue #18's targets: the built-in proxy's rate at least 0.9x and its CPU per request at most 1.5x
 sglang-router's in the same repetition, the Envoy path at least 1,048 req/s (twice the issue's).
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
         [--paths direct,infergate,...] [--workers 1,2] [--gateway-args "..."] [--json out.json]
-        [--before-src DIR] [--replica-args "--time-scale 0.02"]
+        [--before-src DIR] [--replica-args "--time-scale 0.02"] [--rate R]
 
 ``--workers 1,2`` runs every ``infergate*`` path once per worker count (``proxy.workers``: for
 ``infergate-envoy`` N picker processes behind the one Envoy), named ``<path> ×N`` for N > 1; the
@@ -259,8 +264,16 @@ class Rig:
                 proc.wait()
 
 
-async def closed_loop(url: str, concurrency: int, requests: int) -> dict[str, float]:
-    """``concurrency`` clients posting BODY back to back until ``requests`` answers came back."""
+async def closed_loop(
+    url: str, concurrency: int, requests: int, rate: float | None = None
+) -> dict[str, float]:
+    """``concurrency`` clients posting BODY back to back until ``requests`` answers came back.
+
+    With ``rate``, request ``i`` is not sent before ``i / rate`` seconds after the start (the
+    clients take the slots in turn): every path is offered the same requests a second, so their CPU
+    per request compares at the same rate; a path that cannot keep up falls behind the schedule
+    and shows a lower rate.
+    """
     lat: list[float] = []
     errors = 0
     left = requests
@@ -269,7 +282,12 @@ async def closed_loop(url: str, concurrency: int, requests: int) -> dict[str, fl
         async def client() -> None:
             nonlocal left, errors
             while left > 0:
+                slot = requests - left
                 left -= 1
+                if rate:
+                    delay = t_start + slot / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 t0 = time.perf_counter()
                 try:
                     async with session.post(
@@ -318,7 +336,9 @@ def queue_counts(admin: str) -> tuple[float, float]:
     return total, fast
 
 
-async def measure(route: Route, concurrency: int, requests: int, idle_s: float) -> dict[str, Any]:
+async def measure(
+    route: Route, concurrency: int, requests: int, idle_s: float, rate: float | None = None
+) -> dict[str, Any]:
     """A warm-up (connections, caches), the router's idle CPU rate over ``idle_s`` seconds without
     requests (metrics scrapes, health probes), then the measured loop with its CPU around it.
 
@@ -336,7 +356,7 @@ async def measure(route: Route, concurrency: int, requests: int, idle_s: float) 
     counts0 = queue_counts(route.admin) if route.admin else None
     split0 = tree_cpu_by_command(route.pid) if route.pid else {}
     cpu0 = sum(split0.values())
-    point = await closed_loop(route.url, concurrency, requests)
+    point = await closed_loop(route.url, concurrency, requests, rate)
     if route.admin and counts0 is not None:
         if route.workers > 1:
             await asyncio.sleep(1.5)  # workers push their counters to /metrics once a second
@@ -403,7 +423,7 @@ CPU_TARGET = 1.5
 ENVOY_RATE_TARGET = 2 * 524.0
 
 
-def targets(points: list[dict[str, Any]], concurrency: int) -> str:
+def targets(points: list[dict[str, Any]], concurrency: int, offered: float | None = None) -> str:
     """Each infergate path's repetitions at ``concurrency`` against the issue's targets.
 
     The reference is the first sglang-router path measured; the built-in proxy's paths (every
@@ -447,7 +467,9 @@ def targets(points: list[dict[str, Any]], concurrency: int) -> str:
     if not lines:
         return ""
     head = [
-        f"Targets at c={concurrency}, per repetition"
+        f"Targets at c={concurrency}"
+        + (f", every path offered {offered:,.0f} req/s" if offered else "")
+        + ", per repetition"
         + (f" (against {ref_name} in the same repetition)" if ref_name else "")
         + f": rate ≥ {RATE_TARGET}x, CPU per request ≤ {CPU_TARGET}x; the Envoy path"
         f" ≥ {ENVOY_RATE_TARGET:,.0f} req/s",
@@ -535,6 +557,12 @@ def main() -> None:
         help="extra `infergate simulate` flags: '--time-scale 0.02' makes the replica 50x faster "
         "than the modelled GPU",
     )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        help="offer every path this many requests a second (at most --concurrency in flight) instead "
+        "of a closed loop: CPU per request compared at one rate",
+    )
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
     ap.add_argument(
@@ -559,7 +587,7 @@ def main() -> None:
         for rep in range(args.reps):
             for route in rig.routes:
                 for c in concurrencies:
-                    point = asyncio.run(measure(route, c, args.requests, args.idle_seconds))
+                    point = asyncio.run(measure(route, c, args.requests, args.idle_seconds, args.rate))
                     point["rep"] = rep
                     points.append(point)
                     cpu = point.get("cpu_us_per_req")
@@ -582,7 +610,7 @@ def main() -> None:
                     )
     print()
     print(summarise(points, concurrencies))
-    verdicts = targets(points, 32 if 32 in concurrencies else concurrencies[-1])
+    verdicts = targets(points, 32 if 32 in concurrencies else concurrencies[-1], args.rate)
     if verdicts:
         print()
         print(verdicts)

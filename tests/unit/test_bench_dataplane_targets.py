@@ -50,3 +50,9 @@ def test_the_envoy_path_is_held_to_twice_the_rate_the_issue_measured(dataplane: 
 
 def test_nothing_to_judge_without_an_infergate_path(dataplane: ModuleType) -> None:
     assert dataplane.targets([point("sglang-router:cache_aware", 0, 1000.0, 300.0)], 32) == ""
+
+
+def test_a_paced_run_says_at_what_rate_the_paths_were_compared(dataplane: ModuleType) -> None:
+    points = [point("sglang-router:cache_aware", 0, 800.0, 300.0), point("infergate", 0, 799.0, 420.0)]
+    assert "every path offered 800 req/s" in dataplane.targets(points, 32, 800.0)
+    assert "offered" not in dataplane.targets(points, 32)
