@@ -116,6 +116,26 @@ def test_in_flight_counts_and_never_goes_negative(ds: Datastore) -> None:
     assert ds.endpoint("unknown:1") is None
 
 
+def test_a_listener_may_leave_out_the_in_flight_counts(ds: Datastore, clock: FakeClock) -> None:
+    """Membership, metrics and health still reach it; acquire and release (twice per request) do not."""
+    every: list[str] = []
+    state: list[str] = []
+    ds.add_listener(lambda: every.append("x"))
+    unsubscribe = ds.add_listener(lambda: state.append("x"), in_flight=False)
+    ds.upsert_endpoint(meta("p1"))
+    key = "10.0.0.1:8000"
+    ds.update_metrics(key, EndpointMetrics(updated_at=clock.t))
+    ds.set_healthy(key, False)
+    assert len(every) == len(state) == 3
+    ds.acquire(key)
+    ds.release(key)
+    assert len(every) == 5 and len(state) == 3
+    unsubscribe()
+    unsubscribe()
+    ds.remove_endpoint(key)
+    assert len(every) == 6 and len(state) == 3
+
+
 def test_listeners_called_synchronously_and_unsubscribe(ds: Datastore, clock: FakeClock) -> None:
     calls: list[int] = []
     unsubscribe = ds.add_listener(lambda: calls.append(len(ds.endpoints())))

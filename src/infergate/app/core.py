@@ -104,4 +104,4 @@ def start_plugin_tasks(
             scheduler.sync_endpoints(datastore.endpoints())
 
     on_change()
-    return datastore.add_listener(on_change)
+    return datastore.add_listener(on_change, in_flight=False)

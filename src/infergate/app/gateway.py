@@ -117,7 +117,7 @@ class Gateway:
         self._serving = False
         self._stopping = False
         source.attach(self.datastore)
-        self.datastore.add_listener(self._ready_changed.set)
+        self.datastore.add_listener(self._ready_changed.set, in_flight=False)
         if source.pool_known():  # manifests: the whole graph exists before start()
             self._attach(self._known_pool())
 

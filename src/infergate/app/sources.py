@@ -192,7 +192,7 @@ class KubernetesPoolSource:
 
     def attach(self, datastore: Datastore) -> None:
         self._datastore = datastore
-        datastore.add_listener(self._changed.set)
+        datastore.add_listener(self._changed.set, in_flight=False)
 
     async def open(self) -> None:
         from infergate.sources.kubernetes_client import make_api_client

@@ -64,6 +64,8 @@ class Datastore:
         self._objectives: dict[str, Objective] = {}
         self._rewrites: dict[str, ModelRewrite] = {}
         self._listeners: list[Listener] = []
+        # listeners that follow membership, health, metrics and models, not in-flight counts
+        self._state_listeners: list[Listener] = []
         self._departure_listeners: list[Callable[[str], None]] = []
         self._membership = 0
         self._peers: dict[int, dict[str, int]] = {}  # other gateway workers' in-flight counts
@@ -247,7 +249,7 @@ class Datastore:
         if old is None:
             return
         self._endpoints[key] = old.with_load(old.in_flight + 1, old.in_flight_tokens + max(0, tokens))
-        self._notify()
+        self._notify(self._listeners)
 
     def release(self, key: str, tokens: int = 0) -> None:
         """Count one request to ``key`` as finished, with the ``tokens`` it still held; never goes
@@ -257,7 +259,7 @@ class Datastore:
             return
         left = max(0, old.in_flight_tokens - max(0, tokens))
         self._endpoints[key] = old.with_load(old.in_flight - 1, left)
-        self._notify()
+        self._notify(self._listeners)
 
     def release_tokens(self, key: str, tokens: int) -> None:
         """A request on ``key`` finished its prefill (first streamed chunk): its prompt tokens no
@@ -293,17 +295,23 @@ class Datastore:
 
     # -- listeners --------------------------------------------------------------------------
 
-    def add_listener(self, fn: Listener) -> Callable[[], None]:
+    def add_listener(self, fn: Listener, *, in_flight: bool = True) -> Callable[[], None]:
         """Call ``fn()`` synchronously after every endpoint, metrics, health or in-flight change.
+
+        ``in_flight=False`` leaves out the in-flight counts, which change twice per request
+        (:meth:`acquire`, :meth:`release`): a listener that follows membership, health or metrics
+        only (a task woken through an ``asyncio.Event``, say) is then not run, or woken, for every
+        request.
 
         Returns a function that unsubscribes ``fn``; calling it twice is harmless. A listener that
         raises is logged and does not stop the others or the change itself.
         """
-        self._listeners.append(fn)
+        listeners = self._listeners if in_flight else self._state_listeners
+        listeners.append(fn)
 
         def unsubscribe() -> None:
             with contextlib.suppress(ValueError):
-                self._listeners.remove(fn)
+                listeners.remove(fn)
 
         return unsubscribe
 
@@ -319,10 +327,17 @@ class Datastore:
 
         return unsubscribe
 
-    def _notify(self) -> None:
-        if not self._listeners:
+    def _notify(self, listeners: list[Listener] | None = None) -> None:
+        """Run ``listeners``, by default every listener (a change other than an in-flight count)."""
+        if listeners is None:
+            if not self._listeners and not self._state_listeners:
+                return
+            called: tuple[Listener, ...] = (*self._listeners, *self._state_listeners)
+        elif not listeners:
             return
-        for fn in tuple(self._listeners):
+        else:
+            called = tuple(listeners)
+        for fn in called:
             try:
                 fn()
             except Exception:

@@ -149,7 +149,7 @@ class MetricsScraper:
         """Scrape until cancelled; on exit every child task is cancelled and the session closed."""
         session = self._session_factory()
         self._changed = asyncio.Event()
-        unsubscribe = self._ds.add_listener(self._changed.set)
+        unsubscribe = self._ds.add_listener(self._changed.set, in_flight=False)
         gauges = asyncio.create_task(self._pool_gauge_loop()) if self._metrics is not None else None
         try:
             while True:

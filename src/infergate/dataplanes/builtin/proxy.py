@@ -138,7 +138,7 @@ class EndpointSource(Protocol):
     def endpoints(self) -> list[Endpoint]: ...
     def endpoint(self, key: str) -> Endpoint | None: ...
     def served_models(self) -> frozenset[str]: ...
-    def add_listener(self, fn: Callable[[], None]) -> Callable[[], None]: ...
+    def add_listener(self, fn: Callable[[], None], *, in_flight: bool = True) -> Callable[[], None]: ...
     @property
     def membership_version(self) -> int: ...
 
@@ -224,7 +224,7 @@ class ProxyServer:
             idle_timeout=self._opts.stream_idle_timeout,
             max_per_host=self._opts.max_connections_per_endpoint,
         )
-        self._unsubscribe = self._endpoints.add_listener(self._on_pool_change)
+        self._unsubscribe = self._endpoints.add_listener(self._on_pool_change, in_flight=False)
         self._http = Http1Server(
             self._handle,
             idle_timeout=self._opts.keepalive_timeout,
@@ -362,11 +362,12 @@ class ProxyServer:
         return ep is not None and ep.healthy
 
     def _on_pool_change(self) -> None:
-        """Datastore listener (runs on every change): withdraw exchanges on removed endpoints.
+        """Datastore listener (every change but in-flight counts): withdraw exchanges on removed
+        endpoints.
 
-        Metrics and in-flight changes (every scrape, every request) leave the membership version
-        alone and return at once. An endpoint that only turned unhealthy keeps its exchanges until
-        the scraper declares it down (:meth:`endpoint_down`, after several failed probes).
+        Metrics changes (every scrape) leave the membership version alone and return at once. An
+        endpoint that only turned unhealthy keeps its exchanges until the scraper declares it down
+        (:meth:`endpoint_down`, after several failed probes).
         """
         version = self._endpoints.membership_version
         if version == self._membership_seen:
