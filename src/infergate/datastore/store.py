@@ -249,7 +249,7 @@ class Datastore:
         if old is None:
             return
         self._endpoints[key] = old.with_load(old.in_flight + 1, old.in_flight_tokens + max(0, tokens))
-        self._notify(self._listeners)
+        self._notify(in_flight=True)
 
     def release(self, key: str, tokens: int = 0) -> None:
         """Count one request to ``key`` as finished, with the ``tokens`` it still held; never goes
@@ -259,7 +259,7 @@ class Datastore:
             return
         left = max(0, old.in_flight_tokens - max(0, tokens))
         self._endpoints[key] = old.with_load(old.in_flight - 1, left)
-        self._notify(self._listeners)
+        self._notify(in_flight=True)
 
     def release_tokens(self, key: str, tokens: int) -> None:
         """A request on ``key`` finished its prefill (first streamed chunk): its prompt tokens no
@@ -327,16 +327,10 @@ class Datastore:
 
         return unsubscribe
 
-    def _notify(self, listeners: list[Listener] | None = None) -> None:
-        """Run ``listeners``, by default every listener (a change other than an in-flight count)."""
-        if listeners is None:
-            if not self._listeners and not self._state_listeners:
-                return
-            called: tuple[Listener, ...] = (*self._listeners, *self._state_listeners)
-        elif not listeners:
-            return
-        else:
-            called = tuple(listeners)
+    def _notify(self, *, in_flight: bool = False) -> None:
+        """Run the listeners of a change: for an in-flight count only those that asked for them."""
+        # a copy: a listener may unsubscribe while they run
+        called = (*self._listeners,) if in_flight else (*self._listeners, *self._state_listeners)
         for fn in called:
             try:
                 fn()
