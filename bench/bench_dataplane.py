@@ -264,6 +264,23 @@ class Rig:
                 proc.wait()
 
 
+def send_delay(slot: int, rate: float, elapsed: float) -> float:
+    """Seconds until request ``slot`` (from 0) is due at ``rate`` requests a second, ``elapsed``
+    seconds after the start; 0 when it is due or late (a path behind the schedule is not paced)."""
+    return max(0.0, slot / rate - elapsed)
+
+
+def positive_rate(text: str) -> float:
+    """``--rate``: requests a second, a finite number above 0."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate must be requests a second, not {text!r}") from None
+    if not (rate > 0 and math.isfinite(rate)):
+        raise argparse.ArgumentTypeError(f"--rate must be above 0 requests a second, not {text}")
+    return rate
+
+
 async def closed_loop(
     url: str, concurrency: int, requests: int, rate: float | None = None
 ) -> dict[str, float]:
@@ -284,8 +301,8 @@ async def closed_loop(
             while left > 0:
                 slot = requests - left
                 left -= 1
-                if rate:
-                    delay = t_start + slot / rate - time.perf_counter()
+                if rate is not None:
+                    delay = send_delay(slot, rate, time.perf_counter() - t_start)
                     if delay > 0:
                         await asyncio.sleep(delay)
                 t0 = time.perf_counter()
@@ -559,7 +576,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--rate",
-        type=float,
+        type=positive_rate,
         help="offer every path this many requests a second (at most --concurrency in flight) instead "
         "of a closed loop: CPU per request compared at one rate",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from types import ModuleType
 from typing import Any
 
@@ -56,3 +57,16 @@ def test_a_paced_run_says_at_what_rate_the_paths_were_compared(dataplane: Module
     points = [point("sglang-router:cache_aware", 0, 800.0, 300.0), point("infergate", 0, 799.0, 420.0)]
     assert "every path offered 800 req/s" in dataplane.targets(points, 32, 800.0)
     assert "offered" not in dataplane.targets(points, 32)
+
+
+def test_paced_requests_wait_for_their_slot_and_late_ones_go_at_once(dataplane: ModuleType) -> None:
+    assert dataplane.send_delay(0, 700.0, 0.0) == 0.0
+    assert dataplane.send_delay(70, 700.0, 0.04) == pytest.approx(0.06)  # due at 0.1 s
+    assert dataplane.send_delay(70, 700.0, 0.5) == 0.0  # behind the schedule: no wait
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "nan", "inf", "fast"])
+def test_a_rate_that_is_not_a_positive_number_is_refused_by_name(dataplane: ModuleType, text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="--rate"):
+        dataplane.positive_rate(text)
+    assert dataplane.positive_rate("700") == 700.0
