@@ -155,8 +155,11 @@ def _epp(tmp: Path, pool: Path) -> tuple[ChildProcess, int, int, int]:
 
 async def _one_request(port: int) -> None:
     """One request as Envoy sends it, on a connection of its own (each new connection goes to
-    one of the workers listening on the shared port)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    one of the workers listening on the shared port). A local subchannel pool makes the channel
+    open its own connection: from gRPC's global pool a new channel may take over the connection
+    of the one just closed, and with it the same worker."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
         call, _ = await routed(pb_grpc.ExternalProcessorStub(ch), _completion(), None)
         await call.write(response_headers_msg(length=2))
         await call.write(body_msg(b"{}", eos=True, response=True))
