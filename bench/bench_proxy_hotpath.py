@@ -14,8 +14,23 @@ to subtract. After the warm-up the garbage collector is tuned as a serving gatew
 (``tune_gc_for_serving``; ``--gc default`` keeps Python's defaults), and the collections that
 the proxy's repetitions trigger are counted and timed.
 
+CPU seconds on a shared VM move by 10-20 % between repetitions, more than most single changes
+to the request path are worth. ``--instructions`` counts instructions instead, which do not
+depend on what else the machine does: it runs this script under valgrind's callgrind four
+times (proxy and direct, each with ``N`` and ``3N`` requests) and reports the difference per
+request, so start-up and warm-up cancel out. Callgrind runs code about 50 times slower, while
+the gateway judges a server by its completions per second and the age of its metrics: at a
+fiftieth of the speed the replica would look slow and its metrics stale, and flow control would
+queue requests the gateway at full speed admits at once. Those runs give the gateway a clock
+that runs 50 times slower than the wall clock and scrape 50 times less often (``--slowdown``),
+so it sees the rates and ages it sees at full speed and takes the same path. Instructions are
+not CPU time (system calls and cache misses are not in them), but a change that removes
+instructions from the request path removes its CPU. Two runs of the same code agree within
+about 1 %.
+
     .venv/bin/python bench/bench_proxy_hotpath.py [--requests 20000] [--reps 3] [--concurrency 32]
         [--gc serving|default] [--profile out.prof]
+    .venv/bin/python bench/bench_proxy_hotpath.py --instructions [--requests 400] [--only proxy]
 """
 
 from __future__ import annotations
@@ -27,7 +42,12 @@ import gc
 import json
 import os
 import random
+import re
+import subprocess
+import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
@@ -104,6 +124,17 @@ def _content_length(head: bytes) -> int:
         return 0
     end = head.find(b"\r\n", at)
     return int(head[at + 15 : end if end >= 0 else None])
+
+
+class SlowClock:
+    """Monotonic time running ``slowdown`` times slower than the wall clock (see ``--slowdown``)."""
+
+    def __init__(self, slowdown: float) -> None:
+        self.slowdown = slowdown
+        self.start = time.monotonic()
+
+    def now(self) -> float:
+        return self.start + (time.monotonic() - self.start) / self.slowdown
 
 
 class ModelServer(asyncio.Protocol):
@@ -203,7 +234,7 @@ async def measure(args: argparse.Namespace, collections: Collections) -> dict[st
     loop = asyncio.get_running_loop()
     upstream = await loop.create_server(ModelServer, "127.0.0.1", 0)
     up_port = int(upstream.sockets[0].getsockname()[1])
-    ds = Datastore()
+    ds = Datastore(SlowClock(args.slowdown))
     ds.upsert_endpoint(EndpointMeta(name="e", address="127.0.0.1", port=up_port))
     ds.set_models(f"127.0.0.1:{up_port}", frozenset({MODEL}))
     settings = Settings()
@@ -228,16 +259,17 @@ async def measure(args: argparse.Namespace, collections: Collections) -> dict[st
                 f"127.0.0.1:{up_port}",
                 EndpointMetrics(updated_at=ds.clock.now(), finished_requests=float(ModelServer.answered)),
             )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05 * args.slowdown)
 
     scraper = asyncio.create_task(scrapes())
     results: dict[str, list[tuple[float, float]]] = {"proxy": [], "direct": []}
     try:
-        await closed_loop(proxy.port, args.concurrency, 1000)  # warm-up
+        await closed_loop(proxy.port, args.concurrency, args.warmup)
         if args.gc == "serving":
             tune_gc_for_serving()
+        targets = (("proxy", proxy.port), ("direct", up_port))
         for _ in range(args.reps):
-            for name, port in (("proxy", proxy.port), ("direct", up_port)):
+            for name, port in targets if args.only is None else [t for t in targets if t[0] == args.only]:
                 collections.counting = name == "proxy"
                 user, system = await closed_loop(port, args.concurrency, args.requests)
                 collections.counting = False
@@ -258,9 +290,45 @@ async def measure(args: argparse.Namespace, collections: Collections) -> dict[st
     return results
 
 
+TOTALS = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
+
+
+def callgrind_total(args: list[str]) -> int:
+    """Instructions callgrind counted over this script run with ``args``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, *args]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        found = TOTALS.search(out.read_bytes())
+    if found is None:
+        raise SystemExit(f"no totals line in callgrind's output for {args}")
+    return int(found.group(1))
+
+
+def count_instructions(args: argparse.Namespace) -> None:
+    """Instructions per request through the proxy and directly, and the proxy's own (see the
+    module docstring)."""
+    n = args.requests
+    common = ["--reps", "1", "--warmup", "400", "--concurrency", str(args.concurrency), "--gc", args.gc]
+    common += ["--slowdown", str(args.slowdown if args.slowdown is not None else 50.0)]
+    per: dict[str, float] = {}
+    for name in ("proxy", "direct") if args.only is None else (args.only,):
+        with ThreadPoolExecutor(2) as pool:  # callgrind runs on one core: both at once
+            low, high = pool.map(
+                callgrind_total, ([*common, "--only", name, "--requests", str(k)] for k in (n, 3 * n))
+            )
+        per[name] = (high - low) / (2 * n)
+        print(f"{name}: {per[name]:,.0f} instructions per request ({low:,} with {n}, {high:,} with {3 * n})")
+    if len(per) == 2:
+        print(f"the proxy's own: {per['proxy'] - per['direct']:,.0f} instructions per request")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument(
+        "--requests", type=int, default=None, help="per repetition (default 20000; 400 with --instructions)"
+    )
+    ap.add_argument("--warmup", type=int, default=1000, help="requests through the proxy before measuring")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument(
@@ -270,7 +338,21 @@ def main() -> None:
         help="the garbage collector as `infergate serve` tunes it once serving, or Python's defaults",
     )
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--only", choices=("proxy", "direct"), help="measure one target only")
+    ap.add_argument(
+        "--slowdown",
+        type=float,
+        default=None,
+        help="the gateway's clock and scrapes this many times slower (1; 50 with --instructions)",
+    )
+    ap.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead")
     args = ap.parse_args()
+    if args.instructions:
+        args.requests = args.requests or 400
+        count_instructions(args)
+        return
+    args.requests = args.requests or 20000
+    args.slowdown = args.slowdown or 1.0
     collections = Collections()
     gc.callbacks.append(collections)
     results = uvloop.run(measure(args, collections))
@@ -280,6 +362,9 @@ def main() -> None:
         print(f"{name}: {figures} µs per request")
         return min(u + k for u, k in runs)
 
+    if args.only is not None:
+        show(args.only, results[args.only])
+        return
     proxy = show("client + proxy + server", results["proxy"])
     direct = show("client + server (direct)", results["direct"])
     print(f"the proxy's own, least of each: {proxy - direct:.1f} µs per request")

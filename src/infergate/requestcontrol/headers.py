@@ -51,10 +51,18 @@ class LowerCaseHeaders(dict[str, str]):
     builds from Envoy's header map, so neither is copied again on the way through."""
 
 
+_CASELESS_TYPES: set[type] = {LowerCaseHeaders}
+"""Exact types :func:`lower_case` has found to need no copy: an ABC's ``isinstance`` is a
+Python-level call, and the Director asks for every request."""
+
+
 def lower_case(headers: Mapping[str, str]) -> Mapping[str, str]:
     """Headers to look up by lower-case name: a case-insensitive mapping (see
     :class:`CaseInsensitiveHeaders`) or :class:`LowerCaseHeaders` as it is, others copied."""
+    if type(headers) in _CASELESS_TYPES:
+        return headers
     if isinstance(headers, (LowerCaseHeaders, CaseInsensitiveHeaders)):
+        _CASELESS_TYPES.add(type(headers))
         return headers
     return LowerCaseHeaders({k.lower(): v for k, v in headers.items()})
 

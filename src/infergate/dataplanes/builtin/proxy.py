@@ -546,7 +546,9 @@ class ProxyServer:
                 raise _ClientGone from exc
 
         try:
-            async for chunk in resp.iter_chunks():
+            # read_chunk returns b"" only at the body's end; not ``async for`` over iter_chunks,
+            # whose async generator the event loop tracks in a weak set (see UpstreamResponse.read)
+            while chunk := await resp.read_chunk():
                 data = director.handle_response_chunk(ctx, chunk, end_of_stream=False)
                 if data:
                     await send(data)

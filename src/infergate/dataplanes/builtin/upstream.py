@@ -316,7 +316,7 @@ class UpstreamResponse:
             self._keep_alive = False  # body ends when the server closes
 
     async def read_chunk(self) -> bytes:
-        """The next piece of the body as it arrives; ``b""`` at its end.
+        """The next piece of the body as it arrives, never empty; ``b""`` only at its end.
 
         Raises :class:`UpstreamAborted` (even with bytes still buffered) once the exchange was
         withdrawn, :class:`UpstreamTimeout` after ``idle_timeout`` without a byte.
@@ -407,17 +407,19 @@ class UpstreamResponse:
             await c.wait_data(self._timeout)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            data = await self.read_chunk()
-            if not data:
-                if self._done:
-                    return
-                continue
+        """The body's pieces as they arrive (for callers outside the request path)."""
+        while data := await self.read_chunk():
             yield data
 
     async def read(self) -> bytes:
-        out = bytearray()
-        async for chunk in self.iter_chunks():
+        """The rest of the body. A loop over :meth:`read_chunk`, not ``async for`` over
+        :meth:`iter_chunks`: the event loop keeps every async generator in a weak set until it is
+        finalised, a cost paid on every request; a body that arrived whole is returned as is."""
+        data = await self.read_chunk()
+        if self._done:
+            return data
+        out = bytearray(data)
+        while chunk := await self.read_chunk():
             out += chunk
         return bytes(out)
 
@@ -442,6 +444,46 @@ class UpstreamResponse:
             self._on_finish()
 
 
+class _HostGate:
+    """At most ``limit`` requests at once to one host, the others served first come, first served.
+
+    ``asyncio.Semaphore`` does this, but its ``acquire`` is a coroutine that scans its waiters
+    even when a slot is free; here the caller takes a free slot with two attribute reads
+    (``if gate.free and not gate.waiters``) and awaits :meth:`wait` only when it must queue.
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        """Queue for a slot; on return the caller holds one (release it with :meth:`release`)."""
+        if self.free and not self.waiters:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot as it was cancelled: pass it on
+            elif fut in self.waiters:  # (release may have dropped it already)
+                self.waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first waiter still waiting, else to the free count."""
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class UpstreamPool:
     """Keep-alive connections per ``host:port``; at most ``max_per_host`` at once per host."""
 
@@ -461,7 +503,7 @@ class UpstreamPool:
         self._idle_timeout = read_timeout if idle_timeout is None else idle_timeout
         self._idle: dict[str, deque[_Conn]] = {}
         self._max_idle = max_idle_per_host
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._limits: dict[str, _HostGate] = {}
         self._max_per_host = max_per_host
         self._closed = False
 
@@ -506,10 +548,13 @@ class UpstreamPool:
         head.extend(f"{k}: {v}\r\n" for k, v in headers)
         head.append("\r\n")
         payload = "".join(head).encode("latin-1", errors="replace")
-        sem = self._limits.get(key)
-        if sem is None:
-            sem = self._limits[key] = asyncio.Semaphore(self._max_per_host)
-        await sem.acquire()
+        gate = self._limits.get(key)
+        if gate is None:
+            gate = self._limits[key] = _HostGate(self._max_per_host)
+        if gate.free and not gate.waiters:
+            gate.free -= 1
+        else:
+            await gate.wait()
         released = False
 
         def finish() -> None:
@@ -518,7 +563,7 @@ class UpstreamPool:
                 exchange._detach()
             if not released:
                 released = True
-                sem.release()
+                gate.release()
 
         try:
             if exchange is not None and exchange.aborted is not None:

@@ -53,9 +53,13 @@ T = TypeVar("T")
 P = TypeVar("P", bound=BaseModel)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class StateKey(Generic[T]):
-    """A typed key into :class:`CycleState`; the type parameter is the value's type."""
+    """A typed key into :class:`CycleState`; the type parameter is the value's type.
+
+    Keys compare by identity (each is a module constant): a dataclass's generated ``__hash__``
+    is a Python call on every lookup, three or more per request.
+    """
 
     name: str
 
