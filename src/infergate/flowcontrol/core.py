@@ -13,7 +13,6 @@ import heapq
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -22,7 +21,7 @@ from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.telemetry import GatewayMetrics
-from infergate.types import Endpoint, InferenceRequest
+from infergate.types import Endpoint, InferenceRequest, typed_frozen
 
 __all__ = ["Decision", "FlowCore", "Offer"]
 
@@ -48,7 +47,7 @@ class Decision(StrEnum):
     REJECT_NO_ENDPOINTS = "no_endpoints"  # the pool has no ready endpoint and the request cannot wait: 503
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class Offer:
     decision: Decision
     item: QueuedItem | None = None

@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from infergate.errors import ModelNotFoundError, NoCapacityError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import FairnessIds, Principal, RequestLimits, check_scope
 from infergate.requestcontrol.parsing import ParsedBody, parse_body, rewrite_model
-from infergate.types import ApiKind, Endpoint, InferenceRequest, ModelRewrite, Objective, SchedulingResult
+from infergate.types import (
+    ApiKind,
+    Endpoint,
+    InferenceRequest,
+    ModelRewrite,
+    Objective,
+    SchedulingResult,
+    typed_frozen,
+)
 
 if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
@@ -65,7 +73,7 @@ RoomFilter = Callable[[Sequence[Endpoint]], list[Endpoint]]
 """Flow control's narrowing of candidates to those with room (``FlowCore.with_room`` bound to now)."""
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class Resolved:
     """A request the core accepted: what to schedule and the body to send upstream."""
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from infergate.errors import BadRequestError
-from infergate.types import ApiKind
+from infergate.types import ApiKind, typed_frozen
 
 __all__ = [
     "ParsedBody",
@@ -34,7 +33,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 MAX_TOKENS_CEILING = 10_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class TokenIds:
     """A prompt given as token ids, summed up so limits can judge it without keeping the lists.
 
@@ -48,7 +47,7 @@ class TokenIds:
     highest: int
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class ParsedBody:
     """What the director reads from a request body. ``data`` is the decoded JSON object."""
 

@@ -10,8 +10,9 @@ never delays a whole event.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
+
+from infergate.types import typed_frozen
 
 __all__ = ["ModelNameRewriter", "SSEUsageParser", "Usage", "usage_from_json", "usage_from_object"]
 
@@ -19,7 +20,7 @@ __all__ = ["ModelNameRewriter", "SSEUsageParser", "Usage", "usage_from_json", "u
 _MAX_PENDING = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class Usage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

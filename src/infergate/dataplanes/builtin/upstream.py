@@ -545,7 +545,7 @@ class UpstreamPool:
         body reads); a withdrawn request is never retried on a fresh connection.
         """
         head = [f"{method} {target} HTTP/1.1\r\nHost: {key}\r\nContent-Length: {len(body)}\r\n"]
-        head.extend(f"{k}: {v}\r\n" for k, v in headers)
+        head += [f"{k}: {v}\r\n" for k, v in headers]  # a list, not a generator: no frame per header
         head.append("\r\n")
         payload = "".join(head).encode("latin-1", errors="replace")
         gate = self._limits.get(key)

@@ -57,7 +57,7 @@ from pydantic import Field
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
 from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, candidate_keys
 from infergate.scheduling.sdk.scores import CandidateScores
-from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
+from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult, typed_frozen
 
 __all__ = ["LatencyParams", "LatencyPrediction", "LatencyRecord", "PredictedLatencyScorer", "TtftRecord"]
 
@@ -117,7 +117,7 @@ class _EndpointState:
         return max(0.0, self.frontend_ms - (now - self.frontend_at) * 1000.0 * (1.0 - self.frontend_busy))
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class LatencyPrediction:
     """One candidate's prediction, kept for the PostPick hook, the live view and the correction."""
 
@@ -128,7 +128,7 @@ class LatencyPrediction:
     frontend_ms: float = 0.0  # the wait predicted in the server's API frontend (part of ttft_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class _Cycle:
     hashes: list[int]
     prompt_tokens: int
@@ -138,7 +138,7 @@ class _Cycle:
 _CYCLE: StateKey[_Cycle] = StateKey("predicted-latency")
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class LatencyRecord:
     """What one pick added to the scorer's accounting of its endpoint, for another scorer to add too.
 
@@ -155,7 +155,7 @@ class LatencyRecord:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@typed_frozen
 class TtftRecord:
     """One observed TTFT on an endpoint, as the online correction learns it: the (clamped) ratio of
     observed to predicted TTFT, the prediction without the correction factor.
