@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -236,3 +237,40 @@ def test_with_load_changes_only_the_in_flight_counts() -> None:
         in_flight_tokens=900,
     )
     assert ep.with_load(5, 1200) == dataclasses.replace(ep, in_flight=5, in_flight_tokens=1200)
+
+
+def test_aggregates_read_per_request_follow_every_change(ds: Datastore) -> None:
+    """``has_healthy``, ``served_models``, ``max_model_len`` and ``top_priority`` are kept, not
+    recomputed per request: after any sequence of changes they equal what the endpoints, models,
+    context lengths and objectives give when computed from scratch."""
+    rng = random.Random(7)
+    names = [f"p{i}" for i in range(1, 6)]
+    for step in range(600):
+        name = rng.choice(names)
+        key = meta(name).key
+        op = rng.randrange(9)
+        if op == 0:
+            ds.upsert_endpoint(meta(name, **{"v": str(step)}))  # a new identity, same key
+        elif op == 1:
+            ds.upsert_endpoint(meta(name))
+        elif op == 2:
+            ds.remove_endpoint(key)
+        elif op == 3:
+            ds.set_healthy(key, rng.random() < 0.5)
+        elif op == 4:
+            ds.set_models(key, frozenset(rng.sample(["a", "b", "c", "lora-x"], rng.randrange(3))))
+        elif op == 5:
+            ds.set_max_model_len(key, rng.choice([None, 2048, 4096, 8192]))
+        elif op == 6:
+            ds.upsert_objective(Objective(name=rng.choice("xyz"), priority=rng.randrange(-3, 4)))
+        elif op == 7:
+            ds.remove_objective(rng.choice("xyz"))
+        else:
+            ds.acquire(key)  # in-flight changes touch none of them
+        served: set[str] = set()
+        for e in ds.endpoints():
+            served |= ds.models(e.key)
+        assert ds.has_healthy() == any(e.healthy for e in ds.endpoints()), step
+        assert ds.served_models() == served, step
+        assert ds.max_model_len() == max(ds.context_lengths().values(), default=None), step
+        assert ds.top_priority() == max((o.priority for o in ds.objectives()), default=None), step

@@ -69,6 +69,12 @@ class Datastore:
         self._departure_listeners: list[Callable[[str], None]] = []
         self._membership = 0
         self._peers: dict[int, dict[str, int]] = {}  # other gateway workers' in-flight counts
+        # Aggregates every request reads, kept here instead of recomputed per request over every
+        # endpoint (or objective): None means "recompute on the next read".
+        self._healthy = 0
+        self._served: frozenset[str] | None = frozenset()
+        self._max_context: tuple[int | None] | None = (None,)
+        self._top_priority: tuple[int | None] | None = (None,)
 
     # -- pool -------------------------------------------------------------------------------
 
@@ -99,7 +105,8 @@ class Datastore:
         """
         old = self._endpoints.get(meta.key)
         if old is None:
-            self._endpoints[meta.key] = Endpoint(meta=meta)
+            endpoint = self._endpoints[meta.key] = Endpoint(meta=meta)
+            self._healthy += endpoint.healthy
             self._membership += 1
         elif old.meta == meta:
             return
@@ -109,10 +116,14 @@ class Datastore:
 
     def remove_endpoint(self, key: str) -> None:
         """Forget an endpoint; unknown keys are ignored (removals may race with scrapes)."""
-        if self._endpoints.pop(key, None) is None:
+        old = self._endpoints.pop(key, None)
+        if old is None:
             return
-        self._models.pop(key, None)
-        self._context.pop(key, None)
+        self._healthy -= old.healthy
+        if self._models.pop(key, None):
+            self._served = None
+        if self._context.pop(key, None) is not None:
+            self._max_context = None
         for counts in self._peers.values():
             counts.pop(key, None)
         self._membership += 1
@@ -165,6 +176,11 @@ class Datastore:
         """Every known endpoint, healthy or not, fresh or not."""
         return list(self._endpoints.values())
 
+    def has_healthy(self) -> bool:
+        """Whether any endpoint is healthy (fresh metrics or not): a count kept as endpoints come,
+        go and change health, since flow control asks for every request."""
+        return self._healthy > 0
+
     def is_fresh(self, endpoint: Endpoint, now: float | None = None) -> bool:
         """True when the endpoint's metrics were scraped within ``staleness`` seconds of ``now``."""
         updated = endpoint.metrics.updated_at
@@ -200,6 +216,7 @@ class Datastore:
         if old is None or old.healthy == healthy:
             return
         self._endpoints[key] = replace(old, healthy=healthy)
+        self._healthy += 1 if healthy else -1
         self._membership += 1
         self._notify()
 
@@ -208,20 +225,25 @@ class Datastore:
         if key not in self._endpoints or self._models.get(key) == models:
             return
         self._models[key] = frozenset(models)
+        self._served = None
 
     def set_max_model_len(self, key: str, tokens: int | None) -> None:
         """Record the context length one endpoint reports for its base model (None: unknown)."""
-        if key not in self._endpoints:
+        if key not in self._endpoints or self._context.get(key) == tokens:
             return
         if tokens is None:
             self._context.pop(key, None)
         else:
             self._context[key] = tokens
+        self._max_context = None
 
     def max_model_len(self) -> int | None:
         """The longest context any endpoint reports: a prompt longer than that fits nowhere in the
         pool, so the gateway refuses it instead of letting a model server spend work on it."""
-        return max(self._context.values(), default=None)
+        cached = self._max_context
+        if cached is None:
+            cached = self._max_context = (max(self._context.values(), default=None),)
+        return cached[0]
 
     def context_lengths(self) -> dict[str, int]:
         """Every endpoint's reported context length (what worker processes receive)."""
@@ -237,10 +259,13 @@ class Datastore:
         Unhealthy endpoints count so that a pool that is briefly down answers 503 (no capacity)
         rather than 404 (unknown model).
         """
-        out: set[str] = set()
-        for models in self._models.values():
-            out |= models
-        return frozenset(out)
+        served = self._served
+        if served is None:
+            out: set[str] = set()
+            for models in self._models.values():
+                out |= models
+            served = self._served = frozenset(out)
+        return served
 
     def acquire(self, key: str, tokens: int = 0) -> None:
         """Count one more request the gateway has sent to ``key`` and not yet seen finish, with
@@ -273,15 +298,26 @@ class Datastore:
 
     def upsert_objective(self, o: Objective) -> None:
         self._objectives[o.name] = o
+        self._top_priority = None
 
     def remove_objective(self, name: str) -> None:
-        self._objectives.pop(name, None)
+        if self._objectives.pop(name, None) is not None:
+            self._top_priority = None
 
     def objective(self, name: str) -> Objective | None:
         return self._objectives.get(name)
 
     def objectives(self) -> list[Objective]:
         return list(self._objectives.values())
+
+    def top_priority(self) -> int | None:
+        """The highest priority of any objective (None without objectives)."""
+        cached = self._top_priority
+        if cached is None:
+            cached = self._top_priority = (
+                max((o.priority for o in self._objectives.values()), default=None),
+            )
+        return cached[0]
 
     def upsert_rewrite(self, r: ModelRewrite) -> None:
         self._rewrites[r.name] = r

@@ -146,7 +146,9 @@ class FlowCore:
             return 1.0
         top = self._config.top_priority
         if top is None:
-            top = max((o.priority for o in self._ds.objectives()), default=priority)
+            top = self._ds.top_priority()
+            if top is None:
+                top = priority
         return 1.0 if priority >= top else 1.0 - headroom
 
     def with_room(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
@@ -192,7 +194,7 @@ class FlowCore:
     def pool_empty(self) -> bool:
         """True while the pool has no ready (healthy) endpoint at all: nothing can be dispatched
         until one comes (scale from zero), so waiting runs on the no-endpoint budget."""
-        return not any(e.healthy for e in self._ds.endpoints())
+        return not self._ds.has_healthy()
 
     # -- decisions --------------------------------------------------------------------------
 
