@@ -250,7 +250,7 @@ def test_aggregates_read_per_request_follow_every_change(ds: Datastore) -> None:
         key = meta(name).key
         op = rng.randrange(9)
         if op == 0:
-            ds.upsert_endpoint(meta(name, **{"v": str(step)}))  # a new identity, same key
+            ds.upsert_endpoint(meta(name, 8000, v=str(step)))  # a new identity, same key
         elif op == 1:
             ds.upsert_endpoint(meta(name))
         elif op == 2:
