@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -215,3 +216,116 @@ schedulingProfiles:
     assert plugin.predict(
         e, prompt_tokens=0, matched_tokens=0, adapter=None, now=300.0
     ).ttft_ms == pytest.approx(10.0)
+
+
+def _reference_cost(
+    scorer: PredictedLatencyScorer,
+    e: Endpoint,
+    *,
+    prompt_tokens: int,
+    matched_tokens: int,
+    adapter: str | None,
+    now: float,
+    slot_pressure: float,
+) -> float:
+    """The model as the module docstring writes it, through the endpoint state's own helpers
+    (``drained``, ``frontend_drained``, ``_rate``): the oracle for the scoring loop, which writes
+    them out for speed."""
+    p = scorer._p
+    m = e.metrics
+    st = scorer._state_of(e.key)
+    uncached = max(0, prompt_tokens - matched_tokens)
+    prefill = uncached * p.prefill_ms_per_token
+    per_request = st.avg_prefill_ms if st.sent >= 5 else (scorer._avg_prefill_ms or prefill)
+    per_request = max(per_request, p.decode_step_ms)
+    backlog = max(st.drained(now), m.waiting_queue_size * per_request)
+    seqs = max(m.running_requests + m.waiting_queue_size, e.in_flight)
+    kv_tokens = 0.0
+    if m.num_gpu_blocks and m.block_size:
+        kv_tokens = m.kv_cache_usage * m.num_gpu_blocks * m.block_size
+    step = p.decode_step_ms + p.decode_ms_per_seq * (seqs + 1) + p.decode_ms_per_kv_token * kv_tokens
+    tpot = step / (1.0 - min(0.9, scorer._rate(st, now)))
+    lora = 0.0
+    if adapter is not None and adapter not in m.running_adapters and adapter not in m.waiting_adapters:
+        busy = len(m.running_adapters | m.waiting_adapters)
+        swap = st.avg_answer_tokens * tpot
+        lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
+    st.frontend_ms = st.frontend_drained(now)
+    st.frontend_at = now
+    st.frontend_busy = min(0.95, p.frontend_ms_per_token * m.running_requests / tpot) if tpot > 0 else 0.0
+    frontend = st.frontend_ms / (1.0 - st.frontend_busy)
+    ttft = (p.overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
+    return ttft / (p.ttft_slo_seconds * 1000.0) + tpot / (p.tpot_slo_seconds * 1000.0)
+
+
+def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> None:
+    """Two scorers with the same history: one scores through its loop, the other is priced by the
+    oracle above; every score and every endpoint's state afterwards are equal, float for float,
+    over a few hundred cycles of varied pools (queues, KV, adapters, in-flight counts, backlogs,
+    prefix matches, corrections)."""
+    rng = random.Random(11)
+
+    class Clock:
+        t = 50.0
+
+        def now(self) -> float:
+            return self.t
+
+    clock = Clock()
+    # a short rate window, so the prefill share reaches its cap of 0.9 in some cycles
+    params = LatencyParams(rate_window_seconds=0.5, prefill_ms_per_token=1.0)
+    fast, oracle = PredictedLatencyScorer(params, clock=clock), PredictedLatencyScorer(params, clock=clock)
+    adapters = ["sql-lora", "chat-lora", "food-review"]
+    prompts = ["x" * n + " shared system prompt " * 20 * n for n in range(8)]
+    for cycle in range(300):
+        clock.t += rng.choice([0.0, 0.001, 0.02, 0.3])
+        pool = [
+            make_endpoint(
+                f"e{i}",
+                in_flight=rng.randrange(6),
+                waiting_queue_size=rng.randrange(4),
+                running_requests=rng.randrange(40),
+                kv_cache_usage=rng.random(),
+                num_gpu_blocks=rng.choice([None, 4000]),
+                block_size=rng.choice([None, 16]),
+                running_adapters=rng.sample(adapters, rng.randrange(3)),
+                max_active_adapters=rng.choice([0, 2, 4]),
+            )
+            for i in range(rng.randrange(1, 6))
+        ]
+        model = rng.choice([BASE, *adapters])
+        request = InferenceRequest(
+            request_id=f"r{cycle}", model=model, target_model=model, prompt=rng.choice(prompts), max_tokens=64
+        )
+        state = CycleState()
+        got = fast.score(request, pool, state)
+        # the oracle sees the same inputs the loop derived: prompt size, matches, adapter, pressure
+        block_tokens = pool[0].metrics.block_size or 16
+        hashes = oracle._hashes(request, block_tokens)
+        matched = oracle.index.match(hashes) if hashes else {}
+        adapter = request.target_model if oracle._is_adapter(request, pool) else None
+        pressure = oracle._slot_pressure(adapter, pool) if adapter is not None else 0.0
+        prompt_tokens = max(1, len(request.prompt.encode()) // 4)
+        costs = [
+            _reference_cost(
+                oracle,
+                e,
+                prompt_tokens=prompt_tokens,
+                matched_tokens=matched.get(e.key, 0) * block_tokens,
+                adapter=adapter,
+                now=clock.t,
+                slot_pressure=pressure,
+            )
+            for e in pool
+        ]
+        assert list(got.values()) == [min(costs) / c if c > 0 else 1.0 for c in costs], cycle
+        assert fast._state == oracle._state, cycle  # the frontend brought up to now alike
+        # both account the same pick and learn from the same answer: their histories stay equal
+        primary = pool[rng.randrange(len(pool))]
+        result = SchedulingResult(profile="default", targets=(primary,))
+        fast.post_pick(request, result, state)
+        oracle.post_pick(request, result, state)
+        assert fast._state == oracle._state, cycle
+        ttft = rng.choice([None, 0.05, 0.4])
+        fast.observe_ttft(request.request_id, ttft)
+        oracle.observe_ttft(request.request_id, ttft)

@@ -128,11 +128,15 @@ class LatencyPrediction:
     frontend_ms: float = 0.0  # the wait predicted in the server's API frontend (part of ttft_ms)
 
 
+_Prediction = tuple[float, float, int, float, float]
+"""A :class:`LatencyPrediction`'s fields in order, as the scoring loop keeps them per candidate."""
+
+
 @typed_frozen
 class _Cycle:
     hashes: list[int]
     prompt_tokens: int
-    predictions: dict[str, LatencyPrediction] = field(default_factory=dict)
+    predictions: dict[str, _Prediction] = field(default_factory=dict)
 
 
 _CYCLE: StateKey[_Cycle] = StateKey("predicted-latency")
@@ -238,42 +242,86 @@ class PredictedLatencyScorer:
         slot_pressure: float = 0.0,
     ) -> LatencyPrediction:
         """The request's predicted TTFT and TPOT on ``endpoint`` (milliseconds)."""
-        p = self._p
-        m = endpoint.metrics
-        st = self._state_of(endpoint.key)
-        uncached = max(0, prompt_tokens - matched_tokens)
-        prefill = uncached * p.prefill_ms_per_token
-        # requests waiting on an endpoint this gateway sent little to (another gateway replica's,
-        # or sent before a restart) are priced at the pool's average prefill, else at this one's;
-        # each at least one decode step: a waiting request is one the engine could not start yet
-        per_request = st.avg_prefill_ms if st.sent >= 5 else (self._avg_prefill_ms or prefill)
-        per_request = max(per_request, p.decode_step_ms)
-        backlog = max(st.drained(now), m.waiting_queue_size * per_request)
-        seqs = max(m.running_requests + m.waiting_queue_size, endpoint.in_flight)
-        kv_tokens = 0.0
-        if m.num_gpu_blocks and m.block_size:
-            kv_tokens = m.kv_cache_usage * m.num_gpu_blocks * m.block_size
-        step = p.decode_step_ms + p.decode_ms_per_seq * (seqs + 1) + p.decode_ms_per_kv_token * kv_tokens
-        rho = min(0.9, self._rate(st, now))
-        tpot = step / (1.0 - rho)
-        lora = 0.0
-        if adapter is not None and adapter not in m.running_adapters and adapter not in m.waiting_adapters:
-            busy = len(m.running_adapters | m.waiting_adapters)
-            swap = st.avg_answer_tokens * tpot
-            # a free slot loads at once, but taking one for an adapter already served elsewhere
-            # costs the pool a slot a cold adapter may need: charged at the pool's slot use
-            lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
-        # the API frontend streams one token per running sequence per step: that share of its time
-        # (at most 0.95) is not available to admit requests; the request work waiting there is
-        # brought up to now at the share measured before, and its wait priced at today's
-        st.frontend_ms = st.frontend_drained(now)
-        st.frontend_at = now
-        st.frontend_busy = min(0.95, p.frontend_ms_per_token * m.running_requests / tpot) if tpot > 0 else 0.0
-        frontend = st.frontend_ms / (1.0 - st.frontend_busy)
-        ttft = (p.overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
+        ttft, tpot, uncached, prefill, frontend = self._predict_all(
+            [endpoint], prompt_tokens, [matched_tokens], adapter, now, slot_pressure
+        )[0]
         return LatencyPrediction(
             ttft_ms=ttft, tpot_ms=tpot, uncached_tokens=uncached, prefill_ms=prefill, frontend_ms=frontend
         )
+
+    def _predict_all(
+        self,
+        candidates: Sequence[Endpoint],
+        prompt_tokens: int,
+        matched_tokens: Sequence[int],
+        adapter: str | None,
+        now: float,
+        slot_pressure: float,
+    ) -> list[_Prediction]:
+        """:meth:`predict` for every candidate in one loop: the model's constants are read once
+        per cycle and the per-endpoint helpers (``drained``, ``frontend_drained``, ``_rate``)
+        written out, because this runs for every candidate of every request (a thousand-endpoint
+        pool spent most of its scheduling cycle here). The arithmetic is the helpers', in the
+        same order, so the floats are the same."""
+        p = self._p
+        state_of = self._state_of
+        exp = math.exp
+        prefill_ms_per_token = p.prefill_ms_per_token
+        decode_step_ms = p.decode_step_ms
+        decode_ms_per_seq = p.decode_ms_per_seq
+        decode_ms_per_kv_token = p.decode_ms_per_kv_token
+        frontend_ms_per_token = p.frontend_ms_per_token
+        overhead_ms = p.overhead_ms
+        rate_window = p.rate_window_seconds
+        pool_avg_prefill = self._avg_prefill_ms
+        out: list[_Prediction] = []
+        for endpoint, matched in zip(candidates, matched_tokens, strict=True):
+            m = endpoint.metrics
+            st = state_of(endpoint.meta.key)
+            uncached = max(0, prompt_tokens - matched)
+            prefill = uncached * prefill_ms_per_token
+            # requests waiting on an endpoint this gateway sent little to (another gateway
+            # replica's, or sent before a restart) are priced at the pool's average prefill, else
+            # at this one's; each at least one decode step: a waiting request is one the engine
+            # could not start yet
+            per_request = st.avg_prefill_ms if st.sent >= 5 else (pool_avg_prefill or prefill)
+            per_request = max(per_request, decode_step_ms)
+            drained = max(0.0, st.backlog_ms - (now - st.backlog_at) * 1000.0)
+            backlog = max(drained, m.waiting_queue_size * per_request)
+            seqs = max(m.running_requests + m.waiting_queue_size, endpoint.in_flight)
+            kv_tokens = 0.0
+            if m.num_gpu_blocks and m.block_size:
+                kv_tokens = m.kv_cache_usage * m.num_gpu_blocks * m.block_size
+            step = decode_step_ms + decode_ms_per_seq * (seqs + 1) + decode_ms_per_kv_token * kv_tokens
+            rate = 0.0 if st.rate_at <= 0.0 else st.prefill_rate * exp(-(now - st.rate_at) / rate_window)
+            rho = min(0.9, rate)
+            tpot = step / (1.0 - rho)
+            lora = 0.0
+            if (
+                adapter is not None
+                and adapter not in m.running_adapters
+                and adapter not in m.waiting_adapters
+            ):
+                busy = len(m.running_adapters | m.waiting_adapters)
+                swap = st.avg_answer_tokens * tpot
+                # a free slot loads at once, but taking one for an adapter already served elsewhere
+                # costs the pool a slot a cold adapter may need: charged at the pool's slot use
+                lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
+            # the API frontend streams one token per running sequence per step: that share of its
+            # time (at most 0.95) is not available to admit requests; the request work waiting
+            # there is brought up to now at the share measured before, and its wait priced at
+            # today's
+            st.frontend_ms = max(
+                0.0, st.frontend_ms - (now - st.frontend_at) * 1000.0 * (1.0 - st.frontend_busy)
+            )
+            st.frontend_at = now
+            st.frontend_busy = (
+                min(0.95, frontend_ms_per_token * m.running_requests / tpot) if tpot > 0 else 0.0
+            )
+            frontend = st.frontend_ms / (1.0 - st.frontend_busy)
+            ttft = (overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
+            out.append((ttft, tpot, uncached, prefill, frontend))
+        return out
 
     def _rate(self, st: _EndpointState, now: float) -> float:
         """The endpoint's recent prefill utilisation, decayed to ``now``."""
@@ -304,22 +352,15 @@ class PredictedLatencyScorer:
         prompt_tokens = max(1, len(request.prompt.encode()) // AVERAGE_CHARS_PER_TOKEN)
         adapter = request.target_model if self._is_adapter(request, candidates) else None
         slot_pressure = self._slot_pressure(adapter, candidates) if adapter is not None else 0.0
-        cycle = _Cycle(hashes=hashes, prompt_tokens=prompt_tokens)
-        costs: list[float] = []
+        matched_tokens = [matched.get(k, 0) * block_tokens for k in keys] if matched else [0] * len(keys)
+        predictions = self._predict_all(
+            candidates, prompt_tokens, matched_tokens, adapter, now, slot_pressure
+        )
         ttft_slo = p.ttft_slo_seconds * 1000.0
         tpot_slo = p.tpot_slo_seconds * 1000.0
-        for e in candidates:
-            pred = self.predict(
-                e,
-                prompt_tokens=prompt_tokens,
-                matched_tokens=matched.get(e.key, 0) * block_tokens,
-                adapter=adapter,
-                now=now,
-                slot_pressure=slot_pressure,
-            )
-            cycle.predictions[e.key] = pred
-            costs.append(pred.ttft_ms / ttft_slo + pred.tpot_ms / tpot_slo)
-        state.put(_CYCLE, cycle)
+        costs = [pred[0] / ttft_slo + pred[1] / tpot_slo for pred in predictions]
+        by_key = dict(zip(keys, predictions, strict=True))
+        state.put(_CYCLE, _Cycle(hashes=hashes, prompt_tokens=prompt_tokens, predictions=by_key))
         best = min(costs)
         return CandidateScores(keys, [best / c if c > 0 else 1.0 for c in costs], bounded=True)
 
@@ -332,9 +373,10 @@ class PredictedLatencyScorer:
         pred = cycle.predictions.get(primary.key)
         if pred is None:
             return
+        ttft_ms, _, _, prefill_ms, _ = pred
         record = LatencyRecord(
             endpoint=primary.key,
-            prefill_ms=pred.prefill_ms,
+            prefill_ms=prefill_ms,
             answer_tokens=request.max_tokens or 0,
             frontend_ms=self._p.frontend_ms_per_request,
             at=self._clock.now(),
@@ -346,7 +388,7 @@ class PredictedLatencyScorer:
             capacity = primary.metrics.num_gpu_blocks or self._p.lru_capacity_per_server
             self.index.add(primary.key, cycle.hashes, capacity)
         if self._p.online_correction:
-            self._pending[request.request_id] = (primary.key, pred.ttft_ms / st.ttft_factor)
+            self._pending[request.request_id] = (primary.key, ttft_ms / st.ttft_factor)
             if len(self._pending) > 100_000:  # requests whose answer was never reported
                 self._pending.pop(next(iter(self._pending)))
 
