@@ -225,7 +225,7 @@ class PredictedLatencyScorer:
         resident = False
         for e in candidates:
             m = e.metrics
-            held = m.running_adapters | m.waiting_adapters
+            held = m.running_adapters | m.waiting_adapters if m.waiting_adapters else m.running_adapters
             resident = resident or adapter in held
             used += min(len(held), m.max_active_adapters)
             slots += m.max_active_adapters
@@ -262,7 +262,8 @@ class PredictedLatencyScorer:
         per cycle and the per-endpoint helpers (``drained``, ``frontend_drained``, ``_rate``)
         written out, because this runs for every candidate of every request (a thousand-endpoint
         pool spent most of its scheduling cycle here). The arithmetic is the helpers', in the
-        same order, so the floats are the same."""
+        same order, so the floats are the same; ``max(a, b)`` is written ``b if b > a else a`` and
+        ``min(a, b)`` ``b if b < a else a``, which is what the builtins return, without a call."""
         p = self._p
         state_of = self._state_of
         exp = math.exp
@@ -278,23 +279,27 @@ class PredictedLatencyScorer:
         for endpoint, matched in zip(candidates, matched_tokens, strict=True):
             m = endpoint.metrics
             st = state_of(endpoint.meta.key)
-            uncached = max(0, prompt_tokens - matched)
+            uncached = prompt_tokens - matched
+            uncached = uncached if uncached > 0 else 0
             prefill = uncached * prefill_ms_per_token
             # requests waiting on an endpoint this gateway sent little to (another gateway
             # replica's, or sent before a restart) are priced at the pool's average prefill, else
             # at this one's; each at least one decode step: a waiting request is one the engine
             # could not start yet
             per_request = st.avg_prefill_ms if st.sent >= 5 else (pool_avg_prefill or prefill)
-            per_request = max(per_request, decode_step_ms)
-            drained = max(0.0, st.backlog_ms - (now - st.backlog_at) * 1000.0)
-            backlog = max(drained, m.waiting_queue_size * per_request)
-            seqs = max(m.running_requests + m.waiting_queue_size, endpoint.in_flight)
+            per_request = decode_step_ms if decode_step_ms > per_request else per_request
+            drained = st.backlog_ms - (now - st.backlog_at) * 1000.0
+            drained = drained if drained > 0.0 else 0.0
+            waiting = m.waiting_queue_size * per_request
+            backlog = waiting if waiting > drained else drained
+            seqs = m.running_requests + m.waiting_queue_size
+            seqs = endpoint.in_flight if endpoint.in_flight > seqs else seqs
             kv_tokens = 0.0
             if m.num_gpu_blocks and m.block_size:
                 kv_tokens = m.kv_cache_usage * m.num_gpu_blocks * m.block_size
             step = decode_step_ms + decode_ms_per_seq * (seqs + 1) + decode_ms_per_kv_token * kv_tokens
             rate = 0.0 if st.rate_at <= 0.0 else st.prefill_rate * exp(-(now - st.rate_at) / rate_window)
-            rho = min(0.9, rate)
+            rho = rate if rate < 0.9 else 0.9
             tpot = step / (1.0 - rho)
             lora = 0.0
             if (
@@ -311,13 +316,11 @@ class PredictedLatencyScorer:
             # time (at most 0.95) is not available to admit requests; the request work waiting
             # there is brought up to now at the share measured before, and its wait priced at
             # today's
-            st.frontend_ms = max(
-                0.0, st.frontend_ms - (now - st.frontend_at) * 1000.0 * (1.0 - st.frontend_busy)
-            )
+            work = st.frontend_ms - (now - st.frontend_at) * 1000.0 * (1.0 - st.frontend_busy)
+            st.frontend_ms = work if work > 0.0 else 0.0
             st.frontend_at = now
-            st.frontend_busy = (
-                min(0.95, frontend_ms_per_token * m.running_requests / tpot) if tpot > 0 else 0.0
-            )
+            busy_share = frontend_ms_per_token * m.running_requests / tpot if tpot > 0 else 0.0
+            st.frontend_busy = busy_share if busy_share < 0.95 else 0.95
             frontend = st.frontend_ms / (1.0 - st.frontend_busy)
             ttft = (overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
             out.append((ttft, tpot, uncached, prefill, frontend))
