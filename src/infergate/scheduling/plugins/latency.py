@@ -227,7 +227,8 @@ class PredictedLatencyScorer:
             m = e.metrics
             held = m.running_adapters | m.waiting_adapters if m.waiting_adapters else m.running_adapters
             resident = resident or adapter in held
-            used += min(len(held), m.max_active_adapters)
+            n = len(held)
+            used += m.max_active_adapters if m.max_active_adapters < n else n
             slots += m.max_active_adapters
         return used / slots if resident and slots else 0.0
 
@@ -265,7 +266,7 @@ class PredictedLatencyScorer:
         same order, so the floats are the same; ``max(a, b)`` is written ``b if b > a else a`` and
         ``min(a, b)`` ``b if b < a else a``, which is what the builtins return, without a call."""
         p = self._p
-        state_of = self._state_of
+        states, state_of = self._state, self._state_of
         exp = math.exp
         prefill_ms_per_token = p.prefill_ms_per_token
         decode_step_ms = p.decode_step_ms
@@ -278,7 +279,7 @@ class PredictedLatencyScorer:
         out: list[_Prediction] = []
         for endpoint, matched in zip(candidates, matched_tokens, strict=True):
             m = endpoint.metrics
-            st = state_of(endpoint.meta.key)
+            st = states.get(endpoint.meta.key) or state_of(endpoint.meta.key)
             uncached = prompt_tokens - matched
             uncached = uncached if uncached > 0 else 0
             prefill = uncached * prefill_ms_per_token
