@@ -119,7 +119,8 @@ class _EndpointState:
 
 @typed_frozen
 class LatencyPrediction:
-    """One candidate's prediction, kept for the PostPick hook, the live view and the correction."""
+    """One candidate's prediction, as :meth:`PredictedLatencyScorer.predict` returns it (the
+    scoring loop keeps the same five values as a tuple per candidate for its PostPick hook)."""
 
     ttft_ms: float
     tpot_ms: float
