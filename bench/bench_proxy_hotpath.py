@@ -30,7 +30,7 @@ about 1 %.
 
     .venv/bin/python bench/bench_proxy_hotpath.py [--requests 20000] [--reps 3] [--concurrency 32]
         [--gc serving|default] [--profile out.prof]
-    .venv/bin/python bench/bench_proxy_hotpath.py --instructions [--requests 400] [--only proxy]
+    .venv/bin/python bench/bench_proxy_hotpath.py --instructions [--requests 400] [--only proxy] [--prompt-chars N]
 """
 
 from __future__ import annotations
@@ -198,19 +198,30 @@ class Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def completion(port: int) -> bytes:
-    body = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
+def prompt_text(chars: int) -> str:
+    """``Say hello.`` by default; with ``--prompt-chars N``, N characters of English-like text
+    (the same every request, so every prefix block after the first request is a hit)."""
+    if chars <= 0:
+        return "Say hello."
+    words = "the quick brown fox jumps over the lazy dog while a model serves many requests "
+    return (words * (chars // len(words) + 1))[:chars]
+
+
+def completion(port: int, prompt: str = "Say hello.") -> bytes:
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}).encode()
     return (
         f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
-async def closed_loop(port: int, concurrency: int, requests: int) -> tuple[float, float]:
+async def closed_loop(
+    port: int, concurrency: int, requests: int, prompt: str = "Say hello."
+) -> tuple[float, float]:
     """User and system CPU seconds of this process while ``concurrency`` connections send
     ``requests`` in all."""
     loop = asyncio.get_running_loop()
-    request = completion(port)
+    request = completion(port, prompt)
     clients = []
     for i in range(concurrency):
         done: asyncio.Future[None] = loop.create_future()
@@ -264,14 +275,16 @@ async def measure(args: argparse.Namespace, collections: Collections) -> dict[st
     scraper = asyncio.create_task(scrapes())
     results: dict[str, list[tuple[float, float]]] = {"proxy": [], "direct": []}
     try:
-        await closed_loop(proxy.port, args.concurrency, args.warmup)
+        await closed_loop(proxy.port, args.concurrency, args.warmup, prompt_text(args.prompt_chars))
         if args.gc == "serving":
             tune_gc_for_serving()
         targets = (("proxy", proxy.port), ("direct", up_port))
         for _ in range(args.reps):
             for name, port in targets if args.only is None else [t for t in targets if t[0] == args.only]:
                 collections.counting = name == "proxy"
-                user, system = await closed_loop(port, args.concurrency, args.requests)
+                user, system = await closed_loop(
+                    port, args.concurrency, args.requests, prompt_text(args.prompt_chars)
+                )
                 collections.counting = False
                 results[name].append((1e6 * user / args.requests, 1e6 * system / args.requests))
         if args.profile:
@@ -279,7 +292,7 @@ async def measure(args: argparse.Namespace, collections: Collections) -> dict[st
 
             prof = cProfile.Profile()
             prof.enable()
-            await closed_loop(proxy.port, args.concurrency, args.requests)
+            await closed_loop(proxy.port, args.concurrency, args.requests, prompt_text(args.prompt_chars))
             prof.disable()
             prof.dump_stats(args.profile)
         print(f"flow control held {queued_share(metrics.registry):.1f} % of requests over 0.1 ms")
@@ -310,6 +323,7 @@ def count_instructions(args: argparse.Namespace) -> None:
     module docstring)."""
     n = args.requests
     common = ["--reps", "1", "--warmup", "400", "--concurrency", str(args.concurrency), "--gc", args.gc]
+    common += ["--prompt-chars", str(args.prompt_chars)]
     common += ["--slowdown", str(args.slowdown if args.slowdown is not None else 50.0)]
     per: dict[str, float] = {}
     for name in ("proxy", "direct") if args.only is None else (args.only,):
@@ -339,6 +353,7 @@ def main() -> None:
     )
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--only", choices=("proxy", "direct"), help="measure one target only")
+    ap.add_argument("--prompt-chars", type=int, default=0, help="prompt length (default: 'Say hello.')")
     ap.add_argument(
         "--slowdown",
         type=float,

@@ -48,6 +48,7 @@ def _args(**kw: Any) -> argparse.Namespace:
         "gc": "serving",
         "slowdown": None,
         "only": None,
+        "prompt_chars": 0,
     }
     return argparse.Namespace(**{**defaults, **kw})
 
