@@ -30,7 +30,8 @@ about 1 %.
 
     .venv/bin/python bench/bench_proxy_hotpath.py [--requests 20000] [--reps 3] [--concurrency 32]
         [--gc serving|default] [--profile out.prof]
-    .venv/bin/python bench/bench_proxy_hotpath.py --instructions [--requests 400] [--only proxy] [--prompt-chars N]
+    .venv/bin/python bench/bench_proxy_hotpath.py --instructions [--requests 400] [--only proxy]
+        [--prompt-chars N]
 """
 
 from __future__ import annotations
