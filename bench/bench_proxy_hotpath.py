@@ -41,6 +41,7 @@ import asyncio
 import functools
 import gc
 import json
+import math
 import os
 import random
 import re
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -338,14 +340,49 @@ def count_instructions(args: argparse.Namespace) -> None:
         print(f"the proxy's own: {per['proxy'] - per['direct']:,.0f} instructions per request")
 
 
-def main() -> None:
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum`` (argparse names the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def slowdown_factor(text: str) -> float:
+    """``--slowdown``: a finite number, 1 or more (the gateway's clock never runs faster)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not (math.isfinite(value) and value >= 1.0):
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: bad values and options ``--instructions`` would not honour are errors."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--requests", type=int, default=None, help="per repetition (default 20000; 400 with --instructions)"
+        "--requests",
+        type=whole_number(1),
+        default=None,
+        help="per repetition (default 20000; 400 with --instructions)",
     )
-    ap.add_argument("--warmup", type=int, default=1000, help="requests through the proxy before measuring")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--warmup",
+        type=whole_number(0),
+        default=None,
+        help="requests through the proxy before measuring (1000)",
+    )
+    ap.add_argument("--reps", type=whole_number(1), default=None, help="repetitions (3)")
+    ap.add_argument("--concurrency", type=whole_number(1), default=32)
     ap.add_argument(
         "--gc",
         choices=("serving", "default"),
@@ -354,21 +391,36 @@ def main() -> None:
     )
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--only", choices=("proxy", "direct"), help="measure one target only")
-    ap.add_argument("--prompt-chars", type=int, default=0, help="prompt length (default: 'Say hello.')")
+    ap.add_argument(
+        "--prompt-chars", type=whole_number(0), default=0, help="prompt length (default: 'Say hello.')"
+    )
     ap.add_argument(
         "--slowdown",
-        type=float,
+        type=slowdown_factor,
         default=None,
         help="the gateway's clock and scrapes this many times slower (1; 50 with --instructions)",
     )
     ap.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.instructions:
-        args.requests = args.requests or 400
+        # each callgrind run sets its own repetitions and warm-up, and profiles nothing
+        given = [f"--{n}" for n in ("reps", "warmup", "profile") if getattr(args, n) is not None]
+        if given:
+            ap.error(f"--instructions sets the runs itself; {', '.join(given)} would be ignored")
+        args.requests = args.requests if args.requests is not None else 400
+        return args
+    args.requests = args.requests if args.requests is not None else 20000
+    args.reps = args.reps if args.reps is not None else 3
+    args.warmup = args.warmup if args.warmup is not None else 1000
+    args.slowdown = args.slowdown if args.slowdown is not None else 1.0
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.instructions:
         count_instructions(args)
         return
-    args.requests = args.requests or 20000
-    args.slowdown = args.slowdown or 1.0
     collections = Collections()
     gc.callbacks.append(collections)
     results = uvloop.run(measure(args, collections))

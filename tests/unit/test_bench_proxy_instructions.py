@@ -99,3 +99,40 @@ def test_the_slow_clock_runs_slowdown_times_slower(
     assert clock.now() == 1000.0
     wall[0] += 5.0  # five wall seconds are a tenth of a second to the gateway
     assert clock.now() == pytest.approx(1000.1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--requests", "0"], "--requests"),
+        (["--requests", "many"], "--requests"),
+        (["--reps", "0"], "--reps"),
+        (["--warmup", "-1"], "--warmup"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--prompt-chars", "-5"], "--prompt-chars"),
+        (["--slowdown", "0.5"], "--slowdown"),
+        (["--slowdown", "nan"], "--slowdown"),
+        (["--instructions", "--reps", "2"], "--reps"),
+        (["--instructions", "--warmup", "10", "--profile", "x.prof"], "--warmup, --profile"),
+    ],
+)
+def test_bad_options_are_errors_that_name_them(
+    hotpath: ModuleType, argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        hotpath.parse_args(argv)
+    assert exit_.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_defaults_differ_between_the_two_modes(hotpath: ModuleType) -> None:
+    timed = hotpath.parse_args([])
+    assert (timed.requests, timed.reps, timed.warmup, timed.slowdown) == (20000, 3, 1000, 1.0)
+    counted = hotpath.parse_args(["--instructions"])
+    assert counted.requests == 400 and counted.slowdown is None  # count_instructions slows it 50 times
+
+
+def test_the_prompt_is_as_long_as_asked(hotpath: ModuleType) -> None:
+    assert hotpath.prompt_text(0) == "Say hello."
+    assert len(hotpath.prompt_text(4000)) == 4000
+    assert hotpath.prompt_text(4000) == hotpath.prompt_text(4000)  # the same every request
