@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from itertools import takewhile
 
 import pytest
 
@@ -169,6 +170,44 @@ def test_index_lru_bound_per_server_and_reverse_map_cleanup() -> None:
     assert idx.match([1]) == {} and len(idx) == 3
     idx.remove_server("b")  # idempotent
     assert idx.match([5, 9, 3]) == {"a": 1}  # stops at the first unknown hash
+
+
+def reference_match(idx: PrefixIndex, hashes: list[int]) -> dict[str, int]:
+    """One count per holder per block of the walk, stopping at the first unknown hash."""
+    counts: dict[str, int] = {}
+    for h in hashes:
+        holders = idx._servers.get(h)
+        if not holders:
+            break
+        for s in holders:
+            counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def test_match_counts_each_holder_of_each_walked_block_whatever_the_runs() -> None:
+    """``match`` counts runs of equal holders at once; it must equal counting block by block.
+
+    Small capacities evict the oldest blocks of a prompt first, so servers hold later blocks
+    without earlier ones and holder sets change along the walk in every way (grow, shrink, swap,
+    alternate); the comparison includes the order in which servers appear.
+    """
+    rng = random.Random(7)
+    idx = PrefixIndex()
+    servers = [f"s{i}" for i in range(6)]
+    prompts = [[rng.randrange(40) for _ in range(rng.randrange(1, 30))] for _ in range(12)]
+    runs_seen = 0
+    for _ in range(1500):
+        prompt = rng.choice(prompts)[: rng.randrange(1, 31)]
+        if rng.random() < 0.02:
+            idx.remove_server(rng.choice(servers))
+        else:
+            idx.add(rng.choice(servers), prompt, capacity=rng.choice([3, 8, 25, 1000]))
+        query = rng.choice(prompts)
+        got = idx.match(query)
+        assert list(got.items()) == list(reference_match(idx, query).items())
+        walked = takewhile(idx._servers.__contains__, query)
+        runs_seen += len({frozenset(idx._servers[h]) for h in walked}) > 1
+    assert runs_seen > 300  # most walks crossed several different holder sets
 
 
 def test_memory_bounded_by_capacity_times_servers() -> None:
