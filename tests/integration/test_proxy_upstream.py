@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import uvloop
 
 from infergate.dataplanes.builtin.upstream import UpstreamConnectionError, UpstreamPool, UpstreamTimeout
 
@@ -136,3 +139,48 @@ async def test_truncated_body_refused_connection_and_silence(raw_server: Start) 
     with pytest.raises(UpstreamConnectionError):
         await fetch(pool, 1)  # nothing listens on port 1
     await pool.close()
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_request_bodies_of_any_size_arrive_whole_behind_their_head(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """Head and body are handed to the transport as two buffers (uvloop sends them with one
+    ``writev`` and keeps what the socket does not take); bodies larger than the socket's buffer
+    must still arrive whole, in order, on one kept-alive connection."""
+    bodies = [b"", b"{}", b"y" * 65_535, b"x" * 65_536, bytes(range(256)) * 16_384]  # up to 4 MiB
+    received: list[tuple[bytes, str, int]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                found = re.search(rb"(?i)\r\ncontent-length: (\d+)\r\n", head)
+                assert found is not None
+                body = await reader.readexactly(int(found.group(1)))
+                received.append((head.split(b"\r\n", 1)[0], hashlib.sha256(body).hexdigest(), len(body)))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = int(srv.sockets[0].getsockname()[1])
+        pool = UpstreamPool(read_timeout=30)
+        for body in bodies:
+            resp = await pool.request(f"127.0.0.1:{port}", "127.0.0.1", port, "POST", "/v1/x", [], body)
+            assert b"".join([c async for c in resp.iter_chunks()]) == b"ok"
+            resp.release()
+        await pool.close()
+        srv.close()
+        await srv.wait_closed()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+    want = [(b"POST /v1/x HTTP/1.1", hashlib.sha256(b).hexdigest(), len(b)) for b in bodies]
+    assert received == want

@@ -583,11 +583,9 @@ class UpstreamPool:
                 if exchange is not None:
                     exchange._attach(conn)  # raises (and closes conn) if withdrawn meanwhile
                 assert conn.transport is not None
-                if len(body) < 65536:
-                    conn.transport.write(payload + body)
-                else:
-                    conn.transport.write(payload)
-                    conn.transport.write(body)
+                # one system call for head and body, without copying the body next to the head
+                # (uvloop sends the two buffers with writev; asyncio's loops join them)
+                conn.transport.writelines((payload, body))
                 resp = UpstreamResponse(
                     self, conn, self._read_timeout, method == "HEAD", finish, self._idle_timeout
                 )
