@@ -574,6 +574,7 @@ def test_parser_extremes_are_bad_requests() -> None:
         b'{"model":"m","prompt":"x","max_tokens":' + b"9" * 5000 + b"}",
         b'{"model":"m","prompt":"\\ud800"}',
         b'{"model":"\\udc00x","prompt":"x"}',
+        b'{"model":"m","prompt":"a\\uDBFFb"}',  # upper case
         b'{"model":"m","prompt":"x","max_tokens":Infinity}',
         b"\xef\xbb\xbf{}",
         b" \n\t ",
