@@ -1,0 +1,79 @@
+"""What the approximate prefix path costs per request, piece by piece, for one prompt length.
+
+Every request to a prefix-aware scorer hashes its prompt's blocks, matches the hashes against the
+index and, once picked, credits its endpoint with them; the body is parsed before all of it. This
+times each piece on the same English-like prompt ``bench_proxy_hotpath.py --prompt-chars`` sends,
+with the index holding the whole prompt on ``--holders`` servers (the common case of a shared
+prefix on several replicas):
+
+    PYTHONPATH=src .venv/bin/python bench/bench_prefix_index.py [--chars 16000] [--holders 1,4,16]
+
+``--only PIECE --calls N`` runs one piece N times and prints nothing, for an instruction count
+that start-up cancels out of (run it with N and 3N under callgrind and divide the difference by
+2N)::
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python \\
+        bench/bench_prefix_index.py --only match --calls 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import timeit
+from collections.abc import Callable
+
+from infergate.requestcontrol.parsing import parse_body
+from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
+
+BLOCK_CHARS = 16 * AVERAGE_CHARS_PER_TOKEN
+"""The scorers' default block: 16 tokens of 4 bytes."""
+WORDS = "the quick brown fox jumps over the lazy dog while a model serves many requests "
+
+
+def pieces(chars: int, holders: int) -> dict[str, Callable[[], object]]:
+    """Each piece as a call on a prompt of ``chars`` characters held by ``holders`` servers."""
+    prompt = (WORDS * (chars // len(WORDS) + 1))[:chars]
+    body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": 1}).encode()
+    hashes = block_hashes(prompt, "m", BLOCK_CHARS, 2048)
+    index = PrefixIndex()
+    for s in range(holders):
+        index.add(f"s{s}", hashes, 31_250)
+
+    def credit_new() -> None:  # a prompt no server was sent before
+        PrefixIndex().add("s0", hashes, 31_250)
+
+    return {
+        "parse": lambda: parse_body("/v1/completions", body),
+        "hash": lambda: block_hashes(prompt, "m", BLOCK_CHARS, 2048),
+        "match": lambda: index.match(hashes),
+        "credit-held": lambda: index.add("s0", hashes, 31_250),
+        "credit-new": credit_new,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chars", type=int, default=16_000, help="prompt length (default 16000)")
+    ap.add_argument("--holders", default="1,4,16", help="servers holding the prompt, comma-separated")
+    ap.add_argument("--only", help="run this piece only, --calls times, silently")
+    ap.add_argument("--calls", type=int, default=200)
+    args = ap.parse_args()
+    counts = [int(h) for h in args.holders.split(",") if h]
+    if args.only is not None:
+        run = pieces(args.chars, counts[0])[args.only]
+        for _ in range(args.calls):
+            run()
+        return
+    print(f"{args.chars:,} characters, {args.chars // BLOCK_CHARS} blocks; µs per call, best of 5")
+    for holders in counts:
+        cells = []
+        for name, run in pieces(args.chars, holders).items():
+            number = max(10, 200_000 // max(1, args.chars // 10))
+            best = min(timeit.repeat(run, number=number, repeat=5)) / number
+            cells.append(f"{name} {best * 1e6:8.2f}")
+        print(f"held by {holders:>3}: " + "  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
