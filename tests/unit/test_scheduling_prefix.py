@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from itertools import takewhile
 
 import pytest
@@ -12,6 +12,7 @@ from infergate.config.picker import EndpointPickerConfig, PluginRef, PluginSpec,
 from infergate.scheduling import CycleState, build_scheduler
 from infergate.scheduling.plugins.prefix import (
     PREFIX_MATCH,
+    HolderSets,
     PrefixCacheParams,
     PrefixCacheScorer,
     PrefixIndex,
@@ -184,30 +185,91 @@ def reference_match(idx: PrefixIndex, hashes: list[int]) -> dict[str, int]:
     return counts
 
 
-def test_match_counts_each_holder_of_each_walked_block_whatever_the_runs() -> None:
-    """``match`` counts runs of equal holders at once; it must equal counting block by block.
+class ModelIndex:
+    """The index's contract written plainly: an LRU of hashes per server, holders derived."""
+
+    def __init__(self) -> None:
+        self.lrus: dict[str, OrderedDict[int, None]] = {}
+
+    def add(self, server: str, hashes: list[int], capacity: int) -> None:
+        lru = self.lrus.setdefault(server, OrderedDict())
+        for h in hashes:
+            lru[h] = None
+            lru.move_to_end(h)
+        while len(lru) > capacity:
+            lru.popitem(last=False)
+
+    def holders(self) -> dict[int, set[str]]:
+        out: dict[int, set[str]] = {}
+        for server, lru in self.lrus.items():
+            for h in lru:
+                out.setdefault(h, set()).add(server)
+        return out
+
+    def match(self, hashes: list[int]) -> dict[str, int]:
+        holders, counts = self.holders(), Counter[str]()
+        for h in hashes:
+            if h not in holders:
+                break
+            counts.update(holders[h])
+        return dict(counts)
+
+
+@pytest.mark.parametrize("limit", [4096, 2], ids=["shared-sets", "cache-emptied-often"])
+def test_index_keeps_its_contract_and_match_counts_runs_right(limit: int) -> None:
+    """Holder sets are shared, never-modified objects and ``match`` counts runs of equal holders
+    at once; after every change the index must equal the plain model (holders per hash, entries)
+    and ``match`` must equal counting block by block (servers in the same order too).
 
     Small capacities evict the oldest blocks of a prompt first, so servers hold later blocks
     without earlier ones and holder sets change along the walk in every way (grow, shrink, swap,
-    alternate); the comparison includes the order in which servers appear.
+    alternate). ``limit=2`` empties the transition cache almost every time.
     """
     rng = random.Random(7)
-    idx = PrefixIndex()
+    idx, model = PrefixIndex(), ModelIndex()
+    idx._sets = HolderSets(limit=limit)
     servers = [f"s{i}" for i in range(6)]
     prompts = [[rng.randrange(40) for _ in range(rng.randrange(1, 30))] for _ in range(12)]
     runs_seen = 0
     for _ in range(1500):
         prompt = rng.choice(prompts)[: rng.randrange(1, 31)]
         if rng.random() < 0.02:
-            idx.remove_server(rng.choice(servers))
+            server = rng.choice(servers)
+            idx.remove_server(server)
+            model.lrus.pop(server, None)
         else:
-            idx.add(rng.choice(servers), prompt, capacity=rng.choice([3, 8, 25, 1000]))
+            server, capacity = rng.choice(servers), rng.choice([3, 8, 25, 1000])
+            idx.add(server, prompt, capacity=capacity)
+            model.add(server, prompt, capacity)
+        assert {h: set(d) for h, d in idx._servers.items()} == model.holders()
+        assert len(idx) == sum(len(lru) for lru in model.lrus.values())
         query = rng.choice(prompts)
         got = idx.match(query)
+        assert got == model.match(query)
         assert list(got.items()) == list(reference_match(idx, query).items())
         walked = takewhile(idx._servers.__contains__, query)
         runs_seen += len({frozenset(idx._servers[h]) for h in walked}) > 1
     assert runs_seen > 300  # most walks crossed several different holder sets
+    assert len(idx._sets) <= limit
+
+
+def test_blocks_with_the_same_holders_share_one_set() -> None:
+    idx = PrefixIndex()
+    idx.add("a", list(range(100)), 1000)
+    idx.add("b", list(range(60)), 1000)
+    idx.add("c", list(range(50, 80)), 1000)
+    by_set = {frozenset(d): {id(d)} for d in idx._servers.values()}
+    for d in idx._servers.values():
+        by_set[frozenset(d)].add(id(d))
+    # 0-49 {a, b}, 50-59 {a, b, c}, 60-79 {a, c}, 80-99 {a}: one object per set
+    assert {k: len(v) for k, v in by_set.items()} == {
+        frozenset("ab"): 1,
+        frozenset("abc"): 1,
+        frozenset("ac"): 1,
+        frozenset("a"): 1,
+    }
+    idx.remove_server("b")  # {a, b} becomes {a}: the same object as blocks 80-99 hold
+    assert idx._servers[0] is idx._servers[99]
 
 
 def test_memory_bounded_by_capacity_times_servers() -> None:
