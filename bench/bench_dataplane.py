@@ -1,9 +1,10 @@
 """What each data plane costs per request, side by side with the peer routers, in one run.
 
 One ``infergate simulate`` replica sits behind every router at once; the load generator sends the
-same tiny non-streaming completion (``max_tokens: 1``) through each path, closed loop, at each
-concurrency, ``--requests`` per point, repeated ``--reps`` times with the paths interleaved (a
-slow minute on a shared machine then hits every path alike):
+same tiny non-streaming completion (``max_tokens: 1``; ``--prompt-chars N``: a prompt of N
+characters instead of ``Say hello.``) through each path, closed loop, at each concurrency,
+``--requests`` per point, repeated ``--reps`` times with the paths interleaved (a slow minute on a
+shared machine then hits every path alike):
 
 * ``direct``              client → replica
 * ``infergate``           client → ``infergate serve`` (built-in proxy, flow control on)
@@ -39,7 +40,7 @@ sglang-router's in the same repetition, the Envoy path at least 1,048 req/s (twi
 
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
         [--paths direct,infergate,...] [--workers 1,2] [--gateway-args "..."] [--json out.json]
-        [--before-src DIR] [--replica-args "--time-scale 0.02"] [--rate R]
+        [--before-src DIR] [--replica-args "--time-scale 0.02"] [--rate R] [--prompt-chars N]
 
 ``--workers 1,2`` runs every ``infergate*`` path once per worker count (``proxy.workers``: for
 ``infergate-envoy`` N picker processes behind the one Envoy), named ``<path> ×N`` for N > 1; the
@@ -77,7 +78,17 @@ from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-BODY = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
+WORDS = "the quick brown fox jumps over the lazy dog while a model serves many requests "
+
+
+def completion_body(prompt_chars: int = 0) -> bytes:
+    """The request every path gets: ``Say hello.``, or ``prompt_chars`` characters of English-like
+    text (the same every request, as ``bench_proxy_hotpath.py --prompt-chars`` sends)."""
+    prompt = (WORDS * (prompt_chars // len(WORDS) + 1))[:prompt_chars] if prompt_chars > 0 else "Say hello."
+    return json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}).encode()
+
+
+BODY = completion_body()
 PEER_PATHS = ("sglang-router:cache_aware", "vllm-router:cache_aware")
 ALL_PATHS = ("direct", "infergate", "infergate-nofc", "infergate-envoy", *PEER_PATHS)
 FLOOR_PATHS = ("floor", "floor-aiohttp")
@@ -282,9 +293,9 @@ def positive_rate(text: str) -> float:
 
 
 async def closed_loop(
-    url: str, concurrency: int, requests: int, rate: float | None = None
+    url: str, concurrency: int, requests: int, rate: float | None = None, body: bytes = BODY
 ) -> dict[str, float]:
-    """``concurrency`` clients posting BODY back to back until ``requests`` answers came back.
+    """``concurrency`` clients posting ``body`` back to back until ``requests`` answers came back.
 
     With ``rate``, request ``i`` is not sent before ``i / rate`` seconds after the start (the
     clients take the slots in turn): every path is offered the same requests a second, so their CPU
@@ -308,7 +319,7 @@ async def closed_loop(
                 t0 = time.perf_counter()
                 try:
                     async with session.post(
-                        f"{url}/v1/completions", data=BODY, headers={"content-type": "application/json"}
+                        f"{url}/v1/completions", data=body, headers={"content-type": "application/json"}
                     ) as r:
                         await r.read()
                         ok = r.status == 200
@@ -354,7 +365,12 @@ def queue_counts(admin: str) -> tuple[float, float]:
 
 
 async def measure(
-    route: Route, concurrency: int, requests: int, idle_s: float, rate: float | None = None
+    route: Route,
+    concurrency: int,
+    requests: int,
+    idle_s: float,
+    rate: float | None = None,
+    body: bytes = BODY,
 ) -> dict[str, Any]:
     """A warm-up (connections, caches), the router's idle CPU rate over ``idle_s`` seconds without
     requests (metrics scrapes, health probes), then the measured loop with its CPU around it.
@@ -363,7 +379,7 @@ async def measure(
     ``net_cpu_us_per_req`` subtracts the idle rate times the loop's duration. On a loaded machine
     the loop runs slowly and the fixed background work weighs on the raw figure, not the net one.
     """
-    await closed_loop(route.url, concurrency, max(4 * concurrency, 100))
+    await closed_loop(route.url, concurrency, max(4 * concurrency, 100), body=body)
     idle_rate = 0.0
     if route.pid and idle_s > 0:
         cpu_idle = tree_cpu_seconds(route.pid)
@@ -373,7 +389,7 @@ async def measure(
     counts0 = queue_counts(route.admin) if route.admin else None
     split0 = tree_cpu_by_command(route.pid) if route.pid else {}
     cpu0 = sum(split0.values())
-    point = await closed_loop(route.url, concurrency, requests, rate)
+    point = await closed_loop(route.url, concurrency, requests, rate, body)
     if route.admin and counts0 is not None:
         if route.workers > 1:
             await asyncio.sleep(1.5)  # workers push their counters to /metrics once a second
@@ -580,6 +596,12 @@ def main() -> None:
         help="offer every path this many requests a second (at most --concurrency in flight) instead "
         "of a closed loop: CPU per request compared at one rate",
     )
+    ap.add_argument(
+        "--prompt-chars",
+        type=int,
+        default=0,
+        help="send a prompt of this many characters instead of 'Say hello.' (prefix hashing grows with it)",
+    )
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
     ap.add_argument(
@@ -594,6 +616,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PATHS)}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    body = completion_body(args.prompt_chars)
     points: list[dict[str, Any]] = []
     workers = [int(n) for n in args.workers.split(",") if n]
     gateway_args, replica_args = shlex.split(args.gateway_args), shlex.split(args.replica_args)
@@ -604,7 +627,7 @@ def main() -> None:
         for rep in range(args.reps):
             for route in rig.routes:
                 for c in concurrencies:
-                    point = asyncio.run(measure(route, c, args.requests, args.idle_seconds, args.rate))
+                    point = asyncio.run(measure(route, c, args.requests, args.idle_seconds, args.rate, body))
                     point["rep"] = rep
                     points.append(point)
                     cpu = point.get("cpu_us_per_req")

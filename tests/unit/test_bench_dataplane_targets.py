@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from types import ModuleType
 from typing import Any
 
@@ -70,3 +71,10 @@ def test_a_rate_that_is_not_a_positive_number_is_refused_by_name(dataplane: Modu
     with pytest.raises(argparse.ArgumentTypeError, match="--rate"):
         dataplane.positive_rate(text)
     assert dataplane.positive_rate("700") == 700.0
+
+
+def test_the_request_body_carries_a_prompt_of_the_asked_length(dataplane: ModuleType) -> None:
+    assert json.loads(dataplane.completion_body())["prompt"] == "Say hello."
+    for chars in (1, 79, 80, 4_000, 16_001):
+        body = json.loads(dataplane.completion_body(chars))
+        assert len(body["prompt"]) == chars and body["max_tokens"] == 1
