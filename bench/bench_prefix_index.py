@@ -8,6 +8,10 @@ prefix on several replicas):
 
     PYTHONPATH=src .venv/bin/python bench/bench_prefix_index.py [--chars 16000] [--holders 1,4,16]
 
+``--memory`` instead fills an index as a busy pool would (``--holders`` servers, each crediting
+31,250 blocks, the default capacity: a quarter of them a prefix every server holds, the rest its
+own) and prints the bytes it holds per entry, from ``tracemalloc``.
+
 ``--only PIECE --calls N`` runs one piece N times and prints nothing, for an instruction count
 that start-up cancels out of (run it with N and 3N under callgrind and divide the difference by
 2N)::
@@ -21,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import timeit
+import tracemalloc
 from collections.abc import Callable
+from itertools import count
 
 from infergate.requestcontrol.parsing import parse_body
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
@@ -40,8 +46,15 @@ def pieces(chars: int, holders: int) -> dict[str, Callable[[], object]]:
     for s in range(holders):
         index.add(f"s{s}", hashes, 31_250)
 
-    def credit_new() -> None:  # a prompt no server was sent before
-        PrefixIndex().add("s0", hashes, 31_250)
+    # blocks no server holds, credited to an index at capacity, so each evicts the oldest: the
+    # steady state of a busy gateway
+    full = PrefixIndex()
+    full.add("s0", range(-31_250, 0), 31_250)
+    fresh = count(0, len(hashes))
+
+    def credit_new() -> None:
+        start = next(fresh)
+        full.add("s0", range(start, start + len(hashes)), 31_250)
 
     return {
         "parse": lambda: parse_body("/v1/completions", body),
@@ -52,14 +65,38 @@ def pieces(chars: int, holders: int) -> dict[str, Callable[[], object]]:
     }
 
 
+def index_memory(servers: int, per_server: int = 31_250) -> tuple[int, int]:
+    """Bytes a full index holds and its (server, block) entries, for ``servers`` servers."""
+    shared = [hash(("shared", i)) for i in range(per_server // 4)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    index = PrefixIndex()
+    for s in range(servers):
+        own = [hash((s, i)) for i in range(per_server - len(shared))]
+        for start in range(0, len(shared), 50):  # prompts of 50 blocks, as requests credit them
+            index.add(f"s{s}", shared[start : start + 50], per_server)
+        for start in range(0, len(own), 50):
+            index.add(f"s{s}", own[start : start + 50], per_server)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held, len(index)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chars", type=int, default=16_000, help="prompt length (default 16000)")
     ap.add_argument("--holders", default="1,4,16", help="servers holding the prompt, comma-separated")
+    ap.add_argument("--memory", action="store_true", help="bytes per entry of a full index instead")
     ap.add_argument("--only", help="run this piece only, --calls times, silently")
     ap.add_argument("--calls", type=int, default=200)
     args = ap.parse_args()
     counts = [int(h) for h in args.holders.split(",") if h]
+    if args.memory:
+        for servers in counts:
+            held, entries = index_memory(servers)
+            mib, each = held / 2**20, held / entries
+            print(f"{servers:>3} servers: {entries:,} entries, {mib:,.1f} MiB, {each:,.0f} B each")
+        return
     if args.only is not None:
         run = pieces(args.chars, counts[0])[args.only]
         for _ in range(args.calls):
