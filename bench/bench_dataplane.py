@@ -76,15 +76,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
+from infergate.bench.workloads import filler_text
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-WORDS = "the quick brown fox jumps over the lazy dog while a model serves many requests "
 
 
 def completion_body(prompt_chars: int = 0) -> bytes:
     """The request every path gets: ``Say hello.``, or ``prompt_chars`` characters of English-like
     text (the same every request, as ``bench_proxy_hotpath.py --prompt-chars`` sends)."""
-    prompt = (WORDS * (prompt_chars // len(WORDS) + 1))[:prompt_chars] if prompt_chars > 0 else "Say hello."
+    prompt = filler_text(prompt_chars) if prompt_chars > 0 else "Say hello."
     return json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}).encode()
 
 

@@ -29,17 +29,17 @@ import tracemalloc
 from collections.abc import Callable
 from itertools import count
 
+from infergate.bench.workloads import filler_text
 from infergate.requestcontrol.parsing import parse_body
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
 
 BLOCK_CHARS = 16 * AVERAGE_CHARS_PER_TOKEN
 """The scorers' default block: 16 tokens of 4 bytes."""
-WORDS = "the quick brown fox jumps over the lazy dog while a model serves many requests "
 
 
 def pieces(chars: int, holders: int) -> dict[str, Callable[[], object]]:
     """Each piece as a call on a prompt of ``chars`` characters held by ``holders`` servers."""
-    prompt = (WORDS * (chars // len(WORDS) + 1))[:chars]
+    prompt = filler_text(chars)
     body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": 1}).encode()
     hashes = block_hashes(prompt, "m", BLOCK_CHARS, 2048)
     index = PrefixIndex()

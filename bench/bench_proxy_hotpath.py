@@ -58,6 +58,7 @@ from prometheus_client import CollectorRegistry
 
 from infergate.app.core import build_core
 from infergate.app.process import tune_gc_for_serving
+from infergate.bench.workloads import filler_text
 from infergate.config.picker import default_picker_config
 from infergate.config.settings import Settings
 from infergate.dataplanes.builtin.proxy import ProxyOptions, ProxyServer
@@ -204,10 +205,7 @@ class Client(asyncio.Protocol):
 def prompt_text(chars: int) -> str:
     """``Say hello.`` by default; with ``--prompt-chars N``, N characters of English-like text
     (the same every request, so every prefix block after the first request is a hit)."""
-    if chars <= 0:
-        return "Say hello."
-    words = "the quick brown fox jumps over the lazy dog while a model serves many requests "
-    return (words * (chars // len(words) + 1))[:chars]
+    return filler_text(chars) if chars > 0 else "Say hello."
 
 
 def completion(port: int, prompt: str = "Say hello.") -> bytes:

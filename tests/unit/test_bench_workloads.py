@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from infergate.bench import workloads
 from infergate.bench.loadgen import RequestRecord, arrival_offsets
 from infergate.bench.report import RunResult, to_markdown, write_json
 from infergate.bench.stats import Slo, percentile, summarise
-from infergate.bench.workloads import WorkloadError, builtin_workloads, generate, load_workload
+from infergate.bench.workloads import WorkloadError, builtin_workloads, filler_text, generate, load_workload
 
 # Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
 # minutes; the suite-wide 120 s hang guard would cut them short.
@@ -142,3 +143,13 @@ def test_reports_render_every_run(tmp_path: Path) -> None:
     write_json(results, tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert [d["strategy"] for d in data] == ["round-robin", "default"]
+
+
+def test_filler_text_has_the_asked_length_and_grows_by_extension() -> None:
+    """The cost benchmarks compare prompt lengths: a longer filler must start with the shorter
+    one (so its prefix blocks are the shorter prompt's), and a length of 0 or less is empty."""
+    assert filler_text(0) == filler_text(-5) == ""
+    texts = [filler_text(n) for n in (1, 79, 80, 81, 4_000, 16_001)]
+    assert [len(t) for t in texts] == [1, 79, 80, 81, 4_000, 16_001]
+    assert all(longer.startswith(shorter) for shorter, longer in pairwise(texts))
+    assert filler_text(4_000) == texts[4] and len(set(texts[-1].split())) > 10

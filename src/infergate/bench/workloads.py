@@ -34,6 +34,7 @@ __all__ = [
     "WorkloadError",
     "WorkloadSpec",
     "builtin_workloads",
+    "filler_text",
     "generate",
     "load_workload",
     "stream",
@@ -54,6 +55,18 @@ _WORD_TEXT = (
     "well also play small end put home read hand port large spell add even land here must big high such"
 )
 _WORDS = tuple(_WORD_TEXT.split())
+
+_FILLER_PHRASE = "the quick brown fox jumps over the lazy dog while a model serves many requests "
+
+
+def filler_text(chars: int) -> str:
+    """``chars`` characters of one English-like phrase repeated, the same at every call.
+
+    The cost benchmarks (``bench/bench_proxy_hotpath.py``, ``bench_dataplane.py``,
+    ``bench_prefix_index.py``) send it as the prompt to see what a prompt's length costs: every
+    request carries the same text, so after the first one every prefix block matches.
+    """
+    return (_FILLER_PHRASE * (chars // len(_FILLER_PHRASE) + 1))[: max(chars, 0)]
 
 
 class WorkloadError(ValueError):
