@@ -292,6 +292,17 @@ def positive_rate(text: str) -> float:
     return rate
 
 
+def prompt_length(text: str) -> int:
+    """``--prompt-chars``: a whole number of characters, 0 (``Say hello.``) or more."""
+    try:
+        chars = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prompt-chars must be a whole number, not {text!r}") from None
+    if chars < 0:
+        raise argparse.ArgumentTypeError(f"--prompt-chars must be 0 or more, not {chars}")
+    return chars
+
+
 async def closed_loop(
     url: str, concurrency: int, requests: int, rate: float | None = None, body: bytes = BODY
 ) -> dict[str, float]:
@@ -598,7 +609,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--prompt-chars",
-        type=int,
+        type=prompt_length,
         default=0,
         help="send a prompt of this many characters instead of 'Say hello.' (prefix hashing grows with it)",
     )

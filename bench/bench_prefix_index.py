@@ -82,28 +82,54 @@ def index_memory(servers: int, per_server: int = 31_250) -> tuple[int, int]:
     return held, len(index)
 
 
-def main() -> None:
+PIECES = ("parse", "hash", "match", "credit-held", "credit-new")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: bad values, and options ``--memory`` would ignore, are errors that
+    name the option."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--chars", type=int, default=16_000, help="prompt length (default 16000)")
+    ap.add_argument("--chars", type=int, help="prompt length (default 16000)")
     ap.add_argument("--holders", default="1,4,16", help="servers holding the prompt, comma-separated")
-    ap.add_argument("--memory", action="store_true", help="bytes per entry of a full index instead")
-    ap.add_argument("--only", help="run this piece only, --calls times, silently")
-    ap.add_argument("--calls", type=int, default=200)
-    args = ap.parse_args()
-    counts = [int(h) for h in args.holders.split(",") if h]
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--memory", action="store_true", help="bytes per entry of a full index instead")
+    mode.add_argument("--only", choices=PIECES, help="run this piece only, --calls times, silently")
+    ap.add_argument("--calls", type=int, help="with --only (default 200)")
+    args = ap.parse_args(argv)
+    try:
+        args.holders = [int(h) for h in args.holders.split(",") if h.strip()]
+    except ValueError:
+        ap.error(f"--holders must be whole numbers separated by commas, not {args.holders!r}")
+    if not args.holders or min(args.holders) < 1:
+        ap.error(f"--holders must be 1 or more servers each, not {args.holders}")
+    if args.memory and (args.chars is not None or args.calls is not None):
+        ap.error("--memory fills a whole index: --chars and --calls do not apply to it")
+    if args.calls is not None and args.only is None:
+        ap.error("--calls applies to --only")
+    args.chars = 16_000 if args.chars is None else args.chars
+    args.calls = 200 if args.calls is None else args.calls
+    if args.chars < 1:
+        ap.error(f"--chars must be at least 1, not {args.chars}")
+    if args.calls < 1:
+        ap.error(f"--calls must be at least 1, not {args.calls}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.memory:
-        for servers in counts:
+        for servers in args.holders:
             held, entries = index_memory(servers)
             mib, each = held / 2**20, held / entries
             print(f"{servers:>3} servers: {entries:,} entries, {mib:,.1f} MiB, {each:,.0f} B each")
         return
     if args.only is not None:
-        run = pieces(args.chars, counts[0])[args.only]
+        run = pieces(args.chars, args.holders[0])[args.only]
         for _ in range(args.calls):
             run()
         return
     print(f"{args.chars:,} characters, {args.chars // BLOCK_CHARS} blocks; µs per call, best of 5")
-    for holders in counts:
+    for holders in args.holders:
         cells = []
         for name, run in pieces(args.chars, holders).items():
             number = max(10, 200_000 // max(1, args.chars // 10))

@@ -78,3 +78,12 @@ def test_the_request_body_carries_a_prompt_of_the_asked_length(dataplane: Module
     for chars in (1, 79, 80, 4_000, 16_001):
         body = json.loads(dataplane.completion_body(chars))
         assert len(body["prompt"]) == chars and body["max_tokens"] == 1
+
+
+@pytest.mark.parametrize("text", ["-1", "many", "1.5"])
+def test_a_prompt_length_that_is_not_a_whole_number_of_characters_is_refused_by_name(
+    dataplane: ModuleType, text: str
+) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="--prompt-chars"):
+        dataplane.prompt_length(text)
+    assert dataplane.prompt_length("0") == 0 and dataplane.prompt_length("4000") == 4_000
