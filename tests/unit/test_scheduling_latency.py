@@ -178,6 +178,22 @@ def test_observed_ttft_scales_the_endpoints_predictions() -> None:
     assert s.predict(e, prompt_tokens=1000, matched_tokens=1000, adapter=None, now=200.0).ttft_ms == after
 
 
+def test_picks_never_observed_are_forgotten_oldest_first_within_the_bound() -> None:
+    """A caller that never reports answers does not grow the scorer without bound; the newest
+    picks can still be observed, the ones forgotten cannot."""
+    s = PredictedLatencyScorer(clock=Clock(), max_pending=8)
+    e = make_endpoint("a")
+    for n in range(41):
+        _pick(s, req("x" * 4000, rid=f"q{n}"), [e])
+        assert len(s._pending) <= 8
+        assert f"q{n}" in s._pending
+    factor = s.debug_state()["a:8000"]["ttft_observed_over_predicted"]
+    s.observe_ttft("q0", 1.0)  # forgotten long ago: nothing learnt
+    assert s.debug_state()["a:8000"]["ttft_observed_over_predicted"] == factor
+    s.observe_ttft("q40", 1.0)
+    assert s.debug_state()["a:8000"]["ttft_observed_over_predicted"] > factor
+
+
 @pytest.mark.parametrize(
     ("limit", "observed", "factor"), [(1.5, 4.0, 1.5), (1.5, 0.1, 1 / 1.5), (4.0, 2.0, 2.0)]
 )
