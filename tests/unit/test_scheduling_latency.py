@@ -9,7 +9,7 @@ import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.scheduling.engine.scheduler import build_scheduler
-from infergate.scheduling.plugins.latency import LatencyParams, PredictedLatencyScorer
+from infergate.scheduling.plugins.latency import LatencyParams, LatencyRecord, PredictedLatencyScorer
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.sdk.framework import CycleState
 from infergate.scheduling.sdk.testing import make_endpoint
@@ -345,3 +345,52 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
         ttft = rng.choice([None, 0.05, 0.4])
         fast.observe_ttft(request.request_id, ttft)
         oracle.observe_ttft(request.request_id, ttft)
+
+
+def _reference_account(scorer: PredictedLatencyScorer, r: LatencyRecord) -> None:
+    """One pick's accounting as the module docstring describes it, through the endpoint state's
+    own helpers: the oracle for ``_account``, which writes them out for speed."""
+    st = scorer._state_of(r.endpoint)
+    at = max(r.at, st.backlog_at)
+    st.backlog_ms = st.drained(at) + r.prefill_ms
+    st.backlog_at = at
+    at = max(r.at, st.frontend_at)
+    st.frontend_ms = st.frontend_drained(at) + r.frontend_ms
+    st.frontend_at = at
+    at = max(r.at, st.rate_at)
+    st.prefill_rate = scorer._rate(st, at) + r.prefill_ms / (scorer._p.rate_window_seconds * 1000.0)
+    st.rate_at = at
+    st.sent += 1
+    alpha = 0.1 if st.sent > 10 else 1.0 / st.sent
+    st.avg_prefill_ms += alpha * (r.prefill_ms - st.avg_prefill_ms)
+    if scorer._avg_prefill_ms == 0.0:
+        scorer._avg_prefill_ms = r.prefill_ms
+    scorer._avg_prefill_ms += 0.05 * (r.prefill_ms - scorer._avg_prefill_ms)
+    if r.answer_tokens:
+        st.avg_answer_tokens += alpha * (r.answer_tokens - st.avg_answer_tokens)
+
+
+def test_accounting_a_pick_computes_the_documented_model_to_the_last_bit() -> None:
+    """Records arriving in and out of order (another worker's, a hop late), with busy frontends
+    and drained backlogs, leave the same state, float for float, as the helper-based oracle."""
+    rng = random.Random(5)
+    params = LatencyParams(rate_window_seconds=0.5)
+    fast, oracle = PredictedLatencyScorer(params), PredictedLatencyScorer(params)
+    now = 10.0
+    for n in range(2000):
+        now += rng.choice([0.0, 0.0005, 0.01, 0.4])
+        key = rng.choice(["a:8000", "b:8000", "c:8000"])
+        busy = rng.choice([0.0, 0.3, 0.95])
+        for s in (fast, oracle):
+            s._state_of(key).frontend_busy = busy  # as the scoring loop leaves it
+        record = LatencyRecord(
+            endpoint=key,
+            prefill_ms=rng.choice([0.0, 3.0, 250.0]),
+            answer_tokens=rng.choice([0, 1, 300]),
+            frontend_ms=rng.choice([0.0, 10.0]),
+            at=now - rng.choice([0.0, 0.0, 0.003, 1.0]),  # late records
+        )
+        fast.apply_accounting(record)
+        _reference_account(oracle, record)
+        assert fast._state == oracle._state, n
+        assert fast._avg_prefill_ms == oracle._avg_prefill_ms, n

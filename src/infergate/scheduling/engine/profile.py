@@ -34,11 +34,7 @@ _perf = time.perf_counter
 class _Slot:
     name: str
     type: str
-    timer: Any  # prometheus Histogram child, or None when metrics are off
-
-    def observe(self, seconds: float) -> None:
-        if self.timer is not None:
-            self.timer.observe(seconds)
+    timer: Any  # prometheus Histogram child, or None when metrics are off (observed inline in run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +159,8 @@ class SchedulerProfile:
         for f in self.filters:
             t0 = _perf()
             cands = f.plugin.filter(request, cands, state)
-            f.observe(_perf() - t0)
+            if f.timer is not None:
+                f.timer.observe(_perf() - t0)
             if not cands:
                 raise NoCapacityError(f"no endpoint left after filter {f.name!r}")
 
@@ -174,7 +171,8 @@ class SchedulerProfile:
         for s in self.scorers:
             t0 = _perf()
             raw = s.plugin.score(request, cands, state)
-            s.observe(_perf() - t0)
+            if s.timer is not None:
+                s.timer.observe(_perf() - t0)
             column = _column(raw, keys)
             columns.append(column)
             weights.append(s.weight)
@@ -182,9 +180,11 @@ class SchedulerProfile:
         totals = _weighted_sum(columns, weights, len(keys))
 
         scored = ScoredCandidates(cands, totals)
+        picker = self.picker
         t0 = _perf()
-        picked = self.picker.plugin.pick(request, scored, state)
-        self.picker.observe(_perf() - t0)
+        picked = picker.plugin.pick(request, scored, state)
+        if picker.timer is not None:
+            picker.timer.observe(_perf() - t0)
 
         targets: list[Endpoint] = []
         seen: set[str] = set()
@@ -206,5 +206,6 @@ class SchedulerProfile:
         for h in self.post_picks:
             t0 = _perf()
             h.plugin.post_pick(request, result, state)
-            h.observe(_perf() - t0)
+            if h.timer is not None:
+                h.timer.observe(_perf() - t0)
         return result

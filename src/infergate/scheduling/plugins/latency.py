@@ -358,9 +358,11 @@ class PredictedLatencyScorer:
         p = self._p
         now = self._clock.now()
         block_tokens = candidates[0].metrics.block_size or p.block_size_tokens
-        hashes = self._hashes(request, block_tokens)
+        size = len(request.prompt.encode())
+        # a prompt shorter than one block has no block to hash (most chat turns of a few words)
+        hashes = self._hashes(request, block_tokens) if size >= block_tokens * AVERAGE_CHARS_PER_TOKEN else []
         matched = self.index.match(hashes) if hashes else {}
-        prompt_tokens = max(1, len(request.prompt.encode()) // AVERAGE_CHARS_PER_TOKEN)
+        prompt_tokens = max(1, size // AVERAGE_CHARS_PER_TOKEN)
         adapter = request.target_model if self._is_adapter(request, candidates) else None
         slot_pressure = self._slot_pressure(adapter, candidates) if adapter is not None else 0.0
         matched_tokens = [matched.get(k, 0) * block_tokens for k in keys] if matched else [0] * len(keys)
@@ -414,15 +416,22 @@ class PredictedLatencyScorer:
         late (another worker's, a channel hop behind) is not drained for the time it travelled
         before this state's last update; its backlog thus errs by at most that hop (milliseconds).
         """
-        st = self._state_of(r.endpoint)
-        at = max(r.at, st.backlog_at)
-        st.backlog_ms = st.drained(at) + r.prefill_ms
+        st = self._state.get(r.endpoint) or self._state_of(r.endpoint)
+        # st.drained, st.frontend_drained and self._rate written out (once per pick, every
+        # request): the same arithmetic in the same order; max(a, b) as ``b if b > a else a``
+        t = r.at
+        at = st.backlog_at if st.backlog_at > t else t
+        left = st.backlog_ms - (at - st.backlog_at) * 1000.0
+        st.backlog_ms = (left if left > 0.0 else 0.0) + r.prefill_ms
         st.backlog_at = at
-        at = max(r.at, st.frontend_at)
-        st.frontend_ms = st.frontend_drained(at) + r.frontend_ms
+        at = st.frontend_at if st.frontend_at > t else t
+        left = st.frontend_ms - (at - st.frontend_at) * 1000.0 * (1.0 - st.frontend_busy)
+        st.frontend_ms = (left if left > 0.0 else 0.0) + r.frontend_ms
         st.frontend_at = at
-        at = max(r.at, st.rate_at)
-        st.prefill_rate = self._rate(st, at) + r.prefill_ms / (self._p.rate_window_seconds * 1000.0)
+        window = self._p.rate_window_seconds
+        at = st.rate_at if st.rate_at > t else t
+        rate = 0.0 if st.rate_at <= 0.0 else st.prefill_rate * math.exp(-(at - st.rate_at) / window)
+        st.prefill_rate = rate + r.prefill_ms / (window * 1000.0)
         st.rate_at = at
         st.sent += 1
         alpha = 0.1 if st.sent > 10 else 1.0 / st.sent
