@@ -301,7 +301,7 @@ class RequestCore:
         return [
             c
             for c in self._ds.candidates()
-            if c.key not in exclude and (subset is None or c.meta.address in subset)
+            if c.meta.key not in exclude and (subset is None or c.meta.address in subset)
         ]
 
     def schedule(
@@ -325,7 +325,7 @@ class RequestCore:
             raise no_capacity(subset)
         target = request.target_model
         models = self._ds.models
-        serving = [c for c in candidates if target in models(c.key)] or candidates
+        serving = [c for c in candidates if target in models(c.meta.key)] or candidates
         held_back: list[Endpoint] = []
         if room is not None:
             roomy = room(serving)

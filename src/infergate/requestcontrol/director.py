@@ -440,12 +440,13 @@ class Director:
         return self._core.schedule(request, exclude=exclude, subset=subset, room=room)
 
     def _hold(self, ctx: RequestContext, target: Endpoint) -> None:
+        key = target.meta.key
         ctx.target = target
-        ctx.tried.add(target.key)
+        ctx.tried.add(key)
         # the prompt's estimated tokens load the endpoint until its prefill is done
         ctx._held_tokens = len(ctx.request.prompt.encode("utf-8")) // CHARS_PER_TOKEN
-        self._ds.acquire(target.key, ctx._held_tokens)
-        ctx._held = target.key
+        self._ds.acquire(key, ctx._held_tokens)
+        ctx._held = key
 
     def _drop(self, ctx: RequestContext) -> None:
         if ctx._held is not None:

@@ -383,12 +383,13 @@ class PredictedLatencyScorer:
         primary = result.primary
         if cycle is None:
             return
-        pred = cycle.predictions.get(primary.key)
+        key = primary.meta.key
+        pred = cycle.predictions.get(key)
         if pred is None:
             return
         ttft_ms, _, _, prefill_ms, _ = pred
         record = LatencyRecord(
-            endpoint=primary.key,
+            endpoint=key,
             prefill_ms=prefill_ms,
             answer_tokens=request.max_tokens or 0,
             frontend_ms=self._p.frontend_ms_per_request,
@@ -399,10 +400,10 @@ class PredictedLatencyScorer:
             self._export(record)
         if cycle.hashes:
             capacity = primary.metrics.num_gpu_blocks or self._p.lru_capacity_per_server
-            self.index.add(primary.key, cycle.hashes, capacity)
+            self.index.add(key, cycle.hashes, capacity)
         if self._p.online_correction:
             pending = self._pending
-            pending[request.request_id] = (primary.key, ttft_ms / st.ttft_factor)
+            pending[request.request_id] = (key, ttft_ms / st.ttft_factor)
             if len(pending) > self._max_pending:
                 # the older half goes at once: popping the oldest entry one pick at a time scans
                 # every slot freed before it (a dict keeps them until it resizes), which added
