@@ -156,6 +156,19 @@ def test_every_connection_header_names_hop_by_hop_headers() -> None:
     assert H.clean_response_headers(sent) == [("x-c", "3")]
 
 
+def test_dropped_names_apply_per_call_whatever_the_calls_before() -> None:
+    """The skip set made for one ``drop`` never leaks into a call with another (or none), and a
+    caller varying ``drop`` on every call still gets each call's own filtering."""
+    sent = [("X-Forwarded-For", "1.2.3.4"), ("X-Request-Id", "r"), ("x-keep", "1"), ("Connection", "x-keep")]
+    assert H.clean_request_headers(sent, drop=("x-forwarded-for", "X-REQUEST-ID")) == []
+    assert H.clean_request_headers(sent[:3], drop=("x-forwarded-for", "X-REQUEST-ID")) == [("x-keep", "1")]
+    assert H.clean_request_headers(sent[:3]) == sent[:3]
+    assert H.clean_request_headers(sent[:3], drop=["x-request-id"]) == [sent[0], sent[2]]
+    for n in range(100):
+        got = H.clean_request_headers([(f"x-{n}", "a"), (f"x-{n + 1}", "b")], drop=(f"x-{n}",))
+        assert got == [(f"x-{n + 1}", "b")], n
+
+
 def test_llmd_endpoint_picker_config_api_version_loads() -> None:
     cfg = parse_picker_config(
         """
