@@ -9,8 +9,8 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from infergate import telemetry
 from infergate.telemetry import DualMetric, LabelCap
+from infergate.telemetry import series as telemetry
 
 BUCKETS = (0.005, 0.1, 1.0, 2.5, 10.0)
 VALUES = (0.0, 0.005, 0.0051, 0.1, 0.7, 1.0, 3.0, 10.0, 11.0, 1e9, -1.0, math.inf)
