@@ -34,6 +34,7 @@ import grpc
 from hpack.exceptions import HPACKError
 
 from .hpack_cache import HeaderBlockDecoder
+from .inbox import Inbox
 
 __all__ = ["GrpcAbort", "GrpcMethod", "GrpcServer", "StreamContext"]
 
@@ -140,7 +141,7 @@ class StreamContext:
         self._conn = conn
         self.sid = sid
         self._method = method
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._inbox: Inbox[Any] = Inbox()
         self._sent_headers = False
         self._out = bytearray()  # DATA payload waiting for the peer's flow-control window
         self._window = window
@@ -400,10 +401,10 @@ class _Connection(asyncio.Protocol):
                 self._end_call(stream, grpc.StatusCode.INTERNAL, "malformed request message")
                 return
             del buffer[: 5 + length]
-            stream.ctx._inbox.put_nowait(message)
+            stream.ctx._inbox.put(message)
         if flags & _END_STREAM:
             stream.closed_remote = True
-            stream.ctx._inbox.put_nowait(grpc.aio.EOF)
+            stream.ctx._inbox.put(grpc.aio.EOF)
         elif stream.ctx._inbox.empty():
             self.credit(stream.ctx)
 
@@ -425,7 +426,7 @@ class _Connection(asyncio.Protocol):
             if flags & _END_STREAM:
                 stream = self.streams[sid]
                 stream.closed_remote = True
-                stream.ctx._inbox.put_nowait(grpc.aio.EOF)
+                stream.ctx._inbox.put(grpc.aio.EOF)
             return
         if sid % 2 == 0:
             self._fail(_PROTOCOL_ERROR, f"invalid stream id {sid}")
@@ -448,7 +449,7 @@ class _Connection(asyncio.Protocol):
         ctx = StreamContext(self, sid, method, self._initial_window)
         stream = self.streams[sid] = _Stream(ctx, closed_remote=bool(flags & _END_STREAM))
         if stream.closed_remote:
-            ctx._inbox.put_nowait(grpc.aio.EOF)
+            ctx._inbox.put(grpc.aio.EOF)
         self.idle.clear()
         deadline = _timeout(headers.get("grpc-timeout", ""))
         stream.task = self._loop.create_task(self._call(stream, deadline))
