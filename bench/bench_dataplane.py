@@ -531,7 +531,7 @@ def floor_proxy(upstream_port: int, port: int, *, server: str) -> None:
     import uvloop
     from aiohttp import web
 
-    from infergate.dataplanes.builtin.upstream import UpstreamPool
+    from infergate.net.http1_client import UpstreamPool
     from infergate.servers.http1 import Http1Server, HttpRequest, Response
 
     key = f"127.0.0.1:{upstream_port}"

@@ -2,7 +2,7 @@
 
 The built-in proxy used to arm two timers per proxied request and cancel both (the server's
 keep-alive idle limit, the upstream client's read limit); both now outlive the requests
-(``servers/deadline.py``: one timer per connection, moved with each deadline). This is
+(``net/deadline.py``: one timer per connection, moved with each deadline). This is
 the figure behind that change: the loop turns once per round (``asyncio.sleep(0)``) with and
 without a timer armed and cancelled in it, and the difference is the timer's. Arming many timers
 without letting the loop run costs about twice as much (cancelled handles pile up until it runs),

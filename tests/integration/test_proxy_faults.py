@@ -25,7 +25,7 @@ from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import EndpointPickerConfig
 from infergate.dataplanes.builtin import BuiltinDataPlane
 from infergate.dataplanes.builtin.proxy import ProxyOptions, ProxyServer
-from infergate.dataplanes.builtin.upstream import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
+from infergate.net.http1_client import Exchange, UpstreamAborted, UpstreamPool, UpstreamTimeout
 from tests.support import async_wait_for, eventually, local_settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

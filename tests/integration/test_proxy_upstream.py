@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import uvloop
 
-from infergate.dataplanes.builtin.upstream import UpstreamConnectionError, UpstreamPool, UpstreamTimeout
+from infergate.net.http1_client import UpstreamConnectionError, UpstreamPool, UpstreamTimeout
 
 Start = Callable[[Callable[[asyncio.StreamWriter], Awaitable[bool]]], Awaitable[int]]
 

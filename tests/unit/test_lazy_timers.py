@@ -1,4 +1,4 @@
-"""Timers that outlive requests (``servers/deadline.py``): the upstream client's read limit and the
+"""Timers that outlive requests (``net/deadline.py``): the upstream client's read limit and the
 HTTP/1.1 server's idle limit arm about one loop timer per limit, not one per request, and still
 fire on time.
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from infergate.dataplanes.builtin.upstream import UpstreamAborted, UpstreamTimeout, _Conn
-from infergate.servers.deadline import DeadlineTimer
+from infergate.net.deadline import DeadlineTimer
+from infergate.net.http1_client import UpstreamAborted, UpstreamTimeout, _Conn
 from infergate.servers.http1 import Http1Server, HttpRequest, Response, _Connection
 
 

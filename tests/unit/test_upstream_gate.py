@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from infergate.dataplanes.builtin.upstream import _HostGate
+from infergate.net.http1_client import _HostGate
 
 
 async def _settle() -> None:

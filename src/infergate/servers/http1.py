@@ -35,7 +35,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.errors import BadRequestError, InternalError, RequestError
-from infergate.servers.deadline import DeadlineTimer
+from infergate.net.deadline import DeadlineTimer
 
 __all__ = ["BodyTooLarge", "Http1Server", "HttpRequest", "MalformedBody", "Response"]
 
@@ -510,7 +510,7 @@ class _Connection(asyncio.Protocol):
     def _arm_idle(self, seconds: float | None = None) -> None:
         """Close the connection ``seconds`` (the server's idle timeout) from now unless a request
         head arrives first (one timer per connection, re-armed only when it fires: see
-        :class:`~infergate.servers.deadline.DeadlineTimer`)."""
+        :class:`~infergate.net.deadline.DeadlineTimer`)."""
         self._idle.set(self.loop.time() + (self.server.idle_timeout if seconds is None else seconds))
 
     def _idle_expired(self) -> None:

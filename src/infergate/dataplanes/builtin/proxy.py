@@ -34,14 +34,6 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.config.settings import Settings
-from infergate.dataplanes.builtin.upstream import (
-    Exchange,
-    UpstreamAborted,
-    UpstreamConnectionError,
-    UpstreamPool,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
 from infergate.errors import (
     BadRequestError,
     ClientDisconnectedError,
@@ -51,6 +43,14 @@ from infergate.errors import (
     RequestTooLargeError,
     UpstreamError,
     UpstreamTimeoutError,
+)
+from infergate.net.http1_client import (
+    Exchange,
+    UpstreamAborted,
+    UpstreamConnectionError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
 )
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import (

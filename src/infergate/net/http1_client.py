@@ -1,7 +1,9 @@
-"""A small HTTP/1.1 client for the proxy's upstream side: pooled keep-alive connections, raw bytes.
+"""A small HTTP/1.1 client for talking to model servers: pooled keep-alive connections, raw bytes.
 
-Why not aiohttp's client: per request it costs about three times the CPU of this one (URL and
-cookie handling, tracing hooks, timers), and the proxy needs none of that. What it does support is
+The built-in proxy forwards requests with it and the metrics scraper polls ``/metrics``,
+``/health`` and ``/v1/models`` with it. Why not aiohttp's client: per request it costs about three
+times the CPU of this one (URL and cookie handling, tracing hooks, timers), and neither user needs
+any of that. What it does support is
 exactly what model servers answer: ``Content-Length`` bodies, ``chunked`` bodies (uvicorn's SSE),
 bodies delimited by connection close, and no body for 1xx/204/304. Reading is incremental with
 back-pressure (the socket is paused while more than ``_HIGH_WATER`` bytes wait to be consumed).
@@ -25,7 +27,7 @@ from typing import cast
 
 from multidict import CIMultiDict
 
-from infergate.servers.deadline import DeadlineTimer
+from infergate.net.deadline import DeadlineTimer
 
 __all__ = [
     "Exchange",
@@ -165,7 +167,7 @@ class _Conn(asyncio.Protocol):
     async def wait_data(self, limit: float | None) -> None:
         """Wait until more bytes (or EOF) arrive; at most ``limit`` seconds (or the idle cap).
 
-        The limit is the connection's :class:`~infergate.servers.deadline.DeadlineTimer`, armed
+        The limit is the connection's :class:`~infergate.net.deadline.DeadlineTimer`, armed
         once and moved with each wait rather than armed per wait; ``asyncio.timeout`` would cost
         more still (task bookkeeping), and this runs once or twice per proxied request.
         """
