@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -40,6 +38,8 @@ class FakeModelServer:
         self.hang = asyncio.Event()
         self.hang.set()  # cleared = every request hangs
         self.hits: Counter[str] = Counter()
+        self.redirects: dict[str, str] = {}  # path -> Location answered with 307
+        self.chunked = False  # /metrics in chunked transfer encoding, in two pieces
         self._runner: web.AppRunner | None = None
 
     @property
@@ -49,10 +49,23 @@ class FakeModelServer:
     def meta(self, name: str = "pod") -> EndpointMeta:
         return EndpointMeta(name=name, address="127.0.0.1", port=self.port, labels={"app": "vllm"})
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] += 1
         await self.hang.wait()
-        return web.Response(text=self.text, content_type="text/plain")
+        if not self.chunked:
+            return web.Response(text=self.text, content_type="text/plain")
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        half = len(self.text) // 2
+        await resp.write(self.text[:half].encode())
+        await resp.write(self.text[half:].encode())
+        await resp.write_eof()
+        return resp
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        return web.Response(status=307, headers={"Location": self.redirects[request.path]})
 
     async def _health(self, request: web.Request) -> web.Response:
         self.hits[request.path] += 1
@@ -68,6 +81,8 @@ class FakeModelServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get(self.metrics_route, self._metrics)
+        for path in self.redirects:
+            app.router.add_get(path, self._redirect)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
@@ -193,15 +208,55 @@ async def test_health_failure_and_consecutive_successes(server: FakeModelServer)
 async def test_hanging_endpoint_times_out_into_unhealthy(server: FakeModelServer) -> None:
     ds = Datastore()
     ds.upsert_endpoint(server.meta())
-    # The session's own timeout is far above the wait's bound: only the scrape timeout (0.3 s) can
-    # turn the hanging endpoint unhealthy in time.
-    session = functools.partial(aiohttp.ClientSession, timeout=aiohttp.ClientTimeout(total=600))
-    async with running(MetricsScraper(ds, session, interval=0.05, timeout=0.3, health_timeout=0.3)):
+    # The connection pool bounds no wait by itself: only the scrape and probe timeouts (0.3 s)
+    # turn the hanging endpoint unhealthy.
+    async with running(MetricsScraper(ds, interval=0.05, timeout=0.3, health_timeout=0.3)):
         await async_wait_for(lambda: _true(len(ds.candidates()) == 1), timeout=5, what="ready")
         server.hang.clear()
         await eventually(lambda: ds.candidates() == [], what="hang → unhealthy")
         server.hang.set()
         await async_wait_for(lambda: _true(len(ds.candidates()) == 1), timeout=3, what="recovered")
+
+
+@pytest.mark.parametrize("location", ["/metrics/", "metrics/", "http://{key}/metrics/"])
+async def test_a_redirect_to_the_same_server_is_followed(location: str) -> None:
+    """A metrics app mounted under ``/metrics/`` answers ``/metrics`` with 307: the scrape
+    follows it on the same server, whichever way the Location is written."""
+    s = FakeModelServer(free_port(), vllm_text(waiting=4), metrics_route="/metrics/")
+    s.redirects["/metrics"] = location.format(key=s.key)
+    await s.start()
+    try:
+        ds = Datastore()
+        ds.upsert_endpoint(s.meta())
+        async with running(MetricsScraper(ds, interval=0.05)):
+            await eventually(lambda: _metrics(ds, s.key).waiting_queue_size == 4, what="scraped")
+        assert s.hits["/metrics"] >= 1 and s.hits["/metrics/"] >= 1
+    finally:
+        await s.stop()
+
+
+async def test_a_redirect_to_another_server_is_a_failed_scrape() -> None:
+    s = FakeModelServer(free_port(), vllm_text(waiting=4), metrics_route="/elsewhere")
+    s.redirects["/metrics"] = "http://192.0.2.1:9/elsewhere"  # the path this server does serve
+    await s.start()
+    try:
+        ds = Datastore()
+        ds.upsert_endpoint(s.meta())
+        async with running(MetricsScraper(ds, interval=0.05)):
+            await eventually(lambda: s.hits["/metrics"] >= 3, what="three scrapes answered 307")
+            assert ds.candidates() == []
+            assert _metrics(ds, s.key).waiting_queue_size == 0
+    finally:
+        await s.stop()
+
+
+async def test_a_chunked_metrics_page_is_read_whole(server: FakeModelServer) -> None:
+    server.chunked = True
+    ds = Datastore()
+    ds.upsert_endpoint(server.meta())
+    async with running(MetricsScraper(ds, interval=0.05)):
+        await eventually(lambda: _metrics(ds, server.key).waiting_queue_size == 7, what="scraped")
+        await async_wait_for(lambda: _true(len(ds.candidates()) == 1), timeout=5, what="ready")
 
 
 async def test_removed_endpoint_stops_being_scraped_and_new_one_starts(server: FakeModelServer) -> None:

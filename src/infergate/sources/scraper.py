@@ -14,7 +14,11 @@ to the ``down`` listeners (:meth:`MetricsScraper.add_down_listener`): the data p
 requests in flight there only then. While failing, the scrape
 interval backs off exponentially up to ``max_backoff`` so a dead replica is not hammered 20×/s.
 An unexpected exception inside one endpoint's task is logged and that task restarted; it never
-stops the scraper or the other endpoints. All requests share one aiohttp session (keep-alive).
+stops the scraper or the other endpoints. All requests share one keep-alive connection pool
+(:mod:`infergate.net.http1_client`, the proxy's own client): a scrape runs 20 times a second per
+endpoint, and aiohttp's client cost half as much again per fetch (``docs/benchmarks.md``, "Metrics
+scrapes"). A redirect is followed once per request within the same server (a model server that
+mounts its metrics app under ``/metrics/``).
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-
-import aiohttp
+from urllib.parse import urljoin, urlsplit
 
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
+from infergate.net.http1_client import UpstreamPool
 from infergate.sources.dialects import Dialect, get_dialect, parse_metrics_report
 from infergate.sources.health import HealthTracker
 from infergate.telemetry import GatewayMetrics
@@ -38,7 +42,10 @@ __all__ = ["MetricsScraper"]
 
 log = logging.getLogger(__name__)
 
-_FETCH_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError)
+# connection failures, resets, malformed answers (UpstreamConnectionError) and timeouts are OSErrors
+_FETCH_ERRORS = (OSError, UnicodeDecodeError)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_GET_HEADERS = (("Accept", "*/*"),)
 
 
 class _EndpointState:
@@ -53,18 +60,51 @@ class _EndpointState:
         self.logged_missing = False
 
 
+class _Target:
+    """One endpoint as the scraper fetches from it: ``GET path`` over the shared pool."""
+
+    __slots__ = ("_host", "_key", "_pool", "_port")
+
+    def __init__(self, pool: UpstreamPool, key: str, host: str, port: int) -> None:
+        self._pool, self._key, self._host, self._port = pool, key, host, port
+
+    async def get(self, path: str, within: float) -> tuple[int, bytes]:
+        """Status and body of ``GET path``, within ``within`` seconds in all (TimeoutError beyond).
+
+        A redirect to the same server is followed once (a metrics app mounted under
+        ``/metrics/`` answers ``/metrics`` with 307); one elsewhere is answered as it is.
+        """
+        async with asyncio.timeout(within):
+            status, location, body = await self._fetch(path)
+            if status in _REDIRECTS and location:
+                target = urlsplit(urljoin(f"http://{self._key}{path}", location))
+                if target.netloc == self._key:
+                    query = f"?{target.query}" if target.query else ""
+                    status, _, body = await self._fetch((target.path or "/") + query)
+        return status, body
+
+    async def _fetch(self, path: str) -> tuple[int, str, bytes]:
+        resp = await self._pool.request(self._key, self._host, self._port, "GET", path, _GET_HEADERS, b"")
+        try:
+            body = await resp.read()
+        except BaseException:
+            resp.close()  # a timeout or failure mid-body: the connection is not reused
+            raise
+        resp.release()
+        return resp.status, resp.headers.get("Location", ""), body
+
+
 class MetricsScraper:
     """Polls every endpoint of a datastore; see the module docstring for the policy.
 
-    ``session_factory`` builds the shared client session when :meth:`run` starts; the scraper
-    closes it when :meth:`run` ends. ``metrics_path`` defaults to the dialect's paths, tried in
-    turn while they answer 404.
+    :meth:`run` opens the shared connection pool and closes it when it ends. ``metrics_path``
+    defaults to the dialect's paths, tried in turn while they answer 404. ``timeout`` bounds a
+    scrape or model listing from start to last byte, ``health_timeout`` a health probe.
     """
 
     def __init__(
         self,
         datastore: Datastore,
-        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
         *,
         interval: float = 0.05,
         dialect: str = "vllm",
@@ -83,7 +123,6 @@ class MetricsScraper:
     ) -> None:
         self._ds = datastore
         self._dialect: Dialect = get_dialect(dialect)
-        self._session_factory = session_factory or self._default_session
         self._interval = interval
         self._health_path = health_path if health_path.startswith("/") else "/" + health_path
         self._health_interval = health_interval
@@ -91,8 +130,8 @@ class MetricsScraper:
         self._clock: Clock = clock or datastore.clock
         self._metrics = metrics
         self._metrics_paths = (metrics_path,) if metrics_path else self._dialect.metrics_paths
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
+        self._timeout = timeout
+        self._health_timeout = health_timeout
         self._rise = max(1, rise)
         self._evict_after = max(1, evict_after)
         self._down_listeners: list[Callable[[str], None]] = []
@@ -136,24 +175,22 @@ class MetricsScraper:
             pool_metrics_interval=s.pool_metrics_interval,
         )
 
-    def _default_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
-        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-
     @property
     def scraping(self) -> frozenset[str]:
         """Keys of the endpoints that currently have a live task."""
         return frozenset(k for k, t in self._tasks.items() if not t.done())
 
     async def run(self) -> None:
-        """Scrape until cancelled; on exit every child task is cancelled and the session closed."""
-        session = self._session_factory()
+        """Scrape until cancelled; on exit every child task is cancelled and the pool closed."""
+        # each request's whole time is bounded by its own timeout (_Target.get); the pool's limits
+        # only back that up
+        pool = UpstreamPool(connect_timeout=self._timeout, read_timeout=None, max_idle_per_host=4)
         self._changed = asyncio.Event()
         unsubscribe = self._ds.add_listener(self._changed.set, in_flight=False)
         gauges = asyncio.create_task(self._pool_gauge_loop()) if self._metrics is not None else None
         try:
             while True:
-                self._reconcile(session)
+                self._reconcile(pool)
                 await self._changed.wait()
                 self._changed.clear()
         finally:
@@ -164,26 +201,26 @@ class MetricsScraper:
             await asyncio.gather(*children, return_exceptions=True)
             self._tasks.clear()
             self._states.clear()
-            await session.close()
+            await pool.close()
 
-    def _reconcile(self, session: aiohttp.ClientSession) -> None:
+    def _reconcile(self, pool: UpstreamPool) -> None:
         """Start a task for each new endpoint, cancel the tasks of endpoints that are gone."""
         keys = {e.key for e in self._ds.endpoints()}
         for key in keys:
             task = self._tasks.get(key)
             if task is None or task.done():
                 self._states.setdefault(key, _EndpointState(self._rise))
-                self._tasks[key] = asyncio.create_task(self._supervise(key, session), name=f"scrape {key}")
+                self._tasks[key] = asyncio.create_task(self._supervise(key, pool), name=f"scrape {key}")
         for key in [k for k in self._tasks if k not in keys]:
             self._tasks.pop(key).cancel()
             self._states.pop(key, None)
 
-    async def _supervise(self, key: str, session: aiohttp.ClientSession) -> None:
+    async def _supervise(self, key: str, pool: UpstreamPool) -> None:
         """Run one endpoint's loop; restart it after an unexpected exception."""
         restarts = 0
         while True:
             try:
-                await self._endpoint_loop(key, session)
+                await self._endpoint_loop(key, pool)
                 return
             except asyncio.CancelledError:
                 raise
@@ -192,36 +229,35 @@ class MetricsScraper:
                 log.exception("scraper task for %s crashed (restart %d)", key, restarts)
                 await asyncio.sleep(min(self._max_backoff, self._interval * 2 ** min(restarts, 16)))
 
-    async def _endpoint_loop(self, key: str, session: aiohttp.ClientSession) -> None:
+    async def _endpoint_loop(self, key: str, pool: UpstreamPool) -> None:
         """Scrape and health-probe concurrently, so a slow scrape never delays the health verdict."""
         state = self._states.setdefault(key, _EndpointState(self._rise))
-        base = f"http://{key}"
+        endpoint = self._ds.endpoint(key)
+        if endpoint is None:
+            return
+        base = _Target(pool, key, endpoint.meta.address, endpoint.meta.port)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._scrape_loop(key, base, session, state))
-            tg.create_task(self._health_loop(key, base, session, state))
+            tg.create_task(self._scrape_loop(key, base, state))
+            tg.create_task(self._health_loop(key, base, state))
 
-    async def _scrape_loop(
-        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
-    ) -> None:
+    async def _scrape_loop(self, key: str, base: _Target, state: _EndpointState) -> None:
         loop = asyncio.get_running_loop()
         next_models = loop.time()
         delay = self._interval
         while self._ds.endpoint(key) is not None:
             started = loop.time()
-            ok = await self._scrape(key, base, session, state)
+            ok = await self._scrape(key, base, state)
             if ok and started >= next_models:
                 next_models = started + self._models_interval
-                await self._refresh_models(key, base, session, state)
+                await self._refresh_models(key, base, state)
             delay = self._interval if ok else min(self._max_backoff, max(delay * 2, self._interval * 2))
             await asyncio.sleep(max(0.0, delay - (loop.time() - started)))
 
-    async def _health_loop(
-        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
-    ) -> None:
+    async def _health_loop(self, key: str, base: _Target, state: _EndpointState) -> None:
         loop = asyncio.get_running_loop()
         while self._ds.endpoint(key) is not None:
             started = loop.time()
-            await self._probe_health(key, base, session, state)
+            await self._probe_health(key, base, state)
             await asyncio.sleep(max(0.0, self._health_interval - (loop.time() - started)))
 
     def add_down_listener(self, fn: Callable[[str], None]) -> Callable[[], None]:
@@ -240,14 +276,10 @@ class MetricsScraper:
             for fn in list(self._down_listeners):
                 fn(key)
 
-    async def _scrape(
-        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
-    ) -> bool:
+    async def _scrape(self, key: str, base: _Target, state: _EndpointState) -> bool:
         try:
             path = self._metrics_paths[state.path_index % len(self._metrics_paths)]
-            async with session.get(base + path, timeout=self._timeout) as resp:
-                body = await resp.read()
-                status = resp.status
+            status, body = await base.get(path, self._timeout)
         except _FETCH_ERRORS as exc:
             log.debug("scrape of %s failed: %r", key, exc)
             self._outcome(key, state, False)
@@ -269,29 +301,24 @@ class MetricsScraper:
         self._outcome(key, state, True)
         return True
 
-    async def _probe_health(
-        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
-    ) -> bool:
+    async def _probe_health(self, key: str, base: _Target, state: _EndpointState) -> bool:
         try:
-            async with session.get(base + self._health_path, timeout=self._health_timeout) as resp:
-                await resp.read()
-                ok = 200 <= resp.status < 300
+            status, _ = await base.get(self._health_path, self._health_timeout)
+            ok = 200 <= status < 300
         except _FETCH_ERRORS as exc:
             log.debug("health probe of %s failed: %r", key, exc)
             ok = False
         self._outcome(key, state, ok, probe=True)
         return ok
 
-    async def _refresh_models(
-        self, key: str, base: str, session: aiohttp.ClientSession, state: _EndpointState
-    ) -> None:
+    async def _refresh_models(self, key: str, base: _Target, state: _EndpointState) -> None:
         """``/v1/models`` ids (base model and loaded adapters) and the context length; a failure
         keeps the last list."""
         try:
-            async with session.get(base + "/v1/models", timeout=self._timeout) as resp:
-                if resp.status != 200:
-                    return
-                payload = json.loads(await resp.read())
+            status, body = await base.get("/v1/models", self._timeout)
+            if status != 200:
+                return
+            payload = json.loads(body)
         except (*_FETCH_ERRORS, ValueError) as exc:
             log.debug("model list of %s failed: %r", key, exc)
             return
