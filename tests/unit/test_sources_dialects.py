@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from infergate.errors import ConfigError
@@ -326,3 +328,47 @@ def test_reads_the_simulators_exposition(legacy: bool) -> None:
         finished_requests=3.0,
         updated_at=9.0,
     )
+
+
+def _reference_sample_lines(text: str, families: tuple[str, ...]) -> list[str]:
+    """Split the page into lines and keep those that start with a family name followed by ``{``, a
+    space or a tab, ``\\r`` stripped: what the one-pass pattern must find, in the same order."""
+    out = []
+    for line in text.split("\n"):
+        for f in families:
+            if line.startswith(f) and len(line) > len(f) and line[len(f)] in "{ \t":
+                out.append(line.rstrip("\r"))
+                break
+    return out
+
+
+@pytest.mark.parametrize("dialect", ["vllm", "sglang", "trtllm"])
+def test_sample_lines_equal_a_line_by_line_reading_of_random_pages(dialect: str) -> None:
+    """Pages built from the dialect's families, longer families sharing their start, HELP/TYPE
+    lines, names inside label values and other families' lines, CRLF endings, a first line with no
+    newline before it and a last one with none after: the lines found are exactly the reference's."""
+    d = get_dialect(dialect)
+    rng = random.Random(dialect)
+    names = [*d.families, *(f + "_by_reason" for f in d.families), "other:metric", d.families[0][:-1]]
+    for _ in range(300):
+        lines = []
+        for _ in range(rng.randrange(0, 12)):
+            name = rng.choice(names)
+            lines.append(
+                rng.choice(
+                    [
+                        f"{name} {rng.random()}",
+                        f'{name}{{model_name="{rng.choice(names)}"}} 1',
+                        f"{name}\t2",
+                        f"# HELP {name} help",
+                        f"# TYPE {name} gauge",
+                        f"{name}_total 3",
+                        name,
+                        "",
+                    ]
+                )
+            )
+        text = "".join(line + rng.choice(["\n", "\r\n"]) for line in lines)
+        if rng.random() < 0.5:
+            text = text.rstrip("\r\n")
+        assert d.sample_lines(text) == _reference_sample_lines(text, d.families), text

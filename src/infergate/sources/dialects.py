@@ -5,7 +5,7 @@ geometry, loaded LoRA adapters) under different names (the model-server protocol
 Gateway API Inference Extension, reference §4.1). A :class:`Dialect` is that table row as data.
 
 This runs once per endpoint every 50 ms, so the text is first cut down to the sample lines of the
-few families a dialect reads (``str.find`` per family, C speed), and only those lines go through
+few families a dialect reads (one regular-expression pass, C speed), and only those lines go through
 ``prometheus_client``'s parser. A vLLM exposition of ~30 kB shrinks to about eight lines.
 Unknown or missing metrics leave the field at its default; malformed lines are skipped.
 """
@@ -13,6 +13,7 @@ Unknown or missing metrics leave the field at its default; malformed lines are s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,6 +50,16 @@ class MetricSpec:
 
 def _spec(family: str, **labels: str) -> MetricSpec:
     return MetricSpec(family, tuple(sorted(labels.items())))
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The longest string every one of ``names`` starts with (the first and last in sorted order
+    share it with all the others)."""
+    first, last = min(names), max(names)
+    n = 0
+    while n < len(first) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 @dataclass(frozen=True)
@@ -89,33 +100,29 @@ class Dialect:
         )
         return tuple(sorted({s.family for s in specs}))
 
+    @cached_property
+    def _sample_line(self) -> re.Pattern[str]:
+        """One pattern for the sample lines of every family, behind the newline that starts them.
+
+        Written as ``\n<common prefix>(?:<rest of each name>)``, longest names first, so the
+        regular expression engine scans the page for the literal ``\n<prefix>`` in C and tries
+        the names only there; the lookahead skips a longer family sharing a name's start
+        (``..._waiting_by_reason``).
+        """
+        prefix = _common_prefix(self.families)
+        rest = "|".join(re.escape(f[len(prefix) :]) for f in sorted(self.families, key=len, reverse=True))
+        return re.compile("\n(" + re.escape(prefix) + "(?:" + rest + ")(?=[{ \t])[^\n]*)")
+
     def sample_lines(self, text: str) -> list[str]:
-        """The sample lines of :attr:`families`, found with ``str.find`` (C speed, no line split).
+        """The sample lines of :attr:`families`, in page order, found in one pass of a regular
+        expression (no line split; a third of the time of one ``str.find`` per family).
 
         HELP and TYPE lines are dropped: the parser reads gauges and the one counter read
-        (``..._total``, named in full) the same untyped. A longer family sharing the prefix
-        (``..._waiting_by_reason``) is skipped by checking the character after the name.
+        (``..._total``, named in full) the same untyped.
         """
-        out: list[str] = []
-        size = len(text)
-
-        def take(start: int, n: int) -> int:
-            end = text.find("\n", start)
-            if end == -1:
-                end = size
-            after = start + n
-            if after < end and text[after] in "{ \t":
-                out.append(text[start:end].rstrip("\r"))
-            return end
-
-        for name in self.families:
-            n = len(name)
-            end = take(0, n) if text.startswith(name) else 0
-            hit = text.find("\n" + name, end)
-            while hit != -1:
-                end = take(hit + 1, n)
-                hit = text.find("\n" + name, end)
-        return out
+        if not self.families:
+            return []
+        return [line.rstrip("\r") for line in self._sample_line.findall("\n" + text)]
 
 
 VLLM = Dialect(
