@@ -40,6 +40,7 @@ class FakeModelServer:
         self.hits: Counter[str] = Counter()
         self.redirects: dict[str, str] = {}  # path -> Location answered with 307
         self.chunked = False  # /metrics in chunked transfer encoding, in two pieces
+        self.metrics_headers: dict[str, str] = {}  # of the last /metrics request
         self._runner: web.AppRunner | None = None
 
     @property
@@ -51,6 +52,7 @@ class FakeModelServer:
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] += 1
+        self.metrics_headers = dict(request.headers)
         await self.hang.wait()
         if not self.chunked:
             return web.Response(text=self.text, content_type="text/plain")
@@ -248,6 +250,16 @@ async def test_a_redirect_to_another_server_is_a_failed_scrape() -> None:
             assert _metrics(ds, s.key).waiting_queue_size == 0
     finally:
         await s.stop()
+
+
+async def test_pages_are_asked_for_uncompressed(server: FakeModelServer) -> None:
+    """No Accept-Encoding: a vLLM server would gzip every page for a client that accepts it."""
+    ds = Datastore()
+    ds.upsert_endpoint(server.meta())
+    async with running(MetricsScraper(ds, interval=0.05)):
+        await eventually(lambda: server.hits["/metrics"] >= 1, what="scraped")
+    assert "Accept-Encoding" not in server.metrics_headers
+    assert server.metrics_headers["Host"] == server.key
 
 
 async def test_a_chunked_metrics_page_is_read_whole(server: FakeModelServer) -> None:
