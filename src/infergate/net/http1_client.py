@@ -3,10 +3,10 @@
 The built-in proxy forwards requests with it and the metrics scraper polls ``/metrics``,
 ``/health`` and ``/v1/models`` with it. Why not aiohttp's client: per request it costs about three
 times the CPU of this one (URL and cookie handling, tracing hooks, timers), and neither user needs
-any of that. What it does support is
-exactly what model servers answer: ``Content-Length`` bodies, ``chunked`` bodies (uvicorn's SSE),
-bodies delimited by connection close, and no body for 1xx/204/304. Reading is incremental with
-back-pressure (the socket is paused while more than ``_HIGH_WATER`` bytes wait to be consumed).
+any of that. What it does support is exactly what model servers answer: ``Content-Length``
+bodies, ``chunked`` bodies (uvicorn's SSE), bodies delimited by connection close, and no body for
+1xx/204/304. Reading is incremental with back-pressure (the socket is paused while more than
+``_HIGH_WATER`` bytes wait to be consumed).
 
 A pooled connection that turns out to be closed by the server before any response byte arrived is
 retried once on a fresh connection, as every keep-alive client must.

@@ -104,8 +104,8 @@ class Dialect:
     def _sample_line(self) -> re.Pattern[str]:
         """One pattern for the sample lines of every family, behind the newline that starts them.
 
-        Written as ``\n<common prefix>(?:<rest of each name>)``, longest names first, so the
-        regular expression engine scans the page for the literal ``\n<prefix>`` in C and tries
+        Written as ``\\n<common prefix>(?:<rest of each name>)``, longest names first, so the
+        regular expression engine scans the page for the literal ``\\n<prefix>`` in C and tries
         the names only there; the lookahead skips a longer family sharing a name's start
         (``..._waiting_by_reason``).
         """

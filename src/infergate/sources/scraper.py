@@ -235,29 +235,29 @@ class MetricsScraper:
         endpoint = self._ds.endpoint(key)
         if endpoint is None:
             return
-        base = _Target(pool, key, endpoint.meta.address, endpoint.meta.port)
+        target = _Target(pool, key, endpoint.meta.address, endpoint.meta.port)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._scrape_loop(key, base, state))
-            tg.create_task(self._health_loop(key, base, state))
+            tg.create_task(self._scrape_loop(key, target, state))
+            tg.create_task(self._health_loop(key, target, state))
 
-    async def _scrape_loop(self, key: str, base: _Target, state: _EndpointState) -> None:
+    async def _scrape_loop(self, key: str, target: _Target, state: _EndpointState) -> None:
         loop = asyncio.get_running_loop()
         next_models = loop.time()
         delay = self._interval
         while self._ds.endpoint(key) is not None:
             started = loop.time()
-            ok = await self._scrape(key, base, state)
+            ok = await self._scrape(key, target, state)
             if ok and started >= next_models:
                 next_models = started + self._models_interval
-                await self._refresh_models(key, base, state)
+                await self._refresh_models(key, target, state)
             delay = self._interval if ok else min(self._max_backoff, max(delay * 2, self._interval * 2))
             await asyncio.sleep(max(0.0, delay - (loop.time() - started)))
 
-    async def _health_loop(self, key: str, base: _Target, state: _EndpointState) -> None:
+    async def _health_loop(self, key: str, target: _Target, state: _EndpointState) -> None:
         loop = asyncio.get_running_loop()
         while self._ds.endpoint(key) is not None:
             started = loop.time()
-            await self._probe_health(key, base, state)
+            await self._probe_health(key, target, state)
             await asyncio.sleep(max(0.0, self._health_interval - (loop.time() - started)))
 
     def add_down_listener(self, fn: Callable[[str], None]) -> Callable[[], None]:
@@ -276,10 +276,10 @@ class MetricsScraper:
             for fn in list(self._down_listeners):
                 fn(key)
 
-    async def _scrape(self, key: str, base: _Target, state: _EndpointState) -> bool:
+    async def _scrape(self, key: str, target: _Target, state: _EndpointState) -> bool:
         try:
             path = self._metrics_paths[state.path_index % len(self._metrics_paths)]
-            status, body = await base.get(path, self._timeout)
+            status, body = await target.get(path, self._timeout)
         except _FETCH_ERRORS as exc:
             log.debug("scrape of %s failed: %r", key, exc)
             self._outcome(key, state, False)
@@ -301,9 +301,9 @@ class MetricsScraper:
         self._outcome(key, state, True)
         return True
 
-    async def _probe_health(self, key: str, base: _Target, state: _EndpointState) -> bool:
+    async def _probe_health(self, key: str, target: _Target, state: _EndpointState) -> bool:
         try:
-            status, _ = await base.get(self._health_path, self._health_timeout)
+            status, _ = await target.get(self._health_path, self._health_timeout)
             ok = 200 <= status < 300
         except _FETCH_ERRORS as exc:
             log.debug("health probe of %s failed: %r", key, exc)
@@ -311,11 +311,11 @@ class MetricsScraper:
         self._outcome(key, state, ok, probe=True)
         return ok
 
-    async def _refresh_models(self, key: str, base: _Target, state: _EndpointState) -> None:
+    async def _refresh_models(self, key: str, target: _Target, state: _EndpointState) -> None:
         """``/v1/models`` ids (base model and loaded adapters) and the context length; a failure
         keeps the last list."""
         try:
-            status, body = await base.get("/v1/models", self._timeout)
+            status, body = await target.get("/v1/models", self._timeout)
             if status != 200:
                 return
             payload = json.loads(body)
