@@ -1,0 +1,143 @@
+"""What an idle endpoint costs the gateway: CPU per second spent scraping one simulated replica.
+
+Starts one simulated replica and, in turn, ``infergate serve`` over it from this tree (and, with
+``--before-src DIR``, from another source tree), with no traffic at all; after ``--warmup``
+seconds it reads the gateway's CPU time from /proc over ``--seconds`` seconds. What remains is
+the metrics scrapes (every ``--interval`` seconds), health probes and model listings. Runs are
+interleaved ``--rounds`` times, so a slow phase of the machine hits every tree alike. This is
+the idle share that the side-by-side benchmark's "router CPU" includes and its "net of idle"
+column leaves out.
+
+    .venv/bin/python bench/bench_scrape_idle.py [--seconds 20] [--rounds 3] [--interval 0.05]
+        [--before-src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from infergate.bench.matrix import static_pool_manifests
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, deadline: float = 60.0) -> None:
+    """Poll ``url`` until it answers 2xx (startup only)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if 200 <= r.status < 300:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise SystemExit(f"{url} did not answer within {deadline:g}s")
+        time.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def idle_cpu(manifest: Path, src: Path | None, args: argparse.Namespace, log: Path) -> float:
+    """Milliseconds of gateway CPU per second while idle."""
+    env = {**os.environ, "INFERGATE_SCRAPE__INTERVAL": str(args.interval)}
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+    admin = free_port()
+    argv = [sys.executable, "-m", "infergate", "serve", "-f", str(manifest), "--host", "127.0.0.1"]
+    argv += ["--port", str(free_port()), "--admin-port", str(admin), "--log-level", "warning"]
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        time.sleep(args.warmup)
+        before = cpu_seconds(proc.pid)
+        time.sleep(args.seconds)
+        return (cpu_seconds(proc.pid) - before) / float(args.seconds) * 1000.0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def whole(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: a bad value is an error naming its option."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=positive, default=20.0, help="measured idle time per run")
+    ap.add_argument("--warmup", type=positive, default=3.0, help="seconds after readiness, not measured")
+    ap.add_argument("--rounds", type=whole, default=3, help="interleaved runs per tree")
+    ap.add_argument("--interval", type=positive, default=0.05, help="scrape.interval in seconds")
+    ap.add_argument("--before-src", type=Path, help="also run infergate from this source tree")
+    args = ap.parse_args(argv)
+    if args.before_src is not None and not (args.before_src / "infergate").is_dir():
+        ap.error(f"--before-src: {args.before_src} holds no infergate package")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scrape-idle-"))
+    port = free_port()
+    argv = [sys.executable, "-m", "infergate", "simulate", "--host", "127.0.0.1", "--port", str(port)]
+    with open(tmp / "replica.log", "wb") as err:
+        replica = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        manifest = tmp / "pool.yaml"
+        manifest.write_text(static_pool_manifests("bench", {"replica": f"127.0.0.1:{port}"}))
+        trees: list[tuple[str, Path | None]] = [("this tree", None)]
+        if args.before_src is not None:
+            trees.append((f"{args.before_src}", args.before_src))
+        results: dict[str, list[float]] = {name: [] for name, _ in trees}
+        for _ in range(args.rounds):
+            for name, src in trees:
+                results[name].append(idle_cpu(manifest, src, args, tmp / "gateway.log"))
+        print(f"idle gateway, one replica, scrape interval {args.interval:g} s, {args.seconds:g} s per run:")
+        for name, values in results.items():
+            print(f"  {name}: " + ", ".join(f"{v:.1f}" for v in values) + " ms CPU per second")
+    finally:
+        replica.send_signal(signal.SIGINT)
+        try:
+            replica.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            replica.kill()
+
+
+if __name__ == "__main__":
+    main()
