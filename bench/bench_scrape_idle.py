@@ -1,15 +1,15 @@
-"""What an idle endpoint costs the gateway: CPU per second spent scraping one simulated replica.
+"""What idle endpoints cost the gateway: CPU per second spent scraping simulated replicas.
 
-Starts one simulated replica and, in turn, ``infergate serve`` over it from this tree (and, with
-``--before-src DIR``, from another source tree), with no traffic at all; after ``--warmup``
-seconds it reads the gateway's CPU time from /proc over ``--seconds`` seconds. What remains is
-the metrics scrapes (every ``--interval`` seconds), health probes and model listings. Runs are
+Starts ``--replicas`` simulated replicas (one by default) and, in turn, ``infergate serve`` over
+them from this tree (and, with ``--before-src DIR``, from another source tree), with no traffic;
+after ``--warmup`` seconds it reads the gateway's CPU time from /proc over ``--seconds`` seconds.
+What remains is the metrics scrapes (every ``--interval`` seconds), health probes and model listings. Runs are
 interleaved ``--rounds`` times, so a slow phase of the machine hits every tree alike. This is
 the idle share that the side-by-side benchmark's "router CPU" includes and its "net of idle"
 column leaves out.
 
     .venv/bin/python bench/bench_scrape_idle.py [--seconds 20] [--rounds 3] [--interval 0.05]
-        [--before-src DIR]
+        [--replicas 1] [--before-src DIR]
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=positive, default=3.0, help="seconds after readiness, not measured")
     ap.add_argument("--rounds", type=whole, default=3, help="interleaved runs per tree")
     ap.add_argument("--interval", type=positive, default=0.05, help="scrape.interval in seconds")
+    ap.add_argument("--replicas", type=whole, default=1, help="simulated replicas in the pool")
     ap.add_argument("--before-src", type=Path, help="also run infergate from this source tree")
     args = ap.parse_args(argv)
     if args.before_src is not None and not (args.before_src / "infergate").is_dir():
@@ -113,14 +114,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scrape-idle-"))
-    port = free_port()
-    argv = [sys.executable, "-m", "infergate", "simulate", "--host", "127.0.0.1", "--port", str(port)]
-    with open(tmp / "replica.log", "wb") as err:
-        replica = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    replicas: list[subprocess.Popen[bytes]] = []
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
+        ports = [free_port() for _ in range(args.replicas)]
+        simulate = [sys.executable, "-m", "infergate", "simulate", "--host", "127.0.0.1"]
+        with open(tmp / "replica.log", "wb") as err:
+            for port in ports:
+                argv = [*simulate, "--port", str(port)]
+                replicas.append(
+                    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                )
+        for port in ports:
+            wait_http(f"http://127.0.0.1:{port}/health")
         manifest = tmp / "pool.yaml"
-        manifest.write_text(static_pool_manifests("bench", {"replica": f"127.0.0.1:{port}"}))
+        endpoints = {f"replica-{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports)}
+        manifest.write_text(static_pool_manifests("bench", endpoints))
         trees: list[tuple[str, Path | None]] = [("this tree", None)]
         if args.before_src is not None:
             trees.append((f"{args.before_src}", args.before_src))
@@ -128,15 +136,23 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, src in trees:
                 results[name].append(idle_cpu(manifest, src, args, tmp / "gateway.log"))
-        print(f"idle gateway, one replica, scrape interval {args.interval:g} s, {args.seconds:g} s per run:")
+        n = args.replicas
+        print(
+            f"idle gateway, {n} replica{'s' if n > 1 else ''}, scrape interval {args.interval:g} s, "
+            f"{args.seconds:g} s per run:"
+        )
         for name, values in results.items():
-            print(f"  {name}: " + ", ".join(f"{v:.1f}" for v in values) + " ms CPU per second")
+            per = "" if n == 1 else " (" + ", ".join(f"{v / n:.2f}" for v in values) + " per replica)"
+            print(f"  {name}: " + ", ".join(f"{v:.1f}" for v in values) + f" ms CPU per second{per}")
     finally:
-        replica.send_signal(signal.SIGINT)
-        try:
-            replica.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            replica.kill()
+        for replica in replicas:
+            replica.send_signal(signal.SIGINT)
+        for replica in replicas:
+            try:
+                replica.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                replica.kill()
+                replica.wait()
 
 
 if __name__ == "__main__":

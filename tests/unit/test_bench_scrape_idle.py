@@ -17,6 +17,7 @@ from tests.support import load_bench_script
         (["--warmup", "-1"], "--warmup"),
         (["--rounds", "0"], "--rounds"),
         (["--interval", "0"], "--interval"),
+        (["--replicas", "0"], "--replicas"),
         (["--before-src", "/nonexistent"], "--before-src"),
     ],
 )
@@ -32,11 +33,12 @@ def test_options_it_cannot_honour_are_errors_naming_them(
 def test_defaults_and_a_source_tree_parse(tmp_path: Path) -> None:
     bench = load_bench_script("bench_scrape_idle")
     args = bench.parse_args([])
-    assert (args.seconds, args.warmup, args.rounds, args.interval, args.before_src) == (
+    assert (args.seconds, args.warmup, args.rounds, args.interval, args.replicas, args.before_src) == (
         20.0,
         3.0,
         3,
         0.05,
+        1,
         None,
     )
     (tmp_path / "infergate").mkdir()
