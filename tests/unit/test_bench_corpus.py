@@ -43,6 +43,7 @@ RR_RATE = {
     "long-context-rag": 4.00,
     "lora-zipf": 3.20,
     "many-tenants": 21.52,
+    "mixed-gpus": 26.37,
     "mixed-priorities": 45.56,
     "multi-tenant-chat": 70.48,
     "prefill-decode-mix": 24.21,

@@ -24,6 +24,7 @@ from infergate.bench.steady import (
     map_models,
     plan_for,
     resolve_pool,
+    unloaded_e2e,
 )
 from infergate.bench.strategies import BASE_MODEL, GREEDY, resolve_strategy
 from infergate.bench.workloads import OBJECTIVE_HEADER, builtin_workloads, load_workload, stream
@@ -278,3 +279,51 @@ def test_matrix_refuses_bad_strategy_suffixes_before_starting_anything(
     with pytest.raises(ValueError, match=re.escape(message)):
         asyncio.run(run_matrix([], workload="w", config=config))
     assert not any(tmp_path.iterdir())
+
+
+def test_a_mixed_pool_names_its_profiles_and_the_matrix_starts_each_replica_on_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """mixed-gpus: two H100 and two A100 replicas; the matrix's replicas get ``--profile`` in turn."""
+    from infergate.bench import cli, matrix
+
+    shape = resolve_pool(load_workload("mixed-gpus"))
+    assert (shape.replicas, shape.profiles) == (4, ("llama3.1-8b-h100", "llama3.1-8b-a100"))
+    assert "profiles llama3.1-8b-h100,llama3.1-8b-a100 (cycled)" in shape.describe()
+    seen: list[matrix.MatrixConfig] = []
+
+    async def fake_run(requests: object, *, config: matrix.MatrixConfig, **_: object) -> matrix.MatrixOutcome:
+        seen.append(config)
+        return matrix.MatrixOutcome()
+
+    monkeypatch.setattr(matrix, "run_matrix", fake_run)
+    args = ["--matrix", "--workload", "mixed-gpus", "--limit", "8", "--no-plots", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    (config,) = seen
+    profiles = []
+    for i in range(config.replicas):
+        argv = matrix.replica_argv(config, i, 8000 + i)
+        profiles.append(argv[argv.index("--profile") + 1])
+    assert profiles == ["llama3.1-8b-h100", "llama3.1-8b-a100"] * 2
+    plain = matrix.replica_argv(matrix.MatrixConfig(), 0, 8000)
+    assert "--profile" not in plain  # a pool without profiles leaves the simulator's default
+
+
+def test_a_mixed_pools_unloaded_latency_is_its_slowest_profiles() -> None:
+    spec = load_workload("mixed-gpus")
+    h100 = unloaded_e2e(spec, PoolShape(adapters=(), profiles=("llama3.1-8b-h100",)))
+    a100 = unloaded_e2e(spec, PoolShape(adapters=(), profiles=("llama3.1-8b-a100",)))
+    assert a100 > 1.2 * h100
+    assert unloaded_e2e(spec, resolve_pool(spec)) == a100
+
+
+def test_an_unknown_profile_is_an_error_naming_it(tmp_path: Path) -> None:
+    from infergate.bench.workloads import WorkloadError
+
+    bad = tmp_path / "w.yaml"
+    bad.write_text(
+        "name: x\nworkload: {type: mix, requests: 4, models: [{name: m}]}\n"
+        "pool: {replicas: 2, profiles: [llama3.1-8b-h100, llama3.1-8b-b200]}\n"
+    )
+    with pytest.raises(WorkloadError, match=r"pool\.profiles.*llama3\.1-8b-b200.*known: llama3\.1-8b-a100"):
+        load_workload(bad)

@@ -96,3 +96,21 @@ def test_cli_twin_time_scale_slows_the_pool_like_the_matrix(tmp_path: Path) -> N
         p90[scale] = row["summary"]["ttft_p50"]
     # at 2 QPS nothing queues: the slowed pool's TTFT is the modelled one times the scale
     assert 2.5 * p90[1.0] < p90[3.0] < 3.5 * p90[1.0]
+
+
+def test_a_mixed_pool_runs_each_replica_on_its_own_profile() -> None:
+    """The same requests, one at a time, on two H100s, two A100s and one of each: the mixed pool's
+    answers take longer than the H100s' and less than the A100s' (half of them on each)."""
+    requests = generate(load_workload("sharegpt-like"))[:24]
+    offsets = [5.0 * i for i in range(len(requests))]  # each request alone on an idle pool
+
+    def mean_e2e(*profiles: str) -> float:
+        cfg = TwinConfig(replicas=2, adapters=(), profiles=profiles)
+        out = run_twin(requests, offsets, strategy="round-robin", config=cfg)
+        assert all(r.ok for r in out.records)
+        return sum(r.e2e or 0.0 for r in out.records) / len(out.records)
+
+    h100, a100 = mean_e2e("llama3.1-8b-h100"), mean_e2e("llama3.1-8b-a100")
+    mixed = mean_e2e("llama3.1-8b-h100", "llama3.1-8b-a100")
+    assert h100 < mixed < a100
+    assert mixed == pytest.approx((h100 + a100) / 2, rel=0.1)

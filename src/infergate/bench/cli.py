@@ -129,6 +129,7 @@ def run_twin_sweep(
         replicas=shape.replicas,
         adapters=shape.adapters,
         max_loras=shape.max_loras,
+        profiles=shape.profiles,
         seed=seed,
         time_scale=time_scale,
     )
@@ -247,6 +248,7 @@ def run_matrix_sweep(
         replicas=shape.replicas,
         adapters=shape.adapters,
         max_loras=shape.max_loras,
+        profiles=shape.profiles,
         strategies=args.strategies.split(",") if args.strategies else (),
         loads=list(args.qps or args.concurrency or [4.0]),
         load_kind="concurrent" if args.concurrency else "qps",

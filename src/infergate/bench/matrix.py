@@ -46,6 +46,7 @@ __all__ = [
     "MatrixError",
     "MatrixOutcome",
     "default_matrix_strategies",
+    "replica_argv",
     "run_matrix",
 ]
 
@@ -75,6 +76,7 @@ class MatrixConfig:
     adapters: Sequence[str] = DEFAULT_ADAPTERS
     max_loras: int = 2
     max_cpu_loras: int = 12
+    profiles: Sequence[str] = ()  # simulator --profile per replica, cycled (a mixed pool); empty: default
     time_scale: float = 1.0
     simulate_args: Sequence[str] = ()
     peer_venvs: Sequence[Path] = ()
@@ -182,6 +184,20 @@ class _Replica:
         return f"http://{host}:{self.port}"
 
 
+def replica_argv(cfg: MatrixConfig, index: int, port: int) -> list[str]:
+    """The ``infergate simulate`` command of replica ``index``: the pool's LoRA flags, its own
+    seed, and in a mixed pool its own ``--profile`` (``cfg.profiles`` cycled over the replicas)."""
+    return [
+        cfg.python, "-m", "infergate", "simulate",
+        "--host", cfg.host, "--port", str(port),
+        "--enable-lora", "--max-loras", str(cfg.max_loras), "--max-cpu-loras", str(cfg.max_cpu_loras),
+        "--seed", str(cfg.seed + index),
+        "--time-scale", f"{cfg.time_scale:g}",
+        *(("--profile", cfg.profiles[index % len(cfg.profiles)]) if cfg.profiles else ()),
+        *cfg.simulate_args,
+    ]  # fmt: skip
+
+
 class _Stack:
     """The processes of one strategy's run: replicas and a router. Stops them all on exit."""
 
@@ -215,14 +231,7 @@ class _Stack:
         cfg = self.cfg
         for i in range(cfg.replicas):
             port = _free_port(cfg.host)
-            argv = [
-                cfg.python, "-m", "infergate", "simulate",
-                "--host", cfg.host, "--port", str(port),
-                "--enable-lora", "--max-loras", str(cfg.max_loras), "--max-cpu-loras", str(cfg.max_cpu_loras),
-                "--seed", str(cfg.seed + i),
-                "--time-scale", f"{cfg.time_scale:g}",
-                *cfg.simulate_args,
-            ]  # fmt: skip
+            argv = replica_argv(cfg, i, port)
             name = f"replica-{i}"
             self.replicas.append(
                 _Replica(name, port, _Child(name, argv, self.folder / f"{name}.log", self._env))

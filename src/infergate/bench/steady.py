@@ -62,13 +62,16 @@ class PoolShape:
     max_loras: int = 2
     arrival: ArrivalProcess = POISSON
     rate_profile: RateProfile | None = None
+    profiles: tuple[str, ...] = ()
+    """Simulator profiles of a mixed pool, cycled over the replicas; empty: the default one."""
 
     def describe(self) -> str:
         adapters = ",".join(self.adapters) or "none"
         profile = "" if self.rate_profile is None else f", rate profile {self.rate_profile.points}"
+        gpus = "" if not self.profiles else f", profiles {','.join(self.profiles)} (cycled)"
         return (
             f"{self.replicas} replicas, adapters {adapters}, max-loras {self.max_loras}, "
-            f"arrival {self.arrival}{profile}"
+            f"arrival {self.arrival}{profile}{gpus}"
         )
 
 
@@ -95,6 +98,7 @@ def resolve_pool(
         max_loras=max_loras or pool.max_loras or 2,
         arrival=process,
         rate_profile=profile,
+        profiles=tuple(pool.profiles or ()),
     )
 
 
@@ -121,14 +125,20 @@ def map_models(requests: Sequence[BenchRequest], shape: PoolShape) -> dict[str, 
 
 def unloaded_e2e(spec: WorkloadSpec, shape: PoolShape, *, sample: int = 24, time_scale: float = 1.0) -> float:
     """Mean end-to-end latency of the workload's first ``sample`` requests, each served alone by
-    one idle replica (cold cache except what earlier requests of the sample left)."""
+    one idle replica (cold cache except what earlier requests of the sample left); in a mixed pool,
+    the slowest profile's."""
+    if len(set(shape.profiles)) > 1:
+        return max(
+            unloaded_e2e(spec, replace(shape, profiles=(p,)), sample=sample, time_scale=time_scale)
+            for p in dict.fromkeys(shape.profiles)
+        )
     requests = stream(spec, sample)[:sample]
     mapping = map_models(requests, shape)
     loop = VirtualLoop()
-    engine = make_engine(
-        EngineConfig(enable_lora=bool(shape.adapters), max_loras=shape.max_loras, max_cpu_loras=12),
-        time_scale,
-    )
+    engine_cfg = EngineConfig(enable_lora=bool(shape.adapters), max_loras=shape.max_loras, max_cpu_loras=12)
+    if shape.profiles:
+        engine_cfg = replace(engine_cfg, profile=shape.profiles[0])
+    engine = make_engine(engine_cfg, time_scale)
     for name in shape.adapters:
         engine.add_lora(name, f"/adapters/{name}")
     driver = VirtualDriver(
@@ -351,17 +361,18 @@ class SteadyRunner:
             min_duration=min_duration,
             latency_factor=latency_factor,
         )
-        self.config = TwinConfig(
+        config = TwinConfig(
             replicas=shape.replicas,
             adapters=shape.adapters,
             max_loras=shape.max_loras,
+            profiles=shape.profiles,
             seed=seed,
             time_scale=time_scale,
             objectives=tuple(
                 Objective(name=o.name, priority=o.priority, pool="twin") for o in spec.objectives
             ),
-            **self.pool_overrides,
         )
+        self.config = replace(config, **self.pool_overrides)
         self.sheddable = {o.name for o in spec.objectives if o.priority < 0}
         self.points: dict[tuple[str, float], PointResult] = {}
         self.scout_cpu_s = 0.0  # CPU and requests of scouting runs (not in ``points``)

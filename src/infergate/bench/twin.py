@@ -39,7 +39,7 @@ import json
 import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from infergate.app.workers.affinity import (
@@ -105,6 +105,9 @@ class TwinConfig:
     scrape_interval: float = 0.05
     staleness: float = 2.0
     profile: str = "llama3.1-8b-h100"
+    profiles: tuple[str, ...] = ()
+    """A mixed pool: replica ``i`` runs ``profiles[i % len(profiles)]`` (e.g. H100s beside
+    A100s); empty: every replica runs ``profile``."""
     num_gpu_blocks: int | None = None
     seed: int = 0
     time_scale: float = 1.0
@@ -329,6 +332,8 @@ def run_twin(
     )
     replicas: list[_Replica] = []
     for i in range(cfg.replicas):
+        if cfg.profiles:
+            engine_cfg = replace(engine_cfg, profile=cfg.profiles[i % len(cfg.profiles)])
         engine = make_engine(engine_cfg, cfg.time_scale)
         for name in cfg.adapters:
             engine.add_lora(name, f"/adapters/{name}")

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from infergate.simulator.profile import get_profile
 
 __all__ = [
     "OBJECTIVE_HEADER",
@@ -186,6 +188,16 @@ class PoolDefaults(_Model):
     rate_profile: tuple[float, ...] | None = None
     """Rate multipliers evenly spaced over the measured window, linear between, rescaled to mean 1
     (a diurnal ramp); see :class:`~infergate.bench.arrivals.RateProfile`."""
+    profiles: tuple[str, ...] | None = Field(default=None, min_length=1)
+    """Simulator timing profiles of a mixed pool, replica ``i`` running ``profiles[i % len]`` (e.g.
+    H100s beside A100s); none: every replica runs the default profile."""
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_profiles(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            get_profile(name)  # ValueError naming the profile and the known ones
+        return value
 
 
 class WorkloadSpec(_Model):
