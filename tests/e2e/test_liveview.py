@@ -296,6 +296,7 @@ async def live_pool() -> AsyncIterator[LivePool]:
                 "last_observed_ttft_ms": 52.2,
                 "backlog_ms": 120.0,
                 "ttft_observed_over_predicted": 1.25,
+                "tpot_relative_to_pool": 1.2,
             }
         }
     }
@@ -434,7 +435,7 @@ async def test_live_page_renders_and_updates_in_chromium(
     # predicted vs observed TTFT per endpoint, from the latency model
     assert (await page.locator(row(k0) + " td.latency").inner_text()).split("\n") == [
         "42 / 52 ms",
-        "backlog 120 ms · ×1.25",
+        "backlog 120 ms · ×1.25 · TPOT ×1.20",
     ]
     assert await page.locator(row(k1) + " td.latency").inner_text() == ""
     assert "unhealthy" in (await page.locator(row(k2) + " .health").inner_text())

@@ -136,6 +136,16 @@ async def test_a_pick_and_its_ttft_in_one_worker_move_the_other_workers_predicti
         assert _ttft(b, endpoints[picked], now) == pytest.approx(_ttft(a, endpoints[picked], now))
         assert _scorer(b).debug_state()[other]["observations"] == 0
 
+        # it finished at a second per token, far slower than predicted: b learns a's TPOT ratio
+        # (one observation counts at most 10x its prediction, and moves the factor 2 % of the way)
+        a.core.scheduler.observe_tpot("r1", 1.0)
+        await eventually(
+            lambda: _scorer(b).debug_state()[picked]["tpot_observed_over_predicted"] == 1.18,
+            what="worker b to learn worker a's observed TPOT",
+        )
+        assert _scorer(a).debug_state()[picked]["tpot_observed_over_predicted"] == 1.18
+        assert _scorer(b).debug_state()[other]["tpot_observed_over_predicted"] == 1.0
+
         # a sends the request: b's scheduler counts it there, b's own count (flow control) does not
         a.datastore.acquire(picked)
         await eventually(lambda: _seen_in_flight(b, picked) == 1, what="b to count a's request")

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer, TtftRecord
+from infergate.scheduling.plugins.latency import (
+    AccountingRecord,
+    LatencyRecord,
+    PredictedLatencyScorer,
+    TpotRecord,
+    TtftRecord,
+)
 from infergate.scheduling.sdk.framework import CycleState
 from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
@@ -46,7 +52,7 @@ def ttft_on(scorer: PredictedLatencyScorer, e: Endpoint, now: float) -> float:
 def test_a_pick_exports_one_record_of_what_it_added() -> None:
     clock = Clock()
     a = PredictedLatencyScorer(clock=clock)
-    out: list[LatencyRecord | TtftRecord] = []
+    out: list[AccountingRecord] = []
     a.export_accounting(out.append)
     ea, eb = make_endpoint("a"), make_endpoint("b")
     pick(a, req(1000, max_tokens=300), ea, [ea, eb])
@@ -72,6 +78,9 @@ def test_applying_a_record_gives_the_picking_scorers_state_and_prediction() -> N
         "frontend_backlog_ms": 8.0,
         "prefill_utilisation": 0.005,  # 25 ms of prefill over the 5 s rate window
         "ttft_observed_over_predicted": 1.0,
+        "tpot_observed_over_predicted": 1.0,
+        "tpot_relative_to_pool": 1.0,
+        "tpot_scale": 1.0,
         "last_predicted_ttft_ms": 0.0,
         "last_observed_ttft_ms": 0.0,
         "observations": 0,
@@ -90,7 +99,7 @@ def test_applying_a_record_gives_the_picking_scorers_state_and_prediction() -> N
 def test_an_observed_ttft_corrects_every_scorer_that_applies_its_record() -> None:
     clock = Clock()
     a, b = PredictedLatencyScorer(clock=clock), PredictedLatencyScorer(clock=clock)
-    out: list[LatencyRecord | TtftRecord] = []
+    out: list[AccountingRecord] = []
     a.export_accounting(out.append)
     ea, eb = make_endpoint("a"), make_endpoint("b")
     pick(a, req(1000), ea, [ea, eb])  # predicted 35 ms (10 overhead + 25 prefill)
@@ -151,3 +160,31 @@ def test_a_record_for_an_unknown_endpoint_creates_its_state() -> None:
     assert b.debug_state()["c:8000"]["requests"] == 1
     b.remove_endpoint("c:8000")
     assert b.debug_state() == {}
+
+
+def tpot_on(scorer: PredictedLatencyScorer, e: Endpoint) -> float:
+    return scorer.predict(e, prompt_tokens=0, matched_tokens=0, adapter=None, now=200.0).tpot_ms
+
+
+def test_an_observed_tpot_corrects_every_scorer_that_applies_its_record() -> None:
+    """Each finished request's TPOT ratio travels as a :class:`TpotRecord`; a scorer that applies
+    the records learns the same factors, so its TPOT predictions equal the observing scorer's."""
+    clock = Clock()
+    a, b = PredictedLatencyScorer(clock=clock), PredictedLatencyScorer(clock=clock)
+    out: list[AccountingRecord] = []
+    a.export_accounting(out.append)
+    ea, eb = make_endpoint("a"), make_endpoint("b")
+    for n in range(300):
+        pick(a, req(1000, rid=f"ra{n}"), ea, [ea, eb])  # predicted TPOT 7.026 ms on an idle endpoint
+        pick(a, req(1000, rid=f"rb{n}"), eb, [ea, eb])
+        a.observe_tpot(f"ra{n}", 2 * 0.007026)  # a decodes twice as slowly as b
+        a.observe_tpot(f"rb{n}", 0.007026)
+    tpots = [r for r in out if isinstance(r, TpotRecord)]
+    assert [r.endpoint for r in tpots[:2]] == ["a:8000", "b:8000"] and len(tpots) == 600
+    assert [r.ratio for r in tpots[:2]] == pytest.approx([2.0, 1.0], rel=1e-2)
+    for record in out:
+        b.apply_accounting(record)
+    assert b.debug_state()["a:8000"]["tpot_scale"] == a.debug_state()["a:8000"]["tpot_scale"]
+    assert tpot_on(b, ea) == pytest.approx(tpot_on(a, ea))
+    assert tpot_on(b, ea) == pytest.approx(7.026 * 2 / 1.25, rel=1e-2)
+    assert tpot_on(b, eb) == pytest.approx(tpot_on(a, eb)) == pytest.approx(7.026)

@@ -157,3 +157,40 @@ async def test_latency_per_objective_carries_llmd_labels() -> None:
         m.registry.get_sample_value("llm_d_epp_request_error_total", {**bt, "error_code": "ModelServerError"})
         == 1
     )
+
+
+async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_only_with_its_token_count() -> None:
+    """The scheduler's predicted-latency scorer learns the time per token after the first from a
+    stream that reports usage; a stream without usage (no token count) teaches it nothing."""
+    import random
+
+    from infergate.config.picker import default_picker_config
+    from infergate.requestcontrol.director import Director
+    from infergate.scheduling.engine.scheduler import build_scheduler
+    from infergate.scheduling.plugins.latency import PredictedLatencyScorer
+
+    clock = FakeClock()
+    sched = build_scheduler(default_picker_config(lora=True), rng=random.Random(1), clock=clock)
+    d = Director(datastore=make_store(clock), scheduler=sched, flow=None, clock=clock, rng=random.Random(7))
+    scorer = sched.plugin("predicted-latency-scorer")
+    assert isinstance(scorer, PredictedLatencyScorer)
+
+    async def stream(usage: bytes) -> str:
+        ctx = await d.handle_request(path="/v1/completions", headers={}, body=body(stream=True))
+        d.handle_response_headers(ctx, 200, {"content-type": "text/event-stream"})
+        clock.t += 0.1
+        d.handle_response_chunk(ctx, b'data: {"choices":[{"text":"a"}]}\n\n', end_of_stream=False)
+        clock.t += 0.7
+        d.handle_response_chunk(ctx, usage + b"data: [DONE]\n\n", end_of_stream=True)
+        d.handle_response_complete(ctx)
+        return ctx.target.key
+
+    def factors() -> dict[str, float]:
+        return {k: v["tpot_observed_over_predicted"] for k, v in scorer.debug_state().items()}
+
+    key = await stream(b"")  # no usage chunk: the token count is unknown
+    assert factors()[key] == 1.0
+    key = await stream(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":8}}\n\n')
+    # 0.7 s over the 7 tokens after the first: 100 ms per token against ~7 ms predicted (a ratio
+    # capped at 10), which moves the factor 2 % of the way
+    assert factors()[key] == pytest.approx(1 + 0.02 * 9)

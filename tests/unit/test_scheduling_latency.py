@@ -209,6 +209,83 @@ def test_the_correction_factor_stays_within_its_limit(limit: float, observed: fl
     assert after == pytest.approx(factor * before)
 
 
+def _tpot(s: PredictedLatencyScorer, e: Endpoint) -> float:
+    return s.predict(e, prompt_tokens=0, matched_tokens=0, adapter=None, now=200.0).tpot_ms
+
+
+def test_observed_tpots_scale_an_endpoints_predictions_relative_to_the_fastest() -> None:
+    """A replica that decodes much slower than the fastest (a slower GPU) is priced slower; one a
+    little slower (within what the model's error spreads equal replicas by) is not; a bias every
+    replica shares (the model's constants off for this hardware) changes no prediction."""
+    s = PredictedLatencyScorer(clock=Clock())
+    slow, mid, fast, new = (make_endpoint(n) for n in ("slow", "mid", "fast", "new"))
+    idle = 7.026  # ms: 7 + 0.026 x 1 sequence
+    _pick(s, req("hi", rid="first"), [slow])
+    s.observe_tpot("first", 1.8 * 1.6 * idle / 1000)
+    # one answer moves the factor by 2 % of the way only (first ratios swing with the batch)
+    assert s.debug_state()["slow:8000"]["tpot_observed_over_predicted"] == pytest.approx(
+        1 + 0.02 * (1.8 * 1.6 - 1), abs=1e-4
+    )
+    for n in range(600):
+        for e, times in ((slow, 1.6), (mid, 1.2), (fast, 1.0)):  # all 1.8 x slower than predicted
+            _pick(s, req("hi", rid=f"{e.key}{n}"), [e])
+            s.observe_tpot(f"{e.key}{n}", 1.8 * times * idle / 1000)
+    state = s.debug_state()
+    assert state["slow:8000"]["tpot_observed_over_predicted"] == pytest.approx(1.8 * 1.6, rel=1e-2)
+    assert state["slow:8000"]["tpot_relative_to_pool"] == pytest.approx(1.6, rel=1e-3)
+    assert state["slow:8000"]["tpot_scale"] == pytest.approx(1.6 / 1.25, rel=1e-3)  # beyond the band
+    assert state["mid:8000"]["tpot_scale"] == 1.0  # within it
+    assert _tpot(s, slow) == pytest.approx(idle * 1.6 / 1.25, rel=1e-3)
+    assert _tpot(s, mid) == pytest.approx(idle) and _tpot(s, fast) == pytest.approx(idle)
+    assert _tpot(s, new) == pytest.approx(idle)  # never observed: as predicted
+    # without the fastest, the next fastest is the unit
+    s.remove_endpoint("fast:8000")
+    assert s.debug_state()["slow:8000"]["tpot_relative_to_pool"] == pytest.approx(1.6 / 1.2, rel=1e-3)
+    assert _tpot(s, slow) == pytest.approx(idle * 1.6 / 1.2 / 1.25, rel=1e-3)
+
+
+def test_a_uniform_tpot_bias_changes_no_score() -> None:
+    s, plain = PredictedLatencyScorer(clock=Clock()), PredictedLatencyScorer(clock=Clock())
+    pool = [make_endpoint("a", running_requests=30), make_endpoint("b", running_requests=5)]
+    for n, e in enumerate(pool * 10):
+        _pick(s, req("hi", rid=f"q{n}"), [e])
+        _pick(plain, req("hi", rid=f"q{n}"), [e])
+        predicted_ms = s._decoding[f"q{n}"][1]
+        s.observe_tpot(f"q{n}", 1.9 * predicted_ms / 1000)  # every replica 1.9 x slower than predicted
+    assert s.score(req("hi"), pool, CycleState()) == pytest.approx(plain.score(req("hi"), pool, CycleState()))
+
+
+@pytest.mark.parametrize(("limit", "scale"), [(1.0, 1.0), (1.5, 1.5), (4.0, 4.0), (10.0, 8 / 1.25)])
+def test_the_tpot_correction_stays_within_its_limit(limit: float, scale: float) -> None:
+    """``tpotCorrectionLimit`` bounds how much one endpoint's TPOT is scaled; at 1 the correction
+    is off. One stalled stream counts at most ten times its prediction."""
+    s = PredictedLatencyScorer(LatencyParams(tpot_correction_limit=limit), clock=Clock())
+    a, b = make_endpoint("slow"), make_endpoint("fast")
+    for n in range(600):
+        _pick(s, req("hi", rid=f"s{n}"), [a])
+        _pick(s, req("hi", rid=f"f{n}"), [b])
+        s.observe_tpot(f"s{n}", 8 * 0.007026)  # eight times the fast one's
+        s.observe_tpot(f"f{n}", 0.007026)
+    state = s.debug_state()
+    assert state["slow:8000"]["tpot_scale"] == pytest.approx(scale, rel=1e-3)
+    assert state["fast:8000"]["tpot_scale"] == 1.0
+    _pick(s, req("hi", rid="stall"), [b])
+    before = s.debug_state()["fast:8000"]["tpot_observed_over_predicted"]
+    s.observe_tpot("stall", 1000.0)
+    after = s.debug_state()["fast:8000"]["tpot_observed_over_predicted"]
+    assert after == pytest.approx(before + 0.02 * (10 - before), abs=1e-4)
+
+
+def test_a_tpot_is_learnt_once_per_pick_and_not_after_a_failure() -> None:
+    s = PredictedLatencyScorer(clock=Clock())
+    e = make_endpoint("a")
+    _pick(s, req("hi", rid="q"), [e])
+    s.observe_tpot("q", None)  # failed, unstreamed or no usage: the pick is forgotten
+    s.observe_tpot("q", 1.0)
+    s.observe_tpot("unknown", 1.0)
+    assert s.debug_state()["a:8000"]["tpot_observed_over_predicted"] == 1.0
+
+
 def test_scheduler_forwards_observations_and_departures() -> None:
     text = """
 plugins:
@@ -225,6 +302,10 @@ schedulingProfiles:
     plugin = sched.plugin("predicted-latency-scorer")
     assert isinstance(plugin, PredictedLatencyScorer)
     sched.observe_ttft("q", 0.07)
+    sched.observe_tpot("q", 0.014)
+    assert plugin.debug_state()["a:8000"]["tpot_observed_over_predicted"] == pytest.approx(
+        1 + 0.02 * (0.014 / 0.007026 - 1), abs=1e-4
+    )
     assert plugin.predict(
         e, prompt_tokens=0, matched_tokens=0, adapter=None, now=300.0
     ).ttft_ms == pytest.approx(20.0)
@@ -271,6 +352,7 @@ def _reference_cost(
     st.frontend_busy = min(0.95, p.frontend_ms_per_token * m.running_requests / tpot) if tpot > 0 else 0.0
     frontend = st.frontend_ms / (1.0 - st.frontend_busy)
     ttft = (p.overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
+    tpot *= scorer._tpot_scale(st)  # the request's own decode only
     return ttft / (p.ttft_slo_seconds * 1000.0) + tpot / (p.tpot_slo_seconds * 1000.0)
 
 
@@ -345,6 +427,9 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
         ttft = rng.choice([None, 0.05, 0.4])
         fast.observe_ttft(request.request_id, ttft)
         oracle.observe_ttft(request.request_id, ttft)
+        tpot = rng.choice([None, 0.004, 0.012, 0.03])
+        fast.observe_tpot(request.request_id, tpot)
+        oracle.observe_tpot(request.request_id, tpot)
 
 
 def _reference_account(scorer: PredictedLatencyScorer, r: LatencyRecord) -> None:

@@ -60,7 +60,12 @@ from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, ROLE_LABEL
-from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer, TtftRecord
+from infergate.scheduling.plugins.latency import (
+    AccountingRecord,
+    PredictedLatencyScorer,
+    TpotRecord,
+    TtftRecord,
+)
 from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
@@ -145,8 +150,8 @@ class TwinConfig:
     (backlog, frontend work, prefill rate) after ``WORKER_CHANNEL_DELAY``, as ``proxy.workers``
     does; False: each scorer counts its own picks only."""
     share_ttft: bool = True
-    """With ``share_latency``, each scorer's online TTFT correction also learns the TTFTs the other
-    workers observed (after ``WORKER_CHANNEL_DELAY``), as ``proxy.workers`` does; False: each
+    """With ``share_latency``, each scorer's online TTFT and TPOT corrections also learn what the
+    other workers observed (after ``WORKER_CHANNEL_DELAY``), as ``proxy.workers`` does; False: each
     worker corrects from its own requests' answers only."""
     share_in_flight: bool = True
     """With several gateway workers, each worker's scheduler also counts the other workers'
@@ -210,6 +215,9 @@ class _NoScheduler:
         raise NoCapacityError("the true-state strategy does not use the scheduler")
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        return None
+
+    def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
         return None
 
 
@@ -380,8 +388,8 @@ def run_twin(
         _share(fronts, loop, share_prefix_credits, SharedPrefixIndex.add_remote)
     if len(fronts) > 1 and cfg.share_latency:
 
-        def apply_latency(scorer: PredictedLatencyScorer, record: LatencyRecord | TtftRecord) -> None:
-            if cfg.share_ttft or not isinstance(record, TtftRecord):
+        def apply_latency(scorer: PredictedLatencyScorer, record: AccountingRecord) -> None:
+            if cfg.share_ttft or not isinstance(record, TtftRecord | TpotRecord):
                 scorer.apply_accounting(record)
 
         _share(fronts, loop, share_latency_accounting, apply_latency)
@@ -590,6 +598,8 @@ def run_twin(
                     times = out.token_times
                     rec.ttft = times[0] - T0 - rec.sent_at + cfg.client_latency
                     rec.itl = [b - a for a, b in itertools.pairwise(times)]
+                    if len(times) > 1:  # the data plane reports the mean gap after the first token
+                        f.core.observe_tpot(f"twin-{i}", (times[-1] - times[0]) / (len(times) - 1))
                 rec.status = 200
                 rec.e2e = out.now - T0 - rec.sent_at + cfg.client_latency
                 rec.prompt_tokens = out.num_prompt_tokens

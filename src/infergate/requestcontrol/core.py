@@ -67,6 +67,7 @@ class DatastoreView(Protocol):
 class SchedulerLike(Protocol):
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None: ...
+    def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None: ...
 
 
 RoomFilter = Callable[[Sequence[Endpoint]], list[Endpoint]]
@@ -294,6 +295,11 @@ class RequestCore:
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
         """The data plane saw the request's first byte after ``ttft_seconds`` (None: it failed first)."""
         self._scheduler.observe_ttft(request_id, ttft_seconds)
+
+    def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
+        """The request finished, its tokens streamed ``tpot_seconds`` apart after the first (None:
+        nothing to learn)."""
+        self._scheduler.observe_tpot(request_id, tpot_seconds)
 
     # ---------------------------------------------------------------- scheduling
     def eligible(self, subset: frozenset[str] | None = None, exclude: Sequence[str] = ()) -> list[Endpoint]:

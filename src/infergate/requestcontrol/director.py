@@ -547,6 +547,13 @@ class Director:
         duration = max(0.0, now - ctx.started_at)
         req = ctx.request
         failed = error is not None or (ctx.status is not None and ctx.status >= 400)
+        # the time per streamed token after the first needs the token count: a stream reports it
+        # when the client asked for usage (stream_options.include_usage)
+        per_token: float | None = None
+        tokens = ctx.completion_tokens
+        if not failed and ctx.first_token_at is not None and tokens is not None and tokens > 1:
+            per_token = max(0.0, (now - ctx.first_token_at) / (tokens - 1))
+        self._core.observe_tpot(ctx.request_id, per_token)
         if error is not None:
             ctx.error_code = error_code_for(error)
         elif failed:
@@ -574,9 +581,8 @@ class Director:
                     series.output.observe(ctx.completion_tokens)
                     if ctx.completion_tokens > 0:
                         series.tpot.observe(duration / ctx.completion_tokens)
-                    if ctx.first_token_at is not None and ctx.completion_tokens > 1:
-                        per_token = (now - ctx.first_token_at) / (ctx.completion_tokens - 1)
-                        series.tpot_stream.observe(max(0.0, per_token))
+                    if per_token is not None:
+                        series.tpot_stream.observe(per_token)
                 if ctx.cached_tokens is not None:
                     series.cached.observe(ctx.cached_tokens)
         if log.isEnabledFor(logging.INFO):

@@ -17,7 +17,7 @@ picks only, as if the other workers sent nothing there between scrapes: in the t
 missed many-tenants' SLO at 0.98x one worker's rate. The online TTFT correction is shared too:
 each worker sees the answers of its own requests only, and each observed ratio
 (:class:`TtftRecord`) travels the same way, so every worker's correction factor follows all the
-answers, as one process's does.
+answers, as one process's does; so does each finished request's TPOT ratio (:class:`TpotRecord`).
 
 Each worker's in-flight count per endpoint travels too (:class:`InFlightCount`, the count after
 every change): the scheduler of every worker counts every worker's in-flight requests
@@ -37,14 +37,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from infergate.scheduling.engine.scheduler import Scheduler
-from infergate.scheduling.plugins.latency import LatencyRecord, PredictedLatencyScorer, TtftRecord
+from infergate.scheduling.plugins.latency import (
+    AccountingRecord,
+    LatencyRecord,
+    PredictedLatencyScorer,
+    TpotRecord,
+    TtftRecord,
+)
 from infergate.scheduling.plugins.prefix import PrefixIndex
 
 __all__ = [
+    "AccountingRecord",
     "Credit",
     "InFlightCount",
     "LatencyRecord",
     "SharedPrefixIndex",
+    "TpotRecord",
     "TtftRecord",
     "share_latency_accounting",
     "share_prefix_credits",
@@ -97,10 +105,10 @@ def share_prefix_credits(scheduler: Scheduler, publish: Callable[[Credit], None]
 
 
 def share_latency_accounting(
-    scheduler: Scheduler, publish: Callable[[LatencyRecord | TtftRecord], None]
+    scheduler: Scheduler, publish: Callable[[AccountingRecord], None]
 ) -> list[PredictedLatencyScorer]:
     """Make every predicted-latency scorer of ``scheduler`` publish its picks' accounting records
-    and its TTFT observations; the caller applies the other workers' records with
+    and its TTFT and TPOT observations; the caller applies the other workers' records with
     ``apply_accounting`` on the returned ones."""
     out: list[PredictedLatencyScorer] = []
     for plugin in scheduler.plugins():

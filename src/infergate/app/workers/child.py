@@ -39,6 +39,7 @@ from .affinity import (
     Credit,
     InFlightCount,
     LatencyRecord,
+    TpotRecord,
     TtftRecord,
     share_latency_accounting,
     share_prefix_credits,
@@ -59,7 +60,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("infergate.worker")
 
-Shared = Credit | LatencyRecord | TtftRecord | InFlightCount
+Shared = Credit | LatencyRecord | TtftRecord | TpotRecord | InFlightCount
 """What workers pass each other through the gateway process (``credits`` frames)."""
 
 
@@ -114,7 +115,7 @@ class _Worker:
         self.datastore.on_in_flight = lambda key, count: self._publish(InFlightCount(index, key, count))
 
     def _publish(self, credit: Shared) -> None:
-        """Batch this worker's prefix credits, latency records, TTFT observations and in-flight
+        """Batch this worker's prefix credits, latency records, TTFT/TPOT observations and in-flight
         counts; one frame per event-loop turn."""
         if not self._credits:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -151,9 +152,9 @@ class _Worker:
 
     def apply_credits(self, batch: list[Shared]) -> None:
         """Another worker's picks and answers: prefix credits to the indexes, latency records and
-        TTFT observations to the scorers, in-flight counts to the datastore."""
+        TTFT/TPOT observations to the scorers, in-flight counts to the datastore."""
         for credit in batch:
-            if isinstance(credit, LatencyRecord | TtftRecord):
+            if isinstance(credit, LatencyRecord | TtftRecord | TpotRecord):
                 for scorer in self.latency:
                     scorer.apply_accounting(credit)
             elif isinstance(credit, InFlightCount):

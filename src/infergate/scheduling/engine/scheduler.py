@@ -41,6 +41,7 @@ from infergate.scheduling.sdk.framework import (
     ProfileHandler,
     ResponseHeaderHook,
     Scorer,
+    TpotObserver,
     TtftObserver,
 )
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult
@@ -120,6 +121,7 @@ class Scheduler:
         self._clock = clock
         plugins_ = list(self._plugins.values())
         self._observers = [p for p in plugins_ if isinstance(p, TtftObserver)]
+        self._tpot_observers = [p for p in plugins_ if isinstance(p, TpotObserver)]
         self._header_hooks = [p for p in plugins_ if isinstance(p, ResponseHeaderHook)]
         self._holders = [p for p in plugins_ if isinstance(p, EndpointStateHolder)]
 
@@ -173,6 +175,12 @@ class Scheduler:
         """
         for observer in self._observers:
             observer.observe_ttft(request_id, ttft_seconds)
+
+    def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
+        """Report a scheduled request's mean time per streamed token after the first, once it
+        finished (None: nothing to learn, e.g. it failed or was not streamed)."""
+        for observer in self._tpot_observers:
+            observer.observe_tpot(request_id, tpot_seconds)
 
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
         """Pick a primary target and up to two fallbacks among ``candidates``.

@@ -28,7 +28,7 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   frontendMsPerToken × running / TPOT``; the wait is that work ``/ (1 − busy)``. Short chat at
   high rates saturates this stage before the GPU, and a batch with long answers streams more.
 * ``TTFT(e) = overheadMs + frontend(e) + backlog(e) + uncached(e) × prefillMsPerToken + adapter(e)``
-* ``TPOT(e) = (decodeStepMs + decodeMsPerSeq × n + decodeMsPerKvToken × kv) / (1 − ρ(e))`` with
+* ``TPOT(e) = g(e) × (decodeStepMs + decodeMsPerSeq × n + decodeMsPerKvToken × kv) / (1 − ρ(e))`` with
   ``n`` the sequences ``e`` runs (scraped running + waiting, or the gateway's in-flight count if
   higher), ``kv`` the KV tokens in use, and ``ρ(e)`` the share of ``e``'s time going to prefill
   (the recent rate of prefill work sent to ``e``, capped at 0.9): chunked prefill stretches every
@@ -44,6 +44,15 @@ replica (its API frontend streaming a large batch) must not become a factor of 4
 prompt considered there, which sorted long prompts away from that replica and piled decode-heavy
 requests onto it (``docs/benchmarks.md``, prefill-decode-mix). For GPUs far from the defaults, set
 the cost parameters (``prefillMsPerToken``, ``decodeStepMs``) or raise the limit.
+
+TPOT predictions are corrected relative to the pool: each finished streamed request with a token
+count reports its time per token after the first; the slowly moving (2 % per answer) average ratio
+of observed to predicted TPOT is kept per endpoint, and its ratio to the lowest such factor in the
+pool, beyond a band of 1.25 (the spread the model's own error leaves between equal replicas) and
+at most ``tpotCorrectionLimit`` (default 2), scales the TPOT the cost uses (``g(e)``). A replica
+on a slower GPU than the rest (a pool of mixed GPUs) is then priced slower; a bias every replica
+shares moves nothing, because an absolute factor would reweigh TPOT against TTFT for the whole pool
+(which sent tenants off their cached replicas in the twin's many-tenants).
 """
 
 from __future__ import annotations
@@ -55,12 +64,26 @@ from itertools import islice
 
 from pydantic import Field
 
+from infergate.scheduling.plugins.latency_records import (
+    AccountingRecord,
+    LatencyRecord,
+    TpotRecord,
+    TtftRecord,
+)
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
 from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, candidate_keys
 from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult, typed_frozen
 
-__all__ = ["LatencyParams", "LatencyPrediction", "LatencyRecord", "PredictedLatencyScorer", "TtftRecord"]
+__all__ = [
+    "AccountingRecord",
+    "LatencyParams",
+    "LatencyPrediction",
+    "LatencyRecord",
+    "PredictedLatencyScorer",
+    "TpotRecord",
+    "TtftRecord",
+]
 
 
 class LatencyParams(Params):
@@ -88,6 +111,7 @@ class LatencyParams(Params):
     rate_window_seconds: float = Field(default=5.0, gt=0)
     online_correction: bool = True
     ttft_correction_limit: float = Field(default=1.5, ge=1.0)
+    tpot_correction_limit: float = Field(default=2.0, ge=1.0)
 
 
 @dataclass(slots=True)
@@ -106,6 +130,8 @@ class _EndpointState:
     sent: int = 0
     ttft_factor: float = 1.0
     observed: int = 0
+    tpot_factor: float = 1.0  # observed over predicted TPOT (EWMA): the endpoint's decode speed
+    tpot_observed: int = 0
     last_predicted_ms: float = 0.0  # the TTFT predicted (uncorrected) for the last observed request
     last_observed_ms: float = 0.0
 
@@ -144,35 +170,17 @@ class _Cycle:
 _CYCLE: StateKey[_Cycle] = StateKey("predicted-latency")
 
 
-@typed_frozen
-class LatencyRecord:
-    """What one pick added to the scorer's accounting of its endpoint, for another scorer to add too.
+_TPOT_ALPHA = 0.02
+"""Weight of one observed TPOT ratio in an endpoint's factor (see ``_learn_tpot``)."""
 
-    Several schedulers in front of one pool (gateway worker processes) each see only their own
-    picks; without these records each believes an endpoint carries only its share of the prefill
-    and frontend work sent there. ``at`` is the sender's clock reading (``CLOCK_MONOTONIC``, the
-    same in every process of one host); ``answer_tokens`` 0 means the request set no ``max_tokens``.
-    """
+_TPOT_BAND = 1.25
+"""Relative TPOT factors within ``[1 / band, band]`` scale nothing, and beyond it only the excess
+counts: between equal replicas the model's own error spreads them by up to about a seventh (the
+twin's sharegpt-like), and acting on that spread fed back into their loads."""
 
-    endpoint: str
-    prefill_ms: float
-    answer_tokens: int
-    frontend_ms: float
-    at: float
-
-
-@typed_frozen
-class TtftRecord:
-    """One observed TTFT on an endpoint, as the online correction learns it: the (clamped) ratio of
-    observed to predicted TTFT, the prediction without the correction factor.
-
-    Each gateway worker sees the answers of its own requests only; with these records every
-    worker's correction factor learns from every worker's answers, as one process's would (its
-    exponentially weighted average then spans the same few dozen requests, not N times as many).
-    """
-
-    endpoint: str
-    ratio: float
+_TPOT_RATIO_CAP = 10.0
+"""One observed TPOT counts at most this many times above or below its prediction (a stream that
+stalled for reasons of its own must not swing an endpoint's factor alone)."""
 
 
 class PredictedLatencyScorer:
@@ -195,9 +203,11 @@ class PredictedLatencyScorer:
         self._state: dict[str, _EndpointState] = {}
         self.index = PrefixIndex()
         self._pending: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TTFT ms)
+        self._decoding: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TPOT ms)
+        self._tpot_floor: float | None = None  # lowest tpot_factor of an observed endpoint (None: to find)
         self._max_pending = max_pending
         self._avg_prefill_ms = 0.0  # over every request sent, any endpoint
-        self._export: Callable[[LatencyRecord | TtftRecord], None] | None = None
+        self._export: Callable[[AccountingRecord], None] | None = None
 
     # ------------------------------------------------------------------ model
     def _state_of(self, key: str) -> _EndpointState:
@@ -283,6 +293,11 @@ class PredictedLatencyScorer:
         overhead_ms = p.overhead_ms
         rate_window = p.rate_window_seconds
         pool_avg_prefill = self._avg_prefill_ms
+        floor = self._tpot_floor_now()
+        tpot_norm = 1.0 / floor if floor else 1.0
+        tpot_hi = p.tpot_correction_limit
+        tpot_lo = 1.0 / tpot_hi
+        band, band_lo = _TPOT_BAND, 1.0 / _TPOT_BAND
         out: list[_Prediction] = []
         for endpoint, matched in zip(candidates, matched_tokens, strict=True):
             m = endpoint.metrics
@@ -331,6 +346,18 @@ class PredictedLatencyScorer:
             st.frontend_busy = busy_share if busy_share < 0.95 else 0.95
             frontend = st.frontend_ms / (1.0 - st.frontend_busy)
             ttft = (overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
+            if st.tpot_observed:
+                # the TPOT correction prices this request's own decode only: the frontend's share
+                # and an adapter's swap above keep the model's TPOT (a replica whose streaming is
+                # delayed by its busy frontend decodes no slower, and must not look less busy)
+                relative = st.tpot_factor * tpot_norm
+                if relative > band:
+                    relative /= band
+                elif relative < band_lo:
+                    relative *= band
+                else:
+                    relative = 1.0
+                tpot *= tpot_hi if relative > tpot_hi else (tpot_lo if relative < tpot_lo else relative)
             out.append((ttft, tpot, uncached, prefill, frontend))
         return out
 
@@ -387,7 +414,7 @@ class PredictedLatencyScorer:
         pred = cycle.predictions.get(key)
         if pred is None:
             return
-        ttft_ms, _, _, prefill_ms, _ = pred
+        ttft_ms, tpot_ms, _, prefill_ms, _ = pred
         record = LatencyRecord(
             endpoint=key,
             prefill_ms=prefill_ms,
@@ -409,6 +436,10 @@ class PredictedLatencyScorer:
                 # every slot freed before it (a dict keeps them until it resizes), which added
                 # ~7 µs to every pick (a third of a one-endpoint cycle) once nothing reported answers
                 self._pending = dict(islice(pending.items(), len(pending) // 2, None))
+            decoding = self._decoding
+            decoding[request.request_id] = (key, tpot_ms / self._tpot_scale(st))
+            if len(decoding) > self._max_pending:
+                self._decoding = dict(islice(decoding.items(), len(decoding) // 2, None))
 
     def _account(self, r: LatencyRecord) -> _EndpointState:
         """Add one pick to its endpoint's backlog, frontend work, prefill rate and averages.
@@ -444,19 +475,19 @@ class PredictedLatencyScorer:
             st.avg_answer_tokens += alpha * (r.answer_tokens - st.avg_answer_tokens)
         return st
 
-    def export_accounting(self, sink: Callable[[LatencyRecord | TtftRecord], None] | None) -> None:
-        """Hand the :class:`LatencyRecord` of every later pick and the :class:`TtftRecord` of
-        every later TTFT observation to ``sink`` (None: stop).
+    def export_accounting(self, sink: Callable[[AccountingRecord], None] | None) -> None:
+        """Hand the :class:`LatencyRecord` of every later pick, and the :class:`TtftRecord` and
+        :class:`TpotRecord` of every later observation, to ``sink`` (None: stop).
 
         Gateway workers pass them to each other (``infergate.app.workers.affinity``), so each
         worker's backlog, frontend and prefill-rate estimates count every worker's picks, and its
-        TTFT correction every worker's observed answers.
+        TTFT and TPOT corrections every worker's observed answers.
         """
         self._export = sink
 
-    def apply_accounting(self, record: LatencyRecord | TtftRecord) -> None:
-        """Account another scheduler's pick, or learn its TTFT observation, as if this scorer had
-        made it.
+    def apply_accounting(self, record: AccountingRecord) -> None:
+        """Account another scheduler's pick, or learn its TTFT or TPOT observation, as if this
+        scorer had made it.
 
         Only the endpoint model and its correction factor are touched: not the prefix index
         (shared on its own), not the pending observations (this scorer will not see that
@@ -464,6 +495,8 @@ class PredictedLatencyScorer:
         """
         if isinstance(record, TtftRecord):
             self._learn(self._state_of(record.endpoint), record.ratio)
+        elif isinstance(record, TpotRecord):
+            self._learn_tpot(self._state_of(record.endpoint), record.ratio)
         else:
             self._account(record)
 
@@ -483,6 +516,69 @@ class PredictedLatencyScorer:
         self._learn(st, ratio)
         if self._export is not None:
             self._export(TtftRecord(endpoint=key, ratio=ratio))
+
+    def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
+        """The request finished, its tokens ``tpot_seconds`` apart on average after the first (None:
+        nothing to learn, e.g. it failed, was not streamed or reported no usage)."""
+        entry = self._decoding.pop(request_id, None)
+        if entry is None or tpot_seconds is None or tpot_seconds <= 0:
+            return
+        key, predicted = entry
+        st = self._state.get(key)
+        if st is None or predicted <= 0:
+            return
+        ratio = min(_TPOT_RATIO_CAP, max(1.0 / _TPOT_RATIO_CAP, tpot_seconds * 1000.0 / predicted))
+        self._learn_tpot(st, ratio)
+        if self._export is not None:
+            self._export(TpotRecord(endpoint=key, ratio=ratio))
+
+    def _tpot_floor_now(self) -> float | None:
+        """The lowest TPOT factor of the endpoints observed (the fastest decoder), found again only
+        after the one that held it slowed down or left."""
+        floor = self._tpot_floor
+        if floor is None:
+            observed = [st.tpot_factor for st in self._state.values() if st.tpot_observed]
+            floor = self._tpot_floor = min(observed) if observed else None
+        return floor
+
+    def _tpot_relative(self, st: _EndpointState) -> float:
+        """The endpoint's TPOT factor over the fastest observed endpoint's (1 before its first
+        observation)."""
+        floor = self._tpot_floor_now()
+        if not st.tpot_observed or not floor:
+            return 1.0
+        return st.tpot_factor * (1.0 / floor)  # as the scoring loop multiplies
+
+    def _tpot_scale(self, st: _EndpointState) -> float:
+        """What scales the endpoint's TPOT predictions: its relative factor beyond the band the
+        model's own error spans between equal replicas, within ``tpotCorrectionLimit``."""
+        if not st.tpot_observed:
+            return 1.0
+        relative = self._tpot_relative(st)
+        if relative > _TPOT_BAND:
+            relative /= _TPOT_BAND
+        elif relative < 1.0 / _TPOT_BAND:
+            relative *= _TPOT_BAND
+        else:
+            relative = 1.0
+        hi = self._p.tpot_correction_limit
+        return min(hi, max(1.0 / hi, relative))
+
+    def _learn_tpot(self, st: _EndpointState, ratio: float) -> None:
+        """Move the endpoint's TPOT factor towards one observed ratio (and the pool's floor)."""
+        st.tpot_observed += 1
+        old = st.tpot_factor
+        # slowly, from 1, even at first: an endpoint's first few ratios swing with what happened to
+        # be running beside them, and early swings moved tenants off replicas their prefixes then
+        # stayed away from (many-tenants in the twin: 2 of 12 paired runs met the SLO, against 10
+        # with this); a GPU's real speed shows in a few hundred answers all the same
+        st.tpot_factor += _TPOT_ALPHA * (ratio - st.tpot_factor)
+        floor = self._tpot_floor  # None: not known (found again when needed)
+        if floor is not None:
+            if st.tpot_factor <= floor:
+                self._tpot_floor = st.tpot_factor
+            elif old <= floor and st.tpot_observed > 1:
+                self._tpot_floor = None  # it may have been the fastest, and slowed down
 
     def _learn(self, st: _EndpointState, ratio: float) -> None:
         """Move the endpoint's TTFT correction factor towards one observed ratio."""
@@ -504,6 +600,9 @@ class PredictedLatencyScorer:
                 "frontend_backlog_ms": round(st.frontend_drained(now), 3),
                 "prefill_utilisation": round(min(0.9, self._rate(st, now)), 4),
                 "ttft_observed_over_predicted": round(st.ttft_factor, 4),
+                "tpot_observed_over_predicted": round(st.tpot_factor, 4),
+                "tpot_relative_to_pool": round(self._tpot_relative(st), 4),
+                "tpot_scale": round(self._tpot_scale(st), 4),
                 "last_predicted_ttft_ms": round(st.last_predicted_ms, 3),
                 "last_observed_ttft_ms": round(st.last_observed_ms, 3),
                 "observations": st.observed,
@@ -514,5 +613,7 @@ class PredictedLatencyScorer:
 
     def remove_endpoint(self, key: str) -> None:
         """Forget an endpoint that left the pool."""
-        self._state.pop(key, None)
+        st = self._state.pop(key, None)
+        if st is not None and st.tpot_observed:
+            self._tpot_floor = None
         self.index.remove_server(key)

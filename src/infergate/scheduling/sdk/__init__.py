@@ -1,7 +1,7 @@
 """The scheduling plugin SDK: what a plugin is written against, and nothing that runs plugins.
 
 Stable: the extension points (``Filter``, ``Scorer``, ``Picker``, ``PostPick``, ``ProfileHandler``),
-the lifecycle hooks (``EndpointStateHolder``, ``TtftObserver``, ``ResponseHeaderHook``,
+the lifecycle hooks (``EndpointStateHolder``, ``TtftObserver``, ``TpotObserver``, ``ResponseHeaderHook``,
 ``DebugStateProvider``), ``CycleState`` with typed ``StateKey``, ``Params`` and the typed
 ``PluginRegistry``; ``scores`` (dense score containers) and ``testing`` (endpoints for tests).
 
@@ -24,6 +24,7 @@ from infergate.scheduling.sdk.framework import (
     ResponseHeaderHook,
     Scorer,
     StateKey,
+    TpotObserver,
     TtftObserver,
 )
 
@@ -43,5 +44,6 @@ __all__ = [
     "ResponseHeaderHook",
     "Scorer",
     "StateKey",
+    "TpotObserver",
     "TtftObserver",
 ]

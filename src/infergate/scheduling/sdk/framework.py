@@ -45,6 +45,7 @@ __all__ = [
     "Scorer",
     "ScorerPostPick",
     "StateKey",
+    "TpotObserver",
     "TtftObserver",
     "candidate_keys",
 ]
@@ -186,6 +187,14 @@ class TtftObserver(Protocol):
     (``None`` when the request failed first)."""
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None: ...
+
+
+@runtime_checkable
+class TpotObserver(Protocol):
+    """Learns from outcomes: the mean time between the streamed tokens after the first of a request
+    it helped schedule, once it finished (``None``: nothing to learn from)."""
+
+    def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None: ...
 
 
 @runtime_checkable

@@ -57,7 +57,9 @@
     if (!m || !m.observations) return el("td", { cls: "latency sub", text: m ? "no answer yet" : "" });
     const text =
       m.last_predicted_ttft_ms.toFixed(0) + " / " + m.last_observed_ttft_ms.toFixed(0) + " ms";
-    const sub = "backlog " + m.backlog_ms.toFixed(0) + " ms \u00b7 \u00d7" + m.ttft_observed_over_predicted.toFixed(2);
+    // TTFT: observed over predicted; TPOT: how many times slower than the pool's fastest it decodes
+    const tpot = m.tpot_relative_to_pool === undefined ? "" : " \u00b7 TPOT \u00d7" + m.tpot_relative_to_pool.toFixed(2);
+    const sub = "backlog " + m.backlog_ms.toFixed(0) + " ms \u00b7 \u00d7" + m.ttft_observed_over_predicted.toFixed(2) + tpot;
     return el("td", { cls: "latency" }, [el("div", { text: text }), el("div", { cls: "sub", text: sub })]);
   }
 
