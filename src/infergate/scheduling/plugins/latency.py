@@ -500,15 +500,27 @@ class PredictedLatencyScorer:
         else:
             self._account(record)
 
-    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
-        """The data plane saw the request's first token after ``ttft_seconds`` (None: it failed)."""
-        entry = self._pending.pop(request_id, None)
-        if entry is None or ttft_seconds is None or ttft_seconds <= 0:
-            return
+    def _observed(
+        self, pending: dict[str, tuple[str, float]], request_id: str, seconds: float | None
+    ) -> tuple[str, _EndpointState, float] | None:
+        """Take a pick's prediction out of ``pending``: its endpoint, that endpoint's state and the
+        predicted milliseconds, or None when there is nothing to learn (an unknown or forgotten
+        pick, no observation, an endpoint that left)."""
+        entry = pending.pop(request_id, None)
+        if entry is None or seconds is None or seconds <= 0:
+            return None
         key, predicted = entry
         st = self._state.get(key)
         if st is None or predicted <= 0:
+            return None
+        return key, st, predicted
+
+    def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
+        """The data plane saw the request's first token after ``ttft_seconds`` (None: it failed)."""
+        observed = self._observed(self._pending, request_id, ttft_seconds)
+        if observed is None or ttft_seconds is None:
             return
+        key, st, predicted = observed
         hi = self._p.ttft_correction_limit
         ratio = min(hi, max(1.0 / hi, ttft_seconds * 1000.0 / predicted))
         st.last_predicted_ms = predicted * st.ttft_factor
@@ -520,13 +532,10 @@ class PredictedLatencyScorer:
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
         """The request finished, its tokens ``tpot_seconds`` apart on average after the first (None:
         nothing to learn, e.g. it failed, was not streamed or reported no usage)."""
-        entry = self._decoding.pop(request_id, None)
-        if entry is None or tpot_seconds is None or tpot_seconds <= 0:
+        observed = self._observed(self._decoding, request_id, tpot_seconds)
+        if observed is None or tpot_seconds is None:
             return
-        key, predicted = entry
-        st = self._state.get(key)
-        if st is None or predicted <= 0:
-            return
+        key, st, predicted = observed
         ratio = min(_TPOT_RATIO_CAP, max(1.0 / _TPOT_RATIO_CAP, tpot_seconds * 1000.0 / predicted))
         self._learn_tpot(st, ratio)
         if self._export is not None:
