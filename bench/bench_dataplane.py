@@ -61,7 +61,6 @@ import math
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -74,8 +73,10 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from infergate.app.fleet import free_port
 from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
+from infergate.bench.procs import wait_http
 from infergate.bench.workloads import filler_text
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -94,27 +95,6 @@ ALL_PATHS = ("direct", "infergate", "infergate-nofc", "infergate-envoy", *PEER_P
 FLOOR_PATHS = ("floor", "floor-aiohttp")
 KNOWN_PATHS = (*ALL_PATHS, *FLOOR_PATHS)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, deadline: float = 60.0) -> None:
-    """Poll ``url`` until it answers 2xx (startup only: the measured runs never poll)."""
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if 200 <= r.status < 300:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > end:
-            raise RuntimeError(f"{url} did not become ready in {deadline:.0f} s")
-        time.sleep(0.2)
 
 
 def tree_cpu_by_command(pid: int) -> dict[str, float]:

@@ -17,44 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from infergate.app.fleet import free_port
 from infergate.bench.matrix import static_pool_manifests
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, deadline: float = 60.0) -> None:
-    """Poll ``url`` until it answers 2xx (startup only)."""
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if 200 <= r.status < 300:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > end:
-            raise SystemExit(f"{url} did not answer within {deadline:g}s")
-        time.sleep(0.2)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+from infergate.bench.procs import cpu_seconds, wait_http
 
 
 def idle_cpu(manifest: Path, src: Path | None, args: argparse.Namespace, log: Path) -> float:
