@@ -163,6 +163,48 @@ async def test_raw_sse_format(sim: SimServer) -> None:
     )
 
 
+async def test_stream_sends_nothing_before_the_first_token() -> None:
+    """vLLM's first streamed bytes are the role chunk sent with the first output, not before the
+    prefill: a gateway reads its time to first token from them. One sequence slot, held by a
+    400-token answer, makes a streamed chat wait; its first chunk must come after that answer and
+    its own first token were generated."""
+    server = await start(["--model", MODEL, "--max-num-seqs", "1"])
+    long_body = {"model": MODEL, "prompt": "hold the slot", "max_tokens": 400, "ignore_eos": True}
+    chat_body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "wait for it"}],
+        "max_tokens": 2,
+        "stream": True,
+    }
+    try:
+        holder = asyncio.create_task(post(f"{server.url}/v1/completions", long_body))
+        await async_wait_for(lambda: _running(server, 1), timeout=10, what="the long answer running")
+        url = f"{server.url}/v1/chat/completions"
+        async with aiohttp.ClientSession() as s, s.post(url, json=chat_body) as r:
+            first = await r.content.readuntil(b"\n\n")
+            generated = server.engine.stats().generation_tokens_total
+            rest = await r.read()
+        delta = json.loads(first.removeprefix(b"data: "))["choices"][0]["delta"]
+        assert delta == {"role": "assistant", "content": ""}
+        assert generated >= 401, generated
+        assert rest.endswith(b"data: [DONE]\n\n")
+        assert (await holder)[0] == 200
+    finally:
+        await server.stop()
+
+
+async def test_streamed_echo_travels_with_the_first_token() -> None:
+    server = await start(["--model", MODEL])
+    body = {"model": MODEL, "prompt": "one two", "max_tokens": 2, "stream": True, "echo": True}
+    body["ignore_eos"] = True
+    try:
+        status, text = await post(f"{server.url}/v1/completions", body)
+        texts = [json.loads(e.removeprefix("data: "))["choices"][0]["text"] for e in text.split("\n\n")[:-2]]
+        assert status == 200 and len(texts) == 2 and texts[0].startswith("one two") and texts[0] != "one two"
+    finally:
+        await server.stop()
+
+
 async def test_n_choices_and_batched_prompts(client: openai.AsyncOpenAI) -> None:
     r = await client.completions.create(
         model=MODEL, prompt="two choices", n=2, max_tokens=4, extra_body={"ignore_eos": True}

@@ -396,40 +396,48 @@ class SimServer:
                 return None
             return self._usage(prompt_tokens, sum(tokens.values()), cached)
 
+        # vLLM sends nothing before the engine's first output: the role chunks (chat) go out with
+        # it, and an echoed prompt (completions) travels in the same chunk as its choice's first
+        # text, so a client's or gateway's first byte is the first token (serving.py, first_iteration)
+        started = False
+        echo_pending: dict[int, str] = {}
+        if echo_text is not None:
+            echo_pending = {s.index: echo_text[s.index // n] for s in specs}
         try:
-            if chat:
-                for s in specs:
-                    delta = {"role": "assistant", "content": ""}
-                    await send(
-                        oa.chat_chunk(rid, created, model, s.index, delta, None, usage_=running_usage())
-                    )
-            elif echo_text is not None:
-                for s in specs:
-                    text = echo_text[s.index // n]
-                    await send(
-                        oa.completion_chunk(rid, created, model, s.index, text, None, None, running_usage())
-                    )
             templates = {
                 s.index: oa.delta_chunk_template(params.kind, rid, created, model, s.index) for s in specs
             }
             fast = not params.continuous_usage
             async for d in merged_events(make, specs):
-                tokens[d.index] = d.num_tokens
                 cached = d.cached_tokens
-                if not d.text and d.finish_reason is None:
+                if not started:  # the role chunks count no completion tokens yet, as in vLLM
+                    started = True
+                    if chat:
+                        role = {"role": "assistant", "content": ""}
+                        for s in specs:
+                            await send(
+                                oa.chat_chunk(
+                                    rid, created, model, s.index, role, None, usage_=running_usage()
+                                )
+                            )
+                tokens[d.index] = d.num_tokens
+                text = d.text
+                if echo_pending:
+                    text = echo_pending.pop(d.index, "") + text
+                if not text and d.finish_reason is None:
                     continue
                 if fast and d.finish_reason is None:
                     prefix, suffix = templates[d.index]
-                    await resp.write(prefix + json.dumps(d.text).encode() + suffix)
+                    await resp.write(prefix + json.dumps(text).encode() + suffix)
                     continue
                 if chat:
-                    delta = {"content": d.text}
+                    delta = {"content": text}
                     chunk = oa.chat_chunk(
                         rid, created, model, d.index, delta, d.finish_reason, d.stop_reason, running_usage()
                     )
                 else:
                     chunk = oa.completion_chunk(
-                        rid, created, model, d.index, d.text, d.finish_reason, d.stop_reason, running_usage()
+                        rid, created, model, d.index, text, d.finish_reason, d.stop_reason, running_usage()
                     )
                 await send(chunk)
             if params.include_usage:
