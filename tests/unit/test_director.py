@@ -17,13 +17,14 @@ from infergate.datastore.store import Datastore
 from infergate.errors import BadRequestError, ModelNotFoundError, NoCapacityError, RequestError
 from infergate.requestcontrol.director import Director
 from infergate.requestcontrol.parsing import api_kind_for_path, parse_body, rewrite_model
-from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, usage_from_json
+from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, streamed_tokens, usage_from_json
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.telemetry import GatewayMetrics
 from infergate.types import (
     ApiKind,
     EndpointMeta,
     EndpointMetrics,
+    InferenceRequest,
     ModelRewrite,
     Objective,
     RewriteRule,
@@ -201,6 +202,50 @@ def test_sse_usage_split_across_chunks_and_model_name_rewritten_back() -> None:
         )
         assert parser.usage.cached_tokens == 2
         assert out == stream.replace(b'"model":"tgt"', b'"model":"asked"'), cut
+
+
+def test_sse_events_counted_at_every_split_without_done_or_text_lookalikes() -> None:
+    """Each ``data:`` event but ``[DONE]`` counts once however the stream is cut; ``data:`` or
+    ``[DONE]`` inside generated text is no event (a JSON string holds no raw newline)."""
+    stream = (
+        b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+        b'data: {"choices":[{"delta":{"content":"\\ndata: [DONE]"}}]}\n\n'
+        b'data:{"choices":[{"delta":{"content":"x"}}]}\n\n'
+        b'data: {"choices":[{"delta":{"content":"y"},"finish_reason":"stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    for cut in range(len(stream) + 1):
+        parser = SSEUsageParser()
+        parser.feed(stream[:cut])
+        parser.feed(stream[cut:])
+        parser.close()
+        parser.close()  # the director may close twice
+        assert parser.events == 4, cut
+        assert parser.usage is None
+    unterminated = SSEUsageParser()
+    unterminated.feed(b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[{"text":"b"}]}')
+    unterminated.close()
+    assert unterminated.events == 2
+
+
+@pytest.mark.parametrize(
+    ("api", "body", "events", "tokens"),
+    [
+        (ApiKind.COMPLETIONS, {"prompt": "p"}, 5, 5),
+        (ApiKind.COMPLETIONS, {"prompt": [1, 2, 3]}, 5, 5),  # token ids: one prompt
+        (ApiKind.CHAT, {"messages": []}, 5, 4),  # the role event first
+        (ApiKind.CHAT, {"messages": [], "n": 1}, 1, 0),
+        (ApiKind.CHAT, {"messages": [], "n": 2}, 9, 0),  # interleaved choices
+        (ApiKind.COMPLETIONS, {"prompt": ["a", "b"]}, 9, 0),  # a batch
+        (ApiKind.MESSAGES, {"messages": []}, 9, 0),  # events of its own
+        (ApiKind.OTHER, None, 9, 0),
+    ],
+)
+def test_streamed_tokens_only_where_one_event_is_one_step(
+    api: ApiKind, body: dict[str, object] | None, events: int, tokens: int
+) -> None:
+    req = InferenceRequest(request_id="r", model="m", target_model="m", api=api, body=body)
+    assert streamed_tokens(req, events) == tokens
 
 
 def test_usage_from_json_field_names() -> None:

@@ -159,9 +159,10 @@ async def test_latency_per_objective_carries_llmd_labels() -> None:
     )
 
 
-async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_only_with_its_token_count() -> None:
+async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_with_a_token_count() -> None:
     """The scheduler's predicted-latency scorer learns the time per token after the first from a
-    stream that reports usage; a stream without usage (no token count) teaches it nothing."""
+    stream: its token count comes from usage when the client asked for it, else from the events
+    counted; a stream of one event (nothing after the first token) teaches it nothing."""
     import random
 
     from infergate.config.picker import default_picker_config
@@ -174,23 +175,31 @@ async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_only_with_its_
     d = Director(datastore=make_store(clock), scheduler=sched, flow=None, clock=clock, rng=random.Random(7))
     scorer = sched.plugin("predicted-latency-scorer")
     assert isinstance(scorer, PredictedLatencyScorer)
+    event = b'data: {"choices":[{"text":"a"}]}\n\n'
 
-    async def stream(usage: bytes) -> str:
+    async def stream(rest: bytes) -> tuple[str, float, float]:
+        """(endpoint, its factor before, after) for an answer whose first event comes 0.1 s in
+        and ``rest`` 0.7 s later."""
         ctx = await d.handle_request(path="/v1/completions", headers={}, body=body(stream=True))
+        before = factors().get(ctx.target.key, 1.0)
         d.handle_response_headers(ctx, 200, {"content-type": "text/event-stream"})
         clock.t += 0.1
-        d.handle_response_chunk(ctx, b'data: {"choices":[{"text":"a"}]}\n\n', end_of_stream=False)
+        d.handle_response_chunk(ctx, event, end_of_stream=False)
         clock.t += 0.7
-        d.handle_response_chunk(ctx, usage + b"data: [DONE]\n\n", end_of_stream=True)
+        d.handle_response_chunk(ctx, rest + b"data: [DONE]\n\n", end_of_stream=True)
         d.handle_response_complete(ctx)
-        return ctx.target.key
+        return ctx.target.key, before, factors()[ctx.target.key]
 
     def factors() -> dict[str, float]:
         return {k: v["tpot_observed_over_predicted"] for k, v in scorer.debug_state().items()}
 
-    key = await stream(b"")  # no usage chunk: the token count is unknown
-    assert factors()[key] == 1.0
-    key = await stream(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":8}}\n\n')
+    _, before, after = await stream(b"")  # one event, no usage: no time per token to take
+    assert after == before == 1.0
+    _, before, after = await stream(
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":8}}\n\n'
+    )
     # 0.7 s over the 7 tokens after the first: 100 ms per token against ~7 ms predicted (a ratio
     # capped at 10), which moves the factor 2 % of the way
-    assert factors()[key] == pytest.approx(1 + 0.02 * 9)
+    assert after == pytest.approx(before + 0.02 * (10 - before)) and before == 1.0
+    _, before, after = await stream(event * 7)  # no usage: 8 events counted
+    assert after == pytest.approx(before + 0.02 * (10 - before))

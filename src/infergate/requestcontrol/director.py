@@ -33,7 +33,13 @@ from infergate.requestcontrol.core import (
     no_capacity,
     parse_subset,
 )
-from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, Usage, usage_from_json
+from infergate.requestcontrol.usage import (
+    ModelNameRewriter,
+    SSEUsageParser,
+    Usage,
+    streamed_tokens,
+    usage_from_json,
+)
 from infergate.tracing import NULL_TRACE, RequestTrace, RequestTracer
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
@@ -548,12 +554,18 @@ class Director:
         req = ctx.request
         failed = error is not None or (ctx.status is not None and ctx.status >= 400)
         # the time per streamed token after the first needs the token count: a stream reports it
-        # when the client asked for usage (stream_options.include_usage)
+        # when the client asked for usage (stream_options.include_usage); the scheduler also
+        # learns from streams without it, counting their events (usage.streamed_tokens)
         per_token: float | None = None
         tokens = ctx.completion_tokens
         if not failed and ctx.first_token_at is not None and tokens is not None and tokens > 1:
             per_token = max(0.0, (now - ctx.first_token_at) / (tokens - 1))
-        self._core.observe_tpot(ctx.request_id, per_token)
+        observed = per_token
+        if observed is None and not failed and ctx.first_token_at is not None and ctx._sse is not None:
+            counted = streamed_tokens(req, ctx._sse.events)
+            if counted > 1:
+                observed = max(0.0, (now - ctx.first_token_at) / (counted - 1))
+        self._core.observe_tpot(ctx.request_id, observed)
         if error is not None:
             ctx.error_code = error_code_for(error)
         elif failed:

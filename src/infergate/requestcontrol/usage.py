@@ -12,9 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infergate.types import typed_frozen
+from infergate.types import ApiKind, InferenceRequest, typed_frozen
 
-__all__ = ["ModelNameRewriter", "SSEUsageParser", "Usage", "usage_from_json", "usage_from_object"]
+__all__ = [
+    "ModelNameRewriter",
+    "SSEUsageParser",
+    "Usage",
+    "streamed_tokens",
+    "usage_from_json",
+    "usage_from_object",
+]
 
 # A line longer than this is not buffered for usage parsing (usage chunks are small).
 _MAX_PENDING = 1 << 20
@@ -94,13 +101,20 @@ def usage_from_json(body: bytes) -> Usage | None:
 
 
 class SSEUsageParser:
-    """Incremental ``text/event-stream`` reader that remembers the last usage object seen."""
+    """Incremental ``text/event-stream`` reader that remembers the last usage object seen.
 
-    __slots__ = ("_pending", "usage")
+    It also counts the ``data:`` events other than ``[DONE]``: a model server streams one event per
+    decoding step that produced text, so without usage (the client did not ask for it) the count
+    still tells how many steps an answer took. A JSON payload cannot hold a raw newline, so
+    ``data:`` at a line start is always an event, never generated text.
+    """
+
+    __slots__ = ("_pending", "events", "usage")
 
     def __init__(self) -> None:
         self._pending = b""
         self.usage: Usage | None = None
+        self.events = 0
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk if self._pending else chunk
@@ -112,6 +126,10 @@ class SSEUsageParser:
         if len(self._pending) > _MAX_PENDING:
             self._pending = b""
         complete = data[:cut]
+        events = complete.count(b"\ndata:") + complete.startswith(b"data:")
+        if events and b"[DONE]" in complete:
+            events -= complete.count(b"\ndata: [DONE]") + complete.startswith(b"data: [DONE]")
+        self.events += events
         if b'"usage"' not in complete:
             return
         for line in complete.split(b"\n"):
@@ -119,6 +137,9 @@ class SSEUsageParser:
 
     def close(self) -> None:
         if self._pending:
+            line = self._pending.strip()
+            if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+                self.events += 1
             self._line(self._pending)
             self._pending = b""
 
@@ -135,6 +156,31 @@ class SSEUsageParser:
             return
         if found is not None:
             self.usage = found
+
+
+def streamed_tokens(req: InferenceRequest, events: int) -> int:
+    """The tokens of a streamed answer that reported no usage, from its event count; 0 when unknown.
+
+    vLLM sends one event per decoding step that produced text, each holding that step's token
+    (several under speculative decoding, where the count is of steps, which is what the time per
+    step measures), and a chat stream one more event first, the role. Several choices interleave
+    their events, and other APIs add events of their own, so those are not counted.
+    """
+    if req.api is ApiKind.CHAT:
+        skip = 1
+    elif req.api is ApiKind.COMPLETIONS:
+        skip = 0
+    else:
+        return 0
+    body = req.body
+    if body is not None:
+        n = body.get("n")
+        if n is not None and n != 1:
+            return 0
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            return 0  # a batch of prompts
+    return max(0, events - skip)
 
 
 class ModelNameRewriter:
