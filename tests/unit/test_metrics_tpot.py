@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.telemetry import GatewayMetrics
-from infergate.types import Objective
+from infergate.types import EndpointMetrics, Objective
 from tests.unit.test_director import FakeClock, body, make_director, make_store
 
 # llm-d-router v0.10 pkg/epp/metrics/llm_d_router_metrics.go: label names per family
@@ -172,7 +172,8 @@ async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_with_a_token_c
 
     clock = FakeClock()
     sched = build_scheduler(default_picker_config(lora=True), rng=random.Random(1), clock=clock)
-    d = Director(datastore=make_store(clock), scheduler=sched, flow=None, clock=clock, rng=random.Random(7))
+    ds = make_store(clock)
+    d = Director(datastore=ds, scheduler=sched, flow=None, clock=clock, rng=random.Random(7))
     scorer = sched.plugin("predicted-latency-scorer")
     assert isinstance(scorer, PredictedLatencyScorer)
     event = b'data: {"choices":[{"text":"a"}]}\n\n'
@@ -180,6 +181,8 @@ async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_with_a_token_c
     async def stream(rest: bytes) -> tuple[str, float, float]:
         """(endpoint, its factor before, after) for an answer whose first event comes 0.1 s in
         and ``rest`` 0.7 s later."""
+        for ep in ds.endpoints():  # a fresh scrape: the store's metrics go stale after 2 s
+            ds.update_metrics(ep.key, EndpointMetrics(updated_at=clock.now(), max_active_adapters=2))
         ctx = await d.handle_request(path="/v1/completions", headers={}, body=body(stream=True))
         before = factors().get(ctx.target.key, 1.0)
         d.handle_response_headers(ctx, 200, {"content-type": "text/event-stream"})
@@ -203,3 +206,6 @@ async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_with_a_token_c
     assert after == pytest.approx(before + 0.02 * (10 - before)) and before == 1.0
     _, before, after = await stream(event * 7)  # no usage: 8 events counted
     assert after == pytest.approx(before + 0.02 * (10 - before))
+    one = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+    _, before, after = await stream(event * 7 + one)  # usage wins over the events it explains
+    assert after == before

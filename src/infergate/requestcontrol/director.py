@@ -561,7 +561,7 @@ class Director:
         if not failed and ctx.first_token_at is not None and tokens is not None and tokens > 1:
             per_token = max(0.0, (now - ctx.first_token_at) / (tokens - 1))
         observed = per_token
-        if observed is None and not failed and ctx.first_token_at is not None and ctx._sse is not None:
+        if tokens is None and not failed and ctx.first_token_at is not None and ctx._sse is not None:
             counted = streamed_tokens(req, ctx._sse.events)
             if counted > 1:
                 observed = max(0.0, (now - ctx.first_token_at) / (counted - 1))
