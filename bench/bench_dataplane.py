@@ -76,7 +76,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from infergate.app.fleet import free_port
 from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
-from infergate.bench.procs import wait_http
+from infergate.bench.procs import exit_on_sigterm, wait_http
 from infergate.bench.workloads import filler_text
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -613,7 +613,7 @@ def main() -> None:
     gateway_args, replica_args = shlex.split(args.gateway_args), shlex.split(args.replica_args)
     # The routers run in their own sessions (so one killpg stops a router and its Envoy): a
     # SIGTERM to this script must unwind through Rig.__exit__, or they outlive it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     with Rig(paths, gateway_args, args.peer_venv, args.before_src, workers, replica_args) as rig:
         for rep in range(args.reps):
             for route in rig.routes:

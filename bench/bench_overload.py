@@ -43,6 +43,7 @@ from typing import Any
 
 import aiohttp
 
+from infergate.bench.procs import exit_on_sigterm
 from infergate.config.settings import Settings
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -438,6 +439,7 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    exit_on_sigterm()  # SIGTERM unwinds the finally blocks that stop what this script starts
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of overload per mode")
     ap.add_argument("--factor", type=float, default=5.0, help="offered load / measured capacity")

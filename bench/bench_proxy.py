@@ -36,6 +36,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from infergate.bench.procs import exit_on_sigterm
+
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BODY = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
 ANSWER = json.dumps(
@@ -266,6 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    exit_on_sigterm()  # SIGTERM unwinds the finally blocks that stop what this script starts
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--replicas", type=int, default=2)

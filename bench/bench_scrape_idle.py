@@ -25,7 +25,7 @@ from pathlib import Path
 
 from infergate.app.fleet import free_port
 from infergate.bench.matrix import static_pool_manifests
-from infergate.bench.procs import cpu_seconds, wait_http
+from infergate.bench.procs import cpu_seconds, exit_on_sigterm, wait_http
 
 
 def idle_cpu(manifest: Path, src: Path | None, args: argparse.Namespace, log: Path) -> float:
@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
+    exit_on_sigterm()  # SIGTERM unwinds the finally blocks that stop what this script starts
     args = parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scrape-idle-"))
     replicas: list[subprocess.Popen[bytes]] = []

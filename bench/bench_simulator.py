@@ -33,6 +33,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+from infergate.bench.procs import exit_on_sigterm
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput
 from infergate.tokenization.builtin import BOS_ID, Tokenizer
@@ -227,6 +228,7 @@ def virtual_time(n_requests: int, rate: float) -> tuple[float, float, float, flo
 
 
 def main() -> int:
+    exit_on_sigterm()  # SIGTERM unwinds the finally blocks that stop what this script starts
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer levels and requests")
     ap.add_argument("--max-tokens", type=int, default=200)

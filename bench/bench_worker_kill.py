@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from infergate.bench.matrix import static_pool_manifests
+from infergate.bench.procs import exit_on_sigterm
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BODY = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
@@ -87,6 +88,7 @@ async def traffic(url: str, admin: str, seconds: float, kill_after: float) -> No
 
 
 def main() -> None:
+    exit_on_sigterm()  # SIGTERM unwinds the finally blocks that stop what this script starts
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--kill-after", type=float, default=3.0)

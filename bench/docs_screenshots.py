@@ -23,6 +23,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from infergate.bench.procs import exit_on_sigterm
+
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
 CHROMIUM = "/usr/bin/chromium"
@@ -140,6 +142,7 @@ def dashboard(path: Path) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()  # SIGTERM unwinds the finally blocks that stop what this script starts
     IMG.mkdir(parents=True, exist_ok=True)
     dashboard(IMG / "dashboard.png")
     print(f"wrote {IMG / 'dashboard.png'}")

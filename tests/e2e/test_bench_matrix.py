@@ -9,7 +9,11 @@ their virtualenvs exist (``bench/install_peers.sh``).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from infergate.bench import peers
 from infergate.bench.matrix import MatrixConfig, MatrixOutcome, run_matrix
 from infergate.bench.peers import PEERS, PeerRouter, available_peers, peer_venvs
 from infergate.bench.workloads import BenchRequest, WorkloadSpec, generate
+from tests.support import wait_for
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -217,3 +222,69 @@ def test_cli_matrix_writes_reports_and_load_plots(tmp_path: Path) -> None:
     assert (out / "load_round-robin.png").stat().st_size > 0
     assert (out / "ttft_p90_vs_load.png").stat().st_size > 0
     assert (out / "matrix" / "round-robin" / "30" / "router.log").exists()
+
+
+def _children(parent: int) -> dict[int, str]:
+    """Live children of ``parent`` (pid -> command line), from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found[int(entry)] = cmdline
+    return found
+
+
+def _alive(pid: int, cmdline: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            same = f.read().replace(b"\0", b" ").decode(errors="replace") == cmdline
+        with open(f"/proc/{pid}/stat") as f:
+            return same and f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_replicas_and_the_router_with_the_matrix(tmp_path: Path) -> None:
+    """``kill`` of a running ``infergate bench --matrix`` stops the replicas and the router it
+    started (each runs in a session of its own, which a signal to the matrix does not reach)."""
+    workload = tmp_path / "long.yaml"
+    workload.write_text(
+        "name: long\nseed: 1\nworkload:\n  type: mix\n  requests: 40\n"
+        "  prompt: {mean: 32}\n  answer: {kind: fixed, mean: 2000}\n  models: [{name: food-review}]\n"
+    )
+    out = tmp_path / "out"
+    argv = [
+        sys.executable, "-m", "infergate", "bench", "--matrix", "--workload", str(workload),
+        "--replicas", "2",
+        "--strategies", "round-robin", "--qps", "2", "--time-scale", "1", "--no-plots", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        router_log = out / "matrix" / "round-robin" / "2" / "router.log"
+        wait_for(
+            lambda: router_log.exists() and "serving pool" in router_log.read_text(errors="replace"),
+            timeout=60,
+            what="the router serving",
+        )
+        children = _children(proc.pid)
+        assert len(children) == 3, children  # two replicas and the router
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed check above: stop it as the test would have
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode(errors="replace")[-2000:]
+    assert [pid for pid, cmdline in children.items() if _alive(pid, cmdline)] == []

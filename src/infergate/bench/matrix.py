@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.bench.loadgen import RequestRecord, run_closed_loop, run_open_loop
 from infergate.bench.peers import PEERS, PeerRouter, available_peers, is_peer, peer_venvs
+from infergate.bench.procs import cancel_on_signals
 from infergate.bench.replicas import read_counters
 from infergate.bench.report import RunResult
 from infergate.bench.stats import Slo, summarise
@@ -532,6 +533,29 @@ async def run_matrix(
     for name in missing:
         outcome.skipped[name] = "not installed (see bench/install_peers.sh, --peer-venv)"
     groups = [[load] for load in config.loads] if config.fresh_per_load else [list(config.loads)]
+    with cancel_on_signals() as received:
+        try:
+            await _run_strategies(
+                requests, strategies, groups, peers, outcome, workload, config, slo, reporter
+            )
+        except asyncio.CancelledError:
+            if received:  # the replicas and the router were stopped on the way out
+                raise SystemExit(128 + received[0]) from None
+            raise
+    return outcome
+
+
+async def _run_strategies(
+    requests: Sequence[BenchRequest],
+    strategies: Sequence[str],
+    groups: Sequence[Sequence[float]],
+    peers: dict[str, PeerRouter],
+    outcome: MatrixOutcome,
+    workload: str,
+    config: MatrixConfig,
+    slo: Slo,
+    reporter: Reporter | None,
+) -> None:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for strategy in strategies:
@@ -559,7 +583,6 @@ async def run_matrix(
             except MatrixError as exc:
                 log.warning("%s skipped: %s", strategy, exc)
                 outcome.skipped[strategy] = str(exc)
-    return outcome
 
 
 def static_pool_manifests(pool: str, endpoints: dict[str, str], *, label: str = "bench") -> str:

@@ -1,16 +1,27 @@
-"""Helpers for benchmark scripts that start real processes: wait for one to answer, read its CPU.
+"""Helpers for benchmark scripts that start real processes: wait for one to answer, read its CPU,
+stop them when the script itself is told to stop.
 
 The scripts under ``bench/`` cannot import one another; what several of them need lives here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "wait_http"]
+__all__ = ["cancel_on_signals", "cpu_seconds", "exit_on_sigterm", "wait_http"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""What ends a benchmark from outside (``kill``, ``timeout``, a closed terminal). Their default
+action ends the process at once, and children started in sessions of their own (so that a stop
+reaches their helpers too) would outlive it."""
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -35,3 +46,42 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU of ``pid`` so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def exit_on_sigterm() -> None:
+    """From now on SIGTERM and SIGHUP raise ``SystemExit(128 + signal)`` in the main thread, so the
+    ``finally`` blocks and context managers of a synchronous script stop what it started."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        sys.exit(128 + signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _exit)
+
+
+@contextlib.contextmanager
+def cancel_on_signals() -> Iterator[list[int]]:
+    """Inside, SIGTERM or SIGHUP cancels the current task once (a second signal during the clean-up
+    is ignored, so it cannot cut the clean-up short); the list names the signal received. The
+    caller's ``finally`` blocks and ``async with`` exits then stop the processes it started. The
+    previous handlers come back on exit. Call it from the main thread with the loop running."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("cancel_on_signals needs a running task")
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received:
+            received.append(int(sig))
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
