@@ -153,3 +153,17 @@ def test_filler_text_has_the_asked_length_and_grows_by_extension() -> None:
     assert [len(t) for t in texts] == [1, 79, 80, 81, 4_000, 16_001]
     assert all(longer.startswith(shorter) for shorter, longer in pairwise(texts))
     assert filler_text(4_000) == texts[4] and len(set(texts[-1].split())) > 10
+
+
+def test_held_out_workloads_load_and_name_their_files() -> None:
+    """``bench/holdout/`` (workloads the defaults were not tuned on, for ``bench_regret.py
+    --workloads``) stays loadable: each file validates, generates and resolves its pool."""
+    from infergate.bench.steady import resolve_pool
+
+    files = sorted((Path(__file__).resolve().parents[2] / "bench" / "holdout").glob("*.yaml"))
+    assert len(files) >= 5
+    for path in files:
+        spec = load_workload(str(path))
+        assert spec.name == path.stem
+        assert generate(spec)
+        assert resolve_pool(spec).replicas >= 2
