@@ -17,7 +17,12 @@ from infergate.datastore.store import Datastore
 from infergate.errors import BadRequestError, ModelNotFoundError, NoCapacityError, RequestError
 from infergate.requestcontrol.director import Director
 from infergate.requestcontrol.parsing import api_kind_for_path, parse_body, rewrite_model
-from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser, streamed_tokens, usage_from_json
+from infergate.requestcontrol.usage import (
+    ModelNameRewriter,
+    SSEUsageParser,
+    events_before_tokens,
+    usage_from_json,
+)
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.telemetry import GatewayMetrics
 from infergate.types import (
@@ -229,23 +234,23 @@ def test_sse_events_counted_at_every_split_without_done_or_text_lookalikes() -> 
 
 
 @pytest.mark.parametrize(
-    ("api", "body", "events", "tokens"),
+    ("api", "body", "skip"),
     [
-        (ApiKind.COMPLETIONS, {"prompt": "p"}, 5, 5),
-        (ApiKind.COMPLETIONS, {"prompt": [1, 2, 3]}, 5, 5),  # token ids: one prompt
-        (ApiKind.CHAT, {"messages": []}, 5, 4),  # the role event first
-        (ApiKind.CHAT, {"messages": [], "n": 1}, 1, 0),
-        (ApiKind.CHAT, {"messages": [], "n": 2}, 9, 0),  # interleaved choices
-        (ApiKind.COMPLETIONS, {"prompt": ["a", "b"]}, 9, 0),  # a batch
-        (ApiKind.MESSAGES, {"messages": []}, 9, 0),  # events of its own
-        (ApiKind.OTHER, None, 9, 0),
+        (ApiKind.COMPLETIONS, {"prompt": "p"}, 0),
+        (ApiKind.COMPLETIONS, {"prompt": [1, 2, 3]}, 0),  # token ids: one prompt
+        (ApiKind.CHAT, {"messages": []}, 1),  # the role event first
+        (ApiKind.CHAT, {"messages": [], "n": 1}, 1),
+        (ApiKind.CHAT, {"messages": [], "n": 2}, None),  # interleaved choices
+        (ApiKind.COMPLETIONS, {"prompt": ["a", "b"]}, None),  # a batch
+        (ApiKind.MESSAGES, {"messages": []}, None),  # events of its own
+        (ApiKind.OTHER, None, None),
     ],
 )
-def test_streamed_tokens_only_where_one_event_is_one_step(
-    api: ApiKind, body: dict[str, object] | None, events: int, tokens: int
+def test_events_count_tokens_only_where_one_event_is_one_step(
+    api: ApiKind, body: dict[str, object] | None, skip: int | None
 ) -> None:
     req = InferenceRequest(request_id="r", model="m", target_model="m", api=api, body=body)
-    assert streamed_tokens(req, events) == tokens
+    assert events_before_tokens(req) == skip
 
 
 def test_usage_from_json_field_names() -> None:

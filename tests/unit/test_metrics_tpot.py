@@ -9,13 +9,15 @@ shows up.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.telemetry import GatewayMetrics
 from infergate.types import EndpointMetrics, Objective
-from tests.unit.test_director import FakeClock, body, make_director, make_store
+from tests.unit.test_director import BASE, FakeClock, body, make_director, make_store
 
 # llm-d-router v0.10 pkg/epp/metrics/llm_d_router_metrics.go: label names per family
 LLMD_LABELS = {
@@ -209,3 +211,40 @@ async def test_a_streamed_answers_tpot_reaches_the_latency_scorer_with_a_token_c
     one = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
     _, before, after = await stream(event * 7 + one)  # usage wins over the events it explains
     assert after == before
+
+
+async def test_a_long_stream_reports_its_tpot_at_its_33rd_token_and_not_again() -> None:
+    """The scheduler hears a streamed answer's time per token once it has TPOT_REPORT_TOKENS tokens,
+    long before its end, and only then."""
+    import random
+
+    from infergate.config.picker import default_picker_config
+    from infergate.requestcontrol.director import Director
+    from infergate.requestcontrol.usage import TPOT_REPORT_TOKENS
+    from infergate.scheduling.engine.scheduler import build_scheduler
+
+    clock = FakeClock()
+    sched = build_scheduler(default_picker_config(lora=True), rng=random.Random(1), clock=clock)
+    d = Director(datastore=make_store(clock), scheduler=sched, flow=None, clock=clock, rng=random.Random(7))
+    event = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    chat = json.dumps({"model": BASE, "messages": [{"role": "user", "content": "hi"}], "stream": True})
+
+    def factor(key: str) -> float:
+        return float(sched.debug_state()["predicted-latency-scorer"][key]["tpot_observed_over_predicted"])
+
+    ctx = await d.handle_request(path="/v1/chat/completions", headers={}, body=chat.encode())
+    key = ctx.target.key
+    d.handle_response_headers(ctx, 200, {"content-type": "text/event-stream"})
+    clock.t += 0.1
+    role = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+    d.handle_response_chunk(ctx, role + event, end_of_stream=False)  # the first token
+    clock.t += 0.8
+    d.handle_response_chunk(ctx, event * (TPOT_REPORT_TOKENS - 2), end_of_stream=False)
+    assert factor(key) == 1.0  # one token short: not yet
+    d.handle_response_chunk(ctx, event, end_of_stream=False)
+    reported = factor(key)
+    assert reported > 1.0  # 0.8 s over 32 gaps: 25 ms per token, slower than predicted
+    clock.t += 10.0
+    d.handle_response_chunk(ctx, event * 200 + b"data: [DONE]\n\n", end_of_stream=True)
+    d.handle_response_complete(ctx)
+    assert factor(key) == reported

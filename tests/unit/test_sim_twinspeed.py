@@ -101,7 +101,7 @@ def test_twin_records_are_byte_identical_to_the_pre_optimisation_code(
     assert _twin_digest(*key) == TWIN_DIGESTS[key]
 
 
-def _engine_run(*, sparse: bool) -> tuple[list[RequestOutput], list[object], Engine]:
+def _engine_run(*, sparse: bool, mark_at: int = 0) -> tuple[list[RequestOutput], list[object], Engine]:
     """Every output of a small engine under pressure (few KV blocks: preemptions), with LoRA
     slots contended, natural stops, min_tokens and an abort, on the virtual driver."""
     engine = Engine(
@@ -126,6 +126,7 @@ def _engine_run(*, sparse: bool) -> tuple[list[RequestOutput], list[object], Eng
             min_tokens=5 if i % 4 == 0 else 0,
             ignore_eos=i % 2 == 0,
             lora_name=lora,
+            mark_at=mark_at,
         )
         loop.call_at(i * 0.01, functools.partial(driver.submit, req, outs.append))
     loop.call_at(0.25, lambda: driver.abort("r20"))
@@ -184,6 +185,16 @@ def test_sparse_mode_carries_exactly_the_per_token_information() -> None:
             assert RequestOutput(**plain) == out
     firsts = [o for o in sparse if not o.finished]
     assert firsts == [o for o in dense if o.num_generated == 1 and not o.finished]
+
+
+def test_sparse_mode_marks_the_token_a_data_plane_reports_tpot_at() -> None:
+    """``mark_at`` adds exactly the output of that token (unless it is the last), nothing else."""
+    dense, _, _ = _engine_run(sparse=False)
+    sparse, _, engine = _engine_run(sparse=True, mark_at=12)
+    assert engine.stats() == _engine_run(sparse=True)[2].stats()
+    marked = [o for o in sparse if not o.finished]
+    assert marked == [o for o in dense if o.num_generated in (1, 12) and not o.finished]
+    assert any(o.num_generated == 12 for o in marked)
 
 
 def test_chunked_encoding_equals_encoding_the_whole_text_at_once() -> None:

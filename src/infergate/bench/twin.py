@@ -58,6 +58,7 @@ from infergate.flowcontrol.core import Decision, FlowCore
 from infergate.flowcontrol.queues import QueuedItem
 from infergate.flowcontrol.settings import flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
+from infergate.requestcontrol.usage import TPOT_REPORT_TOKENS
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, ROLE_LABEL
 from infergate.scheduling.plugins.latency import (
@@ -593,12 +594,17 @@ def run_twin(
             if i not in first_seen:  # the first token: the gateway's data plane reports the TTFT
                 first_seen.add(i)
                 f.core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
+            elif not out.finished and out.first_token_time is not None:
+                # the TPOT_REPORT_TOKENS-th token (mark_at): the data plane reports the mean gap
+                # after the first token so far
+                gaps = TPOT_REPORT_TOKENS - 1
+                f.core.observe_tpot(f"twin-{i}", (out.now - out.first_token_time) / gaps)
             if out.finished:
                 if isinstance(out, TimedOutput) and out.token_times:
                     times = out.token_times
                     rec.ttft = times[0] - T0 - rec.sent_at + cfg.client_latency
                     rec.itl = [b - a for a, b in itertools.pairwise(times)]
-                    if len(times) > 1:  # the data plane reports the mean gap after the first token
+                    if 1 < len(times) <= TPOT_REPORT_TOKENS:  # a short answer: reported at its end
                         f.core.observe_tpot(f"twin-{i}", (times[-1] - times[0]) / (len(times) - 1))
                 rec.status = 200
                 rec.e2e = out.now - T0 - rec.sent_at + cfg.client_latency
@@ -615,6 +621,7 @@ def run_twin(
                 ignore_eos=True,
                 lora_name=lora,
                 remote_prefill_tokens=remote,
+                mark_at=TPOT_REPORT_TOKENS,
             ),
             on_output,
         )

@@ -34,10 +34,11 @@ from infergate.requestcontrol.core import (
     parse_subset,
 )
 from infergate.requestcontrol.usage import (
+    TPOT_REPORT_TOKENS,
     ModelNameRewriter,
     SSEUsageParser,
     Usage,
-    streamed_tokens,
+    events_before_tokens,
     usage_from_json,
 )
 from infergate.tracing import NULL_TRACE, RequestTrace, RequestTracer
@@ -112,6 +113,12 @@ class RequestContext:
     _held_tokens: int = 0
     _rewriter: ModelNameRewriter | None = None
     _sse: SSEUsageParser | None = None
+    _event_skip: int | None = None
+    """Events a stream sends before its first token (``events_before_tokens``); None: its events
+    do not count its tokens."""
+    _tpot_at: int = 0
+    """The event count at which the stream's time per token is reported (0: not before its end)."""
+    _tpot_reported: bool = False
     _buffer: bytearray | None = None
     _trace: RequestTrace = NULL_TRACE
 
@@ -500,6 +507,9 @@ class Director:
         ctx.streaming = "text/event-stream" in ctype
         if ctx.streaming:
             ctx._sse = SSEUsageParser()
+            skip = ctx._event_skip = events_before_tokens(ctx.request)
+            if skip is not None and status == 200:
+                ctx._tpot_at = TPOT_REPORT_TOKENS + skip
         elif "json" in ctype:
             ctx._buffer = bytearray()
 
@@ -514,6 +524,8 @@ class Director:
         ctx.response_bytes += len(chunk)
         if ctx._sse is not None:
             ctx._sse.feed(chunk)
+            if ctx._tpot_at and ctx._sse.events >= ctx._tpot_at and ctx.first_token_at is not None:
+                self._report_tpot(ctx, ctx._sse.events - (ctx._event_skip or 0), self._clock.now())
             if end_of_stream:
                 ctx._sse.close()
                 self._take_usage(ctx, ctx._sse.usage)
@@ -528,6 +540,13 @@ class Director:
         if ctx._rewriter is not None:
             return ctx._rewriter.feed(chunk, end_of_stream=end_of_stream)
         return chunk
+
+    def _report_tpot(self, ctx: RequestContext, tokens: int, now: float) -> None:
+        """Tell the scheduler the stream's mean time per token after the first, once per request."""
+        ctx._tpot_at = 0
+        ctx._tpot_reported = True
+        assert ctx.first_token_at is not None
+        self._core.observe_tpot(ctx.request_id, max(0.0, (now - ctx.first_token_at) / (tokens - 1)))
 
     @staticmethod
     def _take_usage(ctx: RequestContext, usage: Usage | None) -> None:
@@ -554,18 +573,21 @@ class Director:
         req = ctx.request
         failed = error is not None or (ctx.status is not None and ctx.status >= 400)
         # the time per streamed token after the first needs the token count: a stream reports it
-        # when the client asked for usage (stream_options.include_usage); the scheduler also
-        # learns from streams without it, counting their events (usage.streamed_tokens)
+        # when the client asked for usage (stream_options.include_usage); the scheduler learns
+        # from every stream whose events count its tokens, after TPOT_REPORT_TOKENS of them (in
+        # handle_response_chunk) or here for a shorter answer, else from the usage
         per_token: float | None = None
         tokens = ctx.completion_tokens
         if not failed and ctx.first_token_at is not None and tokens is not None and tokens > 1:
             per_token = max(0.0, (now - ctx.first_token_at) / (tokens - 1))
-        observed = per_token
-        if tokens is None and not failed and ctx.first_token_at is not None and ctx._sse is not None:
-            counted = streamed_tokens(req, ctx._sse.events)
-            if counted > 1:
-                observed = max(0.0, (now - ctx.first_token_at) / (counted - 1))
-        self._core.observe_tpot(ctx.request_id, observed)
+        if not ctx._tpot_reported:
+            counted = 0
+            if ctx._sse is not None and ctx._event_skip is not None:
+                counted = ctx._sse.events - ctx._event_skip
+            if not failed and ctx.first_token_at is not None and counted > 1 and tokens is None:
+                self._report_tpot(ctx, counted, now)
+            else:
+                self._core.observe_tpot(ctx.request_id, per_token)
         if error is not None:
             ctx.error_code = error_code_for(error)
         elif failed:

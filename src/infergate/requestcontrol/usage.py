@@ -15,10 +15,11 @@ from typing import Any
 from infergate.types import ApiKind, InferenceRequest, typed_frozen
 
 __all__ = [
+    "TPOT_REPORT_TOKENS",
     "ModelNameRewriter",
     "SSEUsageParser",
     "Usage",
-    "streamed_tokens",
+    "events_before_tokens",
     "usage_from_json",
     "usage_from_object",
 ]
@@ -158,29 +159,40 @@ class SSEUsageParser:
             self.usage = found
 
 
-def streamed_tokens(req: InferenceRequest, events: int) -> int:
-    """The tokens of a streamed answer that reported no usage, from its event count; 0 when unknown.
+TPOT_REPORT_TOKENS = 33
+"""A streamed answer's time per token after the first is reported once it has this many tokens
+(32 gaps), or at its end if shorter: the scheduler learns a replica's decode speed from the first
+answers it streams instead of waiting for their ends, which for long answers come many requests
+later (a cold gateway, a replica that just joined). Not much earlier: the first tokens after a
+pick are decoded while the scheduler may still be sending that replica more prompts, and a short
+window priced their prefill stalls as a slower GPU (17 tokens cost many-tenants prefix hits in
+the twin; docs/benchmarks.md)."""
+
+
+def events_before_tokens(req: InferenceRequest) -> int | None:
+    """How many events a streamed answer sends before its first token, so that its events count
+    its tokens: 1 for chat (the role), 0 for completions; None when they do not count them.
 
     vLLM sends one event per decoding step that produced text, each holding that step's token
     (several under speculative decoding, where the count is of steps, which is what the time per
-    step measures), and a chat stream one more event first, the role. Several choices interleave
-    their events, and other APIs add events of their own, so those are not counted.
+    step measures). Several choices interleave their events, and other APIs add events of their
+    own, so those are not counted.
     """
     if req.api is ApiKind.CHAT:
         skip = 1
     elif req.api is ApiKind.COMPLETIONS:
         skip = 0
     else:
-        return 0
+        return None
     body = req.body
     if body is not None:
         n = body.get("n")
         if n is not None and n != 1:
-            return 0
+            return None
         prompt = body.get("prompt")
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-            return 0  # a batch of prompts
-    return max(0, events - skip)
+            return None  # a batch of prompts
+    return skip
 
 
 class ModelNameRewriter:

@@ -151,6 +151,7 @@ class Engine:
         )
         r.min_tokens = req.min_tokens
         r.ignore_eos = req.ignore_eos
+        r.mark_at = req.mark_at
         r.arrival = now if arrival_time is None else arrival_time
         r.queued = now
         r.counted = not req.frontend_counts
@@ -420,9 +421,10 @@ class Engine:
     def end_step(self, now: float, *, sparse: bool = False) -> list[RequestOutput]:
         """Apply the step begun by ``begin_step``: advance prefills, sample one token per ready request.
 
-        ``sparse=True`` (the digital twin) returns outputs only for a request's first token and for
-        its end, the latter a :class:`TimedOutput` with every token's time; engine state, token ids
-        and timing are the same as in the default mode, only the per-token outputs are skipped.
+        ``sparse=True`` (the digital twin) returns outputs only for a request's first token, its
+        ``mark_at``-th and its end, the last a :class:`TimedOutput` with every token's time;
+        engine state, token ids and timing are the same as in the default mode, only the
+        per-token outputs are skipped.
         """
         step = self._step
         if step is None:
@@ -480,7 +482,7 @@ class Engine:
             if sparse:
                 r.times.append(now)
                 if reason is None:
-                    if idx == 0:
+                    if idx == 0 or idx + 1 == r.mark_at:
                         outputs.append(self._output(r, (tok,), None, now))
                 else:
                     outputs.append(self._timed_output(r, (tok,), reason, now))

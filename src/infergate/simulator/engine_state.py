@@ -26,6 +26,7 @@ class ReqState:
         "ignore_eos",
         "lora",
         "lora_id",
+        "mark_at",
         "max_tokens",
         "min_tokens",
         "num_cached",
@@ -69,6 +70,7 @@ class ReqState:
         self.lora: str | None = None
         self.lora_id: int | None = None
         self.max_tokens = 0
+        self.mark_at = 0  # sparse mode: also an output at this many generated tokens (0: none)
         self.min_tokens = 0
         self.ignore_eos = False
         self.stop_at: int | None = None

@@ -58,6 +58,9 @@ class EngineRequest:
     # block ids are kept for the decode instance when it finishes by length)
     remote_prefill_tokens: int = 0
     remote_decode: bool = False
+    # sparse mode (the digital twin): one more output when this many tokens were generated, the
+    # moment a data plane reports the request's time per token (0: none)
+    mark_at: int = 0
 
 
 @dataclass(frozen=True)
