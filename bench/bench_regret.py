@@ -29,10 +29,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.stats import Slo, SloRate
 from infergate.bench.steady import PointResult, SteadyPlan, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
 from infergate.bench.steady_report import SteadyReport, write_steady_reports
@@ -136,7 +136,7 @@ def _run_tasks(tasks: Sequence[Task], jobs: int, partial: Path) -> list[Outcome]
             out.append(run_task(t))
             _log(out[-1], partial)
         return out
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with process_pool(jobs) as pool:
         results = []
         for o in pool.map(run_task, tasks):
             results.append(o)
@@ -191,6 +191,7 @@ def regret_markdown(
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed run stops its pool's workers too (process_pool)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument(
         "--workloads", default="all", help="comma-separated workload names or files (default: corpus)"

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
 from infergate.bench.workloads import load_workload
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
@@ -54,6 +54,7 @@ def _point(job: tuple[str, str, str | None, float, int, float, float]) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()  # a killed run stops its pool's workers too (process_pool)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", required=True, help="corpus workload name or YAML file")
     ap.add_argument("--strategies", required=True, help="comma-separated names or NAME=PICKER.yaml")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in strategies
     ]
     met: dict[str, int] = {name: 0 for name, _ in strategies}
-    with ProcessPoolExecutor(a.jobs) as pool:
+    with process_pool(a.jobs) as pool:
         for r in pool.map(_point, jobs):
             met[str(r["strategy"])] += bool(r["met"])
             print(

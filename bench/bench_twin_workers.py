@@ -38,11 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.steady import SteadyPlan, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
 from infergate.bench.workloads import load_workload
 
@@ -150,7 +150,7 @@ def check_at(
     )
     print("|---|---|---|---|---|---|---|---|---|")
     results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(jobs) as pool:
+    with process_pool(jobs) as pool:
         futures = [pool.submit(at_rate, w, n, q, quick, s, share_latency, full) for w, n, q, s in tasks]
         for f in futures:
             r = f.result()
@@ -214,6 +214,7 @@ def summarise_seeds(results: list[dict[str, Any]], rates: dict[str, float], n_se
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed run stops its pool's workers too (process_pool)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="many-tenants,agentic-sessions,multi-tenant-chat")
     ap.add_argument("--workers", type=int, default=2)
@@ -267,7 +268,7 @@ def main() -> None:
         return
     names = [w for w in a.workloads.split(",") if w]
     tasks = [(w, n, not a.no_share or n == 1) for w in names for n in (1, a.workers)]
-    with ProcessPoolExecutor(a.jobs) as pool:
+    with process_pool(a.jobs) as pool:
         futures = [
             pool.submit(search, w, n, sh, a.quick, a.tolerance, a.seed, not a.no_share_latency)
             for w, n, sh in tasks

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import multiprocessing
 import os
 import signal
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-__all__ = ["cancel_on_signals", "cpu_seconds", "exit_on_sigterm", "wait_http"]
+__all__ = ["cancel_on_signals", "cpu_seconds", "exit_on_sigterm", "process_pool", "wait_http"]
+
+_PR_SET_PDEATHSIG = 1
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 """What ends a benchmark from outside (``kill``, ``timeout``, a closed terminal). Their default
@@ -85,3 +90,35 @@ def cancel_on_signals() -> Iterator[list[int]]:
         for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
             signal.signal(sig, handler)
+
+
+def _die_with_parent() -> None:
+    """Pool-worker initializer: the default SIGTERM action (not the parent's handler, which a
+    worker would catch as a failed job and go on), and on Linux a SIGTERM from the kernel when the
+    parent dies, even by SIGKILL."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers do not outlive the script. When the body raises (SIGTERM
+    after :func:`exit_on_sigterm`, Ctrl-C, an error) the queued work is cancelled and the workers
+    are terminated and reaped instead of finishing what they run (a twin search takes minutes);
+    if the script dies outright, the kernel stops them (Linux)."""
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        children = set(multiprocessing.active_children()) - before
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(10)
+        raise
+    pool.shutdown(wait=True)
