@@ -252,9 +252,11 @@ def _alive(pid: int, cmdline: str) -> bool:
         return False
 
 
-def test_sigterm_stops_the_replicas_and_the_router_with_the_matrix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_killed_matrix_stops_its_replicas_and_router(tmp_path: Path, sig: signal.Signals) -> None:
     """``kill`` of a running ``infergate bench --matrix`` stops the replicas and the router it
-    started (each runs in a session of its own, which a signal to the matrix does not reach)."""
+    started (each runs in a session of its own, which a signal to the matrix does not reach): on
+    SIGTERM the matrix stops them and exits 143; on SIGKILL, with no clean-up, the kernel does."""
     workload = tmp_path / "long.yaml"
     workload.write_text(
         "name: long\nseed: 1\nworkload:\n  type: mix\n  requests: 40\n"
@@ -267,6 +269,7 @@ def test_sigterm_stops_the_replicas_and_the_router_with_the_matrix(tmp_path: Pat
         "--strategies", "round-robin", "--qps", "2", "--time-scale", "1", "--no-plots", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    children: dict[int, str] = {}
     try:
         router_log = out / "matrix" / "round-robin" / "2" / "router.log"
         wait_for(
@@ -276,8 +279,13 @@ def test_sigterm_stops_the_replicas_and_the_router_with_the_matrix(tmp_path: Pat
         )
         children = _children(proc.pid)
         assert len(children) == 3, children  # two replicas and the router
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
+        wait_for(
+            lambda: not any(_alive(pid, cmdline) for pid, cmdline in children.items()),
+            timeout=30,
+            what="the replicas and the router to stop",
+        )
     finally:
         if proc.poll() is None:  # a failed check above: stop it as the test would have
             proc.terminate()
@@ -286,5 +294,8 @@ def test_sigterm_stops_the_replicas_and_the_router_with_the_matrix(tmp_path: Pat
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err.decode(errors="replace")[-2000:]
-    assert [pid for pid, cmdline in children.items() if _alive(pid, cmdline)] == []
+        for pid, cmdline in children.items():  # and leave nothing behind
+            if _alive(pid, cmdline):
+                os.killpg(pid, signal.SIGKILL)
+    expected = 128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL
+    assert proc.returncode == expected, err.decode(errors="replace")[-2000:]

@@ -40,6 +40,7 @@ from infergate.bench.stats import Slo, summarise
 from infergate.bench.strategies import picker_config, resolve_strategy, strategy_names
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import dump_picker_config
+from infergate.servers.children import with_parent_death
 
 __all__ = [
     "DEFAULT_ADAPTERS",
@@ -122,10 +123,15 @@ class _Child:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = log_path.open("wb")
-        # Own session: the router may start helpers of its own, and a stop must reach all of them.
+        # Own session: the router may start helpers of its own, and a stop must reach all of them;
+        # with_parent_death: a matrix killed outright (no clean-up) takes them down too.
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                with_parent_death(self.argv),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         except OSError as exc:
             self._log.close()
