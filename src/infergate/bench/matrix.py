@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,6 +124,17 @@ class _Child:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = log_path.open("wb")
+        # The launcher (with_parent_death) would only fail in the child, after the fork: a command
+        # that cannot run is refused here, as Popen refuses it without the launcher.
+        exe = self.argv[0]
+        runnable = (
+            os.path.isfile(exe) and os.access(exe, os.X_OK)
+            if os.sep in exe
+            else shutil.which(exe, path=env.get("PATH")) is not None
+        )
+        if not runnable:
+            self._log.close()
+            raise MatrixError(f"{name}: cannot start {exe}: not an executable file")
         # Own session: the router may start helpers of its own, and a stop must reach all of them;
         # with_parent_death: a matrix killed outright (no clean-up) takes them down too.
         try:
