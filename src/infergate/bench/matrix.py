@@ -17,21 +17,19 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from infergate.bench.children import ChildProcess, MatrixError, poll_until
 from infergate.bench.loadgen import RequestRecord, run_closed_loop, run_open_loop
 from infergate.bench.peers import PEERS, PeerRouter, available_peers, is_peer, peer_venvs
 from infergate.bench.procs import cancel_on_signals
@@ -41,7 +39,6 @@ from infergate.bench.stats import Slo, summarise
 from infergate.bench.strategies import picker_config, resolve_strategy, strategy_names
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import dump_picker_config
-from infergate.servers.children import with_parent_death
 
 __all__ = [
     "DEFAULT_ADAPTERS",
@@ -62,10 +59,6 @@ POOL_NAME = "bench-pool"
 
 Reporter = Callable[[str, int], Callable[[RequestRecord], None]]
 """Given a run's description and request count, returns the per-request completion callback."""
-
-
-class MatrixError(RuntimeError):
-    """A strategy could not be brought up (process died or never became ready)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,75 +108,6 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-class _Child:
-    """A child process whose output goes to a log file in the work folder."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log: IO[bytes] = log_path.open("wb")
-        # The launcher (with_parent_death) would only fail in the child, after the fork: a command
-        # that cannot run is refused here, as Popen refuses it without the launcher.
-        exe = self.argv[0]
-        runnable = (
-            os.path.isfile(exe) and os.access(exe, os.X_OK)
-            if os.sep in exe
-            else shutil.which(exe, path=env.get("PATH")) is not None
-        )
-        if not runnable:
-            self._log.close()
-            raise MatrixError(f"{name}: cannot start {exe}: not an executable file")
-        # Own session: the router may start helpers of its own, and a stop must reach all of them;
-        # with_parent_death: a matrix killed outright (no clean-up) takes them down too.
-        try:
-            self.proc = subprocess.Popen(
-                with_parent_death(self.argv),
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self._log.close()
-            raise MatrixError(f"{name}: cannot start {self.argv[0]}: {exc}") from exc
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the child's process group, SIGKILL after ``grace`` seconds."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                await asyncio.to_thread(self.proc.wait, 5)
-        self._log.close()
-
-
-async def _poll(child: _Child, check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    """Poll ``check`` until true; fail early if ``child`` exits, and after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if not child.alive():
-            raise MatrixError(f"{child.name} exited ({child.proc.returncode}) before {what}:\n{child.tail()}")
-        if time.monotonic() > deadline:
-            raise MatrixError(f"{child.name}: no {what} after {within:g} s:\n{child.tail()}")
-        await asyncio.sleep(0.05)
-
-
 async def _get_ok(session: aiohttp.ClientSession, url: str) -> bool:
     try:
         async with session.get(url) as resp:
@@ -197,7 +121,7 @@ async def _get_ok(session: aiohttp.ClientSession, url: str) -> bool:
 class _Replica:
     name: str
     port: int
-    child: _Child
+    child: ChildProcess
 
     def url(self, host: str) -> str:
         return f"http://{host}:{self.port}"
@@ -224,7 +148,7 @@ class _Stack:
         self.cfg = cfg
         self.folder = folder
         self.replicas: list[_Replica] = []
-        self.router: _Child | None = None
+        self.router: ChildProcess | None = None
         self.base_url = ""
         self._env = dict(os.environ, PYTHONUNBUFFERED="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="true")
 
@@ -253,7 +177,7 @@ class _Stack:
             argv = replica_argv(cfg, i, port)
             name = f"replica-{i}"
             self.replicas.append(
-                _Replica(name, port, _Child(name, argv, self.folder / f"{name}.log", self._env))
+                _Replica(name, port, ChildProcess(name, argv, self.folder / f"{name}.log", self._env))
             )
         for r in self.replicas:
             health = r.url(cfg.host) + "/health"
@@ -261,7 +185,7 @@ class _Stack:
             async def healthy(url: str = health) -> bool:
                 return await _get_ok(session, url)
 
-            await _poll(r.child, healthy, within=cfg.startup_timeout, what="/health")
+            await poll_until(r.child, healthy, within=cfg.startup_timeout, what="/health")
         await asyncio.gather(*(self._load_adapters(session, r) for r in self.replicas))
 
     async def _load_adapters(self, session: aiohttp.ClientSession, replica: _Replica) -> None:
@@ -298,7 +222,9 @@ class _Stack:
             "--grace", "2", "--log-level", "warning",
             *(["--workers", str(cfg.gateway_workers)] if cfg.gateway_workers > 1 else []),
         ]  # fmt: skip
-        self.router = _Child(f"infergate serve ({strategy})", argv, self.folder / "router.log", self._env)
+        self.router = ChildProcess(
+            f"infergate serve ({strategy})", argv, self.folder / "router.log", self._env
+        )
         self.base_url = f"http://{cfg.host}:{port}"
         admin_url = f"http://{cfg.host}:{admin}"
         wanted = {r.name for r in self.replicas}
@@ -322,15 +248,15 @@ class _Stack:
             }
             return wanted <= good
 
-        await _poll(self.router, ready, within=cfg.startup_timeout, what="ready endpoints")
+        await poll_until(self.router, ready, within=cfg.startup_timeout, what="ready endpoints")
 
     async def start_peer(self, session: aiohttp.ClientSession, peer: PeerRouter) -> None:
         cfg = self.cfg
         port, metrics_port = _free_port(cfg.host), _free_port(cfg.host)
         argv = peer.command(host=cfg.host, port=port, metrics_port=metrics_port, workers=self.replica_urls)
-        self.router = _Child(peer.name, argv, self.folder / "router.log", self._env)
+        self.router = ChildProcess(peer.name, argv, self.folder / "router.log", self._env)
         self.base_url = f"http://{cfg.host}:{port}"
-        await _poll(
+        await poll_until(
             self.router,
             lambda: _get_ok(session, self.base_url + "/v1/models"),
             within=cfg.startup_timeout,
