@@ -114,11 +114,10 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     try:
         yield pool
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        children = set(multiprocessing.active_children()) - before
-        for child in children:
+        for child in set(multiprocessing.active_children()) - before:
             child.terminate()
-        for child in children:
-            child.join(10)
+        # the pool's own thread sees its workers die, fails what they ran and reaps them (joining
+        # them from here too would race it for their exit status)
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
