@@ -76,7 +76,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from infergate.app.fleet import free_port
 from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
-from infergate.bench.procs import exit_on_sigterm, wait_http
+from infergate.bench.procs import CLK_TCK, exit_on_sigterm, wait_http
 from infergate.bench.workloads import filler_text
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -94,7 +94,6 @@ PEER_PATHS = ("sglang-router:cache_aware", "vllm-router:cache_aware")
 ALL_PATHS = ("direct", "infergate", "infergate-nofc", "infergate-envoy", *PEER_PATHS)
 FLOOR_PATHS = ("floor", "floor-aiohttp")
 KNOWN_PATHS = (*ALL_PATHS, *FLOOR_PATHS)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_by_command(pid: int) -> dict[str, float]:

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,17 +26,12 @@ from typing import Any
 
 import aiohttp
 
+from infergate.app.fleet import free_port
 from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.procs import exit_on_sigterm
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BODY = json.dumps({"model": MODEL, "prompt": "Say hello.", "max_tokens": 1}).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_json(url: str) -> Any:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from infergate.app.fleet import free_port
 from infergate.bench.children import ChildProcess, MatrixError, poll_until
 from infergate.bench.loadgen import RequestRecord, run_closed_loop, run_open_loop
 from infergate.bench.peers import PEERS, PeerRouter, available_peers, is_peer, peer_venvs
@@ -102,12 +102,6 @@ def default_matrix_strategies() -> list[str]:
     return [*strategy_names(twin=False), *(p.name for p in PEERS)]
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 async def _get_ok(session: aiohttp.ClientSession, url: str) -> bool:
     try:
         async with session.get(url) as resp:
@@ -173,7 +167,7 @@ class _Stack:
     async def start_replicas(self, session: aiohttp.ClientSession) -> None:
         cfg = self.cfg
         for i in range(cfg.replicas):
-            port = _free_port(cfg.host)
+            port = free_port(cfg.host)
             argv = replica_argv(cfg, i, port)
             name = f"replica-{i}"
             self.replicas.append(
@@ -213,7 +207,7 @@ class _Stack:
         manifests.write_text(self._manifests())
         picker = self.folder / "picker.yaml"
         picker.write_text(dump_picker_config(picker_config(strategy)))
-        port, admin = _free_port(cfg.host), _free_port(cfg.host)
+        port, admin = free_port(cfg.host), free_port(cfg.host)
         argv = [
             cfg.python, "-m", "infergate", "serve",
             "-f", str(manifests), "--config", str(picker),
@@ -252,7 +246,7 @@ class _Stack:
 
     async def start_peer(self, session: aiohttp.ClientSession, peer: PeerRouter) -> None:
         cfg = self.cfg
-        port, metrics_port = _free_port(cfg.host), _free_port(cfg.host)
+        port, metrics_port = free_port(cfg.host), free_port(cfg.host)
         argv = peer.command(host=cfg.host, port=port, metrics_port=metrics_port, workers=self.replica_urls)
         self.router = ChildProcess(peer.name, argv, self.folder / "router.log", self._env)
         self.base_url = f"http://{cfg.host}:{port}"

@@ -297,8 +297,8 @@ class RequestCore:
         self._scheduler.observe_ttft(request_id, ttft_seconds)
 
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
-        """The request finished, its tokens streamed ``tpot_seconds`` apart after the first (None:
-        nothing to learn)."""
+        """The request's tokens streamed ``tpot_seconds`` apart after the first, so far or in all
+        (once per request; None: nothing to learn)."""
         self._scheduler.observe_tpot(request_id, tpot_seconds)
 
     # ---------------------------------------------------------------- scheduling

@@ -177,8 +177,9 @@ class Scheduler:
             observer.observe_ttft(request_id, ttft_seconds)
 
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
-        """Report a scheduled request's mean time per streamed token after the first, once it
-        finished (None: nothing to learn, e.g. it failed or was not streamed)."""
+        """Report a scheduled request's mean time per streamed token after the first, once per
+        request: at its ``TPOT_REPORT_TOKENS``-th token or its end (None: nothing to learn, e.g. it
+        failed or was not streamed)."""
         for observer in self._tpot_observers:
             observer.observe_tpot(request_id, tpot_seconds)
 

@@ -530,8 +530,9 @@ class PredictedLatencyScorer:
             self._export(TtftRecord(endpoint=key, ratio=ratio))
 
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
-        """The request finished, its tokens ``tpot_seconds`` apart on average after the first (None:
-        nothing to learn, e.g. it failed, was not streamed or reported no usage)."""
+        """The request's tokens came ``tpot_seconds`` apart on average after the first, over its
+        first ``TPOT_REPORT_TOKENS`` or all of a shorter answer (None: nothing to learn, e.g. it
+        failed, was not streamed or its tokens could not be counted)."""
         observed = self._observed(self._decoding, request_id, tpot_seconds)
         if observed is None or tpot_seconds is None:
             return

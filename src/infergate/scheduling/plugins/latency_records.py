@@ -46,7 +46,7 @@ class TtftRecord:
 
 @typed_frozen
 class TpotRecord:
-    """One finished request's observed TPOT on an endpoint, as the online TPOT correction learns
+    """One request's observed TPOT on an endpoint, as the online TPOT correction learns
     it: the (clamped) ratio of observed to predicted TPOT, the prediction without the correction.
     Gateway workers pass these to each other as they pass :class:`TtftRecord`."""
 

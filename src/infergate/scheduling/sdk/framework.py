@@ -192,7 +192,8 @@ class TtftObserver(Protocol):
 @runtime_checkable
 class TpotObserver(Protocol):
     """Learns from outcomes: the mean time between the streamed tokens after the first of a request
-    it helped schedule, once it finished (``None``: nothing to learn from)."""
+    it helped schedule, once per request, while it streams or at its end (``None``: nothing to
+    learn from)."""
 
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None: ...
 
