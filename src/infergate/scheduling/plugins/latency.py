@@ -59,10 +59,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import islice
-
-from pydantic import Field
 
 from infergate.scheduling.plugins.latency_records import (
     AccountingRecord,
@@ -70,8 +68,15 @@ from infergate.scheduling.plugins.latency_records import (
     TpotRecord,
     TtftRecord,
 )
+from infergate.scheduling.plugins.latency_state import (
+    TPOT_ALPHA,
+    TPOT_BAND,
+    TPOT_RATIO_CAP,
+    EndpointState,
+    LatencyParams,
+)
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
-from infergate.scheduling.sdk.framework import CycleState, Params, StateKey, candidate_keys
+from infergate.scheduling.sdk.framework import CycleState, StateKey, candidate_keys
 from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult, typed_frozen
 
@@ -84,64 +89,6 @@ __all__ = [
     "TpotRecord",
     "TtftRecord",
 ]
-
-
-class LatencyParams(Params):
-    """Parameters of ``predicted-latency-scorer``; defaults describe Llama-3.1-8B on one H100 (vLLM V1).
-
-    The cost constants come from vLLM's step-time model (``prefillMsPerToken`` is the compute-bound
-    cost of one prompt token in a chunked-prefill step, decode constants the weight-bandwidth-bound
-    step); the online correction adapts them to the pool's real speed.
-    """
-
-    ttft_slo_seconds: float = Field(default=1.0, gt=0)
-    tpot_slo_seconds: float = Field(default=0.05, gt=0)
-    prefill_ms_per_token: float = Field(default=0.025, gt=0)
-    decode_step_ms: float = Field(default=7.0, ge=0)
-    decode_ms_per_seq: float = Field(default=0.026, ge=0)
-    decode_ms_per_kv_token: float = Field(default=5.46e-5, ge=0)
-    overhead_ms: float = Field(default=10.0, ge=0)
-    frontend_ms_per_request: float = Field(default=10.0, ge=0)
-    frontend_ms_per_token: float = Field(default=0.064, ge=0)
-    lora_load_ms: float = Field(default=25.0, ge=0)
-    base_models: list[str] = Field(default_factory=list)
-    block_size_tokens: int = Field(default=16, gt=0)
-    max_prefix_blocks_to_match: int = Field(default=2048, gt=0)
-    lru_capacity_per_server: int = Field(default=31250, gt=0)
-    rate_window_seconds: float = Field(default=5.0, gt=0)
-    online_correction: bool = True
-    ttft_correction_limit: float = Field(default=1.5, ge=1.0)
-    tpot_correction_limit: float = Field(default=2.0, ge=1.0)
-
-
-@dataclass(slots=True)
-class _EndpointState:
-    """What the scorer learnt about one endpoint from its own decisions and the observed latencies."""
-
-    backlog_ms: float = 0.0
-    backlog_at: float = 0.0
-    frontend_ms: float = 0.0  # per-request API-frontend work sent and not yet worked off
-    frontend_at: float = 0.0
-    frontend_busy: float = 0.0  # share of the frontend's time spent streaming tokens
-    prefill_rate: float = 0.0  # ms of prefill work sent per ms of wall time (EWMA)
-    rate_at: float = 0.0
-    avg_prefill_ms: float = 0.0
-    avg_answer_tokens: float = 128.0
-    sent: int = 0
-    ttft_factor: float = 1.0
-    observed: int = 0
-    tpot_factor: float = 1.0  # observed over predicted TPOT (EWMA): the endpoint's decode speed
-    tpot_observed: int = 0
-    last_predicted_ms: float = 0.0  # the TTFT predicted (uncorrected) for the last observed request
-    last_observed_ms: float = 0.0
-
-    def drained(self, now: float) -> float:
-        return max(0.0, self.backlog_ms - (now - self.backlog_at) * 1000.0)
-
-    def frontend_drained(self, now: float) -> float:
-        """Request work left in the API frontend: it drains at the share of the frontend's time
-        that streaming the running requests' tokens leaves it (``1 - frontend_busy``)."""
-        return max(0.0, self.frontend_ms - (now - self.frontend_at) * 1000.0 * (1.0 - self.frontend_busy))
 
 
 @typed_frozen
@@ -170,19 +117,6 @@ class _Cycle:
 _CYCLE: StateKey[_Cycle] = StateKey("predicted-latency")
 
 
-_TPOT_ALPHA = 0.02
-"""Weight of one observed TPOT ratio in an endpoint's factor (see ``_learn_tpot``)."""
-
-_TPOT_BAND = 1.25
-"""Relative TPOT factors within ``[1 / band, band]`` scale nothing, and beyond it only the excess
-counts: between equal replicas the model's own error spreads them by up to about a seventh (the
-twin's sharegpt-like), and acting on that spread fed back into their loads."""
-
-_TPOT_RATIO_CAP = 10.0
-"""One observed TPOT counts at most this many times above or below its prediction (a stream that
-stalled for reasons of its own must not swing an endpoint's factor alone)."""
-
-
 class PredictedLatencyScorer:
     """``predicted-latency-scorer``: the candidate where this request's predicted TTFT and TPOT are best.
 
@@ -200,7 +134,7 @@ class PredictedLatencyScorer:
         self._p = params if params is not None else LatencyParams()
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._base = frozenset(self._p.base_models)
-        self._state: dict[str, _EndpointState] = {}
+        self._state: dict[str, EndpointState] = {}
         self.index = PrefixIndex()
         self._pending: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TTFT ms)
         self._decoding: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TPOT ms)
@@ -210,10 +144,10 @@ class PredictedLatencyScorer:
         self._export: Callable[[AccountingRecord], None] | None = None
 
     # ------------------------------------------------------------------ model
-    def _state_of(self, key: str) -> _EndpointState:
+    def _state_of(self, key: str) -> EndpointState:
         st = self._state.get(key)
         if st is None:
-            st = self._state[key] = _EndpointState()
+            st = self._state[key] = EndpointState()
         return st
 
     def _is_adapter(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> bool:
@@ -297,7 +231,7 @@ class PredictedLatencyScorer:
         tpot_norm = 1.0 / floor if floor else 1.0
         tpot_hi = p.tpot_correction_limit
         tpot_lo = 1.0 / tpot_hi
-        band, band_lo = _TPOT_BAND, 1.0 / _TPOT_BAND
+        band, band_lo = TPOT_BAND, 1.0 / TPOT_BAND
         out: list[_Prediction] = []
         for endpoint, matched in zip(candidates, matched_tokens, strict=True):
             m = endpoint.metrics
@@ -361,7 +295,7 @@ class PredictedLatencyScorer:
             out.append((ttft, tpot, uncached, prefill, frontend))
         return out
 
-    def _rate(self, st: _EndpointState, now: float) -> float:
+    def _rate(self, st: EndpointState, now: float) -> float:
         """The endpoint's recent prefill utilisation, decayed to ``now``."""
         if st.rate_at <= 0.0:
             return 0.0
@@ -441,7 +375,7 @@ class PredictedLatencyScorer:
             if len(decoding) > self._max_pending:
                 self._decoding = dict(islice(decoding.items(), len(decoding) // 2, None))
 
-    def _account(self, r: LatencyRecord) -> _EndpointState:
+    def _account(self, r: LatencyRecord) -> EndpointState:
         """Add one pick to its endpoint's backlog, frontend work, prefill rate and averages.
 
         The record is applied as of ``max(r.at, the state's last update)``: a record that arrives
@@ -502,7 +436,7 @@ class PredictedLatencyScorer:
 
     def _observed(
         self, pending: dict[str, tuple[str, float]], request_id: str, seconds: float | None
-    ) -> tuple[str, _EndpointState, float] | None:
+    ) -> tuple[str, EndpointState, float] | None:
         """Take a pick's prediction out of ``pending``: its endpoint, that endpoint's state and the
         predicted milliseconds, or None when there is nothing to learn (an unknown or forgotten
         pick, no observation, an endpoint that left)."""
@@ -537,7 +471,7 @@ class PredictedLatencyScorer:
         if observed is None or tpot_seconds is None:
             return
         key, st, predicted = observed
-        ratio = min(_TPOT_RATIO_CAP, max(1.0 / _TPOT_RATIO_CAP, tpot_seconds * 1000.0 / predicted))
+        ratio = min(TPOT_RATIO_CAP, max(1.0 / TPOT_RATIO_CAP, tpot_seconds * 1000.0 / predicted))
         self._learn_tpot(st, ratio)
         if self._export is not None:
             self._export(TpotRecord(endpoint=key, ratio=ratio))
@@ -551,7 +485,7 @@ class PredictedLatencyScorer:
             floor = self._tpot_floor = min(observed) if observed else None
         return floor
 
-    def _tpot_relative(self, st: _EndpointState) -> float:
+    def _tpot_relative(self, st: EndpointState) -> float:
         """The endpoint's TPOT factor over the fastest observed endpoint's (1 before its first
         observation)."""
         floor = self._tpot_floor_now()
@@ -559,22 +493,22 @@ class PredictedLatencyScorer:
             return 1.0
         return st.tpot_factor * (1.0 / floor)  # as the scoring loop multiplies
 
-    def _tpot_scale(self, st: _EndpointState) -> float:
+    def _tpot_scale(self, st: EndpointState) -> float:
         """What scales the endpoint's TPOT predictions: its relative factor beyond the band the
         model's own error spans between equal replicas, within ``tpotCorrectionLimit``."""
         if not st.tpot_observed:
             return 1.0
         relative = self._tpot_relative(st)
-        if relative > _TPOT_BAND:
-            relative /= _TPOT_BAND
-        elif relative < 1.0 / _TPOT_BAND:
-            relative *= _TPOT_BAND
+        if relative > TPOT_BAND:
+            relative /= TPOT_BAND
+        elif relative < 1.0 / TPOT_BAND:
+            relative *= TPOT_BAND
         else:
             relative = 1.0
         hi = self._p.tpot_correction_limit
         return min(hi, max(1.0 / hi, relative))
 
-    def _learn_tpot(self, st: _EndpointState, ratio: float) -> None:
+    def _learn_tpot(self, st: EndpointState, ratio: float) -> None:
         """Move the endpoint's TPOT factor towards one observed ratio (and the pool's floor)."""
         st.tpot_observed += 1
         old = st.tpot_factor
@@ -582,7 +516,7 @@ class PredictedLatencyScorer:
         # be running beside them, and early swings moved tenants off replicas their prefixes then
         # stayed away from (many-tenants in the twin: 2 of 12 paired runs met the SLO, against 10
         # with this); a GPU's real speed shows in a few hundred answers all the same
-        st.tpot_factor += _TPOT_ALPHA * (ratio - st.tpot_factor)
+        st.tpot_factor += TPOT_ALPHA * (ratio - st.tpot_factor)
         floor = self._tpot_floor  # None: not known (found again when needed)
         if floor is not None:
             if st.tpot_factor <= floor:
@@ -590,7 +524,7 @@ class PredictedLatencyScorer:
             elif old <= floor and st.tpot_observed > 1:
                 self._tpot_floor = None  # it may have been the fastest, and slowed down
 
-    def _learn(self, st: _EndpointState, ratio: float) -> None:
+    def _learn(self, st: EndpointState, ratio: float) -> None:
         """Move the endpoint's TTFT correction factor towards one observed ratio."""
         hi = self._p.ttft_correction_limit
         st.observed += 1

@@ -1,0 +1,86 @@
+"""What ``predicted-latency-scorer`` is configured with and what it knows about each endpoint.
+
+The model and its online corrections are in :mod:`infergate.scheduling.plugins.latency`; this
+module holds the plain data they work on, so the scorer's module is the model's logic alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from infergate.scheduling.sdk.framework import Params
+
+__all__ = ["TPOT_ALPHA", "TPOT_BAND", "TPOT_RATIO_CAP", "EndpointState", "LatencyParams"]
+
+
+class LatencyParams(Params):
+    """Parameters of ``predicted-latency-scorer``; defaults describe Llama-3.1-8B on one H100 (vLLM V1).
+
+    The cost constants come from vLLM's step-time model (``prefillMsPerToken`` is the compute-bound
+    cost of one prompt token in a chunked-prefill step, decode constants the weight-bandwidth-bound
+    step); the online correction adapts them to the pool's real speed.
+    """
+
+    ttft_slo_seconds: float = Field(default=1.0, gt=0)
+    tpot_slo_seconds: float = Field(default=0.05, gt=0)
+    prefill_ms_per_token: float = Field(default=0.025, gt=0)
+    decode_step_ms: float = Field(default=7.0, ge=0)
+    decode_ms_per_seq: float = Field(default=0.026, ge=0)
+    decode_ms_per_kv_token: float = Field(default=5.46e-5, ge=0)
+    overhead_ms: float = Field(default=10.0, ge=0)
+    frontend_ms_per_request: float = Field(default=10.0, ge=0)
+    frontend_ms_per_token: float = Field(default=0.064, ge=0)
+    lora_load_ms: float = Field(default=25.0, ge=0)
+    base_models: list[str] = Field(default_factory=list)
+    block_size_tokens: int = Field(default=16, gt=0)
+    max_prefix_blocks_to_match: int = Field(default=2048, gt=0)
+    lru_capacity_per_server: int = Field(default=31250, gt=0)
+    rate_window_seconds: float = Field(default=5.0, gt=0)
+    online_correction: bool = True
+    ttft_correction_limit: float = Field(default=1.5, ge=1.0)
+    tpot_correction_limit: float = Field(default=2.0, ge=1.0)
+
+
+@dataclass(slots=True)
+class EndpointState:
+    """What the scorer learnt about one endpoint from its own decisions and the observed latencies."""
+
+    backlog_ms: float = 0.0
+    backlog_at: float = 0.0
+    frontend_ms: float = 0.0  # per-request API-frontend work sent and not yet worked off
+    frontend_at: float = 0.0
+    frontend_busy: float = 0.0  # share of the frontend's time spent streaming tokens
+    prefill_rate: float = 0.0  # ms of prefill work sent per ms of wall time (EWMA)
+    rate_at: float = 0.0
+    avg_prefill_ms: float = 0.0
+    avg_answer_tokens: float = 128.0
+    sent: int = 0
+    ttft_factor: float = 1.0
+    observed: int = 0
+    tpot_factor: float = 1.0  # observed over predicted TPOT (EWMA): the endpoint's decode speed
+    tpot_observed: int = 0
+    last_predicted_ms: float = 0.0  # the TTFT predicted (uncorrected) for the last observed request
+    last_observed_ms: float = 0.0
+
+    def drained(self, now: float) -> float:
+        return max(0.0, self.backlog_ms - (now - self.backlog_at) * 1000.0)
+
+    def frontend_drained(self, now: float) -> float:
+        """Request work left in the API frontend: it drains at the share of the frontend's time
+        that streaming the running requests' tokens leaves it (``1 - frontend_busy``)."""
+        return max(0.0, self.frontend_ms - (now - self.frontend_at) * 1000.0 * (1.0 - self.frontend_busy))
+
+
+TPOT_ALPHA = 0.02
+"""Weight of one observed TPOT ratio in an endpoint's factor (see ``PredictedLatencyScorer._learn_tpot``)."""
+
+TPOT_BAND = 1.25
+"""Relative TPOT factors within ``[1 / band, band]`` scale nothing, and beyond it only the excess
+counts: between equal replicas the model's own error spreads them by up to about a seventh (the
+twin's sharegpt-like), and acting on that spread fed back into their loads."""
+
+TPOT_RATIO_CAP = 10.0
+"""One observed TPOT counts at most this many times above or below its prediction (a stream that
+stalled for reasons of its own must not swing an endpoint's factor alone)."""
