@@ -59,6 +59,9 @@ class AffinityScheduler:
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
         return None
 
+    def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None:
+        return None
+
 
 def metas(n: int) -> list[EndpointMeta]:
     return [EndpointMeta(name=f"ep{i}", address=f"10.0.0.{i + 1}", port=8000) for i in range(n)]

@@ -221,6 +221,9 @@ class _NoScheduler:
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
         return None
 
+    def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None:
+        return None
+
 
 def _metrics_of(engine: Engine, now: float) -> EndpointMetrics:
     """What the gateway's scraper would read from this engine's ``/metrics`` at ``now``."""

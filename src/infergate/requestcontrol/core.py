@@ -68,6 +68,7 @@ class SchedulerLike(Protocol):
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None: ...
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None: ...
+    def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None: ...
 
 
 RoomFilter = Callable[[Sequence[Endpoint]], list[Endpoint]]
@@ -300,6 +301,11 @@ class RequestCore:
         """The request's tokens streamed ``tpot_seconds`` apart after the first, so far or in all
         (once per request; None: nothing to learn)."""
         self._scheduler.observe_tpot(request_id, tpot_seconds)
+
+    def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None:
+        """The request's answer came whole (not streamed) ``seconds`` after dispatch, with
+        ``output_tokens`` tokens; instead of the two above (None: nothing to learn)."""
+        self._scheduler.observe_answer(request_id, seconds, output_tokens)
 
     # ---------------------------------------------------------------- scheduling
     def eligible(self, subset: frozenset[str] | None = None, exclude: Sequence[str] = ()) -> list[Endpoint]:

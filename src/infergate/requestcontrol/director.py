@@ -39,6 +39,7 @@ from infergate.requestcontrol.usage import (
     SSEUsageParser,
     Usage,
     events_before_tokens,
+    one_answer,
     usage_from_json,
 )
 from infergate.tracing import NULL_TRACE, RequestTrace, RequestTracer
@@ -541,6 +542,30 @@ class Director:
             return ctx._rewriter.feed(chunk, end_of_stream=end_of_stream)
         return chunk
 
+    def _observe_stream(
+        self, ctx: RequestContext, now: float, per_token: float | None, *, failed: bool
+    ) -> None:
+        """Report a finished request's TTFT (None: nothing streamed) and, unless already reported
+        at its ``TPOT_REPORT_TOKENS``-th token, its time per token after the first (``per_token``,
+        from the usage, when its events did not count its tokens).
+
+        That time needs the token count: a stream reports it when the client asked for usage
+        (``stream_options.include_usage``); the scheduler learns from every stream whose events
+        count its tokens, after ``TPOT_REPORT_TOKENS`` of them (in :meth:`handle_response_chunk`)
+        or here for a shorter answer, else from the usage.
+        """
+        if ctx.first_token_at is None:
+            self._core.observe_ttft(ctx.request_id, None)  # nothing streamed: nothing to learn from
+        if ctx._tpot_reported:
+            return
+        counted = 0
+        if ctx._sse is not None and ctx._event_skip is not None:
+            counted = ctx._sse.events - ctx._event_skip
+        if not failed and ctx.first_token_at is not None and counted > 1 and ctx.completion_tokens is None:
+            self._report_tpot(ctx, counted, now)
+        else:
+            self._core.observe_tpot(ctx.request_id, per_token)
+
     def _report_tpot(self, ctx: RequestContext, tokens: int, now: float) -> None:
         """Tell the scheduler the stream's mean time per token after the first, once per request."""
         ctx._tpot_at = 0
@@ -563,8 +588,6 @@ class Director:
         ctx.completed = True
         self._drop(ctx)
         ctx._trace.end(ctx.status, None if error is None else f"{type(error).__name__}: {error}")
-        if ctx.first_token_at is None:
-            self._core.observe_ttft(ctx.request_id, None)  # nothing streamed: nothing to learn from
         if ctx._sse is not None and ctx.prompt_tokens is None:
             ctx._sse.close()
             self._take_usage(ctx, ctx._sse.usage)
@@ -572,22 +595,16 @@ class Director:
         duration = max(0.0, now - ctx.started_at)
         req = ctx.request
         failed = error is not None or (ctx.status is not None and ctx.status >= 400)
-        # the time per streamed token after the first needs the token count: a stream reports it
-        # when the client asked for usage (stream_options.include_usage); the scheduler learns
-        # from every stream whose events count its tokens, after TPOT_REPORT_TOKENS of them (in
-        # handle_response_chunk) or here for a shorter answer, else from the usage
-        per_token: float | None = None
         tokens = ctx.completion_tokens
+        per_token: float | None = None  # from the usage of a stream (the exported TPOT histograms)
         if not failed and ctx.first_token_at is not None and tokens is not None and tokens > 1:
             per_token = max(0.0, (now - ctx.first_token_at) / (tokens - 1))
-        if not ctx._tpot_reported:
-            counted = 0
-            if ctx._sse is not None and ctx._event_skip is not None:
-                counted = ctx._sse.events - ctx._event_skip
-            if not failed and ctx.first_token_at is not None and counted > 1 and tokens is None:
-                self._report_tpot(ctx, counted, now)
-            else:
-                self._core.observe_tpot(ctx.request_id, per_token)
+        if not ctx.streaming and not failed and tokens and one_answer(req):
+            # an answer that came whole: nobody saw its first token or timed the rest, so the
+            # scheduler learns from its time and token count (split by what it expected of each)
+            self._core.observe_answer(ctx.request_id, duration, tokens)
+        else:
+            self._observe_stream(ctx, now, per_token, failed=failed)
         if error is not None:
             ctx.error_code = error_code_for(error)
         elif failed:

@@ -20,6 +20,7 @@ __all__ = [
     "SSEUsageParser",
     "Usage",
     "events_before_tokens",
+    "one_answer",
     "usage_from_json",
     "usage_from_object",
 ]
@@ -169,6 +170,24 @@ window priced their prefill stalls as a slower GPU (17 tokens cost many-tenants 
 the twin; docs/benchmarks.md)."""
 
 
+def one_answer(req: InferenceRequest) -> bool:
+    """Whether the request asks for one answer of counted tokens: a chat or a completion with one
+    choice and one prompt. Several choices (``n``) or a batch of prompts share one usage and one
+    stream, so neither a token count nor a time per token belongs to one answer; other APIs
+    count differently."""
+    if req.api is not ApiKind.CHAT and req.api is not ApiKind.COMPLETIONS:
+        return False
+    body = req.body
+    if body is not None:
+        n = body.get("n")
+        if n is not None and n != 1:
+            return False
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            return False  # a batch of prompts
+    return True
+
+
 def events_before_tokens(req: InferenceRequest) -> int | None:
     """How many events a streamed answer sends before its first token, so that its events count
     its tokens: 1 for chat (the role), 0 for completions; None when they do not count them.
@@ -176,23 +195,11 @@ def events_before_tokens(req: InferenceRequest) -> int | None:
     vLLM sends one event per decoding step that produced text, each holding that step's token
     (several under speculative decoding, where the count is of steps, which is what the time per
     step measures). Several choices interleave their events, and other APIs add events of their
-    own, so those are not counted.
+    own, so those are not counted (:func:`one_answer`).
     """
-    if req.api is ApiKind.CHAT:
-        skip = 1
-    elif req.api is ApiKind.COMPLETIONS:
-        skip = 0
-    else:
+    if not one_answer(req):
         return None
-    body = req.body
-    if body is not None:
-        n = body.get("n")
-        if n is not None and n != 1:
-            return None
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-            return None  # a batch of prompts
-    return skip
+    return 1 if req.api is ApiKind.CHAT else 0
 
 
 class ModelNameRewriter:

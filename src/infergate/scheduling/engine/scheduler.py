@@ -28,6 +28,7 @@ from infergate.scheduling.plugins.disagg import DisaggProfileHandler
 from infergate.scheduling.plugins.pickers import MaxScorePicker
 from infergate.scheduling.plugins.registry import default_registry
 from infergate.scheduling.sdk.framework import (
+    AnswerObserver,
     CycleState,
     DebugStateProvider,
     EndpointStateHolder,
@@ -122,6 +123,17 @@ class Scheduler:
         plugins_ = list(self._plugins.values())
         self._observers = [p for p in plugins_ if isinstance(p, TtftObserver)]
         self._tpot_observers = [p for p in plugins_ if isinstance(p, TpotObserver)]
+        self._answer_observers = [p for p in plugins_ if isinstance(p, AnswerObserver)]
+        # told None by observe_answer, so they forget the request: they do not learn from answers
+        self._ttft_only: list[TtftObserver] = []
+        self._tpot_only: list[TpotObserver] = []
+        for p in plugins_:
+            if isinstance(p, AnswerObserver):
+                continue
+            if isinstance(p, TtftObserver):
+                self._ttft_only.append(p)
+            if isinstance(p, TpotObserver):
+                self._tpot_only.append(p)
         self._header_hooks = [p for p in plugins_ if isinstance(p, ResponseHeaderHook)]
         self._holders = [p for p in plugins_ if isinstance(p, EndpointStateHolder)]
 
@@ -182,6 +194,18 @@ class Scheduler:
         failed or was not streamed)."""
         for observer in self._tpot_observers:
             observer.observe_tpot(request_id, tpot_seconds)
+
+    def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None:
+        """Report a scheduled request whose answer came whole (not streamed): ``seconds`` from
+        dispatch to its last byte for ``output_tokens`` tokens (None: nothing to learn). Instead
+        of :meth:`observe_ttft` and :meth:`observe_tpot`, which observers that do not learn from
+        whole answers get with ``None``, so they forget the request."""
+        for answer_observer in self._answer_observers:
+            answer_observer.observe_answer(request_id, seconds, output_tokens)
+        for ttft_observer in self._ttft_only:
+            ttft_observer.observe_ttft(request_id, None)
+        for tpot_observer in self._tpot_only:
+            tpot_observer.observe_tpot(request_id, None)
 
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
         """Pick a primary target and up to two fallbacks among ``candidates``.

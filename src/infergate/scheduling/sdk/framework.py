@@ -199,6 +199,17 @@ class TpotObserver(Protocol):
 
 
 @runtime_checkable
+class AnswerObserver(Protocol):
+    """Learns from outcomes whose tokens nobody timed: a request it helped schedule whose answer
+    came whole (not streamed) took ``seconds`` from dispatch to its last byte for
+    ``output_tokens`` tokens (``None``: nothing to learn). Called instead of ``observe_ttft`` and
+    ``observe_tpot`` for that request; a plugin that observes those but not this one is told
+    ``None`` by both, so it forgets the request all the same."""
+
+    def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None: ...
+
+
+@runtime_checkable
 class ResponseHeaderHook(Protocol):
     """Adds headers to the response from the chosen endpoint (``x-session-token``)."""
 
