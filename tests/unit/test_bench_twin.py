@@ -114,3 +114,34 @@ def test_a_mixed_pool_runs_each_replica_on_its_own_profile() -> None:
     mixed = mean_e2e("llama3.1-8b-h100", "llama3.1-8b-a100")
     assert h100 < mixed < a100
     assert mixed == pytest.approx((h100 + a100) / 2, rel=0.1)
+
+
+def test_clients_that_do_not_stream_still_teach_the_gateway_which_gpus_are_slower() -> None:
+    """On two H100s beside two A100s, with no request streamed, the gateway learns from each
+    answer's time and token count that the A100s decode slower and sends them less: the same
+    requests with the online correction off spread more evenly and miss more of their TPOT."""
+    import dataclasses
+
+    from infergate.config.picker import EndpointPickerConfig
+
+    spec = load_workload("mixed-gpus")
+    requests = [dataclasses.replace(r, stream=False) for r in generate(spec)]
+    assert requests and all("stream" not in r.body() for r in requests)
+    offsets = arrival_offsets(requests, 60.0, seed=1)
+    cfg = TwinConfig(replicas=4, adapters=(), profiles=spec.pool.profiles or ())
+    raw = picker_config("default").model_dump(by_alias=True)
+    for plugin in raw["plugins"]:
+        if plugin["type"] == "predicted-latency-scorer":
+            plugin["parameters"] = {**(plugin.get("parameters") or {}), "onlineCorrection": False}
+    blind = EndpointPickerConfig.model_validate(raw)
+
+    def a100_share_and_tpot(picker: EndpointPickerConfig | None) -> tuple[float, float]:
+        out = run_twin(requests, offsets, strategy="default", config=cfg, picker=picker)
+        assert all(r.ok for r in out.records)
+        counts = [out.per_endpoint_requests.get(f"10.0.0.{i}:8000", 0) for i in (1, 2, 3, 4)]
+        return (counts[1] + counts[3]) / sum(counts), summarise(out.records).tpot_p90
+
+    learnt_share, learnt_tpot = a100_share_and_tpot(None)
+    blind_share, blind_tpot = a100_share_and_tpot(blind)
+    assert learnt_share < 0.35 < blind_share
+    assert learnt_tpot < blind_tpot

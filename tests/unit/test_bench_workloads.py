@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -167,3 +168,36 @@ def test_held_out_workloads_load_and_name_their_files() -> None:
         assert spec.name == path.stem
         assert generate(spec)
         assert resolve_pool(spec).replicas >= 2
+
+
+def test_a_share_of_clients_that_do_not_stream_leaves_the_requests_as_they_were(tmp_path: Path) -> None:
+    """``streamed: 0.3`` marks about 70 % of the requests as answered whole, drawn from a stream
+    of its own: the requests' text, lengths and objectives are those of the fully streamed
+    workload, and a load point's fresh stream draws its own marks."""
+    base = load_workload("tutorial-mix")
+    spec = base.model_copy(update={"streamed": 0.3})
+    assert base.streamed == 1.0 and all(r.stream for r in generate(base))
+    marked = generate(spec)
+    assert [dataclasses.replace(r, stream=True) for r in marked] == generate(base)
+    share = sum(r.stream for r in marked) / len(marked)
+    assert 0.25 < share < 0.35
+    whole = next(r for r in marked if not r.stream)
+    assert "stream" not in whole.body() and "stream_options" not in whole.body()
+    assert whole.body(stream=True)["stream"] is True
+    fresh = workloads.stream(spec, 500, seed=4)
+    assert [r.stream for r in fresh] != [r.stream for r in marked[:500]]
+    assert 0.25 < sum(r.stream for r in fresh) / len(fresh) < 0.35
+    path = tmp_path / "w.yaml"
+    path.write_text("name: w\nstreamed: 1.5\nworkload: {type: mix, models: [{name: m}]}\n")
+    with pytest.raises(WorkloadError, match="streamed"):
+        load_workload(path)
+
+
+def test_clients_that_do_not_stream_are_judged_in_the_twin_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """A client that does not stream cannot time the tokens the SLO is judged on: the real-time
+    bench refuses such a workload by name instead of judging something else."""
+    from infergate.bench.cli import main
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "holdout" / "unstreamed-api.yaml"
+    assert main(["--url", "http://127.0.0.1:9", "--workload", str(path)]) == 2
+    assert "streamed: 0.3 only applies to --twin" in capsys.readouterr().err

@@ -375,6 +375,13 @@ def execute(args: argparse.Namespace) -> int:
     slo = Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
     if args.twin:
         return _twin_main(args, spec, slo)
+    if spec.streamed < 1.0:
+        print(
+            f"error: workload {spec.name}: streamed: {spec.streamed} only applies to --twin (a client "
+            "that does not stream cannot time the tokens the SLO is judged on)",
+            file=sys.stderr,
+        )
+        return 2
     pool_flags = ("adapters", "max_loras")  # the pool's shape: the twin's and the matrix's replicas
     twin_only = [
         f

@@ -487,7 +487,7 @@ def run_twin(
         nonlocal queued
         req = requests[i]
         f = fronts[i % len(fronts)]  # connections spread over the gateway's workers
-        body = req.body(stream=True)
+        body = req.body()
         raw = json.dumps(body).encode()
         try:
             resolved = f.core.resolve(
@@ -594,10 +594,11 @@ def run_twin(
             # sparse driver: only the first-token and final outputs arrive; the final one lists
             # every token's time, giving the same TTFT and ITLs as per-token outputs would
             nonlocal pending
-            if i not in first_seen:  # the first token: the gateway's data plane reports the TTFT
+            # an answer not streamed is seen by nobody until it ends (reported below)
+            if req.stream and i not in first_seen:  # the first token: the data plane reports the TTFT
                 first_seen.add(i)
                 f.core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
-            elif not out.finished and out.first_token_time is not None:
+            elif req.stream and not out.finished and out.first_token_time is not None:
                 # the TPOT_REPORT_TOKENS-th token (mark_at): the data plane reports the mean gap
                 # after the first token so far
                 gaps = TPOT_REPORT_TOKENS - 1
@@ -607,10 +608,12 @@ def run_twin(
                     times = out.token_times
                     rec.ttft = times[0] - T0 - rec.sent_at + cfg.client_latency
                     rec.itl = [b - a for a, b in itertools.pairwise(times)]
-                    if 1 < len(times) <= TPOT_REPORT_TOKENS:  # a short answer: reported at its end
+                    if req.stream and 1 < len(times) <= TPOT_REPORT_TOKENS:  # short: reported at its end
                         f.core.observe_tpot(f"twin-{i}", (times[-1] - times[0]) / (len(times) - 1))
                 rec.status = 200
                 rec.e2e = out.now - T0 - rec.sent_at + cfg.client_latency
+                if not req.stream:  # the answer came whole: its time and token count
+                    f.core.observe_answer(f"twin-{i}", rec.e2e, out.num_generated)
                 rec.prompt_tokens = out.num_prompt_tokens
                 rec.completion_tokens = out.num_generated
                 release(f, replica.key)
@@ -624,7 +627,7 @@ def run_twin(
                 ignore_eos=True,
                 lora_name=lora,
                 remote_prefill_tokens=remote,
-                mark_at=TPOT_REPORT_TOKENS,
+                mark_at=TPOT_REPORT_TOKENS if req.stream else 0,
             ),
             on_output,
         )

@@ -207,6 +207,11 @@ class WorkloadSpec(_Model):
     workload: WorkloadBody
     pool: PoolDefaults = PoolDefaults()
     objectives: tuple[ObjectiveShare, ...] = ()
+    streamed: float = Field(default=1.0, ge=0.0, le=1.0)
+    """The share of requests sent with ``stream: true`` (drawn per request from its own seeded
+    stream); the others wait for the whole answer, so the gateway learns from their end-to-end
+    time only. The SLO is judged on every request's own token times all the same (the twin knows
+    them; a client that does not stream sees them as its end-to-end time)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,18 +229,21 @@ class BenchRequest:
     offset: float | None = None
     objective: str | None = None
     """The InferenceObjective the request names (sent as :data:`OBJECTIVE_HEADER`), or None."""
+    stream: bool = True
+    """Sent with ``stream: true`` (and usage in the stream), else answered whole."""
 
     @property
     def headers(self) -> dict[str, str]:
         return {OBJECTIVE_HEADER: self.objective} if self.objective is not None else {}
 
-    def body(self, *, stream: bool = True) -> dict[str, Any]:
+    def body(self, *, stream: bool | None = None) -> dict[str, Any]:
+        """The request's JSON body; ``stream`` overrides :attr:`stream`."""
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "ignore_eos": True}
         if self.messages is not None:
             body["messages"] = list(self.messages)
         else:
             body["prompt"] = self.prompt
-        if stream:
+        if self.stream if stream is None else stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
@@ -365,20 +373,34 @@ def _with_objectives(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[B
     return [replace(r, objective=rng.choices(names, weights=weights)[0]) for r in requests]
 
 
+def _with_streaming(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[BenchRequest]:
+    """Mark the share of requests that are not streamed, drawn from its own seeded stream, so the
+    requests themselves are those of the workload with every request streamed."""
+    if spec.streamed >= 1.0:
+        return requests
+    rng = random.Random(f"{spec.seed}:streamed")
+    return [replace(r, stream=rng.random() < spec.streamed) for r in requests]
+
+
+def _with_clients(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[BenchRequest]:
+    """What the clients choose beside the requests' text: objectives, then streaming."""
+    return _with_streaming(spec, _with_objectives(spec, requests))
+
+
 def generate(spec: WorkloadSpec) -> list[BenchRequest]:
     """The workload's requests, identical for identical specs (seeded)."""
     rng = random.Random(spec.seed)
     w = spec.workload
     if isinstance(w, SharedPrefixWorkload):
-        return _with_objectives(spec, _shared_prefix(w, rng))
+        return _with_clients(spec, _shared_prefix(w, rng))
     if isinstance(w, MixWorkload):
-        return _with_objectives(
+        return _with_clients(
             spec, _independent(rng, w.requests, w.prompt, w.answer, w.models, w.api == "chat")
         )
     if isinstance(w, ClassesWorkload):
-        return _with_objectives(spec, _classes(w, rng, w.requests))
+        return _with_clients(spec, _classes(w, rng, w.requests))
     requests = _independent(rng, w.bursts * w.burst_size, w.prompt, w.answer, w.models, False)
-    return _with_objectives(
+    return _with_clients(
         spec,
         [
             BenchRequest(
@@ -408,13 +430,13 @@ def stream(spec: WorkloadSpec, count: int, *, seed: int = 0) -> list[BenchReques
     w = spec.workload
     if isinstance(w, SharedPrefixWorkload):
         per_epoch = w.sessions * w.turns
-        return _with_objectives(
+        return _with_clients(
             sub, _shared_prefix(w, rng, epochs=max(1, -(-count // per_epoch)), text=_text_fast)
         )
     if isinstance(w, ClassesWorkload):
-        return _with_objectives(sub, _classes(w, rng, count, _text_fast))
+        return _with_clients(sub, _classes(w, rng, count, _text_fast))
     chat = isinstance(w, MixWorkload) and w.api == "chat"
-    return _with_objectives(sub, _independent(rng, count, w.prompt, w.answer, w.models, chat, _text_fast))
+    return _with_clients(sub, _independent(rng, count, w.prompt, w.answer, w.models, chat, _text_fast))
 
 
 def load_workload(source: str | Path) -> WorkloadSpec:
