@@ -286,6 +286,43 @@ async def test_no_ready_endpoint_is_503(tmp_path: Path) -> None:
         await gw.stop()
 
 
+async def test_latency_model_learns_from_answers_that_are_not_streamed(gateway: Gateway) -> None:
+    """A client that does not stream (the openai SDK's default) teaches the default scorer through
+    the real proxy as well: a one-token answer its TTFT correction, a long answer its TPOT
+    correction and not its TTFT one."""
+
+    async def model() -> dict[str, dict[str, float]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{gateway.admin_port}/debug/endpoints") as r,
+        ):
+            debug = await r.json()
+        return debug["scheduler"]["predicted-latency-scorer"]  # type: ignore[no-any-return]
+
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="x", max_retries=0)
+    one: set[str] = set()
+    for i in range(4):
+        raw = await client.completions.with_raw_response.create(
+            model=BASE, prompt=f"question {i} " * 50, max_tokens=1
+        )
+        one.add(raw.headers[SERVED])
+        assert raw.parse().usage is not None
+    after_one = await model()
+    for key in one:
+        assert after_one[key]["observations"] >= 1
+        assert after_one[key]["tpot_observed_over_predicted"] == 1.0
+    long: set[str] = set()
+    for i in range(4):
+        raw = await client.completions.with_raw_response.create(model=BASE, prompt=f"tell {i}", max_tokens=64)
+        long.add(raw.headers[SERVED])
+        assert raw.parse().usage is not None
+    await client.close()
+    after = await model()
+    for key in long:
+        assert after[key]["tpot_observed_over_predicted"] != 1.0
+        assert after[key]["observations"] == after_one.get(key, {}).get("observations", 0)
+
+
 async def test_latency_model_learns_from_streamed_answers(gateway: Gateway) -> None:
     """The default scorer hears each streamed answer's TTFT through the real proxy and shows it."""
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="x", max_retries=0)
