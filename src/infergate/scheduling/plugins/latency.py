@@ -53,6 +53,9 @@ at most ``tpotCorrectionLimit`` (default 2), scales the TPOT the cost uses (``g(
 on a slower GPU than the rest (a pool of mixed GPUs) is then priced slower; a bias every replica
 shares moves nothing, because an absolute factor would reweigh TPOT against TTFT for the whole pool
 (which sent tenants off their cached replicas in the twin's many-tenants).
+
+An answer that was not streamed teaches one of the two corrections from its end-to-end time and
+token count (:meth:`PredictedLatencyScorer.observe_answer`).
 """
 
 from __future__ import annotations
