@@ -489,9 +489,9 @@ class PredictedLatencyScorer:
         left after the expected decode (all of it for a one-token answer); otherwise the TPOT
         correction learns from the time after the expected first token, per token. Each part
         is learnt only where it dominates, so the other's error moves it little. Without this a
-        pool of clients that do not stream was priced by the uncorrected model alone (the twin's
-        tutorial-mix with no request streamed: 94 QPS at the SLO against 139 with every request
-        streamed; with this, 139).
+        pool of clients that do not stream was priced by the uncorrected model alone (paired twin
+        runs with no request streamed, mixed-gpus near its SLO rate: the SLO met at 6 of 18
+        points without, 18 of 18 with this; docs/benchmarks.md).
         """
         first = self._observed(self._pending, request_id, seconds)
         rest = self._observed(self._decoding, request_id, seconds)
