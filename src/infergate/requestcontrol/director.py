@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from infergate.config.settings import Settings
-from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError, UpstreamError
+from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import (
     Authenticator,
@@ -26,6 +25,7 @@ from infergate.requestcontrol.access import (
     check_control_headers,
     validate_control_header_mode,
 )
+from infergate.requestcontrol.context import RequestContext, RequestSeries, error_code_for
 from infergate.requestcontrol.core import (
     DatastoreView,
     RequestCore,
@@ -42,7 +42,7 @@ from infergate.requestcontrol.usage import (
     one_answer,
     usage_from_json,
 )
-from infergate.tracing import NULL_TRACE, RequestTrace, RequestTracer
+from infergate.tracing import NULL_TRACE, RequestTracer
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult
 
 if TYPE_CHECKING:
@@ -62,120 +62,6 @@ _MAX_BUFFERED_RESPONSE = 8 << 20
 class FlowControllerLike(Protocol):
     async def admit(self, request: InferenceRequest) -> bool: ...
     def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
-
-
-def error_code_for(exc: BaseException) -> str:
-    """The reference's error code label (``inference_objective_request_error_total{error_code}``)."""
-    if isinstance(exc, UpstreamError):
-        return "ModelServerError"
-    if isinstance(exc, RequestError):
-        return {
-            400: "BadRequest",
-            401: "Unauthorized",
-            403: "Forbidden",
-            404: "NotFound",
-            413: "BadRequest",
-            429: "ResourceExhausted",
-            499: "ClientDisconnected",
-            503: "ServiceUnavailable",
-        }.get(exc.status, "Internal")
-    return "Internal"
-
-
-@dataclass(kw_only=True, eq=False)
-class RequestContext:
-    """Everything known about one request from scheduling to the last response byte."""
-
-    request: InferenceRequest
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-    result: SchedulingResult
-    target: Endpoint
-    attempts: int
-    started_at: float
-    status: int | None = None
-    first_byte_at: float | None = None
-    first_token_at: float | None = None
-    """When the first body chunk of a streamed 200 answer arrived (the request's TTFT)."""
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int | None = None
-    completed: bool = False
-    streaming: bool = False
-    response_bytes: int = 0
-    error_code: str | None = None
-    subset: frozenset[str] | None = None
-    """IPs of the data plane's subset hint (``x-gateway-destination-endpoint-subset``); None: whole pool."""
-    tried: set[str] = field(default_factory=set)
-    released: bool = False
-    """Flow control queued the request and released it: it is scheduled only where there is room."""
-    _held: str | None = None
-    _held_tokens: int = 0
-    _rewriter: ModelNameRewriter | None = None
-    _sse: SSEUsageParser | None = None
-    _event_skip: int | None = None
-    """Events a stream sends before its first token (``events_before_tokens``); None: its events
-    do not count its tokens."""
-    _tpot_at: int = 0
-    """The event count at which the stream's time per token is reported (0: not before its end)."""
-    _tpot_reported: bool = False
-    _buffer: bytearray | None = None
-    _trace: RequestTrace = NULL_TRACE
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-
-class _Series:
-    """The per-(model, target, fairness id, priority) metric children, resolved once: ``labels()``
-    is costly per request. The GIE series keep (model, target); their llm-d twins add the rest."""
-
-    __slots__ = (
-        "_lbl",
-        "_m",
-        "cached",
-        "duration",
-        "input",
-        "output",
-        "request_sizes",
-        "response_sizes",
-        "running",
-        "total",
-        "tpot",
-        "tpot_stream",
-        "ttft",
-    )
-
-    def __init__(self, m: GatewayMetrics, model: str, target: str, fairness_id: str, priority: str) -> None:
-        lbl = {
-            "model_name": model,
-            "target_model_name": target,
-            "fairness_id": fairness_id,
-            "priority": priority,
-        }
-        self.request_sizes = m.request_sizes.labels(**lbl)
-        self.duration = m.request_duration.labels(**lbl)
-        self._lbl = lbl
-        self._m = m
-        self.ttft: dict[bool, Any] = {}  # by streaming, made on first use: no empty series
-        self.response_sizes = m.response_sizes.labels(**lbl)
-        self.input = m.input_tokens.labels(**lbl)
-        self.output = m.output_tokens.labels(**lbl)
-        self.tpot = m.normalized_tpot.labels(**lbl)
-        self.tpot_stream = m.request_tpot.labels(**lbl)
-        self.cached = m.prompt_cached_tokens.labels(**lbl)
-        self.running = m.running_requests.labels(**lbl)
-        self.total = m.request_total.labels(**lbl)
-
-    def observe_ttft(self, seconds: float, *, streaming: bool) -> None:
-        child = self.ttft.get(streaming)
-        if child is None:
-            child = self.ttft[streaming] = self._m.request_ttft.labels(
-                **self._lbl, streaming="true" if streaming else "false"
-            )
-        child.observe(seconds)
 
 
 _MAX_SERIES = 1000
@@ -216,7 +102,7 @@ class Director:
             check_models=check_models,
         )
         self._honor_subset = honor_subset_hint
-        self._series: dict[tuple[str, str, str, int], _Series] = {}
+        self._series: dict[tuple[str, str, str, int], RequestSeries] = {}
         self._response_hook = getattr(scheduler, "response_headers", None)
         self._tracer: RequestTracer | None = None
 
@@ -320,7 +206,7 @@ class Director:
         check_control_headers(hdrs, principal, mode=self._control_headers)
         return principal
 
-    def _series_for(self, request: InferenceRequest) -> _Series | None:
+    def _series_for(self, request: InferenceRequest) -> RequestSeries | None:
         if self._metrics is None:
             return None
         key = (request.model, request.target_model, request.fairness_id, request.priority)
@@ -328,7 +214,7 @@ class Director:
         if found is None:
             if len(self._series) >= _MAX_SERIES:
                 self._series.clear()
-            found = self._series[key] = _Series(
+            found = self._series[key] = RequestSeries(
                 self._metrics, request.model, request.target_model, request.fairness_id, str(request.priority)
             )
         return found

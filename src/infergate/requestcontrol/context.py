@@ -1,0 +1,136 @@
+"""What the Director knows about one request in flight, and the metric series it is counted in.
+
+:class:`RequestContext` goes from scheduling to the last response byte with the request; the data
+planes hold it between their calls into the Director. :class:`RequestSeries` resolves a request's
+labelled metric children once per (model, target, fairness id, priority).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from infergate.errors import RequestError, UpstreamError
+from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser
+from infergate.tracing import NULL_TRACE, RequestTrace
+from infergate.types import Endpoint, InferenceRequest, SchedulingResult
+
+if TYPE_CHECKING:
+    from infergate.telemetry import GatewayMetrics
+
+__all__ = ["RequestContext", "RequestSeries", "error_code_for"]
+
+
+def error_code_for(exc: BaseException) -> str:
+    """The reference's error code label (``inference_objective_request_error_total{error_code}``)."""
+    if isinstance(exc, UpstreamError):
+        return "ModelServerError"
+    if isinstance(exc, RequestError):
+        return {
+            400: "BadRequest",
+            401: "Unauthorized",
+            403: "Forbidden",
+            404: "NotFound",
+            413: "BadRequest",
+            429: "ResourceExhausted",
+            499: "ClientDisconnected",
+            503: "ServiceUnavailable",
+        }.get(exc.status, "Internal")
+    return "Internal"
+
+
+@dataclass(kw_only=True, eq=False)
+class RequestContext:
+    """Everything known about one request from scheduling to the last response byte."""
+
+    request: InferenceRequest
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    result: SchedulingResult
+    target: Endpoint
+    attempts: int
+    started_at: float
+    status: int | None = None
+    first_byte_at: float | None = None
+    first_token_at: float | None = None
+    """When the first body chunk of a streamed 200 answer arrived (the request's TTFT)."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    completed: bool = False
+    streaming: bool = False
+    response_bytes: int = 0
+    error_code: str | None = None
+    subset: frozenset[str] | None = None
+    """IPs of the data plane's subset hint (``x-gateway-destination-endpoint-subset``); None: whole pool."""
+    tried: set[str] = field(default_factory=set)
+    released: bool = False
+    """Flow control queued the request and released it: it is scheduled only where there is room."""
+    _held: str | None = None
+    _held_tokens: int = 0
+    _rewriter: ModelNameRewriter | None = None
+    _sse: SSEUsageParser | None = None
+    _event_skip: int | None = None
+    """Events a stream sends before its first token (``events_before_tokens``); None: its events
+    do not count its tokens."""
+    _tpot_at: int = 0
+    """The event count at which the stream's time per token is reported (0: not before its end)."""
+    _tpot_reported: bool = False
+    _buffer: bytearray | None = None
+    _trace: RequestTrace = NULL_TRACE
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class RequestSeries:
+    """The per-(model, target, fairness id, priority) metric children, resolved once: ``labels()``
+    is costly per request. The GIE series keep (model, target); their llm-d twins add the rest."""
+
+    __slots__ = (
+        "_lbl",
+        "_m",
+        "cached",
+        "duration",
+        "input",
+        "output",
+        "request_sizes",
+        "response_sizes",
+        "running",
+        "total",
+        "tpot",
+        "tpot_stream",
+        "ttft",
+    )
+
+    def __init__(self, m: GatewayMetrics, model: str, target: str, fairness_id: str, priority: str) -> None:
+        lbl = {
+            "model_name": model,
+            "target_model_name": target,
+            "fairness_id": fairness_id,
+            "priority": priority,
+        }
+        self.request_sizes = m.request_sizes.labels(**lbl)
+        self.duration = m.request_duration.labels(**lbl)
+        self._lbl = lbl
+        self._m = m
+        self.ttft: dict[bool, Any] = {}  # by streaming, made on first use: no empty series
+        self.response_sizes = m.response_sizes.labels(**lbl)
+        self.input = m.input_tokens.labels(**lbl)
+        self.output = m.output_tokens.labels(**lbl)
+        self.tpot = m.normalized_tpot.labels(**lbl)
+        self.tpot_stream = m.request_tpot.labels(**lbl)
+        self.cached = m.prompt_cached_tokens.labels(**lbl)
+        self.running = m.running_requests.labels(**lbl)
+        self.total = m.request_total.labels(**lbl)
+
+    def observe_ttft(self, seconds: float, *, streaming: bool) -> None:
+        child = self.ttft.get(streaming)
+        if child is None:
+            child = self.ttft[streaming] = self._m.request_ttft.labels(
+                **self._lbl, streaming="true" if streaming else "false"
+            )
+        child.observe(seconds)
