@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 import infergate.bench.twin as twin
+import infergate.bench.twin_pool as twin_pool
 from infergate.bench.workloads import generate, load_workload
 from infergate.scheduling.engine.scheduler import Scheduler
 from infergate.scheduling.plugins.precise_prefix import PRECISE_MATCH, PrecisePrefixScorer
@@ -18,7 +19,7 @@ from infergate.tokenization.builtin import Tokenizer
 
 def test_index_mirrors_every_engines_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     captured: list[tuple[PrecisePrefixScorer, list[object]]] = []
-    feed = twin._feed_kv_events
+    feed = twin_pool.feed_kv_events
 
     def spy(scheduler: Scheduler, replicas: list[object], model: str) -> None:
         feed(scheduler, replicas, model)  # type: ignore[arg-type]
@@ -26,7 +27,7 @@ def test_index_mirrors_every_engines_cache(monkeypatch: pytest.MonkeyPatch) -> N
         assert isinstance(scorer, PrecisePrefixScorer)
         captured.append((scorer, list(replicas)))
 
-    monkeypatch.setattr(twin, "_feed_kv_events", spy)
+    monkeypatch.setattr(twin, "feed_kv_events", spy)
     decided_by_events: list[bool] = []
     longest: list[int] = []
     score = PrecisePrefixScorer.score
