@@ -163,6 +163,30 @@ def test_the_api_frontend_is_a_serial_stage_shared_with_streaming_tokens() -> No
     assert scores["b:8000"] == 1.0 and scores["c:8000"] < 1.0
 
 
+def test_the_frontends_streaming_share_follows_the_learnt_decode_speed() -> None:
+    """A replica that decodes faster than the model says streams its tokens faster, so its API
+    frontend has less time left for requests: the streaming share uses the endpoint's learnt TPOT
+    factor (absolute), while the cost's own TPOT keeps the relative correction only. Without it
+    the share was underestimated on fast replicas, the frontend looked unsaturated, and short
+    chats at high rates piled up there (sharegpt-like on six replicas, docs/benchmarks.md)."""
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    streaming = make_endpoint("a", running_requests=50)
+    model_tpot = 7.0 + 0.026 * 51
+    for n in range(300):  # every answer streams at 0.6 x the predicted TPOT
+        _pick(s, req("hi", rid=f"q{n}"), [streaming])
+        s.observe_tpot(f"q{n}", 0.6 * s._decoding[f"q{n}"][1] / 1000)
+    factor = s.debug_state()["a:8000"]["tpot_observed_over_predicted"]
+    assert factor == pytest.approx(0.6, abs=0.01)
+    clock.t += 100.0  # everything sent has been worked off; the prefill rate has decayed
+    _pick(s, req("hi", rid="last"), [streaming])  # 10 ms of request work, now
+    p = s.predict(streaming, prompt_tokens=1, matched_tokens=0, adapter=None, now=clock.t)
+    busy = 0.064 * 50 / (p.tpot_ms * factor)
+    assert p.tpot_ms == pytest.approx(model_tpot, rel=1e-3)  # one replica: nothing relative to correct
+    assert p.frontend_ms == pytest.approx(10.0 / (1 - busy), rel=1e-3)
+    assert p.frontend_ms > 10.0 / (1 - 0.064 * 50 / model_tpot) * 1.5  # the model alone: 16 ms
+
+
 def test_observed_ttft_scales_the_endpoints_predictions() -> None:
     clock = Clock()
     s = PredictedLatencyScorer(clock=clock)
@@ -245,7 +269,11 @@ def test_observed_tpots_scale_an_endpoints_predictions_relative_to_the_fastest()
 
 
 def test_a_uniform_tpot_bias_changes_no_score() -> None:
-    s, plain = PredictedLatencyScorer(clock=Clock()), PredictedLatencyScorer(clock=Clock())
+    """A decode speed every replica shares changes no TPOT in the cost (an absolute factor would
+    reweigh TPOT against TTFT for the whole pool). It does change how busy each frontend is with
+    streaming (the previous test), so that term is off here."""
+    params = LatencyParams(frontend_ms_per_token=0.0)
+    s, plain = PredictedLatencyScorer(params, clock=Clock()), PredictedLatencyScorer(params, clock=Clock())
     pool = [make_endpoint("a", running_requests=30), make_endpoint("b", running_requests=5)]
     for n, e in enumerate(pool * 10):
         _pick(s, req("hi", rid=f"q{n}"), [e])
@@ -349,7 +377,9 @@ def _reference_cost(
         lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
     st.frontend_ms = st.frontend_drained(now)
     st.frontend_at = now
-    st.frontend_busy = min(0.95, p.frontend_ms_per_token * m.running_requests / tpot) if tpot > 0 else 0.0
+    step_ms = tpot * st.tpot_factor if st.tpot_observed else tpot  # the learnt decode speed
+    share = p.frontend_ms_per_token * m.running_requests / step_ms if step_ms > 0 else 0.0
+    st.frontend_busy = min(0.95, share)
     frontend = st.frontend_ms / (1.0 - st.frontend_busy)
     ttft = (p.overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
     tpot *= scorer._tpot_scale(st)  # the request's own decode only

@@ -25,8 +25,9 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
 * ``frontend(e)`` — the wait in ``e``'s API frontend (the one process that parses requests and
   streams every token out, tokens first): each request adds ``frontendMsPerRequest`` of work, which
   drains at the share of the process's time that streaming leaves, ``1 − busy`` with ``busy =
-  frontendMsPerToken × running / TPOT``; the wait is that work ``/ (1 − busy)``. Short chat at
-  high rates saturates this stage before the GPU, and a batch with long answers streams more.
+  frontendMsPerToken × running / (TPOT × t(e))``, ``t(e)`` the endpoint's learnt decode speed
+  (observed over predicted TPOT, 1 until observed); the wait is that work ``/ (1 − busy)``. Short
+  chat at high rates saturates this stage before the GPU, and a batch with long answers streams more.
 * ``TTFT(e) = overheadMs + frontend(e) + backlog(e) + uncached(e) × prefillMsPerToken + adapter(e)``
 * ``TPOT(e) = g(e) × (decodeStepMs + decodeMsPerSeq × n + decodeMsPerKvToken × kv) / (1 − ρ(e))`` with
   ``n`` the sequences ``e`` runs (scraped running + waiting, or the gateway's in-flight count if
@@ -279,7 +280,10 @@ class PredictedLatencyScorer:
             work = st.frontend_ms - (now - st.frontend_at) * 1000.0 * (1.0 - st.frontend_busy)
             st.frontend_ms = work if work > 0.0 else 0.0
             st.frontend_at = now
-            busy_share = frontend_ms_per_token * m.running_requests / tpot if tpot > 0 else 0.0
+            # the share is of the replica's real step time: the model's TPOT times the endpoint's
+            # learnt decode speed (its absolute TPOT factor, which the cost itself leaves out)
+            step_ms = tpot * st.tpot_factor if st.tpot_observed else tpot
+            busy_share = frontend_ms_per_token * m.running_requests / step_ms if step_ms > 0 else 0.0
             st.frontend_busy = busy_share if busy_share < 0.95 else 0.95
             frontend = st.frontend_ms / (1.0 - st.frontend_busy)
             ttft = (overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
