@@ -19,7 +19,28 @@ from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
 
-__all__ = ["RequestContext", "RequestSeries", "error_code_for"]
+__all__ = ["RequestContext", "RequestSeries", "error_code_for", "error_code_name"]
+
+
+_ERROR_CODE_NAMES: dict[int, str] = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    413: "BadRequest",
+    429: "ResourceExhausted",
+    499: "ClientDisconnected",
+    500: "Internal",
+    502: "ModelServerError",
+    503: "ServiceUnavailable",
+    504: "ModelServerError",
+}
+
+
+def error_code_name(status: int) -> str:
+    """The reference's error-code word for an HTTP status (its error bodies render them as
+    ``inference error: <Code> - <message>``, pkg/common/error/error.go); ``Internal`` otherwise."""
+    return _ERROR_CODE_NAMES.get(status, "Internal")
 
 
 def error_code_for(exc: BaseException) -> str:
@@ -27,16 +48,7 @@ def error_code_for(exc: BaseException) -> str:
     if isinstance(exc, UpstreamError):
         return "ModelServerError"
     if isinstance(exc, RequestError):
-        return {
-            400: "BadRequest",
-            401: "Unauthorized",
-            403: "Forbidden",
-            404: "NotFound",
-            413: "BadRequest",
-            429: "ResourceExhausted",
-            499: "ClientDisconnected",
-            503: "ServiceUnavailable",
-        }.get(exc.status, "Internal")
+        return error_code_name(exc.status)
     return "Internal"
 
 

@@ -22,6 +22,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from infergate.errors import RequestError
+from infergate.requestcontrol.context import error_code_name
 from infergate.requestcontrol.headers import (
     DESTINATION_ENDPOINT,
     DESTINATION_ENDPOINT_SUBSET,
@@ -55,25 +56,6 @@ DESTINATION_NAMESPACE = "envoy.lb"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 
 _OVERWRITE = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
-
-# The reference renders errors as "inference error: <Code> - <message>" (pkg/common/error/error.go).
-_CODE_NAMES: dict[int, str] = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    413: "BadRequest",
-    429: "ResourceExhausted",
-    500: "Internal",
-    502: "ModelServerError",
-    503: "ServiceUnavailable",
-    504: "ModelServerError",
-}
-
-
-def error_code_name(status: int) -> str:
-    """The reference's error-code word for an HTTP status."""
-    return _CODE_NAMES.get(status, "Internal")
 
 
 def read_headers(headers: pb.HttpHeaders) -> LowerCaseHeaders:
