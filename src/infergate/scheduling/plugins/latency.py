@@ -462,13 +462,7 @@ class PredictedLatencyScorer:
         if observed is None or ttft_seconds is None:
             return
         key, st, predicted = observed
-        hi = self._p.ttft_correction_limit
-        ratio = min(hi, max(1.0 / hi, ttft_seconds * 1000.0 / predicted))
-        st.last_predicted_ms = predicted * st.ttft_factor
-        st.last_observed_ms = ttft_seconds * 1000.0
-        self._learn(st, ratio)
-        if self._export is not None:
-            self._export(TtftRecord(endpoint=key, ratio=ratio))
+        self._teach_ttft(key, st, predicted, ttft_seconds * 1000.0)
 
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None:
         """The request's tokens came ``tpot_seconds`` apart on average after the first, over its
@@ -478,10 +472,7 @@ class PredictedLatencyScorer:
         if observed is None or tpot_seconds is None:
             return
         key, st, predicted = observed
-        ratio = min(TPOT_RATIO_CAP, max(1.0 / TPOT_RATIO_CAP, tpot_seconds * 1000.0 / predicted))
-        self._learn_tpot(st, ratio)
-        if self._export is not None:
-            self._export(TpotRecord(endpoint=key, ratio=ratio))
+        self._teach_tpot(key, st, predicted, tpot_seconds * 1000.0)
 
     def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None:
         """The request's answer came whole (not streamed) ``seconds`` after dispatch with
@@ -508,19 +499,28 @@ class PredictedLatencyScorer:
         prefill = ttft_ms * st.ttft_factor
         if prefill >= decode:
             if elapsed > decode:
-                hi = self._p.ttft_correction_limit
-                ratio = min(hi, max(1.0 / hi, (elapsed - decode) / ttft_ms))
-                st.last_predicted_ms = prefill
-                st.last_observed_ms = elapsed - decode
-                self._learn(st, ratio)
-                if self._export is not None:
-                    self._export(TtftRecord(endpoint=key, ratio=ratio))
+                self._teach_ttft(key, st, ttft_ms, elapsed - decode)
         elif elapsed > prefill:
-            per_token = (elapsed - prefill) / (output_tokens - 1)
-            ratio = min(TPOT_RATIO_CAP, max(1.0 / TPOT_RATIO_CAP, per_token / tpot_ms))
-            self._learn_tpot(st, ratio)
-            if self._export is not None:
-                self._export(TpotRecord(endpoint=key, ratio=ratio))
+            self._teach_tpot(key, st, tpot_ms, (elapsed - prefill) / (output_tokens - 1))
+
+    def _teach_ttft(self, key: str, st: EndpointState, predicted_ms: float, observed_ms: float) -> None:
+        """Learn one observed TTFT against its (uncorrected) prediction, and hand it to the other
+        workers."""
+        hi = self._p.ttft_correction_limit
+        ratio = min(hi, max(1.0 / hi, observed_ms / predicted_ms))
+        st.last_predicted_ms = predicted_ms * st.ttft_factor
+        st.last_observed_ms = observed_ms
+        self._learn(st, ratio)
+        if self._export is not None:
+            self._export(TtftRecord(endpoint=key, ratio=ratio))
+
+    def _teach_tpot(self, key: str, st: EndpointState, predicted_ms: float, observed_ms: float) -> None:
+        """Learn one observed time per token against its prediction (one stalled stream counts at
+        most ``TPOT_RATIO_CAP`` times), and hand it to the other workers."""
+        ratio = min(TPOT_RATIO_CAP, max(1.0 / TPOT_RATIO_CAP, observed_ms / predicted_ms))
+        self._learn_tpot(st, ratio)
+        if self._export is not None:
+            self._export(TpotRecord(endpoint=key, ratio=ratio))
 
     def _tpot_floor_now(self) -> float | None:
         """The lowest TPOT factor of the endpoints observed (the fastest decoder), found again only
