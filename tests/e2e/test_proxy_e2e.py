@@ -289,7 +289,7 @@ async def test_no_ready_endpoint_is_503(tmp_path: Path) -> None:
 async def test_latency_model_learns_from_answers_that_are_not_streamed(gateway: Gateway) -> None:
     """A client that does not stream (the openai SDK's default) teaches the default scorer through
     the real proxy as well: a one-token answer its TTFT correction, a long answer its TPOT
-    correction and not its TTFT one."""
+    correction and not its TTFT one (the proxy reports a whole answer before sending it on)."""
 
     async def model() -> dict[str, dict[str, float]]:
         async with (
@@ -299,7 +299,11 @@ async def test_latency_model_learns_from_answers_that_are_not_streamed(gateway: 
             debug = await r.json()
         return debug["scheduler"]["predicted-latency-scorer"]  # type: ignore[no-any-return]
 
+    def total(state: dict[str, dict[str, float]], field: str) -> float:
+        return sum(m[field] for m in state.values())
+
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="x", max_retries=0)
+    start = await model()
     one: set[str] = set()
     for i in range(4):
         raw = await client.completions.with_raw_response.create(
@@ -308,9 +312,8 @@ async def test_latency_model_learns_from_answers_that_are_not_streamed(gateway: 
         one.add(raw.headers[SERVED])
         assert raw.parse().usage is not None
     after_one = await model()
-    for key in one:
-        assert after_one[key]["observations"] >= 1
-        assert after_one[key]["tpot_observed_over_predicted"] == 1.0
+    assert total(after_one, "observations") == total(start, "observations") + 4
+    assert total(after_one, "tpot_observations") == total(start, "tpot_observations")
     long: set[str] = set()
     for i in range(4):
         raw = await client.completions.with_raw_response.create(model=BASE, prompt=f"tell {i}", max_tokens=64)
@@ -318,8 +321,11 @@ async def test_latency_model_learns_from_answers_that_are_not_streamed(gateway: 
         assert raw.parse().usage is not None
     await client.close()
     after = await model()
+    assert total(after, "tpot_observations") == total(after_one, "tpot_observations") + 4
     for key in long:
-        assert after[key]["tpot_observed_over_predicted"] != 1.0
+        # counted, not the factor: the simulator decodes within ~2 % of the model's prediction, so
+        # one ratio moves the factor (2 % of the way) by less than its four shown decimals at times
+        assert after[key]["tpot_observations"] > after_one.get(key, {}).get("tpot_observations", 0)
         assert after[key]["observations"] == after_one.get(key, {}).get("observations", 0)
 
 

@@ -84,6 +84,7 @@ def test_applying_a_record_gives_the_picking_scorers_state_and_prediction() -> N
         "last_predicted_ttft_ms": 0.0,
         "last_observed_ttft_ms": 0.0,
         "observations": 0,
+        "tpot_observations": 0,
         "requests": 1,
     }
     assert b.debug_state()["a:8000"] == a.debug_state()["a:8000"]

@@ -596,6 +596,7 @@ class PredictedLatencyScorer:
                 "last_predicted_ttft_ms": round(st.last_predicted_ms, 3),
                 "last_observed_ttft_ms": round(st.last_observed_ms, 3),
                 "observations": st.observed,
+                "tpot_observations": st.tpot_observed,
                 "requests": st.sent,
             }
             for key, st in self._state.items()
