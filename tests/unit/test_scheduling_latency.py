@@ -126,26 +126,6 @@ def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:
     assert "c:8000" not in picks  # never evict from a full replica while a slot is free elsewhere
 
 
-def test_an_adapter_deferred_for_a_slot_is_not_resident() -> None:
-    """vLLM defers a waiting request whose adapter has no slot while the running adapters fill
-    them all; the replica holding it is priced for that adapter like one without it, so later
-    requests of that adapter do not pile up behind it. With a slot free, waiting is resident."""
-    s = PredictedLatencyScorer(LatencyParams(base_models=[BASE]), clock=Clock())
-    deferred = make_endpoint(
-        "a", running_adapters=["x", "y"], waiting_adapters=["cold"], max_active_adapters=2
-    )
-    absent = make_endpoint("b", running_adapters=["x", "y"], max_active_adapters=2)
-    loading = make_endpoint("c", running_adapters=["x"], waiting_adapters=["cold"], max_active_adapters=2)
-    unknown = make_endpoint("d", running_adapters=["x", "y"], waiting_adapters=["cold"])  # no max_lora
-
-    def ttft(e: Endpoint) -> float:
-        return s.predict(e, prompt_tokens=100, matched_tokens=0, adapter="cold", now=100.0).ttft_ms
-
-    assert ttft(deferred) == pytest.approx(ttft(absent)) == pytest.approx(10 + 2.5 + 128.0 * (7.0 + 0.026))
-    assert ttft(loading) == pytest.approx(10 + 2.5)
-    assert ttft(unknown) == pytest.approx(10 + 2.5)  # slots unknown: waiting counts as resident
-
-
 def test_the_api_frontend_is_a_serial_stage_shared_with_streaming_tokens() -> None:
     """Short chat at high rates is bound by the server's API frontend (10 ms per request, and
     0.064 ms per streamed token taken first), not by the GPU: a replica streaming more tokens
@@ -391,9 +371,7 @@ def _reference_cost(
     step = p.decode_step_ms + p.decode_ms_per_seq * (seqs + 1) + p.decode_ms_per_kv_token * kv_tokens
     tpot = step / (1.0 - min(0.9, scorer._rate(st, now)))
     lora = 0.0
-    full = 0 < m.max_active_adapters <= len(m.running_adapters)  # a waiting adapter is deferred
-    resident = adapter in m.running_adapters or (adapter in m.waiting_adapters and not full)
-    if adapter is not None and not resident:
+    if adapter is not None and adapter not in m.running_adapters and adapter not in m.waiting_adapters:
         busy = len(m.running_adapters | m.waiting_adapters)
         swap = st.avg_answer_tokens * tpot
         lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
@@ -439,7 +417,6 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
                 num_gpu_blocks=rng.choice([None, 4000]),
                 block_size=rng.choice([None, 16]),
                 running_adapters=rng.sample(adapters, rng.randrange(3)),
-                waiting_adapters=rng.sample(adapters, rng.randrange(3)),
                 max_active_adapters=rng.choice([0, 2, 4]),
             )
             for i in range(rng.randrange(1, 6))

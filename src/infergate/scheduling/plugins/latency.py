@@ -19,10 +19,9 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   corrected by every scrape.
 * ``uncached(e)`` — prompt tokens not expected in ``e``'s prefix cache: the prompt's blocks the
   gateway sent to ``e`` before (an approximate index, as ``prefix-cache-scorer``), in tokens.
-* ``adapter(e)`` — 0 when the target adapter is running on ``e``, or waiting there with a slot
-  free; ``loraLoadMs`` with a free slot; with every slot taken, the time for a running adapter's
-  requests to finish (the average answer length sent to ``e`` × the predicted TPOT), also for
-  an adapter already waiting there (vLLM defers it until a slot frees).
+* ``adapter(e)`` — 0 when the target adapter is running or waiting on ``e``; ``loraLoadMs`` with a
+  free slot; with every slot taken, the time for a running adapter's requests to finish
+  (the average answer length sent to ``e`` × the predicted TPOT).
 * ``frontend(e)`` — the wait in ``e``'s API frontend (the one process that parses requests and
   streams every token out, tokens first): each request adds ``frontendMsPerRequest`` of work, which
   drains at the share of the process's time that streaming leaves, ``1 − busy`` with ``busy =
@@ -267,13 +266,7 @@ class PredictedLatencyScorer:
             if (
                 adapter is not None
                 and adapter not in m.running_adapters
-                and (
-                    # waiting for a slot does not make it resident: while the running adapters fill
-                    # every slot vLLM defers it until one of them has no request left, and a replica
-                    # that held such a request drew every later one of that adapter (cold adapters
-                    # piled up there, waiting 5-20 s: lora-zipf in the twin, docs/benchmarks.md)
-                    adapter not in m.waiting_adapters or 0 < m.max_active_adapters <= len(m.running_adapters)
-                )
+                and adapter not in m.waiting_adapters
             ):
                 busy = len(m.running_adapters | m.waiting_adapters)
                 swap = st.avg_answer_tokens * tpot
