@@ -112,18 +112,55 @@ def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:
     p_full = s.predict(full, prompt_tokens=100, matched_tokens=0, adapter="hot", now=100.0)
     assert p_free.ttft_ms == pytest.approx(10 + 2.5 + 25.0)  # + loading into the free slot
     assert p_full.ttft_ms == pytest.approx(10 + 2.5 + 128.0 * (7.0 + 0.026))  # a slot frees after an answer
-    # taking the free slot for an adapter already served elsewhere costs the pool's slot use
-    # (5 of 6 slots held) times the wait for a slot, since a cold adapter may need that slot
+    # taking the free slot for an adapter already served elsewhere costs the pool's shortage of
+    # slots times the wait for a slot, since a cold adapter may need that slot
     p_taken = s.predict(
         free_slot, prompt_tokens=100, matched_tokens=0, adapter="hot", now=100.0, slot_pressure=5 / 6
     )
     assert p_taken.ttft_ms == pytest.approx(10 + 2.5 + 25.0 + 5 / 6 * 128.0 * (7.0 + 0.026))
     eps = [holder, free_slot, full]
     prompt = "p" * 32000  # 8k unique tokens: 200 ms of prefill each
-    picks = [_pick(s, req(f"{n} " + prompt, model="hot", rid=str(n)), eps) for n in range(6)]
-    assert picks[:4] == ["a:8000"] * 4  # resident adapter first, while its backlog is below ~750 ms
-    assert "b:8000" in picks  # then the free slot: the hot adapter spreads
-    assert "c:8000" not in picks  # never evict from a full replica while a slot is free elsewhere
+
+    def picks_of(scorer: PredictedLatencyScorer) -> list[str]:
+        return [_pick(scorer, req(f"{n} " + prompt, model="hot", rid=str(n)), eps) for n in range(6)]
+
+    # no other adapter asked for: nothing needs the free slot, and the hot adapter spreads to it
+    # as soon as its own replica's backlog exceeds the load there
+    alone = picks_of(s)
+    assert alone[:2] == ["a:8000", "b:8000"]
+    assert "c:8000" not in alone  # never evict from a full replica while a slot is free elsewhere
+    # a cold adapter was asked for and no replica holds it: the one free slot may be its, so
+    # taking it costs the pool's slot use (5 of 6), and the hot adapter stays where it runs until
+    # its backlog there is ~750 ms; still never evicting from the full replica
+    s = PredictedLatencyScorer(LatencyParams(base_models=[BASE]), clock=clock)
+    assert s._slot_pressure("cold", eps) == 0.0  # held nowhere: not priced here
+    assert s._slot_pressure("hot", eps) == pytest.approx(5 / 6)
+    kept = picks_of(s)
+    assert kept[:4] == ["a:8000"] * 4
+    assert "b:8000" in kept and "c:8000" not in kept
+    # ten seconds later the cold adapter is no longer in demand
+    clock.t += 10.0
+    assert s._slot_pressure("hot", eps) == 0.0
+
+
+def test_slot_pressure_is_the_homeless_adapters_over_the_free_slots() -> None:
+    """Adapters asked for in the last 10 s and held nowhere, over the slots left free, at most the
+    pool's slot use; 0 for an adapter served nowhere (it takes a slot anyway)."""
+    clock = Clock()
+    s = PredictedLatencyScorer(LatencyParams(base_models=[BASE]), clock=clock)
+    pool = [
+        make_endpoint("a", running_adapters=["hot", "x"], waiting_adapters=["y"], max_active_adapters=4),
+        make_endpoint("b", running_adapters=["hot", "z"], max_active_adapters=4),
+    ]  # 8 slots, 5 held (y waits on a: held), 3 free
+    assert s._slot_pressure("hot", pool) == 0.0  # nothing else asked for
+    assert s._slot_pressure("c1", pool) == 0.0  # held nowhere: it takes a slot anyway
+    assert s._slot_pressure("hot", pool) == pytest.approx(1 / 3)
+    assert s._slot_pressure("y", pool) == pytest.approx(1 / 3)
+    clock.t += 5.0
+    assert s._slot_pressure("c2", pool) == 0.0
+    assert s._slot_pressure("hot", pool) == pytest.approx(5 / 8)  # 2 of 3 free slots: the slot use
+    clock.t += 6.0  # c1 was asked for 11 s ago
+    assert s._slot_pressure("hot", pool) == pytest.approx(1 / 3)
 
 
 def test_the_api_frontend_is_a_serial_stage_shared_with_streaming_tokens() -> None:

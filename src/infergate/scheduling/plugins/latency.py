@@ -20,8 +20,9 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
 * ``uncached(e)`` — prompt tokens not expected in ``e``'s prefix cache: the prompt's blocks the
   gateway sent to ``e`` before (an approximate index, as ``prefix-cache-scorer``), in tokens.
 * ``adapter(e)`` — 0 when the target adapter is running or waiting on ``e``; ``loraLoadMs`` with a
-  free slot; with every slot taken, the time for a running adapter's requests to finish
-  (the average answer length sent to ``e`` × the predicted TPOT).
+  free slot, plus, for an adapter already served elsewhere, how short the pool is of slots
+  (``_slot_pressure``) × the swap time below; with every slot taken, the time for a running
+  adapter's requests to finish (the average answer length sent to ``e`` × the predicted TPOT).
 * ``frontend(e)`` — the wait in ``e``'s API frontend (the one process that parses requests and
   streams every token out, tokens first): each request adds ``frontendMsPerRequest`` of work, which
   drains at the share of the process's time that streaming leaves, ``1 − busy`` with ``busy =
@@ -66,6 +67,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import field
 from itertools import islice
 
+from infergate.scheduling.plugins.adapter_slots import AdapterDemand
 from infergate.scheduling.plugins.latency_records import (
     AccountingRecord,
     LatencyRecord,
@@ -146,6 +148,7 @@ class PredictedLatencyScorer:
         self._max_pending = max_pending
         self._avg_prefill_ms = 0.0  # over every request sent, any endpoint
         self._export: Callable[[AccountingRecord], None] | None = None
+        self._adapters = AdapterDemand()  # the adapters requested recently: the slot shortage
 
     # ------------------------------------------------------------------ model
     def _state_of(self, key: str) -> EndpointState:
@@ -173,19 +176,10 @@ class PredictedLatencyScorer:
             model in e.metrics.running_adapters or model in e.metrics.waiting_adapters for e in candidates
         )
 
-    @staticmethod
-    def _slot_pressure(adapter: str, candidates: Sequence[Endpoint]) -> float:
-        """The pool's adapter-slot use (0..1) when ``adapter`` is already served somewhere, else 0."""
-        used = slots = 0
-        resident = False
-        for e in candidates:
-            m = e.metrics
-            held = m.running_adapters | m.waiting_adapters if m.waiting_adapters else m.running_adapters
-            resident = resident or adapter in held
-            n = len(held)
-            used += m.max_active_adapters if m.max_active_adapters < n else n
-            slots += m.max_active_adapters
-        return used / slots if resident and slots else 0.0
+    def _slot_pressure(self, adapter: str, candidates: Sequence[Endpoint]) -> float:
+        """The pool's shortage of adapter slots for a request for ``adapter`` (see
+        :class:`AdapterDemand`)."""
+        return self._adapters.pressure(adapter, candidates, self._clock.now())
 
     def predict(
         self,
