@@ -107,7 +107,7 @@ def _die_with_parent() -> None:
 def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A process pool whose workers do not outlive the script. When the body raises (SIGTERM
     after :func:`exit_on_sigterm`, Ctrl-C, an error) the queued work is cancelled and the workers
-    are terminated and reaped instead of finishing what they run (a twin search takes minutes);
+    are killed and reaped instead of finishing what they run (a twin search takes minutes);
     if the script dies outright, the kernel stops them (Linux)."""
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent)
@@ -115,7 +115,11 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
         yield pool
     except BaseException:
         for child in set(multiprocessing.active_children()) - before:
-            child.terminate()
+            # SIGKILL, not SIGTERM: a worker forked a moment ago has not yet reached its
+            # initializer, so it still runs the script's own SIGTERM handler, and an exception
+            # raised there unwinds a copy of the script's stack in the child (in CI, coverage's
+            # handler failed there and the forked copy went on running the test session)
+            child.kill()
         # the pool's own thread sees its workers die, fails what they ran and reaps them (joining
         # them from here too would race it for their exit status)
         pool.shutdown(wait=True, cancel_futures=True)
