@@ -303,7 +303,7 @@ class RequestCore:
         self._scheduler.observe_tpot(request_id, tpot_seconds)
 
     def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None:
-        """The request's answer came whole (not streamed) ``seconds`` after dispatch, with
+        """The request's answer came whole (not streamed) ``seconds`` after it arrived, with
         ``output_tokens`` tokens; instead of the two above (None: nothing to learn)."""
         self._scheduler.observe_answer(request_id, seconds, output_tokens)
 

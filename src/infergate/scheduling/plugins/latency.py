@@ -469,7 +469,7 @@ class PredictedLatencyScorer:
         self._teach_tpot(key, st, predicted, tpot_seconds * 1000.0)
 
     def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None:
-        """The request's answer came whole (not streamed) ``seconds`` after dispatch with
+        """The request's answer came whole (not streamed) ``seconds`` after it arrived, with
         ``output_tokens`` tokens (None: nothing to learn).
 
         Nobody saw its first token or timed the rest, so the time is split by what the model

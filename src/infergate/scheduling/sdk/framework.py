@@ -184,7 +184,8 @@ class EndpointStateHolder(Protocol):
 @runtime_checkable
 class TtftObserver(Protocol):
     """Learns from outcomes: the observed time to first token of a request it helped schedule
-    (``None`` when the request failed first)."""
+    (``None`` when the request failed first), from when the gateway received the request, so a
+    wait in flow control's queues is part of it (docs/scheduling.md says why)."""
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None: ...
 
@@ -201,7 +202,7 @@ class TpotObserver(Protocol):
 @runtime_checkable
 class AnswerObserver(Protocol):
     """Learns from outcomes whose tokens nobody timed: a request it helped schedule whose answer
-    came whole (not streamed) took ``seconds`` from dispatch to its last byte for
+    came whole (not streamed) took ``seconds`` from its arrival at the gateway to its last byte for
     ``output_tokens`` tokens (``None``: nothing to learn). Called instead of ``observe_ttft`` and
     ``observe_tpot`` for that request; a plugin that observes those but not this one is told
     ``None`` by both, so it forgets the request all the same."""
