@@ -11,6 +11,7 @@ from infergate.config.picker import parse_picker_config
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.scheduling.plugins.latency import LatencyParams, LatencyRecord, PredictedLatencyScorer
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
+from infergate.scheduling.plugins.prefix_demand import PrefixDemand
 from infergate.scheduling.sdk.framework import CycleState
 from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest, SchedulingResult
@@ -94,12 +95,53 @@ def test_a_long_shared_prefix_keeps_its_affinity_while_the_backlog_is_smaller_th
     s = PredictedLatencyScorer(clock=clock)
     eps = [make_endpoint("a"), make_endpoint("b")]
     system = "s" * 32000  # 8k tokens of shared system prompt, short questions
+    for n in range(4):  # three other prompts asked for as often: this one carries a quarter
+        _pick(s, req(f"{n} other tenant " * 200, rid=f"o{n}"), eps)
     first = _pick(s, req(system + "q1"), eps)
     # 8k cached tokens save 200 ms; the backlog left there drains at 1 ms per ms
     clock.t += 0.25
     assert _pick(s, req(system + "q2"), eps) == first
     clock.t += 0.25
     assert _pick(s, req(system + "q3"), eps) == first
+
+
+def test_a_prefix_carrying_more_traffic_than_its_holders_spreads() -> None:
+    """One system prompt under every request, held by one of two servers: a share of 1 needs
+    both, so the second server is not charged the prefill the holder saves, and the next request
+    goes where fewer sequences run (before, the 200 ms saving kept it on the first)."""
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    eps = [make_endpoint("a"), make_endpoint("b")]
+    system = "s" * 32000
+    first = _pick(s, req(system + "q1", rid="1"), eps)
+    clock.t += 0.25
+    second = _pick(s, req(system + "q2", rid="2"), eps)
+    assert second != first
+    # both hold it now, so neither lacks it: every server's miss is charged again
+    assert sorted(s.index.match(s._hashes(req(system), 16))) == ["a:8000", "b:8000"]
+
+
+def test_prefix_demand_counts_shares_against_holders() -> None:
+    """A prefix is short of holders when fewer candidates hold it than its decayed share of the
+    recent requests times the candidates, and at least one does."""
+    d = PrefixDemand()
+    keys = ["a", "b", "c", "d"]
+    hot = list(range(1, 40))  # 39 blocks: known by its 32nd
+    assert d.short_of_holders(hot, {"a": 39}, keys, 0.0)  # share 1: needs 4, has 1
+    assert not d.short_of_holders(hot, {}, keys, 0.0)  # held nowhere: nothing to spread
+    assert not d.short_of_holders(hot, dict.fromkeys(keys, 39), keys, 0.0)  # all four hold it
+    assert d.short_of_holders(hot, {"a": 39, "b": 39, "c": 39, "d": 20}, keys, 0.0)  # d: 20 < 32
+    for n in range(12):  # twelve other prefixes, once each
+        d.short_of_holders([1000 + n], {}, keys, 0.0)
+    assert not d.short_of_holders(hot, {"a": 39, "b": 39}, keys, 0.0)  # 5/17 x 4 = 1.18 < 2
+    assert d.short_of_holders(hot, {"a": 39}, keys, 0.0)  # 6/18 x 4 = 1.33 > 1
+    # the counts decay over PREFIX_DEMAND_SECONDS: 50 s later the others have faded as much as
+    # hot's count, and a burst of a new prefix outweighs both
+    for _ in range(10):
+        d.short_of_holders([5000], {}, keys, 50.0)
+    assert not d.short_of_holders(hot, {"a": 39}, keys, 50.0)
+    # a prompt shorter than 32 blocks is known by all its blocks
+    assert d.short_of_holders([7, 8], {"a": 2}, keys, 50.0) is False  # 1 of ~11: needs < 1
 
 
 def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:
@@ -483,6 +525,14 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
             )
             for e in pool
         ]
+        held = [matched.get(e.key, 0) * block_tokens for e in pool]
+        if oracle._prefixes.short_of_holders(hashes, matched, [e.key for e in pool], clock.t):
+            # a prefix too few hold for its share: no charge for the blocks a holder has
+            top = min(max(held), prompt_tokens)
+            for i, e in enumerate(pool):
+                if held[i] < top:
+                    f = oracle._state[e.key].ttft_factor
+                    costs[i] -= (top - held[i]) * (params.prefill_ms_per_token / 1000.0) * f
         assert list(got.values()) == [min(costs) / c if c > 0 else 1.0 for c in costs], cycle
         assert fast._state == oracle._state, cycle  # the frontend brought up to now alike
         # both account the same pick and learn from the same answer: their histories stay equal

@@ -35,7 +35,9 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   higher), ``kv`` the KV tokens in use, and ``ρ(e)`` the share of ``e``'s time going to prefill
   (the recent rate of prefill work sent to ``e``, capped at 0.9): chunked prefill stretches every
   decode step of the streams already running.
-* ``cost(e) = TTFT(e) / ttftSlo + TPOT(e) / tpotSlo`` and ``score(e) = min_c cost(c) / cost(e)``.
+* ``cost(e) = TTFT(e) / ttftSlo + TPOT(e) / tpotSlo`` and ``score(e) = min_c cost(c) / cost(e)``;
+  for a prefix too few servers hold for its share of the traffic (:class:`PrefixDemand`), a
+  candidate lacking it is not charged the blocks the best holder has, so a hot prefix spreads.
 
 Every prediction is corrected online: the data plane reports each request's observed TTFT, and a
 per-endpoint factor (the exponentially weighted ratio of observed to predicted TTFT, clamped to
@@ -82,6 +84,7 @@ from infergate.scheduling.plugins.latency_state import (
     LatencyParams,
 )
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
+from infergate.scheduling.plugins.prefix_demand import PrefixDemand
 from infergate.scheduling.sdk.framework import CycleState, StateKey, candidate_keys
 from infergate.scheduling.sdk.scores import CandidateScores
 from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, SchedulingResult, typed_frozen
@@ -149,6 +152,7 @@ class PredictedLatencyScorer:
         self._avg_prefill_ms = 0.0  # over every request sent, any endpoint
         self._export: Callable[[AccountingRecord], None] | None = None
         self._adapters = AdapterDemand()  # the adapters requested recently: the slot shortage
+        self._prefixes = PrefixDemand()  # the prompt prefixes requested recently: their shares
 
     # ------------------------------------------------------------------ model
     def _state_of(self, key: str) -> EndpointState:
@@ -296,6 +300,23 @@ class PredictedLatencyScorer:
             out.append((ttft, tpot, uncached, prefill, frontend))
         return out
 
+    def _spread(
+        self,
+        costs: list[float],
+        keys: Sequence[str],
+        matched_tokens: Sequence[int],
+        prompt_tokens: int,
+        ttft_slo: float,
+    ) -> None:
+        """Take from each candidate's cost the prefill of the prefix blocks the best holder has
+        and it lacks (see :class:`PrefixDemand`)."""
+        top = max(matched_tokens)
+        top = prompt_tokens if prompt_tokens < top else top
+        per_token = self._p.prefill_ms_per_token / ttft_slo
+        for i, (key, held) in enumerate(zip(keys, matched_tokens, strict=True)):
+            if held < top:
+                costs[i] -= (top - held) * per_token * self._state[key].ttft_factor
+
     def _rate(self, st: EndpointState, now: float) -> float:
         """The endpoint's recent prefill utilisation, decayed to ``now``."""
         if st.rate_at <= 0.0:
@@ -334,6 +355,10 @@ class PredictedLatencyScorer:
         ttft_slo = p.ttft_slo_seconds * 1000.0
         tpot_slo = p.tpot_slo_seconds * 1000.0
         costs = [pred[0] / ttft_slo + pred[1] / tpot_slo for pred in predictions]
+        if self._prefixes.short_of_holders(hashes, matched, keys, now):
+            # a prefix too few servers hold for its share of the traffic: a candidate lacking
+            # it is not charged the blocks a holder has (the prediction itself stays as is)
+            self._spread(costs, keys, matched_tokens, prompt_tokens, ttft_slo)
         by_key = dict(zip(keys, predictions, strict=True))
         state.put(_CYCLE, _Cycle(hashes=hashes, prompt_tokens=prompt_tokens, predictions=by_key))
         best = min(costs)
