@@ -596,3 +596,19 @@ def test_accounting_a_pick_computes_the_documented_model_to_the_last_bit() -> No
         _reference_account(oracle, record)
         assert fast._state == oracle._state, n
         assert fast._avg_prefill_ms == oracle._avg_prefill_ms, n
+
+
+def test_prefix_demand_forgets_prompts_seen_once_before_a_hot_prefix() -> None:
+    """Unique prompts fill the counts; when they overflow, a prefix asked for again and again
+    keeps its count (its share stays known) and the prompts seen once are dropped."""
+    d = PrefixDemand()
+    keys = ["a", "b", "c", "d"]
+    hot = list(range(1, 40))
+    t = 0.0
+    for n in range(10_000):  # every other request hot, the rest unique: hot carries a half
+        t += 0.001
+        d.short_of_holders(hot if n % 2 else [10_000 + n], {}, keys, t)
+    assert len(d._counts) < 1000  # overflowed at 4,096 prefixes: those seen once were dropped
+    # hot's share is still a half: 4 candidates x 1/2 need 2 holders, it has 1 (had its count
+    # started again with the others', it would be a sixth of the decayed total, needing 0.6)
+    assert d.short_of_holders(hot, {"a": 39}, keys, t)

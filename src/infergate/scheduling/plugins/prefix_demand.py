@@ -30,7 +30,7 @@ conversation on one system prompt share it."""
 PREFIX_DEMAND_SECONDS = 10.0
 """The time constant over which each prefix's share of the requests is counted (decaying)."""
 
-_MAX_PREFIXES = 4096  # beyond this many prefixes counted, the counts start again
+_MAX_PREFIXES = 4096  # beyond this many prefixes counted, those asked for once are forgotten
 
 
 class PrefixDemand:
@@ -61,7 +61,7 @@ class PrefixDemand:
         count, at = counts.get(key, (0.0, now))
         count = count * math.exp(-(now - at) / tau) + 1.0 if now > at else count + 1.0
         if key not in counts and len(counts) >= _MAX_PREFIXES:
-            counts.clear()
+            self._counts = counts = self._recurring(now)
         counts[key] = (count, now)
         if not matched:
             return False
@@ -70,3 +70,10 @@ class PrefixDemand:
             if matched.get(k, 0) >= depth:
                 holders += 1
         return 0 < holders < count / total * len(keys)
+
+    def _recurring(self, now: float) -> dict[int, tuple[float, float]]:
+        """The counts of prefixes asked for more than once lately (their decayed count above 1);
+        the rest, mostly prompts seen once, make room. None of them if even those are too many."""
+        tau = PREFIX_DEMAND_SECONDS
+        kept = {k: v for k, v in self._counts.items() if v[0] * math.exp(-(now - v[1]) / tau) > 1.0}
+        return kept if len(kept) < _MAX_PREFIXES // 2 else {}
