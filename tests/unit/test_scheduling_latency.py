@@ -106,42 +106,47 @@ def test_a_long_shared_prefix_keeps_its_affinity_while_the_backlog_is_smaller_th
 
 
 def test_a_prefix_carrying_more_traffic_than_its_holders_spreads() -> None:
-    """One system prompt under every request, held by one of two servers: a share of 1 needs
-    both, so the second server is not charged the prefill the holder saves, and the next request
-    goes where fewer sequences run (before, the 200 ms saving kept it on the first)."""
+    """One system prompt under every request, a request every 0.25 s on two servers: shares are
+    of at least 20 requests, so once more than ten carried it (decayed), it needs both servers;
+    the one lacking it is not charged the prefill the holder saves and takes the next request.
+    Before, the 200 ms saving kept every request on the first (as in the affinity test above)."""
     clock = Clock()
     s = PredictedLatencyScorer(clock=clock)
     eps = [make_endpoint("a"), make_endpoint("b")]
     system = "s" * 32000
-    first = _pick(s, req(system + "q1", rid="1"), eps)
-    clock.t += 0.25
-    second = _pick(s, req(system + "q2", rid="2"), eps)
-    assert second != first
+    picks = []
+    for n in range(24):
+        picks.append(_pick(s, req(system + f"q{n}", rid=str(n)), eps))
+        clock.t += 0.25
+    assert picks[:11] == ["a:8000"] * 11  # too few requests to know a share: affinity as before
+    assert picks[11] == "b:8000"
     # both hold it now, so neither lacks it: every server's miss is charged again
     assert sorted(s.index.match(s._hashes(req(system), 16))) == ["a:8000", "b:8000"]
 
 
 def test_prefix_demand_counts_shares_against_holders() -> None:
     """A prefix is short of holders when fewer candidates hold it than its decayed share of the
-    recent requests times the candidates, and at least one does."""
+    recent requests (of at least 20) times the candidates, and at least one does."""
     d = PrefixDemand()
     keys = ["a", "b", "c", "d"]
     hot = list(range(1, 40))  # 39 blocks: known by its 32nd
+    assert not d.short_of_holders(hot, {"a": 39}, keys, 0.0)  # one request: 1/20 x 4 < 1
+    for _ in range(19):
+        d.short_of_holders(hot, {}, keys, 0.0)
     assert d.short_of_holders(hot, {"a": 39}, keys, 0.0)  # share 1: needs 4, has 1
     assert not d.short_of_holders(hot, {}, keys, 0.0)  # held nowhere: nothing to spread
     assert not d.short_of_holders(hot, dict.fromkeys(keys, 39), keys, 0.0)  # all four hold it
     assert d.short_of_holders(hot, {"a": 39, "b": 39, "c": 39, "d": 20}, keys, 0.0)  # d: 20 < 32
-    for n in range(12):  # twelve other prefixes, once each
+    for n in range(40):  # forty other prefixes, once each
         d.short_of_holders([1000 + n], {}, keys, 0.0)
-    assert not d.short_of_holders(hot, {"a": 39, "b": 39}, keys, 0.0)  # 5/17 x 4 = 1.18 < 2
-    assert d.short_of_holders(hot, {"a": 39}, keys, 0.0)  # 6/18 x 4 = 1.33 > 1
-    # the counts decay over PREFIX_DEMAND_SECONDS: 50 s later the others have faded as much as
-    # hot's count, and a burst of a new prefix outweighs both
+    assert not d.short_of_holders(hot, {"a": 39, "b": 39}, keys, 0.0)  # 25/65 x 4 = 1.54 < 2
+    assert d.short_of_holders(hot, {"a": 39}, keys, 0.0)  # 26/66 x 4 = 1.58 > 1
+    # the counts decay over PREFIX_DEMAND_SECONDS: 50 s later hot's count is about 1 of 20
     for _ in range(10):
         d.short_of_holders([5000], {}, keys, 50.0)
     assert not d.short_of_holders(hot, {"a": 39}, keys, 50.0)
     # a prompt shorter than 32 blocks is known by all its blocks
-    assert d.short_of_holders([7, 8], {"a": 2}, keys, 50.0) is False  # 1 of ~11: needs < 1
+    assert d.short_of_holders([7, 8], {"a": 2}, keys, 50.0) is False
 
 
 def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["HOT_PREFIX_BLOCKS", "PREFIX_DEMAND_SECONDS", "PrefixDemand"]
+__all__ = ["HOT_PREFIX_BLOCKS", "MIN_REQUESTS", "PREFIX_DEMAND_SECONDS", "PrefixDemand"]
 
 HOT_PREFIX_BLOCKS = 32
 """A prefix is known by its hash at this many blocks (512 tokens of 16), or the whole prompt if
@@ -29,6 +29,11 @@ conversation on one system prompt share it."""
 
 PREFIX_DEMAND_SECONDS = 10.0
 """The time constant over which each prefix's share of the requests is counted (decaying)."""
+
+MIN_REQUESTS = 20.0
+"""Shares are taken of at least this many (decayed) requests: the first requests a scheduler sees
+(a worker just started, a pool just switched on) would each look like the whole traffic, and a
+prefix one worker's first request finds cached by another worker's would be spread at once."""
 
 _MAX_PREFIXES = 4096  # beyond this many prefixes counted, those asked for once are forgotten
 
@@ -69,7 +74,7 @@ class PrefixDemand:
         for k in keys:
             if matched.get(k, 0) >= depth:
                 holders += 1
-        return 0 < holders < count / total * len(keys)
+        return 0 < holders < count / (total if total > MIN_REQUESTS else MIN_REQUESTS) * len(keys)
 
     def _recurring(self, now: float) -> dict[int, tuple[float, float]]:
         """The counts of prefixes asked for more than once lately (their decayed count above 1);
