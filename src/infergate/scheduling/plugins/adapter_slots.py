@@ -45,11 +45,9 @@ class AdapterDemand:
             self._last = last = {a: t for a, t in last.items() if now - t < ADAPTER_DEMAND_SECONDS}
         used = slots = 0
         resident = False
-        held_anywhere: set[str] = set()
         for e in candidates:
             m = e.metrics
             held = m.running_adapters | m.waiting_adapters if m.waiting_adapters else m.running_adapters
-            held_anywhere |= held
             resident = resident or adapter in held
             n = len(held)
             used += m.max_active_adapters if m.max_active_adapters < n else n
@@ -58,8 +56,12 @@ class AdapterDemand:
             return 0.0
         use = used / slots
         free = slots - used
-        if free <= 0:
+        if free <= 0:  # every slot taken: the adapters held anywhere need not be collected
             return use
+        held_anywhere: set[str] = set()
+        for e in candidates:
+            held_anywhere |= e.metrics.running_adapters
+            held_anywhere |= e.metrics.waiting_adapters
         window = ADAPTER_DEMAND_SECONDS
         homeless = sum(1 for a, t in last.items() if now - t < window and a not in held_anywhere)
         short = homeless / free

@@ -58,13 +58,11 @@ class PrefixDemand:
             return False
         depth = len(hashes) if len(hashes) < HOT_PREFIX_BLOCKS else HOT_PREFIX_BLOCKS
         key = hashes[depth - 1]
-        tau = PREFIX_DEMAND_SECONDS
-        elapsed = now - self._at
-        total = self._total * math.exp(-elapsed / tau) + 1.0 if elapsed > 0.0 else self._total + 1.0
+        total = _decayed(self._total, self._at, now) + 1.0
         self._total, self._at = total, now
         counts = self._counts
         count, at = counts.get(key, (0.0, now))
-        count = count * math.exp(-(now - at) / tau) + 1.0 if now > at else count + 1.0
+        count = _decayed(count, at, now) + 1.0
         if key not in counts and len(counts) >= _MAX_PREFIXES:
             self._counts = counts = self._recurring(now)
         counts[key] = (count, now)
@@ -79,6 +77,10 @@ class PrefixDemand:
     def _recurring(self, now: float) -> dict[int, tuple[float, float]]:
         """The counts of prefixes asked for more than once lately (their decayed count above 1);
         the rest, mostly prompts seen once, make room. None of them if even those are too many."""
-        tau = PREFIX_DEMAND_SECONDS
-        kept = {k: v for k, v in self._counts.items() if v[0] * math.exp(-(now - v[1]) / tau) > 1.0}
+        kept = {k: v for k, v in self._counts.items() if _decayed(v[0], v[1], now) > 1.0}
         return kept if len(kept) < _MAX_PREFIXES // 2 else {}
+
+
+def _decayed(value: float, at: float, now: float) -> float:
+    """``value`` counted at ``at``, decayed to ``now`` over ``PREFIX_DEMAND_SECONDS``."""
+    return value * math.exp(-(now - at) / PREFIX_DEMAND_SECONDS) if now > at else value
