@@ -86,3 +86,44 @@ async def test_a_streamed_answer_is_told_as_before() -> None:
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3}}\n\ndata: [DONE]\n\n'
     calls = await told(body(stream=True), 200, events + usage, "text/event-stream")
     assert [c[0] for c in calls] == ["ttft", "tpot"] and all(c[1] is not None for c in calls)
+
+
+class RecordingFlow:
+    """Flow control that holds each request 0.4 s, then lets it go; what it is told is recorded."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[Call] = []
+
+    async def admit(self, request: InferenceRequest) -> bool:
+        self.clock.t += 0.4
+        return True
+
+    def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+        return list(endpoints)
+
+    def observe_tpot(self, tpot_seconds: float) -> None:
+        self.calls.append(("tpot", tpot_seconds))
+
+    def observe_ttft(self, seconds: float) -> None:
+        self.calls.append(("ttft", seconds))
+
+
+async def test_a_stream_tells_flow_control_its_ttft_from_dispatch_and_its_tpot() -> None:
+    """The decode guard spends TTFT slack: it must see what a request takes once let go, not
+    the wait it was held for (the scheduler's TTFT correction counts from arrival)."""
+    clock = FakeClock()
+    sched = Recording(build_scheduler(default_picker_config(lora=True), rng=random.Random(1), clock=clock))
+    flow = RecordingFlow(clock)
+    d = Director(datastore=make_store(clock), scheduler=sched, flow=flow, clock=clock, rng=random.Random(7))
+    ctx = await d.handle_request(path="/v1/completions", headers={}, body=body(stream=True))
+    d.handle_response_headers(ctx, 200, {"content-type": "text/event-stream"})
+    clock.t += 1.5
+    d.handle_response_chunk(ctx, b'data: {"choices":[{"text":"a"}]}\n\n', end_of_stream=False)
+    clock.t += 1.0
+    rest = b'data: {"choices":[{"text":"a"}]}\n\n' * 2
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3}}\n\ndata: [DONE]\n\n'
+    d.handle_response_chunk(ctx, rest + usage, end_of_stream=True)
+    d.handle_response_complete(ctx)
+    assert sched.calls == [("ttft", pytest.approx(1.9)), ("tpot", pytest.approx(0.5))]
+    assert flow.calls == [("ttft", pytest.approx(1.5)), ("tpot", pytest.approx(0.5))]

@@ -252,7 +252,7 @@ def run_twin(
         if released is not None:
             dispatch(f, *f.waiting.pop(released), released=True)
         if len(flow) and f.timer_at is None:  # the controller's recheck / TTL timer
-            deadline = flow.next_deadline()
+            deadline = flow.next_wake(now)
             f.timer_at = now + flow.config.recheck_interval
             if deadline is not None:
                 f.timer_at = min(f.timer_at, deadline)
@@ -364,9 +364,16 @@ def run_twin(
             done,
         )
 
+    def observe_tpot(f: Front, i: int, seconds: float) -> None:
+        # what the data plane reports of a stream: to the scheduler, and to flow control's guard
+        f.core.observe_tpot(f"twin-{i}", seconds)
+        if f.flow is not None:
+            f.flow.observe_tpot(seconds, loop.now())
+
     def submit(f: Front, i: int, replica: Replica, tokens: list[int], lora: str | None, remote: int) -> None:
         req = requests[i]
         rec = records[i]
+        dispatched_at = loop.now()
 
         def on_output(out: RequestOutput) -> None:
             # sparse driver: only the first-token and final outputs arrive; the final one lists
@@ -376,18 +383,20 @@ def run_twin(
             if req.stream and i not in first_seen:  # the first token: the data plane reports the TTFT
                 first_seen.add(i)
                 f.core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
+                if f.flow is not None:  # and, counted from dispatch, flow control's decode guard
+                    f.flow.observe_ttft(out.now - dispatched_at + cfg.client_latency, out.now)
             elif req.stream and not out.finished and out.first_token_time is not None:
                 # the TPOT_REPORT_TOKENS-th token (mark_at): the data plane reports the mean gap
                 # after the first token so far
                 gaps = TPOT_REPORT_TOKENS - 1
-                f.core.observe_tpot(f"twin-{i}", (out.now - out.first_token_time) / gaps)
+                observe_tpot(f, i, (out.now - out.first_token_time) / gaps)
             if out.finished:
                 if isinstance(out, TimedOutput) and out.token_times:
                     times = out.token_times
                     rec.ttft = times[0] - T0 - rec.sent_at + cfg.client_latency
                     rec.itl = [b - a for a, b in itertools.pairwise(times)]
                     if req.stream and 1 < len(times) <= TPOT_REPORT_TOKENS:  # short: reported at its end
-                        f.core.observe_tpot(f"twin-{i}", (times[-1] - times[0]) / (len(times) - 1))
+                        observe_tpot(f, i, (times[-1] - times[0]) / (len(times) - 1))
                 rec.status = 200
                 rec.e2e = out.now - T0 - rec.sent_at + cfg.client_latency
                 if not req.stream:  # the answer came whole: its time and token count

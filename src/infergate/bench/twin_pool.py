@@ -21,7 +21,7 @@ from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError
 from infergate.flowcontrol.core import FlowCore
 from infergate.flowcontrol.queues import QueuedItem
-from infergate.flowcontrol.settings import flow_control_from_settings
+from infergate.flowcontrol.settings import decode_guard_from_settings, flow_control_from_settings
 from infergate.requestcontrol.core import RequestCore
 from infergate.scheduling.engine.scheduler import Scheduler
 from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
@@ -156,7 +156,7 @@ def flow_core(datastore: Datastore, settings: Settings | None) -> FlowCore:
     # no connection pool in the twin: requests reach the engine's queue
     chosen = settings if settings is not None else Settings()
     detector, config = flow_control_from_settings(chosen, pool_name="twin", connection_limit=None)
-    return FlowCore(datastore, detector=detector, config=config)
+    return FlowCore(datastore, detector=detector, config=config, guard=decode_guard_from_settings(chosen))
 
 
 @dataclass(slots=True, eq=False)

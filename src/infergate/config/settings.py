@@ -220,6 +220,18 @@ class FlowControlSettings(_Group):
     counter (vLLM's and trtllm-serve's ``request_success_total``, SGLang's ``num_requests_total``;
     an endpoint without one is named in a warning); unset (``null``): not counted, the reference's
     rule."""
+    tpot_slo: Seconds = 0.05
+    """The time-per-output-token bound the decode guard holds requests for: while the 90th
+    percentile of the TPOTs streamed requests reported over the last second is at or above it (and
+    their 10th percentile below it), newcomers wait up to ``tpot_hold`` so the running batches stop
+    growing. Set it to the pool's TPOT SLO (the predicted-latency scorer's ``tpotSloSeconds``)."""
+    ttft_slo: Seconds = 1.0
+    """The time-to-first-token bound the decode guard spends: it holds only while the 90th
+    percentile of recent TTFTs (from dispatch) plus ``tpot_hold`` stays within it. Set it to the
+    pool's TTFT SLO (the predicted-latency scorer's ``ttftSloSeconds``)."""
+    tpot_hold: Annotated[float, BeforeValidator(_duration), Field(ge=0)] = 0.5
+    """Longest a request waits for the decode guard (time to first token spent on the running
+    streams' TPOT); 0 turns the guard off."""
 
 
 class LimitsSettings(_Group):

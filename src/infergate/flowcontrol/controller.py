@@ -21,6 +21,7 @@ from infergate.datastore.store import Datastore
 from infergate.errors import NoCapacityError, RateLimitedError
 from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.core import Decision, FlowCore
+from infergate.flowcontrol.decode_guard import DecodeGuard
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.telemetry import GatewayMetrics
@@ -75,12 +76,13 @@ class FlowController:
     ) -> FlowController:
         """The ``flow_control`` settings group's controller for ``pool_name`` (see
         :func:`~infergate.flowcontrol.settings.flow_control_from_settings` for ``connection_limit``)."""
-        from infergate.flowcontrol.settings import flow_control_from_settings
+        from infergate.flowcontrol.settings import decode_guard_from_settings, flow_control_from_settings
 
         detector, config = flow_control_from_settings(
             settings, pool_name=pool_name, connection_limit=connection_limit
         )
-        return cls(datastore, detector=detector, clock=clock, config=config, metrics=metrics)
+        guard = decode_guard_from_settings(settings)
+        return cls(datastore, detector=detector, clock=clock, config=config, metrics=metrics, guard=guard)
 
     def __init__(
         self,
@@ -90,9 +92,10 @@ class FlowController:
         clock: Clock | None = None,
         config: FlowControlConfig = FlowControlConfig(),  # noqa: B008 - frozen value object
         metrics: GatewayMetrics | None = None,
+        guard: DecodeGuard | None = None,
     ) -> None:
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._core = FlowCore(datastore, detector=detector, config=config, metrics=metrics)
+        self._core = FlowCore(datastore, detector=detector, config=config, metrics=metrics, guard=guard)
         self._waiters: dict[QueuedItem, asyncio.Future[ItemState]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cycle_pending = False
@@ -115,6 +118,14 @@ class FlowController:
     def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
         """Candidates narrowed to endpoints with room now (see :meth:`FlowCore.with_room`)."""
         return self._core.with_room(endpoints, self._clock.now())
+
+    def observe_tpot(self, tpot_seconds: float) -> None:
+        """A streamed request's time per output token after the first (the decode guard's input)."""
+        self._core.observe_tpot(tpot_seconds, self._clock.now())
+
+    def observe_ttft(self, seconds: float) -> None:
+        """A request's time to first token counted from its dispatch (the decode guard's input)."""
+        self._core.observe_ttft(seconds, self._clock.now())
 
     def queued(self) -> int:
         """Requests waiting right now."""
@@ -240,7 +251,7 @@ class FlowController:
                 self._timer = None
             return
         delay = self._core.config.recheck_interval
-        deadline = self._core.next_deadline()
+        deadline = self._core.next_wake(self._clock.now())
         if deadline is not None:
             delay = min(delay, max(0.0, deadline - self._clock.now()))
         when = loop.time() + delay

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.config import FlowControlConfig
+from infergate.flowcontrol.decode_guard import DecodeGuard
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.telemetry import GatewayMetrics
@@ -61,6 +62,8 @@ class FlowCore:
         detector: the saturation rule.
         config: capacities, TTL and whether queueing is enabled at all.
         metrics: where to record; None records nothing.
+        guard: holds newcomers briefly while streams decode slower than the TPOT bound
+            (:mod:`infergate.flowcontrol.decode_guard`); None never holds.
     """
 
     def __init__(
@@ -70,9 +73,13 @@ class FlowCore:
         detector: SaturationDetector,
         config: FlowControlConfig | None = None,
         metrics: GatewayMetrics | None = None,
+        guard: DecodeGuard | None = None,
     ) -> None:
         self._ds = datastore
         self._detector = detector
+        self._guard = guard
+        self._held = False  # the guard's last verdict (its gauge is set on a change)
+        self._cap: int | None = None
         self._config = config if config is not None else FlowControlConfig()
         self._metrics = metrics
         self._queues = PriorityQueues()
@@ -109,6 +116,38 @@ class FlowCore:
 
     def snapshot(self) -> list[BandSnapshot]:
         return self._queues.snapshot()
+
+    @property
+    def guard(self) -> DecodeGuard | None:
+        return self._guard
+
+    def observe_tpot(self, tpot_seconds: float, now: float) -> None:
+        """A streamed request's time per output token after the first (for the decode guard)."""
+        if self._guard is not None:
+            self._guard.observe(tpot_seconds, now)
+
+    def observe_ttft(self, seconds: float, now: float) -> None:
+        """A request's time to first token counted from its dispatch (for the decode guard)."""
+        if self._guard is not None:
+            self._guard.observe_ttft(seconds, now)
+
+    def _holding(self, now: float) -> bool:
+        guard = self._guard
+        if guard is None:
+            return False
+        holding = guard.holding(now)
+        if holding is not self._held:
+            # the pool's in-flight count when the guard started to hold: it may not grow past it
+            self._cap = self._in_flight() if holding else None
+            if self._metrics is not None:
+                self._metrics.fc_decode_guard_holding.labels(inference_pool=self.pool_name()).set(
+                    int(holding)
+                )
+        self._held = holding
+        return holding and (self._cap is None or self._in_flight() >= self._cap)
+
+    def _in_flight(self) -> int:
+        return sum(e.in_flight for e in self._ds.endpoints())
 
     def pool_name(self) -> str:
         pool = self._ds.pool
@@ -201,10 +240,11 @@ class FlowCore:
     def offer(self, request: InferenceRequest, now: float, *, pending: int = 0) -> Offer:
         """Decide for a newly arrived request.
 
-        Nothing waiting and the pool not saturated is the fast path: admit. Otherwise a sheddable
-        request (priority < 0) is rejected if the pool is saturated or others already wait (it
-        would only wait behind them, which is what shedding avoids); any other request joins its
-        band's flow queue, unless that would exceed a capacity, which rejects it. A request never
+        Nothing waiting, the pool not saturated and the decode guard not holding is the fast path:
+        admit. Otherwise a sheddable request (priority < 0) is rejected if the pool is saturated,
+        the guard holds or others already wait (it would only wait behind them, which is what
+        shedding avoids); any other request joins its band's flow queue, unless that would exceed
+        a capacity, which rejects it. A request never
         overtakes queued ones: while anything waits, newcomers queue too, and the dispatcher
         decides the order. ``pending``: requests the caller released that are not in flight yet;
         the pool is judged as if they had landed (see :meth:`saturation`).
@@ -219,7 +259,7 @@ class FlowCore:
                 return self._reject(request, Decision.REJECT_SHED)
             self._observe_wait(request, ItemState.DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
-        saturated = level >= self.threshold(request.priority)
+        saturated = level >= self.threshold(request.priority) or self._holding(now)
         if not saturated and not self._queues:
             self._observe_wait(request, ItemState.DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
@@ -249,7 +289,8 @@ class FlowCore:
         Only the head of the highest non-empty band is considered (head-of-line blocking, as in
         the reference, so a lower band never overtakes a higher one). Call again after the released
         request was scheduled (its in-flight count is then visible), or at once with ``pending``
-        counting the released requests not yet in flight (see :meth:`saturation`).
+        counting the released requests not yet in flight (see :meth:`saturation`). While the
+        decode guard holds, the head goes only once it has waited the guard's ``hold``.
         """
         head = self._queues.peek()
         if head is None:
@@ -257,6 +298,9 @@ class FlowCore:
         started = time.perf_counter()
         try:
             if self.saturation(now, pending) >= self.threshold(head.priority):
+                return None
+            guard = self._guard
+            if guard is not None and now < guard.released_at(head.enqueued_at) and self._holding(now):
                 return None
             item = self._queues.pop()
             assert item is not None
@@ -302,6 +346,19 @@ class FlowCore:
         while self._deadlines and self._deadlines[0][2].state is not ItemState.QUEUED:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
+
+    def next_wake(self, now: float) -> float | None:
+        """When the dispatcher must look again without any datastore change: the earliest TTL
+        deadline or, while it is ahead, the time the decode guard lets the head go (once that has
+        passed, a head still queued waits for room, and datastore changes wake the dispatcher)."""
+        deadline = self.next_deadline()
+        head = self._queues.peek() if self._guard is not None else None
+        if head is None or self._guard is None:
+            return deadline
+        release = self._guard.released_at(head.enqueued_at)
+        if release <= now:
+            return deadline
+        return release if deadline is None or release < deadline else deadline
 
     def drain(self, now: float) -> list[QueuedItem]:
         """Remove every queued request (shutdown); each is marked rejected."""

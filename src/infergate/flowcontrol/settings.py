@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from infergate.config.settings import Settings
 from infergate.flowcontrol.config import FOLLOW_DEFAULT_TTL, FlowControlConfig
+from infergate.flowcontrol.decode_guard import DecodeGuard
 from infergate.flowcontrol.saturation import SaturationDetector
 
-__all__ = ["flow_control_from_settings"]
+__all__ = ["decode_guard_from_settings", "flow_control_from_settings"]
 
 
 def flow_control_from_settings(
@@ -47,3 +48,12 @@ def flow_control_from_settings(
         headroom=s.headroom,
     )
     return detector, config
+
+
+def decode_guard_from_settings(settings: Settings) -> DecodeGuard | None:
+    """The decode guard ``settings`` ask for; None when ``flow_control.tpot_hold`` is 0 or flow
+    control is off (``--no-flow-control`` queues nothing, so nothing can be held)."""
+    s = settings.flow_control
+    if not s.enabled or s.tpot_hold <= 0:
+        return None
+    return DecodeGuard(tpot_slo=s.tpot_slo, ttft_slo=s.ttft_slo, hold=s.tpot_hold)

@@ -64,6 +64,8 @@ class RequestContext:
     target: Endpoint
     attempts: int
     started_at: float
+    dispatched_at: float | None = None
+    """When flow control let the request go and it was scheduled (None: at ``started_at``)."""
     status: int | None = None
     first_byte_at: float | None = None
     first_token_at: float | None = None

@@ -62,6 +62,8 @@ _MAX_BUFFERED_RESPONSE = 8 << 20
 class FlowControllerLike(Protocol):
     async def admit(self, request: InferenceRequest) -> bool: ...
     def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
+    def observe_tpot(self, tpot_seconds: float) -> None: ...
+    def observe_ttft(self, seconds: float) -> None: ...
 
 
 _MAX_SERIES = 1000
@@ -303,6 +305,7 @@ class Director:
             target=result.primary,
             attempts=1,
             started_at=started,
+            dispatched_at=self._clock.now(),
             subset=subset,
             released=released,
             _trace=trace,
@@ -408,6 +411,9 @@ class Director:
                 self._ds.release_tokens(ctx._held, ctx._held_tokens)
                 ctx._held_tokens = 0
             self._core.observe_ttft(ctx.request_id, ctx.first_token_at - ctx.started_at)
+            if self._flow is not None:  # the decode guard's TTFT slack: counted from dispatch
+                dispatched = ctx.started_at if ctx.dispatched_at is None else ctx.dispatched_at
+                self._flow.observe_ttft(ctx.first_token_at - dispatched)
         ctx.response_bytes += len(chunk)
         if ctx._sse is not None:
             ctx._sse.feed(chunk)
@@ -450,14 +456,21 @@ class Director:
         if not failed and ctx.first_token_at is not None and counted > 1 and ctx.completion_tokens is None:
             self._report_tpot(ctx, counted, now)
         else:
-            self._core.observe_tpot(ctx.request_id, per_token)
+            self._tell_tpot(ctx, per_token)
 
     def _report_tpot(self, ctx: RequestContext, tokens: int, now: float) -> None:
         """Tell the scheduler the stream's mean time per token after the first, once per request."""
         ctx._tpot_at = 0
         ctx._tpot_reported = True
         assert ctx.first_token_at is not None
-        self._core.observe_tpot(ctx.request_id, max(0.0, (now - ctx.first_token_at) / (tokens - 1)))
+        self._tell_tpot(ctx, max(0.0, (now - ctx.first_token_at) / (tokens - 1)))
+
+    def _tell_tpot(self, ctx: RequestContext, seconds: float | None) -> None:
+        """A stream's time per token after the first: to the scheduler (its TPOT correction) and
+        to flow control (its decode guard); None tells the scheduler there is nothing to learn."""
+        self._core.observe_tpot(ctx.request_id, seconds)
+        if seconds is not None and self._flow is not None:
+            self._flow.observe_tpot(seconds)
 
     @staticmethod
     def _take_usage(ctx: RequestContext, usage: Usage | None) -> None:

@@ -444,6 +444,14 @@ class GatewayMetrics:
             ("priority", "reason"),
         )
 
+        self.fc_decode_guard_holding = Gauge(
+            "infergate_flow_control_decode_guard_holding",
+            "1 while flow control's decode guard holds newcomers (streams decode slower than "
+            "flow_control.tpot_slo and TTFTs leave room for flow_control.tpot_hold), else 0.",
+            ("inference_pool",),
+            registry=r,
+        )
+
         # --- data plane (no reference counterpart) -----------------------------------------------
         self.retry_refused_total = Counter(
             "infergate_request_retry_refused",
