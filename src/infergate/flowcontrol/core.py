@@ -132,6 +132,8 @@ class FlowCore:
             self._guard.observe_ttft(seconds, now)
 
     def _holding(self, now: float) -> bool:
+        """Whether the decode guard keeps requests back now: it holds, and the pool has as many
+        requests in flight as when it began to hold (the count it may not grow past)."""
         guard = self._guard
         if guard is None:
             return False
@@ -290,7 +292,8 @@ class FlowCore:
         the reference, so a lower band never overtakes a higher one). Call again after the released
         request was scheduled (its in-flight count is then visible), or at once with ``pending``
         counting the released requests not yet in flight (see :meth:`saturation`). While the
-        decode guard holds, the head goes only once it has waited the guard's ``hold``.
+        decode guard holds, the head goes once the pool has fewer requests in flight than when
+        holding began (one finished) or once it has waited the guard's ``hold``.
         """
         head = self._queues.peek()
         if head is None:
