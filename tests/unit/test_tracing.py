@@ -28,6 +28,12 @@ class PassingFlow:
     async def admit(self, request: object) -> bool:
         return False
 
+    def observe_tpot(self, tpot_seconds: float) -> None:
+        pass
+
+    def observe_ttft(self, seconds: float) -> None:
+        pass
+
 
 def traced_director() -> tuple[Director, InMemorySpanExporter]:
     clock = FakeClock()
