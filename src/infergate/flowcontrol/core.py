@@ -79,7 +79,7 @@ class FlowCore:
         self._detector = detector
         self._guard = guard
         self._held = False  # the guard's last verdict (its gauge is set on a change)
-        self._cap: int | None = None
+        self._cap = 0  # the in-flight count the held pool may not grow past (while holding)
         self._config = config if config is not None else FlowControlConfig()
         self._metrics = metrics
         self._queues = PriorityQueues()
@@ -139,14 +139,15 @@ class FlowCore:
             return False
         holding = guard.holding(now)
         if holding is not self._held:
-            # the pool's in-flight count when the guard started to hold: it may not grow past it
-            self._cap = self._in_flight() if holding else None
+            self._held = holding
+            # the pool's in-flight count when the guard began to hold: it may not grow past it
+            self._cap = self._in_flight() if holding else 0
             if self._metrics is not None:
                 self._metrics.fc_decode_guard_holding.labels(inference_pool=self.pool_name()).set(
                     int(holding)
                 )
-        self._held = holding
-        return holding and (self._cap is None or self._in_flight() >= self._cap)
+            return holding  # holding just began: the pool is at that count
+        return holding and self._in_flight() >= self._cap
 
     def _in_flight(self) -> int:
         return sum(e.in_flight for e in self._ds.endpoints())
@@ -355,13 +356,13 @@ class FlowCore:
         deadline or, while it is ahead, the time the decode guard lets the head go (once that has
         passed, a head still queued waits for room, and datastore changes wake the dispatcher)."""
         deadline = self.next_deadline()
-        head = self._queues.peek() if self._guard is not None else None
+        head = self._queues.peek()
         if head is None or self._guard is None:
             return deadline
         release = self._guard.released_at(head.enqueued_at)
-        if release <= now:
+        if release <= now or (deadline is not None and deadline <= release):
             return deadline
-        return release if deadline is None or release < deadline else deadline
+        return release
 
     def drain(self, now: float) -> list[QueuedItem]:
         """Remove every queued request (shutdown); each is marked rejected."""

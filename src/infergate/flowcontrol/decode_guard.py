@@ -100,19 +100,19 @@ class DecodeGuard:
         return self._holding
 
     def _tpot_over(self) -> bool:
-        n = len(self._samples)
-        if n < self.min_samples:
-            return False
-        ordered = sorted(t for _, t in self._samples)
+        ordered = self._ordered(self._samples)
         slo = self.tpot_slo
-        return ordered[(9 * n) // 10] >= slo and ordered[n // 10] < slo
+        return (
+            bool(ordered) and ordered[(9 * len(ordered)) // 10] >= slo and ordered[len(ordered) // 10] < slo
+        )
 
     def _ttft_to_spare(self) -> bool:
-        n = len(self._ttfts)
-        if n < self.min_samples:
-            return False
-        ordered = sorted(t for _, t in self._ttfts)
-        return ordered[(9 * n) // 10] + self.hold <= self.ttft_slo
+        ordered = self._ordered(self._ttfts)
+        return bool(ordered) and ordered[(9 * len(ordered)) // 10] + self.hold <= self.ttft_slo
+
+    def _ordered(self, samples: deque[tuple[float, float]]) -> list[float]:
+        """The window's values in order; empty below ``min_samples`` (too few to judge by)."""
+        return sorted(t for _, t in samples) if len(samples) >= self.min_samples else []
 
     @property
     def kept(self) -> tuple[int, int]:
