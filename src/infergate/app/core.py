@@ -25,6 +25,8 @@ from infergate.sources.scraper import MetricsScraper
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
 
+from .pool_slo import reconcile_slo
+
 __all__ = ["PickerCore", "build_core", "start_plugin_tasks"]
 
 
@@ -60,8 +62,9 @@ def build_core(
     connections per endpoint when requests beyond it wait inside the gateway (the built-in proxy);
     ``None`` when they reach the model server's own queue (Envoy), so they are not counted twice.
     """
-    # flowControl / saturationDetector / featureGates of the config refine the settings.
-    s = apply_sections(picker, settings)
+    # flowControl / saturationDetector / featureGates of the config refine the settings; the
+    # predicted-latency scorer and the decode guard then share one SLO.
+    picker, s = reconcile_slo(picker, apply_sections(picker, settings))
     decisions = DecisionLog()
     scheduler = build_scheduler(picker, metrics=metrics, rng=rng, clock=clock, decision_log=decisions)
     # endpoint departure reaches every plugin that keeps per-endpoint state

@@ -121,6 +121,7 @@ def run_twin_sweep(
     tutorial pool otherwise) or a whole :class:`PoolShape`.
     """
     from infergate.bench.twin import TwinConfig, run_twin
+    from infergate.bench.twin_pool import settings_for_slo
 
     shape = replicas if isinstance(replicas, PoolShape) else PoolShape(replicas=replicas)
     mapping = map_models(requests, shape)
@@ -132,6 +133,7 @@ def run_twin_sweep(
         profiles=shape.profiles,
         seed=seed,
         time_scale=time_scale,
+        settings=settings_for_slo(slo),
     )
     results = []
     for rate in qps:
@@ -257,6 +259,7 @@ def run_matrix_sweep(
         peer_venvs=list(args.peer_venv),
         seed=args.seed,
         workdir=args.out / "matrix",
+        slo=slo,
     )
     with Progress(
         TextColumn("{task.description}"),

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,6 +39,7 @@ from infergate.bench.stats import Slo, summarise
 from infergate.bench.strategies import picker_config, resolve_strategy, strategy_names
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import dump_picker_config
+from infergate.config.settings import ENV_PREFIX
 
 __all__ = [
     "DEFAULT_ADAPTERS",
@@ -48,6 +49,7 @@ __all__ = [
     "default_matrix_strategies",
     "replica_argv",
     "run_matrix",
+    "told_slo",
 ]
 
 log = logging.getLogger("infergate.bench.matrix")
@@ -85,6 +87,9 @@ class MatrixConfig:
     fresh_per_load: bool = True  # new replicas and router for every load point, not only per strategy
     python: str = sys.executable
     gateway_workers: int = 1  # infergate serve --workers (proxy.workers)
+    slo: Slo | None = None
+    """The SLO infergate's strategies are told (its flow control and predicted-latency scorer judge
+    by it, as an operator would configure them); None: the gateway's defaults (1 s, 50 ms)."""
 
 
 @dataclass
@@ -95,6 +100,13 @@ class MatrixOutcome:
     results: list[RunResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     load_series: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
+
+
+def told_slo(env: Mapping[str, str], slo: Slo | None) -> dict[str, str]:
+    """``env`` for an ``infergate serve`` that is told ``slo`` (``INFERGATE_FLOW_CONTROL__*_SLO``),
+    so its decode guard and predicted-latency scorer judge by the bounds the run is judged by."""
+    told = slo.gateway_settings() if slo is not None else {}
+    return {**env, **{ENV_PREFIX + k.upper().replace(".", "__"): repr(v) for k, v in told.items()}}
 
 
 def default_matrix_strategies() -> list[str]:
@@ -216,9 +228,8 @@ class _Stack:
             "--grace", "2", "--log-level", "warning",
             *(["--workers", str(cfg.gateway_workers)] if cfg.gateway_workers > 1 else []),
         ]  # fmt: skip
-        self.router = ChildProcess(
-            f"infergate serve ({strategy})", argv, self.folder / "router.log", self._env
-        )
+        env = told_slo(self._env, cfg.slo)
+        self.router = ChildProcess(f"infergate serve ({strategy})", argv, self.folder / "router.log", env)
         self.base_url = f"http://{cfg.host}:{port}"
         admin_url = f"http://{cfg.host}:{admin}"
         wanted = {r.name for r in self.replicas}

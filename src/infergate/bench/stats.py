@@ -58,6 +58,12 @@ class Slo:
             return False
         return math.isnan(s.tpot_p90) or s.tpot_p90 < self.tpot_s
 
+    def gateway_settings(self) -> dict[str, float]:
+        """The gateway settings that tell infergate these bounds (dotted names): its flow control's
+        decode guard judges by them, and the predicted-latency scorer takes them too (the gateway
+        gives a pool one SLO). A router told the SLO it is judged by is what an operator runs."""
+        return {"flow_control.ttft_slo": self.ttft_s, "flow_control.tpot_slo": self.tpot_s}
+
     def met(self, r: RequestRecord) -> bool:
         if not r.ok or r.ttft is None or r.ttft >= self.ttft_s:
             return False

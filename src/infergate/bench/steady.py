@@ -30,6 +30,7 @@ from infergate.bench.loadgen import RequestRecord
 from infergate.bench.stats import Slo, SloRate, Summary, find_slo_rate, slo_rate_of_sweep, summarise
 from infergate.bench.strategies import BASE_MODEL
 from infergate.bench.twin import TwinConfig, run_twin
+from infergate.bench.twin_pool import settings_for_slo
 from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec, stream
 from infergate.config.picker import EndpointPickerConfig
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop
@@ -372,7 +373,9 @@ class SteadyRunner:
                 Objective(name=o.name, priority=o.priority, pool="twin") for o in spec.objectives
             ),
         )
-        self.config = replace(config, **self.pool_overrides)
+        config = replace(config, **self.pool_overrides)
+        # the gateway is told the SLO it is judged by (its decode guard and latency scorer use it)
+        self.config = replace(config, settings=settings_for_slo(self.slo, config.settings))
         self.sheddable = {o.name for o in spec.objectives if o.priority < 0}
         self.points: dict[tuple[str, float], PointResult] = {}
         self.scout_cpu_s = 0.0  # CPU and requests of scouting runs (not in ``points``)

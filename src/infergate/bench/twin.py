@@ -40,6 +40,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from infergate.app.pool_slo import reconcile_slo
 from infergate.app.workers.affinity import (
     SharedPrefixIndex,
     share_latency_accounting,
@@ -63,6 +64,7 @@ from infergate.bench.twin_pool import (
 )
 from infergate.bench.workloads import BenchRequest
 from infergate.config.picker import EndpointPickerConfig
+from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import RequestError
 from infergate.flowcontrol.core import Decision
@@ -151,17 +153,18 @@ def run_twin(
         for rewrite in cfg.rewrites:
             datastore.upsert_rewrite(rewrite)
         scheduler: Scheduler | None = None
+        settings = cfg.settings
         if not named.greedy:
-            scheduler = build_scheduler(
-                picker or picker_config(named.base), rng=random.Random(cfg.seed + n), clock=loop
-            )
+            # one SLO for the scorer and the decode guard, as the gateway's build_core reconciles them
+            chosen, settings = reconcile_slo(picker or picker_config(named.base), settings or Settings())
+            scheduler = build_scheduler(chosen, rng=random.Random(cfg.seed + n), clock=loop)
         # greedy-true-state picks by itself; the core still resolves its requests (its scheduler is never run)
         core = RequestCore(
             datastore=datastore,
             scheduler=scheduler if scheduler is not None else NoScheduler(),
             rng=random.Random(cfg.seed + n),
         )
-        flow = flow_core(datastore, cfg.settings) if use_flow_control and scheduler is not None else None
+        flow = flow_core(datastore, settings) if use_flow_control and scheduler is not None else None
         return Front(datastore, scheduler, core, flow)
 
     fronts = [front(n) for n in range(max(1, cfg.gateway_workers))]

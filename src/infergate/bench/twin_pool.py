@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from infergate.bench.loadgen import RequestRecord
+from infergate.bench.stats import Slo
 from infergate.bench.strategies import BASE_MODEL
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
@@ -49,6 +50,7 @@ __all__ = [
     "feed_kv_events",
     "flow_core",
     "metrics_of",
+    "settings_for_slo",
     "share",
     "true_state_pick",
 ]
@@ -148,6 +150,14 @@ class Replica:
         self.engine = engine
         self.driver = driver
         self.requests = 0
+
+
+def settings_for_slo(slo: Slo, base: Settings | None = None) -> Settings | None:
+    """``base`` (default: the defaults) with the gateway told ``slo`` (:meth:`Slo.gateway_settings`);
+    ``base`` itself when ``slo`` is the default SLO, so default runs build nothing new."""
+    if slo.ttft_s == Slo().ttft_s and slo.tpot_s == Slo().tpot_s:
+        return base
+    return (base or Settings()).replace(dict(slo.gateway_settings()))
 
 
 def flow_core(datastore: Datastore, settings: Settings | None) -> FlowCore:
