@@ -92,6 +92,18 @@ def test_settings_build_the_guard_or_none() -> None:
     assert g is not None and g.tpot_slo == pytest.approx(0.08)
 
 
+def test_the_guard_is_measured_in_ttft_slos() -> None:
+    """A pool told a ten times larger SLO (replicas ten times slower) judges over ten seconds of
+    reports and holds up to five; an explicit hold stays as set."""
+    slow = Settings().replace({"flow_control.ttft_slo": 10, "flow_control.tpot_slo": 0.5})
+    g = decode_guard_from_settings(slow)
+    assert g is not None and (g.window, g.hold) == (10.0, 5.0)
+    g = decode_guard_from_settings(slow.replace({"flow_control.tpot_hold": "300ms"}))
+    assert g is not None and (g.window, g.hold) == (10.0, pytest.approx(0.3))
+    g = decode_guard_from_settings(Settings())
+    assert g is not None and (g.window, g.hold) == (1.0, 0.5)
+
+
 def _store() -> Datastore:
     """One endpoint running 100 requests, scraped at 100 s with nothing waiting: never saturated."""
     ds = Datastore(_Clock(), staleness=2.0)

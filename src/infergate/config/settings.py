@@ -222,17 +222,20 @@ class FlowControlSettings(_Group):
     rule."""
     tpot_slo: Seconds = 0.05
     """The time-per-output-token bound the decode guard holds requests for: while the 90th
-    percentile of the TPOTs streamed requests reported over the last second is at or above it (and
-    their 10th percentile below it), newcomers wait up to ``tpot_hold`` so the running batches stop
-    growing. The pool's TPOT SLO, shared with the predicted-latency scorer (its ``tpotSloSeconds``,
-    when given, sets this; set here, it reaches a scorer that gives none; two values are refused)."""
+    percentile of the TPOTs streamed requests reported over the last ``ttft_slo`` seconds is at or
+    above it (and their 10th percentile below it), newcomers wait up to ``tpot_hold`` so the
+    running batches stop growing. The pool's TPOT SLO, shared with the predicted-latency scorer
+    (its ``tpotSloSeconds``, when given, sets this; set here, it reaches a scorer that gives none;
+    two values are refused)."""
     ttft_slo: Seconds = 1.0
     """The time-to-first-token bound the decode guard spends: it holds only while the 90th
     percentile of recent TTFTs (from dispatch) plus ``tpot_hold`` stays within it. Set it to the
     pool's TTFT SLO, shared with the predicted-latency scorer as ``tpot_slo`` is (``ttftSloSeconds``)."""
-    tpot_hold: Annotated[float, BeforeValidator(_duration), Field(ge=0)] = 0.5
+    tpot_hold: Annotated[float, BeforeValidator(_duration), Field(ge=0)] | None = None
     """Longest a request waits for the decode guard (time to first token spent on the running
-    streams' TPOT); 0 turns the guard off."""
+    streams' TPOT); unset: half of ``ttft_slo`` (0.5 s by default); 0 turns the guard off. The guard
+    judges over the last ``ttft_slo`` seconds of reports, so with both unset it scales with the SLO
+    (a pool of slower replicas, e.g. a bigger model, is told a larger SLO and nothing else)."""
 
 
 class LimitsSettings(_Group):

@@ -52,8 +52,15 @@ def flow_control_from_settings(
 
 def decode_guard_from_settings(settings: Settings) -> DecodeGuard | None:
     """The decode guard ``settings`` ask for; None when ``flow_control.tpot_hold`` is 0 or flow
-    control is off (``--no-flow-control`` queues nothing, so nothing can be held)."""
+    control is off (``--no-flow-control`` queues nothing, so nothing can be held).
+
+    Its window is one TTFT SLO and its hold, unless set, half of one: at the default 1 s, reports
+    of the last second and holds of up to 0.5 s (what the twin measured); a pool told a ten times
+    larger SLO (replicas ten times slower) gets a guard ten times slower, with as many reports to
+    judge by at its ten times lower rate.
+    """
     s = settings.flow_control
-    if not s.enabled or s.tpot_hold <= 0:
+    hold = s.ttft_slo / 2 if s.tpot_hold is None else s.tpot_hold
+    if not s.enabled or hold <= 0:
         return None
-    return DecodeGuard(tpot_slo=s.tpot_slo, ttft_slo=s.ttft_slo, hold=s.tpot_hold)
+    return DecodeGuard(tpot_slo=s.tpot_slo, ttft_slo=s.ttft_slo, hold=hold, window=s.ttft_slo)
