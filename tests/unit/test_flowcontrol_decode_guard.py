@@ -126,7 +126,7 @@ def _req(name: str, priority: int = 0) -> InferenceRequest:
     return InferenceRequest(request_id=name, model="m", target_model="m", priority=priority)
 
 
-def test_a_held_request_goes_after_hold_seconds_or_when_the_guard_lets_go() -> None:
+def test_a_held_request_goes_after_hold_seconds_or_when_a_request_finishes() -> None:
     guard = guard_of()
     core = _core(guard)
     assert core.offer(_req("before"), 99.9).decision is Decision.ADMIT  # nothing reported yet
@@ -142,9 +142,44 @@ def test_a_held_request_goes_after_hold_seconds_or_when_the_guard_lets_go() -> N
     # TTL, not a time in the past (which spun the dispatcher without moving the clock)
     assert core.next_wake(100.8) == pytest.approx(130.2)
     reports(guard, [0.03] * 200, at=100.6)  # the batches shrank: the guard lets go
-    popped = core.pop_ready(100.6)
+    assert core.pop_ready(100.6) is None  # but what it held still waits: no burst of prefills
+    assert core.offer(_req("c"), 100.6).decision is Decision.QUEUED  # behind it
+    popped = core.pop_ready(100.7)  # b's hold is over
     assert popped is not None and popped.request.request_id == "b"
-    assert core.offer(_req("c"), 100.6).decision is Decision.ADMIT
+    popped = core.pop_ready(101.1)
+    assert popped is not None and popped.request.request_id == "c"
+    assert core.offer(_req("d"), 101.1).decision is Decision.ADMIT  # drained: the cap is gone
+
+
+def test_after_the_guard_lets_go_its_queue_drains_one_per_finished_request() -> None:
+    """Releasing everything the guard held the moment it let go started their prefills together
+    and pushed the streams back over the bound (twin, many-tenants); they go as requests finish."""
+    guard = guard_of()
+    ds = _store()
+    core = _core(guard, ds=ds)
+    for _ in range(3):
+        ds.acquire(META.key)
+    reports(guard, [0.03] * 10 + [0.07] * 10, at=100.0)
+    held = [core.offer(_req(n), 100.0).item for n in "abc"]
+    assert all(h is not None for h in held)
+    reports(guard, [0.03] * 200, at=100.1)  # the guard lets go
+    assert core.pop_ready(100.1) is None
+    ds.release(META.key)  # one finished
+    assert core.pop_ready(100.1) is held[0]
+    ds.acquire(META.key)  # it is in flight
+    assert core.pop_ready(100.1) is None
+
+
+def test_with_no_ttft_to_spare_the_queue_goes_at_once() -> None:
+    """Once TTFTs from dispatch leave no room for a whole hold, keeping requests back would cost
+    them their TTFT bound: what the guard held goes at once."""
+    guard = guard_of()
+    core = _core(guard)
+    reports(guard, [0.03] * 10 + [0.07] * 10, at=100.0)
+    held = [core.offer(_req(n), 100.0).item for n in "ab"]
+    reports(guard, [0.07] * 200, at=100.1, ttft=0.6)  # TPOT still over, but TTFT has no slack
+    assert core.pop_ready(100.1) is held[0]
+    assert core.pop_ready(100.1) is held[1]
 
 
 def test_while_holding_the_pools_in_flight_count_does_not_grow() -> None:

@@ -80,6 +80,7 @@ class FlowCore:
         self._guard = guard
         self._held = False  # the guard's last verdict (its gauge is set on a change)
         self._cap = 0  # the in-flight count the held pool may not grow past (while holding)
+        self._capped = False  # the cap holds: the guard holds, or the queue it built still waits
         self._config = config if config is not None else FlowControlConfig()
         self._metrics = metrics
         self._queues = PriorityQueues()
@@ -132,22 +133,32 @@ class FlowCore:
             self._guard.observe_ttft(seconds, now)
 
     def _holding(self, now: float) -> bool:
-        """Whether the decode guard keeps requests back now: it holds, and the pool has as many
-        requests in flight as when it began to hold (the count it may not grow past)."""
+        """Whether the decode guard keeps requests back now: the pool is capped, and has as many
+        requests in flight as when the guard began to hold (the count it may not grow past).
+
+        The cap begins when the guard holds and lasts until the queue it built has drained, not
+        only while the guard holds: once the batches shrink the guard lets go, and releasing every
+        request it held at that instant started their prefills together, which slowed the
+        streams again (see :mod:`infergate.flowcontrol.decode_guard`). Held requests still go one
+        per finished request, or each after its ``hold``. The cap ends at once when recent TTFTs
+        leave no room for a whole hold: then waiting would cost TTFTs their bound."""
         guard = self._guard
         if guard is None:
             return False
         holding = guard.holding(now)
+        began = False
         if holding is not self._held:
             self._held = holding
-            # the pool's in-flight count when the guard began to hold: it may not grow past it
-            self._cap = self._in_flight() if holding else 0
+            if holding and not self._capped:
+                self._cap = self._in_flight()
+                began = True
             if self._metrics is not None:
                 self._metrics.fc_decode_guard_holding.labels(inference_pool=self.pool_name()).set(
                     int(holding)
                 )
-            return holding  # holding just began: the pool is at that count
-        return holding and self._in_flight() >= self._cap
+        capped = holding or (self._capped and bool(self._queues) and guard.ttft_to_spare)
+        self._capped = capped
+        return capped and (began or self._in_flight() >= self._cap)
 
     def _in_flight(self) -> int:
         return sum(e.in_flight for e in self._ds.endpoints())
@@ -293,8 +304,9 @@ class FlowCore:
         the reference, so a lower band never overtakes a higher one). Call again after the released
         request was scheduled (its in-flight count is then visible), or at once with ``pending``
         counting the released requests not yet in flight (see :meth:`saturation`). While the
-        decode guard holds, the head goes once the pool has fewer requests in flight than when
-        holding began (one finished) or once it has waited the guard's ``hold``.
+        decode guard holds, and after it lets go until its queue has drained, the head goes once
+        the pool has fewer requests in flight than when holding began (one finished) or once it
+        has waited the guard's ``hold``.
         """
         head = self._queues.peek()
         if head is None:
