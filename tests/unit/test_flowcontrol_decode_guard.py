@@ -126,6 +126,17 @@ def _req(name: str, priority: int = 0) -> InferenceRequest:
     return InferenceRequest(request_id=name, model="m", target_model="m", priority=priority)
 
 
+def _three_in_flight_and_slow() -> tuple[DecodeGuard, Datastore, FlowCore]:
+    """A core over one endpoint with 3 requests in flight, its guard told of slow streams at 100 s."""
+    guard = guard_of()
+    ds = _store()
+    core = _core(guard, ds=ds)
+    for _ in range(3):
+        ds.acquire(META.key)
+    reports(guard, [0.03] * 10 + [0.07] * 10, at=100.0)
+    return guard, ds, core
+
+
 def test_a_held_request_goes_after_hold_seconds_or_when_a_request_finishes() -> None:
     guard = guard_of()
     core = _core(guard)
@@ -154,12 +165,7 @@ def test_a_held_request_goes_after_hold_seconds_or_when_a_request_finishes() -> 
 def test_after_the_guard_lets_go_its_queue_drains_one_per_finished_request() -> None:
     """Releasing everything the guard held the moment it let go started their prefills together
     and pushed the streams back over the bound (twin, many-tenants); they go as requests finish."""
-    guard = guard_of()
-    ds = _store()
-    core = _core(guard, ds=ds)
-    for _ in range(3):
-        ds.acquire(META.key)
-    reports(guard, [0.03] * 10 + [0.07] * 10, at=100.0)
+    guard, ds, core = _three_in_flight_and_slow()
     held = [core.offer(_req(n), 100.0).item for n in "abc"]
     assert all(h is not None for h in held)
     reports(guard, [0.03] * 200, at=100.1)  # the guard lets go
@@ -186,12 +192,7 @@ def test_while_holding_the_pools_in_flight_count_does_not_grow() -> None:
     """The guard freezes the pool's in-flight count where it stood when holding began: a request
     that finishes lets one held request go at once, ahead of its hold, so the batches stop
     growing without shrinking below what the pool ran."""
-    guard = guard_of()
-    ds = _store()
-    core = _core(guard, ds=ds)
-    for _ in range(3):
-        ds.acquire(META.key)
-    reports(guard, [0.03] * 10 + [0.07] * 10, at=100.0)
+    _, ds, core = _three_in_flight_and_slow()
     held = core.offer(_req("a"), 100.0)
     assert held.decision is Decision.QUEUED  # holding begins at 3 in flight
     assert core.pop_ready(100.1) is None
