@@ -140,8 +140,10 @@ class FlowCore:
         only while the guard holds: once the batches shrink the guard lets go, and releasing every
         request it held at that instant started their prefills together, which slowed the
         streams again (see :mod:`infergate.flowcontrol.decode_guard`). Held requests still go one
-        per finished request, or each after its ``hold``. The cap ends at once when recent TTFTs
-        leave no room for a whole hold: then waiting would cost TTFTs their bound."""
+        per finished request, or each after its ``hold``. The cap ends at once when the streams
+        have recovered (p90 TPOT under 90 % of the bound: a burst is affordable then; draining
+        regardless held bursty pools' requests for nothing) or when recent TTFTs leave no room
+        for a whole hold (waiting would cost TTFTs their bound)."""
         guard = self._guard
         if guard is None:
             return False
@@ -156,7 +158,9 @@ class FlowCore:
                 self._metrics.fc_decode_guard_holding.labels(inference_pool=self.pool_name()).set(
                     int(holding)
                 )
-        capped = holding or (self._capped and bool(self._queues) and guard.ttft_to_spare)
+        capped = holding or (
+            self._capped and bool(self._queues) and guard.ttft_to_spare and not guard.tpot_recovered
+        )
         self._capped = capped
         return capped and (began or self._in_flight() >= self._cap)
 

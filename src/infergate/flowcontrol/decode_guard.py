@@ -27,10 +27,13 @@ What flow control does while the guard holds (:class:`~infergate.flowcontrol.cor
 pool's in-flight count may not grow past where it stood when holding began, so a newcomer waits
 until a request finishes or it has waited ``hold`` seconds, whichever comes first; the batches
 stop growing, and no request pays more than ``hold`` of TTFT for it. The count stays frozen after
-the guard lets go until the requests it held have gone: a second version released them all the
-moment the batches had shrunk enough, and those bursts of prefill pushed the streams back over
-the bound (the twin's many-tenants near its SLO rate, 12 seeds: SLO met at 6 against 8 without
-the guard; with the count kept until the queue drains, 9). A first version held every
+the guard lets go until the requests it held have gone, unless the streams have recovered
+(p90 TPOT under ``RECOVERED`` × the bound): a second version released them all the moment the
+batches had shrunk enough, and on a pool running at the bound those bursts of prefill pushed the
+streams back over it (the twin's many-tenants near its SLO rate, 12 seeds: SLO met at 6 against 8
+without the guard; draining until the streams recover, 10). Draining however far TPOT had fallen
+held bursty pools' requests for nothing (heavy-tail: 11 of 18 paired points against 13; with the
+recovery rule, 14). A first version held every
 newcomer its whole ``hold`` instead, so admissions resumed at the arrival rate after a pause, and
 every time the guard let go the requests it had held started together: in the twin's
 prefill-decode-mix (half of it 4,000-token prompts) those bursts of prefill stalled the running
@@ -46,6 +49,12 @@ __all__ = ["DecodeGuard"]
 #: Seconds between two computations of the percentiles: ``holding`` runs for every arriving
 #: request, the sort over the window at most this often.
 REFRESH = 0.05
+
+#: The streams have *recovered* once their 90th-percentile TPOT is under this share of the bound
+#: (or too few reported to judge): then what the guard held may go at once, since a burst of
+#: prefills has 10 % of the bound to spend. Between it and the bound the held queue drains one
+#: request per finished one (:class:`~infergate.flowcontrol.core.FlowCore`).
+RECOVERED = 0.9
 
 
 class DecodeGuard:
@@ -75,6 +84,7 @@ class DecodeGuard:
         self._computed_at = float("-inf")
         self._holding = False
         self._slack = True
+        self._recovered = True
 
     def observe(self, tpot_seconds: float, now: float) -> None:
         """One streamed request's time per output token after the first, reported at ``now``."""
@@ -102,8 +112,15 @@ class DecodeGuard:
             while samples and samples[0][0] < horizon:
                 samples.popleft()
         self._slack = self._ttft_to_spare()
+        ordered = self._ordered(self._samples)
+        self._recovered = not ordered or ordered[(9 * len(ordered)) // 10] < RECOVERED * self.tpot_slo
         self._holding = self._slack and self._tpot_over()
         return self._holding
+
+    @property
+    def tpot_recovered(self) -> bool:
+        """Whether, at the last :meth:`holding`, p90 TPOT was under ``RECOVERED`` × the bound."""
+        return self._recovered
 
     @property
     def ttft_to_spare(self) -> bool:
