@@ -55,7 +55,7 @@ def reconcile_slo(picker: EndpointPickerConfig, settings: Settings) -> tuple[End
     fc = settings.flow_control
     defaults = FlowControlSettings.model_fields
     changes: dict[str, float] = {}
-    fill: dict[str, float] = {}
+    fill: list[tuple[str, str, float]] = []  # (scorer field, YAML key, value) every scorer gets
     for field, key, setting in _BOUNDS:
         named = [(p, g[field]) for p, g in given if field in g]
         values = {v for _, v in named}
@@ -74,19 +74,14 @@ def reconcile_slo(picker: EndpointPickerConfig, settings: Settings) -> tuple[End
                 )
             if current != value:
                 changes[f"flow_control.{setting}"] = value
-            fill[key] = value
+            fill.append((field, key, value))
         elif explicit:
-            fill[key] = current
+            fill.append((field, key, current))
     plugins = list(picker.plugins)
     for i, p in scorers:
-        if missing := {k: v for k, v in fill.items() if not _gives(p, k)}:
+        # a scorer that names the bound (camelCase or its snake_case field) keeps its own
+        if missing := {k: v for f, k, v in fill if k not in p.parameters and f not in p.parameters}:
             plugins[i] = p.model_copy(update={"parameters": {**p.parameters, **missing}})
     if plugins != picker.plugins:
         picker = picker.model_copy(update={"plugins": plugins})
     return picker, (settings.replace(changes) if changes else settings)
-
-
-def _gives(spec: PluginSpec, key: str) -> bool:
-    """Whether the scorer's parameters name ``key`` (camelCase, or its snake_case field name)."""
-    field = next(f for f, k, _ in _BOUNDS if k == key)
-    return key in spec.parameters or field in spec.parameters

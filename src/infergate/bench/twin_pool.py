@@ -155,9 +155,10 @@ class Replica:
 def settings_for_slo(slo: Slo, base: Settings | None = None) -> Settings | None:
     """``base`` (default: the defaults) with the gateway told ``slo`` (:meth:`Slo.gateway_settings`);
     ``base`` itself when ``slo`` is the default SLO, so default runs build nothing new."""
-    if slo.ttft_s == Slo().ttft_s and slo.tpot_s == Slo().tpot_s:
+    default = Slo()
+    if (slo.ttft_s, slo.tpot_s) == (default.ttft_s, default.tpot_s):
         return base
-    return (base or Settings()).replace(dict(slo.gateway_settings()))
+    return (base or Settings()).replace(slo.gateway_settings())
 
 
 def flow_core(datastore: Datastore, settings: Settings | None) -> FlowCore:
