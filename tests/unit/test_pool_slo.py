@@ -12,7 +12,9 @@ from infergate.app.core import PickerCore, build_core
 from infergate.app.pool_slo import reconcile_slo
 from infergate.bench.matrix import told_slo
 from infergate.bench.stats import Slo
+from infergate.bench.steady import SteadyRunner, resolve_pool
 from infergate.bench.twin_pool import settings_for_slo
+from infergate.bench.workloads import load_workload
 from infergate.config.layers import load_settings
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 from infergate.config.settings import Settings
@@ -126,6 +128,15 @@ def test_the_bench_tells_the_gateway_its_slo() -> None:
     base = Settings().replace({"flow_control.tpot_hold": 0})
     kept = settings_for_slo(Slo(ttft_s=4.0, tpot_s=0.2), base)
     assert kept is not None and kept.flow_control.tpot_hold == 0 and kept.flow_control.tpot_slo == 0.2
+
+
+def test_a_steady_runner_tells_the_gateway_unless_asked_not_to() -> None:
+    spec = load_workload("sharegpt-like")
+    slo = Slo(ttft_s=0.5, tpot_s=0.025)
+    told = SteadyRunner(spec, resolve_pool(spec), slo=slo).config.settings
+    assert told is not None and (told.flow_control.ttft_slo, told.flow_control.tpot_slo) == (0.5, 0.025)
+    # an operator who never set the SLO: judged by one, the gateway keeps its defaults
+    assert SteadyRunner(spec, resolve_pool(spec), slo=slo, tell_slo=False).config.settings is None
 
 
 def test_a_matrix_gateway_is_told_the_slo_through_its_environment() -> None:

@@ -347,9 +347,12 @@ class SteadyRunner:
         latency_factor: float = 20.0,
         picker: EndpointPickerConfig | None = None,
         pool_overrides: Mapping[str, Any] | None = None,
+        tell_slo: bool = True,
     ) -> None:
         """``picker`` replaces the strategy's scheduler configuration (P/D pools);
-        ``pool_overrides`` sets :class:`TwinConfig` fields (``num_gpu_blocks``, ``roles``)."""
+        ``pool_overrides`` sets :class:`TwinConfig` fields (``num_gpu_blocks``, ``roles``);
+        ``tell_slo`` False keeps the gateway at its default SLO whatever ``slo`` judges by (an
+        operator who never set it)."""
         self.spec = spec
         self.picker = picker
         self.pool_overrides = dict(pool_overrides or {})
@@ -375,7 +378,9 @@ class SteadyRunner:
         )
         config = replace(config, **self.pool_overrides)
         # the gateway is told the SLO it is judged by (its decode guard and latency scorer use it)
-        self.config = replace(config, settings=settings_for_slo(self.slo, config.settings))
+        if tell_slo:
+            config = replace(config, settings=settings_for_slo(self.slo, config.settings))
+        self.config = config
         self.sheddable = {o.name for o in spec.objectives if o.priority < 0}
         self.points: dict[tuple[str, float], PointResult] = {}
         self.scout_cpu_s = 0.0  # CPU and requests of scouting runs (not in ``points``)
