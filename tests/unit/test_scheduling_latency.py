@@ -466,7 +466,7 @@ def _reference_cost(
     st.frontend_busy = min(0.95, share)
     frontend = st.frontend_ms / (1.0 - st.frontend_busy)
     ttft = (p.overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
-    tpot *= scorer._tpot_scale(st)  # the request's own decode only
+    tpot *= scorer._tpot.scale(st)  # the request's own decode only
     return ttft / (p.ttft_slo_seconds * 1000.0) + tpot / (p.tpot_slo_seconds * 1000.0)
 
 

@@ -49,14 +49,8 @@ prompt considered there, which sorted long prompts away from that replica and pi
 requests onto it (``docs/benchmarks.md``, prefill-decode-mix). For GPUs far from the defaults, set
 the cost parameters (``prefillMsPerToken``, ``decodeStepMs``) or raise the limit.
 
-TPOT predictions are corrected relative to the pool: each finished streamed request with a token
-count reports its time per token after the first; the slowly moving (2 % per answer) average ratio
-of observed to predicted TPOT is kept per endpoint, and its ratio to the lowest such factor in the
-pool, beyond a band of 1.25 (the spread the model's own error leaves between equal replicas) and
-at most ``tpotCorrectionLimit`` (default 2), scales the TPOT the cost uses (``g(e)``). A replica
-on a slower GPU than the rest (a pool of mixed GPUs) is then priced slower; a bias every replica
-shares moves nothing, because an absolute factor would reweigh TPOT against TTFT for the whole pool
-(which sent tenants off their cached replicas in the twin's many-tenants).
+TPOT predictions are corrected relative to the pool: each endpoint's observed over predicted TPOT,
+against the fastest endpoint's, scales the TPOT the cost uses (:mod:`.latency_tpot`).
 
 An answer that was not streamed teaches one of the two corrections from its end-to-end time and
 token count (:meth:`PredictedLatencyScorer.observe_answer`).
@@ -76,13 +70,8 @@ from infergate.scheduling.plugins.latency_records import (
     TpotRecord,
     TtftRecord,
 )
-from infergate.scheduling.plugins.latency_state import (
-    TPOT_ALPHA,
-    TPOT_BAND,
-    TPOT_RATIO_CAP,
-    EndpointState,
-    LatencyParams,
-)
+from infergate.scheduling.plugins.latency_state import TPOT_BAND, TPOT_RATIO_CAP, EndpointState, LatencyParams
+from infergate.scheduling.plugins.latency_tpot import RelativeTpot
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
 from infergate.scheduling.plugins.prefix_demand import PrefixDemand
 from infergate.scheduling.sdk.framework import CycleState, StateKey, candidate_keys
@@ -147,7 +136,7 @@ class PredictedLatencyScorer:
         self.index = PrefixIndex()
         self._pending: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TTFT ms)
         self._decoding: dict[str, tuple[str, float]] = {}  # request id → (endpoint, predicted TPOT ms)
-        self._tpot_floor: float | None = None  # lowest tpot_factor of an observed endpoint (None: to find)
+        self._tpot = RelativeTpot(self._state, self._p.tpot_correction_limit)
         self._max_pending = max_pending
         self._avg_prefill_ms = 0.0  # over every request sent, any endpoint
         self._export: Callable[[AccountingRecord], None] | None = None
@@ -229,7 +218,7 @@ class PredictedLatencyScorer:
         overhead_ms = p.overhead_ms
         rate_window = p.rate_window_seconds
         pool_avg_prefill = self._avg_prefill_ms
-        floor = self._tpot_floor_now()
+        floor = self._tpot.floor()
         tpot_norm = 1.0 / floor if floor else 1.0
         tpot_hi = p.tpot_correction_limit
         tpot_lo = 1.0 / tpot_hi
@@ -397,7 +386,7 @@ class PredictedLatencyScorer:
                 # ~7 µs to every pick (a third of a one-endpoint cycle) once nothing reported answers
                 self._pending = dict(islice(pending.items(), len(pending) // 2, None))
             decoding = self._decoding
-            decoding[request.request_id] = (key, tpot_ms / self._tpot_scale(st))
+            decoding[request.request_id] = (key, tpot_ms / self._tpot.scale(st))
             if len(decoding) > self._max_pending:
                 self._decoding = dict(islice(decoding.items(), len(decoding) // 2, None))
 
@@ -456,7 +445,7 @@ class PredictedLatencyScorer:
         if isinstance(record, TtftRecord):
             self._learn(self._state_of(record.endpoint), record.ratio)
         elif isinstance(record, TpotRecord):
-            self._learn_tpot(self._state_of(record.endpoint), record.ratio)
+            self._tpot.learn(self._state_of(record.endpoint), record.ratio)
         else:
             self._account(record)
 
@@ -537,57 +526,9 @@ class PredictedLatencyScorer:
         """Learn one observed time per token against its prediction (one stalled stream counts at
         most ``TPOT_RATIO_CAP`` times), and hand it to the other workers."""
         ratio = min(TPOT_RATIO_CAP, max(1.0 / TPOT_RATIO_CAP, observed_ms / predicted_ms))
-        self._learn_tpot(st, ratio)
+        self._tpot.learn(st, ratio)
         if self._export is not None:
             self._export(TpotRecord(endpoint=key, ratio=ratio))
-
-    def _tpot_floor_now(self) -> float | None:
-        """The lowest TPOT factor of the endpoints observed (the fastest decoder), found again only
-        after the one that held it slowed down or left."""
-        floor = self._tpot_floor
-        if floor is None:
-            observed = [st.tpot_factor for st in self._state.values() if st.tpot_observed]
-            floor = self._tpot_floor = min(observed) if observed else None
-        return floor
-
-    def _tpot_relative(self, st: EndpointState) -> float:
-        """The endpoint's TPOT factor over the fastest observed endpoint's (1 before its first
-        observation)."""
-        floor = self._tpot_floor_now()
-        if not st.tpot_observed or not floor:
-            return 1.0
-        return st.tpot_factor * (1.0 / floor)  # as the scoring loop multiplies
-
-    def _tpot_scale(self, st: EndpointState) -> float:
-        """What scales the endpoint's TPOT predictions: its relative factor beyond the band the
-        model's own error spans between equal replicas, within ``tpotCorrectionLimit``."""
-        if not st.tpot_observed:
-            return 1.0
-        relative = self._tpot_relative(st)
-        if relative > TPOT_BAND:
-            relative /= TPOT_BAND
-        elif relative < 1.0 / TPOT_BAND:
-            relative *= TPOT_BAND
-        else:
-            relative = 1.0
-        hi = self._p.tpot_correction_limit
-        return min(hi, max(1.0 / hi, relative))
-
-    def _learn_tpot(self, st: EndpointState, ratio: float) -> None:
-        """Move the endpoint's TPOT factor towards one observed ratio (and the pool's floor)."""
-        st.tpot_observed += 1
-        old = st.tpot_factor
-        # slowly, from 1, even at first: an endpoint's first few ratios swing with what happened to
-        # be running beside them, and early swings moved tenants off replicas their prefixes then
-        # stayed away from (many-tenants in the twin: 2 of 12 paired runs met the SLO, against 10
-        # with this); a GPU's real speed shows in a few hundred answers all the same
-        st.tpot_factor += TPOT_ALPHA * (ratio - st.tpot_factor)
-        floor = self._tpot_floor  # None: not known (found again when needed)
-        if floor is not None:
-            if st.tpot_factor <= floor:
-                self._tpot_floor = st.tpot_factor
-            elif old <= floor and st.tpot_observed > 1:
-                self._tpot_floor = None  # it may have been the fastest, and slowed down
 
     def _learn(self, st: EndpointState, ratio: float) -> None:
         """Move the endpoint's TTFT correction factor towards one observed ratio."""
@@ -610,8 +551,8 @@ class PredictedLatencyScorer:
                 "prefill_utilisation": round(min(0.9, self._rate(st, now)), 4),
                 "ttft_observed_over_predicted": round(st.ttft_factor, 4),
                 "tpot_observed_over_predicted": round(st.tpot_factor, 4),
-                "tpot_relative_to_pool": round(self._tpot_relative(st), 4),
-                "tpot_scale": round(self._tpot_scale(st), 4),
+                "tpot_relative_to_pool": round(self._tpot.relative(st), 4),
+                "tpot_scale": round(self._tpot.scale(st), 4),
                 "last_predicted_ttft_ms": round(st.last_predicted_ms, 3),
                 "last_observed_ttft_ms": round(st.last_observed_ms, 3),
                 "observations": st.observed,
@@ -624,6 +565,6 @@ class PredictedLatencyScorer:
     def remove_endpoint(self, key: str) -> None:
         """Forget an endpoint that left the pool."""
         st = self._state.pop(key, None)
-        if st is not None and st.tpot_observed:
-            self._tpot_floor = None
+        if st is not None:
+            self._tpot.forget(st)
         self.index.remove_server(key)

@@ -74,7 +74,7 @@ class EndpointState:
 
 
 TPOT_ALPHA = 0.02
-"""Weight of one observed TPOT ratio in an endpoint's factor (see ``PredictedLatencyScorer._learn_tpot``)."""
+"""Weight of one observed TPOT ratio in an endpoint's factor (:meth:`.latency_tpot.RelativeTpot.learn`)."""
 
 TPOT_BAND = 1.25
 """Relative TPOT factors within ``[1 / band, band]`` scale nothing, and beyond it only the excess
