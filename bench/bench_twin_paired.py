@@ -3,7 +3,8 @@
 A bisected SLO rate moves by a step when one stream near capacity flips its verdict, so two
 strategies one step apart may not differ at all (docs/benchmarks.md, "What the bisection can and
 cannot tell apart"). This script runs every strategy on the same streams, at fixed rates × seeds,
-and counts the points where each met the SLO (p90 TTFT < 1 s, p90 TPOT < 50 ms, ≥ 99 % served).
+and counts the points where each met the SLO (p90 TTFT < 1 s, p90 TPOT < 50 ms, ≥ 99 % served;
+other bounds with ``--slo-ttft``/``--slo-tpot``, told to infergate unless ``--untold``).
 A strategy is a name from ``infergate bench --strategies`` (``default``, ``default+nofc``, …) or
 ``NAME=FILE`` with an EndpointPickerConfig YAML (run with flow control, as ``default``)::
 
@@ -22,13 +23,14 @@ import sys
 from pathlib import Path
 
 from infergate.bench.procs import exit_on_sigterm, process_pool
+from infergate.bench.stats import Slo
 from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
 from infergate.bench.workloads import load_workload
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 
 
-def _point(job: tuple[str, str, str | None, float, int, float, float]) -> dict[str, object]:
-    workload, name, config_path, rate, seed, duration, warmup = job
+def _point(job: tuple[str, str, str | None, float, int, float, float, Slo, bool]) -> dict[str, object]:
+    workload, name, config_path, rate, seed, duration, warmup, slo, tell = job
     spec = load_workload(workload)
     picker: EndpointPickerConfig | None = None
     strategy = name
@@ -36,7 +38,9 @@ def _point(job: tuple[str, str, str | None, float, int, float, float]) -> dict[s
         picker = parse_picker_config(Path(config_path).read_text(), source=config_path)
         strategy = "default"  # the given profile, with flow control as the product runs it
     plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=warmup, duration_s=duration, cooldown_s=1.0)
-    runner = SteadyRunner(spec, resolve_pool(spec), seed=seed, plan=plan, picker=picker)
+    runner = SteadyRunner(
+        spec, resolve_pool(spec), seed=seed, plan=plan, picker=picker, slo=slo, tell_slo=tell
+    )
     point = runner.point(strategy, rate)
     s = point.summary
     return {
@@ -67,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5.0, help="warm-up virtual seconds (default 5)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append every point here as JSON lines")
+    ap.add_argument("--slo-ttft", type=float, default=Slo().ttft_s, help="p90 TTFT bound, s (default 1)")
+    ap.add_argument("--slo-tpot", type=float, default=Slo().tpot_s, help="p90 TPOT bound, s (default 0.05)")
+    ap.add_argument("--untold", action="store_true", help="leave the gateway at its default SLO")
     a = ap.parse_args(argv)
+    slo = Slo(ttft_s=a.slo_ttft, tpot_s=a.slo_tpot)
     strategies: list[tuple[str, str | None]] = []
     for item in a.strategies.split(","):
         name, eq, path = item.partition("=")
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         qps = [round(a.around * float(f), 3) for f in a.fractions.split(",")]
     jobs = [
-        (a.workload, name, path, rate, int(seed), a.duration, a.warmup)
+        (a.workload, name, path, rate, int(seed), a.duration, a.warmup, slo, not a.untold)
         for rate in qps
         for seed in a.seeds.split(",")
         for name, path in strategies
