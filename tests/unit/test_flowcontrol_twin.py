@@ -112,3 +112,15 @@ def test_priority_order_holds_when_the_backlog_is_in_the_servers_frontends() -> 
     assert sum(r.status == 429 for r in blind["shed"]) < len(blind["shed"]) / 2, (
         "the blind pool looked unsaturated"
     )
+
+
+def test_a_request_whose_wait_outlives_its_ttl_is_answered_429_as_the_gateway_does() -> None:
+    """The pool has endpoints but no room comes within ``request_ttl``: the gateway answers 429
+    ``rejected-ttl-expired``; the twin's records say the same, so a search counts them as the
+    gateway's clients would see them."""
+    short = Settings().replace({"flow_control.request_ttl": 0.5})
+    on = overload(flow_control=True, settings=short)
+    expired = [r for r in on["low"] if r.status != 200]
+    assert expired, "with half a second to wait some priority-10 requests outlive it"
+    assert {r.status for r in expired} == {429}
+    assert all(r.error == "request timed out in the queue" for r in expired)

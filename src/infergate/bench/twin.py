@@ -68,6 +68,7 @@ from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import RequestError
 from infergate.flowcontrol.core import Decision
+from infergate.flowcontrol.queues import ItemState
 from infergate.requestcontrol.core import RequestCore
 from infergate.requestcontrol.usage import TPOT_REPORT_TOKENS
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
@@ -250,7 +251,9 @@ def run_twin(
         assert flow is not None
         now = loop.now()
         for expired in flow.expire(now):
-            finish_unserved(f.waiting.pop(expired)[0], 503, "request timed out in the queue")
+            # as the gateway answers: 429 when the pool had endpoints but no room came, else 503
+            ttl = expired.state is ItemState.EVICTED_TTL
+            finish_unserved(f.waiting.pop(expired)[0], 429 if ttl else 503, "request timed out in the queue")
         released = flow.pop_ready(now)
         if released is not None:
             dispatch(f, *f.waiting.pop(released), released=True)
