@@ -162,6 +162,22 @@ def test_a_held_request_goes_after_hold_seconds_or_when_a_request_finishes() -> 
     assert core.offer(_req("d"), 101.1).decision is Decision.ADMIT  # drained: the cap is gone
 
 
+def test_no_request_waits_more_than_a_hold_for_the_guard_whatever_its_band() -> None:
+    """Only the head of the highest band used to be timed: while higher-priority requests kept
+    arriving, each released after its own hold, a lower band's requests waited for the guard as
+    long as it held (the held-out priorities-prefix with the guard at 50 ms and 100 ms streams:
+    p90 TTFT 3 s). Once any queued request has waited its hold, the queue goes in band order."""
+    guard, _, core = _three_in_flight_and_slow()
+    low = core.offer(_req("low", priority=0), 100.0).item
+    high = core.offer(_req("high-1", priority=10), 100.3).item
+    assert low is not None and high is not None
+    assert core.next_wake(100.3) == pytest.approx(100.5)  # the oldest request's release
+    assert core.pop_ready(100.4) is None
+    reports(guard, [0.03] * 10 + [0.07] * 10, at=100.5)  # still slow: the guard holds on
+    assert core.pop_ready(100.5) is high  # the oldest waited its hold: the queue goes, band first
+    assert core.pop_ready(100.5) is low
+
+
 def test_after_the_guard_lets_go_its_queue_drains_one_per_finished_request() -> None:
     """Releasing everything the guard held the moment it let go started their prefills together
     and pushed the streams back over the bound (twin, many-tenants); they go as requests finish."""

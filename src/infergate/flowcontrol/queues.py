@@ -198,6 +198,17 @@ class PriorityQueues:
             self._drop_band(band.priority)
         return True
 
+    def oldest_enqueued_at(self) -> float | None:
+        """When the request queued longest was queued, whatever its band (None: nothing queued).
+        Each flow is first in, first out, so it is among the flows' heads."""
+        oldest: float | None = None
+        for band in self._bands.values():
+            for queue in band.flows.values():
+                at = queue[0].enqueued_at
+                if oldest is None or at < oldest:
+                    oldest = at
+        return oldest
+
     def __iter__(self) -> Iterator[QueuedItem]:
         """Every queued item, highest band first (not in dispatch order inside a band)."""
         for priority in reversed(self._priorities):
