@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infergate.bench.procs import exit_on_sigterm, process_pool
-from infergate.bench.stats import Slo, SloRate
+from infergate.bench.stats import Slo, SloRate, add_slo_arguments
 from infergate.bench.steady import PointResult, SteadyPlan, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
 from infergate.bench.steady_report import SteadyReport, write_steady_reports
 from infergate.bench.workloads import builtin_workloads, load_workload
@@ -215,15 +215,9 @@ def main() -> None:
     p.add_argument(
         "--resume", type=Path, help="a partial.jsonl of the same command: its searches are not run again"
     )
-    p.add_argument("--slo-ttft", type=float, default=Slo().ttft_s, help="p90 TTFT bound, s (default 1)")
-    p.add_argument("--slo-tpot", type=float, default=Slo().tpot_s, help="p90 TPOT bound, s (default 0.05)")
-    p.add_argument(
-        "--untold",
-        action="store_true",
-        help="judge by --slo-* but leave the gateway at its default SLO (an operator who never set it)",
-    )
+    add_slo_arguments(p)
     args = p.parse_args()
-    slo = Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+    slo, tell = Slo.of_arguments(args)
     workloads = sorted(builtin_workloads()) if args.workloads == "all" else args.workloads.split(",")
     strategies = args.strategies.split(",")
     tolerance = args.tolerance if args.tolerance is not None else (0.05 if args.quick else 0.02)
@@ -245,7 +239,7 @@ def main() -> None:
             seed=args.seed,
             scout=not args.quick,
             slo=slo,
-            tell_slo=not args.untold,
+            tell_slo=tell,
         )
         for w in workloads
     ]
@@ -263,7 +257,7 @@ def main() -> None:
             seed=args.seed,
             scout=not args.quick,
             slo=slo,
-            tell_slo=not args.untold,
+            tell_slo=tell,
         )
         for w in workloads
         for st in strategies
@@ -305,7 +299,7 @@ def main() -> None:
     sizes = ", ".join(f"{w} {plans[w].duration_s:.0f}+{plans[w].warmup_s:.0f} s" for w in workloads)
     md = (
         f"SLO: p90 TTFT < {slo.ttft_s:g} s, p90 TPOT < {slo.tpot_s * 1000:g} ms, "
-        + ("the gateway left at its default SLO. " if args.untold else "the gateway told it. ")
+        + ("the gateway told it. " if tell else "the gateway left at its default SLO. ")
         + "Cells: SLO rate (QPS) · fraction of the best strategy on the workload · × round-robin. "
         "Best in bold.\n\n"
         + table

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from infergate.bench.procs import exit_on_sigterm, process_pool
-from infergate.bench.stats import Slo
+from infergate.bench.stats import Slo, add_slo_arguments
 from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
 from infergate.bench.workloads import load_workload
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
@@ -71,11 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5.0, help="warm-up virtual seconds (default 5)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append every point here as JSON lines")
-    ap.add_argument("--slo-ttft", type=float, default=Slo().ttft_s, help="p90 TTFT bound, s (default 1)")
-    ap.add_argument("--slo-tpot", type=float, default=Slo().tpot_s, help="p90 TPOT bound, s (default 0.05)")
-    ap.add_argument("--untold", action="store_true", help="leave the gateway at its default SLO")
+    add_slo_arguments(ap)
     a = ap.parse_args(argv)
-    slo = Slo(ttft_s=a.slo_ttft, tpot_s=a.slo_tpot)
+    slo, tell = Slo.of_arguments(a)
     strategies: list[tuple[str, str | None]] = []
     for item in a.strategies.split(","):
         name, eq, path = item.partition("=")
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         qps = [round(a.around * float(f), 3) for f in a.fractions.split(",")]
     jobs = [
-        (a.workload, name, path, rate, int(seed), a.duration, a.warmup, slo, not a.untold)
+        (a.workload, name, path, rate, int(seed), a.duration, a.warmup, slo, tell)
         for rate in qps
         for seed in a.seeds.split(",")
         for name, path in strategies

@@ -3,6 +3,7 @@ bounds, whichever of the routing configuration and the gateway settings names th
 
 from __future__ import annotations
 
+import argparse
 import random
 
 import pytest
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from infergate.app.core import PickerCore, build_core
 from infergate.app.pool_slo import reconcile_slo
 from infergate.bench.matrix import told_slo
-from infergate.bench.stats import Slo
+from infergate.bench.stats import Slo, add_slo_arguments
 from infergate.bench.steady import SteadyRunner, resolve_pool
 from infergate.bench.twin_pool import settings_for_slo
 from infergate.bench.workloads import load_workload
@@ -137,6 +138,14 @@ def test_a_steady_runner_tells_the_gateway_unless_asked_not_to() -> None:
     assert told is not None and (told.flow_control.ttft_slo, told.flow_control.tpot_slo) == (0.5, 0.025)
     # an operator who never set the SLO: judged by one, the gateway keeps its defaults
     assert SteadyRunner(spec, resolve_pool(spec), slo=slo, tell_slo=False).config.settings is None
+
+
+def test_the_twin_scripts_slo_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_slo_arguments(parser)
+    assert Slo.of_arguments(parser.parse_args([])) == (Slo(), True)
+    loose = parser.parse_args(["--slo-ttft", "2", "--slo-tpot", "0.1", "--untold"])
+    assert Slo.of_arguments(loose) == (Slo(ttft_s=2.0, tpot_s=0.1), False)
 
 
 def test_a_matrix_gateway_is_told_the_slo_through_its_environment() -> None:

@@ -17,6 +17,7 @@ comparable with other tools' reports.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "Slo",
     "SloRate",
     "Summary",
+    "add_slo_arguments",
     "find_slo_rate",
     "percentile",
     "slo_rate_of_sweep",
@@ -58,6 +60,11 @@ class Slo:
             return False
         return math.isnan(s.tpot_p90) or s.tpot_p90 < self.tpot_s
 
+    @classmethod
+    def of_arguments(cls, args: argparse.Namespace) -> tuple[Slo, bool]:
+        """The SLO and whether infergate is told it, from :func:`add_slo_arguments`' options."""
+        return cls(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot), not args.untold
+
     def gateway_settings(self) -> dict[str, float]:
         """The gateway settings that tell infergate these bounds (dotted names): its flow control's
         decode guard judges by them, and the predicted-latency scorer takes them too (the gateway
@@ -80,6 +87,20 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = math.floor(rank)
     hi = math.ceil(rank)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+def add_slo_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--slo-ttft``/``--slo-tpot`` (the bounds a twin script judges by, told to infergate) and
+    ``--untold`` (judged by them, infergate left at its default SLO); :meth:`Slo.of_arguments`
+    reads them back."""
+    default = Slo()
+    for flag, value, what in (("--slo-ttft", default.ttft_s, "TTFT"), ("--slo-tpot", default.tpot_s, "TPOT")):
+        parser.add_argument(flag, type=float, default=value, help=f"p90 {what} bound, s (%(default)g)")
+    parser.add_argument(
+        "--untold",
+        action="store_true",
+        help="judge by --slo-* but leave the gateway at its default SLO (an operator who never set it)",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

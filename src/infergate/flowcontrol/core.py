@@ -374,14 +374,14 @@ class FlowCore:
 
     def next_wake(self, now: float) -> float | None:
         """When the dispatcher must look again without any datastore change: the earliest TTL
-        deadline or, while it is ahead, the time the decode guard lets the head go (once that has
-        passed, a head still queued waits for room, and datastore changes wake the dispatcher)."""
+        deadline or, while it is ahead, the time the decode guard lets the queue go (the request
+        queued longest has waited its hold; once that has passed, a head still queued waits for
+        room, and datastore changes wake the dispatcher)."""
         deadline = self.next_deadline()
-        head = self._queues.peek()
-        if head is None or self._guard is None:
+        oldest = None if self._guard is None else self._queues.oldest_enqueued_at()
+        if oldest is None or self._guard is None:
             return deadline
-        oldest = self._queues.oldest_enqueued_at()
-        release = self._guard.released_at(head.enqueued_at if oldest is None else oldest)
+        release = self._guard.released_at(oldest)
         if release <= now or (deadline is not None and deadline <= release):
             return deadline
         return release

@@ -112,9 +112,12 @@ class DecodeGuard:
             while samples and samples[0][0] < horizon:
                 samples.popleft()
         self._slack = self._ttft_to_spare()
-        ordered = self._ordered(self._samples)
-        self._recovered = not ordered or ordered[(9 * len(ordered)) // 10] < RECOVERED * self.tpot_slo
-        self._holding = self._slack and self._tpot_over()
+        tpots = self._ordered(self._samples)  # sorted once for both verdicts
+        slo = self.tpot_slo
+        p90 = tpots[(9 * len(tpots)) // 10] if tpots else None
+        self._recovered = p90 is None or p90 < RECOVERED * slo
+        # over the bound, but not even the fastest tenth under it: a slow pool is not held
+        self._holding = self._slack and p90 is not None and p90 >= slo and tpots[len(tpots) // 10] < slo
         return self._holding
 
     @property
@@ -127,13 +130,6 @@ class DecodeGuard:
         """Whether, at the last :meth:`holding`, recent TTFTs left room for a whole ``hold``:
         flow control keeps requests back after the guard let go only while they do."""
         return self._slack
-
-    def _tpot_over(self) -> bool:
-        ordered = self._ordered(self._samples)
-        slo = self.tpot_slo
-        return (
-            bool(ordered) and ordered[(9 * len(ordered)) // 10] >= slo and ordered[len(ordered) // 10] < slo
-        )
 
     def _ttft_to_spare(self) -> bool:
         ordered = self._ordered(self._ttfts)
