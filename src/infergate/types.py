@@ -233,6 +233,10 @@ class InferenceRequest:
     max_tokens: int | None = None
     body_size: int = 0
     arrived_at: float = 0.0
+    ttft_slo: float | None = None
+    """The request's own TTFT bound, seconds (``x-llm-d-slo-ttft-ms``); None: the pool's."""
+    tpot_slo: float | None = None
+    """The request's own TPOT bound, seconds (``x-llm-d-slo-tpot-ms``); None: the pool's."""
     headers: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     """Request headers (lower-case names, credentials removed) for header-driven plugins."""
     body: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)

@@ -150,8 +150,11 @@ def response_headers_msg(status: str = "200", ctype: str = "application/json", l
     )
 
 
-def expected_route(dest: str, body: bytes, extra: Sequence[tuple[str, str]] = ()) -> pb.ProcessingResponse:
-    """The exact request-headers reply of the reference (§2.1), built independently of the server."""
+def expected_route(
+    dest: str, body: bytes, extra: Sequence[tuple[str, str]] = (), remove: Sequence[str] = ()
+) -> pb.ProcessingResponse:
+    """The exact request-headers reply of the reference (§2.1), built independently of the server;
+    ``remove``: the control headers the picker consumed (not in the reference, which forwards them)."""
     overwrite = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
     hdrs = [("x-gateway-destination-endpoint", dest)]
     if body:
@@ -169,7 +172,8 @@ def expected_route(dest: str, body: bytes, extra: Sequence[tuple[str, str]] = ()
                             header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=overwrite
                         )
                         for k, v in hdrs
-                    ]
+                    ],
+                    remove_headers=list(remove),
                 ),
             )
         ),
@@ -507,7 +511,7 @@ async def test_rewrite_header_changes_body_and_is_put_back_in_response(rig: Rig)
     head, sent = await read(call, 2)
     upstream = sent.request_body.response.body_mutation.streamed_response.body
     assert json.loads(upstream)["model"] == "food-review-1"
-    assert head == expected_route(A, upstream)
+    assert head == expected_route(A, upstream, remove=["x-gateway-model-name-rewrite"])
     answer = (
         b'{"id":"x","object":"chat.completion","model":"food-review-1",'
         b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}'

@@ -202,6 +202,47 @@ async def test_director_reads_the_llmd_headers() -> None:
     assert (ctx.request.objective, ctx.request.priority, ctx.request.fairness_id) == ("gold", 50, "tenant-a")
 
 
+def test_slo_headers_are_milliseconds_llmd_spelling_first() -> None:
+    assert H.slo_of({}) == (None, None)
+    assert H.slo_of({"x-llm-d-slo-ttft-ms": "250", "x-llm-d-slo-tpot-ms": "12.5"}) == (0.25, 0.0125)
+    # the deprecated x-slo-* aliases, read only when the llm-d name is absent
+    assert H.slo_of({"x-slo-ttft-ms": "400", "x-slo-tpot-ms": "30"}) == (0.4, 0.03)
+    assert H.slo_of({"x-llm-d-slo-ttft-ms": "100", "x-slo-ttft-ms": "900"}) == (0.1, None)
+    assert H.slo_of({"x-llm-d-slo-ttft-ms": "", "x-slo-ttft-ms": "900"}) == (0.9, None)
+    for bad in ("fast", "0", "-5", "nan", "inf", "1e400"):
+        with pytest.raises(H.HeaderValueError) as err:
+            H.slo_of({"x-slo-tpot-ms": bad})
+        assert err.value.header == "x-slo-tpot-ms" and "milliseconds" in str(err.value), bad
+    # consumed by the gateway: never forwarded to the model server
+    sent = {
+        "x-llm-d-slo-ttft-ms": "1",
+        "x-llm-d-slo-tpot-ms": "1",
+        "x-slo-ttft-ms": "1",
+        "x-slo-tpot-ms": "1",
+    }
+    assert H.clean_request_headers({**sent, "x-other": "1"}) == [("x-other", "1")]
+
+
+async def test_director_gives_the_request_its_slo_headers_and_refuses_bad_ones() -> None:
+    from infergate.errors import BadRequestError
+    from tests.unit.test_director import FakeClock, body, make_director, make_store
+
+    clock = FakeClock()
+    d = make_director(make_store(clock), clock)
+    ctx = await d.handle_request(
+        path="/v1/completions",
+        headers={"x-llm-d-slo-ttft-ms": "300", "x-slo-tpot-ms": "20"},
+        body=body(),
+    )
+    assert (ctx.request.ttft_slo, ctx.request.tpot_slo) == (0.3, 0.02)
+    plain = await d.handle_request(path="/v1/completions", headers={}, body=body())
+    assert (plain.request.ttft_slo, plain.request.tpot_slo) == (None, None)
+    with pytest.raises(BadRequestError) as err:
+        await d.handle_request(path="/v1/completions", headers={"x-llm-d-slo-ttft-ms": "soon"}, body=body())
+    assert err.value.param == "x-llm-d-slo-ttft-ms"
+    assert err.value.status == 400 and err.value.error_type == "invalid_request_error"
+
+
 def test_api_key_secrets_inside_a_kind_list(tmp_path: Path) -> None:
     import base64
 

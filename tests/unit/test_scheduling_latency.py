@@ -63,6 +63,29 @@ def test_scores_are_the_best_cost_over_each_cost() -> None:
     assert scores["a:8000"] == 1.0 and scores["b:8000"] == pytest.approx(cost_a / cost_b)
 
 
+def test_a_requests_own_slo_weighs_its_ttft_against_its_tpot() -> None:
+    """``x-llm-d-slo-*-ms``: a request that needs fast tokens takes the queue; the others, and a
+    request that needs its first token soon, take the busy replica with no queue."""
+    s = PredictedLatencyScorer(clock=Clock())
+    queued = make_endpoint("q", waiting_queue_size=4)  # TTFT +100 ms, TPOT 7.13 ms
+    busy = make_endpoint("b", running_requests=40)  # TTFT 35 ms, TPOT 8.066 ms
+    prompt = "x" * 4000
+    tq, tb = 7.0 + 0.026 * 5, 7.0 + 0.026 * 41
+
+    def scores(ttft: float | None, tpot: float | None) -> dict[str, float]:
+        r = InferenceRequest(
+            request_id="r", model=BASE, target_model=BASE, prompt=prompt, ttft_slo=ttft, tpot_slo=tpot
+        )
+        return dict(s.score(r, [queued, busy], CycleState()))
+
+    pool = scores(None, None)  # the pool's 1 s / 50 ms
+    assert pool == {"b:8000": 1.0, "q:8000": pytest.approx((0.035 + tb / 50) / (0.135 + tq / 50))}
+    fast_tokens = scores(None, 0.005)
+    assert fast_tokens == {"q:8000": 1.0, "b:8000": pytest.approx((0.135 + tq / 5) / (0.035 + tb / 5))}
+    first_token_soon = scores(0.2, 0.005)  # TTFT weighs 5x more again: back to no queue
+    assert first_token_soon["b:8000"] == 1.0 and first_token_soon["q:8000"] < 1.0
+
+
 def _pick(scorer: PredictedLatencyScorer, request: InferenceRequest, endpoints: list[Endpoint]) -> str:
     state = CycleState()
     scores = scorer.score(request, endpoints, state)

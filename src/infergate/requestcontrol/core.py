@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
-from infergate.errors import ModelNotFoundError, NoCapacityError
+from infergate.errors import BadRequestError, ModelNotFoundError, NoCapacityError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import FairnessIds, Principal, RequestLimits, check_scope
 from infergate.requestcontrol.parsing import ParsedBody, parse_body, rewrite_model
@@ -274,6 +274,10 @@ class RequestCore:
                 objective_named=lambda name: self._ds.objective(name) is not None,
             )
         self.limits.check_body(parsed, scope, context=self._ds.max_model_len())
+        try:
+            ttft_slo, tpot_slo = H.slo_of(headers)
+        except H.HeaderValueError as exc:
+            raise BadRequestError(str(exc), param=exc.header) from None
         request = InferenceRequest(
             request_id=request_id,
             model=model,
@@ -287,6 +291,8 @@ class RequestCore:
             max_tokens=parsed.max_tokens,
             body_size=len(body),
             arrived_at=now,
+            ttft_slo=ttft_slo,
+            tpot_slo=tpot_slo,
             headers=H.scheduling_headers(headers),
             body=parsed.data,
         )

@@ -2,11 +2,13 @@
 
 The data planes share these constants so that a header the gateway owns is spelled once. Control
 headers a client sends for routing (``x-gateway-destination-endpoint`` and friends) are stripped by
-the data plane and never obeyed; the objective, fairness and model-rewrite headers are inputs.
+the data plane and never obeyed; the objective, fairness, model-rewrite and latency-SLO headers are
+inputs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from abc import ABC
@@ -22,10 +24,13 @@ __all__ = [
     "LLMD_FAIRNESS_ID",
     "LLMD_INFERENCE_OBJECTIVE",
     "LLMD_MODEL_NAME_REWRITE",
+    "LLMD_SLO_TPOT",
+    "LLMD_SLO_TTFT",
     "MODEL_NAME_REWRITE",
     "REQUEST_ID",
     "ROUTING_OUTPUTS",
     "CaseInsensitiveHeaders",
+    "HeaderValueError",
     "LowerCaseHeaders",
     "clean_request_headers",
     "clean_response_headers",
@@ -35,6 +40,7 @@ __all__ = [
     "new_request_id",
     "objective_of",
     "scheduling_headers",
+    "slo_of",
 ]
 
 
@@ -80,6 +86,12 @@ REQUEST_ID = "x-request-id"
 LLMD_INFERENCE_OBJECTIVE = "x-llm-d-inference-objective"
 LLMD_MODEL_NAME_REWRITE = "x-llm-d-model-name-rewrite"
 LLMD_FAIRNESS_ID = "x-llm-d-inference-fairness-id"
+# The request's own latency bounds, milliseconds (llm-d's predicted-latency plugins read them);
+# the x-slo-* spellings are llm-d's deprecated aliases, read when the llm-d name is absent.
+LLMD_SLO_TTFT = "x-llm-d-slo-ttft-ms"
+LLMD_SLO_TPOT = "x-llm-d-slo-tpot-ms"
+SLO_TTFT = "x-slo-ttft-ms"
+SLO_TPOT = "x-slo-tpot-ms"
 
 DEFAULT_FAIRNESS_ID = "default-flow"
 
@@ -99,6 +111,10 @@ CONTROL_INPUTS = frozenset(
         LLMD_INFERENCE_OBJECTIVE,
         LLMD_MODEL_NAME_REWRITE,
         LLMD_FAIRNESS_ID,
+        LLMD_SLO_TTFT,
+        LLMD_SLO_TPOT,
+        SLO_TTFT,
+        SLO_TPOT,
     }
 )
 
@@ -141,6 +157,43 @@ def model_name_rewrite_of(headers: Mapping[str, str]) -> str | None:
 def fairness_id_of(headers: Mapping[str, str]) -> str:
     """The request's flow (``x-llm-d-inference-fairness-id``, else the GIE name, else the default)."""
     return _first(headers, LLMD_FAIRNESS_ID, FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
+
+
+class HeaderValueError(ValueError):
+    """A control header's value the gateway cannot use; ``header`` names it."""
+
+    def __init__(self, header: str, message: str) -> None:
+        super().__init__(message)
+        self.header = header
+
+
+def _milliseconds(headers: Mapping[str, str], name: str, alias: str) -> float | None:
+    """The bound in seconds, or None when neither spelling is sent; a value that is not a positive
+    number of milliseconds is refused (:class:`HeaderValueError`) rather than ignored."""
+    value = headers.get(name) or headers.get(alias)
+    if not value:
+        return None
+    sent = name if headers.get(name) else alias
+    try:
+        ms = float(value)
+    except ValueError:
+        raise HeaderValueError(
+            sent, f"header '{sent}' must be a number of milliseconds (got {value[:40]!r})"
+        ) from None
+    if not math.isfinite(ms) or ms <= 0:
+        raise HeaderValueError(
+            sent, f"header '{sent}' must be a positive number of milliseconds (got {value[:40]!r})"
+        )
+    return ms / 1000.0
+
+
+def slo_of(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
+    """The request's own TTFT and TPOT bounds in seconds (``x-llm-d-slo-ttft-ms``,
+    ``x-llm-d-slo-tpot-ms``, or their ``x-slo-*`` aliases); None where not sent."""
+    return (
+        _milliseconds(headers, LLMD_SLO_TTFT, SLO_TTFT),
+        _milliseconds(headers, LLMD_SLO_TPOT, SLO_TPOT),
+    )
 
 
 # Request ids only need to be unique, not secret: a generator seeded once from the OS costs a

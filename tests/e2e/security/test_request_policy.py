@@ -21,7 +21,7 @@ from aiohttp import web
 
 from infergate.config.settings import Settings
 from infergate.servers.auth import ApiKeyStore
-from tests.e2e.security.conftest import MODEL, PLANES, Replica, Rig, start_gateway
+from tests.e2e.security.conftest import MODEL, PLANES, Replica, Rig, answer, start_gateway
 
 GOOD = "sk-good-0123456789"
 FOOD = "sk-food-0123456789"
@@ -115,6 +115,7 @@ async def test_control_headers_cannot_widen_a_keys_scope(rig: Rig) -> None:
             ("food-review", {"x-gateway-inference-fairness-id": "someone-else"}),
             ("food-review", {"x-llm-d-model-name-rewrite": "cad-fabricator"}),  # llm-d spelling
             (MODEL, {"x-llm-d-inference-objective": "food-review"}),
+            ("food-review", {"x-llm-d-slo-ttft-ms": "1"}),  # a tight bound jumps its flow's queue
         )
         for model, headers in bypasses:
             with pytest.raises(openai.PermissionDeniedError) as err:
@@ -137,6 +138,52 @@ async def drop_connection(replica: Replica, request: web.Request) -> web.StreamR
     assert request.transport is not None
     request.transport.abort()
     return web.Response()
+
+
+@pytest.mark.parametrize("plane", PLANES)
+async def test_control_headers_are_consumed_and_bad_slo_bounds_are_a_400(
+    plane: str, replicas: list[Replica], tmp_path: Path
+) -> None:
+    """Objective, fairness and latency-bound headers steer the gateway and never reach the model
+    server, on either data plane; a bound that is not a number of milliseconds is refused."""
+    forwarded: list[set[str]] = []
+
+    async def recording(replica: Replica, request: web.Request) -> web.StreamResponse:
+        forwarded.append({k.lower() for k in request.headers})
+        return await answer(replica, request)
+
+    for rep in replicas:
+        rep.handler = recording
+    gw = await start_gateway(tmp_path, plane, replicas)
+    client = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="x", max_retries=0, timeout=20
+    )
+    control = {
+        "x-llm-d-inference-objective": "food-review",
+        "x-gateway-inference-fairness-id": "tenant-a",
+        "x-llm-d-slo-ttft-ms": "300",
+        "x-llm-d-slo-tpot-ms": "25",
+        "x-slo-ttft-ms": "900",
+    }
+    try:
+        done = await client.completions.create(
+            model="food-review", prompt="hi", max_tokens=1, extra_headers={**control, "x-kept": "1"}
+        )
+        assert done.model == "food-review"
+        for bad in ("soon", "-1", "0", "nan"):
+            with pytest.raises(openai.BadRequestError) as err:
+                await client.completions.create(
+                    model="food-review", prompt="hi", max_tokens=1, extra_headers={"x-llm-d-slo-tpot-ms": bad}
+                )
+            assert isinstance(err.value.body, dict)
+            assert err.value.body["param"] == "x-llm-d-slo-tpot-ms", err.value.body
+        # the gateway keeps serving
+        assert (await client.completions.create(model="food-review", prompt="hi", max_tokens=1)).model
+    finally:
+        await client.close()
+        await gw.stop()
+    assert len(forwarded) == 2 and "x-kept" in forwarded[0]
+    assert not set(control) & forwarded[0], forwarded[0]
 
 
 @pytest.mark.parametrize("plane", PLANES)

@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -253,6 +253,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return json.dumps(model_entry({str(d["id"]): d for d in data}, model_id)).encode()
         return json.dumps({"object": "list", "data": data}).encode()
 
+    @staticmethod
+    def _consumed(headers: Mapping[str, str], *, prefiller_routed: bool) -> list[str]:
+        """Client headers the model server must not see, as the built-in proxy drops them: the
+        control inputs the gateway consumed (objective, fairness, rewrite, SLO bounds) and a
+        prefiller only the picker may name."""
+        remove = [name for name in H.CONTROL_INPUTS if name in headers]
+        if H.PREFILLER_HOST_PORT in headers and not prefiller_routed:
+            remove.append(H.PREFILLER_HOST_PORT)
+        return remove
+
     async def _route(self, st: _Stream) -> list[pb.ProcessingResponse]:
         """Hand the whole request to the Director and turn its decision into Envoy replies."""
         st.request_done = True
@@ -275,8 +285,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             dest,
             body_length=len(ctx.body) if changed else None,
             extra=[*self._extra_headers(st), *routed.items()],
-            # only the picker names a prefiller: a client's own header is dropped
-            remove=[H.PREFILLER_HOST_PORT] if H.PREFILLER_HOST_PORT in st.headers and not routed else [],
+            remove=self._consumed(st.headers, prefiller_routed=bool(routed)),
         )
         metadata = msg.route_metadata(dest)
         if buffered:

@@ -35,7 +35,9 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   higher), ``kv`` the KV tokens in use, and ``ρ(e)`` the share of ``e``'s time going to prefill
   (the recent rate of prefill work sent to ``e``, capped at 0.9): chunked prefill stretches every
   decode step of the streams already running.
-* ``cost(e) = TTFT(e) / ttftSlo + TPOT(e) / tpotSlo`` and ``score(e) = min_c cost(c) / cost(e)``;
+* ``cost(e) = TTFT(e) / ttftSlo + TPOT(e) / tpotSlo`` and ``score(e) = min_c cost(c) / cost(e)``,
+  with the request's own bounds where it sends them (``x-llm-d-slo-ttft-ms``/``-tpot-ms``: a
+  request that needs its first token soon weighs a queue more than one that needs fast tokens);
   for a prefix too few servers hold for its share of the traffic (:class:`PrefixDemand`), a
   candidate lacking it is not charged the blocks the best holder has, so a hot prefix spreads.
 
@@ -341,8 +343,9 @@ class PredictedLatencyScorer:
         predictions = self._predict_all(
             candidates, prompt_tokens, matched_tokens, adapter, now, slot_pressure
         )
-        ttft_slo = p.ttft_slo_seconds * 1000.0
-        tpot_slo = p.tpot_slo_seconds * 1000.0
+        # the request's own bounds (x-llm-d-slo-*-ms) weigh its TTFT against its TPOT, else the pool's
+        ttft_slo = (request.ttft_slo or p.ttft_slo_seconds) * 1000.0
+        tpot_slo = (request.tpot_slo or p.tpot_slo_seconds) * 1000.0
         costs = [pred[0] / ttft_slo + pred[1] / tpot_slo for pred in predictions]
         if self._prefixes.short_of_holders(hashes, matched, keys, now):
             # a prefix too few servers hold for its share of the traffic: a candidate lacking
