@@ -168,6 +168,7 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "scrape.pool_metrics_interval": (2.0, scraper(lambda sc: sc._pool_metrics_interval)),
         "flow_control.enabled": (False, flow(lambda c: c._config.enabled)),
         "flow_control.headroom": (0.0, flow(lambda c: c._config.headroom)),
+        "flow_control.ordering": ("slo-deadline", flow(lambda c: c._queues.ordering)),
         "flow_control.request_ttl": (1.0, flow(lambda c: c._config.default_ttl)),
         "flow_control.no_endpoint_request_ttl": (600.0, flow(lambda c: c._config.empty_pool_ttl)),
         "flow_control.max_queued_requests": (10, flow(lambda c: c._config.band_max_requests)),

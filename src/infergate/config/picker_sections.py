@@ -67,7 +67,9 @@ STATIC_USAGE_LIMIT = "static-usage-limit-policy"
 PASSTHROUGH_PARSER = "passthrough-parser"
 SUPPORTED_PARSERS = ("openai-parser", "anthropic-parser", PASSTHROUGH_PARSER)
 SUPPORTED_FAIRNESS = ("round-robin-fairness-policy",)
-SUPPORTED_ORDERING = ("fcfs-ordering-policy",)
+SUPPORTED_ORDERING = ("fcfs-ordering-policy", "slo-deadline-ordering-policy")
+#: Ordering policy type -> ``flow_control.ordering``.
+ORDERING_SETTING = {"fcfs-ordering-policy": "fcfs", "slo-deadline-ordering-policy": "slo-deadline"}
 DATA_SOURCES = ("metrics-data-source",)
 EXTRACTORS = ("core-metrics-extractor",)
 #: Reference plugin types that are not scheduling stages: never part of a generated default profile.
@@ -388,7 +390,24 @@ class _Reader:
             self._band(fc.default_negative_priority_band, f"{where}.defaultNegativePriorityBand")
         for i, band in enumerate(fc.priority_bands):
             self._band(band, f"{where}.priorityBands[{i}]")
+        if self.effects.get("ordering") == "slo-deadline":
+            ref = default.ordering_policy_ref if default is not None else ""
+            if ORDERING_SETTING.get(self.types.get(ref, ref)) != "slo-deadline":
+                raise ConfigError(
+                    f"{where}.defaultPriorityBand.orderingPolicyRef: must name slo-deadline-ordering-policy "
+                    "when a band does: infergate orders every band's requests the same way"
+                )
         return bool(data)
+
+    def _ordering(self, ordering: str, where: str) -> None:
+        """Every band orders its flows' requests the same way in infergate: one setting."""
+        chosen = self.effects.get("ordering")
+        if chosen is not None and chosen != ordering:
+            raise ConfigError(
+                f"{where}: bands that order their requests differently are not supported "
+                f"(another band uses {chosen}); name one ordering policy for every band"
+            )
+        self.effects["ordering"] = ordering
 
     def _band(self, band: PriorityBand, where: str, *, set_default: bool = False) -> None:
         for ref, allowed, what in (
@@ -402,6 +421,8 @@ class _Reader:
                 raise ConfigError(
                     f"{where}.{what}: {ref!r} is not supported; infergate's bands use {', '.join(allowed)}"
                 )
+            if what == "orderingPolicyRef":
+                self._ordering(ORDERING_SETTING[type_], f"{where}.{what}")
         requests = self._quantity(band.max_requests, f"{where}.maxRequests") if band.max_requests else 0
         size = self._quantity(band.max_bytes, f"{where}.maxBytes") if band.max_bytes else 0
         if set_default:
@@ -519,6 +540,12 @@ def _read(config: EndpointPickerConfig) -> SectionEffects:
     r.check_plugins()
     gate = r.feature_gates()
     fc_set = r.flow_control(config.flow_control)
+    unused = [n for n, t in r.types.items() if t == "slo-deadline-ordering-policy"]
+    if unused and r.effects.get("ordering") != "slo-deadline":
+        raise ConfigError(
+            f"plugins[{unused[0]}]: slo-deadline-ordering-policy is declared but no band uses it; "
+            "name it in flowControl.defaultPriorityBand.orderingPolicyRef"
+        )
     # flowControl.saturationDetector wins over the deprecated top-level spelling, as upstream.
     nested = (config.flow_control or {}).get("saturationDetector")
     if nested is not None:

@@ -197,6 +197,11 @@ class FlowControlSettings(_Group):
             return self.request_ttl
         return max(self.request_ttl, empty if empty > 0 else 86400.0)
 
+    ordering: Literal["fcfs", "slo-deadline"] = "fcfs"
+    """The order of the queued requests of one flow (one fairness id in one band): ``fcfs`` first
+    come first served; ``slo-deadline`` the earliest arrival plus ``x-llm-d-slo-ttft-ms`` first,
+    requests without that header after every request with it (``orderingPolicyRef:
+    slo-deadline-ordering-policy``). Flows still take turns and bands still go by priority."""
     max_queued_requests: int = Field(default=5000, ge=1)
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
     max_queued_bytes: int = Field(default=10 * 1024**3, ge=1)
@@ -269,9 +274,9 @@ class AuthSettings(_Group):
     """API keys for the inference listener: a YAML/JSON file of key -> allowed objectives, or Secret
     manifests (``--api-keys``). Secrets labelled ``infergate.dev/api-keys`` are added. Unset: open."""
     control_headers: Literal["auto", "trusted", "keys"] = "auto"
-    """Who may send the objective, model-rewrite and fairness-id headers: ``auto`` everyone while API
-    keys are off and only permitted keys once they are on; ``trusted`` everyone; ``keys`` only
-    permitted keys."""
+    """Who may send the objective, model-rewrite, fairness-id and latency-bound (``x-llm-d-slo-*``)
+    headers: ``auto`` everyone while API keys are off and only permitted keys once they are on;
+    ``trusted`` everyone; ``keys`` only permitted keys."""
     metrics_auth: Literal["disabled", "token", "kubernetes"] = "disabled"
     """Protection of the admin ``/metrics`` and ``/debug``: ``token`` (bearer tokens from
     ``metrics_token_file``, else one generated and printed), ``kubernetes`` (TokenReview, ``epp

@@ -51,6 +51,8 @@ class FlowControlConfig:
             arriving next would need. 0 disables it (every band up to 1.0, the reference).
         top_priority: the priority that may use the headroom; ``None`` takes the highest priority
             among the pool's objectives (a request above every objective counts as top too).
+        ordering: the order of one flow's requests: ``fcfs``, or ``slo-deadline`` (earliest
+            arrival plus the request's own TTFT bound first; see :mod:`.queues`).
         route_to_room: when queueing is enabled, a request may only be scheduled onto an endpoint
             that itself has room (its saturation score < 1), whenever one is eligible. The
             scheduler's prefix and LoRA affinity can otherwise send a released request to a full
@@ -70,6 +72,7 @@ class FlowControlConfig:
     headroom: float = 0.2
     top_priority: int | None = None
     route_to_room: bool = True
+    ordering: str = "fcfs"
 
     @property
     def empty_pool_ttl(self) -> float | None:
@@ -90,5 +93,7 @@ class FlowControlConfig:
             raise ValueError("retry_after must be >= 0")
         if not 0.0 <= self.headroom < 1.0:
             raise ValueError("headroom must be in [0, 1)")
+        if self.ordering not in ("fcfs", "slo-deadline"):
+            raise ValueError("ordering must be fcfs or slo-deadline")
         if self.recheck_interval <= 0:
             raise ValueError("recheck_interval must be > 0")

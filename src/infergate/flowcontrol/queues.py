@@ -5,7 +5,10 @@ Structure (the reference's three tiers):
 * a **band** per priority value; the dispatcher always serves the highest non-empty band first;
 * inside a band, one **flow** queue per fairness id, served **round-robin** (a flow that was just
   served goes to the back of the rotation; a new flow joins at the back);
-* inside a flow, **FCFS**.
+* inside a flow, **FCFS**, or with ``ordering="slo-deadline"`` (the reference's
+  ``slo-deadline-ordering-policy``) the earliest deadline first: arrival plus the request's own
+  TTFT bound (``x-llm-d-slo-ttft-ms``); a request without one comes after every request with one,
+  and equal deadlines go first come first served.
 
 Removing an arbitrary item (cancellation, TTL expiry) is O(flow length) and takes effect at once,
 so counts and bytes are always exact. This module is pure data structure so that it can be property
@@ -15,6 +18,7 @@ tested and driven by the digital twin on a virtual clock.
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +26,10 @@ from enum import StrEnum
 
 from infergate.types import InferenceRequest
 
-__all__ = ["BandSnapshot", "FlowSnapshot", "ItemState", "PriorityQueues", "QueuedItem"]
+__all__ = ["ORDERINGS", "BandSnapshot", "FlowSnapshot", "ItemState", "PriorityQueues", "QueuedItem"]
+
+#: How the requests of one flow are ordered (see the module docstring).
+ORDERINGS = ("fcfs", "slo-deadline")
 
 
 class ItemState(StrEnum):
@@ -53,6 +60,15 @@ class QueuedItem:
         return self.request.priority
 
     @property
+    def due(self) -> tuple[float, int]:
+        """The slo-deadline order: arrival plus the request's TTFT bound (none: after all), then
+        first come first served."""
+        r = self.request
+        if r.ttft_slo is None:
+            return (math.inf, self.seq)
+        return ((r.arrived_at or self.enqueued_at) + r.ttft_slo, self.seq)
+
+    @property
     def fairness_id(self) -> str:
         return self.request.fairness_id
 
@@ -75,9 +91,29 @@ class BandSnapshot:
     bytes: int
 
 
+class _DueQueue(deque[QueuedItem]):
+    """One flow's queue in deadline order (:attr:`QueuedItem.due`), with the deque methods the band
+    uses: ``append`` inserts in order, ``popleft`` and ``[0]`` take the earliest deadline."""
+
+    def append(self, item: QueuedItem) -> None:
+        due = item.due
+        if not self or self[-1].due <= due:  # the usual case: no bound, or bounds arriving in order
+            super().append(item)
+            return
+        lo, hi = 0, len(self)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self[mid].due <= due:
+                lo = mid + 1
+            else:
+                hi = mid
+        self.insert(lo, item)
+
+
 @dataclass(slots=True)
 class _Band:
     priority: int
+    by_deadline: bool = False
     flows: dict[str, deque[QueuedItem]] = field(default_factory=dict)
     rotation: deque[str] = field(default_factory=deque)  # non-empty flows, next to serve first
     count: int = 0
@@ -86,7 +122,7 @@ class _Band:
     def push(self, item: QueuedItem) -> None:
         queue = self.flows.get(item.fairness_id)
         if queue is None:
-            queue = self.flows[item.fairness_id] = deque()
+            queue = self.flows[item.fairness_id] = _DueQueue() if self.by_deadline else deque()
             self.rotation.append(item.fairness_id)
         queue.append(item)
         self.count += 1
@@ -129,7 +165,11 @@ class _Band:
 class PriorityQueues:
     """Bands of flows of items; strict priority between bands, round-robin between flows."""
 
-    def __init__(self) -> None:
+    def __init__(self, ordering: str = "fcfs") -> None:
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)} (got {ordering!r})")
+        self.ordering = ordering
+        self._by_deadline = ordering == "slo-deadline"
         self._bands: dict[int, _Band] = {}
         self._priorities: list[int] = []  # ascending; only non-empty bands
         self._count = 0
@@ -163,7 +203,7 @@ class PriorityQueues:
     def push(self, item: QueuedItem) -> None:
         band = self._bands.get(item.priority)
         if band is None:
-            band = self._bands[item.priority] = _Band(item.priority)
+            band = self._bands[item.priority] = _Band(item.priority, self._by_deadline)
             bisect.insort(self._priorities, item.priority)
         band.push(item)
         self._count += 1
@@ -200,11 +240,11 @@ class PriorityQueues:
 
     def oldest_enqueued_at(self) -> float | None:
         """When the request queued longest was queued, whatever its band (None: nothing queued).
-        Each flow is first in, first out, so it is among the flows' heads."""
+        A first-come-first-served flow holds it at its head; a deadline-ordered one anywhere."""
         oldest: float | None = None
         for band in self._bands.values():
             for queue in band.flows.values():
-                at = queue[0].enqueued_at
+                at = min(i.enqueued_at for i in queue) if self._by_deadline else queue[0].enqueued_at
                 if oldest is None or at < oldest:
                     oldest = at
         return oldest
@@ -225,7 +265,7 @@ class PriorityQueues:
                     fairness_id=fid,
                     queued=len(band.flows[fid]),
                     bytes=sum(i.size for i in band.flows[fid]),
-                    oldest_enqueued_at=band.flows[fid][0].enqueued_at,
+                    oldest_enqueued_at=min(i.enqueued_at for i in band.flows[fid]),
                 )
                 for fid in band.rotation
             )

@@ -46,6 +46,7 @@ def flow_control_from_settings(
         max_bytes=s.max_queued_bytes_total,
         pool_name=pool_name,
         headroom=s.headroom,
+        ordering=s.ordering,
     )
     return detector, config
 

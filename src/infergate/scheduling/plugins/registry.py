@@ -117,6 +117,7 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "passthrough-parser": PassthroughParserParams,
     "utilization-detector": UtilizationDetectorParams,
     "fcfs-ordering-policy": NoParams,
+    "slo-deadline-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
     "static-usage-limit-policy": StaticUsageLimitParams,
     # in-flight counts are built in (Endpoint.in_flight, in_flight_tokens): no producer needed
@@ -125,14 +126,16 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
 _FLOWS = "flows of a band are served round-robin; use round-robin-fairness-policy"
-_FCFS = "requests of a flow are served first come first served; use fcfs-ordering-policy"
+_FCFS = (
+    "requests of a flow are served first come first served or by SLO deadline; "
+    "use fcfs-ordering-policy or slo-deadline-ordering-policy"
+)
 _LIMIT = "use static-usage-limit-policy (threshold 1.0)"
 REFUSED_TYPES: dict[str, str] = {
     "concurrency-detector": "saturation is measured from model-server metrics; use utilization-detector",
     "global-strict-fairness-policy": _FLOWS,
     "program-aware-fairness": _FLOWS,
     "edf-ordering-policy": _FCFS,
-    "slo-deadline-ordering-policy": _FCFS,
     "priority-holdback-policy": _LIMIT,
     "soft-reflective-ceiling-policy": _LIMIT,
     "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
