@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infergate.flowcontrol.queues import ORDERINGS
+
 __all__ = ["DEFAULT_BAND_MAX_BYTES", "FOLLOW_DEFAULT_TTL", "FlowControlConfig"]
 
 #: The reference's default per-band byte capacity (``defaultPriorityBandMaxBytes``).
@@ -93,7 +95,7 @@ class FlowControlConfig:
             raise ValueError("retry_after must be >= 0")
         if not 0.0 <= self.headroom < 1.0:
             raise ValueError("headroom must be in [0, 1)")
-        if self.ordering not in ("fcfs", "slo-deadline"):
-            raise ValueError("ordering must be fcfs or slo-deadline")
+        if self.ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}")
         if self.recheck_interval <= 0:
             raise ValueError("recheck_interval must be > 0")

@@ -274,8 +274,9 @@ class RequestCore:
                 objective_named=lambda name: self._ds.objective(name) is not None,
             )
         self.limits.check_body(parsed, scope, context=self._ds.max_model_len())
+        plugin_headers = H.scheduling_headers(headers)  # a plain lower-case dict: cheap lookups
         try:
-            ttft_slo, tpot_slo = H.slo_of(headers)
+            ttft_slo, tpot_slo = H.slo_of(plugin_headers)
         except H.HeaderValueError as exc:
             raise BadRequestError(str(exc), param=exc.header) from None
         request = InferenceRequest(
@@ -293,7 +294,7 @@ class RequestCore:
             arrived_at=now,
             ttft_slo=ttft_slo,
             tpot_slo=tpot_slo,
-            headers=H.scheduling_headers(headers),
+            headers=plugin_headers,
             body=parsed.data,
         )
         upstream = body if target == model else rewrite_model(parsed, target)

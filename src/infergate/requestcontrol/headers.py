@@ -167,32 +167,42 @@ class HeaderValueError(ValueError):
         self.header = header
 
 
-def _milliseconds(headers: Mapping[str, str], name: str, alias: str) -> float | None:
-    """The bound in seconds, or None when neither spelling is sent; a value that is not a positive
-    number of milliseconds is refused (:class:`HeaderValueError`) rather than ignored."""
-    value = headers.get(name) or headers.get(alias)
-    if not value:
-        return None
-    sent = name if headers.get(name) else alias
+def _milliseconds(name: str, value: str) -> float:
+    """``value`` of header ``name`` in seconds; a value that is not a positive number of
+    milliseconds is refused (:class:`HeaderValueError`) rather than ignored."""
     try:
         ms = float(value)
     except ValueError:
         raise HeaderValueError(
-            sent, f"header '{sent}' must be a number of milliseconds (got {value[:40]!r})"
+            name, f"header '{name}' must be a number of milliseconds (got {value[:40]!r})"
         ) from None
     if not math.isfinite(ms) or ms <= 0:
         raise HeaderValueError(
-            sent, f"header '{sent}' must be a positive number of milliseconds (got {value[:40]!r})"
+            name, f"header '{name}' must be a positive number of milliseconds (got {value[:40]!r})"
         )
     return ms / 1000.0
 
 
+_NO_SLO: tuple[float | None, float | None] = (None, None)
+
+
 def slo_of(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
     """The request's own TTFT and TPOT bounds in seconds (``x-llm-d-slo-ttft-ms``,
-    ``x-llm-d-slo-tpot-ms``, or their ``x-slo-*`` aliases); None where not sent."""
+    ``x-llm-d-slo-tpot-ms``, or their ``x-slo-*`` aliases when the llm-d name is absent or empty);
+    None where not sent. Raises :class:`HeaderValueError` naming a header it cannot use."""
+    ttft = headers.get(LLMD_SLO_TTFT)
+    ttft_name = LLMD_SLO_TTFT
+    if not ttft:
+        ttft, ttft_name = headers.get(SLO_TTFT), SLO_TTFT
+    tpot = headers.get(LLMD_SLO_TPOT)
+    tpot_name = LLMD_SLO_TPOT
+    if not tpot:
+        tpot, tpot_name = headers.get(SLO_TPOT), SLO_TPOT
+    if not ttft and not tpot:  # nearly every request: no parsing
+        return _NO_SLO
     return (
-        _milliseconds(headers, LLMD_SLO_TTFT, SLO_TTFT),
-        _milliseconds(headers, LLMD_SLO_TPOT, SLO_TPOT),
+        _milliseconds(ttft_name, ttft) if ttft else None,
+        _milliseconds(tpot_name, tpot) if tpot else None,
     )
 
 
