@@ -201,3 +201,25 @@ def test_clients_that_do_not_stream_are_judged_in_the_twin_only(capsys: pytest.C
     path = Path(__file__).resolve().parents[2] / "bench" / "holdout" / "unstreamed-api.yaml"
     assert main(["--url", "http://127.0.0.1:9", "--workload", str(path)]) == 2
     assert "streamed: 0.3 only applies to --twin" in capsys.readouterr().err
+
+
+def test_request_classes_send_their_own_slo_and_are_judged_by_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """``slo_ttft``/``slo_tpot`` on a class become ``x-llm-d-slo-*-ms`` headers on its requests,
+    which the twin hands to the gateway; ``bench_slo_headers.py`` judges each class by its own."""
+    from tests.support import load_bench_script
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "slo-classes.yaml"
+    requests = generate(load_workload(str(path)))
+    chat = next(r for r in requests if r.group == "chat")
+    batch = next(r for r in requests if r.group == "batch")
+    assert chat.headers == {"x-llm-d-slo-ttft-ms": "500", "x-llm-d-slo-tpot-ms": "50"}
+    assert batch.headers == {"x-llm-d-slo-ttft-ms": "8000", "x-llm-d-slo-tpot-ms": "150"}
+    assert generate(load_workload("prefill-decode-mix"))[0].headers == {}
+    script = load_bench_script("bench_slo_headers")
+    args = ["--workload", str(path), "--rates", "4", "--seeds", "0", "--warmup", "1", "--duration", "4"]
+    assert script.main([*args, "--skip", "round-robin,untold"]) == 0
+    out = capsys.readouterr().out
+    assert "headers      4 QPS seed 0: met" in out and "batch: 100.0%" in out and "chat: 100.0%" in out
+    # a workload whose classes carry no bounds cannot be judged by them
+    with pytest.raises(SystemExit, match="a classes workload is needed"):
+        script.main(["--workload", "tutorial-mix", "--rates", "4"])

@@ -44,6 +44,9 @@ __all__ = [
 
 # The header that names a request's InferenceObjective (GIE's ``x-gateway-inference-objective``).
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
+# A request's own latency bounds in milliseconds (llm-d's spelling).
+SLO_TTFT_HEADER = "x-llm-d-slo-ttft-ms"
+SLO_TPOT_HEADER = "x-llm-d-slo-tpot-ms"
 
 _WORD_TEXT = (
     "the of and to in is it you that was for on are with as his they be at one have this from or had by hot "
@@ -141,13 +144,18 @@ class BurstWorkload(_Model):
 
 
 class RequestClass(_Model):
-    """One kind of request in a ``classes`` workload: its share, lengths and models."""
+    """One kind of request in a ``classes`` workload: its share, lengths and models, and the
+    latency bounds its clients send (``x-llm-d-slo-ttft-ms``/``-tpot-ms``; unset: none sent)."""
 
     name: str
     weight: float = Field(default=1.0, gt=0)
     prompt: LengthDist = LengthDist(mean=256)
     answer: LengthDist = LengthDist(mean=128)
     models: tuple[ModelShare, ...] = (ModelShare(name="meta-llama/Llama-3.1-8B-Instruct"),)
+    slo_ttft: float | None = Field(default=None, gt=0)
+    """Seconds."""
+    slo_tpot: float | None = Field(default=None, gt=0)
+    """Seconds."""
 
 
 class ClassesWorkload(_Model):
@@ -231,10 +239,19 @@ class BenchRequest:
     """The InferenceObjective the request names (sent as :data:`OBJECTIVE_HEADER`), or None."""
     stream: bool = True
     """Sent with ``stream: true`` (and usage in the stream), else answered whole."""
+    slo_ttft: float | None = None
+    """The TTFT bound the client sends (seconds, as ``x-llm-d-slo-ttft-ms``), or None."""
+    slo_tpot: float | None = None
+    """The TPOT bound the client sends (seconds, as ``x-llm-d-slo-tpot-ms``), or None."""
 
     @property
     def headers(self) -> dict[str, str]:
-        return {OBJECTIVE_HEADER: self.objective} if self.objective is not None else {}
+        out = {OBJECTIVE_HEADER: self.objective} if self.objective is not None else {}
+        if self.slo_ttft is not None:
+            out[SLO_TTFT_HEADER] = f"{self.slo_ttft * 1000.0:g}"
+        if self.slo_tpot is not None:
+            out[SLO_TPOT_HEADER] = f"{self.slo_tpot * 1000.0:g}"
+        return out
 
     def body(self, *, stream: bool | None = None) -> dict[str, Any]:
         """The request's JSON body; ``stream`` overrides :attr:`stream`."""
@@ -358,7 +375,7 @@ def _classes(w: ClassesWorkload, rng: random.Random, count: int, text: TextFn = 
     for i in range(count):
         kind = rng.choices(w.classes, weights=weights)[0]
         (one,) = _independent(rng, 1, kind.prompt, kind.answer, kind.models, w.api == "chat", text)
-        out.append(replace(one, index=i, group=kind.name))
+        out.append(replace(one, index=i, group=kind.name, slo_ttft=kind.slo_ttft, slo_tpot=kind.slo_tpot))
     return out
 
 
