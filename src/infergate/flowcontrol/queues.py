@@ -174,6 +174,10 @@ class PriorityQueues:
         self._priorities: list[int] = []  # ascending; only non-empty bands
         self._count = 0
         self._bytes = 0
+        # deadline order: the item queued longest, remembered until it leaves (then found again by
+        # a scan), since it may be anywhere in its flow; None while unknown or nothing is queued
+        self._oldest: QueuedItem | None = None
+        self._oldest_known = True
 
     def __len__(self) -> int:
         return self._count
@@ -208,6 +212,13 @@ class PriorityQueues:
         band.push(item)
         self._count += 1
         self._bytes += item.size
+        oldest = self._oldest
+        if (
+            self._by_deadline
+            and self._oldest_known
+            and (oldest is None or item.enqueued_at < oldest.enqueued_at)
+        ):
+            self._oldest = item
 
     def peek(self) -> QueuedItem | None:
         """The item :meth:`pop` would return, without removing it."""
@@ -225,6 +236,8 @@ class PriorityQueues:
         self._bytes -= item.size
         if band.count == 0:
             self._drop_band(band.priority)
+        if item is self._oldest:
+            self._oldest, self._oldest_known = None, False
         return item
 
     def remove(self, item: QueuedItem) -> bool:
@@ -236,15 +249,24 @@ class PriorityQueues:
         self._bytes -= item.size
         if band.count == 0:
             self._drop_band(band.priority)
+        if item is self._oldest:
+            self._oldest, self._oldest_known = None, False
         return True
 
     def oldest_enqueued_at(self) -> float | None:
         """When the request queued longest was queued, whatever its band (None: nothing queued).
-        A first-come-first-served flow holds it at its head; a deadline-ordered one anywhere."""
+        A first-come-first-served flow holds it at its head; a deadline-ordered one anywhere, so
+        that item is remembered and the queues scanned only after it left (the decode guard asks
+        on every release attempt, and a queue may hold thousands)."""
+        if self._by_deadline:
+            if not self._oldest_known:
+                self._oldest = min(self, key=lambda i: i.enqueued_at, default=None)
+                self._oldest_known = True
+            return None if self._oldest is None else self._oldest.enqueued_at
         oldest: float | None = None
         for band in self._bands.values():
             for queue in band.flows.values():
-                at = min(i.enqueued_at for i in queue) if self._by_deadline else queue[0].enqueued_at
+                at = queue[0].enqueued_at
                 if oldest is None or at < oldest:
                     oldest = at
         return oldest
