@@ -35,7 +35,6 @@ from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.stats import Slo, summarise
 from infergate.bench.steady import map_models, resolve_pool
 from infergate.bench.twin import run_twin
-from infergate.bench.twin_pool import TwinConfig
 from infergate.bench.workloads import BenchRequest, ClassesWorkload, load_workload, stream
 from infergate.config.settings import Settings
 
@@ -85,14 +84,7 @@ def _point(job: tuple[str, str, dict[str, object], float, int, float, float, Set
     if variant == "untold":
         sent = [replace(r, slo_ttft=None, slo_tpot=None) for r in requests]
     settings = pool.replace(overrides) if overrides else pool
-    config = TwinConfig(
-        replicas=shape.replicas,
-        adapters=shape.adapters,
-        max_loras=shape.max_loras,
-        profiles=shape.profiles,
-        seed=seed,
-        settings=settings,
-    )
+    config = shape.twin_config(seed=seed, settings=settings)
     out = run_twin(sent, times, strategy=strategy, config=config)
     measured = [i for i, t in enumerate(times) if warmup <= t < warmup + duration]
     return {"variant": variant, "rate": rate, "seed": seed, **_judge(out.records, requests, measured)}

@@ -120,21 +120,13 @@ def run_twin_sweep(
     twin sweep can be set beside a matrix sweep with the same flags. ``replicas`` is a count (the
     tutorial pool otherwise) or a whole :class:`PoolShape`.
     """
-    from infergate.bench.twin import TwinConfig, run_twin
+    from infergate.bench.twin import run_twin
     from infergate.bench.twin_pool import settings_for_slo
 
     shape = replicas if isinstance(replicas, PoolShape) else PoolShape(replicas=replicas)
     mapping = map_models(requests, shape)
     requests = [replace(r, model=mapping[r.model]) for r in requests]
-    config = TwinConfig(
-        replicas=shape.replicas,
-        adapters=shape.adapters,
-        max_loras=shape.max_loras,
-        profiles=shape.profiles,
-        seed=seed,
-        time_scale=time_scale,
-        settings=settings_for_slo(slo),
-    )
+    config = shape.twin_config(seed=seed, time_scale=time_scale, settings=settings_for_slo(slo))
     results = []
     for rate in qps:
         offsets = arrival_offsets(requests, rate, seed, shape.arrival)

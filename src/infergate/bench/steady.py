@@ -75,6 +75,17 @@ class PoolShape:
             f"arrival {self.arrival}{profile}{gpus}"
         )
 
+    def twin_config(self, *, seed: int, **fields: Any) -> TwinConfig:
+        """The twin's pool of this shape; ``fields`` set the other :class:`TwinConfig` fields."""
+        return TwinConfig(
+            replicas=self.replicas,
+            adapters=self.adapters,
+            max_loras=self.max_loras,
+            profiles=self.profiles,
+            seed=seed,
+            **fields,
+        )
+
 
 def resolve_pool(
     spec: WorkloadSpec,
@@ -365,11 +376,7 @@ class SteadyRunner:
             min_duration=min_duration,
             latency_factor=latency_factor,
         )
-        config = TwinConfig(
-            replicas=shape.replicas,
-            adapters=shape.adapters,
-            max_loras=shape.max_loras,
-            profiles=shape.profiles,
+        config = shape.twin_config(
             seed=seed,
             time_scale=time_scale,
             objectives=tuple(
