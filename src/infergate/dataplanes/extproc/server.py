@@ -71,6 +71,8 @@ _NO_BODY: int = _Mode.BodySendMode.NONE
 _BUFFERED_MODES = frozenset({_Mode.BodySendMode.BUFFERED, _BUFFERED_PARTIAL})
 # Client-sent headers that would steer routing; dropped before the Director sees the request.
 _UNTRUSTED = H.ROUTING_OUTPUTS
+# the control inputs in a fixed order, so the header mutation Envoy gets is the same every run
+_CONSUMED = tuple(sorted(H.CONTROL_INPUTS))
 
 
 class EndpointSource(Protocol):
@@ -258,7 +260,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         """Client headers the model server must not see, as the built-in proxy drops them: the
         control inputs the gateway consumed (objective, fairness, rewrite, SLO bounds) and a
         prefiller only the picker may name."""
-        remove = [name for name in H.CONTROL_INPUTS if name in headers]
+        remove = [name for name in _CONSUMED if name in headers]
         if H.PREFILLER_HOST_PORT in headers and not prefiller_routed:
             remove.append(H.PREFILLER_HOST_PORT)
         return remove
