@@ -235,6 +235,13 @@ async def test_director_gives_the_request_its_slo_headers_and_refuses_bad_ones()
         body=body(),
     )
     assert (ctx.request.ttft_slo, ctx.request.tpot_slo) == (0.3, 0.02)
+    from infergate.scheduling.engine.decisions import DecisionLog
+
+    log = DecisionLog()
+    log.record(ctx.request, ctx.result, 1.0)
+    assert (
+        log.recent()[0]["ttft_slo"] == 0.3 and log.recent()[0]["tpot_slo"] == 0.02
+    )  # the live view shows them
     plain = await d.handle_request(path="/v1/completions", headers={}, body=body())
     assert (plain.request.ttft_slo, plain.request.tpot_slo) == (None, None)
     with pytest.raises(BadRequestError) as err:

@@ -56,7 +56,8 @@ class DecisionLog:
         """The most recent decisions, newest first, as JSON-ready dicts.
 
         Each dict holds the request id, client and target model, priority, objective, fairness
-        id, the time it was recorded, the profile, the chosen endpoint (key and name), the
+        id, the request's own latency bounds in seconds (``x-llm-d-slo-*-ms``; None where not
+        sent), the time it was recorded, the profile, the chosen endpoint (key and name), the
         fallbacks, every candidate's weighted total (``scores``) and the raw per-scorer scores
         (``plugin_scores``: scorer name → endpoint key → score).
         """
@@ -76,6 +77,8 @@ def _format(req: InferenceRequest, res: SchedulingResult, at: float) -> dict[str
         "priority": req.priority,
         "objective": req.objective,
         "fairness_id": req.fairness_id,
+        "ttft_slo": req.ttft_slo,
+        "tpot_slo": req.tpot_slo,
         "at": at,
         "profile": res.profile,
         "endpoint": primary.key if primary is not None else None,
