@@ -33,17 +33,15 @@ from infergate.bench.arrivals import arrival_times
 from infergate.bench.loadgen import RequestRecord
 from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.stats import Slo, summarise
-from infergate.bench.steady import map_models, resolve_pool
+from infergate.bench.steady import PoolShape, map_models, resolve_pool
 from infergate.bench.twin import run_twin
-from infergate.bench.workloads import BenchRequest, ClassesWorkload, load_workload, stream
+from infergate.bench.workloads import BenchRequest, ClassesWorkload, WorkloadSpec, load_workload, stream
 from infergate.config.settings import Settings
 
 
 def _requests(
-    workload: str, rate: float, seed: int, seconds: float
+    spec: WorkloadSpec, shape: PoolShape, rate: float, seed: int, seconds: float
 ) -> tuple[list[BenchRequest], list[float]]:
-    spec = load_workload(workload)
-    shape = resolve_pool(spec)
     rng = random.Random(f"{spec.name}:{seed}:{rate:.9g}")
     times = arrival_times(shape.arrival, rate, seconds, rng)
     requests = stream(spec, len(times), seed=rng.randrange(1 << 30) + 1)[: len(times)]
@@ -55,11 +53,12 @@ def _judge(
     records: list[RequestRecord], requests: list[BenchRequest], measured: list[int]
 ) -> dict[str, object]:
     classes: dict[str, dict[str, object]] = {}
+    default = Slo()  # a class that sends no bound is judged by the default SLO
     met = True
     for group in sorted({requests[i].group for i in measured}):
         idx = [i for i in measured if requests[i].group == group]
         r0 = requests[idx[0]]
-        slo = Slo(ttft_s=r0.slo_ttft or 1.0, tpot_s=r0.slo_tpot or 0.05)
+        slo = Slo(ttft_s=r0.slo_ttft or default.ttft_s, tpot_s=r0.slo_tpot or default.tpot_s)
         recs = [records[i] for i in idx]
         s = summarise(recs, slo)
         ok = slo.sustained(s)
@@ -76,9 +75,9 @@ def _judge(
 
 def _point(job: tuple[str, str, dict[str, object], float, int, float, float, Settings]) -> dict[str, object]:
     workload, variant, overrides, rate, seed, warmup, duration, pool = job
-    requests, times = _requests(workload, rate, seed, warmup + duration + 1.0)
     spec = load_workload(workload)
     shape = resolve_pool(spec)
+    requests, times = _requests(spec, shape, rate, seed, warmup + duration + 1.0)
     sent = requests
     strategy = "round-robin" if variant == "round-robin" else "default"
     if variant == "untold":
@@ -92,11 +91,7 @@ def _point(job: tuple[str, str, dict[str, object], float, int, float, float, Set
 
 def _variant(text: str) -> tuple[str, dict[str, object]]:
     name, _, rest = text.partition("=")
-    overrides: dict[str, object] = {}
-    for pair in rest.split(","):
-        key, _, value = pair.partition("=")
-        overrides[key] = value
-    return name, overrides
+    return name, dict(pair.partition("=")[::2] for pair in rest.split(","))
 
 
 def main(argv: list[str] | None = None) -> int:

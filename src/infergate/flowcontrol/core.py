@@ -378,10 +378,11 @@ class FlowCore:
         queued longest has waited its hold; once that has passed, a head still queued waits for
         room, and datastore changes wake the dispatcher)."""
         deadline = self.next_deadline()
-        oldest = None if self._guard is None else self._queues.oldest_enqueued_at()
-        if oldest is None or self._guard is None:
+        guard = self._guard
+        oldest = None if guard is None else self._queues.oldest_enqueued_at()
+        if guard is None or oldest is None:
             return deadline
-        release = self._guard.released_at(oldest)
+        release = guard.released_at(oldest)
         if release <= now or (deadline is not None and deadline <= release):
             return deadline
         return release

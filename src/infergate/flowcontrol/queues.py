@@ -99,15 +99,12 @@ class _DueQueue(deque[QueuedItem]):
         due = item.due
         if not self or self[-1].due <= due:  # the usual case: no bound, or bounds arriving in order
             super().append(item)
-            return
-        lo, hi = 0, len(self)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self[mid].due <= due:
-                lo = mid + 1
-            else:
-                hi = mid
-        self.insert(lo, item)
+        else:
+            self.insert(bisect.bisect_right(self, due, key=_due), item)
+
+
+def _due(item: QueuedItem) -> tuple[float, int]:
+    return item.due
 
 
 @dataclass(slots=True)
