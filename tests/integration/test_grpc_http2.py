@@ -20,7 +20,8 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hpack import Decoder, Encoder
 
-from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer, StreamContext, _trailers
+from infergate.servers.grpc_headers import status_trailers
+from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer, StreamContext
 
 
 def _raw(b: bytes) -> bytes:
@@ -337,7 +338,7 @@ def test_trailer_literals_decode_as_hpack() -> None:
     details = "d" * 300 + " ü%"
     headers = {
         str(k): str(v)
-        for k, v in Decoder().decode(_trailers(grpc.StatusCode.UNAVAILABLE, details), raw=False)
+        for k, v in Decoder().decode(status_trailers(grpc.StatusCode.UNAVAILABLE, details), raw=False)
     }
     assert headers["grpc-status"] == "14"
     assert headers["grpc-message"] == "d" * 300 + " %C3%BC%25"

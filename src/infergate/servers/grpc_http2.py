@@ -6,9 +6,9 @@ for the picker"); a general HTTP/2 state machine in Python (grpclib over ``h2``)
 This module does only what a gRPC server needs for one peer that is Envoy, the kubelet or a gRPC
 client: frames split in place, request headers decoded with ``hpack`` (a recurring block once:
 ``hpack_cache``), response headers and trailers written as pre-encoded literals (never indexed,
-so no encoder state), flow control both ways (large body mutations wait for the peer's window),
-the writes of one loop iteration sent in one ``write``, GOAWAY and a grace period on stop. TLS
-is the caller's ``ssl.SSLContext`` (ALPN ``h2``).
+so no encoder state: ``grpc_headers``), flow control both ways (large body mutations wait for the
+peer's window), the writes of one loop iteration sent in one ``write``, GOAWAY and a grace period
+on stop. TLS is the caller's ``ssl.SSLContext`` (ALPN ``h2``).
 
 A handler is ``async (request, context)``: for a client-streaming method ``request`` is None and
 the handler calls ``await context.read()`` until it returns ``grpc.aio.EOF``, as with grpc.aio's
@@ -25,7 +25,6 @@ import contextlib
 import logging
 import ssl
 import struct
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,6 +32,7 @@ from typing import Any, cast
 import grpc
 from hpack.exceptions import HPACKError
 
+from .grpc_headers import OK_TRAILERS, RESPONSE_HEADERS, grpc_timeout, hpack_integer, status_trailers
 from .hpack_cache import HeaderBlockDecoder
 from .inbox import Inbox
 
@@ -62,45 +62,6 @@ _MAX_HEADER_LIST = 64 << 10
 def _frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return bytes((n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, ftype, flags)) + _U32.pack(stream) + payload
-
-
-def _integer(value: int, prefix_bits: int, first: int) -> bytes:
-    """HPACK integer (RFC 7541 §5.1) with ``first`` holding the bits above the prefix."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header field literal without indexing, new name, no Huffman coding (RFC 7541 §6.2.2)."""
-    return b"\x00" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
-
-
-# ":status: 200" is static entry 8; content-type (static 31) as a literal without indexing.
-_RESPONSE_HEADERS = b"\x88" + _integer(31, 4, 0) + _integer(16, 7, 0) + b"application/grpc"
-_OK_TRAILERS = _literal(b"grpc-status", b"0")
-
-
-def _trailers(code: grpc.StatusCode, details: str | None) -> bytes:
-    block = _literal(b"grpc-status", str(code.value[0]).encode())
-    if details:
-        block += _literal(b"grpc-message", urllib.parse.quote(details, safe=" !#$&'()*+,/:;=?@[]~").encode())
-    return block
-
-
-def _timeout(value: str) -> float | None:
-    """``grpc-timeout`` (e.g. ``100m``) in seconds, None when absent or malformed."""
-    units = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-    if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit():
-        return None
-    return int(value[:-1]) * units[value[-1]]
 
 
 class GrpcAbort(Exception):
@@ -171,7 +132,7 @@ class StreamContext:
         if self._sent_headers:
             return b""
         self._sent_headers = True
-        return _frame(_HEADERS, _END_HEADERS, self.sid, self._conn.header_block(_RESPONSE_HEADERS))
+        return _frame(_HEADERS, _END_HEADERS, self.sid, self._conn.header_block(RESPONSE_HEADERS))
 
 
 @dataclass(slots=True)
@@ -351,7 +312,7 @@ class _Connection(asyncio.Protocol):
             elif key == 5:
                 self._max_frame = value
             elif key == 1:  # HEADER_TABLE_SIZE: say that our (always empty) table is 0 (RFC 7541 §4.2)
-                self._table_update = _integer(0, 5, 0x20)
+                self._table_update = hpack_integer(0, 5, 0x20)
         self.send(_frame(_SETTINGS, _ACK, 0))
         self._pump_blocked()
 
@@ -443,7 +404,7 @@ class _Connection(asyncio.Protocol):
             self.send(_frame(_RST, 0, sid, _U32.pack(_PROTOCOL_ERROR)))
             return
         if method is None:
-            trailers = _RESPONSE_HEADERS + _trailers(grpc.StatusCode.UNIMPLEMENTED, "unknown method")
+            trailers = RESPONSE_HEADERS + status_trailers(grpc.StatusCode.UNIMPLEMENTED, "unknown method")
             self.send(_frame(_HEADERS, _END_HEADERS | _END_STREAM, sid, self.header_block(trailers)))
             return
         ctx = StreamContext(self, sid, method, self._initial_window)
@@ -451,7 +412,7 @@ class _Connection(asyncio.Protocol):
         if stream.closed_remote:
             ctx._inbox.put(grpc.aio.EOF)
         self.idle.clear()
-        deadline = _timeout(headers.get("grpc-timeout", ""))
+        deadline = grpc_timeout(headers.get("grpc-timeout", ""))
         stream.task = self._loop.create_task(self._call(stream, deadline))
 
     # ------------------------------------------------------------------ calls
@@ -486,10 +447,10 @@ class _Connection(asyncio.Protocol):
         """Trailers end the call; ``reset`` also asks the peer to stop sending the request."""
         ctx = stream.ctx
         ctx._out.clear()  # a reply cut short while it waited for the window is not sent
-        block = _OK_TRAILERS if code is grpc.StatusCode.OK else _trailers(code, details)
+        block = OK_TRAILERS if code is grpc.StatusCode.OK else status_trailers(code, details)
         if not ctx._sent_headers:
             ctx._sent_headers = True
-            block = _RESPONSE_HEADERS + block  # trailers-only response
+            block = RESPONSE_HEADERS + block  # trailers-only response
         self.send(_frame(_HEADERS, _END_HEADERS | _END_STREAM, ctx.sid, self.header_block(block)))
         if reset:
             self.send(_frame(_RST, 0, ctx.sid, _U32.pack(_NO_ERROR)))  # the rest of the request is not needed
