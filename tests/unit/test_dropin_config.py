@@ -15,12 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
-from infergate.config.picker_sections import (
-    apply_sections,
-    parse_go_duration,
-    parse_quantity,
-    passthrough_paths,
-)
+from infergate.config.picker_sections import apply_sections, passthrough_paths
+from infergate.config.picker_units import parse_go_duration, parse_quantity
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError, RateLimitedError

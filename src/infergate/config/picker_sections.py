@@ -22,7 +22,6 @@ settings or refuses it with an error naming the field:
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from infergate.config.picker_units import parse_go_duration, parse_quantity
 from infergate.config.settings import FlowControlSettings, Settings
 from infergate.errors import ConfigError
 
@@ -46,8 +46,6 @@ __all__ = [
     "check_sections",
     "fold_prefix_producer",
     "nearest",
-    "parse_go_duration",
-    "parse_quantity",
     "passthrough_paths",
 ]
 
@@ -94,56 +92,6 @@ def nearest(name: str, known: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest known name, or empty when nothing is close."""
     match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-# ------------------------------------------------------------------------- units
-
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-_FACTORS = {
-    None: 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
-
-
-def parse_quantity(value: object) -> int:
-    """A Kubernetes resource quantity (``500``, ``1k``, ``10Gi``) as a whole number; ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a quantity such as 100, 1k or 10Gi (got {value!r})")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"must be >= 0 (got {value!r})")
-        return value
-    m = _QUANTITY.match(str(value).strip())
-    if m is None:
-        raise ValueError(f"expected a quantity such as 100, 1k or 10Gi (got {value!r})")
-    amount = float(m.group(1)) * _FACTORS[m.group(2)]
-    if amount != int(amount):
-        raise ValueError(f"must be a whole number (got {value!r})")
-    return int(amount)
-
-
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(value: object) -> float:
-    """Seconds of a Go duration string (``200ms``, ``60s``, ``1m30s``); ValueError."""
-    text = str(value).strip()
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"expected a duration such as 200ms, 60s or 1m (got {value!r})")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 # ------------------------------------------------------------------------- section schemas
