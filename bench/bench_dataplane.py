@@ -511,7 +511,8 @@ def floor_proxy(upstream_port: int, port: int, *, server: str) -> None:
     from aiohttp import web
 
     from infergate.net.http1_client import UpstreamPool
-    from infergate.servers.http1 import Http1Server, HttpRequest, Response
+    from infergate.servers.http1 import Http1Server, HttpRequest
+    from infergate.servers.http1_response import Response
 
     key = f"127.0.0.1:{upstream_port}"
     pool: UpstreamPool | None = None

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from infergate.servers.http1 import BodyTooLarge, Http1Server, HttpRequest, MalformedBody, Response
+from infergate.servers.http1 import BodyTooLarge, Http1Server, HttpRequest, MalformedBody
+from infergate.servers.http1_response import Response
 from infergate.servers.listener import LimitedListener
 
 Handler = Callable[[HttpRequest], Awaitable[Response | None]]

@@ -17,7 +17,8 @@ import pytest
 
 from infergate.net.deadline import DeadlineTimer
 from infergate.net.http1_client import UpstreamAborted, UpstreamTimeout, _Conn
-from infergate.servers.http1 import Http1Server, HttpRequest, Response, _Connection
+from infergate.servers.http1 import Http1Server, HttpRequest, _Connection
+from infergate.servers.http1_response import Response
 
 
 class FakeHandle:

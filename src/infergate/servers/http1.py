@@ -23,11 +23,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
@@ -36,12 +33,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from infergate.errors import BadRequestError, InternalError, RequestError
 from infergate.net.deadline import DeadlineTimer
+from infergate.servers.http1_response import REASONS, DateHeader, Response
 
-__all__ = ["BodyTooLarge", "Http1Server", "HttpRequest", "MalformedBody", "Response"]
+__all__ = ["BodyTooLarge", "Http1Server", "HttpRequest", "MalformedBody"]
 
 log = logging.getLogger("infergate.http")
 
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 _HIGH_WATER = 64 << 10  # transport write buffer above which a stream waits for the client
 _MAX_PIPELINE = 16  # requests parsed ahead of the one being answered before reading pauses
 _MAX_HEADERS = 128
@@ -59,43 +56,7 @@ class MalformedBody(Exception):
     """The request body's framing is broken (a bad chunk size, say); the connection closes."""
 
 
-class Response:
-    """A whole response: status, headers (``Content-Length`` is added) and body."""
-
-    __slots__ = ("body", "headers", "reason", "status")
-
-    def __init__(
-        self,
-        status: int = 200,
-        body: bytes = b"",
-        headers: Iterable[tuple[str, str]] = (),
-        *,
-        content_type: str | None = None,
-        reason: str = "",
-    ) -> None:
-        self.status = status
-        self.body = body
-        self.headers = list(headers)
-        if content_type is not None:
-            self.headers.append(("Content-Type", content_type))
-        self.reason = reason
-
-
 Handler = Callable[["HttpRequest"], Awaitable["Response | None"]]
-
-
-class _Date:
-    """The ``Date`` header's value, formatted once a second."""
-
-    second = -1
-    value = ""
-
-    @classmethod
-    def now(cls) -> str:
-        t = int(time.time())
-        if t != cls.second:
-            cls.second, cls.value = t, formatdate(t, usegmt=True)
-        return cls.value
 
 
 class HttpRequest:
@@ -209,7 +170,7 @@ class HttpRequest:
         close = not self.keep_alive or self._conn.closing or not self._complete
         if close:
             self.keep_alive = False
-        lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n"]
+        lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"]
         dated = False
         for k, v in headers:
             if "\n" in v or "\r" in v:
@@ -218,7 +179,7 @@ class HttpRequest:
                 dated = True
             lines.append(f"{k}: {v}\r\n")
         if not dated:
-            lines.append(f"Date: {_Date.now()}\r\n")
+            lines.append(f"Date: {DateHeader.now()}\r\n")
         lines.append(framing)
         if close:
             lines.append("Connection: close\r\n")

@@ -62,7 +62,8 @@ from infergate.requestcontrol.access import (
     requested_model_id,
 )
 from infergate.requestcontrol.director import Director, RequestContext
-from infergate.servers.http1 import BodyTooLarge, Http1Server, HttpRequest, MalformedBody, Response
+from infergate.servers.http1 import BodyTooLarge, Http1Server, HttpRequest, MalformedBody
+from infergate.servers.http1_response import Response
 from infergate.servers.listener import LimitedListener, client_connection_budget
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint
