@@ -1,4 +1,4 @@
-"""The upstream pool's per-host connection limit (``_HostGate``): first come, first served, and a
+"""The upstream pool's per-host connection limit (``HostGate``): first come, first served, and a
 slot never lost to a cancelled waiter.
 
 Waiters are tasks on the real loop; ``asyncio.sleep(0)`` lets each run to its next ``await`` (no
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from infergate.net.http1_client import _HostGate
+from infergate.net.host_gate import HostGate
 
 
 async def _settle() -> None:
@@ -18,7 +18,7 @@ async def _settle() -> None:
 
 
 async def test_free_slots_are_taken_without_waiting_then_waiters_queue_in_order() -> None:
-    gate = _HostGate(2)
+    gate = HostGate(2)
     await gate.wait()
     await gate.wait()
     assert gate.free == 0
@@ -47,7 +47,7 @@ async def test_free_slots_are_taken_without_waiting_then_waiters_queue_in_order(
 
 async def test_a_free_slot_is_not_taken_past_a_queue() -> None:
     """A newcomer finding a slot just released but a waiter still queued queues behind it."""
-    gate = _HostGate(1)
+    gate = HostGate(1)
     await gate.wait()
     first = asyncio.create_task(gate.wait())
     await _settle()
@@ -62,7 +62,7 @@ async def test_a_free_slot_is_not_taken_past_a_queue() -> None:
 
 
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
-    gate = _HostGate(1)
+    gate = HostGate(1)
     await gate.wait()
     leaving = asyncio.create_task(gate.wait())
     staying = asyncio.create_task(gate.wait())
@@ -78,7 +78,7 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
 
 
 async def test_a_slot_handed_to_a_waiter_cancelled_before_it_ran_passes_on() -> None:
-    gate = _HostGate(1)
+    gate = HostGate(1)
     await gate.wait()
     cancelled = asyncio.create_task(gate.wait())
     nxt = asyncio.create_task(gate.wait())
@@ -93,7 +93,7 @@ async def test_a_slot_handed_to_a_waiter_cancelled_before_it_ran_passes_on() -> 
 
 
 async def test_a_waiter_cancelled_after_release_dropped_its_future_leaves_nothing_behind() -> None:
-    gate = _HostGate(1)
+    gate = HostGate(1)
     await gate.wait()
     cancelled = asyncio.create_task(gate.wait())
     await _settle()

@@ -28,6 +28,7 @@ from typing import cast
 from multidict import CIMultiDict
 
 from infergate.net.deadline import DeadlineTimer
+from infergate.net.host_gate import HostGate
 
 __all__ = [
     "Exchange",
@@ -446,46 +447,6 @@ class UpstreamResponse:
             self._on_finish()
 
 
-class _HostGate:
-    """At most ``limit`` requests at once to one host, the others served first come, first served.
-
-    ``asyncio.Semaphore`` does this, but its ``acquire`` is a coroutine that scans its waiters
-    even when a slot is free; here the caller takes a free slot with two attribute reads
-    (``if gate.free and not gate.waiters``) and awaits :meth:`wait` only when it must queue.
-    """
-
-    __slots__ = ("free", "waiters")
-
-    def __init__(self, limit: int) -> None:
-        self.free = limit
-        self.waiters: deque[asyncio.Future[None]] = deque()
-
-    async def wait(self) -> None:
-        """Queue for a slot; on return the caller holds one (release it with :meth:`release`)."""
-        if self.free and not self.waiters:
-            self.free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # handed a slot as it was cancelled: pass it on
-            elif fut in self.waiters:  # (release may have dropped it already)
-                self.waiters.remove(fut)
-            raise
-
-    def release(self) -> None:
-        """Give a slot back: to the first waiter still waiting, else to the free count."""
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.free += 1
-
-
 class UpstreamPool:
     """Keep-alive connections per ``host:port``; at most ``max_per_host`` at once per host."""
 
@@ -505,7 +466,7 @@ class UpstreamPool:
         self._idle_timeout = read_timeout if idle_timeout is None else idle_timeout
         self._idle: dict[str, deque[_Conn]] = {}
         self._max_idle = max_idle_per_host
-        self._limits: dict[str, _HostGate] = {}
+        self._limits: dict[str, HostGate] = {}
         self._max_per_host = max_per_host
         self._closed = False
 
@@ -552,7 +513,7 @@ class UpstreamPool:
         payload = "".join(head).encode("latin-1", errors="replace")
         gate = self._limits.get(key)
         if gate is None:
-            gate = self._limits[key] = _HostGate(self._max_per_host)
+            gate = self._limits[key] = HostGate(self._max_per_host)
         if gate.free and not gate.waiters:
             gate.free -= 1
         else:
