@@ -185,7 +185,9 @@ class Endpoint:
     ``in_flight`` is the number of requests the gateway itself has sent there and not yet seen
     finish, so scheduling reacts between scrapes; ``in_flight_tokens`` their estimated prompt
     tokens still to prefill (released at the first streamed chunk, else at the end), what the
-    reference's ``inflight-load-producer`` counts for ``token-load-scorer``.
+    reference's ``inflight-load-producer`` counts for ``token-load-scorer``; ``in_flight_started``
+    those of them seen to start (a streamed token came back), which flow control reads between
+    scrapes to see a server's queue drain as its requests start rather than only as they finish.
     """
 
     meta: EndpointMeta
@@ -193,21 +195,26 @@ class Endpoint:
     healthy: bool = True
     in_flight: int = 0
     in_flight_tokens: int = 0
+    in_flight_started: int = 0
 
     @property
     def key(self) -> str:
         return self.meta.key
 
-    def with_load(self, in_flight: int, in_flight_tokens: int) -> Endpoint:
-        """This endpoint with other in-flight counts. The gateway calls this twice per request:
-        an explicit constructor costs a fifth of ``dataclasses.replace``, which introspects the
-        fields on every call (a test holds it to every field)."""
+    def with_load(
+        self, in_flight: int, in_flight_tokens: int, in_flight_started: int | None = None
+    ) -> Endpoint:
+        """This endpoint with other in-flight counts (``in_flight_started`` as before when not given).
+        The gateway calls this twice per request: an explicit constructor costs a fifth of
+        ``dataclasses.replace``, which introspects the fields on every call (a test holds it to
+        every field)."""
         return Endpoint(
             meta=self.meta,
             metrics=self.metrics,
             healthy=self.healthy,
             in_flight=in_flight,
             in_flight_tokens=in_flight_tokens,
+            in_flight_started=self.in_flight_started if in_flight_started is None else in_flight_started,
         )
 
 

@@ -226,7 +226,7 @@ def test_with_load_changes_only_the_in_flight_counts() -> None:
     from infergate.types import Endpoint
 
     fields = {f.name for f in dataclasses.fields(Endpoint)}
-    assert fields == {"meta", "metrics", "healthy", "in_flight", "in_flight_tokens"}, (
+    assert fields == {"meta", "metrics", "healthy", "in_flight", "in_flight_tokens", "in_flight_started"}, (
         "Endpoint gained or lost a field: update Endpoint.with_load and this test"
     )
     ep = Endpoint(
@@ -235,8 +235,46 @@ def test_with_load_changes_only_the_in_flight_counts() -> None:
         healthy=False,
         in_flight=4,
         in_flight_tokens=900,
+        in_flight_started=2,
     )
     assert ep.with_load(5, 1200) == dataclasses.replace(ep, in_flight=5, in_flight_tokens=1200)
+    assert ep.with_load(5, 1200, 3) == dataclasses.replace(
+        ep, in_flight=5, in_flight_tokens=1200, in_flight_started=3
+    )
+
+
+def test_requests_seen_to_start_are_counted_until_they_finish(ds: Datastore) -> None:
+    """``start`` (a streamed first token) moves a request's prompt tokens off the endpoint and
+    counts it as started, which listeners hear; ``release(started=True)`` takes it off both
+    counts, a release without it off the in-flight count only."""
+    m = meta("pod-1")
+    ds.upsert_endpoint(m)
+    key = m.key
+    heard: list[int] = []
+    ds.add_listener(lambda: heard.append(1))
+
+    def counts() -> tuple[int, int, int]:
+        e = ds.endpoint(key)
+        assert e is not None
+        return e.in_flight, e.in_flight_tokens, e.in_flight_started
+
+    ds.acquire(key, 100)
+    ds.acquire(key, 40)
+    ds.acquire(key, 10)
+    assert counts() == (3, 150, 0)
+    heard.clear()
+    ds.start(key, 100)
+    assert counts() == (3, 50, 1)
+    assert heard  # flow control re-checks for room
+    ds.start(key, 40)
+    ds.release(key, 0, started=True)  # a started request finishes
+    assert counts() == (2, 10, 1)
+    ds.release(key, 10)  # one never seen to start (not streamed, or failed)
+    assert counts() == (1, 0, 1)
+    ds.start(key, 0)  # more starts than requests in flight are ignored
+    assert counts() == (1, 0, 1)
+    ds.release(key, 0)  # the count of started never exceeds the count in flight
+    assert counts() == (0, 0, 0)
 
 
 def test_aggregates_read_per_request_follow_every_change(ds: Datastore) -> None:

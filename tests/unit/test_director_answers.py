@@ -127,3 +127,38 @@ async def test_a_stream_tells_flow_control_its_ttft_from_dispatch_and_its_tpot()
     d.handle_response_complete(ctx)
     assert sched.calls == [("ttft", pytest.approx(1.9)), ("tpot", pytest.approx(0.5))]
     assert flow.calls == [("ttft", pytest.approx(1.5)), ("tpot", pytest.approx(0.5))]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+async def test_a_streamed_first_token_counts_the_request_as_started_until_it_ends(stream: bool) -> None:
+    """Flow control reads the requests seen to start between scrapes: a streamed answer counts as
+    started from its first token to its end (and once), an answer that came whole never does."""
+    clock = FakeClock()
+    store = make_store(clock)
+    d = Director(
+        datastore=store,
+        scheduler=build_scheduler(default_picker_config(lora=True), rng=random.Random(1), clock=clock),
+        flow=None,
+        clock=clock,
+        rng=random.Random(7),
+    )
+    ctx = await d.handle_request(
+        path="/v1/completions", headers={}, body=body(stream=stream, prompt="x" * 400)
+    )
+    assert ctx.target is not None
+    key = ctx.target.key
+
+    def counts() -> tuple[int, int, int]:
+        e = store.endpoint(key)
+        assert e is not None
+        return e.in_flight, e.in_flight_tokens, e.in_flight_started
+
+    assert counts() == (1, 100, 0)
+    d.handle_response_headers(
+        ctx, 200, {"content-type": "text/event-stream" if stream else "application/json"}
+    )
+    d.handle_response_chunk(ctx, b'data: {"choices":[{"text":"a"}]}\n\n', end_of_stream=False)
+    assert counts() == ((1, 0, 1) if stream else (1, 100, 0))
+    d.handle_response_chunk(ctx, b'data: {"choices":[{"text":"a"}]}\n\n', end_of_stream=True)
+    d.handle_response_complete(ctx)
+    assert counts() == (0, 0, 0)

@@ -119,13 +119,19 @@ def run_once(coro: Coroutine[Any, Any, object]) -> None:
 
 
 def ep(
-    waiting: int = 0, kv: float = 0.0, updated: float = 100.0, healthy: bool = True, in_flight: int = 0
+    waiting: int = 0,
+    kv: float = 0.0,
+    updated: float = 100.0,
+    healthy: bool = True,
+    in_flight: int = 0,
+    started: int = 0,
 ) -> Endpoint:
     return Endpoint(
         meta=META,
         metrics=EndpointMetrics(waiting_queue_size=waiting, kv_cache_usage=kv, updated_at=updated),
         healthy=healthy,
         in_flight=in_flight,
+        in_flight_started=started,
     )
 
 
@@ -175,6 +181,27 @@ def test_detector_follows_in_flight_between_scrapes() -> None:
     assert d.effective_queue(ep(waiting=1, updated=100.5, in_flight=0)) == 1
     assert d.effective_queue(ep(waiting=1, updated=100.5, in_flight=2)) == 3
     assert SaturationDetector(track_in_flight=False).effective_queue(ep(waiting=1, in_flight=9)) == 1
+
+
+def test_detector_counts_requests_seen_to_start_between_scrapes() -> None:
+    """Under a burst requests start (a streamed first token) long before any finishes: each start
+    since the scrape leaves the server's queue, once, whether or not it has finished since."""
+    d = SaturationDetector()
+    assert d.effective_queue(ep(waiting=5, in_flight=20, started=10)) == 5  # the scrape: saturated
+    assert d.is_saturated([ep(waiting=5, in_flight=20, started=10)], 100.0)
+    # two of the waiting started: nothing finished, yet the queue is three
+    assert d.effective_queue(ep(waiting=5, in_flight=20, started=12)) == 3
+    assert not d.is_saturated([ep(waiting=5, in_flight=20, started=12)], 100.0)
+    # one of them finished: still counted once (the in-flight change alone would say 4)
+    assert d.effective_queue(ep(waiting=5, in_flight=19, started=11)) == 3
+    # requests that were running at the scrape finishing count as before: in-flight change
+    assert d.effective_queue(ep(waiting=5, in_flight=17, started=7)) == 2
+    # sent since the scrape, not started: they wait
+    assert d.effective_queue(ep(waiting=5, in_flight=23, started=12)) == 6
+    # where nothing is seen to start (answers not streamed) only finishing requests count
+    plain = SaturationDetector()
+    assert plain.effective_queue(ep(waiting=5, in_flight=20)) == 5
+    assert plain.effective_queue(ep(waiting=5, in_flight=18)) == 3
 
 
 # -- controller ----------------------------------------------------------------------------------

@@ -23,12 +23,18 @@ META = EndpointMeta(name="pod-a", address="10.0.0.1", port=8000)
 
 
 def ep(
-    *, updated: float, finished: float | None, running: int = 0, waiting: int = 0, in_flight: int = 0
+    *,
+    updated: float,
+    finished: float | None,
+    running: int = 0,
+    waiting: int = 0,
+    in_flight: int = 0,
+    started: int = 0,
 ) -> Endpoint:
     metrics = EndpointMetrics(
         waiting_queue_size=waiting, running_requests=running, finished_requests=finished, updated_at=updated
     )
-    return Endpoint(meta=META, metrics=metrics, in_flight=in_flight)
+    return Endpoint(meta=META, metrics=metrics, in_flight=in_flight, in_flight_started=started)
 
 
 def test_unreported_requests_count_against_the_queue_threshold_until_a_rate_is_known() -> None:
@@ -175,6 +181,21 @@ def test_requests_sent_since_the_scrape_count_once_against_the_servers_throughpu
     blind = SaturationDetector(frontend_wait=0.25)
     blind.effective_queue(ep(updated=101.0, finished=None, in_flight=20))
     assert blind.effective_queue(ep(updated=101.0, finished=None, in_flight=30)) == 10
+
+
+def test_requests_seen_to_start_leave_the_unreported_count() -> None:
+    """A request that streamed its first token passed the server's frontend: between scrapes it no
+    longer counts as held there, so a frontend that drains a burst gets more before the next scrape."""
+    d = SaturationDetector(frontend_wait=0.25, queue_threshold=5)
+    at_scrape = ep(updated=100.0, finished=0.0, running=4, in_flight=10, started=4)
+    assert d.unreported_score(at_scrape) == pytest.approx(6 / 5)  # six held unseen: saturated
+    assert d.unreported_score(ep(updated=100.0, finished=0.0, running=4, in_flight=10, started=7)) == (
+        pytest.approx(3 / 5)
+    )
+    # three started and one of them finished: counted once
+    assert d.unreported_score(ep(updated=100.0, finished=0.0, running=4, in_flight=9, started=6)) == (
+        pytest.approx(3 / 5)
+    )
 
 
 def test_a_workers_sends_count_although_its_share_is_below_the_servers_count() -> None:

@@ -198,8 +198,8 @@ def run_twin(
         f.datastore.acquire(key)
         counted(f, key)
 
-    def release(f: Front, key: str) -> None:
-        f.datastore.release(key)
+    def release(f: Front, key: str, *, started: bool = False) -> None:
+        f.datastore.release(key, started=started)
         counted(f, key)
 
     records: list[RequestRecord] = [
@@ -388,6 +388,7 @@ def run_twin(
             # an answer not streamed is seen by nobody until it ends (reported below)
             if req.stream and i not in first_seen:  # the first token: the data plane reports the TTFT
                 first_seen.add(i)
+                f.datastore.start(replica.key, 0)  # the data plane saw it start
                 f.core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
                 if f.flow is not None:  # and, counted from dispatch, flow control's decode guard
                     f.flow.observe_ttft(out.now - dispatched_at + cfg.client_latency, out.now)
@@ -409,7 +410,7 @@ def run_twin(
                     f.core.observe_answer(f"twin-{i}", rec.e2e, out.num_generated)
                 rec.prompt_tokens = out.num_prompt_tokens
                 rec.completion_tokens = out.num_generated
-                release(f, replica.key)
+                release(f, replica.key, started=req.stream)
                 pending -= 1
 
         replica.driver.submit(

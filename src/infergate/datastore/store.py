@@ -268,31 +268,40 @@ class Datastore:
         return served
 
     def acquire(self, key: str, tokens: int = 0) -> None:
-        """Count one more request the gateway has sent to ``key`` and not yet seen finish, with
-        ``tokens`` estimated prompt tokens still to prefill."""
+        """Count one more request the gateway has sent to ``key`` and not yet seen finish (nor
+        start), with ``tokens`` estimated prompt tokens still to prefill."""
         old = self._endpoints.get(key)
         if old is None:
             return
         self._endpoints[key] = old.with_load(old.in_flight + 1, old.in_flight_tokens + max(0, tokens))
         self._notify(in_flight=True)
 
-    def release(self, key: str, tokens: int = 0) -> None:
+    def release(self, key: str, tokens: int = 0, *, started: bool = False) -> None:
         """Count one request to ``key`` as finished, with the ``tokens`` it still held; never goes
-        below zero."""
+        below zero. ``started``: :meth:`start` already counted it as started."""
         old = self._endpoints.get(key)
         if old is None or old.in_flight == 0:
             return
         left = max(0, old.in_flight_tokens - max(0, tokens))
-        self._endpoints[key] = old.with_load(old.in_flight - 1, left)
+        seen = old.in_flight_started
+        if started or seen >= old.in_flight:
+            seen = max(0, seen - 1)
+        self._endpoints[key] = old.with_load(old.in_flight - 1, left, seen)
         self._notify(in_flight=True)
 
-    def release_tokens(self, key: str, tokens: int) -> None:
-        """A request on ``key`` finished its prefill (first streamed chunk): its prompt tokens no
-        longer load the endpoint, though the request stays in flight."""
+    def start(self, key: str, tokens: int) -> None:
+        """A request on ``key`` streamed its first token: its prefill is done, so its ``tokens``
+        no longer load the endpoint and it no longer waits there, though it stays in flight.
+
+        A change listeners hear (flow control may release a request into the room it left).
+        """
         old = self._endpoints.get(key)
-        if old is None or tokens <= 0 or old.in_flight_tokens == 0:
+        if old is None or old.in_flight_started >= old.in_flight:
             return
-        self._endpoints[key] = old.with_load(old.in_flight, max(0, old.in_flight_tokens - tokens))
+        self._endpoints[key] = old.with_load(
+            old.in_flight, max(0, old.in_flight_tokens - max(0, tokens)), old.in_flight_started + 1
+        )
+        self._notify(in_flight=True)
 
     # -- objectives and rewrites ------------------------------------------------------------
 

@@ -27,7 +27,15 @@ new metrics snapshot of an endpoint it remembers that endpoint's in-flight count
 then on the waiting queue it uses is ``max(0, waiting_at_scrape + in_flight_now - in_flight_baseline)``:
 each request the gateway sent since the scrape is assumed to wait, each one that finished is assumed
 to have let a waiting request start. With a waiting queue that holds while the server's batch is full,
-which is exactly when saturation matters; the next scrape corrects any error. (Where the unreported
+which is exactly when saturation matters; the next scrape corrects any error. Where the gateway sees
+requests start (a streamed answer's first token: its prefill is done, so it waits nowhere) faster
+than they finish, each start counts instead: the in-flight change is lowered by the growth of the
+in-flight requests seen to start (``Endpoint.in_flight_started``), so the correction is the smaller of
+the in-flight change and the change in requests not yet seen to start. Under a burst requests
+start long before any finishes, and counting only the finished ones held the queue until the next
+scrape while the server's queue had drained (seen in the twin: a bursty workload's p90 TTFT 50-80 ms
+above round-robin's; docs/benchmarks.md, "Requests seen to start"). An answer that is not streamed is
+seen to start only when it finishes, as before. (Where the unreported
 term below applies and the scrape showed nothing waiting, the requests sent since the scrape count
 there instead, once.) KV-cache use is taken from the scrape as is.
 
@@ -81,11 +89,12 @@ class _Track:
     """What the detector remembers of one endpoint between calls (updated once per snapshot, so
     the per-request path only reads it)."""
 
-    __slots__ = ("allowance", "finished", "in_flight", "updated_at")
+    __slots__ = ("allowance", "finished", "in_flight", "started", "updated_at")
 
     def __init__(self) -> None:
         self.updated_at = math.nan  # of the snapshot last seen (NaN: none yet)
         self.in_flight = 0  # the gateway's in-flight count when that snapshot was first seen
+        self.started = 0  # and how many of those it had seen start
         # (updated_at, finished_requests) of recent snapshots, oldest first, for the completion rate
         self.finished: deque[tuple[float, float]] = deque()
         # the unreported term's allowance for this snapshot; 0.0: the term does not apply
@@ -102,7 +111,7 @@ class _Track:
             return 0.0
         return done / span
 
-    def observe(self, updated_at: float, in_flight: int, finished: float | None) -> None:
+    def observe(self, updated_at: float, in_flight: int, started: int, finished: float | None) -> None:
         """A new snapshot: new in-flight baseline, one more point of the finished counter.
 
         The detector sees snapshots only while requests come; after a pause longer than the window
@@ -111,6 +120,7 @@ class _Track:
         """
         self.updated_at = updated_at
         self.in_flight = in_flight
+        self.started = started
         points = self.finished
         if finished is None:
             points.clear()
@@ -241,6 +251,7 @@ class SaturationDetector:
         else:
             delta = min(in_flight, limit) - min(base, limit)
             extra = max(0, in_flight - limit)
+        delta -= max(0, endpoint.in_flight_started - track.started)  # one that started waits no more
         if delta > 0 and waiting == 0 and track.allowance > 0.0:
             delta = 0
         return max(0, waiting + delta) + extra
@@ -252,12 +263,15 @@ class SaturationDetector:
         waiting``; a gateway worker counts only its own requests against the server's whole
         running count, so its share at the scrape is often below zero, and without the floor that
         deficit hid every request it sent afterwards, which then counted nowhere (the requests
-        sent since the scrape count here, not in the waiting queue)."""
+        sent since the scrape count here, not in the waiting queue). The change since the scrape
+        also counts the requests seen to start since, where more started than finished (the module
+        docstring)."""
         if track.allowance <= 0.0:
             return 0.0
         m = endpoint.metrics
         base = track.in_flight
-        unreported = max(0, base - m.running_requests - m.waiting_queue_size) + endpoint.in_flight - base
+        since = endpoint.in_flight - base - max(0, endpoint.in_flight_started - track.started)
+        unreported = max(0, base - m.running_requests - m.waiting_queue_size) + since
         return unreported / track.allowance if unreported > 0 else 0.0
 
     def _track(self, endpoint: Endpoint) -> _Track:
@@ -267,7 +281,7 @@ class SaturationDetector:
         if track is None:
             track = self._baselines[endpoint.key] = _Track()
         if track.updated_at != m.updated_at:
-            track.observe(m.updated_at, endpoint.in_flight, m.finished_requests)
+            track.observe(m.updated_at, endpoint.in_flight, endpoint.in_flight_started, m.finished_requests)
             # the term applies with the setting, the server's finished-requests counter, and not
             # to a P/D decoder (its requests prefill on another server first, which reports them)
             wait = self.frontend_wait

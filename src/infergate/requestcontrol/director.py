@@ -353,7 +353,7 @@ class Director:
 
     def _drop(self, ctx: RequestContext) -> None:
         if ctx._held is not None:
-            self._ds.release(ctx._held, ctx._held_tokens)
+            self._ds.release(ctx._held, ctx._held_tokens, started=ctx.first_token_at is not None)
             ctx._held = None
             ctx._held_tokens = 0
 
@@ -407,8 +407,8 @@ class Director:
         """Read usage from the chunk and return it with the client's model name put back."""
         if ctx.first_token_at is None and chunk and ctx.streaming and ctx.status == 200:
             ctx.first_token_at = self._clock.now()
-            if ctx._held is not None and ctx._held_tokens:  # prefill done
-                self._ds.release_tokens(ctx._held, ctx._held_tokens)
+            if ctx._held is not None:  # prefill done: it no longer waits in the server
+                self._ds.start(ctx._held, ctx._held_tokens)
                 ctx._held_tokens = 0
             self._core.observe_ttft(ctx.request_id, ctx.first_token_at - ctx.started_at)
             if self._flow is not None:  # the decode guard's TTFT slack: counted from dispatch

@@ -150,9 +150,9 @@ class WorkerDatastore(Datastore):
         super().acquire(key, tokens)
         self._record(key, before)
 
-    def release(self, key: str, tokens: int = 0) -> None:
+    def release(self, key: str, tokens: int = 0, *, started: bool = False) -> None:
         before = self._count(key)
-        super().release(key, tokens)
+        super().release(key, tokens, started=started)
         self._record(key, before)
 
     def in_flight_since(self, key: str, when: float) -> int:
