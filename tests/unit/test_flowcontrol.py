@@ -240,6 +240,21 @@ async def test_higher_band_dispatched_first_one_at_a_time() -> None:
     assert rig.sample("inference_extension_flow_control_queue_size") == 0
 
 
+async def test_a_request_seen_to_start_releases_the_next_without_a_scrape() -> None:
+    """A streamed first token (``Datastore.start``) wakes the dispatcher, which now counts that
+    request as gone from the server's queue: the next one goes before any scrape or finish."""
+    rig = Rig()
+    for _ in range(3):
+        rig.ds.acquire(KEY)  # three in flight, not yet started
+    rig.scrape(waiting=5)
+    task = asyncio.create_task(rig.client(req("next")))
+    await rig.until_queued(1)
+    rig.ds.start(KEY, 0)  # one of the waiting three started: 4 of 5 waiting
+    await rig.until_order(1)
+    await task
+    assert rig.order == ["next"]
+
+
 async def test_round_robin_between_flows_fcfs_within_flow() -> None:
     rig = Rig()
     rig.scrape(waiting=5)
