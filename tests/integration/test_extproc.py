@@ -571,10 +571,14 @@ async def test_sse_response_is_streamed_chunk_by_chunk_with_usage(rig: Rig) -> N
         # Each SSE chunk is answered before the next arrives: streaming is not buffered.
         (r,) = await read(call, 1)
         assert r == expected_body(ev, eos=i == len(events) - 1, request=False)
+        if i == 0:  # the first token: in flight and seen to start (flow control reads it)
+            ep = rig.ds.endpoint(A)
+            assert ep is not None and (ep.in_flight, ep.in_flight_started) == (1, 1)
     await call.done_writing()
     assert await call.read() is grpc.aio.EOF
     assert metric_value(rig.registry, "inference_objective_output_tokens_sum", model_name=MODEL) == 4
-    assert rig.ds.endpoint(A).in_flight == 0  # type: ignore[union-attr]
+    ep = rig.ds.endpoint(A)
+    assert ep is not None and (ep.in_flight, ep.in_flight_started) == (0, 0)
 
 
 async def test_response_trailers_finish_the_request(rig: Rig) -> None:

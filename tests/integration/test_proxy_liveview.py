@@ -107,3 +107,43 @@ async def test_admin_port_serves_the_page_with_its_policy(setup: Setup) -> None:
                 assert r.status == 200 and r.content_type == "text/html"
                 assert r.headers["Content-Security-Policy"] == csp
                 assert await r.text() == html
+
+
+async def test_a_streamed_request_counts_as_started_from_its_first_chunk(tmp_path: Path) -> None:
+    """Through the real proxy: once the first chunk of a stream is relayed the endpoint shows the
+    request in flight and started (what flow control reads between scrapes); at its end, neither."""
+    release = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"text":"a"}]}\n\n')
+        await release.wait()
+        await resp.write(b'data: {"choices":[{"index":0,"text":"b"}]}\n\ndata: [DONE]\n\n')
+        await resp.write_eof()
+        return resp
+
+    server = FakeServer(handler=stream)
+    await server.start()
+    gw = await start_gateway(tmp_path, [server])
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": MODEL, "prompt": "stream it", "stream": True}
+            async with s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json=body) as r:
+                assert r.status == 200
+                assert (await r.content.readline()).startswith(b"data: ")  # the first chunk came
+                ep = (await _state(s, gw))["endpoints"][0]
+                assert (ep["in_flight"], ep["in_flight_started"]) == (1, 1)
+                release.set()
+                assert b"[DONE]" in await r.read()
+
+            async def finished() -> bool:
+                e = (await _state(s, gw))["endpoints"][0]
+                return (e["in_flight"], e["in_flight_started"]) == (0, 0)
+
+            await async_wait_for(finished, timeout=10.0, what="in-flight and started counts back to 0")
+    finally:
+        release.set()
+        await gw.stop()
+        await server.stop()

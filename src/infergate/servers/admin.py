@@ -50,6 +50,7 @@ def endpoint_json(ep: Endpoint, *, candidate: bool, models: frozenset[str]) -> d
         "healthy": ep.healthy,
         "candidate": candidate,
         "in_flight": ep.in_flight,
+        "in_flight_started": ep.in_flight_started,
         "models": sorted(models),
         "metrics": metrics,
     }

@@ -84,6 +84,7 @@ def _endpoint_state(
         "idle_adapters": idle,
         "max_adapters": m.max_active_adapters,
         "in_flight": ep.in_flight,
+        "in_flight_started": ep.in_flight_started,
         "age": round(max(0.0, now - m.updated_at), 3) if scraped else None,
         "models": sorted(models),
     }
