@@ -205,7 +205,8 @@ class Endpoint:
         self, in_flight: int, in_flight_tokens: int, in_flight_started: int | None = None
     ) -> Endpoint:
         """This endpoint with other in-flight counts (``in_flight_started`` as before when not given).
-        The gateway calls this twice per request: an explicit constructor costs a fifth of
+        The gateway calls this two or three times per request (acquire, a streamed answer's
+        start, release): an explicit constructor costs a fifth of
         ``dataclasses.replace``, which introspects the fields on every call (a test holds it to
         every field)."""
         return Endpoint(

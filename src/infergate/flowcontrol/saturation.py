@@ -251,7 +251,7 @@ class SaturationDetector:
         else:
             delta = min(in_flight, limit) - min(base, limit)
             extra = max(0, in_flight - limit)
-        delta -= max(0, endpoint.in_flight_started - track.started)  # one that started waits no more
+        delta -= self._started_since(endpoint, track)  # one that started waits no more
         if delta > 0 and waiting == 0 and track.allowance > 0.0:
             delta = 0
         return max(0, waiting + delta) + extra
@@ -270,9 +270,16 @@ class SaturationDetector:
             return 0.0
         m = endpoint.metrics
         base = track.in_flight
-        since = endpoint.in_flight - base - max(0, endpoint.in_flight_started - track.started)
+        since = endpoint.in_flight - base - SaturationDetector._started_since(endpoint, track)
         unreported = max(0, base - m.running_requests - m.waiting_queue_size) + since
         return unreported / track.allowance if unreported > 0 else 0.0
+
+    @staticmethod
+    def _started_since(endpoint: Endpoint, track: _Track) -> int:
+        """How many more of the gateway's in-flight requests there have been seen to start than
+        at the scrape: requests that left the server's queue (never below 0, where more started
+        requests finished than new ones started)."""
+        return max(0, endpoint.in_flight_started - track.started)
 
     def _track(self, endpoint: Endpoint) -> _Track:
         """The endpoint's memory, updated the first time its current snapshot is seen."""
