@@ -1,5 +1,5 @@
-"""The engine's mutable per-request and per-step state (kept apart so engine.py stays about
-scheduling and stepping; nothing outside the engine touches these objects)."""
+"""The engine's mutable per-request and per-step state (kept apart so engine_scheduler.py and
+engine.py stay about scheduling and stepping; nothing outside the engine touches these objects)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The engine's public data: its configuration, requests, outputs, stats and refusals.
 
-Kept apart from ``engine`` (the scheduler and step model) so that module stays about behaviour;
+Kept apart from ``engine`` and ``engine_scheduler`` (the step model) so they stay about behaviour;
 ``engine`` re-exports every name, which is how callers import them.
 """
 
