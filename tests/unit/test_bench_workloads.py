@@ -167,7 +167,7 @@ def test_held_out_workloads_load_and_name_their_files() -> None:
         spec = load_workload(str(path))
         assert spec.name == path.stem
         assert generate(spec)
-        assert resolve_pool(spec).replicas >= 2
+        assert resolve_pool(spec).replicas >= 1  # one-replica: flow control alone
 
 
 def test_a_share_of_clients_that_do_not_stream_leaves_the_requests_as_they_were(tmp_path: Path) -> None:
