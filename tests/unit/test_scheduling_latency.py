@@ -147,6 +147,43 @@ def test_a_prefix_carrying_more_traffic_than_its_holders_spreads() -> None:
     assert sorted(s.index.match(s._hashes(req(system), 16))) == ["a:8000", "b:8000"]
 
 
+def test_a_miss_is_charged_to_the_streams_it_would_delay_while_the_holder_has_room() -> None:
+    """The next turn of a conversation (2,000 tokens of history) on its holder ``a`` or on ``b``,
+    whose KV cache is half as full: ``b`` decodes 6.8 ms faster a step (0.136 of cost) and
+    prefilling the history there takes 50 ms more (0.05 of TTFT cost), so the request's own cost
+    prefers ``b``. But those 50 ms stall each of ``b``'s 30 running streams, whose answers
+    average 128 tokens: 30 × 50 / 128 / 50 = 0.23 more, and the turn stays on ``a``. With a
+    request waiting on ``a`` the charge is off (the turn would queue there) and ``b`` takes it."""
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    history = "h" * 8000  # 2,000 tokens
+    first = [make_endpoint(n, num_gpu_blocks=26_000, block_size=16) for n in ("a", "b")]
+    assert _pick(s, req(history, rid="t1"), first) == "a:8000"
+    clock.t += 100.0  # its prefill, frontend work and prefill rate are long gone
+
+    def pool(waiting_on_a: int) -> list[Endpoint]:
+        return [
+            make_endpoint(
+                n,
+                running_requests=30,
+                kv_cache_usage=kv,
+                waiting_queue_size=w,
+                num_gpu_blocks=26_000,
+                block_size=16,
+            )
+            for n, kv, w in (("a", 0.6, waiting_on_a), ("b", 0.3, 0))
+        ]
+
+    turn = req(history + "q" * 400, rid="t2")
+    scores = s.score(turn, pool(0), CycleState())
+    assert scores["a:8000"] == 1.0
+    cost_a = (10.0 + 2.5) / 1000 + (7.0 + 0.026 * 31 + 5.46e-5 * 0.6 * 416_000) / 50
+    cost_b = (10.0 + 52.5) / 1000 + (7.0 + 0.026 * 31 + 5.46e-5 * 0.3 * 416_000) / 50 + 30 * 50.0 / 128 / 50
+    assert scores["b:8000"] == pytest.approx(cost_a / cost_b)
+    assert cost_b - 30 * 50.0 / 128 / 50 < cost_a  # without the charge b would be picked
+    assert _pick(s, turn, pool(1)) == "b:8000"
+
+
 def test_prefix_demand_counts_shares_against_holders() -> None:
     """A prefix is short of holders when fewer candidates hold it than its decayed share of the
     recent requests (of at least 20) times the candidates, and at least one does."""
@@ -561,6 +598,17 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
                 if held[i] < top:
                     f = oracle._state[e.key].ttft_factor
                     costs[i] -= (top - held[i]) * (params.prefill_ms_per_token / 1000.0) * f
+        elif matched:
+            # the streams a candidate runs pay for its prefill beyond the best holder's, unless
+            # a best holder queues
+            prefills = [max(0, prompt_tokens - h) * params.prefill_ms_per_token for h in held]
+            least = min(prefills)
+            pairs = zip(prefills, pool, strict=True)
+            queued = [x == least and e.metrics.waiting_queue_size > 0 for x, e in pairs]
+            if not any(queued):
+                for i, e in enumerate(pool):
+                    answer = max(1.0, oracle._state[e.key].avg_answer_tokens)
+                    costs[i] += e.metrics.running_requests * (prefills[i] - least) / answer / 50.0
         assert list(got.values()) == [min(costs) / c if c > 0 else 1.0 for c in costs], cycle
         assert fast._state == oracle._state, cycle  # the frontend brought up to now alike
         # both account the same pick and learn from the same answer: their histories stay equal

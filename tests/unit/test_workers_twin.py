@@ -41,8 +41,13 @@ def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_ca
     sharing the accounting only 60.8 %, 0.815 s; nothing shared 49.0 %, 1.434 s. This one stream
     from a cold pool moved more than the paired runs did (bench_twin_workers.py, many-tenants,
     24 seeds: one and two workers' hit rates within 0.6 points before and after, two workers
-    meeting the SLO at 0.98 x the rate with 22 seeds against 20), so the bounds are 4.5 points
-    (which the accounting alone still fails) and 1.2 x the TTFT."""
+    meeting the SLO at 0.98 x the rate with 22 seeds against 20), so the bounds were 4.5 points
+    (which the accounting alone still fails) and 1.2 x the TTFT. Since a miss is charged to the
+    streams it delays: one worker 68.0 %, 0.746 s; two sharing everything 63.4 %, 0.876 s; the
+    accounting only 62.6 %, 0.768 s; nothing shared 49.0 %, 1.434 s. Over 12 seeds
+    (bench_twin_workers.py --seeds 0,...,11 --counts 1,2 --at many-tenants=138.6) one worker met
+    the SLO with 9 seeds (7 before), two workers with 9 at the full rate and 12 at 0.98 x, hit
+    rates 86.6 % and 86.1 %; so the hit bound is now 5 points, which the accounting alone fails."""
     requests = generate(load_workload("many-tenants"))
     offsets = [i / 138.6 for i in range(len(requests))]
 
@@ -56,6 +61,6 @@ def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_ca
 
     one_hits, one_ttft = run(1)
     hits, ttft = run(2)
-    assert hits >= one_hits - 0.045 and ttft <= 1.2 * one_ttft
+    assert hits >= one_hits - 0.05 and ttft <= 1.2 * one_ttft
     alone_hits, alone_ttft = run(2, share=False)
     assert alone_hits < one_hits - 0.1 and alone_ttft > 1.5 * one_ttft

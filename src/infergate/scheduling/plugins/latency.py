@@ -39,7 +39,9 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   with the request's own bounds where it sends them (``x-llm-d-slo-ttft-ms``/``-tpot-ms``: a
   request that needs its first token soon weighs a queue more than one that needs fast tokens);
   for a prefix too few servers hold for its share of the traffic (:class:`PrefixDemand`), a
-  candidate lacking it is not charged the blocks the best holder has, so a hot prefix spreads.
+  candidate lacking it is not charged the blocks the best holder has, so a hot prefix spreads;
+  otherwise, while the best holders have no waiting queue, a candidate is also charged what the
+  prefill it would do beyond theirs costs the streams it runs (:mod:`.latency_prefix`).
 
 Every prediction is corrected online: the data plane reports each request's observed TTFT, and a
 per-endpoint factor (the exponentially weighted ratio of observed to predicted TTFT, clamped to
@@ -66,6 +68,7 @@ from dataclasses import field
 from itertools import islice
 
 from infergate.scheduling.plugins.adapter_slots import AdapterDemand
+from infergate.scheduling.plugins.latency_prefix import charge_misses, spread_short_prefix
 from infergate.scheduling.plugins.latency_records import (
     AccountingRecord,
     LatencyRecord,
@@ -291,23 +294,6 @@ class PredictedLatencyScorer:
             out.append((ttft, tpot, uncached, prefill, frontend))
         return out
 
-    def _spread(
-        self,
-        costs: list[float],
-        keys: Sequence[str],
-        matched_tokens: Sequence[int],
-        prompt_tokens: int,
-        ttft_slo: float,
-    ) -> None:
-        """Take from each candidate's cost the prefill of the prefix blocks the best holder has
-        and it lacks (see :class:`PrefixDemand`)."""
-        top = max(matched_tokens)
-        top = prompt_tokens if prompt_tokens < top else top
-        per_token = self._p.prefill_ms_per_token / ttft_slo
-        for i, (key, held) in enumerate(zip(keys, matched_tokens, strict=True)):
-            if held < top:
-                costs[i] -= (top - held) * per_token * self._state[key].ttft_factor
-
     def _rate(self, st: EndpointState, now: float) -> float:
         """The endpoint's recent prefill utilisation, decayed to ``now``."""
         if st.rate_at <= 0.0:
@@ -350,7 +336,11 @@ class PredictedLatencyScorer:
         if self._prefixes.short_of_holders(hashes, matched, keys, now):
             # a prefix too few servers hold for its share of the traffic: a candidate lacking
             # it is not charged the blocks a holder has (the prediction itself stays as is)
-            self._spread(costs, keys, matched_tokens, prompt_tokens, ttft_slo)
+            per_token = p.prefill_ms_per_token / ttft_slo
+            spread_short_prefix(costs, keys, matched_tokens, prompt_tokens, per_token, self._state)
+        elif matched:
+            # the streams a candidate runs pay for its extra prefill too (while holders have room)
+            charge_misses(costs, candidates, [pred[3] for pred in predictions], self._state, tpot_slo)
         by_key = dict(zip(keys, predictions, strict=True))
         state.put(_CYCLE, _Cycle(hashes=hashes, prompt_tokens=prompt_tokens, predictions=by_key))
         best = min(costs)

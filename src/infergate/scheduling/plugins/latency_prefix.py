@@ -1,0 +1,75 @@
+"""What a prefix hit or miss is worth beyond the request's own TTFT, for ``predicted-latency-scorer``.
+
+The scorer's cost charges a miss once, as the prefill it adds to the request's own TTFT. Two
+corrections then apply to the candidates' costs, each for one situation where that charge is
+wrong: a prefix too few servers hold for its share of the traffic must spread, so a candidate
+lacking it is not charged (:func:`spread_short_prefix`); otherwise the streams a candidate
+already runs pay for its extra prefill too, so a miss costs more than the request's own wait
+(:func:`charge_misses`). They are plain functions over the scorer's per-candidate values, apart
+from the model itself in :mod:`infergate.scheduling.plugins.latency`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from infergate.scheduling.plugins.latency_state import EndpointState
+from infergate.types import Endpoint
+
+__all__ = ["charge_misses", "spread_short_prefix"]
+
+
+def spread_short_prefix(
+    costs: list[float],
+    keys: Sequence[str],
+    matched_tokens: Sequence[int],
+    prompt_tokens: int,
+    ms_per_token_over_slo: float,
+    states: Mapping[str, EndpointState],
+) -> None:
+    """Take from each candidate's cost the prefill of the prefix blocks the best holder has and
+    it lacks (see :class:`~infergate.scheduling.plugins.prefix_demand.PrefixDemand`).
+
+    ``ms_per_token_over_slo`` is ``prefillMsPerToken`` over the request's TTFT bound in ms: the
+    cost of one uncached token as the TTFT term counts it, before the endpoint's correction.
+    """
+    top = max(matched_tokens)
+    top = prompt_tokens if prompt_tokens < top else top
+    for i, (key, held) in enumerate(zip(keys, matched_tokens, strict=True)):
+        if held < top:
+            costs[i] -= (top - held) * ms_per_token_over_slo * states[key].ttft_factor
+
+
+def charge_misses(
+    costs: list[float],
+    candidates: Sequence[Endpoint],
+    prefill_ms: Sequence[float],
+    states: Mapping[str, EndpointState],
+    tpot_slo_ms: float,
+) -> None:
+    """Add to each candidate's cost what its extra prefill does to the streams it runs.
+
+    Chunked prefill runs in the same steps as the running streams' decodes, so the prefill a
+    candidate would do beyond the best holder's (``prefill_ms`` is each candidate's predicted
+    prefill for this request) delays each of its ``running`` streams by that long, which raises
+    the mean TPOT of a stream of ``avg_answer`` tokens by ``extra / avg_answer``: ``running ×
+    extra / avg_answer / tpotSlo`` in the cost's units. Without it a third of the turns of long
+    conversations left the replica holding their history whenever another looked a few streams
+    lighter, and every replica then prefilled more.
+
+    Only while every best holder has no waiting queue: a request sent to a holder that already
+    queues waits for room there, and the choice between that wait and prefilling elsewhere is
+    the request's own TTFT, already priced. Charged regardless, bursts of one prefix and a few
+    heavy agent sessions piled onto their holders (docs/benchmarks.md, "The prefill a miss
+    costs the streams already running").
+    """
+    least = min(prefill_ms)
+    for endpoint, prefill in zip(candidates, prefill_ms, strict=True):
+        if prefill == least and endpoint.metrics.waiting_queue_size > 0:
+            return
+    for i, (endpoint, prefill) in enumerate(zip(candidates, prefill_ms, strict=True)):
+        extra = prefill - least
+        if extra > 0.0:
+            answer = states[endpoint.meta.key].avg_answer_tokens
+            answer = answer if answer > 1.0 else 1.0
+            costs[i] += endpoint.metrics.running_requests * extra / answer / tpot_slo_ms
