@@ -29,6 +29,12 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   frontendMsPerToken × running / (TPOT × t(e))``, ``t(e)`` the endpoint's learnt decode speed
   (observed over predicted TPOT, 1 until observed); the wait is that work ``/ (1 − busy)``. Short
   chat at high rates saturates this stage before the GPU, and a batch with long answers streams more.
+  Each new scrape sets a floor under that work: the requests the gateway has in flight there
+  beyond what the server reports running and waiting are still in its frontend (vLLM counts a
+  request only once the frontend has handed it on), and as many as the scrape before showed too
+  are a queue rather than a burst in transit: ``frontendMsPerRequest`` each. Near saturation the
+  drain rate ``1 − busy`` is too sensitive to the model's error to track the queue alone: on fast
+  GPUs streaming long answers it saw a tenth of the queue the frontends held.
 * ``TTFT(e) = overheadMs + frontend(e) + backlog(e) + uncached(e) × prefillMsPerToken + adapter(e)``
 * ``TPOT(e) = g(e) × (decodeStepMs + decodeMsPerSeq × n + decodeMsPerKvToken × kv) / (1 − ρ(e))`` with
   ``n`` the sequences ``e`` runs (scraped running + waiting, or the gateway's in-flight count if
@@ -75,7 +81,13 @@ from infergate.scheduling.plugins.latency_records import (
     TpotRecord,
     TtftRecord,
 )
-from infergate.scheduling.plugins.latency_state import TPOT_BAND, TPOT_RATIO_CAP, EndpointState, LatencyParams
+from infergate.scheduling.plugins.latency_state import (
+    TPOT_BAND,
+    TPOT_RATIO_CAP,
+    EndpointState,
+    LatencyParams,
+    unreported,
+)
 from infergate.scheduling.plugins.latency_tpot import RelativeTpot
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PrefixIndex, block_hashes
 from infergate.scheduling.plugins.prefix_demand import PrefixDemand
@@ -220,6 +232,7 @@ class PredictedLatencyScorer:
         decode_ms_per_seq = p.decode_ms_per_seq
         decode_ms_per_kv_token = p.decode_ms_per_kv_token
         frontend_ms_per_token = p.frontend_ms_per_token
+        frontend_ms_per_request = p.frontend_ms_per_request
         overhead_ms = p.overhead_ms
         rate_window = p.rate_window_seconds
         pool_avg_prefill = self._avg_prefill_ms
@@ -270,7 +283,17 @@ class PredictedLatencyScorer:
             # there is brought up to now at the share measured before, and its wait priced at
             # today's
             work = st.frontend_ms - (now - st.frontend_at) * 1000.0 * (1.0 - st.frontend_busy)
-            st.frontend_ms = work if work > 0.0 else 0.0
+            work = work if work > 0.0 else 0.0
+            if m.updated_at != st.metrics_at:
+                # a new scrape: the requests it does not show running or waiting are still in the
+                # frontend; as many as the scrape before showed too are a queue, not a burst in
+                # transit, and their work is a floor under the model's (once per scrape)
+                st.metrics_at = m.updated_at
+                count = unreported(endpoint)
+                held = (count if count < st.unreported else st.unreported) * frontend_ms_per_request
+                st.unreported = count
+                work = held if held > work else work
+            st.frontend_ms = work
             st.frontend_at = now
             # the share is of the replica's real step time: the model's TPOT times the endpoint's
             # learnt decode speed (its absolute TPOT factor, which the cost itself leaves out)

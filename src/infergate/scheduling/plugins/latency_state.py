@@ -1,7 +1,8 @@
 """What ``predicted-latency-scorer`` is configured with and what it knows about each endpoint.
 
 The model and its online corrections are in :mod:`infergate.scheduling.plugins.latency`; this
-module holds the plain data they work on, so the scorer's module is the model's logic alone.
+module holds the plain data they work on (and :func:`unreported`, one count read off an endpoint),
+so the scorer's module is the model's logic alone.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from infergate.scheduling.sdk.framework import Params
+from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint
 
-__all__ = ["TPOT_ALPHA", "TPOT_BAND", "TPOT_RATIO_CAP", "EndpointState", "LatencyParams"]
+__all__ = ["TPOT_ALPHA", "TPOT_BAND", "TPOT_RATIO_CAP", "EndpointState", "LatencyParams", "unreported"]
 
 
 class LatencyParams(Params):
@@ -52,6 +54,8 @@ class EndpointState:
     frontend_ms: float = 0.0  # per-request API-frontend work sent and not yet worked off
     frontend_at: float = 0.0
     frontend_busy: float = 0.0  # share of the frontend's time spent streaming tokens
+    metrics_at: float = -1.0  # the last scrape (``updated_at``) seen, which sets a floor under frontend_ms
+    unreported: int = 0  # requests in flight there beyond what that scrape showed running or waiting
     prefill_rate: float = 0.0  # ms of prefill work sent per ms of wall time (EWMA)
     rate_at: float = 0.0
     avg_prefill_ms: float = 0.0
@@ -84,3 +88,14 @@ twin's sharegpt-like), and acting on that spread fed back into their loads."""
 TPOT_RATIO_CAP = 10.0
 """One observed TPOT counts at most this many times above or below its prediction (a stream that
 stalled for reasons of its own must not swing an endpoint's factor alone)."""
+
+
+def unreported(endpoint: Endpoint) -> int:
+    """The requests this gateway has in flight on ``endpoint`` beyond those its last scrape shows
+    running or waiting: they are still in its API frontend, which vLLM's metrics do not count.
+    0 for a P/D decoder, whose requests prefill on another server before it sees them."""
+    if endpoint.meta.labels.get(ROLE_LABEL) in DECODE_ROLES:
+        return 0
+    m = endpoint.metrics
+    held = endpoint.in_flight - m.running_requests - m.waiting_queue_size
+    return held if held > 0 else 0
