@@ -76,6 +76,7 @@ def test_applying_a_record_gives_the_picking_scorers_state_and_prediction() -> N
     assert b.debug_state()["a:8000"] == {
         "backlog_ms": 23.0,
         "frontend_backlog_ms": 8.0,
+        "frontend_unreported": 0,
         "prefill_utilisation": 0.005,  # 25 ms of prefill over the 5 s rate window
         "ttft_observed_over_predicted": 1.0,
         "tpot_observed_over_predicted": 1.0,

@@ -356,6 +356,7 @@ def test_requests_two_scrapes_do_not_show_wait_in_the_api_frontend() -> None:
 
     assert frontend(held(10, 1.0)) == 0.0  # 30 unreported once: perhaps a burst in transit
     assert frontend(held(10, 2.0)) == pytest.approx(wait(10, 300.0))  # twice: a queue
+    assert s.debug_state()["held:8000"]["frontend_unreported"] == 30
     # without the floor "held" streams fewer tokens than "shown" and looked the better of the two
     shown = make_endpoint("shown", in_flight=40, running_requests=40, updated_at=2.0)
     assert _pick(s, req("x" * 400, rid="1"), [held(10, 2.0), shown]) == "shown:8000"

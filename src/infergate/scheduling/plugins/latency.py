@@ -564,6 +564,7 @@ class PredictedLatencyScorer:
             key: {
                 "backlog_ms": round(st.drained(now), 3),
                 "frontend_backlog_ms": round(st.frontend_drained(now), 3),
+                "frontend_unreported": st.unreported,  # in flight beyond the last scrape's running + waiting
                 "prefill_utilisation": round(min(0.9, self._rate(st, now)), 4),
                 "ttft_observed_over_predicted": round(st.ttft_factor, 4),
                 "tpot_observed_over_predicted": round(st.tpot_factor, 4),
