@@ -53,7 +53,7 @@ def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_ca
     rates = (130.0, 138.6, 146.0)
     one = [run(1, rate) for rate in rates]
     two = [run(2, rate) for rate in rates]
-    one_hits, two_hits = sum(h for h, _ in one) / 3, sum(h for h, _ in two) / 3
+    one_hits, two_hits = (sum(h for h, _ in runs) / len(rates) for runs in (one, two))
     assert two_hits >= one_hits - 0.04 and two[1][1] <= 1.2 * one[1][1]
     alone_hits, alone_ttft = run(2, 138.6, share=False)
     assert alone_hits < one_hits - 0.1 and alone_ttft > 1.5 * one[1][1]
