@@ -119,7 +119,7 @@ def test_an_observed_ttft_corrects_every_scorer_that_applies_its_record() -> Non
     seen = len(out)
     pick(a, req(1000, rid="r2"), ea, [ea, eb])
     a.observe_ttft("r2", 10.0)
-    assert out[-1] == TtftRecord(endpoint="a:8000", ratio=1.5)
+    assert out[-1] == TtftRecord(endpoint="a:8000", ratio=1.5, at=clock.t)
     for record in out[seen:]:
         b.apply_accounting(record)
     assert b.debug_state()["a:8000"] == pytest.approx(

@@ -84,8 +84,10 @@ from infergate.scheduling.plugins.latency_records import (
 from infergate.scheduling.plugins.latency_state import (
     TPOT_BAND,
     TPOT_RATIO_CAP,
+    TTFT_ALPHA,
     EndpointState,
     LatencyParams,
+    learning_weight,
     unreported,
 )
 from infergate.scheduling.plugins.latency_tpot import RelativeTpot
@@ -459,7 +461,7 @@ class PredictedLatencyScorer:
         request's answer), and not the datastore's in-flight counts (shared on their own).
         """
         if isinstance(record, TtftRecord):
-            self._learn(self._state_of(record.endpoint), record.ratio)
+            self._learn(self._state_of(record.endpoint), record.ratio, record.at)
         elif isinstance(record, TpotRecord):
             self._tpot.learn(self._state_of(record.endpoint), record.ratio)
         else:
@@ -534,9 +536,10 @@ class PredictedLatencyScorer:
         ratio = min(hi, max(1.0 / hi, observed_ms / predicted_ms))
         st.last_predicted_ms = predicted_ms * st.ttft_factor
         st.last_observed_ms = observed_ms
-        self._learn(st, ratio)
+        now = self._clock.now()
+        self._learn(st, ratio, now)
         if self._export is not None:
-            self._export(TtftRecord(endpoint=key, ratio=ratio))
+            self._export(TtftRecord(endpoint=key, ratio=ratio, at=now))
 
     def _teach_tpot(self, key: str, st: EndpointState, predicted_ms: float, observed_ms: float) -> None:
         """Learn one observed time per token against its prediction (one stalled stream counts at
@@ -546,11 +549,16 @@ class PredictedLatencyScorer:
         if self._export is not None:
             self._export(TpotRecord(endpoint=key, ratio=ratio))
 
-    def _learn(self, st: EndpointState, ratio: float) -> None:
-        """Move the endpoint's TTFT correction factor towards one observed ratio."""
+    def _learn(self, st: EndpointState, ratio: float, at: float) -> None:
+        """Move the endpoint's TTFT correction factor towards one ratio observed at ``at``: the
+        running mean of the first 20, then ``TTFT_ALPHA`` each, bounded by time once the start is
+        forgotten (:func:`.latency_state.learning_weight`)."""
         hi = self._p.ttft_correction_limit
         st.observed += 1
-        alpha = 0.05 if st.observed > 20 else 1.0 / st.observed
+        gap = at - st.ttft_at
+        if at > st.ttft_at:  # records from other workers may arrive out of order
+            st.ttft_at = at
+        alpha = learning_weight(TTFT_ALPHA, st.observed, gap) if st.observed > 20 else 1.0 / st.observed
         st.ttft_factor = min(hi, max(1.0 / hi, st.ttft_factor + alpha * (ratio - st.ttft_factor)))
 
     def debug_state(self) -> dict[str, dict[str, float]]:

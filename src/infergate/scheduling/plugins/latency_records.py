@@ -38,10 +38,13 @@ class TtftRecord:
     Each gateway worker sees the answers of its own requests only; with these records every
     worker's correction factor learns from every worker's answers, as one process's would (its
     exponentially weighted average then spans the same few dozen requests, not N times as many).
+    ``at`` is when the observer saw it (its clock, as :class:`LatencyRecord`'s): the factor's
+    memory is bounded in time (:func:`.latency_state.learning_weight`).
     """
 
     endpoint: str
     ratio: float
+    at: float
 
 
 @typed_frozen

@@ -14,7 +14,17 @@ from pydantic import Field
 from infergate.scheduling.sdk.framework import Params
 from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint
 
-__all__ = ["TPOT_ALPHA", "TPOT_BAND", "TPOT_RATIO_CAP", "EndpointState", "LatencyParams", "unreported"]
+__all__ = [
+    "CORRECTION_MEMORY_SECONDS",
+    "TPOT_ALPHA",
+    "TPOT_BAND",
+    "TPOT_RATIO_CAP",
+    "TTFT_ALPHA",
+    "EndpointState",
+    "LatencyParams",
+    "learning_weight",
+    "unreported",
+]
 
 
 class LatencyParams(Params):
@@ -63,6 +73,7 @@ class EndpointState:
     sent: int = 0
     ttft_factor: float = 1.0
     observed: int = 0
+    ttft_at: float = 0.0  # when the last TTFT learnt was observed (the observer's clock)
     tpot_factor: float = 1.0  # observed over predicted TPOT (EWMA): the endpoint's decode speed
     tpot_observed: int = 0
     last_predicted_ms: float = 0.0  # the TTFT predicted (uncorrected) for the last observed request
@@ -77,6 +88,22 @@ class EndpointState:
         return max(0.0, self.frontend_ms - (now - self.frontend_at) * 1000.0 * (1.0 - self.frontend_busy))
 
 
+TTFT_ALPHA = 0.05
+"""Weight of one observed TTFT ratio in an endpoint's factor once it has seen 20 (before: their
+running mean), until :func:`learning_weight` bounds it by time."""
+
+CORRECTION_MEMORY_SECONDS = 10.0
+"""How far back, roughly, an online correction remembers once it has learnt from enough answers.
+
+A weight per answer remembers a number of answers, and at high rates that is a moment: at ~40
+answers a second a TTFT factor moving 5 % per answer forgot everything older than half a second,
+so it followed each replica's passing queue, which the model already prices from the live state,
+and priced it again. In a pool of twelve equal replicas at ~500 QPS that turned the picks into a
+chase of the factors: p90 TTFT about 1 s against round-robin's 0.4 s at 530 QPS, in the twin
+(``docs/benchmarks.md``, "Corrections that remember seconds, not answers"). Bounded by time, a
+factor keeps what a replica is (a slower GPU, a pool unlike the defaults) and lets what happens
+to it pass."""
+
 TPOT_ALPHA = 0.02
 """Weight of one observed TPOT ratio in an endpoint's factor (:meth:`.latency_tpot.RelativeTpot.learn`)."""
 
@@ -88,6 +115,23 @@ twin's sharegpt-like), and acting on that spread fed back into their loads."""
 TPOT_RATIO_CAP = 10.0
 """One observed TPOT counts at most this many times above or below its prediction (a stream that
 stalled for reasons of its own must not swing an endpoint's factor alone)."""
+
+
+def learning_weight(alpha: float, learnt: int, gap_seconds: float) -> float:
+    """The weight of one more observation in a correction factor that moves ``alpha`` per answer,
+    ``learnt`` answers in (this one included), ``gap_seconds`` after the last one it learnt.
+
+    ``alpha`` itself until the factor has learnt ``5 / alpha`` answers (by then its starting value
+    weighs under 1 %: a new endpoint is learnt as fast as before), then at most the share of
+    :data:`CORRECTION_MEMORY_SECONDS` that passed since the last answer, so the factor averages
+    the last seconds at any rate rather than the last answers. At ``1 / (alpha × memory)`` answers
+    a second or fewer (2 for the TTFT factor) nothing changes."""
+    if learnt * alpha <= 5.0:
+        return alpha
+    share = gap_seconds / CORRECTION_MEMORY_SECONDS
+    if share >= alpha:
+        return alpha
+    return share if share > 0.0 else 0.0
 
 
 def unreported(endpoint: Endpoint) -> int:
