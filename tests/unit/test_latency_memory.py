@@ -78,8 +78,9 @@ def test_ttfts_observed_close_together_teach_the_factor_as_one_moment() -> None:
 
 
 def test_another_workers_late_ttft_teaches_by_when_it_was_observed() -> None:
-    """Records carry their observer's clock: a burst of them applied at once counts as the moment
-    they were seen, and one older than what was learnt adds nothing once the start is learnt."""
+    """Records carry their observer's clock and are weighed by it, not by when they are applied: once
+    the start is learnt, one older than the last learnt adds nothing, and one half a second newer
+    weighs half a second."""
     clock = Clock()
     a, b = PredictedLatencyScorer(clock=clock), PredictedLatencyScorer(clock=clock)
     e = make_endpoint("a")
