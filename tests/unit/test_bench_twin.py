@@ -50,6 +50,19 @@ def test_every_request_completes_with_its_token_count() -> None:
     assert sorted(out.per_endpoint_requests.values()) == [50, 50, 50]
 
 
+def test_answers_a_client_capped_end_where_the_model_stops_them() -> None:
+    """With ``max_tokens: 4096`` sent and no ``ignore_eos`` the twin's engines end every answer at
+    its drawn length (the gateway sees only the cap), and a cap below an answer cuts it there."""
+    spec = load_workload("tutorial-mix")
+    drawn = generate(spec)[:150]
+    offsets = arrival_offsets(drawn, 10.0, seed=1)
+    for cap in (4096, 40):
+        requests = generate(spec.model_copy(update={"max_tokens": cap}))[:150]
+        out = run_twin(requests, offsets, strategy="default")
+        assert all(r.ok for r in out.records)
+        assert [r.completion_tokens for r in out.records] == [min(q.max_tokens, cap) for q in drawn]
+
+
 def test_prefix_affinity_beats_round_robin_on_shared_prefixes() -> None:
     requests = _shared_prefix(300)
     offsets = arrival_offsets(requests, 30.0, seed=0)

@@ -203,6 +203,53 @@ def test_clients_that_do_not_stream_are_judged_in_the_twin_only(capsys: pytest.C
     assert "streamed: 0.3 only applies to --twin" in capsys.readouterr().err
 
 
+def test_clients_may_send_a_cap_or_no_max_tokens_and_the_answers_stay_the_workloads(tmp_path: Path) -> None:
+    """``max_tokens: 4096`` sends that cap without ``ignore_eos`` (the model ends each answer at
+    its drawn length), ``none`` sends no ``max_tokens``; the requests' text and answer lengths are
+    the default's, an answer longer than a cap stops at it, and nonsense is refused by name."""
+    base = load_workload("sharegpt-like")
+    plain = generate(base)
+    assert base.max_tokens == "answer"
+    assert plain[0].body()["max_tokens"] == plain[0].max_tokens and plain[0].body()["ignore_eos"] is True
+    capped = generate(base.model_copy(update={"max_tokens": 4096}))
+    assert [(r.prompt, r.max_tokens) for r in capped] == [(r.prompt, r.max_tokens) for r in plain]
+    body = capped[0].body()
+    assert body["max_tokens"] == 4096 and "ignore_eos" not in body
+    assert all(r.ends_itself and r.sent_max_tokens == 4096 for r in capped)
+    none = generate(base.model_copy(update={"max_tokens": "none"}))
+    assert "max_tokens" not in none[0].body() and "ignore_eos" not in none[0].body()
+    assert [r.max_tokens for r in none] == [r.max_tokens for r in plain]
+    short = generate(base.model_copy(update={"max_tokens": 50}))
+    assert [r.max_tokens for r in short] == [min(r.max_tokens, 50) for r in plain]
+    assert max(r.max_tokens for r in plain) > 50
+    fresh = workloads.stream(base.model_copy(update={"max_tokens": 4096}), 40, seed=2)
+    assert all(r.body()["max_tokens"] == 4096 for r in fresh)
+    for bad in ("0", "all"):
+        path = tmp_path / "w.yaml"
+        path.write_text(f"name: w\nmax_tokens: {bad}\nworkload: {{type: mix, models: [{{name: m}}]}}\n")
+        with pytest.raises(WorkloadError, match="max_tokens"):
+            load_workload(path)
+
+
+def test_a_cap_the_model_ends_answers_under_is_the_twins_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real model server without ``ignore_eos`` ends its answers where it chooses, not where
+    the workload drew them: the real-time bench and the load generator refuse such a workload."""
+    import asyncio
+
+    from infergate.bench.cli import main
+    from infergate.bench.loadgen import run_closed_loop
+
+    path = tmp_path / "capped.yaml"
+    path.write_text("name: capped\nmax_tokens: 4096\nworkload: {type: mix, requests: 5, models: [{name: m}]}")
+    assert main(["--url", "http://127.0.0.1:9", "--workload", str(path)]) == 2
+    assert "max_tokens: 4096 only applies to --twin" in capsys.readouterr().err
+    requests = generate(load_workload(path))
+    with pytest.raises(ValueError, match="max_tokens"):
+        asyncio.run(run_closed_loop("http://127.0.0.1:9", requests, concurrency=1))
+
+
 def test_request_classes_send_their_own_slo_and_are_judged_by_it(capsys: pytest.CaptureFixture[str]) -> None:
     """``slo_ttft``/``slo_tpot`` on a class become ``x-llm-d-slo-*-ms`` headers on its requests,
     which the twin hands to the gateway; ``bench_slo_headers.py`` judges each class by its own."""

@@ -377,6 +377,13 @@ def execute(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if spec.max_tokens != "answer":
+        print(
+            f"error: workload {spec.name}: max_tokens: {spec.max_tokens} only applies to --twin (a real "
+            "model server decides where an answer without ignore_eos ends, not the workload)",
+            file=sys.stderr,
+        )
+        return 2
     pool_flags = ("adapters", "max_loras")  # the pool's shape: the twin's and the matrix's replicas
     twin_only = [
         f

@@ -134,6 +134,13 @@ async def _send(
     return rec
 
 
+def _sendable(requests: Sequence[BenchRequest]) -> None:
+    """Refuse requests whose answer length only the twin can honour (WorkloadSpec.max_tokens):
+    a real model server without ``ignore_eos`` ends its answers where it chooses."""
+    if any(r.ends_itself for r in requests):
+        raise ValueError("workload max_tokens other than 'answer' only applies to the twin")
+
+
 def _session(timeout: float) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout))
@@ -150,6 +157,7 @@ async def run_open_loop(
     on_done: Callable[[RequestRecord], None] | None = None,
 ) -> list[RequestRecord]:
     """Send each request at its Poisson (or workload-fixed) time; wait for all to finish."""
+    _sendable(requests)
     offsets = arrival_offsets(requests, qps, seed)
     hdrs = dict(headers or {})
     async with _session(request_timeout) as session:
@@ -176,6 +184,7 @@ async def run_closed_loop(
     on_done: Callable[[RequestRecord], None] | None = None,
 ) -> list[RequestRecord]:
     """Keep ``concurrency`` requests in flight until the workload is exhausted."""
+    _sendable(requests)
     hdrs = dict(headers or {})
     queue = list(reversed(requests))
     records: list[RequestRecord] = []

@@ -417,8 +417,10 @@ def run_twin(
             EngineRequest(
                 request_id=f"twin-{i}",
                 prompt_token_ids=tokens,
-                max_tokens=req.max_tokens,
-                ignore_eos=True,
+                # a client's cap (or none): the model ends the answer at its drawn length itself
+                max_tokens=req.sent_max_tokens or req.max_tokens,
+                ignore_eos=not req.ends_itself,
+                eos_after=req.max_tokens if req.ends_itself else None,
                 lora_name=lora,
                 remote_prefill_tokens=remote,
                 mark_at=TPOT_REPORT_TOKENS if req.stream else 0,

@@ -220,6 +220,13 @@ class WorkloadSpec(_Model):
     stream); the others wait for the whole answer, so the gateway learns from their end-to-end
     time only. The SLO is judged on every request's own token times all the same (the twin knows
     them; a client that does not stream sees them as its end-to-end time)."""
+    max_tokens: Annotated[int, Field(ge=1)] | Literal["answer", "none"] = "answer"
+    """What the clients send as ``max_tokens``. ``answer`` (a benchmark client's habit): the
+    answer's own length, with ``ignore_eos``, so the gateway knows every answer's length in
+    advance. A number (an application's cap, e.g. 4096): that, and the model ends each answer at
+    its drawn length by itself (answers longer than the cap stop at it). ``none``: no
+    ``max_tokens`` at all. Only the twin can honour the last two (a real model server decides
+    where its answers end)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,6 +246,11 @@ class BenchRequest:
     """The InferenceObjective the request names (sent as :data:`OBJECTIVE_HEADER`), or None."""
     stream: bool = True
     """Sent with ``stream: true`` (and usage in the stream), else answered whole."""
+    ends_itself: bool = False
+    """The client sends :attr:`sent_max_tokens` (not the answer's length, nor ``ignore_eos``) and
+    the model ends the answer after :attr:`max_tokens` tokens by itself (WorkloadSpec.max_tokens)."""
+    sent_max_tokens: int | None = None
+    """With :attr:`ends_itself`: the ``max_tokens`` the client sends, or None for none."""
     slo_ttft: float | None = None
     """The TTFT bound the client sends (seconds, as ``x-llm-d-slo-ttft-ms``), or None."""
     slo_tpot: float | None = None
@@ -255,7 +267,12 @@ class BenchRequest:
 
     def body(self, *, stream: bool | None = None) -> dict[str, Any]:
         """The request's JSON body; ``stream`` overrides :attr:`stream`."""
-        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "ignore_eos": True}
+        body: dict[str, Any] = {"model": self.model}
+        if not self.ends_itself:
+            body["max_tokens"] = self.max_tokens
+            body["ignore_eos"] = True
+        elif self.sent_max_tokens is not None:
+            body["max_tokens"] = self.sent_max_tokens
         if self.messages is not None:
             body["messages"] = list(self.messages)
         else:
@@ -399,9 +416,21 @@ def _with_streaming(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[Be
     return [replace(r, stream=rng.random() < spec.streamed) for r in requests]
 
 
+def _with_max_tokens(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[BenchRequest]:
+    """The ``max_tokens`` the clients send (WorkloadSpec.max_tokens); an answer longer than a
+    cap stops at it."""
+    if spec.max_tokens == "answer":
+        return requests
+    cap = None if spec.max_tokens == "none" else spec.max_tokens
+    return [
+        replace(r, ends_itself=True, sent_max_tokens=cap, max_tokens=min(r.max_tokens, cap or r.max_tokens))
+        for r in requests
+    ]
+
+
 def _with_clients(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[BenchRequest]:
-    """What the clients choose beside the requests' text: objectives, then streaming."""
-    return _with_streaming(spec, _with_objectives(spec, requests))
+    """What the clients choose beside the requests' text: objectives, streaming, ``max_tokens``."""
+    return _with_max_tokens(spec, _with_streaming(spec, _with_objectives(spec, requests)))
 
 
 def generate(spec: WorkloadSpec) -> list[BenchRequest]:
