@@ -10,6 +10,7 @@ import pytest
 from infergate.config.picker import parse_picker_config
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.scheduling.plugins.latency import LatencyParams, LatencyRecord, PredictedLatencyScorer
+from infergate.scheduling.plugins.latency_state import SLOT_WAIT_SECONDS, slot_wait_ms
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.plugins.prefix_demand import PrefixDemand
 from infergate.scheduling.sdk.framework import CycleState
@@ -248,6 +249,37 @@ def test_lora_slot_costs_and_spreading_a_hot_adapter() -> None:
     # ten seconds later the cold adapter is no longer in demand
     clock.t += 10.0
     assert s._slot_pressure("hot", eps) == 0.0
+
+
+def test_an_adapter_waiting_for_a_slot_is_priced_by_how_long_it_has_waited() -> None:
+    """vLLM starts a waiting adapter's requests only once a running adapter has no request left.
+    Where every slot runs another adapter, joining its queue costs nothing at first and the
+    whole wait for a slot (an answer's decode) after SLOT_WAIT_SECONDS; with a slot free, or
+    once it runs, nothing, and its clock starts again."""
+    clock = Clock()
+    s = PredictedLatencyScorer(LatencyParams(base_models=[BASE]), clock=clock)
+    starving = make_endpoint(
+        "a", running_adapters=["x", "y"], waiting_adapters=["cold"], max_active_adapters=2
+    )
+    starting = make_endpoint("b", running_adapters=["x"], waiting_adapters=["cold"], max_active_adapters=2)
+    running = make_endpoint("a", running_adapters=["cold", "x"], max_active_adapters=2)
+    wait = 128.0 * (7.0 + 0.026)  # the default average answer at the idle step time
+
+    def ttft(e: Endpoint) -> float:
+        return s.predict(e, prompt_tokens=100, matched_tokens=0, adapter="cold", now=clock.t).ttft_ms
+
+    assert ttft(starving) == pytest.approx(10 + 2.5)  # just seen waiting: a slot may free at once
+    clock.t += SLOT_WAIT_SECONDS / 2
+    assert ttft(starving) == pytest.approx(10 + 2.5 + wait / 2)
+    assert ttft(starting) == pytest.approx(10 + 2.5)  # a free slot: it starts at the next step
+    clock.t += SLOT_WAIT_SECONDS
+    assert ttft(starving) == pytest.approx(10 + 2.5 + wait)  # at most a slot's whole wait
+    # so requests for it go where a running adapter's slot frees as soon, not into a queue that
+    # has not moved for seconds: here a replica with a free slot
+    free = make_endpoint("d", running_adapters=["x"], max_active_adapters=2)
+    assert _pick(s, req("q", model="cold", rid="1"), [starving, free]) == "d:8000"
+    assert ttft(running) == pytest.approx(10 + 2.5)  # it runs: its clock starts again
+    assert ttft(starving) == pytest.approx(10 + 2.5)
 
 
 def test_slot_pressure_is_the_homeless_adapters_over_the_free_slots() -> None:
@@ -559,6 +591,10 @@ def _reference_cost(
         busy = len(m.running_adapters | m.waiting_adapters)
         swap = st.avg_answer_tokens * tpot
         lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
+    if adapter is not None:  # its queue where every slot runs another adapter, by how long it waited
+        full = len(m.running_adapters) >= m.max_active_adapters
+        starving = full and adapter in m.waiting_adapters and adapter not in m.running_adapters
+        lora += slot_wait_ms(st, adapter, starving, st.avg_answer_tokens * tpot, now)
     st.frontend_ms = st.frontend_drained(now)
     if m.updated_at != st.metrics_at:  # a new scrape: the requests it does not show wait in the frontend
         st.metrics_at = m.updated_at

@@ -22,7 +22,9 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
 * ``adapter(e)`` — 0 when the target adapter is running or waiting on ``e``; ``loraLoadMs`` with a
   free slot, plus, for an adapter already served elsewhere, how short the pool is of slots
   (``_slot_pressure``) × the swap time below; with every slot taken, the time for a running
-  adapter's requests to finish (the average answer length sent to ``e`` × the predicted TPOT).
+  adapter's requests to finish (the average answer length sent to ``e`` × the predicted TPOT);
+  plus, while it waits on ``e`` for a slot other adapters hold, up to that wait again, growing
+  with how long it has waited there (``slot_wait_ms``).
 * ``frontend(e)`` — the wait in ``e``'s API frontend (the one process that parses requests and
   streams every token out, tokens first): each request adds ``frontendMsPerRequest`` of work, which
   drains at the share of the process's time that streaming leaves, ``1 − busy`` with ``busy =
@@ -88,6 +90,7 @@ from infergate.scheduling.plugins.latency_state import (
     EndpointState,
     LatencyParams,
     learning_weight,
+    slot_wait_ms,
     unreported,
 )
 from infergate.scheduling.plugins.latency_tpot import RelativeTpot
@@ -270,16 +273,17 @@ class PredictedLatencyScorer:
             rho = rate if rate < 0.9 else 0.9
             tpot = step / (1.0 - rho)
             lora = 0.0
-            if (
-                adapter is not None
-                and adapter not in m.running_adapters
-                and adapter not in m.waiting_adapters
-            ):
-                busy = len(m.running_adapters | m.waiting_adapters)
+            if adapter is not None:
+                loaded, listed = m.running_adapters, m.waiting_adapters
                 swap = st.avg_answer_tokens * tpot
-                # a free slot loads at once, but taking one for an adapter already served elsewhere
-                # costs the pool a slot a cold adapter may need: charged at the pool's slot use
-                lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
+                if adapter not in loaded and adapter not in listed:
+                    # a free slot loads at once, but taking one for an adapter already served
+                    # elsewhere costs the pool a slot a cold adapter may need: at the pool's slot use
+                    busy = len(loaded | listed)
+                    lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
+                full = len(loaded) >= m.max_active_adapters
+                starving = full and adapter in listed and adapter not in loaded
+                lora += slot_wait_ms(st, adapter, starving, swap, now)
             # the API frontend streams one token per running sequence per step: that share of its
             # time (at most 0.95) is not available to admit requests; the request work waiting
             # there is brought up to now at the share measured before, and its wait priced at

@@ -7,7 +7,7 @@ so the scorer's module is the model's logic alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import Field
 
@@ -16,6 +16,7 @@ from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint
 
 __all__ = [
     "CORRECTION_MEMORY_SECONDS",
+    "SLOT_WAIT_SECONDS",
     "TPOT_ALPHA",
     "TPOT_BAND",
     "TPOT_RATIO_CAP",
@@ -78,6 +79,7 @@ class EndpointState:
     tpot_observed: int = 0
     last_predicted_ms: float = 0.0  # the TTFT predicted (uncorrected) for the last observed request
     last_observed_ms: float = 0.0
+    slot_waits: dict[str, float] = field(default_factory=dict)  # adapter -> waiting for a slot since
 
     def drained(self, now: float) -> float:
         return max(0.0, self.backlog_ms - (now - self.backlog_at) * 1000.0)
@@ -86,6 +88,29 @@ class EndpointState:
         """Request work left in the API frontend: it drains at the share of the frontend's time
         that streaming the running requests' tokens leaves it (``1 - frontend_busy``)."""
         return max(0.0, self.frontend_ms - (now - self.frontend_at) * 1000.0 * (1.0 - self.frontend_busy))
+
+
+SLOT_WAIT_SECONDS = 3.0
+"""How long an adapter waits on an endpoint for a slot before a request for it is priced there
+as the whole wait for a slot (see :func:`slot_wait_ms`)."""
+
+
+def slot_wait_ms(st: EndpointState, adapter: str, starving: bool, swap_ms: float, now: float) -> float:
+    """The price of joining ``adapter``'s queue on an endpoint whose slots all run other adapters
+    (``starving``): vLLM starts none of its requests there until one of those adapters has no
+    request left, which their steady traffic may never allow. Priced free, every request for it
+    followed the first into that queue and one adapter starved for seconds (lora-zipf); priced
+    as a slot's wait (``swap_ms``) from the start, adapters that take turns on too few slots
+    were spread over queues everywhere and swapped more (lora-uniform). So the price grows with
+    how long this scorer has seen it waiting there, reaching ``swap_ms`` after
+    :data:`SLOT_WAIT_SECONDS`; it starts again once the adapter runs or leaves the queue."""
+    if not starving:
+        if st.slot_waits:
+            st.slot_waits.pop(adapter, None)
+        return 0.0
+    since = st.slot_waits.setdefault(adapter, now)
+    share = (now - since) / SLOT_WAIT_SECONDS
+    return swap_ms * (share if share < 1.0 else 1.0)
 
 
 TTFT_ALPHA = 0.05
