@@ -283,7 +283,8 @@ class PredictedLatencyScorer:
                     lora = p.lora_load_ms + slot_pressure * swap if busy < m.max_active_adapters else swap
                 full = len(loaded) >= m.max_active_adapters
                 starving = full and adapter in listed and adapter not in loaded
-                lora += slot_wait_ms(st, adapter, starving, swap, now)
+                if starving or st.slot_waits:  # no call per candidate while no adapter waits there
+                    lora += slot_wait_ms(st, adapter, starving, swap, now)
             # the API frontend streams one token per running sequence per step: that share of its
             # time (at most 0.95) is not available to admit requests; the request work waiting
             # there is brought up to now at the share measured before, and its wait priced at

@@ -24,6 +24,7 @@ __all__ = [
     "EndpointState",
     "LatencyParams",
     "learning_weight",
+    "slot_wait_ms",
     "unreported",
 ]
 
