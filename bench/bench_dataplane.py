@@ -49,6 +49,13 @@ CPU figures then cover the gateway process and all its workers (and Envoy).
 ``--before-src DIR`` runs every ``infergate*`` path a second time from another copy of the
 package (``DIR`` holds an ``infergate/`` tree, e.g. ``git archive <commit> src | tar -x``), named
 ``<path>@before`` and interleaved with the rest: a before/after comparison in one run.
+
+``--gateway-python LABEL=PY`` (repeatable) runs every ``infergate*`` path a second time on another
+Python interpreter ``PY`` (a virtualenv's ``bin/python`` holding infergate's dependencies; the
+package itself is imported from this tree), named ``<path>@LABEL``. Everything else (the replica,
+the floors, the load generator) stays on this interpreter, so only the router under test changes:
+how the gateway's CPU depends on how its interpreter was built (the image's CPython is built with
+``--enable-optimizations --with-lto``; pyenv's default build is not).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+import infergate
 from infergate.app.fleet import free_port
 from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
@@ -80,6 +88,8 @@ from infergate.bench.procs import CLK_TCK, exit_on_sigterm, wait_http
 from infergate.bench.workloads import filler_text
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+# the source tree this script runs infergate from (an interpreter of --gateway-python imports it)
+SRC = Path(infergate.__file__).resolve().parents[1]
 
 
 def completion_body(prompt_chars: int = 0) -> bytes:
@@ -153,6 +163,7 @@ class Rig:
     gateway_args: list[str]
     peer_venv: list[str]
     before_src: Path | None = None
+    pythons: dict[str, str] = field(default_factory=dict)  # --gateway-python: label -> interpreter
     workers: list[int] = field(default_factory=lambda: [1])
     replica_args: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -161,7 +172,8 @@ class Rig:
 
     def _spawn(self, argv: list[str], log: str, src: Path | None = None) -> subprocess.Popen[bytes]:
         env = None
-        if src is not None:  # import infergate from another source tree (``--before-src``)
+        if src is not None:  # import infergate from another source tree (``--before-src``, or this
+            # one for an interpreter whose environment has only the dependencies)
             env = {
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
@@ -206,6 +218,8 @@ class Rig:
                     self._gateway(name, manifest, None, n)
                     if self.before_src is not None:
                         self._gateway(name, manifest, self.before_src, n)
+                    for label, python in self.pythons.items():
+                        self._gateway(name, manifest, SRC, n, python=(label, python))
             else:
                 found, missing = available_peers(peer_venvs(self.peer_venv), [name])
                 if missing:
@@ -220,18 +234,27 @@ class Rig:
                 self.routes.append(Route(name, f"http://127.0.0.1:{port}", proc.pid))
         return self
 
-    def _gateway(self, name: str, manifest: Path, src: Path | None, workers: int = 1) -> None:
+    def _gateway(
+        self,
+        name: str,
+        manifest: Path,
+        src: Path | None,
+        workers: int = 1,
+        *,
+        python: tuple[str, str] | None = None,
+    ) -> None:
         port, admin = free_port(), free_port()
         extra = {"infergate": [], "infergate-nofc": ["--no-flow-control"]}.get(
             name, ["--data-plane", "envoy"]
         )
-        argv = [sys.executable, "-m", "infergate", "serve", "-f", str(manifest), "--host", "127.0.0.1"]
+        interpreter = sys.executable if python is None else python[1]
+        argv = [interpreter, "-m", "infergate", "serve", "-f", str(manifest), "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--admin-port", str(admin), "--log-level", "warning"]
         argv += ["--metrics-auth", "disabled", *extra, *self.gateway_args]
         if workers > 1:
             argv += ["--workers", str(workers)]
             name = f"{name} ×{workers}"
-        label = name if src is None else f"{name}@before"
+        label = name if src is None else f"{name}@{'before' if python is None else python[0]}"
         proc = self._spawn(argv, f"{label}.log", src)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         admin_url = f"http://127.0.0.1:{admin}"
@@ -269,6 +292,17 @@ def positive_rate(text: str) -> float:
     if not (rate > 0 and math.isfinite(rate)):
         raise argparse.ArgumentTypeError(f"--rate must be above 0 requests a second, not {text}")
     return rate
+
+
+def labelled_python(text: str) -> tuple[str, str]:
+    """``--gateway-python``: ``LABEL=PY``, a short label for the paths' names and an interpreter
+    that exists."""
+    label, sep, python = text.partition("=")
+    if not sep or not label or not python or "," in label:
+        raise argparse.ArgumentTypeError(f"--gateway-python takes LABEL=PY, not {text!r}")
+    if not os.access(python, os.X_OK):
+        raise argparse.ArgumentTypeError(f"--gateway-python: {python} is not an executable")
+    return label, python
 
 
 def prompt_length(text: str) -> int:
@@ -601,6 +635,15 @@ def main() -> None:
     ap.add_argument(
         "--before-src", type=Path, help="also run the infergate paths from this source tree (DIR/infergate)"
     )
+    ap.add_argument(
+        "--gateway-python",
+        action="append",
+        default=[],
+        type=labelled_python,
+        metavar="LABEL=PY",
+        help="also run the infergate paths on this interpreter (a virtualenv's python with infergate's "
+        "dependencies), named <path>@LABEL; repeatable",
+    )
     args = ap.parse_args()
     paths = [p for p in args.paths.split(",") if p]
     unknown = [p for p in paths if p not in KNOWN_PATHS]
@@ -614,7 +657,8 @@ def main() -> None:
     # The routers run in their own sessions (so one killpg stops a router and its Envoy): a
     # SIGTERM to this script must unwind through Rig.__exit__, or they outlive it.
     exit_on_sigterm()
-    with Rig(paths, gateway_args, args.peer_venv, args.before_src, workers, replica_args) as rig:
+    pythons = dict(args.gateway_python)
+    with Rig(paths, gateway_args, args.peer_venv, args.before_src, pythons, workers, replica_args) as rig:
         for rep in range(args.reps):
             for route in rig.routes:
                 for c in concurrencies:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -87,3 +89,24 @@ def test_a_prompt_length_that_is_not_a_whole_number_of_characters_is_refused_by_
     with pytest.raises(argparse.ArgumentTypeError, match="--prompt-chars"):
         dataplane.prompt_length(text)
     assert dataplane.prompt_length("0") == 0 and dataplane.prompt_length("4000") == 4_000
+
+
+@pytest.mark.parametrize(
+    "text", ["pgo", "=/usr/bin/env", "pgo=", "a,b=/usr/bin/env", "pgo=/nonexistent/python"]
+)
+def test_a_gateway_interpreter_is_a_label_and_an_executable_or_refused_by_name(
+    dataplane: ModuleType, text: str
+) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="--gateway-python"):
+        dataplane.labelled_python(text)
+    assert dataplane.labelled_python(f"pgo={sys.executable}") == ("pgo", sys.executable)
+
+
+def test_the_gateway_interpreters_import_infergate_from_the_tree_the_script_runs(
+    dataplane: ModuleType,
+) -> None:
+    # a --gateway-python interpreter's environment holds the dependencies only: the package must
+    # come from the same tree as the rest of the run, or two versions would be compared
+    import infergate
+
+    assert (dataplane.SRC / "infergate" / "__init__.py").resolve() == Path(infergate.__file__).resolve()
