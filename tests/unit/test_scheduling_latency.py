@@ -282,6 +282,28 @@ def test_an_adapter_waiting_for_a_slot_is_priced_by_how_long_it_has_waited() -> 
     assert ttft(starving) == pytest.approx(10 + 2.5)
 
 
+def test_an_adapter_waiting_where_slots_change_hands_is_priced_from_the_last_change() -> None:
+    """A queue whose slots turn over is moving: adapters taking turns there start in order, and
+    pricing their wait spread them into queues everywhere (lora-uniform under a loose SLO). The
+    price grows only while the same adapters hold the slots; a change starts its clock again."""
+    clock = Clock()
+    s = PredictedLatencyScorer(LatencyParams(base_models=[BASE]), clock=clock)
+    wait = 128.0 * (7.0 + 0.026)
+
+    def ttft(running: list[str]) -> float:
+        e = make_endpoint("a", running_adapters=running, waiting_adapters=["cold"], max_active_adapters=2)
+        return s.predict(e, prompt_tokens=100, matched_tokens=0, adapter="cold", now=clock.t).ttft_ms
+
+    assert ttft(["x", "y"]) == pytest.approx(10 + 2.5)
+    clock.t += SLOT_WAIT_SECONDS / 2
+    assert ttft(["x", "y"]) == pytest.approx(10 + 2.5 + wait / 2)
+    assert ttft(["x", "z"]) == pytest.approx(10 + 2.5)  # y's slot went to z: the queue moved
+    clock.t += SLOT_WAIT_SECONDS / 4
+    assert ttft(["x", "z"]) == pytest.approx(10 + 2.5 + wait / 4)  # timed from the change
+    clock.t += SLOT_WAIT_SECONDS
+    assert ttft(["x", "z"]) == pytest.approx(10 + 2.5 + wait)  # stuck again: the whole wait
+
+
 def test_slot_pressure_is_the_homeless_adapters_over_the_free_slots() -> None:
     """Adapters asked for in the last 10 s and held nowhere, over the slots left free, at most the
     pool's slot use; 0 for an adapter served nowhere (it takes a slot anyway)."""
@@ -594,7 +616,7 @@ def _reference_cost(
     if adapter is not None:  # its queue where every slot runs another adapter, by how long it waited
         full = len(m.running_adapters) >= m.max_active_adapters
         starving = full and adapter in m.waiting_adapters and adapter not in m.running_adapters
-        lora += slot_wait_ms(st, adapter, starving, st.avg_answer_tokens * tpot, now)
+        lora += slot_wait_ms(st, adapter, starving, st.avg_answer_tokens * tpot, now, m.running_adapters)
     st.frontend_ms = st.frontend_drained(now)
     if m.updated_at != st.metrics_at:  # a new scrape: the requests it does not show wait in the frontend
         st.metrics_at = m.updated_at

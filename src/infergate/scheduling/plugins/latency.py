@@ -24,7 +24,7 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   (``_slot_pressure``) × the swap time below; with every slot taken, the time for a running
   adapter's requests to finish (the average answer length sent to ``e`` × the predicted TPOT);
   plus, while it waits on ``e`` for a slot other adapters hold, up to that wait again, growing
-  with how long it has waited there (``slot_wait_ms``).
+  with how long it has waited there while the same adapters held the slots (``slot_wait_ms``).
 * ``frontend(e)`` — the wait in ``e``'s API frontend (the one process that parses requests and
   streams every token out, tokens first): each request adds ``frontendMsPerRequest`` of work, which
   drains at the share of the process's time that streaming leaves, ``1 − busy`` with ``busy =
@@ -284,7 +284,7 @@ class PredictedLatencyScorer:
                 full = len(loaded) >= m.max_active_adapters
                 starving = full and adapter in listed and adapter not in loaded
                 if starving or st.slot_waits:  # no call per candidate while no adapter waits there
-                    lora += slot_wait_ms(st, adapter, starving, swap, now)
+                    lora += slot_wait_ms(st, adapter, starving, swap, now, loaded)
             # the API frontend streams one token per running sequence per step: that share of its
             # time (at most 0.95) is not available to admit requests; the request work waiting
             # there is brought up to now at the share measured before, and its wait priced at
