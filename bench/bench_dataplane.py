@@ -67,6 +67,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,7 +267,7 @@ class Rig:
         path.write_text(static_pool_manifests("bench", {"replica": f"127.0.0.1:{replica_port}"}))
         return path
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         for proc in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -276,6 +277,10 @@ class Rig:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        if exc_type is None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:  # the routers' stderr is what explains a failed start
+            print(f"logs kept in {self.tmp}", file=sys.stderr)
 
 
 def send_delay(slot: int, rate: float, elapsed: float) -> float:

@@ -50,6 +50,8 @@ def test_sigkill_of_up_leaves_no_orphans(tmp_path: Path) -> None:
         tmp_path,
         health_url=f"http://127.0.0.1:{admin}/readyz",
         timeout=60,
+        # killed outright, `up` cannot remove its run folder nor Envoy's: keep them in tmp_path
+        env={"TMPDIR": str(tmp_path)},
     )
     kids: dict[int, str] = {}
     try:
