@@ -29,6 +29,10 @@ replica's own, which every path's requests cost on top of the router's. For the 
 CPU is also split by process: Envoy's, and the picker's (the gateway's Python processes). CPU per
 request is the honest capacity figure on a machine the load generator and the replica share.
 
+``--max-tokens N`` asks for answers of N tokens (with ``ignore_eos``) and ``--stream`` streams them:
+one server-sent event per token, each relayed by every router, which a one-token answer never
+exercises.
+
 ``--rate R`` offers every path R requests a second (still at most ``--concurrency`` in flight)
 instead of the closed loop: a router that carries more requests a second spends less CPU on each
 (each wakeup handles more of them), so at a rate every path sustains the CPU per request compares
@@ -41,6 +45,7 @@ sglang-router's in the same repetition, the Envoy path at least 1,048 req/s (twi
     .venv/bin/python bench/bench_dataplane.py [--requests 3000] [--concurrency 8,32] [--reps 3]
         [--paths direct,infergate,...] [--workers 1,2] [--gateway-args "..."] [--json out.json]
         [--before-src DIR] [--replica-args "--time-scale 0.02"] [--rate R] [--prompt-chars N]
+        [--max-tokens N] [--stream]
 
 ``--workers 1,2`` runs every ``infergate*`` path once per worker count (``proxy.workers``: for
 ``infergate-envoy`` N picker processes behind the one Envoy), named ``<path> ×N`` for N > 1; the
@@ -86,7 +91,7 @@ from infergate.app.fleet import free_port
 from infergate.bench.dataplane_report import summarise, targets
 from infergate.bench.matrix import static_pool_manifests
 from infergate.bench.peers import available_peers, peer_venvs
-from infergate.bench.procs import CLK_TCK, exit_on_sigterm, wait_http
+from infergate.bench.procs import exit_on_sigterm, tree_cpu_by_command, tree_cpu_seconds, wait_http
 from infergate.bench.workloads import filler_text
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -94,11 +99,17 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SRC = Path(infergate.__file__).resolve().parents[1]
 
 
-def completion_body(prompt_chars: int = 0) -> bytes:
+def completion_body(prompt_chars: int = 0, max_tokens: int = 1, stream: bool = False) -> bytes:
     """The request every path gets: ``Say hello.``, or ``prompt_chars`` characters of English-like
-    text (the same every request, as ``bench_proxy_hotpath.py --prompt-chars`` sends)."""
+    text (the same every request, as ``bench_proxy_hotpath.py --prompt-chars`` sends); streamed
+    answers carry one server-sent event per token, which every router relays one by one."""
     prompt = filler_text(prompt_chars) if prompt_chars > 0 else "Say hello."
-    return json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}).encode()
+    body: dict[str, Any] = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens}
+    if stream:
+        body |= {"stream": True, "ignore_eos": True}
+    elif max_tokens > 1:
+        body["ignore_eos"] = True
+    return json.dumps(body).encode()
 
 
 BODY = completion_body()
@@ -106,43 +117,6 @@ PEER_PATHS = ("sglang-router:cache_aware", "vllm-router:cache_aware")
 ALL_PATHS = ("direct", "infergate", "infergate-nofc", "infergate-envoy", *PEER_PATHS)
 FLOOR_PATHS = ("floor", "floor-aiohttp")
 KNOWN_PATHS = (*ALL_PATHS, *FLOOR_PATHS)
-
-
-def tree_cpu_by_command(pid: int) -> dict[str, float]:
-    """User + system CPU seconds of ``pid`` and every live descendant (children's reaped time too),
-    by command name (``envoy`` apart from the gateway's own Python processes)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(fields[1])
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    totals: dict[str, float] = {}
-    for p in tree:
-        try:
-            head, tail = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)
-        except OSError:
-            continue
-        command = head.split("(", 1)[1]
-        fields = tail.split()
-        # utime, stime, cutime, cstime are fields 14-17 of stat (11-14 after the command name)
-        totals[command] = totals.get(command, 0.0) + sum(int(x) for x in fields[11:15]) / CLK_TCK
-    return totals
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """All the CPU of ``pid`` and its descendants (see :func:`tree_cpu_by_command`)."""
-    return sum(tree_cpu_by_command(pid).values())
 
 
 @dataclass
@@ -531,6 +505,15 @@ def main() -> None:
         default=0,
         help="send a prompt of this many characters instead of 'Say hello.' (prefix hashing grows with it)",
     )
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=1,
+        help="answer length in tokens (default 1; sent with ignore_eos, so every answer has this many)",
+    )
+    ap.add_argument(
+        "--stream", action="store_true", help="stream the answers (one server-sent event per token)"
+    )
     ap.add_argument("--peer-venv", action="append", default=[], help="virtualenv of a peer router")
     ap.add_argument("--json", type=Path, help="write every point as JSON")
     ap.add_argument(
@@ -554,7 +537,9 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PATHS)}")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    body = completion_body(args.prompt_chars)
+    if args.max_tokens < 1:
+        ap.error(f"--max-tokens must be at least 1, not {args.max_tokens}")
+    body = completion_body(args.prompt_chars, args.max_tokens, args.stream)
     points: list[dict[str, Any]] = []
     workers = [int(n) for n in args.workers.split(",") if n]
     gateway_args, replica_args = shlex.split(args.gateway_args), shlex.split(args.replica_args)

@@ -19,7 +19,15 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-__all__ = ["cancel_on_signals", "cpu_seconds", "exit_on_sigterm", "process_pool", "wait_http"]
+__all__ = [
+    "cancel_on_signals",
+    "cpu_seconds",
+    "exit_on_sigterm",
+    "process_pool",
+    "tree_cpu_by_command",
+    "tree_cpu_seconds",
+    "wait_http",
+]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -51,6 +59,43 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU of ``pid`` so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_by_command(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of ``pid`` and every live descendant (children's reaped time too),
+    by command name (``envoy`` apart from the gateway's own Python processes)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    totals: dict[str, float] = {}
+    for p in tree:
+        try:
+            head, tail = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        command = head.split("(", 1)[1]
+        fields = tail.split()
+        # utime, stime, cutime, cstime are fields 14-17 of stat (11-14 after the command name)
+        totals[command] = totals.get(command, 0.0) + sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return totals
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """All the CPU of ``pid`` and its descendants (see :func:`tree_cpu_by_command`)."""
+    return sum(tree_cpu_by_command(pid).values())
 
 
 def exit_on_sigterm() -> None:
