@@ -52,3 +52,17 @@ async def test_a_malformed_chunk_after_a_whole_one_is_refused_on_the_next_read()
     assert await resp.read_chunk() == b"data: ok\n\n"
     with pytest.raises(UpstreamConnectionError, match="bad chunk size"):
         await resp.read_chunk()
+
+
+async def test_a_chunk_without_its_crlf_yet_is_relayed_at_once_and_a_bad_crlf_refused() -> None:
+    resp, conn = await response_holding(HEAD + b"9\r\ndata: a\n\n")
+    assert await resp.read_chunk() == b"data: a\n\n"
+    conn.data_received(b"\r\n" + chunk(b"data: b\n\n") + b"0\r\n\r\n")
+    assert await resp.read_chunk() == b"data: b\n\n"
+    assert await resp.read_chunk() == b""
+
+    resp, conn = await response_holding(HEAD + b"9\r\ndata: a\n\n")
+    assert await resp.read_chunk() == b"data: a\n\n"
+    conn.data_received(b"XX" + chunk(b"data: b\n\n"))
+    with pytest.raises(UpstreamConnectionError, match="bad chunk framing"):
+        await resp.read_chunk()
