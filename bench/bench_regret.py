@@ -15,6 +15,11 @@ every workload; every other strategy's search starts from round-robin's rate, wh
 of the same command on the same code) are taken from it instead of run again; their load points are
 then not in ``results.json``.
 
+``--warmup S`` sets the virtual seconds before each measured window: the rule's few seconds leave
+a prefix index, the model servers' caches and a pool of sessions short of a long-running pool's
+state, which moves some workloads' rates (docs/benchmarks.md, "The regret table's windows against
+a longer warm-up").
+
 ``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
 unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
 scout first on short runs (see ``SteadyRunner.slo_rate``). Output in ``--out``:
@@ -94,13 +99,18 @@ def run_task(task: Task) -> Outcome:
     )
 
 
-def plan_of(workload: str, *, quick: bool, duration: float | None = None) -> SteadyPlan:
+def plan_of(
+    workload: str, *, quick: bool, duration: float | None = None, warmup: float | None = None
+) -> SteadyPlan:
+    """The load points' plan; ``warmup`` (virtual s before the window) overrides the rule's."""
     spec = load_workload(workload)
     unloaded = unloaded_e2e(spec, resolve_pool(spec))
     if quick or duration is not None:
         window = duration if duration is not None else max(20.0, 8.0 * unloaded)
-        return plan_for(unloaded, duration=window, warmup=min(max(5.0, 2 * unloaded), 20.0))
-    return plan_for(unloaded)
+        if warmup is None:
+            warmup = min(max(5.0, 2 * unloaded), 20.0)
+        return plan_for(unloaded, duration=window, warmup=warmup)
+    return plan_for(unloaded, warmup=warmup)
 
 
 def _recorded(path: Path | None) -> dict[tuple[str, str], tuple[SloRate, float]]:
@@ -207,6 +217,12 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, help="bisection width (default 0.02, quick 0.05)")
     p.add_argument("--duration", type=float, help="measured window per point, virtual s (overrides the rule)")
     p.add_argument(
+        "--warmup",
+        type=float,
+        help="virtual s before each window (overrides the rule): a prefix index, caches and sessions "
+        "filled as in a long-running pool",
+    )
+    p.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)"
     )
     p.add_argument("--seed", type=int, default=0)
@@ -227,7 +243,9 @@ def main() -> None:
     partial = args.out / "partial.jsonl"
     recorded = _recorded(args.resume)  # read before ``partial`` is emptied: it may be the same file
     partial.write_text("")
-    plans = {w: plan_of(w, quick=args.quick, duration=args.duration) for w in workloads}
+    if args.warmup is not None and not args.warmup >= 0:
+        p.error(f"--warmup must be 0 or more virtual seconds, not {args.warmup}")
+    plans = {w: plan_of(w, quick=args.quick, duration=args.duration, warmup=args.warmup) for w in workloads}
     first = [
         Task(
             workload=w,

@@ -67,3 +67,11 @@ def test_recorded_searches_are_reused_and_only_the_others_run(
     assert [(o.task.strategy, o.rate.qps, o.cpu_s) for o in out] == [("round-robin", 43.66, 4.5)]
     # the new partial.jsonl lists the reused search too, so it can itself be resumed from
     assert regret._recorded(partial) == recorded
+
+
+def test_warmup_overrides_the_rules_and_keeps_the_window(regret: ModuleType) -> None:
+    quick = regret.plan_of("bursts", quick=True, duration=15.0)
+    long = regret.plan_of("bursts", quick=True, duration=15.0, warmup=60.0)
+    assert quick.warmup_s < 60.0 and long.warmup_s == 60.0
+    assert long.duration_s == quick.duration_s == 15.0
+    assert regret.plan_of("bursts", quick=False, warmup=45.0).warmup_s == 45.0
