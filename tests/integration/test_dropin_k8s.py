@@ -66,15 +66,18 @@ async def test_restart_429_initializing_then_410_relist(apiserver: FakeApiServer
     apiserver.apply(pod("a", "10.0.0.1"))
     async with running(apiserver, tmp_path) as h:
         assert h.endpoint_keys() == {"10.0.0.1:8000"}
-        pods = h.source.reflectors["pods"]
-        errors_before, relists_before = pods.errors, pods.relists_gone
+        reflectors = h.source.reflectors.values()
+        errors_before = sum(r.errors for r in reflectors)
+        relists_before = sum(r.relists_gone for r in reflectors)
         apiserver.restart(initializing=4)
         apiserver.delete("Pod", "a")  # changes while the cache was warming
         apiserver.apply(pod("b", "10.0.0.2"))
         await h.until(lambda: h.endpoint_keys() == {"10.0.0.2:8000"}, "state after the restart")
         assert apiserver.initializing_answers == 4
-        assert pods.errors > errors_before or h.source.reflectors["inferencepools"].errors > 0
-        assert sum(r.relists_gone for r in h.source.reflectors.values()) > relists_before
+        # the four 429s went to whichever watches asked first (on a loaded machine not always
+        # the pods' or the pools'): each is counted as an error by the reflector it reached
+        await h.until(lambda: sum(r.errors for r in reflectors) >= errors_before + 4, "the 429s counted")
+        assert sum(r.relists_gone for r in reflectors) > relists_before
 
 
 async def test_pod_deleted_without_terminating_phase(apiserver: FakeApiServer, tmp_path: Path) -> None:
