@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -111,6 +112,17 @@ def plan_of(
             warmup = min(max(5.0, 2 * unloaded), 20.0)
         return plan_for(unloaded, duration=window, warmup=warmup)
     return plan_for(unloaded, warmup=warmup)
+
+
+def warmup_seconds(text: str) -> float:
+    """``--warmup``: virtual seconds, finite and 0 or more (refused before any file is touched)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--warmup must be virtual seconds, not {text!r}") from None
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"--warmup must be 0 or more virtual seconds, not {text}")
+    return seconds
 
 
 def _recorded(path: Path | None) -> dict[tuple[str, str], tuple[SloRate, float]]:
@@ -218,7 +230,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, help="measured window per point, virtual s (overrides the rule)")
     p.add_argument(
         "--warmup",
-        type=float,
+        type=warmup_seconds,
         help="virtual s before each window (overrides the rule): a prefix index, caches and sessions "
         "filled as in a long-running pool",
     )
@@ -243,8 +255,6 @@ def main() -> None:
     partial = args.out / "partial.jsonl"
     recorded = _recorded(args.resume)  # read before ``partial`` is emptied: it may be the same file
     partial.write_text("")
-    if args.warmup is not None and not args.warmup >= 0:
-        p.error(f"--warmup must be 0 or more virtual seconds, not {args.warmup}")
     plans = {w: plan_of(w, quick=args.quick, duration=args.duration, warmup=args.warmup) for w in workloads}
     first = [
         Task(

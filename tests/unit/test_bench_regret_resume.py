@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -75,3 +76,14 @@ def test_warmup_overrides_the_rules_and_keeps_the_window(regret: ModuleType) -> 
     assert quick.warmup_s < 60.0 and long.warmup_s == 60.0
     assert long.duration_s == quick.duration_s == 15.0
     assert regret.plan_of("bursts", quick=False, warmup=45.0).warmup_s == 45.0
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "inf", "soon"])
+def test_a_bad_warmup_is_refused_before_any_file_is_written(
+    regret: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["bench_regret.py", "--warmup", text, "--out", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        regret.main()
+    assert exited.value.code == 2 and not out.exists()
