@@ -110,3 +110,19 @@ def test_the_gateway_interpreters_import_infergate_from_the_tree_the_script_runs
     import infergate
 
     assert (dataplane.SRC / "infergate" / "__init__.py").resolve() == Path(infergate.__file__).resolve()
+
+
+def test_streamed_answers_ask_for_every_token_and_a_bad_length_is_refused(
+    dataplane: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert json.loads(dataplane.completion_body()) == {
+        "model": dataplane.MODEL,
+        "prompt": "Say hello.",
+        "max_tokens": 1,
+    }
+    streamed = json.loads(dataplane.completion_body(0, 64, True))
+    assert (streamed["max_tokens"], streamed["stream"], streamed["ignore_eos"]) == (64, True, True)
+    monkeypatch.setattr(sys, "argv", ["bench_dataplane.py", "--max-tokens", "0", "--stream"])
+    with pytest.raises(SystemExit) as exited:
+        dataplane.main()
+    assert exited.value.code == 2 and "--max-tokens must be at least 1, not 0" in capsys.readouterr().err
