@@ -4,6 +4,7 @@ spaces to ``-``). Two links in benchmarks.md and envoy.md pointed at an anchor G
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def anchors(path: Path) -> set[str]:
+@functools.cache
+def anchors(path: Path) -> frozenset[str]:
     """The anchors of ``path``'s headings (outside fenced code); a repeated heading gets ``-1``…"""
     seen: dict[str, int] = {}
     fenced = False
@@ -33,7 +35,7 @@ def anchors(path: Path) -> set[str]:
             seen[slug] = count + 1
             if count:
                 seen[f"{slug}-{count}"] = 1
-    return set(seen)
+    return frozenset(seen)
 
 
 def test_github_anchors_are_made_as_github_makes_them() -> None:

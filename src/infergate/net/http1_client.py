@@ -46,6 +46,14 @@ relay stops joining chunks and leaves the rest to the usual parser."""
 _MAX_HEAD = 64 << 10
 
 
+def _chunk_size(line: bytes | bytearray) -> int | None:
+    """A chunk's size from its size line (extensions after ``;`` ignored); None if malformed."""
+    try:
+        return int(line.split(b";", 1)[0], 16)
+    except ValueError:
+        return None
+
+
 class UpstreamConnectionError(ConnectionError):
     """Connect failure, reset, or a malformed/truncated response."""
 
@@ -386,11 +394,10 @@ class UpstreamResponse:
                     raise UpstreamConnectionError(f"bad chunk framing from {c.key}")
                 self._remaining = 0
             line = await self._line()
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise UpstreamConnectionError(f"bad chunk size from {c.key}: {size_text[:20]!r}") from None
+            size = _chunk_size(line)
+            if size is None:
+                size_text = line.split(b";", 1)[0].strip()
+                raise UpstreamConnectionError(f"bad chunk size from {c.key}: {size_text[:20]!r}")
             if size == 0:
                 while await self._line():  # trailers, until the empty line
                     pass
@@ -417,12 +424,9 @@ class UpstreamResponse:
             line_end = buf.find(b"\r\n", pos + 2, pos + 2 + _MAX_CHUNK_LINE)
             if line_end < 0:
                 break
-            try:
-                size = int(bytes(buf[pos + 2 : line_end]).split(b";", 1)[0], 16)
-            except ValueError:
-                break
+            size = _chunk_size(buf[pos + 2 : line_end])
             start = line_end + 2
-            if size <= 0 or start + size > end:
+            if size is None or size <= 0 or start + size > end:
                 break
             pieces.append(buf[start : start + size])
             pos = start + size
