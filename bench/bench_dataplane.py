@@ -106,8 +106,8 @@ def completion_body(prompt_chars: int = 0, max_tokens: int = 1, stream: bool = F
     prompt = filler_text(prompt_chars) if prompt_chars > 0 else "Say hello."
     body: dict[str, Any] = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens}
     if stream:
-        body |= {"stream": True, "ignore_eos": True}
-    elif max_tokens > 1:
+        body["stream"] = True
+    if stream or max_tokens > 1:  # every answer this long, wherever the model would stop
         body["ignore_eos"] = True
     return json.dumps(body).encode()
 
