@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import takewhile
 
 import pytest
 
 from infergate.config.picker import parse_picker_config
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.scheduling.plugins.latency import LatencyParams, LatencyRecord, PredictedLatencyScorer
+from infergate.scheduling.plugins.latency_prefix import (
+    SHARED_PREFIX_FILL,
+)
 from infergate.scheduling.plugins.latency_state import SLOT_WAIT_SECONDS, slot_wait_ms
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.plugins.prefix_demand import PrefixDemand
@@ -183,6 +187,49 @@ def test_a_miss_is_charged_to_the_streams_it_would_delay_while_the_holder_has_ro
     assert scores["b:8000"] == pytest.approx(cost_a / cost_b)
     assert cost_b - 30 * 50.0 / 128 / 50 < cost_a  # without the charge b would be picked
     assert _pick(s, turn, pool(1)) == "b:8000"
+
+
+def test_a_miss_where_prompts_part_is_charged_while_the_holder_queues_once_shared_prefixes_crowd() -> None:
+    """As above, but the 2,000 tokens are a preamble earlier prompts went on from differently (a
+    tenant's system prompt and its questions). While the tenants' preambles fit in half a
+    server's cache, a copy on ``b`` only spreads the queue, and ``b`` takes a new question as
+    before. Once 105 tenants' preambles (13,125 blocks, more than half of 26,000) have been parted
+    from, a copy would evict another tenant's: the charge stays with a request waiting on ``a``,
+    and ``a`` keeps the question. A conversation's next turn (its history ended where the
+    index's blocks end) is not a shared prefix and goes to ``b`` either way."""
+    clock = Clock()
+    s = PredictedLatencyScorer(clock=clock)
+    first = [make_endpoint("a", num_gpu_blocks=26_000, block_size=16)]
+    tenants = [f"{k:04d}" * 2000 for k in range(105)]  # 8,000 characters: 125 blocks each
+
+    def ask(k: int) -> None:  # two questions on tenant k's preamble: parted from
+        assert _pick(s, req(tenants[k] + "q" * 400, rid=f"q{k}"), first) == "a:8000"
+        assert _pick(s, req(tenants[k] + "r" * 400, rid=f"r{k}"), first) == "a:8000"
+
+    for k in range(104):
+        ask(k)
+    clock.t += 100.0
+    pool = [
+        make_endpoint(
+            n,
+            running_requests=30,
+            kv_cache_usage=kv,
+            waiting_queue_size=w,
+            num_gpu_blocks=26_000,
+            block_size=16,
+        )
+        for n, kv, w in (("a", 0.6, 1), ("b", 0.3, 0))
+    ]
+
+    def best(prompt: str) -> str:
+        scores = s.score(req(prompt), pool, CycleState())  # scored only: the index stays as it is
+        return max(scores, key=lambda k: scores[k])
+
+    assert s.index.shared_blocks == 104 * 125  # 13,000: they fit
+    assert best(tenants[0] + "z" * 400) == "b:8000"
+    ask(104)  # 13,125: crowded
+    assert best(tenants[0] + "z" * 400) == "a:8000"
+    assert best(tenants[0] + "q" * 400 + "z" * 400) == "b:8000"
 
 
 def test_prefix_demand_counts_shares_against_holders() -> None:
@@ -655,6 +702,9 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
     fast, oracle = PredictedLatencyScorer(params, clock=clock), PredictedLatencyScorer(params, clock=clock)
     adapters = ["sql-lora", "chat-lora", "food-review"]
     prompts = ["x" * n + " shared system prompt " * 20 * n for n in range(8)]
+    # tenants' prompts on one preamble: a new tenant's match ends where they part (a branch point)
+    tenants = ["shared system prompt " * 40 + f"tenant {k} " * 30 for k in range(150)]
+    ends: set[int] = set()  # the last block of every prompt credited
     for cycle in range(300):
         clock.t += rng.choice([0.0, 0.001, 0.02, 0.3])
         pool = [
@@ -666,7 +716,7 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
                 updated_at=rng.choice([1.0, 2.0, clock.t]),
                 labels=rng.choice([{}, {"llm-d.ai/role": "decode"}]),
                 kv_cache_usage=rng.random(),
-                num_gpu_blocks=rng.choice([None, 4000]),
+                num_gpu_blocks=rng.choice([None, 4000, 20]),
                 block_size=rng.choice([None, 16]),
                 running_adapters=rng.sample(adapters, rng.randrange(3)),
                 max_active_adapters=rng.choice([0, 2, 4]),
@@ -675,7 +725,11 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
         ]
         model = rng.choice([BASE, *adapters])
         request = InferenceRequest(
-            request_id=f"r{cycle}", model=model, target_model=model, prompt=rng.choice(prompts), max_tokens=64
+            request_id=f"r{cycle}",
+            model=model,
+            target_model=model,
+            prompt=rng.choice(rng.choice([prompts, tenants])),
+            max_tokens=64,
         )
         state = CycleState()
         got = fast.score(request, pool, state)
@@ -708,12 +762,19 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
                     costs[i] -= (top - held[i]) * (params.prefill_ms_per_token / 1000.0) * f
         elif matched:
             # the streams a candidate runs pay for its prefill beyond the best holder's, unless
-            # a best holder queues
+            # a best holder queues, or the match ends where prompts part and the prefixes they part
+            # from take more than half the smallest cache
+            m = max(matched.values())
+            depth = len(list(takewhile(lambda h: h in oracle.index._servers, hashes)))
+            crowded = False
+            if m == depth < len(hashes) and hashes[m - 1] not in ends:  # parts from a shared prefix
+                cache = min(e.metrics.num_gpu_blocks or params.lru_capacity_per_server for e in pool)
+                crowded = oracle.index.shared_blocks > SHARED_PREFIX_FILL * cache  # (the index's tests)
             prefills = [max(0, prompt_tokens - h) * params.prefill_ms_per_token for h in held]
             least = min(prefills)
             pairs = zip(prefills, pool, strict=True)
             queued = [x == least and e.metrics.waiting_queue_size > 0 for x, e in pairs]
-            if not any(queued):
+            if crowded or not any(queued):
                 for i, e in enumerate(pool):
                     answer = max(1.0, oracle._state[e.key].avg_answer_tokens)
                     costs[i] += e.metrics.running_requests * (prefills[i] - least) / answer / 50.0
@@ -724,6 +785,8 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
         result = SchedulingResult(profile="default", targets=(primary,))
         fast.post_pick(request, result, state)
         oracle.post_pick(request, result, state)
+        if hashes:
+            ends.add(hashes[-1])
         assert fast._state == oracle._state, cycle
         ttft = rng.choice([None, 0.05, 0.4])
         fast.observe_ttft(request.request_id, ttft)

@@ -173,6 +173,47 @@ def test_index_lru_bound_per_server_and_reverse_map_cleanup() -> None:
     assert idx.match([5, 9, 3]) == {"a": 1}  # stops at the first unknown hash
 
 
+def test_index_tells_where_prompts_part_from_where_one_ended() -> None:
+    """``parted_at``: the known blocks end where a credited prompt went on differently (yes), or
+    where one ended (no); an end is forgotten with its block, and a whole-prompt match, a walk
+    that went on past the count or no match at all did not part anywhere."""
+    idx = PrefixIndex()
+    idx.add("a", [1, 2, 3, 4], capacity=10)  # a system prompt 1-2, a first question 3-4
+    assert idx.parted_at([1, 2, 7], 2)  # another question on 1-2: parts after 2
+    assert not idx.parted_at([1, 2, 3, 4, 8], 4)  # the conversation's next turn: 4 ended a prompt
+    assert not idx.parted_at([1, 2, 3, 4], 4) and not idx.parted_at([1, 2, 7], 0)
+    idx.add("b", [1, 2], capacity=10)  # a prompt of the system prompt alone
+    assert not idx.parted_at([1, 2, 7], 2)
+    assert not idx.parted_at([1, 2, 3, 9], 2)  # b's count stops at 2, but the walk goes on to 3
+    idx.remove_server("a")
+    idx.add("b", [5, 6], capacity=2)  # 1 and 2 leave b, the last to hold them: 2's end is forgotten
+    idx.add("c", [1, 2, 3], capacity=10)
+    assert idx.parted_at([1, 2, 9], 2) and not idx.parted_at([1, 2, 3, 4], 3)
+
+
+def test_index_counts_the_blocks_of_the_prefixes_prompts_parted_from() -> None:
+    """``shared_blocks``: each prefix a credited prompt parted from counts its blocks once, from
+    any server's credit, until no server holds its last block; a conversation going on from
+    where its last prompt ended, a prompt the index knows nothing of and a prompt wholly known
+    count nothing."""
+    idx = PrefixIndex()
+    idx.add("a", [1, 2, 3, 4], capacity=10)
+    idx.add("a", [9, 8], capacity=10)
+    idx.add("a", [1, 2, 3, 4, 5], capacity=10)  # the next turn: 4 ended a prompt
+    idx.add("b", [1, 2, 3, 4], capacity=10)
+    assert idx.shared_blocks == 0
+    idx.add("b", [1, 2, 7], capacity=10)  # parts after 2 from 1-2
+    idx.add("c", [1, 2, 6], capacity=10)  # the same prefix again, another server
+    idx.add("c", [9, 8, 7, 6], capacity=10)  # 8 ended a prompt: a conversation, not a fork
+    idx.add("c", [1, 2, 3, 11], capacity=10)  # parts after 3 from 1-3
+    assert idx.shared_blocks == 2 + 3
+    idx.remove_server("a")
+    idx.remove_server("b")
+    assert idx.shared_blocks == 5  # c holds 1, 2 and 3
+    idx.add("c", [20, 21, 22], capacity=3)  # 1, 2 and 3 leave c: forgotten
+    assert idx.shared_blocks == 0
+
+
 def reference_match(idx: PrefixIndex, hashes: list[int]) -> dict[str, int]:
     """One count per holder per block of the walk, stopping at the first unknown hash."""
     counts: dict[str, int] = {}

@@ -32,10 +32,11 @@ def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_ca
     4.5 to 5.6 points below one worker's as the scorer changed, while at 130, 134, 142 and 146
     QPS it was -0.8 to 3.6 points below, and over 24 seeded steady-state runs
     (bench_twin_workers.py) the two stayed within 0.6 points. So the hit rates are averaged over
-    three rates (130, 138.6, 146 QPS). Measured (5 December 2026, with the frontend floor of
-    docs/benchmarks.md, "Requests the metrics do not show"): one worker 67.3 %, two sharing
-    everything 64.7 % (before that change 67.3 % and 65.1 %); nothing of the scorer's shared
-    ~49 %, with a p90 TTFT at 138.6 QPS of 1.5 s against one worker's 0.75 s. Sharing the
+    three rates (130, 138.6, 146 QPS). Measured (6 December 2026, with shared prefixes that
+    crowd each other out kept on their holders, docs/benchmarks.md): one worker 69.4 %, two
+    sharing everything 68.1 % (before that change 67.3 % and 64.7 %); nothing of the scorer's
+    shared 51.3 %, with a p90 TTFT at 138.6 QPS of 1.06 s against one worker's 0.72 s (before:
+    ~49 %, 1.5 s against 0.75 s). Sharing the
     accounting without the corrections and in-flight counts gave 64.3 % on this average, within
     half a point of sharing everything, so it is not asserted on here; bench_twin_workers.py
     --accounting-only measures it at steady state."""
@@ -56,4 +57,4 @@ def test_two_workers_sharing_latency_accounting_keep_one_workers_routing_near_ca
     one_hits, two_hits = (sum(h for h, _ in runs) / len(rates) for runs in (one, two))
     assert two_hits >= one_hits - 0.04 and two[1][1] <= 1.2 * one[1][1]
     alone_hits, alone_ttft = run(2, 138.6, share=False)
-    assert alone_hits < one_hits - 0.1 and alone_ttft > 1.5 * one[1][1]
+    assert alone_hits < one_hits - 0.1 and alone_ttft > 1.3 * one[1][1]

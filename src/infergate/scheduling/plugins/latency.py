@@ -48,8 +48,10 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   request that needs its first token soon weighs a queue more than one that needs fast tokens);
   for a prefix too few servers hold for its share of the traffic (:class:`PrefixDemand`), a
   candidate lacking it is not charged the blocks the best holder has, so a hot prefix spreads;
-  otherwise, while the best holders have no waiting queue, a candidate is also charged what the
-  prefill it would do beyond theirs costs the streams it runs (:mod:`.latency_prefix`).
+  otherwise, while the best holders have no waiting queue (or whatever their queues, for a shared
+  prefix when the shared prefixes do not fit in one server's cache together), a candidate is
+  also charged what the prefill it would do beyond theirs costs the streams it runs
+  (:mod:`.latency_prefix`).
 
 Every prediction is corrected online: the data plane reports each request's observed TTFT, and a
 per-endpoint factor (the exponentially weighted ratio of observed to predicted TTFT, clamped to
@@ -76,7 +78,7 @@ from dataclasses import field
 from itertools import islice
 
 from infergate.scheduling.plugins.adapter_slots import AdapterDemand
-from infergate.scheduling.plugins.latency_prefix import charge_misses, spread_short_prefix
+from infergate.scheduling.plugins.latency_prefix import charge_misses, parts_crowded, spread_short_prefix
 from infergate.scheduling.plugins.latency_records import (
     AccountingRecord,
     LatencyRecord,
@@ -369,8 +371,11 @@ class PredictedLatencyScorer:
             per_token = p.prefill_ms_per_token / ttft_slo
             spread_short_prefix(costs, keys, matched_tokens, prompt_tokens, per_token, self._state)
         elif matched:
-            # the streams a candidate runs pay for its extra prefill too (while holders have room)
-            charge_misses(costs, candidates, [pred[3] for pred in predictions], self._state, tpot_slo)
+            # the streams a candidate runs pay for its extra prefill too (while holders have room,
+            # or whatever their queues for a shared prefix that copies would crowd out of caches)
+            crowded = parts_crowded(self.index, hashes, matched, candidates, p.lru_capacity_per_server)
+            prefill = [pred[3] for pred in predictions]
+            charge_misses(costs, candidates, prefill, self._state, tpot_slo, crowded=crowded)
         by_key = dict(zip(keys, predictions, strict=True))
         state.put(_CYCLE, _Cycle(hashes=hashes, prompt_tokens=prompt_tokens, predictions=by_key))
         best = min(costs)

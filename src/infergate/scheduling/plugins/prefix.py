@@ -125,6 +125,11 @@ class PrefixIndex:
         self._servers: dict[int, dict[str, None]] = {}
         self._sets = HolderSets()
         self._size = 0
+        # the last block of every prompt credited, while any server holds it (see parted_at)
+        self._ends: dict[int, None] = {}
+        # the blocks where credited prompts parted from a prefix, with its length, while held
+        self._forks: dict[int, int] = {}
+        self._fork_blocks = 0
 
     def __len__(self) -> int:
         """Total number of (endpoint, hash) entries."""
@@ -145,6 +150,21 @@ class PrefixIndex:
         if lru is None:
             lru = self._lru[server] = OrderedDict()
         reverse = self._servers
+        # the blocks the index knows already: a block's hash chains its predecessors', so they
+        # are known before it (but for evictions) and a bisection finds the end in ~8 lookups
+        # where a walk of a 4,000-token prompt took a third of the rest of this method
+        known, top = 0, len(hashes)
+        while known < top:
+            mid = (known + top + 1) // 2
+            if hashes[mid - 1] in reverse:
+                known = mid
+            else:
+                top = mid - 1
+        if 0 < known < len(hashes):
+            fork = hashes[known - 1]
+            if fork not in self._ends and fork not in self._forks:  # parts from a shared prefix
+                self._forks[fork] = known
+                self._fork_blocks += known
         # consecutive blocks usually share their holder set: its successor is reused
         last: dict[str, None] | None = None
         grown = NO_HOLDERS
@@ -158,6 +178,7 @@ class PrefixIndex:
             if holders is not last:
                 last, grown = holders, self._sets.plus(holders, server)
             reverse[h] = grown
+        self._ends[hashes[-1]] = None
         while len(lru) > capacity:
             old, _ = lru.popitem(last=False)
             self._size -= 1
@@ -182,6 +203,27 @@ class PrefixIndex:
                 counts[s] = counts.get(s, 0) + n
         return counts
 
+    def parted_at(self, hashes: Sequence[int], matched_blocks: int) -> bool:
+        """Whether the blocks of a prompt (``hashes``) that the index holds, its first
+        ``matched_blocks``, end where the prompts credited went on differently.
+
+        A session's next turn leaves the known blocks where its last turn's prompt ended; a new
+        question on a tenant's system prompt leaves them where the earlier questions parted
+        from it. Only the last block of each prompt credited is remembered, as long as the
+        block is held. A walk that went on past ``matched_blocks`` on other servers' blocks, or
+        that covers the whole prompt, did not part here.
+        """
+        if matched_blocks <= 0 or matched_blocks >= len(hashes):
+            return False
+        return hashes[matched_blocks - 1] not in self._ends and hashes[matched_blocks] not in self._servers
+
+    @property
+    def shared_blocks(self) -> int:
+        """The blocks of the prefixes credited prompts parted from (see :meth:`parted_at`), each
+        counted once while some server holds its last block: the room the shared prefixes take
+        in one server's cache if it held them all."""
+        return self._fork_blocks
+
     def remove_server(self, server: str) -> None:
         """Forget everything credited to ``server`` (endpoint removed or inactive)."""
         lru = self._lru.pop(server, None)
@@ -197,6 +239,9 @@ class PrefixIndex:
             return
         if len(holders) == 1:
             del self._servers[h]
+            self._ends.pop(h, None)
+            if h in self._forks:
+                self._fork_blocks -= self._forks.pop(h)
         else:
             self._servers[h] = self._sets.minus(holders, server)
 
