@@ -152,6 +152,21 @@ def test_a_prefix_carrying_more_traffic_than_its_holders_spreads() -> None:
     assert sorted(s.index.match(s._hashes(req(system), 16))) == ["a:8000", "b:8000"]
 
 
+def _holder_and_lighter(waiting_on_a: int) -> list[Endpoint]:
+    """``a`` (KV cache 60 % full, ``waiting_on_a`` queued) and ``b`` (30 %), each running 30 streams."""
+    return [
+        make_endpoint(
+            n,
+            running_requests=30,
+            kv_cache_usage=kv,
+            waiting_queue_size=w,
+            num_gpu_blocks=26_000,
+            block_size=16,
+        )
+        for n, kv, w in (("a", 0.6, waiting_on_a), ("b", 0.3, 0))
+    ]
+
+
 def test_a_miss_is_charged_to_the_streams_it_would_delay_while_the_holder_has_room() -> None:
     """The next turn of a conversation (2,000 tokens of history) on its holder ``a`` or on ``b``,
     whose KV cache is half as full: ``b`` decodes 6.8 ms faster a step (0.136 of cost) and
@@ -166,19 +181,7 @@ def test_a_miss_is_charged_to_the_streams_it_would_delay_while_the_holder_has_ro
     assert _pick(s, req(history, rid="t1"), first) == "a:8000"
     clock.t += 100.0  # its prefill, frontend work and prefill rate are long gone
 
-    def pool(waiting_on_a: int) -> list[Endpoint]:
-        return [
-            make_endpoint(
-                n,
-                running_requests=30,
-                kv_cache_usage=kv,
-                waiting_queue_size=w,
-                num_gpu_blocks=26_000,
-                block_size=16,
-            )
-            for n, kv, w in (("a", 0.6, waiting_on_a), ("b", 0.3, 0))
-        ]
-
+    pool = _holder_and_lighter
     turn = req(history + "q" * 400, rid="t2")
     scores = s.score(turn, pool(0), CycleState())
     assert scores["a:8000"] == 1.0
@@ -209,17 +212,7 @@ def test_a_miss_where_prompts_part_is_charged_while_the_holder_queues_once_share
     for k in range(104):
         ask(k)
     clock.t += 100.0
-    pool = [
-        make_endpoint(
-            n,
-            running_requests=30,
-            kv_cache_usage=kv,
-            waiting_queue_size=w,
-            num_gpu_blocks=26_000,
-            block_size=16,
-        )
-        for n, kv, w in (("a", 0.6, 1), ("b", 0.3, 0))
-    ]
+    pool = _holder_and_lighter(1)
 
     def best(prompt: str) -> str:
         scores = s.score(req(prompt), pool, CycleState())  # scored only: the index stays as it is
