@@ -134,6 +134,20 @@ async def _send(
     return rec
 
 
+async def _send_after(
+    before: asyncio.Task[RequestRecord] | None,
+    session: aiohttp.ClientSession,
+    base_url: str,
+    request: BenchRequest,
+    start: float,
+    headers: Mapping[str, str],
+) -> RequestRecord:
+    """:func:`_send` once ``before`` (the session's previous turn) has its answer, if any."""
+    if before is not None:
+        await asyncio.wait([before])  # its outcome is its own record's; only its end matters here
+    return await _send(session, base_url, request, start, headers)
+
+
 def _sendable(requests: Sequence[BenchRequest]) -> None:
     """Refuse requests whose answer length only the twin can honour (WorkloadSpec.max_tokens):
     a real model server without ``ignore_eos`` ends its answers where it chooses."""
@@ -163,11 +177,14 @@ async def run_open_loop(
     async with _session(request_timeout) as session:
         start = time.perf_counter()
         tasks: list[asyncio.Task[RequestRecord]] = []
+        by_index: dict[int, asyncio.Task[RequestRecord]] = {}
         for request, offset in zip(requests, offsets, strict=True):
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_send(session, base_url, request, start, hdrs))
+            before = by_index.get(request.after) if request.after is not None else None
+            task = asyncio.create_task(_send_after(before, session, base_url, request, start, hdrs))
+            by_index[request.index] = task
             if on_done is not None:
                 task.add_done_callback(lambda t: on_done(t.result()) if not t.cancelled() else None)
             tasks.append(task)
@@ -191,9 +208,19 @@ async def run_closed_loop(
     async with _session(request_timeout) as session:
         start = time.perf_counter()
 
+        # the session's previous turn (popped before this one, if it is in the run) ends first
+        ended = {r.index: asyncio.Event() for r in requests}
+
         async def worker() -> None:
             while queue:
-                rec = await _send(session, base_url, queue.pop(), start, hdrs)
+                request = queue.pop()
+                before = ended.get(request.after) if request.after is not None else None
+                if before is not None:
+                    await before.wait()
+                try:
+                    rec = await _send(session, base_url, request, start, hdrs)
+                finally:
+                    ended[request.index].set()
                 records.append(rec)
                 if on_done is not None:
                     on_done(rec)

@@ -342,6 +342,19 @@ class _Verdict:
         return not still
 
 
+def _sessions_behind(
+    judged: Sequence[int], records: Sequence[RequestRecord], times: Sequence[float], slo: Slo
+) -> str | None:
+    """Why a point's rate was not sent, if it was not: more than 1 % of the judged turns waited
+    a TTFT bound or longer for their session's previous answer
+    (:attr:`~infergate.bench.workloads.SharedPrefixWorkload.turn_after_answer`), so the sessions,
+    not the rate, set the load; such a point is not met."""
+    late = sum(1 for i in judged if records[i].sent_at - times[i] >= slo.ttft_s)
+    if late > math.floor(0.01 * len(judged) + 1e-9):
+        return f"{late} measured turns waited {slo.ttft_s:g} s or more for their previous answer"
+    return None
+
+
 class SteadyRunner:
     """Load points of one workload on one pool; caches every (strategy, rate) it ran."""
 
@@ -444,6 +457,8 @@ class SteadyRunner:
             picker=self.picker,
         )
         stopped = verdict.reason
+        if stopped is None:
+            stopped = _sessions_behind(judged, out.records, times, self.slo)
         judged_records = [out.records[i] for i in judged]
         summary = summarise(judged_records, self.slo)
         by_objective: dict[str, dict[str, float]] = {}

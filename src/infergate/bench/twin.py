@@ -233,6 +233,23 @@ def run_twin(
         rec = records[i]
         rec.status, rec.error, rec.e2e = status, error, loop.now() - T0 - rec.sent_at
         pending -= 1
+        answered(i)
+
+    # a session's next turn waits for this answer (BenchRequest.after): index -> the turn waiting
+    held: dict[int, int] = {}
+
+    def answered(i: int) -> None:
+        nxt = held.pop(i, None)
+        if nxt is not None:  # sent now, and timed from now, as its client sends it
+            records[nxt].sent_at = loop.now() - T0
+            arrive(nxt)
+
+    def due(i: int) -> None:
+        after = requests[i].after
+        if after is not None and records[after].e2e is None:
+            held[after] = i
+        else:
+            arrive(i)
 
     def kick(f: Front) -> None:
         # the gateway's dispatcher: a cycle soon after any datastore change while requests wait
@@ -412,6 +429,7 @@ def run_twin(
                 rec.completion_tokens = out.num_generated
                 release(f, replica.key, started=req.stream)
                 pending -= 1
+                answered(i)
 
         replica.driver.submit(
             EngineRequest(
@@ -432,7 +450,7 @@ def run_twin(
     loop.call_at(T0, scrape)
     loop.call_at(T0, sample)
     for i, off in enumerate(offsets):
-        loop.call_at(T0 + off, functools.partial(arrive, i))
+        loop.call_at(T0 + off, functools.partial(due, i))
     stopped_at: float | None = None
     if monitor is None:
         loop.run()

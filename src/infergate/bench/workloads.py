@@ -118,6 +118,16 @@ class SharedPrefixWorkload(_Model):
     turns: int = Field(default=3, ge=1)
     sessions: int = Field(default=200, ge=1)
     models: tuple[ModelShare, ...] = (ModelShare(name="meta-llama/Llama-3.1-8B-Instruct"),)
+    staggered: bool = False
+    """Sessions do not start together: session k of the first ``sessions`` starts at turn k mod
+    ``turns`` (its earlier turns are its history, never sent) and each session is followed by a
+    fresh one, so every turn depth is sent at every moment and a session's turns are ``sessions``
+    arrivals apart. False: every session's first turn, then every second turn, and so on."""
+    turn_after_answer: bool = False
+    """A session's turn is sent at its arrival time or once the session's previous answer has
+    ended, whichever is later: one request in flight per session, as a person or an agent loop
+    waits for the answer it continues (inference-perf's session rounds do the same). False: every
+    turn at its arrival time, so a session's turns overlap when they come faster than answers."""
 
 
 class MixWorkload(_Model):
@@ -255,6 +265,9 @@ class BenchRequest:
     """The TTFT bound the client sends (seconds, as ``x-llm-d-slo-ttft-ms``), or None."""
     slo_tpot: float | None = None
     """The TPOT bound the client sends (seconds, as ``x-llm-d-slo-tpot-ms``), or None."""
+    after: int | None = None
+    """The index of the request whose answer must end before this one is sent (the session's
+    previous turn, :attr:`SharedPrefixWorkload.turn_after_answer`), or None."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -321,9 +334,54 @@ def _shared_prefix(
 ) -> list[BenchRequest]:
     systems = [f"tenant {t}: " + text(rng, w.system_prompt_tokens) for t in range(w.tenants)]
     tenant_models = [_pick_model(rng, w.models) for _ in range(w.tenants)]
+    if w.staggered:
+        return _staggered(w, rng, systems, tenant_models, epochs * w.sessions * w.turns, text)
     out: list[BenchRequest] = []
     for _ in range(epochs):  # later epochs: fresh sessions of the same tenants
         out.extend(_sessions(w, rng, systems, tenant_models, len(out), text))
+    return out
+
+
+def _staggered(
+    w: SharedPrefixWorkload,
+    rng: random.Random,
+    systems: Sequence[str],
+    tenant_models: Sequence[str],
+    count: int,
+    text: TextFn,
+) -> list[BenchRequest]:
+    # ``sessions`` slots sent in turn; each runs sessions one after another, the first one of
+    # slot k from its turn k mod ``turns`` (the turns before are history it starts with)
+    slots = w.sessions
+    state: list[tuple[int, int, list[dict[str, str]], int]] = []  # tenant, next turn, history, last index
+    for k in range(slots):
+        tenant = rng.randrange(w.tenants)
+        history = [{"role": "system", "content": systems[tenant]}]
+        for _ in range(k % w.turns):
+            history.append({"role": "user", "content": text(rng, w.question.sample(rng))})
+            history.append({"role": "assistant", "content": text(rng, w.answer.sample(rng))})
+        state.append((tenant, k % w.turns, history, -1))
+    out: list[BenchRequest] = []
+    while len(out) < count:
+        k = len(out) % slots
+        tenant, turn, history, last = state[k]
+        if turn == w.turns:  # the slot's next session
+            tenant = rng.randrange(w.tenants)
+            turn, history, last = 0, [{"role": "system", "content": systems[tenant]}], -1
+        history.append({"role": "user", "content": text(rng, w.question.sample(rng))})
+        answer_len = w.answer.sample(rng)
+        out.append(
+            BenchRequest(
+                index=len(out),
+                model=tenant_models[tenant],
+                max_tokens=answer_len,
+                messages=tuple(dict(m) for m in history),
+                group=f"tenant-{tenant}",
+                after=last if last >= 0 and w.turn_after_answer else None,
+            )
+        )
+        history.append({"role": "assistant", "content": text(rng, answer_len)})
+        state[k] = (tenant, turn + 1, history, len(out) - 1)
     return out
 
 
@@ -342,7 +400,7 @@ def _sessions(
     for tenant in tenants:
         histories.append([{"role": "system", "content": systems[tenant]}])
     out: list[BenchRequest] = []
-    for _turn in range(w.turns):
+    for turn in range(w.turns):
         for s, tenant in enumerate(tenants):
             histories[s].append({"role": "user", "content": text(rng, w.question.sample(rng))})
             answer_len = w.answer.sample(rng)
@@ -353,6 +411,7 @@ def _sessions(
                     max_tokens=answer_len,
                     messages=tuple(dict(m) for m in histories[s]),
                     group=f"tenant-{tenant}",
+                    after=first_index + (turn - 1) * w.sessions + s if turn and w.turn_after_answer else None,
                 )
             )
             histories[s].append({"role": "assistant", "content": text(rng, answer_len)})
