@@ -526,7 +526,8 @@ def stream(spec: WorkloadSpec, count: int, *, seed: int = 0) -> list[BenchReques
 
     Independent requests are simply more of them; session workloads repeat their pattern in epochs
     of ``sessions`` interleaved sessions over the same tenants (same system prompts), so a long run
-    keeps the workload's mix of turn depths and prefix sharing. ``seed`` is mixed into the
+    keeps the workload's mix of turn depths and prefix sharing (``staggered`` ones follow each
+    session with a fresh one instead). ``seed`` is mixed into the
     workload's own, so every load point can get a fresh stream. No fixed offsets: the runner's
     arrival process places every request (bursts: see the runner).
     """
