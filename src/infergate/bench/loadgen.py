@@ -90,7 +90,10 @@ async def _send(
     request: BenchRequest,
     start: float,
     headers: Mapping[str, str],
+    before: asyncio.Task[RequestRecord] | None = None,
 ) -> RequestRecord:
+    if before is not None:  # the session's previous turn: its end, not its outcome, matters here
+        await asyncio.wait([before])
     sent = time.perf_counter()
     rec = RequestRecord(index=request.index, model=request.model, group=request.group, sent_at=sent - start)
     last_token_at: float | None = None
@@ -134,20 +137,6 @@ async def _send(
     return rec
 
 
-async def _send_after(
-    before: asyncio.Task[RequestRecord] | None,
-    session: aiohttp.ClientSession,
-    base_url: str,
-    request: BenchRequest,
-    start: float,
-    headers: Mapping[str, str],
-) -> RequestRecord:
-    """:func:`_send` once ``before`` (the session's previous turn) has its answer, if any."""
-    if before is not None:
-        await asyncio.wait([before])  # its outcome is its own record's; only its end matters here
-    return await _send(session, base_url, request, start, headers)
-
-
 def _sendable(requests: Sequence[BenchRequest]) -> None:
     """Refuse requests whose answer length only the twin can honour (WorkloadSpec.max_tokens):
     a real model server without ``ignore_eos`` ends its answers where it chooses."""
@@ -183,7 +172,7 @@ async def run_open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             before = by_index.get(request.after) if request.after is not None else None
-            task = asyncio.create_task(_send_after(before, session, base_url, request, start, hdrs))
+            task = asyncio.create_task(_send(session, base_url, request, start, hdrs, before))
             by_index[request.index] = task
             if on_done is not None:
                 task.add_done_callback(lambda t: on_done(t.result()) if not t.cancelled() else None)
