@@ -240,9 +240,10 @@ def run_twin(
 
     def answered(i: int) -> None:
         nxt = held.pop(i, None)
-        if nxt is not None:  # sent now, and timed from now, as its client sends it
+        if nxt is not None:  # sent now, and timed from now, as its client sends it; from the loop,
+            # not from inside the engine's or flow control's callback that ended this one
             records[nxt].sent_at = loop.now() - T0
-            arrive(nxt)
+            loop.call_at(loop.now(), functools.partial(arrive, nxt))
 
     def due(i: int) -> None:
         after = requests[i].after
