@@ -368,19 +368,8 @@ def _staggered(
         if turn == w.turns:  # the slot's next session
             tenant = rng.randrange(w.tenants)
             turn, history, last = 0, [{"role": "system", "content": systems[tenant]}], -1
-        history.append({"role": "user", "content": text(rng, w.question.sample(rng))})
-        answer_len = w.answer.sample(rng)
-        out.append(
-            BenchRequest(
-                index=len(out),
-                model=tenant_models[tenant],
-                max_tokens=answer_len,
-                messages=tuple(dict(m) for m in history),
-                group=f"tenant-{tenant}",
-                after=last if last >= 0 and w.turn_after_answer else None,
-            )
-        )
-        history.append({"role": "assistant", "content": text(rng, answer_len)})
+        after = last if last >= 0 and w.turn_after_answer else None
+        out.append(_turn(w, rng, history, tenant_models[tenant], tenant, len(out), after, text))
         state[k] = (tenant, turn + 1, history, len(out) - 1)
     return out
 
@@ -402,20 +391,36 @@ def _sessions(
     out: list[BenchRequest] = []
     for turn in range(w.turns):
         for s, tenant in enumerate(tenants):
-            histories[s].append({"role": "user", "content": text(rng, w.question.sample(rng))})
-            answer_len = w.answer.sample(rng)
-            out.append(
-                BenchRequest(
-                    index=first_index + len(out),
-                    model=tenant_models[tenant],
-                    max_tokens=answer_len,
-                    messages=tuple(dict(m) for m in histories[s]),
-                    group=f"tenant-{tenant}",
-                    after=first_index + (turn - 1) * w.sessions + s if turn and w.turn_after_answer else None,
-                )
-            )
-            histories[s].append({"role": "assistant", "content": text(rng, answer_len)})
+            after = first_index + (turn - 1) * w.sessions + s if turn and w.turn_after_answer else None
+            index = first_index + len(out)
+            out.append(_turn(w, rng, histories[s], tenant_models[tenant], tenant, index, after, text))
     return out
+
+
+def _turn(
+    w: SharedPrefixWorkload,
+    rng: random.Random,
+    history: list[dict[str, str]],
+    model: str,
+    tenant: int,
+    index: int,
+    after: int | None,
+    text: TextFn,
+) -> BenchRequest:
+    """One turn of a session: a question added to ``history``, the request carrying it, then the
+    answer added for the turns after."""
+    history.append({"role": "user", "content": text(rng, w.question.sample(rng))})
+    answer_len = w.answer.sample(rng)
+    request = BenchRequest(
+        index=index,
+        model=model,
+        max_tokens=answer_len,
+        messages=tuple(dict(m) for m in history),
+        group=f"tenant-{tenant}",
+        after=after,
+    )
+    history.append({"role": "assistant", "content": text(rng, answer_len)})
+    return request
 
 
 def _independent(
