@@ -113,8 +113,12 @@ def run_twin_sweep(
     slo: Slo,
     seed: int,
     time_scale: float = 1.0,
+    closed_loop: bool = False,
 ) -> list[RunResult]:
     """Every strategy at every rate, in virtual time, on identical fixed request lists.
+
+    ``closed_loop`` makes each load a count of clients that each send their next request when
+    their last one ends (``--concurrency``), as against the target of ``--url``.
 
     ``time_scale`` slows the simulated engines as ``--matrix --time-scale`` slows the replicas, so a
     twin sweep can be set beside a matrix sweep with the same flags. ``replicas`` is a count (the
@@ -129,15 +133,16 @@ def run_twin_sweep(
     config = shape.twin_config(seed=seed, time_scale=time_scale, settings=settings_for_slo(slo))
     results = []
     for rate in qps:
-        offsets = arrival_offsets(requests, rate, seed, shape.arrival)
+        offsets = None if closed_loop else arrival_offsets(requests, rate, seed, shape.arrival)
         for strategy in strategies:
-            out = run_twin(requests, offsets, strategy=strategy, config=config)
+            clients = int(rate) if closed_loop else None
+            out = run_twin(requests, offsets, strategy=strategy, config=config, concurrency=clients)
             results.append(
                 RunResult(
                     workload=workload,
                     strategy=strategy,
                     load=rate,
-                    load_kind="qps",
+                    load_kind="concurrent" if closed_loop else "qps",
                     summary=summarise(out.records, slo),
                     prefix_hit_rate=out.prefix_hit_rate,
                     lora_swaps=out.lora_swaps,
@@ -293,6 +298,13 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.concurrency and not args.limit:
+        print(
+            "error: --twin --concurrency replays a fixed request list: give --limit N "
+            "(steady-state runs and --slo-rate are open loop, at a rate)",
+            file=sys.stderr,
+        )
+        return 2
     if args.limit:
         if args.slo_rate or args.duration is not None or args.warmup is not None:
             print(
@@ -305,11 +317,12 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
             requests,
             workload=spec.name,
             strategies=strategies,
-            qps=args.qps or [4.0, 8.0, 12.0],
+            qps=args.concurrency or args.qps or [4.0, 8.0, 12.0],
             replicas=shape,
             slo=slo,
             seed=args.seed,
             time_scale=args.time_scale,
+            closed_loop=bool(args.concurrency),
         )
         path = write_reports(results, args.out, plots=not args.no_plots)
         print(to_markdown(results))

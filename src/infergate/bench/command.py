@@ -39,6 +39,14 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
     return values
 
 
+def _counts(text: str | None, flag: str) -> list[float] | None:
+    """Client counts: whole numbers (a closed loop has no half client)."""
+    values = _floats(text, flag)
+    if values is not None and any(v != int(v) for v in values):
+        raise typer.BadParameter(f"expected whole numbers (got {text!r})", param_hint=flag)
+    return values
+
+
 def command(
     workload: Annotated[str, typer.Option("--workload", help="Built-in workload name or a YAML file.")],
     url: Annotated[
@@ -67,7 +75,8 @@ def command(
         str | None,
         typer.Option(
             "--concurrency",
-            help="Closed-loop concurrencies to sweep instead, e.g. 8,32.",
+            help="Closed-loop concurrencies to sweep instead, e.g. 8,32: each client sends its next "
+            "request when its last one ends (--twin: with --limit).",
             rich_help_panel=_LOAD,
         ),
     ] = None,
@@ -218,7 +227,7 @@ def command(
         twin=twin,
         workload=workload,
         qps=_floats(qps, "--qps"),
-        concurrency=_floats(concurrency, "--concurrency"),
+        concurrency=_counts(concurrency, "--concurrency"),
         label=label,
         replica=list(replica or []),
         skip_unserved=skip_unserved,

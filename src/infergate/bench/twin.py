@@ -96,9 +96,10 @@ __all__ = ["TwinConfig", "TwinResult", "run_twin"]
 
 def run_twin(
     requests: Sequence[BenchRequest],
-    offsets: Sequence[float],
+    offsets: Sequence[float] | None,
     *,
     strategy: str,
+    concurrency: int | None = None,
     config: TwinConfig | None = None,
     sample_interval: float = 1.0,
     picker: EndpointPickerConfig | None = None,
@@ -107,10 +108,17 @@ def run_twin(
 ) -> TwinResult:
     """Replay ``requests`` arriving at ``offsets`` (seconds) through ``strategy`` on a virtual pool.
 
+    With ``concurrency`` instead of ``offsets`` the clients are a closed loop, as ``infergate bench
+    --url --concurrency`` sends them: ``concurrency`` requests at the start, then the next in order
+    whenever one ends (served or refused); a record's ``sent_at`` is when its client sent it.
     ``picker`` replaces the strategy's scheduler configuration (weight sweeps use it). ``monitor``
     is called every ``monitor_interval`` virtual seconds with the time since the start and the
     records so far; the run stops (unfinished requests keep status 0) when it returns True.
     """
+    if (offsets is None) == (concurrency is None):
+        raise ValueError("run_twin: give offsets (open loop) or concurrency (closed loop), not both")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"run_twin: concurrency must be at least 1 (got {concurrency})")
     cfg = config or TwinConfig()
     named = resolve_strategy(strategy)
     use_flow_control = cfg.flow_control if named.flow_control is None else named.flow_control
@@ -202,9 +210,10 @@ def run_twin(
         f.datastore.release(key, started=started)
         counted(f, key)
 
+    sent_at = list(offsets) if offsets is not None else [0.0] * len(requests)  # closed loop: set when sent
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)
-        for r, off in zip(requests, offsets, strict=True)
+        for r, off in zip(requests, sent_at, strict=True)
     ]
     pending = len(requests)
     load_series: dict[str, list[tuple[float, float]]] = {r.key: [] for r in replicas}
@@ -244,6 +253,16 @@ def run_twin(
             # not from inside the engine's or flow control's callback that ended this one
             records[nxt].sent_at = loop.now() - T0
             loop.call_at(loop.now(), functools.partial(arrive, nxt))
+        if concurrency is not None:  # a closed loop's client is free: it sends its next request
+            loop.call_at(loop.now(), send_next)
+
+    unsent = iter(range(len(requests)))  # closed loop: the requests no client has taken yet
+
+    def send_next() -> None:
+        i = next(unsent, None)
+        if i is not None:
+            records[i].sent_at = loop.now() - T0
+            due(i)  # a turn whose previous answer has not ended waits for it, holding its client
 
     def due(i: int) -> None:
         after = requests[i].after
@@ -450,8 +469,12 @@ def run_twin(
     # the first scrape before any arrival: the real gateway is ready (scraped) before load starts
     loop.call_at(T0, scrape)
     loop.call_at(T0, sample)
-    for i, off in enumerate(offsets):
-        loop.call_at(T0 + off, functools.partial(due, i))
+    if offsets is not None:
+        for i, off in enumerate(offsets):
+            loop.call_at(T0 + off, functools.partial(due, i))
+    else:
+        for _ in range(min(concurrency or 0, len(requests))):
+            loop.call_at(T0, send_next)
     stopped_at: float | None = None
     if monitor is None:
         loop.run()
