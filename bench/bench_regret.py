@@ -20,6 +20,9 @@ a prefix index, the model servers' caches and a pool of sessions short of a long
 state, which moves some workloads' rates (docs/benchmarks.md, "The regret table's windows against
 a longer warm-up").
 
+``--closed-loop``: each cell is a strategy's SLO concurrency instead, the most clients (each
+sending its next request when its last one ended) whose requests sent in the window meet the SLO.
+
 ``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
 unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
 scout first on short runs (see ``SteadyRunner.slo_rate``). Output in ``--out``:
@@ -70,6 +73,7 @@ class Task:
     scout: bool
     slo: Slo = DEFAULT_SLO
     tell_slo: bool = True
+    closed_loop: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,7 +90,13 @@ def run_task(task: Task) -> Outcome:
     cpu0 = time.process_time()
     spec = load_workload(task.workload)
     runner = SteadyRunner(
-        spec, resolve_pool(spec), plan=task.plan, seed=task.seed, slo=task.slo, tell_slo=task.tell_slo
+        spec,
+        resolve_pool(spec),
+        plan=task.plan,
+        seed=task.seed,
+        slo=task.slo,
+        tell_slo=task.tell_slo,
+        closed_loop=task.closed_loop,
     )
     rate = runner.slo_rate(
         task.strategy, start=task.start, tolerance=task.tolerance, factor=task.factor, scout=task.scout
@@ -187,16 +197,20 @@ def _log(o: Outcome, partial: Path) -> None:
             )
             + "\n"
         )
+    load = f"{o.rate.qps:g} clients" if o.task.closed_loop else f"{o.rate.qps:.2f} QPS"
     print(
-        f"  {o.task.workload} {o.task.strategy}: {o.rate.qps:.2f} QPS ({len(o.rate.probes)} probes, "
-        f"{o.cpu_s:.0f} CPU-s)",
+        f"  {o.task.workload} {o.task.strategy}: {load} ({len(o.rate.probes)} probes, {o.cpu_s:.0f} CPU-s)",
         file=sys.stderr,
         flush=True,
     )
 
 
 def regret_markdown(
-    rates: dict[str, dict[str, SloRate]], pools: dict[str, str], strategies: Sequence[str]
+    rates: dict[str, dict[str, SloRate]],
+    pools: dict[str, str],
+    strategies: Sequence[str],
+    *,
+    closed_loop: bool = False,
 ) -> str:
     """Per workload: each strategy's SLO rate, its fraction of the best, and × round-robin."""
     head = "| workload (pool) | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|\n"
@@ -213,7 +227,8 @@ def regret_markdown(
             frac = r.qps / best if best > 0 else 0.0
             rr = f"{r.qps / base.qps:.2f}×rr" if base is not None and base.qps > 0 else "-"
             mark = "**" if r.qps == best else ""
-            cells.append(f"{mark}{r.qps:.1f}{mark} · {frac:.2f} · {rr}")
+            value = f"{r.qps:g}" if closed_loop else f"{r.qps:.1f}"
+            cells.append(f"{mark}{value}{mark} · {frac:.2f} · {rr}")
         rows.append(f"| {workload} ({pools[workload]}) | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
 
@@ -243,6 +258,11 @@ def main() -> None:
     p.add_argument(
         "--resume", type=Path, help="a partial.jsonl of the same command: its searches are not run again"
     )
+    p.add_argument(
+        "--closed-loop",
+        action="store_true",
+        help="search each strategy's SLO concurrency (closed-loop clients) instead of its SLO rate",
+    )
     add_slo_arguments(p)
     args = p.parse_args()
     slo, tell = Slo.of_arguments(args)
@@ -268,6 +288,7 @@ def main() -> None:
             scout=not args.quick,
             slo=slo,
             tell_slo=tell,
+            closed_loop=args.closed_loop,
         )
         for w in workloads
     ]
@@ -286,6 +307,7 @@ def main() -> None:
             scout=not args.quick,
             slo=slo,
             tell_slo=tell,
+            closed_loop=args.closed_loop,
         )
         for w in workloads
         for st in strategies
@@ -318,17 +340,23 @@ def main() -> None:
             slo=slo,
             points=points[w],
             rates=rates[w],
+            closed_loop=args.closed_loop,
         )
         for w in workloads
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     write_steady_reports(reports, args.out, plots=not args.no_plots)
-    table = regret_markdown(rates, pools, strategies)
+    table = regret_markdown(rates, pools, strategies, closed_loop=args.closed_loop)
     sizes = ", ".join(f"{w} {plans[w].duration_s:.0f}+{plans[w].warmup_s:.0f} s" for w in workloads)
     md = (
         f"SLO: p90 TTFT < {slo.ttft_s:g} s, p90 TPOT < {slo.tpot_s * 1000:g} ms, "
         + ("the gateway told it. " if tell else "the gateway left at its default SLO. ")
-        + "Cells: SLO rate (QPS) · fraction of the best strategy on the workload · × round-robin. "
+        + (
+            "Cells: SLO concurrency (closed-loop clients) · "
+            if args.closed_loop
+            else "Cells: SLO rate (QPS) · "
+        )
+        + "fraction of the best strategy on the workload · × round-robin. "
         "Best in bold.\n\n"
         + table
         + f"\nMeasured window + warm-up per point (virtual time): {sizes}. Bisection to {tolerance:.0%}."
@@ -336,6 +364,7 @@ def main() -> None:
         f"({simulated / cpu * 60:,.0f} simulated requests per CPU-minute), {args.jobs} processes.\n"
     )
     (args.out / "regret.md").write_text(md)
+    found_key = "slo_clients" if args.closed_loop else "slo_rate_qps"
     (args.out / "regret.json").write_text(
         json.dumps(
             {
@@ -345,7 +374,7 @@ def main() -> None:
                 "cpu_s": cpu,
                 "simulated_requests": simulated,
                 "workloads": {
-                    w: {st: r.as_dict() | {"slo_rate_qps": r.qps} for st, r in by.items()}
+                    w: {st: r.as_dict() | {found_key: r.qps} for st, r in by.items()}
                     for w, by in rates.items()
                 },
             },

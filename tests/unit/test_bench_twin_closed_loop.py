@@ -4,11 +4,13 @@ request when its last one ends, as ``run_closed_loop`` does against a real targe
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from infergate.bench.cli import main
+from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
 from infergate.bench.twin import run_twin
 from infergate.bench.workloads import WorkloadSpec, generate, load_workload
 
@@ -93,10 +95,94 @@ def test_cli_twin_concurrency_sweeps_client_counts(tmp_path: Path) -> None:
     assert rows[1]["summary"]["requests_per_s"] > rows[0]["summary"]["requests_per_s"]
 
 
-def test_cli_twin_concurrency_needs_a_fixed_list_and_whole_clients(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert main(["--twin", "--workload", "tutorial-mix", "--concurrency", "4", "--no-plots"]) == 2
-    assert "--twin --concurrency replays a fixed request list: give --limit N" in capsys.readouterr().err
-    assert main(["--twin", "--workload", "tutorial-mix", "--concurrency", "2.5", "--limit", "3"]) == 2
-    assert "expected whole numbers" in capsys.readouterr().err
+def _small_runner() -> SteadyRunner:
+    spec = load_workload("tutorial-mix")
+    plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=3.0, duration_s=6.0, cooldown_s=1.0)
+    return SteadyRunner(spec, resolve_pool(spec, replicas=2), plan=plan, closed_loop=True)
+
+
+def test_a_closed_loop_point_measures_what_was_sent_in_the_window() -> None:
+    runner = _small_runner()
+    requests, out = runner._closed_loop_run("round-robin", 5)
+    point = runner.point("round-robin", 5.0)
+    sent = [r for r in out.records if r.sent_at < math.inf]
+    in_window = [r for r in sent if 3.0 <= r.sent_at < 9.0]
+    assert point.measured == len(in_window) > 10
+    assert point.closed_loop and point.load == "5 clients" and "5 clients" in point.describe()
+    # each was waited for, and the clients went on sending after the window
+    assert all(r.e2e is not None for r in in_window)
+    assert max(r.sent_at for r in sent) >= 9.0
+    assert len(requests) == len(out.records) == point.total
+
+
+def test_a_list_that_runs_out_before_the_window_ends_is_drawn_again_longer() -> None:
+    # an unloaded latency far above the real one: the first list is a handful of requests
+    spec = load_workload("tutorial-mix")
+    plan = SteadyPlan(unloaded_e2e_s=200.0, warmup_s=3.0, duration_s=6.0, cooldown_s=1.0)
+    runner = SteadyRunner(spec, resolve_pool(spec, replicas=2), plan=plan, closed_loop=True)
+    first = 4 + math.ceil(1.25 * 4 * 10.0 / 200.0)
+    requests, out = runner._closed_loop_run("round-robin", 4)
+    assert len(requests) >= 4 * first
+    assert out.records[-1].sent_at >= 9.0  # the list outlasted the window
+
+
+def test_the_slo_concurrency_is_a_whole_number_of_clients() -> None:
+    runner = _small_runner()
+    found = runner.slo_rate("round-robin", start=4.0, tolerance=0.1, scout=False)
+    assert found.qps >= 4 and found.qps == int(found.qps)
+    assert all(load == int(load) for load, _ in found.probes)
+    assert found.failing is not None and found.failing > found.qps
+
+
+def test_cli_slo_concurrency_reports_clients(tmp_path: Path) -> None:
+    argv = ["--twin", "--workload", "tutorial-mix", "--replicas", "2", "--concurrency", "3"]
+    argv += ["--strategies", "round-robin", "--duration", "4", "--warmup", "2"]
+    assert main([*argv, "--no-plots", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["load"] == "clients"
+    (point,) = data["strategies"]["round-robin"]["points"]
+    assert point["clients"] == 3.0 and point["measured_requests"] > 0
+    text = (tmp_path / "results.md").read_text()
+    assert "| strategy | clients |" in text and "| round-robin | 3 |" in text
+
+
+def test_cli_load_flags_that_do_not_go_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--workload", "tutorial-mix", "--no-plots"]
+    for extra, says in (
+        (["--twin", "--concurrency", "2.5", "--limit", "3"], "expected whole numbers"),
+        (["--twin", "--slo-concurrency", "--qps", "4"], "give --concurrency, not --qps"),
+        (["--twin", "--slo-rate", "--concurrency", "4"], "give --qps, not --concurrency"),
+        (["--twin", "--slo-rate", "--slo-concurrency"], "are exclusive"),
+        (["--twin", "--slo-concurrency", "--limit", "3"], "need steady-state runs"),
+        (["--url", "http://127.0.0.1:9", "--slo-concurrency"], "--slo-concurrency only apply to --twin"),
+    ):
+        assert main([*base, *extra]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_the_regret_table_searches_and_prints_client_counts() -> None:
+    from tests.support import load_bench_script
+
+    regret = load_bench_script("bench_regret")
+    plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=3.0, duration_s=6.0, cooldown_s=1.0)
+    task = regret.Task(
+        workload="tutorial-mix",
+        strategy="round-robin",
+        plan=plan,
+        start=4.0,
+        tolerance=0.2,
+        factor=1.5,
+        seed=0,
+        scout=False,
+        closed_loop=True,
+    )
+    found = regret.run_task(task)
+    assert found.rate.qps == int(found.rate.qps) >= 1
+    assert all(pt.closed_loop for pt in found.points)
+    table = regret.regret_markdown(
+        {"tutorial-mix": {"round-robin": found.rate}},
+        {"tutorial-mix": "3 replicas"},
+        ["round-robin"],
+        closed_loop=True,
+    )
+    assert f"**{found.rate.qps:g}** · 1.00 · 1.00×rr" in table

@@ -167,18 +167,22 @@ def run_twin_steady(
     duration: float | None = None,
     warmup: float | None = None,
     log: Callable[[str], None] | None = None,
+    closed_loop: bool = False,
 ) -> SteadyReport:
     """Every strategy at every rate at steady state, and its SLO rate if asked.
 
     SLO-rate searches start from round-robin's rate when round-robin is among the strategies (it
-    runs first), else from 2 QPS per replica.
+    runs first), else from 2 QPS per replica. ``closed_loop``: every load (``qps``) is a count of
+    clients and the search finds each strategy's SLO concurrency instead.
     """
     from infergate.bench.steady import SteadyRunner, plan_for, unloaded_e2e
 
     plan = None
     if duration is not None or warmup is not None:
         plan = plan_for(unloaded_e2e(spec, shape, time_scale=time_scale), duration=duration, warmup=warmup)
-    runner = SteadyRunner(spec, shape, slo=slo, seed=seed, plan=plan, time_scale=time_scale)
+    runner = SteadyRunner(
+        spec, shape, slo=slo, seed=seed, plan=plan, time_scale=time_scale, closed_loop=closed_loop
+    )
     order = sorted(strategies, key=lambda s: s != "round-robin")
     rates: dict[str, SloRate] = {}
     with _twin_progress(len(order) * len(qps), slo_rate) as (progress, task):
@@ -188,7 +192,7 @@ def run_twin_steady(
             progress.update(
                 task,
                 advance=1,
-                description=f"twin {point.strategy} @ {point.rate:.3g} QPS: SLO {verdict}",
+                description=f"twin {point.strategy} @ {point.load}: SLO {verdict}",
             )
 
         runner.on_point = advance
@@ -203,7 +207,12 @@ def run_twin_steady(
                 )
                 rates[strategy] = runner.slo_rate(strategy, start=start, tolerance=tolerance)
                 if log is not None:
-                    log(f"{spec.name} {strategy}: SLO rate {rates[strategy].qps:.2f} QPS")
+                    found = (
+                        f"SLO concurrency {rates[strategy].qps:g} clients"
+                        if closed_loop
+                        else f"SLO rate {rates[strategy].qps:.2f} QPS"
+                    )
+                    log(f"{spec.name} {strategy}: {found}")
     return SteadyReport(
         workload=spec.name,
         shape=shape,
@@ -211,6 +220,7 @@ def run_twin_steady(
         slo=slo,
         points={s: runner.points_of(s) for s in strategies},
         rates=rates,
+        closed_loop=closed_loop,
     )
 
 
@@ -298,17 +308,12 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.concurrency and not args.limit:
-        print(
-            "error: --twin --concurrency replays a fixed request list: give --limit N "
-            "(steady-state runs and --slo-rate are open loop, at a rate)",
-            file=sys.stderr,
-        )
-        return 2
+    search = args.slo_rate or args.slo_concurrency
     if args.limit:
-        if args.slo_rate or args.duration is not None or args.warmup is not None:
+        if search or args.duration is not None or args.warmup is not None:
             print(
-                "error: --slo-rate, --duration and --warmup need steady-state runs (no --limit)",
+                "error: --slo-rate, --slo-concurrency, --duration and --warmup need steady-state runs "
+                "(no --limit)",
                 file=sys.stderr,
             )
             return 2
@@ -322,19 +327,20 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
             slo=slo,
             seed=args.seed,
             time_scale=args.time_scale,
-            closed_loop=bool(args.concurrency),
+            closed_loop=args.closed_loop,
         )
         path = write_reports(results, args.out, plots=not args.no_plots)
         print(to_markdown(results))
         print(f"reports in {path.parent}")
         return 0
-    qps = args.qps or ([] if args.slo_rate else [4.0, 8.0, 12.0])
+    qps = args.concurrency or args.qps or ([] if search else [4.0, 8.0, 12.0])
     report = run_twin_steady(
         spec,
         shape,
         strategies=strategies,
         qps=qps,
-        slo_rate=args.slo_rate,
+        closed_loop=args.closed_loop,
+        slo_rate=search,
         slo=slo,
         seed=args.seed,
         tolerance=args.tolerance,
@@ -403,8 +409,7 @@ def execute(args: argparse.Namespace) -> int:
         for f in (*(() if args.matrix else pool_flags), "arrival", "duration", "warmup")
         if getattr(args, f) is not None
     ]
-    if args.slo_rate:
-        twin_only.append("slo_rate")
+    twin_only += [f for f in ("slo_rate", "slo_concurrency") if getattr(args, f)]
     if twin_only:
         flags = ", ".join("--" + f.replace("_", "-") for f in twin_only)
         where = "--twin or --matrix" if set(twin_only) <= set(pool_flags) else "--twin"

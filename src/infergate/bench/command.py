@@ -168,6 +168,15 @@ def command(
             rich_help_panel=_TWIN,
         ),
     ] = False,
+    slo_concurrency: Annotated[
+        bool,
+        typer.Option(
+            "--slo-concurrency",
+            help="Bisect each strategy's SLO concurrency instead: the most closed-loop clients whose "
+            "requests meet the SLO (with no --concurrency, only that).",
+            rich_help_panel=_TWIN,
+        ),
+    ] = False,
     tolerance: Annotated[
         float,
         typer.Option("--tolerance", help="SLO-rate bisection width (default 0.02).", rich_help_panel=_TWIN),
@@ -221,6 +230,12 @@ def command(
         raise typer.BadParameter(f"give exactly one of --url, --matrix, --twin (got {given})")
     if qps is not None and concurrency is not None:
         raise typer.BadParameter("--qps and --concurrency are exclusive")
+    if slo_rate and slo_concurrency:
+        raise typer.BadParameter("--slo-rate and --slo-concurrency are exclusive")
+    if slo_concurrency and qps is not None:
+        raise typer.BadParameter("--slo-concurrency searches client counts: give --concurrency, not --qps")
+    if slo_rate and concurrency is not None:
+        raise typer.BadParameter("--slo-rate searches open-loop rates: give --qps, not --concurrency")
     args = argparse.Namespace(
         url=url,
         matrix=matrix,
@@ -244,6 +259,8 @@ def command(
         max_loras=max_loras,
         arrival=arrival,
         slo_rate=slo_rate,
+        slo_concurrency=slo_concurrency,
+        closed_loop=concurrency is not None or slo_concurrency,
         tolerance=tolerance,
         duration=duration,
         warmup=warmup,

@@ -13,6 +13,11 @@ Each load point draws a fresh request stream (seeded by the rate), identical for
 that rate. A run stops as soon as every measured request has finished, or as soon as the SLO
 verdict can no longer change (enough measured requests already failed or missed a bound that the
 p90 or the 99 % success rate must miss): the same verdict, at a fraction of the cost above capacity.
+
+With ``closed_loop`` a load is a count of clients instead, each sending its next request when its
+last one ended (agents, batch workers, a benchmark client's ``--max-concurrency``): the measured
+requests are those *sent* in the window, the run goes on until each of them has finished, and the
+search finds the most clients whose measured requests meet the SLO.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from infergate.bench.arrivals import ArrivalProcess, RateProfile, arrival_times,
 from infergate.bench.loadgen import RequestRecord
 from infergate.bench.stats import Slo, SloRate, Summary, find_slo_rate, slo_rate_of_sweep, summarise
 from infergate.bench.strategies import BASE_MODEL
-from infergate.bench.twin import TwinConfig, run_twin
+from infergate.bench.twin import TwinConfig, TwinResult, run_twin
 from infergate.bench.twin_pool import settings_for_slo
 from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec, stream
 from infergate.config.picker import EndpointPickerConfig
@@ -248,12 +253,18 @@ class PointResult:
     virtual_s: float
     cpu_s: float
     by_objective: dict[str, dict[str, float]] = field(default_factory=dict)
+    closed_loop: bool = False
+    """``rate`` is a count of clients (:attr:`SteadyRunner.closed_loop`), not QPS."""
+
+    @property
+    def load(self) -> str:
+        return f"{self.rate:g} clients" if self.closed_loop else f"{self.rate:.3g} QPS"
 
     def describe(self) -> str:
         """One line for a search's log: the evidence behind the rate it settles on."""
         s = self.summary
         return (
-            f"{self.rate:.3g} QPS ({self.plan.duration_s:g} s): "
+            f"{self.load} ({self.plan.duration_s:g} s): "
             f"SLO {'met' if self.met else 'missed'}, p90 TTFT {s.ttft_p90:.3f} s, "
             f"p90 TPOT {s.tpot_p90 * 1000:.1f} ms, {s.succeeded}/{s.requests} served, "
             f"prefix hit {self.prefix_hit_rate or 0.0:.1%}, {self.stopped_early or 'ran to the end'}, "
@@ -263,7 +274,7 @@ class PointResult:
     def as_dict(self) -> dict[str, object]:
         return {
             "strategy": self.strategy,
-            "qps": self.rate,
+            "clients" if self.closed_loop else "qps": self.rate,
             "meets_slo": self.met,
             **self.plan.as_dict(),
             "measured_requests": self.measured,
@@ -375,12 +386,14 @@ class SteadyRunner:
         picker: EndpointPickerConfig | None = None,
         pool_overrides: Mapping[str, Any] | None = None,
         tell_slo: bool = True,
+        closed_loop: bool = False,
     ) -> None:
         """``picker`` replaces the strategy's scheduler configuration (P/D pools);
         ``pool_overrides`` sets :class:`TwinConfig` fields (``num_gpu_blocks``, ``roles``);
         ``tell_slo`` False keeps the gateway at its default SLO whatever ``slo`` judges by (an
-        operator who never set it)."""
+        operator who never set it); ``closed_loop`` makes every load a count of clients."""
         self.spec = spec
+        self.closed_loop = closed_loop
         self.picker = picker
         self.pool_overrides = dict(pool_overrides or {})
         self.shape = shape
@@ -433,35 +446,73 @@ class SteadyRunner:
                 profile_start=p.warmup_s,
                 profile_span=p.duration_s,
             )
-        requests = stream(self.spec, len(times), seed=rng.randrange(1 << 30) + 1)[: len(times)]
+        return self._requests(len(times), rng.randrange(1 << 30) + 1), times
+
+    def _requests(self, count: int, seed: int) -> list[BenchRequest]:
+        """``count`` requests of the workload, numbered in order and mapped onto the pool's models."""
+        requests = stream(self.spec, count, seed=seed)[:count]
         mapping = map_models(requests, self.shape)
-        mapped = [replace(r, index=i, model=mapping[r.model], offset=None) for i, r in enumerate(requests)]
-        return mapped, times
+        return [replace(r, index=i, model=mapping[r.model], offset=None) for i, r in enumerate(requests)]
+
+    def _closed_loop_run(self, strategy: str, clients: int) -> tuple[list[BenchRequest], TwinResult]:
+        """``clients`` clients through warm-up, window and cool-down, on a list long enough that
+        it does not run out before the window ends (one that did is drawn again, twice as long);
+        the run stops once every request sent before the window's end has finished."""
+        p = self.plan
+        end = p.warmup_s + p.duration_s
+        # a client sends about one request per unloaded latency at most: a quarter more to spare
+        count = clients + math.ceil(1.25 * clients * (end + p.cooldown_s) / max(p.unloaded_e2e_s, 1e-3))
+
+        def settled(now: float, records: Sequence[RequestRecord]) -> bool:
+            return now >= end and all(r.e2e is not None for r in records if r.sent_at < end)
+
+        while True:
+            rng = random.Random(f"{self.spec.name}:{self.seed}:{clients} clients")
+            requests = self._requests(count, rng.randrange(1 << 30) + 1)
+            out = run_twin(
+                requests,
+                None,
+                concurrency=clients,
+                strategy=strategy,
+                config=self.config,
+                monitor=settled,
+                sample_interval=max(1.0, end / 200),
+                picker=self.picker,
+            )
+            if out.records[-1].sent_at >= end:
+                return requests, out
+            count *= 2
 
     def point(self, strategy: str, rate: float) -> PointResult:
         key = (strategy, rate)
         if key in self.points:
             return self.points[key]
         cpu0 = time.process_time()
-        requests, times = self._stream(rate)
         p = self.plan
         end = p.warmup_s + p.duration_s
-        measured = [i for i, t in enumerate(times) if p.warmup_s <= t < end]
+        if self.closed_loop:
+            requests, out = self._closed_loop_run(strategy, int(rate))
+            measured = [i for i, r in enumerate(out.records) if p.warmup_s <= r.sent_at < end]
+            stopped = None
+        else:
+            requests, times = self._stream(rate)
+            measured = [i for i, t in enumerate(times) if p.warmup_s <= t < end]
+            judged = [i for i in measured if requests[i].objective not in self.sheddable]
+            tokens = [r.max_tokens for r in requests]
+            verdict = _Verdict(judged, [], self.slo, tokens)
+            out = run_twin(
+                requests,
+                times,
+                strategy=strategy,
+                config=self.config,
+                monitor=verdict if self.early_stop else None,
+                sample_interval=max(1.0, end / 200),
+                picker=self.picker,
+            )
+            stopped = verdict.reason
+            if stopped is None:
+                stopped = _sessions_behind(len(measured), out.records, (p.warmup_s, end))
         judged = [i for i in measured if requests[i].objective not in self.sheddable]
-        tokens = [r.max_tokens for r in requests]
-        verdict = _Verdict(judged, [], self.slo, tokens)
-        out = run_twin(
-            requests,
-            times,
-            strategy=strategy,
-            config=self.config,
-            monitor=verdict if self.early_stop else None,
-            sample_interval=max(1.0, end / 200),
-            picker=self.picker,
-        )
-        stopped = verdict.reason
-        if stopped is None:
-            stopped = _sessions_behind(len(measured), out.records, (p.warmup_s, end))
         judged_records = [out.records[i] for i in judged]
         summary = summarise(judged_records, self.slo)
         by_objective: dict[str, dict[str, float]] = {}
@@ -492,6 +543,7 @@ class SteadyRunner:
             virtual_s=out.stopped_at if out.stopped_at is not None else end,
             cpu_s=time.process_time() - cpu0,
             by_objective=by_objective,
+            closed_loop=self.closed_loop,
         )
         self.points[key] = result
         if self.on_point is not None:
@@ -508,13 +560,15 @@ class SteadyRunner:
         scout: bool = True,
     ) -> SloRate:
         """The strategy's SLO rate, bracketed from ``start`` (default 2 QPS per replica) and bisected
-        to ``tolerance``.
+        to ``tolerance``; with :attr:`closed_loop` its SLO concurrency, the most clients (a whole
+        number, from 4 per replica) whose measured requests meet the SLO.
 
         With ``scout`` a cheap search on short runs (a fifth of the window, 20 % precision) finds
         the neighbourhood first and the real search brackets from there in steps of 10 %: the same
         result (every verdict that counts comes from full-length runs) in fewer full-length probes.
         """
-        first = start if start is not None else 2.0 * self.shape.replicas
+        first = start if start is not None else (4.0 if self.closed_loop else 2.0) * self.shape.replicas
+        load = self._load_key
         if scout:
             p = self.plan
             short = SteadyRunner(
@@ -531,20 +585,29 @@ class SteadyRunner:
                 ),
                 picker=self.picker,
                 pool_overrides=self.pool_overrides,
+                closed_loop=self.closed_loop,
             )
             short.config = self.config  # the same pool (gateway workers included)
             short.on_point = self.on_point
             guess = find_slo_rate(
-                lambda q: short.point(strategy, round(q, 6)).met, start=first, factor=2.0, tolerance=0.2
+                lambda q: short.point(strategy, load(q)).met, start=first, factor=2.0, tolerance=0.2
             )
             self.scout_cpu_s += sum(pt.cpu_s for pt in short.points.values())
             self.scout_requests += sum(pt.total for pt in short.points.values())
             if guess.qps > 0:
                 first, factor = guess.qps, 1.1
         found = find_slo_rate(
-            lambda q: self.point(strategy, round(q, 6)).met, start=first, factor=factor, tolerance=tolerance
+            lambda q: self.point(strategy, load(q)).met,
+            start=first,
+            factor=factor,
+            tolerance=tolerance,
+            min_rate=1.0 if self.closed_loop else 0.1,
         )
-        return slo_rate_of_sweep((round(q, 6), met) for q, met in found.probes)  # the rates the points ran
+        return slo_rate_of_sweep((load(q), met) for q, met in found.probes)  # the loads the points ran
+
+    def _load_key(self, q: float) -> float:
+        """The load a search's probe runs: a rate to 6 decimals, or a whole number of clients."""
+        return float(max(1, round(q))) if self.closed_loop else round(q, 6)
 
     def points_of(self, strategy: str) -> list[PointResult]:
         return sorted((r for (s, _), r in self.points.items() if s == strategy), key=lambda r: r.rate)

@@ -29,11 +29,15 @@ class SteadyReport:
     slo: Slo
     points: Mapping[str, Sequence[PointResult]]
     rates: Mapping[str, SloRate]
+    closed_loop: bool = False
+    """Loads are counts of clients and ``rates`` SLO concurrencies (``--concurrency``)."""
 
     def as_dict(self) -> dict[str, object]:
+        key = "slo_clients" if self.closed_loop else "slo_rate_qps"
         return {
             "workload": self.workload,
             "mode": "twin",
+            "load": "clients" if self.closed_loop else "qps",
             "pool": {
                 "replicas": self.shape.replicas,
                 "adapters": list(self.shape.adapters),
@@ -49,7 +53,7 @@ class SteadyReport:
             },
             "strategies": {
                 name: {
-                    "slo_rate_qps": self.rates[name].qps if name in self.rates else None,
+                    key: self.rates[name].qps if name in self.rates else None,
                     "slo_rate": self.rates[name].as_dict() if name in self.rates else None,
                     "points": [p.as_dict() for p in self.points.get(name, ())],
                 }
@@ -70,26 +74,34 @@ def steady_markdown(report: SteadyReport) -> str:
         "",
         f"Each load point: {p.warmup_s:.0f} s warm-up (excluded) + {p.duration_s:.0f} s measured "
         f"+ {p.cooldown_s:.1f} s cool-down of virtual time (unloaded e2e latency {p.unloaded_e2e_s:.2f} s); "
-        "a run stops early once its SLO verdict is certain.",
+        + (
+            "closed loop: the requests sent in the window are measured, and a run goes on until "
+            "each has ended."
+            if report.closed_loop
+            else "a run stops early once its SLO verdict is certain."
+        ),
         "",
     ]
     if report.rates:
         best = max(r.qps for r in report.rates.values())
         base = report.rates.get(BASELINE)
+        found, unit = ("SLO concurrency", "clients") if report.closed_loop else ("SLO rate", "QPS")
+        digits = "g" if report.closed_loop else ".2f"
         lines += [
-            "| strategy | SLO rate (QPS) | first miss (QPS) | probes | × best | × round-robin |",
+            f"| strategy | {found} ({unit}) | first miss ({unit}) | probes | × best | × round-robin |",
             "|---|---|---|---|---|---|",
         ]
         for name, rate in sorted(report.rates.items(), key=lambda kv: -kv[1].qps):
-            miss = "-" if rate.failing is None else f"{rate.failing:.2f}"
+            miss = "-" if rate.failing is None else f"{rate.failing:{digits}}"
             vs_best = f"{rate.qps / best:.2f}" if best > 0 else "-"
             vs_rr = f"{rate.qps / base.qps:.2f}×" if base is not None and base.qps > 0 else "-"
-            text = f"{rate.qps:.2f}" if rate.bounded else f"≥ {rate.qps:.2f}"
+            text = f"{rate.qps:{digits}}" if rate.bounded else f"≥ {rate.qps:{digits}}"
             lines.append(f"| {name} | {text} | {miss} | {len(rate.probes)} | {vs_best} | {vs_rr} |")
         lines.append("")
     lines += [
-        "| strategy | QPS | p90 SLO | measured | ran (virtual s) | TTFT p50 (s) | TTFT p90 (s) "
-        "| TPOT p90 (ms) | goodput/s | prefix hit | LoRA swaps | queued | stopped early |",
+        f"| strategy | {'clients' if report.closed_loop else 'QPS'} | p90 SLO | measured | ran (virtual s) "
+        "| TTFT p50 (s) | TTFT p90 (s) | TPOT p90 (ms) | goodput/s | prefix hit | LoRA swaps | queued "
+        "| stopped early |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, pts in report.points.items():
@@ -97,7 +109,8 @@ def steady_markdown(report: SteadyReport) -> str:
             s = pt.summary
             hit = "-" if pt.prefix_hit_rate is None else f"{pt.prefix_hit_rate:.1%}"
             lines.append(
-                f"| {name} | {pt.rate:.2f} | {'yes' if pt.met else 'no'} | {pt.measured} "
+                f"| {name} | {pt.rate:{'g' if pt.closed_loop else '.2f'}} | {'yes' if pt.met else 'no'} "
+                f"| {pt.measured} "
                 f"| {pt.virtual_s:.0f} "
                 f"| {_f(s.ttft_p50)} | {_f(s.ttft_p90)} | {_f(s.tpot_p90 * 1000, 1)} | {s.goodput_per_s:.2f} "
                 f"| {hit} | {pt.lora_swaps} | {pt.gateway_queued} | {pt.stopped_early or '-'} |"
@@ -117,7 +130,7 @@ def write_steady_reports(reports: Sequence[SteadyReport], out: Path, *, plots: b
             workload=r.workload,
             strategy=name,
             load=pt.rate,
-            load_kind="qps",
+            load_kind="concurrent" if pt.closed_loop else "qps",
             summary=pt.summary,
             prefix_hit_rate=pt.prefix_hit_rate,
             lora_swaps=pt.lora_swaps,

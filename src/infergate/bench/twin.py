@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -110,7 +111,8 @@ def run_twin(
 
     With ``concurrency`` instead of ``offsets`` the clients are a closed loop, as ``infergate bench
     --url --concurrency`` sends them: ``concurrency`` requests at the start, then the next in order
-    whenever one ends (served or refused); a record's ``sent_at`` is when its client sent it.
+    whenever one ends (served or refused); a record's ``sent_at`` is when its client sent it
+    (infinite for one no client took before a ``monitor`` stopped the run).
     ``picker`` replaces the strategy's scheduler configuration (weight sweeps use it). ``monitor``
     is called every ``monitor_interval`` virtual seconds with the time since the start and the
     records so far; the run stops (unfinished requests keep status 0) when it returns True.
@@ -210,7 +212,8 @@ def run_twin(
         f.datastore.release(key, started=started)
         counted(f, key)
 
-    sent_at = list(offsets) if offsets is not None else [0.0] * len(requests)  # closed loop: set when sent
+    # closed loop: set when a client sends it; a request no client took stays at infinity
+    sent_at = list(offsets) if offsets is not None else [math.inf] * len(requests)
     records: list[RequestRecord] = [
         RequestRecord(index=r.index, model=r.model, group=r.group, sent_at=off)
         for r, off in zip(requests, sent_at, strict=True)
