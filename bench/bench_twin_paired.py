@@ -13,6 +13,8 @@ A strategy is a name from ``infergate bench --strategies`` (``default``, ``defau
 
 where ``limit4.yaml`` is the default profile with ``ttftCorrectionLimit: 4``. Prints a line per
 point and a summary per strategy; ``--out FILE`` appends every point as JSON lines.
+``--closed-loop`` makes every rate a count of closed-loop clients (``bench_regret.py
+--closed-loop``): the seeds then draw the clients' request lists.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from infergate.bench.workloads import load_workload
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 
 
-def _point(job: tuple[str, str, str | None, float, int, float, float, Slo, bool]) -> dict[str, object]:
-    workload, name, config_path, rate, seed, duration, warmup, slo, tell = job
+def _point(job: tuple[str, str, str | None, float, int, float, float, Slo, bool, bool]) -> dict[str, object]:
+    workload, name, config_path, rate, seed, duration, warmup, slo, tell, closed = job
     spec = load_workload(workload)
     picker: EndpointPickerConfig | None = None
     strategy = name
@@ -39,7 +41,14 @@ def _point(job: tuple[str, str, str | None, float, int, float, float, Slo, bool]
         strategy = "default"  # the given profile, with flow control as the product runs it
     plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=warmup, duration_s=duration, cooldown_s=1.0)
     runner = SteadyRunner(
-        spec, resolve_pool(spec), seed=seed, plan=plan, picker=picker, slo=slo, tell_slo=tell
+        spec,
+        resolve_pool(spec),
+        seed=seed,
+        plan=plan,
+        picker=picker,
+        slo=slo,
+        tell_slo=tell,
+        closed_loop=closed,
     )
     point = runner.point(strategy, rate)
     s = point.summary
@@ -71,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5.0, help="warm-up virtual seconds (default 5)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append every point here as JSON lines")
+    ap.add_argument("--closed-loop", action="store_true", help="rates are counts of closed-loop clients")
     add_slo_arguments(ap)
     a = ap.parse_args(argv)
     slo, tell = Slo.of_arguments(a)
@@ -82,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         qps = [float(r) for r in a.rates.split(",")]
     else:
         qps = [round(a.around * float(f), 3) for f in a.fractions.split(",")]
+    if a.closed_loop:
+        qps = [float(max(1, round(q))) for q in qps]
+    unit = "clients" if a.closed_loop else "QPS"
     jobs = [
-        (a.workload, name, path, rate, int(seed), a.duration, a.warmup, slo, tell)
+        (a.workload, name, path, rate, int(seed), a.duration, a.warmup, slo, tell, a.closed_loop)
         for rate in qps
         for seed in a.seeds.split(",")
         for name, path in strategies
@@ -93,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in pool.map(_point, jobs):
             met[str(r["strategy"])] += bool(r["met"])
             print(
-                f"{r['strategy']:>16s} {r['rate']:8.2f} QPS seed {r['seed']}: "
+                f"{r['strategy']:>16s} {r['rate']:8.2f} {unit} seed {r['seed']}: "
                 f"{'met ' if r['met'] else 'miss'} p90 TTFT {r['ttft_p90']:.3f} s, "
                 f"p90 TPOT {r['tpot_ms']:.1f} ms, {r['served']}/{r['requests']} served",
                 flush=True,

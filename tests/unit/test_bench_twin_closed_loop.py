@@ -186,3 +186,16 @@ def test_the_regret_table_searches_and_prints_client_counts() -> None:
         closed_loop=True,
     )
     assert f"**{found.rate.qps:g}** · 1.00 · 1.00×rr" in table
+
+
+def test_paired_runs_take_client_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support import load_bench_script
+
+    paired = load_bench_script("bench_twin_paired")
+    out = tmp_path / "points.jsonl"
+    argv = ["--workload", "tutorial-mix", "--strategies", "round-robin", "--rates", "3.4", "--seeds", "0"]
+    argv += ["--duration", "4", "--warmup", "2", "--jobs", "1", "--closed-loop", "--out", str(out)]
+    assert paired.main(argv) == 0
+    (point,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert point["rate"] == 3.0 and point["requests"] > 0  # a whole number of clients
+    assert "3.00 clients seed 0" in capsys.readouterr().out
