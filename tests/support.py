@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from infergate.bench.workloads import WorkloadSpec
 from infergate.config.settings import Settings
 
 # Deadlines only stop hangs, they never measure: a loaded machine (CI has 2 cores shared with child
@@ -299,3 +300,19 @@ def local_settings(changes: dict[str, Any] | None = None) -> Settings:
     ``changes`` (dotted setting paths such as ``scrape.health_interval``)."""
     base = {"listeners.host": "127.0.0.1", "listeners.port": 0, "listeners.admin_port": 0}
     return Settings().replace({**base, **(changes or {})})
+
+
+def session_workload(**fields: object) -> WorkloadSpec:
+    """A small ``shared_prefix`` workload (2 tenants, 4 sessions of 3 turns, 2 replicas); ``fields``
+    set or add its workload fields (``turn_after_answer``, ``staggered``)."""
+    body = {
+        "type": "shared_prefix",
+        "tenants": 2,
+        "system_prompt_tokens": 40,
+        "question": {"mean": 20},
+        "answer": {"mean": 30},
+        "turns": 3,
+        "sessions": 4,
+        **fields,
+    }
+    return WorkloadSpec.model_validate({"name": "s", "seed": 3, "workload": body, "pool": {"replicas": 2}})

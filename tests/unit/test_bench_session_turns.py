@@ -9,21 +9,8 @@ import pytest
 from infergate.bench.loadgen import RequestRecord
 from infergate.bench.steady import _sessions_behind
 from infergate.bench.twin import run_twin
-from infergate.bench.workloads import WorkloadSpec, generate, stream
-
-
-def _spec(**fields: object) -> WorkloadSpec:
-    body = {
-        "type": "shared_prefix",
-        "tenants": 2,
-        "system_prompt_tokens": 40,
-        "question": {"mean": 20},
-        "answer": {"mean": 30},
-        "turns": 3,
-        "sessions": 4,
-        **fields,
-    }
-    return WorkloadSpec.model_validate({"name": "s", "seed": 3, "workload": body, "pool": {"replicas": 2}})
+from infergate.bench.workloads import generate, stream
+from tests.support import session_workload as _spec
 
 
 def test_interleaved_sessions_name_their_previous_turn_only_when_turns_wait() -> None:

@@ -12,7 +12,8 @@ import pytest
 from infergate.bench.cli import main
 from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
 from infergate.bench.twin import run_twin
-from infergate.bench.workloads import WorkloadSpec, generate, load_workload
+from infergate.bench.workloads import generate, load_workload
+from tests.support import session_workload
 
 pytestmark = pytest.mark.timeout(600)  # virtual time, CPU-bound: slow on a loaded machine, never hung
 
@@ -37,23 +38,7 @@ def test_each_request_after_the_first_n_is_sent_when_one_ends() -> None:
 
 
 def test_a_turn_waiting_for_its_answer_holds_its_client() -> None:
-    spec = WorkloadSpec.model_validate(
-        {
-            "name": "s",
-            "seed": 3,
-            "workload": {
-                "type": "shared_prefix",
-                "tenants": 2,
-                "system_prompt_tokens": 40,
-                "question": {"mean": 20},
-                "answer": {"mean": 30},
-                "turns": 3,
-                "sessions": 4,
-                "turn_after_answer": True,
-            },
-            "pool": {"replicas": 2},
-        }
-    )
+    spec = session_workload(turn_after_answer=True)
     requests = generate(spec)
     out = run_twin(requests, None, strategy="round-robin", concurrency=8)
     assert all(r.ok for r in out.records)
