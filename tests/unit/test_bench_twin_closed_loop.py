@@ -37,6 +37,15 @@ def test_each_request_after_the_first_n_is_sent_when_one_ends() -> None:
     assert peak == 3
 
 
+def test_a_ramp_starts_the_clients_one_after_another() -> None:
+    requests = generate(load_workload("tutorial-mix"))[:40]
+    recs = run_twin(requests, None, strategy="round-robin", concurrency=3, ramp=0.3).records
+    assert min(r.e2e or 0.0 for r in recs[:3]) > 0.2  # no answer ends before the last client starts
+    assert [r.sent_at for r in recs[:3]] == pytest.approx([0.0, 0.1, 0.2])
+    # then each goes on as a closed loop: the fourth request when the first answer ends
+    assert recs[3].sent_at == pytest.approx(min(r.sent_at + (r.e2e or 0.0) for r in recs[:3]))
+
+
 def test_a_turn_waiting_for_its_answer_holds_its_client() -> None:
     spec = session_workload(turn_after_answer=True)
     requests = generate(spec)

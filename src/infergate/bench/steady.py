@@ -457,7 +457,9 @@ class SteadyRunner:
     def _closed_loop_run(self, strategy: str, clients: int) -> tuple[list[BenchRequest], TwinResult]:
         """``clients`` clients through warm-up, window and cool-down, on a list long enough that
         it does not run out before the window ends (one that did is drawn again, twice as long);
-        the run stops once every request sent before the window's end has finished."""
+        the run stops once every request sent before the window's end has finished. The clients
+        start one after another over an unloaded latency (at most the warm-up): started together,
+        they would stay in step for several round trips, a pool no long-running client mix sees."""
         p = self.plan
         end = p.warmup_s + p.duration_s
         # a client sends about one request per unloaded latency at most: a quarter more to spare
@@ -473,6 +475,7 @@ class SteadyRunner:
                 requests,
                 None,
                 concurrency=clients,
+                ramp=min(p.unloaded_e2e_s, p.warmup_s),
                 strategy=strategy,
                 config=self.config,
                 monitor=settled,

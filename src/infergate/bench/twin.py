@@ -101,6 +101,7 @@ def run_twin(
     *,
     strategy: str,
     concurrency: int | None = None,
+    ramp: float = 0.0,
     config: TwinConfig | None = None,
     sample_interval: float = 1.0,
     picker: EndpointPickerConfig | None = None,
@@ -112,7 +113,8 @@ def run_twin(
     With ``concurrency`` instead of ``offsets`` the clients are a closed loop, as ``infergate bench
     --url --concurrency`` sends them: ``concurrency`` requests at the start, then the next in order
     whenever one ends (served or refused); a record's ``sent_at`` is when its client sent it
-    (infinite for one no client took before a ``monitor`` stopped the run).
+    (infinite for one no client took before a ``monitor`` stopped the run). ``ramp`` spreads the
+    clients' first requests evenly over that many seconds instead of sending them all at once.
     ``picker`` replaces the strategy's scheduler configuration (weight sweeps use it). ``monitor``
     is called every ``monitor_interval`` virtual seconds with the time since the start and the
     records so far; the run stops (unfinished requests keep status 0) when it returns True.
@@ -476,8 +478,9 @@ def run_twin(
         for i, off in enumerate(offsets):
             loop.call_at(T0 + off, functools.partial(due, i))
     else:
-        for _ in range(min(concurrency or 0, len(requests))):
-            loop.call_at(T0, send_next)
+        clients = min(concurrency or 0, len(requests))
+        for k in range(clients):
+            loop.call_at(T0 + ramp * k / clients, send_next)
     stopped_at: float | None = None
     if monitor is None:
         loop.run()
