@@ -309,6 +309,7 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     search = args.slo_rate or args.slo_concurrency
+    closed_loop = bool(args.concurrency) or args.slo_concurrency  # loads are client counts
     if args.limit:
         if search or args.duration is not None or args.warmup is not None:
             print(
@@ -327,7 +328,7 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
             slo=slo,
             seed=args.seed,
             time_scale=args.time_scale,
-            closed_loop=args.closed_loop,
+            closed_loop=closed_loop,
         )
         path = write_reports(results, args.out, plots=not args.no_plots)
         print(to_markdown(results))
@@ -339,7 +340,7 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
         shape,
         strategies=strategies,
         qps=qps,
-        closed_loop=args.closed_loop,
+        closed_loop=closed_loop,
         slo_rate=search,
         slo=slo,
         seed=args.seed,

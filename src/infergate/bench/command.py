@@ -76,7 +76,7 @@ def command(
         typer.Option(
             "--concurrency",
             help="Closed-loop concurrencies to sweep instead, e.g. 8,32: each client sends its next "
-            "request when its last one ends (--twin: with --limit).",
+            "request when its last one ends.",
             rich_help_panel=_LOAD,
         ),
     ] = None,
@@ -260,7 +260,6 @@ def command(
         arrival=arrival,
         slo_rate=slo_rate,
         slo_concurrency=slo_concurrency,
-        closed_loop=concurrency is not None or slo_concurrency,
         tolerance=tolerance,
         duration=duration,
         warmup=warmup,
