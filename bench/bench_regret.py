@@ -22,6 +22,8 @@ a longer warm-up").
 
 ``--closed-loop``: each cell is a strategy's SLO concurrency instead, the most clients (each
 sending its next request when its last one ended) whose requests sent in the window meet the SLO.
+Its warm-up is at least 8 unloaded latencies (``steady.CLOSED_LOOP_WARMUP_LATENCIES``): clients
+started together take that long to settle into the mix of requests they keep in flight.
 
 ``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
 unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
@@ -44,7 +46,15 @@ from pathlib import Path
 
 from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.stats import Slo, SloRate, add_slo_arguments
-from infergate.bench.steady import PointResult, SteadyPlan, SteadyRunner, plan_for, resolve_pool, unloaded_e2e
+from infergate.bench.steady import (
+    PointResult,
+    SteadyPlan,
+    SteadyRunner,
+    closed_loop_warmup,
+    plan_for,
+    resolve_pool,
+    unloaded_e2e,
+)
 from infergate.bench.steady_report import SteadyReport, write_steady_reports
 from infergate.bench.workloads import builtin_workloads, load_workload
 
@@ -111,17 +121,25 @@ def run_task(task: Task) -> Outcome:
 
 
 def plan_of(
-    workload: str, *, quick: bool, duration: float | None = None, warmup: float | None = None
+    workload: str,
+    *,
+    quick: bool,
+    duration: float | None = None,
+    warmup: float | None = None,
+    closed_loop: bool = False,
 ) -> SteadyPlan:
-    """The load points' plan; ``warmup`` (virtual s before the window) overrides the rule's."""
+    """The load points' plan; ``warmup`` (virtual s before the window) overrides the rule's, which
+    for a closed loop is at least ``CLOSED_LOOP_WARMUP_LATENCIES`` unloaded latencies."""
     spec = load_workload(workload)
     unloaded = unloaded_e2e(spec, resolve_pool(spec))
     if quick or duration is not None:
         window = duration if duration is not None else max(20.0, 8.0 * unloaded)
         if warmup is None:
             warmup = min(max(5.0, 2 * unloaded), 20.0)
+            if closed_loop:
+                warmup = closed_loop_warmup(unloaded, warmup)
         return plan_for(unloaded, duration=window, warmup=warmup)
-    return plan_for(unloaded, warmup=warmup)
+    return plan_for(unloaded, warmup=warmup, closed_loop=closed_loop)
 
 
 def warmup_seconds(text: str) -> float:
@@ -275,7 +293,12 @@ def main() -> None:
     partial = args.out / "partial.jsonl"
     recorded = _recorded(args.resume)  # read before ``partial`` is emptied: it may be the same file
     partial.write_text("")
-    plans = {w: plan_of(w, quick=args.quick, duration=args.duration, warmup=args.warmup) for w in workloads}
+    plans = {
+        w: plan_of(
+            w, quick=args.quick, duration=args.duration, warmup=args.warmup, closed_loop=args.closed_loop
+        )
+        for w in workloads
+    }
     first = [
         Task(
             workload=w,

@@ -14,7 +14,8 @@ A strategy is a name from ``infergate bench --strategies`` (``default``, ``defau
 where ``limit4.yaml`` is the default profile with ``ttftCorrectionLimit: 4``. Prints a line per
 point and a summary per strategy; ``--out FILE`` appends every point as JSON lines.
 ``--closed-loop`` makes every rate a count of closed-loop clients (``bench_regret.py
---closed-loop``): the seeds then draw the clients' request lists.
+--closed-loop``): the seeds then draw the clients' request lists, and the warm-up is at least
+8 unloaded latencies unless ``--warmup`` says otherwise.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from pathlib import Path
 
 from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.stats import Slo, add_slo_arguments
-from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
+from infergate.bench.steady import SteadyPlan, SteadyRunner, closed_loop_warmup, resolve_pool, unloaded_e2e
 from infergate.bench.workloads import load_workload
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 
 
-def _point(job: tuple[str, str, str | None, float, int, float, float, Slo, bool, bool]) -> dict[str, object]:
+def _point(
+    job: tuple[str, str, str | None, float, int, float, float | None, Slo, bool, bool],
+) -> dict[str, object]:
     workload, name, config_path, rate, seed, duration, warmup, slo, tell, closed = job
     spec = load_workload(workload)
     picker: EndpointPickerConfig | None = None
@@ -39,7 +42,17 @@ def _point(job: tuple[str, str, str | None, float, int, float, float, Slo, bool,
     if config_path is not None:
         picker = parse_picker_config(Path(config_path).read_text(), source=config_path)
         strategy = "default"  # the given profile, with flow control as the product runs it
-    plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=warmup, duration_s=duration, cooldown_s=1.0)
+    unloaded = 1.0
+    if closed:
+        # clients start one after another over one unloaded latency, and settle over several
+        unloaded = unloaded_e2e(spec, resolve_pool(spec))
+        warmup = closed_loop_warmup(unloaded, 5.0) if warmup is None else warmup
+    plan = SteadyPlan(
+        unloaded_e2e_s=unloaded,
+        warmup_s=5.0 if warmup is None else warmup,
+        duration_s=duration,
+        cooldown_s=1.0,
+    )
     runner = SteadyRunner(
         spec,
         resolve_pool(spec),
@@ -77,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default="0.97,1.03", help="with --around (default 0.97,1.03)")
     ap.add_argument("--seeds", default="0,1,2", help="stream seeds (default 0,1,2)")
     ap.add_argument("--duration", type=float, default=15.0, help="measured virtual seconds (default 15)")
-    ap.add_argument("--warmup", type=float, default=5.0, help="warm-up virtual seconds (default 5)")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        help="warm-up virtual seconds (default 5; with --closed-loop, at least 8 unloaded latencies)",
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append every point here as JSON lines")
     ap.add_argument("--closed-loop", action="store_true", help="rates are counts of closed-loop clients")

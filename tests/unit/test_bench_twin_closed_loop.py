@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from infergate.bench.cli import main
-from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
+from infergate.bench.steady import (
+    CLOSED_LOOP_WARMUP_LATENCIES,
+    SteadyPlan,
+    SteadyRunner,
+    plan_for,
+    resolve_pool,
+    unloaded_e2e,
+)
 from infergate.bench.twin import run_twin
 from infergate.bench.workloads import generate, load_workload
 from tests.support import session_workload
@@ -193,3 +200,61 @@ def test_paired_runs_take_client_counts(tmp_path: Path, capsys: pytest.CaptureFi
     (point,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert point["rate"] == 3.0 and point["requests"] > 0  # a whole number of clients
     assert "3.00 clients seed 0" in capsys.readouterr().out
+
+
+def test_a_closed_loop_warms_up_for_several_unloaded_latencies() -> None:
+    # clients started together settle into the mix they keep in flight only after several
+    # latencies; an open loop keeps its own rule, and a warm-up the caller gives is kept
+    assert plan_for(2.0).warmup_s == 10.0
+    assert plan_for(2.0, closed_loop=True).warmup_s == 2.0 * CLOSED_LOOP_WARMUP_LATENCIES
+    assert plan_for(0.5, closed_loop=True).warmup_s == 10.0  # the open loop's floor still holds
+    assert plan_for(2.0, warmup=3.0, closed_loop=True).warmup_s == 3.0
+    spec = load_workload("tutorial-mix")
+    shape = resolve_pool(spec)
+    unloaded = unloaded_e2e(spec, shape)
+    runner = SteadyRunner(spec, shape, closed_loop=True)
+    assert (
+        runner.plan.warmup_s
+        == max(10.0, CLOSED_LOOP_WARMUP_LATENCIES * unloaded)
+        > plan_for(unloaded).warmup_s
+    )
+
+
+def test_the_regret_tables_closed_loop_plan_warms_up_longer() -> None:
+    from tests.support import load_bench_script
+
+    regret = load_bench_script("bench_regret")
+    unloaded = unloaded_e2e(
+        load_workload("prefill-decode-mix"), resolve_pool(load_workload("prefill-decode-mix"))
+    )
+    open_plan = regret.plan_of("prefill-decode-mix", quick=True, duration=15.0)
+    closed = regret.plan_of("prefill-decode-mix", quick=True, duration=15.0, closed_loop=True)
+    assert open_plan.warmup_s == pytest.approx(max(5.0, 2 * unloaded))
+    assert (
+        closed.warmup_s == pytest.approx(CLOSED_LOOP_WARMUP_LATENCIES * unloaded) and closed.warmup_s > 20.0
+    )
+    assert regret.plan_of("prefill-decode-mix", quick=True, warmup=4.0, closed_loop=True).warmup_s == 4.0
+
+
+def test_paired_closed_loop_points_warm_up_by_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support import load_bench_script
+
+    paired = load_bench_script("bench_twin_paired")
+    plans: list[SteadyPlan] = []
+
+    class Stop(Exception):
+        pass
+
+    class Runner:
+        def __init__(self, *args: object, plan: SteadyPlan, **kwargs: object) -> None:
+            plans.append(plan)
+            raise Stop
+
+    monkeypatch.setattr(paired, "SteadyRunner", Runner)
+    slo = paired.Slo()
+    for closed, warmup in ((True, None), (True, 2.0), (False, None)):
+        with pytest.raises(Stop):
+            paired._point(("tutorial-mix", "round-robin", None, 3.0, 0, 4.0, warmup, slo, True, closed))
+    unloaded = unloaded_e2e(load_workload("tutorial-mix"), resolve_pool(load_workload("tutorial-mix")))
+    assert [p.warmup_s for p in plans] == [pytest.approx(CLOSED_LOOP_WARMUP_LATENCIES * unloaded), 2.0, 5.0]
+    assert plans[0].unloaded_e2e_s == pytest.approx(unloaded)  # the ramp: one unloaded latency

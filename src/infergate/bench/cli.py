@@ -179,7 +179,12 @@ def run_twin_steady(
 
     plan = None
     if duration is not None or warmup is not None:
-        plan = plan_for(unloaded_e2e(spec, shape, time_scale=time_scale), duration=duration, warmup=warmup)
+        plan = plan_for(
+            unloaded_e2e(spec, shape, time_scale=time_scale),
+            duration=duration,
+            warmup=warmup,
+            closed_loop=closed_loop,
+        )
     runner = SteadyRunner(
         spec, shape, slo=slo, seed=seed, plan=plan, time_scale=time_scale, closed_loop=closed_loop
     )

@@ -45,10 +45,12 @@ from infergate.tokenization.builtin import Tokenizer
 from infergate.types import Objective
 
 __all__ = [
+    "CLOSED_LOOP_WARMUP_LATENCIES",
     "PointResult",
     "PoolShape",
     "SteadyPlan",
     "SteadyRunner",
+    "closed_loop_warmup",
     "map_models",
     "plan_for",
     "resolve_pool",
@@ -215,6 +217,28 @@ class SteadyPlan:
         }
 
 
+CLOSED_LOOP_WARMUP_LATENCIES = 8.0
+"""A closed loop's warm-up lasts at least this many unloaded end-to-end latencies.
+
+Clients started together first send one request each, and whichever class of request is quick
+comes back and draws again while the slow class holds its clients: the mix in flight settles
+only once the quick class's first burst has drained and enough clients sit in long answers. In
+prefill-decode-mix (unloaded e2e 2.6 s; 4,000-token prompts with 20-token answers beside
+700-token answers) 400 clients had sent 204 long prompts within a second, which took the pool
+until ~12 s to prefill, and the share of clients in long answers reached its level (~97 %) at
+~14 s: a 5 s warm-up measured that start, where every router missed the TPOT bound, and
+round-robin looked a step better than the latency scorer; measured after 40 s, both met it at
+every point up to 480 clients, the scorer with a p90 TPOT 6–13 ms lower (docs/benchmarks.md).
+An open loop has no such start: its arrivals do not wait for answers."""
+
+
+def closed_loop_warmup(unloaded: float, warmup: float) -> float:
+    """The warm-up a closed loop needs when an open loop's would be ``warmup`` (see
+    :data:`CLOSED_LOOP_WARMUP_LATENCIES`)."""
+    floor = CLOSED_LOOP_WARMUP_LATENCIES * unloaded
+    return floor if floor > warmup else warmup
+
+
 def plan_for(
     unloaded: float,
     *,
@@ -222,12 +246,16 @@ def plan_for(
     latency_factor: float = 20.0,
     duration: float | None = None,
     warmup: float | None = None,
+    closed_loop: bool = False,
 ) -> SteadyPlan:
     """``duration`` = max(``min_duration``, ``latency_factor`` × unloaded e2e) unless given;
-    warm-up max(10 s, 5 × unloaded e2e) unless given (capped at the duration); cool-down 2 × the
-    unloaded e2e (at most a quarter of the duration)."""
+    warm-up max(10 s, 5 × unloaded e2e) unless given (capped at the duration), for a closed loop
+    at least :data:`CLOSED_LOOP_WARMUP_LATENCIES` × unloaded e2e; cool-down 2 × the unloaded e2e
+    (at most a quarter of the duration)."""
     d = duration if duration is not None else max(min_duration, latency_factor * unloaded)
     w = warmup if warmup is not None else min(max(10.0, 5.0 * unloaded), d)
+    if warmup is None and closed_loop:
+        w = closed_loop_warmup(unloaded, w)
     return SteadyPlan(
         unloaded_e2e_s=unloaded, warmup_s=w, duration_s=d, cooldown_s=min(2.0 * unloaded, d / 4)
     )
@@ -404,6 +432,7 @@ class SteadyRunner:
             unloaded_e2e(spec, shape, time_scale=time_scale),
             min_duration=min_duration,
             latency_factor=latency_factor,
+            closed_loop=closed_loop,
         )
         config = shape.twin_config(
             seed=seed,
