@@ -204,8 +204,10 @@ prefill-decode-mix (unloaded e2e 2.6 s; 4,000-token prompts with 20-token answer
 until ~12 s to prefill, and the share of clients in long answers reached its level (~97 %) at
 ~14 s: a 5 s warm-up measured that start, where every router missed the TPOT bound, and
 round-robin looked a step better than the latency scorer; measured after 40 s, both met it at
-every point up to 480 clients, the scorer with a p90 TPOT 6–13 ms lower (docs/benchmarks.md).
-An open loop has no such start: its arrivals do not wait for answers."""
+every point up to 480 clients, the scorer with a p90 TPOT 5–15 ms lower (docs/benchmarks.md).
+Eight latencies (20.5 s there) leave a margin over the 5.5 that workload took; measured after
+20 s the scorer again met the SLO at every point. An open loop has no such start: its arrivals
+do not wait for answers."""
 
 
 def closed_loop_warmup(unloaded: float, warmup: float) -> float:
