@@ -193,7 +193,7 @@ def command(
         float | None,
         typer.Option(
             "--warmup",
-            help="Warm-up virtual seconds, excluded (default max(10, 5 x e2e)).",
+            help="Warm-up virtual seconds, excluded (default max(10, 5 x e2e), closed loop >= 8 x e2e).",
             rich_help_panel=_TWIN,
         ),
     ] = None,
