@@ -22,8 +22,9 @@ a longer warm-up").
 
 ``--closed-loop``: each cell is a strategy's SLO concurrency instead, the most clients (each
 sending its next request when its last one ended) whose requests sent in the window meet the SLO.
-Its warm-up is at least 8 unloaded latencies (``steady.CLOSED_LOOP_WARMUP_LATENCIES``): clients
-started together take that long to settle into the mix of requests they keep in flight.
+Its warm-up is at least 8 unloaded latencies (``steady.CLOSED_LOOP_WARMUP_LATENCIES``) and the
+length-weighted duration of the workload's requests at the SLO's bounds (``steady.held_at_bounds``):
+clients started together take that long to settle into the mix of requests they keep in flight.
 
 ``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
 unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
@@ -51,6 +52,7 @@ from infergate.bench.steady import (
     SteadyPlan,
     SteadyRunner,
     closed_loop_warmup,
+    held_at_bounds,
     plan_for,
     resolve_pool,
     unloaded_e2e,
@@ -127,19 +129,22 @@ def plan_of(
     duration: float | None = None,
     warmup: float | None = None,
     closed_loop: bool = False,
+    slo: Slo = DEFAULT_SLO,
 ) -> SteadyPlan:
     """The load points' plan; ``warmup`` (virtual s before the window) overrides the rule's, which
-    for a closed loop is at least ``CLOSED_LOOP_WARMUP_LATENCIES`` unloaded latencies."""
+    for a closed loop is at least ``CLOSED_LOOP_WARMUP_LATENCIES`` unloaded latencies and the
+    length-weighted duration of its requests at ``slo``'s bounds (``steady.held_at_bounds``)."""
     spec = load_workload(workload)
     unloaded = unloaded_e2e(spec, resolve_pool(spec))
+    held = held_at_bounds(spec, slo) if closed_loop else 0.0
     if quick or duration is not None:
         window = duration if duration is not None else max(20.0, 8.0 * unloaded)
         if warmup is None:
             warmup = min(max(5.0, 2 * unloaded), 20.0)
             if closed_loop:
-                warmup = closed_loop_warmup(unloaded, warmup)
+                warmup = closed_loop_warmup(unloaded, warmup, held)
         return plan_for(unloaded, duration=window, warmup=warmup)
-    return plan_for(unloaded, warmup=warmup, closed_loop=closed_loop)
+    return plan_for(unloaded, warmup=warmup, closed_loop=closed_loop, held=held)
 
 
 def warmup_seconds(text: str) -> float:
@@ -295,7 +300,12 @@ def main() -> None:
     partial.write_text("")
     plans = {
         w: plan_of(
-            w, quick=args.quick, duration=args.duration, warmup=args.warmup, closed_loop=args.closed_loop
+            w,
+            quick=args.quick,
+            duration=args.duration,
+            warmup=args.warmup,
+            closed_loop=args.closed_loop,
+            slo=slo,
         )
         for w in workloads
     }

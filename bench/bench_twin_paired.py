@@ -15,7 +15,8 @@ where ``limit4.yaml`` is the default profile with ``ttftCorrectionLimit: 4``. Pr
 point and a summary per strategy; ``--out FILE`` appends every point as JSON lines.
 ``--closed-loop`` makes every rate a count of closed-loop clients (``bench_regret.py
 --closed-loop``): the seeds then draw the clients' request lists, and the warm-up is at least
-8 unloaded latencies unless ``--warmup`` says otherwise.
+8 unloaded latencies and the length-weighted duration of the workload's requests at the SLO's
+bounds (``steady.held_at_bounds``) unless ``--warmup`` says otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from pathlib import Path
 
 from infergate.bench.procs import exit_on_sigterm, process_pool
 from infergate.bench.stats import Slo, add_slo_arguments
-from infergate.bench.steady import SteadyPlan, SteadyRunner, closed_loop_warmup, resolve_pool, unloaded_e2e
+from infergate.bench.steady import (
+    SteadyPlan,
+    SteadyRunner,
+    closed_loop_warmup,
+    held_at_bounds,
+    resolve_pool,
+    unloaded_e2e,
+)
 from infergate.bench.workloads import load_workload
 from infergate.config.picker import EndpointPickerConfig, parse_picker_config
 
@@ -45,8 +53,10 @@ def _point(
     unloaded = 1.0
     if closed:
         # clients start one after another over one unloaded latency, and settle over several
+        # (and over one of the long requests they sit in at the SLO's bounds)
         unloaded = unloaded_e2e(spec, resolve_pool(spec))
-        warmup = closed_loop_warmup(unloaded, 5.0) if warmup is None else warmup
+        if warmup is None:
+            warmup = closed_loop_warmup(unloaded, 5.0, held_at_bounds(spec, slo))
     plan = SteadyPlan(
         unloaded_e2e_s=unloaded,
         warmup_s=5.0 if warmup is None else warmup,
@@ -93,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--warmup",
         type=float,
-        help="warm-up virtual seconds (default 5; with --closed-loop, at least 8 unloaded latencies)",
+        help="warm-up virtual seconds (default 5; with --closed-loop, at least 8 unloaded latencies and "
+        "the length-weighted duration of its requests at the SLO's bounds)",
     )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append every point here as JSON lines")

@@ -10,17 +10,21 @@ from pathlib import Path
 import pytest
 
 from infergate.bench.cli import main
+from infergate.bench.stats import Slo
 from infergate.bench.steady import (
     CLOSED_LOOP_WARMUP_LATENCIES,
     SteadyPlan,
     SteadyRunner,
+    held_at_bounds,
     plan_for,
     resolve_pool,
     unloaded_e2e,
 )
 from infergate.bench.twin import run_twin
-from infergate.bench.workloads import generate, load_workload
+from infergate.bench.workloads import generate, load_workload, stream
 from tests.support import session_workload
+
+HOLDOUT = Path(__file__).resolve().parents[2] / "bench" / "holdout"
 
 pytestmark = pytest.mark.timeout(600)  # virtual time, CPU-bound: slow on a loaded machine, never hung
 
@@ -215,9 +219,39 @@ def test_a_closed_loop_warms_up_for_several_unloaded_latencies() -> None:
     runner = SteadyRunner(spec, shape, closed_loop=True)
     assert (
         runner.plan.warmup_s
-        == max(10.0, CLOSED_LOOP_WARMUP_LATENCIES * unloaded)
+        == max(10.0, CLOSED_LOOP_WARMUP_LATENCIES * unloaded, held_at_bounds(spec, Slo()))
         > plan_for(unloaded).warmup_s
     )
+
+
+def test_the_held_duration_weighs_requests_by_their_length() -> None:
+    # a client is found in a request in proportion to its length: E[D²]/E[D] of the durations at
+    # the SLO's bounds, not their mean; with answers all one length it is that one duration
+    fixed = load_workload(str(HOLDOUT / "classify.yaml"))  # 2-token answers
+    assert held_at_bounds(fixed, Slo()) == pytest.approx(1.0 + 0.050)
+    assert held_at_bounds(fixed, Slo(ttft_s=2.0, tpot_s=0.1)) == pytest.approx(2.1)
+    spec = load_workload(str(HOLDOUT / "bimodal-answers.yaml"))  # ~10 or ~1,500 tokens
+    held = held_at_bounds(spec, Slo())
+    durations = [1.0 + 0.05 * (r.max_tokens - 1) for r in stream(spec, 2000)[:2000]]
+    mean = sum(durations) / len(durations)
+    assert held == pytest.approx(sum(d * d for d in durations) / sum(durations))
+    assert held > 2 * mean and held > 60.0
+
+
+def test_a_closed_loop_warms_up_through_one_held_request() -> None:
+    # bimodal-answers' long answers last ~75 s near the TPOT bound: 8 unloaded latencies (36 s)
+    # left the KV caches still filling with them, and the SLO concurrency measured that start
+    assert plan_for(2.0, closed_loop=True, held=40.0).warmup_s == 40.0
+    assert plan_for(2.0, closed_loop=True, held=1.0).warmup_s == 2.0 * CLOSED_LOOP_WARMUP_LATENCIES
+    assert plan_for(2.0, held=40.0).warmup_s == 10.0  # an open loop has no such start
+    assert plan_for(2.0, warmup=3.0, closed_loop=True, held=40.0).warmup_s == 3.0
+    spec = load_workload(str(HOLDOUT / "bimodal-answers.yaml"))
+    shape = resolve_pool(spec)
+    held = held_at_bounds(spec, Slo())
+    assert SteadyRunner(spec, shape, closed_loop=True).plan.warmup_s == pytest.approx(held)
+    slower = SteadyRunner(spec, shape, closed_loop=True, slo=Slo(tpot_s=0.1))
+    assert slower.plan.warmup_s == pytest.approx(held_at_bounds(spec, Slo(tpot_s=0.1)))
+    assert slower.plan.warmup_s > 1.9 * held  # the bound it is judged by sets how long answers last
 
 
 def test_the_regret_tables_closed_loop_plan_warms_up_longer() -> None:
@@ -230,8 +264,14 @@ def test_the_regret_tables_closed_loop_plan_warms_up_longer() -> None:
     open_plan = regret.plan_of("prefill-decode-mix", quick=True, duration=15.0)
     closed = regret.plan_of("prefill-decode-mix", quick=True, duration=15.0, closed_loop=True)
     assert open_plan.warmup_s == pytest.approx(max(5.0, 2 * unloaded))
-    assert (
-        closed.warmup_s == pytest.approx(CLOSED_LOOP_WARMUP_LATENCIES * unloaded) and closed.warmup_s > 20.0
+    held = held_at_bounds(load_workload("prefill-decode-mix"), Slo())
+    assert held > CLOSED_LOOP_WARMUP_LATENCIES * unloaded > 20.0  # its 700-token answers hold clients
+    assert closed.warmup_s == pytest.approx(held)
+    tight = regret.plan_of(
+        "prefill-decode-mix", quick=True, duration=15.0, closed_loop=True, slo=Slo(tpot_s=0.03)
+    )
+    assert tight.warmup_s == pytest.approx(
+        held_at_bounds(load_workload("prefill-decode-mix"), Slo(tpot_s=0.03))
     )
     assert regret.plan_of("prefill-decode-mix", quick=True, warmup=4.0, closed_loop=True).warmup_s == 4.0
 
@@ -255,6 +295,8 @@ def test_paired_closed_loop_points_warm_up_by_the_rule(monkeypatch: pytest.Monke
     for closed, warmup in ((True, None), (True, 2.0), (False, None)):
         with pytest.raises(Stop):
             paired._point(("tutorial-mix", "round-robin", None, 3.0, 0, 4.0, warmup, slo, True, closed))
-    unloaded = unloaded_e2e(load_workload("tutorial-mix"), resolve_pool(load_workload("tutorial-mix")))
-    assert [p.warmup_s for p in plans] == [pytest.approx(CLOSED_LOOP_WARMUP_LATENCIES * unloaded), 2.0, 5.0]
+    spec = load_workload("tutorial-mix")
+    unloaded = unloaded_e2e(spec, resolve_pool(spec))
+    rule = max(CLOSED_LOOP_WARMUP_LATENCIES * unloaded, held_at_bounds(spec, slo))
+    assert [p.warmup_s for p in plans] == [pytest.approx(rule), 2.0, 5.0]
     assert plans[0].unloaded_e2e_s == pytest.approx(unloaded)  # the ramp: one unloaded latency

@@ -175,7 +175,7 @@ def run_twin_steady(
     runs first), else from 2 QPS per replica. ``closed_loop``: every load (``qps``) is a count of
     clients and the search finds each strategy's SLO concurrency instead.
     """
-    from infergate.bench.steady import SteadyRunner, plan_for, unloaded_e2e
+    from infergate.bench.steady import SteadyRunner, held_at_bounds, plan_for, unloaded_e2e
 
     plan = None
     if duration is not None or warmup is not None:
@@ -184,6 +184,7 @@ def run_twin_steady(
             duration=duration,
             warmup=warmup,
             closed_loop=closed_loop,
+            held=held_at_bounds(spec, slo) if closed_loop else 0.0,
         )
     runner = SteadyRunner(
         spec, shape, slo=slo, seed=seed, plan=plan, time_scale=time_scale, closed_loop=closed_loop

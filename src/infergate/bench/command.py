@@ -193,7 +193,8 @@ def command(
         float | None,
         typer.Option(
             "--warmup",
-            help="Warm-up virtual seconds, excluded (default max(10, 5 x e2e), closed loop >= 8 x e2e).",
+            help="Warm-up virtual seconds, excluded (default max(10, 5 x e2e); closed loop also >= 8 x e2e "
+            "and its requests' length-weighted duration at the SLO's bounds).",
             rich_help_panel=_TWIN,
         ),
     ] = None,

@@ -41,6 +41,7 @@ from infergate.bench.steady_plan import (
     PoolShape,
     SteadyPlan,
     closed_loop_warmup,
+    held_at_bounds,
     map_models,
     plan_for,
     resolve_pool,
@@ -59,6 +60,7 @@ __all__ = [
     "SteadyPlan",
     "SteadyRunner",
     "closed_loop_warmup",
+    "held_at_bounds",
     "map_models",
     "plan_for",
     "resolve_pool",
@@ -238,6 +240,7 @@ class SteadyRunner:
             min_duration=min_duration,
             latency_factor=latency_factor,
             closed_loop=closed_loop,
+            held=held_at_bounds(spec, self.slo) if closed_loop else 0.0,
         )
         config = shape.twin_config(
             seed=seed,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from infergate.bench.arrivals import ArrivalProcess, RateProfile, parse_arrival
+from infergate.bench.stats import Slo
 from infergate.bench.strategies import BASE_MODEL
 from infergate.bench.twin import TwinConfig
 from infergate.bench.workloads import BenchRequest, WorkloadSpec, stream
@@ -27,6 +28,7 @@ __all__ = [
     "PoolShape",
     "SteadyPlan",
     "closed_loop_warmup",
+    "held_at_bounds",
     "map_models",
     "plan_for",
     "resolve_pool",
@@ -210,11 +212,28 @@ Eight latencies (20.5 s there) leave a margin over the 5.5 that workload took; m
 do not wait for answers."""
 
 
-def closed_loop_warmup(unloaded: float, warmup: float) -> float:
-    """The warm-up a closed loop needs when an open loop's would be ``warmup`` (see
-    :data:`CLOSED_LOOP_WARMUP_LATENCIES`)."""
-    floor = CLOSED_LOOP_WARMUP_LATENCIES * unloaded
-    return floor if floor > warmup else warmup
+def held_at_bounds(spec: WorkloadSpec, slo: Slo, *, sample: int = 2000) -> float:
+    """How long the request a closed-loop client is found in lasts when the pool runs at the SLO's
+    bounds: ``E[D²] / E[D]`` of ``D = TTFT bound + TPOT bound × (answer − 1)`` over the workload's
+    first ``sample`` requests.
+
+    A client spends its time in requests in proportion to their length, so the request it is
+    found in is the length-weighted mean, not the mean: in bimodal-answers (60 % of answers ~10
+    tokens, 40 % ~1,500) ~80 s at 1 s / 50 ms against a mean of 31 s. A closed loop is settled only
+    once its clients have been through such a request, and near its SLO concurrency a pool decodes
+    close to the TPOT bound, far slower than the unloaded latency suggests (measured in
+    :data:`CLOSED_LOOP_WARMUP_LATENCIES`' note).
+    """
+    durations = [slo.ttft_s + slo.tpot_s * max(0, r.max_tokens - 1) for r in stream(spec, sample)[:sample]]
+    total = sum(durations)
+    return sum(d * d for d in durations) / total if total > 0 else 0.0
+
+
+def closed_loop_warmup(unloaded: float, warmup: float, held: float = 0.0) -> float:
+    """The warm-up a closed loop needs when an open loop's would be ``warmup``: at least
+    :data:`CLOSED_LOOP_WARMUP_LATENCIES` unloaded latencies and one ``held`` duration
+    (:func:`held_at_bounds`)."""
+    return max(CLOSED_LOOP_WARMUP_LATENCIES * unloaded, held, warmup)
 
 
 def plan_for(
@@ -225,15 +244,16 @@ def plan_for(
     duration: float | None = None,
     warmup: float | None = None,
     closed_loop: bool = False,
+    held: float = 0.0,
 ) -> SteadyPlan:
     """``duration`` = max(``min_duration``, ``latency_factor`` × unloaded e2e) unless given;
     warm-up max(10 s, 5 × unloaded e2e) unless given (capped at the duration), for a closed loop
-    at least :data:`CLOSED_LOOP_WARMUP_LATENCIES` × unloaded e2e; cool-down 2 × the unloaded e2e
-    (at most a quarter of the duration)."""
+    at least :data:`CLOSED_LOOP_WARMUP_LATENCIES` × unloaded e2e and ``held`` (the workload's
+    :func:`held_at_bounds`); cool-down 2 × the unloaded e2e (at most a quarter of the duration)."""
     d = duration if duration is not None else max(min_duration, latency_factor * unloaded)
     w = warmup if warmup is not None else min(max(10.0, 5.0 * unloaded), d)
     if warmup is None and closed_loop:
-        w = closed_loop_warmup(unloaded, w)
+        w = closed_loop_warmup(unloaded, w, held)
     return SteadyPlan(
         unloaded_e2e_s=unloaded, warmup_s=w, duration_s=d, cooldown_s=min(2.0 * unloaded, d / 4)
     )
