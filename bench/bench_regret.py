@@ -95,6 +95,19 @@ class Outcome:
     points: list[PointResult]
     cpu_s: float
     scout_requests: int
+    sent_per_s: float | None = None
+    """Closed loop: the requests per second the clients sent in the measured window at the SLO
+    concurrency (None: open loop, nothing met, or taken from a record without it)."""
+
+
+def sent_per_s(points: Sequence[PointResult], load: float) -> float | None:
+    """Requests per second sent in the measured window of the point run at ``load`` (None if
+    none was). At one client count a router that answers sooner is sent more: the SLO concurrency
+    alone ranks a slower router that keeps its own load down ahead of one serving more."""
+    for p in points:
+        if p.rate == load:
+            return p.measured / p.plan.duration_s
+    return None
 
 
 def run_task(task: Task) -> Outcome:
@@ -113,12 +126,14 @@ def run_task(task: Task) -> Outcome:
     rate = runner.slo_rate(
         task.strategy, start=task.start, tolerance=task.tolerance, factor=task.factor, scout=task.scout
     )
+    points = runner.points_of(task.strategy)
     return Outcome(
         task=task,
         rate=rate,
-        points=runner.points_of(task.strategy),
+        points=points,
         cpu_s=time.process_time() - cpu0,
         scout_requests=runner.scout_requests,
+        sent_per_s=sent_per_s(points, rate.qps) if task.closed_loop and rate.qps > 0 else None,
     )
 
 
@@ -158,9 +173,13 @@ def warmup_seconds(text: str) -> float:
     return seconds
 
 
-def _recorded(path: Path | None) -> dict[tuple[str, str], tuple[SloRate, float]]:
-    """(workload, strategy) → (SLO rate, CPU seconds) from a ``partial.jsonl``."""
-    found: dict[tuple[str, str], tuple[SloRate, float]] = {}
+Recorded = dict[tuple[str, str], tuple[SloRate, float, float | None]]
+
+
+def _recorded(path: Path | None) -> Recorded:
+    """(workload, strategy) → (SLO rate, CPU seconds, requests sent per second at a closed loop's
+    SLO concurrency) from a ``partial.jsonl``."""
+    found: Recorded = {}
     if path is None:
         return found
     for line in path.read_text().splitlines():
@@ -169,7 +188,12 @@ def _recorded(path: Path | None) -> dict[tuple[str, str], tuple[SloRate, float]]
         d = json.loads(line)
         probes = tuple((float(q), bool(met)) for q, met in d["probes"])
         rate = SloRate(qps=float(d["qps"]), failing=d["failing"], probes=probes)
-        found[(d["workload"], d["strategy"])] = (rate, float(d["cpu_s"]))
+        sent = d.get("sent_per_s")
+        found[(d["workload"], d["strategy"])] = (
+            rate,
+            float(d["cpu_s"]),
+            None if sent is None else float(sent),
+        )
     return found
 
 
@@ -177,14 +201,14 @@ def _run_all(
     tasks: Sequence[Task],
     jobs: int,
     partial: Path,
-    recorded: dict[tuple[str, str], tuple[SloRate, float]] | None = None,
+    recorded: Recorded | None = None,
 ) -> list[Outcome]:
     done = recorded or {}
     out: list[Outcome] = []
     for t in tasks:
         if (t.workload, t.strategy) in done:
-            rate, cpu = done[(t.workload, t.strategy)]
-            out.append(Outcome(task=t, rate=rate, points=[], cpu_s=cpu, scout_requests=0))
+            rate, cpu, sent = done[(t.workload, t.strategy)]
+            out.append(Outcome(task=t, rate=rate, points=[], cpu_s=cpu, scout_requests=0, sent_per_s=sent))
             _log(out[-1], partial)
     todo = [t for t in tasks if (t.workload, t.strategy) not in done]
     return out + _run_tasks(todo, jobs, partial)
@@ -216,11 +240,14 @@ def _log(o: Outcome, partial: Path) -> None:
                     "strategy": o.task.strategy,
                     "cpu_s": o.cpu_s,
                     **o.rate.as_dict(),
+                    **({} if o.sent_per_s is None else {"sent_per_s": o.sent_per_s}),
                 }
             )
             + "\n"
         )
     load = f"{o.rate.qps:g} clients" if o.task.closed_loop else f"{o.rate.qps:.2f} QPS"
+    if o.sent_per_s is not None:
+        load += f" sending {o.sent_per_s:.1f} req/s"
     print(
         f"  {o.task.workload} {o.task.strategy}: {load} ({len(o.rate.probes)} probes, {o.cpu_s:.0f} CPU-s)",
         file=sys.stderr,
@@ -234,8 +261,10 @@ def regret_markdown(
     strategies: Sequence[str],
     *,
     closed_loop: bool = False,
+    sent: dict[str, dict[str, float | None]] | None = None,
 ) -> str:
-    """Per workload: each strategy's SLO rate, its fraction of the best, and × round-robin."""
+    """Per workload: each strategy's SLO rate, its fraction of the best, and × round-robin; a
+    closed loop's cells also give the requests per second its clients sent there (``sent``)."""
     head = "| workload (pool) | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|\n"
     rows = []
     for workload, by in rates.items():
@@ -251,6 +280,9 @@ def regret_markdown(
             rr = f"{r.qps / base.qps:.2f}×rr" if base is not None and base.qps > 0 else "-"
             mark = "**" if r.qps == best else ""
             value = f"{r.qps:g}" if closed_loop else f"{r.qps:.1f}"
+            per_s = (sent or {}).get(workload, {}).get(st)
+            if closed_loop and per_s is not None:
+                value += f" ({per_s:.0f}/s)"
             cells.append(f"{mark}{value}{mark} · {frac:.2f} · {rr}")
         rows.append(f"| {workload} ({pools[workload]}) | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
@@ -354,10 +386,12 @@ def main() -> None:
 
     rates: dict[str, dict[str, SloRate]] = {w: {} for w in workloads}
     points: dict[str, dict[str, list[PointResult]]] = {w: {} for w in workloads}
+    sent: dict[str, dict[str, float | None]] = {w: {} for w in workloads}
     for o in outcomes:
         if o.task.strategy in strategies:
             rates[o.task.workload][o.task.strategy] = o.rate
             points[o.task.workload][o.task.strategy] = o.points
+            sent[o.task.workload][o.task.strategy] = o.sent_per_s
     shapes = {w: resolve_pool(load_workload(w)) for w in workloads}
     pools = {
         w: f"{s.replicas} replicas"
@@ -379,13 +413,14 @@ def main() -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     write_steady_reports(reports, args.out, plots=not args.no_plots)
-    table = regret_markdown(rates, pools, strategies, closed_loop=args.closed_loop)
+    table = regret_markdown(rates, pools, strategies, closed_loop=args.closed_loop, sent=sent)
     sizes = ", ".join(f"{w} {plans[w].duration_s:.0f}+{plans[w].warmup_s:.0f} s" for w in workloads)
     md = (
         f"SLO: p90 TTFT < {slo.ttft_s:g} s, p90 TPOT < {slo.tpot_s * 1000:g} ms, "
         + ("the gateway told it. " if tell else "the gateway left at its default SLO. ")
         + (
-            "Cells: SLO concurrency (closed-loop clients) · "
+            "Cells: SLO concurrency (closed-loop clients; in brackets the requests per second they "
+            "sent in the window) · "
             if args.closed_loop
             else "Cells: SLO rate (QPS) · "
         )
@@ -407,7 +442,12 @@ def main() -> None:
                 "cpu_s": cpu,
                 "simulated_requests": simulated,
                 "workloads": {
-                    w: {st: r.as_dict() | {found_key: r.qps} for st, r in by.items()}
+                    w: {
+                        st: r.as_dict()
+                        | {found_key: r.qps}
+                        | ({"sent_per_s": sent[w][st]} if sent[w].get(st) is not None else {})
+                        for st, r in by.items()
+                    }
                     for w, by in rates.items()
                 },
             },

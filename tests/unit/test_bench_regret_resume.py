@@ -40,6 +40,7 @@ def test_recorded_searches_are_reused_and_only_the_others_run(
         ("bursts", "round-robin"): (
             SloRate(qps=43.66, failing=45.56, probes=((43.66, True), (45.56, False))),
             4.5,
+            None,
         )
     }
 
@@ -87,3 +88,44 @@ def test_a_bad_warmup_is_refused_before_any_file_is_written(
     with pytest.raises(SystemExit) as exited:
         regret.main()
     assert exited.value.code == 2 and not out.exists()
+
+
+def test_a_closed_loop_search_keeps_the_rate_its_clients_sent(regret: ModuleType, tmp_path: Path) -> None:
+    # at one client count a router that answers sooner is sent more: the table gives that rate
+    # beside the SLO concurrency, and a resumed run keeps it
+    line = {
+        "workload": "classify",
+        "strategy": "default",
+        "cpu_s": 9.0,
+        "qps": 61.0,
+        "failing": 64.0,
+        "probes": [[61.0, True], [64.0, False]],
+        "sent_per_s": 380.4,
+    }
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps(line) + "\n")
+    recorded = regret._recorded(old)
+    assert recorded[("classify", "default")][2] == 380.4
+    task = regret.Task(
+        workload="classify",
+        strategy="default",
+        plan=PLAN,
+        start=None,
+        tolerance=0.05,
+        factor=1.5,
+        seed=0,
+        scout=False,
+        closed_loop=True,
+    )
+    partial = tmp_path / "partial.jsonl"
+    (out,) = regret._run_all([task], 1, partial, recorded)
+    assert out.sent_per_s == 380.4 and regret._recorded(partial) == recorded
+    rates = {"classify": {"default": out.rate, "round-robin": SloRate(qps=40.0, failing=42.0, probes=())}}
+    table = regret.regret_markdown(
+        rates,
+        {"classify": "4 replicas"},
+        ["default", "round-robin"],
+        closed_loop=True,
+        sent={"classify": {"default": 380.4, "round-robin": None}},
+    )
+    assert "| classify (4 replicas) | **61 (380/s)** · 1.00 · 1.52×rr | 40 · 0.66 · 1.00×rr |" in table

@@ -300,3 +300,16 @@ def test_paired_closed_loop_points_warm_up_by_the_rule(monkeypatch: pytest.Monke
     rule = max(CLOSED_LOOP_WARMUP_LATENCIES * unloaded, held_at_bounds(spec, slo))
     assert [p.warmup_s for p in plans] == [pytest.approx(rule), 2.0, 5.0]
     assert plans[0].unloaded_e2e_s == pytest.approx(unloaded)  # the ramp: one unloaded latency
+
+
+def test_the_regret_table_takes_the_rate_sent_at_the_slo_concurrency() -> None:
+    from tests.support import load_bench_script
+
+    regret = load_bench_script("bench_regret")
+    spec = load_workload("tutorial-mix")
+    plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=2.0, duration_s=4.0, cooldown_s=1.0)
+    runner = SteadyRunner(spec, resolve_pool(spec, replicas=2), plan=plan, closed_loop=True)
+    point = runner.point("round-robin", 3.0)
+    assert point.measured > 0
+    assert regret.sent_per_s([point], 3.0) == point.measured / 4.0
+    assert regret.sent_per_s([point], 4.0) is None  # no point at that load
