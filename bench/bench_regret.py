@@ -25,6 +25,9 @@ sending its next request when its last one ended) whose requests sent in the win
 Its warm-up is at least 8 unloaded latencies (``steady.CLOSED_LOOP_WARMUP_LATENCIES``) and the
 length-weighted duration of the workload's requests at the SLO's bounds (``steady.held_at_bounds``):
 clients started together take that long to settle into the mix of requests they keep in flight.
+Each cell also gives the requests per second the clients sent at that concurrency: at one count
+of clients a router that answers sooner is sent more, so the concurrency alone can rank a router
+that keeps its own load down ahead of one that serves more.
 
 ``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
 unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
