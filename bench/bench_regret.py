@@ -25,9 +25,10 @@ sending its next request when its last one ended) whose requests sent in the win
 Its warm-up is at least 8 unloaded latencies (``steady.CLOSED_LOOP_WARMUP_LATENCIES``) and the
 length-weighted duration of the workload's requests at the SLO's bounds (``steady.held_at_bounds``):
 clients started together take that long to settle into the mix of requests they keep in flight.
-Each cell also gives the requests per second the clients sent at that concurrency: at one count
-of clients a router that answers sooner is sent more, so the concurrency alone can rank a router
-that keeps its own load down ahead of one that serves more.
+Each cell also gives the requests per second the clients sent at that concurrency that the SLO
+judges (sheddable ones left out): at one count of clients a router that answers sooner is sent
+more, so the concurrency alone can rank a router that keeps its own load down ahead of one that
+serves more.
 
 ``--quick``: 20 s measured windows (5 s warm-up) and 5 % bisection instead of max(60 s, 20 × the
 unloaded e2e latency) and 2 %: a smoke-level table in a fraction of the CPU. Full-size searches
@@ -99,17 +100,19 @@ class Outcome:
     cpu_s: float
     scout_requests: int
     sent_per_s: float | None = None
-    """Closed loop: the requests per second the clients sent in the measured window at the SLO
-    concurrency (None: open loop, nothing met, or taken from a record without it)."""
+    """Closed loop: the judged requests per second the clients sent in the measured window at the
+    SLO concurrency (None: open loop, nothing met, or taken from a record without it)."""
 
 
 def sent_per_s(points: Sequence[PointResult], load: float) -> float | None:
-    """Requests per second sent in the measured window of the point run at ``load`` (None if
-    none was). At one client count a router that answers sooner is sent more: the SLO concurrency
-    alone ranks a slower router that keeps its own load down ahead of one serving more."""
+    """Requests per second sent in the measured window of the point run at ``load`` that the SLO
+    judges (sheddable ones left out), None if no point ran there. At one client count a router
+    that answers sooner is sent more, and one that sheds a sheddable request at once frees its
+    client for the next: the SLO concurrency alone ranks a slower router that keeps its own load
+    down ahead of one serving more."""
     for p in points:
         if p.rate == load:
-            return p.measured / p.plan.duration_s
+            return p.summary.requests / p.plan.duration_s
     return None
 
 
@@ -422,8 +425,8 @@ def main() -> None:
         f"SLO: p90 TTFT < {slo.ttft_s:g} s, p90 TPOT < {slo.tpot_s * 1000:g} ms, "
         + ("the gateway told it. " if tell else "the gateway left at its default SLO. ")
         + (
-            "Cells: SLO concurrency (closed-loop clients; in brackets the requests per second they "
-            "sent in the window) · "
+            "Cells: SLO concurrency (closed-loop clients; in brackets the judged requests per second "
+            "they sent in the window) · "
             if args.closed_loop
             else "Cells: SLO rate (QPS) · "
         )
