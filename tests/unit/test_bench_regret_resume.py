@@ -22,6 +22,20 @@ def regret() -> ModuleType:
 PLAN = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=5.0, duration_s=15.0, cooldown_s=2.0)
 
 
+def _task(regret: ModuleType, workload: str, strategy: str, *, closed_loop: bool = False) -> object:
+    return regret.Task(
+        workload=workload,
+        strategy=strategy,
+        plan=PLAN,
+        start=None,
+        tolerance=0.05,
+        factor=1.5,
+        seed=0,
+        scout=False,
+        closed_loop=closed_loop,
+    )
+
+
 def test_recorded_searches_are_reused_and_only_the_others_run(
     regret: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,16 +59,7 @@ def test_recorded_searches_are_reused_and_only_the_others_run(
     }
 
     def task(workload: str, strategy: str) -> object:
-        return regret.Task(
-            workload=workload,
-            strategy=strategy,
-            plan=PLAN,
-            start=None,
-            tolerance=0.05,
-            factor=1.5,
-            seed=0,
-            scout=False,
-        )
+        return _task(regret, workload, strategy)
 
     ran: list[tuple[str, str]] = []
 
@@ -106,17 +111,7 @@ def test_a_closed_loop_search_keeps_the_rate_its_clients_sent(regret: ModuleType
     old.write_text(json.dumps(line) + "\n")
     recorded = regret._recorded(old)
     assert recorded[("classify", "default")][2] == 380.4
-    task = regret.Task(
-        workload="classify",
-        strategy="default",
-        plan=PLAN,
-        start=None,
-        tolerance=0.05,
-        factor=1.5,
-        seed=0,
-        scout=False,
-        closed_loop=True,
-    )
+    task = _task(regret, "classify", "default", closed_loop=True)
     partial = tmp_path / "partial.jsonl"
     (out,) = regret._run_all([task], 1, partial, recorded)
     assert out.sent_per_s == 380.4 and regret._recorded(partial) == recorded

@@ -302,28 +302,21 @@ def test_paired_closed_loop_points_warm_up_by_the_rule(monkeypatch: pytest.Monke
     assert plans[0].unloaded_e2e_s == pytest.approx(unloaded)  # the ramp: one unloaded latency
 
 
-def test_the_regret_table_takes_the_rate_sent_at_the_slo_concurrency() -> None:
+@pytest.mark.parametrize(("workload", "clients"), [("tutorial-mix", 3.0), ("mixed-priorities", 8.0)])
+def test_the_regret_table_takes_the_judged_rate_sent_at_the_slo_concurrency(
+    workload: str, clients: float
+) -> None:
+    # the requests the SLO judges, per second of the window: a sheddable request the gateway
+    # turns away frees its client at once, and counting it would credit a router for shedding
     from tests.support import load_bench_script
 
     regret = load_bench_script("bench_regret")
-    spec = load_workload("tutorial-mix")
+    spec = load_workload(workload)
     plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=2.0, duration_s=4.0, cooldown_s=1.0)
     runner = SteadyRunner(spec, resolve_pool(spec, replicas=2), plan=plan, closed_loop=True)
-    point = runner.point("round-robin", 3.0)
-    assert point.summary.requests == point.measured > 0  # nothing sheddable: every request judged
-    assert regret.sent_per_s([point], 3.0) == point.summary.requests / 4.0
-    assert regret.sent_per_s([point], 4.0) is None  # no point at that load
-
-
-def test_the_rate_sent_leaves_out_sheddable_requests() -> None:
-    # a sheddable request the gateway turns away frees its client at once: counting it would
-    # credit a router for shedding
-    from tests.support import load_bench_script
-
-    regret = load_bench_script("bench_regret")
-    spec = load_workload("mixed-priorities")
-    plan = SteadyPlan(unloaded_e2e_s=1.0, warmup_s=2.0, duration_s=4.0, cooldown_s=1.0)
-    runner = SteadyRunner(spec, resolve_pool(spec, replicas=2), plan=plan, closed_loop=True)
-    point = runner.point("round-robin", 8.0)
-    assert 0 < point.summary.requests < point.measured
-    assert regret.sent_per_s([point], 8.0) == point.summary.requests / 4.0
+    point = runner.point("round-robin", clients)
+    sheddable = any(o.priority < 0 for o in spec.objectives)
+    assert 0 < point.summary.requests <= point.measured
+    assert (point.summary.requests < point.measured) is sheddable
+    assert regret.sent_per_s([point], clients) == point.summary.requests / 4.0
+    assert regret.sent_per_s([point], clients + 1) is None  # no point at that load

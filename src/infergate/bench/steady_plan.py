@@ -221,8 +221,10 @@ def held_at_bounds(spec: WorkloadSpec, slo: Slo, *, sample: int = 2000) -> float
     found in is the length-weighted mean, not the mean: in bimodal-answers (60 % of answers ~10
     tokens, 40 % ~1,500) ~80 s at 1 s / 50 ms against a mean of 31 s. A closed loop is settled only
     once its clients have been through such a request, and near its SLO concurrency a pool decodes
-    close to the TPOT bound, far slower than the unloaded latency suggests (measured in
-    :data:`CLOSED_LOOP_WARMUP_LATENCIES`' note).
+    close to the TPOT bound, far slower than the unloaded latency suggests: there, after the 36 s
+    of 8 unloaded latencies, the KV caches were still filling with the first long answers, and
+    the SLO concurrency measured that crunch (docs/benchmarks.md, "A closed loop warms up through
+    its longest requests").
     """
     durations = [slo.ttft_s + slo.tpot_s * max(0, r.max_tokens - 1) for r in stream(spec, sample)[:sample]]
     total = sum(durations)
