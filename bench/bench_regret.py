@@ -400,7 +400,7 @@ def main() -> None:
             sent[o.task.workload][o.task.strategy] = o.sent_per_s
     shapes = {w: resolve_pool(load_workload(w)) for w in workloads}
     pools = {
-        w: f"{s.replicas} replicas"
+        w: s.replicas_label()
         + (f", {len(s.adapters)} adapters/{s.max_loras} slots" if s.adapters else "")
         + ("" if str(s.arrival) == "poisson" else f", {s.arrival}")
         for w, s in shapes.items()

@@ -128,6 +128,10 @@ def run_twin_sweep(
     from infergate.bench.twin_pool import settings_for_slo
 
     shape = replicas if isinstance(replicas, PoolShape) else PoolShape(replicas=replicas)
+    if shape.scale:
+        raise ValueError(
+            f"workload {workload}: pool.scale is placed in a measured window; a fixed list has none"
+        )
     mapping = map_models(requests, shape)
     requests = [replace(r, model=mapping[r.model]) for r in requests]
     config = shape.twin_config(seed=seed, time_scale=time_scale, settings=settings_for_slo(slo))
@@ -317,6 +321,13 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
     search = args.slo_rate or args.slo_concurrency
     closed_loop = bool(args.concurrency) or args.slo_concurrency  # loads are client counts
     if args.limit:
+        if shape.scale:
+            print(
+                f"error: workload {spec.name} changes its pool during the run (pool.scale), at points of "
+                "a measured window: run it without --limit",
+                file=sys.stderr,
+            )
+            return 2
         if search or args.duration is not None or args.warmup is not None:
             print(
                 "error: --slo-rate, --slo-concurrency, --duration and --warmup need steady-state runs "
@@ -437,6 +448,13 @@ def execute(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if shape.scale:
+            print(
+                f"error: workload {spec.name} changes its pool during the run (pool.scale), which "
+                "--matrix cannot do with the replicas it starts; run it with --twin",
+                file=sys.stderr,
+            )
             return 2
         mapping = map_models(requests, shape)
         requests = [replace(r, model=mapping[r.model]) for r in requests]

@@ -50,18 +50,35 @@ class PoolShape:
     rate_profile: RateProfile | None = None
     profiles: tuple[str, ...] = ()
     """Simulator profiles of a mixed pool, cycled over the replicas; empty: the default one."""
+    scale: tuple[tuple[float, int], ...] = ()
+    """Replicas joining (> 0) or leaving (< 0) during the run: (fraction of the measured window,
+    count), in order; ``replicas`` is the count at the start."""
 
     def describe(self) -> str:
         adapters = ",".join(self.adapters) or "none"
         profile = "" if self.rate_profile is None else f", rate profile {self.rate_profile.points}"
         gpus = "" if not self.profiles else f", profiles {','.join(self.profiles)} (cycled)"
+        changes = "".join(f", {n:+d} at {at:.0%} of the window" for at, n in self.scale)
         return (
-            f"{self.replicas} replicas, adapters {adapters}, max-loras {self.max_loras}, "
+            f"{self.replicas} replicas{changes}, adapters {adapters}, max-loras {self.max_loras}, "
             f"arrival {self.arrival}{profile}{gpus}"
         )
 
+    def replicas_label(self) -> str:
+        """``4 replicas``, or with scale events every count in turn: ``4→6→5 replicas``."""
+        counts = [self.replicas]
+        for _, n in self.scale:
+            counts.append(counts[-1] + n)
+        return "→".join(str(c) for c in counts) + " replicas"
+
+    def scale_seconds(self, start: float, span: float) -> tuple[tuple[float, int], ...]:
+        """The scale events in seconds after the first arrival, for a window of ``span`` seconds
+        from ``start`` (the twin's :attr:`TwinConfig.scale`)."""
+        return tuple((start + at * span, n) for at, n in self.scale)
+
     def twin_config(self, *, seed: int, **fields: Any) -> TwinConfig:
-        """The twin's pool of this shape; ``fields`` set the other :class:`TwinConfig` fields."""
+        """The twin's pool of this shape; ``fields`` set the other :class:`TwinConfig` fields
+        (``scale`` among them: this shape's events in seconds, see :meth:`scale_seconds`)."""
         return TwinConfig(
             replicas=self.replicas,
             adapters=self.adapters,
@@ -89,8 +106,19 @@ def resolve_pool(
     except ValueError as exc:
         raise ValueError(f"workload {spec.name}: {exc}") from None
     chosen = adapters if adapters is not None else pool.adapters
+    start = replicas or pool.replicas or 3
+    scale = tuple((e.at, e.replicas) for e in pool.scale)
+    count = start
+    for at, n in scale:
+        count += n
+        if count < 1:
+            raise ValueError(
+                f"workload {spec.name}: a pool of {start} would drop to {count} replicas "
+                f"at {at:.0%} of the window"
+            )
     return PoolShape(
-        replicas=replicas or pool.replicas or 3,
+        replicas=start,
+        scale=scale,
         adapters=tuple(chosen) if chosen is not None else TUTORIAL_ADAPTERS,
         max_loras=max_loras or pool.max_loras or 2,
         arrival=process,

@@ -137,8 +137,13 @@ def run_twin(
         num_gpu_blocks=cfg.num_gpu_blocks,
         seed=cfg.seed,
     )
+    sizes = list(itertools.accumulate((n for _, n in cfg.scale), initial=cfg.replicas))
+    if min(sizes) < 1:
+        raise ValueError(
+            f"run_twin: scale events {cfg.scale} take the pool of {cfg.replicas} below one replica"
+        )
     replicas: list[Replica] = []
-    for i in range(cfg.replicas):
+    for i in range(cfg.replicas + sum(n for _, n in cfg.scale if n > 0)):
         if cfg.profiles:
             engine_cfg = replace(engine_cfg, profile=cfg.profiles[i % len(cfg.profiles)])
         engine = make_engine(engine_cfg, cfg.time_scale)
@@ -148,19 +153,25 @@ def run_twin(
         driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True, **profile_frontend(engine))
         replicas.append(Replica(i, engine, driver))
     by_key = {r.key: r for r in replicas}
+    # the replicas in the pool now, in order of joining; replicas[len(active) + left:] never served
+    active = replicas[: cfg.replicas]
+    fresh = iter(replicas[cfg.replicas :])
 
     served = frozenset((cfg.base_model, *cfg.adapters))
+
+    def join(datastore: Datastore, r: Replica) -> None:
+        host, port = r.key.split(":")
+        labels = {ROLE_LABEL: cfg.roles[r.index]} if cfg.roles else {}
+        datastore.upsert_endpoint(
+            EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port), labels=labels)
+        )
+        datastore.set_models(r.key, served)  # what each replica's /v1/models lists
 
     def front(n: int) -> Front:
         datastore = Datastore(clock=loop, staleness=cfg.staleness)
         datastore.set_pool(PoolSpec(name="twin", selector={"app": "twin"}))
-        for r in replicas:
-            host, port = r.key.split(":")
-            labels = {ROLE_LABEL: cfg.roles[r.index]} if cfg.roles else {}
-            datastore.upsert_endpoint(
-                EndpointMeta(name=f"replica-{r.key}", address=host, port=int(port), labels=labels)
-            )
-            datastore.set_models(r.key, served)  # what each replica's /v1/models lists
+        for r in active:
+            join(datastore, r)
         for objective in cfg.objectives:
             datastore.upsert_objective(objective)
         for rewrite in cfg.rewrites:
@@ -223,9 +234,22 @@ def run_twin(
     pending = len(requests)
     load_series: dict[str, list[tuple[float, float]]] = {r.key: [] for r in replicas}
 
+    def resize(change: int) -> None:
+        # joining: fresh servers the gateway learns of now; leaving: the last to join go from
+        # its view first and finish what they run
+        for _ in range(change):
+            r = next(fresh)
+            active.append(r)
+            for f in fronts:
+                join(f.datastore, r)
+        for _ in range(-change):
+            r = active.pop()
+            for f in fronts:
+                f.datastore.remove_endpoint(r.key)
+
     def scrape() -> None:
         now = loop.now()
-        for r in replicas:
+        for r in active:
             metrics = metrics_of(r.engine, now)
             for f in fronts:
                 f.datastore.update_metrics(r.key, metrics)
@@ -365,7 +389,7 @@ def run_twin(
             return flow.with_room(candidates, loop.now())
 
         if f.scheduler is None:
-            replica = true_state_pick(replicas, tokens, lora)
+            replica = true_state_pick(active, tokens, lora)
         else:
             try:
                 # as the director: a request released from the queues goes only where there is room
@@ -474,6 +498,8 @@ def run_twin(
     # the first scrape before any arrival: the real gateway is ready (scraped) before load starts
     loop.call_at(T0, scrape)
     loop.call_at(T0, sample)
+    for at, change in cfg.scale:
+        loop.call_at(T0 + at, functools.partial(resize, change))
     if offsets is not None:
         for i, off in enumerate(offsets):
             loop.call_at(T0 + off, functools.partial(due, i))

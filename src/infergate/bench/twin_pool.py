@@ -95,6 +95,12 @@ class TwinConfig:
     """InferenceObjectives of the pool: requests naming one get its priority, as in production."""
     rewrites: tuple[ModelRewrite, ...] = ()
     """InferenceModelRewrites of the pool, applied by the request-control core as in production."""
+    scale: tuple[tuple[float, int], ...] = ()
+    """Replicas joining (> 0) or leaving (< 0) during the run: (seconds after the first arrival,
+    count), in order; ``replicas`` is the count at the start. A joining replica is a fresh server
+    the gateway learns of then (as from an EndpointSlice) and scrapes from the next scrape on; a
+    leaving one, the last to have joined, leaves the gateway's view (a pod being deleted) and
+    finishes what it runs."""
     roles: tuple[str, ...] = ()
     """P/D: each replica's ``llm-d.ai/role`` label (``prefill``, ``decode``, ``both``), in replica
     order; empty: no labels. A request the scheduler disaggregates (``x-prefiller-host-port``) runs

@@ -7,13 +7,15 @@ strategy. Prompt text is built from a fixed word list: no data set or tokenizer 
 word is meant to be roughly one token, so lengths are given in tokens.
 
 A file may also carry ``pool:`` defaults for the twin (replicas, adapters, LoRA slots, arrival
-process, rate profile): the pool the workload is meant for, which command-line flags override.
+process, rate profile, replicas joining or leaving during the run): the pool the workload is meant
+for, which command-line flags override.
 :func:`generate` gives the workload's fixed list (its counts); :func:`stream` repeats the workload's
 pattern (fresh sessions, same tenants) for as many requests as a steady-state run needs.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ __all__ = [
     "ClassesWorkload",
     "ObjectiveShare",
     "PoolDefaults",
+    "ScaleEvent",
     "WorkloadError",
     "WorkloadSpec",
     "builtin_workloads",
@@ -196,6 +199,24 @@ class ObjectiveShare(_Model):
     weight: float = Field(default=1.0, gt=0)
 
 
+class ScaleEvent(_Model):
+    """Replicas joining (``replicas`` > 0) or leaving (< 0) the pool during a run, as an
+    autoscaler or a rollout changes an InferencePool's endpoints."""
+
+    at: float = Field(ge=0.0, le=1.0)
+    """When: a fraction of the measured window (of the whole run where there is no window)."""
+    replicas: int
+    """How many: a joining replica is a fresh server (empty caches, no adapter in a GPU slot);
+    the last ones to join leave first, and finish what they run."""
+
+    @field_validator("replicas")
+    @classmethod
+    def _nonzero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("a scale event's replicas must be non-zero (joining > 0, leaving < 0)")
+        return value
+
+
 class PoolDefaults(_Model):
     """The pool a workload is meant for, used by ``--twin`` unless a flag says otherwise."""
 
@@ -209,6 +230,17 @@ class PoolDefaults(_Model):
     profiles: tuple[str, ...] | None = Field(default=None, min_length=1)
     """Simulator timing profiles of a mixed pool, replica ``i`` running ``profiles[i % len]`` (e.g.
     H100s beside A100s); none: every replica runs the default profile."""
+
+    scale: tuple[ScaleEvent, ...] = ()
+    """Replicas joining or leaving during the run, in order of ``at`` (the twin only: ``replicas``
+    is the count at the start)."""
+
+    @field_validator("scale")
+    @classmethod
+    def _in_order(cls, value: tuple[ScaleEvent, ...]) -> tuple[ScaleEvent, ...]:
+        if any(b.at < a.at for a, b in itertools.pairwise(value)):
+            raise ValueError("scale events must be in order of 'at'")
+        return value
 
     @field_validator("profiles")
     @classmethod
