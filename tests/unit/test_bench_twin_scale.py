@@ -57,10 +57,13 @@ def test_a_replica_serves_only_while_it_is_in_the_pool(strategy: str) -> None:
     assert all(b <= a for a, b in itertools.pairwise(after))
 
 
-def test_a_pool_cannot_scale_below_one_replica() -> None:
+def test_a_pool_cannot_scale_below_one_replica_nor_join_without_a_role() -> None:
     requests = generate(load_workload("sharegpt-like"))[:5]
     with pytest.raises(ValueError, match="below one replica"):
         run_twin(requests, [0.0] * 5, strategy="round-robin", config=TwinConfig(scale=((1.0, -3),)))
+    roles = TwinConfig(replicas=2, adapters=(), roles=("prefill", "decode"), scale=((1.0, 1),))
+    with pytest.raises(ValueError, match="2 roles for 3 replicas"):
+        run_twin(requests, [0.0] * 5, strategy="round-robin", config=roles)
 
 
 def test_scale_events_are_placed_in_the_measured_window(tmp_path: Path) -> None:

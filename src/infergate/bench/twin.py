@@ -153,7 +153,11 @@ def run_twin(
         driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True, **profile_frontend(engine))
         replicas.append(Replica(i, engine, driver))
     by_key = {r.key: r for r in replicas}
-    # the replicas in the pool now, in order of joining; replicas[len(active) + left:] never served
+    if cfg.roles and len(cfg.roles) < len(replicas):
+        raise ValueError(
+            f"run_twin: {len(cfg.roles)} roles for {len(replicas)} replicas (scale events included)"
+        )
+    # the replicas in the gateway's view now, in order of joining; ``fresh`` those yet to join
     active = replicas[: cfg.replicas]
     fresh = iter(replicas[cfg.replicas :])
 
