@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,16 @@ import pytest
 from aiohttp import web
 
 from infergate.config.picker import default_picker_config
-from infergate.dataplanes.extproc.bootstrap import EnvoySettings, render_bootstrap, render_bootstrap_yaml
+from infergate.dataplanes.extproc.bootstrap import (
+    LISTENER_NAME,
+    EnvoySettings,
+    render_bootstrap,
+    render_bootstrap_yaml,
+)
 from infergate.dataplanes.extproc.process import EnvoyProcess
 from infergate.dataplanes.extproc.server import ExtProcServer, serve_extproc
 from infergate.datastore.store import Datastore
+from infergate.errors import ConfigError
 from infergate.flowcontrol.controller import FlowController
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.requestcontrol.director import Director
@@ -229,6 +236,44 @@ def test_envoy_accepts_the_bootstrap(tmp_path: Path, overrides: dict[str, Any]) 
         check=False,
     )
     assert done.returncode == 0, done.stdout.decode()[-3000:]
+
+
+async def test_a_listener_on_port_0_is_bound_by_envoy_and_its_admin_names_the_port() -> None:
+    """The Envoy data plane leaves a listener on port 0 to Envoy and asks its admin which port it
+    got: a port found free beforehand could be taken first by Envoy's own admin listener (port 0
+    as well), and Envoy then failed to start (seen once in CI)."""
+    settings = EnvoySettings(listen_host="127.0.0.1", listen_port=0, picker_port=free_port())
+    envoy = EnvoyProcess(render_bootstrap(settings), concurrency=1)
+    await envoy.start_async()
+    try:
+        port = await asyncio.to_thread(envoy.listener_port, LISTENER_NAME)
+        assert port > 0 and f":{port}" != envoy.admin_address
+        _, writer = await asyncio.open_connection("127.0.0.1", port)  # Envoy accepts there
+        writer.close()
+        with pytest.raises(ConfigError, match="does not list the listener 'nope'"):
+            envoy.listener_port("nope")
+    finally:
+        await envoy.stop_async()
+
+
+async def test_an_envoy_that_cannot_start_is_stopped_and_says_why() -> None:
+    """A failed start leaves no process and no temporary folder (a folder left to the garbage
+    collector warned in whichever test ran then), and the error carries Envoy's own words."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        settings = EnvoySettings(
+            listen_host="127.0.0.1", listen_port=busy.getsockname()[1], picker_port=free_port()
+        )
+        envoy = EnvoyProcess(render_bootstrap(settings), concurrency=1)
+        with pytest.raises(ConfigError, match="Address already in use"):
+            await envoy.start_async()
+        assert not envoy.running() and envoy.pid is None
+        assert envoy.log_path is None  # it was in the temporary folder, which is gone
+        with pytest.raises(ConfigError, match="Address already in use"):
+            envoy.start()
+            envoy.wait_ready(30.0)
+        assert not envoy.running() and envoy.log_path is None
 
 
 async def test_openai_sdk_chat_through_envoy(stack: Stack) -> None:

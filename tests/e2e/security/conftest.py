@@ -181,7 +181,11 @@ async def start_gateway(
         api_keys=api_keys,
         clock=clock,
     )
-    await gw.start()
+    try:
+        await gw.start()
+    except BaseException:
+        await gw.stop()  # nothing a failed start began outlives it into the next test
+        raise
     try:
         assert await gw.wait_ready(60), "the gateway never saw its endpoints ready"
 

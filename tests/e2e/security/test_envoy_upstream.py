@@ -135,3 +135,24 @@ async def test_a_request_that_never_reached_its_replica_is_retried_once(
     finally:
         await gw.stop()
     assert stats["upstream_rq_retry"] == 1 and stats["upstream_cx_connect_fail"] == 2, stats
+
+
+async def test_the_port_envoy_bound_is_the_gateways_and_a_restart_keeps_it(
+    replicas: list[Replica], tmp_path: Path
+) -> None:
+    """``listeners.port: 0`` (any free port): Envoy binds it, the gateway serves on the port
+    Envoy's admin names, and the bootstrap a restart would use names that port, not 0."""
+    gw = await start_gateway(tmp_path, "envoy", replicas)
+    try:
+        plane = gw.data_plane
+        assert isinstance(plane, EnvoyDataPlane) and plane.envoy is not None
+        bound = await asyncio.to_thread(plane.envoy.listener_port, "infergate")
+        listener = plane.envoy.bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]
+        assert gw.port == plane.port == bound == listener["port_value"] > 0
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s,
+            s.post(f"http://127.0.0.1:{gw.port}/v1/completions", json={"model": MODEL, "prompt": "x"}) as r,
+        ):
+            assert r.status == 200
+    finally:
+        await gw.stop()

@@ -12,14 +12,18 @@ May import: ``servers`` (the listener), request control, ``config``, grpc; never
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
-from infergate.dataplanes.extproc.bootstrap import EnvoySettings, envoy_settings, render_bootstrap
+from infergate.dataplanes.extproc.bootstrap import (
+    LISTENER_NAME,
+    EnvoySettings,
+    envoy_settings,
+    render_bootstrap,
+)
 from infergate.dataplanes.extproc.health import HealthServer
-from infergate.dataplanes.extproc.process import EnvoyProcess
+from infergate.dataplanes.extproc.process import EnvoyProcess, start_envoy
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings
 from infergate.errors import ConfigError
 
@@ -114,12 +118,6 @@ class ExtProcDataPlane:
         """Envoy relays the responses; its own outlier handling applies."""
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class EnvoyDataPlane:
     """``envoy``: a local Envoy on the listener, calling the picker on a private loopback port
     (``listeners.envoy_picker_port``, 0: any free one)."""
@@ -160,15 +158,20 @@ class EnvoyDataPlane:
         picker = self.picker
         assert picker is not None, "attach() first"
         await picker.start()
-        if port == 0:
-            port = _free_port(host)
         # One picker, one Envoy worker thread: all streams share one connection to the picker, so
         # its reads and writes batch across requests; Envoy spent 12 % less CPU per request than
         # with two threads at the same rate (docs/benchmarks.md), and one thread carries more than
         # one Python picker does.
-        self.envoy = EnvoyProcess(render_bootstrap(self.bootstrap_settings(host, port)), concurrency=1)
-        await self.envoy.start_async()
-        self._port = port
+        try:
+            self.envoy, self._port = await start_envoy(
+                lambda p: render_bootstrap(self.bootstrap_settings(host, p)),
+                port,
+                listener=LISTENER_NAME,
+                concurrency=1,
+            )
+        except ConfigError:
+            await picker.stop(0.0)
+            raise
 
     def bootstrap_settings(self, host: str, port: int) -> EnvoySettings:
         """Envoy's settings for a listener on ``host:port`` (admin on ``listeners.envoy_admin_port``)."""

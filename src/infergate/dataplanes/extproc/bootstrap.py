@@ -29,6 +29,7 @@ from infergate.errors import ConfigError
 from infergate.requestcontrol.headers import DESTINATION_ENDPOINT
 
 __all__ = [
+    "LISTENER_NAME",
     "EnvoySettings",
     "envoy_settings",
     "render_bootstrap",
@@ -38,6 +39,8 @@ __all__ = [
 
 _T = "type.googleapis.com/"
 EXTPROC_CLUSTER = "ext_proc"
+LISTENER_NAME = "infergate"
+"""The inference listener's name (admin ``/listeners`` reports its bound port by it)."""
 ORIGINAL_DST_CLUSTER = "original_destination_cluster"
 FALLBACK_CLUSTER = "pool_fail_open"
 LONG = "86400s"
@@ -547,7 +550,7 @@ def render_bootstrap(settings: EnvoySettings | None = None, **overrides: Any) ->
         "static_resources": {
             "listeners": [
                 {
-                    "name": "infergate",
+                    "name": LISTENER_NAME,
                     "address": _socket(s.listen_host, s.listen_port),
                     # BUFFERED mode holds whole request bodies in this buffer.
                     "per_connection_buffer_limit_bytes": 32768

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from infergate.errors import ConfigError
 from infergate.servers.children import with_parent_death
 
-__all__ = ["EnvoyProcess", "envoy_binary"]
+__all__ = ["EnvoyProcess", "envoy_binary", "start_envoy"]
 
 log = logging.getLogger("infergate.envoy")
 
@@ -135,26 +135,45 @@ class EnvoyProcess:
             return False
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until ready; raises ConfigError with Envoy's output if it exits or times out."""
+        """Block until ready; raises ConfigError with Envoy's output if it exits or times out
+        (after stopping it: a failed start leaves no process and no temporary folder)."""
         deadline = time.monotonic() + timeout
         while not self.is_ready():
-            if not self.running():
-                raise ConfigError(f"envoy exited with {self.returncode()}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise ConfigError(f"envoy not ready after {timeout}s:\n{self.output()}")
+            failure = self._start_failure(deadline, timeout)
+            if failure is not None:
+                self.stop()
+                raise failure
             time.sleep(0.05)
 
     async def start_async(self, ready_within: float = 30.0) -> None:
-        """Start and wait for readiness without blocking the event loop."""
+        """Start and wait for readiness without blocking the event loop (stopped again if it
+        does not become ready, as :meth:`wait_ready`)."""
         self.start()
-        timeout = ready_within
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + ready_within
         while not await asyncio.to_thread(self.is_ready):
-            if not self.running():
-                raise ConfigError(f"envoy exited with {self.returncode()}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise ConfigError(f"envoy not ready after {timeout}s:\n{self.output()}")
+            failure = self._start_failure(deadline, ready_within)
+            if failure is not None:
+                await asyncio.to_thread(self.stop)
+                raise failure
             await asyncio.sleep(0.05)
+
+    def _start_failure(self, deadline: float, timeout: float) -> ConfigError | None:
+        """Why the start failed, with Envoy's output (read before :meth:`stop` removes it)."""
+        if not self.running():
+            return ConfigError(f"envoy exited with {self.returncode()}:\n{self.output()}")
+        if time.monotonic() > deadline:
+            return ConfigError(f"envoy not ready after {timeout}s:\n{self.output()}")
+        return None
+
+    def listener_port(self, name: str) -> int:
+        """The port Envoy's listener ``name`` is bound to (admin ``/listeners``): what a listener
+        configured on port 0 got."""
+        body = self._admin_call("/listeners?format=json")
+        if body is not None:
+            for status in json.loads(body).get("listener_statuses", ()):
+                if status.get("name") == name:
+                    return int(status["local_address"]["socket_address"]["port_value"])
+        raise ConfigError(f"envoy's admin does not list the listener {name!r}")
 
     def returncode(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None
@@ -249,3 +268,25 @@ class EnvoyProcess:
                 await asyncio.sleep(check_every)
         finally:
             await self.stop_async()
+
+
+async def start_envoy(
+    render: Callable[[int], dict[str, Any]], port: int, *, listener: str, concurrency: int
+) -> tuple[EnvoyProcess, int]:
+    """An Envoy started from ``render(port)``, ready, and the port its ``listener`` listens on.
+
+    With ``port`` 0 Envoy binds a free port itself and its admin names it; its bootstrap then
+    names that port, so a restart binds the same one. A port found free beforehand and handed to
+    Envoy could be taken first by Envoy's own admin listener (also on port 0 where not set), and
+    Envoy then failed to start (seen once in CI under load).
+    """
+    envoy = EnvoyProcess(render(port), concurrency=concurrency)
+    await envoy.start_async()
+    if port == 0:
+        try:
+            port = await asyncio.to_thread(envoy.listener_port, listener)
+        except ConfigError:
+            await envoy.stop_async()
+            raise
+        envoy.bootstrap = render(port)
+    return envoy, port

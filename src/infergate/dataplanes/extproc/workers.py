@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from infergate.config.settings import Settings
 from infergate.dataplanes.extproc import local_envoy_settings
-from infergate.dataplanes.extproc.bootstrap import render_bootstrap
+from infergate.dataplanes.extproc.bootstrap import LISTENER_NAME, render_bootstrap
 from infergate.dataplanes.extproc.health import HealthServer
-from infergate.dataplanes.extproc.process import EnvoyProcess
+from infergate.dataplanes.extproc.process import EnvoyProcess, start_envoy
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings
 from infergate.dataplanes.extproc.tls import load_or_create_pair
 from infergate.errors import ConfigError
@@ -189,14 +189,14 @@ class EnvoyFront:
     async def start(self, host: str, port: int) -> None:
         ctx = self._ctx
         assert ctx is not None and self.picker_ports, "attach() and bind() first"
-        if port == 0:
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-                probe.bind((host, 0))
-                port = int(probe.getsockname()[1])
-        bootstrap = local_envoy_settings(self._settings, ctx, host, port, self.picker_ports)
+        pickers = self.picker_ports
         # as many Envoy worker threads as pickers: Envoy costs about as much per request as a picker
-        self.envoy = EnvoyProcess(render_bootstrap(bootstrap), concurrency=len(self.picker_ports))
-        await self.envoy.start_async()
+        self.envoy, port = await start_envoy(
+            lambda p: render_bootstrap(local_envoy_settings(self._settings, ctx, host, p, pickers)),
+            port,
+            listener=LISTENER_NAME,
+            concurrency=len(pickers),
+        )
         self._port = port
         log.info(
             "envoy on %s:%d calls %d pickers on ports %s",
