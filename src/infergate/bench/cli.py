@@ -128,10 +128,6 @@ def run_twin_sweep(
     from infergate.bench.twin_pool import settings_for_slo
 
     shape = replicas if isinstance(replicas, PoolShape) else PoolShape(replicas=replicas)
-    if shape.scale:
-        raise ValueError(
-            f"workload {workload}: pool.scale is placed in a measured window; a fixed list has none"
-        )
     mapping = map_models(requests, shape)
     requests = [replace(r, model=mapping[r.model]) for r in requests]
     config = shape.twin_config(seed=seed, time_scale=time_scale, settings=settings_for_slo(slo))

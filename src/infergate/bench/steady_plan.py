@@ -9,6 +9,7 @@ make them too.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -64,12 +65,13 @@ class PoolShape:
             f"arrival {self.arrival}{profile}{gpus}"
         )
 
+    def counts(self) -> list[int]:
+        """The pool's replica count at the start and after each scale event."""
+        return list(itertools.accumulate((n for _, n in self.scale), initial=self.replicas))
+
     def replicas_label(self) -> str:
         """``4 replicas``, or with scale events every count in turn: ``4→6→5 replicas``."""
-        counts = [self.replicas]
-        for _, n in self.scale:
-            counts.append(counts[-1] + n)
-        return "→".join(str(c) for c in counts) + " replicas"
+        return "→".join(str(c) for c in self.counts()) + " replicas"
 
     def scale_seconds(self, start: float, span: float) -> tuple[tuple[float, int], ...]:
         """The scale events in seconds after the first arrival, for a window of ``span`` seconds
@@ -106,25 +108,22 @@ def resolve_pool(
     except ValueError as exc:
         raise ValueError(f"workload {spec.name}: {exc}") from None
     chosen = adapters if adapters is not None else pool.adapters
-    start = replicas or pool.replicas or 3
-    scale = tuple((e.at, e.replicas) for e in pool.scale)
-    count = start
-    for at, n in scale:
-        count += n
-        if count < 1:
-            raise ValueError(
-                f"workload {spec.name}: a pool of {start} would drop to {count} replicas "
-                f"at {at:.0%} of the window"
-            )
-    return PoolShape(
-        replicas=start,
-        scale=scale,
+    shape = PoolShape(
+        replicas=replicas or pool.replicas or 3,
+        scale=tuple((e.at, e.replicas) for e in pool.scale),
         adapters=tuple(chosen) if chosen is not None else TUTORIAL_ADAPTERS,
         max_loras=max_loras or pool.max_loras or 2,
         arrival=process,
         rate_profile=profile,
         profiles=tuple(pool.profiles or ()),
     )
+    for (at, _), count in zip(shape.scale, shape.counts()[1:], strict=True):
+        if count < 1:
+            raise ValueError(
+                f"workload {spec.name}: a pool of {shape.replicas} would drop to {count} replicas "
+                f"at {at:.0%} of the window"
+            )
+    return shape
 
 
 def map_models(requests: Sequence[BenchRequest], shape: PoolShape) -> dict[str, str]:

@@ -98,7 +98,8 @@ class TwinConfig:
     scale: tuple[tuple[float, int], ...] = ()
     """Replicas joining (> 0) or leaving (< 0) during the run: (seconds after the first arrival,
     count), in order; ``replicas`` is the count at the start. A joining replica is a fresh server
-    the gateway learns of then (as from an EndpointSlice) and scrapes from the next scrape on; a
+    the gateway learns of then (as its pod watch adds a pod once Ready) and scrapes from the next
+    scrape on; a
     leaving one, the last to have joined, leaves the gateway's view (a pod being deleted) and
     finishes what it runs."""
     roles: tuple[str, ...] = ()

@@ -204,7 +204,7 @@ class ScaleEvent(_Model):
     autoscaler or a rollout changes an InferencePool's endpoints."""
 
     at: float = Field(ge=0.0, le=1.0)
-    """When: a fraction of the measured window (of the whole run where there is no window)."""
+    """When: a fraction of the measured window (a run without one refuses the workload)."""
     replicas: int
     """How many: a joining replica is a fresh server (empty caches, no adapter in a GPU slot);
     the last ones to join leave first, and finish what they run."""
