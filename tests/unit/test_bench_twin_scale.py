@@ -108,9 +108,9 @@ def test_a_pool_that_would_scale_below_one_replica_is_refused(tmp_path: Path) ->
 def test_runs_without_a_window_refuse_a_scaling_pool(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A fixed-list twin replay (``--limit``) has no measured window to place the events in, and
-    ``--matrix`` starts real replicas it does not add or remove: both say so instead of running
-    a pool that never changes."""
+    """A fixed-list twin replay (``--limit``) has no measured window to place the events in,
+    ``--matrix`` starts real replicas it does not add or remove, and the pool behind ``--url`` is
+    not the bench's to change: each says so instead of running a pool that never changes."""
     from infergate.bench.cli import main
 
     path = tmp_path / "scaling.yaml"
@@ -120,3 +120,5 @@ def test_runs_without_a_window_refuse_a_scaling_pool(
     assert "changes its pool during the run (pool.scale)" in capsys.readouterr().err
     assert main(["--matrix", "--workload", str(path), "--limit", "20", *out]) == 2
     assert "--matrix cannot do" in capsys.readouterr().err
+    assert main(["--url", "http://127.0.0.1:9", "--workload", str(path), *out]) == 2
+    assert "the pool behind --url does not do on cue" in capsys.readouterr().err

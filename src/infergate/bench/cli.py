@@ -417,6 +417,18 @@ def execute(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if spec.pool.scale:
+        which = (
+            "--matrix cannot do with the replicas it starts"
+            if args.matrix
+            else "the pool behind --url does not do on cue"
+        )
+        print(
+            f"error: workload {spec.name} changes its pool during the run (pool.scale), which {which}; "
+            "run it with --twin",
+            file=sys.stderr,
+        )
+        return 2
     pool_flags = ("adapters", "max_loras")  # the pool's shape: the twin's and the matrix's replicas
     twin_only = [
         f
@@ -444,13 +456,6 @@ def execute(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if shape.scale:
-            print(
-                f"error: workload {spec.name} changes its pool during the run (pool.scale), which "
-                "--matrix cannot do with the replicas it starts; run it with --twin",
-                file=sys.stderr,
-            )
             return 2
         mapping = map_models(requests, shape)
         requests = [replace(r, model=mapping[r.model]) for r in requests]
