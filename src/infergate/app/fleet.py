@@ -15,10 +15,12 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import sys
 import tempfile
 import urllib.request
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +33,65 @@ from infergate.types import EndpointMeta, PoolSpec
 
 from .preflight import replica_port_list
 
-__all__ = ["Fleet", "Replica", "free_port", "replace_port"]
+__all__ = ["Fleet", "Replica", "free_port", "quiet_ports", "replace_port"]
 
 log = logging.getLogger("infergate.fleet")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+#: Where :func:`free_port` draws from: above the ports the test suite hands out (10,000 on, a
+#: block of 1,000 per worker), below the kernel's ephemeral range (read from here).
+_QUIET_PORTS_FROM = 20_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_DRAWS = 64
+#: Ports this process handed out lately: two calls in a row (a replica and its sidecar, a router and
+#: its admin) must not draw the same port before either child has bound it.
+_RECENT: deque[int] = deque(maxlen=256)
+
+
+def quiet_ports(path: Path = _EPHEMERAL_RANGE) -> range:
+    """Ports from 20,000 up to the kernel's ephemeral range (empty when that cannot be read)."""
+    try:
+        low = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(_QUIET_PORTS_FROM, max(low, _QUIET_PORTS_FROM))
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1", *, quiet: range | None = None) -> int:
+    """A port free a moment ago, for a child process to listen on once it has started.
+
+    The child binds it a second or so later. A port the kernel chose (``bind(0)``, then closed)
+    is one of its ephemeral ports, which it also hands to every outgoing connection and every
+    other ``bind(0)`` on the machine meanwhile: any of them may take it first, and the child exits
+    "address already in use" (seen with Envoy's listener port). So the port is drawn at random
+    from ``quiet`` (default :func:`quiet_ports`), which only a process naming that very port can
+    take; the kernel chooses only when ``quiet`` is empty or ``_DRAWS`` draws were all taken. No
+    port is handed out twice among this process's last 256.
+    """
+    ports = quiet_ports() if quiet is None else quiet
+    port = 0
+    if ports:
+        draw = random.SystemRandom()
+        for _ in range(_DRAWS):
+            candidate = draw.choice(ports)
+            if candidate not in _RECENT and _bindable(host, candidate):
+                port = candidate
+                break
+    while not port or port in _RECENT:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+    _RECENT.append(port)
+    return port
 
 
 def replace_port(argv: Sequence[str], port: int, host: str = "127.0.0.1") -> list[str]:
