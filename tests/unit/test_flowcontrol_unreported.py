@@ -120,6 +120,23 @@ def test_a_pause_restarts_the_rate_instead_of_averaging_over_it() -> None:
     )
 
 
+def test_after_a_pause_the_rate_measured_before_it_stands_until_a_new_one_is_measured() -> None:
+    """A fast server is as fast after a pause: its allowance must not fall to queue_threshold for
+    the first RATE_MIN_FINISHED completions of every burst (the data-plane benchmark held 3-5 % of
+    its requests for a scrape after its idle measurement). A restarted server is measured afresh."""
+    d = SaturationDetector(frontend_wait=0.25)
+    d.unreported_score(ep(updated=10.0, finished=0.0))
+    d.unreported_score(ep(updated=11.0, finished=1000.0))  # 1,000 a second: allowance 250
+    after_pause = ep(updated=100.0, finished=1000.0, running=2, in_flight=32)
+    assert d.unreported_score(after_pause) == pytest.approx(30 / 250)  # not 30 / 5
+    few = ep(updated=100.05, finished=1010.0, running=2, in_flight=32)  # too few to measure
+    assert d.unreported_score(few) == pytest.approx(30 / 250)
+    measured = ep(updated=100.1, finished=1060.0, running=2, in_flight=32)  # 600 a second
+    assert d.unreported_score(measured) == pytest.approx(30 / 150)
+    restarted = ep(updated=100.2, finished=5.0, running=2, in_flight=32)  # the counter went back
+    assert d.unreported_score(restarted) == pytest.approx(30 / 5)
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t = 100.0

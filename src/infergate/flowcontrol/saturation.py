@@ -89,7 +89,7 @@ class _Track:
     """What the detector remembers of one endpoint between calls (updated once per snapshot, so
     the per-request path only reads it)."""
 
-    __slots__ = ("allowance", "finished", "in_flight", "started", "updated_at")
+    __slots__ = ("allowance", "finished", "in_flight", "known_rate", "started", "updated_at")
 
     def __init__(self) -> None:
         self.updated_at = math.nan  # of the snapshot last seen (NaN: none yet)
@@ -97,19 +97,23 @@ class _Track:
         self.started = 0  # and how many of those it had seen start
         # (updated_at, finished_requests) of recent snapshots, oldest first, for the completion rate
         self.finished: deque[tuple[float, float]] = deque()
+        # the last completion rate measured (0.0: none since the server started)
+        self.known_rate = 0.0
         # the unreported term's allowance for this snapshot; 0.0: the term does not apply
         self.allowance = 0.0
 
     def rate(self) -> float:
-        """Completions per second over the remembered snapshots: 0.0 until they span
-        ``RATE_WINDOW`` seconds or ``RATE_MIN_FINISHED`` completions."""
+        """Completions per second: the last rate measured over remembered snapshots spanning
+        ``RATE_WINDOW`` seconds or ``RATE_MIN_FINISHED`` completions (0.0 until one was)."""
+        return self.known_rate
+
+    def _measure(self) -> None:
         if len(self.finished) < 2:
-            return 0.0
+            return
         (t0, f0), (t1, f1) = self.finished[0], self.finished[-1]
         done, span = f1 - f0, t1 - t0
-        if span <= 0 or (done < RATE_MIN_FINISHED and span < RATE_WINDOW):
-            return 0.0
-        return done / span
+        if span > 0 and (done >= RATE_MIN_FINISHED or span >= RATE_WINDOW):
+            self.known_rate = done / span
 
     def observe(self, updated_at: float, in_flight: int, started: int, finished: float | None) -> None:
         """A new snapshot: new in-flight baseline, one more point of the finished counter.
@@ -117,6 +121,12 @@ class _Track:
         The detector sees snapshots only while requests come; after a pause longer than the window
         the points start again, so a server's rate is not averaged over the idle time before a
         burst (that made the rate ramp up over two seconds and held a fast server's requests back).
+        Until the new points measure a rate, the one measured before the pause stands: the server
+        completes as fast as it did, and without it the allowance fell to ``queue_threshold`` for
+        the first 50 completions after every pause, so a fast server's fifth request in flight
+        beyond its scrape waited for the next scrape (the data-plane benchmark: 3-5 % of requests
+        held after its idle measurement). A server that restarted (its counter went back) or
+        exports no counter is measured afresh.
         """
         self.updated_at = updated_at
         self.in_flight = in_flight
@@ -124,16 +134,17 @@ class _Track:
         points = self.finished
         if finished is None:
             points.clear()
+            self.known_rate = 0.0
             return
-        if points and (
-            finished < points[-1][1]
-            or updated_at <= points[-1][0]
-            or updated_at - points[-1][0] > RATE_WINDOW
-        ):
-            points.clear()  # the server restarted (its counter went back), the clock did, or a pause
+        if points and finished < points[-1][1]:
+            points.clear()  # the server restarted: its counter went back
+            self.known_rate = 0.0
+        elif points and (updated_at <= points[-1][0] or updated_at - points[-1][0] > RATE_WINDOW):
+            points.clear()  # the clock went back, or a pause: measure afresh, keep the last rate
         points.append((updated_at, finished))
         while len(points) > 2 and updated_at - points[1][0] >= RATE_WINDOW:
             points.popleft()
+        self._measure()
 
 
 class SaturationDetector:
