@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar, dataclass_transform
 
 __all__ = [
     "DECODE_ROLES",
+    "H2C",
     "ROLE_LABEL",
     "ApiKind",
     "Clock",
@@ -284,12 +285,18 @@ class SchedulingResult:
         return self.targets[0]
 
 
+#: ``spec.appProtocol`` of an InferencePool whose model servers take HTTP/2 without TLS.
+H2C = "kubernetes.io/h2c"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolSpec:
     """The parts of an InferencePool the gateway acts on.
 
     ``selector`` is a label match (all pairs must match). ``failure_mode`` is ``FailOpen`` or
-    ``FailClose`` as in ``endpointPickerRef.failureMode``.
+    ``FailClose`` as in ``endpointPickerRef.failureMode``. ``app_protocol`` is how requests reach
+    the model servers: ``http`` (HTTP/1.1) or ``kubernetes.io/h2c`` (HTTP/2 without TLS,
+    :data:`H2C`).
     """
 
     name: str
@@ -299,6 +306,7 @@ class PoolSpec:
     failure_mode: str = "FailClose"
     health_path: str = "/health"
     model_server_type: str = "vllm"
+    app_protocol: str = "http"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -77,3 +77,38 @@ def test_serve_reports_a_busy_admin_port_in_one_line(tmp_path: Path, busy_port: 
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert f"port {busy_port}" in done.stderr and "address already in use" in done.stderr
+
+
+@pytest.fixture
+def h2c_tutorial(tmp_path: Path) -> Path:
+    """The tutorial's manifests, its model servers taking HTTP/2 (``appProtocol: kubernetes.io/h2c``)."""
+    folder = tmp_path / "h2c"
+    folder.mkdir()
+    for source in TUTORIAL.glob("*.yaml"):
+        text = source.read_text()
+        if source.name == "inferencepool.yaml":
+            text = text.replace("  targetPorts:\n", "  appProtocol: kubernetes.io/h2c\n  targetPorts:\n")
+            assert "appProtocol" in text
+        (folder / source.name).write_text(text)
+    return folder
+
+
+def test_up_refuses_a_pool_whose_servers_take_http2_only(tmp_path: Path, h2c_tutorial: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["up", "--quiet", str(h2c_tutorial), "--port", str(free_port()), "--admin-port", str(free_port())]
+    done = infergate(args, run)
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, done.stderr
+    assert "spec.appProtocol: kubernetes.io/h2c" in errors[0] and "speak HTTP/1.1 only" in errors[0]
+    assert not list(run.glob("infergate-up-*"))
+
+
+def test_serve_with_the_builtin_proxy_refuses_an_h2c_pool(tmp_path: Path, h2c_tutorial: Path) -> None:
+    args = ["serve", "-f", str(h2c_tutorial), "--port", str(free_port()), "--admin-port", str(free_port())]
+    done = infergate([*args, "--log-level", "error"], tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "InferencePool/vllm-llama3.1-8b-instruct: spec.appProtocol: kubernetes.io/h2c" in done.stderr
+    assert "the builtin data plane sends requests to model servers over HTTP/1.1" in done.stderr

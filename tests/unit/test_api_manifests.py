@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infergate.api import load_manifests
+from infergate.api.loader import ManifestSet
 from infergate.api.workloads import vllm_flags
+from infergate.dataplanes.extproc.bootstrap import (
+    EXTPROC_CLUSTER,
+    FALLBACK_CLUSTER,
+    ORIGINAL_DST_CLUSTER,
+    render_bootstrap,
+    settings_from_manifests,
+)
 from infergate.errors import ConfigError
-from infergate.types import EndpointMeta, PoolSpec, RewriteTarget
+from infergate.types import H2C, EndpointMeta, PoolSpec, RewriteTarget
 from tests.conftest import SEED_DIR
 
 POOL = """\
@@ -110,6 +120,32 @@ def test_tutorial_ignored_kinds_are_listed() -> None:
 
 
 # ------------------------------------------------------------------------------ shapes of input
+
+
+def test_a_pools_app_protocol_reaches_the_envoy_clusters(tmp_path: Path) -> None:
+    """``appProtocol: kubernetes.io/h2c`` is not only validated: the pool carries it, and the local
+    Envoy's model-server clusters (chosen and fail-open) speak HTTP/2 and health-check over it."""
+    plain = load_manifests([write(tmp_path, "a.yaml", POOL)])
+    assert plain.pool_spec().app_protocol == "http"
+    h2c_text = POOL.replace("  targetPorts:", "  appProtocol: kubernetes.io/h2c\n  targetPorts:")
+    h2c = load_manifests([write(tmp_path, "b.yaml", h2c_text)])
+    assert h2c.pool_spec().app_protocol == H2C
+
+    def clusters(m: ManifestSet) -> dict[str, Any]:
+        s = settings_from_manifests(
+            m, picker_port=9002, fallback_endpoints=["127.0.0.1:8000"], listen=("127.0.0.1", 8080)
+        )
+        s = dataclasses.replace(s, failure_mode="FailOpen")
+        return {c["name"]: c for c in render_bootstrap(s)["static_resources"]["clusters"]}
+
+    for name, cluster in clusters(plain).items():
+        if name != EXTPROC_CLUSTER:  # the picker is always reached over HTTP/2 (gRPC)
+            assert "typed_extension_protocol_options" not in cluster, name
+    spoken = clusters(h2c)
+    for name in (ORIGINAL_DST_CLUSTER, FALLBACK_CLUSTER):
+        options = spoken[name]["typed_extension_protocol_options"]
+        assert "http2_protocol_options" in str(options), name
+    assert spoken[FALLBACK_CLUSTER]["health_checks"][0]["http_health_check"]["codec_client_type"] == "HTTP2"
 
 
 def test_multi_document_file_and_directory(tmp_path: Path) -> None:

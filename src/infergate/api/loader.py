@@ -148,6 +148,7 @@ class ManifestSet:
             failure_mode=pool.failure_mode,
             health_path=self.health_path(pool.name, pool.namespace),
             model_server_type=server_type,
+            app_protocol=pool.spec.app_protocol,
         )
 
     def health_path(self, pool_name: str, namespace: str = "default") -> str:

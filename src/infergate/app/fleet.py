@@ -29,7 +29,7 @@ from infergate.api.loader import ManifestSet
 from infergate.api.workloads import DeploymentResource
 from infergate.errors import ConfigError
 from infergate.servers.children import with_parent_death
-from infergate.types import EndpointMeta, PoolSpec
+from infergate.types import H2C, EndpointMeta, PoolSpec
 
 from .preflight import replica_port_list
 
@@ -198,6 +198,12 @@ class Fleet:
 
     def plan(self) -> list[Replica]:
         """Decide names, ports and command lines (kept in :attr:`replicas`); nothing is started."""
+        if self._pool.app_protocol == H2C:
+            raise ConfigError(
+                f"InferencePool/{self._pool.name}: spec.appProtocol: {H2C}: the simulated replicas of "
+                "`up` speak HTTP/1.1 only; use appProtocol: http, or `infergate serve` in front of "
+                "model servers that take HTTP/2"
+            )
         out: list[Replica] = []
         deployments = self._deployments()
         counts = [

@@ -44,7 +44,7 @@ from infergate.servers.metrics_auth import (
 from infergate.sources.scraper import MetricsScraper
 from infergate.telemetry import GatewayMetrics
 from infergate.tracing import tracer_from_env
-from infergate.types import Clock, MonotonicClock, PoolSpec
+from infergate.types import H2C, Clock, MonotonicClock, PoolSpec
 
 from .core import PickerCore, build_core, start_plugin_tasks
 from .sources import KubernetesPoolSource, ManifestPoolSource, PoolSource
@@ -138,6 +138,12 @@ class Gateway:
     def _attach(self, pool: PoolSpec) -> None:
         """Build the core for ``pool`` and hand it to the data plane."""
         s, factory = self.settings, self.plane_factory
+        if pool.app_protocol == H2C and not factory.speaks_h2c:
+            raise ConfigError(
+                f"InferencePool/{pool.name}: spec.appProtocol: {H2C}: the {s.data_plane} data plane sends "
+                "requests to model servers over HTTP/1.1; use the envoy data plane (--data-plane envoy) "
+                "or appProtocol: http"
+            )
         picker = self._picker_config or self.source.default_picker()
         self.core = core = build_core(
             self.datastore,

@@ -166,6 +166,10 @@ class DataPlaneFactory:
     private_ports: Callable[[Settings], Sequence[tuple[int, str]]] = lambda _s: ()
     """Loopback ports the plane binds besides the listener, with the flag that sets each (checked
     before ``infergate up`` starts anything; 0 = any free port)."""
+    speaks_h2c: bool = False
+    """Requests can reach the model servers over HTTP/2 without TLS, as a pool's ``appProtocol:
+    kubernetes.io/h2c`` asks (the local Envoy's upstream clusters; the Gateway in front of the
+    ``epp`` picker); the built-in proxy speaks HTTP/1.1 only, and such a pool is refused."""
     check: Callable[[], None] = lambda: None
     """Raises ConfigError when something the plane needs is missing (the Envoy binary)."""
     worker_front: Callable[[Settings], WorkerFront] | None = None
@@ -209,6 +213,7 @@ def _envoy() -> DataPlaneFactory:
         honors_subset_hint=True,
         queues_connections=False,
         private_ports=ports,
+        speaks_h2c=True,
         check=check,
         worker_front=EnvoyFront,
         worker_plane=ExtProcWorkerPlane,
@@ -225,6 +230,7 @@ def _epp() -> DataPlaneFactory:
         queues_connections=False,
         uses_listener=False,
         runs_under_up=False,
+        speaks_h2c=True,
         worker_front=EppFront,
         worker_plane=ExtProcWorkerPlane,
     )

@@ -27,6 +27,7 @@ from infergate.api.loader import ManifestSet
 from infergate.config.settings import Settings
 from infergate.errors import ConfigError
 from infergate.requestcontrol.headers import DESTINATION_ENDPOINT
+from infergate.types import H2C
 
 __all__ = [
     "LISTENER_NAME",
@@ -126,6 +127,9 @@ class EnvoySettings:
     """TCP connect to a model server."""
     health_path: str = "/health"
     """Health-check path of the fail-open cluster (the InferencePool's model servers)."""
+    upstream_h2c: bool = False
+    """Envoy speaks HTTP/2 without TLS to the model servers (the pool's ``appProtocol:
+    kubernetes.io/h2c``), on requests and the fail-open cluster's health checks; else HTTP/1.1."""
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -296,6 +300,15 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
                 "common_tls_context": {"validation_context": {}, "alpn_protocols": ["h2"]},
             },
         }
+    # the model servers' protocol (appProtocol): HTTP/1.1 unless the pool says h2c
+    upstream: dict[str, Any] = {}
+    if s.upstream_h2c:
+        upstream["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
     clusters: list[dict[str, Any]] = [
         {
             "name": ORIGINAL_DST_CLUSTER,
@@ -304,6 +317,7 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
             "lb_policy": "CLUSTER_PROVIDED",
             "circuit_breakers": _thresholds(n),
             "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_ENDPOINT},
+            **upstream,
         },
         ext_proc,
     ]
@@ -323,7 +337,10 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
                         "interval": "1s",
                         "unhealthy_threshold": 2,
                         "healthy_threshold": 1,
-                        "http_health_check": {"path": s.health_path},
+                        "http_health_check": {
+                            "path": s.health_path,
+                            **({"codec_client_type": "HTTP2"} if s.upstream_h2c else {}),
+                        },
                     }
                 ],
                 "outlier_detection": {
@@ -333,6 +350,7 @@ def _clusters(s: EnvoySettings) -> list[dict[str, Any]]:
                     "base_ejection_time": "10s",
                     "max_ejection_percent": 100,
                 },
+                **upstream,
                 "load_assignment": {
                     "cluster_name": FALLBACK_CLUSTER,
                     "endpoints": [
@@ -421,6 +439,7 @@ def settings_from_manifests(
         picker_tls=picker_tls,
         failure_mode=pool.failure_mode,
         fallback_endpoints=tuple(fallback_endpoints),
+        upstream_h2c=pool.app_protocol == H2C,
     )
 
 
