@@ -148,6 +148,69 @@ def test_a_pools_app_protocol_reaches_the_envoy_clusters(tmp_path: Path) -> None
     assert spoken[FALLBACK_CLUSTER]["health_checks"][0]["http_health_check"]["codec_client_type"] == "HTTP2"
 
 
+def test_gateway_api_parts_infergate_does_not_apply_are_named_in_warnings(tmp_path: Path) -> None:
+    """Locally infergate is the Gateway: what a Gateway or HTTPRoute says that it does not apply
+    (TLS, host names, header matches, filters, timeouts, other backends, other listeners) is a
+    warning naming the field, not silence; what it applies gives none."""
+    gateway = """\
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: Gateway
+    metadata: {name: gw}
+    spec:
+      gatewayClassName: any
+      listeners:
+      - {name: tcp, port: 9000, protocol: TCP}
+      - name: https
+        port: 443
+        protocol: HTTPS
+        hostname: api.example.com
+        tls: {certificateRefs: [{name: cert}]}
+      - {name: http, port: 80, protocol: HTTP}
+    ---
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: Gateway
+    metadata: {name: other}
+    spec:
+      listeners: [{name: http, port: 8080, protocol: HTTP}]
+    ---
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: r}
+    spec:
+      parentRefs: [{name: gw}]
+      hostnames: [api.example.com]
+      rules:
+      - matches:
+        - path: {type: PathPrefix, value: /v1}
+          headers: [{name: x-tenant, value: a}]
+        filters: [{type: RequestHeaderModifier}]
+        timeouts: {request: 10s}
+        backendRefs:
+        - {name: pool-a, group: inference.networking.k8s.io, kind: InferencePool}
+        - {name: web, port: 80}
+    """
+    m = load_manifests([write(tmp_path, "pool.yaml", POOL), write(tmp_path, "gw.yaml", gateway)])
+    assert m.listener() == ("0.0.0.0", 443)  # the first HTTP(S) listener of the Gateway the route names
+    served = "infergate serves one listener, Gateway/gw spec.listeners[1]"
+    assert m.warnings == [
+        f"Gateway/gw: spec.listeners[0] (port 9000): not served; {served}",
+        "Gateway/gw: spec.listeners[1].protocol: HTTPS is served as plain HTTP: "
+        "infergate does not terminate TLS",
+        "Gateway/gw: spec.listeners[1].hostname: not applied; requests for every host name are served",
+        "Gateway/gw: spec.listeners[1].tls: not applied",
+        f"Gateway/gw: spec.listeners[2] (port 80): not served; {served}",
+        f"Gateway/other: spec.listeners[0] (port 8080): not served; {served}",
+        "HTTPRoute/r: spec.hostnames: not applied; requests for every host name are routed",
+        "HTTPRoute/r: spec.rules[0].filters: not applied",
+        "HTTPRoute/r: spec.rules[0].timeouts: not applied; the gateway's proxy timeouts apply",
+        "HTTPRoute/r: spec.rules[0].matches[0].headers: not applied; routes match by path only",
+        "HTTPRoute/r: spec.rules[0].backendRefs[1]: Service/web is not served; infergate routes to "
+        "InferencePools only",
+    ]
+    # the tutorial's Gateway and HTTPRoute say nothing infergate leaves out
+    assert [w for w in load_manifests([SEED_DIR]).warnings if "is deprecated" not in w] == []
+
+
 def test_multi_document_file_and_directory(tmp_path: Path) -> None:
     write(
         tmp_path,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from infergate.api.gateway_api import chosen_listener, unapplied
 from infergate.api.resources import (
     API_VERSIONS,
     DEPRECATED_API_VERSIONS,
@@ -268,13 +269,11 @@ class ManifestSet:
 
         A Gateway named by an HTTPRoute's ``parentRefs`` is preferred over others.
         """
-        referenced = {p.name for r in self.routes for p in r.spec.parent_refs}
-        gateways = sorted(self.gateways, key=lambda g: g.name not in referenced)
-        for gw in gateways:
-            for listener in gw.spec.listeners:
-                if listener.protocol.upper() in {"HTTP", "HTTPS"}:
-                    return ("0.0.0.0", listener.port)
-        return ("0.0.0.0", 80)
+        chosen = chosen_listener(self.gateways, self.routes)
+        if chosen is None:
+            return ("0.0.0.0", 80)
+        gw, index = chosen
+        return ("0.0.0.0", gw.spec.listeners[index].port)
 
     def route_prefixes(self, pool_name: str) -> list[str]:
         """Path prefixes HTTPRoutes send to the pool, longest first; ``["/"]`` when no route names it.
@@ -556,6 +555,7 @@ def _cross_check(out: ManifestSet) -> None:
                         f"HTTPRoute/{route.name}: spec.rules[{i}].matches[{j}].path.type: "
                         f"{m.path.type} is {how}"
                     )
+    out.warnings += unapplied(out.gateways, out.routes)
     for d in out.deployments:
         cm = d.lora_configmap()
         if cm is not None and cm not in out.lora_configs:
