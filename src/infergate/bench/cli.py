@@ -299,6 +299,11 @@ def write_reports(results: Sequence[RunResult], out: Path, *, plots: bool) -> Pa
     return out / "results.md"
 
 
+def _changes(spec: WorkloadSpec) -> str:
+    """The ``pool:`` fields that change the pool during a run, as the workload file names them."""
+    return " and ".join(f"pool.{k}" for k in ("scale", "slow") if getattr(spec.pool, k))
+
+
 def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
     strategies = args.strategies.split(",") if args.strategies else strategy_names(twin=True)
     try:
@@ -317,10 +322,10 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
     search = args.slo_rate or args.slo_concurrency
     closed_loop = bool(args.concurrency) or args.slo_concurrency  # loads are client counts
     if args.limit:
-        if shape.scale:
+        if shape.scale or shape.slow:
             print(
-                f"error: workload {spec.name} changes its pool during the run (pool.scale), at points of "
-                "a measured window: run it without --limit",
+                f"error: workload {spec.name} changes its pool during the run ({_changes(spec)}), at "
+                "points of a measured window: run it without --limit",
                 file=sys.stderr,
             )
             return 2
@@ -417,15 +422,15 @@ def execute(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if spec.pool.scale:
+    if spec.pool.scale or spec.pool.slow:
         which = (
             "--matrix cannot do with the replicas it starts"
             if args.matrix
             else "the pool behind --url does not do on cue"
         )
         print(
-            f"error: workload {spec.name} changes its pool during the run (pool.scale), which {which}; "
-            "run it with --twin",
+            f"error: workload {spec.name} changes its pool during the run ({_changes(spec)}), which "
+            f"{which}; run it with --twin",
             file=sys.stderr,
         )
         return 2

@@ -249,6 +249,7 @@ class SteadyRunner:
                 Objective(name=o.name, priority=o.priority, pool="twin") for o in spec.objectives
             ),
             scale=shape.scale_seconds(self.plan.warmup_s, self.plan.duration_s),
+            slow=shape.slow_seconds(self.plan.warmup_s, self.plan.duration_s),
         )
         config = replace(config, **self.pool_overrides)
         # the gateway is told the SLO it is judged by (its decode guard and latency scorer use it)

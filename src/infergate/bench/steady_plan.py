@@ -54,12 +54,16 @@ class PoolShape:
     scale: tuple[tuple[float, int], ...] = ()
     """Replicas joining (> 0) or leaving (< 0) during the run: (fraction of the measured window,
     count), in order; ``replicas`` is the count at the start."""
+    slow: tuple[tuple[float, int, float], ...] = ()
+    """Replicas slowing down or recovering during the run: (fraction of the measured window,
+    replica index, step-time factor), in order."""
 
     def describe(self) -> str:
         adapters = ",".join(self.adapters) or "none"
         profile = "" if self.rate_profile is None else f", rate profile {self.rate_profile.points}"
         gpus = "" if not self.profiles else f", profiles {','.join(self.profiles)} (cycled)"
         changes = "".join(f", {n:+d} at {at:.0%} of the window" for at, n in self.scale)
+        changes += "".join(f", replica {i} steps ×{f:g} at {at:.0%}" for at, i, f in self.slow)
         return (
             f"{self.replicas} replicas{changes}, adapters {adapters}, max-loras {self.max_loras}, "
             f"arrival {self.arrival}{profile}{gpus}"
@@ -77,6 +81,10 @@ class PoolShape:
         """The scale events in seconds after the first arrival, for a window of ``span`` seconds
         from ``start`` (the twin's :attr:`TwinConfig.scale`)."""
         return tuple((start + at * span, n) for at, n in self.scale)
+
+    def slow_seconds(self, start: float, span: float) -> tuple[tuple[float, int, float], ...]:
+        """The slow-down events in seconds after the first arrival (the twin's :attr:`TwinConfig.slow`)."""
+        return tuple((start + at * span, i, f) for at, i, f in self.slow)
 
     def twin_config(self, *, seed: int, **fields: Any) -> TwinConfig:
         """The twin's pool of this shape; ``fields`` set the other :class:`TwinConfig` fields
@@ -111,12 +119,19 @@ def resolve_pool(
     shape = PoolShape(
         replicas=replicas or pool.replicas or 3,
         scale=tuple((e.at, e.replicas) for e in pool.scale),
+        slow=tuple((e.at, e.replica, e.factor) for e in pool.slow),
         adapters=tuple(chosen) if chosen is not None else TUTORIAL_ADAPTERS,
         max_loras=max_loras or pool.max_loras or 2,
         arrival=process,
         rate_profile=profile,
         profiles=tuple(pool.profiles or ()),
     )
+    started = shape.replicas + sum(n for _, n in shape.scale if n > 0)
+    for _, index, _ in shape.slow:
+        if index >= started:
+            raise ValueError(
+                f"workload {spec.name}: pool.slow names replica {index}, but only {started} start or join"
+            )
     for (at, _), count in zip(shape.scale, shape.counts()[1:], strict=True):
         if count < 1:
             raise ValueError(

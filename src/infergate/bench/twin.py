@@ -81,8 +81,8 @@ from infergate.scheduling.plugins.latency import (
     TtftRecord,
 )
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
-from infergate.simulator.engine import EngineConfig, EngineRequest, RequestOutput, TimedOutput
-from infergate.simulator.scaled import make_engine
+from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput, TimedOutput
+from infergate.simulator.scaled import ScaledEngine, make_engine
 from infergate.tokenization.builtin import Tokenizer
 from infergate.tokenization.requests import chat_token_ids, completion_token_ids
 from infergate.types import (
@@ -146,13 +146,21 @@ def run_twin(
     for i in range(cfg.replicas + sum(n for _, n in cfg.scale if n > 0)):
         if cfg.profiles:
             engine_cfg = replace(engine_cfg, profile=cfg.profiles[i % len(cfg.profiles)])
-        engine = make_engine(engine_cfg, cfg.time_scale)
+        # an engine that slows down during the run is scaled from the start
+        engine = (
+            ScaledEngine(engine_cfg, cfg.time_scale) if cfg.slow else make_engine(engine_cfg, cfg.time_scale)
+        )
         for name in cfg.adapters:
             engine.add_lora(name, f"/adapters/{name}")
         overhead = engine.profile.api_overhead_ms / 1000.0 * cfg.time_scale
         driver = VirtualDriver(engine, loop, api_overhead=overhead, sparse=True, **profile_frontend(engine))
         replicas.append(Replica(i, engine, driver))
     by_key = {r.key: r for r in replicas}
+    for _, index, _ in cfg.slow:
+        if index >= len(replicas):
+            raise ValueError(
+                f"run_twin: slow event for replica {index} of {len(replicas)} (joiners included)"
+            )
     if cfg.roles and len(cfg.roles) < len(replicas):
         raise ValueError(
             f"run_twin: {len(cfg.roles)} roles for {len(replicas)} replicas (scale events included)"
@@ -250,6 +258,10 @@ def run_twin(
             r = active.pop()
             for f in fronts:
                 f.datastore.remove_endpoint(r.key)
+
+    def slow_down(engine: Engine, time_scale: float) -> None:
+        assert isinstance(engine, ScaledEngine)
+        engine.time_scale = time_scale  # from its next step on
 
     def scrape() -> None:
         now = loop.now()
@@ -504,6 +516,8 @@ def run_twin(
     loop.call_at(T0, sample)
     for at, change in cfg.scale:
         loop.call_at(T0 + at, functools.partial(resize, change))
+    for at, index, factor in cfg.slow:
+        loop.call_at(T0 + at, functools.partial(slow_down, replicas[index].engine, cfg.time_scale * factor))
     if offsets is not None:
         for i, off in enumerate(offsets):
             loop.call_at(T0 + off, functools.partial(due, i))

@@ -102,6 +102,10 @@ class TwinConfig:
     scrape on; a
     leaving one, the last to have joined, leaves the gateway's view (a pod being deleted) and
     finishes what it runs."""
+    slow: tuple[tuple[float, int, float], ...] = ()
+    """Replicas whose GPUs slow down or recover during the run: (seconds after the first arrival,
+    replica index in order of starting and joining, factor on its engine steps from then on, 1
+    the profile's pace). The gateway is not told; its API frontend keeps its pace."""
     roles: tuple[str, ...] = ()
     """P/D: each replica's ``llm-d.ai/role`` label (``prefill``, ``decode``, ``both``), in replica
     order; empty: no labels. A request the scheduler disaggregates (``x-prefiller-host-port``) runs

@@ -7,15 +7,15 @@ strategy. Prompt text is built from a fixed word list: no data set or tokenizer 
 word is meant to be roughly one token, so lengths are given in tokens.
 
 A file may also carry ``pool:`` defaults for the twin (replicas, adapters, LoRA slots, arrival
-process, rate profile, replicas joining or leaving during the run): the pool the workload is meant
-for, which command-line flags override.
+process, rate profile, replicas joining or leaving, GPUs slowing down; see
+:mod:`infergate.bench.workload_pool`): the pool the workload is meant for, which command-line
+flags override.
 :func:`generate` gives the workload's fixed list (its counts); :func:`stream` repeats the workload's
 pattern (fresh sessions, same tenants) for as many requests as a steady-state run needs.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infergate.simulator.profile import get_profile
+from infergate.bench.workload_pool import PoolDefaults, ScaleEvent, SlowEvent
 
 __all__ = [
     "OBJECTIVE_HEADER",
@@ -36,6 +36,7 @@ __all__ = [
     "ObjectiveShare",
     "PoolDefaults",
     "ScaleEvent",
+    "SlowEvent",
     "WorkloadError",
     "WorkloadSpec",
     "builtin_workloads",
@@ -197,57 +198,6 @@ class ObjectiveShare(_Model):
     name: str
     priority: int = 0
     weight: float = Field(default=1.0, gt=0)
-
-
-class ScaleEvent(_Model):
-    """Replicas joining (``replicas`` > 0) or leaving (< 0) the pool during a run, as an
-    autoscaler or a rollout changes an InferencePool's endpoints."""
-
-    at: float = Field(ge=0.0, le=1.0)
-    """When: a fraction of the measured window (a run without one refuses the workload)."""
-    replicas: int
-    """How many: a joining replica is a fresh server (empty caches, no adapter in a GPU slot);
-    the last ones to join leave first, and finish what they run."""
-
-    @field_validator("replicas")
-    @classmethod
-    def _nonzero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("a scale event's replicas must be non-zero (joining > 0, leaving < 0)")
-        return value
-
-
-class PoolDefaults(_Model):
-    """The pool a workload is meant for, used by ``--twin`` unless a flag says otherwise."""
-
-    replicas: int | None = Field(default=None, ge=1)
-    adapters: tuple[str, ...] | None = None
-    max_loras: int | None = Field(default=None, ge=1)
-    arrival: str | None = None
-    rate_profile: tuple[float, ...] | None = None
-    """Rate multipliers evenly spaced over the measured window, linear between, rescaled to mean 1
-    (a diurnal ramp); see :class:`~infergate.bench.arrivals.RateProfile`."""
-    profiles: tuple[str, ...] | None = Field(default=None, min_length=1)
-    """Simulator timing profiles of a mixed pool, replica ``i`` running ``profiles[i % len]`` (e.g.
-    H100s beside A100s); none: every replica runs the default profile."""
-
-    scale: tuple[ScaleEvent, ...] = ()
-    """Replicas joining or leaving during the run, in order of ``at`` (the twin only: ``replicas``
-    is the count at the start)."""
-
-    @field_validator("scale")
-    @classmethod
-    def _in_order(cls, value: tuple[ScaleEvent, ...]) -> tuple[ScaleEvent, ...]:
-        if any(b.at < a.at for a, b in itertools.pairwise(value)):
-            raise ValueError("scale events must be in order of 'at'")
-        return value
-
-    @field_validator("profiles")
-    @classmethod
-    def _known_profiles(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for name in value or ():
-            get_profile(name)  # ValueError naming the profile and the known ones
-        return value
 
 
 class WorkloadSpec(_Model):
