@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from typing import Any
 
 import aiohttp
 
+from infergate.app.fleet import free_port
 from infergate.bench.procs import exit_on_sigterm
 from infergate.config.settings import Settings
 
@@ -56,12 +56,6 @@ CLASSES: dict[str, tuple[str, str, int]] = {
 }
 TUTORIAL_FLAGS = ["--model", MODEL, "--tensor-parallel-size", "1", "--enable-lora", "--max-loras", "2"]
 TUTORIAL_FLAGS += ["--max-cpu-loras", "12", "--lora-modules", *[f"{k}={v}" for k, v in ADAPTERS.items()]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_ok(url: str) -> bool:

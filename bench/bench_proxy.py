@@ -22,7 +22,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from infergate.app.fleet import free_port
 from infergate.bench.procs import exit_on_sigterm
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -56,12 +56,6 @@ METRICS = (
     f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} 0.0\n'
 ).encode()
 MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _echo_server(port: int) -> None:

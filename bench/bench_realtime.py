@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 from collections import Counter
@@ -30,6 +29,7 @@ import yaml
 from aiohttp import web
 
 from infergate.api.loader import load_manifests
+from infergate.app.fleet import free_port
 from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.bench.loadgen import run_open_loop
 from infergate.bench.stats import Slo, summarise
@@ -42,12 +42,6 @@ from infergate.simulator.args import parse_args
 from infergate.simulator.server import SimServer
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _manifest(endpoints: list[tuple[str, dict[str, str]]]) -> Path:
@@ -89,8 +83,8 @@ async def _serve(
         Settings().replace(
             {
                 "listeners.host": "127.0.0.1",
-                "listeners.port": _port(),
-                "listeners.admin_port": _port(),
+                "listeners.port": free_port(),
+                "listeners.admin_port": free_port(),
                 # every process shares one loaded event loop: a slow probe is not a dead server
                 "scrape.health_timeout": 10.0,
                 "scrape.evict_after_failed_probes": 10,
@@ -123,8 +117,8 @@ def _sim(argv: list[str]) -> SimServer:
 
 async def precise(args: argparse.Namespace) -> None:
     for strategy in ("precise-prefix", "gie-default", "default"):
-        zmq_port = _port()
-        ports = [_port() for _ in range(args.replicas)]
+        zmq_port = free_port()
+        ports = [free_port() for _ in range(args.replicas)]
         sims = []
         for p in ports:
             kv = {

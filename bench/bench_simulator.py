@@ -25,7 +25,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+from infergate.app.fleet import free_port
 from infergate.bench.procs import exit_on_sigterm
 from infergate.simulator.drivers import VirtualDriver, VirtualLoop, profile_frontend
 from infergate.simulator.engine import Engine, EngineConfig, EngineRequest, RequestOutput
@@ -42,12 +42,6 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 MAX_NUM_SEQS = 1024
 SKIP = 20  # tokens ignored at the start of each stream (admission/prefill transient)
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "river")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prompt_text(level: int, i: int, n_words: int = 120) -> str:

@@ -16,13 +16,13 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from infergate.app.fleet import free_port
 from infergate.bench.procs import exit_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,6 @@ CHROMIUM = "/usr/bin/chromium"
 UP = [sys.executable, "-m", "infergate", "up", "--quiet", "--metrics-auth", "disabled"]
 BENCH = [sys.executable, "-m", "infergate", "bench", "--workload", "tutorial-mix", "--skip-unserved"]
 BENCH += ["--qps", "12", "--limit", "400", "--no-plots"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_banner(proc: subprocess.Popen[str], limit: float = 120.0) -> str:
@@ -72,7 +66,7 @@ async def _shoot(url: str, path: Path) -> None:
 
 
 def liveview(path: Path) -> None:
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     up = subprocess.Popen(
         [*UP, "--port", str(port), "--admin-port", str(admin)],
         stdout=subprocess.PIPE,
