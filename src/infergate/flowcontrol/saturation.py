@@ -89,7 +89,7 @@ class _Track:
     """What the detector remembers of one endpoint between calls (updated once per snapshot, so
     the per-request path only reads it)."""
 
-    __slots__ = ("allowance", "finished", "in_flight", "known_rate", "started", "updated_at")
+    __slots__ = ("allowance", "finished", "in_flight", "rate", "started", "updated_at")
 
     def __init__(self) -> None:
         self.updated_at = math.nan  # of the snapshot last seen (NaN: none yet)
@@ -97,15 +97,11 @@ class _Track:
         self.started = 0  # and how many of those it had seen start
         # (updated_at, finished_requests) of recent snapshots, oldest first, for the completion rate
         self.finished: deque[tuple[float, float]] = deque()
-        # the last completion rate measured (0.0: none since the server started)
-        self.known_rate = 0.0
+        # completions per second, the last measured over remembered snapshots spanning RATE_WINDOW
+        # seconds or RATE_MIN_FINISHED completions (0.0: none since the server started)
+        self.rate = 0.0
         # the unreported term's allowance for this snapshot; 0.0: the term does not apply
         self.allowance = 0.0
-
-    def rate(self) -> float:
-        """Completions per second: the last rate measured over remembered snapshots spanning
-        ``RATE_WINDOW`` seconds or ``RATE_MIN_FINISHED`` completions (0.0 until one was)."""
-        return self.known_rate
 
     def _measure(self) -> None:
         if len(self.finished) < 2:
@@ -113,7 +109,7 @@ class _Track:
         (t0, f0), (t1, f1) = self.finished[0], self.finished[-1]
         done, span = f1 - f0, t1 - t0
         if span > 0 and (done >= RATE_MIN_FINISHED or span >= RATE_WINDOW):
-            self.known_rate = done / span
+            self.rate = done / span
 
     def observe(self, updated_at: float, in_flight: int, started: int, finished: float | None) -> None:
         """A new snapshot: new in-flight baseline, one more point of the finished counter.
@@ -123,7 +119,7 @@ class _Track:
         burst (that made the rate ramp up over two seconds and held a fast server's requests back).
         Until the new points measure a rate, the one measured before the pause stands: the server
         completes as fast as it did, and without it the allowance fell to ``queue_threshold`` for
-        the first 50 completions after every pause, so a fast server's fifth request in flight
+        the first 50 completions after every pause, so a fast server's sixth request in flight
         beyond its scrape waited for the next scrape (the data-plane benchmark: 3-5 % of requests
         held after its idle measurement). A server that restarted (its counter went back) or
         exports no counter is measured afresh.
@@ -134,11 +130,11 @@ class _Track:
         points = self.finished
         if finished is None:
             points.clear()
-            self.known_rate = 0.0
+            self.rate = 0.0
             return
         if points and finished < points[-1][1]:
             points.clear()  # the server restarted: its counter went back
-            self.known_rate = 0.0
+            self.rate = 0.0
         elif points and (updated_at <= points[-1][0] or updated_at - points[-1][0] > RATE_WINDOW):
             points.clear()  # the clock went back, or a pause: measure afresh, keep the last rate
         points.append((updated_at, finished))
@@ -316,7 +312,7 @@ class SaturationDetector:
                         endpoint.key,
                     )
             else:
-                track.allowance = max(float(self.queue_threshold), track.rate() * wait)
+                track.allowance = max(float(self.queue_threshold), track.rate * wait)
         return track
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
