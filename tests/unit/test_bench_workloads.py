@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infergate.bench import workloads
+from infergate.bench import wordtext, workloads
 from infergate.bench.loadgen import RequestRecord, arrival_offsets
 from infergate.bench.report import RunResult, to_markdown, write_json
 from infergate.bench.stats import Slo, percentile, summarise
@@ -31,8 +31,8 @@ def test_prompt_text_is_the_words_random_choice_picks(seed: int) -> None:
     """The published workloads' text stays what ``rng.choice`` gave before it was drawn inline."""
     fast, reference = random.Random(seed), random.Random(seed)
     for tokens in (0, 1, 9, 400):
-        expected = " ".join(reference.choice(workloads._WORDS) for _ in range(tokens))
-        assert workloads._text(fast, tokens) == expected
+        expected = " ".join(reference.choice(wordtext._WORDS) for _ in range(tokens))
+        assert wordtext.text(fast, tokens) == expected
     assert fast.random() == reference.random()  # and the generator is left in the same state
 
 

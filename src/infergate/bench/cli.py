@@ -300,8 +300,9 @@ def write_reports(results: Sequence[RunResult], out: Path, *, plots: bool) -> Pa
 
 
 def _changes(spec: WorkloadSpec) -> str:
-    """The ``pool:`` fields that change the pool during a run, as the workload file names them."""
-    return " and ".join(f"pool.{k}" for k in ("scale", "slow") if getattr(spec.pool, k))
+    """The fields that change the pool or the requests during a run, as the workload file names them."""
+    names = [f"pool.{k}" for k in ("scale", "slow") if getattr(spec.pool, k)]
+    return " and ".join([*names, *(["phases"] if spec.phases else [])])
 
 
 def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
@@ -321,10 +322,18 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
         return 2
     search = args.slo_rate or args.slo_concurrency
     closed_loop = bool(args.concurrency) or args.slo_concurrency  # loads are client counts
+    if spec.phases and closed_loop:
+        print(
+            f"error: workload {spec.name} has phases, which switch at points of the window; "
+            "closed-loop clients take requests in order, not by time: run it with --qps or --slo-rate",
+            file=sys.stderr,
+        )
+        return 2
     if args.limit:
-        if shape.scale or shape.slow:
+        if shape.scale or shape.slow or spec.phases:
+            what = "changes its pool" if shape.scale or shape.slow else "changes what it asks"
             print(
-                f"error: workload {spec.name} changes its pool during the run ({_changes(spec)}), at "
+                f"error: workload {spec.name} {what} during the run ({_changes(spec)}), at "
                 "points of a measured window: run it without --limit",
                 file=sys.stderr,
             )
@@ -431,6 +440,13 @@ def execute(args: argparse.Namespace) -> int:
         print(
             f"error: workload {spec.name} changes its pool during the run ({_changes(spec)}), which "
             f"{which}; run it with --twin",
+            file=sys.stderr,
+        )
+        return 2
+    if spec.phases:
+        print(
+            f"error: workload {spec.name} has phases, which switch at points of a measured window "
+            "that only the twin's steady-state runs have; run it with --twin",
             file=sys.stderr,
         )
         return 2

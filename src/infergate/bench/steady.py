@@ -26,6 +26,7 @@ re-exported here, where the runner's callers look for them.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import time
@@ -49,7 +50,7 @@ from infergate.bench.steady_plan import (
 )
 from infergate.bench.twin import TwinResult, run_twin
 from infergate.bench.twin_pool import settings_for_slo
-from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec, stream
+from infergate.bench.workloads import BenchRequest, BurstWorkload, WorkloadSpec, stream_phases
 from infergate.config.picker import EndpointPickerConfig
 from infergate.types import Objective
 
@@ -285,11 +286,15 @@ class SteadyRunner:
                 profile_start=p.warmup_s,
                 profile_span=p.duration_s,
             )
-        return self._requests(len(times), rng.randrange(1 << 30) + 1), times
+        # each phase's requests arrive from its point of the window on (the warm-up runs the first)
+        cuts = [bisect.bisect_left(times, p.warmup_s + ph.at * p.duration_s) for ph in self.spec.phases]
+        counts = [b - a for a, b in zip([0, *cuts], [*cuts, len(times)], strict=True)]
+        return self._requests(counts, rng.randrange(1 << 30) + 1), times
 
-    def _requests(self, count: int, seed: int) -> list[BenchRequest]:
-        """``count`` requests of the workload, numbered in order and mapped onto the pool's models."""
-        requests = stream(self.spec, count, seed=seed)[:count]
+    def _requests(self, counts: Sequence[int], seed: int) -> list[BenchRequest]:
+        """``counts`` requests of each phase of the workload, numbered in order and mapped onto the
+        pool's models."""
+        requests = stream_phases(self.spec, counts, seed=seed)
         mapping = map_models(requests, self.shape)
         return [replace(r, index=i, model=mapping[r.model], offset=None) for i, r in enumerate(requests)]
 
@@ -307,9 +312,14 @@ class SteadyRunner:
         def settled(now: float, records: Sequence[RequestRecord]) -> bool:
             return now >= end and all(r.e2e is not None for r in records if r.sent_at < end)
 
+        if self.spec.phases:
+            raise ValueError(
+                f"workload {self.spec.name}: phases switch at points of the window, and closed-loop "
+                "clients take requests in order, not by time: run it with open-loop arrivals"
+            )
         while True:
             rng = random.Random(f"{self.spec.name}:{self.seed}:{clients} clients")
-            requests = self._requests(count, rng.randrange(1 << 30) + 1)
+            requests = self._requests([count], rng.randrange(1 << 30) + 1)
             out = run_twin(
                 requests,
                 None,

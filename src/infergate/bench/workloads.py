@@ -9,24 +9,29 @@ word is meant to be roughly one token, so lengths are given in tokens.
 A file may also carry ``pool:`` defaults for the twin (replicas, adapters, LoRA slots, arrival
 process, rate profile, replicas joining or leaving, GPUs slowing down; see
 :mod:`infergate.bench.workload_pool`): the pool the workload is meant for, which command-line
-flags override.
+flags override, and ``phases``: the workloads that follow the first one from points of a
+steady-state run's measured window (what the clients ask changes; the pool does not).
 :func:`generate` gives the workload's fixed list (its counts); :func:`stream` repeats the workload's
 pattern (fresh sessions, same tenants) for as many requests as a steady-state run needs.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from infergate.bench.wordtext import TextFn, filler_text
+from infergate.bench.wordtext import text as _text
+from infergate.bench.wordtext import text_fast as _text_fast
 from infergate.bench.workload_pool import PoolDefaults, ScaleEvent, SlowEvent
 
 __all__ = [
@@ -38,12 +43,14 @@ __all__ = [
     "ScaleEvent",
     "SlowEvent",
     "WorkloadError",
+    "WorkloadPhase",
     "WorkloadSpec",
     "builtin_workloads",
     "filler_text",
     "generate",
     "load_workload",
     "stream",
+    "stream_phases",
 ]
 
 # The header that names a request's InferenceObjective (GIE's ``x-gateway-inference-objective``).
@@ -51,31 +58,6 @@ OBJECTIVE_HEADER = "x-gateway-inference-objective"
 # A request's own latency bounds in milliseconds (llm-d's spelling).
 SLO_TTFT_HEADER = "x-llm-d-slo-ttft-ms"
 SLO_TPOT_HEADER = "x-llm-d-slo-tpot-ms"
-
-_WORD_TEXT = (
-    "the of and to in is it you that was for on are with as his they be at one have this from or had by hot "
-    "word but what some we can out other were all there when up use your how said an each she which do their "
-    "time if will way about many then them write would like so these her long make thing see him two has "
-    "look more day could go come did number sound no most people my over know water than call first "
-    "who may down "
-    "side been now find any new work part take get place made live where after back little only round man "
-    "year came show every good me give our under name very through just form sentence great think say help "
-    "low line differ turn cause much mean before move right boy old too same tell does set three want air "
-    "well also play small end put home read hand port large spell add even land here must big high such"
-)
-_WORDS = tuple(_WORD_TEXT.split())
-
-_FILLER_PHRASE = "the quick brown fox jumps over the lazy dog while a model serves many requests "
-
-
-def filler_text(chars: int) -> str:
-    """``chars`` characters of one English-like phrase repeated, the same at every call.
-
-    The cost benchmarks (``bench/bench_proxy_hotpath.py``, ``bench_dataplane.py``,
-    ``bench_prefix_index.py``) send it as the prompt to see what a prompt's length costs: every
-    request carries the same text, so after the first one every prefix block matches.
-    """
-    return (_FILLER_PHRASE * (chars // len(_FILLER_PHRASE) + 1))[: max(chars, 0)]
 
 
 class WorkloadError(ValueError):
@@ -200,11 +182,24 @@ class ObjectiveShare(_Model):
     weight: float = Field(default=1.0, gt=0)
 
 
+class WorkloadPhase(_Model):
+    """What the clients ask from a point of the measured window on: a batch job starts, the popular
+    adapters change, new tenants arrive. The pool, the arrival process and the rate stay; each
+    phase draws its own text, so a later phase's tenants are new ones."""
+
+    at: float = Field(gt=0.0, lt=1.0)
+    """When: a fraction of the measured window (the warm-up runs the first workload)."""
+    workload: WorkloadBody
+
+
 class WorkloadSpec(_Model):
     name: str
     description: str = ""
     seed: int = 0
     workload: WorkloadBody
+    phases: tuple[WorkloadPhase, ...] = ()
+    """Later workloads, in order of ``at``: ``workload`` until the first one's ``at``, then each in
+    turn. Only steady-state open-loop twin runs place requests by time; others refuse them."""
     pool: PoolDefaults = PoolDefaults()
     objectives: tuple[ObjectiveShare, ...] = ()
     streamed: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -219,6 +214,15 @@ class WorkloadSpec(_Model):
     its drawn length by itself (answers longer than the cap stop at it). ``none``: no
     ``max_tokens`` at all. Only the twin can honour the last two (a real model server decides
     where its answers end)."""
+
+    @model_validator(mode="after")
+    def _phases_in_order(self) -> WorkloadSpec:
+        if any(b.at <= a.at for a, b in itertools.pairwise(self.phases)):
+            raise ValueError("phases must be in increasing order of 'at'")
+        bodies = (self.workload, *(p.workload for p in self.phases))
+        if self.phases and any(isinstance(b, BurstWorkload) for b in bodies):
+            raise ValueError("a burst workload places its own arrivals and cannot have phases")
+        return self
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,31 +284,6 @@ class BenchRequest:
     @property
     def path(self) -> str:
         return "/v1/chat/completions" if self.messages is not None else "/v1/completions"
-
-
-def _text(rng: random.Random, tokens: int) -> str:
-    """``tokens`` words, each the one ``rng.choice(_WORDS)`` would pick (the published workloads'
-    text): drawn as ``Random.choice`` draws, by rejection over ``getrandbits``, without its two
-    method calls per word, which made generating a workload take seconds."""
-    size = len(_WORDS)
-    k = size.bit_length()
-    bits = rng.getrandbits
-    words = []
-    for _ in range(tokens):
-        r = bits(k)
-        while r >= size:
-            r = bits(k)
-        words.append(_WORDS[r])
-    return " ".join(words)
-
-
-def _text_fast(rng: random.Random, tokens: int) -> str:
-    """Like :func:`_text` (other words for the same seed), several times faster: for :func:`stream`,
-    whose runs generate hundreds of thousands of prompts; :func:`generate` keeps its published text."""
-    return " ".join(rng.choices(_WORDS, k=tokens))
-
-
-TextFn = Callable[[random.Random, int], str]
 
 
 def _pick_model(rng: random.Random, models: Sequence[ModelShare]) -> str:
@@ -481,6 +460,11 @@ def _with_clients(spec: WorkloadSpec, requests: list[BenchRequest]) -> list[Benc
 
 def generate(spec: WorkloadSpec) -> list[BenchRequest]:
     """The workload's requests, identical for identical specs (seeded)."""
+    if spec.phases:
+        raise WorkloadError(
+            f"workload {spec.name}: phases switch at points of a measured window, which only a "
+            "steady-state run (infergate bench --twin without --limit) has"
+        )
     rng = random.Random(spec.seed)
     w = spec.workload
     if isinstance(w, SharedPrefixWorkload):
@@ -516,8 +500,12 @@ def stream(spec: WorkloadSpec, count: int, *, seed: int = 0) -> list[BenchReques
     keeps the workload's mix of turn depths and prefix sharing (``staggered`` ones follow each
     session with a fresh one instead). ``seed`` is mixed into the
     workload's own, so every load point can get a fresh stream. No fixed offsets: the runner's
-    arrival process places every request (bursts: see the runner).
+    arrival process places every request (bursts: see the runner). A workload with ``phases``
+    gives each phase a share of ``count`` as large as its share of the window
+    (:func:`stream_phases` with counts of its own places them by time).
     """
+    if spec.phases:
+        return stream_phases(spec, _phase_counts(spec, count), seed=seed)
     sub = spec.model_copy(update={"seed": spec.seed * 1_000_003 + seed}) if seed else spec
     rng = random.Random(sub.seed)
     w = spec.workload
@@ -530,6 +518,32 @@ def stream(spec: WorkloadSpec, count: int, *, seed: int = 0) -> list[BenchReques
         return _with_clients(sub, _classes(w, rng, count, _text_fast))
     chat = isinstance(w, MixWorkload) and w.api == "chat"
     return _with_clients(sub, _independent(rng, count, w.prompt, w.answer, w.models, chat, _text_fast))
+
+
+def _phase_counts(spec: WorkloadSpec, count: int) -> list[int]:
+    ends = [p.at for p in spec.phases] + [1.0]
+    cuts = [round(count * at) for at in ends]
+    return [b - a for a, b in itertools.pairwise([0, *cuts])]
+
+
+def stream_phases(spec: WorkloadSpec, counts: Sequence[int], *, seed: int = 0) -> list[BenchRequest]:
+    """``counts[i]`` requests of phase ``i`` (0: ``spec.workload``), one phase after another,
+    numbered in order (a session turn's ``after`` moves with it). Phase ``i`` draws from the
+    workload's seed shifted by ``i``, so no later phase repeats an earlier one's text."""
+    bodies = (spec.workload, *(p.workload for p in spec.phases))
+    if len(counts) != len(bodies):
+        raise ValueError(f"workload {spec.name}: {len(bodies)} phases, {len(counts)} counts")
+    out: list[BenchRequest] = []
+    for i, (body, n) in enumerate(zip(bodies, counts, strict=True)):
+        if n <= 0:
+            continue
+        one = spec.model_copy(update={"workload": body, "phases": (), "seed": spec.seed + 7919 * i})
+        base = len(out)
+        out.extend(
+            replace(r, index=base + r.index, after=None if r.after is None else base + r.after)
+            for r in stream(one, n, seed=seed)[:n]
+        )
+    return out
 
 
 def load_workload(source: str | Path) -> WorkloadSpec:
