@@ -156,11 +156,6 @@ def plan_of(
     for a closed loop is at least ``CLOSED_LOOP_WARMUP_LATENCIES`` unloaded latencies and the
     length-weighted duration of its requests at ``slo``'s bounds (``steady.held_at_bounds``)."""
     spec = load_workload(workload)
-    if closed_loop and spec.phases:
-        raise SystemExit(
-            f"error: workload {spec.name} has phases, which switch at points of the window; "
-            "closed-loop clients take requests in order, not by time"
-        )
     unloaded = unloaded_e2e(spec, resolve_pool(spec))
     held = held_at_bounds(spec, slo) if closed_loop else 0.0
     if quick or duration is not None:

@@ -128,8 +128,8 @@ def test_bad_phases_are_refused_naming_them(tmp_path: Path, change: tuple[str, s
 def test_runs_that_do_not_place_requests_by_time_refuse_phases(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A fixed list (``--limit``, ``generate``), closed-loop clients (they take requests in
-    order), real replicas (``--matrix``, ``--url``): each says so instead of running one phase."""
+    """A fixed list (``--limit``, ``generate``) and real replicas (``--matrix``, ``--url``) have
+    no measured window to switch in: each says so instead of running one phase."""
     from infergate.bench.cli import main
 
     path = tmp_path / "shifting.yaml"
@@ -139,13 +139,37 @@ def test_runs_that_do_not_place_requests_by_time_refuse_phases(
     out = ["--no-plots", "--out", str(tmp_path / "out")]
     assert main(["--twin", "--workload", str(path), "--limit", "20", "--qps", "2", *out]) == 2
     assert "changes what it asks during the run (phases)" in capsys.readouterr().err
-    assert main(["--twin", "--workload", str(path), "--concurrency", "4", *out]) == 2
-    assert "closed-loop clients take requests in order" in capsys.readouterr().err
     assert main(["--matrix", "--workload", str(path), "--limit", "20", *out]) == 2
     assert "only the twin's steady-state runs have" in capsys.readouterr().err
     assert main(["--url", "http://127.0.0.1:9", "--workload", str(path), *out]) == 2
     assert "only the twin's steady-state runs have" in capsys.readouterr().err
+
+
+def test_closed_loop_clients_take_from_the_phase_of_the_moment(tmp_path: Path) -> None:
+    """Each client, when free, takes the next request of the phase begun by then: what it sends
+    follows the clock, not the position in a list; a phase's list that runs out is drawn again,
+    twice as long, so no client ever idles for want of a request."""
+    spec = _spec(tmp_path)
     plan = SteadyPlan(unloaded_e2e_s=0.5, warmup_s=2.0, duration_s=8.0, cooldown_s=1.0)
-    spec = load_workload(str(path))
-    with pytest.raises(ValueError, match="closed-loop clients take requests in order"):
-        SteadyRunner(spec, resolve_pool(spec), plan=plan)._closed_loop_run("default", 4)
+    runner = SteadyRunner(spec, resolve_pool(spec), plan=plan)
+    requests, out = runner._closed_loop_run("default", 6)
+    sent = [(r, rec.sent_at) for r, rec in zip(requests, out.records, strict=True) if rec.sent_at < 10.0]
+    assert len(sent) > 60
+    for r, at in sent:
+        if at < 4.0:
+            assert r.model == _BASE and r.messages is None
+        elif at < 8.0:
+            assert r.model == "lora-0"
+        else:
+            assert r.messages is not None
+    kinds = {"session" if r.messages else "base" if r.model == _BASE else "lora" for r, _ in sent}
+    assert kinds == {"base", "lora", "session"}
+    # the clients stayed busy through each switch: requests went out in every second of the window
+    assert {int(at) for _, at in sent} >= set(range(2, 10))
+
+
+def test_run_twin_takes_phases_for_closed_loops_only() -> None:
+    from infergate.bench.twin import run_twin
+
+    with pytest.raises(ValueError, match="phases place a closed loop's requests"):
+        run_twin([], [], strategy="round-robin", phases=[(1.0, 0)])

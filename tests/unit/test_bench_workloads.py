@@ -15,7 +15,14 @@ from infergate.bench import wordtext, workloads
 from infergate.bench.loadgen import RequestRecord, arrival_offsets
 from infergate.bench.report import RunResult, to_markdown, write_json
 from infergate.bench.stats import Slo, percentile, summarise
-from infergate.bench.workloads import WorkloadError, builtin_workloads, filler_text, generate, load_workload
+from infergate.bench.workloads import (
+    WorkloadError,
+    builtin_workloads,
+    filler_text,
+    generate,
+    load_workload,
+    stream,
+)
 
 # Virtual-time runs: CPU-bound, they cannot hang on I/O, and on a loaded 2-core machine they take
 # minutes; the suite-wide 120 s hang guard would cut them short.
@@ -166,7 +173,7 @@ def test_held_out_workloads_load_and_name_their_files() -> None:
     for path in files:
         spec = load_workload(str(path))
         assert spec.name == path.stem
-        assert generate(spec)
+        assert stream(spec, 20) if spec.phases else generate(spec)  # phases: steady runs only
         assert resolve_pool(spec).replicas >= 1  # one-replica: flow control alone
 
 

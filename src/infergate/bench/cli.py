@@ -322,13 +322,6 @@ def _twin_main(args: argparse.Namespace, spec: WorkloadSpec, slo: Slo) -> int:
         return 2
     search = args.slo_rate or args.slo_concurrency
     closed_loop = bool(args.concurrency) or args.slo_concurrency  # loads are client counts
-    if spec.phases and closed_loop:
-        print(
-            f"error: workload {spec.name} has phases, which switch at points of the window; "
-            "closed-loop clients take requests in order, not by time: run it with --qps or --slo-rate",
-            file=sys.stderr,
-        )
-        return 2
     if args.limit:
         if shape.scale or shape.slow or spec.phases:
             what = "changes its pool" if shape.scale or shape.slow else "changes what it asks"

@@ -27,6 +27,7 @@ re-exported here, where the runner's callers look for them.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 import time
@@ -303,23 +304,23 @@ class SteadyRunner:
         it does not run out before the window ends (one that did is drawn again, twice as long);
         the run stops once every request sent before the window's end has finished. The clients
         start one after another over an unloaded latency (at most the warm-up): started together,
-        they would stay in step for several round trips, a pool no long-running client mix sees."""
+        they would stay in step for several round trips, a pool no long-running client mix sees.
+        A workload with phases gets a list for each, as long as its part of the run needs, and a
+        client takes from the phase of the moment it is free."""
         p = self.plan
         end = p.warmup_s + p.duration_s
+        switches = [p.warmup_s + ph.at * p.duration_s for ph in self.spec.phases]
+        spans = [b - a for a, b in itertools.pairwise([0.0, *switches, end + p.cooldown_s])]
         # a client sends about one request per unloaded latency at most: a quarter more to spare
-        count = clients + math.ceil(1.25 * clients * (end + p.cooldown_s) / max(p.unloaded_e2e_s, 1e-3))
+        counts = [clients + math.ceil(1.25 * clients * span / max(p.unloaded_e2e_s, 1e-3)) for span in spans]
 
         def settled(now: float, records: Sequence[RequestRecord]) -> bool:
             return now >= end and all(r.e2e is not None for r in records if r.sent_at < end)
 
-        if self.spec.phases:
-            raise ValueError(
-                f"workload {self.spec.name}: phases switch at points of the window, and closed-loop "
-                "clients take requests in order, not by time: run it with open-loop arrivals"
-            )
         while True:
             rng = random.Random(f"{self.spec.name}:{self.seed}:{clients} clients")
-            requests = self._requests([count], rng.randrange(1 << 30) + 1)
+            requests = self._requests(counts, rng.randrange(1 << 30) + 1)
+            ends = list(itertools.accumulate(counts))  # ends[k]: the first index of phase k + 1
             out = run_twin(
                 requests,
                 None,
@@ -330,10 +331,17 @@ class SteadyRunner:
                 monitor=settled,
                 sample_interval=max(1.0, end / 200),
                 picker=self.picker,
+                phases=list(zip(switches, ends, strict=False)),
             )
-            if out.records[-1].sent_at >= end:
+            # a phase's list ran out if a client took its last request (an earlier phase's last
+            # is never taken unless its clients emptied it); the last phase's must outlast the window
+            sent = [out.records[last - 1].sent_at for last in ends]
+            short = {k for k, at in enumerate(sent[:-1]) if at < math.inf}
+            if sent[-1] < end:
+                short.add(len(sent) - 1)
+            if not short:
                 return requests, out
-            count *= 2
+            counts = [c * 2 if k in short else c for k, c in enumerate(counts)]
 
     def point(self, strategy: str, rate: float) -> PointResult:
         key = (strategy, rate)

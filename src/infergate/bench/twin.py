@@ -33,6 +33,7 @@ has finished, or once the SLO verdict can no longer change; see :mod:`infergate.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -107,6 +108,7 @@ def run_twin(
     picker: EndpointPickerConfig | None = None,
     monitor: Callable[[float, Sequence[RequestRecord]], bool] | None = None,
     monitor_interval: float = 1.0,
+    phases: Sequence[tuple[float, int]] = (),
 ) -> TwinResult:
     """Replay ``requests`` arriving at ``offsets`` (seconds) through ``strategy`` on a virtual pool.
 
@@ -118,11 +120,17 @@ def run_twin(
     ``picker`` replaces the strategy's scheduler configuration (weight sweeps use it). ``monitor``
     is called every ``monitor_interval`` virtual seconds with the time since the start and the
     records so far; the run stops (unfinished requests keep status 0) when it returns True.
+    ``phases`` (closed loop only): ``(seconds from the start, first index)`` of each later part of
+    ``requests``; a client free at a time takes the next request of the part begun by then
+    (:attr:`~infergate.bench.workloads.WorkloadSpec.phases`), and a part's requests no client took
+    before the next part began stay unsent.
     """
     if (offsets is None) == (concurrency is None):
         raise ValueError("run_twin: give offsets (open loop) or concurrency (closed loop), not both")
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"run_twin: concurrency must be at least 1 (got {concurrency})")
+    if phases and concurrency is None:
+        raise ValueError("run_twin: phases place a closed loop's requests; offsets place an open loop's")
     cfg = config or TwinConfig()
     named = resolve_strategy(strategy)
     use_flow_control = cfg.flow_control if named.flow_control is None else named.flow_control
@@ -301,10 +309,13 @@ def run_twin(
         if concurrency is not None:  # a closed loop's client is free: it sends its next request
             loop.call_at(loop.now(), send_next)
 
-    unsent = iter(range(len(requests)))  # closed loop: the requests no client has taken yet
+    # closed loop: the requests no client has taken yet, one iterator per part (phase)
+    starts = [T0 + at for at, _ in phases]
+    bounds = [0, *(first for _, first in phases), len(requests)]
+    unsent = [iter(range(a, b)) for a, b in itertools.pairwise(bounds)]
 
     def send_next() -> None:
-        i = next(unsent, None)
+        i = next(unsent[bisect.bisect_right(starts, loop.now())], None)
         if i is not None:
             records[i].sent_at = loop.now() - T0
             due(i)  # a turn whose previous answer has not ended waits for it, holding its client

@@ -199,7 +199,8 @@ class WorkloadSpec(_Model):
     workload: WorkloadBody
     phases: tuple[WorkloadPhase, ...] = ()
     """Later workloads, in order of ``at``: ``workload`` until the first one's ``at``, then each in
-    turn. Only steady-state open-loop twin runs place requests by time; others refuse them."""
+    turn. Only steady-state twin runs (open or closed loop) have a window to switch in; the
+    others refuse them."""
     pool: PoolDefaults = PoolDefaults()
     objectives: tuple[ObjectiveShare, ...] = ()
     streamed: float = Field(default=1.0, ge=0.0, le=1.0)
