@@ -4,12 +4,14 @@ requests arrive from its point of the measured window on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from infergate.bench.steady import SteadyPlan, SteadyRunner, resolve_pool
 from infergate.bench.workloads import (
+    BenchRequest,
     WorkloadError,
     WorkloadSpec,
     generate,
@@ -59,6 +61,17 @@ def _spec(tmp_path: Path, text: str = _SHIFTING) -> WorkloadSpec:
     return load_workload(str(path))
 
 
+def _phases_by_time(sent: Iterable[tuple[BenchRequest, float]]) -> list[str]:
+    """The kinds of request sent, in order of time, each checked against the phase of its time
+    (with the plan of the tests below: the adapter phase from 4 s, the sessions' from 8 s)."""
+    kinds: dict[str, None] = {}
+    for r, at in sorted(sent, key=lambda pair: pair[1]):
+        kind = "session" if r.messages else "base" if r.model == _BASE else "lora"
+        assert kind == ("base" if at < 4.0 else "lora" if at < 8.0 else "session"), (kind, at)
+        kinds[kind] = None
+    return list(kinds)
+
+
 def test_each_phase_gives_its_count_in_order_numbered_as_one_stream(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     requests = stream_phases(spec, [3, 4, 9], seed=11)
@@ -100,13 +113,7 @@ def test_a_phase_starts_at_its_point_of_the_measured_window(tmp_path: Path) -> N
     runner = SteadyRunner(spec, resolve_pool(spec), plan=plan)
     requests, times = runner._stream(6.0)
     assert len(requests) == len(times) > 40
-    for r, t in zip(requests, times, strict=True):
-        if t < 4.0:
-            assert r.model == _BASE and r.messages is None
-        elif t < 8.0:
-            assert r.model == "lora-0"
-        else:
-            assert r.messages is not None
+    assert _phases_by_time(zip(requests, times, strict=True)) == ["base", "lora", "session"]
     point = runner.point("default", 6.0)  # a light load: every phase served within the SLO
     assert point.met and point.summary.succeeded == point.summary.requests == point.measured > 30
 
@@ -155,15 +162,7 @@ def test_closed_loop_clients_take_from_the_phase_of_the_moment(tmp_path: Path) -
     requests, out = runner._closed_loop_run("default", 6)
     sent = [(r, rec.sent_at) for r, rec in zip(requests, out.records, strict=True) if rec.sent_at < 10.0]
     assert len(sent) > 60
-    for r, at in sent:
-        if at < 4.0:
-            assert r.model == _BASE and r.messages is None
-        elif at < 8.0:
-            assert r.model == "lora-0"
-        else:
-            assert r.messages is not None
-    kinds = {"session" if r.messages else "base" if r.model == _BASE else "lora" for r, _ in sent}
-    assert kinds == {"base", "lora", "session"}
+    assert _phases_by_time(sent) == ["base", "lora", "session"]
     # the clients stayed busy through each switch: requests went out in every second of the window
     assert {int(at) for _, at in sent} >= set(range(2, 10))
 
