@@ -288,9 +288,14 @@ class SteadyRunner:
                 profile_span=p.duration_s,
             )
         # each phase's requests arrive from its point of the window on (the warm-up runs the first)
-        cuts = [bisect.bisect_left(times, p.warmup_s + ph.at * p.duration_s) for ph in self.spec.phases]
-        counts = [b - a for a, b in zip([0, *cuts], [*cuts, len(times)], strict=True)]
+        cuts = [bisect.bisect_left(times, at) for at in self._phase_starts()]
+        counts = [b - a for a, b in itertools.pairwise([0, *cuts, len(times)])]
         return self._requests(counts, rng.randrange(1 << 30) + 1), times
+
+    def _phase_starts(self) -> list[float]:
+        """When each later phase of the workload begins, in seconds after the first arrival."""
+        p = self.plan
+        return [p.warmup_s + ph.at * p.duration_s for ph in self.spec.phases]
 
     def _requests(self, counts: Sequence[int], seed: int) -> list[BenchRequest]:
         """``counts`` requests of each phase of the workload, numbered in order and mapped onto the
@@ -309,7 +314,7 @@ class SteadyRunner:
         client takes from the phase of the moment it is free."""
         p = self.plan
         end = p.warmup_s + p.duration_s
-        switches = [p.warmup_s + ph.at * p.duration_s for ph in self.spec.phases]
+        switches = self._phase_starts()
         spans = [b - a for a, b in itertools.pairwise([0.0, *switches, end + p.cooldown_s])]
         # a client sends about one request per unloaded latency at most: a quarter more to spare
         counts = [clients + math.ceil(1.25 * clients * span / max(p.unloaded_e2e_s, 1e-3)) for span in spans]
@@ -331,7 +336,7 @@ class SteadyRunner:
                 monitor=settled,
                 sample_interval=max(1.0, end / 200),
                 picker=self.picker,
-                phases=list(zip(switches, ends, strict=False)),
+                phases=list(zip(switches, ends[:-1], strict=True)),
             )
             # a phase's list ran out if a client took its last request (an earlier phase's last
             # is never taken unless its clients emptied it); the last phase's must outlast the window
