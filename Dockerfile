@@ -16,10 +16,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY scripts/restore-otel-protos.sh ./scripts/
+# With the [otel] extra, so that the chart's inferenceExtension.tracing (OTEL_* variables) works;
+# the script keeps OpenTelemetry's protobuf modules over xds-protos' older copies of them.
 RUN python -m venv /opt/infergate \
  && /opt/infergate/bin/pip install --upgrade pip \
  && /opt/infergate/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/infergate/bin/pip install /wheels/*.whl
+ && /opt/infergate/bin/pip install "$(ls /wheels/*.whl)[otel]" \
+ && sh scripts/restore-otel-protos.sh /opt/infergate/bin/python
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="infergate" \

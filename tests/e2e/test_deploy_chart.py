@@ -541,6 +541,11 @@ def test_dockerfile_is_multistage_non_root_with_epp_entrypoint() -> None:
     assert scripts["infergate"] == "infergate.cli:main"
     exposed = {int(p) for ins, rest in final if ins == "EXPOSE" for p in rest.split()}
     assert exposed == {9002, 9003, 9090}
+    installs = [rest for ins, rest in steps if ins == "RUN" and "pip install" in rest]
+    assert any("[otel]" in r and "restore-otel-protos.sh" in r for r in installs), (
+        "the image installs the [otel] extra (the chart's tracing values need it) and restores "
+        "OpenTelemetry's protobuf modules after it"
+    )
 
 
 def test_dockerignore_keeps_only_the_package_sources() -> None:
@@ -548,7 +553,7 @@ def test_dockerignore_keeps_only_the_package_sources() -> None:
     patterns = [p for p in patterns if p and not p.startswith("#")]
     assert patterns[0] == "*"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "src"}
+    assert allowed == {"pyproject.toml", "README.md", "src", "scripts/restore-otel-protos.sh"}
     build_copies = [
         rest.split()[:-1] for ins, rest in _dockerfile() if ins == "COPY" and "--from" not in rest
     ]

@@ -135,7 +135,25 @@ def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: d
             ["--set", "inferenceExtension.flags.secure-serving=maybe"],
             "inferenceExtension.flags.secure-serving",
         ),
-        (["--set", "inferenceExtension.tracing.enabled=true"], "inferenceExtension.tracing.enabled"),
+        (["--set-string", "inferenceExtension.flags.tracing=true"], "inferenceExtension.flags.tracing"),
+        (
+            [
+                "--set",
+                "inferenceExtension.tracing.enabled=true",
+                "--set-string",
+                "inferenceExtension.flags.tracing=false",
+            ],
+            "inferenceExtension.flags.tracing",
+        ),
+        (
+            [
+                "--set",
+                "inferenceExtension.tracing.enabled=true",
+                "--set",
+                "inferenceExtension.tracing.otelExporterEndpoint=",
+            ],
+            "inferenceExtension.tracing.otelExporterEndpoint",
+        ),
         (["--set", "inferenceExtension.sidecar.enabled=true"], "inferenceExtension.sidecar.enabled"),
         (
             ["--set", "inferenceExtension.latencyPredictor.enabled=true"],

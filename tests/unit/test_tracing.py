@@ -16,7 +16,7 @@ from infergate.config.picker import default_picker_config
 from infergate.errors import ConfigError, ModelNotFoundError
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.scheduler import build_scheduler
-from infergate.tracing import REQUEST_ID, RequestTracer, tracer_from_env
+from infergate.tracing import REQUEST_ID, RequestTracer, _import_problem, tracer_from_env
 from tests.unit.test_director import FakeClock, body, make_store
 
 
@@ -94,3 +94,23 @@ def test_tracing_is_off_without_an_endpoint_and_names_the_extra_when_missing(
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
     with pytest.raises(ConfigError, match=r"pip install 'infergate\[otel\]'"):
         tracer_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+
+
+def test_the_exporter_variable_turns_tracing_off_or_names_what_is_not_wired() -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+    assert tracer_from_env({**endpoint, "OTEL_TRACES_EXPORTER": "none"}) is None
+    with pytest.raises(ConfigError, match=r"OTEL_TRACES_EXPORTER='zipkin'.*OTLP/gRPC only"):
+        tracer_from_env({**endpoint, "OTEL_TRACES_EXPORTER": "zipkin"})
+    tracer = tracer_from_env({**endpoint, "OTEL_TRACES_EXPORTER": "otlp"})
+    assert tracer is not None
+    tracer.shutdown()
+
+
+def test_shadowed_protobuf_modules_are_told_apart_from_a_missing_extra() -> None:
+    shadowed = ImportError(
+        "cannot import name 'InstrumentationScope'", name="opentelemetry.proto.common.v1.common_pb2"
+    )
+    message = _import_problem("OTEL_EXPORTER_OTLP_ENDPOINT", shadowed)
+    assert "xds-protos" in message and "--force-reinstall --no-deps opentelemetry-proto" in message
+    missing = ImportError("No module named 'opentelemetry.exporter'", name="opentelemetry.exporter")
+    assert _import_problem("OTEL_EXPORTER_OTLP_ENDPOINT", missing).endswith("pip install 'infergate[otel]'")

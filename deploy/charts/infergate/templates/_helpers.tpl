@@ -89,10 +89,14 @@ InferencePool as the annotation infergate.dev/model-server-type, which the picke
 {{- if not (has ($pool.parser | default "") (list "" "openai-parser" "anthropic-parser")) -}}
 {{- fail (printf "inferencePool.parser: %q is not supported here: infergate parses OpenAI and Anthropic Messages requests (openai-parser, anthropic-parser, always both); a passthrough-parser needs its paths listed, so declare it in inferenceExtension.pluginsCustomConfig" $pool.parser) -}}
 {{- end -}}
-{{- range $key, $why := dict "sidecar" "no sidecar container is needed (the picker serves ext_proc itself)" "tracing" "OpenTelemetry tracing is not implemented" "latencyPredictor" "the latency-predictor sidecar is not supported" -}}
+{{- range $key, $why := dict "sidecar" "no sidecar container is needed (the picker serves ext_proc itself)" "latencyPredictor" "the latency-predictor sidecar is not supported" -}}
 {{- if (get $ie $key | default (dict)).enabled -}}
 {{- fail (printf "inferenceExtension.%s.enabled: not supported: %s" $key $why) -}}
 {{- end -}}
+{{- end -}}
+{{- $tracing := $ie.tracing | default (dict) -}}
+{{- if and $tracing.enabled (not $tracing.otelExporterEndpoint) -}}
+{{- fail "inferenceExtension.tracing.otelExporterEndpoint: required with tracing.enabled (the OTLP/gRPC collector, e.g. http://otel-collector.observability:4317)" -}}
 {{- end -}}
 {{- $mds := $ie.metricsDataSource | default (dict) -}}
 {{- if or (ne ($mds.scheme | default "http") "http") (ne ($mds.path | default "/metrics") "/metrics") -}}
@@ -110,15 +114,17 @@ anything else fails here, at template time, rather than crash-looping the pod:
 - valued flags render --key=value; toggles (secure-serving, flow-control) --key / --no-key;
   switches (disable-endpoint-subset-filter) --key when true, nothing when false;
 - reference flags: v (klog verbosity; >= 4 → --log-level=debug, else info), zap-log-level,
-  metrics-endpoint-auth (→ --metrics-auth), drain-timeout (seconds → --grace), and
-  enable-pprof / tracing / ha-enable-leader-election only when false (infergate has none of them).
+  metrics-endpoint-auth (→ --metrics-auth), drain-timeout (seconds → --grace), tracing (only
+  as inferenceExtension.tracing.enabled says: the picker traces when that names a collector, see
+  infergate.tracingEnv), and enable-pprof / ha-enable-leader-election only when false (infergate
+  has neither).
 */}}
 {{- define "infergate.flags" -}}
 {{- $ie := .Values.inferenceExtension -}}
 {{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" -}}
 {{- $toggles := list "secure-serving" "flow-control" -}}
 {{- $switches := list "disable-endpoint-subset-filter" -}}
-{{- $offOnly := list "enable-pprof" "tracing" "ha-enable-leader-election" -}}
+{{- $offOnly := list "enable-pprof" "ha-enable-leader-election" -}}
 {{- $flags := dict
   "pool-name" (include "infergate.poolName" .)
   "pool-namespace" .Release.Namespace
@@ -147,6 +153,10 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- else if eq $k "drain-timeout" }}
 {{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?s?$" (toString $v)) }}{{ fail (printf "%s: %q must be seconds, e.g. 30s" $where (toString $v)) }}{{ end }}
 {{- $_ := set $flags "grace" (trimSuffix "s" (toString $v)) }}
+{{- else if eq $k "tracing" }}
+{{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
+{{- $on := ($ie.tracing | default (dict)).enabled | default false }}
+{{- if ne (eq $s "true") $on }}{{ fail (printf "%s: %s while inferenceExtension.tracing.enabled is %v; the picker traces exactly when tracing.enabled gives it a collector (otelExporterEndpoint): set that one" $where $s $on) }}{{ end }}
 {{- else if eq $k "print-settings" }}
 {{- fail (printf "%s: prints the settings and exits, so the picker would never serve" $where) }}
 {{- else if has $k $offOnly }}
@@ -188,4 +198,41 @@ schedulingProfiles:
       - pluginRef: least-in-flight-scorer
         weight: 0.1
       - pluginRef: max-score-picker
+{{- end -}}
+
+{{/*
+The OpenTelemetry variables of the picker's container when inferenceExtension.tracing.enabled:
+the collector, the sampler, and resource attributes naming the pod (the picker reads them at
+start; docs/observability.md). The reference chart sets the same variables.
+*/}}
+{{- define "infergate.tracingEnv" -}}
+{{- $tr := .Values.inferenceExtension.tracing | default (dict) -}}
+{{- if $tr.enabled }}
+- name: OTEL_SERVICE_NAME
+  value: infergate-epp
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $tr.otelExporterEndpoint | quote }}
+- name: OTEL_TRACES_EXPORTER
+  value: otlp
+- name: OTEL_RESOURCE_ATTRIBUTES_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: OTEL_RESOURCE_ATTRIBUTES_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "k8s.namespace.name=$(NAMESPACE),k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME),k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME)"
+{{- with $tr.sampling }}
+{{- if .sampler }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | quote }}
+{{- end }}
+{{- if ne (toString (.samplerArg | default "")) "" }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ toString .samplerArg | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}
