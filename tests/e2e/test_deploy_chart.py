@@ -47,6 +47,7 @@ THIRD_PARTY = {
     ("monitoring.googleapis.com/v1", "ClusterPodMonitoring"),
     ("networking.istio.io/v1", "DestinationRule"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 }
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -138,7 +139,9 @@ def test_helm_lint_strict(provider: str) -> None:
     assert "0 chart(s) failed" in proc.stdout
 
 
-@pytest.mark.parametrize("values", ["values-tutorial.yaml", "values-custom-plugins.yaml"])
+@pytest.mark.parametrize(
+    "values", ["values-tutorial.yaml", "values-custom-plugins.yaml", "values-tutorial-llm-d-router.yaml"]
+)
 def test_helm_lint_example_values(values: str) -> None:
     proc = run_helm("lint", "--strict", str(CHART), "-f", str(EXAMPLES / values))
     assert proc.returncode == 0, proc.stdout + proc.stderr

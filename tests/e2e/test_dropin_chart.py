@@ -162,7 +162,6 @@ def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: d
         (["--set", "inferenceExtension.metricsDataSource.scheme=https"], "metricsDataSource"),
         (["--set", "inferencePool.modelServerProtocol=grpc"], "inferencePool.modelServerProtocol"),
         (["--set", "inferencePool.parser=passthrough-parser"], "inferencePool.parser"),
-        (["--set", "experimentalHttpRoute.enabled=true"], "experimentalHttpRoute.enabled"),
     ],
 )
 def test_unsupported_reference_values_fail_at_template_time(args: list[str], named: str) -> None:

@@ -60,50 +60,48 @@ InferencePool as the annotation infergate.dev/model-server-type, which the picke
 {{- else if eq $t "sglang" -}}sglang
 {{- else if or (eq $t "triton-tensorrt-llm") (eq $t "trtllm-serve") (eq $t "trtllm") -}}trtllm
 {{- else -}}
-{{- fail (printf "inferencePool.modelServerType: %q is not one of vllm, sglang, triton-tensorrt-llm, trtllm-serve" .Values.inferencePool.modelServerType) -}}
+{{- fail (printf "%s: %q is not one of vllm, sglang, triton-tensorrt-llm, trtllm-serve" (include "infergate.key" (list . "inferencePool.modelServerType")) .Values.inferencePool.modelServerType) -}}
 {{- end -}}
 {{- end -}}
 
 {{/* Checks that would otherwise surface as a broken pool at runtime. */}}
 {{- define "infergate.validate" -}}
 {{- if not .Values.inferencePool.modelServers.matchLabels -}}
-{{- fail "inferencePool.modelServers.matchLabels is required: the labels of your model-server Pods, e.g. --set inferencePool.modelServers.matchLabels.app=vllm-llama3.1-8b-instruct" -}}
+{{- $key := include "infergate.key" (list . "inferencePool.modelServers.matchLabels") -}}
+{{- fail (printf "%s is required: the labels of your model-server Pods, e.g. --set %s.app=vllm-llama3.1-8b-instruct" $key $key) -}}
 {{- end -}}
 {{- $provider := .Values.provider.name | lower -}}
 {{- if not (has $provider (list "gke" "istio" "none")) -}}
 {{- fail (printf "provider.name: %q is not one of gke, istio, none" .Values.provider.name) -}}
 {{- end -}}
 {{- if not (has .Values.inferenceExtension.failureMode (list "FailOpen" "FailClose")) -}}
-{{- fail (printf "inferenceExtension.failureMode: %q is not one of FailOpen, FailClose" .Values.inferenceExtension.failureMode) -}}
+{{- fail (printf "%s: %q is not one of FailOpen, FailClose" (include "infergate.key" (list . "inferenceExtension.failureMode")) .Values.inferenceExtension.failureMode) -}}
 {{- end -}}
 {{- $file := .Values.inferenceExtension.pluginsConfigFile -}}
 {{- if and (ne $file "default-plugins.yaml") (not (hasKey .Values.inferenceExtension.pluginsCustomConfig $file)) -}}
-{{- fail (printf "inferenceExtension.pluginsConfigFile: %q is neither default-plugins.yaml nor a key of inferenceExtension.pluginsCustomConfig" $file) -}}
+{{- fail (printf "%s: %q is neither default-plugins.yaml nor a key of %s" (include "infergate.key" (list . "inferenceExtension.pluginsConfigFile")) $file (include "infergate.key" (list . "inferenceExtension.pluginsCustomConfig"))) -}}
 {{- end -}}
 {{- $_ := include "infergate.metricsDialect" . -}}
 {{- $ie := .Values.inferenceExtension -}}
 {{- $pool := .Values.inferencePool -}}
 {{- if ne ($pool.modelServerProtocol | default "http") "http" -}}
-{{- fail (printf "inferencePool.modelServerProtocol: %q is not supported: infergate speaks HTTP to model servers (no vLLM gRPC)" $pool.modelServerProtocol) -}}
+{{- fail (printf "%s: %q is not supported: infergate speaks HTTP to model servers (no vLLM gRPC)" (include "infergate.key" (list . "inferencePool.modelServerProtocol")) $pool.modelServerProtocol) -}}
 {{- end -}}
 {{- if not (has ($pool.parser | default "") (list "" "openai-parser" "anthropic-parser")) -}}
 {{- fail (printf "inferencePool.parser: %q is not supported here: infergate parses OpenAI and Anthropic Messages requests (openai-parser, anthropic-parser, always both); a passthrough-parser needs its paths listed, so declare it in inferenceExtension.pluginsCustomConfig" $pool.parser) -}}
 {{- end -}}
 {{- range $key, $why := dict "sidecar" "no sidecar container is needed (the picker serves ext_proc itself)" "latencyPredictor" "the latency-predictor sidecar is not supported" -}}
 {{- if (get $ie $key | default (dict)).enabled -}}
-{{- fail (printf "inferenceExtension.%s.enabled: not supported: %s" $key $why) -}}
+{{- fail (printf "%s.enabled: not supported: %s" (include "infergate.key" (list $ (printf "inferenceExtension.%s" $key))) $why) -}}
 {{- end -}}
 {{- end -}}
 {{- $tracing := $ie.tracing | default (dict) -}}
 {{- if and $tracing.enabled (not $tracing.otelExporterEndpoint) -}}
-{{- fail "inferenceExtension.tracing.otelExporterEndpoint: required with tracing.enabled (the OTLP/gRPC collector, e.g. http://otel-collector.observability:4317)" -}}
+{{- fail (printf "%s: required with tracing.enabled (the OTLP/gRPC collector, e.g. http://otel-collector.observability:4317)" (include "infergate.key" (list . "inferenceExtension.tracing.otelExporterEndpoint"))) -}}
 {{- end -}}
 {{- $mds := $ie.metricsDataSource | default (dict) -}}
 {{- if or (ne ($mds.scheme | default "http") "http") (ne ($mds.path | default "/metrics") "/metrics") -}}
-{{- fail "inferenceExtension.metricsDataSource: infergate scrapes http://<pod>:<port>/metrics only (scheme http, path /metrics)" -}}
-{{- end -}}
-{{- if (.Values.experimentalHttpRoute | default (dict)).enabled -}}
-{{- fail "experimentalHttpRoute.enabled: not supported by this chart; apply an HTTPRoute yourself (deploy/examples/httproute.yaml)" -}}
+{{- fail (printf "%s: infergate scrapes http://<pod>:<port>/metrics only (scheme http, path /metrics)" (include "infergate.key" (list . "inferenceExtension.metricsDataSource"))) -}}
 {{- end -}}
 {{- end -}}
 
@@ -139,7 +137,7 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- /* not `merge`: it would let the chart's true win over a user's false */ -}}
 {{- range $k, $v := ($ie.flags | default (dict)) }}
 {{- $s := toString $v | lower }}
-{{- $where := printf "inferenceExtension.flags.%s" $k }}
+{{- $where := include "infergate.key" (list $ (printf "inferenceExtension.flags.%s" $k)) }}
 {{- if eq $k "v" }}
 {{- if not (regexMatch "^[0-9]+$" (toString $v)) }}{{ fail (printf "%s: %q is not a verbosity level (0, 1, 2, ...)" $where (toString $v)) }}{{ end }}
 {{- $_ := set $flags "log-level" (ternary "debug" "info" (ge (int $v) 4)) }}
@@ -156,7 +154,7 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- else if eq $k "tracing" }}
 {{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
 {{- $on := ($ie.tracing | default (dict)).enabled | default false }}
-{{- if ne (eq $s "true") $on }}{{ fail (printf "%s: %s while inferenceExtension.tracing.enabled is %v; the picker traces exactly when tracing.enabled gives it a collector (otelExporterEndpoint): set that one" $where $s $on) }}{{ end }}
+{{- if ne (eq $s "true") $on }}{{ fail (printf "%s: %s while %s is %v; the picker traces exactly when tracing.enabled gives it a collector (otelExporterEndpoint): set that one" $where $s (include "infergate.key" (list $ "inferenceExtension.tracing.enabled")) $on) }}{{ end }}
 {{- else if eq $k "print-settings" }}
 {{- fail (printf "%s: prints the settings and exits, so the picker would never serve" $where) }}
 {{- else if has $k $offOnly }}
