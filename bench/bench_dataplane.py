@@ -359,7 +359,7 @@ def queue_counts(admin: str) -> tuple[float, float]:
     total = fast = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.labels.get("outcome") != "dispatched":
+            if sample.labels.get("outcome") != "Dispatched":
                 continue
             if sample.name == f"{QUEUE_SERIES}_count":
                 total += sample.value

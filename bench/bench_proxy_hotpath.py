@@ -112,7 +112,7 @@ def queued_share(registry: CollectorRegistry) -> float:
     total = fast = 0.0
     for family in registry.collect():
         for sample in family.samples:
-            if sample.labels.get("outcome") != "dispatched":
+            if sample.labels.get("outcome") != "Dispatched":
                 continue
             if sample.name == f"{QUEUE_SERIES}_count":
                 total += sample.value

@@ -382,7 +382,7 @@ def _gauges(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
     out = {}
     for fam in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in fam.samples:
-            if s.name.startswith("inference_pool_"):
+            if s.name.startswith(("inference_pool_", "llm_d_epp_std_dev_", "llm_d_epp_datalayer_")):
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
 
@@ -410,8 +410,14 @@ async def test_pool_gauges(server: FakeModelServer) -> None:
             assert g[("inference_pool_average_queue_size", pool)] == 4.0
             assert g[("inference_pool_average_running_requests", pool)] == 4.0
             assert g[("inference_pool_average_kv_cache_utilization", pool)] == 0.5
+            # llm-d's spread of the same values (population deviation): queues 7 and 1, running
+            # 3 and 5, KV 0.4375 and 0.5625
+            assert g[("llm_d_epp_std_dev_queue_size", pool)] == 3.0
+            assert g[("llm_d_epp_std_dev_running_requests", pool)] == 1.0
+            assert g[("llm_d_epp_std_dev_kv_cache_utilization", pool)] == 0.0625
             per_pod = ("inference_pool_per_pod_queue_size", (("model_server_pod", "pod-b"), *pool))
             assert g[per_pod] == 1.0
+            polls = ("llm_d_epp_datalayer_poll_errors_total", (("source_type", "metrics-data-source"),))
             await other.stop()
 
             async def one_left() -> bool:
@@ -419,6 +425,8 @@ async def test_pool_gauges(server: FakeModelServer) -> None:
                 return g.get(("inference_pool_ready_pods", pool)) == 1.0 and per_pod not in g
 
             await async_wait_for(one_left, timeout=3, what="gauges after a pod died")
+            assert _gauges(registry)[polls] >= 1  # the scrapes of the stopped server failed
+            assert _gauges(registry)[("llm_d_epp_std_dev_queue_size", pool)] == 0.0
     finally:
         await other.stop()
 

@@ -213,7 +213,7 @@ async def test_not_saturated_admits_without_waiting() -> None:
     run_once(rig.fc.admit(req("a")))
     run_once(rig.fc.admit(req("shed", priority=-1)))
     assert rig.fc.queued() == 0
-    labels = {"outcome": "dispatched", "priority": "0", "inference_pool": "pool-1"}
+    labels = {"outcome": "Dispatched", "priority": "0", "inference_pool": "pool-1"}
     assert rig.sample("inference_extension_flow_control_request_queue_duration_seconds_count", **labels) == 1
 
 
@@ -323,7 +323,7 @@ async def test_ttl_expiry_answers_429_with_the_dropped_reason() -> None:
     assert info.value.headers == {"x-llm-d-request-dropped-reason": "rejected-ttl-expired"}
     assert rig.fc.queued() == 0
     assert rig.sample("inference_extension_flow_control_queue_size") == 0
-    ttl = {"outcome": "evicted_ttl", "priority": "10"}
+    ttl = {"outcome": "EvictedTTL", "priority": "10"}
     assert rig.sample("inference_extension_flow_control_request_queue_duration_seconds_count", **ttl) == 1
     assert rig.sample("inference_extension_flow_control_request_queue_duration_seconds_sum", **ttl) == 5.5
 
@@ -355,7 +355,7 @@ async def test_cancellation_leaves_queue_at_once() -> None:
     assert rig.fc.snapshot() == []
     assert rig.sample("inference_extension_flow_control_queue_size", fairness_id="F") == 0
     assert rig.sample("inference_extension_flow_control_queue_bytes", fairness_id="F") == 0
-    cancelled = {"outcome": "cancelled", "fairness_id": "F"}
+    cancelled = {"outcome": "EvictedContextCancelled", "fairness_id": "F"}
     assert (
         rig.sample("inference_extension_flow_control_request_queue_duration_seconds_count", **cancelled) == 1
     )
@@ -653,7 +653,7 @@ async def test_queue_duration_series_count_every_request_across_cache_resets(
     for i in range(7):
         run_once(rig.fc.admit(req(f"r{i}", flow=f"tenant-{i % 3}")))
     name = "inference_extension_flow_control_request_queue_duration_seconds_count"
-    assert [rig.sample(name, fairness_id=f"tenant-{t}", outcome="dispatched") for t in range(3)] == [3, 2, 2]
+    assert [rig.sample(name, fairness_id=f"tenant-{t}", outcome="Dispatched") for t in range(3)] == [3, 2, 2]
 
 
 async def test_saturation_gauge_follows_the_pool_name() -> None:

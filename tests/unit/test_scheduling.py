@@ -409,6 +409,14 @@ def test_timing_recorded_per_plugin_and_e2e() -> None:
     assert attempts == {"success": 3.0, "failure": 1.0}
     size = [v for n, _, v in samples if n == "inference_extension_prefix_indexer_size"]
     assert size == [3.0]  # 200 chars → 3 blocks of 64 bytes, all picks stick to the same primary
+    # llm-d's twins name the plugin keeping the index; the matched prefix in bytes: nothing on
+    # the first pick, all 3 blocks (192 bytes) on the next two
+    plugin = {"plugin_name": "prefix-cache-scorer", "plugin_type": "prefix-cache-scorer"}
+    assert [lbl for n, lbl, _ in samples if n == "llm_d_epp_prefix_indexer_size"] == [plugin]
+    hit_bytes = {lbl["le"]: v for n, lbl, v in samples if n == "llm_d_epp_prefix_indexer_hit_bytes_bucket"}
+    assert (hit_bytes["0.0"], hit_bytes["128.0"], hit_bytes["256.0"]) == (1.0, 1.0, 3.0)
+    total = [v for n, _, v in samples if n == "inference_extension_prefix_indexer_hit_bytes_sum"]
+    assert total == [384.0]
 
 
 # --------------------------------------------------------------------------- config

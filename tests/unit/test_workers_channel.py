@@ -124,6 +124,22 @@ def test_metrics_sum_over_workers_and_a_dead_workers_counters_stay() -> None:
     assert "busy 2.0" in text
 
 
+def test_gauges_each_worker_computes_for_the_same_pool_show_the_highest() -> None:
+    merged = MergedExposition(CollectorRegistry())
+    for worker, (share, stale, saturation) in enumerate([(0.25, 1, 0.5), (0.75, 0, 0.9)]):
+        r = CollectorRegistry()
+        Gauge("llm_d_epp_flow_control_capacity_utilization_requests", "s", ["priority"], registry=r).labels(
+            "0"
+        ).set(share)
+        Gauge("llm_d_epp_flow_control_stale_endpoints", "s", ["detector"], registry=r).labels("d").set(stale)
+        Gauge("llm_d_epp_flow_control_pool_saturation", "s", registry=r).set(saturation)
+        merged.update(worker, export_families(r))
+    text = generate_latest(merged).decode()
+    assert 'llm_d_epp_flow_control_capacity_utilization_requests{priority="0"} 0.75' in text
+    assert 'llm_d_epp_flow_control_stale_endpoints{detector="d"} 1.0' in text
+    assert "llm_d_epp_flow_control_pool_saturation 0.9" in text
+
+
 def test_workers_other_than_one_need_a_plane_that_runs_in_workers(tmp_path: Path) -> None:
     source = ManifestPoolSource(load_manifests([write_pool(tmp_path, ["127.0.0.1:8000"])]))
     one_process = DataPlaneFactory(BuiltinDataPlane, honors_subset_hint=False, queues_connections=True)

@@ -21,13 +21,23 @@ from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.decode_guard import DecodeGuard
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
-from infergate.telemetry import GatewayMetrics
+from infergate.telemetry import BandUtilization, FlowControlState, GatewayMetrics
 from infergate.types import Endpoint, InferenceRequest, typed_frozen
 
 __all__ = ["Decision", "FlowCore", "Offer"]
 
 # Most labelled queue-duration series kept looked up; the cache is emptied when it reaches this.
 _SERIES_CACHE = 1024
+
+# The ``outcome`` label of the flow-control metrics, spelled as llm-d-router spells its outcomes.
+DISPATCHED = "Dispatched"
+_EVICTED = {
+    ItemState.EVICTED_TTL: "EvictedTTL",
+    ItemState.EVICTED_NO_ENDPOINTS: "EvictedNoEndpoints",
+    ItemState.CANCELLED: "EvictedContextCancelled",
+    ItemState.REJECTED: "EvictedOther",  # queued, then dropped at shutdown
+    ItemState.DISPATCHED: DISPATCHED,
+}
 
 
 class _Observer(Protocol):
@@ -38,6 +48,10 @@ class _Gauge(Protocol):
     def set(self, value: float) -> None: ...
 
 
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class Decision(StrEnum):
     """What :meth:`FlowCore.offer` decided for a new request."""
 
@@ -46,6 +60,13 @@ class Decision(StrEnum):
     REJECT_SHED = "sheddable"  # priority < 0 while saturated: 429
     REJECT_CAPACITY = "capacity"  # queue capacity exhausted: 429
     REJECT_NO_ENDPOINTS = "no_endpoints"  # the pool has no ready endpoint and the request cannot wait: 503
+
+
+_REJECTED = {
+    Decision.REJECT_SHED: "RejectedCapacity",  # backpressure, as a full queue
+    Decision.REJECT_CAPACITY: "RejectedCapacity",
+    Decision.REJECT_NO_ENDPOINTS: "RejectedNoEndpoints",
+}
 
 
 @typed_frozen
@@ -89,9 +110,13 @@ class FlowCore:
         self._last_saturation = 0.0
         # whether the pool had no ready endpoint when the queued requests' deadlines were last set
         self._empty = False
-        # labelled queue-duration children by (fairness, priority, pool, model, target, outcome)
-        self._wait_series: dict[tuple[str, int, str, str, str, ItemState], _Observer] = {}
+        # labelled queue-duration and outcome-count children by (fairness, priority, pool, model,
+        # target, outcome)
+        self._wait_series: dict[tuple[str, int, str, str, str, str], tuple[_Observer, _Counter]] = {}
         self._saturation_gauge: tuple[str, _Gauge] | None = None  # (pool name, its labelled child)
+        self._judged_at: float | None = None  # ``now`` of the last saturation judgement
+        if metrics is not None:
+            metrics.watch_flow_control(self.metrics_state)
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -185,10 +210,14 @@ class FlowCore:
             landed = [e.with_load(e.in_flight + pending, e.in_flight_tokens) for e in endpoints]
             value = max(value, self._detector.saturation(landed, now))
         self._last_saturation = value
+        self._judged_at = now
         if self._metrics is not None:
             pool = self.pool_name()
             if self._saturation_gauge is None or self._saturation_gauge[0] != pool:
-                self._saturation_gauge = (pool, self._metrics.fc_pool_saturation.labels(inference_pool=pool))
+                self._saturation_gauge = (
+                    pool,
+                    self._metrics.fc_pool_saturation.labels(inference_pool=pool, stage="effective"),
+                )
             self._saturation_gauge[1].set(value)
         return value
 
@@ -275,11 +304,11 @@ class FlowCore:
         if not self._config.enabled:
             if level >= 1.0 and request.priority < 0:
                 return self._reject(request, Decision.REJECT_SHED)
-            self._observe_wait(request, ItemState.DISPATCHED, 0.0)
+            self._observe_wait(request, DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
         saturated = level >= self.threshold(request.priority) or self._holding(now)
         if not saturated and not self._queues:
-            self._observe_wait(request, ItemState.DISPATCHED, 0.0)
+            self._observe_wait(request, DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
         if request.priority < 0 and (saturated or self._queues):
             return self._reject(request, Decision.REJECT_SHED)
@@ -442,13 +471,13 @@ class FlowCore:
             self._metrics.fc_rejected_total.labels(
                 priority=str(request.priority), reason=decision.value
             ).inc()
-        self._observe_wait(request, ItemState.REJECTED, 0.0)
+        self._observe_wait(request, _REJECTED[decision], 0.0)
         return Offer(decision)
 
     def _finish(self, item: QueuedItem, state: ItemState, now: float) -> None:
         item.state = state
         self._gauge(item, -1)
-        self._observe_wait(item.request, state, max(0.0, now - item.enqueued_at), item.pool)
+        self._observe_wait(item.request, _EVICTED[state], max(0.0, now - item.enqueued_at), item.pool)
 
     def _labels(self, request: InferenceRequest, pool: str | None = None) -> dict[str, str]:
         return {
@@ -467,19 +496,49 @@ class FlowCore:
         self._metrics.fc_queue_bytes.labels(**labels).inc(sign * item.size)
 
     def _observe_wait(
-        self, request: InferenceRequest, outcome: ItemState, seconds: float, pool: str | None = None
+        self, request: InferenceRequest, outcome: str, seconds: float, pool: str | None = None
     ) -> None:
-        """Every request passes here once, admitted at once or not: the labelled child is looked
+        """Every request passes here once, admitted at once or not, with its terminal ``outcome``
+        (the queue-duration histogram and the outcome counter): the labelled children are looked
         up in a small cache (resolving six label values costs more than the observation)."""
-        if self._metrics is None:
+        m = self._metrics
+        if m is None:
             return
         pool_name = self.pool_name() if pool is None else pool
         key = (request.fairness_id, request.priority, pool_name, request.model, request.target_model, outcome)
-        child = self._wait_series.get(key)
-        if child is None:
+        children = self._wait_series.get(key)
+        if children is None:
             if len(self._wait_series) >= _SERIES_CACHE:  # client-chosen fairness ids: stay bounded
                 self._wait_series.clear()
-            child = self._wait_series[key] = self._metrics.fc_request_queue_duration.labels(
-                **self._labels(request, pool_name), outcome=outcome.value
+            children = self._wait_series[key] = (
+                m.fc_request_queue_duration.labels(**self._labels(request, pool_name), outcome=outcome),
+                m.fc_requests_total.labels(
+                    outcome=outcome, priority=str(request.priority), inference_pool=pool_name
+                ),
             )
-        child.observe(seconds)
+        children[0].observe(seconds)
+        children[1].inc()
+
+    def metrics_state(self) -> FlowControlState:
+        """The flow-control gauges read at scrape time: endpoints the last saturation judgement
+        had to count as saturated for stale metrics, and how full each band's queue is."""
+        c, q = self._config, self._queues
+        now = self._judged_at
+        endpoints = self._ds.endpoints()
+        stale = sum(1 for e in endpoints if now is None or not self._detector.is_fresh(e, now))
+        bands = sorted({0, *q.bands(), *(o.priority for o in self._ds.objectives())})
+        return FlowControlState(
+            pool=self.pool_name(),
+            detector="utilization-detector",
+            stale_endpoints=stale,
+            bands=tuple(
+                BandUtilization(
+                    priority=p,
+                    requests=None if c.band_max_requests is None else q.band_count(p) / c.band_max_requests,
+                    bytes=None if c.band_max_bytes is None else q.band_bytes(p) / c.band_max_bytes,
+                )
+                for p in bands
+            ),
+            global_requests=None if c.max_requests is None else len(q) / c.max_requests,
+            global_bytes=None if c.max_bytes is None else q.bytes / c.max_bytes,
+        )

@@ -33,7 +33,8 @@ ORDERINGS = ("fcfs", "slo-deadline")
 
 
 class ItemState(StrEnum):
-    """Where a queued request stands; also the ``outcome`` label of the queue-duration metric."""
+    """Where a queued request stands (its metrics' ``outcome`` label is spelled as llm-d-router's,
+    see :mod:`infergate.flowcontrol.core`)."""
 
     QUEUED = "queued"
     DISPATCHED = "dispatched"
@@ -185,6 +186,10 @@ class PriorityQueues:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+    def bands(self) -> list[int]:
+        """The priorities with requests queued, lowest first."""
+        return sorted(self._bands)
 
     def band_count(self, priority: int) -> int:
         band = self._bands.get(priority)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
@@ -282,12 +283,14 @@ class MetricsScraper:
             status, body = await target.get(path, self._timeout)
         except _FETCH_ERRORS as exc:
             log.debug("scrape of %s failed: %r", key, exc)
+            self._poll_failed()
             self._outcome(key, state, False)
             return False
         if status != 200:
             log.debug("scrape of %s%s answered %d", key, path, status)
             if status == 404:
                 state.path_index += 1  # try the dialect's next metrics path next time
+            self._poll_failed()
             self._outcome(key, state, False)
             return False
         report = parse_metrics_report(body.decode("utf-8", "replace"), self._dialect, self._clock.now())
@@ -350,6 +353,10 @@ class MetricsScraper:
                 log.exception("updating the pool gauges failed")
             await asyncio.sleep(self._pool_metrics_interval)
 
+    def _poll_failed(self) -> None:
+        if self._metrics is not None:  # llm-d's name for the source that scrapes /metrics
+            self._metrics.datalayer_poll_errors_total.labels(source_type="metrics-data-source").inc()
+
     def update_pool_gauges(self) -> None:
         """Set the ``inference_pool_*`` gauges from endpoints that are healthy with fresh metrics."""
         m = self._metrics
@@ -360,12 +367,27 @@ class MetricsScraper:
         ready = self._ds.candidates()
         n = len(ready)
         m.pool_ready_pods.labels(name=name).set(n)
-        kv = sum(e.metrics.kv_cache_usage for e in ready) / n if n else 0.0
-        queue = sum(e.metrics.waiting_queue_size for e in ready) / n if n else 0.0
-        running = sum(e.metrics.running_requests for e in ready) / n if n else 0.0
-        m.pool_average_kv_cache_utilization.labels(name=name).set(kv)
-        m.pool_average_queue_size.labels(name=name).set(queue)
-        m.pool_average_running_requests.labels(name=name).set(running)
+        for values, average, spread in (
+            (
+                [e.metrics.kv_cache_usage for e in ready],
+                m.pool_average_kv_cache_utilization,
+                m.pool_std_dev_kv_cache_utilization,
+            ),
+            (
+                [float(e.metrics.waiting_queue_size) for e in ready],
+                m.pool_average_queue_size,
+                m.pool_std_dev_queue_size,
+            ),
+            (
+                [float(e.metrics.running_requests) for e in ready],
+                m.pool_average_running_requests,
+                m.pool_std_dev_running_requests,
+            ),
+        ):
+            mean = sum(values) / n if n else 0.0
+            average.labels(name=name).set(mean)
+            # the population deviation, as llm-d-router's
+            spread.labels(name=name).set(math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n else 0.0)
         seen: set[tuple[str, str]] = set()
         for e in ready:
             labels = (name, e.meta.name)

@@ -6,7 +6,8 @@ identical lets them work unchanged. All metrics live on one :class:`GatewayMetri
 own registry, so tests and several gateways in one process never collide on the global registry.
 Components accept ``metrics: GatewayMetrics | None`` and record nothing when it is ``None``.
 This package imports nothing else from infergate: ``series`` holds the metric types (cheap
-children, label caps, GIE/llm-d pairs), ``gateway`` the metrics themselves.
+children, label caps, GIE/llm-d pairs), ``gateway`` the metrics themselves, ``sampled`` the
+flow-control gauges computed at scrape time.
 
 llm-d-router v0.10 renamed the family to ``llm_d_epp_*`` and emits the old names beside the new
 ones; infergate does the same: every metric with an llm-d twin is a :class:`DualMetric` that
@@ -19,6 +20,15 @@ and ``fairness_id`` has its own cap of 1000; past a cap new values are reported 
 from __future__ import annotations
 
 from infergate.telemetry.gateway import GatewayMetrics
+from infergate.telemetry.sampled import BandUtilization, FlowControlState
 from infergate.telemetry.series import LABEL_CAP, OTHER, DualMetric, LabelCap
 
-__all__ = ["LABEL_CAP", "OTHER", "DualMetric", "GatewayMetrics", "LabelCap"]
+__all__ = [
+    "LABEL_CAP",
+    "OTHER",
+    "BandUtilization",
+    "DualMetric",
+    "FlowControlState",
+    "GatewayMetrics",
+    "LabelCap",
+]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from infergate.telemetry.sampled import FlowControlState, FlowControlStateCollector
 from infergate.telemetry.series import Counter, DualMetric, Gauge, Histogram, LabelCap
 
 __all__ = ["GatewayMetrics"]
@@ -142,6 +143,7 @@ _PLUGIN_BUCKETS = (
 )
 _QUEUE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_HIT_BYTES_BUCKETS = (0.0, *(float(1 << i) for i in range(4, 17)))  # 0, 16 … 65536
 
 _OBJ = ("model_name", "target_model_name")
 # llm-d-router v0.10 labels its request family (llm_d_epp_request_*) with the fairness id and the
@@ -331,6 +333,26 @@ class GatewayMetrics:
             "Mean running requests of the pool's ready endpoints.",
             ("name",),
         )
+        # llm-d only: how unevenly the load sits (population standard deviation over the same
+        # endpoints as the averages)
+        self.pool_std_dev_kv_cache_utilization = Gauge(
+            "llm_d_epp_std_dev_kv_cache_utilization",
+            "Standard deviation of the KV-cache use of the pool's ready endpoints.",
+            ("name",),
+            registry=r,
+        )
+        self.pool_std_dev_queue_size = Gauge(
+            "llm_d_epp_std_dev_queue_size",
+            "Standard deviation of the waiting-queue length of the pool's ready endpoints.",
+            ("name",),
+            registry=r,
+        )
+        self.pool_std_dev_running_requests = Gauge(
+            "llm_d_epp_std_dev_running_requests",
+            "Standard deviation of the running requests of the pool's ready endpoints.",
+            ("name",),
+            registry=r,
+        )
         self.pool_ready_pods = dual(
             Gauge,
             "inference_pool_ready_pods",
@@ -371,11 +393,14 @@ class GatewayMetrics:
             ("extension_point", "plugin_type", "plugin_name"),
             buckets=_PLUGIN_BUCKETS,
         )
+        # llm-d labels its twins with the plugin that keeps the index
+        _plugin = ("plugin_name", "plugin_type")
         self.prefix_indexer_size = dual(
             Gauge,
             "inference_extension_prefix_indexer_size",
             "llm_d_epp_prefix_indexer_size",
             "Entries held by the approximate prefix index.",
+            twin_labels=_plugin,
         )
         self.prefix_indexer_hit_ratio = dual(
             Histogram,
@@ -383,6 +408,15 @@ class GatewayMetrics:
             "llm_d_epp_prefix_indexer_hit_ratio",
             "Matched share of a request's prefix blocks.",
             buckets=_RATIO_BUCKETS,
+            twin_labels=_plugin,
+        )
+        self.prefix_indexer_hit_bytes = dual(
+            Histogram,
+            "inference_extension_prefix_indexer_hit_bytes",
+            "llm_d_epp_prefix_indexer_hit_bytes",
+            "Length of the matched prefix in bytes (matched blocks times the block size).",
+            buckets=_HIT_BYTES_BUCKETS,
+            twin_labels=_plugin,
         )
         self.model_rewrite_decisions_total = dual(
             Counter,
@@ -435,6 +469,15 @@ class GatewayMetrics:
             "llm_d_epp_flow_control_pool_saturation",
             "The pool's saturation; 1 or more means saturated.",
             ("inference_pool",),
+            # llm-d splits it by pipeline stage; infergate gates on one value, its "effective"
+            twin_labels=("inference_pool", "stage"),
+        )
+        self.fc_requests_total = Counter(
+            "llm_d_epp_flow_control_requests",
+            "Requests through flow control, by terminal outcome (Dispatched, RejectedCapacity, "
+            "RejectedNoEndpoints, EvictedTTL, EvictedNoEndpoints, EvictedContextCancelled, EvictedOther).",
+            ("outcome", "priority", "inference_pool"),
+            registry=r,
         )
         self.fc_rejected_total = dual(
             Counter,
@@ -452,6 +495,15 @@ class GatewayMetrics:
             registry=r,
         )
 
+        # --- data layer ------------------------------------------------------------------------
+        self.datalayer_poll_errors_total = Counter(
+            "llm_d_epp_datalayer_poll_errors",
+            "Model-server scrapes that failed (unreachable, an error status, a body that is not "
+            "the exposition format), per source type.",
+            ("source_type",),
+            registry=r,
+        )
+
         # --- data plane (no reference counterpart) -----------------------------------------------
         self.retry_refused_total = Counter(
             "infergate_request_retry_refused",
@@ -462,6 +514,13 @@ class GatewayMetrics:
         )
 
         self.info.labels(commit=_build_commit(), build_ref=_build_ref()).set(1)
+        self._flow_state = FlowControlStateCollector(lambda: None)
+        r.register(self._flow_state)
+
+    def watch_flow_control(self, sample: Callable[[], FlowControlState | None]) -> None:
+        """Render the flow-control state ``sample`` returns at each scrape (the band capacity and
+        stale-endpoint gauges); a later call replaces the earlier source."""
+        self._flow_state.sample = sample
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

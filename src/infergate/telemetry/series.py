@@ -166,6 +166,12 @@ class _DualHistogramChild(_DualChild):
             b._counts[i] += 1
 
 
+def _child(metric: Any, labels: Mapping[str, str]) -> Any:
+    """The labelled child, or the metric itself where it has no labels (a GIE series whose llm-d
+    twin gained some, e.g. the prefix indexer's ``plugin_name``)."""
+    return metric.labels(**labels) if metric._labelnames else metric
+
+
 def _pair(gie: Any, llmd: Any) -> _DualChild:
     if isinstance(gie, Histogram) and isinstance(llmd, Histogram) and gie._upper_bounds == llmd._upper_bounds:
         return _DualHistogramChild(gie, llmd)
@@ -222,7 +228,7 @@ class DualMetric(_DualChild):
         twin = {self._rename.get(k, k): v for k, v in values.items()}
         gie = {k: values[k] for k in self._gie._labelnames}
         llmd = {k: twin[k] for k in self._llmd._labelnames}
-        child = _pair(self._gie.labels(**gie), self._llmd.labels(**llmd))
+        child = _pair(_child(self._gie, gie), _child(self._llmd, llmd))
         if len(self._children_of) >= _CHILD_CACHE:  # client-derived values: stay bounded
             self._children_of.clear()
         self._children_of[key] = child

@@ -328,12 +328,22 @@ class PrefixCacheScorer:
     """
 
     def __init__(
-        self, params: PrefixCacheParams | None = None, *, clock: Clock | None = None, metrics: Any = None
+        self,
+        params: PrefixCacheParams | None = None,
+        *,
+        clock: Clock | None = None,
+        metrics: Any = None,
+        name: str = "",
     ) -> None:
         p = params if params is not None else PrefixCacheParams()
         self._p = p
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._metrics = metrics
+        if metrics is not None:  # llm-d's twins name the plugin keeping the index
+            plugin = {"plugin_name": name or "prefix-cache-scorer", "plugin_type": "prefix-cache-scorer"}
+            self._hit_ratio = metrics.prefix_indexer_hit_ratio.labels(**plugin)
+            self._hit_bytes = metrics.prefix_indexer_hit_bytes.labels(**plugin)
+            self._index_size = metrics.prefix_indexer_size.labels(**plugin)
         self.index = PrefixIndex()
         self._last_seen: dict[str, float] = {}
         self._last_purge = self._clock.now()
@@ -404,14 +414,14 @@ class PrefixCacheScorer:
         if pm.hashes:
             self.index.add(primary.key, pm.hashes, self._capacity(primary))
             if self._metrics is not None:
-                self._metrics.prefix_indexer_hit_ratio.observe(
-                    pm.matched.get(primary.key, 0) / len(pm.hashes)
-                )
+                matched = pm.matched.get(primary.key, 0)
+                self._hit_ratio.observe(matched / len(pm.hashes))
+                self._hit_bytes.observe(matched * pm.block_tokens * AVERAGE_CHARS_PER_TOKEN)
         now = self._clock.now()
         if now - self._last_purge >= self._p.inactive_purge_seconds:
             self._purge(now)
         if self._metrics is not None:
-            self._metrics.prefix_indexer_size.set(len(self.index))
+            self._index_size.set(len(self.index))
 
     def remove_endpoint(self, key: str) -> None:
         """Forget an endpoint right away (e.g. when the datastore drops it)."""

@@ -159,7 +159,7 @@ def default_registry() -> PluginRegistry:
     r.register_scorer_post_pick(
         "prefix-cache-scorer",
         PrefixCacheParams,
-        lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics),
+        lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics, name=c.name),
     )
     r.register_scorer_post_pick(
         "precise-prefix-cache-scorer", PrecisePrefixParams, lambda p, c: PrecisePrefixScorer(p)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -242,11 +242,14 @@ class AnyParams(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class PluginContext:
-    """What a plugin factory may use besides its parameters: shared randomness and time."""
+    """What a plugin factory may use besides its parameters: shared randomness and time, the
+    metrics, and the name the configuration gives the plugin (the ``plugin_name`` label of the
+    metrics it records itself)."""
 
     rng: random.Random = field(default_factory=random.Random)
     clock: Clock | None = None
     metrics: Any = None  # GatewayMetrics | None; typed loosely to keep factories simple
+    name: str = ""
 
 
 class ExtensionPoint:
@@ -378,7 +381,7 @@ class PluginRegistry:
                 f"plugin {name!r} (type {type_name}): parameters.{loc}: {first['msg']}"
             ) from None
         try:
-            return pt.factory(params, ctx)
+            return pt.factory(params, replace(ctx, name=name))
         except ValueError as exc:
             raise ConfigError(f"plugin {name!r} (type {type_name}): {exc}") from None
 

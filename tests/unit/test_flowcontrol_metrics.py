@@ -1,0 +1,124 @@
+"""Flow control's metrics as llm-d-router v0.10 exports them: every request counted once by its
+terminal outcome (spelled as upstream spells it), the saturation twin labelled by stage, and the
+gauges computed at scrape time (stale endpoints, each band's share of its queue capacity)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infergate.errors import NoCapacityError, RateLimitedError
+from infergate.flowcontrol import FlowControlConfig
+from infergate.types import EndpointMeta, PoolSpec
+from tests.unit.test_flowcontrol import KEY, Rig, req, run_once
+
+TOTAL = "llm_d_epp_flow_control_requests_total"
+WAIT = "llm_d_epp_flow_control_request_queue_duration_seconds_count"
+
+
+async def test_every_outcome_is_counted_once_with_upstream_spelling() -> None:
+    rig = Rig(FlowControlConfig(default_ttl=5.0, band_max_requests=2))
+    rig.scrape(waiting=0)
+    run_once(rig.fc.admit(req("fast")))  # room: admitted at once
+    rig.scrape(waiting=5)  # saturated from here on
+    with pytest.raises(RateLimitedError):
+        run_once(rig.fc.admit(req("shed", priority=-1)))
+    waiting = [asyncio.create_task(rig.client(req(f"w{i}", priority=1))) for i in range(2)]
+    await rig.until_queued(2)
+    with pytest.raises(RateLimitedError):  # the band holds 2
+        run_once(rig.fc.admit(req("full", priority=1)))
+    cancelled = asyncio.create_task(rig.client(req("gone", priority=2)))
+    await rig.until_queued(3)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    rig.clock.t += 6.0  # past the TTL while still saturated
+    rig.scrape(waiting=5)
+    rig.fc.poke()
+    for task in waiting:
+        with pytest.raises(RateLimitedError):
+            await asyncio.wait_for(task, 60)
+
+    counted = {
+        outcome: rig.sample(TOTAL, outcome=outcome)
+        for outcome in ("Dispatched", "RejectedCapacity", "EvictedContextCancelled", "EvictedTTL")
+    }
+    assert counted == {"Dispatched": 1, "RejectedCapacity": 2, "EvictedContextCancelled": 1, "EvictedTTL": 2}
+    assert rig.sample(TOTAL, outcome="EvictedTTL", priority="1", inference_pool="pool-1") == 2
+    # the queue-duration histogram counts the same requests under the same outcomes
+    assert {o: rig.sample(WAIT, outcome=o) for o in counted} == counted
+    assert rig.sample(TOTAL) == 6
+
+
+async def test_shutdown_evicts_the_queued_and_no_endpoints_rejects_at_once() -> None:
+    rig = Rig()
+    rig.scrape(waiting=5)
+    queued = asyncio.create_task(rig.fc.admit(req("w")))
+    await rig.until_queued(1)
+    rig.fc.close()
+    with pytest.raises(NoCapacityError):
+        await asyncio.wait_for(queued, 60)
+    assert rig.sample(TOTAL, outcome="EvictedOther") == 1
+
+    empty = Rig()
+    empty.ds.remove_endpoint(KEY)
+    with pytest.raises(NoCapacityError):
+        run_once(empty.fc.admit(req("shed", priority=-1)))
+    assert empty.sample(TOTAL, outcome="RejectedNoEndpoints") == 1
+
+
+async def test_the_saturation_twin_is_the_effective_stage() -> None:
+    rig = Rig()
+    rig.scrape(waiting=2)
+    run_once(rig.fc.admit(req("a")))
+    assert rig.sample(
+        "llm_d_epp_flow_control_pool_saturation", inference_pool="pool-1", stage="effective"
+    ) == (pytest.approx(0.4))
+    assert rig.sample("inference_extension_flow_control_pool_saturation", inference_pool="pool-1") == (
+        pytest.approx(0.4)
+    )
+
+
+async def test_stale_endpoints_as_of_the_last_judgement() -> None:
+    rig = Rig()
+    other = EndpointMeta(name="pod-b", address="10.0.0.2", port=8000)
+    rig.ds.upsert_endpoint(other)  # never scraped
+    rig.scrape(waiting=0)
+    run_once(rig.fc.admit(req("a")))
+    stale = "llm_d_epp_flow_control_stale_endpoints"
+    assert rig.sample(stale, detector="utilization-detector") == 1
+    rig.clock.t += 3.0  # older than the 2 s staleness, but nothing judged since: still as judged
+    assert rig.sample(stale) == 1
+    rig.fc.core.saturation(rig.clock.t)  # judged again: both stale now
+    assert rig.sample(stale) == 2
+
+
+async def test_band_capacity_shares_follow_the_queues() -> None:
+    config = FlowControlConfig(band_max_requests=4, band_max_bytes=1000, max_requests=10, max_bytes=10_000)
+    rig = Rig(config)
+    rig.ds.set_pool(PoolSpec(name="pool-1"))
+    rig.scrape(waiting=5)
+    tasks = [asyncio.create_task(rig.client(req(f"r{i}", priority=3, size=250))) for i in range(3)]
+    await rig.until_queued(3)
+    share = "llm_d_epp_flow_control_capacity_utilization_requests"
+    assert rig.sample(share, priority="3", inference_pool="pool-1") == pytest.approx(0.75)
+    assert rig.sample(share, priority="0") == 0  # the default band is reported empty
+    assert rig.sample("llm_d_epp_flow_control_capacity_utilization_bytes", priority="3") == pytest.approx(
+        0.75
+    )
+    assert rig.sample("llm_d_epp_flow_control_global_capacity_utilization_requests") == pytest.approx(0.3)
+    assert rig.sample("llm_d_epp_flow_control_global_capacity_utilization_bytes") == pytest.approx(0.075)
+    rig.scrape(waiting=0)
+    await asyncio.gather(*tasks)
+    assert rig.sample(share, priority="3") == 0
+
+
+def test_without_capacities_only_the_byte_share_of_each_band_is_shown() -> None:
+    rig = Rig()  # defaults: no request capacity, 1 GB a band, no global capacity
+    text = rig.metrics.render().decode()
+    assert (
+        'llm_d_epp_flow_control_capacity_utilization_bytes{inference_pool="pool-1",priority="0"} 0.0' in text
+    )
+    assert "llm_d_epp_flow_control_capacity_utilization_requests{" not in text
+    assert "llm_d_epp_flow_control_global_capacity_utilization" not in text
