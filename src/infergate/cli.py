@@ -6,6 +6,7 @@ arguments to the owning package's own parser, which also answers ``--help``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -546,12 +547,32 @@ def _root(
     """An inference gateway for fleets of OpenAI-compatible LLM servers."""
 
 
+def _translate_reference_flags(argv: list[str]) -> None:
+    """``epp``'s command line in the reference picker's spelling (``--v 4``, ``--zap-encoder
+    json``, ...) rewritten in place into infergate's, said on stderr; a value infergate cannot
+    honour is an ``error:`` line and exit code 2 (:mod:`infergate.config.reference_flags`)."""
+    if len(argv) < 2 or argv[1] != "epp":
+        return
+    from infergate.config.reference_flags import translate
+    from infergate.errors import ConfigError
+
+    try:
+        args, notes = translate(argv[2:])
+    except ConfigError as exc:
+        typer.echo(f"error: infergate epp: {exc}", err=True)
+        raise SystemExit(2) from None
+    argv[2:] = args
+    if notes:
+        typer.echo(f"infergate epp: reference flags mapped: {'; '.join(notes)}", err=True)
+
+
 def main() -> None:
     """Console-script entry point.
 
     Usage errors (an unknown flag, a value of the wrong type) are one ``error:`` line and exit code
     2, like every other startup error, instead of a boxed panel an operator has to read around.
     """
+    _translate_reference_flags(sys.argv)
     try:
         code = app(prog_name="infergate", standalone_mode=False)
     except typer.TyperException as exc:  # typer's own parser errors (it vendors click)

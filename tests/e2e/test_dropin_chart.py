@@ -106,6 +106,9 @@ def test_reference_shaped_values_render_a_picker_that_starts(tmp_path: Path) -> 
     [
         ("v", "5", {"log_level": "debug"}),
         ("zap-log-level", "error", {"log_level": "error"}),
+        ("zap-encoder", "json", {"log_format": "json"}),
+        ("zap-encoder", "console", {"log_format": "text"}),
+        ("allow-experimental-plugins", "true", {}),
         ("metrics-endpoint-auth", "false", {"metrics_auth": "disabled"}),
         ("drain-timeout", "30s", {"grace": 30.0}),
         ("enable-pprof", "false", {}),
@@ -126,7 +129,7 @@ def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: d
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--set", "inferenceExtension.flags.zap-encoder=json"], "inferenceExtension.flags.zap-encoder"),
+        (["--set", "inferenceExtension.flags.zap-encoder=logfmt"], "inferenceExtension.flags.zap-encoder"),
         (["--set", "inferenceExtension.flags.enable-pprof=true"], "inferenceExtension.flags.enable-pprof"),
         (["--set", "inferenceExtension.flags.ha-enable-leader-election=true"], "ha-enable-leader-election"),
         (["--set", "inferenceExtension.flags.v=debug"], "inferenceExtension.flags.v"),

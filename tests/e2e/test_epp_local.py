@@ -103,7 +103,7 @@ async def test_file_mode_epp_has_health_port_and_protected_metrics(tmp_path: Pat
     try:
         assert isinstance(gw.data_plane, ExtProcDataPlane)
         serving = health_pb2.HealthCheckResponse.SERVING
-        for name in ("liveness", "readiness", ""):
+        for name in ("liveness", "readiness", "", "inference-extension"):
             assert await health(gw.data_plane.health.port, name) == serving
         url = f"http://127.0.0.1:{gw.admin_port}"
         async with aiohttp.ClientSession() as s:

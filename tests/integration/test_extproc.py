@@ -634,12 +634,15 @@ async def test_buffered_mode_acknowledges_headers_then_mutates_on_body(rig: Rig)
 # ---------------------------------------------------------------------------- health and TLS
 async def test_health_service_reports_serving_and_draining(rig: Rig) -> None:
     stub = health_pb2_grpc.HealthStub(rig.channel)
-    for name in ("", "liveness", "readiness", EXTPROC_SERVICE):
+    # "inference-extension": what the reference charts probe with one replica; the reference
+    # picker answers any name so without leader election, and so does this one
+    for name in ("", "liveness", "readiness", EXTPROC_SERVICE, "inference-extension"):
         resp = await stub.Check(health_pb2.HealthCheckRequest(service=name))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING, name
     await rig.server.set_serving(False)
-    resp = await stub.Check(health_pb2.HealthCheckRequest(service=EXTPROC_SERVICE))
-    assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in (EXTPROC_SERVICE, "inference-extension"):
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+        assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING, name
 
 
 async def test_tls_with_self_signed_certificate(rig: Rig) -> None:

@@ -112,6 +112,8 @@ anything else fails here, at template time, rather than crash-looping the pod:
 - valued flags render --key=value; toggles (secure-serving, flow-control) --key / --no-key;
   switches (disable-endpoint-subset-filter) --key when true, nothing when false;
 - reference flags: v (klog verbosity; >= 4 → --log-level=debug, else info), zap-log-level,
+  zap-encoder (json, console → --log-format json, text), allow-experimental-plugins (nothing to
+  unlock: accepted, rendered as nothing),
   metrics-endpoint-auth (→ --metrics-auth), drain-timeout (seconds → --grace), tracing (only
   as inferenceExtension.tracing.enabled says: the picker traces when that names a collector, see
   infergate.tracingEnv), and enable-pprof / ha-enable-leader-election only when false (infergate
@@ -145,6 +147,12 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- $level := dict "debug" "debug" "info" "info" "warn" "warning" "warning" "warning" "error" "error" }}
 {{- if not (hasKey $level $s) }}{{ fail (printf "%s: %q is not one of debug, info, warn, error" $where (toString $v)) }}{{ end }}
 {{- $_ := set $flags "log-level" (get $level $s) }}
+{{- else if eq $k "zap-encoder" }}
+{{- $format := dict "json" "json" "console" "text" }}
+{{- if not (hasKey $format $s) }}{{ fail (printf "%s: %q is not one of json, console" $where (toString $v)) }}{{ end }}
+{{- $_ := set $flags "log-format" (get $format $s) }}
+{{- else if eq $k "allow-experimental-plugins" }}
+{{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
 {{- else if eq $k "metrics-endpoint-auth" }}
 {{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
 {{- $_ := set $flags "metrics-auth" (ternary "kubernetes" "disabled" (eq $s "true")) }}

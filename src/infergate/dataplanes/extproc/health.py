@@ -8,7 +8,9 @@ on this one always agree.
 - ``liveness``: SERVING while the process runs (until shutdown);
 - ``readiness``, ``""`` (overall) and the ExternalProcessor service name: SERVING only while the
   picker can route (pool synced and known), NOT_SERVING before that and from the first SIGTERM on,
-  so the Service stops sending new streams before the picker drains.
+  so the Service stops sending new streams before the picker drains;
+- any other name (the reference charts' ``inference-extension``): as ``""``, as the reference
+  picker answers without leader election.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2
 
-from infergate.dataplanes.extproc.server import EXTPROC_SERVICE, health_methods
+from infergate.dataplanes.extproc.server import EXTPROC_SERVICE, PickerHealthServicer, health_methods
 from infergate.servers.grpc_http2 import GrpcServer
 
 __all__ = ["LIVENESS", "READINESS", "READY_NAMES", "HealthServer"]
@@ -40,7 +42,7 @@ class HealthServer:
     def __init__(self, host: str, port: int, servicer: grpc_health.aio.HealthServicer | None = None) -> None:
         self.host = host
         self.port = port
-        self.servicer = servicer or grpc_health.aio.HealthServicer()
+        self.servicer = servicer or PickerHealthServicer()
         self.ready = False
         self._server: GrpcServer | None = None
 

@@ -52,6 +52,7 @@ __all__ = [
     "HEALTH_SERVICES",
     "ExtProcServer",
     "ExternalProcessor",
+    "PickerHealthServicer",
     "TlsSettings",
     "health_methods",
     "serve_extproc",
@@ -380,6 +381,32 @@ class TlsSettings:
     pair: tuple[bytes, bytes] | None = None
 
 
+class PickerHealthServicer(grpc_health.aio.HealthServicer):  # type: ignore[misc]
+    """The health service, answering a service name it was never told of as the overall (``""``)
+    status: SERVING while the picker can route.
+
+    The reference picker without leader election does the same (its check ignores the name), and
+    deployments written for it rely on that: the GIE ``inferencepool`` chart and llm-d-router's
+    charts probe ``service: inference-extension`` when they run one replica. grpcio's servicer
+    would answer NOT_FOUND, and the kubelet would never find such a picker ready.
+    """
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in HEALTH_SERVICES:
+            request = health_pb2.HealthCheckRequest(service="")
+        return await super().Check(request, context)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        if request.service not in HEALTH_SERVICES:
+            request = health_pb2.HealthCheckRequest(service="")
+        async for reply in super().Watch(request, context):
+            yield reply
+
+
 def health_methods(servicer: grpc_health.aio.HealthServicer) -> dict[str, GrpcMethod]:
     """``grpc.health.v1.Health``'s Check and Watch served from ``servicer``'s statuses."""
     request = health_pb2.HealthCheckRequest.FromString
@@ -411,7 +438,7 @@ class ExtProcServer:
         self.host = host
         self._requested_port = port
         self.port = port
-        self.health = health_servicer or grpc_health.aio.HealthServicer()
+        self.health = health_servicer or PickerHealthServicer()
         self.tls = tls
         self.certificate_pem: bytes | None = None
         self._server: GrpcServer | None = None
