@@ -251,6 +251,9 @@ class InferenceRequest:
     body: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
     """The decoded JSON body, for plugins that need the request as the model server reads it
     (the precise prefix scorer applies the chat template to ``messages``); None when not parsed."""
+    prompt_token_ids: tuple[int, ...] | None = field(default=None, compare=False, hash=False)
+    """The prompt's token ids as the model server's renderer produced them (``token-producer``);
+    None when no producer ran or it failed (the precise prefix scorer then tokenizes itself)."""
 
 
 @dataclass(frozen=True, slots=True)

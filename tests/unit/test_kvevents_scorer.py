@@ -147,7 +147,7 @@ def test_adapters_match_only_their_own_blocks() -> None:
         ({"kvEventsConfig": {"engineType": "sglang"}}, "engineType"),
         ({"kvEventsConfig": {"podDiscoveryConfig": {"podLabelSelector": "app in (a)"}}}, "podLabelSelector"),
         ({"blockSizeTokens": 16}, "blockSizeTokens"),
-        ({"indexerConfig": {"kvBlockIndexConfig": {"enableMetrics": True}}}, "enableMetrics"),
+        ({"indexerConfig": {"kvBlockIndexConfig": {"metricsLoggingInterval": -1}}}, "metricsLoggingInterval"),
     ],
 )
 def test_unsupported_parameters_are_errors(params: dict[str, object], fragment: str) -> None:

@@ -21,7 +21,9 @@ from infergate.flowcontrol import FlowController
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.decisions import DecisionLog
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.plugins.precise_prefix import TokenProducerParams
 from infergate.sources.scraper import MetricsScraper
+from infergate.sources.token_producer import RenderTokenProducer
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
 
@@ -38,6 +40,7 @@ class PickerCore:
     flow: FlowController
     director: Director
     scraper: MetricsScraper
+    tokens: RenderTokenProducer | None
     decisions: DecisionLog
 
 
@@ -84,19 +87,36 @@ def build_core(
         objective_max_tokens=objective_max_tokens,
     )
     director.configure_parsers(passthrough=passthrough_paths(picker))
+    tokens = token_producer(picker)
+    director.set_token_producer(tokens)
     scraper = MetricsScraper.from_settings(datastore, s, pool=pool, metrics=metrics, clock=clock)
-    return PickerCore(scheduler=scheduler, flow=flow, director=director, scraper=scraper, decisions=decisions)
+    return PickerCore(
+        scheduler=scheduler, flow=flow, director=director, scraper=scraper, tokens=tokens, decisions=decisions
+    )
+
+
+def token_producer(picker: EndpointPickerConfig) -> RenderTokenProducer | None:
+    """The config's ``token-producer`` (at most one; the config checks refused the rest), built."""
+    for spec in picker.plugins:
+        if spec.type == "token-producer":
+            p = TokenProducerParams.model_validate(spec.parameters)
+            return RenderTokenProducer(p.render.url, p.model_name, timeout=p.render.timeout_seconds)
+    return None
 
 
 def start_plugin_tasks(
-    scheduler: Scheduler,
+    core: PickerCore,
     datastore: Datastore,
     spawn: Callable[[str, Callable[[], Awaitable[None]]], None],
 ) -> Callable[[], None]:
-    """Run the plugins' background loops (KV-event subscriber) and keep them told of the pool's
-    membership; returns the function that stops the membership updates."""
+    """Run the plugins' background loops (KV-event subscriber; the token producer's connections,
+    closed when the task is) and keep them told of the pool's membership; returns the function
+    that stops the membership updates."""
+    scheduler = core.scheduler
     for name, run in scheduler.background_tasks():
         spawn(name, run)
+    if core.tokens is not None:
+        spawn("token-producer", core.tokens.hold)
     seen = -1
 
     def on_change() -> None:

@@ -295,7 +295,7 @@ class Gateway:
         core = self._core()
         host, port = self.listen_address()
         self.tasks.spawn("metrics-scraper", core.scraper.run)
-        self._unsubscribe_plugins = start_plugin_tasks(core.scheduler, self.datastore, self.tasks.spawn)
+        self._unsubscribe_plugins = start_plugin_tasks(core, self.datastore, self.tasks.spawn)
         # in-flight requests are withdrawn from an endpoint only once it failed several probes
         core.scraper.add_down_listener(self.data_plane.endpoint_down)
         await self.data_plane.start(host, port)

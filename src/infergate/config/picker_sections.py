@@ -44,7 +44,6 @@ __all__ = [
     "UtilizationDetectorParams",
     "apply_sections",
     "check_sections",
-    "fold_prefix_producer",
     "nearest",
     "passthrough_paths",
 ]
@@ -84,6 +83,8 @@ NON_SCHEDULING_TYPES = frozenset(
         "header-profile-handler",
         "approx-prefix-cache-producer",
         "inflight-load-producer",
+        "token-producer",
+        "endpoint-notification-source",
     }
 )
 
@@ -512,37 +513,6 @@ def _read(config: EndpointPickerConfig) -> SectionEffects:
     r.data_layer(config.data_layer)
     paths = r.parsers(config.parser, config.request_handler)
     return SectionEffects(settings=dict(r.effects), flow_control=gate, passthrough=tuple(paths))
-
-
-PREFIX_PRODUCER = "approx-prefix-cache-producer"
-PREFIX_SCORER = "prefix-cache-scorer"
-
-
-def fold_prefix_producer(config: EndpointPickerConfig) -> EndpointPickerConfig:
-    """Give the ``approx-prefix-cache-producer``'s parameters to the ``prefix-cache-scorer``.
-
-    The reference splits hashing (producer) from scoring; infergate hashes inside the scorer, so the
-    producer's parameters (block size, LRU capacity, ...) are the scorer's. A scorer with parameters
-    of its own that differ is refused rather than one set being silently dropped.
-    """
-    producers = [p for p in config.plugins if p.type == PREFIX_PRODUCER]
-    if len(producers) > 1:
-        names = ", ".join(p.ref for p in producers)
-        raise ConfigError(f"plugins: several {PREFIX_PRODUCER} plugins ({names}); infergate keeps one index")
-    if not producers or not producers[0].parameters:
-        return config
-    wanted = dict(producers[0].parameters)
-    plugins = []
-    for p in config.plugins:
-        if p.type == PREFIX_SCORER:
-            if p.parameters and dict(p.parameters) != wanted:
-                raise ConfigError(
-                    f"plugins[{p.ref}].parameters: differ from {PREFIX_PRODUCER} {producers[0].ref!r}'s; "
-                    "infergate hashes prompts inside prefix-cache-scorer, so give the parameters once"
-                )
-            p = p.model_copy(update={"parameters": wanted})
-        plugins.append(p)
-    return config.model_copy(update={"plugins": plugins})
 
 
 def passthrough_paths(config: EndpointPickerConfig) -> tuple[str, ...]:

@@ -96,6 +96,8 @@ class IndexStats:
     resyncs: int = 0
     orphan_blocks: int = 0
     """Stored blocks whose parent this index does not know (dropped: no request can reach them)."""
+    admissions: int = 0
+    """Keys that entered the index (a block some source holds that none held before)."""
     evicted_keys: int = 0
     block_size_mismatch: int = 0
     """Stored blocks of another size than the index's (dropped: requests are cut in its size)."""
@@ -386,6 +388,7 @@ class KvBlockIndex:
         held = holders.get(key)
         if held is None:
             held = holders[key] = {}
+            self.stats.admissions += 1
             if len(holders) > self.max_keys:
                 holders.popitem(last=False)
                 self.stats.evicted_keys += 1

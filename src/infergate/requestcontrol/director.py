@@ -10,6 +10,7 @@ proxy and the ext_proc server both drive this class; neither scheduling nor flow
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,10 @@ CHARS_PER_TOKEN = 4
 
 # Non-streamed response bodies are kept (for usage) up to this size.
 _MAX_BUFFERED_RESPONSE = 8 << 20
+
+
+class TokenProducerLike(Protocol):
+    async def token_ids(self, request: InferenceRequest) -> tuple[int, ...] | None: ...
 
 
 class FlowControllerLike(Protocol):
@@ -107,6 +112,12 @@ class Director:
         self._series: dict[tuple[str, str, str, int], RequestSeries] = {}
         self._response_hook = getattr(scheduler, "response_headers", None)
         self._tracer: RequestTracer | None = None
+        self._tokens: TokenProducerLike | None = None
+
+    def set_token_producer(self, producer: TokenProducerLike | None) -> None:
+        """Have each admitted request's prompt tokenized by ``producer`` before it is scheduled
+        (``token-producer``: the model server's own renderer); None: no tokenization here."""
+        self._tokens = producer
 
     def set_tracer(self, tracer: RequestTracer | None) -> None:
         """Trace every request from now on (:mod:`infergate.tracing`); None turns tracing off."""
@@ -278,6 +289,11 @@ class Director:
                     raise no_capacity(subset)
                 with trace.phase("queue"):
                     released = await self._flow.admit(request)
+            if self._tokens is not None:
+                with trace.phase("tokenize"):
+                    ids = await self._tokens.token_ids(request)
+                if ids is not None:
+                    request = dataclasses.replace(request, prompt_token_ids=ids)
             with trace.phase("schedule"):
                 result = self._schedule(request, (), subset, released=released)
         except RequestError as exc:

@@ -1,10 +1,11 @@
-"""Flow-control gauges computed when ``/metrics`` is read, not on the request path.
+"""Gauges and counters computed when ``/metrics`` is read, not on the request path.
 
 llm-d-router v0.10 exports how full each priority band's queue is against its capacity and how
 many endpoints the saturation detector had to treat as saturated because their metrics were
 stale. Both are facts about state that already exists (the queues, the endpoints' scrape times),
 so instead of updating gauges on every admission the gateway asks for a :class:`FlowControlState`
-at scrape time. This module imports nothing from infergate.
+at scrape time. The KV-block index's counters (:class:`KvIndexState`) are exported the same way.
+This module imports nothing from infergate.
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-__all__ = ["BandUtilization", "FlowControlState", "FlowControlStateCollector"]
+__all__ = [
+    "BandUtilization",
+    "FlowControlState",
+    "FlowControlStateCollector",
+    "KvIndexCollector",
+    "KvIndexState",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +95,57 @@ def _requests(band: BandUtilization) -> float | None:
 
 def _bytes(band: BandUtilization) -> float | None:
     return band.bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KvIndexState:
+    """The KV-block index's counters (``precise-prefix-cache-scorer`` with ``enableMetrics``)."""
+
+    admissions: int
+    evictions: int
+    lookups: int
+    lookup_hits: int
+    max_pod_hits: int
+    latency_bounds: tuple[float, ...]
+    latency_counts: tuple[int, ...]  # per bound, not cumulative; one more for +Inf
+    latency_sum: float
+
+
+class KvIndexCollector:
+    """llm-d-router's ``llm_d_epp_kv_cache_index_*`` families from a :class:`KvIndexState`."""
+
+    def __init__(self, sample: Callable[[], KvIndexState]) -> None:
+        self.sample = sample
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sample()
+        for name, doc, value in (
+            ("admissions", "Blocks admitted to the KV-block index.", s.admissions),
+            ("evictions", "Blocks evicted from the KV-block index by its size bound.", s.evictions),
+            ("lookup_requests", "Index lookups performed.", s.lookups),
+            (
+                "lookup_hits",
+                "Contiguous prefix blocks matched by the best endpoint, summed over lookups.",
+                s.lookup_hits,
+            ),
+            (
+                "max_pod_hit_count",
+                "Longest contiguous per-endpoint prefix run, summed over lookups.",
+                s.max_pod_hits,
+            ),
+        ):
+            family = CounterMetricFamily(f"llm_d_epp_kv_cache_index_{name}", doc)
+            family.add_metric((), value)
+            yield family
+        cumulative, acc = [], 0
+        for bound, count in zip((*(str(b) for b in s.latency_bounds), "+Inf"), s.latency_counts, strict=True):
+            acc += count
+            cumulative.append((bound, acc))
+        latency = HistogramMetricFamily(
+            "llm_d_epp_kv_cache_index_lookup_latency_seconds", "Index lookup latency."
+        )
+        latency.add_metric((), cumulative, s.latency_sum)
+        yield latency

@@ -178,7 +178,7 @@ class _Worker:
 
     async def run(self, reader: asyncio.StreamReader) -> int:
         tasks = Supervisor()
-        unsubscribe = start_plugin_tasks(self.core.scheduler, self.datastore, tasks.spawn)
+        unsubscribe = start_plugin_tasks(self.core, self.datastore, tasks.spawn)
         tasks.spawn("channel", lambda: self.follow(reader), restart=False)
         await self.plane.start_worker(self.spec.listen)
         await write_message(self.writer, Message("ready", self.plane.port))

@@ -28,24 +28,39 @@ instrumented still gets prefix affinity everywhere.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from infergate.config.picker_units import parse_go_duration
 from infergate.kvevents.index import KvBlockIndex, request_keys
 from infergate.kvevents.subscriber import KvEventSubscriber
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.sdk.framework import CycleState, Params, StateKey
+from infergate.telemetry.sampled import KvIndexCollector, KvIndexState
 from infergate.tokenization.blockhash import HASH_ALGOS, BlockHasher, ExtraKeys, to_event_int
 from infergate.tokenization.load import load_tokenizer
 from infergate.tokenization.protocol import TextTokenizer
 from infergate.types import ApiKind, Endpoint, InferenceRequest, SchedulingResult
 
-__all__ = ["PreciseMatch", "PrecisePrefixParams", "PrecisePrefixScorer", "prompt_token_ids"]
+__all__ = [
+    "PreciseMatch",
+    "PrecisePrefixParams",
+    "PrecisePrefixScorer",
+    "TokenProducerParams",
+    "prompt_token_ids",
+]
 
 log = logging.getLogger(__name__)
+
+# llm-d-router's buckets for the index lookup latency (seconds)
+_LOOKUP_BOUNDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -67,13 +82,9 @@ class InMemoryConfig(Params):
 class KvBlockIndexConfig(Params):
     in_memory_config: InMemoryConfig = InMemoryConfig()
     enable_metrics: bool = False
-
-    @field_validator("enable_metrics")
-    @classmethod
-    def _no_metrics(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("no index metrics are exported; blocks per endpoint are in /debug/endpoints")
-        return value
+    """Export the index's ``llm_d_epp_kv_cache_index_*`` counters on the picker's /metrics."""
+    metrics_logging_interval: int = Field(default=0, ge=0)
+    """Nanoseconds (upstream's unit) between log lines of the same counters; 0: none."""
 
 
 class BackendConfig(Params):
@@ -159,6 +170,60 @@ class PrecisePrefixParams(Params):
         return [BlockHasher(a, seed) for a in algos]
 
 
+class VllmRenderConfig(Params):
+    url: str = "http://localhost:8000"
+    timeout: str = "5s"
+    mm_timeout: str = "30s"
+    """Upstream's timeout for multimodal renders; infergate renders text prompts only."""
+
+    @field_validator("timeout", "mm_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_go_duration(value)
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"{value!r} must be http://host[:port] (TLS is not supported, as upstream)")
+        return value
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_go_duration(self.timeout)
+
+
+class TokenProducerParams(Params):
+    """``token-producer``: prompts rendered by vLLM (``modelName``, ``vllm.url``), whose token ids
+    the ``precise-prefix-cache-scorer`` then uses (:mod:`infergate.sources.token_producer`).
+    Upstream's byte-packing ``estimate`` backend and its deprecated UDS sidecar are refused: the
+    scorer's own tokenizer stands in for the first, and nothing serves the second."""
+
+    model_name: str = ""
+    vllm: VllmRenderConfig | None = None
+    estimate: dict[str, object] | None = None
+    uds_tokenizer_config: dict[str, object] | None = None
+
+    @model_validator(mode="after")
+    def _render_backend(self) -> TokenProducerParams:
+        if self.uds_tokenizer_config is not None:
+            raise ValueError("udsTokenizerConfig (a deprecated gRPC sidecar) is not supported; use vllm.url")
+        if self.estimate is not None or (self.vllm is None and not self.model_name):
+            raise ValueError(
+                "only the vllm render backend is supported (modelName and vllm.url); without one, "
+                "remove the token-producer: precise-prefix-cache-scorer tokenizes prompts itself"
+            )
+        if not self.model_name:
+            raise ValueError("modelName is required with vllm: the model whose tokenizer renders prompts")
+        return self
+
+    @property
+    def render(self) -> VllmRenderConfig:
+        return self.vllm if self.vllm is not None else VllmRenderConfig()
+
+
 # ----------------------------------------------------------------------------- tokens
 
 
@@ -225,9 +290,14 @@ class PrecisePrefixScorer:
     """Scores endpoints by the longest run of the request's blocks their KV events say they hold."""
 
     def __init__(
-        self, params: PrecisePrefixParams | None = None, *, tokenizer: TextTokenizer | None = None
+        self,
+        params: PrecisePrefixParams | None = None,
+        *,
+        tokenizer: TextTokenizer | None = None,
+        metrics: Any = None,
     ) -> None:
-        """``tokenizer`` overrides the ``tokenizer`` parameter (tests)."""
+        """``tokenizer`` overrides the ``tokenizer`` parameter (tests); ``metrics`` (the
+        gateway's) gets the index counters when ``enableMetrics`` is set."""
         p = params or PrecisePrefixParams()
         self._p = p
         self.block_size = p.block_size
@@ -256,13 +326,49 @@ class PrecisePrefixScorer:
         self.fallback = PrefixCacheScorer(
             PrefixCacheParams(load_aware=False, auto_tune=False, block_size_tokens=self.block_size)
         )
+        self.lookups = self.lookup_hits = self.max_pod_hits = 0
+        self._latency = [0] * (len(_LOOKUP_BOUNDS) + 1)
+        self._latency_sum = 0.0
+        kv = p.indexer_config.kv_block_index_config
+        self._log_every = kv.metrics_logging_interval / 1e9
+        if kv.enable_metrics and metrics is not None:
+            metrics.registry.register(KvIndexCollector(self.index_state))
+
+    def index_state(self) -> KvIndexState:
+        """The index counters as exported (``enableMetrics``) and logged (``metricsLoggingInterval``)."""
+        return KvIndexState(
+            admissions=self.index.stats.admissions,
+            evictions=self.index.stats.evicted_keys,
+            lookups=self.lookups,
+            lookup_hits=self.lookup_hits,
+            max_pod_hits=self.max_pod_hits,
+            latency_bounds=_LOOKUP_BOUNDS,
+            latency_counts=tuple(self._latency),
+            latency_sum=self._latency_sum,
+        )
+
+    async def _log_index(self) -> None:
+        while True:
+            await asyncio.sleep(self._log_every)
+            st = self.index_state()
+            log.info(
+                "kv-block index: keys=%d admissions=%d evictions=%d lookups=%d lookup_hits=%d",
+                len(self.index),
+                st.admissions,
+                st.evictions,
+                st.lookups,
+                st.lookup_hits,
+            )
 
     # -------------------------------------------------------------- lifecycle (app wiring)
     def background_tasks(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """The subscriber's receive loop, run by the app for the gateway's lifetime. Binds the
         shared socket first, so a taken ``zmqEndpoint`` fails the gateway's start."""
         self.subscriber.open()
-        return [("kv-events", self.subscriber.run)]
+        tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = [("kv-events", self.subscriber.run)]
+        if self._log_every > 0:
+            tasks.append(("kv-index-log", self._log_index))
+        return tasks
 
     def sync_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """The pool's endpoints changed: follow the new ones' publishers (``discoverPods``) and
@@ -330,7 +436,12 @@ class PrecisePrefixScorer:
             approx = self.fallback.score(request, candidates, state)
         bs = self.block_size
         limit = self._p.max_prefix_blocks_to_match
-        tokens = prompt_token_ids(request, self._tokenizer, limit * bs + 1)
+        rendered = request.prompt_token_ids  # the model server's own ids (token-producer)
+        tokens = (
+            list(rendered[: limit * bs + 1])
+            if rendered is not None
+            else prompt_token_ids(request, self._tokenizer, limit * bs + 1)
+        )
         n = min(len(tokens) // bs, limit)
         lora = self._lora(request)
         # per verified hash scheme (and adapter keys), the sources keyed by engine hash
@@ -347,6 +458,7 @@ class PrecisePrefixScorer:
                 by_scheme.setdefault((scheme, extra), set()).add(source)
         runs: dict[str, list[int]] = {}
         keys: list[int] = []
+        started = time.perf_counter()
         if n and by_tokens:
             keys = request_keys(tokens, bs, lora=lora, seed=self.index.seed, limit=limit)
             runs.update(self.index.longest_runs(keys, by_tokens))
@@ -354,6 +466,14 @@ class PrecisePrefixScorer:
             digests = scheme.block_hashes(tokens[: n * bs], bs, extra) if n else []
             keys = [to_event_int(d) for d in digests]
             runs.update(self.index.longest_runs(keys, members))
+        if n and (by_tokens or by_scheme):
+            elapsed = time.perf_counter() - started
+            self.lookups += 1
+            best = max((len(r) for r in runs.values()), default=0)
+            self.lookup_hits += best
+            self.max_pod_hits += best
+            self._latency[bisect.bisect_left(_LOOKUP_BOUNDS, elapsed)] += 1
+            self._latency_sum += elapsed
         out: dict[str, float] = {}
         found: dict[str, int | None] = {}
         mlw = self._p.match_length_weight

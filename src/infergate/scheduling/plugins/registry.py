@@ -42,7 +42,11 @@ from infergate.scheduling.plugins.pickers import (
     RoundRobinPicker,
     WeightedRandomPicker,
 )
-from infergate.scheduling.plugins.precise_prefix import PrecisePrefixParams, PrecisePrefixScorer
+from infergate.scheduling.plugins.precise_prefix import (
+    PrecisePrefixParams,
+    PrecisePrefixScorer,
+    TokenProducerParams,
+)
 from infergate.scheduling.plugins.prefix import PrefixCacheParams, PrefixCacheScorer
 from infergate.scheduling.plugins.profile_handler import HeaderProfileHandler, HeaderProfileParams
 from infergate.scheduling.plugins.scorers import (
@@ -122,6 +126,10 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "static-usage-limit-policy": StaticUsageLimitParams,
     # in-flight counts are built in (Endpoint.in_flight, in_flight_tokens): no producer needed
     "inflight-load-producer": InFlightLoadParams,
+    # prompts rendered by vLLM for precise-prefix-cache-scorer (the app wires it to the Director)
+    "token-producer": TokenProducerParams,
+    # KV events reach precise-prefix-cache-scorer through its own subscriber
+    "endpoint-notification-source": NoParams,
 }
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
@@ -138,9 +146,7 @@ REFUSED_TYPES: dict[str, str] = {
     "edf-ordering-policy": _FCFS,
     "priority-holdback-policy": _LIMIT,
     "soft-reflective-ceiling-policy": _LIMIT,
-    "token-producer": "no tokenizer; prompt lengths are estimated (4 bytes per token) where needed",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
-    "precise-prefix-cache-producer": "the KV-event index runs inside precise-prefix-cache-scorer; use it",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
     "disagg-headers-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
@@ -162,7 +168,9 @@ def default_registry() -> PluginRegistry:
         lambda p, c: PrefixCacheScorer(p, clock=c.clock, metrics=c.metrics, name=c.name),
     )
     r.register_scorer_post_pick(
-        "precise-prefix-cache-scorer", PrecisePrefixParams, lambda p, c: PrecisePrefixScorer(p)
+        "precise-prefix-cache-scorer",
+        PrecisePrefixParams,
+        lambda p, c: PrecisePrefixScorer(p, metrics=c.metrics),
     )
     r.register_scorer_post_pick(
         "predicted-latency-scorer", LatencyParams, lambda p, c: PredictedLatencyScorer(p, clock=c.clock)
