@@ -8,8 +8,8 @@ render``), so the ids are the engine's by construction. This does the same, once
 after admission, with the ``token-producer`` plugin's ``modelName`` and ``vllm.url``.
 
 A render that fails (unreachable, an error status, a body without ``token_ids``, past
-``vllm.timeout``) is logged and counted, and the request goes on without ids: the scorer then
-tokenizes it itself, as upstream's scorers fall back.
+``vllm.timeout``) is counted, logged at most once a minute, and the request goes on without ids:
+the scorer then tokenizes it itself, as upstream's scorers fall back.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ __all__ = ["RenderTokenProducer"]
 log = logging.getLogger(__name__)
 
 _JSON = (("Content-Type", "application/json"), ("Accept", "application/json"))
+_WARN_EVERY = 60.0  # seconds between two warnings about failing renders
 # What the renderer needs of a chat request besides the messages (the template's inputs).
 _CHAT_FIELDS = (
     "add_generation_prompt",
@@ -55,6 +57,7 @@ class RenderTokenProducer:
         self._pool = UpstreamPool(connect_timeout=timeout, read_timeout=timeout, max_per_host=64)
         self.failures = 0
         """Renders that failed (the request went on without ids)."""
+        self._warned_at = -_WARN_EVERY
 
     async def token_ids(self, request: InferenceRequest) -> tuple[int, ...] | None:
         """The prompt's ids as the renderer computes them; None for requests it does not render
@@ -81,7 +84,17 @@ class RenderTokenProducer:
             return await self._render(path, payload)
         except (UpstreamConnectionError, UpstreamTimeout, ValueError) as exc:
             self.failures += 1
-            log.warning("token-producer: render at %s%s failed: %s", self.url, path, exc)
+            now = time.monotonic()
+            if now - self._warned_at >= _WARN_EVERY:  # a renderer that is down fails every request
+                self._warned_at = now
+                log.warning(
+                    "token-producer: render at %s%s failed (%d failures so far; requests are "
+                    "tokenized by the scorer meanwhile): %s",
+                    self.url,
+                    path,
+                    self.failures,
+                    exc,
+                )
             return None
 
     async def _render(self, path: str, payload: Mapping[str, Any]) -> tuple[int, ...]:
