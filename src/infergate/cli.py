@@ -393,7 +393,8 @@ def up(
 @app.command(
     "epp",
     help="Run only the endpoint picker (Envoy ext_proc gRPC) for a Gateway that speaks it: in a cluster "
-    "with --pool-name (watches the Kubernetes API), or from manifest files with -f.",
+    "with --pool-name (watches the Kubernetes API) or --endpoint-selector (pods, no InferencePool), or "
+    "from manifest files with -f.",
 )
 def epp(
     filename: Annotated[
@@ -410,6 +411,17 @@ def epp(
         str,
         typer.Option("--pool-group", help="The InferencePool API group (only this one is watched)."),
     ] = POOL_GROUP,
+    endpoint_selector: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-selector",
+            help="Standalone (no InferencePool): label selector of the model-server Pods, e.g. app=vllm.",
+        ),
+    ] = None,
+    endpoint_target_ports: Annotated[
+        str | None,
+        typer.Option("--endpoint-target-ports", help="Standalone: their ports, comma-separated (1 to 8)."),
+    ] = None,
     kubeconfig: Annotated[
         Path | None,
         typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster, else ~/.kube)."),
@@ -487,8 +499,22 @@ def epp(
         typer.echo(f"error: {message}", err=True)
         return typer.Exit(2)
 
-    if (pool_name is None) == (not filename):
-        raise fail("give either --pool-name (in-cluster) or -f/--filename (manifest files)")
+    sources = [pool_name is not None, endpoint_selector is not None, bool(filename)]
+    if sum(sources) != 1:
+        raise fail(
+            "give one of --pool-name (in-cluster), --endpoint-selector (in-cluster, no InferencePool) "
+            "or -f/--filename (manifest files)"
+        )
+    ports: tuple[int, ...] = ()
+    if endpoint_selector is not None:
+        from infergate.sources.label_selector import standalone_args
+
+        try:
+            ports = standalone_args(endpoint_selector, endpoint_target_ports)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    elif endpoint_target_ports is not None:
+        raise fail("--endpoint-target-ports goes with --endpoint-selector")
     if config is not None and config_text is not None:
         raise fail("--config-file and --config-text are exclusive")
     if pool_group != POOL_GROUP:
@@ -498,6 +524,8 @@ def epp(
         "pool": pool_name if pool_name is not None else pool,
         "kubernetes.pool_namespace": pool_namespace,
         "kubernetes.kubeconfig": kubeconfig,
+        "kubernetes.endpoint_selector": endpoint_selector,
+        "kubernetes.endpoint_target_ports": ports or None,
         "listeners.host": host,
         "listeners.grpc_port": grpc_port,
         "listeners.grpc_health_port": grpc_health_port,
@@ -516,14 +544,15 @@ def epp(
         "logging.level": _lower(log_level),
         "logging.format": _lower(log_format),
     }
-    defaults = {"auth.metrics_auth": "kubernetes"} if pool_name is not None else {}
+    in_cluster = pool_name is not None or endpoint_selector is not None
+    defaults = {"auth.metrics_auth": "kubernetes"} if in_cluster else {}
     settings = _settings(flags, settings_file, print_settings=print_settings, defaults=defaults)
     try:
         picker = _picker(config, config_text)
     except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
 
-    if pool_name is not None:
+    if in_cluster:
         raise typer.Exit(run_epp(settings, picker=picker))
     assert filename is not None
     raise typer.Exit(run_serve(filename, settings, picker=picker))
@@ -547,32 +576,15 @@ def _root(
     """An inference gateway for fleets of OpenAI-compatible LLM servers."""
 
 
-def _translate_reference_flags(argv: list[str]) -> None:
-    """``epp``'s command line in the reference picker's spelling (``--v 4``, ``--zap-encoder
-    json``, ...) rewritten in place into infergate's, said on stderr; a value infergate cannot
-    honour is an ``error:`` line and exit code 2 (:mod:`infergate.config.reference_flags`)."""
-    if len(argv) < 2 or argv[1] != "epp":
-        return
-    from infergate.config.reference_flags import translate
-    from infergate.errors import ConfigError
-
-    try:
-        args, notes = translate(argv[2:])
-    except ConfigError as exc:
-        typer.echo(f"error: infergate epp: {exc}", err=True)
-        raise SystemExit(2) from None
-    argv[2:] = args
-    if notes:
-        typer.echo(f"infergate epp: reference flags mapped: {'; '.join(notes)}", err=True)
-
-
 def main() -> None:
     """Console-script entry point.
 
     Usage errors (an unknown flag, a value of the wrong type) are one ``error:`` line and exit code
     2, like every other startup error, instead of a boxed panel an operator has to read around.
     """
-    _translate_reference_flags(sys.argv)
+    from infergate.config.reference_flags import rewrite_argv
+
+    rewrite_argv(sys.argv)
     try:
         code = app(prog_name="infergate", standalone_mode=False)
     except typer.TyperException as exc:  # typer's own parser errors (it vendors click)

@@ -188,6 +188,11 @@ def test_schema_rejects_unknown_keys(key: str) -> None:
 def test_every_epp_option_is_accepted_by_the_chart() -> None:
     """Keeps the chart's list of pass-through flags equal to the CLI's cluster-mode options."""
     file_mode = {"filename", "pool", "config", "no-metrics-auth", "metrics-token-file"}
+    # standalone mode (no InferencePool): refused by name, the chart creates the pool
+    standalone = {"endpoint-selector", "endpoint-target-ports"}
+    for name in standalone:
+        error = render_error(*TUTORIAL, "--set-string", f"inferenceExtension.flags.{name}=app=x")
+        assert f"inferenceExtension.flags.{name}: standalone mode" in error
     # --print-settings exits instead of serving: refused at template time, naming why
     error = render_error(*TUTORIAL, "--set-string", "inferenceExtension.flags.print-settings=true")
     assert "inferenceExtension.flags.print-settings: prints the settings and exits" in error
@@ -195,7 +200,7 @@ def test_every_epp_option_is_accepted_by_the_chart() -> None:
     for param in EPP.params:
         names = [o[2:] for o in param.opts if o.startswith("--")]
         name = names[0]
-        if name in file_mode or name in ("help", "print-settings"):  # these exit instead of serving
+        if name in file_mode | standalone or name in ("help", "print-settings"):  # exit, or refused above
             continue
         value = "true" if getattr(param, "is_flag", False) else sample.get(name, "1")
         docs = render(*TUTORIAL, "--set-string", f"inferenceExtension.flags.{name}={value}")

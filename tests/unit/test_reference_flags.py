@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import typer
 
-from infergate.cli import _translate_reference_flags, app
-from infergate.config.reference_flags import translate
+from infergate.cli import app
+from infergate.config.reference_flags import rewrite_argv, translate
 from infergate.errors import ConfigError
 
 EPP = typer.main.get_command(app).commands["epp"]  # type: ignore[attr-defined]
@@ -97,13 +97,13 @@ def test_tracing_on_exports_to_the_default_collector_and_off_silences_a_named_on
 
 def test_main_rewrites_only_the_epp_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["infergate", "epp", "--pool-name", "p", "--zap-encoder=json"]
-    _translate_reference_flags(argv)
+    rewrite_argv(argv)
     assert argv == ["infergate", "epp", "--pool-name", "p", "--log-format", "json"]
     assert "reference flags mapped: --zap-encoder=json → --log-format json" in capsys.readouterr().err
     serve = ["infergate", "serve", "-f", "x", "--v=4"]
-    _translate_reference_flags(serve)
+    rewrite_argv(serve)
     assert serve == ["infergate", "serve", "-f", "x", "--v=4"]  # left to the parser, which refuses it
     with pytest.raises(SystemExit) as info:
-        _translate_reference_flags(["infergate", "epp", "--enable-pprof"])
+        rewrite_argv(["infergate", "epp", "--enable-pprof"])
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("error: infergate epp: --enable-pprof")

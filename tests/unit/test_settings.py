@@ -95,6 +95,21 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
 
         return probe
 
+    def standalone(fn: Callable[[KubernetesSource], object]) -> Probe:
+        """Standalone mode's settings, read with a selector and ports filled in where unset."""
+
+        def probe(s: Settings) -> object:
+            k = s.kubernetes
+            s = s.replace(
+                {
+                    "kubernetes.endpoint_selector": k.endpoint_selector or "app=vllm",
+                    "kubernetes.endpoint_target_ports": k.endpoint_target_ports or (8000,),
+                }
+            )
+            return fn(KubernetesSource.from_settings(s, Datastore.from_settings(s), api_client=object()))
+
+        return probe
+
     def seeded(s: Settings) -> object:
         """Two gateways from the same settings make the same random choices only with a seed."""
         a, b = _gateway(root, s), _gateway(root, s)
@@ -202,6 +217,14 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "kubernetes.pool_namespace": ("team-a", source(lambda src: src.namespace)),
         "kubernetes.kubeconfig": (root / "kubeconfig", source(lambda src: src._kubeconfig)),
         "kubernetes.write_status": (False, source(lambda src: src._write_status)),
+        "kubernetes.endpoint_selector": (
+            "app=qwen",
+            standalone(lambda src: src._selector.text if src._selector is not None else None),
+        ),
+        "kubernetes.endpoint_target_ports": (
+            (8001, 8002),
+            standalone(lambda src: src._standalone.target_ports if src._standalone is not None else None),
+        ),
     }
 
 

@@ -172,12 +172,13 @@ class ManifestPoolSource:
 
 
 class KubernetesPoolSource:
-    """``settings.pool`` in ``kubernetes.pool_namespace``, watched through the Kubernetes API."""
+    """``settings.pool`` in ``kubernetes.pool_namespace``, watched through the Kubernetes API (or,
+    in standalone mode, the pods ``kubernetes.endpoint_selector`` selects there)."""
 
     manifests: ManifestSet | None = None
 
     def __init__(self, settings: Settings, *, api_client: Any | None = None) -> None:
-        if settings.pool is None:
+        if settings.pool is None and settings.kubernetes.endpoint_selector is None:
             raise ConfigError("settings: pool: the InferencePool to watch is required (--pool-name)")
         self._settings = settings
         self.api_client: Any | None = api_client
@@ -187,7 +188,11 @@ class KubernetesPoolSource:
         self._changed = asyncio.Event()
 
     def describe(self) -> str:
-        ns = self.source.namespace if self.source is not None else self._settings.kubernetes.pool_namespace
+        k = self._settings.kubernetes
+        ns = self.source.namespace if self.source is not None else k.pool_namespace
+        if k.endpoint_selector is not None:
+            name = self.source.pool_name if self.source is not None else "?"
+            return f"{ns or '?'}/{name} (pods {k.endpoint_selector!r}, no InferencePool)"
         return f"{ns or '?'}/{self._settings.pool}"
 
     def attach(self, datastore: Datastore) -> None:

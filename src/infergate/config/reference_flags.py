@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, MutableMapping, Sequence
 
 from infergate.errors import ConfigError
 
-__all__ = ["REFERENCE_FLAGS", "translate"]
+__all__ = ["REFERENCE_FLAGS", "rewrite_argv", "translate"]
 
 _TRUE = {"true", "1", "t"}
 _FALSE = {"false", "0", "f"}
@@ -158,3 +159,19 @@ def translate(
         set_env = [f"{k}={v}" for k, v in environ.items() if before.get(k) != v]
         notes.append(f"--{name}={value} → {' '.join(rewritten + set_env) or 'nothing to do'}")
     return out, notes
+
+
+def rewrite_argv(argv: list[str]) -> None:
+    """``infergate epp``'s command line in the reference's spelling rewritten in place into
+    infergate's, what was rewritten said on stderr; a value infergate cannot honour is an
+    ``error:`` line and exit code 2 (the CLI's usage errors look the same)."""
+    if len(argv) < 2 or argv[1] != "epp":
+        return
+    try:
+        args, notes = translate(argv[2:])
+    except ConfigError as exc:
+        print(f"error: infergate epp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    argv[2:] = args
+    if notes:
+        print(f"infergate epp: reference flags mapped: {'; '.join(notes)}", file=sys.stderr)

@@ -303,6 +303,11 @@ class KubernetesSettings(_Group):
     """Kubeconfig file (unset: in-cluster credentials, else ``$KUBECONFIG``/``~/.kube/config``)."""
     write_status: bool = True
     """Write the InferencePool's ``status.parents`` conditions."""
+    endpoint_selector: str | None = None
+    """Standalone mode (``epp --endpoint-selector``): the label selector of the model-server Pods
+    in the namespace, in Kubernetes' string syntax, instead of an InferencePool."""
+    endpoint_target_ports: tuple[int, ...] = ()
+    """Standalone mode: the model servers' ports (1 to 8), as an InferencePool's ``targetPorts``."""
 
 
 class Settings(BaseSettings):

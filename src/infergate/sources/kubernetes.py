@@ -22,12 +22,18 @@ objects is the manifest loader's (:class:`~infergate.api.loader.ManifestSet`), s
 cluster mean the same thing.
 
 Optionally it also writes the pool's ``status.parents`` default entry (see ``kubernetes_status``).
+
+Standalone mode (``epp --endpoint-selector SEL --endpoint-target-ports P,...``, the reference's
+way to run without the CRDs): no InferencePool, objective or rewrite is watched; the endpoints are
+the Ready pods of the namespace that ``SEL`` (Kubernetes selector syntax, set-based included)
+selects, on the given ports, served under the picker Deployment's name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from typing import Any
 
@@ -57,10 +63,11 @@ from infergate.sources.kubernetes_client import (
 )
 from infergate.sources.kubernetes_reflector import Reflector
 from infergate.sources.kubernetes_status import CONTROLLER_NAME, PoolHealth, desired_status
+from infergate.sources.label_selector import LabelSelector
 from infergate.sources.manifests import sync_endpoints
 from infergate.types import EndpointMeta, PoolSpec
 
-__all__ = ["WATCHED_RESOURCES", "KubernetesSource", "reflector_key"]
+__all__ = ["WATCHED_RESOURCES", "KubernetesSource", "reflector_key", "standalone_pool_name"]
 
 log = logging.getLogger("infergate.kubernetes")
 
@@ -114,16 +121,35 @@ class KubernetesSource:
         from infergate.sources.kubernetes_client import default_pool_namespace
 
         k = settings.kubernetes
-        if settings.pool is None:
+        selector: LabelSelector | None = None
+        if k.endpoint_selector is not None:
+            if settings.pool is not None:
+                raise ConfigError("settings: give either pool (--pool-name) or kubernetes.endpoint_selector")
+            try:
+                selector = LabelSelector.parse(k.endpoint_selector)
+            except ValueError as exc:
+                raise ConfigError(f"kubernetes.endpoint_selector: {exc}") from None
+            ports = k.endpoint_target_ports
+            if not 1 <= len(ports) <= 8 or any(not 1 <= p <= 65535 for p in ports):
+                raise ConfigError(
+                    "kubernetes.endpoint_target_ports: 1 to 8 ports in 1..65535 are required with "
+                    f"an endpoint selector (--endpoint-target-ports; got {list(ports)})"
+                )
+            name = standalone_pool_name(os.environ.get("POD_NAME"))
+        elif settings.pool is None:
             raise ConfigError("settings: pool: the InferencePool to watch is required (--pool-name)")
+        else:
+            name = settings.pool
         return cls(
             datastore,
-            pool_name=settings.pool,
+            pool_name=name,
             pool_namespace=k.pool_namespace or default_pool_namespace(),
             api_client=api_client,
             kubeconfig=str(k.kubeconfig) if k.kubeconfig is not None else None,
-            write_status=k.write_status,
+            write_status=k.write_status and selector is None,
             rng=rng,
+            endpoint_selector=selector,
+            endpoint_target_ports=tuple(dict.fromkeys(k.endpoint_target_ports)),
         )
 
     def __init__(
@@ -142,8 +168,17 @@ class KubernetesSource:
         backoff_max: float = 10.0,
         status_interval: float = 1.0,
         rng: random.Random | None = None,
+        endpoint_selector: LabelSelector | None = None,
+        endpoint_target_ports: tuple[int, ...] = (),
     ) -> None:
         self._ds = datastore
+        self._selector = endpoint_selector
+        self._standalone: PoolSpec | None = None
+        if endpoint_selector is not None:
+            # standalone: no InferencePool; the pods the selector picks, on the given ports
+            self._standalone = PoolSpec(
+                name=pool_name, namespace=pool_namespace, target_ports=endpoint_target_ports
+            )
         self.pool_name = pool_name
         self.namespace = pool_namespace
         self._api_client = api_client
@@ -185,6 +220,10 @@ class KubernetesSource:
             client = await make_api_client(kubeconfig=self._kubeconfig)
         self._applied = None  # a restarted run starts with a full diff
         self._pod_lists_seen = 0
+        if self._standalone is not None and self._pool_spec is None:
+            self._pool_spec = self._standalone
+            self._ds.set_pool(self._standalone)
+        watched = (PODS,) if self._standalone is not None else WATCHED_RESOURCES
         try:
             self.reflectors = {
                 reflector_key(r): Reflector(
@@ -195,7 +234,7 @@ class KubernetesSource:
                     optional=r in _OPTIONAL_RESOURCES,
                     **self._reflector_args,
                 )
-                for r in WATCHED_RESOURCES
+                for r in watched
             }
             async with asyncio.TaskGroup() as tg:
                 for name, reflector in self.reflectors.items():
@@ -284,6 +323,8 @@ class KubernetesSource:
             return ()
         if not _pod_ready(parsed):
             return ()
+        if self._selector is not None and not self._selector.matches(parsed.metadata.labels):
+            return ()  # standalone: the selector (the spec's is empty and matches every pod)
         return tuple(ManifestSet(pods=[parsed]).endpoints_for(spec))
 
     def _wanted_endpoints(self, spec: PoolSpec) -> dict[str, EndpointMeta]:
@@ -416,6 +457,16 @@ class KubernetesSource:
                 self._status_dirty.set()
                 continue
             await asyncio.sleep(self._status_interval)
+
+
+def standalone_pool_name(pod_name: str | None) -> str:
+    """The name standalone mode serves the pods under (metrics, logs): the picker's Deployment,
+    from its pod's name (``<deployment>-<replica set>-<pod>``), as the reference names it; the
+    pod's own name when it has no such suffixes, ``standalone`` outside a pod."""
+    if not pod_name:
+        return "standalone"
+    parts = pod_name.split("-")
+    return "-".join(parts[:-2]) if len(parts) >= 3 else pod_name
 
 
 def _short(exc: BaseException) -> str:

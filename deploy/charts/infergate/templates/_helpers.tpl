@@ -163,6 +163,8 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
 {{- $on := ($ie.tracing | default (dict)).enabled | default false }}
 {{- if ne (eq $s "true") $on }}{{ fail (printf "%s: %s while %s is %v; the picker traces exactly when tracing.enabled gives it a collector (otelExporterEndpoint): set that one" $where $s (include "infergate.key" (list $ "inferenceExtension.tracing.enabled")) $on) }}{{ end }}
+{{- else if has $k (list "endpoint-selector" "endpoint-target-ports") }}
+{{- fail (printf "%s: standalone mode (pods by label, no InferencePool) does not fit this chart, which creates the InferencePool the picker reads; run infergate epp --endpoint-selector in a Deployment of your own" $where) }}
 {{- else if eq $k "print-settings" }}
 {{- fail (printf "%s: prints the settings and exits, so the picker would never serve" $where) }}
 {{- else if has $k $offOnly }}

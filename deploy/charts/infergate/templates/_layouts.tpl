@@ -67,7 +67,7 @@ values came in that layout (error messages name what the user can find in their 
 {{- /* Refused first: parts of llm-d-router's chart infergate has no counterpart for. */ -}}
 {{- $ipool := $r.inferencePool | default (dict) -}}
 {{- if and (hasKey $ipool "create") (not $ipool.create) -}}
-{{- fail "router.inferencePool.create: false (standalone mode, endpoints from --endpoint-selector) is not supported: infergate's picker reads its endpoints from the InferencePool this chart creates" -}}
+{{- fail "router.inferencePool.create: false (standalone mode) is not supported by this chart, whose picker reads the InferencePool it creates; infergate epp --endpoint-selector runs standalone in a Deployment of your own" -}}
 {{- end -}}
 {{- if ($r.proxy | default (dict)).enabled -}}
 {{- fail "router.proxy.enabled: not supported: this chart deploys the picker for a Gateway, which it serves over ext_proc (no proxy sidecar, no standalone mode)" -}}
