@@ -172,38 +172,50 @@ async def test_gateway_routes_to_the_endpoint_holding_the_blocks(tmp_path: Path)
     scorer = gw.scheduler.plugin("precise-prefix-cache-scorer")
     assert isinstance(scorer, PrecisePrefixScorer)
     try:
-        assert await gw.wait_ready(TIMEOUT)
-        url = f"http://127.0.0.1:{gw.port}/v1/completions"
-        async with aiohttp.ClientSession() as session:
-
-            async def send(p: str) -> str:
-                body = {"model": MODEL, "prompt": p, "max_tokens": 2}
-                async with session.post(url, json=body) as resp:
-                    assert resp.status == 200, await resp.text()
-                    return resp.headers["x-gateway-destination-endpoint-served"]
-
-            # every simulator's events must be flowing first (PUB-SUB drops messages sent before
-            # the connection is up): warm each one directly until the index knows it
-            for port in ports:
-                await until_received(port, functools.partial(scorer.index.is_live, f"127.0.0.1:{port}"))
-            homes: dict[int, str] = {}
-            for tenant in range(6):
-                homes[tenant] = await send(prompt(tenant, 0))
-                ep = Endpoint(
-                    meta=EndpointMeta(
-                        name="x", address="127.0.0.1", port=int(homes[tenant].rsplit(":", 1)[1])
-                    )
-                )
-
-                await async_wait_for(
-                    functools.partial(_scored, scorer, prompt(tenant, 1), ep),
-                    timeout=TIMEOUT,
-                    what=f"tenant {tenant}'s blocks in the index",
-                )
-            for question in range(1, 4):
-                for tenant in range(6):
-                    assert await send(prompt(tenant, question)) == homes[tenant], (tenant, question)
+        await tenants_return_home(gw, scorer, ports, tenants=6, questions=3, probe=request)
     finally:
         await gw.stop()
         for s in sims:
             await s.stop()
+
+
+async def tenants_return_home(
+    gw: Gateway,
+    scorer: PrecisePrefixScorer,
+    ports: list[int],
+    *,
+    tenants: int,
+    questions: int,
+    probe: Callable[[str], InferenceRequest],
+) -> None:
+    """Each tenant's first prompt goes somewhere; once that server's events for it are in the
+    index (``probe`` builds the request the scorer is asked about), every later prompt of the
+    tenant goes to the same server."""
+    assert await gw.wait_ready(TIMEOUT)
+    url = f"http://127.0.0.1:{gw.port}/v1/completions"
+    async with aiohttp.ClientSession() as session:
+
+        async def send(p: str) -> str:
+            body = {"model": MODEL, "prompt": p, "max_tokens": 2}
+            async with session.post(url, json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                return resp.headers["x-gateway-destination-endpoint-served"]
+
+        # every simulator's events must be flowing first (PUB-SUB drops messages sent before
+        # the connection is up): warm each one directly until the index knows it
+        for port in ports:
+            await until_received(port, functools.partial(scorer.index.is_live, f"127.0.0.1:{port}"))
+        homes: dict[int, str] = {}
+        for tenant in range(tenants):
+            homes[tenant] = await send(prompt(tenant, 0))
+            home = Endpoint(
+                meta=EndpointMeta(name="x", address="127.0.0.1", port=int(homes[tenant].rsplit(":", 1)[1]))
+            )
+
+            async def held(tenant: int = tenant, home: Endpoint = home) -> bool:
+                return bool(scorer.score(probe(prompt(tenant, 1)), [home], CycleState()))
+
+            await async_wait_for(held, timeout=TIMEOUT, what=f"tenant {tenant}'s blocks in the index")
+        for question in range(1, questions + 1):
+            for tenant in range(tenants):
+                assert await send(prompt(tenant, question)) == homes[tenant], (tenant, question)

@@ -10,25 +10,22 @@ tokenizer is a real ``tokenizer.json`` the gateway does not have.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import aiohttp
 import yaml
 
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, ManifestPoolSource
 from infergate.config.picker import parse_picker_config
 from infergate.scheduling.plugins.precise_prefix import PrecisePrefixScorer
-from infergate.scheduling.sdk.framework import CycleState
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
 from infergate.sources.token_producer import RenderTokenProducer
 from infergate.tokenization.load import load_tokenizer
-from infergate.types import ApiKind, Endpoint, EndpointMeta, InferenceRequest
-from tests.integration.test_kvevents_routing import MODEL, TIMEOUT, listen_port, prompt, until_received
+from infergate.types import ApiKind, InferenceRequest
+from tests.integration.test_kvevents_routing import MODEL, TIMEOUT, listen_port, prompt, tenants_return_home
 from tests.integration.test_sim_tokenization import tokenizer_json  # noqa: F401 (a fixture)
-from tests.support import async_wait_for, free_port, local_settings, static_pool_docs
+from tests.support import free_port, local_settings, static_pool_docs
 
 
 def completion(text: str) -> InferenceRequest:
@@ -146,46 +143,21 @@ async def test_the_split_precise_pipeline_routes_by_the_servers_tokens(
     bos = hf.bos_id
     assert bos is not None
     try:
-        assert await gw.wait_ready(TIMEOUT)
-        url = f"http://127.0.0.1:{gw.port}/v1/completions"
-        async with aiohttp.ClientSession() as session:
 
-            async def send(p: str) -> str:
-                body = {"model": MODEL, "prompt": p, "max_tokens": 2}
-                async with session.post(url, json=body) as resp:
-                    assert resp.status == 200, await resp.text()
-                    return resp.headers["x-gateway-destination-endpoint-served"]
+        def rendered(text: str) -> InferenceRequest:  # the ids the server's renderer gives
+            ids = (bos, *hf.encode(text))
+            return InferenceRequest(
+                request_id="q",
+                model=MODEL,
+                target_model=MODEL,
+                prompt=text,
+                body={"prompt": text},
+                prompt_token_ids=ids,
+            )
 
-            for port in ports:
-                await until_received(port, functools.partial(scorer.index.is_live, f"127.0.0.1:{port}"))
-            homes: dict[int, str] = {}
-            for tenant in range(4):
-                homes[tenant] = await send(prompt(tenant, 0))
-                port = int(homes[tenant].rsplit(":", 1)[1])
-                home = Endpoint(meta=EndpointMeta(name="x", address="127.0.0.1", port=port))
-                text = prompt(tenant, 1)
-                rendered = InferenceRequest(
-                    request_id="q",
-                    model=MODEL,
-                    target_model=MODEL,
-                    prompt=text,
-                    body={"prompt": text},
-                    prompt_token_ids=(bos, *hf.encode(text)),
-                )
-                await async_wait_for(
-                    functools.partial(_scored_request, scorer, rendered, home),
-                    timeout=TIMEOUT,
-                    what=f"tenant {tenant}'s blocks, keyed by the server's tokens",
-                )
-            for question in range(1, 3):
-                for tenant in range(4):
-                    assert await send(prompt(tenant, question)) == homes[tenant], (tenant, question)
+        await tenants_return_home(gw, scorer, ports, tenants=4, questions=2, probe=rendered)
         assert producer.failures == 0
     finally:
         await gw.stop()
         for s in sims:
             await s.stop()
-
-
-async def _scored_request(scorer: PrecisePrefixScorer, request: InferenceRequest, endpoint: Endpoint) -> bool:
-    return bool(scorer.score(request, [endpoint], CycleState()))
