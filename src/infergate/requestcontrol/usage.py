@@ -41,12 +41,16 @@ def _int(v: object) -> int | None:
 
 
 def usage_from_object(obj: object) -> Usage | None:
-    """Usage from a decoded response or chunk: OpenAI, chat, and Responses API field names."""
+    """Usage from a decoded response or chunk: OpenAI, chat, Responses API and Anthropic Messages
+    field names (a streamed message's ``message_start`` holds its usage under ``message``)."""
     if not isinstance(obj, dict):
         return None
     usage: Any = obj.get("usage")
-    if usage is None and isinstance(obj.get("response"), dict):
-        usage = obj["response"].get("usage")
+    if usage is None:
+        for holder in ("response", "message"):
+            if isinstance(obj.get(holder), dict):
+                usage = obj[holder].get("usage")
+                break
     if not isinstance(usage, dict):
         return None
     prompt = _int(usage.get("prompt_tokens"))
@@ -55,13 +59,11 @@ def usage_from_object(obj: object) -> Usage | None:
     completion = _int(usage.get("completion_tokens"))
     if completion is None:
         completion = _int(usage.get("output_tokens"))
-    cached = None
+    cached = _int(usage.get("cache_read_input_tokens"))  # Anthropic's name
     for key in ("prompt_tokens_details", "prompt_token_details", "input_tokens_details"):
         details = usage.get(key)
-        if isinstance(details, dict):
+        if cached is None and isinstance(details, dict):
             cached = _int(details.get("cached_tokens"))
-            if cached is not None:
-                break
     if prompt is None and completion is None:
         return None
     return Usage(prompt, completion, cached)
@@ -156,8 +158,18 @@ class SSEUsageParser:
             found = usage_from_object(json.loads(payload))
         except (ValueError, RecursionError):
             return
-        if found is not None:
-            self.usage = found
+        if found is None:
+            return
+        last = self.usage
+        if last is not None and None in (found.prompt_tokens, found.completion_tokens, found.cached_tokens):
+            # a later event may carry only part of it: an Anthropic message states its input
+            # tokens in message_start and its output tokens in message_delta
+            found = Usage(
+                found.prompt_tokens if found.prompt_tokens is not None else last.prompt_tokens,
+                found.completion_tokens if found.completion_tokens is not None else last.completion_tokens,
+                found.cached_tokens if found.cached_tokens is not None else last.cached_tokens,
+            )
+        self.usage = found
 
 
 TPOT_REPORT_TOKENS = 33
