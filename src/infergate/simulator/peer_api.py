@@ -8,10 +8,20 @@ same process can stand behind vLLM-family and SGLang-family routers (see docs/si
 
 from __future__ import annotations
 
+import functools
+import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
 
 from infergate.simulator.engine import EngineConfig, EngineStats
+
+if TYPE_CHECKING:
+    from infergate.simulator.server import SimServer
+
+_compact = functools.partial(json.dumps, separators=(",", ":"))  # as FastAPI writes JSON
 
 
 def sglang_model_info(model: str) -> dict[str, Any]:
@@ -68,3 +78,36 @@ def sglang_load(s: EngineStats) -> dict[str, Any]:
         "num_pending_tokens": 0,
         "ts_tic": time.perf_counter(),
     }
+
+
+def routes(server: SimServer) -> dict[str, Callable[[web.Request], Awaitable[web.Response]]]:
+    """The SGLang-style GET endpoints of ``server``, by path."""
+    info = functools.partial(_server_info, server)
+    model = functools.partial(_model_info, server)
+    load = functools.partial(_load, server)
+    return {
+        "/get_server_info": info,
+        "/server_info": info,
+        "/get_model_info": model,
+        "/model_info": model,
+        "/get_load": load,
+    }
+
+
+async def _model_info(server: SimServer, request: web.Request) -> web.Response:
+    """SGLang's ``/get_model_info`` (sglang-router reads it at worker registration)."""
+    return web.json_response(sglang_model_info(server.args.model), dumps=_compact)
+
+
+async def _server_info(server: SimServer, request: web.Request) -> web.Response:
+    """SGLang's ``/get_server_info``: server args, scheduler limits, internal state, version."""
+    from infergate.simulator.server import VLLM_VERSION
+
+    info = sglang_server_info(server.config, server.engine.stats(), version=VLLM_VERSION)
+    info.update(served_model_name=server.args.model_name, host=server.args.host, port=server.port)
+    return web.json_response(info, dumps=_compact)
+
+
+async def _load(server: SimServer, request: web.Request) -> web.Response:
+    """Load for SGLang-style routers: ``load`` (sglang-router power-of-two) plus SGLang's fields."""
+    return web.json_response(sglang_load(server.engine.stats()), dumps=_compact)

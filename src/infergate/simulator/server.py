@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infergate.simulator import disagg, load_report, lora_api, validation
+from infergate.simulator import anthropic_api, disagg, load_report, lora_api, validation
 from infergate.simulator import openai_api as oa
 from infergate.simulator import peer_api as peer
 from infergate.simulator.args import SimulatorArgs
@@ -137,11 +138,10 @@ class SimServer:
         r.add_post("/detokenize", self.detokenize)
         r.add_post("/v1/completions/render", self.render_completion)
         r.add_post("/v1/chat/completions/render", self.render_chat)
-        r.add_get("/get_server_info", self.server_info)
-        r.add_get("/server_info", self.server_info)
-        r.add_get("/get_model_info", self.model_info)
-        r.add_get("/model_info", self.model_info)
-        r.add_get("/get_load", self.get_load)
+        r.add_post("/v1/messages", functools.partial(anthropic_api.messages, self))
+        r.add_post("/v1/messages/count_tokens", functools.partial(anthropic_api.count_tokens, self))
+        for path, handler in peer.routes(self).items():
+            r.add_get(path, handler)
         r.add_get("/kv_event_sources", self.kv_event_sources)
         return app
 
@@ -313,7 +313,14 @@ class SimServer:
         return await self._respond(request, params, model, rid, specs, echo_text)
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
+        params, model, rid, specs = self.chat_run(request, await self._body(request))
+        return await self._respond(request, params, model, rid, specs, None)
+
+    def chat_run(
+        self, request: web.Request, body: dict[str, Any]
+    ) -> tuple[oa.GenerationParams, str, str, list[ChoiceSpec]]:
+        """A chat request checked and tokenised: its parameters, model, id and engine requests
+        (also what the Anthropic Messages endpoints run, :mod:`.anthropic_api`)."""
         params = oa.parse_params(body, "chat")
         messages = oa.chat_messages(body)
         model, lora = self._resolve(params.model)
@@ -321,8 +328,11 @@ class SimServer:
         ids = self._chat_ids(body, messages)
         rid = f"chatcmpl-{params.request_id or request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
         transfer = disagg.parse_request(body, self.args.kv_transfer, self.config.block_size)
-        specs = self._specs(rid, [ids], params, lora, None, transfer)
-        return await self._respond(request, params, model, rid, specs, None)
+        return params, model, rid, self._specs(rid, [ids], params, lora, None, transfer)
+
+    def choice_events(self, spec: ChoiceSpec, *, streaming: bool) -> Any:
+        """The :class:`Delta` events of one engine request."""
+        return choice_events(self.driver, self.tokenizer, self.metrics, spec, streaming=streaming)
 
     async def _respond(
         self,
@@ -337,7 +347,7 @@ class SimServer:
         streaming = params.stream
 
         def make(spec: ChoiceSpec) -> Any:
-            return choice_events(self.driver, self.tokenizer, self.metrics, spec, streaming=streaming)
+            return self.choice_events(spec, streaming=streaming)
 
         created = int(time.time())
         if not streaming:
@@ -583,17 +593,3 @@ class SimServer:
         body = await self._body(request)
         ids = self._chat_ids(body, oa.chat_messages(body))
         return _json(self._render_entry(f"chatcmpl-{uuid.uuid4().hex}", ids, body, "chat"))
-
-    async def model_info(self, request: web.Request) -> web.Response:
-        """SGLang's ``/get_model_info`` (sglang-router reads it at worker registration)."""
-        return _json(peer.sglang_model_info(self.args.model))
-
-    async def server_info(self, request: web.Request) -> web.Response:
-        """SGLang's ``/get_server_info``: server args, scheduler limits, internal state, version."""
-        info = peer.sglang_server_info(self.config, self.engine.stats(), version=VLLM_VERSION)
-        info.update(served_model_name=self.args.model_name, host=self.args.host, port=self.port)
-        return _json(info)
-
-    async def get_load(self, request: web.Request) -> web.Response:
-        """Load for SGLang-style routers: ``load`` (sglang-router power-of-two) plus SGLang's fields."""
-        return _json(peer.sglang_load(self.engine.stats()))
