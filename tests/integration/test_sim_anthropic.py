@@ -16,8 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.api.loader import load_manifests
 from infergate.app.gateway import Gateway, ManifestPoolSource
+from infergate.scheduling.plugins.precise_prefix import prompt_token_ids
 from infergate.simulator.args import SimulatorArgs
 from infergate.simulator.server import SimServer
+from infergate.sources.token_producer import RenderTokenProducer
+from infergate.tokenization.load import load_tokenizer
+from infergate.types import ApiKind, InferenceRequest
 from tests.support import local_settings, static_pool_docs
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -128,3 +132,23 @@ async def test_the_gateway_counts_a_streamed_messages_tokens(sim: SimServer, tmp
         assert _sample(text, "inference_objective_output_tokens_sum") == 6
     finally:
         await gw.stop()
+
+
+async def test_a_message_is_tokenized_as_the_chat_the_server_runs(sim: SimServer) -> None:
+    """The render token producer and the precise scorer's own tokenizer give an Anthropic message
+    the ids the server counts for it (so its KV blocks can be looked up)."""
+    request = InferenceRequest(
+        request_id="r", model=MODEL, target_model=MODEL, api=ApiKind.MESSAGES, body=REQUEST
+    )
+    url = f"http://127.0.0.1:{sim.port}"
+    producer = RenderTokenProducer(url, MODEL, timeout=60)
+    rendered = await producer.token_ids(request)
+    async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/messages/count_tokens", json=REQUEST) as r:
+        counted = (await r.json())["input_tokens"]
+    assert rendered is not None and len(rendered) == counted
+    assert prompt_token_ids(request, load_tokenizer(None)) == list(rendered)  # the simulator's tokenizer
+    with_image = {**REQUEST, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}
+    image = InferenceRequest(
+        request_id="i", model=MODEL, target_model=MODEL, api=ApiKind.MESSAGES, body=with_image
+    )
+    assert await producer.token_ids(image) is None and producer.failures == 0  # not rendered, not a failure

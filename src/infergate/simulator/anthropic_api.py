@@ -24,6 +24,7 @@ from aiohttp import web
 
 from infergate.simulator import openai_api as oa
 from infergate.simulator.generation import merged_events
+from infergate.tokenization.requests import messages_as_chat
 
 if TYPE_CHECKING:
     from infergate.simulator.server import SimServer
@@ -46,44 +47,15 @@ _ERROR_TYPES = {
 _STOP = {"length": "max_tokens", "stop": "end_turn"}
 
 
-def _text(content: object, where: str) -> str:
-    """A message's text: a string, or its text blocks joined."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise oa.ApiError(400, f"{where}: Input should be a valid string or list of content blocks")
-    parts = []
-    for i, block in enumerate(content):
-        kind = block.get("type") if isinstance(block, Mapping) else None
-        if kind != "text":
-            raise oa.ApiError(
-                400, f"{where}[{i}]: block type {kind!r} is not supported by the simulator (text only)"
-            )
-        text = block.get("text")
-        if isinstance(text, str) and not text.startswith("x-anthropic-billing-header"):
-            parts.append(text)
-    return "".join(parts)
-
-
 def to_chat_body(body: Mapping[str, Any], *, count_only: bool = False) -> dict[str, Any]:
     """The chat completion request vLLM runs for an Anthropic one; 400 for an invalid body."""
     for field in ("model", "messages") + (() if count_only else ("max_tokens",)):
         if field not in body:
             raise oa.ApiError(400, f"{field}: Field required", param=field)
-    raw = body["messages"]
-    if not isinstance(raw, list):
-        raise oa.ApiError(400, "messages: Input should be a valid list", param="messages")
-    chat: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system:
-        chat.append({"role": "system", "content": _text(system, "system")})
-    for i, msg in enumerate(raw):
-        role = msg.get("role") if isinstance(msg, Mapping) else None
-        if role not in ("user", "assistant", "system"):
-            raise oa.ApiError(400, f"messages[{i}].role: Input should be 'user', 'assistant' or 'system'")
-        text = _text(msg.get("content"), f"messages[{i}].content")
-        if role != "system" or text:
-            chat.append({"role": role, "content": text})
+    try:
+        chat = messages_as_chat(body)
+    except ValueError as exc:  # images, tools, thinking: vLLM runs them, the simulator does not
+        raise oa.ApiError(400, f"{exc} (the simulator runs text only)") from None
     out: dict[str, Any] = {"model": body["model"], "messages": chat}
     if count_only:
         return out

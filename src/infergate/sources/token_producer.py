@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from infergate.net.http1_client import UpstreamConnectionError, UpstreamPool, UpstreamTimeout
+from infergate.tokenization.requests import messages_as_chat
 from infergate.types import ApiKind, InferenceRequest
 
 __all__ = ["RenderTokenProducer"]
@@ -60,11 +61,13 @@ class RenderTokenProducer:
         self._warned_at = -_WARN_EVERY
 
     async def token_ids(self, request: InferenceRequest) -> tuple[int, ...] | None:
-        """The prompt's ids as the renderer computes them; None for requests it does not render
-        (other APIs, batches of prompts) or when the render fails."""
+        """The prompt's ids as the renderer computes them (an Anthropic message as the chat vLLM
+        runs it as); None for requests it does not render (other APIs, batches of prompts) or when
+        the render fails."""
         body = request.body
         if body is None:
             return None
+        payload: dict[str, Any]
         if request.api is ApiKind.COMPLETIONS:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1:
@@ -77,6 +80,13 @@ class RenderTokenProducer:
         elif request.api is ApiKind.CHAT and isinstance(body.get("messages"), list):
             payload = {"model": self.model, "messages": body["messages"]}
             payload.update({k: body[k] for k in _CHAT_FIELDS if k in body})
+            path = "/v1/chat/completions/render"
+        elif request.api is ApiKind.MESSAGES:
+            try:  # vLLM runs an Anthropic message as this chat
+                chat = messages_as_chat(body)
+            except ValueError:
+                return None  # images, tools: the scorer tokenizes the text it has
+            payload = {"model": self.model, "messages": chat}
             path = "/v1/chat/completions/render"
         else:
             return None

@@ -52,5 +52,43 @@ def chat_token_ids(tokenizer: TextTokenizer, body: Mapping[str, Any]) -> list[in
     return prefix + tokenizer.encode(tokenizer.apply_chat_template(messages))
 
 
+def messages_as_chat(body: Mapping[str, Any]) -> list[dict[str, str]]:
+    """``/v1/messages`` (Anthropic): the chat messages vLLM runs it as. The ``system`` field, a
+    string or text blocks, first; each message's text (a string, or its text blocks joined);
+    an empty system message dropped. ValueError naming the field for anything but text."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise ValueError("messages: Input should be a valid list")
+    chat: list[dict[str, str]] = []
+    system = body.get("system")
+    if system:
+        chat.append({"role": "system", "content": _blocks_text(system, "system")})
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, Mapping) else None
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"messages[{i}].role: Input should be 'user', 'assistant' or 'system'")
+        text = _blocks_text(msg.get("content"), f"messages[{i}].content")
+        if role != "system" or text:
+            chat.append({"role": role, "content": text})
+    return chat
+
+
+def _blocks_text(content: object, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ValueError(f"{where}: Input should be a valid string or list of content blocks")
+    parts = []
+    for i, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind != "text":
+            raise ValueError(f"{where}[{i}]: block type {kind!r} is not text")
+        text = block.get("text")
+        # vLLM drops Claude Code's attribution header: a per-request hash that defeats caching
+        if isinstance(text, str) and not text.startswith("x-anthropic-billing-header"):
+            parts.append(text)
+    return "".join(parts)
+
+
 def _is_ids(value: list[Any]) -> bool:
     return bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)

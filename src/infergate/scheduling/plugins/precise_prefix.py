@@ -47,6 +47,7 @@ from infergate.telemetry.sampled import KvIndexCollector, KvIndexState
 from infergate.tokenization.blockhash import HASH_ALGOS, BlockHasher, ExtraKeys, to_event_int
 from infergate.tokenization.load import load_tokenizer
 from infergate.tokenization.protocol import TextTokenizer
+from infergate.tokenization.requests import messages_as_chat
 from infergate.types import ApiKind, Endpoint, InferenceRequest, SchedulingResult
 
 __all__ = [
@@ -233,9 +234,9 @@ def prompt_token_ids(
     """The request's prompt token ids as the model server computes them.
 
     Chat: the chat template over ``messages``, no BOS added (the template carries it) unless
-    ``add_special_tokens`` is true. Completions: a string prompt gets BOS first unless
-    ``add_special_tokens`` is false; a token-id prompt is used as is. Anything else falls back
-    to the flattened prompt text.
+    ``add_special_tokens`` is true; an Anthropic message as the chat vLLM runs it as.
+    Completions: a string prompt gets BOS first unless ``add_special_tokens`` is false; a
+    token-id prompt is used as is. Anything else falls back to the flattened prompt text.
     """
     body = request.body or {}
     add_special = body.get("add_special_tokens")
@@ -244,6 +245,11 @@ def prompt_token_ids(
         text = tokenizer.apply_chat_template(list(body["messages"]))
         prefix = [bos] if add_special is True and bos is not None else []
         return prefix + tokenizer.encode(text, limit)
+    if request.api is ApiKind.MESSAGES:
+        try:  # an Anthropic message runs as this chat on vLLM
+            return tokenizer.encode(tokenizer.apply_chat_template(messages_as_chat(body)), limit)
+        except ValueError:
+            pass  # images, tools: the flattened text below
     if request.api is ApiKind.COMPLETIONS:
         prompt = body.get("prompt", request.prompt)
         if isinstance(prompt, list) and len(prompt) == 1:
