@@ -290,3 +290,47 @@ def test_subset_hint_and_duration_parsing() -> None:
     assert parse_duration("2") == 2.0
     with pytest.raises(ValueError):
         parse_duration("2 fortnights")
+
+
+async def test_the_reference_deployments_args_and_probes_start_a_routing_picker(cluster: Cluster) -> None:
+    """Swap only the image: the container args of llm-d-router's own EPP Deployment (its
+    deploy/components/inference-gateway/deployment.yaml, variables filled in) start a picker that
+    the probes those manifests use find ready (``envoy.service.ext_proc.v3.ExternalProcessor``;
+    the charts' ``inference-extension``) and that routes."""
+    g, h, m = free_port(), free_port(), free_port()
+    args = [
+        *("epp", "--pool-name", POOL, "--pool-namespace", "default"),
+        *("--v", "4", "--zap-encoder", "json"),
+        *("--grpc-port", str(g), "--grpc-health-port", str(h)),
+        "--allow-experimental-plugins=true",
+        "--metrics-endpoint-auth=false",
+        "--ha-enable-leader-election=false",
+        # the test's own: where the stand-in API server is, loopback, plaintext, a free metrics port
+        *("--kubeconfig", str(cluster.kubeconfig), "--host", "127.0.0.1", "--secure-serving=false"),
+        *("--metrics-port", str(m)),
+    ]
+    cluster.api.apply(pool(POOL, ports=(cluster.sim_port,)))
+    child = start_infergate(args, cluster.log_dir)
+    try:
+        for service in ("envoy.service.ext_proc.v3.ExternalProcessor", "inference-extension"):
+
+            async def ready(service: str = service) -> bool:
+                return await health_status(h, service) == SERVING
+
+            await async_wait_for(ready, timeout=60, what=f"{service} SERVING")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{g}") as ch:
+            call, reply = await routed(pb_grpc.ExternalProcessorStub(ch), completion(), None)
+            call.cancel()
+        assert destination(reply).rsplit(":", 1)[0] in cluster.ips
+        status, text = await get(f"http://127.0.0.1:{m}/metrics")  # --metrics-endpoint-auth=false
+        assert status == 200 and "llm_d_epp_request_total" in text
+    finally:
+        child.stop()
+    log = child.output()
+    assert "reference flags mapped: --v=4 → --log-level debug" in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]  # --zap-encoder json
+    assert lines and {"time", "level", "logger", "message"} <= set(lines[0])
+    # debug (--v 4) is infergate's: the libraries' (hpack logs every header it decodes) stays off
+    assert not [
+        line for line in lines if line["level"] == "DEBUG" and not line["logger"].startswith("infergate")
+    ]

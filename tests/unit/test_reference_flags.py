@@ -56,6 +56,10 @@ def test_the_reference_deployment_args_parse_as_infergates() -> None:
         (["--drain-timeout=7.5"], ["--grace", "7.5"]),
         (["--enable-pprof=false", "--pool-name", "p"], ["--pool-name", "p"]),
         (["-f", "pool.yaml", "--", "--v=9"], ["-f", "pool.yaml", "--", "--v=9"]),
+        (["--secure-serving=false"], ["--no-secure-serving"]),
+        (["--secure-serving"], ["--secure-serving"]),
+        (["--disable-endpoint-subset-filter=true"], ["--disable-endpoint-subset-filter"]),
+        (["--disable-endpoint-subset-filter=false"], []),
     ],
 )
 def test_each_reference_flag_maps(given: list[str], expected: list[str]) -> None:

@@ -81,5 +81,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    wanted = getattr(logging, level.upper(), logging.INFO)
+    # debug is infergate's own: libraries' debug output (hpack logs every header it decodes) would
+    # bury it, so they stay at info unless a quieter level is asked for
+    root.setLevel(max(wanted, logging.INFO))
+    logging.getLogger("infergate").setLevel(wanted)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -84,6 +84,24 @@ def _off_only(flag: str, why: str) -> Callable[[str, MutableMapping[str, str]], 
     return check
 
 
+def _toggle(flag: str) -> Callable[[str, MutableMapping[str, str]], list[str]]:
+    """A Go boolean infergate has as ``--flag``/``--no-flag`` (``--secure-serving=false``)."""
+
+    def rewrite(value: str, env: MutableMapping[str, str]) -> list[str]:
+        return [f"--{flag}" if _boolean(f"--{flag}", value) else f"--no-{flag}"]
+
+    return rewrite
+
+
+def _switch(flag: str) -> Callable[[str, MutableMapping[str, str]], list[str]]:
+    """A Go boolean infergate has as a switch: ``=true`` is the switch, ``=false`` nothing."""
+
+    def rewrite(value: str, env: MutableMapping[str, str]) -> list[str]:
+        return [f"--{flag}"] if _boolean(f"--{flag}", value) else []
+
+    return rewrite
+
+
 def _always(value: str, env: MutableMapping[str, str]) -> list[str]:
     _boolean("--allow-experimental-plugins", value)
     return []  # every plugin infergate knows runs without being unlocked
@@ -107,6 +125,8 @@ REFERENCE_FLAGS: dict[str, tuple[bool, Callable[[str, MutableMapping[str, str]],
     "drain-timeout": (True, _drain),
     "tracing": (False, _tracing),
     "allow-experimental-plugins": (False, _always),
+    "secure-serving": (False, _toggle("secure-serving")),
+    "disable-endpoint-subset-filter": (False, _switch("disable-endpoint-subset-filter")),
     "ha-enable-leader-election": (
         False,
         _off_only(
@@ -157,7 +177,8 @@ def translate(
         rewritten = rewrite(value, environ)
         out.extend(rewritten)
         set_env = [f"{k}={v}" for k, v in environ.items() if before.get(k) != v]
-        notes.append(f"--{name}={value} → {' '.join(rewritten + set_env) or 'nothing to do'}")
+        if rewritten != [arg] or set_env:  # infergate's own spelling is no news
+            notes.append(f"--{name}={value} → {' '.join(rewritten + set_env) or 'nothing to do'}")
     return out, notes
 
 

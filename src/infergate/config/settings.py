@@ -289,7 +289,8 @@ class LoggingSettings(_Group):
     """The process log on stderr."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
-    """Least severe level logged (``up``: warning, or info with ``--quiet``)."""
+    """Least severe level logged (``up``: warning, or info with ``--quiet``); ``debug`` is
+    infergate's own loggers, the libraries' stay at ``info``."""
     format: Literal["text", "json"] = "text"
     """``text`` (control characters escaped) or ``json`` (one object per line)."""
 
