@@ -12,6 +12,27 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from infergate.cli_options import (
+    AdminPortOpt,
+    ApiKeysOpt,
+    DebugOpt,
+    FlowOpt,
+    GraceOpt,
+    HostOpt,
+    LogFormatOpt,
+    LogOpt,
+    MaxMessagesOpt,
+    MaxTokensOpt,
+    PickerOpt,
+    PlaneOpt,
+    PoolOpt,
+    PortOpt,
+    PrintSettingsOpt,
+    SettingsFileOpt,
+    TokenFileOpt,
+    WorkersOpt,
+)
+
 if TYPE_CHECKING:
     from infergate.config.picker import EndpointPickerConfig
     from infergate.config.settings import Settings
@@ -76,72 +97,6 @@ def bench(ctx: typer.Context) -> None:
 
     raise typer.Exit(bench_main(list(ctx.args)))
 
-
-SettingsFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--settings",
-        help="YAML file of settings (docs/configuration.md); INFERGATE_* variables and flags win over it.",
-    ),
-]
-PrintSettingsOpt = Annotated[
-    bool,
-    typer.Option("--print-settings", help="Print the effective settings and where each came from; exit."),
-]
-PortOpt = Annotated[
-    int | None,
-    typer.Option("--port", "-p", help="Listener port (default: the Gateway's; 8080 if 80 fails)."),
-]
-AdminPortOpt = Annotated[int | None, typer.Option("--admin-port", help="Admin port (/metrics, /readyz).")]
-HostOpt = Annotated[str | None, typer.Option("--host", help="Bind address of both listeners.")]
-PickerOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="EndpointPickerConfig YAML file."),
-]
-PoolOpt = Annotated[str | None, typer.Option("--pool", help="InferencePool name, if several.")]
-FlowOpt = Annotated[
-    bool | None, typer.Option("--flow-control/--no-flow-control", help="Queue when saturated.")
-]
-DebugOpt = Annotated[
-    bool | None,
-    typer.Option("--debug-headers", help="Add x-gateway-destination-endpoint-served to responses."),
-]
-GraceOpt = Annotated[float | None, typer.Option("--grace", help="Drain time on SIGTERM (s).")]
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option("--workers", help="Processes serving requests (the proxy or the picker; default 1)."),
-]
-PlaneOpt = Annotated[
-    str | None,
-    typer.Option("--data-plane", help="builtin (asyncio proxy) or envoy (Envoy + ext_proc picker)."),
-]
-LogOpt = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")]
-LogFormatOpt = Annotated[
-    str | None,
-    typer.Option("--log-format", help="text (control characters escaped) or json (one object per line)."),
-]
-ApiKeysOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--api-keys",
-        help="Require API keys on the inference listener: YAML/JSON file of key → allowed objectives "
-        '("*" = all), or Secret manifests. Off by default.',
-    ),
-]
-MaxMessagesOpt = Annotated[
-    int | None, typer.Option("--max-messages", help="Most chat messages per request (default 2048).")
-]
-MaxTokensOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-tokens-ceiling",
-        help="Reject max_tokens above this (400); per objective: annotation infergate.dev/max-tokens.",
-    ),
-]
-TokenFileOpt = Annotated[
-    Path | None,
-    typer.Option("--metrics-token-file", help="Bearer tokens (one a line) for --metrics-auth=token."),
-]
 
 _AUTH_MODES = {"true": "token", "on": "token", "false": "disabled", "off": "disabled", "none": "disabled"}
 
@@ -451,6 +406,15 @@ def epp(
         Path | None,
         typer.Option("--cert-path", help="Directory with tls.crt and tls.key (default: self-signed)."),
     ] = None,
+    cert_reload: Annotated[
+        bool, typer.Option("--enable-cert-reload", help="Load --cert-path's pair again when it changes.")
+    ] = False,
+    tls_min_version: Annotated[
+        str | None, typer.Option("--tls-min-version", help="VersionTLS12 (default) or VersionTLS13.")
+    ] = None,
+    tls_cipher_suites: Annotated[
+        str | None, typer.Option("--tls-cipher-suites", help="TLS 1.2 suites, Go names, comma-separated.")
+    ] = None,
     metrics_auth: Annotated[
         str | None,
         typer.Option(
@@ -532,6 +496,11 @@ def epp(
         "listeners.admin_port": metrics_port,
         "listeners.secure_serving": secure_serving,
         "listeners.cert_path": cert_path,
+        "listeners.cert_reload": True if cert_reload else None,
+        "listeners.tls_min_version": tls_min_version,
+        "listeners.tls_cipher_suites": tuple(c.strip() for c in tls_cipher_suites.split(",") if c.strip())
+        if tls_cipher_suites
+        else None,
         "auth.metrics_auth": "disabled" if no_metrics_auth else _auth_mode(metrics_auth),
         "auth.metrics_token_file": metrics_token_file,
         "scrape.interval": refresh_metrics_interval,

@@ -143,6 +143,12 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "listeners.grpc_health_port": (9103, gw(lambda g: g.data_plane.health.port, data_plane="epp")),  # type: ignore[attr-defined]
         "listeners.secure_serving": (False, epp(lambda p: p.tls is not None)),
         "listeners.cert_path": (root, epp(lambda p: p.tls.cert_path if p.tls else None)),
+        "listeners.cert_reload": (True, epp(lambda p: p.tls.reload if p.tls else None)),
+        "listeners.tls_min_version": ("VersionTLS13", epp(lambda p: p.tls.min_version if p.tls else None)),
+        "listeners.tls_cipher_suites": (
+            ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",),
+            epp(lambda p: p.tls.cipher_suites if p.tls else None),
+        ),
         "listeners.envoy_picker_port": (9104, envoy(lambda p: p.picker.port if p.picker else None)),
         "listeners.envoy_admin_port": (
             9105,

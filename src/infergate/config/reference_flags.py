@@ -126,6 +126,7 @@ REFERENCE_FLAGS: dict[str, tuple[bool, Callable[[str, MutableMapping[str, str]],
     "tracing": (False, _tracing),
     "allow-experimental-plugins": (False, _always),
     "secure-serving": (False, _toggle("secure-serving")),
+    "enable-cert-reload": (False, _switch("enable-cert-reload")),
     "disable-endpoint-subset-filter": (False, _switch("disable-endpoint-subset-filter")),
     "ha-enable-leader-election": (
         False,

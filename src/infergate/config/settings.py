@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from infergate.net.tls_options import GO_CIPHER_SUITES
+
 __all__ = [
     "DATA_PLANE_NAMES",
     "ENV_PREFIX",
@@ -75,6 +77,16 @@ class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
+def _go_suite(value: object) -> object:
+    if isinstance(value, str) and value not in GO_CIPHER_SUITES:
+        known = ", ".join(GO_CIPHER_SUITES)
+        raise ValueError(f"{value!r} is not a TLS 1.2 cipher suite infergate offers (known: {known})")
+    return value
+
+
+GoCipherSuite = Annotated[str, BeforeValidator(_go_suite)]
+
+
 class ListenerSettings(_Group):
     """Where the gateway listens and how many client connections each listener holds."""
 
@@ -99,6 +111,13 @@ class ListenerSettings(_Group):
     """TLS on the ``epp`` ext_proc port (self-signed unless ``cert_path``)."""
     cert_path: Path | None = None
     """Directory with ``tls.crt`` and ``tls.key`` for ``secure_serving``."""
+    cert_reload: bool = False
+    """Load ``cert_path``'s pair again when its files change (a rotated certificate), for the
+    connections made after (``--enable-cert-reload``)."""
+    tls_min_version: Literal["VersionTLS12", "VersionTLS13"] | None = None
+    """Oldest TLS version the ext_proc port accepts, in Go's names (unset: TLS 1.2)."""
+    tls_cipher_suites: tuple[GoCipherSuite, ...] = ()
+    """TLS 1.2 cipher suites the ext_proc port offers, in Go's names (unset: OpenSSL's defaults)."""
     max_client_connections: int = Field(default=10000, ge=1)
     """Client connections the inference listener holds at once (built-in proxy and Envoy); more
     are closed at accept. Lowered to fit the process's file-descriptor limit."""

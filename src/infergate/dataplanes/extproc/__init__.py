@@ -71,7 +71,7 @@ class ExtProcDataPlane:
 
     def attach(self, ctx: DataPlaneContext) -> None:
         lis = self._settings.listeners
-        tls = TlsSettings(cert_path=lis.cert_path) if lis.secure_serving else None
+        tls = TlsSettings.from_listeners(lis) if lis.secure_serving else None
         self._picker = ExtProcServer.from_settings(
             self._settings,
             ctx.director,

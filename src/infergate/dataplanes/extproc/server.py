@@ -37,9 +37,15 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2
 
-from infergate.config.settings import Settings
+from infergate.config.settings import ListenerSettings, Settings
 from infergate.dataplanes.extproc import messages as msg
-from infergate.errors import ClientDisconnectedError, InternalError, RequestError, RequestTooLargeError
+from infergate.dataplanes.extproc.tls import CertificateWatcher
+from infergate.errors import (
+    ClientDisconnectedError,
+    InternalError,
+    RequestError,
+    RequestTooLargeError,
+)
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import Route, classify_request, model_entry, requested_model_id
 from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer
@@ -379,6 +385,22 @@ class TlsSettings:
     cert_path: Path | None = None
     common_name: str = "infergate-epp"
     pair: tuple[bytes, bytes] | None = None
+    reload: bool = False
+    """Watch ``cert_path`` and load the pair again when its files change."""
+    reload_interval: float = 5.0
+    min_version: str | None = None
+    cipher_suites: tuple[str, ...] = ()
+
+    @classmethod
+    def from_listeners(cls, lis: ListenerSettings, *, pair: tuple[bytes, bytes] | None = None) -> TlsSettings:
+        """The ``listeners`` settings' TLS (``pair``: already loaded by the gateway process)."""
+        return cls(
+            cert_path=lis.cert_path,
+            pair=pair,
+            reload=lis.cert_reload,
+            min_version=lis.tls_min_version,
+            cipher_suites=lis.tls_cipher_suites,
+        )
 
 
 class PickerHealthServicer(grpc_health.aio.HealthServicer):  # type: ignore[misc]
@@ -441,6 +463,8 @@ class ExtProcServer:
         self.health = health_servicer or PickerHealthServicer()
         self.tls = tls
         self.certificate_pem: bytes | None = None
+        self.cert_watcher: CertificateWatcher | None = None
+        self._cert_watch: asyncio.Task[None] | None = None
         self._server: GrpcServer | None = None
 
     @classmethod
@@ -484,7 +508,14 @@ class ExtProcServer:
                 self.tls.cert_path, common_name=self.tls.common_name, host=self.host
             )
             self.certificate_pem = cert
-            context = server_context(cert, key)
+            context = server_context(
+                cert, key, min_version=self.tls.min_version, cipher_suites=self.tls.cipher_suites
+            )
+            if self.tls.reload and self.tls.cert_path is not None:
+                self.cert_watcher = CertificateWatcher(
+                    context, self.tls.cert_path, host=self.host, interval=self.tls.reload_interval
+                )
+                self._cert_watch = asyncio.create_task(self.cert_watcher.run(), name="picker-cert-reload")
         methods = {
             f"/{EXTPROC_SERVICE}/Process": GrpcMethod(
                 self.processor.Process,
@@ -510,6 +541,10 @@ class ExtProcServer:
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Report NOT_SERVING, let open streams finish for ``grace`` seconds, then close."""
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
+            await asyncio.gather(self._cert_watch, return_exceptions=True)
+            self._cert_watch = None
         server, self._server = self._server, None
         if server is None:
             return

@@ -8,8 +8,10 @@ installed, else with the ``openssl`` command line tool.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import logging
 import os
 import shutil
 import ssl
@@ -18,8 +20,17 @@ import tempfile
 from pathlib import Path
 
 from infergate.errors import ConfigError
+from infergate.net.tls_options import GO_CIPHER_SUITES, TLS_VERSIONS
 
-__all__ = ["load_or_create_pair", "self_signed_pair", "server_context"]
+log = logging.getLogger("infergate.extproc")
+
+__all__ = [
+    "CertificateWatcher",
+    "load_or_create_pair",
+    "load_pair",
+    "self_signed_pair",
+    "server_context",
+]
 
 
 def load_or_create_pair(
@@ -35,15 +46,26 @@ def load_or_create_pair(
     return self_signed_pair(common_name, hosts=(host, "127.0.0.1", "localhost"))
 
 
-def server_context(cert: bytes, key: bytes) -> ssl.SSLContext:
-    """A TLS server context for HTTP/2 (ALPN ``h2``, TLS 1.2 or later) holding the PEM pair.
+def server_context(
+    cert: bytes, key: bytes, *, min_version: str | None = None, cipher_suites: tuple[str, ...] = ()
+) -> ssl.SSLContext:
+    """A TLS server context for HTTP/2 (ALPN ``h2``, TLS 1.2 or later, or ``min_version``)
+    holding the PEM pair; ``cipher_suites`` (Go names) restrict TLS 1.2's suites."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = TLS_VERSIONS[min_version] if min_version else ssl.TLSVersion.TLSv1_2
+    if cipher_suites:
+        ctx.set_ciphers(":".join(GO_CIPHER_SUITES[name] for name in cipher_suites))
+    ctx.set_alpn_protocols(["h2"])
+    load_pair(ctx, cert, key)
+    return ctx
+
+
+def load_pair(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """Put the PEM pair in ``ctx`` (again: later handshakes use the new one).
 
     ``ssl`` loads certificates from files only: the pair passes through a private temporary
     directory that is gone when this returns.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["h2"])
     with tempfile.TemporaryDirectory(prefix="infergate-tls-") as tmp:
         crt_file, key_file = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
         crt_file.write_bytes(cert)
@@ -54,7 +76,6 @@ def server_context(cert: bytes, key: bytes) -> ssl.SSLContext:
             ctx.load_cert_chain(crt_file, key_file)
         except ssl.SSLError as exc:
             raise ConfigError(f"the picker's TLS certificate and key do not load: {exc}") from exc
-    return ctx
 
 
 def self_signed_pair(common_name: str, *, hosts: tuple[str, ...] = ("localhost",)) -> tuple[bytes, bytes]:
@@ -119,3 +140,55 @@ def _with_openssl(common_name: str, hosts: tuple[str, ...]) -> tuple[bytes, byte
         if done.returncode != 0:
             raise ConfigError(f"openssl could not make a certificate: {done.stderr.decode(errors='replace')}")
         return crt.read_bytes(), key.read_bytes()
+
+
+class CertificateWatcher:
+    """Loads ``cert_path``'s pair into a serving context again whenever ``tls.crt`` or ``tls.key``
+    changes (cert-manager rotates them in place): new handshakes get the new certificate, open
+    connections keep theirs (``--enable-cert-reload``). Polls the files' stamps every
+    ``interval`` seconds; a half-written pair that does not load is tried again next round."""
+
+    def __init__(self, context: ssl.SSLContext, cert_path: Path, *, host: str, interval: float = 5.0) -> None:
+        self.context = context
+        self.cert_path = cert_path
+        self.host = host
+        self.interval = interval
+        self.reloads = 0
+        self.certificate_pem: bytes | None = None
+        self._seen = _stamp(cert_path)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.check()
+
+    def check(self) -> bool:
+        """Reload if the files changed since the last load; True when it did."""
+        now = _stamp(self.cert_path)
+        if now == self._seen:
+            return False
+        try:
+            cert, key = load_or_create_pair(self.cert_path, host=self.host)
+            load_pair(self.context, cert, key)
+        except (ConfigError, OSError) as exc:
+            log.warning("picker certificate not reloaded: %s", exc)
+            return False
+        self._seen = now
+        self.certificate_pem = cert
+        self.reloads += 1
+        log.info("picker certificate reloaded from %s", self.cert_path)
+        return True
+
+
+def _stamp(cert_path: Path) -> tuple[float, ...]:
+    """What changes when the pair is replaced: each file's modification time, size and inode (a
+    Kubernetes secret volume swaps the symlink they resolve through)."""
+    out: list[float] = []
+    for name in ("tls.crt", "tls.key"):
+        try:
+            st = (cert_path / name).stat()
+        except OSError:
+            out += [-1.0, -1.0, -1.0]
+            continue
+        out += [st.st_mtime, float(st.st_size), float(st.st_ino)]
+    return tuple(out)

@@ -99,7 +99,8 @@ class ExtProcWorkerPlane:
     async def start_worker(self, listen: WorkerListen) -> None:
         ctx = self._ctx
         assert ctx is not None, "attach() first"
-        tls = TlsSettings(pair=listen.tls_pair) if listen.tls_pair is not None else None
+        lis = self._settings.listeners
+        tls = TlsSettings.from_listeners(lis, pair=listen.tls_pair) if listen.tls_pair is not None else None
         self.picker = ExtProcServer.from_settings(
             self._settings,
             ctx.director,

@@ -1,0 +1,85 @@
+"""The picker's TLS options, over real TLS handshakes on 127.0.0.1: the oldest version it accepts
+(``--tls-min-version``), the TLS 1.2 suites it offers (``--tls-cipher-suites``, Go's names), and a
+rotated certificate loaded for the connections made after (``--enable-cert-reload``)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings, serve_extproc
+from infergate.dataplanes.extproc.tls import self_signed_pair
+from tests.integration.test_extproc import Rig, rig  # noqa: F401 (a fixture)
+
+
+async def handshake(server: ExtProcServer, *, max_version: ssl.TLSVersion | None = None) -> tuple[bytes, str]:
+    """(the server's certificate, DER; the negotiated cipher) of a fresh TLS connection."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx)
+    try:
+        tls = writer.get_extra_info("ssl_object")
+        return tls.getpeercert(binary_form=True), tls.cipher()[0]
+    finally:
+        writer.close()
+        await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+
+
+@pytest.fixture
+async def started(rig: Rig, request: pytest.FixtureRequest) -> AsyncIterator[ExtProcServer]:  # noqa: F811
+    server = serve_extproc(rig.server.processor._director, "127.0.0.1", 0, tls=request.param)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.mark.parametrize("started", [TlsSettings(min_version="VersionTLS13")], indirect=True)
+async def test_the_oldest_version_accepted(started: ExtProcServer) -> None:
+    _, cipher = await handshake(started)
+    assert cipher.startswith("TLS_")  # a TLS 1.3 suite
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # refused in the handshake, or reset
+        await handshake(started, max_version=ssl.TLSVersion.TLSv1_2)
+
+
+@pytest.mark.parametrize(
+    "started", [TlsSettings(cipher_suites=("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",))], indirect=True
+)
+async def test_the_tls12_suites_offered(started: ExtProcServer) -> None:
+    _, cipher = await handshake(started, max_version=ssl.TLSVersion.TLSv1_2)
+    assert cipher == "ECDHE-ECDSA-CHACHA20-POLY1305"  # the one suite, though the client prefers AES
+
+
+def write_pair(directory: Path, common_name: str) -> bytes:
+    cert, key = self_signed_pair(common_name)
+    (directory / "tls.crt").write_bytes(cert)
+    (directory / "tls.key").write_bytes(key)
+    return ssl.PEM_cert_to_DER_cert(cert.decode())
+
+
+async def test_a_rotated_certificate_serves_the_next_connections(rig: Rig, tmp_path: Path) -> None:  # noqa: F811
+    first = write_pair(tmp_path, "first")
+    settings = TlsSettings(cert_path=tmp_path, reload=True, reload_interval=3600)  # checked by hand below
+    server = serve_extproc(rig.server.processor._director, "127.0.0.1", 0, tls=settings)
+    await server.start()
+    try:
+        watcher = server.cert_watcher
+        assert watcher is not None
+        assert (await handshake(server))[0] == first
+        assert not watcher.check()  # nothing changed
+        second = write_pair(tmp_path, "second")
+        assert watcher.check() and watcher.reloads == 1
+        assert (await handshake(server))[0] == second
+        (tmp_path / "tls.key").write_bytes(b"half written")  # a rotation caught mid-way
+        assert not watcher.check() and watcher.reloads == 1
+        assert (await handshake(server))[0] == second  # the last good pair stays
+    finally:
+        await server.stop(0)
+    assert watcher.reloads == 1
