@@ -442,6 +442,9 @@ def epp(
         str | None,
         typer.Option("--metrics-staleness-threshold", help="Metrics older than this: not a candidate (2s)."),
     ] = None,
+    emit_endpoint_scores: Annotated[
+        bool, typer.Option("--emit-endpoint-scores", help="Send each candidate's score to Envoy (metadata).")
+    ] = False,
     disable_endpoint_subset_filter: Annotated[
         bool,
         typer.Option(
@@ -507,6 +510,7 @@ def epp(
         "scrape.pool_metrics_interval": refresh_prometheus_metrics_interval,
         "scrape.staleness": metrics_staleness_threshold,
         "subset_filter": False if disable_endpoint_subset_filter else None,
+        "emit_endpoint_scores": True if emit_endpoint_scores else None,
         "flow_control.enabled": flow_control,
         "proxy.shutdown_grace": grace,
         "proxy.workers": workers,

@@ -144,6 +144,7 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "listeners.secure_serving": (False, epp(lambda p: p.tls is not None)),
         "listeners.cert_path": (root, epp(lambda p: p.tls.cert_path if p.tls else None)),
         "listeners.cert_reload": (True, epp(lambda p: p.tls.reload if p.tls else None)),
+        "emit_endpoint_scores": (True, epp(lambda p: p.processor._emit_scores)),
         "listeners.tls_min_version": ("VersionTLS13", epp(lambda p: p.tls.min_version if p.tls else None)),
         "listeners.tls_cipher_suites": (
             ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",),

@@ -127,6 +127,7 @@ REFERENCE_FLAGS: dict[str, tuple[bool, Callable[[str, MutableMapping[str, str]],
     "allow-experimental-plugins": (False, _always),
     "secure-serving": (False, _toggle("secure-serving")),
     "enable-cert-reload": (False, _switch("enable-cert-reload")),
+    "emit-endpoint-scores": (False, _switch("emit-endpoint-scores")),
     "disable-endpoint-subset-filter": (False, _switch("disable-endpoint-subset-filter")),
     "ha-enable-leader-election": (
         False,

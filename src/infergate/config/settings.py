@@ -338,6 +338,9 @@ class Settings(BaseSettings):
     picker over ext_proc on a private port) or ``epp`` (ext_proc picker only, on ``grpc_port``)."""
     pool: str | None = None
     """The InferencePool to serve: needed when the manifests hold several; ``epp --pool-name``."""
+    emit_endpoint_scores: bool = False
+    """Send every candidate's score to the data plane (ext_proc dynamic metadata ``envoy.lb``
+    ``x-gateway-destination-endpoint-scores``; ``--emit-endpoint-scores``)."""
     subset_filter: bool = True
     """Honour the data plane's endpoint-subset hint (Envoy/ext_proc only; the built-in proxy never
     lets a client narrow routing). ``--disable-endpoint-subset-filter`` turns it off."""

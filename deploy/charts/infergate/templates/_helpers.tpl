@@ -123,7 +123,7 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- $ie := .Values.inferenceExtension -}}
 {{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" "tls-min-version" "tls-cipher-suites" -}}
 {{- $toggles := list "secure-serving" "flow-control" -}}
-{{- $switches := list "disable-endpoint-subset-filter" "enable-cert-reload" -}}
+{{- $switches := list "disable-endpoint-subset-filter" "enable-cert-reload" "emit-endpoint-scores" -}}
 {{- $offOnly := list "enable-pprof" "ha-enable-leader-election" -}}
 {{- $flags := dict
   "pool-name" (include "infergate.poolName" .)

@@ -13,7 +13,7 @@ metadata ``envoy.lb``; bodies go back as streamed chunks of at most 62,000 bytes
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
@@ -53,6 +53,7 @@ __all__ = [
 # Envoy rejects ext_proc body frames near 64 KiB; the reference EPP keeps each chunk under this.
 MAX_CHUNK = 62_000
 DESTINATION_NAMESPACE = "envoy.lb"
+DESTINATION_ENDPOINT_SCORES = "x-gateway-destination-endpoint-scores"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 
 _OVERWRITE = base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
@@ -107,11 +108,18 @@ def destination_value(addresses: Sequence[str]) -> str:
     return ",".join(addresses)
 
 
-def route_metadata(destination: str) -> struct_pb2.Struct:
-    """Dynamic metadata ``envoy.lb: {x-gateway-destination-endpoint: <destination>}``."""
+def route_metadata(destination: str, scores: Mapping[str, float] | None = None) -> struct_pb2.Struct:
+    """Dynamic metadata ``envoy.lb: {x-gateway-destination-endpoint: <destination>}``, and with
+    ``scores`` (``--emit-endpoint-scores``) ``x-gateway-destination-endpoint-scores: {ip:port:
+    score}``, every candidate's weighted total, as llm-d-router emits them."""
     md = struct_pb2.Struct()
     # Direct field access: Struct.update() walks Python dicts through the slow well-known-type path.
-    md.fields[DESTINATION_NAMESPACE].struct_value.fields[DESTINATION_ENDPOINT].string_value = destination
+    lb = md.fields[DESTINATION_NAMESPACE].struct_value.fields
+    lb[DESTINATION_ENDPOINT].string_value = destination
+    if scores:
+        by_endpoint = lb[DESTINATION_ENDPOINT_SCORES].struct_value.fields
+        for key, score in scores.items():
+            by_endpoint[key].number_value = score
     return md
 
 

@@ -126,8 +126,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         default_response_mode: int = _FULL_DUPLEX,
         max_endpoints: int = 1,
         max_body_bytes: int = 32 << 20,
+        emit_scores: bool = False,
     ) -> None:
         self._director = director
+        self._emit_scores = emit_scores
         self._max_body_bytes = max_body_bytes
         self._max_endpoints = max(1, max_endpoints)
         self._endpoints = endpoints
@@ -296,7 +298,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             extra=[*self._extra_headers(st), *routed.items()],
             remove=self._consumed(st.headers, prefiller_routed=bool(routed)),
         )
-        metadata = msg.route_metadata(dest)
+        metadata = msg.route_metadata(dest, ctx.result.scores if self._emit_scores else None)
         if buffered:
             return [
                 msg.buffered_body_response(
@@ -492,6 +494,7 @@ class ExtProcServer:
             rng=rng,
             max_body_bytes=settings.limits.max_body_bytes,
             reuse_port=reuse_port,
+            emit_scores=settings.emit_endpoint_scores,
         )
 
     @property
@@ -568,6 +571,7 @@ def serve_extproc(
     max_endpoints: int = 1,
     max_body_bytes: int = 32 << 20,
     reuse_port: bool = False,
+    emit_scores: bool = False,
 ) -> ExtProcServer:
     """Build (not start) the picker's gRPC server; ``await server.start()`` binds it.
 
@@ -577,6 +581,11 @@ def serve_extproc(
     """
     settings = TlsSettings() if tls is True else (tls or None)
     processor = ExternalProcessor(
-        director, endpoints=endpoints, rng=rng, max_endpoints=max_endpoints, max_body_bytes=max_body_bytes
+        director,
+        endpoints=endpoints,
+        rng=rng,
+        max_endpoints=max_endpoints,
+        max_body_bytes=max_body_bytes,
+        emit_scores=emit_scores,
     )
     return ExtProcServer(processor, host, port, health_servicer=health, tls=settings, reuse_port=reuse_port)

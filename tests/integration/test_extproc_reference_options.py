@@ -1,6 +1,7 @@
-"""The picker's TLS options, over real TLS handshakes on 127.0.0.1: the oldest version it accepts
-(``--tls-min-version``), the TLS 1.2 suites it offers (``--tls-cipher-suites``, Go's names), and a
-rotated certificate loaded for the connections made after (``--enable-cert-reload``)."""
+"""The picker's reference options: over real TLS handshakes on 127.0.0.1, the oldest version it
+accepts (``--tls-min-version``), the TLS 1.2 suites it offers (``--tls-cipher-suites``, Go's names)
+and a rotated certificate loaded for the connections made after (``--enable-cert-reload``); and
+the candidates' scores in the routing metadata (``--emit-endpoint-scores``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings, serve_extproc
 from infergate.dataplanes.extproc.tls import self_signed_pair
-from tests.integration.test_extproc import Rig, rig  # noqa: F401 (a fixture)
+from tests.integration.test_extproc import (  # noqa: F401 (rig: a fixture)
+    A,
+    B,
+    Rig,
+    body_msg,
+    chat_body,
+    headers_msg,
+    read,
+    rig,
+)
 
 
 async def handshake(server: ExtProcServer, *, max_version: ssl.TLSVersion | None = None) -> tuple[bytes, str]:
@@ -83,3 +95,32 @@ async def test_a_rotated_certificate_serves_the_next_connections(rig: Rig, tmp_p
     finally:
         await server.stop(0)
     assert watcher.reloads == 1
+
+
+async def test_endpoint_scores_in_the_metadata_when_asked(rig: Rig) -> None:  # noqa: F811
+    """``--emit-endpoint-scores``: every candidate's weighted total next to the destination in
+    ``envoy.lb``, keyed by ``ip:port``, as llm-d-router emits them; absent by default."""
+    for emit in (True, False):
+        server = serve_extproc(
+            rig.server.processor._director, "127.0.0.1", 0, endpoints=rig.ds, emit_scores=emit
+        )
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as ch:
+                call = pb_grpc.ExternalProcessorStub(ch).Process()
+                await call.write(headers_msg())
+                await call.write(body_msg(chat_body(), eos=True))
+                head, _ = await read(call, 2)
+                call.cancel()
+        finally:
+            await server.stop(0)
+        lb = head.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+        assert lb["x-gateway-destination-endpoint"].string_value == A
+        if not emit:
+            assert "x-gateway-destination-endpoint-scores" not in lb
+            continue
+        scores = {
+            k: v.number_value
+            for k, v in lb["x-gateway-destination-endpoint-scores"].struct_value.fields.items()
+        }
+        assert set(scores) == {A, B} and scores[A] > scores[B]  # A is the idle endpoint the picker chose
