@@ -415,6 +415,15 @@ def epp(
     tls_cipher_suites: Annotated[
         str | None, typer.Option("--tls-cipher-suites", help="TLS 1.2 suites, Go names, comma-separated.")
     ] = None,
+    grpc_max_recv: Annotated[
+        str | None, typer.Option("--grpc-max-recv-msg-size", help="Largest ext_proc message taken (16MiB).")
+    ] = None,
+    grpc_max_send: Annotated[
+        str | None, typer.Option("--grpc-max-send-msg-size", help="Largest ext_proc message sent (no limit).")
+    ] = None,
+    stream_metrics: Annotated[
+        bool, typer.Option("--enable-grpc-stream-metrics", help="Export the ext_proc stream metrics.")
+    ] = False,
     metrics_auth: Annotated[
         str | None,
         typer.Option(
@@ -504,6 +513,9 @@ def epp(
         "listeners.tls_cipher_suites": tuple(c.strip() for c in tls_cipher_suites.split(",") if c.strip())
         if tls_cipher_suites
         else None,
+        "listeners.grpc_max_recv_msg_size": grpc_max_recv,
+        "listeners.grpc_max_send_msg_size": grpc_max_send,
+        "listeners.grpc_stream_metrics": True if stream_metrics else None,
         "auth.metrics_auth": "disabled" if no_metrics_auth else _auth_mode(metrics_auth),
         "auth.metrics_token_file": metrics_token_file,
         "scrape.interval": refresh_metrics_interval,

@@ -118,6 +118,13 @@ def test_reference_shaped_values_render_a_picker_that_starts(tmp_path: Path) -> 
         ("disable-endpoint-subset-filter", "true", {"disable_endpoint_subset_filter": True}),
         ("disable-endpoint-subset-filter", "false", {"disable_endpoint_subset_filter": False}),
         ("refresh-metrics-interval", "100ms", {"refresh_metrics_interval": "100ms"}),
+        ("health-checking", "true", {}),
+        ("health-checking", "false", {}),
+        ("enable-grpc-stream-metrics", "true", {"stream_metrics": True}),
+        ("enable-grpc-stream-metrics", "false", {"stream_metrics": False}),
+        ("emit-endpoint-scores", "true", {"emit_endpoint_scores": True}),
+        ("grpc-max-recv-msg-size", "10MiB", {"grpc_max_recv": "10MiB"}),
+        ("grpc-max-send-msg-size", "25MB", {"grpc_max_send": "25MB"}),
     ],
 )
 def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: dict[str, object]) -> None:
@@ -133,6 +140,8 @@ def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: d
         (["--set", "inferenceExtension.flags.enable-pprof=true"], "inferenceExtension.flags.enable-pprof"),
         (["--set", "inferenceExtension.flags.ha-enable-leader-election=true"], "ha-enable-leader-election"),
         (["--set", "inferenceExtension.flags.v=debug"], "inferenceExtension.flags.v"),
+        (["--set", "inferenceExtension.flags.health-checking=maybe"], "flags.health-checking"),
+        (["--set", "inferenceExtension.flags.metrics-cert-dir=/c"], "flags.metrics-cert-dir"),
         (["--set", "inferenceExtension.flags.drain-timeout=1m"], "inferenceExtension.flags.drain-timeout"),
         (
             ["--set", "inferenceExtension.flags.secure-serving=maybe"],

@@ -1,7 +1,9 @@
 """The picker's reference options: over real TLS handshakes on 127.0.0.1, the oldest version it
 accepts (``--tls-min-version``), the TLS 1.2 suites it offers (``--tls-cipher-suites``, Go's names)
-and a rotated certificate loaded for the connections made after (``--enable-cert-reload``); and
-the candidates' scores in the routing metadata (``--emit-endpoint-scores``)."""
+and a rotated certificate loaded for the connections made after (``--enable-cert-reload``); the
+candidates' scores in the routing metadata (``--emit-endpoint-scores``); over real gRPC streams,
+the message size limits (``--grpc-max-recv-msg-size``, ``--grpc-max-send-msg-size``) and the
+stream metrics (``--enable-grpc-stream-metrics``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from infergate.config.settings import Settings
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings, serve_extproc
 from infergate.dataplanes.extproc.tls import self_signed_pair
 from tests.integration.test_extproc import (  # noqa: F401 (rig: a fixture)
@@ -23,9 +26,11 @@ from tests.integration.test_extproc import (  # noqa: F401 (rig: a fixture)
     body_msg,
     chat_body,
     headers_msg,
+    metric_value,
     read,
     rig,
 )
+from tests.support import async_wait_for
 
 
 async def handshake(server: ExtProcServer, *, max_version: ssl.TLSVersion | None = None) -> tuple[bytes, str]:
@@ -124,3 +129,94 @@ async def test_endpoint_scores_in_the_metadata_when_asked(rig: Rig) -> None:  # 
             for k, v in lb["x-gateway-destination-endpoint-scores"].struct_value.fields.items()
         }
         assert set(scores) == {A, B} and scores[A] > scores[B]  # A is the idle endpoint the picker chose
+
+
+def from_listeners(rig: Rig, **listeners: object) -> ExtProcServer:  # noqa: F811
+    """A plaintext picker built as the data planes build it, with these ``listeners`` settings."""
+    return ExtProcServer.from_settings(
+        Settings(listeners=listeners),  # type: ignore[arg-type]
+        rig.server.processor._director,
+        host="127.0.0.1",
+        port=0,
+        tls=False,
+        endpoints=rig.ds,
+        metrics=rig.metrics,
+    )
+
+
+async def test_a_message_above_the_receive_limit_ends_only_its_stream(rig: Rig) -> None:  # noqa: F811
+    server = from_listeners(rig, grpc_max_recv_msg_size="2KiB")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            stub = pb_grpc.ExternalProcessorStub(ch)
+            call = stub.Process()
+            await call.write(headers_msg())
+            await call.write(body_msg(chat_body(user="x" * 4096), eos=True))  # 4 KiB: above the limit
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await read(call, 1)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            call = stub.Process()  # the connection and the picker go on
+            await call.write(headers_msg())
+            await call.write(body_msg(chat_body(user="x" * 1024), eos=True))
+            head, _ = await read(call, 2)
+            call.cancel()
+    finally:
+        await server.stop(0)
+    lb = head.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    assert lb["x-gateway-destination-endpoint"].string_value == A
+
+
+async def test_a_reply_above_the_send_limit_ends_its_stream_and_frees_the_endpoint(rig: Rig) -> None:  # noqa: F811
+    server = from_listeners(rig, grpc_max_send_msg_size="64B")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            call = pb_grpc.ExternalProcessorStub(ch).Process()
+            await call.write(headers_msg())
+            await call.write(body_msg(chat_body(), eos=True))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await read(call, 1)  # the routing reply: destination, metadata, well above 64 bytes
+    finally:
+        await server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "trying to send message larger than max" in (refused.value.details() or "")
+    assert all(e.in_flight == 0 for e in rig.ds.endpoints())  # the request was picked, then released
+
+
+async def test_stream_metrics_count_streams_by_how_they_ended(rig: Rig) -> None:  # noqa: F811
+    """Off: none of the three names on /metrics. On: open streams, their durations, and their end
+    by Go's code name (``OK`` when Envoy closed it, ``Canceled`` when it reset it)."""
+    inflight = "llm_d_epp_extproc_streams_inflight"
+    ended = "llm_d_epp_extproc_streams_total"
+    durations = "llm_d_epp_extproc_stream_duration_seconds_count"
+    off = from_listeners(rig)
+    assert off.stream_observer is None and b"llm_d_epp_extproc_stream" not in rig.metrics.render()
+
+    server = from_listeners(rig, grpc_stream_metrics=True)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            stub = pb_grpc.ExternalProcessorStub(ch)
+            reset = stub.Process()
+            await reset.write(headers_msg("/v1/models", "GET", eos=True))
+            await read(reset, 1)  # answered: the stream is open on the picker
+            assert metric_value(rig.registry, inflight) == 1
+            reset.cancel()
+
+            closed = stub.Process()
+            await closed.write(headers_msg("/v1/models", "GET", eos=True))
+            await read(closed, 1)
+            await closed.done_writing()
+            assert await closed.read() is grpc.aio.EOF
+            assert await closed.code() == grpc.StatusCode.OK
+
+            async def both_ended() -> bool:
+                return metric_value(rig.registry, durations) == 2
+
+            await async_wait_for(both_ended, what="both streams recorded")
+    finally:
+        await server.stop(0)
+    assert metric_value(rig.registry, ended, code="OK") == 1
+    assert metric_value(rig.registry, ended, code="Canceled") == 1
+    assert metric_value(rig.registry, inflight) == 0

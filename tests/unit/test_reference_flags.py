@@ -60,6 +60,11 @@ def test_the_reference_deployment_args_parse_as_infergates() -> None:
         (["--secure-serving"], ["--secure-serving"]),
         (["--disable-endpoint-subset-filter=true"], ["--disable-endpoint-subset-filter"]),
         (["--disable-endpoint-subset-filter=false"], []),
+        (["--enable-grpc-stream-metrics"], ["--enable-grpc-stream-metrics"]),
+        (["--enable-grpc-stream-metrics=false"], []),
+        (["--health-checking=true"], []),
+        (["--health-checking=false"], []),
+        (["--grpc-max-recv-msg-size", "10MiB"], ["--grpc-max-recv-msg-size", "10MiB"]),
     ],
 )
 def test_each_reference_flag_maps(given: list[str], expected: list[str]) -> None:
@@ -78,6 +83,7 @@ def test_each_reference_flag_maps(given: list[str], expected: list[str]) -> None
         (["--zap-encoder", "logfmt"], "--zap-encoder: 'logfmt'"),
         (["--drain-timeout=1m"], "--drain-timeout: '1m' must be seconds"),
         (["--metrics-endpoint-auth=maybe"], "--metrics-endpoint-auth: must be true or false"),
+        (["--health-checking=sometimes"], "--health-checking: must be true or false"),
         (["--zap-log-level"], "--zap-log-level: needs a value"),
     ],
 )

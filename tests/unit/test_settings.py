@@ -150,6 +150,9 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
             ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",),
             epp(lambda p: p.tls.cipher_suites if p.tls else None),
         ),
+        "listeners.grpc_max_recv_msg_size": (1 << 20, epp(lambda p: p.max_recv_bytes)),
+        "listeners.grpc_max_send_msg_size": (1 << 20, epp(lambda p: p.max_send_bytes)),
+        "listeners.grpc_stream_metrics": (True, epp(lambda p: p.stream_observer is not None)),
         "listeners.envoy_picker_port": (9104, envoy(lambda p: p.picker.port if p.picker else None)),
         "listeners.envoy_admin_port": (
             9105,

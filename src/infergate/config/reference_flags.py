@@ -102,6 +102,11 @@ def _switch(flag: str) -> Callable[[str, MutableMapping[str, str]], list[str]]:
     return rewrite
 
 
+def _health_checking(value: str, env: MutableMapping[str, str]) -> list[str]:
+    _boolean("--health-checking", value)
+    return []  # infergate's ext_proc port always answers grpc.health.v1 (Envoy's checks)
+
+
 def _always(value: str, env: MutableMapping[str, str]) -> list[str]:
     _boolean("--allow-experimental-plugins", value)
     return []  # every plugin infergate knows runs without being unlocked
@@ -128,6 +133,8 @@ REFERENCE_FLAGS: dict[str, tuple[bool, Callable[[str, MutableMapping[str, str]],
     "secure-serving": (False, _toggle("secure-serving")),
     "enable-cert-reload": (False, _switch("enable-cert-reload")),
     "emit-endpoint-scores": (False, _switch("emit-endpoint-scores")),
+    "enable-grpc-stream-metrics": (False, _switch("enable-grpc-stream-metrics")),
+    "health-checking": (False, _health_checking),
     "disable-endpoint-subset-filter": (False, _switch("disable-endpoint-subset-filter")),
     "ha-enable-leader-election": (
         False,

@@ -18,6 +18,7 @@ counterpart are chosen for a single-process gateway and say so.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,6 +39,7 @@ __all__ = [
     "ProxySettings",
     "ScrapeSettings",
     "Settings",
+    "parse_byte_size",
     "parse_duration",
 ]
 
@@ -71,6 +73,47 @@ def _duration(value: object) -> object:
 Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 """A positive time in seconds; also accepts Go durations (``50ms``) from files, env and flags."""
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m|[eE][+-]?\d+)?$")
+_QUANTITY_FACTORS = {
+    **{s: 1024**i for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
+    **{s: 1000**i for i, s in enumerate(("k", "M", "G", "T", "P", "E"), 1)},
+}
+
+
+def parse_byte_size(text: str) -> int:
+    """Bytes of a Kubernetes quantity (``10Mi``, ``25M``, ``4194304``, ``1e6``) as the reference's
+    size flags take it, a trailing ``B`` allowed (``10MiB``, ``25MB``). Raises ValueError for
+    anything else, a fraction of a byte or a negative size."""
+    value = text.strip()
+    if len(value) > 1 and value[-1] in "Bb":
+        value = value[:-1]
+    match = _QUANTITY.match(value)
+    if match is None:
+        raise ValueError(f"invalid size {text!r} (e.g. 10MiB, 25MB, 4194304)")
+    number, suffix = match.groups()
+    exact = Decimal(number)
+    if suffix is None:
+        pass
+    elif suffix == "m":
+        exact /= 1000
+    elif suffix[0] in "eE":
+        exact = exact.scaleb(int(suffix[1:]))
+    else:
+        exact *= _QUANTITY_FACTORS[suffix]
+    if exact < 0:
+        raise ValueError(f"size {text!r} is negative")
+    if exact != exact.to_integral_value():
+        raise ValueError(f"size {text!r} is not a whole number of bytes")
+    return int(exact)
+
+
+def _byte_size(value: object) -> object:
+    return parse_byte_size(value) if isinstance(value, str) else value
+
+
+ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(ge=0)]
+"""A size in bytes; also accepts Kubernetes quantities (``10Mi``, ``25MB``) from files, env and flags."""
 
 
 class _Group(BaseModel):
@@ -118,6 +161,15 @@ class ListenerSettings(_Group):
     """Oldest TLS version the ext_proc port accepts, in Go's names (unset: TLS 1.2)."""
     tls_cipher_suites: tuple[GoCipherSuite, ...] = ()
     """TLS 1.2 cipher suites the ext_proc port offers, in Go's names (unset: OpenSSL's defaults)."""
+    grpc_max_recv_msg_size: ByteSize = 16 << 20
+    """Largest gRPC message the ext_proc port takes (a buffered request body rides in one);
+    larger ends the stream with RESOURCE_EXHAUSTED (``--grpc-max-recv-msg-size``; 0: 16 MiB)."""
+    grpc_max_send_msg_size: ByteSize = 0
+    """Largest gRPC message the ext_proc port sends (a rewritten body rides in one); larger ends
+    the stream with RESOURCE_EXHAUSTED (``--grpc-max-send-msg-size``; 0: no limit)."""
+    grpc_stream_metrics: bool = False
+    """Export ``llm_d_epp_extproc_streams_inflight``, ``..._stream_duration_seconds`` and
+    ``..._streams_total{code}`` for the ext_proc streams (``--enable-grpc-stream-metrics``)."""
     max_client_connections: int = Field(default=10000, ge=1)
     """Client connections the inference listener holds at once (built-in proxy and Envoy); more
     are closed at accept. Lowered to fit the process's file-descriptor limit."""

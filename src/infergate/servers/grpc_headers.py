@@ -17,6 +17,7 @@ import grpc
 __all__ = [
     "OK_TRAILERS",
     "RESPONSE_HEADERS",
+    "go_code_name",
     "grpc_timeout",
     "hpack_integer",
     "hpack_literal",
@@ -64,3 +65,12 @@ def grpc_timeout(value: str) -> float | None:
     if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit():
         return None
     return int(value[:-1]) * units[value[-1]]
+
+
+_GO_SPELLING = {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
+
+
+def go_code_name(code: grpc.StatusCode) -> str:
+    """``code`` as grpc-go's ``codes.Code`` prints it (``DEADLINE_EXCEEDED`` → ``DeadlineExceeded``):
+    the reference's label values for gRPC status codes."""
+    return _GO_SPELLING.get(code) or "".join(word.capitalize() for word in code.name.split("_"))

@@ -25,18 +25,27 @@ import contextlib
 import logging
 import ssl
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 from hpack.exceptions import HPACKError
 
-from .grpc_headers import OK_TRAILERS, RESPONSE_HEADERS, grpc_timeout, hpack_integer, status_trailers
+from .grpc_headers import (
+    OK_TRAILERS,
+    RESPONSE_HEADERS,
+    go_code_name,
+    grpc_timeout,
+    hpack_integer,
+    status_trailers,
+)
+from .grpc_methods import CallObserver, GrpcAbort, GrpcMethod
 from .hpack_cache import HeaderBlockDecoder
 from .inbox import Inbox
 
-__all__ = ["GrpcAbort", "GrpcMethod", "GrpcServer", "StreamContext"]
+__all__ = ["CallObserver", "GrpcAbort", "GrpcMethod", "GrpcServer", "StreamContext"]
 
 log = logging.getLogger("infergate.grpc")
 
@@ -62,25 +71,6 @@ _MAX_HEADER_LIST = 64 << 10
 def _frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return bytes((n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, ftype, flags)) + _U32.pack(stream) + payload
-
-
-class GrpcAbort(Exception):
-    """Raised by :meth:`StreamContext.abort`: the call ends with this status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-@dataclass(frozen=True, slots=True)
-class GrpcMethod:
-    """One method: the handler, how requests are read and replies written, and its shape."""
-
-    handler: Callable[[Any, StreamContext], Awaitable[Any]]
-    deserialize: Callable[[bytes], Any]
-    serialize: Callable[[Any], bytes]
-    client_streaming: bool = False
 
 
 class StreamContext:
@@ -119,6 +109,12 @@ class StreamContext:
     async def write(self, message: Any) -> None:
         """Send one reply; waits while the peer's window cannot take it."""
         data = self._method.serialize(message)
+        limit = self._conn._server.max_send_bytes
+        if limit and len(data) > limit:
+            raise GrpcAbort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"trying to send message larger than max ({len(data)} vs. {limit})",
+            )
         self._out += b"\x00" + _U32.pack(len(data)) + data
         self._conn.pump(self)
         while self._out:
@@ -141,6 +137,7 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     buffer: bytearray | None = None
     closed_remote: bool = False
+    ended: grpc.StatusCode | None = None  # set when the connection ended the call (bad bytes)
 
 
 class _Connection(asyncio.Protocol):
@@ -417,6 +414,20 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ calls
     async def _call(self, stream: _Stream, deadline: float | None) -> None:
+        observer = stream.ctx._method.observer
+        if observer is None:
+            await self._run(stream, deadline)
+            return
+        observer.started()
+        began = time.monotonic()
+        code = grpc.StatusCode.CANCELLED
+        try:
+            code = await self._run(stream, deadline)
+        finally:
+            observer.finished(go_code_name(stream.ended or code), time.monotonic() - began)
+
+    async def _run(self, stream: _Stream, deadline: float | None) -> grpc.StatusCode:
+        """Run the handler and end the call; the status it ended with (CANCELLED when reset)."""
         ctx = stream.ctx
         method = ctx._method
         code, details = grpc.StatusCode.OK, ""
@@ -436,12 +447,13 @@ class _Connection(asyncio.Protocol):
         except TimeoutError:
             code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
         except asyncio.CancelledError:
-            return  # reset by the peer or the connection went: nothing more to send
+            return grpc.StatusCode.CANCELLED  # reset by the peer or the connection went: nothing to send
         except Exception:
             log.exception("gRPC handler failed on stream %d", ctx.sid)
             code, details = grpc.StatusCode.UNKNOWN, "internal error in the handler"
         if self.streams.get(ctx.sid) is stream:  # else reset meanwhile, or ended by _end_call
             self._finish(stream, code, details, reset=not stream.closed_remote)
+        return code
 
     def _finish(self, stream: _Stream, code: grpc.StatusCode, details: str, *, reset: bool = False) -> None:
         """Trailers end the call; ``reset`` also asks the peer to stop sending the request."""
@@ -460,6 +472,7 @@ class _Connection(asyncio.Protocol):
     def _end_call(self, stream: _Stream, code: grpc.StatusCode, details: str) -> None:
         """End a call from the connection's side (bad request bytes): status out, handler cancelled."""
         still_sending = not stream.closed_remote
+        stream.ended = code
         self._cancel(stream)
         self._finish(stream, code, details, reset=still_sending)
 
@@ -515,10 +528,13 @@ class GrpcServer:
         methods: Mapping[str, GrpcMethod],
         *,
         max_message_bytes: int = 16 << 20,
+        max_send_bytes: int = 0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.methods = dict(methods)
         self.max_message_bytes = max_message_bytes
+        self.max_send_bytes = max_send_bytes
+        """Replies larger than this end their call with RESOURCE_EXHAUSTED (0: no limit)."""
         self._ssl = ssl_context
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None

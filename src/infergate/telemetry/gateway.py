@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from infergate.telemetry.sampled import FlowControlState, FlowControlStateCollector
 from infergate.telemetry.series import Counter, DualMetric, Gauge, Histogram, LabelCap
+from infergate.telemetry.streams import ExtProcStreamMetrics
 
 __all__ = ["GatewayMetrics"]
 
@@ -514,8 +515,16 @@ class GatewayMetrics:
         )
 
         self.info.labels(commit=_build_commit(), build_ref=_build_ref()).set(1)
+        self._extproc_streams: ExtProcStreamMetrics | None = None
         self._flow_state = FlowControlStateCollector(lambda: None)
         r.register(self._flow_state)
+
+    def extproc_streams(self) -> ExtProcStreamMetrics:
+        """The ext_proc stream metrics, registered on first use only (the reference's
+        ``--enable-grpc-stream-metrics``; ``listeners.grpc_stream_metrics``)."""
+        if self._extproc_streams is None:
+            self._extproc_streams = ExtProcStreamMetrics(self.registry)
+        return self._extproc_streams
 
     def watch_flow_control(self, sample: Callable[[], FlowControlState | None]) -> None:
         """Render the flow-control state ``sample`` returns at each scrape (the band capacity and

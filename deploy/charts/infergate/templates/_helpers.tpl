@@ -113,7 +113,8 @@ anything else fails here, at template time, rather than crash-looping the pod:
   switches (disable-endpoint-subset-filter) --key when true, nothing when false;
 - reference flags: v (klog verbosity; >= 4 → --log-level=debug, else info), zap-log-level,
   zap-encoder (json, console → --log-format json, text), allow-experimental-plugins (nothing to
-  unlock: accepted, rendered as nothing),
+  unlock: accepted, rendered as nothing), health-checking (the ext_proc port always answers
+  grpc.health.v1: accepted, rendered as nothing),
   metrics-endpoint-auth (→ --metrics-auth), drain-timeout (seconds → --grace), tracing (only
   as inferenceExtension.tracing.enabled says: the picker traces when that names a collector, see
   infergate.tracingEnv), and enable-pprof / ha-enable-leader-election only when false (infergate
@@ -121,9 +122,9 @@ anything else fails here, at template time, rather than crash-looping the pod:
 */}}
 {{- define "infergate.flags" -}}
 {{- $ie := .Values.inferenceExtension -}}
-{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" "tls-min-version" "tls-cipher-suites" -}}
+{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" "tls-min-version" "tls-cipher-suites" "grpc-max-recv-msg-size" "grpc-max-send-msg-size" -}}
 {{- $toggles := list "secure-serving" "flow-control" -}}
-{{- $switches := list "disable-endpoint-subset-filter" "enable-cert-reload" "emit-endpoint-scores" -}}
+{{- $switches := list "disable-endpoint-subset-filter" "enable-cert-reload" "emit-endpoint-scores" "enable-grpc-stream-metrics" -}}
 {{- $offOnly := list "enable-pprof" "ha-enable-leader-election" -}}
 {{- $flags := dict
   "pool-name" (include "infergate.poolName" .)
@@ -151,7 +152,7 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- $format := dict "json" "json" "console" "text" }}
 {{- if not (hasKey $format $s) }}{{ fail (printf "%s: %q is not one of json, console" $where (toString $v)) }}{{ end }}
 {{- $_ := set $flags "log-format" (get $format $s) }}
-{{- else if eq $k "allow-experimental-plugins" }}
+{{- else if has $k (list "allow-experimental-plugins" "health-checking") }}
 {{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
 {{- else if eq $k "metrics-endpoint-auth" }}
 {{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}

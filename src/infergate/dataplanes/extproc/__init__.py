@@ -80,6 +80,7 @@ class ExtProcDataPlane:
             tls=tls,
             health=self.health.servicer,
             endpoints=ctx.datastore,
+            metrics=ctx.metrics,
             rng=ctx.rng,
         )
 
@@ -141,6 +142,7 @@ class EnvoyDataPlane:
             port=self._settings.listeners.envoy_picker_port,
             tls=False,
             endpoints=ctx.datastore,
+            metrics=ctx.metrics,
         )
 
     @property

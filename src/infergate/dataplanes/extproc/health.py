@@ -16,23 +16,72 @@ on this one always agree.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
+import grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2
 
-from infergate.dataplanes.extproc.server import EXTPROC_SERVICE, PickerHealthServicer, health_methods
-from infergate.servers.grpc_http2 import GrpcServer
+from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer
 
-__all__ = ["LIVENESS", "READINESS", "READY_NAMES", "HealthServer"]
+__all__ = [
+    "EXTPROC_SERVICE",
+    "HEALTH_SERVICES",
+    "LIVENESS",
+    "READINESS",
+    "READY_NAMES",
+    "HealthServer",
+    "PickerHealthServicer",
+    "health_methods",
+]
 
 log = logging.getLogger("infergate.health")
 
+EXTPROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 LIVENESS = "liveness"
 READINESS = "readiness"
+# Names the health service answers for: overall, the k8s-style probes, and what Envoy checks.
+HEALTH_SERVICES = ("", LIVENESS, READINESS, EXTPROC_SERVICE)
 READY_NAMES = ("", READINESS, EXTPROC_SERVICE)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class PickerHealthServicer(grpc_health.aio.HealthServicer):  # type: ignore[misc]
+    """The health service, answering a service name it was never told of as the overall (``""``)
+    status: SERVING while the picker can route.
+
+    The reference picker without leader election does the same (its check ignores the name), and
+    deployments written for it rely on that: the GIE ``inferencepool`` chart and llm-d-router's
+    charts probe ``service: inference-extension`` when they run one replica. grpcio's servicer
+    would answer NOT_FOUND, and the kubelet would never find such a picker ready.
+    """
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in HEALTH_SERVICES:
+            request = health_pb2.HealthCheckRequest(service="")
+        return await super().Check(request, context)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        if request.service not in HEALTH_SERVICES:
+            request = health_pb2.HealthCheckRequest(service="")
+        async for reply in super().Watch(request, context):
+            yield reply
+
+
+def health_methods(servicer: grpc_health.aio.HealthServicer) -> dict[str, GrpcMethod]:
+    """``grpc.health.v1.Health``'s Check and Watch served from ``servicer``'s statuses."""
+    request = health_pb2.HealthCheckRequest.FromString
+    reply = health_pb2.HealthCheckResponse.SerializeToString
+    return {
+        "/grpc.health.v1.Health/Check": GrpcMethod(servicer.Check, request, reply),
+        "/grpc.health.v1.Health/Watch": GrpcMethod(servicer.Watch, request, reply),
+    }
 
 
 class HealthServer:

@@ -39,6 +39,12 @@ from grpc_health.v1 import health_pb2
 
 from infergate.config.settings import ListenerSettings, Settings
 from infergate.dataplanes.extproc import messages as msg
+from infergate.dataplanes.extproc.health import (
+    EXTPROC_SERVICE,
+    HEALTH_SERVICES,
+    PickerHealthServicer,
+    health_methods,
+)
 from infergate.dataplanes.extproc.tls import CertificateWatcher
 from infergate.errors import (
     ClientDisconnectedError,
@@ -48,10 +54,11 @@ from infergate.errors import (
 )
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import Route, classify_request, model_entry, requested_model_id
-from infergate.servers.grpc_http2 import GrpcMethod, GrpcServer
+from infergate.servers.grpc_http2 import CallObserver, GrpcMethod, GrpcServer
 
 if TYPE_CHECKING:
     from infergate.requestcontrol.director import Director, RequestContext
+    from infergate.telemetry import GatewayMetrics
 
 __all__ = [
     "EXTPROC_SERVICE",
@@ -66,10 +73,8 @@ __all__ = [
 
 log = logging.getLogger("infergate.extproc")
 
-EXTPROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-# Names the health service answers for: overall, the k8s-style probes, and what Envoy checks.
-HEALTH_SERVICES = ("", "liveness", "readiness", EXTPROC_SERVICE)
 
+_DEFAULT_MAX_RECV = 16 << 20  # above gRPC's 4 MiB: a buffered request body rides in one message
 _Mode = processing_mode_pb2.ProcessingMode
 _FULL_DUPLEX = _Mode.BodySendMode.FULL_DUPLEX_STREAMED
 _STREAMED: int = _Mode.BodySendMode.STREAMED
@@ -405,42 +410,6 @@ class TlsSettings:
         )
 
 
-class PickerHealthServicer(grpc_health.aio.HealthServicer):  # type: ignore[misc]
-    """The health service, answering a service name it was never told of as the overall (``""``)
-    status: SERVING while the picker can route.
-
-    The reference picker without leader election does the same (its check ignores the name), and
-    deployments written for it rely on that: the GIE ``inferencepool`` chart and llm-d-router's
-    charts probe ``service: inference-extension`` when they run one replica. grpcio's servicer
-    would answer NOT_FOUND, and the kubelet would never find such a picker ready.
-    """
-
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> health_pb2.HealthCheckResponse:
-        if request.service not in HEALTH_SERVICES:
-            request = health_pb2.HealthCheckRequest(service="")
-        return await super().Check(request, context)
-
-    async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        if request.service not in HEALTH_SERVICES:
-            request = health_pb2.HealthCheckRequest(service="")
-        async for reply in super().Watch(request, context):
-            yield reply
-
-
-def health_methods(servicer: grpc_health.aio.HealthServicer) -> dict[str, GrpcMethod]:
-    """``grpc.health.v1.Health``'s Check and Watch served from ``servicer``'s statuses."""
-    request = health_pb2.HealthCheckRequest.FromString
-    reply = health_pb2.HealthCheckResponse.SerializeToString
-    return {
-        "/grpc.health.v1.Health/Check": GrpcMethod(servicer.Check, request, reply),
-        "/grpc.health.v1.Health/Watch": GrpcMethod(servicer.Watch, request, reply),
-    }
-
-
 class ExtProcServer:
     """A started-on-demand gRPC server (infergate's own, ``servers/grpc_http2.py``) hosting the
     ExternalProcessor and the health service."""
@@ -468,6 +437,12 @@ class ExtProcServer:
         self.cert_watcher: CertificateWatcher | None = None
         self._cert_watch: asyncio.Task[None] | None = None
         self._server: GrpcServer | None = None
+        self.max_recv_bytes = _DEFAULT_MAX_RECV
+        """Largest message taken from Envoy (a buffered body rides in one); larger: RESOURCE_EXHAUSTED."""
+        self.max_send_bytes = 0
+        """Largest message sent to Envoy (0: no limit)."""
+        self.stream_observer: CallObserver | None = None
+        """Told of every ``Process`` stream's start and end (``--enable-grpc-stream-metrics``)."""
 
     @classmethod
     def from_settings(
@@ -482,9 +457,11 @@ class ExtProcServer:
         endpoints: EndpointSource | None = None,
         rng: random.Random | None = None,
         reuse_port: bool = False,
+        metrics: GatewayMetrics | None = None,
     ) -> ExtProcServer:
-        """The picker's server buffering at most ``limits.max_body_bytes`` per request."""
-        return serve_extproc(
+        """The picker's server buffering at most ``limits.max_body_bytes`` per request, with the
+        ``listeners`` settings' gRPC message limits and stream metrics (into ``metrics``)."""
+        server = serve_extproc(
             director,
             host,
             port,
@@ -496,6 +473,12 @@ class ExtProcServer:
             reuse_port=reuse_port,
             emit_scores=settings.emit_endpoint_scores,
         )
+        lis = settings.listeners
+        server.max_recv_bytes = lis.grpc_max_recv_msg_size or _DEFAULT_MAX_RECV
+        server.max_send_bytes = lis.grpc_max_send_msg_size
+        if lis.grpc_stream_metrics and metrics is not None:
+            server.stream_observer = metrics.extproc_streams()
+        return server
 
     @property
     def address(self) -> str:
@@ -525,10 +508,16 @@ class ExtProcServer:
                 pb.ProcessingRequest.FromString,
                 pb.ProcessingResponse.SerializeToString,
                 client_streaming=True,
+                observer=self.stream_observer,
             ),
             **health_methods(self.health),
         }
-        server = GrpcServer(methods, max_message_bytes=16 << 20, ssl_context=context)
+        server = GrpcServer(
+            methods,
+            max_message_bytes=self.max_recv_bytes,
+            max_send_bytes=self.max_send_bytes,
+            ssl_context=context,
+        )
         self.port = await server.start(self.host, self._requested_port, reuse_port=self.reuse_port)
         self._server = server
         await self.set_serving(True)

@@ -108,6 +108,7 @@ class ExtProcWorkerPlane:
             port=listen.port,
             tls=tls,
             endpoints=ctx.datastore,
+            metrics=ctx.metrics,
             rng=ctx.rng,
             reuse_port=True,
         )
