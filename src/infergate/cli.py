@@ -23,6 +23,8 @@ from infergate.cli_options import (
     LogOpt,
     MaxMessagesOpt,
     MaxTokensOpt,
+    MetricsCertDirOpt,
+    MetricsClientCaOpt,
     PickerOpt,
     PlaneOpt,
     PoolOpt,
@@ -415,6 +417,8 @@ def epp(
     tls_cipher_suites: Annotated[
         str | None, typer.Option("--tls-cipher-suites", help="TLS 1.2 suites, Go names, comma-separated.")
     ] = None,
+    metrics_cert_dir: MetricsCertDirOpt = None,
+    metrics_client_ca_file: MetricsClientCaOpt = None,
     grpc_max_recv: Annotated[
         str | None, typer.Option("--grpc-max-recv-msg-size", help="Largest ext_proc message taken (16MiB).")
     ] = None,
@@ -513,6 +517,8 @@ def epp(
         "listeners.tls_cipher_suites": tuple(c.strip() for c in tls_cipher_suites.split(",") if c.strip())
         if tls_cipher_suites
         else None,
+        "auth.metrics_cert_dir": metrics_cert_dir,
+        "auth.metrics_client_ca_file": metrics_client_ca_file,
         "listeners.grpc_max_recv_msg_size": grpc_max_recv,
         "listeners.grpc_max_send_msg_size": grpc_max_send,
         "listeners.grpc_stream_metrics": True if stream_metrics else None,

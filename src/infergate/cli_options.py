@@ -19,6 +19,8 @@ __all__ = [
     "LogOpt",
     "MaxMessagesOpt",
     "MaxTokensOpt",
+    "MetricsCertDirOpt",
+    "MetricsClientCaOpt",
     "PickerOpt",
     "PlaneOpt",
     "PoolOpt",
@@ -93,4 +95,12 @@ MaxTokensOpt = Annotated[
 TokenFileOpt = Annotated[
     Path | None,
     typer.Option("--metrics-token-file", help="Bearer tokens (one a line) for --metrics-auth=token."),
+]
+MetricsCertDirOpt = Annotated[
+    Path | None,
+    typer.Option("--metrics-cert-dir", help="HTTPS on the metrics port: directory with tls.crt, tls.key."),
+]
+MetricsClientCaOpt = Annotated[
+    Path | None,
+    typer.Option("--metrics-client-ca-file", help="Metrics clients need a certificate this CA signed."),
 ]

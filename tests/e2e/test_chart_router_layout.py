@@ -279,7 +279,7 @@ def test_router_values_with_monitoring_off_render_no_monitor(tmp_path: Path) -> 
         ({"router__modelServers__protocol": "grpc"}, "router.modelServers.protocol"),
         ({"router__modelServers__matchLabels": None}, "router.modelServers.matchLabels is required"),
         ({"router__epp__parsers": ["openai-parser", "vllmgrpc-parser"]}, "router.epp.parsers[1]"),
-        ({"router__epp__flags": {"metrics-cert-dir": "/certs"}}, "router.epp.flags.metrics-cert-dir"),
+        ({"router__epp__flags": {"lora-info-metric": "x"}}, "router.epp.flags.lora-info-metric"),
         (
             {"router__epp__flags": {"ha-enable-leader-election": True}},
             "router.epp.flags.ha-enable-leader-election",

@@ -141,7 +141,7 @@ def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: d
         (["--set", "inferenceExtension.flags.ha-enable-leader-election=true"], "ha-enable-leader-election"),
         (["--set", "inferenceExtension.flags.v=debug"], "inferenceExtension.flags.v"),
         (["--set", "inferenceExtension.flags.health-checking=maybe"], "flags.health-checking"),
-        (["--set", "inferenceExtension.flags.metrics-cert-dir=/c"], "flags.metrics-cert-dir"),
+        (["--set", "inferenceExtension.flags.lora-info-metric=x"], "flags.lora-info-metric"),
         (["--set", "inferenceExtension.flags.drain-timeout=1m"], "inferenceExtension.flags.drain-timeout"),
         (
             ["--set", "inferenceExtension.flags.secure-serving=maybe"],
@@ -206,14 +206,84 @@ def test_every_epp_option_is_accepted_by_the_chart() -> None:
     error = render_error(*TUTORIAL, "--set-string", "inferenceExtension.flags.print-settings=true")
     assert "inferenceExtension.flags.print-settings: prints the settings and exits" in error
     sample = {"grace": "5", "log-level": "debug", "log-format": "json", "metrics-auth": "disabled"}
+    # flags that need another one beside them (and no monitor, which cannot present a client cert)
+    beside = {
+        "metrics-client-ca-file": ["--set-string", "inferenceExtension.flags.metrics-cert-dir=/certs"],
+        "metrics-cert-dir": ["--set-string", "inferenceExtension.flags.metrics-auth=kubernetes"],
+    }
     for param in EPP.params:
         names = [o[2:] for o in param.opts if o.startswith("--")]
         name = names[0]
         if name in file_mode | standalone or name in ("help", "print-settings"):  # exit, or refused above
             continue
         value = "true" if getattr(param, "is_flag", False) else sample.get(name, "1")
-        docs = render(*TUTORIAL, "--set-string", f"inferenceExtension.flags.{name}={value}")
+        docs = render(
+            *TUTORIAL, *beside.get(name, []), "--set-string", f"inferenceExtension.flags.{name}={value}"
+        )
         _parses(container(docs)["args"])
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
+def test_metrics_over_https_are_scraped_over_https(kind: str) -> None:
+    """``flags.metrics-cert-dir``: the picker serves /metrics over TLS (its pair mounted by the
+    operator through ``volumes``), so the monitor scrapes with ``scheme: https``."""
+    docs = render(
+        *TUTORIAL,
+        "--set-string", "inferenceExtension.flags.metrics-cert-dir=/etc/metrics-certs",
+        "--set", "inferenceExtension.monitoring.prometheus.enabled=true",
+        "--set", f"inferenceExtension.monitoring.prometheus.kind={kind}",
+    )  # fmt: skip
+    if kind == "ServiceMonitor":  # the schemas checked know no PodMonitor
+        validate_all(docs)
+    params = _parses(container(docs)["args"])
+    assert str(params["metrics_cert_dir"]) == "/etc/metrics-certs"
+    spec = one(docs, kind)["spec"]
+    (endpoint,) = spec["podMetricsEndpoints" if kind == "PodMonitor" else "endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    assert endpoint["authorization"]["type"] == "Bearer"  # TLS adds to the token, not instead
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (
+            ["--set-string", "inferenceExtension.flags.metrics-client-ca-file=/ca.pem"],
+            "inferenceExtension.flags.metrics-client-ca-file needs inferenceExtension.flags.metrics-cert-dir",
+        ),
+        (
+            [
+                "--set-string", "inferenceExtension.flags.metrics-cert-dir=/certs",
+                "--set-string", "inferenceExtension.flags.metrics-endpoint-auth=false",
+            ],
+            "inferenceExtension.flags.metrics-cert-dir enables TLS on /metrics without authentication",
+        ),
+        (
+            [
+                "--set-string", "inferenceExtension.flags.metrics-cert-dir=/certs",
+                "--set-string", "inferenceExtension.flags.metrics-client-ca-file=/ca.pem",
+                "--set", "inferenceExtension.monitoring.prometheus.enabled=true",
+            ],
+            "inferenceExtension.flags.metrics-client-ca-file: a monitor from this chart cannot present",
+        ),
+    ],
+)  # fmt: skip
+def test_metrics_tls_that_cannot_work_fails_at_template_time(args: list[str], named: str) -> None:
+    assert named in render_error(*TUTORIAL, *args)
+
+
+def test_metrics_mtls_without_a_monitor_renders() -> None:
+    docs = render(
+        *TUTORIAL,
+        "--set-string", "inferenceExtension.flags.metrics-cert-dir=/certs",
+        "--set-string", "inferenceExtension.flags.metrics-client-ca-file=/ca/ca.pem",
+        "--set-string", "inferenceExtension.flags.metrics-endpoint-auth=false",
+    )  # fmt: skip
+    params = _parses(container(docs)["args"])
+    assert (str(params["metrics_cert_dir"]), str(params["metrics_client_ca_file"])) == (
+        "/certs",
+        "/ca/ca.pem",
+    )
+    assert params["metrics_auth"] == "disabled"
 
 
 def test_pod_monitor_option(tmp_path: Path) -> None:

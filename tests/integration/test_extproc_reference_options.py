@@ -18,7 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from infergate.config.settings import Settings
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings, serve_extproc
-from infergate.dataplanes.extproc.tls import self_signed_pair
+from infergate.servers.tls import self_signed_pair
 from tests.integration.test_extproc import (  # noqa: F401 (rig: a fixture)
     A,
     B,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from infergate.dataplanes.extproc.tls import self_signed_pair
 from infergate.datastore.store import Datastore
+from infergate.servers.tls import self_signed_pair
 from infergate.sources.kubernetes import KubernetesSource
 from infergate.sources.kubernetes_client import make_api_client
 from infergate.sources.kubernetes_status import PoolHealth, desired_status

@@ -26,6 +26,7 @@ from infergate.dataplanes.extproc import EnvoyDataPlane, ExtProcDataPlane
 from infergate.dataplanes.extproc.server import ExtProcServer
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
+from infergate.servers.tls import self_signed_pair
 from infergate.sources.kubernetes import KubernetesSource
 from tests.support import static_pool_docs
 
@@ -39,6 +40,10 @@ def manifests_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "pool.yaml").write_text(yaml.safe_dump_all(docs))
     (root / "keys.yaml").write_text("sk-one: ['*']\n")
     (root / "tokens").write_text("t0k3n\n")
+    cert, key = self_signed_pair("metrics")
+    (root / "certs").mkdir()
+    (root / "certs" / "tls.crt").write_bytes(cert)
+    (root / "certs" / "tls.key").write_bytes(key)
     return root
 
 
@@ -218,6 +223,17 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "auth.api_keys": (root / "keys.yaml", gw(lambda g: g.director.auth_enabled)),
         "auth.control_headers": ("trusted", gw(lambda g: g.director._control_headers)),
         "auth.metrics_auth": ("token", gw(lambda g: (len(g.admin.app.middlewares), g.metrics_token is None))),
+        "auth.metrics_cert_dir": (
+            root / "certs",
+            gw(lambda g: g.admin.tls is not None, **{"auth.metrics_auth": "token"}),
+        ),
+        "auth.metrics_client_ca_file": (
+            root / "certs" / "tls.crt",  # any PEM certificate is a CA bundle
+            gw(
+                lambda g: g.admin.tls.verify_mode if g.admin.tls else None,
+                **{"auth.metrics_cert_dir": root / "certs", "auth.metrics_auth": "token"},
+            ),
+        ),
         "auth.metrics_token_file": (
             root / "tokens",
             gw(lambda g: g.metrics_token is None, **{"auth.metrics_auth": "token"}),

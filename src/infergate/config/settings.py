@@ -354,6 +354,13 @@ class AuthSettings(_Group):
     --pool-name`` only) or ``disabled``. ``up`` defaults to token, ``epp --pool-name`` to kubernetes."""
     metrics_token_file: Path | None = None
     """Bearer tokens, one a line, for ``metrics_auth: token``."""
+    metrics_cert_dir: Path | None = None
+    """Serve the admin port over HTTPS with this directory's ``tls.crt`` and ``tls.key``, loaded
+    again when they change (``--metrics-cert-dir``). Refused at start without
+    ``metrics_client_ca_file`` or a ``metrics_auth``: TLS alone would only encrypt an open port."""
+    metrics_client_ca_file: Path | None = None
+    """With ``metrics_cert_dir``: every admin request must present a client certificate signed by
+    a CA of this PEM file (mTLS, ``--metrics-client-ca-file``)."""
 
 
 class LoggingSettings(_Group):

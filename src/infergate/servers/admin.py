@@ -3,14 +3,18 @@
 mounts (the live view).
 
 Readiness is a callback owned by the app: it turns false before shutdown so Envoy, or any load
-balancer in front, stops sending first (issue 6, draining).
+balancer in front, stops sending first (issue 6, draining). With ``auth.metrics_cert_dir`` the
+port speaks HTTPS (the reference's ``--metrics-cert-dir``), its pair reloaded when rotated, and
+with ``auth.metrics_client_ca_file`` it takes only clients with a certificate that CA signed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -18,7 +22,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from infergate.config.settings import Settings
+from infergate.errors import ConfigError
 from infergate.servers.listener import LimitedListener
+from infergate.servers.tls import CertificateWatcher, https_context
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint
 
@@ -70,9 +76,10 @@ class AdminServer:
         extra: Callable[[], dict[str, Any]] | None = None,
         routes: Sequence[web.AbstractRouteDef] = (),
     ) -> AdminServer:
-        """The admin listener with ``listeners.admin_max_connections`` (the caller binds
-        ``listeners.host:listeners.admin_port`` with :meth:`start`)."""
-        return cls(
+        """The admin listener with ``listeners.admin_max_connections`` and the ``auth`` settings'
+        TLS (the caller binds ``listeners.host:listeners.admin_port`` with :meth:`start`)."""
+        auth = settings.auth
+        server = cls(
             pool,
             metrics,
             ready=ready,
@@ -80,6 +87,19 @@ class AdminServer:
             routes=routes,
             max_connections=settings.listeners.admin_max_connections,
         )
+        if auth.metrics_client_ca_file is not None and auth.metrics_cert_dir is None:
+            raise ConfigError("auth.metrics_client_ca_file needs auth.metrics_cert_dir (the server's pair)")
+        unverified = auth.metrics_client_ca_file is None and auth.metrics_auth == "disabled"
+        if auth.metrics_cert_dir is not None and unverified:
+            raise ConfigError(
+                "auth.metrics_cert_dir enables TLS on the admin port without authentication; "
+                "set auth.metrics_client_ca_file or auth.metrics_auth (--metrics-client-ca-file, "
+                "--metrics-endpoint-auth)"
+            )
+        if auth.metrics_cert_dir is not None:
+            server.tls = https_context(auth.metrics_cert_dir, client_ca=auth.metrics_client_ca_file)
+            server.cert_watcher = CertificateWatcher(server.tls, auth.metrics_cert_dir, what="metrics")
+        return server
 
     def __init__(
         self,
@@ -99,6 +119,10 @@ class AdminServer:
         self._listener: LimitedListener | None = None
         self._max_connections = max_connections
         self._port = 0
+        self.tls: ssl.SSLContext | None = None
+        """HTTPS on the port (``auth.metrics_cert_dir``); None: plain HTTP."""
+        self.cert_watcher: CertificateWatcher | None = None
+        self._cert_watch: asyncio.Task[None] | None = None
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._get_metrics)
         self.app.router.add_get("/healthz", self._healthz)
@@ -116,11 +140,17 @@ class AdminServer:
         # its own connection budget: a flood on the inference port cannot lock operators out
         assert self._runner.server is not None  # set up above
         self._listener = LimitedListener(self._runner.server, self._max_connections, name="admin")
-        await self._listener.start(host, port, backlog=128)
+        await self._listener.start(host, port, backlog=128, ssl=self.tls)
         self._port = self._listener.port
-        log.info("admin listening on %s:%d", host, self._port)
+        if self.cert_watcher is not None:
+            self._cert_watch = asyncio.create_task(self.cert_watcher.run(), name="metrics-cert-reload")
+        log.info("admin listening on %s:%d%s", host, self._port, " (https)" if self.tls else "")
 
     async def stop(self) -> None:
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
+            await asyncio.gather(self._cert_watch, return_exceptions=True)
+            self._cert_watch = None
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None

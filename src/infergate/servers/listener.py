@@ -17,6 +17,7 @@ import asyncio
 import logging
 import resource
 import socket
+import ssl as ssl_module
 from collections.abc import Sized
 from typing import Protocol
 
@@ -117,17 +118,24 @@ class LimitedListener:
         return server()
 
     async def start(
-        self, host: str, port: int, *, backlog: int = 1024, sock: socket.socket | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 1024,
+        sock: socket.socket | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         """Bind (``port`` 0 picks a free port, see :attr:`port`) and accept; or accept on ``sock``,
-        a listening socket already bound (shared by the worker processes of ``proxy.workers``)."""
+        a listening socket already bound (shared by the worker processes of ``proxy.workers``).
+        ``ssl``: connections speak TLS (the admin port's ``auth.metrics_cert_dir``)."""
         quiet_malformed_http()
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await loop.create_server(self._protocol, sock=sock, backlog=backlog)
+            self._server = await loop.create_server(self._protocol, sock=sock, backlog=backlog, ssl=ssl)
         else:
             self._server = await loop.create_server(
-                self._protocol, host or None, port, reuse_address=True, backlog=backlog
+                self._protocol, host or None, port, reuse_address=True, backlog=backlog, ssl=ssl
             )
         self.port = int(self._server.sockets[0].getsockname()[1])
 

@@ -122,7 +122,7 @@ anything else fails here, at template time, rather than crash-looping the pod:
 */}}
 {{- define "infergate.flags" -}}
 {{- $ie := .Values.inferenceExtension -}}
-{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" "tls-min-version" "tls-cipher-suites" "grpc-max-recv-msg-size" "grpc-max-send-msg-size" -}}
+{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" "tls-min-version" "tls-cipher-suites" "grpc-max-recv-msg-size" "grpc-max-send-msg-size" "metrics-cert-dir" "metrics-client-ca-file" -}}
 {{- $toggles := list "secure-serving" "flow-control" -}}
 {{- $switches := list "disable-endpoint-subset-filter" "enable-cert-reload" "emit-endpoint-scores" "enable-grpc-stream-metrics" -}}
 {{- $offOnly := list "enable-pprof" "ha-enable-leader-election" -}}
@@ -176,6 +176,13 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- else }}
 {{- fail (printf "%s: not a flag of infergate epp and not a reference flag it maps (see docs/kubernetes.md, migration table)" $where) }}
 {{- end }}
+{{- end }}
+{{- $where := include "infergate.key" (list $ "inferenceExtension.flags") }}
+{{- if and (hasKey $flags "metrics-client-ca-file") (not (hasKey $flags "metrics-cert-dir")) }}
+{{- fail (printf "%s.metrics-client-ca-file needs %s.metrics-cert-dir (the server's certificate)" $where $where) }}
+{{- end }}
+{{- if and (hasKey $flags "metrics-cert-dir") (not (hasKey $flags "metrics-client-ca-file")) (eq (toString (get $flags "metrics-auth")) "disabled") }}
+{{- fail (printf "%s.metrics-cert-dir enables TLS on /metrics without authentication; set %s.metrics-client-ca-file or turn metrics auth on" $where $where) }}
 {{- end }}
 {{- range $k, $v := $flags }}
 {{- $s := toString $v | lower }}
@@ -244,4 +251,17 @@ start; docs/observability.md). The reference chart sets the same variables.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The picker's /metrics scheme for the monitors: https with flags.metrics-cert-dir (its certificate
+is not checked: the pair is the operator's, often self-signed). A monitor cannot present a client
+certificate from this chart, so flags.metrics-client-ca-file with a monitor on fails here.
+*/}}
+{{- define "infergate.metricsScheme" -}}
+{{- $f := .Values.inferenceExtension.flags | default (dict) -}}
+{{- if hasKey $f "metrics-client-ca-file" -}}
+{{- fail (printf "%s: a monitor from this chart cannot present a client certificate; turn the chart's monitors off and scrape with one of your own" (include "infergate.key" (list . "inferenceExtension.flags.metrics-client-ca-file"))) -}}
+{{- end -}}
+{{- ternary "https" "http" (hasKey $f "metrics-cert-dir") -}}
 {{- end -}}

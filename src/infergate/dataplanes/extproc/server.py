@@ -45,7 +45,6 @@ from infergate.dataplanes.extproc.health import (
     PickerHealthServicer,
     health_methods,
 )
-from infergate.dataplanes.extproc.tls import CertificateWatcher
 from infergate.errors import (
     ClientDisconnectedError,
     InternalError,
@@ -55,6 +54,7 @@ from infergate.errors import (
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import Route, classify_request, model_entry, requested_model_id
 from infergate.servers.grpc_http2 import CallObserver, GrpcMethod, GrpcServer
+from infergate.servers.tls import CertificateWatcher
 
 if TYPE_CHECKING:
     from infergate.requestcontrol.director import Director, RequestContext
@@ -488,7 +488,7 @@ class ExtProcServer:
         """Bind, start serving and report SERVING for every health name."""
         context = None
         if self.tls is not None:
-            from infergate.dataplanes.extproc.tls import load_or_create_pair, server_context
+            from infergate.servers.tls import load_or_create_pair, server_context
 
             cert, key = self.tls.pair or load_or_create_pair(
                 self.tls.cert_path, common_name=self.tls.common_name, host=self.host

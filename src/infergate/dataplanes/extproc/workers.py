@@ -31,8 +31,8 @@ from infergate.dataplanes.extproc.bootstrap import LISTENER_NAME, render_bootstr
 from infergate.dataplanes.extproc.health import HealthServer
 from infergate.dataplanes.extproc.process import EnvoyProcess, start_envoy
 from infergate.dataplanes.extproc.server import ExtProcServer, TlsSettings
-from infergate.dataplanes.extproc.tls import load_or_create_pair
 from infergate.errors import ConfigError
+from infergate.servers.tls import load_or_create_pair
 
 if TYPE_CHECKING:
     from infergate.dataplanes import DataPlaneContext, WorkerListen

@@ -1,9 +1,11 @@
-"""Server certificate for the picker's gRPC port: a user-supplied pair or a self-signed one.
+"""Server certificates: the picker's gRPC port (a user-supplied pair or a self-signed one) and
+the admin port's HTTPS (``--metrics-cert-dir``, optionally requiring client certificates).
 
 The reference EPP serves TLS by default with a certificate it makes itself at start; Envoy's
 ext_proc cluster accepts it because its validation context is empty. This module produces the
 same thing without asking the user for anything: with the ``cryptography`` package when it is
-installed, else with the ``openssl`` command line tool.
+installed, else with the ``openssl`` command line tool. Either listener reloads a pair rotated in
+place (:class:`CertificateWatcher`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from pathlib import Path
 from infergate.errors import ConfigError
 from infergate.net.tls_options import GO_CIPHER_SUITES, TLS_VERSIONS
 
-log = logging.getLogger("infergate.extproc")
+log = logging.getLogger("infergate.tls")
 
 __all__ = [
     "CertificateWatcher",
+    "https_context",
     "load_or_create_pair",
     "load_pair",
     "self_signed_pair",
@@ -60,6 +63,23 @@ def server_context(
     return ctx
 
 
+def https_context(cert_dir: Path, *, client_ca: Path | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ server context for HTTP/1.1 with ``cert_dir``'s ``tls.crt``/``tls.key``; with
+    ``client_ca`` (PEM), a client must present a certificate one of its CAs signed (mTLS), as the
+    reference's metrics endpoint asks with ``--metrics-client-ca-file``."""
+    cert, key = load_or_create_pair(cert_dir)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_pair(ctx, cert, key)
+    if client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{client_ca}: no CA certificate loads from it: {exc}") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def load_pair(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
     """Put the PEM pair in ``ctx`` (again: later handshakes use the new one).
 
@@ -75,7 +95,7 @@ def load_pair(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
         try:
             ctx.load_cert_chain(crt_file, key_file)
         except ssl.SSLError as exc:
-            raise ConfigError(f"the picker's TLS certificate and key do not load: {exc}") from exc
+            raise ConfigError(f"the TLS certificate and key do not load together: {exc}") from exc
 
 
 def self_signed_pair(common_name: str, *, hosts: tuple[str, ...] = ("localhost",)) -> tuple[bytes, bytes]:
@@ -148,9 +168,18 @@ class CertificateWatcher:
     connections keep theirs (``--enable-cert-reload``). Polls the files' stamps every
     ``interval`` seconds; a half-written pair that does not load is tried again next round."""
 
-    def __init__(self, context: ssl.SSLContext, cert_path: Path, *, host: str, interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        cert_path: Path,
+        *,
+        host: str = "127.0.0.1",
+        interval: float = 5.0,
+        what: str = "picker",
+    ) -> None:
         self.context = context
         self.cert_path = cert_path
+        self.what = what
         self.host = host
         self.interval = interval
         self.reloads = 0
@@ -171,12 +200,12 @@ class CertificateWatcher:
             cert, key = load_or_create_pair(self.cert_path, host=self.host)
             load_pair(self.context, cert, key)
         except (ConfigError, OSError) as exc:
-            log.warning("picker certificate not reloaded: %s", exc)
+            log.warning("%s certificate not reloaded: %s", self.what, exc)
             return False
         self._seen = now
         self.certificate_pem = cert
         self.reloads += 1
-        log.info("picker certificate reloaded from %s", self.cert_path)
+        log.info("%s certificate reloaded from %s", self.what, self.cert_path)
         return True
 
 
