@@ -286,7 +286,10 @@ def test_router_values_with_monitoring_off_render_no_monitor(tmp_path: Path) -> 
         ),
         ({"router__epp__flags": {"tracing": False}}, "router.epp.flags.tracing"),
         ({"router__epp__pluginsConfigFile": "payload-agnostic.yaml"}, "router.epp.pluginsConfigFile"),
-        ({"router__epp__metricsDataSource": {"scheme": "https"}}, "router.epp.metricsDataSource"),
+        (
+            {"router__epp__metricsDataSource": {"scheme": "https"}},  # with the custom-plugins.yaml above
+            "router.epp.metricsDataSource: applies to the chart's default-plugins.yaml only",
+        ),
         (
             {"router__tracing": {"enabled": True, "otelExporterEndpoint": ""}},
             "router.tracing.otelExporterEndpoint",

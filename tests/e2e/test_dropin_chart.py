@@ -12,7 +12,10 @@ import pytest
 import typer
 import yaml
 
+from infergate.app.core import metrics_source
 from infergate.cli import app
+from infergate.config.picker import parse_picker_config
+from infergate.scheduling.engine.scheduler import build_scheduler
 from tests.e2e.test_deploy_chart import (
     TUTORIAL,
     by_kind,
@@ -171,7 +174,17 @@ def test_reference_flags_map_onto_epp_options(flag: str, value: str, expected: d
             ["--set", "inferenceExtension.latencyPredictor.enabled=true"],
             "inferenceExtension.latencyPredictor",
         ),
-        (["--set", "inferenceExtension.metricsDataSource.scheme=https"], "metricsDataSource"),
+        (
+            [
+                "--set",
+                "inferenceExtension.metricsDataSource.scheme=https",
+                "--set",
+                "inferenceExtension.pluginsConfigFile=mine.yaml",
+                "--set-string",
+                "inferenceExtension.pluginsCustomConfig.mine\\.yaml=plugins: []",
+            ],
+            "inferenceExtension.metricsDataSource: applies to the chart's default-plugins.yaml only",
+        ),
         (["--set", "inferencePool.modelServerProtocol=grpc"], "inferencePool.modelServerProtocol"),
         (["--set", "inferencePool.parser=passthrough-parser"], "inferencePool.parser"),
     ],
@@ -284,6 +297,23 @@ def test_metrics_mtls_without_a_monitor_renders() -> None:
         "/ca/ca.pem",
     )
     assert params["metrics_auth"] == "disabled"
+
+
+def test_metrics_data_source_values_reach_the_default_config() -> None:
+    """``metricsDataSource`` (the reference chart's keys) become the metrics-data-source plugin's
+    parameters in default-plugins.yaml, which infergate loads into its scraper's source."""
+    docs = render(
+        *TUTORIAL,
+        "--set", "inferenceExtension.metricsDataSource.scheme=https",
+        "--set", "inferenceExtension.metricsDataSource.path=/exporter/metrics",
+    )  # fmt: skip
+    config = parse_picker_config(one(docs, "ConfigMap")["data"]["default-plugins.yaml"], source="chart")
+    build_scheduler(config)
+    source = metrics_source(config)
+    assert source is not None and source.path == "/exporter/metrics" and source.tls is not None
+    default = render(*TUTORIAL)
+    text = one(default, "ConfigMap")["data"]["default-plugins.yaml"]
+    assert metrics_source(parse_picker_config(text, source="chart")) is None
 
 
 def test_pod_monitor_option(tmp_path: Path) -> None:

@@ -262,11 +262,11 @@ flowControl: {saturationDetector: {pluginRef: concurrency-detector}}
         "concurrency-detector",
     ),
     (
-        "metrics source over https",
+        "metrics source over https, a CA that would check nothing",
         """
-plugins: [{type: queue-scorer}, {type: metrics-data-source, parameters: {scheme: https}}]
+plugins: [{type: queue-scorer}, {type: metrics-data-source, parameters: {scheme: https, caCertPath: /ca.pem}}]
 """,
-        "scheme",
+        "caCertPath with insecureSkipVerify: true",
     ),
     (
         "scale from zero (flow-control README)",

@@ -10,19 +10,23 @@ cannot drift apart.
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.picker_sections import apply_sections, passthrough_paths
+from infergate.config.picker_units import parse_go_duration
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
+from infergate.errors import ConfigError
 from infergate.flowcontrol import FlowController
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.decisions import DecisionLog
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.precise_prefix import TokenProducerParams
-from infergate.sources.scraper import MetricsScraper
+from infergate.scheduling.plugins.registry import MetricsDataSourceParams
+from infergate.sources.scraper import MetricsScraper, MetricsSource
 from infergate.sources.token_producer import RenderTokenProducer
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
@@ -89,10 +93,52 @@ def build_core(
     director.configure_parsers(passthrough=passthrough_paths(picker))
     tokens = token_producer(picker)
     director.set_token_producer(tokens)
-    scraper = MetricsScraper.from_settings(datastore, s, pool=pool, metrics=metrics, clock=clock)
+    scraper = MetricsScraper.from_settings(
+        datastore, s, pool=pool, metrics=metrics, clock=clock, source=metrics_source(picker)
+    )
     return PickerCore(
         scheduler=scheduler, flow=flow, director=director, scraper=scraper, tokens=tokens, decisions=decisions
     )
+
+
+def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
+    """Where the config's ``metrics-data-source`` scrapes (None: ``http://<endpoint>/metrics``).
+
+    Raises:
+        ConfigError: several sources (one scrape per endpoint here), or TLS files that do not load.
+    """
+    specs = [spec for spec in picker.plugins if spec.type == "metrics-data-source"]
+    if len(specs) > 1:
+        raise ConfigError(
+            "plugins: several metrics-data-source plugins; infergate scrapes each endpoint once"
+        )
+    if not specs:
+        return None
+    p = MetricsDataSourceParams.model_validate(specs[0].parameters)
+    where = f"plugins[{specs[0].ref}].parameters"
+    return MetricsSource(
+        path=None if p.path == "/metrics" else p.path,  # the default: the engine dialect's paths
+        port=p.port,
+        tls=_scrape_tls(p, where) if p.scheme == "https" else None,
+        interval=parse_go_duration(p.interval) if p.interval else None,
+    )
+
+
+def _scrape_tls(p: MetricsDataSourceParams, where: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if p.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif p.ca_cert_path:
+            ctx.load_verify_locations(cafile=p.ca_cert_path)
+        else:
+            ctx.load_default_certs()
+        if p.client_cert_path:
+            ctx.load_cert_chain(p.client_cert_path, p.client_key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{where}: the TLS files do not load: {exc}") from exc
+    return ctx
 
 
 def token_producer(picker: EndpointPickerConfig) -> RenderTokenProducer | None:

@@ -21,6 +21,7 @@ leaves rotation): at once, or once the body has gone quiet for a short while.
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import cast
@@ -505,9 +506,11 @@ class UpstreamPool:
         idle_timeout: float | None = None,
         max_per_host: int = 256,
         max_idle_per_host: int = 64,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         """``read_timeout`` bounds the wait for the response head, ``idle_timeout`` (default: the
-        same) each wait for more body bytes after it."""
+        same) each wait for more body bytes after it; with ``ssl`` every connection speaks TLS."""
+        self._ssl = ssl
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle_timeout = read_timeout if idle_timeout is None else idle_timeout
@@ -529,7 +532,9 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, proto = await loop.create_connection(lambda: _Conn(key), host, port)
+                _, proto = await loop.create_connection(
+                    lambda: _Conn(key), host, port, ssl=self._ssl, server_hostname=host if self._ssl else None
+                )
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {key} timed out") from None
         except OSError as exc:

@@ -18,7 +18,9 @@ stops the scraper or the other endpoints. All requests share one keep-alive conn
 (:mod:`infergate.net.http1_client`, the proxy's own client): a scrape runs 20 times a second per
 endpoint, and aiohttp's client cost half as much again per fetch (``docs/benchmarks.md``, "Metrics
 scrapes"). A redirect is followed once per request within the same server (a model server that
-mounts its metrics app under ``/metrics/``).
+mounts its metrics app under ``/metrics/``). Where the metrics are is a :class:`MetricsSource`
+(the ``metrics-data-source`` plugin's parameters): another port, HTTPS, another path, a longer
+interval; health probes and the model list always go to the inference port.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import contextlib
 import json
 import logging
 import math
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from infergate.config.settings import Settings
@@ -39,7 +43,7 @@ from infergate.sources.health import HealthTracker
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
 
-__all__ = ["MetricsScraper"]
+__all__ = ["MetricsScraper", "MetricsSource"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,18 @@ log = logging.getLogger(__name__)
 _FETCH_ERRORS = (OSError, UnicodeDecodeError)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GET_HEADERS = (("Accept", "*/*"),)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSource:
+    """Where an endpoint's metrics are fetched: ``scheme://<address>:<port or the endpoint's>
+    <path>``; ``path`` None tries the engine dialect's paths; ``interval`` None: the scraper's.
+    ``tls`` is the client context for ``https`` (None: plain HTTP)."""
+
+    path: str | None = None
+    port: int | None = None
+    tls: ssl.SSLContext | None = None
+    interval: float | None = None
 
 
 class _EndpointState:
@@ -68,6 +84,14 @@ class _Target:
 
     def __init__(self, pool: UpstreamPool, key: str, host: str, port: int) -> None:
         self._pool, self._key, self._host, self._port = pool, key, host, port
+
+    def on_port(self, pool: UpstreamPool | None, port: int | None) -> _Target:
+        """The same host through ``pool`` (None: this target's) on ``port`` (None: this target's)."""
+        pool = pool or self._pool
+        if port is None or port == self._port:
+            return self if pool is self._pool else _Target(pool, self._key, self._host, self._port)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return _Target(pool, f"{host}:{port}", self._host, port)
 
     async def get(self, path: str, within: float) -> tuple[int, bytes]:
         """Status and body of ``GET path``, within ``within`` seconds in all (TimeoutError beyond).
@@ -121,8 +145,14 @@ class MetricsScraper:
         max_backoff: float = 1.0,
         models_interval: float = 2.0,
         pool_metrics_interval: float = 1.0,
+        source: MetricsSource | None = None,
     ) -> None:
         self._ds = datastore
+        self._source = source or MetricsSource()
+        self._metrics_pool: UpstreamPool | None = None  # the HTTPS pool while running, if any
+        if self._source.interval is not None:  # rounded to a multiple of the base tick, as upstream
+            interval *= max(1, round(self._source.interval / interval))
+        metrics_path = metrics_path or self._source.path
         self._dialect: Dialect = get_dialect(dialect)
         self._interval = interval
         self._health_path = health_path if health_path.startswith("/") else "/" + health_path
@@ -154,8 +184,10 @@ class MetricsScraper:
         pool: PoolSpec | None = None,
         metrics: GatewayMetrics | None = None,
         clock: Clock | None = None,
+        source: MetricsSource | None = None,
     ) -> MetricsScraper:
-        """A scraper configured from the gateway settings and the pool (dialect, health path).
+        """A scraper configured from the gateway settings and the pool (dialect, health path),
+        fetching the metrics from ``source`` (the config's ``metrics-data-source``).
 
         ``pool`` defaults to the datastore's; without one, vLLM and ``/health`` are assumed.
         """
@@ -174,6 +206,7 @@ class MetricsScraper:
             evict_after=s.evict_after_failed_probes,
             max_backoff=s.backoff_max,
             pool_metrics_interval=s.pool_metrics_interval,
+            source=source,
         )
 
     @property
@@ -186,6 +219,12 @@ class MetricsScraper:
         # each request's whole time is bounded by its own timeout (_Target.get); the pool's limits
         # only back that up
         pool = UpstreamPool(connect_timeout=self._timeout, read_timeout=None, max_idle_per_host=4)
+        tls_pool = None
+        if self._source.tls is not None:
+            tls_pool = UpstreamPool(
+                connect_timeout=self._timeout, read_timeout=None, max_idle_per_host=4, ssl=self._source.tls
+            )
+        self._metrics_pool = tls_pool
         self._changed = asyncio.Event()
         unsubscribe = self._ds.add_listener(self._changed.set, in_flight=False)
         gauges = asyncio.create_task(self._pool_gauge_loop()) if self._metrics is not None else None
@@ -203,6 +242,8 @@ class MetricsScraper:
             self._tasks.clear()
             self._states.clear()
             await pool.close()
+            if tls_pool is not None:
+                await tls_pool.close()
 
     def _reconcile(self, pool: UpstreamPool) -> None:
         """Start a task for each new endpoint, cancel the tasks of endpoints that are gone."""
@@ -242,12 +283,15 @@ class MetricsScraper:
             tg.create_task(self._health_loop(key, target, state))
 
     async def _scrape_loop(self, key: str, target: _Target, state: _EndpointState) -> None:
+        """Metrics from the source's port and scheme every interval; the model list, from the
+        inference port, after a good scrape every ``models_interval``."""
+        source = target.on_port(self._metrics_pool, self._source.port)
         loop = asyncio.get_running_loop()
         next_models = loop.time()
         delay = self._interval
         while self._ds.endpoint(key) is not None:
             started = loop.time()
-            ok = await self._scrape(key, target, state)
+            ok = await self._scrape(key, source, state)
             if ok and started >= next_models:
                 next_models = started + self._models_interval
                 await self._refresh_models(key, target, state)

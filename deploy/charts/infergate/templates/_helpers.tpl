@@ -99,9 +99,8 @@ InferencePool as the annotation infergate.dev/model-server-type, which the picke
 {{- if and $tracing.enabled (not $tracing.otelExporterEndpoint) -}}
 {{- fail (printf "%s: required with tracing.enabled (the OTLP/gRPC collector, e.g. http://otel-collector.observability:4317)" (include "infergate.key" (list . "inferenceExtension.tracing.otelExporterEndpoint"))) -}}
 {{- end -}}
-{{- $mds := $ie.metricsDataSource | default (dict) -}}
-{{- if or (ne ($mds.scheme | default "http") "http") (ne ($mds.path | default "/metrics") "/metrics") -}}
-{{- fail (printf "%s: infergate scrapes http://<pod>:<port>/metrics only (scheme http, path /metrics)" (include "infergate.key" (list . "inferenceExtension.metricsDataSource"))) -}}
+{{- if and (include "infergate.metricsDataSource" .) (ne $ie.pluginsConfigFile "default-plugins.yaml") -}}
+{{- fail (printf "%s: applies to the chart's default-plugins.yaml only; %s is yours: put a metrics-data-source with these parameters in it" (include "infergate.key" (list . "inferenceExtension.metricsDataSource")) $ie.pluginsConfigFile) -}}
 {{- end -}}
 {{- end -}}
 
@@ -198,6 +197,22 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- end -}}
 {{- end -}}
 
+{{/*
+inferenceExtension.metricsDataSource as the metrics-data-source plugin's parameters, or nothing
+when every value is the default (http, /metrics, insecureSkipVerify true).
+*/}}
+{{- define "infergate.metricsDataSource" -}}
+{{- $m := .Values.inferenceExtension.metricsDataSource | default (dict) -}}
+{{- $scheme := $m.scheme | default "http" -}}
+{{- $path := $m.path | default "/metrics" -}}
+{{- $skip := ternary true $m.insecureSkipVerify (not (hasKey $m "insecureSkipVerify")) -}}
+{{- if or (ne $scheme "http") (ne $path "/metrics") (not $skip) -}}
+scheme: {{ $scheme | quote }}
+path: {{ $path | quote }}
+insecureSkipVerify: {{ $skip }}
+{{- end -}}
+{{- end -}}
+
 {{/* The chart's default EndpointPickerConfig: infergate's default profile (predicted-latency-scorer). */}}
 {{- define "infergate.defaultPluginsConfig" -}}
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -206,6 +221,11 @@ plugins:
   - type: predicted-latency-scorer
   - type: least-in-flight-scorer
   - type: max-score-picker
+  {{- with include "infergate.metricsDataSource" . }}
+  - type: metrics-data-source
+    parameters:
+      {{- . | nindent 6 }}
+  {{- end }}
 schedulingProfiles:
   - name: default
     plugins:

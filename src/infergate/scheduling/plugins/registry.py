@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 
 from infergate.config.picker_sections import (
     PassthroughParserParams,
     StaticUsageLimitParams,
     UtilizationDetectorParams,
 )
+from infergate.config.picker_units import parse_go_duration
 from infergate.scheduling.plugins.disagg import (
     DECODE_ROLES,
     PREFILL_ROLES,
@@ -83,15 +84,47 @@ from infergate.scheduling.plugins.upstream_plugins import (
 )
 from infergate.scheduling.sdk.framework import NoParams, Params, PluginRegistry
 
-__all__ = ["INERT_TYPES", "REFUSED_TYPES", "default_registry"]
+__all__ = ["INERT_TYPES", "REFUSED_TYPES", "MetricsDataSourceParams", "default_registry"]
 
 
 class MetricsDataSourceParams(Params):
-    """``metrics-data-source``: infergate scrapes ``http://<endpoint>/metrics`` (the defaults)."""
+    """``metrics-data-source``: where the model servers' metrics are scraped (the reference's
+    parameters; :class:`infergate.sources.scraper.MetricsSource` applies them). By default
+    ``http://<endpoint>/metrics`` on the inference port; ``port`` moves the scrape to another port
+    (a metrics exporter beside the server), ``scheme: https`` speaks TLS, its certificate checked
+    against ``caCertPath`` unless ``insecureSkipVerify`` (the default, as the reference), and
+    ``clientCertPath``/``clientKeyPath`` present a client certificate. ``interval`` (a Go
+    duration) scrapes less often than ``--refresh-metrics-interval``, rounded to a multiple of it.
+    Health probes and the model list stay on the inference port."""
 
-    scheme: Literal["http"] = "http"
-    path: Literal["/metrics"] = "/metrics"
+    scheme: Literal["http", "https"] = "http"
+    path: str = "/metrics"
+    port: int | None = Field(default=None, ge=1, le=65535)
     insecure_skip_verify: bool = True
+    ca_cert_path: str = ""
+    client_cert_path: str = ""
+    client_key_path: str = ""
+    interval: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricsDataSourceParams:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path: {self.path!r} must start with /")
+        if bool(self.client_cert_path) != bool(self.client_key_path):
+            raise ValueError("clientCertPath and clientKeyPath go together")
+        tls_only = [
+            n for n, v in (("caCertPath", self.ca_cert_path), ("clientCertPath", self.client_cert_path)) if v
+        ]
+        if tls_only and self.scheme != "https":
+            raise ValueError(f"{', '.join(tls_only)}: only with scheme: https")
+        if self.ca_cert_path and self.insecure_skip_verify:
+            raise ValueError(
+                "caCertPath with insecureSkipVerify: true (the default) would check nothing; "
+                "set insecureSkipVerify: false"
+            )
+        if self.interval:
+            parse_go_duration(self.interval)  # ValueError names a bad one
+        return self
 
 
 class InFlightLoadParams(Params):
