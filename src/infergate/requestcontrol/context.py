@@ -94,6 +94,11 @@ class RequestContext:
     _tpot_reported: bool = False
     _buffer: bytearray | None = None
     _trace: RequestTrace = NULL_TRACE
+    _last_chunk_at: float | None = None
+    """When the previous chunk of a streamed 200 answer arrived (its inter-token latency)."""
+    _itl: Any = None
+    _handling: float = 0.0
+    """Time spent in the response-chunk handler for this (streamed) response."""
 
     @property
     def request_id(self) -> str:
@@ -110,6 +115,7 @@ class RequestSeries:
         "cached",
         "duration",
         "input",
+        "itl",
         "output",
         "request_sizes",
         "response_sizes",
@@ -137,6 +143,7 @@ class RequestSeries:
         self.output = m.output_tokens.labels(**lbl)
         self.tpot = m.normalized_tpot.labels(**lbl)
         self.tpot_stream = m.request_tpot.labels(**lbl)
+        self.itl = m.request_itl.labels(**lbl)
         self.cached = m.prompt_cached_tokens.labels(**lbl)
         self.running = m.running_requests.labels(**lbl)
         self.total = m.request_total.labels(**lbl)

@@ -297,6 +297,7 @@ class Director:
             with trace.phase("schedule"):
                 result = self._schedule(request, (), subset, released=released)
         except RequestError as exc:
+            self._processed(started)
             trace.end(exc.status, exc.message)
             if isinstance(exc, (ModelNotFoundError, AuthenticationError)):
                 # client-chosen names must not create series
@@ -335,7 +336,13 @@ class Director:
             series.total.inc()
             series.request_sizes.observe(len(body))
             series.running.inc()
+        self._processed(started)
         return ctx
+
+    def _processed(self, started: float) -> None:
+        """The picker's time on a request until it was routed or refused (the EPP overhead)."""
+        if self._metrics is not None:
+            self._metrics.request_processing.observe(max(0.0, self._clock.now() - started))
 
     def _reachable(self, subset: frozenset[str] | None) -> bool:
         """A healthy endpoint exists (in the subset hint, if any), fresh metrics or not.
@@ -421,8 +428,15 @@ class Director:
 
     def handle_response_chunk(self, ctx: RequestContext, chunk: bytes, *, end_of_stream: bool) -> bytes:
         """Read usage from the chunk and return it with the client's model name put back."""
+        now = self._clock.now() if ctx.streaming else 0.0  # whole answers: no per-chunk timing
+        if ctx.streaming and chunk and ctx.status == 200:
+            if ctx._last_chunk_at is not None and ctx._itl is not None:
+                ctx._itl.observe(now - ctx._last_chunk_at)
+            ctx._last_chunk_at = now
         if ctx.first_token_at is None and chunk and ctx.streaming and ctx.status == 200:
-            ctx.first_token_at = self._clock.now()
+            ctx.first_token_at = now
+            series = self._series_for(ctx.request)
+            ctx._itl = series.itl if series is not None else None
             if ctx._held is not None:  # prefill done: it no longer waits in the server
                 self._ds.start(ctx._held, ctx._held_tokens)
                 ctx._held_tokens = 0
@@ -446,9 +460,10 @@ class Director:
             if end_of_stream and ctx._buffer is not None:
                 self._take_usage(ctx, usage_from_json(bytes(ctx._buffer)))
                 ctx._buffer = None
-        if ctx._rewriter is not None:
-            return ctx._rewriter.feed(chunk, end_of_stream=end_of_stream)
-        return chunk
+        out = chunk if ctx._rewriter is None else ctx._rewriter.feed(chunk, end_of_stream=end_of_stream)
+        if ctx.streaming:
+            ctx._handling += self._clock.now() - now
+        return out
 
     def _observe_stream(
         self, ctx: RequestContext, now: float, per_token: float | None, *, failed: bool
@@ -525,6 +540,9 @@ class Director:
         elif failed:
             ctx.error_code = "ModelServerError"
         series = self._series_for(req)
+        if self._metrics is not None and ctx.first_byte_at is not None:  # it reached the response phase
+            handled = ctx._handling if ctx.streaming else now - ctx.first_byte_at
+            self._metrics.response_processing.observe(max(0.0, handled))
         if series is not None and self._metrics is not None:
             series.running.dec()
             if failed:

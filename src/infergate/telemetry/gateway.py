@@ -9,6 +9,22 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from infergate.telemetry.buckets import (
+    DURATION_BUCKETS,
+    HIT_BYTES_BUCKETS,
+    ITL_BUCKETS,
+    LLMD_TPOT_BUCKETS,
+    LLMD_TTFT_BUCKETS,
+    PLUGIN_BUCKETS,
+    PROCESSING_BUCKETS,
+    QUEUE_BUCKETS,
+    RATIO_BUCKETS,
+    REQUEST_SIZE_BUCKETS,
+    RESPONSE_PROCESSING_BUCKETS,
+    SCHEDULER_BUCKETS,
+    TOKEN_BUCKETS,
+    TPOT_BUCKETS,
+)
 from infergate.telemetry.sampled import FlowControlState, FlowControlStateCollector
 from infergate.telemetry.series import Counter, DualMetric, Gauge, Histogram, LabelCap
 from infergate.telemetry.streams import ExtProcStreamMetrics
@@ -29,135 +45,13 @@ def _build_commit() -> str:
     return os.environ.get("INFERGATE_COMMIT") or "unknown"
 
 
-_DURATION_BUCKETS = (
-    0.005,
-    0.025,
-    0.05,
-    0.1,
-    0.2,
-    0.4,
-    0.6,
-    0.8,
-    1.0,
-    1.25,
-    1.5,
-    2,
-    3,
-    4,
-    5,
-    6,
-    8,
-    10,
-    15,
-    20,
-    30,
-    45,
-    60,
-    120,
-    180,
-    240,
-    300,
-    360,
-    480,
-    600,
-    900,
-    1200,
-    1800,
-    2700,
-    3600,
-)
-_TPOT_BUCKETS = (
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.02,
-    0.025,
-    0.03,
-    0.04,
-    0.05,
-    0.06,
-    0.08,
-    0.1,
-    0.125,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.6,
-    0.8,
-    1,
-    1.5,
-    2,
-    3,
-    4.5,
-    6,
-    12,
-    18,
-    24,
-    30,
-    36,
-    48,
-    60,
-    120,
-    180,
-    240,
-    300,
-    360,
-    480,
-    600,
-    900,
-    1200,
-    1800,
-    2700,
-    3600,
-)
-_REQUEST_SIZE_BUCKETS = (*(float(64 * 4**i) for i in range(13)), float(1 << 30))  # 64 B … 1 GiB
-_TOKEN_BUCKETS = tuple(float(1 << i) for i in range(17))  # 1 … 65536
-_SCHEDULER_BUCKETS = (
-    0.0001,
-    0.0002,
-    0.0005,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.02,
-    0.05,
-    0.1,
-)
-_PLUGIN_BUCKETS = (
-    0.00001,
-    0.00002,
-    0.00005,
-    0.0001,
-    0.0002,
-    0.0005,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.02,
-    0.05,
-    0.1,
-)
-_QUEUE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
-_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-_HIT_BYTES_BUCKETS = (0.0, *(float(1 << i) for i in range(4, 17)))  # 0, 16 … 65536
-
+_FLOW = ("fairness_id", "priority", "inference_pool", "model_name", "target_model_name")
 _OBJ = ("model_name", "target_model_name")
 # llm-d-router v0.10 labels its request family (llm_d_epp_request_*) with the fairness id and the
 # objective's priority as well; TTFT also says whether the response was streamed.
 _OBJ_LLMD = (*_OBJ, "fairness_id", "priority")
 _OBJ_LLMD_STREAMING = (*_OBJ_LLMD, "streaming")
 # llm-d's own buckets for its TTFT and streaming-TPOT twins (the GIE series keep theirs)
-_LLMD_TTFT_BUCKETS = (*_DURATION_BUCKETS[: _DURATION_BUCKETS.index(120) + 1],)
-_LLMD_TPOT_BUCKETS = (
-    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125,
-    0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2,
-)  # fmt: skip
-_FLOW = ("fairness_id", "priority", "inference_pool", "model_name", "target_model_name")
 
 
 class GatewayMetrics:
@@ -226,7 +120,7 @@ class GatewayMetrics:
             "llm_d_epp_request_duration_seconds",
             "End-to-end request latency.",
             _OBJ,
-            buckets=_DURATION_BUCKETS,
+            buckets=DURATION_BUCKETS,
             twin_labels=_OBJ_LLMD,
         )
         self.request_ttft = dual(
@@ -235,9 +129,9 @@ class GatewayMetrics:
             "llm_d_epp_request_ttft_seconds",
             "Time to the first response byte.",
             _OBJ,
-            buckets=_DURATION_BUCKETS,
+            buckets=DURATION_BUCKETS,
             twin_labels=_OBJ_LLMD_STREAMING,
-            twin_buckets=_LLMD_TTFT_BUCKETS,
+            twin_buckets=LLMD_TTFT_BUCKETS,
         )
         self.request_tpot = dual(
             Histogram,
@@ -245,9 +139,31 @@ class GatewayMetrics:
             "llm_d_epp_request_streaming_tpot_seconds",
             "Time per output token after the first, of streamed responses.",
             _OBJ,
-            buckets=_TPOT_BUCKETS,
+            buckets=TPOT_BUCKETS,
             twin_labels=_OBJ_LLMD,
-            twin_buckets=_LLMD_TPOT_BUCKETS,
+            twin_buckets=LLMD_TPOT_BUCKETS,
+        )
+        self.request_itl = Histogram(
+            "llm_d_epp_request_streaming_itl_seconds",
+            "Inter-token latency in seconds for streaming requests, measured as the time between "
+            "consecutive response body chunks.",
+            ("model_name", "target_model_name", "fairness_id", "priority"),
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.request_processing = Histogram(
+            "llm_d_epp_request_processing_duration_seconds",
+            "The picker's time on a request, from its arrival (body complete) until it is routed or "
+            "refused, admission and any flow-control wait included.",
+            buckets=PROCESSING_BUCKETS,
+            registry=r,
+        )
+        self.response_processing = Histogram(
+            "llm_d_epp_response_processing_duration_seconds",
+            "The picker's time on a response: the sum of its per-chunk handling for a streamed one, "
+            "from the response head to completion otherwise.",
+            buckets=RESPONSE_PROCESSING_BUCKETS,
+            registry=r,
         )
         self.normalized_tpot = dual(
             Histogram,
@@ -255,7 +171,7 @@ class GatewayMetrics:
             "llm_d_epp_request_ntpot_seconds",
             "Request latency divided by the number of output tokens.",
             _OBJ,
-            buckets=_TPOT_BUCKETS,
+            buckets=TPOT_BUCKETS,
             twin_labels=_OBJ_LLMD,
         )
         self.request_sizes = dual(
@@ -264,7 +180,7 @@ class GatewayMetrics:
             "llm_d_epp_request_size_bytes",
             "Request body size in bytes.",
             _OBJ,
-            buckets=_REQUEST_SIZE_BUCKETS,
+            buckets=REQUEST_SIZE_BUCKETS,
             twin_labels=_OBJ_LLMD,
         )
         self.response_sizes = dual(
@@ -273,7 +189,7 @@ class GatewayMetrics:
             "llm_d_epp_response_size_bytes",
             "Response body size in bytes.",
             _OBJ,
-            buckets=_REQUEST_SIZE_BUCKETS,
+            buckets=REQUEST_SIZE_BUCKETS,
             twin_labels=_OBJ_LLMD,
         )
         self.input_tokens = dual(
@@ -282,7 +198,7 @@ class GatewayMetrics:
             "llm_d_epp_request_input_tokens",
             "Prompt tokens per request (from usage).",
             _OBJ,
-            buckets=_TOKEN_BUCKETS,
+            buckets=TOKEN_BUCKETS,
             twin_labels=_OBJ_LLMD,
         )
         self.output_tokens = dual(
@@ -291,7 +207,7 @@ class GatewayMetrics:
             "llm_d_epp_request_output_tokens",
             "Completion tokens per request (from usage).",
             _OBJ,
-            buckets=_TOKEN_BUCKETS,
+            buckets=TOKEN_BUCKETS,
             twin_labels=_OBJ_LLMD,
         )
         self.prompt_cached_tokens = dual(
@@ -300,7 +216,7 @@ class GatewayMetrics:
             "llm_d_epp_request_cached_tokens",
             "Prompt tokens served from the prefix cache.",
             _OBJ,
-            buckets=_TOKEN_BUCKETS,
+            buckets=TOKEN_BUCKETS,
             twin_labels=_OBJ_LLMD,
         )
         self.running_requests = dual(
@@ -376,7 +292,7 @@ class GatewayMetrics:
             "inference_extension_scheduler_e2e_duration_seconds",
             "llm_d_epp_scheduler_e2e_duration_seconds",
             "Time of one whole scheduling cycle.",
-            buckets=_SCHEDULER_BUCKETS,
+            buckets=SCHEDULER_BUCKETS,
         )
         self.scheduler_attempts_total = dual(
             Counter,
@@ -392,7 +308,7 @@ class GatewayMetrics:
             "llm_d_epp_plugin_duration_seconds",
             "Time spent in one plugin call.",
             ("extension_point", "plugin_type", "plugin_name"),
-            buckets=_PLUGIN_BUCKETS,
+            buckets=PLUGIN_BUCKETS,
         )
         # llm-d labels its twins with the plugin that keeps the index
         _plugin = ("plugin_name", "plugin_type")
@@ -408,7 +324,7 @@ class GatewayMetrics:
             "inference_extension_prefix_indexer_hit_ratio",
             "llm_d_epp_prefix_indexer_hit_ratio",
             "Matched share of a request's prefix blocks.",
-            buckets=_RATIO_BUCKETS,
+            buckets=RATIO_BUCKETS,
             twin_labels=_plugin,
         )
         self.prefix_indexer_hit_bytes = dual(
@@ -416,7 +332,7 @@ class GatewayMetrics:
             "inference_extension_prefix_indexer_hit_bytes",
             "llm_d_epp_prefix_indexer_hit_bytes",
             "Length of the matched prefix in bytes (matched blocks times the block size).",
-            buckets=_HIT_BYTES_BUCKETS,
+            buckets=HIT_BYTES_BUCKETS,
             twin_labels=_plugin,
         )
         self.model_rewrite_decisions_total = dual(
@@ -441,14 +357,14 @@ class GatewayMetrics:
             "llm_d_epp_flow_control_request_queue_duration_seconds",
             "Time a request waited in flow control.",
             (*_FLOW, "outcome"),
-            buckets=_QUEUE_BUCKETS,
+            buckets=QUEUE_BUCKETS,
         )
         self.fc_dispatch_cycle_duration = dual(
             Histogram,
             "inference_extension_flow_control_dispatch_cycle_duration_seconds",
             "llm_d_epp_flow_control_dispatch_cycle_duration_seconds",
             "Time of one dispatch cycle.",
-            buckets=_SCHEDULER_BUCKETS,
+            buckets=SCHEDULER_BUCKETS,
         )
         self.fc_queue_size = dual(
             Gauge,
