@@ -6,13 +6,16 @@ from __future__ import annotations
 import random
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.disagg import PREFILLER_HEADER, DisaggProfileHandler, RoleFilter
 from infergate.scheduling.sdk.framework import CycleState
+from infergate.telemetry import GatewayMetrics
 from infergate.types import Endpoint, EndpointMeta, EndpointMetrics, InferenceRequest, SchedulingResult
+from tests.integration.test_extproc import metric_value
 
 MODEL = "m"
 
@@ -168,3 +171,24 @@ def test_result_carries_the_decode_profiles_scores() -> None:
     result: SchedulingResult = scheduler().schedule(req("x" * 4 * 2000), POOL)
     assert result.profile == "decode"
     assert set(result.scores) == {"10.0.0.1:8001", "10.0.0.1:8002", "10.0.0.1:8005"}
+
+
+def test_decisions_are_counted_under_llm_d_routers_names() -> None:
+    """``llm_d_epp_pd_decision_total`` and ``llm_d_epp_disagg_decision_total`` (labelled with the
+    handler plugin), and their deprecated ``llm_d_inference_scheduler_*`` twins."""
+    registry = CollectorRegistry()
+    cfg = parse_picker_config(CONFIG.format(non_cached=256, prompt_tokens=0))
+    s = build_scheduler(cfg, rng=random.Random(1), metrics=GatewayMetrics(registry))
+    s.schedule(req("x" * 4 * 2000), POOL)
+    s.schedule(req("y" * 4 * 100), POOL)
+    s.schedule(req("v" * 4 * 100), POOL)
+    plugin = {"plugin_name": "disagg-profile-handler", "plugin_type": "disagg-profile-handler"}
+    for family in ("llm_d_epp_pd_decision_total", "llm_d_epp_disagg_decision_total"):
+        for decision, count in (("prefill-decode", 1), ("decode-only", 2)):
+            labels = {**plugin, "model_name": MODEL, "decision_type": decision}
+            assert metric_value(registry, family, **labels) == count, (family, decision)
+    for family in (
+        "llm_d_inference_scheduler_pd_decision_total",
+        "llm_d_inference_scheduler_disagg_decision_total",
+    ):
+        assert metric_value(registry, family, model_name=MODEL, decision_type="decode-only") == 2

@@ -335,6 +335,24 @@ class GatewayMetrics:
             buckets=HIT_BYTES_BUCKETS,
             twin_labels=_plugin,
         )
+        # P/D: llm-d-router's disaggregation profile handler counts its decisions under its
+        # deprecated scheduler name and the llm_d_epp one (labelled with the handler plugin)
+        self.pd_decisions = dual(
+            Counter,
+            "llm_d_inference_scheduler_pd_decision",
+            "llm_d_epp_pd_decision",
+            "P/D disaggregation decisions (decode-only, prefill-decode).",
+            ("model_name", "decision_type"),
+            twin_labels=(*_plugin, "model_name", "decision_type"),
+        )
+        self.disagg_decisions = dual(
+            Counter,
+            "llm_d_inference_scheduler_disagg_decision",
+            "llm_d_epp_disagg_decision",
+            "Disaggregation routing decisions (decode-only, prefill-decode).",
+            ("model_name", "decision_type"),
+            twin_labels=(*_plugin, "model_name", "decision_type"),
+        )
         self.model_rewrite_decisions_total = dual(
             Counter,
             "inference_extension_model_rewrite_decisions",

@@ -25,7 +25,7 @@ tokens and held blocks from ``precise-prefix-cache-scorer``, or the approximate 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -161,13 +161,35 @@ class DisaggProfileHandler:
     decisions are kept for the debug endpoint and benchmarks.
     """
 
-    def __init__(self, params: DisaggParams | None = None) -> None:
+    def __init__(self, params: DisaggParams | None = None, *, metrics: Any = None, name: str = "") -> None:
         p = params or DisaggParams()
         self.decode_profile = p.profiles.decode
         self.prefill_profile = p.profiles.prefill
         self.decider_name = p.deciders.prefill
         self.decider: Decider | None = None
         self.decisions = {"decode-only": 0, "prefill-decode": 0}
+        self._metrics = metrics
+        self._plugin = {
+            "plugin_name": name or "disagg-profile-handler",
+            "plugin_type": "disagg-profile-handler",
+        }
+        self._counted: dict[tuple[str, str], tuple[Any, Any]] = {}  # (model, decision) -> children
+
+    def _decided(self, request: InferenceRequest, decision: str) -> None:
+        """Count the decision, here and in llm-d's ``pd_decision`` / ``disagg_decision`` series."""
+        self.decisions[decision] += 1
+        if self._metrics is None:
+            return
+        key = (request.target_model or "unknown", decision)
+        children = self._counted.get(key)
+        if children is None:
+            labels = {**self._plugin, "model_name": key[0], "decision_type": decision}
+            children = self._counted[key] = (
+                self._metrics.pd_decisions.labels(**labels),
+                self._metrics.disagg_decisions.labels(**labels),
+            )
+        for child in children:
+            child.inc()
 
     @property
     def default_profile(self) -> str:
@@ -199,14 +221,14 @@ class DisaggProfileHandler:
     ) -> SchedulingResult:
         decode = profiles[self.decode_profile].run(request, candidates, state)
         if self.decider is None or not self.decider.disaggregate(request, decode.primary, state):
-            self.decisions["decode-only"] += 1
+            self._decided(request, "decode-only")
             return decode
         try:
             prefill = profiles[self.prefill_profile].run(request, candidates, CycleState())
         except NoCapacityError:
-            self.decisions["decode-only"] += 1
+            self._decided(request, "decode-only")
             return decode
-        self.decisions["prefill-decode"] += 1
+        self._decided(request, "prefill-decode")
         headers = {**decode.request_headers, PREFILLER_HEADER: prefill.primary.key}
         return SchedulingResult(
             profile=decode.profile,

@@ -236,7 +236,11 @@ def default_registry() -> PluginRegistry:
         "header-profile-handler", HeaderProfileParams, lambda p, c: HeaderProfileHandler(p)
     )
     # P/D disaggregation (plugins/disagg.py)
-    r.register_profile_handler("disagg-profile-handler", DisaggParams, lambda p, c: DisaggProfileHandler(p))
+    r.register_profile_handler(
+        "disagg-profile-handler",
+        DisaggParams,
+        lambda p, c: DisaggProfileHandler(p, metrics=c.metrics, name=c.name),
+    )
     r.register_helper("prefix-based-pd-decider", PrefixDeciderParams, lambda p, c: PrefixBasedDecider(p))
     r.register_helper("always-disagg-pd-decider", NoParams, lambda p, c: AlwaysDisaggDecider())
     r.register_filter("decode-filter", NoParams, lambda p, c: RoleFilter(DECODE_ROLES, unlabelled=True))
