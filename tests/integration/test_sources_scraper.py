@@ -489,3 +489,26 @@ def test_apply_tutorial_manifests_with_static_endpoints(tmp_path: Path) -> None:
     static.write_text(static.read_text().replace("  - {name: r1, address: '127.0.0.1:8002'}\n", ""))
     apply_manifests(ds, load_manifests([SEED_DIR, static]), pool)
     assert [e.key for e in ds.endpoints()] == ["127.0.0.1:8001"]
+
+
+async def test_a_page_without_a_gauge_counts_an_extract_error(server: FakeModelServer) -> None:
+    """A page that parses but lacks a gauge the engine's extractor reads (here vLLM's queue) is
+    still a scrape (the rest is used); llm-d-router counts it in
+    ``llm_d_epp_datalayer_extract_errors_total`` per source and extractor, and so does infergate."""
+    server.text = "\n".join(
+        line for line in vllm_text(waiting=7).splitlines() if "num_requests_waiting" not in line
+    )
+    registry = CollectorRegistry()
+    ds = Datastore()
+    ds.upsert_endpoint(server.meta())
+    extract = (
+        "llm_d_epp_datalayer_extract_errors_total",
+        (("extractor_type", "core-metrics-extractor"), ("source_type", "metrics-data-source")),
+    )
+    async with running(MetricsScraper(ds, interval=0.02, metrics=GatewayMetrics(registry))):
+
+        async def counted() -> bool:
+            return _gauges(registry).get(extract, 0.0) >= 2
+
+        await async_wait_for(counted, timeout=5, what="extract errors")
+        assert _metrics(ds, server.key).running_requests == 3  # the rest of the page was read

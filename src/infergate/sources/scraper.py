@@ -338,9 +338,14 @@ class MetricsScraper:
             self._outcome(key, state, False)
             return False
         report = parse_metrics_report(body.decode("utf-8", "replace"), self._dialect, self._clock.now())
-        if report.missing and not state.logged_missing:
-            state.logged_missing = True
-            log.warning("endpoint %s exposes no %s", key, ", ".join(report.missing))
+        if report.missing:
+            if self._metrics is not None:
+                self._metrics.datalayer_extract_errors_total.labels(
+                    source_type="metrics-data-source", extractor_type="core-metrics-extractor"
+                ).inc()
+            if not state.logged_missing:
+                state.logged_missing = True
+                log.warning("endpoint %s exposes no %s", key, ", ".join(report.missing))
         if self._ds.endpoint(key) is None:
             return False
         self._ds.update_metrics(key, report.metrics)

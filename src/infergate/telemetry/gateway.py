@@ -439,6 +439,14 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.datalayer_extract_errors_total = Counter(
+            "llm_d_epp_datalayer_extract_errors",
+            "Scrapes whose page lacked a gauge the engine's metrics extractor reads (queue, running, "
+            "KV-cache usage), per source and extractor type.",
+            ("source_type", "extractor_type"),
+            registry=r,
+        )
+
         # --- data plane (no reference counterpart) -----------------------------------------------
         self.retry_refused_total = Counter(
             "infergate_request_retry_refused",
