@@ -91,23 +91,24 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[FakeModelServer, TlsMetric
         await inference.stop()
 
 
+def mtls(exporter: TlsMetricsPort, files: dict[str, Path], *, ca: Path) -> dict[str, object]:
+    """The exporter's port over HTTPS, its certificate checked against ``ca``, with the client pair."""
+    return {
+        "scheme": "https",
+        "port": exporter.port,
+        "path": "/custom/metrics",
+        "insecureSkipVerify": False,
+        "caCertPath": str(ca),
+        "clientCertPath": str(files["client_cert"]),
+        "clientKeyPath": str(files["client_key"]),
+    }
+
+
 async def test_metrics_from_another_port_over_mtls(
     pair: tuple[FakeModelServer, TlsMetricsPort, dict[str, Path]],
 ) -> None:
     inference, exporter, files = pair
-    source = metrics_source(
-        picker(
-            {
-                "scheme": "https",
-                "port": exporter.port,
-                "path": "/custom/metrics",
-                "insecureSkipVerify": False,
-                "caCertPath": str(files["server_ca"]),
-                "clientCertPath": str(files["client_cert"]),
-                "clientKeyPath": str(files["client_key"]),
-            }
-        )
-    )
+    source = metrics_source(picker(mtls(exporter, files, ca=files["server_ca"])))
     ds = Datastore()
     ds.upsert_endpoint(inference.meta())
     async with running(MetricsScraper(ds, interval=0.02, source=source)):
@@ -125,19 +126,7 @@ async def test_a_certificate_the_ca_does_not_vouch_for_fails_the_scrape(
     pair: tuple[FakeModelServer, TlsMetricsPort, dict[str, Path]],
 ) -> None:
     inference, exporter, files = pair
-    source = metrics_source(
-        picker(
-            {
-                "scheme": "https",
-                "port": exporter.port,
-                "path": "/custom/metrics",
-                "insecureSkipVerify": False,
-                "caCertPath": str(files["stranger_ca"]),
-                "clientCertPath": str(files["client_cert"]),
-                "clientKeyPath": str(files["client_key"]),
-            }
-        )
-    )
+    source = metrics_source(picker(mtls(exporter, files, ca=files["stranger_ca"])))
     registry = CollectorRegistry()
     ds = Datastore()
     ds.upsert_endpoint(inference.meta())
