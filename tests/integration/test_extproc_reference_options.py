@@ -8,9 +8,11 @@ stream metrics (``--enable-grpc-stream-metrics``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -109,17 +111,8 @@ async def test_endpoint_scores_in_the_metadata_when_asked(rig: Rig) -> None:  # 
         server = serve_extproc(
             rig.server.processor._director, "127.0.0.1", 0, endpoints=rig.ds, emit_scores=emit
         )
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(server.address) as ch:
-                call = pb_grpc.ExternalProcessorStub(ch).Process()
-                await call.write(headers_msg())
-                await call.write(body_msg(chat_body(), eos=True))
-                head, _ = await read(call, 2)
-                call.cancel()
-        finally:
-            await server.stop(0)
-        lb = head.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+        async with serving(server) as stub:
+            lb = await routed(stub, chat_body())
         assert lb["x-gateway-destination-endpoint"].string_value == A
         if not emit:
             assert "x-gateway-destination-endpoint-scores" not in lb
@@ -129,6 +122,28 @@ async def test_endpoint_scores_in_the_metadata_when_asked(rig: Rig) -> None:  # 
             for k, v in lb["x-gateway-destination-endpoint-scores"].struct_value.fields.items()
         }
         assert set(scores) == {A, B} and scores[A] > scores[B]  # A is the idle endpoint the picker chose
+
+
+@contextlib.asynccontextmanager
+async def serving(server: ExtProcServer) -> AsyncIterator[pb_grpc.ExternalProcessorStub]:
+    """``server`` started, a client of it on a fresh channel; stopped after."""
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            yield pb_grpc.ExternalProcessorStub(ch)
+    finally:
+        await server.stop(0)
+
+
+async def routed(stub: pb_grpc.ExternalProcessorStub, body: bytes) -> Mapping[str, Any]:
+    """The ``envoy.lb`` metadata of the routing reply to one chat request with ``body``."""
+    call = stub.Process()
+    await call.write(headers_msg())
+    await call.write(body_msg(body, eos=True))
+    head, _ = await read(call, 2)
+    call.cancel()
+    fields: Mapping[str, Any] = head.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    return fields
 
 
 def from_listeners(rig: Rig, **listeners: object) -> ExtProcServer:  # noqa: F811
@@ -145,40 +160,24 @@ def from_listeners(rig: Rig, **listeners: object) -> ExtProcServer:  # noqa: F81
 
 
 async def test_a_message_above_the_receive_limit_ends_only_its_stream(rig: Rig) -> None:  # noqa: F811
-    server = from_listeners(rig, grpc_max_recv_msg_size="2KiB")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.address) as ch:
-            stub = pb_grpc.ExternalProcessorStub(ch)
-            call = stub.Process()
-            await call.write(headers_msg())
-            await call.write(body_msg(chat_body(user="x" * 4096), eos=True))  # 4 KiB: above the limit
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await read(call, 1)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            call = stub.Process()  # the connection and the picker go on
-            await call.write(headers_msg())
-            await call.write(body_msg(chat_body(user="x" * 1024), eos=True))
-            head, _ = await read(call, 2)
-            call.cancel()
-    finally:
-        await server.stop(0)
-    lb = head.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    async with serving(from_listeners(rig, grpc_max_recv_msg_size="2KiB")) as stub:
+        call = stub.Process()
+        await call.write(headers_msg())
+        await call.write(body_msg(chat_body(user="x" * 4096), eos=True))  # 4 KiB: above the limit
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read(call, 1)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        lb = await routed(stub, chat_body(user="x" * 1024))  # the connection and the picker go on
     assert lb["x-gateway-destination-endpoint"].string_value == A
 
 
 async def test_a_reply_above_the_send_limit_ends_its_stream_and_frees_the_endpoint(rig: Rig) -> None:  # noqa: F811
-    server = from_listeners(rig, grpc_max_send_msg_size="64B")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.address) as ch:
-            call = pb_grpc.ExternalProcessorStub(ch).Process()
-            await call.write(headers_msg())
-            await call.write(body_msg(chat_body(), eos=True))
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await read(call, 1)  # the routing reply: destination, metadata, well above 64 bytes
-    finally:
-        await server.stop(0)
+    async with serving(from_listeners(rig, grpc_max_send_msg_size="64B")) as stub:
+        call = stub.Process()
+        await call.write(headers_msg())
+        await call.write(body_msg(chat_body(), eos=True))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read(call, 1)  # the routing reply: destination, metadata, well above 64 bytes
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "trying to send message larger than max" in (refused.value.details() or "")
     assert all(e.in_flight == 0 for e in rig.ds.endpoints())  # the request was picked, then released
@@ -193,30 +192,24 @@ async def test_stream_metrics_count_streams_by_how_they_ended(rig: Rig) -> None:
     off = from_listeners(rig)
     assert off.stream_observer is None and b"llm_d_epp_extproc_stream" not in rig.metrics.render()
 
-    server = from_listeners(rig, grpc_stream_metrics=True)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.address) as ch:
-            stub = pb_grpc.ExternalProcessorStub(ch)
-            reset = stub.Process()
-            await reset.write(headers_msg("/v1/models", "GET", eos=True))
-            await read(reset, 1)  # answered: the stream is open on the picker
-            assert metric_value(rig.registry, inflight) == 1
-            reset.cancel()
+    async with serving(from_listeners(rig, grpc_stream_metrics=True)) as stub:
+        reset = stub.Process()
+        await reset.write(headers_msg("/v1/models", "GET", eos=True))
+        await read(reset, 1)  # answered: the stream is open on the picker
+        assert metric_value(rig.registry, inflight) == 1
+        reset.cancel()
 
-            closed = stub.Process()
-            await closed.write(headers_msg("/v1/models", "GET", eos=True))
-            await read(closed, 1)
-            await closed.done_writing()
-            assert await closed.read() is grpc.aio.EOF
-            assert await closed.code() == grpc.StatusCode.OK
+        closed = stub.Process()
+        await closed.write(headers_msg("/v1/models", "GET", eos=True))
+        await read(closed, 1)
+        await closed.done_writing()
+        assert await closed.read() is grpc.aio.EOF
+        assert await closed.code() == grpc.StatusCode.OK
 
-            async def both_ended() -> bool:
-                return metric_value(rig.registry, durations) == 2
+        async def both_ended() -> bool:
+            return metric_value(rig.registry, durations) == 2
 
-            await async_wait_for(both_ended, what="both streams recorded")
-    finally:
-        await server.stop(0)
+        await async_wait_for(both_ended, what="both streams recorded")
     assert metric_value(rig.registry, ended, code="OK") == 1
     assert metric_value(rig.registry, ended, code="Canceled") == 1
     assert metric_value(rig.registry, inflight) == 0

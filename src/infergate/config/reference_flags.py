@@ -102,14 +102,14 @@ def _switch(flag: str) -> Callable[[str, MutableMapping[str, str]], list[str]]:
     return rewrite
 
 
-def _health_checking(value: str, env: MutableMapping[str, str]) -> list[str]:
-    _boolean("--health-checking", value)
-    return []  # infergate's ext_proc port always answers grpc.health.v1 (Envoy's checks)
+def _always_on(flag: str) -> Callable[[str, MutableMapping[str, str]], list[str]]:
+    """A Go boolean for what infergate always does: either value is nothing to do."""
 
+    def check(value: str, env: MutableMapping[str, str]) -> list[str]:
+        _boolean(flag, value)
+        return []
 
-def _always(value: str, env: MutableMapping[str, str]) -> list[str]:
-    _boolean("--allow-experimental-plugins", value)
-    return []  # every plugin infergate knows runs without being unlocked
+    return check
 
 
 def _boolean(flag: str, value: str) -> bool:
@@ -129,12 +129,14 @@ REFERENCE_FLAGS: dict[str, tuple[bool, Callable[[str, MutableMapping[str, str]],
     "metrics-endpoint-auth": (False, _metrics_auth),
     "drain-timeout": (True, _drain),
     "tracing": (False, _tracing),
-    "allow-experimental-plugins": (False, _always),
+    # every plugin infergate knows runs without being unlocked
+    "allow-experimental-plugins": (False, _always_on("--allow-experimental-plugins")),
     "secure-serving": (False, _toggle("secure-serving")),
     "enable-cert-reload": (False, _switch("enable-cert-reload")),
     "emit-endpoint-scores": (False, _switch("emit-endpoint-scores")),
     "enable-grpc-stream-metrics": (False, _switch("enable-grpc-stream-metrics")),
-    "health-checking": (False, _health_checking),
+    # infergate's ext_proc port always answers grpc.health.v1 (Envoy's checks)
+    "health-checking": (False, _always_on("--health-checking")),
     "disable-endpoint-subset-filter": (False, _switch("disable-endpoint-subset-filter")),
     "ha-enable-leader-election": (
         False,

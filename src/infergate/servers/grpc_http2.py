@@ -410,14 +410,15 @@ class _Connection(asyncio.Protocol):
             ctx._inbox.put(grpc.aio.EOF)
         self.idle.clear()
         deadline = grpc_timeout(headers.get("grpc-timeout", ""))
-        stream.task = self._loop.create_task(self._call(stream, deadline))
+        observed = method.observer is not None
+        run = self._observed(stream, deadline) if observed else self._run(stream, deadline)
+        stream.task = self._loop.create_task(run)
 
     # ------------------------------------------------------------------ calls
-    async def _call(self, stream: _Stream, deadline: float | None) -> None:
+    async def _observed(self, stream: _Stream, deadline: float | None) -> None:
+        """:meth:`_run` with the method's observer told of the call's start and end."""
         observer = stream.ctx._method.observer
-        if observer is None:
-            await self._run(stream, deadline)
-            return
+        assert observer is not None
         observer.started()
         began = time.monotonic()
         code = grpc.StatusCode.CANCELLED
