@@ -172,3 +172,12 @@ def test_interval_is_a_multiple_of_the_base_tick() -> None:
         source = metrics_source(picker({"interval": given}))
         scraper = MetricsScraper(Datastore(), interval=0.05, source=source)
         assert scraper._interval == pytest.approx(expected)
+
+
+def test_several_sources_are_refused() -> None:
+    config = picker({})
+    config = config.model_copy(
+        update={"plugins": [*config.plugins, config.plugins[-1].model_copy(update={"name": "second"})]}
+    )
+    with pytest.raises(ConfigError, match="several metrics-data-source plugins"):
+        metrics_source(config)
