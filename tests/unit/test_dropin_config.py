@@ -251,7 +251,7 @@ featureGates: [flowControl]
 plugins: [{type: queue-scorer}, {type: soft-reflective-ceiling-policy}]
 flowControl: {usageLimitPolicyPluginRef: soft-reflective-ceiling-policy}
 """,
-        "soft-reflective-ceiling-policy",
+        None,
     ),
     (
         "concurrency detector",
@@ -388,7 +388,12 @@ def _check_passthrough(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: 
 
 
 # What each example that loads changes: every one must state it (nothing loads without effect).
+def _check_soft_ceiling(cfg: EndpointPickerConfig, settings: Settings, fc_on: bool, sched: Scheduler) -> None:
+    assert fc_on and settings.flow_control.usage_limit == "soft-reflective-ceiling"
+
+
 EFFECTS = {
+    "soft reflective ceiling": _check_soft_ceiling,
     "GIE default with parser": _check_gie_default,
     "GIE full reference shape": _check_gie_full,
     "approx producer with parameters (sim-epp-config shape, without decode-filter)": _check_producer,

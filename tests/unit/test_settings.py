@@ -198,6 +198,10 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "scrape.pool_metrics_interval": (2.0, scraper(lambda sc: sc._pool_metrics_interval)),
         "flow_control.enabled": (False, flow(lambda c: c._config.enabled)),
         "flow_control.headroom": (0.0, flow(lambda c: c._config.headroom)),
+        "flow_control.usage_limit": ("soft-reflective-ceiling", flow(lambda c: type(c._limit).__name__)),
+        "flow_control.usage_limit_ceiling": (0.8, flow(lambda c: getattr(c._limit, "threshold", None))),
+        "flow_control.usage_limit_min_ceiling": (0.3, flow(lambda c: getattr(c._limit, "min_ceiling", None))),
+        "flow_control.usage_limit_domain": ("value", flow(lambda c: getattr(c._limit, "domain", None))),
         "flow_control.ordering": ("slo-deadline", flow(lambda c: c._queues.ordering)),
         "flow_control.request_ttl": (1.0, flow(lambda c: c._config.default_ttl)),
         "flow_control.no_endpoint_request_ttl": (600.0, flow(lambda c: c._config.empty_pool_ttl)),
@@ -263,10 +267,21 @@ def test_every_setting_has_a_probe(probes: dict[str, tuple[Any, Probe]]) -> None
     assert sorted(probes) == sorted(field_paths())
 
 
+_HOLDBACK = {"flow_control.usage_limit": "priority-holdback", "flow_control.usage_limit_min_ceiling": 0.5}
+#: Settings a probe needs on both sides: the fields only the policy they name reads (any other
+#: policy refuses them).
+_COMPANIONS: dict[str, dict[str, Any]] = {
+    "flow_control.usage_limit_ceiling": {"flow_control.usage_limit": "static"},
+    "flow_control.usage_limit_min_ceiling": _HOLDBACK,
+    "flow_control.usage_limit_domain": _HOLDBACK,
+}
+
+
 @pytest.mark.parametrize("path", field_paths())
 def test_every_setting_reaches_a_component(path: str, probes: dict[str, tuple[Any, Probe]]) -> None:
     value, probe = probes[path]
-    default = Settings()
+    base = _COMPANIONS.get(path)
+    default = Settings().replace(base) if base else Settings()
     changed = default.replace({path: value})
     assert probe(changed) != probe(default), f"{path}: changing it to {value!r} changed nothing"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -59,6 +59,14 @@ FEATURE_GATES: dict[str, str | None] = {
 
 UTILIZATION_DETECTOR = "utilization-detector"
 STATIC_USAGE_LIMIT = "static-usage-limit-policy"
+PRIORITY_HOLDBACK = "priority-holdback-policy"
+SOFT_REFLECTIVE_CEILING = "soft-reflective-ceiling-policy"
+#: Usage-limit policy types -> ``flow_control.usage_limit``.
+USAGE_LIMIT_SETTING = {
+    STATIC_USAGE_LIMIT: "static",
+    PRIORITY_HOLDBACK: "priority-holdback",
+    SOFT_REFLECTIVE_CEILING: "soft-reflective-ceiling",
+}
 # Both parsers are always on in infergate (OpenAI paths and /v1/messages); naming them is fine.
 # passthrough-parser forwards the paths its ``paths`` parameter lists, unread.
 PASSTHROUGH_PARSER = "passthrough-parser"
@@ -78,7 +86,7 @@ NON_SCHEDULING_TYPES = frozenset(
         *DATA_SOURCES,
         *EXTRACTORS,
         UTILIZATION_DETECTOR,
-        STATIC_USAGE_LIMIT,
+        *USAGE_LIMIT_SETTING,
         "single-profile-handler",
         "header-profile-handler",
         "approx-prefix-cache-producer",
@@ -200,15 +208,26 @@ class PassthroughParserParams(_Strict):
 class StaticUsageLimitParams(_Strict):
     threshold: float = Field(default=1.0, gt=0.0, le=1.0)
 
-    @field_validator("threshold")
-    @classmethod
-    def _full(cls, value: float) -> float:
-        if value != 1.0:
-            raise ValueError(
-                "a ceiling below 1.0 for every priority is not supported; infergate keeps "
-                "room only for the top band (the flow_control.headroom setting)"
-            )
-        return value
+
+class PriorityHoldbackParams(_Strict):
+    """``priority-holdback-policy`` parameters (the reference's names and defaults)."""
+
+    shape: Literal["linear"] = "linear"
+    domain: Literal["rank", "value"] = "rank"
+    min_ceiling: float = Field(ge=0.0, lt=1.0)
+    max_ceiling: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class NoParams(_Strict):
+    """A plugin that takes no parameters (``soft-reflective-ceiling-policy``)."""
+
+
+#: Each usage-limit policy type's parameter schema.
+USAGE_LIMIT_PARAMS: dict[str, type[_Strict]] = {
+    STATIC_USAGE_LIMIT: StaticUsageLimitParams,
+    PRIORITY_HOLDBACK: PriorityHoldbackParams,
+    SOFT_REFLECTIVE_CEILING: NoParams,
+}
 
 
 # ------------------------------------------------------------------------- reading
@@ -328,10 +347,7 @@ class _Reader:
         if fc.enable_eviction:
             raise ConfigError(f"{where}.enableEviction: evicting in-flight requests is not supported")
         if fc.usage_limit_policy_plugin_ref:
-            name = fc.usage_limit_policy_plugin_ref
-            self._ref(name, f"{where}.usageLimitPolicyPluginRef", (STATIC_USAGE_LIMIT,), "usage-limit policy")
-            _validate(StaticUsageLimitParams, self.params[name], f"plugins[{name}].parameters")
-            self.effects["flow_control_headroom"] = 0.0  # one ceiling (1.0) for every band
+            self._usage_limit(fc.usage_limit_policy_plugin_ref, f"{where}.usageLimitPolicyPluginRef")
         default = fc.default_priority_band
         if default is not None:
             self._band(default, f"{where}.defaultPriorityBand", set_default=True)
@@ -347,6 +363,25 @@ class _Reader:
                     "when a band does: infergate orders every band's requests the same way"
                 )
         return bool(data)
+
+    def _usage_limit(self, name: str, where: str) -> None:
+        """The usage-limit policy ``name`` and its parameters, as ``flow_control.usage_limit*``."""
+        type_ = self._ref(name, where, tuple(USAGE_LIMIT_SETTING), "usage-limit policy")
+        params = _validate(USAGE_LIMIT_PARAMS[type_], self.params[name], f"plugins[{name}].parameters")
+        self.effects["usage_limit"] = USAGE_LIMIT_SETTING[type_]
+        if isinstance(params, StaticUsageLimitParams):
+            self.effects["usage_limit_ceiling"] = params.threshold
+        elif isinstance(params, PriorityHoldbackParams):
+            if params.min_ceiling >= params.max_ceiling:
+                raise ConfigError(
+                    f"plugins[{name}].parameters.minCeiling: {params.min_ceiling:g} must be below "
+                    f"maxCeiling ({params.max_ceiling:g})"
+                )
+            self.effects.update(
+                usage_limit_ceiling=params.max_ceiling,
+                usage_limit_min_ceiling=params.min_ceiling,
+                usage_limit_domain=params.domain,
+            )
 
     def _ordering(self, ordering: str, where: str) -> None:
         """Every band orders its flows' requests the same way in infergate: one setting."""
@@ -385,9 +420,7 @@ class _Reader:
             ("max_queued_requests", requests, "maxRequests"),
             ("max_queued_bytes", size, "maxBytes"),
         ):
-            if value and value != self.effects.get(
-                key, getattr(FlowControlSettings(), _SECTION_FIELDS.get(key, key))
-            ):
+            if value and value != self.effects.get(key, getattr(FlowControlSettings(), key)):
                 raise ConfigError(
                     f"{where}.{name}: per-band capacities that differ from defaultPriorityBand are "
                     "not supported (every band has the default band's capacity); set "
@@ -480,8 +513,9 @@ class _Reader:
         for name in detectors:
             _validate(UtilizationDetectorParams, self.params[name], f"plugins[{name}].parameters")
         for name, type_ in self.types.items():
-            if type_ == STATIC_USAGE_LIMIT:
-                _validate(StaticUsageLimitParams, self.params[name], f"plugins[{name}].parameters")
+            schema = USAGE_LIMIT_PARAMS.get(type_)
+            if schema is not None:
+                _validate(schema, self.params[name], f"plugins[{name}].parameters")
 
 
 def _read(config: EndpointPickerConfig) -> SectionEffects:
@@ -531,11 +565,7 @@ def apply_sections(config: EndpointPickerConfig, settings: Settings) -> Settings
     A ``featureGates`` entry for ``flowControl`` wins over ``flow_control.enabled``.
     """
     effects = _read(config)
-    changes = {f"flow_control.{_SECTION_FIELDS.get(k, k)}": v for k, v in effects.settings.items()}
+    changes = {f"flow_control.{k}": v for k, v in effects.settings.items()}
     if effects.flow_control is not None:
         changes["flow_control.enabled"] = effects.flow_control
     return settings.replace(changes) if changes else settings
-
-
-_SECTION_FIELDS = {"flow_control_headroom": "headroom"}
-"""Effect names that differ from their ``FlowControlSettings`` field."""

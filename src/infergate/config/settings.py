@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from infergate.net.tls_options import GO_CIPHER_SUITES
@@ -248,9 +248,25 @@ class FlowControlSettings(_Group):
     enabled: bool = True
     """Queue requests in the gateway under saturation, by priority (``--flow-control``). Off =
     legacy admission, which only sheds sheddable (priority < 0) requests with 429."""
+    usage_limit: Literal["headroom", "static", "priority-holdback", "soft-reflective-ceiling"] = "headroom"
+    """How far the pool may fill before a band waits (the reference's ``usageLimitPolicyPluginRef``):
+    ``headroom`` the top band up to saturation 1.0, the others up to ``1 - headroom``; ``static``
+    every band up to ``usage_limit_ceiling``; ``priority-holdback`` ceilings spread linearly from
+    ``usage_limit_ceiling`` (highest priority in use) to ``usage_limit_min_ceiling`` (lowest);
+    ``soft-reflective-ceiling`` band i of N open below ``1 - i x saturation / (N - 1)``, past it
+    open one decision in ``saturation / (1 - saturation)``. See docs/flow-control.md."""
     headroom: float = Field(default=0.2, ge=0.0, lt=1.0)
-    """Bands below the top priority are admitted/released only while pool saturation < 1 - headroom;
-    the top band up to 1.0 (0 = the reference's single threshold)."""
+    """With ``usage_limit: headroom``: bands below the top priority are admitted/released only while
+    pool saturation < 1 - headroom; the top band up to 1.0 (0 = the reference's single threshold)."""
+    usage_limit_ceiling: float = Field(default=1.0, gt=0.0, le=1.0)
+    """``static``: every band's ceiling (``threshold``); ``priority-holdback``: the highest
+    priority's (``maxCeiling``). Other policies refuse a value below 1."""
+    usage_limit_min_ceiling: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """``priority-holdback``: the lowest priority's ceiling (``minCeiling``, required there, below
+    ``usage_limit_ceiling``); refused with other policies."""
+    usage_limit_domain: Literal["rank", "value"] = "rank"
+    """``priority-holdback``: steps by rank among the priorities in use, or in proportion to their
+    values (``domain``); ``value`` refused with other policies."""
     request_ttl: Seconds = 60.0
     """How long a request may wait in a queue while the pool has a ready endpoint, then 429
     ``rejected-ttl-expired`` (``defaultRequestTTL``)."""
@@ -312,6 +328,28 @@ class FlowControlSettings(_Group):
     streams' TPOT); unset: half of ``ttft_slo`` (0.5 s by default); 0 turns the guard off. The guard
     judges over the last ``ttft_slo`` seconds of reports, so with both unset it scales with the SLO
     (a pool of slower replicas, e.g. a bigger model, is told a larger SLO and nothing else)."""
+
+    @model_validator(mode="after")
+    def _usage_limit_fields(self) -> FlowControlSettings:
+        """A usage-limit field the chosen policy does not read is an error, not a silent no-op."""
+        policy = self.usage_limit
+        if policy == "priority-holdback":
+            low = self.usage_limit_min_ceiling
+            if low is None:
+                raise ValueError("usage_limit_min_ceiling: required with usage_limit: priority-holdback")
+            if low >= self.usage_limit_ceiling:
+                high = self.usage_limit_ceiling
+                raise ValueError(
+                    f"usage_limit_min_ceiling: {low:g} must be below usage_limit_ceiling ({high:g})"
+                )
+            return self
+        if self.usage_limit_min_ceiling is not None:
+            raise ValueError(f"usage_limit_min_ceiling: read only by priority-holdback, not by {policy}")
+        if self.usage_limit_domain != "rank":
+            raise ValueError(f"usage_limit_domain: read only by priority-holdback, not by {policy}")
+        if policy != "static" and self.usage_limit_ceiling != 1.0:
+            raise ValueError(f"usage_limit_ceiling: read by static and priority-holdback, not by {policy}")
+        return self
 
 
 class LimitsSettings(_Group):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infergate.flowcontrol.queues import ORDERINGS
+from infergate.flowcontrol.usage_limits import USAGE_LIMITS
 
 __all__ = ["DEFAULT_BAND_MAX_BYTES", "FOLLOW_DEFAULT_TTL", "FlowControlConfig"]
 
@@ -53,6 +54,12 @@ class FlowControlConfig:
             arriving next would need. 0 disables it (every band up to 1.0, the reference).
         top_priority: the priority that may use the headroom; ``None`` takes the highest priority
             among the pool's objectives (a request above every objective counts as top too).
+        usage_limit: the usage-limit policy (:mod:`.usage_limits`): ``headroom`` (the two
+            fields above), ``static``, ``priority-holdback`` or ``soft-reflective-ceiling``.
+        usage_limit_ceiling: ``static``: every band's ceiling; ``priority-holdback``: the highest
+            priority's.
+        usage_limit_min_ceiling: ``priority-holdback``: the lowest priority's ceiling.
+        usage_limit_domain: ``priority-holdback``: ``rank`` or ``value``.
         ordering: the order of one flow's requests: ``fcfs``, or ``slo-deadline`` (earliest
             arrival plus the request's own TTFT bound first; see :mod:`.queues`).
         route_to_room: when queueing is enabled, a request may only be scheduled onto an endpoint
@@ -73,6 +80,10 @@ class FlowControlConfig:
     pool_name: str = ""
     headroom: float = 0.2
     top_priority: int | None = None
+    usage_limit: str = "headroom"
+    usage_limit_ceiling: float = 1.0
+    usage_limit_min_ceiling: float | None = None
+    usage_limit_domain: str = "rank"
     route_to_room: bool = True
     ordering: str = "fcfs"
 
@@ -95,6 +106,8 @@ class FlowControlConfig:
             raise ValueError("retry_after must be >= 0")
         if not 0.0 <= self.headroom < 1.0:
             raise ValueError("headroom must be in [0, 1)")
+        if self.usage_limit not in USAGE_LIMITS:
+            raise ValueError(f"usage_limit must be one of {', '.join(USAGE_LIMITS)}")
         if self.ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}")
         if self.recheck_interval <= 0:

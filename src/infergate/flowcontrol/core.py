@@ -21,6 +21,7 @@ from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.decode_guard import DecodeGuard
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
+from infergate.flowcontrol.usage_limits import PriorityLevels, UsageLimitPolicy, usage_limit_policy
 from infergate.telemetry import BandUtilization, FlowControlState, GatewayMetrics
 from infergate.types import Endpoint, InferenceRequest, typed_frozen
 
@@ -115,6 +116,16 @@ class FlowCore:
         self._wait_series: dict[tuple[str, int, str, str, str, str], tuple[_Observer, _Counter]] = {}
         self._saturation_gauge: tuple[str, _Gauge] | None = None  # (pool name, its labelled child)
         self._judged_at: float | None = None  # ``now`` of the last saturation judgement
+        c = self._config
+        self._limit: UsageLimitPolicy = usage_limit_policy(
+            c.usage_limit,
+            headroom=c.headroom,
+            top=self._top_priority,
+            ceiling=c.usage_limit_ceiling,
+            min_ceiling=c.usage_limit_min_ceiling,
+            domain="value" if c.usage_limit_domain == "value" else "rank",
+        )
+        self._levels = PriorityLevels()
         if metrics is not None:
             metrics.watch_flow_control(self.metrics_state)
 
@@ -221,21 +232,24 @@ class FlowCore:
             self._saturation_gauge[1].set(value)
         return value
 
-    def threshold(self, priority: int) -> float:
-        """Pool saturation at which requests of ``priority`` stop being admitted or released.
+    def threshold(self, priority: int, *, saturation: float | None = None, now: float | None = None) -> float:
+        """Pool saturation at which requests of ``priority`` stop being admitted or released: the
+        usage-limit policy's ceiling for its band (:mod:`.usage_limits`).
 
-        1.0 for the top band (``top_priority``, else the highest objective priority, or above);
-        ``1 - headroom`` below it, so the top band always finds the last bit of room.
+        The default (``headroom``): 1.0 for the top band (``top_priority``, else the highest
+        objective priority, or above); ``1 - headroom`` below it, so the top band always finds
+        the last bit of room. ``saturation`` and ``now`` default to the last judgement's.
         """
-        headroom = self._config.headroom
-        if headroom <= 0.0:
-            return 1.0
+        policy = self._limit
+        levels: list[int] = []
+        if policy.ranked:
+            at = (self._judged_at or 0.0) if now is None else now
+            levels = self._levels.levels(priority, at, [o.priority for o in self._ds.objectives()])
+        return policy.ceiling(self._last_saturation if saturation is None else saturation, priority, levels)
+
+    def _top_priority(self) -> int | None:
         top = self._config.top_priority
-        if top is None:
-            top = self._ds.top_priority()
-            if top is None:
-                top = priority
-        return 1.0 if priority >= top else 1.0 - headroom
+        return self._ds.top_priority() if top is None else top
 
     def with_room(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
         """Scheduling candidates for a request released from the queues: those with room.
@@ -306,7 +320,7 @@ class FlowCore:
                 return self._reject(request, Decision.REJECT_SHED)
             self._observe_wait(request, DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
-        saturated = level >= self.threshold(request.priority) or self._holding(now)
+        saturated = level >= self.threshold(request.priority, saturation=level, now=now) or self._holding(now)
         if not saturated and not self._queues:
             self._observe_wait(request, DISPATCHED, 0.0)
             return Offer(Decision.ADMIT)
@@ -349,7 +363,8 @@ class FlowCore:
             return None
         started = time.perf_counter()
         try:
-            if self.saturation(now, pending) >= self.threshold(head.priority):
+            level = self.saturation(now, pending)
+            if level >= self.threshold(head.priority, saturation=level, now=now):
                 return None
             guard = self._guard
             if guard is not None and self._holding(now):

@@ -46,6 +46,10 @@ def flow_control_from_settings(
         max_bytes=s.max_queued_bytes_total,
         pool_name=pool_name,
         headroom=s.headroom,
+        usage_limit=s.usage_limit,
+        usage_limit_ceiling=s.usage_limit_ceiling,
+        usage_limit_min_ceiling=s.usage_limit_min_ceiling,
+        usage_limit_domain=s.usage_limit_domain,
         ordering=s.ordering,
     )
     return detector, config

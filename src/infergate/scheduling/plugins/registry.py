@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from infergate.config.picker_sections import (
     PassthroughParserParams,
+    PriorityHoldbackParams,
     StaticUsageLimitParams,
     UtilizationDetectorParams,
 )
@@ -157,6 +158,8 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "slo-deadline-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
     "static-usage-limit-policy": StaticUsageLimitParams,
+    "priority-holdback-policy": PriorityHoldbackParams,
+    "soft-reflective-ceiling-policy": NoParams,
     # in-flight counts are built in (Endpoint.in_flight, in_flight_tokens): no producer needed
     "inflight-load-producer": InFlightLoadParams,
     # prompts rendered by vLLM for precise-prefix-cache-scorer (the app wires it to the Director)
@@ -171,14 +174,11 @@ _FCFS = (
     "requests of a flow are served first come first served or by SLO deadline; "
     "use fcfs-ordering-policy or slo-deadline-ordering-policy"
 )
-_LIMIT = "use static-usage-limit-policy (threshold 1.0)"
 REFUSED_TYPES: dict[str, str] = {
     "concurrency-detector": "saturation is measured from model-server metrics; use utilization-detector",
     "global-strict-fairness-policy": _FLOWS,
     "program-aware-fairness": _FLOWS,
     "edf-ordering-policy": _FCFS,
-    "priority-holdback-policy": _LIMIT,
-    "soft-reflective-ceiling-policy": _LIMIT,
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
