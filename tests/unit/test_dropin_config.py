@@ -129,8 +129,8 @@ def test_flow_control_gate_off_turns_queueing_off_and_conflicts_with_the_section
             r"flowControl.priorityBands\[0\].maxRequests: per-band capacities",
         ),
         (
-            "flowControl: {priorityBands: [{priority: 1, orderingPolicyRef: edf-ordering-policy}]}",
-            r"priorityBands\[0\].orderingPolicyRef: 'edf-ordering-policy' is not supported",
+            "flowControl: {priorityBands: [{priority: 1, orderingPolicyRef: lifo-ordering-policy}]}",
+            r"priorityBands\[0\].orderingPolicyRef: 'lifo-ordering-policy' is not supported",
         ),
         (
             "saturationDetector: {pluginRef: nothing}",

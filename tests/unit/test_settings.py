@@ -203,6 +203,7 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "flow_control.usage_limit_min_ceiling": (0.3, flow(lambda c: getattr(c._limit, "min_ceiling", None))),
         "flow_control.usage_limit_domain": ("value", flow(lambda c: getattr(c._limit, "domain", None))),
         "flow_control.ordering": ("slo-deadline", flow(lambda c: c._queues.ordering)),
+        "flow_control.fairness": ("global-strict", flow(lambda c: c._queues.fairness)),
         "flow_control.request_ttl": (1.0, flow(lambda c: c._config.default_ttl)),
         "flow_control.no_endpoint_request_ttl": (600.0, flow(lambda c: c._config.empty_pool_ttl)),
         "flow_control.max_queued_requests": (10, flow(lambda c: c._config.band_max_requests)),

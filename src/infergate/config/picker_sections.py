@@ -71,10 +71,19 @@ USAGE_LIMIT_SETTING = {
 # passthrough-parser forwards the paths its ``paths`` parameter lists, unread.
 PASSTHROUGH_PARSER = "passthrough-parser"
 SUPPORTED_PARSERS = ("openai-parser", "anthropic-parser", PASSTHROUGH_PARSER)
-SUPPORTED_FAIRNESS = ("round-robin-fairness-policy",)
-SUPPORTED_ORDERING = ("fcfs-ordering-policy", "slo-deadline-ordering-policy")
-#: Ordering policy type -> ``flow_control.ordering``.
-ORDERING_SETTING = {"fcfs-ordering-policy": "fcfs", "slo-deadline-ordering-policy": "slo-deadline"}
+GLOBAL_STRICT = "global-strict-fairness-policy"
+SUPPORTED_FAIRNESS = ("round-robin-fairness-policy", GLOBAL_STRICT)
+#: Fairness policy type -> ``flow_control.fairness``.
+FAIRNESS_SETTING = {"round-robin-fairness-policy": "round-robin", GLOBAL_STRICT: "global-strict"}
+SUPPORTED_ORDERING = ("fcfs-ordering-policy", "slo-deadline-ordering-policy", "edf-ordering-policy")
+#: Ordering policy type -> ``flow_control.ordering``. Earliest deadline first is first come first
+#: served here: every request's deadline is its arrival plus the same TTL (the reference gives no
+#: request a TTL of its own either), and a budget switch (pool emptied or refilled) keeps that order.
+ORDERING_SETTING = {
+    "fcfs-ordering-policy": "fcfs",
+    "slo-deadline-ordering-policy": "slo-deadline",
+    "edf-ordering-policy": "fcfs",
+}
 DATA_SOURCES = ("metrics-data-source",)
 EXTRACTORS = ("core-metrics-extractor",)
 #: Reference plugin types that are not scheduling stages: never part of a generated default profile.
@@ -383,6 +392,16 @@ class _Reader:
                 usage_limit_domain=params.domain,
             )
 
+    def _fairness(self, fairness: str, where: str) -> None:
+        """Every band shares its flows the same way in infergate: one setting."""
+        chosen = self.effects.get("fairness")
+        if chosen is not None and chosen != fairness:
+            raise ConfigError(
+                f"{where}: bands whose flows take turns differently are not supported "
+                f"(another band uses {chosen}); name one fairness policy for every band"
+            )
+        self.effects["fairness"] = fairness
+
     def _ordering(self, ordering: str, where: str) -> None:
         """Every band orders its flows' requests the same way in infergate: one setting."""
         chosen = self.effects.get("ordering")
@@ -407,6 +426,8 @@ class _Reader:
                 )
             if what == "orderingPolicyRef":
                 self._ordering(ORDERING_SETTING[type_], f"{where}.{what}")
+            else:
+                self._fairness(FAIRNESS_SETTING[type_], f"{where}.{what}")
         requests = self._quantity(band.max_requests, f"{where}.maxRequests") if band.max_requests else 0
         size = self._quantity(band.max_bytes, f"{where}.maxBytes") if band.max_bytes else 0
         if set_default:
@@ -523,6 +544,9 @@ def _read(config: EndpointPickerConfig) -> SectionEffects:
     r.check_plugins()
     gate = r.feature_gates()
     fc_set = r.flow_control(config.flow_control)
+    if "fairness" not in r.effects and r.types.get(GLOBAL_STRICT) == GLOBAL_STRICT:
+        # the reference's default fairnessPolicyRef is this plugin's name: declared, it applies
+        r.effects["fairness"] = "global-strict"
     unused = [n for n, t in r.types.items() if t == "slo-deadline-ordering-policy"]
     if unused and r.effects.get("ordering") != "slo-deadline":
         raise ConfigError(

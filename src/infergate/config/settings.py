@@ -289,6 +289,11 @@ class FlowControlSettings(_Group):
     come first served; ``slo-deadline`` the earliest arrival plus ``x-llm-d-slo-ttft-ms`` first,
     requests without that header after every request with it (``orderingPolicyRef:
     slo-deadline-ordering-policy``). Flows still take turns and bands still go by priority."""
+    fairness: Literal["round-robin", "global-strict"] = "round-robin"
+    """How the flows of one band (its fairness ids) share it: ``round-robin`` takes turns, so one
+    tenant's burst cannot starve another; ``global-strict`` serves the band as one queue in
+    ``ordering``'s order, whichever flow it is from (``fairnessPolicyRef:
+    global-strict-fairness-policy``, llm-d-router's default)."""
     max_queued_requests: int = Field(default=5000, ge=1)
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
     max_queued_bytes: int = Field(default=10 * 1024**3, ge=1)

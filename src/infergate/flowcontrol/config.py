@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infergate.flowcontrol.queues import ORDERINGS
+from infergate.flowcontrol.queues import FAIRNESS, ORDERINGS
 from infergate.flowcontrol.usage_limits import USAGE_LIMITS
 
 __all__ = ["DEFAULT_BAND_MAX_BYTES", "FOLLOW_DEFAULT_TTL", "FlowControlConfig"]
@@ -62,6 +62,8 @@ class FlowControlConfig:
         usage_limit_domain: ``priority-holdback``: ``rank`` or ``value``.
         ordering: the order of one flow's requests: ``fcfs``, or ``slo-deadline`` (earliest
             arrival plus the request's own TTFT bound first; see :mod:`.queues`).
+        fairness: how the flows (fairness ids) of a band take turns: ``round-robin``, or
+            ``global-strict`` (the band served as one queue in ``ordering``'s order).
         route_to_room: when queueing is enabled, a request may only be scheduled onto an endpoint
             that itself has room (its saturation score < 1), whenever one is eligible. The
             scheduler's prefix and LoRA affinity can otherwise send a released request to a full
@@ -86,6 +88,7 @@ class FlowControlConfig:
     usage_limit_domain: str = "rank"
     route_to_room: bool = True
     ordering: str = "fcfs"
+    fairness: str = "round-robin"
 
     @property
     def empty_pool_ttl(self) -> float | None:
@@ -108,6 +111,8 @@ class FlowControlConfig:
             raise ValueError("headroom must be in [0, 1)")
         if self.usage_limit not in USAGE_LIMITS:
             raise ValueError(f"usage_limit must be one of {', '.join(USAGE_LIMITS)}")
+        if self.fairness not in FAIRNESS:
+            raise ValueError(f"fairness must be one of {', '.join(FAIRNESS)}")
         if self.ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}")
         if self.recheck_interval <= 0:

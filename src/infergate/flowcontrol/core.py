@@ -105,7 +105,7 @@ class FlowCore:
         self._capped = False  # the cap holds: the guard holds, or the queue it built still waits
         self._config = config if config is not None else FlowControlConfig()
         self._metrics = metrics
-        self._queues = PriorityQueues(self._config.ordering)
+        self._queues = PriorityQueues(self._config.ordering, self._config.fairness)
         self._deadlines: list[tuple[float, int, QueuedItem]] = []
         self._seq = itertools.count()
         self._last_saturation = 0.0

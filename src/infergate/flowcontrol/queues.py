@@ -4,7 +4,9 @@ Structure (the reference's three tiers):
 
 * a **band** per priority value; the dispatcher always serves the highest non-empty band first;
 * inside a band, one **flow** queue per fairness id, served **round-robin** (a flow that was just
-  served goes to the back of the rotation; a new flow joins at the back);
+  served goes to the back of the rotation; a new flow joins at the back), or with
+  ``fairness="global-strict"`` (the reference's ``global-strict-fairness-policy``) as one queue:
+  the flow whose head comes first in the ordering below is served, whoever else waits;
 * inside a flow, **FCFS**, or with ``ordering="slo-deadline"`` (the reference's
   ``slo-deadline-ordering-policy``) the earliest deadline first: arrival plus the request's own
   TTFT bound (``x-llm-d-slo-ttft-ms``); a request without one comes after every request with one,
@@ -26,10 +28,20 @@ from enum import StrEnum
 
 from infergate.types import InferenceRequest
 
-__all__ = ["ORDERINGS", "BandSnapshot", "FlowSnapshot", "ItemState", "PriorityQueues", "QueuedItem"]
+__all__ = [
+    "FAIRNESS",
+    "ORDERINGS",
+    "BandSnapshot",
+    "FlowSnapshot",
+    "ItemState",
+    "PriorityQueues",
+    "QueuedItem",
+]
 
 #: How the requests of one flow are ordered (see the module docstring).
 ORDERINGS = ("fcfs", "slo-deadline")
+#: How the flows of one band take turns (see the module docstring).
+FAIRNESS = ("round-robin", "global-strict")
 
 
 class ItemState(StrEnum):
@@ -108,14 +120,28 @@ def _due(item: QueuedItem) -> tuple[float, int]:
     return item.due
 
 
+def _seq(item: QueuedItem) -> int:
+    return item.seq
+
+
 @dataclass(slots=True)
 class _Band:
     priority: int
     by_deadline: bool = False
+    strict: bool = False  # global-strict: the flow whose head comes first, not the next in turn
     flows: dict[str, deque[QueuedItem]] = field(default_factory=dict)
     rotation: deque[str] = field(default_factory=deque)  # non-empty flows, next to serve first
     count: int = 0
     bytes: int = 0
+
+    def _first_flow(self) -> str:
+        """The flow to serve next: the rotation's head, or (global-strict) the flow whose head
+        item comes first in the band's ordering."""
+        if not self.strict or len(self.rotation) == 1:
+            return self.rotation[0]
+        order = _due if self.by_deadline else _seq
+        flows = self.flows
+        return min(self.rotation, key=lambda fid: order(flows[fid][0]))
 
     def push(self, item: QueuedItem) -> None:
         queue = self.flows.get(item.fairness_id)
@@ -129,16 +155,19 @@ class _Band:
     def peek(self) -> QueuedItem | None:
         if not self.rotation:
             return None
-        return self.flows[self.rotation[0]][0]
+        return self.flows[self._first_flow()][0]
 
     def pop(self) -> QueuedItem:
-        fid = self.rotation[0]
+        fid = self._first_flow()
         queue = self.flows[fid]
         item = queue.popleft()
-        self.rotation.popleft()
-        if queue:
-            self.rotation.append(fid)
-        else:
+        if fid == self.rotation[0]:
+            self.rotation.popleft()
+            if queue:
+                self.rotation.append(fid)
+        elif not queue:
+            self.rotation.remove(fid)
+        if not queue:
             del self.flows[fid]
         self.count -= 1
         self.bytes -= item.size
@@ -161,12 +190,17 @@ class _Band:
 
 
 class PriorityQueues:
-    """Bands of flows of items; strict priority between bands, round-robin between flows."""
+    """Bands of flows of items; strict priority between bands, round-robin (or global-strict)
+    between flows."""
 
-    def __init__(self, ordering: str = "fcfs") -> None:
+    def __init__(self, ordering: str = "fcfs", fairness: str = "round-robin") -> None:
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)} (got {ordering!r})")
+        if fairness not in FAIRNESS:
+            raise ValueError(f"fairness must be one of {', '.join(FAIRNESS)} (got {fairness!r})")
         self.ordering = ordering
+        self.fairness = fairness
+        self._strict = fairness == "global-strict"
         self._by_deadline = ordering == "slo-deadline"
         self._bands: dict[int, _Band] = {}
         self._priorities: list[int] = []  # ascending; only non-empty bands
@@ -209,7 +243,7 @@ class PriorityQueues:
     def push(self, item: QueuedItem) -> None:
         band = self._bands.get(item.priority)
         if band is None:
-            band = self._bands[item.priority] = _Band(item.priority, self._by_deadline)
+            band = self._bands[item.priority] = _Band(item.priority, self._by_deadline, self._strict)
             bisect.insort(self._priorities, item.priority)
         band.push(item)
         self._count += 1
@@ -229,7 +263,8 @@ class PriorityQueues:
         return self._bands[self._priorities[-1]].peek()
 
     def pop(self) -> QueuedItem | None:
-        """Remove and return the next item: highest band, next flow in rotation, oldest in flow."""
+        """Remove and return the next item: highest band, next flow in rotation (global-strict:
+        the flow whose head comes first), first in flow."""
         if not self._priorities:
             return None
         band = self._bands[self._priorities[-1]]

@@ -51,6 +51,7 @@ def flow_control_from_settings(
         usage_limit_min_ceiling=s.usage_limit_min_ceiling,
         usage_limit_domain=s.usage_limit_domain,
         ordering=s.ordering,
+        fairness=s.fairness,
     )
     return detector, config
 

@@ -157,6 +157,8 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "fcfs-ordering-policy": NoParams,
     "slo-deadline-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
+    "global-strict-fairness-policy": NoParams,
+    "edf-ordering-policy": NoParams,
     "static-usage-limit-policy": StaticUsageLimitParams,
     "priority-holdback-policy": PriorityHoldbackParams,
     "soft-reflective-ceiling-policy": NoParams,
@@ -169,16 +171,13 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
 }
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
-_FLOWS = "flows of a band are served round-robin; use round-robin-fairness-policy"
-_FCFS = (
-    "requests of a flow are served first come first served or by SLO deadline; "
-    "use fcfs-ordering-policy or slo-deadline-ordering-policy"
+_FLOWS = (
+    "flows of a band take turns or are served as one queue; use round-robin-fairness-policy "
+    "or global-strict-fairness-policy"
 )
 REFUSED_TYPES: dict[str, str] = {
     "concurrency-detector": "saturation is measured from model-server metrics; use utilization-detector",
-    "global-strict-fairness-policy": _FLOWS,
     "program-aware-fairness": _FLOWS,
-    "edf-ordering-policy": _FCFS,
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
