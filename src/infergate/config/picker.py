@@ -145,7 +145,7 @@ class EndpointPickerConfig(_Strict):
 
     def with_default_profile(self) -> EndpointPickerConfig:
         """This config, plus a ``default`` profile of every filter, scorer and picker when it declares
-        no profile (data-layer, parser and flow-control plugins are not profile stages)."""
+        no profile (data-layer, parser, flow-control and admission plugins are not profile stages)."""
         if self.scheduling_profiles or not self.plugins:
             return self
         stages = [p for p in self.plugins if p.type not in NON_SCHEDULING_TYPES]

@@ -102,6 +102,7 @@ NON_SCHEDULING_TYPES = frozenset(
         "inflight-load-producer",
         "token-producer",
         "endpoint-notification-source",
+        "probabilistic-admitter",
     }
 )
 

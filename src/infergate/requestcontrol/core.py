@@ -5,8 +5,9 @@ ext_proc picker (both via the async :class:`~infergate.requestcontrol.director.D
 authentication, flow-control waiting, retries and response accounting around it) and the digital
 twin (``infergate.bench.twin``), which calls it directly on a virtual clock. Whatever decides where a
 request goes — model rewrites, the served-model check, objective and priority resolution, per-objective
-limits, the candidate set (subset hint, endpoints serving the target model, flow control's "room")
-and the scheduler — lives here once, so the twin measures exactly what production runs.
+limits, the config's admitters (``probabilistic-admitter``), the candidate set (subset hint,
+endpoints serving the target model, flow control's "room") and the scheduler — lives here once, so
+the twin measures exactly what production runs.
 
 The core never awaits, never reads a clock it was not given and imports no HTTP or gRPC library.
 """
@@ -14,11 +15,11 @@ The core never awaits, never reads a clock it was not given and imports no HTTP 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
-from infergate.errors import BadRequestError, ModelNotFoundError, NoCapacityError
+from infergate.errors import BadRequestError, ModelNotFoundError, NoCapacityError, RateLimitedError
 from infergate.requestcontrol import headers as H
 from infergate.requestcontrol.access import FairnessIds, Principal, RequestLimits, check_scope
 from infergate.requestcontrol.parsing import ParsedBody, parse_body, rewrite_model
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
 
 __all__ = [
+    "AdmissionHook",
     "DatastoreView",
     "RequestCore",
     "Resolved",
@@ -70,6 +72,10 @@ class SchedulerLike(Protocol):
     def observe_tpot(self, request_id: str, tpot_seconds: float | None) -> None: ...
     def observe_answer(self, request_id: str, seconds: float | None, output_tokens: int | None) -> None: ...
 
+
+AdmissionHook = Callable[[InferenceRequest, Sequence[Endpoint], Container[str]], "str | None"]
+"""The scheduler's admitters (``Scheduler.admit``): the request, the pool's healthy endpoints and the
+keys of those with stale or missing metrics; None admits, a string is the reason for refusing."""
 
 RoomFilter = Callable[[Sequence[Endpoint]], list[Endpoint]]
 """Flow control's narrowing of candidates to those with room (``FlowCore.with_room`` bound to now)."""
@@ -141,7 +147,8 @@ class RequestCore:
 
     Args:
         datastore: the pool's endpoints, objectives and rewrites.
-        scheduler: the configured scheduler.
+        scheduler: the configured scheduler; its ``admit`` (when it has ``admitters``) is run by
+            :meth:`check_admission`, drawing from the scheduler's own ``random.Random``.
         rng: randomness for weighted model rewrites.
         metrics: where rewrite decisions are counted; None counts nothing.
         limits: per-objective ``max_tokens`` ceilings and the message-count limit.
@@ -165,6 +172,9 @@ class RequestCore:
         self.limits = limits or RequestLimits()
         self._check_models = check_models
         self._fairness = FairnessIds()
+        admit = getattr(scheduler, "admit", None)
+        has_admitters = bool(getattr(scheduler, "admitters", ()))
+        self._admission: AdmissionHook | None = admit if callable(admit) and has_admitters else None
         self.passthrough: tuple[str, ...] = ()
         """Path suffixes the ``passthrough-parser`` forwards unread (set by the app from the config)."""
 
@@ -215,17 +225,21 @@ class RequestCore:
         now: float,
         principal: Principal | None = None,
     ) -> Resolved:
-        """Parse, rewrite, check the model, resolve the objective and apply its limits.
+        """Parse, rewrite, check the model, resolve the objective, apply its limits and run the
+        config's admitters.
 
         ``headers`` must be lower-cased (or case-insensitive). Raises the ``RequestError`` the client
-        is to receive: 400 (body), 403 (the key's scope), 404 (unknown model). The director runs the
-        two steps itself to label error metrics with the model names known when a step failed.
+        is to receive: 400 (body), 403 (the key's scope), 404 (unknown model), 429 (an admitter
+        refused). The director runs the steps itself to label error metrics with the model names
+        and priority known when a step failed.
         """
         parsed = self.parse(path, body)
         target = self.rewrite(parsed.model, H.model_name_rewrite_of(headers))
-        return self.admit(
+        resolved = self.admit(
             parsed, target, headers=headers, body=body, request_id=request_id, now=now, principal=principal
         )
+        self.check_admission(resolved.request)
+        return resolved
 
     def parse(self, path: str, body: bytes) -> ParsedBody:
         """The body's routing fields (400 when malformed, over the message limit or, for token-id
@@ -299,6 +313,24 @@ class RequestCore:
         )
         upstream = body if target == model else rewrite_model(parsed, target)
         return Resolved(request=request, parsed=parsed, upstream_body=upstream)
+
+    def check_admission(self, request: InferenceRequest, subset: frozenset[str] | None = None) -> None:
+        """Run the config's admitters (llm-d-router's Admitter extension point) before the request
+        waits in flow control or is scheduled: 429 when one refuses.
+
+        They see the pool's healthy endpoints (those the subset hint lists, with one), each with its
+        last metrics; one whose metrics are stale or were never scraped is passed as such, and
+        ``probabilistic-admitter`` counts it fully saturated. The refusal carries
+        ``x-llm-d-request-dropped-reason: rejected-saturated``, as flow control's shedding does.
+        """
+        hook = self._admission
+        if hook is None:
+            return
+        fresh = {e.key for e in self._ds.candidates()}
+        pool = [e for e in self._ds.endpoints() if e.healthy and (subset is None or e.meta.address in subset)]
+        reason = hook(request, pool, {e.key for e in pool if e.key not in fresh})
+        if reason is not None:
+            raise RateLimitedError(reason, headers={"x-llm-d-request-dropped-reason": "rejected-saturated"})
 
     def observe_ttft(self, request_id: str, ttft_seconds: float | None) -> None:
         """The data plane saw the request's first byte after ``ttft_seconds`` (None: it failed first)."""

@@ -2,10 +2,11 @@
 
 ``Director.handle_request`` turns raw path/headers/body into a scheduled :class:`RequestContext`:
 authenticate (401), resolve through the synchronous :class:`~infergate.requestcontrol.core.RequestCore`
-(parse 400, rewrite, served model 404, objective, limits), wait in flow control (429/503), schedule
-through the core (503) and count the request in flight on its endpoint. The response
-hooks read usage, put the client's model name back and record the reference metrics. The built-in
-proxy and the ext_proc server both drive this class; neither scheduling nor flow control knows who.
+(parse 400, rewrite, served model 404, objective, limits, the config's admitters 429), wait in flow
+control (429/503), schedule through the core (503) and count the request in flight on its endpoint.
+The response hooks read usage, put the client's model name back and record the reference metrics.
+The built-in proxy and the ext_proc server both drive this class; neither scheduling nor flow
+control knows who.
 """
 
 from __future__ import annotations
@@ -279,8 +280,11 @@ class Director:
                     now=started,
                     principal=principal,
                 )
-            request = resolved.request
-            trace.set(model=model, target_model=target, priority=request.priority)
+                request = resolved.request
+                trace.set(model=model, target_model=target, priority=request.priority)
+                # the config's admitters (probabilistic-admitter) refuse before the request waits;
+                # a refusal is counted below with the request's priority, as flow control's are
+                core.check_admission(request, subset)
             released = False
             if self._flow is not None:
                 # A subset hint no ready endpoint matches, while the pool has some, is answered at

@@ -5,7 +5,10 @@ every entry of ``plugins:`` once (unknown type, duplicate name or bad parameters
 naming the plugin), then assemble the profile from ``pluginRef``/``weight``, applying the
 reference defaults (scorer weight 1.0, no profile → one ``default`` profile holding every
 scheduling plugin, no picker → ``max-score-picker``). ``Scheduler.schedule`` times the whole
-cycle into ``inference_extension_scheduler_e2e_duration_seconds``.
+cycle into ``inference_extension_scheduler_e2e_duration_seconds``. Admitters
+(``probabilistic-admitter``) are plugins too, but no profile stage: ``Scheduler.admit`` runs them for
+request control, before flow control, each timed into the plugin-duration histogram at extension
+point ``Admission``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from infergate.errors import ConfigError, NoCapacityError
@@ -24,6 +27,7 @@ from infergate.scheduling.engine.profile import (
     SchedulerProfile,
     ScorerSlot,
 )
+from infergate.scheduling.plugins.admitter import Admitter
 from infergate.scheduling.plugins.disagg import DisaggProfileHandler
 from infergate.scheduling.plugins.pickers import MaxScorePicker
 from infergate.scheduling.plugins.registry import default_registry
@@ -93,7 +97,8 @@ class Scheduler:
     composition root subscribes to the datastore's endpoint removals so every plugin with
     per-endpoint state (:class:`EndpointStateHolder`) drops it when an endpoint leaves the pool.
     With a ``decision_log``, every successful result is appended to it (by reference) for the live
-    view.
+    view. The configured :class:`~infergate.scheduling.plugins.admitter.Admitter` plugins, in
+    ``plugins:`` order, are run by :meth:`admit`.
     """
 
     def __init__(
@@ -136,6 +141,30 @@ class Scheduler:
                 self._tpot_only.append(p)
         self._header_hooks = [p for p in plugins_ if isinstance(p, ResponseHeaderHook)]
         self._holders = [p for p in plugins_ if isinstance(p, EndpointStateHolder)]
+        self._admitters = [
+            (p, _timer(metrics, "Admission", getattr(p, "plugin_type", type(p).__name__), name))
+            for name, p in self._plugins.items()
+            if isinstance(p, Admitter)
+        ]
+
+    @property
+    def admitters(self) -> tuple[Admitter, ...]:
+        """The configured admission plugins, in ``plugins:`` order (empty: every request is admitted)."""
+        return tuple(p for p, _ in self._admitters)
+
+    def admit(
+        self, request: InferenceRequest, endpoints: Sequence[Endpoint], stale: Container[str]
+    ) -> str | None:
+        """Run the admitters in order over the pool's healthy ``endpoints`` (``stale``: keys of those
+        whose metrics are stale or missing); the first refusal's reason, None when all admit."""
+        for admitter, timer in self._admitters:
+            t0 = time.perf_counter()
+            reason = admitter.admit(request, endpoints, stale)
+            if timer is not None:
+                timer.observe(time.perf_counter() - t0)
+            if reason is not None:
+                return reason
+        return None
 
     def plugin(self, name: str) -> object | None:
         return self._plugins.get(name)
@@ -371,6 +400,11 @@ def _build_profile(
     for name, weight in refs:
         inst, registered = instances[name], types[name]
         type_, points = registered.name, registered.points
+        if isinstance(inst, Admitter):
+            raise ConfigError(
+                f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is an admitter: it runs on "
+                "every request, before flow control, by being listed in plugins:; remove it from the profile"
+            )
         if not points or ExtensionPoint.PROFILE_HANDLER in points:
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is not a filter, scorer "

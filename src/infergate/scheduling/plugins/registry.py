@@ -20,6 +20,7 @@ from infergate.config.picker_sections import (
     UtilizationDetectorParams,
 )
 from infergate.config.picker_units import parse_go_duration
+from infergate.scheduling.plugins.admitter import ProbabilisticAdmitter, ProbabilisticAdmitterParams
 from infergate.scheduling.plugins.disagg import (
     DECODE_ROLES,
     PREFILL_ROLES,
@@ -246,6 +247,12 @@ def default_registry() -> PluginRegistry:
     r.register_filter("prefill-filter", NoParams, lambda p, c: RoleFilter(PREFILL_ROLES, unlabelled=False))
     r.register_scorer_post_pick(
         "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
+    )
+    # the Admitter extension point (plugins/admitter.py): run before flow control, never a profile stage
+    r.register_helper(
+        "probabilistic-admitter",
+        ProbabilisticAdmitterParams,
+        lambda p, c: ProbabilisticAdmitter(p, rng=c.rng, name=c.name),
     )
     for name, params in INERT_TYPES.items():
         r.register_inert(name, params)
