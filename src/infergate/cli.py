@@ -13,12 +13,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from infergate.cli_options import (
+    POOL_GROUP,
     AdminPortOpt,
     ApiKeysOpt,
     DebugOpt,
+    EndpointSelectorOpt,
+    EndpointTargetPortsOpt,
     FlowOpt,
     GraceOpt,
     HostOpt,
+    KubeconfigOpt,
     LogFormatOpt,
     LogOpt,
     MaxMessagesOpt,
@@ -27,12 +31,18 @@ from infergate.cli_options import (
     MetricsClientCaOpt,
     PickerOpt,
     PlaneOpt,
+    PoolNameOpt,
+    PoolNamespaceOpt,
     PoolOpt,
     PortOpt,
     PrintSettingsOpt,
     SettingsFileOpt,
     TokenFileOpt,
     WorkersOpt,
+    auth_mode,
+    cluster_flags,
+    common_flags,
+    lower,
 )
 
 if TYPE_CHECKING:
@@ -46,7 +56,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-POOL_GROUP = "inference.networking.k8s.io"
 """The one InferencePool API group ``epp --pool-name`` watches (``--pool-group`` must name it)."""
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -100,18 +109,6 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(list(ctx.args)))
 
 
-_AUTH_MODES = {"true": "token", "on": "token", "false": "disabled", "off": "disabled", "none": "disabled"}
-
-
-def _lower(value: str | None) -> str | None:
-    return value.strip().lower() if value is not None else None
-
-
-def _auth_mode(value: str | None) -> str | None:
-    mode = _lower(value)
-    return _AUTH_MODES.get(mode, mode) if mode is not None else None
-
-
 def _settings(
     flags: dict[str, Any], file: Path | None, *, print_settings: bool, defaults: dict[str, Any] | None = None
 ) -> Settings:
@@ -140,46 +137,20 @@ def _picker(path: Path | None, text: str | None = None) -> EndpointPickerConfig 
     return None
 
 
-def _common_flags(
-    *,
-    port: int | None,
-    admin_port: int | None,
-    host: str | None,
-    flow_control: bool | None,
-    debug_headers: bool | None,
-    grace: float | None,
-    data_plane: str | None,
-    log_level: str | None,
-    log_format: str | None,
-    metrics_auth: str | None,
-    api_keys: Path | None,
-    max_messages: int | None,
-    max_tokens_ceiling: int | None,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "listeners.port": port,
-        "listeners.admin_port": admin_port,
-        "listeners.host": host,
-        "flow_control.enabled": flow_control,
-        "proxy.served_header": debug_headers,
-        "proxy.shutdown_grace": grace,
-        "data_plane": _lower(data_plane),
-        "logging.level": _lower(log_level),
-        "logging.format": _lower(log_format),
-        "auth.metrics_auth": _auth_mode(metrics_auth),
-        "auth.api_keys": api_keys,
-        "limits.max_messages": max_messages,
-        "limits.max_tokens_ceiling": max_tokens_ceiling,
-        "proxy.workers": workers,
-    }
-
-
-@app.command("serve", help="Run the endpoint picker and built-in proxy for model servers that already run.")
+@app.command(
+    "serve",
+    help="Run the endpoint picker and built-in proxy for model servers that already run: described "
+    "by manifest files (-f), or found in a cluster (--pool-name, --endpoint-selector).",
+)
 def serve(
     filename: Annotated[
-        list[Path], typer.Option("--filename", "-f", help="Manifest file or directory (repeatable).")
-    ],
+        list[Path] | None, typer.Option("--filename", "-f", help="Manifest file or directory (repeatable).")
+    ] = None,
+    pool_name: PoolNameOpt = None,
+    pool_namespace: PoolNamespaceOpt = None,
+    endpoint_selector: EndpointSelectorOpt = None,
+    endpoint_target_ports: EndpointTargetPortsOpt = None,
+    kubeconfig: KubeconfigOpt = None,
     port: PortOpt = None,
     admin_port: AdminPortOpt = None,
     host: HostOpt = None,
@@ -207,10 +178,30 @@ def serve(
     settings_file: SettingsFileOpt = None,
     print_settings: PrintSettingsOpt = False,
 ) -> None:
+    from infergate.app.epp import run_epp
     from infergate.app.run import run_serve
     from infergate.errors import ConfigError
 
-    flags = _common_flags(
+    try:
+        cluster = cluster_flags(
+            files=bool(filename),
+            pool_name=pool_name,
+            pool_namespace=pool_namespace,
+            endpoint_selector=endpoint_selector,
+            endpoint_target_ports=endpoint_target_ports,
+            kubeconfig=kubeconfig,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if cluster is not None and lower(data_plane) not in (None, "builtin"):
+        typer.echo(
+            "error: --data-plane: in a cluster `serve` runs the built-in proxy; to put Envoy (or a "
+            "Gateway) in front, run `infergate epp` as its ext_proc picker",
+            err=True,
+        )
+        raise typer.Exit(2)
+    flags = common_flags(
         port=port,
         admin_port=admin_port,
         host=host,
@@ -226,13 +217,20 @@ def serve(
         max_tokens_ceiling=max_tokens_ceiling,
         workers=workers,
     )
-    flags.update({"pool": pool, "auth.metrics_token_file": metrics_token_file})
-    settings = _settings(flags, settings_file, print_settings=print_settings)
+    flags.update({"pool": pool, "auth.metrics_token_file": metrics_token_file, **(cluster or {})})
+    if cluster is not None and pool_name is None:
+        flags["pool"] = pool
+    # in a cluster: the reference's metrics protection, and a port when no Gateway manifest gives one
+    defaults = {"auth.metrics_auth": "kubernetes", "listeners.port": 8080} if cluster is not None else {}
+    settings = _settings(flags, settings_file, print_settings=print_settings, defaults=defaults)
     try:
         picker = _picker(config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if cluster is not None:
+        raise typer.Exit(run_epp(settings, picker=picker))
+    assert filename is not None
     raise typer.Exit(run_serve(filename, settings, picker=picker))
 
 
@@ -296,7 +294,7 @@ def up(
     from infergate.dataplanes import check_runs_under_up
     from infergate.errors import ConfigError
 
-    flags = _common_flags(
+    flags = common_flags(
         port=port,
         admin_port=admin_port,
         host=host,
@@ -357,32 +355,15 @@ def epp(
     filename: Annotated[
         list[Path] | None, typer.Option("--filename", "-f", help="Manifest file or directory (file mode).")
     ] = None,
-    pool_name: Annotated[
-        str | None, typer.Option("--pool-name", help="InferencePool to serve, watched in the cluster.")
-    ] = None,
-    pool_namespace: Annotated[
-        str | None,
-        typer.Option("--pool-namespace", help="Its namespace (default: $NAMESPACE, else default)."),
-    ] = None,
+    pool_name: PoolNameOpt = None,
+    pool_namespace: PoolNamespaceOpt = None,
     pool_group: Annotated[
         str,
         typer.Option("--pool-group", help="The InferencePool API group (only this one is watched)."),
     ] = POOL_GROUP,
-    endpoint_selector: Annotated[
-        str | None,
-        typer.Option(
-            "--endpoint-selector",
-            help="Standalone (no InferencePool): label selector of the model-server Pods, e.g. app=vllm.",
-        ),
-    ] = None,
-    endpoint_target_ports: Annotated[
-        str | None,
-        typer.Option("--endpoint-target-ports", help="Standalone: their ports, comma-separated (1 to 8)."),
-    ] = None,
-    kubeconfig: Annotated[
-        Path | None,
-        typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster, else ~/.kube)."),
-    ] = None,
+    endpoint_selector: EndpointSelectorOpt = None,
+    endpoint_target_ports: EndpointTargetPortsOpt = None,
+    kubeconfig: KubeconfigOpt = None,
     grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="ext_proc gRPC port (9002).")] = None,
     grpc_health_port: Annotated[
         int | None,
@@ -479,33 +460,24 @@ def epp(
         typer.echo(f"error: {message}", err=True)
         return typer.Exit(2)
 
-    sources = [pool_name is not None, endpoint_selector is not None, bool(filename)]
-    if sum(sources) != 1:
-        raise fail(
-            "give one of --pool-name (in-cluster), --endpoint-selector (in-cluster, no InferencePool) "
-            "or -f/--filename (manifest files)"
+    try:
+        cluster = cluster_flags(
+            files=bool(filename),
+            pool_name=pool_name,
+            pool_namespace=pool_namespace,
+            endpoint_selector=endpoint_selector,
+            endpoint_target_ports=endpoint_target_ports,
+            kubeconfig=kubeconfig,
         )
-    ports: tuple[int, ...] = ()
-    if endpoint_selector is not None:
-        from infergate.sources.label_selector import standalone_args
-
-        try:
-            ports = standalone_args(endpoint_selector, endpoint_target_ports)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
-    elif endpoint_target_ports is not None:
-        raise fail("--endpoint-target-ports goes with --endpoint-selector")
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     if config is not None and config_text is not None:
         raise fail("--config-file and --config-text are exclusive")
     if pool_group != POOL_GROUP:
         raise fail(f"--pool-group: only {POOL_GROUP} (v1) InferencePools are supported (got {pool_group!r})")
     flags: dict[str, Any] = {
         "data_plane": "epp",
-        "pool": pool_name if pool_name is not None else pool,
-        "kubernetes.pool_namespace": pool_namespace,
-        "kubernetes.kubeconfig": kubeconfig,
-        "kubernetes.endpoint_selector": endpoint_selector,
-        "kubernetes.endpoint_target_ports": ports or None,
+        **(cluster or {}),
         "listeners.host": host,
         "listeners.grpc_port": grpc_port,
         "listeners.grpc_health_port": grpc_health_port,
@@ -522,7 +494,7 @@ def epp(
         "listeners.grpc_max_recv_msg_size": grpc_max_recv,
         "listeners.grpc_max_send_msg_size": grpc_max_send,
         "listeners.grpc_stream_metrics": True if stream_metrics else None,
-        "auth.metrics_auth": "disabled" if no_metrics_auth else _auth_mode(metrics_auth),
+        "auth.metrics_auth": "disabled" if no_metrics_auth else auth_mode(metrics_auth),
         "auth.metrics_token_file": metrics_token_file,
         "scrape.interval": refresh_metrics_interval,
         "scrape.pool_metrics_interval": refresh_prometheus_metrics_interval,
@@ -532,10 +504,12 @@ def epp(
         "flow_control.enabled": flow_control,
         "proxy.shutdown_grace": grace,
         "proxy.workers": workers,
-        "logging.level": _lower(log_level),
-        "logging.format": _lower(log_format),
+        "logging.level": lower(log_level),
+        "logging.format": lower(log_format),
     }
-    in_cluster = pool_name is not None or endpoint_selector is not None
+    if cluster is None or pool_name is None:
+        flags["pool"] = pool  # file mode's choice among several pools (standalone: the Deployment's name)
+    in_cluster = cluster is not None
     defaults = {"auth.metrics_auth": "kubernetes"} if in_cluster else {}
     settings = _settings(flags, settings_file, print_settings=print_settings, defaults=defaults)
     try:

@@ -1,8 +1,9 @@
 """``infergate epp --pool-name NAME``: the in-cluster endpoint picker, fed by the Kubernetes API.
 
 The same :class:`~infergate.app.gateway.Gateway` as every other command, with a
-:class:`~infergate.app.sources.KubernetesPoolSource` and the ``epp`` data plane. Port for port it
-is the reference picker:
+:class:`~infergate.app.sources.KubernetesPoolSource` and the ``epp`` data plane (``infergate serve
+--pool-name``/``--endpoint-selector`` runs the same with the built-in proxy instead: the picker and
+the proxy in one process, no Gateway). Port for port it is the reference picker:
 
 1. a ``kubernetes_asyncio`` API client (``--kubeconfig``, else in-cluster credentials, else
    ``$KUBECONFIG``/``~/.kube/config``);
@@ -60,12 +61,18 @@ def run_epp(settings: Settings, *, picker: EndpointPickerConfig | None = None) -
             await gw.stop()
             return 1
         plane = gw.data_plane
-        health = getattr(plane.front if isinstance(plane, WorkerPool) else plane, "health", None)
+        if gw.plane_factory.uses_listener:  # `serve` in a cluster: the built-in proxy
+            host, port = gw.listen_address()
+            serving = f"infergate serve: pool {gw.source.describe()}; proxy {host}:{port}"
+        else:
+            health = getattr(plane.front if isinstance(plane, WorkerPool) else plane, "health", None)
+            serving = (
+                f"infergate epp: pool {gw.source.describe()}; ext_proc :{s.listeners.grpc_port} "
+                f"({'tls' if s.listeners.secure_serving else 'plaintext'}), "
+                f"health :{health.port if health is not None else '-'}"
+            )
         print(
-            f"infergate epp: pool {gw.source.describe()}; ext_proc :{s.listeners.grpc_port} "
-            f"({'tls' if s.listeners.secure_serving else 'plaintext'}), "
-            f"health :{health.port if health is not None else '-'}, "
-            f"metrics :{gw.admin.port} (auth {s.auth.metrics_auth}); waiting for the pool to sync",
+            f"{serving}, metrics :{gw.admin.port} (auth {s.auth.metrics_auth}); waiting for the pool to sync",
             flush=True,
         )
         tune_gc_for_serving()
