@@ -116,5 +116,5 @@ def test_endpoint_picker_configs_choose_the_fairness_and_map_edf() -> None:
         ConfigError, match=r"priorityBands\[0\].fairnessPolicyRef: bands whose flows take turns"
     ):
         _fc(mixed)
-    with pytest.raises(ConfigError, match="program-aware-fairness"):
-        _fc(plugins + "]\n" + band % ("program-aware-fairness", "fcfs-ordering-policy"))
+    with pytest.raises(ConfigError, match="'weighted-fairness' is not supported"):
+        _fc(plugins + "]\n" + band % ("weighted-fairness", "fcfs-ordering-policy"))

@@ -204,6 +204,11 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "flow_control.usage_limit_domain": ("value", flow(lambda c: getattr(c._limit, "domain", None))),
         "flow_control.ordering": ("slo-deadline", flow(lambda c: c._queues.ordering)),
         "flow_control.fairness": ("global-strict", flow(lambda c: c._queues.fairness)),
+        "flow_control.program_service_weight": (0.5, flow(lambda c: c._config.program_aware.service_weight)),
+        "flow_control.program_wait_weight": (0.5, flow(lambda c: c._config.program_aware.wait_weight)),
+        "flow_control.program_half_life": (0.0, flow(lambda c: c._config.program_aware.half_life)),
+        "flow_control.program_idle_ttl": (60.0, flow(lambda c: c._config.program_aware.idle_ttl)),
+        "flow_control.program_sweep_interval": (5.0, flow(lambda c: c._config.program_aware.sweep_interval)),
         "flow_control.request_ttl": (1.0, flow(lambda c: c._config.default_ttl)),
         "flow_control.no_endpoint_request_ttl": (600.0, flow(lambda c: c._config.empty_pool_ttl)),
         "flow_control.max_queued_requests": (10, flow(lambda c: c._config.band_max_requests)),
@@ -271,7 +276,10 @@ def test_every_setting_has_a_probe(probes: dict[str, tuple[Any, Probe]]) -> None
 _HOLDBACK = {"flow_control.usage_limit": "priority-holdback", "flow_control.usage_limit_min_ceiling": 0.5}
 #: Settings a probe needs on both sides: the fields only the policy they name reads (any other
 #: policy refuses them).
+_PROGRAMS = {"flow_control.fairness": "program-aware"}
 _COMPANIONS: dict[str, dict[str, Any]] = {
+    **{f"flow_control.program_{k}": _PROGRAMS for k in ("service_weight", "wait_weight", "half_life")},
+    **{f"flow_control.program_{k}": _PROGRAMS for k in ("idle_ttl", "sweep_interval")},
     "flow_control.usage_limit_ceiling": {"flow_control.usage_limit": "static"},
     "flow_control.usage_limit_min_ceiling": _HOLDBACK,
     "flow_control.usage_limit_domain": _HOLDBACK,

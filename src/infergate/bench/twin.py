@@ -399,6 +399,7 @@ def run_twin(
 
     first_seen: set[int] = set()
     disaggregated = 0
+    programs: dict[int, InferenceRequest] = {}  # dispatched under program-aware fairness
 
     def dispatch(
         f: Front,
@@ -425,6 +426,9 @@ def run_twin(
                 finish_unserved(i, exc.status, exc.message)
                 return
             replica = by_key[result.primary.key]
+            if flow is not None and flow.config.fairness == "program-aware":  # as the director
+                flow.program_dispatched(ireq, loop.now() - T0 - records[i].sent_at, loop.now())
+                programs[i] = ireq
             prefiller = result.request_headers.get(PREFILLER_HEADER)
             if prefiller is not None:
                 remote_prefill(f, i, tokens, lora, by_key[prefiller], replica)
@@ -503,6 +507,8 @@ def run_twin(
                     f.core.observe_answer(f"twin-{i}", rec.e2e, out.num_generated)
                 rec.prompt_tokens = out.num_prompt_tokens
                 rec.completion_tokens = out.num_generated
+                if (program := programs.pop(i, None)) is not None and f.flow is not None:
+                    f.flow.program_completed(program, out.num_prompt_tokens, out.num_generated, out.now)
                 release(f, replica.key, started=req.stream)
                 pending -= 1
                 answered(i)

@@ -72,9 +72,14 @@ USAGE_LIMIT_SETTING = {
 PASSTHROUGH_PARSER = "passthrough-parser"
 SUPPORTED_PARSERS = ("openai-parser", "anthropic-parser", PASSTHROUGH_PARSER)
 GLOBAL_STRICT = "global-strict-fairness-policy"
-SUPPORTED_FAIRNESS = ("round-robin-fairness-policy", GLOBAL_STRICT)
+PROGRAM_AWARE = "program-aware-fairness"
+SUPPORTED_FAIRNESS = ("round-robin-fairness-policy", GLOBAL_STRICT, PROGRAM_AWARE)
 #: Fairness policy type -> ``flow_control.fairness``.
-FAIRNESS_SETTING = {"round-robin-fairness-policy": "round-robin", GLOBAL_STRICT: "global-strict"}
+FAIRNESS_SETTING = {
+    "round-robin-fairness-policy": "round-robin",
+    GLOBAL_STRICT: "global-strict",
+    PROGRAM_AWARE: "program-aware",
+}
 SUPPORTED_ORDERING = ("fcfs-ordering-policy", "slo-deadline-ordering-policy", "edf-ordering-policy")
 #: Ordering policy type -> ``flow_control.ordering``. Earliest deadline first is first come first
 #: served here: every request's deadline is its arrival plus the same TTL (the reference gives no
@@ -226,6 +231,17 @@ class PriorityHoldbackParams(_Strict):
     domain: Literal["rank", "value"] = "rank"
     min_ceiling: float = Field(ge=0.0, lt=1.0)
     max_ceiling: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class ProgramAwareFairnessParams(_Strict):
+    """``program-aware-fairness`` parameters (the reference's names and defaults)."""
+
+    strategy: Literal["las"] = "las"
+    las_weight_service: float = Field(default=0.8, ge=0.0)
+    las_weight_head_wait: float = Field(default=0.2, ge=0.0)
+    las_half_life_seconds: float = Field(default=60.0, ge=0.0)
+    eviction_ttl_seconds: float = Field(default=3600.0, ge=0.0)
+    eviction_sweep_seconds: float = Field(default=300.0, gt=0.0)
 
 
 class NoParams(_Strict):
@@ -393,6 +409,21 @@ class _Reader:
                 usage_limit_domain=params.domain,
             )
 
+    def _program_aware(self, ref: str) -> None:
+        """The ``program-aware-fairness`` plugin's parameters, as ``flow_control.program_*``."""
+        name = (
+            ref if ref in self.types else next((n for n, t in self.types.items() if t == PROGRAM_AWARE), None)
+        )
+        data = self.params.get(name) if name is not None else None
+        p = _validate(ProgramAwareFairnessParams, data, f"plugins[{name or PROGRAM_AWARE}].parameters")
+        self.effects.update(
+            program_service_weight=p.las_weight_service,
+            program_wait_weight=p.las_weight_head_wait,
+            program_half_life=p.las_half_life_seconds,
+            program_idle_ttl=p.eviction_ttl_seconds,
+            program_sweep_interval=p.eviction_sweep_seconds,
+        )
+
     def _fairness(self, fairness: str, where: str) -> None:
         """Every band shares its flows the same way in infergate: one setting."""
         chosen = self.effects.get("fairness")
@@ -429,6 +460,8 @@ class _Reader:
                 self._ordering(ORDERING_SETTING[type_], f"{where}.{what}")
             else:
                 self._fairness(FAIRNESS_SETTING[type_], f"{where}.{what}")
+                if type_ == PROGRAM_AWARE:
+                    self._program_aware(ref)
         requests = self._quantity(band.max_requests, f"{where}.maxRequests") if band.max_requests else 0
         size = self._quantity(band.max_bytes, f"{where}.maxBytes") if band.max_bytes else 0
         if set_default:
@@ -545,6 +578,12 @@ def _read(config: EndpointPickerConfig) -> SectionEffects:
     r.check_plugins()
     gate = r.feature_gates()
     fc_set = r.flow_control(config.flow_control)
+    declared = [n for n, t in r.types.items() if t == PROGRAM_AWARE]
+    if declared and r.effects.get("fairness") != "program-aware":
+        raise ConfigError(
+            f"plugins[{declared[0]}]: program-aware-fairness is declared but no band uses it; "
+            "name it in flowControl.defaultPriorityBand.fairnessPolicyRef"
+        )
     if "fairness" not in r.effects and r.types.get(GLOBAL_STRICT) == GLOBAL_STRICT:
         # the reference's default fairnessPolicyRef is this plugin's name: declared, it applies
         r.effects["fairness"] = "global-strict"

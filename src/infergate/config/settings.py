@@ -289,11 +289,23 @@ class FlowControlSettings(_Group):
     come first served; ``slo-deadline`` the earliest arrival plus ``x-llm-d-slo-ttft-ms`` first,
     requests without that header after every request with it (``orderingPolicyRef:
     slo-deadline-ordering-policy``). Flows still take turns and bands still go by priority."""
-    fairness: Literal["round-robin", "global-strict"] = "round-robin"
+    fairness: Literal["round-robin", "global-strict", "program-aware"] = "round-robin"
     """How the flows of one band (its fairness ids) share it: ``round-robin`` takes turns, so one
     tenant's burst cannot starve another; ``global-strict`` serves the band as one queue in
     ``ordering``'s order, whichever flow it is from (``fairnessPolicyRef:
-    global-strict-fairness-policy``, llm-d-router's default)."""
+    global-strict-fairness-policy``, llm-d-router's default); ``program-aware`` serves the flow
+    that has consumed least (input + 2 x output tokens, decayed; ``program-aware-fairness``)."""
+    program_service_weight: float = Field(default=0.8, ge=0.0)
+    """``program-aware``: weight of a flow's (inverted) attained service (``lasWeightService``)."""
+    program_wait_weight: float = Field(default=0.2, ge=0.0)
+    """``program-aware``: weight of its head request's wait (``lasWeightHeadWait``)."""
+    program_half_life: Annotated[float, BeforeValidator(_duration), Field(ge=0)] = 60.0
+    """``program-aware``: half-life of attained service (``lasHalfLifeSeconds``); 0: no decay."""
+    program_idle_ttl: Annotated[float, BeforeValidator(_duration), Field(ge=0)] = 3600.0
+    """``program-aware``: a program with nothing in flight and no completion for this long is
+    forgotten (``evictionTtlSeconds``)."""
+    program_sweep_interval: Seconds = 300.0
+    """``program-aware``: how often idle programs are looked for (``evictionSweepSeconds``)."""
     max_queued_requests: int = Field(default=5000, ge=1)
     """Queued requests per priority band (``defaultPriorityBand.maxRequests``)."""
     max_queued_bytes: int = Field(default=10 * 1024**3, ge=1)
@@ -335,6 +347,16 @@ class FlowControlSettings(_Group):
     (a pool of slower replicas, e.g. a bigger model, is told a larger SLO and nothing else)."""
 
     @model_validator(mode="after")
+    def _program_fields(self) -> FlowControlSettings:
+        """The program-aware parameters are refused with another fairness policy (they would do
+        nothing)."""
+        if self.fairness != "program-aware":
+            for name, default in _PROGRAM_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name}: read only with fairness: program-aware, not {self.fairness}")
+        return self
+
+    @model_validator(mode="after")
     def _usage_limit_fields(self) -> FlowControlSettings:
         """A usage-limit field the chosen policy does not read is an error, not a silent no-op."""
         policy = self.usage_limit
@@ -355,6 +377,15 @@ class FlowControlSettings(_Group):
         if policy != "static" and self.usage_limit_ceiling != 1.0:
             raise ValueError(f"usage_limit_ceiling: read by static and priority-holdback, not by {policy}")
         return self
+
+
+_PROGRAM_DEFAULTS = {
+    "program_service_weight": 0.8,
+    "program_wait_weight": 0.2,
+    "program_half_life": 60.0,
+    "program_idle_ttl": 3600.0,
+    "program_sweep_interval": 300.0,
+}
 
 
 class LimitsSettings(_Group):

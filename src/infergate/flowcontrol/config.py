@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infergate.flowcontrol.program_aware import ProgramAwareParams
 from infergate.flowcontrol.queues import FAIRNESS, ORDERINGS
 from infergate.flowcontrol.usage_limits import USAGE_LIMITS
 
@@ -62,8 +63,10 @@ class FlowControlConfig:
         usage_limit_domain: ``priority-holdback``: ``rank`` or ``value``.
         ordering: the order of one flow's requests: ``fcfs``, or ``slo-deadline`` (earliest
             arrival plus the request's own TTFT bound first; see :mod:`.queues`).
-        fairness: how the flows (fairness ids) of a band take turns: ``round-robin``, or
-            ``global-strict`` (the band served as one queue in ``ordering``'s order).
+        fairness: how the flows (fairness ids) of a band take turns: ``round-robin``,
+            ``global-strict`` (the band served as one queue in ``ordering``'s order) or
+            ``program-aware`` (least attained service, :mod:`.program_aware`).
+        program_aware: the ``program-aware`` policy's weights, half-life and idle TTL.
         route_to_room: when queueing is enabled, a request may only be scheduled onto an endpoint
             that itself has room (its saturation score < 1), whenever one is eligible. The
             scheduler's prefix and LoRA affinity can otherwise send a released request to a full
@@ -89,6 +92,7 @@ class FlowControlConfig:
     route_to_room: bool = True
     ordering: str = "fcfs"
     fairness: str = "round-robin"
+    program_aware: ProgramAwareParams = ProgramAwareParams()  # noqa: RUF009 - frozen value object
 
     @property
     def empty_pool_ttl(self) -> float | None:

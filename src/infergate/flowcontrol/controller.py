@@ -127,6 +127,20 @@ class FlowController:
         """A request's time to first token counted from its dispatch (the decode guard's input)."""
         self._core.observe_ttft(seconds, self._clock.now())
 
+    @property
+    def tracks_programs(self) -> bool:
+        """Whether the bands' flows are served program-aware (then the data plane reports each
+        request's dispatch and end, :meth:`program_dispatched` and :meth:`program_completed`)."""
+        return self._core.config.fairness == "program-aware"
+
+    def program_dispatched(self, request: InferenceRequest, waited: float) -> None:
+        """See :meth:`FlowCore.program_dispatched` (program-aware fairness only)."""
+        self._core.program_dispatched(request, waited, self._clock.now())
+
+    def program_completed(self, request: InferenceRequest, prompt: int, completion: int) -> None:
+        """See :meth:`FlowCore.program_completed` (program-aware fairness only)."""
+        self._core.program_completed(request, prompt, completion, self._clock.now())
+
     def queued(self) -> int:
         """Requests waiting right now."""
         return len(self._core)

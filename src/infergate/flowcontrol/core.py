@@ -19,6 +19,7 @@ from typing import Protocol
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.config import FlowControlConfig
 from infergate.flowcontrol.decode_guard import DecodeGuard
+from infergate.flowcontrol.program_aware import ProgramAwareFairness
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.flowcontrol.usage_limits import PriorityLevels, UsageLimitPolicy, usage_limit_policy
@@ -105,7 +106,12 @@ class FlowCore:
         self._capped = False  # the cap holds: the guard holds, or the queue it built still waits
         self._config = config if config is not None else FlowControlConfig()
         self._metrics = metrics
-        self._queues = PriorityQueues(self._config.ordering, self._config.fairness)
+        self._programs: ProgramAwareFairness | None = None
+        if self._config.fairness == "program-aware":
+            programs = metrics.programs() if metrics is not None else None
+            self._programs = ProgramAwareFairness(self._config.program_aware, metrics=programs)
+        chooser = self._programs.choose if self._programs is not None else None
+        self._queues = PriorityQueues(self._config.ordering, self._config.fairness, chooser=chooser)
         self._deadlines: list[tuple[float, int, QueuedItem]] = []
         self._seq = itertools.count()
         self._last_saturation = 0.0
@@ -167,6 +173,19 @@ class FlowCore:
         """A request's time to first token counted from its dispatch (for the decode guard)."""
         if self._guard is not None:
             self._guard.observe_ttft(seconds, now)
+
+    def program_dispatched(self, request: InferenceRequest, waited: float, now: float) -> None:
+        """``request`` left for a model server after ``waited`` seconds in the gateway (the
+        program-aware policy's in-flight count and mean wait; nothing under other policies)."""
+        if self._programs is not None:
+            self._programs.dispatched(request.fairness_id, waited, now)
+
+    def program_completed(
+        self, request: InferenceRequest, prompt_tokens: int, completion_tokens: int, now: float
+    ) -> None:
+        """``request`` ended having used these tokens: its program's attained service grows."""
+        if self._programs is not None:
+            self._programs.completed(request.fairness_id, prompt_tokens, completion_tokens, now)
 
     def _holding(self, now: float) -> bool:
         """Whether the decode guard keeps requests back now: the pool is capped, and has as many
@@ -358,7 +377,7 @@ class FlowCore:
         priorities-prefix with the guard at a tighter TPOT bound than its streams needed: p90
         TTFT 3 s, against 0.66 s with every request timed).
         """
-        head = self._queues.peek()
+        head = self._queues.peek(now)
         if head is None:
             return None
         started = time.perf_counter()
@@ -371,7 +390,7 @@ class FlowCore:
                 oldest = self._queues.oldest_enqueued_at()
                 if oldest is not None and now < guard.released_at(oldest):
                     return None
-            item = self._queues.pop()
+            item = self._queues.pop(now)
             assert item is not None
             self._finish(item, ItemState.DISPATCHED, now)
             return item

@@ -6,7 +6,9 @@ Structure (the reference's three tiers):
 * inside a band, one **flow** queue per fairness id, served **round-robin** (a flow that was just
   served goes to the back of the rotation; a new flow joins at the back), or with
   ``fairness="global-strict"`` (the reference's ``global-strict-fairness-policy``) as one queue:
-  the flow whose head comes first in the ordering below is served, whoever else waits;
+  the flow whose head comes first in the ordering below is served, whoever else waits; or with
+  ``fairness="program-aware"`` the flow a :data:`FlowChooser` names (least attained service,
+  :mod:`.program_aware`);
 * inside a flow, **FCFS**, or with ``ordering="slo-deadline"`` (the reference's
   ``slo-deadline-ordering-policy``) the earliest deadline first: arrival plus the request's own
   TTFT bound (``x-llm-d-slo-ttft-ms``); a request without one comes after every request with one,
@@ -22,7 +24,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -41,7 +43,10 @@ __all__ = [
 #: How the requests of one flow are ordered (see the module docstring).
 ORDERINGS = ("fcfs", "slo-deadline")
 #: How the flows of one band take turns (see the module docstring).
-FAIRNESS = ("round-robin", "global-strict")
+FAIRNESS = ("round-robin", "global-strict", "program-aware")
+
+FlowChooser = Callable[[Sequence[str], Callable[[str], float], "float | None"], str]
+"""Picks the flow to serve: (waiting flows in rotation order, a flow's head enqueue time, now)."""
 
 
 class ItemState(StrEnum):
@@ -129,14 +134,20 @@ class _Band:
     priority: int
     by_deadline: bool = False
     strict: bool = False  # global-strict: the flow whose head comes first, not the next in turn
+    chooser: FlowChooser | None = None  # program-aware: the policy names the flow
     flows: dict[str, deque[QueuedItem]] = field(default_factory=dict)
     rotation: deque[str] = field(default_factory=deque)  # non-empty flows, next to serve first
     count: int = 0
     bytes: int = 0
 
-    def _first_flow(self) -> str:
-        """The flow to serve next: the rotation's head, or (global-strict) the flow whose head
-        item comes first in the band's ordering."""
+    def _head_enqueued_at(self, fid: str) -> float:
+        return self.flows[fid][0].enqueued_at
+
+    def _first_flow(self, now: float | None = None) -> str:
+        """The flow to serve next: the rotation's head, (global-strict) the flow whose head item
+        comes first in the band's ordering, or the one the chooser names."""
+        if self.chooser is not None:
+            return self.chooser(self.rotation, self._head_enqueued_at, now)
         if not self.strict or len(self.rotation) == 1:
             return self.rotation[0]
         order = _due if self.by_deadline else _seq
@@ -152,13 +163,13 @@ class _Band:
         self.count += 1
         self.bytes += item.size
 
-    def peek(self) -> QueuedItem | None:
+    def peek(self, now: float | None = None) -> QueuedItem | None:
         if not self.rotation:
             return None
-        return self.flows[self._first_flow()][0]
+        return self.flows[self._first_flow(now)][0]
 
-    def pop(self) -> QueuedItem:
-        fid = self._first_flow()
+    def pop(self, now: float | None = None) -> QueuedItem:
+        fid = self._first_flow(now)
         queue = self.flows[fid]
         item = queue.popleft()
         if fid == self.rotation[0]:
@@ -193,14 +204,19 @@ class PriorityQueues:
     """Bands of flows of items; strict priority between bands, round-robin (or global-strict)
     between flows."""
 
-    def __init__(self, ordering: str = "fcfs", fairness: str = "round-robin") -> None:
+    def __init__(
+        self, ordering: str = "fcfs", fairness: str = "round-robin", *, chooser: FlowChooser | None = None
+    ) -> None:
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)} (got {ordering!r})")
         if fairness not in FAIRNESS:
             raise ValueError(f"fairness must be one of {', '.join(FAIRNESS)} (got {fairness!r})")
+        if (fairness == "program-aware") != (chooser is not None):
+            raise ValueError("a chooser goes with fairness 'program-aware', and only with it")
         self.ordering = ordering
         self.fairness = fairness
         self._strict = fairness == "global-strict"
+        self._chooser = chooser
         self._by_deadline = ordering == "slo-deadline"
         self._bands: dict[int, _Band] = {}
         self._priorities: list[int] = []  # ascending; only non-empty bands
@@ -243,7 +259,9 @@ class PriorityQueues:
     def push(self, item: QueuedItem) -> None:
         band = self._bands.get(item.priority)
         if band is None:
-            band = self._bands[item.priority] = _Band(item.priority, self._by_deadline, self._strict)
+            band = self._bands[item.priority] = _Band(
+                item.priority, self._by_deadline, self._strict, self._chooser
+            )
             bisect.insort(self._priorities, item.priority)
         band.push(item)
         self._count += 1
@@ -256,19 +274,20 @@ class PriorityQueues:
         ):
             self._oldest = item
 
-    def peek(self) -> QueuedItem | None:
-        """The item :meth:`pop` would return, without removing it."""
+    def peek(self, now: float | None = None) -> QueuedItem | None:
+        """The item :meth:`pop` would return (given the same ``now``), without removing it.
+        ``now`` is for a program-aware chooser (a head's wait); others ignore it."""
         if not self._priorities:
             return None
-        return self._bands[self._priorities[-1]].peek()
+        return self._bands[self._priorities[-1]].peek(now)
 
-    def pop(self) -> QueuedItem | None:
+    def pop(self, now: float | None = None) -> QueuedItem | None:
         """Remove and return the next item: highest band, next flow in rotation (global-strict:
         the flow whose head comes first), first in flow."""
         if not self._priorities:
             return None
         band = self._bands[self._priorities[-1]]
-        item = band.pop()
+        item = band.pop(now)
         self._count -= 1
         self._bytes -= item.size
         if band.count == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from infergate.config.settings import Settings
 from infergate.flowcontrol.config import FOLLOW_DEFAULT_TTL, FlowControlConfig
 from infergate.flowcontrol.decode_guard import DecodeGuard
+from infergate.flowcontrol.program_aware import ProgramAwareParams
 from infergate.flowcontrol.saturation import SaturationDetector
 
 __all__ = ["decode_guard_from_settings", "flow_control_from_settings"]
@@ -52,6 +53,13 @@ def flow_control_from_settings(
         usage_limit_domain=s.usage_limit_domain,
         ordering=s.ordering,
         fairness=s.fairness,
+        program_aware=ProgramAwareParams(
+            service_weight=s.program_service_weight,
+            wait_weight=s.program_wait_weight,
+            half_life=s.program_half_life,
+            idle_ttl=s.program_idle_ttl,
+            sweep_interval=s.program_sweep_interval,
+        ),
     )
     return detector, config
 

@@ -1,15 +1,17 @@
-"""What the Director knows about one request in flight, and the metric series it is counted in.
+"""What the Director knows about one request in flight, the metric series it is counted in, and
+the shapes of the collaborators it is given.
 
 :class:`RequestContext` goes from scheduling to the last response byte with the request; the data
 planes hold it between their calls into the Director. :class:`RequestSeries` resolves a request's
-labelled metric children once per (model, target, fairness id, priority).
+labelled metric children once per (model, target, fairness id, priority). The protocols say what
+the Director needs of flow control and of a token producer (tests pass their own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from infergate.errors import RequestError, UpstreamError
 from infergate.requestcontrol.usage import ModelNameRewriter, SSEUsageParser
@@ -19,7 +21,33 @@ from infergate.types import Endpoint, InferenceRequest, SchedulingResult
 if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
 
-__all__ = ["RequestContext", "RequestSeries", "error_code_for", "error_code_name"]
+__all__ = [
+    "FlowControllerLike",
+    "ProgramTracker",
+    "RequestContext",
+    "RequestSeries",
+    "TokenProducerLike",
+    "error_code_for",
+    "error_code_name",
+]
+
+
+class TokenProducerLike(Protocol):
+    async def token_ids(self, request: InferenceRequest) -> tuple[int, ...] | None: ...
+
+
+class FlowControllerLike(Protocol):
+    async def admit(self, request: InferenceRequest) -> bool: ...
+    def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
+    def observe_tpot(self, tpot_seconds: float) -> None: ...
+    def observe_ttft(self, seconds: float) -> None: ...
+
+
+class ProgramTracker(Protocol):
+    """Flow control's program-aware fairness: told each request's dispatch and end (its tokens)."""
+
+    def program_dispatched(self, request: InferenceRequest, waited: float) -> None: ...
+    def program_completed(self, request: InferenceRequest, prompt: int, completion: int) -> None: ...
 
 
 _ERROR_CODE_NAMES: dict[int, str] = {

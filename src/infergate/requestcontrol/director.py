@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, cast
 
 from infergate.config.settings import Settings
 from infergate.errors import AuthenticationError, ModelNotFoundError, RequestError
@@ -27,7 +27,14 @@ from infergate.requestcontrol.access import (
     check_control_headers,
     validate_control_header_mode,
 )
-from infergate.requestcontrol.context import RequestContext, RequestSeries, error_code_for
+from infergate.requestcontrol.context import (
+    FlowControllerLike,
+    ProgramTracker,
+    RequestContext,
+    RequestSeries,
+    TokenProducerLike,
+    error_code_for,
+)
 from infergate.requestcontrol.core import (
     DatastoreView,
     RequestCore,
@@ -61,17 +68,6 @@ CHARS_PER_TOKEN = 4
 _MAX_BUFFERED_RESPONSE = 8 << 20
 
 
-class TokenProducerLike(Protocol):
-    async def token_ids(self, request: InferenceRequest) -> tuple[int, ...] | None: ...
-
-
-class FlowControllerLike(Protocol):
-    async def admit(self, request: InferenceRequest) -> bool: ...
-    def with_room(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]: ...
-    def observe_tpot(self, tpot_seconds: float) -> None: ...
-    def observe_ttft(self, seconds: float) -> None: ...
-
-
 _MAX_SERIES = 1000
 
 
@@ -96,6 +92,7 @@ class Director:
     ) -> None:
         self._ds = datastore
         self._flow = flow
+        self._programs = cast("ProgramTracker", flow) if getattr(flow, "tracks_programs", False) else None
         self._clock: Clock = clock or MonotonicClock()
         self._metrics = metrics
         self._max_attempts = max(1, max_attempts)
@@ -332,6 +329,8 @@ class Director:
             _trace=trace,
         )
         self._hold(ctx, result.primary)
+        if self._programs is not None:
+            self._programs.program_dispatched(request, (ctx.dispatched_at or started) - started)
         trace.start_upstream(result.primary.key)
         if target != model:
             ctx._rewriter = ModelNameRewriter(target, model)
@@ -525,6 +524,8 @@ class Director:
         if ctx._sse is not None and ctx.prompt_tokens is None:
             ctx._sse.close()
             self._take_usage(ctx, ctx._sse.usage)
+        if self._programs is not None:  # the program's attained service grows by its tokens
+            self._programs.program_completed(ctx.request, ctx.prompt_tokens or 0, ctx.completion_tokens or 0)
         now = self._clock.now()
         duration = max(0.0, now - ctx.started_at)
         req = ctx.request

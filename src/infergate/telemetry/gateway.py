@@ -25,6 +25,7 @@ from infergate.telemetry.buckets import (
     TOKEN_BUCKETS,
     TPOT_BUCKETS,
 )
+from infergate.telemetry.programs import ProgramMetrics
 from infergate.telemetry.sampled import FlowControlState, FlowControlStateCollector
 from infergate.telemetry.series import Counter, DualMetric, Gauge, Histogram, LabelCap
 from infergate.telemetry.streams import ExtProcStreamMetrics
@@ -458,6 +459,7 @@ class GatewayMetrics:
 
         self.info.labels(commit=_build_commit(), build_ref=_build_ref()).set(1)
         self._extproc_streams: ExtProcStreamMetrics | None = None
+        self._programs: ProgramMetrics | None = None
         self._flow_state = FlowControlStateCollector(lambda: None)
         r.register(self._flow_state)
 
@@ -467,6 +469,14 @@ class GatewayMetrics:
         if self._extproc_streams is None:
             self._extproc_streams = ExtProcStreamMetrics(self.registry)
         return self._extproc_streams
+
+    def programs(self) -> ProgramMetrics:
+        """The program-aware fairness metrics, registered on first use only (the reference
+        registers them with ``program-aware-fairness`` configured); ``program_id`` shares the
+        ``fairness_id`` cap."""
+        if self._programs is None:
+            self._programs = ProgramMetrics(self.registry, self.fairness_cap)
+        return self._programs
 
     def watch_flow_control(self, sample: Callable[[], FlowControlState | None]) -> None:
         """Render the flow-control state ``sample`` returns at each scrape (the band capacity and

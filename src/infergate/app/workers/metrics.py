@@ -4,9 +4,9 @@ Each worker counts on its own registry and sends its series to the gateway proce
 ``PUSH_INTERVAL`` seconds and once more when it drains); the gateway process renders its own
 registry plus the workers' series added up: counters and histogram buckets are sums over the
 workers, so are gauges (in-flight requests, queue sizes, prefix-index sizes), except ``*_info``
-gauges, which are the gateway process's own, and the pool-saturation, stale-endpoint and
-queue-capacity gauges, which show the highest value any worker computed (each worker judges the
-same pool, and each holds its own queues against the configured capacities). A worker that exits leaves
+gauges, which are the gateway process's own, and the pool-saturation, stale-endpoint,
+queue-capacity and program-aware fairness gauges, which show the highest value any worker computed
+(each worker judges the same pool, and each holds its own queues and programs). A worker that exits leaves
 its counters and histograms behind (they stay in the sums, so a restarted worker never makes a
 counter go backwards); its gauges leave with it.
 """
@@ -31,7 +31,7 @@ in a fraction of the time prometheus_client's objects take."""
 _KEPT_ON_EXIT = frozenset({"counter", "histogram", "summary"})
 # Gauges every worker computes for the same pool or its own queues, where the sum means nothing:
 # the gateway shows the highest (the worker closest to refusing or holding).
-_HIGHEST = ("saturation", "capacity_utilization", "stale_endpoints")
+_HIGHEST = ("saturation", "capacity_utilization", "stale_endpoints", "program_aware_")
 
 
 def export_families(registry: Any) -> list[Family]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 from infergate.config.picker_sections import (
     PassthroughParserParams,
     PriorityHoldbackParams,
+    ProgramAwareFairnessParams,
     StaticUsageLimitParams,
     UtilizationDetectorParams,
 )
@@ -159,6 +160,7 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "slo-deadline-ordering-policy": NoParams,
     "round-robin-fairness-policy": NoParams,
     "global-strict-fairness-policy": NoParams,
+    "program-aware-fairness": ProgramAwareFairnessParams,
     "edf-ordering-policy": NoParams,
     "static-usage-limit-policy": StaticUsageLimitParams,
     "priority-holdback-policy": PriorityHoldbackParams,
@@ -172,13 +174,8 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
 }
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
-_FLOWS = (
-    "flows of a band take turns or are served as one queue; use round-robin-fairness-policy "
-    "or global-strict-fairness-policy"
-)
 REFUSED_TYPES: dict[str, str] = {
     "concurrency-detector": "saturation is measured from model-server metrics; use utilization-detector",
-    "program-aware-fairness": _FLOWS,
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
