@@ -105,11 +105,13 @@ InferencePool as the annotation infergate.dev/model-server-type, which the picke
 {{- end -}}
 
 {{/*
-The picker's flags: the chart's own, overridden by inferenceExtension.flags, rendered sorted (a
-stable Deployment). Every key must be a flag of `infergate epp` or a reference flag with a mapping;
-anything else fails here, at template time, rather than crash-looping the pod:
+The flags of the picker's command, `infergate epp` (ext_proc for a Gateway) or, in the standalone
+layout (.Values._standalone, llm-d-router-standalone's values), `infergate serve` (the picker and
+its built-in proxy): the chart's own, overridden by inferenceExtension.flags (router.epp.flags),
+rendered sorted (a stable Deployment). Every key must be a flag of that command or a reference
+flag with a mapping; anything else fails here, at template time, rather than crash-looping the pod:
 - valued flags render --key=value; toggles (secure-serving, flow-control) --key / --no-key;
-  switches (disable-endpoint-subset-filter) --key when true, nothing when false;
+  switches (disable-endpoint-subset-filter, debug-headers) --key when true, nothing when false;
 - reference flags: v (klog verbosity; >= 4 → --log-level=debug, else info), zap-log-level,
   zap-encoder (json, console → --log-format json, text), allow-experimental-plugins (nothing to
   unlock: accepted, rendered as nothing), health-checking (the ext_proc port always answers
@@ -118,14 +120,81 @@ anything else fails here, at template time, rather than crash-looping the pod:
   as inferenceExtension.tracing.enabled says: the picker traces when that names a collector, see
   infergate.tracingEnv), and enable-pprof / ha-enable-leader-election only when false (infergate
   has neither).
+In the standalone layout the selector, its ports, the proxy and admin ports and the config file
+come from values (refused as flags, naming the value to set), and the flags only `infergate epp`
+has (ext_proc, TLS, gRPC) are refused as such.
+
+infergate.flagKinds: {valued, toggles, switches} of the command; infergate.flagMap: the flags as a
+JSON object (key → string; read by the RBAC template too); infergate.flags: the args.
 */}}
-{{- define "infergate.flags" -}}
+{{- define "infergate.eppFlagKinds" -}}
+{{- toJson (dict
+  "valued" (list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" "tls-min-version" "tls-cipher-suites" "grpc-max-recv-msg-size" "grpc-max-send-msg-size" "metrics-cert-dir" "metrics-client-ca-file")
+  "toggles" (list "secure-serving" "flow-control")
+  "switches" (list "disable-endpoint-subset-filter" "enable-cert-reload" "emit-endpoint-scores" "enable-grpc-stream-metrics")
+) -}}
+{{- end -}}
+
+{{- define "infergate.flagKinds" -}}
+{{- if .Values._standalone -}}
+{{- toJson (dict
+  "valued" (list "pool-namespace" "kubeconfig" "host" "metrics-auth" "metrics-token-file" "api-keys" "max-messages" "max-tokens-ceiling" "grace" "workers" "log-level" "log-format" "settings" "data-plane")
+  "toggles" (list "flow-control")
+  "switches" (list "debug-headers")
+) -}}
+{{- else -}}
+{{- include "infergate.eppFlagKinds" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The standalone layout's --endpoint-selector: router.modelServers.matchLabels as k=v, sorted. */}}
+{{- define "infergate.endpointSelector" -}}
+{{- $labels := .Values.inferencePool.modelServers.matchLabels | default (dict) -}}
+{{- $pairs := list -}}
+{{- range $k := keys $labels | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%v" $k (get $labels $k)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
+{{- define "infergate.flagMap" -}}
 {{- $ie := .Values.inferenceExtension -}}
-{{- $valued := list "pool-name" "pool-namespace" "pool-group" "kubeconfig" "host" "grpc-port" "grpc-health-port" "metrics-port" "config-file" "config-text" "cert-path" "metrics-auth" "metrics-token-file" "refresh-metrics-interval" "refresh-prometheus-metrics-interval" "metrics-staleness-threshold" "grace" "workers" "log-level" "log-format" "settings" "tls-min-version" "tls-cipher-suites" "grpc-max-recv-msg-size" "grpc-max-send-msg-size" "metrics-cert-dir" "metrics-client-ca-file" -}}
-{{- $toggles := list "secure-serving" "flow-control" -}}
-{{- $switches := list "disable-endpoint-subset-filter" "enable-cert-reload" "emit-endpoint-scores" "enable-grpc-stream-metrics" -}}
+{{- $serve := .Values._standalone | default false -}}
+{{- $kinds := include "infergate.flagKinds" . | fromJson -}}
+{{- $valued := $kinds.valued -}}
+{{- $toggles := $kinds.toggles -}}
+{{- $switches := $kinds.switches -}}
+{{- $eppKinds := include "infergate.eppFlagKinds" . | fromJson -}}
+{{- $eppOnly := concat $eppKinds.valued $eppKinds.toggles $eppKinds.switches -}}
 {{- $offOnly := list "enable-pprof" "ha-enable-leader-election" -}}
-{{- $flags := dict
+{{- $auth := ternary "kubernetes" "disabled" $ie.monitoring.prometheus.auth.enabled -}}
+{{- $flags := dict -}}
+{{- /* serve: flags the chart sets from values, and the value that sets each */ -}}
+{{- $owned := dict -}}
+{{- if $serve -}}
+{{- $ports := list -}}
+{{- range .Values.inferencePool.targetPorts }}{{ $ports = append $ports (toString (.number | int)) }}{{ end -}}
+{{- $flags = dict
+  "endpoint-selector" (include "infergate.endpointSelector" .)
+  "endpoint-target-ports" (join "," $ports)
+  "pool-namespace" .Release.Namespace
+  "port" (toString .Values._proxyPort)
+  "admin-port" (toString $ie.metricsPort)
+  "host" "0.0.0.0"
+  "config" (printf "/config/%s" $ie.pluginsConfigFile)
+  "metrics-auth" $auth
+-}}
+{{- $owned = dict
+  "endpoint-selector" "router.modelServers.matchLabels"
+  "endpoint-target-ports" "router.modelServers.targetPorts"
+  "port" "router.extraServicePorts (the port named http)"
+  "admin-port" "router.metricsPort"
+  "metrics-port" "router.metricsPort"
+  "config" "router.epp.pluginsConfigFile"
+  "config-file" "router.epp.pluginsConfigFile"
+-}}
+{{- else -}}
+{{- $flags = dict
   "pool-name" (include "infergate.poolName" .)
   "pool-namespace" .Release.Namespace
   "pool-group" "inference.networking.k8s.io"
@@ -133,9 +202,10 @@ anything else fails here, at template time, rather than crash-looping the pod:
   "grpc-health-port" (toString $ie.healthPort)
   "metrics-port" (toString $ie.metricsPort)
   "config-file" (printf "/config/%s" $ie.pluginsConfigFile)
-  "secure-serving" true
-  "metrics-auth" (ternary "kubernetes" "disabled" $ie.monitoring.prometheus.auth.enabled)
+  "secure-serving" "true"
+  "metrics-auth" $auth
 -}}
+{{- end -}}
 {{- /* not `merge`: it would let the chart's true win over a user's false */ -}}
 {{- range $k, $v := ($ie.flags | default (dict)) }}
 {{- $s := toString $v | lower }}
@@ -163,17 +233,26 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- if not (has $s (list "true" "false")) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
 {{- $on := ($ie.tracing | default (dict)).enabled | default false }}
 {{- if ne (eq $s "true") $on }}{{ fail (printf "%s: %s while %s is %v; the picker traces exactly when tracing.enabled gives it a collector (otelExporterEndpoint): set that one" $where $s (include "infergate.key" (list $ "inferenceExtension.tracing.enabled")) $on) }}{{ end }}
-{{- else if has $k (list "endpoint-selector" "endpoint-target-ports") }}
-{{- fail (printf "%s: standalone mode (pods by label, no InferencePool) does not fit this chart, which creates the InferencePool the picker reads; run infergate epp --endpoint-selector in a Deployment of your own" $where) }}
 {{- else if eq $k "print-settings" }}
 {{- fail (printf "%s: prints the settings and exits, so the picker would never serve" $where) }}
+{{- else if and $serve (hasKey $owned $k) }}
+{{- fail (printf "%s: set by the chart in the standalone layout, from %s: set that value instead" $where (get $owned $k)) }}
+{{- else if has $k (list "endpoint-selector" "endpoint-target-ports") }}
+{{- fail (printf "%s: standalone mode (pods by label, no InferencePool) is this chart's standalone layout, in llm-d-router's values: router.proxy.enabled: true with router.modelServers.matchLabels (infergate serve); with the chart's own keys the picker reads the InferencePool the chart creates" $where) }}
+{{- else if and $serve (has $k (list "filename" "pool-name" "pool" "pool-group")) }}
+{{- fail (printf "%s: not supported in the standalone layout, which selects the Pods by label (router.modelServers.matchLabels): no InferencePool, no manifest files" $where) }}
+{{- else if and $serve (eq $k "data-plane") }}
+{{- if ne $s "builtin" }}{{ fail (printf "%s: %q is not supported: in a cluster infergate serve runs its built-in proxy (builtin); for Envoy or a Gateway in front, drop router.proxy and keep the InferencePool (infergate epp)" $where (toString $v)) }}{{ end }}
+{{- $_ := set $flags $k $s }}
 {{- else if has $k $offOnly }}
 {{- if ne $s "false" }}{{ fail (printf "%s: infergate epp has no %s (only false is accepted; see docs/kubernetes.md)" $where $k) }}{{ end }}
 {{- else if has $k (concat $valued $toggles $switches) }}
 {{- if and (has $k (concat $toggles $switches)) (not (has $s (list "true" "false"))) }}{{ fail (printf "%s: must be true or false" $where) }}{{ end }}
-{{- $_ := set $flags $k $v }}
+{{- $_ := set $flags $k (toString $v) }}
+{{- else if and $serve (has $k $eppOnly) }}
+{{- fail (printf "%s: a flag of infergate epp, not of infergate serve, which the standalone layout runs: its proxy calls the picker in-process (no ext_proc gRPC, no TLS for it)" $where) }}
 {{- else }}
-{{- fail (printf "%s: not a flag of infergate epp and not a reference flag it maps (see docs/kubernetes.md, migration table)" $where) }}
+{{- fail (printf "%s: not a flag of infergate %s and not a reference flag it maps (see docs/kubernetes.md, migration table)" $where (ternary "serve" "epp" $serve)) }}
 {{- end }}
 {{- end }}
 {{- $where := include "infergate.key" (list $ "inferenceExtension.flags") }}
@@ -183,11 +262,17 @@ anything else fails here, at template time, rather than crash-looping the pod:
 {{- if and (hasKey $flags "metrics-cert-dir") (not (hasKey $flags "metrics-client-ca-file")) (eq (toString (get $flags "metrics-auth")) "disabled") }}
 {{- fail (printf "%s.metrics-cert-dir enables TLS on /metrics without authentication; set %s.metrics-client-ca-file or turn metrics auth on" $where $where) }}
 {{- end }}
+{{- toJson $flags -}}
+{{- end -}}
+
+{{- define "infergate.flags" -}}
+{{- $flags := include "infergate.flagMap" . | fromJson -}}
+{{- $kinds := include "infergate.flagKinds" . | fromJson -}}
 {{- range $k, $v := $flags }}
 {{- $s := toString $v | lower }}
-{{- if has $k $toggles }}
+{{- if has $k $kinds.toggles }}
 - {{ printf "--%s%s" (ternary "" "no-" (eq $s "true")) $k | quote }}
-{{- else if has $k $switches }}
+{{- else if has $k $kinds.switches }}
 {{- if eq $s "true" }}
 - {{ printf "--%s" $k | quote }}
 {{- end }}
