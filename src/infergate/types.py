@@ -166,6 +166,8 @@ class EndpointMeta:
     namespace: str = "default"
     pool: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    hostname: str = ""
+    """The pod's ``spec.hostname`` (``topology-extractor``'s fallback for the host), if set."""
     key: str = field(init=False, repr=False, compare=False)
     """``address:port``: the value Envoy receives in ``x-gateway-destination-endpoint``. Computed
     once, because the scheduler reads it for every candidate of every request."""

@@ -171,7 +171,14 @@ class ManifestSet:
         """
         out: dict[str, EndpointMeta] = {}
 
-        def add(name: str, host: str, ports: Sequence[int], namespace: str, labels: dict[str, str]) -> None:
+        def add(
+            name: str,
+            host: str,
+            ports: Sequence[int],
+            namespace: str,
+            labels: dict[str, str],
+            hostname: str = "",
+        ) -> None:
             for i, port in enumerate(ports):
                 meta = EndpointMeta(
                     name=name if len(ports) == 1 else f"{name}-rank-{i}",
@@ -180,6 +187,7 @@ class ManifestSet:
                     namespace=namespace,
                     pool=pool.name,
                     labels=dict(labels),
+                    hostname=hostname,
                 )
                 if meta.key in out:
                     log.warning("endpoint %s is listed twice; keeping %s", meta.key, out[meta.key].name)
@@ -198,7 +206,9 @@ class ManifestSet:
             if active:
                 wanted = {int(p) for p in active.split(",") if p.strip().isdigit()}
                 ports = [p for p in ports if p in wanted]
-            add(pod.name, pod.status.pod_ip or "", ports, pod.namespace, pod.metadata.labels)
+            hostname = pod.spec.get("hostname")
+            host_name = hostname if isinstance(hostname, str) else ""
+            add(pod.name, pod.status.pod_ip or "", ports, pod.namespace, pod.metadata.labels, host_name)
 
         for lst in self.static_endpoints:
             if lst.namespace != pool.namespace:

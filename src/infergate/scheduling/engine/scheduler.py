@@ -328,6 +328,16 @@ def build_scheduler(
         assert registered is not None  # create() raised otherwise
         types[name] = registered
 
+    # plugins that read another plugin of the config (topology plugins read its topology-extractor)
+    everyone = {name: (inst, types[name].name) for name, inst in instances.items()}
+    for name, inst in instances.items():
+        bind_plugins = getattr(inst, "bind_plugins", None)
+        if callable(bind_plugins):
+            try:
+                bind_plugins(everyone)
+            except ValueError as exc:
+                raise ConfigError(f"plugins[{name}]: {exc}") from None
+
     profiles = list(config.scheduling_profiles)
     handlers = [n for n, t in types.items() if ExtensionPoint.PROFILE_HANDLER in t.points]
     if len(handlers) > 1:

@@ -32,6 +32,7 @@ from pydantic import Field
 from infergate.errors import NoCapacityError
 from infergate.scheduling.plugins.precise_prefix import PRECISE_MATCH
 from infergate.scheduling.plugins.prefix import AVERAGE_CHARS_PER_TOKEN, PREFIX_MATCH
+from infergate.scheduling.plugins.topology import PEER_ENDPOINT
 from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint, InferenceRequest, SchedulingResult
 
@@ -224,7 +225,9 @@ class DisaggProfileHandler:
             self._decided(request, "decode-only")
             return decode
         try:
-            prefill = profiles[self.prefill_profile].run(request, candidates, CycleState())
+            prefill_state = CycleState()  # the decode pick, for topology-aware prefill plugins
+            prefill_state.put(PEER_ENDPOINT, decode.primary)
+            prefill = profiles[self.prefill_profile].run(request, candidates, prefill_state)
         except NoCapacityError:
             self._decided(request, "decode-only")
             return decode

@@ -62,6 +62,14 @@ from infergate.scheduling.plugins.scorers import (
     RunningRequestsScorer,
 )
 from infergate.scheduling.plugins.session_affinity import SessionAffinityParams, SessionAffinityScorer
+from infergate.scheduling.plugins.topology import (
+    TopologyAffinityFilter,
+    TopologyAffinityParams,
+    TopologyAffinityScorer,
+    TopologyExtractor,
+    TopologyExtractorParams,
+    TopologyScorerParams,
+)
 from infergate.scheduling.plugins.upstream_load import (
     PrefixCacheAffinityFilter,
     PrefixCacheAffinityParams,
@@ -244,6 +252,14 @@ def default_registry() -> PluginRegistry:
     r.register_filter("prefill-filter", NoParams, lambda p, c: RoleFilter(PREFILL_ROLES, unlabelled=False))
     r.register_scorer_post_pick(
         "session-affinity-scorer", SessionAffinityParams, lambda p, c: SessionAffinityScorer(p, clock=c.clock)
+    )
+    # P/D: where endpoints are, and prefill placement near the decode pick (plugins/topology.py)
+    r.register_helper("topology-extractor", TopologyExtractorParams, lambda p, c: TopologyExtractor(p))
+    r.register_filter(
+        "topology-affinity-filter", TopologyAffinityParams, lambda p, c: TopologyAffinityFilter(p)
+    )
+    r.register_scorer(
+        "topology-affinity-scorer", TopologyScorerParams, lambda p, c: TopologyAffinityScorer(p)
     )
     # the Admitter extension point (plugins/admitter.py): run before flow control, never a profile stage
     r.register_helper(
