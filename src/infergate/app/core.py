@@ -13,6 +13,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from infergate.config.picker import EndpointPickerConfig
 from infergate.config.picker_sections import apply_sections, passthrough_paths
@@ -25,7 +26,7 @@ from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.decisions import DecisionLog
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.precise_prefix import TokenProducerParams
-from infergate.scheduling.plugins.registry import MetricsDataSourceParams
+from infergate.scheduling.plugins.registry import CoreMetricsExtractorParams, MetricsDataSourceParams
 from infergate.sources.scraper import MetricsScraper, MetricsSource
 from infergate.sources.token_producer import RenderTokenProducer
 from infergate.telemetry import GatewayMetrics
@@ -112,8 +113,19 @@ def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
         raise ConfigError(
             "plugins: several metrics-data-source plugins; infergate scrapes each endpoint once"
         )
+    extractors = [spec for spec in picker.plugins if spec.type == "core-metrics-extractor"]
+    if len(extractors) > 1:
+        raise ConfigError("plugins: several core-metrics-extractor plugins; infergate reads each page once")
+    engine: dict[str, Any] = {}
+    if extractors:
+        e = CoreMetricsExtractorParams.model_validate(extractors[0].parameters)
+        # vllm is upstream's default too: the pool's model server type stays in force
+        engine = {
+            "engine_label": e.engine_label_key,
+            "default_engine": None if e.default_engine == "vllm" else e.default_engine,
+        }
     if not specs:
-        return None
+        return MetricsSource(**engine) if engine else None
     p = MetricsDataSourceParams.model_validate(specs[0].parameters)
     where = f"plugins[{specs[0].ref}].parameters"
     return MetricsSource(
@@ -121,6 +133,7 @@ def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
         port=p.port,
         tls=_scrape_tls(p, where) if p.scheme == "https" else None,
         interval=parse_go_duration(p.interval) if p.interval else None,
+        **engine,
     )
 
 

@@ -37,13 +37,14 @@ from urllib.parse import urljoin, urlsplit
 
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
+from infergate.errors import ConfigError
 from infergate.net.http1_client import UpstreamPool
 from infergate.sources.dialects import Dialect, get_dialect, parse_metrics_report
 from infergate.sources.health import HealthTracker
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
 
-__all__ = ["MetricsScraper", "MetricsSource"]
+__all__ = ["ENGINE_LABEL", "LEGACY_ENGINE_LABEL", "MetricsScraper", "MetricsSource"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 _FETCH_ERRORS = (OSError, UnicodeDecodeError)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GET_HEADERS = (("Accept", "*/*"),)
+
+ENGINE_LABEL = "llm-d.ai/engine-type"
+"""llm-d-router's pod label for the engine whose metric names the extractor reads."""
+LEGACY_ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
+"""The Gateway API Inference Extension's spelling, read when the llm-d label is absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +69,23 @@ class MetricsSource:
     port: int | None = None
     tls: ssl.SSLContext | None = None
     interval: float | None = None
+    engine_label: str = ENGINE_LABEL
+    """The pod label naming an endpoint's engine (``core-metrics-extractor``'s ``engineLabelKey``)."""
+    default_engine: str | None = None
+    """The engine of endpoints without that label (``defaultEngine``); None: the pool's."""
 
 
 class _EndpointState:
     """What one endpoint's task remembers between iterations."""
 
-    __slots__ = ("health", "logged_missing", "models", "path_index")
+    __slots__ = ("engine", "health", "logged_missing", "models", "path_index")
 
     def __init__(self, rise: int) -> None:
         self.health = HealthTracker(rise=rise)
         self.path_index = 0
         self.models: frozenset[str] | None = None
         self.logged_missing = False
+        self.engine: str | None = None  # the engine label value last seen (None: the default)
 
 
 class _Target:
@@ -153,14 +164,22 @@ class MetricsScraper:
         if self._source.interval is not None:  # rounded to a multiple of the base tick, as upstream
             interval *= max(1, round(self._source.interval / interval))
         metrics_path = metrics_path or self._source.path
-        self._dialect: Dialect = get_dialect(dialect)
+        default = self._source.default_engine
+        if default is not None and dialect != "vllm" and get_dialect(default) is not get_dialect(dialect):
+            raise ConfigError(
+                f"core-metrics-extractor defaultEngine {default!r} and the pool's model server type "
+                f"{dialect!r} disagree; keep one"
+            )
+        self._dialect: Dialect = get_dialect(
+            default if default is not None and dialect == "vllm" else dialect
+        )
+        self._explicit_path = metrics_path
         self._interval = interval
         self._health_path = health_path if health_path.startswith("/") else "/" + health_path
         self._health_interval = health_interval
         # Same clock as the datastore by default, so freshness is judged on the time scrapes are stamped with.
         self._clock: Clock = clock or datastore.clock
         self._metrics = metrics
-        self._metrics_paths = (metrics_path,) if metrics_path else self._dialect.metrics_paths
         self._timeout = timeout
         self._health_timeout = health_timeout
         self._rise = max(1, rise)
@@ -321,9 +340,41 @@ class MetricsScraper:
             for fn in list(self._down_listeners):
                 fn(key)
 
-    async def _scrape(self, key: str, target: _Target, state: _EndpointState) -> bool:
+    def _dialect_for(self, key: str, state: _EndpointState) -> Dialect | None:
+        """The endpoint's engine: its pod's engine label (llm-d's, else the GIE spelling), else the
+        pool's default; None (and a warning, once) for a label naming no engine infergate reads."""
+        endpoint = self._ds.endpoint(key)
+        labels = endpoint.meta.labels if endpoint is not None else {}
+        engine = labels.get(self._source.engine_label) or labels.get(LEGACY_ENGINE_LABEL)
+        if engine is None:
+            return self._dialect
         try:
-            path = self._metrics_paths[state.path_index % len(self._metrics_paths)]
+            dialect = get_dialect(engine)
+        except ConfigError:
+            if state.engine != engine:
+                log.warning(
+                    "endpoint %s: engine label %s=%r names no engine whose metrics infergate reads "
+                    "(vllm, sglang, trtllm-serve, triton-tensorrt-llm); it is not scraped",
+                    key,
+                    self._source.engine_label,
+                    engine,
+                )
+            state.engine = engine
+            return None
+        state.engine = engine
+        return dialect
+
+    async def _scrape(self, key: str, target: _Target, state: _EndpointState) -> bool:
+        dialect = self._dialect_for(key, state)
+        if dialect is None:
+            if self._metrics is not None:
+                self._metrics.datalayer_extract_errors_total.labels(
+                    source_type="metrics-data-source", extractor_type="core-metrics-extractor"
+                ).inc()
+            return False
+        paths = (self._explicit_path,) if self._explicit_path else dialect.metrics_paths
+        try:
+            path = paths[state.path_index % len(paths)]
             status, body = await target.get(path, self._timeout)
         except _FETCH_ERRORS as exc:
             log.debug("scrape of %s failed: %r", key, exc)
@@ -337,7 +388,7 @@ class MetricsScraper:
             self._poll_failed()
             self._outcome(key, state, False)
             return False
-        report = parse_metrics_report(body.decode("utf-8", "replace"), self._dialect, self._clock.now())
+        report = parse_metrics_report(body.decode("utf-8", "replace"), dialect, self._clock.now())
         if report.missing:
             if self._metrics is not None:
                 self._metrics.datalayer_extract_errors_total.labels(

@@ -147,9 +147,21 @@ class InFlightLoadParams(Params):
 
 
 class CoreMetricsExtractorParams(Params):
-    """``core-metrics-extractor``: the engine is chosen per pool, by annotation, not per pod label."""
+    """``core-metrics-extractor``: which engine's metric names an endpoint is read with: its pod's
+    ``engineLabelKey`` label, else ``defaultEngine`` (``vllm``: the pool's model server type)."""
 
-    default_engine: Literal["vllm"] = "vllm"
+    default_engine: Literal["vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm"] = "vllm"
+    engine_label_key: str = Field(default="llm-d.ai/engine-type", min_length=1)
+    engine_configs: list[object] | None = None
+
+    @model_validator(mode="after")
+    def _builtin_engines_only(self) -> CoreMetricsExtractorParams:
+        if self.engine_configs:
+            raise ValueError(
+                "engineConfigs: custom engine metric mappings are not supported; infergate reads "
+                "vllm, sglang, trtllm-serve and triton-tensorrt-llm by their own metric names"
+            )
+        return self
 
 
 # Accepted in ``plugins:`` for reference configs; each with the parameters infergate honours
