@@ -26,6 +26,7 @@ import yaml
 from openai import AsyncOpenAI
 from typer.testing import CliRunner
 
+from infergate.app.core import metrics_source
 from infergate.cli import app
 from infergate.config.picker import parse_picker_config
 from infergate.scheduling import build_scheduler
@@ -709,7 +710,18 @@ def test_notes_list_what_is_not_used(tmp_path: Path) -> None:
         ({"httpRoute": {"create": True}}, "httpRoute.create"),
         ({"provider": {"name": "gke"}}, 'provider.name: "gke"'),
         ({"provider": {"name": "istio"}}, 'provider.name: "istio"'),
-        ({"router": {"modelServers": {"type": "sglang"}}}, 'router.modelServers.type: "sglang"'),
+        (
+            {
+                "router": {
+                    "modelServers": {"type": "sglang"},
+                    "epp": {
+                        "pluginsConfigFile": "mine.yaml",
+                        "pluginsCustomConfig": {"mine.yaml": "plugins: []"},
+                    },
+                }
+            },
+            'router.modelServers.type: "sglang" with a config of your own',
+        ),
         ({"router": {"modelServers": {"protocol": "grpc"}}}, "router.modelServers.protocol"),
         ({"router": {"tokenizer": {"enabled": True, "modelName": "qwen"}}}, "router.tokenizer.enabled"),
         (
@@ -746,6 +758,19 @@ def test_notes_list_what_is_not_used(tmp_path: Path) -> None:
 )
 def test_what_cannot_apply_fails_naming_the_key(tmp_path: Path, overlay: dict[str, Any], named: str) -> None:
     assert named in render_error(*values(tmp_path, overlay))
+
+
+@pytest.mark.parametrize("engine", ["sglang", "trtllm-serve", "triton-tensorrt-llm"])
+def test_another_engine_becomes_the_extractors_default_engine(tmp_path: Path, engine: str) -> None:
+    """No InferencePool carries the engine annotation here: the chart's default config names it."""
+    docs = render(*values(tmp_path, {"router": {"modelServers": {"type": engine}}}))
+    text = one(docs, "ConfigMap")["data"]["default-plugins.yaml"]
+    config = parse_picker_config(text, source="default-plugins.yaml")
+    build_scheduler(config)
+    source = metrics_source(config)
+    assert source is not None and source.default_engine == engine
+    vllm = one(render(*values(tmp_path)), "ConfigMap")["data"]["default-plugins.yaml"]
+    assert "core-metrics-extractor" not in vllm
 
 
 def test_upstream_values_alone_ask_for_the_model_servers_labels(tmp_path: Path) -> None:

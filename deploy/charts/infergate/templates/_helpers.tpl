@@ -311,6 +311,12 @@ plugins:
     parameters:
       {{- . | nindent 6 }}
   {{- end }}
+  {{- if and .Values._standalone (ne (lower .Values.inferencePool.modelServerType) "vllm") }}
+  {{- /* standalone: no InferencePool to carry the engine annotation; the extractor's default does */}}
+  - type: core-metrics-extractor
+    parameters:
+      defaultEngine: {{ lower .Values.inferencePool.modelServerType }}
+  {{- end }}
 schedulingProfiles:
   - name: default
     plugins:

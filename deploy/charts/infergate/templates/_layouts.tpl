@@ -218,8 +218,8 @@ what upstream's values carry but has no meaning here is listed in NOTES.txt (.Va
 {{- if ne (lower .Values.provider.name) "none" -}}
 {{- fail (printf "provider.name: %q is not supported in the standalone layout: its objects (GKE HealthCheckPolicy and GCPBackendPolicy, Istio DestinationRule) configure a Gateway and an InferencePool, which this layout does not have" .Values.provider.name) -}}
 {{- end -}}
-{{- if ne (lower .Values.inferencePool.modelServerType) "vllm" -}}
-{{- fail (printf "router.modelServers.type: %q is not supported in the standalone layout: without an InferencePool to carry the metrics dialect (infergate.dev/model-server-type) the picker reads vLLM's metrics; keep an InferencePool (router.proxy off) for %s" .Values.inferencePool.modelServerType .Values.inferencePool.modelServerType) -}}
+{{- if and (ne (lower .Values.inferencePool.modelServerType) "vllm") (ne $ie.pluginsConfigFile "default-plugins.yaml") -}}
+{{- fail (printf "router.modelServers.type: %q with a config of your own (%s): without an InferencePool to carry the engine, the chart passes it as core-metrics-extractor's defaultEngine in its default config only; set defaultEngine: %s in yours (or label the Pods llm-d.ai/engine-type) and leave router.modelServers.type at vllm" .Values.inferencePool.modelServerType $ie.pluginsConfigFile .Values.inferencePool.modelServerType) -}}
 {{- end -}}
 {{- /* The proxy's port: the Service port named http (the Envoy listener's), its targetPort when numeric. */ -}}
 {{- $http := list -}}
