@@ -426,24 +426,21 @@ class _Reader:
         )
 
     def _fairness(self, fairness: str, where: str) -> None:
-        """Every band shares its flows the same way in infergate: one setting."""
-        chosen = self.effects.get("fairness")
-        if chosen is not None and chosen != fairness:
-            raise ConfigError(
-                f"{where}: bands whose flows take turns differently are not supported "
-                f"(another band uses {chosen}); name one fairness policy for every band"
-            )
-        self.effects["fairness"] = fairness
+        self._every_band("fairness", fairness, where, "whose flows take turns differently", "fairness")
 
     def _ordering(self, ordering: str, where: str) -> None:
-        """Every band orders its flows' requests the same way in infergate: one setting."""
-        chosen = self.effects.get("ordering")
-        if chosen is not None and chosen != ordering:
+        self._every_band("ordering", ordering, where, "that order their requests differently", "ordering")
+
+    def _every_band(self, effect: str, value: str, where: str, differ: str, policy: str) -> None:
+        """Every band shares its flows, and orders their requests, the same way in infergate: one
+        setting each, which a band naming another policy than an earlier one contradicts."""
+        chosen = self.effects.get(effect)
+        if chosen is not None and chosen != value:
             raise ConfigError(
-                f"{where}: bands that order their requests differently are not supported "
-                f"(another band uses {chosen}); name one ordering policy for every band"
+                f"{where}: bands {differ} are not supported (another band uses {chosen}); "
+                f"name one {policy} policy for every band"
             )
-        self.effects["ordering"] = ordering
+        self.effects[effect] = value
 
     def _band(self, band: PriorityBand, where: str, *, set_default: bool = False) -> None:
         for ref, allowed, what in (
