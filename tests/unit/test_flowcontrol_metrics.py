@@ -122,3 +122,27 @@ def test_without_capacities_only_the_byte_share_of_each_band_is_shown() -> None:
     )
     assert "llm_d_epp_flow_control_capacity_utilization_requests{" not in text
     assert "llm_d_epp_flow_control_global_capacity_utilization" not in text
+
+
+ENQUEUE = "llm_d_epp_flow_control_request_enqueue_duration_seconds_count"
+
+
+async def test_every_arrival_is_timed_into_the_enqueue_histogram_by_its_outcome() -> None:
+    rig = Rig(FlowControlConfig(band_max_requests=1))
+    rig.scrape(waiting=0)
+    run_once(rig.fc.admit(req("fast")))  # admitted at once
+    rig.scrape(waiting=5)
+    queued = asyncio.create_task(rig.client(req("w", priority=1)))
+    await rig.until_queued(1)
+    with pytest.raises(RateLimitedError):  # the band is full
+        run_once(rig.fc.admit(req("full", priority=1)))
+    with pytest.raises(RateLimitedError):  # sheddable while saturated
+        run_once(rig.fc.admit(req("shed", priority=-1)))
+    got = {o: rig.sample(ENQUEUE, outcome=o) for o in ("Dispatched", "NotYetFinalized", "RejectedCapacity")}
+    assert got == {"Dispatched": 1, "NotYetFinalized": 1, "RejectedCapacity": 2}
+    assert rig.sample(ENQUEUE, outcome="RejectedCapacity", priority="-1", fairness_id="default-flow") == 1
+    gie = "inference_extension_flow_control_request_enqueue_duration_seconds_count"
+    assert rig.sample(gie, outcome="NotYetFinalized", priority="1") == 1  # and the deprecated twin
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued

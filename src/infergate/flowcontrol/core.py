@@ -64,6 +64,7 @@ class Decision(StrEnum):
     REJECT_NO_ENDPOINTS = "no_endpoints"  # the pool has no ready endpoint and the request cannot wait: 503
 
 
+_ENQUEUE_OUTCOME = {Decision.ADMIT: DISPATCHED, Decision.QUEUED: "NotYetFinalized"}
 _REJECTED = {
     Decision.REJECT_SHED: "RejectedCapacity",  # backpressure, as a full queue
     Decision.REJECT_CAPACITY: "RejectedCapacity",
@@ -120,6 +121,7 @@ class FlowCore:
         # labelled queue-duration and outcome-count children by (fairness, priority, pool, model,
         # target, outcome)
         self._wait_series: dict[tuple[str, int, str, str, str, str], tuple[_Observer, _Counter]] = {}
+        self._enqueue_series: dict[tuple[str, int, Decision], _Observer] = {}
         self._saturation_gauge: tuple[str, _Gauge] | None = None  # (pool name, its labelled child)
         self._judged_at: float | None = None  # ``now`` of the last saturation judgement
         c = self._config
@@ -318,6 +320,26 @@ class FlowCore:
     # -- decisions --------------------------------------------------------------------------
 
     def offer(self, request: InferenceRequest, now: float, *, pending: int = 0) -> Offer:
+        """:meth:`_offer`, timed into the enqueue-duration histogram (the reference's outcome labels:
+        ``Dispatched`` admitted at once, ``NotYetFinalized`` queued, ``Rejected*``)."""
+        if self._metrics is None:
+            return self._offer(request, now, pending)
+        started = time.perf_counter()
+        offer = self._offer(request, now, pending)
+        seconds = time.perf_counter() - started
+        key = (request.fairness_id, request.priority, offer.decision)
+        child = self._enqueue_series.get(key)
+        if child is None:
+            if len(self._enqueue_series) >= _SERIES_CACHE:  # client-chosen fairness ids: stay bounded
+                self._enqueue_series.clear()
+            outcome = _ENQUEUE_OUTCOME.get(offer.decision) or _REJECTED[offer.decision]
+            child = self._enqueue_series[key] = self._metrics.fc_enqueue_duration.labels(
+                fairness_id=request.fairness_id, priority=str(request.priority), outcome=outcome
+            )
+        child.observe(seconds)
+        return offer
+
+    def _offer(self, request: InferenceRequest, now: float, pending: int) -> Offer:
         """Decide for a newly arrived request.
 
         Nothing waiting, the pool not saturated and the decode guard not holding is the fast path:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from infergate.telemetry.buckets import (
     DURATION_BUCKETS,
+    ENQUEUE_BUCKETS,
     HIT_BYTES_BUCKETS,
     ITL_BUCKETS,
     LLMD_TPOT_BUCKETS,
@@ -377,6 +378,14 @@ class GatewayMetrics:
             "Time a request waited in flow control.",
             (*_FLOW, "outcome"),
             buckets=QUEUE_BUCKETS,
+        )
+        self.fc_enqueue_duration = dual(
+            Histogram,
+            "inference_extension_flow_control_request_enqueue_duration_seconds",
+            "llm_d_epp_flow_control_request_enqueue_duration_seconds",
+            "Time flow control took to admit, queue or reject an arriving request.",
+            ("fairness_id", "priority", "outcome"),
+            buckets=ENQUEUE_BUCKETS,
         )
         self.fc_dispatch_cycle_duration = dual(
             Histogram,
