@@ -92,6 +92,9 @@ def build_core(
         objective_max_tokens=objective_max_tokens,
     )
     director.configure_parsers(passthrough=passthrough_paths(picker))
+    director.set_inflight_producer(
+        next((p.ref for p in picker.plugins if p.type == "inflight-load-producer"), None)
+    )
     tokens = token_producer(picker)
     director.set_token_producer(tokens)
     scraper = MetricsScraper.from_settings(

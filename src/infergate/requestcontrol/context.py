@@ -176,6 +176,32 @@ class RequestSeries:
         self.running = m.running_requests.labels(**lbl)
         self.total = m.request_total.labels(**lbl)
 
+    def record_end(
+        self, ctx: RequestContext, duration: float, per_token: float | None, *, failed: bool
+    ) -> None:
+        """The finished request: out of ``running``; its error counted, or its duration, time to
+        first token (streamed: first token; else first byte), sizes, tokens and times per token."""
+        self.running.dec()
+        req = ctx.request
+        if failed:
+            self._m.request_error_total.labels(**self._lbl, error_code=ctx.error_code or "Internal").inc()
+            return
+        self.duration.observe(duration)
+        first = ctx.first_token_at or ctx.first_byte_at
+        if first is not None:
+            self.observe_ttft(max(0.0, first - ctx.started_at), streaming=req.stream)
+        self.response_sizes.observe(ctx.response_bytes)
+        if ctx.prompt_tokens is not None:
+            self.input.observe(ctx.prompt_tokens)
+        if ctx.completion_tokens is not None:
+            self.output.observe(ctx.completion_tokens)
+            if ctx.completion_tokens > 0:
+                self.tpot.observe(duration / ctx.completion_tokens)
+            if per_token is not None:
+                self.tpot_stream.observe(per_token)
+        if ctx.cached_tokens is not None:
+            self.cached.observe(ctx.cached_tokens)
+
     def observe_ttft(self, seconds: float, *, streaming: bool) -> None:
         child = self.ttft.get(streaming)
         if child is None:

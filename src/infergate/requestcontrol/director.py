@@ -56,6 +56,7 @@ from infergate.types import Clock, Endpoint, InferenceRequest, MonotonicClock, S
 
 if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
+    from infergate.telemetry.inflight import InFlightMetrics
 
 __all__ = ["Director", "RequestContext", "error_code_for", "parse_subset"]
 
@@ -111,6 +112,18 @@ class Director:
         self._response_hook = getattr(scheduler, "response_headers", None)
         self._tracer: RequestTracer | None = None
         self._tokens: TokenProducerLike | None = None
+        self._inflight: tuple[str, InFlightMetrics] | None = None
+
+    def set_inflight_producer(self, name: str | None) -> None:
+        """Export llm-d's per-flow in-flight gauges under producer ``name`` (the config's
+        ``inflight-load-producer``); None exports none. Needs metrics."""
+        self._inflight = (name, self._metrics.inflight()) if name and self._metrics is not None else None
+
+    def _count_inflight(self, ctx: RequestContext, requests: int, tokens: int) -> None:
+        if self._inflight is not None:
+            name, gauges = self._inflight
+            meta, req = ctx.target.meta, ctx.request
+            gauges.add(meta.name, meta.namespace, name, req.fairness_id, req.priority, requests, tokens)
 
     def set_token_producer(self, producer: TokenProducerLike | None) -> None:
         """Have each admitted request's prompt tokenized by ``producer`` before it is scheduled
@@ -376,10 +389,12 @@ class Director:
         ctx._held_tokens = len(ctx.request.prompt.encode("utf-8")) // CHARS_PER_TOKEN
         self._ds.acquire(key, ctx._held_tokens)
         ctx._held = key
+        self._count_inflight(ctx, 1, ctx._held_tokens)
 
     def _drop(self, ctx: RequestContext) -> None:
         if ctx._held is not None:
             self._ds.release(ctx._held, ctx._held_tokens, started=ctx.first_token_at is not None)
+            self._count_inflight(ctx, -1, -ctx._held_tokens)
             ctx._held = None
             ctx._held_tokens = 0
 
@@ -442,6 +457,7 @@ class Director:
             ctx._itl = series.itl if series is not None else None
             if ctx._held is not None:  # prefill done: it no longer waits in the server
                 self._ds.start(ctx._held, ctx._held_tokens)
+                self._count_inflight(ctx, 0, -ctx._held_tokens)
                 ctx._held_tokens = 0
             self._core.observe_ttft(ctx.request_id, ctx.first_token_at - ctx.started_at)
             if self._flow is not None:  # the decode guard's TTFT slack: counted from dispatch
@@ -548,32 +564,8 @@ class Director:
         if self._metrics is not None and ctx.first_byte_at is not None:  # it reached the response phase
             handled = ctx._handling if ctx.streaming else now - ctx.first_byte_at
             self._metrics.response_processing.observe(max(0.0, handled))
-        if series is not None and self._metrics is not None:
-            series.running.dec()
-            if failed:
-                self._metrics.request_error_total.labels(
-                    model_name=req.model,
-                    target_model_name=req.target_model,
-                    fairness_id=req.fairness_id,
-                    priority=str(req.priority),
-                    error_code=ctx.error_code or "Internal",
-                ).inc()
-            else:
-                series.duration.observe(duration)
-                first = ctx.first_token_at or ctx.first_byte_at  # streamed: first token; else first byte
-                if first is not None:
-                    series.observe_ttft(max(0.0, first - ctx.started_at), streaming=req.stream)
-                series.response_sizes.observe(ctx.response_bytes)
-                if ctx.prompt_tokens is not None:
-                    series.input.observe(ctx.prompt_tokens)
-                if ctx.completion_tokens is not None:
-                    series.output.observe(ctx.completion_tokens)
-                    if ctx.completion_tokens > 0:
-                        series.tpot.observe(duration / ctx.completion_tokens)
-                    if per_token is not None:
-                        series.tpot_stream.observe(per_token)
-                if ctx.cached_tokens is not None:
-                    series.cached.observe(ctx.cached_tokens)
+        if series is not None:
+            series.record_end(ctx, duration, per_token, failed=failed)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request done request_id=%s model=%s target_model=%s priority=%d endpoint=%s attempts=%d "

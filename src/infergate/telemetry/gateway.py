@@ -26,6 +26,7 @@ from infergate.telemetry.buckets import (
     TOKEN_BUCKETS,
     TPOT_BUCKETS,
 )
+from infergate.telemetry.inflight import InFlightMetrics
 from infergate.telemetry.programs import ProgramMetrics
 from infergate.telemetry.sampled import FlowControlState, FlowControlStateCollector
 from infergate.telemetry.series import Counter, DualMetric, Gauge, Histogram, LabelCap
@@ -469,6 +470,7 @@ class GatewayMetrics:
         self.info.labels(commit=_build_commit(), build_ref=_build_ref()).set(1)
         self._extproc_streams: ExtProcStreamMetrics | None = None
         self._programs: ProgramMetrics | None = None
+        self._inflight: InFlightMetrics | None = None
         self._flow_state = FlowControlStateCollector(lambda: None)
         r.register(self._flow_state)
 
@@ -478,6 +480,13 @@ class GatewayMetrics:
         if self._extproc_streams is None:
             self._extproc_streams = ExtProcStreamMetrics(self.registry)
         return self._extproc_streams
+
+    def inflight(self) -> InFlightMetrics:
+        """The in-flight load gauges by flow, registered on first use only (the reference registers
+        them with ``inflight-load-producer`` configured)."""
+        if self._inflight is None:
+            self._inflight = InFlightMetrics(self.registry, self.fairness_cap)
+        return self._inflight
 
     def programs(self) -> ProgramMetrics:
         """The program-aware fairness metrics, registered on first use only (the reference
