@@ -185,13 +185,17 @@ def test_upstream_config_builds_one_admitter_and_no_profile_stage_for_it() -> No
     )
     assert [r.plugin_ref for r in generated.scheduling_profiles[0].plugins] == ["queue-scorer"]
     assert len(build_scheduler(generated).admitters) == 1
+    # listed in a profile too, as upstream's latency-slo-admitter example does: still one admitter,
+    # and no stage of the profile
     listed = (
         "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
         "plugins: [{type: probabilistic-admitter}, {type: queue-scorer}]\n"
-        "schedulingProfiles: [{name: default, plugins: [{pluginRef: probabilistic-admitter}]}]\n"
+        "schedulingProfiles: [{name: default, plugins: [{pluginRef: probabilistic-admitter}, "
+        "{pluginRef: queue-scorer}]}]\n"
     )
-    with pytest.raises(ConfigError, match=r"'probabilistic-admitter' .* is an admitter"):
-        build_scheduler(parse_picker_config(listed))
+    built = build_scheduler(parse_picker_config(listed))
+    assert len(built.admitters) == 1
+    assert [s.name for s in built.profiles["default"].scorers] == ["queue-scorer"]
 
 
 def test_no_admitter_configured_sheds_nothing() -> None:

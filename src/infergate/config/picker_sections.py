@@ -108,6 +108,7 @@ NON_SCHEDULING_TYPES = frozenset(
         "token-producer",
         "endpoint-notification-source",
         "probabilistic-admitter",
+        "latency-slo-admitter",
         "topology-extractor",
     }
 )

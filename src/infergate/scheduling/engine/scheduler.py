@@ -411,10 +411,7 @@ def _build_profile(
         inst, registered = instances[name], types[name]
         type_, points = registered.name, registered.points
         if isinstance(inst, Admitter):
-            raise ConfigError(
-                f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is an admitter: it runs on "
-                "every request, before flow control, by being listed in plugins:; remove it from the profile"
-            )
+            continue  # not a stage: runs once per request before flow control (upstream lists it so)
         if not points or ExtensionPoint.PROFILE_HANDLER in points:
             raise ConfigError(
                 f"schedulingProfiles[{pname}]: plugin {name!r} (type {type_}) is not a filter, scorer "

@@ -167,6 +167,13 @@ class PredictedLatencyScorer:
         self._adapters = AdapterDemand()  # the adapters requested recently: the slot shortage
         self._prefixes = PrefixDemand()  # the prompt prefixes requested recently: their shares
 
+    @property
+    def params(self) -> LatencyParams:
+        return self._p
+
+    def now(self) -> float:
+        return self._clock.now()
+
     # ------------------------------------------------------------------ model
     def _state_of(self, key: str) -> EndpointState:
         st = self._state.get(key)

@@ -39,6 +39,7 @@ from infergate.scheduling.plugins.filters import (
     LowQueueFilterParams,
 )
 from infergate.scheduling.plugins.latency import LatencyParams, PredictedLatencyScorer
+from infergate.scheduling.plugins.latency_admission import LatencySloAdmitter
 from infergate.scheduling.plugins.pickers import (
     MaxScorePicker,
     PickerParams,
@@ -273,6 +274,7 @@ def default_registry() -> PluginRegistry:
     r.register_scorer(
         "topology-affinity-scorer", TopologyScorerParams, lambda p, c: TopologyAffinityScorer(p)
     )
+    r.register_helper("latency-slo-admitter", NoParams, lambda p, c: LatencySloAdmitter(name=c.name))
     # the Admitter extension point (plugins/admitter.py): run before flow control, never a profile stage
     r.register_helper(
         "probabilistic-admitter",
