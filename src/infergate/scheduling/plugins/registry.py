@@ -39,7 +39,11 @@ from infergate.scheduling.plugins.filters import (
     LowQueueFilterParams,
 )
 from infergate.scheduling.plugins.latency import LatencyParams, PredictedLatencyScorer
-from infergate.scheduling.plugins.latency_admission import LatencySloAdmitter
+from infergate.scheduling.plugins.latency_slo import (
+    LatencySloAdmitter,
+    SloHeadroomParams,
+    SloHeadroomTierFilter,
+)
 from infergate.scheduling.plugins.pickers import (
     MaxScorePicker,
     PickerParams,
@@ -275,6 +279,9 @@ def default_registry() -> PluginRegistry:
         "topology-affinity-scorer", TopologyScorerParams, lambda p, c: TopologyAffinityScorer(p)
     )
     r.register_helper("latency-slo-admitter", NoParams, lambda p, c: LatencySloAdmitter(name=c.name))
+    r.register_filter(
+        "slo-headroom-tier-filter", SloHeadroomParams, lambda p, c: SloHeadroomTierFilter(p, rng=c.rng)
+    )
     # the Admitter extension point (plugins/admitter.py): run before flow control, never a profile stage
     r.register_helper(
         "probabilistic-admitter",

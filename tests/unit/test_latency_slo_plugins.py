@@ -11,7 +11,8 @@ import pytest
 from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
-from infergate.scheduling.plugins.latency_admission import LatencySloAdmitter
+from infergate.scheduling.plugins.latency_slo import LatencySloAdmitter
+from infergate.scheduling.sdk.framework import CycleState
 from infergate.scheduling.sdk.testing import make_endpoint
 from infergate.types import Endpoint, InferenceRequest
 
@@ -86,3 +87,38 @@ def test_stale_endpoints_are_no_evidence() -> None:
     # the only endpoint that could serve it is stale: judged on the busy one, refused
     assert s.admit(_req(-1), [busy("a"), fast], {fast.key}) is not None
     assert s.admit(_req(-1), [busy("a")], {busy("a").key}) is None  # nothing fresh: flow control decides
+
+
+FILTER_CONFIG = """\
+plugins:
+  - type: predicted-latency-scorer
+  - type: slo-headroom-tier-filter
+    name: slo-tier
+    parameters: {epsilonExploreNeg: 0.25}
+schedulingProfiles:
+  - name: default
+    plugins: [{pluginRef: slo-tier}, {pluginRef: predicted-latency-scorer}]
+"""
+
+
+def _tiers(seed: int) -> list[str]:
+    s = build_scheduler(parse_picker_config(FILTER_CONFIG), rng=random.Random(seed))
+    (f,) = [slot.plugin for slot in s.profiles["default"].filters]
+    fast = make_endpoint("fast", waiting_queue_size=0, running_requests=1, kv_cache_usage=0.3, in_flight=1)
+    pool = [busy("a"), fast, busy("b")]
+    picks = []
+    for _ in range(400):
+        kept = f.filter(_req(0, ttft_slo=1.0), pool, CycleState())
+        picks.append(",".join(e.meta.name for e in kept))
+    assert f.filter(_req(0), pool, CycleState()) == pool  # no bounds of its own: everyone
+    return picks
+
+
+def test_the_headroom_filter_keeps_the_tier_that_meets_the_bounds_and_explores_the_other() -> None:
+    picks = _tiers(seed=3)
+    assert set(picks) == {"fast", "a,b"}
+    explored = picks.count("a,b") / len(picks)
+    # epsilonExploreNeg 0.25 over 400 seeded draws: within 5 standard deviations (2.2 points each)
+    assert abs(explored - 0.25) < 5 * (0.25 * 0.75 / 400) ** 0.5
+    with pytest.raises(ConfigError, match="epsilonExploreNeg"):
+        build_scheduler(parse_picker_config(FILTER_CONFIG.replace("0.25", "1.5")))
