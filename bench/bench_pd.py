@@ -81,7 +81,13 @@ def _log_point(label: str, point: PointResult) -> None:
 
 
 def slo_rates(
-    workload: str, replicas: int, threshold: int, tolerance: float, duration: float | None, only: list[str]
+    workload: str,
+    replicas: int,
+    threshold: int,
+    tolerance: float,
+    duration: float | None,
+    only: list[str],
+    flow_control: bool = False,
 ) -> None:
     """Each pool's SLO rate on ``workload`` (steady state, bisected to ``tolerance``)."""
     spec = load_workload(workload)
@@ -97,7 +103,7 @@ def slo_rates(
         cpu0 = time.process_time()
         runner = SteadyRunner(spec, shape, seed=1, plan=plan, picker=picker, pool_overrides={"roles": roles})
         runner.on_point = functools.partial(_log_point, name)
-        rate = runner.slo_rate("prefix-only", tolerance=tolerance)
+        rate = runner.slo_rate("prefix-only+fc" if flow_control else "prefix-only", tolerance=tolerance)
         failing = f"{rate.failing:.2f}" if rate.failing is not None else "none"
         print(
             f"| {name} | **{rate.qps:.2f}** | {failing} | {len(rate.probes)} | "
@@ -117,11 +123,16 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=0.05, help="relative precision of --slo-rate")
     p.add_argument("--window", type=float, default=None, help="--slo-rate: measured seconds per point")
     p.add_argument("--pools", default="", help="--slo-rate: only these pools (comma-separated)")
+    p.add_argument(
+        "--flow-control",
+        action="store_true",
+        help="--slo-rate: the gateway's flow control on (the twin's default is off)",
+    )
     a = p.parse_args()
     for w in a.workloads.split(","):
         if a.slo_rate:
             only = [x for x in a.pools.split(",") if x]
-            slo_rates(w, a.replicas, a.threshold, a.tolerance, a.window, only)
+            slo_rates(w, a.replicas, a.threshold, a.tolerance, a.window, only, a.flow_control)
             continue
         run(w, [float(q) for q in a.qps.split(",")], a.duration, a.replicas, a.threshold)
 

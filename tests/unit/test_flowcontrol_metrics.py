@@ -146,3 +146,53 @@ async def test_every_arrival_is_timed_into_the_enqueue_histogram_by_its_outcome(
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
         await queued
+
+
+def test_a_p_d_pool_is_as_saturated_as_its_fuller_stage_and_each_stage_is_exported() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from infergate.datastore.store import Datastore
+    from infergate.flowcontrol import FlowCore, SaturationDetector
+    from infergate.telemetry import GatewayMetrics
+    from infergate.types import EndpointMetrics
+    from tests.unit.test_flowcontrol import FakeClock
+
+    clock = FakeClock()
+    ds = Datastore(clock, staleness=2.0)
+    ds.set_pool(PoolSpec(name="pd"))
+    roles = {"p0": "prefill", "p1": "prefill", "d0": "decode", "d1": "decode"}
+    for i, (name, role) in enumerate(roles.items()):
+        ds.upsert_endpoint(
+            EndpointMeta(name=name, address=f"10.0.0.{i + 1}", port=8000, labels={"llm-d.ai/role": role})
+        )
+        # the prefill servers' queues are full, the decode servers idle
+        waiting = 5 if role == "prefill" else 0
+        ds.update_metrics(
+            f"10.0.0.{i + 1}:8000", EndpointMetrics(waiting_queue_size=waiting, updated_at=clock.t)
+        )
+    metrics = GatewayMetrics(CollectorRegistry())
+    core = FlowCore(
+        ds, detector=SaturationDetector(track_in_flight=False), metrics=metrics, config=FlowControlConfig()
+    )
+    # over all four endpoints the capped mean is 0.5; the prefill stage is full
+    assert core.saturation(clock.t) == 1.0
+    sample = metrics.registry.get_sample_value
+    twin = "llm_d_epp_flow_control_pool_saturation"
+    assert [
+        sample(twin, {"inference_pool": "pd", "stage": s}) for s in ("prefill", "decode", "effective")
+    ] == [
+        1.0,
+        0.0,
+        1.0,
+    ]
+    assert sample("inference_extension_flow_control_pool_saturation", {"inference_pool": "pd"}) == 1.0
+
+
+def test_a_pool_without_roles_exports_its_effective_saturation_only() -> None:
+    rig = Rig()
+    rig.scrape(waiting=3)
+    rig.fc.core.saturation(rig.clock.t)
+    twin = "llm_d_epp_flow_control_pool_saturation"
+    assert rig.sample(twin, stage="effective") == 0.6
+    text = rig.metrics.render().decode()
+    assert 'stage="prefill"' not in text and 'stage="decode"' not in text

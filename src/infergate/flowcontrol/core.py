@@ -18,13 +18,13 @@ from typing import Protocol
 
 from infergate.datastore.store import Datastore
 from infergate.flowcontrol.config import FlowControlConfig
-from infergate.flowcontrol.decode_guard import DecodeGuard
+from infergate.flowcontrol.decode_guard import DecodeGuard, GuardCap
 from infergate.flowcontrol.program_aware import ProgramAwareFairness
 from infergate.flowcontrol.queues import BandSnapshot, ItemState, PriorityQueues, QueuedItem
 from infergate.flowcontrol.saturation import SaturationDetector
 from infergate.flowcontrol.usage_limits import PriorityLevels, UsageLimitPolicy, usage_limit_policy
 from infergate.telemetry import BandUtilization, FlowControlState, GatewayMetrics
-from infergate.types import Endpoint, InferenceRequest, typed_frozen
+from infergate.types import ROLE_LABEL, Endpoint, InferenceRequest, typed_frozen
 
 __all__ = ["Decision", "FlowCore", "Offer"]
 
@@ -64,6 +64,7 @@ class Decision(StrEnum):
     REJECT_NO_ENDPOINTS = "no_endpoints"  # the pool has no ready endpoint and the request cannot wait: 503
 
 
+_NO_STAGES: dict[str, float] = {}  # a pool without P/D roles: its effective saturation is all
 _ENQUEUE_OUTCOME = {Decision.ADMIT: DISPATCHED, Decision.QUEUED: "NotYetFinalized"}
 _REJECTED = {
     Decision.REJECT_SHED: "RejectedCapacity",  # backpressure, as a full queue
@@ -102,9 +103,7 @@ class FlowCore:
         self._ds = datastore
         self._detector = detector
         self._guard = guard
-        self._held = False  # the guard's last verdict (its gauge is set on a change)
-        self._cap = 0  # the in-flight count the held pool may not grow past (while holding)
-        self._capped = False  # the cap holds: the guard holds, or the queue it built still waits
+        self._guard_cap = GuardCap(guard) if guard is not None else None
         self._config = config if config is not None else FlowControlConfig()
         self._metrics = metrics
         self._programs: ProgramAwareFairness | None = None
@@ -122,8 +121,9 @@ class FlowCore:
         # target, outcome)
         self._wait_series: dict[tuple[str, int, str, str, str, str], tuple[_Observer, _Counter]] = {}
         self._enqueue_series: dict[tuple[str, int, Decision], _Observer] = {}
-        self._saturation_gauge: tuple[str, _Gauge] | None = None  # (pool name, its labelled child)
+        self._saturation_gauges: dict[str, dict[str, _Gauge]] = {}  # pool name -> stage -> child
         self._judged_at: float | None = None  # ``now`` of the last saturation judgement
+        self._staged = (-1, False)  # (membership version, whether the pool has P/D roles)
         c = self._config
         self._limit: UsageLimitPolicy = usage_limit_policy(
             c.usage_limit,
@@ -190,36 +190,14 @@ class FlowCore:
             self._programs.completed(request.fairness_id, prompt_tokens, completion_tokens, now)
 
     def _holding(self, now: float) -> bool:
-        """Whether the decode guard keeps requests back now: the pool is capped, and has as many
-        requests in flight as when the guard began to hold (the count it may not grow past).
-
-        The cap begins when the guard holds and lasts until the queue it built has drained, not
-        only while the guard holds: once the batches shrink the guard lets go, and releasing every
-        request it held at that instant started their prefills together, which slowed the
-        streams again (see :mod:`infergate.flowcontrol.decode_guard`). Held requests still go one
-        per finished request, or each after its ``hold``. The cap ends at once when the streams
-        have recovered (p90 TPOT under 90 % of the bound: a burst is affordable then; draining
-        regardless held bursty pools' requests for nothing) or when recent TTFTs leave no room
-        for a whole hold (waiting would cost TTFTs their bound)."""
-        guard = self._guard
-        if guard is None:
+        """Whether the decode guard keeps requests back now (:class:`GuardCap`)."""
+        cap = self._guard_cap
+        if cap is None:
             return False
-        holding = guard.holding(now)
-        began = False
-        if holding is not self._held:
-            self._held = holding
-            if holding and not self._capped:
-                self._cap = self._in_flight()
-                began = True
-            if self._metrics is not None:
-                self._metrics.fc_decode_guard_holding.labels(inference_pool=self.pool_name()).set(
-                    int(holding)
-                )
-        capped = holding or (
-            self._capped and bool(self._queues) and guard.ttft_to_spare and not guard.tpot_recovered
-        )
-        self._capped = capped
-        return capped and (began or self._in_flight() >= self._cap)
+        holding = cap.holding(now, queued=bool(self._queues), in_flight=self._in_flight)
+        if holding is not None and self._metrics is not None:  # the guard's verdict changed
+            self._metrics.fc_decode_guard_holding.labels(inference_pool=self.pool_name()).set(int(holding))
+        return cap.capped_now
 
     def _in_flight(self) -> int:
         return sum(e.in_flight for e in self._ds.endpoints())
@@ -237,21 +215,39 @@ class FlowCore:
         overfills the pool, and admission need not wait for them to land.
         """
         endpoints = self._ds.endpoints()
-        value = self._detector.saturation(endpoints, now)
+        value, stages = self._judge(endpoints, now)
         if pending > 0 and value < 1.0:
             landed = [e.with_load(e.in_flight + pending, e.in_flight_tokens) for e in endpoints]
-            value = max(value, self._detector.saturation(landed, now))
+            value = max(value, self._judge(landed, now)[0])
         self._last_saturation = value
         self._judged_at = now
         if self._metrics is not None:
             pool = self.pool_name()
-            if self._saturation_gauge is None or self._saturation_gauge[0] != pool:
-                self._saturation_gauge = (
-                    pool,
-                    self._metrics.fc_pool_saturation.labels(inference_pool=pool, stage="effective"),
+            gauges = self._saturation_gauges.setdefault(pool, {})
+            if not gauges:  # "effective" on both names; a P/D pool's stages on llm-d's only
+                gauges["effective"] = self._metrics.fc_pool_saturation.labels(
+                    inference_pool=pool, stage="effective"
                 )
-            self._saturation_gauge[1].set(value)
+            gauges["effective"].set(value)
+            for stage, level in (stages or _NO_STAGES).items():
+                if stage not in gauges:
+                    gauges[stage] = self._metrics.fc_pool_saturation.llmd.labels(
+                        inference_pool=pool, stage=stage
+                    )
+                gauges[stage].set(level)
         return value
+
+    def _judge(self, endpoints: Sequence[Endpoint], now: float) -> tuple[float, dict[str, float] | None]:
+        """The pool's saturation and each P/D stage's: a pool with ``llm-d.ai/role`` labels is as
+        saturated as its fuller stage (:meth:`SaturationDetector.stages`, llm-d-router's rule);
+        any other is one decode stage of all its endpoints (None)."""
+        version = self._ds.membership_version
+        if self._staged[0] != version:
+            self._staged = (version, any(ROLE_LABEL in e.meta.labels for e in endpoints))
+        stages = self._detector.stages(endpoints, now) if self._staged[1] else None
+        if not stages:
+            return self._detector.saturation(endpoints, now), None
+        return max(stages.values()), stages
 
     def threshold(self, priority: int, *, saturation: float | None = None, now: float | None = None) -> float:
         """Pool saturation at which requests of ``priority`` stop being admitted or released: the

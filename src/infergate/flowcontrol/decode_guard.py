@@ -43,8 +43,9 @@ streams, and the SLO rate fell by 10 % (63.6 to 57.1 QPS); with the count frozen
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
-__all__ = ["DecodeGuard"]
+__all__ = ["DecodeGuard", "GuardCap"]
 
 #: Seconds between two computations of the percentiles: ``holding`` runs for every arriving
 #: request, the sort over the window at most this often.
@@ -147,3 +148,44 @@ class DecodeGuard:
     def released_at(self, enqueued_at: float) -> float:
         """When a request queued at ``enqueued_at`` goes however long the guard holds."""
         return enqueued_at + self.hold
+
+
+class GuardCap:
+    """The cap the decode guard puts on the pool: while it holds, the pool may not have more
+    requests in flight than when holding began.
+
+    The cap begins when the guard holds and lasts until the queue it built has drained, not only
+    while the guard holds: once the batches shrink the guard lets go, and releasing every request
+    it held at that instant started their prefills together, which slowed the streams again. Held
+    requests still go one per finished request, or each after its ``hold``. The cap ends at once
+    when the streams have recovered (p90 TPOT under 90 % of the bound: a burst is affordable then;
+    draining regardless held bursty pools' requests for nothing) or when recent TTFTs leave no room
+    for a whole hold (waiting would cost TTFTs their bound).
+    """
+
+    __slots__ = ("_cap", "_capped", "_guard", "_held", "capped_now")
+
+    def __init__(self, guard: DecodeGuard) -> None:
+        self._guard = guard
+        self._held = False  # the guard's last verdict
+        self._cap = 0  # the in-flight count the held pool may not grow past
+        self._capped = False  # the cap holds: the guard holds, or the queue it built still waits
+        self.capped_now = False
+        """The last call's answer: requests are kept back (capped, and at the cap)."""
+
+    def holding(self, now: float, *, queued: bool, in_flight: Callable[[], int]) -> bool | None:
+        """Judge ``now`` (the answer in :attr:`capped_now`); the guard's new verdict when it
+        changed (for its gauge), else None."""
+        guard = self._guard
+        holding = guard.holding(now)
+        began = False
+        changed: bool | None = None
+        if holding is not self._held:
+            self._held = changed = holding
+            if holding and not self._capped:
+                self._cap = in_flight()
+                began = True
+        capped = holding or (self._capped and queued and guard.ttft_to_spare and not guard.tpot_recovered)
+        self._capped = capped
+        self.capped_now = capped and (began or in_flight() >= self._cap)
+        return changed

@@ -72,7 +72,12 @@ from typing import Literal
 
 from infergate.types import DECODE_ROLES, ROLE_LABEL, Endpoint
 
-__all__ = ["RATE_MIN_FINISHED", "RATE_WINDOW", "Aggregation", "SaturationDetector"]
+__all__ = ["PREFILL_STAGE_ROLES", "RATE_MIN_FINISHED", "RATE_WINDOW", "Aggregation", "SaturationDetector"]
+
+#: ``llm-d.ai/role`` values of endpoints that prefill (llm-d-router's prefill filter).
+PREFILL_STAGE_ROLES = frozenset(
+    {"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"}
+)
 
 Aggregation = Literal["capped-mean", "mean", "min"]
 
@@ -317,9 +322,35 @@ class SaturationDetector:
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
         """The pool's saturation over its healthy endpoints (>= 1.0 means saturated)."""
-        scores = [self.endpoint_score(e, now) for e in endpoints if e.healthy]
         if len(self._baselines) > 4 * len(endpoints) + 16:
             self._forget_except({e.key for e in endpoints})
+        return self._aggregate(endpoints, now)
+
+    def stages(self, endpoints: Sequence[Endpoint], now: float) -> dict[str, float]:
+        """The saturation of each P/D stage, as llm-d-router splits a pool by ``llm-d.ai/role``:
+        ``prefill`` over the endpoints that prefill (``prefill``, ``encode-prefill`` and the
+        interleaved roles), ``decode`` over those that decode (``decode``, unlabelled and the
+        interleaved ones); encode-only and unknown roles count in neither. A stage without
+        endpoints is absent. A request needs room in both stages, so the pool is as saturated as
+        its fuller stage."""
+        prefill: list[Endpoint] = []
+        decode: list[Endpoint] = []
+        for e in endpoints:
+            role = e.meta.labels.get(ROLE_LABEL)
+            if not role or role in DECODE_ROLES:
+                decode.append(e)
+            if role in PREFILL_STAGE_ROLES:
+                prefill.append(e)
+        if len(self._baselines) > 4 * len(endpoints) + 16:
+            self._forget_except({e.key for e in endpoints})
+        return {
+            name: self._aggregate(part, now)
+            for name, part in (("prefill", prefill), ("decode", decode))
+            if part
+        }
+
+    def _aggregate(self, endpoints: Sequence[Endpoint], now: float) -> float:
+        scores = [self.endpoint_score(e, now) for e in endpoints if e.healthy]
         if not scores:
             return 1.0
         if self.aggregation == "min":
