@@ -64,7 +64,6 @@ class Decision(StrEnum):
     REJECT_NO_ENDPOINTS = "no_endpoints"  # the pool has no ready endpoint and the request cannot wait: 503
 
 
-_NO_STAGES: dict[str, float] = {}  # a pool without P/D roles: its effective saturation is all
 _ENQUEUE_OUTCOME = {Decision.ADMIT: DISPATCHED, Decision.QUEUED: "NotYetFinalized"}
 _REJECTED = {
     Decision.REJECT_SHED: "RejectedCapacity",  # backpressure, as a full queue
@@ -128,7 +127,7 @@ class FlowCore:
         self._limit: UsageLimitPolicy = usage_limit_policy(
             c.usage_limit,
             headroom=c.headroom,
-            top=self._top_priority,
+            top=self._ds.top_priority if c.top_priority is None else lambda: c.top_priority,
             ceiling=c.usage_limit_ceiling,
             min_ceiling=c.usage_limit_min_ceiling,
             domain="value" if c.usage_limit_domain == "value" else "rank",
@@ -194,7 +193,7 @@ class FlowCore:
         cap = self._guard_cap
         if cap is None:
             return False
-        holding = cap.holding(now, queued=bool(self._queues), in_flight=self._in_flight)
+        holding = cap.holding(now, queued=self._queues, in_flight=self._in_flight)
         if holding is not None and self._metrics is not None:  # the guard's verdict changed
             self._metrics.fc_decode_guard_holding.labels(inference_pool=self.pool_name()).set(int(holding))
         return cap.capped_now
@@ -215,7 +214,10 @@ class FlowCore:
         overfills the pool, and admission need not wait for them to land.
         """
         endpoints = self._ds.endpoints()
-        value, stages = self._judge(endpoints, now)
+        if self._staged[0] == self._ds.membership_version and not self._staged[1]:
+            value, stages = self._detector.saturation(endpoints, now), None  # no P/D roles: one stage
+        else:
+            value, stages = self._judge(endpoints, now)
         if pending > 0 and value < 1.0:
             landed = [e.with_load(e.in_flight + pending, e.in_flight_tokens) for e in endpoints]
             value = max(value, self._judge(landed, now)[0])
@@ -223,13 +225,15 @@ class FlowCore:
         self._judged_at = now
         if self._metrics is not None:
             pool = self.pool_name()
-            gauges = self._saturation_gauges.setdefault(pool, {})
-            if not gauges:  # "effective" on both names; a P/D pool's stages on llm-d's only
-                gauges["effective"] = self._metrics.fc_pool_saturation.labels(
-                    inference_pool=pool, stage="effective"
-                )
+            gauges = self._saturation_gauges.get(pool)
+            if gauges is None:  # "effective" on both names; a P/D pool's stages on llm-d's only
+                gauges = self._saturation_gauges[pool] = {
+                    "effective": self._metrics.fc_pool_saturation.labels(
+                        inference_pool=pool, stage="effective"
+                    )
+                }
             gauges["effective"].set(value)
-            for stage, level in (stages or _NO_STAGES).items():
+            for stage, level in stages.items() if stages else ():
                 if stage not in gauges:
                     gauges[stage] = self._metrics.fc_pool_saturation.llmd.labels(
                         inference_pool=pool, stage=stage
@@ -263,10 +267,6 @@ class FlowCore:
             at = (self._judged_at or 0.0) if now is None else now
             levels = self._levels.levels(priority, at, [o.priority for o in self._ds.objectives()])
         return policy.ceiling(self._last_saturation if saturation is None else saturation, priority, levels)
-
-    def _top_priority(self) -> int | None:
-        top = self._config.top_priority
-        return self._ds.top_priority() if top is None else top
 
     def with_room(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
         """Scheduling candidates for a request released from the queues: those with room.

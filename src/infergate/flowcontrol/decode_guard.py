@@ -43,7 +43,7 @@ streams, and the SLO rate fell by 10 % (63.6 to 57.1 QPS); with the count frozen
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 __all__ = ["DecodeGuard", "GuardCap"]
 
@@ -173,9 +173,9 @@ class GuardCap:
         self.capped_now = False
         """The last call's answer: requests are kept back (capped, and at the cap)."""
 
-    def holding(self, now: float, *, queued: bool, in_flight: Callable[[], int]) -> bool | None:
-        """Judge ``now`` (the answer in :attr:`capped_now`); the guard's new verdict when it
-        changed (for its gauge), else None."""
+    def holding(self, now: float, *, queued: Sized, in_flight: Callable[[], int]) -> bool | None:
+        """Judge ``now`` (the answer in :attr:`capped_now`; ``queued``: the waiting requests, only
+        counted when it matters); the guard's new verdict when it changed (for its gauge), else None."""
         guard = self._guard
         holding = guard.holding(now)
         began = False
@@ -185,7 +185,9 @@ class GuardCap:
             if holding and not self._capped:
                 self._cap = in_flight()
                 began = True
-        capped = holding or (self._capped and queued and guard.ttft_to_spare and not guard.tpot_recovered)
+        capped = holding or (
+            self._capped and len(queued) > 0 and guard.ttft_to_spare and not guard.tpot_recovered
+        )
         self._capped = capped
         self.capped_now = capped and (began or in_flight() >= self._cap)
         return changed

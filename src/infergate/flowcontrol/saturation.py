@@ -320,11 +320,19 @@ class SaturationDetector:
                 track.allowance = max(float(self.queue_threshold), track.rate * wait)
         return track
 
-    def saturation(self, endpoints: Sequence[Endpoint], now: float) -> float:
-        """The pool's saturation over its healthy endpoints (>= 1.0 means saturated)."""
-        if len(self._baselines) > 4 * len(endpoints) + 16:
+    def saturation(self, endpoints: Sequence[Endpoint], now: float, *, whole_pool: bool = True) -> float:
+        """The saturation over these healthy endpoints (>= 1.0 means saturated); ``whole_pool``
+        False for a part of the pool (a P/D stage): the other endpoints' memory is kept."""
+        scores = [self.endpoint_score(e, now) for e in endpoints if e.healthy]
+        if whole_pool and len(self._baselines) > 4 * len(endpoints) + 16:
             self._forget_except({e.key for e in endpoints})
-        return self._aggregate(endpoints, now)
+        if not scores:
+            return 1.0
+        if self.aggregation == "min":
+            return min(scores)
+        if self.aggregation == "capped-mean":
+            return sum(min(x, 1.0) for x in scores) / len(scores)
+        return sum(scores) / len(scores)
 
     def stages(self, endpoints: Sequence[Endpoint], now: float) -> dict[str, float]:
         """The saturation of each P/D stage, as llm-d-router splits a pool by ``llm-d.ai/role``:
@@ -343,21 +351,8 @@ class SaturationDetector:
                 prefill.append(e)
         if len(self._baselines) > 4 * len(endpoints) + 16:
             self._forget_except({e.key for e in endpoints})
-        return {
-            name: self._aggregate(part, now)
-            for name, part in (("prefill", prefill), ("decode", decode))
-            if part
-        }
-
-    def _aggregate(self, endpoints: Sequence[Endpoint], now: float) -> float:
-        scores = [self.endpoint_score(e, now) for e in endpoints if e.healthy]
-        if not scores:
-            return 1.0
-        if self.aggregation == "min":
-            return min(scores)
-        if self.aggregation == "capped-mean":
-            return sum(min(x, 1.0) for x in scores) / len(scores)
-        return sum(scores) / len(scores)
+        parts = (("prefill", prefill), ("decode", decode))
+        return {name: self.saturation(part, now, whole_pool=False) for name, part in parts if part}
 
     def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         """True when the pool cannot take one more request without queueing at a model server."""

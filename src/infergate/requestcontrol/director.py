@@ -120,10 +120,10 @@ class Director:
         self._inflight = (name, self._metrics.inflight()) if name and self._metrics is not None else None
 
     def _count_inflight(self, ctx: RequestContext, requests: int, tokens: int) -> None:
-        if self._inflight is not None:
-            name, gauges = self._inflight
-            meta, req = ctx.target.meta, ctx.request
-            gauges.add(meta.name, meta.namespace, name, req.fairness_id, req.priority, requests, tokens)
+        assert self._inflight is not None  # callers check: no call per request without the producer
+        name, gauges = self._inflight
+        meta, req = ctx.target.meta, ctx.request
+        gauges.add(meta.name, meta.namespace, name, req.fairness_id, req.priority, requests, tokens)
 
     def set_token_producer(self, producer: TokenProducerLike | None) -> None:
         """Have each admitted request's prompt tokenized by ``producer`` before it is scheduled
@@ -389,12 +389,14 @@ class Director:
         ctx._held_tokens = len(ctx.request.prompt.encode("utf-8")) // CHARS_PER_TOKEN
         self._ds.acquire(key, ctx._held_tokens)
         ctx._held = key
-        self._count_inflight(ctx, 1, ctx._held_tokens)
+        if self._inflight is not None:
+            self._count_inflight(ctx, 1, ctx._held_tokens)
 
     def _drop(self, ctx: RequestContext) -> None:
         if ctx._held is not None:
             self._ds.release(ctx._held, ctx._held_tokens, started=ctx.first_token_at is not None)
-            self._count_inflight(ctx, -1, -ctx._held_tokens)
+            if self._inflight is not None:
+                self._count_inflight(ctx, -1, -ctx._held_tokens)
             ctx._held = None
             ctx._held_tokens = 0
 
@@ -457,7 +459,8 @@ class Director:
             ctx._itl = series.itl if series is not None else None
             if ctx._held is not None:  # prefill done: it no longer waits in the server
                 self._ds.start(ctx._held, ctx._held_tokens)
-                self._count_inflight(ctx, 0, -ctx._held_tokens)
+                if self._inflight is not None:
+                    self._count_inflight(ctx, 0, -ctx._held_tokens)
                 ctx._held_tokens = 0
             self._core.observe_ttft(ctx.request_id, ctx.first_token_at - ctx.started_at)
             if self._flow is not None:  # the decode guard's TTFT slack: counted from dispatch
