@@ -23,14 +23,14 @@ from tests.k8s_apiserver import pod, pool
 from tests.support import ChildProcess, async_wait_for, free_port, start_infergate
 
 
-def start_serve(c: Cluster, *source: str) -> tuple[ChildProcess, int, int]:
+def start_serve(c: Cluster, *source: str, workers: int = 1) -> tuple[ChildProcess, int, int]:
     port, admin = free_port(), free_port()
     args = [
         "serve",
         *source,
         *("--pool-namespace", "default", "--kubeconfig", str(c.kubeconfig)),
         *("--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)),
-        *("--metrics-auth", "disabled", "--grace", "5", "--debug-headers"),
+        *("--metrics-auth", "disabled", "--grace", "5", "--debug-headers", "--workers", str(workers)),
     ]
     return start_infergate(args, c.log_dir), port, admin
 
@@ -50,9 +50,15 @@ async def served_by(client: AsyncOpenAI) -> str:
     return str(raw.headers["x-gateway-destination-endpoint-served"])
 
 
-async def test_serve_routes_to_the_pods_a_selector_picks(cluster: Cluster) -> None:  # noqa: F811
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_serve_routes_to_the_pods_a_selector_picks(cluster: Cluster, workers: int) -> None:  # noqa: F811
     child, port, admin = start_serve(
-        cluster, "--endpoint-selector", "app=vllm", "--endpoint-target-ports", str(cluster.sim_port)
+        cluster,
+        "--endpoint-selector",
+        "app=vllm",
+        "--endpoint-target-ports",
+        str(cluster.sim_port),
+        workers=workers,
     )
     try:
         await async_wait_for(
@@ -69,8 +75,14 @@ async def test_serve_routes_to_the_pods_a_selector_picks(cluster: Cluster) -> No
 
         await async_wait_for(both_scraped, timeout=30, what="both replicas scraped")
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        served = {await served_by(client) for _ in range(12)}
-        assert served == keys, served  # the picker spreads twelve requests over both replicas
+        seen: set[str] = set()
+
+        async def both_served() -> bool:  # the picker spreads requests over both replicas
+            seen.add(await served_by(client))
+            return seen == keys
+
+        # with several workers each learns the Pods from the gateway process a moment later
+        await async_wait_for(both_served, timeout=30, what="requests on both replicas")
         models = await client.models.list()
         assert MODEL in {m.id for m in models.data}
 
@@ -82,7 +94,11 @@ async def test_serve_routes_to_the_pods_a_selector_picks(cluster: Cluster) -> No
             return await candidates() == keys - {gone}
 
         await async_wait_for(withdrawn, timeout=30, what="vllm-1 out of the pool")
-        assert {await served_by(client) for _ in range(6)} == keys - {gone}
+
+        async def avoided() -> bool:
+            return {await served_by(client) for _ in range(6)} == keys - {gone}
+
+        await async_wait_for(avoided, timeout=30, what="no request for the relabelled Pod")
         await client.close()
     finally:
         assert child.stop(signal.SIGTERM, timeout=30) == 0, child.output()
