@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, dataclass_transform
+from typing import Any, Literal, Protocol, TypeVar, dataclass_transform
 
 __all__ = [
     "DECODE_ROLES",
@@ -22,6 +22,7 @@ __all__ = [
     "ROLE_LABEL",
     "ApiKind",
     "Clock",
+    "ConcurrencyMode",
     "Endpoint",
     "EndpointMeta",
     "EndpointMetrics",
@@ -34,6 +35,7 @@ __all__ = [
     "RewriteTarget",
     "SchedulingResult",
     "ScoredEndpoint",
+    "concurrency_load",
 ]
 
 
@@ -347,3 +349,19 @@ class ModelRewrite:
     pool: str = ""
     namespace: str = "default"
     rules: tuple[RewriteRule, ...] = ()
+
+
+ConcurrencyMode = Literal["requests", "tokens", "hybrid"]
+
+
+def concurrency_load(endpoint: Endpoint, mode: ConcurrencyMode, max_requests: int, max_tokens: int) -> float:
+    """The endpoint's share of a fixed capacity the gateway's in-flight counts fill
+    (``concurrency-detector``): requests over ``max_requests``, estimated prompt tokens over
+    ``max_tokens``, or (hybrid) the larger share."""
+    requests = endpoint.in_flight / max_requests
+    tokens = endpoint.in_flight_tokens / max_tokens
+    if mode == "requests":
+        return requests
+    if mode == "tokens":
+        return tokens
+    return requests if requests > tokens else tokens

@@ -259,7 +259,7 @@ flowControl: {usageLimitPolicyPluginRef: soft-reflective-ceiling-policy}
 plugins: [{type: queue-scorer}, {type: concurrency-detector, parameters: {maxConcurrency: 100}}]
 flowControl: {saturationDetector: {pluginRef: concurrency-detector}}
 """,
-        "concurrency-detector",
+        None,
     ),
     (
         "metrics source over https, a CA that would check nothing",
@@ -388,12 +388,18 @@ def _check_passthrough(cfg: EndpointPickerConfig, s: Settings, on: bool, sched: 
 
 
 # What each example that loads changes: every one must state it (nothing loads without effect).
+def _check_concurrency(cfg: EndpointPickerConfig, settings: Settings, fc_on: bool, sched: Scheduler) -> None:
+    fc = settings.flow_control
+    assert (fc.detector, fc.concurrency_mode, fc.max_concurrency) == ("concurrency", "requests", 100)
+
+
 def _check_soft_ceiling(cfg: EndpointPickerConfig, settings: Settings, fc_on: bool, sched: Scheduler) -> None:
     assert fc_on and settings.flow_control.usage_limit == "soft-reflective-ceiling"
 
 
 EFFECTS = {
     "soft reflective ceiling": _check_soft_ceiling,
+    "concurrency detector": _check_concurrency,
     "GIE default with parser": _check_gie_default,
     "GIE full reference shape": _check_gie_full,
     "approx producer with parameters (sim-epp-config shape, without decode-filter)": _check_producer,

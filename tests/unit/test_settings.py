@@ -204,6 +204,13 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "flow_control.usage_limit_domain": ("value", flow(lambda c: getattr(c._limit, "domain", None))),
         "flow_control.ordering": ("slo-deadline", flow(lambda c: c._queues.ordering)),
         "flow_control.fairness": ("global-strict", flow(lambda c: c._queues.fairness)),
+        "flow_control.detector": ("concurrency", flow(lambda c: type(c._detector).__name__)),
+        "flow_control.concurrency_mode": ("hybrid", flow(lambda c: getattr(c._detector, "mode", None))),
+        "flow_control.max_concurrency": (8, flow(lambda c: getattr(c._detector, "max_concurrency", None))),
+        "flow_control.max_token_concurrency": (
+            4096,
+            flow(lambda c: getattr(c._detector, "max_token_concurrency", None)),
+        ),
         "flow_control.program_service_weight": (0.5, flow(lambda c: c._config.program_aware.service_weight)),
         "flow_control.program_wait_weight": (0.5, flow(lambda c: c._config.program_aware.wait_weight)),
         "flow_control.program_half_life": (0.0, flow(lambda c: c._config.program_aware.half_life)),
@@ -277,9 +284,14 @@ _HOLDBACK = {"flow_control.usage_limit": "priority-holdback", "flow_control.usag
 #: Settings a probe needs on both sides: the fields only the policy they name reads (any other
 #: policy refuses them).
 _PROGRAMS = {"flow_control.fairness": "program-aware"}
+_CONCURRENCY = {"flow_control.detector": "concurrency"}
 _COMPANIONS: dict[str, dict[str, Any]] = {
     **{f"flow_control.program_{k}": _PROGRAMS for k in ("service_weight", "wait_weight", "half_life")},
     **{f"flow_control.program_{k}": _PROGRAMS for k in ("idle_ttl", "sweep_interval")},
+    **{
+        f"flow_control.{k}": _CONCURRENCY
+        for k in ("concurrency_mode", "max_concurrency", "max_token_concurrency")
+    },
     "flow_control.usage_limit_ceiling": {"flow_control.usage_limit": "static"},
     "flow_control.usage_limit_min_ceiling": _HOLDBACK,
     "flow_control.usage_limit_domain": _HOLDBACK,

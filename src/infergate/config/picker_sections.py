@@ -58,6 +58,7 @@ FEATURE_GATES: dict[str, str | None] = {
 }
 
 UTILIZATION_DETECTOR = "utilization-detector"
+CONCURRENCY_DETECTOR = "concurrency-detector"
 STATIC_USAGE_LIMIT = "static-usage-limit-policy"
 PRIORITY_HOLDBACK = "priority-holdback-policy"
 SOFT_REFLECTIVE_CEILING = "soft-reflective-ceiling-policy"
@@ -194,6 +195,16 @@ class UtilizationDetectorParams(_Strict):
                 "scheduling filter in infergate); omit it or set 0"
             )
         return value
+
+
+class ConcurrencyDetectorParams(_Strict):
+    """``concurrency-detector`` parameters (the reference's names and defaults); ``headroom`` is
+    read by its scheduling-filter role only."""
+
+    concurrency_mode: Literal["requests", "tokens", "hybrid"] = "requests"
+    max_concurrency: int = Field(default=100, gt=0)
+    max_token_concurrency: int = Field(default=1_000_000, gt=0)
+    headroom: float = Field(default=0.0, ge=0.0)
 
 
 _GATEWAY_PATHS = ("/v1/models", "/health", "/healthz")
@@ -339,7 +350,16 @@ class _Reader:
             name = detectors[0]
         else:
             name = ref.plugin_ref
-            self._ref(name, f"{where}.pluginRef", (UTILIZATION_DETECTOR,), "saturation detector")
+            kinds = (UTILIZATION_DETECTOR, CONCURRENCY_DETECTOR)
+            if self._ref(name, f"{where}.pluginRef", kinds, "saturation detector") == CONCURRENCY_DETECTOR:
+                c = _validate(ConcurrencyDetectorParams, self.params[name], f"plugins[{name}].parameters")
+                self.effects.update(
+                    detector="concurrency",
+                    concurrency_mode=c.concurrency_mode,
+                    max_concurrency=c.max_concurrency,
+                    max_token_concurrency=c.max_token_concurrency,
+                )
+                return
         params = _validate(UtilizationDetectorParams, self.params[name], f"plugins[{name}].parameters")
         self.effects.update(
             queue_threshold=params.queue_depth_threshold,

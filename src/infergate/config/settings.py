@@ -314,6 +314,16 @@ class FlowControlSettings(_Group):
     """Queued requests over all bands (``flowControl.maxRequests``); unset: unlimited."""
     max_queued_bytes_total: int | None = Field(default=None, ge=1)
     """Queued request bytes over all bands (``flowControl.maxBytes``); unset: unlimited."""
+    detector: Literal["utilization", "concurrency"] = "utilization"
+    """How saturation is judged: ``utilization`` from what the model servers report (queue, KV
+    cache; the settings below), ``concurrency`` from the gateway's in-flight counts against a
+    fixed capacity per endpoint (``concurrency-detector``; the ``*concurrency*`` settings)."""
+    concurrency_mode: Literal["requests", "tokens", "hybrid"] = "requests"
+    """``concurrency``: count requests, estimated prompt tokens, or per endpoint the fuller of both."""
+    max_concurrency: int = Field(default=100, ge=1)
+    """``concurrency``: requests one endpoint holds at capacity (``maxConcurrency``)."""
+    max_token_concurrency: int = Field(default=1_000_000, ge=1)
+    """``concurrency``: prompt tokens in flight one endpoint holds at capacity (``maxTokenConcurrency``)."""
     queue_threshold: int = Field(default=5, ge=1)
     """Waiting requests per endpoint at which it counts as saturated (``queueDepthThreshold``)."""
     kv_threshold: float = Field(default=0.8, gt=0)
@@ -345,6 +355,17 @@ class FlowControlSettings(_Group):
     streams' TPOT); unset: half of ``ttft_slo`` (0.5 s by default); 0 turns the guard off. The guard
     judges over the last ``ttft_slo`` seconds of reports, so with both unset it scales with the SLO
     (a pool of slower replicas, e.g. a bigger model, is told a larger SLO and nothing else)."""
+
+    @model_validator(mode="after")
+    def _concurrency_fields(self) -> FlowControlSettings:
+        """The concurrency detector's settings are refused with the utilization detector."""
+        if self.detector != "concurrency":
+            for name, default in (("concurrency_mode", "requests"), ("max_concurrency", 100)):
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name}: read only with detector: concurrency")
+            if self.max_token_concurrency != 1_000_000:
+                raise ValueError("max_token_concurrency: read only with detector: concurrency")
+        return self
 
     @model_validator(mode="after")
     def _program_fields(self) -> FlowControlSettings:

@@ -581,7 +581,7 @@ class FlowCore:
         bands = sorted({0, *q.bands(), *(o.priority for o in self._ds.objectives())})
         return FlowControlState(
             pool=self.pool_name(),
-            detector="utilization-detector",
+            detector=self._detector.plugin_type,
             stale_endpoints=stale,
             bands=tuple(
                 BandUtilization(

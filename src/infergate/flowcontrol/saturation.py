@@ -165,6 +165,9 @@ class SaturationDetector:
             report before it counts as full (see the module docstring); ``None``: not counted.
     """
 
+    plugin_type = "utilization-detector"
+    """The reference's name for this rule (the ``detector`` label of the stale-endpoint gauge)."""
+
     def __init__(
         self,
         *,

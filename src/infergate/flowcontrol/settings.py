@@ -8,6 +8,7 @@ flow control.
 from __future__ import annotations
 
 from infergate.config.settings import Settings
+from infergate.flowcontrol.concurrency import ConcurrencyDetector
 from infergate.flowcontrol.config import FOLLOW_DEFAULT_TTL, FlowControlConfig
 from infergate.flowcontrol.decode_guard import DecodeGuard
 from infergate.flowcontrol.program_aware import ProgramAwareParams
@@ -28,13 +29,21 @@ def flow_control_from_settings(
     wait inside the gateway (the built-in proxy); ``None`` when they reach the model server's queue.
     """
     s = settings.flow_control
-    detector = SaturationDetector(
-        queue_threshold=s.queue_threshold,
-        kv_threshold=s.kv_threshold,
-        staleness=s.saturation_staleness,
-        connection_limit=connection_limit,
-        frontend_wait=s.frontend_wait,
-    )
+    detector: SaturationDetector
+    if s.detector == "concurrency":
+        detector = ConcurrencyDetector(
+            mode=s.concurrency_mode,
+            max_concurrency=s.max_concurrency,
+            max_token_concurrency=s.max_token_concurrency,
+        )
+    else:
+        detector = SaturationDetector(
+            queue_threshold=s.queue_threshold,
+            kv_threshold=s.kv_threshold,
+            staleness=s.saturation_staleness,
+            connection_limit=connection_limit,
+            frontend_wait=s.frontend_wait,
+        )
     config = FlowControlConfig(
         enabled=s.enabled,
         default_ttl=s.request_ttl,

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
+from infergate.config.picker_sections import ConcurrencyDetectorParams
 from infergate.scheduling.sdk.framework import CycleState, Params
-from infergate.types import Endpoint, InferenceRequest
+from infergate.types import ConcurrencyMode, Endpoint, InferenceRequest, concurrency_load
 
 __all__ = ["LoraAffinityFilter", "LoraAffinityFilterParams", "LowQueueFilter", "LowQueueFilterParams"]
 
@@ -81,3 +82,21 @@ class LoraAffinityFilter:
         if affinity and available:
             return affinity if self._rng.random() < self._threshold else available
         return affinity or available or candidates
+
+
+class ConcurrencyFilter:
+    """``concurrency-detector`` in a profile: drops endpoints whose in-flight load has reached
+    ``capacity x (1 + headroom)`` (requests, estimated prompt tokens, or either in ``hybrid``);
+    none left: all kept. Its role in flow control is :mod:`infergate.flowcontrol.concurrency`'s."""
+
+    def __init__(self, params: ConcurrencyDetectorParams | None = None) -> None:
+        p = params or ConcurrencyDetectorParams()
+        self._mode: ConcurrencyMode = p.concurrency_mode
+        self._max = (p.max_concurrency, p.max_token_concurrency)
+        self._limit = 1.0 + p.headroom
+
+    def filter(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
+    ) -> Sequence[Endpoint]:
+        kept = [e for e in candidates if concurrency_load(e, self._mode, *self._max) < self._limit]
+        return kept or candidates

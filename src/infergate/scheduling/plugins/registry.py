@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from infergate.config.picker_sections import (
+    ConcurrencyDetectorParams,
     PassthroughParserParams,
     PriorityHoldbackParams,
     ProgramAwareFairnessParams,
@@ -33,6 +34,7 @@ from infergate.scheduling.plugins.disagg import (
     RoleFilter,
 )
 from infergate.scheduling.plugins.filters import (
+    ConcurrencyFilter,
     LoraAffinityFilter,
     LoraAffinityFilterParams,
     LowQueueFilter,
@@ -200,7 +202,6 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
 REFUSED_TYPES: dict[str, str] = {
-    "concurrency-detector": "saturation is measured from model-server metrics; use utilization-detector",
     "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
@@ -278,6 +279,7 @@ def default_registry() -> PluginRegistry:
     r.register_scorer(
         "topology-affinity-scorer", TopologyScorerParams, lambda p, c: TopologyAffinityScorer(p)
     )
+    r.register_filter("concurrency-detector", ConcurrencyDetectorParams, lambda p, c: ConcurrencyFilter(p))
     r.register_helper("latency-slo-admitter", NoParams, lambda p, c: LatencySloAdmitter(name=c.name))
     r.register_filter(
         "slo-headroom-tier-filter", SloHeadroomParams, lambda p, c: SloHeadroomTierFilter(p, rng=c.rng)
