@@ -1,5 +1,6 @@
-"""``session-affinity-scorer``: exact scores for both strategies, bindings with TTL on a fake clock,
-and the ``x-session-token`` response header through the built-in proxy, echoed back by a client."""
+"""``session-affinity-scorer`` and ``-filter``: exact scores for both strategies, the filter's pin,
+bindings with TTL on a fake clock, and the ``x-session-token`` response header through the built-in
+proxy, echoed back by a client."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from infergate.config.picker import parse_picker_config
 from infergate.errors import ConfigError
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.scheduling.plugins.session_affinity import (
+    SessionAffinityFilter,
     SessionAffinityParams,
     SessionAffinityScorer,
     session_token,
@@ -51,6 +53,31 @@ def test_encoded_endpoint_header_strategy() -> None:
     gone = base64.b64encode(b"ns/pod-9").decode()
     assert dict(s.score(req(**{"x-session-token": gone}), CANDS, CycleState())) == {}
     assert s.response_headers(ep(3)) == {"x-session-token": session_token(ep(3))}
+
+
+def test_the_filter_pins_the_session_s_endpoint_and_passes_everyone_otherwise() -> None:
+    f = SessionAffinityFilter()
+    token = session_token(ep(2))
+    assert f.filter(req(**{"x-session-token": token}), CANDS, CycleState()) == [ep(2)]
+    for headers in ({}, {"x-session-token": "%%%"}, {"x-session-token": session_token(ep(9))}):
+        assert f.filter(req(**headers), CANDS, CycleState()) == CANDS
+    # session_id: unbound passes everyone; after a pick it pins there; a departed endpoint rebinds
+    clock = Clock()
+    sid = SessionAffinityFilter(SessionAffinityParams.model_validate({"strategy": "session_id"}), clock=clock)
+    first = req(**{"x-session-id": "s1"})
+    assert sid.filter(first, CANDS, CycleState()) == CANDS
+    sid.post_pick(first, SchedulingResult(profile="default", targets=(ep(3),)), CycleState())
+    assert sid.filter(first, CANDS, CycleState()) == [ep(3)]
+    assert sid.filter(first, [ep(1), ep(2)], CycleState()) == [ep(1), ep(2)]
+    # in a config: a filter stage of its profile, and it writes the token as the scorer does
+    cfg = parse_picker_config(
+        "plugins: [{type: session-affinity-filter}, {type: queue-scorer}]\n"
+        "schedulingProfiles: [{name: default, plugins: [{pluginRef: session-affinity-filter}, "
+        "{pluginRef: queue-scorer}]}]\n"
+    )
+    s = build_scheduler(cfg)
+    assert [slot.name for slot in s.profiles["default"].filters] == ["session-affinity-filter"]
+    assert s.response_headers(ep(1)) == {"x-session-token": session_token(ep(1))}
 
 
 def test_session_id_strategy_binds_and_expires() -> None:

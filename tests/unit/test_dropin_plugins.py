@@ -206,7 +206,7 @@ plugins: [{type: header-based-testing-filter}, {type: max-score-picker}]
         ("{type: load-aware-scorer, parameters: {threshold: 0}}", "threshold"),
         ("{type: active-request-scorer, parameters: {requestTimeout: 2m}}", "requestTimeout"),
         ("{type: no-hit-lru-scorer, parameters: {lruSize: 0}}", "lruSize"),
-        ("{type: session-affinity-filter}", "use session-affinity-scorer"),
+        ("{type: session-affinity-filter, parameters: {profileName: prefill}}", "profileName"),
         ("{type: utilization-filter, parameters: {conditions: []}}", "conditions"),
     ],
 )

@@ -68,7 +68,11 @@ from infergate.scheduling.plugins.scorers import (
     QueueScorer,
     RunningRequestsScorer,
 )
-from infergate.scheduling.plugins.session_affinity import SessionAffinityParams, SessionAffinityScorer
+from infergate.scheduling.plugins.session_affinity import (
+    SessionAffinityFilter,
+    SessionAffinityParams,
+    SessionAffinityScorer,
+)
 from infergate.scheduling.plugins.topology import (
     TopologyAffinityFilter,
     TopologyAffinityParams,
@@ -202,7 +206,6 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
 
 # Reference types infergate knows and refuses, with the reason shown to the operator.
 REFUSED_TYPES: dict[str, str] = {
-    "session-affinity-filter": "sessions steer by score only; use session-affinity-scorer",
     "vllmgrpc-parser": "model servers are reached over HTTP only",
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
     "disagg-headers-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
@@ -278,6 +281,9 @@ def default_registry() -> PluginRegistry:
     )
     r.register_scorer(
         "topology-affinity-scorer", TopologyScorerParams, lambda p, c: TopologyAffinityScorer(p)
+    )
+    r.register_filter_post_pick(
+        "session-affinity-filter", SessionAffinityParams, lambda p, c: SessionAffinityFilter(p, clock=c.clock)
     )
     r.register_filter("concurrency-detector", ConcurrencyDetectorParams, lambda p, c: ConcurrencyFilter(p))
     r.register_helper("latency-slo-admitter", NoParams, lambda p, c: LatencySloAdmitter(name=c.name))

@@ -12,6 +12,9 @@ Two strategies, as upstream:
   forgets bindings unused for ``evictionTtlSeconds``. An unbound id, or a bound endpoint that is not
   a candidate, scores 0 everywhere (the request then rebinds to wherever it goes).
 
+``session-affinity-filter`` (:class:`SessionAffinityFilter`) takes the same parameters and pins
+instead of preferring: the session's endpoint becomes the only candidate while it is one.
+
 Per-profile instances (``profileName``, for P/D) and request-attribute sources are refused: infergate
 runs one profile and publishes no request attributes.
 """
@@ -29,7 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import Clock, Endpoint, InferenceRequest, SchedulingResult
 
-__all__ = ["SessionAffinityParams", "SessionAffinityScorer", "session_token"]
+__all__ = ["SessionAffinityFilter", "SessionAffinityParams", "SessionAffinityScorer", "session_token"]
 
 
 class EncodedHeaderConfig(Params):
@@ -141,3 +144,19 @@ class SessionAffinityScorer:
     def sessions(self) -> int:
         """Bindings held (``session_id`` strategy)."""
         return len(self._bindings)
+
+
+class SessionAffinityFilter(SessionAffinityScorer):
+    """``session-affinity-filter``: the session's endpoint as the only candidate, a hard pin where
+    the scorer is a preference. No session, an undecodable token, an unbound id or a session
+    endpoint that is not a candidate: every candidate passes (the filter never empties the set).
+    It writes ``x-session-token`` and keeps ``session_id`` bindings as the scorer does."""
+
+    def filter(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], state: CycleState, /
+    ) -> Sequence[Endpoint]:
+        pinned = self.score(request, candidates, state)
+        if not pinned:
+            return candidates
+        kept = [e for e in candidates if e.key in pinned]
+        return kept or candidates

@@ -32,6 +32,7 @@ __all__ = [
     "EndpointStateHolder",
     "ExtensionPoint",
     "Filter",
+    "FilterPostPick",
     "FilterScorer",
     "NoParams",
     "Params",
@@ -152,6 +153,10 @@ class PostPick(Protocol):
 
 class FilterScorer(Filter, Scorer, Protocol):
     """A plugin that filters and scores (``context-length-aware``)."""
+
+
+class FilterPostPick(Filter, PostPick, Protocol):
+    """A filter that learns from each pick of its profile (``session-affinity-filter``)."""
 
 
 class ScorerPostPick(Scorer, PostPick, Protocol):
@@ -302,6 +307,12 @@ class PluginRegistry:
         self, name: str, params: type[P], factory: Callable[[P, PluginContext], Picker]
     ) -> None:
         self._add(name, params, factory, ExtensionPoint.PICKER)
+
+    def register_filter_post_pick(
+        self, name: str, params: type[P], factory: Callable[[P, PluginContext], FilterPostPick]
+    ) -> None:
+        """A filter whose PostPick hook runs after every successful pick of its profile."""
+        self._add(name, params, factory, ExtensionPoint.FILTER, ExtensionPoint.POST_PICK)
 
     def register_scorer_post_pick(
         self, name: str, params: type[P], factory: Callable[[P, PluginContext], ScorerPostPick]
