@@ -96,6 +96,32 @@ def test_bursts_fix_their_offsets_and_poisson_fills_the_rest() -> None:
     assert times[-1] / len(times) == pytest.approx(0.1, rel=0.15)
 
 
+def test_rollout_bursts_send_each_prompt_as_a_group_of_samples() -> None:
+    bursts = load_workload("bursts")
+    assert isinstance(bursts.workload, workloads.BurstWorkload)
+    spec = bursts.model_copy(update={"workload": bursts.workload.model_copy(update={"samples": 4})})
+    for requests in (generate(spec), stream(spec, 40, seed=3)):
+        groups = [requests[i : i + 4] for i in range(0, 40, 4)]
+        for group in groups:
+            assert len({(r.prompt, r.model, r.group) for r in group}) == 1
+        # each group its own prompt; each sample its own answer length
+        assert len({g[0].prompt for g in groups}) == len(groups)
+        assert len({r.max_tokens for g in groups for r in g}) > len(groups)
+    # one sample per prompt is the workload as it was: the same draws, in the same order
+    one = bursts.model_copy(update={"workload": bursts.workload.model_copy(update={"samples": 1})})
+    assert stream(one, 40, seed=3) == stream(bursts, 40, seed=3)
+    assert generate(one) == generate(bursts)
+
+
+def test_only_samples_of_one_prompt_are_sent_whole_again() -> None:
+    """``bench_whole_prompts.py``: what a workload would meet the copy charge with."""
+    from bench.bench_whole_prompts import HOLDOUT, whole_share
+
+    assert whole_share(HOLDOUT / "rollout-groups.yaml", 400, 16) == 350 / 400  # 7 of every 8
+    assert whole_share("bursts", 400, 16) == 0.0
+    assert whole_share("multi-tenant-chat", 400, 16) == 0.0  # shared prefixes, never whole prompts
+
+
 def test_bad_workload_names_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "w.yaml"
     bad.write_text("name: x\nworkload: {type: mix, requests: 0, models: [{name: m}]}\n")

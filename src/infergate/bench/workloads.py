@@ -137,6 +137,10 @@ class BurstWorkload(_Model):
     prompt: LengthDist = LengthDist(mean=256)
     answer: LengthDist = LengthDist(mean=128)
     models: tuple[ModelShare, ...] = (ModelShare(name="meta-llama/Llama-3.1-8B-Instruct"),)
+    samples: int = Field(default=1, ge=1)
+    """Requests per prompt: a burst is groups of ``samples`` requests with the same prompt and
+    model, each with its own answer length, as a reinforcement-learning rollout asks a policy for
+    several samples of each prompt at once (GRPO's group). 1: every request its own prompt."""
 
 
 class RequestClass(_Model):
@@ -393,11 +397,16 @@ def _independent(
     models: Sequence[ModelShare],
     chat: bool,
     text_fn: TextFn = _text,
+    samples: int = 1,
 ) -> list[BenchRequest]:
+    """``count`` requests; each prompt (and model) is drawn once for ``samples`` requests in a row,
+    which then share it whole (group ``prompt-N``), else each request draws its own."""
     out = []
+    model = text = ""
     for i in range(count):
-        model = _pick_model(rng, models)
-        text = text_fn(rng, prompt.sample(rng))
+        if i % samples == 0:
+            model = _pick_model(rng, models)
+            text = text_fn(rng, prompt.sample(rng))
         messages = ({"role": "user", "content": text},) if chat else None
         out.append(
             BenchRequest(
@@ -406,7 +415,7 @@ def _independent(
                 max_tokens=answer.sample(rng),
                 prompt=None if chat else text,
                 messages=messages,
-                group=model,
+                group=model if samples == 1 else f"prompt-{i // samples}",
             )
         )
     return out
@@ -476,7 +485,9 @@ def generate(spec: WorkloadSpec) -> list[BenchRequest]:
         )
     if isinstance(w, ClassesWorkload):
         return _with_clients(spec, _classes(w, rng, w.requests))
-    requests = _independent(rng, w.bursts * w.burst_size, w.prompt, w.answer, w.models, False)
+    requests = _independent(
+        rng, w.bursts * w.burst_size, w.prompt, w.answer, w.models, False, samples=w.samples
+    )
     return _with_clients(
         spec,
         [
@@ -518,7 +529,10 @@ def stream(spec: WorkloadSpec, count: int, *, seed: int = 0) -> list[BenchReques
     if isinstance(w, ClassesWorkload):
         return _with_clients(sub, _classes(w, rng, count, _text_fast))
     chat = isinstance(w, MixWorkload) and w.api == "chat"
-    return _with_clients(sub, _independent(rng, count, w.prompt, w.answer, w.models, chat, _text_fast))
+    samples = w.samples if isinstance(w, BurstWorkload) else 1
+    return _with_clients(
+        sub, _independent(rng, count, w.prompt, w.answer, w.models, chat, _text_fast, samples)
+    )
 
 
 def _phase_counts(spec: WorkloadSpec, count: int) -> list[int]:
