@@ -8,7 +8,7 @@ from itertools import takewhile
 
 import pytest
 
-from infergate.config.picker import parse_picker_config
+from infergate.config.picker import default_picker_config, parse_picker_config
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.scheduling.plugins.latency import LatencyParams, LatencyRecord, PredictedLatencyScorer
 from infergate.scheduling.plugins.latency_prefix import (
@@ -771,6 +771,9 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
                 for i, e in enumerate(pool):
                     answer = max(1.0, oracle._state[e.key].avg_answer_tokens)
                     costs[i] += e.metrics.running_requests * (prefills[i] - least) / answer / 50.0
+            if m >= len(hashes):  # someone holds the whole prompt: a copy delays the queue behind it
+                for i, e in enumerate(pool):
+                    costs[i] += (1 + e.metrics.waiting_queue_size) * (prefills[i] - least) / 1000.0
         assert list(got.values()) == [min(costs) / c if c > 0 else 1.0 for c in costs], cycle
         assert fast._state == oracle._state, cycle  # the frontend brought up to now alike
         # both account the same pick and learn from the same answer: their histories stay equal
@@ -852,3 +855,38 @@ def test_prefix_demand_forgets_prompts_seen_once_before_a_hot_prefix() -> None:
     # hot's share is still a half: 4 candidates x 1/2 need 2 holders, it has 1 (had its count
     # started again with the others', it would be a sixth of the decayed total, needing 0.6)
     assert d.short_of_holders(hot, {"a": 39}, keys, t)
+
+
+def test_samples_of_one_prompt_sent_together_stay_where_it_is_prefilled() -> None:
+    """Four samples of one 1,000-token prompt sent together (a rollout's group) to two servers
+    with requests waiting, under the default profile. From the second sample on, the sample's
+    own TTFT is the same on the holder ``a`` (the backlog the first sample's prefill joined) as
+    on ``b`` (its own 25 ms prefill), and the in-flight term would send it to ``b``. But the
+    copy is also 25 ms every request queued on ``b`` waits for: charged for them (two waiting,
+    so three times), the samples stay on ``a``. A prompt that only starts like the first (the
+    same document, another question) is no copy of it: it goes to ``b``."""
+    clock = Clock()
+    sched = build_scheduler(default_picker_config(lora=False), clock=clock)
+    in_flight = {"a": 0, "b": 0}
+
+    def pick(prompt: str, rid: str) -> str:
+        pool = [
+            make_endpoint(
+                n,
+                in_flight=k,
+                waiting_queue_size=2,
+                running_requests=20,
+                num_gpu_blocks=26_000,
+                block_size=16,
+            )
+            for n, k in in_flight.items()
+        ]
+        key = sched.schedule(req(prompt, rid=rid), pool).primary.key
+        in_flight[key.split(":")[0]] += 1
+        return key
+
+    prompt = "p" * 4000
+    first = pick(prompt, "s0")
+    assert [pick(prompt, f"s{i}") for i in range(1, 4)] == [first] * 3
+    other = "b:8000" if first == "a:8000" else "a:8000"
+    assert pick(prompt[:-64] + "q" * 64, "d") == other

@@ -50,7 +50,8 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   candidate lacking it is not charged the blocks the best holder has, so a hot prefix spreads;
   otherwise, while the best holders have no waiting queue (or whatever their queues, for a shared
   prefix when the shared prefixes do not fit in one server's cache together), a candidate is
-  also charged what the prefill it would do beyond theirs costs the streams it runs
+  also charged what the prefill it would do beyond theirs costs the streams it runs, and where
+  one holds the whole prompt, that prefill again for itself and each request waiting there
   (:mod:`.latency_prefix`).
 
 Every prediction is corrected online: the data plane reports each request's observed TTFT, and a
@@ -78,7 +79,12 @@ from dataclasses import field
 from itertools import islice
 
 from infergate.scheduling.plugins.adapter_slots import AdapterDemand
-from infergate.scheduling.plugins.latency_prefix import charge_misses, parts_crowded, spread_short_prefix
+from infergate.scheduling.plugins.latency_prefix import (
+    charge_copies,
+    charge_misses,
+    parts_crowded,
+    spread_short_prefix,
+)
 from infergate.scheduling.plugins.latency_records import (
     AccountingRecord,
     LatencyRecord,
@@ -383,6 +389,8 @@ class PredictedLatencyScorer:
             crowded = parts_crowded(self.index, hashes, matched, candidates, p.lru_capacity_per_server)
             prefill = [pred[3] for pred in predictions]
             charge_misses(costs, candidates, prefill, self._state, tpot_slo, crowded=crowded)
+            if max(matched.values()) >= len(hashes):  # a candidate holds the whole prompt
+                charge_copies(costs, candidates, prefill, ttft_slo)
         by_key = dict(zip(keys, predictions, strict=True))
         state.put(_CYCLE, _Cycle(hashes=hashes, prompt_tokens=prompt_tokens, predictions=by_key))
         best = min(costs)

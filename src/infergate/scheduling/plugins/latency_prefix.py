@@ -1,12 +1,13 @@
 """What a prefix hit or miss is worth beyond the request's own TTFT, for ``predicted-latency-scorer``.
 
-The scorer's cost charges a miss once, as the prefill it adds to the request's own TTFT. Two
-corrections then apply to the candidates' costs, each for one situation where that charge is
+The scorer's cost charges a miss once, as the prefill it adds to the request's own TTFT.
+Corrections then apply to the candidates' costs, each for one situation where that charge is
 wrong: a prefix too few servers hold for its share of the traffic must spread, so a candidate
 lacking it is not charged (:func:`spread_short_prefix`); otherwise the streams a candidate
 already runs pay for its extra prefill too, so a miss costs more than the request's own wait
-(:func:`charge_misses`). They are plain functions over the scorer's per-candidate values, apart
-from the model itself in :mod:`infergate.scheduling.plugins.latency`.
+(:func:`charge_misses`), and a copy of a prompt some candidate holds whole costs the requests
+queued behind it (:func:`charge_copies`). They are plain functions over the scorer's
+per-candidate values, apart from the model itself in :mod:`infergate.scheduling.plugins.latency`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from infergate.scheduling.plugins.latency_state import EndpointState
 from infergate.scheduling.plugins.prefix import PrefixIndex
 from infergate.types import Endpoint
 
-__all__ = ["SHARED_PREFIX_FILL", "charge_misses", "parts_crowded", "spread_short_prefix"]
+__all__ = ["SHARED_PREFIX_FILL", "charge_copies", "charge_misses", "parts_crowded", "spread_short_prefix"]
 
 SHARED_PREFIX_FILL = 0.5
 """The shared prefixes crowd each other out once they take more than this share of one server's
@@ -115,3 +116,26 @@ def charge_misses(
             answer = states[endpoint.meta.key].avg_answer_tokens
             answer = answer if answer > 1.0 else 1.0
             costs[i] += endpoint.metrics.running_requests * extra / answer / tpot_slo_ms
+
+
+def charge_copies(
+    costs: list[float], candidates: Sequence[Endpoint], prefill_ms: Sequence[float], ttft_slo_ms: float
+) -> None:
+    """Charge each candidate the prefill it would do beyond the best holder's once more for
+    itself and once for each request waiting there, at the TTFT price, when a candidate holds
+    the whole prompt.
+
+    Samples of one prompt sent together (several answers to one question; a reinforcement-learning
+    rollout's group of 8 or 16) find the first sample's prompt on its server. A sample's own TTFT
+    is then about the same everywhere: on the holder it waits for the backlog the first sample's
+    prefill joined, elsewhere it prefills the prompt itself. So the in-flight term spread the
+    group one per server and every server prefilled the prompt. The copy is the pool's loss:
+    prefill time the requests behind it wait for too, about as many as wait there now (a queue
+    that holds steady keeps its length). Only whole prompts: a copy of a shared prefix (a
+    tenant's system prompt, with its own question) spreads a burst (:func:`charge_misses`).
+    """
+    least = min(prefill_ms)
+    for i, (endpoint, prefill) in enumerate(zip(candidates, prefill_ms, strict=True)):
+        extra = prefill - least
+        if extra > 0.0:
+            costs[i] += (1 + endpoint.metrics.waiting_queue_size) * extra / ttft_slo_ms
