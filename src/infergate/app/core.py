@@ -26,7 +26,12 @@ from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.decisions import DecisionLog
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.precise_prefix import TokenProducerParams
-from infergate.scheduling.plugins.registry import CoreMetricsExtractorParams, MetricsDataSourceParams
+from infergate.scheduling.plugins.registry import (
+    CoreMetricsExtractorParams,
+    EngineConfigParams,
+    MetricsDataSourceParams,
+)
+from infergate.sources.dialects import Dialect, engine_dialect, get_dialect
 from infergate.sources.scraper import MetricsScraper, MetricsSource
 from infergate.sources.token_producer import RenderTokenProducer
 from infergate.telemetry import GatewayMetrics
@@ -126,6 +131,7 @@ def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
         engine = {
             "engine_label": e.engine_label_key,
             "default_engine": None if e.default_engine == "vllm" else e.default_engine,
+            "engines": tuple(_engine_dialect(c) for c in e.engine_configs),
         }
     if not specs:
         return MetricsSource(**engine) if engine else None
@@ -137,6 +143,28 @@ def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
         tls=_scrape_tls(p, where) if p.scheme == "https" else None,
         interval=parse_go_duration(p.interval) if p.interval else None,
         **engine,
+    )
+
+
+def _engine_dialect(c: EngineConfigParams) -> Dialect:
+    """One ``engineConfigs`` entry as the scraper's dialect (replacing a built-in of that name)."""
+    try:
+        builtin: Dialect | None = get_dialect(c.name)
+    except ConfigError:
+        builtin = None
+    return engine_dialect(
+        c.name,
+        queued=c.queued_requests_spec,
+        running=c.running_requests_spec,
+        kv_usage=c.kv_usage_spec,
+        lora=c.lora_spec,
+        cache_info=c.cache_info_spec,
+        cache_block_size_label=c.cache_block_size_label_name,
+        cache_num_blocks_label=c.cache_num_blocks_label_name,
+        block_size=c.cache_block_size_spec,
+        num_blocks=c.cache_num_blocks_spec,
+        custom=[(m.attribute_key, m.metric_spec) for m in c.custom_metrics],
+        builtin=builtin,
     )
 
 

@@ -73,6 +73,9 @@ class MetricsSource:
     """The pod label naming an endpoint's engine (``core-metrics-extractor``'s ``engineLabelKey``)."""
     default_engine: str | None = None
     """The engine of endpoints without that label (``defaultEngine``); None: the pool's."""
+    engines: tuple[Dialect, ...] = ()
+    """``engineConfigs``: engines read by their configured metric names (a built-in's name
+    replaces the built-in), found by exact name before the built-in ones."""
 
 
 class _EndpointState:
@@ -164,13 +167,14 @@ class MetricsScraper:
         if self._source.interval is not None:  # rounded to a multiple of the base tick, as upstream
             interval *= max(1, round(self._source.interval / interval))
         metrics_path = metrics_path or self._source.path
+        self._engines = {d.name: d for d in self._source.engines}
         default = self._source.default_engine
-        if default is not None and dialect != "vllm" and get_dialect(default) is not get_dialect(dialect):
+        if default is not None and dialect != "vllm" and self._engine(default) is not self._engine(dialect):
             raise ConfigError(
                 f"core-metrics-extractor defaultEngine {default!r} and the pool's model server type "
                 f"{dialect!r} disagree; keep one"
             )
-        self._dialect: Dialect = get_dialect(
+        self._dialect: Dialect = self._engine(
             default if default is not None and dialect == "vllm" else dialect
         )
         self._explicit_path = metrics_path
@@ -340,6 +344,12 @@ class MetricsScraper:
             for fn in list(self._down_listeners):
                 fn(key)
 
+    def _engine(self, name: str) -> Dialect:
+        """The engine called ``name``: a configured one (``engineConfigs``), else a built-in;
+        ConfigError when neither."""
+        configured = self._engines.get(name)
+        return configured if configured is not None else get_dialect(name)
+
     def _dialect_for(self, key: str, state: _EndpointState) -> Dialect | None:
         """The endpoint's engine: its pod's engine label (llm-d's, else the GIE spelling), else the
         pool's default; None (and a warning, once) for a label naming no engine infergate reads."""
@@ -349,15 +359,16 @@ class MetricsScraper:
         if engine is None:
             return self._dialect
         try:
-            dialect = get_dialect(engine)
+            dialect = self._engine(engine)
         except ConfigError:
             if state.engine != engine:
                 log.warning(
                     "endpoint %s: engine label %s=%r names no engine whose metrics infergate reads "
-                    "(vllm, sglang, trtllm-serve, triton-tensorrt-llm); it is not scraped",
+                    "(%s); it is not scraped",
                     key,
                     self._source.engine_label,
                     engine,
+                    ", ".join(["vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm", *self._engines]),
                 )
             state.engine = engine
             return None

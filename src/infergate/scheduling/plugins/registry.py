@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from infergate.config.picker_sections import (
     ConcurrencyDetectorParams,
@@ -21,7 +21,7 @@ from infergate.config.picker_sections import (
     StaticUsageLimitParams,
     UtilizationDetectorParams,
 )
-from infergate.config.picker_units import parse_go_duration
+from infergate.config.picker_units import parse_go_duration, parse_metric_selector
 from infergate.scheduling.plugins.admitter import ProbabilisticAdmitter, ProbabilisticAdmitterParams
 from infergate.scheduling.plugins.disagg import (
     DECODE_ROLES,
@@ -106,7 +106,15 @@ from infergate.scheduling.plugins.upstream_plugins import (
 )
 from infergate.scheduling.sdk.framework import NoParams, Params, PluginRegistry
 
-__all__ = ["INERT_TYPES", "REFUSED_TYPES", "MetricsDataSourceParams", "default_registry"]
+__all__ = [
+    "BUILTIN_ENGINES",
+    "INERT_TYPES",
+    "REFUSED_TYPES",
+    "CoreMetricsExtractorParams",
+    "EngineConfigParams",
+    "MetricsDataSourceParams",
+    "default_registry",
+]
 
 
 class MetricsDataSourceParams(Params):
@@ -157,20 +165,85 @@ class InFlightLoadParams(Params):
     add_estimated_output_tokens: Literal[False] = False
 
 
-class CoreMetricsExtractorParams(Params):
-    """``core-metrics-extractor``: which engine's metric names an endpoint is read with: its pod's
-    ``engineLabelKey`` label, else ``defaultEngine`` (``vllm``: the pool's model server type)."""
+BUILTIN_ENGINES = ("vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm")
+"""The engine names whose metrics infergate reads without an ``engineConfigs`` entry."""
 
-    default_engine: Literal["vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm"] = "vllm"
-    engine_label_key: str = Field(default="llm-d.ai/engine-type", min_length=1)
-    engine_configs: list[object] | None = None
+
+def _selector(value: str) -> str:
+    if value:
+        parse_metric_selector(value)  # ValueError names what does not parse
+    return value
+
+
+class CustomMetricParams(Params):
+    """One ``customMetrics`` entry: the scalar ``metricSpec`` selects becomes the endpoint
+    attribute ``attributeKey`` of producer ``core-metrics-extractor``."""
+
+    attribute_key: str = Field(min_length=1)
+    metric_spec: str = Field(min_length=1)
+
+    _spec = field_validator("metric_spec")(_selector)
+
+
+class EngineConfigParams(Params):
+    """One ``engineConfigs`` entry: where engine ``name`` keeps each fact, as metric selectors
+    (``family`` or ``family{label=value}``); an empty spec means the engine does not say."""
+
+    name: str = Field(min_length=1)
+    queued_requests_spec: str = ""
+    running_requests_spec: str = ""
+    kv_usage_spec: str = ""
+    lora_spec: str = ""
+    cache_info_spec: str = ""
+    cache_block_size_label_name: str = ""
+    cache_num_blocks_label_name: str = ""
+    cache_block_size_spec: str = ""
+    cache_num_blocks_spec: str = ""
+    custom_metrics: list[CustomMetricParams] = Field(default_factory=list)
+
+    _specs = field_validator(
+        "queued_requests_spec",
+        "running_requests_spec",
+        "kv_usage_spec",
+        "lora_spec",
+        "cache_info_spec",
+        "cache_block_size_spec",
+        "cache_num_blocks_spec",
+    )(_selector)
 
     @model_validator(mode="after")
-    def _builtin_engines_only(self) -> CoreMetricsExtractorParams:
-        if self.engine_configs:
+    def _distinct_keys(self) -> EngineConfigParams:
+        if self.name == "default":
+            raise ValueError("name: 'default' is reserved (defaultEngine names the default engine)")
+        keys = [c.attribute_key for c in self.custom_metrics]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"customMetrics: attributeKey {twice[0]!r} is listed twice")
+        return self
+
+
+class CoreMetricsExtractorParams(Params):
+    """``core-metrics-extractor``: which engine's metric names an endpoint is read with: its pod's
+    ``engineLabelKey`` label, else ``defaultEngine`` (``vllm``: the pool's model server type).
+
+    ``engineConfigs`` adds engines (a custom ``name``) or replaces a built-in one's metric names
+    (the built-in's name: its specs as given, an empty one read as absent, as upstream); each may
+    read ``customMetrics`` into endpoint attributes."""
+
+    default_engine: str = "vllm"
+    engine_label_key: str = Field(default="llm-d.ai/engine-type", min_length=1)
+    engine_configs: list[EngineConfigParams] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_default(self) -> CoreMetricsExtractorParams:
+        names = [c.name for c in self.engine_configs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"engineConfigs: engine {twice[0]!r} is configured twice")
+        if self.default_engine not in (*BUILTIN_ENGINES, *names):
             raise ValueError(
-                "engineConfigs: custom engine metric mappings are not supported; infergate reads "
-                "vllm, sglang, trtllm-serve and triton-tensorrt-llm by their own metric names"
+                f"defaultEngine: {self.default_engine!r} is neither a built-in engine "
+                f"({', '.join(BUILTIN_ENGINES)}) nor named in engineConfigs"
             )
         return self
 
