@@ -338,7 +338,7 @@ def parse_metrics_report(text: str, dialect: str | Dialect, now: float) -> Parse
     if d.custom:
         values: dict[AttributeKey, float] = {}
         for key, spec in d.custom:
-            found = pick((spec,), True)
+            found = [s for s in pick((spec,), True) if math.isfinite(s.value)]
             if found:  # several series: the newest, else the first (as upstream)
                 newest = max(found, key=lambda s: s.timestamp or 0.0)
                 values[(key, CORE_METRICS_PRODUCER)] = newest.value

@@ -23,6 +23,12 @@ from infergate.config.picker_sections import (
 )
 from infergate.config.picker_units import parse_go_duration, parse_metric_selector
 from infergate.scheduling.plugins.admitter import ProbabilisticAdmitter, ProbabilisticAdmitterParams
+from infergate.scheduling.plugins.attributes import (
+    EndpointAttributeFilter,
+    EndpointAttributeFilterParams,
+    EndpointAttributeScorer,
+    EndpointAttributeScorerParams,
+)
 from infergate.scheduling.plugins.disagg import (
     DECODE_ROLES,
     PREFILL_ROLES,
@@ -357,6 +363,13 @@ def default_registry() -> PluginRegistry:
     )
     r.register_filter_post_pick(
         "session-affinity-filter", SessionAffinityParams, lambda p, c: SessionAffinityFilter(p, clock=c.clock)
+    )
+    # one named scalar per endpoint (plugins/attributes.py): custom metrics, GPU utilisation
+    r.register_filter(
+        "endpoint-attribute-filter", EndpointAttributeFilterParams, lambda p, c: EndpointAttributeFilter(p)
+    )
+    r.register_scorer(
+        "endpoint-attribute-scorer", EndpointAttributeScorerParams, lambda p, c: EndpointAttributeScorer(p)
     )
     r.register_filter("concurrency-detector", ConcurrencyDetectorParams, lambda p, c: ConcurrencyFilter(p))
     r.register_helper("latency-slo-admitter", NoParams, lambda p, c: LatencySloAdmitter(name=c.name))
