@@ -28,9 +28,11 @@ from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.precise_prefix import TokenProducerParams
 from infergate.scheduling.plugins.registry import (
     CoreMetricsExtractorParams,
+    DcgmDataSourceParams,
     EngineConfigParams,
     MetricsDataSourceParams,
 )
+from infergate.sources.dcgm import DcgmPoller, DcgmSource
 from infergate.sources.dialects import Dialect, engine_dialect, get_dialect
 from infergate.sources.scraper import MetricsScraper, MetricsSource
 from infergate.sources.token_producer import RenderTokenProducer
@@ -39,7 +41,7 @@ from infergate.types import Clock, PoolSpec
 
 from .pool_slo import reconcile_slo
 
-__all__ = ["PickerCore", "build_core", "start_plugin_tasks"]
+__all__ = ["PickerCore", "build_core", "dcgm_source", "start_plugin_tasks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,22 @@ def build_core(
     )
     tokens = token_producer(picker)
     director.set_token_producer(tokens)
+    dcgm = dcgm_source(picker)
+    pollers = []
+    if dcgm is not None:
+        pollers.append(
+            DcgmPoller(
+                datastore,
+                dcgm,
+                base_interval=s.scrape.interval,
+                timeout=s.scrape.timeout,
+                max_backoff=s.scrape.backoff_max,
+                metrics=metrics,
+                clock=clock,
+            )
+        )
     scraper = MetricsScraper.from_settings(
-        datastore, s, pool=pool, metrics=metrics, clock=clock, source=metrics_source(picker)
+        datastore, s, pool=pool, metrics=metrics, clock=clock, source=metrics_source(picker), pollers=pollers
     )
     return PickerCore(
         scheduler=scheduler, flow=flow, director=director, scraper=scraper, tokens=tokens, decisions=decisions
@@ -143,6 +159,31 @@ def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
         tls=_scrape_tls(p, where) if p.scheme == "https" else None,
         interval=parse_go_duration(p.interval) if p.interval else None,
         **engine,
+    )
+
+
+def dcgm_source(picker: EndpointPickerConfig) -> DcgmSource | None:
+    """Where the config's ``dcgm-data-source`` polls each endpoint's DCGM Exporter (None: it has
+    none; the config check refused one that ``dataLayer.sources`` does not wire to a
+    ``dcgm-extractor``)."""
+    spec = next((p for p in picker.plugins if p.type == "dcgm-data-source"), None)
+    if spec is None:
+        return None
+    p = DcgmDataSourceParams.model_validate(spec.parameters)
+    tls = None
+    if p.scheme == "https":
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if p.insecure_skip_verify:
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        else:
+            tls.load_default_certs()
+    return DcgmSource(
+        path=p.path,
+        port=p.port,
+        tls=tls,
+        use_node_address=p.use_node_address,
+        interval=parse_go_duration(p.interval) if p.interval else None,
     )
 
 

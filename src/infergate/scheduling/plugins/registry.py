@@ -117,6 +117,7 @@ __all__ = [
     "INERT_TYPES",
     "REFUSED_TYPES",
     "CoreMetricsExtractorParams",
+    "DcgmDataSourceParams",
     "EngineConfigParams",
     "MetricsDataSourceParams",
     "default_registry",
@@ -160,6 +161,33 @@ class MetricsDataSourceParams(Params):
             )
         if self.interval:
             parse_go_duration(self.interval)  # ValueError names a bad one
+        return self
+
+
+class DcgmDataSourceParams(Params):
+    """``dcgm-data-source``: where each endpoint's NVIDIA DCGM Exporter answers (upstream's
+    parameters and defaults; :class:`infergate.sources.dcgm.DcgmSource` applies them):
+    ``scheme://<pod address, or the node's with useNodeAddress>:port path``, every ``interval``
+    (a Go duration, rounded to a multiple of ``--refresh-metrics-interval``; empty: every tick)."""
+
+    scheme: Literal["http", "https"] = "http"
+    path: str = "/metrics"
+    port: int = Field(default=9400, ge=1, le=65535)
+    insecure_skip_verify: bool = True
+    use_node_address: bool = False
+    interval: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DcgmDataSourceParams:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path: {self.path!r} must start with /")
+        if self.interval:
+            try:
+                seconds = parse_go_duration(self.interval)
+            except ValueError as exc:
+                raise ValueError(f"interval: {exc}") from None
+            if seconds <= 0:
+                raise ValueError(f"interval: must be > 0 (got {self.interval!r})")
         return self
 
 
@@ -261,6 +289,9 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "single-profile-handler": NoParams,
     "metrics-data-source": MetricsDataSourceParams,
     "core-metrics-extractor": CoreMetricsExtractorParams,
+    # GPU utilisation per endpoint (sources/dcgm.py), wired through dataLayer.sources
+    "dcgm-data-source": DcgmDataSourceParams,
+    "dcgm-extractor": NoParams,
     "approx-prefix-cache-producer": PrefixCacheParams,
     "openai-parser": NoParams,
     "anthropic-parser": NoParams,
