@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar, dataclass_transform
@@ -185,8 +185,10 @@ class Attributes(Mapping[AttributeKey, float]):
     def __repr__(self) -> str:
         return f"Attributes({self._values!r})"
 
-    def __reduce__(self) -> tuple[type[Attributes], tuple[dict[AttributeKey, float]]]:
-        return (Attributes, (self._values,))
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[[dict[AttributeKey, float]], Attributes], tuple[dict[AttributeKey, float]]]:
+        return (_attributes, (self._values,))
 
     def of(self, producer: str) -> dict[str, float]:
         """The values ``producer`` published, by name."""
@@ -204,6 +206,11 @@ class Attributes(Mapping[AttributeKey, float]):
 
 NO_ATTRIBUTES = Attributes()
 """The attributes of an endpoint nothing publishes any for (shared)."""
+
+
+def _attributes(values: dict[AttributeKey, float]) -> Attributes:
+    """Unpickle: an empty mapping is the shared one again (a worker's copy keeps the fast path)."""
+    return Attributes(values) if values else NO_ATTRIBUTES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

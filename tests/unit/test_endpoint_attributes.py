@@ -42,6 +42,7 @@ def test_attributes_pickle_hash_and_compare_by_value() -> None:
     b = pickle.loads(pickle.dumps(a))
     assert b == a and hash(b) == hash(a) and b.get(GPU) == 0.5
     assert hash(EndpointMetrics(attributes=a)) == hash(EndpointMetrics(attributes=b))
+    assert pickle.loads(pickle.dumps(EndpointMetrics())).attributes is NO_ATTRIBUTES  # still shared
     assert a.with_producer("dcgm-extractor", {"GPUUtilization": 0.5}) is a  # unchanged: the same
     assert a.with_producer("dcgm-extractor", {}) is NO_ATTRIBUTES
 

@@ -22,6 +22,7 @@ from dataclasses import replace
 from infergate.config.settings import Settings
 from infergate.types import (
     CORE_METRICS_PRODUCER,
+    NO_ATTRIBUTES,
     Clock,
     Endpoint,
     EndpointMeta,
@@ -214,7 +215,7 @@ class Datastore:
         old = self._endpoints.get(key)
         if old is None:
             return
-        if old.metrics.attributes:  # only pools some source sets attributes on pay for this
+        if old.metrics.attributes is not NO_ATTRIBUTES:  # only where some source set attributes
             carried = old.metrics.attributes.with_producer(
                 CORE_METRICS_PRODUCER, metrics.attributes.of(CORE_METRICS_PRODUCER)
             )

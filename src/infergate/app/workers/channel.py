@@ -194,7 +194,11 @@ def apply_snapshot(ds: Datastore, snap: Snapshot) -> None:
             if late:
                 metrics = replace(metrics, waiting_queue_size=max(0, metrics.waiting_queue_size + late))
             ds.replace_metrics(ep.key, metrics)
-        elif metrics.attributes != mine.metrics.attributes:  # set between scrapes (dcgm-data-source)
+        elif (
+            metrics.attributes is not mine.metrics.attributes
+            and metrics.attributes != mine.metrics.attributes
+        ):
+            # set between scrapes (dcgm-data-source)
             ds.replace_metrics(ep.key, replace(mine.metrics, attributes=metrics.attributes))
         ds.set_healthy(ep.key, ep.healthy)
         ds.set_models(ep.key, snap.models.get(ep.key, frozenset()))
