@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar, dataclass_transform
 
 __all__ = [
+    "CORE_METRICS_PRODUCER",
     "DECODE_ROLES",
     "H2C",
+    "NO_ATTRIBUTES",
     "ROLE_LABEL",
     "ApiKind",
+    "AttributeKey",
+    "Attributes",
     "Clock",
     "ConcurrencyMode",
     "Endpoint",
@@ -136,6 +140,79 @@ ROLE_LABEL = "llm-d.ai/role"
 DECODE_ROLES = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
 
 
+AttributeKey = tuple[str, str]
+"""An endpoint attribute's ``(name, producer)``: llm-d-router keys an attribute by both, so two
+producers may publish the same name (``GPUUtilization`` of ``dcgm-extractor``)."""
+
+CORE_METRICS_PRODUCER = "core-metrics-extractor"
+"""The producer of the attributes read from the model server's own ``/metrics`` page (the custom
+metrics of ``core-metrics-extractor``'s ``engineConfigs``)."""
+
+
+class Attributes(Mapping[AttributeKey, float]):
+    """An endpoint's named scalar values, each with its producer: an immutable mapping.
+
+    Not a ``MappingProxyType``: snapshots cross to gateway workers pickled, and a proxy does not
+    pickle. ``get`` is the dict's own, so a plugin's lookup is one call. Most pools have no
+    attributes at all; they share :data:`NO_ATTRIBUTES`, and nothing is built per scrape.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[AttributeKey, float] | None = None) -> None:
+        self._values: dict[AttributeKey, float] = dict(values) if values else {}
+
+    def __getitem__(self, key: AttributeKey) -> float:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[AttributeKey]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: AttributeKey, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Attributes):
+            return self._values == other._values
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._values.items()))
+
+    def __repr__(self) -> str:
+        return f"Attributes({self._values!r})"
+
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[[dict[AttributeKey, float]], Attributes], tuple[dict[AttributeKey, float]]]:
+        return (_attributes, (self._values,))
+
+    def of(self, producer: str) -> dict[str, float]:
+        """The values ``producer`` published, by name."""
+        return {name: v for (name, p), v in self._values.items() if p == producer}
+
+    def with_producer(self, producer: str, values: Mapping[str, float]) -> Attributes:
+        """These attributes with ``producer``'s replaced by ``values`` (empty: removed); the
+        others kept. Returns ``self`` when nothing changes."""
+        kept = {k: v for k, v in self._values.items() if k[1] != producer}
+        kept.update(((name, producer), v) for name, v in values.items())
+        if kept == self._values:
+            return self
+        return Attributes(kept) if kept else NO_ATTRIBUTES
+
+
+NO_ATTRIBUTES = Attributes()
+"""The attributes of an endpoint nothing publishes any for (shared)."""
+
+
+def _attributes(values: dict[AttributeKey, float]) -> Attributes:
+    """Unpickle: an empty mapping is the shared one again (a worker's copy keeps the fast path)."""
+    return Attributes(values) if values else NO_ATTRIBUTES
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointMetrics:
     """What the scraper last read from one model server, already mapped from its engine's dialect.
@@ -156,6 +233,11 @@ class EndpointMetrics:
     """Requests the server has finished since it started (vLLM's ``request_success_total``, all
     finish reasons); None when the server does not export such a counter."""
     updated_at: float = 0.0
+    attributes: Attributes = NO_ATTRIBUTES
+    """Named scalar values with their producers (``GPUUtilization`` of ``dcgm-extractor``, the
+    custom metrics of ``core-metrics-extractor``), read by ``endpoint-attribute-filter`` and
+    ``endpoint-attribute-scorer``. Those of the core extractor come with each scrape; the others
+    are kept across scrapes by the datastore (:meth:`Datastore.update_metrics`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +252,10 @@ class EndpointMeta:
     labels: Mapping[str, str] = field(default_factory=dict)
     hostname: str = ""
     """The pod's ``spec.hostname`` (``topology-extractor``'s fallback for the host), if set."""
+    node_address: str = ""
+    """The address of the pod's node (``status.hostIP``), where a DaemonSet exporter on that node
+    answers (``dcgm-data-source``'s ``useNodeAddress``); empty when the source does not know it
+    (manifest files, static endpoints)."""
     key: str = field(init=False, repr=False, compare=False)
     """``address:port``: the value Envoy receives in ``x-gateway-destination-endpoint``. Computed
     once, because the scheduler reads it for every candidate of every request."""

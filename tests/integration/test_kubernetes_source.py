@@ -515,3 +515,15 @@ async def test_endpoints_reach_the_scraper(apiserver: FakeApiServer, tmp_path: P
     finally:
         for s in servers:
             await s.runner.cleanup()
+
+
+async def test_a_pods_host_ip_is_its_endpoints_node_address(apiserver: FakeApiServer, tmp_path: Path) -> None:
+    apiserver.apply(pool())
+    with_node = pod("vllm-0", "10.0.0.1")
+    with_node["status"]["hostIP"] = "192.168.1.7"  # the node a DaemonSet exporter runs on
+    apiserver.apply(with_node)
+    apiserver.apply(pod("vllm-1", "10.0.0.2"))  # not yet scheduled onto a known node
+    async with running(apiserver, tmp_path) as h:
+        await h.until(lambda: len(h.endpoint_keys()) == 2, "both pods")
+        addresses = {e.meta.name: e.meta.node_address for e in h.ds.endpoints()}
+        assert addresses == {"vllm-0": "192.168.1.7", "vllm-1": ""}

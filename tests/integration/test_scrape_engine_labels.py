@@ -108,8 +108,8 @@ def test_the_extractor_parameters_reach_the_scraper() -> None:
     )
     plain = _source("{defaultEngine: vllm}")  # upstream's default: the pool's type stays in force
     assert plain is not None and plain.default_engine is None
-    with pytest.raises(ConfigError, match="engineConfigs: custom engine metric mappings are not supported"):
-        _source("{engineConfigs: [{name: mine, queuedRequestsSpec: q}]}")
+    mine = _source("{engineConfigs: [{name: mine, queuedRequestsSpec: q}]}")
+    assert mine is not None and [d.name for d in mine.engines] == ["mine"]
     with pytest.raises(ConfigError, match="defaultEngine"):
         _source("{defaultEngine: triton}")
 
@@ -118,3 +118,23 @@ def test_default_engine_and_the_pools_type_must_agree() -> None:
     with pytest.raises(ConfigError, match="disagree"):
         MetricsScraper(Datastore(), dialect="sglang", source=MetricsSource(default_engine="trtllm-serve"))
     MetricsScraper(Datastore(), dialect="sglang", source=MetricsSource(default_engine="sglang"))
+
+
+async def test_a_custom_engine_is_scraped_with_its_names_and_custom_metrics() -> None:
+    text = '# TYPE my_queue gauge\nmy_queue{state="waiting"} 6\n# TYPE my_depth gauge\nmy_depth 0.75\n'
+    srv = FakeModelServer(free_port(), text)
+    await srv.start()
+    try:
+        source = _source(
+            "{engineConfigs: [{name: my-engine, queuedRequestsSpec: 'my_queue{state=waiting}', "
+            "customMetrics: [{attributeKey: depth, metricSpec: my_depth}]}]}"
+        )
+        ds = Datastore()
+        ds.upsert_endpoint(_meta(srv, {"llm-d.ai/engine-type": "my-engine"}))
+        async with running(MetricsScraper(ds, interval=0.02, source=source)):
+            await async_wait_for(lambda: _true(len(ds.candidates()) == 1), timeout=5, what="scraped")
+            m = _metrics(ds, srv.key)
+            assert m.waiting_queue_size == 6
+            assert dict(m.attributes) == {("depth", "core-metrics-extractor"): 0.75}
+    finally:
+        await srv.stop()

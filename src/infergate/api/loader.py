@@ -178,6 +178,7 @@ class ManifestSet:
             namespace: str,
             labels: dict[str, str],
             hostname: str = "",
+            node_address: str = "",
         ) -> None:
             for i, port in enumerate(ports):
                 meta = EndpointMeta(
@@ -188,6 +189,7 @@ class ManifestSet:
                     pool=pool.name,
                     labels=dict(labels),
                     hostname=hostname,
+                    node_address=node_address,
                 )
                 if meta.key in out:
                     log.warning("endpoint %s is listed twice; keeping %s", meta.key, out[meta.key].name)
@@ -208,7 +210,15 @@ class ManifestSet:
                 ports = [p for p in ports if p in wanted]
             hostname = pod.spec.get("hostname")
             host_name = hostname if isinstance(hostname, str) else ""
-            add(pod.name, pod.status.pod_ip or "", ports, pod.namespace, pod.metadata.labels, host_name)
+            add(
+                pod.name,
+                pod.status.pod_ip or "",
+                ports,
+                pod.namespace,
+                pod.metadata.labels,
+                host_name,
+                pod.status.host_ip or "",
+            )
 
         for lst in self.static_endpoints:
             if lst.namespace != pool.namespace:

@@ -320,6 +320,8 @@ class Condition(_Open):
 class PodStatus(_Open):
     phase: str = "Pending"
     pod_ip: str | None = Field(default=None, alias="podIP")
+    host_ip: str | None = Field(default=None, alias="hostIP")
+    """The node's address (``dcgm-data-source``'s ``useNodeAddress`` scrapes an exporter there)."""
     conditions: list[Condition] = Field(default_factory=list)
 
 

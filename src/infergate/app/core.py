@@ -26,7 +26,14 @@ from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.decisions import DecisionLog
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
 from infergate.scheduling.plugins.precise_prefix import TokenProducerParams
-from infergate.scheduling.plugins.registry import CoreMetricsExtractorParams, MetricsDataSourceParams
+from infergate.scheduling.plugins.registry import (
+    CoreMetricsExtractorParams,
+    DcgmDataSourceParams,
+    EngineConfigParams,
+    MetricsDataSourceParams,
+)
+from infergate.sources.dcgm import DcgmPoller, DcgmSource
+from infergate.sources.dialects import Dialect, engine_dialect, get_dialect
 from infergate.sources.scraper import MetricsScraper, MetricsSource
 from infergate.sources.token_producer import RenderTokenProducer
 from infergate.telemetry import GatewayMetrics
@@ -34,7 +41,7 @@ from infergate.types import Clock, PoolSpec
 
 from .pool_slo import reconcile_slo
 
-__all__ = ["PickerCore", "build_core", "start_plugin_tasks"]
+__all__ = ["PickerCore", "build_core", "dcgm_source", "start_plugin_tasks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +104,22 @@ def build_core(
     )
     tokens = token_producer(picker)
     director.set_token_producer(tokens)
+    dcgm = dcgm_source(picker)
+    pollers = []
+    if dcgm is not None:
+        pollers.append(
+            DcgmPoller(
+                datastore,
+                dcgm,
+                base_interval=s.scrape.interval,
+                timeout=s.scrape.timeout,
+                max_backoff=s.scrape.backoff_max,
+                metrics=metrics,
+                clock=clock,
+            )
+        )
     scraper = MetricsScraper.from_settings(
-        datastore, s, pool=pool, metrics=metrics, clock=clock, source=metrics_source(picker)
+        datastore, s, pool=pool, metrics=metrics, clock=clock, source=metrics_source(picker), pollers=pollers
     )
     return PickerCore(
         scheduler=scheduler, flow=flow, director=director, scraper=scraper, tokens=tokens, decisions=decisions
@@ -126,6 +147,7 @@ def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
         engine = {
             "engine_label": e.engine_label_key,
             "default_engine": None if e.default_engine == "vllm" else e.default_engine,
+            "engines": tuple(_engine_dialect(c) for c in e.engine_configs),
         }
     if not specs:
         return MetricsSource(**engine) if engine else None
@@ -137,6 +159,53 @@ def metrics_source(picker: EndpointPickerConfig) -> MetricsSource | None:
         tls=_scrape_tls(p, where) if p.scheme == "https" else None,
         interval=parse_go_duration(p.interval) if p.interval else None,
         **engine,
+    )
+
+
+def dcgm_source(picker: EndpointPickerConfig) -> DcgmSource | None:
+    """Where the config's ``dcgm-data-source`` polls each endpoint's DCGM Exporter (None: it has
+    none; the config check refused one that ``dataLayer.sources`` does not wire to a
+    ``dcgm-extractor``)."""
+    spec = next((p for p in picker.plugins if p.type == "dcgm-data-source"), None)
+    if spec is None:
+        return None
+    p = DcgmDataSourceParams.model_validate(spec.parameters)
+    tls = None
+    if p.scheme == "https":
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if p.insecure_skip_verify:
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        else:
+            tls.load_default_certs()
+    return DcgmSource(
+        path=p.path,
+        port=p.port,
+        tls=tls,
+        use_node_address=p.use_node_address,
+        interval=parse_go_duration(p.interval) if p.interval else None,
+    )
+
+
+def _engine_dialect(c: EngineConfigParams) -> Dialect:
+    """One ``engineConfigs`` entry as the scraper's dialect (replacing a built-in of that name)."""
+    try:
+        builtin: Dialect | None = get_dialect(c.name)
+    except ConfigError:
+        builtin = None
+    return engine_dialect(
+        c.name,
+        queued=c.queued_requests_spec,
+        running=c.running_requests_spec,
+        kv_usage=c.kv_usage_spec,
+        lora=c.lora_spec,
+        cache_info=c.cache_info_spec,
+        cache_block_size_label=c.cache_block_size_label_name,
+        cache_num_blocks_label=c.cache_num_blocks_label_name,
+        block_size=c.cache_block_size_spec,
+        num_blocks=c.cache_num_blocks_spec,
+        custom=[(m.attribute_key, m.metric_spec) for m in c.custom_metrics],
+        builtin=builtin,
     )
 
 

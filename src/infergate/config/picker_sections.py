@@ -90,8 +90,10 @@ ORDERING_SETTING = {
     "slo-deadline-ordering-policy": "slo-deadline",
     "edf-ordering-policy": "fcfs",
 }
-DATA_SOURCES = ("metrics-data-source",)
-EXTRACTORS = ("core-metrics-extractor",)
+DATA_SOURCES = ("metrics-data-source", "dcgm-data-source")
+EXTRACTORS = ("core-metrics-extractor", "dcgm-extractor")
+#: Which extractor reads which source's page (each source's page is another format).
+EXTRACTOR_OF = {"metrics-data-source": "core-metrics-extractor", "dcgm-data-source": "dcgm-extractor"}
 #: Reference plugin types that are not scheduling stages: never part of a generated default profile.
 NON_SCHEDULING_TYPES = frozenset(
     {
@@ -542,9 +544,38 @@ class _Reader:
             )
         for i, source in enumerate(dl.sources):
             where = f"dataLayer.sources[{i}]"
-            self._ref(source.plugin_ref, f"{where}.pluginRef", DATA_SOURCES, "data source")
+            kind = self._ref(source.plugin_ref, f"{where}.pluginRef", DATA_SOURCES, "data source")
             for j, extractor in enumerate(source.extractors):
-                self._ref(extractor.plugin_ref, f"{where}.extractors[{j}].pluginRef", EXTRACTORS, "extractor")
+                at = f"{where}.extractors[{j}].pluginRef"
+                if self._ref(extractor.plugin_ref, at, EXTRACTORS, "extractor") != EXTRACTOR_OF[kind]:
+                    raise ConfigError(
+                        f"{at}: {extractor.plugin_ref!r} cannot read a {kind}'s page; its extractor is "
+                        f"{EXTRACTOR_OF[kind]}"
+                    )
+            if kind == "dcgm-data-source" and not source.extractors:
+                raise ConfigError(
+                    f"{where}.extractors: a dcgm-data-source without a dcgm-extractor would be read by "
+                    "nothing; list one"
+                )
+
+    def dcgm_wiring(self, data: Mapping[str, Any] | None) -> None:
+        """A DCGM source or extractor runs only as ``dataLayer.sources`` wires it: one left out
+        would do nothing, which is refused rather than ignored."""
+        dl: DataLayerSection = _validate(DataLayerSection, data or {}, "dataLayer")
+        wired = {s.plugin_ref for s in dl.sources} | {e.plugin_ref for s in dl.sources for e in s.extractors}
+        sources = [n for n, t in self.types.items() if t == "dcgm-data-source"]
+        if len(sources) > 1:
+            raise ConfigError(
+                f"plugins: several dcgm-data-source plugins ({', '.join(sources)}); infergate polls one "
+                "exporter per endpoint"
+            )
+        for name, type_ in self.types.items():
+            if type_ in ("dcgm-data-source", "dcgm-extractor") and name not in wired:
+                raise ConfigError(
+                    f"plugins[{name}]: a {type_} that dataLayer.sources does not wire would do nothing; "
+                    "list it there (dataLayer: {sources: [{pluginRef: <source>, extractors: "
+                    "[{pluginRef: <extractor>}]}]})"
+                )
 
     def parsers(self, parser: Mapping[str, Any] | None, handler: Mapping[str, Any] | None) -> list[str]:
         """Check the parser references; the passthrough paths in force (declared passthrough
@@ -628,6 +659,7 @@ def _read(config: EndpointPickerConfig) -> SectionEffects:
             "remove one of them"
         )
     r.data_layer(config.data_layer)
+    r.dcgm_wiring(config.data_layer)
     paths = r.parsers(config.parser, config.request_handler)
     return SectionEffects(settings=dict(r.effects), flow_control=gate, passthrough=tuple(paths))
 

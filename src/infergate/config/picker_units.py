@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_go_duration", "parse_quantity"]
+__all__ = ["parse_go_duration", "parse_metric_selector", "parse_quantity"]
 
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -59,3 +59,25 @@ def parse_go_duration(value: object) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"expected a duration such as 200ms, 60s or 1m (got {value!r})")
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_SELECTOR = re.compile(r"^\s*([^\s{}]+)\s*(?:\{([^}]*)\})?\s*$")
+_LABEL_PAIR = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*(?:"([^"]*)"|([^",}\s]+))\s*$')
+
+
+def parse_metric_selector(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A Prometheus instant-vector selector as ``core-metrics-extractor``'s specs write it
+    (``family`` or ``family{label=value,label="value"}``, exact matches only): the family name
+    and the sorted label pairs; ValueError for anything else."""
+    m = _SELECTOR.match(value)
+    if m is None or _METRIC_NAME.fullmatch(m.group(1)) is None:
+        raise ValueError(f"not a metric selector such as name or name{{label=value}} (got {value!r})")
+    labels: dict[str, str] = {}
+    block = (m.group(2) or "").strip()
+    for pair in block.split(",") if block else ():
+        lm = _LABEL_PAIR.match(pair)
+        if lm is None:
+            raise ValueError(f"{value!r}: {pair.strip()!r} is not a label=value pair")
+        labels[lm.group(1)] = lm.group(2) if lm.group(2) is not None else lm.group(3)
+    return m.group(1), tuple(sorted(labels.items()))

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from infergate.config.settings import Settings
 from infergate.types import (
+    CORE_METRICS_PRODUCER,
+    NO_ATTRIBUTES,
     Clock,
     Endpoint,
     EndpointMeta,
@@ -204,11 +206,43 @@ class Datastore:
         ]
 
     def update_metrics(self, key: str, metrics: EndpointMetrics) -> None:
-        """Swap in a new metrics snapshot; ignored if the endpoint was removed meanwhile."""
+        """Swap in a new metrics snapshot; ignored if the endpoint was removed meanwhile.
+
+        The snapshot is the model server's own page: its attributes are those of
+        ``core-metrics-extractor``. Attributes other producers set (:meth:`set_attributes`, on
+        their own schedule) carry over.
+        """
+        old = self._endpoints.get(key)
+        if old is None:
+            return
+        if old.metrics.attributes is not NO_ATTRIBUTES:  # only where some source set attributes
+            carried = old.metrics.attributes.with_producer(
+                CORE_METRICS_PRODUCER, metrics.attributes.of(CORE_METRICS_PRODUCER)
+            )
+            if carried is not metrics.attributes:
+                metrics = replace(metrics, attributes=carried)
+        self._endpoints[key] = replace(old, metrics=metrics)
+        self._notify()
+
+    def replace_metrics(self, key: str, metrics: EndpointMetrics) -> None:
+        """Swap in a snapshot holding every producer's attributes (a worker's copy of the
+        gateway's datastore): nothing carries over."""
         old = self._endpoints.get(key)
         if old is None:
             return
         self._endpoints[key] = replace(old, metrics=metrics)
+        self._notify()
+
+    def set_attributes(self, key: str, producer: str, values: Mapping[str, float]) -> None:
+        """Replace the attributes ``producer`` publishes for one endpoint (empty: remove them);
+        the metrics and the other producers' attributes stay. Ignored for an unknown endpoint."""
+        old = self._endpoints.get(key)
+        if old is None:
+            return
+        attributes = old.metrics.attributes.with_producer(producer, values)
+        if attributes is old.metrics.attributes:
+            return
+        self._endpoints[key] = replace(old, metrics=replace(old.metrics, attributes=attributes))
         self._notify()
 
     def set_healthy(self, key: str, healthy: bool) -> None:

@@ -20,15 +20,17 @@ from functools import cached_property
 
 from prometheus_client.samples import Sample
 
+from infergate.config.picker_units import parse_metric_selector
 from infergate.errors import ConfigError
 from infergate.sources.exposition_parser import parse_sample_lines
-from infergate.types import EndpointMetrics
+from infergate.types import CORE_METRICS_PRODUCER, NO_ATTRIBUTES, AttributeKey, Attributes, EndpointMetrics
 
 __all__ = [
     "DIALECTS",
     "Dialect",
     "MetricSpec",
     "ParseReport",
+    "engine_dialect",
     "get_dialect",
     "parse_metrics",
     "parse_metrics_report",
@@ -81,6 +83,9 @@ class Dialect:
     block_size: tuple[MetricSpec, ...] = ()
     num_blocks: tuple[MetricSpec, ...] = ()
     finished: tuple[MetricSpec, ...] = ()
+    custom: tuple[tuple[str, MetricSpec], ...] = ()
+    """``core-metrics-extractor``'s ``customMetrics``: (attribute name, selector) pairs, each read
+    into an endpoint attribute of that producer."""
     # Paths tried in turn when one answers 404 (trtllm-serve serves /prometheus/metrics).
     metrics_paths: tuple[str, ...] = ("/metrics",)
     aliases: tuple[str, ...] = field(default=())
@@ -97,6 +102,7 @@ class Dialect:
             *self.block_size,
             *self.num_blocks,
             *self.finished,
+            *(spec for _, spec in self.custom),
         )
         return tuple(sorted({s.family for s in specs}))
 
@@ -178,6 +184,51 @@ TRTLLM = Dialect(
     metrics_paths=("/metrics", "/prometheus/metrics"),
     aliases=("trtllm-serve", "triton-tensorrt-llm", "tensorrt-llm"),
 )
+
+
+def _selector_spec(text: str) -> tuple[MetricSpec, ...]:
+    if not text:
+        return ()
+    family, labels = parse_metric_selector(text)
+    return (MetricSpec(family, labels),)
+
+
+def engine_dialect(
+    name: str,
+    *,
+    queued: str = "",
+    running: str = "",
+    kv_usage: str = "",
+    lora: str = "",
+    cache_info: str = "",
+    cache_block_size_label: str = "",
+    cache_num_blocks_label: str = "",
+    block_size: str = "",
+    num_blocks: str = "",
+    custom: Sequence[tuple[str, str]] = (),
+    builtin: Dialect | None = None,
+) -> Dialect:
+    """The dialect of one ``engineConfigs`` entry, from its selector strings (an empty one: the
+    engine does not say). It replaces ``builtin`` (the engine of the same name, if any) as
+    upstream's does, keeping only what the upstream entry cannot say: where the page is
+    (``metrics_paths``) and the finished-requests counter infergate reads besides.
+    ValueError for a selector that does not parse (the config check refused those already)."""
+    return Dialect(
+        name=name,
+        queued=_selector_spec(queued),
+        running=_selector_spec(running),
+        kv_usage=_selector_spec(kv_usage),
+        lora_info=_selector_spec(lora),
+        cache_info=_selector_spec(cache_info),
+        cache_block_size_label=cache_block_size_label or "block_size",
+        cache_num_blocks_label=cache_num_blocks_label or "num_gpu_blocks",
+        block_size=_selector_spec(block_size),
+        num_blocks=_selector_spec(num_blocks),
+        finished=builtin.finished if builtin is not None else (),
+        custom=tuple((key, _selector_spec(spec)[0]) for key, spec in custom),
+        metrics_paths=builtin.metrics_paths if builtin is not None else ("/metrics",),
+    )
+
 
 DIALECTS: dict[str, Dialect] = {}
 for _d in (VLLM, SGLANG, TRTLLM):
@@ -283,6 +334,15 @@ def parse_metrics_report(text: str, dialect: str | Dialect, now: float) -> Parse
         num_blocks = _count(nb)
 
     finished = pick(d.finished, False)
+    attributes = NO_ATTRIBUTES
+    if d.custom:
+        values: dict[AttributeKey, float] = {}
+        for key, spec in d.custom:
+            found = [s for s in pick((spec,), True) if math.isfinite(s.value)]
+            if found:  # several series: the newest, else the first (as upstream)
+                newest = max(found, key=lambda s: s.timestamp or 0.0)
+                values[(key, CORE_METRICS_PRODUCER)] = newest.value
+        attributes = Attributes(values) if values else NO_ATTRIBUTES
     metrics = EndpointMetrics(
         waiting_queue_size=_count(queued) if queued else 0,
         running_requests=_count(running) if running else 0,
@@ -294,6 +354,7 @@ def parse_metrics_report(text: str, dialect: str | Dialect, now: float) -> Parse
         num_gpu_blocks=num_blocks,
         finished_requests=sum(s.value for s in finished) if finished else None,
         updated_at=now,
+        attributes=attributes,
     )
     return ParseReport(metrics, tuple(missing))
 

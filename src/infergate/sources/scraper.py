@@ -31,8 +31,9 @@ import json
 import logging
 import math
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 from infergate.config.settings import Settings
@@ -44,7 +45,7 @@ from infergate.sources.health import HealthTracker
 from infergate.telemetry import GatewayMetrics
 from infergate.types import Clock, PoolSpec
 
-__all__ = ["ENGINE_LABEL", "LEGACY_ENGINE_LABEL", "MetricsScraper", "MetricsSource"]
+__all__ = ["ENGINE_LABEL", "LEGACY_ENGINE_LABEL", "EndpointPoller", "MetricsScraper", "MetricsSource"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,20 @@ class MetricsSource:
     """The pod label naming an endpoint's engine (``core-metrics-extractor``'s ``engineLabelKey``)."""
     default_engine: str | None = None
     """The engine of endpoints without that label (``defaultEngine``); None: the pool's."""
+    engines: tuple[Dialect, ...] = ()
+    """``engineConfigs``: engines read by their configured metric names (a built-in's name
+    replaces the built-in), found by exact name before the built-in ones."""
+
+
+class EndpointPoller(Protocol):
+    """Another source polled per endpoint beside its metrics scrape (``dcgm-data-source``): run in
+    the endpoint's task group, so it starts and stops with it; :meth:`run` must not raise."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def run(self, key: str) -> None: ...
 
 
 class _EndpointState:
@@ -157,20 +172,23 @@ class MetricsScraper:
         models_interval: float = 2.0,
         pool_metrics_interval: float = 1.0,
         source: MetricsSource | None = None,
+        pollers: Sequence[EndpointPoller] = (),
     ) -> None:
         self._ds = datastore
+        self._pollers = tuple(pollers)
         self._source = source or MetricsSource()
         self._metrics_pool: UpstreamPool | None = None  # the HTTPS pool while running, if any
         if self._source.interval is not None:  # rounded to a multiple of the base tick, as upstream
             interval *= max(1, round(self._source.interval / interval))
         metrics_path = metrics_path or self._source.path
+        self._engines = {d.name: d for d in self._source.engines}
         default = self._source.default_engine
-        if default is not None and dialect != "vllm" and get_dialect(default) is not get_dialect(dialect):
+        if default is not None and dialect != "vllm" and self._engine(default) is not self._engine(dialect):
             raise ConfigError(
                 f"core-metrics-extractor defaultEngine {default!r} and the pool's model server type "
                 f"{dialect!r} disagree; keep one"
             )
-        self._dialect: Dialect = get_dialect(
+        self._dialect: Dialect = self._engine(
             default if default is not None and dialect == "vllm" else dialect
         )
         self._explicit_path = metrics_path
@@ -204,6 +222,7 @@ class MetricsScraper:
         metrics: GatewayMetrics | None = None,
         clock: Clock | None = None,
         source: MetricsSource | None = None,
+        pollers: Sequence[EndpointPoller] = (),
     ) -> MetricsScraper:
         """A scraper configured from the gateway settings and the pool (dialect, health path),
         fetching the metrics from ``source`` (the config's ``metrics-data-source``).
@@ -226,6 +245,7 @@ class MetricsScraper:
             max_backoff=s.backoff_max,
             pool_metrics_interval=s.pool_metrics_interval,
             source=source,
+            pollers=pollers,
         )
 
     @property
@@ -244,10 +264,14 @@ class MetricsScraper:
                 connect_timeout=self._timeout, read_timeout=None, max_idle_per_host=4, ssl=self._source.tls
             )
         self._metrics_pool = tls_pool
+        opened: list[EndpointPoller] = []
         self._changed = asyncio.Event()
         unsubscribe = self._ds.add_listener(self._changed.set, in_flight=False)
         gauges = asyncio.create_task(self._pool_gauge_loop()) if self._metrics is not None else None
         try:
+            for poller in self._pollers:
+                await poller.open()
+                opened.append(poller)
             while True:
                 self._reconcile(pool)
                 await self._changed.wait()
@@ -263,6 +287,8 @@ class MetricsScraper:
             await pool.close()
             if tls_pool is not None:
                 await tls_pool.close()
+            for poller in opened:
+                await poller.close()
 
     def _reconcile(self, pool: UpstreamPool) -> None:
         """Start a task for each new endpoint, cancel the tasks of endpoints that are gone."""
@@ -300,6 +326,8 @@ class MetricsScraper:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._scrape_loop(key, target, state))
             tg.create_task(self._health_loop(key, target, state))
+            for poller in self._pollers:  # e.g. the DCGM exporter beside the model server
+                tg.create_task(poller.run(key))
 
     async def _scrape_loop(self, key: str, target: _Target, state: _EndpointState) -> None:
         """Metrics from the source's port and scheme every interval; the model list, from the
@@ -340,6 +368,12 @@ class MetricsScraper:
             for fn in list(self._down_listeners):
                 fn(key)
 
+    def _engine(self, name: str) -> Dialect:
+        """The engine called ``name``: a configured one (``engineConfigs``), else a built-in;
+        ConfigError when neither."""
+        configured = self._engines.get(name)
+        return configured if configured is not None else get_dialect(name)
+
     def _dialect_for(self, key: str, state: _EndpointState) -> Dialect | None:
         """The endpoint's engine: its pod's engine label (llm-d's, else the GIE spelling), else the
         pool's default; None (and a warning, once) for a label naming no engine infergate reads."""
@@ -349,15 +383,16 @@ class MetricsScraper:
         if engine is None:
             return self._dialect
         try:
-            dialect = get_dialect(engine)
+            dialect = self._engine(engine)
         except ConfigError:
             if state.engine != engine:
                 log.warning(
                     "endpoint %s: engine label %s=%r names no engine whose metrics infergate reads "
-                    "(vllm, sglang, trtllm-serve, triton-tensorrt-llm); it is not scraped",
+                    "(%s); it is not scraped",
                     key,
                     self._source.engine_label,
                     engine,
+                    ", ".join(["vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm", *self._engines]),
                 )
             state.engine = engine
             return None

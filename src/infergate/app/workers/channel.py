@@ -193,7 +193,13 @@ def apply_snapshot(ds: Datastore, snap: Snapshot) -> None:
             late = ds.in_flight_since(ep.key, metrics.updated_at) if isinstance(ds, WorkerDatastore) else 0
             if late:
                 metrics = replace(metrics, waiting_queue_size=max(0, metrics.waiting_queue_size + late))
-            ds.update_metrics(ep.key, metrics)
+            ds.replace_metrics(ep.key, metrics)
+        elif (
+            metrics.attributes is not mine.metrics.attributes
+            and metrics.attributes != mine.metrics.attributes
+        ):
+            # set between scrapes (dcgm-data-source)
+            ds.replace_metrics(ep.key, replace(mine.metrics, attributes=metrics.attributes))
         ds.set_healthy(ep.key, ep.healthy)
         ds.set_models(ep.key, snap.models.get(ep.key, frozenset()))
         ds.set_max_model_len(ep.key, snap.context.get(ep.key))

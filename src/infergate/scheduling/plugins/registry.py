@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from infergate.config.picker_sections import (
     ConcurrencyDetectorParams,
@@ -21,8 +21,14 @@ from infergate.config.picker_sections import (
     StaticUsageLimitParams,
     UtilizationDetectorParams,
 )
-from infergate.config.picker_units import parse_go_duration
+from infergate.config.picker_units import parse_go_duration, parse_metric_selector
 from infergate.scheduling.plugins.admitter import ProbabilisticAdmitter, ProbabilisticAdmitterParams
+from infergate.scheduling.plugins.attributes import (
+    EndpointAttributeFilter,
+    EndpointAttributeFilterParams,
+    EndpointAttributeScorer,
+    EndpointAttributeScorerParams,
+)
 from infergate.scheduling.plugins.disagg import (
     DECODE_ROLES,
     PREFILL_ROLES,
@@ -106,7 +112,16 @@ from infergate.scheduling.plugins.upstream_plugins import (
 )
 from infergate.scheduling.sdk.framework import NoParams, Params, PluginRegistry
 
-__all__ = ["INERT_TYPES", "REFUSED_TYPES", "MetricsDataSourceParams", "default_registry"]
+__all__ = [
+    "BUILTIN_ENGINES",
+    "INERT_TYPES",
+    "REFUSED_TYPES",
+    "CoreMetricsExtractorParams",
+    "DcgmDataSourceParams",
+    "EngineConfigParams",
+    "MetricsDataSourceParams",
+    "default_registry",
+]
 
 
 class MetricsDataSourceParams(Params):
@@ -149,6 +164,33 @@ class MetricsDataSourceParams(Params):
         return self
 
 
+class DcgmDataSourceParams(Params):
+    """``dcgm-data-source``: where each endpoint's NVIDIA DCGM Exporter answers (upstream's
+    parameters and defaults; :class:`infergate.sources.dcgm.DcgmSource` applies them):
+    ``scheme://<pod address, or the node's with useNodeAddress>:port path``, every ``interval``
+    (a Go duration, rounded to a multiple of ``--refresh-metrics-interval``; empty: every tick)."""
+
+    scheme: Literal["http", "https"] = "http"
+    path: str = "/metrics"
+    port: int = Field(default=9400, ge=1, le=65535)
+    insecure_skip_verify: bool = True
+    use_node_address: bool = False
+    interval: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DcgmDataSourceParams:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path: {self.path!r} must start with /")
+        if self.interval:
+            try:
+                seconds = parse_go_duration(self.interval)
+            except ValueError as exc:
+                raise ValueError(f"interval: {exc}") from None
+            if seconds <= 0:
+                raise ValueError(f"interval: must be > 0 (got {self.interval!r})")
+        return self
+
+
 class InFlightLoadParams(Params):
     """``inflight-load-producer``: the gateway counts requests and prompt tokens in flight itself
     (prompt tokens released at the first streamed chunk, the reference's default); estimated output
@@ -157,20 +199,85 @@ class InFlightLoadParams(Params):
     add_estimated_output_tokens: Literal[False] = False
 
 
-class CoreMetricsExtractorParams(Params):
-    """``core-metrics-extractor``: which engine's metric names an endpoint is read with: its pod's
-    ``engineLabelKey`` label, else ``defaultEngine`` (``vllm``: the pool's model server type)."""
+BUILTIN_ENGINES = ("vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm")
+"""The engine names whose metrics infergate reads without an ``engineConfigs`` entry."""
 
-    default_engine: Literal["vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm"] = "vllm"
-    engine_label_key: str = Field(default="llm-d.ai/engine-type", min_length=1)
-    engine_configs: list[object] | None = None
+
+def _selector(value: str) -> str:
+    if value:
+        parse_metric_selector(value)  # ValueError names what does not parse
+    return value
+
+
+class CustomMetricParams(Params):
+    """One ``customMetrics`` entry: the scalar ``metricSpec`` selects becomes the endpoint
+    attribute ``attributeKey`` of producer ``core-metrics-extractor``."""
+
+    attribute_key: str = Field(min_length=1)
+    metric_spec: str = Field(min_length=1)
+
+    _spec = field_validator("metric_spec")(_selector)
+
+
+class EngineConfigParams(Params):
+    """One ``engineConfigs`` entry: where engine ``name`` keeps each fact, as metric selectors
+    (``family`` or ``family{label=value}``); an empty spec means the engine does not say."""
+
+    name: str = Field(min_length=1)
+    queued_requests_spec: str = ""
+    running_requests_spec: str = ""
+    kv_usage_spec: str = ""
+    lora_spec: str = ""
+    cache_info_spec: str = ""
+    cache_block_size_label_name: str = ""
+    cache_num_blocks_label_name: str = ""
+    cache_block_size_spec: str = ""
+    cache_num_blocks_spec: str = ""
+    custom_metrics: list[CustomMetricParams] = Field(default_factory=list)
+
+    _specs = field_validator(
+        "queued_requests_spec",
+        "running_requests_spec",
+        "kv_usage_spec",
+        "lora_spec",
+        "cache_info_spec",
+        "cache_block_size_spec",
+        "cache_num_blocks_spec",
+    )(_selector)
 
     @model_validator(mode="after")
-    def _builtin_engines_only(self) -> CoreMetricsExtractorParams:
-        if self.engine_configs:
+    def _distinct_keys(self) -> EngineConfigParams:
+        if self.name == "default":
+            raise ValueError("name: 'default' is reserved (defaultEngine names the default engine)")
+        keys = [c.attribute_key for c in self.custom_metrics]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"customMetrics: attributeKey {twice[0]!r} is listed twice")
+        return self
+
+
+class CoreMetricsExtractorParams(Params):
+    """``core-metrics-extractor``: which engine's metric names an endpoint is read with: its pod's
+    ``engineLabelKey`` label, else ``defaultEngine`` (``vllm``: the pool's model server type).
+
+    ``engineConfigs`` adds engines (a custom ``name``) or replaces a built-in one's metric names
+    (the built-in's name: its specs as given, an empty one read as absent, as upstream); each may
+    read ``customMetrics`` into endpoint attributes."""
+
+    default_engine: str = "vllm"
+    engine_label_key: str = Field(default="llm-d.ai/engine-type", min_length=1)
+    engine_configs: list[EngineConfigParams] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_default(self) -> CoreMetricsExtractorParams:
+        names = [c.name for c in self.engine_configs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"engineConfigs: engine {twice[0]!r} is configured twice")
+        if self.default_engine not in (*BUILTIN_ENGINES, *names):
             raise ValueError(
-                "engineConfigs: custom engine metric mappings are not supported; infergate reads "
-                "vllm, sglang, trtllm-serve and triton-tensorrt-llm by their own metric names"
+                f"defaultEngine: {self.default_engine!r} is neither a built-in engine "
+                f"({', '.join(BUILTIN_ENGINES)}) nor named in engineConfigs"
             )
         return self
 
@@ -182,6 +289,9 @@ INERT_TYPES: dict[str, type[BaseModel]] = {
     "single-profile-handler": NoParams,
     "metrics-data-source": MetricsDataSourceParams,
     "core-metrics-extractor": CoreMetricsExtractorParams,
+    # GPU utilisation per endpoint (sources/dcgm.py), wired through dataLayer.sources
+    "dcgm-data-source": DcgmDataSourceParams,
+    "dcgm-extractor": NoParams,
     "approx-prefix-cache-producer": PrefixCacheParams,
     "openai-parser": NoParams,
     "anthropic-parser": NoParams,
@@ -284,6 +394,13 @@ def default_registry() -> PluginRegistry:
     )
     r.register_filter_post_pick(
         "session-affinity-filter", SessionAffinityParams, lambda p, c: SessionAffinityFilter(p, clock=c.clock)
+    )
+    # one named scalar per endpoint (plugins/attributes.py): custom metrics, GPU utilisation
+    r.register_filter(
+        "endpoint-attribute-filter", EndpointAttributeFilterParams, lambda p, c: EndpointAttributeFilter(p)
+    )
+    r.register_scorer(
+        "endpoint-attribute-scorer", EndpointAttributeScorerParams, lambda p, c: EndpointAttributeScorer(p)
     )
     r.register_filter("concurrency-detector", ConcurrencyDetectorParams, lambda p, c: ConcurrencyFilter(p))
     r.register_helper("latency-slo-admitter", NoParams, lambda p, c: LatencySloAdmitter(name=c.name))
