@@ -252,6 +252,10 @@ class EndpointMeta:
     labels: Mapping[str, str] = field(default_factory=dict)
     hostname: str = ""
     """The pod's ``spec.hostname`` (``topology-extractor``'s fallback for the host), if set."""
+    pod: str = ""
+    """The name of the pod the endpoint is a port of (``name`` is ``<pod>-rank-<i>`` where the pod
+    serves on several target ports), which exporters label their samples with; empty where there
+    is no pod (static endpoints)."""
     node_address: str = ""
     """The address of the pod's node (``status.hostIP``), where a DaemonSet exporter on that node
     answers (``dcgm-data-source``'s ``useNodeAddress``); empty when the source does not know it

@@ -527,3 +527,16 @@ async def test_a_pods_host_ip_is_its_endpoints_node_address(apiserver: FakeApiSe
         await h.until(lambda: len(h.endpoint_keys()) == 2, "both pods")
         addresses = {e.meta.name: e.meta.node_address for e in h.ds.endpoints()}
         assert addresses == {"vllm-0": "192.168.1.7", "vllm-1": ""}
+
+
+async def test_each_port_of_a_pod_is_an_endpoint_that_knows_its_pod(
+    apiserver: FakeApiServer, tmp_path: Path
+) -> None:
+    """A pod serving on two target ports is two endpoints, ``<pod>-rank-<i>``; both carry the
+    pod's own name, which a DaemonSet exporter's samples are labelled with (dcgm-extractor)."""
+    apiserver.apply(pool(ports=(8000, 8001)))
+    apiserver.apply(pod("vllm-0", "10.0.0.1"))
+    async with running(apiserver, tmp_path) as h:
+        await h.until(lambda: len(h.endpoint_keys()) == 2, "both ports")
+        names = sorted((e.meta.name, e.meta.pod) for e in h.ds.endpoints())
+        assert names == [("vllm-0-rank-0", "vllm-0"), ("vllm-0-rank-1", "vllm-0")]

@@ -303,8 +303,9 @@ def test_pods_and_static_endpoints_select_like_kubernetes(tmp_path: Path) -> Non
         ("bare", "gpu-host:8000"),  # no port: the pool's target port
     ]
     assert eps[0] == EndpointMeta(
-        name="a-1", address="10.0.0.1", port=8000, pool="pool-a", labels={"app": "a", "tier": "x"}
+        name="a-1", address="10.0.0.1", port=8000, pool="pool-a", labels={"app": "a", "tier": "x"}, pod="a-1"
     )
+    assert [e.pod for e in eps[1:]] == [""] * 4  # static endpoints are no pod's
 
 
 def test_rewrites_routes_health_and_listener(tmp_path: Path) -> None:

@@ -179,6 +179,7 @@ class ManifestSet:
             labels: dict[str, str],
             hostname: str = "",
             node_address: str = "",
+            pod: str = "",
         ) -> None:
             for i, port in enumerate(ports):
                 meta = EndpointMeta(
@@ -190,6 +191,7 @@ class ManifestSet:
                     labels=dict(labels),
                     hostname=hostname,
                     node_address=node_address,
+                    pod=pod,
                 )
                 if meta.key in out:
                     log.warning("endpoint %s is listed twice; keeping %s", meta.key, out[meta.key].name)
@@ -218,6 +220,7 @@ class ManifestSet:
                 pod.metadata.labels,
                 host_name,
                 pod.status.host_ip or "",
+                pod.name,
             )
 
         for lst in self.static_endpoints:

@@ -186,9 +186,9 @@ class DcgmPoller:
             self._failed(key, state, f"GET {where}{self._source.path}: {exc!r}")
             self._count_poll_error()
             return False
-        value = gpu_utilization(text, meta.name)
+        value = gpu_utilization(text, meta.pod or meta.name)
         if value is None:
-            self._failed(key, state, f"{where} has no {_FAMILY} sample for pod {meta.name!r}")
+            self._failed(key, state, f"{where} has no {_FAMILY} sample for pod {meta.pod or meta.name!r}")
             if self._metrics is not None:
                 self._metrics.datalayer_extract_errors_total.labels(
                     source_type=DCGM_SOURCE, extractor_type=DCGM_EXTRACTOR
