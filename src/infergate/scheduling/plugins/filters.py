@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from infergate.config.picker_sections import ConcurrencyDetectorParams
+from infergate.config.picker_schemas import ConcurrencyDetectorParams
 from infergate.scheduling.sdk.framework import CycleState, Params
 from infergate.types import ConcurrencyMode, Endpoint, InferenceRequest, concurrency_load
 

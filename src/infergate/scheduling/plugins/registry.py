@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from infergate.config.picker_sections import (
+from infergate.config.picker_schemas import (
     ConcurrencyDetectorParams,
     PassthroughParserParams,
     PriorityHoldbackParams,
