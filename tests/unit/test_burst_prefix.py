@@ -1,5 +1,6 @@
 """``burst-prefix-cache-producer``'s joint assignment (upstream's ``assign_test.go`` cases, in our
-own words), its prefix hashes, parameters and scorer."""
+own words), its prefix hashes, parameters and scorer, and the config fold that turns the
+reference's ``prefix-cache-scorer`` naming it into infergate's scorer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from infergate.config.picker import parse_picker_config
+from infergate.errors import ConfigError
+from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.scheduling.plugins.burst_prefix import (
     UNLIMITED,
     BurstAssignments,
@@ -249,3 +253,54 @@ def test_the_scorer_needs_its_producer() -> None:
     scorer = BurstPrefixScorer(BurstScorerParams(prefix_match_info_producer_name="burst"))
     with pytest.raises(ValueError, match="names no burst-prefix-cache-producer"):
         scorer.bind_plugins({"burst": (object(), "queue-scorer")})
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config(
+    producer: str = "", scorer: str = "prefixMatchInfoProducerName: burst-prefix-cache-producer"
+) -> str:
+    return f"""
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: burst-prefix-cache-producer
+  {producer}
+- type: prefix-cache-scorer
+  parameters:
+    {scorer}
+- type: max-score-picker
+"""
+
+
+def test_the_prefix_cache_scorer_naming_the_producer_becomes_the_burst_scorer() -> None:
+    cfg = parse_picker_config(config("parameters: {maxPerReplica: 3, balanceBy: tokens}"))
+    types = {p.ref: p.type for p in cfg.plugins}
+    assert types["prefix-cache-scorer"] == "burst-prefix-cache-scorer"
+    # no profile given: the producer is no stage of the default one
+    assert [r.plugin_ref for r in cfg.scheduling_profiles[0].plugins] == [
+        "prefix-cache-scorer",
+        "max-score-picker",
+    ]
+    sched = build_scheduler(cfg)
+    producer = sched.plugin("burst-prefix-cache-producer")
+    assert isinstance(producer, BurstPrefixProducer)
+    assert producer.params.max_per_replica == 3 and producer.params.by_tokens
+    assert isinstance(sched.plugin("prefix-cache-scorer"), BurstPrefixScorer)
+
+
+def test_what_the_burst_pipeline_would_ignore_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"parameters.blockSizeTokens: a prefix-cache-scorer reading"):
+        parse_picker_config(
+            config(scorer="{prefixMatchInfoProducerName: burst-prefix-cache-producer, blockSizeTokens: 8}")
+        )
+    with pytest.raises(
+        ConfigError, match=r"plugins\[burst-prefix-cache-producer\]: .* no prefix-cache-scorer names"
+    ):
+        parse_picker_config(config(scorer="blockSizeTokens: 8"))
+    with pytest.raises(ConfigError, match=r"parameters\.maxPerReplica"):
+        build_scheduler(parse_picker_config(config("parameters: {maxPerReplica: 0}")))
+    two = config() + "- type: burst-prefix-cache-producer\n  name: second\n"
+    with pytest.raises(ConfigError, match="several burst-prefix-cache-producer plugins"):
+        parse_picker_config(two)
