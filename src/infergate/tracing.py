@@ -3,10 +3,10 @@
 Metrics say how long requests take; a trace says where one request spent its time: ``parse``
 (body to request), ``admission`` (model rewrite, objective, limits), ``queue`` (waiting in flow
 control), ``tokenize`` (the model server rendering the prompt, with a ``token-producer``),
-``schedule`` (the scheduling cycle) and ``upstream`` (from the pick to the last response
-byte), all under one ``infergate.request`` span that carries the request id
-(``infergate.request_id``, the ``x-request-id`` sent to the model server) so a trace can be found
-from a log line.
+``burst`` (the ``burst-prefix-cache-producer``'s batch window), ``schedule`` (the scheduling
+cycle) and ``upstream`` (from the pick to the last response byte), all under one
+``infergate.request`` span that carries the request id (``infergate.request_id``, the
+``x-request-id`` sent to the model server) so a trace can be found from a log line.
 
 Tracing is optional (``pip install 'infergate[otel]'``) and off unless the standard
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, in which case

@@ -22,9 +22,11 @@ from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
 from infergate.errors import ConfigError
 from infergate.flowcontrol import FlowController
+from infergate.requestcontrol.burst import BurstWindow
 from infergate.requestcontrol.director import Director
 from infergate.scheduling.engine.decisions import DecisionLog
 from infergate.scheduling.engine.scheduler import Scheduler, build_scheduler
+from infergate.scheduling.plugins.burst_prefix import BurstPrefixProducer
 from infergate.scheduling.plugins.precise_prefix import TokenProducerParams
 from infergate.scheduling.plugins.registry import (
     CoreMetricsExtractorParams,
@@ -54,6 +56,7 @@ class PickerCore:
     scraper: MetricsScraper
     tokens: RenderTokenProducer | None
     decisions: DecisionLog
+    burst: BurstWindow | None = None
 
 
 def build_core(
@@ -104,6 +107,9 @@ def build_core(
     )
     tokens = token_producer(picker)
     director.set_token_producer(tokens)
+    # the burst producer's window, held by this process's Director (each worker batches its own)
+    burst = next((BurstWindow(p) for p in scheduler.plugins() if isinstance(p, BurstPrefixProducer)), None)
+    director.set_burst_stage(burst)
     dcgm = dcgm_source(picker)
     pollers = []
     if dcgm is not None:
@@ -122,7 +128,13 @@ def build_core(
         datastore, s, pool=pool, metrics=metrics, clock=clock, source=metrics_source(picker), pollers=pollers
     )
     return PickerCore(
-        scheduler=scheduler, flow=flow, director=director, scraper=scraper, tokens=tokens, decisions=decisions
+        scheduler=scheduler,
+        flow=flow,
+        director=director,
+        scraper=scraper,
+        tokens=tokens,
+        decisions=decisions,
+        burst=burst,
     )
 
 
@@ -241,13 +253,15 @@ def start_plugin_tasks(
     spawn: Callable[[str, Callable[[], Awaitable[None]]], None],
 ) -> Callable[[], None]:
     """Run the plugins' background loops (KV-event subscriber; the token producer's connections,
-    closed when the task is) and keep them told of the pool's membership; returns the function
-    that stops the membership updates."""
+    closed when the task is; the burst window, whose waiters are released when it is) and keep
+    them told of the pool's membership; returns the function that stops the membership updates."""
     scheduler = core.scheduler
     for name, run in scheduler.background_tasks():
         spawn(name, run)
     if core.tokens is not None:
         spawn("token-producer", core.tokens.hold)
+    if core.burst is not None:
+        spawn("burst-prefix-cache-producer", core.burst.hold)
     seen = -1
 
     def on_change() -> None:

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from infergate.config.picker_folds import fold_precise_producer, fold_prefix_producer
+from infergate.config.picker_folds import fold_burst_producer, fold_precise_producer, fold_prefix_producer
 from infergate.config.picker_sections import NON_SCHEDULING_TYPES, check_sections
 from infergate.errors import ConfigError
 
@@ -249,7 +249,7 @@ def parse_picker_config(text: str, *, source: str = "<config>") -> EndpointPicke
     except ValidationError as exc:
         raise ConfigError(_format(exc, source)) from exc
     try:
-        config = fold_precise_producer(fold_prefix_producer(config))
+        config = fold_precise_producer(fold_prefix_producer(fold_burst_producer(config)))
         check_sections(config)
     except ConfigError as exc:
         raise ConfigError("\n".join(f"{source}: {KIND}: {line}" for line in str(exc).splitlines())) from None

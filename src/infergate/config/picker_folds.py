@@ -16,7 +16,7 @@ from infergate.errors import ConfigError
 if TYPE_CHECKING:
     from infergate.config.picker import EndpointPickerConfig
 
-__all__ = ["fold_precise_producer", "fold_prefix_producer"]
+__all__ = ["fold_burst_producer", "fold_precise_producer", "fold_prefix_producer"]
 
 PREFIX_PRODUCER = "approx-prefix-cache-producer"
 PREFIX_SCORER = "prefix-cache-scorer"
@@ -49,6 +49,51 @@ def fold_prefix_producer(config: EndpointPickerConfig) -> EndpointPickerConfig:
     return config.model_copy(update={"plugins": plugins})
 
 
+BURST_PRODUCER = "burst-prefix-cache-producer"
+BURST_SCORER = "burst-prefix-cache-scorer"
+PRODUCER_NAME = "prefixMatchInfoProducerName"
+
+
+def fold_burst_producer(config: EndpointPickerConfig) -> EndpointPickerConfig:
+    """llm-d-router v0.10's burst pipeline: a ``prefix-cache-scorer`` naming a
+    ``burst-prefix-cache-producer`` in ``prefixMatchInfoProducerName`` becomes infergate's
+    ``burst-prefix-cache-scorer`` (same name, so profiles still refer to it), which scores the
+    producer's window assignment. Runs before :func:`fold_prefix_producer`, so an approximate
+    producer's parameters never land on it.
+
+    Refused by name: such a scorer with parameters of its own (they would be ignored: it scores
+    the assignment, not a prefix index), a producer no scorer names (its window would delay every
+    request for nothing), and several producers (the Director holds one window).
+    """
+    producers = [p.ref for p in config.plugins if p.type == BURST_PRODUCER]
+    if not producers:
+        return config
+    if len(producers) > 1:
+        raise ConfigError(
+            f"plugins: several {BURST_PRODUCER} plugins ({', '.join(producers)}); infergate holds "
+            "requests in one window"
+        )
+    plugins = []
+    named = False
+    for p in config.plugins:
+        if p.type == PREFIX_SCORER and p.parameters.get(PRODUCER_NAME) == producers[0]:
+            other = sorted(k for k in p.parameters if k != PRODUCER_NAME)
+            if other:
+                raise ConfigError(
+                    f"plugins[{p.ref}].parameters.{other[0]}: a {PREFIX_SCORER} reading the "
+                    f"{BURST_PRODUCER} scores its window's assignment only; remove it"
+                )
+            p = p.model_copy(update={"type": BURST_SCORER, "name": p.ref})
+            named = True
+        plugins.append(p)
+    if not named:
+        raise ConfigError(
+            f"plugins[{producers[0]}]: a {BURST_PRODUCER} no {PREFIX_SCORER} names in "
+            f"{PRODUCER_NAME} would hold requests for nothing; name it there or remove it"
+        )
+    return config.model_copy(update={"plugins": plugins})
+
+
 PRECISE_PRODUCER = "precise-prefix-cache-producer"
 PRECISE_SCORER = "precise-prefix-cache-scorer"
 EVENT_SOURCE = "endpoint-notification-source"
@@ -65,7 +110,8 @@ def fold_precise_producer(config: EndpointPickerConfig) -> EndpointPickerConfig:
     the producer's parameters (plus its own, which must not contradict them), the producer
     leaves ``plugins``, and the event source leaves ``dataLayer``. A producer no scorer names,
     and an event source or ``token-producer`` with no precise scorer to feed, are refused: they
-    would change nothing.
+    would change nothing. A ``token-producer`` also feeds a ``burst-prefix-cache-scorer``'s
+    producer (:func:`fold_burst_producer` ran first), which hashes the rendered ids.
     """
     producers = {p.ref: p for p in config.plugins if p.type == PRECISE_PRODUCER}
     plugins = []
@@ -93,11 +139,18 @@ def fold_precise_producer(config: EndpointPickerConfig) -> EndpointPickerConfig:
             "prefixMatchInfoProducerName would score nothing; name it there or remove it"
         )
     precise = any(p.type == PRECISE_SCORER for p in plugins)
+    burst = any(p.type == BURST_SCORER for p in plugins)
     for p in plugins:
-        if p.type in (EVENT_SOURCE, TOKEN_PRODUCER) and not precise:
+        if p.type == EVENT_SOURCE and not precise:
             raise ConfigError(
                 f"plugins[{p.ref}]: a {p.type} feeds only {PRECISE_SCORER} (or a prefix-cache-scorer "
                 f"reading a {PRECISE_PRODUCER}), which this config does not have; remove it"
+            )
+        if p.type == TOKEN_PRODUCER and not (precise or burst):
+            raise ConfigError(
+                f"plugins[{p.ref}]: a {p.type} feeds only {PRECISE_SCORER} (or a prefix-cache-scorer "
+                f"reading a {PRECISE_PRODUCER} or a {BURST_PRODUCER}), which this config does not "
+                "have; remove it"
             )
     if len([p for p in plugins if p.type == TOKEN_PRODUCER]) > 1:
         raise ConfigError(f"plugins: several {TOKEN_PRODUCER} plugins; infergate renders with one")

@@ -119,6 +119,7 @@ NON_SCHEDULING_TYPES = frozenset(
         "single-profile-handler",
         "header-profile-handler",
         "approx-prefix-cache-producer",
+        "burst-prefix-cache-producer",
         "inflight-load-producer",
         "token-producer",
         "endpoint-notification-source",

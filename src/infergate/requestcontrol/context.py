@@ -4,7 +4,7 @@ the shapes of the collaborators it is given.
 :class:`RequestContext` goes from scheduling to the last response byte with the request; the data
 planes hold it between their calls into the Director. :class:`RequestSeries` resolves a request's
 labelled metric children once per (model, target, fairness id, priority). The protocols say what
-the Director needs of flow control and of a token producer (tests pass their own).
+the Director needs of flow control, a token producer and a batch window (tests pass their own).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from infergate.telemetry import GatewayMetrics
 
 __all__ = [
+    "BurstStageLike",
     "FlowControllerLike",
     "ProgramTracker",
     "RequestContext",
@@ -34,6 +35,12 @@ __all__ = [
 
 class TokenProducerLike(Protocol):
     async def token_ids(self, request: InferenceRequest) -> tuple[int, ...] | None: ...
+
+
+class BurstStageLike(Protocol):
+    """Holds a request in a batch window before it is scheduled (``burst-prefix-cache-producer``)."""
+
+    async def place(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None: ...
 
 
 class FlowControllerLike(Protocol):

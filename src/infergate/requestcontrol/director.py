@@ -28,6 +28,7 @@ from infergate.requestcontrol.access import (
     validate_control_header_mode,
 )
 from infergate.requestcontrol.context import (
+    BurstStageLike,
     FlowControllerLike,
     ProgramTracker,
     RequestContext,
@@ -112,6 +113,7 @@ class Director:
         self._response_hook = getattr(scheduler, "response_headers", None)
         self._tracer: RequestTracer | None = None
         self._tokens: TokenProducerLike | None = None
+        self._burst: BurstStageLike | None = None
         self._inflight: tuple[str, InFlightMetrics] | None = None
 
     def set_inflight_producer(self, name: str | None) -> None:
@@ -129,6 +131,10 @@ class Director:
         """Have each admitted request's prompt tokenized by ``producer`` before it is scheduled
         (``token-producer``: the model server's own renderer); None: no tokenization here."""
         self._tokens = producer
+
+    def set_burst_stage(self, stage: BurstStageLike | None) -> None:
+        """Hold each request in ``stage``'s window after tokenization, before scheduling."""
+        self._burst = stage
 
     def set_tracer(self, tracer: RequestTracer | None) -> None:
         """Trace every request from now on (:mod:`infergate.tracing`); None turns tracing off."""
@@ -308,6 +314,9 @@ class Director:
                     ids = await self._tokens.token_ids(request)
                 if ids is not None:
                     request = dataclasses.replace(request, prompt_token_ids=ids)
+            if self._burst is not None:
+                with trace.phase("burst"):  # the window the burst producer assigns jointly
+                    await self._burst.place(request, self._core.eligible(subset))
             with trace.phase("schedule"):
                 result = self._schedule(request, (), subset, released=released)
         except RequestError as exc:

@@ -29,6 +29,12 @@ from infergate.scheduling.plugins.attributes import (
     EndpointAttributeScorer,
     EndpointAttributeScorerParams,
 )
+from infergate.scheduling.plugins.burst_prefix import (
+    BurstPrefixParams,
+    BurstPrefixProducer,
+    BurstPrefixScorer,
+    BurstScorerParams,
+)
 from infergate.scheduling.plugins.disagg import (
     DECODE_ROLES,
     PREFILL_ROLES,
@@ -341,6 +347,11 @@ def default_registry() -> PluginRegistry:
         PrecisePrefixParams,
         lambda p, c: PrecisePrefixScorer(p, metrics=c.metrics),
     )
+    # a window of requests assigned jointly (plugins/burst_prefix.py; the Director holds the window):
+    # the producer is read by the prefix-cache-scorer naming it, which the config folds into the
+    # burst-prefix-cache-scorer
+    r.register_helper("burst-prefix-cache-producer", BurstPrefixParams, lambda p, c: BurstPrefixProducer(p))
+    r.register_scorer("burst-prefix-cache-scorer", BurstScorerParams, lambda p, c: BurstPrefixScorer(p))
     r.register_scorer_post_pick(
         "predicted-latency-scorer", LatencyParams, lambda p, c: PredictedLatencyScorer(p, clock=c.clock)
     )
