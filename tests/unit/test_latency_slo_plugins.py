@@ -89,6 +89,39 @@ def test_stale_endpoints_are_no_evidence() -> None:
     assert s.admit(_req(-1), [busy("a")], {busy("a").key}) is None  # nothing fresh: flow control decides
 
 
+def test_an_adapter_the_fast_endpoint_would_have_to_load_counts_against_its_bound() -> None:
+    """A sheddable request for adapter ``sql`` with a 50 ms TTFT bound: on the fast endpoint its
+    prompt takes ~35 ms, and loading the adapter there 25 ms more (``loraLoadMs``). Where the
+    adapter is loaded it is predicted in time; where it would be loaded first, it is not."""
+    s = _scheduler()
+    request = InferenceRequest(
+        request_id="r", model="sql", target_model="sql", priority=-1, prompt=PROMPT, ttft_slo=0.05
+    )
+
+    def fast(adapters: list[str]) -> Endpoint:
+        return make_endpoint(
+            "fast",
+            running_requests=1,
+            kv_cache_usage=0.3,
+            in_flight=1,
+            max_active_adapters=2,
+            running_adapters=adapters,
+        )
+
+    holder = make_endpoint(
+        "a",
+        waiting_queue_size=60,
+        running_requests=30,
+        kv_cache_usage=0.7,
+        in_flight=5,
+        max_active_adapters=2,
+        running_adapters=["sql"],
+    )
+    assert s.admit(request, [holder, fast(["sql"])], set()) is None
+    reason = s.admit(request, [holder, fast([])], set())
+    assert reason is not None and "no endpoint is predicted to meet" in reason
+
+
 FILTER_CONFIG = """\
 plugins:
   - type: predicted-latency-scorer

@@ -206,6 +206,16 @@ class PredictedLatencyScorer:
             model in e.metrics.running_adapters or model in e.metrics.waiting_adapters for e in candidates
         )
 
+    def adapter_for(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint]
+    ) -> tuple[str | None, float]:
+        """The adapter ``request`` needs among ``candidates`` (None: a base model) and the pool's
+        slot shortage for it, as :meth:`score` prices them (for plugins predicting with this one)."""
+        if not self._is_adapter(request, candidates):
+            return None, 0.0
+        adapter = request.target_model
+        return adapter, self._slot_pressure(adapter, candidates)
+
     def _slot_pressure(self, adapter: str, candidates: Sequence[Endpoint]) -> float:
         """The pool's shortage of adapter slots for a request for ``adapter`` (see
         :class:`AdapterDemand`)."""

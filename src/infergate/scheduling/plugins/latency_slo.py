@@ -2,7 +2,8 @@
 
 llm-d-router's read a predictor sidecar's verdicts; these read the config's scorer (the same model
 that places requests), predicting each endpoint's TTFT and time per output token for the request,
-counting the prefix the endpoint is believed to hold; a LoRA adapter's load time is not counted.
+counting the prefix the endpoint is believed to hold and, for a LoRA adapter it does not hold,
+the time to load it (or to wait for a slot), as the scorer prices them.
 
 ``latency-slo-admitter`` (an admitter). A request of priority >= 0 always passes. A sheddable one
 (priority < 0) passes when at least one of the pool's fresh endpoints
@@ -79,10 +80,18 @@ class _Predicting:
         matched = scorer.index.match(hashes) if hashes else {}
         prompt_tokens = max(1, size // AVERAGE_CHARS_PER_TOKEN)
         now = scorer.now()
+        adapter, slot_pressure = scorer.adapter_for(request, endpoints)
         out = []
         for e in endpoints:
             held = matched.get(e.key, 0) * block_tokens
-            pred = scorer.predict(e, prompt_tokens=prompt_tokens, matched_tokens=held, adapter=None, now=now)
+            pred = scorer.predict(
+                e,
+                prompt_tokens=prompt_tokens,
+                matched_tokens=held,
+                adapter=adapter,
+                now=now,
+                slot_pressure=slot_pressure,
+            )
             out.append(pred.ttft_ms <= ttft_ms and pred.tpot_ms <= tpot_ms)
         return out
 
