@@ -316,3 +316,14 @@ def session_workload(**fields: object) -> WorkloadSpec:
         **fields,
     }
     return WorkloadSpec.model_validate({"name": "s", "seed": 3, "workload": body, "pool": {"replicas": 2}})
+
+
+def granted_rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """A rendered Role's or ClusterRole's rules as (API group, resource, verb) triples."""
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }

@@ -41,7 +41,7 @@ from tests.e2e.test_deploy_chart import (
     validate_all,
 )
 from tests.e2e.test_epp_cluster import MODEL, READER_TOKEN, Cluster, cluster, get  # noqa: F401 (a fixture)
-from tests.support import async_wait_for, free_port, start_infergate
+from tests.support import async_wait_for, free_port, granted_rules, start_infergate
 
 SERVE = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
 RELEASE = "qwen-router"
@@ -428,16 +428,6 @@ def settings_of(args: list[str]) -> dict[str, str]:
     return out
 
 
-def granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
 def notes(tmp_path: Path, *args: str) -> str:
     """NOTES.txt (not rendered by `helm template`), via a copy of the chart that wraps it."""
     chart = tmp_path / "chart" / "infergate"
@@ -511,9 +501,9 @@ def test_upstream_standalone_values_render_infergate_serve(tmp_path: Path) -> No
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 
     role = one(docs, "Role")
-    assert granted(role) == {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
+    assert granted_rules(role) == {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
     cluster_role = one(docs, "ClusterRole")
-    assert granted(cluster_role) == {
+    assert granted_rules(cluster_role) == {
         ("authentication.k8s.io", "tokenreviews", "create"),
         ("authorization.k8s.io", "subjectaccessreviews", "create"),
     }  # --metrics-auth=kubernetes checks /metrics tokens, as the epp RBAC allows
@@ -868,7 +858,7 @@ async def test_the_rendered_deployment_routes_openai_requests_to_the_pods(
     finally:
         assert child.stop(signal.SIGTERM, timeout=30) == 0, child.output()
 
-    allowed = granted(one(docs, "Role")) | granted(one(docs, "ClusterRole"))
+    allowed = granted_rules(one(docs, "Role")) | granted_rules(one(docs, "ClusterRole"))
     made = {_needed(r) for r in cluster.api.requests}
     assert ("", "pods", "watch") in made and ("authentication.k8s.io", "tokenreviews", "create") in made
     missing = made - allowed

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,7 +26,7 @@ from infergate.sources.kubernetes import KubernetesSource
 from infergate.sources.kubernetes_client import make_api_client
 from tests.e2e.test_deploy_chart import EXAMPLES, RELEASE, by_kind, flags, one, render
 from tests.k8s_apiserver import FakeApiServer, pod
-from tests.support import async_wait_for
+from tests.support import async_wait_for, granted_rules
 from tests.unit.test_deploy_crds import crd_validate
 
 NAMESPACE = "default"
@@ -42,16 +41,6 @@ async def apiserver() -> AsyncIterator[FakeApiServer]:
         yield server
     finally:
         await server.stop()
-
-
-def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 def _needed(request: str) -> tuple[str, str, str]:
@@ -127,7 +116,7 @@ async def test_tutorial_on_the_api_server_stand_in(apiserver: FakeApiServer, tmp
             await task
         await client.close()
 
-    role = _granted(one(docs, "Role"))
+    role = granted_rules(one(docs, "Role"))
     made = {_needed(r) for r in apiserver.requests}
     assert ("", "pods", "watch") in made and (
         "inference.networking.k8s.io",
