@@ -362,6 +362,16 @@ def test_bad_values_name_the_setting_and_the_layer(kwargs: dict[str, Any], error
         load_settings(**kwargs)
 
 
+def test_a_cross_field_refusal_names_the_layer_of_the_field_it_refuses(tmp_path: Path) -> None:
+    """A group's check refuses one of its fields by name; the layer given is the one that set it."""
+    path = tmp_path / "s.yaml"
+    path.write_text("flow_control:\n  usage_limit_min_ceiling: 0.3\n")
+    with pytest.raises(ConfigError, match=r"flow_control \(file\): usage_limit_min_ceiling: read only by"):
+        load_settings(file=path, environ={})
+    with pytest.raises(ConfigError, match=r"flow_control \(flag\): usage_limit_min_ceiling: read only by"):
+        load_settings(flags={"flow_control.usage_limit_min_ceiling": 0.3}, environ={})
+
+
 def test_a_typo_in_the_settings_file_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("scrape:\n  intervl: 1\n")

@@ -159,16 +159,22 @@ def load_settings(
 
 
 def validate(data: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> Settings:
-    """``Settings`` from nested ``data``; raises ConfigError naming each bad setting (and its layer)."""
+    """``Settings`` from nested ``data``; raises ConfigError naming each bad setting (and its layer).
+
+    A group's cross-field check names the field it refuses first in its message (``priority_bands:
+    read only by ...``); the layer is that field's, not the group's (which no layer sets as such).
+    """
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False):
             path = ".".join(str(p) for p in err["loc"])
+            reason = str(err["msg"]).removeprefix("Value error, ")
             where = ""
             if sources is not None:
-                where = f" ({sources.get(path) or sources.get(path.split('.')[0], 'default')})"
-            reason = str(err["msg"]).removeprefix("Value error, ")
+                named = f"{path}.{reason.partition(':')[0]}"
+                layer = sources.get(path) or sources.get(named) or sources.get(path.split(".")[0])
+                where = f" ({layer or 'default'})"
             lines.append(f"settings: {path}{where}: {reason}")
         raise ConfigError("\n".join(lines)) from None
