@@ -202,6 +202,8 @@ def _probes(root: Path) -> dict[str, tuple[Any, Probe]]:
         "flow_control.usage_limit_ceiling": (0.8, flow(lambda c: getattr(c._limit, "threshold", None))),
         "flow_control.usage_limit_min_ceiling": (0.3, flow(lambda c: getattr(c._limit, "min_ceiling", None))),
         "flow_control.usage_limit_domain": ("value", flow(lambda c: getattr(c._limit, "domain", None))),
+        # the levels a ranked policy spreads its ceilings over, before any request of theirs
+        "flow_control.priority_bands": ((10, 0), flow(lambda c: c._levels.levels(5, 0.0, ()))),
         "flow_control.ordering": ("slo-deadline", flow(lambda c: c._queues.ordering)),
         "flow_control.fairness": ("global-strict", flow(lambda c: c._queues.fairness)),
         "flow_control.detector": ("concurrency", flow(lambda c: type(c._detector).__name__)),
@@ -295,6 +297,7 @@ _COMPANIONS: dict[str, dict[str, Any]] = {
     "flow_control.usage_limit_ceiling": {"flow_control.usage_limit": "static"},
     "flow_control.usage_limit_min_ceiling": _HOLDBACK,
     "flow_control.usage_limit_domain": _HOLDBACK,
+    "flow_control.priority_bands": _HOLDBACK,
 }
 
 

@@ -9,7 +9,8 @@ settings or refuses it with an error naming the field:
 
 - ``flowControl`` TTLs and capacities and the ``utilization-detector`` thresholds become
   :class:`~infergate.config.settings.FlowControlSettings` fields, which the one flow-control builder
-  (``flowcontrol.settings.flow_control_from_settings``) reads;
+  (``flowcontrol.settings.flow_control_from_settings``) reads; so do the ``priorityBands``'
+  priorities when the usage-limit policy ranks the priorities in use (:func:`apply_sections`);
 - ``featureGates: [flowControl]`` / ``flowControl=false`` switch queueing on/off;
 - sections naming behaviour infergate has built in (``metrics-data-source`` scraping ``/metrics``
   over HTTP, ``openai-parser``, FCFS order, round-robin flows) are accepted when they ask for exactly
@@ -44,7 +45,7 @@ from infergate.config.picker_schemas import (
     UtilizationDetectorParams,
 )
 from infergate.config.picker_units import parse_go_duration, parse_quantity
-from infergate.config.settings import FlowControlSettings, Settings
+from infergate.config.settings import RANKED_USAGE_LIMITS, FlowControlSettings, Settings
 from infergate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -152,11 +153,13 @@ USAGE_LIMIT_PARAMS: dict[str, type[StrictModel]] = {
 
 @dataclass(frozen=True, slots=True)
 class SectionEffects:
-    """What the sections change: FlowControlSettings fields, and flow control on/off (None: unchanged)."""
+    """What the sections change: FlowControlSettings fields, flow control on/off (None: unchanged),
+    and the priorities of the listed bands (``flow_control.priority_bands`` when the policy ranks)."""
 
     settings: dict[str, Any] = field(default_factory=dict)
     flow_control: bool | None = None
     passthrough: tuple[str, ...] = ()
+    band_priorities: tuple[int, ...] = ()
 
 
 def _validate(model: type[StrictModel], data: object, where: str) -> Any:
@@ -179,6 +182,7 @@ class _Reader:
         self.types = {p.ref: p.type for p in config.plugins}
         self.params = {p.ref: dict(p.parameters) for p in config.plugins}
         self.effects: dict[str, Any] = {}
+        self.bands: dict[int, str] = {}  # a listed band's priority -> where it was listed
 
     def _ref(self, ref: str, where: str, allowed: Sequence[str], what: str) -> str:
         """The type of the plugin ``ref`` names; it must be one of ``allowed``."""
@@ -281,6 +285,7 @@ class _Reader:
             self._band(fc.default_negative_priority_band, f"{where}.defaultNegativePriorityBand")
         for i, band in enumerate(fc.priority_bands):
             self._band(band, f"{where}.priorityBands[{i}]")
+            self._band_priority(band.priority, f"{where}.priorityBands[{i}].priority")
         if self.effects.get("ordering") == "slo-deadline":
             ref = default.ordering_policy_ref if default is not None else ""
             if ORDERING_SETTING.get(self.types.get(ref, ref)) != "slo-deadline":
@@ -378,6 +383,17 @@ class _Reader:
                     "not supported (every band has the default band's capacity); set "
                     "defaultPriorityBand instead"
                 )
+
+    def _band_priority(self, priority: int | None, where: str) -> None:
+        """Note a statically configured band's priority (the ranked policies count it from the
+        start, as the reference does). Only ``priorityBands`` configure bands: the default bands are
+        templates for the priorities no band lists, whose ``priority`` the reference ignores. A
+        band giving none adds none; a priority listed twice is refused, as the reference refuses it."""
+        if priority is None:
+            return
+        first = self.bands.setdefault(priority, where)
+        if first != where:
+            raise ConfigError(f"{where}: duplicate priority level {priority} (also {first})")
 
     @staticmethod
     def _quantity(value: object, where: str) -> int:
@@ -537,7 +553,9 @@ def _read(config: EndpointPickerConfig) -> SectionEffects:
     r.data_layer(config.data_layer)
     r.dcgm_wiring(config.data_layer)
     paths = r.parsers(config.parser, config.request_handler)
-    return SectionEffects(settings=dict(r.effects), flow_control=gate, passthrough=tuple(paths))
+    return SectionEffects(
+        settings=dict(r.effects), flow_control=gate, passthrough=tuple(paths), band_priorities=tuple(r.bands)
+    )
 
 
 def passthrough_paths(config: EndpointPickerConfig) -> tuple[str, ...]:
@@ -553,10 +571,19 @@ def check_sections(config: EndpointPickerConfig) -> None:
 def apply_sections(config: EndpointPickerConfig, settings: Settings) -> Settings:
     """``settings`` with the config's sections applied (all of them are ``flow_control.*`` settings).
 
-    A ``featureGates`` entry for ``flowControl`` wins over ``flow_control.enabled``.
+    A ``featureGates`` entry for ``flowControl`` wins over ``flow_control.enabled``. The listed
+    bands' priorities join ``flow_control.priority_bands`` only under a policy that ranks the
+    priorities in use: ``headroom`` and ``static`` give a band the same ceiling whichever bands
+    exist, so there a band's priority changes nothing (as under llm-d-router's static policy), and
+    the config, which only restates the default band, still loads.
     """
     effects = _read(config)
     changes = {f"flow_control.{k}": v for k, v in effects.settings.items()}
     if effects.flow_control is not None:
         changes["flow_control.enabled"] = effects.flow_control
-    return settings.replace(changes) if changes else settings
+    result = settings.replace(changes) if changes else settings
+    fc = result.flow_control
+    if effects.band_priorities and fc.usage_limit in RANKED_USAGE_LIMITS:
+        bands = tuple(dict.fromkeys((*fc.priority_bands, *effects.band_priorities)))
+        result = result.replace({"flow_control.priority_bands": bands})
+    return result

@@ -30,6 +30,7 @@ from infergate.net.tls_options import GO_CIPHER_SUITES
 __all__ = [
     "DATA_PLANE_NAMES",
     "ENV_PREFIX",
+    "RANKED_USAGE_LIMITS",
     "AuthSettings",
     "FlowControlSettings",
     "KubernetesSettings",
@@ -242,6 +243,11 @@ class ScrapeSettings(_Group):
     """Refresh period of the ``inference_pool_*`` gauges (``--refresh-prometheus-metrics-interval``)."""
 
 
+RANKED_USAGE_LIMITS = ("priority-holdback", "soft-reflective-ceiling")
+"""The ``flow_control.usage_limit`` policies whose ceilings depend on the priorities in use (the
+only readers of ``flow_control.priority_bands``)."""
+
+
 class FlowControlSettings(_Group):
     """Saturation detection and the gateway's priority queues (GIE §5.4-5.6)."""
 
@@ -267,6 +273,12 @@ class FlowControlSettings(_Group):
     usage_limit_domain: Literal["rank", "value"] = "rank"
     """``priority-holdback``: steps by rank among the priorities in use, or in proportion to their
     values (``domain``); ``value`` refused with other policies."""
+    priority_bands: tuple[int, ...] = ()
+    """Priorities of statically configured bands, as llm-d-router's
+    ``flowControl.priorityBands[].priority`` (a picker config's bands land here when its policy
+    ranks): ``priority-holdback`` and ``soft-reflective-ceiling`` count them among the priorities in
+    use from the start and never drop them when idle. Refused with ``headroom`` and ``static``,
+    which rank nothing; a priority listed twice is refused too."""
     request_ttl: Seconds = 60.0
     """How long a request may wait in a queue while the pool has a ready endpoint, then 429
     ``rejected-ttl-expired`` (``defaultRequestTTL``)."""
@@ -381,6 +393,13 @@ class FlowControlSettings(_Group):
     def _usage_limit_fields(self) -> FlowControlSettings:
         """A usage-limit field the chosen policy does not read is an error, not a silent no-op."""
         policy = self.usage_limit
+        bands = self.priority_bands
+        if bands and policy not in RANKED_USAGE_LIMITS:
+            readers = " and ".join(RANKED_USAGE_LIMITS)
+            raise ValueError(f"priority_bands: read only by {readers}, not by {policy}")
+        twice = next((p for i, p in enumerate(bands) if p in bands[:i]), None)
+        if twice is not None:
+            raise ValueError(f"priority_bands: {twice} listed twice (one band per priority)")
         if policy == "priority-holdback":
             low = self.usage_limit_min_ceiling
             if low is None:

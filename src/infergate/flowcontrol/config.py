@@ -61,6 +61,11 @@ class FlowControlConfig:
             priority's.
         usage_limit_min_ceiling: ``priority-holdback``: the lowest priority's ceiling.
         usage_limit_domain: ``priority-holdback``: ``rank`` or ``value``.
+        priority_bands: priorities of statically configured bands (the reference's
+            ``flowControl.priorityBands[].priority``): a ranked policy (``priority-holdback``,
+            ``soft-reflective-ceiling``) counts them among the levels in use from the start and
+            never drops them when idle (:class:`~.usage_limits.PriorityLevels`); the other
+            policies rank nothing, so they do not read it.
         ordering: the order of one flow's requests: ``fcfs``, or ``slo-deadline`` (earliest
             arrival plus the request's own TTFT bound first; see :mod:`.queues`).
         fairness: how the flows (fairness ids) of a band take turns: ``round-robin``,
@@ -89,6 +94,7 @@ class FlowControlConfig:
     usage_limit_ceiling: float = 1.0
     usage_limit_min_ceiling: float | None = None
     usage_limit_domain: str = "rank"
+    priority_bands: tuple[int, ...] = ()
     route_to_room: bool = True
     ordering: str = "fcfs"
     fairness: str = "round-robin"

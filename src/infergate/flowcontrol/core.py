@@ -132,7 +132,7 @@ class FlowCore:
             min_ceiling=c.usage_limit_min_ceiling,
             domain="value" if c.usage_limit_domain == "value" else "rank",
         )
-        self._levels = PriorityLevels()
+        self._levels = PriorityLevels(c.priority_bands)
         if metrics is not None:
             metrics.watch_flow_control(self.metrics_state)
 

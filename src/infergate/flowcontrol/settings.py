@@ -60,6 +60,7 @@ def flow_control_from_settings(
         usage_limit_ceiling=s.usage_limit_ceiling,
         usage_limit_min_ceiling=s.usage_limit_min_ceiling,
         usage_limit_domain=s.usage_limit_domain,
+        priority_bands=s.priority_bands,
         ordering=s.ordering,
         fairness=s.fairness,
         program_aware=ProgramAwareParams(

@@ -165,16 +165,21 @@ class SoftReflectiveCeiling:
 
 
 class PriorityLevels:
-    """The priority levels in use: the pool's objectives' and those of requests seen lately.
+    """The priority levels in use: the configured bands', the pool's objectives' and those of
+    requests seen lately.
 
-    The reference provisions a band per priority it meets and drops one idle for ten minutes;
-    infergate counts the objectives' priorities too, so a band the operator declared counts
-    before its first request.
+    The reference provisions a band per priority it meets and drops one idle for ten minutes, but
+    never drops a band its configuration lists (``flowControl.priorityBands``): ``configured``
+    holds those (``flow_control.priority_bands``), counted from the start and never expired, so a
+    ranked policy's ceilings are spread over the operator's bands before their first request, as
+    there. infergate counts the objectives' priorities too (``declared`` on each call, since
+    objectives change at run time), for the same reason.
     """
 
-    __slots__ = ("_idle", "_seen")
+    __slots__ = ("_configured", "_idle", "_seen")
 
-    def __init__(self, idle: float = BAND_IDLE_SECONDS) -> None:
+    def __init__(self, configured: Sequence[int] = (), idle: float = BAND_IDLE_SECONDS) -> None:
+        self._configured = frozenset(configured)
         self._idle = idle
         self._seen: dict[int, float] = {}
 
@@ -185,7 +190,7 @@ class PriorityLevels:
         if len(seen) > 1 and min(seen.values()) < now - self._idle:
             for p in [p for p, at in seen.items() if at < now - self._idle]:
                 del seen[p]
-        return sorted({*seen, *declared}, reverse=True)
+        return sorted({*seen, *declared, *self._configured}, reverse=True)
 
 
 USAGE_LIMITS = ("headroom", "static", "priority-holdback", "soft-reflective-ceiling")
