@@ -11,9 +11,11 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from infergate.app.core import build_core
+from infergate.app.workers.metrics import MergedExposition, export_families
 from infergate.config.picker import EndpointPickerConfig, default_picker_config, parse_picker_config
 from infergate.config.settings import Settings
 from infergate.datastore.store import Datastore
@@ -117,13 +119,15 @@ def store(n: int = 4) -> Datastore:
     return ds
 
 
-def director(config: str = BURST_CONFIG) -> tuple[Director, BurstWindow, Timers]:
+def director(
+    config: str = BURST_CONFIG, *, metrics: GatewayMetrics | None = None
+) -> tuple[Director, BurstWindow, Timers]:
     picker = parse_picker_config(config)
     sched = build_scheduler(picker, rng=random.Random(3), clock=FakeClock())
     producer = sched.plugin("burst-prefix-cache-producer")
     assert isinstance(producer, BurstPrefixProducer)
     timers = Timers()
-    window = BurstWindow(producer, call_later=timers)
+    window = BurstWindow(producer, call_later=timers, metrics=metrics)
     d = Director(datastore=store(), scheduler=sched, flow=None, clock=FakeClock(), rng=random.Random(5))
     d.set_token_producer(PromptTokens())
     d.set_burst_stage(window)
@@ -234,6 +238,89 @@ async def test_a_full_window_serves_the_request_without_affinity() -> None:
     assert extra.result.plugin_scores["prefix-cache-scorer"] == {e: 0.0 for e in extra.result.scores}
     timers.fire()
     assert len(set(await targets(tasks))) == 1
+
+
+OVERFLOW = "infergate_burst_window_overflow_total"
+SMALL_BATCH = BURST_CONFIG.replace("minColocateBlocks: 0", "maxBatchSize: 2")
+
+
+def overflows(text: str) -> float | None:
+    """The overflow counter's value in a rendered exposition; None: no such series."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == OVERFLOW:
+                assert sample.labels == {}  # one window per process: nothing to tell apart
+                return sample.value
+    return None
+
+
+async def test_each_request_beyond_max_batch_size_counts_once_on_metrics() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    d, window, timers = director(SMALL_BATCH, metrics=metrics)
+    assert overflows(metrics.render().decode()) == 0.0  # exported from the start, for increase()
+    tasks = await send_together(d, window, [PROMPT] * 2)  # up to maxBatchSize: no overflow
+    assert overflows(metrics.render().decode()) == 0.0
+    for i in range(3):
+        await d.handle_request(path="/v1/completions", headers={"x-request-id": f"x{i}"}, body=body(PROMPT))
+        assert overflows(metrics.render().decode()) == i + 1
+    assert window.overflowed == 3  # the log's running count agrees
+    timers.fire()
+    await targets(tasks)
+    # a fresh window has room again: a full batch in it counts nothing
+    tasks = await send_together(d, window, [PROMPT] * 2)
+    timers.fire()
+    await targets(tasks)
+    assert overflows(metrics.render().decode()) == 3.0
+
+
+async def test_the_built_gateway_exports_its_windows_overflows_on_metrics() -> None:
+    """build_core hands the window the gateway's metrics; the scrape shows the series, its help
+    and its value, and a gateway without the producer exports no such series."""
+
+    def built(picker: EndpointPickerConfig) -> tuple[GatewayMetrics, BurstWindow | None]:
+        metrics = GatewayMetrics(CollectorRegistry())
+        core = build_core(
+            store(),
+            PoolSpec(name="pool"),
+            picker=picker,
+            settings=Settings(),
+            metrics=metrics,
+            clock=FakeClock(),
+            rng=random.Random(1),
+        )
+        return metrics, core.burst
+
+    metrics, window = built(default_picker_config(lora=False))
+    assert window is None and overflows(metrics.render().decode()) is None
+    metrics, window = built(parse_picker_config(SMALL_BATCH))
+    assert window is not None
+    request = InferenceRequest(request_id="r", model=MODEL, target_model=MODEL, prompt=PROMPT)
+    held = [asyncio.create_task(window.place(request, [])) for _ in range(2)]
+    await eventually(lambda: window.waiting == 2, what="a full window")
+    await window.place(request, [])  # the third goes on at once
+    window.close()  # releases the two held ones (and disarms the loop's timer): no waiting on it
+    await asyncio.gather(*held)
+    text = metrics.render().decode()
+    lines = text.splitlines()
+    assert f"# TYPE {OVERFLOW} counter" in lines
+    assert any(line.startswith(f"# HELP {OVERFLOW} Requests that found") for line in lines)
+    assert f"{OVERFLOW} 1.0" in lines
+
+
+def test_the_gateway_process_sums_its_workers_overflow_counters() -> None:
+    """With ``--workers N`` each worker counts on its own registry; the merged ``/metrics`` adds
+    them up (a counter, not one of the gauges shown as the highest) and keeps a dead worker's."""
+    parent = GatewayMetrics(CollectorRegistry())
+    parent.burst_window_overflow()  # the gateway process builds a window too, and serves nothing
+    merged = MergedExposition(parent.registry)
+    for worker, count in enumerate((2, 5)):
+        m = GatewayMetrics(CollectorRegistry())
+        m.burst_window_overflow().inc(count)
+        merged.update(worker, export_families(m.registry))
+    assert overflows(generate_latest(merged).decode()) == 7.0
+    merged.retire(1)
+    merged.update(1, export_families(GatewayMetrics(CollectorRegistry()).registry))
+    assert overflows(generate_latest(merged).decode()) == 7.0
 
 
 async def test_closing_releases_the_waiters_and_stops_batching() -> None:

@@ -107,8 +107,12 @@ def build_core(
     )
     tokens = token_producer(picker)
     director.set_token_producer(tokens)
-    # the burst producer's window, held by this process's Director (each worker batches its own)
-    burst = next((BurstWindow(p) for p in scheduler.plugins() if isinstance(p, BurstPrefixProducer)), None)
+    # the burst producer's window, held by this process's Director (each worker batches its own
+    # and counts its overflows on its own registry, which the gateway process sums)
+    burst = next(
+        (BurstWindow(p, metrics=metrics) for p in scheduler.plugins() if isinstance(p, BurstPrefixProducer)),
+        None,
+    )
     director.set_burst_stage(burst)
     dcgm = dcgm_source(picker)
     pollers = []

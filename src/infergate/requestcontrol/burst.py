@@ -13,13 +13,16 @@ an operator who configures the producer accepts it. What is not waited on:
 * a request without prefix hashes (an empty prompt): upstream holds it without effect;
 * a request arriving when the window already holds ``maxBatchSize`` requests: upstream fails that
   producer call and the request goes on without affinity; here likewise, counted in
-  :attr:`BurstWindow.overflowed` and logged at most once a minute;
+  :attr:`BurstWindow.overflowed` and in ``infergate_burst_window_overflow_total`` on ``/metrics``
+  (operators alert on the counter: a full window means ``maxBatchSize`` is too small for the
+  bursts), and logged at most once a minute;
 * anything after :meth:`close` (shutdown): the open window is sealed at once, so no waiter is left
   behind, and later requests pass straight through.
 
 A request cancelled while it waits (the client went away) leaves the window before it seals, so
 it takes no replica's share. With ``--workers N`` each worker process has its own Director and so
-its own window: requests are batched with those of the same worker only.
+its own window: requests are batched with those of the same worker only, and its own counter,
+which the gateway process sums over the workers as it does every worker's counters.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from infergate.scheduling.plugins.burst_prefix import UNLIMITED, BurstPrefixProducer
 from infergate.types import Endpoint, InferenceRequest
+
+if TYPE_CHECKING:
+    from infergate.telemetry import GatewayMetrics
 
 __all__ = ["BurstWindow"]
 
@@ -65,10 +71,21 @@ class _Window:
 
 
 class BurstWindow:
-    """Collects requests for ``producer``'s window and releases them together, assigned."""
+    """Collects requests for ``producer``'s window and releases them together, assigned.
 
-    def __init__(self, producer: BurstPrefixProducer, *, call_later: CallLater | None = None) -> None:
+    ``metrics``: where overflows are counted (the counter is registered here, so it is exported,
+    at 0, only by a gateway that holds a window); None counts them in :attr:`overflowed` only.
+    """
+
+    def __init__(
+        self,
+        producer: BurstPrefixProducer,
+        *,
+        call_later: CallLater | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.producer = producer
+        self._overflow_total = metrics.burst_window_overflow() if metrics is not None else None
         self._call_later = call_later
         self._open: _Window | None = None
         self._closed = False
@@ -122,6 +139,8 @@ class BurstWindow:
 
     def _overflow(self, limit: int) -> None:
         self.overflowed += 1
+        if self._overflow_total is not None:
+            self._overflow_total.inc()
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now

@@ -471,6 +471,7 @@ class GatewayMetrics:
         self._extproc_streams: ExtProcStreamMetrics | None = None
         self._programs: ProgramMetrics | None = None
         self._inflight: InFlightMetrics | None = None
+        self._burst_overflow: Counter | None = None
         self._flow_state = FlowControlStateCollector(lambda: None)
         r.register(self._flow_state)
 
@@ -487,6 +488,22 @@ class GatewayMetrics:
         if self._inflight is None:
             self._inflight = InFlightMetrics(self.registry, self.fairness_cap)
         return self._inflight
+
+    def burst_window_overflow(self) -> Counter:
+        """``infergate_burst_window_overflow_total``: requests that found the
+        ``burst-prefix-cache-producer``'s window full and went on without affinity. Upstream fails
+        that producer call silently and has no metric; the log says it once a minute, which no
+        alert can read. Registered on first use only (the window registers it when it is built),
+        so a gateway without the producer exports no such series, and one with it exports 0 from
+        the start, so that ``increase()`` sees the first overflow."""
+        if self._burst_overflow is None:
+            self._burst_overflow = Counter(
+                "infergate_burst_window_overflow",
+                "Requests that found the burst-prefix-cache-producer's window full (maxBatchSize) "
+                "and were scheduled at once without burst affinity.",
+                registry=self.registry,
+            )
+        return self._burst_overflow
 
     def programs(self) -> ProgramMetrics:
         """The program-aware fairness metrics, registered on first use only (the reference
