@@ -245,6 +245,24 @@ schedulingProfiles:
         "need a profile handler",
     ),
     (
+        "data parallel (dp-epp-config): each rank is an endpoint of its own port instead",
+        """
+plugins:
+- type: prefix-cache-scorer
+- type: decode-filter
+- type: max-score-picker
+- type: data-parallel-profile-handler
+  parameters: {primaryPort: 8000}
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: decode-filter
+  - pluginRef: max-score-picker
+  - {pluginRef: prefix-cache-scorer, weight: 2}
+""",
+        r"data-parallel-profile-handler.*deprecated upstream.*own port.*targetPorts.*remove the handler",
+    ),
+    (
         "soft reflective ceiling",
         """
 featureGates: [flowControl]

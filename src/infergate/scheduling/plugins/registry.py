@@ -326,6 +326,13 @@ REFUSED_TYPES: dict[str, str] = {
     "pd-profile-handler": "deprecated upstream; use disagg-profile-handler with deciders.prefill",
     "disagg-headers-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
     "prefill-header-handler": "disagg-profile-handler sets x-prefiller-host-port itself; remove it",
+    # upstream sends every request to primaryPort and names the rank in x-data-parallel-host-port for
+    # a sidecar there to forward; infergate reaches each rank's port itself (one endpoint per pod
+    # and target port), which is what upstream's deprecation notice asks for
+    "data-parallel-profile-handler": (
+        "deprecated upstream; infergate sends each request to the chosen rank's own port: list the "
+        "ranks' ports in the InferencePool's targetPorts (--endpoint-target-ports) and remove the handler"
+    ),
 }
 
 
