@@ -74,8 +74,10 @@ def test_twin_default_time_scale_is_unchanged() -> None:
 
 
 def test_twin_flow_control_queues_in_the_gateway_under_overload() -> None:
-    requests = tiny(200)
-    offsets = arrival_offsets(requests, 400.0, seed=2)  # far beyond 3 replicas' capacity
+    # far beyond 3 replicas' capacity (their frontends take in ~100 a second each): more than
+    # the quarter-second each may hold (frontend_wait) piles up within the window
+    requests = tiny(400)
+    offsets = arrival_offsets(requests, 1200.0, seed=2)
     config = TwinConfig(flow_control=True, max_loras=1)
     with_fc = run_twin(requests, offsets, strategy="round-robin", config=config)
     without = run_twin(requests, offsets, strategy="round-robin", config=TwinConfig(max_loras=1))

@@ -312,3 +312,4 @@ def test_aggregates_read_per_request_follow_every_change(ds: Datastore) -> None:
         assert ds.served_models() == served, step
         assert ds.max_model_len() == max(ds.context_lengths().values(), default=None), step
         assert ds.top_priority() == max((o.priority for o in ds.objectives()), default=None), step
+        assert ds.priorities_differ() == any(o.priority != 0 for o in ds.objectives()), step

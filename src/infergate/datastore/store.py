@@ -77,6 +77,7 @@ class Datastore:
         self._served: frozenset[str] | None = frozenset()
         self._max_context: tuple[int | None] | None = (None,)
         self._top_priority: tuple[int | None] | None = (None,)
+        self._priorities_differ: bool | None = False  # None: to be worked out again
 
     # -- pool -------------------------------------------------------------------------------
 
@@ -341,17 +342,25 @@ class Datastore:
 
     def upsert_objective(self, o: Objective) -> None:
         self._objectives[o.name] = o
-        self._top_priority = None
+        self._top_priority = self._priorities_differ = None
 
     def remove_objective(self, name: str) -> None:
         if self._objectives.pop(name, None) is not None:
-            self._top_priority = None
+            self._top_priority = self._priorities_differ = None
 
     def objective(self, name: str) -> Objective | None:
         return self._objectives.get(name)
 
     def objectives(self) -> list[Objective]:
         return list(self._objectives.values())
+
+    def priorities_differ(self) -> bool:
+        """Whether requests can differ in priority: some objective's priority is not the default 0
+        (flow control asks at every decision, so it is kept until the objectives change)."""
+        cached = self._priorities_differ
+        if cached is None:
+            cached = self._priorities_differ = any(o.priority != 0 for o in self._objectives.values())
+        return cached
 
     def top_priority(self) -> int | None:
         """The highest priority of any objective (None without objectives)."""

@@ -56,10 +56,12 @@ class ConcurrencyDetector(SaturationDetector):
         """Always: the counts are the gateway's own, never stale."""
         return True
 
-    def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
+    def endpoint_score(self, endpoint: Endpoint, now: float, *, intake: bool = False) -> float:
         return concurrency_load(endpoint, self.mode, self.max_concurrency, self.max_token_concurrency)
 
-    def saturation(self, endpoints: Sequence[Endpoint], now: float, *, whole_pool: bool = True) -> float:
+    def saturation(
+        self, endpoints: Sequence[Endpoint], now: float, *, whole_pool: bool = True, intake: bool = False
+    ) -> float:
         healthy = [e for e in endpoints if e.healthy]
         if not healthy:
             return 1.0

@@ -212,15 +212,22 @@ class FlowCore:
         tasks have not run): each is counted as in flight on *every* healthy endpoint, an upper
         bound whatever the scheduler picks, so releasing or admitting while they land never
         overfills the pool, and admission need not wait for them to land.
+
+        In a pool of one priority a server's frontend may hold up to what it takes in over
+        ``frontend_wait`` (:class:`SaturationDetector`'s ``intake``): the gateway's queue and the
+        frontend's are then one first-come-first-served order, and holding a burst in the gateway
+        only adds a dispatch delay. Where priorities differ, the hold orders who gets in, and
+        every band keeps the completions' allowance.
         """
         endpoints = self._ds.endpoints()
+        intake = not self._ds.priorities_differ()
         if self._staged[0] == self._ds.membership_version and not self._staged[1]:
-            value, stages = self._detector.saturation(endpoints, now), None  # no P/D roles: one stage
+            value, stages = self._detector.saturation(endpoints, now, intake=intake), None  # one stage
         else:
-            value, stages = self._judge(endpoints, now)
+            value, stages = self._judge(endpoints, now, intake)
         if pending > 0 and value < 1.0:
             landed = [e.with_load(e.in_flight + pending, e.in_flight_tokens) for e in endpoints]
-            value = max(value, self._judge(landed, now)[0])
+            value = max(value, self._judge(landed, now, intake)[0])
         self._last_saturation = value
         self._judged_at = now
         if self._metrics is not None:
@@ -241,16 +248,18 @@ class FlowCore:
                 gauges[stage].set(level)
         return value
 
-    def _judge(self, endpoints: Sequence[Endpoint], now: float) -> tuple[float, dict[str, float] | None]:
+    def _judge(
+        self, endpoints: Sequence[Endpoint], now: float, intake: bool = False
+    ) -> tuple[float, dict[str, float] | None]:
         """The pool's saturation and each P/D stage's: a pool with ``llm-d.ai/role`` labels is as
         saturated as its fuller stage (:meth:`SaturationDetector.stages`, llm-d-router's rule);
         any other is one decode stage of all its endpoints (None)."""
         version = self._ds.membership_version
         if self._staged[0] != version:
             self._staged = (version, any(ROLE_LABEL in e.meta.labels for e in endpoints))
-        stages = self._detector.stages(endpoints, now) if self._staged[1] else None
+        stages = self._detector.stages(endpoints, now, intake=intake) if self._staged[1] else None
         if not stages:
-            return self._detector.saturation(endpoints, now), None
+            return self._detector.saturation(endpoints, now, intake=intake), None
         return max(stages.values()), stages
 
     def threshold(self, priority: int, *, saturation: float | None = None, now: float | None = None) -> float:
@@ -299,14 +308,10 @@ class FlowCore:
         20 QPS).
         """
         c = self._config
-        if not c.enabled or not c.route_to_room or len(endpoints) < 2 or not self._ranks_priorities():
+        if not c.enabled or not c.route_to_room or len(endpoints) < 2 or not self._ds.priorities_differ():
             return list(endpoints)
         roomy = [e for e in endpoints if self._detector.endpoint_score(e, now) < 1.0]
         return roomy or list(endpoints)
-
-    def _ranks_priorities(self) -> bool:
-        """Whether requests to this pool can have different priorities (an objective's is not 0)."""
-        return any(o.priority != 0 for o in self._ds.objectives())
 
     def pool_empty(self) -> bool:
         """True while the pool has no ready (healthy) endpoint at all: nothing can be dispatched

@@ -56,6 +56,22 @@ allowance``): a fast server shows a few requests waiting at almost every scrape 
 between two of its steps) and drains them in milliseconds, which a fixed threshold of 5 took for
 a full server (the data-plane benchmark's replica at ~2,500 requests a second: 8-20 % of requests
 held in the gateway, 1-3 % now); a slow server's allowance is the threshold, the reference rule.
+Completions measure a frontend badly under a burst of long answers: a server finishing 3
+requests a second (90-second answers) gets an allowance of 5 while its frontend hands on 60 a
+second, so flow control metered each burst in as requests were seen to start and now and then
+left a frontend idle (the twin's rollout-reasoning: 86 requests per replica at one instant).
+So, judged with ``intake`` (:meth:`SaturationDetector.endpoint_score`; ``FlowCore`` asks for it
+in a pool of one priority), the unreported requests count against ``max(allowance, intake ×
+frontend_wait)``, ``intake`` being what the engine took in (the growth of ``running + waiting +
+finished``) per second over scrape intervals at both ends of which its frontend held requests
+(else the intake is the arrivals' pace, not the frontend's), weighted ``INTAKE_WEIGHT`` per
+interval. The waiting queue still counts against the completions' allowance: the GPU drains it
+no faster than it completes. Where priorities differ the hold orders who gets in, and the
+completions' allowance stays for every band: letting every band fill the frontends cost the
+twin's mixed-priorities 13 % of its SLO rate (standard requests went in ahead of later critical
+ones), and the top band alone raised flash-crowd's p90 TPOT 7 % on paired streams. With
+``--workers`` a worker sees only its own requests in flight, which rarely exceed what the server
+reports, so the intake is seldom measured and the completions' allowance holds.
 A server that exports no finished-requests counter (the Triton TensorRT-LLM
 backend, SGLang before it had ``num_requests_total``) gets no such term, with one warning naming it;
 nor does a decoder in prefill/decode disaggregation (``llm-d.ai/role``): its requests prefill on
@@ -88,13 +104,27 @@ RATE_WINDOW = 2.0
 #: Completions that make a shorter span's rate count: a fast server's rate is known within
 #: milliseconds, a slow one's (completing in batches) only over the whole window.
 RATE_MIN_FINISHED = 50
+#: Weight of each new scrape interval in a server's intake rate (``frontend_intake``): a burst's
+#: intake changes from one interval to the next as the frontend streams more or fewer answers.
+INTAKE_WEIGHT = 0.2
 
 
 class _Track:
     """What the detector remembers of one endpoint between calls (updated once per snapshot, so
     the per-request path only reads it)."""
 
-    __slots__ = ("allowance", "finished", "in_flight", "rate", "started", "updated_at")
+    __slots__ = (
+        "allowance",
+        "finished",
+        "in_flight",
+        "intake_allowance",
+        "intake_rate",
+        "rate",
+        "started",
+        "taken_in",
+        "updated_at",
+        "was_held",
+    )
 
     def __init__(self) -> None:
         self.updated_at = math.nan  # of the snapshot last seen (NaN: none yet)
@@ -107,6 +137,14 @@ class _Track:
         self.rate = 0.0
         # the unreported term's allowance for this snapshot; 0.0: the term does not apply
         self.allowance = 0.0
+        # requests the engine had taken in (running + waiting + finished) at the last snapshot
+        # (NaN: unknown), whether its frontend then held requests, and the rate at which it takes
+        # them in while it does (EWMA over such scrape intervals; 0.0: not measured yet)
+        self.taken_in = math.nan
+        self.was_held = False
+        self.intake_rate = 0.0
+        # the allowance judged with ``intake``: max(allowance, intake_rate x frontend_wait)
+        self.intake_allowance = 0.0
 
     def _measure(self) -> None:
         if len(self.finished) < 2:
@@ -115,6 +153,20 @@ class _Track:
         done, span = f1 - f0, t1 - t0
         if span > 0 and (done >= RATE_MIN_FINISHED or span >= RATE_WINDOW):
             self.rate = done / span
+
+    def observe_intake(self, updated_at: float, taken_in: float, held: bool) -> None:
+        """One more point of the engine's intake (``running + waiting + finished``): over a scrape
+        interval at both ends of which its frontend held requests, the intake is the frontend's
+        pace, not the arrivals' (see the module docstring)."""
+        span = updated_at - self.updated_at if not math.isnan(self.updated_at) else 0.0
+        if self.was_held and held and span > 0.0 and taken_in >= self.taken_in:
+            sample = (taken_in - self.taken_in) / span
+            rate = self.intake_rate
+            self.intake_rate = sample if rate <= 0.0 else rate + INTAKE_WEIGHT * (sample - rate)
+        elif taken_in < self.taken_in:
+            self.intake_rate = 0.0  # the server restarted
+        self.taken_in = taken_in
+        self.was_held = held
 
     def observe(self, updated_at: float, in_flight: int, started: int, finished: float | None) -> None:
         """A new snapshot: new in-flight baseline, one more point of the finished counter.
@@ -163,6 +215,8 @@ class SaturationDetector:
         kv_requires_queue: the KV term counts only while requests wait (see the module docstring).
         frontend_wait: seconds of its own throughput a server may hold beyond what its metrics
             report before it counts as full (see the module docstring); ``None``: not counted.
+        frontend_intake: judged with ``intake``, that throughput is at least the frontend's
+            intake (see the module docstring); False: the completions alone, always.
     """
 
     plugin_type = "utilization-detector"
@@ -179,6 +233,7 @@ class SaturationDetector:
         connection_limit: int | None = 256,
         kv_requires_queue: bool = True,
         frontend_wait: float | None = None,
+        frontend_intake: bool = True,
     ) -> None:
         if queue_threshold <= 0:
             raise ValueError("queue_threshold must be > 0")
@@ -200,6 +255,7 @@ class SaturationDetector:
         if frontend_wait is not None and frontend_wait <= 0:
             raise ValueError("frontend_wait must be > 0 or None")
         self.frontend_wait = frontend_wait
+        self.frontend_intake = frontend_intake
         self._baselines: dict[str, _Track] = {}
         # endpoints already named in the warning that frontend_wait cannot apply to them
         self._uncounted: set[str] = set()
@@ -234,12 +290,16 @@ class SaturationDetector:
 
     def unreported_score(self, endpoint: Endpoint) -> float:
         """``unreported / allowance`` (see the module docstring); 0.0 where the term does not apply."""
-        return self._unreported(endpoint, self._track(endpoint))
+        track = self._track(endpoint)
+        return self._unreported(endpoint, track, track.allowance)
 
-    def endpoint_score(self, endpoint: Endpoint, now: float) -> float:
+    def endpoint_score(self, endpoint: Endpoint, now: float, *, intake: bool = False) -> float:
         """``max(queue/allowance, kv/kv_threshold, unreported term)``; 1.0 when metrics are stale.
 
-        ``allowance`` is the unreported term's where it applies, else ``queue_threshold``.
+        ``allowance`` is the unreported term's where it applies, else ``queue_threshold``. With
+        ``intake`` (and ``frontend_intake``) the unreported term's allowance is at least what the
+        server's frontend takes in over ``frontend_wait`` (see the module docstring); the waiting
+        queue's stays.
 
         With ``kv_requires_queue`` an endpoint with nothing waiting scores 0 whatever its KV use.
         The unreported term (``frontend_wait``) counts either way.
@@ -248,7 +308,7 @@ class SaturationDetector:
             return 1.0
         track = self._track(endpoint)
         queue = self._queue(endpoint, track)
-        unreported = self._unreported(endpoint, track)
+        unreported = self._unreported(endpoint, track, track.intake_allowance if intake else track.allowance)
         if queue <= 0 and self.kv_requires_queue:
             return unreported
         kv = endpoint.metrics.kv_cache_usage / self.kv_threshold
@@ -272,7 +332,7 @@ class SaturationDetector:
         return max(0, waiting + delta) + extra
 
     @staticmethod
-    def _unreported(endpoint: Endpoint, track: _Track) -> float:
+    def _unreported(endpoint: Endpoint, track: _Track, allowance: float) -> float:
         """``max(0, in_flight_at_scrape - running - waiting) + in_flight - in_flight_at_scrape``
         (never below 0) over the allowance. With one gateway that is ``in_flight - running -
         waiting``; a gateway worker counts only its own requests against the server's whole
@@ -281,13 +341,13 @@ class SaturationDetector:
         sent since the scrape count here, not in the waiting queue). The change since the scrape
         also counts the requests seen to start since, where more started than finished (the module
         docstring)."""
-        if track.allowance <= 0.0:
+        if allowance <= 0.0:
             return 0.0
         m = endpoint.metrics
         base = track.in_flight
         since = endpoint.in_flight - base - SaturationDetector._started_since(endpoint, track)
         unreported = max(0, base - m.running_requests - m.waiting_queue_size) + since
-        return unreported / track.allowance if unreported > 0 else 0.0
+        return unreported / allowance if unreported > 0 else 0.0
 
     @staticmethod
     def _started_since(endpoint: Endpoint, track: _Track) -> int:
@@ -303,6 +363,10 @@ class SaturationDetector:
         if track is None:
             track = self._baselines[endpoint.key] = _Track()
         if track.updated_at != m.updated_at:
+            if m.finished_requests is not None:
+                held = endpoint.in_flight - m.running_requests - m.waiting_queue_size > 0
+                taken_in = m.running_requests + m.waiting_queue_size + m.finished_requests
+                track.observe_intake(m.updated_at, taken_in, held)
             track.observe(m.updated_at, endpoint.in_flight, endpoint.in_flight_started, m.finished_requests)
             # the term applies with the setting, the server's finished-requests counter, and not
             # to a P/D decoder (its requests prefill on another server first, which reports them)
@@ -321,12 +385,18 @@ class SaturationDetector:
                     )
             else:
                 track.allowance = max(float(self.queue_threshold), track.rate * wait)
+            track.intake_allowance = track.allowance
+            if self.frontend_intake and track.allowance > 0.0 and wait is not None:
+                track.intake_allowance = max(track.allowance, track.intake_rate * wait)
         return track
 
-    def saturation(self, endpoints: Sequence[Endpoint], now: float, *, whole_pool: bool = True) -> float:
+    def saturation(
+        self, endpoints: Sequence[Endpoint], now: float, *, whole_pool: bool = True, intake: bool = False
+    ) -> float:
         """The saturation over these healthy endpoints (>= 1.0 means saturated); ``whole_pool``
-        False for a part of the pool (a P/D stage): the other endpoints' memory is kept."""
-        scores = [self.endpoint_score(e, now) for e in endpoints if e.healthy]
+        False for a part of the pool (a P/D stage): the other endpoints' memory is kept;
+        ``intake``: with the frontend's intake allowance (:meth:`endpoint_score`)."""
+        scores = [self.endpoint_score(e, now, intake=intake) for e in endpoints if e.healthy]
         if whole_pool and len(self._baselines) > 4 * len(endpoints) + 16:
             self._forget_except({e.key for e in endpoints})
         if not scores:
@@ -337,7 +407,7 @@ class SaturationDetector:
             return sum(min(x, 1.0) for x in scores) / len(scores)
         return sum(scores) / len(scores)
 
-    def stages(self, endpoints: Sequence[Endpoint], now: float) -> dict[str, float]:
+    def stages(self, endpoints: Sequence[Endpoint], now: float, *, intake: bool = False) -> dict[str, float]:
         """The saturation of each P/D stage, as llm-d-router splits a pool by ``llm-d.ai/role``:
         ``prefill`` over the endpoints that prefill (``prefill``, ``encode-prefill`` and the
         interleaved roles), ``decode`` over those that decode (``decode``, unlabelled and the
@@ -355,7 +425,9 @@ class SaturationDetector:
         if len(self._baselines) > 4 * len(endpoints) + 16:
             self._forget_except({e.key for e in endpoints})
         parts = (("prefill", prefill), ("decode", decode))
-        return {name: self.saturation(part, now, whole_pool=False) for name, part in parts if part}
+        return {
+            name: self.saturation(part, now, whole_pool=False, intake=intake) for name, part in parts if part
+        }
 
     def is_saturated(self, endpoints: Sequence[Endpoint], now: float) -> bool:
         """True when the pool cannot take one more request without queueing at a model server."""
