@@ -157,7 +157,8 @@ class _Track:
     def observe_intake(self, updated_at: float, taken_in: float, held: bool) -> None:
         """One more point of the engine's intake (``running + waiting + finished``): over a scrape
         interval at both ends of which its frontend held requests, the intake is the frontend's
-        pace, not the arrivals' (see the module docstring)."""
+        pace, not the arrivals' (see the module docstring). Called before :meth:`observe`, which
+        moves ``updated_at`` on to this snapshot."""
         span = updated_at - self.updated_at if not math.isnan(self.updated_at) else 0.0
         if self.was_held and held and span > 0.0 and taken_in >= self.taken_in:
             sample = (taken_in - self.taken_in) / span
@@ -363,14 +364,14 @@ class SaturationDetector:
         if track is None:
             track = self._baselines[endpoint.key] = _Track()
         if track.updated_at != m.updated_at:
-            if m.finished_requests is not None:
+            wait = self.frontend_wait
+            if self.frontend_intake and wait is not None and m.finished_requests is not None:
                 held = endpoint.in_flight - m.running_requests - m.waiting_queue_size > 0
                 taken_in = m.running_requests + m.waiting_queue_size + m.finished_requests
                 track.observe_intake(m.updated_at, taken_in, held)
             track.observe(m.updated_at, endpoint.in_flight, endpoint.in_flight_started, m.finished_requests)
             # the term applies with the setting, the server's finished-requests counter, and not
             # to a P/D decoder (its requests prefill on another server first, which reports them)
-            wait = self.frontend_wait
             if wait is None or endpoint.meta.labels.get(ROLE_LABEL) in DECODE_ROLES:
                 track.allowance = 0.0
             elif m.finished_requests is None:
@@ -386,7 +387,7 @@ class SaturationDetector:
             else:
                 track.allowance = max(float(self.queue_threshold), track.rate * wait)
             track.intake_allowance = track.allowance
-            if self.frontend_intake and track.allowance > 0.0 and wait is not None:
+            if track.allowance > 0.0 and track.intake_rate > 0.0 and wait is not None:
                 track.intake_allowance = max(track.allowance, track.intake_rate * wait)
         return track
 
