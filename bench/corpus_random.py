@@ -40,13 +40,13 @@ def log_uniform(rng: random.Random, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
-def length(rng: random.Random, low: float, high: float, *, cap: int = 16000) -> dict[str, Any]:
+def length(rng: random.Random, low: float, high: float) -> dict[str, Any]:
     """A lognormal length with a mean drawn log-uniformly in [low, high]; now and then fixed."""
     mean = round(log_uniform(rng, low, high))
     if rng.random() < 0.15:
         return {"kind": "fixed", "mean": mean}
     sigma = round(rng.uniform(0.2, 1.0), 2)
-    return {"kind": "lognormal", "mean": mean, "sigma": sigma, "min": 1, "max": min(cap, mean * 8)}
+    return {"kind": "lognormal", "mean": mean, "sigma": sigma, "min": 1, "max": min(16000, mean * 8)}
 
 
 def models(rng: random.Random, adapters: list[str]) -> list[dict[str, Any]]:
