@@ -60,6 +60,12 @@ def _seen_in_flight(worker: child._Worker, key: str) -> int:
     return next(e.in_flight for e in ds.with_peer_in_flight(ds.endpoints()) if e.key == key)
 
 
+def _seen_started(worker: child._Worker, key: str) -> int:
+    """Of those, the requests seen to start (the streams the latency scorer's stall charge counts)."""
+    ds = worker.datastore
+    return next(e.in_flight_started for e in ds.with_peer_in_flight(ds.endpoints()) if e.key == key)
+
+
 async def _exited() -> int:
     return 0
 
@@ -151,6 +157,11 @@ async def test_a_pick_and_its_ttft_in_one_worker_move_the_other_workers_predicti
         await eventually(lambda: _seen_in_flight(b, picked) == 1, what="b to count a's request")
         assert _seen_in_flight(b, other) == 0
         assert all(e.in_flight == 0 for e in b.datastore.endpoints())
+        assert _seen_started(b, picked) == 0
+        a.datastore.start(picked, 4000)  # its first token streamed back: b counts a stream there
+        await eventually(lambda: _seen_started(b, picked) == 1, what="b to count a's request as started")
+        assert _seen_in_flight(b, picked) == 1
+        assert all(e.in_flight_started == 0 for e in b.datastore.endpoints())
         # a exits with the request open: the gateway process tells b to stop counting it
         gateway._stopping = True  # no restart
         gone = gateway._workers[0]

@@ -54,6 +54,23 @@ def test_peer_counts_add_to_the_schedulers_view_only() -> None:
     assert {e.key: e.in_flight for e in ds.with_peer_in_flight(ds.endpoints())} == {a: 1, b: 0}
 
 
+def test_peer_counts_of_started_requests_add_to_the_schedulers_view_only() -> None:
+    """The streams other workers have seen start count toward ``in_flight_started`` as their
+    requests count toward ``in_flight`` (never more than those), for scheduling only."""
+    ds = _pool()
+    a, b = "10.0.0.1:8000", "10.0.0.2:8000"
+    ds.acquire(a)
+    ds.acquire(a)
+    ds.start(a, 0)
+    ds.set_peer_in_flight(1, a, 3, started=2)
+    ds.set_peer_in_flight(2, b, 2, started=5)  # a stale count can say more started than sent
+    seen = {e.key: (e.in_flight, e.in_flight_started) for e in ds.with_peer_in_flight(ds.endpoints())}
+    assert seen == {a: (5, 3), b: (2, 2)}
+    assert {e.key: e.in_flight_started for e in ds.endpoints()} == {a: 1, b: 0}
+    ds.set_peer_in_flight(1, a, 3)  # a count without starts (an older worker) counts none
+    assert next(e for e in ds.with_peer_in_flight(ds.endpoints()) if e.key == a).in_flight_started == 1
+
+
 def test_the_core_schedules_on_every_workers_in_flight_counts() -> None:
     ds = _pool()
     a, b = "10.0.0.1:8000", "10.0.0.2:8000"

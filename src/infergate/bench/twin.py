@@ -231,10 +231,11 @@ def run_twin(
         if len(fronts) < 2 or not cfg.share_in_flight:
             return
         ep = f.datastore.endpoint(key)
-        count = 0 if ep is None else ep.in_flight
+        count, started = (0, 0) if ep is None else (ep.in_flight, ep.in_flight_started)
         for g in fronts:
             if g is not f:
-                deliver = functools.partial(g.datastore.set_peer_in_flight, worker_of[id(f)], key, count)
+                peer = worker_of[id(f)]
+                deliver = functools.partial(g.datastore.set_peer_in_flight, peer, key, count, started)
                 loop.call_at(loop.now() + WORKER_CHANNEL_DELAY, deliver)
 
     def acquire(f: Front, key: str) -> None:
@@ -486,6 +487,7 @@ def run_twin(
             if req.stream and i not in first_seen:  # the first token: the data plane reports the TTFT
                 first_seen.add(i)
                 f.datastore.start(replica.key, 0)  # the data plane saw it start
+                counted(f, replica.key)
                 f.core.observe_ttft(f"twin-{i}", out.now - T0 - rec.sent_at + cfg.client_latency)
                 if f.flow is not None:  # and, counted from dispatch, flow control's decode guard
                     f.flow.observe_ttft(out.now - dispatched_at + cfg.client_latency, out.now)

@@ -70,7 +70,8 @@ class Datastore:
         self._state_listeners: list[Listener] = []
         self._departure_listeners: list[Callable[[str], None]] = []
         self._membership = 0
-        self._peers: dict[int, dict[str, int]] = {}  # other gateway workers' in-flight counts
+        # other gateway workers' in-flight counts per endpoint: (in flight, of them seen to start)
+        self._peers: dict[int, dict[str, tuple[int, int]]] = {}
         # Aggregates every request reads, kept here instead of recomputed per request over every
         # endpoint (or objective): None means "recompute on the next read".
         self._healthy = 0
@@ -141,8 +142,9 @@ class Datastore:
         return self._endpoints.get(key)
 
     # -- other gateway workers' in-flight requests ---------------------------------------------
-    def set_peer_in_flight(self, peer: int, key: str, count: int) -> None:
-        """Another gateway worker (``proxy.workers``) now has ``count`` requests in flight on ``key``.
+    def set_peer_in_flight(self, peer: int, key: str, count: int, started: int = 0) -> None:
+        """Another gateway worker (``proxy.workers``) now has ``count`` requests in flight on ``key``,
+        ``started`` of them seen to start.
 
         Only scheduling sees these (:meth:`with_peer_in_flight`): ``Endpoint.in_flight`` stays what
         this process sent, which flow control's saturation detector and the late-scrape correction
@@ -150,7 +152,7 @@ class Datastore:
         """
         counts = self._peers.setdefault(peer, {})
         if count > 0:
-            counts[key] = count
+            counts[key] = (count, started if started < count else count)
         else:
             counts.pop(key, None)
 
@@ -159,14 +161,22 @@ class Datastore:
         self._peers.pop(peer, None)
 
     def with_peer_in_flight(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """``endpoints`` with every gateway worker's in-flight requests in ``in_flight``: this
-        process's own plus the others' latest counts (:meth:`set_peer_in_flight`)."""
+        """``endpoints`` with every gateway worker's in-flight requests in ``in_flight`` and those
+        seen to start in ``in_flight_started``: this process's own plus the others' latest counts
+        (:meth:`set_peer_in_flight`)."""
         if not self._peers:
             return list(endpoints)
         out: list[Endpoint] = []
         for e in endpoints:
-            extra = sum(counts.get(e.key, 0) for counts in self._peers.values())
-            out.append(e.with_load(e.in_flight + extra, e.in_flight_tokens) if extra else e)
+            extra = started = 0
+            for counts in self._peers.values():
+                c = counts.get(e.key)
+                if c is not None:
+                    extra += c[0]
+                    started += c[1]
+            if extra:
+                e = e.with_load(e.in_flight + extra, e.in_flight_tokens, e.in_flight_started + started)
+            out.append(e)
         return out
 
     @property

@@ -20,9 +20,10 @@ each worker sees the answers of its own requests only, and each observed ratio
 answers, as one process's does; so does each finished request's TPOT ratio (:class:`TpotRecord`).
 
 Each worker's in-flight count per endpoint travels too (:class:`InFlightCount`, the count after
-every change): the scheduler of every worker counts every worker's in-flight requests
-(``Datastore.set_peer_in_flight``), as one process's does, so the ``least-in-flight-scorer`` and
-the predicted-latency scorer's batch size see the pool's load, not a third of it. Flow control's
+every change, with how many of them were seen to start): the scheduler of every worker counts
+every worker's in-flight requests (``Datastore.set_peer_in_flight``), as one process's does, so
+the ``least-in-flight-scorer``, the predicted-latency scorer's batch size and its charge for the
+streams a prefill stalls see the pool's load, not a third of it. Flow control's
 saturation detector keeps counting the worker's own requests (``Endpoint.in_flight``): in the twin
 it did worse with the other workers' counts (docs/benchmarks.md, "Several worker processes").
 
@@ -64,7 +65,8 @@ Credit = tuple[str, tuple[int, ...], int]
 
 @dataclass(frozen=True, slots=True)
 class InFlightCount:
-    """Worker ``worker`` now has ``count`` requests in flight on ``endpoint``; ``endpoint`` None:
+    """Worker ``worker`` now has ``count`` requests in flight on ``endpoint``, ``started`` of them
+    seen to start (a streamed token came back); ``endpoint`` None:
     the worker exited, forget all its counts (the gateway process sends that one). A count of the
     exited worker still on its way then is replaced by the restarted worker's (same index) first
     count on that endpoint."""
@@ -72,6 +74,7 @@ class InFlightCount:
     worker: int
     endpoint: str | None
     count: int = 0
+    started: int = 0
 
 
 class SharedPrefixIndex(PrefixIndex):

@@ -123,9 +123,9 @@ class WorkerDatastore(Datastore):
     def __init__(self, clock: Clock | None = None, *, staleness: float = 2.0) -> None:
         super().__init__(clock, staleness=staleness)
         self._history: dict[str, deque[tuple[float, int]]] = {}
-        self.on_in_flight: Callable[[str, int], None] | None = None
-        """Called with (endpoint key, in-flight count) after every change of this worker's count:
-        the worker passes it on to the others (``.affinity.InFlightCount``)."""
+        self.on_in_flight: Callable[[str, int, int], None] | None = None
+        """Called with (endpoint key, in-flight count, of them seen to start) after every change of
+        this worker's counts: the worker passes it on to the others (``.affinity.InFlightCount``)."""
 
     def _record(self, key: str, before: int | None) -> None:
         """Log the count before and after one change (both at the same instant)."""
@@ -139,7 +139,7 @@ class WorkerDatastore(Datastore):
         while log and log[0][0] < now - self._HISTORY:
             log.popleft()
         if self.on_in_flight is not None and ep.in_flight != before:
-            self.on_in_flight(key, ep.in_flight)
+            self.on_in_flight(key, ep.in_flight, ep.in_flight_started)
 
     def _count(self, key: str) -> int | None:
         ep = self.endpoint(key)
@@ -154,6 +154,13 @@ class WorkerDatastore(Datastore):
         before = self._count(key)
         super().release(key, tokens, started=started)
         self._record(key, before)
+
+    def start(self, key: str, tokens: int) -> None:
+        old = self.endpoint(key)
+        super().start(key, tokens)
+        ep = self.endpoint(key)
+        if self.on_in_flight is not None and ep is not None and ep is not old:
+            self.on_in_flight(key, ep.in_flight, ep.in_flight_started)
 
     def in_flight_since(self, key: str, when: float) -> int:
         """How many more requests this worker has in flight on ``key`` now than at ``when``."""

@@ -112,7 +112,9 @@ class _Worker:
         self.indices = share_prefix_credits(core.scheduler, self._publish)
         self.latency = share_latency_accounting(core.scheduler, self._publish)
         index = spec.index
-        self.datastore.on_in_flight = lambda key, count: self._publish(InFlightCount(index, key, count))
+        self.datastore.on_in_flight = lambda key, count, started: self._publish(
+            InFlightCount(index, key, count, started)
+        )
 
     def _publish(self, credit: Shared) -> None:
         """Batch this worker's prefix credits, latency records, TTFT/TPOT observations and in-flight
@@ -161,7 +163,9 @@ class _Worker:
                 if credit.endpoint is None:
                     self.datastore.forget_peer(credit.worker)
                 else:
-                    self.datastore.set_peer_in_flight(credit.worker, credit.endpoint, credit.count)
+                    self.datastore.set_peer_in_flight(
+                        credit.worker, credit.endpoint, credit.count, credit.started
+                    )
             else:
                 for index in self.indices:
                     index.add_remote(credit)
