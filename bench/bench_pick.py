@@ -28,8 +28,12 @@ ADAPTERS = ["food-review", "cad-fabricator", "sql-lora", "chat-lora"]
 
 
 def endpoints(n: int, rng: random.Random) -> list[Endpoint]:
-    return [
-        make_endpoint(
+    """``n`` endpoints under load: queues, KV use, adapters, requests in flight (some of them
+    streaming, which the latency scorer's stall charge prices)."""
+    out = []
+    for i in range(n):
+        in_flight = rng.randint(0, 10)
+        e = make_endpoint(
             f"pod-{i}",
             address=f"10.{i // 250}.{i % 250}.1",
             waiting_queue_size=rng.randint(0, 20),
@@ -37,10 +41,10 @@ def endpoints(n: int, rng: random.Random) -> list[Endpoint]:
             kv_cache_usage=rng.random(),
             running_adapters=frozenset(rng.sample(ADAPTERS, 2)),
             max_active_adapters=2,
-            in_flight=rng.randint(0, 10),
+            in_flight=in_flight,
         )
-        for i in range(n)
-    ]
+        out.append(e.with_load(in_flight, 0, rng.randint(0, in_flight)))
+    return out
 
 
 def requests(count: int, rng: random.Random) -> list[InferenceRequest]:

@@ -192,6 +192,46 @@ def test_a_miss_is_charged_to_the_streams_it_would_delay_while_the_holder_has_ro
     assert _pick(s, turn, pool(1)) == "b:8000"
 
 
+def test_a_requests_prefill_is_charged_to_the_streams_still_decoding_where_it_would_run() -> None:
+    """Two replicas alike to the scrape and to the gateway's in-flight count (20 requests each),
+    but all of ``a``'s have streamed a token and none of ``b``'s: ``a`` decodes 20 streams that
+    a 2,000-token prompt's 50 ms of prefill would stall, ``b``'s requests still wait before it
+    rather than behind it. The prefill starts after 10 ms (the overhead), when 1 − 10 / (127 ×
+    TPOT) of the streams are still decoding, each over its 127 gaps: ``a`` is charged a quarter
+    of ``20 × that share × 50 / 127 / 50``, scaled by its TPOT over the bound. With
+    ``stallWeight: 0`` the two cost the same. Streams of short answers are over before the
+    prefill reaches them, and are not charged."""
+
+    def pool(backlog: int = 0) -> list[Endpoint]:
+        return [
+            make_endpoint(n, in_flight=20, running_requests=20, waiting_queue_size=backlog).with_load(
+                20, 0, started
+            )
+            for n, started in (("a", 20), ("b", 0))
+        ]
+
+    prompt = "p" * 8000  # 2,000 tokens: 50 ms of prefill
+    scores = PredictedLatencyScorer(clock=Clock()).score(req(prompt), pool(), CycleState())
+    tpot = 7.0 + 0.026 * 21
+    cost = (10.0 + 50.0) / 1000 + tpot / 50
+    left = 1 - 10.0 / (127 * tpot)
+    stall = 0.25 * (20 * left * 50.0 / 127 / 50) * (tpot / 50)
+    assert scores["b:8000"] == 1.0
+    assert scores["a:8000"] == pytest.approx(cost / (cost + stall))
+    off = PredictedLatencyScorer(LatencyParams(stall_weight=0.0), clock=Clock())
+    assert list(off.score(req(prompt), pool(), CycleState()).values()) == [1.0, 1.0]
+
+    def short(answer: float, backlog: int) -> list[float]:
+        scorer = PredictedLatencyScorer(clock=Clock())
+        for k in ("a:8000", "b:8000"):
+            scorer._state_of(k).avg_answer_tokens = answer
+        return list(scorer.score(req(prompt), pool(backlog), CycleState()).values())
+
+    assert short(2.0, 0) == [1.0, 1.0]  # one gap of 7.5 ms, over before the 10 ms of overhead
+    assert short(4.0, 0)[0] < 1.0  # three gaps: a third of the streams left
+    assert short(4.0, 4) == [1.0, 1.0]  # behind 4 waiting requests' 28 ms of backlog: none
+
+
 def test_a_miss_where_prompts_part_is_charged_while_the_holder_queues_once_shared_prefixes_crowd() -> None:
     """As above, but the 2,000 tokens are a preamble earlier prompts went on from differently (a
     tenant's system prompt and its questions). While the tenants' preambles fit in half a
@@ -630,10 +670,10 @@ def _reference_cost(
     adapter: str | None,
     now: float,
     slot_pressure: float,
-) -> float:
-    """The model as the module docstring writes it, through the endpoint state's own helpers
-    (``drained``, ``frontend_drained``, ``_rate``): the oracle for the scoring loop, which writes
-    them out for speed."""
+) -> tuple[float, float, float]:
+    """The model as the module docstring writes it (the cost, and the TTFT and TPOT in it), through
+    the endpoint state's own helpers (``drained``, ``frontend_drained``, ``_rate``): the oracle for
+    the scoring loop, which writes them out for speed."""
     p = scorer._p
     m = e.metrics
     st = scorer._state_of(e.key)
@@ -673,7 +713,7 @@ def _reference_cost(
     frontend = st.frontend_ms / (1.0 - st.frontend_busy)
     ttft = (p.overhead_ms + frontend + backlog + prefill + lora) * st.ttft_factor
     tpot *= scorer._tpot.scale(st)  # the request's own decode only
-    return ttft / (p.ttft_slo_seconds * 1000.0) + tpot / (p.tpot_slo_seconds * 1000.0)
+    return ttft / (p.ttft_slo_seconds * 1000.0) + tpot / (p.tpot_slo_seconds * 1000.0), ttft, tpot
 
 
 def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> None:
@@ -703,7 +743,7 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
         pool = [
             make_endpoint(
                 f"e{i}",
-                in_flight=rng.randrange(12),
+                in_flight=(n := rng.randrange(12)),
                 waiting_queue_size=rng.randrange(4),
                 running_requests=rng.choice([rng.randrange(4), rng.randrange(40)]),
                 updated_at=rng.choice([1.0, 2.0, clock.t]),
@@ -713,7 +753,7 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
                 block_size=rng.choice([None, 16]),
                 running_adapters=rng.sample(adapters, rng.randrange(3)),
                 max_active_adapters=rng.choice([0, 2, 4]),
-            )
+            ).with_load(n, 0, rng.randrange(n + 1))  # some of them seen to start
             for i in range(rng.randrange(1, 6))
         ]
         model = rng.choice([BASE, *adapters])
@@ -733,7 +773,7 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
         adapter = request.target_model if oracle._is_adapter(request, pool) else None
         pressure = oracle._slot_pressure(adapter, pool) if adapter is not None else 0.0
         prompt_tokens = max(1, len(request.prompt.encode()) // 4)
-        costs = [
+        priced = [
             _reference_cost(
                 oracle,
                 e,
@@ -745,6 +785,7 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
             )
             for e in pool
         ]
+        costs = [cost for cost, _, _ in priced]
         held = [matched.get(e.key, 0) * block_tokens for e in pool]
         if oracle._prefixes.short_of_holders(hashes, matched, [e.key for e in pool], clock.t):
             # a prefix too few hold for its share: no charge for the blocks a holder has
@@ -774,6 +815,14 @@ def test_the_scoring_loop_computes_the_documented_model_to_the_last_bit() -> Non
             if m >= len(hashes):  # someone holds the whole prompt: a copy delays the queue behind it
                 for i, e in enumerate(pool):
                     costs[i] += (1 + e.metrics.waiting_queue_size) * (prefills[i] - least) / 1000.0
+        for i, e in enumerate(pool):  # a quarter of the prefill the streams still decoding wait for
+            _, own_ttft, own_tpot = priced[i]
+            gaps = oracle._state[e.key].avg_answer_tokens - 1.0
+            prefill = max(0, prompt_tokens - held[i]) * params.prefill_ms_per_token
+            if e.in_flight_started and prefill > 0 and gaps > 0:
+                left = max(0.0, 1.0 - (own_ttft - prefill) / (gaps * own_tpot))  # after the wait before it
+                stall = e.in_flight_started * left * prefill / gaps / 50.0
+                costs[i] += 0.25 * stall * (own_tpot / 50.0)
         assert list(got.values()) == [min(costs) / c if c > 0 else 1.0 for c in costs], cycle
         assert fast._state == oracle._state, cycle  # the frontend brought up to now alike
         # both account the same pick and learn from the same answer: their histories stay equal

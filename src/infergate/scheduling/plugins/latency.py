@@ -52,7 +52,8 @@ The model (all times in milliseconds; ``docs/scheduling.md`` has the derivation)
   prefix when the shared prefixes do not fit in one server's cache together), a candidate is
   also charged what the prefill it would do beyond theirs costs the streams it runs, and where
   one holds the whole prompt, that prefill again for itself and each request waiting there
-  (:mod:`.latency_prefix`).
+  (:mod:`.latency_prefix`); and whatever the prefix, a share (``stallWeight``) of what its
+  prefill there does to the streams still decoding when it runs.
 
 Every prediction is corrected online: the data plane reports each request's observed TTFT, and a
 per-endpoint factor (the exponentially weighted ratio of observed to predicted TTFT, clamped to
@@ -83,6 +84,7 @@ from infergate.scheduling.plugins.latency_learning import OnlineCorrections
 from infergate.scheduling.plugins.latency_prefix import (
     charge_copies,
     charge_misses,
+    charge_stalls,
     parts_crowded,
     spread_short_prefix,
 )
@@ -399,6 +401,9 @@ class PredictedLatencyScorer(OnlineCorrections):
             charge_misses(costs, candidates, prefill, self._state, tpot_slo, crowded=crowded)
             if max(matched.values()) >= len(hashes):  # a candidate holds the whole prompt
                 charge_copies(costs, candidates, prefill, ttft_slo)
+        if p.stall_weight and any(e.in_flight_started for e in candidates):
+            # this request's prefill stalls the streams each candidate is decoding
+            charge_stalls(costs, candidates, predictions, self._state, tpot_slo, p.stall_weight)
         by_key = dict(zip(keys, predictions, strict=True))
         state.put(_CYCLE, _Cycle(hashes=hashes, prompt_tokens=prompt_tokens, predictions=by_key))
         best = min(costs)

@@ -6,8 +6,10 @@ wrong: a prefix too few servers hold for its share of the traffic must spread, s
 lacking it is not charged (:func:`spread_short_prefix`); otherwise the streams a candidate
 already runs pay for its extra prefill too, so a miss costs more than the request's own wait
 (:func:`charge_misses`), and a copy of a prompt some candidate holds whole costs the requests
-queued behind it (:func:`charge_copies`). They are plain functions over the scorer's
-per-candidate values, apart from the model itself in :mod:`infergate.scheduling.plugins.latency`.
+queued behind it (:func:`charge_copies`). Whatever the prefix, a candidate's prefill of this
+request stalls the streams it is decoding (:func:`charge_stalls`). They are plain functions over
+the scorer's per-candidate values, apart from the model itself in
+:mod:`infergate.scheduling.plugins.latency`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from infergate.scheduling.plugins.latency_state import EndpointState
 from infergate.scheduling.plugins.prefix import PrefixIndex
 from infergate.types import Endpoint
 
-__all__ = ["SHARED_PREFIX_FILL", "charge_copies", "charge_misses", "parts_crowded", "spread_short_prefix"]
+__all__ = [
+    "SHARED_PREFIX_FILL",
+    "charge_copies",
+    "charge_misses",
+    "charge_stalls",
+    "parts_crowded",
+    "spread_short_prefix",
+]
 
 SHARED_PREFIX_FILL = 0.5
 """The shared prefixes crowd each other out once they take more than this share of one server's
@@ -139,3 +148,50 @@ def charge_copies(
         extra = prefill - least
         if extra > 0.0:
             costs[i] += (1 + endpoint.metrics.waiting_queue_size) * extra / ttft_slo_ms
+
+
+def charge_stalls(
+    costs: list[float],
+    candidates: Sequence[Endpoint],
+    predictions: Sequence[tuple[float, float, int, float, float]],
+    states: Mapping[str, EndpointState],
+    tpot_slo_ms: float,
+    weight: float,
+) -> None:
+    """Add to each candidate's cost a share (``weight``, ``stallWeight``) of what this request's
+    prefill there does to the streams it is decoding (``predictions`` are the scorer's per
+    candidate: TTFT, TPOT, uncached tokens, prefill and frontend wait).
+
+    Chunked prefill shares each step with the running decodes, so ``prefill`` ms of this
+    request's prompt delay each stream still decoding when it runs by about that long, over the
+    ``avg_answer − 1`` gaps its TPOT averages: ``streams × left × prefill / gaps / tpotSlo`` in
+    the cost's units, scaled by the candidate's predicted TPOT over its bound (a stream far
+    below the bound has room to lose). The request's own cost rises by its prefill over the
+    TTFT bound, a few hundredths per pick, while the candidates differ by tenths: bursts of
+    arrivals went down one replica until its cost caught up, and that replica's streams stalled
+    on their prefills (random-1-09 in docs/benchmarks.md, one of six paired points met; with
+    the charge, six).
+
+    The streams are the requests seen to start there (``in_flight_started``): one still queued
+    waits before this prefill rather than behind it. ``left`` is the share of them still
+    decoding when the prefill starts, after the predicted wait before it (the TTFT less the
+    prefill): a stream's remaining time is spread evenly over its whole ``gaps × TPOT``. Short
+    answers are over before a queued prefill reaches them; counting every started stream made
+    prefill-only traffic (two-token answers) pay for stalls it does not suffer (classify: 7 of
+    9 paired points met against 8), and every request in flight, 6. Answers that are not
+    streamed are never seen to start and are not counted. The full charge moved tenants'
+    sessions off the replicas holding their prompts (many-tenants, 4 of 9 against 8); a quarter
+    keeps both.
+    """
+    for i, (endpoint, pred) in enumerate(zip(candidates, predictions, strict=True)):
+        streams = endpoint.in_flight_started
+        prefill = pred[3]
+        if streams and prefill > 0.0:
+            tpot = pred[1]
+            gaps = states[endpoint.meta.key].avg_answer_tokens - 1.0
+            span = gaps * tpot
+            if span > 0.0:
+                left = 1.0 - (pred[0] - prefill) / span
+                if left > 0.0:
+                    stall = streams * left * prefill / gaps / tpot_slo_ms
+                    costs[i] += weight * stall * (tpot / tpot_slo_ms)

@@ -55,6 +55,7 @@ class LatencyParams(Params):
     online_correction: bool = True
     ttft_correction_limit: float = Field(default=1.5, ge=1.0)
     tpot_correction_limit: float = Field(default=2.0, ge=1.0)
+    stall_weight: float = Field(default=0.25, ge=0)
 
 
 @dataclass(slots=True)
