@@ -401,8 +401,7 @@ class PredictedLatencyScorer(OnlineCorrections):
             charge_misses(costs, candidates, prefill, self._state, tpot_slo, crowded=crowded)
             if max(matched.values()) >= len(hashes):  # a candidate holds the whole prompt
                 charge_copies(costs, candidates, prefill, ttft_slo)
-        if p.stall_weight and any(e.in_flight_started for e in candidates):
-            # this request's prefill stalls the streams each candidate is decoding
+        if p.stall_weight:  # this request's prefill stalls the streams each candidate is decoding
             charge_stalls(costs, candidates, predictions, self._state, tpot_slo, p.stall_weight)
         by_key = dict(zip(keys, predictions, strict=True))
         state.put(_CYCLE, _Cycle(hashes=hashes, prompt_tokens=prompt_tokens, predictions=by_key))
