@@ -9,6 +9,7 @@ from itertools import takewhile
 import pytest
 
 from infergate.config.picker import default_picker_config, parse_picker_config
+from infergate.errors import ConfigError
 from infergate.scheduling.engine.scheduler import build_scheduler
 from infergate.scheduling.plugins.latency import LatencyParams, LatencyRecord, PredictedLatencyScorer
 from infergate.scheduling.plugins.latency_prefix import (
@@ -939,3 +940,22 @@ def test_samples_of_one_prompt_sent_together_stay_where_it_is_prefilled() -> Non
     assert [pick(prompt, f"s{i}") for i in range(1, 4)] == [first] * 3
     other = "b:8000" if first == "a:8000" else "a:8000"
     assert pick(prompt[:-64] + "q" * 64, "d") == other
+
+
+def test_a_negative_stall_weight_is_refused_by_name() -> None:
+    """``stallWeight`` below 0 would pay candidates for stalling their streams: the config is
+    refused, naming the parameter."""
+    text = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: predicted-latency-scorer
+  parameters: {stallWeight: -0.5}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: predicted-latency-scorer}]
+"""
+    with pytest.raises(
+        ConfigError, match=r"parameters\.stallWeight: Input should be greater than or equal to 0"
+    ):
+        build_scheduler(parse_picker_config(text), clock=Clock())
